@@ -1,0 +1,32 @@
+// Elementwise vector helpers used by the layers for residual adds and gradient accumulation.
+//
+// Memory-bound: one OpenMP team over the vector once it is long enough to pay for the fork
+// (below that the loop runs on the calling thread), SIMD inside.
+#include "kernels/ops.h"
+
+namespace moetron::kernels {
+
+namespace {
+constexpr int64_t kParallelMin = 1 << 15;  // elements; smaller vectors stay on one thread
+}
+
+// y[n] += x[n]
+template <class T>
+void add_inplace(T* y, const T* x, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// y[n] += a * x[n]
+template <class T>
+void axpy(T* y, T a, const T* x, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+template void add_inplace<float>(float*, const float*, int64_t);
+template void add_inplace<double>(double*, const double*, int64_t);
+template void axpy<float>(float*, float, const float*, int64_t);
+template void axpy<double>(double*, double, const double*, int64_t);
+
+}  // namespace moetron::kernels

@@ -1,0 +1,80 @@
+// Transformer block forward and split backward (see block.h).
+#include "model/block.h"
+
+#include <algorithm>
+
+namespace moetron {
+
+template <class T>
+void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
+                     const PrecisionPolicy& pol, bool moe) {
+  D_ = c.hidden_size;
+  attn_.build(ps, prefix, c, pol);
+  ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps);
+  if (moe) {
+    moe_ = std::make_unique<MoE<T>>();
+    moe_->build(ps, prefix + "mlp.", c, pol);
+  } else {
+    mlp_ = std::make_unique<Mlp<T>>();
+    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol.gemm(Component::DenseMlp));
+  }
+}
+
+template <class T>
+void Block<T>::init(double std, uint64_t seed) {
+  attn_.init(std, seed);
+  if (moe_) moe_->init(std, seed);
+  if (mlp_) mlp_->init(std, seed);
+}
+
+template <class T>
+void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
+                       T* out) const {
+  const int64_t N = B * S, ND = N * D_;
+  st.B = B, st.S = S;
+  T* h_in = sized(st.h_in, ND);
+  std::copy(h, h + ND, h_in);
+  T* h_mid = sized(st.h_mid, ND);
+  attn_.forward(st.attn, h_in, B, S, pos, h_mid);
+  kernels::add_inplace<T>(h_mid, h_in, ND);
+  T* xn2 = sized(st.xn2, ND);
+  ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
+  if (moe_)
+    moe_->forward(st.moe, xn2, B, S, out);
+  else
+    mlp_->forward(st.mlp, xn2, N, out);
+  kernels::add_inplace<T>(out, h_mid, ND);
+}
+
+template <class T>
+void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const {
+  const int64_t N = st.B * st.S, ND = N * D_;
+  // FFN branch: dxn2 = FFN^T dout; d h_mid = dout + ffn_norm^T dxn2
+  T* dxn2 = sized(st.dxn2, ND, /*zero=*/true);
+  if (moe_)
+    moe_->backward_input(st.moe, dout, dxn2);
+  else
+    mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
+  Buf<T> dmid(ND);
+  ffn_norm_.backward_input(dxn2, st.h_mid.data(), st.rstd2.data(), N, dmid.data());
+  kernels::add_inplace<T>(dmid.data(), dout, ND);
+  // attention branch: dh = d h_mid + MLA^T d h_mid
+  std::copy(dmid.begin(), dmid.end(), dh);
+  attn_.backward_input(st.attn, st.h_in.data(), dmid.data(), pos, dh);
+}
+
+template <class T>
+void Block<T>::backward_weight(State& st) const {
+  const int64_t N = st.B * st.S;
+  attn_.backward_weight(st.attn, st.h_in.data());
+  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.data(), st.rstd2.data(), N);
+  if (moe_)
+    moe_->backward_weight(st.moe, st.xn2.data());
+  else
+    mlp_->backward_weight(st.mlp, st.xn2.data());
+}
+
+template class Block<float>;
+template class Block<double>;
+
+}  // namespace moetron

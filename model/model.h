@@ -1,0 +1,86 @@
+// The DeepSeek-V3 model: embedding, transformer blocks, final norm + output head with the loss,
+// and the multi-token-prediction (MTP) modules, as an ordered list of layers.
+//
+//   h0 = embed(x);  h_{l+1} = Block_l(h_l);  lm_loss = CE(lm_head(norm(h_L)), y)
+//   MTP module k (depth D): h'^k = eh_proj([enorm(embed(t_{i+k})); hnorm(h^{k-1}_i)]),
+//     h^k = Block(h'^k), L^k = CE(lm_head(shared_head.norm(h^k)), t_{i+k+1});  h^0 = h_L
+//   loss = lm_loss + lambda/D sum_k L^k + sum over MoE layers of the balance loss
+// Embedding and output head are shared with the MTP modules (one tensor each). h^0 is the last
+// block's output before the final norm (SPEC 1.5 IMPL-CHOICE); L^k averages over the positions
+// that have a target; MTP MoE layers take part in balancing (loss and bias update).
+//
+// Everything a forward keeps for its backward lives in a MicroBatch object owned by the caller,
+// one per micro-batch in flight. The model knows nothing of ranks, schedules or files.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/block.h"
+
+namespace moetron {
+
+struct Losses {
+  double loss = 0, lm = 0, mtp = 0, balance = 0;  // loss = lm + lambda * mtp + balance
+  int64_t lm_tokens = 0, mtp_tokens = 0;
+};
+
+template <class T>
+class Model {
+ public:
+  struct Mtp {  // one MTP module's layers
+    RMSNorm<T> enorm, hnorm, head_norm;
+    Linear<T> eh_proj;
+    Block<T> block;
+  };
+  struct MtpState {
+    std::vector<int32_t> ids, targets;     // [N]
+    Buf<T> e, en, rstd_e, hp, hpn, rstd_h;  // embedding, norms of both inputs
+    Buf<T> cat, x;                         // [N,2D] concat, [N,D] eh_proj output
+    typename Block<T>::State block;
+    Buf<T> h, hn, rstd_o, lse;             // block output, shared_head.norm, CE lse
+    Buf<T> dcat, dhn;                      // kept for weight gradients
+  };
+  struct MicroBatch {
+    int64_t B = 0, S = 0;
+    std::vector<int32_t> ids, targets, pos;  // [N]
+    std::vector<Buf<T>> h;                   // residual stream: h[0] = embed ... h[L]
+    std::vector<typename Block<T>::State> blocks;
+    Buf<T> hn, rstd, lse;                    // final norm, CE log-sum-exp
+    std::vector<MtpState> mtp;
+    Losses losses;
+    double mtp_weight = 0;
+    Buf<T> dhn;
+  };
+
+  Model(const ModelConfig& cfg, const PrecisionPolicy& pol);
+  void init(uint64_t seed);
+
+  // tokens [B, S+1] (inputs and shifted targets). mtp_weight = lambda.
+  const Losses& forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
+                        double mtp_weight) const;
+  // Gradients of grad_scale * loss, accumulated into the parameters' grads (input and weight
+  // gradients of every layer, in reverse order).
+  void backward(MicroBatch& mb, double grad_scale) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore<T>& params() { return ps_; }
+  const ParamStore<T>& params() const { return ps_; }
+  // Every MoE layer (main blocks first, then MTP blocks), for load statistics and bias updates.
+  std::vector<MoE<T>*> moe_layers() const;
+  // The MoE states of a micro-batch, in the order of moe_layers().
+  std::vector<const typename MoE<T>::State*> moe_states(const MicroBatch& mb) const;
+
+ private:
+  ModelConfig cfg_;
+  PrecisionPolicy pol_;
+  ParamStore<T> ps_;
+  Param<T>* embed_ = nullptr;    // [V, D]
+  Param<T>* lm_head_ = nullptr;  // [V, D]
+  std::vector<std::unique_ptr<Block<T>>> blocks_;
+  RMSNorm<T> norm_;
+  std::vector<std::unique_ptr<Mtp>> mtp_;
+};
+
+}  // namespace moetron

@@ -1,0 +1,246 @@
+// DeepSeekMoE forward/backward phases (see moe.h).
+#include "model/moe.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace moetron {
+
+template <class T>
+void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
+                   const PrecisionPolicy& pol) {
+  D_ = c.hidden_size, E_ = c.n_routed_experts, K_ = c.num_experts_per_tok;
+  F_ = c.moe_intermediate_size;
+  alpha_ = c.seq_aux_alpha;
+  gp_ = {E_, K_, c.n_group, c.topk_group, c.routed_scaling_factor};
+  expert_prec_ = pol.gemm(Component::RoutedExpert);
+
+  gate_w_ = ps.add(prefix + "gate.weight", {E_, D_});
+  bias_ = ps.add(prefix + "gate.e_score_correction_bias", {E_}, /*decay=*/false);
+  bias_->trainable = false;
+  params_ = {gate_w_, bias_};
+  gate_ = {gate_w_, D_, E_, pol.gemm(Component::Gate)};
+
+  gu_all_ = std::make_unique<Param<T>>();
+  gu_all_->value = Tensor({E_, 2 * F_, D_}, dtype_of<T>());
+  gu_all_->grad = Tensor({E_, 2 * F_, D_}, dtype_of<T>());
+  down_all_ = std::make_unique<Param<T>>();
+  down_all_->value = Tensor({E_, D_, F_}, dtype_of<T>());
+  down_all_->grad = Tensor({E_, D_, F_}, dtype_of<T>());
+  const Tensor &w_gu = gu_all_->value, &g_gu = gu_all_->grad;
+  const Tensor &w_down = down_all_->value, &g_down = down_all_->grad;
+  for (int64_t e = 0; e < E_; ++e) {
+    const std::string p = prefix + "experts." + std::to_string(e) + ".";
+    const int64_t o = e * 2 * F_ * D_;
+    params_.push_back(ps.add_view(p + "gate_proj.weight", w_gu, g_gu, o, {F_, D_}));
+    params_.push_back(ps.add_view(p + "up_proj.weight", w_gu, g_gu, o + F_ * D_, {F_, D_}));
+    params_.push_back(ps.add_view(p + "down_proj.weight", w_down, g_down, e * D_ * F_, {D_, F_}));
+  }
+  shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_,
+                pol.gemm(Component::SharedExpert));
+  for (Param<T>* p : shared_.params()) params_.push_back(p);
+}
+
+template <class T>
+void MoE<T>::init(double std, uint64_t seed) {
+  for (Param<T>* p : params_)
+    if (p->trainable) init_normal(*p, std, seed);
+  init_constant(*bias_, 0.0);
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+template <class T>
+void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S) const {
+  const int64_t N = B * S;
+  st.B = B, st.S = S, st.N = N;
+  T* logits = sized(st.logits, N * E_);
+  gate_.forward(x, N, logits);
+  std::vector<float> bias(E_);
+  for (int64_t e = 0; e < E_; ++e) bias[e] = static_cast<float>(bias_->w()[e]);
+  T* s = sized(st.scores, N * E_);
+  st.idx.resize(N * K_);
+  kernels::gate_forward<T>(logits, bias.data(), N, gp_, s, st.idx.data(), sized(st.weights, N * K_));
+
+  // Sequence-wise balance loss: f_i from the plain top-K of the unbiased scores (no groups),
+  // P_i the mean over the sequence of s_i / sum_j s_j.  L = alpha * mean_b sum_i f_i P_i.
+  T* f = sized(st.bal_f, B * E_, /*zero=*/true);
+  double loss = 0;
+  std::vector<int32_t> order(E_);
+  for (int64_t b = 0; b < B; ++b) {
+    T* fb = f + b * E_;
+    std::vector<double> P(E_, 0.0);
+    for (int64_t t = 0; t < S; ++t) {
+      const T* st_s = s + (b * S + t) * E_;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + K_, order.end(), [&](int32_t i, int32_t j) {
+        return st_s[i] > st_s[j] || (st_s[i] == st_s[j] && i < j);
+      });
+      for (int64_t k = 0; k < K_; ++k) fb[order[k]] += T(1);
+      double z = 0;
+      for (int64_t e = 0; e < E_; ++e) z += st_s[e];
+      for (int64_t e = 0; e < E_; ++e) P[e] += st_s[e] / z;
+    }
+    const double fscale = static_cast<double>(E_) / static_cast<double>(K_ * S);
+    for (int64_t e = 0; e < E_; ++e) {
+      fb[e] = static_cast<T>(fb[e] * fscale);
+      loss += static_cast<double>(fb[e]) * P[e] / static_cast<double>(S);
+    }
+  }
+  st.balance_loss = alpha_ * loss / static_cast<double>(B);
+}
+
+template <class T>
+void MoE<T>::shared(State& st, const T* x) const {
+  shared_.forward(st.shared, x, st.N, sized(st.shared_out, st.N * D_));
+}
+
+template <class T>
+void MoE<T>::dispatch(State& st, const T* x) const {
+  st.routing = kernels::route_by_expert(st.idx.data(), st.N, K_, E_);
+  st.load = st.routing.counts;
+  const int64_t R = st.N * K_;
+  kernels::permute_rows<T>(x, st.routing, D_, sized(st.xperm, R * D_));
+  T* w = sized(st.wperm, R);
+  for (int64_t r = 0; r < R; ++r) w[r] = st.weights[st.routing.row_slot[r]];
+}
+
+template <class T>
+void MoE<T>::experts(State& st) const {
+  const int64_t R = st.N * K_;
+  T* gu = sized(st.gu, R * 2 * F_);
+  T* a = sized(st.a, R * F_);
+  T* y = sized(st.yperm, R * D_);
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+    if (c == 0) continue;
+    const T* Wgu = gu_all_->w() + e * 2 * F_ * D_;
+    const T* Wd = down_all_->w() + e * D_ * F_;
+    // gu[c,2F] = x[c,D] Wgu^T ; a = silu(g) * u * w ; y[c,D] = a Wd^T
+    kernels::gemm<T>(false, true, c, 2 * F_, D_, T(1), st.xperm.data() + r0 * D_, Wgu, T(0),
+                     gu + r0 * 2 * F_, expert_prec_);
+    kernels::swiglu_forward<T>(gu + r0 * 2 * F_, c, F_, st.wperm.data() + r0, a + r0 * F_);
+    kernels::gemm<T>(false, true, c, D_, F_, T(1), a + r0 * F_, Wd, T(0), y + r0 * D_,
+                     expert_prec_);
+  }
+}
+
+template <class T>
+void MoE<T>::combine(State& st, T* y) const {
+  std::copy(st.shared_out.begin(), st.shared_out.begin() + st.N * D_, y);
+  kernels::unpermute_add<T>(st.yperm.data(), st.routing, st.N, D_, y);
+}
+
+template <class T>
+void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y) const {
+  gate(st, x, B, S);
+  shared(st, x);
+  dispatch(st, x);
+  experts(st);
+  combine(st, y);
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+template <class T>
+void MoE<T>::combine_backward(State& st, const T* dy, T* dx) const {
+  // combine was a scatter-add of expert rows (plus the shared expert): its backward gathers.
+  const int64_t R = st.N * K_;
+  kernels::permute_rows<T>(dy, st.routing, D_, sized(st.dyperm, R * D_));
+  shared_.backward_input(st.shared, dy, dx, /*accumulate=*/true);
+}
+
+template <class T>
+void MoE<T>::experts_backward(State& st) const {
+  const int64_t R = st.N * K_;
+  T* dgu = sized(st.dgu, R * 2 * F_);
+  T* dw = sized(st.dwperm, R);
+  T* dxp = sized(st.dxperm, R * D_);
+  Buf<T> da;
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+    if (c == 0) continue;
+    const T* Wgu = gu_all_->w() + e * 2 * F_ * D_;
+    const T* Wd = down_all_->w() + e * D_ * F_;
+    T* dap = sized(da, c * F_);
+    kernels::gemm<T>(false, false, c, F_, D_, T(1), st.dyperm.data() + r0 * D_, Wd, T(0), dap,
+                     expert_prec_);
+    kernels::swiglu_backward<T>(dap, st.gu.data() + r0 * 2 * F_, c, F_, st.wperm.data() + r0,
+                                dgu + r0 * 2 * F_, dw + r0);
+    kernels::gemm<T>(false, false, c, D_, 2 * F_, T(1), dgu + r0 * 2 * F_, Wgu, T(0),
+                     dxp + r0 * D_, expert_prec_);
+  }
+}
+
+template <class T>
+void MoE<T>::dispatch_backward(State& st, T* dx) const {
+  kernels::unpermute_add<T>(st.dxperm.data(), st.routing, st.N, D_, dx);
+}
+
+template <class T>
+void MoE<T>::gate_backward(State& st, T* dx) const {
+  const int64_t N = st.N, B = st.B, S = st.S;
+  // d weights[n,k] from the experts' row-scale gradients
+  Buf<T> dweights(N * K_);
+  for (int64_t i = 0; i < N * K_; ++i) dweights[i] = st.dwperm[st.routing.slot[i]];
+  T* dl = sized(st.dlogits, N * E_);
+  kernels::gate_backward<T>(dweights.data(), st.scores.data(), st.idx.data(), st.weights.data(), N,
+                            gp_, dl);
+  // balance loss: dL/ds_it = c (f_i / Z_t - sum_j f_j s_jt / Z_t^2), c = aux_grad alpha/(B S);
+  // then through the sigmoid: dlogit = ds * s (1 - s)
+  if (alpha_ > 0 && st.aux_grad != T(0)) {
+    const double c = static_cast<double>(st.aux_grad) * alpha_ / static_cast<double>(B * S);
+    for (int64_t n = 0; n < N; ++n) {
+      const T* s = st.scores.data() + n * E_;
+      const T* f = st.bal_f.data() + (n / S) * E_;
+      double z = 0, fs = 0;
+      for (int64_t e = 0; e < E_; ++e) z += s[e], fs += static_cast<double>(f[e]) * s[e];
+      for (int64_t e = 0; e < E_; ++e) {
+        const double ds = c * (f[e] / z - fs / (z * z));
+        dl[n * E_ + e] += static_cast<T>(ds * s[e] * (1.0 - s[e]));
+      }
+    }
+  }
+  gate_.backward_input(dl, N, dx, /*accumulate=*/true);
+}
+
+template <class T>
+void MoE<T>::backward_input(State& st, const T* dy, T* dx) const {
+  combine_backward(st, dy, dx);
+  experts_backward(st);
+  dispatch_backward(st, dx);
+  gate_backward(st, dx);
+}
+
+template <class T>
+void MoE<T>::backward_weight(State& st, const T* x) const {
+  shared_.backward_weight(st.shared, x);
+  gate_.backward_weight(st.dlogits.data(), x, st.N);
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+    if (c == 0) continue;
+    // dWd[D,F] += dy^T a ; dWgu[2F,D] += dgu^T x
+    kernels::gemm<T>(true, false, D_, F_, c, T(1), st.dyperm.data() + r0 * D_,
+                     st.a.data() + r0 * F_, T(1), down_all_->g() + e * D_ * F_, expert_prec_);
+    kernels::gemm<T>(true, false, 2 * F_, D_, c, T(1), st.dgu.data() + r0 * 2 * F_,
+                     st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_,
+                     expert_prec_);
+  }
+}
+
+template <class T>
+void MoE<T>::update_bias(const std::vector<int64_t>& load, double gamma) {
+  double mean = 0;
+  for (int64_t e = 0; e < E_; ++e) mean += static_cast<double>(load[e]);
+  mean /= static_cast<double>(E_);
+  T* b = bias_->w();
+  for (int64_t e = 0; e < E_; ++e) {
+    const double d = mean - static_cast<double>(load[e]);
+    b[e] += static_cast<T>(gamma * (d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0)));
+  }
+}
+
+template class MoE<float>;
+template class MoE<double>;
+
+}  // namespace moetron

@@ -1,0 +1,88 @@
+// DeepSeekMoE layer: shared expert(s) plus routed experts, sigmoid gate with a selection-only
+// bias, group-limited top-k, normalised weights x routed_scaling_factor, no token dropping.
+//
+// The layer runs as phases (ARCHITECTURE contract 3), each a separate call, so an executor can
+// interleave two micro-batches and hide the expert all-to-all behind the other's compute:
+//   forward:  gate -> dispatch -> experts -> combine     (shared expert: any time after gate)
+//   backward: combine_backward -> experts_backward -> dispatch_backward -> gate_backward
+// In one process dispatch/combine are local permutations by expert; expert parallelism replaces
+// them with an all-to-all over the EP group without touching the other phases.
+//
+// Gate weights are folded into the experts' SwiGLU (g * W2(a) = W2(g * a)), so combine is a plain
+// sum. The sequence-wise balance loss (alpha) is computed in the gate phase; expert loads of the
+// micro-batch are kept in the state for the auxiliary-loss-free bias update.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "model/buffers.h"
+#include "model/config.h"
+#include "model/mlp.h"
+#include "model/precision.h"
+
+namespace moetron {
+
+template <class T>
+class MoE {
+ public:
+  struct State {
+    int64_t B = 0, S = 0, N = 0;
+    Buf<T> logits, scores, weights;   // [N,E], [N,E], [N,K]
+    std::vector<int32_t> idx;         // [N,K]
+    kernels::ExpertRouting routing;   // assignments sorted by expert
+    Buf<T> xperm, wperm, gu, a, yperm;  // [NK,D], [NK], [NK,2F], [NK,F], [NK,D]
+    typename Mlp<T>::State shared;
+    Buf<T> shared_out;                // [N,D]
+    Buf<T> bal_f;                     // [B,E] balance-loss f_i per sequence (constants)
+    double balance_loss = 0;          // alpha * mean_b sum_i f_i P_i
+    std::vector<int64_t> load;        // [E] assignments per expert in this micro-batch
+    // backward
+    Buf<T> dyperm, dgu, dwperm, dxperm, dlogits;
+    T aux_grad = T(0);                // d(total loss)/d(balance_loss), set by the caller
+  };
+
+  void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
+             const PrecisionPolicy& pol);
+  void init(double std, uint64_t seed);
+
+  // ---- forward phases (x = ffn_norm output [N,D]) ----
+  void gate(State& st, const T* x, int64_t B, int64_t S) const;
+  void shared(State& st, const T* x) const;
+  void dispatch(State& st, const T* x) const;
+  void experts(State& st) const;
+  void combine(State& st, T* y) const;  // y[N,D] = shared + sum of weighted expert outputs
+  void forward(State& st, const T* x, int64_t B, int64_t S, T* y) const;
+
+  // ---- backward phases: dx[N,D] accumulates ----
+  void combine_backward(State& st, const T* dy, T* dx) const;
+  void experts_backward(State& st) const;
+  void dispatch_backward(State& st, T* dx) const;
+  void gate_backward(State& st, T* dx) const;
+  void backward_input(State& st, const T* dy, T* dx) const;  // all four, in order
+  void backward_weight(State& st, const T* x) const;
+
+  // Auxiliary-loss-free balancing: b_i += gamma * sign(mean(load) - load_i).
+  void update_bias(const std::vector<int64_t>& load, double gamma);
+  Param<T>* bias() const { return bias_; }
+  int64_t n_experts() const { return E_; }
+  const std::vector<Param<T>*>& params() const { return params_; }
+
+ private:
+  int64_t D_ = 0, E_ = 0, K_ = 0, F_ = 0;
+  double alpha_ = 0;
+  kernels::GateParams gp_;
+  Param<T>* gate_w_ = nullptr;  // [E, D]
+  Param<T>* bias_ = nullptr;    // [E], selection only, not trained
+  Linear<T> gate_;
+  // All experts' weights, fused (unregistered; the per-expert views are the named parameters):
+  std::unique_ptr<Param<T>> gu_all_;    // [E, 2F, D] gate|up
+  std::unique_ptr<Param<T>> down_all_;  // [E, D, F]
+  kernels::GemmPrecision expert_prec_ = kernels::GemmPrecision::FP32;
+  Mlp<T> shared_;
+  std::vector<Param<T>*> params_;
+};
+
+}  // namespace moetron

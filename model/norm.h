@@ -1,0 +1,37 @@
+// RMSNorm layer: y = x / sqrt(mean(x^2) + eps) * w, weight initialised to 1, no weight decay.
+// Split backward: backward_input (dx) and backward_weight (dw) from the same saved (x, rstd).
+#pragma once
+
+#include <string>
+
+#include "kernels/ops.h"
+#include "model/param.h"
+
+namespace moetron {
+
+template <class T>
+struct RMSNorm {
+  Param<T>* w = nullptr;  // [D]
+  int64_t D = 0;
+  T eps = T(1e-6);
+
+  void build(ParamStore<T>& ps, const std::string& name, int64_t dim, double eps_) {
+    D = dim;
+    eps = static_cast<T>(eps_);
+    w = ps.add(name, {dim}, /*decay=*/false);
+    init_constant(*w, 1.0);
+  }
+  // y[N,D], rstd[N]
+  void forward(const T* x, int64_t N, T* y, T* rstd) const {
+    kernels::rmsnorm_forward<T>(x, w->w(), N, D, eps, y, rstd);
+  }
+  // dx[N,D] (write)
+  void backward_input(const T* dy, const T* x, const T* rstd, int64_t N, T* dx) const {
+    kernels::rmsnorm_backward_input<T>(dy, x, w->w(), rstd, N, D, dx);
+  }
+  void backward_weight(const T* dy, const T* x, const T* rstd, int64_t N) const {
+    kernels::rmsnorm_backward_weight<T>(dy, x, rstd, N, D, w->g());
+  }
+};
+
+}  // namespace moetron

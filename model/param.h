@@ -1,0 +1,83 @@
+// Parameters: named weights with their gradients, registered in one store per model.
+//
+// Names are the Hugging Face DeepSeek-V3 checkpoint names (model.layers.3.mlp.experts.7.up_proj.
+// weight, ...), so checkpoints and exports need no renaming table. A Param owns a value tensor and
+// a gradient tensor of the same shape; fused weights (an MLP's [gate; up] matrix) are allocated
+// once and their named parts are views into it. The store keeps registration order, which is the
+// order of the model's layers: optimizer, checkpoint and gradient reduction all walk it.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace moetron {
+
+template <class T>
+struct Param {
+  std::string name;
+  Tensor value, grad;
+  bool decay = true;      // AdamW weight decay (off for norms and biases)
+  bool trainable = true;  // false: updated by a rule, not by the optimizer (the expert bias)
+  int64_t numel() const { return value.numel(); }
+  T* w() { return value.data<T>(); }
+  T* g() { return grad.data<T>(); }
+  const T* w() const { return value.data<T>(); }
+};
+
+template <class T>
+class ParamStore {
+ public:
+  // A new parameter with its own storage.
+  Param<T>* add(const std::string& name, std::vector<int64_t> shape, bool decay = true) {
+    Tensor v(shape, dtype_of<T>()), g(shape, dtype_of<T>());
+    return push(name, v, g, decay);
+  }
+  // A parameter that views part of an existing fused tensor pair.
+  Param<T>* add_view(const std::string& name, const Tensor& value, const Tensor& grad,
+                     int64_t offset, std::vector<int64_t> shape, bool decay = true) {
+    return push(name, value.view(offset, shape), grad.view(offset, shape), decay);
+  }
+  const std::vector<std::unique_ptr<Param<T>>>& all() const { return params_; }
+  Param<T>* find(const std::string& name) const {
+    for (auto& p : params_)
+      if (p->name == name) return p.get();
+    return nullptr;
+  }
+  int64_t numel() const {
+    int64_t n = 0;
+    for (auto& p : params_) n += p->numel();
+    return n;
+  }
+  void zero_grad() {
+    for (auto& p : params_) p->grad.zero();
+  }
+
+ private:
+  Param<T>* push(const std::string& name, Tensor v, Tensor g, bool decay) {
+    auto p = std::make_unique<Param<T>>();
+    p->name = name;
+    p->value = std::move(v);
+    p->grad = std::move(g);
+    p->decay = decay;
+    params_.push_back(std::move(p));
+    return params_.back().get();
+  }
+  std::vector<std::unique_ptr<Param<T>>> params_;
+};
+
+// Initialisation, deterministic in (seed, name): each parameter draws from its own generator
+// seeded by a hash of its name, so the same model has the same weights whatever the layout or
+// the order in which ranks build their parts.
+uint64_t name_seed(uint64_t seed, const std::string& name);
+template <class T>
+void init_normal(Param<T>& p, double std, uint64_t seed);
+template <class T>
+void init_constant(Param<T>& p, double value);
+
+}  // namespace moetron

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what moetron needs on Debian 12 (skips apt when everything is present), then
+# configures and builds into build/ (Release). Usage: scripts/setup.sh [extra cmake args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(build-essential cmake ninja-build pkg-config libyaml-cpp-dev libhdf5-dev libopenmpi-dev
+      openmpi-bin libdnnl-dev libopenblas-dev libgtest-dev googletest python3-torch python3-numpy
+      python3-h5py python3-yaml npm clang-format)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build build -j2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: set up, fetch the corpus, build, run every test (unit, end-to-end, the
+# PyTorch parity test), then the CPU unit tests again under ASan+UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/prepare_data.sh build/moetron
+ctest --test-dir build --output-on-failure -j2
+
+echo "== ASan+UBSan build of the unit tests"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOETRON_SANITIZE=ON >/dev/null
+cmake --build build-asan -j2
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j2 -L unit

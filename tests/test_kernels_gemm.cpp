@@ -1,0 +1,180 @@
+// GEMM tests: every transpose combination on odd shapes, alpha/beta, empty dimensions, the BF16
+// precision mode against a double reference on bf16-rounded inputs, and concurrent callers (the
+// oneDNN primitive cache is shared between threads).
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "kernels/ops.h"
+#include "kernels/scalar.h"
+#include "tests/test_kernels_util.h"
+
+namespace moetron::kernels::testing {
+namespace {
+
+// C[M,N] = alpha op(A) op(B) + beta C in double; A [M,K] or [K,M], B [K,N] or [N,K].
+std::vector<double> ref_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+                             const std::vector<double>& A, const std::vector<double>& B,
+                             double beta, const std::vector<double>& C) {
+  std::vector<double> out(M * N);
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double a = ta ? A[k * M + i] : A[i * K + k];
+        const double b = tb ? B[j * K + k] : B[k * N + j];
+        s += a * b;
+      }
+      out[i * N + j] = alpha * s + (beta == 0 ? 0.0 : beta * C[i * N + j]);
+    }
+  }
+  return out;
+}
+
+std::vector<double> bf16_rounded(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = round_bf16(static_cast<float>(v[i]));
+  return r;
+}
+
+template <class T>
+class GemmTest : public ::testing::Test {};
+using Types = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(GemmTest, Types);
+
+struct Case {
+  int64_t M, N, K;
+  double alpha, beta;
+};
+const Case kCases[] = {{37, 29, 53, 1.0, 0.0},  {37, 29, 53, 0.7, 0.3}, {1, 17, 5, 1.0, 1.0},
+                       {13, 1, 130, -2.0, 0.0}, {5, 7, 1, 1.0, 0.5},    {131, 97, 67, 1.0, 1.0}};
+
+TYPED_TEST(GemmTest, AllTransposesMatchReference) {
+  using T = TypeParam;
+  uint64_t seed = 1;
+  for (const Case& c : kCases) {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const auto A = to_double(cast<T>(rand_vec(c.M * c.K, seed++)));
+      const auto B = to_double(cast<T>(rand_vec(c.K * c.N, seed++)));
+      const auto C0 = to_double(cast<T>(rand_vec(c.M * c.N, seed++)));
+      auto C = cast<T>(C0);
+      gemm<T>(ta, tb, c.M, c.N, c.K, T(c.alpha), cast<T>(A).data(), cast<T>(B).data(), T(c.beta),
+              C.data());
+      const auto ref = ref_gemm(ta, tb, c.M, c.N, c.K, c.alpha, A, B, c.beta, C0);
+      std::ostringstream os;
+      os << "gemm " << c.M << "x" << c.N << "x" << c.K << " ta=" << ta << " tb=" << tb;
+      expect_close(C, ref, kTol<T>, os.str());
+    }
+  }
+}
+
+TYPED_TEST(GemmTest, BetaZeroIgnoresGarbageInC) {
+  using T = TypeParam;
+  const int64_t M = 9, N = 11, K = 7;
+  const auto A = to_double(cast<T>(rand_vec(M * K, 3)));
+  const auto B = to_double(cast<T>(rand_vec(K * N, 4)));
+  for (auto prec : {GemmPrecision::FP32, GemmPrecision::BF16}) {
+    std::vector<T> C(M * N, std::numeric_limits<T>::quiet_NaN());
+    gemm<T>(false, false, M, N, K, T(1), cast<T>(A).data(), cast<T>(B).data(), T(0), C.data(),
+            prec);
+    for (T x : C) ASSERT_TRUE(std::isfinite(x));
+  }
+}
+
+TYPED_TEST(GemmTest, EmptyDimensions) {
+  using T = TypeParam;
+  std::vector<T> A(12, T(1)), B(12, T(1));
+  std::vector<T> C = {T(1), T(2), T(3), T(4), T(5), T(6)};
+  // K == 0: the product is empty, C = beta C.
+  gemm<T>(false, false, 2, 3, 0, T(1), A.data(), B.data(), T(0.5), C.data());
+  EXPECT_EQ(C, (std::vector<T>{T(0.5), T(1), T(1.5), T(2), T(2.5), T(3)}));
+  gemm<T>(true, true, 2, 3, 0, T(1), A.data(), B.data(), T(0), C.data(), GemmPrecision::BF16);
+  EXPECT_EQ(C, std::vector<T>(6, T(0)));
+  // M == 0 or N == 0: nothing to write.
+  C.assign(6, T(7));
+  gemm<T>(false, false, 0, 3, 4, T(1), A.data(), B.data(), T(0), C.data());
+  gemm<T>(false, true, 2, 0, 4, T(1), A.data(), B.data(), T(0), C.data());
+  EXPECT_EQ(C, std::vector<T>(6, T(7)));
+}
+
+TYPED_TEST(GemmTest, Bf16RoundsBothInputs) {
+  using T = TypeParam;
+  uint64_t seed = 100;
+  for (const Case& c : kCases) {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const auto A = to_double(cast<T>(rand_vec(c.M * c.K, seed++)));
+      const auto B = to_double(cast<T>(rand_vec(c.K * c.N, seed++)));
+      const auto C0 = to_double(cast<T>(rand_vec(c.M * c.N, seed++)));
+      auto C = cast<T>(C0);
+      gemm<T>(ta, tb, c.M, c.N, c.K, T(c.alpha), cast<T>(A).data(), cast<T>(B).data(), T(c.beta),
+              C.data(), GemmPrecision::BF16);
+      const auto ref = ref_gemm(ta, tb, c.M, c.N, c.K, c.alpha, bf16_rounded(A), bf16_rounded(B),
+                                c.beta, C0);
+      std::ostringstream os;
+      os << "bf16 gemm " << c.M << "x" << c.N << "x" << c.K << " ta=" << ta << " tb=" << tb;
+      expect_close(C, ref, kTol<T>, os.str());
+    }
+  }
+}
+
+// The BF16 mode really rounds: on inputs that are not bf16 values it must differ from the exact
+// product by far more than the fp32 tolerance (guards against a silent fall-back to FP32).
+TYPED_TEST(GemmTest, Bf16DiffersFromExactProduct) {
+  using T = TypeParam;
+  const int64_t M = 31, N = 23, K = 41;
+  const auto A = to_double(cast<T>(rand_vec(M * K, 7)));
+  const auto B = to_double(cast<T>(rand_vec(K * N, 8)));
+  std::vector<T> C(M * N);
+  gemm<T>(false, true, M, N, K, T(1), cast<T>(A).data(), cast<T>(B).data(), T(0), C.data(),
+          GemmPrecision::BF16);
+  const auto exact = ref_gemm(false, true, M, N, K, 1.0, A, B, 0.0, {});
+  double maxdiff = 0;
+  for (size_t i = 0; i < C.size(); ++i) maxdiff = std::max(maxdiff, std::fabs(C[i] - exact[i]));
+  EXPECT_GT(maxdiff, 1e-3);
+}
+
+TEST(Gemm, ConcurrentCallersShareThePrimitiveCache) {
+  const int64_t M = 45, N = 33, K = 27;
+  const auto A = rand_vec(M * K, 11), B = rand_vec(K * N, 12);
+  const auto Af = cast<float>(A), Bf = cast<float>(B);
+  const auto ref32 = ref_gemm(false, false, M, N, K, 1, to_double(Af), to_double(Bf), 0, {});
+  const auto ref16 = ref_gemm(true, false, K, N, M, 1, bf16_rounded(to_double(Af)),
+                              bf16_rounded(to_double(cast<float>(rand_vec(M * N, 13)))), 0, {});
+  const auto Cb = cast<float>(rand_vec(M * N, 13));
+  bool ok[4] = {true, true, true, true};
+  auto worker = [&](int id) {
+    for (int it = 0; it < 30; ++it) {
+      if (id % 2 == 0) {
+        std::vector<float> C(M * N);
+        gemm<float>(false, false, M, N, K, 1.f, Af.data(), Bf.data(), 0.f, C.data());
+        for (size_t i = 0; i < C.size(); ++i)
+          if (std::fabs(C[i] - ref32[i]) > 1e-4) ok[id] = false;
+      } else {
+        std::vector<float> C(K * N);  // [K,M]^T [M,N]
+        gemm<float>(true, false, K, N, M, 1.f, Af.data(), Cb.data(), 0.f, C.data(),
+                    GemmPrecision::BF16);
+        for (size_t i = 0; i < C.size(); ++i)
+          if (std::fabs(C[i] - ref16[i]) > 1e-4) ok[id] = false;
+      }
+    }
+  };
+  std::vector<std::thread> th;
+  for (int id = 0; id < 4; ++id) th.emplace_back(worker, id);
+  for (auto& t : th) t.join();
+  for (int id = 0; id < 4; ++id) EXPECT_TRUE(ok[id]) << "thread " << id;
+}
+
+TEST(Threads, SetAndQuery) {
+  const int before = num_threads();
+  set_num_threads(1);
+  EXPECT_EQ(num_threads(), 1);
+  set_num_threads(0);  // clamped to 1
+  EXPECT_EQ(num_threads(), 1);
+  set_num_threads(before);
+  EXPECT_EQ(num_threads(), before);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::testing

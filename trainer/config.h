@@ -1,0 +1,117 @@
+// Config: the whole run as typed, validated structs, read from YAML.
+//
+// Every key a user may write is listed here with its type and default. Loading rejects unknown
+// keys, wrong types and out-of-range values with one message naming the file and the dotted key
+// (for example "configs/tiny.yaml: model.n_group: must divide n_routed_experts (16), got 5").
+// `--set a.b=value` overrides are applied to the YAML tree before validation, so they get the
+// same checks. Every choice that changes numbers lives here, and the whole struct is written into
+// the run directory and (later) into checkpoints.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace moetron {
+
+// Raised for any invalid configuration; what() is the full user-facing message.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct DataConfig {
+  std::string train_path;  // HDF5 token file (dataset "tokens")
+  std::string valid_path;  // optional
+  int64_t seq_len = 128;
+  int64_t micro_batch_size = 4;    // sequences per micro-batch
+  int64_t global_batch_size = 16;  // sequences per optimizer step (multiple of micro x dp)
+};
+
+// A piecewise-constant schedule: value i holds until `until[i]` (in the schedule's unit);
+// the last entry has no bound.
+struct PiecewiseConstant {
+  std::vector<double> until;  // size = values.size() - 1
+  std::vector<double> values;
+  double at(double x) const;
+};
+
+// The DeepSeek-V3 LR shape: linear warm-up (steps), constant, cosine decay to `min_lr`, then
+// constant tails.
+struct LrSchedule {
+  double peak = 3e-3;
+  int64_t warmup_steps = 20;
+  double constant_until = 0;  // in `unit`; cosine decay starts here
+  double decay_until = 0;     // cosine reaches min_lr here; 0 = no decay (peak after warm-up)
+  double min_lr = 3e-4;
+  PiecewiseConstant tails;  // after decay_until (empty: stay at min_lr)
+  double at(int64_t step, double tokens, bool unit_tokens) const;
+};
+
+struct ScheduleConfig {
+  std::string unit = "steps";  // steps | tokens: the unit of every `until` below
+  LrSchedule lr;
+  PiecewiseConstant bias_update_speed{{}, {1e-3}};  // gamma
+  PiecewiseConstant mtp_weight{{}, {0.3}};          // lambda
+  bool tokens() const { return unit == "tokens"; }
+};
+
+struct OptimizerConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double grad_clip = 1.0;             // global norm; 0 disables
+  std::string moment_dtype = "fp32";  // fp32 | bf16
+};
+
+struct ParallelConfig {
+  int64_t pp = 1, dp = 1, ep = 1;
+  int64_t ranks_per_node = 0;     // 0: all ranks on one node
+  std::string schedule = "1f1b";  // 1f1b | zb1p | dualpipe | dualpipev
+};
+
+struct PrecisionConfig {
+  std::string recipe = "fp32";  // fp32 | bf16 | fp8
+};
+
+struct RunConfig {
+  std::string dir = "runs/default";
+  int64_t steps = 100;
+  uint64_t seed = 1234;
+  int64_t log_interval = 1;
+  int64_t threads = 0;  // intra-op threads per process; 0 = cores / processes on this node
+};
+
+struct Config {
+  std::string source;  // the file it came from (for messages)
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  ParallelConfig parallel;
+  PrecisionConfig precision;
+  RunConfig run;
+};
+
+// YAML layout: sections model, data, optimizer, schedule, parallel, precision, run; keys are the
+// field names above (model: the Hugging Face names of model/config.h). Beyond 1:1 fields:
+//   model.rope_scaling: {type: yarn, factor, original_max_position_embeddings, beta_fast,
+//     beta_slow, mscale} -> the yarn_* fields; null or absent = off.
+//   model.max_seq_len: when absent, data.seq_len.
+//   schedule.lr: {peak, warmup_steps, constant_until, decay_until, min_lr, tails}; tails is a
+//     list of {until: X, lr: Y}; schedule.bias_update_speed / mtp_weight: a number, or a list of
+//     {until: X, value: Y}. In both lists every entry but the last needs `until`, strictly
+//     increasing; the last value holds to the end.
+//   A null section or an absent key keeps the defaults; a null string setting reads as "".
+// Loads `path`, applies "key.path=value" overrides, validates. Throws ConfigError.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from YAML text (tests); `source` names it in messages.
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+// The effective config as YAML (written to <run_dir>/config.yaml): every setting, defaults
+// included; parse_config accepts it and gives back an equal Config.
+std::string config_to_yaml(const Config& c);
+// True when every setting is equal (`source` is not a setting and is ignored).
+bool operator==(const Config& a, const Config& b);
+
+}  // namespace moetron

@@ -1,0 +1,132 @@
+// Gradient dump for cross-implementation parity (see dump.h). Layout: root attributes = model
+// hyper-parameters (HF names), mtp_weight, seq_aux_alpha and the loss values; /tokens int32
+// [B, S+1]; /params/<name> and /grads/<name> float32 (no grads for non-trainable parameters).
+#include "trainer/dump.h"
+
+#include <hdf5.h>
+
+#include <cstdio>
+#include <stdexcept>
+#include <vector>
+
+#include "data/sampler.h"
+#include "data/token_file.h"
+#include "kernels/ops.h"
+#include "model/model.h"
+#include "trainer/train.h"
+
+namespace moetron {
+
+namespace {
+
+struct H5 {  // closes an HDF5 id on scope exit
+  hid_t id;
+  herr_t (*close)(hid_t);
+  ~H5() {
+    if (id >= 0) close(id);
+  }
+};
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error(what);
+}
+
+void attr_double(hid_t loc, const char* name, double v) {
+  H5 sp{H5Screate(H5S_SCALAR), H5Sclose};
+  H5 a{H5Acreate2(loc, name, H5T_NATIVE_DOUBLE, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
+  check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_DOUBLE, &v) >= 0, std::string("attribute ") + name);
+}
+
+void attr_int(hid_t loc, const char* name, int64_t v) {
+  H5 sp{H5Screate(H5S_SCALAR), H5Sclose};
+  H5 a{H5Acreate2(loc, name, H5T_NATIVE_INT64, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
+  check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_INT64, &v) >= 0, std::string("attribute ") + name);
+}
+
+void dataset(hid_t loc, const std::string& name, hid_t type, const std::vector<hsize_t>& dims,
+             const void* data) {
+  H5 sp{H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose};
+  H5 d{H5Dcreate2(loc, name.c_str(), type, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+  check(d.id >= 0 && H5Dwrite(d.id, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+        "dataset " + name);
+}
+
+}  // namespace
+
+void dump_grads(const Config& cfg, const std::string& out_path) {
+  const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
+  data::TokenFile file(cfg.data.train_path);
+  data::WindowSampler sampler(file, cfg.data.seq_len, cfg.run.seed);
+  kernels::set_num_threads(resolve_threads(cfg.run));
+
+  const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
+  std::vector<int32_t> tokens(B * (S + 1));
+  for (int64_t b = 0; b < B; ++b) sampler.sample(b, tokens.data() + b * (S + 1));
+  const double lambda = cfg.schedule.mtp_weight.at(0);
+
+  Model<float> model(cfg.model, policy);
+  model.init(cfg.run.seed);
+  Model<float>::MicroBatch mb;
+  const Losses l = model.forward(mb, tokens.data(), B, S, lambda);
+  model.backward(mb, 1.0);
+
+  H5E_auto2_t fn;
+  void* data;
+  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const std::string tmp = out_path + ".tmp";
+  try {
+    H5 f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
+    check(f.id >= 0, "cannot create");
+    const ModelConfig& c = cfg.model;
+    const std::pair<const char*, int64_t> ints[] = {
+        {"vocab_size", c.vocab_size},
+        {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size},
+        {"moe_intermediate_size", c.moe_intermediate_size},
+        {"num_hidden_layers", c.num_hidden_layers},
+        {"first_k_dense_replace", c.first_k_dense_replace},
+        {"num_attention_heads", c.num_attention_heads},
+        {"n_routed_experts", c.n_routed_experts},
+        {"n_shared_experts", c.n_shared_experts},
+        {"num_experts_per_tok", c.num_experts_per_tok},
+        {"n_group", c.n_group},
+        {"topk_group", c.topk_group},
+        {"q_lora_rank", c.q_lora_rank},
+        {"kv_lora_rank", c.kv_lora_rank},
+        {"qk_nope_head_dim", c.qk_nope_head_dim},
+        {"qk_rope_head_dim", c.qk_rope_head_dim},
+        {"v_head_dim", c.v_head_dim},
+        {"num_nextn_predict_layers", c.num_nextn_predict_layers}};
+    for (auto& [k, v] : ints) attr_int(f.id, k, v);
+    const std::pair<const char*, double> dbls[] = {
+        {"routed_scaling_factor", c.routed_scaling_factor},
+        {"rope_theta", c.rope_theta},
+        {"rms_norm_eps", c.rms_norm_eps},
+        {"seq_aux_alpha", c.seq_aux_alpha},
+        {"mtp_weight", lambda},
+        {"loss", l.loss},
+        {"lm_loss", l.lm},
+        {"mtp_loss", l.mtp},
+        {"balance_loss", l.balance}};
+    for (auto& [k, v] : dbls) attr_double(f.id, k, v);
+    dataset(f.id, "tokens", H5T_NATIVE_INT32,
+            {static_cast<hsize_t>(B), static_cast<hsize_t>(S + 1)}, tokens.data());
+    H5 gp{H5Gcreate2(f.id, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+    H5 gg{H5Gcreate2(f.id, "grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+    for (auto& p : model.params().all()) {
+      std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
+      dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
+      if (p->trainable) dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->g());
+    }
+  } catch (const std::exception& e) {
+    std::remove(tmp.c_str());
+    H5Eset_auto2(H5E_DEFAULT, fn, data);
+    throw std::runtime_error(out_path + ": cannot write gradient dump (" + e.what() + ")");
+  }
+  H5Eset_auto2(H5E_DEFAULT, fn, data);
+  if (std::rename(tmp.c_str(), out_path.c_str()) != 0)
+    throw std::runtime_error(out_path + ": cannot rename from " + tmp);
+}
+
+}  // namespace moetron

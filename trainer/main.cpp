@@ -1,0 +1,95 @@
+// The `moetron` command line.
+//
+//   moetron train CONFIG [--set key=value ...]         train from a YAML config
+//   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
+//   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
+//
+// Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "data/byte_tokenizer.h"
+#include "data/token_file.h"
+#include "trainer/config.h"
+#include "trainer/dump.h"
+#include "trainer/train.h"
+
+namespace {
+
+const char* kUsage =
+    "usage:\n"
+    "  moetron train CONFIG [--set key=value ...]\n"
+    "  moetron prepare-text --out FILE.h5 INPUT...\n"
+    "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  std::vector<std::string> positional, sets;
+  std::string out;
+};
+
+Args parse(int argc, char** argv, int first) {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--set" || s == "--out") {
+      if (i + 1 >= argc) throw UsageError(s + " needs a value");
+      (s == "--set" ? a.sets.push_back(argv[++i]) : void(a.out = argv[++i]));
+    } else if (s.rfind("--set=", 0) == 0) {
+      a.sets.push_back(s.substr(6));
+    } else if (s.rfind("--", 0) == 0) {
+      throw UsageError("unknown option " + s);
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+int run(int argc, char** argv) {
+  if (argc < 2) throw UsageError("missing command");
+  const std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  Args a = parse(argc, argv, 2);
+  if (cmd == "train") {
+    if (a.positional.size() != 1) throw UsageError("train takes exactly one CONFIG");
+    moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
+    moetron::train(cfg, std::cout);
+    return 0;
+  }
+  if (cmd == "prepare-text") {
+    if (a.out.empty() || a.positional.empty()) throw UsageError("prepare-text needs --out and inputs");
+    auto info = moetron::data::text_to_token_file(a.positional, a.out);
+    std::cout << a.out << ": " << info.n_docs << " documents, " << info.n_tokens << " tokens\n";
+    return 0;
+  }
+  if (cmd == "dump-grads") {
+    if (a.positional.size() != 1 || a.out.empty())
+      throw UsageError("dump-grads takes one CONFIG and --out");
+    moetron::dump_grads(moetron::load_config(a.positional[0], a.sets), a.out);
+    return 0;
+  }
+  throw UsageError("unknown command '" + cmd + "'");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::cerr << "moetron: " << e.what() << "\n" << kUsage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "moetron: error: " << e.what() << "\n";
+    return 1;
+  }
+}

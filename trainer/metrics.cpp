@@ -1,0 +1,47 @@
+// Progress line and metrics.jsonl writer (see metrics.h).
+#include "trainer/metrics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+
+namespace moetron {
+
+MetricsLog::MetricsLog(const std::string& run_dir) : path_(run_dir + "/metrics.jsonl") {
+  out_.open(path_, std::ios::app);
+  if (!out_) throw std::runtime_error(path_ + ": cannot open for writing");
+}
+
+static std::string num(double x) {
+  if (!std::isfinite(x)) return "null";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.9g", x);
+  return b;
+}
+
+void MetricsLog::write(const StepMetrics& m) {
+  out_ << "{\"step\":" << m.step << ",\"loss\":" << num(m.loss) << ",\"lm_loss\":" << num(m.lm_loss)
+       << ",\"mtp_loss\":" << num(m.mtp_loss) << ",\"balance_loss\":" << num(m.balance_loss)
+       << ",\"lr\":" << num(m.lr) << ",\"grad_norm\":" << num(m.grad_norm)
+       << ",\"tokens\":" << m.tokens << ",\"tokens_per_s\":" << num(m.tokens_per_s)
+       << ",\"step_seconds\":" << num(m.step_seconds)
+       << ",\"expert_imbalance\":" << num(m.expert_imbalance)
+       << ",\"bias_update_speed\":" << num(m.bias_update_speed)
+       << ",\"mtp_weight\":" << num(m.mtp_weight) << "}\n";
+  out_.flush();
+  if (!out_) throw std::runtime_error(path_ + ": write failed");
+}
+
+std::string MetricsLog::progress_line(const StepMetrics& m) {
+  char b[256];
+  const int eta = static_cast<int>(m.eta_seconds);
+  std::snprintf(b, sizeof b,
+                "step %lld/%lld | loss %.4f (lm %.4f mtp %.4f bal %.2e) | lr %.3e | gnorm %.3f | "
+                "%.0f tok/s | imb %.2f | eta %dm%02ds",
+                static_cast<long long>(m.step), static_cast<long long>(m.total_steps), m.loss,
+                m.lm_loss, m.mtp_loss, m.balance_loss, m.lr, m.grad_norm, m.tokens_per_s,
+                m.expert_imbalance, eta / 60, eta % 60);
+  return b;
+}
+
+}  // namespace moetron

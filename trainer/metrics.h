@@ -1,0 +1,35 @@
+// Per-step metrics: one human-readable progress line on stdout and one JSON object per line in
+// <run_dir>/metrics.jsonl (step, losses, lr, grad norm, tokens, throughput, expert imbalance).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+namespace moetron {
+
+struct StepMetrics {
+  int64_t step = 0, total_steps = 0;  // step is 1-based
+  double loss = 0, lm_loss = 0, mtp_loss = 0, balance_loss = 0;
+  double lr = 0, grad_norm = 0;
+  int64_t tokens = 0;           // consumed so far (all ranks)
+  double tokens_per_s = 0;      // this step
+  double step_seconds = 0;
+  double expert_imbalance = 0;  // max load / mean load, averaged over MoE layers
+  double bias_update_speed = 0, mtp_weight = 0;
+  double eta_seconds = 0;
+};
+
+class MetricsLog {
+ public:
+  // Opens (appends to) run_dir/metrics.jsonl. Throws std::runtime_error naming the file.
+  explicit MetricsLog(const std::string& run_dir);
+  void write(const StepMetrics& m);                // JSON line, flushed
+  static std::string progress_line(const StepMetrics& m);
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+}  // namespace moetron
