@@ -7,13 +7,14 @@ namespace moetron {
 
 template <class T>
 void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                     const PrecisionPolicy& pol, bool moe) {
+                     const PrecisionPolicy& pol,
+                     std::shared_ptr<TokenDispatcher<T>> dispatcher) {
   D_ = c.hidden_size;
   attn_.build(ps, prefix, c, pol);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps);
-  if (moe) {
+  if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
-    moe_->build(ps, prefix + "mlp.", c, pol);
+    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher));
   } else {
     mlp_ = std::make_unique<Mlp<T>>();
     mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol.gemm(Component::DenseMlp));

@@ -24,8 +24,9 @@ class Block {
   };
 
   // prefix "model.layers.N."
+  // dispatcher: set for a MoE block, null for a dense one.
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol, bool moe);
+             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher);
   void init(double std, uint64_t seed);
 
   void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out) const;

@@ -11,8 +11,16 @@
 //
 // Everything a forward keeps for its backward lives in a MicroBatch object owned by the caller,
 // one per micro-batch in flight. The model knows nothing of ranks, schedules or files.
+//
+// Pipeline stages: the ordered layer list [embedding, block 0 .. block L-1, head + MTP] is cut
+// into `n_stages` contiguous pieces (StageSpec); a Model object holds one piece. Blocks are split
+// as evenly as possible, earlier stages taking the remainder. The first stage holds the
+// embedding; the last holds the final norm, output head and the MTP modules, and (because MTP
+// embeds tokens too) its own copy of the embedding, whose gradient the caller sums with the
+// first stage's. With one stage this is the whole model.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +28,15 @@
 #include "model/block.h"
 
 namespace moetron {
+
+struct StageSpec {
+  int64_t stage = 0, n_stages = 1;
+  bool first() const { return stage == 0; }
+  bool last() const { return stage == n_stages - 1; }
+};
+
+// Blocks [begin, end) of stage s (throws std::invalid_argument if the layers cannot be cut).
+std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s);
 
 struct Losses {
   double loss = 0, lm = 0, mtp = 0, balance = 0;  // loss = lm + lambda * mtp + balance
@@ -45,24 +62,41 @@ class Model {
   struct MicroBatch {
     int64_t B = 0, S = 0;
     std::vector<int32_t> ids, targets, pos;  // [N]
-    std::vector<Buf<T>> h;                   // residual stream: h[0] = embed ... h[L]
+    std::vector<Buf<T>> h;                   // residual stream: h[0] = stage input .. h[local L]
     std::vector<typename Block<T>::State> blocks;
     Buf<T> hn, rstd, lse;                    // final norm, CE log-sum-exp
     std::vector<MtpState> mtp;
     Losses losses;
     double mtp_weight = 0;
     Buf<T> dhn;
+    Buf<T> dh;  // after backward_input: gradient of the stage input (non-first stages)
+    Buf<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
+    std::vector<std::function<void()>> deferred;  // weight-gradient work queued by backward_input
   };
 
-  Model(const ModelConfig& cfg, const PrecisionPolicy& pol);
+  // dispatcher: how MoE layers reach their experts (default: all experts in this process).
+  Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
+        std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {});
   void init(uint64_t seed);
 
-  // tokens [B, S+1] (inputs and shifted targets). mtp_weight = lambda.
+  // tokens [B, S+1] (inputs and shifted targets; every stage gets them). h_in [B*S, D]: the
+  // previous stage's output (null on the first stage). mtp_weight = lambda. Returns the losses
+  // of this stage (a non-last stage's loss is its layers' balance loss; the stages' losses add
+  // up to the model's) — the output for the next stage is output(mb).
   const Losses& forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
-                        double mtp_weight) const;
-  // Gradients of grad_scale * loss, accumulated into the parameters' grads (input and weight
-  // gradients of every layer, in reverse order).
-  void backward(MicroBatch& mb, double grad_scale) const;
+                        double mtp_weight, const T* h_in = nullptr) const;
+  const T* output(const MicroBatch& mb) const { return mb.h.back().data(); }
+  // Backward of grad_scale * loss (last stage) or of <dh_out, output> (other stages): input
+  // gradients of every layer, in reverse order; mb.dh then holds d(stage input). Weight
+  // gradients accumulate into the parameters now, or in backward_weight if deferred.
+  void backward_input(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr,
+                      bool defer_weight = false) const;
+  void backward_weight(MicroBatch& mb) const;
+  // Both, weight gradients not deferred.
+  void backward(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr) const {
+    backward_input(mb, grad_scale, dh_out, false);
+  }
+  const StageSpec& stage() const { return stage_; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore<T>& params() { return ps_; }
@@ -75,9 +109,11 @@ class Model {
  private:
   ModelConfig cfg_;
   PrecisionPolicy pol_;
+  StageSpec stage_;
+  int64_t first_block_ = 0;  // global index of blocks_[0]
   ParamStore<T> ps_;
-  Param<T>* embed_ = nullptr;    // [V, D]
-  Param<T>* lm_head_ = nullptr;  // [V, D]
+  Param<T>* embed_ = nullptr;    // [V, D] (first and last stage)
+  Param<T>* lm_head_ = nullptr;  // [V, D] (last stage)
   std::vector<std::unique_ptr<Block<T>>> blocks_;
   RMSNorm<T> norm_;
   std::vector<std::unique_ptr<Mtp>> mtp_;

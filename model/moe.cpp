@@ -8,12 +8,15 @@ namespace moetron {
 
 template <class T>
 void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                   const PrecisionPolicy& pol) {
+                   const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher) {
   D_ = c.hidden_size, E_ = c.n_routed_experts, K_ = c.num_experts_per_tok;
   F_ = c.moe_intermediate_size;
   alpha_ = c.seq_aux_alpha;
   gp_ = {E_, K_, c.n_group, c.topk_group, c.routed_scaling_factor};
   expert_prec_ = pol.gemm(Component::RoutedExpert);
+  dispatcher_ = std::move(dispatcher);
+  first_expert_ = dispatcher_->first_expert(E_);
+  E_local_ = dispatcher_->local_experts(E_);
 
   gate_w_ = ps.add(prefix + "gate.weight", {E_, D_});
   bias_ = ps.add(prefix + "gate.e_score_correction_bias", {E_}, /*decay=*/false);
@@ -22,15 +25,15 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   gate_ = {gate_w_, D_, E_, pol.gemm(Component::Gate)};
 
   gu_all_ = std::make_unique<Param<T>>();
-  gu_all_->value = Tensor({E_, 2 * F_, D_}, dtype_of<T>());
-  gu_all_->grad = Tensor({E_, 2 * F_, D_}, dtype_of<T>());
+  gu_all_->value = Tensor({E_local_, 2 * F_, D_}, dtype_of<T>());
+  gu_all_->grad = Tensor({E_local_, 2 * F_, D_}, dtype_of<T>());
   down_all_ = std::make_unique<Param<T>>();
-  down_all_->value = Tensor({E_, D_, F_}, dtype_of<T>());
-  down_all_->grad = Tensor({E_, D_, F_}, dtype_of<T>());
+  down_all_->value = Tensor({E_local_, D_, F_}, dtype_of<T>());
+  down_all_->grad = Tensor({E_local_, D_, F_}, dtype_of<T>());
   const Tensor &w_gu = gu_all_->value, &g_gu = gu_all_->grad;
   const Tensor &w_down = down_all_->value, &g_down = down_all_->grad;
-  for (int64_t e = 0; e < E_; ++e) {
-    const std::string p = prefix + "experts." + std::to_string(e) + ".";
+  for (int64_t e = 0; e < E_local_; ++e) {
+    const std::string p = prefix + "experts." + std::to_string(first_expert_ + e) + ".";
     const int64_t o = e * 2 * F_ * D_;
     params_.push_back(ps.add_view(p + "gate_proj.weight", w_gu, g_gu, o, {F_, D_}));
     params_.push_back(ps.add_view(p + "up_proj.weight", w_gu, g_gu, o + F_ * D_, {F_, D_}));
@@ -61,6 +64,8 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S) const {
   T* s = sized(st.scores, N * E_);
   st.idx.resize(N * K_);
   kernels::gate_forward<T>(logits, bias.data(), N, gp_, s, st.idx.data(), sized(st.weights, N * K_));
+  st.load.assign(E_, 0);
+  for (int32_t e : st.idx) ++st.load[e];
 
   // Sequence-wise balance loss: f_i from the plain top-K of the unbiased scores (no groups),
   // P_i the mean over the sequence of s_i / sum_j s_j.  L = alpha * mean_b sum_i f_i P_i.
@@ -96,22 +101,28 @@ void MoE<T>::shared(State& st, const T* x) const {
 }
 
 template <class T>
-void MoE<T>::dispatch(State& st, const T* x) const {
-  st.routing = kernels::route_by_expert(st.idx.data(), st.N, K_, E_);
-  st.load = st.routing.counts;
-  const int64_t R = st.N * K_;
-  kernels::permute_rows<T>(x, st.routing, D_, sized(st.xperm, R * D_));
-  T* w = sized(st.wperm, R);
-  for (int64_t r = 0; r < R; ++r) w[r] = st.weights[st.routing.row_slot[r]];
+void MoE<T>::dispatch_start(State& st, const T* x) const {
+  dispatcher_->dispatch_start(st.ds, x, st.idx.data(), st.weights.data(), st.N, K_, D_, E_);
+}
+
+template <class T>
+void MoE<T>::dispatch_wait(State& st) const {
+  dispatcher_->dispatch_wait(st.ds);
+  // received (token, slot) pairs grouped by local expert; slots of other processes' experts skip
+  st.routing = kernels::route_by_expert(st.ds.ridx.data(), st.ds.R, K_, E_local_);
+  const int64_t A = static_cast<int64_t>(st.routing.row_token.size());
+  kernels::permute_rows<T>(st.ds.rx.data(), st.routing, D_, sized(st.xperm, A * D_));
+  T* w = sized(st.wperm, A);
+  for (int64_t r = 0; r < A; ++r) w[r] = st.ds.rw[st.routing.row_slot[r]];
 }
 
 template <class T>
 void MoE<T>::experts(State& st) const {
-  const int64_t R = st.N * K_;
+  const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
   T* gu = sized(st.gu, R * 2 * F_);
   T* a = sized(st.a, R * F_);
   T* y = sized(st.yperm, R * D_);
-  for (int64_t e = 0; e < E_; ++e) {
+  for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;
     const T* Wgu = gu_all_->w() + e * 2 * F_ * D_;
@@ -126,38 +137,55 @@ void MoE<T>::experts(State& st) const {
 }
 
 template <class T>
-void MoE<T>::combine(State& st, T* y) const {
+void MoE<T>::combine_start(State& st) const {
+  // per received token: the sum of its local experts' (already weighted) outputs
+  kernels::unpermute_add<T>(st.yperm.data(), st.routing, st.ds.R, D_,
+                            sized(st.ds.ry, st.ds.R * D_, /*zero=*/true));
+  dispatcher_->combine_start(st.ds);
+}
+
+template <class T>
+void MoE<T>::combine_wait(State& st, T* y) const {
   std::copy(st.shared_out.begin(), st.shared_out.begin() + st.N * D_, y);
-  kernels::unpermute_add<T>(st.yperm.data(), st.routing, st.N, D_, y);
+  dispatcher_->combine_wait(st.ds, y);
 }
 
 template <class T>
 void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y) const {
   gate(st, x, B, S);
-  shared(st, x);
-  dispatch(st, x);
+  dispatch_start(st, x);
+  shared(st, x);  // overlaps the dispatch when it is asynchronous
+  dispatch_wait(st);
   experts(st);
-  combine(st, y);
+  combine_start(st);
+  combine_wait(st, y);
 }
 
 // ---- backward --------------------------------------------------------------------------------
 
 template <class T>
-void MoE<T>::combine_backward(State& st, const T* dy, T* dx) const {
-  // combine was a scatter-add of expert rows (plus the shared expert): its backward gathers.
-  const int64_t R = st.N * K_;
-  kernels::permute_rows<T>(dy, st.routing, D_, sized(st.dyperm, R * D_));
+void MoE<T>::combine_backward_start(State& st, const T* dy, T* dx) const {
+  // combine summed expert rows (plus the shared expert): its backward sends dy to every process
+  // the token went to; the shared expert's backward runs meanwhile.
+  dispatcher_->combine_backward_start(st.ds, dy);
   shared_.backward_input(st.shared, dy, dx, /*accumulate=*/true);
 }
 
 template <class T>
+void MoE<T>::combine_backward_wait(State& st) const {
+  dispatcher_->combine_backward_wait(st.ds);
+  const int64_t A = static_cast<int64_t>(st.routing.row_token.size());
+  kernels::permute_rows<T>(st.ds.rdy.data(), st.routing, D_, sized(st.dyperm, A * D_));
+}
+
+template <class T>
 void MoE<T>::experts_backward(State& st) const {
-  const int64_t R = st.N * K_;
+  const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
   T* dgu = sized(st.dgu, R * 2 * F_);
   T* dw = sized(st.dwperm, R);
   T* dxp = sized(st.dxperm, R * D_);
   Buf<T> da;
-  for (int64_t e = 0; e < E_; ++e) {
+  for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;
     const T* Wgu = gu_all_->w() + e * 2 * F_ * D_;
@@ -173,18 +201,28 @@ void MoE<T>::experts_backward(State& st) const {
 }
 
 template <class T>
-void MoE<T>::dispatch_backward(State& st, T* dx) const {
-  kernels::unpermute_add<T>(st.dxperm.data(), st.routing, st.N, D_, dx);
+void MoE<T>::dispatch_backward_start(State& st) const {
+  // per received token: d x summed over its local pairs; d weight per (token, slot)
+  const int64_t R = st.ds.R;
+  kernels::unpermute_add<T>(st.dxperm.data(), st.routing, R, D_,
+                            sized(st.ds.rdx, R * D_, /*zero=*/true));
+  T* rdw = sized(st.ds.rdw, R * K_, /*zero=*/true);
+  for (int64_t i = 0; i < R * K_; ++i)
+    if (st.routing.slot[i] >= 0) rdw[i] = st.dwperm[st.routing.slot[i]];
+  dispatcher_->dispatch_backward_start(st.ds);
+}
+
+template <class T>
+void MoE<T>::dispatch_backward_wait(State& st, T* dx) const {
+  dispatcher_->dispatch_backward_wait(st.ds, dx, sized(st.dweights, st.N * K_));
 }
 
 template <class T>
 void MoE<T>::gate_backward(State& st, T* dx) const {
   const int64_t N = st.N, B = st.B, S = st.S;
-  // d weights[n,k] from the experts' row-scale gradients
-  Buf<T> dweights(N * K_);
-  for (int64_t i = 0; i < N * K_; ++i) dweights[i] = st.dwperm[st.routing.slot[i]];
+  // d weights[n,k] came back with the dispatch backward
   T* dl = sized(st.dlogits, N * E_);
-  kernels::gate_backward<T>(dweights.data(), st.scores.data(), st.idx.data(), st.weights.data(), N,
+  kernels::gate_backward<T>(st.dweights.data(), st.scores.data(), st.idx.data(), st.weights.data(), N,
                             gp_, dl);
   // balance loss: dL/ds_it = c (f_i / Z_t - sum_j f_j s_jt / Z_t^2), c = aux_grad alpha/(B S);
   // then through the sigmoid: dlogit = ds * s (1 - s)
@@ -206,9 +244,11 @@ void MoE<T>::gate_backward(State& st, T* dx) const {
 
 template <class T>
 void MoE<T>::backward_input(State& st, const T* dy, T* dx) const {
-  combine_backward(st, dy, dx);
+  combine_backward_start(st, dy, dx);
+  combine_backward_wait(st);
   experts_backward(st);
-  dispatch_backward(st, dx);
+  dispatch_backward_start(st);
+  dispatch_backward_wait(st, dx);
   gate_backward(st, dx);
 }
 
@@ -216,7 +256,7 @@ template <class T>
 void MoE<T>::backward_weight(State& st, const T* x) const {
   shared_.backward_weight(st.shared, x);
   gate_.backward_weight(st.dlogits.data(), x, st.N);
-  for (int64_t e = 0; e < E_; ++e) {
+  for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;
     // dWd[D,F] += dy^T a ; dWgu[2F,D] += dgu^T x

@@ -20,6 +20,7 @@
 #include "kernels/ops.h"
 #include "model/buffers.h"
 #include "model/config.h"
+#include "model/dispatch.h"
 #include "model/mlp.h"
 #include "model/precision.h"
 
@@ -31,35 +32,41 @@ class MoE {
   struct State {
     int64_t B = 0, S = 0, N = 0;
     Buf<T> logits, scores, weights;   // [N,E], [N,E], [N,K]
-    std::vector<int32_t> idx;         // [N,K]
-    kernels::ExpertRouting routing;   // assignments sorted by expert
-    Buf<T> xperm, wperm, gu, a, yperm;  // [NK,D], [NK], [NK,2F], [NK,F], [NK,D]
+    std::vector<int32_t> idx;         // [N,K] global expert ids
+    DispatchState<T> ds;              // received tokens [R, ...] and the dispatch plan
+    kernels::ExpertRouting routing;   // received (token, slot) pairs sorted by local expert
+    Buf<T> xperm, wperm, gu, a, yperm;  // [A,D], [A], [A,2F], [A,F], [A,D]; A = local pairs
     typename Mlp<T>::State shared;
     Buf<T> shared_out;                // [N,D]
     Buf<T> bal_f;                     // [B,E] balance-loss f_i per sequence (constants)
     double balance_loss = 0;          // alpha * mean_b sum_i f_i P_i
     std::vector<int64_t> load;        // [E] assignments per expert in this micro-batch
     // backward
-    Buf<T> dyperm, dgu, dwperm, dxperm, dlogits;
+    Buf<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
     T aux_grad = T(0);                // d(total loss)/d(balance_loss), set by the caller
   };
 
+  // The dispatcher decides which experts live here (all of them for LocalDispatcher).
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol);
+             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher);
   void init(double std, uint64_t seed);
 
   // ---- forward phases (x = ffn_norm output [N,D]) ----
   void gate(State& st, const T* x, int64_t B, int64_t S) const;
   void shared(State& st, const T* x) const;
-  void dispatch(State& st, const T* x) const;
+  void dispatch_start(State& st, const T* x) const;
+  void dispatch_wait(State& st) const;
   void experts(State& st) const;
-  void combine(State& st, T* y) const;  // y[N,D] = shared + sum of weighted expert outputs
+  void combine_start(State& st) const;
+  void combine_wait(State& st, T* y) const;  // y[N,D] = shared + sum of weighted expert outputs
   void forward(State& st, const T* x, int64_t B, int64_t S, T* y) const;
 
   // ---- backward phases: dx[N,D] accumulates ----
-  void combine_backward(State& st, const T* dy, T* dx) const;
+  void combine_backward_start(State& st, const T* dy, T* dx) const;  // + shared expert backward
+  void combine_backward_wait(State& st) const;
   void experts_backward(State& st) const;
-  void dispatch_backward(State& st, T* dx) const;
+  void dispatch_backward_start(State& st) const;
+  void dispatch_backward_wait(State& st, T* dx) const;
   void gate_backward(State& st, T* dx) const;
   void backward_input(State& st, const T* dy, T* dx) const;  // all four, in order
   void backward_weight(State& st, const T* x) const;
@@ -72,14 +79,16 @@ class MoE {
 
  private:
   int64_t D_ = 0, E_ = 0, K_ = 0, F_ = 0;
+  int64_t E_local_ = 0, first_expert_ = 0;  // experts held here: [first, first + E_local)
+  std::shared_ptr<TokenDispatcher<T>> dispatcher_;
   double alpha_ = 0;
   kernels::GateParams gp_;
   Param<T>* gate_w_ = nullptr;  // [E, D]
   Param<T>* bias_ = nullptr;    // [E], selection only, not trained
   Linear<T> gate_;
   // All experts' weights, fused (unregistered; the per-expert views are the named parameters):
-  std::unique_ptr<Param<T>> gu_all_;    // [E, 2F, D] gate|up
-  std::unique_ptr<Param<T>> down_all_;  // [E, D, F]
+  std::unique_ptr<Param<T>> gu_all_;    // [E_local, 2F, D] gate|up
+  std::unique_ptr<Param<T>> down_all_;  // [E_local, D, F]
   kernels::GemmPrecision expert_prec_ = kernels::GemmPrecision::FP32;
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;

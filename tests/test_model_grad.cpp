@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <random>
 
 #include "model/model.h"
@@ -125,7 +126,7 @@ TEST(ModelGrad, MoEWithBalanceLoss) {
   ModelConfig c = small_config();
   ParamStore<double> ps;
   MoE<double> moe;
-  moe.build(ps, "model.layers.1.mlp.", c, PrecisionPolicy{});
+  moe.build(ps, "model.layers.1.mlp.", c, PrecisionPolicy{}, std::make_shared<LocalDispatcher<double>>());
   moe.init(0.3, 11);
   // a non-zero selection bias must change routing but never receive a gradient
   for (int64_t e = 0; e < c.n_routed_experts; ++e) moe.bias()->w()[e] = 0.01 * (e % 3);
@@ -201,7 +202,7 @@ TEST(ModelGrad, BiasUpdateFollowsLoadSign) {
   ModelConfig c = small_config();
   ParamStore<double> ps;
   MoE<double> moe;
-  moe.build(ps, "m.", c, PrecisionPolicy{});
+  moe.build(ps, "m.", c, PrecisionPolicy{}, std::make_shared<LocalDispatcher<double>>());
   moe.init(0.1, 1);
   std::vector<int64_t> load = {10, 0, 5, 5, 5, 5, 5, 5};  // mean 5
   moe.update_bias(load, 0.001);
@@ -222,4 +223,80 @@ TEST(ModelGrad, ParameterNamesFollowHuggingFace) {
     EXPECT_NE(model.params().find(name), nullptr) << name;
   EXPECT_FALSE(model.params().find("model.layers.1.mlp.gate.e_score_correction_bias")->trainable);
   EXPECT_FALSE(model.params().find("model.norm.weight")->decay);
+}
+
+namespace {
+// Gradient of every parameter by name.
+std::map<std::string, std::vector<double>> grads_by_name(const ParamStore<double>& ps) {
+  std::map<std::string, std::vector<double>> out;
+  for (auto& p : ps.all()) out[p->name].assign(p->grad.data<double>(), p->grad.data<double>() + p->numel());
+  return out;
+}
+}  // namespace
+
+TEST(ModelGrad, DeferredWeightGradientsEqualImmediate) {
+  ModelConfig c = small_config();
+  Model<double> model(c, PrecisionPolicy{});
+  model.init(8);
+  const int64_t B = 2, S = 5;
+  auto tokens = random_tokens(B, S, c.vocab_size, 4);
+  Model<double>::MicroBatch mb;
+  model.forward(mb, tokens.data(), B, S, 0.3);
+  model.backward(mb, 1.0);
+  auto want = grads_by_name(model.params());
+  model.params().zero_grad();
+  model.forward(mb, tokens.data(), B, S, 0.3);
+  model.backward_input(mb, 1.0, nullptr, /*defer_weight=*/true);
+  EXPECT_FALSE(mb.deferred.empty());
+  model.backward_weight(mb);
+  auto got = grads_by_name(model.params());
+  for (auto& [name, g] : want) EXPECT_EQ(got[name], g) << name;
+}
+
+TEST(ModelGrad, PipelineStagesComposeToTheWholeModel) {
+  // Stages run one after another in one process, activations and their gradients handed over
+  // by hand, give the whole model's loss and gradients (embedding: first + last stage copies).
+  ModelConfig c = small_config();
+  c.num_hidden_layers = 3;
+  const int64_t B = 2, S = 5, N = B * S, D = c.hidden_size;
+  auto tokens = random_tokens(B, S, c.vocab_size, 12);
+  Model<double> whole(c, PrecisionPolicy{});
+  whole.init(21);
+  Model<double>::MicroBatch mb;
+  const double want_loss = whole.forward(mb, tokens.data(), B, S, 0.3).loss;
+  whole.backward(mb, 1.0);
+  auto want = grads_by_name(whole.params());
+
+  for (int64_t P : {2, 3}) {
+    std::vector<std::unique_ptr<Model<double>>> st;
+    std::vector<Model<double>::MicroBatch> mbs(P);
+    for (int64_t s = 0; s < P; ++s) {
+      st.push_back(std::make_unique<Model<double>>(c, PrecisionPolicy{}, nullptr, StageSpec{s, P}));
+      st.back()->init(21);
+    }
+    const double* h = nullptr;
+    double loss = 0;
+    for (int64_t s = 0; s < P; ++s) {
+      loss += st[s]->forward(mbs[s], tokens.data(), B, S, 0.3, h).loss;
+      h = st[s]->output(mbs[s]);
+    }
+    EXPECT_NEAR(loss, want_loss, 1e-12) << "P=" << P;
+    std::vector<double> dh;
+    for (int64_t s = P - 1; s >= 0; --s) {
+      st[s]->backward(mbs[s], 1.0, s == P - 1 ? nullptr : dh.data());
+      dh.assign(mbs[s].dh.begin(), mbs[s].dh.begin() + N * D);
+    }
+    std::map<std::string, std::vector<double>> got;
+    for (auto& m : st)
+      for (auto& [name, g] : grads_by_name(m->params())) {
+        auto& acc = got[name];
+        if (acc.empty()) acc.assign(g.size(), 0.0);
+        for (size_t i = 0; i < g.size(); ++i) acc[i] += g[i];
+      }
+    ASSERT_EQ(got.size(), want.size());
+    for (auto& [name, g] : want) {
+      ASSERT_EQ(got[name].size(), g.size()) << name;
+      for (size_t i = 0; i < g.size(); ++i) ASSERT_NEAR(got[name][i], g[i], 1e-12) << name << " P=" << P;
+    }
+  }
 }

@@ -1,0 +1,79 @@
+// Token dispatch: how a MoE layer's routed tokens reach the experts and come back.
+//
+// The MoE layer decides, per token, K (expert, weight) pairs; a TokenDispatcher moves each token
+// once to every process that holds one of its experts and brings the weighted expert outputs
+// back as a plain sum (the gate weight is folded into the experts' SwiGLU). The model only sees
+// this interface: LocalDispatcher (here) keeps everything in the process; the expert-parallel
+// dispatcher (parallel/) implements it with an all-to-all over the EP group. Every operation is
+// split into start and wait, so an executor can run another micro-batch's compute in between.
+//
+// Backward: the backward of dispatch is a combine of gradients and the backward of combine is a
+// dispatch, reusing the forward's plan (no new routing decision).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/buffers.h"
+
+namespace moetron {
+
+// One MoE layer's dispatch for one micro-batch: the received side and the dispatcher's plan.
+template <class T>
+struct DispatchState {
+  int64_t N = 0, K = 0, D = 0;  // origin tokens, top-k, width
+  int64_t R = 0;                // tokens received here
+  Buf<T> rx;                    // [R, D] received token rows
+  std::vector<int32_t> ridx;    // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
+  Buf<T> rw;                    // [R, K] gate weight per slot
+  Buf<T> ry;                    // [R, D] sum over this process's experts of weighted outputs
+  Buf<T> rdy, rdx, rdw;         // backward: [R, D], [R, D], [R, K]
+  // the dispatcher's bookkeeping (rows per peer, which origin token each sent row is, requests)
+  std::vector<int64_t> send_token;  // sent row -> origin token
+  std::vector<int64_t> send_counts, recv_counts;  // rows per peer
+  std::shared_ptr<void> pending;    // in-flight communication, owned by the dispatcher
+  Buf<T> scratch;                   // staging for payloads in flight
+};
+
+template <class T>
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+  // The contiguous block of global expert ids held by this process.
+  virtual int64_t first_expert(int64_t n_experts) const = 0;
+  virtual int64_t local_experts(int64_t n_experts) const = 0;
+
+  // forward: x [N,D], idx [N,K] global expert ids, w [N,K] -> st.R, st.rx, st.ridx, st.rw
+  virtual void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w,
+                              int64_t N, int64_t K, int64_t D, int64_t n_experts) = 0;
+  virtual void dispatch_wait(DispatchState<T>& st) = 0;
+  // forward: st.ry [R,D] -> y [N,D] += sum over the processes each token went to
+  virtual void combine_start(DispatchState<T>& st) = 0;
+  virtual void combine_wait(DispatchState<T>& st, T* y) = 0;
+  // backward of combine: dy [N,D] -> st.rdy [R,D]
+  virtual void combine_backward_start(DispatchState<T>& st, const T* dy) = 0;
+  virtual void combine_backward_wait(DispatchState<T>& st) = 0;
+  // backward of dispatch: st.rdx [R,D], st.rdw [R,K] -> dx [N,D] += ..., dw [N,K] (write)
+  virtual void dispatch_backward_start(DispatchState<T>& st) = 0;
+  virtual void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) = 0;
+};
+
+// All experts in this process: received = sent, no copies beyond the state's buffers.
+template <class T>
+class LocalDispatcher final : public TokenDispatcher<T> {
+ public:
+  int64_t first_expert(int64_t) const override { return 0; }
+  int64_t local_experts(int64_t n_experts) const override { return n_experts; }
+  void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w, int64_t N,
+                      int64_t K, int64_t D, int64_t n_experts) override;
+  void dispatch_wait(DispatchState<T>&) override {}
+  void combine_start(DispatchState<T>&) override {}
+  void combine_wait(DispatchState<T>& st, T* y) override;
+  void combine_backward_start(DispatchState<T>& st, const T* dy) override;
+  void combine_backward_wait(DispatchState<T>&) override {}
+  void dispatch_backward_start(DispatchState<T>&) override {}
+  void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
+};
+
+}  // namespace moetron

@@ -1,0 +1,59 @@
+// Tests of the small kernels: elementwise add / axpy (short and long enough to run threaded) and
+// the embedding gather / scatter-add with repeated token ids.
+#include "kernels/ops.h"
+#include "tests/test_kernels_util.h"
+
+namespace moetron::kernels::testing {
+namespace {
+
+template <class T>
+class BasicTest : public ::testing::Test {};
+using Types = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(BasicTest, Types);
+
+TYPED_TEST(BasicTest, AddAndAxpy) {
+  using T = TypeParam;
+  for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{100003}}) {
+    const auto x = to_double(cast<T>(rand_vec(n, 1))), y0 = to_double(cast<T>(rand_vec(n, 2)));
+    auto y = cast<T>(y0);
+    add_inplace<T>(y.data(), cast<T>(x).data(), n);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = y0[i] + x[i];
+    expect_close(y, ref, kTol<T>, "add_inplace");
+    y = cast<T>(y0);
+    axpy<T>(y.data(), T(-0.75), cast<T>(x).data(), n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = y0[i] - 0.75 * x[i];
+    expect_close(y, ref, kTol<T>, "axpy");
+  }
+}
+
+TYPED_TEST(BasicTest, EmbeddingGatherAndScatterAdd) {
+  using T = TypeParam;
+  const int64_t V = 11, D = 133, N = 37;  // D > one column block; ids repeat
+  std::vector<int32_t> ids(N);
+  for (int64_t n = 0; n < N; ++n) ids[n] = static_cast<int32_t>((n * 7) % V);
+  ids[5] = ids[6] = 3;
+  const auto table = cast<T>(rand_vec(V * D, 3));
+  std::vector<T> out(N * D);
+  embedding_forward<T>(ids.data(), N, table.data(), D, out.data());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) ASSERT_EQ(out[n * D + d], table[ids[n] * D + d]);
+  const auto dout = to_double(cast<T>(rand_vec(N * D, 4)));
+  const auto dt0 = to_double(cast<T>(rand_vec(V * D, 5)));
+  auto dtable = cast<T>(dt0);  // accumulates
+  embedding_backward<T>(ids.data(), N, cast<T>(dout).data(), D, dtable.data());
+  auto ref = dt0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) ref[ids[n] * D + d] += dout[n * D + d];
+  expect_close(dtable, ref, kTol<T>, "embedding_backward");
+}
+
+TEST(Embedding, NegativeIdThrows) {
+  const std::vector<int32_t> ids = {0, -1};
+  std::vector<float> table(4), out(4);
+  EXPECT_THROW(embedding_forward<float>(ids.data(), 2, table.data(), 2, out.data()),
+               std::out_of_range);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::testing

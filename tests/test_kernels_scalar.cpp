@@ -1,0 +1,94 @@
+// Tests of the shared scalar math in kernels/scalar.h: bf16 conversion (round to nearest even on
+// crafted bit patterns, NaN/Inf, overflow, subnormals, exhaustive round trip, and an independent
+// reference on random patterns) and the vectorisable fast_exp / fast_sigmoid.
+#include <limits>
+
+#include "kernels/scalar.h"
+#include "tests/test_kernels_util.h"
+
+namespace moetron::kernels::testing {
+namespace {
+
+uint16_t bf(uint32_t bits) { return f32_to_bf16(bits_f32(bits)); }
+
+TEST(Bf16, RoundsToNearestEvenOnCraftedPatterns) {
+  EXPECT_EQ(bf(0x3F800000u), 0x3F80);  // 1.0 exact
+  EXPECT_EQ(bf(0x3F807FFFu), 0x3F80);  // just below the midpoint: down
+  EXPECT_EQ(bf(0x3F808000u), 0x3F80);  // midpoint, even below: stays
+  EXPECT_EQ(bf(0x3F808001u), 0x3F81);  // just above the midpoint: up
+  EXPECT_EQ(bf(0x3F818000u), 0x3F82);  // midpoint, odd below: up to even
+  EXPECT_EQ(bf(0xBF818000u), 0xBF82);  // same for negatives
+  EXPECT_EQ(bf(0xBF808000u), 0xBF80);
+  EXPECT_EQ(bf(0x3FFF8000u), 0x4000);  // carry into the exponent
+  EXPECT_EQ(bf(0x7F7FFFFFu), 0x7F80);  // FLT_MAX rounds to +inf
+  EXPECT_EQ(bf(0x7F800000u), 0x7F80);  // +inf
+  EXPECT_EQ(bf(0xFF800000u), 0xFF80);  // -inf
+  EXPECT_EQ(bf(0x00000000u), 0x0000);
+  EXPECT_EQ(bf(0x80000000u), 0x8000);  // -0 keeps its sign
+  EXPECT_EQ(bf(0x00008000u), 0x0000);  // subnormal midpoint: to even (0)
+  EXPECT_EQ(bf(0x00018000u), 0x0002);  // subnormal midpoint: to even (2)
+  EXPECT_EQ(bf(0x00000001u), 0x0000);
+  // NaNs stay NaN (quiet), including a payload that rounding would carry into infinity.
+  for (uint32_t nan : {0x7FC00000u, 0x7F800001u, 0x7FFFFFFFu, 0xFF80FFFFu}) {
+    const uint16_t h = bf(nan);
+    EXPECT_TRUE(std::isnan(bf16_to_f32(h))) << std::hex << nan;
+    EXPECT_EQ(h & 0x8000, (nan >> 16) & 0x8000);
+  }
+}
+
+TEST(Bf16, ExhaustiveRoundTrip) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const float x = bf16_to_f32(static_cast<uint16_t>(h));
+    if (std::isnan(x)) continue;
+    ASSERT_EQ(f32_to_bf16(x), h) << std::hex << h;
+    ASSERT_EQ(round_bf16(x), x);
+  }
+}
+
+// Independent reference: pick the nearer of the two bf16 neighbours in double, ties to even.
+TEST(Bf16, MatchesNearestNeighbourOnRandomPatterns) {
+  std::mt19937 rng(3);
+  for (int it = 0; it < 200000; ++it) {
+    const uint32_t u = rng();
+    const float x = bits_f32(u);
+    if (!std::isfinite(x)) continue;
+    const uint32_t lo = u & 0xFFFF0000u;  // truncation: the neighbour towards zero
+    const double a = bits_f32(lo);
+    double b = bits_f32(lo + 0x10000u);  // the neighbour away from zero
+    if (std::isinf(b)) b = std::copysign(std::ldexp(1.0, 128), a);  // where 2^128 would be
+    const double da = std::fabs(x - a), db = std::fabs(b - x);
+    const bool down = da < db || (da == db && ((lo >> 16) & 1u) == 0);
+    const uint16_t want = static_cast<uint16_t>((down ? lo : lo + 0x10000u) >> 16);
+    ASSERT_EQ(f32_to_bf16(x), want) << std::hex << u;
+  }
+}
+
+TEST(FastExp, AccurateOverTheUsefulRange) {
+  double worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.00731f) {
+    const double e = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(fast_exp(x) - e) / e);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(fast_exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(fast_exp(-100.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(fast_exp(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isfinite(fast_exp(1000.0f)));  // saturates at e^88
+  EXPECT_GT(fast_exp(1000.0f), 1e38f);
+  EXPECT_EQ(fast_exp(0.5), std::exp(0.5));  // double is std::exp
+}
+
+TEST(FastExp, SigmoidAndSilu) {
+  for (float x = -30.f; x <= 30.f; x += 0.37f) {
+    const double s = 1.0 / (1.0 + std::exp(-static_cast<double>(x)));
+    EXPECT_NEAR(fast_sigmoid(x), s, 3e-7 * s + 1e-30) << x;
+    EXPECT_NEAR(fast_silu(x), x * s, 3e-7 * std::fabs(x * s) + 1e-30) << x;
+  }
+  EXPECT_EQ(fast_sigmoid(-1000.f), fast_sigmoid(-1000.f));  // no NaN
+  EXPECT_LT(fast_sigmoid(-1000.f), 1e-37f);
+  EXPECT_EQ(fast_sigmoid(1000.f), 1.f);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::testing
