@@ -28,12 +28,12 @@ import os
 import sys
 import time
 
-import torch
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "torch_ref"))
-from deepseek_v3 import DeepseekV3ForCausalLM, ModelConfig, init_weights  # noqa: E402
+# torch (and deepseek_v3, which imports it) is imported in main(), after the thread environment
+# is set: OpenMP and the BLAS read it once, when they are loaded.
 
 WARMUP_STEPS_UNTIMED = 2
 
@@ -53,7 +53,22 @@ def schedule_first(value, default: float) -> float:
     raise SystemExit(f"cannot read a schedule value from {value!r}")
 
 
+def set_thread_env(threads: int) -> None:
+    """Make --threads govern every compute pool (unless the caller's environment already says).
+
+    Debian's torch runs GEMMs in OpenBLAS's own pthread pool (sized to all cores, whatever
+    torch.set_num_threads says) and element-wise ops in libgomp's pool, whose idle threads spin by
+    default; the two pools then fight for the cores (measured 3x slower on a 2-core VM). Passive
+    waiting and an equal OpenBLAS pool fix that.
+    """
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(key, str(threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def load_config(path: str, sets: list):
+    from deepseek_v3 import ModelConfig
+
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
     for item in sets:  # --set a.b=value, value parsed as YAML
@@ -78,6 +93,7 @@ class TokenSource:
     """Batches [B, S+1] of random tokens, or random windows of an HDF5 token file."""
 
     def __init__(self, vocab: int, batch: int, seq: int, seed: int, path: str = ""):
+        import torch
         self.vocab, self.batch, self.seq = vocab, batch, seq
         self.gen = torch.Generator().manual_seed(seed)
         self.ds = None
@@ -88,7 +104,8 @@ class TokenSource:
             if self.ds.ndim != 1 or self.ds.shape[0] < seq + 1:
                 raise SystemExit(f"{path}: `tokens` must be 1-D with at least {seq + 1} entries")
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> "torch.Tensor":
+        import torch
         B, S = self.batch, self.seq
         if self.ds is None:
             return torch.randint(0, self.vocab, (B, S + 1), generator=self.gen)
@@ -116,13 +133,19 @@ def main() -> int:
     if args.steps <= WARMUP_STEPS_UNTIMED:
         ap.error(f"--steps must exceed the {WARMUP_STEPS_UNTIMED} untimed warm-up steps")
 
+    with open(args.config) as f:  # only run.threads is needed before torch is loaded
+        run0 = (yaml.safe_load(f) or {}).get("run") or {}
+    threads = args.threads or int(run0.get("threads", 0)) or os.cpu_count()
+    set_thread_env(threads)
+    import torch
+    from deepseek_v3 import DeepseekV3ForCausalLM, init_weights
+
     cfg, doc = load_config(args.config, args.set)
     data, opt_cfg, run = doc.get("data") or {}, doc.get("optimizer") or {}, doc.get("run") or {}
     sched = doc.get("schedule") or {}
     lr_cfg = sched.get("lr") or {}
     B = args.micro_batch or int(data.get("micro_batch_size", 4))
     S = args.seq or int(data.get("seq_len", 128))
-    threads = args.threads or int(run.get("threads", 0)) or os.cpu_count()
     seed = args.seed if args.seed is not None else int(run.get("seed", 1234))
     peak_lr = args.lr if args.lr is not None else float(lr_cfg.get("peak", 3e-3))
     warmup = int(lr_cfg.get("warmup_steps", 20))
@@ -147,12 +170,13 @@ def main() -> int:
     source = TokenSource(cfg.vocab_size, B, S, seed + 1, args.data)
 
     n_params = sum(p.numel() for p in params)
-    print(f"torch {torch.__version__}, {threads} threads; model {n_params / 1e6:.2f}M params, L={cfg.num_hidden_layers} "
+    print(f"torch {torch.__version__}, {threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}); model {n_params / 1e6:.2f}M params, L={cfg.num_hidden_layers} "
           f"D={cfg.hidden_size} E={cfg.n_routed_experts} K={cfg.num_experts_per_tok} MTP={cfg.num_nextn_predict_layers}; "
           f"B={B} S={S} x{args.grad_accum} micro-batches/step; AdamW lr={peak_lr:g} (warm-up {warmup}) betas={betas} eps={eps:g} wd={wd:g} clip={clip:g}; "
           f"lambda={cfg.mtp_weight:g} alpha={cfg.seq_aux_alpha:g} gamma={gamma:g}; data={args.data or 'random'}")
 
-    timed_s, timed_tokens = 0.0, 0
+    timed_s, timed_tokens, step_times = 0.0, 0, []
     for step in range(args.steps):
         t0 = time.perf_counter()
         lr = peak_lr * min(1.0, (step + 1) / warmup) if warmup > 0 else peak_lr
@@ -173,9 +197,13 @@ def main() -> int:
         if step >= WARMUP_STEPS_UNTIMED:
             timed_s += dt
             timed_tokens += args.grad_accum * B * S
+            step_times.append(dt)
         print(f"step {step:4d} loss {out['loss'].item():.5f} lm {out['lm_loss'].item():.5f} "
               f"mtp {out['mtp_loss'].item():.5f} bal {out['balance_loss'].item():.6f} gnorm {float(gnorm):.4f} "
               f"lr {lr:.3g} {dt * 1e3:8.1f} ms{'' if step >= WARMUP_STEPS_UNTIMED else ' (untimed)'}", flush=True)
+    med = sorted(step_times)[len(step_times) // 2]
+    print(f"timed steps: {len(step_times)}, mean {timed_s / len(step_times) * 1e3:.1f} ms, median {med * 1e3:.1f} ms "
+          f"({args.grad_accum * B * S / med:.1f} tokens/s at the median)")
     print(f"torch tokens/s: {timed_tokens / timed_s:.1f}")
     return 0
 

@@ -110,7 +110,8 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
 
 // ---- token permutation by expert -------------------------------------------------------------
 // From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix), and for each of the N*K assignments
-// its row in the expert-sorted order: slot[n*K+k] = row. Stable: within an expert, rows follow
+// its row in the expert-sorted order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in
+// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows follow
 // (n, k) order. row_token[row] = n, row_slot[row] = n*K+k.
 struct ExpertRouting {
   std::vector<int64_t> counts, offsets;

@@ -28,7 +28,10 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
   const auto [b0, b1] = stage_blocks(L, stage);
   first_block_ = b0;
   const bool mtp_here = stage.last() && cfg.num_nextn_predict_layers > 0;
-  if (stage.first() || mtp_here) embed_ = ps_.add("model.embed_tokens.weight", {V, D});
+  if (stage.first() || mtp_here) {
+    embed_ = ps_.add("model.embed_tokens.weight", {V, D});
+    embed_->replica = !stage.first();
+  }
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
     blocks_.back()->build(ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,

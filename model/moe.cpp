@@ -38,6 +38,7 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
     params_.push_back(ps.add_view(p + "gate_proj.weight", w_gu, g_gu, o, {F_, D_}));
     params_.push_back(ps.add_view(p + "up_proj.weight", w_gu, g_gu, o + F_ * D_, {F_, D_}));
     params_.push_back(ps.add_view(p + "down_proj.weight", w_down, g_down, e * D_ * F_, {D_, F_}));
+    for (size_t i = params_.size() - 3; i < params_.size(); ++i) params_[i]->expert = true;
   }
   shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_,
                 pol.gemm(Component::SharedExpert));

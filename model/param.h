@@ -24,6 +24,10 @@ struct Param {
   Tensor value, grad;
   bool decay = true;      // AdamW weight decay (off for norms and biases)
   bool trainable = true;  // false: updated by a rule, not by the optimizer (the expert bias)
+  bool expert = false;    // a routed expert's weight (held by an EP shard, reduced over EDP)
+  bool replica = false;   // a second copy of a parameter held by another pipeline stage (the
+                          // embedding on the last stage, for MTP): grads are summed between the
+                          // copies and it counts once in the gradient norm
   int64_t numel() const { return value.numel(); }
   T* w() { return value.data<T>(); }
   T* g() { return grad.data<T>(); }

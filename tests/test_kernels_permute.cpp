@@ -93,3 +93,23 @@ TEST(Permute, ScatterIsTheAdjointOfGather) {
 
 }  // namespace
 }  // namespace moetron::kernels::testing
+
+// Expert parallelism: slots whose expert lives in another process are marked -1; they get no
+// row, and the scatter-add skips them.
+TEST(Permute, SkipsSlotsServedElsewhere) {
+  const int32_t idx[] = {1, -1, 0, 1, -1, -1};  // N=3 tokens, K=2
+  auto r = moetron::kernels::route_by_expert(idx, 3, 2, 2);
+  EXPECT_EQ(r.row_token.size(), 3u);
+  EXPECT_EQ(r.counts[0], 1);
+  EXPECT_EQ(r.counts[1], 2);
+  EXPECT_EQ(r.slot[1], -1);
+  EXPECT_EQ(r.slot[4], -1);
+  EXPECT_EQ(r.slot[5], -1);
+  const double x[] = {1, 2, 3};  // D=1
+  double rows[3], out[3] = {0, 0, 0};
+  moetron::kernels::permute_rows<double>(x, r, 1, rows);
+  moetron::kernels::unpermute_add<double>(rows, r, 3, 1, out);
+  EXPECT_EQ(out[0], 1.0);  // one local slot
+  EXPECT_EQ(out[1], 4.0);  // two local slots
+  EXPECT_EQ(out[2], 0.0);  // none
+}

@@ -341,6 +341,7 @@ void visit_config(V& v, C&... c) {
     v.field("seed", kAny, c.run.seed...);
     v.field("log_interval", kPositive, c.run.log_interval...);
     v.field("threads", kNonNegative, c.run.threads...);
+    v.field("save_params", kAnyText, c.run.save_params...);
   });
 }
 

@@ -51,7 +51,44 @@ void dataset(hid_t loc, const std::string& name, hid_t type, const std::vector<h
         "dataset " + name);
 }
 
+// Runs `write` on a new HDF5 file at path + ".tmp" and renames it to path; errors name the path.
+template <class F>
+void write_h5(const std::string& path, const char* what, F write) {
+  H5E_auto2_t fn;
+  void* data;
+  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const std::string tmp = path + ".tmp";
+  try {
+    H5 f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
+    check(f.id >= 0, "cannot create");
+    write(f.id);
+  } catch (const std::exception& e) {
+    std::remove(tmp.c_str());
+    H5Eset_auto2(H5E_DEFAULT, fn, data);
+    throw std::runtime_error(path + ": cannot write " + what + " (" + e.what() + ")");
+  }
+  H5Eset_auto2(H5E_DEFAULT, fn, data);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error(path + ": cannot rename from " + tmp);
+}
+
+// /params/<name> (and /grads/<name> for trainable ones when `grads`)
+void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {
+  H5 gp{H5Gcreate2(file, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+  H5 gg{grads ? H5Gcreate2(file, "grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1, H5Gclose};
+  for (auto& p : ps.all()) {
+    std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
+    dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
+    if (grads && p->trainable) dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
+  }
+}
+
 }  // namespace
+
+void save_params(const ParamStore<float>& params, const std::string& out_path) {
+  write_h5(out_path, "parameters", [&](hid_t f) { write_params(f, params, false); });
+}
 
 void dump_grads(const Config& cfg, const std::string& out_path) {
   const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
@@ -70,14 +107,7 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
   const Losses l = model.forward(mb, tokens.data(), B, S, lambda);
   model.backward(mb, 1.0);
 
-  H5E_auto2_t fn;
-  void* data;
-  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const std::string tmp = out_path + ".tmp";
-  try {
-    H5 f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
-    check(f.id >= 0, "cannot create");
+  write_h5(out_path, "gradient dump", [&](hid_t f) {
     const ModelConfig& c = cfg.model;
     const std::pair<const char*, int64_t> ints[] = {
         {"vocab_size", c.vocab_size},
@@ -98,7 +128,7 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
         {"qk_rope_head_dim", c.qk_rope_head_dim},
         {"v_head_dim", c.v_head_dim},
         {"num_nextn_predict_layers", c.num_nextn_predict_layers}};
-    for (auto& [k, v] : ints) attr_int(f.id, k, v);
+    for (auto& [k, v] : ints) attr_int(f, k, v);
     const std::pair<const char*, double> dbls[] = {
         {"routed_scaling_factor", c.routed_scaling_factor},
         {"rope_theta", c.rope_theta},
@@ -109,24 +139,11 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
         {"lm_loss", l.lm},
         {"mtp_loss", l.mtp},
         {"balance_loss", l.balance}};
-    for (auto& [k, v] : dbls) attr_double(f.id, k, v);
-    dataset(f.id, "tokens", H5T_NATIVE_INT32,
+    for (auto& [k, v] : dbls) attr_double(f, k, v);
+    dataset(f, "tokens", H5T_NATIVE_INT32,
             {static_cast<hsize_t>(B), static_cast<hsize_t>(S + 1)}, tokens.data());
-    H5 gp{H5Gcreate2(f.id, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    H5 gg{H5Gcreate2(f.id, "grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    for (auto& p : model.params().all()) {
-      std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
-      dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
-      if (p->trainable) dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->g());
-    }
-  } catch (const std::exception& e) {
-    std::remove(tmp.c_str());
-    H5Eset_auto2(H5E_DEFAULT, fn, data);
-    throw std::runtime_error(out_path + ": cannot write gradient dump (" + e.what() + ")");
-  }
-  H5Eset_auto2(H5E_DEFAULT, fn, data);
-  if (std::rename(tmp.c_str(), out_path.c_str()) != 0)
-    throw std::runtime_error(out_path + ": cannot rename from " + tmp);
+    write_params(f, model.params(), true);
+  });
 }
 
 }  // namespace moetron

@@ -5,6 +5,7 @@
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -15,6 +16,7 @@
 #include "trainer/config.h"
 #include "trainer/dump.h"
 #include "trainer/train.h"
+#include "parallel/comm.h"
 
 namespace {
 
@@ -80,6 +82,23 @@ int run(int argc, char** argv) {
   throw UsageError("unknown command '" + cmd + "'");
 }
 
+// Input errors are found identically by every rank before any communication: each rank prints
+// the message (with its rank when there are several) and exits 1.
+int world_size() {
+  const char* s = std::getenv("OMPI_COMM_WORLD_SIZE");
+  return s ? std::atoi(s) : 1;
+}
+
+int fail(const std::string& msg) {
+  if (world_size() > 1) {
+    const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+    std::cerr << "moetron: error: rank " << (r ? r : "?") << ": " << msg << "\n";
+  } else {
+    std::cerr << "moetron: error: " << msg << "\n";
+  }
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,8 +107,13 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "moetron: " << e.what() << "\n" << kUsage;
     return 2;
+  } catch (const moetron::ConfigError& e) {
+    return fail(e.what());
+  } catch (const moetron::data::DataError& e) {
+    return fail(e.what());
   } catch (const std::exception& e) {
-    std::cerr << "moetron: error: " << e.what() << "\n";
-    return 1;
+    // not a deterministic input error: other ranks may be waiting in a collective
+    if (world_size() > 1) moetron::abort_all(e.what());
+    return fail(e.what());
   }
 }

@@ -1,15 +1,20 @@
-// The training loop (torchtitan style: reads like the method).
+// The training loop (torchtitan style: reads like the method). One process or many: the same
+// loop runs on every rank of the grid world = PP x DP (EP inside DP).
 //
 //   for each step:
-//     for each micro-batch: forward (losses, expert loads), backward (grads accumulate, 1/M each)
+//     the pipeline schedule runs this rank's micro-batches: forward (losses, expert loads) and
+//       backward (gradients accumulate, scaled by 1 / micro-batches in the global batch)
+//     the embedding's two copies (first stage, MTP on the last) sum their gradients
 //     lr, gamma, lambda from their schedules at this step / token count
-//     clip by global norm, AdamW
-//     auxiliary-loss-free bias update from the step's expert loads
-//     metrics line + metrics.jsonl
+//     ZeRO-1: reduce-scatter gradients (dense over DP, experts over EDP), global-norm clip,
+//       AdamW on this rank's shard, all-gather the parameters
+//     auxiliary-loss-free bias update from the step's expert loads (summed over DP)
+//     metrics line + metrics.jsonl (rank 0)
 #include "trainer/train.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -20,8 +25,12 @@
 #include "data/token_file.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/pipeline.h"
+#include "parallel/process_groups.h"
+#include "parallel/zero1.h"
+#include "trainer/dump.h"
 #include "trainer/metrics.h"
-#include "trainer/optimizer.h"
 
 namespace moetron {
 
@@ -35,14 +44,9 @@ int resolve_threads(const RunConfig& run) {
 
 namespace {
 
-// Checks that need the data files and the process layout; throws with a message naming the
-// file or key. Runs before anything is written.
+// Checks that need the data files; throws with a message naming the file or key. Runs before
+// anything is written, identically on every rank.
 void preflight(const Config& cfg, const data::TokenFile& train_file) {
-  const int64_t world = 1;  // multi-process training arrives with the parallel layer
-  if (cfg.parallel.pp * cfg.parallel.dp != world)
-    throw ConfigError(cfg.source + ": parallel.pp x parallel.dp = " +
-                      std::to_string(cfg.parallel.pp * cfg.parallel.dp) +
-                      " ranks, but this run has " + std::to_string(world) + " process");
   const auto& info = train_file.info();
   if (info.vocab_size > cfg.model.vocab_size)
     throw ConfigError(cfg.source + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
@@ -60,38 +64,89 @@ void make_run_dir(const std::string& dir) {
   if (ec) throw std::runtime_error(dir + ": cannot create run directory: " + ec.message());
 }
 
+// The layout as the model and schedule see it; throws ConfigError naming the keys.
+RankGrid make_grid(const Config& cfg, Communicator& w) {
+  const auto& p = cfg.parallel;
+  RankGrid g;
+  try {
+    g = RankGrid::make(w.size(), w.rank(), static_cast<int>(p.pp), static_cast<int>(p.dp),
+                       static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
+    stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
+  } catch (const std::exception& e) {
+    throw ConfigError(cfg.source + ": " + e.what());
+  }
+  return g;
+}
+
+pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
+  if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
+    throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
+                      " is generated and validated (bench_schedules) but the executor runs "
+                      "1f1b and zb1p only so far");
+  try {
+    pipeline::Schedule s = pipeline::make_schedule(cfg.parallel.schedule, pp, microbatches);
+    pipeline::validate(s);
+    return s;
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
+  }
+}
+
 }  // namespace
 
 TrainSummary train(const Config& cfg, std::ostream& log) {
   const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
+  Communicator& w = world();
+  const RankGrid grid = make_grid(cfg, w);
+  const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
+  const int64_t M = cfg.data.global_batch_size / (B * grid.dp);  // this pipeline's micro-batches
+  const pipeline::Schedule schedule = make_step_schedule(cfg, grid.pp, static_cast<int>(M));
   data::TokenFile train_file(cfg.data.train_path);
   preflight(cfg, train_file);
+  const bool rank0 = w.rank() == 0;
 
   kernels::set_num_threads(resolve_threads(cfg.run));
-  make_run_dir(cfg.run.dir);
-  {
+  ProcessGroups groups(grid, w, cfg.model.num_nextn_predict_layers > 0);
+  if (rank0) {
+    make_run_dir(cfg.run.dir);
     std::ofstream f(cfg.run.dir + "/config.yaml");
     f << config_to_yaml(cfg);
     if (!f) throw std::runtime_error(cfg.run.dir + "/config.yaml: write failed");
   }
-  MetricsLog metrics(cfg.run.dir);
+  std::unique_ptr<MetricsLog> metrics = rank0 ? std::make_unique<MetricsLog>(cfg.run.dir) : nullptr;
 
-  Model<float> model(cfg.model, policy);
+  // this rank's stage of the model, its experts, its optimizer shards
+  std::shared_ptr<TokenDispatcher<float>> dispatcher;
+  if (grid.ep > 1) dispatcher = std::make_shared<EpDispatcher<float>>(*groups.ep);
+  Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp});
   model.init(cfg.run.seed);
-  AdamW opt(model.params(), cfg.optimizer);
+  std::vector<Param<float>*> dense, experts;
+  for (auto& p : model.params().all())
+    if (p->trainable) (p->expert ? experts : dense).push_back(p.get());
+  Zero1Options zo;
+  zo.beta1 = cfg.optimizer.beta1, zo.beta2 = cfg.optimizer.beta2, zo.eps = cfg.optimizer.eps;
+  zo.weight_decay = cfg.optimizer.weight_decay;
+  zo.bf16_moments = cfg.optimizer.moment_dtype == "bf16";
+  Zero1 opt_dense(dense, *groups.dp, zo), opt_experts(experts, *groups.edp, zo);
+  Param<float>* embed = model.params().find("model.embed_tokens.weight");
   data::WindowSampler sampler(train_file, cfg.data.seq_len, cfg.run.seed);
+  PipelineExecutor<float> pipeline(model, *groups.pp, schedule, grid.pp_rank);
 
-  const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
-  const int64_t M = cfg.data.global_batch_size / B;  // micro-batches per step (one process)
   const int64_t step_tokens = cfg.data.global_batch_size * S;
-  log << "moetron: " << model.params().numel() << " parameters, " << cfg.run.steps << " steps of "
-      << cfg.data.global_batch_size << " x " << S << " tokens (" << M << " micro-batches of " << B
-      << "), " << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
+  const int64_t opt_bytes = opt_dense.state_bytes() + opt_experts.state_bytes();
+  if (rank0)
+    log << "moetron: " << grid.world << " rank(s) (pp " << grid.pp << " x dp " << grid.dp
+        << ", ep " << grid.ep << "), stage 0 holds " << model.params().numel()
+        << " parameters, optimizer state " << opt_bytes / 1024 << " KiB/rank; " << cfg.run.steps
+        << " steps of " << cfg.data.global_batch_size << " x " << S << " tokens (" << M
+        << " micro-batches of " << B << " per pipeline, schedule " << cfg.parallel.schedule
+        << "), " << kernels::num_threads() << " threads, precision " << cfg.precision.recipe
+        << "\n";
 
-  std::vector<typename Model<float>::MicroBatch> mbs(1);  // reused every micro-batch
-  std::vector<int32_t> tokens(B * (S + 1));
+  // micro-batch m of this DP rank = global samples [dp_rank*M*B + m*B, +B) of the step
+  std::vector<std::vector<int32_t>> tokens(M, std::vector<int32_t>(B * (S + 1)));
   auto moe = model.moe_layers();
-  std::vector<std::vector<int64_t>> load(moe.size());
+  std::vector<int64_t> load(moe.size() * cfg.model.n_routed_experts);
   TrainSummary summary;
   const auto t_start = std::chrono::steady_clock::now();
 
@@ -103,51 +158,82 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
     const double gamma = cfg.schedule.bias_update_speed.at(x);
     const double lambda = cfg.schedule.mtp_weight.at(x);
 
-    model.params().zero_grad();
-    for (auto& l : load) l.assign(cfg.model.n_routed_experts, 0);
-    Losses sum;
-    for (int64_t m = 0; m < M; ++m) {
+    for (int64_t m = 0; m < M; ++m)
       for (int64_t b = 0; b < B; ++b)
-        sampler.sample(step * cfg.data.global_batch_size + m * B + b, tokens.data() + b * (S + 1));
-      auto& mb = mbs[0];
-      const Losses& l = model.forward(mb, tokens.data(), B, S, lambda);
-      sum.loss += l.loss / M, sum.lm += l.lm / M, sum.mtp += l.mtp / M, sum.balance += l.balance / M;
+        sampler.sample(step * cfg.data.global_batch_size + (grid.dp_rank * M + m) * B + b,
+                       tokens[m].data() + b * (S + 1));
+    model.params().zero_grad();
+    Losses sum;
+    pipeline.run([&](int m) { return tokens[m].data(); }, B, S, lambda,
+                 1.0 / static_cast<double>(M * grid.dp), sum);
+
+    // expert loads of the step over the whole global batch (this stage's layers)
+    std::fill(load.begin(), load.end(), 0);
+    for (const auto& mb : pipeline.microbatches()) {
       const auto states = model.moe_states(mb);
-      for (size_t i = 0; i < moe.size(); ++i)
-        for (int64_t e = 0; e < cfg.model.n_routed_experts; ++e) load[i][e] += states[i]->load[e];
-      model.backward(mb, 1.0 / static_cast<double>(M));
+      for (size_t i = 0; i < states.size(); ++i)
+        for (int64_t e = 0; e < cfg.model.n_routed_experts; ++e)
+          load[i * cfg.model.n_routed_experts + e] += states[i]->load[e];
     }
-    const double gnorm = opt.step(lr);
+    groups.dp->all_reduce(load.data(), load.size());
+
+    // the embedding's copies on the first and last stage share one gradient
+    if (groups.tied && embed) groups.tied->all_reduce(embed->g(), embed->numel());
+
+    // ZeRO-1 step with the global gradient norm
+    opt_dense.reduce_scatter_grads();
+    opt_experts.reduce_scatter_grads();
+    double sq = opt_dense.owned_grad_sq() + opt_experts.owned_grad_sq();
+    w.all_reduce(&sq, 1);
+    const double gnorm = std::sqrt(sq);
+    const double clip = cfg.optimizer.grad_clip > 0 && gnorm > cfg.optimizer.grad_clip
+                            ? cfg.optimizer.grad_clip / gnorm
+                            : 1.0;
+    opt_dense.step(lr, clip, step + 1);
+    opt_experts.step(lr, clip, step + 1);
+
     double imbalance = 0;
     for (size_t i = 0; i < moe.size(); ++i) {
-      moe[i]->update_bias(load[i], gamma);
-      const int64_t mx = *std::max_element(load[i].begin(), load[i].end());
+      std::vector<int64_t> l(load.begin() + i * cfg.model.n_routed_experts,
+                             load.begin() + (i + 1) * cfg.model.n_routed_experts);
+      moe[i]->update_bias(l, gamma);
       double mean = 0;
-      for (int64_t v : load[i]) mean += static_cast<double>(v);
-      mean /= static_cast<double>(load[i].size());
-      imbalance += mean > 0 ? static_cast<double>(mx) / mean : 0.0;
+      for (int64_t v : l) mean += static_cast<double>(v);
+      mean /= static_cast<double>(l.size());
+      imbalance += mean > 0 ? static_cast<double>(*std::max_element(l.begin(), l.end())) / mean : 0;
     }
-    if (!moe.empty()) imbalance /= static_cast<double>(moe.size());
+    // losses: sum over stages and DP ranks, mean over the global batch's micro-batches;
+    // imbalance: mean over every MoE layer of the model
+    double red[6] = {sum.loss, sum.lm, sum.mtp, sum.balance, imbalance,
+                     grid.dp_rank == 0 ? static_cast<double>(moe.size()) : 0.0};
+    if (grid.dp_rank != 0) red[4] = 0;
+    w.all_reduce(red, 6);
+    const double mtot = static_cast<double>(M * grid.dp);
     summary.tokens += step_tokens;
-    summary.losses.push_back(sum.loss);
+    summary.losses.push_back(red[0] / mtot);
 
     const auto t1 = std::chrono::steady_clock::now();
+    if (!rank0) continue;
     StepMetrics sm;
     sm.step = step + 1, sm.total_steps = cfg.run.steps;
-    sm.loss = sum.loss, sm.lm_loss = sum.lm, sm.mtp_loss = sum.mtp, sm.balance_loss = sum.balance;
+    sm.loss = red[0] / mtot, sm.lm_loss = red[1] / mtot, sm.mtp_loss = red[2] / mtot;
+    sm.balance_loss = red[3] / mtot;
     sm.lr = lr, sm.grad_norm = gnorm, sm.tokens = summary.tokens;
     sm.step_seconds = std::chrono::duration<double>(t1 - t0).count();
     sm.tokens_per_s = static_cast<double>(step_tokens) / sm.step_seconds;
-    sm.expert_imbalance = imbalance, sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
+    sm.expert_imbalance = red[5] > 0 ? red[4] / red[5] : 0.0;
+    sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
     const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
     sm.eta_seconds = elapsed / static_cast<double>(step + 1) *
                      static_cast<double>(cfg.run.steps - step - 1);
-    metrics.write(sm);
+    metrics->write(sm);
     if ((step + 1) % cfg.run.log_interval == 0 || step + 1 == cfg.run.steps)
       log << MetricsLog::progress_line(sm) << std::endl;
   }
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (!cfg.run.save_params.empty())
+    save_params(model.params(), cfg.run.save_params + ".rank" + std::to_string(w.rank()) + ".h5");
   return summary;
 }
 

@@ -1,8 +1,9 @@
 // Token permutation by expert: the routing table, the gather into expert-sorted rows (dispatch)
 // and the scatter-add back to tokens (combine, and the backward of the gather).
 //
-// From idx [N, K] (expert of each (token, slot)): counts [E], offsets [E+1] (exclusive prefix sum),
-// slot [N*K] -> row, row_token [N*K] -> n and row_slot [N*K] -> n*K+k. Rows of one expert follow
+// From idx [N, K] (expert of each (token, slot); -1 = served elsewhere, skipped): counts [E],
+// offsets [E+1] (exclusive prefix sum), slot [N*K] -> row (or -1), row_token [rows] -> n and
+// row_slot [rows] -> n*K+k. Rows of one expert follow
 // (n, k) order (stable counting sort, one sequential pass: O(N K), negligible next to the GEMMs).
 // permute_rows: out [N*K, D]; unpermute_add: rows [N*K, D] added into out [N, D]. Both are
 // parallel over their output rows, so neither races; the scatter adds a token's K rows in k order
@@ -17,19 +18,24 @@ namespace moetron::kernels {
 ExpertRouting route_by_expert(const int32_t* idx, int64_t N, int64_t K, int64_t E) {
   if (N < 0 || K < 0 || E <= 0) throw std::invalid_argument("route_by_expert: bad sizes");
   ExpertRouting r;
-  const int64_t rows = N * K;
+  const int64_t pairs = N * K;
   r.counts.assign(E, 0);
-  for (int64_t i = 0; i < rows; ++i) {
-    if (idx[i] < 0 || idx[i] >= E) throw std::out_of_range("route_by_expert: expert id out of range");
-    ++r.counts[idx[i]];
+  int64_t rows = 0;
+  for (int64_t i = 0; i < pairs; ++i) {
+    if (idx[i] >= E) throw std::out_of_range("route_by_expert: expert id out of range");
+    if (idx[i] >= 0) ++r.counts[idx[i]], ++rows;  // -1: the expert is not here
   }
   r.offsets.assign(E + 1, 0);
   for (int64_t e = 0; e < E; ++e) r.offsets[e + 1] = r.offsets[e] + r.counts[e];
   std::vector<int64_t> next(r.offsets.begin(), r.offsets.end() - 1);
-  r.slot.resize(rows);
+  r.slot.resize(pairs);
   r.row_token.resize(rows);
   r.row_slot.resize(rows);
-  for (int64_t i = 0; i < rows; ++i) {
+  for (int64_t i = 0; i < pairs; ++i) {
+    if (idx[i] < 0) {
+      r.slot[i] = -1;
+      continue;
+    }
     const int64_t row = next[idx[i]]++;
     r.slot[i] = row;
     r.row_token[row] = i / K;
@@ -59,6 +65,7 @@ void unpermute_add(const T* rows, const ExpertRouting& r, int64_t N, int64_t D, 
   for (int64_t n = 0; n < N; ++n) {
     T* o = out + n * D;
     for (int64_t k = 0; k < K; ++k) {
+      if (r.slot[n * K + k] < 0) continue;
       const T* src = rows + r.slot[n * K + k] * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) o[d] += src[d];

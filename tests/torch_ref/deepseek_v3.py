@@ -268,20 +268,32 @@ class MoE(nn.Module):
         return idx_NK
 
     def dispatch(self, u_ND: torch.Tensor, idx_NK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
-        """sum_k w_k * Expert_{idx_k}(u): tokens sorted by expert, one batched call per expert."""
+        """sum_k w_k * Expert_{idx_k}(u): assignments sorted by expert, one batched call per expert.
+
+        The gating weight scales the SwiGLU activation before down_proj (w * W2(a) = W2(w * a)),
+        and each expert's output is index_add-ed straight into the result.
+        """
         N, K = idx_NK.shape
         flat_e = idx_NK.reshape(-1)
         order = torch.sort(flat_e, stable=True).indices   # assignment ids grouped by expert
-        tok = torch.div(order, K, rounding_mode="floor")  # token of each assignment
+        tok_A = torch.div(order, K, rounding_mode="floor")  # token of each assignment
         counts = torch.bincount(flat_e, minlength=len(self.experts)).tolist()
-        x_AD = u_ND.index_select(0, tok)
-        w_A = w_NK.reshape(-1).index_select(0, order)
-        outs = [self.experts[e](chunk) for e, chunk in enumerate(x_AD.split(counts)) if counts[e] > 0]
-        y_AD = torch.cat(outs, dim=0) * w_A[:, None]
+        x_AD = u_ND.index_select(0, tok_A)
+        w_A1 = w_NK.reshape(-1).index_select(0, order).unsqueeze(1)
+        out_ND = torch.zeros_like(u_ND)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            ex, rows = self.experts[e], slice(start, start + n)
+            x = x_AD[rows]
+            a_nF = F.silu(ex.gate_proj(x)) * ex.up_proj(x) * w_A1[rows]
+            out_ND.index_add_(0, tok_A[rows], ex.down_proj(a_nF))
+            start += n
         if self.track_load and self.training:
             load = torch.tensor(counts, dtype=torch.float64)
             self.load_E = load if self.load_E is None else self.load_E + load
-        return torch.zeros_like(u_ND).index_add(0, tok, y_AD)
+        return out_ND
 
     def balance_loss(self, s_BSE: torch.Tensor) -> torch.Tensor:
         """Sequence-wise balance loss alpha * sum_i f_i P_i, averaged over the B sequences."""

@@ -1,0 +1,636 @@
+// Pipeline schedules: the shared parts — building blocks for generators, the one validator, and
+// the cost-model simulator (the generators live in schedule_1f1b.cpp, schedule_zb1p.cpp and
+// schedule_dualpipe.cpp).
+//
+// validate() works in four passes: (1) per rank, walk the list in order and check placement,
+// exactly-once and local dependencies, counting activations in flight; (2) every (m, s) is
+// complete; (3) sends and receives pair up per rank pair in posting order; (4) replay all ranks
+// under the strict execution contract (schedule.h) and report a stall. The replay engine is also
+// simulate()'s: a rank advances through its list, posting messages at its current time; a compute
+// op starts when the rank is free and the messages it waits for have both ends posted (+ comm).
+// Every event time is a max over already-known times, so the order in which ranks are advanced
+// does not change the result; "no rank can advance" is exactly a deadlock.
+#include "parallel/schedule.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+namespace moetron::pipeline {
+
+// ---- schedule data ------------------------------------------------------------------------
+
+int Schedule::chunk_of(int rank, int mb, int stage) const {
+  if (rank < 0 || rank >= static_cast<int>(chunks_of_rank.size()) || mb < 0 ||
+      mb >= static_cast<int>(direction_of_mb.size()))
+    return -1;
+  const auto& ch = chunks_of_rank[rank];
+  for (size_t i = 0; i < ch.size(); ++i)
+    if (ch[i].direction == direction_of_mb[mb] && ch[i].stage == stage) return static_cast<int>(i);
+  return -1;
+}
+
+int Schedule::local_mb(int mb) const {
+  if (mb < 0 || mb >= static_cast<int>(direction_of_mb.size())) return mb;
+  int n = 0;
+  for (int i = 0; i < mb; ++i) n += direction_of_mb[i] == direction_of_mb[mb];
+  return n;
+}
+
+Schedule empty_schedule(const std::string& kind, int ranks, int stages, int microbatches,
+                        std::vector<std::vector<int>> route, std::vector<int> direction_of_mb) {
+  Schedule s;
+  s.kind = kind;
+  s.ranks = ranks;
+  s.stages = stages;
+  s.microbatches = microbatches;
+  s.route = std::move(route);
+  s.direction_of_mb = std::move(direction_of_mb);
+  s.chunks_of_rank.assign(ranks, {});
+  for (int d = 0; d < static_cast<int>(s.route.size()); ++d)
+    for (int st = 0; st < static_cast<int>(s.route[d].size()); ++st) {
+      const int r = s.route[d][st];
+      if (r >= 0 && r < ranks) s.chunks_of_rank[r].push_back({d, st});
+    }
+  s.per_rank.assign(ranks, {});
+  s.in_flight_bound.assign(ranks, 0);
+  return s;
+}
+
+Schedule make_schedule(const std::string& kind, int pp_ranks, int microbatches) {
+  if (kind == "1f1b") return make_1f1b(pp_ranks, microbatches);
+  if (kind == "zb1p") return make_zb1p(pp_ranks, microbatches);
+  if (kind == "dualpipe") return make_dualpipe(pp_ranks, microbatches);
+  if (kind == "dualpipev") return make_dualpipev(pp_ranks, microbatches);
+  throw std::invalid_argument("schedule " + kind +
+                              ": unknown kind (expected 1f1b, zb1p, dualpipe or dualpipev)");
+}
+
+// ---- generator helper ---------------------------------------------------------------------
+
+void RankEmitter::forward(int mb, int stage) {
+  s.per_rank[rank].push_back({.kind = OpKind::Forward, .mb = mb, .stage = stage});
+}
+void RankEmitter::backward(int mb, int stage) {
+  s.per_rank[rank].push_back({.kind = OpKind::Backward, .mb = mb, .stage = stage});
+}
+void RankEmitter::backward_input(int mb, int stage) {
+  s.per_rank[rank].push_back({.kind = OpKind::BackwardInput, .mb = mb, .stage = stage});
+}
+void RankEmitter::weight(int mb, int stage) {
+  s.per_rank[rank].push_back({.kind = OpKind::BackwardWeight, .mb = mb, .stage = stage});
+}
+void RankEmitter::forward_backward(int mb, int stage, int mb2, int stage2, bool defer_weight) {
+  s.per_rank[rank].push_back({.kind = OpKind::ForwardBackward,
+                              .mb = mb,
+                              .stage = stage,
+                              .mb2 = mb2,
+                              .stage2 = stage2,
+                              .defer_weight = defer_weight});
+}
+
+namespace {
+// Emits a message of `kind` about (mb, stage) to/from the rank of `other_stage`, unless that
+// stage is off the path or on this rank.
+bool emit_message(RankEmitter& e, OpKind kind, int mb, int stage, int other_stage) {
+  if (stage < 0 || stage >= e.s.stages || other_stage < 0 || other_stage >= e.s.stages)
+    return false;
+  const int peer = e.s.rank_of(mb, other_stage);
+  if (peer == e.rank) return false;
+  e.s.per_rank[e.rank].push_back({.kind = kind, .mb = mb, .stage = stage, .peer = peer});
+  return true;
+}
+}  // namespace
+
+bool RankEmitter::send_activation(int mb, int stage) {
+  return emit_message(*this, OpKind::SendActivation, mb, stage, stage + 1);
+}
+bool RankEmitter::recv_activation(int mb, int stage) {
+  return emit_message(*this, OpKind::RecvActivation, mb, stage, stage);
+}
+bool RankEmitter::send_grad(int mb, int stage) {
+  return emit_message(*this, OpKind::SendGrad, mb, stage, stage - 1);
+}
+bool RankEmitter::recv_grad(int mb, int stage) {
+  return emit_message(*this, OpKind::RecvGrad, mb, stage, stage);
+}
+
+// ---- text ---------------------------------------------------------------------------------
+
+const char* kind_name(OpKind k) {
+  switch (k) {
+    case OpKind::Forward: return "Forward";
+    case OpKind::BackwardInput: return "BackwardInput";
+    case OpKind::BackwardWeight: return "BackwardWeight";
+    case OpKind::Backward: return "Backward";
+    case OpKind::ForwardBackward: return "ForwardBackward";
+    case OpKind::SendActivation: return "SendActivation";
+    case OpKind::RecvActivation: return "RecvActivation";
+    case OpKind::SendGrad: return "SendGrad";
+    case OpKind::RecvGrad: return "RecvGrad";
+  }
+  return "?";
+}
+
+namespace {
+// "1.3": chunk index on `rank` . micro-batch within its direction; "?m7s2" when (m, s) is not
+// on this rank (only hand-broken schedules).
+std::string chunk_mb(const Schedule& s, int rank, int mb, int stage) {
+  const int c = s.chunk_of(rank, mb, stage);
+  if (c < 0) return "?m" + std::to_string(mb) + "s" + std::to_string(stage);
+  return std::to_string(c) + "." + std::to_string(s.local_mb(mb));
+}
+}  // namespace
+
+std::string to_string(const Schedule& s, int rank, const Op& op) {
+  const std::string ms = "(m" + std::to_string(op.mb) + ",s" + std::to_string(op.stage) + ")";
+  switch (op.kind) {
+    case OpKind::Forward: return "F" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::BackwardInput: return "Bi" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::BackwardWeight: return "W" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::Backward: return "B" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::ForwardBackward:
+      return "F" + chunk_mb(s, rank, op.mb, op.stage) + (op.defer_weight ? "&Bi" : "&B") +
+             chunk_mb(s, rank, op.mb2, op.stage2);
+    case OpKind::SendActivation: return "sendA" + ms + ">" + std::to_string(op.peer);
+    case OpKind::RecvActivation: return "recvA" + ms + "<" + std::to_string(op.peer);
+    case OpKind::SendGrad: return "sendG" + ms + ">" + std::to_string(op.peer);
+    case OpKind::RecvGrad: return "recvG" + ms + "<" + std::to_string(op.peer);
+  }
+  return "?";
+}
+
+std::string format_rank(const Schedule& s, int rank, bool messages) {
+  std::string out;
+  for (const Op& op : s.per_rank.at(rank)) {
+    if (op.is_message() && !messages) continue;
+    if (!out.empty()) out += ' ';
+    out += to_string(s, rank, op);
+  }
+  return out;
+}
+
+// ---- message matching ---------------------------------------------------------------------
+
+namespace {
+
+struct Ref {
+  int rank = -1, index = -1;
+};
+
+bool is_send(OpKind k) { return k == OpKind::SendActivation || k == OpKind::SendGrad; }
+bool is_recv(OpKind k) { return k == OpKind::RecvActivation || k == OpKind::RecvGrad; }
+OpKind recv_kind_of(OpKind send) {
+  return send == OpKind::SendActivation ? OpKind::RecvActivation : OpKind::RecvGrad;
+}
+
+std::string ordinal(size_t i) {
+  const size_t n = i + 1;
+  const char* suf = (n % 100 >= 11 && n % 100 <= 13) ? "th"
+                    : n % 10 == 1                    ? "st"
+                    : n % 10 == 2                    ? "nd"
+                    : n % 10 == 3                    ? "rd"
+                                                     : "th";
+  return std::to_string(n) + suf;
+}
+
+[[noreturn]] void fail(const Schedule& s, int rank, int index, const std::string& rule,
+                       const std::string& what) {
+  std::ostringstream o;
+  o << "schedule " << s.kind << ": rank " << rank << ", ";
+  const auto& ops = s.per_rank[rank];
+  if (index >= 0 && index < static_cast<int>(ops.size()))
+    o << "op " << index << " (" << to_string(s, rank, ops[index]) << ")";
+  else
+    o << "end of list";
+  o << ": " << rule << ": " << what;
+  throw std::invalid_argument(o.str());
+}
+
+std::string describe(const Op& op) {
+  return std::string(kind_name(op.kind)) + "(mb " + std::to_string(op.mb) + ", stage " +
+         std::to_string(op.stage) + ")";
+}
+
+// partner[r][i]: the other end of message op i on rank r. Throws (rule "matching") when sends
+// and receives of a rank pair do not pair up in order.
+std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
+  const int R = s.ranks;
+  std::vector<std::vector<Ref>> partner(R);
+  // sends[a][b] / recvs[b][a]: op indices on a (to b) / on b (from a), in list order.
+  std::vector<std::vector<std::vector<int>>> sends(R, std::vector<std::vector<int>>(R)),
+      recvs(R, std::vector<std::vector<int>>(R));
+  for (int r = 0; r < R; ++r) {
+    partner[r].assign(s.per_rank[r].size(), Ref{});
+    for (int i = 0; i < static_cast<int>(s.per_rank[r].size()); ++i) {
+      const Op& op = s.per_rank[r][i];
+      if (is_send(op.kind)) sends[r][op.peer].push_back(i);
+      if (is_recv(op.kind)) recvs[op.peer][r].push_back(i);
+    }
+  }
+  for (int a = 0; a < R; ++a)
+    for (int b = 0; b < R; ++b) {
+      const auto& sd = sends[a][b];
+      const auto& rv = recvs[a][b];
+      for (size_t k = 0; k < std::max(sd.size(), rv.size()); ++k) {
+        const std::string nth = "the " + ordinal(k) + " message from rank " + std::to_string(a) +
+                                " to rank " + std::to_string(b);
+        if (k >= rv.size())
+          fail(s, a, sd[k], "matching",
+               nth + " is never received: rank " + std::to_string(b) + " posts only " +
+                   std::to_string(rv.size()) + " receive(s) from rank " + std::to_string(a));
+        if (k >= sd.size())
+          fail(s, b, rv[k], "matching",
+               nth + " is never sent: rank " + std::to_string(a) + " posts only " +
+                   std::to_string(sd.size()) + " send(s) to rank " + std::to_string(b));
+        const Op& so = s.per_rank[a][sd[k]];
+        const Op& ro = s.per_rank[b][rv[k]];
+        if (recv_kind_of(so.kind) != ro.kind || so.mb != ro.mb || so.stage != ro.stage)
+          fail(s, a, sd[k], "matching",
+               nth + " is " + describe(so) + " but rank " + std::to_string(b) + "'s " +
+                   ordinal(k) + " receive from rank " + std::to_string(a) + " (op " +
+                   std::to_string(rv[k]) + ") is " + describe(ro) +
+                   " (messages between two ranks must be posted in the same order on both ends)");
+        partner[a][sd[k]] = {b, rv[k]};
+        partner[b][rv[k]] = {a, sd[k]};
+      }
+    }
+  return partner;
+}
+
+// ---- the replay engine --------------------------------------------------------------------
+
+double duration(const Op& op, const Costs& c) {
+  switch (op.kind) {
+    case OpKind::Forward: return c.F;
+    case OpKind::BackwardInput: return c.B - c.W;
+    case OpKind::BackwardWeight: return c.W;
+    case OpKind::Backward: return c.B;
+    case OpKind::ForwardBackward: return op.defer_weight ? c.FB - c.W : c.FB;
+    default: return 0;
+  }
+}
+
+struct Replay {
+  SimResult sim;
+  std::string stall;  // empty when every rank finished
+  int stall_rank = -1, stall_index = -1;
+};
+
+Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
+              bool strict) {
+  const int R = s.ranks;
+  std::vector<int> pc(R, 0), waited(R, 0);
+  std::vector<double> t(R, 0.0);
+  std::vector<bool> done(R, false);
+  std::vector<std::vector<double>> posted(R);  // post time of message ops; < 0: not yet
+  for (int r = 0; r < R; ++r) posted[r].assign(s.per_rank[r].size(), -1.0);
+  Replay out;
+  out.sim.busy.assign(R, 0.0);
+  out.sim.finish.assign(R, 0.0);
+  std::vector<int> blocked_on(R, -1);  // message op a blocked rank waits for
+
+  // Waits for message ops [from, to) (all if strict or at the end, else receives only). Returns
+  // the completion time, or -1 (and the op in blocked_on) if one's partner is not posted yet.
+  auto wait = [&](int r, int from, int to, bool all) -> double {
+    double ready = t[r];
+    for (int j = from; j < to; ++j) {
+      const Op& op = s.per_rank[r][j];
+      if (!op.is_message() || !(all || is_recv(op.kind))) continue;
+      const Ref p = partner[r][j];
+      if (posted[p.rank][p.index] < 0) {
+        blocked_on[r] = j;
+        return -1;
+      }
+      ready = std::max(ready, std::max(posted[r][j], posted[p.rank][p.index]) + c.comm);
+    }
+    return ready;
+  };
+
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < R; ++r) {
+      const auto& ops = s.per_rank[r];
+      while (!done[r]) {
+        const int i = pc[r];
+        if (i == static_cast<int>(ops.size())) {  // final commit: every message completes
+          const double end = wait(r, 0, i, true);
+          if (end < 0) break;
+          out.sim.finish[r] = end;
+          done[r] = progress = true;
+          break;
+        }
+        const Op& op = ops[i];
+        if (op.is_message()) {
+          posted[r][i] = t[r];
+          ++pc[r];
+          progress = true;
+          continue;
+        }
+        const double start = wait(r, waited[r], i, strict);
+        if (start < 0) break;
+        const double d = duration(op, c);
+        t[r] = start + d;
+        out.sim.busy[r] += d;
+        waited[r] = ++pc[r];
+        progress = true;
+      }
+    }
+  }
+
+  for (int r = 0; r < R; ++r) {
+    if (done[r]) continue;
+    if (out.stall_rank < 0) {
+      out.stall_rank = r;
+      out.stall_index = pc[r];
+    }
+    const Op& need = s.per_rank[r][blocked_on[r]];
+    const Ref p = partner[r][blocked_on[r]];
+    std::ostringstream o;
+    if (!out.stall.empty()) o << "; ";
+    o << "rank " << r << " is stuck at ";
+    if (pc[r] < static_cast<int>(s.per_rank[r].size()))
+      o << "op " << pc[r] << " (" << to_string(s, r, s.per_rank[r][pc[r]]) << ")";
+    else
+      o << "the end of its list";
+    o << " waiting for its op " << blocked_on[r] << " (" << to_string(s, r, need)
+      << "), whose partner is rank " << p.rank << "'s op " << p.index << " ("
+      << to_string(s, p.rank, s.per_rank[p.rank][p.index]) << ")";
+    out.stall += o.str();
+  }
+  if (!out.stall.empty()) return out;
+
+  SimResult& sim = out.sim;
+  sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
+  sim.idle.resize(R);
+  double idle_sum = 0;
+  for (int r = 0; r < R; ++r) {
+    sim.idle[r] = sim.makespan - sim.busy[r];
+    sim.bubble = std::max(sim.bubble, sim.idle[r]);
+    idle_sum += sim.idle[r];
+  }
+  sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (R * sim.makespan) : 0;
+  return out;
+}
+
+}  // namespace
+
+// ---- validator ----------------------------------------------------------------------------
+
+namespace {
+
+[[noreturn]] void fail_shape(const Schedule& s, const std::string& what) {
+  throw std::invalid_argument("schedule " + s.kind + ": shape: " + what);
+}
+
+void check_shape(const Schedule& s) {
+  const int R = s.ranks, S = s.stages, C = s.microbatches;
+  if (R < 1 || S < 1 || C < 1)
+    fail_shape(s, "ranks, stages and micro-batches must be >= 1, got " + std::to_string(R) +
+                      ", " + std::to_string(S) + ", " + std::to_string(C));
+  if (static_cast<int>(s.per_rank.size()) != R ||
+      static_cast<int>(s.in_flight_bound.size()) != R ||
+      static_cast<int>(s.chunks_of_rank.size()) != R)
+    fail_shape(s, "per_rank, in_flight_bound and chunks_of_rank need one entry per rank (" +
+                      std::to_string(R) + ")");
+  if (static_cast<int>(s.direction_of_mb.size()) != C)
+    fail_shape(s, "direction_of_mb needs one entry per micro-batch (" + std::to_string(C) + ")");
+  if (s.route.empty()) fail_shape(s, "route is empty");
+  for (size_t d = 0; d < s.route.size(); ++d) {
+    if (static_cast<int>(s.route[d].size()) != S)
+      fail_shape(s, "route[" + std::to_string(d) + "] needs one rank per stage");
+    for (int r : s.route[d])
+      if (r < 0 || r >= R) fail_shape(s, "route names rank " + std::to_string(r));
+  }
+  for (int m = 0; m < C; ++m)
+    if (s.direction_of_mb[m] < 0 || s.direction_of_mb[m] >= static_cast<int>(s.route.size()))
+      fail_shape(s, "micro-batch " + std::to_string(m) + " has no route");
+  const Schedule fresh = empty_schedule(s.kind, R, S, C, s.route, s.direction_of_mb);
+  for (int r = 0; r < R; ++r) {
+    const auto& a = s.chunks_of_rank[r];
+    const auto& b = fresh.chunks_of_rank[r];
+    bool same = a.size() == b.size();
+    for (size_t i = 0; same && i < a.size(); ++i)
+      same = a[i].direction == b[i].direction && a[i].stage == b[i].stage;
+    if (!same)
+      fail_shape(s, "chunks_of_rank[" + std::to_string(r) + "] does not follow from the route");
+  }
+}
+
+// Pass 1 (one rank): fields, placement, exactly-once, order, in-flight.
+struct Tracker {
+  const Schedule& s;
+  // Per (m, s), set by the one rank that owns the entry.
+  std::vector<std::vector<char>> fwd, bwd;  // bwd: 0 none, 1 Bi (W pending), 2 complete
+  std::vector<std::vector<char>> sent_act, recv_act, sent_grad, recv_grad;
+
+  explicit Tracker(const Schedule& sc) : s(sc) {
+    const std::vector<char> row(sc.stages, 0);
+    fwd.assign(sc.microbatches, row);
+    bwd = sent_act = recv_act = sent_grad = recv_grad = fwd;
+  }
+
+  static std::string ms(int m, int st) {
+    return "micro-batch " + std::to_string(m) + " stage " + std::to_string(st);
+  }
+
+  void check_range(int r, int i, int m, int st) const {
+    if (m < 0 || m >= s.microbatches || st < 0 || st >= s.stages)
+      fail(s, r, i, "placement",
+           ms(m, st) + " is out of range (" + std::to_string(s.microbatches) +
+               " micro-batches, " + std::to_string(s.stages) + " stages)");
+  }
+  void check_here(int r, int i, int m, int st, const char* what) const {
+    check_range(r, i, m, st);
+    if (s.rank_of(m, st) != r)
+      fail(s, r, i, "placement",
+           std::string(what) + " of " + ms(m, st) + " belongs on rank " +
+               std::to_string(s.rank_of(m, st)) + ", not rank " + std::to_string(r));
+  }
+
+  void check_forward(int r, int i, int m, int st) const {
+    check_here(r, i, m, st, "forward");
+    if (fwd[m][st]) fail(s, r, i, "once", "second forward of " + ms(m, st));
+    if (st == 0) return;
+    const int up = s.rank_of(m, st - 1);
+    if (up == r && !fwd[m][st - 1])
+      fail(s, r, i, "order",
+           "forward of " + ms(m, st) + " before the forward of stage " + std::to_string(st - 1) +
+               " that produces its input (same rank)");
+    if (up != r && !recv_act[m][st - 1])
+      fail(s, r, i, "order",
+           "forward of " + ms(m, st) + " before its input is received (no earlier " +
+               "RecvActivation(mb " + std::to_string(m) + ", stage " + std::to_string(st - 1) +
+               ") from rank " + std::to_string(up) + ")");
+  }
+  void check_backward(int r, int i, int m, int st) const {
+    check_here(r, i, m, st, "backward");
+    if (bwd[m][st]) fail(s, r, i, "once", "second backward of " + ms(m, st));
+    if (!fwd[m][st])
+      fail(s, r, i, "order", "backward of " + ms(m, st) + " before its forward");
+    if (st == s.stages - 1) return;  // starts from the loss
+    const int down = s.rank_of(m, st + 1);
+    if (down == r && !bwd[m][st + 1])
+      fail(s, r, i, "order",
+           "backward of " + ms(m, st) + " before the backward of stage " +
+               std::to_string(st + 1) + " that produces its output gradient (same rank)");
+    if (down != r && !recv_grad[m][st + 1])
+      fail(s, r, i, "order",
+           "backward of " + ms(m, st) + " before its output gradient is received (no earlier " +
+               "RecvGrad(mb " + std::to_string(m) + ", stage " + std::to_string(st + 1) +
+               ") from rank " + std::to_string(down) + ")");
+  }
+  void check_message(int r, int i, const Op& op) const {
+    const int m = op.mb, st = op.stage;
+    check_range(r, i, m, st);
+    const bool act = op.kind == OpKind::SendActivation || op.kind == OpKind::RecvActivation;
+    const int other = act ? st + 1 : st - 1;  // the consumer stage
+    if (other < 0 || other >= s.stages)
+      fail(s, r, i, "placement",
+           std::string(act ? "the last stage's output" : "the first stage's input gradient") +
+               " is never sent (" + ms(m, st) + ")");
+    const int producer = s.rank_of(m, st), consumer = s.rank_of(m, other);
+    const bool send = is_send(op.kind);
+    const int self = send ? producer : consumer, peer = send ? consumer : producer;
+    if (self != r)
+      fail(s, r, i, "placement",
+           std::string(send ? "sent from" : "received on") + " the wrong rank: " + ms(m, st) +
+               (send ? " is produced on rank " : " is consumed on rank ") + std::to_string(self));
+    if (peer == r)
+      fail(s, r, i, "placement",
+           "message to itself: stages " + std::to_string(st) + " and " + std::to_string(other) +
+               " of micro-batch " + std::to_string(m) + " are both on rank " + std::to_string(r));
+    if (op.peer != peer)
+      fail(s, r, i, "placement",
+           "peer is rank " + std::to_string(op.peer) + ", should be rank " +
+               std::to_string(peer));
+    switch (op.kind) {
+      case OpKind::SendActivation:
+        if (!fwd[m][st])
+          fail(s, r, i, "order", "activation of " + ms(m, st) + " sent before its forward");
+        if (sent_act[m][st]) fail(s, r, i, "once", "activation of " + ms(m, st) + " sent twice");
+        break;
+      case OpKind::RecvActivation:
+        if (recv_act[m][st])
+          fail(s, r, i, "once", "activation of " + ms(m, st) + " received twice");
+        break;
+      case OpKind::SendGrad:
+        if (!bwd[m][st])
+          fail(s, r, i, "order", "input gradient of " + ms(m, st) + " sent before its backward");
+        if (sent_grad[m][st]) fail(s, r, i, "once", "gradient of " + ms(m, st) + " sent twice");
+        break;
+      default:
+        if (recv_grad[m][st]) fail(s, r, i, "once", "gradient of " + ms(m, st) + " received twice");
+    }
+  }
+
+  int run_rank(int r) {
+    int in_flight = 0, peak = 0;
+    auto grow = [&](int i) {
+      peak = std::max(peak, ++in_flight);
+      if (in_flight > s.in_flight_bound[r])
+        fail(s, r, i, "in-flight",
+             std::to_string(in_flight) + " activations in flight, more than this rank's bound " +
+                 std::to_string(s.in_flight_bound[r]));
+    };
+    const auto& ops = s.per_rank[r];
+    for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
+      const Op& op = ops[i];
+      const bool pair = op.kind == OpKind::ForwardBackward;
+      if (op.is_message() != (op.peer >= 0) || pair != (op.mb2 >= 0 || op.stage2 >= 0) ||
+          (!pair && op.defer_weight))
+        fail(s, r, i, "placement",
+             "malformed op: peer is only for messages, mb2/stage2/defer_weight only for pairs");
+      if (op.is_message()) {
+        if (op.peer >= s.ranks)
+          fail(s, r, i, "placement", "peer rank " + std::to_string(op.peer) + " does not exist");
+        check_message(r, i, op);
+        (op.kind == OpKind::SendActivation ? sent_act
+         : op.kind == OpKind::RecvActivation ? recv_act
+         : op.kind == OpKind::SendGrad       ? sent_grad
+                                             : recv_grad)[op.mb][op.stage] = 1;
+        continue;
+      }
+      switch (op.kind) {
+        case OpKind::Forward:
+          check_forward(r, i, op.mb, op.stage);
+          fwd[op.mb][op.stage] = 1;
+          grow(i);
+          break;
+        case OpKind::Backward:
+        case OpKind::BackwardInput:
+          check_backward(r, i, op.mb, op.stage);
+          bwd[op.mb][op.stage] = op.kind == OpKind::Backward ? 2 : 1;
+          in_flight -= op.kind == OpKind::Backward;
+          break;
+        case OpKind::BackwardWeight:
+          check_here(r, i, op.mb, op.stage, "weight gradient");
+          if (bwd[op.mb][op.stage] != 1)
+            fail(s, r, i, "order",
+                 "weight gradient of " + ms(op.mb, op.stage) +
+                     (bwd[op.mb][op.stage] == 0 ? " before its input-backward (Bi)"
+                                                : " after a full backward or a previous W"));
+          bwd[op.mb][op.stage] = 2;
+          --in_flight;
+          break;
+        default:  // ForwardBackward: both halves against the state before the pair
+          check_forward(r, i, op.mb, op.stage);
+          check_backward(r, i, op.mb2, op.stage2);
+          fwd[op.mb][op.stage] = 1;
+          bwd[op.mb2][op.stage2] = op.defer_weight ? 1 : 2;
+          grow(i);
+          in_flight -= !op.defer_weight;
+      }
+    }
+    return peak;
+  }
+
+  void check_complete(int r) const {
+    const int end = static_cast<int>(s.per_rank[r].size());
+    for (int m = 0; m < s.microbatches; ++m)
+      for (int st = 0; st < s.stages; ++st) {
+        if (s.rank_of(m, st) != r) continue;
+        if (!fwd[m][st]) fail(s, r, end, "complete", ms(m, st) + " is never forwarded");
+        if (bwd[m][st] == 0) fail(s, r, end, "complete", ms(m, st) + " has no backward");
+        if (bwd[m][st] == 1)
+          fail(s, r, end, "complete", ms(m, st) + ": its weight gradient (W) never runs");
+      }
+  }
+};
+
+}  // namespace
+
+void validate(const Schedule& s) {
+  check_shape(s);
+  Tracker tr(s);
+  for (int r = 0; r < s.ranks; ++r) tr.run_rank(r);
+  for (int r = 0; r < s.ranks; ++r) tr.check_complete(r);
+  const auto partner = match_messages(s);
+  const Replay rp = replay(s, partner, Costs{}, /*strict=*/true);
+  if (!rp.stall.empty()) fail(s, rp.stall_rank, rp.stall_index, "deadlock", rp.stall);
+}
+
+std::vector<int> peak_in_flight(const Schedule& s) {
+  std::vector<int> peak(s.per_rank.size(), 0);
+  for (size_t r = 0; r < s.per_rank.size(); ++r) {
+    int cur = 0;
+    for (const Op& op : s.per_rank[r]) {
+      if (op.kind == OpKind::Forward || op.kind == OpKind::ForwardBackward)
+        peak[r] = std::max(peak[r], ++cur);
+      if (op.kind == OpKind::Backward || op.kind == OpKind::BackwardWeight ||
+          (op.kind == OpKind::ForwardBackward && !op.defer_weight))
+        --cur;
+    }
+  }
+  return peak;
+}
+
+SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit) {
+  validate(s);
+  const Replay rp = replay(s, match_messages(s), c, strict_commit);
+  if (!rp.stall.empty())  // cannot happen after validate(): waiting less never stalls
+    throw std::invalid_argument("schedule " + s.kind + ": simulate: " + rp.stall);
+  return rp.sim;
+}
+
+}  // namespace moetron::pipeline

@@ -1,0 +1,180 @@
+// Pipeline schedules as plain data (ARCHITECTURE contract 4; SPEC-deepseek-v3 §4).
+//
+// A generator turns (kind, PP ranks, micro-batches) into a Schedule: for every pipeline rank, the
+// ordered list of operations it performs in one training step — compute (forward, input-backward,
+// weight-backward, full backward, an overlapped forward+backward pair) and point-to-point messages
+// (send/receive of an activation or of an activation gradient, with the peer rank). Nothing else
+// knows a schedule's logic: validate() checks any schedule, the executor runs the lists, and
+// simulate() replays the same lists under a cost model (the estimator and bench_schedules use it).
+//
+// Stages, directions and placement. A micro-batch m flows through the model stages 0..S-1 (each a
+// contiguous piece of the layer list, model/model.h StageSpec) forward, then S-1..0 backward.
+// Stage s of micro-batch m runs on rank route[direction_of_mb[m]][s]:
+//   1f1b, zb1p  S = P, one direction, stage s on rank s.
+//   dualpipe    S = P, two directions: micro-batches 0..C/2-1 enter at rank 0 (stage s on rank s),
+//               C/2..C-1 enter at rank P-1 (stage s on rank P-1-s). Rank r thus holds two copies:
+//               stage r (direction 0) and stage P-1-r (direction 1); the two copies of a stage must
+//               have their gradients summed before the optimizer step (SPEC §4.2).
+//   dualpipev   S = 2N on N ranks, one direction: stage s on rank s for s < N, on 2N-1-s otherwise
+//               (a V: down to rank N-1, turn around locally, back up to rank 0, loss on rank 0).
+// chunks_of_rank[r] lists the (direction, stage) pairs rank r holds, in "module" order: chunk 0 is
+// DualPipe's module[0] / DualPipeV's phase 0.
+//
+// Execution contract (what validate() proves safe, and what an executor must honour):
+//   * Ops run in list order. A message op only POSTS a non-blocking send/receive; it never waits.
+//   * Before a compute op starts, every message op earlier in the rank's list must have completed
+//     ("commit", as in the DualPipe reference). A send completes only once its receive is posted
+//     (rendezvous: no eager buffering is assumed), a receive once its send is posted.
+//   * Messages between a pair of ranks match in posting order: the i-th send a->b is the i-th
+//     receive on b from a, with the same (kind, micro-batch, stage). So MPI with one tag, or NCCL
+//     grouped p2p, delivers the right tensor; an executor may still tag by (kind, mb, stage).
+//   An executor that waits for less (e.g. only for the receives a compute consumes) can only run
+//   ahead, never deadlock, if the schedule passes under the strict rule above.
+//
+// Messages name the PRODUCER stage: SendActivation{m, s} carries stage s's forward output (input
+// of stage s+1); SendGrad{m, s} carries the gradient of stage s's input (output-gradient of s-1).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace moetron::pipeline {
+
+enum class OpKind {
+  Forward,          // F(m, s); on the last stage it also computes the loss
+  BackwardInput,    // Bi(m, s): input gradient only; weight-gradient work queued for a later W
+  BackwardWeight,   // W(m, s): the deferred weight gradient of an earlier Bi(m, s)
+  Backward,         // B(m, s): input and weight gradient together
+  ForwardBackward,  // F(m, s) overlapped with a backward of (mb2, stage2): full, or Bi when
+                    // defer_weight (the pair DualPipe overlaps, SPEC §4.1)
+  SendActivation,   // post send of stage s's output for m to `peer`
+  RecvActivation,   // post receive of stage s's output for m from `peer` (input of stage s+1)
+  SendGrad,         // post send of d(input of stage s) for m to `peer`
+  RecvGrad,         // post receive of d(input of stage s) for m from `peer` (d output of s-1)
+};
+
+struct Op {
+  OpKind kind = OpKind::Forward;
+  int mb = -1;     // micro-batch, 0..C-1
+  int stage = -1;  // model stage run (compute) or that produced the payload (messages)
+  int peer = -1;   // messages only: the other rank
+  int mb2 = -1, stage2 = -1;  // ForwardBackward only: the backward half
+  bool defer_weight = false;  // ForwardBackward only: the backward half is input-only (Bi)
+
+  bool is_message() const { return kind >= OpKind::SendActivation; }
+  bool operator==(const Op&) const = default;
+};
+
+struct Chunk {
+  int direction = 0, stage = 0;
+};
+
+struct Schedule {
+  std::string kind;  // "1f1b" | "zb1p" | "dualpipe" | "dualpipev" | anything a test builds
+  int ranks = 0;
+  int stages = 0;        // S: stages on every micro-batch's path
+  int microbatches = 0;  // C
+  std::vector<int> direction_of_mb;                // [C]
+  std::vector<std::vector<int>> route;             // [directions][S] -> rank
+  std::vector<std::vector<Chunk>> chunks_of_rank;  // [ranks] (derived from route)
+  std::vector<std::vector<Op>> per_rank;           // [ranks] the op lists
+  // Activations in flight on a rank: (m, s) pairs whose forward has started and whose backward
+  // has not fully finished (B, or Bi and its W) — each one chunk of saved activations. validate()
+  // requires the peak on rank r to be <= in_flight_bound[r]. Documented bounds:
+  //   1f1b, zb1p: P - r (the 1F1B warm-up depth; ZB1P defers W only after its last forward)
+  //   dualpipe: P + 1, dualpipev: 2N + 1 (S + 1 chunks, SPEC §4.7 "PP+1")
+  std::vector<int> in_flight_bound;  // [ranks]
+
+  int rank_of(int mb, int stage) const { return route[direction_of_mb[mb]][stage]; }
+  int chunk_of(int rank, int mb, int stage) const;  // index into chunks_of_rank[rank], or -1
+  // m's index among the micro-batches of its direction (DualPipe counts each direction from 0).
+  int local_mb(int mb) const;
+};
+
+// Builds the schedule; throws std::invalid_argument for an unknown kind or a (ranks,
+// micro-batches) pair the kind cannot schedule, e.g. "schedule 1f1b: 3 micro-batches are too few
+// for 4 pipeline ranks (need >= 4)". Constraints: 1f1b, zb1p: P >= 1, C >= P. dualpipe: P even,
+// C even, C >= 2P (SPEC §4.3). dualpipev: N >= 1, C >= 2N.
+Schedule make_schedule(const std::string& kind, int pp_ranks, int microbatches);
+Schedule make_1f1b(int pp_ranks, int microbatches);
+Schedule make_zb1p(int pp_ranks, int microbatches);
+Schedule make_dualpipe(int pp_ranks, int microbatches);
+Schedule make_dualpipev(int pp_ranks, int microbatches);
+
+// Fills kind/ranks/stages/C/route/direction_of_mb/chunks_of_rank and empty op lists; for
+// generators and for tests that build schedules by hand.
+Schedule empty_schedule(const std::string& kind, int ranks, int stages, int microbatches,
+                        std::vector<std::vector<int>> route, std::vector<int> direction_of_mb);
+
+// The single-direction layout (stage s on rank s, bound P - r), after checking P >= 1, C >= P.
+Schedule linear_schedule(const std::string& kind, int pp_ranks, int microbatches);
+
+// Generator helper: appends ops to one rank's list, taking peers from the route. The message
+// helpers emit nothing (and return false) when the message would not leave the rank or leave
+// the path: producer or consumer stage outside 0..S-1, or both on this rank (DualPipeV's turn).
+struct RankEmitter {
+  Schedule& s;
+  int rank;
+  void forward(int mb, int stage);
+  void backward(int mb, int stage);
+  void backward_input(int mb, int stage);
+  void weight(int mb, int stage);
+  void forward_backward(int mb, int stage, int mb2, int stage2, bool defer_weight = false);
+  bool send_activation(int mb, int stage);  // stage = producer; goes to stage + 1's rank
+  bool recv_activation(int mb, int stage);  // this rank holds stage + 1
+  bool send_grad(int mb, int stage);        // goes to stage - 1's rank
+  bool recv_grad(int mb, int stage);        // this rank holds stage - 1
+};
+
+// Throws std::invalid_argument naming the schedule, rank, op index, op and the broken rule:
+//  placement  each op's (mb, stage) runs on this rank; messages go to the right peer
+//  once       every (m, s) has exactly one forward and one backward (B, Bi+W, or a pair's half);
+//             each activation/gradient is sent and received at most once
+//  order      F(m,s) after its input exists here (F(m,s-1) on this rank, or RecvActivation(m,s-1));
+//             backward(m,s) after F(m,s) and after its output-gradient exists (loss on the last
+//             stage, backward(m,s+1) here, or RecvGrad(m,s+1)); W after its Bi; sends after the
+//             compute that produced their payload. The two halves of a pair may not depend on
+//             each other.
+//  matching   per rank pair, sends and receives pair up in posting order with equal (kind, mb,
+//             stage); no send or receive is left over
+//  deadlock   the ranks run to completion under the execution contract above (strict commit,
+//             rendezvous sends); a stall is reported with what each rank waits for
+//  complete   at the end every (m, s) is forwarded and fully backwarded (no W left)
+//  in-flight  activations in flight never exceed in_flight_bound[r]
+void validate(const Schedule& s);
+
+// Peak activations in flight per rank (same counting as the bound above). Needs a schedule whose
+// ops are in range (validate() first).
+std::vector<int> peak_in_flight(const Schedule& s);
+
+// Cost model, times in any unit. B is a FULL backward (input + weight), W its weight part, so an
+// input-only backward costs B - W (SPEC §4.7 notation). FB is an overlapped F + full-B pair; a
+// pair with a deferred weight costs FB - W. comm: latency of one p2p message (a message completes
+// at max(send posted, receive posted) + comm). Posting a message costs nothing.
+struct Costs {
+  double F = 1, B = 2, W = 1, FB = 3, comm = 0;
+};
+
+struct SimResult {
+  double makespan = 0;        // all ranks start at 0; the step ends when the last rank finishes
+  std::vector<double> busy;   // [ranks] compute time
+  std::vector<double> idle;   // [ranks] makespan - busy
+  std::vector<double> finish;  // [ranks] when the rank's last op ended
+  double bubble = 0;           // max over ranks of idle: what the §4.7 "Bubble" column counts
+  double bubble_fraction = 0;  // sum(idle) / (ranks * makespan)
+};
+
+// Replays the op lists. By default a compute op waits only for the receives posted before it
+// (a send never delays its sender: the buffer is just held) — what a good executor does;
+// strict_commit = true waits for every earlier message too, as the DualPipe reference's commit()
+// and validate()'s deadlock check do. Throws std::invalid_argument on a stall (validate first).
+SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit = false);
+
+// Text: "F1.2" / "Bi0.3" / "W0.3" / "B1.1" / "F0.3&B1.1" (chunk index . micro-batch within its
+// direction, the notation of SPEC §4.6), messages as "sA0.3>1" / "rG1.2<2".
+std::string to_string(const Schedule& s, int rank, const Op& op);
+// One rank's compute ops (and messages when `messages`), space-separated.
+std::string format_rank(const Schedule& s, int rank, bool messages = false);
+const char* kind_name(OpKind k);
+
+}  // namespace moetron::pipeline

@@ -1,0 +1,117 @@
+// ZeRO-1 sharded AdamW over a reduction group (see zero1.h).
+#include "parallel/zero1.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace moetron {
+
+Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt)
+    : params_(std::move(params)), comm_(group), opt_(opt) {
+  const int64_t G = comm_.size(), r = comm_.rank();
+  // buckets of whole parameters
+  int64_t flat = 0;
+  offset_.resize(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t n = params_[i]->numel();
+    numel_ += n;
+    if (buckets_.empty() || (flat - buckets_.back().begin) + n > opt_.bucket_elements) {
+      if (!buckets_.empty()) {
+        Bucket& b = buckets_.back();
+        b.padded = (flat - b.begin + G - 1) / G * G;
+        flat = b.begin + b.padded;
+      }
+      buckets_.push_back({flat, 0, {}});
+    }
+    offset_[i] = flat;
+    buckets_.back().params.push_back(static_cast<int64_t>(i));
+    flat += n;
+  }
+  if (!buckets_.empty()) {
+    Bucket& b = buckets_.back();
+    b.padded = (flat - b.begin + G - 1) / G * G;
+    flat = b.begin + b.padded;
+  }
+  flat_.assign(flat, 0.f);
+  // this rank's shard: the r-th 1/G of every bucket, as segments of parameters
+  for (const Bucket& b : buckets_) {
+    const int64_t part = b.padded / G, lo = b.begin + r * part, hi = lo + part;
+    for (int64_t i : b.params) {
+      const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
+      const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, hi);
+      if (s0 < s1) segments_.push_back({params_[i], s0 - p0, shard_ + (s0 - lo), s1 - s0});
+    }
+    shard_ += part;
+  }
+  shard_grad_.assign(shard_, 0.f);
+  if (opt_.bf16_moments) {
+    m16_.assign(shard_, 0), v16_.assign(shard_, 0);
+  } else {
+    m32_.assign(shard_, 0.f), v32_.assign(shard_, 0.f);
+  }
+}
+
+void Zero1::reduce_scatter_grads() {
+  const int64_t G = comm_.size();
+  for (size_t i = 0; i < params_.size(); ++i)
+    std::memcpy(flat_.data() + offset_[i], params_[i]->g(), sizeof(float) * params_[i]->numel());
+  int64_t shard_pos = 0;
+  for (const Bucket& b : buckets_) {
+    const int64_t part = b.padded / G;
+    comm_.reduce_scatter(flat_.data() + b.begin, shard_grad_.data() + shard_pos, part);
+    shard_pos += part;
+  }
+}
+
+double Zero1::owned_grad_sq() const {
+  double s = 0;
+  for (const Segment& seg : segments_) {
+    if (seg.p->replica) continue;
+    const float* g = shard_grad_.data() + seg.shard_offset;
+    for (int64_t j = 0; j < seg.len; ++j) s += static_cast<double>(g[j]) * g[j];
+  }
+  return s;
+}
+
+void Zero1::step(double lr, double grad_scale, int64_t step_number) {
+  if (grad_scale != 1.0) {
+    const float c = static_cast<float>(grad_scale);
+    for (float& g : shard_grad_) g *= c;
+  }
+  kernels::AdamWParams ap;
+  ap.lr = lr, ap.beta1 = opt_.beta1, ap.beta2 = opt_.beta2, ap.eps = opt_.eps;
+  ap.step = step_number;
+  for (const Segment& seg : segments_) {
+    ap.weight_decay = seg.p->decay ? opt_.weight_decay : 0.0;
+    float* w = seg.p->w() + seg.param_offset;
+    const float* g = shard_grad_.data() + seg.shard_offset;
+    if (opt_.bf16_moments)
+      kernels::adamw_update<uint16_t>(w, g, m16_.data() + seg.shard_offset,
+                                      v16_.data() + seg.shard_offset, seg.len, ap);
+    else
+      kernels::adamw_update<float>(w, g, m32_.data() + seg.shard_offset,
+                                   v32_.data() + seg.shard_offset, seg.len, ap);
+  }
+  // everyone gets everyone's updated shard
+  const int64_t G = comm_.size();
+  if (G == 1) return;  // the parameters were updated in place
+  std::vector<float> mine;
+  for (const Bucket& b : buckets_) {
+    const int64_t part = b.padded / G, lo = b.begin + comm_.rank() * part;
+    for (int64_t i : b.params) {  // owned values into the flat buffer
+      const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
+      const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, lo + part);
+      if (s0 < s1) std::memcpy(flat_.data() + s0, params_[i]->w() + (s0 - p0), sizeof(float) * (s1 - s0));
+    }
+    mine.assign(flat_.begin() + lo, flat_.begin() + lo + part);
+    comm_.all_gather(mine.data(), flat_.data() + b.begin, part);
+    for (int64_t i : b.params)
+      std::memcpy(params_[i]->w(), flat_.data() + offset_[i], sizeof(float) * params_[i]->numel());
+  }
+}
+
+int64_t Zero1::state_bytes() const {
+  return opt_.bf16_moments ? 2 * shard_ * 2 : 2 * shard_ * 4;
+}
+
+}  // namespace moetron
