@@ -9,7 +9,7 @@ RankGrid RankGrid::make(int world, int rank, int pp, int dp, int ep, int ranks_p
   if (pp * dp != world)
     fail("parallel.pp x parallel.dp = " + std::to_string(pp) + " x " + std::to_string(dp) + " = " +
          std::to_string(pp * dp) + " ranks, but the job has " + std::to_string(world) +
-         " processes");
+         (world == 1 ? " process" : " processes"));
   if (dp % ep != 0)
     fail("parallel.ep (" + std::to_string(ep) + ") must divide parallel.dp (" + std::to_string(dp) +
          ")");

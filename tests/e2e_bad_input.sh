@@ -26,7 +26,26 @@ expect_fail topk "model.num_experts_per_tok" train configs/tiny.yaml --set model
 expect_fail missing_data "missing.h5" train configs/tiny.yaml --set data.train_path="$OUT/missing.h5"
 echo "not hdf5" > "$OUT/text.h5"
 expect_fail foreign_data "text.h5" train configs/tiny.yaml --set data.train_path="$OUT/text.h5"
-expect_fail layout "parallel" train configs/tiny.yaml --set parallel.dp=2 --set data.global_batch_size=16
+expect_fail layout "parallel.pp x parallel.dp" train configs/tiny.yaml --set parallel.dp=2
+# multi-rank layouts: every rank reports, the job exits non-zero, and nothing hangs
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+expect_fail_np() {  # name, np, expected substring, args...
+  local name=$1 np=$2 want=$3; shift 3
+  local rundir="$OUT/run_$name" msg rc
+  msg=$(timeout 60 mpirun --oversubscribe --mca btl self,vader -np "$np" "$BIN" train \
+        configs/tiny.yaml "$@" --set run.dir="$rundir" 2>&1 >/dev/null); rc=$?
+  local n; n=$(grep -c "moetron: error: rank .*$want" <<<"$msg")
+  if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "FAIL $name: exit $rc"; fail=$((fail+1));
+  elif [ "$n" -ne "$np" ]; then echo "FAIL $name: $n of $np ranks said '$want': $msg"; fail=$((fail+1));
+  elif [ -e "$rundir" ]; then echo "FAIL $name: wrote $rundir"; fail=$((fail+1));
+  else echo "ok   $name: $(grep -m1 "moetron: error" <<<"$msg")"; pass=$((pass+1)); fi
+}
+expect_fail_np world_size 3 "parallel.pp x parallel.dp" --set parallel.dp=2
+expect_fail_np ep_divides_dp 3 "parallel.ep: must divide parallel.dp (3)" --set parallel.dp=3 \
+  --set parallel.ep=2 --set data.global_batch_size=24
+expect_fail_np layers_cut 2 "parallel.pp: must be <= model.num_hidden_layers (4)" --set parallel.pp=8
+expect_fail_np ranks_per_node 2 "ranks_per_node" --set parallel.dp=2 --set parallel.ranks_per_node=3
+expect_fail_np too_few_microbatches 2 "too few" --set parallel.pp=2 --set data.global_batch_size=8
 expect_fail bad_set "--set" train configs/tiny.yaml --set model.hidden_size
 echo "e2e_bad_input: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -5,6 +5,7 @@
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -83,19 +84,22 @@ int run(int argc, char** argv) {
 }
 
 // Input errors are found identically by every rank before any communication: each rank prints
-// the message (with its rank when there are several) and exits 1.
+// the message (with its rank when there are several), waits until every rank has printed (so
+// mpirun's abort on the first non-zero exit cuts no message off), and exits 1.
 int world_size() {
   const char* s = std::getenv("OMPI_COMM_WORLD_SIZE");
   return s ? std::atoi(s) : 1;
 }
 
 int fail(const std::string& msg) {
+  std::string line = "moetron: error: " + msg + "\n";
   if (world_size() > 1) {
     const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
-    std::cerr << "moetron: error: rank " << (r ? r : "?") << ": " << msg << "\n";
-  } else {
-    std::cerr << "moetron: error: " << msg << "\n";
+    line = "moetron: error: rank " + std::string(r ? r : "?") + ": " + msg + "\n";
   }
+  std::fputs(line.c_str(), stderr);  // one write: ranks' lines do not interleave
+  std::fflush(stderr);
+  if (world_size() > 1) moetron::world().barrier();
   return 1;
 }
 
