@@ -5,6 +5,7 @@
 #include "parallel/ep_dispatch.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "kernels/ops.h"
@@ -44,7 +45,9 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, std::vector<T> send, 
 template <class T>
 void EpDispatcher<T>::exchange_wait(DispatchState<T>& st) {
   auto pend = std::static_pointer_cast<Pending<T>>(st.pending);
+  const auto t0 = std::chrono::steady_clock::now();
   pend->req.wait();
+  comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.pending.reset();
 }
 
@@ -70,7 +73,9 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
     st.send_token.insert(st.send_token.end(), to[p].begin(), to[p].end());
   }
   st.recv_counts.assign(P, 0);
+  const auto t0 = std::chrono::steady_clock::now();
   ep_.all_to_all(st.send_counts.data(), st.recv_counts.data(), 1);
+  comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // payload
   std::vector<T> send(st.send_token.size() * W);
   int64_t row = 0;

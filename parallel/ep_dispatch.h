@@ -39,6 +39,13 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
   // Bytes this process sent in dispatch payloads so far (for the FP8-dispatch report).
   int64_t bytes_sent() const { return bytes_sent_; }
+  // Seconds spent blocked in the exchanges (counts and waits) since the last call; what the
+  // overlap of a later schedule must hide.
+  double take_comm_seconds() {
+    const double s = comm_seconds_;
+    comm_seconds_ = 0;
+    return s;
+  }
 
  private:
   // rows of `width` T's: send (grouped by peer, send_counts) -> recv (recv_counts), or reverse
@@ -46,6 +53,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void exchange_wait(DispatchState<T>& st);
   Communicator& ep_;
   int64_t bytes_sent_ = 0;
+  double comm_seconds_ = 0;
 };
 
 }  // namespace moetron

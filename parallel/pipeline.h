@@ -12,6 +12,7 @@
 //   SendGrad(m)        non-blocking send of d(input) to the previous stage's rank
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <stdexcept>
 #include <vector>
@@ -49,12 +50,18 @@ class PipelineExecutor {
     auto tag = [&](const pipeline::Op& op, int grad) {
       return (op.mb * sched_.stages + op.stage) * 2 + grad;
     };
-    auto ready = [&] {
+    using clock = std::chrono::steady_clock;
+    auto ready = [&] {  // time blocked here is pipeline idle (bubble + p2p latency)
+      const auto t0 = clock::now();
       for (auto& r : recvs) r.wait();
       recvs.clear();
+      idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
     };
+    idle_seconds_ = compute_seconds_ = 0;
     for (const pipeline::Op& op : sched_.per_rank[rank_]) {
       const int m = op.mb;
+      if (!op.is_message()) ready();
+      const auto t0 = clock::now();
       switch (op.kind) {
         case OpKind::RecvActivation:
           act_[m].resize(N * D);
@@ -71,13 +78,11 @@ class PipelineExecutor {
           sends.push_back(pp_.isend(mbs_[m].dh.data(), bytes, op.peer, tag(op, 1)));
           break;
         case OpKind::Forward:
-          ready();
           losses[m] = model_.forward(mbs_[m], tokens(m), B, S, mtp_weight,
                                      model_.stage().first() ? nullptr : act_[m].data());
           break;
         case OpKind::Backward:
         case OpKind::BackwardInput:
-          ready();
           model_.backward_input(mbs_[m], grad_scale,
                                 model_.stage().last() ? nullptr : grad_[m].data(),
                                 op.kind == OpKind::BackwardInput);
@@ -90,13 +95,22 @@ class PipelineExecutor {
                                       "' overlaps forward and backward chunks, which this "
                                       "executor does not run yet (use 1f1b or zb1p)");
       }
+      if (!op.is_message())
+        compute_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
     }
     ready();
+    const auto t0 = clock::now();
     for (auto& r : sends) r.wait();
+    idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
     for (const Losses& l : losses) {
       sum.loss += l.loss, sum.lm += l.lm, sum.mtp += l.mtp, sum.balance += l.balance;
     }
   }
+
+  // Seconds of the last run: in compute ops (forward/backward, including any expert all-to-all
+  // they wait on), and blocked on pipeline messages.
+  double compute_seconds() const { return compute_seconds_; }
+  double idle_seconds() const { return idle_seconds_; }
 
   // The micro-batch states of the last run (expert loads are read from them).
   const std::vector<typename Model<T>::MicroBatch>& microbatches() const { return mbs_; }
@@ -108,6 +122,7 @@ class PipelineExecutor {
   int rank_;
   std::vector<typename Model<T>::MicroBatch> mbs_;
   std::vector<Buf<T>> act_, grad_;
+  double compute_seconds_ = 0, idle_seconds_ = 0;
 };
 
 }  // namespace moetron

@@ -2,6 +2,7 @@
 #include "parallel/zero1.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 namespace moetron {
@@ -58,7 +59,9 @@ void Zero1::reduce_scatter_grads() {
   int64_t shard_pos = 0;
   for (const Bucket& b : buckets_) {
     const int64_t part = b.padded / G;
+    const auto t0 = std::chrono::steady_clock::now();
     comm_.reduce_scatter(flat_.data() + b.begin, shard_grad_.data() + shard_pos, part);
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     shard_pos += part;
   }
 }
@@ -104,7 +107,9 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
       if (s0 < s1) std::memcpy(flat_.data() + s0, params_[i]->w() + (s0 - p0), sizeof(float) * (s1 - s0));
     }
     mine.assign(flat_.begin() + lo, flat_.begin() + lo + part);
+    const auto t0 = std::chrono::steady_clock::now();
     comm_.all_gather(mine.data(), flat_.data() + b.begin, part);
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int64_t i : b.params)
       std::memcpy(params_[i]->w(), flat_.data() + offset_[i], sizeof(float) * params_[i]->numel());
   }

@@ -42,6 +42,12 @@ class Zero1 {
   void step(double lr, double grad_scale, int64_t step_number);
 
   int64_t state_bytes() const;  // moments held by this rank
+  // Seconds in reduce-scatter and all-gather since the last call.
+  double take_comm_seconds() {
+    const double s = comm_seconds_;
+    comm_seconds_ = 0;
+    return s;
+  }
   int64_t numel() const { return numel_; }
 
  private:
@@ -60,6 +66,7 @@ class Zero1 {
   Communicator& comm_;
   Zero1Options opt_;
   int64_t numel_ = 0, shard_ = 0;   // total elements, owned (padded) elements
+  double comm_seconds_ = 0;
   std::vector<float> flat_, shard_grad_;
   std::vector<float> m32_, v32_;
   std::vector<uint16_t> m16_, v16_;

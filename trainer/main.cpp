@@ -5,6 +5,8 @@
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+#include <malloc.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -106,6 +108,11 @@ int fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Activation buffers of a few MB come and go every layer; keep freed memory in the heap
+  // instead of returning it to the kernel (mmap/munmap) so the next step reuses it without page
+  // faults. (Measured: ~15% of a tiny-model step was page-fault handling without this.)
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {

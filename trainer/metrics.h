@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace moetron {
 
@@ -18,6 +19,8 @@ struct StepMetrics {
   double expert_imbalance = 0;  // max load / mean load, averaged over MoE layers
   double bias_update_speed = 0, mtp_weight = 0;
   double eta_seconds = 0;
+  // per rank: compute, communication waited for, pipeline idle (seconds), flattened [world*3]
+  std::vector<double> rank_times;
 };
 
 class MetricsLog {

@@ -117,7 +117,8 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
 
   // this rank's stage of the model, its experts, its optimizer shards
   std::shared_ptr<TokenDispatcher<float>> dispatcher;
-  if (grid.ep > 1) dispatcher = std::make_shared<EpDispatcher<float>>(*groups.ep);
+  std::shared_ptr<EpDispatcher<float>> ep_dispatcher;
+  if (grid.ep > 1) dispatcher = ep_dispatcher = std::make_shared<EpDispatcher<float>>(*groups.ep);
   Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp});
   model.init(cfg.run.seed);
   std::vector<Param<float>*> dense, experts;
@@ -167,6 +168,7 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
     pipeline.run([&](int m) { return tokens[m].data(); }, B, S, lambda,
                  1.0 / static_cast<double>(M * grid.dp), sum);
 
+    const auto t_pipe = std::chrono::steady_clock::now();
     // expert loads of the step over the whole global batch (this stage's layers)
     std::fill(load.begin(), load.end(), 0);
     for (const auto& mb : pipeline.microbatches()) {
@@ -202,6 +204,16 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
       mean /= static_cast<double>(l.size());
       imbalance += mean > 0 ? static_cast<double>(*std::max_element(l.begin(), l.end())) / mean : 0;
     }
+    // where this rank's step time went: compute, communication it waited for, pipeline idle
+    const double ep_comm = ep_dispatcher ? ep_dispatcher->take_comm_seconds() : 0.0;
+    const double dp_comm = opt_dense.take_comm_seconds() + opt_experts.take_comm_seconds();
+    const double tail = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_pipe).count();
+    std::vector<double> times(3 * grid.world, 0.0);
+    times[3 * w.rank()] = pipeline.compute_seconds() - ep_comm + tail - dp_comm;
+    times[3 * w.rank() + 1] = ep_comm + dp_comm;
+    times[3 * w.rank() + 2] = pipeline.idle_seconds();
+    w.all_reduce(times.data(), times.size());
+
     // losses: sum over stages and DP ranks, mean over the global batch's micro-batches;
     // imbalance: mean over every MoE layer of the model
     double red[6] = {sum.loss, sum.lm, sum.mtp, sum.balance, imbalance,
@@ -223,6 +235,7 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
     sm.tokens_per_s = static_cast<double>(step_tokens) / sm.step_seconds;
     sm.expert_imbalance = red[5] > 0 ? red[4] / red[5] : 0.0;
     sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
+    sm.rank_times = times;
     const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
     sm.eta_seconds = elapsed / static_cast<double>(step + 1) *
                      static_cast<double>(cfg.run.steps - step - 1);

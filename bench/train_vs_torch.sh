@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Training throughput of configs/tiny.yaml: moetron vs the same model in PyTorch
+# (bench/torch_train.py, tests/torch_ref/deepseek_v3.py), same batch (8 x 128 tokens per
+# micro-batch, 2 micro-batches per step), same thread count, on the SOTU tokens, in one run.
+# The two are run alternately ROUNDS times and the median of each is reported.
+# Usage: bench/train_vs_torch.sh [STEPS=12] [THREADS=2] [ROUNDS=2]   (after scripts/setup.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-12}; THREADS=${2:-2}; ROUNDS=${3:-2}
+OUT=build/bench_train_vs_torch; rm -rf "$OUT"; mkdir -p "$OUT"
+for r in $(seq "$ROUNDS"); do
+  build/moetron train configs/tiny.yaml --set run.steps="$STEPS" --set run.threads="$THREADS" \
+    --set run.dir="$OUT/moetron_$r" > /dev/null
+  /usr/bin/python3 bench/torch_train.py --config configs/tiny.yaml --steps "$STEPS" \
+    --micro-batch 8 --seq 128 --grad-accum 2 --threads "$THREADS" \
+    --data data/cache/sotu/train.h5 > "$OUT/torch_$r.log" 2>&1
+done
+/usr/bin/python3 - "$OUT" "$ROUNDS" "$THREADS" <<'PY'
+import json, re, statistics, sys
+out, rounds, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+m, t = [], []
+for r in range(1, rounds + 1):
+    rows = [json.loads(l) for l in open(f"{out}/moetron_{r}/metrics.jsonl")][2:]  # skip warm-up
+    step_tokens = rows[1]["tokens"] - rows[0]["tokens"]
+    m.append(step_tokens * len(rows) / sum(x["step_seconds"] for x in rows))
+    t.append(float(re.search(r"torch tokens/s: ([0-9.]+)", open(f"{out}/torch_{r}.log").read())[1]))
+mm, tt = statistics.median(m), statistics.median(t)
+print(f"| implementation | tokens/s ({threads} threads, median of {rounds}) |")
+print("|---|---|")
+print(f"| moetron (C++) | {mm:,.0f} |")
+print(f"| PyTorch {__import__('torch').__version__} | {tt:,.0f} |")
+print(f"| ratio | {mm / tt:.2f}x |")
+PY
