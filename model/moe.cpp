@@ -123,6 +123,9 @@ void MoE<T>::experts(State& st) const {
   T* gu = sized(st.gu, R * 2 * F_);
   T* a = sized(st.a, R * F_);
   T* y = sized(st.yperm, R * D_);
+  // one expert per thread: the experts' GEMMs are small, so running them side by side beats
+  // splitting each one over the threads (kernels called here see no nested parallelism)
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;
@@ -185,12 +188,13 @@ void MoE<T>::experts_backward(State& st) const {
   T* dgu = sized(st.dgu, R * 2 * F_);
   T* dw = sized(st.dwperm, R);
   T* dxp = sized(st.dxperm, R * D_);
-  Buf<T> da;
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;
     const T* Wgu = gu_all_->w() + e * 2 * F_ * D_;
     const T* Wd = down_all_->w() + e * D_ * F_;
+    Buf<T> da;
     T* dap = sized(da, c * F_);
     kernels::gemm<T>(false, false, c, F_, D_, T(1), st.dyperm.data() + r0 * D_, Wd, T(0), dap,
                      expert_prec_);
@@ -257,6 +261,7 @@ template <class T>
 void MoE<T>::backward_weight(State& st, const T* x) const {
   shared_.backward_weight(st.shared, x);
   gate_.backward_weight(st.dlogits.data(), x, st.N);
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
     if (c == 0) continue;

@@ -119,15 +119,24 @@ bool RankEmitter::recv_grad(int mb, int stage) {
 
 const char* kind_name(OpKind k) {
   switch (k) {
-    case OpKind::Forward: return "Forward";
-    case OpKind::BackwardInput: return "BackwardInput";
-    case OpKind::BackwardWeight: return "BackwardWeight";
-    case OpKind::Backward: return "Backward";
-    case OpKind::ForwardBackward: return "ForwardBackward";
-    case OpKind::SendActivation: return "SendActivation";
-    case OpKind::RecvActivation: return "RecvActivation";
-    case OpKind::SendGrad: return "SendGrad";
-    case OpKind::RecvGrad: return "RecvGrad";
+    case OpKind::Forward:
+      return "Forward";
+    case OpKind::BackwardInput:
+      return "BackwardInput";
+    case OpKind::BackwardWeight:
+      return "BackwardWeight";
+    case OpKind::Backward:
+      return "Backward";
+    case OpKind::ForwardBackward:
+      return "ForwardBackward";
+    case OpKind::SendActivation:
+      return "SendActivation";
+    case OpKind::RecvActivation:
+      return "RecvActivation";
+    case OpKind::SendGrad:
+      return "SendGrad";
+    case OpKind::RecvGrad:
+      return "RecvGrad";
   }
   return "?";
 }
@@ -145,17 +154,25 @@ std::string chunk_mb(const Schedule& s, int rank, int mb, int stage) {
 std::string to_string(const Schedule& s, int rank, const Op& op) {
   const std::string ms = "(m" + std::to_string(op.mb) + ",s" + std::to_string(op.stage) + ")";
   switch (op.kind) {
-    case OpKind::Forward: return "F" + chunk_mb(s, rank, op.mb, op.stage);
-    case OpKind::BackwardInput: return "Bi" + chunk_mb(s, rank, op.mb, op.stage);
-    case OpKind::BackwardWeight: return "W" + chunk_mb(s, rank, op.mb, op.stage);
-    case OpKind::Backward: return "B" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::Forward:
+      return "F" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::BackwardInput:
+      return "Bi" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::BackwardWeight:
+      return "W" + chunk_mb(s, rank, op.mb, op.stage);
+    case OpKind::Backward:
+      return "B" + chunk_mb(s, rank, op.mb, op.stage);
     case OpKind::ForwardBackward:
       return "F" + chunk_mb(s, rank, op.mb, op.stage) + (op.defer_weight ? "&Bi" : "&B") +
              chunk_mb(s, rank, op.mb2, op.stage2);
-    case OpKind::SendActivation: return "sendA" + ms + ">" + std::to_string(op.peer);
-    case OpKind::RecvActivation: return "recvA" + ms + "<" + std::to_string(op.peer);
-    case OpKind::SendGrad: return "sendG" + ms + ">" + std::to_string(op.peer);
-    case OpKind::RecvGrad: return "recvG" + ms + "<" + std::to_string(op.peer);
+    case OpKind::SendActivation:
+      return "sendA" + ms + ">" + std::to_string(op.peer);
+    case OpKind::RecvActivation:
+      return "recvA" + ms + "<" + std::to_string(op.peer);
+    case OpKind::SendGrad:
+      return "sendG" + ms + ">" + std::to_string(op.peer);
+    case OpKind::RecvGrad:
+      return "recvG" + ms + "<" + std::to_string(op.peer);
   }
   return "?";
 }
@@ -247,9 +264,9 @@ std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
         const Op& ro = s.per_rank[b][rv[k]];
         if (recv_kind_of(so.kind) != ro.kind || so.mb != ro.mb || so.stage != ro.stage)
           fail(s, a, sd[k], "matching",
-               nth + " is " + describe(so) + " but rank " + std::to_string(b) + "'s " +
-                   ordinal(k) + " receive from rank " + std::to_string(a) + " (op " +
-                   std::to_string(rv[k]) + ") is " + describe(ro) +
+               nth + " is " + describe(so) + " but rank " + std::to_string(b) + "'s " + ordinal(k) +
+                   " receive from rank " + std::to_string(a) + " (op " + std::to_string(rv[k]) +
+                   ") is " + describe(ro) +
                    " (messages between two ranks must be posted in the same order on both ends)");
         partner[a][sd[k]] = {b, rv[k]};
         partner[b][rv[k]] = {a, sd[k]};
@@ -262,12 +279,18 @@ std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
 
 double duration(const Op& op, const Costs& c) {
   switch (op.kind) {
-    case OpKind::Forward: return c.F;
-    case OpKind::BackwardInput: return c.B - c.W;
-    case OpKind::BackwardWeight: return c.W;
-    case OpKind::Backward: return c.B;
-    case OpKind::ForwardBackward: return op.defer_weight ? c.FB - c.W : c.FB;
-    default: return 0;
+    case OpKind::Forward:
+      return c.F;
+    case OpKind::BackwardInput:
+      return c.B - c.W;
+    case OpKind::BackwardWeight:
+      return c.W;
+    case OpKind::Backward:
+      return c.B;
+    case OpKind::ForwardBackward:
+      return op.defer_weight ? c.FB - c.W : c.FB;
+    default:
+      return 0;
   }
 }
 
@@ -283,9 +306,11 @@ Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, c
   std::vector<int> pc(R, 0), waited(R, 0);
   std::vector<double> t(R, 0.0);
   std::vector<bool> done(R, false);
-  std::vector<std::vector<double>> posted(R);  // post time of message ops; < 0: not yet
-  for (int r = 0; r < R; ++r) posted[r].assign(s.per_rank[r].size(), -1.0);
   Replay out;
+  // start[r][i]: when op i of rank r started (compute) or was posted (message); < 0: not yet.
+  auto& start = out.sim.start;
+  start.resize(R);
+  for (int r = 0; r < R; ++r) start[r].assign(s.per_rank[r].size(), -1.0);
   out.sim.busy.assign(R, 0.0);
   out.sim.finish.assign(R, 0.0);
   std::vector<int> blocked_on(R, -1);  // message op a blocked rank waits for
@@ -298,11 +323,11 @@ Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, c
       const Op& op = s.per_rank[r][j];
       if (!op.is_message() || !(all || is_recv(op.kind))) continue;
       const Ref p = partner[r][j];
-      if (posted[p.rank][p.index] < 0) {
+      if (start[p.rank][p.index] < 0) {
         blocked_on[r] = j;
         return -1;
       }
-      ready = std::max(ready, std::max(posted[r][j], posted[p.rank][p.index]) + c.comm);
+      ready = std::max(ready, std::max(start[r][j], start[p.rank][p.index]) + c.comm);
     }
     return ready;
   };
@@ -322,15 +347,16 @@ Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, c
         }
         const Op& op = ops[i];
         if (op.is_message()) {
-          posted[r][i] = t[r];
+          start[r][i] = t[r];
           ++pc[r];
           progress = true;
           continue;
         }
-        const double start = wait(r, waited[r], i, strict);
-        if (start < 0) break;
+        const double begin = wait(r, waited[r], i, strict);
+        if (begin < 0) break;
         const double d = duration(op, c);
-        t[r] = start + d;
+        start[r][i] = begin;
+        t[r] = begin + d;
         out.sim.busy[r] += d;
         waited[r] = ++pc[r];
         progress = true;
@@ -386,10 +412,9 @@ namespace {
 void check_shape(const Schedule& s) {
   const int R = s.ranks, S = s.stages, C = s.microbatches;
   if (R < 1 || S < 1 || C < 1)
-    fail_shape(s, "ranks, stages and micro-batches must be >= 1, got " + std::to_string(R) +
-                      ", " + std::to_string(S) + ", " + std::to_string(C));
-  if (static_cast<int>(s.per_rank.size()) != R ||
-      static_cast<int>(s.in_flight_bound.size()) != R ||
+    fail_shape(s, "ranks, stages and micro-batches must be >= 1, got " + std::to_string(R) + ", " +
+                      std::to_string(S) + ", " + std::to_string(C));
+  if (static_cast<int>(s.per_rank.size()) != R || static_cast<int>(s.in_flight_bound.size()) != R ||
       static_cast<int>(s.chunks_of_rank.size()) != R)
     fail_shape(s, "per_rank, in_flight_bound and chunks_of_rank need one entry per rank (" +
                       std::to_string(R) + ")");
@@ -437,8 +462,8 @@ struct Tracker {
   void check_range(int r, int i, int m, int st) const {
     if (m < 0 || m >= s.microbatches || st < 0 || st >= s.stages)
       fail(s, r, i, "placement",
-           ms(m, st) + " is out of range (" + std::to_string(s.microbatches) +
-               " micro-batches, " + std::to_string(s.stages) + " stages)");
+           ms(m, st) + " is out of range (" + std::to_string(s.microbatches) + " micro-batches, " +
+               std::to_string(s.stages) + " stages)");
   }
   void check_here(int r, int i, int m, int st, const char* what) const {
     check_range(r, i, m, st);
@@ -466,14 +491,13 @@ struct Tracker {
   void check_backward(int r, int i, int m, int st) const {
     check_here(r, i, m, st, "backward");
     if (bwd[m][st]) fail(s, r, i, "once", "second backward of " + ms(m, st));
-    if (!fwd[m][st])
-      fail(s, r, i, "order", "backward of " + ms(m, st) + " before its forward");
+    if (!fwd[m][st]) fail(s, r, i, "order", "backward of " + ms(m, st) + " before its forward");
     if (st == s.stages - 1) return;  // starts from the loss
     const int down = s.rank_of(m, st + 1);
     if (down == r && !bwd[m][st + 1])
       fail(s, r, i, "order",
-           "backward of " + ms(m, st) + " before the backward of stage " +
-               std::to_string(st + 1) + " that produces its output gradient (same rank)");
+           "backward of " + ms(m, st) + " before the backward of stage " + std::to_string(st + 1) +
+               " that produces its output gradient (same rank)");
     if (down != r && !recv_grad[m][st + 1])
       fail(s, r, i, "order",
            "backward of " + ms(m, st) + " before its output gradient is received (no earlier " +
@@ -502,8 +526,7 @@ struct Tracker {
                " of micro-batch " + std::to_string(m) + " are both on rank " + std::to_string(r));
     if (op.peer != peer)
       fail(s, r, i, "placement",
-           "peer is rank " + std::to_string(op.peer) + ", should be rank " +
-               std::to_string(peer));
+           "peer is rank " + std::to_string(op.peer) + ", should be rank " + std::to_string(peer));
     switch (op.kind) {
       case OpKind::SendActivation:
         if (!fwd[m][st])
@@ -524,11 +547,10 @@ struct Tracker {
     }
   }
 
-  int run_rank(int r) {
-    int in_flight = 0, peak = 0;
+  void run_rank(int r) {
+    int in_flight = 0;
     auto grow = [&](int i) {
-      peak = std::max(peak, ++in_flight);
-      if (in_flight > s.in_flight_bound[r])
+      if (++in_flight > s.in_flight_bound[r])
         fail(s, r, i, "in-flight",
              std::to_string(in_flight) + " activations in flight, more than this rank's bound " +
                  std::to_string(s.in_flight_bound[r]));
@@ -545,7 +567,7 @@ struct Tracker {
         if (op.peer >= s.ranks)
           fail(s, r, i, "placement", "peer rank " + std::to_string(op.peer) + " does not exist");
         check_message(r, i, op);
-        (op.kind == OpKind::SendActivation ? sent_act
+        (op.kind == OpKind::SendActivation   ? sent_act
          : op.kind == OpKind::RecvActivation ? recv_act
          : op.kind == OpKind::SendGrad       ? sent_grad
                                              : recv_grad)[op.mb][op.stage] = 1;
@@ -582,7 +604,6 @@ struct Tracker {
           in_flight -= !op.defer_weight;
       }
     }
-    return peak;
   }
 
   void check_complete(int r) const {

@@ -20,16 +20,18 @@
 // chunks_of_rank[r] lists the (direction, stage) pairs rank r holds, in "module" order: chunk 0 is
 // DualPipe's module[0] / DualPipeV's phase 0.
 //
-// Execution contract (what validate() proves safe, and what an executor must honour):
+// Execution contract:
 //   * Ops run in list order. A message op only POSTS a non-blocking send/receive; it never waits.
-//   * Before a compute op starts, every message op earlier in the rank's list must have completed
-//     ("commit", as in the DualPipe reference). A send completes only once its receive is posted
-//     (rendezvous: no eager buffering is assumed), a receive once its send is posted.
 //   * Messages between a pair of ranks match in posting order: the i-th send a->b is the i-th
 //     receive on b from a, with the same (kind, micro-batch, stage). So MPI with one tag, or NCCL
 //     grouped p2p, delivers the right tensor; an executor may still tag by (kind, mb, stage).
-//   An executor that waits for less (e.g. only for the receives a compute consumes) can only run
-//   ahead, never deadlock, if the schedule passes under the strict rule above.
+//   * A compute op waits at most for every message op earlier in the rank's list to complete
+//     ("commit" before each compute, as in the DualPipe reference), where a send completes only
+//     once its receive is posted (rendezvous: no eager buffering assumed) and a receive once its
+//     send is posted. validate() proves the schedule runs to the end under exactly this strictest
+//     rule. An executor that waits for less — parallel/pipeline.h waits only for the earlier
+//     receives, and for its sends at the end of the step — can only reach every post sooner, so
+//     it cannot deadlock either.
 //
 // Messages name the PRODUCER stage: SendActivation{m, s} carries stage s's forward output (input
 // of stage s+1); SendGrad{m, s} carries the gradient of stage s's input (output-gradient of s-1).
@@ -55,9 +57,9 @@ enum class OpKind {
 
 struct Op {
   OpKind kind = OpKind::Forward;
-  int mb = -1;     // micro-batch, 0..C-1
-  int stage = -1;  // model stage run (compute) or that produced the payload (messages)
-  int peer = -1;   // messages only: the other rank
+  int mb = -1;                // micro-batch, 0..C-1
+  int stage = -1;             // model stage run (compute) or that produced the payload (messages)
+  int peer = -1;              // messages only: the other rank
   int mb2 = -1, stage2 = -1;  // ForwardBackward only: the backward half
   bool defer_weight = false;  // ForwardBackward only: the backward half is input-only (Bi)
 
@@ -72,8 +74,8 @@ struct Chunk {
 struct Schedule {
   std::string kind;  // "1f1b" | "zb1p" | "dualpipe" | "dualpipev" | anything a test builds
   int ranks = 0;
-  int stages = 0;        // S: stages on every micro-batch's path
-  int microbatches = 0;  // C
+  int stages = 0;                                  // S: stages on every micro-batch's path
+  int microbatches = 0;                            // C
   std::vector<int> direction_of_mb;                // [C]
   std::vector<std::vector<int>> route;             // [directions][S] -> rank
   std::vector<std::vector<Chunk>> chunks_of_rank;  // [ranks] (derived from route)
@@ -81,8 +83,11 @@ struct Schedule {
   // Activations in flight on a rank: (m, s) pairs whose forward has started and whose backward
   // has not fully finished (B, or Bi and its W) — each one chunk of saved activations. validate()
   // requires the peak on rank r to be <= in_flight_bound[r]. Documented bounds:
-  //   1f1b, zb1p: P - r (the 1F1B warm-up depth; ZB1P defers W only after its last forward)
+  //   1f1b: P - r (its warm-up depth)
+  //   zb1p: P on every rank (P - r until Bi, plus the r weight gradients rank r holds back: the
+  //         peak of 1F1B's rank 0, SPEC §4.7 "PP")
   //   dualpipe: P + 1, dualpipev: 2N + 1 (S + 1 chunks, SPEC §4.7 "PP+1")
+  // All are tight: the generated schedules reach them on every rank (tests).
   std::vector<int> in_flight_bound;  // [ranks]
 
   int rank_of(int mb, int stage) const { return route[direction_of_mb[mb]][stage]; }
@@ -143,8 +148,7 @@ struct RankEmitter {
 //  in-flight  activations in flight never exceed in_flight_bound[r]
 void validate(const Schedule& s);
 
-// Peak activations in flight per rank (same counting as the bound above). Needs a schedule whose
-// ops are in range (validate() first).
+// Peak activations in flight per rank (same counting as the bound above).
 std::vector<int> peak_in_flight(const Schedule& s);
 
 // Cost model, times in any unit. B is a FULL backward (input + weight), W its weight part, so an
@@ -156,22 +160,27 @@ struct Costs {
 };
 
 struct SimResult {
-  double makespan = 0;        // all ranks start at 0; the step ends when the last rank finishes
-  std::vector<double> busy;   // [ranks] compute time
-  std::vector<double> idle;   // [ranks] makespan - busy
+  double makespan = 0;         // all ranks start at 0; the step ends when the last rank finishes
+  std::vector<double> busy;    // [ranks] compute time
+  std::vector<double> idle;    // [ranks] makespan - busy
   std::vector<double> finish;  // [ranks] when the rank's last op ended
+  std::vector<std::vector<double>> start;  // [ranks][op] compute start / message post time
+                                           // (a Gantt chart of the step)
   double bubble = 0;           // max over ranks of idle: what the §4.7 "Bubble" column counts
+                               // (ranks' idle times differ when FB != F + B)
   double bubble_fraction = 0;  // sum(idle) / (ranks * makespan)
 };
 
-// Replays the op lists. By default a compute op waits only for the receives posted before it
-// (a send never delays its sender: the buffer is just held) — what a good executor does;
-// strict_commit = true waits for every earlier message too, as the DualPipe reference's commit()
-// and validate()'s deadlock check do. Throws std::invalid_argument on a stall (validate first).
+// Validates (throwing what validate() throws), then replays the op lists. By default a compute
+// op waits only for the receives posted before it (a send never delays its sender: the buffer
+// is just held) — what parallel/pipeline.h does; strict_commit = true waits for every earlier
+// message too, as the DualPipe reference's commit() and validate()'s deadlock check do. ZB1P
+// needs the former to keep its gain (bench_schedules prints both).
 SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit = false);
 
 // Text: "F1.2" / "Bi0.3" / "W0.3" / "B1.1" / "F0.3&B1.1" (chunk index . micro-batch within its
-// direction, the notation of SPEC §4.6), messages as "sA0.3>1" / "rG1.2<2".
+// direction, the notation of SPEC §4.6); messages with the global micro-batch and the producer
+// stage: "sendA(m3,s0)>1", "recvG(m6,s3)<2".
 std::string to_string(const Schedule& s, int rank, const Op& op);
 // One rank's compute ops (and messages when `messages`), space-separated.
 std::string format_rank(const Schedule& s, int rank, bool messages = false);

@@ -7,13 +7,21 @@
 //       SendGrad, or nothing when the neighbour stage is off the path or on this rank (the
 //       DualPipeV turn on rank N-1, where phase 0's output is phase 1's input locally)
 //   F, B(zb), W, F&B                           -> Forward, Backward | BackwardInput, the oldest
-//       deferred BackwardWeight, ForwardBackward (forward of one chunk + FULL backward of the other)
-//   commit                                     -> implicit: our execution contract commits every
-//       posted message before each compute op, exactly where the reference calls commit().
+//       deferred BackwardWeight, ForwardBackward (forward of one chunk, full backward of the
+//       other)
+//   commit                                     -> implicit: the strict reading of the execution
+//       contract (schedule.h) commits every posted message before each compute op (W too),
+//       exactly where the reference calls commit().
 // Phases: DualPipe phase p on rank r runs chunk p XOR (r >= P/2), chunk d being direction d
 // (stage r for d = 0, stage P-1-r for d = 1); DualPipeV phase p is chunk p (stage r, 2N-1-r).
 // Micro-batches: DualPipe direction d carries global ids d*C/2 .. d*C/2 + C/2-1 (each direction
 // counts its own from 0 in the SPEC's notation); DualPipeV carries 0..C-1 through both phases.
+//
+// What the lists give (tests): SPEC §4.6's examples op for op; every rank holds at most S+1
+// chunks of activations (P+1, resp. 2N+1); replayed with comm = 0, the largest idle time of a rank
+// is (S/2 - 1)(F&B + B - 3W), the §4.7 formula, exactly when F = W = B/2 (any F&B). For other
+// ratios the steps' critical path differs, on either side (e.g. below it for W < B/2, above it
+// for F > W): the formula is the README's estimate, not an identity of the schedule.
 #include <deque>
 #include <stdexcept>
 #include <utility>
@@ -121,7 +129,8 @@ struct DualRank {
     }
 
     for (int i = 0; i < c - 2 * n + h + 1; ++i) {  // 4: main, nF0B1F1B0
-      if (i == 0 && middle) {  // not overlapped: a smaller bubble
+      if (i == 0 && middle) {
+        // Not overlapped, to shrink the bubble (as the reference does).
         fwd_chunk(0, /*recv=*/false, /*send=*/false);
         send_fwd(1);
         bwd_chunk(1, /*zb=*/false, /*recv=*/true, /*send=*/false);

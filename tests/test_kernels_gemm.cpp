@@ -178,3 +178,26 @@ TEST(Threads, SetAndQuery) {
 
 }  // namespace
 }  // namespace moetron::kernels::testing
+
+// The MoE runs one expert per thread, so the same cached GEMM primitive executes in several
+// threads at once: results must equal the one-at-a-time results exactly (this failed while the
+// oneDNN scratchpad was the library's shared one).
+TEST(GemmConcurrency, SameShapeInParallelThreadsMatchesSequential) {
+  const int64_t M = 96, N = 80, K = 112, J = 8;
+  std::vector<std::vector<float>> A(J), B(J), seq(J), par(J);
+  for (int64_t j = 0; j < J; ++j) {
+    A[j].resize(M * K), B[j].resize(N * K), seq[j].assign(M * N, 0.f), par[j].assign(M * N, 0.f);
+    for (int64_t i = 0; i < M * K; ++i) A[j][i] = static_cast<float>((i * 7 + j) % 13) - 6.f;
+    for (int64_t i = 0; i < N * K; ++i) B[j][i] = static_cast<float>((i * 5 + j) % 11) * 0.25f;
+  }
+  for (int64_t j = 0; j < J; ++j)
+    moetron::kernels::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
+                                  seq[j].data());
+  for (int rep = 0; rep < 5; ++rep) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(4)
+    for (int64_t j = 0; j < J; ++j)
+      moetron::kernels::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
+                                    par[j].data());
+    for (int64_t j = 0; j < J; ++j) ASSERT_EQ(par[j], seq[j]) << "matrix " << j << " rep " << rep;
+  }
+}

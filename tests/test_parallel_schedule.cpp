@@ -77,9 +77,15 @@ TEST(Schedule, EveryGeneratorValidatesOverAGrid) {
 }
 
 TEST(Schedule, SingleRankAndSmallestCases) {
-  for (const auto& [kind, P, C] : std::vector<std::tuple<std::string, int, int>>{
-           {"1f1b", 1, 1}, {"zb1p", 1, 3}, {"dualpipev", 1, 2}, {"dualpipev", 1, 5},
-           {"dualpipe", 2, 4}, {"1f1b", 3, 3}, {"zb1p", 5, 7}, {"dualpipev", 3, 7}}) {
+  for (const auto& [kind, P, C] :
+       std::vector<std::tuple<std::string, int, int>>{{"1f1b", 1, 1},
+                                                      {"zb1p", 1, 3},
+                                                      {"dualpipev", 1, 2},
+                                                      {"dualpipev", 1, 5},
+                                                      {"dualpipe", 2, 4},
+                                                      {"1f1b", 3, 3},
+                                                      {"zb1p", 5, 7},
+                                                      {"dualpipev", 3, 7}}) {
     SCOPED_TRACE(kind);
     const Schedule s = make_schedule(kind, P, C);
     EXPECT_NO_THROW(validate(s));
@@ -194,8 +200,9 @@ TEST(Schedule, TooFewMicroBatchesAndParity) {
                {"schedule dualpipe: needs an even number of micro-batches", "got 9"});
   expect_error([] { make_schedule("dualpipe", 3, 8); },
                {"schedule dualpipe: needs an even number of pipeline ranks", "got 3"});
-  expect_error([] { make_schedule("dualpipev", 4, 7); },
-               {"schedule dualpipev: 7 micro-batches are too few for 4 pipeline ranks (need >= 8)"});
+  expect_error(
+      [] { make_schedule("dualpipev", 4, 7); },
+      {"schedule dualpipev: 7 micro-batches are too few for 4 pipeline ranks (need >= 8)"});
   expect_error([] { make_schedule("1f1b", 0, 4); }, {"schedule 1f1b: needs at least 1"});
   expect_error([] { make_schedule("gpipe", 4, 8); }, {"schedule gpipe: unknown kind"});
 }
@@ -208,9 +215,8 @@ TEST(Validator, MissingBackward) {
   auto& ops = s.per_rank[1];
   ops.erase(ops.begin() + find_op(s, 1, bwd(5, 1)));
   ops.erase(ops.begin() + find_op(s, 1, msg(OpKind::SendGrad, 5, 1, 0)));
-  expect_error([&] { validate(s); },
-               {"schedule 1f1b: rank 1, end of list: complete:", "micro-batch 5 stage 1",
-                "has no backward"});
+  expect_error([&] { validate(s); }, {"schedule 1f1b: rank 1, end of list: complete:",
+                                      "micro-batch 5 stage 1", "has no backward"});
   // An earlier one: the activation is never freed, so the next forward breaks the bound first.
   Schedule t = make_1f1b(4, 6);
   auto& ops2 = t.per_rank[1];
@@ -226,8 +232,8 @@ TEST(Validator, MissingForwardIsCaughtAtItsFirstUse) {
   ops.erase(ops.begin() + i);
   // The next op is the send of its activation.
   expect_error([&] { validate(s); },
-               {"rank 2, op " + std::to_string(i), "order:",
-                "activation of micro-batch 3 stage 2 sent before its forward"});
+               {"rank 2, op " + std::to_string(i),
+                "order:", "activation of micro-batch 3 stage 2 sent before its forward"});
 }
 
 TEST(Validator, ForwardBeforeItsInputArrives) {
@@ -236,8 +242,8 @@ TEST(Validator, ForwardBeforeItsInputArrives) {
   const int i = find_op(s, 2, msg(OpKind::RecvActivation, 1, 1, 1));
   std::swap(ops[i], ops[i + 1]);  // F(1,2) now precedes its receive
   expect_error([&] { validate(s); },
-               {"rank 2, op " + std::to_string(i) + " (F0.1)", "order:",
-                "forward of micro-batch 1 stage 2 before its input is received",
+               {"rank 2, op " + std::to_string(i) + " (F0.1)",
+                "order:", "forward of micro-batch 1 stage 2 before its input is received",
                 "RecvActivation(mb 1, stage 1) from rank 1"});
 }
 
@@ -246,15 +252,16 @@ TEST(Validator, BackwardBeforeTheDownstreamGradientOrItsForward) {
   auto& ops = s.per_rank[1];
   const int i = find_op(s, 1, msg(OpKind::RecvGrad, 0, 2, 2));
   std::swap(ops[i], ops[i + 1]);
-  expect_error([&] { validate(s); },
-               {"rank 1, op " + std::to_string(i), "order:",
-                "before its output gradient is received", "RecvGrad(mb 0, stage 2) from rank 2"});
+  expect_error([&] { validate(s); }, {"rank 1, op " + std::to_string(i),
+                                      "order:", "before its output gradient is received",
+                                      "RecvGrad(mb 0, stage 2) from rank 2"});
 
   Schedule t = make_1f1b(2, 2);  // last stage: backward straight after its forward
   auto& last = t.per_rank[1];
   const int f = find_op(t, 1, fwd(0, 1));
   std::swap(last[f], last[f + 1]);
-  expect_error([&] { validate(t); }, {"rank 1", "backward of micro-batch 0 stage 1 before its forward"});
+  expect_error([&] { validate(t); },
+               {"rank 1", "backward of micro-batch 0 stage 1 before its forward"});
 }
 
 TEST(Validator, WeightBeforeItsInputBackward) {
@@ -275,9 +282,8 @@ TEST(Validator, WeightNeverRunOrRunTwice) {
   Schedule s = make_zb1p(4, 8);
   auto& ops = s.per_rank[0];
   ops.erase(ops.begin() + find_op(s, 0, wgt(7, 0)));
-  expect_error([&] { validate(s); },
-               {"rank 0, end of list: complete:", "micro-batch 7 stage 0",
-                "weight gradient (W) never runs"});
+  expect_error([&] { validate(s); }, {"rank 0, end of list: complete:", "micro-batch 7 stage 0",
+                                      "weight gradient (W) never runs"});
   Schedule t = make_zb1p(4, 8);
   t.per_rank[3].push_back(wgt(0, 3));
   expect_error([&] { validate(t); }, {"rank 3", "after a full backward or a previous W"});
@@ -298,8 +304,8 @@ TEST(Validator, OpOnTheWrongRankOrWrongPeer) {
   Schedule t = make_1f1b(4, 4);
   const int i = find_op(t, 1, msg(OpKind::SendActivation, 0, 1, 2));
   t.per_rank[1][i].peer = 3;
-  expect_error([&] { validate(t); },
-               {"rank 1, op " + std::to_string(i), "placement:", "peer is rank 3, should be rank 2"});
+  expect_error([&] { validate(t); }, {"rank 1, op " + std::to_string(i),
+                                      "placement:", "peer is rank 3, should be rank 2"});
 }
 
 TEST(Validator, ReceiveWithNoSend) {
@@ -328,9 +334,8 @@ TEST(Validator, SendsOutOfOrder) {
 TEST(Validator, ExceedingTheInFlightBound) {
   Schedule s = make_1f1b(4, 8);
   s.in_flight_bound[0] = 3;
-  expect_error([&] { validate(s); },
-               {"rank 0, op 6 (F0.3)", "in-flight:",
-                "4 activations in flight, more than this rank's bound 3"});
+  expect_error([&] { validate(s); }, {"rank 0, op 6 (F0.3)", "in-flight:",
+                                      "4 activations in flight, more than this rank's bound 3"});
 
   // GPipe ordering (all forwards, then all backwards) under 1F1B's bounds.
   Schedule g = linear_schedule("gpipe", 2, 4);
@@ -351,9 +356,9 @@ TEST(Validator, PairHalvesMayNotDependOnEachOther) {
   s.in_flight_bound = {1};
   s.per_rank[0].push_back(
       {.kind = OpKind::ForwardBackward, .mb = 0, .stage = 0, .mb2 = 0, .stage2 = 0});
-  expect_error([&] { validate(s); },
-               {"rank 0, op 0 (F0.0&B0.0)", "order:", "backward of micro-batch 0 stage 0 before "
-                                                      "its forward"});
+  expect_error([&] { validate(s); }, {"rank 0, op 0 (F0.0&B0.0)", "order:",
+                                      "backward of micro-batch 0 stage 0 before "
+                                      "its forward"});
 }
 
 // A receive posted before the compute that its sender is waiting for: a cycle.
@@ -402,7 +407,8 @@ TEST(Validator, ShapeErrors) {
   expect_error([&] { validate(s); }, {"schedule 1f1b: shape:", "one entry per rank"});
   Schedule t = make_1f1b(2, 2);
   t.route[0][1] = 0;
-  expect_error([&] { validate(t); }, {"shape:", "chunks_of_rank[0] does not follow from the route"});
+  expect_error([&] { validate(t); },
+               {"shape:", "chunks_of_rank[0] does not follow from the route"});
 }
 
 // ---- simulator: the bubble table of SPEC §4.7 --------------------------------------------
@@ -468,7 +474,7 @@ TEST(Simulator, DualPipeBubbleMatchesSpecFormula) {
 // below it when W < B/2 and above it when F > W. Pinned here so a change is noticed.
 TEST(Simulator, DualPipeBubbleAwayFromUnitChunks) {
   EXPECT_NEAR(simulate(make_dualpipe(4, 16), Costs{1, 2, 0.5, 2.5, 0}).bubble, 2.5, 1e-9);  // 3
-  EXPECT_NEAR(simulate(make_dualpipe(4, 16), Costs{2, 2, 1, 3, 0}).bubble, 4, 1e-9);       // 2
+  EXPECT_NEAR(simulate(make_dualpipe(4, 16), Costs{2, 2, 1, 3, 0}).bubble, 4, 1e-9);        // 2
   EXPECT_NEAR(simulate(make_dualpipe(8, 32), Costs{1, 2.5, 1, 2.8, 0}).bubble, 5.9, 1e-9);  // 6.9
 }
 

@@ -10,7 +10,8 @@
 //                     avx512_bf16 / AMX where the CPU has them).
 // oneDNN primitives are expensive to create (JIT + blocking decisions), so they are cached per
 // (shape, transposes, dtype, alpha != 1, beta != 0, thread count) in a mutex-guarded map; a
-// cached primitive is immutable and executes concurrently from any thread. Transposes are
+// cached primitive is immutable and executes concurrently from any thread (each thread passes its
+// own scratchpad). Transposes are
 // expressed as strides of the memory descriptors, so no operand is ever copied for layout.
 //
 // Shapes: A [M,K] (or [K,M] if transA), B [K,N] (or [N,K] if transB), C [M,N]; all contiguous.
@@ -85,7 +86,7 @@ struct PrimKeyHash {
 };
 struct Prim {
   dnnl::matmul prim;
-  dnnl::memory::desc a, b, c;
+  dnnl::memory::desc a, b, c, scratch;
 };
 
 dnnl::engine& cpu_engine() {
@@ -101,6 +102,9 @@ std::shared_ptr<const Prim> make_prim(const PrimKey& k) {
   p->b = memory::desc({k.K, k.N}, dt, k.tb ? memory::dims{1, k.K} : memory::dims{k.N, 1});
   p->c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.N, 1});
   dnnl::primitive_attr attr;
+  // user scratchpad: the caller passes per-thread scratch memory, so the same cached primitive
+  // can run in several threads at once (the library-owned scratchpad is shared and races).
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (k.scaled) attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
   if (k.accumulate) {
     dnnl::post_ops po;
@@ -110,6 +114,7 @@ std::shared_ptr<const Prim> make_prim(const PrimKey& k) {
   dnnl::matmul::desc desc(p->a, p->b, p->c);
   dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
   p->prim = dnnl::matmul(pd);
+  p->scratch = pd.scratchpad_desc();
   return p;
 }
 
@@ -139,6 +144,10 @@ void onednn_matmul(bool bf16, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
   args.emplace(DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<void*>(A)));
   args.emplace(DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<void*>(B)));
   args.emplace(DNNL_ARG_DST, dnnl::memory(p->c, eng, C));
+  thread_local std::vector<uint8_t> scratch;
+  const size_t sbytes = p->scratch.get_size();
+  if (scratch.size() < sbytes) scratch.resize(sbytes);
+  args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratch, eng, scratch.data()));
   if (key.scaled) {
     dnnl::memory::desc sd({1}, dnnl::memory::data_type::f32, dnnl::memory::dims{1});
     args.emplace(DNNL_ARG_ATTR_OUTPUT_SCALES, dnnl::memory(sd, eng, &alpha));
