@@ -76,19 +76,21 @@ TEST(Schedule, EveryGeneratorValidatesOverAGrid) {
       }
 }
 
+// One rank (DualPipeV's V turns on rank 0: no messages at all), odd rank counts, minimum counts.
 TEST(Schedule, SingleRankAndSmallestCases) {
-  for (const auto& [kind, P, C] :
-       std::vector<std::tuple<std::string, int, int>>{{"1f1b", 1, 1},
-                                                      {"zb1p", 1, 3},
-                                                      {"dualpipev", 1, 2},
-                                                      {"dualpipev", 1, 5},
-                                                      {"dualpipe", 2, 4},
-                                                      {"1f1b", 3, 3},
-                                                      {"zb1p", 5, 7},
-                                                      {"dualpipev", 3, 7}}) {
-    SCOPED_TRACE(kind);
-    const Schedule s = make_schedule(kind, P, C);
+  struct Case {
+    std::string kind;
+    int P, C;
+  };
+  for (const Case& c :
+       {Case{"1f1b", 1, 1}, Case{"zb1p", 1, 3}, Case{"dualpipev", 1, 2}, Case{"dualpipev", 1, 5},
+        Case{"dualpipe", 2, 4}, Case{"1f1b", 3, 3}, Case{"zb1p", 5, 7}, Case{"dualpipev", 3, 7}}) {
+    SCOPED_TRACE(c.kind + " P=" + std::to_string(c.P) + " C=" + std::to_string(c.C));
+    const Schedule s = make_schedule(c.kind, c.P, c.C);
     EXPECT_NO_THROW(validate(s));
+    if (c.P == 1) {
+      for (const Op& op : s.per_rank[0]) EXPECT_FALSE(op.is_message());
+    }
   }
 }
 
