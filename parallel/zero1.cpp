@@ -54,8 +54,12 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
 
 void Zero1::reduce_scatter_grads() {
   const int64_t G = comm_.size();
+  // with a group of one the shard is the whole flat layout: pack straight into it
+  float* dst = G == 1 ? shard_grad_.data() : flat_.data();
+#pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < params_.size(); ++i)
-    std::memcpy(flat_.data() + offset_[i], params_[i]->g(), sizeof(float) * params_[i]->numel());
+    std::memcpy(dst + offset_[i], params_[i]->g(), sizeof(float) * params_[i]->numel());
+  if (G == 1) return;
   int64_t shard_pos = 0;
   for (const Bucket& b : buckets_) {
     const int64_t part = b.padded / G;
@@ -67,19 +71,28 @@ void Zero1::reduce_scatter_grads() {
 }
 
 double Zero1::owned_grad_sq() const {
-  double s = 0;
-  for (const Segment& seg : segments_) {
+  // per-segment partial sums, then a fixed-order total: deterministic at any thread count
+  std::vector<double> part(segments_.size(), 0.0);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < segments_.size(); ++i) {
+    const Segment& seg = segments_[i];
     if (seg.p->replica) continue;
     const float* g = shard_grad_.data() + seg.shard_offset;
+    double s = 0;
     for (int64_t j = 0; j < seg.len; ++j) s += static_cast<double>(g[j]) * g[j];
+    part[i] = s;
   }
+  double s = 0;
+  for (double v : part) s += v;
   return s;
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
   if (grad_scale != 1.0) {
     const float c = static_cast<float>(grad_scale);
-    for (float& g : shard_grad_) g *= c;
+    float* g = shard_grad_.data();
+#pragma omp parallel for simd
+    for (int64_t i = 0; i < shard_; ++i) g[i] *= c;
   }
   kernels::AdamWParams ap;
   ap.lr = lr, ap.beta1 = opt_.beta1, ap.beta2 = opt_.beta2, ap.eps = opt_.eps;
