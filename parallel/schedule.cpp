@@ -619,6 +619,41 @@ struct Tracker {
   }
 };
 
+// The second deadlock model (blocking receives): a rank stops at a receive until the peer has
+// posted the matching send; sends are buffered and never block; compute never waits. Passing the
+// strict model does not imply this one (two ranks that each "receive, then send" to the other
+// pass the strict model), so validate() checks both.
+std::string blocking_receive_stall(const Schedule& s, const std::vector<std::vector<Ref>>& partner,
+                                   int& stall_rank, int& stall_index) {
+  const int R = s.ranks;
+  std::vector<int> pc(R, 0);
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < R; ++r) {
+      const auto& ops = s.per_rank[r];
+      while (pc[r] < static_cast<int>(ops.size())) {
+        if (is_recv(ops[pc[r]].kind)) {
+          const Ref p = partner[r][pc[r]];
+          if (pc[p.rank] <= p.index) break;  // the send is not posted yet
+        }
+        ++pc[r];
+        progress = true;
+      }
+    }
+  }
+  std::ostringstream o;
+  for (int r = 0; r < R; ++r) {
+    if (pc[r] == static_cast<int>(s.per_rank[r].size())) continue;
+    if (stall_rank < 0) stall_rank = r, stall_index = pc[r];
+    const Ref p = partner[r][pc[r]];
+    if (o.tellp() > 0) o << "; ";
+    o << "rank " << r << " blocks in op " << pc[r] << " (" << to_string(s, r, s.per_rank[r][pc[r]])
+      << ") until rank " << p.rank << " reaches op " << p.index << " ("
+      << to_string(s, p.rank, s.per_rank[p.rank][p.index]) << ")";
+  }
+  return o.str();
+}
+
 }  // namespace
 
 void validate(const Schedule& s) {
@@ -628,7 +663,13 @@ void validate(const Schedule& s) {
   for (int r = 0; r < s.ranks; ++r) tr.check_complete(r);
   const auto partner = match_messages(s);
   const Replay rp = replay(s, partner, Costs{}, /*strict=*/true);
-  if (!rp.stall.empty()) fail(s, rp.stall_rank, rp.stall_index, "deadlock", rp.stall);
+  if (!rp.stall.empty())
+    fail(s, rp.stall_rank, rp.stall_index, "deadlock",
+         "under strict commit with rendezvous sends, " + rp.stall);
+  int br = -1, bi = -1;
+  const std::string blocked = blocking_receive_stall(s, partner, br, bi);
+  if (!blocked.empty())
+    fail(s, br, bi, "deadlock", "with blocking receives and buffered sends, " + blocked);
 }
 
 std::vector<int> peak_in_flight(const Schedule& s) {

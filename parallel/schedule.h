@@ -32,6 +32,10 @@
 //     rule. An executor that waits for less — parallel/pipeline.h waits only for the earlier
 //     receives, and for its sends at the end of the step — can only reach every post sooner, so
 //     it cannot deadlock either.
+//   * validate() also proves the other simple executor safe: each receive BLOCKS where it stands
+//     in the list until its send is posted, and sends are buffered (never block). Neither model
+//     implies the other (two ranks that each "receive, then send" pass the first only; the
+//     rendezvous deadlock test in tests/test_parallel_schedule.cpp passes the second only).
 //
 // Messages name the PRODUCER stage: SendActivation{m, s} carries stage s's forward output (input
 // of stage s+1); SendGrad{m, s} carries the gradient of stage s's input (output-gradient of s-1).
@@ -143,7 +147,8 @@ struct RankEmitter {
 //  matching   per rank pair, sends and receives pair up in posting order with equal (kind, mb,
 //             stage); no send or receive is left over
 //  deadlock   the ranks run to completion under the execution contract above (strict commit,
-//             rendezvous sends); a stall is reported with what each rank waits for
+//             rendezvous sends), and again with blocking receives and buffered sends; a stall
+//             is reported with what each stuck rank waits for
 //  complete   at the end every (m, s) is forwarded and fully backwarded (no W left)
 //  in-flight  activations in flight never exceed in_flight_bound[r]
 void validate(const Schedule& s);

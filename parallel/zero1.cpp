@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <stdexcept>
+
+#include "kernels/scalar.h"
 
 namespace moetron {
 
@@ -125,6 +128,46 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int64_t i : b.params)
       std::memcpy(params_[i]->w(), flat_.data() + offset_[i], sizeof(float) * params_[i]->numel());
+  }
+}
+
+std::vector<Zero1::MomentPiece> Zero1::export_moments() const {
+  std::vector<MomentPiece> out;
+  for (const Segment& seg : segments_) {
+    MomentPiece p{seg.p->name, seg.param_offset, {}, {}};
+    p.m.resize(seg.len), p.v.resize(seg.len);
+    for (int64_t j = 0; j < seg.len; ++j) {
+      const int64_t k = seg.shard_offset + j;
+      p.m[j] = opt_.bf16_moments ? bf16_to_f32(m16_[k]) : m32_[k];
+      p.v[j] = opt_.bf16_moments ? bf16_to_f32(v16_[k]) : v32_[k];
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
+  for (const Segment& seg : segments_) {
+    int64_t covered = 0;
+    for (const MomentPiece& p : pieces) {
+      if (p.name != seg.p->name) continue;
+      const int64_t lo = std::max(p.offset, seg.param_offset);
+      const int64_t hi = std::min(p.offset + static_cast<int64_t>(p.m.size()),
+                                  seg.param_offset + seg.len);
+      for (int64_t x = lo; x < hi; ++x) {
+        const int64_t k = seg.shard_offset + (x - seg.param_offset);
+        const float m = p.m[x - p.offset], v = p.v[x - p.offset];
+        if (opt_.bf16_moments)
+          m16_[k] = f32_to_bf16(m), v16_[k] = f32_to_bf16(v);
+        else
+          m32_[k] = m, v32_[k] = v;
+      }
+      covered += std::max<int64_t>(0, hi - lo);
+    }
+    if (covered != seg.len)
+      throw std::runtime_error("optimizer state for " + seg.p->name + " [" +
+                               std::to_string(seg.param_offset) + ", +" + std::to_string(seg.len) +
+                               ") is not in the checkpoint");
   }
 }
 

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -42,6 +43,17 @@ class Zero1 {
   void step(double lr, double grad_scale, int64_t step_number);
 
   int64_t state_bytes() const;  // moments held by this rank
+
+  // Optimizer state for checkpoints: the moments of this rank's owned elements, one piece per
+  // (parameter, owned range), in fp32 (bf16 moments widen exactly). import_moments takes pieces
+  // from any sharding (any DP size) and fills every owned element; throws if one is missing.
+  struct MomentPiece {
+    std::string name;
+    int64_t offset = 0;
+    std::vector<float> m, v;
+  };
+  std::vector<MomentPiece> export_moments() const;
+  void import_moments(const std::vector<MomentPiece>& pieces);
   // Seconds in reduce-scatter and all-gather since the last call.
   double take_comm_seconds() {
     const double s = comm_seconds_;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "parallel/schedule.h"
@@ -401,6 +402,38 @@ TEST(Validator, DeadlockOnlyWithRendezvousSends) {
   expect_error([&] { validate(s); },
                {"deadlock:", "rank 0 is stuck at op 4 (F0.2) waiting for its op 3 (sendA(m1,s0)>1)",
                 "rank 1 is stuck at op 4 (W0.0) waiting for its op 3 (sendG(m0,s1)>0)"});
+}
+
+// Both neighbours post "receive, then send" between the same computes: fine when receives are
+// only posted (the strict replay passes), a deadlock when a receive blocks where it stands.
+TEST(Validator, DeadlockOnlyWithBlockingReceives) {
+  Schedule s = empty_schedule("blocking", 2, 2, 2, {{0, 1}}, {0, 0});
+  s.in_flight_bound = {2, 2};
+  RankEmitter e0{s, 0}, e1{s, 1};
+  e0.forward(0, 0);
+  e0.forward(1, 0);
+  e0.recv_grad(0, 1);  // blocks: rank 1 sends it only after receiving m0's activation
+  e0.send_activation(0, 0);
+  e0.send_activation(1, 0);
+  e0.backward(0, 0);
+  e0.recv_grad(1, 1);
+  e0.backward(1, 0);
+  for (int m = 0; m < 2; ++m) {
+    e1.recv_activation(m, 0);
+    e1.forward(m, 1);
+    e1.backward(m, 1);
+    e1.send_grad(m, 1);
+  }
+  expect_error([&] { validate(s); },
+               {"schedule blocking: rank 0, op 2 (recvG(m0,s1)<1): deadlock: with blocking "
+                "receives and buffered sends",
+                "rank 0 blocks in op 2 (recvG(m0,s1)<1) until rank 1 reaches op 3 "
+                "(sendG(m0,s1)>0)",
+                "rank 1 blocks in op 0 (recvA(m0,s0)<0) until rank 0 reaches op 3"});
+  // Sending first makes it valid under both models.
+  std::swap(s.per_rank[0][2], s.per_rank[0][4]);
+  std::swap(s.per_rank[0][2], s.per_rank[0][3]);
+  EXPECT_NO_THROW(validate(s)) << format_rank(s, 0, true);
 }
 
 TEST(Validator, ShapeErrors) {

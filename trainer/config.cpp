@@ -342,6 +342,8 @@ void visit_config(V& v, C&... c) {
     v.field("log_interval", kPositive, c.run.log_interval...);
     v.field("threads", kNonNegative, c.run.threads...);
     v.field("save_params", kAnyText, c.run.save_params...);
+    v.field("save_interval", kNonNegative, c.run.save_interval...);
+    v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);
   });
 }
 

@@ -83,6 +83,8 @@ struct RunConfig {
   // If set, every rank writes its parameters after the last step to <save_params>.rank<R>.h5
   // (HF names; tests compare layouts by them). Checkpoints proper are a separate mechanism.
   std::string save_params;
+  int64_t save_interval = 0;     // checkpoint every N steps (and at the end); 0 = never
+  int64_t keep_checkpoints = 3;  // complete checkpoints kept in <dir>/checkpoints
 };
 
 struct Config {

@@ -13,65 +13,13 @@
 #include "data/token_file.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "trainer/h5io.h"
 #include "trainer/train.h"
 
 namespace moetron {
 
 namespace {
-
-struct H5 {  // closes an HDF5 id on scope exit
-  hid_t id;
-  herr_t (*close)(hid_t);
-  ~H5() {
-    if (id >= 0) close(id);
-  }
-};
-
-void check(bool ok, const std::string& what) {
-  if (!ok) throw std::runtime_error(what);
-}
-
-void attr_double(hid_t loc, const char* name, double v) {
-  H5 sp{H5Screate(H5S_SCALAR), H5Sclose};
-  H5 a{H5Acreate2(loc, name, H5T_NATIVE_DOUBLE, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
-  check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_DOUBLE, &v) >= 0, std::string("attribute ") + name);
-}
-
-void attr_int(hid_t loc, const char* name, int64_t v) {
-  H5 sp{H5Screate(H5S_SCALAR), H5Sclose};
-  H5 a{H5Acreate2(loc, name, H5T_NATIVE_INT64, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
-  check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_INT64, &v) >= 0, std::string("attribute ") + name);
-}
-
-void dataset(hid_t loc, const std::string& name, hid_t type, const std::vector<hsize_t>& dims,
-             const void* data) {
-  H5 sp{H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose};
-  H5 d{H5Dcreate2(loc, name.c_str(), type, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
-  check(d.id >= 0 && H5Dwrite(d.id, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-        "dataset " + name);
-}
-
-// Runs `write` on a new HDF5 file at path + ".tmp" and renames it to path; errors name the path.
-template <class F>
-void write_h5(const std::string& path, const char* what, F write) {
-  H5E_auto2_t fn;
-  void* data;
-  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const std::string tmp = path + ".tmp";
-  try {
-    H5 f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
-    check(f.id >= 0, "cannot create");
-    write(f.id);
-  } catch (const std::exception& e) {
-    std::remove(tmp.c_str());
-    H5Eset_auto2(H5E_DEFAULT, fn, data);
-    throw std::runtime_error(path + ": cannot write " + what + " (" + e.what() + ")");
-  }
-  H5Eset_auto2(H5E_DEFAULT, fn, data);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error(path + ": cannot rename from " + tmp);
-}
+using namespace h5;
 
 // /params/<name> (and /grads/<name> for trainable ones when `grads`)
 void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {

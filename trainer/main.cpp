@@ -1,6 +1,6 @@
 // The `moetron` command line.
 //
-//   moetron train CONFIG [--set key=value ...]         train from a YAML config
+//   moetron train CONFIG [--set key=value ...] [--resume auto|DIR]  train from a YAML config
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
 //
@@ -16,6 +16,7 @@
 
 #include "data/byte_tokenizer.h"
 #include "data/token_file.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/dump.h"
 #include "trainer/train.h"
@@ -25,7 +26,7 @@ namespace {
 
 const char* kUsage =
     "usage:\n"
-    "  moetron train CONFIG [--set key=value ...]\n"
+    "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
     "  moetron prepare-text --out FILE.h5 INPUT...\n"
     "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n";
 
@@ -35,16 +36,19 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out;
+  std::string out, resume;
 };
 
 Args parse(int argc, char** argv, int first) {
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
-    if (s == "--set" || s == "--out") {
+    if (s == "--set" || s == "--out" || s == "--resume") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
-      (s == "--set" ? a.sets.push_back(argv[++i]) : void(a.out = argv[++i]));
+      if (s == "--set")
+        a.sets.push_back(argv[++i]);
+      else
+        (s == "--out" ? a.out : a.resume) = argv[++i];
     } else if (s.rfind("--set=", 0) == 0) {
       a.sets.push_back(s.substr(6));
     } else if (s.rfind("--", 0) == 0) {
@@ -67,7 +71,7 @@ int run(int argc, char** argv) {
   if (cmd == "train") {
     if (a.positional.size() != 1) throw UsageError("train takes exactly one CONFIG");
     moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
-    moetron::train(cfg, std::cout);
+    moetron::train(cfg, std::cout, a.resume);
     return 0;
   }
   if (cmd == "prepare-text") {
@@ -123,6 +127,8 @@ int main(int argc, char** argv) {
   } catch (const moetron::ConfigError& e) {
     return fail(e.what());
   } catch (const moetron::data::DataError& e) {
+    return fail(e.what());
+  } catch (const moetron::CheckpointError& e) {
     return fail(e.what());
   } catch (const std::exception& e) {
     // not a deterministic input error: other ranks may be waiting in a collective

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -29,6 +30,7 @@
 #include "parallel/pipeline.h"
 #include "parallel/process_groups.h"
 #include "parallel/zero1.h"
+#include "trainer/checkpoint.h"
 #include "trainer/dump.h"
 #include "trainer/metrics.h"
 
@@ -94,7 +96,12 @@ pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatche
 
 }  // namespace
 
-TrainSummary train(const Config& cfg, std::ostream& log) {
+namespace {
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+}  // namespace
+
+TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume) {
   const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
   Communicator& w = world();
   const RankGrid grid = make_grid(cfg, w);
@@ -131,6 +138,29 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
   Zero1 opt_dense(dense, *groups.dp, zo), opt_experts(experts, *groups.edp, zo);
   Param<float>* embed = model.params().find("model.embed_tokens.weight");
   data::WindowSampler sampler(train_file, cfg.data.seq_len, cfg.run.seed);
+
+  // resume: parameters, optimizer shards and the position in the data, on any layout
+  TrainState state;
+  if (!resume.empty()) {
+    std::string warnings;
+    const std::string dir = resume == "auto" ? find_checkpoint(cfg.run.dir, &warnings) : resume;
+    if (rank0 && !warnings.empty()) log << "moetron: warning: " << warnings;
+    if (dir.empty()) {
+      if (rank0) log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
+    } else {
+      state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts});
+      if (rank0) log << "moetron: resumed from " << dir << " (step " << state.step << ")\n";
+    }
+  }
+  auto checkpoint = [&] {
+    if (cfg.run.save_interval <= 0) return;
+    const std::string d =
+        save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts}, w);
+    if (rank0) log << "moetron: saved " << d << "\n";
+  };
+  g_stop = 0;
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   PipelineExecutor<float> pipeline(model, *groups.pp, schedule, grid.pp_rank);
 
   const int64_t step_tokens = cfg.data.global_batch_size * S;
@@ -149,9 +179,10 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
   auto moe = model.moe_layers();
   std::vector<int64_t> load(moe.size() * cfg.model.n_routed_experts);
   TrainSummary summary;
+  summary.tokens = state.tokens;
   const auto t_start = std::chrono::steady_clock::now();
 
-  for (int64_t step = 0; step < cfg.run.steps; ++step) {
+  for (int64_t step = state.step; step < cfg.run.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     const double consumed = static_cast<double>(summary.tokens);
     const double x = cfg.schedule.tokens() ? consumed : static_cast<double>(step);
@@ -223,9 +254,20 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
     const double mtot = static_cast<double>(M * grid.dp);
     summary.tokens += step_tokens;
     summary.losses.push_back(red[0] / mtot);
+    state.step = step + 1, state.tokens = summary.tokens;
+    state.samples = state.step * cfg.data.global_batch_size;
+    // every rank agrees whether a stop signal arrived anywhere
+    int64_t stop = g_stop;
+    w.all_reduce(&stop, 1, ReduceOp::Max);
+    const bool last = step + 1 == cfg.run.steps || stop;
+    if (cfg.run.save_interval > 0 && (state.step % cfg.run.save_interval == 0 || last))
+      checkpoint();
 
     const auto t1 = std::chrono::steady_clock::now();
-    if (!rank0) continue;
+    if (!rank0) {
+      if (stop) break;
+      continue;
+    }
     StepMetrics sm;
     sm.step = step + 1, sm.total_steps = cfg.run.steps;
     sm.loss = red[0] / mtot, sm.lm_loss = red[1] / mtot, sm.mtp_loss = red[2] / mtot;
@@ -240,8 +282,12 @@ TrainSummary train(const Config& cfg, std::ostream& log) {
     sm.eta_seconds = elapsed / static_cast<double>(step + 1) *
                      static_cast<double>(cfg.run.steps - step - 1);
     metrics->write(sm);
-    if ((step + 1) % cfg.run.log_interval == 0 || step + 1 == cfg.run.steps)
+    if ((step + 1) % cfg.run.log_interval == 0 || last)
       log << MetricsLog::progress_line(sm) << std::endl;
+    if (stop) {
+      log << "moetron: stopped by signal after step " << state.step << "\n";
+      break;
+    }
   }
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
