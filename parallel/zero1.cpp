@@ -148,7 +148,8 @@ std::vector<Zero1::MomentPiece> Zero1::export_moments() const {
 
 void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
   for (const Segment& seg : segments_) {
-    int64_t covered = 0;
+    // pieces may overlap (a parameter held by two pipeline stages is saved twice, identically)
+    std::vector<char> covered(seg.len, 0);
     for (const MomentPiece& p : pieces) {
       if (p.name != seg.p->name) continue;
       const int64_t lo = std::max(p.offset, seg.param_offset);
@@ -161,10 +162,10 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
           m16_[k] = f32_to_bf16(m), v16_[k] = f32_to_bf16(v);
         else
           m32_[k] = m, v32_[k] = v;
+        covered[x - seg.param_offset] = 1;
       }
-      covered += std::max<int64_t>(0, hi - lo);
     }
-    if (covered != seg.len)
+    if (std::find(covered.begin(), covered.end(), 0) != covered.end())
       throw std::runtime_error("optimizer state for " + seg.p->name + " [" +
                                std::to_string(seg.param_offset) + ", +" + std::to_string(seg.len) +
                                ") is not in the checkpoint");

@@ -141,8 +141,13 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Param
         if (!f) throw CheckpointError(tmp + "/manifest.yaml: write failed (disk full?)");
       }
       fs::rename(tmp + "/manifest.yaml.tmp", tmp + "/manifest.yaml");
-      if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a re-save of the same step
-      fs::rename(tmp, final_dir);
+      if (fs::exists(final_dir)) {  // a re-save of the same step: swap, then drop the old one
+        fs::rename(final_dir, final_dir + ".old");
+        fs::rename(tmp, final_dir);
+        fs::remove_all(final_dir + ".old");
+      } else {
+        fs::rename(tmp, final_dir);
+      }
       // keep the newest `keep_checkpoints` complete ones
       std::vector<std::pair<int64_t, fs::path>> done;
       for (const auto& e : fs::directory_iterator(cfg.run.dir + "/checkpoints")) {

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Checkpoints end to end: N+N steps with a resume equal 2N straight steps bit for bit (one rank,
+# and PP2xEP2xDP2 on 8 ranks); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1, PP1->PP2)
+# continues like that layout's own run within the equivalence tolerance; SIGTERM saves and exits
+# 0; a corrupt newest checkpoint is skipped with a warning; bad checkpoints give clear errors and
+# delete nothing.  Args: MOETRON_BIN BUILD_DIR
+set -uo pipefail
+BIN=$1; OUT=$2/e2e_checkpoint
+rm -rf "$OUT"; mkdir -p "$OUT"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+SMALL=(--set model.hidden_size=64 --set model.intermediate_size=128
+       --set model.moe_intermediate_size=32 --set model.n_routed_experts=8 --set model.n_group=4
+       --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
+       --set model.kv_lora_rank=24 --set data.seq_len=32 --set data.micro_batch_size=2
+       --set data.global_batch_size=16 --set run.threads=1 --set schedule.lr.warmup_steps=2
+       --set run.log_interval=100 --set run.save_interval=3)
+pass=0; fail=0
+ok() { echo "ok   $1"; pass=$((pass+1)); }
+bad() { echo "FAIL $1"; fail=$((fail+1)); }
+train() {  # dir np pp dp ep steps [extra...]
+  local dir=$1 np=$2 pp=$3 dp=$4 ep=$5 steps=$6; shift 6
+  mpirun --oversubscribe --mca btl self,vader --bind-to none -np "$np" "$BIN" train \
+    configs/tiny.yaml "${SMALL[@]}" --set parallel.pp=$pp --set parallel.dp=$dp \
+    --set parallel.ep=$ep --set run.steps=$steps --set run.dir="$dir" "$@" > "$dir.log" 2>&1
+}
+losses() { /usr/bin/python3 -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1])))" "$1/metrics.jsonl"; }
+close() {  # name a b tol: losses of steps 4..6 of b vs a
+  /usr/bin/python3 - "$@" <<'PY'
+import sys
+name, a, b, tol = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), float(sys.argv[4])
+a, b = [float(x) for x in a[-3:]], [float(x) for x in b[-3:]]
+err = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+print(f"     {name}: steps 4-6 rel err {err:.2e}")
+sys.exit(0 if err <= tol else 1)
+PY
+}
+
+# 1. bit-exact resume, one rank and eight
+for l in "1 1 1 1" "8 2 4 2"; do
+  set -- $l
+  tag=np$1
+  train "$OUT/straight_$tag" $1 $2 $3 $4 6
+  train "$OUT/resumed_$tag" $1 $2 $3 $4 3
+  train "$OUT/resumed_$tag" $1 $2 $3 $4 6 --resume auto
+  if [ "$(losses "$OUT/straight_$tag")" == "$(losses "$OUT/resumed_$tag")" ]; then
+    ok "resume is bit-exact on $1 rank(s) (pp $2 dp $3 ep $4)"
+  else bad "resume on $1 ranks: $(losses "$OUT/straight_$tag") vs $(losses "$OUT/resumed_$tag")"; fi
+done
+
+# 2. reshard: save on layout A at step 3, continue on layout B; compare with B's own run
+reshard() {  # name  A(np pp dp ep)  B(np pp dp ep)
+  local name=$1; local a=($2) b=($3)
+  train "$OUT/rs_$name" ${a[0]} ${a[1]} ${a[2]} ${a[3]} 3
+  train "$OUT/rs_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6 --resume auto
+  train "$OUT/rsref_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6
+  if close "$name" "$(losses "$OUT/rs_$name")" "$(losses "$OUT/rsref_$name")" 2e-5; then
+    ok "reshard $name"; else bad "reshard $name"; fi
+}
+reshard dp2_to_dp1 "2 1 2 1" "1 1 1 1"
+reshard ep2_to_ep1 "2 1 2 2" "2 1 2 1"
+reshard pp2_to_pp1 "2 2 1 1" "1 1 1 1"
+reshard pp1_to_pp2ep2 "1 1 1 1" "4 2 2 2"
+
+# 3. SIGTERM: finish the step, save, exit 0; the resumed run matches the straight one
+D="$OUT/sigterm"
+"$BIN" train configs/tiny.yaml "${SMALL[@]}" \
+  --set run.steps=1000 --set run.save_interval=1000 --set run.dir="$D" > "$D.log" 2>&1 &
+pid=$!
+for i in $(seq 200); do [ -s "$D/metrics.jsonl" ] && [ "$(wc -l < "$D/metrics.jsonl")" -ge 2 ] && break; sleep 0.1; done
+kill -TERM $pid; wait $pid; rc=$?
+n=$(wc -l < "$D/metrics.jsonl")
+if [ $rc -eq 0 ] && [ -f "$D/checkpoints/step_$n/manifest.yaml" ]; then ok "SIGTERM saved step $n and exited 0"
+else bad "SIGTERM: rc $rc, $(ls "$D/checkpoints" 2>&1)"; fi
+
+# 4. a corrupt newest checkpoint is skipped with a warning naming it; nothing is deleted
+train "$OUT/corrupt" 1 1 1 1 6
+python3 - "$OUT/corrupt/checkpoints/step_6/rank_0.h5" <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(4000); b = f.read(1); f.seek(4000); f.write(bytes([b[0] ^ 1]))
+PY
+train "$OUT/corrupt" 1 1 1 1 7 --resume auto --set run.save_interval=100
+if grep -q "skipping checkpoint .*step_6.*checksum" "$OUT/corrupt.log" && grep -q "resumed from .*step_3" "$OUT/corrupt.log" \
+   && [ -d "$OUT/corrupt/checkpoints/step_6" ]; then ok "corrupt newest checkpoint skipped"; else bad "corrupt: $(cat "$OUT/corrupt.log")"; fi
+
+# 5. clear errors: explicit corrupt checkpoint, another model shape
+expect_err() {  # name want args...
+  local name=$1 want=$2; shift 2
+  local msg; msg=$("$BIN" train configs/tiny.yaml "${SMALL[@]}" --set run.steps=9 "$@" 2>&1 >/dev/null); local rc=$?
+  if [ $rc -ne 0 ] && [[ "$msg" == *"$want"* ]]; then ok "$name: $msg"; else bad "$name: rc $rc: $msg"; fi
+}
+expect_err explicit_corrupt "checksum mismatch" --set run.dir="$OUT/x1" --resume "$OUT/corrupt/checkpoints/step_6"
+expect_err other_shape "model.hidden_size" --set run.dir="$OUT/x2" --set model.hidden_size=96 --resume "$OUT/corrupt/checkpoints/step_3"
+expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
+echo "e2e_checkpoint: $pass passed, $fail failed"
+[ $fail -eq 0 ]
