@@ -6,6 +6,7 @@
 #include <hdf5.h>
 
 #include <cstdio>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -51,6 +52,15 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
 
   Model<float> model(cfg.model, policy);
   model.init(cfg.run.seed);
+  // norm weights of 1 and a zero expert bias would leave two paths unexercised by the parity
+  // check: give them seeded random values (the bias large enough to change routing)
+  std::mt19937_64 gen(cfg.run.seed ^ 0x5eedull);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (auto& p : model.params().all()) {
+    const bool norm = p->value.ndim() == 1 && p->trainable;
+    if (!norm && p->trainable) continue;
+    for (int64_t i = 0; i < p->numel(); ++i) p->w()[i] = norm ? 1.f + 0.3f * u(gen) : 0.02f * u(gen);
+  }
   Model<float>::MicroBatch mb;
   const Losses l = model.forward(mb, tokens.data(), B, S, lambda);
   model.backward(mb, 1.0);
