@@ -29,8 +29,10 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
           const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32);
 
 // ---- elementwise helpers ---------------------------------------------------------------------
-template <class T> void add_inplace(T* y, const T* x, int64_t n);           // y += x
-template <class T> void axpy(T* y, T a, const T* x, int64_t n);              // y += a x
+template <class T>
+void add_inplace(T* y, const T* x, int64_t n);  // y += x
+template <class T>
+void axpy(T* y, T a, const T* x, int64_t n);  // y += a x
 
 // ---- embedding -------------------------------------------------------------------------------
 // out[N,D] = table[ids[n], :]
@@ -54,10 +56,10 @@ void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, 
 
 // ---- RoPE (interleaved pairs (2i, 2i+1), as DeepSeek-V3) -------------------------------------
 struct RopeParams {
-  int dim = 64;                  // rotary dims (qk_rope_head_dim)
+  int dim = 64;  // rotary dims (qk_rope_head_dim)
   double theta = 10000.0;
-  bool yarn = false;             // YaRN frequency correction
-  double factor = 1.0;           // s
+  bool yarn = false;    // YaRN frequency correction
+  double factor = 1.0;  // s
   int64_t original_seq_len = 4096;
   double beta_fast = 32.0, beta_slow = 1.0;
 };
@@ -78,9 +80,9 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
                        int64_t Dqk, int64_t Dv, T scale, T* o, T* lse);
 // dq, dk, dv (write) from do, recomputing scores tile by tile from q, k, v, o, lse.
 template <class T>
-void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o,
-                        const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv,
-                        T scale, T* dq, T* dk, T* dv);
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
+                        int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
+                        T* dk, T* dv);
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
 // gu [N, 2F] holds [gate(F) | up(F)] per row; out[N,F] = silu(gate) * up * (row_scale ? s[n] : 1)
@@ -111,8 +113,8 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
 // ---- token permutation by expert -------------------------------------------------------------
 // From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix), and for each of the N*K assignments
 // its row in the expert-sorted order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in
-// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows follow
-// (n, k) order. row_token[row] = n, row_slot[row] = n*K+k.
+// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows
+// follow (n, k) order. row_token[row] = n, row_slot[row] = n*K+k.
 struct ExpertRouting {
   std::vector<int64_t> counts, offsets;
   std::vector<int64_t> slot, row_token, row_slot;

@@ -32,7 +32,8 @@ MOE_HD float bits_f32(uint32_t u) {
 }
 MOE_HD uint16_t f32_to_bf16(float x) {
   uint32_t u = f32_bits(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
@@ -41,10 +42,17 @@ MOE_HD float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) 
 MOE_HD float round_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 // ---- activations -----------------------------------------------------------------------------
-template <class T> MOE_HD T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-template <class T> MOE_HD T silu(T x) { return x * sigmoid(x); }
+template <class T>
+MOE_HD T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+template <class T>
+MOE_HD T silu(T x) {
+  return x * sigmoid(x);
+}
 // d silu(x) / dx = s (1 + x (1 - s)), s = sigmoid(x)
-template <class T> MOE_HD T silu_grad(T x) {
+template <class T>
+MOE_HD T silu_grad(T x) {
   T s = sigmoid(x);
   return s * (T(1) + x * (T(1) - s));
 }
@@ -78,7 +86,13 @@ MOE_HD float fast_exp(float x) {
 }
 MOE_HD double fast_exp(double x) { return std::exp(x); }
 // sigmoid through fast_exp: 1 / (1 + e^-x). Exact limits 0 and 1 far out; NaN stays NaN.
-template <class T> MOE_HD T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
-template <class T> MOE_HD T fast_silu(T x) { return x * fast_sigmoid(x); }
+template <class T>
+MOE_HD T fast_sigmoid(T x) {
+  return T(1) / (T(1) + fast_exp(-x));
+}
+template <class T>
+MOE_HD T fast_silu(T x) {
+  return x * fast_sigmoid(x);
+}
 
 }  // namespace moetron

@@ -10,26 +10,39 @@ namespace moetron {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F64: return 8;
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
+    case DType::F64:
+      return 8;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
     case DType::F8E4M3:
-    case DType::F8E5M2: return 1;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F8E5M2:
+      return 1;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F64: return "fp64";
-    case DType::F32: return "fp32";
-    case DType::BF16: return "bf16";
-    case DType::F8E4M3: return "fp8e4m3";
-    case DType::F8E5M2: return "fp8e5m2";
-    case DType::I32: return "int32";
-    case DType::I64: return "int64";
+    case DType::F64:
+      return "fp64";
+    case DType::F32:
+      return "fp32";
+    case DType::BF16:
+      return "bf16";
+    case DType::F8E4M3:
+      return "fp8e4m3";
+    case DType::F8E5M2:
+      return "fp8e5m2";
+    case DType::I32:
+      return "int32";
+    case DType::I64:
+      return "int64";
   }
   return "?";
 }

@@ -21,12 +21,28 @@ enum class Device : uint8_t { CPU, CUDA };
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<double>() { return DType::F64; }
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::I64; }
-template <> constexpr DType dtype_of<uint16_t>() { return DType::BF16; }
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::F64;
+}
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::I32;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::I64;
+}
+template <>
+constexpr DType dtype_of<uint16_t>() {
+  return DType::BF16;
+}
 
 struct Storage {
   void* ptr = nullptr;
@@ -54,11 +70,13 @@ class Tensor {
   const void* raw() const {
     return storage_ ? static_cast<const char*>(storage_->ptr) + offset_bytes_ : nullptr;
   }
-  template <class T> T* data() {
+  template <class T>
+  T* data() {
     check_type(dtype_of<T>());
     return static_cast<T*>(raw());
   }
-  template <class T> const T* data() const {
+  template <class T>
+  const T* data() const {
     check_type(dtype_of<T>());
     return static_cast<const T*>(raw());
   }

@@ -118,8 +118,7 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
 }
 
 template <class T>
-void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* pos,
-                            T* dh) const {
+void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* pos, T* dh) const {
   const int64_t B = st.B, S = st.S, N = B * S;
   T* dyc = sized(st.dy, N * D_);
   for (int64_t i = 0; i < N * D_; ++i) dyc[i] = dy[i];

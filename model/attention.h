@@ -28,13 +28,13 @@ class MLA {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    Buf<T> xn, rstd_in;                // attn_norm output, its rstd
-    Buf<T> cq_raw, cq, rstd_q;         // query latent before/after q_norm [N, ql]
-    Buf<T> q;                          // [N, H, dq] (RoPE applied)
-    Buf<T> kva;                        // [N, kl + dr] (k_pe part RoPE'd)
-    Buf<T> ckv_raw, ckv, rstd_kv;      // kv latent before/after kv_norm [N, kl]
-    Buf<T> kv;                         // [N, H, dn + dv]
-    Buf<T> k, v, o, lse;               // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
+    Buf<T> xn, rstd_in;            // attn_norm output, its rstd
+    Buf<T> cq_raw, cq, rstd_q;     // query latent before/after q_norm [N, ql]
+    Buf<T> q;                      // [N, H, dq] (RoPE applied)
+    Buf<T> kva;                    // [N, kl + dr] (k_pe part RoPE'd)
+    Buf<T> ckv_raw, ckv, rstd_kv;  // kv latent before/after kv_norm [N, kl]
+    Buf<T> kv;                     // [N, H, dn + dv]
+    Buf<T> k, v, o, lse;           // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
     // written by backward_input, read by backward_weight
     Buf<T> dy, dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
   };

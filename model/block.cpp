@@ -7,8 +7,7 @@ namespace moetron {
 
 template <class T>
 void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                     const PrecisionPolicy& pol,
-                     std::shared_ptr<TokenDispatcher<T>> dispatcher) {
+                     const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher) {
   D_ = c.hidden_size;
   attn_.build(ps, prefix, c, pol);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps);

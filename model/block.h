@@ -20,7 +20,7 @@ class Block {
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
-    Buf<T> dxn2;                     // kept for ffn_norm's weight gradient
+    Buf<T> dxn2;  // kept for ffn_norm's weight gradient
   };
 
   // prefix "model.layers.N."

@@ -33,10 +33,10 @@ struct ModelConfig {
   double yarn_factor = 1.0;
   int64_t yarn_original_max_position_embeddings = 4096;
   double yarn_beta_fast = 32.0, yarn_beta_slow = 1.0, yarn_mscale = 1.0;
-  int64_t max_seq_len = 4096;  // the run's sequence length; YaRN acts when > original
-  double init_std = 0.006;     // N(0, init_std) for every matrix (SPEC 2)
-  double seq_aux_alpha = 1e-4; // sequence-wise balance loss weight
-  int64_t lm_head_chunk = 4096; // vocabulary chunk of the fused head + cross-entropy
+  int64_t max_seq_len = 4096;    // the run's sequence length; YaRN acts when > original
+  double init_std = 0.006;       // N(0, init_std) for every matrix (SPEC 2)
+  double seq_aux_alpha = 1e-4;   // sequence-wise balance loss weight
+  int64_t lm_head_chunk = 4096;  // vocabulary chunk of the fused head + cross-entropy
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t l) const { return l >= first_k_dense_replace; }

@@ -30,10 +30,10 @@ struct DispatchState {
   Buf<T> ry;                    // [R, D] sum over this process's experts of weighted outputs
   Buf<T> rdy, rdx, rdw;         // backward: [R, D], [R, D], [R, K]
   // the dispatcher's bookkeeping (rows per peer, which origin token each sent row is, requests)
-  std::vector<int64_t> send_token;  // sent row -> origin token
+  std::vector<int64_t> send_token;                // sent row -> origin token
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer
-  std::shared_ptr<void> pending;    // in-flight communication, owned by the dispatcher
-  Buf<T> scratch;                   // staging for payloads in flight
+  std::shared_ptr<void> pending;  // in-flight communication, owned by the dispatcher
+  Buf<T> scratch;                 // staging for payloads in flight
 };
 
 template <class T>

@@ -19,8 +19,8 @@ class Mlp {
  public:
   struct State {
     int64_t N = 0;
-    Buf<T> gu, a;     // [N, 2F] gate|up pre-activations, [N, F] silu(g)*u
-    Buf<T> dy, dgu;   // kept for backward_weight
+    Buf<T> gu, a;    // [N, 2F] gate|up pre-activations, [N, F] silu(g)*u
+    Buf<T> dy, dgu;  // kept for backward_weight
   };
 
   // prefix like "model.layers.0.mlp." ; F = intermediate width.
@@ -28,7 +28,7 @@ class Mlp {
              kernels::GemmPrecision prec);
   void init(double std, uint64_t seed);
 
-  void forward(State& st, const T* x, int64_t N, T* y) const;             // y[N,D] (write)
+  void forward(State& st, const T* x, int64_t N, T* y) const;                 // y[N,D] (write)
   void backward_input(State& st, const T* dy, T* dx, bool accumulate) const;  // dx[N,D]
   void backward_weight(State& st, const T* x) const;
 

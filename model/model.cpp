@@ -110,7 +110,8 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
     std::copy(h_in, h_in + N * D, sized(mb.h[0], N * D));
   }
   for (int64_t l = 0; l < Lh; ++l) {
-    blocks_[l]->forward(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(), sized(mb.h[l + 1], N * D));
+    blocks_[l]->forward(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(),
+                        sized(mb.h[l + 1], N * D));
     if (blocks_[l]->is_moe()) out.balance += mb.blocks[l].moe.balance_loss;
   }
   if (!stage_.last()) {
@@ -160,9 +161,9 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
     out.balance += ms.block.moe.balance_loss;
     T* mhn = sized(ms.hn, N * D);
     m.head_norm.forward(h, N, mhn, sized(ms.rstd_o, N));
-    const double sum = kernels::lm_head_ce_forward<T>(mhn, lm_head_->w(), ms.targets.data(), N, D,
-                                                      V, cfg_.lm_head_chunk, sized(ms.lse, N),
-                                                      head_prec);
+    const double sum =
+        kernels::lm_head_ce_forward<T>(mhn, lm_head_->w(), ms.targets.data(), N, D, V,
+                                       cfg_.lm_head_chunk, sized(ms.lse, N), head_prec);
     out.mtp += valid > 0 ? sum / static_cast<double>(valid) / static_cast<double>(Dm) : 0.0;
     out.mtp_tokens += valid;
   }
@@ -197,7 +198,9 @@ void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out
                                     static_cast<T>(grad_scale / static_cast<double>(N)), N, D, V,
                                     cfg_.lm_head_chunk, dhn, lm_head_->g(), head_prec);
     norm_.backward_input(dhn, mb.h[Lh].data(), mb.rstd.data(), N, dh.data());
-    weight([this, &mb, N] { norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N); });
+    weight([this, &mb, N] {
+      norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N);
+    });
 
     // MTP modules, deepest first: each adds into the gradient of its predecessor's hidden state
     Buf<T> dnext;  // gradient flowing into module k's output h^k from module k+1
@@ -209,14 +212,16 @@ void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out
       Buf<T> dhk(N * D, T(0));
       T* mdhn = sized(ms.dhn, N * D, /*zero=*/true);
       if (valid > 0) {
-        const double gk = grad_scale * mb.mtp_weight / static_cast<double>(Dm) /
-                          static_cast<double>(valid);
+        const double gk =
+            grad_scale * mb.mtp_weight / static_cast<double>(Dm) / static_cast<double>(valid);
         kernels::lm_head_ce_backward<T>(ms.hn.data(), lm_head_->w(), ms.targets.data(),
                                         ms.lse.data(), static_cast<T>(gk), N, D, V,
                                         cfg_.lm_head_chunk, mdhn, lm_head_->g(), head_prec);
         m.head_norm.backward_input(mdhn, ms.h.data(), ms.rstd_o.data(), N, dhk.data());
       }
-      weight([&m, &ms, N] { m.head_norm.backward_weight(ms.dhn.data(), ms.h.data(), ms.rstd_o.data(), N); });
+      weight([&m, &ms, N] {
+        m.head_norm.backward_weight(ms.dhn.data(), ms.h.data(), ms.rstd_o.data(), N);
+      });
       if (!dnext.empty()) kernels::add_inplace<T>(dhk.data(), dnext.data(), N * D);
       ms.block.moe.aux_grad = g;
       Buf<T> dx(N * D);

@@ -52,24 +52,24 @@ class Model {
     Block<T> block;
   };
   struct MtpState {
-    std::vector<int32_t> ids, targets;     // [N]
+    std::vector<int32_t> ids, targets;      // [N]
     Buf<T> e, en, rstd_e, hp, hpn, rstd_h;  // embedding, norms of both inputs
-    Buf<T> cat, x;                         // [N,2D] concat, [N,D] eh_proj output
+    Buf<T> cat, x;                          // [N,2D] concat, [N,D] eh_proj output
     typename Block<T>::State block;
-    Buf<T> h, hn, rstd_o, lse;             // block output, shared_head.norm, CE lse
-    Buf<T> dcat, dhn;                      // kept for weight gradients
+    Buf<T> h, hn, rstd_o, lse;  // block output, shared_head.norm, CE lse
+    Buf<T> dcat, dhn;           // kept for weight gradients
   };
   struct MicroBatch {
     int64_t B = 0, S = 0;
     std::vector<int32_t> ids, targets, pos;  // [N]
     std::vector<Buf<T>> h;                   // residual stream: h[0] = stage input .. h[local L]
     std::vector<typename Block<T>::State> blocks;
-    Buf<T> hn, rstd, lse;                    // final norm, CE log-sum-exp
+    Buf<T> hn, rstd, lse;  // final norm, CE log-sum-exp
     std::vector<MtpState> mtp;
     Losses losses;
     double mtp_weight = 0;
     Buf<T> dhn;
-    Buf<T> dh;  // after backward_input: gradient of the stage input (non-first stages)
+    Buf<T> dh;       // after backward_input: gradient of the stage input (non-first stages)
     Buf<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
     std::vector<std::function<void()>> deferred;  // weight-gradient work queued by backward_input
   };

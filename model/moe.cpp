@@ -64,7 +64,8 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S) const {
   for (int64_t e = 0; e < E_; ++e) bias[e] = static_cast<float>(bias_->w()[e]);
   T* s = sized(st.scores, N * E_);
   st.idx.resize(N * K_);
-  kernels::gate_forward<T>(logits, bias.data(), N, gp_, s, st.idx.data(), sized(st.weights, N * K_));
+  kernels::gate_forward<T>(logits, bias.data(), N, gp_, s, st.idx.data(),
+                           sized(st.weights, N * K_));
   st.load.assign(E_, 0);
   for (int32_t e : st.idx) ++st.load[e];
 
@@ -200,8 +201,8 @@ void MoE<T>::experts_backward(State& st) const {
                      expert_prec_);
     kernels::swiglu_backward<T>(dap, st.gu.data() + r0 * 2 * F_, c, F_, st.wperm.data() + r0,
                                 dgu + r0 * 2 * F_, dw + r0);
-    kernels::gemm<T>(false, false, c, D_, 2 * F_, T(1), dgu + r0 * 2 * F_, Wgu, T(0),
-                     dxp + r0 * D_, expert_prec_);
+    kernels::gemm<T>(false, false, c, D_, 2 * F_, T(1), dgu + r0 * 2 * F_, Wgu, T(0), dxp + r0 * D_,
+                     expert_prec_);
   }
 }
 
@@ -227,8 +228,8 @@ void MoE<T>::gate_backward(State& st, T* dx) const {
   const int64_t N = st.N, B = st.B, S = st.S;
   // d weights[n,k] came back with the dispatch backward
   T* dl = sized(st.dlogits, N * E_);
-  kernels::gate_backward<T>(st.dweights.data(), st.scores.data(), st.idx.data(), st.weights.data(), N,
-                            gp_, dl);
+  kernels::gate_backward<T>(st.dweights.data(), st.scores.data(), st.idx.data(), st.weights.data(),
+                            N, gp_, dl);
   // balance loss: dL/ds_it = c (f_i / Z_t - sum_j f_j s_jt / Z_t^2), c = aux_grad alpha/(B S);
   // then through the sigmoid: dlogit = ds * s (1 - s)
   if (alpha_ > 0 && st.aux_grad != T(0)) {
@@ -269,8 +270,7 @@ void MoE<T>::backward_weight(State& st, const T* x) const {
     kernels::gemm<T>(true, false, D_, F_, c, T(1), st.dyperm.data() + r0 * D_,
                      st.a.data() + r0 * F_, T(1), down_all_->g() + e * D_ * F_, expert_prec_);
     kernels::gemm<T>(true, false, 2 * F_, D_, c, T(1), st.dgu.data() + r0 * 2 * F_,
-                     st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_,
-                     expert_prec_);
+                     st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_, expert_prec_);
   }
 }
 

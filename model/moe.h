@@ -31,19 +31,19 @@ class MoE {
  public:
   struct State {
     int64_t B = 0, S = 0, N = 0;
-    Buf<T> logits, scores, weights;   // [N,E], [N,E], [N,K]
-    std::vector<int32_t> idx;         // [N,K] global expert ids
-    DispatchState<T> ds;              // received tokens [R, ...] and the dispatch plan
-    kernels::ExpertRouting routing;   // received (token, slot) pairs sorted by local expert
+    Buf<T> logits, scores, weights;     // [N,E], [N,E], [N,K]
+    std::vector<int32_t> idx;           // [N,K] global expert ids
+    DispatchState<T> ds;                // received tokens [R, ...] and the dispatch plan
+    kernels::ExpertRouting routing;     // received (token, slot) pairs sorted by local expert
     Buf<T> xperm, wperm, gu, a, yperm;  // [A,D], [A], [A,2F], [A,F], [A,D]; A = local pairs
     typename Mlp<T>::State shared;
-    Buf<T> shared_out;                // [N,D]
-    Buf<T> bal_f;                     // [B,E] balance-loss f_i per sequence (constants)
-    double balance_loss = 0;          // alpha * mean_b sum_i f_i P_i
-    std::vector<int64_t> load;        // [E] assignments per expert in this micro-batch
+    Buf<T> shared_out;          // [N,D]
+    Buf<T> bal_f;               // [B,E] balance-loss f_i per sequence (constants)
+    double balance_loss = 0;    // alpha * mean_b sum_i f_i P_i
+    std::vector<int64_t> load;  // [E] assignments per expert in this micro-batch
     // backward
     Buf<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
-    T aux_grad = T(0);                // d(total loss)/d(balance_loss), set by the caller
+    T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
   };
 
   // The dispatcher decides which experts live here (all of them for LocalDispatcher).

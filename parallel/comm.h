@@ -72,8 +72,8 @@ class Communicator {
   // in [size * count] -> out [size * count]: block p goes to rank p
   virtual void all_to_all(const int64_t* in, int64_t* out, size_t count) = 0;
   // bytes per peer; per-peer blocks contiguous in rank order on both sides
-  virtual Request iall_to_all_v(const void* send, const std::vector<size_t>& send_bytes,
-                                void* recv, const std::vector<size_t>& recv_bytes) = 0;
+  virtual Request iall_to_all_v(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                                const std::vector<size_t>& recv_bytes) = 0;
   void all_to_all_v(const void* send, const std::vector<size_t>& send_bytes, void* recv,
                     const std::vector<size_t>& recv_bytes) {
     iall_to_all_v(send, send_bytes, recv, recv_bytes).wait();

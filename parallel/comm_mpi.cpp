@@ -29,7 +29,8 @@ MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
 
 int to_int(size_t n, const char* what) {
   if (n > static_cast<size_t>(INT_MAX))
-    throw CommError(std::string("MPI ") + what + ": count " + std::to_string(n) + " exceeds INT_MAX");
+    throw CommError(std::string("MPI ") + what + ": count " + std::to_string(n) +
+                    " exceeds INT_MAX");
   return static_cast<int>(n);
 }
 
@@ -102,8 +103,8 @@ class MpiCommunicator final : public Communicator {
       so += send_bytes[p], ro += recv_bytes[p];
     }
     MPI_Request r;
-    check(MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, comm_, &r),
-          "all_to_all_v", rank_);
+    check(MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, comm_, &r), "all_to_all_v",
+          rank_);
     const int rank = rank_;
     return Request([r, counts, rank]() mutable {
       check(MPI_Wait(&r, MPI_STATUS_IGNORE), "all_to_all_v wait", rank);
@@ -128,9 +129,8 @@ class MpiCommunicator final : public Communicator {
   }
   Request wait_request(MPI_Request r, const char* what) {
     const int rank = rank_;
-    return Request([r, what, rank]() mutable {
-      check(MPI_Wait(&r, MPI_STATUS_IGNORE), what, rank);
-    });
+    return Request(
+        [r, what, rank]() mutable { check(MPI_Wait(&r, MPI_STATUS_IGNORE), what, rank); });
   }
   MPI_Comm comm_;
   bool owned_;

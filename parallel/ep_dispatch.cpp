@@ -37,8 +37,8 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, std::vector<T> send, 
     bytes_sent_ += static_cast<int64_t>(sizeof(T) * sc[p] * width);
   }
   sized(st.scratch, rows_in * width);
-  pend->req = ep_.iall_to_all_v(pend->send.data(), pend->send_bytes, st.scratch.data(),
-                                pend->recv_bytes);
+  pend->req =
+      ep_.iall_to_all_v(pend->send.data(), pend->send_bytes, st.scratch.data(), pend->recv_bytes);
   st.pending = pend;
 }
 

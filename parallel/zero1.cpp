@@ -120,7 +120,8 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
     for (int64_t i : b.params) {  // owned values into the flat buffer
       const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
       const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, lo + part);
-      if (s0 < s1) std::memcpy(flat_.data() + s0, params_[i]->w() + (s0 - p0), sizeof(float) * (s1 - s0));
+      if (s0 < s1)
+        std::memcpy(flat_.data() + s0, params_[i]->w() + (s0 - p0), sizeof(float) * (s1 - s0));
     }
     mine.assign(flat_.begin() + lo, flat_.begin() + lo + part);
     const auto t0 = std::chrono::steady_clock::now();
@@ -153,8 +154,8 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
     for (const MomentPiece& p : pieces) {
       if (p.name != seg.p->name) continue;
       const int64_t lo = std::max(p.offset, seg.param_offset);
-      const int64_t hi = std::min(p.offset + static_cast<int64_t>(p.m.size()),
-                                  seg.param_offset + seg.len);
+      const int64_t hi =
+          std::min(p.offset + static_cast<int64_t>(p.m.size()), seg.param_offset + seg.len);
       for (int64_t x = lo; x < hi; ++x) {
         const int64_t k = seg.shard_offset + (x - seg.param_offset);
         const float m = p.m[x - p.offset], v = p.v[x - p.offset];
@@ -172,8 +173,6 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
   }
 }
 
-int64_t Zero1::state_bytes() const {
-  return opt_.bf16_moments ? 2 * shard_ * 2 : 2 * shard_ * 4;
-}
+int64_t Zero1::state_bytes() const { return opt_.bf16_moments ? 2 * shard_ * 2 : 2 * shard_ * 4; }
 
 }  // namespace moetron

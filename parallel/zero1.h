@@ -67,17 +67,17 @@ class Zero1 {
     int64_t begin = 0, padded = 0;  // flat offset, padded length (multiple of G)
     std::vector<int64_t> params;    // indices into params_
   };
-  struct Segment {                  // a piece of one parameter inside this rank's shard
+  struct Segment {  // a piece of one parameter inside this rank's shard
     Param<float>* p;
     int64_t param_offset, shard_offset, len;
   };
   std::vector<Param<float>*> params_;
-  std::vector<int64_t> offset_;     // flat offset of each parameter
+  std::vector<int64_t> offset_;  // flat offset of each parameter
   std::vector<Bucket> buckets_;
   std::vector<Segment> segments_;
   Communicator& comm_;
   Zero1Options opt_;
-  int64_t numel_ = 0, shard_ = 0;   // total elements, owned (padded) elements
+  int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
   std::vector<float> flat_, shard_grad_;
   std::vector<float> m32_, v32_;

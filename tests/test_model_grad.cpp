@@ -126,7 +126,8 @@ TEST(ModelGrad, MoEWithBalanceLoss) {
   ModelConfig c = small_config();
   ParamStore<double> ps;
   MoE<double> moe;
-  moe.build(ps, "model.layers.1.mlp.", c, PrecisionPolicy{}, std::make_shared<LocalDispatcher<double>>());
+  moe.build(ps, "model.layers.1.mlp.", c, PrecisionPolicy{},
+            std::make_shared<LocalDispatcher<double>>());
   moe.init(0.3, 11);
   // a non-zero selection bias must change routing but never receive a gradient
   for (int64_t e = 0; e < c.n_routed_experts; ++e) moe.bias()->w()[e] = 0.01 * (e % 3);
@@ -217,7 +218,8 @@ TEST(ModelGrad, ParameterNamesFollowHuggingFace) {
   for (const char* name :
        {"model.embed_tokens.weight", "model.layers.0.self_attn.q_a_proj.weight",
         "model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "model.layers.0.mlp.gate_proj.weight",
-        "model.layers.1.mlp.gate.e_score_correction_bias", "model.layers.1.mlp.experts.7.up_proj.weight",
+        "model.layers.1.mlp.gate.e_score_correction_bias",
+        "model.layers.1.mlp.experts.7.up_proj.weight",
         "model.layers.1.mlp.shared_experts.down_proj.weight", "model.layers.2.eh_proj.weight",
         "model.layers.2.shared_head.norm.weight", "model.norm.weight", "lm_head.weight"})
     EXPECT_NE(model.params().find(name), nullptr) << name;
@@ -229,7 +231,8 @@ namespace {
 // Gradient of every parameter by name.
 std::map<std::string, std::vector<double>> grads_by_name(const ParamStore<double>& ps) {
   std::map<std::string, std::vector<double>> out;
-  for (auto& p : ps.all()) out[p->name].assign(p->grad.data<double>(), p->grad.data<double>() + p->numel());
+  for (auto& p : ps.all())
+    out[p->name].assign(p->grad.data<double>(), p->grad.data<double>() + p->numel());
   return out;
 }
 }  // namespace
@@ -296,7 +299,8 @@ TEST(ModelGrad, PipelineStagesComposeToTheWholeModel) {
     ASSERT_EQ(got.size(), want.size());
     for (auto& [name, g] : want) {
       ASSERT_EQ(got[name].size(), g.size()) << name;
-      for (size_t i = 0; i < g.size(); ++i) ASSERT_NEAR(got[name][i], g[i], 1e-12) << name << " P=" << P;
+      for (size_t i = 0; i < g.size(); ++i)
+        ASSERT_NEAR(got[name][i], g[i], 1e-12) << name << " P=" << P;
     }
   }
 }

@@ -39,5 +39,6 @@ TEST(RankGrid, BadLayoutsSayWhich) {
             std::string::npos);
   EXPECT_NE(msg([] { RankGrid::make(6, 0, 1, 6, 4, 0); }).find("parallel.ep (4) must divide"),
             std::string::npos);
-  EXPECT_NE(msg([] { RankGrid::make(6, 0, 1, 6, 2, 4); }).find("ranks_per_node"), std::string::npos);
+  EXPECT_NE(msg([] { RankGrid::make(6, 0, 1, 6, 2, 4); }).find("ranks_per_node"),
+            std::string::npos);
 }

@@ -122,16 +122,16 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Param
         << st.tokens << YAML::Key << "samples" << YAML::Value << st.samples;
       y << YAML::Key << "layout" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
         << "world" << YAML::Value << n << YAML::Key << "pp" << YAML::Value << cfg.parallel.pp
-        << YAML::Key << "dp" << YAML::Value << cfg.parallel.dp << YAML::Key << "ep"
-        << YAML::Value << cfg.parallel.ep << YAML::EndMap;
+        << YAML::Key << "dp" << YAML::Value << cfg.parallel.dp << YAML::Key << "ep" << YAML::Value
+        << cfg.parallel.ep << YAML::EndMap;
       y << YAML::Key << "model" << YAML::Value << model_node(cfg);
       y << YAML::Key << "shards" << YAML::Value << YAML::BeginSeq;
       for (int r = 0; r < n; ++r) {
         const std::string file = "rank_" + std::to_string(r) + ".h5";
         const auto [crc, size] = file_crc(tmp + "/" + file);
-        y << YAML::Flow << YAML::BeginMap << YAML::Key << "file" << YAML::Value << file
-          << YAML::Key << "bytes" << YAML::Value << size << YAML::Key << "crc32" << YAML::Value
-          << crc << YAML::EndMap;
+        y << YAML::Flow << YAML::BeginMap << YAML::Key << "file" << YAML::Value << file << YAML::Key
+          << "bytes" << YAML::Value << size << YAML::Key << "crc32" << YAML::Value << crc
+          << YAML::EndMap;
       }
       y << YAML::EndSeq << YAML::EndMap;
       {

@@ -29,7 +29,8 @@ void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {
   for (auto& p : ps.all()) {
     std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
     dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
-    if (grads && p->trainable) dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
+    if (grads && p->trainable)
+      dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
   }
 }
 
@@ -59,7 +60,8 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
   for (auto& p : model.params().all()) {
     const bool norm = p->value.ndim() == 1 && p->trainable;
     if (!norm && p->trainable) continue;
-    for (int64_t i = 0; i < p->numel(); ++i) p->w()[i] = norm ? 1.f + 0.3f * u(gen) : 0.02f * u(gen);
+    for (int64_t i = 0; i < p->numel(); ++i)
+      p->w()[i] = norm ? 1.f + 0.3f * u(gen) : 0.02f * u(gen);
   }
   Model<float>::MicroBatch mb;
   const Losses l = model.forward(mb, tokens.data(), B, S, lambda);
@@ -98,8 +100,8 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
         {"mtp_loss", l.mtp},
         {"balance_loss", l.balance}};
     for (auto& [k, v] : dbls) attr_double(f, k, v);
-    dataset(f, "tokens", H5T_NATIVE_INT32,
-            {static_cast<hsize_t>(B), static_cast<hsize_t>(S + 1)}, tokens.data());
+    dataset(f, "tokens", H5T_NATIVE_INT32, {static_cast<hsize_t>(B), static_cast<hsize_t>(S + 1)},
+            tokens.data());
     write_params(f, model.params(), true);
   });
 }

@@ -39,8 +39,8 @@ inline void attr_int(hid_t loc, const char* name, int64_t v) {
   check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_INT64, &v) >= 0, std::string("attribute ") + name);
 }
 
-inline void dataset(hid_t loc, const std::string& name, hid_t type, const std::vector<hsize_t>& dims,
-             const void* data) {
+inline void dataset(hid_t loc, const std::string& name, hid_t type,
+                    const std::vector<hsize_t>& dims, const void* data) {
   H5 sp{H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose};
   H5 d{H5Dcreate2(loc, name.c_str(), type, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
   check(d.id >= 0 && H5Dwrite(d.id, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
@@ -68,7 +68,6 @@ void write_h5(const std::string& path, const char* what, F write) {
   if (std::rename(tmp.c_str(), path.c_str()) != 0)
     throw std::runtime_error(path + ": cannot rename from " + tmp);
 }
-
 
 // Reads a whole dataset of `type` into out (sized by the caller to the dataset's element count,
 // which is returned by dataset_size).

@@ -16,11 +16,11 @@
 
 #include "data/byte_tokenizer.h"
 #include "data/token_file.h"
+#include "parallel/comm.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/dump.h"
 #include "trainer/train.h"
-#include "parallel/comm.h"
 
 namespace {
 
@@ -75,7 +75,8 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "prepare-text") {
-    if (a.out.empty() || a.positional.empty()) throw UsageError("prepare-text needs --out and inputs");
+    if (a.out.empty() || a.positional.empty())
+      throw UsageError("prepare-text needs --out and inputs");
     auto info = moetron::data::text_to_token_file(a.positional, a.out);
     std::cout << a.out << ": " << info.n_docs << " documents, " << info.n_tokens << " tokens\n";
     return 0;

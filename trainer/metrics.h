@@ -13,8 +13,8 @@ struct StepMetrics {
   int64_t step = 0, total_steps = 0;  // step is 1-based
   double loss = 0, lm_loss = 0, mtp_loss = 0, balance_loss = 0;
   double lr = 0, grad_norm = 0;
-  int64_t tokens = 0;           // consumed so far (all ranks)
-  double tokens_per_s = 0;      // this step
+  int64_t tokens = 0;       // consumed so far (all ranks)
+  double tokens_per_s = 0;  // this step
   double step_seconds = 0;
   double expert_imbalance = 0;  // max load / mean load, averaged over MoE layers
   double bias_update_speed = 0, mtp_weight = 0;
@@ -27,7 +27,7 @@ class MetricsLog {
  public:
   // Opens (appends to) run_dir/metrics.jsonl. Throws std::runtime_error naming the file.
   explicit MetricsLog(const std::string& run_dir);
-  void write(const StepMetrics& m);                // JSON line, flushed
+  void write(const StepMetrics& m);  // JSON line, flushed
   static std::string progress_line(const StepMetrics& m);
 
  private:

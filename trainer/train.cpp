@@ -14,8 +14,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -146,7 +146,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const std::string dir = resume == "auto" ? find_checkpoint(cfg.run.dir, &warnings) : resume;
     if (rank0 && !warnings.empty()) log << "moetron: warning: " << warnings;
     if (dir.empty()) {
-      if (rank0) log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
+      if (rank0)
+        log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
     } else {
       state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts});
       if (rank0) log << "moetron: resumed from " << dir << " (step " << state.step << ")\n";
@@ -166,13 +167,12 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   const int64_t step_tokens = cfg.data.global_batch_size * S;
   const int64_t opt_bytes = opt_dense.state_bytes() + opt_experts.state_bytes();
   if (rank0)
-    log << "moetron: " << grid.world << " rank(s) (pp " << grid.pp << " x dp " << grid.dp
-        << ", ep " << grid.ep << "), stage 0 holds " << model.params().numel()
+    log << "moetron: " << grid.world << " rank(s) (pp " << grid.pp << " x dp " << grid.dp << ", ep "
+        << grid.ep << "), stage 0 holds " << model.params().numel()
         << " parameters, optimizer state " << opt_bytes / 1024 << " KiB/rank; " << cfg.run.steps
         << " steps of " << cfg.data.global_batch_size << " x " << S << " tokens (" << M
-        << " micro-batches of " << B << " per pipeline, schedule " << cfg.parallel.schedule
-        << "), " << kernels::num_threads() << " threads, precision " << cfg.precision.recipe
-        << "\n";
+        << " micro-batches of " << B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
+        << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
 
   // micro-batch m of this DP rank = global samples [dp_rank*M*B + m*B, +B) of the step
   std::vector<std::vector<int32_t>> tokens(M, std::vector<int32_t>(B * (S + 1)));
@@ -238,7 +238,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     // where this rank's step time went: compute, communication it waited for, pipeline idle
     const double ep_comm = ep_dispatcher ? ep_dispatcher->take_comm_seconds() : 0.0;
     const double dp_comm = opt_dense.take_comm_seconds() + opt_experts.take_comm_seconds();
-    const double tail = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_pipe).count();
+    const double tail =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_pipe).count();
     std::vector<double> times(3 * grid.world, 0.0);
     times[3 * w.rank()] = pipeline.compute_seconds() - ep_comm + tail - dp_comm;
     times[3 * w.rank() + 1] = ep_comm + dp_comm;
@@ -247,8 +248,9 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
 
     // losses: sum over stages and DP ranks, mean over the global batch's micro-batches;
     // imbalance: mean over every MoE layer of the model
-    double red[6] = {sum.loss, sum.lm, sum.mtp, sum.balance, imbalance,
-                     grid.dp_rank == 0 ? static_cast<double>(moe.size()) : 0.0};
+    double red[6] = {sum.loss,  sum.lm,
+                     sum.mtp,   sum.balance,
+                     imbalance, grid.dp_rank == 0 ? static_cast<double>(moe.size()) : 0.0};
     if (grid.dp_rank != 0) red[4] = 0;
     w.all_reduce(red, 6);
     const double mtot = static_cast<double>(M * grid.dp);
@@ -279,8 +281,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
     sm.rank_times = times;
     const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
-    sm.eta_seconds = elapsed / static_cast<double>(step + 1) *
-                     static_cast<double>(cfg.run.steps - step - 1);
+    sm.eta_seconds =
+        elapsed / static_cast<double>(step + 1) * static_cast<double>(cfg.run.steps - step - 1);
     metrics->write(sm);
     if ((step + 1) % cfg.run.log_interval == 0 || last)
       log << MetricsLog::progress_line(sm) << std::endl;

@@ -76,7 +76,6 @@ void unpermute_add(const T* rows, const ExpertRouting& r, int64_t N, int64_t D, 
 template void permute_rows<float>(const float*, const ExpertRouting&, int64_t, float*);
 template void permute_rows<double>(const double*, const ExpertRouting&, int64_t, double*);
 template void unpermute_add<float>(const float*, const ExpertRouting&, int64_t, int64_t, float*);
-template void unpermute_add<double>(const double*, const ExpertRouting&, int64_t, int64_t,
-                                    double*);
+template void unpermute_add<double>(const double*, const ExpertRouting&, int64_t, int64_t, double*);
 
 }  // namespace moetron::kernels
