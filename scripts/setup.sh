@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build pkg-config libyaml-cpp-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libdnnl-dev libopenblas-dev libgtest-dev googletest python3-torch python3-numpy
-      python3-h5py python3-yaml npm clang-format zlib1g-dev)
+      python3-h5py python3-yaml clang-format zlib1g-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm may come with a non-Debian nodejs (whose npm conflicts with Debian's): any npm will do
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""
