@@ -62,11 +62,17 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   st.send_counts.assign(P, 0);
   std::vector<std::vector<int64_t>> to(P);
   std::vector<int64_t> last(P, -1);  // last token queued for each peer
-  for (int64_t n = 0; n < N; ++n)
+  std::vector<int64_t> node_seen(P, -1);
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t nodes = 0;
     for (int64_t k = 0; k < K; ++k) {
       const int p = idx[n * K + k] / static_cast<int32_t>(El);
       if (last[p] != n) last[p] = n, to[p].push_back(n);
+      const int node = node_of_peer_[p];
+      if (node_seen[node] != n) node_seen[node] = n, ++nodes;
     }
+    max_nodes_ = std::max(max_nodes_, nodes);
+  }
   st.send_token.clear();
   for (int p = 0; p < P; ++p) {
     st.send_counts[p] = static_cast<int64_t>(to[p].size());

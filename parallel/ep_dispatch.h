@@ -21,7 +21,9 @@ namespace moetron {
 template <class T>
 class EpDispatcher final : public TokenDispatcher<T> {
  public:
-  explicit EpDispatcher(Communicator& ep) : ep_(ep) {}
+  // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement)
+  EpDispatcher(Communicator& ep, std::vector<int> node_of_peer)
+      : ep_(ep), node_of_peer_(std::move(node_of_peer)) {}
   int64_t first_expert(int64_t n_experts) const override {
     return ep_.rank() * (n_experts / ep_.size());
   }
@@ -39,6 +41,12 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
   // Bytes this process sent in dispatch payloads so far (for the FP8-dispatch report).
   int64_t bytes_sent() const { return bytes_sent_; }
+  // The most nodes any one token was sent to since the last call (node-limited routing check).
+  int64_t take_max_nodes_per_token() {
+    const int64_t m = max_nodes_;
+    max_nodes_ = 0;
+    return m;
+  }
   // Seconds spent blocked in the exchanges (counts and waits) since the last call; what the
   // overlap of a later schedule must hide.
   double take_comm_seconds() {
@@ -52,6 +60,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void exchange_start(DispatchState<T>& st, std::vector<T> send, int64_t width, bool reverse);
   void exchange_wait(DispatchState<T>& st);
   Communicator& ep_;
+  std::vector<int> node_of_peer_;
+  int64_t max_nodes_ = 0;
   int64_t bytes_sent_ = 0;
   double comm_seconds_ = 0;
 };

@@ -330,6 +330,7 @@ void visit_config(V& v, C&... c) {
     v.field("dp", kAtLeast1, c.parallel.dp...);
     v.field("ep", kAtLeast1, c.parallel.ep...);
     v.field("ranks_per_node", kNonNegative, c.parallel.ranks_per_node...);
+    v.field("max_nodes_per_token", kNonNegative, c.parallel.max_nodes_per_token...);
     v.field("schedule", Text{{"1f1b", "zb1p", "dualpipe", "dualpipev"}}, c.parallel.schedule...);
   });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {

@@ -66,7 +66,11 @@ struct OptimizerConfig {
 
 struct ParallelConfig {
   int64_t pp = 1, dp = 1, ep = 1;
-  int64_t ranks_per_node = 0;     // 0: all ranks on one node
+  int64_t ranks_per_node = 0;  // 0: all ranks on one node
+  // Node-limited routing: each token's experts on at most M nodes (0 = no limit). Holds by
+  // construction when expert groups lie inside nodes and topk_group <= M (V3: 8 groups = 8
+  // nodes, topk_group 4 = M); the trainer checks that and measures it.
+  int64_t max_nodes_per_token = 0;
   std::string schedule = "1f1b";  // 1f1b | zb1p | dualpipe | dualpipev
 };
 

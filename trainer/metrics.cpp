@@ -27,7 +27,8 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"step_seconds\":" << num(m.step_seconds)
        << ",\"expert_imbalance\":" << num(m.expert_imbalance)
        << ",\"bias_update_speed\":" << num(m.bias_update_speed)
-       << ",\"mtp_weight\":" << num(m.mtp_weight) << ",\"rank_times\":[";
+       << ",\"mtp_weight\":" << num(m.mtp_weight)
+       << ",\"max_nodes_per_token\":" << m.max_nodes_per_token << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
   out_ << "]}\n";
   out_.flush();

@@ -21,6 +21,7 @@ struct StepMetrics {
   double eta_seconds = 0;
   // per rank: compute, communication waited for, pipeline idle (seconds), flattened [world*3]
   std::vector<double> rank_times;
+  int64_t max_nodes_per_token = 1;  // most nodes any token's experts were on (EP runs)
 };
 
 class MetricsLog {

@@ -66,6 +66,27 @@ void make_run_dir(const std::string& dir) {
   if (ec) throw std::runtime_error(dir + ": cannot create run directory: " + ec.message());
 }
 
+// Node-limited routing holds by construction when every expert group lies inside one node of
+// the EP group and at most max_nodes_per_token groups are kept; anything else is refused.
+void check_node_limit(const Config& cfg, const RankGrid& g) {
+  const int64_t M = cfg.parallel.max_nodes_per_token;
+  if (M == 0) return;
+  auto fail = [&](const std::string& m) {
+    throw LayoutError("parallel.max_nodes_per_token (" + std::to_string(M) + "): " + m);
+  };
+  if (g.ranks_per_node == 0) fail("needs parallel.ranks_per_node");
+  if (g.ep % g.ranks_per_node != 0 && g.ranks_per_node % g.ep != 0)
+    fail("an EP group (" + std::to_string(g.ep) + " ranks) must span whole nodes of " +
+         std::to_string(g.ranks_per_node) + " ranks or fit in one");
+  const int64_t nodes = std::max<int64_t>(1, g.ep / g.ranks_per_node);
+  if (cfg.model.n_group % nodes != 0)
+    fail("model.n_group (" + std::to_string(cfg.model.n_group) + ") must be a multiple of the " +
+         std::to_string(nodes) + " nodes of an EP group, so that expert groups lie inside nodes");
+  if (cfg.model.topk_group > M)
+    fail("model.topk_group (" + std::to_string(cfg.model.topk_group) +
+         ") must be <= the node limit: each kept group may be on another node");
+}
+
 // The layout as the model and schedule see it; throws ConfigError naming the keys.
 RankGrid make_grid(const Config& cfg, Communicator& w) {
   const auto& p = cfg.parallel;
@@ -74,6 +95,7 @@ RankGrid make_grid(const Config& cfg, Communicator& w) {
     g = RankGrid::make(w.size(), w.rank(), static_cast<int>(p.pp), static_cast<int>(p.dp),
                        static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
     stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
+    check_node_limit(cfg, g);
   } catch (const std::exception& e) {
     throw ConfigError(cfg.source + ": " + e.what());
   }
@@ -125,7 +147,13 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   // this rank's stage of the model, its experts, its optimizer shards
   std::shared_ptr<TokenDispatcher<float>> dispatcher;
   std::shared_ptr<EpDispatcher<float>> ep_dispatcher;
-  if (grid.ep > 1) dispatcher = ep_dispatcher = std::make_shared<EpDispatcher<float>>(*groups.ep);
+  if (grid.ep > 1) {
+    std::vector<int> node_of_peer;
+    for (int r : grid.ep_group())
+      node_of_peer.push_back(grid.node_of(r) - grid.node_of(grid.ep_group()[0]));
+    dispatcher = ep_dispatcher =
+        std::make_shared<EpDispatcher<float>>(*groups.ep, std::move(node_of_peer));
+  }
   Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp});
   model.init(cfg.run.seed);
   std::vector<Param<float>*> dense, experts;
@@ -245,6 +273,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     times[3 * w.rank() + 1] = ep_comm + dp_comm;
     times[3 * w.rank() + 2] = pipeline.idle_seconds();
     w.all_reduce(times.data(), times.size());
+    int64_t nodes_per_token = ep_dispatcher ? ep_dispatcher->take_max_nodes_per_token() : 1;
+    w.all_reduce(&nodes_per_token, 1, ReduceOp::Max);
 
     // losses: sum over stages and DP ranks, mean over the global batch's micro-batches;
     // imbalance: mean over every MoE layer of the model
@@ -280,6 +310,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     sm.expert_imbalance = red[5] > 0 ? red[4] / red[5] : 0.0;
     sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
     sm.rank_times = times;
+    sm.max_nodes_per_token = nodes_per_token;
     const double elapsed = std::chrono::duration<double>(t1 - t_start).count();
     sm.eta_seconds =
         elapsed / static_cast<double>(step + 1) * static_cast<double>(cfg.run.steps - step - 1);
