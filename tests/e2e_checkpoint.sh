@@ -91,6 +91,9 @@ expect_err() {  # name want args...
 }
 expect_err explicit_corrupt "checksum mismatch" --set run.dir="$OUT/x1" --resume "$OUT/corrupt/checkpoints/step_6"
 expect_err other_shape "model.hidden_size" --set run.dir="$OUT/x2" --set model.hidden_size=96 --resume "$OUT/corrupt/checkpoints/step_3"
+cp data/cache/sotu/train.h5 "$OUT/other_tok.h5"
+/usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); f.attrs['tokenizer']='other-bpe-v1'; f.close()" "$OUT/other_tok.h5"
+expect_err other_tokenizer "tokenizer 'bytes-v1', but" --set run.dir="$OUT/x4" --set data.train_path="$OUT/other_tok.h5" --resume "$OUT/corrupt/checkpoints/step_3"
 expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
 echo "e2e_checkpoint: $pass passed, $fail failed"
 [ $fail -eq 0 ]

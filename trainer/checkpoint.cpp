@@ -90,7 +90,8 @@ std::string verify(const std::string& dir, YAML::Node* manifest_out) {
 }  // namespace
 
 std::string save_checkpoint(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-                            const std::vector<const Zero1*>& opts, Communicator& world) {
+                            const std::vector<const Zero1*>& opts, const std::string& tokenizer,
+                            Communicator& world) {
   const std::string final_dir = step_dir(cfg.run.dir, st.step), tmp = final_dir + ".tmp";
   const int rank = world.rank(), n = world.size();
   int64_t ok = 1;
@@ -124,6 +125,7 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Param
         << "world" << YAML::Value << n << YAML::Key << "pp" << YAML::Value << cfg.parallel.pp
         << YAML::Key << "dp" << YAML::Value << cfg.parallel.dp << YAML::Key << "ep" << YAML::Value
         << cfg.parallel.ep << YAML::EndMap;
+      y << YAML::Key << "tokenizer" << YAML::Value << tokenizer;
       y << YAML::Key << "model" << YAML::Value << model_node(cfg);
       y << YAML::Key << "shards" << YAML::Value << YAML::BeginSeq;
       for (int r = 0; r < n; ++r) {
@@ -194,11 +196,15 @@ std::string find_checkpoint(const std::string& run_dir, std::string* warnings) {
 }
 
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
-                           const std::vector<Zero1*>& opts) {
+                           const std::vector<Zero1*>& opts, const std::string& tokenizer) {
   YAML::Node m;
   const std::string bad = verify(dir, &m);
   if (!bad.empty()) throw CheckpointError("cannot resume from " + dir + ": " + bad);
-  // the model must be the same one
+  // the same tokenizer and the same model
+  const std::string had = m["tokenizer"] ? m["tokenizer"].as<std::string>() : "(none)";
+  if (had != tokenizer)
+    throw CheckpointError(dir + ": checkpoint was trained on tokenizer '" + had + "', but " +
+                          cfg.data.train_path + " uses '" + tokenizer + "'");
   const YAML::Node want = model_node(cfg), have = m["model"];
   for (const auto& kv : want) {
     const std::string key = kv.first.as<std::string>();

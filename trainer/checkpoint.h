@@ -35,8 +35,10 @@ struct CheckpointError : std::runtime_error {
 };
 
 // Collective over `world`. Returns the directory written.
+// `tokenizer` names the tokenizer of the training data (recorded; checked on load).
 std::string save_checkpoint(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-                            const std::vector<const Zero1*>& opts, Communicator& world);
+                            const std::vector<const Zero1*>& opts, const std::string& tokenizer,
+                            Communicator& world);
 
 // The newest complete checkpoint under <run_dir>/checkpoints whose manifest and shard checksums
 // verify ("" if none); a broken newer one is skipped with a warning naming what is wrong.
@@ -45,6 +47,6 @@ std::string find_checkpoint(const std::string& run_dir, std::string* warnings);
 // Loads `dir` into this rank's parameters and optimizer shards; checks that the checkpoint's
 // model matches cfg.model (message names the first differing key). Returns the train state.
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
-                           const std::vector<Zero1*>& opts);
+                           const std::vector<Zero1*>& opts, const std::string& tokenizer);
 
 }  // namespace moetron

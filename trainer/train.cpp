@@ -177,14 +177,16 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       if (rank0)
         log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
     } else {
-      state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts});
+      state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts},
+                              train_file.info().tokenizer);
       if (rank0) log << "moetron: resumed from " << dir << " (step " << state.step << ")\n";
     }
   }
   auto checkpoint = [&] {
     if (cfg.run.save_interval <= 0) return;
     const std::string d =
-        save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts}, w);
+        save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts},
+                        train_file.info().tokenizer, w);
     if (rank0) log << "moetron: saved " << d << "\n";
   };
   g_stop = 0;
