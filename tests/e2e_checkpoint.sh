@@ -95,5 +95,40 @@ cp data/cache/sotu/train.h5 "$OUT/other_tok.h5"
 /usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); f.attrs['tokenizer']='other-bpe-v1'; f.close()" "$OUT/other_tok.h5"
 expect_err other_tokenizer "tokenizer 'bytes-v1', but" --set run.dir="$OUT/x4" --set data.train_path="$OUT/other_tok.h5" --resume "$OUT/corrupt/checkpoints/step_3"
 expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
+# 6. export: safetensors (fp32 exact, bf16 within its rounding), index and config.json, read back
+# with a plain reader of the format and compared with the checkpoint's shards
+for dt in fp32 bf16; do
+  "$BIN" export "$OUT/straight_np8/checkpoints/step_6" "$OUT/export_$dt" --dtype $dt > /dev/null
+  if /usr/bin/python3 - "$OUT/export_$dt" "$OUT/straight_np8/checkpoints/step_6" $dt <<'PY'
+import glob, json, struct, sys
+import h5py, numpy as np
+d, ck, dt = sys.argv[1:4]
+idx = json.load(open(f"{d}/model.safetensors.index.json"))
+cfg = json.load(open(f"{d}/config.json"))
+assert cfg["hidden_size"] == 64 and cfg["model_type"] == "deepseek_v3", cfg
+t = {}
+for f in sorted(set(idx["weight_map"].values())):
+    b = open(f"{d}/{f}", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    for k, v in json.loads(b[8:8 + n]).items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        a = np.frombuffer(b[8 + n + s:8 + n + e], np.float32 if v["dtype"] == "F32" else np.uint16)
+        if v["dtype"] == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        t[k] = a.reshape(v["shape"])
+ref = {}
+for f in glob.glob(f"{ck}/rank_*.h5"):
+    with h5py.File(f) as h:
+        h["params"].visititems(lambda k, v: ref.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
+assert set(t) == set(ref) == set(idx["weight_map"]), "names differ"
+err = max(float(np.max(np.abs(t[k] - ref[k]) / (np.abs(ref[k]) + 1e-30))) for k in t)
+assert err <= (0 if dt == "fp32" else 2 ** -8), err
+print(f"     export {dt}: {len(t)} tensors, max rel err {err:.2e}")
+PY
+  then ok "export $dt"; else bad "export $dt"; fi
+done
+
 echo "e2e_checkpoint: $pass passed, $fail failed"
 [ $fail -eq 0 ]

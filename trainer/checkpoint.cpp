@@ -265,4 +265,39 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
   return st;
 }
 
+std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir) {
+  YAML::Node m;
+  const std::string bad = verify(dir, &m);
+  if (!bad.empty()) throw CheckpointError("cannot read " + dir + ": " + bad);
+  std::vector<std::pair<std::string, NamedTensor>> out;
+  std::map<std::string, bool> seen;
+  for (const auto& s : m["shards"]) {
+    const std::string path = dir + "/" + s["file"].as<std::string>();
+    H5 f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    if (f.id < 0) throw CheckpointError(path + ": cannot open as HDF5");
+    H5 g(H5Gopen2(f.id, "params", H5P_DEFAULT), H5Gclose);
+    hsize_t count = 0;
+    H5Gget_num_objs(g.id, &count);
+    for (hsize_t i = 0; i < count; ++i) {
+      char buf[1024];
+      H5Gget_objname_by_idx(g.id, i, buf, sizeof buf);
+      const std::string name = buf;
+      if (seen[name]) continue;
+      seen[name] = true;
+      NamedTensor t;
+      H5 d(H5Dopen2(g.id, name.c_str(), H5P_DEFAULT), H5Dclose);
+      H5 sp(H5Dget_space(d.id), H5Sclose);
+      hsize_t dims[8];
+      const int nd = H5Sget_simple_extent_dims(sp.id, dims, nullptr);
+      for (int k = 0; k < nd; ++k) t.shape.push_back(static_cast<int64_t>(dims[k]));
+      t.data.resize(H5Sget_simple_extent_npoints(sp.id));
+      read_dataset(g.id, name, H5T_NATIVE_FLOAT, t.data.data());
+      out.emplace_back(name, std::move(t));
+    }
+  }
+  // the order of a Hugging Face checkpoint: by name
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
 }  // namespace moetron

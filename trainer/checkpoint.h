@@ -50,3 +50,15 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
                            const std::vector<Zero1*>& opts, const std::string& tokenizer);
 
 }  // namespace moetron
+
+namespace moetron {
+
+// Every parameter of a verified checkpoint by name (each once, whichever shard holds it), with
+// its shape. Loads them all into memory: meant for export of CPU-scale models.
+struct NamedTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir);
+
+}  // namespace moetron

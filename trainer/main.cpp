@@ -3,6 +3,7 @@
 //   moetron train CONFIG [--set key=value ...] [--resume auto|DIR]  train from a YAML config
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
+//   moetron export CHECKPOINT OUTDIR [--dtype bf16|fp32] Hugging Face safetensors + config.json
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
 #include <malloc.h>
@@ -20,6 +21,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/dump.h"
+#include "trainer/export.h"
 #include "trainer/train.h"
 
 namespace {
@@ -28,7 +30,8 @@ const char* kUsage =
     "usage:\n"
     "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
     "  moetron prepare-text --out FILE.h5 INPUT...\n"
-    "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n";
+    "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n"
+    "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -36,19 +39,19 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume;
+  std::string out, resume, dtype = "bf16";
 };
 
 Args parse(int argc, char** argv, int first) {
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
-    if (s == "--set" || s == "--out" || s == "--resume") {
+    if (s == "--set" || s == "--out" || s == "--resume" || s == "--dtype") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
       else
-        (s == "--out" ? a.out : a.resume) = argv[++i];
+        (s == "--out" ? a.out : s == "--resume" ? a.resume : a.dtype) = argv[++i];
     } else if (s.rfind("--set=", 0) == 0) {
       a.sets.push_back(s.substr(6));
     } else if (s.rfind("--", 0) == 0) {
@@ -79,6 +82,12 @@ int run(int argc, char** argv) {
       throw UsageError("prepare-text needs --out and inputs");
     auto info = moetron::data::text_to_token_file(a.positional, a.out);
     std::cout << a.out << ": " << info.n_docs << " documents, " << info.n_tokens << " tokens\n";
+    return 0;
+  }
+  if (cmd == "export") {
+    if (a.positional.size() != 2) throw UsageError("export takes CHECKPOINT_DIR OUT_DIR");
+    moetron::export_checkpoint(a.positional[0], a.positional[1], a.dtype);
+    std::cout << a.positional[1] << ": safetensors (" << a.dtype << "), index, config.json\n";
     return 0;
   }
   if (cmd == "dump-grads") {

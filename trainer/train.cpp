@@ -184,9 +184,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   }
   auto checkpoint = [&] {
     if (cfg.run.save_interval <= 0) return;
-    const std::string d =
-        save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts},
-                        train_file.info().tokenizer, w);
+    const std::string d = save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts},
+                                          train_file.info().tokenizer, w);
     if (rank0) log << "moetron: saved " << d << "\n";
   };
   g_stop = 0;

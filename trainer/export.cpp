@@ -1,0 +1,163 @@
+// Safetensors export (see export.h). Format: 8-byte little-endian header size, a JSON header
+// {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {...}} padded with spaces
+// to a multiple of 8, then the tensors' bytes back to back in header order.
+#include "trainer/export.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/scalar.h"
+#include "trainer/checkpoint.h"
+
+namespace moetron {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kMaxFileBytes = int64_t{4} << 30;
+
+std::string json_str(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) o += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  return o + "\"";
+}
+
+struct Out {  // one safetensors file being assembled
+  std::vector<std::pair<std::string, const NamedTensor*>> tensors;
+  int64_t bytes = 0;
+};
+
+bool keep_fp32(const std::string& name) {
+  return name.find("e_score_correction_bias") != std::string::npos;
+}
+
+void write_file(const std::string& path, const Out& o, bool bf16) {
+  std::ostringstream h;
+  h << "{\"__metadata__\":{\"format\":\"pt\"}";
+  int64_t off = 0;
+  for (const auto& [name, t] : o.tensors) {
+    const bool f32 = !bf16 || keep_fp32(name);
+    const int64_t n = static_cast<int64_t>(t->data.size()) * (f32 ? 4 : 2);
+    h << "," << json_str(name) << ":{\"dtype\":\"" << (f32 ? "F32" : "BF16") << "\",\"shape\":[";
+    for (size_t i = 0; i < t->shape.size(); ++i) h << (i ? "," : "") << t->shape[i];
+    h << "],\"data_offsets\":[" << off << "," << off + n << "]}";
+    off += n;
+  }
+  h << "}";
+  std::string header = h.str();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  const std::string tmp = path + ".tmp";
+  std::ofstream f(tmp, std::ios::binary);
+  const uint64_t len = header.size();
+  unsigned char le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+  f.write(reinterpret_cast<const char*>(le), 8);
+  f.write(header.data(), static_cast<std::streamsize>(header.size()));
+  std::vector<uint16_t> b16;
+  for (const auto& [name, t] : o.tensors) {
+    if (!bf16 || keep_fp32(name)) {
+      f.write(reinterpret_cast<const char*>(t->data.data()),
+              static_cast<std::streamsize>(t->data.size() * 4));
+    } else {
+      b16.resize(t->data.size());
+      for (size_t i = 0; i < b16.size(); ++i) b16[i] = f32_to_bf16(t->data[i]);
+      f.write(reinterpret_cast<const char*>(b16.data()),
+              static_cast<std::streamsize>(b16.size() * 2));
+    }
+  }
+  f.close();
+  if (!f) throw CheckpointError(tmp + ": write failed (disk full?)");
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+void export_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
+                       const std::string& dtype) {
+  if (dtype != "bf16" && dtype != "fp32")
+    throw CheckpointError("export --dtype must be bf16 or fp32, got '" + dtype + "'");
+  const bool bf16 = dtype == "bf16";
+  const auto params = read_checkpoint_params(checkpoint_dir);
+  const YAML::Node manifest = YAML::LoadFile(checkpoint_dir + "/manifest.yaml");
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw CheckpointError(out_dir + ": cannot create (" + ec.message() + ")");
+
+  // split into files of at most kMaxFileBytes
+  std::vector<Out> files(1);
+  int64_t total = 0;
+  for (const auto& [name, t] : params) {
+    const int64_t n = static_cast<int64_t>(t.data.size()) * (!bf16 || keep_fp32(name) ? 4 : 2);
+    if (files.back().bytes > 0 && files.back().bytes + n > kMaxFileBytes) files.emplace_back();
+    files.back().tensors.emplace_back(name, &t);
+    files.back().bytes += n;
+    total += n;
+  }
+  std::ostringstream index;
+  index << "{\"metadata\":{\"total_size\":" << total << "},\"weight_map\":{";
+  bool first = true;
+  for (size_t i = 0; i < files.size(); ++i) {
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, files.size());
+    write_file(out_dir + "/" + fname, files[i], bf16);
+    for (const auto& [name, t] : files[i].tensors) {
+      index << (first ? "" : ",") << json_str(name) << ":" << json_str(fname);
+      first = false;
+    }
+  }
+  index << "}}\n";
+  std::ofstream(out_dir + "/model.safetensors.index.json") << index.str();
+
+  // config.json: the model section of the manifest, in HF names, plus DeepSeek-V3's constants
+  const YAML::Node m = manifest["model"];
+  std::ostringstream c;
+  c << "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": \"deepseek_v3\",\n";
+  c << "  \"torch_dtype\": \"" << (bf16 ? "bfloat16" : "float32") << "\",\n";
+  c << "  \"scoring_func\": \"sigmoid\",\n  \"topk_method\": \"noaux_tc\",\n";
+  c << "  \"norm_topk_prob\": true,\n  \"hidden_act\": \"silu\",\n  \"moe_layer_freq\": 1,\n";
+  c << "  \"tie_word_embeddings\": false,\n  \"attention_bias\": false,\n";
+  c << "  \"initializer_range\": " << m["init_std"].as<std::string>() << ",\n";
+  c << "  \"max_position_embeddings\": " << m["max_seq_len"].as<std::string>() << ",\n";
+  const char* keys[] = {"vocab_size",
+                        "hidden_size",
+                        "intermediate_size",
+                        "moe_intermediate_size",
+                        "num_hidden_layers",
+                        "first_k_dense_replace",
+                        "num_attention_heads",
+                        "n_routed_experts",
+                        "n_shared_experts",
+                        "num_experts_per_tok",
+                        "n_group",
+                        "topk_group",
+                        "routed_scaling_factor",
+                        "q_lora_rank",
+                        "kv_lora_rank",
+                        "qk_nope_head_dim",
+                        "qk_rope_head_dim",
+                        "v_head_dim",
+                        "rope_theta",
+                        "rms_norm_eps",
+                        "num_nextn_predict_layers"};
+  c << "  \"num_key_value_heads\": " << m["num_attention_heads"].as<std::string>();
+  for (const char* k : keys) c << ",\n  \"" << k << "\": " << m[k].as<std::string>();
+  const YAML::Node rs = m["rope_scaling"];
+  if (rs && rs["factor"] && rs["factor"].as<double>() > 1.0)
+    c << ",\n  \"rope_scaling\": {\"type\": \"yarn\", \"factor\": "
+      << rs["factor"].as<std::string>() << ", \"original_max_position_embeddings\": "
+      << rs["original_max_position_embeddings"].as<std::string>()
+      << ", \"beta_fast\": " << rs["beta_fast"].as<std::string>()
+      << ", \"beta_slow\": " << rs["beta_slow"].as<std::string>()
+      << ", \"mscale\": " << rs["mscale"].as<std::string>() << ", \"mscale_all_dim\": 1.0}";
+  else
+    c << ",\n  \"rope_scaling\": null";
+  c << "\n}\n";
+  std::ofstream(out_dir + "/config.json") << c.str();
+}
+
+}  // namespace moetron
