@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -42,23 +43,21 @@ std::pair<uint32_t, int64_t> file_crc(const std::string& path) {
 
 YAML::Node model_node(const Config& cfg) { return YAML::Load(config_to_yaml(cfg))["model"]; }
 
-void write_shard(const std::string& path, const ParamStore<float>& ps,
-                 const std::vector<const Zero1*>& opts, int64_t step) {
+void write_shard(const std::string& path, const Snapshot& snap, int64_t step) {
   write_h5(path, "checkpoint shard", [&](hid_t f) {
     attr_int(f, "step", step);
     H5 gp{H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    for (auto& p : ps.all()) {
-      std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
-      dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
+    for (const auto& [name, t] : snap.params) {
+      std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+      dataset(gp.id, name, H5T_NATIVE_FLOAT, dims, t.data.data());
     }
     H5 gm{H5Gcreate2(f, "moments", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    for (const Zero1* o : opts)
-      for (const auto& piece : o->export_moments()) {
-        const std::string base = piece.name + "#" + std::to_string(piece.offset) + "#";
-        const std::vector<hsize_t> dims{piece.m.size()};
-        dataset(gm.id, base + "m", H5T_NATIVE_FLOAT, dims, piece.m.data());
-        dataset(gm.id, base + "v", H5T_NATIVE_FLOAT, dims, piece.v.data());
-      }
+    for (const auto& piece : snap.moments) {
+      const std::string base = piece.name + "#" + std::to_string(piece.offset) + "#";
+      const std::vector<hsize_t> dims{piece.m.size()};
+      dataset(gm.id, base + "m", H5T_NATIVE_FLOAT, dims, piece.m.data());
+      dataset(gm.id, base + "v", H5T_NATIVE_FLOAT, dims, piece.v.data());
+    }
   });
 }
 
@@ -89,9 +88,60 @@ std::string verify(const std::string& dir, YAML::Node* manifest_out) {
 
 }  // namespace
 
-std::string save_checkpoint(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-                            const std::vector<const Zero1*>& opts, const std::string& tokenizer,
-                            Communicator& world) {
+Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts) {
+  Snapshot s;
+  for (auto& p : ps.all()) {
+    NamedTensor t;
+    t.shape = p->value.shape();
+    t.data.assign(p->w(), p->w() + p->numel());
+    s.params.emplace_back(p->name, std::move(t));
+  }
+  for (const Zero1* o : opts)
+    for (auto& piece : o->export_moments()) s.moments.push_back(std::move(piece));
+  return s;
+}
+
+CheckpointWriter::CheckpointWriter(Communicator& world) : comm_(world.split(0, world.rank())) {}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (thread_.joinable()) thread_.join();
+}
+
+double CheckpointWriter::save(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
+                              const std::vector<const Zero1*>& opts, const std::string& tokenizer) {
+  const auto t0 = std::chrono::steady_clock::now();
+  wait();
+  auto snap = std::make_shared<Snapshot>(Snapshot::take(ps, opts));
+  const double blocked =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  thread_ = std::thread([this, cfg, st, snap, tokenizer] {
+    try {
+      const auto w0 = std::chrono::steady_clock::now();
+      dir_ = save_checkpoint(cfg, st, *snap, tokenizer, *comm_);
+      write_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+      shard_bytes_ = static_cast<int64_t>(
+          fs::file_size(dir_ + "/rank_" + std::to_string(comm_->rank()) + ".h5"));
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  });
+  return blocked;
+}
+
+std::string CheckpointWriter::wait() {
+  if (thread_.joinable()) thread_.join();
+  if (!error_.empty()) {
+    const std::string e = error_;
+    error_.clear();
+    throw CheckpointError(e);
+  }
+  std::string d = dir_;
+  dir_.clear();
+  return d;
+}
+
+std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snapshot& snap,
+                            const std::string& tokenizer, Communicator& world) {
   const std::string final_dir = step_dir(cfg.run.dir, st.step), tmp = final_dir + ".tmp";
   const int rank = world.rank(), n = world.size();
   int64_t ok = 1;
@@ -110,7 +160,7 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Param
   all_ok();
   if (!ok) throw CheckpointError(err.empty() ? tmp + ": rank 0 could not create it" : err);
   try {
-    write_shard(tmp + "/rank_" + std::to_string(rank) + ".h5", ps, opts, st.step);
+    write_shard(tmp + "/rank_" + std::to_string(rank) + ".h5", snap, st.step);
   } catch (const std::exception& e) {
     ok = 0, err = e.what();
   }

@@ -14,7 +14,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/param.h"
@@ -34,11 +36,46 @@ struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Collective over `world`. Returns the directory written.
-// `tokenizer` names the tokenizer of the training data (recorded; checked on load).
-std::string save_checkpoint(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-                            const std::vector<const Zero1*>& opts, const std::string& tokenizer,
-                            Communicator& world);
+struct NamedTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+
+// What one rank writes: a host copy of its parameters and optimizer-shard moments.
+struct Snapshot {
+  std::vector<std::pair<std::string, NamedTensor>> params;
+  std::vector<Zero1::MomentPiece> moments;
+  static Snapshot take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts);
+};
+
+// Asynchronous saves: save() copies the state to host buffers (the only part training waits
+// for, after any previous save still in flight) and writes it in a background thread over its
+// own communicator, so training continues meanwhile. Errors surface at the next wait().
+class CheckpointWriter {
+ public:
+  explicit CheckpointWriter(Communicator& world);
+  ~CheckpointWriter();
+  // Returns the seconds training was blocked (waiting for the previous save + the copy).
+  double save(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
+              const std::vector<const Zero1*>& opts, const std::string& tokenizer);
+  // Waits for the save in flight; returns its directory ("" if none); rethrows its error.
+  std::string wait();
+  // Of the last completed save: seconds the background write took, bytes of this rank's shard.
+  double write_seconds() const { return write_seconds_; }
+  int64_t shard_bytes() const { return shard_bytes_; }
+
+ private:
+  std::unique_ptr<Communicator> comm_;
+  std::thread thread_;
+  std::string dir_, error_;
+  double write_seconds_ = 0;
+  int64_t shard_bytes_ = 0;
+};
+
+// Synchronous save, collective over `world`. Returns the directory written. `tokenizer` names
+// the tokenizer of the training data (recorded; checked on load).
+std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snapshot& snap,
+                            const std::string& tokenizer, Communicator& world);
 
 // The newest complete checkpoint under <run_dir>/checkpoints whose manifest and shard checksums
 // verify ("" if none); a broken newer one is skipped with a warning naming what is wrong.
@@ -49,16 +86,8 @@ std::string find_checkpoint(const std::string& run_dir, std::string* warnings);
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
                            const std::vector<Zero1*>& opts, const std::string& tokenizer);
 
-}  // namespace moetron
-
-namespace moetron {
-
 // Every parameter of a verified checkpoint by name (each once, whichever shard holds it), with
-// its shape. Loads them all into memory: meant for export of CPU-scale models.
-struct NamedTensor {
-  std::vector<int64_t> shape;
-  std::vector<float> data;
-};
+// its shape, sorted by name. Loads them all into memory: meant for export of CPU-scale models.
 std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir);
 
 }  // namespace moetron

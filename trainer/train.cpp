@@ -177,16 +177,31 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       if (rank0)
         log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
     } else {
+      const auto l0 = std::chrono::steady_clock::now();
       state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts},
                               train_file.info().tokenizer);
-      if (rank0) log << "moetron: resumed from " << dir << " (step " << state.step << ")\n";
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count();
+      if (rank0)
+        log << "moetron: resumed from " << dir << " (step " << state.step << ", loaded in " << secs
+            << " s)\n";
     }
   }
-  auto checkpoint = [&] {
-    if (cfg.run.save_interval <= 0) return;
-    const std::string d = save_checkpoint(cfg, state, model.params(), {&opt_dense, &opt_experts},
-                                          train_file.info().tokenizer, w);
-    if (rank0) log << "moetron: saved " << d << "\n";
+  CheckpointWriter writer(w);
+  auto report = [&](const std::string& dir) {
+    if (rank0 && !dir.empty())
+      log << "moetron: saved " << dir << " (rank 0 shard " << writer.shard_bytes() / 1e6
+          << " MB in " << writer.write_seconds()
+          << " s: " << writer.shard_bytes() / 1e6 / std::max(writer.write_seconds(), 1e-9)
+          << " MB/s)\n";
+  };
+  auto checkpoint = [&] {  // asynchronous: training waits only for the copy to host buffers
+    report(writer.wait());
+    const double blocked = writer.save(cfg, state, model.params(), {&opt_dense, &opt_experts},
+                                       train_file.info().tokenizer);
+    if (rank0)
+      log << "moetron: checkpoint of step " << state.step << " being written; training blocked "
+          << static_cast<int>(blocked * 1e3) << " ms\n";
   };
   g_stop = 0;
   std::signal(SIGINT, on_stop_signal);
@@ -323,6 +338,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       break;
     }
   }
+  report(writer.wait());  // the last save completes before train() returns
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (!cfg.run.save_params.empty())
