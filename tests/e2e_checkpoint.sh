@@ -112,11 +112,31 @@ expect_err() {  # name want args...
   if [ $rc -ne 0 ] && [[ "$msg" == *"$want"* ]]; then ok "$name: $msg"; else bad "$name: rc $rc: $msg"; fi
 }
 expect_err explicit_corrupt "checksum mismatch" --set run.dir="$OUT/x1" --resume "$OUT/corrupt/checkpoints/step_6"
+cp -r "$OUT/corrupt/checkpoints/step_3" "$OUT/truncated"
+truncate -s 100000 "$OUT/truncated/rank_0.h5"
+expect_err truncated "bytes, the manifest says" --set run.dir="$OUT/x5" --resume "$OUT/truncated"
 expect_err other_shape "model.hidden_size" --set run.dir="$OUT/x2" --set model.hidden_size=96 --resume "$OUT/corrupt/checkpoints/step_3"
 cp data/cache/sotu/train.h5 "$OUT/other_tok.h5"
 /usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); f.attrs['tokenizer']='other-bpe-v1'; f.close()" "$OUT/other_tok.h5"
 expect_err other_tokenizer "tokenizer 'bytes-v1', but" --set run.dir="$OUT/x4" --set data.train_path="$OUT/other_tok.h5" --resume "$OUT/corrupt/checkpoints/step_3"
 expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
+# 5b. an unwritable run directory, and a disk that fills up during the second save: a clear
+# error, a non-zero exit, and the first (complete) checkpoint is left intact and loadable
+touch "$OUT/a_file"
+expect_err unwritable_dir "cannot create run directory" --set run.dir="$OUT/a_file/run"
+FS="$OUT/smallfs"; mkdir -p "$FS"
+if mount -t tmpfs -o size=8m tmpfs "$FS" 2>/dev/null; then
+  msg=$("$BIN" train configs/tiny.yaml "${SMALL[@]}" --set run.steps=6 --set run.dir="$FS/run" 2>&1 >/dev/null); rc=$?
+  if [ $rc -ne 0 ] && [[ "$msg" == *"checkpoint of step 6 failed"* ]] && [ ! -e "$FS/run/checkpoints/step_6.tmp" ] \
+     && "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set run.steps=4 --set run.save_interval=0 \
+          --set run.dir="$FS/run" --resume "$FS/run/checkpoints/step_3" > /dev/null 2>&1; then
+    ok "disk full during a save: $msg; step_3 intact and loadable"
+  else bad "disk full: rc $rc: $msg $(ls -R "$FS/run/checkpoints")"; fi
+  umount "$FS"
+else
+  echo "skip disk-full case: cannot mount a tmpfs here (needs root)"
+fi
+
 # 6. export: safetensors (fp32 exact, bf16 within its rounding), index and config.json, read back
 # with a plain reader of the format and compared with the checkpoint's shards
 for dt in fp32 bf16; do

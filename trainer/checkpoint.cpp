@@ -177,6 +177,12 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
         << cfg.parallel.ep << YAML::EndMap;
       y << YAML::Key << "tokenizer" << YAML::Value << tokenizer;
       y << YAML::Key << "model" << YAML::Value << model_node(cfg);
+      // nothing random is carried between steps: weights are initialised once from (seed,
+      // name) and sample i of the run is a pure function of (seed, i); LR, gamma and lambda are
+      // functions of (step, tokens) above
+      y << YAML::Key << "rng" << YAML::Value
+        << "stateless (seed " + std::to_string(cfg.run.seed) + ")";
+      y << YAML::Key << "config" << YAML::Value << YAML::Literal << config_to_yaml(cfg);
       y << YAML::Key << "shards" << YAML::Value << YAML::BeginSeq;
       for (int r = 0; r < n; ++r) {
         const std::string file = "rank_" + std::to_string(r) + ".h5";
