@@ -24,9 +24,12 @@ enum class GemmPrecision { FP32, BF16 };
 
 // C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.  op(X) = X or X^T.
 // A is [M,K] (or [K,M] if transA); B is [K,N] (or [N,K] if transB); all contiguous.
+// dynamic: the sizes change from call to call (routed experts: rows per expert vary every step),
+// so the backend should not specialise a kernel per shape (oneDNN: one runtime-shape primitive
+// instead of a JIT compile for every new size).
 template <class T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32);
+          const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32, bool dynamic = false);
 
 // ---- elementwise helpers ---------------------------------------------------------------------
 template <class T>

@@ -134,10 +134,10 @@ void MoE<T>::experts(State& st) const {
     const T* Wd = down_all_->w() + e * D_ * F_;
     // gu[c,2F] = x[c,D] Wgu^T ; a = silu(g) * u * w ; y[c,D] = a Wd^T
     kernels::gemm<T>(false, true, c, 2 * F_, D_, T(1), st.xperm.data() + r0 * D_, Wgu, T(0),
-                     gu + r0 * 2 * F_, expert_prec_);
+                     gu + r0 * 2 * F_, expert_prec_, /*dynamic=*/true);
     kernels::swiglu_forward<T>(gu + r0 * 2 * F_, c, F_, st.wperm.data() + r0, a + r0 * F_);
-    kernels::gemm<T>(false, true, c, D_, F_, T(1), a + r0 * F_, Wd, T(0), y + r0 * D_,
-                     expert_prec_);
+    kernels::gemm<T>(false, true, c, D_, F_, T(1), a + r0 * F_, Wd, T(0), y + r0 * D_, expert_prec_,
+                     /*dynamic=*/true);
   }
 }
 
@@ -198,11 +198,11 @@ void MoE<T>::experts_backward(State& st) const {
     Buf<T> da;
     T* dap = sized(da, c * F_);
     kernels::gemm<T>(false, false, c, F_, D_, T(1), st.dyperm.data() + r0 * D_, Wd, T(0), dap,
-                     expert_prec_);
+                     expert_prec_, /*dynamic=*/true);
     kernels::swiglu_backward<T>(dap, st.gu.data() + r0 * 2 * F_, c, F_, st.wperm.data() + r0,
                                 dgu + r0 * 2 * F_, dw + r0);
     kernels::gemm<T>(false, false, c, D_, 2 * F_, T(1), dgu + r0 * 2 * F_, Wgu, T(0), dxp + r0 * D_,
-                     expert_prec_);
+                     expert_prec_, /*dynamic=*/true);
   }
 }
 
@@ -268,9 +268,11 @@ void MoE<T>::backward_weight(State& st, const T* x) const {
     if (c == 0) continue;
     // dWd[D,F] += dy^T a ; dWgu[2F,D] += dgu^T x
     kernels::gemm<T>(true, false, D_, F_, c, T(1), st.dyperm.data() + r0 * D_,
-                     st.a.data() + r0 * F_, T(1), down_all_->g() + e * D_ * F_, expert_prec_);
+                     st.a.data() + r0 * F_, T(1), down_all_->g() + e * D_ * F_, expert_prec_,
+                     /*dynamic=*/true);
     kernels::gemm<T>(true, false, 2 * F_, D_, c, T(1), st.dgu.data() + r0 * 2 * F_,
-                     st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_, expert_prec_);
+                     st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_, expert_prec_,
+                     /*dynamic=*/true);
   }
 }
 

@@ -3,9 +3,12 @@
 # for 10 steps on one rank and on DP2, EP2 (in DP2), PP2, PP2xDP2 and PP2xEP2xDP2 (8 ranks), with
 # 1f1b and zb1p where PP > 1, gives the same per-step losses and gradient norms and the same
 # final parameters (every tensor by its HF name, experts gathered from their EP shards).
-# Tolerance: summation orders differ between layouts (DP/EDP reductions, EP combine, per-shard
-# norm), so equality is to fp32 round-off accumulated over 10 steps: relative 2e-5 on losses and
-# parameters (measured worst cases are printed). Args: MOETRON_BIN BUILD_DIR
+# Tolerance: summation orders differ between layouts (DP/EDP reductions, EP combine and the order
+# of received rows in expert GEMMs, per-shard norm), so equality is to fp32 round-off, which
+# training then amplifies step by step (measured: ~1e-9 after step 1 growing ~x3 a step at peak LR
+# 3e-3). At LR 1e-3 the worst cases over 10 steps are loss 2e-8, grad norm 3e-7, parameters 6e-6;
+# the test allows 1e-6 / 1e-5 / 2e-5. A real error (a missing reduction, a wrong gradient) is
+# orders of magnitude larger. Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_parallel_equivalence
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -16,7 +19,7 @@ SMALL=(--set run.steps=10 --set model.hidden_size=64 --set model.intermediate_si
        --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
        --set model.kv_lora_rank=24 --set data.seq_len=32 --set data.micro_batch_size=2
        --set data.global_batch_size=16 --set run.threads=1 --set schedule.lr.warmup_steps=2
-       --set run.log_interval=100)
+       --set run.log_interval=100 --set schedule.lr.peak=1e-3)
 run() {  # name np pp dp ep schedule
   local name=$1 np=$2
   "${MPIRUN[@]}" -np "$np" "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set parallel.pp=$3 \
@@ -62,7 +65,7 @@ for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2dp2_1f1b", "pp2dp2_zb1p",
     assert len(m) == len(ref_m) == 10
     assert set(p) == set(ref_p), f"{name}: parameter names differ: {set(p) ^ set(ref_p)}"
     perr = max(np.linalg.norm(p[k] - ref_p[k]) / (np.linalg.norm(ref_p[k]) + 1e-30) for k in p)
-    ok = loss_err < 2e-5 and gn_err < 2e-4 and perr < 2e-5
+    ok = loss_err < 1e-6 and gn_err < 1e-5 and perr < 2e-5
     print(f"{'ok  ' if ok else 'FAIL'} {name:16s} loss rel err {loss_err:.2e} "
           f"{'(bitwise)' if bitwise else '':9s} grad-norm rel err {gn_err:.2e}  "
           f"params rel err {perr:.2e}")

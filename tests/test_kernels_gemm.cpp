@@ -201,3 +201,21 @@ TEST(GemmConcurrency, SameShapeInParallelThreadsMatchesSequential) {
     for (int64_t j = 0; j < J; ++j) ASSERT_EQ(par[j], seq[j]) << "matrix " << j << " rep " << rep;
   }
 }
+
+// dynamic = true (one runtime-shape primitive for every size, used by the routed experts) gives
+// the same products as the per-shape path, in every layout, for sizes that change call to call.
+TEST(GemmDynamic, RuntimeShapesMatchPerShapeKernels) {
+  for (int64_t M : {1, 7, 37, 130})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        const int64_t N = 48, K = 29;
+        std::vector<float> A(M * K), B(K * N), c1(M * N, 0.5f), c2(M * N, 0.5f);
+        for (size_t i = 0; i < A.size(); ++i) A[i] = std::sin(0.37 * static_cast<double>(i));
+        for (size_t i = 0; i < B.size(); ++i) B[i] = std::cos(0.11 * static_cast<double>(i));
+        moetron::kernels::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f, c1.data());
+        moetron::kernels::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f, c2.data(),
+                                      moetron::kernels::GemmPrecision::FP32, /*dynamic=*/true);
+        for (size_t i = 0; i < c1.size(); ++i)
+          ASSERT_NEAR(c2[i], c1[i], 1e-5f * (1.f + std::abs(c1[i]))) << M << ta << tb << i;
+      }
+}

@@ -94,13 +94,19 @@ dnnl::engine& cpu_engine() {
   return eng;
 }
 
-std::shared_ptr<const Prim> make_prim(const PrimKey& k) {
+// Row-major operand descriptors of C[M,N] = op(A)[M,K] op(B)[K,N] (a transpose is a stride).
+void descs(const PrimKey& k, dnnl::memory::desc& a, dnnl::memory::desc& b, dnnl::memory::desc& c) {
   using dnnl::memory;
   const auto dt = k.bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  a = memory::desc({k.M, k.K}, dt, k.ta ? memory::dims{1, k.M} : memory::dims{k.K, 1});
+  b = memory::desc({k.K, k.N}, dt, k.tb ? memory::dims{1, k.K} : memory::dims{k.N, 1});
+  c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.N, 1});
+}
+
+// Dynamic-shape keys carry DNNL_RUNTIME_DIM_VAL for M, N, K: one primitive serves every size.
+std::shared_ptr<const Prim> make_prim(const PrimKey& k) {
   auto p = std::make_shared<Prim>();
-  p->a = memory::desc({k.M, k.K}, dt, k.ta ? memory::dims{1, k.M} : memory::dims{k.K, 1});
-  p->b = memory::desc({k.K, k.N}, dt, k.tb ? memory::dims{1, k.K} : memory::dims{k.N, 1});
-  p->c = memory::desc({k.M, k.N}, memory::data_type::f32, memory::dims{k.N, 1});
+  descs(k, p->a, p->b, p->c);
   dnnl::primitive_attr attr;
   // user scratchpad: the caller passes per-thread scratch memory, so the same cached primitive
   // can run in several threads at once (the library-owned scratchpad is shared and races).
@@ -134,16 +140,20 @@ std::shared_ptr<const Prim> get_prim(const PrimKey& k) {
 
 // C[M,N] = alpha op(A) op(B) + beta C with A, B either f32 or bf16 (bit patterns), C f32.
 void onednn_matmul(bool bf16, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                   const void* A, const void* B, float beta, float* C) {
+                   const void* A, const void* B, float beta, float* C, bool dynamic) {
   if (beta != 0.0f && beta != 1.0f) scale_inplace(C, M * N, beta);
-  const PrimKey key{M, N, K, ta, tb, bf16, alpha != 1.0f, beta != 0.0f, omp_get_max_threads()};
+  const PrimKey real{M, N, K, ta, tb, bf16, alpha != 1.0f, beta != 0.0f, omp_get_max_threads()};
+  PrimKey key = real;
+  if (dynamic) key.M = key.N = key.K = DNNL_RUNTIME_DIM_VAL;
   const auto p = get_prim(key);
   dnnl::engine& eng = cpu_engine();
   thread_local dnnl::stream stream(eng);
+  dnnl::memory::desc a = p->a, b = p->b, c = p->c;
+  if (dynamic) descs(real, a, b, c);  // the actual sizes, at execution
   std::unordered_map<int, dnnl::memory> args;
-  args.emplace(DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<void*>(A)));
-  args.emplace(DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<void*>(B)));
-  args.emplace(DNNL_ARG_DST, dnnl::memory(p->c, eng, C));
+  args.emplace(DNNL_ARG_SRC, dnnl::memory(a, eng, const_cast<void*>(A)));
+  args.emplace(DNNL_ARG_WEIGHTS, dnnl::memory(b, eng, const_cast<void*>(B)));
+  args.emplace(DNNL_ARG_DST, dnnl::memory(c, eng, C));
   thread_local std::vector<uint8_t> scratch;
   const size_t sbytes = p->scratch.get_size();
   if (scratch.size() < sbytes) scratch.resize(sbytes);
@@ -174,17 +184,18 @@ CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
 namespace {
 
 void gemm_f32(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-              const float* A, const float* B, float beta, float* C, GemmPrecision prec) {
+              const float* A, const float* B, float beta, float* C, GemmPrecision prec,
+              bool dynamic) {
   if (prec == GemmPrecision::BF16) {
     thread_local std::vector<uint16_t> abuf, bbuf;
     uint16_t* a16 = scratch(abuf, M * K);
     uint16_t* b16 = scratch(bbuf, K * N);
     to_bf16(A, M * K, a16);
     to_bf16(B, K * N, b16);
-    return onednn_matmul(true, transA, transB, M, N, K, alpha, a16, b16, beta, C);
+    return onednn_matmul(true, transA, transB, M, N, K, alpha, a16, b16, beta, C, dynamic);
   }
   if (f32_backend() == F32Backend::OneDNN) {
-    return onednn_matmul(false, transA, transB, M, N, K, alpha, A, B, beta, C);
+    return onednn_matmul(false, transA, transB, M, N, K, alpha, A, B, beta, C, dynamic);
   }
   cblas_sgemm(CblasRowMajor, tr(transA), tr(transB), M, N, K, alpha, A, transA ? M : K, B,
               transB ? K : N, beta, C, N);
@@ -209,20 +220,20 @@ void gemm_f64(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double 
 
 template <class T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          const T* B, T beta, T* C, GemmPrecision prec) {
+          const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
   if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
   if (M == 0 || N == 0) return;
   if (K == 0) return scale_inplace(C, M * N, beta);  // empty product: C = beta C
   if constexpr (std::is_same_v<T, float>) {
-    gemm_f32(transA, transB, M, N, K, alpha, A, B, beta, C, prec);
+    gemm_f32(transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
   } else {
     gemm_f64(transA, transB, M, N, K, alpha, A, B, beta, C, prec);
   }
 }
 
-template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
-                          const float*, float, float*, GemmPrecision);
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, const float*,
+                          float, float*, GemmPrecision, bool);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
-                           const double*, double, double*, GemmPrecision);
+                           const double*, double, double*, GemmPrecision, bool);
 
 }  // namespace moetron::kernels
