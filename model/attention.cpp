@@ -124,12 +124,13 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   for (int64_t i = 0; i < N * D_; ++i) dyc[i] = dy[i];
 
   // through o_proj and the attention core
-  Buf<T> d_o(N * H_ * dv_), dk(N * H_ * dq_), dvv(N * H_ * dv_);
-  o_.backward_input(dy, N, d_o.data());
+  T* d_o = sized(st.tmp_do, N * H_ * dv_);
+  T* dk = sized(st.tmp_dk, N * H_ * dq_);
+  T* dvv = sized(st.tmp_dv, N * H_ * dv_);
+  o_.backward_input(dy, N, d_o);
   T* dq = sized(st.dq, N * H_ * dq_);
-  kernels::attention_backward<T>(d_o.data(), st.q.data(), st.k.data(), st.v.data(), st.o.data(),
-                                 st.lse.data(), B, S, H_, dq_, dv_, scale_, dq, dk.data(),
-                                 dvv.data());
+  kernels::attention_backward<T>(d_o, st.q.data(), st.k.data(), st.v.data(), st.o.data(),
+                                 st.lse.data(), B, S, H_, dq_, dv_, scale_, dq, dk, dvv);
   kernels::rope_apply<T>(dq + dn_, N * H_, dq_, H_, pos, freqs_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
@@ -140,7 +141,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
     T* dpe = dkva + n * (kl_ + dr_) + kl_;
     for (int64_t i = 0; i < dr_; ++i) dpe[i] = T(0);
     for (int64_t hh = 0; hh < H_; ++hh) {
-      const T* dkh = dk.data() + (n * H_ + hh) * dq_;
+      const T* dkh = dk + (n * H_ + hh) * dq_;
       T* dst = dkv + (n * H_ + hh) * (dn_ + dv_);
       for (int64_t i = 0; i < dn_; ++i) dst[i] = dkh[i];
       for (int64_t i = 0; i < dv_; ++i) dst[dn_ + i] = dvv[(n * H_ + hh) * dv_ + i];
@@ -152,8 +153,8 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   // kv path: kv_b, kv_norm, back into dkva's latent part
   T* dckv = sized(st.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
-  Buf<T> dckv_raw(N * kl_);
-  kv_norm_.backward_input(dckv, st.ckv_raw.data(), st.rstd_kv.data(), N, dckv_raw.data());
+  T* dckv_raw = sized(st.tmp_dckv_raw, N * kl_);
+  kv_norm_.backward_input(dckv, st.ckv_raw.data(), st.rstd_kv.data(), N, dckv_raw);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < kl_; ++i) dkva[n * (kl_ + dr_) + i] = dckv_raw[n * kl_ + i];
 
@@ -171,9 +172,9 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   }
 
   // through attn_norm into the residual stream
-  Buf<T> dhn(N * D_);
-  attn_norm_.backward_input(dxn, h, st.rstd_in.data(), N, dhn.data());
-  kernels::add_inplace<T>(dh, dhn.data(), N * D_);
+  T* dhn = sized(st.tmp_dhn, N * D_);
+  attn_norm_.backward_input(dxn, h, st.rstd_in.data(), N, dhn);
+  kernels::add_inplace<T>(dh, dhn, N * D_);
 }
 
 template <class T>

@@ -37,6 +37,7 @@ class MLA {
     Buf<T> k, v, o, lse;           // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
     // written by backward_input, read by backward_weight
     Buf<T> dy, dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
+    Buf<T> tmp_do, tmp_dk, tmp_dv, tmp_dckv_raw, tmp_dhn;  // backward scratch, reused
   };
 
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,

@@ -55,12 +55,12 @@ void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* d
     moe_->backward_input(st.moe, dout, dxn2);
   else
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
-  Buf<T> dmid(ND);
-  ffn_norm_.backward_input(dxn2, st.h_mid.data(), st.rstd2.data(), N, dmid.data());
-  kernels::add_inplace<T>(dmid.data(), dout, ND);
+  T* dmid = sized(st.dmid, ND);
+  ffn_norm_.backward_input(dxn2, st.h_mid.data(), st.rstd2.data(), N, dmid);
+  kernels::add_inplace<T>(dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
-  std::copy(dmid.begin(), dmid.end(), dh);
-  attn_.backward_input(st.attn, st.h_in.data(), dmid.data(), pos, dh);
+  std::copy(dmid, dmid + ND, dh);
+  attn_.backward_input(st.attn, st.h_in.data(), dmid, pos, dh);
 }
 
 template <class T>

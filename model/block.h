@@ -21,6 +21,7 @@ class Block {
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
     Buf<T> dxn2;  // kept for ffn_norm's weight gradient
+    Buf<T> dmid;  // backward scratch: d h_mid
   };
 
   // prefix "model.layers.N."

@@ -40,10 +40,10 @@ void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) cons
   const int64_t N = st.N;
   T* dyc = sized(st.dy, N * D_);
   for (int64_t i = 0; i < N * D_; ++i) dyc[i] = dy[i];
-  Buf<T> da(N * F_);
-  down_.backward_input(dy, N, da.data());
+  T* da = sized(st.da, N * F_);
+  down_.backward_input(dy, N, da);
   T* dgu = sized(st.dgu, N * 2 * F_);
-  kernels::swiglu_backward<T>(da.data(), st.gu.data(), N, F_, nullptr, dgu, nullptr);
+  kernels::swiglu_backward<T>(da, st.gu.data(), N, F_, nullptr, dgu, nullptr);
   gu_.backward_input(dgu, N, dx, accumulate);
 }
 

@@ -21,6 +21,7 @@ class Mlp {
     int64_t N = 0;
     Buf<T> gu, a;    // [N, 2F] gate|up pre-activations, [N, F] silu(g)*u
     Buf<T> dy, dgu;  // kept for backward_weight
+    Buf<T> da;       // backward scratch
   };
 
   // prefix like "model.layers.0.mlp." ; F = intermediate width.
