@@ -96,3 +96,61 @@ MOE_HD T fast_silu(T x) {
 }
 
 }  // namespace moetron
+
+namespace moetron {
+
+// ---- FP8 (OCP): E4M3 "fn" (bias 7, max 448, no inf, NaN = S.1111.111) and E5M2 (bias 15,
+// max 57344, inf and NaN) -------------------------------------------------------------------
+// Encoding rounds to nearest even and SATURATES: finite values beyond the largest code and
+// +-inf become +-max (DeepSeek-V3's casts clamp to the format's range); NaN stays NaN.
+MOE_HD float e4m3_to_f32(uint8_t c) {
+  const uint32_t s = (c & 0x80u) << 24, e = (c >> 3) & 15u, m = c & 7u;
+  if (e == 15 && m == 7) return bits_f32(s | 0x7fc00000u);
+  if (e == 0) return bits_f32(s | f32_bits(static_cast<float>(m) * 0.001953125f));  // m 2^-9
+  return bits_f32(s | ((e + 120u) << 23) | (m << 20));
+}
+MOE_HD float e5m2_to_f32(uint8_t c) {
+  const uint32_t s = (c & 0x80u) << 24, e = (c >> 2) & 31u, m = c & 3u;
+  if (e == 31) return bits_f32(s | (m ? 0x7fc00000u : 0x7f800000u));
+  if (e == 0) return bits_f32(s | f32_bits(static_cast<float>(m) * 1.52587890625e-05f));  // m 2^-16
+  return bits_f32(s | ((e + 112u) << 23) | (m << 21));
+}
+// Shared encoder: `mbits` mantissa bits, exponent bias, the largest finite code (magnitude),
+// its value, the subnormal step, and the NaN code.
+MOE_HD uint8_t f32_to_fp8(float x, int mbits, int bias, uint8_t max_code, float max_val,
+                          float sub_step, uint8_t nan_code) {
+  uint32_t u = f32_bits(x);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return sign | nan_code;
+  const float a = bits_f32(u);
+  if (a >= max_val) return sign | max_code;  // saturate (inf included)
+  const float min_normal = sub_step * static_cast<float>(1 << mbits);
+  if (a < min_normal) {  // subnormal: a / step rounded to nearest even (exact scaling)
+    const float q = std::nearbyint(a / sub_step);  // default rounding mode: to nearest even
+    return sign | static_cast<uint8_t>(q);         // q == 2^mbits is the smallest normal
+  }
+  const int shift = 23 - mbits;
+  const uint32_t r = u + ((1u << (shift - 1)) - 1u) + ((u >> shift) & 1u);  // RNE
+  const int e = static_cast<int>(r >> 23) - 127 + bias;
+  const uint32_t m = (r >> shift) & ((1u << mbits) - 1u);
+  const uint32_t code = (static_cast<uint32_t>(e) << mbits) | m;
+  return sign | static_cast<uint8_t>(code > max_code ? max_code : code);
+}
+MOE_HD uint8_t f32_to_e4m3(float x) {
+  return f32_to_fp8(x, 3, 7, 0x7e, 448.0f, 0.001953125f, 0x7f);
+}
+MOE_HD uint8_t f32_to_e5m2(float x) {
+  return f32_to_fp8(x, 2, 15, 0x7b, 57344.0f, 1.52587890625e-05f, 0x7f);
+}
+// Power-of-two ("UE8M0") scale: the smallest 2^k >= v (v > 0), from the exponent bits.
+MOE_HD float pow2_ceil(float v) {
+  uint32_t u = f32_bits(v);
+  uint32_t e = (u >> 23) & 0xffu;
+  if (u & 0x7fffffu) ++e;
+  if (e < 1) e = 1;
+  if (e > 254) e = 254;
+  return bits_f32(e << 23);
+}
+
+}  // namespace moetron
