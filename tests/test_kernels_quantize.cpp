@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "kernels/quantize.h"
@@ -160,4 +161,83 @@ TEST(Fp8Quantize, BlockTilesFailOnTokenOutliersWhereRowTilesDoNot) {
   const double row = rel_err(kTile1x128), block = rel_err(kTile128x128);
   EXPECT_LT(row, 0.05);
   EXPECT_GT(block, 10 * row) << "1x128 " << row << " vs 128x128 " << block;
+}
+
+namespace {
+// DeepGEMM's criterion: 1 - 2 sum(xy) / sum(x^2 + y^2), in double
+double calc_diff(const std::vector<float>& x, const std::vector<double>& y) {
+  double xy = 0, xx = 0;
+  for (size_t i = 0; i < x.size(); ++i) xy += x[i] * y[i], xx += double(x[i]) * x[i] + y[i] * y[i];
+  return xx == 0 ? 0 : 1 - 2 * xy / xx;
+}
+}  // namespace
+
+TEST(Fp8Gemm, PromotionRecipeBlockAndTileScaledOddSizes) {
+  // Fprop-like (B 128x128 blocks) and Wgrad-like (B 1x128 tiles) operands; the fast path equals
+  // the literal blockwise recipe and an exact double evaluation of the same recipe.
+  std::mt19937 g(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (Tile tB : {kTile128x128, kTile1x128})
+    for (auto [M, N, K] :
+         {std::tuple<int64_t, int64_t, int64_t>{37, 130, 300}, {128, 64, 128}, {5, 257, 131}}) {
+      std::vector<float> a(M * K), b(N * K);
+      for (auto& v : a) v = nd(g);
+      for (auto& v : b) v = nd(g) * 0.05f;
+      const int64_t KB = (K + 127) / 128;
+      std::vector<uint8_t> qa(M * K), qb(N * K);
+      std::vector<float> sa(M * KB), sb(((N + tB.rows - 1) / tB.rows) * KB);
+      quantize_e4m3(a.data(), M, K, kTile1x128, true, qa.data(), sa.data());
+      quantize_e4m3(b.data(), N, K, tB, false, qb.data(), sb.data());
+      std::vector<float> fast(M * N, 1.f), lit(M * N, 1.f);
+      fp8_gemm_nt(qa.data(), sa.data(), qb.data(), sb.data(), tB, M, N, K, fast.data(), true);
+      fp8_gemm_nt_blockwise(qa.data(), sa.data(), qb.data(), sb.data(), tB, M, N, K, lit.data(),
+                            true);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          double exact = 1.0;  // the recipe in double: same decoded values, same scales
+          for (int64_t kb = 0; kb < KB; ++kb) {
+            double p = 0;
+            for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k)
+              p += double(e4m3_to_f32(qa[m * K + k])) * e4m3_to_f32(qb[n * K + k]);
+            exact += p * sa[m * KB + kb] * sb[(n / tB.rows) * KB + kb];
+          }
+          const double tol = 1e-5 * (1 + std::fabs(exact));
+          ASSERT_NEAR(fast[m * N + n], exact, tol) << M << "x" << N << "x" << K;
+          ASSERT_NEAR(lit[m * N + n], exact, tol) << M << "x" << N << "x" << K;
+        }
+    }
+}
+
+TEST(Fp8Gemm, DeepGemmCriterionOnScaledDownV3Shapes) {
+  // V3 projection shapes (SPEC §7) divided by 8 along N and K: calc_diff < 1e-3 against a
+  // BF16-input reference (inputs rounded to bf16, accumulated in double).
+  std::mt19937 g(9);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int64_t M = 64;
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{264, 896},
+                      {3072, 192},
+                      {4096, 64},
+                      {896, 2048},
+                      {512, 896},
+                      {896, 256}}) {
+    std::vector<float> a(M * K), b(N * K);
+    for (auto& v : a) v = nd(g);
+    for (auto& v : b) v = nd(g);
+    const int64_t KB = (K + 127) / 128;
+    std::vector<uint8_t> qa(M * K), qb(N * K);
+    std::vector<float> sa(M * KB), sb(((N + 127) / 128) * KB), out(M * N);
+    quantize_e4m3(a.data(), M, K, kTile1x128, false, qa.data(), sa.data());
+    quantize_e4m3(b.data(), N, K, kTile128x128, false, qb.data(), sb.data());
+    fp8_gemm_nt(qa.data(), sa.data(), qb.data(), sb.data(), kTile128x128, M, N, K, out.data(),
+                false);
+    std::vector<double> ref(M * N, 0.0);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k)
+          acc += double(round_bf16(a[m * K + k])) * round_bf16(b[n * K + k]);
+        ref[m * N + n] = acc;
+      }
+    EXPECT_LT(calc_diff(out, ref), 1e-3) << "N=" << N << " K=" << K;
+  }
 }
