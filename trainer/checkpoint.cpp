@@ -295,12 +295,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
   std::vector<Zero1::MomentPiece> pieces;
   for (auto& f : files) {
     H5 g{H5Gopen2(f.id, "moments", H5P_DEFAULT), H5Gclose};
-    hsize_t count = 0;
-    H5Gget_num_objs(g.id, &count);
-    for (hsize_t i = 0; i < count; ++i) {
-      char buf[1024];
-      H5Gget_objname_by_idx(g.id, i, buf, sizeof buf);
-      const std::string link = buf;
+    for (const std::string& link : links(g.id)) {
       if (link.size() < 2 || link.substr(link.size() - 2) != "#m") continue;
       const std::string stem = link.substr(0, link.size() - 2);
       const size_t hash = stem.rfind('#');
@@ -332,12 +327,7 @@ std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const st
     H5 f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
     if (f.id < 0) throw CheckpointError(path + ": cannot open as HDF5");
     H5 g(H5Gopen2(f.id, "params", H5P_DEFAULT), H5Gclose);
-    hsize_t count = 0;
-    H5Gget_num_objs(g.id, &count);
-    for (hsize_t i = 0; i < count; ++i) {
-      char buf[1024];
-      H5Gget_objname_by_idx(g.id, i, buf, sizeof buf);
-      const std::string name = buf;
+    for (const std::string& name : links(g.id)) {
       if (seen[name]) continue;
       seen[name] = true;
       NamedTensor t;

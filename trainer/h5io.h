@@ -83,4 +83,18 @@ inline void read_dataset(hid_t loc, const std::string& name, hid_t type, void* o
         "cannot read dataset " + name);
 }
 
+// The names of the links in a group, in storage order.
+inline std::vector<std::string> links(hid_t group) {
+  hsize_t count = 0;
+  H5Gget_num_objs(group, &count);
+  std::vector<std::string> out;
+  for (hsize_t i = 0; i < count; ++i) {
+    const ssize_t n = H5Gget_objname_by_idx(group, i, nullptr, 0);
+    std::string name(static_cast<size_t>(n), '\0');
+    H5Gget_objname_by_idx(group, i, name.data(), static_cast<size_t>(n) + 1);
+    out.push_back(std::move(name));
+  }
+  return out;
+}
+
 }  // namespace moetron::h5
