@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build pkg-config libyaml-cpp-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libdnnl-dev libopenblas-dev libgtest-dev googletest python3-torch python3-numpy
-      python3-h5py python3-yaml clang-format zlib1g-dev)
+      python3-h5py python3-yaml clang-format zlib1g-dev ocl-icd-opencl-dev opencl-headers)
+# (oneDNN's CMake package looks for OpenCL, which libdnnl-dev only recommends)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
