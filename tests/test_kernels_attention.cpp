@@ -81,11 +81,11 @@ AttnRef ref_attention(const Dims& d, const std::vector<double>& q, const std::ve
 }
 
 const Dims kDims[] = {
-    {2, 37, 3, 24, 16},   // odd S, Dqk != Dv, widths that are not whole vectors
-    {1, 130, 2, 20, 12},  // query and key tiles both end mid-tile
-    {1, 29, 2, 192, 128}, // MLA head dims
-    {3, 1, 1, 5, 3},      // a single position
-    {1, 70, 1, 16, 48},   // Dv > Dqk
+    {2, 37, 3, 24, 16},    // odd S, Dqk != Dv, widths that are not whole vectors
+    {1, 130, 2, 20, 12},   // query and key tiles both end mid-tile
+    {1, 29, 2, 192, 128},  // MLA head dims
+    {3, 1, 1, 5, 3},       // a single position
+    {1, 70, 1, 16, 48},    // Dv > Dqk
 };
 
 template <class T>
@@ -156,8 +156,8 @@ TEST(Attention, OnlineSoftmaxIsStableForLargeScores) {
     }
   }
   std::vector<float> o(n), lse(d.S);
-  attention_forward<float>(cast<float>(q).data(), cast<float>(k).data(), cast<float>(v).data(),
-                           d.B, d.S, d.H, d.Dqk, d.Dv, 1.0f, o.data(), lse.data());
+  attention_forward<float>(cast<float>(q).data(), cast<float>(k).data(), cast<float>(v).data(), d.B,
+                           d.S, d.H, d.Dqk, d.Dv, 1.0f, o.data(), lse.data());
   const AttnRef r = ref_attention(d, to_double(cast<float>(q)), to_double(cast<float>(k)),
                                   to_double(cast<float>(v)), 1.0);
   expect_close(o, r.o, 1e-5, "o");

@@ -71,8 +71,8 @@ TYPED_TEST(CrossEntropyTest, ChunkedMatchesNaive) {
   for (int64_t chunk : {16, 101, 1000, 1}) {
     std::vector<T> lse(N), dh(N * D, T(5));
     auto dW = cast<T>(dW0);
-    const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N,
-                                              D, V, chunk, lse.data(), GemmPrecision::FP32);
+    const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D,
+                                              V, chunk, lse.data(), GemmPrecision::FP32);
     lm_head_ce_backward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), lse.data(), T(g), N, D,
                            V, chunk, dh.data(), dW.data(), GemmPrecision::FP32);
     std::vector<double> dWref(V * D);
@@ -92,8 +92,8 @@ TYPED_TEST(CrossEntropyTest, Bf16LogitsUseRoundedInputs) {
   auto W = to_double(cast<T>(rand_vec(V * D, 5)));
   const auto t = targets(N, V);
   std::vector<T> lse(N);
-  const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D,
-                                            V, 16, lse.data(), GemmPrecision::BF16);
+  const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D, V,
+                                            16, lse.data(), GemmPrecision::BF16);
   for (double& x : h) x = round_bf16(static_cast<float>(x));
   for (double& x : W) x = round_bf16(static_cast<float>(x));
   const CeRef r = ref_ce(h, W, t, N, D, V, 1.0);

@@ -154,8 +154,7 @@ TYPED_TEST(GateTest, RandomMatchesNaive) {
     const auto dw = to_double(cast<T>(rand_vec(N * K, 7)));
     std::vector<T> scores(N * E), w(N * K), dl(N * E, T(-1));
     std::vector<int32_t> idx(N * K);
-    gate_forward<T>(cast<T>(logits).data(), bias.data(), N, p, scores.data(), idx.data(),
-                    w.data());
+    gate_forward<T>(cast<T>(logits).data(), bias.data(), N, p, scores.data(), idx.data(), w.data());
     gate_backward<T>(cast<T>(dw).data(), scores.data(), idx.data(), w.data(), N, p, dl.data());
     const GateRef r = ref_gate(logits, &bias, N, p, &dw);
     ASSERT_EQ(idx, r.idx) << "E=" << E << " K=" << K;

@@ -110,8 +110,8 @@ TYPED_TEST(GemmTest, Bf16RoundsBothInputs) {
       auto C = cast<T>(C0);
       gemm<T>(ta, tb, c.M, c.N, c.K, T(c.alpha), cast<T>(A).data(), cast<T>(B).data(), T(c.beta),
               C.data(), GemmPrecision::BF16);
-      const auto ref = ref_gemm(ta, tb, c.M, c.N, c.K, c.alpha, bf16_rounded(A), bf16_rounded(B),
-                                c.beta, C0);
+      const auto ref =
+          ref_gemm(ta, tb, c.M, c.N, c.K, c.alpha, bf16_rounded(A), bf16_rounded(B), c.beta, C0);
       std::ostringstream os;
       os << "bf16 gemm " << c.M << "x" << c.N << "x" << c.K << " ta=" << ta << " tb=" << tb;
       expect_close(C, ref, kTol<T>, os.str());

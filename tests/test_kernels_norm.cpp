@@ -52,10 +52,9 @@ TYPED_TEST(RmsNormTest, MatchesNaive) {
     const auto dw0 = to_double(cast<T>(rand_vec(D, 4)));  // the weight gradient accumulates
     auto dw = cast<T>(dw0);
     rmsnorm_forward<T>(cast<T>(x).data(), cast<T>(w).data(), N, D, T(eps), y.data(), rstd.data());
-    rmsnorm_backward_input<T>(cast<T>(dy).data(), cast<T>(x).data(), cast<T>(w).data(),
-                              rstd.data(), N, D, dx.data());
-    rmsnorm_backward_weight<T>(cast<T>(dy).data(), cast<T>(x).data(), rstd.data(), N, D,
-                               dw.data());
+    rmsnorm_backward_input<T>(cast<T>(dy).data(), cast<T>(x).data(), cast<T>(w).data(), rstd.data(),
+                              N, D, dx.data());
+    rmsnorm_backward_weight<T>(cast<T>(dy).data(), cast<T>(x).data(), rstd.data(), N, D, dw.data());
     auto r = ref_rmsnorm(x, w, dy, N, D, eps);
     for (int64_t d = 0; d < D; ++d) r.dw[d] += dw0[d];
     expect_close(y, r.y, kTol<T>, "y");

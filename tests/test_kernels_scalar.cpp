@@ -54,7 +54,7 @@ TEST(Bf16, MatchesNearestNeighbourOnRandomPatterns) {
     if (!std::isfinite(x)) continue;
     const uint32_t lo = u & 0xFFFF0000u;  // truncation: the neighbour towards zero
     const double a = bits_f32(lo);
-    double b = bits_f32(lo + 0x10000u);  // the neighbour away from zero
+    double b = bits_f32(lo + 0x10000u);                             // the neighbour away from zero
     if (std::isinf(b)) b = std::copysign(std::ldexp(1.0, 128), a);  // where 2^128 would be
     const double da = std::fabs(x - a), db = std::fabs(b - x);
     const bool down = da < db || (da == db && ((lo >> 16) & 1u) == 0);

@@ -21,8 +21,10 @@
 namespace moetron::kernels::testing {
 
 // Relative tolerance of a kernel in T against a double reference.
-template <class T> constexpr double kTol = 1e-5;
-template <> inline constexpr double kTol<double> = 1e-12;
+template <class T>
+constexpr double kTol = 1e-5;
+template <>
+inline constexpr double kTol<double> = 1e-12;
 
 inline std::vector<double> rand_vec(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0) {
   std::mt19937_64 rng(seed);
@@ -60,9 +62,8 @@ void expect_close(const T* got, const double* ref, size_t n, double rtol, const 
     }
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << n << " entries out of tolerance; worst ["
-                     << worst << "] got " << (n ? static_cast<double>(got[worst]) : 0.0)
-                     << " ref " << (n ? ref[worst] : 0.0) << " (rtol " << rtol << ", scale "
-                     << scale << ")";
+                     << worst << "] got " << (n ? static_cast<double>(got[worst]) : 0.0) << " ref "
+                     << (n ? ref[worst] : 0.0) << " (rtol " << rtol << ", scale " << scale << ")";
 }
 
 template <class T>

@@ -32,14 +32,18 @@ namespace {
 constexpr int64_t kBr = 32;  // query rows per tile
 constexpr int64_t kBc = 64;  // key columns per tile
 
-template <class T> struct VecOf;
-template <> struct VecOf<float> {
+template <class T>
+struct VecOf;
+template <>
+struct VecOf<float> {
   typedef float type __attribute__((vector_size(64)));
 };
-template <> struct VecOf<double> {
+template <>
+struct VecOf<double> {
   typedef double type __attribute__((vector_size(64)));
 };
-template <class T> constexpr int64_t kLanes = 64 / sizeof(T);
+template <class T>
+constexpr int64_t kLanes = 64 / sizeof(T);
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -75,20 +79,28 @@ using MicroFn = void (*)(const T*, int64_t, int64_t, const T*, int64_t, T*, int6
 template <class T, int RB>
 MicroFn<T> pick_nv(int64_t nv) {
   switch (nv) {
-    case 1: return micro<T, RB, 1>;
-    case 2: return micro<T, RB, 2>;
-    case 3: return micro<T, RB, 3>;
-    default: return micro<T, RB, 4>;
+    case 1:
+      return micro<T, RB, 1>;
+    case 2:
+      return micro<T, RB, 2>;
+    case 3:
+      return micro<T, RB, 3>;
+    default:
+      return micro<T, RB, 4>;
   }
 }
 
 template <class T>
 MicroFn<T> pick(int64_t rb, int64_t nv) {
   switch (rb) {
-    case 1: return pick_nv<T, 1>(nv);
-    case 2: return pick_nv<T, 2>(nv);
-    case 3: return pick_nv<T, 3>(nv);
-    default: return pick_nv<T, 4>(nv);
+    case 1:
+      return pick_nv<T, 1>(nv);
+    case 2:
+      return pick_nv<T, 2>(nv);
+    case 3:
+      return pick_nv<T, 3>(nv);
+    default:
+      return pick_nv<T, 4>(nv);
   }
 }
 
@@ -181,9 +193,9 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
 }
 
 template <class T>
-void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o,
-                        const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv,
-                        T scale, T* dq, T* dk, T* dv) {
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
+                        int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
+                        T* dk, T* dv) {
   if (B <= 0 || S <= 0 || H <= 0) return;
   constexpr int64_t L = kLanes<T>;
   const int64_t Dqp = round_up(Dqk, L), Dvp = round_up(Dv, L);
@@ -273,9 +285,8 @@ template void attention_forward<double>(const double*, const double*, const doub
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
                                         const float*, const float*, int64_t, int64_t, int64_t,
                                         int64_t, int64_t, float, float*, float*, float*);
-template void attention_backward<double>(const double*, const double*, const double*,
-                                         const double*, const double*, const double*, int64_t,
-                                         int64_t, int64_t, int64_t, int64_t, double, double*,
-                                         double*, double*);
+template void attention_backward<double>(const double*, const double*, const double*, const double*,
+                                         const double*, const double*, int64_t, int64_t, int64_t,
+                                         int64_t, int64_t, double, double*, double*, double*);
 
 }  // namespace moetron::kernels

@@ -108,7 +108,7 @@ template void lm_head_ce_backward<float>(const float*, const float*, const int32
                                          float, int64_t, int64_t, int64_t, int64_t, float*, float*,
                                          GemmPrecision);
 template void lm_head_ce_backward<double>(const double*, const double*, const int32_t*,
-                                          const double*, double, int64_t, int64_t, int64_t,
-                                          int64_t, double*, double*, GemmPrecision);
+                                          const double*, double, int64_t, int64_t, int64_t, int64_t,
+                                          double*, double*, GemmPrecision);
 
 }  // namespace moetron::kernels

@@ -45,10 +45,8 @@ void embedding_backward(const int32_t* ids, int64_t N, const T* dout, int64_t D,
 }
 
 template void embedding_forward<float>(const int32_t*, int64_t, const float*, int64_t, float*);
-template void embedding_forward<double>(const int32_t*, int64_t, const double*, int64_t,
-                                        double*);
+template void embedding_forward<double>(const int32_t*, int64_t, const double*, int64_t, double*);
 template void embedding_backward<float>(const int32_t*, int64_t, const float*, int64_t, float*);
-template void embedding_backward<double>(const int32_t*, int64_t, const double*, int64_t,
-                                         double*);
+template void embedding_backward<double>(const int32_t*, int64_t, const double*, int64_t, double*);
 
 }  // namespace moetron::kernels

@@ -136,8 +136,8 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
 
 template void gate_forward<float>(const float*, const float*, int64_t, const GateParams&, float*,
                                   int32_t*, float*);
-template void gate_forward<double>(const double*, const float*, int64_t, const GateParams&,
-                                   double*, int32_t*, double*);
+template void gate_forward<double>(const double*, const float*, int64_t, const GateParams&, double*,
+                                   int32_t*, double*);
 template void gate_backward<float>(const float*, const float*, const int32_t*, const float*,
                                    int64_t, const GateParams&, float*);
 template void gate_backward<double>(const double*, const double*, const int32_t*, const double*,

@@ -73,10 +73,10 @@ void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, 
   }
 }
 
-#define MOETRON_INSTANTIATE(T)                                                                 \
-  template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, T, T*, T*);           \
-  template void rmsnorm_backward_input<T>(const T*, const T*, const T*, const T*, int64_t,     \
-                                          int64_t, T*);                                        \
+#define MOETRON_INSTANTIATE(T)                                                             \
+  template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, T, T*, T*);       \
+  template void rmsnorm_backward_input<T>(const T*, const T*, const T*, const T*, int64_t, \
+                                          int64_t, T*);                                    \
   template void rmsnorm_backward_weight<T>(const T*, const T*, const T*, int64_t, int64_t, T*);
 MOETRON_INSTANTIATE(float)
 MOETRON_INSTANTIATE(double)

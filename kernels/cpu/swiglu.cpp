@@ -58,7 +58,7 @@ template void swiglu_forward<float>(const float*, int64_t, int64_t, const float*
 template void swiglu_forward<double>(const double*, int64_t, int64_t, const double*, double*);
 template void swiglu_backward<float>(const float*, const float*, int64_t, int64_t, const float*,
                                      float*, float*);
-template void swiglu_backward<double>(const double*, const double*, int64_t, int64_t,
-                                      const double*, double*, double*);
+template void swiglu_backward<double>(const double*, const double*, int64_t, int64_t, const double*,
+                                      double*, double*);
 
 }  // namespace moetron::kernels
