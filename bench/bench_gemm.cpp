@@ -11,6 +11,7 @@
 // Usage: bench_gemm [--threads N] [--set tiny|1b|all] [--min-time SECONDS]
 // The table is markdown, ready for docs/performance.md.
 #include <cblas.h>
+#include <dnnl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -18,7 +19,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dnnl.h>
 #include <dnnl.hpp>
 #include <functional>
 #include <random>
@@ -40,20 +40,13 @@ struct Shape {
 };
 
 const Shape kShapes[] = {
-    {"tiny", "q_a / wq_a", 512, 256, 96},
-    {"tiny", "q_b", 512, 96, 320},
-    {"tiny", "kv_a", 512, 256, 80},
-    {"tiny", "kv_b", 512, 64, 256},
-    {"tiny", "o_proj", 512, 128, 256},
-    {"tiny", "dense up", 512, 256, 512},
-    {"tiny", "dense down", 512, 512, 256},
-    {"tiny", "expert gate|up", 128, 256, 256},
-    {"tiny", "expert down", 128, 128, 256},
-    {"tiny", "head", 512, 256, 264},
-    {"1b", "q", 4096, 2048, 1536},
-    {"1b", "kv_b-like", 4096, 1536, 3072},
-    {"1b", "expert-like", 4096, 2048, 2816},
-    {"1b", "o / down", 4096, 4096, 2048},
+    {"tiny", "q_a / wq_a", 512, 256, 96},    {"tiny", "q_b", 512, 96, 320},
+    {"tiny", "kv_a", 512, 256, 80},          {"tiny", "kv_b", 512, 64, 256},
+    {"tiny", "o_proj", 512, 128, 256},       {"tiny", "dense up", 512, 256, 512},
+    {"tiny", "dense down", 512, 512, 256},   {"tiny", "expert gate|up", 128, 256, 256},
+    {"tiny", "expert down", 128, 128, 256},  {"tiny", "head", 512, 256, 264},
+    {"1b", "q", 4096, 2048, 1536},           {"1b", "kv_b-like", 4096, 1536, 3072},
+    {"1b", "expert-like", 4096, 2048, 2816}, {"1b", "o / down", 4096, 4096, 2048},
     {"1b", "expert M=512", 512, 2048, 2816},
 };
 
@@ -122,8 +115,7 @@ int main(int argc, char** argv) {
     } else if (a == "--min-time" && i + 1 < argc) {
       min_time = std::atof(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--set tiny|1b|all] [--min-time S]\n",
-                   argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads N] [--set tiny|1b|all] [--min-time S]\n", argv[0]);
       return 2;
     }
   }

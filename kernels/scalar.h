@@ -152,5 +152,17 @@ MOE_HD float pow2_ceil(float v) {
   if (e > 254) e = 254;
   return bits_f32(e << 23);
 }
+// E4M3 -> bf16 bits. Every E4M3 value is exact in bf16 (3 <= 7 mantissa bits, 2^-9..448 within
+// range), so a bf16 GEMM over decoded codes multiplies the exact FP8 values: normal codes move
+// their exponent (bias 7 -> 127) and mantissa into place, subnormals m 2^-9 go through fp32, NaN
+// (S.1111.111) -> 0x7FC0 with its sign. Agrees with e4m3_to_f32 for all 256 codes (tested).
+MOE_HD uint16_t e4m3_to_bf16(uint8_t c) {
+  const uint32_t mag = c & 0x7fu, sign = (c & 0x80u) << 8;
+  const uint32_t nor = (mag << 4) + (120u << 7);  // exponent e + 120, mantissa m << 4
+  const uint32_t sub = f32_bits(static_cast<float>(mag) * 0.001953125f) >> 16;  // m 2^-9, exact
+  uint32_t h = mag < 8u ? sub : nor;
+  h = mag == 0x7fu ? 0x7fc0u : h;
+  return static_cast<uint16_t>(sign | h);
+}
 
 }  // namespace moetron
