@@ -107,6 +107,11 @@ class PipelineExecutor {
     }
   }
 
+  // The schedule of the next run() (the batch-size ramp changes the micro-batch count; an
+  // evaluation runs a forward-only schedule). Micro-batch buffers are kept and resized.
+  void set_schedule(pipeline::Schedule s) { sched_ = std::move(s); }
+  const pipeline::Schedule& schedule() const { return sched_; }
+
   // Seconds of the last run: in compute ops (forward/backward, including any expert all-to-all
   // they wait on), and blocked on pipeline messages.
   double compute_seconds() const { return compute_seconds_; }

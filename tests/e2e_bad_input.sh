@@ -27,6 +27,27 @@ expect_fail missing_data "missing.h5" train configs/tiny.yaml --set data.train_p
 echo "not hdf5" > "$OUT/text.h5"
 expect_fail foreign_data "text.h5" train configs/tiny.yaml --set data.train_path="$OUT/text.h5"
 expect_fail layout "parallel.pp x parallel.dp" train configs/tiny.yaml --set parallel.dp=2
+# data sources, the batch ramp and validation
+D=data/cache/sotu
+expect_fail blend_weight "the weight of $D/valid.h5 must be a positive number, got '0'" train \
+  configs/tiny.yaml --set "data.train_path=1 $D/train.h5 0 $D/valid.h5"
+expect_fail blend_words "expected one path or pairs" train configs/tiny.yaml \
+  --set "data.train_path=1 $D/train.h5 $D/valid.h5"
+mkdir -p "$OUT/empty_dir"
+expect_fail empty_dir "empty_dir: directory holds no token shards" train configs/tiny.yaml \
+  --set data.train_path="$OUT/empty_dir"
+head -c 100000 $D/train.h5 > "$OUT/truncated.h5"
+expect_fail truncated_shard "truncated.h5" train configs/tiny.yaml --set data.train_path="$OUT/truncated.h5"
+expect_fail vocab_too_small "vocab" train configs/tiny.yaml --set model.vocab_size=100
+expect_fail eval_without_valid "run.eval_interval: must be 0 unless data.valid_path" train \
+  configs/tiny.yaml --set run.eval_interval=5 --set data.valid_path=
+expect_fail ramp_start "data.batch_ramp_start: must be <= data.global_batch_size" train \
+  configs/tiny.yaml --set data.batch_ramp_start=32 --set data.batch_ramp_tokens=1000
+expect_fail ramp_tokens "data.batch_ramp_tokens: must be > 0" train configs/tiny.yaml \
+  --set data.batch_ramp_start=8
+expect_fail valid_too_short "fewer than one global batch" train configs/tiny.yaml \
+  --set run.eval_interval=5 --set data.seq_len=4096 --set data.global_batch_size=128 \
+  --set model.max_seq_len=4096
 # multi-rank layouts: every rank reports, the job exits non-zero, and nothing hangs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 expect_fail_np() {  # name, np, expected substring, args...

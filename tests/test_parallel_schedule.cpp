@@ -96,6 +96,17 @@ TEST(Schedule, SingleRankAndSmallestCases) {
 }
 
 // The documented in-flight bounds are the measured peaks (tight, on every rank).
+TEST(Schedule, ForwardOnlyPassesEveryMicroBatchDownThePipe) {
+  // (F<chunk>.<micro-batch>: every rank holds one chunk, its stage)
+  const Schedule s = make_forward_only(3, 2);
+  EXPECT_EQ(format_rank(s, 0, true), "F0.0 sendA(m0,s0)>1 F0.1 sendA(m1,s0)>1");
+  EXPECT_EQ(format_rank(s, 1, true),
+            "recvA(m0,s0)<0 F0.0 sendA(m0,s1)>2 recvA(m1,s0)<0 F0.1 sendA(m1,s1)>2");
+  EXPECT_EQ(format_rank(s, 2, true), "recvA(m0,s1)<1 F0.0 recvA(m1,s1)<1 F0.1");
+  EXPECT_EQ(format_rank(make_forward_only(1, 1), 0, true), "F0.0");
+  expect_error([] { make_forward_only(2, 0); }, {"forward-only", "micro-batch"});
+}
+
 TEST(Schedule, PeakInFlightIsTheDocumentedBound) {
   for (const auto& kind : kKinds)
     for (int P : {2, 4, 8})

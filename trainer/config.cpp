@@ -303,6 +303,9 @@ void visit_config(V& v, C&... c) {
     v.field("seq_len", kPositive, c.data.seq_len...);
     v.field("micro_batch_size", kPositive, c.data.micro_batch_size...);
     v.field("global_batch_size", kPositive, c.data.global_batch_size...);
+    v.field("batch_ramp_start", kNonNegative, c.data.batch_ramp_start...);
+    v.field("batch_ramp_tokens", kNonNegative, c.data.batch_ramp_tokens...);
+    v.field("prefetch", kNonNegative, c.data.prefetch...);
   });
   v.section("optimizer", "AdamW", [&] {
     v.field("beta1", kUnitOpen, c.optimizer.beta1...);
@@ -345,6 +348,8 @@ void visit_config(V& v, C&... c) {
     v.field("save_params", kAnyText, c.run.save_params...);
     v.field("save_interval", kNonNegative, c.run.save_interval...);
     v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);
+    v.field("eval_interval", kNonNegative, c.run.eval_interval...);
+    v.field("eval_batches", kNonNegative, c.run.eval_batches...);
   });
 }
 
@@ -863,6 +868,23 @@ void check_relations(const Context& ctx, const Config& c) {
            ")",
        s(c.data.global_batch_size),
        {"data.micro_batch_size", "parallel.dp"}},
+      {"data.batch_ramp_start",
+       c.data.batch_ramp_start <= c.data.global_batch_size,
+       "be <= data.global_batch_size (" + s(c.data.global_batch_size) + "), or 0 (no ramp)",
+       s(c.data.batch_ramp_start),
+       {"data.global_batch_size"}},
+      {"data.batch_ramp_tokens",
+       (c.data.batch_ramp_start == 0) == (c.data.batch_ramp_tokens == 0),
+       c.data.batch_ramp_start == 0
+           ? std::string("be 0 when data.batch_ramp_start is 0 (no ramp)")
+           : "be > 0 when data.batch_ramp_start is set (" + s(c.data.batch_ramp_start) + ")",
+       s(c.data.batch_ramp_tokens),
+       {"data.batch_ramp_start"}},
+      {"run.eval_interval",
+       c.run.eval_interval == 0 || !c.data.valid_path.empty(),
+       "be 0 unless data.valid_path names a validation set",
+       s(c.run.eval_interval),
+       {"data.valid_path"}},
       {"schedule.lr.decay_until",
        lr.decay_until == 0 || lr.decay_until >= lr.constant_until,
        "be >= schedule.lr.constant_until (" + s(lr.constant_until) + ") or 0 (no decay)",

@@ -22,12 +22,20 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Token sources (data/dataset.h). A path is an HDF5 token file, a directory of them (its *.h5 in
+// name order) or a shard index (*.index.json); train_path is one path, or "W1 PATH1 W2 PATH2 ..."
+// to blend sources with weights W (Megatron's --data-path form).
 struct DataConfig {
-  std::string train_path;  // HDF5 token file (dataset "tokens")
-  std::string valid_path;  // optional
+  std::string train_path;
+  std::string valid_path;  // optional: the validation set (needed by run.eval_interval)
   int64_t seq_len = 128;
   int64_t micro_batch_size = 4;    // sequences per micro-batch
   int64_t global_batch_size = 16;  // sequences per optimizer step (multiple of micro x dp)
+  // Batch-size ramp (SPEC §2): the global batch grows linearly from batch_ramp_start to
+  // global_batch_size over the first batch_ramp_tokens tokens; 0 = no ramp.
+  int64_t batch_ramp_start = 0;
+  int64_t batch_ramp_tokens = 0;
+  int64_t prefetch = 2;  // batches a background thread prepares ahead; 0 = none
 };
 
 // A piecewise-constant schedule: value i holds until `until[i]` (in the schedule's unit);
@@ -89,6 +97,8 @@ struct RunConfig {
   std::string save_params;
   int64_t save_interval = 0;     // checkpoint every N steps (and at the end); 0 = never
   int64_t keep_checkpoints = 3;  // complete checkpoints kept in <dir>/checkpoints
+  int64_t eval_interval = 0;     // validation loss every N steps (and at the end); 0 = never
+  int64_t eval_batches = 0;      // global batches per evaluation; 0 = the whole validation set
 };
 
 struct Config {

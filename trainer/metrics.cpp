@@ -23,12 +23,14 @@ void MetricsLog::write(const StepMetrics& m) {
   out_ << "{\"step\":" << m.step << ",\"loss\":" << num(m.loss) << ",\"lm_loss\":" << num(m.lm_loss)
        << ",\"mtp_loss\":" << num(m.mtp_loss) << ",\"balance_loss\":" << num(m.balance_loss)
        << ",\"lr\":" << num(m.lr) << ",\"grad_norm\":" << num(m.grad_norm)
-       << ",\"tokens\":" << m.tokens << ",\"tokens_per_s\":" << num(m.tokens_per_s)
-       << ",\"step_seconds\":" << num(m.step_seconds)
+       << ",\"tokens\":" << m.tokens << ",\"global_batch\":" << m.global_batch
+       << ",\"tokens_per_s\":" << num(m.tokens_per_s) << ",\"step_seconds\":" << num(m.step_seconds)
        << ",\"expert_imbalance\":" << num(m.expert_imbalance)
        << ",\"bias_update_speed\":" << num(m.bias_update_speed)
        << ",\"mtp_weight\":" << num(m.mtp_weight)
-       << ",\"max_nodes_per_token\":" << m.max_nodes_per_token << ",\"rank_times\":[";
+       << ",\"max_nodes_per_token\":" << m.max_nodes_per_token;
+  if (!std::isnan(m.valid_loss)) out_ << ",\"valid_loss\":" << num(m.valid_loss);
+  out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
   out_ << "]}\n";
   out_.flush();
@@ -44,7 +46,12 @@ std::string MetricsLog::progress_line(const StepMetrics& m) {
                 static_cast<long long>(m.step), static_cast<long long>(m.total_steps), m.loss,
                 m.lm_loss, m.mtp_loss, m.balance_loss, m.lr, m.grad_norm, m.tokens_per_s,
                 m.expert_imbalance, eta / 60, eta % 60);
-  return b;
+  std::string line = b;
+  if (!std::isnan(m.valid_loss)) {
+    std::snprintf(b, sizeof b, " | valid %.4f", m.valid_loss);
+    line += b;
+  }
+  return line;
 }
 
 }  // namespace moetron

@@ -2,6 +2,8 @@
 // loop runs on every rank of the grid world = PP x DP (EP inside DP).
 //
 //   for each step:
+//     the loader hands this DP rank its share of the step's samples (global batch from the
+//       batch-size schedule; data/dataset.h)
 //     the pipeline schedule runs this rank's micro-batches: forward (losses, expert loads) and
 //       backward (gradients accumulate, scaled by 1 / micro-batches in the global batch)
 //     the embedding's two copies (first stage, MTP on the last) sum their gradients
@@ -9,6 +11,7 @@
 //     ZeRO-1: reduce-scatter gradients (dense over DP, experts over EDP), global-norm clip,
 //       AdamW on this rank's shard, all-gather the parameters
 //     auxiliary-loss-free bias update from the step's expert loads (summed over DP)
+//     every run.eval_interval steps: the validation loss (forward passes only)
 //     metrics line + metrics.jsonl (rank 0)
 #include "trainer/train.h"
 
@@ -22,8 +25,8 @@
 #include <ostream>
 #include <thread>
 
-#include "data/sampler.h"
-#include "data/token_file.h"
+#include "data/dataset.h"
+#include "data/sources.h"
 #include "kernels/ops.h"
 #include "model/model.h"
 #include "parallel/ep_dispatch.h"
@@ -45,20 +48,6 @@ int resolve_threads(const RunConfig& run) {
 }
 
 namespace {
-
-// Checks that need the data files; throws with a message naming the file or key. Runs before
-// anything is written, identically on every rank.
-void preflight(const Config& cfg, const data::TokenFile& train_file) {
-  const auto& info = train_file.info();
-  if (info.vocab_size > cfg.model.vocab_size)
-    throw ConfigError(cfg.source + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
-                      " but " + train_file.path() + " holds token ids up to vocab_size " +
-                      std::to_string(info.vocab_size));
-  if (info.n_tokens < cfg.data.seq_len + 1)
-    throw ConfigError(cfg.source + ": data.seq_len " + std::to_string(cfg.data.seq_len) +
-                      " needs at least seq_len+1 tokens, " + train_file.path() + " has " +
-                      std::to_string(info.n_tokens));
-}
 
 void make_run_dir(const std::string& dir) {
   std::error_code ec;
@@ -102,6 +91,19 @@ RankGrid make_grid(const Config& cfg, Communicator& w) {
   return g;
 }
 
+// The data of `setting` (data.train_path or data.valid_path) as a Dataset. The Dataset checks
+// every shard before training starts, identically on every rank: it exists and is intact, all
+// shards share one tokenizer, its vocabulary fits the model, a source holds at least one sample.
+std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
+                                            const std::string& key, bool shuffle) {
+  data::DatasetOptions o;
+  o.seq_len = cfg.data.seq_len;
+  o.seed = cfg.run.seed;
+  o.shuffle = shuffle;
+  o.model_vocab_size = cfg.model.vocab_size;
+  return std::make_unique<data::Dataset>(data::parse_sources(setting, key), o);
+}
+
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
   if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
     throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
@@ -128,10 +130,33 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   Communicator& w = world();
   const RankGrid grid = make_grid(cfg, w);
   const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
-  const int64_t M = cfg.data.global_batch_size / (B * grid.dp);  // this pipeline's micro-batches
-  const pipeline::Schedule schedule = make_step_schedule(cfg, grid.pp, static_cast<int>(M));
-  data::TokenFile train_file(cfg.data.train_path);
-  preflight(cfg, train_file);
+  // the global batch of each step: constant, or the V3 ramp over consumed tokens
+  const data::BatchSchedule batches =
+      cfg.data.batch_ramp_start > 0
+          ? data::BatchSchedule(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
+                                cfg.data.batch_ramp_tokens, S, grid.dp, B)
+          : data::BatchSchedule::constant(cfg.data.global_batch_size, S, grid.dp, B);
+  // every batch size the run can take must have a valid schedule: check the smallest and largest
+  make_step_schedule(cfg, grid.pp, static_cast<int>(batches.batch_size_at(0) / (B * grid.dp)));
+  const int64_t M_max = cfg.data.global_batch_size / (B * grid.dp);
+  pipeline::Schedule schedule = make_step_schedule(cfg, grid.pp, static_cast<int>(M_max));
+  const auto train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
+  const auto valid_data = cfg.run.eval_interval > 0
+                              ? open_dataset(cfg, cfg.data.valid_path, "data.valid_path", false)
+                              : nullptr;
+  // the validation set: whole global batches of the validation stream (at most eval_batches)
+  int64_t eval_batches = 0;
+  if (valid_data) {
+    eval_batches = valid_data->n_eval_samples() / cfg.data.global_batch_size;
+    if (eval_batches == 0)
+      throw ConfigError(cfg.source + ": data.valid_path: " + cfg.data.valid_path + " holds " +
+                        std::to_string(valid_data->n_eval_samples()) + " samples of " +
+                        std::to_string(S + 1) +
+                        " tokens, fewer than one global batch (data.global_batch_size " +
+                        std::to_string(cfg.data.global_batch_size) + ")");
+    if (cfg.run.eval_batches > 0) eval_batches = std::min(eval_batches, cfg.run.eval_batches);
+  }
+  const std::string& tokenizer = train_data->tokenizer();
   const bool rank0 = w.rank() == 0;
 
   kernels::set_num_threads(resolve_threads(cfg.run));
@@ -165,7 +190,6 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   zo.bf16_moments = cfg.optimizer.moment_dtype == "bf16";
   Zero1 opt_dense(dense, *groups.dp, zo), opt_experts(experts, *groups.edp, zo);
   Param<float>* embed = model.params().find("model.embed_tokens.weight");
-  data::WindowSampler sampler(train_file, cfg.data.seq_len, cfg.run.seed);
 
   // resume: parameters, optimizer shards and the position in the data, on any layout
   TrainState state;
@@ -178,8 +202,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
         log << "moetron: no complete checkpoint in " << cfg.run.dir << ", starting fresh\n";
     } else {
       const auto l0 = std::chrono::steady_clock::now();
-      state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts},
-                              train_file.info().tokenizer);
+      state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts}, tokenizer);
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count();
       if (rank0)
@@ -197,8 +220,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   };
   auto checkpoint = [&] {  // asynchronous: training waits only for the copy to host buffers
     report(writer.wait());
-    const double blocked = writer.save(cfg, state, model.params(), {&opt_dense, &opt_experts},
-                                       train_file.info().tokenizer);
+    const double blocked =
+        writer.save(cfg, state, model.params(), {&opt_dense, &opt_experts}, tokenizer);
     if (rank0)
       log << "moetron: checkpoint of step " << state.step << " being written; training blocked "
           << static_cast<int>(blocked * 1e3) << " ms\n";
@@ -207,19 +230,60 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   PipelineExecutor<float> pipeline(model, *groups.pp, schedule, grid.pp_rank);
-
-  const int64_t step_tokens = cfg.data.global_batch_size * S;
+  // this DP rank's batches, from the sample the checkpoint (if any) had consumed: the same
+  // samples the uninterrupted run would read, on any DP size
+  data::LoaderOptions lo;
+  lo.dp = grid.dp, lo.dp_rank = grid.dp_rank, lo.prefetch = static_cast<int>(cfg.data.prefetch);
+  data::Loader loader(*train_data, batches, lo, state.samples);
   const int64_t opt_bytes = opt_dense.state_bytes() + opt_experts.state_bytes();
   if (rank0)
     log << "moetron: " << grid.world << " rank(s) (pp " << grid.pp << " x dp " << grid.dp << ", ep "
         << grid.ep << "), stage 0 holds " << model.params().numel()
         << " parameters, optimizer state " << opt_bytes / 1024 << " KiB/rank; " << cfg.run.steps
-        << " steps of " << cfg.data.global_batch_size << " x " << S << " tokens (" << M
+        << " steps of " << cfg.data.global_batch_size << " x " << S << " tokens (" << M_max
         << " micro-batches of " << B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
         << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
+  if (rank0 && cfg.data.batch_ramp_start > 0)
+    log << "moetron: global batch ramps from " << batches.batch_size_at(0) << " to "
+        << cfg.data.global_batch_size << " sequences over " << cfg.data.batch_ramp_tokens
+        << " tokens\n";
+  if (rank0) {
+    log << "moetron: training data";
+    for (int s = 0; s < train_data->n_sources(); ++s) {
+      const data::SourceInfo& si = train_data->source(s);
+      log << (s ? "; " : " ") << si.name << " (" << si.shards.size() << " shard(s), " << si.n_tokens
+          << " tokens, weight " << si.effective_weight << ")";
+    }
+    log << ", tokenizer " << tokenizer << "\n";
+    if (valid_data)
+      log << "moetron: validation every " << cfg.run.eval_interval << " steps on " << eval_batches
+          << " batch(es) of " << cfg.data.global_batch_size << " x " << S << " tokens\n";
+  }
 
-  // micro-batch m of this DP rank = global samples [dp_rank*M*B + m*B, +B) of the step
-  std::vector<std::vector<int32_t>> tokens(M, std::vector<int32_t>(B * (S + 1)));
+  // the validation loss: the next-token loss of the main model over the validation batches
+  // (forward passes only; every rank gets the same value)
+  auto evaluate = [&]() {
+    const int64_t rows = cfg.data.global_batch_size / grid.dp, Me = rows / B;
+    pipeline::Schedule train_schedule = pipeline.schedule();
+    pipeline.set_schedule(pipeline::make_forward_only(grid.pp, static_cast<int>(Me)));
+    double lm = 0;
+    for (int64_t b = 0; b < eval_batches; ++b) {
+      const data::Batch eb =
+          valid_data->eval_batch(b, cfg.data.global_batch_size, grid.dp, grid.dp_rank);
+      Losses sum;
+      pipeline.run([&](int m) { return eb.row(m * B); }, B, S, 0.0, 0.0, sum);
+      lm += sum.lm;
+    }
+    pipeline.set_schedule(std::move(train_schedule));
+    double red[1] = {lm};
+    w.all_reduce(red, 1);
+    if (ep_dispatcher) {  // evaluation's all-to-all is not part of the step's timing
+      ep_dispatcher->take_comm_seconds();
+      ep_dispatcher->take_max_nodes_per_token();
+    }
+    return red[0] / static_cast<double>(Me * grid.dp * eval_batches);
+  };
+
   auto moe = model.moe_layers();
   std::vector<int64_t> load(moe.size() * cfg.model.n_routed_experts);
   TrainSummary summary;
@@ -228,19 +292,21 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
 
   for (int64_t step = state.step; step < cfg.run.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
+    // this DP rank's rows of the step: micro-batch m is rows [m*B, (m+1)*B)
+    const data::Batch batch = loader.next();
+    const int64_t M = batch.rows / B;
+    if (M != pipeline.schedule().microbatches)
+      pipeline.set_schedule(make_step_schedule(cfg, grid.pp, static_cast<int>(M)));
+    const int64_t step_tokens = batch.global_batch * S;
     const double consumed = static_cast<double>(summary.tokens);
     const double x = cfg.schedule.tokens() ? consumed : static_cast<double>(step);
     const double lr = cfg.schedule.lr.at(step, consumed, cfg.schedule.tokens());
     const double gamma = cfg.schedule.bias_update_speed.at(x);
     const double lambda = cfg.schedule.mtp_weight.at(x);
 
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t b = 0; b < B; ++b)
-        sampler.sample(step * cfg.data.global_batch_size + (grid.dp_rank * M + m) * B + b,
-                       tokens[m].data() + b * (S + 1));
     model.params().zero_grad();
     Losses sum;
-    pipeline.run([&](int m) { return tokens[m].data(); }, B, S, lambda,
+    pipeline.run([&](int m) { return batch.row(m * B); }, B, S, lambda,
                  1.0 / static_cast<double>(M * grid.dp), sum);
 
     const auto t_pipe = std::chrono::steady_clock::now();
@@ -303,11 +369,16 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     summary.tokens += step_tokens;
     summary.losses.push_back(red[0] / mtot);
     state.step = step + 1, state.tokens = summary.tokens;
-    state.samples = state.step * cfg.data.global_batch_size;
+    state.samples = loader.samples_consumed();
     // every rank agrees whether a stop signal arrived anywhere
     int64_t stop = g_stop;
     w.all_reduce(&stop, 1, ReduceOp::Max);
     const bool last = step + 1 == cfg.run.steps || stop;
+    const bool eval = valid_data && (state.step % cfg.run.eval_interval == 0 || last);
+    const auto te = std::chrono::steady_clock::now();
+    const double valid_loss = eval ? evaluate() : NAN;
+    const double eval_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
     if (cfg.run.save_interval > 0 && (state.step % cfg.run.save_interval == 0 || last))
       checkpoint();
 
@@ -321,7 +392,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     sm.loss = red[0] / mtot, sm.lm_loss = red[1] / mtot, sm.mtp_loss = red[2] / mtot;
     sm.balance_loss = red[3] / mtot;
     sm.lr = lr, sm.grad_norm = gnorm, sm.tokens = summary.tokens;
-    sm.step_seconds = std::chrono::duration<double>(t1 - t0).count();
+    sm.global_batch = batch.global_batch, sm.valid_loss = valid_loss;
+    sm.step_seconds = std::chrono::duration<double>(t1 - t0).count() - eval_seconds;
     sm.tokens_per_s = static_cast<double>(step_tokens) / sm.step_seconds;
     sm.expert_imbalance = red[5] > 0 ? red[4] / red[5] : 0.0;
     sm.bias_update_speed = gamma, sm.mtp_weight = lambda;
