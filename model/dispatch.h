@@ -33,7 +33,7 @@ struct DispatchState {
   std::vector<int64_t> send_token;                // sent row -> origin token
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer
   std::shared_ptr<void> pending;  // in-flight communication, owned by the dispatcher
-  Buf<T> scratch;                 // staging for payloads in flight
+  std::vector<uint8_t> wire;      // the last exchange's received rows, as they travelled
 };
 
 template <class T>

@@ -9,8 +9,18 @@
 // the result is deterministic). Backward: the gradient of combine is a dispatch of dy along the
 // same plan; the gradient of dispatch returns d x rows and per-slot d weights along the reverse.
 // Every phase has start (post the non-blocking exchange) and wait, so compute can run between.
+//
+// Wire precision (SPEC §3.6): the token rows can travel as computed (Native: exact, what fp32
+// runs use), all in BF16, or as DeepSeek-V3 moves them (FP8): the two dispatches (forward, and
+// the combine's backward, which sends dy) in E4M3 with one power-of-two fp32 scale per 128
+// channels, i.e. (1 + 4/128) bytes per channel instead of BF16's 2; the two combines (forward,
+// and the dispatch's backward) in BF16, summed in fp32 at the origin. Expert ids and gate
+// weights (2K values a row) always travel exactly, as T. The quantiser is kernels/fp8.h's, with
+// the experts' own 1x128 tiling, so an FP8 expert GEMM re-quantises a received row to the same
+// codes.
 #pragma once
 
+#include <array>
 #include <vector>
 
 #include "model/dispatch.h"
@@ -18,12 +28,18 @@
 
 namespace moetron {
 
+enum class WirePrecision { Native, BF16, FP8 };
+
+// The four exchanges of a MoE layer, for byte counts.
+enum class EpPhase { Dispatch, Combine, CombineBackward, DispatchBackward };
+
 template <class T>
 class EpDispatcher final : public TokenDispatcher<T> {
  public:
-  // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement)
-  EpDispatcher(Communicator& ep, std::vector<int> node_of_peer)
-      : ep_(ep), node_of_peer_(std::move(node_of_peer)) {}
+  // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement). BF16 and FP8
+  // wires need T = float (std::invalid_argument otherwise).
+  EpDispatcher(Communicator& ep, std::vector<int> node_of_peer,
+               WirePrecision wire = WirePrecision::Native);
   int64_t first_expert(int64_t n_experts) const override {
     return ep_.rank() * (n_experts / ep_.size());
   }
@@ -39,8 +55,12 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void dispatch_backward_start(DispatchState<T>& st) override;
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
 
-  // Bytes this process sent in dispatch payloads so far (for the FP8-dispatch report).
-  int64_t bytes_sent() const { return bytes_sent_; }
+  // Payload bytes this process sent so far, in one phase or in all four.
+  int64_t bytes_sent(EpPhase phase) const { return bytes_sent_[static_cast<int>(phase)]; }
+  int64_t bytes_sent() const {
+    return bytes_sent_[0] + bytes_sent_[1] + bytes_sent_[2] + bytes_sent_[3];
+  }
+  WirePrecision wire() const { return wire_; }
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
     const int64_t m = max_nodes_;
@@ -56,13 +76,22 @@ class EpDispatcher final : public TokenDispatcher<T> {
   }
 
  private:
-  // rows of `width` T's: send (grouped by peer, send_counts) -> recv (recv_counts), or reverse
-  void exchange_start(DispatchState<T>& st, std::vector<T> send, int64_t width, bool reverse);
-  void exchange_wait(DispatchState<T>& st);
+  // How one row of D activations is encoded in a phase: as T, bf16, or e4m3 codes + scales.
+  enum class Enc { Native, BF16, FP8 };
+  Enc enc(EpPhase phase) const;
+  int64_t enc_bytes(Enc e, int64_t D) const;
+  void encode(Enc e, const T* x, int64_t D, uint8_t* out) const;
+  void decode(Enc e, const uint8_t* in, int64_t D, T* x) const;
+  // rows of `row_bytes` bytes: send (grouped by peer, send_counts) -> recv (recv_counts), or
+  // the reverse; wait returns the received rows
+  void exchange_start(DispatchState<T>& st, std::vector<uint8_t> send, int64_t row_bytes,
+                      bool reverse, EpPhase phase);
+  const uint8_t* exchange_wait(DispatchState<T>& st);
   Communicator& ep_;
   std::vector<int> node_of_peer_;
+  WirePrecision wire_;
   int64_t max_nodes_ = 0;
-  int64_t bytes_sent_ = 0;
+  std::array<int64_t, 4> bytes_sent_{};
   double comm_seconds_ = 0;
 };
 

@@ -104,6 +104,14 @@ std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string
   return std::make_unique<data::Dataset>(data::parse_sources(setting, key), o);
 }
 
+// How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
+// E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
+WirePrecision dispatch_wire(const std::string& recipe) {
+  if (recipe == "fp8") return WirePrecision::FP8;
+  if (recipe == "bf16") return WirePrecision::BF16;
+  return WirePrecision::Native;
+}
+
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
   if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
     throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
@@ -176,8 +184,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     std::vector<int> node_of_peer;
     for (int r : grid.ep_group())
       node_of_peer.push_back(grid.node_of(r) - grid.node_of(grid.ep_group()[0]));
-    dispatcher = ep_dispatcher =
-        std::make_shared<EpDispatcher<float>>(*groups.ep, std::move(node_of_peer));
+    dispatcher = ep_dispatcher = std::make_shared<EpDispatcher<float>>(
+        *groups.ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
   }
   Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp});
   model.init(cfg.run.seed);
@@ -411,6 +419,13 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     }
   }
   report(writer.wait());  // the last save completes before train() returns
+  if (rank0 && ep_dispatcher) {
+    auto mb = [&](EpPhase ph) { return static_cast<double>(ep_dispatcher->bytes_sent(ph)) / 1e6; };
+    log << "moetron: expert-parallel payload sent by rank 0 (" << cfg.precision.recipe
+        << "): dispatch " << mb(EpPhase::Dispatch) << " MB, combine " << mb(EpPhase::Combine)
+        << " MB, combine backward " << mb(EpPhase::CombineBackward) << " MB, dispatch backward "
+        << mb(EpPhase::DispatchBackward) << " MB\n";
+  }
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (!cfg.run.save_params.empty())
