@@ -1,11 +1,13 @@
-// The FP8 recipe of SPEC-deepseek-v3 §3 on the CPU: the quantiser every FP8 caller goes through,
-// the operand layouts, and the block-scaled GEMMs of a Linear (Fprop, Dgrad, Wgrad) with FP32
-// promotion every 128 along the reduction axis.
+// The FP8 recipe of SPEC-deepseek-v3 §3 on the CPU: the one quantiser every FP8 caller goes
+// through (Linear layers, EP dispatch, tests, benchmarks), the operand layouts, and the
+// block-scaled GEMMs of a Linear (Fprop, Dgrad, Wgrad) with FP32 promotion every 128 along the
+// reduction axis.
 //
-// Definitions live in kernels/quantize.h (Tile, quantize_e4m3 = the reference quantiser and its
-// scale rule, fp8_gemm_nt / fp8_gemm_nt_blockwise) and kernels/scalar.h (E4M3/E5M2 conversions,
-// pow2_ceil). This header adds the fast implementations (kernels/cpu/fp8.cpp) and the three GEMM
-// layouts (kernels/cpu/fp8_gemm.cpp). Costs on the tiny model's shapes: docs/performance.md,
+// Implementations: kernels/cpu/fp8.cpp (quantiser, layouts, bf16 block-partial GEMM) and
+// kernels/cpu/fp8_gemm.cpp (the three layouts, the path switch and the literal blockwise
+// reference). Per-element conversions (E4M3/E5M2, pow2_ceil) are kernels/scalar.h. The scalar
+// reference quantiser that the vectorised one is tested against bit for bit lives in
+// tests/test_kernels_fp8.cpp. Costs on the tiny model's shapes: docs/performance.md,
 // "## FP8 GEMM" (bench/bench_fp8.cpp).
 //
 // Quantisation (one rule, one entry point: quantize): x [R,C] is cut into tiles {1,128}
@@ -48,17 +50,21 @@
 
 #include <cstdint>
 
-#include "kernels/quantize.h"
-
 namespace moetron::kernels {
 
+// A quantisation tile: rows x cols elements share one scale.
+struct Tile {
+  int64_t rows = 1, cols = 128;
+};
+inline constexpr Tile kTile1x128{1, 128}, kTile128x128{128, 128}, kTile128x1{128, 1};
+
 // ---- quantiser -------------------------------------------------------------------------------
-// x [R,C] -> q [R,C] E4M3 codes, scales [ceil(R/t.rows), ceil(C/t.cols)]. The rule of
-// quantize_e4m3 (quantize.h), bit-identical codes and scales (tested, NaN/inf inputs included),
-// with AVX-512 loops. Throws std::invalid_argument on negative sizes or empty tiles.
+// x [R,C] -> q [R,C] E4M3 codes, scales [ceil(R/t.rows), ceil(C/t.cols)], the rule above, with
+// AVX-512 loops (bit-identical to the scalar reference of the tests, NaN/inf inputs included).
+// Any tile shape works. Throws std::invalid_argument on negative sizes or empty tiles.
 void quantize(const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q, float* scales);
-// x [R,C] = decoded q * its tile's scale (dequantize_e4m3, bit for bit; vectorised for tiles
-// 1x128, 128x128 and 128x1).
+// x [R,C] = decoded q * its tile's scale (vectorised for tiles 1x128, 128x128 and 128x1; scalar
+// for other tiles).
 void dequantize(const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t, float* x);
 
 // x [R,C] quantised with 128x1 tiles (one scale per column per 128 rows) and stored transposed:
@@ -90,6 +96,13 @@ enum class Fp8Gemm {
   Blockwise,   // the recipe literally, scalar loops (fp8_gemm_nt_blockwise)
 };
 
+// The promotion recipe of SPEC §3.4 written literally, D[M,N] (+)= A[M,K] B[N,K]^T: per 128-wide
+// K block an fp32 partial of the decoded products, then acc += partial * sA * sB. A 1x128
+// (sA [M, ceil(K/128)]); B 128x128 (sB [ceil(N/128), ceil(K/128)]) or 1x128 (sB [N, ceil(K/128)]).
+// Scalar and slow: the exact reference the fast paths are tested against (Fp8Gemm::Blockwise).
+void fp8_gemm_nt_blockwise(const uint8_t* A, const float* sA, const uint8_t* B, const float* sB,
+                           Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate);
+
 // NT core, D[M,N] (+)= A[M,K] B[N,K]^T: A 1x128 (sA [M, ceil(K/128)]), B 128x128 or 1x128 (tB).
 // D need not be initialised unless accumulate.
 void fp8_gemm_nt_bf16(const uint8_t* A, const float* sA, const uint8_t* B, const float* sB, Tile tB,
@@ -111,5 +124,20 @@ void fp8_dgrad(const uint8_t* qdY, const float* sdY, const uint8_t* qW, const fl
 // Wgrad: dW [N,K] (accumulate) += dY^T X from dYt [N,M] and Xt [K,M], 1x128 along M
 void fp8_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qXt, const float* sXt,
                int64_t M, int64_t N, int64_t K, float* dW, Fp8Gemm path = Fp8Gemm::Auto);
+
+// ---- a Linear's backward from fp32 gradients (kernels/cpu/fp8_linear.cpp) ----------------------
+// Linear X [M,K] -> Y [M,N], W [N,K] held as 128x128 blocks (qW, sW). The forward is fp8_fprop on
+// the 1x128-quantised X (which the caller caches for Wgrad).
+// Dgrad: quantise dY [M,N] (1x128; with blocks128 the App. B.2 experiment: 128x128 blocks, their
+// scales repeated over each block's rows) and dX [M,K] (+)= dY W.
+void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
+                      const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate);
+// Wgrad: dW [N,K] += dY^T X with dY [M,N] quantised 128x1 token-major (pow2_dy) and X from the
+// cached 1x128 FP8 (qX, sX [M, ceil(K/128)]) re-quantised to 128x1 (pow2_x).
+void fp8_linear_wgrad(const float* dY, const uint8_t* qX, const float* sX, int64_t M, int64_t N,
+                      int64_t K, bool pow2_dy, bool pow2_x, float* dW);
+// The same with X [M,K] in fp32, quantised 128x1 directly.
+void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N, int64_t K,
+                          bool pow2_dy, bool pow2_x, float* dW);
 
 }  // namespace moetron::kernels

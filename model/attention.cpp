@@ -1,4 +1,4 @@
-// MLA forward and split backward (see attention.h for the equations).
+// MLA forward and split backward (see attention.h for the equations and the FP8 caching).
 #include "model/attention.h"
 
 #include <cmath>
@@ -38,25 +38,28 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   scale_ = static_cast<T>(scale);
   freqs_ = kernels::rope_frequencies(rp);
 
-  const auto prec = pol.gemm(Component::AttentionProj);
+  const LinearPrecision lp = pol.linear(Component::AttentionProj);
+  const LinearPrecision lp_o = pol.linear(Component::AttentionProj, /*o_proj=*/true);
+  fp8_ = lp.fp8();
+  auto lin = [&](const std::string& name, int64_t out, int64_t in, const LinearPrecision& p) {
+    return Linear<T>::make(matrix(ps, params_, name, out, in), in, out, p, pol);
+  };
   attn_norm_.build(ps, prefix + "input_layernorm.weight", D_, c.rms_norm_eps);
   params_.push_back(attn_norm_.w);
   const std::string a = prefix + "self_attn.";
   if (ql_ > 0) {
-    q_a_ = {matrix(ps, params_, a + "q_a_proj.weight", ql_, D_), D_, ql_, prec};
+    q_a_ = lin(a + "q_a_proj.weight", ql_, D_, lp);
     q_norm_.build(ps, a + "q_a_layernorm.weight", ql_, c.rms_norm_eps);
     params_.push_back(q_norm_.w);
-    q_b_ = {matrix(ps, params_, a + "q_b_proj.weight", H_ * dq_, ql_), ql_, H_ * dq_, prec};
+    q_b_ = lin(a + "q_b_proj.weight", H_ * dq_, ql_, lp);
   } else {
-    q_ = {matrix(ps, params_, a + "q_proj.weight", H_ * dq_, D_), D_, H_ * dq_, prec};
+    q_ = lin(a + "q_proj.weight", H_ * dq_, D_, lp);
   }
-  kv_a_ = {matrix(ps, params_, a + "kv_a_proj_with_mqa.weight", kl_ + dr_, D_), D_, kl_ + dr_,
-           prec};
+  kv_a_ = lin(a + "kv_a_proj_with_mqa.weight", kl_ + dr_, D_, lp);
   kv_norm_.build(ps, a + "kv_a_layernorm.weight", kl_, c.rms_norm_eps);
   params_.push_back(kv_norm_.w);
-  kv_b_ = {matrix(ps, params_, a + "kv_b_proj.weight", H_ * (dn_ + dv_), kl_), kl_,
-           H_ * (dn_ + dv_), prec};
-  o_ = {matrix(ps, params_, a + "o_proj.weight", D_, H_ * dv_), H_ * dv_, D_, prec};
+  kv_b_ = lin(a + "kv_b_proj.weight", H_ * (dn_ + dv_), kl_, lp);
+  o_ = lin(a + "o_proj.weight", D_, H_ * dv_, lp_o);
 }
 
 template <class T>
@@ -70,17 +73,28 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
                      T* out) const {
   const int64_t N = B * S;
   st.B = B, st.S = S;
-  T* xn = sized(st.xn, N * D_);
+  // FP8: the Linear inputs go to scratch and are kept as FP8 tiles only
+  T* xn = sized(fp8_ ? fwd_xn_ : st.xn, N * D_);
   attn_norm_.forward(h, N, xn, sized(st.rstd_in, N));
+  if (fp8_) kv_a_.quantize_input(xn, N, st.xn8);
 
   // queries [N, H, dq]
   T* q = sized(st.q, N * H_ * dq_);
   if (ql_ > 0) {
     T* cq_raw = sized(st.cq_raw, N * ql_);
-    q_a_.forward(xn, N, cq_raw);
-    T* cq = sized(st.cq, N * ql_);
-    q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
-    q_b_.forward(cq, N, q);
+    T* cq = sized(fp8_ ? fwd_cq_ : st.cq, N * ql_);
+    if (fp8_) {
+      q_a_.forward(st.xn8, cq_raw);
+      q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
+      q_b_.quantize_input(cq, N, st.cq8);
+      q_b_.forward(st.cq8, q);
+    } else {
+      q_a_.forward(xn, N, cq_raw);
+      q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
+      q_b_.forward(cq, N, q);
+    }
+  } else if (fp8_) {
+    q_.forward(st.xn8, q);
   } else {
     q_.forward(xn, N, q);
   }
@@ -88,15 +102,23 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
 
   // compressed kv [N, kl | dr]; the shared RoPE key
   T* kva = sized(st.kva, N * (kl_ + dr_));
-  kv_a_.forward(xn, N, kva);
+  if (fp8_)
+    kv_a_.forward(st.xn8, kva);
+  else
+    kv_a_.forward(xn, N, kva);
   kernels::rope_apply<T>(kva + kl_, N, kl_ + dr_, 1, pos, freqs_, false);
   T* ckv_raw = sized(st.ckv_raw, N * kl_);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < kl_; ++i) ckv_raw[n * kl_ + i] = kva[n * (kl_ + dr_) + i];
-  T* ckv = sized(st.ckv, N * kl_);
+  T* ckv = sized(fp8_ ? fwd_ckv_ : st.ckv, N * kl_);
   kv_norm_.forward(ckv_raw, N, ckv, sized(st.rstd_kv, N));
   T* kv = sized(st.kv, N * H_ * (dn_ + dv_));
-  kv_b_.forward(ckv, N, kv);
+  if (fp8_) {
+    kv_b_.quantize_input(ckv, N, st.ckv8);
+    kv_b_.forward(st.ckv8, kv);
+  } else {
+    kv_b_.forward(ckv, N, kv);
+  }
 
   // per-head keys [k_nope | k_pe] and values
   T* k = sized(st.k, N * H_ * dq_);
@@ -180,16 +202,27 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
 template <class T>
 void MLA<T>::backward_weight(State& st, const T* h) const {
   const int64_t N = st.B * st.S;
-  o_.backward_weight(st.dy.data(), st.o.data(), N);
-  kv_b_.backward_weight(st.dkv.data(), st.ckv.data(), N);
+  o_.backward_weight(st.dy.data(), st.o.data(), N);  // o is fp32 in every recipe
   kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.data(), st.rstd_kv.data(), N);
-  kv_a_.backward_weight(st.dkva.data(), st.xn.data(), N);
-  if (ql_ > 0) {
-    q_b_.backward_weight(st.dq.data(), st.cq.data(), N);
-    q_norm_.backward_weight(st.dcq.data(), st.cq_raw.data(), st.rstd_q.data(), N);
-    q_a_.backward_weight(st.dcq_raw.data(), st.xn.data(), N);
+  if (ql_ > 0) q_norm_.backward_weight(st.dcq.data(), st.cq_raw.data(), st.rstd_q.data(), N);
+  if (fp8_) {  // from the cached FP8 inputs
+    kv_b_.backward_weight(st.dkv.data(), st.ckv8);
+    kv_a_.backward_weight(st.dkva.data(), st.xn8);
+    if (ql_ > 0) {
+      q_b_.backward_weight(st.dq.data(), st.cq8);
+      q_a_.backward_weight(st.dcq_raw.data(), st.xn8);
+    } else {
+      q_.backward_weight(st.dq.data(), st.xn8);
+    }
   } else {
-    q_.backward_weight(st.dq.data(), st.xn.data(), N);
+    kv_b_.backward_weight(st.dkv.data(), st.ckv.data(), N);
+    kv_a_.backward_weight(st.dkva.data(), st.xn.data(), N);
+    if (ql_ > 0) {
+      q_b_.backward_weight(st.dq.data(), st.cq.data(), N);
+      q_a_.backward_weight(st.dcq_raw.data(), st.xn.data(), N);
+    } else {
+      q_.backward_weight(st.dq.data(), st.xn.data(), N);
+    }
   }
   attn_norm_.backward_weight(st.dxn.data(), h, st.rstd_in.data(), N);
 }

@@ -10,6 +10,10 @@
 // N = B*S tokens of B sequences of length S; positions restart at 0 in every sequence.
 // The layer knows nothing of parallelism: it reads its input and writes its output, and keeps
 // what the backward needs in a State owned by the caller (one per micro-batch in flight).
+// FP8 projections (precision.h): the inputs of q_a/kv_a (xn), q_b (c_q) and kv_b (c_kv) are kept
+// as FP8 1x128 tiles (xn8, cq8, ckv8) instead of fp32 (the fp32 values live in layer scratch
+// during the forward only); o, the input of o_proj, stays fp32 because the attention backward
+// reads it too (SPEC §3.5: V3 keeps it in a 12-bit format; fp32 here is the safe superset).
 #pragma once
 
 #include <string>
@@ -28,7 +32,7 @@ class MLA {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    Buf<T> xn, rstd_in;            // attn_norm output, its rstd
+    Buf<T> xn, rstd_in;            // attn_norm output [N, D] (not FP8), its rstd
     Buf<T> cq_raw, cq, rstd_q;     // query latent before/after q_norm [N, ql]
     Buf<T> q;                      // [N, H, dq] (RoPE applied)
     Buf<T> kva;                    // [N, kl + dr] (k_pe part RoPE'd)
@@ -38,6 +42,15 @@ class MLA {
     // written by backward_input, read by backward_weight
     Buf<T> dy, dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
     Buf<T> tmp_do, tmp_dk, tmp_dv, tmp_dckv_raw, tmp_dhn;  // backward scratch, reused
+    Fp8Act xn8, cq8, ckv8;  // FP8 projections: the cached inputs of q_a/kv_a (or q), q_b, kv_b
+    // Bytes of everything this state keeps from forward to backward (activation memory).
+    int64_t saved_bytes() const {
+      const int64_t n = static_cast<int64_t>(
+          xn.size() + rstd_in.size() + cq_raw.size() + cq.size() + rstd_q.size() + q.size() +
+          kva.size() + ckv_raw.size() + ckv.size() + rstd_kv.size() + kv.size() + k.size() +
+          v.size() + o.size() + lse.size());
+      return n * static_cast<int64_t>(sizeof(T)) + xn8.bytes() + cq8.bytes() + ckv8.bytes();
+    }
   };
 
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
@@ -58,6 +71,8 @@ class MLA {
   std::vector<double> freqs_;
   RMSNorm<T> attn_norm_, q_norm_, kv_norm_;
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
+  bool fp8_ = false;  // projections in FP8 (all or none of them: one component)
+  mutable Buf<T> fwd_xn_, fwd_cq_, fwd_ckv_;  // FP8: forward-only fp32 scratch (one compute thread)
   std::vector<Param<T>*> params_;
 };
 

@@ -16,7 +16,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
     moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher));
   } else {
     mlp_ = std::make_unique<Mlp<T>>();
-    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol.gemm(Component::DenseMlp));
+    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp);
   }
 }
 

@@ -97,6 +97,12 @@ class Model {
     backward_input(mb, grad_scale, dh_out, false);
   }
   const StageSpec& stage() const { return stage_; }
+  // FP8 weight cache (PrecisionPolicy::weight_version): call after every change of the weights
+  // (optimizer step, checkpoint load) when the policy has a version counter; a no-op without one
+  // (every FP8 Linear then re-quantises its weight in each forward).
+  void weights_updated() const {
+    if (pol_.weight_version) ++*pol_.weight_version;
+  }
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore<T>& params() { return ps_; }

@@ -1,10 +1,24 @@
-// DeepSeekMoE forward/backward phases (see moe.h).
+// DeepSeekMoE forward/backward phases (see moe.h; FP8 experts: the *_fp8 helpers below).
 #include "model/moe.h"
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
+#include <vector>
 
 namespace moetron {
+
+namespace {
+// Rows [r0, r0 + c) of a 1x128-tiled FP8 activation
+uint8_t* act_codes(Fp8Act& a, int64_t r0) { return a.q.data() + r0 * a.cols; }
+float* act_scales(Fp8Act& a, int64_t r0) { return a.s.data() + r0 * a.tiles(); }
+// Sizes a for [rows, cols] (contents written later, in row slices)
+void size_act(Fp8Act& a, int64_t rows, int64_t cols, bool pow2) {
+  a.rows = rows, a.cols = cols, a.pow2 = pow2;
+  sized(a.q, rows * cols);
+  sized(a.s, rows * a.tiles());
+}
+}  // namespace
 
 template <class T>
 void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
@@ -13,7 +27,12 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   F_ = c.moe_intermediate_size;
   alpha_ = c.seq_aux_alpha;
   gp_ = {E_, K_, c.n_group, c.topk_group, c.routed_scaling_factor};
-  expert_prec_ = pol.gemm(Component::RoutedExpert);
+  expert_lp_ = pol.linear(Component::RoutedExpert);
+  expert_down_lp_ = pol.linear(Component::RoutedExpert, /*o_proj=*/false, /*expert_down=*/true);
+  expert_prec_ = expert_lp_.gemm();
+  weight_version_ = pol.weight_version.get();
+  if (expert_lp_.fp8() && !std::is_same_v<T, float>)
+    throw std::invalid_argument("the fp8 recipe needs a float model");
   dispatcher_ = std::move(dispatcher);
   first_expert_ = dispatcher_->first_expert(E_);
   E_local_ = dispatcher_->local_experts(E_);
@@ -22,7 +41,7 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   bias_ = ps.add(prefix + "gate.e_score_correction_bias", {E_}, /*decay=*/false);
   bias_->trainable = false;
   params_ = {gate_w_, bias_};
-  gate_ = {gate_w_, D_, E_, pol.gemm(Component::Gate)};
+  gate_ = {gate_w_, D_, E_, pol.gemm(Component::Gate)};  // never FP8
 
   gu_all_ = std::make_unique<Param<T>>();
   gu_all_->value = Tensor({E_local_, 2 * F_, D_}, dtype_of<T>());
@@ -40,8 +59,8 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
     params_.push_back(ps.add_view(p + "down_proj.weight", w_down, g_down, e * D_ * F_, {D_, F_}));
     for (size_t i = params_.size() - 3; i < params_.size(); ++i) params_[i]->expert = true;
   }
-  shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_,
-                pol.gemm(Component::SharedExpert));
+  shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_, pol,
+                Component::SharedExpert);
   for (Param<T>* p : shared_.params()) params_.push_back(p);
 }
 
@@ -113,7 +132,12 @@ void MoE<T>::dispatch_wait(State& st) const {
   // received (token, slot) pairs grouped by local expert; slots of other processes' experts skip
   st.routing = kernels::route_by_expert(st.ds.ridx.data(), st.ds.R, K_, E_local_);
   const int64_t A = static_cast<int64_t>(st.routing.row_token.size());
-  kernels::permute_rows<T>(st.ds.rx.data(), st.routing, D_, sized(st.xperm, A * D_));
+  if (expert_lp_.fp8()) {  // the experts' inputs are kept as FP8 tiles only
+    kernels::permute_rows<T>(st.ds.rx.data(), st.routing, D_, sized(fwd_x_, A * D_));
+    quantize_act(fwd_x_.data(), A, D_, expert_lp_.pow2_x, st.xperm8);
+  } else {
+    kernels::permute_rows<T>(st.ds.rx.data(), st.routing, D_, sized(st.xperm, A * D_));
+  }
   T* w = sized(st.wperm, A);
   for (int64_t r = 0; r < A; ++r) w[r] = st.ds.rw[st.routing.row_slot[r]];
 }
@@ -121,6 +145,9 @@ void MoE<T>::dispatch_wait(State& st) const {
 template <class T>
 void MoE<T>::experts(State& st) const {
   const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
+  if constexpr (std::is_same_v<T, float>) {
+    if (expert_lp_.fp8()) return experts_fp8(st);
+  }
   T* gu = sized(st.gu, R * 2 * F_);
   T* a = sized(st.a, R * F_);
   T* y = sized(st.yperm, R * D_);
@@ -186,6 +213,9 @@ void MoE<T>::combine_backward_wait(State& st) const {
 template <class T>
 void MoE<T>::experts_backward(State& st) const {
   const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
+  if constexpr (std::is_same_v<T, float>) {
+    if (expert_lp_.fp8()) return experts_backward_fp8(st);
+  }
   T* dgu = sized(st.dgu, R * 2 * F_);
   T* dw = sized(st.dwperm, R);
   T* dxp = sized(st.dxperm, R * D_);
@@ -262,6 +292,9 @@ template <class T>
 void MoE<T>::backward_weight(State& st, const T* x) const {
   shared_.backward_weight(st.shared, x);
   gate_.backward_weight(st.dlogits.data(), x, st.N);
+  if constexpr (std::is_same_v<T, float>) {
+    if (expert_lp_.fp8()) return experts_backward_weight_fp8(st);
+  }
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t e = 0; e < E_local_; ++e) {
     const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
@@ -273,6 +306,90 @@ void MoE<T>::backward_weight(State& st, const T* x) const {
     kernels::gemm<T>(true, false, 2 * F_, D_, c, T(1), st.dgu.data() + r0 * 2 * F_,
                      st.xperm.data() + r0 * D_, T(1), gu_all_->g() + e * 2 * F_ * D_, expert_prec_,
                      /*dynamic=*/true);
+  }
+}
+
+// ---- FP8 experts (T = float) -----------------------------------------------------------------
+// Per expert e with rows [r0, r0 + c) of the expert-sorted tokens (SPEC §3.3, §3.5):
+//   forward   gu = fprop(x8, Wgu8_e) -> kept as gu8; a = swiglu(gu) * w; y = fprop(q(a), Wd8_e)
+//   backward  da = dgrad(dy, Wd8_e); gu = deq(gu8); dgu, dw = swiglu_backward; dx = dgrad(dgu,
+//             Wgu8_e); weights: a recomputed from deq(gu8), dWd += wgrad(dy, a),
+//             dWgu += wgrad(dgu, x8 re-quantised 128x1)
+
+template <class T>
+void MoE<T>::experts_fp8(State& st) const {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
+    gu_w8_.refresh(gu_all_->w(), E_local_, 2 * F_, D_, expert_lp_.pow2_w, weight_version_);
+    down_w8_.refresh(down_all_->w(), E_local_, D_, F_, expert_down_lp_.pow2_w, weight_version_);
+    T* gu = sized(fwd_gu_, R * 2 * F_);
+    T* a = sized(fwd_a_, R * F_);
+    T* y = sized(st.yperm, R * D_);
+    size_act(st.gu8, R, 2 * F_, expert_lp_.pow2_x);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t e = 0; e < E_local_; ++e) {
+      const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+      if (c == 0) continue;
+      kernels::fp8_fprop(act_codes(st.xperm8, r0), act_scales(st.xperm8, r0), gu_w8_.codes(e),
+                         gu_w8_.scales(e), c, 2 * F_, D_, gu + r0 * 2 * F_);
+      kernels::quantize(gu + r0 * 2 * F_, c, 2 * F_, kernels::kTile1x128, st.gu8.pow2,
+                        act_codes(st.gu8, r0), act_scales(st.gu8, r0));
+      kernels::swiglu_forward<T>(gu + r0 * 2 * F_, c, F_, st.wperm.data() + r0, a + r0 * F_);
+      thread_local Fp8Act a8;
+      quantize_act(a + r0 * F_, c, F_, expert_down_lp_.pow2_x, a8);
+      kernels::fp8_fprop(a8.q.data(), a8.s.data(), down_w8_.codes(e), down_w8_.scales(e), c, D_, F_,
+                         y + r0 * D_);
+    }
+  }
+}
+
+template <class T>
+void MoE<T>::experts_backward_fp8(State& st) const {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t R = static_cast<int64_t>(st.routing.row_token.size());
+    T* dgu = sized(st.dgu, R * 2 * F_);
+    T* dw = sized(st.dwperm, R);
+    T* dxp = sized(st.dxperm, R * D_);
+    gu_w8_.refresh(gu_all_->w(), E_local_, 2 * F_, D_, expert_lp_.pow2_w, weight_version_);
+    down_w8_.refresh(down_all_->w(), E_local_, D_, F_, expert_down_lp_.pow2_w, weight_version_);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t e = 0; e < E_local_; ++e) {
+      const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+      if (c == 0) continue;
+      thread_local std::vector<float> da, gu;
+      da.resize(c * F_), gu.resize(c * 2 * F_);
+      kernels::fp8_linear_dgrad(st.dyperm.data() + r0 * D_, c, D_, F_, down_w8_.codes(e),
+                                down_w8_.scales(e), expert_down_lp_.pow2_dy,
+                                expert_down_lp_.dgrad_128x128, da.data(), false);
+      kernels::dequantize(act_codes(st.gu8, r0), act_scales(st.gu8, r0), c, 2 * F_,
+                          kernels::kTile1x128, gu.data());
+      kernels::swiglu_backward<T>(da.data(), gu.data(), c, F_, st.wperm.data() + r0,
+                                  dgu + r0 * 2 * F_, dw + r0);
+      kernels::fp8_linear_dgrad(dgu + r0 * 2 * F_, c, 2 * F_, D_, gu_w8_.codes(e), gu_w8_.scales(e),
+                                expert_lp_.pow2_dy, expert_lp_.dgrad_128x128, dxp + r0 * D_, false);
+    }
+  }
+}
+
+template <class T>
+void MoE<T>::experts_backward_weight_fp8(State& st) const {
+  if constexpr (std::is_same_v<T, float>) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t e = 0; e < E_local_; ++e) {
+      const int64_t r0 = st.routing.offsets[e], c = st.routing.counts[e];
+      if (c == 0) continue;
+      thread_local std::vector<float> gu, a;
+      gu.resize(c * 2 * F_), a.resize(c * F_);
+      kernels::dequantize(act_codes(st.gu8, r0), act_scales(st.gu8, r0), c, 2 * F_,
+                          kernels::kTile1x128, gu.data());
+      kernels::swiglu_forward<T>(gu.data(), c, F_, st.wperm.data() + r0, a.data());
+      kernels::fp8_linear_wgrad_f32(st.dyperm.data() + r0 * D_, a.data(), c, D_, F_,
+                                    expert_down_lp_.pow2_dy, expert_down_lp_.pow2_x,
+                                    down_all_->g() + e * D_ * F_);
+      kernels::fp8_linear_wgrad(st.dgu.data() + r0 * 2 * F_, act_codes(st.xperm8, r0),
+                                act_scales(st.xperm8, r0), c, 2 * F_, D_, expert_lp_.pow2_dy,
+                                st.xperm8.pow2, gu_all_->g() + e * 2 * F_ * D_);
+    }
   }
 }
 

@@ -11,6 +11,12 @@
 // Gate weights are folded into the experts' SwiGLU (g * W2(a) = W2(g * a)), so combine is a plain
 // sum. The sequence-wise balance loss (alpha) is computed in the gate phase; expert loads of the
 // micro-batch are kept in the state for the auxiliary-loss-free bias update.
+//
+// FP8 routed experts (precision.h): every expert's three GEMMs are block-scaled E4M3 (weights
+// 128x128 per expert, cached in experts_w8_); the state keeps the expert inputs (xperm8) and the
+// SwiGLU inputs (gu8) as FP8 1x128 tiles and no fp32 expert activation; the backward dequantises
+// gu and recomputes the SwiGLU output (SPEC §3.5). The activation gradient entering the down
+// projection uses power-of-two scales under the default "spec" scale rule.
 #pragma once
 
 #include <memory>
@@ -43,7 +49,17 @@ class MoE {
     std::vector<int64_t> load;  // [E] assignments per expert in this micro-batch
     // backward
     Buf<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
-    T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
+    T aux_grad = T(0);   // d(total loss)/d(balance_loss), set by the caller
+    Fp8Act xperm8, gu8;  // FP8 experts: [A, D] expert inputs, [A, 2F] SwiGLU inputs
+    // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
+    // dispatch state ds and the input x are the dispatcher's and the caller's).
+    int64_t saved_bytes() const {
+      const int64_t n = static_cast<int64_t>(logits.size() + scores.size() + weights.size() +
+                                             xperm.size() + wperm.size() + gu.size() + a.size() +
+                                             yperm.size() + shared_out.size() + bal_f.size());
+      return n * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(idx.size() * 4) +
+             xperm8.bytes() + gu8.bytes() + shared.saved_bytes();
+    }
   };
 
   // The dispatcher decides which experts live here (all of them for LocalDispatcher).
@@ -78,6 +94,10 @@ class MoE {
   const std::vector<Param<T>*>& params() const { return params_; }
 
  private:
+  void experts_fp8(State& st) const;
+  void experts_backward_fp8(State& st) const;
+  void experts_backward_weight_fp8(State& st) const;
+
   int64_t D_ = 0, E_ = 0, K_ = 0, F_ = 0;
   int64_t E_local_ = 0, first_expert_ = 0;  // experts held here: [first, first + E_local)
   std::shared_ptr<TokenDispatcher<T>> dispatcher_;
@@ -90,6 +110,10 @@ class MoE {
   std::unique_ptr<Param<T>> gu_all_;    // [E_local, 2F, D] gate|up
   std::unique_ptr<Param<T>> down_all_;  // [E_local, D, F]
   kernels::GemmPrecision expert_prec_ = kernels::GemmPrecision::FP32;
+  LinearPrecision expert_lp_{}, expert_down_lp_{};  // FP8: the up (gate|up) and down GEMMs
+  const uint64_t* weight_version_ = nullptr;
+  mutable Fp8WeightCache gu_w8_, down_w8_;  // FP8 copies [E_local, 2F, D], [E_local, D, F]
+  mutable Buf<T> fwd_x_, fwd_gu_, fwd_a_;   // FP8: fp32 scratch (one compute thread)
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;
 };

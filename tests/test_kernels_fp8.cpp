@@ -1,7 +1,8 @@
 // FP8 recipe, second half of the tests (the first half, tests/test_kernels_quantize.cpp, covers the
 // E4M3/E5M2 code tables built from the format definitions, midpoint rounding, saturation, the
 // tile quantiser's error bound and the blockwise GEMM): kernels/fp8.h's quantize / dequantize
-// bit for bit against kernels/quantize.h's reference, the three GEMMs of a Linear (fp8_fprop,
+// bit for bit against the scalar reference quantiser defined here (ref_quantize, the SPEC §3.2
+// rule written plainly), the three GEMMs of a Linear (fp8_fprop,
 // fp8_dgrad, fp8_wgrad) on every path (Dequant, Bf16Blocks, Blockwise) against an exact double
 // evaluation of the same recipe written from the untransposed operands, the 1x128 -> 128x1
 // re-quantisation with power-of-two scales, scale floors, the DeepGEMM criterion on scaled-down
@@ -20,7 +21,6 @@
 
 #include "kernels/fp8.h"
 #include "kernels/ops.h"
-#include "kernels/quantize.h"
 #include "kernels/scalar.h"
 
 using namespace moetron;
@@ -30,21 +30,52 @@ namespace {
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The reference quantiser: SPEC §3.2 written plainly, tile by tile. Per tile
+// s = max(amax, 1e-4) / 448 (pow2: pow2_ceil of it), q = e4m3(x / s) (x * (1/s) for pow2, exact).
+void ref_quantize(const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
+                  float* scales) {
+  const int64_t TR = cdiv(R, t.rows), TC = cdiv(C, t.cols);
+  for (int64_t br = 0; br < TR; ++br) {
+    const int64_t r0 = br * t.rows, r1 = std::min(R, r0 + t.rows);
+    for (int64_t bc = 0; bc < TC; ++bc) {
+      const int64_t c0 = bc * t.cols, c1 = std::min(C, c0 + t.cols);
+      float amax = 0.f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[r * C + c]));
+      float s = std::max(amax, 1e-4f) / 448.0f;
+      if (pow2) s = pow2_ceil(s);
+      scales[br * TC + bc] = s;
+      const float inv = 1.0f / s;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          q[r * C + c] = f32_to_e4m3(pow2 ? x[r * C + c] * inv : x[r * C + c] / s);
+    }
+  }
+}
+
+// x = decoded code * its tile's scale
+void ref_dequantize(const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t, float* x) {
+  const int64_t TC = cdiv(C, t.cols);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      x[r * C + c] = e4m3_to_f32(q[r * C + c]) * scales[(r / t.rows) * TC + c / t.cols];
+}
+
 struct Quant {
   std::vector<uint8_t> q;
   std::vector<float> s;
 };
 
-// x [R,C] quantised with tile t by the reference (quantize_e4m3) or the vectorised quantiser
+// x [R,C] quantised with tile t by the reference (ref_quantize) or the vectorised quantiser
 Quant quant(const std::vector<float>& x, int64_t R, int64_t C, Tile t, bool pow2, bool vec) {
   Quant r{std::vector<uint8_t>(R * C), std::vector<float>(cdiv(R, t.rows) * cdiv(C, t.cols))};
-  (vec ? quantize : quantize_e4m3)(x.data(), R, C, t, pow2, r.q.data(), r.s.data());
+  (vec ? quantize : ref_quantize)(x.data(), R, C, t, pow2, r.q.data(), r.s.data());
   return r;
 }
 
 std::vector<float> dequant(const Quant& a, int64_t R, int64_t C, Tile t) {
   std::vector<float> x(R * C);
-  dequantize_e4m3(a.q.data(), a.s.data(), R, C, t, x.data());
+  ref_dequantize(a.q.data(), a.s.data(), R, C, t, x.data());
   return x;
 }
 
@@ -184,8 +215,8 @@ TEST(Fp8Vec, QuantizerBitIdenticalOnOddShapesTilesAndSpecials) {
           ASSERT_EQ(a.q, b.q) << what;
           ASSERT_EQ(a.s.size(), b.s.size());
           EXPECT_TRUE(same_bits(a.s, b.s)) << what;
-          std::vector<float> da(R * C), db(R * C);  // and dequantize is dequantize_e4m3
-          dequantize_e4m3(a.q.data(), a.s.data(), R, C, t, da.data());
+          std::vector<float> da(R * C), db(R * C);  // and dequantize is ref_dequantize
+          ref_dequantize(a.q.data(), a.s.data(), R, C, t, da.data());
           dequantize(a.q.data(), a.s.data(), R, C, t, db.data());
           EXPECT_TRUE(same_bits(da, db)) << "dequantize " << what;
         }
@@ -360,7 +391,7 @@ TEST(Fp8Layouts, TransposeHelpersAreExactTransposes) {
   std::vector<uint8_t> qT(C * R);
   std::vector<float> sT(cdiv(C, 128) * cdiv(R, 128)), yT(C * R);
   transpose_e4m3_blocks(w.q.data(), w.s.data(), R, C, qT.data(), sT.data());
-  dequantize_e4m3(qT.data(), sT.data(), C, R, kTile128x128, yT.data());
+  ref_dequantize(qT.data(), sT.data(), C, R, kTile128x128, yT.data());
   EXPECT_EQ(yT, transposed(dequant(w, R, C, kTile128x128), R, C));
   for (bool pow2 : {false, true}) {
     const Quant t = quant(x, R, C, kTile128x1, pow2, false);

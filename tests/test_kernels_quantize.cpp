@@ -1,7 +1,9 @@
 // FP8 conversion and the fine-grained quantiser: all 256 codes of E4M3 and E5M2 against tables
 // built here from the formats' definitions, round-to-nearest-even at every midpoint, saturation,
-// power-of-two scales, tile quantisation of odd shapes, and the SPEC App. B.2 caveat (128x128
-// tiles on a gradient with token outliers are far worse than 1x128).
+// power-of-two scales, tile quantisation of odd shapes by the one quantiser (kernels/fp8.h's
+// quantize / dequantize), the SPEC App. B.2 caveat (128x128 tiles on a gradient with token
+// outliers are far worse than 1x128), and the Dequant GEMM path against the literal blockwise
+// recipe.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/quantize.h"
+#include "kernels/fp8.h"
 #include "kernels/scalar.h"
 
 using namespace moetron;
@@ -118,8 +120,8 @@ TEST(Fp8Quantize, TilesOfOddShapesWithinHalfAnUlp) {
         const int64_t TR = (R + t.rows - 1) / t.rows, TC = (C + t.cols - 1) / t.cols;
         std::vector<uint8_t> q(R * C);
         std::vector<float> s(TR * TC);
-        quantize_e4m3(x.data(), R, C, t, pow2, q.data(), s.data());
-        dequantize_e4m3(q.data(), s.data(), R, C, t, y.data());
+        quantize(x.data(), R, C, t, pow2, q.data(), s.data());
+        dequantize(q.data(), s.data(), R, C, t, y.data());
         for (int64_t r = 0; r < R; ++r)
           for (int64_t c = 0; c < C; ++c) {
             const float sc = s[(r / t.rows) * TC + c / t.cols], v = x[r * C + c];
@@ -149,8 +151,8 @@ TEST(Fp8Quantize, BlockTilesFailOnTokenOutliersWhereRowTilesDoNot) {
     const int64_t TR = (R + t.rows - 1) / t.rows, TC = (C + t.cols - 1) / t.cols;
     std::vector<uint8_t> q(R * C);
     std::vector<float> s(TR * TC), y(R * C);
-    quantize_e4m3(x.data(), R, C, t, false, q.data(), s.data());
-    dequantize_e4m3(q.data(), s.data(), R, C, t, y.data());
+    quantize(x.data(), R, C, t, false, q.data(), s.data());
+    dequantize(q.data(), s.data(), R, C, t, y.data());
     double num = 0, den = 0;  // over the ordinary (non-outlier) tokens
     for (int64_t r = 0; r < R; ++r)
       if (r % 64 != 5)
@@ -186,10 +188,11 @@ TEST(Fp8Gemm, PromotionRecipeBlockAndTileScaledOddSizes) {
       const int64_t KB = (K + 127) / 128;
       std::vector<uint8_t> qa(M * K), qb(N * K);
       std::vector<float> sa(M * KB), sb(((N + tB.rows - 1) / tB.rows) * KB);
-      quantize_e4m3(a.data(), M, K, kTile1x128, true, qa.data(), sa.data());
-      quantize_e4m3(b.data(), N, K, tB, false, qb.data(), sb.data());
+      quantize(a.data(), M, K, kTile1x128, true, qa.data(), sa.data());
+      quantize(b.data(), N, K, tB, false, qb.data(), sb.data());
       std::vector<float> fast(M * N, 1.f), lit(M * N, 1.f);
-      fp8_gemm_nt(qa.data(), sa.data(), qb.data(), sb.data(), tB, M, N, K, fast.data(), true);
+      fp8_gemm_nt_path(Fp8Gemm::Dequant, qa.data(), sa.data(), qb.data(), sb.data(), tB, M, N, K,
+                       fast.data(), true);
       fp8_gemm_nt_blockwise(qa.data(), sa.data(), qb.data(), sb.data(), tB, M, N, K, lit.data(),
                             true);
       for (int64_t m = 0; m < M; ++m)
@@ -226,10 +229,10 @@ TEST(Fp8Gemm, DeepGemmCriterionOnScaledDownV3Shapes) {
     const int64_t KB = (K + 127) / 128;
     std::vector<uint8_t> qa(M * K), qb(N * K);
     std::vector<float> sa(M * KB), sb(((N + 127) / 128) * KB), out(M * N);
-    quantize_e4m3(a.data(), M, K, kTile1x128, false, qa.data(), sa.data());
-    quantize_e4m3(b.data(), N, K, kTile128x128, false, qb.data(), sb.data());
-    fp8_gemm_nt(qa.data(), sa.data(), qb.data(), sb.data(), kTile128x128, M, N, K, out.data(),
-                false);
+    quantize(a.data(), M, K, kTile1x128, false, qa.data(), sa.data());
+    quantize(b.data(), N, K, kTile128x128, false, qb.data(), sb.data());
+    fp8_gemm_nt_path(Fp8Gemm::Dequant, qa.data(), sa.data(), qb.data(), sb.data(), kTile128x128, M,
+                     N, K, out.data(), false);
     std::vector<double> ref(M * N, 0.0);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) {

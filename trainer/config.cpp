@@ -338,6 +338,18 @@ void visit_config(V& v, C&... c) {
   });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {
     v.field("recipe", Text{{"fp32", "bf16", "fp8"}}, c.precision.recipe...);
+    v.field("fp8_pow2_scales", Text{{"spec", "all", "none"}}, c.precision.fp8_pow2_scales...);
+    v.field("fp8_dgrad_tile", Text{{"1x128", "128x128"}}, c.precision.fp8_dgrad_tile...);
+    v.section("overrides", "per component; recipe = as precision.recipe", [&] {
+      const Text linear{{"recipe", "fp32", "bf16", "fp8"}};
+      const Text high{{"recipe", "fp32", "bf16"}};  // the gate and head are never FP8
+      v.field("attention_proj", linear, c.precision.overrides.attention_proj...);
+      v.field("dense_mlp", linear, c.precision.overrides.dense_mlp...);
+      v.field("shared_expert", linear, c.precision.overrides.shared_expert...);
+      v.field("routed_expert", linear, c.precision.overrides.routed_expert...);
+      v.field("gate", high, c.precision.overrides.gate...);
+      v.field("head", high, c.precision.overrides.head...);
+    });
   });
   v.section("run", "where and how long", [&] {
     v.field("dir", kNonEmptyText, c.run.dir...);

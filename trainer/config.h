@@ -9,11 +9,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
+#include "model/precision.h"
 
 namespace moetron {
 
@@ -82,8 +84,31 @@ struct ParallelConfig {
   std::string schedule = "1f1b";  // 1f1b | zb1p | dualpipe | dualpipev
 };
 
+// GEMM precision (model/precision.h has the meaning of every setting). Master weights and
+// gradients are always fp32; the AdamW moments' type is optimizer.moment_dtype.
 struct PrecisionConfig {
-  std::string recipe = "fp32";  // fp32 | bf16 | fp8
+  std::string recipe = "fp32";           // fp32 | bf16 | fp8
+  std::string fp8_pow2_scales = "spec";  // spec | all | none: which FP8 scales are UE8M0
+  std::string fp8_dgrad_tile = "1x128";  // 1x128 | 128x128 (experiment, SPEC App. B.2)
+  struct Overrides {                     // per component; "recipe" = follow `recipe`
+    std::string attention_proj = "recipe", dense_mlp = "recipe", shared_expert = "recipe",
+                routed_expert = "recipe";          // recipe | fp32 | bf16 | fp8
+    std::string gate = "recipe", head = "recipe";  // recipe | fp32 | bf16 (never FP8)
+  } overrides;
+  // The policy the model is built with (throws std::invalid_argument on a bad value).
+  PrecisionPolicy policy() const {
+    std::map<std::string, std::string> o;
+    auto add = [&](const char* k, const std::string& v) {
+      if (v != "recipe") o[k] = v;
+    };
+    add("attention_proj", overrides.attention_proj);
+    add("dense_mlp", overrides.dense_mlp);
+    add("shared_expert", overrides.shared_expert);
+    add("routed_expert", overrides.routed_expert);
+    add("gate", overrides.gate);
+    add("head", overrides.head);
+    return PrecisionPolicy::from(recipe, o, fp8_pow2_scales, fp8_dgrad_tile);
+  }
 };
 
 struct RunConfig {

@@ -41,7 +41,7 @@ void save_params(const ParamStore<float>& params, const std::string& out_path) {
 }
 
 void dump_grads(const Config& cfg, const std::string& out_path) {
-  const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
+  const PrecisionPolicy policy = cfg.precision.policy();
   data::DatasetOptions opt;
   opt.seq_len = cfg.data.seq_len, opt.seed = cfg.run.seed,
   opt.model_vocab_size = cfg.model.vocab_size;

@@ -4,6 +4,7 @@
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
 //   moetron export CHECKPOINT OUTDIR [--dtype bf16|fp32] Hugging Face safetensors + config.json
+//   moetron tokenize train|encode|decode|ids|info ...   byte-level BPE (trainer/tokenize.h)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
 #include <malloc.h>
@@ -22,16 +23,19 @@
 #include "trainer/config.h"
 #include "trainer/dump.h"
 #include "trainer/export.h"
+#include "trainer/tokenize.h"
 #include "trainer/train.h"
 
 namespace {
 
-const char* kUsage =
-    "usage:\n"
-    "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
-    "  moetron prepare-text --out FILE.h5 INPUT...\n"
-    "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n"
-    "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n";
+const std::string kUsage =
+    std::string(
+        "usage:\n"
+        "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
+        "  moetron prepare-text --out FILE.h5 INPUT...\n"
+        "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n"
+        "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
+    moetron::kTokenizeUsage;
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -69,6 +73,13 @@ int run(int argc, char** argv) {
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::cout << kUsage;
     return 0;
+  }
+  if (cmd == "tokenize") {
+    try {
+      return moetron::tokenize_command(std::vector<std::string>(argv + 2, argv + argc), std::cout);
+    } catch (const moetron::TokenizeUsageError& e) {
+      throw UsageError(e.what());
+    }
   }
   Args a = parse(argc, argv, 2);
   if (cmd == "train") {

@@ -134,7 +134,9 @@ extern "C" void on_stop_signal(int) { g_stop = 1; }
 }  // namespace
 
 TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume) {
-  const PrecisionPolicy policy = PrecisionPolicy::from(cfg.precision.recipe);
+  // the recipe per component; FP8 weight copies are re-quantised once per optimizer step
+  PrecisionPolicy policy = cfg.precision.policy();
+  policy.weight_version = std::make_shared<uint64_t>(0);
   Communicator& w = world();
   const RankGrid grid = make_grid(cfg, w);
   const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
@@ -211,6 +213,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     } else {
       const auto l0 = std::chrono::steady_clock::now();
       state = load_checkpoint(dir, cfg, model.params(), {&opt_dense, &opt_experts}, tokenizer);
+      model.weights_updated();
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count();
       if (rank0)
@@ -342,6 +345,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
                             : 1.0;
     opt_dense.step(lr, clip, step + 1);
     opt_experts.step(lr, clip, step + 1);
+    model.weights_updated();
 
     double imbalance = 0;
     for (size_t i = 0; i < moe.size(); ++i) {

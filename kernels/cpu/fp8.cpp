@@ -3,10 +3,11 @@
 // promotion per 128-K block (Fp8Gemm::Bf16Blocks). The layout-level GEMMs and the path switch are
 // in kernels/cpu/fp8_gemm.cpp.
 //
-// Quantiser (quantize, quantize_128x1_t, requantize_1x128_to_128x1): the quantize_e4m3
-//   algorithm — same amax, same scale expression, same division x / s (or product x * (1/s) for
-//   power-of-two scales) — on AVX-512 vectors, with a branch-free E4M3 encoder (encode16). Codes
-//   and scales are bit-identical to quantize_e4m3 (tested, NaN and inf inputs included). gcc 12
+// Quantiser (quantize, quantize_128x1_t, requantize_1x128_to_128x1): the rule of kernels/fp8.h —
+//   amax over the tile, s = max(amax, 1e-4) / 448 (or its pow2_ceil), the division x / s (or
+//   product x * (1/s) for power-of-two scales) — on AVX-512 vectors, with a branch-free E4M3
+//   encoder (encode16). Codes and scales are bit-identical to the scalar reference of
+//   tests/test_kernels_fp8.cpp (tested, NaN and inf inputs included). gcc 12
 //   does not vectorise the scalar encoder (it turns its selects into branches), hence intrinsics.
 //   Without AVX-512 (the sanitizer build has no -march=native) every loop falls back to the
 //   scalar.h conversions, which are the definitions.
@@ -15,8 +16,8 @@
 //   128x1 tiles stored transposed (Wgrad's token-major operand): per 128 rows x 16 columns,
 //   vertical maxima give the 16 column scales, then 16x16 in-register transposes turn rows into
 //   columns, which are encoded and stored contiguously — no separate byte transpose.
-// Dequantiser (dequantize): decoded code * tile scale, the expression of dequantize_e4m3 (bit for
-//   bit); AVX-512 for 1x128 / 128x128 (one scale per 128 columns) and 128x1 (a scale per column).
+// Dequantiser (dequantize): decoded code * tile scale; AVX-512 for 1x128 / 128x128 (one scale per
+//   128 columns) and 128x1 (a scale per column), scalar for other tiles.
 // GEMM (fp8_gemm_nt_bf16): the promotion recipe of SPEC §3.4 literally, with the 128-wide block
 //   partials on oneDNN's bf16 x bf16 -> fp32 matmul (avx512_bf16):
 //     1. decode both operands' E4M3 codes to bf16 (exact: every E4M3 value is a bf16 value),
@@ -25,10 +26,10 @@
 //        fp32, summed in fp32 (the partial Hopper's tensor core computes with ~14 bits); a partial
 //        last block (K % 128) runs as its own call at its real width;
 //     3. promotion, in K-block order: D[m,n] (+)= P[kb][m,n] * sA[m,kb] * sB[blk(n),kb].
-//   Equal to fp8_gemm_nt_blockwise up to the order of the fp32 additions inside a block.
-//   The batched matmul uses runtime dimensions, so one oneDNN primitive (per thread count) serves
-//   every shape: routed experts change M every step without a JIT compile per size.
-//   Memory: P holds up to 2^24 floats (64 MiB); larger products run in groups of K blocks.
+//   Equal to fp8_gemm_nt_blockwise (fp8_gemm.cpp) up to the order of the fp32 additions inside a
+//   block. The batched matmul uses runtime dimensions, so one oneDNN primitive (per thread count)
+//   serves every shape: routed experts change M every step without a JIT compile per size. Memory:
+//   P holds up to 2^24 floats (64 MiB); larger products run in groups of K blocks.
 #include "kernels/fp8.h"
 
 #include <omp.h>
@@ -64,7 +65,7 @@ T* grow(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-// The scale of a tile from its amax: the expression of quantize_e4m3.
+// The scale of a tile from its amax (kernels/fp8.h).
 inline float tile_scale(float amax, bool pow2) {
   const float s = std::max(amax, 1e-4f) / 448.0f;
   return pow2 ? pow2_ceil(s) : s;
@@ -301,8 +302,14 @@ inline void decode_row(const uint8_t* q, const float* sc, float s1, int64_t w, f
 void dequantize(const uint8_t* q, const float* s, int64_t R, int64_t C, Tile t, float* x) {
   if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1)
     throw std::invalid_argument("dequantize: bad sizes");
-  if (t.cols != 128 && t.cols != 1) return dequantize_e4m3(q, s, R, C, t, x);
   const int64_t TC = cdiv(C, t.cols);
+  if (t.cols != 128 && t.cols != 1) {  // other tiles: the definition, element by element
+#pragma omp parallel for schedule(static) if (R * C >= (1 << 15))
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c)
+        x[r * C + c] = e4m3_to_f32(q[r * C + c]) * s[(r / t.rows) * TC + c / t.cols];
+    return;
+  }
 #pragma omp parallel for schedule(static) if (R * C >= (1 << 15))
   for (int64_t r = 0; r < R; ++r) {
     const float* srow = s + (r / t.rows) * TC;

@@ -10,6 +10,8 @@
 //   Wgrad  a = deq(dYt [N,M], 1x128), b = deq(Xt [K,M], 1x128);   dW += a b^T
 // The recipe paths take NT operands, so Dgrad first transposes W's codes and block scales
 // (transpose_e4m3_blocks, exact). Scratch: per-thread fp32 copies of both operands.
+// fp8_gemm_nt_blockwise, the literal recipe (scalar loops), is defined here too: it is the
+// reference the other paths are tested against.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -62,6 +64,25 @@ Fp8Gemm resolve(Fp8Gemm path, const float* sA, const float* sB, Tile tB, int64_t
 }
 
 }  // namespace
+
+void fp8_gemm_nt_blockwise(const uint8_t* A, const float* sA, const uint8_t* B, const float* sB,
+                           Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate) {
+  check(M, N, K, "fp8_gemm_nt_blockwise");
+  const int64_t KB = cdiv(K, 128);
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = accumulate ? D[m * N + n] : 0.f;
+      for (int64_t kb = 0; kb < KB; ++kb) {
+        float partial = 0.f;  // the tensor core's block: products of decoded FP8 values
+        for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k)
+          partial += e4m3_to_f32(A[m * K + k]) * e4m3_to_f32(B[n * K + k]);
+        const float sb = sB[(n / tB.rows) * KB + kb];
+        acc += partial * sA[m * KB + kb] * sb;  // promotion to the FP32 accumulator
+      }
+      D[m * N + n] = acc;
+    }
+}
 
 bool pow2_scales(const float* s, int64_t n) {
   bool ok = true;

@@ -1,0 +1,128 @@
+// The precision section (trainer/config.h PrecisionConfig -> model/precision.h PrecisionPolicy):
+// defaults, the fp8 recipe and its per-component overrides, the FP8 scale and Dgrad-tile
+// settings, the messages for bad values, the round trip through config_to_yaml, and what the
+// resulting policy asks each component to run.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/test_config_util.h"
+#include "trainer/config.h"
+
+namespace moetron {
+namespace {
+
+using test::base_config;
+using test::edit_yaml;
+using test::error_of;
+using test::kBaseYaml;
+
+TEST(ConfigPrecision, DefaultsAreFp32WithSpecScalesAnd1x128Gradients) {
+  const Config c = base_config();
+  EXPECT_EQ(c.precision.recipe, "fp32");
+  EXPECT_EQ(c.precision.fp8_pow2_scales, "spec");
+  EXPECT_EQ(c.precision.fp8_dgrad_tile, "1x128");
+  EXPECT_EQ(c.precision.overrides.routed_expert, "recipe");
+  const PrecisionPolicy p = c.precision.policy();
+  EXPECT_FALSE(p.any_fp8());
+  EXPECT_EQ(p.gemm(Component::AttentionProj), kernels::GemmPrecision::FP32);
+  EXPECT_EQ(c.optimizer.moment_dtype, "fp32");  // AdamW moments: optimizer.moment_dtype
+}
+
+TEST(ConfigPrecision, Fp8RecipeSelectsTheLinearLayersOnly) {
+  const PrecisionPolicy p = base_config({"precision.recipe=fp8"}).precision.policy();
+  for (Component c : {Component::AttentionProj, Component::DenseMlp, Component::SharedExpert,
+                      Component::RoutedExpert})
+    EXPECT_TRUE(p.linear(c).fp8()) << PrecisionPolicy::key(c);
+  // gate and head stay in higher precision (bf16 GEMMs)
+  EXPECT_EQ(p.recipe_of(Component::Gate), Recipe::BF16);
+  EXPECT_EQ(p.recipe_of(Component::Head), Recipe::BF16);
+  EXPECT_EQ(p.gemm(Component::Head), kernels::GemmPrecision::BF16);
+  // SPEC scales: pow2 only for o_proj's input and the experts' down-projection gradient
+  const LinearPrecision plain = p.linear(Component::AttentionProj);
+  EXPECT_FALSE(plain.pow2_x || plain.pow2_dy || plain.pow2_w || plain.dgrad_128x128);
+  EXPECT_TRUE(p.linear(Component::AttentionProj, /*o_proj=*/true).pow2_x);
+  EXPECT_TRUE(p.linear(Component::RoutedExpert, false, /*expert_down=*/true).pow2_dy);
+}
+
+TEST(ConfigPrecision, OverridesScalesAndTilesReachThePolicy) {
+  const Config c =
+      parse_config(edit_yaml(kBaseYaml, {{"precision.recipe", "fp8"},
+                                         {"precision.fp8_pow2_scales", "all"},
+                                         {"precision.fp8_dgrad_tile", "128x128"},
+                                         {"precision.overrides.attention_proj", "bf16"},
+                                         {"precision.overrides.head", "fp32"}}),
+                   "test.yaml");
+  const PrecisionPolicy p = c.precision.policy();
+  EXPECT_EQ(p.recipe_of(Component::AttentionProj), Recipe::BF16);
+  EXPECT_EQ(p.recipe_of(Component::DenseMlp), Recipe::FP8);
+  EXPECT_EQ(p.gemm(Component::Head), kernels::GemmPrecision::FP32);
+  const LinearPrecision e = p.linear(Component::RoutedExpert);
+  EXPECT_TRUE(e.pow2_x && e.pow2_dy && e.pow2_w && e.dgrad_128x128);
+  // and a bf16 run with only the routed experts in fp8 (--set works on the nested keys)
+  const PrecisionPolicy q =
+      base_config({"precision.recipe=bf16", "precision.overrides.routed_expert=fp8"})
+          .precision.policy();
+  EXPECT_EQ(q.recipe_of(Component::RoutedExpert), Recipe::FP8);
+  EXPECT_EQ(q.recipe_of(Component::SharedExpert), Recipe::BF16);
+  EXPECT_TRUE(q.any_fp8());
+}
+
+TEST(ConfigPrecision, BadValuesFailWithTheKeyAndTheChoices) {
+  const std::string gate = error_of(edit_yaml(kBaseYaml, {{"precision.overrides.gate", "fp8"}}));
+  EXPECT_NE(gate.find("precision.overrides.gate: must be one of {recipe, fp32, bf16}"),
+            std::string::npos)
+      << gate;
+  const std::string head = error_of(edit_yaml(kBaseYaml, {{"precision.overrides.head", "fp8"}}));
+  EXPECT_NE(head.find("precision.overrides.head: must be one of {recipe, fp32, bf16}"),
+            std::string::npos)
+      << head;
+  const std::string comp =
+      error_of(edit_yaml(kBaseYaml, {{"precision.overrides.routed_expert", "fp16"}}));
+  EXPECT_NE(
+      comp.find("precision.overrides.routed_expert: must be one of {recipe, fp32, bf16, fp8}"),
+      std::string::npos)
+      << comp;
+  const std::string unknown =
+      error_of(edit_yaml(kBaseYaml, {{"precision.overrides.lm_head", "bf16"}}));
+  EXPECT_NE(unknown.find("precision.overrides.lm_head"), std::string::npos) << unknown;
+  const std::string scales = error_of(kBaseYaml, {"precision.fp8_pow2_scales=true"});
+  EXPECT_NE(scales.find("precision.fp8_pow2_scales: must be one of {spec, all, none}"),
+            std::string::npos)
+      << scales;
+  const std::string tile = error_of(kBaseYaml, {"precision.fp8_dgrad_tile=128x1"});
+  EXPECT_NE(tile.find("precision.fp8_dgrad_tile: must be one of {1x128, 128x128}"),
+            std::string::npos)
+      << tile;
+}
+
+TEST(ConfigPrecision, PolicyRejectsWhatTheConfigWouldReject) {
+  // PrecisionPolicy::from is also reachable without a config (tests, tools): same rules
+  EXPECT_THROW(PrecisionPolicy::from("fp8", {{"gate", "fp8"}}, "spec", "1x128"),
+               std::invalid_argument);
+  EXPECT_THROW(PrecisionPolicy::from("fp8", {{"router", "bf16"}}, "spec", "1x128"),
+               std::invalid_argument);
+  EXPECT_THROW(PrecisionPolicy::from("fp8", {}, "pow2", "1x128"), std::invalid_argument);
+  EXPECT_THROW(PrecisionPolicy::from("fp8", {}, "spec", "1x1"), std::invalid_argument);
+  EXPECT_THROW(PrecisionPolicy::from("int8"), std::invalid_argument);
+  try {
+    PrecisionPolicy::from("fp8", {{"head", "fp8"}}, "spec", "1x128");
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("head stays in higher precision"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
+  const Config c = base_config({"precision.recipe=fp8", "precision.overrides.dense_mlp=bf16",
+                                "precision.fp8_pow2_scales=none"});
+  const std::string yaml = config_to_yaml(c);
+  EXPECT_NE(yaml.find("fp8_dgrad_tile"), std::string::npos);
+  const Config back = parse_config(yaml, "written.yaml");
+  EXPECT_TRUE(back == c);
+  EXPECT_EQ(back.precision.overrides.dense_mlp, "bf16");
+  EXPECT_FALSE(back == base_config());
+}
+
+}  // namespace
+}  // namespace moetron
