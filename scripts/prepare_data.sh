@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Prepares the demo corpus for training: fetches the State of the Union addresses (fetch_sotu.sh)
-# and converts them with the byte tokenizer into two token files,
-#   data/cache/sotu/train.h5  all addresses but the last 8 (by file name, i.e. by year)
-#   data/cache/sotu/valid.h5  the last 8 addresses
-# using `moetron prepare-text --out FILE.h5 INPUT...`. Holding out the most recent addresses
-# keeps validation text out of training. Idempotent: does nothing when both outputs exist and
-# are newer than every input; outputs are written atomically by moetron, so an interrupted run
-# never leaves a file that looks finished.
+# Prepares the demo corpus for training: fetches the State of the Union addresses (fetch_sotu.sh),
+# trains a byte-level BPE tokenizer on the training addresses and encodes both splits into
+# HDF5 token shards:
+#   data/cache/sotu/tokenizer.json   8192 tokens (BOS/EOS/pad, 256 bytes, 7933 merges), HF format
+#   data/cache/sotu/train/           all addresses but the last 8 (by file name, i.e. by year)
+#   data/cache/sotu/valid/           the last 8 addresses
+# (each a tokens_NNNNN.h5 set + tokens.index.json) with `moetron tokenize train|encode`. Holding
+# out the most recent addresses keeps validation text out of training and out of the tokenizer.
+# Idempotent: does nothing when every output exists and is newer than every input; moetron
+# writes each output atomically (an index only once its shards are complete), so an interrupted
+# run never leaves an output that looks finished. VOCAB=N overrides the vocabulary size.
 #
 # Usage: scripts/prepare_data.sh MOETRON_BINARY [OUT_DIR]   (default OUT_DIR: data/cache/sotu)
 set -euo pipefail
@@ -25,8 +28,10 @@ moetron="$1"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out_dir="${2:-$repo/data/cache/sotu}"
 raw="$out_dir/raw"
-train_h5="$out_dir/train.h5"
-valid_h5="$out_dir/valid.h5"
+tokenizer="$out_dir/tokenizer.json"
+train_idx="$out_dir/train/tokens.index.json"
+valid_idx="$out_dir/valid/tokens.index.json"
+vocab="${VOCAB:-8192}"
 
 "$repo/scripts/fetch_sotu.sh" "$raw"
 
@@ -38,22 +43,27 @@ valid=("${files[@]:n-N_VALID}")
 
 up_to_date() {
   local out
-  for out in "$train_h5" "$valid_h5"; do
+  for out in "$tokenizer" "$train_idx" "$valid_idx"; do
     [[ -f "$out" ]] || return 1
     [[ -z "$(find "$raw" -maxdepth 1 -type f -name '*.txt' -newer "$out" -print -quit)" ]] ||
       return 1
+    [[ ! "$tokenizer" -nt "$out" ]] || return 1
   done
 }
 
 if up_to_date; then
-  echo "prepare_data: up to date: $train_h5, $valid_h5"
+  echo "prepare_data: up to date: $tokenizer, $out_dir/train, $out_dir/valid"
   exit 0
 fi
 
-echo "prepare_data: train: ${#train[@]} documents -> $train_h5"
-"$moetron" prepare-text --out "$train_h5" "${train[@]}" ||
-  die "moetron prepare-text failed for $train_h5"
-echo "prepare_data: valid: ${#valid[@]} documents ($(basename "${valid[0]}") .. $(basename "${valid[-1]}")) -> $valid_h5"
-"$moetron" prepare-text --out "$valid_h5" "${valid[@]}" ||
-  die "moetron prepare-text failed for $valid_h5"
-echo "prepare_data: done: $(du -h "$train_h5" | cut -f1) $train_h5, $(du -h "$valid_h5" | cut -f1) $valid_h5"
+echo "prepare_data: tokenizer: BPE with $vocab tokens from ${#train[@]} documents -> $tokenizer"
+"$moetron" tokenize train --vocab-size "$vocab" --out "$tokenizer" "${train[@]}" ||
+  die "moetron tokenize train failed for $tokenizer"
+echo "prepare_data: train: ${#train[@]} documents -> $out_dir/train"
+mkdir -p "$out_dir/train" "$out_dir/valid"
+"$moetron" tokenize encode --tokenizer "$tokenizer" --out "$out_dir/train" "${train[@]}" ||
+  die "moetron tokenize encode failed for $out_dir/train"
+echo "prepare_data: valid: ${#valid[@]} documents ($(basename "${valid[0]}") .. $(basename "${valid[-1]}")) -> $out_dir/valid"
+"$moetron" tokenize encode --tokenizer "$tokenizer" --out "$out_dir/valid" "${valid[@]}" ||
+  die "moetron tokenize encode failed for $out_dir/valid"
+echo "prepare_data: done: $(du -sh "$out_dir/train" | cut -f1) $out_dir/train, $(du -sh "$out_dir/valid" | cut -f1) $out_dir/valid"

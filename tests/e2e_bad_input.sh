@@ -29,16 +29,20 @@ expect_fail foreign_data "text.h5" train configs/tiny.yaml --set data.train_path
 expect_fail layout "parallel.pp x parallel.dp" train configs/tiny.yaml --set parallel.dp=2
 # data sources, the batch ramp and validation
 D=data/cache/sotu
-expect_fail blend_weight "the weight of $D/valid.h5 must be a positive number, got '0'" train \
-  configs/tiny.yaml --set "data.train_path=1 $D/train.h5 0 $D/valid.h5"
+expect_fail blend_weight "the weight of $D/valid must be a positive number, got '0'" train \
+  configs/tiny.yaml --set "data.train_path=1 $D/train/tokens_00000.h5 0 $D/valid"
 expect_fail blend_words "expected one path or pairs" train configs/tiny.yaml \
-  --set "data.train_path=1 $D/train.h5 $D/valid.h5"
+  --set "data.train_path=1 $D/train/tokens_00000.h5 $D/valid"
 mkdir -p "$OUT/empty_dir"
 expect_fail empty_dir "empty_dir: directory holds no token shards" train configs/tiny.yaml \
   --set data.train_path="$OUT/empty_dir"
-head -c 100000 $D/train.h5 > "$OUT/truncated.h5"
+head -c 100000 $D/train/tokens_00000.h5 > "$OUT/truncated.h5"
 expect_fail truncated_shard "truncated.h5" train configs/tiny.yaml --set data.train_path="$OUT/truncated.h5"
-expect_fail vocab_too_small "vocab" train configs/tiny.yaml --set model.vocab_size=100
+expect_fail vocab_too_small "model.vocab_size is 100 but data.tokenizer" train configs/tiny.yaml \
+  --set model.vocab_size=100
+"$BIN" prepare-text --out "$OUT/bytes.h5" $D/raw/1790_george_washington_n.txt > /dev/null
+expect_fail other_tokenizer "bytes.h5" train configs/tiny.yaml --set data.train_path="$OUT/bytes.h5"
+expect_fail missing_tokenizer "nope.json" train configs/tiny.yaml --set data.tokenizer="$OUT/nope.json"
 expect_fail eval_without_valid "run.eval_interval: must be 0 unless data.valid_path" train \
   configs/tiny.yaml --set run.eval_interval=5 --set data.valid_path=
 expect_fail ramp_start "data.batch_ramp_start: must be <= data.global_batch_size" train \

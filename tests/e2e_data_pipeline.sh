@@ -20,7 +20,7 @@ SMALL=(--set model.hidden_size=64 --set model.intermediate_size=128
        --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
        --set model.kv_lora_rank=24 --set data.seq_len=32 --set run.threads=1
        --set schedule.lr.warmup_steps=2 --set run.log_interval=100 --set schedule.lr.peak=1e-3
-       --set "data.train_path=3 $DATA/train.h5 1 $DATA/valid.h5" --set data.valid_path=$DATA/valid.h5
+       --set "data.train_path=3 $DATA/train 1 $DATA/valid" --set data.valid_path=$DATA/valid
        --set data.global_batch_size=16 --set data.batch_ramp_start=8
        --set data.batch_ramp_tokens=1024 --set run.eval_interval=4 --set run.eval_batches=3)
 run() {  # name np steps args...

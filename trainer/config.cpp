@@ -300,6 +300,7 @@ void visit_config(V& v, C&... c) {
   v.section("data", "token files and batch shape (batch sizes in sequences)", [&] {
     v.field("train_path", kNonEmptyText, c.data.train_path...);
     v.field("valid_path", kAnyText, c.data.valid_path...);
+    v.field("tokenizer", kAnyText, c.data.tokenizer...);
     v.field("seq_len", kPositive, c.data.seq_len...);
     v.field("micro_batch_size", kPositive, c.data.micro_batch_size...);
     v.field("global_batch_size", kPositive, c.data.global_batch_size...);

@@ -30,6 +30,7 @@ struct ConfigError : std::runtime_error {
 struct DataConfig {
   std::string train_path;
   std::string valid_path;  // optional: the validation set (needed by run.eval_interval)
+  std::string tokenizer;   // optional tokenizer.json: every shard must have been made with it
   int64_t seq_len = 128;
   int64_t micro_batch_size = 4;    // sequences per micro-batch
   int64_t global_batch_size = 16;  // sequences per optimizer step (multiple of micro x dp)

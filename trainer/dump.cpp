@@ -10,8 +10,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "data/dataset.h"
-#include "data/sources.h"
 #include "kernels/ops.h"
 #include "model/model.h"
 #include "trainer/h5io.h"
@@ -42,15 +40,12 @@ void save_params(const ParamStore<float>& params, const std::string& out_path) {
 
 void dump_grads(const Config& cfg, const std::string& out_path) {
   const PrecisionPolicy policy = cfg.precision.policy();
-  data::DatasetOptions opt;
-  opt.seq_len = cfg.data.seq_len, opt.seed = cfg.run.seed,
-  opt.model_vocab_size = cfg.model.vocab_size;
-  const data::Dataset train_data(data::parse_sources(cfg.data.train_path, "data.train_path"), opt);
+  const auto train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
   kernels::set_num_threads(resolve_threads(cfg.run));
 
   // the first micro-batch of the training order: samples 0..B-1
   const int64_t B = cfg.data.micro_batch_size, S = cfg.data.seq_len;
-  const std::vector<int32_t> tokens = train_data.batch(0, B, 1, 0).tokens;  // [B, S+1]
+  const std::vector<int32_t> tokens = train_data->batch(0, B, 1, 0).tokens;  // [B, S+1]
   const double lambda = cfg.schedule.mtp_weight.at(0);
 
   Model<float> model(cfg.model, policy);

@@ -7,6 +7,7 @@
 //   moetron tokenize train|encode|decode|ids|info ...   byte-level BPE (trainer/tokenize.h)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+#include <hdf5.h>
 #include <malloc.h>
 
 #include <cstdio>
@@ -140,6 +141,9 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   // oneDNN's VTune task annotations cost ~1.5% of a tiny-model step; off unless asked for
   setenv("DNNL_ITT_TASK_LEVEL", "0", /*overwrite=*/0);
+  // Every HDF5 file is closed by its owner. HDF5's own at-exit clean-up would retry the close of
+  // a file whose close failed (a checkpoint on a full disk) and crash inside the library.
+  H5dont_atexit();
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {

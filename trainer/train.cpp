@@ -25,6 +25,7 @@
 #include <ostream>
 #include <thread>
 
+#include "data/bpe.h"
 #include "data/dataset.h"
 #include "data/sources.h"
 #include "kernels/ops.h"
@@ -45,6 +46,26 @@ int resolve_threads(const RunConfig& run) {
   int local = 1;
   if (const char* s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local = std::max(1, std::atoi(s));
   return std::max(1, cores / local);
+}
+
+std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
+                                            const std::string& key, bool shuffle) {
+  data::DatasetOptions o;
+  o.seq_len = cfg.data.seq_len;
+  o.seed = cfg.run.seed;
+  o.shuffle = shuffle;
+  o.model_vocab_size = cfg.model.vocab_size;
+  // shards record their tokenizer's name ("bpe-<hash>"); the config's tokenizer.json must agree
+  if (!cfg.data.tokenizer.empty()) {
+    const data::BpeTokenizer tok = data::BpeTokenizer::load(cfg.data.tokenizer);
+    if (tok.vocab_size() > cfg.model.vocab_size)
+      throw ConfigError(cfg.source + ": model.vocab_size is " +
+                        std::to_string(cfg.model.vocab_size) + " but data.tokenizer " +
+                        cfg.data.tokenizer + " has " + std::to_string(tok.vocab_size()) +
+                        " tokens");
+    o.expected_tokenizer = tok.name();
+  }
+  return std::make_unique<data::Dataset>(data::parse_sources(setting, key), o);
 }
 
 namespace {
@@ -89,19 +110,6 @@ RankGrid make_grid(const Config& cfg, Communicator& w) {
     throw ConfigError(cfg.source + ": " + e.what());
   }
   return g;
-}
-
-// The data of `setting` (data.train_path or data.valid_path) as a Dataset. The Dataset checks
-// every shard before training starts, identically on every rank: it exists and is intact, all
-// shards share one tokenizer, its vocabulary fits the model, a source holds at least one sample.
-std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
-                                            const std::string& key, bool shuffle) {
-  data::DatasetOptions o;
-  o.seq_len = cfg.data.seq_len;
-  o.seed = cfg.run.seed;
-  o.shuffle = shuffle;
-  o.model_vocab_size = cfg.model.vocab_size;
-  return std::make_unique<data::Dataset>(data::parse_sources(setting, key), o);
 }
 
 // How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in

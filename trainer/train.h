@@ -2,8 +2,11 @@
 #pragma once
 
 #include <iosfwd>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "data/dataset.h"
 #include "trainer/config.h"
 
 namespace moetron {
@@ -21,6 +24,14 @@ struct TrainSummary {
 // checkpoint directory. SIGINT/SIGTERM finish the current step, save a checkpoint (if
 // run.save_interval > 0) and return.
 TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume = "");
+
+// The data of `setting` (data.train_path or data.valid_path, named `key` in messages) as a
+// Dataset: samples of data.seq_len + 1 tokens in the seeded order (shuffle) or in stream order.
+// Every shard is checked now, identically on every rank: it exists and is intact, it was written
+// by data.tokenizer (when set; else all shards agree on one tokenizer), its vocabulary fits the
+// model, each source holds at least one sample. Throws data::DataError naming the file.
+std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
+                                            const std::string& key, bool shuffle);
 
 // Intra-op threads for this process: cfg.run.threads, or (0) the machine's cores divided by the
 // processes that share it.
