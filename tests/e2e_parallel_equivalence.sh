@@ -8,18 +8,25 @@
 # training then amplifies step by step (measured: ~1e-9 after step 1 growing ~x3 a step at peak LR
 # 3e-3). At LR 1e-3 the worst cases over 10 steps are loss 2e-8, grad norm 3e-7, parameters 6e-6;
 # the test allows 1e-6 / 1e-5 / 2e-5. A real error (a missing reduction, a wrong gradient) is
-# orders of magnitude larger. Args: MOETRON_BIN BUILD_DIR
+# orders of magnitude larger.
+# The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
+# tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
+# a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
+# legitimate difference, but not the one this test is after. Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_parallel_equivalence
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --oversubscribe --mca btl self,vader --bind-to none)
+"$BIN" prepare-text --out "$OUT/bytes.h5" data/cache/sotu/raw > /dev/null
 SMALL=(--set run.steps=10 --set model.hidden_size=64 --set model.intermediate_size=128
        --set model.moe_intermediate_size=32 --set model.n_routed_experts=8 --set model.n_group=4
        --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
        --set model.kv_lora_rank=24 --set data.seq_len=32 --set data.micro_batch_size=2
        --set data.global_batch_size=16 --set run.threads=1 --set schedule.lr.warmup_steps=2
-       --set run.log_interval=100 --set schedule.lr.peak=1e-3)
+       --set run.log_interval=100 --set schedule.lr.peak=1e-3 --set model.vocab_size=264
+       --set data.train_path="$OUT/bytes.h5" --set data.tokenizer= --set data.valid_path=
+       --set run.eval_interval=0)
 run() {  # name np pp dp ep schedule
   local name=$1 np=$2
   "${MPIRUN[@]}" -np "$np" "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set parallel.pp=$3 \
@@ -62,13 +69,16 @@ for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2dp2_1f1b", "pp2dp2_zb1p",
     loss_err = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(m, ref_m))
     gn_err = max(abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"] for a, b in zip(m, ref_m))
     bitwise = all(a["loss"] == b["loss"] for a, b in zip(m, ref_m))
+    # the same routing decisions on every step (a flip would change the expert loads)
+    assert all(a["expert_imbalance"] == b["expert_imbalance"] for a, b in zip(m, ref_m)), name
     assert len(m) == len(ref_m) == 10
     assert set(p) == set(ref_p), f"{name}: parameter names differ: {set(p) ^ set(ref_p)}"
-    perr = max(np.linalg.norm(p[k] - ref_p[k]) / (np.linalg.norm(ref_p[k]) + 1e-30) for k in p)
+    perr, pworst = max((np.linalg.norm(p[k] - ref_p[k]) / (np.linalg.norm(ref_p[k]) + 1e-30), k)
+                       for k in p)
     ok = loss_err < 1e-6 and gn_err < 1e-5 and perr < 2e-5
     print(f"{'ok  ' if ok else 'FAIL'} {name:16s} loss rel err {loss_err:.2e} "
           f"{'(bitwise)' if bitwise else '':9s} grad-norm rel err {gn_err:.2e}  "
-          f"params rel err {perr:.2e}")
+          f"params rel err {perr:.2e} ({pworst})")
     passed += ok; failed += not ok
 print(f"e2e_parallel_equivalence: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -18,7 +18,7 @@ TEST(ConfigTiny, ModelFields) {
   const Config c = load_config(kTiny);
   EXPECT_EQ(c.source, kTiny);
   const ModelConfig& m = c.model;
-  EXPECT_EQ(m.vocab_size, 264);
+  EXPECT_EQ(m.vocab_size, 8192);
   EXPECT_EQ(m.hidden_size, 256);
   EXPECT_EQ(m.intermediate_size, 768);
   EXPECT_EQ(m.moe_intermediate_size, 128);
@@ -47,8 +47,8 @@ TEST(ConfigTiny, ModelFields) {
 
 TEST(ConfigTiny, OtherSections) {
   const Config c = load_config(kTiny);
-  EXPECT_EQ(c.data.train_path, "data/cache/sotu/train.h5");
-  EXPECT_EQ(c.data.valid_path, "data/cache/sotu/valid.h5");
+  EXPECT_EQ(c.data.train_path, "data/cache/sotu/train");
+  EXPECT_EQ(c.data.valid_path, "data/cache/sotu/valid");
   EXPECT_EQ(c.data.seq_len, 128);
   EXPECT_EQ(c.data.micro_batch_size, 8);
   EXPECT_EQ(c.data.global_batch_size, 16);
