@@ -58,8 +58,10 @@ def main():
     a = ap.parse_args()
     runs = [r.split("=", 1) for r in a.runs]
     common = min(len(read(p, a.key)[0]) for _, p in runs)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, axg) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 2]})
     ref = {}
+    ref_curve = None
     print(f"{'run':<22} {'steps':>6} {'loss (last 20%)':>16} {'gap':>9} {'lm_loss':>9} {'gap':>9}")
     for i, (label, path) in enumerate(runs):
         row = {}
@@ -72,10 +74,19 @@ def main():
         ax.plot(steps, sm, label=label, linewidth=1.2)
         if i == 0:
             ref = {k: v[2] for k, v in row.items()}
+            ref_curve = sm
+        # the smoothed curve's relative gap to the reference, step by step
+        axg.plot(steps, [100.0 * (x - r) / r for x, r in zip(sm, ref_curve)], label=label,
+                 linewidth=1.0)
         gaps = {k: 100.0 * (row[k][2] - ref[k]) / ref[k] for k in row}
         print(f"{label:<22} {len(steps):>6} {row[a.key][2]:>16.5f} {gaps[a.key]:>+8.3f}% "
               f"{row['lm_loss'][2]:>9.5f} {gaps['lm_loss']:>+8.3f}%")
-    ax.set_xlabel("step")
+    axg.set_xlabel("step")
+    axg.set_ylabel(f"gap to {runs[0][0]} (%)")
+    axg.axhspan(-0.25, 0.25, color="grey", alpha=0.15, label="+-0.25%")
+    axg.set_ylim(-1.5, 1.5)
+    axg.grid(alpha=0.3)
+    axg.legend(fontsize=8, ncol=2)
     ax.set_ylabel(f"{a.key} (moving average over {a.window} steps)")
     ax.set_title(a.title or "training loss")
     ax.grid(alpha=0.3)
