@@ -34,6 +34,8 @@
 
 #include <omp.h>
 
+#include "kernels/cpu/fp8_common.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define MOETRON_FP8_AVX512 1
@@ -57,13 +59,7 @@ namespace moetron::kernels {
 
 namespace {
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
-}
+using fp8_detail::cdiv, fp8_detail::grow;
 
 // The scale of a tile from its amax (kernels/fp8.h).
 inline float tile_scale(float amax, bool pow2) {

@@ -7,23 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/fp8_common.h"
 #include "kernels/fp8.h"
 
 namespace moetron::kernels {
 
 namespace {
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
-}
-
-void check(int64_t M, int64_t N, int64_t K, const char* what) {
-  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument(std::string(what) + ": negative size");
-}
+using fp8_detail::cdiv, fp8_detail::grow, fp8_detail::check;
 
 }  // namespace
 
