@@ -1,17 +1,20 @@
-// Gradient dump for cross-implementation parity (see dump.h). Layout: root attributes = model
-// hyper-parameters (HF names), mtp_weight, seq_aux_alpha and the loss values; /tokens int32
-// [B, S+1]; /params/<name> and /grads/<name> float32 (no grads for non-trainable parameters).
+// Gradient dumps for cross-implementation parity and for precision studies (see dump.h). Layout:
+// root attributes = model hyper-parameters (HF names), mtp_weight, seq_aux_alpha and the losses;
+// /tokens int32 [B, S+1]; /params/<name> and /grads/<name> float32 (no grads for non-trainable).
 #include "trainer/dump.h"
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "trainer/checkpoint.h"
 #include "trainer/h5io.h"
 #include "trainer/train.h"
 
@@ -32,13 +35,30 @@ void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {
   }
 }
 
+// Every parameter of `ps` from the checkpoint step directory `dir`, by name; the checkpoint must
+// hold each one with the same shape (else: which parameter, in which checkpoint, and why).
+void load_params(ParamStore<float>& ps, const std::string& dir) {
+  std::map<std::string, NamedTensor> ck;
+  for (auto& [name, t] : read_checkpoint_params(dir)) ck.emplace(name, std::move(t));
+  for (auto& p : ps.all()) {
+    auto it = ck.find(p->name);
+    if (it == ck.end())
+      throw CheckpointError(dir + ": has no parameter " + p->name + " (a different model?)");
+    const std::vector<int64_t> want(p->value.shape().begin(), p->value.shape().end());
+    if (it->second.shape != want)
+      throw CheckpointError(dir + ": parameter " + p->name + " has another shape than the " +
+                            "config's model");
+    std::copy(it->second.data.begin(), it->second.data.end(), p->w());
+  }
+}
+
 }  // namespace
 
 void save_params(const ParamStore<float>& params, const std::string& out_path) {
   write_h5(out_path, "parameters", [&](hid_t f) { write_params(f, params, false); });
 }
 
-void dump_grads(const Config& cfg, const std::string& out_path) {
+void dump_grads(const Config& cfg, const std::string& out_path, const std::string& from) {
   const PrecisionPolicy policy = cfg.precision.policy();
   const auto train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
   kernels::set_num_threads(resolve_threads(cfg.run));
@@ -50,15 +70,19 @@ void dump_grads(const Config& cfg, const std::string& out_path) {
 
   Model<float> model(cfg.model, policy);
   model.init(cfg.run.seed);
-  // norm weights of 1 and a zero expert bias would leave two paths unexercised by the parity
-  // check: give them seeded random values (the bias large enough to change routing)
-  std::mt19937_64 gen(cfg.run.seed ^ 0x5eedull);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  for (auto& p : model.params().all()) {
-    const bool norm = p->value.ndim() == 1 && p->trainable;
-    if (!norm && p->trainable) continue;
-    for (int64_t i = 0; i < p->numel(); ++i)
-      p->w()[i] = norm ? 1.f + 0.3f * u(gen) : 0.02f * u(gen);
+  if (!from.empty()) {
+    load_params(model.params(), from);
+  } else {
+    // norm weights of 1 and a zero expert bias would leave two paths unexercised by the parity
+    // check: give them seeded random values (the bias large enough to change routing)
+    std::mt19937_64 gen(cfg.run.seed ^ 0x5eedull);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (auto& p : model.params().all()) {
+      const bool norm = p->value.ndim() == 1 && p->trainable;
+      if (!norm && p->trainable) continue;
+      for (int64_t i = 0; i < p->numel(); ++i)
+        p->w()[i] = norm ? 1.f + 0.3f * u(gen) : 0.02f * u(gen);
+    }
   }
   Model<float>::MicroBatch mb;
   const Losses l = model.forward(mb, tokens.data(), B, S, lambda);

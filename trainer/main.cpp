@@ -2,7 +2,8 @@
 //
 //   moetron train CONFIG [--set key=value ...] [--resume auto|DIR]  train from a YAML config
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
-//   moetron dump-grads CONFIG --out FILE.h5 [--set ...] one step's loss and gradients (parity)
+//   moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set ...]
+//                                                     one step's loss and gradients (parity)
 //   moetron export CHECKPOINT OUTDIR [--dtype bf16|fp32] Hugging Face safetensors + config.json
 //   moetron tokenize train|encode|decode|ids|info ...   byte-level BPE (trainer/tokenize.h)
 //
@@ -34,7 +35,7 @@ const std::string kUsage =
         "usage:\n"
         "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
-        "  moetron dump-grads CONFIG --out FILE.h5 [--set key=value ...]\n"
+        "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
         "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
     moetron::kTokenizeUsage;
 
@@ -44,19 +45,22 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume, dtype = "bf16";
+  std::string out, resume, from, dtype = "bf16";
 };
 
 Args parse(int argc, char** argv, int first) {
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
-    if (s == "--set" || s == "--out" || s == "--resume" || s == "--dtype") {
+    if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
       else
-        (s == "--out" ? a.out : s == "--resume" ? a.resume : a.dtype) = argv[++i];
+        (s == "--out"      ? a.out
+         : s == "--resume" ? a.resume
+         : s == "--from"   ? a.from
+                           : a.dtype) = argv[++i];
     } else if (s.rfind("--set=", 0) == 0) {
       a.sets.push_back(s.substr(6));
     } else if (s.rfind("--", 0) == 0) {
@@ -105,7 +109,7 @@ int run(int argc, char** argv) {
   if (cmd == "dump-grads") {
     if (a.positional.size() != 1 || a.out.empty())
       throw UsageError("dump-grads takes one CONFIG and --out");
-    moetron::dump_grads(moetron::load_config(a.positional[0], a.sets), a.out);
+    moetron::dump_grads(moetron::load_config(a.positional[0], a.sets), a.out, a.from);
     return 0;
   }
   throw UsageError("unknown command '" + cmd + "'");
