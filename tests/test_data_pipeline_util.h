@@ -1,5 +1,5 @@
-// Helpers shared by the data-pipeline tests (tests/test_data_pipeline_*.cpp): a temporary
-// directory per test, an expectation on DataError messages, and small shard sets whose token at
+// Helpers shared by the data-pipeline tests (tests/test_data_pipeline_*.cpp): TempDir and
+// expect_data_error (tests/test_data_util.h), and small shard sets whose token at
 // stream offset t is a known function of t, so any window can be checked without a reference
 // copy of the data.
 #pragma once
@@ -16,50 +16,14 @@
 
 #include "data/shard_writer.h"
 #include "data/token_file.h"
+#include "tests/test_data_util.h"
 
 namespace moetron::data::pipeline_test {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* t = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::path(::testing::TempDir()) /
-            ("moetron_pipe_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" +
-             (t != nullptr ? t->name() : "x"));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-// Expects fn() to throw DataError whose message contains every one of `parts`.
-inline void expect_data_error(const std::function<void()>& fn,
-                              const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected DataError";
-  } catch (const DataError& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) {
-      EXPECT_NE(msg.find(p), std::string::npos) << "message '" << msg << "' lacks '" << p << "'";
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected DataError, got std::exception: " << e.what();
-  }
-}
+using test_util::expect_data_error;
+using test_util::TempDir;
 
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);

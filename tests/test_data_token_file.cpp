@@ -16,49 +16,15 @@
 #include <vector>
 
 #include "data/token_file.h"
+#include "tests/test_data_util.h"
 
 namespace moetron::data {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory for one test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* t = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::path(::testing::TempDir()) /
-            ("moetron_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" +
-             (t != nullptr ? t->name() : "x"));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-// Expects fn() to throw DataError whose message contains every one of `parts`.
-void expect_data_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected DataError";
-  } catch (const DataError& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) {
-      EXPECT_NE(msg.find(p), std::string::npos) << "message '" << msg << "' lacks '" << p << "'";
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected DataError, got std::exception: " << e.what();
-  }
-}
+using test_util::expect_data_error;
+using test_util::TempDir;
 
 std::vector<uint32_t> random_tokens(size_t n, uint32_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
