@@ -15,7 +15,7 @@
 #   defaults: build/moetron, 1000, configs/tiny.yaml, 1; SEEDS=1234, JOBS=4, all four variants.
 #   Runs go JOBS at a time (one thread each), niced. A run whose metrics already reach the last
 #   step is kept, so adding seeds reruns nothing. Sequences of 64 tokens, 8 per step (512
-#   tokens/step): 1000 steps of the tiny model take ~7 minutes per run, four side by side on
+#   tokens/step): 1000 steps of the tiny model take ~9 minutes per run, four side by side on
 #   this 2-core machine; LR: 50 warm-up steps, peak until half-way, cosine to min_lr at the end.
 set -euo pipefail
 BIN=${1:-build/moetron}
