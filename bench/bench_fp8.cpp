@@ -27,10 +27,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/fp8.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
-namespace mk = moetron::kernels;
+namespace mk = moetron::kernels::cpu;
 
 namespace {
 
@@ -76,7 +75,7 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = mk::num_threads();
+  int threads = moetron::kernels::num_threads();
   double min_time = 0.2;
   bool all = true, pow2 = false, pow2w = false;
   for (int i = 1; i < argc; ++i) {
@@ -99,7 +98,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  mk::set_num_threads(threads);
+  moetron::kernels::set_num_threads(threads);
   std::printf(
       "bench_fp8: threads=%d, min-time=%.2fs, activation/gradient scales %s, weight scales %s, "
       "microseconds per call\n\n",

@@ -158,11 +158,11 @@ int main(int argc, char** argv) {
       g[2] = gflops(M, N, K, min_time, [&] { f32.run(); });
       g[3] = gflops(M, N, K, min_time, [&] { bf.run(); });
       g[4] = gflops(M, N, K, min_time, [&] {
-        mk::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 0.f, C.data(),
+        mk::gemm<float>(moetron::Exec{}, ta, tb, M, N, K, 1.f, A.data(), B.data(), 0.f, C.data(),
                         mk::GemmPrecision::FP32);
       });
       g[5] = gflops(M, N, K, min_time, [&] {
-        mk::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 0.f, C.data(),
+        mk::gemm<float>(moetron::Exec{}, ta, tb, M, N, K, 1.f, A.data(), B.data(), 0.f, C.data(),
                         mk::GemmPrecision::BF16);
       });
       g[0] = gflops(M, N, K, min_time, [&] {

@@ -1,157 +1,173 @@
-// The math ops of moetron: one declaration per kernel, CPU implementations in kernels/cpu/.
+// The math ops of moetron: one declaration per op, every op taking the execution context first
+// (kernels/exec.h) and dispatching on its device to a backend: kernels/cpu/ (ops_cpu.h, the same
+// signatures without the context) and, when built, kernels/cuda/. Layers (model/) are made only of
+// these calls and pointer arithmetic; pointers are to memory of exec.device unless a comment says
+// host.
 //
 // Conventions (llm.c style): row-major, contiguous, raw pointers plus sizes. T is float (training)
-// or double (gradient checks against finite differences). Every op with a backward has it here,
-// next to its forward. "Accumulate" means the op adds into its output (+=); otherwise it writes.
-// Shapes in comments use: N rows/tokens, D width, V vocab, H heads, S sequence, E experts,
-// K top-k.
+// or double (gradient checks against finite differences). "Accumulate" means the op adds into its
+// output (+=); otherwise it writes. Shapes: N rows/tokens, D width, V vocab, H heads, S sequence,
+// E experts, K top-k, G groups (experts of a grouped GEMM). The semantics of each op are written
+// once, next to its CPU implementation's declaration in kernels/cpu/ops_cpu.h; here: the order of
+// arguments and what is host memory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <vector>
+
+#include "kernels/exec.h"
+#include "kernels/op_types.h"
 
 namespace moetron::kernels {
 
-// ---- threads ---------------------------------------------------------------------------------
-// Intra-op threads of this process (OpenMP and the BLAS library).
-void set_num_threads(int n);
-int num_threads();
+// ---- memory between host and device ----------------------------------------------------------
+// dst (device) <- src (host), and dst (host) <- src (device); synchronous.
+void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes);
+void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes);
+
+// dst <- src, both on ex.device; p[0, bytes) = 0
+void copy(const Exec& ex, void* dst, const void* src, size_t bytes);
+void fill_zero(const Exec& ex, void* p, size_t bytes);
 
 // ---- GEMM ------------------------------------------------------------------------------------
-// How the inputs of one GEMM are rounded. FP32: plain. BF16: both inputs rounded to bf16,
-// products accumulated in fp32 (double stays double but inputs are rounded the same way).
-enum class GemmPrecision { FP32, BF16 };
+template <class T>
+void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
+          const T* A, const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32,
+          bool dynamic = false);
 
-// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.  op(X) = X or X^T.
-// A is [M,K] (or [K,M] if transA); B is [K,N] (or [N,K] if transB); all contiguous.
-// dynamic: the sizes change from call to call (routed experts: rows per expert vary every step),
-// so the backend should not specialise a kernel per shape (oneDNN: one runtime-shape primitive
-// instead of a JIT compile for every new size).
 template <class T>
-void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32, bool dynamic = false);
+void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
+                  const T* A, const T* W, T* C, GemmPrecision prec);
+template <class T>
+void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
+                        const T* A, const T* B, T* C, GemmPrecision prec);
+void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
+                       const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
+                       float* Y);
+void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                              int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
+                              bool blocks128, float* dX);
+void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                              const uint8_t* qX, const float* sX, int64_t N, int64_t K,
+                              bool pow2_dy, bool pow2_x, float* dW);
+void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                                  const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+                                  float* dW);
 
-// ---- elementwise helpers ---------------------------------------------------------------------
+// ---- elementwise and layout ------------------------------------------------------------------
 template <class T>
-void add_inplace(T* y, const T* x, int64_t n);  // y += x
+void add_inplace(const Exec& ex, T* y, const T* x, int64_t n);  // y += x
 template <class T>
-void axpy(T* y, T a, const T* x, int64_t n);  // y += a x
+void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n);  // y += a x
+template <class T>
+void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
+             int64_t cols, int64_t repeat, bool accumulate);
+template <class T>
+void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
+                    int64_t rows, int64_t cols, int64_t group);
+
+// ---- tokens ----------------------------------------------------------------------------------
+void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, int64_t shift,
+                  int32_t* ids, int32_t* targets, int32_t* pos);
 
 // ---- embedding -------------------------------------------------------------------------------
-// out[N,D] = table[ids[n], :]
 template <class T>
-void embedding_forward(const int32_t* ids, int64_t N, const T* table, int64_t D, T* out);
-// dtable[ids[n], :] += dout[n, :]   (accumulate)
+void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
+                       T* out);
 template <class T>
-void embedding_backward(const int32_t* ids, int64_t N, const T* dout, int64_t D, T* dtable);
+void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* dout, int64_t D,
+                        T* dtable);
 
 // ---- RMSNorm ---------------------------------------------------------------------------------
-// y[N,D] = x / sqrt(mean(x^2) + eps) * w;  rstd[N] saved for the backward.
 template <class T>
-void rmsnorm_forward(const T* x, const T* w, int64_t N, int64_t D, T eps, T* y, T* rstd);
-// dx[N,D] (write) from dy, x, w, rstd.
+void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
+                     T* rstd);
 template <class T>
-void rmsnorm_backward_input(const T* dy, const T* x, const T* w, const T* rstd, int64_t N,
-                            int64_t D, T* dx);
-// dw[D] += sum_n dy * x * rstd   (accumulate)
+void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
+                            int64_t N, int64_t D, T* dx);
 template <class T>
-void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, int64_t D, T* dw);
+void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
+                             int64_t D, T* dw);
 
 // ---- RoPE (interleaved pairs (2i, 2i+1), as DeepSeek-V3) -------------------------------------
-struct RopeParams {
-  int dim = 64;  // rotary dims (qk_rope_head_dim)
-  double theta = 10000.0;
-  bool yarn = false;    // YaRN frequency correction
-  double factor = 1.0;  // s
-  int64_t original_seq_len = 4096;
-  double beta_fast = 32.0, beta_slow = 1.0;
-};
-// freqs[dim/2]: base frequencies with the YaRN correction if enabled (SPEC 1.3).
-std::vector<double> rope_frequencies(const RopeParams& p);
-// Rotates, in place, `nvec` vectors of `dim` values each: vector v lives at x + v*stride and
-// belongs to position pos[v / vecs_per_pos]. inverse=true rotates by -angle (the backward).
 template <class T>
-void rope_apply(T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos, const int32_t* pos,
-                const std::vector<double>& freqs, bool inverse);
+void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos,
+                const int32_t* pos, const double* freqs, int64_t dim, bool inverse);
 
 // ---- causal attention ------------------------------------------------------------------------
-// Per batch b and head h: o = softmax(q k^T * scale + causal) v. Layout:
-//   q, k [B, S, H, Dqk]; v, o [B, S, H, Dv]; lse [B, H, S] (log-sum-exp of scaled scores, saved).
-// Computed in tiles with an online softmax: no [S,S] score matrix per head is ever stored.
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H,
-                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse);
-// dq, dk, dv (write) from do, recomputing scores tile by tile from q, k, v, o, lse.
+void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
+                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse);
 template <class T>
-void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
-                        int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
-                        T* dk, T* dv);
+void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
+                        const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
+                        int64_t Dv, T scale, T* dq, T* dk, T* dv);
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
-// gu [N, 2F] holds [gate(F) | up(F)] per row; out[N,F] = silu(gate) * up * (row_scale ? s[n] : 1)
 template <class T>
-void swiglu_forward(const T* gu, int64_t N, int64_t F, const T* row_scale, T* out);
-// dgu[N,2F] (write); if row_scale: drow_scale[N] (write) = sum_f dout * silu(g) * u.
+void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out);
 template <class T>
-void swiglu_backward(const T* dout, const T* gu, int64_t N, int64_t F, const T* row_scale, T* dgu,
-                     T* drow_scale);
+void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
+                     const T* row_scale, T* dgu, T* drow_scale);
 
 // ---- MoE gate (sigmoid, bias for selection only, group-limited top-k) --------------------------
-struct GateParams {
-  int64_t n_experts = 0, topk = 0, n_group = 1, topk_group = 1;
-  double route_scale = 1.0;
-};
-// logits[N,E] -> scores[N,E] = sigmoid(logits) (saved); selection on scores + bias with
-// group-limited routing (group score = sum of the top (topk/topk_group) biased scores, keep
-// topk_group groups), then top-k; weights[N,K] = scores[idx] / sum * route_scale; idx[N,K].
-// Ties break to the lower expert index.
 template <class T>
-void gate_forward(const T* logits, const float* bias, int64_t N, const GateParams& p, T* scores,
-                  int32_t* idx, T* weights);
-// dlogits[N,E] (write) from dweights[N,K] through the normalisation and the sigmoid.
+void gate_forward(const Exec& ex, const T* logits, const T* bias, int64_t N, const GateParams& p,
+                  T* scores, int32_t* idx, T* weights);
 template <class T>
-void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const T* weights,
-                   int64_t N, const GateParams& p, T* dlogits);
+void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int32_t* idx,
+                   const T* weights, int64_t N, const GateParams& p, T* dlogits);
+
+// ---- MoE balancing ---------------------------------------------------------------------------
+template <class T>
+void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
+                              int64_t K, double alpha, T* f, double* loss);
+template <class T>
+void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
+                               int64_t E, double c, T* dlogits);
+void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
+                      bool accumulate);
+template <class T>
+void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, double gamma);
 
 // ---- token permutation by expert -------------------------------------------------------------
-// From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix), and for each of the N*K assignments
-// its row in the expert-sorted order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in
-// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows
-// follow (n, k) order. row_token[row] = n, row_slot[row] = n*K+k.
-struct ExpertRouting {
-  std::vector<int64_t> counts, offsets;
-  std::vector<int64_t> slot, row_token, row_slot;
-};
-ExpertRouting route_by_expert(const int32_t* idx, int64_t N, int64_t K, int64_t E);
-// out[rows, D] = x[row_token[row], :]
+void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
+                     int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
+                     int64_t* row_slot);
 template <class T>
-void permute_rows(const T* x, const ExpertRouting& r, int64_t D, T* out);
-// dx[n, :] += sum over rows of token n of drows[row, :]   (accumulate; backward of permute and
-// forward of combine are the same scatter-add)
+void gather_rows(const Exec& ex, const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst);
 template <class T>
-void unpermute_add(const T* rows, const ExpertRouting& r, int64_t N, int64_t D, T* out);
+void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N, int64_t K,
+                   int64_t D, T* out);
 
 // ---- fused output head + cross-entropy, chunked over the vocabulary --------------------------
-// logits = h[N,D] W[V,D]^T are produced one [N, chunk] block at a time; never all at once.
-// loss[n] = lse_n - logit[n, target[n]] for target >= 0; targets < 0 are ignored (loss 0).
-// lse[N] saved. Returns the sum of losses over valid rows.
 template <class T>
-double lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
-                          int64_t V, int64_t chunk, T* lse, GemmPrecision prec);
-// With g = dloss per valid row (same scale for all rows, e.g. 1/count):
-// dh[N,D] (write) and dW[V,D] (accumulate), recomputing logits chunk by chunk.
+void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
+                        int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
+                        double* loss_sum);
 template <class T>
-void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T* lse, T g,
-                         int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh, T* dW,
-                         GemmPrecision prec);
+void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
+                         const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
+                         T* dW, GemmPrecision prec);
 
 // ---- AdamW -----------------------------------------------------------------------------------
-struct AdamWParams {
-  double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
-  int64_t step = 1;  // 1-based, for bias correction
-};
-// Moments in fp32 (M = float) or bf16 (M = uint16_t bit pattern, rounded to nearest even).
 template <class M>
-void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
+void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, int64_t n,
+                  const AdamWParams& p);
+
+// ---- FP8 (kernels/cpu/fp8.h: tiles, layouts and the recipe) -----------------------------------
+void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
+              float* scales);
+void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
+                float* x);
+void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t* qW,
+               const float* sW, int64_t M, int64_t N, int64_t K, float* Y);
+void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
+                      const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
+                      bool accumulate);
+void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
+                      int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW);
+void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
+                          int64_t K, bool pow2_dy, bool pow2_x, float* dW);
 
 }  // namespace moetron::kernels

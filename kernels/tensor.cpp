@@ -1,6 +1,8 @@
-// Tensor storage and bookkeeping (CPU allocator: 64-byte aligned, zero-filled).
+// Tensor storage and bookkeeping: memory from the device's allocator (device.h), zero-filled on
+// the CPU; on the Meta device a tensor has a shape and no memory.
 #include "kernels/tensor.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -48,23 +50,23 @@ const char* dtype_name(DType t) {
 }
 
 Storage::~Storage() {
-  if (device == Device::CPU) std::free(ptr);
+  if (bytes > 0) allocator(device).deallocate(ptr, bytes);
 }
 
 Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
     : shape_(std::move(shape)), dtype_(dtype), device_(device) {
-  if (device != Device::CPU) throw std::runtime_error("Tensor: this build has no CUDA allocator");
   for (int64_t d : shape_)
     if (d < 0) throw std::invalid_argument("Tensor: negative dimension in " + shape_str());
+  if (device != Device::CPU && device != Device::Meta)
+    throw std::runtime_error(
+        std::string("Tensor: parameters live on the cpu or meta device, not ") +
+        device_name(device));
   storage_ = std::make_shared<Storage>();
-  size_t n = bytes();
-  size_t alloc = ((n + 63) / 64) * 64;
-  if (alloc == 0) alloc = 64;
-  storage_->ptr = std::aligned_alloc(64, alloc);
-  if (!storage_->ptr) throw std::bad_alloc();
-  storage_->bytes = n;
+  const size_t n = std::max<size_t>(bytes(), 64);  // never a zero-byte allocation
   storage_->device = device;
-  std::memset(storage_->ptr, 0, alloc);
+  storage_->ptr = allocator(device).allocate(n);
+  storage_->bytes = n;
+  if (storage_->ptr) std::memset(storage_->ptr, 0, n);
 }
 
 int64_t Tensor::numel() const {
@@ -74,7 +76,7 @@ int64_t Tensor::numel() const {
 }
 
 void Tensor::zero() {
-  if (storage_) std::memset(raw(), 0, bytes());
+  if (storage_ && storage_->ptr) std::memset(raw(), 0, bytes());
 }
 
 Tensor Tensor::view(int64_t offset, std::vector<int64_t> shape) const {

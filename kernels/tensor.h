@@ -13,10 +13,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
+
 namespace moetron {
 
 enum class DType : uint8_t { F64, F32, BF16, F8E4M3, F8E5M2, I32, I64 };
-enum class Device : uint8_t { CPU, CUDA };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);

@@ -2,6 +2,7 @@
 #include "model/attention.h"
 
 #include <cmath>
+#include <vector>
 
 namespace moetron {
 
@@ -17,7 +18,8 @@ Param<T>* matrix(ParamStore<T>& ps, std::vector<Param<T>*>& list, const std::str
 
 template <class T>
 void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                   const PrecisionPolicy& pol) {
+                   const PrecisionPolicy& pol, const Exec& ex) {
+  ex_ = ex;
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
   dr_ = c.qk_rope_head_dim, dv_ = c.v_head_dim, dq_ = dn_ + dr_;
   ql_ = c.q_lora_rank, kl_ = c.kv_lora_rank;
@@ -36,27 +38,29 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
     scale *= mscale * mscale;
   }
   scale_ = static_cast<T>(scale);
-  freqs_ = kernels::rope_frequencies(rp);
+  const std::vector<double> freqs = kernels::rope_frequencies(rp);
+  sized(freqs_, static_cast<int64_t>(freqs.size()));
+  if (ex.device != Device::Meta)
+    kernels::copy_from_host(ex, freqs_.data(), freqs.data(), sizeof(double) * freqs.size());
 
   const LinearPrecision lp = pol.linear(Component::AttentionProj);
   const LinearPrecision lp_o = pol.linear(Component::AttentionProj, /*o_proj=*/true);
-  fp8_ = lp.fp8();
   auto lin = [&](const std::string& name, int64_t out, int64_t in, const LinearPrecision& p) {
-    return Linear<T>::make(matrix(ps, params_, name, out, in), in, out, p, pol);
+    return Linear<T>::make(matrix(ps, params_, name, out, in), in, out, p, pol, ex);
   };
-  attn_norm_.build(ps, prefix + "input_layernorm.weight", D_, c.rms_norm_eps);
+  attn_norm_.build(ps, prefix + "input_layernorm.weight", D_, c.rms_norm_eps, ex);
   params_.push_back(attn_norm_.w);
   const std::string a = prefix + "self_attn.";
   if (ql_ > 0) {
     q_a_ = lin(a + "q_a_proj.weight", ql_, D_, lp);
-    q_norm_.build(ps, a + "q_a_layernorm.weight", ql_, c.rms_norm_eps);
+    q_norm_.build(ps, a + "q_a_layernorm.weight", ql_, c.rms_norm_eps, ex);
     params_.push_back(q_norm_.w);
     q_b_ = lin(a + "q_b_proj.weight", H_ * dq_, ql_, lp);
   } else {
     q_ = lin(a + "q_proj.weight", H_ * dq_, D_, lp);
   }
   kv_a_ = lin(a + "kv_a_proj_with_mqa.weight", kl_ + dr_, D_, lp);
-  kv_norm_.build(ps, a + "kv_a_layernorm.weight", kl_, c.rms_norm_eps);
+  kv_norm_.build(ps, a + "kv_a_layernorm.weight", kl_, c.rms_norm_eps, ex);
   params_.push_back(kv_norm_.w);
   kv_b_ = lin(a + "kv_b_proj.weight", H_ * (dn_ + dv_), kl_, lp);
   o_ = lin(a + "o_proj.weight", D_, H_ * dv_, lp_o);
@@ -71,114 +75,81 @@ void MLA<T>::init(double std, uint64_t seed) {
 template <class T>
 void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
                      T* out) const {
-  const int64_t N = B * S;
+  const Exec& ex = ex_;
+  const int64_t N = B * S, kr = kl_ + dr_, kvw = dn_ + dv_;
   st.B = B, st.S = S;
-  // FP8: the Linear inputs go to scratch and are kept as FP8 tiles only
-  T* xn = sized(fp8_ ? fwd_xn_ : st.xn, N * D_);
+  T* xn = kv_a_.input(st.xn, N);  // q_a / q share the input (and its precision)
   attn_norm_.forward(h, N, xn, sized(st.rstd_in, N));
-  if (fp8_) kv_a_.quantize_input(xn, N, st.xn8);
+  kv_a_.keep(st.xn);
 
   // queries [N, H, dq]
   T* q = sized(st.q, N * H_ * dq_);
   if (ql_ > 0) {
     T* cq_raw = sized(st.cq_raw, N * ql_);
-    T* cq = sized(fp8_ ? fwd_cq_ : st.cq, N * ql_);
-    if (fp8_) {
-      q_a_.forward(st.xn8, cq_raw);
-      q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
-      q_b_.quantize_input(cq, N, st.cq8);
-      q_b_.forward(st.cq8, q);
-    } else {
-      q_a_.forward(xn, N, cq_raw);
-      q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
-      q_b_.forward(cq, N, q);
-    }
-  } else if (fp8_) {
-    q_.forward(st.xn8, q);
+    q_a_.forward(st.xn, cq_raw);
+    T* cq = q_b_.input(st.cq, N);
+    q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
+    q_b_.keep(st.cq);
+    q_b_.forward(st.cq, q);
   } else {
-    q_.forward(xn, N, q);
+    q_.forward(st.xn, q);
   }
-  kernels::rope_apply<T>(q + dn_, N * H_, dq_, H_, pos, freqs_, false);
+  kernels::rope_apply<T>(ex, q + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, false);
 
   // compressed kv [N, kl | dr]; the shared RoPE key
-  T* kva = sized(st.kva, N * (kl_ + dr_));
-  if (fp8_)
-    kv_a_.forward(st.xn8, kva);
-  else
-    kv_a_.forward(xn, N, kva);
-  kernels::rope_apply<T>(kva + kl_, N, kl_ + dr_, 1, pos, freqs_, false);
+  T* kva = sized(st.kva, N * kr);
+  kv_a_.forward(st.xn, kva);
+  kernels::rope_apply<T>(ex, kva + kl_, N, kr, 1, pos, freqs_.data(), dr_, false);
   T* ckv_raw = sized(st.ckv_raw, N * kl_);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < kl_; ++i) ckv_raw[n * kl_ + i] = kva[n * (kl_ + dr_) + i];
-  T* ckv = sized(fp8_ ? fwd_ckv_ : st.ckv, N * kl_);
+  kernels::copy_2d<T>(ex, kva, kr, ckv_raw, kl_, N, kl_, 1, false);
+  T* ckv = kv_b_.input(st.ckv, N);
   kv_norm_.forward(ckv_raw, N, ckv, sized(st.rstd_kv, N));
-  T* kv = sized(st.kv, N * H_ * (dn_ + dv_));
-  if (fp8_) {
-    kv_b_.quantize_input(ckv, N, st.ckv8);
-    kv_b_.forward(st.ckv8, kv);
-  } else {
-    kv_b_.forward(ckv, N, kv);
-  }
+  kv_b_.keep(st.ckv);
+  T* kv = sized(kv_, N * H_ * kvw);
+  kv_b_.forward(st.ckv, kv);
 
-  // per-head keys [k_nope | k_pe] and values
+  // per-head keys [k_nope | k_pe] (k_pe broadcast to every head) and values
   T* k = sized(st.k, N * H_ * dq_);
   T* v = sized(st.v, N * H_ * dv_);
-#pragma omp parallel for
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t hh = 0; hh < H_; ++hh) {
-      const T* src = kv + (n * H_ + hh) * (dn_ + dv_);
-      T* kd = k + (n * H_ + hh) * dq_;
-      for (int64_t i = 0; i < dn_; ++i) kd[i] = src[i];
-      for (int64_t i = 0; i < dr_; ++i) kd[dn_ + i] = kva[n * (kl_ + dr_) + kl_ + i];
-      T* vd = v + (n * H_ + hh) * dv_;
-      for (int64_t i = 0; i < dv_; ++i) vd[i] = src[dn_ + i];
-    }
+  kernels::copy_2d<T>(ex, kv, kvw, k, dq_, N * H_, dn_, 1, false);
+  kernels::copy_2d<T>(ex, kva + kl_, kr, k + dn_, dq_, N * H_, dr_, H_, false);
+  kernels::copy_2d<T>(ex, kv + dn_, kvw, v, dv_, N * H_, dv_, 1, false);
 
   T* o = sized(st.o, N * H_ * dv_);
-  kernels::attention_forward<T>(q, k, v, B, S, H_, dq_, dv_, scale_, o, sized(st.lse, B * H_ * S));
+  kernels::attention_forward<T>(ex, q, k, v, B, S, H_, dq_, dv_, scale_, o,
+                                sized(st.lse, B * H_ * S));
   o_.forward(o, N, out);
 }
 
 template <class T>
 void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* pos, T* dh) const {
-  const int64_t B = st.B, S = st.S, N = B * S;
-  T* dyc = sized(st.dy, N * D_);
-  for (int64_t i = 0; i < N * D_; ++i) dyc[i] = dy[i];
+  const Exec& ex = ex_;
+  const int64_t B = st.B, S = st.S, N = B * S, kr = kl_ + dr_, kvw = dn_ + dv_;
 
   // through o_proj and the attention core
-  T* d_o = sized(st.tmp_do, N * H_ * dv_);
-  T* dk = sized(st.tmp_dk, N * H_ * dq_);
-  T* dvv = sized(st.tmp_dv, N * H_ * dv_);
+  T* d_o = sized(do_, N * H_ * dv_);
+  T* dk = sized(dk_, N * H_ * dq_);
+  T* dvv = sized(dv_buf_, N * H_ * dv_);
   o_.backward_input(dy, N, d_o);
   T* dq = sized(st.dq, N * H_ * dq_);
-  kernels::attention_backward<T>(d_o, st.q.data(), st.k.data(), st.v.data(), st.o.data(),
+  kernels::attention_backward<T>(ex, d_o, st.q.data(), st.k.data(), st.v.data(), st.o.data(),
                                  st.lse.data(), B, S, H_, dq_, dv_, scale_, dq, dk, dvv);
-  kernels::rope_apply<T>(dq + dn_, N * H_, dq_, H_, pos, freqs_, true);
+  kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
-  T* dkv = sized(st.dkv, N * H_ * (dn_ + dv_));
-  T* dkva = sized(st.dkva, N * (kl_ + dr_));
-#pragma omp parallel for
-  for (int64_t n = 0; n < N; ++n) {
-    T* dpe = dkva + n * (kl_ + dr_) + kl_;
-    for (int64_t i = 0; i < dr_; ++i) dpe[i] = T(0);
-    for (int64_t hh = 0; hh < H_; ++hh) {
-      const T* dkh = dk + (n * H_ + hh) * dq_;
-      T* dst = dkv + (n * H_ + hh) * (dn_ + dv_);
-      for (int64_t i = 0; i < dn_; ++i) dst[i] = dkh[i];
-      for (int64_t i = 0; i < dv_; ++i) dst[dn_ + i] = dvv[(n * H_ + hh) * dv_ + i];
-      for (int64_t i = 0; i < dr_; ++i) dpe[i] += dkh[dn_ + i];
-    }
-  }
-  kernels::rope_apply<T>(dkva + kl_, N, kl_ + dr_, 1, pos, freqs_, true);
+  T* dkv = sized(st.dkv, N * H_ * kvw);
+  T* dkva = sized(st.dkva, N * kr);
+  kernels::copy_2d<T>(ex, dk, dq_, dkv, kvw, N * H_, dn_, 1, false);
+  kernels::copy_2d<T>(ex, dvv, dv_, dkv + dn_, kvw, N * H_, dv_, 1, false);
+  kernels::sum_row_groups<T>(ex, dk + dn_, dq_, dkva + kl_, kr, N, dr_, H_);
+  kernels::rope_apply<T>(ex, dkva + kl_, N, kr, 1, pos, freqs_.data(), dr_, true);
 
   // kv path: kv_b, kv_norm, back into dkva's latent part
   T* dckv = sized(st.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
-  T* dckv_raw = sized(st.tmp_dckv_raw, N * kl_);
+  T* dckv_raw = sized(dckv_raw_, N * kl_);
   kv_norm_.backward_input(dckv, st.ckv_raw.data(), st.rstd_kv.data(), N, dckv_raw);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < kl_; ++i) dkva[n * (kl_ + dr_) + i] = dckv_raw[n * kl_ + i];
+  kernels::copy_2d<T>(ex, dckv_raw, kl_, dkva, kr, N, kl_, 1, false);
 
   // d xn from both projections of xn
   T* dxn = sized(st.dxn, N * D_);
@@ -194,35 +165,24 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   }
 
   // through attn_norm into the residual stream
-  T* dhn = sized(st.tmp_dhn, N * D_);
+  T* dhn = sized(dhn_, N * D_);
   attn_norm_.backward_input(dxn, h, st.rstd_in.data(), N, dhn);
-  kernels::add_inplace<T>(dh, dhn, N * D_);
+  kernels::add_inplace<T>(ex, dh, dhn, N * D_);
 }
 
 template <class T>
-void MLA<T>::backward_weight(State& st, const T* h) const {
+void MLA<T>::backward_weight(State& st, const T* h, const T* dy) const {
   const int64_t N = st.B * st.S;
-  o_.backward_weight(st.dy.data(), st.o.data(), N);  // o is fp32 in every recipe
+  o_.backward_weight(dy, st.o.data(), N);  // o is kept as T in every recipe
   kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.data(), st.rstd_kv.data(), N);
   if (ql_ > 0) q_norm_.backward_weight(st.dcq.data(), st.cq_raw.data(), st.rstd_q.data(), N);
-  if (fp8_) {  // from the cached FP8 inputs
-    kv_b_.backward_weight(st.dkv.data(), st.ckv8);
-    kv_a_.backward_weight(st.dkva.data(), st.xn8);
-    if (ql_ > 0) {
-      q_b_.backward_weight(st.dq.data(), st.cq8);
-      q_a_.backward_weight(st.dcq_raw.data(), st.xn8);
-    } else {
-      q_.backward_weight(st.dq.data(), st.xn8);
-    }
+  kv_b_.backward_weight(st.dkv.data(), st.ckv);
+  kv_a_.backward_weight(st.dkva.data(), st.xn);
+  if (ql_ > 0) {
+    q_b_.backward_weight(st.dq.data(), st.cq);
+    q_a_.backward_weight(st.dcq_raw.data(), st.xn);
   } else {
-    kv_b_.backward_weight(st.dkv.data(), st.ckv.data(), N);
-    kv_a_.backward_weight(st.dkva.data(), st.xn.data(), N);
-    if (ql_ > 0) {
-      q_b_.backward_weight(st.dq.data(), st.cq.data(), N);
-      q_a_.backward_weight(st.dcq_raw.data(), st.xn.data(), N);
-    } else {
-      q_.backward_weight(st.dq.data(), st.xn.data(), N);
-    }
+    q_.backward_weight(st.dq.data(), st.xn);
   }
   attn_norm_.backward_weight(st.dxn.data(), h, st.rstd_in.data(), N);
 }

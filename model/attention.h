@@ -10,10 +10,10 @@
 // N = B*S tokens of B sequences of length S; positions restart at 0 in every sequence.
 // The layer knows nothing of parallelism: it reads its input and writes its output, and keeps
 // what the backward needs in a State owned by the caller (one per micro-batch in flight).
-// FP8 projections (precision.h): the inputs of q_a/kv_a (xn), q_b (c_q) and kv_b (c_kv) are kept
-// as FP8 1x128 tiles (xn8, cq8, ckv8) instead of fp32 (the fp32 values live in layer scratch
-// during the forward only); o, the input of o_proj, stays fp32 because the attention backward
-// reads it too (SPEC §3.5: V3 keeps it in a 12-bit format; fp32 here is the safe superset).
+// The Linears own their precision (linear.h): the inputs of q_a/kv_a (xn), q_b (c_q) and kv_b
+// (c_kv) are kept as SavedActs, FP8 1x128 tiles under the fp8 recipe; o, the input of o_proj,
+// stays fp32 because the attention backward reads it too (SPEC §3.5: V3 keeps it in a 12-bit
+// format; fp32 here is the safe superset). The layer is op calls and pointer arithmetic only.
 #pragma once
 
 #include <string>
@@ -32,47 +32,48 @@ class MLA {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    Buf<T> xn, rstd_in;            // attn_norm output [N, D] (not FP8), its rstd
-    Buf<T> cq_raw, cq, rstd_q;     // query latent before/after q_norm [N, ql]
-    Buf<T> q;                      // [N, H, dq] (RoPE applied)
-    Buf<T> kva;                    // [N, kl + dr] (k_pe part RoPE'd)
-    Buf<T> ckv_raw, ckv, rstd_kv;  // kv latent before/after kv_norm [N, kl]
-    Buf<T> kv;                     // [N, H, dn + dv]
-    Buf<T> k, v, o, lse;           // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
+    SavedAct<T> xn;              // attn_norm output = input of q_a/kv_a (or q) [N, D]
+    Buffer<T> rstd_in;           // [N]
+    Buffer<T> cq_raw, rstd_q;    // query latent before q_norm [N, ql], its rstd
+    SavedAct<T> cq;              // after q_norm = input of q_b [N, ql]
+    Buffer<T> q;                 // [N, H, dq] (RoPE applied)
+    Buffer<T> kva;               // [N, kl + dr] (k_pe part RoPE'd)
+    Buffer<T> ckv_raw, rstd_kv;  // kv latent before kv_norm [N, kl], its rstd
+    SavedAct<T> ckv;             // after kv_norm = input of kv_b [N, kl]
+    Buffer<T> k, v, o, lse;      // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
     // written by backward_input, read by backward_weight
-    Buf<T> dy, dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
-    Buf<T> tmp_do, tmp_dk, tmp_dv, tmp_dckv_raw, tmp_dhn;  // backward scratch, reused
-    Fp8Act xn8, cq8, ckv8;  // FP8 projections: the cached inputs of q_a/kv_a (or q), q_b, kv_b
+    Buffer<T> dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
     // Bytes of everything this state keeps from forward to backward (activation memory).
     int64_t saved_bytes() const {
-      const int64_t n = static_cast<int64_t>(
-          xn.size() + rstd_in.size() + cq_raw.size() + cq.size() + rstd_q.size() + q.size() +
-          kva.size() + ckv_raw.size() + ckv.size() + rstd_kv.size() + kv.size() + k.size() +
-          v.size() + o.size() + lse.size());
-      return n * static_cast<int64_t>(sizeof(T)) + xn8.bytes() + cq8.bytes() + ckv8.bytes();
+      const size_t n = rstd_in.size() + cq_raw.size() + rstd_q.size() + q.size() + kva.size() +
+                       ckv_raw.size() + rstd_kv.size() + k.size() + v.size() + o.size() +
+                       lse.size();
+      return static_cast<int64_t>(n * sizeof(T)) + xn.bytes() + cq.bytes() + ckv.bytes();
     }
   };
 
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol);
+             const PrecisionPolicy& pol, const Exec& ex);
   void init(double std, uint64_t seed);
 
   // h [N,D] -> out [N,D] (write). pos[N]: position of each token in its sequence.
   void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out) const;
   // dh[N,D] += d(out)/dh^T dy.  Keeps the gradients that backward_weight needs.
   void backward_input(State& st, const T* h, const T* dy, const int32_t* pos, T* dh) const;
-  void backward_weight(State& st, const T* h) const;
+  // dy: the same output gradient backward_input was given (the caller keeps it).
+  void backward_weight(State& st, const T* h, const T* dy) const;
 
   const std::vector<Param<T>*>& params() const { return params_; }
 
  private:
+  Exec ex_{};
   int64_t D_ = 0, H_ = 0, dn_ = 0, dr_ = 0, dv_ = 0, dq_ = 0, ql_ = 0, kl_ = 0;
   T scale_ = T(1);
-  std::vector<double> freqs_;
+  Buffer<double> freqs_;  // [dr/2] RoPE frequencies
   RMSNorm<T> attn_norm_, q_norm_, kv_norm_;
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
-  bool fp8_ = false;  // projections in FP8 (all or none of them: one component)
-  mutable Buf<T> fwd_xn_, fwd_cq_, fwd_ckv_;  // FP8: forward-only fp32 scratch (one compute thread)
+  // scratch of one call (one compute thread per layer): not kept between forward and backward
+  mutable Buffer<T> kv_, do_, dk_, dv_buf_, dckv_raw_, dhn_;
   std::vector<Param<T>*> params_;
 };
 

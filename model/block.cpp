@@ -1,22 +1,22 @@
 // Transformer block forward and split backward (see block.h).
 #include "model/block.h"
 
-#include <algorithm>
-
 namespace moetron {
 
 template <class T>
 void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                     const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher) {
+                     const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
+                     const Exec& ex) {
+  ex_ = ex;
   D_ = c.hidden_size;
-  attn_.build(ps, prefix, c, pol);
-  ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps);
+  attn_.build(ps, prefix, c, pol, ex);
+  ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
-    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher));
+    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex);
   } else {
     mlp_ = std::make_unique<Mlp<T>>();
-    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp);
+    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp, ex);
   }
 }
 
@@ -28,50 +28,48 @@ void Block<T>::init(double std, uint64_t seed) {
 }
 
 template <class T>
-void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
-                       T* out) const {
+void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
+                       double* balance, int64_t* load) const {
   const int64_t N = B * S, ND = N * D_;
-  st.B = B, st.S = S;
-  T* h_in = sized(st.h_in, ND);
-  std::copy(h, h + ND, h_in);
+  st.B = B, st.S = S, st.h_in = h;
   T* h_mid = sized(st.h_mid, ND);
-  attn_.forward(st.attn, h_in, B, S, pos, h_mid);
-  kernels::add_inplace<T>(h_mid, h_in, ND);
+  attn_.forward(st.attn, h, B, S, pos, h_mid);
+  kernels::add_inplace<T>(ex_, h_mid, h, ND);
   T* xn2 = sized(st.xn2, ND);
   ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
   if (moe_)
-    moe_->forward(st.moe, xn2, B, S, out);
+    moe_->forward(st.moe, xn2, B, S, out, balance, load);
   else
     mlp_->forward(st.mlp, xn2, N, out);
-  kernels::add_inplace<T>(out, h_mid, ND);
+  kernels::add_inplace<T>(ex_, out, h_mid, ND);
 }
 
 template <class T>
 void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const {
   const int64_t N = st.B * st.S, ND = N * D_;
   // FFN branch: dxn2 = FFN^T dout; d h_mid = dout + ffn_norm^T dxn2
-  T* dxn2 = sized(st.dxn2, ND, /*zero=*/true);
+  T* dxn2 = zeroed(ex_, st.dxn2, ND);
   if (moe_)
     moe_->backward_input(st.moe, dout, dxn2);
   else
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
   T* dmid = sized(st.dmid, ND);
   ffn_norm_.backward_input(dxn2, st.h_mid.data(), st.rstd2.data(), N, dmid);
-  kernels::add_inplace<T>(dmid, dout, ND);
+  kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
-  std::copy(dmid, dmid + ND, dh);
-  attn_.backward_input(st.attn, st.h_in.data(), dmid, pos, dh);
+  kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
+  attn_.backward_input(st.attn, st.h_in, dmid, pos, dh);
 }
 
 template <class T>
 void Block<T>::backward_weight(State& st) const {
   const int64_t N = st.B * st.S;
-  attn_.backward_weight(st.attn, st.h_in.data());
+  attn_.backward_weight(st.attn, st.h_in, st.dmid.data());
   ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.data(), st.rstd2.data(), N);
   if (moe_)
     moe_->backward_weight(st.moe, st.xn2.data());
   else
-    mlp_->backward_weight(st.mlp, st.xn2.data());
+    mlp_->backward_weight(st.mlp);
 }
 
 template class Block<float>;

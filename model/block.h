@@ -1,6 +1,7 @@
 // Transformer block (pre-norm):  h_mid = h + MLA(attn_norm(h));  out = h_mid + FFN(ffn_norm(h_mid))
 // FFN is the dense SwiGLU MLP for the first `first_k_dense_replace` layers, DeepSeekMoE after.
-// Same split-backward and per-micro-batch State contracts as its sublayers.
+// Same split-backward and per-micro-batch State contracts as its sublayers. The residual stream
+// is stored once, by the caller: the state points at the block input instead of copying it.
 #pragma once
 
 #include <memory>
@@ -16,21 +17,30 @@ class Block {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    Buf<T> h_in, h_mid, xn2, rstd2;  // [N,D], [N,D], ffn_norm(h_mid), [N]
+    const T* h_in = nullptr;      // the block input: the caller's residual stream, not a copy
+    Buffer<T> h_mid, xn2, rstd2;  // [N,D], ffn_norm(h_mid) [N,D], [N]
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
-    Buf<T> dxn2;  // kept for ffn_norm's weight gradient
-    Buf<T> dmid;  // backward scratch: d h_mid
+    Buffer<T> dxn2;  // kept for ffn_norm's weight gradient
+    Buffer<T> dmid;  // d h_mid: kept for the attention's weight gradient (o_proj's dy)
+    int64_t saved_bytes() const {
+      return static_cast<int64_t>((h_mid.size() + xn2.size() + rstd2.size()) * sizeof(T)) +
+             attn.saved_bytes() + mlp.saved_bytes() + moe.saved_bytes();
+    }
   };
 
   // prefix "model.layers.N."
   // dispatcher: set for a MoE block, null for a dense one.
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher);
+             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
+             const Exec& ex);
   void init(double std, uint64_t seed);
 
-  void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out) const;
+  // h must stay alive until backward_weight. A MoE block writes its balance loss to balance[0]
+  // and adds its expert loads into load[E] (both device memory; unused by a dense block).
+  void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
+               double* balance, int64_t* load) const;
   // dh[N,D] (write) from dout.
   void backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const;
   void backward_weight(State& st) const;
@@ -39,6 +49,7 @@ class Block {
   MoE<T>* moe() const { return moe_.get(); }
 
  private:
+  Exec ex_{};
   int64_t D_ = 0;
   MLA<T> attn_;
   RMSNorm<T> ffn_norm_;

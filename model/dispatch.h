@@ -15,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/exec.h"
 #include "model/buffers.h"
 
 namespace moetron {
@@ -24,16 +25,13 @@ template <class T>
 struct DispatchState {
   int64_t N = 0, K = 0, D = 0;  // origin tokens, top-k, width
   int64_t R = 0;                // tokens received here
-  Buf<T> rx;                    // [R, D] received token rows
-  std::vector<int32_t> ridx;    // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
-  Buf<T> rw;                    // [R, K] gate weight per slot
-  Buf<T> ry;                    // [R, D] sum over this process's experts of weighted outputs
-  Buf<T> rdy, rdx, rdw;         // backward: [R, D], [R, D], [R, K]
-  // the dispatcher's bookkeeping (rows per peer, which origin token each sent row is, requests)
-  std::vector<int64_t> send_token;                // sent row -> origin token
-  std::vector<int64_t> send_counts, recv_counts;  // rows per peer
-  std::shared_ptr<void> pending;  // in-flight communication, owned by the dispatcher
-  std::vector<uint8_t> wire;      // the last exchange's received rows, as they travelled
+  Buffer<T> rx;                 // [R, D] received token rows
+  Buffer<int32_t> ridx;         // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
+  Buffer<T> rw;                 // [R, K] gate weight per slot
+  Buffer<T> ry;                 // [R, D] sum over this process's experts of weighted outputs
+  Buffer<T> rdy, rdx, rdw;      // backward: [R, D], [R, D], [R, K]
+  // the dispatcher's own plan and in-flight communication (opaque to the model)
+  std::shared_ptr<void> plan;
 };
 
 template <class T>
@@ -63,6 +61,7 @@ class TokenDispatcher {
 template <class T>
 class LocalDispatcher final : public TokenDispatcher<T> {
  public:
+  explicit LocalDispatcher(const Exec& ex = Exec{}) : ex_(ex) {}
   int64_t first_expert(int64_t) const override { return 0; }
   int64_t local_experts(int64_t n_experts) const override { return n_experts; }
   void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w, int64_t N,
@@ -74,6 +73,9 @@ class LocalDispatcher final : public TokenDispatcher<T> {
   void combine_backward_wait(DispatchState<T>&) override {}
   void dispatch_backward_start(DispatchState<T>&) override {}
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
+
+ private:
+  Exec ex_;
 };
 
 }  // namespace moetron

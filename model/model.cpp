@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 namespace moetron {
 
@@ -21,9 +22,14 @@ std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s) {
 
 template <class T>
 Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
-                std::shared_ptr<TokenDispatcher<T>> dispatcher, StageSpec stage)
-    : cfg_(cfg), pol_(pol), stage_(stage) {
-  if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>();
+                std::shared_ptr<TokenDispatcher<T>> dispatcher, StageSpec stage, const Exec& ex)
+    : cfg_(cfg),
+      pol_(pol),
+      stage_(stage),
+      ex_(ex),
+      ps_(ex.device == Device::Meta ? Device::Meta : Device::CPU),
+      loads_(ex.device) {
+  if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>(ex);
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, L = cfg.num_hidden_layers;
   const auto [b0, b1] = stage_blocks(L, stage);
   first_block_ = b0;
@@ -35,22 +41,21 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
     blocks_.back()->build(ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,
-                          cfg.is_moe_layer(l) ? dispatcher : nullptr);
+                          cfg.is_moe_layer(l) ? dispatcher : nullptr, ex);
+    n_moe_ += blocks_.back()->is_moe();
   }
-  if (!stage.last()) return;
-  norm_.build(ps_, "model.norm.weight", D, cfg.rms_norm_eps);
-  lm_head_ = ps_.add("lm_head.weight", {V, D});
-  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
-    const std::string p = "model.layers." + std::to_string(L + k) + ".";
-    auto m = std::make_unique<Mtp>();
-    m->enorm.build(ps_, p + "enorm.weight", D, cfg.rms_norm_eps);
-    m->hnorm.build(ps_, p + "hnorm.weight", D, cfg.rms_norm_eps);
-    m->eh_proj = {ps_.add(p + "eh_proj.weight", {D, 2 * D}), 2 * D, D,
-                  pol.gemm(Component::AttentionProj)};
-    m->block.build(ps_, p, cfg, pol, dispatcher);
-    m->head_norm.build(ps_, p + "shared_head.norm.weight", D, cfg.rms_norm_eps);
-    mtp_.push_back(std::move(m));
+  if (stage.last()) {
+    norm_.build(ps_, "model.norm.weight", D, cfg.rms_norm_eps, ex);
+    lm_head_ = ps_.add("lm_head.weight", {V, D});
+    for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
+      mtp_.push_back(std::make_unique<MtpLayer<T>>());
+      mtp_.back()->build(ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
+                         dispatcher, ex);
+      ++n_moe_;
+    }
   }
+  sized(loads_, n_moe_ * cfg.n_routed_experts);
+  if (ex.device != Device::Meta) zero_loads();
 }
 
 template <class T>
@@ -59,10 +64,7 @@ void Model<T>::init(uint64_t seed) {
   if (embed_) init_normal(*embed_, std, seed);
   if (lm_head_) init_normal(*lm_head_, std, seed);
   for (auto& b : blocks_) b->init(std, seed);
-  for (auto& m : mtp_) {
-    init_normal(*m->eh_proj.W, std, seed);
-    m->block.init(std, seed);
-  }
+  for (auto& m : mtp_) m->init(std, seed);
 }
 
 template <class T>
@@ -70,101 +72,77 @@ std::vector<MoE<T>*> Model<T>::moe_layers() const {
   std::vector<MoE<T>*> out;
   for (auto& b : blocks_)
     if (b->is_moe()) out.push_back(b->moe());
-  for (auto& m : mtp_) out.push_back(m->block.moe());
+  for (auto& m : mtp_) out.push_back(m->block().moe());
   return out;
 }
 
 template <class T>
-std::vector<const typename MoE<T>::State*> Model<T>::moe_states(const MicroBatch& mb) const {
-  std::vector<const typename MoE<T>::State*> out;
-  for (size_t l = 0; l < blocks_.size(); ++l)
-    if (blocks_[l]->is_moe()) out.push_back(&mb.blocks[l].moe);
-  for (auto& ms : mb.mtp) out.push_back(&ms.block.moe);
-  return out;
+void Model<T>::zero_loads() const {
+  kernels::fill_zero(ex_, loads_.data(), loads_.bytes());
 }
 
 template <class T>
 const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
                                 double mtp_weight, const T* h_in) const {
-  const int64_t N = B * S, D = cfg_.hidden_size, V = cfg_.vocab_size;
-  const int64_t Lh = static_cast<int64_t>(blocks_.size()), Dm = cfg_.num_nextn_predict_layers;
-  const auto head_prec = pol_.gemm(Component::Head);
+  const Exec& ex = ex_;
+  const int64_t N = B * S, D = cfg_.hidden_size, V = cfg_.vocab_size, E = cfg_.n_routed_experts;
+  const int64_t Lh = static_cast<int64_t>(blocks_.size());
+  const int64_t Dm = static_cast<int64_t>(mtp_.size());
   mb.B = B, mb.S = S, mb.mtp_weight = mtp_weight;
-  mb.ids.resize(N), mb.targets.resize(N), mb.pos.resize(N);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s) {
-      mb.ids[b * S + s] = tokens[b * (S + 1) + s];
-      mb.targets[b * S + s] = tokens[b * (S + 1) + s + 1];
-      mb.pos[b * S + s] = static_cast<int32_t>(s);
-    }
-  Losses& out = mb.losses;
-  out = Losses{};
+  int32_t* tok = sized(mb.tokens, B * (S + 1));
+  kernels::copy_from_host(ex, tok, tokens, sizeof(int32_t) * B * (S + 1));
+  kernels::shift_tokens(ex, tok, B, S, 0, sized(mb.ids, N), sized(mb.targets, N), sized(mb.pos, N));
+  // loss parts: [0] lm sum, [1..Dm] MTP sums, then one balance loss per MoE layer
+  double* parts = zeroed(ex, mb.loss_parts, 1 + Dm + n_moe_);
+  double* balance = parts + 1 + Dm;
+  int64_t* load = loads_.data();
 
   // stage input: the embedding (first stage) or the previous stage's output
   mb.h.resize(Lh + 1);
   mb.blocks.resize(Lh);
   if (stage_.first()) {
-    kernels::embedding_forward<T>(mb.ids.data(), N, embed_->w(), D, sized(mb.h[0], N * D));
+    kernels::embedding_forward<T>(ex, mb.ids.data(), N, embed_->w(), D, sized(mb.h[0], N * D));
   } else {
     if (!h_in) throw std::logic_error("Model::forward: a non-first stage needs its input");
-    std::copy(h_in, h_in + N * D, sized(mb.h[0], N * D));
+    kernels::copy(ex, sized(mb.h[0], N * D), h_in, sizeof(T) * N * D);
   }
   for (int64_t l = 0; l < Lh; ++l) {
     blocks_[l]->forward(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(),
-                        sized(mb.h[l + 1], N * D));
-    if (blocks_[l]->is_moe()) out.balance += mb.blocks[l].moe.balance_loss;
+                        sized(mb.h[l + 1], N * D), balance, load);
+    if (blocks_[l]->is_moe()) ++balance, load += E;
   }
+  if (stage_.last()) {
+    // final norm, head, next-token loss
+    T* hn = sized(mb.hn, N * D);
+    norm_.forward(mb.h[Lh].data(), N, hn, sized(mb.rstd, N));
+    kernels::lm_head_ce_forward<T>(ex, hn, lm_head_->w(), mb.targets.data(), N, D, V,
+                                   cfg_.lm_head_chunk, sized(mb.lse, N), pol_.gemm(Component::Head),
+                                   parts);
+    // multi-token prediction: module k reads h^{k-1} (h^0 = the last block's output)
+    mb.mtp.resize(Dm);
+    for (int64_t k = 1; k <= Dm; ++k) {
+      const T* hprev = k == 1 ? mb.h[Lh].data() : mb.mtp[k - 2].h.data();
+      mtp_[k - 1]->forward(mb.mtp[k - 1], tok, B, S, mb.pos.data(), hprev, embed_->w(),
+                           lm_head_->w(), parts + k, balance, load);
+      ++balance, load += E;
+    }
+  }
+
+  // the losses of this stage: one device-to-host read per micro-batch
+  std::vector<double> p(1 + Dm + n_moe_);
+  kernels::copy_to_host(ex, p.data(), parts, sizeof(double) * p.size());
+  Losses& out = mb.losses;
+  out = Losses{};
+  for (int64_t i = 0; i < n_moe_; ++i) out.balance += p[1 + Dm + i];
   if (!stage_.last()) {
     out.loss = out.balance;  // stage losses add up to the model's loss
     return out;
   }
-
-  // final norm, head, next-token loss
-  T* hn = sized(mb.hn, N * D);
-  norm_.forward(mb.h[Lh].data(), N, hn, sized(mb.rstd, N));
-  out.lm = kernels::lm_head_ce_forward<T>(hn, lm_head_->w(), mb.targets.data(), N, D, V,
-                                          cfg_.lm_head_chunk, sized(mb.lse, N), head_prec) /
-           static_cast<double>(N);
+  out.lm = p[0] / static_cast<double>(N);
   out.lm_tokens = N;
-
-  // multi-token prediction
-  mb.mtp.resize(Dm);
   for (int64_t k = 1; k <= Dm; ++k) {
-    const Mtp& m = *mtp_[k - 1];
-    MtpState& ms = mb.mtp[k - 1];
-    ms.ids.resize(N), ms.targets.resize(N);
-    int64_t valid = 0;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t s = 0; s < S; ++s) {
-        const int64_t n = b * S + s;
-        ms.ids[n] = s + k <= S ? tokens[b * (S + 1) + s + k] : 0;
-        ms.targets[n] = s + k + 1 <= S ? tokens[b * (S + 1) + s + k + 1] : -1;
-        valid += ms.targets[n] >= 0;
-      }
-    const T* hprev = k == 1 ? mb.h[Lh].data() : mb.mtp[k - 2].h.data();
-    T* e = sized(ms.e, N * D);
-    kernels::embedding_forward<T>(ms.ids.data(), N, embed_->w(), D, e);
-    T* en = sized(ms.en, N * D);
-    m.enorm.forward(e, N, en, sized(ms.rstd_e, N));
-    T* hpn = sized(ms.hpn, N * D);
-    m.hnorm.forward(hprev, N, hpn, sized(ms.rstd_h, N));
-    std::copy(hprev, hprev + N * D, sized(ms.hp, N * D));
-    T* cat = sized(ms.cat, N * 2 * D);
-    for (int64_t n = 0; n < N; ++n) {
-      std::copy(en + n * D, en + (n + 1) * D, cat + n * 2 * D);
-      std::copy(hpn + n * D, hpn + (n + 1) * D, cat + n * 2 * D + D);
-    }
-    T* x = sized(ms.x, N * D);
-    m.eh_proj.forward(cat, N, x);
-    T* h = sized(ms.h, N * D);
-    m.block.forward(ms.block, x, B, S, mb.pos.data(), h);
-    out.balance += ms.block.moe.balance_loss;
-    T* mhn = sized(ms.hn, N * D);
-    m.head_norm.forward(h, N, mhn, sized(ms.rstd_o, N));
-    const double sum =
-        kernels::lm_head_ce_forward<T>(mhn, lm_head_->w(), ms.targets.data(), N, D, V,
-                                       cfg_.lm_head_chunk, sized(ms.lse, N), head_prec);
-    out.mtp += valid > 0 ? sum / static_cast<double>(valid) / static_cast<double>(Dm) : 0.0;
+    const int64_t valid = B * std::max<int64_t>(0, S - k);  // positions with a target
+    out.mtp += valid > 0 ? p[k] / static_cast<double>(valid) / static_cast<double>(Dm) : 0.0;
     out.mtp_tokens += valid;
   }
   out.loss = out.lm + mtp_weight * out.mtp + out.balance;
@@ -174,9 +152,10 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
 template <class T>
 void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out,
                               bool defer_weight) const {
+  const Exec& ex = ex_;
   const int64_t B = mb.B, S = mb.S, N = B * S, D = cfg_.hidden_size, V = cfg_.vocab_size;
-  const int64_t Lh = static_cast<int64_t>(blocks_.size()), Dm = cfg_.num_nextn_predict_layers;
-  const auto head_prec = pol_.gemm(Component::Head);
+  const int64_t Lh = static_cast<int64_t>(blocks_.size());
+  const int64_t Dm = static_cast<int64_t>(mtp_.size());
   const T g = static_cast<T>(grad_scale);
   mb.deferred.clear();
   // weight-gradient work: now, or queued for backward_weight (zero-bubble schedules)
@@ -187,85 +166,48 @@ void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out
       fn();
   };
 
-  Buf<T>& dh = mb.dh;
-  sized(dh, N * D);
-  Buf<T> dtmp(N * D);
+  T* dh = sized(mb.dh, N * D);
+  sized(mb.dtmp, N * D);
   if (stage_.last()) {
     // next-token head: d hn and d lm_head together (the head's weight gradient is not deferred:
     // it comes out of the same chunked pass over the vocabulary), then the final norm
     T* dhn = sized(mb.dhn, N * D);
-    kernels::lm_head_ce_backward<T>(mb.hn.data(), lm_head_->w(), mb.targets.data(), mb.lse.data(),
-                                    static_cast<T>(grad_scale / static_cast<double>(N)), N, D, V,
-                                    cfg_.lm_head_chunk, dhn, lm_head_->g(), head_prec);
-    norm_.backward_input(dhn, mb.h[Lh].data(), mb.rstd.data(), N, dh.data());
+    kernels::lm_head_ce_backward<T>(ex, mb.hn.data(), lm_head_->w(), mb.targets.data(),
+                                    mb.lse.data(), static_cast<T>(grad_scale / N), N, D, V,
+                                    cfg_.lm_head_chunk, dhn, lm_head_->g(),
+                                    pol_.gemm(Component::Head));
+    norm_.backward_input(dhn, mb.h[Lh].data(), mb.rstd.data(), N, dh);
     weight([this, &mb, N] {
       norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N);
     });
-
     // MTP modules, deepest first: each adds into the gradient of its predecessor's hidden state
-    Buf<T> dnext;  // gradient flowing into module k's output h^k from module k+1
     for (int64_t k = Dm; k >= 1; --k) {
-      const Mtp& m = *mtp_[k - 1];
-      MtpState& ms = mb.mtp[k - 1];
-      int64_t valid = 0;
-      for (int32_t t : ms.targets) valid += t >= 0;
-      Buf<T> dhk(N * D, T(0));
-      T* mdhn = sized(ms.dhn, N * D, /*zero=*/true);
-      if (valid > 0) {
-        const double gk =
-            grad_scale * mb.mtp_weight / static_cast<double>(Dm) / static_cast<double>(valid);
-        kernels::lm_head_ce_backward<T>(ms.hn.data(), lm_head_->w(), ms.targets.data(),
-                                        ms.lse.data(), static_cast<T>(gk), N, D, V,
-                                        cfg_.lm_head_chunk, mdhn, lm_head_->g(), head_prec);
-        m.head_norm.backward_input(mdhn, ms.h.data(), ms.rstd_o.data(), N, dhk.data());
-      }
-      weight([&m, &ms, N] {
-        m.head_norm.backward_weight(ms.dhn.data(), ms.h.data(), ms.rstd_o.data(), N);
-      });
-      if (!dnext.empty()) kernels::add_inplace<T>(dhk.data(), dnext.data(), N * D);
-      ms.block.moe.aux_grad = g;
-      Buf<T> dx(N * D);
-      m.block.backward_input(ms.block, dhk.data(), mb.pos.data(), dx.data());
-      weight([&m, &ms] { m.block.backward_weight(ms.block); });
-      T* dcat = sized(ms.dcat, N * 2 * D);
-      m.eh_proj.backward_input(dx.data(), N, dcat);
-      // eh_proj's weight gradient needs dx: keep it in the state
-      std::copy(dx.begin(), dx.end(), sized(ms.x, N * D));
-      weight([&m, &ms, N] { m.eh_proj.backward_weight(ms.x.data(), ms.cat.data(), N); });
-      Buf<T> den(N * D), dhpn(N * D);
-      for (int64_t n = 0; n < N; ++n) {
-        std::copy(dcat + n * 2 * D, dcat + n * 2 * D + D, den.data() + n * D);
-        std::copy(dcat + n * 2 * D + D, dcat + (n + 1) * 2 * D, dhpn.data() + n * D);
-      }
-      // embedding input of the module (its norm's and the embedding's weight gradients now:
-      // they are cheap and keep no extra state)
-      m.enorm.backward_input(den.data(), ms.e.data(), ms.rstd_e.data(), N, dtmp.data());
-      m.enorm.backward_weight(den.data(), ms.e.data(), ms.rstd_e.data(), N);
-      kernels::embedding_backward<T>(ms.ids.data(), N, dtmp.data(), D, embed_->g());
-      // hidden-state input: h^{k-1}
-      m.hnorm.backward_input(dhpn.data(), ms.hp.data(), ms.rstd_h.data(), N, dtmp.data());
-      m.hnorm.backward_weight(dhpn.data(), ms.hp.data(), ms.rstd_h.data(), N);
-      if (k == 1)
-        kernels::add_inplace<T>(dh.data(), dtmp.data(), N * D);
-      else
-        dnext = dtmp;
+      const int64_t valid = B * std::max<int64_t>(0, S - k);
+      const double gk =
+          valid > 0 ? grad_scale * mb.mtp_weight / static_cast<double>(Dm) / valid : 0.0;
+      const T* dnext = k < Dm ? mb.mtp[k].dh_prev.data() : nullptr;
+      auto& ms = mb.mtp[k - 1];
+      mtp_[k - 1]->backward_input(ms, B, S, mb.pos.data(), gk, dnext, g, lm_head_->w(),
+                                  lm_head_->g(), embed_->g());
+      weight([this, &ms, k, N] { mtp_[k - 1]->backward_weight(ms, N); });
     }
+    if (Dm > 0) kernels::add_inplace<T>(ex, dh, mb.mtp[0].dh_prev.data(), N * D);
   } else {
     if (!dh_out) throw std::logic_error("Model::backward_input: a non-last stage needs d(output)");
-    std::copy(dh_out, dh_out + N * D, dh.data());
+    kernels::copy(ex, dh, dh_out, sizeof(T) * N * D);
   }
 
-  // this stage's blocks, last first
+  // this stage's blocks, last first (dh and dtmp ping-pong; the result ends in mb.dh)
   for (int64_t l = Lh - 1; l >= 0; --l) {
     if (blocks_[l]->is_moe()) mb.blocks[l].moe.aux_grad = g;
-    blocks_[l]->backward_input(mb.blocks[l], dh.data(), mb.pos.data(), dtmp.data());
+    blocks_[l]->backward_input(mb.blocks[l], mb.dh.data(), mb.pos.data(), mb.dtmp.data());
     weight([this, &mb, l] { blocks_[l]->backward_weight(mb.blocks[l]); });
-    std::swap(dh, dtmp);
+    std::swap(mb.dh, mb.dtmp);
   }
   if (stage_.first()) {
-    std::copy(dh.begin(), dh.end(), sized(mb.d_embed, N * D));
+    kernels::copy(ex, sized(mb.d_embed, N * D), mb.dh.data(), sizeof(T) * N * D);
     weight([this, &mb, N, D] {
-      kernels::embedding_backward<T>(mb.ids.data(), N, mb.d_embed.data(), D, embed_->g());
+      kernels::embedding_backward<T>(ex_, mb.ids.data(), N, mb.d_embed.data(), D, embed_->g());
     });
   }
 }

@@ -10,7 +10,9 @@
 // that have a target; MTP MoE layers take part in balancing (loss and bias update).
 //
 // Everything a forward keeps for its backward lives in a MicroBatch object owned by the caller,
-// one per micro-batch in flight. The model knows nothing of ranks, schedules or files.
+// one per micro-batch in flight; its buffers are on the model's device and only ops touch them.
+// The model knows nothing of ranks, schedules or files. Losses are written by ops to a device
+// buffer and read once per micro-batch forward (one small device-to-host copy).
 //
 // Pipeline stages: the ordered layer list [embedding, block 0 .. block L-1, head + MTP] is cut
 // into `n_stages` contiguous pieces (StageSpec); a Model object holds one piece. Blocks are split
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "model/block.h"
+#include "model/mtp.h"
 
 namespace moetron {
 
@@ -46,43 +49,37 @@ struct Losses {
 template <class T>
 class Model {
  public:
-  struct Mtp {  // one MTP module's layers
-    RMSNorm<T> enorm, hnorm, head_norm;
-    Linear<T> eh_proj;
-    Block<T> block;
-  };
-  struct MtpState {
-    std::vector<int32_t> ids, targets;      // [N]
-    Buf<T> e, en, rstd_e, hp, hpn, rstd_h;  // embedding, norms of both inputs
-    Buf<T> cat, x;                          // [N,2D] concat, [N,D] eh_proj output
-    typename Block<T>::State block;
-    Buf<T> h, hn, rstd_o, lse;  // block output, shared_head.norm, CE lse
-    Buf<T> dcat, dhn;           // kept for weight gradients
-  };
   struct MicroBatch {
     int64_t B = 0, S = 0;
-    std::vector<int32_t> ids, targets, pos;  // [N]
-    std::vector<Buf<T>> h;                   // residual stream: h[0] = stage input .. h[local L]
+    Buffer<int32_t> tokens;             // [B, S+1] on the model's device
+    Buffer<int32_t> ids, targets, pos;  // [N]
+    std::vector<Buffer<T>> h;           // residual stream: h[0] = stage input .. h[local L]
     std::vector<typename Block<T>::State> blocks;
-    Buf<T> hn, rstd, lse;  // final norm, CE log-sum-exp
-    std::vector<MtpState> mtp;
+    Buffer<T> hn, rstd, lse;  // final norm, CE log-sum-exp
+    std::vector<typename MtpLayer<T>::State> mtp;
+    Buffer<double> loss_parts;  // [1 + D_mtp + MoE layers]: lm sum, MTP sums, balance losses
     Losses losses;
     double mtp_weight = 0;
-    Buf<T> dhn;
-    Buf<T> dh;       // after backward_input: gradient of the stage input (non-first stages)
-    Buf<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
+    Buffer<T> dhn;
+    Buffer<T> dh;       // after backward_input: gradient of the stage input (non-first stages)
+    Buffer<T> dtmp;     // backward scratch: the other half of dh's ping-pong
+    Buffer<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
     std::vector<std::function<void()>> deferred;  // weight-gradient work queued by backward_input
   };
 
   // dispatcher: how MoE layers reach their experts (default: all experts in this process).
+  // ex: the device and stream the model runs on; activations live on ex.device, parameters on
+  // the CPU (on the Meta device: nowhere — a model for planning, which cannot run).
   Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
-        std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {});
+        std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {},
+        const Exec& ex = Exec{});
   void init(uint64_t seed);
 
-  // tokens [B, S+1] (inputs and shifted targets; every stage gets them). h_in [B*S, D]: the
-  // previous stage's output (null on the first stage). mtp_weight = lambda. Returns the losses
-  // of this stage (a non-last stage's loss is its layers' balance loss; the stages' losses add
-  // up to the model's) — the output for the next stage is output(mb).
+  // tokens [B, S+1] (host memory; inputs and shifted targets; every stage gets them). h_in
+  // [B*S, D]: the previous stage's output (device; null on the first stage). mtp_weight =
+  // lambda. Returns the losses of this stage (a non-last stage's loss is its layers' balance
+  // loss; the stages' losses add up to the model's) — the output for the next stage is
+  // output(mb). Expert loads add into loads() until zero_loads().
   const Losses& forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
                         double mtp_weight, const T* h_in = nullptr) const;
   const T* output(const MicroBatch& mb) const { return mb.h.back().data(); }
@@ -97,6 +94,7 @@ class Model {
     backward_input(mb, grad_scale, dh_out, false);
   }
   const StageSpec& stage() const { return stage_; }
+  const Exec& exec() const { return ex_; }
   // FP8 weight cache (PrecisionPolicy::weight_version): call after every change of the weights
   // (optimizer step, checkpoint load) when the policy has a version counter; a no-op without one
   // (every FP8 Linear then re-quantises its weight in each forward).
@@ -109,20 +107,26 @@ class Model {
   const ParamStore<T>& params() const { return ps_; }
   // Every MoE layer (main blocks first, then MTP blocks), for load statistics and bias updates.
   std::vector<MoE<T>*> moe_layers() const;
-  // The MoE states of a micro-batch, in the order of moe_layers().
-  std::vector<const typename MoE<T>::State*> moe_states(const MicroBatch& mb) const;
+  // Expert loads [moe_layers().size(), n_routed_experts] (device) summed over the forwards since
+  // the last zero_loads().
+  const int64_t* loads() const { return loads_.data(); }
+  int64_t* loads() { return loads_.data(); }
+  void zero_loads() const;
 
  private:
   ModelConfig cfg_;
   PrecisionPolicy pol_;
   StageSpec stage_;
+  Exec ex_;
   int64_t first_block_ = 0;  // global index of blocks_[0]
   ParamStore<T> ps_;
   Param<T>* embed_ = nullptr;    // [V, D] (first and last stage)
   Param<T>* lm_head_ = nullptr;  // [V, D] (last stage)
   std::vector<std::unique_ptr<Block<T>>> blocks_;
   RMSNorm<T> norm_;
-  std::vector<std::unique_ptr<Mtp>> mtp_;
+  std::vector<std::unique_ptr<MtpLayer<T>>> mtp_;
+  int64_t n_moe_ = 0;
+  mutable Buffer<int64_t> loads_;
 };
 
 }  // namespace moetron

@@ -12,11 +12,13 @@
 // sum. The sequence-wise balance loss (alpha) is computed in the gate phase; expert loads of the
 // micro-batch are kept in the state for the auxiliary-loss-free bias update.
 //
-// FP8 routed experts (precision.h): every expert's three GEMMs are block-scaled E4M3 (weights
-// 128x128 per expert, cached in experts_w8_); the state keeps the expert inputs (xperm8) and the
-// SwiGLU inputs (gu8) as FP8 1x128 tiles and no fp32 expert activation; the backward dequantises
-// gu and recomputes the SwiGLU output (SPEC §3.5). The activation gradient entering the down
-// projection uses power-of-two scales under the default "spec" scale rule.
+// The routed experts are two GroupedLinears (linear.h) over the rows sorted by expert: their
+// precision is theirs. Under the fp8 recipe every expert's three GEMMs are block-scaled E4M3
+// (weights 128x128 per expert); the state keeps the expert inputs and the SwiGLU inputs as FP8
+// 1x128 tiles and no fp32 expert activation; the backward dequantises gu and recomputes the
+// SwiGLU output (SPEC §3.5). The activation gradient entering the down projection uses
+// power-of-two scales under the default "spec" scale rule. The layer is op calls only: routing
+// table, gathers, grouped GEMMs, balance loss, histogram and bias update are ops.
 #pragma once
 
 #include <memory>
@@ -37,45 +39,53 @@ class MoE {
  public:
   struct State {
     int64_t B = 0, S = 0, N = 0;
-    Buf<T> logits, scores, weights;     // [N,E], [N,E], [N,K]
-    std::vector<int32_t> idx;           // [N,K] global expert ids
+    Buffer<T> logits, scores, weights;  // [N,E], [N,E], [N,K]
+    Buffer<int32_t> idx;                // [N,K] global expert ids
     DispatchState<T> ds;                // received tokens [R, ...] and the dispatch plan
-    kernels::ExpertRouting routing;     // received (token, slot) pairs sorted by local expert
-    Buf<T> xperm, wperm, gu, a, yperm;  // [A,D], [A], [A,2F], [A,F], [A,D]; A = local pairs
+    // received (token, slot) pairs sorted by local expert: A = offsets[E_local] rows
+    int64_t A = 0;
+    Buffer<int64_t> counts, offsets, slot, row_token, row_slot;  // [El], [El+1], [R*K] x3
+    SavedAct<T> xperm;   // [A, D] expert inputs (FP8 tiles under the fp8 recipe)
+    Buffer<T> wperm;     // [A] gate weight of each row
+    SavedAct<T> gu;      // [A, 2F] SwiGLU inputs (FP8 under the fp8 recipe)
+    Buffer<T> a, yperm;  // [A, F] (unless recomputed), [A, D]
     typename Mlp<T>::State shared;
-    Buf<T> shared_out;          // [N,D]
-    Buf<T> bal_f;               // [B,E] balance-loss f_i per sequence (constants)
-    double balance_loss = 0;    // alpha * mean_b sum_i f_i P_i
-    std::vector<int64_t> load;  // [E] assignments per expert in this micro-batch
+    Buffer<T> shared_out;  // [N, D]
+    Buffer<T> bal_f;       // [B, E] balance-loss f_i per sequence (constants)
     // backward
-    Buf<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
-    T aux_grad = T(0);   // d(total loss)/d(balance_loss), set by the caller
-    Fp8Act xperm8, gu8;  // FP8 experts: [A, D] expert inputs, [A, 2F] SwiGLU inputs
+    Buffer<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
+    T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
     // dispatch state ds and the input x are the dispatcher's and the caller's).
     int64_t saved_bytes() const {
-      const int64_t n = static_cast<int64_t>(logits.size() + scores.size() + weights.size() +
-                                             xperm.size() + wperm.size() + gu.size() + a.size() +
-                                             yperm.size() + shared_out.size() + bal_f.size());
-      return n * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(idx.size() * 4) +
-             xperm8.bytes() + gu8.bytes() + shared.saved_bytes();
+      const size_t n = logits.size() + scores.size() + weights.size() + wperm.size() + a.size() +
+                       yperm.size() + shared_out.size() + bal_f.size();
+      return static_cast<int64_t>(n * sizeof(T) + idx.size() * 4 +
+                                  (counts.size() + offsets.size() + slot.size() + row_token.size() +
+                                   row_slot.size()) *
+                                      8) +
+             xperm.bytes() + gu.bytes() + shared.saved_bytes();
     }
   };
 
   // The dispatcher decides which experts live here (all of them for LocalDispatcher).
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher);
+             const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
+             const Exec& ex);
   void init(double std, uint64_t seed);
 
-  // ---- forward phases (x = ffn_norm output [N,D]) ----
-  void gate(State& st, const T* x, int64_t B, int64_t S) const;
-  void shared(State& st, const T* x) const;
+  // ---- forward phases (x = ffn_norm output [N,D], kept alive by the caller) ----
+  // The layer's balance loss goes to balance[0] (double, device) and its expert loads are added
+  // into load[E] (device): both for the caller to collect without a sync per micro-batch.
+  void gate(State& st, const T* x, int64_t B, int64_t S, double* balance, int64_t* load) const;
+  void shared_expert(State& st, const T* x) const;
   void dispatch_start(State& st, const T* x) const;
   void dispatch_wait(State& st) const;
   void experts(State& st) const;
   void combine_start(State& st) const;
   void combine_wait(State& st, T* y) const;  // y[N,D] = shared + sum of weighted expert outputs
-  void forward(State& st, const T* x, int64_t B, int64_t S, T* y) const;
+  void forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
+               int64_t* load) const;
 
   // ---- backward phases: dx[N,D] accumulates ----
   void combine_backward_start(State& st, const T* dy, T* dx) const;  // + shared expert backward
@@ -87,17 +97,15 @@ class MoE {
   void backward_input(State& st, const T* dy, T* dx) const;  // all four, in order
   void backward_weight(State& st, const T* x) const;
 
-  // Auxiliary-loss-free balancing: b_i += gamma * sign(mean(load) - load_i).
-  void update_bias(const std::vector<int64_t>& load, double gamma);
+  // Auxiliary-loss-free balancing: b_i += gamma * sign(mean(load) - load_i), load [E] on the
+  // model's device.
+  void update_bias(const int64_t* load, double gamma);
   Param<T>* bias() const { return bias_; }
   int64_t n_experts() const { return E_; }
   const std::vector<Param<T>*>& params() const { return params_; }
 
  private:
-  void experts_fp8(State& st) const;
-  void experts_backward_fp8(State& st) const;
-  void experts_backward_weight_fp8(State& st) const;
-
+  Exec ex_{};
   int64_t D_ = 0, E_ = 0, K_ = 0, F_ = 0;
   int64_t E_local_ = 0, first_expert_ = 0;  // experts held here: [first, first + E_local)
   std::shared_ptr<TokenDispatcher<T>> dispatcher_;
@@ -109,11 +117,9 @@ class MoE {
   // All experts' weights, fused (unregistered; the per-expert views are the named parameters):
   std::unique_ptr<Param<T>> gu_all_;    // [E_local, 2F, D] gate|up
   std::unique_ptr<Param<T>> down_all_;  // [E_local, D, F]
-  kernels::GemmPrecision expert_prec_ = kernels::GemmPrecision::FP32;
-  LinearPrecision expert_lp_{}, expert_down_lp_{};  // FP8: the up (gate|up) and down GEMMs
-  const uint64_t* weight_version_ = nullptr;
-  mutable Fp8WeightCache gu_w8_, down_w8_;  // FP8 copies [E_local, 2F, D], [E_local, D, F]
-  mutable Buf<T> fwd_x_, fwd_gu_, fwd_a_;   // FP8: fp32 scratch (one compute thread)
+  GroupedLinear<T> gu_, down_;
+  bool recompute_swiglu_ = false;  // FP8 gu: a recomputed in the backward (SPEC §3.5)
+  mutable Buffer<T> x_tmp_, gu_tmp_, a_tmp_, da_;  // one call's scratch (one compute thread)
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;
 };

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "kernels/exec.h"
 #include "kernels/ops.h"
 #include "model/param.h"
 
@@ -14,23 +15,24 @@ struct RMSNorm {
   Param<T>* w = nullptr;  // [D]
   int64_t D = 0;
   T eps = T(1e-6);
+  Exec ex{};
 
-  void build(ParamStore<T>& ps, const std::string& name, int64_t dim, double eps_) {
-    D = dim;
+  void build(ParamStore<T>& ps, const std::string& name, int64_t dim, double eps_, const Exec& e) {
+    D = dim, ex = e;
     eps = static_cast<T>(eps_);
     w = ps.add(name, {dim}, /*decay=*/false);
     init_constant(*w, 1.0);
   }
   // y[N,D], rstd[N]
   void forward(const T* x, int64_t N, T* y, T* rstd) const {
-    kernels::rmsnorm_forward<T>(x, w->w(), N, D, eps, y, rstd);
+    kernels::rmsnorm_forward<T>(ex, x, w->w(), N, D, eps, y, rstd);
   }
   // dx[N,D] (write)
   void backward_input(const T* dy, const T* x, const T* rstd, int64_t N, T* dx) const {
-    kernels::rmsnorm_backward_input<T>(dy, x, w->w(), rstd, N, D, dx);
+    kernels::rmsnorm_backward_input<T>(ex, dy, x, w->w(), rstd, N, D, dx);
   }
   void backward_weight(const T* dy, const T* x, const T* rstd, int64_t N) const {
-    kernels::rmsnorm_backward_weight<T>(dy, x, rstd, N, D, w->g());
+    kernels::rmsnorm_backward_weight<T>(ex, dy, x, rstd, N, D, w->g());
   }
 };
 

@@ -14,6 +14,7 @@ uint64_t name_seed(uint64_t seed, const std::string& name) {
 
 template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed) {
+  if (!p.value.raw()) return;  // Meta device
   std::mt19937_64 gen(name_seed(seed, p.name));
   std::normal_distribution<double> dist(0.0, std);
   T* w = p.w();
@@ -22,6 +23,7 @@ void init_normal(Param<T>& p, double std, uint64_t seed) {
 
 template <class T>
 void init_constant(Param<T>& p, double value) {
+  if (!p.value.raw()) return;  // Meta device
   T* w = p.w();
   for (int64_t i = 0; i < p.numel(); ++i) w[i] = static_cast<T>(value);
 }

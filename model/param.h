@@ -37,9 +37,12 @@ struct Param {
 template <class T>
 class ParamStore {
  public:
+  // Parameters on `device`: the CPU, or Meta for a model that is only planned (no memory).
+  explicit ParamStore(Device device = Device::CPU) : device_(device) {}
+  Device device() const { return device_; }
   // A new parameter with its own storage.
   Param<T>* add(const std::string& name, std::vector<int64_t> shape, bool decay = true) {
-    Tensor v(shape, dtype_of<T>()), g(shape, dtype_of<T>());
+    Tensor v(shape, dtype_of<T>(), device_), g(shape, dtype_of<T>(), device_);
     return push(name, v, g, decay);
   }
   // A parameter that views part of an existing fused tensor pair.
@@ -72,6 +75,7 @@ class ParamStore {
     params_.push_back(std::move(p));
     return params_.back().get();
   }
+  Device device_ = Device::CPU;
   std::vector<std::unique_ptr<Param<T>>> params_;
 };
 
@@ -83,5 +87,6 @@ template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed);
 template <class T>
 void init_constant(Param<T>& p, double value);
+// (Both do nothing for a parameter on the Meta device.)
 
 }  // namespace moetron

@@ -15,7 +15,7 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "kernels/fp8.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/ops.h"
 #include "kernels/scalar.h"
 
@@ -27,6 +27,19 @@ struct Pending {  // one exchange in flight: the buffers must outlive it
   std::vector<size_t> send_bytes, recv_bytes;
   Request req;
 };
+// The dispatch plan of one (layer, micro-batch), kept in DispatchState::plan (host bookkeeping:
+// the EP dispatcher packs rows on the host, so it runs with CPU activations).
+struct EpPlan {
+  std::vector<int64_t> send_token;                // sent row -> origin token
+  std::vector<int64_t> send_counts, recv_counts;  // rows per peer
+  std::shared_ptr<Pending> pending;               // the exchange in flight
+  std::vector<uint8_t> wire;                      // its received rows, as they travelled
+};
+template <class T>
+EpPlan& plan_of(DispatchState<T>& st) {
+  if (!st.plan) st.plan = std::make_shared<EpPlan>();
+  return *static_cast<EpPlan*>(st.plan.get());
+}
 constexpr int64_t kScaleBlock = 128;  // channels per fp8 scale (the experts' 1x128 tiles)
 }  // namespace
 
@@ -73,7 +86,7 @@ void EpDispatcher<T>::encode(Enc e, const T* x, int64_t D, uint8_t* out) const {
       std::vector<float> big;
       const int64_t nb = (D + kScaleBlock - 1) / kScaleBlock;
       float* s = nb <= 64 ? scales : (big.resize(nb), big.data());
-      kernels::quantize(x, 1, D, kernels::Tile{1, kScaleBlock}, /*pow2=*/true, out, s);
+      kernels::cpu::quantize(x, 1, D, kernels::Tile{1, kScaleBlock}, /*pow2=*/true, out, s);
       std::memcpy(out + D, s, sizeof(float) * nb);
     }
   }
@@ -94,7 +107,7 @@ void EpDispatcher<T>::decode(Enc e, const uint8_t* in, int64_t D, T* x) const {
       const int64_t nb = (D + kScaleBlock - 1) / kScaleBlock;
       std::vector<float> s(nb);
       std::memcpy(s.data(), in + D, sizeof(float) * nb);
-      kernels::dequantize(in, s.data(), 1, D, kernels::Tile{1, kScaleBlock}, x);
+      kernels::cpu::dequantize(in, s.data(), 1, D, kernels::Tile{1, kScaleBlock}, x);
     }
   }
 }
@@ -105,8 +118,8 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, std::vector<uint8_t> 
   const int P = ep_.size();
   auto pend = std::make_shared<Pending>();
   pend->send = std::move(send);
-  const auto& sc = reverse ? st.recv_counts : st.send_counts;
-  const auto& rc = reverse ? st.send_counts : st.recv_counts;
+  const auto& sc = reverse ? plan_of(st).recv_counts : plan_of(st).send_counts;
+  const auto& rc = reverse ? plan_of(st).send_counts : plan_of(st).recv_counts;
   int64_t rows_in = 0;
   for (int p = 0; p < P; ++p) {
     pend->send_bytes.push_back(static_cast<size_t>(sc[p] * row_bytes));
@@ -114,20 +127,27 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, std::vector<uint8_t> 
     rows_in += rc[p];
     bytes_sent_[static_cast<int>(phase)] += sc[p] * row_bytes;
   }
-  st.wire.resize(static_cast<size_t>(rows_in * row_bytes));
-  pend->req =
-      ep_.iall_to_all_v(pend->send.data(), pend->send_bytes, st.wire.data(), pend->recv_bytes);
-  st.pending = pend;
+  plan_of(st).wire.resize(static_cast<size_t>(rows_in * row_bytes));
+  pend->req = ep_.iall_to_all_v(pend->send.data(), pend->send_bytes, plan_of(st).wire.data(),
+                                pend->recv_bytes);
+  plan_of(st).pending = pend;
 }
 
 template <class T>
 const uint8_t* EpDispatcher<T>::exchange_wait(DispatchState<T>& st) {
-  auto pend = std::static_pointer_cast<Pending>(st.pending);
+  auto pend = plan_of(st).pending;
   const auto t0 = std::chrono::steady_clock::now();
   pend->req.wait();
   comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  st.pending.reset();
-  return st.wire.data();
+  plan_of(st).pending.reset();
+  return plan_of(st).wire.data();
+}
+
+template <class T>
+int64_t EpDispatcher<T>::rows_sent(const DispatchState<T>& st) {
+  return st.plan
+             ? static_cast<int64_t>(static_cast<const EpPlan*>(st.plan.get())->send_token.size())
+             : 0;
 }
 
 template <class T>
@@ -138,7 +158,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   const int64_t El = n_experts / P;
   st.N = N, st.K = K, st.D = D;
   // plan: for each peer, the tokens with at least one expert there, in token order
-  st.send_counts.assign(P, 0);
+  plan_of(st).send_counts.assign(P, 0);
   std::vector<std::vector<int64_t>> to(P);
   std::vector<int64_t> last(P, -1);  // last token queued for each peer
   std::vector<int64_t> node_seen(P, -1);
@@ -152,19 +172,19 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
     }
     max_nodes_ = std::max(max_nodes_, nodes);
   }
-  st.send_token.clear();
+  plan_of(st).send_token.clear();
   for (int p = 0; p < P; ++p) {
-    st.send_counts[p] = static_cast<int64_t>(to[p].size());
-    st.send_token.insert(st.send_token.end(), to[p].begin(), to[p].end());
+    plan_of(st).send_counts[p] = static_cast<int64_t>(to[p].size());
+    plan_of(st).send_token.insert(plan_of(st).send_token.end(), to[p].begin(), to[p].end());
   }
-  st.recv_counts.assign(P, 0);
+  plan_of(st).recv_counts.assign(P, 0);
   const auto t0 = std::chrono::steady_clock::now();
-  ep_.all_to_all(st.send_counts.data(), st.recv_counts.data(), 1);
+  ep_.all_to_all(plan_of(st).send_counts.data(), plan_of(st).recv_counts.data(), 1);
   comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // payload
   const Enc e = enc(EpPhase::Dispatch);
   const int64_t A = enc_bytes(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
-  std::vector<uint8_t> send(st.send_token.size() * W);
+  std::vector<uint8_t> send(plan_of(st).send_token.size() * W);
   std::vector<T> meta(2 * K);
   int64_t row = 0;
   for (int p = 0; p < P; ++p)
@@ -189,10 +209,10 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
   const Enc e = enc(EpPhase::Dispatch);
   const int64_t A = enc_bytes(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
   int64_t R = 0;
-  for (int64_t c : st.recv_counts) R += c;
+  for (int64_t c : plan_of(st).recv_counts) R += c;
   st.R = R;
   T* rx = sized(st.rx, R * D);
-  st.ridx.resize(R * K);
+  int32_t* ridx = sized(st.ridx, R * K);
   T* rw = sized(st.rw, R * K);
   std::vector<T> meta(2 * K);
   for (int64_t i = 0; i < R; ++i) {
@@ -200,7 +220,7 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
     decode(e, r, D, rx + i * D);
     std::memcpy(meta.data(), r + A, sizeof(T) * 2 * K);
     for (int64_t k = 0; k < K; ++k) {
-      st.ridx[i * K + k] = static_cast<int32_t>(meta[k]);
+      ridx[i * K + k] = static_cast<int32_t>(meta[k]);
       rw[i * K + k] = meta[K + k];
     }
   }
@@ -222,9 +242,9 @@ void EpDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
   const Enc e = enc(EpPhase::Combine);
   const int64_t A = enc_bytes(e, D);
   std::vector<T> row(D);
-  for (size_t i = 0; i < st.send_token.size(); ++i) {
+  for (size_t i = 0; i < plan_of(st).send_token.size(); ++i) {
     decode(e, in + i * A, D, row.data());
-    kernels::add_inplace<T>(y + st.send_token[i] * D, row.data(), D);
+    kernels::cpu::add_inplace<T>(y + plan_of(st).send_token[i] * D, row.data(), D);
   }
 }
 
@@ -233,9 +253,9 @@ void EpDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) 
   const int64_t D = st.D;
   const Enc e = enc(EpPhase::CombineBackward);
   const int64_t A = enc_bytes(e, D);
-  std::vector<uint8_t> send(st.send_token.size() * A);
-  for (size_t i = 0; i < st.send_token.size(); ++i)
-    encode(e, dy + st.send_token[i] * D, D, send.data() + i * A);
+  std::vector<uint8_t> send(plan_of(st).send_token.size() * A);
+  for (size_t i = 0; i < plan_of(st).send_token.size(); ++i)
+    encode(e, dy + plan_of(st).send_token[i] * D, D, send.data() + i * A);
   exchange_start(st, std::move(send), A, /*reverse=*/false, EpPhase::CombineBackward);
 }
 
@@ -269,11 +289,11 @@ void EpDispatcher<T>::dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw)
   const int64_t A = enc_bytes(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
   std::fill(dw, dw + st.N * K, T(0));
   std::vector<T> row(D), dwr(K);
-  for (size_t i = 0; i < st.send_token.size(); ++i) {
+  for (size_t i = 0; i < plan_of(st).send_token.size(); ++i) {
     const uint8_t* r = in + i * W;
-    const int64_t n = st.send_token[i];
+    const int64_t n = plan_of(st).send_token[i];
     decode(e, r, D, row.data());
-    kernels::add_inplace<T>(dx + n * D, row.data(), D);
+    kernels::cpu::add_inplace<T>(dx + n * D, row.data(), D);
     // each (token, slot) is served by exactly one rank: the others sent 0 for it
     std::memcpy(dwr.data(), r + A, sizeof(T) * K);
     for (int64_t k = 0; k < K; ++k) dw[n * K + k] += dwr[k];

@@ -57,6 +57,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
   // Payload bytes this process sent so far, in one phase or in all four.
   int64_t bytes_sent(EpPhase phase) const { return bytes_sent_[static_cast<int>(phase)]; }
+  // Rows this process sent in st's dispatch (each token once per destination process).
+  static int64_t rows_sent(const DispatchState<T>& st);
   int64_t bytes_sent() const {
     return bytes_sent_[0] + bytes_sent_[1] + bytes_sent_[2] + bytes_sent_[3];
   }

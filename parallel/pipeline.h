@@ -64,14 +64,14 @@ class PipelineExecutor {
       const auto t0 = clock::now();
       switch (op.kind) {
         case OpKind::RecvActivation:
-          act_[m].resize(N * D);
+          sized(act_[m], N * D);
           recvs.push_back(pp_.irecv(act_[m].data(), bytes, op.peer, tag(op, 0)));
           break;
         case OpKind::SendActivation:
           sends.push_back(pp_.isend(model_.output(mbs_[m]), bytes, op.peer, tag(op, 0)));
           break;
         case OpKind::RecvGrad:
-          grad_[m].resize(N * D);
+          sized(grad_[m], N * D);
           recvs.push_back(pp_.irecv(grad_[m].data(), bytes, op.peer, tag(op, 1)));
           break;
         case OpKind::SendGrad:
@@ -126,7 +126,7 @@ class PipelineExecutor {
   pipeline::Schedule sched_;
   int rank_;
   std::vector<typename Model<T>::MicroBatch> mbs_;
-  std::vector<Buf<T>> act_, grad_;
+  std::vector<Buffer<T>> act_, grad_;
   double compute_seconds_ = 0, idle_seconds_ = 0;
 };
 

@@ -105,10 +105,10 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
     float* w = seg.p->w() + seg.param_offset;
     const float* g = shard_grad_.data() + seg.shard_offset;
     if (opt_.bf16_moments)
-      kernels::adamw_update<uint16_t>(w, g, m16_.data() + seg.shard_offset,
+      kernels::adamw_update<uint16_t>(Exec{}, w, g, m16_.data() + seg.shard_offset,
                                       v16_.data() + seg.shard_offset, seg.len, ap);
     else
-      kernels::adamw_update<float>(w, g, m32_.data() + seg.shard_offset,
+      kernels::adamw_update<float>(Exec{}, w, g, m32_.data() + seg.shard_offset,
                                    v32_.data() + seg.shard_offset, seg.len, ap);
   }
   // everyone gets everyone's updated shard

@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/fp8.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
@@ -53,8 +53,8 @@ std::vector<float> wire(const float* x, const char* enc) {
   } else if (std::string(enc) == "fp8") {
     std::vector<uint8_t> q(D);
     std::vector<float> s((D + 127) / 128);
-    kernels::quantize(x, 1, D, kernels::Tile{1, 128}, true, q.data(), s.data());
-    kernels::dequantize(q.data(), s.data(), 1, D, kernels::Tile{1, 128}, out.data());
+    kernels::cpu::quantize(x, 1, D, kernels::Tile{1, 128}, true, q.data(), s.data());
+    kernels::cpu::dequantize(q.data(), s.data(), 1, D, kernels::Tile{1, 128}, out.data());
   }
   return out;
 }
@@ -82,22 +82,24 @@ void run_wire(WirePrecision prec, const char* dispatch_enc, const char* combine_
     const auto [p, n] = from[i];
     const std::vector<float> want = wire(all[p].x.data() + n * D, dispatch_enc);
     for (int64_t c = 0; c < D; ++c) {
-      ASSERT_EQ(st.rx[i * D + c], want[c]) << "row " << i << " channel " << c;
+      ASSERT_EQ(st.rx.data()[i * D + c], want[c]) << "row " << i << " channel " << c;
       const float x = all[p].x[n * D + c];
       if (std::fabs(x) > 1e-2f)
-        worst_rel = std::max(worst_rel, std::fabs(double(st.rx[i * D + c]) - x) / std::fabs(x));
+        worst_rel =
+            std::max(worst_rel, std::fabs(double(st.rx.data()[i * D + c]) - x) / std::fabs(x));
     }
     for (int64_t k = 0; k < K; ++k) {
       const int32_t e = all[p].idx[n * K + k];
-      EXPECT_EQ(st.ridx[i * K + k], e / El == me ? e - me * El : -1);
-      EXPECT_EQ(st.rw[i * K + k], e / El == me ? all[p].w[n * K + k] : 0.f);
+      EXPECT_EQ(st.ridx.data()[i * K + k], e / El == me ? e - me * El : -1);
+      EXPECT_EQ(st.rw.data()[i * K + k], e / El == me ? all[p].w[n * K + k] : 0.f);
     }
   }
   EXPECT_LE(worst_rel, std::string(dispatch_enc) == "fp8" ? 1.0 / 16 : 1.0 / 256);
 
   // combine: rank q returns its received rows times (q + 1); each origin sums what returns
   sized(st.ry, st.R * D);
-  for (int64_t i = 0; i < st.R * D; ++i) st.ry[i] = st.rx[i] * static_cast<float>(me + 1);
+  for (int64_t i = 0; i < st.R * D; ++i)
+    st.ry.data()[i] = st.rx.data()[i] * static_cast<float>(me + 1);
   std::vector<float> y(N * D, 0.f);
   d.combine_start(st);
   d.combine_wait(st, y.data());
@@ -120,11 +122,11 @@ void run_wire(WirePrecision prec, const char* dispatch_enc, const char* combine_
   for (int64_t i = 0; i < st.R; ++i) {
     const auto [p, n] = from[i];
     const std::vector<float> want = wire(all[p].dy.data() + n * D, dispatch_enc);
-    for (int64_t c = 0; c < D; ++c) ASSERT_EQ(st.rdy[i * D + c], want[c]);
+    for (int64_t c = 0; c < D; ++c) ASSERT_EQ(st.rdy.data()[i * D + c], want[c]);
   }
   sized(st.rdx, st.R * D), sized(st.rdw, st.R * K);
-  for (int64_t i = 0; i < st.R * D; ++i) st.rdx[i] = st.rdy[i];
-  for (int64_t i = 0; i < st.R * K; ++i) st.rdw[i] = st.ridx[i] >= 0 ? 1.f + me : 0.f;
+  for (int64_t i = 0; i < st.R * D; ++i) st.rdx.data()[i] = st.rdy.data()[i];
+  for (int64_t i = 0; i < st.R * K; ++i) st.rdw.data()[i] = st.ridx.data()[i] >= 0 ? 1.f + me : 0.f;
   std::vector<float> dx(N * D, 0.f), dw(N * K, -7.f);
   d.dispatch_backward_start(st);
   d.dispatch_backward_wait(st, dx.data(), dw.data());
@@ -140,7 +142,7 @@ void run_wire(WirePrecision prec, const char* dispatch_enc, const char* combine_
   }
 
   // bytes: each row's activations plus 2K (dispatch) / K (dispatch backward) fp32 values
-  const int64_t sent = static_cast<int64_t>(st.send_token.size());
+  const int64_t sent = EpDispatcher<float>::rows_sent(st);
   const int64_t a_disp = std::string(dispatch_enc) == "fp8"    ? D + 4 * 2
                          : std::string(dispatch_enc) == "bf16" ? 2 * D
                                                                : 4 * D;

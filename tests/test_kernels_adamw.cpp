@@ -1,11 +1,11 @@
 // AdamW tests: several steps against a scalar double reference with fp32 moments; bf16 moments
 // stored as the nearest bf16 of the exact new moment (round to nearest even, not truncation);
 // decoupled weight decay.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 struct Ref {
@@ -102,4 +102,4 @@ TEST(AdamW, WeightDecayIsDecoupled) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

@@ -3,10 +3,10 @@
 // and key tiles end mid-way; the double backward also against finite differences.
 #include <sstream>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 struct Dims {
@@ -165,4 +165,4 @@ TEST(Attention, OnlineSoftmaxIsStableForLargeScores) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

@@ -1,9 +1,9 @@
 // Tests of the small kernels: elementwise add / axpy (short and long enough to run threaded) and
 // the embedding gather / scatter-add with repeated token ids.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 template <class T>
@@ -56,4 +56,4 @@ TEST(Embedding, NegativeIdThrows) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

@@ -1,12 +1,21 @@
 // Fused output head + cross-entropy tests: vocabulary chunks that do not divide V (and a chunk
 // larger than V, and chunk 1), ignored targets, the BF16 logits GEMM, against a naive full-logits
 // reference in double; the double backward also against finite differences.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
+
+// The op writes its loss sum to a (device) buffer; here, a host double.
+template <class T>
+double ce_loss_sum(const T* h, const T* W, const int32_t* t, int64_t N, int64_t D, int64_t V,
+                   int64_t chunk, T* lse, GemmPrecision prec) {
+  double sum = 0;
+  lm_head_ce_forward<T>(h, W, t, N, D, V, chunk, lse, prec, &sum);
+  return sum;
+}
 
 struct CeRef {
   double loss = 0;
@@ -71,8 +80,8 @@ TYPED_TEST(CrossEntropyTest, ChunkedMatchesNaive) {
   for (int64_t chunk : {16, 101, 1000, 1}) {
     std::vector<T> lse(N), dh(N * D, T(5));
     auto dW = cast<T>(dW0);
-    const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D,
-                                              V, chunk, lse.data(), GemmPrecision::FP32);
+    const double loss = ce_loss_sum<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D, V,
+                                       chunk, lse.data(), GemmPrecision::FP32);
     lm_head_ce_backward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), lse.data(), T(g), N, D,
                            V, chunk, dh.data(), dW.data(), GemmPrecision::FP32);
     std::vector<double> dWref(V * D);
@@ -92,8 +101,8 @@ TYPED_TEST(CrossEntropyTest, Bf16LogitsUseRoundedInputs) {
   auto W = to_double(cast<T>(rand_vec(V * D, 5)));
   const auto t = targets(N, V);
   std::vector<T> lse(N);
-  const double loss = lm_head_ce_forward<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D, V,
-                                            16, lse.data(), GemmPrecision::BF16);
+  const double loss = ce_loss_sum<T>(cast<T>(h).data(), cast<T>(W).data(), t.data(), N, D, V, 16,
+                                     lse.data(), GemmPrecision::BF16);
   for (double& x : h) x = round_bf16(static_cast<float>(x));
   for (double& x : W) x = round_bf16(static_cast<float>(x));
   const CeRef r = ref_ce(h, W, t, N, D, V, 1.0);
@@ -106,16 +115,16 @@ TEST(CrossEntropy, AllRowsIgnoredGivesZero) {
   const auto h = cast<float>(rand_vec(N * D, 6)), W = cast<float>(rand_vec(V * D, 7));
   const std::vector<int32_t> t(N, -1);
   std::vector<float> lse(N), dh(N * D, 9.f), dW(V * D, 0.f);
-  EXPECT_EQ(lm_head_ce_forward<float>(h.data(), W.data(), t.data(), N, D, V, 2, lse.data(),
-                                      GemmPrecision::FP32),
-            0.0);
+  EXPECT_EQ(
+      ce_loss_sum<float>(h.data(), W.data(), t.data(), N, D, V, 2, lse.data(), GemmPrecision::FP32),
+      0.0);
   lm_head_ce_backward<float>(h.data(), W.data(), t.data(), lse.data(), 1.f, N, D, V, 2, dh.data(),
                              dW.data(), GemmPrecision::FP32);
   for (float x : dh) EXPECT_EQ(x, 0.f);
   for (float x : dW) EXPECT_EQ(x, 0.f);
   const std::vector<int32_t> bad = {0, 5, 1};
-  EXPECT_THROW(lm_head_ce_forward<float>(h.data(), W.data(), bad.data(), N, D, V, 2, lse.data(),
-                                         GemmPrecision::FP32),
+  EXPECT_THROW(ce_loss_sum<float>(h.data(), W.data(), bad.data(), N, D, V, 2, lse.data(),
+                                  GemmPrecision::FP32),
                std::out_of_range);
 }
 
@@ -126,8 +135,8 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
   const double g = 0.37;
   std::vector<double> lse(N), dh(N * D), dW(V * D, 0.0);
   auto f = [&] {
-    return g * lm_head_ce_forward<double>(h.data(), W.data(), t.data(), N, D, V, chunk, lse.data(),
-                                          GemmPrecision::FP32);
+    return g * ce_loss_sum<double>(h.data(), W.data(), t.data(), N, D, V, chunk, lse.data(),
+                                   GemmPrecision::FP32);
   };
   f();
   lm_head_ce_backward<double>(h.data(), W.data(), t.data(), lse.data(), g, N, D, V, chunk,
@@ -137,4 +146,4 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

@@ -4,11 +4,17 @@
 // double, naive analytic formula for float).
 #include <numeric>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
+
+// The op reads the bias as the parameter's type T (fp32-valued here).
+template <class T>
+std::vector<T> to_t(const std::vector<float>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
 
 double logit_of(double s) { return std::log(s / (1 - s)); }
 
@@ -100,7 +106,8 @@ TEST(Gate, BiasSelectsButDoesNotWeight) {
   GateParams p{4, 2, 1, 1, 1.0};
   std::vector<double> scores(4), w(2);
   std::vector<int32_t> idx(2);
-  gate_forward<double>(logits.data(), bias.data(), 1, p, scores.data(), idx.data(), w.data());
+  gate_forward<double>(logits.data(), to_t<double>(bias).data(), 1, p, scores.data(), idx.data(),
+                       w.data());
   EXPECT_EQ(idx, (std::vector<int32_t>{2, 0}));  // 0.7 + 0.5 beats 0.9
   EXPECT_NEAR(w[0], 0.7 / 1.6, 1e-12);
   EXPECT_NEAR(w[1], 0.9 / 1.6, 1e-12);
@@ -154,7 +161,8 @@ TYPED_TEST(GateTest, RandomMatchesNaive) {
     const auto dw = to_double(cast<T>(rand_vec(N * K, 7)));
     std::vector<T> scores(N * E), w(N * K), dl(N * E, T(-1));
     std::vector<int32_t> idx(N * K);
-    gate_forward<T>(cast<T>(logits).data(), bias.data(), N, p, scores.data(), idx.data(), w.data());
+    gate_forward<T>(cast<T>(logits).data(), to_t<T>(bias).data(), N, p, scores.data(), idx.data(),
+                    w.data());
     gate_backward<T>(cast<T>(dw).data(), scores.data(), idx.data(), w.data(), N, p, dl.data());
     const GateRef r = ref_gate(logits, &bias, N, p, &dw);
     ASSERT_EQ(idx, r.idx) << "E=" << E << " K=" << K;
@@ -178,7 +186,8 @@ TEST(Gate, BackwardMatchesFiniteDifferences) {
   std::vector<double> scores(N * p.n_experts), w(N * p.topk), dl(N * p.n_experts);
   std::vector<int32_t> idx(N * p.topk);
   auto f = [&] {
-    gate_forward<double>(logits.data(), bias.data(), N, p, scores.data(), idx.data(), w.data());
+    gate_forward<double>(logits.data(), to_t<double>(bias).data(), N, p, scores.data(), idx.data(),
+                         w.data());
     return dot(w, g);
   };
   f();
@@ -187,4 +196,4 @@ TEST(Gate, BackwardMatchesFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

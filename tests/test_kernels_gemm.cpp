@@ -5,11 +5,11 @@
 #include <sstream>
 #include <thread>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 // C[M,N] = alpha op(A) op(B) + beta C in double; A [M,K] or [K,M], B [K,N] or [N,K].
@@ -177,7 +177,7 @@ TEST(Threads, SetAndQuery) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing
 
 // The MoE runs one expert per thread, so the same cached GEMM primitive executes in several
 // threads at once: results must equal the one-at-a-time results exactly (this failed while the
@@ -191,13 +191,13 @@ TEST(GemmConcurrency, SameShapeInParallelThreadsMatchesSequential) {
     for (int64_t i = 0; i < N * K; ++i) B[j][i] = static_cast<float>((i * 5 + j) % 11) * 0.25f;
   }
   for (int64_t j = 0; j < J; ++j)
-    moetron::kernels::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
-                                  seq[j].data());
+    moetron::kernels::cpu::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
+                                       seq[j].data());
   for (int rep = 0; rep < 5; ++rep) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(4)
     for (int64_t j = 0; j < J; ++j)
-      moetron::kernels::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
-                                    par[j].data());
+      moetron::kernels::cpu::gemm<float>(false, true, M, N, K, 1.f, A[j].data(), B[j].data(), 0.f,
+                                         par[j].data());
     for (int64_t j = 0; j < J; ++j) ASSERT_EQ(par[j], seq[j]) << "matrix " << j << " rep " << rep;
   }
 }
@@ -212,9 +212,10 @@ TEST(GemmDynamic, RuntimeShapesMatchPerShapeKernels) {
         std::vector<float> A(M * K), B(K * N), c1(M * N, 0.5f), c2(M * N, 0.5f);
         for (size_t i = 0; i < A.size(); ++i) A[i] = std::sin(0.37 * static_cast<double>(i));
         for (size_t i = 0; i < B.size(); ++i) B[i] = std::cos(0.11 * static_cast<double>(i));
-        moetron::kernels::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f, c1.data());
-        moetron::kernels::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f, c2.data(),
-                                      moetron::kernels::GemmPrecision::FP32, /*dynamic=*/true);
+        moetron::kernels::cpu::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f,
+                                           c1.data());
+        moetron::kernels::cpu::gemm<float>(ta, tb, M, N, K, 1.f, A.data(), B.data(), 1.f, c2.data(),
+                                           moetron::kernels::GemmPrecision::FP32, /*dynamic=*/true);
         for (size_t i = 0; i < c1.size(); ++i)
           ASSERT_NEAR(c2[i], c1[i], 1e-5f * (1.f + std::abs(c1[i]))) << M << ta << tb << i;
       }

@@ -1,9 +1,9 @@
 // RMSNorm tests: forward, input gradient and weight gradient against a naive double reference,
 // and the double backward against finite differences.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 struct NormRef {
@@ -81,4 +81,4 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

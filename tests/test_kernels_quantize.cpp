@@ -12,11 +12,12 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/fp8.h"
+#include "kernels/cpu/fp8.h"
 #include "kernels/scalar.h"
 
 using namespace moetron;
 using namespace moetron::kernels;
+using namespace moetron::kernels::cpu;
 
 namespace {
 

@@ -3,10 +3,10 @@
 // backward (the inverse rotation is the transpose) against finite differences.
 #include <numbers>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 TEST(Rope, BaseFrequencies) {
@@ -94,12 +94,14 @@ TYPED_TEST(RopeTest, RotatesInterleavedPairsOnStridedHeads) {
   const auto x = to_double(cast<T>(rand_vec(nvec * stride, 1)));
   for (bool inverse : {false, true}) {
     auto y = cast<T>(x);
-    rope_apply<T>(y.data(), nvec, stride, H, pos.data(), f, inverse);
+    rope_apply<T>(y.data(), nvec, stride, H, pos.data(), f.data(),
+                  2 * static_cast<int64_t>(f.size()), inverse);
     const auto ref = ref_rope(x, nvec, stride, H, pos, f, inverse);
     expect_close(y, ref, kTol<T>, inverse ? "inverse" : "forward");
     // forward then inverse is the identity
     if (!inverse) {
-      rope_apply<T>(y.data(), nvec, stride, H, pos.data(), f, true);
+      rope_apply<T>(y.data(), nvec, stride, H, pos.data(), f.data(),
+                    2 * static_cast<int64_t>(f.size()), true);
       expect_close(y, x, 10 * kTol<T>, "round trip");
     }
   }
@@ -117,13 +119,15 @@ TEST(Rope, InverseIsTheBackward) {
   const auto g = rand_vec(nvec * stride, 3);
   auto fn = [&] {
     auto y = x;
-    rope_apply<double>(y.data(), nvec, stride, vpp, pos.data(), f, false);
+    rope_apply<double>(y.data(), nvec, stride, vpp, pos.data(), f.data(),
+                       2 * static_cast<int64_t>(f.size()), false);
     return dot(y, g);
   };
   auto grad = g;
-  rope_apply<double>(grad.data(), nvec, stride, vpp, pos.data(), f, true);
+  rope_apply<double>(grad.data(), nvec, stride, vpp, pos.data(), f.data(),
+                     2 * static_cast<int64_t>(f.size()), true);
   expect_grad_fd(fn, x, grad, "rope backward", 80);
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

@@ -6,7 +6,7 @@
 #include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 uint16_t bf(uint32_t bits) { return f32_to_bf16(bits_f32(bits)); }
@@ -91,4 +91,4 @@ TEST(FastExp, SigmoidAndSilu) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

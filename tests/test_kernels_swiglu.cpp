@@ -1,9 +1,9 @@
 // SwiGLU tests: forward with and without the per-row gate weight, backward (including the row
 // weight gradient) against a naive double reference and, in double, finite differences.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 namespace {
 
 double ref_sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
@@ -87,4 +87,4 @@ TEST(Swiglu, BackwardMatchesFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

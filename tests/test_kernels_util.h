@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-namespace moetron::kernels::testing {
+namespace moetron::kernels::cpu::testing {
 
 // Relative tolerance of a kernel in T against a double reference.
 template <class T>
@@ -111,4 +111,4 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   return s;
 }
 
-}  // namespace moetron::kernels::testing
+}  // namespace moetron::kernels::cpu::testing

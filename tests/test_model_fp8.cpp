@@ -73,21 +73,23 @@ LinearDiffs fp8_linear_diffs(int64_t M, int64_t in, int64_t out, const Precision
   std::copy(w.begin(), w.end(), W->w());
   W->grad.zero();
   Linear<float> l =
-      Linear<float>::make(W, in, out, pol.linear(Component::AttentionProj, o_proj), pol);
+      Linear<float>::make(W, in, out, pol.linear(Component::AttentionProj, o_proj), pol, Exec{});
   const auto x = randn(M * in, 5 + static_cast<uint32_t>(out));
   const auto dy = randn(M * out, 7 + static_cast<uint32_t>(M));
-  Fp8Act x8;
-  l.quantize_input(x.data(), M, x8);
+  SavedAct<float> xs;  // the input as the Linear keeps it (FP8 1x128 tiles)
+  std::copy(x.begin(), x.end(), l.input(xs, M));
+  l.keep(xs);
+  EXPECT_TRUE(xs.fp8);
   std::vector<float> y(M * out), dx(M * in);
-  l.wq.refresh(W->w(), 1, out, in, l.lp.pow2_w, nullptr);
+  l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
   if (corrupt_scales) {  // every weight block's scale doubled, and the cache kept (version 0)
-    for (float& s : l.wq.s) s *= 2;
+    for (size_t i = 0; i < l.wq.s.size(); ++i) l.wq.s.data()[i] *= 2;
     static uint64_t frozen = 0;
     l.version = &frozen;
   }
-  l.forward(x8, y.data());
+  l.forward(xs, y.data());
   l.backward_input(dy.data(), M, dx.data());
-  l.backward_weight(dy.data(), x8);
+  l.backward_weight(dy.data(), xs);
   auto X = [&](int64_t m, int64_t k) { return bf(x[m * in + k]); };
   const auto y_ref =
       ref_gemm(M, out, in, X, [&](int64_t k, int64_t n) { return bf(w[n * in + k]); });
@@ -155,8 +157,8 @@ TEST(Fp8Linear, Dgrad128x128LosesTheTokensBesideAnOutlier) {
     for (int64_t m = 0; m < M; m += 32)
       for (int64_t n = 0; n < out; ++n) dy[m * out + n] *= ratio;
     const PrecisionPolicy pol = PrecisionPolicy::from("fp8", {}, "none", tile);
-    Linear<float> l = Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol);
-    l.wq.refresh(W->w(), 1, out, in, l.lp.pow2_w, nullptr);
+    Linear<float> l = Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol, Exec{});
+    l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
     std::vector<float> dx(M * in);
     l.backward_input(dy.data(), M, dx.data());
     const auto dx_ref = ref_gemm(
@@ -191,7 +193,8 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
     Param<float>* W = ps.add("w", {out, in});
     const auto w = randn(out * in, 11, 0.05f);
     std::copy(w.begin(), w.end(), W->w());
-    const Linear<float> l = Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol);
+    const Linear<float> l =
+        Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol, Exec{});
     const auto x = randn(M * in, 12);
     std::vector<float> y0(M * out), y1(M * out), y2(M * out);
     l.forward(x.data(), M, y0.data());
@@ -401,15 +404,15 @@ LayerBytes layer_bytes(const Block<float>::State& s, bool moe) {
   LayerBytes b;
   b.attn = s.attn.saved_bytes();
   b.ffn = moe ? s.moe.saved_bytes() : s.mlp.saved_bytes();
-  b.block = static_cast<int64_t>((s.h_in.size() + s.h_mid.size() + s.xn2.size() + s.rstd2.size()) *
-                                 sizeof(float));
+  // (the block input is the model's residual stream, stored once, not in the block's state)
+  b.block = static_cast<int64_t>((s.h_mid.size() + s.xn2.size() + s.rstd2.size()) * sizeof(float));
   return b;
 }
 
 }  // namespace
 
 TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
-  static_assert(std::is_same_v<decltype(Fp8Act::q)::value_type, uint8_t>);
+  static_assert(std::is_same_v<decltype(Fp8Act::q), Buffer<uint8_t>>);
   const ModelConfig c = tiny_config();
   const int64_t B = 8, S = 128;  // one micro-batch of configs/tiny.yaml
   std::mt19937 g(1);
@@ -425,22 +428,24 @@ TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
     const auto& dense = mb.blocks[0];
     const auto& moe = mb.blocks[1];
     if (f) {  // no fp32 copy of an FP8-cached input; the codes are one byte each
-      EXPECT_EQ(dense.attn.xn.size(), 0u);
-      EXPECT_EQ(dense.attn.cq.size(), 0u);
-      EXPECT_EQ(dense.attn.ckv.size(), 0u);
-      EXPECT_EQ(dense.mlp.gu.size(), 0u);
+      EXPECT_EQ(dense.attn.xn.x.size(), 0u);
+      EXPECT_EQ(dense.attn.cq.x.size(), 0u);
+      EXPECT_EQ(dense.attn.ckv.x.size(), 0u);
+      EXPECT_EQ(dense.mlp.gu.x.size(), 0u);
       EXPECT_EQ(dense.mlp.a.size(), 0u);
-      EXPECT_EQ(moe.moe.xperm.size(), 0u);
-      EXPECT_EQ(moe.moe.gu.size(), 0u);
+      EXPECT_EQ(moe.moe.xperm.x.size(), 0u);
+      EXPECT_EQ(moe.moe.gu.x.size(), 0u);
       EXPECT_EQ(moe.moe.a.size(), 0u);
       const int64_t N = B * S;
-      EXPECT_EQ(dense.attn.xn8.q.size(), static_cast<size_t>(N * c.hidden_size));
-      EXPECT_EQ(dense.attn.xn8.s.size(), static_cast<size_t>(N * 2));  // 256 / 128 tiles
-      EXPECT_EQ(dense.mlp.gu8.bytes(), N * 2 * c.intermediate_size + N * 12 * 4);
-      EXPECT_EQ(moe.moe.gu8.rows, N * c.num_experts_per_tok);
+      EXPECT_EQ(dense.attn.xn.x8.q.size(), static_cast<size_t>(N * c.hidden_size));
+      EXPECT_EQ(dense.attn.xn.x8.s.size(), static_cast<size_t>(N * 2));  // 256 / 128 tiles
+      EXPECT_EQ(dense.mlp.gu.bytes(), N * 2 * c.intermediate_size + N * 12 * 4);
+      EXPECT_EQ(moe.moe.gu.x8.rows, N * c.num_experts_per_tok);
     } else {
-      EXPECT_EQ(dense.attn.xn8.bytes(), 0);
-      EXPECT_EQ(moe.moe.xperm8.bytes(), 0);
+      EXPECT_FALSE(dense.attn.xn.fp8);
+      EXPECT_EQ(dense.attn.xn.x8.bytes(), 0);
+      EXPECT_FALSE(moe.moe.xperm.fp8);
+      EXPECT_EQ(moe.moe.xperm.x8.bytes(), 0);
     }
   }
   const char* kind[] = {"dense", "MoE"};

@@ -324,20 +324,17 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const double lambda = cfg.schedule.mtp_weight.at(x);
 
     model.params().zero_grad();
+    model.zero_loads();
     Losses sum;
     pipeline.run([&](int m) { return batch.row(m * B); }, B, S, lambda,
                  1.0 / static_cast<double>(M * grid.dp), sum);
 
     const auto t_pipe = std::chrono::steady_clock::now();
     // expert loads of the step over the whole global batch (this stage's layers)
-    std::fill(load.begin(), load.end(), 0);
-    for (const auto& mb : pipeline.microbatches()) {
-      const auto states = model.moe_states(mb);
-      for (size_t i = 0; i < states.size(); ++i)
-        for (int64_t e = 0; e < cfg.model.n_routed_experts; ++e)
-          load[i * cfg.model.n_routed_experts + e] += states[i]->load[e];
-    }
+    kernels::copy_to_host(model.exec(), load.data(), model.loads(), sizeof(int64_t) * load.size());
     groups.dp->all_reduce(load.data(), load.size());
+    kernels::copy_from_host(model.exec(), model.loads(), load.data(),
+                            sizeof(int64_t) * load.size());
 
     // the embedding's copies on the first and last stage share one gradient
     if (groups.tied && embed) groups.tied->all_reduce(embed->g(), embed->numel());
@@ -359,7 +356,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     for (size_t i = 0; i < moe.size(); ++i) {
       std::vector<int64_t> l(load.begin() + i * cfg.model.n_routed_experts,
                              load.begin() + (i + 1) * cfg.model.n_routed_experts);
-      moe[i]->update_bias(l, gamma);
+      moe[i]->update_bias(model.loads() + i * cfg.model.n_routed_experts, gamma);
       double mean = 0;
       for (int64_t v : l) mean += static_cast<double>(v);
       mean /= static_cast<double>(l.size());

@@ -12,10 +12,10 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -67,4 +67,4 @@ template void adamw_update<float>(float*, const float*, float*, float*, int64_t,
 template void adamw_update<uint16_t>(float*, const float*, uint16_t*, uint16_t*, int64_t,
                                      const AdamWParams&);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -22,10 +22,10 @@
 #include <limits>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -289,4 +289,4 @@ template void attention_backward<double>(const double*, const double*, const dou
                                          const double*, const double*, int64_t, int64_t, int64_t,
                                          int64_t, int64_t, double, double*, double*, double*);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -6,9 +6,9 @@
 // Forward, per chunk c of columns [c0, c0 + w): logits = h W[c0:c0+w]^T (one GEMM, precision
 // `prec`), then per row an online log-sum-exp: m' = max(m, max_j x_j),
 // l' = l e^(m - m') + sum_j e^(x_j - m'); the target's logit is picked up in its chunk.
-// lse = m + ln l; loss_n = lse_n - logit[n, target_n]; returns sum over valid rows (double).
-// Backward, per chunk: recompute the logits, dlogit = g (e^(x - lse) - onehot(target)) (0 for
-// ignored rows), then dh += dlogit W_c and dW_c += dlogit^T h (two more GEMMs in `prec`; the
+// lse = m + ln l; loss_n = lse_n - logit[n, target_n]; loss_sum[0] = the sum over valid rows
+// (double). Backward, per chunk: recompute the logits, dlogit = g (e^(x - lse) - onehot(target)) (0
+// for ignored rows), then dh += dlogit W_c and dW_c += dlogit^T h (two more GEMMs in `prec`; the
 // recompute must use the forward's precision so that p sums to 1 against the saved lse).
 // Row work is parallel over rows; the GEMMs are threaded by their backend.
 #include <algorithm>
@@ -18,10 +18,10 @@
 #include <stdexcept>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -35,8 +35,8 @@ void check_args(const int32_t* target, int64_t N, int64_t V, int64_t chunk) {
 }  // namespace
 
 template <class T>
-double lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
-                          int64_t V, int64_t chunk, T* lse, GemmPrecision prec) {
+void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
+                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum) {
   check_args(target, N, V, chunk);
   chunk = std::max<int64_t>(1, std::min(chunk, V));
   std::vector<T> logits(N * chunk);
@@ -68,7 +68,7 @@ double lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t
     lse[n] = static_cast<T>(static_cast<double>(m[n]) + std::log(l[n]));
     if (target[n] >= 0) total += static_cast<double>(lse[n]) - static_cast<double>(tl[n]);
   }
-  return total;
+  *loss_sum = total;
 }
 
 template <class T>
@@ -100,10 +100,11 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
   }
 }
 
-template double lm_head_ce_forward<float>(const float*, const float*, const int32_t*, int64_t,
-                                          int64_t, int64_t, int64_t, float*, GemmPrecision);
-template double lm_head_ce_forward<double>(const double*, const double*, const int32_t*, int64_t,
-                                           int64_t, int64_t, int64_t, double*, GemmPrecision);
+template void lm_head_ce_forward<float>(const float*, const float*, const int32_t*, int64_t,
+                                        int64_t, int64_t, int64_t, float*, GemmPrecision, double*);
+template void lm_head_ce_forward<double>(const double*, const double*, const int32_t*, int64_t,
+                                         int64_t, int64_t, int64_t, double*, GemmPrecision,
+                                         double*);
 template void lm_head_ce_backward<float>(const float*, const float*, const int32_t*, const float*,
                                          float, int64_t, int64_t, int64_t, int64_t, float*, float*,
                                          GemmPrecision);
@@ -111,4 +112,4 @@ template void lm_head_ce_backward<double>(const double*, const double*, const in
                                           const double*, double, int64_t, int64_t, int64_t, int64_t,
                                           double*, double*, GemmPrecision);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

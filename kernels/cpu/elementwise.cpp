@@ -2,9 +2,9 @@
 //
 // Memory-bound: one OpenMP team over the vector once it is long enough to pay for the fork
 // (below that the loop runs on the calling thread), SIMD inside.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 constexpr int64_t kParallelMin = 1 << 15;  // elements; smaller vectors stay on one thread
@@ -29,4 +29,4 @@ template void add_inplace<double>(double*, const double*, int64_t);
 template void axpy<float>(float*, float, const float*, int64_t);
 template void axpy<double>(double*, double, const double*, int64_t);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -8,9 +8,9 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 // out[n, :] = table[ids[n], :]
 template <class T>
@@ -49,4 +49,4 @@ template void embedding_forward<double>(const int32_t*, int64_t, const double*, 
 template void embedding_backward<float>(const int32_t*, int64_t, const float*, int64_t, float*);
 template void embedding_backward<double>(const int32_t*, int64_t, const double*, int64_t, double*);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -30,7 +30,7 @@
 //   block. The batched matmul uses runtime dimensions, so one oneDNN primitive (per thread count)
 //   serves every shape: routed experts change M every step without a JIT compile per size. Memory:
 //   P holds up to 2^24 floats (64 MiB); larger products run in groups of K blocks.
-#include "kernels/fp8.h"
+#include "kernels/cpu/fp8.h"
 
 #include <omp.h>
 
@@ -55,7 +55,7 @@
 
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -520,4 +520,4 @@ void fp8_gemm_nt_bf16(const uint8_t* A, const float* sA, const uint8_t* B, const
   }
 }
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/fp8.h"
 #include "kernels/cpu/fp8_common.h"
-#include "kernels/fp8.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -128,4 +128,4 @@ void fp8_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qXt, const
   fp8_gemm_nt_path(path, qdYt, sdYt, qXt, sXt, kTile1x128, N, K, M, dW, true);
 }
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

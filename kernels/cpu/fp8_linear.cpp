@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/fp8.h"
 #include "kernels/cpu/fp8_common.h"
-#include "kernels/fp8.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -79,4 +79,4 @@ void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N,
   wgrad_from_xt(dY, qXt, sXt, M, N, K, pow2_dy, dW);
 }
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

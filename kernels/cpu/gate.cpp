@@ -1,8 +1,8 @@
 // MoE gate of DeepSeek-V3 (SPEC 1.4): sigmoid scores, bias-corrected group-limited top-k
 // selection, weights renormalised over the selected experts.
 //
-// Shapes: logits, scores, dlogits [N, E]; bias [E] (fp32, may be null = no bias); idx, weights,
-// dweights [N, K]. Per token:
+// Shapes: logits, scores, dlogits [N, E]; bias [E] (the parameter, rounded to fp32 as V3 keeps it;
+// may be null = no bias); idx, weights, dweights [N, K]. Per token:
 //   s   = sigmoid(logits)                            (saved as scores)
 //   s_b = s + bias                                   (used only to choose experts)
 //   groups of E/n_group consecutive experts; group score = sum of the top (K / topk_group) s_b in
@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 
@@ -52,7 +52,7 @@ int64_t argmax_allowed(const T* v, const char* allowed, int64_t n) {
 }  // namespace
 
 template <class T>
-void gate_forward(const T* logits, const float* bias, int64_t N, const GateParams& p, T* scores,
+void gate_forward(const T* logits, const T* bias, int64_t N, const GateParams& p, T* scores,
                   int32_t* idx, T* weights) {
   check_params(p);
   const int64_t E = p.n_experts, K = p.topk;
@@ -69,7 +69,7 @@ void gate_forward(const T* logits, const float* bias, int64_t N, const GateParam
       T* s = scores + n * E;
       for (int64_t e = 0; e < E; ++e) {
         s[e] = sigmoid(lg[e]);
-        sb[e] = s[e] + (bias ? static_cast<T>(bias[e]) : T(0));
+        sb[e] = s[e] + (bias ? static_cast<T>(static_cast<float>(bias[e])) : T(0));
       }
       std::fill(allowed.begin(), allowed.end(), 1);
       if (G > 1) {
@@ -136,11 +136,11 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
 
 template void gate_forward<float>(const float*, const float*, int64_t, const GateParams&, float*,
                                   int32_t*, float*);
-template void gate_forward<double>(const double*, const float*, int64_t, const GateParams&, double*,
-                                   int32_t*, double*);
+template void gate_forward<double>(const double*, const double*, int64_t, const GateParams&,
+                                   double*, int32_t*, double*);
 template void gate_backward<float>(const float*, const float*, const int32_t*, const float*,
                                    int64_t, const GateParams&, float*);
 template void gate_backward<double>(const double*, const double*, const int32_t*, const double*,
                                     int64_t, const GateParams&, double*);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

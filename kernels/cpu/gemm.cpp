@@ -29,10 +29,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 namespace {
 
 // ---- small helpers ---------------------------------------------------------------------------
@@ -236,4 +236,4 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            const double*, double, double*, GemmPrecision, bool);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

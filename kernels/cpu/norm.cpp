@@ -9,9 +9,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 constexpr int64_t kParallelMin = 1 << 14;  // elements below which a call stays on one thread
@@ -82,4 +82,4 @@ MOETRON_INSTANTIATE(float)
 MOETRON_INSTANTIATE(double)
 #undef MOETRON_INSTANTIATE
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -8,7 +8,7 @@
 // so low-index (fast) pairs keep their frequency and high-index (slow) pairs are divided by s.
 // rope_apply rotates pair (x[2i], x[2i+1]) by a = pos * f_i:
 //   (x0, x1) -> (x0 cos a - x1 sin a, x0 sin a + x1 cos a);  inverse rotates by -a, which is the
-// transpose, i.e. the backward. Vectors: x + v*stride, v < nvec, dim = 2 * freqs.size() values
+// transpose, i.e. the backward. Vectors: x + v*stride, v < nvec, dim values (freqs [dim/2])
 // each, vector v at position pos[v / vecs_per_pos] (e.g. all H heads of one token share it).
 // cos/sin are computed once per position in double and reused by its vectors; parallel over
 // positions.
@@ -18,7 +18,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
 namespace moetron::kernels {
 
@@ -44,11 +44,15 @@ std::vector<double> rope_frequencies(const RopeParams& p) {
   return f;
 }
 
+}  // namespace moetron::kernels
+
+namespace moetron::kernels::cpu {
+
 template <class T>
 void rope_apply(T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos, const int32_t* pos,
-                const std::vector<double>& freqs, bool inverse) {
+                const double* freqs, int64_t dim, bool inverse) {
   if (vecs_per_pos <= 0) throw std::invalid_argument("rope_apply: vecs_per_pos must be > 0");
-  const int64_t half = static_cast<int64_t>(freqs.size());
+  const int64_t half = dim / 2;
   const int64_t npos = (nvec + vecs_per_pos - 1) / vecs_per_pos;
   const double sign = inverse ? -1.0 : 1.0;
 #pragma omp parallel if (nvec * half >= (1 << 13))
@@ -76,9 +80,9 @@ void rope_apply(T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos, const 
   }
 }
 
-template void rope_apply<float>(float*, int64_t, int64_t, int64_t, const int32_t*,
-                                const std::vector<double>&, bool);
-template void rope_apply<double>(double*, int64_t, int64_t, int64_t, const int32_t*,
-                                 const std::vector<double>&, bool);
+template void rope_apply<float>(float*, int64_t, int64_t, int64_t, const int32_t*, const double*,
+                                int64_t, bool);
+template void rope_apply<double>(double*, int64_t, int64_t, int64_t, const int32_t*, const double*,
+                                 int64_t, bool);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

@@ -7,10 +7,10 @@
 //   out = silu(g) * u * s
 //   dg = dout * u * s * silu'(g),  du = dout * silu(g) * s,  ds = sum_f dout * silu(g) * u
 // Parallel over rows; the sigmoid goes through fast_exp so the inner loops vectorise.
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels {
+namespace moetron::kernels::cpu {
 
 namespace {
 constexpr int64_t kParallelMin = 1 << 13;
@@ -61,4 +61,4 @@ template void swiglu_backward<float>(const float*, const float*, int64_t, int64_
 template void swiglu_backward<double>(const double*, const double*, int64_t, int64_t, const double*,
                                       double*, double*);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

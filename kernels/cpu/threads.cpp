@@ -6,7 +6,7 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops_cpu.h"
 
 namespace moetron::kernels {
 

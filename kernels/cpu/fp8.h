@@ -1,4 +1,5 @@
-// The FP8 recipe of SPEC-deepseek-v3 §3 on the CPU: the one quantiser every FP8 caller goes
+// The FP8 recipe of SPEC-deepseek-v3 §3 on the CPU (namespace kernels::cpu; the model reaches the
+// ones it uses through the device ops of kernels/ops.h): the one quantiser every FP8 caller goes
 // through (Linear layers, EP dispatch, tests, benchmarks), the operand layouts, and the
 // block-scaled GEMMs of a Linear (Fprop, Dgrad, Wgrad) with FP32 promotion every 128 along the
 // reduction axis.
@@ -50,13 +51,11 @@
 
 #include <cstdint>
 
-namespace moetron::kernels {
+#include "kernels/op_types.h"
 
-// A quantisation tile: rows x cols elements share one scale.
-struct Tile {
-  int64_t rows = 1, cols = 128;
-};
-inline constexpr Tile kTile1x128{1, 128}, kTile128x128{128, 128}, kTile128x1{128, 1};
+namespace moetron::kernels::cpu {
+
+
 
 // ---- quantiser -------------------------------------------------------------------------------
 // x [R,C] -> q [R,C] E4M3 codes, scales [ceil(R/t.rows), ceil(C/t.cols)], the rule above, with
@@ -89,12 +88,6 @@ void transpose_e4m3_blocks(const uint8_t* q, const float* s, int64_t R, int64_t 
                            float* sT);
 
 // ---- block-scaled GEMMs ----------------------------------------------------------------------
-enum class Fp8Gemm {
-  Auto,        // Dequant if every scale is a power of two, else Bf16Blocks
-  Dequant,     // dequantise both operands to fp32, one kernels::gemm (bf16 when exact, else fp32)
-  Bf16Blocks,  // per 128-K block a bf16 x bf16 -> fp32 partial (oneDNN), promoted with the scales
-  Blockwise,   // the recipe literally, scalar loops (fp8_gemm_nt_blockwise)
-};
 
 // The promotion recipe of SPEC §3.4 written literally, D[M,N] (+)= A[M,K] B[N,K]^T: per 128-wide
 // K block an fp32 partial of the decoded products, then acc += partial * sA * sB. A 1x128
@@ -140,4 +133,4 @@ void fp8_linear_wgrad(const float* dY, const uint8_t* qX, const float* sX, int64
 void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N, int64_t K,
                           bool pow2_dy, bool pow2_x, float* dW);
 
-}  // namespace moetron::kernels
+}  // namespace moetron::kernels::cpu

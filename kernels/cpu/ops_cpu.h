@@ -1,0 +1,207 @@
+// The CPU backend: one implementation per op of kernels/ops.h, the same signature without the
+// execution context (OpenMP threads, oneDNN/OpenBLAS GEMMs, AVX-512 FP8 loops). The dispatcher
+// (kernels/dispatch.cpp) calls these for the CPU and Guard devices; kernel tests call them
+// directly as the reference twins of other backends. FP8 declarations: kernels/cpu/fp8.h.
+//
+// Conventions (llm.c style): row-major, contiguous, raw pointers plus sizes. T is float (training)
+// or double (gradient checks against finite differences). "Accumulate" means the op adds into its
+// output (+=); otherwise it writes. Shapes: N rows/tokens, D width, V vocab, H heads, S sequence,
+// E experts, K top-k, G groups (experts of a grouped GEMM).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cpu/fp8.h"
+#include "kernels/op_types.h"
+
+namespace moetron::kernels::cpu {
+
+// The parameter types, so that kernels::cpu names a complete backend.
+using kernels::AdamWParams;
+using kernels::Fp8Gemm;
+using kernels::GateParams;
+using kernels::GemmPrecision;
+using kernels::kTile128x1;
+using kernels::kTile128x128;
+using kernels::kTile1x128;
+using kernels::RopeParams;
+using kernels::Tile;
+
+// ---- memory ----------------------------------------------------------------------------------
+void fill_zero(void* p, size_t bytes);
+void copy(void* dst, const void* src, size_t bytes);  // also host<->device on the CPU
+
+// ---- GEMM ------------------------------------------------------------------------------------
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.  op(X) = X or X^T.
+// A is [M,K] (or [K,M] if transA); B is [K,N] (or [N,K] if transB); all contiguous.
+// dynamic: the sizes change from call to call (routed experts: rows per expert vary every step),
+// so the backend should not specialise a kernel per shape (oneDNN: one runtime-shape primitive
+// instead of a JIT compile for every new size).
+template <class T>
+void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          const T* B, T beta, T* C, GemmPrecision prec = GemmPrecision::FP32, bool dynamic = false);
+
+// Grouped GEMM over G row groups (the routed experts): group g owns rows [off[g], off[g+1]) of
+// A and C. Forward/input-gradient form: C_g[rows, N] = A_g[rows, K] op(W_g), W_g = W + g*N*K
+// ([N,K] with transW, else [K,N]). One group per thread (the experts' GEMMs are small, so running
+// them side by side beats splitting each over the threads).
+template <class T>
+void grouped_gemm(const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K, const T* A,
+                  const T* W, T* C, GemmPrecision prec);
+// Weight-gradient form: C_g[M, N] += A_g[rows, M]^T B_g[rows, N], C_g = C + g*M*N.
+template <class T>
+void grouped_gemm_wgrad(const int64_t* off, int64_t G, int64_t M, int64_t N, const T* A, const T* B,
+                        T* C, GemmPrecision prec);
+// The FP8 Linear GEMMs per group (kernels/cpu/fp8.h for the layouts): weights of group g at
+// qW + g*N*K, sW + g*ceil(N/128)*ceil(K/128). X/dY/Y/dX rows grouped as above.
+void grouped_fp8_fprop(const int64_t* off, int64_t G, const uint8_t* qX, const float* sX,
+                       const uint8_t* qW, const float* sW, int64_t N, int64_t K, float* Y);
+void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, int64_t N, int64_t K,
+                              const uint8_t* qW, const float* sW, bool pow2, bool blocks128,
+                              float* dX);
+void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const float* dY, const uint8_t* qX,
+                              const float* sX, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+                              float* dW);
+void grouped_fp8_linear_wgrad_f32(const int64_t* off, int64_t G, const float* dY, const float* X,
+                                  int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW);
+
+// ---- elementwise and layout ------------------------------------------------------------------
+template <class T>
+void add_inplace(T* y, const T* x, int64_t n);  // y += x
+template <class T>
+void axpy(T* y, T a, const T* x, int64_t n);  // y += a x
+// dst[r, 0:cols] (+)= src[r / repeat, 0:cols] for r < rows; rows strided by src_ld / dst_ld
+// elements. Column split and concat (pointer offsets select the columns), and broadcast of one
+// row to `repeat` rows (MLA's shared RoPE key to every head).
+template <class T>
+void copy_2d(const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+             int64_t repeat, bool accumulate);
+// dst[r, 0:cols] = sum_{g < group} src[r*group + g, 0:cols], summed in g order (the backward of
+// copy_2d's broadcast).
+template <class T>
+void sum_row_groups(const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
+                    int64_t cols, int64_t group);
+
+// ---- tokens ----------------------------------------------------------------------------------
+// From tokens [B, S+1]: ids[b,s] = tokens[b, s+shift] (0 past the end), targets[b,s] =
+// tokens[b, s+shift+1] (-1 past the end: ignored by the loss), pos[b,s] = s (pos may be null).
+// shift 0: the model's inputs; shift k: MTP depth k's.
+void shift_tokens(const int32_t* tokens, int64_t B, int64_t S, int64_t shift, int32_t* ids,
+                  int32_t* targets, int32_t* pos);
+
+// ---- embedding -------------------------------------------------------------------------------
+// out[N,D] = table[ids[n], :]
+template <class T>
+void embedding_forward(const int32_t* ids, int64_t N, const T* table, int64_t D, T* out);
+// dtable[ids[n], :] += dout[n, :]   (accumulate)
+template <class T>
+void embedding_backward(const int32_t* ids, int64_t N, const T* dout, int64_t D, T* dtable);
+
+// ---- RMSNorm ---------------------------------------------------------------------------------
+// y[N,D] = x / sqrt(mean(x^2) + eps) * w;  rstd[N] saved for the backward.
+template <class T>
+void rmsnorm_forward(const T* x, const T* w, int64_t N, int64_t D, T eps, T* y, T* rstd);
+// dx[N,D] (write) from dy, x, w, rstd.
+template <class T>
+void rmsnorm_backward_input(const T* dy, const T* x, const T* w, const T* rstd, int64_t N,
+                            int64_t D, T* dx);
+// dw[D] += sum_n dy * x * rstd   (accumulate)
+template <class T>
+void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, int64_t D, T* dw);
+
+// ---- RoPE (interleaved pairs (2i, 2i+1), as DeepSeek-V3) -------------------------------------
+// Rotates, in place, `nvec` vectors of `dim` values each (freqs [dim/2]): vector v lives at
+// x + v*stride and belongs to position pos[v / vecs_per_pos]. inverse: rotates by -angle (the
+// backward).
+template <class T>
+void rope_apply(T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos, const int32_t* pos,
+                const double* freqs, int64_t dim, bool inverse);
+
+// ---- causal attention ------------------------------------------------------------------------
+// Per batch b and head h: o = softmax(q k^T * scale + causal) v. Layout:
+//   q, k [B, S, H, Dqk]; v, o [B, S, H, Dv]; lse [B, H, S] (log-sum-exp of scaled scores, saved).
+// Computed in tiles with an online softmax: no [S,S] score matrix per head is ever stored.
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H,
+                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse);
+// dq, dk, dv (write) from do, recomputing scores tile by tile from q, k, v, o, lse.
+template <class T>
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
+                        int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
+                        T* dk, T* dv);
+
+// ---- SwiGLU ----------------------------------------------------------------------------------
+// gu [N, 2F] holds [gate(F) | up(F)] per row; out[N,F] = silu(gate) * up * (row_scale ? s[n] : 1)
+template <class T>
+void swiglu_forward(const T* gu, int64_t N, int64_t F, const T* row_scale, T* out);
+// dgu[N,2F] (write); if row_scale: drow_scale[N] (write) = sum_f dout * silu(g) * u.
+template <class T>
+void swiglu_backward(const T* dout, const T* gu, int64_t N, int64_t F, const T* row_scale, T* dgu,
+                     T* drow_scale);
+
+// ---- MoE gate (sigmoid, bias for selection only, group-limited top-k) --------------------------
+// logits[N,E] -> scores[N,E] = sigmoid(logits) (saved); selection on scores + bias with
+// group-limited routing (group score = sum of the top (topk/topk_group) biased scores, keep
+// topk_group groups), then top-k; weights[N,K] = scores[idx] / sum * route_scale; idx[N,K].
+// Ties break to the lower expert index. The bias is read as T (the parameter's type).
+template <class T>
+void gate_forward(const T* logits, const T* bias, int64_t N, const GateParams& p, T* scores,
+                  int32_t* idx, T* weights);
+// dlogits[N,E] (write) from dweights[N,K] through the normalisation and the sigmoid.
+template <class T>
+void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const T* weights,
+                   int64_t N, const GateParams& p, T* dlogits);
+
+// ---- MoE balancing ---------------------------------------------------------------------------
+// Sequence-wise balance loss (SPEC §1.4) over B sequences of S tokens, scores [B*S, E]:
+// f[b,i] = E/(K S) * #{t : i in plain top-K of s_t} (top-K of the unbiased scores, no groups),
+// P[b,i] = mean_t s_it / sum_j s_jt;  loss[0] = alpha * mean_b sum_i f[b,i] P[b,i] (double).
+template <class T>
+void seq_balance_loss_forward(const T* scores, int64_t B, int64_t S, int64_t E, int64_t K,
+                              double alpha, T* f, double* loss);
+// dlogits[N,E] += c (f_i / Z_t - sum_j f_j s_jt / Z_t^2) s_it (1 - s_it)   (through the sigmoid)
+template <class T>
+void seq_balance_loss_backward(const T* scores, const T* f, int64_t B, int64_t S, int64_t E,
+                               double c, T* dlogits);
+// load[e] (+)= #{i < n : idx[i] == e} (accumulate: adds to load)
+void expert_histogram(const int32_t* idx, int64_t n, int64_t E, int64_t* load, bool accumulate);
+// Auxiliary-loss-free bias update: b_i += gamma * sign(mean(load) - load_i)
+template <class T>
+void bias_sign_update(T* bias, const int64_t* load, int64_t E, double gamma);
+
+// ---- token permutation by expert -------------------------------------------------------------
+// From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix), and for each of the N*K assignments
+// its row in the expert-sorted order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in
+// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows
+// follow (n, k) order. row_token[row] = n, row_slot[row] = n*K+k (each [N*K]; offsets[E] rows).
+void route_by_expert(const int32_t* idx, int64_t N, int64_t K, int64_t E, int64_t* counts,
+                     int64_t* offsets, int64_t* slot, int64_t* row_token, int64_t* row_slot);
+// dst[i, :] = idx[i] >= 0 ? src[idx[i], :] : 0, i < n, rows of D (dispatch into expert order)
+template <class T>
+void gather_rows(const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst);
+// out[n, :] += sum_k rows[slot[n*K + k], :] over slot >= 0, in k order (combine; the backward of
+// gather_rows by row_token)
+template <class T>
+void unpermute_add(const T* rows, const int64_t* slot, int64_t N, int64_t K, int64_t D, T* out);
+
+// ---- fused output head + cross-entropy, chunked over the vocabulary --------------------------
+// logits = h[N,D] W[V,D]^T are produced one [N, chunk] block at a time; never all at once.
+// loss[n] = lse_n - logit[n, target[n]] for target >= 0; targets < 0 are ignored (loss 0).
+// lse[N] saved. loss_sum[0] (double) = the sum of losses over valid rows.
+template <class T>
+void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
+                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum);
+// With g = dloss per valid row (same scale for all rows, e.g. 1/count):
+// dh[N,D] (write) and dW[V,D] (accumulate), recomputing logits chunk by chunk.
+template <class T>
+void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T* lse, T g,
+                         int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh, T* dW,
+                         GemmPrecision prec);
+
+// ---- AdamW -----------------------------------------------------------------------------------
+// Moments in fp32 (M = float) or bf16 (M = uint16_t bit pattern, rounded to nearest even).
+template <class M>
+void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
+
+}  // namespace moetron::kernels::cpu

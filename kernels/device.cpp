@@ -1,0 +1,180 @@
+// Allocators of the CPU, Meta and Guard devices, the allocator registry and the default device.
+#include "kernels/device.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace moetron {
+
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::CPU:
+      return "cpu";
+    case Device::CUDA:
+      return "cuda";
+    case Device::Meta:
+      return "meta";
+    case Device::Guard:
+      return "guard";
+  }
+  return "?";
+}
+
+Device parse_device(const char* name) {
+  for (Device d : {Device::CPU, Device::CUDA, Device::Meta, Device::Guard})
+    if (std::strcmp(name, device_name(d)) == 0) return d;
+  throw std::invalid_argument(std::string("device '") + name +
+                              "' is not one of cpu, cuda, meta, guard");
+}
+
+void* Allocator::allocate(size_t bytes) {
+  void* p = do_allocate(bytes);
+  const int64_t live = live_.fetch_add(static_cast<int64_t>(bytes)) + static_cast<int64_t>(bytes);
+  int64_t peak = peak_.load();
+  while (live > peak && !peak_.compare_exchange_weak(peak, live)) {
+  }
+  ++allocs_;
+  return p;
+}
+
+void Allocator::deallocate(void* p, size_t bytes) {
+  do_deallocate(p, bytes);
+  live_ -= static_cast<int64_t>(bytes);
+  ++frees_;
+}
+
+AllocStats Allocator::stats() const { return {live_.load(), peak_.load(), allocs_, frees_}; }
+void Allocator::reset_peak() { peak_ = live_.load(); }
+
+namespace {
+
+class HostAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::CPU; }
+
+ protected:
+  void* do_allocate(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void do_deallocate(void* p, size_t) override { std::free(p); }
+};
+
+class MetaAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::Meta; }
+
+ protected:
+  void* do_allocate(size_t) override { return nullptr; }
+  void do_deallocate(void*, size_t) override {}
+};
+
+// Guard memory: one reserved range of address space, handed out page-aligned by a bump pointer
+// (freed ranges give their pages back and are never reused, so a use after free faults too).
+// Locked = PROT_NONE over everything handed out; GuardAccess unlocks while it is held.
+class GuardAllocator final : public Allocator {
+ public:
+  static constexpr size_t kReserve = size_t(1) << 36;  // 64 GiB of address space, no memory
+  Device device() const override { return Device::Guard; }
+
+  void enter() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (users_++ == 0 && used_ > 0) protect(0, used_, PROT_READ | PROT_WRITE);
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (--users_ == 0 && used_ > 0) protect(0, used_, PROT_NONE);
+  }
+  bool in_use() const { return started_.load(); }
+
+ protected:
+  void* do_allocate(size_t bytes) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!base_) {
+      void* p =
+          mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      base_ = static_cast<char*>(p);
+      started_ = true;
+    }
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t len = (bytes + page - 1) / page * page;
+    if (used_ + len > kReserve) throw std::bad_alloc();
+    const size_t at = used_;
+    used_ += len;
+    if (users_ > 0) protect(at, len, PROT_READ | PROT_WRITE);
+    return base_ + at;
+  }
+  void do_deallocate(void* p, size_t bytes) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    madvise(p, (bytes + page - 1) / page * page, MADV_DONTNEED);
+  }
+
+ private:
+  void protect(size_t at, size_t len, int prot) {
+    if (mprotect(base_ + at, len, prot) != 0) throw std::runtime_error("guard device: mprotect");
+  }
+  std::mutex mu_;
+  char* base_ = nullptr;
+  size_t used_ = 0;
+  int users_ = 0;
+  std::atomic<bool> started_{false};
+};
+
+HostAllocator& host_alloc() {
+  static HostAllocator a;
+  return a;
+}
+MetaAllocator& meta_alloc() {
+  static MetaAllocator a;
+  return a;
+}
+GuardAllocator& guard_alloc() {
+  static GuardAllocator a;
+  return a;
+}
+std::atomic<Allocator*> g_cuda{nullptr};
+std::atomic<Device> g_default{Device::CPU};
+
+}  // namespace
+
+Allocator& allocator(Device d) {
+  switch (d) {
+    case Device::CPU:
+      return host_alloc();
+    case Device::Meta:
+      return meta_alloc();
+    case Device::Guard:
+      return guard_alloc();
+    case Device::CUDA:
+      if (Allocator* a = g_cuda.load()) return *a;
+      throw std::runtime_error("device cuda: this build has no CUDA backend");
+  }
+  throw std::logic_error("allocator: unknown device");
+}
+
+void register_allocator(Device d, Allocator* a) {
+  if (d != Device::CUDA) throw std::logic_error("register_allocator: only the CUDA allocator");
+  g_cuda = a;
+}
+
+Device default_device() { return g_default.load(); }
+void set_default_device(Device d) { g_default = d; }
+
+GuardAccess::GuardAccess() : entered_(guard_alloc().in_use()) {
+  if (entered_) guard_alloc().enter();
+}
+GuardAccess::~GuardAccess() {
+  if (entered_) guard_alloc().leave();
+}
+
+}  // namespace moetron

@@ -1,0 +1,73 @@
+// Devices and their allocators: where every buffer of moetron lives (ARCHITECTURE contract 8).
+//
+//   CPU    aligned host memory (64-byte alignment, the widest vector load).
+//   CUDA   device memory; the CUDA backend registers a caching, stream-ordered allocator with
+//          register_allocator() (until it does, asking for CUDA memory is an error).
+//   Meta   allocates nothing: a buffer on it has a size and no memory. A model of any size can be
+//          built on it and its bytes counted (planning: `moetron plan`).
+//   Guard  a test device: host pages that are inaccessible (PROT_NONE) except while an op or the
+//          communicator runs (GuardAccess). Training on it proves that no code outside the ops
+//          touches activation memory — the property a CUDA backend needs.
+//
+// Every allocator counts what it holds (live and peak bytes, allocations and frees), so tests can
+// check the analytic activation memory against real bytes and that steady state allocates nothing.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace moetron {
+
+enum class Device : uint8_t { CPU, CUDA, Meta, Guard };
+const char* device_name(Device d);
+// "cpu", "cuda", "meta", "guard" -> Device (std::invalid_argument otherwise)
+Device parse_device(const char* name);
+
+struct AllocStats {
+  int64_t live_bytes = 0, peak_bytes = 0, allocations = 0, frees = 0;
+};
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  virtual Device device() const = 0;
+  // bytes > 0; never returns null except on the Meta device.
+  void* allocate(size_t bytes);
+  void deallocate(void* p, size_t bytes);
+  AllocStats stats() const;
+  void reset_peak();
+
+ protected:
+  virtual void* do_allocate(size_t bytes) = 0;
+  virtual void do_deallocate(void* p, size_t bytes) = 0;
+
+ private:
+  std::atomic<int64_t> live_{0}, peak_{0}, allocs_{0}, frees_{0};
+};
+
+// The process-wide allocator of a device.
+Allocator& allocator(Device d);
+// The CUDA backend installs its allocator here (the pointer must outlive every buffer).
+void register_allocator(Device d, Allocator* a);
+
+// The device new buffers are made on unless their owner names one (torch's default device):
+// CPU unless a run or a test chooses otherwise (run.device).
+Device default_device();
+void set_default_device(Device d);
+
+// While at least one GuardAccess exists (any thread), Guard memory is readable and writable; the
+// op dispatcher and the communicator hold one around their work. Cheap elsewhere: a no-op when no
+// Guard memory was ever allocated.
+class GuardAccess {
+ public:
+  GuardAccess();
+  ~GuardAccess();
+  GuardAccess(const GuardAccess&) = delete;
+  GuardAccess& operator=(const GuardAccess&) = delete;
+
+ private:
+  bool entered_ = false;
+};
+
+}  // namespace moetron

@@ -1,0 +1,392 @@
+// The op dispatcher: every op of kernels/ops.h runs the backend of its execution context's device.
+// CPU and Guard run kernels/cpu/ (Guard with its memory unlocked for the duration of the op:
+// GuardAccess); Meta runs nothing; CUDA is an error until the CUDA backend adds its case to
+// MOETRON_DISPATCH. Each op is one line here; explicit instantiations at the end.
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "kernels/ops.h"
+
+namespace moetron::kernels {
+
+namespace {
+[[noreturn]] void no_backend(const Exec& ex, const char* op) {
+  throw std::logic_error(std::string("op ") + op + ": no backend for device " +
+                         device_name(ex.device) + " in this build");
+}
+}  // namespace
+
+#define MOETRON_DISPATCH(name, ...)  \
+  switch (ex.device) {               \
+    case Device::CPU:                \
+      return cpu::name(__VA_ARGS__); \
+    case Device::Guard: {            \
+      GuardAccess access;            \
+      return cpu::name(__VA_ARGS__); \
+    }                                \
+    case Device::CUDA:               \
+    case Device::Meta:               \
+      break;                         \
+  }                                  \
+  no_backend(ex, #name)
+
+void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
+  MOETRON_DISPATCH(copy, dst, host_src, bytes);
+}
+void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
+  MOETRON_DISPATCH(copy, host_dst, src, bytes);
+}
+
+void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {
+  MOETRON_DISPATCH(copy, dst, src, bytes);
+}
+
+void fill_zero(const Exec& ex, void* p, size_t bytes) { MOETRON_DISPATCH(fill_zero, p, bytes); }
+
+template <class T>
+void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
+          const T* A, const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
+  MOETRON_DISPATCH(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
+}
+
+template <class T>
+void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
+                  const T* A, const T* W, T* C, GemmPrecision prec) {
+  MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
+}
+
+template <class T>
+void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
+                        const T* A, const T* B, T* C, GemmPrecision prec) {
+  MOETRON_DISPATCH(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
+}
+
+void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
+                       const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
+                       float* Y) {
+  MOETRON_DISPATCH(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
+}
+
+void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                              int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
+                              bool blocks128, float* dX) {
+  MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
+}
+
+void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                              const uint8_t* qX, const float* sX, int64_t N, int64_t K,
+                              bool pow2_dy, bool pow2_x, float* dW) {
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
+}
+
+void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                                  const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+                                  float* dW) {
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
+}
+
+template <class T>
+void add_inplace(const Exec& ex, T* y, const T* x, int64_t n) {
+  MOETRON_DISPATCH(add_inplace, y, x, n);
+}
+
+template <class T>
+void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
+  MOETRON_DISPATCH(axpy, y, a, x, n);
+}
+
+template <class T>
+void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
+             int64_t cols, int64_t repeat, bool accumulate) {
+  MOETRON_DISPATCH(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
+}
+
+template <class T>
+void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
+                    int64_t rows, int64_t cols, int64_t group) {
+  MOETRON_DISPATCH(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
+}
+
+void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, int64_t shift,
+                  int32_t* ids, int32_t* targets, int32_t* pos) {
+  MOETRON_DISPATCH(shift_tokens, tokens, B, S, shift, ids, targets, pos);
+}
+
+template <class T>
+void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
+                       T* out) {
+  MOETRON_DISPATCH(embedding_forward, ids, N, table, D, out);
+}
+
+template <class T>
+void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* dout, int64_t D,
+                        T* dtable) {
+  MOETRON_DISPATCH(embedding_backward, ids, N, dout, D, dtable);
+}
+
+template <class T>
+void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
+                     T* rstd) {
+  MOETRON_DISPATCH(rmsnorm_forward, x, w, N, D, eps, y, rstd);
+}
+
+template <class T>
+void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
+                            int64_t N, int64_t D, T* dx) {
+  MOETRON_DISPATCH(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
+}
+
+template <class T>
+void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
+                             int64_t D, T* dw) {
+  MOETRON_DISPATCH(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
+}
+
+template <class T>
+void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos,
+                const int32_t* pos, const double* freqs, int64_t dim, bool inverse) {
+  MOETRON_DISPATCH(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
+}
+
+template <class T>
+void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
+                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
+  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+}
+
+template <class T>
+void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
+                        const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
+                        int64_t Dv, T scale, T* dq, T* dk, T* dv) {
+  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv);
+}
+
+template <class T>
+void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out) {
+  MOETRON_DISPATCH(swiglu_forward, gu, N, F, row_scale, out);
+}
+
+template <class T>
+void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
+                     const T* row_scale, T* dgu, T* drow_scale) {
+  MOETRON_DISPATCH(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
+}
+
+template <class T>
+void gate_forward(const Exec& ex, const T* logits, const T* bias, int64_t N, const GateParams& p,
+                  T* scores, int32_t* idx, T* weights) {
+  MOETRON_DISPATCH(gate_forward, logits, bias, N, p, scores, idx, weights);
+}
+
+template <class T>
+void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int32_t* idx,
+                   const T* weights, int64_t N, const GateParams& p, T* dlogits) {
+  MOETRON_DISPATCH(gate_backward, dweights, scores, idx, weights, N, p, dlogits);
+}
+
+template <class T>
+void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
+                              int64_t K, double alpha, T* f, double* loss) {
+  MOETRON_DISPATCH(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
+}
+
+template <class T>
+void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
+                               int64_t E, double c, T* dlogits) {
+  MOETRON_DISPATCH(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
+}
+
+void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
+                      bool accumulate) {
+  MOETRON_DISPATCH(expert_histogram, idx, n, E, load, accumulate);
+}
+
+template <class T>
+void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, double gamma) {
+  MOETRON_DISPATCH(bias_sign_update, bias, load, E, gamma);
+}
+
+void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
+                     int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
+                     int64_t* row_slot) {
+  MOETRON_DISPATCH(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
+}
+
+template <class T>
+void gather_rows(const Exec& ex, const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst) {
+  MOETRON_DISPATCH(gather_rows, src, idx, n, D, dst);
+}
+
+template <class T>
+void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N, int64_t K,
+                   int64_t D, T* out) {
+  MOETRON_DISPATCH(unpermute_add, rows, slot, N, K, D, out);
+}
+
+template <class T>
+void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
+                        int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
+                        double* loss_sum) {
+  MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
+}
+
+template <class T>
+void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
+                         const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
+                         T* dW, GemmPrecision prec) {
+  MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
+}
+
+template <class M>
+void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, int64_t n,
+                  const AdamWParams& p) {
+  MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
+}
+
+void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
+              float* scales) {
+  MOETRON_DISPATCH(quantize, x, R, C, t, pow2, q, scales);
+}
+
+void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
+                float* x) {
+  MOETRON_DISPATCH(dequantize, q, scales, R, C, t, x);
+}
+
+void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t* qW,
+               const float* sW, int64_t M, int64_t N, int64_t K, float* Y) {
+  MOETRON_DISPATCH(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
+}
+
+void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
+                      const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
+                      bool accumulate) {
+  MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
+}
+
+void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
+                      int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+  MOETRON_DISPATCH(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
+}
+
+void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
+                          int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+  MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
+}
+
+template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, float, const float*,
+                          const float*, float, float*, GemmPrecision, bool);
+template void gemm<double>(const Exec&, bool, bool, int64_t, int64_t, int64_t, double,
+                           const double*, const double*, double, double*, GemmPrecision, bool);
+template void grouped_gemm<float>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
+                                  const float*, const float*, float*, GemmPrecision);
+template void grouped_gemm<double>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
+                                   const double*, const double*, double*, GemmPrecision);
+template void grouped_gemm_wgrad<float>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
+                                        const float*, const float*, float*, GemmPrecision);
+template void grouped_gemm_wgrad<double>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
+                                         const double*, const double*, double*, GemmPrecision);
+template void add_inplace<float>(const Exec&, float*, const float*, int64_t);
+template void add_inplace<double>(const Exec&, double*, const double*, int64_t);
+template void axpy<float>(const Exec&, float*, float, const float*, int64_t);
+template void axpy<double>(const Exec&, double*, double, const double*, int64_t);
+template void copy_2d<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t, int64_t,
+                             int64_t, bool);
+template void copy_2d<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
+                              int64_t, int64_t, bool);
+template void sum_row_groups<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t,
+                                    int64_t, int64_t);
+template void sum_row_groups<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
+                                     int64_t, int64_t);
+template void embedding_forward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
+                                       float*);
+template void embedding_forward<double>(const Exec&, const int32_t*, int64_t, const double*,
+                                        int64_t, double*);
+template void embedding_backward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
+                                        float*);
+template void embedding_backward<double>(const Exec&, const int32_t*, int64_t, const double*,
+                                         int64_t, double*);
+template void rmsnorm_forward<float>(const Exec&, const float*, const float*, int64_t, int64_t,
+                                     float, float*, float*);
+template void rmsnorm_forward<double>(const Exec&, const double*, const double*, int64_t, int64_t,
+                                      double, double*, double*);
+template void rmsnorm_backward_input<float>(const Exec&, const float*, const float*, const float*,
+                                            const float*, int64_t, int64_t, float*);
+template void rmsnorm_backward_input<double>(const Exec&, const double*, const double*,
+                                             const double*, const double*, int64_t, int64_t,
+                                             double*);
+template void rmsnorm_backward_weight<float>(const Exec&, const float*, const float*, const float*,
+                                             int64_t, int64_t, float*);
+template void rmsnorm_backward_weight<double>(const Exec&, const double*, const double*,
+                                              const double*, int64_t, int64_t, double*);
+template void rope_apply<float>(const Exec&, float*, int64_t, int64_t, int64_t, const int32_t*,
+                                const double*, int64_t, bool);
+template void rope_apply<double>(const Exec&, double*, int64_t, int64_t, int64_t, const int32_t*,
+                                 const double*, int64_t, bool);
+template void attention_forward<float>(const Exec&, const float*, const float*, const float*,
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
+                                       float*);
+template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, double,
+                                        double*, double*);
+template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
+                                        const float*, const float*, const float*, int64_t, int64_t,
+                                        int64_t, int64_t, int64_t, float, float*, float*, float*);
+template void attention_backward<double>(const Exec&, const double*, const double*, const double*,
+                                         const double*, const double*, const double*, int64_t,
+                                         int64_t, int64_t, int64_t, int64_t, double, double*,
+                                         double*, double*);
+template void swiglu_forward<float>(const Exec&, const float*, int64_t, int64_t, const float*,
+                                    float*);
+template void swiglu_forward<double>(const Exec&, const double*, int64_t, int64_t, const double*,
+                                     double*);
+template void swiglu_backward<float>(const Exec&, const float*, const float*, int64_t, int64_t,
+                                     const float*, float*, float*);
+template void swiglu_backward<double>(const Exec&, const double*, const double*, int64_t, int64_t,
+                                      const double*, double*, double*);
+template void gate_forward<float>(const Exec&, const float*, const float*, int64_t,
+                                  const GateParams&, float*, int32_t*, float*);
+template void gate_forward<double>(const Exec&, const double*, const double*, int64_t,
+                                   const GateParams&, double*, int32_t*, double*);
+template void gate_backward<float>(const Exec&, const float*, const float*, const int32_t*,
+                                   const float*, int64_t, const GateParams&, float*);
+template void gate_backward<double>(const Exec&, const double*, const double*, const int32_t*,
+                                    const double*, int64_t, const GateParams&, double*);
+template void seq_balance_loss_forward<float>(const Exec&, const float*, int64_t, int64_t, int64_t,
+                                              int64_t, double, float*, double*);
+template void seq_balance_loss_forward<double>(const Exec&, const double*, int64_t, int64_t,
+                                               int64_t, int64_t, double, double*, double*);
+template void seq_balance_loss_backward<float>(const Exec&, const float*, const float*, int64_t,
+                                               int64_t, int64_t, double, float*);
+template void seq_balance_loss_backward<double>(const Exec&, const double*, const double*, int64_t,
+                                                int64_t, int64_t, double, double*);
+template void bias_sign_update<float>(const Exec&, float*, const int64_t*, int64_t, double);
+template void bias_sign_update<double>(const Exec&, double*, const int64_t*, int64_t, double);
+template void gather_rows<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
+                                 float*);
+template void gather_rows<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
+                                  double*);
+template void unpermute_add<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
+                                   int64_t, float*);
+template void unpermute_add<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
+                                    int64_t, double*);
+template void lm_head_ce_forward<float>(const Exec&, const float*, const float*, const int32_t*,
+                                        int64_t, int64_t, int64_t, int64_t, float*, GemmPrecision,
+                                        double*);
+template void lm_head_ce_forward<double>(const Exec&, const double*, const double*, const int32_t*,
+                                         int64_t, int64_t, int64_t, int64_t, double*, GemmPrecision,
+                                         double*);
+template void lm_head_ce_backward<float>(const Exec&, const float*, const float*, const int32_t*,
+                                         const float*, float, int64_t, int64_t, int64_t, int64_t,
+                                         float*, float*, GemmPrecision);
+template void lm_head_ce_backward<double>(const Exec&, const double*, const double*, const int32_t*,
+                                          const double*, double, int64_t, int64_t, int64_t, int64_t,
+                                          double*, double*, GemmPrecision);
+template void adamw_update<float>(const Exec&, float*, const float*, float*, float*, int64_t,
+                                  const AdamWParams&);
+template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t*, uint16_t*,
+                                     int64_t, const AdamWParams&);
+
+}  // namespace moetron::kernels

@@ -1,0 +1,53 @@
+// The parameter types of the ops (kernels/ops.h), shared by every backend, and the host helpers
+// that compute op parameters at build time (RoPE frequencies) or set up a backend (threads).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace moetron::kernels {
+
+// How the inputs of one GEMM are rounded. FP32: plain. BF16: both inputs rounded to bf16,
+// products accumulated in fp32 (double stays double but inputs are rounded the same way).
+enum class GemmPrecision { FP32, BF16 };
+
+struct RopeParams {
+  int dim = 64;  // rotary dims (qk_rope_head_dim)
+  double theta = 10000.0;
+  bool yarn = false;    // YaRN frequency correction
+  double factor = 1.0;  // s
+  int64_t original_seq_len = 4096;
+  double beta_fast = 32.0, beta_slow = 1.0;
+};
+// freqs[dim/2]: base frequencies with the YaRN correction if enabled (SPEC 1.3). Host values,
+// computed once when a layer is built.
+std::vector<double> rope_frequencies(const RopeParams& p);
+
+struct GateParams {
+  int64_t n_experts = 0, topk = 0, n_group = 1, topk_group = 1;
+  double route_scale = 1.0;
+};
+
+struct AdamWParams {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  int64_t step = 1;  // 1-based, for bias correction
+};
+
+// A quantisation tile: rows x cols elements share one scale.
+struct Tile {
+  int64_t rows = 1, cols = 128;
+};
+inline constexpr Tile kTile1x128{1, 128}, kTile128x128{128, 128}, kTile128x1{128, 1};
+
+enum class Fp8Gemm {
+  Auto,        // Dequant if every scale is a power of two, else Bf16Blocks
+  Dequant,     // dequantise both operands to fp32, one kernels::gemm (bf16 when exact, else fp32)
+  Bf16Blocks,  // per 128-K block a bf16 x bf16 -> fp32 partial (oneDNN), promoted with the scales
+  Blockwise,   // the recipe literally, scalar loops (fp8_gemm_nt_blockwise)
+};
+
+// Intra-op threads of this process (OpenMP and the BLAS library) for the CPU backend.
+void set_num_threads(int n);
+int num_threads();
+
+}  // namespace moetron::kernels
