@@ -1,13 +1,18 @@
 // Communicator: the one interface every parallel component talks through.
 //
-// Point-to-point send/recv, all-reduce, reduce-scatter, all-gather, all-to-all (fixed and
-// variable counts), barrier, and non-blocking forms that return a Request to wait on. The MPI
-// implementation (comm_mpi.cpp) serves host buffers; an NCCL implementation for device buffers
-// (bootstrapped over MPI) will implement the same interface. Element types are explicit
-// (float, double, int64_t); variable all-to-all moves bytes.
+// Point-to-point send/recv (single, and batched the way NCCL groups them), all-reduce,
+// reduce-scatter, all-gather, all-to-all (fixed and variable counts), barrier, and non-blocking
+// forms that return a Request to wait on or poll. The MPI implementation (comm_mpi.cpp) serves
+// host buffers; an NCCL implementation for device buffers (bootstrapped over MPI) will implement
+// the same interface. Collectives take an element type (CommDType: fp32, bf16, fp64, int64, bytes;
+// bf16 values are uint16_t bit patterns); thin typed overloads (float*, double*, int64_t*) keep
+// call sites short. Point-to-point and variable all-to-all move bytes.
 //
 // Determinism: for a fixed group size, the MPI backend's reductions are deterministic (same
-// inputs -> same bits on every run); different group sizes sum in different orders.
+// inputs -> same bits on every run and on every rank); different group sizes sum in different
+// orders. bf16 sums add two bf16 values in fp32 and round to nearest even at each reduction step
+// (as NCCL does): with two ranks that is the fp32 sum rounded once; with P ranks, up to P-1
+// roundings, in an order fixed by the group size.
 #pragma once
 
 #include <cstddef>
@@ -26,27 +31,95 @@ struct CommError : std::runtime_error {
 
 enum class ReduceOp { Sum, Max };
 
-// A pending non-blocking operation. wait() completes it (and runs its completion step, e.g. an
-// unpack); a default-constructed Request is already complete.
+// Element type of a collective. BF16 elements are uint16_t bit patterns (kernels/scalar.h);
+// Bytes can be gathered but not reduced.
+enum class CommDType : uint8_t { F32, BF16, F64, I64, Bytes };
+inline size_t comm_dtype_size(CommDType t) {
+  switch (t) {
+    case CommDType::F32:
+      return 4;
+    case CommDType::BF16:
+      return 2;
+    case CommDType::F64:
+    case CommDType::I64:
+      return 8;
+    case CommDType::Bytes:
+      break;
+  }
+  return 1;
+}
+inline const char* comm_dtype_name(CommDType t) {
+  switch (t) {
+    case CommDType::F32:
+      return "fp32";
+    case CommDType::BF16:
+      return "bf16";
+    case CommDType::F64:
+      return "fp64";
+    case CommDType::I64:
+      return "int64";
+    case CommDType::Bytes:
+      break;
+  }
+  return "bytes";
+}
+
+// A pending non-blocking operation. wait() blocks until it is complete; test() says, without
+// blocking, whether it is complete. Whichever first finds it complete runs its completion step
+// (e.g. an unpack) exactly once; after that both return at once (test() returns true). A
+// default-constructed Request is already complete. Destroying a pending Request waits for it.
 class Request {
  public:
+  // progress(block): with block, waits for completion and returns true; without, returns whether
+  // the operation is complete. It runs the completion step before returning true, and is not
+  // called again after it has returned true (or thrown).
+  using Progress = std::function<bool(bool block)>;
   Request() = default;
-  explicit Request(std::function<void()> wait_fn) : wait_(std::move(wait_fn)) {}
-  Request(Request&&) = default;
-  Request& operator=(Request&&) = default;
-  ~Request() {
-    if (wait_) wait_();
-  }
-  void wait() {
-    if (wait_) {
-      auto f = std::move(wait_);
-      wait_ = nullptr;
-      f();
+  explicit Request(Progress progress) : progress_(std::move(progress)) {}
+  Request(Request&& o) noexcept : progress_(std::move(o.progress_)) { o.progress_ = nullptr; }
+  // assigning over a pending Request waits for it first
+  Request& operator=(Request&& o) {
+    if (this != &o) {
+      wait();
+      progress_ = std::move(o.progress_);
+      o.progress_ = nullptr;
     }
+    return *this;
+  }
+  ~Request() { wait(); }
+  void wait() {
+    if (progress_) {
+      auto f = std::move(progress_);
+      progress_ = nullptr;
+      f(true);
+    }
+  }
+  bool test() {
+    if (!progress_) return true;
+    auto f = std::move(progress_);
+    progress_ = nullptr;
+    if (f(false)) return true;
+    progress_ = std::move(f);
+    return false;
   }
 
  private:
-  std::function<void()> wait_;
+  Progress progress_;
+};
+
+// One operation of a batch_isend_irecv. buf is const for a Send (use P2pOp::send / P2pOp::recv).
+struct P2pOp {
+  enum Kind { Send, Recv } kind;
+  void* buf;
+  size_t bytes;
+  int peer;
+  int tag;
+  static P2pOp send(const void* buf, size_t bytes, int peer, int tag) {
+    return {Send, const_cast<void*>(buf), bytes, peer, tag};
+  }
+  static P2pOp recv(void* buf, size_t bytes, int peer, int tag) {
+    return {Recv, buf, bytes, peer, tag};
+  }
 };
 
 class Communicator {
@@ -60,15 +133,45 @@ class Communicator {
   virtual void recv(void* buf, size_t bytes, int peer, int tag) = 0;
   virtual Request isend(const void* buf, size_t bytes, int peer, int tag) = 0;
   virtual Request irecv(void* buf, size_t bytes, int peer, int tag) = 0;
+  // Posts all n sends and receives together; the one Request completes when all have (as
+  // torch.distributed.batch_isend_irecv). n == 0 gives a complete Request. Every op is checked
+  // (peer in range, tag >= 0) before any is posted, so a bad batch throws CommError and posts
+  // nothing. MPI: one MPI_Isend / MPI_Irecv per op, in the order given, then MPI_Waitall /
+  // MPI_Testall. NCCL: ncclGroupStart(); ncclSend / ncclRecv(buf, bytes, ncclUint8, peer) per op;
+  // ncclGroupEnd() on the communication stream, and the Request holds an event recorded after it
+  // (test() = cudaEventQuery, wait() = event synchronize). NCCL has no tags: it matches the k-th
+  // send from A to B with the k-th receive on B from A. Portable callers therefore give, per
+  // (peer, direction), their sends and receives in the same order on both sides, with matching
+  // tags; MPI also uses the tags, NCCL ignores them. Buffers must stay valid until completion.
+  virtual Request batch_isend_irecv(const P2pOp* ops, size_t n) = 0;
+  Request batch_isend_irecv(const std::vector<P2pOp>& ops) {
+    return batch_isend_irecv(ops.data(), ops.size());
+  }
 
   // ---- collectives (in place where it makes sense) ----
-  virtual void all_reduce(float* data, size_t count, ReduceOp op = ReduceOp::Sum) = 0;
-  virtual void all_reduce(double* data, size_t count, ReduceOp op = ReduceOp::Sum) = 0;
-  virtual void all_reduce(int64_t* data, size_t count, ReduceOp op = ReduceOp::Sum) = 0;
-  // in [size * count] -> out [count]: block r of the element-wise sum goes to rank r
-  virtual void reduce_scatter(const float* in, float* out, size_t count) = 0;
+  // count is in elements of t (bytes for Bytes). Bytes cannot be reduced (CommError).
+  virtual void all_reduce(void* data, size_t count, CommDType t, ReduceOp op = ReduceOp::Sum) = 0;
+  // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r
+  virtual void reduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                              ReduceOp op = ReduceOp::Sum) = 0;
   // in [count] -> out [size * count], rank r's block at r * count
-  virtual void all_gather(const float* in, float* out, size_t count) = 0;
+  virtual void all_gather(const void* in, void* out, size_t count, CommDType t) = 0;
+  // typed forms (bf16 has none: a uint16_t pointer does not say it holds bf16)
+  void all_reduce(float* d, size_t n, ReduceOp op = ReduceOp::Sum) {
+    all_reduce(d, n, CommDType::F32, op);
+  }
+  void all_reduce(double* d, size_t n, ReduceOp op = ReduceOp::Sum) {
+    all_reduce(d, n, CommDType::F64, op);
+  }
+  void all_reduce(int64_t* d, size_t n, ReduceOp op = ReduceOp::Sum) {
+    all_reduce(d, n, CommDType::I64, op);
+  }
+  void reduce_scatter(const float* in, float* out, size_t count) {
+    reduce_scatter(in, out, count, CommDType::F32, ReduceOp::Sum);
+  }
+  void all_gather(const float* in, float* out, size_t count) {
+    all_gather(in, out, count, CommDType::F32);
+  }
   // in [size * count] -> out [size * count]: block p goes to rank p
   virtual void all_to_all(const int64_t* in, int64_t* out, size_t count) = 0;
   // bytes per peer; per-peer blocks contiguous in rank order on both sides
@@ -85,8 +188,10 @@ class Communicator {
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 };
 
-// The process-wide MPI world: initialised on first use (MPI_THREAD_MULTIPLE, so a progress
-// thread can drive communication later), finalised at exit. Works without mpirun (one rank).
+// The process-wide MPI world: initialised on first use, finalised at exit. Works without mpirun
+// (one rank). Requires MPI_THREAD_MULTIPLE (the checkpoint thread communicates while training
+// does, and a progress thread will): if the MPI library provides less, it prints what it provided
+// and what is needed, and aborts the job.
 Communicator& world();
 // Prints "moetron: error: rank R: message" and aborts every rank of the job (no hang).
 [[noreturn]] void abort_all(const std::string& message);

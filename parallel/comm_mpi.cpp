@@ -2,14 +2,19 @@
 //
 // Errors return (MPI_ERRORS_RETURN) and become CommError naming the operation and rank.
 // Counts above INT_MAX elements are split into several calls where the operation allows it
-// (reductions); all-to-all-v uses byte displacements, so one call moves up to 2 GiB per peer.
+// (all-reduce); all-to-all-v uses byte displacements, so one call moves up to 2 GiB per peer.
+// MPI has no bf16: bf16 travels as MPI_UINT16_T and is reduced by two user-defined, commutative
+// ops (sum in fp32 rounded to nearest even, and max), created at start-up. Requests keep their
+// MPI_Request(s) and complete through MPI_Wait(all) or MPI_Test(all). Start-up checks that MPI
+// provides MPI_THREAD_MULTIPLE.
 #include <mpi.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
 
+#include "kernels/scalar.h"
 #include "parallel/comm.h"
 
 namespace moetron {
@@ -25,7 +30,92 @@ void check(int rc, const char* what, int rank) {
                   std::string(msg, len));
 }
 
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
+// ---- bf16 reductions (user-defined ops; MPI calls them as inout[i] = in[i] op inout[i]) ----
+MPI_Op g_bf16_sum = MPI_OP_NULL, g_bf16_max = MPI_OP_NULL;
+
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+// Symmetric in its arguments, so every rank gets the same bits whatever the pairing: a NaN
+// operand gives the canonical quiet NaN, and max(-0, +0) = +0.
+void bf16_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    const float x = bf16_to_f32(a[i]), y = bf16_to_f32(b[i]);
+    if (x != x || y != y)
+      b[i] = 0x7fc0;
+    else if (x == y)
+      b[i] = static_cast<uint16_t>(a[i] & b[i]);
+    else if (x > y)
+      b[i] = a[i];
+  }
+}
+
+MPI_Datatype mpi_type(CommDType t) {
+  switch (t) {
+    case CommDType::F32:
+      return MPI_FLOAT;
+    case CommDType::BF16:
+      return MPI_UINT16_T;
+    case CommDType::F64:
+      return MPI_DOUBLE;
+    case CommDType::I64:
+      return MPI_INT64_T;
+    case CommDType::Bytes:
+      break;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op mpi_op(CommDType t, ReduceOp op, const char* what, int rank) {
+  if (t == CommDType::Bytes)
+    throw CommError(std::string(what) + " on rank " + std::to_string(rank) +
+                    ": bytes cannot be reduced (give an element type)");
+  if (t == CommDType::BF16) return op == ReduceOp::Sum ? g_bf16_sum : g_bf16_max;
+  return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX;
+}
+
+const char* thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
+  }
+  return "an unknown thread level";
+}
+
+// A Request over MPI requests that complete together; keep holds what must outlive them (count
+// arrays of a non-blocking collective).
+Request mpi_request(std::vector<MPI_Request> reqs, std::shared_ptr<void> keep, const char* what,
+                    int rank) {
+  if (reqs.size() == 1) {
+    return Request([r = reqs[0], keep, what, rank](bool block) mutable {
+      int done = 1;
+      if (block)
+        check(MPI_Wait(&r, MPI_STATUS_IGNORE), what, rank);
+      else
+        check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), what, rank);
+      return done != 0;
+    });
+  }
+  return Request([rs = std::move(reqs), keep, what, rank](bool block) mutable {
+    int done = 1;
+    const int n = static_cast<int>(rs.size());
+    if (block)
+      check(MPI_Waitall(n, rs.data(), MPI_STATUSES_IGNORE), what, rank);
+    else
+      check(MPI_Testall(n, rs.data(), &done, MPI_STATUSES_IGNORE), what, rank);
+    return done != 0;
+  });
+}
 
 int to_int(size_t n, const char* what) {
   if (n > static_cast<size_t>(INT_MAX))
@@ -59,27 +149,63 @@ class MpiCommunicator final : public Communicator {
   Request isend(const void* buf, size_t bytes, int peer, int tag) override {
     MPI_Request r;
     check(MPI_Isend(buf, to_int(bytes, "isend"), MPI_BYTE, peer, tag, comm_, &r), "isend", rank_);
-    return wait_request(r, "isend");
+    return mpi_request({r}, nullptr, "isend", rank_);
   }
   Request irecv(void* buf, size_t bytes, int peer, int tag) override {
     MPI_Request r;
     check(MPI_Irecv(buf, to_int(bytes, "irecv"), MPI_BYTE, peer, tag, comm_, &r), "irecv", rank_);
-    return wait_request(r, "irecv");
+    return mpi_request({r}, nullptr, "irecv", rank_);
+  }
+  Request batch_isend_irecv(const P2pOp* ops, size_t n) override {
+    for (size_t i = 0; i < n; ++i) {
+      const P2pOp& o = ops[i];
+      auto fail = [&](const std::string& why) {
+        throw CommError("batch_isend_irecv on rank " + std::to_string(rank_) + ": op " +
+                        std::to_string(i) + ": " + why);
+      };
+      if (o.kind != P2pOp::Send && o.kind != P2pOp::Recv) fail("unknown kind");
+      if (o.peer < 0 || o.peer >= size_)
+        fail("peer " + std::to_string(o.peer) + " outside 0.." + std::to_string(size_ - 1));
+      if (o.tag < 0) fail("negative tag " + std::to_string(o.tag));
+      if (o.bytes > 0 && o.buf == nullptr) fail("null buffer");
+      to_int(o.bytes, "batch_isend_irecv");
+    }
+    if (n == 0) return Request();
+    std::vector<MPI_Request> reqs(n, MPI_REQUEST_NULL);
+    for (size_t i = 0; i < n; ++i) {
+      const P2pOp& o = ops[i];
+      const int c = static_cast<int>(o.bytes);
+      if (o.kind == P2pOp::Send)
+        check(MPI_Isend(o.buf, c, MPI_BYTE, o.peer, o.tag, comm_, &reqs[i]), "batch isend", rank_);
+      else
+        check(MPI_Irecv(o.buf, c, MPI_BYTE, o.peer, o.tag, comm_, &reqs[i]), "batch irecv", rank_);
+    }
+    return mpi_request(std::move(reqs), nullptr, "batch_isend_irecv", rank_);
   }
 
-  void all_reduce(float* d, size_t n, ReduceOp op) override { reduce(d, n, MPI_FLOAT, op); }
-  void all_reduce(double* d, size_t n, ReduceOp op) override { reduce(d, n, MPI_DOUBLE, op); }
-  void all_reduce(int64_t* d, size_t n, ReduceOp op) override { reduce(d, n, MPI_INT64_T, op); }
+  using Communicator::all_gather;
+  using Communicator::all_reduce;
+  using Communicator::batch_isend_irecv;
+  using Communicator::reduce_scatter;
 
-  void reduce_scatter(const float* in, float* out, size_t count) override {
-    check(MPI_Reduce_scatter_block(in, out, to_int(count, "reduce_scatter"), MPI_FLOAT, MPI_SUM,
-                                   comm_),
+  void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
+    const MPI_Op o = mpi_op(t, op, "all_reduce", rank_);
+    const MPI_Datatype type = mpi_type(t);
+    const size_t esize = comm_dtype_size(t);
+    for (size_t off = 0; off < n; off += INT_MAX) {
+      const int c = static_cast<int>(std::min<size_t>(n - off, INT_MAX));
+      check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(d) + off * esize, c, type, o, comm_),
+            "all_reduce", rank_);
+    }
+  }
+  void reduce_scatter(const void* in, void* out, size_t count, CommDType t, ReduceOp op) override {
+    const MPI_Op o = mpi_op(t, op, "reduce_scatter", rank_);
+    check(MPI_Reduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_),
           "reduce_scatter", rank_);
   }
-  void all_gather(const float* in, float* out, size_t count) override {
-    check(MPI_Allgather(in, to_int(count, "all_gather"), MPI_FLOAT, out, static_cast<int>(count),
-                        MPI_FLOAT, comm_),
-          "all_gather", rank_);
+  void all_gather(const void* in, void* out, size_t count, CommDType t) override {
+    const int c = to_int(count, "all_gather");
+    check(MPI_Allgather(in, c, mpi_type(t), out, c, mpi_type(t), comm_), "all_gather", rank_);
   }
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override {
     check(MPI_Alltoall(in, to_int(count, "all_to_all"), MPI_INT64_T, out, static_cast<int>(count),
@@ -105,10 +231,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request r;
     check(MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, comm_, &r), "all_to_all_v",
           rank_);
-    const int rank = rank_;
-    return Request([r, counts, rank]() mutable {
-      check(MPI_Wait(&r, MPI_STATUS_IGNORE), "all_to_all_v wait", rank);
-    });
+    return mpi_request({r}, counts, "all_to_all_v completion", rank_);
   }
   void barrier() override { check(MPI_Barrier(comm_), "barrier", rank_); }
 
@@ -120,18 +243,6 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  template <class T>
-  void reduce(T* d, size_t n, MPI_Datatype t, ReduceOp op) {
-    for (size_t off = 0; off < n; off += INT_MAX) {
-      const int c = static_cast<int>(std::min<size_t>(n - off, INT_MAX));
-      check(MPI_Allreduce(MPI_IN_PLACE, d + off, c, t, mpi_op(op), comm_), "all_reduce", rank_);
-    }
-  }
-  Request wait_request(MPI_Request r, const char* what) {
-    const int rank = rank_;
-    return Request(
-        [r, what, rank]() mutable { check(MPI_Wait(&r, MPI_STATUS_IGNORE), what, rank); });
-  }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
@@ -140,15 +251,29 @@ class MpiCommunicator final : public Communicator {
 struct Runtime {
   std::unique_ptr<MpiCommunicator> world;
   Runtime() {
-    int provided = 0;
-    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+    int init = 0, provided = MPI_THREAD_SINGLE;
+    MPI_Initialized(&init);
+    if (init)
+      MPI_Query_thread(&provided);
+    else
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+    if (provided < MPI_THREAD_MULTIPLE)
+      abort_all(std::string("the MPI library provides thread support ") +
+                thread_level_name(provided) + ", moetron needs MPI_THREAD_MULTIPLE (the " +
+                "checkpoint writer communicates from its own thread); use an MPI built with " +
+                "thread-multiple support");
+    MPI_Op_create(&bf16_sum, 1, &g_bf16_sum);
+    MPI_Op_create(&bf16_max, 1, &g_bf16_max);
     world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
   }
   ~Runtime() {
     world.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) MPI_Finalize();
+    if (finalized) return;
+    MPI_Op_free(&g_bf16_sum);
+    MPI_Op_free(&g_bf16_max);
+    MPI_Finalize();
   }
 };
 
