@@ -54,6 +54,18 @@ class Zero1 {
   };
   std::vector<MomentPiece> export_moments() const;
   void import_moments(const std::vector<MomentPiece>& pieces);
+  // The parameters of this group, and the ranges of them this rank owns (the elements its
+  // moments cover): a checkpoint writes each element once, from its owner.
+  struct OwnedRange {
+    const Param<float>* param;
+    int64_t offset, len;
+  };
+  const std::vector<Param<float>*>& params() const { return params_; }
+  std::vector<OwnedRange> owned_ranges() const {
+    std::vector<OwnedRange> out;
+    for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len});
+    return out;
+  }
   // Seconds in reduce-scatter and all-gather since the last call.
   double take_comm_seconds() {
     const double s = comm_seconds_;

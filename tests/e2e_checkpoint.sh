@@ -2,8 +2,10 @@
 # Checkpoints end to end: N+N steps with a resume equal 2N straight steps bit for bit (one rank,
 # and PP2xEP2xDP2 on 8 ranks); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1, PP1->PP2)
 # continues like that layout's own run within the equivalence tolerance; SIGTERM saves and exits
-# 0; a corrupt newest checkpoint is skipped with a warning; bad checkpoints give clear errors and
-# delete nothing.  Args: MOETRON_BIN BUILD_DIR
+# 0; a corrupt newest checkpoint is skipped with a warning; bad checkpoints (also a missing or
+# overlapping piece) give clear errors and delete nothing; each element is written once (a DP4
+# checkpoint is about as big as a one-rank one); format v1 checkpoints (whole tensors) still
+# load; export streams and writes the same bytes as before.  Args: MOETRON_BIN BUILD_DIR
 set -uo pipefail
 BIN=$1; OUT=$2/e2e_checkpoint
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -14,6 +16,7 @@ SMALL=(--set model.hidden_size=64 --set model.intermediate_size=128
        --set model.kv_lora_rank=24 --set data.seq_len=32 --set data.micro_batch_size=2
        --set data.global_batch_size=16 --set run.threads=1 --set schedule.lr.warmup_steps=2
        --set run.log_interval=100 --set run.save_interval=3)
+TOOL=(/usr/bin/python3 tests/checkpoint_tool.py)
 pass=0; fail=0
 ok() { echo "ok   $1"; pass=$((pass+1)); }
 bad() { echo "FAIL $1"; fail=$((fail+1)); }
@@ -46,6 +49,24 @@ for l in "1 1 1 1" "8 2 4 2"; do
     ok "resume is bit-exact on $1 rank(s) (pp $2 dp $3 ep $4)"
   else bad "resume on $1 ranks: $(losses "$OUT/straight_$tag") vs $(losses "$OUT/resumed_$tag")"; fi
 done
+
+# 1b. each element once: the shards of a DP4 checkpoint hold about what one rank's shard holds
+# (parameters + Adam moments), not 4x the parameters (format v1: 34.8 MB vs 17.4 MB)
+train "$OUT/dp4" 4 1 4 1 3
+one=$("${TOOL[@]}" bytes "$OUT/straight_np1/checkpoints/step_6")
+four=$("${TOOL[@]}" bytes "$OUT/dp4/checkpoints/step_3")
+eight=$("${TOOL[@]}" bytes "$OUT/straight_np8/checkpoints/step_6")
+ratio=$(/usr/bin/python3 -c "print(f'{$four / $one:.4f}')")
+if /usr/bin/python3 -c "import sys; sys.exit(0 if $four / $one < 1.15 else 1)"; then
+  ok "checkpoint bytes: 1 rank $one, DP4 $four (ratio $ratio), PP2xEP2xDP4 $eight"
+else bad "checkpoint bytes: 1 rank $one, DP4 $four (ratio $ratio >= 1.15)"; fi
+
+# 1c. a format v1 checkpoint (every rank wrote whole tensors) resumes bit for bit
+"${TOOL[@]}" to-v1 "$OUT/straight_np1/checkpoints/step_3" "$OUT/v1_step_3"
+train "$OUT/v1_resumed" 1 1 1 1 6 --resume "$OUT/v1_step_3"
+if [ "$(losses "$OUT/straight_np1" | cut -d' ' -f4-)" == "$(losses "$OUT/v1_resumed")" ]; then
+  ok "a format v1 checkpoint resumes bit-exactly"
+else bad "v1 resume: $(losses "$OUT/straight_np1") vs $(losses "$OUT/v1_resumed")"; fi
 
 # 2. reshard: save on layout A at step 3, continue on layout B; compare with B's own run
 reshard() {  # name  A(np pp dp ep)  B(np pp dp ep)
@@ -120,6 +141,19 @@ cp data/cache/sotu/train/tokens_00000.h5 "$OUT/other_tok.h5"
 /usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); f.attrs['tokenizer']='other-bpe-v1'; f.close()" "$OUT/other_tok.h5"
 expect_err other_tokenizer "checkpoint was trained on tokenizer 'bpe-" --set run.dir="$OUT/x4" --set data.train_path="$OUT/other_tok.h5" --set data.tokenizer= --resume "$OUT/corrupt/checkpoints/step_3"
 expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
+# a missing or an overlapping piece (checksums redone, so only the piece check sees it): resume
+# and export fail naming the checkpoint file and tensor; export writes nothing
+cp -r "$OUT/straight_np8/checkpoints/step_6" "$OUT/drop-piece"
+"${TOOL[@]}" drop-piece "$OUT/drop-piece" model.embed_tokens.weight  # 1 of its 4 DP pieces
+cp -r "$OUT/straight_np8/checkpoints/step_6" "$OUT/dup-piece"
+"${TOOL[@]}" dup-piece "$OUT/dup-piece" model.layers.1.mlp.experts.3.up_proj.weight
+expect_err missing_piece "of model.embed_tokens.weight (a missing piece)" \
+  --set run.dir="$OUT/x6" --resume "$OUT/drop-piece"
+expect_err overlapping_piece "model.layers.1.mlp.experts.3.up_proj.weight [0, " \
+  --set run.dir="$OUT/x7" --resume "$OUT/dup-piece"
+msg=$("$BIN" export "$OUT/dup-piece" "$OUT/x8" 2>&1 >/dev/null); rc=$?
+if [ $rc -ne 0 ] && [[ "$msg" == *"/dup-piece/rank_"*".h5 ("*"overlaps"* ]] && [ ! -e "$OUT/x8" ]; then
+  ok "export of an overlapping piece: $msg"; else bad "export overlap: rc $rc: $msg"; fi
 # 5b. an unwritable run directory, and a disk that fills up during the second save: a clear
 # error, a non-zero exit, and the first (complete) checkpoint is left intact and loadable
 touch "$OUT/a_file"
@@ -138,12 +172,20 @@ else
 fi
 
 # 6. export: safetensors (fp32 exact, bf16 within its rounding), index and config.json, read back
-# with a plain reader of the format and compared with the checkpoint's shards
+# with a plain reader of the format and compared with the checkpoint's shards; the file is byte
+# for byte what export wrote before it streamed (tests/checkpoint_tool.py safetensors, checked
+# equal to that export's output on v1 and v2 checkpoints of 1 and 8 ranks), also from format v1
 for dt in fp32 bf16; do
   "$BIN" export "$OUT/straight_np8/checkpoints/step_6" "$OUT/export_$dt" --dtype $dt > /dev/null
+  "${TOOL[@]}" safetensors "$OUT/straight_np8/checkpoints/step_6" "$OUT/export_ref_$dt" $dt
+  if cmp "$OUT/export_ref_$dt" "$OUT/export_$dt/model-00001-of-00001.safetensors"; then
+    ok "export $dt: byte-identical to the whole-model export ($(sha256sum < "$OUT/export_ref_$dt" | cut -c1-16)...)"
+  else bad "export $dt differs from the whole-model export"; fi
   if /usr/bin/python3 - "$OUT/export_$dt" "$OUT/straight_np8/checkpoints/step_6" $dt <<'PY'
-import glob, json, struct, sys
-import h5py, numpy as np
+import json, struct, sys
+import numpy as np
+sys.path.insert(0, "tests")
+from checkpoint_tool import read_params
 d, ck, dt = sys.argv[1:4]
 idx = json.load(open(f"{d}/model.safetensors.index.json"))
 cfg = json.load(open(f"{d}/config.json"))
@@ -160,10 +202,7 @@ for f in sorted(set(idx["weight_map"].values())):
         if v["dtype"] == "BF16":
             a = (a.astype(np.uint32) << 16).view(np.float32)
         t[k] = a.reshape(v["shape"])
-ref = {}
-for f in glob.glob(f"{ck}/rank_*.h5"):
-    with h5py.File(f) as h:
-        h["params"].visititems(lambda k, v: ref.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
+ref = read_params(ck)
 assert set(t) == set(ref) == set(idx["weight_map"]), "names differ"
 err = max(float(np.max(np.abs(t[k] - ref[k]) / (np.abs(ref[k]) + 1e-30))) for k in t)
 assert err <= (0 if dt == "fp32" else 2 ** -8), err
@@ -171,6 +210,10 @@ print(f"     export {dt}: {len(t)} tensors, max rel err {err:.2e}")
 PY
   then ok "export $dt"; else bad "export $dt"; fi
 done
+"$BIN" export "$OUT/v1_step_3" "$OUT/export_v1" --dtype bf16 > /dev/null
+"${TOOL[@]}" safetensors "$OUT/straight_np1/checkpoints/step_3" "$OUT/export_ref_v1" bf16
+if cmp "$OUT/export_ref_v1" "$OUT/export_v1/model-00001-of-00001.safetensors"; then
+  ok "export of a format v1 checkpoint"; else bad "export of a format v1 checkpoint differs"; fi
 
 echo "e2e_checkpoint: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "trainer/h5io.h"
@@ -20,6 +21,9 @@ namespace fs = std::filesystem;
 using namespace h5;
 
 namespace {
+
+// v1: every rank wrote whole tensors; v2: each element once, as pieces (see checkpoint.h)
+const std::string kFormatV1 = "moetron-checkpoint-v1", kFormatV2 = "moetron-checkpoint-v2";
 
 std::string step_dir(const std::string& run_dir, int64_t step) {
   return run_dir + "/checkpoints/step_" + std::to_string(step);
@@ -47,9 +51,10 @@ void write_shard(const std::string& path, const Snapshot& snap, int64_t step) {
   write_h5(path, "checkpoint shard", [&](hid_t f) {
     attr_int(f, "step", step);
     H5 gp{H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    for (const auto& [name, t] : snap.params) {
-      std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
-      dataset(gp.id, name, H5T_NATIVE_FLOAT, dims, t.data.data());
+    for (const auto& piece : snap.params) {
+      const std::string name = piece.name + "#" + std::to_string(piece.offset);
+      dataset(gp.id, name, H5T_NATIVE_FLOAT, {piece.data.size()}, piece.data.data());
+      attr_ints(gp.id, name, "shape", piece.shape);
     }
     H5 gm{H5Gcreate2(f, "moments", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
     for (const auto& piece : snap.moments) {
@@ -71,8 +76,12 @@ std::string verify(const std::string& dir, YAML::Node* manifest_out) {
   } catch (const std::exception& e) {
     return mpath + ": unreadable (" + e.what() + ")";
   }
-  if (!m["format"] || m["format"].as<std::string>() != "moetron-checkpoint-v1")
-    return mpath + ": not a moetron checkpoint manifest";
+  const std::string format = m["format"] ? m["format"].as<std::string>() : "";
+  if (format != kFormatV1 && format != kFormatV2)
+    return mpath + (format.rfind("moetron-checkpoint-", 0) == 0
+                        ? ": format " + format + " is not one this moetron reads (" + kFormatV1 +
+                              ", " + kFormatV2 + ")"
+                        : std::string(": not a moetron checkpoint manifest"));
   for (const auto& s : m["shards"]) {
     const std::string path = dir + "/" + s["file"].as<std::string>();
     if (!fs::exists(path)) return path + ": missing";
@@ -88,16 +97,28 @@ std::string verify(const std::string& dir, YAML::Node* manifest_out) {
 
 }  // namespace
 
-Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts) {
+Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts,
+                        bool write_unsharded) {
   Snapshot s;
-  for (auto& p : ps.all()) {
-    NamedTensor t;
-    t.shape = p->value.shape();
-    t.data.assign(p->w(), p->w() + p->numel());
-    s.params.emplace_back(p->name, std::move(t));
+  auto piece = [&](const Param<float>& p, int64_t offset, int64_t len) {
+    Piece c{p.name, p.value.shape(), offset, {}};
+    c.data.assign(p.w() + offset, p.w() + offset + len);
+    s.params.push_back(std::move(c));
+  };
+  std::set<const Param<float>*> sharded;
+  std::set<std::string> replicas;  // their primary copies (and moments) are written instead
+  for (auto& p : ps.all())
+    if (p->replica) replicas.insert(p->name);
+  for (const Zero1* o : opts) {
+    sharded.insert(o->params().begin(), o->params().end());
+    for (const auto& r : o->owned_ranges())
+      if (!r.param->replica) piece(*r.param, r.offset, r.len);
+    for (auto& m : o->export_moments())
+      if (!replicas.count(m.name)) s.moments.push_back(std::move(m));
   }
-  for (const Zero1* o : opts)
-    for (auto& piece : o->export_moments()) s.moments.push_back(std::move(piece));
+  if (write_unsharded)
+    for (auto& p : ps.all())
+      if (!p->replica && !sharded.count(p.get())) piece(*p, 0, p->numel());
   return s;
 }
 
@@ -108,10 +129,11 @@ CheckpointWriter::~CheckpointWriter() {
 }
 
 double CheckpointWriter::save(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-                              const std::vector<const Zero1*>& opts, const std::string& tokenizer) {
+                              const std::vector<const Zero1*>& opts, bool write_unsharded,
+                              const std::string& tokenizer) {
   const auto t0 = std::chrono::steady_clock::now();
   wait();
-  auto snap = std::make_shared<Snapshot>(Snapshot::take(ps, opts));
+  auto snap = std::make_shared<Snapshot>(Snapshot::take(ps, opts, write_unsharded));
   const double blocked =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   thread_ = std::thread([this, cfg, st, snap, tokenizer] {
@@ -168,7 +190,7 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
   if (ok && rank == 0) {
     try {
       YAML::Emitter y;
-      y << YAML::BeginMap << YAML::Key << "format" << YAML::Value << "moetron-checkpoint-v1";
+      y << YAML::BeginMap << YAML::Key << "format" << YAML::Value << kFormatV2;
       y << YAML::Key << "step" << YAML::Value << st.step << YAML::Key << "tokens" << YAML::Value
         << st.tokens << YAML::Key << "samples" << YAML::Value << st.samples;
       y << YAML::Key << "layout" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
@@ -251,11 +273,172 @@ std::string find_checkpoint(const std::string& run_dir, std::string* warnings) {
   return "";
 }
 
+// The pieces of every parameter in a checkpoint's shards, indexed from metadata only.
+struct CheckpointReader::Impl {
+  struct Piece {
+    size_t file;          // index into paths/files
+    std::string dataset;  // under /params
+    int64_t offset, len;
+    bool whole;  // a v1 dataset: the whole tensor in its own shape (read only as a whole)
+  };
+  struct Tensor {
+    std::vector<int64_t> shape;
+    std::vector<Piece> pieces;  // sorted by offset, tiling [0, numel) exactly
+  };
+  std::string dir;
+  YAML::Node manifest;
+  int version = 0;
+  std::vector<std::string> paths;
+  std::deque<H5> files;  // H5 closes its id on destruction: never copied or moved
+  std::map<std::string, Tensor> tensors;
+  std::vector<std::string> names;
+
+  // `what`: the start of a verification error ("cannot resume from", "cannot read")
+  Impl(const std::string& d, const std::string& what) : dir(d) {
+    const std::string bad = verify(dir, &manifest);
+    if (!bad.empty()) throw CheckpointError(what + " " + dir + ": " + bad);
+    version = manifest["format"].as<std::string>() == kFormatV1 ? 1 : 2;
+    for (const auto& s : manifest["shards"]) {
+      paths.push_back(dir + "/" + s["file"].as<std::string>());
+      files.emplace_back(H5Fopen(paths.back().c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+      if (files.back().id < 0) throw CheckpointError(paths.back() + ": cannot open as HDF5");
+    }
+    for (size_t i = 0; i < files.size(); ++i) index(i);
+    for (auto& [name, t] : tensors) check(name, t);
+  }
+
+  void index(size_t i) {
+    const std::string& path = paths[i];
+    H5 g{H5Gopen2(files[i].id, "params", H5P_DEFAULT), H5Gclose};
+    if (g.id < 0) throw CheckpointError(path + ": no /params group");
+    for (const std::string& link : links(g.id)) {
+      try {
+        if (version == 1) {  // a whole tensor; another shard may hold it too (identical)
+          if (tensors.count(link)) continue;
+          H5 d{H5Dopen2(g.id, link.c_str(), H5P_DEFAULT), H5Dclose};
+          H5 sp{d.id >= 0 ? H5Dget_space(d.id) : -1, H5Sclose};
+          hsize_t dims[8];
+          const int nd = sp.id >= 0 ? H5Sget_simple_extent_ndims(sp.id) : -1;
+          if (nd < 0 || nd > 8) throw CheckpointError("not a tensor");
+          H5Sget_simple_extent_dims(sp.id, dims, nullptr);
+          Tensor& t = tensors[link];
+          t.shape.assign(dims, dims + nd);
+          t.pieces.push_back({i, link, 0, numel(t.shape), true});
+          continue;
+        }
+        const size_t hash = link.rfind('#');
+        if (hash == std::string::npos || hash + 1 == link.size() ||
+            link.find_first_not_of("0123456789", hash + 1) != std::string::npos)
+          throw CheckpointError("not a <name>#<offset> piece");
+        const std::string name = link.substr(0, hash);
+        const std::vector<int64_t> shape = read_attr_ints(g.id, link, "shape");
+        Tensor& t = tensors[name];
+        if (t.pieces.empty()) t.shape = shape;
+        if (shape != t.shape)
+          throw CheckpointError("its shape differs from that of another piece of " + name + " (" +
+                                paths[t.pieces[0].file] + ")");
+        t.pieces.push_back(
+            {i, link, std::stoll(link.substr(hash + 1)), dataset_size(g.id, link), false});
+      } catch (const std::exception& e) {
+        throw CheckpointError(path + ": params/" + link + ": " + e.what());
+      }
+    }
+  }
+
+  static int64_t numel(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+
+  // the pieces of one tensor must tile it: no gap, no overlap
+  void check(const std::string& name, Tensor& t) const {
+    std::sort(t.pieces.begin(), t.pieces.end(),
+              [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
+    auto range = [&](const Piece& p) {
+      return paths[p.file] + " (" + name + " [" + std::to_string(p.offset) + ", " +
+             std::to_string(p.offset + p.len) + "))";
+    };
+    const int64_t n = numel(t.shape);
+    int64_t at = 0;
+    const Piece* prev = nullptr;
+    for (const Piece& p : t.pieces) {
+      if (p.offset < at)
+        throw CheckpointError(range(p) + " overlaps " + range(*prev) + ": a corrupt checkpoint");
+      if (p.offset > at)
+        throw CheckpointError(dir + ": no shard holds elements [" + std::to_string(at) + ", " +
+                              std::to_string(p.offset) + ") of " + name + " (a missing piece)");
+      at = p.offset + p.len, prev = &p;
+    }
+    if (at != n)
+      throw CheckpointError(
+          at < n ? dir + ": no shard holds elements [" + std::to_string(at) + ", " +
+                       std::to_string(n) + ") of " + name + " (a missing piece)"
+                 : range(*prev) + " extends past the tensor's " + std::to_string(n) + " elements");
+  }
+
+  const Tensor& tensor(const std::string& name) const {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw CheckpointError(dir + ": no shard holds " + name);
+    return it->second;
+  }
+
+  void read(const std::string& name, int64_t begin, int64_t count, float* out) const {
+    const Tensor& t = tensor(name);
+    if (begin < 0 || count < 0 || begin + count > numel(t.shape))
+      throw CheckpointError(dir + ": " + name + ": elements out of range");
+    std::vector<float> whole;
+    for (const Piece& p : t.pieces) {
+      const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.len);
+      if (lo >= hi) continue;
+      try {
+        H5 g{H5Gopen2(files[p.file].id, "params", H5P_DEFAULT), H5Gclose};
+        if (p.whole) {  // v1: read the tensor, then take the range
+          float* dst = out + (lo - begin);
+          if (lo != p.offset || hi != p.offset + p.len) whole.resize(p.len), dst = whole.data();
+          read_dataset(g.id, p.dataset, H5T_NATIVE_FLOAT, dst);
+          if (dst != out + (lo - begin))
+            std::copy(whole.begin() + (lo - p.offset), whole.begin() + (hi - p.offset),
+                      out + (lo - begin));
+          continue;
+        }
+        H5 d{H5Dopen2(g.id, p.dataset.c_str(), H5P_DEFAULT), H5Dclose};
+        H5 fsp{d.id >= 0 ? H5Dget_space(d.id) : -1, H5Sclose};
+        const hsize_t start = lo - p.offset, n = hi - lo;
+        H5 msp{H5Screate_simple(1, &n, nullptr), H5Sclose};
+        h5::check(fsp.id >= 0, "cannot open");
+        h5::check(H5Sselect_hyperslab(fsp.id, H5S_SELECT_SET, &start, nullptr, &n, nullptr) >= 0,
+                  "cannot select [" + std::to_string(start) + ", +" + std::to_string(n) + ")");
+        float* dst = out + (lo - begin);
+        h5::check(H5Dread(d.id, H5T_NATIVE_FLOAT, msp.id, fsp.id, H5P_DEFAULT, dst) >= 0,
+                  "cannot read");
+      } catch (const std::exception& e) {
+        throw CheckpointError(paths[p.file] + ": params/" + p.dataset + ": " + e.what());
+      }
+    }
+  }
+};
+
+CheckpointReader::CheckpointReader(const std::string& dir)
+    : impl_(std::make_unique<Impl>(dir, "cannot read")) {
+  for (const auto& kv : impl_->tensors) impl_->names.push_back(kv.first);
+}
+CheckpointReader::~CheckpointReader() = default;
+int CheckpointReader::format_version() const { return impl_->version; }
+const std::vector<std::string>& CheckpointReader::names() const { return impl_->names; }
+bool CheckpointReader::has(const std::string& name) const { return impl_->tensors.count(name); }
+const std::vector<int64_t>& CheckpointReader::shape(const std::string& name) const {
+  return impl_->tensor(name).shape;
+}
+void CheckpointReader::read(const std::string& name, int64_t begin, int64_t count,
+                            float* out) const {
+  impl_->read(name, begin, count, out);
+}
+
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
                            const std::vector<Zero1*>& opts, const std::string& tokenizer) {
-  YAML::Node m;
-  const std::string bad = verify(dir, &m);
-  if (!bad.empty()) throw CheckpointError("cannot resume from " + dir + ": " + bad);
+  CheckpointReader::Impl ck(dir, "cannot resume from");
+  const YAML::Node& m = ck.manifest;
   // the same tokenizer and the same model
   const std::string had = m["tokenizer"] ? m["tokenizer"].as<std::string>() : "(none)";
   if (had != tokenizer)
@@ -269,31 +452,17 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
       throw CheckpointError(dir + ": checkpoint has model." + key + " = " + b + ", the config " +
                             cfg.source + " has " + a);
   }
-  // open every shard; each parameter comes from whichever shard holds it
-  std::deque<H5> files;  // H5 closes its id on destruction: never copied or moved
-  for (const auto& s : m["shards"]) {
-    const std::string path = dir + "/" + s["file"].as<std::string>();
-    files.emplace_back(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-    if (files.back().id < 0) throw CheckpointError(path + ": cannot open as HDF5");
-  }
+  // each parameter reassembled from the pieces of whichever shards hold it
   for (auto& p : ps.all()) {
-    bool found = false;
-    for (auto& f : files) {
-      const std::string name = "params/" + p->name;
-      if (H5Lexists(f.id, name.c_str(), H5P_DEFAULT) <= 0) continue;
-      if (dataset_size(f.id, name) != p->numel())
-        throw CheckpointError(dir + ": " + p->name + " has another shape in the checkpoint");
-      read_dataset(f.id, name, H5T_NATIVE_FLOAT, p->w());
-      found = true;
-      break;
-    }
-    if (!found) throw CheckpointError(dir + ": no shard holds " + p->name);
+    if (ck.tensor(p->name).shape != p->value.shape())
+      throw CheckpointError(dir + ": " + p->name + " has another shape in the checkpoint");
+    ck.read(p->name, 0, p->numel(), p->w());
   }
   // optimizer moments: every (name, offset) piece of the names this rank holds
   std::map<std::string, bool> mine;
   for (auto& p : ps.all()) mine[p->name] = true;
   std::vector<Zero1::MomentPiece> pieces;
-  for (auto& f : files) {
+  for (auto& f : ck.files) {
     H5 g{H5Gopen2(f.id, "moments", H5P_DEFAULT), H5Gclose};
     for (const std::string& link : links(g.id)) {
       if (link.size() < 2 || link.substr(link.size() - 2) != "#m") continue;
@@ -317,32 +486,15 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
 }
 
 std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir) {
-  YAML::Node m;
-  const std::string bad = verify(dir, &m);
-  if (!bad.empty()) throw CheckpointError("cannot read " + dir + ": " + bad);
+  const CheckpointReader ck(dir);
   std::vector<std::pair<std::string, NamedTensor>> out;
-  std::map<std::string, bool> seen;
-  for (const auto& s : m["shards"]) {
-    const std::string path = dir + "/" + s["file"].as<std::string>();
-    H5 f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-    if (f.id < 0) throw CheckpointError(path + ": cannot open as HDF5");
-    H5 g(H5Gopen2(f.id, "params", H5P_DEFAULT), H5Gclose);
-    for (const std::string& name : links(g.id)) {
-      if (seen[name]) continue;
-      seen[name] = true;
-      NamedTensor t;
-      H5 d(H5Dopen2(g.id, name.c_str(), H5P_DEFAULT), H5Dclose);
-      H5 sp(H5Dget_space(d.id), H5Sclose);
-      hsize_t dims[8];
-      const int nd = H5Sget_simple_extent_dims(sp.id, dims, nullptr);
-      for (int k = 0; k < nd; ++k) t.shape.push_back(static_cast<int64_t>(dims[k]));
-      t.data.resize(H5Sget_simple_extent_npoints(sp.id));
-      read_dataset(g.id, name, H5T_NATIVE_FLOAT, t.data.data());
-      out.emplace_back(name, std::move(t));
-    }
+  for (const std::string& name : ck.names()) {  // sorted: the order of a Hugging Face checkpoint
+    NamedTensor t;
+    t.shape = ck.shape(name);
+    t.data.resize(CheckpointReader::Impl::numel(t.shape));
+    ck.read(name, 0, static_cast<int64_t>(t.data.size()), t.data.data());
+    out.emplace_back(name, std::move(t));
   }
-  // the order of a Hugging Face checkpoint: by name
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;
 }
 

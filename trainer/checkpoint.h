@@ -1,14 +1,22 @@
 // Checkpoints: one directory per step, one HDF5 shard per rank, a manifest written last.
 //
-//   <run.dir>/checkpoints/step_<N>/rank_<R>.h5   parameters this rank holds (HF names, fp32,
-//                                                 expert bias included) and the moments of its
-//                                                 ZeRO-1 shard as (name, offset) pieces
-//   <run.dir>/checkpoints/step_<N>/manifest.yaml  step, tokens, samples consumed, layout, the
-//                                                 model config, each shard's size and CRC32
+//   <run.dir>/checkpoints/step_<N>/rank_<R>.h5   this rank's share of the parameters and of the
+//                                                 Adam moments, as (name, offset) pieces
+//   <run.dir>/checkpoints/step_<N>/manifest.yaml  format version, step, tokens, samples consumed,
+//                                                 layout, the model config, each shard's size and
+//                                                 CRC32
+// Each element is written once (format v2): a trainable parameter by the rank that owns it under
+// ZeRO-1 (its pieces are the owner's ZeRO-1 segments, like the moments), a tensor outside any
+// ZeRO group (the expert bias) by DP rank 0 of its stage, a replicated copy (Param::replica) not
+// at all (its primary copy is written). Shard layout:
+//   /params/<name>#<offset>        1-D fp32, attribute "shape": the whole tensor's shape
+//   /moments/<name>#<offset>#m|v   1-D fp32
 // Written into step_<N>.tmp/ and renamed once the manifest is in place: a directory without a
 // manifest, or still named .tmp, is never loaded. The newest `keep` complete ones are kept.
-// Loading is by parameter name and (name, offset) pieces, so a checkpoint loads on any layout
-// (DP, EP or PP changed): each rank reads what it holds from whichever shards have it.
+// Loading reassembles every tensor from its pieces, so a checkpoint loads on any layout (DP, EP or
+// PP changed); pieces that are missing or overlap are an error naming the file and tensor.
+// Format v1 checkpoints (every rank wrote the whole tensors it held, /params/<name>) still load:
+// a whole tensor is one piece at offset 0, the first shard holding it is used.
 // No RNG state needs saving: initialisation happens once, and the sampler is a pure function
 // of (seed, sample index).
 #pragma once
@@ -41,11 +49,20 @@ struct NamedTensor {
   std::vector<float> data;
 };
 
-// What one rank writes: a host copy of its parameters and optimizer-shard moments.
+// What one rank writes: host copies of the pieces of parameters it owns, and of the moments of
+// its optimizer shards. `opts` are the ZeRO-1 groups of this rank's trainable parameters;
+// `write_unsharded`: this rank writes the tensors in none of them (true on DP rank 0).
 struct Snapshot {
-  std::vector<std::pair<std::string, NamedTensor>> params;
+  struct Piece {
+    std::string name;
+    std::vector<int64_t> shape;  // of the whole tensor
+    int64_t offset = 0;          // of data[0] in the flattened tensor
+    std::vector<float> data;
+  };
+  std::vector<Piece> params;
   std::vector<Zero1::MomentPiece> moments;
-  static Snapshot take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts);
+  static Snapshot take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts,
+                       bool write_unsharded);
 };
 
 // Asynchronous saves: save() copies the state to host buffers (the only part training waits
@@ -57,7 +74,8 @@ class CheckpointWriter {
   ~CheckpointWriter();
   // Returns the seconds training was blocked (waiting for the previous save + the copy).
   double save(const Config& cfg, const TrainState& st, const ParamStore<float>& ps,
-              const std::vector<const Zero1*>& opts, const std::string& tokenizer);
+              const std::vector<const Zero1*>& opts, bool write_unsharded,
+              const std::string& tokenizer);
   // Waits for the save in flight; returns its directory ("" if none); rethrows its error.
   std::string wait();
   // Of the last completed save: seconds the background write took, bytes of this rank's shard.
@@ -86,8 +104,28 @@ std::string find_checkpoint(const std::string& run_dir, std::string* warnings);
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
                            const std::vector<Zero1*>& opts, const std::string& tokenizer);
 
-// Every parameter of a verified checkpoint by name (each once, whichever shard holds it), with
-// its shape, sorted by name. Loads them all into memory: meant for export of CPU-scale models.
+// Reads the parameters of a verified checkpoint tensor by tensor without loading the rest: opens
+// every shard and indexes the pieces from their metadata (checking that each tensor's pieces
+// cover it exactly once), then reads any range of one tensor from whichever shards hold it.
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& dir);  // throws CheckpointError
+  ~CheckpointReader();
+  int format_version() const;
+  const std::vector<std::string>& names() const;  // every parameter, sorted
+  bool has(const std::string& name) const;
+  const std::vector<int64_t>& shape(const std::string& name) const;
+  // Elements [begin, begin + count) of the flattened tensor `name`.
+  void read(const std::string& name, int64_t begin, int64_t count, float* out) const;
+
+  struct Impl;  // checkpoint.cpp; load_checkpoint uses it directly
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Every parameter of a verified checkpoint by name, with its shape, sorted by name. Loads them
+// all into memory: meant for CPU-scale models (dump-grads --from); export streams instead.
 std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir);
 
 }  // namespace moetron

@@ -1,10 +1,13 @@
 // Safetensors export (see export.h). Format: 8-byte little-endian header size, a JSON header
 // {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {...}} padded with spaces
-// to a multiple of 8, then the tensors' bytes back to back in header order.
+// to a multiple of 8, then the tensors' bytes back to back in header order. Streamed: shapes come
+// from the shards' metadata, data tensor by tensor in bounded chunks (memory independent of the
+// model's size).
 #include "trainer/export.h"
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,8 +30,8 @@ std::string json_str(const std::string& s) {
   return o + "\"";
 }
 
-struct Out {  // one safetensors file being assembled
-  std::vector<std::pair<std::string, const NamedTensor*>> tensors;
+struct Out {  // one safetensors file: its tensors (names into the reader) and data bytes
+  std::vector<const std::string*> tensors;
   int64_t bytes = 0;
 };
 
@@ -36,15 +39,26 @@ bool keep_fp32(const std::string& name) {
   return name.find("e_score_correction_bias") != std::string::npos;
 }
 
-void write_file(const std::string& path, const Out& o, bool bf16) {
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// Streams the file: the header (offsets from the shapes alone), then each tensor read from the
+// shards and converted in chunks of kChunk elements, so memory does not grow with the model.
+constexpr int64_t kChunk = int64_t{1} << 22;
+
+void write_file(const std::string& path, const Out& o, const CheckpointReader& ck, bool bf16) {
   std::ostringstream h;
   h << "{\"__metadata__\":{\"format\":\"pt\"}";
   int64_t off = 0;
-  for (const auto& [name, t] : o.tensors) {
-    const bool f32 = !bf16 || keep_fp32(name);
-    const int64_t n = static_cast<int64_t>(t->data.size()) * (f32 ? 4 : 2);
-    h << "," << json_str(name) << ":{\"dtype\":\"" << (f32 ? "F32" : "BF16") << "\",\"shape\":[";
-    for (size_t i = 0; i < t->shape.size(); ++i) h << (i ? "," : "") << t->shape[i];
+  for (const std::string* name : o.tensors) {
+    const bool f32 = !bf16 || keep_fp32(*name);
+    const std::vector<int64_t>& shape = ck.shape(*name);
+    const int64_t n = numel(shape) * (f32 ? 4 : 2);
+    h << "," << json_str(*name) << ":{\"dtype\":\"" << (f32 ? "F32" : "BF16") << "\",\"shape\":[";
+    for (size_t i = 0; i < shape.size(); ++i) h << (i ? "," : "") << shape[i];
     h << "],\"data_offsets\":[" << off << "," << off + n << "]}";
     off += n;
   }
@@ -52,26 +66,39 @@ void write_file(const std::string& path, const Out& o, bool bf16) {
   std::string header = h.str();
   header.append((8 - header.size() % 8) % 8, ' ');
   const std::string tmp = path + ".tmp";
-  std::ofstream f(tmp, std::ios::binary);
-  const uint64_t len = header.size();
-  unsigned char le[8];
-  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-  f.write(reinterpret_cast<const char*>(le), 8);
-  f.write(header.data(), static_cast<std::streamsize>(header.size()));
-  std::vector<uint16_t> b16;
-  for (const auto& [name, t] : o.tensors) {
-    if (!bf16 || keep_fp32(name)) {
-      f.write(reinterpret_cast<const char*>(t->data.data()),
-              static_cast<std::streamsize>(t->data.size() * 4));
-    } else {
-      b16.resize(t->data.size());
-      for (size_t i = 0; i < b16.size(); ++i) b16[i] = f32_to_bf16(t->data[i]);
-      f.write(reinterpret_cast<const char*>(b16.data()),
-              static_cast<std::streamsize>(b16.size() * 2));
+  try {
+    std::ofstream f(tmp, std::ios::binary);
+    const uint64_t len = header.size();
+    unsigned char le[8];
+    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+    f.write(reinterpret_cast<const char*>(le), 8);
+    f.write(header.data(), static_cast<std::streamsize>(header.size()));
+    std::vector<float> buf;
+    std::vector<uint16_t> b16;
+    for (const std::string* name : o.tensors) {
+      const bool f32 = !bf16 || keep_fp32(*name);
+      const int64_t total = numel(ck.shape(*name));
+      for (int64_t at = 0; at < total; at += kChunk) {
+        const int64_t n = std::min(kChunk, total - at);
+        buf.resize(n);
+        ck.read(*name, at, n, buf.data());
+        if (f32) {
+          f.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(n * 4));
+        } else {
+          b16.resize(n);
+          for (int64_t i = 0; i < n; ++i) b16[i] = f32_to_bf16(buf[i]);
+          f.write(reinterpret_cast<const char*>(b16.data()), static_cast<std::streamsize>(n * 2));
+        }
+      }
+      if (!f) throw CheckpointError(tmp + ": write failed (disk full?)");
     }
+    f.close();
+    if (!f) throw CheckpointError(tmp + ": write failed (disk full?)");
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  f.close();
-  if (!f) throw CheckpointError(tmp + ": write failed (disk full?)");
   fs::rename(tmp, path);
 }
 
@@ -82,19 +109,19 @@ void export_checkpoint(const std::string& checkpoint_dir, const std::string& out
   if (dtype != "bf16" && dtype != "fp32")
     throw CheckpointError("export --dtype must be bf16 or fp32, got '" + dtype + "'");
   const bool bf16 = dtype == "bf16";
-  const auto params = read_checkpoint_params(checkpoint_dir);
+  const CheckpointReader ck(checkpoint_dir);  // verified and indexed; no tensor data read yet
   const YAML::Node manifest = YAML::LoadFile(checkpoint_dir + "/manifest.yaml");
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) throw CheckpointError(out_dir + ": cannot create (" + ec.message() + ")");
 
-  // split into files of at most kMaxFileBytes
+  // split, in name order, into files of at most kMaxFileBytes
   std::vector<Out> files(1);
   int64_t total = 0;
-  for (const auto& [name, t] : params) {
-    const int64_t n = static_cast<int64_t>(t.data.size()) * (!bf16 || keep_fp32(name) ? 4 : 2);
+  for (const std::string& name : ck.names()) {
+    const int64_t n = numel(ck.shape(name)) * (!bf16 || keep_fp32(name) ? 4 : 2);
     if (files.back().bytes > 0 && files.back().bytes + n > kMaxFileBytes) files.emplace_back();
-    files.back().tensors.emplace_back(name, &t);
+    files.back().tensors.push_back(&name);
     files.back().bytes += n;
     total += n;
   }
@@ -104,9 +131,9 @@ void export_checkpoint(const std::string& checkpoint_dir, const std::string& out
   for (size_t i = 0; i < files.size(); ++i) {
     char fname[64];
     std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, files.size());
-    write_file(out_dir + "/" + fname, files[i], bf16);
-    for (const auto& [name, t] : files[i].tensors) {
-      index << (first ? "" : ",") << json_str(name) << ":" << json_str(fname);
+    write_file(out_dir + "/" + fname, files[i], ck, bf16);
+    for (const std::string* name : files[i].tensors) {
+      index << (first ? "" : ",") << json_str(*name) << ":" << json_str(fname);
       first = false;
     }
   }

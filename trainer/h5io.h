@@ -39,6 +39,28 @@ inline void attr_int(hid_t loc, const char* name, int64_t v) {
   check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_INT64, &v) >= 0, std::string("attribute ") + name);
 }
 
+// A 1-D int64 attribute on the object `obj` (relative to loc), and reading one back.
+inline void attr_ints(hid_t loc, const std::string& obj, const char* name,
+                      const std::vector<int64_t>& v) {
+  const hsize_t n = v.size();
+  H5 sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
+  H5 a{H5Acreate_by_name(loc, obj.c_str(), name, H5T_NATIVE_INT64, sp.id, H5P_DEFAULT, H5P_DEFAULT,
+                         H5P_DEFAULT),
+       H5Aclose};
+  check(a.id >= 0 && H5Awrite(a.id, H5T_NATIVE_INT64, v.data()) >= 0, obj + ": attribute " + name);
+}
+inline std::vector<int64_t> read_attr_ints(hid_t loc, const std::string& obj, const char* name) {
+  check(H5Aexists_by_name(loc, obj.c_str(), name, H5P_DEFAULT) > 0, obj + ": no attribute " + name);
+  H5 a{H5Aopen_by_name(loc, obj.c_str(), name, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
+  H5 sp{a.id >= 0 ? H5Aget_space(a.id) : -1, H5Sclose};
+  const hssize_t n = sp.id >= 0 ? H5Sget_simple_extent_npoints(sp.id) : -1;
+  check(n >= 0 && n <= 32, obj + ": bad attribute " + name);
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  check(n == 0 || H5Aread(a.id, H5T_NATIVE_INT64, v.data()) >= 0,
+        obj + ": cannot read attribute " + name);
+  return v;
+}
+
 inline void dataset(hid_t loc, const std::string& name, hid_t type,
                     const std::vector<hsize_t>& dims, const void* data) {
   H5 sp{H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose};

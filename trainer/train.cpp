@@ -239,8 +239,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   };
   auto checkpoint = [&] {  // asynchronous: training waits only for the copy to host buffers
     report(writer.wait());
-    const double blocked =
-        writer.save(cfg, state, model.params(), {&opt_dense, &opt_experts}, tokenizer);
+    const double blocked = writer.save(cfg, state, model.params(), {&opt_dense, &opt_experts},
+                                       /*write_unsharded=*/grid.dp_rank == 0, tokenizer);
     if (rank0)
       log << "moetron: checkpoint of step " << state.step << " being written; training blocked "
           << static_cast<int>(blocked * 1e3) << " ms\n";
