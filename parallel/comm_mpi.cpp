@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "kernels/device.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
 
@@ -94,25 +95,22 @@ const char* thread_level_name(int level) {
 
 // A Request over MPI requests that complete together; keep holds what must outlive them (count
 // arrays of a non-blocking collective).
+// guard: Guard-device memory stays accessible while the requests are in flight (MPI reads and
+// writes the buffers during progress); released on completion.
 Request mpi_request(std::vector<MPI_Request> reqs, std::shared_ptr<void> keep, const char* what,
-                    int rank) {
-  if (reqs.size() == 1) {
-    return Request([r = reqs[0], keep, what, rank](bool block) mutable {
-      int done = 1;
-      if (block)
-        check(MPI_Wait(&r, MPI_STATUS_IGNORE), what, rank);
-      else
-        check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), what, rank);
-      return done != 0;
-    });
-  }
-  return Request([rs = std::move(reqs), keep, what, rank](bool block) mutable {
+                    int rank, std::shared_ptr<GuardAccess> guard) {
+  return Request([rs = std::move(reqs), keep, what, rank, guard](bool block) mutable {
     int done = 1;
     const int n = static_cast<int>(rs.size());
-    if (block)
+    if (n == 1 && block)
+      check(MPI_Wait(rs.data(), MPI_STATUS_IGNORE), what, rank);
+    else if (n == 1)
+      check(MPI_Test(rs.data(), &done, MPI_STATUS_IGNORE), what, rank);
+    else if (block)
       check(MPI_Waitall(n, rs.data(), MPI_STATUSES_IGNORE), what, rank);
     else
       check(MPI_Testall(n, rs.data(), &done, MPI_STATUSES_IGNORE), what, rank);
+    if (done) guard.reset();
     return done != 0;
   });
 }
@@ -140,21 +138,25 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
 
   void send(const void* buf, size_t bytes, int peer, int tag) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     check(MPI_Send(buf, to_int(bytes, "send"), MPI_BYTE, peer, tag, comm_), "send", rank_);
   }
   void recv(void* buf, size_t bytes, int peer, int tag) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     check(MPI_Recv(buf, to_int(bytes, "recv"), MPI_BYTE, peer, tag, comm_, MPI_STATUS_IGNORE),
           "recv", rank_);
   }
   Request isend(const void* buf, size_t bytes, int peer, int tag) override {
+    auto guard = std::make_shared<GuardAccess>();
     MPI_Request r;
     check(MPI_Isend(buf, to_int(bytes, "isend"), MPI_BYTE, peer, tag, comm_, &r), "isend", rank_);
-    return mpi_request({r}, nullptr, "isend", rank_);
+    return mpi_request({r}, nullptr, "isend", rank_, guard);
   }
   Request irecv(void* buf, size_t bytes, int peer, int tag) override {
+    auto guard = std::make_shared<GuardAccess>();
     MPI_Request r;
     check(MPI_Irecv(buf, to_int(bytes, "irecv"), MPI_BYTE, peer, tag, comm_, &r), "irecv", rank_);
-    return mpi_request({r}, nullptr, "irecv", rank_);
+    return mpi_request({r}, nullptr, "irecv", rank_, guard);
   }
   Request batch_isend_irecv(const P2pOp* ops, size_t n) override {
     for (size_t i = 0; i < n; ++i) {
@@ -171,6 +173,7 @@ class MpiCommunicator final : public Communicator {
       to_int(o.bytes, "batch_isend_irecv");
     }
     if (n == 0) return Request();
+    auto guard = std::make_shared<GuardAccess>();
     std::vector<MPI_Request> reqs(n, MPI_REQUEST_NULL);
     for (size_t i = 0; i < n; ++i) {
       const P2pOp& o = ops[i];
@@ -180,7 +183,7 @@ class MpiCommunicator final : public Communicator {
       else
         check(MPI_Irecv(o.buf, c, MPI_BYTE, o.peer, o.tag, comm_, &reqs[i]), "batch irecv", rank_);
     }
-    return mpi_request(std::move(reqs), nullptr, "batch_isend_irecv", rank_);
+    return mpi_request(std::move(reqs), nullptr, "batch_isend_irecv", rank_, guard);
   }
 
   using Communicator::all_gather;
@@ -189,6 +192,7 @@ class MpiCommunicator final : public Communicator {
   using Communicator::reduce_scatter;
 
   void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     const MPI_Op o = mpi_op(t, op, "all_reduce", rank_);
     const MPI_Datatype type = mpi_type(t);
     const size_t esize = comm_dtype_size(t);
@@ -199,15 +203,18 @@ class MpiCommunicator final : public Communicator {
     }
   }
   void reduce_scatter(const void* in, void* out, size_t count, CommDType t, ReduceOp op) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     const MPI_Op o = mpi_op(t, op, "reduce_scatter", rank_);
     check(MPI_Reduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_),
           "reduce_scatter", rank_);
   }
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     const int c = to_int(count, "all_gather");
     check(MPI_Allgather(in, c, mpi_type(t), out, c, mpi_type(t), comm_), "all_gather", rank_);
   }
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override {
+    GuardAccess guard;  // buffers may be Guard-device memory
     check(MPI_Alltoall(in, to_int(count, "all_to_all"), MPI_INT64_T, out, static_cast<int>(count),
                        MPI_INT64_T, comm_),
           "all_to_all", rank_);
@@ -228,10 +235,11 @@ class MpiCommunicator final : public Communicator {
       rc[p] = to_int(recv_bytes[p], "all_to_all_v"), rd[p] = to_int(ro, "all_to_all_v");
       so += send_bytes[p], ro += recv_bytes[p];
     }
+    auto guard = std::make_shared<GuardAccess>();
     MPI_Request r;
     check(MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, comm_, &r), "all_to_all_v",
           rank_);
-    return mpi_request({r}, counts, "all_to_all_v completion", rank_);
+    return mpi_request({r}, counts, "all_to_all_v completion", rank_, guard);
   }
   void barrier() override { check(MPI_Barrier(comm_), "barrier", rank_); }
 

@@ -358,6 +358,7 @@ void visit_config(V& v, C&... c) {
     v.field("seed", kAny, c.run.seed...);
     v.field("log_interval", kPositive, c.run.log_interval...);
     v.field("threads", kNonNegative, c.run.threads...);
+    v.field("device", Text{{"cpu", "guard"}}, c.run.device...);
     v.field("save_params", kAnyText, c.run.save_params...);
     v.field("save_interval", kNonNegative, c.run.save_interval...);
     v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);
@@ -871,6 +872,11 @@ void check_relations(const Context& ctx, const Config& c) {
        "divide model.n_routed_experts (" + s(m.n_routed_experts) + ")",
        s(par.ep),
        {"model.n_routed_experts"}},
+      {"run.device",
+       c.run.device != "guard" || par.ep == 1,
+       "be cpu when parallel.ep > 1 (the expert-parallel dispatcher packs rows on the host)",
+       c.run.device,
+       {"parallel.ep"}},
       {"data.global_batch_size",
        c.data.global_batch_size % batch_unit == 0,
        "be a positive multiple of data.micro_batch_size x parallel.dp (" +

@@ -118,6 +118,9 @@ struct RunConfig {
   uint64_t seed = 1234;
   int64_t log_interval = 1;
   int64_t threads = 0;  // intra-op threads per process; 0 = cores / processes on this node
+  // Where activations live and ops run: cpu, or guard — the test device whose memory only ops and
+  // the communicator may touch (kernels/device.h); a guard run is a CPU run, slower.
+  std::string device = "cpu";
   // If set, every rank writes its parameters after the last step to <save_params>.rank<R>.h5
   // (HF names; tests compare layouts by them). Checkpoints proper are a separate mechanism.
   std::string save_params;

@@ -197,7 +197,12 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     dispatcher = ep_dispatcher = std::make_shared<EpDispatcher<float>>(
         *groups.ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
   }
-  Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp});
+  // activations on run.device: every buffer made from here on (model states, the executor's
+  // messages) is on it; parameters and optimizer state stay on the CPU
+  const Device device = parse_device(cfg.run.device.c_str());
+  set_default_device(device);
+  Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp},
+                     Exec::on(device));
   model.init(cfg.run.seed);
   std::vector<Param<float>*> dense, experts;
   for (auto& p : model.params().all())

@@ -1,0 +1,86 @@
+// Devices and buffers: the Guard device faults on host access outside ops and lets ops in; the
+// Meta device counts bytes and allocates nothing; Buffer sizing is grow-only; the allocators count
+// what they hold; an op on a device without a backend is an error.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kernels/buffer.h"
+#include "kernels/ops.h"
+
+namespace moetron {
+namespace {
+
+TEST(GuardDevice, HostAccessOutsideOpsFaults) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  Buffer<float> b(Device::Guard);
+  b.resize(1000);
+  EXPECT_DEATH({ b.data()[3] = 1.f; }, "");  // a write outside any op
+  EXPECT_DEATH(
+      {
+        volatile float x = b.data()[7];
+        (void)x;
+      },
+      "");  // a read
+}
+
+TEST(GuardDevice, OpsAndGuardAccessReachIt) {
+  const Exec ex = Exec::on(Device::Guard);
+  Buffer<float> a(Device::Guard), b(Device::Guard);
+  std::vector<float> host(257), back(257);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(i) * 0.5f;
+  kernels::copy_from_host(ex, a.resize(257), host.data(), 257 * sizeof(float));
+  kernels::copy(ex, b.resize(257), a.data(), 257 * sizeof(float));
+  kernels::add_inplace<float>(ex, b.data(), a.data(), 257);  // b = 2a
+  kernels::copy_to_host(ex, back.data(), b.data(), 257 * sizeof(float));
+  for (size_t i = 0; i < host.size(); ++i) ASSERT_EQ(back[i], 2 * host[i]);
+  {
+    GuardAccess access;  // what the communicator holds while MPI uses the memory
+    EXPECT_EQ(a.data()[2], 1.f);
+  }
+}
+
+TEST(MetaDevice, CountsBytesAndAllocatesNothing) {
+  Allocator& meta = allocator(Device::Meta);
+  const AllocStats before = meta.stats();
+  {
+    Buffer<double> b(Device::Meta);
+    EXPECT_EQ(b.resize(size_t(1) << 40), nullptr);  // 8 TiB of nothing
+    EXPECT_EQ(b.size(), size_t(1) << 40);
+    EXPECT_EQ(meta.stats().live_bytes - before.live_bytes, int64_t(8) << 40);
+  }
+  EXPECT_EQ(meta.stats().live_bytes, before.live_bytes);
+  Buffer<float> c(Device::Meta);
+  c.resize(10);
+  EXPECT_THROW(kernels::fill_zero(Exec::on(Device::Meta), c.data(), 40), std::logic_error);
+}
+
+TEST(Buffer, GrowOnlySizingAndAllocationCounts) {
+  Allocator& cpu = allocator(Device::CPU);
+  Buffer<float> b(Device::CPU);
+  const int64_t a0 = cpu.stats().allocations;
+  float* p = b.resize(100);
+  EXPECT_EQ(cpu.stats().allocations, a0 + 1);
+  EXPECT_EQ(b.resize(50), p);  // smaller: same memory, no allocation
+  EXPECT_EQ(b.resize(100), p);
+  EXPECT_EQ(cpu.stats().allocations, a0 + 1);
+  b.resize(101);  // larger: one new allocation, the old one freed
+  EXPECT_EQ(cpu.stats().allocations, a0 + 2);
+  Buffer<float> moved = std::move(b);
+  EXPECT_EQ(b.size(), 0u);
+  EXPECT_EQ(moved.size(), 101u);
+  EXPECT_EQ(moved.device(), Device::CPU);
+}
+
+TEST(Device, DefaultDeviceAndParsing) {
+  EXPECT_EQ(parse_device("guard"), Device::Guard);
+  EXPECT_THROW(parse_device("tpu"), std::invalid_argument);
+  set_default_device(Device::Meta);
+  Buffer<int> b;
+  EXPECT_EQ(b.device(), Device::Meta);
+  set_default_device(Device::CPU);
+  EXPECT_THROW(allocator(Device::CUDA), std::runtime_error);  // no CUDA backend in this build
+}
+
+}  // namespace
+}  // namespace moetron
