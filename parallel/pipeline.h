@@ -1,8 +1,14 @@
 // The pipeline executor: runs one rank's list of a Schedule (schedule.h) on its model stage.
 //
-// It interprets the list in order and owns nothing but buffers: received activations and
-// gradients per micro-batch, and the pending sends. The model stage does the math; the
-// schedule decides the order. 1F1B, ZB1P and (later) DualPipe run through this one loop.
+// It interprets the list in order and owns nothing but buffers, all reused from step to step:
+//   slots     micro-batch states (Model::MicroBatch), taken at Forward(m) and given back after
+//             the last op of m — so the pool grows only to the schedule's peak in flight
+//             (in_flight_bound, e.g. P - r for 1F1B), not to the step's micro-batch count;
+//   messages  one buffer per message in flight: a receive's buffer is given back when its
+//             consumer (Forward / Backward) has read it, a send travels as a copy whose buffer
+//             is given back when the send completes (polled after every op).
+// The model stage does the math; the schedule decides the order. 1F1B, ZB1P and (later)
+// DualPipe run through this one loop.
 //   RecvActivation(m)  post a receive of stage input m from the previous stage's rank
 //   Forward(m)         model forward on micro-batch m (last stage: the loss)
 //   SendActivation(m)  post a send of the stage output to the next stage's rank
@@ -13,6 +19,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <stdexcept>
 #include <vector>
@@ -26,7 +33,7 @@ namespace moetron {
 template <class T>
 class PipelineExecutor {
  public:
-  // tokens(m): micro-batch m's tokens [B, S+1] (every stage reads them).
+  // tokens(m): micro-batch m's tokens [B, S+1] (host; every stage reads them).
   using TokenSource = std::function<const int32_t*(int)>;
 
   PipelineExecutor(const Model<T>& stage, Communicator& pp, pipeline::Schedule schedule,
@@ -41,9 +48,13 @@ class PipelineExecutor {
     using pipeline::OpKind;
     const int64_t N = B * S, D = model_.config().hidden_size;
     const int M = sched_.microbatches;
-    if (mbs_.size() != static_cast<size_t>(M)) mbs_.resize(M);
-    act_.resize(M), grad_.resize(M);
-    std::vector<Request> sends, recvs;
+    const std::vector<pipeline::Op>& ops = sched_.per_rank[rank_];
+    // the op after which micro-batch m's state is no longer needed
+    std::vector<int> last_use(M, -1);
+    for (size_t i = 0; i < ops.size(); ++i) last_use[ops[i].mb] = static_cast<int>(i);
+    slot_of_.assign(M, -1);
+    act_of_.assign(M, -1), grad_of_.assign(M, -1);
+    std::vector<Request> recvs;
     std::vector<Losses> losses(M);
     const size_t bytes = sizeof(T) * N * D;
     // tag: (micro-batch, producing stage, activation or gradient)
@@ -58,37 +69,41 @@ class PipelineExecutor {
       idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
     };
     idle_seconds_ = compute_seconds_ = 0;
-    for (const pipeline::Op& op : sched_.per_rank[rank_]) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const pipeline::Op& op = ops[i];
       const int m = op.mb;
       if (!op.is_message()) ready();
       const auto t0 = clock::now();
       switch (op.kind) {
         case OpKind::RecvActivation:
-          sized(act_[m], N * D);
-          recvs.push_back(pp_.irecv(act_[m].data(), bytes, op.peer, tag(op, 0)));
+          act_of_[m] = msg_acquire(N * D);
+          recvs.push_back(pp_.irecv(msgs_[act_of_[m]].data(), bytes, op.peer, tag(op, 0)));
           break;
         case OpKind::SendActivation:
-          sends.push_back(pp_.isend(model_.output(mbs_[m]), bytes, op.peer, tag(op, 0)));
+          send_copy(model_.output(state(m)), bytes, op.peer, tag(op, 0), N * D);
           break;
         case OpKind::RecvGrad:
-          sized(grad_[m], N * D);
-          recvs.push_back(pp_.irecv(grad_[m].data(), bytes, op.peer, tag(op, 1)));
+          grad_of_[m] = msg_acquire(N * D);
+          recvs.push_back(pp_.irecv(msgs_[grad_of_[m]].data(), bytes, op.peer, tag(op, 1)));
           break;
         case OpKind::SendGrad:
-          sends.push_back(pp_.isend(mbs_[m].dh.data(), bytes, op.peer, tag(op, 1)));
+          send_copy(state(m).dh.data(), bytes, op.peer, tag(op, 1), N * D);
           break;
         case OpKind::Forward:
-          losses[m] = model_.forward(mbs_[m], tokens(m), B, S, mtp_weight,
-                                     model_.stage().first() ? nullptr : act_[m].data());
+          slot_of_[m] = slot_acquire();
+          losses[m] = model_.forward(state(m), tokens(m), B, S, mtp_weight,
+                                     model_.stage().first() ? nullptr : msgs_[act_of_[m]].data());
+          if (act_of_[m] >= 0) msg_release(act_of_[m]), act_of_[m] = -1;
           break;
         case OpKind::Backward:
         case OpKind::BackwardInput:
-          model_.backward_input(mbs_[m], grad_scale,
-                                model_.stage().last() ? nullptr : grad_[m].data(),
+          model_.backward_input(state(m), grad_scale,
+                                model_.stage().last() ? nullptr : msgs_[grad_of_[m]].data(),
                                 op.kind == OpKind::BackwardInput);
+          if (grad_of_[m] >= 0) msg_release(grad_of_[m]), grad_of_[m] = -1;
           break;
         case OpKind::BackwardWeight:
-          model_.backward_weight(mbs_[m]);
+          model_.backward_weight(state(m));
           break;
         case OpKind::ForwardBackward:
           throw std::invalid_argument("pipeline executor: schedule '" + sched_.kind +
@@ -97,10 +112,16 @@ class PipelineExecutor {
       }
       if (!op.is_message())
         compute_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
+      if (static_cast<int>(i) == last_use[m] && slot_of_[m] >= 0) {
+        free_slots_.push_back(slot_of_[m]);
+        slot_of_[m] = -1;
+      }
+      poll_sends();
     }
     ready();
     const auto t0 = clock::now();
-    for (auto& r : sends) r.wait();
+    for (auto& s : sends_) s.req.wait(), msg_release(s.buf);
+    sends_.clear();
     idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
     for (const Losses& l : losses) {
       sum.loss += l.loss, sum.lm += l.lm, sum.mtp += l.mtp, sum.balance += l.balance;
@@ -108,7 +129,7 @@ class PipelineExecutor {
   }
 
   // The schedule of the next run() (the batch-size ramp changes the micro-batch count; an
-  // evaluation runs a forward-only schedule). Micro-batch buffers are kept and resized.
+  // evaluation runs a forward-only schedule). Slots and message buffers are kept and reused.
   void set_schedule(pipeline::Schedule s) { sched_ = std::move(s); }
   const pipeline::Schedule& schedule() const { return sched_; }
 
@@ -117,16 +138,69 @@ class PipelineExecutor {
   double compute_seconds() const { return compute_seconds_; }
   double idle_seconds() const { return idle_seconds_; }
 
-  // The micro-batch states of the last run (expert loads are read from them).
-  const std::vector<typename Model<T>::MicroBatch>& microbatches() const { return mbs_; }
+  // Micro-batch states held (the pool only grows to the schedule's peak in flight) and message
+  // buffers (one per message in flight).
+  int slots() const { return static_cast<int>(slots_.size()); }
+  int message_buffers() const { return static_cast<int>(msgs_.size()); }
 
  private:
+  struct PendingSend {
+    Request req;
+    int buf;
+  };
+  typename Model<T>::MicroBatch& state(int m) { return slots_[slot_of_[m]]; }
+  int slot_acquire() {
+    if (free_slots_.empty()) {
+      slots_.emplace_back();
+      return static_cast<int>(slots_.size()) - 1;
+    }
+    const int s = free_slots_.back();
+    free_slots_.pop_back();
+    return s;
+  }
+  int msg_acquire(int64_t n) {
+    int b;
+    if (free_msgs_.empty()) {
+      msgs_.emplace_back();
+      b = static_cast<int>(msgs_.size()) - 1;
+    } else {
+      b = free_msgs_.back();
+      free_msgs_.pop_back();
+    }
+    msgs_[b].resize(static_cast<size_t>(n));
+    return b;
+  }
+  void msg_release(int b) {
+    if (b >= 0) free_msgs_.push_back(b);
+  }
+  // Posts a send of a copy of src (so the slot may be reused before the send completes); the
+  // buffer is released when the send completes.
+  void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n) {
+    const int b = msg_acquire(n);
+    kernels::copy(model_.exec(), msgs_[b].data(), src, bytes);
+    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b});
+  }
+  void poll_sends() {  // completed sends give their buffers back (MPI progresses meanwhile)
+    for (size_t i = 0; i < sends_.size();) {
+      if (sends_[i].req.test()) {
+        msg_release(sends_[i].buf);
+        sends_[i] = std::move(sends_.back());
+        sends_.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
+
   const Model<T>& model_;
   Communicator& pp_;
   pipeline::Schedule sched_;
   int rank_;
-  std::vector<typename Model<T>::MicroBatch> mbs_;
-  std::vector<Buffer<T>> act_, grad_;
+  std::deque<typename Model<T>::MicroBatch> slots_;  // micro-batch states (stable addresses)
+  std::vector<int> free_slots_, slot_of_;            // slot_of_[m]: m's slot or -1
+  std::deque<Buffer<T>> msgs_;                       // message buffers, reused
+  std::vector<int> free_msgs_, act_of_, grad_of_;    // received activation / gradient of m
+  std::vector<PendingSend> sends_;
   double compute_seconds_ = 0, idle_seconds_ = 0;
 };
 

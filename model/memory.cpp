@@ -1,0 +1,97 @@
+// The activation-memory model of memory.h, written against the State structs of model/ (each
+// term names the buffer it counts).
+#include "model/memory.h"
+
+#include "model/model.h"
+
+namespace moetron {
+
+namespace {
+// A SavedAct of `cols` per token: FP8 1x128 tiles (codes + one fp32 scale per 128) or T values.
+double saved(int64_t cols, bool fp8, int64_t elem) {
+  return fp8 ? static_cast<double>(cols + 4 * ((cols + 127) / 128))
+             : static_cast<double>(cols * elem);
+}
+
+// Mlp<T>::State per token (its input is the caller's: a reference, or FP8 tiles).
+ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T) {
+  ActivationBytes b;
+  b.forward = (fp8 ? saved(D, true, T) : 0) + saved(2 * F, fp8, T)  // x, gu
+              + (fp8 ? 0 : static_cast<double>(F * T));             // a (recomputed with FP8)
+  b.backward = static_cast<double>((D + 2 * F) * T);                // dy, dgu
+  return b;
+}
+}  // namespace
+
+ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
+                                       int64_t S, int64_t T) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
+  const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+  const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
+  const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
+  ActivationBytes b;
+  // MLA<T>::State: xn, rstd_in, [cq_raw, rstd_q, cq], q, kva, ckv_raw, rstd_kv, ckv, k, v, o, lse
+  b.forward += saved(D, attn8, T) + T;
+  if (ql > 0) b.forward += static_cast<double>((ql + 1) * T) + saved(ql, attn8, T);
+  b.forward += static_cast<double>((H * dq + kl + dr + kl + 1) * T) + saved(kl, attn8, T);
+  b.forward += static_cast<double>((H * dq + 2 * H * dv + H) * T);
+  // backward: dq, [dcq, dcq_raw], dkv, dckv, dkva, dxn
+  b.backward +=
+      static_cast<double>((H * dq + (ql > 0 ? 2 * ql : 0) + H * (dn + dv) + kl + kl + dr + D) * T);
+  // Block<T>::State: h_mid, xn2, rstd2; backward dxn2, dmid
+  b.forward += static_cast<double>((2 * D + 1) * T);
+  b.backward += static_cast<double>(2 * D * T);
+  if (!moe) {
+    b += mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T);
+    return b;
+  }
+  // MoE<T>::State with K expert rows per token
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, F = c.moe_intermediate_size;
+  const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
+  b.forward += static_cast<double>((2 * E + K) * T + 4 * K);  // logits, scores, weights, idx
+  b.forward += static_cast<double>((2 * D + K) * T + 4 * K);  // dispatch: rx, ry, rw, ridx
+  b.forward += static_cast<double>(3 * 8 * K);                // slot, row_token, row_slot
+  b.forward += static_cast<double>(K) * (saved(D, exp8, T) + T + saved(2 * F, exp8, T) +
+                                         (exp8 ? 0 : F * T) + D * T);  // xperm wperm gu a yperm
+  b.forward += static_cast<double>(D * T) + static_cast<double>(E * T) / static_cast<double>(S);
+  b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
+                 pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T);
+  // backward: rdy, rdx, rdw; dyperm, dgu, dwperm, dxperm; dweights, dlogits
+  b.backward += static_cast<double>((2 * D + K) * T + K * (D + 2 * F + 1 + D) * T + (K + E) * T);
+  return b;
+}
+
+SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
+                                int64_t n_stages, int64_t B, int64_t S, int64_t T) {
+  const StageSpec st{stage, n_stages};
+  const auto [b0, b1] = stage_blocks(c.num_hidden_layers, st);
+  const int64_t N = B * S, D = c.hidden_size, E = c.n_routed_experts;
+  const int64_t Dm = st.last() ? c.num_nextn_predict_layers : 0;
+  double fwd = 0, bwd = 0;
+  int64_t n_moe = 0;
+  for (int64_t l = b0; l < b1; ++l) {
+    const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T);
+    fwd += a.forward * N, bwd += a.backward * N;
+    n_moe += c.is_moe_layer(l);
+  }
+  fwd += static_cast<double>(4 * B * (S + 1) + 12 * N);   // tokens; ids, targets, pos
+  fwd += static_cast<double>((b1 - b0 + 1) * N * D * T);  // residual stream h[0..L]
+  bwd += static_cast<double>(2 * N * D * T);              // dh, dtmp
+  if (st.first()) bwd += static_cast<double>(N * D * T);  // d_embed
+  if (st.last()) {
+    fwd += static_cast<double>(N * (D + 2) * T);  // hn, rstd, lse
+    bwd += static_cast<double>(N * D * T);        // dhn
+    for (int64_t k = 0; k < Dm; ++k) {            // MtpLayer<T>::State and its block
+      const ActivationBytes a = block_activation_bytes(c, pol, true, S, T);
+      fwd += a.forward * N + static_cast<double>(N * (8 + (6 * D + 4) * T));
+      bwd += a.backward * N + static_cast<double>(N * 6 * D * T);
+      ++n_moe;
+    }
+  }
+  fwd += static_cast<double>(8 * (1 + Dm + n_moe));  // loss parts
+  // per MoE layer and micro-batch: routing counts [E] and offsets [E+1]
+  fwd += static_cast<double>(n_moe * 8 * (2 * E + 1));
+  return {static_cast<int64_t>(fwd), static_cast<int64_t>(bwd)};
+}
+
+}  // namespace moetron

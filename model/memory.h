@@ -1,0 +1,42 @@
+// Activation memory, analytically: the bytes one micro-batch state (Model::MicroBatch, one slot of
+// the pipeline executor) holds, per token and per layer, for a config and precision policy —
+// without building or running anything, so it applies to any model size (planning).
+//
+// "forward" is what a forward keeps for the backward; "backward" what backward_input adds and
+// keeps until backward_weight (the gradients the weight gradients read). A slot at its peak holds
+// both. Exact for one expert-parallel rank (every token's K expert rows are local); with EP the
+// routed rows per rank vary with routing, and the count uses their mean (K per token).
+// tests/test_model_memory.cpp checks these numbers against the bytes the allocator holds.
+#pragma once
+
+#include <cstdint>
+
+#include "model/config.h"
+#include "model/precision.h"
+
+namespace moetron {
+
+struct ActivationBytes {
+  double forward = 0, backward = 0;  // bytes per token
+  double total() const { return forward + backward; }
+  ActivationBytes& operator+=(const ActivationBytes& o) {
+    forward += o.forward, backward += o.backward;
+    return *this;
+  }
+};
+
+// One transformer block (MLA + dense MLP, or + MoE) per token, T = elem bytes (4: float).
+// S: sequence length (the balance loss keeps [B, E] per micro-batch: E/S per token).
+ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
+                                       int64_t S, int64_t elem = 4);
+
+// The whole slot of pipeline stage `stage` (of n_stages) for micro-batches of B x S tokens:
+// blocks, residual stream, head, MTP modules, token ids and the per-micro-batch constants.
+struct SlotBytes {
+  int64_t forward = 0, backward = 0;
+  int64_t total() const { return forward + backward; }
+};
+SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
+                                int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4);
+
+}  // namespace moetron
