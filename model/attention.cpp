@@ -20,6 +20,7 @@ template <class T>
 void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                    const PrecisionPolicy& pol, const Exec& ex) {
   ex_ = ex;
+  recompute_norms_ = pol.recompute_norms, recompute_up_ = pol.recompute_mla_up;
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
   dr_ = c.qk_rope_head_dim, dv_ = c.v_head_dim, dq_ = dn_ + dr_;
   ql_ = c.q_lora_rank, kl_ = c.kv_lora_rank;
@@ -72,48 +73,84 @@ void MLA<T>::init(double std, uint64_t seed) {
     if (p->value.ndim() == 2) init_normal(*p, std, seed);
 }
 
+// q [N,H,dq], k [N,H,dq], v [N,H,dv] from the projections' inputs: qin (c_q, or xn without
+// query compression), c_kv and kva's RoPE key — the forward's computation, which the backward
+// runs again when they are recomputed.
+template <class T>
+void MLA<T>::project_qkv(const SavedAct<T>& qin, const SavedAct<T>& ckv, const T* kva, int64_t N,
+                         const int32_t* pos, T* q, T* k, T* v) const {
+  const Exec& ex = ex_;
+  const int64_t kr = kl_ + dr_, kvw = dn_ + dv_;
+  (ql_ > 0 ? q_b_ : q_).forward(qin, q);
+  kernels::rope_apply<T>(ex, q + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, false);
+  T* kv = sized(kv_, N * H_ * kvw);
+  kv_b_.forward(ckv, kv);
+  // per-head keys [k_nope | k_pe] (k_pe broadcast to every head) and values
+  kernels::copy_2d<T>(ex, kv, kvw, k, dq_, N * H_, dn_, 1, false);
+  kernels::copy_2d<T>(ex, kva + kl_, kr, k + dn_, dq_, N * H_, dr_, H_, false);
+  kernels::copy_2d<T>(ex, kv + dn_, kvw, v, dv_, N * H_, dv_, 1, false);
+}
+
+template <class T>
+const SavedAct<T>& MLA<T>::xn_of(State& st, const T* h) const {
+  if (!recompute_norms_) return st.xn;
+  const int64_t N = st.B * st.S;
+  attn_norm_.forward(h, N, kv_a_.input(xn_tmp_, N), sized(rstd_tmp_, N));
+  kv_a_.keep(xn_tmp_);
+  return xn_tmp_;
+}
+
+template <class T>
+const SavedAct<T>& MLA<T>::cq_of(State& st) const {
+  if (!recompute_norms_) return st.cq;
+  const int64_t N = st.B * st.S;
+  q_norm_.forward(st.cq_raw.data(), N, q_b_.input(cq_tmp_, N), sized(rstd_tmp_, N));
+  q_b_.keep(cq_tmp_);
+  return cq_tmp_;
+}
+
+template <class T>
+const SavedAct<T>& MLA<T>::ckv_of(State& st) const {
+  if (!recompute_norms_) return st.ckv;
+  const int64_t N = st.B * st.S;
+  kv_norm_.forward(st.ckv_raw.data(), N, kv_b_.input(ckv_tmp_, N), sized(rstd_tmp_, N));
+  kv_b_.keep(ckv_tmp_);
+  return ckv_tmp_;
+}
+
 template <class T>
 void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
                      T* out) const {
   const Exec& ex = ex_;
-  const int64_t N = B * S, kr = kl_ + dr_, kvw = dn_ + dv_;
+  const int64_t N = B * S, kr = kl_ + dr_;
   st.B = B, st.S = S;
-  T* xn = kv_a_.input(st.xn, N);  // q_a / q share the input (and its precision)
+  // the norm outputs go to the state, or (recomputed later) to scratch
+  SavedAct<T>& xn_s = recompute_norms_ ? xn_tmp_ : st.xn;
+  T* xn = kv_a_.input(xn_s, N);  // q_a / q share the input (and its precision)
   attn_norm_.forward(h, N, xn, sized(st.rstd_in, N));
-  kv_a_.keep(st.xn);
-
-  // queries [N, H, dq]
-  T* q = sized(st.q, N * H_ * dq_);
-  if (ql_ > 0) {
+  kv_a_.keep(xn_s);
+  SavedAct<T>& cq_s = recompute_norms_ ? cq_tmp_ : st.cq;
+  if (ql_ > 0) {  // query latent
     T* cq_raw = sized(st.cq_raw, N * ql_);
-    q_a_.forward(st.xn, cq_raw);
-    T* cq = q_b_.input(st.cq, N);
-    q_norm_.forward(cq_raw, N, cq, sized(st.rstd_q, N));
-    q_b_.keep(st.cq);
-    q_b_.forward(st.cq, q);
-  } else {
-    q_.forward(st.xn, q);
+    q_a_.forward(xn_s, cq_raw);
+    q_norm_.forward(cq_raw, N, q_b_.input(cq_s, N), sized(st.rstd_q, N));
+    q_b_.keep(cq_s);
   }
-  kernels::rope_apply<T>(ex, q + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, false);
-
   // compressed kv [N, kl | dr]; the shared RoPE key
   T* kva = sized(st.kva, N * kr);
-  kv_a_.forward(st.xn, kva);
+  kv_a_.forward(xn_s, kva);
   kernels::rope_apply<T>(ex, kva + kl_, N, kr, 1, pos, freqs_.data(), dr_, false);
   T* ckv_raw = sized(st.ckv_raw, N * kl_);
   kernels::copy_2d<T>(ex, kva, kr, ckv_raw, kl_, N, kl_, 1, false);
-  T* ckv = kv_b_.input(st.ckv, N);
-  kv_norm_.forward(ckv_raw, N, ckv, sized(st.rstd_kv, N));
-  kv_b_.keep(st.ckv);
-  T* kv = sized(kv_, N * H_ * kvw);
-  kv_b_.forward(st.ckv, kv);
+  SavedAct<T>& ckv_s = recompute_norms_ ? ckv_tmp_ : st.ckv;
+  kv_norm_.forward(ckv_raw, N, kv_b_.input(ckv_s, N), sized(st.rstd_kv, N));
+  kv_b_.keep(ckv_s);
 
-  // per-head keys [k_nope | k_pe] (k_pe broadcast to every head) and values
-  T* k = sized(st.k, N * H_ * dq_);
-  T* v = sized(st.v, N * H_ * dv_);
-  kernels::copy_2d<T>(ex, kv, kvw, k, dq_, N * H_, dn_, 1, false);
-  kernels::copy_2d<T>(ex, kva + kl_, kr, k + dn_, dq_, N * H_, dr_, H_, false);
-  kernels::copy_2d<T>(ex, kv + dn_, kvw, v, dv_, N * H_, dv_, 1, false);
+  // per-head queries, keys and values: in the state, or (recomputed later) in scratch
+  T* q = sized(recompute_up_ ? q_tmp_ : st.q, N * H_ * dq_);
+  T* k = sized(recompute_up_ ? k_tmp_ : st.k, N * H_ * dq_);
+  T* v = sized(recompute_up_ ? v_tmp_ : st.v, N * H_ * dv_);
+  project_qkv(ql_ > 0 ? cq_s : xn_s, ckv_s, kva, N, pos, q, k, v);
 
   T* o = sized(st.o, N * H_ * dv_);
   kernels::attention_forward<T>(ex, q, k, v, B, S, H_, dq_, dv_, scale_, o,
@@ -131,9 +168,17 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   T* dk = sized(dk_, N * H_ * dq_);
   T* dvv = sized(dv_buf_, N * H_ * dv_);
   o_.backward_input(dy, N, d_o);
+  const T *q = st.q.data(), *k = st.k.data(), *v = st.v.data();
+  if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
+    T* qr = sized(q_tmp_, N * H_ * dq_);
+    T* kr_ = sized(k_tmp_, N * H_ * dq_);
+    T* vr = sized(v_tmp_, N * H_ * dv_);
+    project_qkv(ql_ > 0 ? cq_of(st) : xn_of(st, h), ckv_of(st), st.kva.data(), N, pos, qr, kr_, vr);
+    q = qr, k = kr_, v = vr;
+  }
   T* dq = sized(st.dq, N * H_ * dq_);
-  kernels::attention_backward<T>(ex, d_o, st.q.data(), st.k.data(), st.v.data(), st.o.data(),
-                                 st.lse.data(), B, S, H_, dq_, dv_, scale_, dq, dk, dvv);
+  kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.data(), st.lse.data(), B, S, H_, dq_, dv_,
+                                 scale_, dq, dk, dvv);
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
@@ -176,14 +221,14 @@ void MLA<T>::backward_weight(State& st, const T* h, const T* dy) const {
   o_.backward_weight(dy, st.o.data(), N);  // o is kept as T in every recipe
   kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.data(), st.rstd_kv.data(), N);
   if (ql_ > 0) q_norm_.backward_weight(st.dcq.data(), st.cq_raw.data(), st.rstd_q.data(), N);
-  kv_b_.backward_weight(st.dkv.data(), st.ckv);
-  kv_a_.backward_weight(st.dkva.data(), st.xn);
-  if (ql_ > 0) {
-    q_b_.backward_weight(st.dq.data(), st.cq);
-    q_a_.backward_weight(st.dcq_raw.data(), st.xn);
-  } else {
-    q_.backward_weight(st.dq.data(), st.xn);
-  }
+  kv_b_.backward_weight(st.dkv.data(), ckv_of(st));
+  if (ql_ > 0) q_b_.backward_weight(st.dq.data(), cq_of(st));
+  const SavedAct<T>& xn = xn_of(st, h);
+  kv_a_.backward_weight(st.dkva.data(), xn);
+  if (ql_ > 0)
+    q_a_.backward_weight(st.dcq_raw.data(), xn);
+  else
+    q_.backward_weight(st.dq.data(), xn);
   attn_norm_.backward_weight(st.dxn.data(), h, st.rstd_in.data(), N);
 }
 

@@ -35,6 +35,10 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   if (ql > 0) b.forward += static_cast<double>((ql + 1) * T) + saved(ql, attn8, T);
   b.forward += static_cast<double>((H * dq + kl + dr + kl + 1) * T) + saved(kl, attn8, T);
   b.forward += static_cast<double>((H * dq + 2 * H * dv + H) * T);
+  if (pol.recompute_norms)  // xn, cq, ckv made again in the backward
+    b.forward -= saved(D, attn8, T) + (ql > 0 ? saved(ql, attn8, T) : 0) + saved(kl, attn8, T);
+  if (pol.recompute_mla_up)  // q, k, v made again in the backward
+    b.forward -= static_cast<double>((2 * H * dq + H * dv) * T);
   // backward: dq, [dcq, dcq_raw], dkv, dckv, dkva, dxn
   b.backward +=
       static_cast<double>((H * dq + (ql > 0 ? 2 * ql : 0) + H * (dn + dv) + kl + kl + dr + D) * T);

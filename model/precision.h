@@ -62,6 +62,11 @@ struct PrecisionPolicy {
   // it was quantised at; whoever changes weights (the optimizer step, a checkpoint load) must
   // then bump it (Model::weights_updated()).
   std::shared_ptr<uint64_t> weight_version;
+  // Activation memory (config `activations`): recomputed in the backward instead of kept, with
+  // the same ops on the same inputs, so the numbers are unchanged (SPEC §3.5: V3 recomputes the
+  // RMSNorms and the MLA up-projections). norms: MLA's attn_norm/q_norm/kv_norm outputs;
+  // mla_up: the per-head queries, keys and values (q_b and kv_b projections, RoPE, head split).
+  bool recompute_norms = false, recompute_mla_up = false;
 
   // Config keys of the components, in Component order.
   static const char* key(Component c) {

@@ -126,3 +126,23 @@ TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
 
 }  // namespace
 }  // namespace moetron
+
+namespace moetron {
+namespace {
+
+TEST(ConfigActivations, RecomputeSwitchesReachThePolicy) {
+  const Config off = test::base_config();
+  EXPECT_FALSE(off.policy().recompute_norms);
+  EXPECT_FALSE(off.policy().recompute_mla_up);
+  const Config on = test::base_config({"activations.recompute_norms=on",
+                                       "activations.recompute_mla_up=on", "precision.recipe=fp8"});
+  EXPECT_TRUE(on.policy().recompute_norms);
+  EXPECT_TRUE(on.policy().recompute_mla_up);
+  EXPECT_TRUE(on.policy().any_fp8());  // the precision part is carried along
+  const std::string e = test::error_of(test::kBaseYaml, {"activations.recompute_norms=yes"});
+  EXPECT_NE(e.find("activations.recompute_norms"), std::string::npos) << e;
+  EXPECT_NE(e.find("off, on"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace moetron

@@ -1,11 +1,13 @@
 // Activation memory: the analytic bytes of a micro-batch slot (model/memory.h) against the bytes
 // the CPU allocator really holds for it, for tiny.yaml's model in fp32 and fp8, on one stage and on
-// the stages of a PP2 cut (the last with its head and MTP module); and no allocation at all once a
-// slot and the layers' scratch have been sized (steady state).
+// the stages of a PP2 cut (the last with its head and MTP module), with and without the recompute
+// of the norms and MLA up-projections; and no allocation at all once a slot and the layers'
+// scratch have been sized (steady state).
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/device.h"
@@ -39,8 +41,11 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   const ModelConfig c = tiny();
   const int64_t B = 8, S = 128, N = B * S, D = c.hidden_size;
   const auto tok = tokens(B, S, c.vocab_size);
-  for (const char* recipe : {"fp32", "fp8"}) {
-    const PrecisionPolicy pol = PrecisionPolicy::from(recipe);
+  for (const char* recipe : {"fp32", "fp8", "fp32+recompute", "fp8+recompute"}) {
+    const std::string r = recipe;
+    const size_t plus = r.find('+');
+    PrecisionPolicy pol = PrecisionPolicy::from(r.substr(0, plus));
+    pol.recompute_norms = pol.recompute_mla_up = plus != std::string::npos;
     for (int64_t P : {1, 2}) {
       for (int64_t s = 0; s < P; ++s) {
         Model<float> m(c, pol, nullptr, StageSpec{s, P});

@@ -337,6 +337,10 @@ void visit_config(V& v, C&... c) {
     v.field("max_nodes_per_token", kNonNegative, c.parallel.max_nodes_per_token...);
     v.field("schedule", Text{{"1f1b", "zb1p", "dualpipe", "dualpipev"}}, c.parallel.schedule...);
   });
+  v.section("activations", "what a micro-batch keeps from forward to backward", [&] {
+    v.field("recompute_norms", Text{{"off", "on"}}, c.activations.recompute_norms...);
+    v.field("recompute_mla_up", Text{{"off", "on"}}, c.activations.recompute_mla_up...);
+  });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {
     v.field("recipe", Text{{"fp32", "bf16", "fp8"}}, c.precision.recipe...);
     v.field("fp8_pow2_scales", Text{{"spec", "all", "none"}}, c.precision.fp8_pow2_scales...);

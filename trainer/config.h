@@ -112,6 +112,12 @@ struct PrecisionConfig {
   }
 };
 
+// What a micro-batch keeps from forward to backward (PrecisionPolicy's recompute_*).
+struct ActivationsConfig {
+  std::string recompute_norms = "off";   // off | on
+  std::string recompute_mla_up = "off";  // off | on
+};
+
 struct RunConfig {
   std::string dir = "runs/default";
   int64_t steps = 100;
@@ -136,13 +142,22 @@ struct Config {
   DataConfig data;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
+  ActivationsConfig activations;
   ParallelConfig parallel;
   PrecisionConfig precision;
   RunConfig run;
+  // The policy the model is built with: precision.* and activations.*.
+  PrecisionPolicy policy() const {
+    PrecisionPolicy p = precision.policy();
+    p.recompute_norms = activations.recompute_norms == "on";
+    p.recompute_mla_up = activations.recompute_mla_up == "on";
+    return p;
+  }
 };
 
-// YAML layout: sections model, data, optimizer, schedule, parallel, precision, run; keys are the
-// field names above (model: the Hugging Face names of model/config.h). Beyond 1:1 fields:
+// YAML layout: sections model, data, optimizer, schedule, activations, parallel, precision, run;
+// keys are the field names above (model: the Hugging Face names of model/config.h). Beyond 1:1
+// fields:
 //   model.rope_scaling: {type: yarn, factor, original_max_position_embeddings, beta_fast,
 //     beta_slow, mscale} -> the yarn_* fields; null or absent = off.
 //   model.max_seq_len: when absent, data.seq_len.

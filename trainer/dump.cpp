@@ -59,7 +59,7 @@ void save_params(const ParamStore<float>& params, const std::string& out_path) {
 }
 
 void dump_grads(const Config& cfg, const std::string& out_path, const std::string& from) {
-  const PrecisionPolicy policy = cfg.precision.policy();
+  const PrecisionPolicy policy = cfg.policy();
   const auto train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
   kernels::set_num_threads(resolve_threads(cfg.run));
 

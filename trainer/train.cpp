@@ -144,7 +144,7 @@ extern "C" void on_stop_signal(int) { g_stop = 1; }
 
 TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume) {
   // the recipe per component; FP8 weight copies are re-quantised once per optimizer step
-  PrecisionPolicy policy = cfg.precision.policy();
+  PrecisionPolicy policy = cfg.policy();
   policy.weight_version = std::make_shared<uint64_t>(0);
   Communicator& w = world();
   const RankGrid grid = make_grid(cfg, w);
