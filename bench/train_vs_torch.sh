@@ -3,17 +3,18 @@
 # (bench/torch_train.py, tests/torch_ref/deepseek_v3.py), same batch (8 x 128 tokens per
 # micro-batch, 2 micro-batches per step), same thread count, on the SOTU tokens, in one run.
 # The two are run alternately ROUNDS times; the median per-step rate of each is reported.
-# Usage: bench/train_vs_torch.sh [STEPS=12] [THREADS=2] [ROUNDS=2]   (after scripts/setup.sh)
+# Usage: bench/train_vs_torch.sh [STEPS=12] [THREADS=2] [ROUNDS=2]   (after scripts/demo.sh or
+# scripts/test.sh, which prepare data/cache/sotu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-12}; THREADS=${2:-2}; ROUNDS=${3:-2}
 OUT=build/bench_train_vs_torch; rm -rf "$OUT"; mkdir -p "$OUT"
 for r in $(seq "$ROUNDS"); do
   build/moetron train configs/tiny.yaml --set run.steps="$STEPS" --set run.threads="$THREADS" \
-    --set run.dir="$OUT/moetron_$r" > /dev/null
+    --set run.dir="$OUT/moetron_$r" --set run.eval_interval=0 > /dev/null
   /usr/bin/python3 bench/torch_train.py --config configs/tiny.yaml --steps "$STEPS" \
     --micro-batch 8 --seq 128 --grad-accum 2 --threads "$THREADS" \
-    --data data/cache/sotu/train.h5 > "$OUT/torch_$r.log" 2>&1
+    --data data/cache/sotu/train/tokens_00000.h5 > "$OUT/torch_$r.log" 2>&1
 done
 /usr/bin/python3 - "$OUT" "$ROUNDS" "$THREADS" <<'PY'
 import json, re, statistics, sys

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake ninja-build pkg-config libyaml-cpp-dev libhdf5-dev libopenmpi-dev
       openmpi-bin libdnnl-dev libopenblas-dev libgtest-dev googletest python3-torch python3-numpy
       python3-h5py python3-yaml clang-format zlib1g-dev ocl-icd-opencl-dev opencl-headers
-      nlohmann-json3-dev libpcre2-dev python3-matplotlib)
+      nlohmann-json3-dev libpcre2-dev python3-matplotlib time)
 # (oneDNN's CMake package looks for OpenCL, which libdnnl-dev only recommends)
 missing=()
 for p in "${PKGS[@]}"; do
