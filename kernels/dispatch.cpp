@@ -389,4 +389,56 @@ template void adamw_update<float>(const Exec&, float*, const float*, float*, flo
 template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t*, uint16_t*,
                                      int64_t, const AdamWParams&);
 
+// ---- expert-parallel wire ----------------------------------------------------------------------
+void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
+                      int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
+                      int64_t* send_token) {
+  MOETRON_DISPATCH(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
+}
+
+template <class T>
+void ep_encode_rows(const Exec& ex, RowEncoding e, const T* src, const int64_t* rows, int64_t n,
+                    int64_t D, uint8_t* wire, int64_t stride) {
+  MOETRON_DISPATCH(ep_encode_rows<T>, e, src, rows, n, D, wire, stride);
+}
+
+template <class T>
+void ep_decode_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride, int64_t n,
+                    int64_t D, T* dst) {
+  MOETRON_DISPATCH(ep_decode_rows<T>, e, wire, stride, n, D, dst);
+}
+
+template <class T>
+void ep_decode_add_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride,
+                        const int64_t* slot, int64_t N, int64_t P, int64_t D, T* out) {
+  MOETRON_DISPATCH(ep_decode_add_rows<T>, e, wire, stride, slot, N, P, D, out);
+}
+
+template <class T>
+void ep_pack_routes(const Exec& ex, const int32_t* idx, const T* w, const int64_t* slot, int64_t N,
+                    int64_t K, int64_t P, int64_t El, uint8_t* wire, int64_t stride) {
+  MOETRON_DISPATCH(ep_pack_routes<T>, idx, w, slot, N, K, P, El, wire, stride);
+}
+
+template <class T>
+void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64_t R, int64_t K,
+                      int32_t* ridx, T* rw) {
+  MOETRON_DISPATCH(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
+}
+
+#define MOETRON_EP_WIRE_INSTANTIATE(T)                                                            \
+  template void ep_encode_rows<T>(const Exec&, RowEncoding, const T*, const int64_t*, int64_t,    \
+                                  int64_t, uint8_t*, int64_t);                                    \
+  template void ep_decode_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t, int64_t,     \
+                                  int64_t, T*);                                                   \
+  template void ep_decode_add_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t,          \
+                                      const int64_t*, int64_t, int64_t, int64_t, T*);             \
+  template void ep_pack_routes<T>(const Exec&, const int32_t*, const T*, const int64_t*, int64_t, \
+                                  int64_t, int64_t, int64_t, uint8_t*, int64_t);                  \
+  template void ep_unpack_routes<T>(const Exec&, const uint8_t*, int64_t, int64_t, int64_t,       \
+                                    int32_t*, T*);
+MOETRON_EP_WIRE_INSTANTIATE(float)
+MOETRON_EP_WIRE_INSTANTIATE(double)
+#undef MOETRON_EP_WIRE_INSTANTIATE
+
 }  // namespace moetron::kernels

@@ -50,4 +50,17 @@ enum class Fp8Gemm {
 void set_num_threads(int n);
 int num_threads();
 
+// ---- expert-parallel wire (the ep_* ops) ------------------------------------------------------
+// How one row of D activations travels between processes (parallel/ep_dispatch.h): as computed
+// (Native: D values of T), rounded to bf16 (2 bytes a value), or as E4M3 codes followed by one
+// power-of-two fp32 scale per kWireScaleBlock channels (the experts' 1x128 tiles).
+enum class RowEncoding : uint8_t { Native, BF16, FP8 };
+inline constexpr int64_t kWireScaleBlock = 128;
+// Bytes of one encoded row of D values of elem_bytes bytes each (elem_bytes: Native only).
+constexpr int64_t row_encoding_bytes(RowEncoding e, int64_t D, int64_t elem_bytes) {
+  return e == RowEncoding::Native ? elem_bytes * D
+         : e == RowEncoding::BF16 ? 2 * D
+                                  : D + 4 * ((D + kWireScaleBlock - 1) / kWireScaleBlock);
+}
+
 }  // namespace moetron::kernels

@@ -170,4 +170,26 @@ void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const 
 void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
                           int64_t K, bool pow2_dy, bool pow2_x, float* dW);
 
+// ---- expert-parallel wire (kernels/cpu/ops_cpu.h for the semantics) --------------------------
+// All pointers on ex.device (node_of_peer too); the plan's counts come back to the host with
+// copy_to_host for the all-to-all's sizes.
+void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
+                      int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
+                      int64_t* send_token);
+template <class T>
+void ep_encode_rows(const Exec& ex, RowEncoding e, const T* src, const int64_t* rows, int64_t n,
+                    int64_t D, uint8_t* wire, int64_t stride);
+template <class T>
+void ep_decode_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride, int64_t n,
+                    int64_t D, T* dst);
+template <class T>
+void ep_decode_add_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride,
+                        const int64_t* slot, int64_t N, int64_t P, int64_t D, T* out);
+template <class T>
+void ep_pack_routes(const Exec& ex, const int32_t* idx, const T* w, const int64_t* slot, int64_t N,
+                    int64_t K, int64_t P, int64_t El, uint8_t* wire, int64_t stride);
+template <class T>
+void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64_t R, int64_t K,
+                      int32_t* ridx, T* rw);
+
 }  // namespace moetron::kernels

@@ -18,11 +18,19 @@
 // weights (2K values a row) always travel exactly, as T. The quantiser is kernels/fp8.h's, with
 // the experts' own 1x128 tiling, so an FP8 expert GEMM re-quantises a received row to the same
 // codes.
+//
+// Device memory (ARCHITECTURE contract 8): every touch of the activations and of the wire
+// buffers is an op (the ep_* ops of kernels/ops.h) run on the model's execution context; the
+// plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
+// the host (the all-to-all's sizes). The wire buffers are on the activation device.
 #pragma once
 
 #include <array>
 #include <vector>
 
+#include "kernels/buffer.h"
+#include "kernels/exec.h"
+#include "kernels/op_types.h"
 #include "model/dispatch.h"
 #include "parallel/comm.h"
 
@@ -36,9 +44,10 @@ enum class EpPhase { Dispatch, Combine, CombineBackward, DispatchBackward };
 template <class T>
 class EpDispatcher final : public TokenDispatcher<T> {
  public:
-  // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement). BF16 and FP8
-  // wires need T = float (std::invalid_argument otherwise).
-  EpDispatcher(Communicator& ep, std::vector<int> node_of_peer,
+  // ex: the model's execution context (where the activations live and the ops run).
+  // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement), one per EP
+  // rank. BF16 and FP8 wires need T = float (std::invalid_argument otherwise).
+  EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
                WirePrecision wire = WirePrecision::Native);
   int64_t first_expert(int64_t n_experts) const override {
     return ep_.rank() * (n_experts / ep_.size());
@@ -79,18 +88,14 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
  private:
   // How one row of D activations is encoded in a phase: as T, bf16, or e4m3 codes + scales.
-  enum class Enc { Native, BF16, FP8 };
-  Enc enc(EpPhase phase) const;
-  int64_t enc_bytes(Enc e, int64_t D) const;
-  void encode(Enc e, const T* x, int64_t D, uint8_t* out) const;
-  void decode(Enc e, const uint8_t* in, int64_t D, T* x) const;
-  // rows of `row_bytes` bytes: send (grouped by peer, send_counts) -> recv (recv_counts), or
-  // the reverse; wait returns the received rows
-  void exchange_start(DispatchState<T>& st, std::vector<uint8_t> send, int64_t row_bytes,
-                      bool reverse, EpPhase phase);
+  kernels::RowEncoding enc(EpPhase phase) const;
+  // rows of `row_bytes` bytes, already packed in the plan's send buffer: sent (grouped by peer,
+  // send_counts) -> received (recv_counts), or the reverse; wait returns the received rows
+  void exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse, EpPhase phase);
   const uint8_t* exchange_wait(DispatchState<T>& st);
+  Exec ex_;
   Communicator& ep_;
-  std::vector<int> node_of_peer_;
+  Buffer<int32_t> node_of_peer_;  // [P] on ex_.device
   WirePrecision wire_;
   int64_t max_nodes_ = 0;
   std::array<int64_t, 4> bytes_sent_{};

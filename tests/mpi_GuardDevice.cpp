@@ -1,10 +1,13 @@
-// mpi-ranks: 1 2
+// mpi-ranks: 1 2 4
 // The guard device (kernels/device.h) in training: activations on memory that is inaccessible
 // outside ops and the communicator, so any host code touching an activation faults. Training
-// steps of tiny.yaml (narrowed) on one rank and on PP2 must run and give the same losses bit for
-// bit as the same run on the CPU device (the guard device runs the CPU backend).
+// steps of tiny.yaml (narrowed) on one rank, on PP2 and on PP2 x DP2 x EP2 (4 ranks: the
+// expert-parallel dispatcher's plan, wire packing and all-to-all on guard memory) must run and
+// give the same losses bit for bit as the same run on the CPU device (the guard device runs the
+// CPU backend).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -42,7 +45,9 @@ std::vector<double> run(const std::string& device, const std::string& dir) {
       "data.valid_path=",
       "data.tokenizer=" + src + "/data/cache/sotu/tokenizer.json",
       "schedule.lr.warmup_steps=2",
-      "parallel.pp=" + std::to_string(w.size()),
+      "parallel.pp=" + std::to_string(std::min(w.size(), 2)),
+      "parallel.dp=" + std::to_string(w.size() == 4 ? 2 : 1),
+      "parallel.ep=" + std::to_string(w.size() == 4 ? 2 : 1),
       "parallel.schedule=" + std::string(w.size() > 1 ? "zb1p" : "1f1b"),
       "run.device=" + device,
       "run.dir=" + dir};

@@ -66,7 +66,7 @@ void run_wire(WirePrecision prec, const char* dispatch_enc, const char* combine_
   std::vector<Tokens> all;
   for (int p = 0; p < P; ++p) all.push_back(tokens_of(p, E));
   const Tokens& mine = all[me];
-  EpDispatcher<float> d(ep, std::vector<int>(P, 0), prec);
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), prec);
   DispatchState<float> st;
   d.dispatch_start(st, mine.x.data(), mine.idx.data(), mine.w.data(), N, K, D, E);
   d.dispatch_wait(st);
@@ -173,7 +173,7 @@ TEST(ep_dispatch, Fp8RowIsAboutHalfABf16Row) {
   int64_t bytes[2];
   int j = 0;
   for (WirePrecision prec : {WirePrecision::BF16, WirePrecision::FP8}) {
-    EpDispatcher<float> d(ep, std::vector<int>(P, 0), prec);
+    EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), prec);
     DispatchState<float> st;
     d.dispatch_start(st, x.data(), idx.data(), w.data(), 4, Kw, Dw, P);
     d.dispatch_wait(st);

@@ -876,11 +876,6 @@ void check_relations(const Context& ctx, const Config& c) {
        "divide model.n_routed_experts (" + s(m.n_routed_experts) + ")",
        s(par.ep),
        {"model.n_routed_experts"}},
-      {"run.device",
-       c.run.device != "guard" || par.ep == 1,
-       "be cpu when parallel.ep > 1 (the expert-parallel dispatcher packs rows on the host)",
-       c.run.device,
-       {"parallel.ep"}},
       {"data.global_batch_size",
        c.data.global_batch_size % batch_unit == 0,
        "be a positive multiple of data.micro_batch_size x parallel.dp (" +

@@ -188,6 +188,11 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   }
   std::unique_ptr<MetricsLog> metrics = rank0 ? std::make_unique<MetricsLog>(cfg.run.dir) : nullptr;
 
+  // activations on run.device: every buffer made from here on (model states, the EP wire, the
+  // executor's messages) is on it; parameters and optimizer state stay on the CPU
+  const Device device = parse_device(cfg.run.device.c_str());
+  set_default_device(device);
+  const Exec model_ex = Exec::on(device);
   // this rank's stage of the model, its experts, its optimizer shards
   std::shared_ptr<TokenDispatcher<float>> dispatcher;
   std::shared_ptr<EpDispatcher<float>> ep_dispatcher;
@@ -196,14 +201,9 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     for (int r : grid.ep_group())
       node_of_peer.push_back(grid.node_of(r) - grid.node_of(grid.ep_group()[0]));
     dispatcher = ep_dispatcher = std::make_shared<EpDispatcher<float>>(
-        *groups.ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
+        model_ex, *groups.ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
   }
-  // activations on run.device: every buffer made from here on (model states, the executor's
-  // messages) is on it; parameters and optimizer state stay on the CPU
-  const Device device = parse_device(cfg.run.device.c_str());
-  set_default_device(device);
-  Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp},
-                     Exec::on(device));
+  Model<float> model(cfg.model, policy, dispatcher, StageSpec{grid.pp_rank, grid.pp}, model_ex);
   model.init(cfg.run.seed);
   std::vector<Param<float>*> dense, experts;
   for (auto& p : model.params().all())

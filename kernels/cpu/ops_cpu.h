@@ -204,4 +204,46 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
 template <class M>
 void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
 
+// ---- expert-parallel wire (kernels/cpu/ep_wire.cpp) -------------------------------------------
+// The plan, packing and unpacking of the EP dispatcher's all-to-all rows (parallel/ep_dispatch.h).
+// P peers; peer p holds the global experts [p El, (p+1) El). Wire rows are `stride` bytes apart
+// and need no alignment (an op reads and writes them bytewise); a row's parts are placed by
+// offsetting the wire pointer. Row encodings: RowEncoding (op_types.h); BF16 and FP8 need
+// T = float (std::invalid_argument otherwise).
+using kernels::RowEncoding;
+
+// From idx [N,K] (global expert ids): the rows this process sends, each token once to every peer
+// holding one of its experts. Rows are grouped by peer, in token order inside a peer.
+//   counts [P+1]      counts[p] = rows to peer p; counts[P] = the most distinct nodes any token
+//                     goes to (node_of_peer [P]: the node of each peer; 0 when N == 0)
+//   slot [N,P]        the row of token n to peer p, -1 when none of its experts is there
+//   send_token [N*P]  sent row -> origin token (the first sum(counts[0:P]) entries)
+// std::out_of_range for an expert id outside [0, P El).
+void ep_dispatch_plan(const int32_t* idx, int64_t N, int64_t K, int64_t El, int64_t P,
+                      const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
+                      int64_t* send_token);
+// wire row i = enc(src[rows ? rows[i] : i, 0:D]), i < n (the gather into send order).
+template <class T>
+void ep_encode_rows(RowEncoding e, const T* src, const int64_t* rows, int64_t n, int64_t D,
+                    uint8_t* wire, int64_t stride);
+// dst[i, 0:D] = dec(wire row i), i < n (write).
+template <class T>
+void ep_decode_rows(RowEncoding e, const uint8_t* wire, int64_t stride, int64_t n, int64_t D,
+                    T* dst);
+// out[t, 0:D] += dec(wire row slot[t*P + p]) over p < P with slot >= 0, added in p order (the
+// combine's scatter-add into origin tokens; deterministic).
+template <class T>
+void ep_decode_add_rows(RowEncoding e, const uint8_t* wire, int64_t stride, const int64_t* slot,
+                        int64_t N, int64_t P, int64_t D, T* out);
+// The routes that travel with a dispatched row, exactly, as 2K values of T: for the row
+// slot[t*P + p] >= 0, [K local expert ids (idx - p El where idx is on p, else -1) | K gate
+// weights (w where the expert is on p, else 0)]. idx, w [N,K].
+template <class T>
+void ep_pack_routes(const int32_t* idx, const T* w, const int64_t* slot, int64_t N, int64_t K,
+                    int64_t P, int64_t El, uint8_t* wire, int64_t stride);
+// ridx [R,K] (int32), rw [R,K] (write) from the routes of R received rows.
+template <class T>
+void ep_unpack_routes(const uint8_t* wire, int64_t stride, int64_t R, int64_t K, int32_t* ridx,
+                      T* rw);
+
 }  // namespace moetron::kernels::cpu
