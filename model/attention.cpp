@@ -91,31 +91,29 @@ void MLA<T>::project_qkv(const SavedAct<T>& qin, const SavedAct<T>& ckv, const T
   kernels::copy_2d<T>(ex, kv + dn_, kvw, v, dv_, N * H_, dv_, 1, false);
 }
 
+// out = norm(x) kept as lin's input: the forward's computation again (recompute_norms)
+template <class T>
+const SavedAct<T>& MLA<T>::renorm(const RMSNorm<T>& norm, const Linear<T>& lin, const T* x,
+                                  int64_t N, SavedAct<T>& out) const {
+  norm.forward(x, N, lin.input(out, N), sized(rstd_tmp_, N));
+  lin.keep(out);
+  return out;
+}
+
 template <class T>
 const SavedAct<T>& MLA<T>::xn_of(State& st, const T* h) const {
-  if (!recompute_norms_) return st.xn;
-  const int64_t N = st.B * st.S;
-  attn_norm_.forward(h, N, kv_a_.input(xn_tmp_, N), sized(rstd_tmp_, N));
-  kv_a_.keep(xn_tmp_);
-  return xn_tmp_;
+  return recompute_norms_ ? renorm(attn_norm_, kv_a_, h, st.B * st.S, xn_tmp_) : st.xn;
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::cq_of(State& st) const {
-  if (!recompute_norms_) return st.cq;
-  const int64_t N = st.B * st.S;
-  q_norm_.forward(st.cq_raw.data(), N, q_b_.input(cq_tmp_, N), sized(rstd_tmp_, N));
-  q_b_.keep(cq_tmp_);
-  return cq_tmp_;
+  return recompute_norms_ ? renorm(q_norm_, q_b_, st.cq_raw.data(), st.B * st.S, cq_tmp_) : st.cq;
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::ckv_of(State& st) const {
-  if (!recompute_norms_) return st.ckv;
-  const int64_t N = st.B * st.S;
-  kv_norm_.forward(st.ckv_raw.data(), N, kv_b_.input(ckv_tmp_, N), sized(rstd_tmp_, N));
-  kv_b_.keep(ckv_tmp_);
-  return ckv_tmp_;
+  return recompute_norms_ ? renorm(kv_norm_, kv_b_, st.ckv_raw.data(), st.B * st.S, ckv_tmp_)
+                          : st.ckv;
 }
 
 template <class T>
@@ -137,7 +135,7 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
     q_b_.keep(cq_s);
   }
   // compressed kv [N, kl | dr]; the shared RoPE key
-  T* kva = sized(st.kva, N * kr);
+  T* kva = sized(recompute_up_ ? st.kva : kva_, N * kr);  // only recomputing k needs it later
   kv_a_.forward(xn_s, kva);
   kernels::rope_apply<T>(ex, kva + kl_, N, kr, 1, pos, freqs_.data(), dr_, false);
   T* ckv_raw = sized(st.ckv_raw, N * kl_);

@@ -74,13 +74,16 @@ class MLA {
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
   bool recompute_norms_ = false, recompute_up_ = false;  // PrecisionPolicy::recompute_*
   // scratch of one call (one compute thread per layer): not kept between forward and backward
-  mutable Buffer<T> kv_, do_, dk_, dv_buf_, dckv_raw_, dhn_, q_tmp_, k_tmp_, v_tmp_, rstd_tmp_;
+  mutable Buffer<T> kv_, kva_, do_, dk_, dv_buf_, dckv_raw_, dhn_, q_tmp_, k_tmp_, v_tmp_,
+      rstd_tmp_;
   mutable SavedAct<T> xn_tmp_, cq_tmp_, ckv_tmp_;  // recomputed norm outputs
   // The norm outputs and the per-head q, k, v: the state's, or (recompute) made again from what
   // the state keeps with the forward's own ops, so bit for bit the same values.
   const SavedAct<T>& xn_of(State& st, const T* h) const;
   const SavedAct<T>& cq_of(State& st) const;
   const SavedAct<T>& ckv_of(State& st) const;
+  const SavedAct<T>& renorm(const RMSNorm<T>& norm, const Linear<T>& lin, const T* x, int64_t N,
+                            SavedAct<T>& out) const;
   void project_qkv(const SavedAct<T>& qin, const SavedAct<T>& ckv, const T* kva, int64_t N,
                    const int32_t* pos, T* q, T* k, T* v) const;
   std::vector<Param<T>*> params_;

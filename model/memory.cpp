@@ -30,10 +30,12 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
   const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
   ActivationBytes b;
-  // MLA<T>::State: xn, rstd_in, [cq_raw, rstd_q, cq], q, kva, ckv_raw, rstd_kv, ckv, k, v, o, lse
+  // MLA<T>::State: xn, rstd_in, [cq_raw, rstd_q, cq], q, ckv_raw, rstd_kv, ckv, k, v, o, lse
+  // (and kva when k is recomputed)
   b.forward += saved(D, attn8, T) + T;
   if (ql > 0) b.forward += static_cast<double>((ql + 1) * T) + saved(ql, attn8, T);
-  b.forward += static_cast<double>((H * dq + kl + dr + kl + 1) * T) + saved(kl, attn8, T);
+  b.forward += static_cast<double>((H * dq + kl + 1) * T) + saved(kl, attn8, T);
+  if (pol.recompute_mla_up) b.forward += static_cast<double>((kl + dr) * T);  // kva
   b.forward += static_cast<double>((H * dq + 2 * H * dv + H) * T);
   if (pol.recompute_norms)  // xn, cq, ckv made again in the backward
     b.forward -= saved(D, attn8, T) + (ql > 0 ? saved(ql, attn8, T) : 0) + saved(kl, attn8, T);
@@ -52,12 +54,12 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   // MoE<T>::State with K expert rows per token
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, F = c.moe_intermediate_size;
   const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
-  b.forward += static_cast<double>((2 * E + K) * T + 4 * K);  // logits, scores, weights, idx
+  b.forward += static_cast<double>((E + K) * T + 4 * K);      // scores, weights, idx
   b.forward += static_cast<double>((2 * D + K) * T + 4 * K);  // dispatch: rx, ry, rw, ridx
   b.forward += static_cast<double>(3 * 8 * K);                // slot, row_token, row_slot
   b.forward += static_cast<double>(K) * (saved(D, exp8, T) + T + saved(2 * F, exp8, T) +
-                                         (exp8 ? 0 : F * T) + D * T);  // xperm wperm gu a yperm
-  b.forward += static_cast<double>(D * T) + static_cast<double>(E * T) / static_cast<double>(S);
+                                         (exp8 ? 0 : F * T));        // xperm, wperm, gu, a
+  b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
                  pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T);
   // backward: rdy, rdx, rdw; dyperm, dgu, dwperm, dxperm; dweights, dlogits

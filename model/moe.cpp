@@ -69,7 +69,7 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
                   int64_t* load) const {
   const int64_t N = B * S;
   st.B = B, st.S = S, st.N = N;
-  T* logits = sized(st.logits, N * E_);
+  T* logits = sized(logits_, N * E_);
   gate_.forward(x, N, logits);
   T* s = sized(st.scores, N * E_);
   int32_t* idx = sized(st.idx, N * K_);
@@ -82,7 +82,7 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
 
 template <class T>
 void MoE<T>::shared_expert(State& st, const T* x) const {
-  shared_.forward(st.shared, x, st.N, sized(st.shared_out, st.N * D_));
+  shared_.forward(st.shared, x, st.N, sized(shared_out_, st.N * D_));
 }
 
 template <class T>
@@ -117,21 +117,21 @@ void MoE<T>::experts(State& st) const {
   st.gu.keep(ex_, gu_tmp_);
   T* a = sized(recompute_swiglu_ ? a_tmp_ : st.a, A * F_);
   kernels::swiglu_forward<T>(ex_, gu, A, F_, st.wperm.data(), a);
-  down_.forward(a, A, st.offsets.data(), sized(st.yperm, A * D_));
+  down_.forward(a, A, st.offsets.data(), sized(yperm_, A * D_));
 }
 
 template <class T>
 void MoE<T>::combine_start(State& st) const {
   // per received token: the sum of its local experts' (already weighted) outputs
   const int64_t R = st.ds.R;
-  kernels::unpermute_add<T>(ex_, st.yperm.data(), st.slot.data(), R, K_, D_,
+  kernels::unpermute_add<T>(ex_, yperm_.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.ry, R * D_));
   dispatcher_->combine_start(st.ds);
 }
 
 template <class T>
 void MoE<T>::combine_wait(State& st, T* y) const {
-  kernels::copy(ex_, y, st.shared_out.data(), sizeof(T) * st.N * D_);
+  kernels::copy(ex_, y, shared_out_.data(), sizeof(T) * st.N * D_);
   dispatcher_->combine_wait(st.ds, y);
 }
 

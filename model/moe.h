@@ -39,9 +39,9 @@ class MoE {
  public:
   struct State {
     int64_t B = 0, S = 0, N = 0;
-    Buffer<T> logits, scores, weights;  // [N,E], [N,E], [N,K]
-    Buffer<int32_t> idx;                // [N,K] global expert ids
-    DispatchState<T> ds;                // received tokens [R, ...] and the dispatch plan
+    Buffer<T> scores, weights;  // [N,E], [N,K]
+    Buffer<int32_t> idx;        // [N,K] global expert ids
+    DispatchState<T> ds;        // received tokens [R, ...] and the dispatch plan
     // received (token, slot) pairs sorted by local expert: A = offsets[E_local] rows
     int64_t A = 0;
     Buffer<int64_t> counts, offsets, slot, row_token, row_slot;  // [El], [El+1], [R*K] x3
@@ -58,8 +58,7 @@ class MoE {
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
     // dispatch state ds and the input x are the dispatcher's and the caller's).
     int64_t saved_bytes() const {
-      const size_t n = logits.size() + scores.size() + weights.size() + wperm.size() + a.size() +
-                       yperm.size() + shared_out.size() + bal_f.size();
+      const size_t n = scores.size() + weights.size() + wperm.size() + a.size() + bal_f.size();
       return static_cast<int64_t>(n * sizeof(T) + idx.size() * 4 +
                                   (counts.size() + offsets.size() + slot.size() + row_token.size() +
                                    row_slot.size()) *
@@ -119,7 +118,9 @@ class MoE {
   std::unique_ptr<Param<T>> down_all_;  // [E_local, D, F]
   GroupedLinear<T> gu_, down_;
   bool recompute_swiglu_ = false;  // FP8 gu: a recomputed in the backward (SPEC §3.5)
-  mutable Buffer<T> x_tmp_, gu_tmp_, a_tmp_, da_;  // one call's scratch (one compute thread)
+  // one call's scratch (one compute thread); the forward-only ones (the gate logits, the experts'
+  // outputs, the shared expert's output) live here too, not in the state
+  mutable Buffer<T> gu_tmp_, a_tmp_, da_, logits_, yperm_, shared_out_;
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;
 };

@@ -12,18 +12,6 @@
 namespace moetron::kernels::cpu::testing {
 namespace {
 
-std::vector<int32_t> random_routes(int64_t N, int64_t K, int64_t E, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> idx(N * K);
-  for (int64_t n = 0; n < N; ++n) {  // K distinct experts per token, like the gate produces
-    std::vector<int32_t> all(E);
-    std::iota(all.begin(), all.end(), 0);
-    std::shuffle(all.begin(), all.end(), rng);
-    for (int64_t k = 0; k < K; ++k) idx[n * K + k] = all[k];
-  }
-  return idx;
-}
-
 struct Plan {
   std::vector<int64_t> counts, slot, send_token;
 };

@@ -33,21 +33,9 @@ void unpermute(const T* rows, const ExpertRouting& r, int64_t N, int64_t D, T* o
   unpermute_add<T>(rows, r.slot.data(), N, r.K, D, out);
 }
 
-std::vector<int32_t> random_idx(int64_t N, int64_t K, int64_t E, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> idx(N * K);
-  for (int64_t n = 0; n < N; ++n) {  // K distinct experts per token, like the gate produces
-    std::vector<int32_t> all(E);
-    std::iota(all.begin(), all.end(), 0);
-    std::shuffle(all.begin(), all.end(), rng);
-    for (int64_t k = 0; k < K; ++k) idx[n * K + k] = all[k];
-  }
-  return idx;
-}
-
 TEST(Permute, RoutingTableIsAStableCountingSort) {
   const int64_t N = 37, K = 3, E = 12;
-  const auto idx = random_idx(N, K, E, 1);
+  const auto idx = random_routes(N, K, E, 1);
   const ExpertRouting r = route(idx.data(), N, K, E);
   ASSERT_EQ(r.counts.size(), size_t(E));
   ASSERT_EQ(r.offsets.size(), size_t(E + 1));
@@ -87,7 +75,7 @@ TYPED_TEST_SUITE(PermuteTest, Types);
 TYPED_TEST(PermuteTest, GatherThenScatterIsXTimesK) {
   using T = TypeParam;
   const int64_t N = 37, K = 3, E = 12, D = 53;
-  const auto idx = random_idx(N, K, E, 2);
+  const auto idx = random_routes(N, K, E, 2);
   const ExpertRouting r = route(idx.data(), N, K, E);
   const auto x = cast<T>(rand_vec(N * D, 3));
   std::vector<T> rows(N * K * D);
@@ -106,7 +94,7 @@ TYPED_TEST(PermuteTest, GatherThenScatterIsXTimesK) {
 // <permute(x), y> = <x, unpermute_add(y)>: the scatter-add is the transpose of the gather.
 TEST(Permute, ScatterIsTheAdjointOfGather) {
   const int64_t N = 29, K = 4, E = 7, D = 5;
-  const auto idx = random_idx(N, K, E, 5);
+  const auto idx = random_routes(N, K, E, 5);
   const ExpertRouting r = route(idx.data(), N, K, E);
   const auto x = rand_vec(N * D, 6), y = rand_vec(N * K * D, 7);
   std::vector<double> px(N * K * D), uy(N * D, 0.0);

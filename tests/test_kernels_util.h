@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <string>
@@ -109,6 +110,19 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
+}
+
+// idx [N, K]: K distinct experts of E per token, like the gate produces
+inline std::vector<int32_t> random_routes(int64_t N, int64_t K, int64_t E, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> idx(N * K);
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<int32_t> all(E);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    for (int64_t k = 0; k < K; ++k) idx[n * K + k] = all[k];
+  }
+  return idx;
 }
 
 }  // namespace moetron::kernels::cpu::testing

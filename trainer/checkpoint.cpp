@@ -10,9 +10,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
+#include "data/token_file.h"
 #include "trainer/h5io.h"
 
 namespace moetron {
@@ -48,6 +50,9 @@ std::pair<uint32_t, int64_t> file_crc(const std::string& path) {
 YAML::Node model_node(const Config& cfg) { return YAML::Load(config_to_yaml(cfg))["model"]; }
 
 void write_shard(const std::string& path, const Snapshot& snap, int64_t step) {
+  // the background writer runs while the data loader's prefetch thread reads shards: Debian's
+  // HDF5 is not thread-safe, so every HDF5 call of the process holds one mutex
+  std::lock_guard<std::mutex> lock(data::hdf5_mutex());
   write_h5(path, "checkpoint shard", [&](hid_t f) {
     attr_int(f, "step", step);
     H5 gp{H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
