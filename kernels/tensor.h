@@ -67,9 +67,13 @@ class Tensor {
   size_t bytes() const { return numel() * dtype_size(dtype_); }
   bool defined() const { return storage_ != nullptr; }
 
-  void* raw() { return storage_ ? static_cast<char*>(storage_->ptr) + offset_bytes_ : nullptr; }
+  // null on the Meta device (and for an undefined tensor), views included
+  void* raw() {
+    return storage_ && storage_->ptr ? static_cast<char*>(storage_->ptr) + offset_bytes_ : nullptr;
+  }
   const void* raw() const {
-    return storage_ ? static_cast<const char*>(storage_->ptr) + offset_bytes_ : nullptr;
+    return storage_ && storage_->ptr ? static_cast<const char*>(storage_->ptr) + offset_bytes_
+                                     : nullptr;
   }
   template <class T>
   T* data() {

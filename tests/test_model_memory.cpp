@@ -104,3 +104,49 @@ TEST(ActivationMemory, SteadyStateAllocatesNothing) {
 
 }  // namespace
 }  // namespace moetron
+
+namespace moetron {
+namespace {
+
+// DeepSeek-V3 (HF config.json) built on the Meta device: every parameter has its shape and name,
+// nothing is allocated, and the counts are the published ones (671B in the main model, 685B with
+// the MTP module's weights and its copies of the embedding and head, as the Hugging Face
+// checkpoint), in well under a second.
+TEST(MetaDevice, BuildsDeepSeekV3WithoutMemory) {
+  ModelConfig c;
+  c.vocab_size = 129280, c.hidden_size = 7168, c.intermediate_size = 18432;
+  c.moe_intermediate_size = 2048, c.num_hidden_layers = 61, c.first_k_dense_replace = 3;
+  c.num_attention_heads = 128, c.n_routed_experts = 256, c.n_shared_experts = 1;
+  c.num_experts_per_tok = 8, c.n_group = 8, c.topk_group = 4, c.routed_scaling_factor = 2.5;
+  c.q_lora_rank = 1536, c.kv_lora_rank = 512, c.qk_nope_head_dim = 128, c.qk_rope_head_dim = 64;
+  c.v_head_dim = 128, c.num_nextn_predict_layers = 1, c.max_seq_len = 4096;
+  const int64_t cpu0 = allocator(Device::CPU).stats().live_bytes;
+  Model<float> m(c, PrecisionPolicy::from("fp8"), nullptr, StageSpec{}, Exec::on(Device::Meta));
+  const int64_t cpu1 = allocator(Device::CPU).stats().live_bytes;
+  int64_t total = 0, mtp = 0;
+  for (const auto& p : m.params().all()) {
+    EXPECT_EQ(p->value.raw(), nullptr) << p->name;
+    total += p->numel();
+    if (p->name.rfind("model.layers.61.", 0) == 0) mtp += p->numel();
+  }
+  // the MTP module's own weights (its embedding and head are the model's, registered once)
+  std::printf("DeepSeek-V3 on the meta device: %.2fB parameters, %.2fB without MTP\n", total / 1e9,
+              (total - mtp) / 1e9);
+  EXPECT_NEAR(static_cast<double>(total - mtp), 671e9, 0.003 * 671e9);
+  // the HF checkpoint's 685B stores the MTP module's own copies of the embedding and head too
+  const int64_t shared = 2 * c.vocab_size * c.hidden_size;
+  EXPECT_NEAR(static_cast<double>(total + shared), 685e9, 0.005 * 685e9);
+  EXPECT_LT(cpu1 - cpu0, int64_t(64) << 20);  // no parameter memory (a few small buffers at most)
+  EXPECT_GE(allocator(Device::Meta).stats().live_bytes, 2 * 4 * total);  // values + grads, fp32
+  PrecisionPolicy pol = PrecisionPolicy::from("fp8");
+  pol.recompute_norms = pol.recompute_mla_up = true;
+  const ActivationBytes moe = block_activation_bytes(c, pol, true, 4096);
+  const SlotBytes slot = slot_activation_bytes(c, pol, 0, 16, 1, 4096);
+  std::printf(
+      "V3 MoE block, fp8 + recompute: %.1f KiB/token forward, %.1f KiB/token backward; "
+      "a PP16 stage-0 slot of 1 x 4096 tokens: %.2f GiB\n",
+      moe.forward / 1024, moe.backward / 1024, slot.total() / 1073741824.0);
+}
+
+}  // namespace
+}  // namespace moetron
