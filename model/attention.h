@@ -43,6 +43,12 @@ class MLA {
     Buffer<T> k, v, o, lse;      // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
     // written by backward_input, read by backward_weight
     Buffer<T> dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
+    // The buffers backward_input writes and backward_weight reads (the executor lends them to a
+    // micro-batch only for its backward: PipelineExecutor's gradient sets).
+    template <class F>
+    void for_each_grad(F&& f) {
+      for (Buffer<T>* b : {&dq, &dcq, &dcq_raw, &dkv, &dckv, &dkva, &dxn}) f(*b);
+    }
     // Bytes of everything this state keeps from forward to backward (activation memory).
     int64_t saved_bytes() const {
       const size_t n = rstd_in.size() + cq_raw.size() + rstd_q.size() + q.size() + kva.size() +

@@ -24,6 +24,11 @@ class Block {
     typename MoE<T>::State moe;
     Buffer<T> dxn2;  // kept for ffn_norm's weight gradient
     Buffer<T> dmid;  // d h_mid: kept for the attention's weight gradient (o_proj's dy)
+    template <class F>
+    void for_each_grad(F&& f) {
+      f(dxn2), f(dmid);
+      attn.for_each_grad(f), mlp.for_each_grad(f), moe.for_each_grad(f);
+    }
     int64_t saved_bytes() const {
       return static_cast<int64_t>((h_mid.size() + xn2.size() + rstd2.size()) * sizeof(T)) +
              attn.saved_bytes() + mlp.saved_bytes() + moe.saved_bytes();

@@ -28,6 +28,10 @@ class Mlp {
     SavedAct<T> gu;     // [N, 2F] gate|up pre-activations (FP8 under the fp8 recipe)
     Buffer<T> a;        // [N, F] silu(g)*u, unless recomputed from gu in the backward
     Buffer<T> dy, dgu;  // kept for backward_weight
+    template <class F>
+    void for_each_grad(F&& f) {  // written by backward_input, read by backward_weight
+      f(dy), f(dgu);
+    }
     // Bytes kept from forward to backward (activation memory).
     int64_t saved_bytes() const {
       return static_cast<int64_t>(a.size() * sizeof(T)) + x.bytes() + gu.bytes();

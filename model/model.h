@@ -65,6 +65,14 @@ class Model {
     Buffer<T> dtmp;     // backward scratch: the other half of dh's ping-pong
     Buffer<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
     std::vector<std::function<void()>> deferred;  // weight-gradient work queued by backward_input
+    // Every buffer the backward writes and keeps until backward_weight (or the send of dh): a
+    // pipeline executor lends these to a micro-batch only from its backward to its last op.
+    template <class F>
+    void for_each_grad(F&& f) {
+      f(dhn), f(dh), f(dtmp), f(d_embed);
+      for (auto& b : blocks) b.for_each_grad(f);
+      for (auto& m : mtp) m.for_each_grad(f);
+    }
   };
 
   // dispatcher: how MoE layers reach their experts (default: all experts in this process).

@@ -55,6 +55,13 @@ class MoE {
     // backward
     Buffer<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
     T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
+    template <class F>
+    void for_each_grad(F&& f) {  // written by backward_input, read by it or backward_weight
+      for (Buffer<T>* b :
+           {&dyperm, &dgu, &dwperm, &dxperm, &dweights, &dlogits, &ds.rdy, &ds.rdx, &ds.rdw})
+        f(*b);
+      shared.for_each_grad(f);
+    }
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
     // dispatch state ds and the input x are the dispatcher's and the caller's).
     int64_t saved_bytes() const {

@@ -30,6 +30,11 @@ class MtpLayer {
     Buffer<T> h, hn, rstd_o, lse;  // block output, shared_head.norm, CE lse
     Buffer<T> dhn, dx;             // kept for the weight gradients
     Buffer<T> dhk, dcat, dh_prev;  // backward: d h^k, d cat, d h^{k-1} (the result)
+    template <class F>
+    void for_each_grad(F&& f) {
+      for (Buffer<T>* b : {&dhn, &dx, &dhk, &dcat, &dh_prev}) f(*b);
+      block.for_each_grad(f);
+    }
     int64_t saved_bytes() const {
       const size_t n = ids.size() + targets.size();
       return static_cast<int64_t>(n * 4 +

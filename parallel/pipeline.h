@@ -4,6 +4,10 @@
 //   slots     micro-batch states (Model::MicroBatch), taken at Forward(m) and given back after
 //             the last op of m — so the pool grows only to the schedule's peak in flight
 //             (in_flight_bound, e.g. P - r for 1F1B), not to the step's micro-batch count;
+//   grads     the buffers a backward writes and keeps until its weight gradient and the send of
+//             d(input): lent to m from its first backward op to its last op, then returned — a
+//             rank holds in-flight-bound slots of forward activations, but only as many
+//             gradient sets as backwards overlap (1 for 1F1B; 1 + held-back W for ZB1P);
 //   messages  one buffer per message in flight: a receive's buffer is given back when its
 //             consumer (Forward / Backward) has read it, a send travels as a copy whose buffer
 //             is given back when the send completes (polled after every op).
@@ -18,6 +22,7 @@
 //   SendGrad(m)        non-blocking send of d(input) to the previous stage's rank
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -52,7 +57,7 @@ class PipelineExecutor {
     // the op after which micro-batch m's state is no longer needed
     std::vector<int> last_use(M, -1);
     for (size_t i = 0; i < ops.size(); ++i) last_use[ops[i].mb] = static_cast<int>(i);
-    slot_of_.assign(M, -1);
+    slot_of_.assign(M, -1), grads_of_.assign(M, -1);
     act_of_.assign(M, -1), grad_of_.assign(M, -1);
     std::vector<Request> recvs;
     std::vector<Losses> losses(M);
@@ -97,6 +102,7 @@ class PipelineExecutor {
           break;
         case OpKind::Backward:
         case OpKind::BackwardInput:
+          lend_grads(m);
           model_.backward_input(state(m), grad_scale,
                                 model_.stage().last() ? nullptr : msgs_[grad_of_[m]].data(),
                                 op.kind == OpKind::BackwardInput);
@@ -113,6 +119,7 @@ class PipelineExecutor {
       if (!op.is_message())
         compute_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
       if (static_cast<int>(i) == last_use[m] && slot_of_[m] >= 0) {
+        take_back_grads(m);
         free_slots_.push_back(slot_of_[m]);
         slot_of_[m] = -1;
       }
@@ -141,6 +148,30 @@ class PipelineExecutor {
   // Micro-batch states held (the pool only grows to the schedule's peak in flight) and message
   // buffers (one per message in flight).
   int slots() const { return static_cast<int>(slots_.size()); }
+  // Gradient sets: the backward's buffers, lent to a micro-batch from its backward to its last op
+  // (1F1B: 1; ZB1P: 1 + the weight gradients held back).
+  int grad_sets() const { return static_cast<int>(grads_.size()); }
+  // The gradient sets a rank of `s` needs: the most micro-batches between their first backward op
+  // and their last op at once (what grad_sets() reaches after a step).
+  static int peak_grad_sets(const pipeline::Schedule& s, int rank) {
+    const std::vector<pipeline::Op>& ops = s.per_rank[rank];
+    std::vector<int> first(s.microbatches, -1), last(s.microbatches, -1);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const pipeline::Op& op = ops[i];
+      last[op.mb] = static_cast<int>(i);
+      const bool bwd =
+          op.kind == pipeline::OpKind::Backward || op.kind == pipeline::OpKind::BackwardInput;
+      if (bwd && first[op.mb] < 0) first[op.mb] = static_cast<int>(i);
+    }
+    int peak = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      int open = 0;
+      for (int m = 0; m < s.microbatches; ++m)
+        open += first[m] >= 0 && first[m] <= static_cast<int>(i) && static_cast<int>(i) <= last[m];
+      peak = std::max(peak, open);
+    }
+    return peak;
+  }
   int message_buffers() const { return static_cast<int>(msgs_.size()); }
 
  private:
@@ -180,6 +211,36 @@ class PipelineExecutor {
     kernels::copy(model_.exec(), msgs_[b].data(), src, bytes);
     sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b});
   }
+  // The buffers the backward writes and keeps until the weight gradient (and the send of d input)
+  // are not part of a slot: they are lent from a pool, so a rank holds in-flight-bound slots of
+  // forward activations but only as many gradient sets as backwards overlap.
+  void lend_grads(int m) {
+    if (grads_of_[m] >= 0) return;  // (Backward after BackwardInput never happens; be safe)
+    int g;
+    if (free_grads_.empty()) {
+      grads_.emplace_back();
+      g = static_cast<int>(grads_.size()) - 1;
+    } else {
+      g = free_grads_.back();
+      free_grads_.pop_back();
+    }
+    grads_of_[m] = g;
+    swap_grads(state(m), grads_[g]);
+  }
+  void take_back_grads(int m) {
+    if (grads_of_[m] < 0) return;
+    swap_grads(state(m), grads_[grads_of_[m]]);
+    free_grads_.push_back(grads_of_[m]);
+    grads_of_[m] = -1;
+  }
+  static void swap_grads(typename Model<T>::MicroBatch& mb, std::vector<Buffer<T>>& set) {
+    size_t i = 0;
+    mb.for_each_grad([&](Buffer<T>& b) {
+      if (i == set.size()) set.emplace_back(b.device());
+      std::swap(b, set[i++]);
+    });
+  }
+
   void poll_sends() {  // completed sends give their buffers back (MPI progresses meanwhile)
     for (size_t i = 0; i < sends_.size();) {
       if (sends_[i].req.test()) {
@@ -198,6 +259,8 @@ class PipelineExecutor {
   int rank_;
   std::deque<typename Model<T>::MicroBatch> slots_;  // micro-batch states (stable addresses)
   std::vector<int> free_slots_, slot_of_;            // slot_of_[m]: m's slot or -1
+  std::deque<std::vector<Buffer<T>>> grads_;         // gradient sets, reused
+  std::vector<int> free_grads_, grads_of_;           // grads_of_[m]: m's set or -1
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received activation / gradient of m
   std::vector<PendingSend> sends_;

@@ -1,11 +1,13 @@
 // mpi-ranks: 2 4
 // The pipeline executor's memory: with 8 micro-batches per step it holds at most the schedule's
 // in-flight bound of micro-batch states (P - r for 1F1B, P for ZB1P) — the pool reaches the bound
-// and no more — whatever the micro-batch count, and the losses of 1F1B and ZB1P agree with each
-// other to round-off (both run the same micro-batches through the same stages).
+// and no more — whatever the micro-batch count; the backward's buffers come from a smaller pool
+// (one set for 1F1B); and the losses of 1F1B and ZB1P agree with each other to round-off (both
+// run the same micro-batches through the same stages).
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "model/model.h"
@@ -50,6 +52,12 @@ TEST(pipeline, SlotsStayWithinTheInFlightBound) {
     }
     EXPECT_EQ(ex.slots(), s.in_flight_bound[w.rank()]) << kind << " rank " << w.rank();
     EXPECT_LT(ex.slots(), M) << kind;
+    // the backward's buffers are lent only from a micro-batch's backward to its last op
+    EXPECT_EQ(ex.grad_sets(), PipelineExecutor<float>::peak_grad_sets(s, w.rank())) << kind;
+    if (std::string(kind) == "1f1b") {
+      EXPECT_EQ(ex.grad_sets(), 1) << "rank " << w.rank();
+    }
+    EXPECT_LE(ex.grad_sets(), ex.slots()) << kind;
     ++i;
   }
   EXPECT_NEAR(loss[0], loss[1], 1e-6 * loss[0]);

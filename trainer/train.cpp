@@ -268,13 +268,15 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
         << " steps of " << cfg.data.global_batch_size << " x " << S << " tokens (" << M_max
         << " micro-batches of " << B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
         << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
-  if (rank0) {  // activation memory of stage 0 (model/memory.h): per slot x the schedule's slots
+  if (rank0) {  // activation memory of stage 0 (model/memory.h): slots and gradient sets
     const SlotBytes slot = slot_activation_bytes(cfg.model, policy, 0, grid.pp, B, S);
     const int slots = schedule.in_flight_bound[0];
-    log << "moetron: activations on " << cfg.run.device << ": " << slot.total() / 1048576.0
-        << " MiB per micro-batch slot (forward " << slot.forward / 1048576.0 << ", backward "
-        << slot.backward / 1048576.0 << ") x " << slots << " slot(s) of " << cfg.parallel.schedule
-        << " on stage 0 = " << slots * slot.total() / 1048576.0 << " MiB\n";
+    const int sets = PipelineExecutor<float>::peak_grad_sets(schedule, 0);
+    log << "moetron: activations on " << cfg.run.device << ", stage 0: " << slots << " x "
+        << slot.forward / 1048576.0 << " MiB (micro-batch slots of " << cfg.parallel.schedule
+        << ") + " << sets << " x " << slot.backward / 1048576.0
+        << " MiB (gradient sets) = " << (slots * slot.forward + sets * slot.backward) / 1048576.0
+        << " MiB\n";
   }
   if (rank0 && cfg.data.batch_ramp_start > 0)
     log << "moetron: global batch ramps from " << batches.batch_size_at(0) << " to "
