@@ -11,10 +11,8 @@ void Mlp<T>::build(ParamStore<T>& ps, const std::string& prefix, int64_t D, int6
   gu_param_.name = prefix + "gate_up(fused)";
   gu_param_.value = Tensor({2 * F, D}, dtype_of<T>(), ps.device());
   gu_param_.grad = Tensor({2 * F, D}, dtype_of<T>(), ps.device());
-  params_.push_back(
-      ps.add_view(prefix + "gate_proj.weight", gu_param_.value, gu_param_.grad, 0, {F, D}));
-  params_.push_back(
-      ps.add_view(prefix + "up_proj.weight", gu_param_.value, gu_param_.grad, F * D, {F, D}));
+  params_.push_back(ps.add_view(prefix + "gate_proj.weight", gu_param_, 0, {F, D}));
+  params_.push_back(ps.add_view(prefix + "up_proj.weight", gu_param_, F * D, {F, D}));
   Param<T>* down = ps.add(prefix + "down_proj.weight", {D, F});
   params_.push_back(down);
   const LinearPrecision lp = pol.linear(c);

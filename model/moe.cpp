@@ -35,14 +35,12 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   };
   gu_all_ = fused({E_local_, 2 * F_, D_});
   down_all_ = fused({E_local_, D_, F_});
-  const Tensor &w_gu = gu_all_->value, &g_gu = gu_all_->grad;
-  const Tensor &w_down = down_all_->value, &g_down = down_all_->grad;
   for (int64_t e = 0; e < E_local_; ++e) {
     const std::string p = prefix + "experts." + std::to_string(first_expert_ + e) + ".";
     const int64_t o = e * 2 * F_ * D_;
-    params_.push_back(ps.add_view(p + "gate_proj.weight", w_gu, g_gu, o, {F_, D_}));
-    params_.push_back(ps.add_view(p + "up_proj.weight", w_gu, g_gu, o + F_ * D_, {F_, D_}));
-    params_.push_back(ps.add_view(p + "down_proj.weight", w_down, g_down, e * D_ * F_, {D_, F_}));
+    params_.push_back(ps.add_view(p + "gate_proj.weight", *gu_all_, o, {F_, D_}));
+    params_.push_back(ps.add_view(p + "up_proj.weight", *gu_all_, o + F_ * D_, {F_, D_}));
+    params_.push_back(ps.add_view(p + "down_proj.weight", *down_all_, e * D_ * F_, {D_, F_}));
     for (size_t i = params_.size() - 3; i < params_.size(); ++i) params_[i]->expert = true;
   }
   const LinearPrecision up = pol.linear(Component::RoutedExpert);

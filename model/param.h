@@ -3,8 +3,11 @@
 // Names are the Hugging Face DeepSeek-V3 checkpoint names (model.layers.3.mlp.experts.7.up_proj.
 // weight, ...), so checkpoints and exports need no renaming table. A Param owns a value tensor and
 // a gradient tensor of the same shape; fused weights (an MLP's [gate; up] matrix) are allocated
-// once and their named parts are views into it. The store keeps registration order, which is the
-// order of the model's layers: optimizer, checkpoint and gradient reduction all walk it.
+// once, as an unregistered Param the layer computes with, and their named parts are views into it
+// that point back at it (Param::fused), so the optimizer can move a fused tensor with its views
+// (parallel/zero1.h re-homes every trainable parameter onto its group's arena). The store keeps
+// registration order, which is the order of the model's layers: optimizer, checkpoint and gradient
+// reduction all walk it.
 #pragma once
 
 #include <cmath>
@@ -22,12 +25,13 @@ template <class T>
 struct Param {
   std::string name;
   Tensor value, grad;
-  bool decay = true;      // AdamW weight decay (off for norms and biases)
-  bool trainable = true;  // false: updated by a rule, not by the optimizer (the expert bias)
-  bool expert = false;    // a routed expert's weight (held by an EP shard, reduced over EDP)
-  bool replica = false;   // a second copy of a parameter held by another pipeline stage (the
-                          // embedding on the last stage, for MTP): grads are summed between the
-                          // copies and it counts once in the gradient norm
+  bool decay = true;       // AdamW weight decay (off for norms and biases)
+  bool trainable = true;   // false: updated by a rule, not by the optimizer (the expert bias)
+  bool expert = false;     // a routed expert's weight (held by an EP shard, reduced over EDP)
+  bool replica = false;    // a second copy of a parameter held by another pipeline stage (the
+                           // embedding on the last stage, for MTP): grads are summed between the
+                           // copies and it counts once in the gradient norm
+  Param* fused = nullptr;  // the fused tensor this parameter is a view of (null: its own storage)
   int64_t numel() const { return value.numel(); }
   T* w() { return value.data<T>(); }
   T* g() { return grad.data<T>(); }
@@ -45,10 +49,14 @@ class ParamStore {
     Tensor v(shape, dtype_of<T>(), device_), g(shape, dtype_of<T>(), device_);
     return push(name, v, g, decay);
   }
-  // A parameter that views part of an existing fused tensor pair.
-  Param<T>* add_view(const std::string& name, const Tensor& value, const Tensor& grad,
-                     int64_t offset, std::vector<int64_t> shape, bool decay = true) {
-    return push(name, value.view(offset, shape), grad.view(offset, shape), decay);
+  // A parameter that views part of a fused tensor pair (a Param owned by the layer, not
+  // registered), `offset` elements in.
+  Param<T>* add_view(const std::string& name, Param<T>& fused, int64_t offset,
+                     std::vector<int64_t> shape, bool decay = true) {
+    Param<T>* p =
+        push(name, fused.value.view(offset, shape), fused.grad.view(offset, shape), decay);
+    p->fused = &fused;
+    return p;
   }
   const std::vector<std::unique_ptr<Param<T>>>& all() const { return params_; }
   Param<T>* find(const std::string& name) const {

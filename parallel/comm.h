@@ -154,7 +154,8 @@ class Communicator {
   // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r
   virtual void reduce_scatter(const void* in, void* out, size_t count, CommDType t,
                               ReduceOp op = ReduceOp::Sum) = 0;
-  // in [count] -> out [size * count], rank r's block at r * count
+  // in [count] -> out [size * count], rank r's block at r * count; in place when in is
+  // out + rank * count (this rank's block is already where it belongs)
   virtual void all_gather(const void* in, void* out, size_t count, CommDType t) = 0;
   // typed forms (bf16 has none: a uint16_t pointer does not say it holds bf16)
   void all_reduce(float* d, size_t n, ReduceOp op = ReduceOp::Sum) {

@@ -211,7 +211,9 @@ class MpiCommunicator final : public Communicator {
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const int c = to_int(count, "all_gather");
-    check(MPI_Allgather(in, c, mpi_type(t), out, c, mpi_type(t), comm_), "all_gather", rank_);
+    const bool in_place = in == static_cast<const char*>(out) + rank_ * count * comm_dtype_size(t);
+    check(MPI_Allgather(in_place ? MPI_IN_PLACE : in, c, mpi_type(t), out, c, mpi_type(t), comm_),
+          "all_gather", rank_);
   }
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override {
     GuardAccess guard;  // buffers may be Guard-device memory

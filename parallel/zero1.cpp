@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "kernels/scalar.h"
 
@@ -13,41 +14,120 @@ namespace moetron {
 Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt)
     : params_(std::move(params)), comm_(group), opt_(opt) {
   const int64_t G = comm_.size(), r = comm_.rank();
-  // buckets of whole parameters
-  int64_t flat = 0;
-  offset_.resize(params_.size());
+  // units: a parameter with its own storage, or a fused tensor with all its views (placed where
+  // its first view is listed); within a unit, each parameter's offset
+  struct Unit {
+    Param<float>* fused = nullptr;
+    std::vector<int64_t> members;  // indices into params_
+    int64_t numel = 0;
+  };
+  std::vector<Unit> units;
+  std::unordered_map<const Param<float>*, size_t> unit_of_fused;
+  std::vector<int64_t> within(params_.size(), 0);
+  Device device = Device::CPU;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const int64_t n = params_[i]->numel();
-    numel_ += n;
-    if (buckets_.empty() || (flat - buckets_.back().begin) + n > opt_.bucket_elements) {
-      if (!buckets_.empty()) {
-        Bucket& b = buckets_.back();
-        b.padded = (flat - b.begin + G - 1) / G * G;
-        flat = b.begin + b.padded;
-      }
-      buckets_.push_back({flat, 0, {}});
+    Param<float>* p = params_[i];
+    if (!p->value.raw() || !p->grad.raw())
+      throw std::invalid_argument("Zero1: parameter " + p->name + " has no memory (device " +
+                                  device_name(p->value.device()) + ")");
+    device = p->value.device();
+    numel_ += p->numel();
+    if (!p->fused) {
+      units.push_back({nullptr, {static_cast<int64_t>(i)}, p->numel()});
+      continue;
     }
-    offset_[i] = flat;
-    buckets_.back().params.push_back(static_cast<int64_t>(i));
-    flat += n;
+    auto [it, fresh] = unit_of_fused.try_emplace(p->fused, units.size());
+    if (fresh) units.push_back({p->fused, {}, p->fused->numel()});
+    units[it->second].members.push_back(static_cast<int64_t>(i));
+    const auto off = [](const Tensor& view, const Tensor& whole) {
+      return (static_cast<const char*>(view.raw()) - static_cast<const char*>(whole.raw())) /
+             static_cast<std::ptrdiff_t>(sizeof(float));
+    };
+    within[i] = off(p->value, p->fused->value);
+    if (off(p->grad, p->fused->grad) != within[i])
+      throw std::invalid_argument("Zero1: " + p->name + ": value and gradient views differ");
   }
-  if (!buckets_.empty()) {
+  for (Unit& u : units) {  // the views of a fused tensor tile it exactly
+    if (!u.fused) continue;
+    std::vector<int64_t> m = u.members;
+    std::sort(m.begin(), m.end(), [&](int64_t a, int64_t b) { return within[a] < within[b]; });
+    int64_t next = 0;
+    for (int64_t i : m) {
+      if (within[i] != next)
+        throw std::invalid_argument("Zero1: the views of a fused tensor (" + params_[i]->name +
+                                    ", ...) do not tile it: all of them must be in one group");
+      next += params_[i]->numel();
+    }
+    if (next != u.numel)
+      throw std::invalid_argument("Zero1: the views of a fused tensor (" + params_[m[0]]->name +
+                                  ", ...) do not cover it: all of them must be in one group");
+  }
+  // buckets of whole units
+  int64_t flat = 0;
+  std::vector<int64_t> unit_offset(units.size());
+  const auto close_bucket = [&] {
     Bucket& b = buckets_.back();
     b.padded = (flat - b.begin + G - 1) / G * G;
     flat = b.begin + b.padded;
+  };
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (buckets_.empty() ||
+        (flat - buckets_.back().begin) + units[u].numel > opt_.bucket_elements) {
+      if (!buckets_.empty()) close_bucket();
+      buckets_.push_back({flat, 0, {}});
+    }
+    unit_offset[u] = flat;
+    std::vector<int64_t> m = units[u].members;  // in layout order
+    std::sort(m.begin(), m.end(), [&](int64_t a, int64_t b) { return within[a] < within[b]; });
+    for (int64_t i : m) buckets_.back().params.push_back(i);
+    flat += units[u].numel;
   }
-  flat_.assign(flat, 0.f);
+  if (!buckets_.empty()) close_bucket();
+  offset_.resize(params_.size());
+  for (size_t u = 0; u < units.size(); ++u)
+    for (int64_t i : units[u].members) offset_[i] = unit_offset[u] + within[i];
+
+  // the arenas; every parameter (and fused tensor) moves onto its slice
+  value_arena_ = Tensor({flat}, DType::F32, device);
+  grad_arena_ = Tensor({flat}, DType::F32, device);
+  const auto rehome = [&](Param<float>& p, int64_t at) {
+    std::memcpy(value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
+    std::memcpy(grad_arena_.data<float>() + at, p.grad.raw(), p.grad.bytes());
+    p.value = value_arena_.view(at, p.value.shape());
+    p.grad = grad_arena_.view(at, p.grad.shape());
+  };
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (units[u].fused) {
+      rehome(*units[u].fused, unit_offset[u]);
+      for (int64_t i : units[u].members) {  // views of the re-homed fused tensor
+        params_[i]->value = value_arena_.view(offset_[i], params_[i]->value.shape());
+        params_[i]->grad = grad_arena_.view(offset_[i], params_[i]->grad.shape());
+      }
+    } else {
+      rehome(*params_[units[u].members[0]], unit_offset[u]);
+    }
+  }
+
   // this rank's shard: the r-th 1/G of every bucket, as segments of parameters
   for (const Bucket& b : buckets_) {
     const int64_t part = b.padded / G, lo = b.begin + r * part, hi = lo + part;
     for (int64_t i : b.params) {
       const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
       const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, hi);
-      if (s0 < s1) segments_.push_back({params_[i], s0 - p0, shard_ + (s0 - lo), s1 - s0});
+      if (s0 < s1) segments_.push_back({params_[i], s0 - p0, shard_ + (s0 - lo), s1 - s0, i});
     }
     shard_ += part;
   }
-  shard_grad_.assign(shard_, 0.f);
+  // in the parameter list's order (the norm's summation order)
+  std::sort(segments_.begin(), segments_.end(), [](const Segment& a, const Segment& b) {
+    return a.index != b.index ? a.index < b.index : a.param_offset < b.param_offset;
+  });
+  if (G > 1) shard_grad_.assign(shard_, 0.f);
+  if (opt_.grad_reduce_bf16 && G > 1) {
+    int64_t most = 0;
+    for (const Bucket& b : buckets_) most = std::max(most, b.padded);
+    send16_.assign(most, 0), recv16_.assign(most / G, 0);
+  }
   if (opt_.bf16_moments) {
     m16_.assign(shard_, 0), v16_.assign(shard_, 0);
   } else {
@@ -57,18 +137,36 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
 
 void Zero1::reduce_scatter_grads() {
   const int64_t G = comm_.size();
-  // with a group of one the shard is the whole flat layout: pack straight into it
-  float* dst = G == 1 ? shard_grad_.data() : flat_.data();
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < params_.size(); ++i)
-    std::memcpy(dst + offset_[i], params_[i]->g(), sizeof(float) * params_[i]->numel());
-  if (G == 1) return;
+  float* grads = grad_arena_.data<float>();
+  if (G == 1) {  // the gradient arena is the shard
+    if (opt_.grad_reduce_bf16) {
+      const int64_t n = grad_arena_.numel();
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < n; ++i) grads[i] = round_bf16(grads[i]);
+    }
+    return;
+  }
   int64_t shard_pos = 0;
   for (const Bucket& b : buckets_) {
     const int64_t part = b.padded / G;
+    float* in = grads + b.begin;
+    float* out = shard_grad_.data() + shard_pos;
+    if (opt_.grad_reduce_bf16) {
+      uint16_t* s16 = send16_.data();
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < b.padded; ++i) s16[i] = f32_to_bf16(in[i]);
+    }
     const auto t0 = std::chrono::steady_clock::now();
-    comm_.reduce_scatter(flat_.data() + b.begin, shard_grad_.data() + shard_pos, part);
+    if (opt_.grad_reduce_bf16)
+      comm_.reduce_scatter(send16_.data(), recv16_.data(), part, CommDType::BF16);
+    else
+      comm_.reduce_scatter(in, out, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (opt_.grad_reduce_bf16) {
+      const uint16_t* r16 = recv16_.data();
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < part; ++i) out[i] = bf16_to_f32(r16[i]);
+    }
     shard_pos += part;
   }
 }
@@ -76,11 +174,12 @@ void Zero1::reduce_scatter_grads() {
 double Zero1::owned_grad_sq() const {
   // per-segment partial sums, then a fixed-order total: deterministic at any thread count
   std::vector<double> part(segments_.size(), 0.0);
+  const float* owned = owned_grads();
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < segments_.size(); ++i) {
     const Segment& seg = segments_[i];
     if (seg.p->replica) continue;
-    const float* g = shard_grad_.data() + seg.shard_offset;
+    const float* g = owned + seg.shard_offset;
     double s = 0;
     for (int64_t j = 0; j < seg.len; ++j) s += static_cast<double>(g[j]) * g[j];
     part[i] = s;
@@ -91,19 +190,19 @@ double Zero1::owned_grad_sq() const {
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
+  float* owned = shard_grads();
   if (grad_scale != 1.0) {
     const float c = static_cast<float>(grad_scale);
-    float* g = shard_grad_.data();
 #pragma omp parallel for simd
-    for (int64_t i = 0; i < shard_; ++i) g[i] *= c;
+    for (int64_t i = 0; i < shard_; ++i) owned[i] *= c;
   }
   kernels::AdamWParams ap;
   ap.lr = lr, ap.beta1 = opt_.beta1, ap.beta2 = opt_.beta2, ap.eps = opt_.eps;
   ap.step = step_number;
   for (const Segment& seg : segments_) {
     ap.weight_decay = seg.p->decay ? opt_.weight_decay : 0.0;
-    float* w = seg.p->w() + seg.param_offset;
-    const float* g = shard_grad_.data() + seg.shard_offset;
+    float* w = seg.p->w() + seg.param_offset;  // in the value arena
+    const float* g = owned + seg.shard_offset;
     if (opt_.bf16_moments)
       kernels::adamw_update<uint16_t>(Exec{}, w, g, m16_.data() + seg.shard_offset,
                                       v16_.data() + seg.shard_offset, seg.len, ap);
@@ -111,24 +210,15 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
       kernels::adamw_update<float>(Exec{}, w, g, m32_.data() + seg.shard_offset,
                                    v32_.data() + seg.shard_offset, seg.len, ap);
   }
-  // everyone gets everyone's updated shard
+  // everyone gets everyone's updated block, in place in the value arena
   const int64_t G = comm_.size();
-  if (G == 1) return;  // the parameters were updated in place
-  std::vector<float> mine;
+  if (G == 1) return;
+  float* values = value_arena_.data<float>();
   for (const Bucket& b : buckets_) {
-    const int64_t part = b.padded / G, lo = b.begin + comm_.rank() * part;
-    for (int64_t i : b.params) {  // owned values into the flat buffer
-      const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
-      const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, lo + part);
-      if (s0 < s1)
-        std::memcpy(flat_.data() + s0, params_[i]->w() + (s0 - p0), sizeof(float) * (s1 - s0));
-    }
-    mine.assign(flat_.begin() + lo, flat_.begin() + lo + part);
+    const int64_t part = b.padded / G;
     const auto t0 = std::chrono::steady_clock::now();
-    comm_.all_gather(mine.data(), flat_.data() + b.begin, part);
+    comm_.all_gather(values + b.begin + comm_.rank() * part, values + b.begin, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    for (int64_t i : b.params)
-      std::memcpy(params_[i]->w(), flat_.data() + offset_[i], sizeof(float) * params_[i]->numel());
   }
 }
 

@@ -1,16 +1,33 @@
 // ZeRO-1: data-parallel gradient reduction with the optimizer state sharded over the group.
 //
-// The parameters of one reduction group (dense parameters over DP, routed experts over EDP) are
-// laid out in a flat buffer of buckets; each bucket holds whole parameters and is padded to a
-// multiple of the group size G. Rank r owns the r-th 1/G of every bucket. One step:
-//   1. pack gradients into the flat buffer; reduce-scatter each bucket (sum over the group):
-//      this rank now has the summed gradients of the elements it owns;
+// The parameters of one reduction group (dense parameters over DP, routed experts over EDP) live
+// in two flat arenas, one for values and one for gradients, laid out in buckets; each bucket
+// holds whole parameters and is padded to a multiple of the group size G. Rank r owns the r-th
+// 1/G of every bucket. One step:
+//   1. reduce-scatter each bucket of the gradient arena, read in place (sum over the group, in
+//      fp32 or, with grad_reduce_bf16, in bf16 widened back to fp32): this rank now has the summed
+//      gradients of the elements it owns;
 //   2. (the caller computes the global gradient norm from every group's owned squares, and the
 //      clip factor);
-//   3. AdamW on the owned elements only — fp32 master weights are the parameters themselves,
-//      moments (fp32 or bf16) exist only for the owned elements: optimizer memory ~ 1/G;
-//   4. all-gather each bucket's updated values and unpack into every parameter.
-// With G = 1 (one process) this is plain AdamW; the trainer uses this one path for every layout.
+//   3. AdamW on the owned elements only, in the value arena — fp32 master weights are the
+//      parameters themselves, moments (fp32 or bf16) exist only for the owned elements:
+//      optimizer memory ~ 1/G;
+//   4. all-gather each bucket of the value arena in place (this rank's block is already there).
+// No step packs or unpacks a parameter. With G = 1 (one process) this is plain AdamW on the
+// arenas (the gradient arena is the shard); the trainer uses this one path for every layout.
+//
+// The arenas. The constructor plans the layout from the parameter list, allocates both arenas
+// (Tensors from the device allocator, so their bytes are counted, zeroed: padding stays zero),
+// copies each parameter's value and gradient into its slice and re-homes the Param onto it: the
+// Param's `value`/`grad` become views of the arenas and its old storage is freed. A parameter
+// that is a view of a fused tensor (Param::fused: an MLP's gate|up matrix, a MoE layer's experts)
+// moves with the fused tensor: the fused tensor is laid out whole, where its first view appears in
+// the list, as one unit that a bucket never splits; its views keep their offsets inside it, and
+// the fused Param object (which the layer computes with) is re-homed onto the slice that spans
+// its views. Every view of a fused tensor must be in the same group and together they must tile
+// it exactly (checked). Parameters outside every group (the expert bias) keep their own storage.
+// Owned ranges are kept in the parameter list's order, so the gradient norm sums in the same
+// order as before the arenas: with G = 1 every number is unchanged.
 #pragma once
 
 #include <cstdint>
@@ -26,20 +43,24 @@ namespace moetron {
 struct Zero1Options {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
   bool bf16_moments = false;
+  bool grad_reduce_bf16 = false;      // round gradients to bf16 for the reduction (fp32 otherwise)
   int64_t bucket_elements = 1 << 20;  // 4 MiB of fp32 per bucket
 };
 
 class Zero1 {
  public:
   // params: the trainable parameters of this group, the same list in the same order on every
-  // rank of `group`.
+  // rank of `group`, on the CPU. They are re-homed onto the group's arenas (values kept).
   Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt);
+  Zero1(const Zero1&) = delete;
+  Zero1& operator=(const Zero1&) = delete;
 
+  // After this (until step) owned_grads() holds the summed gradients of the owned elements.
   void reduce_scatter_grads();
   // Sum of squares of the owned, reduced gradients (parameters marked `replica` excluded).
   double owned_grad_sq() const;
   // AdamW on the owned elements with gradients multiplied by grad_scale (the clip factor), then
-  // all-gather the updated parameters.
+  // all-gather the updated parameters. (With G = 1 the gradients are scaled in place.)
   void step(double lr, double grad_scale, int64_t step_number);
 
   int64_t state_bytes() const;  // moments held by this rank
@@ -56,42 +77,53 @@ class Zero1 {
   void import_moments(const std::vector<MomentPiece>& pieces);
   // The parameters of this group, and the ranges of them this rank owns (the elements its
   // moments cover): a checkpoint writes each element once, from its owner.
+  // shard_offset: where the range's reduced gradients are in owned_grads().
   struct OwnedRange {
     const Param<float>* param;
-    int64_t offset, len;
+    int64_t offset, len, shard_offset;
   };
   const std::vector<Param<float>*>& params() const { return params_; }
   std::vector<OwnedRange> owned_ranges() const {
     std::vector<OwnedRange> out;
-    for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len});
+    for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len, s.shard_offset});
     return out;
   }
+  const float* owned_grads() const { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
+  // The arenas (numel: the padded layout) and where params()[i] starts in them.
+  const Tensor& value_arena() const { return value_arena_; }
+  const Tensor& grad_arena() const { return grad_arena_; }
+  int64_t arena_offset(size_t i) const { return offset_.at(i); }
   // Seconds in reduce-scatter and all-gather since the last call.
   double take_comm_seconds() {
     const double s = comm_seconds_;
     comm_seconds_ = 0;
     return s;
   }
-  int64_t numel() const { return numel_; }
+  int64_t numel() const { return numel_; }  // parameter elements (padding excluded)
 
  private:
   struct Bucket {
-    int64_t begin = 0, padded = 0;  // flat offset, padded length (multiple of G)
-    std::vector<int64_t> params;    // indices into params_
+    int64_t begin = 0, padded = 0;  // arena offset, padded length (multiple of G)
+    std::vector<int64_t> params;    // indices into params_, in arena order
   };
   struct Segment {  // a piece of one parameter inside this rank's shard
     Param<float>* p;
     int64_t param_offset, shard_offset, len;
+    int64_t index;  // of p in params_
   };
+  bool G1() const { return comm_.size() == 1; }
+  float* shard_grads() { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
   std::vector<Param<float>*> params_;
-  std::vector<int64_t> offset_;  // flat offset of each parameter
+  std::vector<int64_t> offset_;  // arena offset of each parameter
   std::vector<Bucket> buckets_;
   std::vector<Segment> segments_;
   Communicator& comm_;
   Zero1Options opt_;
   int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
-  std::vector<float> flat_, shard_grad_;
+  Tensor value_arena_, grad_arena_;        // [padded layout] fp32
+  std::vector<float> shard_grad_;          // G > 1: the reduced gradients of the owned elements
+  std::vector<uint16_t> send16_, recv16_;  // grad_reduce_bf16: one bucket, one shard part
   std::vector<float> m32_, v32_;
   std::vector<uint16_t> m16_, v16_;
 };

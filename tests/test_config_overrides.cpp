@@ -39,11 +39,12 @@ TEST(ConfigSet, ReplacesNullSection) {
 }
 
 TEST(ConfigSet, WholeSectionsAndLists) {
-  const Config c = base_config({"optimizer={beta1: 0.8, moment_dtype: bf16}",
-                                "schedule.mtp_weight=[{until: 5, value: 1}, {value: 2}]",
-                                "schedule.bias_update_speed=0"});
+  const Config c = base_config(
+      {"optimizer={beta1: 0.8, moment_dtype: bf16, grad_reduce_dtype: bf16}",
+       "schedule.mtp_weight=[{until: 5, value: 1}, {value: 2}]", "schedule.bias_update_speed=0"});
   EXPECT_EQ(c.optimizer.beta1, 0.8);
   EXPECT_EQ(c.optimizer.moment_dtype, "bf16");
+  EXPECT_EQ(c.optimizer.grad_reduce_dtype, "bf16");
   EXPECT_EQ(c.schedule.mtp_weight.until, std::vector<double>{5});
   EXPECT_EQ(c.schedule.mtp_weight.values, (std::vector<double>{1, 2}));
   EXPECT_EQ(c.schedule.bias_update_speed.values, std::vector<double>{0});

@@ -58,6 +58,7 @@ TEST(ConfigTiny, OtherSections) {
   EXPECT_EQ(c.optimizer.weight_decay, 0.1);
   EXPECT_EQ(c.optimizer.grad_clip, 1.0);
   EXPECT_EQ(c.optimizer.moment_dtype, "fp32");
+  EXPECT_EQ(c.optimizer.grad_reduce_dtype, "fp32");
   EXPECT_EQ(c.schedule.unit, "steps");
   EXPECT_FALSE(c.schedule.tokens());
   EXPECT_EQ(c.schedule.lr.peak, 3e-3);
@@ -201,6 +202,7 @@ Config everything_changed() {
   c.optimizer.weight_decay = 0.0;
   c.optimizer.grad_clip = 0.0;
   c.optimizer.moment_dtype = "bf16";
+  c.optimizer.grad_reduce_dtype = "bf16";
   c.schedule.unit = "tokens";
   c.schedule.lr.peak = 2.2e-4;
   c.schedule.lr.warmup_steps = 2000;

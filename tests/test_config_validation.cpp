@@ -109,6 +109,8 @@ const std::vector<Case> kRangeCases = {
     {{{"optimizer.grad_clip", "-1"}}, "optimizer.grad_clip: must be >= 0, got -1"},
     {{{"optimizer.moment_dtype", "fp16"}},
      "optimizer.moment_dtype: must be one of {fp32, bf16}, got \"fp16\""},
+    {{{"optimizer.grad_reduce_dtype", "fp8"}},
+     "optimizer.grad_reduce_dtype: must be one of {fp32, bf16}, got \"fp8\""},
     {{{"schedule.unit", "epochs"}},
      "schedule.unit: must be one of {steps, tokens}, got \"epochs\""},
     {{{"schedule.lr.peak", "-1"}}, "schedule.lr.peak: must be >= 0, got -1"},
@@ -193,6 +195,8 @@ const std::vector<Case> kTypeCases = {
     {{{"model.rope_theta", ".inf"}}, "model.rope_theta: expected a finite number, got .inf"},
     {{{"optimizer.moment_dtype", "[fp32]"}},
      "optimizer.moment_dtype: expected a string, got a list"},
+    {{{"optimizer.grad_reduce_dtype", "{a: 1}"}},
+     "optimizer.grad_reduce_dtype: expected a string, got a mapping"},
     {{{"run.seed", "-1"}}, "run.seed: expected a non-negative integer, got -1"},
     {{{"run.seed", "1.5"}}, "run.seed: expected a non-negative integer, got 1.5"},
     {{{"model", "5"}}, "model: expected a mapping, got 5"},
@@ -215,7 +219,7 @@ const std::vector<Case> kUnknownKeyCases = {
      "unknown key data.batch_size (did you mean micro_batch_size or global_batch_size?)"},
     {{{"optimizer.lr", "4"}},
      "unknown key optimizer.lr (known keys here: beta1, beta2, eps, weight_decay, grad_clip, "
-     "moment_dtype)"},
+     "moment_dtype, grad_reduce_dtype)"},
 };
 INSTANTIATE_TEST_SUITE_P(UnknownKeys, Invalid, ::testing::ValuesIn(kUnknownKeyCases), case_name);
 

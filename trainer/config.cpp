@@ -315,6 +315,7 @@ void visit_config(V& v, C&... c) {
     v.field("weight_decay", kNonNegative, c.optimizer.weight_decay...);
     v.field("grad_clip", kNonNegative, c.optimizer.grad_clip...);
     v.field("moment_dtype", Text{{"fp32", "bf16"}}, c.optimizer.moment_dtype...);
+    v.field("grad_reduce_dtype", Text{{"fp32", "bf16"}}, c.optimizer.grad_reduce_dtype...);
   });
   v.section("schedule", "every `until` is in `unit` (steps or tokens consumed)", [&] {
     v.field("unit", Text{{"steps", "tokens"}}, c.schedule.unit...);

@@ -73,6 +73,9 @@ struct OptimizerConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double grad_clip = 1.0;             // global norm; 0 disables
   std::string moment_dtype = "fp32";  // fp32 | bf16
+  // fp32 | bf16: the type gradients are summed in over the DP/EDP groups (bf16: rounded to bf16
+  // for the reduce-scatter and widened back to fp32 for the optimizer)
+  std::string grad_reduce_dtype = "fp32";
 };
 
 struct ParallelConfig {
@@ -86,7 +89,8 @@ struct ParallelConfig {
 };
 
 // GEMM precision (model/precision.h has the meaning of every setting). Master weights and
-// gradients are always fp32; the AdamW moments' type is optimizer.moment_dtype.
+// gradients are always fp32; the AdamW moments' type is optimizer.moment_dtype, the type of the
+// gradient reduction optimizer.grad_reduce_dtype.
 struct PrecisionConfig {
   std::string recipe = "fp32";           // fp32 | bf16 | fp8
   std::string fp8_pow2_scales = "spec";  // spec | all | none: which FP8 scales are UE8M0

@@ -212,6 +212,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   zo.beta1 = cfg.optimizer.beta1, zo.beta2 = cfg.optimizer.beta2, zo.eps = cfg.optimizer.eps;
   zo.weight_decay = cfg.optimizer.weight_decay;
   zo.bf16_moments = cfg.optimizer.moment_dtype == "bf16";
+  zo.grad_reduce_bf16 = cfg.optimizer.grad_reduce_dtype == "bf16";
   Zero1 opt_dense(dense, *groups.dp, zo), opt_experts(experts, *groups.edp, zo);
   Param<float>* embed = model.params().find("model.embed_tokens.weight");
 

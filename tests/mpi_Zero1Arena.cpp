@@ -1,0 +1,221 @@
+// mpi-ranks: 1 2 4
+// ZeRO-1's flat arenas on real ranks. A small store mixes plain parameters, two fused tensors
+// whose views are interleaved in registration order (as a MoE layer registers its experts' gate,
+// up and down), and a non-trainable parameter left outside the group. Checked: every parameter's
+// value and gradient (and each fused tensor) lie inside the group's arenas at the planned offsets
+// with values kept, so reduce-scatter and all-gather need no pack or unpack; a DP step equals the
+// reference AdamW on the summed gradients bit for bit (exactly representable sums); bf16
+// reduction equals the sum of the bf16-rounded gradients within one bf16 rounding per reduction
+// step; views that do not tile their fused tensor are refused.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/scalar.h"
+#include "model/param.h"
+#include "parallel/comm.h"
+#include "parallel/zero1.h"
+
+using namespace moetron;
+
+namespace {
+
+constexpr int64_t E = 2, F = 3, D = 4;
+
+// plain a, experts' gate|up (fused) and down (fused) interleaved per expert, the bias (not
+// trainable), plain b
+struct Store {
+  ParamStore<float> ps;
+  std::unique_ptr<Param<float>> gu, down;
+  std::vector<Param<float>*> group;
+  Param<float>* bias = nullptr;
+  Store() {
+    const auto fused = [](std::vector<int64_t> shape) {
+      auto p = std::make_unique<Param<float>>();
+      p->value = Tensor(shape, DType::F32), p->grad = Tensor(shape, DType::F32);
+      return p;
+    };
+    gu = fused({E, 2 * F, D}), down = fused({E, D, F});
+    group.push_back(ps.add("a", {3, 5}));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string n = "experts." + std::to_string(e) + ".";
+      group.push_back(ps.add_view(n + "gate", *gu, e * 2 * F * D, {F, D}));
+      group.push_back(ps.add_view(n + "up", *gu, e * 2 * F * D + F * D, {F, D}));
+      group.push_back(ps.add_view(n + "down", *down, e * D * F, {D, F}));
+    }
+    bias = ps.add("bias", {E}, false);
+    bias->trainable = false;
+    group.push_back(ps.add("b", {7}, false));
+    for (auto& p : ps.all())
+      for (int64_t i = 0; i < p->numel(); ++i)
+        p->w()[i] = 0.01f * static_cast<float>((i * 5 + static_cast<int64_t>(p->name.size())) % 17);
+  }
+};
+
+// per-rank gradients that are multiples of 1/64 with small numerators: sums are exact in any order
+float exact_grad(int rank, size_t param, int64_t i) {
+  return static_cast<float>((i * 7 + rank * 13 + static_cast<int64_t>(param) * 3) % 31 - 15) / 64.f;
+}
+
+Zero1Options options(bool bf16_reduce) {
+  Zero1Options zo;
+  zo.weight_decay = 0.1;
+  zo.bucket_elements = 40;  // several buckets, padding, and a fused tensor larger than a bucket
+  zo.grad_reduce_bf16 = bf16_reduce;
+  return zo;
+}
+
+}  // namespace
+
+TEST(Zero1Arena, ParametersLiveInTheArenasAtTheirPlannedOffsets) {
+  Communicator& w = world();
+  Store s;
+  std::vector<std::vector<float>> before;
+  for (Param<float>* p : s.group) before.emplace_back(p->w(), p->w() + p->numel());
+  for (Param<float>* p : s.group)
+    for (int64_t i = 0; i < p->numel(); ++i) p->g()[i] = 1.f + static_cast<float>(i);
+  const void* bias_at = s.bias->value.raw();
+  Zero1 opt(s.group, w, options(false));
+
+  const auto* v0 = static_cast<const char*>(opt.value_arena().raw());
+  const auto* g0 = static_cast<const char*>(opt.grad_arena().raw());
+  const int64_t n = opt.value_arena().numel();
+  ASSERT_EQ(opt.grad_arena().numel(), n);
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (size_t i = 0; i < s.group.size(); ++i) {
+    Param<float>* p = s.group[i];
+    const int64_t at = opt.arena_offset(i);
+    EXPECT_EQ(p->value.raw(), v0 + 4 * at) << p->name;
+    EXPECT_EQ(p->grad.raw(), g0 + 4 * at) << p->name;
+    EXPECT_TRUE(std::equal(before[i].begin(), before[i].end(), p->w())) << p->name;
+    for (int64_t k = 0; k < p->numel(); ++k) ASSERT_EQ(p->g()[k], 1.f + k) << p->name;
+    spans.push_back({at, at + p->numel()});
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 0; i < spans.size(); ++i) {
+    EXPECT_GE(spans[i].first, i ? spans[i - 1].second : 0);
+    EXPECT_LE(spans[i].second, n);
+  }
+  // each fused tensor is the arena slice that spans its views, in the views' order
+  EXPECT_EQ(s.gu->value.raw(), s.group[1]->value.raw());
+  EXPECT_EQ(s.gu->grad.raw(), s.group[1]->grad.raw());
+  EXPECT_EQ(opt.arena_offset(4), opt.arena_offset(1) + 2 * F * D);  // expert 1's gate
+  EXPECT_EQ(opt.arena_offset(5), opt.arena_offset(1) + 3 * F * D);  // expert 1's up
+  EXPECT_EQ(s.down->value.raw(), s.group[3]->value.raw());
+  EXPECT_EQ(opt.arena_offset(6), opt.arena_offset(3) + D * F);  // expert 1's down
+  // the bias is outside every group
+  EXPECT_EQ(s.bias->value.raw(), bias_at);
+  // writes through the fused tensor are the views' values
+  s.gu->w()[2 * F * D] = 42.f;
+  EXPECT_EQ(s.group[4]->w()[0], 42.f);
+}
+
+TEST(Zero1Arena, DataParallelStepEqualsAdamWOnSummedGradients) {
+  Communicator& w = world();
+  const int P = w.size();
+  Store s;
+  Zero1 opt(s.group, w, options(false));
+  // the reference: every rank runs AdamW on the whole parameters with the summed gradients
+  std::vector<std::vector<float>> ref, m, v;
+  for (Param<float>* p : s.group) {
+    ref.emplace_back(p->w(), p->w() + p->numel());
+    m.emplace_back(p->numel(), 0.f), v.emplace_back(p->numel(), 0.f);
+  }
+  for (int step = 1; step <= 2; ++step) {
+    const double scale = step == 1 ? 1.0 : 0.5;  // the second step clips
+    s.ps.zero_grad();
+    for (size_t j = 0; j < s.group.size(); ++j)
+      for (int64_t i = 0; i < s.group[j]->numel(); ++i)
+        s.group[j]->g()[i] = exact_grad(w.rank() + step, j, i);
+    opt.reduce_scatter_grads();
+    for (const auto& r : opt.owned_ranges()) {  // the owned gradients are the exact sums
+      const size_t j = std::find(s.group.begin(), s.group.end(), r.param) - s.group.begin();
+      for (int64_t k = 0; k < r.len; ++k) {
+        float sum = 0;
+        for (int q = 0; q < P; ++q) sum += exact_grad(q + step, j, r.offset + k);
+        ASSERT_EQ(opt.owned_grads()[r.shard_offset + k], sum) << r.param->name << " " << k;
+      }
+    }
+    opt.step(1e-2, scale, step);
+    kernels::AdamWParams ap;
+    ap.lr = 1e-2, ap.beta1 = 0.9, ap.beta2 = 0.95, ap.eps = 1e-8, ap.step = step;
+    for (size_t j = 0; j < s.group.size(); ++j) {
+      const int64_t n = s.group[j]->numel();
+      std::vector<float> g(n, 0.f);
+      for (int64_t i = 0; i < n; ++i) {
+        for (int q = 0; q < P; ++q) g[i] += exact_grad(q + step, j, i);
+        g[i] *= static_cast<float>(scale);
+      }
+      ap.weight_decay = s.group[j]->decay ? 0.1 : 0.0;
+      kernels::adamw_update<float>(Exec{}, ref[j].data(), g.data(), m[j].data(), v[j].data(), n,
+                                   ap);
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(s.group[j]->w()[i], ref[j][i])
+            << s.group[j]->name << "[" << i << "] step " << step << " rank " << w.rank();
+    }
+  }
+}
+
+TEST(Zero1Arena, Bf16ReductionWithinOneRoundingPerStep) {
+  Communicator& w = world();
+  const int P = w.size();
+  Store s;
+  Zero1 opt(s.group, w, options(true));
+  // gradients of magnitude 2^-4..2^4, both signs; any rank can regenerate another's
+  const auto grads = [&](int rank) {
+    std::mt19937 gen(77u + 31u * static_cast<unsigned>(rank));
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    std::uniform_int_distribution<int> e(-4, 4);
+    std::vector<std::vector<float>> g;
+    for (Param<float>* p : s.group) {
+      g.emplace_back(p->numel());
+      for (float& x : g.back()) x = std::ldexp(u(gen), e(gen));
+    }
+    return g;
+  };
+  const auto mine = grads(w.rank());
+  for (size_t j = 0; j < s.group.size(); ++j)
+    std::copy(mine[j].begin(), mine[j].end(), s.group[j]->g());
+  std::vector<std::vector<std::vector<float>>> all;
+  for (int q = 0; q < P; ++q) all.push_back(grads(q));
+  opt.reduce_scatter_grads();
+  int64_t checked = 0;
+  for (const auto& r : opt.owned_ranges()) {
+    const size_t j = std::find(s.group.begin(), s.group.end(), r.param) - s.group.begin();
+    for (int64_t k = 0; k < r.len; ++k) {
+      double sum = 0, mag = 0;
+      float sum2 = 0;
+      for (int q = 0; q < P; ++q) {
+        const float b = round_bf16(all[q][j][r.offset + k]);
+        sum += b, mag += std::fabs(b), sum2 += b;
+      }
+      const float got = opt.owned_grads()[r.shard_offset + k];
+      ASSERT_EQ(round_bf16(got), got);  // a bf16 value, widened
+      // P - 1 additions, each rounded to nearest bf16: at most 2^-8 of the magnitude each
+      ASSERT_LE(std::fabs(got - sum), (P - 1) * std::ldexp(mag, -8) * (1 + 1e-6))
+          << r.param->name << "[" << r.offset + k << "]";
+      if (P <= 2) {  // one rounding of the exact fp32 sum
+        ASSERT_EQ(got, round_bf16(sum2));
+      }
+      ++checked;
+    }
+  }
+  int64_t total = checked;
+  w.all_reduce(&total, 1);
+  int64_t expect = 0;
+  for (Param<float>* p : s.group) expect += p->numel();
+  EXPECT_EQ(total, expect);  // every element is owned once
+}
+
+TEST(Zero1Arena, RefusesViewsThatDoNotTileTheirFusedTensor) {
+  Communicator& w = world();
+  Store s;
+  std::vector<Param<float>*> part = {s.group[0], s.group[1], s.group[2]};  // no expert 1
+  EXPECT_THROW((void)Zero1(part, w, options(false)), std::invalid_argument);
+}
