@@ -180,24 +180,20 @@ class PipelineExecutor {
     int buf;
   };
   typename Model<T>::MicroBatch& state(int m) { return slots_[slot_of_[m]]; }
-  int slot_acquire() {
-    if (free_slots_.empty()) {
-      slots_.emplace_back();
-      return static_cast<int>(slots_.size()) - 1;
+  // An entry of a pool: a free one, or a new one at the end (deques: entries never move).
+  template <class E>
+  static int take(std::deque<E>& pool, std::vector<int>& free) {
+    if (free.empty()) {
+      pool.emplace_back();
+      return static_cast<int>(pool.size()) - 1;
     }
-    const int s = free_slots_.back();
-    free_slots_.pop_back();
-    return s;
+    const int i = free.back();
+    free.pop_back();
+    return i;
   }
+  int slot_acquire() { return take(slots_, free_slots_); }
   int msg_acquire(int64_t n) {
-    int b;
-    if (free_msgs_.empty()) {
-      msgs_.emplace_back();
-      b = static_cast<int>(msgs_.size()) - 1;
-    } else {
-      b = free_msgs_.back();
-      free_msgs_.pop_back();
-    }
+    const int b = take(msgs_, free_msgs_);
     msgs_[b].resize(static_cast<size_t>(n));
     return b;
   }
@@ -216,14 +212,7 @@ class PipelineExecutor {
   // forward activations but only as many gradient sets as backwards overlap.
   void lend_grads(int m) {
     if (grads_of_[m] >= 0) return;  // (Backward after BackwardInput never happens; be safe)
-    int g;
-    if (free_grads_.empty()) {
-      grads_.emplace_back();
-      g = static_cast<int>(grads_.size()) - 1;
-    } else {
-      g = free_grads_.back();
-      free_grads_.pop_back();
-    }
+    const int g = take(grads_, free_grads_);
     grads_of_[m] = g;
     swap_grads(state(m), grads_[g]);
   }
