@@ -348,10 +348,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
 
     const auto t_pipe = std::chrono::steady_clock::now();
     // expert loads of the step over the whole global batch (this stage's layers)
+    groups.dp->all_reduce(model.loads(), load.size());  // in place, on the model's device
     kernels::copy_to_host(model.exec(), load.data(), model.loads(), sizeof(int64_t) * load.size());
-    groups.dp->all_reduce(load.data(), load.size());
-    kernels::copy_from_host(model.exec(), model.loads(), load.data(),
-                            sizeof(int64_t) * load.size());
 
     // the embedding's copies on the first and last stage share one gradient
     if (groups.tied && embed) groups.tied->all_reduce(embed->g(), embed->numel());
