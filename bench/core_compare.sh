@@ -6,18 +6,27 @@
 #   2. peak RSS per rank: tiny.yaml and small.yaml at PP2 (1F1B) with 8 micro-batches per step
 #      (global batch = 8 x micro-batch), 3 steps, 1 thread per rank.
 # Usage: bench/core_compare.sh OLD_BIN NEW_BIN [ROUNDS=3] [STEPS=12] [RECIPES="fp32 fp8"]
+# OLD_SET / NEW_SET (environment): extra "key=value ..." settings for each side, so one binary
+# can be compared with itself under two settings, e.g.
+#   NEW_SET="activations.storage=bf16" bench/core_compare.sh build/moetron build/moetron
 # Needs data/cache/sotu (scripts/demo.sh or scripts/test.sh prepare it). Prints two tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$1; NEW=$2; ROUNDS=${3:-3}; STEPS=${4:-12}; RECIPES=${5:-fp32 fp8}
 OUT=build/bench_core_compare; rm -rf "$OUT"; mkdir -p "$OUT"
+sets() {  # the --set arguments of side $1
+  local s=$OLD_SET; [[ $1 == new ]] && s=$NEW_SET
+  for kv in $s; do printf -- '--set\n%s\n' "$kv"; done
+}
+OLD_SET=${OLD_SET:-}; NEW_SET=${NEW_SET:-}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for recipe in $RECIPES; do
   for r in $(seq "$ROUNDS"); do
     for which in old new; do
       bin=$OLD; [[ $which == new ]] && bin=$NEW
+      mapfile -t extra < <(sets $which)
       "$bin" train configs/tiny.yaml --set run.steps="$STEPS" --set run.threads=2 \
-        --set run.eval_interval=0 --set precision.recipe="$recipe" \
+        --set run.eval_interval=0 --set precision.recipe="$recipe" "${extra[@]}" \
         --set run.dir="$OUT/speed_${recipe}_${which}_$r" > /dev/null
     done
   done
@@ -26,11 +35,12 @@ for cfg in tiny small; do
   mb=$(grep -E '^\s+micro_batch_size:' configs/$cfg.yaml | awk '{print $2}')
   for which in old new; do
     bin=$OLD; [[ $which == new ]] && bin=$NEW
+    mapfile -t extra < <(sets $which)
     mpirun --oversubscribe --mca btl self,vader --bind-to none -np 2 \
       bash -c '/usr/bin/time -f "maxrss_kb %M" -o "$0.$OMPI_COMM_WORLD_RANK" "$@"' \
       "$OUT/rss_${cfg}_${which}" "$bin" train configs/$cfg.yaml --set run.steps=3 --set run.threads=1 \
       --set run.eval_interval=0 --set parallel.pp=2 --set data.global_batch_size=$((8 * mb)) \
-      --set run.dir="$OUT/rss_${cfg}_${which}" > "$OUT/rss_${cfg}_${which}.log" 2>&1
+      --set run.dir="$OUT/rss_${cfg}_${which}" "${extra[@]}" > "$OUT/rss_${cfg}_${which}.log" 2>&1
   done
 done
 /usr/bin/python3 - "$OUT" "$ROUNDS" "$RECIPES" <<'PY'

@@ -59,12 +59,13 @@ class Buffer {
     if (cap_ > 0) allocator(dev_).deallocate(ptr_, cap_ * sizeof(T));
     ptr_ = nullptr, size_ = cap_ = 0;
   }
-
- private:
+  // Exchanges the memory of two buffers (lending a buffer without a copy).
   void swap(Buffer& o) noexcept {
     std::swap(ptr_, o.ptr_), std::swap(size_, o.size_), std::swap(cap_, o.cap_);
     std::swap(dev_, o.dev_);
   }
+
+ private:
   T* ptr_ = nullptr;
   size_t size_ = 0, cap_ = 0;
   Device dev_ = Device::CPU;

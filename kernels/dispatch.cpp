@@ -44,6 +44,12 @@ void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {
 }
 
 void fill_zero(const Exec& ex, void* p, size_t bytes) { MOETRON_DISPATCH(fill_zero, p, bytes); }
+void narrow_to_bf16(const Exec& ex, const float* x, int64_t n, uint16_t* y) {
+  MOETRON_DISPATCH(narrow_to_bf16, x, n, y);
+}
+void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
+  MOETRON_DISPATCH(widen_from_bf16, x, n, y);
+}
 
 template <class T>
 void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,

@@ -58,7 +58,9 @@ void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G,
 template <class T>
 void add_inplace(const Exec& ex, T* y, const T* x, int64_t n);  // y += x
 template <class T>
-void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n);  // y += a x
+void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n);                   // y += a x
+void narrow_to_bf16(const Exec& ex, const float* x, int64_t n, uint16_t* y);   // y = bf16(x), RNE
+void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y);  // y = x (exact)
 template <class T>
 void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
              int64_t cols, int64_t repeat, bool accumulate);

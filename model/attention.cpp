@@ -21,6 +21,7 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
                    const PrecisionPolicy& pol, const Exec& ex) {
   ex_ = ex;
   recompute_norms_ = pol.recompute_norms, recompute_up_ = pol.recompute_mla_up;
+  store_bf16_ = pol.store_bf16;
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
   dr_ = c.qk_rope_head_dim, dv_ = c.v_head_dim, dq_ = dn_ + dr_;
   ql_ = c.q_lora_rank, kl_ = c.kv_lora_rank;
@@ -107,13 +108,14 @@ const SavedAct<T>& MLA<T>::xn_of(State& st, const T* h) const {
 
 template <class T>
 const SavedAct<T>& MLA<T>::cq_of(State& st) const {
-  return recompute_norms_ ? renorm(q_norm_, q_b_, st.cq_raw.data(), st.B * st.S, cq_tmp_) : st.cq;
+  if (!recompute_norms_) return st.cq;
+  return renorm(q_norm_, q_b_, st.cq_raw.read(ex_, cq_raw_tmp_), st.B * st.S, cq_tmp_);
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::ckv_of(State& st) const {
-  return recompute_norms_ ? renorm(kv_norm_, kv_b_, st.ckv_raw.data(), st.B * st.S, ckv_tmp_)
-                          : st.ckv;
+  if (!recompute_norms_) return st.ckv;
+  return renorm(kv_norm_, kv_b_, st.ckv_raw.read(ex_, ckv_raw_tmp_), st.B * st.S, ckv_tmp_);
 }
 
 template <class T>
@@ -122,6 +124,8 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
   const Exec& ex = ex_;
   const int64_t N = B * S, kr = kl_ + dr_;
   st.B = B, st.S = S;
+  for (SavedAct<T>* a : {&st.cq_raw, &st.kva, &st.ckv_raw, &st.q, &st.k, &st.v, &st.o})
+    a->set_form(false, store_bf16_);
   // the norm outputs go to the state, or (recomputed later) to scratch
   SavedAct<T>& xn_s = recompute_norms_ ? xn_tmp_ : st.xn;
   T* xn = kv_a_.input(xn_s, N);  // q_a / q share the input (and its precision)
@@ -129,30 +133,35 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
   kv_a_.keep(xn_s);
   SavedAct<T>& cq_s = recompute_norms_ ? cq_tmp_ : st.cq;
   if (ql_ > 0) {  // query latent
-    T* cq_raw = sized(st.cq_raw, N * ql_);
+    T* cq_raw = st.cq_raw.write(N, ql_, cq_raw_tmp_);
     q_a_.forward(xn_s, cq_raw);
+    st.cq_raw.keep(ex, cq_raw_tmp_);
     q_norm_.forward(cq_raw, N, q_b_.input(cq_s, N), sized(st.rstd_q, N));
     q_b_.keep(cq_s);
   }
-  // compressed kv [N, kl | dr]; the shared RoPE key
-  T* kva = sized(recompute_up_ ? st.kva : kva_, N * kr);  // only recomputing k needs it later
+  // compressed kv [N, kl | dr]; the shared RoPE key (kept only when k is recomputed)
+  T* kva = recompute_up_ ? st.kva.write(N, kr, kva_) : sized(kva_, N * kr);
   kv_a_.forward(xn_s, kva);
   kernels::rope_apply<T>(ex, kva + kl_, N, kr, 1, pos, freqs_.data(), dr_, false);
-  T* ckv_raw = sized(st.ckv_raw, N * kl_);
+  if (recompute_up_) st.kva.keep(ex, kva_);
+  T* ckv_raw = st.ckv_raw.write(N, kl_, ckv_raw_tmp_);
   kernels::copy_2d<T>(ex, kva, kr, ckv_raw, kl_, N, kl_, 1, false);
+  st.ckv_raw.keep(ex, ckv_raw_tmp_);
   SavedAct<T>& ckv_s = recompute_norms_ ? ckv_tmp_ : st.ckv;
   kv_norm_.forward(ckv_raw, N, kv_b_.input(ckv_s, N), sized(st.rstd_kv, N));
   kv_b_.keep(ckv_s);
 
-  // per-head queries, keys and values: in the state, or (recomputed later) in scratch
-  T* q = sized(recompute_up_ ? q_tmp_ : st.q, N * H_ * dq_);
-  T* k = sized(recompute_up_ ? k_tmp_ : st.k, N * H_ * dq_);
-  T* v = sized(recompute_up_ ? v_tmp_ : st.v, N * H_ * dv_);
+  // per-head queries, keys and values: kept in the state, or (recomputed later) only scratch
+  T* q = recompute_up_ ? sized(q_tmp_, N * H_ * dq_) : st.q.write(N, H_ * dq_, q_tmp_);
+  T* k = recompute_up_ ? sized(k_tmp_, N * H_ * dq_) : st.k.write(N, H_ * dq_, k_tmp_);
+  T* v = recompute_up_ ? sized(v_tmp_, N * H_ * dv_) : st.v.write(N, H_ * dv_, v_tmp_);
   project_qkv(ql_ > 0 ? cq_s : xn_s, ckv_s, kva, N, pos, q, k, v);
+  if (!recompute_up_) st.q.keep(ex, q_tmp_), st.k.keep(ex, k_tmp_), st.v.keep(ex, v_tmp_);
 
-  T* o = sized(st.o, N * H_ * dv_);
+  T* o = st.o.write(N, H_ * dv_, o_tmp_);
   kernels::attention_forward<T>(ex, q, k, v, B, S, H_, dq_, dv_, scale_, o,
                                 sized(st.lse, B * H_ * S));
+  st.o.keep(ex, o_tmp_);
   o_.forward(o, N, out);
 }
 
@@ -166,17 +175,20 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   T* dk = sized(dk_, N * H_ * dq_);
   T* dvv = sized(dv_buf_, N * H_ * dv_);
   o_.backward_input(dy, N, d_o);
-  const T *q = st.q.data(), *k = st.k.data(), *v = st.v.data();
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
   if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
     T* qr = sized(q_tmp_, N * H_ * dq_);
     T* kr_ = sized(k_tmp_, N * H_ * dq_);
     T* vr = sized(v_tmp_, N * H_ * dv_);
-    project_qkv(ql_ > 0 ? cq_of(st) : xn_of(st, h), ckv_of(st), st.kva.data(), N, pos, qr, kr_, vr);
+    project_qkv(ql_ > 0 ? cq_of(st) : xn_of(st, h), ckv_of(st), st.kva.read(ex, kva_), N, pos, qr,
+                kr_, vr);
     q = qr, k = kr_, v = vr;
+  } else {
+    q = st.q.read(ex, q_tmp_), k = st.k.read(ex, k_tmp_), v = st.v.read(ex, v_tmp_);
   }
   T* dq = sized(st.dq, N * H_ * dq_);
-  kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.data(), st.lse.data(), B, S, H_, dq_, dv_,
-                                 scale_, dq, dk, dvv);
+  kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, o_tmp_), st.lse.data(), B, S, H_,
+                                 dq_, dv_, scale_, dq, dk, dvv);
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
@@ -191,7 +203,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   T* dckv = sized(st.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
   T* dckv_raw = sized(dckv_raw_, N * kl_);
-  kv_norm_.backward_input(dckv, st.ckv_raw.data(), st.rstd_kv.data(), N, dckv_raw);
+  kv_norm_.backward_input(dckv, st.ckv_raw.read(ex, ckv_raw_tmp_), st.rstd_kv.data(), N, dckv_raw);
   kernels::copy_2d<T>(ex, dckv_raw, kl_, dkva, kr, N, kl_, 1, false);
 
   // d xn from both projections of xn
@@ -201,7 +213,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
     T* dcq = sized(st.dcq, N * ql_);
     q_b_.backward_input(dq, N, dcq);
     T* dcq_raw = sized(st.dcq_raw, N * ql_);
-    q_norm_.backward_input(dcq, st.cq_raw.data(), st.rstd_q.data(), N, dcq_raw);
+    q_norm_.backward_input(dcq, st.cq_raw.read(ex, cq_raw_tmp_), st.rstd_q.data(), N, dcq_raw);
     q_a_.backward_input(dcq_raw, N, dxn, /*accumulate=*/true);
   } else {
     q_.backward_input(dq, N, dxn, /*accumulate=*/true);
@@ -216,9 +228,11 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
 template <class T>
 void MLA<T>::backward_weight(State& st, const T* h, const T* dy) const {
   const int64_t N = st.B * st.S;
-  o_.backward_weight(dy, st.o.data(), N);  // o is kept as T in every recipe
-  kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.data(), st.rstd_kv.data(), N);
-  if (ql_ > 0) q_norm_.backward_weight(st.dcq.data(), st.cq_raw.data(), st.rstd_q.data(), N);
+  o_.backward_weight(dy, st.o.read(ex_, o_tmp_), N);  // o: T or bf16, never FP8 (attention.h)
+  kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.read(ex_, ckv_raw_tmp_), st.rstd_kv.data(),
+                           N);
+  if (ql_ > 0)
+    q_norm_.backward_weight(st.dcq.data(), st.cq_raw.read(ex_, cq_raw_tmp_), st.rstd_q.data(), N);
   kv_b_.backward_weight(st.dkv.data(), ckv_of(st));
   if (ql_ > 0) q_b_.backward_weight(st.dq.data(), cq_of(st));
   const SavedAct<T>& xn = xn_of(st, h);

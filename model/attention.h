@@ -12,8 +12,9 @@
 // what the backward needs in a State owned by the caller (one per micro-batch in flight).
 // The Linears own their precision (linear.h): the inputs of q_a/kv_a (xn), q_b (c_q) and kv_b
 // (c_kv) are kept as SavedActs, FP8 1x128 tiles under the fp8 recipe; o, the input of o_proj,
-// stays fp32 because the attention backward reads it too (SPEC §3.5: V3 keeps it in a 12-bit
-// format; fp32 here is the safe superset). The layer is op calls and pointer arithmetic only.
+// is never FP8 because the attention backward reads it too (SPEC §3.5: V3 keeps it in a 12-bit
+// format; fp32 or bf16 here). Under `activations.storage: bf16` every kept tensor that is not FP8
+// (norm inputs and outputs, q, k, v, o) is bf16. The layer is op calls and pointer arithmetic only.
 #pragma once
 
 #include <string>
@@ -32,15 +33,18 @@ class MLA {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    SavedAct<T> xn;              // attn_norm output = input of q_a/kv_a (or q) [N, D]
-    Buffer<T> rstd_in;           // [N]
-    Buffer<T> cq_raw, rstd_q;    // query latent before q_norm [N, ql], its rstd
-    SavedAct<T> cq;              // after q_norm = input of q_b [N, ql]
-    Buffer<T> q;                 // [N, H, dq] (RoPE applied)
-    Buffer<T> kva;               // [N, kl + dr] (k_pe part RoPE'd)
-    Buffer<T> ckv_raw, rstd_kv;  // kv latent before kv_norm [N, kl], its rstd
-    SavedAct<T> ckv;             // after kv_norm = input of kv_b [N, kl]
-    Buffer<T> k, v, o, lse;      // [N,H,dq], [N,H,dv], [N,H,dv], [B,H,S]
+    SavedAct<T> xn;       // attn_norm output = input of q_a/kv_a (or q) [N, D]
+    Buffer<T> rstd_in;    // [N]
+    SavedAct<T> cq_raw;   // query latent before q_norm [N, ql]
+    Buffer<T> rstd_q;     // its rstd [N]
+    SavedAct<T> cq;       // after q_norm = input of q_b [N, ql]
+    SavedAct<T> q;        // [N, H, dq] (RoPE applied)
+    SavedAct<T> kva;      // [N, kl + dr] (k_pe part RoPE'd; kept when k is recomputed)
+    SavedAct<T> ckv_raw;  // kv latent before kv_norm [N, kl]
+    Buffer<T> rstd_kv;    // its rstd [N]
+    SavedAct<T> ckv;      // after kv_norm = input of kv_b [N, kl]
+    SavedAct<T> k, v, o;  // [N,H,dq], [N,H,dv], [N,H,dv]
+    Buffer<T> lse;        // [B,H,S]
     // written by backward_input, read by backward_weight
     Buffer<T> dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
     // The buffers backward_input writes and backward_weight reads (the executor lends them to a
@@ -51,10 +55,11 @@ class MLA {
     }
     // Bytes of everything this state keeps from forward to backward (activation memory).
     int64_t saved_bytes() const {
-      const size_t n = rstd_in.size() + cq_raw.size() + rstd_q.size() + q.size() + kva.size() +
-                       ckv_raw.size() + rstd_kv.size() + k.size() + v.size() + o.size() +
-                       lse.size();
-      return static_cast<int64_t>(n * sizeof(T)) + xn.bytes() + cq.bytes() + ckv.bytes();
+      const size_t n = rstd_in.size() + rstd_q.size() + rstd_kv.size() + lse.size();
+      int64_t b = static_cast<int64_t>(n * sizeof(T));
+      for (const SavedAct<T>* a : {&xn, &cq_raw, &cq, &q, &kva, &ckv_raw, &ckv, &k, &v, &o})
+        b += a->bytes();
+      return b;
     }
   };
 
@@ -79,9 +84,11 @@ class MLA {
   RMSNorm<T> attn_norm_, q_norm_, kv_norm_;
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
   bool recompute_norms_ = false, recompute_up_ = false;  // PrecisionPolicy::recompute_*
+  bool store_bf16_ = false;                              // PrecisionPolicy::store_bf16
   // scratch of one call (one compute thread per layer): not kept between forward and backward
-  mutable Buffer<T> kv_, kva_, do_, dk_, dv_buf_, dckv_raw_, dhn_, q_tmp_, k_tmp_, v_tmp_,
-      rstd_tmp_;
+  // (with bf16 storage also the fp32 values of the kept tensors, and their widened reads)
+  mutable Buffer<T> kv_, kva_, do_, dk_, dv_buf_, dckv_raw_, dhn_, q_tmp_, k_tmp_, v_tmp_, o_tmp_,
+      cq_raw_tmp_, ckv_raw_tmp_, rstd_tmp_;
   mutable SavedAct<T> xn_tmp_, cq_tmp_, ckv_tmp_;  // recomputed norm outputs
   // The norm outputs and the per-head q, k, v: the state's, or (recompute) made again from what
   // the state keeps with the forward's own ops, so bit for bit the same values.

@@ -11,6 +11,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
   D_ = c.hidden_size;
   attn_.build(ps, prefix, c, pol, ex);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
+  store_bf16_ = pol.store_bf16;
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
     moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex);
@@ -32,11 +33,14 @@ void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_
                        double* balance, int64_t* load) const {
   const int64_t N = B * S, ND = N * D_;
   st.B = B, st.S = S, st.h_in = h;
-  T* h_mid = sized(st.h_mid, ND);
+  st.h_mid.set_form(false, store_bf16_), st.xn2.set_form(false, store_bf16_);
+  T* h_mid = st.h_mid.write(N, D_, h_mid_tmp_);
   attn_.forward(st.attn, h, B, S, pos, h_mid);
   kernels::add_inplace<T>(ex_, h_mid, h, ND);
-  T* xn2 = sized(st.xn2, ND);
+  st.h_mid.keep(ex_, h_mid_tmp_);
+  T* xn2 = st.xn2.write(N, D_, xn2_tmp_);
   ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
+  st.xn2.keep(ex_, xn2_tmp_);
   if (moe_)
     moe_->forward(st.moe, xn2, B, S, out, balance, load);
   else
@@ -54,7 +58,7 @@ void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* d
   else
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
   T* dmid = sized(st.dmid, ND);
-  ffn_norm_.backward_input(dxn2, st.h_mid.data(), st.rstd2.data(), N, dmid);
+  ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N, dmid);
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
   kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
@@ -65,11 +69,12 @@ template <class T>
 void Block<T>::backward_weight(State& st) const {
   const int64_t N = st.B * st.S;
   attn_.backward_weight(st.attn, st.h_in, st.dmid.data());
-  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.data(), st.rstd2.data(), N);
+  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N);
+  const T* xn2 = st.xn2.read(ex_, xn2_tmp_);
   if (moe_)
-    moe_->backward_weight(st.moe, st.xn2.data());
+    moe_->backward_weight(st.moe, xn2);
   else
-    mlp_->backward_weight(st.mlp);
+    mlp_->backward_weight(st.mlp, xn2);
 }
 
 template class Block<float>;

@@ -17,8 +17,9 @@ class Block {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    const T* h_in = nullptr;      // the block input: the caller's residual stream, not a copy
-    Buffer<T> h_mid, xn2, rstd2;  // [N,D], ffn_norm(h_mid) [N,D], [N]
+    const T* h_in = nullptr;  // the block input: the caller's residual stream, not a copy
+    SavedAct<T> h_mid, xn2;   // [N,D], ffn_norm(h_mid) [N,D] (T or bf16: the storage policy)
+    Buffer<T> rstd2;          // [N]
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
@@ -30,7 +31,7 @@ class Block {
       attn.for_each_grad(f), mlp.for_each_grad(f), moe.for_each_grad(f);
     }
     int64_t saved_bytes() const {
-      return static_cast<int64_t>((h_mid.size() + xn2.size() + rstd2.size()) * sizeof(T)) +
+      return h_mid.bytes() + xn2.bytes() + static_cast<int64_t>(rstd2.size() * sizeof(T)) +
              attn.saved_bytes() + mlp.saved_bytes() + moe.saved_bytes();
     }
   };
@@ -60,6 +61,8 @@ class Block {
   RMSNorm<T> ffn_norm_;
   std::unique_ptr<Mlp<T>> mlp_;
   std::unique_ptr<MoE<T>> moe_;
+  bool store_bf16_ = false;                // PrecisionPolicy::store_bf16
+  mutable Buffer<T> h_mid_tmp_, xn2_tmp_;  // bf16 storage: the fp32 values of one call
 };
 
 }  // namespace moetron

@@ -5,15 +5,19 @@
 // the next micro-batch allocates nothing in steady state; contents are unspecified (zeroed(...)
 // writes zeros with an op). Model code never touches elements: it passes data() to ops.
 //
-// SavedAct: an activation X [rows, cols] kept from forward to backward either as-is (T) or as FP8
-// E4M3 codes with 1x128 tile scales (SPEC §3.5: the inputs of FP8 Linears and the SwiGLU inputs
-// of FP8 MLPs/experts). The layer writes X into write(...) — the kept buffer itself, or for FP8 a
-// scratch that keep() then quantises — so no copy is made in either form. An input the caller
-// keeps anyway (a layer's input) is referenced instead (Linear::keep_input): FP8 keeps its tiles,
-// other recipes keep nothing.
+// SavedAct: an activation X [rows, cols] kept from forward to backward as T, as bf16 (the
+// activation storage policy, `activations.storage: bf16`: the forward computes in fp32 and keeps
+// a bf16 copy for the backward, like Megatron's bf16 activations) or as FP8 E4M3 codes with 1x128
+// tile scales (SPEC §3.5: the inputs of FP8 Linears and the SwiGLU inputs of FP8 MLPs/experts).
+// The layer writes X into write(...) — the kept buffer itself (T), or a scratch that keep() then
+// converts — so no copy is made in any form; the backward read()s it back as T (widened or
+// dequantised into a scratch). An input the caller keeps anyway (a layer's input) is not kept
+// again (Linear::keep_input): FP8 keeps its tiles, other forms nothing, and the caller passes it
+// back to the weight gradient.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/buffer.h"
 #include "kernels/exec.h"
@@ -55,41 +59,63 @@ struct Fp8Act {
   }
 };
 
+// How a SavedAct keeps X: as T, as bf16 (activation storage policy, T = float), or as FP8 tiles.
+enum class KeepAs { T, BF16, FP8 };
+
 template <class T>
 struct SavedAct {
   int64_t rows = 0, cols = 0;
-  bool fp8 = false, pow2 = false;  // set by the owner at build time (its precision policy)
-  Buffer<T> x;                     // [rows, cols] when !fp8 and not a reference
-  Fp8Act x8;                       // when fp8
-  const T* ref = nullptr;          // !fp8: X is the caller's memory (kept alive by the caller)
+  KeepAs form = KeepAs::T;  // set by the owner before write() (its precision policy)
+  bool pow2 = false;        // FP8: power-of-two tile scales
+  Buffer<T> x;              // form == T: [rows, cols]
+  Buffer<uint16_t> x16;     // form == BF16: bf16 bit patterns [rows, cols]
+  Fp8Act x8;                // form == FP8
 
-  const T* data() const { return ref ? ref : x.data(); }
-
-  // Where the forward writes X: the kept buffer, or (FP8) the caller's scratch.
-  T* write(int64_t N, int64_t C, Buffer<T>& scratch) {
-    rows = N, cols = C, ref = nullptr;
-    return sized(fp8 ? scratch : x, N * C);
+  bool fp8() const { return form == KeepAs::FP8; }
+  void set_form(bool fp8_, bool bf16, bool pow2_ = false) {
+    form = fp8_ ? KeepAs::FP8 : (bf16 && std::is_same_v<T, float>) ? KeepAs::BF16 : KeepAs::T;
+    pow2 = pow2_;
   }
-  // FP8: quantise what was written into scratch (a no-op otherwise).
+
+  // Where the forward writes X: the kept buffer (T), or the caller's scratch that keep() then
+  // converts (BF16, FP8).
+  T* write(int64_t N, int64_t C, Buffer<T>& scratch) {
+    rows = N, cols = C;
+    return sized(form == KeepAs::T ? x : scratch, N * C);
+  }
+  // BF16/FP8: convert what was written into scratch (a no-op for T).
   void keep(const Exec& ex, const Buffer<T>& scratch) {
     if constexpr (std::is_same_v<T, float>) {
-      if (fp8) x8.quantize(ex, scratch.data(), rows, cols, pow2);
+      if (form == KeepAs::FP8) x8.quantize(ex, scratch.data(), rows, cols, pow2);
+      if (form == KeepAs::BF16)
+        kernels::narrow_to_bf16(ex, scratch.data(), rows * cols, sized(x16, rows * cols));
     }
   }
-  // X as T values: the kept buffer, or (FP8) dequantised into scratch.
+  // X as T values: the kept buffer, or (BF16, FP8) widened/dequantised into scratch.
   const T* read(const Exec& ex, Buffer<T>& scratch) const {
     if constexpr (std::is_same_v<T, float>) {
-      if (fp8) {
+      if (form == KeepAs::FP8) {
         x8.dequantize(ex, sized(scratch, rows * cols));
         return scratch.data();
       }
+      if (form == KeepAs::BF16) {
+        kernels::widen_from_bf16(ex, x16.data(), rows * cols, sized(scratch, rows * cols));
+        return scratch.data();
+      }
     }
-    return data();
+    return x.data();
   }
-  // Bytes this object holds for the backward (a reference holds none).
+  // Bytes this object holds for the backward.
   int64_t bytes() const {
-    if (fp8) return x8.bytes();
-    return ref ? 0 : rows * cols * static_cast<int64_t>(sizeof(T));
+    switch (form) {
+      case KeepAs::FP8:
+        return x8.bytes();
+      case KeepAs::BF16:
+        return rows * cols * 2;
+      case KeepAs::T:
+        break;
+    }
+    return rows * cols * static_cast<int64_t>(sizeof(T));
   }
 };
 

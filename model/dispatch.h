@@ -25,10 +25,10 @@ template <class T>
 struct DispatchState {
   int64_t N = 0, K = 0, D = 0;  // origin tokens, top-k, width
   int64_t R = 0;                // tokens received here
-  Buffer<T> rx;                 // [R, D] received token rows
+  Buffer<T> rx;                 // [R, D] received token rows (forward only: MoE lends them)
   Buffer<int32_t> ridx;         // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
   Buffer<T> rw;                 // [R, K] gate weight per slot
-  Buffer<T> ry;                 // [R, D] sum over this process's experts of weighted outputs
+  Buffer<T> ry;                 // [R, D] sum of this process's weighted expert outputs (same)
   Buffer<T> rdy, rdx, rdw;      // backward: [R, D], [R, D], [R, K]
   // the dispatcher's own plan and in-flight communication (opaque to the model)
   std::shared_ptr<void> plan;

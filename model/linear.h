@@ -3,8 +3,10 @@
 // Precision lives here (ARCHITECTURE contract 6): a Linear is made with its component's
 // LinearPrecision and runs its three GEMMs by that recipe; the layers that hold Linears contain
 // no precision branch. A Linear's input is kept for the weight gradient as a SavedAct in the form
-// the recipe needs (T, or FP8 1x128 tiles): the layer writes the input into input(...) and calls
-// keep(...), then forward(saved, ...) and later backward_weight(dy, saved).
+// the recipe and the storage policy ask for (T, bf16, or FP8 1x128 tiles): the layer writes the
+// input into input(...) and calls keep(...), then forward(saved, ...) and later
+// backward_weight(dy, saved). The GEMMs read what is kept (bf16 widened, FP8 as tiles), so the
+// forward, a recompute and the weight gradient see the same X.
 // Split backward (ARCHITECTURE contract 1): backward_input gives dx from dy; backward_weight adds
 // dW and may run later (zero-bubble / DualPipe defer it).
 //
@@ -66,8 +68,10 @@ struct LinearBase {
   LinearPrecision lp{};
   Exec ex{};
   const uint64_t* version = nullptr;  // PrecisionPolicy::weight_version (null: every forward)
+  bool store_bf16 = false;            // PrecisionPolicy::store_bf16: a kept input in bf16
   mutable Fp8WeightCache wq{};
-  mutable Buffer<T> scratch;  // FP8: the input before quantisation (one compute thread)
+  mutable Buffer<T> scratch;  // BF16/FP8: the input before conversion (one compute thread)
+  mutable Buffer<T> wide;     // BF16/FP8 kept input read back as T for a weight gradient
   mutable Fp8Act x8_tmp;      // FP8: an input quantised on the fly and not kept
 
   void init(Param<T>* w, int64_t groups, int64_t in_, int64_t out_, const LinearPrecision& p,
@@ -76,23 +80,19 @@ struct LinearBase {
       throw std::invalid_argument("the fp8 recipe needs a float model");
     W = w, G = groups, in = in_, out = out_, lp = p, ex = e;
     version = pol.weight_version.get();
+    store_bf16 = pol.store_bf16;
   }
   bool fp8() const { return lp.fp8(); }
   kernels::GemmPrecision prec() const { return lp.gemm(); }
   // Where the forward writes the input X [N, in] that is kept for the weight gradient.
   T* input(SavedAct<T>& s, int64_t N) const {
-    s.fp8 = fp8(), s.pow2 = lp.pow2_x;
+    s.set_form(fp8(), store_bf16, lp.pow2_x);
     return s.write(N, in, scratch);
   }
   void keep(SavedAct<T>& s) const { s.keep(ex, scratch); }
-  // The input X [N, in] stays alive in the caller's memory until the weight gradient: FP8 keeps
-  // its 1x128 tiles, other recipes a reference.
-  void keep_input(SavedAct<T>& s, const T* x, int64_t N) const {
-    s.fp8 = fp8(), s.pow2 = lp.pow2_x, s.rows = N, s.cols = in;
-    s.ref = fp8() ? nullptr : x;
-    if constexpr (std::is_same_v<T, float>)
-      if (fp8()) s.x8.quantize(ex, x, N, in, lp.pow2_x);
-  }
+  // X as the GEMMs see it: a Linear computes from what it keeps (FP8 tiles are read by the FP8
+  // GEMMs themselves; bf16 is widened), so forward, recompute and weight gradient agree.
+  const T* kept(const SavedAct<T>& s) const { return s.read(ex, wide); }
   void refresh() const {
     if constexpr (std::is_same_v<T, float>) wq.refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
   }
@@ -117,7 +117,20 @@ struct Linear : LinearBase<T> {
                                   B::wq.s.data(), x.rows, B::out, B::in, y);
       }
     }
-    gemm_fwd(x.data(), x.rows, y);
+    gemm_fwd(B::kept(x), x.rows, y);
+  }
+  // y[N,out] = x W^T from an input X [N, in] the caller keeps and gives again to the weight
+  // gradient: FP8 keeps its 1x128 tiles in s (the recipe's Wgrad operand), others keep nothing.
+  void forward_keep_input(SavedAct<T>& s, const T* x, int64_t N, T* y) const {
+    s.set_form(B::fp8(), false, B::lp.pow2_x);
+    s.rows = N, s.cols = B::in;
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::fp8()) {
+        s.x8.quantize(B::ex, x, N, B::in, B::lp.pow2_x);
+        return forward(s, y);
+      }
+    }
+    gemm_fwd(x, N, y);
   }
   // y[N,out] = x W^T from an input that is not kept (FP8: quantised into a scratch)
   void forward(const T* x, int64_t N, T* y) const {
@@ -151,7 +164,7 @@ struct Linear : LinearBase<T> {
         return kernels::fp8_linear_wgrad(B::ex, dy, x.x8.q.data(), x.x8.s.data(), x.rows, B::out,
                                          B::in, B::lp.pow2_dy, x.x8.pow2, B::W->g());
     }
-    gemm_wgrad(dy, x.data(), x.rows);
+    gemm_wgrad(dy, B::kept(x), x.rows);
   }
   // dW[out,in] += dy^T x from an input held as T (FP8: quantised 128x1 here)
   void backward_weight(const T* dy, const T* x, int64_t N) const {
@@ -191,7 +204,7 @@ struct GroupedLinear : LinearBase<T> {
                                           B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
       }
     }
-    kernels::grouped_gemm<T>(B::ex, off, B::G, true, B::out, B::in, x.data(), B::W->w(), y,
+    kernels::grouped_gemm<T>(B::ex, off, B::G, true, B::out, B::in, B::kept(x), B::W->w(), y,
                              B::prec());
   }
   // the same from an input that is not kept
@@ -226,7 +239,7 @@ struct GroupedLinear : LinearBase<T> {
                                                  B::out, B::in, B::lp.pow2_dy, x.x8.pow2,
                                                  B::W->g());
     }
-    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy, x.data(), B::W->g(),
+    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy, B::kept(x), B::W->g(),
                                    B::prec());
   }
   // the same from an input held as T

@@ -13,12 +13,13 @@ double saved(int64_t cols, bool fp8, int64_t elem) {
              : static_cast<double>(cols * elem);
 }
 
-// Mlp<T>::State per token (its input is the caller's: a reference, or FP8 tiles).
-ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T) {
+// Mlp<T>::State per token (its input is the caller's; FP8 keeps its tiles). Ts: the bytes of a
+// kept element that is not FP8 (the storage policy), T: of a compute element.
+ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T, int64_t Ts) {
   ActivationBytes b;
-  b.forward = (fp8 ? saved(D, true, T) : 0) + saved(2 * F, fp8, T)  // x, gu
-              + (fp8 ? 0 : static_cast<double>(F * T));             // a (recomputed with FP8)
-  b.backward = static_cast<double>((D + 2 * F) * T);                // dy, dgu
+  b.forward = (fp8 ? saved(D, true, Ts) : 0) + saved(2 * F, fp8, Ts)  // x, gu
+              + (fp8 ? 0 : static_cast<double>(F * Ts));              // a (recomputed with FP8)
+  b.backward = static_cast<double>((D + 2 * F) * T);                  // dy, dgu
   return b;
 }
 }  // namespace
@@ -29,39 +30,41 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
   const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
+  const int64_t Ts = pol.store_bf16 && T == 4 ? 2 : T;  // a kept element that is not FP8
   ActivationBytes b;
   // MLA<T>::State: xn, rstd_in, [cq_raw, rstd_q, cq], q, ckv_raw, rstd_kv, ckv, k, v, o, lse
   // (and kva when k is recomputed)
-  b.forward += saved(D, attn8, T) + T;
-  if (ql > 0) b.forward += static_cast<double>((ql + 1) * T) + saved(ql, attn8, T);
-  b.forward += static_cast<double>((H * dq + kl + 1) * T) + saved(kl, attn8, T);
-  if (pol.recompute_mla_up) b.forward += static_cast<double>((kl + dr) * T);  // kva
-  b.forward += static_cast<double>((H * dq + 2 * H * dv + H) * T);
+  b.forward += saved(D, attn8, Ts) + T;
+  if (ql > 0) b.forward += static_cast<double>(ql * Ts + T) + saved(ql, attn8, Ts);
+  b.forward += static_cast<double>((H * dq + kl) * Ts + T) + saved(kl, attn8, Ts);
+  if (pol.recompute_mla_up) b.forward += static_cast<double>((kl + dr) * Ts);  // kva
+  b.forward += static_cast<double>((H * dq + 2 * H * dv) * Ts + H * T);
   if (pol.recompute_norms)  // xn, cq, ckv made again in the backward
-    b.forward -= saved(D, attn8, T) + (ql > 0 ? saved(ql, attn8, T) : 0) + saved(kl, attn8, T);
+    b.forward -= saved(D, attn8, Ts) + (ql > 0 ? saved(ql, attn8, Ts) : 0) + saved(kl, attn8, Ts);
   if (pol.recompute_mla_up)  // q, k, v made again in the backward
-    b.forward -= static_cast<double>((2 * H * dq + H * dv) * T);
+    b.forward -= static_cast<double>((2 * H * dq + H * dv) * Ts);
   // backward: dq, [dcq, dcq_raw], dkv, dckv, dkva, dxn
   b.backward +=
       static_cast<double>((H * dq + (ql > 0 ? 2 * ql : 0) + H * (dn + dv) + kl + kl + dr + D) * T);
   // Block<T>::State: h_mid, xn2, rstd2; backward dxn2, dmid
-  b.forward += static_cast<double>((2 * D + 1) * T);
+  b.forward += static_cast<double>(2 * D * Ts + T);
   b.backward += static_cast<double>(2 * D * T);
   if (!moe) {
-    b += mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T);
+    b +=
+        mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T, Ts);
     return b;
   }
   // MoE<T>::State with K expert rows per token
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, F = c.moe_intermediate_size;
   const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
-  b.forward += static_cast<double>((E + K) * T + 4 * K);      // scores, weights, idx
-  b.forward += static_cast<double>((2 * D + K) * T + 4 * K);  // dispatch: rx, ry, rw, ridx
-  b.forward += static_cast<double>(3 * 8 * K);                // slot, row_token, row_slot
-  b.forward += static_cast<double>(K) * (saved(D, exp8, T) + T + saved(2 * F, exp8, T) +
-                                         (exp8 ? 0 : F * T));        // xperm, wperm, gu, a
+  b.forward += static_cast<double>((E + K) * T + 4 * K);  // scores, weights, idx
+  b.forward += static_cast<double>(K * T + 4 * K);  // dispatch: rw, ridx (rx, ry: layer scratch)
+  b.forward += static_cast<double>(3 * 8 * K);      // slot, row_token, row_slot
+  b.forward += static_cast<double>(K) * (saved(D, exp8, Ts) + T + saved(2 * F, exp8, Ts) +
+                                         (exp8 ? 0 : F * Ts));       // xperm, wperm, gu, a
   b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
-                 pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T);
+                 pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T, Ts);
   // backward: rdy, rdx, rdw; dyperm, dgu, dwperm, dxperm; dweights, dlogits
   b.backward += static_cast<double>((2 * D + K) * T + K * (D + 2 * F + 1 + D) * T + (K + E) * T);
   return b;

@@ -19,6 +19,7 @@ void Mlp<T>::build(ParamStore<T>& ps, const std::string& prefix, int64_t D, int6
   gu_ = Linear<T>::make(&gu_param_, D, 2 * F, lp, pol, ex);
   down_ = Linear<T>::make(down, F, D, lp, pol, ex);
   recompute_swiglu_ = lp.fp8();
+  store_bf16_ = pol.store_bf16;
 }
 
 template <class T>
@@ -29,13 +30,14 @@ void Mlp<T>::init(double std, uint64_t seed) {
 template <class T>
 void Mlp<T>::forward(State& st, const T* x, int64_t N, T* y) const {
   st.N = N;
-  gu_.keep_input(st.x, x, N);
-  st.gu.fp8 = recompute_swiglu_, st.gu.pow2 = down_.lp.pow2_x;  // "all" scales: pow2
+  st.gu.set_form(recompute_swiglu_, store_bf16_, down_.lp.pow2_x);  // "all" scales: pow2
   T* gu = st.gu.write(N, 2 * F_, gu_tmp_);
-  gu_.forward(st.x, gu);
+  gu_.forward_keep_input(st.x, x, N, gu);
   st.gu.keep(ex_, gu_tmp_);
-  T* a = sized(recompute_swiglu_ ? a_tmp_ : st.a, N * F_);
+  st.a.set_form(false, store_bf16_);
+  T* a = recompute_swiglu_ ? sized(a_tmp_, N * F_) : st.a.write(N, F_, a_tmp_);
   kernels::swiglu_forward<T>(ex_, gu, N, F_, nullptr, a);
+  if (!recompute_swiglu_) st.a.keep(ex_, a_tmp_);
   down_.forward(a, N, y);  // FP8: a quantised 1x128 on the fly, not kept
 }
 
@@ -51,14 +53,19 @@ void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) cons
 }
 
 template <class T>
-void Mlp<T>::backward_weight(State& st) const {
-  const T* a = st.a.data();
+void Mlp<T>::backward_weight(State& st, const T* x) const {
+  const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) from the kept gu
     a = sized(a_tmp_, st.N * F_);
     kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, gu_tmp_), st.N, F_, nullptr, a_tmp_.data());
+  } else {
+    a = st.a.read(ex_, a_tmp_);
   }
   down_.backward_weight(st.dy.data(), a, st.N);
-  gu_.backward_weight(st.dgu.data(), st.x);
+  if (st.x.fp8())
+    gu_.backward_weight(st.dgu.data(), st.x);
+  else
+    gu_.backward_weight(st.dgu.data(), x, st.N);
 }
 
 template class Mlp<float>;

@@ -24,18 +24,16 @@ class Mlp {
  public:
   struct State {
     int64_t N = 0;
-    SavedAct<T> x;      // the input (a reference to the caller's; FP8: its 1x128 tiles)
+    SavedAct<T> x;      // the input: FP8 its 1x128 tiles, otherwise nothing (the caller's)
     SavedAct<T> gu;     // [N, 2F] gate|up pre-activations (FP8 under the fp8 recipe)
-    Buffer<T> a;        // [N, F] silu(g)*u, unless recomputed from gu in the backward
+    SavedAct<T> a;      // [N, F] silu(g)*u, unless recomputed from gu in the backward
     Buffer<T> dy, dgu;  // kept for backward_weight
     template <class F>
     void for_each_grad(F&& f) {  // written by backward_input, read by backward_weight
       f(dy), f(dgu);
     }
     // Bytes kept from forward to backward (activation memory).
-    int64_t saved_bytes() const {
-      return static_cast<int64_t>(a.size() * sizeof(T)) + x.bytes() + gu.bytes();
-    }
+    int64_t saved_bytes() const { return a.bytes() + x.bytes() + gu.bytes(); }
   };
 
   // prefix like "model.layers.0.mlp." ; F = intermediate width; c: DenseMlp or SharedExpert.
@@ -43,10 +41,10 @@ class Mlp {
              const PrecisionPolicy& pol, Component c, const Exec& ex);
   void init(double std, uint64_t seed);
 
-  // y[N,D] (write). x must stay alive until backward_weight (the caller keeps it).
+  // y[N,D] (write). The caller keeps x and gives it again to backward_weight.
   void forward(State& st, const T* x, int64_t N, T* y) const;
   void backward_input(State& st, const T* dy, T* dx, bool accumulate) const;  // dx[N,D]
-  void backward_weight(State& st) const;
+  void backward_weight(State& st, const T* x) const;
 
   const std::vector<Param<T>*>& params() const { return params_; }
 
@@ -54,6 +52,7 @@ class Mlp {
   Exec ex_{};
   int64_t D_ = 0, F_ = 0;
   bool recompute_swiglu_ = false;  // SPEC §3.5: with an FP8 gu, a is recomputed, not kept
+  bool store_bf16_ = false;        // PrecisionPolicy::store_bf16
   Linear<T> gu_, down_;
   mutable Buffer<T> gu_tmp_, a_tmp_, da_;  // one call's scratch (one compute thread)
   Param<T> gu_param_;                      // the fused [2F, D] pair, not registered (its views are)

@@ -48,6 +48,7 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   gu_ = GroupedLinear<T>::make(gu_all_.get(), E_local_, D_, 2 * F_, up, pol, ex);
   down_ = GroupedLinear<T>::make(down_all_.get(), E_local_, F_, D_, down, pol, ex);
   recompute_swiglu_ = up.fp8();
+  store_bf16_ = pol.store_bf16;
   shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_, pol,
                 Component::SharedExpert, ex);
   for (Param<T>* p : shared_.params()) params_.push_back(p);
@@ -109,12 +110,14 @@ template <class T>
 void MoE<T>::experts(State& st) const {
   const int64_t A = st.A;
   // gu = x Wgu_e^T ; a = silu(g) * u * w ; y = a Wd_e^T   (per expert e, over its rows)
-  st.gu.fp8 = recompute_swiglu_, st.gu.pow2 = gu_.lp.pow2_x;
+  st.gu.set_form(recompute_swiglu_, store_bf16_, gu_.lp.pow2_x);
   T* gu = st.gu.write(A, 2 * F_, gu_tmp_);
   gu_.forward(st.xperm, st.offsets.data(), gu);
   st.gu.keep(ex_, gu_tmp_);
-  T* a = sized(recompute_swiglu_ ? a_tmp_ : st.a, A * F_);
+  st.a.set_form(false, store_bf16_);
+  T* a = recompute_swiglu_ ? sized(a_tmp_, A * F_) : st.a.write(A, F_, a_tmp_);
   kernels::swiglu_forward<T>(ex_, gu, A, F_, st.wperm.data(), a);
+  if (!recompute_swiglu_) st.a.keep(ex_, a_tmp_);
   down_.forward(a, A, st.offsets.data(), sized(yperm_, A * D_));
 }
 
@@ -136,6 +139,10 @@ void MoE<T>::combine_wait(State& st, T* y) const {
 template <class T>
 void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
                      int64_t* load) const {
+  // The received rows and their outputs (ds.rx, ds.ry) live only during the forward: the layer
+  // lends its own buffers to this micro-batch's dispatch state and takes them back at the end,
+  // so no slot keeps them (a swap of pointers, no copy).
+  st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
   gate(st, x, B, S, balance, load);
   dispatch_start(st, x);
   shared_expert(st, x);  // overlaps the dispatch when it is asynchronous
@@ -143,6 +150,7 @@ void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* 
   experts(st);
   combine_start(st);
   combine_wait(st, y);
+  st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
 }
 
 // ---- backward --------------------------------------------------------------------------------
@@ -216,13 +224,15 @@ void MoE<T>::backward_input(State& st, const T* dy, T* dx) const {
 
 template <class T>
 void MoE<T>::backward_weight(State& st, const T* x) const {
-  shared_.backward_weight(st.shared);
+  shared_.backward_weight(st.shared, x);
   gate_.backward_weight(st.dlogits.data(), x, st.N);
-  const T* a = st.a.data();
+  const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) * w from the kept gu
     a = sized(a_tmp_, st.A * F_);
     kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, gu_tmp_), st.A, F_, st.wperm.data(),
                                a_tmp_.data());
+  } else {
+    a = st.a.read(ex_, a_tmp_);
   }
   down_.backward_weight(st.dyperm.data(), a, st.offsets.data());
   gu_.backward_weight(st.dgu.data(), st.xperm, st.offsets.data());

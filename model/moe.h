@@ -45,10 +45,10 @@ class MoE {
     // received (token, slot) pairs sorted by local expert: A = offsets[E_local] rows
     int64_t A = 0;
     Buffer<int64_t> counts, offsets, slot, row_token, row_slot;  // [El], [El+1], [R*K] x3
-    SavedAct<T> xperm;   // [A, D] expert inputs (FP8 tiles under the fp8 recipe)
-    Buffer<T> wperm;     // [A] gate weight of each row
-    SavedAct<T> gu;      // [A, 2F] SwiGLU inputs (FP8 under the fp8 recipe)
-    Buffer<T> a, yperm;  // [A, F] (unless recomputed), [A, D]
+    SavedAct<T> xperm;  // [A, D] expert inputs (FP8 tiles under the fp8 recipe)
+    Buffer<T> wperm;    // [A] gate weight of each row
+    SavedAct<T> gu;     // [A, 2F] SwiGLU inputs (FP8 under the fp8 recipe)
+    SavedAct<T> a;      // [A, F] (unless recomputed)
     typename Mlp<T>::State shared;
     Buffer<T> shared_out;  // [N, D]
     Buffer<T> bal_f;       // [B, E] balance-loss f_i per sequence (constants)
@@ -65,12 +65,12 @@ class MoE {
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
     // dispatch state ds and the input x are the dispatcher's and the caller's).
     int64_t saved_bytes() const {
-      const size_t n = scores.size() + weights.size() + wperm.size() + a.size() + bal_f.size();
+      const size_t n = scores.size() + weights.size() + wperm.size() + bal_f.size();
       return static_cast<int64_t>(n * sizeof(T) + idx.size() * 4 +
                                   (counts.size() + offsets.size() + slot.size() + row_token.size() +
                                    row_slot.size()) *
                                       8) +
-             xperm.bytes() + gu.bytes() + shared.saved_bytes();
+             xperm.bytes() + gu.bytes() + a.bytes() + shared.saved_bytes();
     }
   };
 
@@ -125,9 +125,11 @@ class MoE {
   std::unique_ptr<Param<T>> down_all_;  // [E_local, D, F]
   GroupedLinear<T> gu_, down_;
   bool recompute_swiglu_ = false;  // FP8 gu: a recomputed in the backward (SPEC §3.5)
+  bool store_bf16_ = false;        // PrecisionPolicy::store_bf16
   // one call's scratch (one compute thread); the forward-only ones (the gate logits, the experts'
   // outputs, the shared expert's output) live here too, not in the state
   mutable Buffer<T> gu_tmp_, a_tmp_, da_, logits_, yperm_, shared_out_;
+  mutable Buffer<T> rx_, ry_;  // lent to the dispatch state during a forward (DispatchState rx/ry)
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;
 };

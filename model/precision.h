@@ -67,6 +67,11 @@ struct PrecisionPolicy {
   // RMSNorms and the MLA up-projections). norms: MLA's attn_norm/q_norm/kv_norm outputs;
   // mla_up: the per-head queries, keys and values (q_b and kv_b projections, RoPE, head split).
   bool recompute_norms = false, recompute_mla_up = false;
+  // `activations.storage: bf16`: what the layers keep for the backward (Linear inputs, q/k/v/o,
+  // the norm inputs and outputs, SwiGLU inputs and outputs) is stored in bf16 while the forward
+  // computes in fp32 — about half the activation bytes. FP8-kept tensors stay FP8; the residual
+  // stream, the per-token statistics (rstd, lse) and the routing state stay fp32.
+  bool store_bf16 = false;
 
   // Config keys of the components, in Component order.
   static const char* key(Component c) {

@@ -151,22 +151,14 @@ void Zero1::reduce_scatter_grads() {
     const int64_t part = b.padded / G;
     float* in = grads + b.begin;
     float* out = shard_grad_.data() + shard_pos;
-    if (opt_.grad_reduce_bf16) {
-      uint16_t* s16 = send16_.data();
-#pragma omp parallel for simd
-      for (int64_t i = 0; i < b.padded; ++i) s16[i] = f32_to_bf16(in[i]);
-    }
+    if (opt_.grad_reduce_bf16) kernels::narrow_to_bf16(Exec{}, in, b.padded, send16_.data());
     const auto t0 = std::chrono::steady_clock::now();
     if (opt_.grad_reduce_bf16)
       comm_.reduce_scatter(send16_.data(), recv16_.data(), part, CommDType::BF16);
     else
       comm_.reduce_scatter(in, out, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (opt_.grad_reduce_bf16) {
-      const uint16_t* r16 = recv16_.data();
-#pragma omp parallel for simd
-      for (int64_t i = 0; i < part; ++i) out[i] = bf16_to_f32(r16[i]);
-    }
+    if (opt_.grad_reduce_bf16) kernels::widen_from_bf16(Exec{}, recv16_.data(), part, out);
     shard_pos += part;
   }
 }

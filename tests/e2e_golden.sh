@@ -5,7 +5,10 @@
 # A refactor that keeps the arithmetic must keep these: fp32 to 1e-6 relative, bf16 and fp8 to
 # 1e-4 (their GEMMs round inputs, so a changed summation order moves more bits). The same runs
 # with the recompute of the norms and MLA up-projections (activations.recompute_*) must give the
-# same numbers as without: recomputing runs the same ops on the same inputs.
+# same numbers as without: recomputing runs the same ops on the same inputs. Runs with the
+# activations kept in bf16 (activations.storage=bf16) may differ by bf16 round-off of what the
+# backward reads: their losses must stay within 1e-3 and gradient norms within 1e-2 of fp32
+# storage (measured: 1.2e-4 and 1.1e-3).
 # Args: MOETRON_BIN BUILD_DIR [--record]
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_golden; MODE=${3:-check}
@@ -13,10 +16,12 @@ GOLDEN=tests/golden/tiny_10steps.json
 rm -rf "$OUT"; mkdir -p "$OUT"
 RECOMPUTE=(--set activations.recompute_norms=on --set activations.recompute_mla_up=on)
 for recipe in fp32 bf16 fp8; do
-  for variant in plain recompute; do
+  for variant in plain recompute bf16store; do
     extra=(); [[ $variant == recompute ]] && extra=("${RECOMPUTE[@]}")
-    [[ $variant == recompute && $MODE == --record ]] && continue
-    name=$recipe; [[ $variant == recompute ]] && name=$recipe+recompute
+    [[ $variant == bf16store ]] && extra=(--set activations.storage=bf16)
+    [[ $variant != plain && $MODE == --record ]] && continue
+    [[ $variant == bf16store && $recipe == fp8 ]] && continue
+    name=$recipe; [[ $variant != plain ]] && name=$recipe+$variant
     "$BIN" train configs/tiny.yaml --set run.steps=10 --set schedule.lr.peak=1e-3 \
       --set schedule.lr.warmup_steps=2 --set run.threads=1 --set run.eval_interval=0 \
       --set run.log_interval=100 --set precision.recipe=$recipe --set run.dir="$OUT/$name" \
@@ -28,7 +33,8 @@ import json, sys
 out, golden, mode = sys.argv[1:]
 import os
 runs = {}
-for r in ["fp32", "bf16", "fp8", "fp32+recompute", "bf16+recompute", "fp8+recompute"]:
+for r in ["fp32", "bf16", "fp8", "fp32+recompute", "bf16+recompute", "fp8+recompute",
+          "fp32+bf16store", "bf16+bf16store"]:
     if not os.path.exists(f"{out}/{r}/metrics.jsonl"):
         continue
     m = [json.loads(l) for l in open(f"{out}/{r}/metrics.jsonl")]
@@ -39,10 +45,11 @@ if mode == "--record":
     sys.exit(0)
 ref = json.load(open(golden))
 tol = {"fp32": 1e-6, "bf16": 1e-4, "fp8": 1e-4}
+store_tol = {"loss": 1e-3, "grad_norm": 1e-2}  # bf16 activation storage
 passed = failed = 0
 for r in runs:
-    t = tol[r.split("+")[0]]
     for key in ["loss", "grad_norm"]:
+        t = store_tol[key] if r.endswith("+bf16store") else tol[r.split("+")[0]]
         a, b = runs[r][key], ref[r.split("+")[0]][key]
         assert len(a) == len(b) == 10, f"{r}: {len(a)} steps"
         err = max(abs(x - y) / abs(y) for x, y in zip(a, b))
@@ -50,7 +57,7 @@ for r in runs:
         print(f"{'ok  ' if ok else 'FAIL'} {r:15s} {key:9s} max rel err {err:.2e} (tol {t:.0e})"
               f"{' bitwise' if a == b else ''}")
         passed += ok; failed += not ok
-    if "+" in r:  # recomputing changes no number: equal to the same run without it
+    if r.endswith("+recompute"):  # recomputing changes no number: equal to the same run without it
         same = runs[r] == runs[r.split("+")[0]]
         print(f"{'ok  ' if same else 'FAIL'} {r:15s} equals {r.split('+')[0]} bit for bit")
         passed += same; failed += not same

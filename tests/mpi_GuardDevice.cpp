@@ -21,7 +21,8 @@
 namespace moetron {
 namespace {
 
-std::vector<double> run(const std::string& device, const std::string& dir) {
+std::vector<double> run(const std::string& device, const std::string& dir,
+                        const std::vector<std::string>& extra = {}) {
   Communicator& w = world();
   const std::string src = MOETRON_SOURCE_DIR;
   std::vector<std::string> set = {
@@ -51,6 +52,7 @@ std::vector<double> run(const std::string& device, const std::string& dir) {
       "parallel.schedule=" + std::string(w.size() > 1 ? "zb1p" : "1f1b"),
       "run.device=" + device,
       "run.dir=" + dir};
+  set.insert(set.end(), extra.begin(), extra.end());
   const Config cfg = load_config(src + "/configs/tiny.yaml", set);
   std::ostringstream log;
   const TrainSummary s = train(cfg, log);
@@ -70,6 +72,18 @@ TEST(GuardDevice, TrainsTinyWithTheSameLossesAsTheCpu) {
   ASSERT_EQ(cpu.size(), 3u);
   EXPECT_EQ(guard, cpu);  // bit for bit: the same CPU kernels on the same inputs
   EXPECT_GT(allocator(Device::Guard).stats().allocations, 0);  // it really ran on the guard device
+}
+
+// The same with every activation-memory policy on: bf16 storage (its conversions are ops too),
+// the recompute of norms and MLA up-projections, and the fp8 recipe's tiles.
+TEST(GuardDevice, Bf16StorageRecomputeAndFp8TouchNoActivationOutsideOps) {
+  const std::vector<std::string> extra = {
+      "activations.storage=bf16", "activations.recompute_norms=on",
+      "activations.recompute_mla_up=on", "precision.recipe=fp8"};
+  const std::vector<double> cpu = run("cpu", tmp_dir("cpu_mem"), extra);
+  const std::vector<double> guard = run("guard", tmp_dir("guard_mem"), extra);
+  ASSERT_EQ(cpu.size(), 3u);
+  EXPECT_EQ(guard, cpu);
 }
 
 }  // namespace

@@ -130,7 +130,7 @@ TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
 namespace moetron {
 namespace {
 
-TEST(ConfigActivations, RecomputeSwitchesReachThePolicy) {
+TEST(ConfigActivations, RecomputeAndStorageReachThePolicy) {
   const Config off = test::base_config();
   EXPECT_FALSE(off.policy().recompute_norms);
   EXPECT_FALSE(off.policy().recompute_mla_up);
@@ -142,6 +142,11 @@ TEST(ConfigActivations, RecomputeSwitchesReachThePolicy) {
   const std::string e = test::error_of(test::kBaseYaml, {"activations.recompute_norms=yes"});
   EXPECT_NE(e.find("activations.recompute_norms"), std::string::npos) << e;
   EXPECT_NE(e.find("off, on"), std::string::npos) << e;
+  EXPECT_FALSE(off.policy().store_bf16);
+  EXPECT_TRUE(test::base_config({"activations.storage=bf16"}).policy().store_bf16);
+  const std::string s = test::error_of(test::kBaseYaml, {"activations.storage=fp16"});
+  EXPECT_NE(s.find("activations.storage"), std::string::npos) << s;
+  EXPECT_NE(s.find("fp32, bf16"), std::string::npos) << s;
 }
 
 }  // namespace

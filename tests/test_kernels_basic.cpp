@@ -1,5 +1,8 @@
 // Tests of the small kernels: elementwise add / axpy (short and long enough to run threaded) and
-// the embedding gather / scatter-add with repeated token ids.
+// the embedding gather / scatter-add with repeated token ids; bf16 narrowing and widening.
+#include <bit>
+#include <cmath>
+
 #include "kernels/cpu/ops_cpu.h"
 #include "tests/test_kernels_util.h"
 
@@ -53,6 +56,42 @@ TEST(Embedding, NegativeIdThrows) {
   std::vector<float> table(4), out(4);
   EXPECT_THROW(embedding_forward<float>(ids.data(), 2, table.data(), 2, out.data()),
                std::out_of_range);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::cpu::testing
+
+namespace moetron::kernels::cpu::testing {
+namespace {
+
+// narrow_to_bf16 / widen_from_bf16 (activation storage, bf16 gradient reduction): every value is
+// the nearest bf16 (ties to even mantissa), found here independently with frexp/ldexp in double;
+// widening is exact; long vectors run threaded.
+TEST(Bf16Convert, NearestEvenAndExactWidening) {
+  for (int64_t n : {int64_t{5}, int64_t{100003}}) {
+    std::vector<float> x = cast<float>(rand_vec(n, 9));
+    for (int64_t i = 0; i < n; ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 41) - 20);
+    x[0] = 1.0f + 1.0f / 256;      // a tie between 1 and 1 + 2^-7: to even (1)
+    x[1] = 1.0f + 3.0f / 256;      // a tie between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6)
+    x[2] = -(1.0f + 1.0f / 512);   // below the tie: down in magnitude
+    x[3] = 0.0f;
+    std::vector<uint16_t> h(n);
+    std::vector<float> back(n);
+    narrow_to_bf16(x.data(), n, h.data());
+    widen_from_bf16(h.data(), n, back.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = x[i];
+      int e = 0;
+      const double m = std::frexp(std::fabs(v), &e);  // |v| = m 2^e, m in [0.5, 1)
+      const double scaled = std::ldexp(m, 8);         // 8 significant bits
+      double r = std::floor(scaled);
+      const double frac = scaled - r;
+      if (frac > 0.5 || (frac == 0.5 && std::fmod(r, 2.0) != 0)) r += 1;
+      const double want = std::copysign(std::ldexp(r, e - 8), v);
+      ASSERT_EQ(static_cast<double>(back[i]), want) << "x[" << i << "] = " << v;
+      ASSERT_EQ(static_cast<uint32_t>(h[i]) << 16, std::bit_cast<uint32_t>(back[i]));
+    }
+  }
 }
 
 }  // namespace

@@ -79,7 +79,7 @@ LinearDiffs fp8_linear_diffs(int64_t M, int64_t in, int64_t out, const Precision
   SavedAct<float> xs;  // the input as the Linear keeps it (FP8 1x128 tiles)
   std::copy(x.begin(), x.end(), l.input(xs, M));
   l.keep(xs);
-  EXPECT_TRUE(xs.fp8);
+  EXPECT_TRUE(xs.fp8());
   std::vector<float> y(M * out), dx(M * in);
   l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
   if (corrupt_scales) {  // every weight block's scale doubled, and the cache kept (version 0)
@@ -405,7 +405,7 @@ LayerBytes layer_bytes(const Block<float>::State& s, bool moe) {
   b.attn = s.attn.saved_bytes();
   b.ffn = moe ? s.moe.saved_bytes() : s.mlp.saved_bytes();
   // (the block input is the model's residual stream, stored once, not in the block's state)
-  b.block = static_cast<int64_t>((s.h_mid.size() + s.xn2.size() + s.rstd2.size()) * sizeof(float));
+  b.block = s.h_mid.bytes() + s.xn2.bytes() + static_cast<int64_t>(s.rstd2.size() * sizeof(float));
   return b;
 }
 
@@ -432,19 +432,19 @@ TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
       EXPECT_EQ(dense.attn.cq.x.size(), 0u);
       EXPECT_EQ(dense.attn.ckv.x.size(), 0u);
       EXPECT_EQ(dense.mlp.gu.x.size(), 0u);
-      EXPECT_EQ(dense.mlp.a.size(), 0u);
+      EXPECT_EQ(dense.mlp.a.x.size(), 0u);
       EXPECT_EQ(moe.moe.xperm.x.size(), 0u);
       EXPECT_EQ(moe.moe.gu.x.size(), 0u);
-      EXPECT_EQ(moe.moe.a.size(), 0u);
+      EXPECT_EQ(moe.moe.a.x.size(), 0u);
       const int64_t N = B * S;
       EXPECT_EQ(dense.attn.xn.x8.q.size(), static_cast<size_t>(N * c.hidden_size));
       EXPECT_EQ(dense.attn.xn.x8.s.size(), static_cast<size_t>(N * 2));  // 256 / 128 tiles
       EXPECT_EQ(dense.mlp.gu.bytes(), N * 2 * c.intermediate_size + N * 12 * 4);
       EXPECT_EQ(moe.moe.gu.x8.rows, N * c.num_experts_per_tok);
     } else {
-      EXPECT_FALSE(dense.attn.xn.fp8);
+      EXPECT_FALSE(dense.attn.xn.fp8());
       EXPECT_EQ(dense.attn.xn.x8.bytes(), 0);
-      EXPECT_FALSE(moe.moe.xperm.fp8);
+      EXPECT_FALSE(moe.moe.xperm.fp8());
       EXPECT_EQ(moe.moe.xperm.x8.bytes(), 0);
     }
   }

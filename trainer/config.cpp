@@ -341,6 +341,7 @@ void visit_config(V& v, C&... c) {
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {
     v.field("recompute_norms", Text{{"off", "on"}}, c.activations.recompute_norms...);
     v.field("recompute_mla_up", Text{{"off", "on"}}, c.activations.recompute_mla_up...);
+    v.field("storage", Text{{"fp32", "bf16"}}, c.activations.storage...);
   });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {
     v.field("recipe", Text{{"fp32", "bf16", "fp8"}}, c.precision.recipe...);

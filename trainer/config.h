@@ -120,6 +120,7 @@ struct PrecisionConfig {
 struct ActivationsConfig {
   std::string recompute_norms = "off";   // off | on
   std::string recompute_mla_up = "off";  // off | on
+  std::string storage = "fp32";          // fp32 | bf16: kept tensors that are not FP8
 };
 
 struct RunConfig {
@@ -155,6 +156,7 @@ struct Config {
     PrecisionPolicy p = precision.policy();
     p.recompute_norms = activations.recompute_norms == "on";
     p.recompute_mla_up = activations.recompute_mla_up == "on";
+    p.store_bf16 = activations.storage == "bf16";
     return p;
   }
 };

@@ -3,6 +3,7 @@
 // Memory-bound: one OpenMP team over the vector once it is long enough to pay for the fork
 // (below that the loop runs on the calling thread), SIMD inside.
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 
 namespace moetron::kernels::cpu {
 
@@ -22,6 +23,16 @@ template <class T>
 void axpy(T* y, T a, const T* x, int64_t n) {
 #pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void narrow_to_bf16(const float* x, int64_t n, uint16_t* y) {
+#pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = moetron::f32_to_bf16(x[i]);
+}
+
+void widen_from_bf16(const uint16_t* x, int64_t n, float* y) {
+#pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = moetron::bf16_to_f32(x[i]);
 }
 
 template void add_inplace<float>(float*, const float*, int64_t);
