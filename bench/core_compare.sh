@@ -7,7 +7,7 @@
 #      (global batch = 8 x micro-batch), 3 steps, 1 thread per rank.
 # Usage: bench/core_compare.sh OLD_BIN NEW_BIN [ROUNDS=3] [STEPS=12] [RECIPES="fp32 fp8"]
 # OLD_SET / NEW_SET (environment): extra "key=value ..." settings for each side, so one binary
-# can be compared with itself under two settings, e.g.
+# can be compared with itself under two settings (RSS_CONFIGS: the configs of table 2), e.g.
 #   NEW_SET="activations.storage=bf16" bench/core_compare.sh build/moetron build/moetron
 # Needs data/cache/sotu (scripts/demo.sh or scripts/test.sh prepare it). Prints two tables.
 set -euo pipefail
@@ -31,7 +31,7 @@ for recipe in $RECIPES; do
     done
   done
 done
-for cfg in tiny small; do
+for cfg in ${RSS_CONFIGS:-tiny small}; do
   mb=$(grep -E '^\s+micro_batch_size:' configs/$cfg.yaml | awk '{print $2}')
   for which in old new; do
     bin=$OLD; [[ $which == new ]] && bin=$NEW
@@ -43,7 +43,7 @@ for cfg in tiny small; do
       --set run.dir="$OUT/rss_${cfg}_${which}" "${extra[@]}" > "$OUT/rss_${cfg}_${which}.log" 2>&1
   done
 done
-/usr/bin/python3 - "$OUT" "$ROUNDS" "$RECIPES" <<'PY'
+/usr/bin/python3 - "$OUT" "$ROUNDS" "$RECIPES" "${RSS_CONFIGS:-tiny small}" <<'PY'
 import glob, json, statistics, sys
 out, rounds, recipes = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 print("| tiny.yaml, 1 rank, 2 threads | old tokens/s | new tokens/s | new / old |")
@@ -60,7 +60,7 @@ for recipe in recipes:
 print()
 print("| PP2, 8 micro-batches per step | old peak RSS MiB (stage 0 / 1) | new | new / old |")
 print("|---|---:|---:|---:|")
-for cfg in ["tiny", "small"]:
+for cfg in sys.argv[4].split():
     rss = {}
     for which in ["old", "new"]:
         files = sorted(glob.glob(f"{out}/rss_{cfg}_{which}.*"))

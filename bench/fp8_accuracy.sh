@@ -12,7 +12,8 @@
 #
 # usage: [SEEDS="1234 1 2"] [JOBS=4] [VARIANTS="bf16 fp8 ..."] \
 #          bench/fp8_accuracy.sh [moetron binary] [steps] [config] [threads per run]
-#   defaults: build/moetron, 1000, configs/tiny.yaml, 1; SEEDS=1234, JOBS=4, all four variants.
+#   defaults: build/moetron, 1000, configs/tiny.yaml, 1; SEEDS=1234, JOBS=4, all four variants;
+#   OUT (runs/fp8_accuracy/<config>) and PLOT (docs/fp8_loss_<config>.png) move the outputs.
 #   Runs go JOBS at a time (one thread each), niced. A run whose metrics already reach the last
 #   step is kept, so adding seeds reruns nothing. Sequences of 64 tokens, 8 per step (512
 #   tokens/step): 1000 steps of the tiny model take ~9 minutes per run, four side by side on
@@ -58,5 +59,5 @@ for v in $VARIANTS; do
   for s in $SEEDS; do paths+=("$OUT/s$s/$v/metrics.jsonl"); done
   runs+=("${label[$v]}=$(IFS=,; echo "${paths[*]}")")
 done
-/usr/bin/python3 bench/plot_loss.py --out "docs/fp8_loss_$NAME.png" \
+/usr/bin/python3 bench/plot_loss.py --out "${PLOT:-docs/fp8_loss_$NAME.png}" \
   --title "$NAME, $STEPS steps, seeds: $SEEDS" "${runs[@]}"

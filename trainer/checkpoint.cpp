@@ -167,6 +167,74 @@ std::string CheckpointWriter::wait() {
   return d;
 }
 
+namespace {
+
+// manifest.yaml of a checkpoint being written in `tmp`: format, position, layout, tokenizer,
+// model, config and each shard's size and CRC-32 (written to a temporary name, then renamed).
+void write_manifest(const std::string& tmp, const Config& cfg, const TrainState& st,
+                    const std::string& tokenizer, int n_ranks) {
+  YAML::Emitter y;
+  y << YAML::BeginMap << YAML::Key << "format" << YAML::Value << kFormatV2;
+  y << YAML::Key << "step" << YAML::Value << st.step << YAML::Key << "tokens" << YAML::Value
+    << st.tokens << YAML::Key << "samples" << YAML::Value << st.samples;
+  y << YAML::Key << "layout" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "world"
+    << YAML::Value << n_ranks << YAML::Key << "pp" << YAML::Value << cfg.parallel.pp << YAML::Key
+    << "dp" << YAML::Value << cfg.parallel.dp << YAML::Key << "ep" << YAML::Value << cfg.parallel.ep
+    << YAML::EndMap;
+  y << YAML::Key << "tokenizer" << YAML::Value << tokenizer;
+  y << YAML::Key << "model" << YAML::Value << model_node(cfg);
+  // nothing random is carried between steps: weights are initialised once from (seed, name) and
+  // sample i of the run is a pure function of (seed, i); LR, gamma and lambda are functions of
+  // (step, tokens) above
+  y << YAML::Key << "rng" << YAML::Value << "stateless (seed " + std::to_string(cfg.run.seed) + ")";
+  y << YAML::Key << "config" << YAML::Value << YAML::Literal << config_to_yaml(cfg);
+  y << YAML::Key << "shards" << YAML::Value << YAML::BeginSeq;
+  for (int r = 0; r < n_ranks; ++r) {
+    const std::string file = "rank_" + std::to_string(r) + ".h5";
+    const auto [crc, size] = file_crc(tmp + "/" + file);
+    y << YAML::Flow << YAML::BeginMap << YAML::Key << "file" << YAML::Value << file << YAML::Key
+      << "bytes" << YAML::Value << size << YAML::Key << "crc32" << YAML::Value << crc
+      << YAML::EndMap;
+  }
+  y << YAML::EndSeq << YAML::EndMap;
+  {
+    std::ofstream f(tmp + "/manifest.yaml.tmp");
+    f << y.c_str() << "\n";
+    f.close();
+    if (!f) throw CheckpointError(tmp + "/manifest.yaml: write failed (disk full?)");
+  }
+  fs::rename(tmp + "/manifest.yaml.tmp", tmp + "/manifest.yaml");
+}
+
+// tmp becomes final_dir (a re-save of the same step: swap, then drop the old one).
+void publish(const std::string& tmp, const std::string& final_dir) {
+  if (fs::exists(final_dir)) {
+    fs::rename(final_dir, final_dir + ".old");
+    fs::rename(tmp, final_dir);
+    fs::remove_all(final_dir + ".old");
+  } else {
+    fs::rename(tmp, final_dir);
+  }
+}
+
+// Keeps the newest `keep` complete checkpoints of run_dir.
+void prune(const std::string& run_dir, int64_t keep) {
+  std::vector<std::pair<int64_t, fs::path>> done;
+  for (const auto& e : fs::directory_iterator(run_dir + "/checkpoints")) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos &&
+        fs::exists(e.path() / "manifest.yaml"))
+      done.emplace_back(std::stoll(name.substr(5)), e.path());
+  }
+  std::sort(done.rbegin(), done.rend());
+  for (size_t i = static_cast<size_t>(keep); i < done.size(); ++i) fs::remove_all(done[i].second);
+}
+
+}  // namespace
+
+// Every rank writes its shard into step_N.tmp; rank 0 then writes the manifest with the shards'
+// checksums and renames the directory into place. Any failure on any rank removes the .tmp and
+// throws on every rank; older checkpoints are untouched.
 std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snapshot& snap,
                             const std::string& tokenizer, Communicator& world) {
   const std::string final_dir = step_dir(cfg.run.dir, st.step), tmp = final_dir + ".tmp";
@@ -178,6 +246,13 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
     world.all_reduce(&sum, 1);
     ok = sum == n ? 1 : 0;
   };
+  auto attempt = [&](auto&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      ok = 0, err = e.what();
+    }
+  };
   if (rank == 0) {
     std::error_code ec;
     fs::remove_all(tmp, ec);
@@ -186,68 +261,14 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
   }
   all_ok();
   if (!ok) throw CheckpointError(err.empty() ? tmp + ": rank 0 could not create it" : err);
-  try {
-    write_shard(tmp + "/rank_" + std::to_string(rank) + ".h5", snap, st.step);
-  } catch (const std::exception& e) {
-    ok = 0, err = e.what();
-  }
+  attempt([&] { write_shard(tmp + "/rank_" + std::to_string(rank) + ".h5", snap, st.step); });
   all_ok();
-  if (ok && rank == 0) {
-    try {
-      YAML::Emitter y;
-      y << YAML::BeginMap << YAML::Key << "format" << YAML::Value << kFormatV2;
-      y << YAML::Key << "step" << YAML::Value << st.step << YAML::Key << "tokens" << YAML::Value
-        << st.tokens << YAML::Key << "samples" << YAML::Value << st.samples;
-      y << YAML::Key << "layout" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
-        << "world" << YAML::Value << n << YAML::Key << "pp" << YAML::Value << cfg.parallel.pp
-        << YAML::Key << "dp" << YAML::Value << cfg.parallel.dp << YAML::Key << "ep" << YAML::Value
-        << cfg.parallel.ep << YAML::EndMap;
-      y << YAML::Key << "tokenizer" << YAML::Value << tokenizer;
-      y << YAML::Key << "model" << YAML::Value << model_node(cfg);
-      // nothing random is carried between steps: weights are initialised once from (seed,
-      // name) and sample i of the run is a pure function of (seed, i); LR, gamma and lambda are
-      // functions of (step, tokens) above
-      y << YAML::Key << "rng" << YAML::Value
-        << "stateless (seed " + std::to_string(cfg.run.seed) + ")";
-      y << YAML::Key << "config" << YAML::Value << YAML::Literal << config_to_yaml(cfg);
-      y << YAML::Key << "shards" << YAML::Value << YAML::BeginSeq;
-      for (int r = 0; r < n; ++r) {
-        const std::string file = "rank_" + std::to_string(r) + ".h5";
-        const auto [crc, size] = file_crc(tmp + "/" + file);
-        y << YAML::Flow << YAML::BeginMap << YAML::Key << "file" << YAML::Value << file << YAML::Key
-          << "bytes" << YAML::Value << size << YAML::Key << "crc32" << YAML::Value << crc
-          << YAML::EndMap;
-      }
-      y << YAML::EndSeq << YAML::EndMap;
-      {
-        std::ofstream f(tmp + "/manifest.yaml.tmp");
-        f << y.c_str() << "\n";
-        f.close();
-        if (!f) throw CheckpointError(tmp + "/manifest.yaml: write failed (disk full?)");
-      }
-      fs::rename(tmp + "/manifest.yaml.tmp", tmp + "/manifest.yaml");
-      if (fs::exists(final_dir)) {  // a re-save of the same step: swap, then drop the old one
-        fs::rename(final_dir, final_dir + ".old");
-        fs::rename(tmp, final_dir);
-        fs::remove_all(final_dir + ".old");
-      } else {
-        fs::rename(tmp, final_dir);
-      }
-      // keep the newest `keep_checkpoints` complete ones
-      std::vector<std::pair<int64_t, fs::path>> done;
-      for (const auto& e : fs::directory_iterator(cfg.run.dir + "/checkpoints")) {
-        const std::string name = e.path().filename().string();
-        if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos &&
-            fs::exists(e.path() / "manifest.yaml"))
-          done.emplace_back(std::stoll(name.substr(5)), e.path());
-      }
-      std::sort(done.rbegin(), done.rend());
-      for (size_t i = static_cast<size_t>(cfg.run.keep_checkpoints); i < done.size(); ++i)
-        fs::remove_all(done[i].second);
-    } catch (const std::exception& e) {
-      ok = 0, err = e.what();
-    }
-  }
+  if (ok && rank == 0)
+    attempt([&] {
+      write_manifest(tmp, cfg, st, tokenizer, n);
+      publish(tmp, final_dir);
+      prune(cfg.run.dir, cfg.run.keep_checkpoints);
+    });
   all_ok();
   if (!ok) {
     if (rank == 0) {

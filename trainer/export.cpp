@@ -102,29 +102,24 @@ void write_file(const std::string& path, const Out& o, const CheckpointReader& c
   fs::rename(tmp, path);
 }
 
-}  // namespace
-
-void export_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
-                       const std::string& dtype) {
-  if (dtype != "bf16" && dtype != "fp32")
-    throw CheckpointError("export --dtype must be bf16 or fp32, got '" + dtype + "'");
-  const bool bf16 = dtype == "bf16";
-  const CheckpointReader ck(checkpoint_dir);  // verified and indexed; no tensor data read yet
-  const YAML::Node manifest = YAML::LoadFile(checkpoint_dir + "/manifest.yaml");
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) throw CheckpointError(out_dir + ": cannot create (" + ec.message() + ")");
-
-  // split, in name order, into files of at most kMaxFileBytes
+// Tensors in name order, split into files of at most kMaxFileBytes; *total: all data bytes.
+std::vector<Out> plan_files(const CheckpointReader& ck, bool bf16, int64_t* total) {
   std::vector<Out> files(1);
-  int64_t total = 0;
+  *total = 0;
   for (const std::string& name : ck.names()) {
     const int64_t n = numel(ck.shape(name)) * (!bf16 || keep_fp32(name) ? 4 : 2);
     if (files.back().bytes > 0 && files.back().bytes + n > kMaxFileBytes) files.emplace_back();
     files.back().tensors.push_back(&name);
     files.back().bytes += n;
-    total += n;
+    *total += n;
   }
+  return files;
+}
+
+// The safetensors files one tensor at a time, and model.safetensors.index.json.
+void write_weights(const std::string& out_dir, const CheckpointReader& ck, bool bf16) {
+  int64_t total = 0;
+  const std::vector<Out> files = plan_files(ck, bf16, &total);
   std::ostringstream index;
   index << "{\"metadata\":{\"total_size\":" << total << "},\"weight_map\":{";
   bool first = true;
@@ -139,9 +134,10 @@ void export_checkpoint(const std::string& checkpoint_dir, const std::string& out
   }
   index << "}}\n";
   std::ofstream(out_dir + "/model.safetensors.index.json") << index.str();
+}
 
-  // config.json: the model section of the manifest, in HF names, plus DeepSeek-V3's constants
-  const YAML::Node m = manifest["model"];
+// config.json: the model section of the manifest, in HF names, plus DeepSeek-V3's constants
+void write_config_json(const std::string& out_dir, const YAML::Node& m, bool bf16) {
   std::ostringstream c;
   c << "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": \"deepseek_v3\",\n";
   c << "  \"torch_dtype\": \"" << (bf16 ? "bfloat16" : "float32") << "\",\n";
@@ -185,6 +181,22 @@ void export_checkpoint(const std::string& checkpoint_dir, const std::string& out
     c << ",\n  \"rope_scaling\": null";
   c << "\n}\n";
   std::ofstream(out_dir + "/config.json") << c.str();
+}
+
+}  // namespace
+
+void export_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
+                       const std::string& dtype) {
+  if (dtype != "bf16" && dtype != "fp32")
+    throw CheckpointError("export --dtype must be bf16 or fp32, got '" + dtype + "'");
+  const bool bf16 = dtype == "bf16";
+  const CheckpointReader ck(checkpoint_dir);  // verified and indexed; no tensor data read yet
+  const YAML::Node manifest = YAML::LoadFile(checkpoint_dir + "/manifest.yaml");
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw CheckpointError(out_dir + ": cannot create (" + ec.message() + ")");
+  write_weights(out_dir, ck, bf16);
+  write_config_json(out_dir, manifest["model"], bf16);
 }
 
 }  // namespace moetron

@@ -1,0 +1,47 @@
+// The optimizer of a training step: AdamW on ZeRO-1 shards in two groups — the dense parameters
+// sharded over the DP group, the routed experts over the EDP group (the ranks that hold the same
+// experts) — with one clip to the global gradient norm across both groups and every rank.
+//
+//   step(lr, t):  reduce-scatter gradients (each group over its ranks)
+//                 norm = sqrt(sum over every rank's owned shards of g^2)
+//                 clip = grad_clip / norm when norm > grad_clip (else 1)
+//                 AdamW(lr, clip, t) on the owned shards, all-gather the parameters
+// The sharding, the arenas and the moments are Zero1's (parallel/zero1.h); this object only
+// groups the parameters and owns the norm, so the train step reads like the method.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/param.h"
+#include "parallel/process_groups.h"
+#include "parallel/zero1.h"
+#include "trainer/config.h"
+
+namespace moetron {
+
+class Optimizer {
+ public:
+  // params: every parameter of this rank's stage; the trainable ones are split into dense and
+  // expert groups (in their order, the same on every rank of a group).
+  Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& groups,
+            const OptimizerConfig& oc);
+
+  // One optimizer step (t: 1-based step number); returns the global gradient norm before
+  // clipping. The parameters of every rank are updated and in sync when it returns.
+  double step(double lr, int64_t t);
+
+  // The groups in checkpoint order (dense, experts).
+  std::vector<Zero1*> shards() { return {&dense_, &experts_}; }
+  std::vector<const Zero1*> shards() const { return {&dense_, &experts_}; }
+  int64_t state_bytes() const { return dense_.state_bytes() + experts_.state_bytes(); }
+  // Seconds spent waiting for the reduce-scatter/all-gather since the last call.
+  double take_comm_seconds() { return dense_.take_comm_seconds() + experts_.take_comm_seconds(); }
+
+ private:
+  Communicator& world_;
+  double grad_clip_;
+  Zero1 dense_, experts_;
+};
+
+}  // namespace moetron

@@ -1,0 +1,275 @@
+// setup(): a training run's objects from a validated Config (see run.h), in the order their
+// checks must happen — layout, schedule, data, then (writing starts) run.dir, model, optimizer,
+// resume, pipeline, loader — and the start-up report. Also the helpers other commands share:
+// the datasets of a config and the intra-op thread count.
+#include "trainer/run.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+#include <thread>
+
+#include "data/bpe.h"
+#include "data/sources.h"
+#include "kernels/ops.h"
+#include "model/memory.h"
+#include "trainer/train.h"
+
+namespace moetron {
+
+int resolve_threads(const RunConfig& run) {
+  if (run.threads > 0) return static_cast<int>(run.threads);
+  int cores = static_cast<int>(std::thread::hardware_concurrency());
+  int local = 1;
+  if (const char* s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local = std::max(1, std::atoi(s));
+  return std::max(1, cores / local);
+}
+
+std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
+                                            const std::string& key, bool shuffle) {
+  data::DatasetOptions o;
+  o.seq_len = cfg.data.seq_len;
+  o.seed = cfg.run.seed;
+  o.shuffle = shuffle;
+  o.model_vocab_size = cfg.model.vocab_size;
+  // shards record their tokenizer's name ("bpe-<hash>"); the config's tokenizer.json must agree
+  if (!cfg.data.tokenizer.empty()) {
+    const data::BpeTokenizer tok = data::BpeTokenizer::load(cfg.data.tokenizer);
+    if (tok.vocab_size() > cfg.model.vocab_size)
+      throw ConfigError(cfg.source + ": model.vocab_size is " +
+                        std::to_string(cfg.model.vocab_size) + " but data.tokenizer " +
+                        cfg.data.tokenizer + " has " + std::to_string(tok.vocab_size()) +
+                        " tokens");
+    o.expected_tokenizer = tok.name();
+  }
+  return std::make_unique<data::Dataset>(data::parse_sources(setting, key), o);
+}
+
+pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
+  if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
+    throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
+                      " is generated and validated (bench_schedules) but the executor runs "
+                      "1f1b and zb1p only so far");
+  try {
+    pipeline::Schedule s = pipeline::make_schedule(cfg.parallel.schedule, pp, microbatches);
+    pipeline::validate(s);
+    return s;
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
+  }
+}
+
+namespace {
+
+void make_run_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir + ": cannot create run directory: " + ec.message());
+}
+
+// Node-limited routing holds by construction when every expert group lies inside one node of
+// the EP group and at most max_nodes_per_token groups are kept; anything else is refused.
+void check_node_limit(const Config& cfg, const RankGrid& g) {
+  const int64_t M = cfg.parallel.max_nodes_per_token;
+  if (M == 0) return;
+  auto fail = [&](const std::string& m) {
+    throw LayoutError("parallel.max_nodes_per_token (" + std::to_string(M) + "): " + m);
+  };
+  if (g.ranks_per_node == 0) fail("needs parallel.ranks_per_node");
+  if (g.ep % g.ranks_per_node != 0 && g.ranks_per_node % g.ep != 0)
+    fail("an EP group (" + std::to_string(g.ep) + " ranks) must span whole nodes of " +
+         std::to_string(g.ranks_per_node) + " ranks or fit in one");
+  const int64_t nodes = std::max<int64_t>(1, g.ep / g.ranks_per_node);
+  if (cfg.model.n_group % nodes != 0)
+    fail("model.n_group (" + std::to_string(cfg.model.n_group) + ") must be a multiple of the " +
+         std::to_string(nodes) + " nodes of an EP group, so that expert groups lie inside nodes");
+  if (cfg.model.topk_group > M)
+    fail("model.topk_group (" + std::to_string(cfg.model.topk_group) +
+         ") must be <= the node limit: each kept group may be on another node");
+}
+
+// The layout as the model and schedule see it; throws ConfigError naming the keys.
+RankGrid make_grid(const Config& cfg, Communicator& w) {
+  const auto& p = cfg.parallel;
+  RankGrid g;
+  try {
+    g = RankGrid::make(w.size(), w.rank(), static_cast<int>(p.pp), static_cast<int>(p.dp),
+                       static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
+    stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
+    check_node_limit(cfg, g);
+  } catch (const std::exception& e) {
+    throw ConfigError(cfg.source + ": " + e.what());
+  }
+  return g;
+}
+
+// How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
+// E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
+WirePrecision dispatch_wire(const std::string& recipe) {
+  if (recipe == "fp8") return WirePrecision::FP8;
+  if (recipe == "bf16") return WirePrecision::BF16;
+  return WirePrecision::Native;
+}
+
+// The layout, the batch-size schedule and a valid pipeline schedule for every batch size the
+// run can take (the smallest and the largest are checked).
+void plan_layout(Run& r) {
+  const Config& cfg = r.cfg;
+  r.grid = make_grid(cfg, *r.world);
+  r.rank0 = r.world->rank() == 0;
+  r.B = cfg.data.micro_batch_size, r.S = cfg.data.seq_len;
+  const int64_t dp = r.grid.dp, B = r.B, S = r.S;
+  r.batches = std::make_unique<data::BatchSchedule>(
+      cfg.data.batch_ramp_start > 0
+          ? data::BatchSchedule(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
+                                cfg.data.batch_ramp_tokens, S, dp, B)
+          : data::BatchSchedule::constant(cfg.data.global_batch_size, S, dp, B));
+  make_step_schedule(cfg, r.grid.pp, static_cast<int>(r.batches->batch_size_at(0) / (B * dp)));
+  make_step_schedule(cfg, r.grid.pp, static_cast<int>(cfg.data.global_batch_size / (B * dp)));
+}
+
+// The training and validation data, every shard checked; the validation set is whole global
+// batches of the validation stream (at most run.eval_batches).
+void open_data(Run& r) {
+  const Config& cfg = r.cfg;
+  r.train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
+  r.tokenizer = r.train_data->tokenizer();
+  if (cfg.run.eval_interval <= 0) return;
+  r.valid_data = open_dataset(cfg, cfg.data.valid_path, "data.valid_path", false);
+  r.eval_batches = r.valid_data->n_eval_samples() / cfg.data.global_batch_size;
+  if (r.eval_batches == 0)
+    throw ConfigError(cfg.source + ": data.valid_path: " + cfg.data.valid_path + " holds " +
+                      std::to_string(r.valid_data->n_eval_samples()) + " samples of " +
+                      std::to_string(r.S + 1) +
+                      " tokens, fewer than one global batch (data.global_batch_size " +
+                      std::to_string(cfg.data.global_batch_size) + ")");
+  if (cfg.run.eval_batches > 0) r.eval_batches = std::min(r.eval_batches, cfg.run.eval_batches);
+}
+
+// run.dir with the effective config, and the metrics log (rank 0).
+void open_run_dir(Run& r) {
+  if (!r.rank0) return;
+  make_run_dir(r.cfg.run.dir);
+  std::ofstream f(r.cfg.run.dir + "/config.yaml");
+  f << config_to_yaml(r.cfg);
+  if (!f) throw std::runtime_error(r.cfg.run.dir + "/config.yaml: write failed");
+  r.metrics = std::make_unique<MetricsLog>(r.cfg.run.dir);
+}
+
+// This rank's stage of the model with its experts (activations on run.device: every buffer made
+// from here on is on it; parameters and optimizer state stay on the CPU) and its optimizer.
+void build_model(Run& r) {
+  const Config& cfg = r.cfg;
+  // the recipe per component; FP8 weight copies are re-quantised once per optimizer step
+  PrecisionPolicy policy = cfg.policy();
+  policy.weight_version = std::make_shared<uint64_t>(0);
+  const Device device = parse_device(cfg.run.device.c_str());
+  set_default_device(device);
+  const Exec ex = Exec::on(device);
+  std::shared_ptr<TokenDispatcher<float>> dispatcher;
+  if (r.grid.ep > 1) {
+    std::vector<int> node_of_peer;
+    for (int p : r.grid.ep_group())
+      node_of_peer.push_back(r.grid.node_of(p) - r.grid.node_of(r.grid.ep_group()[0]));
+    dispatcher = r.ep = std::make_shared<EpDispatcher<float>>(
+        ex, *r.groups->ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
+  }
+  r.model = std::make_unique<Model<float>>(cfg.model, policy, dispatcher,
+                                           StageSpec{r.grid.pp_rank, r.grid.pp}, ex);
+  r.model->init(cfg.run.seed);
+  std::vector<Param<float>*> params;
+  for (auto& p : r.model->params().all()) params.push_back(p.get());
+  r.optimizer = std::make_unique<Optimizer>(params, *r.groups, cfg.optimizer);
+  r.embed = r.model->params().find("model.embed_tokens.weight");
+  r.loads.assign(r.model->moe_layers().size() * cfg.model.n_routed_experts, 0);
+}
+
+// resume: parameters, optimizer shards and the position in the data, on any layout
+void resume_from(Run& r, const std::string& resume, std::ostream& log) {
+  if (resume.empty()) return;
+  std::string warnings;
+  const std::string dir = resume == "auto" ? find_checkpoint(r.cfg.run.dir, &warnings) : resume;
+  if (r.rank0 && !warnings.empty()) log << "moetron: warning: " << warnings;
+  if (dir.empty()) {
+    if (r.rank0)
+      log << "moetron: no complete checkpoint in " << r.cfg.run.dir << ", starting fresh\n";
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  r.state = load_checkpoint(dir, r.cfg, r.model->params(), r.optimizer->shards(), r.tokenizer);
+  r.model->weights_updated();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r.rank0)
+    log << "moetron: resumed from " << dir << " (step " << r.state.step << ", loaded in " << secs
+        << " s)\n";
+}
+
+void report_start(const Run& r, std::ostream& log) {
+  if (!r.rank0) return;
+  const Config& cfg = r.cfg;
+  const RankGrid& g = r.grid;
+  const pipeline::Schedule& sched = r.pipeline->schedule();
+  log << "moetron: " << g.world << " rank(s) (pp " << g.pp << " x dp " << g.dp << ", ep " << g.ep
+      << "), stage 0 holds " << r.model->params().numel() << " parameters, optimizer state "
+      << r.optimizer->state_bytes() / 1024 << " KiB/rank; " << cfg.run.steps << " steps of "
+      << cfg.data.global_batch_size << " x " << r.S << " tokens (" << sched.microbatches
+      << " micro-batches of " << r.B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
+      << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
+  // activation memory of stage 0 (model/memory.h): slots and gradient sets
+  const SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);
+  const int slots = sched.in_flight_bound[0];
+  const int sets = PipelineExecutor<float>::peak_grad_sets(sched, 0);
+  log << "moetron: activations on " << cfg.run.device << ", stage 0: " << slots << " x "
+      << slot.forward / 1048576.0 << " MiB (micro-batch slots of " << cfg.parallel.schedule
+      << ") + " << sets << " x " << slot.backward / 1048576.0
+      << " MiB (gradient sets) = " << (slots * slot.forward + sets * slot.backward) / 1048576.0
+      << " MiB\n";
+  if (cfg.data.batch_ramp_start > 0)
+    log << "moetron: global batch ramps from " << r.batches->batch_size_at(0) << " to "
+        << cfg.data.global_batch_size << " sequences over " << cfg.data.batch_ramp_tokens
+        << " tokens\n";
+  log << "moetron: training data";
+  for (int s = 0; s < r.train_data->n_sources(); ++s) {
+    const data::SourceInfo& si = r.train_data->source(s);
+    log << (s ? "; " : " ") << si.name << " (" << si.shards.size() << " shard(s), " << si.n_tokens
+        << " tokens, weight " << si.effective_weight << ")";
+  }
+  log << ", tokenizer " << r.tokenizer << "\n";
+  if (r.valid_data)
+    log << "moetron: validation every " << cfg.run.eval_interval << " steps on " << r.eval_batches
+        << " batch(es) of " << cfg.data.global_batch_size << " x " << r.S << " tokens\n";
+}
+
+}  // namespace
+
+std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::string& resume) {
+  auto r = std::make_unique<Run>();
+  r->cfg = cfg;
+  r->world = &world();
+  plan_layout(*r);  // nothing is written before the layout and the data check out
+  open_data(*r);
+  kernels::set_num_threads(resolve_threads(cfg.run));
+  r->groups =
+      std::make_unique<ProcessGroups>(r->grid, *r->world, cfg.model.num_nextn_predict_layers > 0);
+  open_run_dir(*r);
+  build_model(*r);
+  resume_from(*r, resume, log);
+  r->writer = std::make_unique<CheckpointWriter>(*r->world);
+  const int64_t M_max = cfg.data.global_batch_size / (r->B * r->grid.dp);
+  r->pipeline = std::make_unique<PipelineExecutor<float>>(
+      *r->model, *r->groups->pp, make_step_schedule(cfg, r->grid.pp, static_cast<int>(M_max)),
+      r->grid.pp_rank);
+  // this DP rank's batches, from the sample the checkpoint (if any) had consumed: the same
+  // samples the uninterrupted run would read, on any DP size
+  data::LoaderOptions lo;
+  lo.dp = r->grid.dp, lo.dp_rank = r->grid.dp_rank;
+  lo.prefetch = static_cast<int>(cfg.data.prefetch);
+  r->loader = std::make_unique<data::Loader>(*r->train_data, *r->batches, lo, r->state.samples);
+  report_start(*r, log);
+  return r;
+}
+
+}  // namespace moetron

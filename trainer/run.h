@@ -1,0 +1,60 @@
+// A training run's objects, built once by setup(): the layout and its communicators, the data,
+// this rank's stage of the model with its expert dispatcher, the optimizer, the pipeline
+// executor, the loader, the checkpoint writer and the metrics log — everything train_step() uses,
+// with the owner of each obvious. setup() validates everything that can be checked before it
+// writes anything (config against the process count, data files, a checkpoint to resume from),
+// then creates run.dir.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "model/model.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/pipeline.h"
+#include "parallel/process_groups.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+
+namespace moetron {
+
+struct Run {
+  Config cfg;
+  Communicator* world = nullptr;
+  RankGrid grid;
+  bool rank0 = false;
+  int64_t B = 0, S = 0;                          // micro-batch rows, sequence length
+  std::unique_ptr<data::BatchSchedule> batches;  // the global batch of each step
+  std::unique_ptr<ProcessGroups> groups;
+  std::unique_ptr<data::Dataset> train_data, valid_data;
+  int64_t eval_batches = 0;             // validation: whole global batches of the validation stream
+  std::string tokenizer;                // the name every shard and checkpoint carries
+  std::unique_ptr<MetricsLog> metrics;  // rank 0
+  std::shared_ptr<EpDispatcher<float>> ep;  // EP > 1
+  std::unique_ptr<Model<float>> model;
+  Param<float>* embed = nullptr;  // tied with the MTP module's copy on the last stage
+  std::unique_ptr<Optimizer> optimizer;
+  TrainState state;  // steps, tokens and samples consumed (restored on resume)
+  std::unique_ptr<CheckpointWriter> writer;
+  std::unique_ptr<PipelineExecutor<float>> pipeline;
+  std::unique_ptr<data::Loader> loader;
+  std::vector<int64_t> loads;  // host copy of the step's expert loads [MoE layers, E]
+};
+
+// Builds the run of `cfg` on the world communicator; resume: "" (fresh), "auto" (the newest
+// complete checkpoint in run.dir, fresh if none) or a checkpoint directory. Start-up lines go to
+// `log` (rank 0). Throws ConfigError, LayoutError, data::DataError or CheckpointError naming
+// the file or key.
+std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::string& resume);
+
+// The pipeline schedule of a step with `microbatches` micro-batches per pipeline; throws
+// ConfigError when the executor cannot run parallel.schedule or the layout does not fit it.
+pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches);
+
+}  // namespace moetron

@@ -1,0 +1,54 @@
+// What a training step reports, and where its time went — kept beside the algorithm (train.cpp's
+// train_step), not between its lines.
+//
+// StepStats: the step's losses and expert imbalance as sums over this rank's part, reduced over
+// every rank in one all-reduce; means come from dividing by the global batch's micro-batches.
+// StepClock: wall time of the step's phases on this rank and, per rank, the split into compute,
+// communication waited for (expert all-to-all, ZeRO-1 collectives) and pipeline idle.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include "parallel/comm.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/pipeline.h"
+#include "trainer/optimizer.h"
+
+namespace moetron {
+
+struct StepStats {
+  // sums over this rank's micro-batches (stages add their parts: the last stage holds the LM and
+  // MTP losses, every stage its MoE layers' balance losses)
+  double loss = 0, lm = 0, mtp = 0, balance = 0;
+  // max load / mean load summed over this rank's MoE layers, and their count: on DP rank 0 only
+  // (the other DP ranks hold the same layers and the same all-reduced loads)
+  double imbalance = 0, moe_layers = 0;
+
+  // Every field summed over all ranks of `world`, in one all-reduce.
+  void reduce(Communicator& world);
+};
+
+class StepClock {
+ public:
+  using Clock = std::chrono::steady_clock;
+  void start() { t0_ = Clock::now(); }
+  void pipeline_done() { t_pipe_ = Clock::now(); }
+  // After the optimizer and bias update, on every rank (collective): each rank's compute,
+  // communication and idle seconds of this step, and the most nodes any token's experts were on.
+  void gather(Communicator& world, PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep,
+              Optimizer& opt);
+  // Seconds from start() to now, less `excluded` (the validation pass).
+  double step_seconds(double excluded) const {
+    return std::chrono::duration<double>(Clock::now() - t0_).count() - excluded;
+  }
+
+  std::vector<double> rank_times;  // [world, 3]: compute, communication, idle
+  int64_t max_nodes_per_token = 1;
+
+ private:
+  Clock::time_point t0_, t_pipe_;
+};
+
+}  // namespace moetron
