@@ -28,9 +28,83 @@ void need(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
 
-}  // namespace
+void need_dp_rank(int64_t dp, int64_t dp_rank) {
+  need(dp >= 1 && dp_rank >= 0 && dp_rank < dp,
+       "dataset: bad DP rank " + std::to_string(dp_rank) + " of " + std::to_string(dp));
+}
 
-// ---------------------------------------------------------------- Dataset
+void check_options(const DatasetOptions& o, const std::vector<SourceSpec>& specs) {
+  if (o.seq_len < 1) {
+    throw DataError("dataset: seq_len must be >= 1, got " + std::to_string(o.seq_len));
+  }
+  if (o.max_open_shards < 1) {
+    throw DataError("dataset: max_open_shards must be >= 1, got " +
+                    std::to_string(o.max_open_shards));
+  }
+  if (specs.empty()) throw DataError("dataset: no sources");
+}
+
+// Names the unnamed sources (their first path, else "source s") and blends them by weight.
+std::unique_ptr<Blender> name_and_blend(std::vector<SourceSpec>* specs) {
+  std::vector<double> weights;
+  std::vector<std::string> names;
+  for (size_t s = 0; s < specs->size(); ++s) {
+    SourceSpec& sp = (*specs)[s];
+    if (sp.name.empty()) {
+      sp.name = sp.paths.empty() ? "source " + std::to_string(s) : sp.paths.front();
+    }
+    weights.push_back(sp.weight);
+    names.push_back(sp.name);
+  }
+  return std::make_unique<Blender>(weights, names);  // checks the weights
+}
+
+// A shard as its source lists it: directly, or through an index file.
+struct Listed {
+  ShardEntry entry;
+  std::string index;  // empty if listed directly
+};
+
+// A source's shards in stream order, index files expanded.
+std::vector<Listed> list_shards(const SourceSpec& sp) {
+  std::vector<Listed> listed;
+  for (const std::string& p : sp.paths) {
+    if (ends_with(p, ".json")) {
+      for (ShardEntry& e : read_shard_index(p).shards) listed.push_back({std::move(e), p});
+    } else {
+      ShardEntry e;
+      e.path = p;
+      listed.push_back({std::move(e), ""});
+    }
+  }
+  return listed;
+}
+
+// A shard listed by an index must have the counts the index gives.
+void check_index_counts(const Listed& l, const TokenFileInfo& info) {
+  if (!l.index.empty() && (info.n_tokens != l.entry.n_tokens || info.n_docs != l.entry.n_docs)) {
+    throw DataError(l.entry.path + ": has " + std::to_string(info.n_tokens) + " tokens and " +
+                    std::to_string(info.n_docs) + " documents but index " + l.index + " lists " +
+                    std::to_string(l.entry.n_tokens) + " and " + std::to_string(l.entry.n_docs) +
+                    " (stale or corrupt shard set)");
+  }
+}
+
+// A batch of `rows` rows for the samples [first, first + global_batch), sized, rows zeroed.
+Batch sized_batch(const DatasetOptions& o, int64_t first, int64_t global_batch, int64_t rows) {
+  Batch b;
+  b.seq_len = o.seq_len;
+  b.first_sample = first;
+  b.global_batch = global_batch;
+  b.rows = rows;
+  b.tokens.resize(static_cast<size_t>(b.rows * (o.seq_len + 1)));
+  b.sample_index.resize(static_cast<size_t>(b.rows));
+  b.source.resize(static_cast<size_t>(b.rows));
+  if (o.doc_starts) b.doc_start_off.assign(static_cast<size_t>(b.rows) + 1, 0);
+  return b;
+}
+
+}  // namespace
 
 struct Dataset::Shard {
   std::string path;
@@ -69,110 +143,80 @@ struct Dataset::OpenShard {
 };
 
 Dataset::Dataset(std::vector<SourceSpec> specs, DatasetOptions options) : opt_(std::move(options)) {
-  if (opt_.seq_len < 1) {
-    throw DataError("dataset: seq_len must be >= 1, got " + std::to_string(opt_.seq_len));
-  }
-  if (opt_.max_open_shards < 1) {
-    throw DataError("dataset: max_open_shards must be >= 1, got " +
-                    std::to_string(opt_.max_open_shards));
-  }
-  if (specs.empty()) throw DataError("dataset: no sources");
-  std::vector<double> weights;
-  std::vector<std::string> names;
-  for (size_t s = 0; s < specs.size(); ++s) {
-    SourceSpec& sp = specs[s];
-    if (sp.name.empty()) {
-      sp.name = sp.paths.empty() ? "source " + std::to_string(s) : sp.paths.front();
-    }
-    weights.push_back(sp.weight);
-    names.push_back(sp.name);
-  }
-  blender_ = std::make_unique<Blender>(weights, names);  // checks the weights first
-
-  std::string first_shard;  // where tokenizer_ / vocab_size_ came from
-  for (size_t s = 0; s < specs.size(); ++s) {
-    const SourceSpec& sp = specs[s];
-    if (sp.paths.empty()) throw DataError(sp.name + ": source has no shard files");
-    Source src;
-    src.info.name = sp.name;
-    src.info.weight = sp.weight;
-    src.info.effective_weight = blender_->effective_weight(static_cast<int>(s));
-    src.first_shard = shards_.size();
-    // expand index files into their shards
-    struct Listed {
-      ShardEntry entry;
-      std::string index;  // empty if listed directly
-    };
-    std::vector<Listed> listed;
-    for (const std::string& p : sp.paths) {
-      if (ends_with(p, ".json")) {
-        for (ShardEntry& e : read_shard_index(p).shards) listed.push_back({std::move(e), p});
-      } else {
-        ShardEntry e;
-        e.path = p;
-        listed.push_back({std::move(e), ""});
-      }
-    }
-    int64_t offset = 0;
-    for (const Listed& l : listed) {
-      TokenFile f(l.entry.path);  // validates the layout; DataError names the file
-      const TokenFileInfo& info = f.info();
-      if (!l.index.empty() &&
-          (info.n_tokens != l.entry.n_tokens || info.n_docs != l.entry.n_docs)) {
-        throw DataError(l.entry.path + ": has " + std::to_string(info.n_tokens) + " tokens and " +
-                        std::to_string(info.n_docs) + " documents but index " + l.index +
-                        " lists " + std::to_string(l.entry.n_tokens) + " and " +
-                        std::to_string(l.entry.n_docs) + " (stale or corrupt shard set)");
-      }
-      if (!opt_.expected_tokenizer.empty() && info.tokenizer != opt_.expected_tokenizer) {
-        throw DataError(l.entry.path + ": made with tokenizer '" + info.tokenizer +
-                        "', expected '" + opt_.expected_tokenizer + "'");
-      }
-      if (first_shard.empty()) {
-        first_shard = l.entry.path;
-        tokenizer_ = info.tokenizer;
-        vocab_size_ = info.vocab_size;
-        if (opt_.model_vocab_size > 0 && vocab_size_ > opt_.model_vocab_size) {
-          throw DataError(l.entry.path + ": vocab_size " + std::to_string(vocab_size_) +
-                          " is larger than the model's " + std::to_string(opt_.model_vocab_size));
-        }
-        if (vocab_size_ > int64_t{std::numeric_limits<int32_t>::max()} + 1) {
-          throw DataError(l.entry.path + ": vocab_size " + std::to_string(vocab_size_) +
-                          " does not fit int32 token ids");
-        }
-      } else if (info.tokenizer != tokenizer_) {
-        throw DataError(l.entry.path + ": made with tokenizer '" + info.tokenizer + "' but " +
-                        first_shard + " with '" + tokenizer_ + "'");
-      } else if (info.vocab_size != vocab_size_) {
-        throw DataError(l.entry.path + ": vocab_size " + std::to_string(info.vocab_size) +
-                        " differs from " + first_shard + "'s " + std::to_string(vocab_size_));
-      }
-      Shard sh;
-      sh.path = l.entry.path;
-      sh.begin = offset;
-      sh.n_tokens = info.n_tokens;
-      sh.continues = l.entry.continues_previous;
-      if (info.n_tokens > std::numeric_limits<int64_t>::max() - offset) {
-        throw DataError(sp.name + ": more than 2^63 tokens");
-      }
-      offset += info.n_tokens;
-      src.begins.push_back(sh.begin);
-      src.info.shards.push_back(sh.path);
-      shards_.push_back(std::move(sh));
-    }
-    src.info.n_tokens = offset;
-    if (offset < opt_.seq_len + 1) {
-      throw DataError(
-          sp.name + ": has " + std::to_string(offset) +
-          " tokens, fewer than one sample of seq_len+1 = " + std::to_string(opt_.seq_len + 1));
-    }
-    src.info.n_windows = (offset - 1) / opt_.seq_len;
-    sources_.push_back(std::move(src));
-  }
+  check_options(opt_, specs);
+  blender_ = name_and_blend(&specs);  // checks the weights before any file is opened
+  std::string first_shard;            // where tokenizer_ / vocab_size_ came from
+  for (size_t s = 0; s < specs.size(); ++s) add_source(specs[s], static_cast<int>(s), &first_shard);
   eval_begin_.assign(1, 0);
   for (const Source& src : sources_) eval_begin_.push_back(eval_begin_.back() + src.info.n_windows);
   open_.assign(shards_.size(), nullptr);
   last_used_.assign(shards_.size(), 0);
+}
+
+// Opens and checks source s's shards (each once) and appends it to sources_ / shards_.
+void Dataset::add_source(const SourceSpec& sp, int s, std::string* first_shard) {
+  if (sp.paths.empty()) throw DataError(sp.name + ": source has no shard files");
+  Source src;
+  src.info.name = sp.name;
+  src.info.weight = sp.weight;
+  src.info.effective_weight = blender_->effective_weight(s);
+  src.first_shard = shards_.size();
+  int64_t offset = 0;
+  for (const Listed& l : list_shards(sp)) {
+    TokenFile f(l.entry.path);  // validates the layout; DataError names the file
+    const TokenFileInfo& info = f.info();
+    check_index_counts(l, info);
+    check_header(l.entry.path, info, first_shard);
+    Shard sh;
+    sh.path = l.entry.path;
+    sh.begin = offset;
+    sh.n_tokens = info.n_tokens;
+    sh.continues = l.entry.continues_previous;
+    if (info.n_tokens > std::numeric_limits<int64_t>::max() - offset) {
+      throw DataError(sp.name + ": more than 2^63 tokens");
+    }
+    offset += info.n_tokens;
+    src.begins.push_back(sh.begin);
+    src.info.shards.push_back(sh.path);
+    shards_.push_back(std::move(sh));
+  }
+  src.info.n_tokens = offset;
+  if (offset < opt_.seq_len + 1) {
+    throw DataError(
+        sp.name + ": has " + std::to_string(offset) +
+        " tokens, fewer than one sample of seq_len+1 = " + std::to_string(opt_.seq_len + 1));
+  }
+  src.info.n_windows = (offset - 1) / opt_.seq_len;
+  sources_.push_back(std::move(src));
+}
+
+// The shard's tokenizer and vocab size: the expected ones, and the same as every other shard's
+// (the first shard sets tokenizer_ and vocab_size_, and must fit the model and int32 ids).
+void Dataset::check_header(const std::string& path, const TokenFileInfo& info,
+                           std::string* first_shard) {
+  if (!opt_.expected_tokenizer.empty() && info.tokenizer != opt_.expected_tokenizer) {
+    throw DataError(path + ": made with tokenizer '" + info.tokenizer + "', expected '" +
+                    opt_.expected_tokenizer + "'");
+  }
+  if (first_shard->empty()) {
+    *first_shard = path;
+    tokenizer_ = info.tokenizer;
+    vocab_size_ = info.vocab_size;
+    if (opt_.model_vocab_size > 0 && vocab_size_ > opt_.model_vocab_size) {
+      throw DataError(path + ": vocab_size " + std::to_string(vocab_size_) +
+                      " is larger than the model's " + std::to_string(opt_.model_vocab_size));
+    }
+    if (vocab_size_ > int64_t{std::numeric_limits<int32_t>::max()} + 1) {
+      throw DataError(path + ": vocab_size " + std::to_string(vocab_size_) +
+                      " does not fit int32 token ids");
+    }
+  } else if (info.tokenizer != tokenizer_) {
+    throw DataError(path + ": made with tokenizer '" + info.tokenizer + "' but " + *first_shard +
+                    " with '" + tokenizer_ + "'");
+  } else if (info.vocab_size != vocab_size_) {
+    throw DataError(path + ": vocab_size " + std::to_string(info.vocab_size) + " differs from " +
+                    *first_shard + "'s " + std::to_string(vocab_size_));
+  }
 }
 
 Dataset::~Dataset() {
@@ -269,21 +313,12 @@ Batch Dataset::batch(int64_t first, int64_t global_batch, int64_t dp, int64_t dp
   need(first >= 0, "dataset: first sample must be >= 0, got " + std::to_string(first));
   need(global_batch >= 1,
        "dataset: global batch must be >= 1, got " + std::to_string(global_batch));
-  need(dp >= 1 && dp_rank >= 0 && dp_rank < dp,
-       "dataset: bad DP rank " + std::to_string(dp_rank) + " of " + std::to_string(dp));
+  need_dp_rank(dp, dp_rank);
   need(global_batch % dp == 0, "dataset: global batch " + std::to_string(global_batch) +
                                    " is not a multiple of dp " + std::to_string(dp));
   need(first <= std::numeric_limits<int64_t>::max() - global_batch,
        "dataset: sample index overflows int64");
-  Batch b;
-  b.seq_len = opt_.seq_len;
-  b.first_sample = first;
-  b.global_batch = global_batch;
-  b.rows = global_batch / dp;
-  b.tokens.resize(static_cast<size_t>(b.rows * (opt_.seq_len + 1)));
-  b.sample_index.resize(static_cast<size_t>(b.rows));
-  b.source.resize(static_cast<size_t>(b.rows));
-  if (opt_.doc_starts) b.doc_start_off.assign(static_cast<size_t>(b.rows) + 1, 0);
+  Batch b = sized_batch(opt_, first, global_batch, global_batch / dp);
   for (int64_t r = 0; r < b.rows; ++r) {
     const int64_t idx = first + r * dp + dp_rank;
     const SampleLocation loc = locate(idx);
@@ -303,19 +338,11 @@ Batch Dataset::eval_batch(int64_t bi, int64_t global_batch, int64_t dp, int64_t 
   const int64_t nb = n_eval_batches(global_batch);
   need(bi >= 0 && bi < nb, "dataset: eval batch " + std::to_string(bi) + " out of range [0, " +
                                std::to_string(nb) + ")");
-  need(dp >= 1 && dp_rank >= 0 && dp_rank < dp,
-       "dataset: bad DP rank " + std::to_string(dp_rank) + " of " + std::to_string(dp));
+  need_dp_rank(dp, dp_rank);
   const int64_t begin = bi * global_batch;
   const int64_t end = std::min(begin + global_batch, n_eval_samples());
-  Batch b;
-  b.seq_len = opt_.seq_len;
-  b.first_sample = begin;
-  b.global_batch = end - begin;
-  b.rows = end - begin > dp_rank ? (end - begin - dp_rank + dp - 1) / dp : 0;
-  b.tokens.resize(static_cast<size_t>(b.rows * (opt_.seq_len + 1)));
-  b.sample_index.resize(static_cast<size_t>(b.rows));
-  b.source.resize(static_cast<size_t>(b.rows));
-  if (opt_.doc_starts) b.doc_start_off.assign(static_cast<size_t>(b.rows) + 1, 0);
+  const int64_t rows = end - begin > dp_rank ? (end - begin - dp_rank + dp - 1) / dp : 0;
+  Batch b = sized_batch(opt_, begin, end - begin, rows);
   for (int64_t r = 0; r < b.rows; ++r) {
     const int64_t e = begin + r * dp + dp_rank;
     const int s = static_cast<int>(std::upper_bound(eval_begin_.begin(), eval_begin_.end(), e) -

@@ -149,6 +149,8 @@ class Dataset {
   struct Shard;
   struct Source;
   struct OpenShard;
+  void add_source(const SourceSpec& spec, int s, std::string* first_shard);
+  void check_header(const std::string& path, const TokenFileInfo& info, std::string* first_shard);
   std::shared_ptr<OpenShard> open(size_t shard) const;
   void read_window(const Source& src, int64_t offset, int32_t* out,
                    std::vector<int32_t>* doc_starts) const;
