@@ -27,6 +27,7 @@
 #include "data/byte_tokenizer.h"
 #include "data/corpus.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/shard_writer.h"
 
 namespace fs = std::filesystem;

@@ -39,6 +39,9 @@
 // piece -> ids; encode_batch() gives worker t the tokenizer's cache slot t (kept across calls, so
 // streaming batch after batch stays warm; concurrent encode_batch calls on one tokenizer share
 // the slots and so run one after the other). Caches are bounded (~30 MB each, then reset).
+//
+// Sources: bpe.cpp encodes and decodes, bpe_train.cpp trains, bpe_json.cpp reads and writes
+// tokenizer.json; bpe_impl.h (private) holds the state they share.
 #pragma once
 
 #include <cstdint>

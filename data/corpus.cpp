@@ -1,4 +1,5 @@
 // Corpus inputs (see corpus.h): input expansion, text and JSONL reading, UTF-8 validation.
+// Both kinds of file hand their documents to accept(), which skips and counts the empty ones.
 //
 // JSONL lines are parsed with nlohmann-json (header-only, Debian nlohmann-json3-dev). Each line is
 // checked for valid UTF-8 before parsing so that the message can give the byte offset in the
@@ -169,16 +170,20 @@ bool Corpus::next(Document* doc) {
     if (bad >= 0) {
       throw DataError(path + ": invalid UTF-8 at byte offset " + std::to_string(bad));
     }
-    if (text.empty()) {
-      ++skipped_empty_;
-      continue;
-    }
-    bytes_ += static_cast<int64_t>(text.size());
-    ++documents_;
-    doc->text = std::move(text);
-    doc->origin = path;
-    return true;
+    if (accept(std::move(text), path, doc)) return true;
   }
+}
+
+bool Corpus::accept(std::string text, const std::string& origin, Document* doc) {
+  if (text.empty()) {
+    ++skipped_empty_;
+    return false;
+  }
+  bytes_ += static_cast<int64_t>(text.size());
+  ++documents_;
+  doc->text = std::move(text);
+  doc->origin = origin;
+  return true;
 }
 
 bool Corpus::next_in_jsonl(Document* doc) {
@@ -211,16 +216,7 @@ bool Corpus::next_in_jsonl(Document* doc) {
       throw DataError(where + ": field '" + options_.jsonl_field + "' is " + json_type_name(*it) +
                       ", not a string");
     }
-    std::string text = it->get<std::string>();
-    if (text.empty()) {
-      ++skipped_empty_;
-      continue;
-    }
-    bytes_ += static_cast<int64_t>(text.size());
-    ++documents_;
-    doc->text = std::move(text);
-    doc->origin = where;
-    return true;
+    if (accept(it->get<std::string>(), where, doc)) return true;
   }
   if (jsonl_->bad()) throw DataError(path + ": read error after line " + std::to_string(line_));
   return false;

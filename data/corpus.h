@@ -55,6 +55,8 @@ class Corpus {
 
  private:
   bool next_in_jsonl(Document* doc);
+  // `text` from `origin` into *doc and the counts; false (and counted) if it is empty.
+  bool accept(std::string text, const std::string& origin, Document* doc);
 
   std::vector<std::string> inputs_;
   CorpusOptions options_;

@@ -1,4 +1,6 @@
-// Dataset, sampler and prefetching loader: blended, packed, deterministic and resumable samples.
+// Dataset: blended, packed, deterministic and resumable samples from token shards. The sampler
+// pieces it is built on (Blender, FeistelPermutation) are in data/sampler.h; the per-step stream
+// of batches a training rank reads (Loader, step_batch) is in data/loader.h.
 //
 // Sources. A Dataset reads one or more sources; a source is a list of token shards (.h5 files
 // and/or shard index files `*.index.json`, data/shard_writer.h) read as ONE concatenated token
@@ -21,7 +23,8 @@
 //   2. Epochs: epoch e = k / W_s, r = k % W_s. Each source wraps on its own; a new epoch of a
 //      source has a new permutation.
 //   3. Shuffle: window = P_{seed,s,e}(r), P a keyed Feistel bijection over [0, W_s) with
-//      cycle-walking (FeistelPermutation), evaluated per index, never materialised.
+//      cycle-walking (FeistelPermutation, keyed by epoch_key), evaluated per index, never
+//      materialised.
 //   shuffle = false replaces P by the identity (windows in stream order).
 //
 // Steps and DP ranks. The trainer consumes global_batch samples per step (the batch-size
@@ -48,61 +51,17 @@
 // thread and the trainer); HDF5 reads are serialised by hdf5_mutex().
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
-#include <utility>
 #include <vector>
 
-#include "data/batch_schedule.h"
 #include "data/token_file.h"
 
 namespace moetron::data {
 
-// A keyed pseudo-random bijection of [0, n): a balanced Feistel network over the smallest even
-// number of bits covering n (6 rounds, splitmix64-based round function), with cycle-walking
-// (re-encrypt while the value is >= n; expected < 4 rounds of walking). n = 0 or 1: identity.
-class FeistelPermutation {
- public:
-  FeistelPermutation(uint64_t n, uint64_t key);
-  uint64_t operator()(uint64_t i) const;  // i < n, else std::invalid_argument
-  uint64_t size() const { return n_; }
-
- private:
-  static constexpr int kRounds = 6;
-  uint64_t encrypt(uint64_t x) const;
-
-  uint64_t n_;
-  unsigned half_bits_ = 0;
-  uint64_t mask_ = 0;
-  uint64_t keys_[kRounds] = {};
-};
-
-// Stateless weighted interleaving of sources (step 1 of the global order above).
-class Blender {
- public:
-  static constexpr int64_t kBlock = 65536;
-  // Throws DataError if weights is empty, has more than kBlock entries, or a weight is not
-  // positive and finite (the message names the source: names[s] if given, else "source s").
-  explicit Blender(const std::vector<double>& weights, const std::vector<std::string>& names = {});
-  // Global sample i -> (source, that source's sample counter k).
-  std::pair<int, int64_t> locate(int64_t i) const;
-  // Samples of source s among the first i global samples (exact).
-  int64_t count_before(int s, int64_t i) const;
-  int n_sources() const { return static_cast<int>(quota_.size()); }
-  double effective_weight(int s) const { return static_cast<double>(quota_[s]) / kBlock; }
-
- private:
-  std::vector<int64_t> quota_;  // q_s per block; sums to kBlock
-  std::vector<uint16_t> src_;   // [kBlock]: source of each position in a block
-  std::vector<uint32_t> rank_;  // [kBlock]: how many of that source precede it in the block
-  std::vector<std::vector<uint32_t>> pos_;  // per source: its positions in a block, increasing
-};
+class Blender;  // data/sampler.h
 
 struct SourceSpec {
   std::string name;                // for messages; empty: the first path
@@ -190,6 +149,8 @@ class Dataset {
   struct Shard;
   struct Source;
   struct OpenShard;
+  void add_source(const SourceSpec& spec, int s, std::string* first_shard);
+  void check_header(const std::string& path, const TokenFileInfo& info, std::string* first_shard);
   std::shared_ptr<OpenShard> open(size_t shard) const;
   void read_window(const Source& src, int64_t offset, int32_t* out,
                    std::vector<int32_t>* doc_starts) const;
@@ -208,55 +169,6 @@ class Dataset {
   mutable std::vector<uint64_t> last_used_;
   mutable uint64_t clock_ = 0;
   mutable int n_open_ = 0;
-};
-
-// Stateless form of the Loader: the batch of `step` for DP rank `dp_rank` of schedule.dp(), when
-// every step since sample 0 followed `schedule`: first = schedule.consumed_before(step).samples,
-// global batch = schedule.batch_size_at(first * seq_len). (consumed_before replays the ramp:
-// O(ramp steps) per call; the Loader keeps the running count instead.)
-Batch step_batch(const Dataset& data, const BatchSchedule& schedule, int64_t step, int64_t dp_rank);
-
-struct LoaderOptions {
-  int64_t dp = 1;  // must equal the schedule's dp
-  int64_t dp_rank = 0;
-  int prefetch = 2;  // batches prepared ahead by a background thread; 0: synchronous
-};
-
-// This rank's stream of training batches, one per step, sized by the batch schedule.
-// next() returns step after step; samples_consumed() is the state to checkpoint (after the
-// batches next() has returned; prefetched ones do not count). Errors in the prefetch thread are
-// re-thrown by next() once the batches before them are consumed. The destructor stops and joins
-// the thread.
-class Loader {
- public:
-  // `data` must outlive the loader. Throws std::invalid_argument if the schedule's seq_len or dp
-  // differ from the dataset's / options', or dp_rank is out of range, or samples_consumed < 0.
-  Loader(const Dataset& data, BatchSchedule schedule, LoaderOptions options,
-         int64_t samples_consumed = 0);
-  ~Loader();
-  Loader(const Loader&) = delete;
-  Loader& operator=(const Loader&) = delete;
-
-  Batch next();
-  int64_t samples_consumed() const { return consumed_; }
-  int64_t tokens_consumed() const { return consumed_ * data_.seq_len(); }
-
- private:
-  Batch make(int64_t first) const;
-  void produce(int64_t first);
-
-  const Dataset& data_;
-  BatchSchedule schedule_;
-  LoaderOptions opt_;
-  int64_t consumed_;
-
-  // prefetch state (guarded by mu_)
-  std::mutex mu_;
-  std::condition_variable not_full_, not_empty_;
-  std::deque<Batch> queue_;
-  std::exception_ptr producer_error_;  // thrown by next() once the queue is empty, every time
-  bool stop_ = false;
-  std::thread thread_;
 };
 
 }  // namespace moetron::data

@@ -1,5 +1,5 @@
 // Tests for the batch-size ramp (data/batch_schedule.h), the per-step DP split and resumption,
-// the prefetching Loader (data/dataset.h), and the dataset's bad-input checks: a resumed run
+// the prefetching Loader (data/loader.h), and the dataset's bad-input checks: a resumed run
 // (at any step, on DP sizes 1, 2 and 4) reads exactly the samples of the uninterrupted run; the
 // prefetch thread delivers what direct calls give and re-throws its errors; missing, truncated,
 // corrupt or foreign shards, stale indexes, out-of-vocab ids, short sources and bad weights fail
@@ -18,6 +18,7 @@
 
 #include "data/batch_schedule.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/shard_writer.h"
 #include "tests/test_data_pipeline_util.h"
 

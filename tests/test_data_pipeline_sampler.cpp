@@ -1,6 +1,6 @@
-// Tests for the global sample order (data/dataset.h): the Feistel permutation is a bijection,
-// blending is exact per block and close to the weights on every prefix, samples are the right
-// windows of the concatenated stream (also across shard boundaries), each epoch of a source
+// Tests for the global sample order (data/sampler.h, data/dataset.h): the Feistel permutation is a
+// bijection, blending is exact per block and close to the weights on every prefix, samples are the
+// right windows of the concatenated stream (also across shard boundaries), each epoch of a source
 // visits every window once with a new order per epoch, the order is deterministic (and pinned),
 // document starts are reported where documents begin (not at split-document continuations), and
 // evaluation batches cover every window once in a fixed order.
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/sampler.h"
 #include "data/shard_writer.h"
 #include "tests/test_data_pipeline_util.h"
 

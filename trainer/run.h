@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "model/model.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/pipeline.h"

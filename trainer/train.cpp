@@ -3,7 +3,7 @@
 //
 //   for each step:
 //     the loader hands this DP rank its share of the step's samples (global batch from the
-//       batch-size schedule; data/dataset.h)
+//       batch-size schedule; data/loader.h)
 //     the pipeline schedule runs this rank's micro-batches: forward (losses, expert loads) and
 //       backward (gradients accumulate, scaled by 1 / micro-batches in the global batch)
 //     the embedding's two copies (first stage, MTP on the last) sum their gradients
