@@ -58,12 +58,10 @@ EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int>
 }
 
 template <class T>
-kernels::RowEncoding EpDispatcher<T>::enc(EpPhase phase) const {
-  using kernels::RowEncoding;
-  if (wire_ == WirePrecision::Native) return RowEncoding::Native;
-  if (wire_ == WirePrecision::BF16) return RowEncoding::BF16;
+kernels::RowEncoding EpDispatcher<T>::encoding(EpPhase phase) const {
   const bool dispatch = phase == EpPhase::Dispatch || phase == EpPhase::CombineBackward;
-  return dispatch ? RowEncoding::FP8 : RowEncoding::BF16;
+  if (wire_ == WirePrecision::FP8 && !dispatch) return kernels::RowEncoding::BF16;
+  return wire_;
 }
 
 namespace {
@@ -132,7 +130,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   pl.rows_received = 0;
   for (int p = 0; p < P; ++p) pl.rows_received += pl.recv_counts[p];
   // payload: each sent row's activations, then its routes on that peer
-  const kernels::RowEncoding e = enc(EpPhase::Dispatch);
+  const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
   uint8_t* send = sized(pl.send, pl.rows_sent * W);
   if (pl.rows_sent > 0) {
@@ -147,7 +145,7 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
   const uint8_t* in = exchange_wait(st);
   const EpPlan& pl = plan_of(st, ex_.device);
   const int64_t D = st.D, K = st.K, R = pl.rows_received;
-  const kernels::RowEncoding e = enc(EpPhase::Dispatch);
+  const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
   st.R = R;
   T* rx = sized(st.rx, R * D);
@@ -161,7 +159,7 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
 template <class T>
 void EpDispatcher<T>::combine_start(DispatchState<T>& st) {
   EpPlan& pl = plan_of(st, ex_.device);
-  const kernels::RowEncoding e = enc(EpPhase::Combine);
+  const kernels::RowEncoding e = encoding(EpPhase::Combine);
   const int64_t A = act_bytes<T>(e, st.D);
   uint8_t* send = sized(pl.send, st.R * A);
   if (st.R > 0) kernels::ep_encode_rows<T>(ex_, e, st.ry.data(), nullptr, st.R, st.D, send, A);
@@ -172,7 +170,7 @@ template <class T>
 void EpDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
   const uint8_t* in = exchange_wait(st);
   const EpPlan& pl = plan_of(st, ex_.device);
-  const kernels::RowEncoding e = enc(EpPhase::Combine);
+  const kernels::RowEncoding e = encoding(EpPhase::Combine);
   if (pl.rows_sent > 0)
     kernels::ep_decode_add_rows<T>(ex_, e, in, act_bytes<T>(e, st.D), pl.slot.data(), st.N,
                                    ep_.size(), st.D, y);
@@ -181,7 +179,7 @@ void EpDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
 template <class T>
 void EpDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) {
   EpPlan& pl = plan_of(st, ex_.device);
-  const kernels::RowEncoding e = enc(EpPhase::CombineBackward);
+  const kernels::RowEncoding e = encoding(EpPhase::CombineBackward);
   const int64_t A = act_bytes<T>(e, st.D);
   uint8_t* send = sized(pl.send, pl.rows_sent * A);
   if (pl.rows_sent > 0)
@@ -192,7 +190,7 @@ void EpDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) 
 template <class T>
 void EpDispatcher<T>::combine_backward_wait(DispatchState<T>& st) {
   const uint8_t* in = exchange_wait(st);
-  const kernels::RowEncoding e = enc(EpPhase::CombineBackward);
+  const kernels::RowEncoding e = encoding(EpPhase::CombineBackward);
   T* rdy = sized(st.rdy, st.R * st.D);
   if (st.R > 0) kernels::ep_decode_rows<T>(ex_, e, in, act_bytes<T>(e, st.D), st.R, st.D, rdy);
 }
@@ -201,7 +199,7 @@ template <class T>
 void EpDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
   EpPlan& pl = plan_of(st, ex_.device);
   const int64_t D = st.D, K = st.K;
-  const kernels::RowEncoding e = enc(EpPhase::DispatchBackward);
+  const kernels::RowEncoding e = encoding(EpPhase::DispatchBackward);
   const int64_t A = act_bytes<T>(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
   uint8_t* send = sized(pl.send, st.R * W);
   if (st.R > 0) {
@@ -217,7 +215,7 @@ void EpDispatcher<T>::dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw)
   const uint8_t* in = exchange_wait(st);
   const EpPlan& pl = plan_of(st, ex_.device);
   const int64_t D = st.D, K = st.K, P = ep_.size();
-  const kernels::RowEncoding e = enc(EpPhase::DispatchBackward);
+  const kernels::RowEncoding e = encoding(EpPhase::DispatchBackward);
   const int64_t A = act_bytes<T>(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
   kernels::fill_zero(ex_, dw, sizeof(T) * st.N * K);
   if (pl.rows_sent == 0) return;

@@ -36,7 +36,11 @@
 
 namespace moetron {
 
-enum class WirePrecision { Native, BF16, FP8 };
+// How the token rows travel: the encoding of the dispatched rows (the forward dispatch and the
+// combine's backward, which sends dy) — the kernels' RowEncoding, one enum for both. The combines
+// (forward, and the dispatch's backward) use the same encoding but never one below BF16: FP8
+// dispatches in E4M3 and combines in BF16 (DeepSeek-V3's recipe).
+using WirePrecision = kernels::RowEncoding;
 
 // The four exchanges of a MoE layer, for byte counts.
 enum class EpPhase { Dispatch, Combine, CombineBackward, DispatchBackward };
@@ -64,13 +68,10 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void dispatch_backward_start(DispatchState<T>& st) override;
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
 
-  // Payload bytes this process sent so far, in one phase or in all four.
+  // Payload bytes this process sent so far in one phase.
   int64_t bytes_sent(EpPhase phase) const { return bytes_sent_[static_cast<int>(phase)]; }
   // Rows this process sent in st's dispatch (each token once per destination process).
   static int64_t rows_sent(const DispatchState<T>& st);
-  int64_t bytes_sent() const {
-    return bytes_sent_[0] + bytes_sent_[1] + bytes_sent_[2] + bytes_sent_[3];
-  }
   WirePrecision wire() const { return wire_; }
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
@@ -88,7 +89,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
  private:
   // How one row of D activations is encoded in a phase: as T, bf16, or e4m3 codes + scales.
-  kernels::RowEncoding enc(EpPhase phase) const;
+  kernels::RowEncoding encoding(EpPhase phase) const;
   // rows of `row_bytes` bytes, already packed in the plan's send buffer: sent (grouped by peer,
   // send_counts) -> received (recv_counts), or the reverse; wait returns the received rows
   void exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse, EpPhase phase);

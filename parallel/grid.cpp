@@ -53,11 +53,4 @@ std::vector<int> RankGrid::edp_group() const {
   return r;
 }
 
-std::string RankGrid::describe() const {
-  return "rank " + std::to_string(rank) + "/" + std::to_string(world) + " (pp " +
-         std::to_string(pp_rank) + "/" + std::to_string(pp) + ", dp " + std::to_string(dp_rank) +
-         "/" + std::to_string(dp) + ", ep " + std::to_string(ep_rank) + "/" + std::to_string(ep) +
-         ")";
-}
-
 }  // namespace moetron

@@ -34,7 +34,6 @@ struct RankGrid {
   std::vector<int> ep_group() const;
   std::vector<int> edp_group() const;
   int node_of(int r) const { return ranks_per_node > 0 ? r / ranks_per_node : 0; }
-  std::string describe() const;
 };
 
 }  // namespace moetron

@@ -11,8 +11,10 @@
 //   messages  one buffer per message in flight: a receive's buffer is given back when its
 //             consumer (Forward / Backward) has read it, a send travels as a copy whose buffer
 //             is given back when the send completes (polled after every op).
-// The model stage does the math; the schedule decides the order. 1F1B, ZB1P and (later)
-// DualPipe run through this one loop.
+// The model stage does the math; the schedule decides the order. 1F1B and ZB1P run through this
+// one loop; unsupported_reason() says which schedules it cannot run yet (DualPipe and DualPipeV:
+// two model chunks per rank and overlapped forward/backward pairs), and the constructor and
+// set_schedule() refuse them.
 //   RecvActivation(m)  post a receive of stage input m from the previous stage's rank
 //   Forward(m)         model forward on micro-batch m (last stage: the loss)
 //   SendActivation(m)  post a send of the stage output to the next stage's rank
@@ -27,6 +29,7 @@
 #include <deque>
 #include <functional>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "model/model.h"
@@ -41,103 +44,57 @@ class PipelineExecutor {
   // tokens(m): micro-batch m's tokens [B, S+1] (host; every stage reads them).
   using TokenSource = std::function<const int32_t*(int)>;
 
+  // Throws std::invalid_argument when this executor cannot run `schedule` (unsupported_reason).
   PipelineExecutor(const Model<T>& stage, Communicator& pp, pipeline::Schedule schedule,
                    int pp_rank)
-      : model_(stage), pp_(pp), sched_(std::move(schedule)), rank_(pp_rank) {}
+      : model_(stage), pp_(pp), sched_(require_supported(std::move(schedule))), rank_(pp_rank) {}
+
+  // Why this executor cannot run `s`, or "" when it can. It holds one model chunk per rank and
+  // keeps a micro-batch's state by micro-batch alone, so no rank may hold two stages (DualPipe's
+  // two directions, DualPipeV's V); and it does not overlap a forward with a backward
+  // (ForwardBackward). The trainer asks before it builds anything.
+  static std::string unsupported_reason(const pipeline::Schedule& s) {
+    const std::string head = "schedule " + s.kind + ": ";
+    const std::string runs = ", which the pipeline executor does not run yet (use 1f1b or zb1p)";
+    for (size_t r = 0; r < s.chunks_of_rank.size(); ++r)
+      if (s.chunks_of_rank[r].size() > 1)
+        return head + "rank " + std::to_string(r) + " holds " +
+               std::to_string(s.chunks_of_rank[r].size()) + " model chunks" + runs;
+    for (const auto& ops : s.per_rank)
+      for (const pipeline::Op& op : ops)
+        if (op.kind == pipeline::OpKind::ForwardBackward)
+          return head + "overlaps forward and backward chunks" + runs;
+    return "";
+  }
 
   // Runs this rank's ops for one optimizer step; adds this stage's losses into `sum`.
   // Message ops post non-blocking sends/receives; a compute op first waits for every receive
   // posted before it (the schedule's execution contract); sends complete by the end of the step.
   void run(const TokenSource& tokens, int64_t B, int64_t S, double mtp_weight, double grad_scale,
            Losses& sum) {
-    using pipeline::OpKind;
-    const int64_t N = B * S, D = model_.config().hidden_size;
-    const int M = sched_.microbatches;
+    const Step step{tokens, B, S, mtp_weight, grad_scale};
     const std::vector<pipeline::Op>& ops = sched_.per_rank[rank_];
-    // the op after which micro-batch m's state is no longer needed
-    std::vector<int> last_use(M, -1);
-    for (size_t i = 0; i < ops.size(); ++i) last_use[ops[i].mb] = static_cast<int>(i);
-    slot_of_.assign(M, -1), grads_of_.assign(M, -1);
-    act_of_.assign(M, -1), grad_of_.assign(M, -1);
-    std::vector<Request> recvs;
-    std::vector<Losses> losses(M);
-    const size_t bytes = sizeof(T) * N * D;
-    // tag: (micro-batch, producing stage, activation or gradient)
-    auto tag = [&](const pipeline::Op& op, int grad) {
-      return (op.mb * sched_.stages + op.stage) * 2 + grad;
-    };
-    using clock = std::chrono::steady_clock;
-    auto ready = [&] {  // time blocked here is pipeline idle (bubble + p2p latency)
-      const auto t0 = clock::now();
-      for (auto& r : recvs) r.wait();
-      recvs.clear();
-      idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
-    };
-    idle_seconds_ = compute_seconds_ = 0;
+    const std::vector<int> last_use = begin_step(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
-      const int m = op.mb;
-      if (!op.is_message()) ready();
-      const auto t0 = clock::now();
-      switch (op.kind) {
-        case OpKind::RecvActivation:
-          act_of_[m] = msg_acquire(N * D);
-          recvs.push_back(pp_.irecv(msgs_[act_of_[m]].data(), bytes, op.peer, tag(op, 0)));
-          break;
-        case OpKind::SendActivation:
-          send_copy(model_.output(state(m)), bytes, op.peer, tag(op, 0), N * D);
-          break;
-        case OpKind::RecvGrad:
-          grad_of_[m] = msg_acquire(N * D);
-          recvs.push_back(pp_.irecv(msgs_[grad_of_[m]].data(), bytes, op.peer, tag(op, 1)));
-          break;
-        case OpKind::SendGrad:
-          send_copy(state(m).dh.data(), bytes, op.peer, tag(op, 1), N * D);
-          break;
-        case OpKind::Forward:
-          slot_of_[m] = slot_acquire();
-          losses[m] = model_.forward(state(m), tokens(m), B, S, mtp_weight,
-                                     model_.stage().first() ? nullptr : msgs_[act_of_[m]].data());
-          if (act_of_[m] >= 0) msg_release(act_of_[m]), act_of_[m] = -1;
-          break;
-        case OpKind::Backward:
-        case OpKind::BackwardInput:
-          lend_grads(m);
-          model_.backward_input(state(m), grad_scale,
-                                model_.stage().last() ? nullptr : msgs_[grad_of_[m]].data(),
-                                op.kind == OpKind::BackwardInput);
-          if (grad_of_[m] >= 0) msg_release(grad_of_[m]), grad_of_[m] = -1;
-          break;
-        case OpKind::BackwardWeight:
-          model_.backward_weight(state(m));
-          break;
-        case OpKind::ForwardBackward:
-          throw std::invalid_argument("pipeline executor: schedule '" + sched_.kind +
-                                      "' overlaps forward and backward chunks, which this "
-                                      "executor does not run yet (use 1f1b or zb1p)");
-      }
-      if (!op.is_message())
-        compute_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
-      if (static_cast<int>(i) == last_use[m] && slot_of_[m] >= 0) {
-        take_back_grads(m);
-        free_slots_.push_back(slot_of_[m]);
-        slot_of_[m] = -1;
-      }
+      if (op.is_message())
+        post(op, step);
+      else
+        compute(op, step);
+      if (static_cast<int>(i) == last_use[op.mb]) retire(op.mb);
       poll_sends();
     }
-    ready();
-    const auto t0 = clock::now();
-    for (auto& s : sends_) s.req.wait(), msg_release(s.buf);
-    sends_.clear();
-    idle_seconds_ += std::chrono::duration<double>(clock::now() - t0).count();
-    for (const Losses& l : losses) {
+    wait_receives();
+    wait_sends();
+    for (const Losses& l : losses_) {
       sum.loss += l.loss, sum.lm += l.lm, sum.mtp += l.mtp, sum.balance += l.balance;
     }
   }
 
   // The schedule of the next run() (the batch-size ramp changes the micro-batch count; an
   // evaluation runs a forward-only schedule). Slots and message buffers are kept and reused.
-  void set_schedule(pipeline::Schedule s) { sched_ = std::move(s); }
+  // Throws std::invalid_argument when this executor cannot run `s` (unsupported_reason).
+  void set_schedule(pipeline::Schedule s) { sched_ = require_supported(std::move(s)); }
   const pipeline::Schedule& schedule() const { return sched_; }
 
   // Seconds of the last run: in compute ops (forward/backward, including any expert all-to-all
@@ -179,6 +136,123 @@ class PipelineExecutor {
     Request req;
     int buf;
   };
+  // One run()'s arguments.
+  struct Step {
+    const TokenSource& tokens;
+    int64_t B, S;
+    double mtp_weight, grad_scale;
+  };
+  using clock = std::chrono::steady_clock;
+  static double seconds_since(clock::time_point t0) {
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  }
+
+  static pipeline::Schedule require_supported(pipeline::Schedule s) {
+    const std::string why = unsupported_reason(s);
+    if (!why.empty()) throw std::invalid_argument("pipeline executor: " + why);
+    return s;
+  }
+
+  // Resets the per-step tables; returns, per micro-batch, the op after which its state is no
+  // longer needed.
+  std::vector<int> begin_step(const std::vector<pipeline::Op>& ops) {
+    const int M = sched_.microbatches;
+    std::vector<int> last_use(M, -1);
+    for (size_t i = 0; i < ops.size(); ++i) last_use[ops[i].mb] = static_cast<int>(i);
+    slot_of_.assign(M, -1), grads_of_.assign(M, -1);
+    act_of_.assign(M, -1), grad_of_.assign(M, -1);
+    recvs_.clear();
+    losses_.assign(M, Losses{});
+    idle_seconds_ = compute_seconds_ = 0;
+    return last_use;
+  }
+
+  int64_t message_elements(const Step& st) const {
+    return st.B * st.S * model_.config().hidden_size;
+  }
+  // (micro-batch, producing stage, activation or gradient)
+  int tag(const pipeline::Op& op, int grad) const {
+    return (op.mb * sched_.stages + op.stage) * 2 + grad;
+  }
+
+  // A message op: posts a non-blocking receive into a fresh buffer, or a send of a copy.
+  void post(const pipeline::Op& op, const Step& st) {
+    using pipeline::OpKind;
+    const int m = op.mb;
+    const int64_t n = message_elements(st);
+    const size_t bytes = sizeof(T) * n;
+    switch (op.kind) {
+      case OpKind::RecvActivation:
+        act_of_[m] = msg_acquire(n);
+        recvs_.push_back(pp_.irecv(msgs_[act_of_[m]].data(), bytes, op.peer, tag(op, 0)));
+        break;
+      case OpKind::SendActivation:
+        send_copy(model_.output(state(m)), bytes, op.peer, tag(op, 0), n);
+        break;
+      case OpKind::RecvGrad:
+        grad_of_[m] = msg_acquire(n);
+        recvs_.push_back(pp_.irecv(msgs_[grad_of_[m]].data(), bytes, op.peer, tag(op, 1)));
+        break;
+      case OpKind::SendGrad:
+        send_copy(state(m).dh.data(), bytes, op.peer, tag(op, 1), n);
+        break;
+      default:
+        throw std::logic_error("pipeline executor: post() of a compute op");
+    }
+  }
+
+  // A compute op: waits for the receives posted before it, then runs the model stage.
+  void compute(const pipeline::Op& op, const Step& st) {
+    using pipeline::OpKind;
+    wait_receives();
+    const auto t0 = clock::now();
+    const int m = op.mb;
+    switch (op.kind) {
+      case OpKind::Forward:
+        slot_of_[m] = slot_acquire();
+        losses_[m] = model_.forward(state(m), st.tokens(m), st.B, st.S, st.mtp_weight,
+                                    model_.stage().first() ? nullptr : msgs_[act_of_[m]].data());
+        if (act_of_[m] >= 0) msg_release(act_of_[m]), act_of_[m] = -1;
+        break;
+      case OpKind::Backward:
+      case OpKind::BackwardInput:
+        lend_grads(m);
+        model_.backward_input(state(m), st.grad_scale,
+                              model_.stage().last() ? nullptr : msgs_[grad_of_[m]].data(),
+                              op.kind == OpKind::BackwardInput);
+        if (grad_of_[m] >= 0) msg_release(grad_of_[m]), grad_of_[m] = -1;
+        break;
+      case OpKind::BackwardWeight:
+        model_.backward_weight(state(m));
+        break;
+      default:  // ForwardBackward: refused by require_supported
+        throw std::logic_error("pipeline executor: unsupported op " +
+                               std::string(pipeline::kind_name(op.kind)));
+    }
+    compute_seconds_ += seconds_since(t0);
+  }
+
+  // After m's last op: its slot and gradient set go back to their pools.
+  void retire(int m) {
+    if (slot_of_[m] < 0) return;
+    take_back_grads(m);
+    free_slots_.push_back(slot_of_[m]);
+    slot_of_[m] = -1;
+  }
+
+  void wait_receives() {  // time blocked here is pipeline idle (bubble + p2p latency)
+    const auto t0 = clock::now();
+    for (auto& r : recvs_) r.wait();
+    recvs_.clear();
+    idle_seconds_ += seconds_since(t0);
+  }
+  void wait_sends() {
+    const auto t0 = clock::now();
+    for (auto& s : sends_) s.req.wait(), msg_release(s.buf);
+    sends_.clear();
+    idle_seconds_ += seconds_since(t0);
+  }
+
   typename Model<T>::MicroBatch& state(int m) { return slots_[slot_of_[m]]; }
   // An entry of a pool: a free one, or a new one at the end (deques: entries never move).
   template <class E>
@@ -253,6 +327,8 @@ class PipelineExecutor {
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received activation / gradient of m
   std::vector<PendingSend> sends_;
+  std::vector<Request> recvs_;  // receives posted since the last compute op
+  std::vector<Losses> losses_;  // [micro-batches] of the current run
   double compute_seconds_ = 0, idle_seconds_ = 0;
 };
 

@@ -1,5 +1,5 @@
 // Pipeline schedules: the shared parts — building blocks for generators, the one validator, and
-// the cost-model simulator (the generators live in schedule_1f1b.cpp, schedule_zb1p.cpp and
+// the cost-model simulator (the generators live in schedule_linear.cpp (1f1b, zb1p) and
 // schedule_dualpipe.cpp).
 //
 // validate() works in four passes: (1) per rank, walk the list in order and check placement,
@@ -19,6 +19,37 @@
 namespace moetron::pipeline {
 
 // ---- schedule data ------------------------------------------------------------------------
+
+bool Op::is_message() const {
+  switch (kind) {
+    case OpKind::SendActivation:
+    case OpKind::RecvActivation:
+    case OpKind::SendGrad:
+    case OpKind::RecvGrad:
+      return true;
+    case OpKind::Forward:
+    case OpKind::BackwardInput:
+    case OpKind::BackwardWeight:
+    case OpKind::Backward:
+    case OpKind::ForwardBackward:
+      return false;
+  }
+  return false;
+}
+
+InFlightChange in_flight_change(const Op& op) {
+  switch (op.kind) {
+    case OpKind::Forward:
+      return {.opened = 1};
+    case OpKind::Backward:
+    case OpKind::BackwardWeight:
+      return {.released = 1};
+    case OpKind::ForwardBackward:
+      return {.opened = 1, .released = op.defer_weight ? 0 : 1};
+    default:  // BackwardInput (its W releases) and messages
+      return {};
+  }
+}
 
 int Schedule::chunk_of(int rank, int mb, int stage) const {
   if (rank < 0 || rank >= static_cast<int>(chunks_of_rank.size()) || mb < 0 ||
@@ -55,6 +86,11 @@ Schedule empty_schedule(const std::string& kind, int ranks, int stages, int micr
   s.per_rank.assign(ranks, {});
   s.in_flight_bound.assign(ranks, 0);
   return s;
+}
+
+std::string too_few_microbatches(const std::string& kind, int C, int P, int need) {
+  return "schedule " + kind + ": " + std::to_string(C) + " micro-batches are too few for " +
+         std::to_string(P) + " pipeline ranks (need >= " + std::to_string(need) + ")";
 }
 
 Schedule make_schedule(const std::string& kind, int pp_ranks, int microbatches) {
@@ -251,12 +287,12 @@ std::string describe(const Op& op) {
 // partner[r][i]: the other end of message op i on rank r. Throws (rule "matching") when sends
 // and receives of a rank pair do not pair up in order.
 std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
-  const int R = s.ranks;
-  std::vector<std::vector<Ref>> partner(R);
+  const int P = s.ranks;
+  std::vector<std::vector<Ref>> partner(P);
   // sends[a][b] / recvs[b][a]: op indices on a (to b) / on b (from a), in list order.
-  std::vector<std::vector<std::vector<int>>> sends(R, std::vector<std::vector<int>>(R)),
-      recvs(R, std::vector<std::vector<int>>(R));
-  for (int r = 0; r < R; ++r) {
+  std::vector<std::vector<std::vector<int>>> sends(P, std::vector<std::vector<int>>(P)),
+      recvs(P, std::vector<std::vector<int>>(P));
+  for (int r = 0; r < P; ++r) {
     partner[r].assign(s.per_rank[r].size(), Ref{});
     for (int i = 0; i < static_cast<int>(s.per_rank[r].size()); ++i) {
       const Op& op = s.per_rank[r][i];
@@ -264,8 +300,8 @@ std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
       if (is_recv(op.kind)) recvs[op.peer][r].push_back(i);
     }
   }
-  for (int a = 0; a < R; ++a)
-    for (int b = 0; b < R; ++b) {
+  for (int a = 0; a < P; ++a)
+    for (int b = 0; b < P; ++b) {
       const auto& sd = sends[a][b];
       const auto& rv = recvs[a][b];
       for (size_t k = 0; k < std::max(sd.size(), rv.size()); ++k) {
@@ -319,103 +355,134 @@ struct Replay {
   int stall_rank = -1, stall_index = -1;
 };
 
-Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
-              bool strict) {
-  const int R = s.ranks;
-  std::vector<int> pc(R, 0), waited(R, 0);
-  std::vector<double> t(R, 0.0);
-  std::vector<bool> done(R, false);
-  Replay out;
-  // start[r][i]: when op i of rank r started (compute) or was posted (message); < 0: not yet.
-  auto& start = out.sim.start;
-  start.resize(R);
-  for (int r = 0; r < R; ++r) start[r].assign(s.per_rank[r].size(), -1.0);
-  out.sim.busy.assign(R, 0.0);
-  out.sim.finish.assign(R, 0.0);
-  std::vector<int> blocked_on(R, -1);  // message op a blocked rank waits for
+// One replay: every rank's position in its list, clock and start times.
+class Replayer {
+ public:
+  Replayer(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
+           bool strict)
+      : s_(s), partner_(partner), c_(c), strict_(strict) {
+    const int P = s.ranks;
+    pc_.assign(P, 0), waited_.assign(P, 0), blocked_on_.assign(P, -1);
+    t_.assign(P, 0.0);
+    done_.assign(P, false);
+    out_.sim.start.resize(P);
+    for (int r = 0; r < P; ++r) out_.sim.start[r].assign(s.per_rank[r].size(), -1.0);
+    out_.sim.busy.assign(P, 0.0);
+    out_.sim.finish.assign(P, 0.0);
+  }
 
-  // Waits for message ops [from, to) (all if strict or at the end, else receives only). Returns
-  // the completion time, or -1 (and the op in blocked_on) if one's partner is not posted yet.
-  auto wait = [&](int r, int from, int to, bool all) -> double {
-    double ready = t[r];
+  Replay run() {
+    for (bool progress = true; progress;) {
+      progress = false;
+      for (int r = 0; r < s_.ranks; ++r) progress |= advance(r);
+    }
+    for (int r = 0; r < s_.ranks; ++r)
+      if (!done_[r]) report_stall(r);
+    if (out_.stall.empty()) summarise(out_.sim);
+    return out_;
+  }
+
+ private:
+  // Waits for message ops [from, to) of rank r (all, or receives only). Returns the completion
+  // time, or -1 (and the op in blocked_on_) if one's partner is not posted yet.
+  double wait(int r, int from, int to, bool all) {
+    auto& start = out_.sim.start;
+    double ready = t_[r];
     for (int j = from; j < to; ++j) {
-      const Op& op = s.per_rank[r][j];
+      const Op& op = s_.per_rank[r][j];
       if (!op.is_message() || !(all || is_recv(op.kind))) continue;
-      const Ref p = partner[r][j];
+      const Ref p = partner_[r][j];
       if (start[p.rank][p.index] < 0) {
-        blocked_on[r] = j;
+        blocked_on_[r] = j;
         return -1;
       }
-      ready = std::max(ready, std::max(start[r][j], start[p.rank][p.index]) + c.comm);
+      ready = std::max(ready, std::max(start[r][j], start[p.rank][p.index]) + c_.comm);
     }
     return ready;
-  };
-
-  for (bool progress = true; progress;) {
-    progress = false;
-    for (int r = 0; r < R; ++r) {
-      const auto& ops = s.per_rank[r];
-      while (!done[r]) {
-        const int i = pc[r];
-        if (i == static_cast<int>(ops.size())) {  // final commit: every message completes
-          const double end = wait(r, 0, i, true);
-          if (end < 0) break;
-          out.sim.finish[r] = end;
-          done[r] = progress = true;
-          break;
-        }
-        const Op& op = ops[i];
-        if (op.is_message()) {
-          start[r][i] = t[r];
-          ++pc[r];
-          progress = true;
-          continue;
-        }
-        const double begin = wait(r, waited[r], i, strict);
-        if (begin < 0) break;
-        const double d = duration(op, c);
-        start[r][i] = begin;
-        t[r] = begin + d;
-        out.sim.busy[r] += d;
-        waited[r] = ++pc[r];
-        progress = true;
-      }
-    }
   }
 
-  for (int r = 0; r < R; ++r) {
-    if (done[r]) continue;
-    if (out.stall_rank < 0) {
-      out.stall_rank = r;
-      out.stall_index = pc[r];
+  // Runs rank r as far as it can go; true if it moved.
+  bool advance(int r) {
+    const auto& ops = s_.per_rank[r];
+    bool progress = false;
+    while (!done_[r]) {
+      const int i = pc_[r];
+      if (i == static_cast<int>(ops.size())) {  // final commit: every message completes
+        const double end = wait(r, 0, i, true);
+        if (end < 0) break;
+        out_.sim.finish[r] = end;
+        done_[r] = progress = true;
+        break;
+      }
+      const Op& op = ops[i];
+      if (op.is_message()) {
+        out_.sim.start[r][i] = t_[r];
+        ++pc_[r];
+        progress = true;
+        continue;
+      }
+      const double begin = wait(r, waited_[r], i, strict_);
+      if (begin < 0) break;
+      const double d = duration(op, c_);
+      out_.sim.start[r][i] = begin;
+      t_[r] = begin + d;
+      out_.sim.busy[r] += d;
+      waited_[r] = ++pc_[r];
+      progress = true;
     }
-    const Op& need = s.per_rank[r][blocked_on[r]];
-    const Ref p = partner[r][blocked_on[r]];
+    return progress;
+  }
+
+  // Appends what stuck rank r waits for to the stall report.
+  void report_stall(int r) {
+    if (out_.stall_rank < 0) {
+      out_.stall_rank = r;
+      out_.stall_index = pc_[r];
+    }
+    const Op& need = s_.per_rank[r][blocked_on_[r]];
+    const Ref p = partner_[r][blocked_on_[r]];
     std::ostringstream o;
-    if (!out.stall.empty()) o << "; ";
+    if (!out_.stall.empty()) o << "; ";
     o << "rank " << r << " is stuck at ";
-    if (pc[r] < static_cast<int>(s.per_rank[r].size()))
-      o << "op " << pc[r] << " (" << to_string(s, r, s.per_rank[r][pc[r]]) << ")";
+    if (pc_[r] < static_cast<int>(s_.per_rank[r].size()))
+      o << "op " << pc_[r] << " (" << to_string(s_, r, s_.per_rank[r][pc_[r]]) << ")";
     else
       o << "the end of its list";
-    o << " waiting for its op " << blocked_on[r] << " (" << to_string(s, r, need)
+    o << " waiting for its op " << blocked_on_[r] << " (" << to_string(s_, r, need)
       << "), whose partner is rank " << p.rank << "'s op " << p.index << " ("
-      << to_string(s, p.rank, s.per_rank[p.rank][p.index]) << ")";
-    out.stall += o.str();
+      << to_string(s_, p.rank, s_.per_rank[p.rank][p.index]) << ")";
+    out_.stall += o.str();
   }
-  if (!out.stall.empty()) return out;
 
-  SimResult& sim = out.sim;
-  sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
-  sim.idle.resize(R);
-  double idle_sum = 0;
-  for (int r = 0; r < R; ++r) {
-    sim.idle[r] = sim.makespan - sim.busy[r];
-    sim.bubble = std::max(sim.bubble, sim.idle[r]);
-    idle_sum += sim.idle[r];
+  // Makespan, idle times and bubble of a replay that finished.
+  void summarise(SimResult& sim) const {
+    const int P = s_.ranks;
+    sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
+    sim.idle.resize(P);
+    double idle_sum = 0;
+    for (int r = 0; r < P; ++r) {
+      sim.idle[r] = sim.makespan - sim.busy[r];
+      sim.bubble = std::max(sim.bubble, sim.idle[r]);
+      idle_sum += sim.idle[r];
+    }
+    sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (P * sim.makespan) : 0;
   }
-  sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (R * sim.makespan) : 0;
-  return out;
+
+  const Schedule& s_;
+  const std::vector<std::vector<Ref>>& partner_;
+  const Costs& c_;
+  const bool strict_;
+  std::vector<int> pc_, waited_;
+  std::vector<int> blocked_on_;  // message op a blocked rank waits for
+  std::vector<double> t_;        // when the rank is free
+  std::vector<bool> done_;
+  Replay out_;  // out_.sim.start[r][i]: when op i of rank r started (compute) or was posted
+                // (message); < 0: not yet
+};
+
+Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
+              bool strict) {
+  return Replayer(s, partner, c, strict).run();
 }
 
 }  // namespace
@@ -429,14 +496,14 @@ namespace {
 }
 
 void check_shape(const Schedule& s) {
-  const int R = s.ranks, S = s.stages, C = s.microbatches;
-  if (R < 1 || S < 1 || C < 1)
-    fail_shape(s, "ranks, stages and micro-batches must be >= 1, got " + std::to_string(R) + ", " +
+  const int P = s.ranks, S = s.stages, C = s.microbatches;
+  if (P < 1 || S < 1 || C < 1)
+    fail_shape(s, "ranks, stages and micro-batches must be >= 1, got " + std::to_string(P) + ", " +
                       std::to_string(S) + ", " + std::to_string(C));
-  if (static_cast<int>(s.per_rank.size()) != R || static_cast<int>(s.in_flight_bound.size()) != R ||
-      static_cast<int>(s.chunks_of_rank.size()) != R)
+  if (static_cast<int>(s.per_rank.size()) != P || static_cast<int>(s.in_flight_bound.size()) != P ||
+      static_cast<int>(s.chunks_of_rank.size()) != P)
     fail_shape(s, "per_rank, in_flight_bound and chunks_of_rank need one entry per rank (" +
-                      std::to_string(R) + ")");
+                      std::to_string(P) + ")");
   if (static_cast<int>(s.direction_of_mb.size()) != C)
     fail_shape(s, "direction_of_mb needs one entry per micro-batch (" + std::to_string(C) + ")");
   if (s.route.empty()) fail_shape(s, "route is empty");
@@ -444,13 +511,13 @@ void check_shape(const Schedule& s) {
     if (static_cast<int>(s.route[d].size()) != S)
       fail_shape(s, "route[" + std::to_string(d) + "] needs one rank per stage");
     for (int r : s.route[d])
-      if (r < 0 || r >= R) fail_shape(s, "route names rank " + std::to_string(r));
+      if (r < 0 || r >= P) fail_shape(s, "route names rank " + std::to_string(r));
   }
   for (int m = 0; m < C; ++m)
     if (s.direction_of_mb[m] < 0 || s.direction_of_mb[m] >= static_cast<int>(s.route.size()))
       fail_shape(s, "micro-batch " + std::to_string(m) + " has no route");
-  const Schedule fresh = empty_schedule(s.kind, R, S, C, s.route, s.direction_of_mb);
-  for (int r = 0; r < R; ++r) {
+  const Schedule fresh = empty_schedule(s.kind, P, S, C, s.route, s.direction_of_mb);
+  for (int r = 0; r < P; ++r) {
     const auto& a = s.chunks_of_rank[r];
     const auto& b = fresh.chunks_of_rank[r];
     bool same = a.size() == b.size();
@@ -568,23 +635,11 @@ struct Tracker {
 
   void run_rank(int r) {
     int in_flight = 0;
-    auto grow = [&](int i) {
-      if (++in_flight > s.in_flight_bound[r])
-        fail(s, r, i, "in-flight",
-             std::to_string(in_flight) + " activations in flight, more than this rank's bound " +
-                 std::to_string(s.in_flight_bound[r]));
-    };
     const auto& ops = s.per_rank[r];
     for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
       const Op& op = ops[i];
-      const bool pair = op.kind == OpKind::ForwardBackward;
-      if (op.is_message() != (op.peer >= 0) || pair != (op.mb2 >= 0 || op.stage2 >= 0) ||
-          (!pair && op.defer_weight))
-        fail(s, r, i, "placement",
-             "malformed op: peer is only for messages, mb2/stage2/defer_weight only for pairs");
+      check_fields(r, i, op);
       if (op.is_message()) {
-        if (op.peer >= s.ranks)
-          fail(s, r, i, "placement", "peer rank " + std::to_string(op.peer) + " does not exist");
         check_message(r, i, op);
         (op.kind == OpKind::SendActivation   ? sent_act
          : op.kind == OpKind::RecvActivation ? recv_act
@@ -592,36 +647,53 @@ struct Tracker {
                                              : recv_grad)[op.mb][op.stage] = 1;
         continue;
       }
-      switch (op.kind) {
-        case OpKind::Forward:
-          check_forward(r, i, op.mb, op.stage);
-          fwd[op.mb][op.stage] = 1;
-          grow(i);
-          break;
-        case OpKind::Backward:
-        case OpKind::BackwardInput:
-          check_backward(r, i, op.mb, op.stage);
-          bwd[op.mb][op.stage] = op.kind == OpKind::Backward ? 2 : 1;
-          in_flight -= op.kind == OpKind::Backward;
-          break;
-        case OpKind::BackwardWeight:
-          check_here(r, i, op.mb, op.stage, "weight gradient");
-          if (bwd[op.mb][op.stage] != 1)
-            fail(s, r, i, "order",
-                 "weight gradient of " + ms(op.mb, op.stage) +
-                     (bwd[op.mb][op.stage] == 0 ? " before its input-backward (Bi)"
-                                                : " after a full backward or a previous W"));
-          bwd[op.mb][op.stage] = 2;
-          --in_flight;
-          break;
-        default:  // ForwardBackward: both halves against the state before the pair
-          check_forward(r, i, op.mb, op.stage);
-          check_backward(r, i, op.mb2, op.stage2);
-          fwd[op.mb][op.stage] = 1;
-          bwd[op.mb2][op.stage2] = op.defer_weight ? 1 : 2;
-          grow(i);
-          in_flight -= !op.defer_weight;
-      }
+      check_compute(r, i, op);
+      const InFlightChange d = in_flight_change(op);
+      in_flight += d.opened;
+      if (d.opened > 0 && in_flight > s.in_flight_bound[r])
+        fail(s, r, i, "in-flight",
+             std::to_string(in_flight) + " activations in flight, more than this rank's bound " +
+                 std::to_string(s.in_flight_bound[r]));
+      in_flight -= d.released;
+    }
+  }
+
+  void check_fields(int r, int i, const Op& op) const {
+    const bool pair = op.kind == OpKind::ForwardBackward;
+    if (op.is_message() != (op.peer >= 0) || pair != (op.mb2 >= 0 || op.stage2 >= 0) ||
+        (!pair && op.defer_weight))
+      fail(s, r, i, "placement",
+           "malformed op: peer is only for messages, mb2/stage2/defer_weight only for pairs");
+    if (op.is_message() && op.peer >= s.ranks)
+      fail(s, r, i, "placement", "peer rank " + std::to_string(op.peer) + " does not exist");
+  }
+
+  // A compute op: its checks, then what it marks done.
+  void check_compute(int r, int i, const Op& op) {
+    switch (op.kind) {
+      case OpKind::Forward:
+        check_forward(r, i, op.mb, op.stage);
+        fwd[op.mb][op.stage] = 1;
+        break;
+      case OpKind::Backward:
+      case OpKind::BackwardInput:
+        check_backward(r, i, op.mb, op.stage);
+        bwd[op.mb][op.stage] = op.kind == OpKind::Backward ? 2 : 1;
+        break;
+      case OpKind::BackwardWeight:
+        check_here(r, i, op.mb, op.stage, "weight gradient");
+        if (bwd[op.mb][op.stage] != 1)
+          fail(s, r, i, "order",
+               "weight gradient of " + ms(op.mb, op.stage) +
+                   (bwd[op.mb][op.stage] == 0 ? " before its input-backward (Bi)"
+                                              : " after a full backward or a previous W"));
+        bwd[op.mb][op.stage] = 2;
+        break;
+      default:  // ForwardBackward: both halves against the state before the pair
+        check_forward(r, i, op.mb, op.stage);
+        check_backward(r, i, op.mb2, op.stage2);
+        fwd[op.mb][op.stage] = 1;
+        bwd[op.mb2][op.stage2] = op.defer_weight ? 1 : 2;
     }
   }
 
@@ -644,11 +716,11 @@ struct Tracker {
 // pass the strict model), so validate() checks both.
 std::string blocking_receive_stall(const Schedule& s, const std::vector<std::vector<Ref>>& partner,
                                    int& stall_rank, int& stall_index) {
-  const int R = s.ranks;
-  std::vector<int> pc(R, 0);
+  const int P = s.ranks;
+  std::vector<int> pc(P, 0);
   for (bool progress = true; progress;) {
     progress = false;
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < P; ++r) {
       const auto& ops = s.per_rank[r];
       while (pc[r] < static_cast<int>(ops.size())) {
         if (is_recv(ops[pc[r]].kind)) {
@@ -661,7 +733,7 @@ std::string blocking_receive_stall(const Schedule& s, const std::vector<std::vec
     }
   }
   std::ostringstream o;
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < P; ++r) {
     if (pc[r] == static_cast<int>(s.per_rank[r].size())) continue;
     if (stall_rank < 0) stall_rank = r, stall_index = pc[r];
     const Ref p = partner[r][pc[r]];
@@ -696,11 +768,10 @@ std::vector<int> peak_in_flight(const Schedule& s) {
   for (size_t r = 0; r < s.per_rank.size(); ++r) {
     int cur = 0;
     for (const Op& op : s.per_rank[r]) {
-      if (op.kind == OpKind::Forward || op.kind == OpKind::ForwardBackward)
-        peak[r] = std::max(peak[r], ++cur);
-      if (op.kind == OpKind::Backward || op.kind == OpKind::BackwardWeight ||
-          (op.kind == OpKind::ForwardBackward && !op.defer_weight))
-        --cur;
+      const InFlightChange d = in_flight_change(op);
+      cur += d.opened;
+      peak[r] = std::max(peak[r], cur);
+      cur -= d.released;
     }
   }
   return peak;

@@ -67,9 +67,19 @@ struct Op {
   int mb2 = -1, stage2 = -1;  // ForwardBackward only: the backward half
   bool defer_weight = false;  // ForwardBackward only: the backward half is input-only (Bi)
 
-  bool is_message() const { return kind >= OpKind::SendActivation; }
+  bool is_message() const;  // a send or receive (every OpKind is listed: no order assumed)
   bool operator==(const Op&) const = default;
 };
+
+// The in-flight rule, the one place that counts activations in flight (validate()'s in-flight
+// check and peak_in_flight() both use it): an op first OPENS the chunk of activations of its
+// forward half (Forward, the F of a ForwardBackward pair), which counts towards the peak, then
+// RELEASES the chunk of a backward that completes (Backward, BackwardWeight, or a pair's full
+// backward half; BackwardInput keeps it until its W).
+struct InFlightChange {
+  int opened = 0, released = 0;
+};
+InFlightChange in_flight_change(const Op& op);
 
 struct Chunk {
   int direction = 0, stage = 0;
@@ -119,8 +129,13 @@ Schedule make_forward_only(int pp_ranks, int microbatches);
 Schedule empty_schedule(const std::string& kind, int ranks, int stages, int microbatches,
                         std::vector<std::vector<int>> route, std::vector<int> direction_of_mb);
 
-// The single-direction layout (stage s on rank s, bound P - r), after checking P >= 1, C >= P.
+// The single-direction layout (stage s on rank s, bound P - r), after checking P >= 1, C >= P
+// (schedule_linear.cpp, with the 1f1b and zb1p generators).
 Schedule linear_schedule(const std::string& kind, int pp_ranks, int microbatches);
+
+// The generators' one "too few micro-batches" message: "schedule <kind>: <C> micro-batches are
+// too few for <P> pipeline ranks (need >= <need>)".
+std::string too_few_microbatches(const std::string& kind, int microbatches, int pp_ranks, int need);
 
 // Generator helper: appends ops to one rank's list, taking peers from the route. The message
 // helpers emit nothing (and return false) when the message would not leave the rank or leave

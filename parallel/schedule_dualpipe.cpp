@@ -175,11 +175,6 @@ void check_counts(const Schedule& s, const DualRank& d, int per_chunk) {
                              std::to_string(per_chunk));
 }
 
-std::string too_few(const std::string& kind, int C, int P, int need) {
-  return "schedule " + kind + ": " + std::to_string(C) + " micro-batches are too few for " +
-         std::to_string(P) + " pipeline ranks (need >= " + std::to_string(need) + ")";
-}
-
 }  // namespace
 
 Schedule make_dualpipe(int P, int C) {
@@ -187,7 +182,7 @@ Schedule make_dualpipe(int P, int C) {
   if (P < 2 || P % 2 != 0)
     throw std::invalid_argument(k + "needs an even number of pipeline ranks (>= 2), got " +
                                 std::to_string(P));
-  if (C < 2 * P) throw std::invalid_argument(too_few("dualpipe", C, P, 2 * P));
+  if (C < 2 * P) throw std::invalid_argument(too_few_microbatches("dualpipe", C, P, 2 * P));
   if (C % 2 != 0)
     throw std::invalid_argument(k + "needs an even number of micro-batches (half enter at each " +
                                 "end), got " + std::to_string(C));
@@ -209,7 +204,7 @@ Schedule make_dualpipev(int N, int C) {
   if (N < 1)
     throw std::invalid_argument("schedule dualpipev: needs at least 1 pipeline rank, got " +
                                 std::to_string(N));
-  if (C < 2 * N) throw std::invalid_argument(too_few("dualpipev", C, N, 2 * N));
+  if (C < 2 * N) throw std::invalid_argument(too_few_microbatches("dualpipev", C, N, 2 * N));
   std::vector<int> v(2 * N);
   for (int st = 0; st < 2 * N; ++st) v[st] = st < N ? st : 2 * N - 1 - st;
   Schedule s = empty_schedule("dualpipev", N, 2 * N, C, {v}, std::vector<int>(C, 0));

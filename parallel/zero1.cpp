@@ -1,4 +1,6 @@
-// ZeRO-1 sharded AdamW over a reduction group (see zero1.h).
+// ZeRO-1 over a reduction group: the arena layout, the gradient reduce-scatter, the norm's
+// owned squares and the all-gather of the updated values; the update itself is AdamW's (see
+// zero1.h, adamw.h).
 #include "parallel/zero1.h"
 
 #include <algorithm>
@@ -11,60 +13,96 @@
 
 namespace moetron {
 
-Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt)
-    : params_(std::move(params)), comm_(group), opt_(opt) {
-  const int64_t G = comm_.size(), r = comm_.rank();
-  // units: a parameter with its own storage, or a fused tensor with all its views (placed where
-  // its first view is listed); within a unit, each parameter's offset
+// A unit is what a bucket never splits: a parameter with its own storage, or a fused tensor with
+// all its views (placed where its first view is listed). within[i]: params[i]'s offset in its
+// unit.
+struct Zero1::Plan {
   struct Unit {
     Param<float>* fused = nullptr;
-    std::vector<int64_t> members;  // indices into params_
+    std::vector<int64_t> members;  // indices into params
     int64_t numel = 0;
   };
   std::vector<Unit> units;
-  std::unordered_map<const Param<float>*, size_t> unit_of_fused;
-  std::vector<int64_t> within(params_.size(), 0);
+  std::vector<int64_t> within;
   Device device = Device::CPU;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Param<float>* p = params_[i];
+  int64_t numel = 0;  // parameter elements
+};
+
+Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt)
+    : params_(std::move(params)), comm_(group), opt_(opt) {
+  const Plan plan = plan_units(params_);
+  numel_ = plan.numel;
+  std::vector<int64_t> unit_offset;
+  const int64_t flat = plan_buckets(plan, unit_offset);
+  rehome(plan, unit_offset, flat);
+  plan_shard();
+  const int64_t G = comm_.size();
+  if (G > 1) shard_grad_.assign(shard_, 0.f);
+  if (opt_.grad_reduce_bf16 && G > 1) {
+    int64_t most = 0;
+    for (const Bucket& b : buckets_) most = std::max(most, b.padded);
+    send16_.assign(most, 0), recv16_.assign(most / G, 0);
+  }
+  adamw_ = AdamW(shard_, opt_);
+}
+
+namespace {
+// The views of each fused tensor tile it exactly (else some are in another group).
+void check_tiling(const std::vector<Param<float>*>& params, const std::vector<int64_t>& within,
+                  const std::vector<int64_t>& members, int64_t numel) {
+  std::vector<int64_t> m = members;
+  std::sort(m.begin(), m.end(), [&](int64_t a, int64_t b) { return within[a] < within[b]; });
+  int64_t next = 0;
+  for (int64_t i : m) {
+    if (within[i] != next)
+      throw std::invalid_argument("Zero1: the views of a fused tensor (" + params[i]->name +
+                                  ", ...) do not tile it: all of them must be in one group");
+    next += params[i]->numel();
+  }
+  if (next != numel)
+    throw std::invalid_argument("Zero1: the views of a fused tensor (" + params[m[0]]->name +
+                                ", ...) do not cover it: all of them must be in one group");
+}
+}  // namespace
+
+Zero1::Plan Zero1::plan_units(const std::vector<Param<float>*>& params) {
+  Plan plan;
+  std::unordered_map<const Param<float>*, size_t> unit_of_fused;
+  plan.within.assign(params.size(), 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    Param<float>* p = params[i];
     if (!p->value.raw() || !p->grad.raw())
       throw std::invalid_argument("Zero1: parameter " + p->name + " has no memory (device " +
                                   device_name(p->value.device()) + ")");
-    device = p->value.device();
-    numel_ += p->numel();
+    plan.device = p->value.device();
+    plan.numel += p->numel();
     if (!p->fused) {
-      units.push_back({nullptr, {static_cast<int64_t>(i)}, p->numel()});
+      plan.units.push_back({nullptr, {static_cast<int64_t>(i)}, p->numel()});
       continue;
     }
-    auto [it, fresh] = unit_of_fused.try_emplace(p->fused, units.size());
-    if (fresh) units.push_back({p->fused, {}, p->fused->numel()});
-    units[it->second].members.push_back(static_cast<int64_t>(i));
+    auto [it, fresh] = unit_of_fused.try_emplace(p->fused, plan.units.size());
+    if (fresh) plan.units.push_back({p->fused, {}, p->fused->numel()});
+    plan.units[it->second].members.push_back(static_cast<int64_t>(i));
     const auto off = [](const Tensor& view, const Tensor& whole) {
       return (static_cast<const char*>(view.raw()) - static_cast<const char*>(whole.raw())) /
              static_cast<std::ptrdiff_t>(sizeof(float));
     };
-    within[i] = off(p->value, p->fused->value);
-    if (off(p->grad, p->fused->grad) != within[i])
+    plan.within[i] = off(p->value, p->fused->value);
+    if (off(p->grad, p->fused->grad) != plan.within[i])
       throw std::invalid_argument("Zero1: " + p->name + ": value and gradient views differ");
   }
-  for (Unit& u : units) {  // the views of a fused tensor tile it exactly
-    if (!u.fused) continue;
-    std::vector<int64_t> m = u.members;
-    std::sort(m.begin(), m.end(), [&](int64_t a, int64_t b) { return within[a] < within[b]; });
-    int64_t next = 0;
-    for (int64_t i : m) {
-      if (within[i] != next)
-        throw std::invalid_argument("Zero1: the views of a fused tensor (" + params_[i]->name +
-                                    ", ...) do not tile it: all of them must be in one group");
-      next += params_[i]->numel();
-    }
-    if (next != u.numel)
-      throw std::invalid_argument("Zero1: the views of a fused tensor (" + params_[m[0]]->name +
-                                  ", ...) do not cover it: all of them must be in one group");
-  }
-  // buckets of whole units
+  for (const Plan::Unit& u : plan.units)
+    if (u.fused) check_tiling(params, plan.within, u.members, u.numel);
+  return plan;
+}
+
+// Buckets of whole units, each padded to a multiple of G; sets buckets_ and offset_, returns
+// the arena length.
+int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset) {
+  const int64_t G = comm_.size();
+  const auto& units = plan.units;
   int64_t flat = 0;
-  std::vector<int64_t> unit_offset(units.size());
+  unit_offset.assign(units.size(), 0);
   const auto close_bucket = [&] {
     Bucket& b = buckets_.back();
     b.padded = (flat - b.begin + G - 1) / G * G;
@@ -78,37 +116,46 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
     }
     unit_offset[u] = flat;
     std::vector<int64_t> m = units[u].members;  // in layout order
-    std::sort(m.begin(), m.end(), [&](int64_t a, int64_t b) { return within[a] < within[b]; });
+    std::sort(m.begin(), m.end(),
+              [&](int64_t a, int64_t b) { return plan.within[a] < plan.within[b]; });
     for (int64_t i : m) buckets_.back().params.push_back(i);
     flat += units[u].numel;
   }
   if (!buckets_.empty()) close_bucket();
   offset_.resize(params_.size());
   for (size_t u = 0; u < units.size(); ++u)
-    for (int64_t i : units[u].members) offset_[i] = unit_offset[u] + within[i];
+    for (int64_t i : units[u].members) offset_[i] = unit_offset[u] + plan.within[i];
+  return flat;
+}
 
-  // the arenas; every parameter (and fused tensor) moves onto its slice
-  value_arena_ = Tensor({flat}, DType::F32, device);
-  grad_arena_ = Tensor({flat}, DType::F32, device);
-  const auto rehome = [&](Param<float>& p, int64_t at) {
+// Allocates the arenas; every parameter (and fused tensor) moves onto its slice.
+void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat) {
+  value_arena_ = Tensor({flat}, DType::F32, plan.device);
+  grad_arena_ = Tensor({flat}, DType::F32, plan.device);
+  const auto move = [&](Param<float>& p, int64_t at) {
     std::memcpy(value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
     std::memcpy(grad_arena_.data<float>() + at, p.grad.raw(), p.grad.bytes());
     p.value = value_arena_.view(at, p.value.shape());
     p.grad = grad_arena_.view(at, p.grad.shape());
   };
-  for (size_t u = 0; u < units.size(); ++u) {
-    if (units[u].fused) {
-      rehome(*units[u].fused, unit_offset[u]);
-      for (int64_t i : units[u].members) {  // views of the re-homed fused tensor
+  for (size_t u = 0; u < plan.units.size(); ++u) {
+    const Plan::Unit& unit = plan.units[u];
+    if (unit.fused) {
+      move(*unit.fused, unit_offset[u]);
+      for (int64_t i : unit.members) {  // views of the re-homed fused tensor
         params_[i]->value = value_arena_.view(offset_[i], params_[i]->value.shape());
         params_[i]->grad = grad_arena_.view(offset_[i], params_[i]->grad.shape());
       }
     } else {
-      rehome(*params_[units[u].members[0]], unit_offset[u]);
+      move(*params_[unit.members[0]], unit_offset[u]);
     }
   }
+}
 
-  // this rank's shard: the r-th 1/G of every bucket, as segments of parameters
+// This rank's shard: the r-th 1/G of every bucket, as segments of parameters, in the parameter
+// list's order (the norm's summation order).
+void Zero1::plan_shard() {
+  const int64_t G = comm_.size(), r = comm_.rank();
   for (const Bucket& b : buckets_) {
     const int64_t part = b.padded / G, lo = b.begin + r * part, hi = lo + part;
     for (int64_t i : b.params) {
@@ -118,21 +165,9 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
     }
     shard_ += part;
   }
-  // in the parameter list's order (the norm's summation order)
   std::sort(segments_.begin(), segments_.end(), [](const Segment& a, const Segment& b) {
     return a.index != b.index ? a.index < b.index : a.param_offset < b.param_offset;
   });
-  if (G > 1) shard_grad_.assign(shard_, 0.f);
-  if (opt_.grad_reduce_bf16 && G > 1) {
-    int64_t most = 0;
-    for (const Bucket& b : buckets_) most = std::max(most, b.padded);
-    send16_.assign(most, 0), recv16_.assign(most / G, 0);
-  }
-  if (opt_.bf16_moments) {
-    m16_.assign(shard_, 0), v16_.assign(shard_, 0);
-  } else {
-    m32_.assign(shard_, 0.f), v32_.assign(shard_, 0.f);
-  }
 }
 
 void Zero1::reduce_scatter_grads() {
@@ -182,27 +217,24 @@ double Zero1::owned_grad_sq() const {
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
+  scale_owned_grads(grad_scale);
+  const float* owned = shard_grads();
+  for (const Segment& seg : segments_)  // in the value arena
+    adamw_.update(seg.p->w() + seg.param_offset, owned + seg.shard_offset, seg.shard_offset,
+                  seg.len, seg.p->decay, lr, step_number);
+  all_gather_values();
+}
+
+void Zero1::scale_owned_grads(double grad_scale) {
+  if (grad_scale == 1.0) return;
   float* owned = shard_grads();
-  if (grad_scale != 1.0) {
-    const float c = static_cast<float>(grad_scale);
+  const float c = static_cast<float>(grad_scale);
 #pragma omp parallel for simd
-    for (int64_t i = 0; i < shard_; ++i) owned[i] *= c;
-  }
-  kernels::AdamWParams ap;
-  ap.lr = lr, ap.beta1 = opt_.beta1, ap.beta2 = opt_.beta2, ap.eps = opt_.eps;
-  ap.step = step_number;
-  for (const Segment& seg : segments_) {
-    ap.weight_decay = seg.p->decay ? opt_.weight_decay : 0.0;
-    float* w = seg.p->w() + seg.param_offset;  // in the value arena
-    const float* g = owned + seg.shard_offset;
-    if (opt_.bf16_moments)
-      kernels::adamw_update<uint16_t>(Exec{}, w, g, m16_.data() + seg.shard_offset,
-                                      v16_.data() + seg.shard_offset, seg.len, ap);
-    else
-      kernels::adamw_update<float>(Exec{}, w, g, m32_.data() + seg.shard_offset,
-                                   v32_.data() + seg.shard_offset, seg.len, ap);
-  }
-  // everyone gets everyone's updated block, in place in the value arena
+  for (int64_t i = 0; i < shard_; ++i) owned[i] *= c;
+}
+
+// Everyone gets everyone's updated block, in place in the value arena.
+void Zero1::all_gather_values() {
   const int64_t G = comm_.size();
   if (G == 1) return;
   float* values = value_arena_.data<float>();
@@ -221,8 +253,8 @@ std::vector<Zero1::MomentPiece> Zero1::export_moments() const {
     p.m.resize(seg.len), p.v.resize(seg.len);
     for (int64_t j = 0; j < seg.len; ++j) {
       const int64_t k = seg.shard_offset + j;
-      p.m[j] = opt_.bf16_moments ? bf16_to_f32(m16_[k]) : m32_[k];
-      p.v[j] = opt_.bf16_moments ? bf16_to_f32(v16_[k]) : v32_[k];
+      p.m[j] = adamw_.m(k);
+      p.v[j] = adamw_.v(k);
     }
     out.push_back(std::move(p));
   }
@@ -240,11 +272,7 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
           std::min(p.offset + static_cast<int64_t>(p.m.size()), seg.param_offset + seg.len);
       for (int64_t x = lo; x < hi; ++x) {
         const int64_t k = seg.shard_offset + (x - seg.param_offset);
-        const float m = p.m[x - p.offset], v = p.v[x - p.offset];
-        if (opt_.bf16_moments)
-          m16_[k] = f32_to_bf16(m), v16_[k] = f32_to_bf16(v);
-        else
-          m32_[k] = m, v32_[k] = v;
+        adamw_.set(k, p.m[x - p.offset], p.v[x - p.offset]);
         covered[x - seg.param_offset] = 1;
       }
     }
@@ -254,7 +282,5 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
                                ") is not in the checkpoint");
   }
 }
-
-int64_t Zero1::state_bytes() const { return opt_.bf16_moments ? 2 * shard_ * 2 : 2 * shard_ * 4; }
 
 }  // namespace moetron

@@ -1,4 +1,5 @@
-// ZeRO-1: data-parallel gradient reduction with the optimizer state sharded over the group.
+// ZeRO-1: data-parallel gradient reduction with the optimizer state sharded over the group. The
+// optimizer itself (moments and update) is AdamW (adamw.h), run here on the owned shard only.
 //
 // The parameters of one reduction group (dense parameters over DP, routed experts over EDP) live
 // in two flat arenas, one for values and one for gradients, laid out in buckets; each bucket
@@ -36,13 +37,13 @@
 
 #include "kernels/ops.h"
 #include "model/param.h"
+#include "parallel/adamw.h"
 #include "parallel/comm.h"
 
 namespace moetron {
 
-struct Zero1Options {
-  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
-  bool bf16_moments = false;
+// The optimizer's options (AdamWOptions) and the sharding's.
+struct Zero1Options : AdamWOptions {
   bool grad_reduce_bf16 = false;      // round gradients to bf16 for the reduction (fp32 otherwise)
   int64_t bucket_elements = 1 << 20;  // 4 MiB of fp32 per bucket
 };
@@ -63,7 +64,7 @@ class Zero1 {
   // all-gather the updated parameters. (With G = 1 the gradients are scaled in place.)
   void step(double lr, double grad_scale, int64_t step_number);
 
-  int64_t state_bytes() const;  // moments held by this rank
+  int64_t state_bytes() const { return adamw_.state_bytes(); }  // moments held by this rank
 
   // Optimizer state for checkpoints: the moments of this rank's owned elements, one piece per
   // (parameter, owned range), in fp32 (bf16 moments widen exactly). import_moments takes pieces
@@ -111,6 +112,13 @@ class Zero1 {
     int64_t param_offset, shard_offset, len;
     int64_t index;  // of p in params_
   };
+  struct Plan;  // the constructor's grouping of parameters into units (zero1.cpp)
+  static Plan plan_units(const std::vector<Param<float>*>& params);
+  int64_t plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset);
+  void rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat);
+  void plan_shard();
+  void scale_owned_grads(double grad_scale);
+  void all_gather_values();
   bool G1() const { return comm_.size() == 1; }
   float* shard_grads() { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
   std::vector<Param<float>*> params_;
@@ -124,8 +132,7 @@ class Zero1 {
   Tensor value_arena_, grad_arena_;        // [padded layout] fp32
   std::vector<float> shard_grad_;          // G > 1: the reduced gradients of the owned elements
   std::vector<uint16_t> send16_, recv16_;  // grad_reduce_bf16: one bucket, one shard part
-  std::vector<float> m32_, v32_;
-  std::vector<uint16_t> m16_, v16_;
+  AdamW adamw_;                            // the moments of the owned elements (shard order)
 };
 
 }  // namespace moetron

@@ -49,13 +49,11 @@ std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string
 }
 
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
-  if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
-    throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
-                      " is generated and validated (bench_schedules) but the executor runs "
-                      "1f1b and zb1p only so far");
   try {
     pipeline::Schedule s = pipeline::make_schedule(cfg.parallel.schedule, pp, microbatches);
     pipeline::validate(s);
+    const std::string why = PipelineExecutor<float>::unsupported_reason(s);
+    if (!why.empty()) throw std::invalid_argument(why);
     return s;
   } catch (const std::invalid_argument& e) {
     throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
