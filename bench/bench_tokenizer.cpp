@@ -1,9 +1,10 @@
 // Byte-level BPE benchmark (data/bpe.h): training time and encode throughput on a text corpus.
 //
-//   bench_tokenizer [CORPUS...]   (default: data/cache/sotu/raw from the repo root, see
+//   bench_tokenizer [--vocab N]... [CORPUS...]   (default: vocab 8192 and 32768; corpus
+//                                 data/cache/sotu/raw from the repo root, see
 //                                 scripts/fetch_sotu.sh)
 //
-// For vocab sizes 8192 and 32768: trains on the whole corpus (pre-token counting included),
+// For each vocab size: trains on the whole corpus (pre-token counting included),
 // then encodes every document with encode_batch at 1 and 2 threads, each on cold caches (a
 // fresh tokenizer instance, loaded from the saved JSON), and reports MB/s in total and per
 // thread, plus bytes per token. Prints one line per measurement.
@@ -27,7 +28,15 @@ double now_s() {
 int main(int argc, char** argv) {
   using namespace moetron::data;
   std::vector<std::string> inputs;
-  for (int i = 1; i < argc; ++i) inputs.push_back(argv[i]);
+  std::vector<int64_t> vocabs;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--vocab" && i + 1 < argc)
+      vocabs.push_back(std::stoll(argv[++i]));
+    else
+      inputs.push_back(a);
+  }
+  if (vocabs.empty()) vocabs = {8192, 32768};
   if (inputs.empty()) inputs.push_back("data/cache/sotu/raw");  // run from the repo root
   try {
     Corpus corpus(inputs);
@@ -42,7 +51,7 @@ int main(int argc, char** argv) {
                 inputs[0].c_str());
     const std::string tmp =
         (std::filesystem::temp_directory_path() / "bench_tokenizer.json").string();
-    for (int64_t vocab : {8192, 32768}) {
+    for (int64_t vocab : vocabs) {
       BpeTrainOptions o;
       o.vocab_size = vocab;
       const double t0 = now_s();

@@ -22,7 +22,7 @@ run bench_fp8 "$BUILD/bench_fp8" --threads 1 --min-time 0.001 --gemm fprop
 run bench_schedules "$BUILD/bench_schedules"
 run bench_loader "$BUILD/bench_loader" --raw "$OUT/raw" --shard-tokens 20000 --steps 3 \
   --seq-lens 128
-run bench_tokenizer "$BUILD/bench_tokenizer" "$OUT/raw"
+run bench_tokenizer "$BUILD/bench_tokenizer" --vocab 512 "$OUT/raw"
 run train_vs_torch bench/train_vs_torch.sh 3 1 1
 run layouts bench/layouts.sh 3
 run core_compare env RSS_CONFIGS=tiny NEW_SET=activations.storage=bf16 \
