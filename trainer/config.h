@@ -16,6 +16,7 @@
 
 #include "model/config.h"
 #include "model/precision.h"
+#include "trainer/lr_schedule.h"
 
 namespace moetron {
 
@@ -39,34 +40,6 @@ struct DataConfig {
   int64_t batch_ramp_start = 0;
   int64_t batch_ramp_tokens = 0;
   int64_t prefetch = 2;  // batches a background thread prepares ahead; 0 = none
-};
-
-// A piecewise-constant schedule: value i holds until `until[i]` (in the schedule's unit);
-// the last entry has no bound.
-struct PiecewiseConstant {
-  std::vector<double> until;  // size = values.size() - 1
-  std::vector<double> values;
-  double at(double x) const;
-};
-
-// The DeepSeek-V3 LR shape: linear warm-up (steps), constant, cosine decay to `min_lr`, then
-// constant tails.
-struct LrSchedule {
-  double peak = 3e-3;
-  int64_t warmup_steps = 20;
-  double constant_until = 0;  // in `unit`; cosine decay starts here
-  double decay_until = 0;     // cosine reaches min_lr here; 0 = no decay (peak after warm-up)
-  double min_lr = 3e-4;
-  PiecewiseConstant tails;  // after decay_until (empty: stay at min_lr)
-  double at(int64_t step, double tokens, bool unit_tokens) const;
-};
-
-struct ScheduleConfig {
-  std::string unit = "steps";  // steps | tokens: the unit of every `until` below
-  LrSchedule lr;
-  PiecewiseConstant bias_update_speed{{}, {1e-3}};  // gamma
-  PiecewiseConstant mtp_weight{{}, {0.3}};          // lambda
-  bool tokens() const { return unit == "tokens"; }
 };
 
 struct OptimizerConfig {
