@@ -1,11 +1,12 @@
-// trainer/config.cpp: the settings table, the rules between settings, and the entry points
+// trainer/config.cpp: the settings table, the rules between sections, and the entry points
 // (YAML text -> validated Config, Config -> YAML, ==).
 //
 // One list of settings, visit_config(), drives everything: it is walked by a schema builder (the
 // known keys, for unknown-key and `--set` checks), by the reader (type and single-value range
 // checks), by the writer (config_to_yaml) and by operator== (the visitors: config_schema.h).
-// Adding a setting is one line there. Rules that relate two or more settings are one table in
-// check_relations().
+// Adding a setting is one line there; the model's settings are one walk of their own
+// (model_fields.h). Rules that relate two or more settings are tables: the model's own in
+// ModelConfig::rules (model/config.h), the rest here in named groups under check_relations().
 //
 // Loading order: parse the text -> apply `--set` overrides to the YAML tree -> reject unknown and
 // duplicate keys -> read every field (types, ranges) -> fill defaults that depend on other fields
@@ -24,6 +25,7 @@
 #include <sstream>
 
 #include "trainer/config_schema.h"
+#include "trainer/model_fields.h"
 
 namespace moetron {
 
@@ -38,42 +40,8 @@ using namespace config_schema;
 
 template <class V, class... C>
 void visit_config(V& v, C&... c) {
-  v.section("model", "the network; names as in the Hugging Face DeepSeek-V3 config.json", [&] {
-    v.field("vocab_size", kAtLeast2, c.model.vocab_size...);
-    v.field("hidden_size", kPositive, c.model.hidden_size...);
-    v.field("intermediate_size", kPositive, c.model.intermediate_size...);
-    v.field("moe_intermediate_size", kPositive, c.model.moe_intermediate_size...);
-    v.field("num_hidden_layers", kPositive, c.model.num_hidden_layers...);
-    v.field("first_k_dense_replace", kNonNegative, c.model.first_k_dense_replace...);
-    v.field("num_attention_heads", kPositive, c.model.num_attention_heads...);
-    v.field("n_routed_experts", kPositive, c.model.n_routed_experts...);
-    v.field("n_shared_experts", kNonNegative, c.model.n_shared_experts...);
-    v.field("num_experts_per_tok", kAtLeast1, c.model.num_experts_per_tok...);
-    v.field("n_group", kPositive, c.model.n_group...);
-    v.field("topk_group", kAtLeast1, c.model.topk_group...);
-    v.field("routed_scaling_factor", kPositive, c.model.routed_scaling_factor...);
-    v.field("q_lora_rank", kNonNegative, c.model.q_lora_rank...);
-    v.field("kv_lora_rank", kPositive, c.model.kv_lora_rank...);
-    v.field("qk_nope_head_dim", kPositive, c.model.qk_nope_head_dim...);
-    v.field("qk_rope_head_dim", kPositive, c.model.qk_rope_head_dim...);
-    v.field("v_head_dim", kPositive, c.model.v_head_dim...);
-    v.field("rope_theta", kPositive, c.model.rope_theta...);
-    v.field("rms_norm_eps", kPositive, c.model.rms_norm_eps...);
-    v.field("num_nextn_predict_layers", kNonNegative, c.model.num_nextn_predict_layers...);
-    v.section("rope_scaling", "YaRN; null or absent = off (acts when factor > 1)", [&] {
-      v.tag("type", "yarn");
-      v.field("factor", kAtLeast1, c.model.yarn_factor...);
-      v.field("original_max_position_embeddings", kPositive,
-              c.model.yarn_original_max_position_embeddings...);
-      v.field("beta_fast", kPositive, c.model.yarn_beta_fast...);
-      v.field("beta_slow", kPositive, c.model.yarn_beta_slow...);
-      v.field("mscale", kNonNegative, c.model.yarn_mscale...);
-    });
-    v.field("max_seq_len", kPositive, c.model.max_seq_len...);
-    v.field("init_std", kPositive, c.model.init_std...);
-    v.field("seq_aux_alpha", kNonNegative, c.model.seq_aux_alpha...);
-    v.field("lm_head_chunk", kPositive, c.model.lm_head_chunk...);
-  });
+  v.section("model", "the network; names as in the Hugging Face DeepSeek-V3 config.json",
+            [&] { visit_model_config(v, c.model...); });
   v.section("data", "token files and batch shape (batch sizes in sequences)", [&] {
     v.field("train_path", kNonEmptyText, c.data.train_path...);
     v.field("valid_path", kAnyText, c.data.valid_path...);
@@ -161,129 +129,102 @@ const Schema& schema() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rules between settings
+// Rules between sections (each group ordered so that a rule's inputs were checked before it)
 // ---------------------------------------------------------------------------------------------
 
-void check_relations(const Context& ctx, const Config& c) {
+// The model against the run: its context and its layout over ranks.
+std::vector<SettingRule> fit_rules(const Config& c) {
   const ModelConfig& m = c.model;
-  const LrSchedule& lr = c.schedule.lr;
   const ParallelConfig& par = c.parallel;
-  // Products in 128 bits: a huge value must fail a rule, not overflow.
-  const int64_t per_group = m.n_routed_experts / m.n_group;  // n_group >= 1 (field rule)
-  const __int128 kept = static_cast<__int128>(m.topk_group) * per_group;
-  const __int128 batch_unit = static_cast<__int128>(c.data.micro_batch_size) * par.dp;
-  auto s = [](auto x) { return show(x); };
-  struct Rule {
-    const char* key;
-    bool ok;
-    std::string must;  // completes "must ..."
-    std::string got;
-    std::vector<std::string> inputs;  // the other keys it depends on (to name their --set)
-  };
-  // Ordered so that a rule's inputs were checked by the rules above it.
-  const Rule rules[] = {
-      {"model.first_k_dense_replace",
-       m.first_k_dense_replace <= m.num_hidden_layers,
-       "be <= model.num_hidden_layers (" + s(m.num_hidden_layers) + ")",
-       s(m.first_k_dense_replace),
-       {"model.num_hidden_layers"}},
-      {"model.num_experts_per_tok",
-       m.num_experts_per_tok <= m.n_routed_experts,
-       "be <= model.n_routed_experts (" + s(m.n_routed_experts) + ")",
-       s(m.num_experts_per_tok),
-       {"model.n_routed_experts"}},
-      {"model.n_group",
-       m.n_routed_experts % m.n_group == 0,
-       "divide model.n_routed_experts (" + s(m.n_routed_experts) + ")",
-       s(m.n_group),
-       {"model.n_routed_experts"}},
-      {"model.topk_group",
-       m.topk_group <= m.n_group,
-       "be <= model.n_group (" + s(m.n_group) + ")",
-       s(m.topk_group),
-       {"model.n_group"}},
-      {"model.num_experts_per_tok",
-       m.num_experts_per_tok % m.topk_group == 0,
-       "be divisible by model.topk_group (" + s(m.topk_group) + ")",
-       s(m.num_experts_per_tok),
-       {"model.topk_group"}},
-      {"model.num_experts_per_tok",
-       m.num_experts_per_tok <= kept,
-       "be <= model.topk_group x experts per group (" + s(m.topk_group) + " x " + s(per_group) +
-           " = " + s(static_cast<int64_t>(kept)) + "), the experts in the kept groups",
-       s(m.num_experts_per_tok),
-       {"model.topk_group", "model.n_routed_experts", "model.n_group"}},
-      {"model.qk_rope_head_dim",
-       m.qk_rope_head_dim % 2 == 0,
-       "be even (RoPE rotates pairs of dimensions)",
-       s(m.qk_rope_head_dim),
-       {}},
-      {"model.rope_scaling.beta_fast",
-       m.yarn_beta_fast > m.yarn_beta_slow,
-       "be > model.rope_scaling.beta_slow (" + s(m.yarn_beta_slow) + ")",
-       s(m.yarn_beta_fast),
-       {"model.rope_scaling.beta_slow"}},
+  return {
       {"model.max_seq_len",
        m.max_seq_len >= c.data.seq_len,
-       "be >= data.seq_len (" + s(c.data.seq_len) + ")",
-       s(m.max_seq_len),
+       "be >= data.seq_len (" + show(c.data.seq_len) + ")",
+       show(m.max_seq_len),
        {"data.seq_len"}},
       {"parallel.pp",
        par.pp <= m.num_hidden_layers,
-       "be <= model.num_hidden_layers (" + s(m.num_hidden_layers) + ")",
-       s(par.pp),
+       "be <= model.num_hidden_layers (" + show(m.num_hidden_layers) + ")",
+       show(par.pp),
        {"model.num_hidden_layers"}},
       {"parallel.ep",
        par.dp % par.ep == 0,
-       "divide parallel.dp (" + s(par.dp) + ")",
-       s(par.ep),
+       "divide parallel.dp (" + show(par.dp) + ")",
+       show(par.ep),
        {"parallel.dp"}},
       {"parallel.ep",
        m.n_routed_experts % par.ep == 0,
-       "divide model.n_routed_experts (" + s(m.n_routed_experts) + ")",
-       s(par.ep),
+       "divide model.n_routed_experts (" + show(m.n_routed_experts) + ")",
+       show(par.ep),
        {"model.n_routed_experts"}},
+  };
+}
+
+// Batch sizes, the batch ramp and evaluation.
+std::vector<SettingRule> batch_rules(const Config& c) {
+  const DataConfig& d = c.data;
+  // In 128 bits: a huge value must fail the rule, not overflow.
+  const __int128 batch_unit = static_cast<__int128>(d.micro_batch_size) * c.parallel.dp;
+  return {
       {"data.global_batch_size",
-       c.data.global_batch_size % batch_unit == 0,
+       d.global_batch_size % batch_unit == 0,
        "be a positive multiple of data.micro_batch_size x parallel.dp (" +
-           s(c.data.micro_batch_size) + " x " + s(par.dp) + " = " +
+           show(d.micro_batch_size) + " x " + show(c.parallel.dp) + " = " +
            (batch_unit > std::numeric_limits<int64_t>::max()
                 ? std::string("more than 2^63")
-                : s(static_cast<int64_t>(batch_unit))) +
+                : show(static_cast<int64_t>(batch_unit))) +
            ")",
-       s(c.data.global_batch_size),
+       show(d.global_batch_size),
        {"data.micro_batch_size", "parallel.dp"}},
       {"data.batch_ramp_start",
-       c.data.batch_ramp_start <= c.data.global_batch_size,
-       "be <= data.global_batch_size (" + s(c.data.global_batch_size) + "), or 0 (no ramp)",
-       s(c.data.batch_ramp_start),
+       d.batch_ramp_start <= d.global_batch_size,
+       "be <= data.global_batch_size (" + show(d.global_batch_size) + "), or 0 (no ramp)",
+       show(d.batch_ramp_start),
        {"data.global_batch_size"}},
       {"data.batch_ramp_tokens",
-       (c.data.batch_ramp_start == 0) == (c.data.batch_ramp_tokens == 0),
-       c.data.batch_ramp_start == 0
+       (d.batch_ramp_start == 0) == (d.batch_ramp_tokens == 0),
+       d.batch_ramp_start == 0
            ? std::string("be 0 when data.batch_ramp_start is 0 (no ramp)")
-           : "be > 0 when data.batch_ramp_start is set (" + s(c.data.batch_ramp_start) + ")",
-       s(c.data.batch_ramp_tokens),
+           : "be > 0 when data.batch_ramp_start is set (" + show(d.batch_ramp_start) + ")",
+       show(d.batch_ramp_tokens),
        {"data.batch_ramp_start"}},
       {"run.eval_interval",
-       c.run.eval_interval == 0 || !c.data.valid_path.empty(),
+       c.run.eval_interval == 0 || !d.valid_path.empty(),
        "be 0 unless data.valid_path names a validation set",
-       s(c.run.eval_interval),
+       show(c.run.eval_interval),
        {"data.valid_path"}},
+  };
+}
+
+// The LR shape.
+std::vector<SettingRule> schedule_rules(const Config& c) {
+  const LrSchedule& lr = c.schedule.lr;
+  return {
       {"schedule.lr.decay_until",
        lr.decay_until == 0 || lr.decay_until >= lr.constant_until,
-       "be >= schedule.lr.constant_until (" + s(lr.constant_until) + ") or 0 (no decay)",
-       s(lr.decay_until),
+       "be >= schedule.lr.constant_until (" + show(lr.constant_until) + ") or 0 (no decay)",
+       show(lr.decay_until),
        {"schedule.lr.constant_until"}},
       {"schedule.lr.tails",
        lr.decay_until > 0 || lr.tails.values.empty(),
        "be empty when schedule.lr.decay_until is 0 (no decay, so no tails)",
-       s(static_cast<int64_t>(lr.tails.values.size())) + " entries",
+       show(static_cast<int64_t>(lr.tails.values.size())) + " entries",
        {"schedule.lr.decay_until"}},
   };
-  for (const Rule& r : rules) {
+}
+
+void check(const Context& ctx, const std::vector<SettingRule>& rules) {
+  for (const SettingRule& r : rules) {
     if (!r.ok) ctx.fail(r.key, "must " + r.must + ", got " + r.got, r.inputs);
   }
+}
+
+// The model's own rules first: the others rely on them (n_routed_experts, layers).
+void check_relations(const Context& ctx, const Config& c) {
+  check(ctx, c.model.rules("model."));
+  check(ctx, fit_rules(c));
+  check(ctx, batch_rules(c));
+  check(ctx, schedule_rules(c));
 }
 
 }  // namespace
