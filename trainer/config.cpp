@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "trainer/config_schema.h"
@@ -32,6 +33,22 @@ namespace moetron {
 namespace {
 
 using namespace config_schema;
+
+// Choices that are not an enum's whole word list.
+const Choice<bool> kOffOn{{{false, "off"}, {true, "on"}}};
+const Choice<Device> kRunDevices = choices({Device::CPU, Device::Guard});
+// A component's override: "recipe" (follow precision.recipe) or a recipe; FP8 only for the
+// components made of Linear layers (kComponents).
+const Choice<std::optional<Recipe>>& override_choice(bool linear) {
+  static const auto make = [](bool fp8_ok) {
+    Choice<std::optional<Recipe>> c{{{std::nullopt, "recipe"}}};
+    for (const EnumWord<Recipe>& w : kRecipeWords)
+      if (fp8_ok || w.value != Recipe::FP8) c.words.push_back({w.value, w.word});
+    return c;
+  };
+  static const Choice<std::optional<Recipe>> linear_choice = make(true), other = make(false);
+  return linear ? linear_choice : other;
+}
 
 // ---------------------------------------------------------------------------------------------
 // The list of settings (visitor interface: config_schema.h). `c...` is one Config (read, write,
@@ -59,11 +76,11 @@ void visit_config(V& v, C&... c) {
     v.field("eps", kPositive, c.optimizer.eps...);
     v.field("weight_decay", kNonNegative, c.optimizer.weight_decay...);
     v.field("grad_clip", kNonNegative, c.optimizer.grad_clip...);
-    v.field("moment_dtype", Text{{"fp32", "bf16"}}, c.optimizer.moment_dtype...);
-    v.field("grad_reduce_dtype", Text{{"fp32", "bf16"}}, c.optimizer.grad_reduce_dtype...);
+    v.field("moment_dtype", choices<FloatFormat>(), c.optimizer.moment_dtype...);
+    v.field("grad_reduce_dtype", choices<FloatFormat>(), c.optimizer.grad_reduce_dtype...);
   });
   v.section("schedule", "every `until` is in `unit` (steps or tokens consumed)", [&] {
-    v.field("unit", Text{{"steps", "tokens"}}, c.schedule.unit...);
+    v.field("unit", choices<ScheduleUnit>(), c.schedule.unit...);
     v.section("lr", "warm-up (steps) -> constant -> cosine to min_lr -> tails", [&] {
       v.field("peak", kNonNegative, c.schedule.lr.peak...);
       v.field("warmup_steps", kNonNegative, c.schedule.lr.warmup_steps...);
@@ -81,26 +98,20 @@ void visit_config(V& v, C&... c) {
     v.field("ep", kAtLeast1, c.parallel.ep...);
     v.field("ranks_per_node", kNonNegative, c.parallel.ranks_per_node...);
     v.field("max_nodes_per_token", kNonNegative, c.parallel.max_nodes_per_token...);
-    v.field("schedule", Text{{"1f1b", "zb1p", "dualpipe", "dualpipev"}}, c.parallel.schedule...);
+    v.field("schedule", choices<PipelineSchedule>(), c.parallel.schedule...);
   });
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {
-    v.field("recompute_norms", Text{{"off", "on"}}, c.activations.recompute_norms...);
-    v.field("recompute_mla_up", Text{{"off", "on"}}, c.activations.recompute_mla_up...);
-    v.field("storage", Text{{"fp32", "bf16"}}, c.activations.storage...);
+    v.field("recompute_norms", kOffOn, c.activations.recompute_norms...);
+    v.field("recompute_mla_up", kOffOn, c.activations.recompute_mla_up...);
+    v.field("storage", choices<FloatFormat>(), c.activations.storage...);
   });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {
-    v.field("recipe", Text{{"fp32", "bf16", "fp8"}}, c.precision.recipe...);
-    v.field("fp8_pow2_scales", Text{{"spec", "all", "none"}}, c.precision.fp8_pow2_scales...);
-    v.field("fp8_dgrad_tile", Text{{"1x128", "128x128"}}, c.precision.fp8_dgrad_tile...);
+    v.field("recipe", choices<Recipe>(), c.precision.recipe...);
+    v.field("fp8_pow2_scales", choices<Pow2Scales>(), c.precision.fp8_pow2_scales...);
+    v.field("fp8_dgrad_tile", choices<DgradTile>(), c.precision.fp8_dgrad_tile...);
     v.section("overrides", "per component; recipe = as precision.recipe", [&] {
-      const Text linear{{"recipe", "fp32", "bf16", "fp8"}};
-      const Text high{{"recipe", "fp32", "bf16"}};  // the gate and head are never FP8
-      v.field("attention_proj", linear, c.precision.overrides.attention_proj...);
-      v.field("dense_mlp", linear, c.precision.overrides.dense_mlp...);
-      v.field("shared_expert", linear, c.precision.overrides.shared_expert...);
-      v.field("routed_expert", linear, c.precision.overrides.routed_expert...);
-      v.field("gate", high, c.precision.overrides.gate...);
-      v.field("head", high, c.precision.overrides.head...);
+      for (const ComponentInfo& k : kComponents)
+        v.field(k.key, override_choice(k.linear), c.precision.overrides[k.id]...);
     });
   });
   v.section("run", "where and how long", [&] {
@@ -109,7 +120,7 @@ void visit_config(V& v, C&... c) {
     v.field("seed", kAny, c.run.seed...);
     v.field("log_interval", kPositive, c.run.log_interval...);
     v.field("threads", kNonNegative, c.run.threads...);
-    v.field("device", Text{{"cpu", "guard"}}, c.run.device...);
+    v.field("device", kRunDevices, c.run.device...);
     v.field("save_params", kAnyText, c.run.save_params...);
     v.field("save_interval", kNonNegative, c.run.save_interval...);
     v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);

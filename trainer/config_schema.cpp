@@ -339,12 +339,6 @@ void Reader::field(const char* name, const Text& t, std::string& x) {
     ctx_.fail(key, std::string("must be set (non-empty), got ") +
                        (n ? describe(*n) : "nothing (the key is missing)"));
   }
-  if (!t.one_of.empty() &&
-      std::none_of(t.one_of.begin(), t.one_of.end(), [&](const char* o) { return x == o; })) {
-    std::string options;
-    for (const char* o : t.one_of) options += (options.empty() ? "" : ", ") + std::string(o);
-    ctx_.fail(key, "must be one of {" + options + "}, got " + show(x));
-  }
 }
 
 void Reader::tag(const char* name, const char* value) {

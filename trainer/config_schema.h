@@ -2,7 +2,7 @@
 // of settings is a function template visit(v, c...) that calls, for every setting,
 //   v.section(name, comment, fn)       a nested mapping whose settings fn() visits
 //   v.field(name, rule, x...)          int64_t / uint64_t / double (rule: Range), std::string
-//                                      (Text)
+//                                      (Text), or a value named by a word (Choice<T>)
 //   v.tag(name, value)                 a string key whose only allowed value is `value`
 //   v.piecewise(name, value_key, scalar_ok, range, p...)
 //                                      a PiecewiseConstant: list of {until, <value_key>}, or a
@@ -21,12 +21,14 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "kernels/enum_words.h"
 #include "trainer/config.h"
 #include "trainer/lr_schedule.h"
 
@@ -102,13 +104,47 @@ constexpr Range kAtLeast1{1, kInf, false, false};
 constexpr Range kAtLeast2{2, kInf, false, false};
 constexpr Range kUnitOpen{0, 1, false, true};  // [0, 1): Adam betas
 
-// Strings: a fixed set of choices, or any text (optionally non-empty).
+// Free text, optionally non-empty.
 struct Text {
-  std::vector<const char*> one_of;
   bool required = false;
 };
-const Text kAnyText{};
-const Text kNonEmptyText{{}, true};
+constexpr Text kAnyText{};
+constexpr Text kNonEmptyText{true};
+
+// A value chosen by its word: the words are what the reader accepts, what the writer writes and
+// what an error lists, in this order.
+template <class T>
+struct Choice {
+  std::vector<EnumWord<T>> words;
+
+  const char* word_of(const T& x) const {
+    for (const EnumWord<T>& w : words)
+      if (w.value == x) return w.word;
+    return "?";
+  }
+  std::string list() const {  // "fp32, bf16"
+    std::string out;
+    for (const EnumWord<T>& w : words) {
+      if (!out.empty()) out += ", ";
+      out += w.word;
+    }
+    return out;
+  }
+};
+
+// Every value of an enum, by its own word list (kernels/enum_words.h).
+template <Worded E>
+const Choice<E>& choices() {
+  static const Choice<E> c{{enum_words(E{}).begin(), enum_words(E{}).end()}};
+  return c;
+}
+// Some values of an enum, by their words.
+template <Worded E>
+Choice<E> choices(std::initializer_list<E> values) {
+  Choice<E> c;
+  for (E e : values) c.words.push_back({e, to_word(e)});
+  return c;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Schema: the tree of known keys
@@ -204,6 +240,21 @@ class Reader {
       ctx_.fail(key, "must " + r.describe() + ", got " + show(x));
   }
   void field(const char* name, const Text& t, std::string& x);
+  template <class T>
+  void field(const char* name, const Choice<T>& c, T& x) {
+    const YAML::Node* n = find(name);
+    if (!n) return;
+    const std::string key = join(path_, name);
+    std::string word;
+    read_value(ctx_, *n, key, word);
+    for (const EnumWord<T>& w : c.words) {
+      if (word == w.word) {
+        x = w.value;
+        return;
+      }
+    }
+    ctx_.fail(key, "must be one of {" + c.list() + "}, got " + show(word));
+  }
   void tag(const char* name, const char* value);
   void piecewise(const char* name, const char* value_key, bool scalar_ok, const Range& r,
                  PiecewiseConstant& p);
@@ -241,6 +292,10 @@ class Writer {
   void field(const char* name, const Range&, const uint64_t& x) { line(name, show(x)); }
   void field(const char* name, const Range&, const double& x) { line(name, yaml_double(x)); }
   void field(const char* name, const Text&, const std::string& x) { line(name, yaml_string(x)); }
+  template <class T>
+  void field(const char* name, const Choice<T>& c, const T& x) {
+    line(name, yaml_string(c.word_of(x)));
+  }
   void tag(const char* name, const char* value) { line(name, value); }
   void piecewise(const char* name, const char* value_key, bool scalar_ok, const Range&,
                  const PiecewiseConstant& p);

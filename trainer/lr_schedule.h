@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
+#include <span>
 #include <vector>
+
+#include "kernels/enum_words.h"
 
 namespace moetron {
 
@@ -31,12 +33,18 @@ struct LrSchedule {
   double at(int64_t step, double tokens, bool unit_tokens) const;
 };
 
+// What every `until` counts: optimizer steps or tokens consumed.
+enum class ScheduleUnit { Steps, Tokens };
+inline constexpr EnumWord<ScheduleUnit> kScheduleUnitWords[] = {{ScheduleUnit::Steps, "steps"},
+                                                                {ScheduleUnit::Tokens, "tokens"}};
+constexpr auto enum_words(ScheduleUnit) { return std::span(kScheduleUnitWords); }
+
 struct ScheduleConfig {
-  std::string unit = "steps";  // steps | tokens: the unit of every `until` below
+  ScheduleUnit unit = ScheduleUnit::Steps;  // the unit of every `until` below
   LrSchedule lr;
   PiecewiseConstant bias_update_speed{{}, {1e-3}};  // gamma
   PiecewiseConstant mtp_weight{{}, {0.3}};          // lambda
-  bool tokens() const { return unit == "tokens"; }
+  bool tokens() const { return unit == ScheduleUnit::Tokens; }
 };
 
 }  // namespace moetron

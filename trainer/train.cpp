@@ -115,19 +115,20 @@ RankGrid make_grid(const Config& cfg, Communicator& w) {
 
 // How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
 // E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
-WirePrecision dispatch_wire(const std::string& recipe) {
-  if (recipe == "fp8") return WirePrecision::FP8;
-  if (recipe == "bf16") return WirePrecision::BF16;
+WirePrecision dispatch_wire(Recipe recipe) {
+  if (recipe == Recipe::FP8) return WirePrecision::FP8;
+  if (recipe == Recipe::BF16) return WirePrecision::BF16;
   return WirePrecision::Native;
 }
 
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
-  if (cfg.parallel.schedule == "dualpipe" || cfg.parallel.schedule == "dualpipev")
-    throw ConfigError(cfg.source + ": parallel.schedule: " + cfg.parallel.schedule +
+  const PipelineSchedule kind = cfg.parallel.schedule;
+  if (kind == PipelineSchedule::DualPipe || kind == PipelineSchedule::DualPipeV)
+    throw ConfigError(cfg.source + ": parallel.schedule: " + to_word(kind) +
                       " is generated and validated (bench_schedules) but the executor runs "
                       "1f1b and zb1p only so far");
   try {
-    pipeline::Schedule s = pipeline::make_schedule(cfg.parallel.schedule, pp, microbatches);
+    pipeline::Schedule s = pipeline::make_schedule(to_word(kind), pp, microbatches);
     pipeline::validate(s);
     return s;
   } catch (const std::invalid_argument& e) {
@@ -190,7 +191,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
 
   // activations on run.device: every buffer made from here on (model states, the EP wire, the
   // executor's messages) is on it; parameters and optimizer state stay on the CPU
-  const Device device = parse_device(cfg.run.device.c_str());
+  const Device device = cfg.run.device;
   set_default_device(device);
   const Exec model_ex = Exec::on(device);
   // this rank's stage of the model, its experts, its optimizer shards
@@ -211,8 +212,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   Zero1Options zo;
   zo.beta1 = cfg.optimizer.beta1, zo.beta2 = cfg.optimizer.beta2, zo.eps = cfg.optimizer.eps;
   zo.weight_decay = cfg.optimizer.weight_decay;
-  zo.bf16_moments = cfg.optimizer.moment_dtype == "bf16";
-  zo.grad_reduce_bf16 = cfg.optimizer.grad_reduce_dtype == "bf16";
+  zo.bf16_moments = cfg.optimizer.moment_dtype == FloatFormat::BF16;
+  zo.grad_reduce_bf16 = cfg.optimizer.grad_reduce_dtype == FloatFormat::BF16;
   Zero1 opt_dense(dense, *groups.dp, zo), opt_experts(experts, *groups.edp, zo);
   Param<float>* embed = model.params().find("model.embed_tokens.weight");
 
