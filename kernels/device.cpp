@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -13,25 +12,12 @@
 
 namespace moetron {
 
-const char* device_name(Device d) {
-  switch (d) {
-    case Device::CPU:
-      return "cpu";
-    case Device::CUDA:
-      return "cuda";
-    case Device::Meta:
-      return "meta";
-    case Device::Guard:
-      return "guard";
-  }
-  return "?";
-}
+const char* device_name(Device d) { return to_word(d); }
 
 Device parse_device(const char* name) {
-  for (Device d : {Device::CPU, Device::CUDA, Device::Meta, Device::Guard})
-    if (std::strcmp(name, device_name(d)) == 0) return d;
-  throw std::invalid_argument(std::string("device '") + name +
-                              "' is not one of cpu, cuda, meta, guard");
+  if (const std::optional<Device> d = from_word<Device>(name)) return *d;
+  throw std::invalid_argument(std::string("device '") + name + "' is not one of " +
+                              word_list<Device>());
 }
 
 void* Allocator::allocate(size_t bytes) {

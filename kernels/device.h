@@ -17,9 +17,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/enum_words.h"
+
 namespace moetron {
 
 enum class Device : uint8_t { CPU, CUDA, Meta, Guard };
+inline constexpr EnumWord<Device> kDeviceWords[] = {
+    {Device::CPU, "cpu"}, {Device::CUDA, "cuda"}, {Device::Meta, "meta"}, {Device::Guard, "guard"}};
+constexpr auto enum_words(Device) { return std::span(kDeviceWords); }
 const char* device_name(Device d);
 // "cpu", "cuda", "meta", "guard" -> Device (std::invalid_argument otherwise)
 Device parse_device(const char* name);

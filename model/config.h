@@ -1,11 +1,24 @@
 // ModelConfig: the hyper-parameters of a DeepSeek-V3-shaped model, named as in the Hugging Face
-// DeepSeek-V3 config.json. Plain data; trainer/config.cpp fills and validates it from YAML.
+// DeepSeek-V3 config.json, and the rules between them (rules()). trainer/config.cpp fills it from
+// YAML (the field list with each field's own range: trainer/model_fields.h) and reports the
+// first broken rule.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moetron {
+
+// A rule between settings: `key` must `must` (`ok`: it does), got `got`; `inputs` are the other
+// keys it was checked against (so a message can name the override that set one of them).
+struct SettingRule {
+  std::string key;
+  bool ok;
+  std::string must;  // completes "must ..."
+  std::string got;
+  std::vector<std::string> inputs;
+};
 
 struct ModelConfig {
   int64_t vocab_size = 264;
@@ -40,6 +53,11 @@ struct ModelConfig {
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t l) const { return l >= first_k_dense_replace; }
+
+  // The rules between fields (expert groups, top-k, RoPE pairs, YaRN's band), in an order where
+  // a rule's inputs were checked by the rules before it. Keys are `prefix` + the HF name
+  // ("model." in the config). Each field must already hold its own range (n_group >= 1, ...).
+  std::vector<SettingRule> rules(const std::string& prefix) const;
 };
 
 }  // namespace moetron

@@ -12,8 +12,10 @@
 //         core stay bf16/fp32 (the gate and head GEMMs run bf16, everything else is fp32).
 // Per-component overrides (`precision.overrides`: attention_proj, dense_mlp, shared_expert,
 // routed_expert -> fp32 | bf16 | fp8; gate, head -> fp32 | bf16) replace the recipe's choice for
-// one component. Master weights and gradients are always fp32 (AdamW moments: optimizer.
-// moment_dtype).
+// one component. Master weights and gradients are always fp32 (AdamW moments:
+// optimizer.moment_dtype). kComponents is the one list of the components (config keys, and
+// whether FP8 may apply); recipes, scale rules and Dgrad tiles are enums with their config words
+// next to them (kernels/enum_words.h), read once by the config.
 //
 // Scales (`precision.fp8_pow2_scales`): "spec" (default) = SPEC §3.2/§3.3.3: amax/448 scales,
 // except power-of-two (UE8M0) scales for the input of the Linear after attention (o_proj) and for
@@ -24,19 +26,63 @@
 // activation gradients quantised in 128x128 blocks, which the V3 report found to diverge.
 #pragma once
 
+#include <array>
 #include <cstdint>
-#include <map>
+#include <iterator>
 #include <memory>
-#include <stdexcept>
-#include <string>
+#include <optional>
+#include <span>
 
+#include "kernels/enum_words.h"
 #include "kernels/ops.h"
 
 namespace moetron {
 
 enum class Component { AttentionProj, DenseMlp, SharedExpert, RoutedExpert, Gate, Head };
 
+// The components in Component order: config key (`precision.overrides.<key>`), and whether it is
+// made of Linear layers, the only ones FP8 applies to (the gate and head stay in higher
+// precision, SPEC §3.1).
+struct ComponentInfo {
+  Component id;
+  const char* key;
+  bool linear;
+};
+inline constexpr ComponentInfo kComponents[] = {{Component::AttentionProj, "attention_proj", true},
+                                                {Component::DenseMlp, "dense_mlp", true},
+                                                {Component::SharedExpert, "shared_expert", true},
+                                                {Component::RoutedExpert, "routed_expert", true},
+                                                {Component::Gate, "gate", false},
+                                                {Component::Head, "head", false}};
+inline constexpr size_t kNumComponents = std::size(kComponents);
+constexpr const ComponentInfo& component_info(Component c) {
+  return kComponents[static_cast<size_t>(c)];
+}
+
 enum class Recipe { FP32, BF16, FP8 };
+inline constexpr EnumWord<Recipe> kRecipeWords[] = {
+    {Recipe::FP32, "fp32"}, {Recipe::BF16, "bf16"}, {Recipe::FP8, "fp8"}};
+constexpr auto enum_words(Recipe) { return std::span(kRecipeWords); }
+
+// Which FP8 scales are powers of two (UE8M0): see the header note.
+enum class Pow2Scales { Spec, All, None };
+inline constexpr EnumWord<Pow2Scales> kPow2ScalesWords[] = {
+    {Pow2Scales::Spec, "spec"}, {Pow2Scales::All, "all"}, {Pow2Scales::None, "none"}};
+constexpr auto enum_words(Pow2Scales) { return std::span(kPow2ScalesWords); }
+
+// The block shape of the activation gradients quantised for Dgrad: 1x128 (SPEC) or 128x128.
+enum class DgradTile { Tile1x128, Tile128x128 };
+inline constexpr EnumWord<DgradTile> kDgradTileWords[] = {{DgradTile::Tile1x128, "1x128"},
+                                                          {DgradTile::Tile128x128, "128x128"}};
+constexpr auto enum_words(DgradTile) { return std::span(kDgradTileWords); }
+
+// A recipe per component; unset = the policy's recipe.
+struct RecipeOverrides {
+  std::array<std::optional<Recipe>, kNumComponents> of{};
+  std::optional<Recipe>& operator[](Component c) { return of[static_cast<size_t>(c)]; }
+  const std::optional<Recipe>& operator[](Component c) const { return of[static_cast<size_t>(c)]; }
+  bool operator==(const RecipeOverrides&) const = default;
+};
 
 // How one Linear (or one stack of expert Linears) runs its three GEMMs.
 struct LinearPrecision {
@@ -53,10 +99,10 @@ struct LinearPrecision {
 };
 
 struct PrecisionPolicy {
-  std::string recipe = "fp32";
-  std::map<std::string, std::string> overrides;  // component key -> recipe
-  std::string pow2_scales = "spec";              // spec | all | none
-  std::string dgrad_tile = "1x128";              // 1x128 | 128x128
+  Recipe recipe = Recipe::FP32;
+  RecipeOverrides overrides;
+  Pow2Scales pow2_scales = Pow2Scales::Spec;
+  DgradTile dgrad_tile = DgradTile::Tile1x128;
   // FP8 weight cache: null = each Linear re-quantises its weight in every forward (always
   // correct). Non-null = a weight is re-quantised only when this counter differs from the value
   // it was quantised at; whoever changes weights (the optimizer step, a checkpoint load) must
@@ -73,21 +119,15 @@ struct PrecisionPolicy {
   // stream, the per-token statistics (rstd, lse) and the routing state stay fp32.
   bool store_bf16 = false;
 
-  // Config keys of the components, in Component order.
-  static const char* key(Component c) {
-    static const char* k[] = {"attention_proj", "dense_mlp", "shared_expert",
-                              "routed_expert",  "gate",      "head"};
-    return k[static_cast<int>(c)];
-  }
-  static bool linear_component(Component c) { return c != Component::Gate && c != Component::Head; }
+  // Config key of a component (precision.overrides.<key>).
+  static const char* key(Component c) { return component_info(c).key; }
+  static bool linear_component(Component c) { return component_info(c).linear; }
 
+  // FP8 only for the Linear layers: a non-Linear component under fp8 (the recipe's or its own)
+  // runs bf16 (SPEC §3.1).
   Recipe recipe_of(Component c) const {
-    auto it = overrides.find(key(c));
-    const std::string& r = it == overrides.end() ? recipe : it->second;
-    if (r == "fp32") return Recipe::FP32;
-    if (r == "bf16") return Recipe::BF16;
-    // fp8: only the Linear layers; the gate and head keep bf16 (SPEC §3.1)
-    return linear_component(c) ? Recipe::FP8 : Recipe::BF16;
+    const Recipe r = overrides[c].value_or(recipe);
+    return r == Recipe::FP8 && !linear_component(c) ? Recipe::BF16 : r;
   }
   kernels::GemmPrecision gemm(Component c) const {
     return recipe_of(c) == Recipe::FP32 ? kernels::GemmPrecision::FP32
@@ -100,57 +140,23 @@ struct PrecisionPolicy {
     LinearPrecision lp;
     lp.recipe = recipe_of(c);
     if (lp.recipe != Recipe::FP8) return lp;
-    const bool all = pow2_scales == "all", spec = pow2_scales == "spec";
+    const bool all = pow2_scales == Pow2Scales::All, spec = pow2_scales == Pow2Scales::Spec;
     lp.pow2_x = all || (spec && o_proj);
     lp.pow2_dy = all || (spec && expert_down);
     lp.pow2_w = all;
-    lp.dgrad_128x128 = dgrad_tile == "128x128";
+    lp.dgrad_128x128 = dgrad_tile == DgradTile::Tile128x128;
     return lp;
   }
   bool any_fp8() const {
-    for (int c = 0; c < 6; ++c)
-      if (recipe_of(static_cast<Component>(c)) == Recipe::FP8) return true;
+    for (const ComponentInfo& c : kComponents)
+      if (recipe_of(c.id) == Recipe::FP8) return true;
     return false;
   }
 
   // The recipe alone, defaults elsewhere.
-  static PrecisionPolicy from(const std::string& recipe) {
-    return from(recipe, {}, "spec", "1x128");
-  }
-  // Validates every setting (std::invalid_argument with the offending key and value).
-  static PrecisionPolicy from(const std::string& recipe,
-                              const std::map<std::string, std::string>& overrides,
-                              const std::string& pow2_scales, const std::string& dgrad_tile) {
-    auto valid = [](const std::string& r) { return r == "fp32" || r == "bf16" || r == "fp8"; };
-    if (!valid(recipe))
-      throw std::invalid_argument("precision recipe '" + recipe +
-                                  "' is not one of fp32, bf16, fp8");
-    for (const auto& [k, v] : overrides) {
-      int found = -1;
-      for (int c = 0; c < 6; ++c)
-        if (k == key(static_cast<Component>(c))) found = c;
-      if (found < 0)
-        throw std::invalid_argument("precision override '" + k +
-                                    "' is not a component (attention_proj, dense_mlp, "
-                                    "shared_expert, routed_expert, gate, head)");
-      if (!valid(v))
-        throw std::invalid_argument("precision override " + k + ": '" + v +
-                                    "' is not one of fp32, bf16, fp8");
-      if (v == "fp8" && !linear_component(static_cast<Component>(found)))
-        throw std::invalid_argument("precision override " + k + ": fp8 is not allowed, the " + k +
-                                    " stays in higher precision (fp32 or bf16; SPEC §3.1)");
-    }
-    if (pow2_scales != "spec" && pow2_scales != "all" && pow2_scales != "none")
-      throw std::invalid_argument("fp8_pow2_scales '" + pow2_scales +
-                                  "' is not one of spec, all, none");
-    if (dgrad_tile != "1x128" && dgrad_tile != "128x128")
-      throw std::invalid_argument("fp8_dgrad_tile '" + dgrad_tile +
-                                  "' is not one of 1x128, 128x128");
+  static PrecisionPolicy from(Recipe recipe) {
     PrecisionPolicy p;
     p.recipe = recipe;
-    p.overrides = overrides;
-    p.pow2_scales = pow2_scales;
-    p.dgrad_tile = dgrad_tile;
     return p;
   }
 };

@@ -39,7 +39,7 @@ TEST(pipeline, SlotsStayWithinTheInFlightBound) {
   double loss[2] = {0, 0};
   int i = 0;
   for (const char* kind : {"1f1b", "zb1p"}) {
-    Model<float> m(c, PrecisionPolicy::from("fp32"), nullptr, StageSpec{w.rank(), P});
+    Model<float> m(c, PrecisionPolicy::from(Recipe::FP32), nullptr, StageSpec{w.rank(), P});
     m.init(3);
     const pipeline::Schedule s = pipeline::make_schedule(kind, P, static_cast<int>(M));
     PipelineExecutor<float> ex(m, w, s, w.rank());

@@ -20,7 +20,7 @@ TEST(ConfigSet, TypesFollowTheText) {
   EXPECT_EQ(c.model.hidden_size, 512);
   EXPECT_EQ(c.run.dir, "runs/x");
   EXPECT_EQ(c.schedule.lr.peak, 2e-3);
-  EXPECT_EQ(c.precision.recipe, "bf16");
+  EXPECT_EQ(c.precision.recipe, Recipe::BF16);
 }
 
 TEST(ConfigSet, CreatesMissingSections) {
@@ -43,8 +43,8 @@ TEST(ConfigSet, WholeSectionsAndLists) {
       {"optimizer={beta1: 0.8, moment_dtype: bf16, grad_reduce_dtype: bf16}",
        "schedule.mtp_weight=[{until: 5, value: 1}, {value: 2}]", "schedule.bias_update_speed=0"});
   EXPECT_EQ(c.optimizer.beta1, 0.8);
-  EXPECT_EQ(c.optimizer.moment_dtype, "bf16");
-  EXPECT_EQ(c.optimizer.grad_reduce_dtype, "bf16");
+  EXPECT_EQ(c.optimizer.moment_dtype, FloatFormat::BF16);
+  EXPECT_EQ(c.optimizer.grad_reduce_dtype, FloatFormat::BF16);
   EXPECT_EQ(c.schedule.mtp_weight.until, std::vector<double>{5});
   EXPECT_EQ(c.schedule.mtp_weight.values, (std::vector<double>{1, 2}));
   EXPECT_EQ(c.schedule.bias_update_speed.values, std::vector<double>{0});

@@ -57,9 +57,9 @@ TEST(ConfigTiny, OtherSections) {
   EXPECT_EQ(c.optimizer.eps, 1e-8);
   EXPECT_EQ(c.optimizer.weight_decay, 0.1);
   EXPECT_EQ(c.optimizer.grad_clip, 1.0);
-  EXPECT_EQ(c.optimizer.moment_dtype, "fp32");
-  EXPECT_EQ(c.optimizer.grad_reduce_dtype, "fp32");
-  EXPECT_EQ(c.schedule.unit, "steps");
+  EXPECT_EQ(c.optimizer.moment_dtype, FloatFormat::FP32);
+  EXPECT_EQ(c.optimizer.grad_reduce_dtype, FloatFormat::FP32);
+  EXPECT_EQ(c.schedule.unit, ScheduleUnit::Steps);
   EXPECT_FALSE(c.schedule.tokens());
   EXPECT_EQ(c.schedule.lr.peak, 3e-3);
   EXPECT_EQ(c.schedule.lr.warmup_steps, 20);
@@ -75,8 +75,8 @@ TEST(ConfigTiny, OtherSections) {
   EXPECT_EQ(c.parallel.dp, 1);
   EXPECT_EQ(c.parallel.ep, 1);
   EXPECT_EQ(c.parallel.ranks_per_node, 0);
-  EXPECT_EQ(c.parallel.schedule, "1f1b");
-  EXPECT_EQ(c.precision.recipe, "fp32");
+  EXPECT_EQ(c.parallel.schedule, PipelineSchedule::OneFOneB);
+  EXPECT_EQ(c.precision.recipe, Recipe::FP32);
   EXPECT_EQ(c.run.dir, "runs/tiny");
   EXPECT_EQ(c.run.steps, 300);
   EXPECT_EQ(c.run.seed, 1234u);
@@ -201,9 +201,9 @@ Config everything_changed() {
   c.optimizer.eps = 1e-6;
   c.optimizer.weight_decay = 0.0;
   c.optimizer.grad_clip = 0.0;
-  c.optimizer.moment_dtype = "bf16";
-  c.optimizer.grad_reduce_dtype = "bf16";
-  c.schedule.unit = "tokens";
+  c.optimizer.moment_dtype = FloatFormat::BF16;
+  c.optimizer.grad_reduce_dtype = FloatFormat::BF16;
+  c.schedule.unit = ScheduleUnit::Tokens;
   c.schedule.lr.peak = 2.2e-4;
   c.schedule.lr.warmup_steps = 2000;
   c.schedule.lr.constant_until = 10e12;
@@ -216,8 +216,8 @@ Config everything_changed() {
   c.parallel.dp = 4;
   c.parallel.ep = 2;
   c.parallel.ranks_per_node = 8;
-  c.parallel.schedule = "dualpipev";
-  c.precision.recipe = "fp8";
+  c.parallel.schedule = PipelineSchedule::DualPipeV;
+  c.precision.recipe = Recipe::FP8;
   c.run.dir = "runs/\"quoted\"\\back\tslash";
   c.run.steps = 12345678901;
   c.run.seed = 18446744073709551615u;
@@ -280,7 +280,7 @@ TEST(ConfigEquality, SeesEachKindOfDifference) {
   b.run.seed = 1;
   EXPECT_FALSE(a == b);
   b = a;
-  b.precision.recipe = "bf16";
+  b.precision.recipe = Recipe::BF16;
   EXPECT_FALSE(a == b);
   b = a;
   b.schedule.mtp_weight.until = {1.0};

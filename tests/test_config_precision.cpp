@@ -4,6 +4,7 @@
 // resulting policy asks each component to run.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 
 #include "tests/test_config_util.h"
@@ -19,14 +20,14 @@ using test::kBaseYaml;
 
 TEST(ConfigPrecision, DefaultsAreFp32WithSpecScalesAnd1x128Gradients) {
   const Config c = base_config();
-  EXPECT_EQ(c.precision.recipe, "fp32");
-  EXPECT_EQ(c.precision.fp8_pow2_scales, "spec");
-  EXPECT_EQ(c.precision.fp8_dgrad_tile, "1x128");
-  EXPECT_EQ(c.precision.overrides.routed_expert, "recipe");
+  EXPECT_EQ(c.precision.recipe, Recipe::FP32);
+  EXPECT_EQ(c.precision.fp8_pow2_scales, Pow2Scales::Spec);
+  EXPECT_EQ(c.precision.fp8_dgrad_tile, DgradTile::Tile1x128);
+  EXPECT_EQ(c.precision.overrides[Component::RoutedExpert], std::nullopt);
   const PrecisionPolicy p = c.precision.policy();
   EXPECT_FALSE(p.any_fp8());
   EXPECT_EQ(p.gemm(Component::AttentionProj), kernels::GemmPrecision::FP32);
-  EXPECT_EQ(c.optimizer.moment_dtype, "fp32");  // AdamW moments: optimizer.moment_dtype
+  EXPECT_EQ(c.optimizer.moment_dtype, FloatFormat::FP32);  // AdamW moments: optimizer.moment_dtype
 }
 
 TEST(ConfigPrecision, Fp8RecipeSelectsTheLinearLayersOnly) {
@@ -96,21 +97,26 @@ TEST(ConfigPrecision, BadValuesFailWithTheKeyAndTheChoices) {
       << tile;
 }
 
-TEST(ConfigPrecision, PolicyRejectsWhatTheConfigWouldReject) {
-  // PrecisionPolicy::from is also reachable without a config (tests, tools): same rules
-  EXPECT_THROW(PrecisionPolicy::from("fp8", {{"gate", "fp8"}}, "spec", "1x128"),
-               std::invalid_argument);
-  EXPECT_THROW(PrecisionPolicy::from("fp8", {{"router", "bf16"}}, "spec", "1x128"),
-               std::invalid_argument);
-  EXPECT_THROW(PrecisionPolicy::from("fp8", {}, "pow2", "1x128"), std::invalid_argument);
-  EXPECT_THROW(PrecisionPolicy::from("fp8", {}, "spec", "1x1"), std::invalid_argument);
-  EXPECT_THROW(PrecisionPolicy::from("int8"), std::invalid_argument);
-  try {
-    PrecisionPolicy::from("fp8", {{"head", "fp8"}}, "spec", "1x128");
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("head stays in higher precision"), std::string::npos)
-        << e.what();
+TEST(ConfigPrecision, WordsAndComponentsComeFromOneList) {
+  // the choices in a message are the enum's word list; the overrides section is kComponents
+  const std::string recipe = error_of(kBaseYaml, {"precision.recipe=int8"});
+  std::string choices = "must be one of {";
+  choices.append(word_list<Recipe>()).append("}");
+  EXPECT_NE(recipe.find(choices), std::string::npos) << recipe;
+  EXPECT_EQ(from_word<Recipe>("int8"), std::nullopt);
+  EXPECT_EQ(from_word<Recipe>("fp8"), Recipe::FP8);
+  const std::string yaml = config_to_yaml(base_config());
+  for (const ComponentInfo& k : kComponents) {
+    const std::string line = std::string(k.key).append(": recipe\n");
+    EXPECT_NE(yaml.find(line), std::string::npos) << k.key;
   }
+  // a policy made without a config: FP8 never reaches the gate or the head
+  PrecisionPolicy p = PrecisionPolicy::from(Recipe::BF16);
+  p.overrides[Component::Gate] = Recipe::FP8;
+  p.overrides[Component::Head] = Recipe::FP8;
+  EXPECT_EQ(p.recipe_of(Component::Gate), Recipe::BF16);
+  EXPECT_EQ(p.recipe_of(Component::Head), Recipe::BF16);
+  EXPECT_FALSE(p.any_fp8());
 }
 
 TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
@@ -120,7 +126,7 @@ TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
   EXPECT_NE(yaml.find("fp8_dgrad_tile"), std::string::npos);
   const Config back = parse_config(yaml, "written.yaml");
   EXPECT_TRUE(back == c);
-  EXPECT_EQ(back.precision.overrides.dense_mlp, "bf16");
+  EXPECT_EQ(back.precision.overrides[Component::DenseMlp], Recipe::BF16);
   EXPECT_FALSE(back == base_config());
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "trainer/config.h"
+#include "trainer/config_schema.h"
 
 namespace moetron::test {
 
@@ -55,19 +56,12 @@ inline std::string edit_yaml(const std::string& text,
     std::vector<std::string> parts;
     std::stringstream ss(path);
     for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
-    YAML::Node cur = root;
-    for (size_t i = 0; i + 1 < parts.size(); ++i) {
-      YAML::Node next = cur[parts[i]];
-      if (!next.IsMap()) {
-        cur[parts[i]] = YAML::Node(YAML::NodeType::Map);
-        next.reset(cur[parts[i]]);
-      }
-      cur.reset(next);
-    }
+    YAML::Node parent =
+        config_schema::mapping_at(root, std::vector<std::string>(parts.begin(), parts.end() - 1));
     if (value == kDelete) {
-      cur.remove(parts.back());
+      parent.remove(parts.back());
     } else {
-      cur[parts.back()] = YAML::Load(value);
+      parent[parts.back()] = YAML::Load(value);
     }
   }
   YAML::Emitter out;

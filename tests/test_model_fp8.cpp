@@ -113,9 +113,11 @@ TEST(Fp8Linear, DeepGemmCriterionOnV3AndTinyShapes) {
       {256, 448, 96},  {256, 96, 1152}, {256, 448, 36}, {256, 32, 2048}, {256, 1024, 448},
       {256, 448, 256}, {256, 128, 448}, {200, 256, 96}, {200, 96, 320},  {200, 256, 80},
       {200, 64, 256},  {200, 264, 768}, {131, 300, 5},  {37, 130, 257},  {1, 129, 3}};
-  for (const char* scales : {"spec", "all", "none"})
-    for (const char* tile : {"1x128", "128x128"}) {
-      const PrecisionPolicy pol = PrecisionPolicy::from("fp8", {}, scales, tile);
+  for (const auto& [scales_value, scales] : kPow2ScalesWords)
+    for (const auto& [tile_value, tile] : kDgradTileWords) {
+      PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
+      pol.pow2_scales = scales_value;
+      pol.dgrad_tile = tile_value;
       for (auto [M, in, out] : shapes)
         for (bool o_proj : {false, true}) {
           const LinearDiffs d = fp8_linear_diffs(M, in, out, pol, o_proj, false);
@@ -131,7 +133,7 @@ TEST(Fp8Linear, DeepGemmCriterionOnV3AndTinyShapes) {
 }
 
 TEST(Fp8Linear, WrongWeightScalesFailTheCriterion) {
-  const PrecisionPolicy pol = PrecisionPolicy::from("fp8");
+  const PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
   const LinearDiffs good = fp8_linear_diffs(256, 448, 96, pol, false, false);
   const LinearDiffs bad = fp8_linear_diffs(256, 448, 96, pol, false, true);
   EXPECT_LT(good.fprop, 1e-3);
@@ -152,11 +154,13 @@ TEST(Fp8Linear, Dgrad128x128LosesTheTokensBesideAnOutlier) {
   const auto w = randn(out * in, 11, 0.05f);
   std::copy(w.begin(), w.end(), W->w());
   // calc_diff of the non-outlier tokens' dX rows (together) against the BF16-input reference
-  auto small_tokens_diff = [&](const char* tile, float ratio) {
+  auto small_tokens_diff = [&](DgradTile tile, float ratio) {
     auto dy = randn(M * out, 13);
     for (int64_t m = 0; m < M; m += 32)
       for (int64_t n = 0; n < out; ++n) dy[m * out + n] *= ratio;
-    const PrecisionPolicy pol = PrecisionPolicy::from("fp8", {}, "none", tile);
+    PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
+    pol.pow2_scales = Pow2Scales::None;
+    pol.dgrad_tile = tile;
     Linear<float> l = Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol, Exec{});
     l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
     std::vector<float> dx(M * in);
@@ -172,7 +176,8 @@ TEST(Fp8Linear, Dgrad128x128LosesTheTokensBesideAnOutlier) {
     return calc_diff(got, ref);
   };
   for (float ratio : {1e2f, 1e3f, 1e4f, 1e5f}) {
-    const double d1 = small_tokens_diff("1x128", ratio), d128 = small_tokens_diff("128x128", ratio);
+    const double d1 = small_tokens_diff(DgradTile::Tile1x128, ratio),
+                 d128 = small_tokens_diff(DgradTile::Tile128x128, ratio);
     std::printf("outliers %.0e: dX calc_diff of the other tokens, 1x128 %.2e, 128x128 %.2e\n",
                 ratio, d1, d128);
     EXPECT_LT(d1, 1e-3) << ratio;
@@ -187,7 +192,7 @@ TEST(Fp8Linear, Dgrad128x128LosesTheTokensBesideAnOutlier) {
 TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
   const int64_t M = 64, in = 200, out = 130;
   for (bool versioned : {false, true}) {
-    PrecisionPolicy pol = PrecisionPolicy::from("fp8");
+    PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
     if (versioned) pol.weight_version = std::make_shared<uint64_t>(0);
     ParamStore<float> ps;
     Param<float>* W = ps.add("w", {out, in});
@@ -322,9 +327,12 @@ constexpr double kLossRel = 5e-3, kWorstGrad = 5e-2, kAllGrads = 3e-2;
 }  // namespace
 
 TEST(Fp8Model, LossAndGradientsCloseToFp32) {
-  const ModelRun ref = run_model(PrecisionPolicy::from("fp32"), false);
-  for (const char* scales : {"spec", "all"}) {
-    const ModelRun fp8 = run_model(PrecisionPolicy::from("fp8", {}, scales, "1x128"), false);
+  const ModelRun ref = run_model(PrecisionPolicy::from(Recipe::FP32), false);
+  for (Pow2Scales scale_rule : {Pow2Scales::Spec, Pow2Scales::All}) {
+    const char* scales = to_word(scale_rule);
+    PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
+    pol.pow2_scales = scale_rule;
+    const ModelRun fp8 = run_model(pol, false);
     const Gap g = gap(fp8, ref);
     std::printf(
         "fp8 (%s scales) vs fp32: loss %.6f vs %.6f (rel %.2e), grads calc_diff all %.2e, "
@@ -335,7 +343,7 @@ TEST(Fp8Model, LossAndGradientsCloseToFp32) {
     EXPECT_LT(g.all, kAllGrads) << scales;
   }
   // bf16 for scale: the same measures
-  const Gap gb = gap(run_model(PrecisionPolicy::from("bf16"), false), ref);
+  const Gap gb = gap(run_model(PrecisionPolicy::from(Recipe::BF16), false), ref);
   std::printf("bf16 vs fp32: loss rel %.2e, grads calc_diff all %.2e, worst %.2e (%s)\n",
               gb.loss_rel, gb.all, gb.worst, gb.worst_name.c_str());
 }
@@ -343,10 +351,10 @@ TEST(Fp8Model, LossAndGradientsCloseToFp32) {
 TEST(Fp8Model, StaleWeightScalesFailTheTolerance) {
   // One Linear's FP8 weight copy off by x2 (cache not invalidated after a weight change) against
   // fp32 with the changed weight: the comparison must fail.
-  PrecisionPolicy pol = PrecisionPolicy::from("fp8");
+  PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
   pol.weight_version = std::make_shared<uint64_t>(0);
   const ModelRun bad = run_model(pol, true, 2.f);
-  const Gap g = gap(bad, run_model(PrecisionPolicy::from("fp32"), false, 2.f));
+  const Gap g = gap(bad, run_model(PrecisionPolicy::from(Recipe::FP32), false, 2.f));
   std::printf("stale x2 scales: loss rel %.2e, grads calc_diff all %.2e, worst %.2e (%s)\n",
               g.loss_rel, g.all, g.worst, g.worst_name.c_str());
   EXPECT_TRUE(g.loss_rel > kLossRel || g.worst > kWorstGrad || g.all > kAllGrads);
@@ -356,10 +364,11 @@ TEST(Fp8Model, StaleWeightScalesFailTheTolerance) {
 TEST(Fp8Model, OverridesSelectThePathPerComponent) {
   // Everything but the routed experts in bf16: the result differs from all-bf16 (the experts
   // ran FP8) and from all-fp8.
-  const ModelRun bf = run_model(PrecisionPolicy::from("bf16"), false);
-  const ModelRun mixed =
-      run_model(PrecisionPolicy::from("bf16", {{"routed_expert", "fp8"}}, "spec", "1x128"), false);
-  const ModelRun f8 = run_model(PrecisionPolicy::from("fp8"), false);
+  const ModelRun bf = run_model(PrecisionPolicy::from(Recipe::BF16), false);
+  PrecisionPolicy mixed_policy = PrecisionPolicy::from(Recipe::BF16);
+  mixed_policy.overrides[Component::RoutedExpert] = Recipe::FP8;
+  const ModelRun mixed = run_model(mixed_policy, false);
+  const ModelRun f8 = run_model(PrecisionPolicy::from(Recipe::FP8), false);
   EXPECT_NE(mixed.loss, bf.loss);
   EXPECT_NE(mixed.loss, f8.loss);
   EXPECT_LT(gap(mixed, bf).all, gap(f8, bf).all);  // one component in FP8 moves less than all
@@ -420,7 +429,7 @@ TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
   for (auto& t : tokens) t = static_cast<int32_t>(g() % c.vocab_size);
   LayerBytes bytes[2][2];  // [fp32, fp8][dense, moe]
   for (int f = 0; f < 2; ++f) {
-    Model<float> model(c, PrecisionPolicy::from(f ? "fp8" : "fp32"));
+    Model<float> model(c, PrecisionPolicy::from(f ? Recipe::FP8 : Recipe::FP32));
     model.init(1);
     Model<float>::MicroBatch mb;
     model.forward(mb, tokens.data(), B, S, 0.0);

@@ -40,7 +40,8 @@ int64_t live() { return allocator(Device::CPU).stats().live_bytes; }
 
 // "RECIPE[/bf16][+recompute]": the GEMM recipe, bf16 activation storage, recompute on.
 PrecisionPolicy policy(const std::string& r) {
-  PrecisionPolicy pol = PrecisionPolicy::from(r.substr(0, r.find_first_of("/+")));
+  PrecisionPolicy pol =
+      PrecisionPolicy::from(*from_word<Recipe>(r.substr(0, r.find_first_of("/+"))));
   pol.recompute_norms = pol.recompute_mla_up = r.find("+recompute") != std::string::npos;
   pol.store_bf16 = r.find("/bf16") != std::string::npos;
   return pol;
@@ -180,7 +181,8 @@ TEST(MetaDevice, BuildsDeepSeekV3WithoutMemory) {
   c.q_lora_rank = 1536, c.kv_lora_rank = 512, c.qk_nope_head_dim = 128, c.qk_rope_head_dim = 64;
   c.v_head_dim = 128, c.num_nextn_predict_layers = 1, c.max_seq_len = 4096;
   const int64_t cpu0 = allocator(Device::CPU).stats().live_bytes;
-  Model<float> m(c, PrecisionPolicy::from("fp8"), nullptr, StageSpec{}, Exec::on(Device::Meta));
+  Model<float> m(c, PrecisionPolicy::from(Recipe::FP8), nullptr, StageSpec{},
+                 Exec::on(Device::Meta));
   const int64_t cpu1 = allocator(Device::CPU).stats().live_bytes;
   int64_t total = 0, mtp = 0;
   for (const auto& p : m.params().all()) {
@@ -197,7 +199,7 @@ TEST(MetaDevice, BuildsDeepSeekV3WithoutMemory) {
   EXPECT_NEAR(static_cast<double>(total + shared), 685e9, 0.005 * 685e9);
   EXPECT_LT(cpu1 - cpu0, int64_t(64) << 20);  // no parameter memory (a few small buffers at most)
   EXPECT_GE(allocator(Device::Meta).stats().live_bytes, 2 * 4 * total);  // values + grads, fp32
-  PrecisionPolicy pol = PrecisionPolicy::from("fp8");
+  PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
   pol.recompute_norms = pol.recompute_mla_up = true;
   const ActivationBytes moe = block_activation_bytes(c, pol, true, 4096);
   const SlotBytes slot = slot_activation_bytes(c, pol, 0, 16, 1, 4096);

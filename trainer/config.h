@@ -5,17 +5,23 @@
 // (for example "configs/tiny.yaml: model.n_group: must divide n_routed_experts (16), got 5").
 // `--set a.b=value` overrides are applied to the YAML tree before validation, so they get the
 // same checks. Every choice that changes numbers lives here, and the whole struct is written into
-// the run directory and (later) into checkpoints.
+// the run directory and (later) into checkpoints. A setting chosen from a few words is an enum
+// once loaded (its words: next to the enum, kernels/enum_words.h). The table of settings and the
+// rules between them: config.cpp; the YAML machinery: config_schema.h; the model's fields and
+// rules: model_fields.h and model/config.h; the LR, gamma and lambda schedules: lr_schedule.h.
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "kernels/device.h"
+#include "kernels/enum_words.h"
 #include "model/config.h"
 #include "model/precision.h"
+#include "trainer/lr_schedule.h"
 
 namespace moetron {
 
@@ -41,42 +47,29 @@ struct DataConfig {
   int64_t prefetch = 2;  // batches a background thread prepares ahead; 0 = none
 };
 
-// A piecewise-constant schedule: value i holds until `until[i]` (in the schedule's unit);
-// the last entry has no bound.
-struct PiecewiseConstant {
-  std::vector<double> until;  // size = values.size() - 1
-  std::vector<double> values;
-  double at(double x) const;
-};
-
-// The DeepSeek-V3 LR shape: linear warm-up (steps), constant, cosine decay to `min_lr`, then
-// constant tails.
-struct LrSchedule {
-  double peak = 3e-3;
-  int64_t warmup_steps = 20;
-  double constant_until = 0;  // in `unit`; cosine decay starts here
-  double decay_until = 0;     // cosine reaches min_lr here; 0 = no decay (peak after warm-up)
-  double min_lr = 3e-4;
-  PiecewiseConstant tails;  // after decay_until (empty: stay at min_lr)
-  double at(int64_t step, double tokens, bool unit_tokens) const;
-};
-
-struct ScheduleConfig {
-  std::string unit = "steps";  // steps | tokens: the unit of every `until` below
-  LrSchedule lr;
-  PiecewiseConstant bias_update_speed{{}, {1e-3}};  // gamma
-  PiecewiseConstant mtp_weight{{}, {0.3}};          // lambda
-  bool tokens() const { return unit == "tokens"; }
-};
+// fp32 | bf16: the number format of optimizer moments, gradient reductions, kept activations.
+enum class FloatFormat { FP32, BF16 };
+inline constexpr EnumWord<FloatFormat> kFloatFormatWords[] = {{FloatFormat::FP32, "fp32"},
+                                                              {FloatFormat::BF16, "bf16"}};
+constexpr auto enum_words(FloatFormat) { return std::span(kFloatFormatWords); }
 
 struct OptimizerConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
-  double grad_clip = 1.0;             // global norm; 0 disables
-  std::string moment_dtype = "fp32";  // fp32 | bf16
-  // fp32 | bf16: the type gradients are summed in over the DP/EDP groups (bf16: rounded to bf16
-  // for the reduce-scatter and widened back to fp32 for the optimizer)
-  std::string grad_reduce_dtype = "fp32";
+  double grad_clip = 1.0;  // global norm; 0 disables
+  FloatFormat moment_dtype = FloatFormat::FP32;
+  // the type gradients are summed in over the DP/EDP groups (bf16: rounded to bf16 for the
+  // reduce-scatter and widened back to fp32 for the optimizer)
+  FloatFormat grad_reduce_dtype = FloatFormat::FP32;
 };
+
+// The pipeline schedule (parallel/schedule.h makes it from its word).
+enum class PipelineSchedule { OneFOneB, ZB1P, DualPipe, DualPipeV };
+inline constexpr EnumWord<PipelineSchedule> kPipelineScheduleWords[] = {
+    {PipelineSchedule::OneFOneB, "1f1b"},
+    {PipelineSchedule::ZB1P, "zb1p"},
+    {PipelineSchedule::DualPipe, "dualpipe"},
+    {PipelineSchedule::DualPipeV, "dualpipev"}};
+constexpr auto enum_words(PipelineSchedule) { return std::span(kPipelineScheduleWords); }
 
 struct ParallelConfig {
   int64_t pp = 1, dp = 1, ep = 1;
@@ -85,42 +78,33 @@ struct ParallelConfig {
   // construction when expert groups lie inside nodes and topk_group <= M (V3: 8 groups = 8
   // nodes, topk_group 4 = M); the trainer checks that and measures it.
   int64_t max_nodes_per_token = 0;
-  std::string schedule = "1f1b";  // 1f1b | zb1p | dualpipe | dualpipev
+  PipelineSchedule schedule = PipelineSchedule::OneFOneB;
 };
 
 // GEMM precision (model/precision.h has the meaning of every setting). Master weights and
 // gradients are always fp32; the AdamW moments' type is optimizer.moment_dtype, the type of the
 // gradient reduction optimizer.grad_reduce_dtype.
 struct PrecisionConfig {
-  std::string recipe = "fp32";           // fp32 | bf16 | fp8
-  std::string fp8_pow2_scales = "spec";  // spec | all | none: which FP8 scales are UE8M0
-  std::string fp8_dgrad_tile = "1x128";  // 1x128 | 128x128 (experiment, SPEC App. B.2)
-  struct Overrides {                     // per component; "recipe" = follow `recipe`
-    std::string attention_proj = "recipe", dense_mlp = "recipe", shared_expert = "recipe",
-                routed_expert = "recipe";          // recipe | fp32 | bf16 | fp8
-    std::string gate = "recipe", head = "recipe";  // recipe | fp32 | bf16 (never FP8)
-  } overrides;
-  // The policy the model is built with (throws std::invalid_argument on a bad value).
+  Recipe recipe = Recipe::FP32;
+  Pow2Scales fp8_pow2_scales = Pow2Scales::Spec;    // which FP8 scales are UE8M0
+  DgradTile fp8_dgrad_tile = DgradTile::Tile1x128;  // 128x128: experiment, SPEC App. B.2
+  RecipeOverrides overrides;  // per component (kComponents); unset ("recipe") = follow `recipe`
+  // The policy the model is built with.
   PrecisionPolicy policy() const {
-    std::map<std::string, std::string> o;
-    auto add = [&](const char* k, const std::string& v) {
-      if (v != "recipe") o[k] = v;
-    };
-    add("attention_proj", overrides.attention_proj);
-    add("dense_mlp", overrides.dense_mlp);
-    add("shared_expert", overrides.shared_expert);
-    add("routed_expert", overrides.routed_expert);
-    add("gate", overrides.gate);
-    add("head", overrides.head);
-    return PrecisionPolicy::from(recipe, o, fp8_pow2_scales, fp8_dgrad_tile);
+    PrecisionPolicy p;
+    p.recipe = recipe;
+    p.overrides = overrides;
+    p.pow2_scales = fp8_pow2_scales;
+    p.dgrad_tile = fp8_dgrad_tile;
+    return p;
   }
 };
 
 // What a micro-batch keeps from forward to backward (PrecisionPolicy's recompute_*).
 struct ActivationsConfig {
-  std::string recompute_norms = "off";   // off | on
-  std::string recompute_mla_up = "off";  // off | on
-  std::string storage = "fp32";          // fp32 | bf16: kept tensors that are not FP8
+  bool recompute_norms = false;             // off | on
+  bool recompute_mla_up = false;            // off | on
+  FloatFormat storage = FloatFormat::FP32;  // kept tensors that are not FP8
 };
 
 struct RunConfig {
@@ -131,7 +115,7 @@ struct RunConfig {
   int64_t threads = 0;  // intra-op threads per process; 0 = cores / processes on this node
   // Where activations live and ops run: cpu, or guard — the test device whose memory only ops and
   // the communicator may touch (kernels/device.h); a guard run is a CPU run, slower.
-  std::string device = "cpu";
+  Device device = Device::CPU;  // cpu | guard
   // If set, every rank writes its parameters after the last step to <save_params>.rank<R>.h5
   // (HF names; tests compare layouts by them). Checkpoints proper are a separate mechanism.
   std::string save_params;
@@ -154,9 +138,9 @@ struct Config {
   // The policy the model is built with: precision.* and activations.*.
   PrecisionPolicy policy() const {
     PrecisionPolicy p = precision.policy();
-    p.recompute_norms = activations.recompute_norms == "on";
-    p.recompute_mla_up = activations.recompute_mla_up == "on";
-    p.store_bf16 = activations.storage == "bf16";
+    p.recompute_norms = activations.recompute_norms;
+    p.recompute_mla_up = activations.recompute_mla_up;
+    p.store_bf16 = activations.storage == FloatFormat::BF16;
     return p;
   }
 };

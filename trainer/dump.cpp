@@ -10,12 +10,14 @@
 #include <map>
 #include <random>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "model/model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/h5io.h"
+#include "trainer/model_fields.h"
 #include "trainer/train.h"
 
 namespace moetron {
@@ -34,6 +36,20 @@ void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {
       dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
   }
 }
+
+// The model's HF fields by type (the walk of trainer/model_fields.h), for root attributes.
+struct HfAttributes {
+  std::vector<std::pair<const char*, int64_t>> ints;
+  std::vector<std::pair<const char*, double>> reals;
+  template <class R>
+  void field(const char* name, const R&, int64_t x) {
+    ints.emplace_back(name, x);
+  }
+  template <class R>
+  void field(const char* name, const R&, double x) {
+    reals.emplace_back(name, x);
+  }
+};
 
 // Every parameter of `ps` from the checkpoint step directory `dir`, by name; the checkpoint must
 // hold each one with the same shape (else: which parameter, in which checkpoint, and why).
@@ -89,37 +105,17 @@ void dump_grads(const Config& cfg, const std::string& out_path, const std::strin
   model.backward(mb, 1.0);
 
   write_h5(out_path, "gradient dump", [&](hid_t f) {
-    const ModelConfig& c = cfg.model;
-    const std::pair<const char*, int64_t> ints[] = {
-        {"vocab_size", c.vocab_size},
-        {"hidden_size", c.hidden_size},
-        {"intermediate_size", c.intermediate_size},
-        {"moe_intermediate_size", c.moe_intermediate_size},
-        {"num_hidden_layers", c.num_hidden_layers},
-        {"first_k_dense_replace", c.first_k_dense_replace},
-        {"num_attention_heads", c.num_attention_heads},
-        {"n_routed_experts", c.n_routed_experts},
-        {"n_shared_experts", c.n_shared_experts},
-        {"num_experts_per_tok", c.num_experts_per_tok},
-        {"n_group", c.n_group},
-        {"topk_group", c.topk_group},
-        {"q_lora_rank", c.q_lora_rank},
-        {"kv_lora_rank", c.kv_lora_rank},
-        {"qk_nope_head_dim", c.qk_nope_head_dim},
-        {"qk_rope_head_dim", c.qk_rope_head_dim},
-        {"v_head_dim", c.v_head_dim},
-        {"num_nextn_predict_layers", c.num_nextn_predict_layers}};
-    for (auto& [k, v] : ints) attr_int(f, k, v);
-    const std::pair<const char*, double> dbls[] = {
-        {"routed_scaling_factor", c.routed_scaling_factor},
-        {"rope_theta", c.rope_theta},
-        {"rms_norm_eps", c.rms_norm_eps},
-        {"seq_aux_alpha", c.seq_aux_alpha},
-        {"mtp_weight", lambda},
-        {"loss", l.loss},
-        {"lm_loss", l.lm},
-        {"mtp_loss", l.mtp},
-        {"balance_loss", l.balance}};
+    // the HF model fields (integers, then reals), then the loss setup and the losses
+    HfAttributes hf;
+    visit_hf_model_fields(hf, cfg.model);
+    for (auto& [k, v] : hf.ints) attr_int(f, k, v);
+    for (auto& [k, v] : hf.reals) attr_double(f, k, v);
+    const std::pair<const char*, double> dbls[] = {{"seq_aux_alpha", cfg.model.seq_aux_alpha},
+                                                   {"mtp_weight", lambda},
+                                                   {"loss", l.loss},
+                                                   {"lm_loss", l.lm},
+                                                   {"mtp_loss", l.mtp},
+                                                   {"balance_loss", l.balance}};
     for (auto& [k, v] : dbls) attr_double(f, k, v);
     dataset(f, "tokens", H5T_NATIVE_INT32, {static_cast<hsize_t>(B), static_cast<hsize_t>(S + 1)},
             tokens.data());

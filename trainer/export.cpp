@@ -15,6 +15,7 @@
 
 #include "kernels/scalar.h"
 #include "trainer/checkpoint.h"
+#include "trainer/model_fields.h"
 
 namespace moetron {
 
@@ -146,27 +147,7 @@ void write_config_json(const std::string& out_dir, const YAML::Node& m, bool bf1
   c << "  \"tie_word_embeddings\": false,\n  \"attention_bias\": false,\n";
   c << "  \"initializer_range\": " << m["init_std"].as<std::string>() << ",\n";
   c << "  \"max_position_embeddings\": " << m["max_seq_len"].as<std::string>() << ",\n";
-  const char* keys[] = {"vocab_size",
-                        "hidden_size",
-                        "intermediate_size",
-                        "moe_intermediate_size",
-                        "num_hidden_layers",
-                        "first_k_dense_replace",
-                        "num_attention_heads",
-                        "n_routed_experts",
-                        "n_shared_experts",
-                        "num_experts_per_tok",
-                        "n_group",
-                        "topk_group",
-                        "routed_scaling_factor",
-                        "q_lora_rank",
-                        "kv_lora_rank",
-                        "qk_nope_head_dim",
-                        "qk_rope_head_dim",
-                        "v_head_dim",
-                        "rope_theta",
-                        "rms_norm_eps",
-                        "num_nextn_predict_layers"};
+  const std::vector<const char*> keys = hf_model_field_names();
   c << "  \"num_key_value_heads\": " << m["num_attention_heads"].as<std::string>();
   for (const char* k : keys) c << ",\n  \"" << k << "\": " << m[k].as<std::string>();
   const YAML::Node rs = m["rope_scaling"];

@@ -17,8 +17,8 @@ Zero1Options zero1_options(const OptimizerConfig& oc) {
   Zero1Options zo;
   zo.beta1 = oc.beta1, zo.beta2 = oc.beta2, zo.eps = oc.eps;
   zo.weight_decay = oc.weight_decay;
-  zo.bf16_moments = oc.moment_dtype == "bf16";
-  zo.grad_reduce_bf16 = oc.grad_reduce_dtype == "bf16";
+  zo.bf16_moments = oc.moment_dtype == FloatFormat::BF16;
+  zo.grad_reduce_bf16 = oc.grad_reduce_dtype == FloatFormat::BF16;
   return zo;
 }
 }  // namespace

@@ -50,7 +50,7 @@ std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string
 
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
   try {
-    pipeline::Schedule s = pipeline::make_schedule(cfg.parallel.schedule, pp, microbatches);
+    pipeline::Schedule s = pipeline::make_schedule(to_word(cfg.parallel.schedule), pp, microbatches);
     pipeline::validate(s);
     const std::string why = PipelineExecutor<float>::unsupported_reason(s);
     if (!why.empty()) throw std::invalid_argument(why);
@@ -106,9 +106,9 @@ RankGrid make_grid(const Config& cfg, Communicator& w) {
 
 // How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
 // E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
-WirePrecision dispatch_wire(const std::string& recipe) {
-  if (recipe == "fp8") return WirePrecision::FP8;
-  if (recipe == "bf16") return WirePrecision::BF16;
+WirePrecision dispatch_wire(Recipe recipe) {
+  if (recipe == Recipe::FP8) return WirePrecision::FP8;
+  if (recipe == Recipe::BF16) return WirePrecision::BF16;
   return WirePrecision::Native;
 }
 
@@ -164,7 +164,7 @@ void build_model(Run& r) {
   // the recipe per component; FP8 weight copies are re-quantised once per optimizer step
   PrecisionPolicy policy = cfg.policy();
   policy.weight_version = std::make_shared<uint64_t>(0);
-  const Device device = parse_device(cfg.run.device.c_str());
+  const Device device = cfg.run.device;
   set_default_device(device);
   const Exec ex = Exec::on(device);
   std::shared_ptr<TokenDispatcher<float>> dispatcher;
