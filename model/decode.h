@@ -41,6 +41,7 @@ class Decoder {
   void reset() { len_ = 0; }
   int64_t length() const { return len_; }  // tokens fed since reset()
   int64_t window() const { return window_; }
+  const Model<T>& model() const { return model_; }
 
   // Feeds M tokens (host ids) after those fed so far (length() + M <= window()) and returns their
   // next-token logits [M, V] (device memory, valid until the next call): a prompt at once, then

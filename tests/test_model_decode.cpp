@@ -12,6 +12,7 @@
 #include <sstream>
 #include <vector>
 
+#include "kernels/op_types.h"
 #include "model/decode.h"
 
 using namespace moetron;
@@ -78,6 +79,7 @@ double rel_err(const T* a, const T* b, int64_t n) {
 template <class T>
 double cached_vs_uncached(const ModelConfig& c, int64_t window, int64_t prompt, int64_t total,
                           uint64_t seed) {
+  kernels::set_num_threads(1);  // tiny ops: threads would only wait for each other
   Model<T> model(c, PrecisionPolicy{});
   randomize(model, seed);
   Decoder<T> dec(model, window);

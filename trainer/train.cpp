@@ -12,6 +12,7 @@
 //       AdamW on this rank's shard, all-gather the parameters
 //     auxiliary-loss-free bias update from the step's expert loads (summed over DP)
 //     every run.eval_interval steps: the validation loss (forward passes only)
+//     every run.sample_interval steps: a greedy text sample (trainer/generate.h)
 //     metrics line + metrics.jsonl (rank 0)
 #include "trainer/train.h"
 
@@ -37,6 +38,7 @@
 #include "parallel/zero1.h"
 #include "trainer/checkpoint.h"
 #include "trainer/dump.h"
+#include "trainer/generate.h"
 #include "trainer/metrics.h"
 
 namespace moetron {
@@ -177,6 +179,8 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   }
   const std::string& tokenizer = train_data->tokenizer();
   const bool rank0 = w.rank() == 0;
+  // text samples: the prompt and the tokenizer are checked now, before anything is written
+  TrainingSampler sampler(cfg, tokenizer);
 
   kernels::set_num_threads(resolve_threads(cfg.run));
   ProcessGroups groups(grid, w, cfg.model.num_nextn_predict_layers > 0);
@@ -409,6 +413,16 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const bool eval = valid_data && (state.step % cfg.run.eval_interval == 0 || last);
     const auto te = std::chrono::steady_clock::now();
     const double valid_loss = eval ? evaluate() : NAN;
+    // a text sample: every rank hands rank 0 the main model's parameters it owns
+    const bool sample = sampler.due(state.step, last);
+    const std::string sample_text =
+        sample ? sampler.sample(
+                     model.params(),
+                     [&](const Param<float>& p) {
+                       return !p.replica && (p.expert ? grid.dp_rank < grid.ep : grid.dp_rank == 0);
+                     },
+                     w, model_ex)
+               : std::string();
     const double eval_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
     if (cfg.run.save_interval > 0 && (state.step % cfg.run.save_interval == 0 || last))
@@ -437,6 +451,18 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     metrics->write(sm);
     if ((step + 1) % cfg.run.log_interval == 0 || last)
       log << MetricsLog::progress_line(sm) << std::endl;
+    if (sample) {
+      const std::string text = sampler.prompt() + sample_text;
+      std::ofstream f(cfg.run.dir + "/samples.txt", std::ios::app);
+      f << "== step " << state.step << " (greedy, " << cfg.run.sample_tokens << " tokens) ==\n"
+        << text << "\n\n";
+      if (!f) throw std::runtime_error(cfg.run.dir + "/samples.txt: write failed");
+      std::string indented = "  ";
+      for (char ch : text) indented += ch == '\n' ? std::string("\n  ") : std::string(1, ch);
+      log << "moetron: sample at step " << state.step << " (greedy, " << cfg.run.sample_tokens
+          << " tokens; " << cfg.run.dir << "/samples.txt):\n"
+          << indented << std::endl;
+    }
     if (stop) {
       log << "moetron: stopped by signal after step " << state.step << "\n";
       break;
