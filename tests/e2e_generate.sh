@@ -7,6 +7,7 @@
 #   - the sample a run prints at step N (run.sample_interval) is the greedy text `generate` makes
 #     from that step's checkpoint, on one rank and on PP2 x DP2 x EP2 (so the sample gathers
 #     the model from every layout, and generate loads a checkpoint of any layout on one process);
+#   - samples leave training's numbers alone (losses bit for bit equal with and without);
 #   - a byte-level run (prepare-text, no tokenizer.json) generates;
 #   - bad input, one clear message and a non-zero exit each: a missing checkpoint, a directory
 #     that is neither a checkpoint nor a run, a foreign manifest, a prompt longer than the context,
@@ -78,6 +79,18 @@ mpirun --oversubscribe --mca btl self,vader --bind-to none -np 8 "$BIN" train co
   --set run.dir="$OUT/np8" --set run.save_interval=3 --set run.sample_interval=3 \
   --set "run.sample_prompt=$PROMPT" > "$OUT/np8.log" 2>&1 || bad "training np8: $(tail -3 "$OUT/np8.log")"
 same_as_sample "PP2 x DP4 x EP2" "$OUT/np8" 3
+
+# samples do not change training: the losses of a run sampling every 2 steps equal bit for bit
+# those of a run that never samples (two threads: the samples run on one and restore two)
+losses() { /usr/bin/python3 -c "import json,sys; print(' '.join(repr(json.loads(l)['loss']) for l in open(sys.argv[1])))" "$1/metrics.jsonl"; }
+for i in 0 2; do
+  "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set run.threads=2 --set run.steps=6 \
+    --set run.dir="$OUT/interval$i" --set run.sample_interval=$i > "$OUT/interval$i.log" 2>&1
+done
+if [ -n "$(losses "$OUT/interval0")" ] && [ "$(losses "$OUT/interval0")" == "$(losses "$OUT/interval2")" ] &&
+   [ "$(grep -c "^== step" "$OUT/interval2/samples.txt")" == 3 ] && [ ! -e "$OUT/interval0/samples.txt" ]; then
+  ok "sampling every 2 steps leaves the losses bit for bit unchanged"
+else bad "losses with samples $(losses "$OUT/interval2") vs without $(losses "$OUT/interval0")"; fi
 
 # 3. a byte-level run: tokens are bytes
 D=data/cache/sotu/raw

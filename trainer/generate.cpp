@@ -8,15 +8,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <numeric>
-#include <sstream>
 
 #include "data/byte_tokenizer.h"
 #include "kernels/ops.h"
 #include "trainer/checkpoint.h"
-#include "trainer/train.h"
 
 namespace moetron {
 
@@ -226,7 +223,7 @@ namespace {
 struct GenArgs {
   std::string path, prompt, tokenizer;
   bool has_prompt = false, print_ids = false;
-  int threads = 0;
+  int threads = 1;
   GenerateOptions o;
 };
 
@@ -291,9 +288,7 @@ GenArgs parse(const std::vector<std::string>& args) {
 
 int generate_command(const std::vector<std::string>& args, std::ostream& out, std::ostream& log) {
   const GenArgs a = parse(args);
-  RunConfig threads;
-  threads.threads = a.threads;
-  kernels::set_num_threads(resolve_threads(threads));
+  kernels::set_num_threads(std::max(1, a.threads));
   const auto t0 = std::chrono::steady_clock::now();
   std::string warnings;
   LoadedModel lm = load_for_generation(a.path, &warnings);
@@ -319,7 +314,7 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
   const std::vector<int32_t> ids = generate(
       dec, prompt, a.o, codec.eos(), [&](int32_t id) { out << text.push(id) << std::flush; });
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  out << text.finish() << "\n";
+  out << text.finish() << std::endl;
   if (a.print_ids) {
     for (size_t i = 0; i < ids.size(); ++i) out << (i ? " " : "") << ids[i];
     out << "\n";
@@ -382,7 +377,10 @@ std::string TrainingSampler::sample(const ParamStore<float>& stage_params,
               p->w());
   GenerateOptions o;
   o.max_tokens = cfg_.run.sample_tokens, o.temperature = 0;
+  const int threads = kernels::num_threads();
+  kernels::set_num_threads(1);  // one token's ops are small: threads would wait for each other
   const std::vector<int32_t> ids = generate(*dec_, prompt_, o, codec_.eos(), [](int32_t) {});
+  kernels::set_num_threads(threads);
   return codec_.decode(ids);
 }
 

@@ -15,6 +15,9 @@
 // tokens as the new context, fed again from position 0 (so every step but those costs one token's
 // forward); the uncached path (`--no-cache`: the training forward over the whole context at every
 // step) uses the same contexts, so both give the same tokens up to round-off.
+//
+// One thread by default (`--threads N` for more): one token's ops are so small at the tiny model's
+// width that a second thread mostly waits at OpenMP barriers (docs/performance.md).
 #pragma once
 
 #include <cstdint>
