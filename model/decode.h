@@ -35,7 +35,8 @@ namespace moetron {
 template <class T>
 class Decoder {
  public:
-  // model: a whole model (one pipeline stage); window >= 1 tokens of context.
+  // model: a whole model in this process (one pipeline stage, every expert: a LocalDispatcher);
+  // window >= 1 tokens of context.
   Decoder(const Model<T>& model, int64_t window);
   // Forgets every token (a new sequence starts at position 0).
   void reset() { len_ = 0; }
@@ -59,7 +60,7 @@ class Decoder {
   };
   void block(const Block<T>& b, Layer& L, const T* h, int64_t M, T* out);
   void attention(const MLA<T>& a, Layer& L, const T* h, int64_t M, T* out);
-  const T* head(const T* h, int64_t M);
+  const T* head(const T* hn, int64_t M);
 
   const Model<T>& model_;
   Exec ex_;
