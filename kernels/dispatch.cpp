@@ -170,6 +170,12 @@ void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, c
 }
 
 template <class T>
+void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M, int64_t past,
+                              int64_t H, int64_t Dk, int64_t Dv, T scale, T* o) {
+  MOETRON_DISPATCH(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
+}
+
+template <class T>
 void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out) {
   MOETRON_DISPATCH(swiglu_forward, gu, N, F, row_scale, out);
 }
@@ -337,6 +343,10 @@ template void attention_forward<float>(const Exec&, const float*, const float*, 
 template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, double,
                                         double*, double*);
+template void latent_attention_forward<float>(const Exec&, const float*, const float*, int64_t,
+                                              int64_t, int64_t, int64_t, int64_t, float, float*);
+template void latent_attention_forward<double>(const Exec&, const double*, const double*, int64_t,
+                                               int64_t, int64_t, int64_t, int64_t, double, double*);
 template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
                                         const float*, const float*, const float*, int64_t, int64_t,
                                         int64_t, int64_t, int64_t, float, float*, float*, float*);

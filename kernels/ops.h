@@ -105,6 +105,11 @@ void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, c
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
                         int64_t Dv, T scale, T* dq, T* dk, T* dv);
 
+// ---- attention over a latent cache (MLA decoding) --------------------------------------------
+template <class T>
+void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M, int64_t past,
+                              int64_t H, int64_t Dk, int64_t Dv, T scale, T* o);
+
 // ---- SwiGLU ----------------------------------------------------------------------------------
 template <class T>
 void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out);

@@ -30,6 +30,9 @@ namespace moetron {
 
 template <class T>
 class MLA {
+  template <class>
+  friend class Decoder;  // model/decode.h: decoding with a cache
+
  public:
   struct State {
     int64_t B = 0, S = 0;

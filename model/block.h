@@ -14,6 +14,9 @@ namespace moetron {
 
 template <class T>
 class Block {
+  template <class>
+  friend class Decoder;  // model/decode.h: decoding with a cache
+
  public:
   struct State {
     int64_t B = 0, S = 0;

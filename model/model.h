@@ -48,6 +48,9 @@ struct Losses {
 
 template <class T>
 class Model {
+  template <class>
+  friend class Decoder;  // model/decode.h: decoding with a cache
+
  public:
   struct MicroBatch {
     int64_t B = 0, S = 0;

@@ -52,6 +52,13 @@ expect_fail ramp_tokens "data.batch_ramp_tokens: must be > 0" train configs/tiny
 expect_fail valid_too_short "fewer than one global batch" train configs/tiny.yaml \
   --set run.eval_interval=5 --set data.seq_len=4096 --set data.global_batch_size=128 \
   --set model.max_seq_len=4096
+# text samples (run.sample_interval): a prompt longer than the context, BPE shards without their
+# tokenizer.json to turn tokens into text
+expect_fail sample_prompt_too_long "run.sample_prompt: 37 tokens, longer than the model's context" \
+  train configs/tiny.yaml --set data.seq_len=32 \
+  --set "run.sample_prompt=$(printf 'the Union %.0s' $(seq 1 18))"
+expect_fail sample_without_tokenizer "run.sample_interval: data.train_path data/cache/sotu/train uses tokenizer" \
+  train configs/tiny.yaml --set data.tokenizer=
 # multi-rank layouts: every rank reports, the job exits non-zero, and nothing hangs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 expect_fail_np() {  # name, np, expected substring, args...

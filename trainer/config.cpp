@@ -126,6 +126,9 @@ void visit_config(V& v, C&... c) {
     v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);
     v.field("eval_interval", kNonNegative, c.run.eval_interval...);
     v.field("eval_batches", kNonNegative, c.run.eval_batches...);
+    v.field("sample_interval", kNonNegative, c.run.sample_interval...);
+    v.field("sample_prompt", kAnyText, c.run.sample_prompt...);
+    v.field("sample_tokens", kPositive, c.run.sample_tokens...);
   });
 }
 

@@ -123,6 +123,12 @@ struct RunConfig {
   int64_t keep_checkpoints = 3;  // complete checkpoints kept in <dir>/checkpoints
   int64_t eval_interval = 0;     // validation loss every N steps (and at the end); 0 = never
   int64_t eval_batches = 0;      // global batches per evaluation; 0 = the whole validation set
+  // A text sample every N steps (and at the end; 0 = never): the main model continues
+  // sample_prompt ("" = the start of a document) greedily for sample_tokens tokens, printed and
+  // appended to <dir>/samples.txt (trainer/generate.h).
+  int64_t sample_interval = 0;
+  std::string sample_prompt;
+  int64_t sample_tokens = 64;
 };
 
 struct Config {

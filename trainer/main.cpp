@@ -5,6 +5,8 @@
 //   moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set ...]
 //                                                     one step's loss and gradients (parity)
 //   moetron export CHECKPOINT OUTDIR [--dtype bf16|fp32] Hugging Face safetensors + config.json
+//   moetron generate CHECKPOINT_OR_RUN_DIR --prompt TEXT [...]  text from a checkpoint
+//                                                     (trainer/generate.h)
 //   moetron tokenize train|encode|decode|ids|info ...   byte-level BPE (trainer/tokenize.h)
 //
 // Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
@@ -25,6 +27,7 @@
 #include "trainer/config.h"
 #include "trainer/dump.h"
 #include "trainer/export.h"
+#include "trainer/generate.h"
 #include "trainer/tokenize.h"
 #include "trainer/train.h"
 
@@ -37,7 +40,7 @@ const std::string kUsage =
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
         "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
         "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
-    moetron::kTokenizeUsage;
+    moetron::kGenerateUsage + moetron::kTokenizeUsage;
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -83,6 +86,14 @@ int run(int argc, char** argv) {
     try {
       return moetron::tokenize_command(std::vector<std::string>(argv + 2, argv + argc), std::cout);
     } catch (const moetron::TokenizeUsageError& e) {
+      throw UsageError(e.what());
+    }
+  }
+  if (cmd == "generate") {
+    try {
+      return moetron::generate_command(std::vector<std::string>(argv + 2, argv + argc), std::cout,
+                                       std::cerr);
+    } catch (const moetron::GenerateUsageError& e) {
       throw UsageError(e.what());
     }
   }

@@ -50,7 +50,8 @@ std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string
 
 pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatches) {
   try {
-    pipeline::Schedule s = pipeline::make_schedule(to_word(cfg.parallel.schedule), pp, microbatches);
+    pipeline::Schedule s =
+        pipeline::make_schedule(to_word(cfg.parallel.schedule), pp, microbatches);
     pipeline::validate(s);
     const std::string why = PipelineExecutor<float>::unsupported_reason(s);
     if (!why.empty()) throw std::invalid_argument(why);
@@ -135,6 +136,8 @@ void open_data(Run& r) {
   const Config& cfg = r.cfg;
   r.train_data = open_dataset(cfg, cfg.data.train_path, "data.train_path", true);
   r.tokenizer = r.train_data->tokenizer();
+  // text samples: the prompt and the tokenizer are checked now, before anything is written
+  r.sampler = std::make_unique<TrainingSampler>(cfg, r.tokenizer);
   if (cfg.run.eval_interval <= 0) return;
   r.valid_data = open_dataset(cfg, cfg.data.valid_path, "data.valid_path", false);
   r.eval_batches = r.valid_data->n_eval_samples() / cfg.data.global_batch_size;
@@ -166,7 +169,7 @@ void build_model(Run& r) {
   policy.weight_version = std::make_shared<uint64_t>(0);
   const Device device = cfg.run.device;
   set_default_device(device);
-  const Exec ex = Exec::on(device);
+  const Exec ex = r.ex = Exec::on(device);
   std::shared_ptr<TokenDispatcher<float>> dispatcher;
   if (r.grid.ep > 1) {
     std::vector<int> node_of_peer;

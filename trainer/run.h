@@ -20,6 +20,7 @@
 #include "parallel/process_groups.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/generate.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 
@@ -34,11 +35,13 @@ struct Run {
   std::unique_ptr<data::BatchSchedule> batches;  // the global batch of each step
   std::unique_ptr<ProcessGroups> groups;
   std::unique_ptr<data::Dataset> train_data, valid_data;
-  int64_t eval_batches = 0;             // validation: whole global batches of the validation stream
-  std::string tokenizer;                // the name every shard and checkpoint carries
-  std::unique_ptr<MetricsLog> metrics;  // rank 0
-  std::shared_ptr<EpDispatcher<float>> ep;  // EP > 1
+  int64_t eval_batches = 0;  // validation: whole global batches of the validation stream
+  std::string tokenizer;     // the name every shard and checkpoint carries
+  std::unique_ptr<TrainingSampler> sampler;  // run.sample_interval's text samples
+  std::unique_ptr<MetricsLog> metrics;       // rank 0
+  std::shared_ptr<EpDispatcher<float>> ep;   // EP > 1
   std::unique_ptr<Model<float>> model;
+  Exec ex;                        // the model's device
   Param<float>* embed = nullptr;  // tied with the MTP module's copy on the last stage
   std::unique_ptr<Optimizer> optimizer;
   TrainState state;  // steps, tokens and samples consumed (restored on resume)

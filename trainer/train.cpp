@@ -12,6 +12,7 @@
 //       AdamW on this rank's shard, all-gather the parameters
 //     auxiliary-loss-free bias update from the step's expert loads (summed over DP)
 //     every run.eval_interval steps: the validation loss (forward passes only)
+//     every run.sample_interval steps: a greedy text sample (trainer/generate.h)
 //     metrics line + metrics.jsonl (rank 0)
 #include "trainer/train.h"
 
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <fstream>
 #include <ostream>
 #include <utility>
 
@@ -158,6 +160,30 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   return m;
 }
 
+// A greedy continuation of run.sample_prompt by the main model (collective: every rank hands
+// rank 0 the main model's parameters it owns); rank 0 prints it and appends it to samples.txt.
+void text_sample(Run& r, std::ostream& log) {
+  const RankGrid& g = r.grid;
+  const std::string text = r.sampler->sample(
+      r.model->params(),
+      [&](const Param<float>& p) {
+        return !p.replica && (p.expert ? g.dp_rank < g.ep : g.dp_rank == 0);
+      },
+      *r.world, r.ex);
+  if (!r.rank0) return;
+  const Config& cfg = r.cfg;
+  const std::string full = r.sampler->prompt() + text;
+  std::ofstream f(cfg.run.dir + "/samples.txt", std::ios::app);
+  f << "== step " << r.state.step << " (greedy, " << cfg.run.sample_tokens << " tokens) ==\n"
+    << full << "\n\n";
+  if (!f) throw std::runtime_error(cfg.run.dir + "/samples.txt: write failed");
+  std::string indented = "  ";
+  for (char ch : full) indented += ch == '\n' ? std::string("\n  ") : std::string(1, ch);
+  log << "moetron: sample at step " << r.state.step << " (greedy, " << cfg.run.sample_tokens
+      << " tokens; " << cfg.run.dir << "/samples.txt):\n"
+      << indented << std::endl;
+}
+
 void report_end(const Run& r, std::ostream& log) {
   if (!r.rank0 || !r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
@@ -206,9 +232,12 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       r.metrics->write(m);
       if ((step + 1) % cfg.run.log_interval == 0 || last)
         log << MetricsLog::progress_line(m) << std::endl;
-      if (stop) log << "moetron: stopped by signal after step " << r.state.step << "\n";
     }
-    if (stop) break;
+    if (r.sampler->due(r.state.step, last)) text_sample(r, log);  // outside the step's time
+    if (stop) {
+      if (r.rank0) log << "moetron: stopped by signal after step " << r.state.step << "\n";
+      break;
+    }
   }
   report_saved(r, r.writer->wait(), log);  // the last save completes before train() returns
   report_end(r, log);

@@ -135,6 +135,15 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
                         int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
                         T* dk, T* dv);
 
+// ---- attention over a latent cache (MLA decoding, model/decode.h) ---------------------------
+// M new tokens over a cache kv [past + M, Dk] of one key per position shared by all H heads,
+// whose first Dv values are also its value: o[m, h] = softmax_t(scale q[m, h] . kv[t]) kv[t, :Dv]
+// over the rows t <= past + m (token m is at position past + m: causal among the new tokens).
+// q [M, H, Dk], o [M, H, Dv].
+template <class T>
+void latent_attention_forward(const T* q, const T* kv, int64_t M, int64_t past, int64_t H,
+                              int64_t Dk, int64_t Dv, T scale, T* o);
+
 // ---- SwiGLU ----------------------------------------------------------------------------------
 // gu [N, 2F] holds [gate(F) | up(F)] per row; out[N,F] = silu(gate) * up * (row_scale ? s[n] : 1)
 template <class T>
