@@ -511,17 +511,16 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
   return st;
 }
 
-std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir) {
-  const CheckpointReader ck(dir);
-  std::vector<std::pair<std::string, NamedTensor>> out;
-  for (const std::string& name : ck.names()) {  // sorted: the order of a Hugging Face checkpoint
-    NamedTensor t;
-    t.shape = ck.shape(name);
-    t.data.resize(CheckpointReader::Impl::numel(t.shape));
-    ck.read(name, 0, static_cast<int64_t>(t.data.size()), t.data.data());
-    out.emplace_back(name, std::move(t));
+void load_params(ParamStore<float>& params, const CheckpointReader& ck, const std::string& dir,
+                 const std::string& whose) {
+  for (auto& p : params.all()) {
+    if (!ck.has(p->name))
+      throw CheckpointError(dir + ": has no parameter " + p->name + " (not a checkpoint of " +
+                            whose + ")");
+    if (ck.shape(p->name) != p->value.shape())
+      throw CheckpointError(dir + ": parameter " + p->name + " has another shape than " + whose);
+    ck.read(p->name, 0, p->numel(), p->w());
   }
-  return out;
 }
 
 }  // namespace moetron

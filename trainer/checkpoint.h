@@ -44,11 +44,6 @@ struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-struct NamedTensor {
-  std::vector<int64_t> shape;
-  std::vector<float> data;
-};
-
 // What one rank writes: host copies of the pieces of parameters it owns, and of the moments of
 // its optimizer shards. `opts` are the ZeRO-1 groups of this rank's trainable parameters;
 // `write_unsharded`: this rank writes the tensors in none of them (true on DP rank 0).
@@ -124,8 +119,13 @@ class CheckpointReader {
   std::unique_ptr<Impl> impl_;
 };
 
-// Every parameter of a verified checkpoint by name, with its shape, sorted by name. Loads them
-// all into memory: meant for CPU-scale models (dump-grads --from); export streams instead.
-std::vector<std::pair<std::string, NamedTensor>> read_checkpoint_params(const std::string& dir);
+// Every parameter of `params` from the checkpoint `ck` (step directory `dir`), by name, one
+// tensor at a time (dump-grads --from, generate). The checkpoint must hold each one with the
+// same shape; otherwise a CheckpointError names the parameter, the checkpoint and `whose`
+// ("the config's model", "its manifest's model").
+template <class T>
+class ParamStore;
+void load_params(ParamStore<float>& params, const CheckpointReader& ck, const std::string& dir,
+                 const std::string& whose);
 
 }  // namespace moetron

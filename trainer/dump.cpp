@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <map>
 #include <random>
 #include <stdexcept>
 #include <utility>
@@ -18,24 +17,13 @@
 #include "trainer/checkpoint.h"
 #include "trainer/h5io.h"
 #include "trainer/model_fields.h"
+#include "trainer/param_file.h"
 #include "trainer/train.h"
 
 namespace moetron {
 
 namespace {
 using namespace h5;
-
-// /params/<name> (and /grads/<name> for trainable ones when `grads`)
-void write_params(hid_t file, const ParamStore<float>& ps, bool grads) {
-  H5 gp{H5Gcreate2(file, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-  H5 gg{grads ? H5Gcreate2(file, "grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1, H5Gclose};
-  for (auto& p : ps.all()) {
-    std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
-    dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
-    if (grads && p->trainable)
-      dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
-  }
-}
 
 // The model's HF fields by type (the walk of trainer/model_fields.h), for root attributes.
 struct HfAttributes {
@@ -51,28 +39,7 @@ struct HfAttributes {
   }
 };
 
-// Every parameter of `ps` from the checkpoint step directory `dir`, by name; the checkpoint must
-// hold each one with the same shape (else: which parameter, in which checkpoint, and why).
-void load_params(ParamStore<float>& ps, const std::string& dir) {
-  std::map<std::string, NamedTensor> ck;
-  for (auto& [name, t] : read_checkpoint_params(dir)) ck.emplace(name, std::move(t));
-  for (auto& p : ps.all()) {
-    auto it = ck.find(p->name);
-    if (it == ck.end())
-      throw CheckpointError(dir + ": has no parameter " + p->name + " (a different model?)");
-    const std::vector<int64_t> want(p->value.shape().begin(), p->value.shape().end());
-    if (it->second.shape != want)
-      throw CheckpointError(dir + ": parameter " + p->name + " has another shape than the " +
-                            "config's model");
-    std::copy(it->second.data.begin(), it->second.data.end(), p->w());
-  }
-}
-
 }  // namespace
-
-void save_params(const ParamStore<float>& params, const std::string& out_path) {
-  write_h5(out_path, "parameters", [&](hid_t f) { write_params(f, params, false); });
-}
 
 void dump_grads(const Config& cfg, const std::string& out_path, const std::string& from) {
   const PrecisionPolicy policy = cfg.policy();
@@ -87,7 +54,7 @@ void dump_grads(const Config& cfg, const std::string& out_path, const std::strin
   Model<float> model(cfg.model, policy);
   model.init(cfg.run.seed);
   if (!from.empty()) {
-    load_params(model.params(), from);
+    load_params(model.params(), CheckpointReader(from), from, "the config's model");
   } else {
     // norm weights of 1 and a zero expert bias would leave two paths unexercised by the parity
     // check: give them seeded random values (the bias large enough to change routing)

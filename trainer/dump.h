@@ -16,9 +16,4 @@ namespace moetron {
 
 void dump_grads(const Config& cfg, const std::string& out_path, const std::string& from = "");
 
-// Writes every parameter of `params` (fp32, HF names) to an HDF5 file under /params.
-template <class T>
-class ParamStore;
-void save_params(const ParamStore<float>& params, const std::string& out_path);
-
 }  // namespace moetron

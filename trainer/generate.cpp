@@ -200,15 +200,7 @@ LoadedModel load_for_generation(const std::string& path, std::string* warnings) 
   ModelConfig mc = lm.cfg.model;
   mc.num_nextn_predict_layers = 0;  // the main model only
   lm.model = std::make_unique<Model<float>>(mc, PrecisionPolicy{});
-  for (auto& p : lm.model->params().all()) {
-    if (!ck.has(p->name))
-      throw CheckpointError(lm.dir + ": has no parameter " + p->name +
-                            " (not a checkpoint of the model its manifest describes)");
-    if (ck.shape(p->name) != p->value.shape())
-      throw CheckpointError(lm.dir + ": parameter " + p->name +
-                            " has another shape than its manifest's model");
-    ck.read(p->name, 0, p->numel(), p->w());
-  }
+  load_params(lm.model->params(), ck, lm.dir, "its manifest's model");
   return lm;
 }
 

@@ -24,8 +24,8 @@
 #include <ostream>
 #include <utility>
 
-#include "trainer/dump.h"
 #include "trainer/expert_balance.h"
+#include "trainer/param_file.h"
 #include "trainer/run.h"
 #include "trainer/step_stats.h"
 

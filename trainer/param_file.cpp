@@ -1,0 +1,28 @@
+// Parameter files (see param_file.h).
+#include "trainer/param_file.h"
+
+#include <vector>
+
+#include "model/param.h"
+#include "trainer/h5io.h"
+
+namespace moetron {
+
+using namespace h5;
+
+void write_params(hid_t file, const ParamStore<float>& params, bool grads) {
+  H5 gp{H5Gcreate2(file, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+  H5 gg{grads ? H5Gcreate2(file, "grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1, H5Gclose};
+  for (auto& p : params.all()) {
+    std::vector<hsize_t> dims(p->value.shape().begin(), p->value.shape().end());
+    dataset(gp.id, p->name, H5T_NATIVE_FLOAT, dims, p->w());
+    if (grads && p->trainable)
+      dataset(gg.id, p->name, H5T_NATIVE_FLOAT, dims, p->grad.data<float>());
+  }
+}
+
+void save_params(const ParamStore<float>& params, const std::string& out_path) {
+  write_h5(out_path, "parameters", [&](hid_t f) { write_params(f, params, false); });
+}
+
+}  // namespace moetron
