@@ -15,11 +15,8 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --oversubscribe --mca btl self,vader --bind-to none)
 DATA=data/cache/sotu
-SMALL=(--set model.hidden_size=64 --set model.intermediate_size=128
-       --set model.moe_intermediate_size=32 --set model.n_routed_experts=8 --set model.n_group=4
-       --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
-       --set model.kv_lora_rank=24 --set data.seq_len=32 --set run.threads=1
-       --set schedule.lr.warmup_steps=2 --set run.log_interval=100 --set schedule.lr.peak=1e-3
+source tests/small_model.sh
+SMALL=("${SMALL_MODEL[@]}" --set schedule.lr.peak=1e-3
        --set "data.train_path=3 $DATA/train 1 $DATA/valid" --set data.valid_path=$DATA/valid
        --set data.global_batch_size=16 --set data.batch_ramp_start=8
        --set data.batch_ramp_tokens=1024 --set run.eval_interval=4 --set run.eval_batches=3)

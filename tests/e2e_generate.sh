@@ -17,12 +17,9 @@ set -uo pipefail
 BIN=$1; OUT=$2/e2e_generate
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-SMALL=(--set model.hidden_size=64 --set model.intermediate_size=128
-       --set model.moe_intermediate_size=32 --set model.n_routed_experts=8 --set model.n_group=4
-       --set model.topk_group=2 --set model.num_experts_per_tok=2 --set model.q_lora_rank=32
-       --set model.kv_lora_rank=24 --set data.seq_len=32 --set data.micro_batch_size=2
-       --set data.global_batch_size=16 --set run.threads=1 --set schedule.lr.warmup_steps=2
-       --set run.eval_interval=0 --set run.log_interval=100)
+source tests/small_model.sh
+SMALL=("${SMALL_MODEL[@]}" --set data.micro_batch_size=2 --set data.global_batch_size=16
+       --set run.eval_interval=0)
 PROMPT="The people of the United States"
 pass=0; fail=0
 ok() { echo "ok   $1"; pass=$((pass+1)); }
