@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End to end: configs/tiny.yaml trains on the real corpus, the loss falls, metrics.jsonl has every
-# field, and the same seed reproduces the run bit for bit.  Args: MOETRON_BIN BUILD_DIR
+# field, the same seed reproduces the run bit for bit, and the model FLOPs per token equal an
+# independent count from the run's config (2 per multiply-accumulate, x3 for training, causal
+# attention over S/2 keys) with the per-device rates that follow from them.  Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_train_tiny
 rm -rf "$OUT"
@@ -24,5 +26,31 @@ print(f"loss first5 {first:.4f} last5 {last:.4f}")
 assert last < first - 1.0, "the loss did not fall by at least 1 nat"
 assert [r["loss"] for r in a] == [r["loss"] for r in b], "same seed, different losses"
 assert a[-1]["tokens"] == steps * a[0]["tokens"], "token count is not cumulative"
+
+import yaml
+cfg = yaml.safe_load(open(f"{out}/a/config.yaml"))
+m, S = cfg["model"], cfg["data"]["seq_len"]
+D, H, V = m["hidden_size"], m["num_attention_heads"], m["vocab_size"]
+dn, dr, dv, ql, kl = (m[k] for k in ["qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                                     "q_lora_rank", "kv_lora_rank"])
+def block(layer):  # one decoder block's forward multiply-accumulates per token
+    q = D * ql + ql * H * (dn + dr) if ql else D * H * (dn + dr)
+    macs = q + D * (kl + dr) + kl * H * (dn + dv) + H * dv * D + H * (dn + dr + dv) * S / 2
+    if layer < m["first_k_dense_replace"]:
+        return macs + 3 * D * m["intermediate_size"]
+    F = m["moe_intermediate_size"]
+    return macs + D * m["n_routed_experts"] + 3 * D * F * (m["n_shared_experts"] + m["num_experts_per_tok"])
+L, mtp = m["num_hidden_layers"], m["num_nextn_predict_layers"]
+macs = sum(block(l) for l in range(L)) + D * V
+macs += sum(2 * D * D + block(L + k) + D * V for k in range(mtp))
+want = 3 * 2 * macs
+for r in a:
+    assert r["flops_per_token"] == float(f"{want:.9g}"), f"flops_per_token {r['flops_per_token']} != {want}"
+    per_dev = r["tokens_per_s"] / 1  # one process
+    assert abs(r["tokens_per_s_per_device"] - per_dev) <= 1e-8 * per_dev
+    assert abs(r["model_tflops_per_device"] - per_dev * want / 1e12) <= 1e-8 * r["model_tflops_per_device"]
+    assert abs(r["device_hours_per_1e12_tokens"] - 1e12 / per_dev / 3600) <= 1e-8 * r["device_hours_per_1e12_tokens"]
+print(f"flops/token {want:.4e}; last step {a[-1]['model_tflops_per_device']:.4f} TFLOP/s per device, "
+      f"{a[-1]['device_hours_per_1e12_tokens']:.3g} device-hours per 1e12 tokens")
 print("e2e_train_tiny: 1 passed, 0 failed")
 PY

@@ -28,7 +28,12 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"expert_imbalance\":" << num(m.expert_imbalance)
        << ",\"bias_update_speed\":" << num(m.bias_update_speed)
        << ",\"mtp_weight\":" << num(m.mtp_weight)
-       << ",\"max_nodes_per_token\":" << m.max_nodes_per_token;
+       << ",\"max_nodes_per_token\":" << m.max_nodes_per_token
+       << ",\"flops_per_token\":" << num(m.flops_per_token)
+       << ",\"tokens_per_s_per_device\":" << num(m.tokens_per_s_per_device())
+       << ",\"model_tflops_per_device\":" << num(m.model_tflops_per_device())
+       << ",\"device_hours_per_1e12_tokens\":" << num(m.device_hours_per_1e12_tokens())
+       << ",\"eta_seconds\":" << num(m.eta_seconds);
   if (!std::isnan(m.valid_loss)) out_ << ",\"valid_loss\":" << num(m.valid_loss);
   out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
@@ -42,10 +47,10 @@ std::string MetricsLog::progress_line(const StepMetrics& m) {
   const int eta = static_cast<int>(m.eta_seconds);
   std::snprintf(b, sizeof b,
                 "step %lld/%lld | loss %.4f (lm %.4f mtp %.4f bal %.2e) | lr %.3e | gnorm %.3f | "
-                "%.0f tok/s | imb %.2f | eta %dm%02ds",
+                "%.0f tok/s | %.3f TFLOP/s/dev | imb %.2f | eta %dm%02ds",
                 static_cast<long long>(m.step), static_cast<long long>(m.total_steps), m.loss,
                 m.lm_loss, m.mtp_loss, m.balance_loss, m.lr, m.grad_norm, m.tokens_per_s,
-                m.expert_imbalance, eta / 60, eta % 60);
+                m.model_tflops_per_device(), m.expert_imbalance, eta / 60, eta % 60);
   std::string line = b;
   if (!std::isnan(m.valid_loss)) {
     std::snprintf(b, sizeof b, " | valid %.4f", m.valid_loss);

@@ -1,6 +1,7 @@
 // Per-step metrics: one human-readable progress line on stdout and one JSON object per line in
 // <run_dir>/metrics.jsonl (step, losses, lr, grad norm, tokens, throughput, expert imbalance;
-// the validation loss on the steps that evaluate).
+// the validation loss on the steps that evaluate; model FLOPs per token (model/flops.h) and what
+// follows from them per device: tokens/s, model TFLOP/s, device-hours per 10^12 tokens).
 #pragma once
 
 #include <cmath>
@@ -23,6 +24,14 @@ struct StepMetrics {
   double expert_imbalance = 0;  // max load / mean load, averaged over MoE layers
   double bias_update_speed = 0, mtp_weight = 0;
   double eta_seconds = 0;
+  double flops_per_token = 0;  // model FLOPs of training, per token (model/flops.h)
+  int64_t devices = 1;         // processes of the run (each drives one device)
+  double tokens_per_s_per_device() const { return tokens_per_s / static_cast<double>(devices); }
+  double model_tflops_per_device() const {
+    return tokens_per_s_per_device() * flops_per_token / 1e12;
+  }
+  // what 10^12 tokens cost at this step's rate, in device-hours
+  double device_hours_per_1e12_tokens() const { return 1e12 / tokens_per_s_per_device() / 3600; }
   // per rank: compute, communication waited for, pipeline idle (seconds), flattened [world*3]
   std::vector<double> rank_times;
   int64_t max_nodes_per_token = 1;  // most nodes any token's experts were on (EP runs)

@@ -120,6 +120,7 @@ void plan_layout(Run& r) {
   r.grid = make_grid(cfg, *r.world);
   r.rank0 = r.world->rank() == 0;
   r.B = cfg.data.micro_batch_size, r.S = cfg.data.seq_len;
+  r.flops = flops_per_token(cfg.model, r.S);
   const int64_t dp = r.grid.dp, B = r.B, S = r.S;
   r.batches = std::make_unique<data::BatchSchedule>(
       cfg.data.batch_ramp_start > 0

@@ -14,6 +14,7 @@
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "model/flops.h"
 #include "model/model.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/pipeline.h"
@@ -32,6 +33,7 @@ struct Run {
   RankGrid grid;
   bool rank0 = false;
   int64_t B = 0, S = 0;                          // micro-batch rows, sequence length
+  FlopsPerToken flops;                           // of the model at S (model/flops.h)
   std::unique_ptr<data::BatchSchedule> batches;  // the global batch of each step
   std::unique_ptr<ProcessGroups> groups;
   std::unique_ptr<data::Dataset> train_data, valid_data;

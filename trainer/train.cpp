@@ -155,6 +155,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.bias_update_speed = s.hyper.gamma, m.mtp_weight = s.hyper.lambda;
   m.rank_times = clock.rank_times;
   m.max_nodes_per_token = clock.max_nodes_per_token;
+  m.flops_per_token = r.flops.training(), m.devices = r.world->size();
   m.eta_seconds =
       elapsed / static_cast<double>(step + 1) * static_cast<double>(r.cfg.run.steps - step - 1);
   return m;

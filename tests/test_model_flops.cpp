@@ -1,0 +1,120 @@
+// FLOPs per token (model/flops.h): DeepSeek-V3's published figure, and every GEMM term equal to
+// twice the matrix parameters a token passes through, counted from the model built on the meta
+// device (so the formula and the model cannot drift apart).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "model/flops.h"
+#include "model/model.h"
+
+using namespace moetron;
+
+namespace {
+
+ModelConfig deepseek_v3() {
+  ModelConfig c;
+  c.vocab_size = 129280, c.hidden_size = 7168, c.intermediate_size = 18432;
+  c.moe_intermediate_size = 2048, c.num_hidden_layers = 61, c.first_k_dense_replace = 3;
+  c.num_attention_heads = 128, c.n_routed_experts = 256, c.n_shared_experts = 1;
+  c.num_experts_per_tok = 8, c.n_group = 8, c.topk_group = 4;
+  c.q_lora_rank = 1536, c.kv_lora_rank = 512, c.qk_nope_head_dim = 128, c.qk_rope_head_dim = 64;
+  c.v_head_dim = 128, c.num_nextn_predict_layers = 1, c.max_seq_len = 4096;
+  return c;
+}
+
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+// 2 x the matrix parameters per token of each component, from the model's own parameters.
+FlopsPerToken from_parameters(const ModelConfig& c) {
+  Model<float> m(c, PrecisionPolicy{}, nullptr, StageSpec{}, Exec::on(Device::Meta));
+  const std::string mtp_prefix = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  FlopsPerToken f;
+  double routed_main = 0, routed_mtp = 0;
+  for (const auto& p : m.params().all()) {
+    if (p->value.ndim() != 2) continue;  // norms and the expert bias do no matrix product
+    const std::string& n = p->name;
+    const double x = 2.0 * static_cast<double>(p->numel());
+    if (n == "model.embed_tokens.weight") continue;  // a lookup
+    if (n == "lm_head.weight") {
+      f.head += x;
+      f.mtp += x * static_cast<double>(c.num_nextn_predict_layers);  // each MTP module's head
+    } else if (n.rfind(mtp_prefix, 0) == 0) {
+      if (has(n, ".mlp.experts."))
+        routed_mtp += x;
+      else
+        f.mtp += x;
+    } else if (has(n, ".self_attn.")) {
+      f.attention_proj += x;
+    } else if (has(n, ".mlp.experts.")) {
+      routed_main += x;
+    } else if (has(n, ".mlp.shared_experts.")) {
+      f.moe_shared += x;
+    } else if (has(n, ".mlp.gate.weight")) {
+      f.moe_gate += x;
+    } else if (has(n, ".mlp.")) {
+      f.dense_ffn += x;
+    } else {
+      ADD_FAILURE() << "parameter not attributed to a component: " << n;
+    }
+  }
+  // a token passes through K of the E routed experts of each MoE layer
+  const double share = static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts;
+  f.moe_routed = routed_main * share;
+  f.mtp += routed_mtp * share;
+  return f;
+}
+
+void expect_gemm_terms_match_parameters(const ModelConfig& c, int64_t S) {
+  const FlopsPerToken f = flops_per_token(c, S), p = from_parameters(c);
+  EXPECT_DOUBLE_EQ(f.attention_proj, p.attention_proj);
+  EXPECT_DOUBLE_EQ(f.dense_ffn, p.dense_ffn);
+  EXPECT_DOUBLE_EQ(f.moe_gate, p.moe_gate);
+  EXPECT_DOUBLE_EQ(f.moe_shared, p.moe_shared);
+  EXPECT_DOUBLE_EQ(f.moe_routed, p.moe_routed);
+  EXPECT_DOUBLE_EQ(f.head, p.head);
+  EXPECT_DOUBLE_EQ(f.mtp - f.mtp_attention_core, p.mtp);
+  EXPECT_DOUBLE_EQ(f.gemm_forward(), p.forward());
+}
+
+}  // namespace
+
+// DESIGN-NOTES Part B §3.2: 2.606e11 training FLOPs per token at seq 4096 (causal, with MTP),
+// 2.505e11 without MTP, 2.92e11 counting full-S attention; the attention core about 12%.
+TEST(ModelFlops, DeepSeekV3MatchesThePublishedFigure) {
+  ModelConfig c = deepseek_v3();
+  const FlopsPerToken f = flops_per_token(c, 4096);
+  std::printf("DeepSeek-V3, seq 4096: %.4e training FLOPs/token (%.4e without MTP)\n", f.training(),
+              3 * (f.forward() - f.mtp));
+  EXPECT_NEAR(f.training(), 2.606e11, 0.005 * 2.606e11);
+  EXPECT_NEAR(3 * (f.forward() - f.mtp), 2.505e11, 0.005 * 2.505e11);
+  // full-S attention at 4096 counts what the causal count does at 8192 (S/2 keys)
+  const double full_s = flops_per_token(c, 2 * 4096).training();
+  EXPECT_NEAR(full_s, 2.92e11, 0.005 * 2.92e11);
+  EXPECT_NEAR(f.attention_core / f.forward(), 0.12, 0.01);
+  // activated matrix parameters per token: main model 36.62B (head included), MTP 1.61B
+  EXPECT_NEAR((f.gemm_forward() - (f.mtp - f.mtp_attention_core)) / 2, 36.62e9, 0.01e9);
+  EXPECT_NEAR((f.mtp - f.mtp_attention_core) / 2, 1.61e9, 0.01e9);
+}
+
+TEST(ModelFlops, GemmTermsAreTwiceTheMatrixParametersATokenPassesThrough) {
+  ModelConfig tiny;  // ModelConfig's defaults: a small model with every kind of layer
+  expect_gemm_terms_match_parameters(tiny, 128);
+  ModelConfig no_q_lora = tiny;  // a single q_proj
+  no_q_lora.q_lora_rank = 0, no_q_lora.first_k_dense_replace = 2, no_q_lora.n_shared_experts = 2;
+  expect_gemm_terms_match_parameters(no_q_lora, 64);
+  ModelConfig no_mtp = tiny;
+  no_mtp.num_nextn_predict_layers = 0;
+  expect_gemm_terms_match_parameters(no_mtp, 128);
+  expect_gemm_terms_match_parameters(deepseek_v3(), 4096);
+}
+
+// The attention core grows linearly with the sequence; nothing else depends on it.
+TEST(ModelFlops, OnlyTheAttentionCoreDependsOnTheSequenceLength) {
+  const ModelConfig c;
+  const FlopsPerToken a = flops_per_token(c, 128), b = flops_per_token(c, 256);
+  EXPECT_DOUBLE_EQ(b.attention_core, 2 * a.attention_core);
+  EXPECT_DOUBLE_EQ(b.mtp_attention_core, 2 * a.mtp_attention_core);
+  EXPECT_DOUBLE_EQ(b.gemm_forward(), a.gemm_forward());
+}
