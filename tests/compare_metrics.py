@@ -13,7 +13,7 @@ import sys
 
 
 # wall-clock fields: they differ between any two runs
-TIMINGS = {"tokens_per_s", "step_seconds", "mfu", "elapsed_s", "eta_seconds",
+TIMINGS = {"tokens_per_s", "step_seconds", "mfu", "mfu_fp8", "elapsed_s", "eta_seconds",
            "tokens_per_s_per_device", "model_tflops_per_device", "device_hours_per_1e12_tokens"}
 
 

@@ -2,13 +2,13 @@
 # End to end: configs/tiny.yaml trains on the real corpus, the loss falls, metrics.jsonl has every
 # field, the same seed reproduces the run bit for bit, and the model FLOPs per token equal an
 # independent count from the run's config (2 per multiply-accumulate, x3 for training, causal
-# attention over S/2 keys) with the per-device rates that follow from them.  Args: MOETRON_BIN BUILD_DIR
+# attention over S/2 keys) with the per-device rates and the MFU that follow from them.  Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_train_tiny
 rm -rf "$OUT"
 STEPS=40
 common=(--set run.steps=$STEPS --set schedule.lr.warmup_steps=5 --set run.log_interval=10)
-"$BIN" train configs/tiny.yaml "${common[@]}" --set run.dir="$OUT/a"
+"$BIN" train configs/tiny.yaml "${common[@]}" --set run.dir="$OUT/a" --set hardware.peak_bf16_tflops=0.5
 "$BIN" train configs/tiny.yaml "${common[@]}" --set run.dir="$OUT/b" > /dev/null
 /usr/bin/python3 - "$OUT" "$STEPS" <<'PY'
 import json, sys
@@ -50,6 +50,9 @@ for r in a:
     assert abs(r["tokens_per_s_per_device"] - per_dev) <= 1e-8 * per_dev
     assert abs(r["model_tflops_per_device"] - per_dev * want / 1e12) <= 1e-8 * r["model_tflops_per_device"]
     assert abs(r["device_hours_per_1e12_tokens"] - 1e12 / per_dev / 3600) <= 1e-8 * r["device_hours_per_1e12_tokens"]
+    assert abs(r["mfu"] - r["model_tflops_per_device"] / 0.5) <= 1e-8 * r["mfu"], "mfu"
+    assert "mfu_fp8" not in r, "mfu_fp8 without the fp8 recipe"
+assert all("mfu" not in r for r in b), "mfu without a hardware peak"
 print(f"flops/token {want:.4e}; last step {a[-1]['model_tflops_per_device']:.4f} TFLOP/s per device, "
       f"{a[-1]['device_hours_per_1e12_tokens']:.3g} device-hours per 1e12 tokens")
 print("e2e_train_tiny: 1 passed, 0 failed")

@@ -244,8 +244,8 @@ TEST(ConfigText, NonTextKey) {
 
 TEST(ConfigText, TopLevelMustBeAMapping) {
   const std::string expected =
-      "test.yaml: expected a mapping of sections (model, data, optimizer, schedule, parallel, "
-      "precision, run) at the top level, got ";
+      "test.yaml: expected a mapping of sections (model, data, optimizer, schedule, activations, "
+      "parallel, precision, hardware, run) at the top level, got ";
   EXPECT_EQ(error_of("- a\n- b\n"), expected + "a list");
   EXPECT_EQ(error_of("hello\n"), expected + "the string \"hello\"");
   EXPECT_EQ(error_of(""), expected + "an empty document");

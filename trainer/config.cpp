@@ -114,6 +114,10 @@ void visit_config(V& v, C&... c) {
         v.field(k.key, override_choice(k.linear), c.precision.overrides[k.id]...);
     });
   });
+  v.section("hardware", "dense peak TFLOP/s per device for MFU; 0 = unknown", [&] {
+    v.field("peak_bf16_tflops", kNonNegative, c.hardware.peak_bf16_tflops...);
+    v.field("peak_fp8_tflops", kNonNegative, c.hardware.peak_fp8_tflops...);
+  });
   v.section("run", "where and how long", [&] {
     v.field("dir", kNonEmptyText, c.run.dir...);
     v.field("steps", kPositive, c.run.steps...);
@@ -251,8 +255,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   if (!load_document(yaml_text, root, error)) ctx.fail("", error);
   if (!root.IsMap()) {
     ctx.fail("",
-             "expected a mapping of sections (model, data, optimizer, schedule, parallel, "
-             "precision, run) at the top level, got " +
+             "expected a mapping of sections (model, data, optimizer, schedule, activations, "
+             "parallel, precision, hardware, run) at the top level, got " +
                  (is_null(root) ? std::string("an empty document") : describe(root)));
   }
   for (const std::string& o : overrides) apply_override(ctx, root, schema(), o);

@@ -107,6 +107,13 @@ struct ActivationsConfig {
   FloatFormat storage = FloatFormat::FP32;  // kept tensors that are not FP8
 };
 
+// The accelerator's dense peak rates per device, the denominators of MFU (0 = unknown: the run
+// reports model TFLOP/s per device but no MFU). H800/H100 SXM: 989.5 BF16, 1979 FP8.
+struct HardwareConfig {
+  double peak_bf16_tflops = 0;
+  double peak_fp8_tflops = 0;
+};
+
 struct RunConfig {
   std::string dir = "runs/default";
   int64_t steps = 100;
@@ -140,6 +147,7 @@ struct Config {
   ActivationsConfig activations;
   ParallelConfig parallel;
   PrecisionConfig precision;
+  HardwareConfig hardware;
   RunConfig run;
   // The policy the model is built with: precision.* and activations.*.
   PrecisionPolicy policy() const {
@@ -151,7 +159,8 @@ struct Config {
   }
 };
 
-// YAML layout: sections model, data, optimizer, schedule, activations, parallel, precision, run;
+// YAML layout: sections model, data, optimizer, schedule, activations, parallel, precision,
+// hardware, run;
 // keys are the field names above (model: the Hugging Face names of model/config.h). Beyond 1:1
 // fields:
 //   model.rope_scaling: {type: yarn, factor, original_max_position_embeddings, beta_fast,

@@ -26,9 +26,18 @@ struct StepMetrics {
   double eta_seconds = 0;
   double flops_per_token = 0;  // model FLOPs of training, per token (model/flops.h)
   int64_t devices = 1;         // processes of the run (each drives one device)
+  // dense peaks per device (hardware.*); 0 = unknown. MFU is model TFLOP/s over the BF16 peak,
+  // and over the FP8 peak too when the recipe is fp8 (peak_fp8 is left 0 otherwise).
+  double peak_bf16_tflops = 0, peak_fp8_tflops = 0;
   double tokens_per_s_per_device() const { return tokens_per_s / static_cast<double>(devices); }
   double model_tflops_per_device() const {
     return tokens_per_s_per_device() * flops_per_token / 1e12;
+  }
+  double mfu_bf16() const {
+    return peak_bf16_tflops > 0 ? model_tflops_per_device() / peak_bf16_tflops : NAN;
+  }
+  double mfu_fp8() const {
+    return peak_fp8_tflops > 0 ? model_tflops_per_device() / peak_fp8_tflops : NAN;
   }
   // what 10^12 tokens cost at this step's rate, in device-hours
   double device_hours_per_1e12_tokens() const { return 1e12 / tokens_per_s_per_device() / 3600; }

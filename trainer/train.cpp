@@ -156,6 +156,8 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.rank_times = clock.rank_times;
   m.max_nodes_per_token = clock.max_nodes_per_token;
   m.flops_per_token = r.flops.training(), m.devices = r.world->size();
+  m.peak_bf16_tflops = r.cfg.hardware.peak_bf16_tflops;
+  if (r.cfg.precision.recipe == Recipe::FP8) m.peak_fp8_tflops = r.cfg.hardware.peak_fp8_tflops;
   m.eta_seconds =
       elapsed / static_cast<double>(step + 1) * static_cast<double>(r.cfg.run.steps - step - 1);
   return m;
