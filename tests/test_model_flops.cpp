@@ -8,21 +8,11 @@
 
 #include "model/flops.h"
 #include "model/model.h"
+#include "tests/deepseek_v3_config.h"
 
 using namespace moetron;
 
 namespace {
-
-ModelConfig deepseek_v3() {
-  ModelConfig c;
-  c.vocab_size = 129280, c.hidden_size = 7168, c.intermediate_size = 18432;
-  c.moe_intermediate_size = 2048, c.num_hidden_layers = 61, c.first_k_dense_replace = 3;
-  c.num_attention_heads = 128, c.n_routed_experts = 256, c.n_shared_experts = 1;
-  c.num_experts_per_tok = 8, c.n_group = 8, c.topk_group = 4;
-  c.q_lora_rank = 1536, c.kv_lora_rank = 512, c.qk_nope_head_dim = 128, c.qk_rope_head_dim = 64;
-  c.v_head_dim = 128, c.num_nextn_predict_layers = 1, c.max_seq_len = 4096;
-  return c;
-}
 
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
@@ -83,7 +73,7 @@ void expect_gemm_terms_match_parameters(const ModelConfig& c, int64_t S) {
 // DESIGN-NOTES Part B §3.2: 2.606e11 training FLOPs per token at seq 4096 (causal, with MTP),
 // 2.505e11 without MTP, 2.92e11 counting full-S attention; the attention core about 12%.
 TEST(ModelFlops, DeepSeekV3MatchesThePublishedFigure) {
-  ModelConfig c = deepseek_v3();
+  ModelConfig c = deepseek_v3_config();
   const FlopsPerToken f = flops_per_token(c, 4096);
   std::printf("DeepSeek-V3, seq 4096: %.4e training FLOPs/token (%.4e without MTP)\n", f.training(),
               3 * (f.forward() - f.mtp));
@@ -107,7 +97,7 @@ TEST(ModelFlops, GemmTermsAreTwiceTheMatrixParametersATokenPassesThrough) {
   ModelConfig no_mtp = tiny;
   no_mtp.num_nextn_predict_layers = 0;
   expect_gemm_terms_match_parameters(no_mtp, 128);
-  expect_gemm_terms_match_parameters(deepseek_v3(), 4096);
+  expect_gemm_terms_match_parameters(deepseek_v3_config(), 4096);
 }
 
 // The attention core grows linearly with the sequence; nothing else depends on it.

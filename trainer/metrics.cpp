@@ -35,8 +35,8 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"device_hours_per_1e12_tokens\":" << num(m.device_hours_per_1e12_tokens())
        << ",\"eta_seconds\":" << num(m.eta_seconds);
   if (!std::isnan(m.valid_loss)) out_ << ",\"valid_loss\":" << num(m.valid_loss);
-  if (!std::isnan(m.mfu_bf16())) out_ << ",\"mfu\":" << num(m.mfu_bf16());
-  if (!std::isnan(m.mfu_fp8())) out_ << ",\"mfu_fp8\":" << num(m.mfu_fp8());
+  if (m.peak_bf16_tflops > 0) out_ << ",\"mfu\":" << num(m.mfu(m.peak_bf16_tflops));
+  if (m.peak_fp8_tflops > 0) out_ << ",\"mfu_fp8\":" << num(m.mfu(m.peak_fp8_tflops));
   out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
   out_ << "]}\n";
@@ -54,8 +54,8 @@ std::string MetricsLog::progress_line(const StepMetrics& m) {
                 m.lm_loss, m.mtp_loss, m.balance_loss, m.lr, m.grad_norm, m.tokens_per_s,
                 m.model_tflops_per_device(), m.expert_imbalance, eta / 60, eta % 60);
   std::string line = b;
-  if (!std::isnan(m.mfu_bf16())) {
-    std::snprintf(b, sizeof b, " | mfu %.1f%%", 100 * m.mfu_bf16());
+  if (m.peak_bf16_tflops > 0) {
+    std::snprintf(b, sizeof b, " | mfu %.1f%%", 100 * m.mfu(m.peak_bf16_tflops));
     line += b;
   }
   if (!std::isnan(m.valid_loss)) {

@@ -33,11 +33,9 @@ struct StepMetrics {
   double model_tflops_per_device() const {
     return tokens_per_s_per_device() * flops_per_token / 1e12;
   }
-  double mfu_bf16() const {
-    return peak_bf16_tflops > 0 ? model_tflops_per_device() / peak_bf16_tflops : NAN;
-  }
-  double mfu_fp8() const {
-    return peak_fp8_tflops > 0 ? model_tflops_per_device() / peak_fp8_tflops : NAN;
+  // model TFLOP/s per device over a peak; NaN when the peak is unknown (0)
+  double mfu(double peak_tflops) const {
+    return peak_tflops > 0 ? model_tflops_per_device() / peak_tflops : NAN;
   }
   // what 10^12 tokens cost at this step's rate, in device-hours
   double device_hours_per_1e12_tokens() const { return 1e12 / tokens_per_s_per_device() / 3600; }
