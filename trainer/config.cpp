@@ -10,7 +10,8 @@
 //
 // Loading order: parse the text -> apply `--set` overrides to the YAML tree -> reject unknown and
 // duplicate keys -> read every field (types, ranges) -> fill defaults that depend on other fields
-// (model.max_seq_len) -> cross-field rules. Every failure is one ConfigError
+// (model.max_seq_len), and the hardware keys a profile gives (trainer/hardware.h) -> cross-field
+// rules. Every failure is one ConfigError
 // "<source>[: --set <override>]: <dotted.key>: <what was expected>, got <what was found>"; the
 // `--set` part appears when the offending key came from an override.
 #include "trainer/config.h"
@@ -26,6 +27,7 @@
 #include <sstream>
 
 #include "trainer/config_schema.h"
+#include "trainer/hardware.h"
 #include "trainer/model_fields.h"
 
 namespace moetron {
@@ -114,9 +116,9 @@ void visit_config(V& v, C&... c) {
         v.field(k.key, override_choice(k.linear), c.precision.overrides[k.id]...);
     });
   });
-  v.section("hardware", "dense peak TFLOP/s per device for MFU; 0 = unknown", [&] {
-    v.field("peak_bf16_tflops", kNonNegative, c.hardware.peak_bf16_tflops...);
-    v.field("peak_fp8_tflops", kNonNegative, c.hardware.peak_fp8_tflops...);
+  v.section("hardware", "one device: memory (plan), dense peaks (MFU), links; 0 = unknown", [&] {
+    v.field("profile", kAnyText, c.hardware.profile...);
+    visit_hardware_fields(v, c.hardware...);
   });
   v.section("run", "where and how long", [&] {
     v.field("dir", kNonEmptyText, c.run.dir...);
@@ -268,6 +270,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   visit_config(reader, c);
   // Unset max_seq_len means "the run's sequence length" (no YaRN unless asked for).
   if (!reader.present("model.max_seq_len")) c.model.max_seq_len = c.data.seq_len;
+  apply_hardware_profile(ctx, reader, c.hardware);  // the keys the config leaves to a profile
   check_relations(ctx, c);
   return c;
 }

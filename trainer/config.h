@@ -107,11 +107,21 @@ struct ActivationsConfig {
   FloatFormat storage = FloatFormat::FP32;  // kept tensors that are not FP8
 };
 
-// The accelerator's dense peak rates per device, the denominators of MFU (0 = unknown: the run
-// reports model TFLOP/s per device but no MFU). H800/H100 SXM: 989.5 BF16, 1979 FP8.
+// One accelerator (per device): its memory — what `moetron plan` and `moetron train` check a
+// layout against —, its dense peak rates — the denominators of MFU — and its links (estimates);
+// 0 = unknown (no memory check, no MFU). `profile` names a hardware profile
+// (configs/hardware/*.yaml: this section in a file of its own, every key given) that supplies every
+// key the config does not write (trainer/hardware.h). H800/H100 SXM: 80 GB, 989.5 BF16, 1979 FP8.
 struct HardwareConfig {
-  double peak_bf16_tflops = 0;
-  double peak_fp8_tflops = 0;
+  std::string profile;
+  std::string name;              // for reports ("H800")
+  double memory_gib = 0;         // device memory, GiB
+  double peak_bf16_tflops = 0;   // dense
+  double peak_fp8_tflops = 0;    // dense
+  double hbm_gbs = 0;            // memory bandwidth, GB/s
+  int64_t devices_per_node = 0;  // devices that share the intra-node links
+  double nvlink_gbs = 0;         // intra-node bandwidth per device, GB/s (as published)
+  double ib_gbs = 0;             // inter-node bandwidth per device, GB/s (one direction)
 };
 
 struct RunConfig {
@@ -170,6 +180,7 @@ struct Config {
 //     list of {until: X, lr: Y}; schedule.bias_update_speed / mtp_weight: a number, or a list of
 //     {until: X, value: Y}. In both lists every entry but the last needs `until`, strictly
 //     increasing; the last value holds to the end.
+//   hardware.profile: a hardware profile file whose keys fill the hardware keys not written here.
 //   A null section or an absent key keeps the defaults; a null string setting reads as "".
 // Loads `path`, applies "key.path=value" overrides, validates. Throws ConfigError.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
