@@ -25,7 +25,7 @@ ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T, int64_t Ts)
 }  // namespace
 
 ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
-                                       int64_t S, int64_t T) {
+                                       int64_t S, int64_t T, double rows) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
   const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
@@ -58,20 +58,21 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, F = c.moe_intermediate_size;
   const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
   b.forward += static_cast<double>((E + K) * T + 4 * K);  // scores, weights, idx
-  b.forward += static_cast<double>(K * T + 4 * K);  // dispatch: rw, ridx (rx, ry: layer scratch)
-  b.forward += static_cast<double>(3 * 8 * K);      // slot, row_token, row_slot
+  // per received row: dispatch rw, ridx (rx, ry: layer scratch); slot, row_token, row_slot
+  b.forward += rows * static_cast<double>(K * T + 4 * K + 3 * 8 * K);
   b.forward += static_cast<double>(K) * (saved(D, exp8, Ts) + T + saved(2 * F, exp8, Ts) +
                                          (exp8 ? 0 : F * Ts));       // xperm, wperm, gu, a
   b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
                  pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T, Ts);
   // backward: rdy, rdx, rdw; dyperm, dgu, dwperm, dxperm; dweights, dlogits
-  b.backward += static_cast<double>((2 * D + K) * T + K * (D + 2 * F + 1 + D) * T + (K + E) * T);
+  b.backward += rows * static_cast<double>((2 * D + K) * T) +
+                static_cast<double>(K * (D + 2 * F + 1 + D) * T + (K + E) * T);
   return b;
 }
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
-                                int64_t n_stages, int64_t B, int64_t S, int64_t T) {
+                                int64_t n_stages, int64_t B, int64_t S, int64_t T, double rows) {
   const StageSpec st{stage, n_stages};
   const auto [b0, b1] = stage_blocks(c.num_hidden_layers, st);
   const int64_t N = B * S, D = c.hidden_size, E = c.n_routed_experts;
@@ -79,7 +80,7 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
   double fwd = 0, bwd = 0;
   int64_t n_moe = 0;
   for (int64_t l = b0; l < b1; ++l) {
-    const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T);
+    const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T, rows);
     fwd += a.forward * N, bwd += a.backward * N;
     n_moe += c.is_moe_layer(l);
   }
@@ -91,7 +92,7 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
     fwd += static_cast<double>(N * (D + 2) * T);  // hn, rstd, lse
     bwd += static_cast<double>(N * D * T);        // dhn
     for (int64_t k = 0; k < Dm; ++k) {            // MtpLayer<T>::State and its block
-      const ActivationBytes a = block_activation_bytes(c, pol, true, S, T);
+      const ActivationBytes a = block_activation_bytes(c, pol, true, S, T, rows);
       fwd += a.forward * N + static_cast<double>(N * (8 + (6 * D + 4) * T));
       bwd += a.backward * N + static_cast<double>(N * 6 * D * T);
       ++n_moe;

@@ -4,8 +4,10 @@
 //
 // "forward" is what a forward keeps for the backward; "backward" what backward_input adds and
 // keeps until backward_weight (the gradients the weight gradients read). A slot at its peak holds
-// both. Exact for one expert-parallel rank (every token's K expert rows are local); with EP the
-// routed rows per rank vary with routing, and the count uses their mean (K per token).
+// both. Exact for one expert-parallel rank (every token's K expert rows are local, and each token
+// is received once); with EP the rows per rank vary with routing, and the count uses their means:
+// K expert rows per token, and `rows` received token rows per token (a token goes to each EP rank
+// that holds one of its experts: rows <= min(K, EP); trainer/plan.h uses that bound).
 // tests/test_model_memory.cpp checks these numbers against the bytes the allocator holds.
 #pragma once
 
@@ -28,7 +30,7 @@ struct ActivationBytes {
 // One transformer block (MLA + dense MLP, or + MoE) per token, T = elem bytes (4: float).
 // S: sequence length (the balance loss keeps [B, E] per micro-batch: E/S per token).
 ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
-                                       int64_t S, int64_t elem = 4);
+                                       int64_t S, int64_t elem = 4, double rows = 1);
 
 // The whole slot of pipeline stage `stage` (of n_stages) for micro-batches of B x S tokens:
 // blocks, residual stream, head, MTP modules, token ids and the per-micro-batch constants.
@@ -37,6 +39,7 @@ struct SlotBytes {
   int64_t total() const { return forward + backward; }
 };
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
-                                int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4);
+                                int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4,
+                                double rows = 1);
 
 }  // namespace moetron

@@ -58,10 +58,10 @@ EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int>
 }
 
 template <class T>
-kernels::RowEncoding EpDispatcher<T>::encoding(EpPhase phase) const {
+kernels::RowEncoding EpDispatcher<T>::encoding(WirePrecision wire, EpPhase phase) {
   const bool dispatch = phase == EpPhase::Dispatch || phase == EpPhase::CombineBackward;
-  if (wire_ == WirePrecision::FP8 && !dispatch) return kernels::RowEncoding::BF16;
-  return wire_;
+  if (wire == WirePrecision::FP8 && !dispatch) return kernels::RowEncoding::BF16;
+  return wire;
 }
 
 namespace {
@@ -70,6 +70,20 @@ int64_t act_bytes(kernels::RowEncoding e, int64_t D) {
   return kernels::row_encoding_bytes(e, D, static_cast<int64_t>(sizeof(T)));
 }
 }  // namespace
+
+template <class T>
+int64_t EpDispatcher<T>::state_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
+                                     double dest) {
+  const int64_t t = static_cast<int64_t>(sizeof(T));
+  // row bytes of each phase, as the *_start functions below pack them
+  const int64_t width =
+      std::max({act_bytes<T>(encoding(wire, EpPhase::Dispatch), D) + 2 * K * t,
+                act_bytes<T>(encoding(wire, EpPhase::Combine), D),
+                act_bytes<T>(encoding(wire, EpPhase::CombineBackward), D),
+                act_bytes<T>(encoding(wire, EpPhase::DispatchBackward), D) + K * t});
+  const double plan = 8.0 * (2 * N * P + P + 1);  // slot, send_token, info
+  return static_cast<int64_t>(plan + 2 * static_cast<double>(N) * dest * width);
+}
 
 template <class T>
 void EpDispatcher<T>::exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse,

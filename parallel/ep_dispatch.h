@@ -73,6 +73,13 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // Rows this process sent in st's dispatch (each token once per destination process).
   static int64_t rows_sent(const DispatchState<T>& st);
   WirePrecision wire() const { return wire_; }
+  // Planning (trainer/plan.h): the bytes one MoE layer's dispatch keeps per micro-batch (its plan
+  // lives in the micro-batch's DispatchState) for N tokens of width D and top-K routing over P
+  // ranks, each token sent to `dest` ranks on average: the plan (slot and send_token, [N, P] int64
+  // each, and the counts) and the send and receive wires, each grown to the widest of the four
+  // phases' rows (N x dest rows either way: a rank receives as many rows as it sends on average).
+  static int64_t state_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
+                             double dest);
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
     const int64_t m = max_nodes_;
@@ -89,7 +96,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
 
  private:
   // How one row of D activations is encoded in a phase: as T, bf16, or e4m3 codes + scales.
-  kernels::RowEncoding encoding(EpPhase phase) const;
+  kernels::RowEncoding encoding(EpPhase phase) const { return encoding(wire_, phase); }
+  static kernels::RowEncoding encoding(WirePrecision wire, EpPhase phase);
   // rows of `row_bytes` bytes, already packed in the plan's send buffer: sent (grouped by peer,
   // send_counts) -> received (recv_counts), or the reverse; wait returns the received rows
   void exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse, EpPhase phase);

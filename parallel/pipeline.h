@@ -109,16 +109,20 @@ class PipelineExecutor {
   // (1F1B: 1; ZB1P: 1 + the weight gradients held back).
   int grad_sets() const { return static_cast<int>(grads_.size()); }
   // The gradient sets a rank of `s` needs: the most micro-batches between their first backward op
-  // and their last op at once (what grad_sets() reaches after a step).
+  // and their last op at once (what grad_sets() reaches after a step; for schedules this executor
+  // does not run yet, the backward half of a ForwardBackward pair counts as a backward: planning).
   static int peak_grad_sets(const pipeline::Schedule& s, int rank) {
+    using pipeline::OpKind;
     const std::vector<pipeline::Op>& ops = s.per_rank[rank];
     std::vector<int> first(s.microbatches, -1), last(s.microbatches, -1);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
       last[op.mb] = static_cast<int>(i);
-      const bool bwd =
-          op.kind == pipeline::OpKind::Backward || op.kind == pipeline::OpKind::BackwardInput;
+      const bool bwd = op.kind == OpKind::Backward || op.kind == OpKind::BackwardInput;
       if (bwd && first[op.mb] < 0) first[op.mb] = static_cast<int>(i);
+      if (op.kind != OpKind::ForwardBackward) continue;
+      last[op.mb2] = static_cast<int>(i);
+      if (first[op.mb2] < 0) first[op.mb2] = static_cast<int>(i);
     }
     int peak = 0;
     for (size_t i = 0; i < ops.size(); ++i) {
@@ -130,6 +134,24 @@ class PipelineExecutor {
     return peak;
   }
   int message_buffers() const { return static_cast<int>(msgs_.size()); }
+  // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): a received
+  // activation or gradient from its receive's post to the compute op that reads it; a sent one (a
+  // copy) from its post to the end of the next compute op — an estimate: a send completes once its
+  // receive is posted, which in a running pipeline is about then.
+  static int peak_message_buffers(const pipeline::Schedule& s, int rank) {
+    const std::vector<pipeline::Op>& ops = s.per_rank[rank];
+    std::vector<int> delta(ops.size() + 1, 0);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (!ops[i].is_message()) continue;
+      size_t j = i + 1;
+      while (j < ops.size() && (ops[j].is_message() || !reads(ops[j], ops[i]))) ++j;
+      ++delta[i];
+      --delta[std::min(j, ops.size() - 1) + 1];
+    }
+    int open = 0, peak = 0;
+    for (int d : delta) peak = std::max(peak, open += d);
+    return peak;
+  }
 
  private:
   struct PendingSend {
@@ -145,6 +167,21 @@ class PipelineExecutor {
   using clock = std::chrono::steady_clock;
   static double seconds_since(clock::time_point t0) {
     return std::chrono::duration<double>(clock::now() - t0).count();
+  }
+
+  // Whether compute op `c` ends the life of message `m`'s buffer: the op that reads a received
+  // activation (the forward of the next stage) or gradient (the backward of the previous stage);
+  // for a send, any compute op.
+  static bool reads(const pipeline::Op& c, const pipeline::Op& m) {
+    using pipeline::OpKind;
+    const bool fwd = c.kind == OpKind::Forward || c.kind == OpKind::ForwardBackward;
+    const bool bwd = c.kind == OpKind::Backward || c.kind == OpKind::BackwardInput;
+    const bool pair = c.kind == OpKind::ForwardBackward;
+    if (m.kind == OpKind::RecvActivation) return fwd && c.mb == m.mb && c.stage == m.stage + 1;
+    if (m.kind == OpKind::RecvGrad)
+      return (bwd && c.mb == m.mb && c.stage == m.stage - 1) ||
+             (pair && c.mb2 == m.mb && c.stage2 == m.stage - 1);
+    return true;
   }
 
   static pipeline::Schedule require_supported(pipeline::Schedule s) {
