@@ -1,6 +1,9 @@
 // The `moetron` command line.
 //
 //   moetron train CONFIG [--set key=value ...] [--resume auto|DIR]  train from a YAML config
+//   moetron plan CONFIG [--set ...] [--world N] [--hardware FILE] [--json]
+//                                                     parameters and memory per device of a
+//                                                     layout, without allocating (trainer/plan.h)
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set ...]
 //                                                     one step's loss and gradients (parity)
@@ -28,6 +31,8 @@
 #include "trainer/dump.h"
 #include "trainer/export.h"
 #include "trainer/generate.h"
+#include "trainer/plan.h"
+#include "trainer/plan_report.h"
 #include "trainer/tokenize.h"
 #include "trainer/train.h"
 
@@ -37,6 +42,7 @@ const std::string kUsage =
     std::string(
         "usage:\n"
         "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
+        "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
         "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
         "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
@@ -48,22 +54,28 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume, from, dtype = "bf16";
+  std::string out, resume, from, dtype = "bf16", world, hardware;
+  bool json = false;
 };
 
 Args parse(int argc, char** argv, int first) {
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
-    if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype") {
+    if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype" ||
+        s == "--world" || s == "--hardware") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
       else
-        (s == "--out"      ? a.out
-         : s == "--resume" ? a.resume
-         : s == "--from"   ? a.from
-                           : a.dtype) = argv[++i];
+        (s == "--out"        ? a.out
+         : s == "--resume"   ? a.resume
+         : s == "--from"     ? a.from
+         : s == "--world"    ? a.world
+         : s == "--hardware" ? a.hardware
+                             : a.dtype) = argv[++i];
+    } else if (s == "--json") {
+      a.json = true;
     } else if (s.rfind("--set=", 0) == 0) {
       a.sets.push_back(s.substr(6));
     } else if (s.rfind("--", 0) == 0) {
@@ -73,6 +85,33 @@ Args parse(int argc, char** argv, int first) {
     }
   }
   return a;
+}
+
+// `moetron plan`: the table or JSON on stdout; a layout that does not fit is then refused like
+// `train` refuses it (exit 1).
+int plan(Args& a) {
+  if (a.positional.size() != 1) throw UsageError("plan takes exactly one CONFIG");
+  int world = 0;
+  if (!a.world.empty()) {
+    size_t used = 0;
+    try {
+      world = std::stoi(a.world, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != a.world.size() || world < 1)
+      throw UsageError("--world needs a positive number of ranks, got '" + a.world + "'");
+  }
+  if (!a.hardware.empty()) a.sets.push_back("hardware.profile=" + a.hardware);
+  const moetron::Plan p = moetron::make_plan(moetron::load_config(a.positional[0], a.sets), world);
+  if (a.json)
+    moetron::write_plan_json(p, std::cout);
+  else
+    moetron::write_plan_table(p, std::cout);
+  std::cout.flush();
+  const std::string why = moetron::plan_refusal(p);
+  if (!why.empty()) throw moetron::ConfigError(why);
+  return 0;
 }
 
 int run(int argc, char** argv) {
@@ -104,6 +143,7 @@ int run(int argc, char** argv) {
     moetron::train(cfg, std::cout, a.resume);
     return 0;
   }
+  if (cmd == "plan") return plan(a);
   if (cmd == "prepare-text") {
     if (a.out.empty() || a.positional.empty())
       throw UsageError("prepare-text needs --out and inputs");

@@ -1,7 +1,8 @@
 // setup(): a training run's objects from a validated Config (see run.h), in the order their
-// checks must happen — layout, schedule, data, then (writing starts) run.dir, model, optimizer,
-// resume, pipeline, loader — and the start-up report. Also the helpers other commands share:
-// the datasets of a config and the intra-op thread count.
+// checks must happen — layout, schedule, memory (the plan, when the device memory is known), data,
+// then (writing starts) run.dir, model, optimizer, resume, pipeline, loader — and the start-up
+// report. Also the helpers other commands share: the layout, the EP wire, the datasets of a config
+// and the intra-op thread count.
 #include "trainer/run.h"
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "data/sources.h"
 #include "kernels/ops.h"
 #include "model/memory.h"
+#include "trainer/plan.h"
 #include "trainer/train.h"
 
 namespace moetron {
@@ -90,34 +92,11 @@ void check_node_limit(const Config& cfg, const RankGrid& g) {
          ") must be <= the node limit: each kept group may be on another node");
 }
 
-// The layout as the model and schedule see it; throws ConfigError naming the keys.
-RankGrid make_grid(const Config& cfg, Communicator& w) {
-  const auto& p = cfg.parallel;
-  RankGrid g;
-  try {
-    g = RankGrid::make(w.size(), w.rank(), static_cast<int>(p.pp), static_cast<int>(p.dp),
-                       static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
-    stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
-    check_node_limit(cfg, g);
-  } catch (const std::exception& e) {
-    throw ConfigError(cfg.source + ": " + e.what());
-  }
-  return g;
-}
-
-// How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
-// E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
-WirePrecision dispatch_wire(Recipe recipe) {
-  if (recipe == Recipe::FP8) return WirePrecision::FP8;
-  if (recipe == Recipe::BF16) return WirePrecision::BF16;
-  return WirePrecision::Native;
-}
-
 // The layout, the batch-size schedule and a valid pipeline schedule for every batch size the
 // run can take (the smallest and the largest are checked).
 void plan_layout(Run& r) {
   const Config& cfg = r.cfg;
-  r.grid = make_grid(cfg, *r.world);
+  r.grid = make_grid(cfg, r.world->size(), r.world->rank());
   r.rank0 = r.world->rank() == 0;
   r.B = cfg.data.micro_batch_size, r.S = cfg.data.seq_len;
   r.flops = flops_per_token(cfg.model, r.S);
@@ -247,11 +226,32 @@ void report_start(const Run& r, std::ostream& log) {
 
 }  // namespace
 
+RankGrid make_grid(const Config& cfg, int world, int rank) {
+  const auto& p = cfg.parallel;
+  RankGrid g;
+  try {
+    g = RankGrid::make(world, rank, static_cast<int>(p.pp), static_cast<int>(p.dp),
+                       static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
+    stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
+    check_node_limit(cfg, g);
+  } catch (const std::exception& e) {
+    throw ConfigError(cfg.source + ": " + e.what());
+  }
+  return g;
+}
+
+WirePrecision dispatch_wire(Recipe recipe) {
+  if (recipe == Recipe::FP8) return WirePrecision::FP8;
+  if (recipe == Recipe::BF16) return WirePrecision::BF16;
+  return WirePrecision::Native;
+}
+
 std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::string& resume) {
   auto r = std::make_unique<Run>();
   r->cfg = cfg;
   r->world = &world();
-  plan_layout(*r);  // nothing is written before the layout and the data check out
+  plan_layout(*r);  // nothing is written before the layout, the memory and the data check out
+  check_memory(cfg, r->grid.world);  // when hardware.memory_gib is known (trainer/plan.h)
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
   r->groups =

@@ -2,8 +2,8 @@
 // this rank's stage of the model with its expert dispatcher, the optimizer, the pipeline
 // executor, the loader, the checkpoint writer and the metrics log — everything train_step() uses,
 // with the owner of each obvious. setup() validates everything that can be checked before it
-// writes anything (config against the process count, data files, a checkpoint to resume from),
-// then creates run.dir.
+// writes anything (config against the process count, the memory plan against the device when
+// hardware.memory_gib is known, data files, a checkpoint to resume from), then creates run.dir.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +58,14 @@ struct Run {
 // `log` (rank 0). Throws ConfigError, LayoutError, data::DataError or CheckpointError naming
 // the file or key.
 std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::string& resume);
+
+// The layout of rank `rank` of `world` as the model and schedule see it (pipeline stages cut,
+// node-limited routing possible); throws ConfigError naming the keys.
+RankGrid make_grid(const Config& cfg, int world, int rank);
+
+// How routed tokens travel between EP ranks under each recipe (SPEC §3.6): fp8 dispatches in
+// E4M3 and combines in BF16, bf16 moves everything in BF16, fp32 moves fp32.
+WirePrecision dispatch_wire(Recipe recipe);
 
 // The pipeline schedule of a step with `microbatches` micro-batches per pipeline; throws
 // ConfigError when the executor cannot run parallel.schedule or the layout does not fit it.

@@ -1,0 +1,171 @@
+// The plan of a layout (trainer/plan.h): DeepSeek-V3's published parameter counts from its config
+// in well under a second; per-rank parameters and ZeRO-1 shares that add up to the model's;
+// activations as the trainer counts them (slots x forward + gradient sets x backward); the EP and
+// DualPipe terms; the verdict against the device memory and its message; the world check.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "model/memory.h"
+#include "model/model.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/pipeline.h"
+#include "tests/test_config_util.h"
+#include "trainer/plan.h"
+
+namespace moetron {
+namespace {
+
+// The config tests' small model, with a batch that divides over 4 DP ranks in micro-batches of 2.
+Config small(std::vector<std::string> sets) {
+  sets.insert(sets.begin(), {"data.micro_batch_size=2", "data.global_batch_size=64"});
+  return test::base_config(sets);
+}
+
+// Parameters of model stage `stage` of `n` on one EP rank of `ep` (experts: E / ep of them).
+struct Counted {
+  int64_t all = 0, expert = 0, replica = 0, frozen = 0;  // frozen: the expert bias
+};
+Counted count(const Config& c, int stage, int n, int64_t ep = 1) {
+  Counted k;
+  const Model<float> m(c.model, c.policy(), nullptr, StageSpec{stage, n}, Exec::on(Device::Meta));
+  for (const auto& p : m.params().all()) {
+    k.all += p->numel();
+    if (p->expert) k.expert += p->numel() / ep;
+    if (p->replica) k.replica += p->numel();
+    if (!p->trainable) k.frozen += p->numel();
+  }
+  k.all -= k.expert * (ep - 1);  // the other EP ranks' experts
+  return k;
+}
+
+TEST(Plan, DeepSeekV3ParametersInUnderASecond) {
+  const std::filesystem::path here = std::filesystem::current_path();
+  std::filesystem::current_path(MOETRON_SOURCE_DIR);  // the config names its profile from there
+  const Config c = load_config("configs/deepseek-v3-671b.yaml");
+  std::filesystem::current_path(here);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Plan p = make_plan(c);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 5.0);
+  EXPECT_NEAR(static_cast<double>(p.params_total), 671e9, 0.003 * 671e9);
+  EXPECT_NEAR(static_cast<double>(p.params_activated), 36.6e9, 0.1e9);  // "37B activated"
+  EXPECT_NEAR(static_cast<double>(p.params_mtp), 11.61e9, 0.01e9);
+  EXPECT_EQ(p.world, 2048);
+  ASSERT_EQ(p.ranks.size(), 16u);
+  EXPECT_EQ(p.ranks[0].stages, (std::vector<int>{0, 15}));  // DualPipe: both ends on rank 0
+  EXPECT_NEAR(static_cast<double>(p.ranks[0].params), 5.75e9, 0.01e9);
+  EXPECT_EQ(p.ranks[0].slots, 17);  // PP + 1 micro-batches in flight
+  EXPECT_EQ(p.memory_gib, 79.6);
+  EXPECT_EQ(p.microbatches, 120);
+}
+
+TEST(Plan, RankParametersAndShardsAddUpToTheModel) {
+  const Config c = small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2"});
+  const Plan p = make_plan(c);
+  ASSERT_EQ(p.ranks.size(), 2u);
+  const Counted whole = count(c, 0, 1);
+  EXPECT_EQ(p.params_total + p.params_mtp, whole.all);
+  int64_t experts = 0;
+  for (const RankPlan& r : p.ranks) {
+    const Counted k = count(c, r.pp_rank, 2, 2);
+    EXPECT_EQ(r.params, k.all);
+    EXPECT_EQ(r.params_expert, k.expert);
+    experts += r.params_expert;
+    // dense over DP 4, experts over EDP 2 (the bias is not trained: not sharded)
+    const int64_t dense = r.params - r.params_expert - k.frozen;
+    EXPECT_EQ(r.owned, (dense + 3) / 4 + (r.params_expert + 1) / 2);
+    EXPECT_EQ(r.bytes.weights, 4 * r.params);
+    EXPECT_EQ(r.bytes.gradients, 4 * r.params);
+    EXPECT_EQ(r.bytes.optimizer_moments, 8 * r.owned);  // fp32 m and v
+    EXPECT_EQ(r.bytes.gradient_shard, 4 * r.owned);     // both groups have > 1 rank
+    EXPECT_GT(r.bytes.pp_messages, 0);
+  }
+  EXPECT_EQ(experts, count(c, 0, 1).expert / 2);  // each expert on one rank of an EP group
+  const Plan bf16 = make_plan(small({"optimizer.moment_dtype=bf16"}));
+  EXPECT_EQ(bf16.ranks[0].bytes.optimizer_moments, 4 * bf16.ranks[0].owned);
+}
+
+TEST(Plan, OneStageActivationsAreTheTrainersCount) {
+  for (const char* recipe : {"fp32", "fp8"}) {
+    const Config c = small({std::string("precision.recipe=") + recipe, "activations.storage=bf16"});
+    const Plan p = make_plan(c);
+    const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128);
+    const pipeline::Schedule s = pipeline::make_schedule("1f1b", 1, p.microbatches);
+    const int sets = PipelineExecutor<float>::peak_grad_sets(s, 0);
+    const RankPlan& r = p.ranks[0];
+    EXPECT_EQ(r.slots, s.in_flight_bound[0]);
+    EXPECT_EQ(r.bytes.activations, r.slots * slot.forward + sets * slot.backward);
+    EXPECT_EQ(r.bytes.ep_buffers, 0);
+    EXPECT_EQ(r.bytes.pp_messages, 0);
+    EXPECT_EQ(r.bytes.gradient_shard, 0);  // one rank: the gradient arena is the shard
+    EXPECT_EQ(r.bytes.fp8_weight_cache > 0, std::string(recipe) == "fp8");
+  }
+}
+
+TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
+  const Config c = small({"parallel.dp=4", "parallel.ep=4", "precision.recipe=fp8"});
+  const Plan p = make_plan(c);
+  EXPECT_EQ(p.ep_rows, 4);  // min(K = 4, EP = 4) ranks per token at most
+  const RankPlan& r = p.ranks[0];
+  const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
+  const int64_t state = EpDispatcher<float>::state_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
+  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + moe * 2 * N * 4 * D * 4);
+  const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128, 4, 4.0);
+  EXPECT_EQ(r.slot_bytes, slot.forward);  // received rows counted 4 per token
+}
+
+TEST(Plan, DualPipeHoldsBothEndsOnTheFirstRank) {
+  const Config c = small({"parallel.pp=4", "parallel.schedule=dualpipe"});
+  const Plan p = make_plan(c);
+  ASSERT_EQ(p.ranks.size(), 4u);
+  EXPECT_EQ(p.ranks[0].stages, (std::vector<int>{0, 3}));
+  EXPECT_EQ(p.ranks[1].stages, (std::vector<int>{1, 2}));
+  // the MTP module's embedding copy is the first stage's own tensor on rank 0 (SPEC §4.2)
+  const Counted last = count(c, 3, 4);
+  EXPECT_EQ(p.ranks[0].params, count(c, 0, 4).all + last.all - last.replica);
+  for (const RankPlan& r : p.ranks) EXPECT_EQ(r.slots, 5);  // PP + 1
+  EXPECT_FALSE(p.notes.empty());  // the executor does not run DualPipe yet
+}
+
+TEST(Plan, RefusesALayoutThatDoesNotFitNamingTheTerms) {
+  const Plan unknown = make_plan(small({}));
+  EXPECT_TRUE(unknown.fits());
+  EXPECT_EQ(plan_refusal(unknown), "");
+  EXPECT_TRUE(make_plan(small({"hardware.memory_gib=1000"})).fits());
+  const Plan tight = make_plan(small({"hardware.memory_gib=0.001", "hardware.name=X1"}));
+  EXPECT_FALSE(tight.fits());
+  const std::string why = plan_refusal(tight);
+  EXPECT_EQ(why.rfind("test.yaml: the layout does not fit in device memory: pipeline rank 0 "
+                      "(stage 0) needs ",
+                      0),
+            0u)
+      << why;
+  EXPECT_NE(why.find("the X1 has 1.0 MiB (hardware.memory_gib): over by "), std::string::npos);
+  EXPECT_NE(why.find("; the term activations ("), std::string::npos) << why;
+  EXPECT_NE(why.find(") alone exceeds the device by "), std::string::npos) << why;
+  try {
+    check_memory(small({"hardware.memory_gib=0.001", "hardware.name=X1"}), 1);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), why);
+  }
+  EXPECT_NO_THROW(check_memory(small({}), 1));  // memory unknown: not checked
+}
+
+TEST(Plan, TheWorldMustMatchTheLayout) {
+  const Config c = small({"parallel.pp=2", "parallel.dp=4"});
+  EXPECT_EQ(make_plan(c, 8).world, 8);
+  try {
+    make_plan(c, 6);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "test.yaml: --world 6 does not match the layout: parallel.pp x parallel.dp = 2 x 4 "
+              "= 8 ranks");
+  }
+}
+
+}  // namespace
+}  // namespace moetron

@@ -1,0 +1,376 @@
+// The plan of a layout (see plan.h): the model and each pipeline stage built on the meta device,
+// their parameters counted by kind, the schedule's ops walked for what each rank keeps in flight,
+// and the verdict against the device's memory.
+#include "trainer/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+#include "data/batch_schedule.h"
+#include "model/memory.h"
+#include "model/model.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/pipeline.h"
+#include "trainer/run.h"
+
+namespace moetron {
+
+namespace {
+
+// The routed experts of one EP rank of `ep`, for a model built on the meta device: it gives the
+// layers their share of experts and cannot move a token.
+class ShardDispatcher final : public TokenDispatcher<float> {
+ public:
+  explicit ShardDispatcher(int64_t ep) : ep_(ep) {}
+  int64_t first_expert(int64_t) const override { return 0; }
+  int64_t local_experts(int64_t n_experts) const override { return n_experts / ep_; }
+  void dispatch_start(DispatchState<float>&, const float*, const int32_t*, const float*, int64_t,
+                      int64_t, int64_t, int64_t) override {
+    cannot_run();
+  }
+  void dispatch_wait(DispatchState<float>&) override { cannot_run(); }
+  void combine_start(DispatchState<float>&) override { cannot_run(); }
+  void combine_wait(DispatchState<float>&, float*) override { cannot_run(); }
+  void combine_backward_start(DispatchState<float>&, const float*) override { cannot_run(); }
+  void combine_backward_wait(DispatchState<float>&) override { cannot_run(); }
+  void dispatch_backward_start(DispatchState<float>&) override { cannot_run(); }
+  void dispatch_backward_wait(DispatchState<float>&, float*, float*) override { cannot_run(); }
+
+ private:
+  [[noreturn]] static void cannot_run() {
+    throw std::logic_error("a model built for planning cannot run");
+  }
+  int64_t ep_;
+};
+
+Model<float> meta_model(const Config& cfg, StageSpec stage, int64_t ep) {
+  std::shared_ptr<TokenDispatcher<float>> d;
+  if (ep > 1) d = std::make_shared<ShardDispatcher>(ep);
+  return Model<float>(cfg.model, cfg.policy(), d, stage, Exec::on(Device::Meta));
+}
+
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+// The component a weight matrix belongs to, by the layers' parameter names (model/*.cpp); none
+// for the embedding, the head, MTP's eh_proj and every vector.
+std::optional<Component> component_of(const Param<float>& p) {
+  if (p.value.ndim() != 2) return std::nullopt;
+  const std::string& n = p.name;
+  if (has(n, ".mlp.experts.")) return Component::RoutedExpert;
+  if (has(n, ".mlp.shared_experts.")) return Component::SharedExpert;
+  if (has(n, ".mlp.gate.")) return Component::Gate;
+  if (has(n, ".mlp.")) return Component::DenseMlp;
+  if (has(n, ".self_attn.")) return Component::AttentionProj;
+  return std::nullopt;
+}
+
+// Fp8WeightCache of one [R, C] matrix: E4M3 codes and one fp32 scale per 128x128 block.
+int64_t fp8_cache_bytes(const Tensor& w) {
+  const int64_t R = w.shape()[0], C = w.shape()[1];
+  return R * C + 4 * ((R + 127) / 128) * ((C + 127) / 128);
+}
+
+// What one model stage holds and keeps per micro-batch, on one EP rank.
+struct StageCensus {
+  int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0;
+  int64_t moe_layers = 0;
+  SlotBytes slot;        // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;   // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t ep_layer = 0;  // the received-rows buffers every MoE layer owns (MoE::rx_, ry_)
+};
+
+StageCensus census(const Config& cfg, const Plan& p, int stage) {
+  const Model<float> m = meta_model(cfg, StageSpec{stage, p.stages}, p.ep);
+  const PrecisionPolicy pol = cfg.policy();
+  StageCensus s;
+  for (const auto& q : m.params().all()) {
+    s.params += q->numel();
+    if (q->expert) s.expert += q->numel();
+    if (q->trainable && !q->expert) s.dense_trainable += q->numel();
+    if (q->replica) s.replica += q->numel();
+    const std::optional<Component> c = component_of(*q);
+    if (c && pol.recipe_of(*c) == Recipe::FP8) s.fp8_cache += fp8_cache_bytes(q->value);
+  }
+  s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
+  const ModelConfig& mc = cfg.model;
+  const int64_t N = p.micro_batch * p.seq_len, D = mc.hidden_size;
+  s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
+  if (p.ep > 1) {
+    s.ep_slot =
+        s.moe_layers * EpDispatcher<float>::state_bytes(dispatch_wire(cfg.precision.recipe), N, D,
+                                                        mc.num_experts_per_tok, p.ep, p.ep_rows);
+    s.ep_layer = s.moe_layers * static_cast<int64_t>(2 * N * p.ep_rows * D * 4);
+  }
+  return s;
+}
+
+// The whole model's parameter counts (plan.h: Plan's params_*).
+void count_parameters(const Config& cfg, Plan& p) {
+  const ModelConfig& mc = cfg.model;
+  const Model<float> m = meta_model(cfg, StageSpec{}, 1);
+  const double share = static_cast<double>(mc.num_experts_per_tok) / mc.n_routed_experts;
+  double total = 0, activated = 0, mtp = 0, mtp_activated = 0;
+  for (const auto& q : m.params().all()) {
+    bool in_mtp = false;
+    for (int64_t k = 0; k < mc.num_nextn_predict_layers; ++k)
+      in_mtp =
+          in_mtp ||
+          q->name.rfind("model.layers." + std::to_string(mc.num_hidden_layers + k) + ".", 0) == 0;
+    const double n = static_cast<double>(q->numel()), used = q->expert ? n * share : n;
+    if (in_mtp) {
+      mtp += n, mtp_activated += used;
+    } else {
+      total += n;
+      if (q->name != "model.embed_tokens.weight") activated += used;
+    }
+  }
+  p.params_total = static_cast<int64_t>(total);
+  p.params_activated = std::llround(activated);
+  p.params_mtp = static_cast<int64_t>(mtp);
+  p.params_mtp_activated = std::llround(mtp_activated);
+}
+
+// The schedule the plan walks: that of the full global batch. Only the generator's constraints
+// apply: what the executor does not run yet is a note, not an error.
+pipeline::Schedule plan_schedule(const Config& cfg, Plan& p) {
+  pipeline::Schedule s;
+  try {
+    s = pipeline::make_schedule(p.schedule, p.pp, p.microbatches);
+    pipeline::validate(s);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
+  }
+  const std::string why = PipelineExecutor<float>::unsupported_reason(s);
+  if (!why.empty()) p.notes.push_back("moetron train cannot run it yet: " + why);
+  if (cfg.data.batch_ramp_start > 0) {
+    const data::BatchSchedule batches(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
+                                      cfg.data.batch_ramp_tokens, p.seq_len, p.dp, p.micro_batch);
+    const int64_t first = batches.batch_size_at(0);
+    try {
+      pipeline::make_schedule(p.schedule, p.pp, static_cast<int>(first / (p.micro_batch * p.dp)));
+    } catch (const std::invalid_argument& e) {
+      p.notes.push_back("the batch ramp's first global batch (" + std::to_string(first) +
+                        " sequences) cannot be scheduled: " + e.what());
+    }
+  }
+  return s;
+}
+
+// Micro-batch states in flight on rank r at its peak: the schedule's in-flight rule
+// (pipeline::in_flight_change) applied to each op's chunk, weighted by what the chunk's stage keeps
+// per micro-batch (activations and EP dispatch state).
+struct InFlight {
+  int slots = 0;
+  int64_t activations = 0, ep = 0, largest = 0;
+};
+
+InFlight peak_in_flight(const pipeline::Schedule& s, int r, const std::vector<StageCensus>& st) {
+  InFlight cur, peak;
+  for (const pipeline::Op& op : s.per_rank[r]) {
+    const pipeline::InFlightChange ch = pipeline::in_flight_change(op);
+    if (ch.opened) {
+      const StageCensus& c = st[op.stage];
+      ++cur.slots, cur.activations += c.slot.forward, cur.ep += c.ep_slot;
+      peak.largest = std::max(peak.largest, c.slot.forward);
+      if (cur.activations + cur.ep > peak.activations + peak.ep)
+        peak.slots = cur.slots, peak.activations = cur.activations, peak.ep = cur.ep;
+    }
+    if (ch.released) {
+      const bool pair = op.kind == pipeline::OpKind::ForwardBackward;
+      const StageCensus& c = st[pair ? op.stage2 : op.stage];
+      --cur.slots, cur.activations -= c.slot.forward, cur.ep -= c.ep_slot;
+    }
+  }
+  return peak;
+}
+
+// Parameters and optimizer state of pipeline rank r: its stages' parameters (an embedding copy
+// for MTP counts once on a rank that also holds the first stage: DualPipe shares it in the
+// process, SPEC §4.2), ZeRO-1 shards of dense parameters over DP and experts over EDP.
+void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCensus>& st,
+                     RankPlan& rp) {
+  const bool first_here = std::count(rp.stages.begin(), rp.stages.end(), 0) > 0;
+  int64_t dense = 0;
+  for (int s : rp.stages) {
+    const int64_t shared = s > 0 && first_here ? st[s].replica : 0;
+    rp.params += st[s].params - shared;
+    rp.params_expert += st[s].expert;
+    dense += st[s].dense_trainable - shared;
+    rp.bytes.fp8_weight_cache += st[s].fp8_cache;
+  }
+  const int64_t edp = p.dp / p.ep;
+  const int64_t dense_owned = (dense + p.dp - 1) / p.dp;
+  const int64_t expert_owned = (rp.params_expert + edp - 1) / edp;
+  rp.owned = dense_owned + expert_owned;
+  rp.bytes.weights = rp.bytes.gradients = 4 * rp.params;
+  const int64_t moment = cfg.optimizer.moment_dtype == FloatFormat::BF16 ? 2 : 4;
+  rp.bytes.optimizer_moments = 2 * moment * rp.owned;
+  // Zero1: the reduced gradients of the owned elements when the group has more than one rank,
+  // plus one bucket's bf16 send and receive staging under grad_reduce_dtype bf16
+  const bool bf16 = cfg.optimizer.grad_reduce_dtype == FloatFormat::BF16;
+  for (const auto& [owned, group] :
+       {std::pair<int64_t, int64_t>{dense_owned, p.dp}, std::pair{expert_owned, edp}}) {
+    if (group == 1) continue;
+    const int64_t bucket = Zero1Options{}.bucket_elements;
+    rp.bytes.gradient_shard += 4 * owned + (bf16 ? 2 * (bucket + bucket / group) : 0);
+  }
+}
+
+RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s, int r,
+                   const std::vector<StageCensus>& st) {
+  RankPlan rp;
+  rp.pp_rank = r;
+  for (const pipeline::Chunk& c : s.chunks_of_rank[r]) rp.stages.push_back(c.stage);
+  rank_parameters(cfg, p, st, rp);
+  const InFlight in = peak_in_flight(s, r, st);
+  rp.slots = in.slots, rp.slot_bytes = in.largest;
+  rp.grad_sets = PipelineExecutor<float>::peak_grad_sets(s, r);
+  for (int stage : rp.stages)
+    rp.grad_set_bytes = std::max(rp.grad_set_bytes, st[stage].slot.backward);
+  rp.bytes.activations = in.activations + rp.grad_sets * rp.grad_set_bytes;
+  rp.bytes.ep_buffers = in.ep;
+  for (int stage : rp.stages) rp.bytes.ep_buffers += st[stage].ep_layer;
+  if (p.pp > 1) {
+    rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
+    const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;
+    rp.bytes.pp_messages = rp.messages * message;
+  }
+  return rp;
+}
+
+// The layout: world, ranks, the step's micro-batches; ConfigError when `world` is not the
+// config's pp x dp or the layout is invalid (make_grid's checks).
+void plan_layout(const Config& cfg, int world, Plan& p) {
+  const ParallelConfig& par = cfg.parallel;
+  const int64_t want = par.pp * par.dp;
+  if (world == 0) world = static_cast<int>(want);
+  if (world != want)
+    throw ConfigError(
+        cfg.source + ": --world " + std::to_string(world) +
+        " does not match the layout: parallel.pp x parallel.dp = " + std::to_string(par.pp) +
+        " x " + std::to_string(par.dp) + " = " + std::to_string(want) + " ranks");
+  make_grid(cfg, world, 0);
+  p.source = cfg.source;
+  p.world = world, p.pp = static_cast<int>(par.pp), p.dp = static_cast<int>(par.dp);
+  p.ep = static_cast<int>(par.ep), p.ranks_per_node = static_cast<int>(par.ranks_per_node);
+  p.schedule = to_word(par.schedule);
+  p.micro_batch = cfg.data.micro_batch_size, p.seq_len = cfg.data.seq_len;
+  p.microbatches = static_cast<int>(cfg.data.global_batch_size / (p.micro_batch * p.dp));
+  p.ep_rows =
+      p.ep > 1 ? static_cast<double>(std::min<int64_t>(cfg.model.num_experts_per_tok, p.ep)) : 1.0;
+  p.hardware = cfg.hardware.name, p.memory_gib = cfg.hardware.memory_gib;
+}
+
+}  // namespace
+
+Plan make_plan(const Config& cfg, int world) {
+  Plan p;
+  plan_layout(cfg, world, p);
+  const pipeline::Schedule s = plan_schedule(cfg, p);
+  p.stages = s.stages;
+  count_parameters(cfg, p);
+  std::vector<StageCensus> st;
+  try {
+    for (int stage = 0; stage < p.stages; ++stage) st.push_back(census(cfg, p, stage));
+  } catch (const std::invalid_argument& e) {  // layers that cannot be cut into the stages
+    throw ConfigError(cfg.source + ": parallel.schedule " + p.schedule + ": " + e.what());
+  }
+  for (int r = 0; r < p.pp; ++r) p.ranks.push_back(plan_rank(cfg, p, s, r, st));
+  return p;
+}
+
+int64_t MemoryTerms::total() const {
+  int64_t t = 0;
+  for (const MemoryTermInfo& k : kMemoryTerms) t += this->*k.bytes;
+  return t;
+}
+
+const RankPlan& Plan::peak() const {
+  if (ranks.empty()) throw std::logic_error("Plan::peak: no ranks");
+  const RankPlan* best = &ranks[0];
+  for (const RankPlan& r : ranks)
+    if (r.bytes.total() > best->bytes.total()) best = &r;
+  return *best;
+}
+
+int64_t Plan::memory_bytes() const { return static_cast<int64_t>(memory_gib * (1 << 30)); }
+
+namespace {
+
+// "79.6 GiB", "46.5 MiB"
+std::string gib(int64_t bytes) {
+  char b[32];
+  const double x = static_cast<double>(bytes);
+  if (x >= (1 << 30))
+    std::snprintf(b, sizeof b, "%.1f GiB", x / (1 << 30));
+  else
+    std::snprintf(b, sizeof b, "%.1f MiB", x / (1 << 20));
+  return b;
+}
+
+// "stage 3", "stages 0 and 15"
+std::string stage_list(const std::vector<int>& stages) {
+  std::string out = stages.size() == 1 ? "stage " : "stages ";
+  for (size_t i = 0; i < stages.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == stages.size() ? " and " : ", ") + std::to_string(stages[i]);
+  return out;
+}
+
+// A term with how it is made up where that helps: "activations 98.1 GiB (17 micro-batch slots of
+// up to 4.1 GiB + 2 gradient sets of 15.2 GiB)".
+std::string term_text(const RankPlan& r, const MemoryTermInfo& t) {
+  std::string out = std::string(t.key) + " " + gib(r.bytes.*t.bytes);
+  if (t.bytes == &MemoryTerms::activations)
+    out += " (" + std::to_string(r.slots) + " micro-batch slots of up to " + gib(r.slot_bytes) +
+           " + " + std::to_string(r.grad_sets) + " gradient sets of " + gib(r.grad_set_bytes) + ")";
+  if (t.bytes == &MemoryTerms::pp_messages && r.messages > 0)
+    out += " (" + std::to_string(r.messages) + " messages)";
+  return out;
+}
+
+}  // namespace
+
+std::string plan_refusal(const Plan& p) {
+  if (p.fits()) return "";
+  const RankPlan& r = p.peak();
+  const int64_t mem = p.memory_bytes(), total = r.bytes.total();
+  std::string msg = p.source + ": the layout does not fit in device memory: pipeline rank " +
+                    std::to_string(r.pp_rank) + " (" + stage_list(r.stages) + ") needs " +
+                    gib(total) + " per device, the " +
+                    (p.hardware.empty() ? std::string("device") : p.hardware) + " has " + gib(mem) +
+                    " (hardware.memory_gib): over by " + gib(total - mem);
+  std::vector<MemoryTermInfo> terms(kMemoryTerms.begin(), kMemoryTerms.end());
+  std::stable_sort(terms.begin(), terms.end(), [&](const auto& a, const auto& b) {
+    return r.bytes.*a.bytes > r.bytes.*b.bytes;
+  });
+  bool alone = false;
+  for (const MemoryTermInfo& t : terms) {
+    if (r.bytes.*t.bytes <= mem) continue;
+    msg += "; the term " + std::string(t.key) + " (" + gib(r.bytes.*t.bytes) +
+           ") alone exceeds the device by " + gib(r.bytes.*t.bytes - mem);
+    alone = true;
+  }
+  if (!alone)
+    msg += "; no term alone exceeds the device: the largest, " + std::string(terms[0].key) + " (" +
+           gib(r.bytes.*terms[0].bytes) + "), would have to shrink by " + gib(total - mem);
+  msg += ". Per device: ";
+  bool first = true;
+  for (const MemoryTermInfo& t : terms) {
+    if (r.bytes.*t.bytes == 0) continue;
+    msg += (first ? "" : ", ") + term_text(r, t);
+    first = false;
+  }
+  return msg;
+}
+
+void check_memory(const Config& cfg, int world) {
+  if (cfg.hardware.memory_gib <= 0) return;  // unknown: nothing to check against
+  const std::string why = plan_refusal(make_plan(cfg, world));
+  if (!why.empty()) throw ConfigError(why);
+}
+
+}  // namespace moetron

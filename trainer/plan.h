@@ -1,0 +1,101 @@
+// `moetron plan`: what a layout needs on every device, before anything is allocated — parameters
+// (total, activated per token, the MTP modules', each rank's) and each rank's memory by term —
+// counted from the real model code built on the meta device (kernels/device.h: every parameter
+// with its name and shape, no memory), the analytic activation bytes of model/memory.h times the
+// micro-batches the pipeline schedule keeps in flight, and the buffers of the EP dispatcher, the
+// pipeline executor and ZeRO-1 estimated from their shapes; then checked against the device's
+// memory (hardware.memory_gib). `moetron train` runs the same check before it allocates and stops
+// with the same message. Every term and how it is counted: docs/design.md "Planning a run".
+//
+// Ranks differ only by pipeline rank: the DP and EP ranks of a stage hold equal shares. The
+// figures are per device and assume the parameters, gradients and optimizer state live on it
+// (on the CPU backend they are host memory).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace moetron {
+
+struct MemoryTerms {
+  int64_t weights = 0;            // fp32 master weights of every parameter held
+  int64_t gradients = 0;          // fp32 gradients of the same (ZeRO-1's gradient arena)
+  int64_t gradient_shard = 0;     // ZeRO-1: the reduced gradients of the owned elements
+  int64_t optimizer_moments = 0;  // AdamW m and v of the owned elements (optimizer.moment_dtype)
+  int64_t fp8_weight_cache = 0;   // E4M3 copies of the FP8 Linears' weights + 128x128 scales
+  int64_t ep_buffers = 0;         // expert-parallel dispatch plans, wires and received rows
+  int64_t pp_messages = 0;        // pipeline activations and gradients on the wire
+  int64_t activations = 0;        // micro-batch slots in flight + gradient sets (model/memory.h)
+  int64_t total() const;
+};
+
+// The terms in report order: JSON key, table heading.
+struct MemoryTermInfo {
+  const char* key;
+  const char* heading;
+  int64_t MemoryTerms::*bytes;
+};
+inline constexpr std::array<MemoryTermInfo, 8> kMemoryTerms{{
+    {"weights", "weights", &MemoryTerms::weights},
+    {"gradients", "grads", &MemoryTerms::gradients},
+    {"gradient_shard", "grad-shard", &MemoryTerms::gradient_shard},
+    {"optimizer_moments", "moments", &MemoryTerms::optimizer_moments},
+    {"fp8_weight_cache", "fp8-cache", &MemoryTerms::fp8_weight_cache},
+    {"ep_buffers", "ep-bufs", &MemoryTerms::ep_buffers},
+    {"pp_messages", "pp-msgs", &MemoryTerms::pp_messages},
+    {"activations", "activations", &MemoryTerms::activations},
+}};
+
+// One pipeline rank (any of its DP x EP ranks).
+struct RankPlan {
+  int pp_rank = 0;
+  std::vector<int> stages;                // the model stages it holds (two under DualPipe)
+  int64_t params = 0, params_expert = 0;  // held (experts: one EP rank's share)
+  int64_t owned = 0;                      // elements whose optimizer state it holds (ZeRO-1)
+  int slots = 0;                          // micro-batch states in flight at the peak
+  int64_t slot_bytes = 0;                 // forward-kept activations of its largest slot
+  int grad_sets = 0;                      // gradient sets lent at once (backward buffers)
+  int64_t grad_set_bytes = 0;             // of the largest
+  int messages = 0;                       // pipeline message buffers at once
+  MemoryTerms bytes;
+};
+
+struct Plan {
+  std::string source;  // the config file
+  int world = 1, pp = 1, dp = 1, ep = 1, ranks_per_node = 0;
+  std::string schedule;
+  int stages = 1, microbatches = 1;  // model stages; micro-batches per pipeline per step
+  int64_t micro_batch = 1, seq_len = 1;
+  double ep_rows = 1;  // token rows an EP rank receives per token sent (bound: min(K, EP))
+  // Parameters: the main model (embedding and head once), activated per token (what a token's
+  // matrix products read: routed experts K of E; not the embedding, a lookup), the MTP modules'
+  // own (they share the embedding and head) and their activated part.
+  int64_t params_total = 0, params_activated = 0, params_mtp = 0, params_mtp_activated = 0;
+  std::string hardware;            // hardware.name
+  double memory_gib = 0;           // hardware.memory_gib; 0 = unknown
+  std::vector<RankPlan> ranks;     // one per pipeline rank
+  std::vector<std::string> notes;  // what `moetron train` cannot run of this layout yet
+
+  const RankPlan& peak() const;  // the rank with the most bytes (the first of equals)
+  int64_t memory_bytes() const;
+  bool memory_known() const { return memory_gib > 0; }
+  bool fits() const { return !memory_known() || peak().bytes.total() <= memory_bytes(); }
+};
+
+// The plan of `cfg` on `world` ranks (0: the config's, pp x dp). Throws ConfigError when the
+// world or the layout does not match the config, or the schedule cannot be made.
+Plan make_plan(const Config& cfg, int world = 0);
+
+// Why the plan does not fit — the rank, its total against the device, and the term(s) that are
+// over and by how much — or "" when it fits or the memory is unknown.
+std::string plan_refusal(const Plan& p);
+
+// `moetron train`'s check, before anything is allocated: throws ConfigError(plan_refusal) when
+// the memory is known (hardware.memory_gib > 0) and the layout does not fit.
+void check_memory(const Config& cfg, int world);
+
+}  // namespace moetron
