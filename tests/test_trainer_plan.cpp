@@ -1,5 +1,5 @@
 // The plan of a layout (trainer/plan.h): DeepSeek-V3's published parameter counts from its config
-// in well under a second; per-rank parameters and ZeRO-1 shares that add up to the model's;
+// in seconds; per-rank parameters and ZeRO-1 shares that add up to the model's;
 // activations as the trainer counts them (slots x forward + gradient sets x backward); the EP and
 // DualPipe terms; the verdict against the device memory and its message; the world check.
 #include <gtest/gtest.h>
@@ -40,7 +40,7 @@ Counted count(const Config& c, int stage, int n, int64_t ep = 1) {
   return k;
 }
 
-TEST(Plan, DeepSeekV3ParametersInUnderASecond) {
+TEST(Plan, DeepSeekV3ParametersInSeconds) {
   const std::filesystem::path here = std::filesystem::current_path();
   std::filesystem::current_path(MOETRON_SOURCE_DIR);  // the config names its profile from there
   const Config c = load_config("configs/deepseek-v3-671b.yaml");
