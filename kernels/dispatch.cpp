@@ -1,13 +1,18 @@
 // The op dispatcher: every op of kernels/ops.h runs the backend of its execution context's device.
 // CPU and Guard run kernels/cpu/ (Guard with its memory unlocked for the duration of the op:
-// GuardAccess); Meta runs nothing; CUDA is an error until the CUDA backend adds its case to
-// MOETRON_DISPATCH. Each op is one line here; explicit instantiations at the end.
+// GuardAccess); CUDA runs kernels/cuda/ (kernels::gpu, the context passed on: its stream) in a
+// build with the CUDA backend; Meta runs nothing. Each op is one line here; explicit
+// instantiations at the end. MOETRON_DISPATCH_CPU marks an op the CUDA backend does not have yet
+// (asking for it on the GPU is an error naming the op).
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/ops.h"
+#if MOETRON_HAVE_CUDA
+#include "kernels/cuda/ops_cuda.h"
+#endif
 
 namespace moetron::kernels {
 
@@ -18,25 +23,58 @@ namespace {
 }
 }  // namespace
 
-#define MOETRON_DISPATCH(name, ...)  \
-  switch (ex.device) {               \
-    case Device::CPU:                \
-      return cpu::name(__VA_ARGS__); \
-    case Device::Guard: {            \
-      GuardAccess access;            \
-      return cpu::name(__VA_ARGS__); \
-    }                                \
-    case Device::CUDA:               \
-    case Device::Meta:               \
-      break;                         \
-  }                                  \
+#define MOETRON_DISPATCH_HOST(name, ...) \
+  case Device::CPU:                      \
+    return cpu::name(__VA_ARGS__);       \
+  case Device::Guard: {                  \
+    GuardAccess access;                  \
+    return cpu::name(__VA_ARGS__);       \
+  }
+
+#if MOETRON_HAVE_CUDA
+#define MOETRON_DISPATCH_GPU(gpu_call) \
+  case Device::CUDA:                   \
+    return gpu::gpu_call;
+#else
+#define MOETRON_DISPATCH_GPU(gpu_call)
+#endif
+
+// An op of both backends: cpu::name(args) or gpu::name(ex, args).
+#define MOETRON_DISPATCH(name, ...)             \
+  switch (ex.device) {                          \
+    MOETRON_DISPATCH_HOST(name, __VA_ARGS__)    \
+    MOETRON_DISPATCH_GPU(name(ex, __VA_ARGS__)) \
+    default:                                    \
+      break;                                    \
+  }                                             \
+  no_backend(ex, #name)
+
+// An op of the CPU backend only (so far).
+#define MOETRON_DISPATCH_CPU(name, ...)      \
+  switch (ex.device) {                       \
+    MOETRON_DISPATCH_HOST(name, __VA_ARGS__) \
+    default:                                 \
+      break;                                 \
+  }                                          \
   no_backend(ex, #name)
 
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
-  MOETRON_DISPATCH(copy, dst, host_src, bytes);
+  switch (ex.device) {
+    MOETRON_DISPATCH_HOST(copy, dst, host_src, bytes)
+    MOETRON_DISPATCH_GPU(copy_from_host(ex, dst, host_src, bytes))
+    default:
+      break;
+  }
+  no_backend(ex, "copy_from_host");
 }
 void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
-  MOETRON_DISPATCH(copy, host_dst, src, bytes);
+  switch (ex.device) {
+    MOETRON_DISPATCH_HOST(copy, host_dst, src, bytes)
+    MOETRON_DISPATCH_GPU(copy_to_host(ex, host_dst, src, bytes))
+    default:
+      break;
+  }
+  no_backend(ex, "copy_to_host");
 }
 
 void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {
@@ -54,43 +92,43 @@ void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
 template <class T>
 void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
           const T* A, const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
-  MOETRON_DISPATCH(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
+  MOETRON_DISPATCH_CPU(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
 }
 
 template <class T>
 void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
                   const T* A, const T* W, T* C, GemmPrecision prec) {
-  MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
+  MOETRON_DISPATCH_CPU(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
 }
 
 template <class T>
 void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
                         const T* A, const T* B, T* C, GemmPrecision prec) {
-  MOETRON_DISPATCH(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
+  MOETRON_DISPATCH_CPU(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
 }
 
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
-  MOETRON_DISPATCH(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
+  MOETRON_DISPATCH_CPU(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks128, float* dX) {
-  MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
+  MOETRON_DISPATCH_CPU(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
 }
 
 void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K,
                               bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH_CPU(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
 }
 
 void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                                   const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
                                   float* dW) {
-  MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH_CPU(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
 }
 
 template <class T>
@@ -106,186 +144,187 @@ void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
 template <class T>
 void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
              int64_t cols, int64_t repeat, bool accumulate) {
-  MOETRON_DISPATCH(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
+  MOETRON_DISPATCH_CPU(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
 }
 
 template <class T>
 void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
                     int64_t rows, int64_t cols, int64_t group) {
-  MOETRON_DISPATCH(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
+  MOETRON_DISPATCH_CPU(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
 }
 
 void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, int64_t shift,
                   int32_t* ids, int32_t* targets, int32_t* pos) {
-  MOETRON_DISPATCH(shift_tokens, tokens, B, S, shift, ids, targets, pos);
+  MOETRON_DISPATCH_CPU(shift_tokens, tokens, B, S, shift, ids, targets, pos);
 }
 
 template <class T>
 void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
                        T* out) {
-  MOETRON_DISPATCH(embedding_forward, ids, N, table, D, out);
+  MOETRON_DISPATCH_CPU(embedding_forward, ids, N, table, D, out);
 }
 
 template <class T>
 void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* dout, int64_t D,
                         T* dtable) {
-  MOETRON_DISPATCH(embedding_backward, ids, N, dout, D, dtable);
+  MOETRON_DISPATCH_CPU(embedding_backward, ids, N, dout, D, dtable);
 }
 
 template <class T>
 void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
                      T* rstd) {
-  MOETRON_DISPATCH(rmsnorm_forward, x, w, N, D, eps, y, rstd);
+  MOETRON_DISPATCH_CPU(rmsnorm_forward, x, w, N, D, eps, y, rstd);
 }
 
 template <class T>
 void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
                             int64_t N, int64_t D, T* dx) {
-  MOETRON_DISPATCH(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
+  MOETRON_DISPATCH_CPU(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
 }
 
 template <class T>
 void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
                              int64_t D, T* dw) {
-  MOETRON_DISPATCH(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
+  MOETRON_DISPATCH_CPU(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
 }
 
 template <class T>
 void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos,
                 const int32_t* pos, const double* freqs, int64_t dim, bool inverse) {
-  MOETRON_DISPATCH(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
+  MOETRON_DISPATCH_CPU(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
 }
 
 template <class T>
 void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
                        int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
-  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+  MOETRON_DISPATCH_CPU(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
 }
 
 template <class T>
 void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
                         int64_t Dv, T scale, T* dq, T* dk, T* dv) {
-  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv);
+  MOETRON_DISPATCH_CPU(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk,
+                       dv);
 }
 
 template <class T>
 void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M, int64_t past,
                               int64_t H, int64_t Dk, int64_t Dv, T scale, T* o) {
-  MOETRON_DISPATCH(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
+  MOETRON_DISPATCH_CPU(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
 }
 
 template <class T>
 void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out) {
-  MOETRON_DISPATCH(swiglu_forward, gu, N, F, row_scale, out);
+  MOETRON_DISPATCH_CPU(swiglu_forward, gu, N, F, row_scale, out);
 }
 
 template <class T>
 void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
                      const T* row_scale, T* dgu, T* drow_scale) {
-  MOETRON_DISPATCH(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
+  MOETRON_DISPATCH_CPU(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
 }
 
 template <class T>
 void gate_forward(const Exec& ex, const T* logits, const T* bias, int64_t N, const GateParams& p,
                   T* scores, int32_t* idx, T* weights) {
-  MOETRON_DISPATCH(gate_forward, logits, bias, N, p, scores, idx, weights);
+  MOETRON_DISPATCH_CPU(gate_forward, logits, bias, N, p, scores, idx, weights);
 }
 
 template <class T>
 void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int32_t* idx,
                    const T* weights, int64_t N, const GateParams& p, T* dlogits) {
-  MOETRON_DISPATCH(gate_backward, dweights, scores, idx, weights, N, p, dlogits);
+  MOETRON_DISPATCH_CPU(gate_backward, dweights, scores, idx, weights, N, p, dlogits);
 }
 
 template <class T>
 void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
                               int64_t K, double alpha, T* f, double* loss) {
-  MOETRON_DISPATCH(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
+  MOETRON_DISPATCH_CPU(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
 }
 
 template <class T>
 void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
                                int64_t E, double c, T* dlogits) {
-  MOETRON_DISPATCH(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
+  MOETRON_DISPATCH_CPU(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
 }
 
 void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
                       bool accumulate) {
-  MOETRON_DISPATCH(expert_histogram, idx, n, E, load, accumulate);
+  MOETRON_DISPATCH_CPU(expert_histogram, idx, n, E, load, accumulate);
 }
 
 template <class T>
 void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, double gamma) {
-  MOETRON_DISPATCH(bias_sign_update, bias, load, E, gamma);
+  MOETRON_DISPATCH_CPU(bias_sign_update, bias, load, E, gamma);
 }
 
 void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
                      int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
                      int64_t* row_slot) {
-  MOETRON_DISPATCH(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
+  MOETRON_DISPATCH_CPU(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
 }
 
 template <class T>
 void gather_rows(const Exec& ex, const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst) {
-  MOETRON_DISPATCH(gather_rows, src, idx, n, D, dst);
+  MOETRON_DISPATCH_CPU(gather_rows, src, idx, n, D, dst);
 }
 
 template <class T>
 void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N, int64_t K,
                    int64_t D, T* out) {
-  MOETRON_DISPATCH(unpermute_add, rows, slot, N, K, D, out);
+  MOETRON_DISPATCH_CPU(unpermute_add, rows, slot, N, K, D, out);
 }
 
 template <class T>
 void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
                         int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
                         double* loss_sum) {
-  MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
+  MOETRON_DISPATCH_CPU(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
 }
 
 template <class T>
 void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
                          const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
                          T* dW, GemmPrecision prec) {
-  MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
+  MOETRON_DISPATCH_CPU(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
 }
 
 template <class M>
 void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, int64_t n,
                   const AdamWParams& p) {
-  MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
+  MOETRON_DISPATCH_CPU(adamw_update, param, grad, m, v, n, p);
 }
 
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
-  MOETRON_DISPATCH(quantize, x, R, C, t, pow2, q, scales);
+  MOETRON_DISPATCH_CPU(quantize, x, R, C, t, pow2, q, scales);
 }
 
 void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
                 float* x) {
-  MOETRON_DISPATCH(dequantize, q, scales, R, C, t, x);
+  MOETRON_DISPATCH_CPU(dequantize, q, scales, R, C, t, x);
 }
 
 void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t* qW,
                const float* sW, int64_t M, int64_t N, int64_t K, float* Y) {
-  MOETRON_DISPATCH(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
+  MOETRON_DISPATCH_CPU(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
 }
 
 void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
                       const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
                       bool accumulate) {
-  MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
+  MOETRON_DISPATCH_CPU(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
 }
 
 void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
                       int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH_CPU(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
 }
 
 void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
                           int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH_CPU(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
 }
 
 template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, float, const float*,
@@ -409,37 +448,37 @@ template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t
 void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
                       int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
                       int64_t* send_token) {
-  MOETRON_DISPATCH(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
+  MOETRON_DISPATCH_CPU(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
 }
 
 template <class T>
 void ep_encode_rows(const Exec& ex, RowEncoding e, const T* src, const int64_t* rows, int64_t n,
                     int64_t D, uint8_t* wire, int64_t stride) {
-  MOETRON_DISPATCH(ep_encode_rows<T>, e, src, rows, n, D, wire, stride);
+  MOETRON_DISPATCH_CPU(ep_encode_rows<T>, e, src, rows, n, D, wire, stride);
 }
 
 template <class T>
 void ep_decode_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride, int64_t n,
                     int64_t D, T* dst) {
-  MOETRON_DISPATCH(ep_decode_rows<T>, e, wire, stride, n, D, dst);
+  MOETRON_DISPATCH_CPU(ep_decode_rows<T>, e, wire, stride, n, D, dst);
 }
 
 template <class T>
 void ep_decode_add_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride,
                         const int64_t* slot, int64_t N, int64_t P, int64_t D, T* out) {
-  MOETRON_DISPATCH(ep_decode_add_rows<T>, e, wire, stride, slot, N, P, D, out);
+  MOETRON_DISPATCH_CPU(ep_decode_add_rows<T>, e, wire, stride, slot, N, P, D, out);
 }
 
 template <class T>
 void ep_pack_routes(const Exec& ex, const int32_t* idx, const T* w, const int64_t* slot, int64_t N,
                     int64_t K, int64_t P, int64_t El, uint8_t* wire, int64_t stride) {
-  MOETRON_DISPATCH(ep_pack_routes<T>, idx, w, slot, N, K, P, El, wire, stride);
+  MOETRON_DISPATCH_CPU(ep_pack_routes<T>, idx, w, slot, N, K, P, El, wire, stride);
 }
 
 template <class T>
 void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64_t R, int64_t K,
                       int32_t* ridx, T* rw) {
-  MOETRON_DISPATCH(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
+  MOETRON_DISPATCH_CPU(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
 }
 
 #define MOETRON_EP_WIRE_INSTANTIATE(T)                                                            \
