@@ -29,9 +29,11 @@ if [[ -n $prebuilt ]]; then
     mkdir -p /tmp/moetron_libs && tar xJf "$prebuilt/libs.tar.xz" -C /tmp/moetron_libs
     export LD_LIBRARY_PATH=/tmp/moetron_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   fi
-  # cuBLASLt from the machine's CUDA (toolkit or the Python wheels)
-  lt=$(find /usr/local/cuda*/ /usr/lib /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
-  [[ -n $lt ]] && export LD_LIBRARY_PATH=$(dirname "$lt"):$LD_LIBRARY_PATH
+  # cuBLASLt and NCCL from the machine's CUDA (the toolkit or the Python wheels)
+  for lib in 'libcublasLt.so.13*' 'libnccl.so.2*'; do
+    at=$(find /usr/local/cuda*/ /usr/lib /opt -name "$lib" 2>/dev/null | head -1)
+    [[ -n $at ]] && export LD_LIBRARY_PATH=$(dirname "$at"):$LD_LIBRARY_PATH
+  done
   ldd "$bin/cuda_tests" | grep "not found" && echo "gpu_check: missing libraries"
 else
   t0=$SECONDS
