@@ -92,19 +92,19 @@ void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
 template <class T>
 void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
           const T* A, const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
-  MOETRON_DISPATCH_CPU(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
+  MOETRON_DISPATCH(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
 }
 
 template <class T>
 void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
                   const T* A, const T* W, T* C, GemmPrecision prec) {
-  MOETRON_DISPATCH_CPU(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
+  MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
 }
 
 template <class T>
 void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
                         const T* A, const T* B, T* C, GemmPrecision prec) {
-  MOETRON_DISPATCH_CPU(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
+  MOETRON_DISPATCH(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
 }
 
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
@@ -280,14 +280,14 @@ template <class T>
 void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
                         int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
                         double* loss_sum) {
-  MOETRON_DISPATCH_CPU(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
+  MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
 }
 
 template <class T>
 void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
                          const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
                          T* dW, GemmPrecision prec) {
-  MOETRON_DISPATCH_CPU(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
+  MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
 }
 
 template <class M>
