@@ -228,52 +228,52 @@ void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int6
 template <class T>
 void gate_forward(const Exec& ex, const T* logits, const T* bias, int64_t N, const GateParams& p,
                   T* scores, int32_t* idx, T* weights) {
-  MOETRON_DISPATCH_CPU(gate_forward, logits, bias, N, p, scores, idx, weights);
+  MOETRON_DISPATCH(gate_forward, logits, bias, N, p, scores, idx, weights);
 }
 
 template <class T>
 void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int32_t* idx,
                    const T* weights, int64_t N, const GateParams& p, T* dlogits) {
-  MOETRON_DISPATCH_CPU(gate_backward, dweights, scores, idx, weights, N, p, dlogits);
+  MOETRON_DISPATCH(gate_backward, dweights, scores, idx, weights, N, p, dlogits);
 }
 
 template <class T>
 void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
                               int64_t K, double alpha, T* f, double* loss) {
-  MOETRON_DISPATCH_CPU(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
+  MOETRON_DISPATCH(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
 }
 
 template <class T>
 void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
                                int64_t E, double c, T* dlogits) {
-  MOETRON_DISPATCH_CPU(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
+  MOETRON_DISPATCH(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
 }
 
 void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
                       bool accumulate) {
-  MOETRON_DISPATCH_CPU(expert_histogram, idx, n, E, load, accumulate);
+  MOETRON_DISPATCH(expert_histogram, idx, n, E, load, accumulate);
 }
 
 template <class T>
 void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, double gamma) {
-  MOETRON_DISPATCH_CPU(bias_sign_update, bias, load, E, gamma);
+  MOETRON_DISPATCH(bias_sign_update, bias, load, E, gamma);
 }
 
 void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
                      int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
                      int64_t* row_slot) {
-  MOETRON_DISPATCH_CPU(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
+  MOETRON_DISPATCH(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
 }
 
 template <class T>
 void gather_rows(const Exec& ex, const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst) {
-  MOETRON_DISPATCH_CPU(gather_rows, src, idx, n, D, dst);
+  MOETRON_DISPATCH(gather_rows, src, idx, n, D, dst);
 }
 
 template <class T>
 void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N, int64_t K,
                    int64_t D, T* out) {
-  MOETRON_DISPATCH_CPU(unpermute_add, rows, slot, N, K, D, out);
+  MOETRON_DISPATCH(unpermute_add, rows, slot, N, K, D, out);
 }
 
 template <class T>
@@ -448,37 +448,37 @@ template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t
 void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
                       int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
                       int64_t* send_token) {
-  MOETRON_DISPATCH_CPU(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
+  MOETRON_DISPATCH(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
 }
 
 template <class T>
 void ep_encode_rows(const Exec& ex, RowEncoding e, const T* src, const int64_t* rows, int64_t n,
                     int64_t D, uint8_t* wire, int64_t stride) {
-  MOETRON_DISPATCH_CPU(ep_encode_rows<T>, e, src, rows, n, D, wire, stride);
+  MOETRON_DISPATCH(ep_encode_rows<T>, e, src, rows, n, D, wire, stride);
 }
 
 template <class T>
 void ep_decode_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride, int64_t n,
                     int64_t D, T* dst) {
-  MOETRON_DISPATCH_CPU(ep_decode_rows<T>, e, wire, stride, n, D, dst);
+  MOETRON_DISPATCH(ep_decode_rows<T>, e, wire, stride, n, D, dst);
 }
 
 template <class T>
 void ep_decode_add_rows(const Exec& ex, RowEncoding e, const uint8_t* wire, int64_t stride,
                         const int64_t* slot, int64_t N, int64_t P, int64_t D, T* out) {
-  MOETRON_DISPATCH_CPU(ep_decode_add_rows<T>, e, wire, stride, slot, N, P, D, out);
+  MOETRON_DISPATCH(ep_decode_add_rows<T>, e, wire, stride, slot, N, P, D, out);
 }
 
 template <class T>
 void ep_pack_routes(const Exec& ex, const int32_t* idx, const T* w, const int64_t* slot, int64_t N,
                     int64_t K, int64_t P, int64_t El, uint8_t* wire, int64_t stride) {
-  MOETRON_DISPATCH_CPU(ep_pack_routes<T>, idx, w, slot, N, K, P, El, wire, stride);
+  MOETRON_DISPATCH(ep_pack_routes<T>, idx, w, slot, N, K, P, El, wire, stride);
 }
 
 template <class T>
 void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64_t R, int64_t K,
                       int32_t* ridx, T* rw) {
-  MOETRON_DISPATCH_CPU(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
+  MOETRON_DISPATCH(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
 }
 
 #define MOETRON_EP_WIRE_INSTANTIATE(T)                                                            \
