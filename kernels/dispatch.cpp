@@ -110,25 +110,25 @@ void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
-  MOETRON_DISPATCH_CPU(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
+  MOETRON_DISPATCH(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks128, float* dX) {
-  MOETRON_DISPATCH_CPU(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
+  MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
 }
 
 void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K,
                               bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH_CPU(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
 }
 
 void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                                   const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
                                   float* dW) {
-  MOETRON_DISPATCH_CPU(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
 }
 
 template <class T>
@@ -298,33 +298,33 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
 
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
-  MOETRON_DISPATCH_CPU(quantize, x, R, C, t, pow2, q, scales);
+  MOETRON_DISPATCH(quantize, x, R, C, t, pow2, q, scales);
 }
 
 void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
                 float* x) {
-  MOETRON_DISPATCH_CPU(dequantize, q, scales, R, C, t, x);
+  MOETRON_DISPATCH(dequantize, q, scales, R, C, t, x);
 }
 
 void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t* qW,
                const float* sW, int64_t M, int64_t N, int64_t K, float* Y) {
-  MOETRON_DISPATCH_CPU(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
+  MOETRON_DISPATCH(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
 }
 
 void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
                       const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
                       bool accumulate) {
-  MOETRON_DISPATCH_CPU(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
+  MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
 }
 
 void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
                       int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH_CPU(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
 }
 
 void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
                           int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
-  MOETRON_DISPATCH_CPU(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
 }
 
 template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, float, const float*,
