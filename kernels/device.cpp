@@ -10,6 +10,10 @@
 #include <stdexcept>
 #include <string>
 
+#if MOETRON_HAVE_CUDA
+#include "kernels/cuda/runtime.h"
+#endif
+
 namespace moetron {
 
 const char* device_name(Device d) { return to_word(d); }
@@ -143,7 +147,13 @@ Allocator& allocator(Device d) {
       return guard_alloc();
     case Device::CUDA:
       if (Allocator* a = g_cuda.load()) return *a;
+#if MOETRON_HAVE_CUDA
+      if (!kernels::gpu::available())
+        throw std::runtime_error("device cuda: " + kernels::gpu::unavailable_reason());
+      return kernels::gpu::device_allocator();
+#else
       throw std::runtime_error("device cuda: this build has no CUDA backend");
+#endif
   }
   throw std::logic_error("allocator: unknown device");
 }

@@ -1,5 +1,5 @@
-// Tensor storage and bookkeeping: memory from the device's allocator (device.h), zero-filled on
-// the CPU; on the Meta device a tensor has a shape and no memory.
+// Tensor storage and bookkeeping: memory from the device's allocator (device.h), zero-filled by
+// the device's fill op (CPU or GPU); on the Meta device a tensor has a shape and no memory.
 #include "kernels/tensor.h"
 
 #include <algorithm>
@@ -7,6 +7,8 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+
+#include "kernels/ops.h"
 
 namespace moetron {
 
@@ -57,16 +59,14 @@ Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
     : shape_(std::move(shape)), dtype_(dtype), device_(device) {
   for (int64_t d : shape_)
     if (d < 0) throw std::invalid_argument("Tensor: negative dimension in " + shape_str());
-  if (device != Device::CPU && device != Device::Meta)
-    throw std::runtime_error(
-        std::string("Tensor: parameters live on the cpu or meta device, not ") +
-        device_name(device));
+  if (device == Device::Guard)
+    throw std::runtime_error("Tensor: parameters live on the cpu, cuda or meta device, not guard");
   storage_ = std::make_shared<Storage>();
   const size_t n = std::max<size_t>(bytes(), 64);  // never a zero-byte allocation
   storage_->device = device;
   storage_->ptr = allocator(device).allocate(n);
   storage_->bytes = n;
-  if (storage_->ptr) std::memset(storage_->ptr, 0, n);
+  if (storage_->ptr) kernels::fill_zero(Exec::on(device), storage_->ptr, n);
 }
 
 int64_t Tensor::numel() const {
@@ -76,7 +76,7 @@ int64_t Tensor::numel() const {
 }
 
 void Tensor::zero() {
-  if (storage_ && storage_->ptr) std::memset(raw(), 0, bytes());
+  if (storage_ && storage_->ptr) kernels::fill_zero(Exec::on(device_), raw(), bytes());
 }
 
 Tensor Tensor::view(int64_t offset, std::vector<int64_t> shape) const {

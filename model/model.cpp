@@ -27,7 +27,7 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
       pol_(pol),
       stage_(stage),
       ex_(ex),
-      ps_(ex.device == Device::Meta ? Device::Meta : Device::CPU),
+      ps_(param_device(ex.device)),
       loads_(ex.device) {
   if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>(ex);
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, L = cfg.num_hidden_layers;

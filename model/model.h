@@ -80,7 +80,8 @@ class Model {
 
   // dispatcher: how MoE layers reach their experts (default: all experts in this process).
   // ex: the device and stream the model runs on; activations live on ex.device, parameters on
-  // the CPU (on the Meta device: nowhere — a model for planning, which cannot run).
+  // param_device(ex.device) (on the Meta device: nowhere — a model for planning, which cannot
+  // run).
   Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
         std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {},
         const Exec& ex = Exec{});

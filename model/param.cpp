@@ -1,6 +1,10 @@
 // Deterministic per-parameter initialisation (see param.h).
 #include "model/param.h"
 
+#include <vector>
+
+#include "kernels/ops.h"
+
 namespace moetron {
 
 uint64_t name_seed(uint64_t seed, const std::string& name) {
@@ -12,20 +16,33 @@ uint64_t name_seed(uint64_t seed, const std::string& name) {
   return h;
 }
 
+namespace {
+// The values are drawn on the host and copied to the parameter's device (a no-op copy on the CPU
+// is avoided: the CPU path writes in place).
+template <class T, class F>
+void fill_values(Param<T>& p, F&& value_at) {
+  if (!p.value.raw()) return;  // Meta device
+  if (p.value.device() == Device::CPU) {
+    T* w = p.w();
+    for (int64_t i = 0; i < p.numel(); ++i) w[i] = value_at();
+    return;
+  }
+  std::vector<T> host(static_cast<size_t>(p.numel()));
+  for (T& x : host) x = value_at();
+  kernels::copy_from_host(Exec::on(p.value.device()), p.w(), host.data(), sizeof(T) * host.size());
+}
+}  // namespace
+
 template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed) {
-  if (!p.value.raw()) return;  // Meta device
   std::mt19937_64 gen(name_seed(seed, p.name));
   std::normal_distribution<double> dist(0.0, std);
-  T* w = p.w();
-  for (int64_t i = 0; i < p.numel(); ++i) w[i] = static_cast<T>(dist(gen));
+  fill_values(p, [&] { return static_cast<T>(dist(gen)); });
 }
 
 template <class T>
 void init_constant(Param<T>& p, double value) {
-  if (!p.value.raw()) return;  // Meta device
-  T* w = p.w();
-  for (int64_t i = 0; i < p.numel(); ++i) w[i] = static_cast<T>(value);
+  fill_values(p, [&] { return static_cast<T>(value); });
 }
 
 template void init_normal<float>(Param<float>&, double, uint64_t);

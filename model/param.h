@@ -38,10 +38,16 @@ struct Param {
   const T* w() const { return value.data<T>(); }
 };
 
+// Where a model that runs on device `d` keeps its parameters: beside its activations on the GPU,
+// nowhere on Meta, and in CPU memory for the CPU and the Guard test device (which guards
+// activations only).
+inline Device param_device(Device d) { return d == Device::Guard ? Device::CPU : d; }
+
 template <class T>
 class ParamStore {
  public:
-  // Parameters on `device`: the CPU, or Meta for a model that is only planned (no memory).
+  // Parameters on `device`: the CPU, the GPU, or Meta for a model that is only planned (no
+  // memory).
   explicit ParamStore(Device device = Device::CPU) : device_(device) {}
   Device device() const { return device_; }
   // A new parameter with its own storage.

@@ -1,0 +1,143 @@
+// bench_cuda_gemm: time of the CUDA backend's GEMM (moetron::kernels::gemm on Device::CUDA, i.e.
+// cuBLASLt through kernels/cuda/gemm.cu) on DeepSeek-V3's shapes, BF16 and FP32.
+//
+// Every shape is a linear layer's forward Y[M,N] = X[M,K] W[N,K]^T (the NT layout of the model's
+// [out, in] weights). BF16 is the op as the model calls it: both fp32 inputs are rounded to bf16
+// copies inside the op (those conversions are timed too), then a bf16 x bf16 -> fp32 cuBLASLt
+// GEMM; FP32 is true fp32 (no TF32). Timing: CUDA events on the compute stream around `runs`
+// calls after `warmup` calls (3 + 10; --quick: 1 + 3 over a few shapes). TFLOP/s counts 2MNK per
+// call; "% peak" is against the H200/H100 SXM dense BF16 peak, 989 TFLOP/s (for FP32 rows it only
+// says how far plain fp32 is from the tensor-core peak).
+//
+// Shapes (M = tokens, 4096 unless --tokens): MLA q_a 7168->1536, kv_a 7168->576, q_b
+// 1536->24576 (128 heads x 192), kv_b 512->32768 (128 x (128 + 128)), o_proj 16384->7168; dense
+// MLP gate|up 7168->2x18432 and down 18432->7168; routed expert gate|up 7168->2x2048 and down
+// 2048->7168 at M = 1024 rows (a 32k-token global batch routes 32768 x 8 / 256 = 1024 rows to
+// each expert); the output head 7168->129280.
+// Usage: bench_cuda_gemm [--quick] [--tokens M]. Without a GPU: "no usable CUDA device: <reason>",
+// exit 0.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/buffer.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/ops.h"
+
+namespace mk = moetron::kernels;
+namespace gpu = moetron::kernels::gpu;
+using moetron::Buffer;
+using moetron::Device;
+using moetron::Exec;
+using moetron::kernels::GemmPrecision;
+
+namespace {
+
+constexpr double kPeakBf16 = 989.0;  // TFLOP/s, dense
+
+struct Shape {
+  const char* what;
+  int64_t M, K, N;  // M < 0: the token count
+  bool quick;
+};
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+// n floats on the GPU, uniform in [-1, 1) (a 1M-element host pattern copied repeatedly: the
+// head's weight is 0.9G elements).
+Buffer<float> random_device(int64_t n, uint64_t seed) {
+  static std::vector<float> pattern;
+  if (pattern.empty()) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    pattern.resize(1 << 20);
+    for (float& x : pattern) x = u(rng);
+  }
+  Buffer<float> b(Device::CUDA);
+  b.resize(static_cast<size_t>(n));
+  const Exec ex = gpu::exec();
+  for (int64_t i = 0; i < n; i += int64_t(pattern.size())) {
+    const int64_t c = std::min<int64_t>(int64_t(pattern.size()), n - i);
+    mk::copy_from_host(ex, b.data() + i, pattern.data(), c * sizeof(float));
+  }
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int64_t tokens = 4096;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc) {
+      tokens = std::atoll(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: bench_cuda_gemm [--quick] [--tokens M]\n");
+      return 2;
+    }
+  }
+  if (!gpu::available()) {
+    std::printf("no usable CUDA device: %s\n", gpu::unavailable_reason().c_str());
+    return 0;
+  }
+  const Shape shapes[] = {
+      {"q_a (wq_a)", -1, 7168, 1536, true},     {"kv_a (wkv_a)", -1, 7168, 576, false},
+      {"q_b (wq_b)", -1, 1536, 24576, false},   {"kv_b (wkv_b)", -1, 512, 32768, false},
+      {"o_proj", -1, 16384, 7168, true},        {"dense gate|up", -1, 7168, 36864, false},
+      {"dense down", -1, 18432, 7168, false},   {"expert gate|up", 1024, 7168, 4096, true},
+      {"expert down", 1024, 2048, 7168, false}, {"lm head", -1, 7168, 129280, false},
+  };
+  const int warmup = quick ? 1 : 3, runs = quick ? 3 : 10;
+  const Exec ex = gpu::exec();
+  cudaStream_t s = gpu::compute_stream();
+  cudaEvent_t t0, t1;
+  check(cudaEventCreate(&t0), "cudaEventCreate");
+  check(cudaEventCreate(&t1), "cudaEventCreate");
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  std::printf("bench_cuda_gemm on %s: Y[M,N] = X[M,K] W[N,K]^T, %d warm-up + %d timed runs\n\n",
+              prop.name, warmup, runs);
+  std::printf("| shape | M | K | N | precision | ms | TFLOP/s | %% of %.0f |\n", kPeakBf16);
+  std::printf("|---|---:|---:|---:|---|---:|---:|---:|\n");
+  for (const Shape& sh : shapes) {
+    if (quick && !sh.quick) continue;
+    const int64_t M = sh.M < 0 ? tokens : sh.M, K = sh.K, N = sh.N;
+    Buffer<float> X = random_device(M * K, 1), W = random_device(N * K, 2);
+    Buffer<float> Y(Device::CUDA);
+    Y.resize(static_cast<size_t>(M * N));
+    for (GemmPrecision prec : {GemmPrecision::BF16, GemmPrecision::FP32}) {
+      for (int i = 0; i < warmup; ++i)
+        mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
+      check(cudaEventRecord(t0, s), "cudaEventRecord");
+      for (int i = 0; i < runs; ++i)
+        mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
+      check(cudaEventRecord(t1, s), "cudaEventRecord");
+      check(cudaEventSynchronize(t1), "cudaEventSynchronize");
+      float ms_total = 0;
+      check(cudaEventElapsedTime(&ms_total, t0, t1), "cudaEventElapsedTime");
+      const double ms = ms_total / runs;
+      const double tflops = 2.0 * double(M) * double(N) * double(K) / (ms * 1e-3) * 1e-12;
+      std::printf("| %s | %lld | %lld | %lld | %s | %.3f | %.1f | %.1f%% |\n", sh.what,
+                  static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N),
+                  prec == GemmPrecision::BF16 ? "BF16" : "FP32", ms, tflops,
+                  100.0 * tflops / kPeakBf16);
+      std::fflush(stdout);
+    }
+  }
+  check(cudaEventDestroy(t0), "cudaEventDestroy");
+  check(cudaEventDestroy(t1), "cudaEventDestroy");
+  return 0;
+}

@@ -1,0 +1,68 @@
+// Elementwise vector ops on the GPU (residual adds, gradient accumulation, bf16 storage of
+// activations): grid-stride loops, one element per thread per step. The bf16 rounding is
+// kernels/scalar.h's, so the CPU tests of f32_to_bf16 cover what runs here.
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/scalar.h"
+
+namespace moetron::kernels::gpu {
+
+namespace {
+
+template <class T>
+__global__ void axpy_kernel(T* y, T a, const T* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += a * x[i];
+}
+template <class T>
+__global__ void add_kernel(T* y, const T* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+__global__ void narrow_kernel(const float* x, int64_t n, uint16_t* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = f32_to_bf16(x[i]);
+}
+__global__ void widen_kernel(const uint16_t* x, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = bf16_to_f32(x[i]);
+}
+
+}  // namespace
+
+template <class T>
+void add_inplace(const Exec& ex, T* y, const T* x, int64_t n) {
+  if (n <= 0) return;
+  add_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, x, n);
+  MOETRON_CUDA_LAUNCHED("add_inplace");
+}
+
+template <class T>
+void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
+  if (n <= 0) return;
+  axpy_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, a, x, n);
+  MOETRON_CUDA_LAUNCHED("axpy");
+}
+
+void narrow_to_bf16(const Exec& ex, const float* x, int64_t n, uint16_t* y) {
+  if (n <= 0) return;
+  narrow_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(x, n, y);
+  MOETRON_CUDA_LAUNCHED("narrow_to_bf16");
+}
+
+void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
+  if (n <= 0) return;
+  widen_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(x, n, y);
+  MOETRON_CUDA_LAUNCHED("widen_from_bf16");
+}
+
+template void add_inplace<float>(const Exec&, float*, const float*, int64_t);
+template void add_inplace<double>(const Exec&, double*, const double*, int64_t);
+template void axpy<float>(const Exec&, float*, float, const float*, int64_t);
+template void axpy<double>(const Exec&, double*, double, const double*, int64_t);
+
+}  // namespace moetron::kernels::gpu

@@ -1,0 +1,142 @@
+// cuBLASLt's block-scaled FP8 GEMM (cuBLAS >= 12.9, Hopper): the host calls behind
+// fp8::cublaslt_gemm_tn (kernels/cuda/fp8_cuda.h; the layouts and the fallback rules are at the
+// top of kernels/cuda/fp8_gemm.cu).
+//
+//   D (m x n, column-major, ld m, fp32) = A^T B (+ D), A: k x m column-major (= [m,k] row-major,
+//   k contiguous, ld k) with TRANSA = T, B: k x n column-major (= [n,k] row-major) with TRANSB = N
+//   ("TN", the only FP8 layout Hopper's cuBLASLt runs). Compute and scale type fp32; fast
+//   accumulation off, so each 128-K block's partial is promoted with its scales into fp32.
+//   Scale modes: A CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F (a weight's 128x128 blocks) or
+//   VEC128_32F; B VEC128_32F (1x128 tiles along k). 2D x 2D is not supported by cuBLASLt and
+//   never asked for.
+//
+// Descriptors and the heuristic query are made per call (a few microseconds; a cache keyed by
+// shape is the obvious next step when this shows in profiles). One handle per host thread, made
+// on first use and kept for the life of the process (destroying it at exit would race the CUDA
+// runtime's own teardown).
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/fp8_cuda.h"
+
+namespace moetron::kernels::gpu::fp8 {
+
+namespace {
+
+cublasLtHandle_t lt_handle() {
+  thread_local cublasLtHandle_t h = [] {
+    cublasLtHandle_t x = nullptr;
+    if (cublasLtCreate(&x) != CUBLAS_STATUS_SUCCESS) x = nullptr;
+    return x;
+  }();
+  return h;
+}
+
+// Owners of the descriptors, so that every early return frees them.
+struct MatmulDesc {
+  cublasLtMatmulDesc_t d = nullptr;
+  ~MatmulDesc() {
+    if (d) cublasLtMatmulDescDestroy(d);
+  }
+};
+struct MatrixLayout {
+  cublasLtMatrixLayout_t d = nullptr;
+  ~MatrixLayout() {
+    if (d) cublasLtMatrixLayoutDestroy(d);
+  }
+};
+struct Preference {
+  cublasLtMatmulPreference_t d = nullptr;
+  ~Preference() {
+    if (d) cublasLtMatmulPreferenceDestroy(d);
+  }
+};
+
+bool ok(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS; }
+
+template <class V>
+bool set(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const V& v) {
+  return ok(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)));
+}
+template <class V>
+bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, const V& v) {
+  return ok(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
+}
+
+// The largest power of two (<= 256) dividing the address: what cuBLASLt may assume of it.
+uint32_t alignment_of(const void* p) {
+  const uintptr_t u = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && u % a != 0) a /= 2;
+  return a;
+}
+
+}  // namespace
+
+bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, bool a_blocks,
+                      const uint8_t* B, const float* b_scale, int64_t m, int64_t n, int64_t k,
+                      float* D, bool accumulate, void* workspace, size_t workspace_bytes) {
+  if (cublasLtGetVersion() < 120900) return false;  // block scaling arrived in cuBLAS 12.9
+  cublasLtHandle_t h = lt_handle();
+  if (h == nullptr) return false;
+
+  MatmulDesc op;
+  if (!ok(cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const int8_t fast_accum = 0;
+  const int32_t a_mode = a_blocks ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
+                                  : CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  const int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  const void* a_scale_ptr = a_scale;
+  const void* b_scale_ptr = b_scale;
+  if (!set(op.d, CUBLASLT_MATMUL_DESC_TRANSA, ta) || !set(op.d, CUBLASLT_MATMUL_DESC_TRANSB, tb) ||
+      !set(op.d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, fast_accum) ||
+      !set(op.d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a_mode) ||
+      !set(op.d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b_mode) ||
+      !set(op.d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale_ptr) ||
+      !set(op.d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale_ptr))
+    return false;
+
+  MatrixLayout la, lb, ld;
+  if (!ok(cublasLtMatrixLayoutCreate(&la.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
+                                     static_cast<uint64_t>(m), k)) ||
+      !ok(cublasLtMatrixLayoutCreate(&lb.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
+                                     static_cast<uint64_t>(n), k)) ||
+      !ok(cublasLtMatrixLayoutCreate(&ld.d, CUDA_R_32F, static_cast<uint64_t>(m),
+                                     static_cast<uint64_t>(n), m)))
+    return false;
+
+  Preference pref;
+  const uint64_t ws = workspace_bytes;
+  const uint32_t al_a = alignment_of(A), al_b = alignment_of(B), al_d = alignment_of(D);
+  if (!ok(cublasLtMatmulPreferenceCreate(&pref.d)) ||
+      !set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) ||
+      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) ||
+      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b) ||
+      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_d) ||
+      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_d))
+    return false;
+
+  cublasLtMatmulHeuristicResult_t result = {};
+  int found = 0;
+  if (!ok(cublasLtMatmulAlgoGetHeuristic(h, op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1, &result,
+                                         &found)) ||
+      found == 0)
+    return false;
+
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  const cublasStatus_t s = cublasLtMatmul(h, op.d, &alpha, A, la.d, B, lb.d, &beta, D, ld.d, D,
+                                          ld.d, &result.algo, workspace, workspace_bytes, st);
+  // After a successful heuristic a failure here is unexpected, and the GEMM may have been partly
+  // enqueued (an accumulating fallback would then add twice): an error, not a silent fallback.
+  // MOETRON_FP8_GEMM=kernel runs without cuBLASLt.
+  if (!ok(s))
+    throw std::runtime_error(std::string("cublasLtMatmul (block-scaled FP8): ") +
+                             cublasLtGetStatusString(s) + " (MOETRON_FP8_GEMM=kernel avoids it)");
+  return true;
+}
+
+}  // namespace moetron::kernels::gpu::fp8

@@ -1,0 +1,288 @@
+// The FP8 quantiser on the GPU (kernels/cpu/fp8.h has the rule): quantize / dequantize for any
+// tile shape, and the operand layouts the Linear GEMMs need (quantize_128x1_t,
+// requantize_1x128_to_128x1, transpose_e4m3_blocks; kernels/cuda/fp8_cuda.h).
+//
+// Bitwise equal to the CPU: per tile amax (NaN skipped, as fmaxf does), s = max(amax, 1e-4) / 448
+// or its pow2_ceil, q = e4m3(x / s) (x * (1/s) with power-of-two scales), the conversions of
+// kernels/scalar.h. One difference between the machines has to be bridged by hand: NaN bits. The
+// CPU (x86 SSE/AVX) returns a NaN operand unchanged (quieted, sign kept) and makes the "default
+// NaN" 0xFFC00000 (sign SET) for an invalid operation such as inf / inf or 0 * inf, while the GPU
+// returns the canonical NaN 0x7FFFFFFF (sign clear). The sign of a NaN becomes the sign bit of its
+// E4M3 code, so x86_mul / x86_div below reproduce the x86 results (NaN inputs, inf inputs with
+// amax/448 scales, dequantised 0 * inf).
+//
+// Kernels (simple, one pass of reads for the amax and one for the codes):
+//   tiles of one row (1 x tc, the activations' 1x128): one warp per tile, warp-shuffle max;
+//   other tiles: one block per tile, block max, any tile shape;
+//   128x1 stored transposed: a block per 128 rows x 32 columns staged in shared memory, column
+//     maxima, then each column written as a contiguous run of qT (the tokens of Wgrad's operand);
+//   dequantize: one element per thread (grid-stride).
+// Grids loop over tiles (grid-stride), so no launch exceeds the grid limits.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/fp8_cuda.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/scalar.h"
+
+namespace moetron::kernels::gpu {
+
+namespace fp8 {
+
+namespace {
+
+// ---- per-element math: the CPU's results, NaN bits included ------------------------------------
+
+__device__ __forceinline__ float quiet_nan(float x) { return bits_f32(f32_bits(x) | 0x00400000u); }
+constexpr uint32_t kX86DefaultNan = 0xffc00000u;
+
+// a * b as x86 computes it (see the note at the top)
+__device__ __forceinline__ float x86_mul(float a, float b) {
+  if (isnan(a)) return quiet_nan(a);
+  if (isnan(b)) return quiet_nan(b);
+  const float r = a * b;
+  return isnan(r) ? bits_f32(kX86DefaultNan) : r;
+}
+// a / b as x86 computes it (IEEE division: nvcc's default -prec-div=true)
+__device__ __forceinline__ float x86_div(float a, float b) {
+  if (isnan(a)) return quiet_nan(a);
+  if (isnan(b)) return quiet_nan(b);
+  const float r = a / b;
+  return isnan(r) ? bits_f32(kX86DefaultNan) : r;
+}
+
+// The scale of a tile from its amax (cpu tile_scale: std::max(amax, 1e-4f) / 448).
+__device__ __forceinline__ float tile_scale(float amax, bool pow2) {
+  const float s = (amax < 1e-4f ? 1e-4f : amax) / 448.0f;
+  return pow2 ? pow2_ceil(s) : s;
+}
+
+// The code of x in a tile of scale s (inv = 1 / s).
+__device__ __forceinline__ uint8_t encode(float x, float s, float inv, bool pow2) {
+  return f32_to_e4m3(pow2 ? x86_mul(x, inv) : x86_div(x, s));
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// max of v over the block (values >= 0; blockDim.x a multiple of 32); every thread gets it.
+__device__ float block_max(float v) {
+  __shared__ float warp_maxes[32];
+  v = warp_max(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // warp_maxes may still be read by the previous call
+  if (lane == 0) warp_maxes[warp] = v;
+  __syncthreads();
+  const int nwarps = blockDim.x / 32;
+  return warp_max(lane < nwarps ? warp_maxes[lane] : 0.f);
+}
+
+// ---- quantize -----------------------------------------------------------------------------------
+
+// Tiles 1 x tc of x [R,C]: one warp per tile t = r * TC + tile column (also its scale's index).
+__global__ void quantize_row_tiles_kernel(const float* x, int64_t R, int64_t C, int64_t tc,
+                                          int64_t TC, bool pow2, uint8_t* q, float* scales) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const int64_t ntiles = R * TC;
+  for (int64_t t = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; t < ntiles;
+       t += warps) {  // uniform within a warp
+    const int64_t r = t / TC, c0 = (t % TC) * tc;
+    const int64_t w = std::min(tc, C - c0);
+    const float* xt = x + r * C + c0;
+    float m = 0.f;
+    for (int64_t j = lane; j < w; j += 32) m = fmaxf(m, fabsf(xt[j]));  // fmaxf skips NaN
+    m = warp_max(m);
+    const float s = tile_scale(m, pow2), inv = 1.0f / s;
+    if (lane == 0) scales[t] = s;
+    uint8_t* qt = q + r * C + c0;
+    for (int64_t j = lane; j < w; j += 32) qt[j] = encode(xt[j], s, inv, pow2);
+  }
+}
+
+// Tiles tr x tc (tr > 1) of x [R,C]: one block per tile t = tile row * TC + tile column.
+__global__ void quantize_block_tiles_kernel(const float* x, int64_t R, int64_t C, int64_t tr,
+                                            int64_t tc, int64_t TR, int64_t TC, bool pow2,
+                                            uint8_t* q, float* scales) {
+  for (int64_t t = blockIdx.x; t < TR * TC; t += gridDim.x) {  // uniform within the block
+    const int64_t r0 = (t / TC) * tr, c0 = (t % TC) * tc;
+    const int64_t h = std::min(tr, R - r0), w = std::min(tc, C - c0), n = h * w;
+    float m = 0.f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+      m = fmaxf(m, fabsf(x[(r0 + i / w) * C + c0 + i % w]));
+    m = block_max(m);
+    const float s = tile_scale(m, pow2), inv = 1.0f / s;
+    if (threadIdx.x == 0) scales[t] = s;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const int64_t idx = (r0 + i / w) * C + c0 + i % w;
+      q[idx] = encode(x[idx], s, inv, pow2);
+    }
+  }
+}
+
+// ---- 128x1 tiles stored transposed --------------------------------------------------------------
+
+// The values of x [R,C]: fp32, or dequantised 1x128 FP8 (cpu::dequantize, then requantised).
+struct F32Values {
+  const float* x;
+  int64_t C;
+  __device__ float operator()(int64_t r, int64_t c) const { return x[r * C + c]; }
+};
+struct E4M3Values {
+  const uint8_t* q;
+  const float* s;
+  int64_t C, CB;  // CB = ceil(C / 128): the row stride of s
+  __device__ float operator()(int64_t r, int64_t c) const {
+    return x86_mul(e4m3_to_f32(q[r * C + c]), s[r * CB + c / 128]);
+  }
+};
+
+constexpr int kColsT = 32;  // columns per block of the transposing quantiser (one warp wide)
+
+// x [R,C] (through `at`) -> qT [C,R], sT [C, RB]: per work item 128 rows x 32 columns; 256 threads
+// as 8 rows of 32 (tx: column when reading x, row when writing qT).
+template <class Values>
+__global__ void quantize_128x1_t_kernel(Values at, int64_t R, int64_t C, bool pow2, uint8_t* qT,
+                                        float* sT) {
+  __shared__ float tile[128][kColsT + 1];  // +1: conflict-free column reads
+  __shared__ float red[8][kColsT];
+  __shared__ float sc[kColsT], inv[kColsT];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t RB = cdiv(R, 128), CG = cdiv(C, kColsT);
+  for (int64_t t = blockIdx.x; t < RB * CG; t += gridDim.x) {  // uniform within the block
+    const int64_t rb = t / CG, r0 = rb * 128, c0 = (t % CG) * kColsT;
+    const int h = static_cast<int>(std::min<int64_t>(128, R - r0));
+    const int w = static_cast<int>(std::min<int64_t>(kColsT, C - c0));
+    float m = 0.f;
+    for (int r = ty; r < h; r += 8) {
+      const float v = tx < w ? at(r0 + r, c0 + tx) : 0.f;
+      tile[r][tx] = v;
+      m = fmaxf(m, fabsf(v));
+    }
+    red[ty][tx] = m;
+    __syncthreads();
+    if (ty == 0) {
+      float a = red[0][tx];
+      for (int j = 1; j < 8; ++j) a = fmaxf(a, red[j][tx]);
+      const float s = tile_scale(a, pow2);
+      sc[tx] = s;
+      inv[tx] = 1.0f / s;
+      if (tx < w) sT[(c0 + tx) * RB + rb] = s;
+    }
+    __syncthreads();
+    for (int c = ty; c < w; c += 8)
+      for (int r = tx; r < h; r += 32)
+        qT[(c0 + c) * R + r0 + r] = encode(tile[r][c], sc[c], inv[c], pow2);
+    __syncthreads();  // tile, red, sc are rewritten by the next work item
+  }
+}
+
+// ---- layouts ------------------------------------------------------------------------------------
+
+// dst [C,R] = src [R,C]^T through 32x32 tiles in shared memory (256 threads as 8 x 32).
+template <class T>
+__global__ void transpose_kernel(const T* src, int64_t R, int64_t C, T* dst) {
+  __shared__ T tile[32][33];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t TRb = cdiv(R, 32), TCb = cdiv(C, 32);
+  for (int64_t t = blockIdx.x; t < TRb * TCb; t += gridDim.x) {  // uniform within the block
+    const int64_t r0 = (t / TCb) * 32, c0 = (t % TCb) * 32;
+    for (int i = ty; i < 32; i += 8)
+      if (r0 + i < R && c0 + tx < C) tile[i][tx] = src[(r0 + i) * C + c0 + tx];
+    __syncthreads();
+    for (int i = ty; i < 32; i += 8)
+      if (c0 + i < C && r0 + tx < R) dst[(c0 + i) * R + r0 + tx] = tile[tx][i];
+    __syncthreads();
+  }
+}
+
+template <class T>
+void transpose(cudaStream_t st, const T* src, int64_t R, int64_t C, T* dst) {
+  if (R <= 0 || C <= 0) return;
+  const int64_t tiles = cdiv(R, 32) * cdiv(C, 32);
+  transpose_kernel<T><<<blocks_for(tiles, 1), kThreads, 0, st>>>(src, R, C, dst);
+  MOETRON_CUDA_LAUNCHED("fp8 transpose");
+}
+
+// ---- dequantize ---------------------------------------------------------------------------------
+
+__global__ void dequantize_kernel(const uint8_t* q, const float* scales, int64_t R, int64_t C,
+                                  int64_t tr, int64_t tc, int64_t TC, float* x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < R * C;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / C, c = i % C;
+    x[i] = x86_mul(e4m3_to_f32(q[i]), scales[(r / tr) * TC + c / tc]);
+  }
+}
+
+void check_sizes(int64_t R, int64_t C, const char* what) {
+  if (R < 0 || C < 0) throw std::invalid_argument(std::string(what) + ": negative size");
+}
+
+}  // namespace
+
+void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
+              float* scales) {
+  if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1)
+    throw std::invalid_argument("quantize: bad sizes");
+  if (R == 0 || C == 0) return;
+  const int64_t TR = cdiv(R, t.rows), TC = cdiv(C, t.cols);
+  if (t.rows == 1) {
+    quantize_row_tiles_kernel<<<blocks_for(TR * TC * 32), kThreads, 0, st>>>(x, R, C, t.cols, TC,
+                                                                             pow2, q, scales);
+  } else {
+    quantize_block_tiles_kernel<<<blocks_for(TR * TC, 1), kThreads, 0, st>>>(
+        x, R, C, t.rows, t.cols, TR, TC, pow2, q, scales);
+  }
+  MOETRON_CUDA_LAUNCHED("quantize");
+}
+
+void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, bool pow2, uint8_t* qT,
+                      float* sT) {
+  check_sizes(R, C, "quantize_128x1_t");
+  if (R == 0 || C == 0) return;
+  const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
+  quantize_128x1_t_kernel<<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2,
+                                                                     qT, sT);
+  MOETRON_CUDA_LAUNCHED("quantize_128x1_t");
+}
+
+void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
+                               int64_t C, bool pow2, uint8_t* qT, float* sT) {
+  check_sizes(R, C, "requantize_1x128_to_128x1");
+  if (R == 0 || C == 0) return;
+  const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
+  quantize_128x1_t_kernel<<<blocks_for(items, 1), kThreads, 0, st>>>(
+      E4M3Values{q, s, C, cdiv(C, 128)}, R, C, pow2, qT, sT);
+  MOETRON_CUDA_LAUNCHED("requantize_1x128_to_128x1");
+}
+
+void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
+                           uint8_t* qT, float* sT) {
+  check_sizes(R, C, "transpose_e4m3_blocks");
+  transpose(st, q, R, C, qT);
+  transpose(st, s, cdiv(R, 128), cdiv(C, 128), sT);
+}
+
+}  // namespace fp8
+
+void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
+              float* scales) {
+  fp8::quantize(stream_of(ex), x, R, C, t, pow2, q, scales);
+}
+
+void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
+                float* x) {
+  if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1)
+    throw std::invalid_argument("dequantize: bad sizes");
+  if (R == 0 || C == 0) return;
+  fp8::dequantize_kernel<<<blocks_for(R * C), kThreads, 0, stream_of(ex)>>>(
+      q, scales, R, C, t.rows, t.cols, fp8::cdiv(C, t.cols), x);
+  MOETRON_CUDA_LAUNCHED("dequantize");
+}
+
+}  // namespace moetron::kernels::gpu

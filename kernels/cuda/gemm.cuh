@@ -1,0 +1,37 @@
+// The GEMM core of the CUDA backend, shared by gemm.cu (the op), grouped_gemm.cu (one GEMM per
+// expert) and cross_entropy.cu (three GEMMs per vocabulary chunk).
+//
+// workspace(ex, bytes) hands out ONE region per stream and may move it when it grows, so an op
+// that runs several GEMMs (or keeps its own buffers next to them) asks for the workspace once,
+// carves it, and passes each GEMM its part explicitly: gemm_scratch_bytes says how much a GEMM
+// needs, gemm_on runs it on a given stream with given scratch (never calling workspace itself).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/op_types.h"
+
+namespace moetron::kernels::gpu {
+
+// Scratch regions are carved at this alignment (cuBLASLt's preferred operand alignment).
+inline constexpr size_t kScratchAlign = 256;
+inline size_t scratch_align(size_t bytes) {
+  return (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
+
+// Bytes of scratch gemm_on needs for a row-major C[M,N] = op(A)[M,K] op(B)[K,N] at `prec`:
+// cuBLASLt's workspace plus, for BF16, rounded copies of A and B.
+template <class T>
+size_t gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, GemmPrecision prec);
+
+// C[M,N] = alpha op(A) op(B) + beta C on stream s (semantics of kernels::cpu::gemm), using
+// scratch[0, scratch_bytes) (device memory, kScratchAlign-aligned, at least gemm_scratch_bytes).
+template <class T>
+void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
+             const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
+             size_t scratch_bytes);
+
+}  // namespace moetron::kernels::gpu

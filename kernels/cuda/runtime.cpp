@@ -1,0 +1,137 @@
+// The CUDA runtime side of the backend (kernels/cuda/runtime.h): device probe, streams, the
+// caching stream-ordered allocator, pinned host memory and per-stream workspaces.
+#include "kernels/cuda/runtime.h"
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+
+#include "kernels/buffer.h"
+
+namespace moetron::kernels::gpu {
+
+namespace {
+
+struct Probe {
+  bool ok = false;
+  std::string reason;
+  Probe() {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      reason = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+      cudaGetLastError();  // clear it
+    } else if (n == 0) {
+      reason = "no CUDA device";
+    } else {
+      ok = true;
+    }
+  }
+};
+const Probe& probe() {
+  static const Probe p;
+  return p;
+}
+
+struct Streams {
+  cudaStream_t compute = nullptr, comm = nullptr;
+  Streams() {
+    if (!available()) throw std::runtime_error("CUDA: " + unavailable_reason());
+    MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+    MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking));
+    // the pool keeps what is freed: later allocations of the run reuse it
+    int dev = 0;
+    MOETRON_CUDA_CHECK(cudaGetDevice(&dev));
+    cudaMemPool_t pool;
+    MOETRON_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    uint64_t never = UINT64_MAX;
+    MOETRON_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &never));
+  }
+  // Streams and the pool go with the process: destroying them here would race the CUDA runtime's
+  // own teardown at exit.
+};
+Streams& streams() {
+  static Streams s;
+  return s;
+}
+
+class CudaAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::CUDA; }
+
+ protected:
+  void* do_allocate(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMallocAsync(&p, bytes, compute_stream());
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      throw std::bad_alloc();
+    }
+    MOETRON_CUDA_CHECK(e);
+    return p;
+  }
+  void do_deallocate(void* p, size_t) override {
+    MOETRON_CUDA_CHECK(cudaFreeAsync(p, compute_stream()));
+  }
+};
+
+}  // namespace
+
+bool available() { return probe().ok; }
+const std::string& unavailable_reason() { return probe().reason; }
+
+void check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e == cudaSuccess) return;
+  throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" +
+                           cudaGetErrorString(e) + ") in " + what + " at " + file + ":" +
+                           std::to_string(line));
+}
+
+cudaStream_t compute_stream() { return streams().compute; }
+cudaStream_t comm_stream() { return streams().comm; }
+
+Exec exec() { return Exec{Device::CUDA, compute_stream(), nullptr}; }
+
+void stream_wait(cudaStream_t waiter, cudaStream_t producer) {
+  if (waiter == producer) return;
+  cudaEvent_t ev;
+  MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  MOETRON_CUDA_CHECK(cudaEventRecord(ev, producer));
+  MOETRON_CUDA_CHECK(cudaStreamWaitEvent(waiter, ev, 0));
+  MOETRON_CUDA_CHECK(cudaEventDestroy(ev));  // released once the wait has been satisfied
+}
+
+void synchronize(const Exec& ex) { MOETRON_CUDA_CHECK(cudaStreamSynchronize(stream_of(ex))); }
+
+Allocator& device_allocator() {
+  static CudaAllocator a;
+  return a;
+}
+
+void* pinned_alloc(size_t bytes) {
+  void* p = nullptr;
+  MOETRON_CUDA_CHECK(cudaMallocHost(&p, bytes));
+  return p;
+}
+void pinned_free(void* p) { MOETRON_CUDA_CHECK(cudaFreeHost(p)); }
+
+void* workspace(const Exec& ex, size_t bytes) {
+  if (ex.workspace) {
+    if (ex.workspace->device() != Device::CUDA)
+      throw std::logic_error("CUDA op: the execution context's workspace is not on the GPU");
+    if (ex.workspace->size() < bytes) ex.workspace->resize(bytes);
+    return ex.workspace->data();
+  }
+  static std::mutex mu;
+  // never destroyed: freeing at exit would race the CUDA runtime's own teardown
+  static auto& own = *new std::map<cudaStream_t, Buffer<uint8_t>>;
+  std::lock_guard<std::mutex> lk(mu);
+  auto [it, fresh] = own.try_emplace(stream_of(ex), Device::CUDA);
+  (void)fresh;
+  if (it->second.size() < bytes) it->second.resize(bytes);
+  return it->second.data();
+}
+
+}  // namespace moetron::kernels::gpu

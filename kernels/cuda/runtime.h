@@ -1,0 +1,64 @@
+// The CUDA runtime side of the backend: whether a GPU can be used, the per-process streams, the
+// device allocator, and the error check every CUDA call goes through.
+//
+//   streams    one compute stream and one communication stream per process (created on first
+//              use, non-blocking with respect to the legacy default stream). An op whose Exec has
+//              no stream runs on the compute stream; the communicator and the overlapped pairs
+//              order the two with events (stream_wait).
+//   allocator  stream-ordered and caching: cudaMallocAsync / cudaFreeAsync on the compute stream
+//              from the device's default memory pool, whose release threshold is raised to
+//              "never", so freed blocks are reused by later allocations without a device
+//              synchronisation or a trip to the driver (what PyTorch's caching allocator does by
+//              hand; here CUDA's own pool does it).
+//   pinned     page-locked host memory for staging (checkpoint copies, token batches).
+//
+// Semantics of the CUDA ops: asynchronous on their stream. copy_to_host waits for the stream
+// (its caller reads the host memory next); an op that needs a device value on the host (the
+// grouped GEMM's row offsets) copies it and waits itself.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "kernels/device.h"
+#include "kernels/exec.h"
+
+namespace moetron::kernels::gpu {
+
+// A CUDA device is present and usable by this process (false on a machine without a GPU or
+// driver: the reason says which).
+bool available();
+const std::string& unavailable_reason();
+
+// Throws std::runtime_error naming the call, the CUDA error and where it happened.
+void check(cudaError_t e, const char* what, const char* file, int line);
+#define MOETRON_CUDA_CHECK(call) ::moetron::kernels::gpu::check((call), #call, __FILE__, __LINE__)
+// After a kernel launch: the launch error, if any.
+#define MOETRON_CUDA_LAUNCHED(name) \
+  ::moetron::kernels::gpu::check(cudaGetLastError(), name, __FILE__, __LINE__)
+
+cudaStream_t compute_stream();
+cudaStream_t comm_stream();
+// The stream an op of `ex` runs on.
+inline cudaStream_t stream_of(const Exec& ex) {
+  return ex.stream ? static_cast<cudaStream_t>(ex.stream) : compute_stream();
+}
+// The execution context of the compute stream (what Exec::on(Device::CUDA) means).
+Exec exec();
+// `waiter` runs nothing more until everything enqueued on `producer` so far has finished.
+void stream_wait(cudaStream_t waiter, cudaStream_t producer);
+// Blocks the host until the stream of `ex` is idle.
+void synchronize(const Exec& ex);
+
+// The caching, stream-ordered device allocator (installed as allocator(Device::CUDA)).
+Allocator& device_allocator();
+// Page-locked host memory (cudaMallocHost), for staging copies.
+void* pinned_alloc(size_t bytes);
+void pinned_free(void* p);
+
+// Enough scratch in the context's workspace (or the stream's own when ex.workspace is null),
+// device memory, grown only: the bf16 operand copies of a GEMM, cuBLASLt's workspace.
+void* workspace(const Exec& ex, size_t bytes);
+
+}  // namespace moetron::kernels::gpu

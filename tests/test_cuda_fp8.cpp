@@ -1,0 +1,472 @@
+// The CUDA FP8 recipe against its CPU twin (kernels/cpu/fp8.h): the quantiser and the operand
+// layouts bit for bit (codes, scales, dequantised values; NaN, inf, subnormal and zero tiles
+// included), the Linear GEMMs (Fprop, Dgrad, Wgrad, their grouped forms) to fp32 summation order.
+//
+// The GEMMs run twice, once per implementation (MOETRON_FP8_GEMM, kernels/cuda/fp8_cuda.h):
+//   kernel    the plain CUDA kernel: the recipe with exact products, so it agrees with the CPU to
+//             fp32 summation order (rtol 1e-5 of the array's scale);
+//   cublaslt  cuBLASLt's block-scaled GEMM where the shape allows (else the kernel): its 128-K
+//             block partials come from Hopper's FP8 tensor cores, whose internal accumulation is
+//             narrower than fp32 (DeepSeek-V3 §3.3.2), hence rtol 2e-3. The test also says whether
+//             cuBLASLt actually ran for the shapes it supports (gemm_counts).
+// Inputs have tile scales spread over 2^-5..2^3 (varied), so a scale read from the wrong tile
+// (a layout error) moves results by O(1), far outside either tolerance. Skipped without a GPU.
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "kernels/cuda/fp8_cuda.h"
+#include "tests/test_cuda_util.h"
+
+namespace moetron::kernels::gpu::testing {
+namespace {
+
+using fp8::cdiv;
+
+constexpr double kRtolKernel = 1e-5, kRtolCublasLt = 2e-3;
+
+// x [R,C] uniform in [-1,1) times 2^(e_block + e_row): e_block in [-3,3] per 128x128 block,
+// e_row in [-2,0] per row and 128 columns, so 1x128, 128x128 and 128x1 scales all vary.
+std::vector<float> varied(int64_t R, int64_t C, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::uniform_int_distribution<int> eb(-3, 3), er(-2, 0);
+  const int64_t CB = cdiv(C, 128);
+  std::vector<int> blk(static_cast<size_t>(cdiv(R, 128) * CB)), row(static_cast<size_t>(R * CB));
+  for (int& e : blk) e = eb(rng);
+  for (int& e : row) e = er(rng);
+  std::vector<float> x(static_cast<size_t>(R * C));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      x[r * C + c] = std::ldexp(u(rng), blk[(r / 128) * CB + c / 128] + row[r * CB + c / 128]);
+  return x;
+}
+
+// NaN of both signs, infinities, a subnormal, -0, huge values and an all-zero row segment.
+void add_specials(std::vector<float>& x, int64_t C) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> v = {nan, -nan, inf, -inf, 1e-40f, -0.f, 1e30f, -3e38f, 672.f, 1e-7f};
+  const size_t stride = std::max<size_t>(1, x.size() / (v.size() + 1));
+  for (size_t i = 0; i < v.size() && i * stride < x.size(); ++i) x[i * stride + i % 3] = v[i];
+  if (x.size() >= static_cast<size_t>(3 * C))
+    for (int64_t c = 0; c < std::min<int64_t>(C, 200); ++c) x[2 * C + c] = 0.f;
+}
+
+// MOETRON_FP8_GEMM set for the scope of a test, the previous value restored after.
+class PathSetting {
+ public:
+  explicit PathSetting(const char* value) {
+    const char* old = std::getenv("MOETRON_FP8_GEMM");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv("MOETRON_FP8_GEMM", value, 1);
+  }
+  ~PathSetting() {
+    if (had_)
+      setenv("MOETRON_FP8_GEMM", old_.c_str(), 1);
+    else
+      unsetenv("MOETRON_FP8_GEMM");
+  }
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+struct Quantized {
+  std::vector<uint8_t> q;
+  std::vector<float> s;
+};
+Quantized cpu_quantize(const std::vector<float>& x, int64_t R, int64_t C, Tile t, bool pow2) {
+  Quantized r;
+  r.q.resize(static_cast<size_t>(R * C));
+  r.s.resize(static_cast<size_t>(cdiv(R, t.rows) * cdiv(C, t.cols)));
+  cpu::quantize(x.data(), R, C, t, pow2, r.q.data(), r.s.data());
+  return r;
+}
+
+std::string tag(const std::string& op, int64_t a, int64_t b, int64_t c, bool pow2,
+                const char* path) {
+  return op + " " + std::to_string(a) + "x" + std::to_string(b) + "x" + std::to_string(c) +
+         (pow2 ? " pow2" : " amax/448") + " path=" + path;
+}
+
+// ---- quantiser ---------------------------------------------------------------------------------
+
+void check_quantize(const std::vector<float>& x, int64_t R, int64_t C, Tile t, bool pow2,
+                    const std::string& what) {
+  const Quantized want = cpu_quantize(x, R, C, t, pow2);
+  const size_t ns = want.s.size();
+  Buffer<float> dx = dev(x);
+  Buffer<uint8_t> q = dev_garbage<uint8_t>(x.size());
+  Buffer<float> s = dev_garbage<float>(ns);
+  kernels::quantize(gpu_exec(), dx.data(), R, C, t, pow2, q.data(), s.data());
+  expect_equal(host(q, x.size()), want.q, what + " codes");
+  expect_equal(host(s, ns), want.s, what + " scales");
+  // dequantize the CPU's codes on both
+  std::vector<float> back(x.size());
+  cpu::dequantize(want.q.data(), want.s.data(), R, C, t, back.data());
+  Buffer<uint8_t> dq = dev(want.q);
+  Buffer<float> ds = dev(want.s), dback = dev_garbage<float>(x.size());
+  kernels::dequantize(gpu_exec(), dq.data(), ds.data(), R, C, t, dback.data());
+  expect_equal(host(dback, x.size()), back, what + " dequantize");
+}
+
+const Tile kTiles[] = {{1, 128}, {128, 128}, {128, 1}, {1, 7},
+                       {3, 5},   {32, 64},   {1, 1},   {200, 300}};
+
+TEST(CudaFp8, QuantizeAndDequantizeMatchTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  const int64_t shapes[][2] = {{300, 200}, {1, 1}, {129, 257}, {256, 384}, {5, 1000}};
+  uint64_t seed = 10;
+  for (const auto& sh : shapes)
+    for (const Tile t : kTiles)
+      for (const bool pow2 : {false, true}) {
+        const auto x = varied(sh[0], sh[1], ++seed);
+        check_quantize(x, sh[0], sh[1], t, pow2,
+                       "quantize " + std::to_string(sh[0]) + "x" + std::to_string(sh[1]) +
+                           " tile " + std::to_string(t.rows) + "x" + std::to_string(t.cols) +
+                           (pow2 ? " pow2" : ""));
+      }
+}
+
+TEST(CudaFp8, QuantizeSpecialValuesMatchTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  uint64_t seed = 100;
+  for (const Tile t : kTiles)
+    for (const bool pow2 : {false, true}) {
+      auto x = varied(300, 200, ++seed);
+      add_specials(x, 200);
+      check_quantize(x, 300, 200, t, pow2,
+                     "quantize specials tile " + std::to_string(t.rows) + "x" +
+                         std::to_string(t.cols) + (pow2 ? " pow2" : ""));
+    }
+}
+
+TEST(CudaFp8, DequantizeAllCodesMatchesTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  const int64_t R = 130, C = 260;
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> q(R * C);
+  for (auto& c : q) c = static_cast<uint8_t>(rng());
+  for (const Tile t : {kTile1x128, kTile128x128, kTile128x1, Tile{3, 5}}) {
+    std::vector<float> s = rand_vec<float>(cdiv(R, t.rows) * cdiv(C, t.cols), 8, 1e-3, 4.0);
+    s[0] = std::numeric_limits<float>::infinity();  // 0 * inf and NaN codes: x86 NaN bits
+    if (s.size() > 1) s[1] = 0.f;
+    std::vector<float> want(R * C);
+    cpu::dequantize(q.data(), s.data(), R, C, t, want.data());
+    Buffer<uint8_t> dq = dev(q);
+    Buffer<float> ds = dev(s), dx = dev_garbage<float>(R * C);
+    kernels::dequantize(gpu_exec(), dq.data(), ds.data(), R, C, t, dx.data());
+    expect_equal(host(dx, R * C), want,
+                 "dequantize tile " + std::to_string(t.rows) + "x" + std::to_string(t.cols));
+  }
+}
+
+TEST(CudaFp8, TokenMajorLayoutsMatchTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  cudaStream_t st = stream_of(gpu_exec());
+  const int64_t shapes[][2] = {{300, 200}, {128, 32}, {1000, 70}, {1, 1}, {257, 129}};
+  uint64_t seed = 200;
+  for (const auto& sh : shapes)
+    for (const bool pow2 : {false, true})
+      for (const bool specials : {false, true}) {
+        const int64_t R = sh[0], C = sh[1], RB = cdiv(R, 128);
+        const std::string what = std::to_string(R) + "x" + std::to_string(C) +
+                                 (pow2 ? " pow2" : "") + (specials ? " specials" : "");
+        auto x = varied(R, C, ++seed);
+        if (specials) add_specials(x, C);
+        // quantize_128x1_t
+        std::vector<uint8_t> qT(R * C);
+        std::vector<float> sT(C * RB);
+        cpu::quantize_128x1_t(x.data(), R, C, pow2, qT.data(), sT.data());
+        Buffer<float> dx = dev(x);
+        Buffer<uint8_t> gq = dev_garbage<uint8_t>(R * C);
+        Buffer<float> gs = dev_garbage<float>(C * RB);
+        fp8::quantize_128x1_t(st, dx.data(), R, C, pow2, gq.data(), gs.data());
+        expect_equal(host(gq, R * C), qT, "quantize_128x1_t codes " + what);
+        expect_equal(host(gs, C * RB), sT, "quantize_128x1_t scales " + what);
+        // requantize_1x128_to_128x1 of the 1x128 FP8 (inf scales, NaN codes with specials)
+        const Quantized a = cpu_quantize(x, R, C, kTile1x128, pow2);
+        cpu::requantize_1x128_to_128x1(a.q.data(), a.s.data(), R, C, pow2, qT.data(), sT.data());
+        Buffer<uint8_t> aq = dev(a.q);
+        Buffer<float> as = dev(a.s);
+        Buffer<uint8_t> rq = dev_garbage<uint8_t>(R * C);
+        Buffer<float> rs = dev_garbage<float>(C * RB);
+        fp8::requantize_1x128_to_128x1(st, aq.data(), as.data(), R, C, pow2, rq.data(), rs.data());
+        expect_equal(host(rq, R * C), qT, "requantize codes " + what);
+        expect_equal(host(rs, C * RB), sT, "requantize scales " + what);
+        // transpose_e4m3_blocks of the 128x128 FP8
+        const Quantized w = cpu_quantize(x, R, C, kTile128x128, pow2);
+        const int64_t nsb = cdiv(R, 128) * cdiv(C, 128);
+        std::vector<uint8_t> wq(R * C);
+        std::vector<float> ws(nsb);
+        cpu::transpose_e4m3_blocks(w.q.data(), w.s.data(), R, C, wq.data(), ws.data());
+        Buffer<uint8_t> wdq = dev(w.q);
+        Buffer<float> wds = dev(w.s);
+        Buffer<uint8_t> tq = dev_garbage<uint8_t>(R * C);
+        Buffer<float> ts = dev_garbage<float>(nsb);
+        fp8::transpose_e4m3_blocks(st, wdq.data(), wds.data(), R, C, tq.data(), ts.data());
+        expect_equal(host(tq, R * C), wq, "transpose_e4m3_blocks codes " + what);
+        expect_equal(host(ts, nsb), ws, "transpose_e4m3_blocks scales " + what);
+      }
+}
+
+// ---- GEMMs -------------------------------------------------------------------------------------
+
+struct Shape {
+  int64_t M, N, K;
+};
+// V3-like (an expert's up projection 7168 -> 2048 over 256 tokens), a tidy one, an odd one
+const Shape kShapes[] = {{256, 384, 512}, {100, 130, 200}, {256, 2048, 7168}};
+
+// cuBLASLt can take D [rows, cols] = A B^T reducing over red (fp8_gemm.cu's requirements)
+bool lt_eligible(int64_t rows, int64_t cols, int64_t red) {
+  return rows % 8 == 0 && cols % 8 == 0 && red % 16 == 0;
+}
+
+// Runs f under MOETRON_FP8_GEMM=path and checks which implementation ran: never cuBLASLt for
+// "kernel"; cuBLASLt for "cublaslt" when the GEMM is eligible.
+template <class F>
+void on_path(const char* path, bool eligible, const std::string& what, F&& f) {
+  PathSetting setting(path);
+  const fp8::GemmCounts before = fp8::gemm_counts();
+  f();
+  const fp8::GemmCounts after = fp8::gemm_counts();
+  if (std::string(path) == "kernel") {
+    EXPECT_EQ(after.cublaslt, before.cublaslt) << what << ": cuBLASLt ran on the kernel path";
+    EXPECT_GT(after.kernel, before.kernel) << what;
+  } else if (eligible) {
+    EXPECT_GT(after.cublaslt, before.cublaslt)
+        << what
+        << ": cuBLASLt did not run for a shape it supports (cuBLAS < 12.9, or its heuristic "
+           "found no block-scaled FP8 algorithm): the kernel path ran instead";
+  }
+}
+
+double rtol_of(const char* path) {
+  return std::string(path) == "kernel" ? kRtolKernel : kRtolCublasLt;
+}
+
+void fprop_case(const Shape& s, bool pow2, const char* path) {
+  const std::string what = tag("fp8_fprop", s.M, s.N, s.K, pow2, path);
+  const auto X = varied(s.M, s.K, 1000 + s.K), W = varied(s.N, s.K, 2000 + s.N);
+  const Quantized qx = cpu_quantize(X, s.M, s.K, kTile1x128, pow2);
+  const Quantized qw = cpu_quantize(W, s.N, s.K, kTile128x128, pow2);
+  std::vector<float> want(s.M * s.N);
+  cpu::fp8_fprop(qx.q.data(), qx.s.data(), qw.q.data(), qw.s.data(), s.M, s.N, s.K, want.data());
+  Buffer<uint8_t> dqx = dev(qx.q), dqw = dev(qw.q);
+  Buffer<float> dsx = dev(qx.s), dsw = dev(qw.s), Y = dev_garbage<float>(s.M * s.N);
+  on_path(path, lt_eligible(s.M, s.N, s.K), what, [&] {
+    kernels::fp8_fprop(gpu_exec(), dqx.data(), dsx.data(), dqw.data(), dsw.data(), s.M, s.N, s.K,
+                       Y.data());
+  });
+  const std::vector<float> got = host(Y, s.M * s.N);
+  expect_near_rel(got, want, rtol_of(path), what);
+  // run to run: the same bits (owner-computes kernel; cuBLASLt's algorithms are deterministic)
+  Buffer<float> Y2 = dev_garbage<float>(s.M * s.N);
+  {
+    PathSetting setting(path);
+    kernels::fp8_fprop(gpu_exec(), dqx.data(), dsx.data(), dqw.data(), dsw.data(), s.M, s.N, s.K,
+                       Y2.data());
+  }
+  expect_equal(host(Y2, s.M * s.N), got, what + " (second run)");
+}
+
+void dgrad_case(const Shape& s, bool pow2, bool blocks128, bool accumulate, const char* path) {
+  const std::string what = tag("fp8_linear_dgrad", s.M, s.N, s.K, pow2, path) +
+                           (blocks128 ? " blocks128" : "") + (accumulate ? " accumulate" : "");
+  const auto dY = varied(s.M, s.N, 3000 + s.N), W = varied(s.N, s.K, 4000 + s.K);
+  const Quantized qw = cpu_quantize(W, s.N, s.K, kTile128x128, pow2);
+  const auto dX0 = rand_vec<float>(s.M * s.K, 5);
+  std::vector<float> want = dX0;
+  cpu::fp8_linear_dgrad(dY.data(), s.M, s.N, s.K, qw.q.data(), qw.s.data(), pow2, blocks128,
+                        want.data(), accumulate);
+  Buffer<float> ddY = dev(dY), dsw = dev(qw.s);
+  Buffer<uint8_t> dqw = dev(qw.q);
+  Buffer<float> dX = accumulate ? dev(dX0) : dev_garbage<float>(s.M * s.K);
+  on_path(path, lt_eligible(s.M, s.K, s.N), what, [&] {
+    kernels::fp8_linear_dgrad(gpu_exec(), ddY.data(), s.M, s.N, s.K, dqw.data(), dsw.data(), pow2,
+                              blocks128, dX.data(), accumulate);
+  });
+  expect_near_rel(host(dX, s.M * s.K), want, rtol_of(path), what);
+}
+
+void wgrad_case(const Shape& s, bool pow2_dy, bool pow2_x, bool from_f32, const char* path) {
+  const std::string what =
+      tag(from_f32 ? "fp8_linear_wgrad_f32" : "fp8_linear_wgrad", s.M, s.N, s.K, pow2_dy, path) +
+      (pow2_x ? " pow2_x" : " amax/448_x");
+  const auto dY = varied(s.M, s.N, 5000 + s.M), X = varied(s.M, s.K, 6000 + s.K);
+  const Quantized qx = cpu_quantize(X, s.M, s.K, kTile1x128, pow2_x);
+  const auto dW0 = rand_vec<float>(s.N * s.K, 9);  // accumulated into
+  std::vector<float> want = dW0;
+  if (from_f32)
+    cpu::fp8_linear_wgrad_f32(dY.data(), X.data(), s.M, s.N, s.K, pow2_dy, pow2_x, want.data());
+  else
+    cpu::fp8_linear_wgrad(dY.data(), qx.q.data(), qx.s.data(), s.M, s.N, s.K, pow2_dy, pow2_x,
+                          want.data());
+  Buffer<float> ddY = dev(dY), dX = dev(X), dsx = dev(qx.s), dW = dev(dW0);
+  Buffer<uint8_t> dqx = dev(qx.q);
+  on_path(path, lt_eligible(s.N, s.K, s.M), what, [&] {
+    if (from_f32)
+      kernels::fp8_linear_wgrad_f32(gpu_exec(), ddY.data(), dX.data(), s.M, s.N, s.K, pow2_dy,
+                                    pow2_x, dW.data());
+    else
+      kernels::fp8_linear_wgrad(gpu_exec(), ddY.data(), dqx.data(), dsx.data(), s.M, s.N, s.K,
+                                pow2_dy, pow2_x, dW.data());
+  });
+  expect_near_rel(host(dW, s.N * s.K), want, rtol_of(path), what);
+}
+
+void fprop_all(const char* path) {
+  for (const Shape& s : kShapes)
+    for (const bool pow2 : {false, true}) fprop_case(s, pow2, path);
+}
+void dgrad_all(const char* path) {
+  for (const Shape& s : kShapes)
+    for (const bool pow2 : {false, true}) dgrad_case(s, pow2, false, false, path);
+  for (const Shape& s : {kShapes[0], kShapes[1]}) {
+    dgrad_case(s, true, true, false, path);
+    dgrad_case(s, false, false, true, path);
+    dgrad_case(s, true, true, true, path);
+  }
+}
+void wgrad_all(const char* path) {
+  for (const Shape& s : kShapes)
+    for (const bool pow2 : {false, true}) {
+      wgrad_case(s, pow2, pow2, false, path);
+      wgrad_case(s, pow2, pow2, true, path);
+    }
+  wgrad_case(kShapes[0], true, false, false, path);
+  wgrad_case(kShapes[1], false, true, true, path);
+}
+
+TEST(CudaFp8, FpropKernelPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  fprop_all("kernel");
+}
+TEST(CudaFp8, FpropCublasLtPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  fprop_all("cublaslt");
+}
+TEST(CudaFp8, DgradKernelPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  dgrad_all("kernel");
+}
+TEST(CudaFp8, DgradCublasLtPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  dgrad_all("cublaslt");
+}
+TEST(CudaFp8, WgradKernelPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  wgrad_all("kernel");
+}
+TEST(CudaFp8, WgradCublasLtPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  wgrad_all("cublaslt");
+}
+
+// ---- grouped -----------------------------------------------------------------------------------
+
+void grouped_case(bool pow2, const char* path) {
+  // group sizes 128, 0 (empty), 100, 64: cuBLASLt-eligible and odd groups side by side
+  const std::vector<int64_t> off = {0, 128, 128, 228, 292};
+  const int64_t G = 4, T = off[G], N = 256, K = 384;
+  const int64_t NB = cdiv(N, 128), KB = cdiv(K, 128);
+  const std::string what =
+      std::string("grouped N=256 K=384") + (pow2 ? " pow2" : "") + " path=" + path;
+  const auto X = varied(T, K, 71), dY = varied(T, N, 72);
+  const auto W = varied(G * N, K, 73);  // G weights [N,K] stacked (N a multiple of 128)
+  const Quantized qx = cpu_quantize(X, T, K, kTile1x128, pow2);
+  const Quantized qw = cpu_quantize(W, G * N, K, kTile128x128, pow2);
+  ASSERT_EQ(qw.s.size(), static_cast<size_t>(G * NB * KB));
+  Buffer<int64_t> doff = dev(off);
+  Buffer<uint8_t> dqx = dev(qx.q), dqw = dev(qw.q);
+  Buffer<float> dsx = dev(qx.s), dsw = dev(qw.s), dX32 = dev(X), ddY = dev(dY);
+  const bool eligible = true;  // the 128-row group is, for every GEMM
+  {                            // Fprop
+    std::vector<float> want(T * N);
+    cpu::grouped_fp8_fprop(off.data(), G, qx.q.data(), qx.s.data(), qw.q.data(), qw.s.data(), N, K,
+                           want.data());
+    Buffer<float> Y = dev_garbage<float>(T * N);
+    on_path(path, eligible, what + " fprop", [&] {
+      kernels::grouped_fp8_fprop(gpu_exec(), doff.data(), G, dqx.data(), dsx.data(), dqw.data(),
+                                 dsw.data(), N, K, Y.data());
+    });
+    expect_near_rel(host(Y, T * N), want, rtol_of(path), what + " fprop");
+  }
+  for (const bool blocks : {false, true}) {  // Dgrad
+    std::vector<float> want(T * K);
+    cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qw.q.data(), qw.s.data(), pow2,
+                                  blocks, want.data());
+    Buffer<float> dX = dev_garbage<float>(T * K);
+    on_path(path, eligible, what + " dgrad", [&] {
+      kernels::grouped_fp8_linear_dgrad(gpu_exec(), doff.data(), G, ddY.data(), N, K, dqw.data(),
+                                        dsw.data(), pow2, blocks, dX.data());
+    });
+    expect_near_rel(host(dX, T * K), want, rtol_of(path),
+                    what + " dgrad" + (blocks ? " blocks128" : ""));
+  }
+  for (const bool from_f32 : {false, true}) {  // Wgrad (the empty group's dW stays as it was)
+    const auto dW0 = rand_vec<float>(G * N * K, 74);
+    std::vector<float> want = dW0;
+    if (from_f32)
+      cpu::grouped_fp8_linear_wgrad_f32(off.data(), G, dY.data(), X.data(), N, K, pow2, pow2,
+                                        want.data());
+    else
+      cpu::grouped_fp8_linear_wgrad(off.data(), G, dY.data(), qx.q.data(), qx.s.data(), N, K, pow2,
+                                    pow2, want.data());
+    Buffer<float> dW = dev(dW0);
+    on_path(path, eligible, what + " wgrad", [&] {
+      if (from_f32)
+        kernels::grouped_fp8_linear_wgrad_f32(gpu_exec(), doff.data(), G, ddY.data(), dX32.data(),
+                                              N, K, pow2, pow2, dW.data());
+      else
+        kernels::grouped_fp8_linear_wgrad(gpu_exec(), doff.data(), G, ddY.data(), dqx.data(),
+                                          dsx.data(), N, K, pow2, pow2, dW.data());
+    });
+    const std::vector<float> got = host(dW, G * N * K);
+    expect_near_rel(got, want, rtol_of(path), what + (from_f32 ? " wgrad_f32" : " wgrad"));
+    expect_equal(std::vector<float>(got.begin() + N * K, got.begin() + 2 * N * K),
+                 std::vector<float>(dW0.begin() + N * K, dW0.begin() + 2 * N * K),
+                 what + " wgrad: the empty group's dW is untouched");
+  }
+}
+
+TEST(CudaFp8, GroupedKernelPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  for (const bool pow2 : {false, true}) grouped_case(pow2, "kernel");
+}
+TEST(CudaFp8, GroupedCublasLtPathMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  for (const bool pow2 : {false, true}) grouped_case(pow2, "cublaslt");
+}
+
+// ---- edges --------------------------------------------------------------------------------------
+
+TEST(CudaFp8, EmptySizesAndThePathSetting) {
+  MOETRON_REQUIRE_GPU();
+  // K = 0: Y is an empty sum, written as zeros
+  Buffer<uint8_t> q = dev(std::vector<uint8_t>(16, 0x38));
+  Buffer<float> s = dev(std::vector<float>(16, 1.f)), Y = dev_garbage<float>(15);
+  kernels::fp8_fprop(gpu_exec(), q.data(), s.data(), q.data(), s.data(), 3, 5, 0, Y.data());
+  expect_equal(host(Y, 15), std::vector<float>(15, 0.f), "fp8_fprop K=0");
+  // empty quantize / dequantize / GEMMs launch nothing and do not fail
+  kernels::quantize(gpu_exec(), s.data(), 0, 7, kTile1x128, true, q.data(), s.data());
+  kernels::dequantize(gpu_exec(), q.data(), s.data(), 7, 0, kTile128x128, Y.data());
+  kernels::fp8_linear_wgrad(gpu_exec(), s.data(), q.data(), s.data(), 0, 4, 4, true, true,
+                            Y.data());
+  synchronize(gpu_exec());
+  // an unknown MOETRON_FP8_GEMM is an error, not a silent default
+  PathSetting bad("fast");
+  Buffer<float> Y2 = dev_garbage<float>(16);
+  EXPECT_THROW(
+      kernels::fp8_fprop(gpu_exec(), q.data(), s.data(), q.data(), s.data(), 4, 4, 4, Y2.data()),
+      std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::gpu::testing

@@ -1,0 +1,80 @@
+// The CUDA backend's runtime and memory ops: the allocator counts and reuses, copies round-trip,
+// fills zero, the elementwise ops and the bf16 storage conversions agree with the CPU bit for bit
+// (one rounding rule: kernels/scalar.h). Skipped without a GPU.
+#include <vector>
+
+#include "kernels/cpu/ops_cpu.h"
+#include "tests/test_cuda_util.h"
+
+namespace moetron::kernels::gpu::testing {
+namespace {
+
+TEST(CudaRuntime, ProbeAndStreams) {
+  MOETRON_REQUIRE_GPU();
+  EXPECT_NE(compute_stream(), nullptr);
+  EXPECT_NE(comm_stream(), compute_stream());
+  EXPECT_EQ(exec().device, Device::CUDA);
+}
+
+TEST(CudaRuntime, AllocatorCountsAndCaches) {
+  MOETRON_REQUIRE_GPU();
+  Allocator& a = allocator(Device::CUDA);
+  const AllocStats before = a.stats();
+  {
+    Buffer<float> b(Device::CUDA);
+    ASSERT_NE(b.resize(1 << 20), nullptr);
+    EXPECT_EQ(a.stats().live_bytes - before.live_bytes, int64_t(4) << 20);
+  }
+  EXPECT_EQ(a.stats().live_bytes, before.live_bytes);
+  EXPECT_EQ(a.stats().frees - before.frees, 1);
+}
+
+TEST(CudaMemory, CopiesRoundTripAndFillZero) {
+  MOETRON_REQUIRE_GPU();
+  const auto h = rand_vec<float>(1000, 1);
+  Buffer<float> a = dev(h), b(Device::CUDA);
+  kernels::copy(gpu_exec(), b.resize(1000), a.data(), 1000 * sizeof(float));
+  expect_equal(host(b, 1000), h, "copy");
+  kernels::fill_zero(gpu_exec(), b.data() + 10, 100 * sizeof(float));
+  std::vector<float> want = h;
+  std::fill(want.begin() + 10, want.begin() + 110, 0.f);
+  expect_equal(host(b, 1000), want, "fill_zero");
+}
+
+template <class T>
+void check_add_axpy() {
+  const size_t n = 100003;  // more than one grid-stride pass
+  const auto y = rand_vec<T>(n, 2), x = rand_vec<T>(n, 3);
+  Buffer<T> dy = dev(y), dx = dev(x);
+  kernels::add_inplace<T>(gpu_exec(), dy.data(), dx.data(), n);
+  kernels::axpy<T>(gpu_exec(), dy.data(), T(0.375), dx.data(), n);
+  std::vector<T> want = y;
+  cpu::add_inplace<T>(want.data(), x.data(), n);
+  cpu::axpy<T>(want.data(), T(0.375), x.data(), n);
+  expect_equal(host(dy, n), want, "add_inplace + axpy");
+}
+TEST(CudaElementwise, AddAndAxpyMatchTheCpuExactly) {
+  MOETRON_REQUIRE_GPU();
+  check_add_axpy<float>();
+  check_add_axpy<double>();
+}
+
+TEST(CudaElementwise, Bf16NarrowAndWidenMatchTheCpuExactly) {
+  MOETRON_REQUIRE_GPU();
+  std::vector<float> x = rand_vec<float>(4099, 4, -1e3, 1e3);
+  x[0] = std::numeric_limits<float>::quiet_NaN(), x[1] = std::numeric_limits<float>::infinity();
+  x[2] = 1.00390625f;  // a tie: rounds to even
+  Buffer<float> dx = dev(x), back(Device::CUDA);
+  Buffer<uint16_t> h(Device::CUDA);
+  kernels::narrow_to_bf16(gpu_exec(), dx.data(), 4099, h.resize(4099));
+  kernels::widen_from_bf16(gpu_exec(), h.data(), 4099, back.resize(4099));
+  std::vector<uint16_t> want_h(4099);
+  std::vector<float> want(4099);
+  cpu::narrow_to_bf16(x.data(), 4099, want_h.data());
+  cpu::widen_from_bf16(want_h.data(), 4099, want.data());
+  expect_equal(host(h, 4099), want_h, "narrow_to_bf16");
+  expect_equal(host(back, 4099), want, "widen_from_bf16");
+}
+
+}  // namespace
+}  // namespace moetron::kernels::gpu::testing

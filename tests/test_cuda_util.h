@@ -1,0 +1,96 @@
+// Shared helpers of the CUDA backend tests (tests/test_cuda_*.cpp): every test runs one op on the
+// GPU (through the public op, Exec on Device::CUDA) and its CPU twin (kernels::cpu) on the same
+// seeded inputs, and compares. Without a usable GPU each test is skipped with the reason (a skip,
+// not a pass: ctest and gtest count it as skipped).
+//
+//   dev(host_vector)     a device Buffer holding a copy
+//   host(buffer)         the buffer's contents back on the host (waits for the stream)
+//   expect_near_rel      |gpu - cpu| <= rtol * (|cpu| + max|cpu|), the worst element reported
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/buffer.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/ops.h"
+
+namespace moetron::kernels::gpu::testing {
+
+#define MOETRON_REQUIRE_GPU()                                                                     \
+  do {                                                                                            \
+    if (!::moetron::kernels::gpu::available())                                                    \
+      GTEST_SKIP() << "no usable CUDA device: " << ::moetron::kernels::gpu::unavailable_reason(); \
+  } while (0)
+
+inline Exec gpu_exec() { return Exec::on(Device::CUDA); }
+
+template <class T>
+Buffer<T> dev(const std::vector<T>& h) {
+  Buffer<T> b(Device::CUDA);
+  b.resize(std::max<size_t>(h.size(), 1));
+  kernels::copy_from_host(gpu_exec(), b.data(), h.data(), h.size() * sizeof(T));
+  return b;
+}
+// A device buffer of n elements, filled with a byte pattern (NaN for floats) so that an op that
+// fails to write an element is caught.
+template <class T>
+Buffer<T> dev_garbage(size_t n) {
+  std::vector<T> h(std::max<size_t>(n, 1));
+  std::memset(static_cast<void*>(h.data()), 0xff, h.size() * sizeof(T));
+  return dev(h);
+}
+template <class T>
+std::vector<T> host(const Buffer<T>& b, size_t n) {
+  std::vector<T> h(n);
+  kernels::copy_to_host(gpu_exec(), h.data(), b.data(), n * sizeof(T));
+  return h;
+}
+
+template <class T>
+std::vector<T> rand_vec(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(lo, hi);
+  std::vector<T> v(n);
+  for (T& x : v) x = static_cast<T>(u(rng));
+  return v;
+}
+
+template <class T>
+void expect_near_rel(const std::vector<T>& gpu, const std::vector<T>& cpu, double rtol,
+                     const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  double scale = 0;
+  for (T c : cpu) scale = std::max(scale, std::fabs(static_cast<double>(c)));
+  size_t bad = 0, worst = 0;
+  double worst_ratio = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(gpu[i]) - static_cast<double>(cpu[i]));
+    const double ratio = d / (rtol * (std::fabs(static_cast<double>(cpu[i])) + scale) + 1e-300);
+    if (!(ratio <= 1.0)) ++bad;
+    if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << cpu.size() << " elements off; worst ["
+                     << worst << "] gpu " << gpu[worst] << " cpu " << cpu[worst] << " (rtol "
+                     << rtol << ")";
+}
+
+template <class T>
+void expect_equal(const std::vector<T>& gpu, const std::vector<T>& cpu, const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    if (std::memcmp(&gpu[i], &cpu[i], sizeof(T)) != 0 && bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << cpu.size()
+                     << " elements differ bitwise; first [" << first << "] gpu " << +gpu[first]
+                     << " cpu " << +cpu[first];
+}
+
+}  // namespace moetron::kernels::gpu::testing
