@@ -79,7 +79,8 @@ void expect_near_rel(const std::vector<T>& gpu, const std::vector<T>& cpu, doubl
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << cpu.size() << " elements off; worst ["
                      << worst << "] gpu " << gpu[worst] << " cpu " << cpu[worst] << " (rtol "
-                     << rtol << ")";
+                     << rtol << ", array scale " << scale << ", worst error " << worst_ratio
+                     << " x the tolerance)";
 }
 
 template <class T>
