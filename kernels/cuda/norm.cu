@@ -10,12 +10,20 @@
 //     columns, so the loads coalesce), accumulating in double, then one add into dw in T.
 // The CPU is built with FMA contraction (x86 -march=native, gnu++20): the products-then-add
 // patterns below are fused explicitly where GCC fuses them, so the per-element arithmetic matches.
+#include <stdexcept>
+#include <string>
+
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace moetron::kernels::gpu {
 
 namespace {
+
+// One block per row: the grid's x dimension holds up to 2^31 - 1 blocks.
+void check_rows(int64_t N, const char* op) {
+  if (N > 0x7fffffff) throw std::invalid_argument(std::string(op) + ": too many rows for one grid");
+}
 
 // y[n, :] = x[n, :] * rstd[n] * w,  rstd[n] = 1 / sqrt(mean_d x[n, d]^2 + eps). grid (N), block.
 template <class T>
@@ -73,6 +81,7 @@ template <class T>
 void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
                      T* rstd) {
   if (N <= 0) return;
+  check_rows(N, "rmsnorm_forward");
   rmsnorm_forward_kernel<T>
       <<<static_cast<unsigned>(N), kThreads, 0, stream_of(ex)>>>(x, w, D, eps, y, rstd);
   MOETRON_CUDA_LAUNCHED("rmsnorm_forward");
@@ -82,6 +91,7 @@ template <class T>
 void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
                             int64_t N, int64_t D, T* dx) {
   if (N <= 0 || D <= 0) return;
+  check_rows(N, "rmsnorm_backward_input");
   rmsnorm_backward_input_kernel<T>
       <<<static_cast<unsigned>(N), kThreads, 0, stream_of(ex)>>>(dy, x, w, rstd, D, dx);
   MOETRON_CUDA_LAUNCHED("rmsnorm_backward_input");
@@ -90,8 +100,7 @@ void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w,
 template <class T>
 void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
                              int64_t D, T* dw) {
-  if (D <= 0) return;  // N == 0 adds zero: still a launch-free no-op below
-  if (N <= 0) return;
+  if (N <= 0 || D <= 0) return;  // nothing to add
   rmsnorm_backward_weight_kernel<T>
       <<<blocks_for(D), kThreads, 0, stream_of(ex)>>>(dy, x, rstd, N, D, dw);
   MOETRON_CUDA_LAUNCHED("rmsnorm_backward_weight");

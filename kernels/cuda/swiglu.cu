@@ -9,6 +9,8 @@
 // forward: elementwise, grid-stride over N*F. backward: one block per row (the per-row sum ds is
 // accumulated in double per thread and reduced with block_sum<double>, a fixed tree:
 // deterministic; the CPU sums in T, so the GPU's ds is the more accurate of the two).
+#include <stdexcept>
+
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/scalar.h"
@@ -70,6 +72,7 @@ template <class T>
 void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
                      const T* row_scale, T* dgu, T* drow_scale) {
   if (N <= 0) return;
+  if (N > 0x7fffffff) throw std::invalid_argument("swiglu_backward: too many rows for one grid");
   swiglu_backward_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, stream_of(ex)>>>(
       dout, gu, F, row_scale, dgu, drow_scale);
   MOETRON_CUDA_LAUNCHED("swiglu_backward");
