@@ -173,25 +173,25 @@ void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* 
 template <class T>
 void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
                      T* rstd) {
-  MOETRON_DISPATCH_CPU(rmsnorm_forward, x, w, N, D, eps, y, rstd);
+  MOETRON_DISPATCH(rmsnorm_forward, x, w, N, D, eps, y, rstd);
 }
 
 template <class T>
 void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
                             int64_t N, int64_t D, T* dx) {
-  MOETRON_DISPATCH_CPU(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
+  MOETRON_DISPATCH(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
 }
 
 template <class T>
 void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
                              int64_t D, T* dw) {
-  MOETRON_DISPATCH_CPU(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
+  MOETRON_DISPATCH(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
 }
 
 template <class T>
 void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos,
                 const int32_t* pos, const double* freqs, int64_t dim, bool inverse) {
-  MOETRON_DISPATCH_CPU(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
+  MOETRON_DISPATCH(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
 }
 
 template <class T>
@@ -216,13 +216,13 @@ void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M
 
 template <class T>
 void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out) {
-  MOETRON_DISPATCH_CPU(swiglu_forward, gu, N, F, row_scale, out);
+  MOETRON_DISPATCH(swiglu_forward, gu, N, F, row_scale, out);
 }
 
 template <class T>
 void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
                      const T* row_scale, T* dgu, T* drow_scale) {
-  MOETRON_DISPATCH_CPU(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
+  MOETRON_DISPATCH(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
 }
 
 template <class T>
@@ -293,7 +293,7 @@ void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* 
 template <class M>
 void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, int64_t n,
                   const AdamWParams& p) {
-  MOETRON_DISPATCH_CPU(adamw_update, param, grad, m, v, n, p);
+  MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
 }
 
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
