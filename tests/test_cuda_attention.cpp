@@ -74,14 +74,14 @@ void check_backward(const Shape& sh, double rtol, uint64_t seed) {
                             o.data(), lse.data());
   cpu::attention_backward<T>(g.data(), q.data(), k.data(), v.data(), o.data(), lse.data(), sh.B,
                              sh.S, sh.H, sh.Dqk, sh.Dv, scale, wq.data(), wk.data(), wv.data());
-  Buffer<T> dq_in = dev(q), dk_in = dev(k), dv_in = dev(v), dg = dev(g), dout = dev(o),
+  Buffer<T> dq_in = dev(q), dk_in = dev(k), dv_in = dev(v), dg = dev(g), dev_o = dev(o),
             dlse = dev(lse);
   std::vector<T> first[3];
   for (int run = 0; run < 2; ++run) {
     Buffer<T> gq = dev_garbage<T>(nq), gk = dev_garbage<T>(nq), gv = dev_garbage<T>(nv);
     kernels::attention_backward<T>(gpu_exec(), dg.data(), dq_in.data(), dk_in.data(), dv_in.data(),
-                                   dout.data(), dlse.data(), sh.B, sh.S, sh.H, sh.Dqk, sh.Dv, scale,
-                                   gq.data(), gk.data(), gv.data());
+                                   dev_o.data(), dlse.data(), sh.B, sh.S, sh.H, sh.Dqk, sh.Dv,
+                                   scale, gq.data(), gk.data(), gv.data());
     std::vector<T> hq = host(gq, nq), hk = host(gk, nq), hv = host(gv, nv);
     if (run == 0) {
       expect_near_rel(hq, wq, rtol, "attention_backward dq, " + name_of(sh));
