@@ -197,21 +197,20 @@ void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs
 template <class T>
 void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
                        int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
-  MOETRON_DISPATCH_CPU(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
 }
 
 template <class T>
 void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
                         int64_t Dv, T scale, T* dq, T* dk, T* dv) {
-  MOETRON_DISPATCH_CPU(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk,
-                       dv);
+  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv);
 }
 
 template <class T>
 void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M, int64_t past,
                               int64_t H, int64_t Dk, int64_t Dv, T scale, T* o) {
-  MOETRON_DISPATCH_CPU(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
+  MOETRON_DISPATCH(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
 }
 
 template <class T>
