@@ -2,8 +2,7 @@
 // CPU and Guard run kernels/cpu/ (Guard with its memory unlocked for the duration of the op:
 // GuardAccess); CUDA runs kernels/cuda/ (kernels::gpu, the context passed on: its stream) in a
 // build with the CUDA backend; Meta runs nothing. Each op is one line here; explicit
-// instantiations at the end. MOETRON_DISPATCH_CPU marks an op the CUDA backend does not have yet
-// (asking for it on the GPU is an error naming the op).
+// instantiations at the end.
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -47,15 +46,6 @@ namespace {
     default:                                    \
       break;                                    \
   }                                             \
-  no_backend(ex, #name)
-
-// An op of the CPU backend only (so far).
-#define MOETRON_DISPATCH_CPU(name, ...)      \
-  switch (ex.device) {                       \
-    MOETRON_DISPATCH_HOST(name, __VA_ARGS__) \
-    default:                                 \
-      break;                                 \
-  }                                          \
   no_backend(ex, #name)
 
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
@@ -144,30 +134,30 @@ void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
 template <class T>
 void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
              int64_t cols, int64_t repeat, bool accumulate) {
-  MOETRON_DISPATCH_CPU(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
+  MOETRON_DISPATCH(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
 }
 
 template <class T>
 void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
                     int64_t rows, int64_t cols, int64_t group) {
-  MOETRON_DISPATCH_CPU(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
+  MOETRON_DISPATCH(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
 }
 
 void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, int64_t shift,
                   int32_t* ids, int32_t* targets, int32_t* pos) {
-  MOETRON_DISPATCH_CPU(shift_tokens, tokens, B, S, shift, ids, targets, pos);
+  MOETRON_DISPATCH(shift_tokens, tokens, B, S, shift, ids, targets, pos);
 }
 
 template <class T>
 void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
                        T* out) {
-  MOETRON_DISPATCH_CPU(embedding_forward, ids, N, table, D, out);
+  MOETRON_DISPATCH(embedding_forward, ids, N, table, D, out);
 }
 
 template <class T>
 void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* dout, int64_t D,
                         T* dtable) {
-  MOETRON_DISPATCH_CPU(embedding_backward, ids, N, dout, D, dtable);
+  MOETRON_DISPATCH(embedding_backward, ids, N, dout, D, dtable);
 }
 
 template <class T>
