@@ -119,9 +119,13 @@ TEST(CudaModel, Bf16ForwardBackwardAndSgdMatchTheCpu) {
 
 TEST(CudaModel, Fp8ForwardBackwardAndSgdMatchTheCpu) {
   MOETRON_REQUIRE_GPU();
-  // likewise an E4M3 code (2^-3 apart): DeepGEMM's criterion, 1e-3 (a stale x2 weight scale
-  // gives ~0.1)
-  compare(Recipe::FP8, 1e-3, 1e-3);
+  // likewise an E4M3 code (2^-3 apart); and cuBLASLt's block-scaled FP8 GEMM (the default path)
+  // accumulates inside each 128-wide K block on the tensor cores at less than fp32 precision
+  // (the reason for DeepSeek-V3's promotion every 128, SPEC §3.4), where the CPU keeps fp32
+  // partials. Third H200 run: calc_diff 1.0e-3 .. 3.7e-3 (median 1.8e-3) over 102 parameters,
+  // loss within 2e-4; MOETRON_FP8_GEMM=kernel (fp32 partials) gives the step-1 loss to 3e-9. A
+  // stale x2 weight scale moves its layer's gradients by ~0.1.
+  compare(Recipe::FP8, 1e-3, 1e-2);
 }
 
 }  // namespace
