@@ -1,5 +1,5 @@
 // bench_cuda_gemm: time of the CUDA backend's GEMM (moetron::kernels::gemm on Device::CUDA, i.e.
-// cuBLASLt through kernels/cuda/gemm.cu) on DeepSeek-V3's shapes, BF16 and FP32.
+// cuBLASLt through kernels/cuda/gemm.cu) on DeepSeek-V3's shapes, BF16, FP32 and the FP8 recipe.
 //
 // Every shape is a linear layer's forward Y[M,N] = X[M,K] W[N,K]^T (the NT layout of the model's
 // [out, in] weights). BF16 is the op as the model calls it: both fp32 inputs are rounded to bf16
@@ -7,7 +7,9 @@
 // GEMM; FP32 is true fp32 (no TF32). Timing: CUDA events on the compute stream around `runs`
 // calls after `warmup` calls (3 + 10; --quick: 1 + 3 over a few shapes). TFLOP/s counts 2MNK per
 // call; "% peak" is against the H200/H100 SXM dense BF16 peak, 989 TFLOP/s (for FP32 rows it only
-// says how far plain fp32 is from the tensor-core peak).
+// says how far plain fp32 is from the tensor-core peak). FP8 is the recipe's Fprop
+// (kernels::fp8_fprop: E4M3 operands with 1x128 activation and 128x128 weight scales, quantised
+// once before timing, cuBLASLt block scaling), against the dense FP8 peak, 1979 TFLOP/s.
 //
 // Shapes (M = tokens, 4096 unless --tokens): MLA q_a 7168->1536, kv_a 7168->576, q_b
 // 1536->24576 (128 heads x 192), kv_b 512->32768 (128 x (128 + 128)), o_proj 16384->7168; dense
@@ -39,7 +41,7 @@ using moetron::kernels::GemmPrecision;
 
 namespace {
 
-constexpr double kPeakBf16 = 989.0;  // TFLOP/s, dense
+constexpr double kPeakBf16 = 989.0, kPeakFp8 = 1979.0;  // TFLOP/s, dense
 
 struct Shape {
   const char* what;
@@ -110,7 +112,7 @@ int main(int argc, char** argv) {
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   std::printf("bench_cuda_gemm on %s: Y[M,N] = X[M,K] W[N,K]^T, %d warm-up + %d timed runs\n\n",
               prop.name, warmup, runs);
-  std::printf("| shape | M | K | N | precision | ms | TFLOP/s | %% of %.0f |\n", kPeakBf16);
+  std::printf("| shape | M | K | N | precision | ms | TFLOP/s | of peak |\n");
   std::printf("|---|---:|---:|---:|---|---:|---:|---:|\n");
   for (const Shape& sh : shapes) {
     if (quick && !sh.quick) continue;
@@ -118,24 +120,39 @@ int main(int argc, char** argv) {
     Buffer<float> X = random_device(M * K, 1), W = random_device(N * K, 2);
     Buffer<float> Y(Device::CUDA);
     Y.resize(static_cast<size_t>(M * N));
-    for (GemmPrecision prec : {GemmPrecision::BF16, GemmPrecision::FP32}) {
-      for (int i = 0; i < warmup; ++i)
-        mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
+    // the mean time of `runs` calls of f after `warmup`, in ms
+    auto time_ms = [&](auto&& f) {
+      for (int i = 0; i < warmup; ++i) f();
       check(cudaEventRecord(t0, s), "cudaEventRecord");
-      for (int i = 0; i < runs; ++i)
-        mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
+      for (int i = 0; i < runs; ++i) f();
       check(cudaEventRecord(t1, s), "cudaEventRecord");
       check(cudaEventSynchronize(t1), "cudaEventSynchronize");
       float ms_total = 0;
       check(cudaEventElapsedTime(&ms_total, t0, t1), "cudaEventElapsedTime");
-      const double ms = ms_total / runs;
+      return ms_total / runs;
+    };
+    auto row = [&](const char* precision, double ms, double peak) {
       const double tflops = 2.0 * double(M) * double(N) * double(K) / (ms * 1e-3) * 1e-12;
-      std::printf("| %s | %lld | %lld | %lld | %s | %.3f | %.1f | %.1f%% |\n", sh.what,
+      std::printf("| %s | %lld | %lld | %lld | %s | %.3f | %.1f | %.1f%% of %.0f |\n", sh.what,
                   static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N),
-                  prec == GemmPrecision::BF16 ? "BF16" : "FP32", ms, tflops,
-                  100.0 * tflops / kPeakBf16);
+                  precision, ms, tflops, 100.0 * tflops / peak, peak);
       std::fflush(stdout);
+    };
+    for (GemmPrecision prec : {GemmPrecision::BF16, GemmPrecision::FP32}) {
+      const double ms = time_ms([&] {
+        mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
+      });
+      row(prec == GemmPrecision::BF16 ? "BF16" : "FP32", ms, kPeakBf16);
     }
+    const int64_t KB = (K + 127) / 128;
+    Buffer<uint8_t> qX(Device::CUDA), qW(Device::CUDA);
+    Buffer<float> sX(Device::CUDA), sW(Device::CUDA);
+    mk::quantize(ex, X.data(), M, K, mk::kTile1x128, true, qX.resize(M * K), sX.resize(M * KB));
+    mk::quantize(ex, W.data(), N, K, mk::kTile128x128, true, qW.resize(N * K),
+                 sW.resize((N + 127) / 128 * KB));
+    const double ms = time_ms(
+        [&] { mk::fp8_fprop(ex, qX.data(), sX.data(), qW.data(), sW.data(), M, N, K, Y.data()); });
+    row("FP8 (1x128 / 128x128 scales)", ms, kPeakFp8);
   }
   check(cudaEventDestroy(t0), "cudaEventDestroy");
   check(cudaEventDestroy(t1), "cudaEventDestroy");

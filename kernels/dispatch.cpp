@@ -2,8 +2,7 @@
 // CPU and Guard run kernels/cpu/ (Guard with its memory unlocked for the duration of the op:
 // GuardAccess); CUDA runs kernels/cuda/ (kernels::gpu, the context passed on: its stream) in a
 // build with the CUDA backend; Meta runs nothing. Each op is one line here; explicit
-// instantiations at the end. MOETRON_DISPATCH_CPU marks an op the CUDA backend does not have yet
-// (asking for it on the GPU is an error naming the op).
+// instantiations at the end.
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -47,15 +46,6 @@ namespace {
     default:                                    \
       break;                                    \
   }                                             \
-  no_backend(ex, #name)
-
-// An op of the CPU backend only (so far).
-#define MOETRON_DISPATCH_CPU(name, ...)      \
-  switch (ex.device) {                       \
-    MOETRON_DISPATCH_HOST(name, __VA_ARGS__) \
-    default:                                 \
-      break;                                 \
-  }                                          \
   no_backend(ex, #name)
 
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
@@ -144,85 +134,84 @@ void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
 template <class T>
 void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows,
              int64_t cols, int64_t repeat, bool accumulate) {
-  MOETRON_DISPATCH_CPU(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
+  MOETRON_DISPATCH(copy_2d, src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
 }
 
 template <class T>
 void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
                     int64_t rows, int64_t cols, int64_t group) {
-  MOETRON_DISPATCH_CPU(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
+  MOETRON_DISPATCH(sum_row_groups, src, src_ld, dst, dst_ld, rows, cols, group);
 }
 
 void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, int64_t shift,
                   int32_t* ids, int32_t* targets, int32_t* pos) {
-  MOETRON_DISPATCH_CPU(shift_tokens, tokens, B, S, shift, ids, targets, pos);
+  MOETRON_DISPATCH(shift_tokens, tokens, B, S, shift, ids, targets, pos);
 }
 
 template <class T>
 void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
                        T* out) {
-  MOETRON_DISPATCH_CPU(embedding_forward, ids, N, table, D, out);
+  MOETRON_DISPATCH(embedding_forward, ids, N, table, D, out);
 }
 
 template <class T>
 void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* dout, int64_t D,
                         T* dtable) {
-  MOETRON_DISPATCH_CPU(embedding_backward, ids, N, dout, D, dtable);
+  MOETRON_DISPATCH(embedding_backward, ids, N, dout, D, dtable);
 }
 
 template <class T>
 void rmsnorm_forward(const Exec& ex, const T* x, const T* w, int64_t N, int64_t D, T eps, T* y,
                      T* rstd) {
-  MOETRON_DISPATCH_CPU(rmsnorm_forward, x, w, N, D, eps, y, rstd);
+  MOETRON_DISPATCH(rmsnorm_forward, x, w, N, D, eps, y, rstd);
 }
 
 template <class T>
 void rmsnorm_backward_input(const Exec& ex, const T* dy, const T* x, const T* w, const T* rstd,
                             int64_t N, int64_t D, T* dx) {
-  MOETRON_DISPATCH_CPU(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
+  MOETRON_DISPATCH(rmsnorm_backward_input, dy, x, w, rstd, N, D, dx);
 }
 
 template <class T>
 void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* rstd, int64_t N,
                              int64_t D, T* dw) {
-  MOETRON_DISPATCH_CPU(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
+  MOETRON_DISPATCH(rmsnorm_backward_weight, dy, x, rstd, N, D, dw);
 }
 
 template <class T>
 void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos,
                 const int32_t* pos, const double* freqs, int64_t dim, bool inverse) {
-  MOETRON_DISPATCH_CPU(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
+  MOETRON_DISPATCH(rope_apply, x, nvec, stride, vecs_per_pos, pos, freqs, dim, inverse);
 }
 
 template <class T>
 void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
                        int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
-  MOETRON_DISPATCH_CPU(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
 }
 
 template <class T>
 void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
                         int64_t Dv, T scale, T* dq, T* dk, T* dv) {
-  MOETRON_DISPATCH_CPU(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk,
-                       dv);
+  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv);
 }
 
 template <class T>
 void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M, int64_t past,
                               int64_t H, int64_t Dk, int64_t Dv, T scale, T* o) {
-  MOETRON_DISPATCH_CPU(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
+  MOETRON_DISPATCH(latent_attention_forward, q, kv, M, past, H, Dk, Dv, scale, o);
 }
 
 template <class T>
 void swiglu_forward(const Exec& ex, const T* gu, int64_t N, int64_t F, const T* row_scale, T* out) {
-  MOETRON_DISPATCH_CPU(swiglu_forward, gu, N, F, row_scale, out);
+  MOETRON_DISPATCH(swiglu_forward, gu, N, F, row_scale, out);
 }
 
 template <class T>
 void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int64_t F,
                      const T* row_scale, T* dgu, T* drow_scale) {
-  MOETRON_DISPATCH_CPU(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
+  MOETRON_DISPATCH(swiglu_backward, dout, gu, N, F, row_scale, dgu, drow_scale);
 }
 
 template <class T>
@@ -293,7 +282,7 @@ void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* 
 template <class M>
 void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, int64_t n,
                   const AdamWParams& p) {
-  MOETRON_DISPATCH_CPU(adamw_update, param, grad, m, v, n, p);
+  MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
 }
 
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,

@@ -36,7 +36,13 @@ void check_ce(int64_t N, int64_t D, int64_t V, int64_t chunk, GemmPrecision prec
                            std::to_string(V) + " chunk " + std::to_string(chunk);
   SCOPED_TRACE(what);
   const double rtol_fwd = f ? 1e-5 : 1e-12;
-  const double rtol_bwd = !f ? 1e-12 : prec == GemmPrecision::BF16 ? 1e-2 : 1e-5;
+  // FP32 backward: p = exp(logit - lse) turns the logits' absolute rounding (an ulp of |logit|,
+  // times the GEMM's summation-order spread) into a relative error of p; at D = 512 the logits
+  // reach |40| (ulp 4e-6), so dh and dW move by up to ~1e-4 of their scale between two correct
+  // fp32 implementations (first H200 run: 607 of 49152 dh elements past 1e-5). Index or
+  // semantics errors are of order 1.
+  const double rtol_fp32_bwd = D >= 256 ? 1e-4 : 1e-5;
+  const double rtol_bwd = !f ? 1e-12 : prec == GemmPrecision::BF16 ? 1e-2 : rtol_fp32_bwd;
   const auto h = rand_vec<T>(N * D, 1000 + N, -1.5, 1.5), W = rand_vec<T>(V * D, 2000 + V);
   const auto t = ce_targets(N, V);
   int64_t valid = 0;

@@ -2,7 +2,8 @@
 // with q compression, a dense block, a MoE block with shared and routed experts, MTP, the fused
 // head + cross-entropy), the same initial weights and tokens, one forward and backward — the loss
 // and every weight gradient — and three SGD steps (w -= lr g, an op on the parameters' device),
-// in the fp32, bf16 and fp8 recipes. Routing is pinned (a large bias on two experts) so that
+// in the fp32, bf16 and fp8 recipes. Routing is pinned (a large bias on the first K experts, all
+// in the first group) so that
 // near-tied expert choices, which the two backends' different summation orders could flip, do
 // not stand in for kernel differences; the gate weights still get gradients. Skipped without a
 // GPU.
@@ -44,7 +45,7 @@ Run run(Device device, Recipe recipe, int steps) {
   for (auto& p : model.params().all())
     if (p->name.find("e_score_correction_bias") != std::string::npos) {
       std::vector<float> b(static_cast<size_t>(p->numel()), 0.f);
-      b[0] = b[1] = 10.f;
+      for (int64_t e = 0; e < c.num_experts_per_tok; ++e) b[e] = 10.f;  // all K in group 0
       set_param(*p, b);
     }
   const int64_t B = 2, S = 48;
@@ -111,12 +112,20 @@ TEST(CudaModel, Fp32ForwardBackwardAndSgdMatchTheCpu) {
 
 TEST(CudaModel, Bf16ForwardBackwardAndSgdMatchTheCpu) {
   MOETRON_REQUIRE_GPU();
-  compare(Recipe::BF16, 1e-4, 1e-5);
+  // a bf16 input one fp32 ulp apart on the two sides can round to the neighbouring bf16 value
+  // (2^-8 apart): first H200 run, worst parameter 1.03e-5
+  compare(Recipe::BF16, 1e-4, 1e-4);
 }
 
 TEST(CudaModel, Fp8ForwardBackwardAndSgdMatchTheCpu) {
   MOETRON_REQUIRE_GPU();
-  compare(Recipe::FP8, 1e-3, 1e-4);
+  // likewise an E4M3 code (2^-3 apart); and cuBLASLt's block-scaled FP8 GEMM (the default path)
+  // accumulates inside each 128-wide K block on the tensor cores at less than fp32 precision
+  // (the reason for DeepSeek-V3's promotion every 128, SPEC §3.4), where the CPU keeps fp32
+  // partials. Third H200 run: calc_diff 1.0e-3 .. 3.7e-3 (median 1.8e-3) over 102 parameters,
+  // loss within 2e-4; MOETRON_FP8_GEMM=kernel (fp32 partials) gives the step-1 loss to 3e-9. A
+  // stale x2 weight scale moves its layer's gradients by ~0.1.
+  compare(Recipe::FP8, 1e-3, 1e-2);
 }
 
 }  // namespace

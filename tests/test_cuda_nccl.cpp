@@ -269,7 +269,7 @@ TEST(CudaNccl, StreamsAreOrderedAroundOperations) {
   };
   auto times = [&](float k) {
     std::vector<float> v(n);
-    for (size_t i = 0; i < n; ++i) v[i] = k * x[i];
+    for (size_t i = 0; i < n; ++i) v[i] = k * x[i] + 0.f;  // + 0: the GPU's sums of -0 give +0
     return v;
   };
 
