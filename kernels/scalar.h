@@ -166,3 +166,37 @@ MOE_HD uint16_t e4m3_to_bf16(uint8_t c) {
 }
 
 }  // namespace moetron
+
+namespace moetron {
+
+// ---- per-token rows of the MoE gate and balance-loss backwards --------------------------------
+// One token's row, the same code on the CPU (a loop over tokens) and the GPU (a thread per token).
+// Gate: dl[E] (zeroed by the caller) gets, at the K chosen experts id[K] with sigmoid scores s[E],
+// the gradient of w_k = c s_k / sum_j s_j through the normalisation and the sigmoid, from dw[K].
+template <class T>
+MOE_HD void gate_backward_row(const T* s, const int32_t* id, const T* dw, int64_t K, T c, T* dl) {
+  T S = 0, dot = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    S += s[id[k]];
+    dot += dw[k] * s[id[k]];
+  }
+  if (!(S > T(0))) return;
+  for (int64_t k = 0; k < K; ++k) {
+    const T sj = s[id[k]];
+    const T ds = c * (dw[k] / S - dot / (S * S));
+    dl[id[k]] = ds * sj * (T(1) - sj);
+  }
+}
+// Balance loss: dl[e] += c (f_e / Z - sum_j f_j s_j / Z^2) s_e (1 - s_e), Z = sum_j s_j, for one
+// token with scores s[E] in a sequence whose f is fb[E].
+template <class T>
+MOE_HD void seq_balance_backward_row(const T* s, const T* fb, int64_t E, double c, T* dl) {
+  double z = 0, fs = 0;
+  for (int64_t e = 0; e < E; ++e) z += s[e], fs += static_cast<double>(fb[e]) * s[e];
+  for (int64_t e = 0; e < E; ++e) {
+    const double ds = c * (fb[e] / z - fs / (z * z));
+    dl[e] += static_cast<T>(ds * s[e] * (1.0 - s[e]));
+  }
+}
+
+}  // namespace moetron

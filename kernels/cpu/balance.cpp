@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 
 namespace moetron::kernels::cpu {
 
@@ -50,14 +51,7 @@ void seq_balance_loss_backward(const T* scores, const T* f, int64_t B, int64_t S
   const int64_t N = B * S;
 #pragma omp parallel for schedule(static) if (N * E >= (1 << 14))
   for (int64_t n = 0; n < N; ++n) {
-    const T* s = scores + n * E;
-    const T* fb = f + (n / S) * E;
-    double z = 0, fs = 0;
-    for (int64_t e = 0; e < E; ++e) z += s[e], fs += static_cast<double>(fb[e]) * s[e];
-    for (int64_t e = 0; e < E; ++e) {
-      const double ds = c * (fb[e] / z - fs / (z * z));
-      dlogits[n * E + e] += static_cast<T>(ds * s[e] * (1.0 - s[e]));
-    }
+    seq_balance_backward_row(scores + n * E, f + (n / S) * E, E, c, dlogits + n * E);
   }
 }
 

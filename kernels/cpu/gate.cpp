@@ -120,17 +120,7 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
     const T* dw = dweights + n * K;
     T* dl = dlogits + n * E;
     std::fill(dl, dl + E, T(0));
-    T S = 0, dot = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      S += s[id[k]];
-      dot += dw[k] * s[id[k]];
-    }
-    if (!(S > T(0))) continue;
-    for (int64_t k = 0; k < K; ++k) {
-      const T sj = s[id[k]];
-      const T ds = c * (dw[k] / S - dot / (S * S));
-      dl[id[k]] = ds * sj * (T(1) - sj);
-    }
+    gate_backward_row(s, id, dw, K, c, dl);
   }
 }
 

@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
 
@@ -78,14 +79,8 @@ __global__ void seq_balance_backward_kernel(const T* scores, const T* f, int64_t
                                             int64_t E, double c, T* dlogits) {
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
-    const T* s = scores + n * E;
-    const T* fb = f + (n / S) * E;
-    double z = 0, fs = 0;
-    for (int64_t e = 0; e < E; ++e) z += s[e], fs += static_cast<double>(fb[e]) * s[e];
-    for (int64_t e = 0; e < E; ++e) {
-      const double ds = c * (fb[e] / z - fs / (z * z));
-      dlogits[n * E + e] += static_cast<T>(ds * s[e] * (1.0 - s[e]));
-    }
+    // kernels/scalar.h: the CPU's row
+    seq_balance_backward_row(scores + n * E, f + (n / S) * E, E, c, dlogits + n * E);
   }
 }
 

@@ -136,17 +136,7 @@ __global__ void gate_backward_kernel(const T* dweights, const T* scores, const i
     const T* dw = dweights + n * K;
     T* dl = dlogits + n * E;
     for (int64_t e = 0; e < E; ++e) dl[e] = T(0);
-    T S = 0, dot = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      S += s[id[k]];
-      dot += dw[k] * s[id[k]];
-    }
-    if (!(S > T(0))) continue;
-    for (int64_t k = 0; k < K; ++k) {
-      const T sj = s[id[k]];
-      const T ds = c * (dw[k] / S - dot / (S * S));
-      dl[id[k]] = ds * sj * (T(1) - sj);
-    }
+    gate_backward_row(s, id, dw, K, c, dl);  // kernels/scalar.h: the CPU's row
   }
 }
 
