@@ -1,13 +1,15 @@
 // The op dispatcher: every op of kernels/ops.h runs the backend of its execution context's device.
 // CPU and Guard run kernels/cpu/ (Guard with its memory unlocked for the duration of the op:
 // GuardAccess); CUDA runs kernels/cuda/ (kernels::gpu, the context passed on: its stream) in a
-// build with the CUDA backend; Meta runs nothing. Each op is one line here; explicit
-// instantiations at the end.
+// build with the CUDA backend; Meta runs nothing. Each op is one line here (the GEMM-type ops one
+// more: their FLOPs for the counter, kernels/flop_counter.h, so every backend is counted the same
+// way); explicit instantiations at the end.
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/flop_counter.h"
 #include "kernels/ops.h"
 #if MOETRON_HAVE_CUDA
 #include "kernels/cuda/ops_cuda.h"
@@ -19,6 +21,21 @@ namespace {
 [[noreturn]] void no_backend(const Exec& ex, const char* op) {
   throw std::logic_error(std::string("op ") + op + ": no backend for device " +
                          device_name(ex.device) + " in this build");
+}
+
+// The GEMM FLOP counter (kernels/flop_counter.h): nothing on Meta (it runs nothing), nothing while
+// counting is off.
+void count(const Exec& ex, int64_t flops, bool recompute = false) {
+  if (ex.device != Device::Meta) flop_counter::add(flops, recompute);
+}
+// 2 x (rows of all G groups) x n x k; the rows, off[G] - off[0], read from the op's device only
+// while counting (off is device memory: a synchronising read on CUDA).
+void count_grouped(const Exec& ex, const int64_t* off, int64_t G, int64_t n, int64_t k) {
+  if (!flop_counter::counting() || ex.device == Device::Meta) return;
+  int64_t first = 0, last = 0;
+  copy_to_host(ex, &first, off, sizeof(int64_t));
+  copy_to_host(ex, &last, off + G, sizeof(int64_t));
+  flop_counter::add(2 * (last - first) * n * k);
 }
 }  // namespace
 
@@ -82,42 +99,49 @@ void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
 template <class T>
 void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
           const T* A, const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
+  count(ex, 2 * M * N * K);
   MOETRON_DISPATCH(gemm, transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
 }
 
 template <class T>
 void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
                   const T* A, const T* W, T* C, GemmPrecision prec) {
+  count_grouped(ex, off, G, N, K);
   MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
 }
 
 template <class T>
 void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
                         const T* A, const T* B, T* C, GemmPrecision prec) {
+  count_grouped(ex, off, G, M, N);
   MOETRON_DISPATCH(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
 }
 
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
+  count_grouped(ex, off, G, N, K);
   MOETRON_DISPATCH(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks128, float* dX) {
+  count_grouped(ex, off, G, N, K);
   MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
 }
 
 void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K,
                               bool pow2_dy, bool pow2_x, float* dW) {
+  count_grouped(ex, off, G, N, K);
   MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
 }
 
 void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                                   const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
                                   float* dW) {
+  count_grouped(ex, off, G, N, K);
   MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
 }
 
@@ -269,6 +293,7 @@ template <class T>
 void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
                         int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
                         double* loss_sum) {
+  count(ex, 2 * N * D * V);
   MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
 }
 
@@ -276,6 +301,8 @@ template <class T>
 void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
                          const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
                          T* dW, GemmPrecision prec) {
+  count(ex, 2 * N * D * V, /*recompute=*/true);  // the logits again
+  count(ex, 4 * N * D * V);                      // dh and dW
   MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
 }
 
@@ -297,22 +324,26 @@ void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R
 
 void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t* qW,
                const float* sW, int64_t M, int64_t N, int64_t K, float* Y) {
+  count(ex, 2 * M * N * K);
   MOETRON_DISPATCH(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
 }
 
 void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
                       const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
                       bool accumulate) {
+  count(ex, 2 * M * N * K);
   MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
 }
 
 void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
                       int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+  count(ex, 2 * M * N * K);
   MOETRON_DISPATCH(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
 }
 
 void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
                           int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+  count(ex, 2 * M * N * K);
   MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
 }
 

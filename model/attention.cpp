@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/flop_counter.h"
+
 namespace moetron {
 
 namespace {
@@ -177,6 +179,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   o_.backward_input(dy, N, d_o);
   const T *q = nullptr, *k = nullptr, *v = nullptr;
   if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
+    const kernels::flop_counter::RecomputeScope recompute;  // hardware FLOPs, not model FLOPs
     T* qr = sized(q_tmp_, N * H_ * dq_);
     T* kr_ = sized(k_tmp_, N * H_ * dq_);
     T* vr = sized(v_tmp_, N * H_ * dv_);

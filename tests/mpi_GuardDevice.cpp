@@ -4,16 +4,20 @@
 // steps of tiny.yaml (narrowed) on one rank, on PP2 and on PP2 x DP2 x EP2 (4 ranks: the
 // expert-parallel dispatcher's plan, wire packing and all-to-all on guard memory) must run and
 // give the same losses bit for bit as the same run on the CPU device (the guard device runs the
-// CPU backend).
+// CPU backend). With run.count_flops, the GEMM FLOPs the ranks' ops executed in a step (summed over
+// the world: stages, DP replicas and EP shards of the experts) less the recomputed head logits
+// equal the step's tokens x 3 x the formula's GEMM forward (model/flops.h) exactly.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "kernels/device.h"
+#include "model/flops.h"
 #include "parallel/comm.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
@@ -21,8 +25,8 @@
 namespace moetron {
 namespace {
 
-std::vector<double> run(const std::string& device, const std::string& dir,
-                        const std::vector<std::string>& extra = {}) {
+Config tiny(const std::string& device, const std::string& dir,
+            const std::vector<std::string>& extra) {
   Communicator& w = world();
   const std::string src = MOETRON_SOURCE_DIR;
   std::vector<std::string> set = {
@@ -53,7 +57,12 @@ std::vector<double> run(const std::string& device, const std::string& dir,
       "run.device=" + device,
       "run.dir=" + dir};
   set.insert(set.end(), extra.begin(), extra.end());
-  const Config cfg = load_config(src + "/configs/tiny.yaml", set);
+  return load_config(src + "/configs/tiny.yaml", set);
+}
+
+std::vector<double> run(const std::string& device, const std::string& dir,
+                        const std::vector<std::string>& extra = {}) {
+  const Config cfg = tiny(device, dir, extra);
   std::ostringstream log;
   const TrainSummary s = train(cfg, log);
   set_default_device(Device::CPU);
@@ -84,6 +93,37 @@ TEST(GuardDevice, Bf16StorageRecomputeAndFp8TouchNoActivationOutsideOps) {
   const std::vector<double> guard = run("guard", tmp_dir("guard_mem"), extra);
   ASSERT_EQ(cpu.size(), 3u);
   EXPECT_EQ(guard, cpu);
+}
+
+// A number field of a metrics.jsonl line.
+double field(const std::string& line, const std::string& key) {
+  const size_t at = line.find("\"" + key + "\":");
+  if (at == std::string::npos) ADD_FAILURE() << key << " not in " << line;
+  return at == std::string::npos ? -1 : std::stod(line.substr(at + key.size() + 3));
+}
+
+TEST(GuardDevice, CountedGemmFlopsAddUpToTheFormulaOverTheLayout) {
+  const std::string dir = tmp_dir("flops");
+  if (world().rank() == 0) std::filesystem::remove_all(dir);  // metrics.jsonl appends
+  const std::vector<std::string> extra = {"run.count_flops=on"};
+  ASSERT_EQ(run("guard", dir, extra).size(), 3u);
+  if (world().rank() != 0) return;
+  const Config cfg = tiny("guard", dir, extra);
+  const ModelConfig& c = cfg.model;
+  const int64_t S = cfg.data.seq_len;
+  const double N = static_cast<double>(cfg.data.global_batch_size * S);  // tokens of a step
+  const double model = N * 3 * flops_per_token(c, S).gemm_forward();
+  const double heads =
+      N * 2 * static_cast<double>(c.hidden_size * c.vocab_size * (1 + c.num_nextn_predict_layers));
+  std::ifstream in(dir + "/metrics.jsonl");
+  int steps = 0;
+  for (std::string line; std::getline(in, line); ++steps) {
+    const double executed = field(line, "gemm_flops_executed");
+    const double recompute = field(line, "gemm_flops_recompute");
+    EXPECT_EQ(executed - recompute, model) << line;
+    EXPECT_EQ(recompute, heads) << line;
+  }
+  EXPECT_EQ(steps, 3);
 }
 
 }  // namespace

@@ -223,6 +223,7 @@ Config everything_changed() {
   c.run.seed = 18446744073709551615u;
   c.run.log_interval = 7;
   c.run.threads = 3;
+  c.run.count_flops = true;
   return c;
 }
 

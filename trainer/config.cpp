@@ -135,6 +135,7 @@ void visit_config(V& v, C&... c) {
     v.field("sample_interval", kNonNegative, c.run.sample_interval...);
     v.field("sample_prompt", kAnyText, c.run.sample_prompt...);
     v.field("sample_tokens", kPositive, c.run.sample_tokens...);
+    v.field("count_flops", kOffOn, c.run.count_flops...);
   });
 }
 

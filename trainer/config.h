@@ -146,6 +146,11 @@ struct RunConfig {
   int64_t sample_interval = 0;
   std::string sample_prompt;
   int64_t sample_tokens = 64;
+  // off | on: count the GEMM FLOPs the ops execute (kernels/flop_counter.h) and report them per
+  // step in metrics.jsonl (gemm_flops_executed, gemm_flops_recompute and
+  // gemm_tflops_executed_per_device). Off by default: on CUDA the count reads each grouped GEMM's
+  // row total back to the host.
+  bool count_flops = false;
 };
 
 struct Config {

@@ -19,6 +19,14 @@ static std::string num(double x) {
   return b;
 }
 
+// a count held in a double, all its digits (exact below 2^53)
+static std::string integer(double x) {
+  if (!std::isfinite(x)) return "null";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.0f", x);
+  return b;
+}
+
 void MetricsLog::write(const StepMetrics& m) {
   out_ << "{\"step\":" << m.step << ",\"loss\":" << num(m.loss) << ",\"lm_loss\":" << num(m.lm_loss)
        << ",\"mtp_loss\":" << num(m.mtp_loss) << ",\"balance_loss\":" << num(m.balance_loss)
@@ -37,6 +45,10 @@ void MetricsLog::write(const StepMetrics& m) {
   if (!std::isnan(m.valid_loss)) out_ << ",\"valid_loss\":" << num(m.valid_loss);
   if (m.peak_bf16_tflops > 0) out_ << ",\"mfu\":" << num(m.mfu(m.peak_bf16_tflops));
   if (m.peak_fp8_tflops > 0) out_ << ",\"mfu_fp8\":" << num(m.mfu(m.peak_fp8_tflops));
+  if (!std::isnan(m.gemm_flops))
+    out_ << ",\"gemm_flops_executed\":" << integer(m.gemm_flops)
+         << ",\"gemm_flops_recompute\":" << integer(m.gemm_flops_recompute)
+         << ",\"gemm_tflops_executed_per_device\":" << num(m.gemm_tflops_per_device());
   out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
   out_ << "]}\n";

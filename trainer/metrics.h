@@ -1,7 +1,8 @@
 // Per-step metrics: one human-readable progress line on stdout and one JSON object per line in
 // <run_dir>/metrics.jsonl (step, losses, lr, grad norm, tokens, throughput, expert imbalance;
 // the validation loss on the steps that evaluate; model FLOPs per token (model/flops.h) and what
-// follows from them per device: tokens/s, model TFLOP/s, device-hours per 10^12 tokens).
+// follows from them per device: tokens/s, model TFLOP/s, device-hours per 10^12 tokens; with
+// run.count_flops the GEMM FLOPs the ops executed and their rate per device).
 #pragma once
 
 #include <cmath>
@@ -29,6 +30,10 @@ struct StepMetrics {
   // dense peaks per device (hardware.*); 0 = unknown. MFU is model TFLOP/s over the BF16 peak,
   // and over the FP8 peak too when the recipe is fp8 (peak_fp8 is left 0 otherwise).
   double peak_bf16_tflops = 0, peak_fp8_tflops = 0;
+  // GEMM FLOPs the ops executed in this step on all devices, recompute included, and the
+  // recomputed part (kernels/flop_counter.h); NaN unless run.count_flops. executed - recompute is
+  // the GEMM part of flops_per_token x the step's tokens, exactly.
+  double gemm_flops = NAN, gemm_flops_recompute = NAN;
   double tokens_per_s_per_device() const { return tokens_per_s / static_cast<double>(devices); }
   double model_tflops_per_device() const {
     return tokens_per_s_per_device() * flops_per_token / 1e12;
@@ -36,6 +41,11 @@ struct StepMetrics {
   // model TFLOP/s per device over a peak; NaN when the peak is unknown (0)
   double mfu(double peak_tflops) const {
     return peak_tflops > 0 ? model_tflops_per_device() / peak_tflops : NAN;
+  }
+  // executed GEMM TFLOP/s per device: the GEMM part of hardware FLOPs (HFU's numerator without the
+  // attention core and the element-wise work)
+  double gemm_tflops_per_device() const {
+    return gemm_flops / step_seconds / static_cast<double>(devices) / 1e12;
   }
   // what 10^12 tokens cost at this step's rate, in device-hours
   double device_hours_per_1e12_tokens() const { return 1e12 / tokens_per_s_per_device() / 3600; }

@@ -15,6 +15,7 @@
 
 #include "data/bpe.h"
 #include "data/sources.h"
+#include "kernels/flop_counter.h"
 #include "kernels/ops.h"
 #include "model/memory.h"
 #include "trainer/plan.h"
@@ -254,6 +255,7 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   check_memory(cfg, r->grid.world);  // when hardware.memory_gib is known (trainer/plan.h)
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
+  kernels::flop_counter::set_counting(cfg.run.count_flops);  // read per step by train_step
   r->groups =
       std::make_unique<ProcessGroups>(r->grid, *r->world, cfg.model.num_nextn_predict_layers > 0);
   open_run_dir(*r);

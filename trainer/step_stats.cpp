@@ -4,9 +4,10 @@
 namespace moetron {
 
 void StepStats::reduce(Communicator& world) {
-  double v[6] = {loss, lm, mtp, balance, imbalance, moe_layers};
-  world.all_reduce(v, 6);
+  double v[8] = {loss, lm, mtp, balance, imbalance, moe_layers, gemm_executed, gemm_recompute};
+  world.all_reduce(v, 8);
   loss = v[0], lm = v[1], mtp = v[2], balance = v[3], imbalance = v[4], moe_layers = v[5];
+  gemm_executed = v[6], gemm_recompute = v[7];
 }
 
 void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,

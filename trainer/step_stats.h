@@ -25,6 +25,9 @@ struct StepStats {
   // max load / mean load summed over this rank's MoE layers, and their count: on DP rank 0 only
   // (the other DP ranks hold the same layers and the same all-reduced loads)
   double imbalance = 0, moe_layers = 0;
+  // GEMM FLOPs this rank's ops executed in the step's pipeline, and the recomputed part of them
+  // (kernels/flop_counter.h); 0 unless run.count_flops
+  double gemm_executed = 0, gemm_recompute = 0;
 
   // Every field summed over all ranks of `world`, in one all-reduce.
   void reduce(Communicator& world);

@@ -24,6 +24,7 @@
 #include <ostream>
 #include <utility>
 
+#include "kernels/flop_counter.h"
 #include "trainer/expert_balance.h"
 #include "trainer/param_file.h"
 #include "trainer/run.h"
@@ -67,10 +68,12 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 
   model.params().zero_grad();
   model.zero_loads();
+  kernels::flop_counter::reset();  // the step's GEMM FLOPs (run.count_flops)
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
   r.pipeline->run([&](int m) { return batch.row(m * r.B); }, r.B, r.S, h.lambda,
                   1.0 / static_cast<double>(M * r.grid.dp), sum);
   clock.pipeline_done();
+  const kernels::GemmFlops gemm = kernels::flop_counter::read();
 
   // the embedding's copies on the first and last stage share one gradient
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
@@ -85,7 +88,9 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   sum.mtp,
                   sum.balance,
                   dp0 ? imbalance : 0.0,
-                  dp0 ? static_cast<double>(model.moe_layers().size()) : 0.0};
+                  dp0 ? static_cast<double>(model.moe_layers().size()) : 0.0,
+                  static_cast<double>(gemm.executed),
+                  static_cast<double>(gemm.recompute)};
   stats.reduce(*r.world);
   return {stats, h, grad_norm, M * r.grid.dp, batch.global_batch, batch.global_batch * r.S};
 }
@@ -158,6 +163,8 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.flops_per_token = r.flops.training(), m.devices = r.world->size();
   m.peak_bf16_tflops = r.cfg.hardware.peak_bf16_tflops;
   if (r.cfg.precision.recipe == Recipe::FP8) m.peak_fp8_tflops = r.cfg.hardware.peak_fp8_tflops;
+  if (r.cfg.run.count_flops)
+    m.gemm_flops = s.stats.gemm_executed, m.gemm_flops_recompute = s.stats.gemm_recompute;
   m.eta_seconds =
       elapsed / static_cast<double>(step + 1) * static_cast<double>(r.cfg.run.steps - step - 1);
   return m;
