@@ -27,6 +27,10 @@ struct GateParams {
   int64_t n_experts = 0, topk = 0, n_group = 1, topk_group = 1;
   double route_scale = 1.0;
 };
+// std::invalid_argument ("gate: ...") unless the routing is well formed (0 < topk <= n_experts,
+// n_group divides n_experts, the kept groups hold at least topk experts, ...). Every backend's gate
+// checks with it (kernels/cpu/gate.cpp).
+void check_gate_params(const GateParams& p);
 
 struct AdamWParams {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;

@@ -23,11 +23,9 @@
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/scalar.h"
 
-namespace moetron::kernels::cpu {
+namespace moetron::kernels {
 
-namespace {
-
-void check_params(const GateParams& p) {
+void check_gate_params(const GateParams& p) {
   auto fail = [](const std::string& m) { throw std::invalid_argument("gate: " + m); };
   if (p.n_experts <= 0 || p.topk <= 0 || p.topk > p.n_experts) fail("need 0 < topk <= n_experts");
   if (p.n_group < 1 || p.n_experts % p.n_group != 0) fail("n_group must divide n_experts");
@@ -38,6 +36,12 @@ void check_params(const GateParams& p) {
     if (p.topk > p.topk_group * (p.n_experts / p.n_group)) fail("kept groups hold < topk experts");
   }
 }
+
+}  // namespace moetron::kernels
+
+namespace moetron::kernels::cpu {
+
+namespace {
 
 // Index of the largest v[i] among allowed[i] (first one on ties), or -1 if none is allowed.
 template <class T>
@@ -54,7 +58,7 @@ int64_t argmax_allowed(const T* v, const char* allowed, int64_t n) {
 template <class T>
 void gate_forward(const T* logits, const T* bias, int64_t N, const GateParams& p, T* scores,
                   int32_t* idx, T* weights) {
-  check_params(p);
+  check_gate_params(p);
   const int64_t E = p.n_experts, K = p.topk;
   const int64_t G = p.n_group, gsize = E / G;
   const int64_t gk = G > 1 ? K / p.topk_group : 0;  // biased scores summed per group
@@ -109,7 +113,7 @@ void gate_forward(const T* logits, const T* bias, int64_t N, const GateParams& p
 template <class T>
 void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const T* weights,
                    int64_t N, const GateParams& p, T* dlogits) {
-  check_params(p);
+  check_gate_params(p);
   (void)weights;  // recomputed from scores: w_k = s_k / S * c
   const int64_t E = p.n_experts, K = p.topk;
   const T c = static_cast<T>(p.route_scale);

@@ -26,20 +26,13 @@ constexpr int64_t kMaxExperts = 1024;  // bits of the per-thread masks
 constexpr int64_t kMaxGroups = 64;     // group scores kept per thread
 constexpr int kGateThreads = 128;
 
-// The CPU's parameter checks (kernels/cpu/gate.cpp), plus this kernel's size limits.
+// The parameter checks of every backend (check_gate_params), plus this kernel's size limits.
 void check_params(const GateParams& p) {
-  auto fail = [](const std::string& m) { throw std::invalid_argument("gate: " + m); };
-  if (p.n_experts <= 0 || p.topk <= 0 || p.topk > p.n_experts) fail("need 0 < topk <= n_experts");
-  if (p.n_group < 1 || p.n_experts % p.n_group != 0) fail("n_group must divide n_experts");
-  if (p.n_group > 1) {
-    if (p.topk_group < 1 || p.topk_group > p.n_group) fail("need 1 <= topk_group <= n_group");
-    if (p.topk % p.topk_group != 0) fail("topk_group must divide topk");
-    if (p.topk / p.topk_group > p.n_experts / p.n_group) fail("topk/topk_group > group size");
-    if (p.topk > p.topk_group * (p.n_experts / p.n_group)) fail("kept groups hold < topk experts");
-  }
+  check_gate_params(p);
   if (p.n_experts > kMaxExperts || p.n_group > kMaxGroups)
-    fail("the CUDA gate supports at most " + std::to_string(kMaxExperts) + " experts and " +
-         std::to_string(kMaxGroups) + " groups");
+    throw std::invalid_argument("gate: the CUDA gate supports at most " +
+                                std::to_string(kMaxExperts) + " experts and " +
+                                std::to_string(kMaxGroups) + " groups");
 }
 
 __device__ __forceinline__ bool bit(const uint32_t* m, int64_t i) {
