@@ -1,5 +1,5 @@
 // The CUDA runtime side of the backend (kernels/cuda/runtime.h): device probe, streams, the
-// caching stream-ordered allocator, pinned host memory and per-stream workspaces.
+// caching stream-ordered allocator and per-stream workspaces.
 #include "kernels/cuda/runtime.h"
 
 #include <cstdint>
@@ -109,13 +109,6 @@ Allocator& device_allocator() {
   static CudaAllocator a;
   return a;
 }
-
-void* pinned_alloc(size_t bytes) {
-  void* p = nullptr;
-  MOETRON_CUDA_CHECK(cudaMallocHost(&p, bytes));
-  return p;
-}
-void pinned_free(void* p) { MOETRON_CUDA_CHECK(cudaFreeHost(p)); }
 
 void* workspace(const Exec& ex, size_t bytes) {
   if (ex.workspace) {

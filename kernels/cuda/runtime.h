@@ -10,7 +10,6 @@
 //              "never", so freed blocks are reused by later allocations without a device
 //              synchronisation or a trip to the driver (what PyTorch's caching allocator does by
 //              hand; here CUDA's own pool does it).
-//   pinned     page-locked host memory for staging (checkpoint copies, token batches).
 //
 // Semantics of the CUDA ops: asynchronous on their stream. copy_to_host waits for the stream
 // (its caller reads the host memory next); an op that needs a device value on the host (the
@@ -53,9 +52,6 @@ void synchronize(const Exec& ex);
 
 // The caching, stream-ordered device allocator (installed as allocator(Device::CUDA)).
 Allocator& device_allocator();
-// Page-locked host memory (cudaMallocHost), for staging copies.
-void* pinned_alloc(size_t bytes);
-void pinned_free(void* p);
 
 // Enough scratch in the context's workspace (or the stream's own when ex.workspace is null),
 // device memory, grown only: the bf16 operand copies of a GEMM, cuBLASLt's workspace.
