@@ -29,8 +29,8 @@ void Block<T>::init(double std, uint64_t seed) {
 }
 
 template <class T>
-void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
-                       double* balance, int64_t* load) const {
+Program Block<T>::forward_program(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
+                                  T* out, double* balance, int64_t* load, int layer) const {
   const int64_t N = B * S, ND = N * D_;
   st.B = B, st.S = S, st.h_in = h;
   st.h_mid.set_form(false, store_bf16_), st.xn2.set_form(false, store_bf16_);
@@ -41,40 +41,64 @@ void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_
   T* xn2 = st.xn2.write(N, D_, xn2_tmp_);
   ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
   st.xn2.keep(ex_, xn2_tmp_);
-  if (moe_)
-    moe_->forward(st.moe, xn2, B, S, out, balance, load);
-  else
+  if (moe_) {
+    Program ffn = moe_->forward_program(st.moe, xn2, B, S, out, balance, load, layer);
+    while (ffn.step()) co_yield ffn.last();
+  } else {
     mlp_->forward(st.mlp, xn2, N, out);
+  }
   kernels::add_inplace<T>(ex_, out, h_mid, ND);
 }
 
 template <class T>
-void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const {
+void Block<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
+                       double* balance, int64_t* load) const {
+  drain(forward_program(st, h, B, S, pos, out, balance, load, -1));
+}
+
+template <class T>
+Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos, T* dh,
+                                   WeightQueue* queue, int layer) const {
   const int64_t N = st.B * st.S, ND = N * D_;
   // FFN branch: dxn2 = FFN^T dout; d h_mid = dout + ffn_norm^T dxn2
   T* dxn2 = zeroed(ex_, st.dxn2, ND);
-  if (moe_)
-    moe_->backward_input(st.moe, dout, dxn2);
-  else
+  if (moe_) {
+    Program ffn = moe_->backward_program(st.moe, dout, dxn2, queue, layer);
+    while (ffn.step()) co_yield ffn.last();
+  } else {
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
+  }
   T* dmid = sized(st.dmid, ND);
   ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N, dmid);
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
   kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
   attn_.backward_input(st.attn, st.h_in, dmid, pos, dh);
+  weight_now_or_later(queue, [this, &st] { dense_backward_weight(st); });
 }
 
 template <class T>
-void Block<T>::backward_weight(State& st) const {
+void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const {
+  WeightQueue later;  // backward_weight's
+  drain(backward_program(st, dout, pos, dh, &later, -1));
+}
+
+template <class T>
+void Block<T>::dense_backward_weight(State& st) const {
   const int64_t N = st.B * st.S;
   attn_.backward_weight(st.attn, st.h_in, st.dmid.data());
   ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N);
   const T* xn2 = st.xn2.read(ex_, xn2_tmp_);
   if (moe_)
-    moe_->backward_weight(st.moe, xn2);
+    moe_->dense_backward_weight(st.moe, xn2);
   else
     mlp_->backward_weight(st.mlp, xn2);
+}
+
+template <class T>
+void Block<T>::backward_weight(State& st) const {
+  if (moe_) moe_->experts_backward_weight(st.moe);
+  dense_backward_weight(st);
 }
 
 template class Block<float>;

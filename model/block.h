@@ -54,6 +54,15 @@ class Block {
   void backward_input(State& st, const T* dout, const int32_t* pos, T* dh) const;
   void backward_weight(State& st) const;
 
+  // The same as programs (model/program.h): a MoE block stops after posting its dispatch and
+  // its combine (forward) and after posting the combine's and the dispatch's backward; a dense
+  // block runs in one piece. forward/backward_input are these programs run to the end. The
+  // backward's weight gradients run in it (queue == null) or are queued; layer labels the yields.
+  Program forward_program(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
+                          double* balance, int64_t* load, int layer) const;
+  Program backward_program(State& st, const T* dout, const int32_t* pos, T* dh, WeightQueue* queue,
+                           int layer) const;
+
   bool is_moe() const { return moe_ != nullptr; }
   MoE<T>* moe() const { return moe_.get(); }
 
@@ -64,6 +73,9 @@ class Block {
   RMSNorm<T> ffn_norm_;
   std::unique_ptr<Mlp<T>> mlp_;
   std::unique_ptr<MoE<T>> moe_;
+  // the weight gradients other than the routed experts' (attention, ffn_norm, shared expert and
+  // gate, or the dense MLP)
+  void dense_backward_weight(State& st) const;
   bool store_bf16_ = false;                // PrecisionPolicy::store_bf16
   mutable Buffer<T> h_mid_tmp_, xn2_tmp_;  // bf16 storage: the fp32 values of one call
 };

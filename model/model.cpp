@@ -22,12 +22,14 @@ std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s) {
 
 template <class T>
 Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
-                std::shared_ptr<TokenDispatcher<T>> dispatcher, StageSpec stage, const Exec& ex)
+                std::shared_ptr<TokenDispatcher<T>> dispatcher, StageSpec stage, const Exec& ex,
+                ParamStore<T>* store)
     : cfg_(cfg),
       pol_(pol),
       stage_(stage),
       ex_(ex),
-      ps_(param_device(ex.device)),
+      own_ps_(store ? nullptr : std::make_unique<ParamStore<T>>(param_device(ex.device))),
+      ps_(store ? store : own_ps_.get()),
       loads_(ex.device) {
   if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>(ex);
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, L = cfg.num_hidden_layers;
@@ -35,21 +37,25 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
   first_block_ = b0;
   const bool mtp_here = stage.last() && cfg.num_nextn_predict_layers > 0;
   if (stage.first() || mtp_here) {
-    embed_ = ps_.add("model.embed_tokens.weight", {V, D});
-    embed_->replica = !stage.first();
+    embed_ = ps_->find("model.embed_tokens.weight");  // the first stage's, in this process
+    if (!embed_) {
+      embed_ = ps_->add("model.embed_tokens.weight", {V, D});
+      embed_->replica = !stage.first();
+    }
+    if (stage.first()) embed_->replica = false;
   }
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
-    blocks_.back()->build(ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,
+    blocks_.back()->build(*ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,
                           cfg.is_moe_layer(l) ? dispatcher : nullptr, ex);
     n_moe_ += blocks_.back()->is_moe();
   }
   if (stage.last()) {
-    norm_.build(ps_, "model.norm.weight", D, cfg.rms_norm_eps, ex);
-    lm_head_ = ps_.add("lm_head.weight", {V, D});
+    norm_.build(*ps_, "model.norm.weight", D, cfg.rms_norm_eps, ex);
+    lm_head_ = ps_->add("lm_head.weight", {V, D});
     for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
       mtp_.push_back(std::make_unique<MtpLayer<T>>());
-      mtp_.back()->build(ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
+      mtp_.back()->build(*ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
                          dispatcher, ex);
       ++n_moe_;
     }
@@ -61,7 +67,7 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
 template <class T>
 void Model<T>::init(uint64_t seed) {
   const double std = cfg_.init_std;
-  if (embed_) init_normal(*embed_, std, seed);
+  if (embed_) init_normal(*embed_, std, seed);  // by name: the same values from either chunk
   if (lm_head_) init_normal(*lm_head_, std, seed);
   for (auto& b : blocks_) b->init(std, seed);
   for (auto& m : mtp_) m->init(std, seed);
@@ -82,8 +88,8 @@ void Model<T>::zero_loads() const {
 }
 
 template <class T>
-const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
-                                double mtp_weight, const T* h_in) const {
+Program Model<T>::forward_program(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
+                                  double mtp_weight, const T* h_in) const {
   const Exec& ex = ex_;
   const int64_t N = B * S, D = cfg_.hidden_size, V = cfg_.vocab_size, E = cfg_.n_routed_experts;
   const int64_t Lh = static_cast<int64_t>(blocks_.size());
@@ -107,8 +113,10 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
     kernels::copy(ex, sized(mb.h[0], N * D), h_in, sizeof(T) * N * D);
   }
   for (int64_t l = 0; l < Lh; ++l) {
-    blocks_[l]->forward(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(),
-                        sized(mb.h[l + 1], N * D), balance, load);
+    Program blk = blocks_[l]->forward_program(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(),
+                                              sized(mb.h[l + 1], N * D), balance, load,
+                                              static_cast<int>(first_block_ + l));
+    while (blk.step()) co_yield blk.last();
     if (blocks_[l]->is_moe()) ++balance, load += E;
   }
   if (stage_.last()) {
@@ -122,21 +130,28 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
     mb.mtp.resize(Dm);
     for (int64_t k = 1; k <= Dm; ++k) {
       const T* hprev = k == 1 ? mb.h[Lh].data() : mb.mtp[k - 2].h.data();
-      mtp_[k - 1]->forward(mb.mtp[k - 1], tok, B, S, mb.pos.data(), hprev, embed_->w(),
-                           lm_head_->w(), parts + k, balance, load);
+      Program mtp = mtp_[k - 1]->forward_program(
+          mb.mtp[k - 1], tok, B, S, mb.pos.data(), hprev, embed_->w(), lm_head_->w(), parts + k,
+          balance, load, static_cast<int>(cfg_.num_hidden_layers + k - 1));
+      while (mtp.step()) co_yield mtp.last();
       ++balance, load += E;
     }
   }
+  read_losses(mb, parts, Dm);
+}
 
-  // the losses of this stage: one device-to-host read per micro-batch
+// The losses of this stage from the device's loss parts: one device-to-host read per micro-batch.
+template <class T>
+void Model<T>::read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const {
+  const int64_t B = mb.B, S = mb.S, N = B * S;
   std::vector<double> p(1 + Dm + n_moe_);
-  kernels::copy_to_host(ex, p.data(), parts, sizeof(double) * p.size());
+  kernels::copy_to_host(ex_, p.data(), parts, sizeof(double) * p.size());
   Losses& out = mb.losses;
   out = Losses{};
   for (int64_t i = 0; i < n_moe_; ++i) out.balance += p[1 + Dm + i];
   if (!stage_.last()) {
     out.loss = out.balance;  // stage losses add up to the model's loss
-    return out;
+    return;
   }
   out.lm = p[0] / static_cast<double>(N);
   out.lm_tokens = N;
@@ -145,51 +160,58 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
     out.mtp += valid > 0 ? p[k] / static_cast<double>(valid) / static_cast<double>(Dm) : 0.0;
     out.mtp_tokens += valid;
   }
-  out.loss = out.lm + mtp_weight * out.mtp + out.balance;
-  return out;
+  out.loss = out.lm + mb.mtp_weight * out.mtp + out.balance;
 }
 
 template <class T>
-void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out,
-                              bool defer_weight) const {
+const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
+                                double mtp_weight, const T* h_in) const {
+  drain(forward_program(mb, tokens, B, S, mtp_weight, h_in));
+  return mb.losses;
+}
+
+// The last stage's next-token head: d hn and d lm_head together (the head's weight gradient is
+// not deferred: it comes out of the same chunked pass over the vocabulary), then the final norm
+// into mb.dh.
+template <class T>
+void Model<T>::head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const {
+  const int64_t N = mb.B * mb.S, D = cfg_.hidden_size, V = cfg_.vocab_size;
+  T* dhn = sized(mb.dhn, N * D);
+  kernels::lm_head_ce_backward<T>(ex_, mb.hn.data(), lm_head_->w(), mb.targets.data(),
+                                  mb.lse.data(), static_cast<T>(grad_scale / N), N, D, V,
+                                  cfg_.lm_head_chunk, dhn, lm_head_->g(),
+                                  pol_.gemm(Component::Head));
+  norm_.backward_input(dhn, mb.h.back().data(), mb.rstd.data(), N, mb.dh.data());
+  weight_now_or_later(queue, [this, &mb, N] {
+    norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N);
+  });
+}
+
+template <class T>
+Program Model<T>::backward_program(MicroBatch& mb, double grad_scale, const T* dh_out,
+                                   bool defer_weight) const {
   const Exec& ex = ex_;
-  const int64_t B = mb.B, S = mb.S, N = B * S, D = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t B = mb.B, S = mb.S, N = B * S, D = cfg_.hidden_size;
   const int64_t Lh = static_cast<int64_t>(blocks_.size());
   const int64_t Dm = static_cast<int64_t>(mtp_.size());
   const T g = static_cast<T>(grad_scale);
   mb.deferred.clear();
   // weight-gradient work: now, or queued for backward_weight (zero-bubble schedules)
-  auto weight = [&](std::function<void()> fn) {
-    if (defer_weight)
-      mb.deferred.push_back(std::move(fn));
-    else
-      fn();
-  };
-
+  WeightQueue* queue = defer_weight ? &mb.deferred : nullptr;
   T* dh = sized(mb.dh, N * D);
   sized(mb.dtmp, N * D);
   if (stage_.last()) {
-    // next-token head: d hn and d lm_head together (the head's weight gradient is not deferred:
-    // it comes out of the same chunked pass over the vocabulary), then the final norm
-    T* dhn = sized(mb.dhn, N * D);
-    kernels::lm_head_ce_backward<T>(ex, mb.hn.data(), lm_head_->w(), mb.targets.data(),
-                                    mb.lse.data(), static_cast<T>(grad_scale / N), N, D, V,
-                                    cfg_.lm_head_chunk, dhn, lm_head_->g(),
-                                    pol_.gemm(Component::Head));
-    norm_.backward_input(dhn, mb.h[Lh].data(), mb.rstd.data(), N, dh);
-    weight([this, &mb, N] {
-      norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N);
-    });
+    head_backward(mb, grad_scale, queue);
     // MTP modules, deepest first: each adds into the gradient of its predecessor's hidden state
     for (int64_t k = Dm; k >= 1; --k) {
       const int64_t valid = B * std::max<int64_t>(0, S - k);
       const double gk =
           valid > 0 ? grad_scale * mb.mtp_weight / static_cast<double>(Dm) / valid : 0.0;
       const T* dnext = k < Dm ? mb.mtp[k].dh_prev.data() : nullptr;
-      auto& ms = mb.mtp[k - 1];
-      mtp_[k - 1]->backward_input(ms, B, S, mb.pos.data(), gk, dnext, g, lm_head_->w(),
-                                  lm_head_->g(), embed_->g());
-      weight([this, &ms, k, N] { mtp_[k - 1]->backward_weight(ms, N); });
+      Program mtp = mtp_[k - 1]->backward_program(mb.mtp[k - 1], B, S, mb.pos.data(), gk, dnext, g,
+                                                  lm_head_->w(), lm_head_->g(), embed_->g(), queue,
+                                                  static_cast<int>(cfg_.num_hidden_layers + k - 1));
+      while (mtp.step()) co_yield mtp.last();
     }
     if (Dm > 0) kernels::add_inplace<T>(ex, dh, mb.mtp[0].dh_prev.data(), N * D);
   } else {
@@ -200,16 +222,24 @@ void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out
   // this stage's blocks, last first (dh and dtmp ping-pong; the result ends in mb.dh)
   for (int64_t l = Lh - 1; l >= 0; --l) {
     if (blocks_[l]->is_moe()) mb.blocks[l].moe.aux_grad = g;
-    blocks_[l]->backward_input(mb.blocks[l], mb.dh.data(), mb.pos.data(), mb.dtmp.data());
-    weight([this, &mb, l] { blocks_[l]->backward_weight(mb.blocks[l]); });
+    Program blk =
+        blocks_[l]->backward_program(mb.blocks[l], mb.dh.data(), mb.pos.data(), mb.dtmp.data(),
+                                     queue, static_cast<int>(first_block_ + l));
+    while (blk.step()) co_yield blk.last();
     std::swap(mb.dh, mb.dtmp);
   }
   if (stage_.first()) {
     kernels::copy(ex, sized(mb.d_embed, N * D), mb.dh.data(), sizeof(T) * N * D);
-    weight([this, &mb, N, D] {
+    weight_now_or_later(queue, [this, &mb, N, D] {
       kernels::embedding_backward<T>(ex_, mb.ids.data(), N, mb.d_embed.data(), D, embed_->g());
     });
   }
+}
+
+template <class T>
+void Model<T>::backward_input(MicroBatch& mb, double grad_scale, const T* dh_out,
+                              bool defer_weight) const {
+  drain(backward_program(mb, grad_scale, dh_out, defer_weight));
 }
 
 template <class T>

@@ -64,10 +64,10 @@ class Model {
     Losses losses;
     double mtp_weight = 0;
     Buffer<T> dhn;
-    Buffer<T> dh;       // after backward_input: gradient of the stage input (non-first stages)
-    Buffer<T> dtmp;     // backward scratch: the other half of dh's ping-pong
-    Buffer<T> d_embed;  // gradient reaching the embedding output, kept for the weight gradient
-    std::vector<std::function<void()>> deferred;  // weight-gradient work queued by backward_input
+    Buffer<T> dh;          // after backward_input: gradient of the stage input (non-first stages)
+    Buffer<T> dtmp;        // backward scratch: the other half of dh's ping-pong
+    Buffer<T> d_embed;     // gradient reaching the embedding output, kept for the weight gradient
+    WeightQueue deferred;  // weight-gradient work queued by backward_input
     // Every buffer the backward writes and keeps until backward_weight (or the send of dh): a
     // pipeline executor lends these to a micro-batch only from its backward to its last op.
     template <class F>
@@ -82,9 +82,13 @@ class Model {
   // ex: the device and stream the model runs on; activations live on ex.device, parameters on
   // param_device(ex.device) (on the Meta device: nowhere — a model for planning, which cannot
   // run).
+  // store: where the parameters are registered — the model's own store by default, or one shared
+  // by the model chunks of a process (DualPipe and DualPipeV place two stages on a rank; build
+  // them in stage order). An embedding already in a shared store (the first stage's) is the one
+  // the last stage's MTP modules use — no copy, so its gradient needs no summing across ranks.
   Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
         std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {},
-        const Exec& ex = Exec{});
+        const Exec& ex = Exec{}, ParamStore<T>* store = nullptr);
   void init(uint64_t seed);
 
   // tokens [B, S+1] (host memory; inputs and shifted targets; every stage gets them). h_in
@@ -101,6 +105,14 @@ class Model {
   void backward_input(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr,
                       bool defer_weight = false) const;
   void backward_weight(MicroBatch& mb) const;
+  // forward and backward_input as programs (model/program.h) that stop after each exchange a MoE
+  // layer posts (2 per MoE layer in each direction), so an executor can interleave the forward
+  // of one micro-batch with the backward of another; forward/backward_input run them to the end.
+  // The forward's losses are in mb.losses when its program has finished.
+  Program forward_program(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
+                          double mtp_weight, const T* h_in = nullptr) const;
+  Program backward_program(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr,
+                           bool defer_weight = false) const;
   // Both, weight gradients not deferred.
   void backward(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr) const {
     backward_input(mb, grad_scale, dh_out, false);
@@ -115,8 +127,9 @@ class Model {
   }
 
   const ModelConfig& config() const { return cfg_; }
-  ParamStore<T>& params() { return ps_; }
-  const ParamStore<T>& params() const { return ps_; }
+  // The store this model registered its parameters in (shared with the other chunks, if any).
+  ParamStore<T>& params() { return *ps_; }
+  const ParamStore<T>& params() const { return *ps_; }
   // Every MoE layer (main blocks first, then MTP blocks), for load statistics and bias updates.
   std::vector<MoE<T>*> moe_layers() const;
   // Expert loads [moe_layers().size(), n_routed_experts] (device) summed over the forwards since
@@ -130,15 +143,18 @@ class Model {
   PrecisionPolicy pol_;
   StageSpec stage_;
   Exec ex_;
-  int64_t first_block_ = 0;  // global index of blocks_[0]
-  ParamStore<T> ps_;
-  Param<T>* embed_ = nullptr;    // [V, D] (first and last stage)
+  int64_t first_block_ = 0;                // global index of blocks_[0]
+  std::unique_ptr<ParamStore<T>> own_ps_;  // unless a store was given
+  ParamStore<T>* ps_ = nullptr;
+  Param<T>* embed_ = nullptr;    // [V, D] (first and last stage; the last may share the first's)
   Param<T>* lm_head_ = nullptr;  // [V, D] (last stage)
   std::vector<std::unique_ptr<Block<T>>> blocks_;
   RMSNorm<T> norm_;
   std::vector<std::unique_ptr<MtpLayer<T>>> mtp_;
   int64_t n_moe_ = 0;
   mutable Buffer<int64_t> loads_;
+  void read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const;
+  void head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const;
 };
 
 }  // namespace moetron

@@ -137,20 +137,29 @@ void MoE<T>::combine_wait(State& st, T* y) const {
 }
 
 template <class T>
-void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
-                     int64_t* load) const {
+Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
+                                int64_t* load, int layer) const {
   // The received rows and their outputs (ds.rx, ds.ry) live only during the forward: the layer
   // lends its own buffers to this micro-batch's dispatch state and takes them back at the end,
-  // so no slot keeps them (a swap of pointers, no copy).
+  // so no slot keeps them (a swap of pointers, no copy). Two forwards of one layer never run
+  // interleaved (one chunk runs one program at a time: the executor's rule).
   st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
   gate(st, x, B, S, balance, load);
   dispatch_start(st, x);
-  shared_expert(st, x);  // overlaps the dispatch when it is asynchronous
+  co_yield Yield{layer, Posted::Dispatch};
+  shared_expert(st, x);  // overlaps the dispatch
   dispatch_wait(st);
   experts(st);
   combine_start(st);
+  co_yield Yield{layer, Posted::Combine};
   combine_wait(st, y);
   st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
+}
+
+template <class T>
+void MoE<T>::forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
+                     int64_t* load) const {
+  drain(forward_program(st, x, B, S, y, balance, load, -1));
 }
 
 // ---- backward --------------------------------------------------------------------------------
@@ -213,19 +222,33 @@ void MoE<T>::gate_backward(State& st, T* dx) const {
 }
 
 template <class T>
-void MoE<T>::backward_input(State& st, const T* dy, T* dx) const {
+Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* queue,
+                                 int layer) const {
   combine_backward_start(st, dy, dx);
+  co_yield Yield{layer, Posted::CombineBackward};
   combine_backward_wait(st);
   experts_backward(st);
   dispatch_backward_start(st);
+  weight_now_or_later(queue, [this, &st] { experts_backward_weight(st); });
+  co_yield Yield{layer, Posted::DispatchBackward};
   dispatch_backward_wait(st, dx);
   gate_backward(st, dx);
 }
 
 template <class T>
-void MoE<T>::backward_weight(State& st, const T* x) const {
+void MoE<T>::backward_input(State& st, const T* dy, T* dx) const {
+  WeightQueue later;  // the experts' weight gradients: backward_weight's
+  drain(backward_program(st, dy, dx, &later, -1));
+}
+
+template <class T>
+void MoE<T>::dense_backward_weight(State& st, const T* x) const {
   shared_.backward_weight(st.shared, x);
   gate_.backward_weight(st.dlogits.data(), x, st.N);
+}
+
+template <class T>
+void MoE<T>::experts_backward_weight(State& st) const {
   const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) * w from the kept gu
     a = sized(a_tmp_, st.A * F_);

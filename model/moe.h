@@ -31,6 +31,7 @@
 #include "model/dispatch.h"
 #include "model/mlp.h"
 #include "model/precision.h"
+#include "model/program.h"
 
 namespace moetron {
 
@@ -92,6 +93,11 @@ class MoE {
   void combine_wait(State& st, T* y) const;  // y[N,D] = shared + sum of weighted expert outputs
   void forward(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
                int64_t* load) const;
+  // The phases as a program (model/program.h) that stops after posting the dispatch and after
+  // posting the combine: gate + dispatch | shared expert + experts + combine | combine wait.
+  // forward() is this program run to its end. `layer` labels the yields.
+  Program forward_program(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
+                          int64_t* load, int layer) const;
 
   // ---- backward phases: dx[N,D] accumulates ----
   void combine_backward_start(State& st, const T* dy, T* dx) const;  // + shared expert backward
@@ -101,7 +107,20 @@ class MoE {
   void dispatch_backward_wait(State& st, T* dx) const;
   void gate_backward(State& st, T* dx) const;
   void backward_input(State& st, const T* dy, T* dx) const;  // all four, in order
-  void backward_weight(State& st, const T* x) const;
+  // The backward phases as a program that stops after posting the combine's backward and after
+  // posting the dispatch's backward: combine backward (+ shared expert) | experts backward,
+  // dispatch backward posted, the experts' weight gradients (DeepSeek-V3 runs mlp(W) while the
+  // dispatch's backward is in flight) | dispatch backward wait + gate backward. The experts'
+  // weight gradients run in it, or are queued on `queue` (non-null).
+  Program backward_program(State& st, const T* dy, T* dx, WeightQueue* queue, int layer) const;
+  // Weight gradients: the routed experts' (from the state), and the shared expert's and the
+  // gate's (x: the layer input); backward_weight does both.
+  void experts_backward_weight(State& st) const;
+  void dense_backward_weight(State& st, const T* x) const;
+  void backward_weight(State& st, const T* x) const {
+    experts_backward_weight(st);
+    dense_backward_weight(st, x);
+  }
 
   // Auxiliary-loss-free balancing: b_i += gamma * sign(mean(load) - load_i), load [E] on the
   // model's device.

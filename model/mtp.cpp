@@ -27,9 +27,10 @@ void MtpLayer<T>::init(double std, uint64_t seed) {
 }
 
 template <class T>
-void MtpLayer<T>::forward(State& st, const int32_t* tokens, int64_t B, int64_t S,
-                          const int32_t* pos, const T* hprev, const T* embed, const T* head,
-                          double* loss_sum, double* balance, int64_t* load) const {
+Program MtpLayer<T>::forward_program(State& st, const int32_t* tokens, int64_t B, int64_t S,
+                                     const int32_t* pos, const T* hprev, const T* embed,
+                                     const T* head, double* loss_sum, double* balance,
+                                     int64_t* load, int layer) const {
   const Exec& ex = ex_;
   const int64_t N = B * S, D = D_;
   int32_t* ids = sized(st.ids, N);
@@ -48,7 +49,8 @@ void MtpLayer<T>::forward(State& st, const int32_t* tokens, int64_t B, int64_t S
   T* x = sized(st.x, N * D);
   eh_proj_.forward(cat, N, x);
   T* h = sized(st.h, N * D);
-  block_.forward(st.block, x, B, S, pos, h, balance, load);
+  Program blk = block_.forward_program(st.block, x, B, S, pos, h, balance, load, layer);
+  while (blk.step()) co_yield blk.last();
   T* hn = sized(st.hn, N * D);
   head_norm_.forward(h, N, hn, sized(st.rstd_o, N));
   kernels::lm_head_ce_forward<T>(ex, hn, head, targets, N, D, V_, chunk_, sized(st.lse, N),
@@ -56,9 +58,16 @@ void MtpLayer<T>::forward(State& st, const int32_t* tokens, int64_t B, int64_t S
 }
 
 template <class T>
-void MtpLayer<T>::backward_input(State& st, int64_t B, int64_t S, const int32_t* pos, double g,
-                                 const T* dnext, T aux, const T* head, T* d_head,
-                                 T* d_embed) const {
+void MtpLayer<T>::forward(State& st, const int32_t* tokens, int64_t B, int64_t S,
+                          const int32_t* pos, const T* hprev, const T* embed, const T* head,
+                          double* loss_sum, double* balance, int64_t* load) const {
+  drain(forward_program(st, tokens, B, S, pos, hprev, embed, head, loss_sum, balance, load, -1));
+}
+
+template <class T>
+Program MtpLayer<T>::backward_program(State& st, int64_t B, int64_t S, const int32_t* pos, double g,
+                                      const T* dnext, T aux, const T* head, T* d_head, T* d_embed,
+                                      WeightQueue* queue, int layer) const {
   const Exec& ex = ex_;
   const int64_t N = B * S, D = D_;
   T* dhk = zeroed(ex, st.dhk, N * D);
@@ -71,15 +80,25 @@ void MtpLayer<T>::backward_input(State& st, int64_t B, int64_t S, const int32_t*
   if (dnext) kernels::add_inplace<T>(ex, dhk, dnext, N * D);
   st.block.moe.aux_grad = aux;
   T* dx = sized(st.dx, N * D);
-  block_.backward_input(st.block, dhk, pos, dx);
+  Program blk = block_.backward_program(st.block, dhk, pos, dx, queue, layer);
+  while (blk.step()) co_yield blk.last();
+  input_backward(st, N, d_embed);
+  weight_now_or_later(queue, [this, &st, N] { module_backward_weight(st, N); });
+}
+
+// from d x (the block input): eh_proj, then the embedding input (its norm's and the embedding's
+// weight gradients now: they are cheap and keep no extra state) and the hidden-state input
+// h^{k-1}
+template <class T>
+void MtpLayer<T>::input_backward(State& st, int64_t N, T* d_embed) const {
+  const Exec& ex = ex_;
+  const int64_t D = D_;
   T* dcat = sized(st.dcat, N * 2 * D);
-  eh_proj_.backward_input(dx, N, dcat);
+  eh_proj_.backward_input(st.dx.data(), N, dcat);
   T* den = sized(den_, N * D);
   T* dhpn = sized(dhpn_, N * D);
   kernels::copy_2d<T>(ex, dcat, 2 * D, den, D, N, D, 1, false);
   kernels::copy_2d<T>(ex, dcat + D, 2 * D, dhpn, D, N, D, 1, false);
-  // the embedding input (its norm's and the embedding's weight gradients now: they are cheap and
-  // keep no extra state), then the hidden-state input h^{k-1}
   T* de = sized(de_, N * D);
   enorm_.backward_input(den, st.e.data(), st.rstd_e.data(), N, de);
   enorm_.backward_weight(den, st.e.data(), st.rstd_e.data(), N);
@@ -89,10 +108,23 @@ void MtpLayer<T>::backward_input(State& st, int64_t B, int64_t S, const int32_t*
 }
 
 template <class T>
-void MtpLayer<T>::backward_weight(State& st, int64_t N) const {
+void MtpLayer<T>::backward_input(State& st, int64_t B, int64_t S, const int32_t* pos, double g,
+                                 const T* dnext, T aux, const T* head, T* d_head,
+                                 T* d_embed) const {
+  WeightQueue later;  // backward_weight's
+  drain(backward_program(st, B, S, pos, g, dnext, aux, head, d_head, d_embed, &later, -1));
+}
+
+template <class T>
+void MtpLayer<T>::module_backward_weight(State& st, int64_t N) const {
   head_norm_.backward_weight(st.dhn.data(), st.h.data(), st.rstd_o.data(), N);
-  block_.backward_weight(st.block);
   eh_proj_.backward_weight(st.dx.data(), st.cat.data(), N);
+}
+
+template <class T>
+void MtpLayer<T>::backward_weight(State& st, int64_t N) const {
+  block_.backward_weight(st.block);
+  module_backward_weight(st, N);
 }
 
 template class MtpLayer<float>;

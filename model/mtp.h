@@ -62,6 +62,15 @@ class MtpLayer {
   void backward_input(State& st, int64_t B, int64_t S, const int32_t* pos, double g, const T* dnext,
                       T aux, const T* head, T* d_head, T* d_embed) const;
   void backward_weight(State& st, int64_t N) const;
+  // forward and backward_input as programs that stop where the module's MoE block posts its
+  // exchanges (model/program.h); `layer` labels the yields. The backward program runs the weight
+  // gradients (queue == null) or queues them (all of backward_weight's work).
+  Program forward_program(State& st, const int32_t* tokens, int64_t B, int64_t S,
+                          const int32_t* pos, const T* hprev, const T* embed, const T* head,
+                          double* loss_sum, double* balance, int64_t* load, int layer) const;
+  Program backward_program(State& st, int64_t B, int64_t S, const int32_t* pos, double g,
+                           const T* dnext, T aux, const T* head, T* d_head, T* d_embed,
+                           WeightQueue* queue, int layer) const;
   Block<T>& block() { return block_; }
   const Block<T>& block() const { return block_; }
 
@@ -69,6 +78,8 @@ class MtpLayer {
   Exec ex_{};
   int64_t D_ = 0, V_ = 0, chunk_ = 0, k_ = 1;
   kernels::GemmPrecision head_prec_ = kernels::GemmPrecision::FP32;
+  void input_backward(State& st, int64_t N, T* d_embed) const;
+  void module_backward_weight(State& st, int64_t N) const;  // shared_head.norm and eh_proj
   RMSNorm<T> enorm_, hnorm_, head_norm_;
   Linear<T> eh_proj_;
   Block<T> block_;
