@@ -1,39 +1,63 @@
 #!/usr/bin/env bash
-# Per-rank step time split into compute, communication (waited for: expert all-to-all, ZeRO-1
-# reduce-scatter/all-gather) and pipeline idle (bubble + p2p waits), for each parallel layout
-# of configs/tiny.yaml on this machine, with the exposed-communication fraction
-# (communication / step time). Ranks are oversubscribed on a 2-core box (1 thread each), so
-# absolute times mix in CPU sharing; the split is what to read.
-# Usage: bench/layouts.sh [STEPS=6]
+# Where the step time goes, per parallel layout and pipeline schedule of configs/tiny.yaml on this
+# machine, from the per-rank fields of metrics.jsonl (trainer/step_stats.h): compute, expert
+# all-to-all waits inside DualPipe's overlapped pairs and outside them, EP exchanges in flight,
+# pipeline idle against the bubble simulate() predicts from the step's measured op costs, ZeRO-1
+# communication, optimizer and the rest; and whether the fields add up to the step time. 1f1b,
+# zb1p, dualpipe and dualpipev side by side at 4 ranks (PP2 x DP2, EP2) and 8 ranks (PP2 x DP4,
+# EP2), the same global batch (32 x 64 tokens) and micro-batch (2), in one run. Ranks are
+# oversubscribed on a small box (1 thread each), so absolute times mix in CPU sharing; the split
+# is what to read. Then one layout's per-rank breakdown.
+# Usage: bench/layouts.sh [STEPS=6] [LAYOUT-FOR-BREAKDOWN=pp2_dp2_ep2_dualpipe]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-6}
+DETAIL=${2:-pp2_dp2_ep2_dualpipe}
 OUT=build/bench_layouts; rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-layouts=("1 1 1 1f1b" "1 2 1 1f1b" "1 2 2 1f1b" "2 1 1 1f1b" "2 1 1 zb1p" "2 2 1 1f1b"
-         "2 2 2 zb1p" "2 4 2 1f1b")
+layouts=()
+for shape in "2 2 2" "2 4 2"; do
+  for schedule in 1f1b zb1p dualpipe dualpipev; do layouts+=("$shape $schedule"); done
+done
 for l in "${layouts[@]}"; do
   set -- $l
   name="pp$1_dp$2_ep$3_$4"
   mpirun --oversubscribe --bind-to none --mca btl self,vader -np $(( $1 * $2 )) build/moetron \
     train configs/tiny.yaml --set run.steps="$STEPS" --set run.threads=1 \
-    --set data.global_batch_size=32 --set data.micro_batch_size=4 --set parallel.pp=$1 \
+    --set data.global_batch_size=32 --set data.micro_batch_size=2 --set parallel.pp=$1 \
     --set parallel.dp=$2 --set parallel.ep=$3 --set parallel.schedule=$4 \
-    --set run.dir="$OUT/$name" > /dev/null
+    --set run.dir="$OUT/$name" > "$OUT/$name.log" || { tail "$OUT/$name.log"; exit 1; }
 done
-/usr/bin/python3 - "$OUT" <<'PY'
+/usr/bin/python3 - "$OUT" "$DETAIL" <<'PY'
 import json, os, sys
-out = sys.argv[1]
-print("| layout | ranks | step s | compute s | comm s | idle s | exposed comm | bubble |")
-print("|---|---|---|---|---|---|---|---|")
-for name in os.listdir(out):
-    pass
-for name in sorted(os.listdir(out), key=lambda n: (len(n), n)):
-    rows = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")][2:]  # skip warm-up
+out, detail = sys.argv[1], sys.argv[2]
+F = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
+     "bubble_pred_s", "dp_comm_s", "optimizer_s", "other_s"]
+ADD = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "pp_idle_s", "dp_comm_s",
+       "optimizer_s", "other_s"]
+def load(name):
+    return [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")][2:]  # skip warm-up
+print("| layout | ranks | step s | compute | EP wait pair | EP wait single | EP in flight | "
+      "PP idle | bubble pred. | DP comm | optimizer | other | sum/step |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+names = sorted((n for n in os.listdir(out) if os.path.isdir(f"{out}/{n}")),
+               key=lambda n: (len(n) > 20, n.split("_")[1], n))
+for name in names:
+    rows = load(name)
     step = sum(r["step_seconds"] for r in rows) / len(rows)
-    t = [sum(r["rank_times"][i] for r in rows) / len(rows) for i in range(len(rows[0]["rank_times"]))]
-    n = len(t) // 3
-    comp = sum(t[0::3]) / n; comm = sum(t[1::3]) / n; idle = sum(t[2::3]) / n
-    print(f"| {name} | {n} | {step:.3f} | {comp:.3f} | {comm:.3f} | {idle:.3f} | "
-          f"{comm / step:.1%} | {idle / step:.1%} |")
+    n = len(rows[0]["compute_s"])
+    mean = {f: sum(sum(r[f]) for r in rows) / len(rows) / n for f in F}  # mean over ranks
+    worst = max(sum(sum(r[f][k] for f in ADD) for r in rows) / len(rows) / step for k in range(n))
+    print(f"| {name} | {n} | {step:.3f} | " + " | ".join(f"{mean[f]:.3f}" for f in F) +
+          f" | {worst:.2f} |")
+print(f"\nPer rank, {detail} (seconds per step, mean over the measured steps):\n")
+rows = load(detail)
+n = len(rows[0]["compute_s"])
+step = sum(r["step_seconds"] for r in rows) / len(rows)
+print("| rank | " + " | ".join(F) + " | sum/step |")
+print("|---|" + "---|" * (len(F) + 1))
+for k in range(n):
+    v = {f: sum(r[f][k] for r in rows) / len(rows) for f in F}
+    print(f"| {k} | " + " | ".join(f"{v[f]:.3f}" for f in F) +
+          f" | {sum(v[f] for f in ADD) / step:.2f} |")
 PY

@@ -1,9 +1,11 @@
 // Sub-communicators from the rank grid (see process_groups.h).
 #include "parallel/process_groups.h"
 
+#include <algorithm>
+
 namespace moetron {
 
-ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding)
+ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding, bool twins)
     : grid(g), world(&w) {
   // color = which group, key = position inside it
   pp = w.split(g.dp_rank, g.pp_rank);
@@ -12,6 +14,12 @@ ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embed
   edp = w.split(g.pp_rank * g.ep + g.ep_rank, g.edp_rank);
   const bool end = tied_embedding && g.pp > 1 && (g.pp_rank == 0 || g.pp_rank == g.pp - 1);
   tied = w.split(end ? g.dp_rank : -1, g.pp_rank);
+  if (!twins) return;
+  const int lower = std::min(g.pp_rank, g.pp - 1 - g.pp_rank);
+  const int side = g.pp_rank == lower ? 0 : 1;
+  const int edp_size = g.dp / g.ep;
+  twin_dp = w.split(lower, side * g.dp + g.dp_rank);
+  twin_edp = w.split(lower * g.ep + g.ep_rank, side * edp_size + g.edp_rank);
 }
 
 }  // namespace moetron

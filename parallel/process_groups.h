@@ -5,7 +5,15 @@
 //   ep    the ranks sharing out this stage's routed experts (token all-to-all)
 //   edp   the replicas of this rank's experts (expert gradients)
 //   tied  the first and last stage of this pipeline when both hold the embedding (PP > 1 and
-//         MTP on): their two copies sum gradients
+//         MTP on, one stage per rank): their two copies sum gradients
+// DualPipe places every stage on two pipeline ranks, r and P-1-r (the twins; SPEC §4.2: their
+// gradients are summed). With `twins`, two more groups join the twins:
+//   twin_dp   the DP ranks of both twins (2 DP ranks): the dense ZeRO-1 group and the expert
+//             loads' sum, so both copies get the same summed gradients, the same update and the
+//             same bias update, and each element is owned (and counted in the norm) once
+//   twin_edp  the expert replicas of both twins (2 EDP ranks): the experts' ZeRO-1 group
+// Ranks are ordered lower twin first, so both twins list the same parameters in the same order
+// (chunks are built in stage order).
 #pragma once
 
 #include <memory>
@@ -18,9 +26,14 @@ namespace moetron {
 struct ProcessGroups {
   RankGrid grid;
   Communicator* world = nullptr;
-  std::unique_ptr<Communicator> pp, dp, ep, edp, tied;
+  std::unique_ptr<Communicator> pp, dp, ep, edp, tied, twin_dp, twin_edp;
 
-  ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding);
+  ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding, bool twins = false);
+  // The group dense gradients (and expert loads) reduce over, and the experts' group.
+  Communicator& dense_group() const { return twin_dp ? *twin_dp : *dp; }
+  Communicator& expert_group() const { return twin_edp ? *twin_edp : *edp; }
+  // Whether this rank writes what a stage holds once (the lower twin; every rank without twins).
+  bool primary_twin() const { return !twin_dp || grid.pp_rank <= grid.pp - 1 - grid.pp_rank; }
 };
 
 }  // namespace moetron

@@ -102,21 +102,28 @@ Schedule make_schedule(const std::string& kind, int pp_ranks, int microbatches) 
                               ": unknown kind (expected 1f1b, zb1p, dualpipe or dualpipev)");
 }
 
-Schedule make_forward_only(int pp_ranks, int microbatches) {
+Schedule make_forward_only(int pp_ranks, int microbatches, std::vector<int> route) {
   if (pp_ranks < 1 || microbatches < 1)
     throw std::invalid_argument("forward-only schedule: needs >= 1 rank and >= 1 micro-batch");
-  std::vector<int> stage_rank(pp_ranks);
-  for (int r = 0; r < pp_ranks; ++r) stage_rank[r] = r;
-  Schedule s = empty_schedule("forward", pp_ranks, pp_ranks, microbatches, {stage_rank},
+  if (route.empty())
+    for (int r = 0; r < pp_ranks; ++r) route.push_back(r);
+  for (int r : route)
+    if (r < 0 || r >= pp_ranks)
+      throw std::invalid_argument("forward-only schedule: route names rank " + std::to_string(r));
+  const int S = static_cast<int>(route.size());
+  Schedule s = empty_schedule("forward", pp_ranks, S, microbatches, {route},
                               std::vector<int>(microbatches, 0));
   for (int r = 0; r < pp_ranks; ++r) {
     RankEmitter e{s, r};
-    for (int m = 0; m < microbatches; ++m) {
-      e.recv_activation(m, r - 1);
-      e.forward(m, r);
-      e.send_activation(m, r);
+    for (int st = 0; st < S; ++st) {
+      if (route[st] != r) continue;
+      for (int m = 0; m < microbatches; ++m) {
+        e.recv_activation(m, st - 1);
+        e.forward(m, st);
+        e.send_activation(m, st);
+      }
+      s.in_flight_bound[r] += microbatches;
     }
-    s.in_flight_bound[r] = microbatches;
   }
   return s;
 }

@@ -119,10 +119,12 @@ Schedule make_1f1b(int pp_ranks, int microbatches);
 Schedule make_zb1p(int pp_ranks, int microbatches);
 Schedule make_dualpipe(int pp_ranks, int microbatches);
 Schedule make_dualpipev(int pp_ranks, int microbatches);
-// Evaluation: forward passes only (stage s on rank s; each rank receives, runs and passes on
-// micro-batches 0..C-1 in order). Not a training schedule: validate() would reject it for the
-// missing backwards. P >= 1, C >= 1.
-Schedule make_forward_only(int pp_ranks, int microbatches);
+// Evaluation: forward passes only, along `route` (stage s on rank route[s]; default: stage s on
+// rank s, S = P — a training schedule's route[0] gives DualPipe's first direction and
+// DualPipeV's V). Each rank runs its stages in stage order, and for each, receives, runs and
+// passes on micro-batches 0..C-1 in order. Not a training schedule: validate() would reject it
+// for the missing backwards. P >= 1, C >= 1.
+Schedule make_forward_only(int pp_ranks, int microbatches, std::vector<int> route = {});
 
 // Fills kind/ranks/stages/C/route/direction_of_mb/chunks_of_rank and empty op lists; for
 // generators and for tests that build schedules by hand.

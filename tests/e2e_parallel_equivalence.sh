@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The test that matters most for a distributed trainer: a small DeepSeek-V3-shaped model trained
 # for 10 steps on one rank and on DP2, EP2 (in DP2), PP2, PP2xDP2 and PP2xEP2xDP2 (8 ranks), with
-# 1f1b and zb1p where PP > 1, gives the same per-step losses and gradient norms and the same
-# final parameters (every tensor by its HF name, experts gathered from their EP shards).
+# 1f1b and zb1p where PP > 1, and with DualPipe (PP2, PP4, and PP2 x DP4 with EP2 inside: 8
+# ranks at one sequence per micro-batch, so the 16-sequence batch still makes 2P micro-batches)
+# and DualPipeV (PP2: 4 stages in a V; PP2 x DP2 x EP2), gives the same per-step losses and
+# gradient norms and the same final parameters (every tensor by its HF name, experts gathered
+# from their EP shards). Under DualPipe every stage lives on two ranks (the twins): their copies
+# must agree bit for bit, which the replicated-tensor check below sees. And the overlap itself
+# changes no arithmetic: PP2xDP2xEP2 DualPipe with its forward+backward pairs run piece by piece
+# (parallel.overlap=interleave) and run forward-then-backward (none) write bitwise identical
+# losses and parameters.
 # Tolerance: summation orders differ between layouts (DP/EDP reductions, EP combine and the order
 # of received rows in expert GEMMs, per-shard norm), so equality is to fp32 round-off, which
 # training then amplifies step by step (measured: ~1e-9 after step 1 growing ~x3 a step at peak LR
@@ -24,10 +31,11 @@ SMALL=("${SMALL_MODEL[@]}" --set run.steps=10 --set data.micro_batch_size=2
        --set data.global_batch_size=16 --set schedule.lr.peak=1e-3 --set model.vocab_size=264
        --set data.train_path="$OUT/bytes.h5" --set data.tokenizer= --set data.valid_path=
        --set run.eval_interval=0)
-run() {  # name np pp dp ep schedule
-  local name=$1 np=$2
-  "${MPIRUN[@]}" -np "$np" "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set parallel.pp=$3 \
-    --set parallel.dp=$4 --set parallel.ep=$5 --set parallel.schedule=$6 \
+run() {  # name np pp dp ep schedule [--set ...]
+  local name=$1 np=$2 pp=$3 dp=$4 ep=$5 schedule=$6
+  shift 6
+  "${MPIRUN[@]}" -np "$np" "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set parallel.pp=$pp \
+    --set parallel.dp=$dp --set parallel.ep=$ep --set parallel.schedule=$schedule "$@" \
     --set run.dir="$OUT/$name" --set run.save_params="$OUT/$name/params" > "$OUT/$name.log" 2>&1 \
     || { cat "$OUT/$name.log"; exit 1; }
 }
@@ -40,6 +48,13 @@ run pp2dp2_1f1b 4 2 2 1 1f1b
 run pp2dp2_zb1p 4 2 2 1 zb1p
 run pp2ep2dp2_1f1b 8 2 4 2 1f1b
 run pp2ep2dp2_zb1p 8 2 4 2 zb1p
+run pp2_dualpipe 2 2 1 1 dualpipe
+run pp2_dualpipev 2 2 1 1 dualpipev
+run pp4_dualpipe 4 4 1 1 dualpipe
+run pp2ep2dp4_dualpipe 8 2 4 2 dualpipe --set data.micro_batch_size=1
+run pp2ep2dp2_dualpipev 4 2 2 2 dualpipev
+run pp2ep2dp2_dualpipe 4 2 2 2 dualpipe
+run pp2ep2dp2_dualpipe_none 4 2 2 2 dualpipe --set parallel.overlap=none
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, sys
 import h5py, numpy as np
@@ -61,7 +76,8 @@ def params(name):
 ref_m, ref_p = metrics("ref"), params("ref")
 passed = failed = 0
 for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2dp2_1f1b", "pp2dp2_zb1p",
-             "pp2ep2dp2_1f1b", "pp2ep2dp2_zb1p"]:
+             "pp2ep2dp2_1f1b", "pp2ep2dp2_zb1p", "pp2_dualpipe", "pp2_dualpipev", "pp4_dualpipe",
+             "pp2ep2dp4_dualpipe", "pp2ep2dp2_dualpipev", "pp2ep2dp2_dualpipe"]:
     m, p = metrics(name), params(name)
     loss_err = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(m, ref_m))
     gn_err = max(abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"] for a, b in zip(m, ref_m))
@@ -77,6 +93,14 @@ for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2dp2_1f1b", "pp2dp2_zb1p",
           f"{'(bitwise)' if bitwise else '':9s} grad-norm rel err {gn_err:.2e}  "
           f"params rel err {perr:.2e} ({pworst})")
     passed += ok; failed += not ok
+# the overlap changes no arithmetic: interleaved and forward-then-backward pairs, bit for bit
+a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_none"
+ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
+same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
+same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}: losses, grad norms and parameters "
+      f"{'bitwise equal' if same else 'DIFFER'}")
+passed += same; failed += not same
 print(f"e2e_parallel_equivalence: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

@@ -71,6 +71,14 @@ inline constexpr EnumWord<PipelineSchedule> kPipelineScheduleWords[] = {
     {PipelineSchedule::DualPipeV, "dualpipev"}};
 constexpr auto enum_words(PipelineSchedule) { return std::span(kPipelineScheduleWords); }
 
+// How DualPipe's overlapped forward+backward pairs run: piece by piece, each piece ending where
+// an expert exchange is posted (interleave), or forward then backward (none: the same arithmetic,
+// nothing hidden — for measuring what the overlap hides).
+enum class PairOverlap { Interleave, None };
+inline constexpr EnumWord<PairOverlap> kPairOverlapWords[] = {
+    {PairOverlap::Interleave, "interleave"}, {PairOverlap::None, "none"}};
+constexpr auto enum_words(PairOverlap) { return std::span(kPairOverlapWords); }
+
 struct ParallelConfig {
   int64_t pp = 1, dp = 1, ep = 1;
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
@@ -79,6 +87,7 @@ struct ParallelConfig {
   // nodes, topk_group 4 = M); the trainer checks that and measures it.
   int64_t max_nodes_per_token = 0;
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
+  PairOverlap overlap = PairOverlap::Interleave;
 };
 
 // GEMM precision (model/precision.h has the meaning of every setting). Master weights and

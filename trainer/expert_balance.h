@@ -11,10 +11,11 @@
 
 namespace moetron {
 
-// Sums the model's expert loads over `dp` (in place, on the model's device), copies them to
-// `host` [MoE layers, E], updates every MoE layer's bias with speed gamma and returns the
-// imbalance (max load / mean load) summed over this stage's MoE layers.
-double update_expert_bias(Model<float>& model, Communicator& dp, std::vector<int64_t>& host,
-                          double gamma);
+// For each model chunk of this rank, in stage order: sums its expert loads over `group` (the DP
+// ranks of the stage, and under DualPipe of its twin; in place, on the model's device), updates
+// every MoE layer's bias with speed gamma. Returns the imbalance (max load / mean load) summed
+// over the chunks' MoE layers, and sets `layers` to their count.
+double update_expert_bias(const std::vector<Model<float>*>& chunks, Communicator& group,
+                          double gamma, int64_t& layers);
 
 }  // namespace moetron

@@ -51,7 +51,13 @@ void MetricsLog::write(const StepMetrics& m) {
          << ",\"gemm_tflops_executed_per_device\":" << num(m.gemm_tflops_per_device());
   out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
-  out_ << "]}\n";
+  out_ << "]";
+  for (const auto& [name, per_rank] : m.breakdown) {
+    out_ << ",\"" << name << "\":[";
+    for (size_t i = 0; i < per_rank.size(); ++i) out_ << (i ? "," : "") << num(per_rank[i]);
+    out_ << "]";
+  }
+  out_ << "}\n";
   out_.flush();
   if (!out_) throw std::runtime_error(path_ + ": write failed");
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moetron {
@@ -51,6 +52,9 @@ struct StepMetrics {
   double device_hours_per_1e12_tokens() const { return 1e12 / tokens_per_s_per_device() / 3600; }
   // per rank: compute, communication waited for, pipeline idle (seconds), flattened [world*3]
   std::vector<double> rank_times;
+  // per rank, named: where the step's time went (trainer/step_stats.h StepClock), written as
+  // "<name>": [rank 0, rank 1, ...]
+  std::vector<std::pair<std::string, std::vector<double>>> breakdown;
   int64_t max_nodes_per_token = 1;  // most nodes any token's experts were on (EP runs)
 };
 

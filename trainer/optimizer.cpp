@@ -27,8 +27,8 @@ Optimizer::Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& gr
                      const OptimizerConfig& oc)
     : world_(*groups.world),
       grad_clip_(oc.grad_clip),
-      dense_(trainable(params, false), *groups.dp, zero1_options(oc)),
-      experts_(trainable(params, true), *groups.edp, zero1_options(oc)) {}
+      dense_(trainable(params, false), groups.dense_group(), zero1_options(oc)),
+      experts_(trainable(params, true), groups.expert_group(), zero1_options(oc)) {}
 
 double Optimizer::step(double lr, int64_t t) {
   dense_.reduce_scatter_grads();

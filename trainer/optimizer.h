@@ -1,6 +1,7 @@
 // The optimizer of a training step: AdamW on ZeRO-1 shards in two groups — the dense parameters
 // sharded over the DP group, the routed experts over the EDP group (the ranks that hold the same
-// experts) — with one clip to the global gradient norm across both groups and every rank.
+// experts); under DualPipe both over the twins' ranks as well (process_groups.h) — with one clip
+// to the global gradient norm across both groups and every rank.
 //
 //   step(lr, t):  reduce-scatter gradients (each group over its ranks)
 //                 norm = sqrt(sum over every rank's owned shards of g^2)

@@ -134,8 +134,7 @@ void count_parameters(const Config& cfg, Plan& p) {
   p.params_mtp_activated = std::llround(mtp_activated);
 }
 
-// The schedule the plan walks: that of the full global batch. Only the generator's constraints
-// apply: what the executor does not run yet is a note, not an error.
+// The schedule the plan walks: that of the full global batch.
 pipeline::Schedule plan_schedule(const Config& cfg, Plan& p) {
   pipeline::Schedule s;
   try {
@@ -144,8 +143,6 @@ pipeline::Schedule plan_schedule(const Config& cfg, Plan& p) {
   } catch (const std::invalid_argument& e) {
     throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
   }
-  const std::string why = PipelineExecutor<float>::unsupported_reason(s);
-  if (!why.empty()) p.notes.push_back("moetron train cannot run it yet: " + why);
   if (cfg.data.batch_ramp_start > 0) {
     const data::BatchSchedule batches(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
                                       cfg.data.batch_ramp_tokens, p.seq_len, p.dp, p.micro_batch);
@@ -190,7 +187,8 @@ InFlight peak_in_flight(const pipeline::Schedule& s, int r, const std::vector<St
 
 // Parameters and optimizer state of pipeline rank r: its stages' parameters (an embedding copy
 // for MTP counts once on a rank that also holds the first stage: DualPipe shares it in the
-// process, SPEC §4.2), ZeRO-1 shards of dense parameters over DP and experts over EDP.
+// process, SPEC §4.2), ZeRO-1 shards of dense parameters over DP and experts over EDP (both
+// doubled by DualPipe's twins).
 void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCensus>& st,
                      RankPlan& rp) {
   const bool first_here = std::count(rp.stages.begin(), rp.stages.end(), 0) > 0;
@@ -202,8 +200,11 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
     dense += st[s].dense_trainable - shared;
     rp.bytes.fp8_weight_cache += st[s].fp8_cache;
   }
-  const int64_t edp = p.dp / p.ep;
-  const int64_t dense_owned = (dense + p.dp - 1) / p.dp;
+  // DualPipe's twins (ranks r and P-1-r hold the same stages) share one ZeRO-1 group
+  // (process_groups.h): the optimizer state of a stage is sharded over both
+  const int64_t twins = p.schedule == "dualpipe" ? 2 : 1;
+  const int64_t dp = twins * p.dp, edp = twins * (p.dp / p.ep);
+  const int64_t dense_owned = (dense + dp - 1) / dp;
   const int64_t expert_owned = (rp.params_expert + edp - 1) / edp;
   rp.owned = dense_owned + expert_owned;
   rp.bytes.weights = rp.bytes.gradients = 4 * rp.params;
@@ -213,7 +214,7 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
   // plus one bucket's bf16 send and receive staging under grad_reduce_dtype bf16
   const bool bf16 = cfg.optimizer.grad_reduce_dtype == FloatFormat::BF16;
   for (const auto& [owned, group] :
-       {std::pair<int64_t, int64_t>{dense_owned, p.dp}, std::pair{expert_owned, edp}}) {
+       {std::pair<int64_t, int64_t>{dense_owned, dp}, std::pair{expert_owned, edp}}) {
     if (group == 1) continue;
     const int64_t bucket = Zero1Options{}.bucket_elements;
     rp.bytes.gradient_shard += 4 * owned + (bf16 ? 2 * (bucket + bucket / group) : 0);

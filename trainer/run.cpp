@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <ostream>
+#include <set>
 #include <thread>
 
 #include "data/bpe.h"
@@ -56,8 +57,6 @@ pipeline::Schedule make_step_schedule(const Config& cfg, int pp, int microbatche
     pipeline::Schedule s =
         pipeline::make_schedule(to_word(cfg.parallel.schedule), pp, microbatches);
     pipeline::validate(s);
-    const std::string why = PipelineExecutor<float>::unsupported_reason(s);
-    if (!why.empty()) throw std::invalid_argument(why);
     return s;
   } catch (const std::invalid_argument& e) {
     throw ConfigError(cfg.source + ": parallel.schedule: " + e.what());
@@ -94,7 +93,7 @@ void check_node_limit(const Config& cfg, const RankGrid& g) {
 }
 
 // The layout, the batch-size schedule and a valid pipeline schedule for every batch size the
-// run can take (the smallest and the largest are checked).
+// run can take (each size of the ramp is checked).
 void plan_layout(Run& r) {
   const Config& cfg = r.cfg;
   r.grid = make_grid(cfg, r.world->size(), r.world->rank());
@@ -107,8 +106,25 @@ void plan_layout(Run& r) {
           ? data::BatchSchedule(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
                                 cfg.data.batch_ramp_tokens, S, dp, B)
           : data::BatchSchedule::constant(cfg.data.global_batch_size, S, dp, B));
-  make_step_schedule(cfg, r.grid.pp, static_cast<int>(r.batches->batch_size_at(0) / (B * dp)));
-  make_step_schedule(cfg, r.grid.pp, static_cast<int>(cfg.data.global_batch_size / (B * dp)));
+  // every batch size of the ramp (DualPipe needs an even micro-batch count >= 2P at each)
+  std::set<int64_t> sizes{cfg.data.global_batch_size};
+  for (int64_t tokens = 0; tokens < r.batches->ramp_tokens();) {
+    const int64_t b = r.batches->batch_size_at(tokens);
+    if (sizes.insert(b).second) make_step_schedule(cfg, r.grid.pp, static_cast<int>(b / (B * dp)));
+    tokens += b * S;
+  }
+  const pipeline::Schedule s =
+      make_step_schedule(cfg, r.grid.pp, static_cast<int>(cfg.data.global_batch_size / (B * dp)));
+  // the model chunks of this rank: its stages of the schedule (two under DualPipe(V))
+  r.n_stages = s.stages;
+  for (const pipeline::Chunk& c : s.chunks_of_rank[r.grid.pp_rank]) r.stages.push_back(c.stage);
+  std::sort(r.stages.begin(), r.stages.end());
+  try {
+    for (int st : r.stages) stage_blocks(cfg.model.num_hidden_layers, StageSpec{st, s.stages});
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(cfg.source + ": parallel.schedule " + to_word(cfg.parallel.schedule) +
+                      " cuts the model into " + std::to_string(s.stages) + " stages: " + e.what());
+  }
 }
 
 // The training and validation data, every shard checked; the validation set is whole global
@@ -141,7 +157,7 @@ void open_run_dir(Run& r) {
   r.metrics = std::make_unique<MetricsLog>(r.cfg.run.dir);
 }
 
-// This rank's stage of the model with its experts (activations on run.device: every buffer made
+// This rank's model chunks with their experts (activations on run.device: every buffer made
 // from here on is on it; parameters and optimizer state stay on the CPU) and its optimizer.
 void build_model(Run& r) {
   const Config& cfg = r.cfg;
@@ -159,14 +175,18 @@ void build_model(Run& r) {
     dispatcher = r.ep = std::make_shared<EpDispatcher<float>>(
         ex, *r.groups->ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
   }
-  r.model = std::make_unique<Model<float>>(cfg.model, policy, dispatcher,
-                                           StageSpec{r.grid.pp_rank, r.grid.pp}, ex);
-  r.model->init(cfg.run.seed);
+  // chunks in stage order into one store: both DualPipe twins list the same parameters in the
+  // same order (their ZeRO-1 group spans both), and the last stage finds the first's embedding
+  r.params = std::make_unique<ParamStore<float>>(param_device(device));
+  for (int stage : r.stages) {
+    r.chunks.push_back(std::make_unique<Model<float>>(
+        cfg.model, policy, dispatcher, StageSpec{stage, r.n_stages}, ex, r.params.get()));
+    r.chunks.back()->init(cfg.run.seed);
+  }
   std::vector<Param<float>*> params;
-  for (auto& p : r.model->params().all()) params.push_back(p.get());
+  for (auto& p : r.params->all()) params.push_back(p.get());
   r.optimizer = std::make_unique<Optimizer>(params, *r.groups, cfg.optimizer);
-  r.embed = r.model->params().find("model.embed_tokens.weight");
-  r.loads.assign(r.model->moe_layers().size() * cfg.model.n_routed_experts, 0);
+  r.embed = r.params->find("model.embed_tokens.weight");
 }
 
 // resume: parameters, optimizer shards and the position in the data, on any layout
@@ -181,8 +201,8 @@ void resume_from(Run& r, const std::string& resume, std::ostream& log) {
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  r.state = load_checkpoint(dir, r.cfg, r.model->params(), r.optimizer->shards(), r.tokenizer);
-  r.model->weights_updated();
+  r.state = load_checkpoint(dir, r.cfg, *r.params, r.optimizer->shards(), r.tokenizer);
+  r.chunks.front()->weights_updated();  // (one version counter for every chunk)
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (r.rank0)
     log << "moetron: resumed from " << dir << " (step " << r.state.step << ", loaded in " << secs
@@ -195,7 +215,7 @@ void report_start(const Run& r, std::ostream& log) {
   const RankGrid& g = r.grid;
   const pipeline::Schedule& sched = r.pipeline->schedule();
   log << "moetron: " << g.world << " rank(s) (pp " << g.pp << " x dp " << g.dp << ", ep " << g.ep
-      << "), stage 0 holds " << r.model->params().numel() << " parameters, optimizer state "
+      << "), rank 0 holds " << r.params->numel() << " parameters, optimizer state "
       << r.optimizer->state_bytes() / 1024 << " KiB/rank; " << cfg.run.steps << " steps of "
       << cfg.data.global_batch_size << " x " << r.S << " tokens (" << sched.microbatches
       << " micro-batches of " << r.B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
@@ -256,16 +276,28 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
   kernels::flop_counter::set_counting(cfg.run.count_flops);  // read per step by train_step
-  r->groups =
-      std::make_unique<ProcessGroups>(r->grid, *r->world, cfg.model.num_nextn_predict_layers > 0);
+  // the embedding's two copies on the first and last stage sum gradients, unless one rank holds
+  // both stages (DualPipe(V): one shared copy); DualPipe's twins sum everything
+  const bool two_chunks = r->stages.size() > 1;
+  r->groups = std::make_unique<ProcessGroups>(r->grid, *r->world,
+                                              cfg.model.num_nextn_predict_layers > 0 && !two_chunks,
+                                              cfg.parallel.schedule == PipelineSchedule::DualPipe);
   open_run_dir(*r);
   build_model(*r);
   resume_from(*r, resume, log);
   r->writer = std::make_unique<CheckpointWriter>(*r->world);
   const int64_t M_max = cfg.data.global_batch_size / (r->B * r->grid.dp);
+  ExecOptions eo;
+  eo.interleave = cfg.parallel.overlap == PairOverlap::Interleave;
+  if (r->ep) {
+    Run* run = r.get();
+    eo.ep_blocked = [run] { return run->ep_blocked += run->ep->take_comm_seconds(); };
+  }
+  std::vector<const Model<float>*> chunks;
+  for (const auto& c : r->chunks) chunks.push_back(c.get());
   r->pipeline = std::make_unique<PipelineExecutor<float>>(
-      *r->model, *r->groups->pp, make_step_schedule(cfg, r->grid.pp, static_cast<int>(M_max)),
-      r->grid.pp_rank);
+      std::move(chunks), *r->groups->pp,
+      make_step_schedule(cfg, r->grid.pp, static_cast<int>(M_max)), r->grid.pp_rank, eo);
   // this DP rank's batches, from the sample the checkpoint (if any) had consumed: the same
   // samples the uninterrupted run would read, on any DP size
   data::LoaderOptions lo;

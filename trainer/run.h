@@ -42,7 +42,13 @@ struct Run {
   std::unique_ptr<TrainingSampler> sampler;  // run.sample_interval's text samples
   std::unique_ptr<MetricsLog> metrics;       // rank 0
   std::shared_ptr<EpDispatcher<float>> ep;   // EP > 1
-  std::unique_ptr<Model<float>> model;
+  double ep_blocked = 0;                     // seconds blocked in EP waits since setup
+  // This rank's model chunks in stage order (one; two under DualPipe and DualPipeV) and the one
+  // store of their parameters (a shared embedding is in it once).
+  std::vector<int> stages;  // the stages this rank holds, ascending
+  int n_stages = 1;         // stages on a micro-batch's path
+  std::unique_ptr<ParamStore<float>> params;
+  std::vector<std::unique_ptr<Model<float>>> chunks;
   Exec ex;                        // the model's device
   Param<float>* embed = nullptr;  // tied with the MTP module's copy on the last stage
   std::unique_ptr<Optimizer> optimizer;
@@ -50,7 +56,12 @@ struct Run {
   std::unique_ptr<CheckpointWriter> writer;
   std::unique_ptr<PipelineExecutor<float>> pipeline;
   std::unique_ptr<data::Loader> loader;
-  std::vector<int64_t> loads;  // host copy of the step's expert loads [MoE layers, E]
+
+  std::vector<Model<float>*> chunk_list() const {
+    std::vector<Model<float>*> out;
+    for (const auto& c : chunks) out.push_back(c.get());
+    return out;
+  }
 };
 
 // Builds the run of `cfg` on the world communicator; resume: "" (fresh), "auto" (the newest

@@ -1,6 +1,8 @@
 // StepStats' one reduction and StepClock's per-rank time split (see step_stats.h).
 #include "trainer/step_stats.h"
 
+#include <iterator>
+
 namespace moetron {
 
 void StepStats::reduce(Communicator& world) {
@@ -10,18 +12,59 @@ void StepStats::reduce(Communicator& world) {
   gemm_executed = v[6], gemm_recompute = v[7];
 }
 
+namespace {
+// The pipeline idle simulate() predicts for `rank` with every rank's ops costing this rank's
+// measured means (an op kind this rank did not run costs what the others imply).
+double predicted_bubble(const pipeline::Schedule& sched, const ExecStats& st, int rank) {
+  if (sched.ranks <= 1) return 0;
+  pipeline::Costs c;
+  c.F = st.cost_F;
+  c.B = st.cost_B > 0 ? st.cost_B : st.cost_Bi + st.cost_W;
+  c.W = st.cost_W;
+  c.FB = st.cost_FB > 0 ? st.cost_FB : c.F + c.B;
+  if (c.B <= 0) c.B = c.FB - c.F;
+  if (c.F <= 0 || c.B <= 0) return 0;
+  try {
+    return pipeline::simulate(sched, c).idle.at(rank);
+  } catch (const std::exception&) {
+    return 0;  // a schedule simulate() does not take (forward-only) predicts nothing
+  }
+}
+}  // namespace
+
 void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,
                        EpDispatcher<float>* ep, Optimizer& opt) {
-  const double ep_comm = ep ? ep->take_comm_seconds() : 0.0;
+  const ExecStats& st = pipeline.stats();
   const double dp_comm = opt.take_comm_seconds();
-  // the step's tail after the pipeline: loads, optimizer, bias update
-  const double tail = std::chrono::duration<double>(Clock::now() - t_pipe_).count();
-  rank_times.assign(3 * static_cast<size_t>(world.size()), 0.0);
-  const size_t me = 3 * static_cast<size_t>(world.rank());
-  rank_times[me] = pipeline.compute_seconds() - ep_comm + tail - dp_comm;
-  rank_times[me + 1] = ep_comm + dp_comm;
-  rank_times[me + 2] = pipeline.idle_seconds();
-  world.all_reduce(rank_times.data(), rank_times.size());
+  const auto now = Clock::now();
+  auto secs = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
+  const double pipe = secs(t0_, t_pipe_);
+  const double in_ops = st.compute + st.ep_wait_pair + st.ep_wait_single + st.pp_idle;
+  const double mine[] = {st.compute,
+                         st.ep_wait_pair,
+                         st.ep_wait_single,
+                         0.0,  // (the EP dispatcher's in-flight accounting: next commit)
+                         st.pp_idle,
+                         predicted_bubble(pipeline.schedule(), st, pipeline.rank()),
+                         dp_comm,
+                         secs(t_pipe_, t_opt_) - dp_comm,
+                         pipe - in_ops + secs(t_opt_, now)};
+  const size_t F = std::size(kBreakdownFields), W = static_cast<size_t>(world.size());
+  std::vector<double> all(F * W, 0.0);
+  for (size_t f = 0; f < F; ++f) all[f * W + static_cast<size_t>(world.rank())] = mine[f];
+  world.all_reduce(all.data(), all.size());
+  breakdown.assign(F, {});
+  for (size_t f = 0; f < F; ++f)
+    breakdown[f].assign(all.begin() + f * W, all.begin() + (f + 1) * W);
+  // the older triple: compute (with the optimizer's work), communication waited for, idle
+  rank_times.assign(3 * W, 0.0);
+  for (size_t r = 0; r < W; ++r) {
+    rank_times[3 * r] = breakdown[0][r] + breakdown[7][r] + breakdown[8][r];
+    rank_times[3 * r + 1] = breakdown[1][r] + breakdown[2][r] + breakdown[6][r];
+    rank_times[3 * r + 2] = breakdown[4][r];
+  }
   max_nodes_per_token = ep ? ep->take_max_nodes_per_token() : 1;
   world.all_reduce(&max_nodes_per_token, 1, ReduceOp::Max);
 }

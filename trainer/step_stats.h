@@ -3,8 +3,19 @@
 //
 // StepStats: the step's losses and expert imbalance as sums over this rank's part, reduced over
 // every rank in one all-reduce; means come from dividing by the global batch's micro-batches.
-// StepClock: wall time of the step's phases on this rank and, per rank, the split into compute,
-// communication waited for (expert all-to-all, ZeRO-1 collectives) and pipeline idle.
+// StepClock: wall time of the step's phases on this rank and, per rank, where the time went:
+//   compute_s          in compute ops, expert-exchange waits excluded
+//   ep_wait_pair_s     blocked in expert-exchange waits inside DualPipe's overlapped pairs
+//   ep_wait_single_s   ... inside every other compute op
+//   ep_inflight_s      expert exchanges in flight (sum over exchanges of completion - post)
+//   pp_idle_s          blocked on pipeline messages
+//   bubble_pred_s      the pipeline idle simulate() predicts for this rank from the step's
+//                      measured op costs (this rank's mean F, B, W, F&B for every rank): what the
+//                      schedule itself costs; pp_idle_s beyond it is latency or imbalance
+//   dp_comm_s          ZeRO-1 reduce-scatter and all-gather
+//   optimizer_s        the optimizer step less dp_comm_s (norm, AdamW, the tied embedding)
+//   other_s            the rest of the step (data, loads, bias update, bookkeeping)
+// All but ep_inflight_s and bubble_pred_s add up to the step.
 #pragma once
 
 #include <chrono>
@@ -38,6 +49,7 @@ class StepClock {
   using Clock = std::chrono::steady_clock;
   void start() { t0_ = Clock::now(); }
   void pipeline_done() { t_pipe_ = Clock::now(); }
+  void optimizer_done() { t_opt_ = Clock::now(); }
   // After the optimizer and bias update, on every rank (collective): each rank's compute,
   // communication and idle seconds of this step, and the most nodes any token's experts were on.
   void gather(Communicator& world, PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep,
@@ -48,10 +60,15 @@ class StepClock {
   }
 
   std::vector<double> rank_times;  // [world, 3]: compute, communication, idle
+  // [field][world]: the fields above, in kBreakdownFields' order
+  static constexpr const char* kBreakdownFields[] = {
+      "compute_s",     "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
+      "bubble_pred_s", "dp_comm_s",      "optimizer_s",      "other_s"};
+  std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
 
  private:
-  Clock::time_point t0_, t_pipe_;
+  Clock::time_point t0_, t_pipe_, t_opt_;
 };
 
 }  // namespace moetron

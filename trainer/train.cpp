@@ -58,7 +58,6 @@ struct StepResult {
 
 // One optimizer step of DeepSeek-V3 pretraining (the header comment, line by line).
 StepResult train_step(Run& r, int64_t step, StepClock& clock) {
-  Model<float>& model = *r.model;
   // this DP rank's rows of the step: micro-batch m is rows [m*B, (m+1)*B)
   const data::Batch batch = r.loader->next();
   const int64_t M = batch.rows / r.B;
@@ -66,8 +65,8 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
     r.pipeline->set_schedule(make_step_schedule(r.cfg, r.grid.pp, static_cast<int>(M)));
   const Hyper h = hyperparameters(r.cfg.schedule, step, r.state.tokens);
 
-  model.params().zero_grad();
-  model.zero_loads();
+  r.params->zero_grad();
+  for (Model<float>* chunk : r.chunk_list()) chunk->zero_loads();
   kernels::flop_counter::reset();  // the step's GEMM FLOPs (run.count_flops)
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
   r.pipeline->run([&](int m) { return batch.row(m * r.B); }, r.B, r.S, h.lambda,
@@ -77,18 +76,23 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 
   // the embedding's copies on the first and last stage share one gradient
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
-  const double grad_norm = r.optimizer->step(h.lr, step + 1);  // ZeRO-1 AdamW, global-norm clip
-  model.weights_updated();
-  const double imbalance = update_expert_bias(model, *r.groups->dp, r.loads, h.gamma);
+  // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
+  const double grad_norm = r.optimizer->step(h.lr, step + 1);
+  r.chunks.front()->weights_updated();
+  clock.optimizer_done();
+  int64_t moe_layers = 0;
+  const double imbalance =
+      update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers);
 
   clock.gather(*r.world, *r.pipeline, r.ep.get(), *r.optimizer);
-  const bool dp0 = r.grid.dp_rank == 0;
+  // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)
+  const bool dp0 = r.grid.dp_rank == 0 && r.groups->primary_twin();
   StepStats stats{sum.loss,
                   sum.lm,
                   sum.mtp,
                   sum.balance,
                   dp0 ? imbalance : 0.0,
-                  dp0 ? static_cast<double>(model.moe_layers().size()) : 0.0,
+                  dp0 ? static_cast<double>(moe_layers) : 0.0,
                   static_cast<double>(gemm.executed),
                   static_cast<double>(gemm.recompute)};
   stats.reduce(*r.world);
@@ -101,7 +105,9 @@ double validation_loss(Run& r) {
   const Config& cfg = r.cfg;
   const int64_t rows = cfg.data.global_batch_size / r.grid.dp, Me = rows / r.B;
   pipeline::Schedule train_schedule = r.pipeline->schedule();
-  r.pipeline->set_schedule(pipeline::make_forward_only(r.grid.pp, static_cast<int>(Me)));
+  // along the training schedule's first route (DualPipe: its first direction; DualPipeV: the V)
+  r.pipeline->set_schedule(
+      pipeline::make_forward_only(r.grid.pp, static_cast<int>(Me), train_schedule.route[0]));
   double lm = 0;
   for (int64_t b = 0; b < r.eval_batches; ++b) {
     const data::Batch eb =
@@ -112,10 +118,7 @@ double validation_loss(Run& r) {
   }
   r.pipeline->set_schedule(std::move(train_schedule));
   r.world->all_reduce(&lm, 1);
-  if (r.ep) {  // evaluation's all-to-all is not part of the step's timing
-    r.ep->take_comm_seconds();
-    r.ep->take_max_nodes_per_token();
-  }
+  if (r.ep) r.ep->take_max_nodes_per_token();  // evaluation's routing is not the step's
   return lm / static_cast<double>(Me * r.grid.dp * r.eval_batches);
 }
 
@@ -130,9 +133,9 @@ void report_saved(const Run& r, const std::string& dir, std::ostream& log) {
 // Asynchronous: training waits only for the previous save and the copy to host buffers.
 void checkpoint(Run& r, std::ostream& log) {
   report_saved(r, r.writer->wait(), log);
-  const double blocked =
-      r.writer->save(r.cfg, r.state, r.model->params(), std::as_const(*r.optimizer).shards(),
-                     /*write_unsharded=*/r.grid.dp_rank == 0, r.tokenizer);
+  const double blocked = r.writer->save(
+      r.cfg, r.state, *r.params, std::as_const(*r.optimizer).shards(),
+      /*write_unsharded=*/r.grid.dp_rank == 0 && r.groups->primary_twin(), r.tokenizer);
   if (r.rank0)
     log << "moetron: checkpoint of step " << r.state.step << " being written; training blocked "
         << static_cast<int>(blocked * 1e3) << " ms\n";
@@ -159,6 +162,8 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.expert_imbalance = s.stats.moe_layers > 0 ? s.stats.imbalance / s.stats.moe_layers : 0.0;
   m.bias_update_speed = s.hyper.gamma, m.mtp_weight = s.hyper.lambda;
   m.rank_times = clock.rank_times;
+  for (size_t f = 0; f < clock.breakdown.size(); ++f)
+    m.breakdown.emplace_back(StepClock::kBreakdownFields[f], clock.breakdown[f]);
   m.max_nodes_per_token = clock.max_nodes_per_token;
   m.flops_per_token = r.flops.training(), m.devices = r.world->size();
   m.peak_bf16_tflops = r.cfg.hardware.peak_bf16_tflops;
@@ -174,10 +179,11 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
 // rank 0 the main model's parameters it owns); rank 0 prints it and appends it to samples.txt.
 void text_sample(Run& r, std::ostream& log) {
   const RankGrid& g = r.grid;
+  const bool primary = r.groups->primary_twin();
   const std::string text = r.sampler->sample(
-      r.model->params(),
+      *r.params,
       [&](const Param<float>& p) {
-        return !p.replica && (p.expert ? g.dp_rank < g.ep : g.dp_rank == 0);
+        return primary && !p.replica && (p.expert ? g.dp_rank < g.ep : g.dp_rank == 0);
       },
       *r.world, r.ex);
   if (!r.rank0) return;
@@ -254,8 +260,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (!cfg.run.save_params.empty())
-    save_params(r.model->params(),
-                cfg.run.save_params + ".rank" + std::to_string(r.world->rank()) + ".h5");
+    save_params(*r.params, cfg.run.save_params + ".rank" + std::to_string(r.world->rank()) + ".h5");
   return summary;
 }
 

@@ -1,0 +1,269 @@
+// The pipeline executor's member functions (see pipeline.h): the per-step tables, message posts,
+// compute ops with the overlapped pair, and the planning counts. Included by pipeline.h only.
+#pragma once
+
+namespace moetron {
+
+template <class T>
+void PipelineExecutor<T>::keys_read(const pipeline::Schedule& s, int rank, const pipeline::Op& op,
+                                    std::vector<std::pair<int, int>>& out) {
+  using pipeline::OpKind;
+  auto here = [&](int m, int stage) {
+    return stage >= 0 && stage < s.stages && s.rank_of(m, stage) == rank;
+  };
+  auto fwd = [&](int m, int stage) {
+    out.emplace_back(m, stage);
+    if (here(m, stage - 1)) out.emplace_back(m, stage - 1);  // the turn: input in the process
+  };
+  auto bwd = [&](int m, int stage) { out.emplace_back(m, stage); };  // (the turn: a message)
+  out.clear();
+  switch (op.kind) {
+    case OpKind::Forward:
+      fwd(op.mb, op.stage);
+      break;
+    case OpKind::Backward:
+    case OpKind::BackwardInput:
+      bwd(op.mb, op.stage);
+      break;
+    case OpKind::ForwardBackward:
+      fwd(op.mb, op.stage);
+      bwd(op.mb2, op.stage2);
+      break;
+    default:  // BackwardWeight, and the sends (which copy the state's output or d input)
+      out.emplace_back(op.mb, op.stage);
+      break;
+  }
+}
+
+template <class T>
+std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
+    const std::vector<pipeline::Op>& ops) {
+  const int K = sched_.microbatches * sched_.stages;
+  slot_of_.assign(K, -1), grads_of_.assign(K, -1);
+  act_of_.assign(K, -1), grad_of_.assign(K, -1);
+  recvs_.clear();
+  losses_.assign(K, Losses{});
+  stats_ = ExecStats{};
+  cost_sum_.assign(5, 0.0), cost_n_.assign(5, 0);
+  std::vector<int> last(K, -1);
+  std::vector<std::pair<int, int>> ks;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const pipeline::Op& op = ops[i];
+    if (op.kind == pipeline::OpKind::RecvActivation || op.kind == pipeline::OpKind::RecvGrad)
+      continue;
+    keys_read(sched_, rank_, op, ks);
+    for (const auto& [m, s] : ks) last[key(m, s)] = static_cast<int>(i);
+  }
+  std::vector<std::vector<int>> retire_after(ops.size());
+  for (int k = 0; k < K; ++k)
+    if (last[k] >= 0) retire_after[last[k]].push_back(k);
+  return retire_after;
+}
+
+template <class T>
+void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
+  using pipeline::OpKind;
+  const int m = op.mb;
+  const int64_t n = st.B * st.S * chunks_[0]->config().hidden_size;
+  const size_t bytes = sizeof(T) * n;
+  // (micro-batch, producing stage, activation or gradient)
+  const int tag = (m * sched_.stages + op.stage) * 2 +
+                  (op.kind == OpKind::SendGrad || op.kind == OpKind::RecvGrad);
+  switch (op.kind) {
+    case OpKind::RecvActivation: {  // the input of (m, s+1)
+      int& b = act_of_[key(m, op.stage + 1)];
+      b = msg_acquire(n);
+      recvs_.push_back(pp_.irecv(msgs_[b].data(), bytes, op.peer, tag));
+      break;
+    }
+    case OpKind::SendActivation:
+      send_copy(chunk(op.stage).output(state(key(m, op.stage))), bytes, op.peer, tag, n);
+      break;
+    case OpKind::RecvGrad: {  // d output of (m, s-1)
+      int& b = grad_of_[key(m, op.stage - 1)];
+      b = msg_acquire(n);
+      recvs_.push_back(pp_.irecv(msgs_[b].data(), bytes, op.peer, tag));
+      break;
+    }
+    case OpKind::SendGrad:
+      send_copy(state(key(m, op.stage)).dh.data(), bytes, op.peer, tag, n);
+      break;
+    default:
+      throw std::logic_error("pipeline executor: post() of a compute op");
+  }
+}
+
+template <class T>
+Program PipelineExecutor<T>::forward_of(int m, int stage, const Step& st) {
+  const int k = key(m, stage);
+  slot_of_[k] = take(slots_, free_slots_);
+  const T* in = nullptr;
+  if (stage > 0)
+    in = here(m, stage - 1) ? chunk(stage - 1).output(state(key(m, stage - 1)))
+                            : msgs_[act_of_[k]].data();
+  return chunk(stage).forward_program(state(k), st.tokens(m), st.B, st.S, st.mtp_weight, in);
+}
+
+template <class T>
+void PipelineExecutor<T>::forward_done(int m, int stage) {
+  const int k = key(m, stage);
+  losses_[k] = state(k).losses;
+  msg_release(act_of_[k]);
+}
+
+template <class T>
+Program PipelineExecutor<T>::backward_of(int m, int stage, const Step& st, bool defer_weight) {
+  const int k = key(m, stage);
+  lend_grads(k);
+  // d output: received, or (the turn) handed over by backward_done of (m, stage + 1)
+  const T* dout = stage < sched_.stages - 1 ? msgs_[grad_of_[k]].data() : nullptr;
+  return chunk(stage).backward_program(state(k), st.grad_scale, dout, defer_weight);
+}
+
+// The d output the backward read goes back to the pool. DualPipeV's turn: d(input) of (m, stage)
+// is d(output) of (m, stage - 1) on this rank — it moves into a message buffer, as if received
+// (a swap, no copy), so (m, stage)'s slot need not outlive its own ops.
+template <class T>
+void PipelineExecutor<T>::backward_done(int m, int stage) {
+  msg_release(grad_of_[key(m, stage)]);
+  if (!here(m, stage - 1)) return;
+  int& b = grad_of_[key(m, stage - 1)];
+  b = take(msgs_, free_msgs_);
+  std::swap(msgs_[b], state(key(m, stage)).dh);
+}
+
+// The overlapped pair: backward and forward pieces alternately (backward first: DeepSeek-V3's
+// combine(B) | attn(F) | mlp(B) | dispatch(F) ...), progress between pieces; with interleave off,
+// the forward to its end, then the backward.
+template <class T>
+void PipelineExecutor<T>::run_pair(Program& f, Program& b) {
+  if (!opt_.interleave) {
+    while (f.step()) poll();
+    while (b.step()) poll();
+    return;
+  }
+  for (bool fl = true, bl = true; fl || bl;) {
+    if (bl) {
+      bl = b.step();
+      if (bl && opt_.on_piece) opt_.on_piece(false, b.last());
+      poll();
+    }
+    if (fl) {
+      fl = f.step();
+      if (fl && opt_.on_piece) opt_.on_piece(true, f.last());
+      poll();
+    }
+  }
+}
+
+template <class T>
+void PipelineExecutor<T>::compute(const pipeline::Op& op, const Step& st) {
+  using pipeline::OpKind;
+  wait_receives();
+  const double ep0 = ep_blocked();
+  const auto t0 = clock::now();
+  const int m = op.mb, s = op.stage;
+  int cost = 0;  // F, B, Bi, W, FB
+  switch (op.kind) {
+    case OpKind::Forward: {
+      Program f = forward_of(m, s, st);
+      while (f.step()) poll();
+      forward_done(m, s);
+      break;
+    }
+    case OpKind::Backward:
+    case OpKind::BackwardInput: {
+      Program b = backward_of(m, s, st, op.kind == OpKind::BackwardInput);
+      while (b.step()) poll();
+      backward_done(m, s);
+      cost = op.kind == OpKind::Backward ? 1 : 2;
+      break;
+    }
+    case OpKind::BackwardWeight:
+      chunk(s).backward_weight(state(key(m, s)));
+      cost = 3;
+      break;
+    case OpKind::ForwardBackward: {
+      // two programs of one chunk would share its layers' scratch: pairs span two chunks
+      if (s == op.stage2) throw std::logic_error("pipeline executor: a pair on one chunk");
+      Program f = forward_of(m, s, st);
+      Program b = backward_of(op.mb2, op.stage2, st, op.defer_weight);
+      run_pair(f, b);
+      forward_done(m, s);
+      backward_done(op.mb2, op.stage2);
+      cost = 4;
+      ++stats_.pairs;
+      break;
+    }
+    default:
+      throw std::logic_error("pipeline executor: compute() of a message op");
+  }
+  const double dt = seconds_since(t0), ep = ep_blocked() - ep0;
+  (op.kind == OpKind::ForwardBackward ? stats_.ep_wait_pair : stats_.ep_wait_single) += ep;
+  stats_.compute += dt - ep;
+  cost_sum_[cost] += dt, ++cost_n_[cost];
+}
+
+template <class T>
+void PipelineExecutor<T>::finish_stats() {
+  auto mean = [&](int i) { return cost_n_[i] ? cost_sum_[i] / cost_n_[i] : 0.0; };
+  stats_.cost_F = mean(0), stats_.cost_B = mean(1), stats_.cost_Bi = mean(2);
+  stats_.cost_W = mean(3), stats_.cost_FB = mean(4);
+}
+
+template <class T>
+int PipelineExecutor<T>::peak_grad_sets(const pipeline::Schedule& s, int rank) {
+  using pipeline::OpKind;
+  const std::vector<pipeline::Op>& ops = s.per_rank[rank];
+  const int K = s.microbatches * s.stages;
+  std::vector<int> first(K, -1), last(K, -1);
+  std::vector<std::pair<int, int>> ks;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const pipeline::Op& op = ops[i];
+    if (op.kind == OpKind::RecvActivation || op.kind == OpKind::RecvGrad) continue;
+    keys_read(s, rank, op, ks);
+    for (const auto& [m, st] : ks) last[m * s.stages + st] = static_cast<int>(i);
+    int bk = -1;
+    if (op.kind == OpKind::Backward || op.kind == OpKind::BackwardInput)
+      bk = op.mb * s.stages + op.stage;
+    if (op.kind == OpKind::ForwardBackward) bk = op.mb2 * s.stages + op.stage2;
+    if (bk >= 0 && first[bk] < 0) first[bk] = static_cast<int>(i);
+  }
+  std::vector<int> delta(ops.size() + 1, 0);
+  for (int k = 0; k < K; ++k)
+    if (first[k] >= 0) ++delta[first[k]], --delta[last[k] + 1];
+  int open = 0, peak = 0;
+  for (int d : delta) peak = std::max(peak, open += d);
+  return peak;
+}
+
+template <class T>
+int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int rank) {
+  using pipeline::OpKind;
+  // whether compute op c reads message op msg's buffer (a send's: any compute op ends it)
+  auto reads = [](const pipeline::Op& c, const pipeline::Op& msg) {
+    const bool pair = c.kind == OpKind::ForwardBackward;
+    const bool fwd = c.kind == OpKind::Forward || pair;
+    const bool bwd = c.kind == OpKind::Backward || c.kind == OpKind::BackwardInput;
+    if (msg.kind == OpKind::RecvActivation)
+      return fwd && c.mb == msg.mb && c.stage == msg.stage + 1;
+    if (msg.kind == OpKind::RecvGrad)
+      return (bwd && c.mb == msg.mb && c.stage == msg.stage - 1) ||
+             (pair && c.mb2 == msg.mb && c.stage2 == msg.stage - 1);
+    return true;
+  };
+  const std::vector<pipeline::Op>& ops = s.per_rank[rank];
+  std::vector<int> delta(ops.size() + 1, 0);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (!ops[i].is_message()) continue;
+    size_t j = i + 1;
+    while (j < ops.size() && (ops[j].is_message() || !reads(ops[j], ops[i]))) ++j;
+    ++delta[i];
+    --delta[std::min(j, ops.size() - 1) + 1];
+  }
+  int open = 0, peak = 0;
+  for (int d : delta) peak = std::max(peak, open += d);
+  return peak;
+}
+
+}  // namespace moetron

@@ -1,0 +1,253 @@
+// mpi-ranks: 1 2 4
+// DualPipe and DualPipeV executed (parallel/pipeline.h: two model chunks per rank, overlapped
+// forward+backward pairs run piece by piece) against the sequential model, in double precision.
+//   * One rank, DualPipeV with N = 1: stages 0 and 1 of 2 on one rank, 2C-3 pairs, no messages —
+//     the interleaver alone. Per micro-batch, the LM and MTP losses equal the sequential model's
+//     bit for bit (the same kernels on the same inputs), the balance loss (two stages' sums) to
+//     1e-15, every gradient to calc_diff < 1e-13 (SPEC §4.8's metric), the expert loads exactly;
+//     interleaved and forward-then-backward pairs give identical bits; the pool of micro-batch
+//     states stays within the schedule's in-flight bound; and each pair's pieces alternate
+//     backward, forward, backward, ... with two pieces per MoE layer in each stream.
+//   * P ranks (2, 4): DualPipe (P stages, two directions, the twins' gradients summed) and
+//     DualPipeV (2P stages in a V) give the sequential model's losses on the rank that holds the
+//     last stage of each micro-batch (bitwise) and its gradients (calc_diff < 1e-13), and
+//     interleaving changes no bit.
+// Every rank builds the reference itself: parameters are seeded by name, so it is cheap and
+// identical everywhere.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "parallel/comm.h"
+#include "parallel/pipeline.h"
+#include "parallel/schedule.h"
+
+namespace moetron {
+namespace {
+
+ModelConfig small(int64_t layers) {
+  ModelConfig c;
+  c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 48, c.moe_intermediate_size = 16;
+  c.num_hidden_layers = layers, c.first_k_dense_replace = 1, c.num_attention_heads = 2;
+  c.n_routed_experts = 4, c.n_group = 2, c.topk_group = 1, c.num_experts_per_tok = 2;
+  c.q_lora_rank = 16, c.kv_lora_rank = 8, c.qk_nope_head_dim = 8, c.qk_rope_head_dim = 4;
+  c.v_head_dim = 8, c.num_nextn_predict_layers = 1, c.init_std = 0.1, c.max_seq_len = 16;
+  c.seq_aux_alpha = 0.01;
+  return c;
+}
+
+constexpr int64_t kB = 2, kS = 8;
+constexpr double kMtpWeight = 0.3;
+const PrecisionPolicy kFp32 = PrecisionPolicy::from(Recipe::FP32);
+
+std::vector<int32_t> tokens(const ModelConfig& c, int C) {
+  std::mt19937 g(11);
+  std::vector<int32_t> t(static_cast<size_t>(C * kB * (kS + 1)));
+  for (auto& x : t) x = static_cast<int32_t>(g() % c.vocab_size);
+  return t;
+}
+
+// 1 - 2 sum(xy) / sum(x^2 + y^2), in double (SPEC §4.8)
+double calc_diff(const double* x, const double* y, int64_t n) {
+  double xy = 0, xx = 0;
+  for (int64_t i = 0; i < n; ++i) xy += x[i] * y[i], xx += x[i] * x[i] + y[i] * y[i];
+  return xx > 0 ? 1 - 2 * xy / xx : 0.0;
+}
+
+struct Outcome {
+  std::vector<Losses> losses;  // per micro-batch (the whole model's: stages added)
+  std::map<std::string, std::vector<double>> grads;
+  std::vector<int64_t> loads;  // every MoE layer's, in model order
+};
+
+std::vector<double> grad_of(const Param<double>& p) {
+  return std::vector<double>(p.grad.data<double>(), p.grad.data<double>() + p.numel());
+}
+
+// The sequential model: micro-batches one after another, forward then backward.
+Outcome sequential(const ModelConfig& c, const std::vector<int32_t>& tok, int C) {
+  Model<double> m(c, kFp32);
+  m.init(7);
+  Outcome o;
+  for (int mb = 0; mb < C; ++mb) {
+    Model<double>::MicroBatch s;
+    o.losses.push_back(m.forward(s, tok.data() + mb * kB * (kS + 1), kB, kS, kMtpWeight));
+    m.backward(s, 1.0 / C);
+  }
+  for (const auto& p : m.params().all()) o.grads[p->name] = grad_of(*p);
+  const int64_t n = static_cast<int64_t>(m.moe_layers().size()) * c.n_routed_experts;
+  o.loads.assign(m.loads(), m.loads() + n);
+  return o;
+}
+
+// A rank's chunks of `s`, built in stage order into one store.
+struct Chunks {
+  ParamStore<double> store;
+  std::vector<std::unique_ptr<Model<double>>> models;
+  std::vector<const Model<double>*> list() const {
+    std::vector<const Model<double>*> out;
+    for (const auto& m : models) out.push_back(m.get());
+    return out;
+  }
+};
+std::unique_ptr<Chunks> build(const ModelConfig& c, const pipeline::Schedule& s, int rank) {
+  auto ch = std::make_unique<Chunks>();
+  std::vector<int> stages;
+  for (const pipeline::Chunk& k : s.chunks_of_rank[rank]) stages.push_back(k.stage);
+  std::sort(stages.begin(), stages.end());
+  for (int st : stages) {
+    ch->models.push_back(std::make_unique<Model<double>>(c, kFp32, nullptr, StageSpec{st, s.stages},
+                                                         Exec{}, &ch->store));
+    ch->models.back()->init(7);
+  }
+  return ch;
+}
+
+struct Piece {
+  bool forward;
+  Yield y;
+};
+
+// Runs one step of `s` on this rank's chunks; records the pieces of the pairs.
+std::unique_ptr<Chunks> run_step(const ModelConfig& c, const pipeline::Schedule& s,
+                                 Communicator& pp, const std::vector<int32_t>& tok, bool interleave,
+                                 std::vector<Piece>* pieces, std::vector<Losses>* per_key,
+                                 int* slots) {
+  auto ch = build(c, s, pp.rank());
+  ExecOptions o;
+  o.interleave = interleave;
+  o.on_piece = [&](bool f, const Yield& y) {
+    if (pieces) pieces->push_back({f, y});
+  };
+  PipelineExecutor<double> ex(ch->list(), pp, s, pp.rank(), o);
+  Losses sum;
+  ex.run([&](int m) { return tok.data() + m * kB * (kS + 1); }, kB, kS, kMtpWeight,
+         1.0 / s.microbatches, sum);
+  per_key->clear();
+  for (int m = 0; m < s.microbatches; ++m)
+    for (int st = 0; st < s.stages; ++st) per_key->push_back(ex.losses_of(m, st));
+  *slots = ex.slots();
+  return ch;
+}
+
+void expect_same_bits(const Chunks& a, const Chunks& b, const std::string& what) {
+  ASSERT_EQ(a.store.all().size(), b.store.all().size());
+  for (size_t i = 0; i < a.store.all().size(); ++i)
+    EXPECT_EQ(grad_of(*a.store.all()[i]), grad_of(*b.store.all()[i]))
+        << what << ": " << a.store.all()[i]->name;
+}
+
+TEST(dualpipe, OneRankTwoChunksEqualsSequential) {
+  std::unique_ptr<Communicator> self = world().split(world().rank(), 0);  // one rank
+  const ModelConfig c = small(4);
+  const int C = 4;
+  const std::vector<int32_t> tok = tokens(c, C);
+  const Outcome ref = sequential(c, tok, C);
+  const pipeline::Schedule s = pipeline::make_schedule("dualpipev", 1, C);
+  ASSERT_EQ(s.stages, 2);
+  std::vector<Piece> pieces;
+  std::vector<Losses> lk, lk_none;
+  int slots = 0, slots_none = 0;
+  auto on = run_step(c, s, *self, tok, true, &pieces, &lk, &slots);
+  auto off = run_step(c, s, *self, tok, false, nullptr, &lk_none, &slots_none);
+
+  for (int m = 0; m < C; ++m) {
+    const Losses& last = lk[m * 2 + 1];
+    EXPECT_EQ(last.lm, ref.losses[m].lm) << "micro-batch " << m;
+    EXPECT_EQ(last.mtp, ref.losses[m].mtp) << "micro-batch " << m;
+    const double bal = lk[m * 2].balance + last.balance;
+    EXPECT_NEAR(bal, ref.losses[m].balance, 1e-15 * std::abs(ref.losses[m].balance) + 1e-300);
+  }
+  for (const auto& p : on->store.all()) {
+    const std::vector<double> g = grad_of(*p);
+    const std::vector<double>& r = ref.grads.at(p->name);
+    ASSERT_EQ(g.size(), r.size()) << p->name;
+    EXPECT_LT(calc_diff(g.data(), r.data(), static_cast<int64_t>(g.size())), 1e-13) << p->name;
+  }
+  EXPECT_EQ(on->store.all().size(), ref.grads.size());  // one embedding, shared by both chunks
+  std::vector<int64_t> loads;
+  for (const auto& m : on->models) {
+    const int64_t n = static_cast<int64_t>(m->moe_layers().size()) * c.n_routed_experts;
+    loads.insert(loads.end(), m->loads(), m->loads() + n);
+  }
+  EXPECT_EQ(loads, ref.loads);
+  // interleaving changes the order across independent streams only
+  expect_same_bits(*on, *off, "interleave vs none");
+  for (size_t k = 0; k < lk.size(); ++k) {
+    EXPECT_EQ(lk[k].loss, lk_none[k].loss) << k;
+    EXPECT_EQ(lk[k].balance, lk_none[k].balance) << k;
+  }
+  EXPECT_LE(slots, s.in_flight_bound[0]);
+  // each pair: backward, forward, backward, ... two pieces per MoE layer of each stream
+  size_t at = 0;
+  int pairs = 0;
+  for (const pipeline::Op& op : s.per_rank[0]) {
+    if (op.kind != pipeline::OpKind::ForwardBackward) continue;
+    ++pairs;
+    const size_t nf = 2 * on->models[op.stage]->moe_layers().size();
+    const size_t nb = 2 * on->models[op.stage2]->moe_layers().size();
+    ASSERT_LE(at + nf + nb, pieces.size());
+    size_t f = 0, b = 0;
+    for (size_t i = 0; i < nf + nb; ++i) {
+      const Piece& p = pieces[at + i];
+      if (f < nf && b < nb) {
+        EXPECT_EQ(p.forward, i % 2 == 1) << "pair " << pairs << " piece " << i;
+      }
+      (p.forward ? f : b)++;
+    }
+    EXPECT_EQ(f, nf);
+    EXPECT_EQ(b, nb);
+    at += nf + nb;
+  }
+  EXPECT_EQ(pairs, 2 * C - 3);
+  EXPECT_EQ(at, pieces.size());
+}
+
+// The gradients of this rank's parameters summed with its DualPipe twin's (rank P-1-r holds the
+// same stages; both stores list them in stage order).
+void sum_twins(Chunks& ch, Communicator& world) {
+  const int r = world.rank(), P = world.size();
+  std::unique_ptr<Communicator> twins = world.split(std::min(r, P - 1 - r), r <= P - 1 - r ? 0 : 1);
+  for (const auto& p : ch.store.all()) twins->all_reduce(p->g(), static_cast<size_t>(p->numel()));
+}
+
+TEST(dualpipe, PipelineRanksEqualSequential) {
+  Communicator& w = world();
+  const int P = w.size();
+  if (P < 2) GTEST_SKIP() << "needs 2 or more ranks";
+  const ModelConfig c = small(2 * P);
+  const int C = 2 * P;
+  const std::vector<int32_t> tok = tokens(c, C);
+  const Outcome ref = sequential(c, tok, C);
+  for (const char* kind : {"dualpipe", "dualpipev"}) {
+    const pipeline::Schedule s = pipeline::make_schedule(kind, P, C);
+    std::vector<Losses> lk, lk_none;
+    int slots = 0;
+    auto on = run_step(c, s, w, tok, true, nullptr, &lk, &slots);
+    auto off = run_step(c, s, w, tok, false, nullptr, &lk_none, &slots);
+    expect_same_bits(*on, *off, std::string(kind) + ": interleave vs none");
+    EXPECT_LE(slots, s.in_flight_bound[w.rank()]) << kind;
+    for (int m = 0; m < C; ++m) {
+      if (s.rank_of(m, s.stages - 1) != w.rank()) continue;
+      const Losses& last = lk[m * s.stages + s.stages - 1];
+      EXPECT_EQ(last.lm, ref.losses[m].lm) << kind << " micro-batch " << m;
+      EXPECT_EQ(last.mtp, ref.losses[m].mtp) << kind << " micro-batch " << m;
+    }
+    if (std::string(kind) == "dualpipe") sum_twins(*on, w);
+    for (const auto& p : on->store.all()) {
+      const std::vector<double> g = grad_of(*p);
+      const std::vector<double>& r = ref.grads.at(p->name);
+      EXPECT_LT(calc_diff(g.data(), r.data(), static_cast<int64_t>(g.size())), 1e-13)
+          << kind << " rank " << w.rank() << " " << p->name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moetron
