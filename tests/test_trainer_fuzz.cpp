@@ -12,6 +12,9 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <zlib.h>
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
 
 #include <chrono>
 #include <filesystem>
@@ -96,6 +99,12 @@ template <class E>
 void run_case(
     Tally& t, const std::string& mutation, const fs::path& dir, const std::string& must_name,
     const std::function<void()>& load, const std::function<void()>& accepted = [] {}) {
+  // MOETRON_FUZZ_CASE=N runs only case N of each kind (the mutations of the others are still
+  // drawn, so case N is the same input): for tracking down what a sanitizer reports
+  if (const char* only = std::getenv("MOETRON_FUZZ_CASE"); only && std::atoi(only) != t.cases) {
+    t.add(mutation, "skipped");
+    return;
+  }
   const auto before = snapshot(dir);
   const std::string label = t.kind + " case " + std::to_string(t.cases) + " (" + mutation + ")";
   try {
@@ -668,7 +677,30 @@ std::string mutate_checkpoint(Rng& r, const fs::path& ck) {
   }
 }
 
+// HDF5 1.10.8 loses an object header it fails to decode (a leak inside the library, 424 bytes):
+// only a shard whose checksum was forged gets that far (verify() reads every shard's CRC first),
+// so for those cases alone leaks are not reported. Free lists off: the memory is then allocated
+// inside the case, not reused from an earlier block.
+struct HdfLeaksIgnored {
+  explicit HdfLeaksIgnored(bool on) : on_(on) {
+#ifdef __SANITIZE_ADDRESS__
+    if (on_) __lsan_disable();
+#endif
+  }
+  ~HdfLeaksIgnored() {
+#ifdef __SANITIZE_ADDRESS__
+    if (on_) __lsan_enable();
+#endif
+  }
+  HdfLeaksIgnored(const HdfLeaksIgnored&) = delete;
+  HdfLeaksIgnored& operator=(const HdfLeaksIgnored&) = delete;
+
+ private:
+  bool on_;
+};
+
 TEST(Fuzz, Checkpoints) {
+  H5set_free_list_limits(0, 0, 0, 0, 0, 0);
   Tally t("checkpoint");
   Rng r;
   const fs::path base = fresh_dir("ckbase"), run = fresh_dir("ckrun");
@@ -690,6 +722,7 @@ TEST(Fuzz, Checkpoints) {
         t, mutation, run, ck.string(),
         [&] {
           const std::string dir = resolve_resume("auto", run.string(), nullptr);
+          const HdfLeaksIgnored ignore(mutation == "shard bytes, resealed");
           st = load_checkpoint(dir, cfg, ps, {}, "bpe-fuzz");
         },
         [&] {  // shards as saved: the parameters come back bit for bit
