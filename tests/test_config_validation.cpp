@@ -265,6 +265,16 @@ TEST(ConfigText, SyntaxErrorHasLineAndColumn) {
   EXPECT_EQ(msg2.rfind("test.yaml: YAML syntax error at line 3, column ", 0), 0u) << msg2;
 }
 
+// yaml-cpp says "illegal tab when looking for indentation" or "end of map not found": the message
+// names the line indented with a tab instead (a tab inside a value or a comment is fine).
+TEST(ConfigText, TabIndentationIsNamed) {
+  EXPECT_EQ(error_of("# a\tcomment\nmodel:\n  hidden_size: 8\n\tvocab_size: 9\n"),
+            "test.yaml: line 4 is indented with a tab; YAML indentation must be spaces");
+  EXPECT_EQ(error_of("model:\n \thidden_size: 8\n"),
+            "test.yaml: line 2 is indented with a tab; YAML indentation must be spaces");
+  EXPECT_EQ(error_of(std::string(kBaseYaml) + "run: {dir: \"a\tb\"}\n"), "");
+}
+
 TEST(ConfigText, NullSectionMeansDefaults) {
   const Config c = parse_config(std::string(kBaseYaml) + "optimizer:\nrun: ~\n", "test.yaml");
   EXPECT_EQ(c.optimizer.beta2, 0.95);

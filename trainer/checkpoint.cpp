@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "data/token_file.h"
 #include "trainer/h5io.h"
@@ -29,6 +30,24 @@ const std::string kFormatV1 = "moetron-checkpoint-v1", kFormatV2 = "moetron-chec
 
 std::string step_dir(const std::string& run_dir, int64_t step) {
   return run_dir + "/checkpoints/step_" + std::to_string(step);
+}
+
+// The step of a checkpoint directory's name "step_<N>" (N: 1 to 18 digits); -1 for any other name
+// (a save in progress "step_<N>.tmp", one being replaced "step_<N>.old", anything else).
+int64_t step_of(const std::string& name) {
+  if (name.rfind("step_", 0) != 0 || name.size() == 5 || name.size() > 5 + 18 ||
+      name.find_first_not_of("0123456789", 5) != std::string::npos)
+    return -1;
+  return std::stoll(name.substr(5));
+}
+
+// The links of an HDF5 group; errors name `where`.
+std::vector<std::string> named_links(hid_t group, const std::string& where) {
+  try {
+    return links(group);
+  } catch (const std::exception& e) {
+    throw CheckpointError(where + ": " + e.what());
+  }
 }
 
 // CRC32 and size of a file.
@@ -71,30 +90,88 @@ void write_shard(const std::string& path, const Snapshot& snap, int64_t step) {
   });
 }
 
-// Checks a checkpoint directory; returns "" if complete and intact, else what is wrong.
-std::string verify(const std::string& dir, YAML::Node* manifest_out) {
+// A manifest field of type T, or a CheckpointError naming the manifest and the key.
+template <class T>
+T field(const YAML::Node& node, const std::string& key, const std::string& mpath) {
+  const YAML::Node v = node.IsMap() ? node[key] : YAML::Node();
+  try {
+    if (v && v.IsScalar()) return v.as<T>();
+  } catch (const YAML::Exception&) {
+  }
+  throw CheckpointError(mpath + ": " + key + ": " +
+                        (v ? "not a " +
+                                 std::string(std::is_same_v<T, std::string> ? "string" : "number") +
+                                 " ('" + YAML::Dump(v).substr(0, 40) + "')"
+                           : std::string("missing")));
+}
+
+// The manifest's shard list, checked: each a plain file name in the directory, its size and CRC.
+struct ShardEntry {
+  std::string file;
+  int64_t bytes;
+  uint32_t crc;
+};
+std::vector<ShardEntry> shard_entries(const YAML::Node& m, const std::string& mpath) {
+  const YAML::Node shards = m["shards"];
+  if (!shards || !shards.IsSequence() || shards.size() == 0)
+    throw CheckpointError(mpath + ": shards: expected a non-empty list of shards");
+  std::vector<ShardEntry> out;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string key = "shards[" + std::to_string(i) + "]";
+    const YAML::Node s = shards[i];
+    ShardEntry e{field<std::string>(s, "file", mpath + ": " + key),
+                 field<int64_t>(s, "bytes", mpath + ": " + key),
+                 field<uint32_t>(s, "crc32", mpath + ": " + key)};
+    if (e.file.empty() || e.file.find('/') != std::string::npos || e.file == "." || e.file == "..")
+      throw CheckpointError(mpath + ": " + key + ".file: '" + e.file +
+                            "' is not a file name inside the checkpoint");
+    out.push_back(e);
+  }
+  return out;
+}
+
+// The manifest of `dir`, its fields checked (CheckpointError naming the manifest and key).
+YAML::Node read_manifest(const std::string& dir) {
   const std::string mpath = dir + "/manifest.yaml";
-  if (!fs::exists(mpath)) return mpath + ": missing (an incomplete checkpoint)";
+  if (!fs::exists(mpath)) throw CheckpointError(mpath + ": missing (an incomplete checkpoint)");
   YAML::Node m;
   try {
     m = YAML::LoadFile(mpath);
   } catch (const std::exception& e) {
-    return mpath + ": unreadable (" + e.what() + ")";
+    throw CheckpointError(mpath + ": unreadable (" + e.what() + ")");
   }
-  const std::string format = m["format"] ? m["format"].as<std::string>() : "";
+  const YAML::Node f = m.IsMap() ? m["format"] : YAML::Node();
+  const std::string format = f && f.IsScalar() ? f.Scalar() : "";
   if (format != kFormatV1 && format != kFormatV2)
-    return mpath + (format.rfind("moetron-checkpoint-", 0) == 0
-                        ? ": format " + format + " is not one this moetron reads (" + kFormatV1 +
-                              ", " + kFormatV2 + ")"
-                        : std::string(": not a moetron checkpoint manifest"));
-  for (const auto& s : m["shards"]) {
-    const std::string path = dir + "/" + s["file"].as<std::string>();
-    if (!fs::exists(path)) return path + ": missing";
+    throw CheckpointError(mpath + (format.rfind("moetron-checkpoint-", 0) == 0
+                                       ? ": format " + format + " is not one this moetron reads (" +
+                                             kFormatV1 + ", " + kFormatV2 + ")"
+                                       : std::string(": not a moetron checkpoint manifest")));
+  for (const char* key : {"step", "tokens", "samples"})
+    if (field<int64_t>(m, key, mpath) < 0) throw CheckpointError(mpath + ": " + key + ": negative");
+  if (m["tokenizer"]) field<std::string>(m, "tokenizer", mpath);
+  if (m["model"] && !m["model"].IsMap()) throw CheckpointError(mpath + ": model: not a mapping");
+  shard_entries(m, mpath);
+  return m;
+}
+
+// Checks a checkpoint directory; returns "" if complete and intact, else what is wrong.
+std::string verify(const std::string& dir, YAML::Node* manifest_out) {
+  const std::string mpath = dir + "/manifest.yaml";
+  YAML::Node m;
+  try {
+    m = read_manifest(dir);
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  for (const ShardEntry& s : shard_entries(m, mpath)) {
+    const std::string path = dir + "/" + s.file;
+    if (!fs::is_regular_file(path)) return path + ": missing";
     const auto [crc, size] = file_crc(path);
-    if (size != s["bytes"].as<int64_t>())
+    if (size != s.bytes)
       return path + ": " + std::to_string(size) + " bytes, the manifest says " +
-             s["bytes"].as<std::string>() + " (truncated?)";
-    if (crc != s["crc32"].as<uint32_t>()) return path + ": checksum mismatch (corrupt)";
+             std::to_string(s.bytes) + " (truncated?)";
+    if (crc != s.crc) return path + ": checksum mismatch (corrupt)";
   }
   if (manifest_out) *manifest_out = m;
   return "";
@@ -221,10 +298,8 @@ void publish(const std::string& tmp, const std::string& final_dir) {
 void prune(const std::string& run_dir, int64_t keep) {
   std::vector<std::pair<int64_t, fs::path>> done;
   for (const auto& e : fs::directory_iterator(run_dir + "/checkpoints")) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos &&
-        fs::exists(e.path() / "manifest.yaml"))
-      done.emplace_back(std::stoll(name.substr(5)), e.path());
+    const int64_t step = step_of(e.path().filename().string());
+    if (step >= 0 && fs::exists(e.path() / "manifest.yaml")) done.emplace_back(step, e.path());
   }
   std::sort(done.rbegin(), done.rend());
   for (size_t i = static_cast<size_t>(keep); i < done.size(); ++i) fs::remove_all(done[i].second);
@@ -281,22 +356,80 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
   return final_dir;
 }
 
-std::string find_checkpoint(const std::string& run_dir, std::string* warnings) {
+namespace {
+
+// Every step_<N> directory under <run_dir>/checkpoints, newest first, with what is wrong with it
+// ("" when it is complete and intact).
+std::vector<std::pair<std::string, std::string>> scan_checkpoints(const std::string& run_dir) {
   const std::string root = run_dir + "/checkpoints";
-  if (!fs::is_directory(root)) return "";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return {};
   std::vector<std::pair<int64_t, std::string>> cands;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step_", 0) == 0 && name.find('.') == std::string::npos)
-      cands.emplace_back(std::stoll(name.substr(5)), e.path().string());
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const int64_t step = step_of(e.path().filename().string());
+    if (step >= 0) cands.emplace_back(step, e.path().string());
   }
+  if (ec) throw CheckpointError(root + ": cannot list (" + ec.message() + ")");
   std::sort(cands.rbegin(), cands.rend());
+  std::vector<std::pair<std::string, std::string>> out;
   for (const auto& [step, dir] : cands) {
-    const std::string bad = verify(dir, nullptr);
+    std::string bad;
+    try {
+      bad = verify(dir, nullptr);
+    } catch (const std::exception& e) {
+      bad = e.what();
+    }
+    out.emplace_back(dir, bad);
+    if (bad.empty()) break;  // older ones are not looked at
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string find_checkpoint(const std::string& run_dir, std::string* warnings) {
+  for (const auto& [dir, bad] : scan_checkpoints(run_dir)) {
     if (bad.empty()) return dir;
     if (warnings) *warnings += "skipping checkpoint " + dir + ": " + bad + "\n";
   }
   return "";
+}
+
+std::string resolve_resume(const std::string& resume, const std::string& run_dir,
+                           std::string* notes) {
+  if (resume != "auto") return resume;
+  const auto found = scan_checkpoints(run_dir);
+  std::string skipped;
+  for (const auto& [dir, bad] : found) {
+    if (bad.empty()) {
+      if (notes) *notes += prefix_lines("moetron: warning: ", skipped);
+      return dir;
+    }
+    skipped += "skipping checkpoint " + dir + ": " + bad + "\n";
+  }
+  if (found.empty()) {
+    if (notes) *notes += "moetron: no checkpoint in " + run_dir + "/checkpoints, starting fresh\n";
+    return "";
+  }
+  std::string why;
+  for (const auto& [dir, bad] : found) why += "\n  " + dir + ": " + bad;
+  throw CheckpointError("--resume auto: none of the " + std::to_string(found.size()) +
+                        " checkpoint(s) in " + run_dir +
+                        "/checkpoints is usable, so the run cannot continue (nothing was "
+                        "written; move them away or use another run.dir to start fresh):" +
+                        why);
+}
+
+std::string prefix_lines(const std::string& prefix, const std::string& text) {
+  std::string out;
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t nl = text.find('\n', at);
+    const size_t end = nl == std::string::npos ? text.size() : nl;
+    out += prefix + text.substr(at, end - at) + "\n";
+    at = end + 1;
+  }
+  return out;
 }
 
 // The pieces of every parameter in a checkpoint's shards, indexed from metadata only.
@@ -337,7 +470,7 @@ struct CheckpointReader::Impl {
     const std::string& path = paths[i];
     H5 g{H5Gopen2(files[i].id, "params", H5P_DEFAULT), H5Gclose};
     if (g.id < 0) throw CheckpointError(path + ": no /params group");
-    for (const std::string& link : links(g.id)) {
+    for (const std::string& link : named_links(g.id, path + ": params")) {
       try {
         if (version == 1) {  // a whole tensor; another shard may hold it too (identical)
           if (tensors.count(link)) continue;
@@ -358,23 +491,44 @@ struct CheckpointReader::Impl {
           throw CheckpointError("not a <name>#<offset> piece");
         const std::string name = link.substr(0, hash);
         const std::vector<int64_t> shape = read_attr_ints(g.id, link, "shape");
+        const int64_t offset = parse_offset(link.substr(hash + 1)), len = dataset_size(g.id, link);
+        if (len < 0 || offset > numel(shape) - len)
+          throw CheckpointError("[" + std::to_string(offset) + ", +" + std::to_string(len) +
+                                ") lies outside the tensor's shape " + show_shape(shape));
         Tensor& t = tensors[name];
         if (t.pieces.empty()) t.shape = shape;
         if (shape != t.shape)
           throw CheckpointError("its shape differs from that of another piece of " + name + " (" +
                                 paths[t.pieces[0].file] + ")");
-        t.pieces.push_back(
-            {i, link, std::stoll(link.substr(hash + 1)), dataset_size(g.id, link), false});
+        t.pieces.push_back({i, link, offset, len, false});
       } catch (const std::exception& e) {
         throw CheckpointError(path + ": params/" + link + ": " + e.what());
       }
     }
   }
 
+  // the <offset> of a "<name>#<offset>" link: digits, at most 2^48
+  static int64_t parse_offset(const std::string& digits) {
+    if (digits.empty() || digits.size() > 15 ||
+        digits.find_first_not_of("0123456789") != std::string::npos)
+      throw CheckpointError("'" + digits + "' is not an element offset");
+    return std::stoll(digits);
+  }
+  // the element count of a shape read from a file: each extent in [0, 2^48], the product too
   static int64_t numel(const std::vector<int64_t>& shape) {
+    constexpr int64_t kMax = int64_t{1} << 48;
     int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    for (int64_t d : shape) {
+      if (d < 0 || d > kMax || (d > 0 && n > kMax / d))
+        throw CheckpointError("shape " + show_shape(shape) + " is not a tensor's shape");
+      n *= d;
+    }
     return n;
+  }
+  static std::string show_shape(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
   }
 
   // the pieces of one tensor must tile it: no gap, no overlap
@@ -461,6 +615,47 @@ void CheckpointReader::read(const std::string& name, int64_t begin, int64_t coun
   impl_->read(name, begin, count, out);
 }
 
+namespace {
+
+// The moment pieces "<name>#<offset>#m|v" of every shard for the parameters in `mine` (name ->
+// element count): each m with its v, of one size, inside its parameter.
+std::vector<Zero1::MomentPiece> read_moments(const CheckpointReader::Impl& ck,
+                                             const std::map<std::string, int64_t>& mine) {
+  std::vector<Zero1::MomentPiece> pieces;
+  for (size_t i = 0; i < ck.files.size(); ++i) {
+    H5 g{H5Gopen2(ck.files[i].id, "moments", H5P_DEFAULT), H5Gclose};
+    if (g.id < 0) throw CheckpointError(ck.paths[i] + ": no /moments group");
+    for (const std::string& link : named_links(g.id, ck.paths[i] + ": moments")) {
+      if (link.size() < 2 || link.substr(link.size() - 2) != "#m") continue;
+      try {
+        const std::string stem = link.substr(0, link.size() - 2);
+        const size_t hash = stem.rfind('#');
+        if (hash == std::string::npos) throw CheckpointError("not a <name>#<offset>#m piece");
+        const auto it = mine.find(stem.substr(0, hash));
+        if (it == mine.end()) continue;
+        Zero1::MomentPiece piece{
+            it->first, CheckpointReader::Impl::parse_offset(stem.substr(hash + 1)), {}, {}};
+        const int64_t n = dataset_size(g.id, link);
+        if (n < 0 || piece.offset > it->second - n)
+          throw CheckpointError("[" + std::to_string(piece.offset) + ", +" + std::to_string(n) +
+                                ") lies outside " + it->first + " (" + std::to_string(it->second) +
+                                " elements)");
+        if (dataset_size(g.id, stem + "#v") != n)
+          throw CheckpointError("its #v has another size than its #m");
+        piece.m.resize(n), piece.v.resize(n);
+        read_dataset(g.id, link, H5T_NATIVE_FLOAT, piece.m.data());
+        read_dataset(g.id, stem + "#v", H5T_NATIVE_FLOAT, piece.v.data());
+        pieces.push_back(std::move(piece));
+      } catch (const std::exception& e) {
+        throw CheckpointError(ck.paths[i] + ": moments/" + link + ": " + e.what());
+      }
+    }
+  }
+  return pieces;
+}
+
+}  // namespace
+
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,
                            const std::vector<Zero1*>& opts, const std::string& tokenizer) {
   CheckpointReader::Impl ck(dir, "cannot resume from");
@@ -471,6 +666,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
     throw CheckpointError(dir + ": checkpoint was trained on tokenizer '" + had + "', but " +
                           cfg.data.train_path + " uses '" + tokenizer + "'");
   const YAML::Node want = model_node(cfg), have = m["model"];
+  if (!have) throw CheckpointError(dir + "/manifest.yaml: model: missing");
   for (const auto& kv : want) {
     const std::string key = kv.first.as<std::string>();
     const std::string a = YAML::Dump(kv.second), b = have[key] ? YAML::Dump(have[key]) : "(absent)";
@@ -485,26 +681,14 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
     ck.read(p->name, 0, p->numel(), p->w());
   }
   // optimizer moments: every (name, offset) piece of the names this rank holds
-  std::map<std::string, bool> mine;
-  for (auto& p : ps.all()) mine[p->name] = true;
-  std::vector<Zero1::MomentPiece> pieces;
-  for (auto& f : ck.files) {
-    H5 g{H5Gopen2(f.id, "moments", H5P_DEFAULT), H5Gclose};
-    for (const std::string& link : links(g.id)) {
-      if (link.size() < 2 || link.substr(link.size() - 2) != "#m") continue;
-      const std::string stem = link.substr(0, link.size() - 2);
-      const size_t hash = stem.rfind('#');
-      const std::string name = stem.substr(0, hash);
-      if (!mine.count(name)) continue;
-      Zero1::MomentPiece piece{name, std::stoll(stem.substr(hash + 1)), {}, {}};
-      const int64_t n = dataset_size(g.id, link);
-      piece.m.resize(n), piece.v.resize(n);
-      read_dataset(g.id, link, H5T_NATIVE_FLOAT, piece.m.data());
-      read_dataset(g.id, stem + "#v", H5T_NATIVE_FLOAT, piece.v.data());
-      pieces.push_back(std::move(piece));
-    }
+  std::map<std::string, int64_t> mine;
+  for (auto& p : ps.all()) mine[p->name] = p->numel();
+  const std::vector<Zero1::MomentPiece> pieces = read_moments(ck, mine);
+  try {
+    for (Zero1* o : opts) o->import_moments(pieces);
+  } catch (const std::runtime_error& e) {
+    throw CheckpointError(dir + ": " + e.what());
   }
-  for (Zero1* o : opts) o->import_moments(pieces);
   TrainState st;
   st.step = m["step"].as<int64_t>(), st.tokens = m["tokens"].as<int64_t>();
   st.samples = m["samples"].as<int64_t>();

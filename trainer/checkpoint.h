@@ -94,6 +94,19 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
 // verify ("" if none); a broken newer one is skipped with a warning naming what is wrong.
 std::string find_checkpoint(const std::string& run_dir, std::string* warnings);
 
+// What `--resume` names, resolved before anything is written: "" (no resume) and a directory are
+// returned as they are; "auto" becomes the newest complete checkpoint of run_dir, or "" when
+// run_dir has no checkpoint at all (a fresh start). Lines for the log are appended to *notes: one
+// "moetron: warning: " line per newer checkpoint skipped, or the fresh start. When checkpoints
+// exist but none is usable, a CheckpointError lists each one and why it was refused: a run that
+// asked to resume never starts over on top of its own history.
+std::string resolve_resume(const std::string& resume, const std::string& run_dir,
+                           std::string* notes);
+
+// `text` with `prefix` at the start of every line (a warning of several lines stays a warning on
+// each of them); every line ends with a newline.
+std::string prefix_lines(const std::string& prefix, const std::string& text);
+
 // Loads `dir` into this rank's parameters and optimizer shards; checks that the checkpoint's
 // model matches cfg.model (message names the first differing key). Returns the train state.
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore<float>& ps,

@@ -452,17 +452,48 @@ void Writer::piecewise(const char* name, const char* value_key, bool scalar_ok, 
 // Documents and overrides
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+// The first line (1-based) whose indentation holds a tab, ignoring blank and comment lines; 0 if
+// none. YAML indents with spaces only, and yaml-cpp's messages for a tab do not say so.
+size_t tab_indented_line(const std::string& text) {
+  size_t line = 1;
+  for (size_t at = 0; at < text.size(); ++line) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    const size_t content = text.find_first_not_of(" \t", at);
+    if (content < end && text[content] != '#' && text[content] != '\r' &&
+        text.find('\t', at) < content)
+      return line;
+    at = end + 1;
+  }
+  return 0;
+}
+
+// yaml-cpp's message with control characters shown as '?' (it quotes the offending character).
+std::string printable(std::string s) {
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20) c = '?';
+  return s;
+}
+
+}  // namespace
+
 bool load_document(const std::string& text, YAML::Node& doc, std::string& error) {
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
+    if (const size_t tab = tab_indented_line(text)) {
+      error = "line " + std::to_string(tab) +
+              " is indented with a tab; YAML indentation must be spaces";
+      return false;
+    }
     error = "YAML syntax error";
     if (!e.mark.is_null()) {
       error += " at line " + std::to_string(e.mark.line + 1) + ", column " +
                std::to_string(e.mark.column + 1);
     }
-    error += ": " + e.msg;
+    error += ": " + printable(e.msg);
     return false;
   }
   if (docs.size() > 1) {

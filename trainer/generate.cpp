@@ -284,7 +284,7 @@ int generate_command(const std::vector<std::string>& args, std::ostream& out, st
   const auto t0 = std::chrono::steady_clock::now();
   std::string warnings;
   LoadedModel lm = load_for_generation(a.path, &warnings);
-  if (!warnings.empty()) log << "moetron: warning: " << warnings;
+  log << prefix_lines("moetron: warning: ", warnings);
   const std::string what = "checkpoint " + lm.dir;
   const TextCodec codec =
       TextCodec::for_run(lm.tokenizer, a.tokenizer.empty() ? lm.cfg.data.tokenizer : a.tokenizer,

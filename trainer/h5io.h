@@ -97,7 +97,9 @@ inline int64_t dataset_size(hid_t loc, const std::string& name) {
   H5 d{H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose};
   check(d.id >= 0, "no dataset " + name);
   H5 sp{H5Dget_space(d.id), H5Sclose};
-  return H5Sget_simple_extent_npoints(sp.id);
+  const hssize_t n = sp.id >= 0 ? H5Sget_simple_extent_npoints(sp.id) : -1;
+  check(n >= 0, "cannot read the size of dataset " + name);
+  return n;
 }
 inline void read_dataset(hid_t loc, const std::string& name, hid_t type, void* out) {
   H5 d{H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose};
@@ -112,6 +114,7 @@ inline std::vector<std::string> links(hid_t group) {
   std::vector<std::string> out;
   for (hsize_t i = 0; i < count; ++i) {
     const ssize_t n = H5Gget_objname_by_idx(group, i, nullptr, 0);
+    check(n >= 0 && n < 4096, "cannot read the name of link " + std::to_string(i));
     std::string name(static_cast<size_t>(n), '\0');
     H5Gget_objname_by_idx(group, i, name.data(), static_cast<size_t>(n) + 1);
     out.push_back(std::move(name));

@@ -12,7 +12,8 @@
 //                                                     (trainer/generate.h)
 //   moetron tokenize train|encode|decode|ids|info ...   byte-level BPE (trainer/tokenize.h)
 //
-// Errors print one line "moetron: error: ..." naming the file or key, and exit 1 (2 for usage).
+// Errors print one message "moetron: error: ..." naming the file or key (each of its lines with the
+// prefix), and exit 1 (2 for usage).
 #include <hdf5.h>
 #include <malloc.h>
 
@@ -87,6 +88,17 @@ Args parse(int argc, char** argv, int first) {
   return a;
 }
 
+// The job's size and this process's rank, from mpirun's environment (1 and 0 without it).
+int world_size() {
+  const char* s = std::getenv("OMPI_COMM_WORLD_SIZE");
+  return s ? std::atoi(s) : 1;
+}
+
+int world_rank() {
+  const char* s = std::getenv("OMPI_COMM_WORLD_RANK");
+  return s ? std::atoi(s) : 0;
+}
+
 // `moetron plan`: the table or JSON on stdout; a layout that does not fit is then refused like
 // `train` refuses it (exit 1).
 int plan(Args& a) {
@@ -140,7 +152,12 @@ int run(int argc, char** argv) {
   if (cmd == "train") {
     if (a.positional.size() != 1) throw UsageError("train takes exactly one CONFIG");
     moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
-    moetron::train(cfg, std::cout, a.resume);
+    // "auto" is resolved before anything is written: checkpoints that are all unusable stop the
+    // run here, with run.dir untouched
+    std::string notes;
+    const std::string resume = moetron::resolve_resume(a.resume, cfg.run.dir, &notes);
+    if (world_rank() == 0) std::cout << notes << std::flush;
+    moetron::train(cfg, std::cout, resume);
     return 0;
   }
   if (cmd == "plan") return plan(a);
@@ -169,17 +186,14 @@ int run(int argc, char** argv) {
 // Input errors are found identically by every rank before any communication: each rank prints
 // the message (with its rank when there are several), waits until every rank has printed (so
 // mpirun's abort on the first non-zero exit cuts no message off), and exits 1.
-int world_size() {
-  const char* s = std::getenv("OMPI_COMM_WORLD_SIZE");
-  return s ? std::atoi(s) : 1;
-}
-
 int fail(const std::string& msg) {
-  std::string line = "moetron: error: " + msg + "\n";
+  std::string prefix = "moetron: error: ";
   if (world_size() > 1) {
     const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
-    line = "moetron: error: rank " + std::string(r ? r : "?") + ": " + msg + "\n";
+    prefix = "moetron: error: rank " + std::string(r ? r : "?") + ": ";
   }
+  // every line of a message of several lines carries the prefix
+  const std::string line = moetron::prefix_lines(prefix, msg);
   std::fputs(line.c_str(), stderr);  // one write: ranks' lines do not interleave
   std::fflush(stderr);
   if (world_size() > 1) moetron::world().barrier();

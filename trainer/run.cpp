@@ -192,14 +192,10 @@ void build_model(Run& r) {
 // resume: parameters, optimizer shards and the position in the data, on any layout
 void resume_from(Run& r, const std::string& resume, std::ostream& log) {
   if (resume.empty()) return;
-  std::string warnings;
-  const std::string dir = resume == "auto" ? find_checkpoint(r.cfg.run.dir, &warnings) : resume;
-  if (r.rank0 && !warnings.empty()) log << "moetron: warning: " << warnings;
-  if (dir.empty()) {
-    if (r.rank0)
-      log << "moetron: no complete checkpoint in " << r.cfg.run.dir << ", starting fresh\n";
-    return;
-  }
+  std::string notes;  // `moetron train` resolved "auto" before anything was written
+  const std::string dir = resolve_resume(resume, r.cfg.run.dir, &notes);
+  if (r.rank0) log << notes;
+  if (dir.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
   r.state = load_checkpoint(dir, r.cfg, *r.params, r.optimizer->shards(), r.tokenizer);
   r.chunks.front()->weights_updated();  // (one version counter for every chunk)
