@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/ops.h"
@@ -150,6 +151,10 @@ EpPlan& EpDispatcher<T>::idle(DispatchState<T>& st) {
 template <class T>
 void EpDispatcher<T>::begin(DispatchState<T>& st, EpPhase phase) {
   EpPlan& pl = plan_of(st, ex_.device);
+  for (const auto& q : live_)  // its tag must not be in flight (a window's worth of dispatches)
+    if (q->seq % kTagWindow == pl.seq % kTagWindow && q->phase == phase)
+      throw std::logic_error("EpDispatcher: " + std::to_string(kTagWindow) +
+                             " dispatches since one still in flight: tags would collide");
   pl.phase = phase;
   pl.active = true, pl.receiving = false, pl.complete = false;
   pl.posted_ns = now_ns();

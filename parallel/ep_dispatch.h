@@ -19,10 +19,10 @@
 // progress() or at the latest by dispatch_wait. The other three phases reverse or repeat the
 // dispatch's plan, so both sides' counts are known and they post everything at start. Each
 // exchange has a unique tag: the dispatch's sequence number (every peer runs the same sequence of
-// MoE calls, so it agrees everywhere) modulo a window, times 5 (counts + the 4 phases); messages
-// of one (peer, tag) pair stay ordered, so reuse after the window is safe while fewer than
-// kTagWindow dispatches are in flight. Communicators whose point-to-point ignores tags (NCCL:
-// Communicator::tags_match() is false; the k-th send matches the k-th receive) keep the
+// MoE calls, so it agrees everywhere) modulo a window (kTagWindow), times 5 (counts + the 4
+// phases); a start whose tag is still in flight (a plan kTagWindow dispatches old, in the same
+// phase) throws std::logic_error instead of mismatching. Communicators whose point-to-point ignores
+// tags (NCCL: Communicator::tags_match() is false; the k-th send matches the k-th receive) keep the
 // collective path: a blocking count all-to-all, then one all-to-all-v per phase, posted in
 // program order.
 //
