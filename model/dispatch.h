@@ -5,7 +5,8 @@
 // back as a plain sum (the gate weight is folded into the experts' SwiGLU). The model only sees
 // this interface: LocalDispatcher (here) keeps everything in the process; the expert-parallel
 // dispatcher (parallel/) implements it with an all-to-all over the EP group. Every operation is
-// split into start and wait, so an executor can run another micro-batch's compute in between.
+// split into start and wait, so an executor can run another micro-batch's compute in between;
+// progress() lets what is in flight move meanwhile.
 //
 // Backward: the backward of dispatch is a combine of gradients and the backward of combine is a
 // dispatch, reusing the forward's plan (no new routing decision).
@@ -55,6 +56,10 @@ class TokenDispatcher {
   // backward of dispatch: st.rdx [R,D], st.rdw [R,K] -> dx [N,D] += ..., dw [N,K] (write)
   virtual void dispatch_backward_start(DispatchState<T>& st) = 0;
   virtual void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) = 0;
+  // Lets the exchanges in flight move without blocking (a communication library without a
+  // progress thread moves large messages only inside its calls); an executor that overlaps
+  // micro-batches calls it between pieces of work. Nothing to do where nothing is in flight.
+  virtual void progress() {}
 };
 
 // All experts in this process: received = sent, no copies beyond the state's buffers.

@@ -147,6 +147,10 @@ class Communicator {
   Request batch_isend_irecv(const std::vector<P2pOp>& ops) {
     return batch_isend_irecv(ops.data(), ops.size());
   }
+  // Whether point-to-point messages match by (peer, tag), so a receive may be posted after later
+  // messages from the same peer (MPI: true). False where the k-th send matches the k-th receive
+  // whatever the tags (NCCL): callers then post in the same order on both sides.
+  virtual bool tags_match() const { return true; }
 
   // ---- collectives (in place where it makes sense) ----
   // count is in elements of t (bytes for Bytes). Bytes cannot be reduced (CommError).

@@ -95,6 +95,7 @@ class NcclCommunicator final : public Communicator {
   Request isend(const void* buf, size_t bytes, int peer, int tag) override;
   Request irecv(void* buf, size_t bytes, int peer, int tag) override;
   Request batch_isend_irecv(const P2pOp* ops, size_t n) override;
+  bool tags_match() const override { return false; }  // no tags: in-order matching
 
   using Communicator::all_gather;
   using Communicator::all_reduce;

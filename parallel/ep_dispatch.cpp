@@ -1,4 +1,4 @@
-// Expert-parallel dispatch/combine over all-to-all (see ep_dispatch.h).
+// Expert-parallel dispatch/combine over per-peer messages (see ep_dispatch.h).
 //
 // Payload rows (bytes), with A(D) one row of D activations in the phase's encoding (T, bf16, or
 // D e4m3 codes followed by ceil(D/128) fp32 scales; kernels::row_encoding_bytes):
@@ -9,21 +9,34 @@
 // Ids are small integers, exact in T. Rows are packed and unpacked only by the ep_* ops
 // (kernels/cpu/ep_wire.cpp on the CPU): the plan op writes, per (token, peer), the row the token
 // takes to that peer (slot [N,P]) and the origin token of each sent row (send_token), both on the
-// device; the host keeps only the counts per peer that size the all-to-all.
+// device; the host keeps only the counts per peer that size the messages.
+//
+// On the wire, every phase sends peer p's rows as one message (none when there are no rows: the
+// receiver knows that from the counts) and receives into per-peer blocks contiguous in rank
+// order, the layout an all-to-all-v gives, so the decode, and the results, are those of the
+// collective path bit for bit. A dispatch's count message to each peer is two int64: the rows it
+// will send there and its post time in steady-clock nanoseconds. This rank's own rows go through
+// the communicator like any peer's; its own count is copied.
+//
+// The registry (live_) holds a shared_ptr to each plan with an exchange started and not waited
+// for: progress() advances them, a wait removes its own, and a plan whose DispatchState was
+// destroyed or reused before its wait stays alive (buffers included) until its exchange is
+// complete (a reuse waits for it first; the destructor completes the rest).
 #include "parallel/ep_dispatch.h"
 
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/ops.h"
 
 namespace moetron {
 
-namespace {
 // The dispatch plan of one (layer, micro-batch), kept in DispatchState::plan, and its exchange
-// in flight. Device buffers on the activation device; counts on the host.
+// in flight (one at a time: a plan's phases run one after another). Device buffers on the
+// activation device; counts on the host.
 struct EpPlan {
   explicit EpPlan(Device d) : info(d), slot(d), send_token(d), send(d), recv(d) {}
   Buffer<int64_t> info;                           // [P+1] rows per peer, max nodes per token
@@ -33,19 +46,51 @@ struct EpPlan {
   int64_t rows_sent = 0, rows_received = 0;
   Buffer<uint8_t> send, recv;  // the wire: rows as they travel (grow-only, reused by each phase)
   std::vector<size_t> send_bytes, recv_bytes;
-  Request pending;  // last: destroyed (waited for) before the buffers it uses
+  // the exchange in flight
+  uint32_t seq = 0;  // the dispatch's sequence number, the same on every EP peer (tags)
+  EpPhase phase = EpPhase::Dispatch;
+  int64_t row_bytes = 0;
+  bool active = false;                       // started, not yet waited for
+  bool receiving = false;                    // the row receives are posted (counts known)
+  bool complete = false;                     // completion observed
+  int64_t posted_ns = 0;                     // steady clock, at start
+  std::vector<int64_t> count_out, count_in;  // [P][2] rows, post time (dispatch only)
+  Request counts, sends, recvs;  // last: destroyed (waited for) before the buffers they use
 };
+
+namespace {
 template <class T>
 EpPlan& plan_of(DispatchState<T>& st, Device d) {
   if (!st.plan) st.plan = std::make_shared<EpPlan>(d);
   return *static_cast<EpPlan*>(st.plan.get());
 }
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+// rows travel back along the plan (received rows return to their origins)
+bool reversed(EpPhase phase) {
+  return phase == EpPhase::Combine || phase == EpPhase::DispatchBackward;
+}
+int tag_of(uint32_t seq, int slot) {
+  return static_cast<int>(seq % EpDispatcher<float>::kTagWindow) * 5 + slot;
+}
+constexpr int kCountSlot = 0;
+int row_slot(EpPhase phase) { return 1 + static_cast<int>(phase); }
 }  // namespace
 
 template <class T>
 EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
                               WirePrecision wire)
-    : ex_(ex), ep_(ep), node_of_peer_(ex.device), wire_(wire) {
+    : ex_(ex),
+      ep_(ep),
+      own_(ep.tags_match() ? ep.split(0, ep.rank()) : nullptr),
+      net_(own_ ? *own_ : ep),
+      p2p_(own_ != nullptr),
+      node_of_peer_(ex.device),
+      node_host_(node_of_peer),
+      wire_(wire) {
   if (wire != WirePrecision::Native && !std::is_same_v<T, float>)
     throw std::invalid_argument("EpDispatcher: BF16 and FP8 wires carry float activations");
   if (static_cast<int>(node_of_peer.size()) != ep.size())
@@ -55,6 +100,17 @@ EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int>
   if (ex_.device != Device::Meta)
     kernels::copy_from_host(ex_, node_of_peer_.data(), nodes.data(),
                             sizeof(int32_t) * nodes.size());
+}
+
+template <class T>
+EpDispatcher<T>::~EpDispatcher() {
+  for (auto& pl : live_) {
+    try {
+      advance(*pl, /*block=*/true);
+    } catch (...) {  // a failed peer: nothing more to do while destroying
+    }
+    pl->active = false;  // its state may outlive this dispatcher
+  }
 }
 
 template <class T>
@@ -86,30 +142,160 @@ int64_t EpDispatcher<T>::state_bytes(WirePrecision wire, int64_t N, int64_t D, i
 }
 
 template <class T>
-void EpDispatcher<T>::exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse,
-                                     EpPhase phase) {
+EpPlan& EpDispatcher<T>::idle(DispatchState<T>& st) {
+  EpPlan& pl = plan_of(st, ex_.device);
+  if (pl.active) finish(pl);  // reused before its wait: its buffers are about to change
+  return pl;
+}
+
+template <class T>
+void EpDispatcher<T>::begin(DispatchState<T>& st, EpPhase phase) {
+  EpPlan& pl = plan_of(st, ex_.device);
+  for (const auto& q : live_)  // its tag must not be in flight (a window's worth of dispatches)
+    if (q->seq % kTagWindow == pl.seq % kTagWindow && q->phase == phase)
+      throw std::logic_error("EpDispatcher: " + std::to_string(kTagWindow) +
+                             " dispatches since one still in flight: tags would collide");
+  pl.phase = phase;
+  pl.active = true, pl.receiving = false, pl.complete = false;
+  pl.posted_ns = now_ns();
+  live_.push_back(std::static_pointer_cast<EpPlan>(st.plan));
+}
+
+template <class T>
+void EpDispatcher<T>::counts_start(EpPlan& pl) {
+  const int P = ep_.size(), me = ep_.rank();
+  pl.recv_counts.assign(P, 0);
+  if (!p2p_) {  // in-order matching only: the blocking collective
+    const auto t0 = std::chrono::steady_clock::now();
+    net_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    pl.rows_received = 0;
+    for (int p = 0; p < P; ++p) pl.rows_received += pl.recv_counts[p];
+    return;
+  }
+  pl.count_out.assign(2 * P, 0), pl.count_in.assign(2 * P, 0);
+  std::vector<P2pOp> ops;
+  const int tag = tag_of(pl.seq, kCountSlot);
+  for (int p = 0; p < P; ++p) {
+    pl.count_out[2 * p] = pl.send_counts[p], pl.count_out[2 * p + 1] = pl.posted_ns;
+    if (p == me) continue;
+    ops.push_back(P2pOp::send(&pl.count_out[2 * p], 2 * sizeof(int64_t), p, tag));
+    ops.push_back(P2pOp::recv(&pl.count_in[2 * p], 2 * sizeof(int64_t), p, tag));
+  }
+  pl.count_in[2 * me] = pl.count_out[2 * me], pl.count_in[2 * me + 1] = pl.posted_ns;
+  pl.counts = net_.batch_isend_irecv(ops);
+}
+
+template <class T>
+void EpDispatcher<T>::exchange_start(DispatchState<T>& st, int64_t row_bytes, EpPhase phase) {
   const int P = ep_.size();
   EpPlan& pl = plan_of(st, ex_.device);
-  const auto& sc = reverse ? pl.recv_counts : pl.send_counts;
-  const auto& rc = reverse ? pl.send_counts : pl.recv_counts;
-  pl.send_bytes.assign(P, 0), pl.recv_bytes.assign(P, 0);
-  int64_t rows_in = 0;
+  const auto& sc = reversed(phase) ? pl.recv_counts : pl.send_counts;
+  pl.row_bytes = row_bytes;
+  pl.send_bytes.assign(P, 0);
   for (int p = 0; p < P; ++p) {
     pl.send_bytes[p] = static_cast<size_t>(sc[p] * row_bytes);
-    pl.recv_bytes[p] = static_cast<size_t>(rc[p] * row_bytes);
-    rows_in += rc[p];
     bytes_sent_[static_cast<int>(phase)] += sc[p] * row_bytes;
   }
-  sized(pl.recv, rows_in * row_bytes);
-  pl.pending = ep_.iall_to_all_v(pl.send.data(), pl.send_bytes, pl.recv.data(), pl.recv_bytes);
+  if (p2p_) {
+    std::vector<P2pOp> ops;
+    size_t off = 0;
+    for (int p = 0; p < P; ++p) {
+      if (pl.send_bytes[p] > 0)
+        ops.push_back(P2pOp::send(pl.send.data() + off, pl.send_bytes[p], p,
+                                  tag_of(pl.seq, row_slot(phase))));
+      off += pl.send_bytes[p];
+    }
+    pl.sends = net_.batch_isend_irecv(ops);
+    if (phase == EpPhase::Dispatch) return;  // receives: once the counts are in
+  }
+  post_receives(pl);
+}
+
+template <class T>
+void EpDispatcher<T>::post_receives(EpPlan& pl) {
+  const int P = ep_.size(), me = ep_.rank();
+  if (p2p_ && pl.phase == EpPhase::Dispatch) {  // the counts are in
+    int64_t late = 0;
+    pl.rows_received = 0;
+    for (int p = 0; p < P; ++p) {
+      pl.recv_counts[p] = pl.count_in[2 * p];
+      pl.rows_received += pl.recv_counts[p];
+      if (node_host_[p] == node_host_[me])
+        late = std::max(late, pl.count_in[2 * p + 1] - pl.posted_ns);
+    }
+    skew_seconds_ += 1e-9 * static_cast<double>(late);
+  }
+  const auto& rc = reversed(pl.phase) ? pl.send_counts : pl.recv_counts;
+  pl.recv_bytes.assign(P, 0);
+  size_t total = 0;
+  for (int p = 0; p < P; ++p)
+    pl.recv_bytes[p] = static_cast<size_t>(rc[p] * pl.row_bytes), total += pl.recv_bytes[p];
+  uint8_t* recv = sized(pl.recv, static_cast<int64_t>(total));
+  pl.receiving = true;
+  if (!p2p_) {
+    pl.recvs = net_.iall_to_all_v(pl.send.data(), pl.send_bytes, recv, pl.recv_bytes);
+    return;
+  }
+  std::vector<P2pOp> ops;
+  size_t off = 0;
+  for (int p = 0; p < P; ++p) {
+    if (pl.recv_bytes[p] > 0)
+      ops.push_back(
+          P2pOp::recv(recv + off, pl.recv_bytes[p], p, tag_of(pl.seq, row_slot(pl.phase))));
+    off += pl.recv_bytes[p];
+  }
+  pl.recvs = net_.batch_isend_irecv(ops);
+}
+
+template <class T>
+bool EpDispatcher<T>::advance(EpPlan& pl, bool block) {
+  if (pl.complete) return true;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!pl.receiving) {
+    if (block)
+      pl.counts.wait();
+    else if (!pl.counts.test())
+      return false;
+    post_receives(pl);
+  }
+  if (block) {
+    pl.recvs.wait();
+    pl.sends.wait();
+    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } else if (!pl.recvs.test() || !pl.sends.test()) {
+    return false;
+  }
+  pl.complete = true;
+  inflight_seconds_ += 1e-9 * static_cast<double>(now_ns() - pl.posted_ns);
+  ++exchanges_;
+  return true;
+}
+
+template <class T>
+void EpDispatcher<T>::finish(EpPlan& pl) {
+  advance(pl, /*block=*/true);
+  pl.active = false;
+  const auto it =
+      std::find_if(live_.begin(), live_.end(), [&](const auto& q) { return q.get() == &pl; });
+  if (it != live_.end()) live_.erase(it);
+}
+
+template <class T>
+void EpDispatcher<T>::progress() {
+  for (auto& pl : live_) advance(*pl, /*block=*/false);
+}
+
+template <class T>
+bool EpDispatcher<T>::done(const DispatchState<T>& st) const {
+  const auto* pl = static_cast<const EpPlan*>(st.plan.get());
+  return pl == nullptr || !pl->active || pl->complete;
 }
 
 template <class T>
 const uint8_t* EpDispatcher<T>::exchange_wait(DispatchState<T>& st) {
   EpPlan& pl = plan_of(st, ex_.device);
-  const auto t0 = std::chrono::steady_clock::now();
-  pl.pending.wait();
-  comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (pl.active) finish(pl);
   return pl.recv.data();
 }
 
@@ -124,8 +310,8 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
                                      int64_t n_experts) {
   const int P = ep_.size();
   const int64_t El = n_experts / P;
+  EpPlan& pl = idle(st);
   st.N = N, st.K = K, st.D = D;
-  EpPlan& pl = plan_of(st, ex_.device);
   // plan: for each peer, the tokens with at least one expert there, in token order
   int64_t* info = sized(pl.info, P + 1);
   int64_t* slot = sized(pl.slot, N * P);
@@ -137,12 +323,9 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   max_nodes_ = std::max(max_nodes_, host[P]);
   pl.rows_sent = 0;
   for (int p = 0; p < P; ++p) pl.rows_sent += pl.send_counts[p];
-  pl.recv_counts.assign(P, 0);
-  const auto t0 = std::chrono::steady_clock::now();
-  ep_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
-  comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  pl.rows_received = 0;
-  for (int p = 0; p < P; ++p) pl.rows_received += pl.recv_counts[p];
+  pl.seq = next_seq_++;
+  begin(st, EpPhase::Dispatch);
+  counts_start(pl);
   // payload: each sent row's activations, then its routes on that peer
   const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
@@ -151,7 +334,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
     kernels::ep_encode_rows<T>(ex_, e, x, send_token, pl.rows_sent, D, send, W);
     kernels::ep_pack_routes<T>(ex_, idx, w, slot, N, K, P, El, send + A, W);
   }
-  exchange_start(st, W, /*reverse=*/false, EpPhase::Dispatch);
+  exchange_start(st, W, EpPhase::Dispatch);
 }
 
 template <class T>
@@ -172,12 +355,13 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
 
 template <class T>
 void EpDispatcher<T>::combine_start(DispatchState<T>& st) {
-  EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = idle(st);
   const kernels::RowEncoding e = encoding(EpPhase::Combine);
   const int64_t A = act_bytes<T>(e, st.D);
   uint8_t* send = sized(pl.send, st.R * A);
   if (st.R > 0) kernels::ep_encode_rows<T>(ex_, e, st.ry.data(), nullptr, st.R, st.D, send, A);
-  exchange_start(st, A, /*reverse=*/true, EpPhase::Combine);
+  begin(st, EpPhase::Combine);
+  exchange_start(st, A, EpPhase::Combine);
 }
 
 template <class T>
@@ -192,13 +376,14 @@ void EpDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
 
 template <class T>
 void EpDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) {
-  EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = idle(st);
   const kernels::RowEncoding e = encoding(EpPhase::CombineBackward);
   const int64_t A = act_bytes<T>(e, st.D);
   uint8_t* send = sized(pl.send, pl.rows_sent * A);
   if (pl.rows_sent > 0)
     kernels::ep_encode_rows<T>(ex_, e, dy, pl.send_token.data(), pl.rows_sent, st.D, send, A);
-  exchange_start(st, A, /*reverse=*/false, EpPhase::CombineBackward);
+  begin(st, EpPhase::CombineBackward);
+  exchange_start(st, A, EpPhase::CombineBackward);
 }
 
 template <class T>
@@ -211,7 +396,7 @@ void EpDispatcher<T>::combine_backward_wait(DispatchState<T>& st) {
 
 template <class T>
 void EpDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
-  EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = idle(st);
   const int64_t D = st.D, K = st.K;
   const kernels::RowEncoding e = encoding(EpPhase::DispatchBackward);
   const int64_t A = act_bytes<T>(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
@@ -221,7 +406,8 @@ void EpDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
     kernels::ep_encode_rows<T>(ex_, kernels::RowEncoding::Native, st.rdw.data(), nullptr, st.R, K,
                                send + A, W);
   }
-  exchange_start(st, W, /*reverse=*/true, EpPhase::DispatchBackward);
+  begin(st, EpPhase::DispatchBackward);
+  exchange_start(st, W, EpPhase::DispatchBackward);
 }
 
 template <class T>

@@ -2,13 +2,29 @@
 //
 // The routed experts of every MoE layer are split evenly over the EP ranks: rank p holds global
 // experts [p E/EP, (p+1) E/EP). Dispatch sends each token ONCE to every rank that holds one of
-// its top-k experts, with its k local expert ids (-1 for slots served elsewhere) and weights:
-// counts are exchanged first (all-to-all), then the rows (all-to-all-v). Each rank computes its
-// experts on what it received and returns, per received token, the sum of its experts' weighted
-// outputs; combine adds the returned rows into the origin tokens (a plain sum, in rank order, so
-// the result is deterministic). Backward: the gradient of combine is a dispatch of dy along the
-// same plan; the gradient of dispatch returns d x rows and per-slot d weights along the reverse.
-// Every phase has start (post the non-blocking exchange) and wait, so compute can run between.
+// its top-k experts, with its k local expert ids (-1 for slots served elsewhere) and weights.
+// Each rank computes its experts on what it received and returns, per received token, the sum of
+// its experts' weighted outputs; combine adds the returned rows into the origin tokens (a plain
+// sum, in rank order, so the result is deterministic). Backward: the gradient of combine is a
+// dispatch of dy along the same plan; the gradient of dispatch returns d x rows and per-slot d
+// weights along the reverse. Every phase has start (post the non-blocking exchange) and wait, so
+// compute can run between.
+//
+// Exchanges (DESIGN-NOTES Part B 1.4.4): per-peer non-blocking point-to-point messages on a
+// private split of the EP communicator, so several exchanges of one dispatcher can be in flight
+// at once (an overlapped executor runs one micro-batch's forward against another's backward) and
+// be started and waited in any order that is the same on every EP peer. No call blocks but a
+// wait. dispatch_start sends its per-peer row counts (with its post time) and its rows at once
+// and posts the count receives; the row receives are posted as soon as the counts are in, by
+// progress() or at the latest by dispatch_wait. The other three phases reverse or repeat the
+// dispatch's plan, so both sides' counts are known and they post everything at start. Each
+// exchange has a unique tag: the dispatch's sequence number (every peer runs the same sequence of
+// MoE calls, so it agrees everywhere) modulo a window (kTagWindow), times 5 (counts + the 4
+// phases); a start whose tag is still in flight (a plan kTagWindow dispatches old, in the same
+// phase) throws std::logic_error instead of mismatching. Communicators whose point-to-point ignores
+// tags (NCCL: Communicator::tags_match() is false; the k-th send matches the k-th receive) keep the
+// collective path: a blocking count all-to-all, then one all-to-all-v per phase, posted in
+// program order.
 //
 // Wire precision (SPEC §3.6): the token rows can travel as computed (Native: exact, what fp32
 // runs use), all in BF16, or as DeepSeek-V3 moves them (FP8): the two dispatches (forward, and
@@ -22,10 +38,17 @@
 // Device memory (ARCHITECTURE contract 8): every touch of the activations and of the wire
 // buffers is an op (the ep_* ops of kernels/ops.h) run on the model's execution context; the
 // plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
-// the host (the all-to-all's sizes). The wire buffers are on the activation device.
+// the host (the messages' sizes). The wire buffers are on the activation device.
+//
+// Timing, on std::chrono::steady_clock: seconds blocked in waits (counts and rows), seconds each
+// exchange was in flight (completion, as first seen by progress() or a wait, minus post), the
+// number of completed exchanges, and the dispatches' skew to the latest same-node peer (from the
+// post times in the count messages; CLOCK_MONOTONIC is one clock per node).
 #pragma once
 
 #include <array>
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/buffer.h"
@@ -35,6 +58,8 @@
 #include "parallel/comm.h"
 
 namespace moetron {
+
+struct EpPlan;  // one (layer, micro-batch)'s plan and exchange in flight (ep_dispatch.cpp)
 
 // How the token rows travel: the encoding of the dispatched rows (the forward dispatch and the
 // combine's backward, which sends dy) — the kernels' RowEncoding, one enum for both. The combines
@@ -51,8 +76,14 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // ex: the model's execution context (where the activations live and the ops run).
   // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement), one per EP
   // rank. BF16 and FP8 wires need T = float (std::invalid_argument otherwise).
+  // Collective over the EP group (splits a private communicator when tags_match()).
   EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
                WirePrecision wire = WirePrecision::Native);
+  // Completes (waits for) every exchange still in flight, e.g. of a DispatchState dropped before
+  // its wait: every peer must be destroying its dispatcher too, or have completed its side.
+  ~EpDispatcher() override;
+  EpDispatcher(const EpDispatcher&) = delete;
+  EpDispatcher& operator=(const EpDispatcher&) = delete;
   int64_t first_expert(int64_t n_experts) const override {
     return ep_.rank() * (n_experts / ep_.size());
   }
@@ -67,6 +98,18 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void combine_backward_wait(DispatchState<T>& st) override;
   void dispatch_backward_start(DispatchState<T>& st) override;
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
+  // Tests every exchange in flight without blocking (MPI moves rendezvous data only inside MPI
+  // calls), posts the row receives of dispatches whose counts have arrived, and notes completion
+  // times. Call it between pieces of work while exchanges are in flight.
+  void progress() override;
+  // Whether st's exchange has been seen complete (by progress() or a wait), or none was started:
+  // its wait then returns without blocking. Does not itself make progress.
+  bool done(const DispatchState<T>& st) const;
+  // Exchanges started and not yet waited for.
+  size_t in_flight() const { return live_.size(); }
+  // Dispatches get consecutive sequence numbers; tag = (seq % kTagWindow) * 5 + slot (0 counts,
+  // 1 + phase rows) stays within 32767, the least MPI_TAG_UB the standard allows.
+  static constexpr uint32_t kTagWindow = 6553;
 
   // Payload bytes this process sent so far in one phase.
   int64_t bytes_sent(EpPhase phase) const { return bytes_sent_[static_cast<int>(phase)]; }
@@ -86,13 +129,21 @@ class EpDispatcher final : public TokenDispatcher<T> {
     max_nodes_ = 0;
     return m;
   }
-  // Seconds spent blocked in the exchanges (counts and waits) since the last call; what the
-  // overlap of a later schedule must hide.
-  double take_comm_seconds() {
-    const double s = comm_seconds_;
-    comm_seconds_ = 0;
-    return s;
+  // Seconds spent blocked in waits (counts and rows) since the last call: the exposed
+  // communication, what the overlap of a schedule must hide.
+  double take_comm_seconds() { return take(comm_seconds_); }
+  // Sum over the exchanges completed since the last call of (completion - post), completion as
+  // first observed by progress() or a wait.
+  double take_inflight_seconds() { return take(inflight_seconds_); }
+  // Exchanges (any phase) completed since the last call.
+  int64_t take_exchanges() {
+    const int64_t n = exchanges_;
+    exchanges_ = 0;
+    return n;
   }
+  // Sum over the dispatches whose counts arrived since the last call of max(0, latest post time
+  // of a peer on this node - this rank's post time): how late the slowest local peer was.
+  double take_skew_seconds() { return take(skew_seconds_); }
 
  private:
   // How one row of D activations is encoded in a phase: as T, bf16, or e4m3 codes + scales.
@@ -100,15 +151,37 @@ class EpDispatcher final : public TokenDispatcher<T> {
   static kernels::RowEncoding encoding(WirePrecision wire, EpPhase phase);
   // rows of `row_bytes` bytes, already packed in the plan's send buffer: sent (grouped by peer,
   // send_counts) -> received (recv_counts), or the reverse; wait returns the received rows
-  void exchange_start(DispatchState<T>& st, int64_t row_bytes, bool reverse, EpPhase phase);
+  void exchange_start(DispatchState<T>& st, int64_t row_bytes, EpPhase phase);
   const uint8_t* exchange_wait(DispatchState<T>& st);
+  // st's plan, its previous exchange completed; mark a new exchange started and register it
+  EpPlan& idle(DispatchState<T>& st);
+  void begin(DispatchState<T>& st, EpPhase phase);
+  // the count exchange of a dispatch (after its plan is built)
+  void counts_start(EpPlan& pl);
+  // one exchange's life: post the row receives once the counts are known; advance it (block:
+  // until complete); complete a plan's exchange and drop it from the registry
+  void post_receives(EpPlan& pl);
+  bool advance(EpPlan& pl, bool block);
+  void finish(EpPlan& pl);
+  static double take(double& v) {
+    const double s = v;
+    v = 0;
+    return s;
+  }
   Exec ex_;
   Communicator& ep_;
-  Buffer<int32_t> node_of_peer_;  // [P] on ex_.device
+  std::unique_ptr<Communicator> own_;  // the private split (tags_match()), else null
+  Communicator& net_;                  // what the exchanges use: *own_, or ep_
+  bool p2p_;                           // per-peer messages with tags (else collectives)
+  Buffer<int32_t> node_of_peer_;       // [P] on ex_.device
+  std::vector<int> node_host_;         // [P] the same, on the host
   WirePrecision wire_;
+  uint32_t next_seq_ = 0;                      // the next dispatch's sequence number
+  std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited
   int64_t max_nodes_ = 0;
   std::array<int64_t, 4> bytes_sent_{};
-  double comm_seconds_ = 0;
+  double comm_seconds_ = 0, inflight_seconds_ = 0, skew_seconds_ = 0;
+  int64_t exchanges_ = 0;
 };
 
 }  // namespace moetron

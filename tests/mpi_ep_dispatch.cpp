@@ -4,10 +4,20 @@
 // rows it receives and what each holds after the wire's encoding — as sent (Native), rounded to
 // bf16, or E4M3 with a power-of-two scale per 128 channels (FP8 dispatches, BF16 combines).
 // Also the bytes each phase moves: FP8 dispatch rows cost (1 + 4/128) / 2 of BF16's.
+// The exchanges are point-to-point and never block the other stream: dispatch_start returns
+// before any peer has started its own; several exchanges of one dispatcher in flight at once,
+// started and waited in interleaved orders (as an overlapped forward/backward pair does), give
+// the bits of one-at-a-time; progress() alone completes them; the in-order (collective) path that
+// NCCL-like communicators take gives the same bits too.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
@@ -180,4 +190,314 @@ TEST(ep_dispatch, Fp8RowIsAboutHalfABf16Row) {
     bytes[j++] = d.bytes_sent(EpPhase::Dispatch) - 4 * 2 * Kw * 4;  // less ids and weights
   }
   EXPECT_EQ(static_cast<double>(bytes[1]) / static_cast<double>(bytes[0]), (1 + 4.0 / 128) / 2);
+}
+
+namespace {
+
+// The rows rank `me` should receive from a dispatch: per peer, that peer's tokens with an expert
+// here, in token order.
+std::vector<std::pair<int, int64_t>> expected_rows(const std::vector<Tokens>& all, int me,
+                                                   int64_t El) {
+  std::vector<std::pair<int, int64_t>> from;
+  for (int p = 0; p < static_cast<int>(all.size()); ++p)
+    for (int64_t n = 0; n < N; ++n)
+      if (all[p].idx[n * K] / El == me || all[p].idx[n * K + 1] / El == me) from.push_back({p, n});
+  return from;
+}
+
+void expect_native_rows(const DispatchState<float>& st, const std::vector<Tokens>& all, int me,
+                        int64_t El) {
+  const auto from = expected_rows(all, me, El);
+  ASSERT_EQ(st.R, static_cast<int64_t>(from.size()));
+  for (int64_t i = 0; i < st.R; ++i)
+    ASSERT_EQ(std::memcmp(st.rx.data() + i * D, all[from[i].first].x.data() + from[i].second * D,
+                          sizeof(float) * D),
+              0)
+        << "row " << i;
+}
+
+// One micro-batch through every phase: its tokens, its state, and everything it produced.
+struct MicroBatch {
+  Tokens t;
+  DispatchState<float> st;
+  std::vector<float> rx, rw, ry, y, rdy, dx, dw;
+  std::vector<int32_t> ridx;
+};
+
+std::vector<float> copy_of(const Buffer<float>& b, int64_t n) {
+  return std::vector<float>(b.data(), b.data() + n);
+}
+
+// The local "experts": forward returns rx * (me + 1) + w-sum, backward a function of rdy and ids.
+void experts_forward(MicroBatch& m, int me) {
+  DispatchState<float>& st = m.st;
+  m.rx = copy_of(st.rx, st.R * D), m.rw = copy_of(st.rw, st.R * K);
+  m.ridx.assign(st.ridx.data(), st.ridx.data() + st.R * K);
+  sized(st.ry, st.R * D);
+  for (int64_t i = 0; i < st.R * D; ++i)
+    st.ry.data()[i] = st.rx.data()[i] * static_cast<float>(me + 1) + st.rw.data()[i / D * K];
+  m.ry = copy_of(st.ry, st.R * D);
+}
+void experts_backward(MicroBatch& m, int me) {
+  DispatchState<float>& st = m.st;
+  m.rdy = copy_of(st.rdy, st.R * D);
+  sized(st.rdx, st.R * D), sized(st.rdw, st.R * K);
+  for (int64_t i = 0; i < st.R * D; ++i) st.rdx.data()[i] = st.rdy.data()[i] * 0.5f - 0.25f;
+  for (int64_t i = 0; i < st.R * K; ++i)
+    st.rdw.data()[i] = st.ridx.data()[i] >= 0 ? st.rdy.data()[i / K * D + i % K] + me : 0.f;
+}
+
+MicroBatch micro_batch(int me, int m, int64_t E) {
+  MicroBatch b;
+  b.t = tokens_of(me + 100 * m, E);
+  b.y.assign(N * D, 0.f), b.dx.assign(N * D, 0.f), b.dw.assign(N * K, -7.f);
+  return b;
+}
+
+void start_dispatch(EpDispatcher<float>& d, MicroBatch& m, int64_t E) {
+  d.dispatch_start(m.st, m.t.x.data(), m.t.idx.data(), m.t.w.data(), N, K, D, E);
+}
+
+// Every phase of each micro-batch, one exchange at a time.
+std::vector<MicroBatch> one_at_a_time(Communicator& ep, WirePrecision prec, int n_mb) {
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), prec);
+  std::vector<MicroBatch> mb;
+  for (int m = 0; m < n_mb; ++m) mb.push_back(micro_batch(me, m, E));
+  for (MicroBatch& b : mb) {
+    start_dispatch(d, b, E);
+    d.dispatch_wait(b.st);
+    experts_forward(b, me);
+    d.combine_start(b.st);
+    d.combine_wait(b.st, b.y.data());
+    d.combine_backward_start(b.st, b.t.dy.data());
+    d.combine_backward_wait(b.st);
+    experts_backward(b, me);
+    d.dispatch_backward_start(b.st);
+    d.dispatch_backward_wait(b.st, b.dx.data(), b.dw.data());
+  }
+  return mb;
+}
+
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const char* what,
+                      int m) {
+  ASSERT_EQ(a.size(), b.size()) << what << " of micro-batch " << m;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()), 0)
+      << what << " of micro-batch " << m;
+}
+void expect_same(const std::vector<MicroBatch>& a, const std::vector<MicroBatch>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t m = 0; m < a.size(); ++m) {
+    const int i = static_cast<int>(m);
+    expect_same_bits(a[m].rx, b[m].rx, "rx", i), expect_same_bits(a[m].rw, b[m].rw, "rw", i);
+    expect_same_bits(a[m].y, b[m].y, "y", i), expect_same_bits(a[m].rdy, b[m].rdy, "rdy", i);
+    expect_same_bits(a[m].dx, b[m].dx, "dx", i), expect_same_bits(a[m].dw, b[m].dw, "dw", i);
+    EXPECT_EQ(a[m].ridx, b[m].ridx) << "ridx of micro-batch " << i;
+  }
+}
+
+// B's forward runs first; then B's backward is paired with A's and C's forwards the way an
+// overlapped F&B pair posts them (DESIGN-NOTES Part B 1.4.3), up to three exchanges in flight,
+// waited in another order than started; then A's and C's backwards, also crossed.
+std::vector<MicroBatch> interleaved(Communicator& ep, WirePrecision prec) {
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), prec);
+  std::vector<MicroBatch> mb;
+  for (int m = 0; m < 3; ++m) mb.push_back(micro_batch(me, m, E));
+  MicroBatch &A = mb[0], &B = mb[1], &C = mb[2];
+  start_dispatch(d, B, E);
+  d.dispatch_wait(B.st);
+  experts_forward(B, me);
+  d.combine_start(B.st);
+  d.combine_wait(B.st, B.y.data());
+  d.combine_backward_start(B.st, B.t.dy.data());  // AttnF(A) || combine-bwd(B)
+  d.progress();
+  start_dispatch(d, A, E);  // MlpB(B) || dispatch(A)
+  d.progress();
+  d.combine_backward_wait(B.st);
+  experts_backward(B, me);
+  d.dispatch_backward_start(B.st);  // MlpF(A) || dispatch-bwd(B)
+  start_dispatch(d, C, E);          // a third exchange in flight
+  EXPECT_EQ(d.in_flight(), 3u);
+  d.progress();
+  d.dispatch_wait(A.st);
+  experts_forward(A, me);
+  d.combine_start(A.st);  // AttnB(B) || combine(A)
+  d.progress();
+  d.dispatch_backward_wait(B.st, B.dx.data(), B.dw.data());
+  d.dispatch_wait(C.st);
+  experts_forward(C, me);
+  d.combine_start(C.st);
+  d.combine_wait(A.st, A.y.data());
+  d.combine_wait(C.st, C.y.data());
+  d.combine_backward_start(A.st, A.t.dy.data());
+  d.combine_backward_start(C.st, C.t.dy.data());
+  d.progress();
+  d.combine_backward_wait(C.st);
+  d.combine_backward_wait(A.st);
+  experts_backward(A, me), experts_backward(C, me);
+  d.dispatch_backward_start(C.st);
+  d.dispatch_backward_start(A.st);
+  d.dispatch_backward_wait(A.st, A.dx.data(), A.dw.data());
+  d.dispatch_backward_wait(C.st, C.dx.data(), C.dw.data());
+  EXPECT_EQ(d.in_flight(), 0u);
+  return mb;
+}
+
+// Forwards everything to another communicator but says its messages match in order only (as
+// NCCL's do), so the dispatcher takes its collective path.
+class InOrder final : public Communicator {
+ public:
+  explicit InOrder(Communicator& c) : c_(c) {}
+  int rank() const override { return c_.rank(); }
+  int size() const override { return c_.size(); }
+  bool tags_match() const override { return false; }
+  void send(const void* b, size_t n, int p, int t) override { c_.send(b, n, p, t); }
+  void recv(void* b, size_t n, int p, int t) override { c_.recv(b, n, p, t); }
+  Request isend(const void* b, size_t n, int p, int t) override { return c_.isend(b, n, p, t); }
+  Request irecv(void* b, size_t n, int p, int t) override { return c_.irecv(b, n, p, t); }
+  using Communicator::all_gather;
+  using Communicator::all_reduce;
+  using Communicator::batch_isend_irecv;
+  using Communicator::reduce_scatter;
+  Request batch_isend_irecv(const P2pOp* o, size_t n) override {
+    return c_.batch_isend_irecv(o, n);
+  }
+  void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
+    c_.all_reduce(d, n, t, op);
+  }
+  void reduce_scatter(const void* i, void* o, size_t n, CommDType t, ReduceOp op) override {
+    c_.reduce_scatter(i, o, n, t, op);
+  }
+  void all_gather(const void* i, void* o, size_t n, CommDType t) override {
+    c_.all_gather(i, o, n, t);
+  }
+  void all_to_all(const int64_t* i, int64_t* o, size_t n) override { c_.all_to_all(i, o, n); }
+  Request iall_to_all_v(const void* s, const std::vector<size_t>& sb, void* r,
+                        const std::vector<size_t>& rb) override {
+    return c_.iall_to_all_v(s, sb, r, rb);
+  }
+  void barrier() override { c_.barrier(); }
+  std::unique_ptr<Communicator> split(int color, int key) override { return c_.split(color, key); }
+
+ private:
+  Communicator& c_;
+};
+
+}  // namespace
+
+// With a blocking count exchange, rank 0 would wait in dispatch_start for rank 1, which waits
+// for rank 0's "go" first: a deadlock, here a failure after a timeout (rank 1 then starts anyway).
+TEST(ep_dispatch, DispatchStartNeverBlocksOnAPeer) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  std::vector<Tokens> all;
+  for (int p = 0; p < P; ++p) all.push_back(tokens_of(p, E));
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
+  DispatchState<float> st;
+  constexpr int kGoTag = 4242;
+  char go = 1, got = 0;
+  auto dispatch = [&] {
+    d.dispatch_start(st, all[me].x.data(), all[me].idx.data(), all[me].w.data(), N, K, D, E);
+  };
+  if (me == 0) {
+    dispatch();
+    Request sent = ep.isend(&go, 1, 1, kGoTag);
+    d.dispatch_wait(st);
+    sent.wait();
+  } else if (me == 1) {
+    Request r = ep.irecv(&got, 1, 0, kGoTag);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!r.test() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_EQ(got, 1) << "rank 0's dispatch_start blocked until rank 1 started its dispatch";
+    dispatch();
+    d.dispatch_wait(st);
+    r.wait();
+  } else {
+    dispatch();
+    d.dispatch_wait(st);
+  }
+  expect_native_rows(st, all, me, 4);
+}
+
+TEST(ep_dispatch, InterleavedExchangesGiveTheBitsOfOneAtATime) {
+  for (WirePrecision prec : {WirePrecision::Native, WirePrecision::FP8}) {
+    const std::vector<MicroBatch> ref = one_at_a_time(world(), prec, 3);
+    expect_same(interleaved(world(), prec), ref);
+  }
+}
+
+TEST(ep_dispatch, InOrderCommunicatorsTakeTheCollectivePathWithTheSameBits) {
+  InOrder in_order(world());
+  for (WirePrecision prec : {WirePrecision::Native, WirePrecision::FP8})
+    expect_same(one_at_a_time(in_order, prec, 2), one_at_a_time(world(), prec, 2));
+}
+
+// progress() alone completes a dispatch (it posts the row receives when the counts arrive):
+// nothing blocks before the wait, and the wait finds the rows there. Then the counters.
+TEST(ep_dispatch, ProgressCompletesExchangesAndTheyAreTimed) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  std::vector<Tokens> all;
+  for (int p = 0; p < P; ++p) all.push_back(tokens_of(p, E));
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
+  DispatchState<float> st;
+  EXPECT_TRUE(d.done(st));  // nothing started
+  d.dispatch_start(st, all[me].x.data(), all[me].idx.data(), all[me].w.data(), N, K, D, E);
+  EXPECT_EQ(d.in_flight(), 1u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!d.done(st) && std::chrono::steady_clock::now() < deadline) d.progress();
+  EXPECT_TRUE(d.done(st)) << "progress() did not complete the dispatch";
+  EXPECT_EQ(d.take_comm_seconds(), 0.0);  // nothing has blocked yet
+  EXPECT_EQ(d.take_exchanges(), 1);       // progress() saw it complete
+  d.dispatch_wait(st);
+  EXPECT_EQ(d.in_flight(), 0u);
+  expect_native_rows(st, all, me, 4);
+  EXPECT_EQ(d.take_exchanges(), 0);  // counted once
+  std::fill_n(sized(st.ry, st.R * D), st.R * D, 1.f);
+  std::vector<float> y(N * D, 0.f), dx(N * D, 0.f), dw(N * K, 0.f);
+  d.combine_start(st);
+  d.combine_wait(st, y.data());
+  d.combine_backward_start(st, all[me].dy.data());
+  d.combine_backward_wait(st);
+  std::fill_n(sized(st.rdx, st.R * D), st.R * D, 1.f);
+  std::fill_n(sized(st.rdw, st.R * K), st.R * K, 1.f);
+  d.dispatch_backward_start(st);
+  d.dispatch_backward_wait(st, dx.data(), dw.data());
+  EXPECT_EQ(d.take_exchanges(), 3);
+  const double comm = d.take_comm_seconds(), inflight = d.take_inflight_seconds();
+  EXPECT_GE(comm, 0.0);
+  EXPECT_GT(inflight, 0.0);
+  EXPECT_GE(d.take_skew_seconds(), 0.0);
+  EXPECT_EQ(d.take_inflight_seconds(), 0.0);  // taken
+  EXPECT_EQ(d.take_comm_seconds(), 0.0);
+}
+
+// A state reused before its wait completes its exchange first; one dropped before its wait stays
+// alive in the dispatcher, which completes it (here: in its destructor).
+TEST(ep_dispatch, ReusedAndDroppedStatesAreSafe) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  std::vector<Tokens> all;
+  for (int p = 0; p < P; ++p) all.push_back(tokens_of(p, E));
+  const Tokens& t = all[me];
+  auto d = std::make_unique<EpDispatcher<float>>(Exec{}, ep, std::vector<int>(P, 0));
+  DispatchState<float> st;
+  d->dispatch_start(st, t.x.data(), t.idx.data(), t.w.data(), N, K, D, E);
+  {
+    DispatchState<float> dropped;
+    d->dispatch_start(dropped, t.x.data(), t.idx.data(), t.w.data(), N, K, D, E);
+  }
+  d->dispatch_start(st, t.x.data(), t.idx.data(), t.w.data(), N, K, D, E);  // reused
+  EXPECT_EQ(d->in_flight(), 2u);  // st's second dispatch and the dropped one
+  d->dispatch_wait(st);
+  expect_native_rows(st, all, me, 4);
+  d->progress();
+  d.reset();
 }
