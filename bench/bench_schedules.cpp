@@ -14,8 +14,13 @@
 //   peak       activations in flight, max over ranks, in chunks (= the validated bound)
 //   act        peak activation memory per device relative to 1F1B's rank 0 (PP chunks of L/PP)
 // Usage: bench_schedules          (markdown table on stdout)
+//        bench_schedules PP C F B W FB
+//                                  one layout under given op costs (e.g. measured ones, in
+//                                  seconds: metrics.jsonl's op means): makespan, bubble and idle
+//                                  fraction of each schedule, DualPipeV's chunk costs halved
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -34,7 +39,30 @@ double formula(const std::string& kind, int pp, const Costs& c) {
 
 }  // namespace
 
-int main() {
+// One layout, measured costs: each schedule's replay.
+int one_layout(int pp, int C, const Costs& measured) {
+  std::printf("| schedule | PP | micro-batches | makespan | bubble | idle frac |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (const std::string kind : {"1f1b", "zb1p", "dualpipe", "dualpipev"}) {
+    const double scale = kind == "dualpipev" ? 0.5 : 1.0;
+    const Costs c{measured.F * scale, measured.B * scale, measured.W * scale, measured.FB * scale,
+                  0};
+    const SimResult r = simulate(make_schedule(kind, pp, C), c);
+    std::printf("| %s | %d | %d | %.3f | %.3f | %.3f |\n", kind.c_str(), pp, C, r.makespan,
+                r.bubble, r.bubble_fraction);
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc == 7)
+    return one_layout(
+        std::atoi(argv[1]), std::atoi(argv[2]),
+        Costs{std::atof(argv[3]), std::atof(argv[4]), std::atof(argv[5]), std::atof(argv[6]), 0});
+  if (argc != 1) {
+    std::fprintf(stderr, "usage: bench_schedules [PP C F B W FB]\n");
+    return 2;
+  }
   std::printf(
       "| schedule | PP | micro-batches | F&B | bubble | formula | frac | strict | peak | act |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");

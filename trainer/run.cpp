@@ -285,8 +285,9 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   const int64_t M_max = cfg.data.global_batch_size / (r->B * r->grid.dp);
   ExecOptions eo;
   eo.interleave = cfg.parallel.overlap == PairOverlap::Interleave;
-  if (r->ep) {
+  if (r->ep) {  // the EP exchanges progress between pieces; the executor splits their waits
     Run* run = r.get();
+    eo.progress = [run] { run->ep->progress(); };
     eo.ep_blocked = [run] { return run->ep_blocked += run->ep->take_comm_seconds(); };
   }
   std::vector<const Model<float>*> chunks;

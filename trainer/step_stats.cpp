@@ -45,12 +45,16 @@ void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,
   const double mine[] = {st.compute,
                          st.ep_wait_pair,
                          st.ep_wait_single,
-                         0.0,  // (the EP dispatcher's in-flight accounting: next commit)
+                         ep ? ep->take_inflight_seconds() : 0.0,
                          st.pp_idle,
                          predicted_bubble(pipeline.schedule(), st, pipeline.rank()),
                          dp_comm,
                          secs(t_pipe_, t_opt_) - dp_comm,
-                         pipe - in_ops + secs(t_opt_, now)};
+                         pipe - in_ops + secs(t_opt_, now),
+                         st.cost_F,
+                         st.cost_B > 0 ? st.cost_B : st.cost_Bi + st.cost_W,
+                         st.cost_W,
+                         st.cost_FB};
   const size_t F = std::size(kBreakdownFields), W = static_cast<size_t>(world.size());
   std::vector<double> all(F * W, 0.0);
   for (size_t f = 0; f < F; ++f) all[f * W + static_cast<size_t>(world.rank())] = mine[f];

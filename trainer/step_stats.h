@@ -15,7 +15,9 @@
 //   dp_comm_s          ZeRO-1 reduce-scatter and all-gather
 //   optimizer_s        the optimizer step less dp_comm_s (norm, AdamW, the tied embedding)
 //   other_s            the rest of the step (data, loads, bias update, bookkeeping)
-// All but ep_inflight_s and bubble_pred_s add up to the step.
+// All but ep_inflight_s and bubble_pred_s add up to the step. And this rank's mean op costs
+// (what bubble_pred_s replays): op_F_s, op_B_s (a full backward, or input + weight parts),
+// op_W_s, op_FB_s (an overlapped pair; 0 where none ran).
 #pragma once
 
 #include <chrono>
@@ -63,7 +65,8 @@ class StepClock {
   // [field][world]: the fields above, in kBreakdownFields' order
   static constexpr const char* kBreakdownFields[] = {
       "compute_s",     "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
-      "bubble_pred_s", "dp_comm_s",      "optimizer_s",      "other_s"};
+      "bubble_pred_s", "dp_comm_s",      "optimizer_s",      "other_s",       "op_F_s",
+      "op_B_s",        "op_W_s",         "op_FB_s"};
   std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
 

@@ -118,7 +118,10 @@ double validation_loss(Run& r) {
   }
   r.pipeline->set_schedule(std::move(train_schedule));
   r.world->all_reduce(&lm, 1);
-  if (r.ep) r.ep->take_max_nodes_per_token();  // evaluation's routing is not the step's
+  if (r.ep) {  // evaluation's routing and exchanges are not the step's
+    r.ep->take_max_nodes_per_token();
+    r.ep->take_inflight_seconds(), r.ep->take_skew_seconds(), r.ep->take_exchanges();
+  }
   return lm / static_cast<double>(Me * r.grid.dp * r.eval_batches);
 }
 
