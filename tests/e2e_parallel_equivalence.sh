@@ -101,6 +101,17 @@ same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in
 print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}: losses, grad norms and parameters "
       f"{'bitwise equal' if same else 'DIFFER'}")
 passed += same; failed += not same
+# where the step went, per rank: the breakdown's additive fields sum to the step time (5%)
+ADD = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "pp_idle_s", "dp_comm_s",
+       "optimizer_s", "other_s"]
+for name in ["pp2ep2dp2_dualpipe", "pp2ep2dp2_zb1p"]:
+    worst = max(abs(sum(r[f][k] for f in ADD) - r["step_seconds"]) / r["step_seconds"]
+                for r in metrics(name)[1:] for k in range(len(r["compute_s"])))
+    pair = sum(sum(r["ep_wait_pair_s"]) for r in metrics(name))
+    ok = worst < 0.05 and (pair > 0) == ("dualpipe" in name)
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: per-rank fields add up to the step within "
+          f"{worst:.1%}; EP wait inside pairs {pair:.3f} s")
+    passed += ok; failed += not ok
 print(f"e2e_parallel_equivalence: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

@@ -36,6 +36,8 @@ void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,
                        EpDispatcher<float>* ep, Optimizer& opt) {
   const ExecStats& st = pipeline.stats();
   const double dp_comm = opt.take_comm_seconds();
+  // the step ends when the slowest rank is done: the wait for it is this rank's (in other_s)
+  world.barrier();
   const auto now = Clock::now();
   auto secs = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();

@@ -14,7 +14,8 @@
 //                      schedule itself costs; pp_idle_s beyond it is latency or imbalance
 //   dp_comm_s          ZeRO-1 reduce-scatter and all-gather
 //   optimizer_s        the optimizer step less dp_comm_s (norm, AdamW, the tied embedding)
-//   other_s            the rest of the step (data, loads, bias update, bookkeeping)
+//   other_s            the rest of the step (data, loads, bias update, bookkeeping, and the
+//                      wait for the slowest rank at the step's end)
 // All but ep_inflight_s and bubble_pred_s add up to the step. And this rank's mean op costs
 // (what bubble_pred_s replays): op_F_s, op_B_s (a full backward, or input + weight parts),
 // op_W_s, op_FB_s (an overlapped pair; 0 where none ran).
