@@ -329,10 +329,17 @@ void publish(const std::string& tmp, const std::string& final_dir) {
 }
 
 // Keeps the newest `keep` complete checkpoints of run_dir (a step_N.old standing in for step_N
-// counts as one; a replaced one goes).
+// counts as one; a replaced one goes), and removes every step_N.tmp: saves run one at a time and
+// this one is published, so any other is left by a save that crashed.
 void prune(const std::string& run_dir, int64_t keep) {
   std::vector<fs::path> stale;
   std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir + "/checkpoints", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 &&
+        step_of(name.substr(0, name.size() - 4)) >= 0)
+      stale.push_back(e.path());
+  }
   auto done = checkpoint_dirs(run_dir + "/checkpoints", &stale, ec);
   if (ec) throw CheckpointError(run_dir + "/checkpoints: cannot list (" + ec.message() + ")");
   std::erase_if(done, [](const auto& d) { return !fs::exists(d.second / "manifest.yaml"); });
