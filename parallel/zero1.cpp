@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <unordered_map>
@@ -214,6 +215,15 @@ double Zero1::owned_grad_sq() const {
   double s = 0;
   for (double v : part) s += v;
   return s;
+}
+
+bool Zero1::local_grads_finite() const {
+  const float* g = grad_arena_.data<float>();
+  const int64_t n = grad_arena_.numel();
+  int64_t bad = 0;
+#pragma omp parallel for reduction(+ : bad)
+  for (int64_t i = 0; i < n; ++i) bad += std::isfinite(g[i]) ? 0 : 1;
+  return bad == 0;
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {

@@ -60,6 +60,9 @@ class Zero1 {
   void reduce_scatter_grads();
   // Sum of squares of the owned, reduced gradients (parameters marked `replica` excluded).
   double owned_grad_sq() const;
+  // Whether this rank's own gradients (the gradient arena, which the reduce-scatter reads and
+  // leaves as it was) are all finite.
+  bool local_grads_finite() const;
   // AdamW on the owned elements with gradients multiplied by grad_scale (the clip factor), then
   // all-gather the updated parameters. (With G = 1 the gradients are scaled in place.)
   void step(double lr, double grad_scale, int64_t step_number);

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "data/token_file.h"
+#include "trainer/fault_inject.h"
 #include "trainer/h5io.h"
 
 namespace moetron {
@@ -39,6 +40,36 @@ int64_t step_of(const std::string& name) {
       name.find_first_not_of("0123456789", 5) != std::string::npos)
     return -1;
   return std::stoll(name.substr(5));
+}
+
+// The step of "step_<N>.old": a complete checkpoint that publish() moved aside to put a new save
+// of the same step in its place (-1 for any other name). One is left only by a crash between
+// publish()'s two renames; while step_<N> is missing it is step N's checkpoint.
+int64_t old_step_of(const std::string& name) {
+  const std::string suffix = ".old";
+  if (name.size() <= suffix.size() || name.compare(name.size() - 4, 4, suffix) != 0) return -1;
+  return step_of(name.substr(0, name.size() - suffix.size()));
+}
+
+// The checkpoints of <run_dir>/checkpoints, each (step, path): every step_<N>, and a step_<N>.old
+// whose step_<N> is missing (see old_step_of). stale: .old directories that a step_<N> replaced.
+std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const std::string& root,
+                                                          std::vector<fs::path>* stale,
+                                                          std::error_code& ec) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (const int64_t step = step_of(name); step >= 0) {
+      out.emplace_back(step, e.path());
+    } else if (const int64_t old = old_step_of(name); old >= 0) {
+      std::error_code ec2;
+      if (!fs::exists(e.path().parent_path() / ("step_" + std::to_string(old)), ec2))
+        out.emplace_back(old, e.path());
+      else if (stale)
+        stale->push_back(e.path());
+    }
+  }
+  return out;
 }
 
 // The links of an HDF5 group; errors name `where`.
@@ -283,26 +314,38 @@ void write_manifest(const std::string& tmp, const Config& cfg, const TrainState&
   fs::rename(tmp + "/manifest.yaml.tmp", tmp + "/manifest.yaml");
 }
 
-// tmp becomes final_dir (a re-save of the same step: swap, then drop the old one).
+// tmp becomes final_dir (a re-save of the same step: move the old one aside as step_N.old, swap,
+// then drop it). A crash between the two renames leaves step_N.old, which --resume auto uses
+// while step_N is missing (checkpoint_dirs); a step_N.old left over from such a crash is
+// removed once a new step_N is in place.
 void publish(const std::string& tmp, const std::string& final_dir) {
+  const std::string old = final_dir + ".old";
   if (fs::exists(final_dir)) {
-    fs::rename(final_dir, final_dir + ".old");
-    fs::rename(tmp, final_dir);
-    fs::remove_all(final_dir + ".old");
-  } else {
-    fs::rename(tmp, final_dir);
+    fs::remove_all(old);  // a left-over one: final_dir replaced it
+    fs::rename(final_dir, old);
   }
+  fs::rename(tmp, final_dir);
+  fs::remove_all(old);
 }
 
-// Keeps the newest `keep` complete checkpoints of run_dir.
+// Keeps the newest `keep` complete checkpoints of run_dir (a step_N.old standing in for step_N
+// counts as one; a replaced one goes), and removes every step_N.tmp: saves run one at a time and
+// this one is published, so any other is left by a save that crashed.
 void prune(const std::string& run_dir, int64_t keep) {
-  std::vector<std::pair<int64_t, fs::path>> done;
-  for (const auto& e : fs::directory_iterator(run_dir + "/checkpoints")) {
-    const int64_t step = step_of(e.path().filename().string());
-    if (step >= 0 && fs::exists(e.path() / "manifest.yaml")) done.emplace_back(step, e.path());
+  std::vector<fs::path> stale;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir + "/checkpoints", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 &&
+        step_of(name.substr(0, name.size() - 4)) >= 0)
+      stale.push_back(e.path());
   }
+  auto done = checkpoint_dirs(run_dir + "/checkpoints", &stale, ec);
+  if (ec) throw CheckpointError(run_dir + "/checkpoints: cannot list (" + ec.message() + ")");
+  std::erase_if(done, [](const auto& d) { return !fs::exists(d.second / "manifest.yaml"); });
   std::sort(done.rbegin(), done.rend());
   for (size_t i = static_cast<size_t>(keep); i < done.size(); ++i) fs::remove_all(done[i].second);
+  for (const fs::path& p : stale) fs::remove_all(p);
 }
 
 }  // namespace
@@ -314,6 +357,7 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
                             const std::string& tokenizer, Communicator& world) {
   const std::string final_dir = step_dir(cfg.run.dir, st.step), tmp = final_dir + ".tmp";
   const int rank = world.rank(), n = world.size();
+  static const std::optional<SlowSave> slow = slow_save_from_env();
   int64_t ok = 1;
   std::string err;
   auto all_ok = [&] {  // true on every rank iff true on every rank
@@ -337,6 +381,8 @@ std::string save_checkpoint(const Config& cfg, const TrainState& st, const Snaps
   all_ok();
   if (!ok) throw CheckpointError(err.empty() ? tmp + ": rank 0 could not create it" : err);
   attempt([&] { write_shard(tmp + "/rank_" + std::to_string(rank) + ".h5", snap, st.step); });
+  if (slow && slow->step == st.step)  // tests: a save held in flight (trainer/fault_inject.h)
+    std::this_thread::sleep_for(std::chrono::duration<double>(slow->seconds));
   all_ok();
   if (ok && rank == 0)
     attempt([&] {
@@ -365,10 +411,8 @@ std::vector<std::pair<std::string, std::string>> scan_checkpoints(const std::str
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return {};
   std::vector<std::pair<int64_t, std::string>> cands;
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    const int64_t step = step_of(e.path().filename().string());
-    if (step >= 0) cands.emplace_back(step, e.path().string());
-  }
+  for (const auto& [step, path] : checkpoint_dirs(root, nullptr, ec))
+    cands.emplace_back(step, path.string());
   if (ec) throw CheckpointError(root + ": cannot list (" + ec.message() + ")");
   std::sort(cands.rbegin(), cands.rend());
   std::vector<std::pair<std::string, std::string>> out;

@@ -12,7 +12,9 @@
 //   /params/<name>#<offset>        1-D fp32, attribute "shape": the whole tensor's shape
 //   /moments/<name>#<offset>#m|v   1-D fp32
 // Written into step_<N>.tmp/ and renamed once the manifest is in place: a directory without a
-// manifest, or still named .tmp, is never loaded. The newest `keep` complete ones are kept.
+// manifest, or still named .tmp, is never loaded. The newest `keep` complete ones are kept. A
+// re-save of a step moves the old step_<N> aside as step_<N>.old first; a crash between the two
+// renames leaves step_<N>.old, which stands in for step_<N> while that is missing.
 // Loading reassembles every tensor from its pieces, so a checkpoint loads on any layout (DP, EP or
 // PP changed); pieces that are missing or overlap are an error naming the file and tensor.
 // Format v1 checkpoints (every rank wrote the whole tensors it held, /params/<name>) still load:

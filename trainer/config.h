@@ -147,8 +147,11 @@ struct RunConfig {
   std::string save_params;
   int64_t save_interval = 0;     // checkpoint every N steps (and at the end); 0 = never
   int64_t keep_checkpoints = 3;  // complete checkpoints kept in <dir>/checkpoints
-  int64_t eval_interval = 0;     // validation loss every N steps (and at the end); 0 = never
-  int64_t eval_batches = 0;      // global batches per evaluation; 0 = the whole validation set
+  // A step whose loss or gradient norm is NaN/Inf on any rank is skipped (no update of weights,
+  // moments or expert bias; logged); this many in a row stop the run with an error. 0 = never stop.
+  int64_t max_bad_steps = 5;
+  int64_t eval_interval = 0;  // validation loss every N steps (and at the end); 0 = never
+  int64_t eval_batches = 0;   // global batches per evaluation; 0 = the whole validation set
   // A text sample every N steps (and at the end; 0 = never): the main model continues
   // sample_prompt ("" = the start of a document) greedily for sample_tokens tokens, printed and
   // appended to <dir>/samples.txt (trainer/generate.h).

@@ -224,6 +224,8 @@ int main(int argc, char** argv) {
     return fail(e.what());
   } catch (const moetron::CheckpointError& e) {
     return fail(e.what());
+  } catch (const moetron::TrainingHalted& e) {
+    return fail(e.what());
   } catch (const std::exception& e) {
     // not a deterministic input error: other ranks may be waiting in a collective
     if (world_size() > 1) moetron::abort_all(e.what());

@@ -41,7 +41,12 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"tokens_per_s_per_device\":" << num(m.tokens_per_s_per_device())
        << ",\"model_tflops_per_device\":" << num(m.model_tflops_per_device())
        << ",\"device_hours_per_1e12_tokens\":" << num(m.device_hours_per_1e12_tokens())
-       << ",\"eta_seconds\":" << num(m.eta_seconds);
+       << ",\"eta_seconds\":" << num(m.eta_seconds) << ",\"bad_steps\":" << m.bad_steps;
+  if (m.skipped) {
+    out_ << ",\"skipped\":true,\"bad_ranks\":[";
+    for (size_t i = 0; i < m.bad_ranks.size(); ++i) out_ << (i ? "," : "") << m.bad_ranks[i];
+    out_ << "]";
+  }
   if (!std::isnan(m.valid_loss)) out_ << ",\"valid_loss\":" << num(m.valid_loss);
   if (m.peak_bf16_tflops > 0) out_ << ",\"mfu\":" << num(m.mfu(m.peak_bf16_tflops));
   if (m.peak_fp8_tflops > 0) out_ << ",\"mfu_fp8\":" << num(m.mfu(m.peak_fp8_tflops));
@@ -80,6 +85,7 @@ std::string MetricsLog::progress_line(const StepMetrics& m) {
     std::snprintf(b, sizeof b, " | valid %.4f", m.valid_loss);
     line += b;
   }
+  if (m.skipped) line += " | SKIPPED (non-finite)";
   return line;
 }
 

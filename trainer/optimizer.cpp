@@ -30,16 +30,19 @@ Optimizer::Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& gr
       dense_(trainable(params, false), groups.dense_group(), zero1_options(oc)),
       experts_(trainable(params, true), groups.expert_group(), zero1_options(oc)) {}
 
-double Optimizer::step(double lr, int64_t t) {
+double Optimizer::reduce(bool loss_finite) {
   dense_.reduce_scatter_grads();
   experts_.reduce_scatter_grads();
   double sq = dense_.owned_grad_sq() + experts_.owned_grad_sq();
+  if (!loss_finite) sq = std::nan("");  // a NaN in the sum reaches every rank
   world_.all_reduce(&sq, 1);
-  const double norm = std::sqrt(sq);
+  return std::sqrt(sq);
+}
+
+void Optimizer::update(double lr, double norm, int64_t t) {
   const double clip = grad_clip_ > 0 && norm > grad_clip_ ? grad_clip_ / norm : 1.0;
   dense_.step(lr, clip, t);
   experts_.step(lr, clip, t);
-  return norm;
 }
 
 }  // namespace moetron

@@ -7,6 +7,7 @@
 //                 norm = sqrt(sum over every rank's owned shards of g^2)
 //                 clip = grad_clip / norm when norm > grad_clip (else 1)
 //                 AdamW(lr, clip, t) on the owned shards, all-gather the parameters
+// A norm that is NaN or Inf (split into reduce() and update()) lets the trainer skip the update.
 // The sharding, the arenas and the moments are Zero1's (parallel/zero1.h); this object only
 // groups the parameters and owns the norm, so the train step reads like the method.
 #pragma once
@@ -30,7 +31,23 @@ class Optimizer {
 
   // One optimizer step (t: 1-based step number); returns the global gradient norm before
   // clipping. The parameters of every rank are updated and in sync when it returns.
-  double step(double lr, int64_t t);
+  double step(double lr, int64_t t) {
+    const double norm = reduce(true);
+    update(lr, norm, t);
+    return norm;
+  }
+  // The two halves of a step, for the trainer's non-finite guard (train.cpp):
+  // reduce() reduce-scatters every group's gradients and returns the global gradient norm, the
+  // same on every rank; a rank that passes loss_finite = false makes it NaN everywhere, so a
+  // step whose loss or gradients are NaN/Inf on any rank has a non-finite norm on all of them.
+  double reduce(bool loss_finite);
+  // AdamW on the owned shards with the clip that `norm` (reduce()'s) implies, then all-gather.
+  void update(double lr, double norm, int64_t t);
+  // After reduce(): whether this rank's own gradients, before the reduction, were all finite
+  // (a full pass over them; the trainer asks only on a bad step, to name the ranks).
+  bool local_grads_finite() const {
+    return dense_.local_grads_finite() && experts_.local_grads_finite();
+  }
 
   // The groups in checkpoint order (dense, experts).
   std::vector<Zero1*> shards() { return {&dense_, &experts_}; }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "parallel/process_groups.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/fault_inject.h"
 #include "trainer/generate.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
@@ -56,6 +58,7 @@ struct Run {
   std::unique_ptr<CheckpointWriter> writer;
   std::unique_ptr<PipelineExecutor<float>> pipeline;
   std::unique_ptr<data::Loader> loader;
+  std::optional<NanFault> nan_fault;  // MOETRON_FAULT_NAN (tests only)
 
   std::vector<Model<float>*> chunk_list() const {
     std::vector<Model<float>*> out;

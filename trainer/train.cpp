@@ -8,13 +8,19 @@
 //       backward (gradients accumulate, scaled by 1 / micro-batches in the global batch)
 //     the embedding's two copies (first stage, MTP on the last) sum their gradients
 //     lr, gamma, lambda from their schedules at this step / token count
-//     ZeRO-1: reduce-scatter gradients (dense over DP, experts over EDP), global-norm clip,
-//       AdamW on this rank's shard, all-gather the parameters
+//     ZeRO-1: reduce-scatter gradients (dense over DP, experts over EDP), global gradient norm
+//     non-finite guard: a NaN/Inf loss on any rank makes the norm NaN on every rank; a step
+//       whose norm is not finite is skipped everywhere (no AdamW, no all-gather, no bias update:
+//       weights, moments and expert bias stay as they were), logged with the ranks that saw it;
+//       run.max_bad_steps consecutive ones stop the run (TrainingHalted, no save)
+//     global-norm clip, AdamW on this rank's shard, all-gather the parameters
 //     auxiliary-loss-free bias update from the step's expert loads (summed over DP)
 //     every run.eval_interval steps: the validation loss (forward passes only)
 //     every run.sample_interval steps: a greedy text sample (trainer/generate.h)
 //     metrics line + metrics.jsonl (rank 0)
 #include "trainer/train.h"
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,10 +28,12 @@
 #include <csignal>
 #include <fstream>
 #include <ostream>
+#include <sstream>
 #include <utility>
 
 #include "kernels/flop_counter.h"
 #include "trainer/expert_balance.h"
+#include "trainer/fault_inject.h"
 #include "trainer/param_file.h"
 #include "trainer/run.h"
 #include "trainer/step_stats.h"
@@ -35,7 +43,18 @@ namespace moetron {
 namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
-extern "C" void on_stop_signal(int) { g_stop = 1; }
+// The first SIGINT/SIGTERM asks for a stop after the step (with a save); a second one exits at
+// once (only async-signal-safe calls): a save in flight stays a step_N.tmp that is never loaded.
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop) {
+    static const char msg[] =
+        "moetron: second stop signal: exiting now without a checkpoint (a save in flight is "
+        "left as step_N.tmp and never loaded)\n";
+    [[maybe_unused]] const auto n = write(2, msg, sizeof msg - 1);
+    _exit(128 + sig);
+  }
+  g_stop = 1;
+}
 
 // The learning rate, the bias-update speed gamma and the MTP weight lambda at a step: schedules
 // over optimizer steps or over consumed tokens (schedule.unit).
@@ -51,10 +70,39 @@ Hyper hyperparameters(const ScheduleConfig& sc, int64_t step, int64_t tokens_con
 struct StepResult {
   StepStats stats;  // reduced over every rank
   Hyper hyper;
-  double grad_norm = 0;
+  double grad_norm = 0;  // NaN or Inf: a bad step, not applied
+  std::vector<int>
+      bad_ranks;             // of a bad step: the ranks whose own loss or gradients were not finite
   int64_t microbatches = 0;  // of the whole global batch (all DP ranks)
   int64_t global_batch = 0, tokens = 0;
 };
+
+// MOETRON_FAULT_NAN (tests only, trainer/fault_inject.h): this rank's loss or first trainable
+// gradient element (after the tied embedding's sum) becomes NaN at 1-based step `step`.
+void inject_nan_fault(Run& r, int64_t step, Losses& sum) {
+  if (!r.nan_fault) return;
+  const int rank = r.world->rank();
+  if (r.nan_fault->hits(NanFault::What::Loss, rank, step)) sum.loss = NAN;
+  if (r.nan_fault->hits(NanFault::What::Grad, rank, step))
+    for (const auto& p : r.params->all())
+      if (p->trainable && !p->replica) {  // not a copy whose gradient its primary holds
+        p->g()[0] = NAN;
+        break;
+      }
+}
+
+// Of a bad step (collective): the ranks whose own loss or own gradients (before the reduction)
+// were not finite. Empty when none was: the reduction itself overflowed.
+std::vector<int> ranks_that_saw(Run& r, double local_loss) {
+  std::vector<int64_t> saw(static_cast<size_t>(r.world->size()), 0);
+  saw[static_cast<size_t>(r.world->rank())] =
+      !std::isfinite(local_loss) || !r.optimizer->local_grads_finite();
+  r.world->all_reduce(saw.data(), saw.size(), ReduceOp::Max);
+  std::vector<int> out;
+  for (size_t i = 0; i < saw.size(); ++i)
+    if (saw[i]) out.push_back(static_cast<int>(i));
+  return out;
+}
 
 // One optimizer step of DeepSeek-V3 pretraining (the header comment, line by line).
 StepResult train_step(Run& r, int64_t step, StepClock& clock) {
@@ -76,13 +124,15 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 
   // the embedding's copies on the first and last stage share one gradient
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
+  inject_nan_fault(r, step + 1, sum);
   // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
-  const double grad_norm = r.optimizer->step(h.lr, step + 1);
-  r.chunks.front()->weights_updated();
+  const double grad_norm = r.optimizer->reduce(std::isfinite(sum.loss));
+  const bool good = std::isfinite(grad_norm);  // the same on every rank
+  if (good) r.optimizer->update(h.lr, grad_norm, step + 1), r.chunks.front()->weights_updated();
   clock.optimizer_done();
   int64_t moe_layers = 0;
   const double imbalance =
-      update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers);
+      good ? update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers) : 0;
 
   clock.gather(*r.world, *r.pipeline, r.ep.get(), *r.optimizer);
   // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)
@@ -96,7 +146,13 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   static_cast<double>(gemm.executed),
                   static_cast<double>(gemm.recompute)};
   stats.reduce(*r.world);
-  return {stats, h, grad_norm, M * r.grid.dp, batch.global_batch, batch.global_batch * r.S};
+  return {stats,
+          h,
+          grad_norm,
+          good ? std::vector<int>{} : ranks_that_saw(r, sum.loss),
+          M * r.grid.dp,
+          batch.global_batch,
+          batch.global_batch * r.S};
 }
 
 // The next-token loss of the main model over the validation batches (forward passes only; every
@@ -159,6 +215,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.loss = s.stats.loss / mtot, m.lm_loss = s.stats.lm / mtot, m.mtp_loss = s.stats.mtp / mtot;
   m.balance_loss = s.stats.balance / mtot;
   m.lr = s.hyper.lr, m.grad_norm = s.grad_norm, m.tokens = r.state.tokens;
+  m.skipped = !std::isfinite(s.grad_norm), m.bad_ranks = s.bad_ranks;
   m.global_batch = s.global_batch, m.valid_loss = valid_loss;
   m.step_seconds = step_seconds;
   m.tokens_per_s = static_cast<double>(s.tokens) / step_seconds;
@@ -203,6 +260,39 @@ void text_sample(Run& r, std::ostream& log) {
       << indented << std::endl;
 }
 
+// The non-finite guard's bookkeeping: bad steps in a row and in all, and what to say about them.
+struct BadSteps {
+  int64_t in_row = 0, total = 0;
+  // Counts a step; true when it makes `limit` (> 0) bad steps in a row (the run stops).
+  bool note(bool good, int64_t limit) {
+    in_row = good ? 0 : in_row + 1;
+    total += good ? 0 : 1;
+    return !good && limit > 0 && in_row >= limit;
+  }
+  std::string warning(const StepResult& s, int64_t step, int64_t limit) const {
+    std::string who;
+    for (int rk : s.bad_ranks) who += (who.empty() ? "" : ", ") + std::to_string(rk);
+    std::ostringstream o;
+    o << "moetron: warning: step " << step << ": gradient norm " << s.grad_norm << " ("
+      << (who.empty() ? "no rank's own loss or gradients were non-finite: the reduction overflowed"
+                      : "non-finite loss or gradients on rank(s) " + who)
+      << "); update skipped: weights, Adam moments and expert bias unchanged (" << in_row
+      << " bad step(s) in a row, " << total << " in all; run.max_bad_steps " << limit << ")\n";
+    return o.str();
+  }
+  std::string halt_message(int64_t step, const RunConfig& run) const {
+    std::string newest = run.save_interval > 0 ? find_checkpoint(run.dir, nullptr) : "";
+    return "training stopped at step " + std::to_string(step) + ": " + std::to_string(in_row) +
+           " steps in a row (" + std::to_string(step - in_row + 1) + " to " + std::to_string(step) +
+           ") had a non-finite loss or gradient norm (run.max_bad_steps = " +
+           std::to_string(run.max_bad_steps) +
+           "); none of them changed weights, moments or expert bias, so every checkpoint holds "
+           "good ones" +
+           (newest.empty() ? std::string()
+                           : "; the newest checkpoint is " + newest + " (--resume auto uses it)");
+  }
+};
+
 void report_end(const Run& r, std::ostream& log) {
   if (!r.rank0 || !r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
@@ -215,14 +305,22 @@ void report_end(const Run& r, std::ostream& log) {
 }  // namespace
 
 TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume) {
+  // the test-only fault hooks (trainer/fault_inject.h) are checked before anything is written
+  const std::optional<NanFault> fault = nan_fault_from_env();
+  slow_save_from_env();
+  if (fault && fault->rank >= world().size())
+    throw ConfigError("MOETRON_FAULT_NAN: rank " + std::to_string(fault->rank) +
+                      " is not a rank of this job (" + std::to_string(world().size()) + ")");
   const std::unique_ptr<Run> run = setup(cfg, log, resume);
   Run& r = *run;
+  r.nan_fault = fault;
   g_stop = 0;
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   TrainSummary summary;
   summary.tokens = r.state.tokens;
   const auto t_start = std::chrono::steady_clock::now();
+  BadSteps bad;
 
   for (int64_t step = r.state.step; step < cfg.run.steps; ++step) {
     StepClock clock;
@@ -232,6 +330,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     summary.losses.push_back(s.stats.loss / static_cast<double>(s.microbatches));
     r.state.step = step + 1, r.state.tokens = summary.tokens;
     r.state.samples = r.loader->samples_consumed();
+    const bool halt = bad.note(std::isfinite(s.grad_norm), cfg.run.max_bad_steps);
 
     const bool stop = stop_requested(*r.world);
     const bool last = step + 1 == cfg.run.steps || stop;
@@ -240,17 +339,23 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const double valid_loss = eval ? validation_loss(r) : NAN;
     const double eval_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-    if (cfg.run.save_interval > 0 && (r.state.step % cfg.run.save_interval == 0 || last))
+    if (!halt && cfg.run.save_interval > 0 && (r.state.step % cfg.run.save_interval == 0 || last))
       checkpoint(r, log);
 
     if (r.rank0) {
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      const StepMetrics m =
+      StepMetrics m =
           step_metrics(r, s, clock, step, valid_loss, clock.step_seconds(eval_seconds), elapsed);
+      m.bad_steps = bad.total;
       r.metrics->write(m);
-      if ((step + 1) % cfg.run.log_interval == 0 || last)
+      if ((step + 1) % cfg.run.log_interval == 0 || last || m.skipped)
         log << MetricsLog::progress_line(m) << std::endl;
+      if (m.skipped) log << bad.warning(s, r.state.step, cfg.run.max_bad_steps) << std::flush;
+    }
+    if (halt) {
+      report_saved(r, r.writer->wait(), log);  // a save of an earlier (good) step completes
+      throw TrainingHalted(bad.halt_message(r.state.step, cfg.run));
     }
     if (r.sampler->due(r.state.step, last)) text_sample(r, log);  // outside the step's time
     if (stop) {

@@ -3,6 +3,7 @@
 
 #include <iosfwd>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,15 @@ struct TrainSummary {
 // resume: "" (fresh), "auto" (the newest complete checkpoint in run.dir, or fresh if none) or a
 // checkpoint directory. SIGINT/SIGTERM finish the current step, save a checkpoint (if
 // run.save_interval > 0) and return.
+// A step whose loss or gradient norm is NaN/Inf on any rank changes nothing (trainer/train.cpp);
+// run.max_bad_steps of them in a row throw TrainingHalted on every rank, without a save.
 TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resume = "");
+
+// The run stopped itself: run.max_bad_steps consecutive steps were not finite. Thrown on every
+// rank at the same step (like an input error, no rank is left waiting).
+struct TrainingHalted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // The data of `setting` (data.train_path or data.valid_path, named `key` in messages) as a
 // Dataset: samples of data.seq_len + 1 tokens in the seeded order (shuffle) or in stream order.
