@@ -40,8 +40,9 @@ one_signal() {  # name sig rank pp dp
   local D="$OUT/$1" sig=$2 rank=$3
   MOETRON_FAULT_SLOW_SAVE= launch "$D" $4 $5 1000 --set run.save_interval=1000
   wait_steps "$D" 2
-  local k; k=$(steps_done "$D")
-  kill -$sig "$(rank_pid "$D" $rank)"
+  local pid; pid=$(rank_pid "$D" $rank)
+  kill -$sig "$pid"
+  local k; k=$(steps_done "$D")  # steps written when the signal was sent (or just after)
   wait $job; local rc=$?
   local n; n=$(steps_done "$D")
   if [ $rc -eq 0 ] && grep -q "stopped by signal after step $n" "$D.log" && [ $n -le $((k + 2)) ] \

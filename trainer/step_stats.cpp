@@ -32,27 +32,33 @@ double predicted_bubble(const pipeline::Schedule& sched, const ExecStats& st, in
 }
 }  // namespace
 
-void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,
-                       EpDispatcher<float>* ep, Optimizer& opt) {
-  const ExecStats& st = pipeline.stats();
+void StepClock::pipeline_done(const PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep) {
+  t_pipe_ = Clock::now();
+  pipe_ = pipeline.stats();
+  bubble_pred_ = predicted_bubble(pipeline.schedule(), pipe_, pipeline.rank());
+  ep_inflight_ = ep ? ep->take_inflight_seconds() : 0.0;
+  max_nodes_per_token = ep ? ep->take_max_nodes_per_token() : 1;
+}
+
+void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
+  const ExecStats& st = pipe_;
   const double dp_comm = opt.take_comm_seconds();
-  // the step ends when the slowest rank is done: the wait for it is this rank's (in other_s)
-  world.barrier();
-  const auto now = Clock::now();
+  world.barrier();  // the wait for the slowest rank is this rank's (in other_s)
+  const auto now = end_ = Clock::now();
   auto secs = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };
-  const double pipe = secs(t0_, t_pipe_);
+  step_seconds_ = secs(t0_, now) - excluded;
   const double in_ops = st.compute + st.ep_wait_pair + st.ep_wait_single + st.pp_idle;
   const double mine[] = {st.compute,
                          st.ep_wait_pair,
                          st.ep_wait_single,
-                         ep ? ep->take_inflight_seconds() : 0.0,
+                         ep_inflight_,
                          st.pp_idle,
-                         predicted_bubble(pipeline.schedule(), st, pipeline.rank()),
+                         bubble_pred_,
                          dp_comm,
                          secs(t_pipe_, t_opt_) - dp_comm,
-                         pipe - in_ops + secs(t_opt_, now),
+                         secs(t0_, t_pipe_) - in_ops + secs(t_opt_, now) - excluded,
                          st.cost_F,
                          st.cost_B > 0 ? st.cost_B : st.cost_Bi + st.cost_W,
                          st.cost_W,
@@ -71,7 +77,6 @@ void StepClock::gather(Communicator& world, PipelineExecutor<float>& pipeline,
     rank_times[3 * r + 1] = breakdown[1][r] + breakdown[2][r] + breakdown[6][r];
     rank_times[3 * r + 2] = breakdown[4][r];
   }
-  max_nodes_per_token = ep ? ep->take_max_nodes_per_token() : 1;
   world.all_reduce(&max_nodes_per_token, 1, ReduceOp::Max);
 }
 

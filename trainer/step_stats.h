@@ -50,17 +50,19 @@ struct StepStats {
 class StepClock {
  public:
   using Clock = std::chrono::steady_clock;
-  void start() { t0_ = Clock::now(); }
-  void pipeline_done() { t_pipe_ = Clock::now(); }
+  // A step starts where the previous one ended (its gather: the same instant on every rank), so
+  // every rank's fields describe the same span and what happens between two steps' accounting
+  // (metrics, samples) is the next step's.
+  void start(Clock::time_point previous_end) { t0_ = previous_end; }
+  Clock::time_point end() const { return end_; }
+  // After the pipeline: its time split and op costs, and the EP exchanges' time in flight.
+  void pipeline_done(const PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep);
   void optimizer_done() { t_opt_ = Clock::now(); }
-  // After the optimizer and bias update, on every rank (collective): each rank's compute,
-  // communication and idle seconds of this step, and the most nodes any token's experts were on.
-  void gather(Communicator& world, PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep,
-              Optimizer& opt);
-  // Seconds from start() to now, less `excluded` (the validation pass).
-  double step_seconds(double excluded) const {
-    return std::chrono::duration<double>(Clock::now() - t0_).count() - excluded;
-  }
+  // At the end of the step, on every rank (collective): the step ends when the slowest rank is
+  // done; `excluded` seconds (the validation pass) are not the step's. Fills the per-rank fields
+  // and the most nodes any token's experts were on.
+  void gather(Communicator& world, Optimizer& opt, double excluded);
+  double step_seconds() const { return step_seconds_; }
 
   std::vector<double> rank_times;  // [world, 3]: compute, communication, idle
   // [field][world]: the fields above, in kBreakdownFields' order
@@ -72,7 +74,9 @@ class StepClock {
   int64_t max_nodes_per_token = 1;
 
  private:
-  Clock::time_point t0_, t_pipe_, t_opt_;
+  Clock::time_point t0_, t_pipe_, t_opt_, end_;
+  ExecStats pipe_;
+  double bubble_pred_ = 0, ep_inflight_ = 0, step_seconds_ = 0;
 };
 
 }  // namespace moetron

@@ -119,7 +119,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
   r.pipeline->run([&](int m) { return batch.row(m * r.B); }, r.B, r.S, h.lambda,
                   1.0 / static_cast<double>(M * r.grid.dp), sum);
-  clock.pipeline_done();
+  clock.pipeline_done(*r.pipeline, r.ep.get());
   const kernels::GemmFlops gemm = kernels::flop_counter::read();
 
   // the embedding's copies on the first and last stage share one gradient
@@ -134,7 +134,6 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   const double imbalance =
       good ? update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers) : 0;
 
-  clock.gather(*r.world, *r.pipeline, r.ep.get(), *r.optimizer);
   // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)
   const bool dp0 = r.grid.dp_rank == 0 && r.groups->primary_twin();
   StepStats stats{sum.loss,
@@ -322,9 +321,10 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   const auto t_start = std::chrono::steady_clock::now();
   BadSteps bad;
 
+  StepClock::Clock::time_point step_begin = StepClock::Clock::now();
   for (int64_t step = r.state.step; step < cfg.run.steps; ++step) {
     StepClock clock;
-    clock.start();
+    clock.start(step_begin);
     const StepResult s = train_step(r, step, clock);
     summary.tokens += s.tokens;
     summary.losses.push_back(s.stats.loss / static_cast<double>(s.microbatches));
@@ -341,12 +341,13 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
         std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
     if (!halt && cfg.run.save_interval > 0 && (r.state.step % cfg.run.save_interval == 0 || last))
       checkpoint(r, log);
+    clock.gather(*r.world, *r.optimizer, eval_seconds);  // where the step went
+    step_begin = clock.end();
 
     if (r.rank0) {
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      StepMetrics m =
-          step_metrics(r, s, clock, step, valid_loss, clock.step_seconds(eval_seconds), elapsed);
+      StepMetrics m = step_metrics(r, s, clock, step, valid_loss, clock.step_seconds(), elapsed);
       m.bad_steps = bad.total;
       r.metrics->write(m);
       if ((step + 1) % cfg.run.log_interval == 0 || last || m.skipped)
@@ -357,7 +358,10 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       report_saved(r, r.writer->wait(), log);  // a save of an earlier (good) step completes
       throw TrainingHalted(bad.halt_message(r.state.step, cfg.run));
     }
-    if (r.sampler->due(r.state.step, last)) text_sample(r, log);  // outside the step's time
+    if (r.sampler->due(r.state.step, last)) {  // outside the step's time
+      text_sample(r, log);
+      step_begin = StepClock::Clock::now();
+    }
     if (stop) {
       if (r.rank0) log << "moetron: stopped by signal after step " << r.state.step << "\n";
       break;
