@@ -8,6 +8,8 @@
 //                   [--calibrate TOKENS_PER_S_PER_GPU]
 //                                                     step time, tokens/s/GPU, MFU, GPU-hours of
 //                                                     a layout on a device (trainer/estimate.h)
+//   moetron probe                                     this CPU's GEMM peaks and memory bandwidth
+//                                                     as a hardware profile (trainer/probe.h)
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set ...]
 //                                                     one step's loss and gradients (parity)
@@ -40,6 +42,7 @@
 #include "trainer/generate.h"
 #include "trainer/plan.h"
 #include "trainer/plan_report.h"
+#include "trainer/probe.h"
 #include "trainer/tokenize.h"
 #include "trainer/train.h"
 
@@ -52,6 +55,7 @@ const std::string kUsage =
         "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
         "  moetron estimate CONFIG --hardware FILE [--set key=value ...] [--world N] [--json]\n"
         "                   [--calibrate TOKENS_PER_S_PER_GPU]\n"
+        "  moetron probe\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
         "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
         "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
@@ -206,6 +210,10 @@ int run(int argc, char** argv) {
   }
   if (cmd == "plan") return plan(a);
   if (cmd == "estimate") return estimate(a);
+  if (cmd == "probe") {
+    moetron::write_probe_profile(moetron::probe_machine(), std::cout);
+    return 0;
+  }
   if (cmd == "prepare-text") {
     if (a.out.empty() || a.positional.empty())
       throw UsageError("prepare-text needs --out and inputs");
