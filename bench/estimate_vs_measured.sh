@@ -19,7 +19,7 @@ COMMON=(--set data.global_batch_size=32 --set data.micro_batch_size=4 --set run.
 # pp dp ep schedule
 layouts=("1 1 1 1f1b" "2 1 1 1f1b" "2 1 1 zb1p" "2 1 1 dualpipe" "1 2 2 1f1b"
          "2 2 2 1f1b" "2 2 2 zb1p" "2 2 2 dualpipe" "4 1 1 dualpipe"
-         "2 4 2 1f1b" "4 2 2 1f1b" "8 1 1 zb1p")
+         "2 4 2 1f1b" "4 2 2 1f1b")
 for l in "${layouts[@]}"; do
   set -- $l
   name="pp$1_dp$2_ep$3_$4"
