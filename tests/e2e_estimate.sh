@@ -60,7 +60,11 @@ r = run("estimate", "configs/tiny.yaml", "--hardware", f"{OUT}/cpu.yaml", "--jso
         "data.global_batch_size=32", "--set", "data.micro_batch_size=4")
 assert r.returncode == 0, r.stderr
 t = json.loads(r.stdout)
-assert t["rank_share"] == 0.25 and t["step_seconds"] > 0 and t["breakdown"]["exposed_ep_s"] > 0, t
+cores = int(open(f"{OUT}/cpu.yaml").read().split("cores_per_node: ")[1].split()[0])
+assert t["rank_share"] == 0.25 and t["busy_share"] == 1 / min(4, cores), t
+assert t["step_seconds"] > 0 and t["breakdown"]["exposed_ep_s"] > 0, t
+k = t["breakdown"]  # the breakdown adds up to the step, the core wait included
+assert abs(sum(k.values()) - t["step_seconds"]) < 1e-6 * t["step_seconds"], t
 print(f"tiny.yaml, PP2 x DP2 x EP2 on this CPU: {t['step_seconds']:.3f} s predicted")
 
 # --- bad input: one clear message each ---

@@ -38,6 +38,7 @@ peak_bf16_tflops: 500
 peak_fp8_tflops: 1000
 hbm_gbs: 2000
 devices_per_node: 4
+cores_per_node: 0
 nvlink_gbs: 300
 ib_gbs: 25
 peak_fp32_tflops: 60

@@ -1,7 +1,8 @@
 // Unit tests of `moetron estimate` (trainer/estimate.h): compute is FLOPs over the calibrated
 // efficiency on a dense config, the simulate()-based bubble of 1F1B is (P-1)(F+B), a DualPipe
 // pair hides exchanges behind the other stream's compute, the routing respects the node limit,
-// the calibrated DeepSeek-V3 point reproduces its input, and bad input is one clear message.
+// oversubscribed CPU ranks share the node's cores, the calibrated DeepSeek-V3 point reproduces
+// its input, and bad input is one clear message.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -77,6 +78,31 @@ TEST(Estimate, OneFOneBBubbleIsTheFormula) {
   const double formula = (P - 1) * (s.op_f + s.op_b + 2 * e.pp_message_s);
   EXPECT_NEAR(e.bubble_s, formula, 0.03 * formula);  // the ends' embedding and head
   EXPECT_NEAR(e.compute_s, e.plan.microbatches * (s.f + s.b), 0.01 * e.compute_s);
+}
+
+// A CPU node of 2 cores: up to 2 ranks each get 1/ranks of it; 8 ranks (PP4 x DP2) run a busy
+// rank at one core, and the step is the longer of that critical path and the node's total work
+// over its cores (the core wait), never shorter than the one-core-per-rank pipeline.
+TEST(Estimate, OversubscribedCpuRanksShareTheCores) {
+  const auto cpu = [](const std::string& pp, const std::string& dp, const std::string& cores) {
+    std::vector<std::string> s =
+        device({"parallel.pp=" + pp, "parallel.dp=" + dp, "parallel.ep=" + dp,
+                "data.global_batch_size=32", "data.micro_batch_size=4"});
+    s.push_back("hardware.devices_per_node=0");  // after device()'s 8: a CPU node
+    s.push_back("hardware.cores_per_node=" + cores);
+    return make_estimate(load("configs/tiny.yaml", s));
+  };
+  const Estimate two = cpu("2", "1", "2"), unknown = cpu("2", "1", "0");
+  EXPECT_DOUBLE_EQ(two.busy_share, 0.5);
+  EXPECT_DOUBLE_EQ(two.step_s, unknown.step_s);  // ranks fit the cores: 1/ranks as before
+  EXPECT_EQ(two.core_wait_s, 0);
+  const Estimate eight = cpu("4", "2", "2");
+  EXPECT_DOUBLE_EQ(eight.rank_share, 0.125);
+  EXPECT_DOUBLE_EQ(eight.busy_share, 0.5);
+  EXPECT_GT(eight.core_wait_s, 0);  // 8 ranks' work on 2 cores is longer than the critical path
+  EXPECT_NEAR(eight.compute_s + eight.exposed_ep_s + eight.bubble_s + eight.core_wait_s,
+              eight.makespan_s, 1e-9 * eight.makespan_s);
+  EXPECT_LT(eight.step_s, cpu("4", "2", "0").step_s);  // a busy rank is faster than 1/8 of the node
 }
 
 TEST(Estimate, PairsHideTheOtherStreamsExchanges) {

@@ -130,6 +130,7 @@ struct HardwareConfig {
   double peak_fp32_tflops = 0;   // dense fp32 GEMMs (the CPU's recipe; `moetron probe` measures it)
   double hbm_gbs = 0;            // memory bandwidth, GB/s
   int64_t devices_per_node = 0;  // devices that share the intra-node links
+  int64_t cores_per_node = 0;    // CPU hosts: the cores a node's ranks share (0 = unknown)
   double nvlink_gbs = 0;         // intra-node bandwidth per device, GB/s (as published)
   double ib_gbs = 0;             // inter-node bandwidth per device, GB/s (one direction)
   // `moetron estimate`'s global efficiency factors (trainer/estimate.h), fractions of a peak: of

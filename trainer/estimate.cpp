@@ -361,6 +361,14 @@ void replay_schedule(Estimate& e) {
   for (const pipeline::Op& op : sched.per_rank[r]) e.compute_s += cost(false, op);
   e.exposed_ep_s = sim.busy[r] - e.compute_s;
   e.bubble_s = sim.makespan - sim.busy[r];
+  // more ranks than cores: every rank's busy time at one core, shared by the node's cores
+  if (e.busy_share > e.rank_share) {
+    double busy = 0;
+    for (double b : sim.busy) busy += b;
+    const double node = busy / static_cast<double>(sim.busy.size()) * e.busy_share / e.rank_share;
+    e.core_wait_s = std::max(0.0, node - sim.makespan);  // node: mean busy x ranks / cores
+    e.makespan_s += e.core_wait_s;
+  }
 }
 
 }  // namespace
@@ -430,23 +438,28 @@ Estimate make_estimate(const Config& cfg, int world) {
   const Plan& p = e.plan;
   e.hardware = hw.name;
   e.ranks_per_node = p.ranks_per_node > 0 ? p.ranks_per_node : p.world;
-  if (hw.devices_per_node == 0) e.rank_share = 1.0 / std::min(e.ranks_per_node, p.world);
+  if (hw.devices_per_node == 0) {
+    const int64_t ranks = std::min(e.ranks_per_node, p.world);
+    e.rank_share = 1.0 / static_cast<double>(ranks);
+    const int64_t cores = hw.cores_per_node > 0 ? hw.cores_per_node : ranks;
+    e.busy_share = 1.0 / static_cast<double>(std::min(ranks, cores));
+  }
   e.tokens_per_microbatch = p.micro_batch * p.seq_len;
   e.tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len;
   e.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len).training();
   const bool limited = cfg.parallel.max_nodes_per_token > 0;
   e.routing = routing_stats(cfg.model, p.ep, std::min(p.ep, e.ranks_per_node), limited);
-  const Links l = links_of(hw, e.rank_share);
+  const Links l = links_of(hw, e.rank_share), busy = links_of(hw, e.busy_share);
   const TokenWork t = token_work(cfg);
-  const Pricer price{hw, e.rank_share};
-  const Exchanges x = exchanges(cfg, e, l, t.act);
+  const Pricer price{hw, e.busy_share};
+  const Exchanges x = exchanges(cfg, e, busy, t.act);
   for (int s = 0; s < p.stages; ++s)
     e.stages.push_back(
         stage_cost(cfg, t, price, x, s, p.stages, static_cast<double>(e.tokens_per_microbatch)));
   const double msg = static_cast<double>(e.tokens_per_microbatch * cfg.model.hidden_size) * t.act;
   const bool pp_inter =
       e.ranks_per_node > 0 && p.dp >= e.ranks_per_node && p.world > e.ranks_per_node;
-  e.pp_message_s = p.pp > 1 ? kMessageLatency + msg / (pp_inter ? l.inter : l.intra) : 0;
+  e.pp_message_s = p.pp > 1 ? kMessageLatency + msg / (pp_inter ? busy.inter : busy.intra) : 0;
   replay_schedule(e);
   e.dp_s = dp_seconds(cfg, e, l);
   e.optimizer_s = optimizer_seconds(cfg, e);

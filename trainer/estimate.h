@@ -14,9 +14,14 @@
 // which replays the schedule's op lists; the step adds the ZeRO-1 reduce-scatter/all-gather (and
 // the tied-embedding all-reduce), exposed as the trainer runs them, and the optimizer.
 //
-// CPU hosts (a profile with devices_per_node 0): the ranks of a node share its cores, so each
-// rank gets peaks and memory bandwidth divided by the ranks on the node (the oversubscription of
-// 8 ranks on 2 cores included). docs/performance.md has the calibration and its residuals.
+// CPU hosts (a profile with devices_per_node 0; peaks and bandwidths are the node's, with all its
+// cores): a rank gets 1/ranks of the node while the ranks fit its cores (cores_per_node; 0 =
+// unknown: always 1/ranks). With more ranks than cores (Open MPI oversubscribed), a rank that
+// waits yields its core, so a busy rank runs at one core's speed: the pipeline is priced at
+// 1/cores of the node per busy rank, and the step is the longer of that critical path and the
+// node's total work (every rank's busy time at one core) over its cores — the core wait. The DP
+// collectives and the optimizer, run by all ranks at once, keep 1/ranks. docs/performance.md has
+// the calibration and its residuals.
 #pragma once
 
 #include <cstdint>
@@ -65,13 +70,15 @@ struct Estimate {
   std::string hardware;    // hardware.name
   int ranks_per_node = 0;  // effective (world when unset)
   double rank_share = 1;   // CPU: 1 / ranks on a node (their share of its peaks); GPU: 1
+  double busy_share = 1;   // CPU: a busy rank's share, 1 / min(ranks, cores); GPU: 1
   int64_t tokens_per_microbatch = 0, tokens_per_step = 0;
   double flops_per_token = 0;  // model FLOPs (model/flops.h), training
   Routing routing;
   std::vector<StageCost> stages;
   double pp_message_s = 0;  // one PP message (latency + bytes / link)
-  // the step (seconds) and its breakdown; compute + exposed_ep + bubble = makespan
-  double makespan_s = 0, compute_s = 0, exposed_ep_s = 0, bubble_s = 0;
+  // the step (seconds) and its breakdown; compute + exposed_ep + bubble + core_wait = makespan
+  // (core_wait: ranks > cores, the node's total work / cores beyond the critical path)
+  double makespan_s = 0, compute_s = 0, exposed_ep_s = 0, bubble_s = 0, core_wait_s = 0;
   double dp_s = 0, optimizer_s = 0, step_s = 0;
   int critical_rank = 0;  // the pipeline rank the breakdown is read from (most busy)
   double tokens_per_s_per_gpu = 0, mfu = 0, mfu_fp8 = 0;

@@ -27,7 +27,8 @@ void write_header(const Estimate& e, std::ostream& out) {
       << "\n  layout      " << p.world << (p.world == 1 ? " rank" : " ranks") << " = pp " << p.pp
       << " x dp " << p.dp << ", ep " << p.ep << ", " << e.ranks_per_node << " per node";
   if (e.rank_share < 1)
-    out << " (sharing one CPU node: each rank has " << num(e.rank_share) << " of it)";
+    out << " (sharing one CPU node: each rank has " << num(e.rank_share) << " of it, "
+        << num(e.busy_share) << " while busy)";
   out << "\n  schedule    " << p.schedule << ", " << p.stages << " stages, " << p.microbatches
       << " micro-batches of " << e.tokens_per_microbatch << " tokens per pipeline; "
       << e.tokens_per_step << " tokens per step\n";
@@ -61,6 +62,7 @@ void write_step(const Estimate& e, std::ostream& out) {
       << "  compute     " << secs(e.compute_s) << "  " << pct(e.compute_s, s) << "\n"
       << "  exposed EP  " << secs(e.exposed_ep_s) << "  " << pct(e.exposed_ep_s, s) << "\n"
       << "  bubble      " << secs(e.bubble_s) << "  " << pct(e.bubble_s, s) << "\n"
+      << "  core wait   " << secs(e.core_wait_s) << "  " << pct(e.core_wait_s, s) << "\n"
       << "  DP          " << secs(e.dp_s) << "  " << pct(e.dp_s, s) << "\n"
       << "  optimizer   " << secs(e.optimizer_s) << "  " << pct(e.optimizer_s, s) << "\n";
   out << "tokens/s/GPU  " << num(e.tokens_per_s_per_gpu, "%.1f") << "\n"
@@ -99,8 +101,8 @@ void write_estimate_json(const Estimate& e, std::ostream& out) {
       << p.schedule << "\",\"microbatches\":" << p.microbatches
       << ",\"tokens_per_microbatch\":" << e.tokens_per_microbatch
       << ",\"tokens_per_step\":" << e.tokens_per_step << "," << kv("rank_share", e.rank_share)
-      << "," << kv("flops_per_token", e.flops_per_token) << ",\"routing\":{"
-      << kv("ranks_per_token", e.routing.ranks) << ","
+      << "," << kv("busy_share", e.busy_share) << "," << kv("flops_per_token", e.flops_per_token)
+      << ",\"routing\":{" << kv("ranks_per_token", e.routing.ranks) << ","
       << kv("remote_nodes_per_token", e.routing.remote_nodes) << ","
       << kv("ib_rows_per_token", e.routing.ib_rows) << "},\"stages\":[";
   for (size_t i = 0; i < e.stages.size(); ++i) {
@@ -115,7 +117,8 @@ void write_estimate_json(const Estimate& e, std::ostream& out) {
   out << "]," << kv("pp_message_s", e.pp_message_s) << "," << kv("step_seconds", e.step_s)
       << ",\"breakdown\":{" << kv("compute_s", e.compute_s) << ","
       << kv("exposed_ep_s", e.exposed_ep_s) << "," << kv("bubble_s", e.bubble_s) << ","
-      << kv("dp_s", e.dp_s) << "," << kv("optimizer_s", e.optimizer_s) << "},"
+      << kv("core_wait_s", e.core_wait_s) << "," << kv("dp_s", e.dp_s) << ","
+      << kv("optimizer_s", e.optimizer_s) << "},"
       << "\"critical_pp_rank\":" << e.critical_rank << ","
       << kv("tokens_per_s_per_gpu", e.tokens_per_s_per_gpu) << "," << kv("mfu", e.mfu) << ","
       << kv("mfu_fp8", e.mfu_fp8) << ","

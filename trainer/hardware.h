@@ -30,6 +30,7 @@ void visit_hardware_fields(V& v, H&... h) {
   v.field("peak_fp32_tflops", kNonNegative, h.peak_fp32_tflops...);
   v.field("hbm_gbs", kNonNegative, h.hbm_gbs...);
   v.field("devices_per_node", kNonNegative, h.devices_per_node...);
+  v.field("cores_per_node", kNonNegative, h.cores_per_node...);
   v.field("nvlink_gbs", kNonNegative, h.nvlink_gbs...);
   v.field("ib_gbs", kNonNegative, h.ib_gbs...);
   constexpr Range kFraction{0, 1, false, false};

@@ -70,7 +70,8 @@ void write_probe_profile(const ProbeResult& r, std::ostream& out) {
          "--calibrate).\n";
   out << "name: cpu\nmemory_gib: 0\npeak_bf16_tflops: 0\npeak_fp8_tflops: 0\n"
       << "peak_fp32_tflops: " << r.fp32_tflops << "   # bf16 GEMMs measured: " << r.bf16_tflops
-      << "\nhbm_gbs: " << r.copy_gbs << "\ndevices_per_node: 0\nnvlink_gbs: " << 2 * r.copy_gbs
+      << "\nhbm_gbs: " << r.copy_gbs << "\ndevices_per_node: 0\ncores_per_node: " << r.threads
+      << "\nnvlink_gbs: " << 2 * r.copy_gbs
       << "\nib_gbs: 0\ngemm_efficiency: 1\ngemm_efficiency_fp8: 1\nmemory_efficiency: 1\n"
       << "comm_efficiency: 1\n";
 }
