@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 namespace moetron::pipeline {
 
@@ -365,9 +366,9 @@ struct Replay {
 // One replay: every rank's position in its list, clock and start times.
 class Replayer {
  public:
-  Replayer(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
-           bool strict)
-      : s_(s), partner_(partner), c_(c), strict_(strict) {
+  Replayer(const Schedule& s, const std::vector<std::vector<Ref>>& partner, OpCost cost,
+           double comm, bool strict)
+      : s_(s), partner_(partner), cost_(std::move(cost)), comm_(comm), strict_(strict) {
     const int P = s.ranks;
     pc_.assign(P, 0), waited_.assign(P, 0), blocked_on_.assign(P, -1);
     t_.assign(P, 0.0);
@@ -403,7 +404,7 @@ class Replayer {
         blocked_on_[r] = j;
         return -1;
       }
-      ready = std::max(ready, std::max(start[r][j], start[p.rank][p.index]) + c_.comm);
+      ready = std::max(ready, std::max(start[r][j], start[p.rank][p.index]) + comm_);
     }
     return ready;
   }
@@ -430,7 +431,7 @@ class Replayer {
       }
       const double begin = wait(r, waited_[r], i, strict_);
       if (begin < 0) break;
-      const double d = duration(op, c_);
+      const double d = cost_(r, op);
       out_.sim.start[r][i] = begin;
       t_[r] = begin + d;
       out_.sim.busy[r] += d;
@@ -477,7 +478,8 @@ class Replayer {
 
   const Schedule& s_;
   const std::vector<std::vector<Ref>>& partner_;
-  const Costs& c_;
+  const OpCost cost_;
+  const double comm_;
   const bool strict_;
   std::vector<int> pc_, waited_;
   std::vector<int> blocked_on_;  // message op a blocked rank waits for
@@ -489,7 +491,14 @@ class Replayer {
 
 Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
               bool strict) {
-  return Replayer(s, partner, c, strict).run();
+  return Replayer(
+             s, partner, [c](int, const Op& op) { return duration(op, c); }, c.comm, strict)
+      .run();
+}
+
+Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const OpCost& cost,
+              double comm, bool strict) {
+  return Replayer(s, partner, cost, comm, strict).run();
 }
 
 }  // namespace
@@ -788,6 +797,14 @@ SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit) {
   validate(s);
   const Replay rp = replay(s, match_messages(s), c, strict_commit);
   if (!rp.stall.empty())  // cannot happen after validate(): waiting less never stalls
+    throw std::invalid_argument("schedule " + s.kind + ": simulate: " + rp.stall);
+  return rp.sim;
+}
+
+SimResult simulate(const Schedule& s, const OpCost& cost, double comm, bool strict_commit) {
+  validate(s);
+  const Replay rp = replay(s, match_messages(s), cost, comm, strict_commit);
+  if (!rp.stall.empty())
     throw std::invalid_argument("schedule " + s.kind + ": simulate: " + rp.stall);
   return rp.sim;
 }

@@ -41,6 +41,7 @@
 // of stage s+1); SendGrad{m, s} carries the gradient of stage s's input (output-gradient of s-1).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -203,6 +204,11 @@ struct SimResult {
 // message too, as the DualPipe reference's commit() and validate()'s deadlock check do. ZB1P
 // needs the former to keep its gain (bench_schedules prints both).
 SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit = false);
+// The same with a cost per (rank, compute op) — stages differ (embedding, head and MTP, DualPipe's
+// two chunks), so the estimator (trainer/estimate.h) prices each op itself — and one latency per
+// message (`comm`, as Costs::comm).
+using OpCost = std::function<double(int rank, const Op& op)>;
+SimResult simulate(const Schedule& s, const OpCost& cost, double comm, bool strict_commit = false);
 
 // Text: "F1.2" / "Bi0.3" / "W0.3" / "B1.1" / "F0.3&B1.1" (chunk index . micro-batch within its
 // direction, the notation of SPEC §4.6); messages with the global micro-batch and the producer

@@ -38,8 +38,14 @@ peak_bf16_tflops: 500
 peak_fp8_tflops: 1000
 hbm_gbs: 2000
 devices_per_node: 4
+cores_per_node: 0
 nvlink_gbs: 300
 ib_gbs: 25
+peak_fp32_tflops: 60
+gemm_efficiency: 0.5
+gemm_efficiency_fp8: 0.4
+memory_efficiency: 0.7
+comm_efficiency: 0.6
 )";
 
 std::string error_of_profile(const std::string& profile_text) {

@@ -127,10 +127,16 @@ struct HardwareConfig {
   double memory_gib = 0;         // device memory, GiB
   double peak_bf16_tflops = 0;   // dense
   double peak_fp8_tflops = 0;    // dense
+  double peak_fp32_tflops = 0;   // dense fp32 GEMMs (the CPU's recipe; `moetron probe` measures it)
   double hbm_gbs = 0;            // memory bandwidth, GB/s
   int64_t devices_per_node = 0;  // devices that share the intra-node links
+  int64_t cores_per_node = 0;    // CPU hosts: the cores a node's ranks share (0 = unknown)
   double nvlink_gbs = 0;         // intra-node bandwidth per device, GB/s (as published)
   double ib_gbs = 0;             // inter-node bandwidth per device, GB/s (one direction)
+  // `moetron estimate`'s global efficiency factors (trainer/estimate.h), fractions of a peak: of
+  // the GEMM precision's peak for bf16/fp32 GEMMs and the attention core, of the FP8 peak for FP8
+  // GEMMs, of hbm_gbs for memory-bound kernels, of the link bandwidths for EP, PP and DP bytes.
+  double gemm_efficiency = 0, gemm_efficiency_fp8 = 0, memory_efficiency = 0, comm_efficiency = 0;
 };
 
 struct RunConfig {

@@ -27,10 +27,17 @@ void visit_hardware_fields(V& v, H&... h) {
   v.field("memory_gib", kNonNegative, h.memory_gib...);
   v.field("peak_bf16_tflops", kNonNegative, h.peak_bf16_tflops...);
   v.field("peak_fp8_tflops", kNonNegative, h.peak_fp8_tflops...);
+  v.field("peak_fp32_tflops", kNonNegative, h.peak_fp32_tflops...);
   v.field("hbm_gbs", kNonNegative, h.hbm_gbs...);
   v.field("devices_per_node", kNonNegative, h.devices_per_node...);
+  v.field("cores_per_node", kNonNegative, h.cores_per_node...);
   v.field("nvlink_gbs", kNonNegative, h.nvlink_gbs...);
   v.field("ib_gbs", kNonNegative, h.ib_gbs...);
+  constexpr Range kFraction{0, 1, false, false};
+  v.field("gemm_efficiency", kFraction, h.gemm_efficiency...);
+  v.field("gemm_efficiency_fp8", kFraction, h.gemm_efficiency_fp8...);
+  v.field("memory_efficiency", kFraction, h.memory_efficiency...);
+  v.field("comm_efficiency", kFraction, h.comm_efficiency...);
 }
 
 // Reads a profile; `source` names it in messages (the file, and where it was named from).

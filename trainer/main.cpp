@@ -4,6 +4,12 @@
 //   moetron plan CONFIG [--set ...] [--world N] [--hardware FILE] [--json]
 //                                                     parameters and memory per device of a
 //                                                     layout, without allocating (trainer/plan.h)
+//   moetron estimate CONFIG --hardware FILE [--set ...] [--world N] [--json]
+//                   [--calibrate TOKENS_PER_S_PER_GPU]
+//                                                     step time, tokens/s/GPU, MFU, GPU-hours of
+//                                                     a layout on a device (trainer/estimate.h)
+//   moetron probe                                     this CPU's GEMM peaks and memory bandwidth
+//                                                     as a hardware profile (trainer/probe.h)
 //   moetron prepare-text --out FILE.h5 INPUT ...        text files/dirs -> byte-level token file
 //   moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set ...]
 //                                                     one step's loss and gradients (parity)
@@ -30,10 +36,13 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/dump.h"
+#include "trainer/estimate.h"
+#include "trainer/estimate_report.h"
 #include "trainer/export.h"
 #include "trainer/generate.h"
 #include "trainer/plan.h"
 #include "trainer/plan_report.h"
+#include "trainer/probe.h"
 #include "trainer/tokenize.h"
 #include "trainer/train.h"
 
@@ -44,6 +53,9 @@ const std::string kUsage =
         "usage:\n"
         "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
         "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
+        "  moetron estimate CONFIG --hardware FILE [--set key=value ...] [--world N] [--json]\n"
+        "                   [--calibrate TOKENS_PER_S_PER_GPU]\n"
+        "  moetron probe\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
         "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
         "  moetron export CHECKPOINT_DIR OUT_DIR [--dtype bf16|fp32]\n") +
@@ -55,7 +67,7 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume, from, dtype = "bf16", world, hardware;
+  std::string out, resume, from, dtype = "bf16", world, hardware, calibrate;
   bool json = false;
 };
 
@@ -64,17 +76,18 @@ Args parse(int argc, char** argv, int first) {
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
     if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype" ||
-        s == "--world" || s == "--hardware") {
+        s == "--world" || s == "--hardware" || s == "--calibrate") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
       else
-        (s == "--out"        ? a.out
-         : s == "--resume"   ? a.resume
-         : s == "--from"     ? a.from
-         : s == "--world"    ? a.world
-         : s == "--hardware" ? a.hardware
-                             : a.dtype) = argv[++i];
+        (s == "--out"         ? a.out
+         : s == "--resume"    ? a.resume
+         : s == "--from"      ? a.from
+         : s == "--world"     ? a.world
+         : s == "--hardware"  ? a.hardware
+         : s == "--calibrate" ? a.calibrate
+                              : a.dtype) = argv[++i];
     } else if (s == "--json") {
       a.json = true;
     } else if (s.rfind("--set=", 0) == 0) {
@@ -99,10 +112,8 @@ int world_rank() {
   return s ? std::atoi(s) : 0;
 }
 
-// `moetron plan`: the table or JSON on stdout; a layout that does not fit is then refused like
-// `train` refuses it (exit 1).
-int plan(Args& a) {
-  if (a.positional.size() != 1) throw UsageError("plan takes exactly one CONFIG");
+// --world's value (0 when not given).
+int world_option(const Args& a) {
   int world = 0;
   if (!a.world.empty()) {
     size_t used = 0;
@@ -114,6 +125,14 @@ int plan(Args& a) {
     if (used != a.world.size() || world < 1)
       throw UsageError("--world needs a positive number of ranks, got '" + a.world + "'");
   }
+  return world;
+}
+
+// `moetron plan`: the table or JSON on stdout; a layout that does not fit is then refused like
+// `train` refuses it (exit 1).
+int plan(Args& a) {
+  if (a.positional.size() != 1) throw UsageError("plan takes exactly one CONFIG");
+  const int world = world_option(a);
   if (!a.hardware.empty()) a.sets.push_back("hardware.profile=" + a.hardware);
   const moetron::Plan p = moetron::make_plan(moetron::load_config(a.positional[0], a.sets), world);
   if (a.json)
@@ -122,6 +141,35 @@ int plan(Args& a) {
     moetron::write_plan_table(p, std::cout);
   std::cout.flush();
   const std::string why = moetron::plan_refusal(p);
+  if (!why.empty()) throw moetron::ConfigError(why);
+  return 0;
+}
+
+// `moetron estimate`: the table or JSON on stdout, then a layout that does not fit in memory is
+// refused as `plan` refuses it. --calibrate prints the GEMM efficiency that reaches the rate.
+int estimate(Args& a) {
+  if (a.positional.size() != 1) throw UsageError("estimate takes exactly one CONFIG");
+  if (a.hardware.empty()) throw UsageError("estimate needs --hardware FILE (a hardware profile)");
+  const int world = world_option(a);
+  a.sets.push_back("hardware.profile=" + a.hardware);
+  moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
+  if (!a.calibrate.empty()) {
+    char* end = nullptr;
+    const double rate = std::strtod(a.calibrate.c_str(), &end);
+    if (end == a.calibrate.c_str() || *end || !(rate > 0))
+      throw UsageError("--calibrate needs tokens/s per GPU > 0, got '" + a.calibrate + "'");
+    const moetron::GemmEfficiency eff = moetron::calibrate_gemm_efficiency(cfg, rate, world);
+    cfg.hardware.gemm_efficiency = eff.bf16, cfg.hardware.gemm_efficiency_fp8 = eff.fp8;
+    std::cout << "calibrated: gemm_efficiency: " << eff.bf16 << ", gemm_efficiency_fp8: " << eff.fp8
+              << " (reach " << rate << " tokens/s/GPU)\n";
+  }
+  const moetron::Estimate e = moetron::make_estimate(cfg, world);
+  if (a.json)
+    moetron::write_estimate_json(e, std::cout);
+  else
+    moetron::write_estimate_table(e, std::cout);
+  std::cout.flush();
+  const std::string why = moetron::plan_refusal(e.plan);
   if (!why.empty()) throw moetron::ConfigError(why);
   return 0;
 }
@@ -161,6 +209,11 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "plan") return plan(a);
+  if (cmd == "estimate") return estimate(a);
+  if (cmd == "probe") {
+    moetron::write_probe_profile(moetron::probe_machine(), std::cout);
+    return 0;
+  }
   if (cmd == "prepare-text") {
     if (a.out.empty() || a.positional.empty())
       throw UsageError("prepare-text needs --out and inputs");

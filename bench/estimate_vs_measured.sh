@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# `moetron estimate` against measured step times of configs/tiny.yaml on this machine, side by
+# side: `moetron probe` measures the CPU's fp32 GEMM peak, copy bandwidth and cores into a
+# profile, one layout (the first: DP2 x EP2, one core and one intra-op thread per rank like every
+# multi-rank layout — the 1-rank run's two intra-op threads scale worse than the probe's 1024^3
+# GEMM on tiny's small ones, so it is predicted, not the anchor) is run and the profile's one GEMM
+# factor calibrated on it (`estimate --calibrate`), then every other layout — 1, 2, 4 and 8 ranks, 1f1b, zb1p and
+# dualpipe where the layout allows (an even micro-batch count >= 2 x PP) — is run and predicted
+# with that profile unchanged. Ranks beyond the cores oversubscribe them; the estimator prices a
+# busy rank at one core and adds the core wait (the node's total work over its cores). Measured: the median step_seconds of metrics.jsonl after
+# two warm-up steps. Global batch 32 x 128 tokens, micro-batches of 4, fp32.
+# Usage: bench/estimate_vs_measured.sh [STEPS=6] [--table]   (prints a Markdown table; --table:
+# no runs, the table again from the last runs' metrics and profile)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-6}
+OUT=build/bench_estimate
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+COMMON=(--set data.global_batch_size=32 --set data.micro_batch_size=4 --set run.eval_interval=0
+        --set run.sample_interval=0)
+# pp dp ep schedule
+layouts=("1 2 2 1f1b" "1 1 1 1f1b" "2 1 1 1f1b" "2 1 1 zb1p" "2 1 1 dualpipe"
+         "2 2 2 1f1b" "2 2 2 zb1p" "2 2 2 dualpipe" "4 1 1 dualpipe"
+         "2 4 2 1f1b" "4 2 2 1f1b")
+[ "${2:-}" = --table ] || { rm -rf "$OUT"; mkdir -p "$OUT"; build/moetron probe > "$OUT/cpu-probed.yaml"; }
+for l in "${layouts[@]}"; do
+  [ "${2:-}" = --table ] && break
+  set -- $l
+  name="pp$1_dp$2_ep$3_$4"
+  mpirun --oversubscribe --bind-to none --mca btl self,vader -np $(( $1 * $2 )) build/moetron \
+    train configs/tiny.yaml "${COMMON[@]}" --set run.steps="$STEPS" --set parallel.pp=$1 \
+    --set parallel.dp=$2 --set parallel.ep=$3 --set parallel.schedule=$4 \
+    --set run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1 || { tail "$OUT/$name.log"; exit 1; }
+done
+/usr/bin/python3 - "$OUT" "${layouts[@]}" <<'PY'
+import json, statistics, subprocess, sys
+out, layouts = sys.argv[1], sys.argv[2:]
+COMMON = ["--set", "data.global_batch_size=32", "--set", "data.micro_batch_size=4"]
+def measured(name):
+    rows = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")][2:]
+    return statistics.median(r["step_seconds"] for r in rows)
+def estimate(pp, dp, ep, sched, profile, *extra):
+    r = subprocess.run(["build/moetron", "estimate", "configs/tiny.yaml", "--hardware", profile,
+                        *COMMON, "--set", f"parallel.pp={pp}", "--set", f"parallel.dp={dp}",
+                        "--set", f"parallel.ep={ep}", "--set", f"parallel.schedule={sched}",
+                        *extra], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+names = [("pp{}_dp{}_ep{}_{}".format(*l.split()), l.split()) for l in layouts]
+# calibrate on the first layout
+name0, (pp, dp, ep, s) = names[0]
+tps = 32 * 128 / measured(name0) / (int(pp) * int(dp))
+cal = estimate(pp, dp, ep, s, f"{out}/cpu-probed.yaml", "--calibrate", str(tps))
+eff = cal.splitlines()[0].split("gemm_efficiency: ")[1].split(",")[0]
+prof = open(f"{out}/cpu-probed.yaml").read().replace("gemm_efficiency: 1\n", f"gemm_efficiency: {eff}\n")
+open(f"{out}/cpu-calibrated.yaml", "w").write(prof)
+print(f"profile: {out}/cpu-calibrated.yaml (gemm_efficiency {eff}, calibrated on {name0})\n")
+print("| layout | ranks | measured step s | predicted s | error | pred. compute | exposed EP | bubble | core wait | DP | optimizer |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+errs = []
+for name, (pp, dp, ep, s) in names:
+    m = measured(name)
+    e = json.loads(estimate(pp, dp, ep, s, f"{out}/cpu-calibrated.yaml", "--json"))
+    p, b = e["step_seconds"], e["breakdown"]
+    err = (p - m) / m
+    if name != name0: errs.append(abs(err))
+    print(f"| {name} | {int(pp)*int(dp)} | {m:.3f} | {p:.3f} | {100*err:+.1f}% | {b['compute_s']:.3f} | "
+          f"{b['exposed_ep_s']:.3f} | {b['bubble_s']:.3f} | {b['core_wait_s']:.3f} | {b['dp_s']:.3f} | {b['optimizer_s']:.3f} |")
+print(f"\npredicted layouts: mean |error| {100*sum(errs)/len(errs):.1f}%, max {100*max(errs):.1f}%")
+PY
