@@ -30,6 +30,7 @@ SAVE=${SAVE:-3}
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 source tests/small_model.sh
+source tests/rank_procs.sh
 ARGS=("${SMALL_MODEL[@]}" --set data.micro_batch_size=2 --set data.global_batch_size=16
       --set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2 --set run.steps=$STEPS
       --set run.save_interval=$SAVE --set run.eval_interval=0 --set run.sample_interval=0)
@@ -38,14 +39,6 @@ run() {  # dir log [extra...]: the job, in the foreground unless the caller back
   timeout 300 mpirun --oversubscribe --mca btl self,vader --bind-to none -np 4 "$BIN" train \
     configs/tiny.yaml "${ARGS[@]}" --set run.dir="$dir" --set run.save_params="$dir/params" \
     "$@" > "$log" 2>&1
-}
-lines() { [ -s "$1/metrics.jsonl" ] && wc -l < "$1/metrics.jsonl" || echo 0; }
-rank_pid() {  # dir rank
-  local p
-  for p in $(pgrep -f "run.dir=$1"); do
-    [ "$(cat /proc/$p/comm 2>/dev/null)" == moetron ] &&
-      tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" && echo $p
-  done
 }
 # "step loss grad_norm" per line of metrics.jsonl from line $2 on, as written
 steps_from() {
@@ -68,13 +61,13 @@ for t in $(seq "$TRIALS"); do
   rank=$((RANDOM % 4)); at=$((2 + RANDOM % (STEPS - 4)))  # kill once step `at` is logged: 2..STEPS-3
   D="$OUT/trial_$t"; t0=$SECONDS
   run "$D" "$D.crash.log" & job=$!
-  for i in $(seq 3000); do [ "$(lines "$D")" -ge 1 ] && break; sleep 0.02; done
+  for i in $(seq 3000); do [ "$(steps_done "$D")" -ge 1 ] && break; sleep 0.02; done
   victim=$(rank_pid "$D" $rank)
-  for i in $(seq 3000); do [ "$(lines "$D")" -ge $at ] && break; sleep 0.01; done
+  for i in $(seq 3000); do [ "$(steps_done "$D")" -ge $at ] && break; sleep 0.01; done
   [ -n "$victim" ] || victim=$(rank_pid "$D" $rank)
   [ -n "$victim" ] && kill -KILL $victim 2>/dev/null || echo "soak: trial $t: rank $rank not found to kill"
   wait $job; crash_rc=$?
-  n0=$(lines "$D"); killed=$n0  # the last step rank 0 logged before the job went down
+  n0=$(steps_done "$D"); killed=$n0  # the last step rank 0 logged before the job went down
   run "$D" "$D.resume.log" --resume auto; rc=$?
   resumed=$(grep -o "resumed from [^ ]*step_[0-9]*" "$D.resume.log" | grep -o "[0-9]*$")
   resumed=${resumed:-0}  # no checkpoint yet: a fresh start

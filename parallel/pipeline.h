@@ -62,7 +62,6 @@ struct ExecStats {
   double pp_idle = 0;         // blocked on pipeline receives (before compute) and sends (end)
   double ep_wait_pair = 0;    // blocked in expert-exchange waits inside ForwardBackward pairs
   double ep_wait_single = 0;  // ... in every other compute op
-  int pairs = 0;
   // mean seconds of this rank's F, full B, W (BackwardWeight) and FB ops (0 where none ran)
   double cost_F = 0, cost_B = 0, cost_Bi = 0, cost_W = 0, cost_FB = 0;
 };
@@ -129,14 +128,9 @@ class PipelineExecutor {
   }
   const pipeline::Schedule& schedule() const { return sched_; }
   int rank() const { return rank_; }
-  void set_interleave(bool on) { opt_.interleave = on; }
 
-  // The last run's time split (compute_seconds includes the EP waits, as before the split).
+  // The last run's time split and op costs.
   const ExecStats& stats() const { return stats_; }
-  double compute_seconds() const {
-    return stats_.compute + stats_.ep_wait_pair + stats_.ep_wait_single;
-  }
-  double idle_seconds() const { return stats_.pp_idle; }
   // The losses of (m, stage)'s forward in the last run (zero where it did not run here).
   const Losses& losses_of(int m, int stage) const { return losses_.at(key(m, stage)); }
 
@@ -177,9 +171,11 @@ class PipelineExecutor {
       if (c->stage().stage == stage) return *c;
     throw std::logic_error("pipeline executor: no chunk of stage " + std::to_string(stage));
   }
-  bool here(int m, int stage) const {
-    return stage >= 0 && stage < sched_.stages && sched_.rank_of(m, stage) == rank_;
+  // Whether (m, stage) runs on `rank` of `s`.
+  static bool on_rank(const pipeline::Schedule& s, int rank, int m, int stage) {
+    return stage >= 0 && stage < s.stages && s.rank_of(m, stage) == rank;
   }
+  bool here(int m, int stage) const { return on_rank(sched_, rank_, m, stage); }
   // The (m, s) keys each op reads: its own, and (the turn) the stage it takes its input from in
   // the process.
   static void keys_read(const pipeline::Schedule& s, int rank, const pipeline::Op& op,

@@ -8,12 +8,9 @@ template <class T>
 void PipelineExecutor<T>::keys_read(const pipeline::Schedule& s, int rank, const pipeline::Op& op,
                                     std::vector<std::pair<int, int>>& out) {
   using pipeline::OpKind;
-  auto here = [&](int m, int stage) {
-    return stage >= 0 && stage < s.stages && s.rank_of(m, stage) == rank;
-  };
   auto fwd = [&](int m, int stage) {
     out.emplace_back(m, stage);
-    if (here(m, stage - 1)) out.emplace_back(m, stage - 1);  // the turn: input in the process
+    if (on_rank(s, rank, m, stage - 1)) out.emplace_back(m, stage - 1);  // the turn: input here
   };
   auto bwd = [&](int m, int stage) { out.emplace_back(m, stage); };  // (the turn: a message)
   out.clear();
@@ -192,7 +189,6 @@ void PipelineExecutor<T>::compute(const pipeline::Op& op, const Step& st) {
       forward_done(m, s);
       backward_done(op.mb2, op.stage2);
       cost = 4;
-      ++stats_.pairs;
       break;
     }
     default:

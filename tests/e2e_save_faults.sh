@@ -20,6 +20,7 @@ BIN=$1; OUT=$2/e2e_save_faults
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 source tests/small_model.sh
+source tests/rank_procs.sh
 ARGS=("${SMALL_MODEL[@]}" --set data.micro_batch_size=2 --set data.global_batch_size=16
       --set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2 --set run.save_interval=2
       --set run.eval_interval=0 --set run.sample_interval=0)
@@ -31,13 +32,6 @@ run() {  # dir log steps [extra...]
   timeout 120 mpirun --oversubscribe --mca btl self,vader --bind-to none -np 4 \
     -x MOETRON_FAULT_SLOW_SAVE "$BIN" train configs/tiny.yaml "${ARGS[@]}" --set run.steps=$steps \
     --set run.dir="$dir" --set run.save_params="$dir/params" "$@" > "$log" 2>&1
-}
-rank_pid() {  # dir rank
-  local p
-  for p in $(pgrep -f "run.dir=$1"); do
-    [ "$(cat /proc/$p/comm 2>/dev/null)" == moetron ] &&
-      tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" && echo $p
-  done
 }
 wait_shards() { for i in $(seq 1200); do [ "$(ls "$1"/rank_*.h5 2>/dev/null | wc -l)" -eq 4 ] && return; sleep 0.05; done; }
 same_as_ref() {  # dir from: the steps logged from line `from` on (the last launch) and the final

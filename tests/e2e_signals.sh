@@ -12,6 +12,7 @@ BIN=$1; OUT=$2/e2e_signals
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 source tests/small_model.sh
+source tests/rank_procs.sh
 SMALL=("${SMALL_MODEL[@]}" --set data.micro_batch_size=2 --set data.global_batch_size=16
        --set run.eval_interval=0 --set run.sample_interval=0)
 pass=0; fail=0
@@ -25,14 +26,6 @@ launch() {  # dir pp dp steps [extra...]: a 2-rank job in the background ($job)
     "$@" > "$dir.log" 2>&1 &
   job=$!
 }
-rank_pid() {  # dir rank: the pid of that rank's moetron process
-  local p
-  for p in $(pgrep -f "run.dir=$1"); do
-    [ "$(cat /proc/$p/comm 2>/dev/null)" == moetron ] &&
-      tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" && echo $p
-  done
-}
-steps_done() { [ -s "$1/metrics.jsonl" ] && wc -l < "$1/metrics.jsonl" || echo 0; }
 wait_steps() { for i in $(seq 600); do [ "$(steps_done "$1")" -ge "$2" ] && return; sleep 0.1; done; }
 
 # 1, 2: one signal to one rank
