@@ -187,6 +187,15 @@ void Model<T>::head_backward(MicroBatch& mb, double grad_scale, WeightQueue* que
   });
 }
 
+// Tells mb.on_layer_grads that `layer`'s weight gradients are in: now, or after the layer's
+// deferred work (queued behind it).
+template <class T>
+void Model<T>::layer_grads_done(MicroBatch& mb, WeightQueue* queue, int layer) {
+  weight_now_or_later(queue, [&mb, layer] {
+    if (mb.on_layer_grads) mb.on_layer_grads(layer);
+  });
+}
+
 template <class T>
 Program Model<T>::backward_program(MicroBatch& mb, double grad_scale, const T* dh_out,
                                    bool defer_weight) const {
@@ -208,10 +217,12 @@ Program Model<T>::backward_program(MicroBatch& mb, double grad_scale, const T* d
       const double gk =
           valid > 0 ? grad_scale * mb.mtp_weight / static_cast<double>(Dm) / valid : 0.0;
       const T* dnext = k < Dm ? mb.mtp[k].dh_prev.data() : nullptr;
-      Program mtp = mtp_[k - 1]->backward_program(mb.mtp[k - 1], B, S, mb.pos.data(), gk, dnext, g,
-                                                  lm_head_->w(), lm_head_->g(), embed_->g(), queue,
-                                                  static_cast<int>(cfg_.num_hidden_layers + k - 1));
+      const int layer = static_cast<int>(cfg_.num_hidden_layers + k - 1);
+      Program mtp =
+          mtp_[k - 1]->backward_program(mb.mtp[k - 1], B, S, mb.pos.data(), gk, dnext, g,
+                                        lm_head_->w(), lm_head_->g(), embed_->g(), queue, layer);
       while (mtp.step()) co_yield mtp.last();
+      layer_grads_done(mb, queue, layer);
     }
     if (Dm > 0) kernels::add_inplace<T>(ex, dh, mb.mtp[0].dh_prev.data(), N * D);
   } else {
@@ -226,6 +237,7 @@ Program Model<T>::backward_program(MicroBatch& mb, double grad_scale, const T* d
         blocks_[l]->backward_program(mb.blocks[l], mb.dh.data(), mb.pos.data(), mb.dtmp.data(),
                                      queue, static_cast<int>(first_block_ + l));
     while (blk.step()) co_yield blk.last();
+    layer_grads_done(mb, queue, static_cast<int>(first_block_ + l));
     std::swap(mb.dh, mb.dtmp);
   }
   if (stage_.first()) {

@@ -68,6 +68,11 @@ class Model {
     Buffer<T> dtmp;        // backward scratch: the other half of dh's ping-pong
     Buffer<T> d_embed;     // gradient reaching the embedding output, kept for the weight gradient
     WeightQueue deferred;  // weight-gradient work queued by backward_input
+    // Called, when set, with a layer's global index once this micro-batch's weight gradients of
+    // that block (or MTP block) have all been accumulated — during the backward, or with the
+    // deferred work in backward_weight. A caller that knows this is the step's last contribution
+    // can start reducing them (parallel/pipeline.h).
+    std::function<void(int layer)> on_layer_grads;
     // Every buffer the backward writes and keeps until backward_weight (or the send of dh): a
     // pipeline executor lends these to a micro-batch only from its backward to its last op.
     template <class F>
@@ -155,6 +160,7 @@ class Model {
   mutable Buffer<int64_t> loads_;
   void read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const;
   void head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const;
+  static void layer_grads_done(MicroBatch& mb, WeightQueue* queue, int layer);
 };
 
 }  // namespace moetron

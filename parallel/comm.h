@@ -155,9 +155,18 @@ class Communicator {
   // ---- collectives (in place where it makes sense) ----
   // count is in elements of t (bytes for Bytes). Bytes cannot be reduced (CommError).
   virtual void all_reduce(void* data, size_t count, CommDType t, ReduceOp op = ReduceOp::Sum) = 0;
-  // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r
+  // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r.
+  // Non-blocking: both buffers stay untouched by the caller until the Request completes (ZeRO-1
+  // starts a bucket's reduction while the backward computes the next). Every rank of the group
+  // posts its non-blocking collectives in the same order.
+  virtual Request ireduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                                  ReduceOp op = ReduceOp::Sum) = 0;
+  // Blocking: the non-blocking form waited for (a device communicator orders it on its streams
+  // instead of waiting on the host).
   virtual void reduce_scatter(const void* in, void* out, size_t count, CommDType t,
-                              ReduceOp op = ReduceOp::Sum) = 0;
+                              ReduceOp op = ReduceOp::Sum) {
+    ireduce_scatter(in, out, count, t, op).wait();
+  }
   // in [count] -> out [size * count], rank r's block at r * count; in place when in is
   // out + rank * count (this rank's block is already where it belongs)
   virtual void all_gather(const void* in, void* out, size_t count, CommDType t) = 0;

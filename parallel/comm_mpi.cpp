@@ -202,11 +202,15 @@ class MpiCommunicator final : public Communicator {
             "all_reduce", rank_);
     }
   }
-  void reduce_scatter(const void* in, void* out, size_t count, CommDType t, ReduceOp op) override {
-    GuardAccess guard;  // buffers may be Guard-device memory
+  Request ireduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                          ReduceOp op) override {
     const MPI_Op o = mpi_op(t, op, "reduce_scatter", rank_);
-    check(MPI_Reduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_),
+    auto guard = std::make_shared<GuardAccess>();  // buffers may be Guard-device memory
+    MPI_Request r;
+    check(MPI_Ireduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_,
+                                    &r),
           "reduce_scatter", rank_);
+    return mpi_request({r}, nullptr, "reduce_scatter completion", rank_, guard);
   }
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
     GuardAccess guard;  // buffers may be Guard-device memory

@@ -299,16 +299,29 @@ void NcclCommunicator::all_reduce(void* d, size_t n, CommDType t, ReduceOp op) {
   leave();
 }
 
-void NcclCommunicator::reduce_scatter(const void* in, void* out, size_t count, CommDType t,
-                                      ReduceOp op) {
+// Posts ncclReduceScatter on the communication stream; false when there is nothing to post.
+bool NcclCommunicator::post_reduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                                           ReduceOp op) {
   const ncclRedOp_t o = nccl_op(t, op, "reduce_scatter", h_->rank);
-  if (count == 0) return;
+  if (count == 0) return false;
   if (in == nullptr || out == nullptr) invalid("reduce_scatter", h_->rank, "null buffer");
-  std::lock_guard<std::mutex> lk(mu_);
   enter(*h_, "reduce_scatter");
   check(ncclReduceScatter(in, out, count, nccl_type(t), o, h_->comm, gpu::comm_stream()),
         "reduce_scatter", h_->rank, -1, h_->comm);
-  leave();
+  return true;
+}
+
+void NcclCommunicator::reduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                                      ReduceOp op) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (post_reduce_scatter(in, out, count, t, op)) leave();
+}
+
+Request NcclCommunicator::ireduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                                          ReduceOp op) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!post_reduce_scatter(in, out, count, t, op)) return Request();
+  return pending("ireduce_scatter");
 }
 
 // In place when in == out + rank * count: NCCL recognises that layout itself.

@@ -103,6 +103,8 @@ class NcclCommunicator final : public Communicator {
   using Communicator::reduce_scatter;
   void all_reduce(void* data, size_t count, CommDType t, ReduceOp op) override;
   void reduce_scatter(const void* in, void* out, size_t count, CommDType t, ReduceOp op) override;
+  Request ireduce_scatter(const void* in, void* out, size_t count, CommDType t,
+                          ReduceOp op) override;
   void all_gather(const void* in, void* out, size_t count, CommDType t) override;
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override;
   Request iall_to_all_v(const void* send, const std::vector<size_t>& send_bytes, void* recv,
@@ -115,6 +117,7 @@ class NcclCommunicator final : public Communicator {
   explicit NcclCommunicator(std::shared_ptr<NcclHandle> h);
   void post_p2p(const P2pOp* ops, size_t n, const char* what, bool batch);
   Request pending(const char* what);
+  bool post_reduce_scatter(const void* in, void* out, size_t count, CommDType t, ReduceOp op);
 
   std::shared_ptr<NcclHandle> h_;
   std::mutex mu_;  // one thread posts at a time (NCCL communicators are not thread-safe)

@@ -31,7 +31,10 @@
 //                         the pair runs forward then backward: the same arithmetic (tested).
 //   SendGrad(m, s)        non-blocking send of d(input) to the previous stage's rank
 // Between pieces and after every op the executor calls ExecOptions::progress (the expert
-// dispatcher's MPI progress) and polls its sends.
+// dispatcher's MPI progress, and the DP reduction's) and polls its sends. The rank's last op that
+// accumulates weight gradients into a stage reports each layer it finishes
+// (ExecOptions::layer_grads_final), so the DP reduction of those layers overlaps the rest of the
+// backward.
 #pragma once
 
 #include <algorithm>
@@ -54,6 +57,10 @@ struct ExecOptions {
   std::function<double()> ep_blocked;  // cumulative seconds blocked in expert-exchange waits
   // after each piece of a pair: which stream ran it and what it posted (tests, traces)
   std::function<void(bool forward, const Yield&)> on_piece;
+  // a layer's weight gradients are final for the step on this rank: the rank's last op that
+  // accumulates into its stage (a backward, a weight-gradient op, or a pair's backward) has
+  // passed it (the DP reduction may start; trainer/optimizer.h)
+  std::function<void(int layer)> layer_grads_final;
 };
 
 // Where one rank's time in run() went (seconds), and the measured op costs.
@@ -95,6 +102,7 @@ class PipelineExecutor {
     const std::vector<std::vector<int>> retire_after = begin_step(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
+      op_index_ = i;
       if (op.is_message())
         post(op, step);
       else
@@ -194,6 +202,9 @@ class PipelineExecutor {
   void forward_done(int m, int stage);
   void backward_done(int m, int stage);
   void run_pair(Program& f, Program& b);
+  // Op i accumulates weight gradients into `stage`: if it is the step's last to, (m, stage)'s
+  // layers report to layer_grads_final as they finish (else they report nothing).
+  void watch_grads(size_t i, int m, int stage);
 
   // After (m, s)'s last use: its slot and gradient set go back to their pools.
   void retire(int k) {
@@ -291,8 +302,10 @@ class PipelineExecutor {
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key
   std::vector<PendingSend> sends_;
-  std::vector<Request> recvs_;  // receives posted since the last compute op
-  std::vector<Losses> losses_;  // [key] of the current run
+  std::vector<Request> recvs_;     // receives posted since the last compute op
+  std::vector<Losses> losses_;     // [key] of the current run
+  std::vector<int> last_grad_op_;  // [stage]: the last op of this rank accumulating into it
+  size_t op_index_ = 0;            // of the op being run
   ExecStats stats_;
   std::vector<double> cost_sum_;  // [F, B, Bi, W, FB] seconds, and counts
   std::vector<int> cost_n_;

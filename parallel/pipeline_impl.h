@@ -44,8 +44,13 @@ std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
   cost_sum_.assign(5, 0.0), cost_n_.assign(5, 0);
   std::vector<int> last(K, -1);
   std::vector<std::pair<int, int>> ks;
+  last_grad_op_.assign(sched_.stages, -1);
   for (size_t i = 0; i < ops.size(); ++i) {
     const pipeline::Op& op = ops[i];
+    const int gs = op.kind == pipeline::OpKind::ForwardBackward ? op.stage2 : op.stage;
+    if (op.kind == pipeline::OpKind::Backward || op.kind == pipeline::OpKind::BackwardInput ||
+        op.kind == pipeline::OpKind::BackwardWeight || op.kind == pipeline::OpKind::ForwardBackward)
+      last_grad_op_[gs] = static_cast<int>(i);
     if (op.kind == pipeline::OpKind::RecvActivation || op.kind == pipeline::OpKind::RecvGrad)
       continue;
     keys_read(sched_, rank_, op, ks);
@@ -109,9 +114,19 @@ void PipelineExecutor<T>::forward_done(int m, int stage) {
 }
 
 template <class T>
+void PipelineExecutor<T>::watch_grads(size_t i, int m, int stage) {
+  auto& hook = state(key(m, stage)).on_layer_grads;
+  if (opt_.layer_grads_final && last_grad_op_[stage] == static_cast<int>(i))
+    hook = opt_.layer_grads_final;
+  else
+    hook = nullptr;
+}
+
+template <class T>
 Program PipelineExecutor<T>::backward_of(int m, int stage, const Step& st, bool defer_weight) {
   const int k = key(m, stage);
   lend_grads(k);
+  watch_grads(op_index_, m, stage);
   // d output: received, or (the turn) handed over by backward_done of (m, stage + 1)
   const T* dout = stage < sched_.stages - 1 ? msgs_[grad_of_[k]].data() : nullptr;
   return chunk(stage).backward_program(state(k), st.grad_scale, dout, defer_weight);
@@ -177,6 +192,7 @@ void PipelineExecutor<T>::compute(const pipeline::Op& op, const Step& st) {
       break;
     }
     case OpKind::BackwardWeight:
+      watch_grads(op_index_, m, s);
       chunk(s).backward_weight(state(key(m, s)));
       cost = 3;
       break;

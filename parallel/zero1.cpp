@@ -39,10 +39,20 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
   plan_shard();
   const int64_t G = comm_.size();
   if (G > 1) shard_grad_.assign(shard_, 0.f);
+  // the overlapped reduction's tables (zero1_reduce.cpp)
+  bucket_of_.assign(params_.size(), 0);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    shard_pos_.push_back(b == 0 ? 0 : shard_pos_.back() + buckets_[b - 1].padded / G);
+    not_final_.push_back(static_cast<int64_t>(buckets_[b].params.size()));
+    for (int64_t i : buckets_[b].params) bucket_of_[i] = static_cast<int64_t>(b);
+  }
+  final_.assign(params_.size(), 0);
   if (opt_.grad_reduce_bf16 && G > 1) {
     int64_t most = 0;
     for (const Bucket& b : buckets_) most = std::max(most, b.padded);
-    send16_.assign(most, 0), recv16_.assign(most / G, 0);
+    stage16_.resize(static_cast<size_t>(std::max(1, opt_.staging)));
+    for (size_t k = 0; k < stage16_.size(); ++k)
+      stage16_[k].assign(most + most / G, 0), free16_.push_back(static_cast<int>(k));
   }
   adamw_ = AdamW(shard_, opt_);
 }
@@ -169,34 +179,6 @@ void Zero1::plan_shard() {
   std::sort(segments_.begin(), segments_.end(), [](const Segment& a, const Segment& b) {
     return a.index != b.index ? a.index < b.index : a.param_offset < b.param_offset;
   });
-}
-
-void Zero1::reduce_scatter_grads() {
-  const int64_t G = comm_.size();
-  float* grads = grad_arena_.data<float>();
-  if (G == 1) {  // the gradient arena is the shard
-    if (opt_.grad_reduce_bf16) {
-      const int64_t n = grad_arena_.numel();
-#pragma omp parallel for simd
-      for (int64_t i = 0; i < n; ++i) grads[i] = round_bf16(grads[i]);
-    }
-    return;
-  }
-  int64_t shard_pos = 0;
-  for (const Bucket& b : buckets_) {
-    const int64_t part = b.padded / G;
-    float* in = grads + b.begin;
-    float* out = shard_grad_.data() + shard_pos;
-    if (opt_.grad_reduce_bf16) kernels::narrow_to_bf16(Exec{}, in, b.padded, send16_.data());
-    const auto t0 = std::chrono::steady_clock::now();
-    if (opt_.grad_reduce_bf16)
-      comm_.reduce_scatter(send16_.data(), recv16_.data(), part, CommDType::BF16);
-    else
-      comm_.reduce_scatter(in, out, part);
-    comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (opt_.grad_reduce_bf16) kernels::widen_from_bf16(Exec{}, recv16_.data(), part, out);
-    shard_pos += part;
-  }
 }
 
 double Zero1::owned_grad_sq() const {

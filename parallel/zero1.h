@@ -17,6 +17,18 @@
 // No step packs or unpacks a parameter. With G = 1 (one process) this is plain AdamW on the
 // arenas (the gradient arena is the shard); the trainer uses this one path for every layout.
 //
+// Overlap with the backward (zero1_reduce.cpp). Step 1 need not wait for the whole backward: the
+// trainer calls mark_final(i) as soon as params()[i]'s gradient will not change any more this
+// step (the backward of the rank's last micro-batch has passed its layer), and a bucket whose
+// parameters are all final starts its reduce-scatter at once, non-blocking, while the backward
+// goes on; progress() (between the backward's pieces) lets MPI move it. Buckets start in one
+// fixed order — last bucket first, as a backward finishes the last layers first — and a bucket
+// starts only after every bucket before it in that order, so all ranks of the group post the
+// same collectives in the same order whatever order their backwards finish in (DualPipe's twins
+// run their two chunks in mirrored orders). reduce_scatter_grads() starts what is left (the
+// parameters never marked: embedding, final norm, head) and waits for all. Each bucket's
+// reduction is the same operation whenever it starts, so overlap on and off give the same bits.
+//
 // The arenas. The constructor plans the layout from the parameter list, allocates both arenas
 // (Tensors from the device allocator, so their bytes are counted, zeroed: padding stays zero),
 // copies each parameter's value and gradient into its slice and re-homes the Param onto it: the
@@ -46,6 +58,8 @@ namespace moetron {
 struct Zero1Options : AdamWOptions {
   bool grad_reduce_bf16 = false;      // round gradients to bf16 for the reduction (fp32 otherwise)
   int64_t bucket_elements = 1 << 20;  // 4 MiB of fp32 per bucket
+  bool overlap = true;  // start a bucket's reduce-scatter when mark_final made it final
+  int staging = 2;      // grad_reduce_bf16: bf16 buckets in flight at once (staging buffers)
 };
 
 class Zero1 {
@@ -56,8 +70,18 @@ class Zero1 {
   Zero1(const Zero1&) = delete;
   Zero1& operator=(const Zero1&) = delete;
 
-  // After this (until step) owned_grads() holds the summed gradients of the owned elements.
+  // params()[i]'s gradient is final for this step: buckets made final start their reduction
+  // (with overlap; else nothing happens until reduce_scatter_grads).
+  void mark_final(int64_t i);
+  // Lets the reductions in flight progress (a test of each; completed bf16 buckets widened).
+  void progress();
+  // Starts every bucket not started yet, waits for all; after this (until step) owned_grads()
+  // holds the summed gradients of the owned elements. Marks are cleared for the next step.
   void reduce_scatter_grads();
+  // Gradient elements (padded buckets) whose reduction the last reduce_scatter_grads found
+  // already started by mark_final.
+  int64_t started_early() const { return last_started_early_; }
+  int64_t reduced_elements() const { return G1() ? 0 : grad_arena_.numel(); }  // (padded)
   // Sum of squares of the owned, reduced gradients (parameters marked `replica` excluded).
   double owned_grad_sq() const;
   // Whether this rank's own gradients (the gradient arena, which the reduce-scatter reads and
@@ -120,6 +144,9 @@ class Zero1 {
   int64_t plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset);
   void rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat);
   void plan_shard();
+  void start_final_buckets();  // in the start order, while the next bucket is final
+  void start(int64_t bucket);  // posts its reduce-scatter
+  void finish(size_t flight);  // after in_flight_[flight] completed: widen (bf16), drop it
   void scale_owned_grads(double grad_scale);
   void all_gather_values();
   bool G1() const { return comm_.size() == 1; }
@@ -132,10 +159,24 @@ class Zero1 {
   Zero1Options opt_;
   int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
-  Tensor value_arena_, grad_arena_;        // [padded layout] fp32
-  std::vector<float> shard_grad_;          // G > 1: the reduced gradients of the owned elements
-  std::vector<uint16_t> send16_, recv16_;  // grad_reduce_bf16: one bucket, one shard part
-  AdamW adamw_;                            // the moments of the owned elements (shard order)
+  Tensor value_arena_, grad_arena_;  // [padded layout] fp32
+  std::vector<float> shard_grad_;    // G > 1: the reduced gradients of the owned elements
+  // The overlapped reduction: per bucket, where its part of the shard starts and how many of its
+  // parameters are not final yet; per parameter, its bucket and whether it is final.
+  std::vector<int64_t> shard_pos_, not_final_, bucket_of_;
+  std::vector<char> final_;
+  size_t started_ = 0;  // buckets started this step: the start order's first `started_`
+  int64_t started_early_ = 0, last_started_early_ = 0;
+  struct InFlight {
+    int64_t bucket;
+    Request req;
+    int staging;  // bf16 staging buffer, or -1
+  };
+  std::vector<InFlight> in_flight_;
+  // grad_reduce_bf16: staging buffers, each one bucket's bf16 send then its part's receive
+  std::vector<std::vector<uint16_t>> stage16_;
+  std::vector<int> free16_;
+  AdamW adamw_;  // the moments of the owned elements (shard order)
 };
 
 }  // namespace moetron

@@ -219,3 +219,47 @@ TEST(Zero1Arena, RefusesViewsThatDoNotTileTheirFusedTensor) {
   std::vector<Param<float>*> part = {s.group[0], s.group[1], s.group[2]};  // no expert 1
   EXPECT_THROW((void)Zero1(part, w, options(false)), std::invalid_argument);
 }
+
+// The reduction overlapped with the backward (zero1_reduce.cpp): each rank writes a parameter's
+// gradient and marks it final, in an order of its own (as DualPipe's twins finish their chunks in
+// mirrored orders); buckets start only once all their parameters are final and in one order on
+// every rank, so the reduced gradients equal those of the reduction at the end bit for bit — fp32,
+// and bf16 with one staging buffer (a start waits for the bucket in flight). The first parameter
+// is never marked (as the embedding): its bucket, and only it, starts in reduce_scatter_grads.
+TEST(Zero1Arena, OverlappedReductionEqualsTheReductionAtTheEnd) {
+  Communicator& w = world();
+  const int P = w.size();
+  for (const bool bf16 : {false, true}) {
+    Store at_end, overlapped;
+    Zero1Options zo = options(bf16);
+    zo.staging = 1;
+    zo.overlap = false;
+    Zero1 ref(at_end.group, w, zo);
+    zo.overlap = true;
+    Zero1 opt(overlapped.group, w, zo);
+    for (int step = 1; step <= 2; ++step) {
+      const size_t n = at_end.group.size();
+      for (size_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < at_end.group[j]->numel(); ++i)
+          at_end.group[j]->g()[i] = exact_grad(w.rank() + step, j, i) * 1.001f;
+      std::vector<size_t> order;  // 1 .. n-1, rotated by this rank
+      for (size_t j = 1; j < n; ++j) order.push_back(1 + (j - 1 + 3 * w.rank() + step) % (n - 1));
+      for (size_t j : order) {
+        Param<float>* p = overlapped.group[j];
+        std::copy(at_end.group[j]->g(), at_end.group[j]->g() + p->numel(), p->g());
+        opt.mark_final(static_cast<int64_t>(j));
+        opt.progress();
+      }
+      std::copy(at_end.group[0]->g(), at_end.group[0]->g() + at_end.group[0]->numel(),
+                overlapped.group[0]->g());
+      ref.reduce_scatter_grads();
+      opt.reduce_scatter_grads();
+      const int64_t shard = ref.value_arena().numel() / P;
+      ASSERT_EQ(0, std::memcmp(ref.owned_grads(), opt.owned_grads(), 4 * shard)) << "bf16 " << bf16;
+      // "a" (15 elements) alone is the first bucket, the last to start; the rest started early
+      const int64_t first_bucket = (15 + P - 1) / P * P;
+      EXPECT_EQ(ref.started_early(), 0);
+      EXPECT_EQ(opt.started_early(), P > 1 ? opt.grad_arena().numel() - first_bucket : 0);
+    }
+  }
+}

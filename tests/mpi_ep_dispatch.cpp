@@ -368,8 +368,8 @@ class InOrder final : public Communicator {
   void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
     c_.all_reduce(d, n, t, op);
   }
-  void reduce_scatter(const void* i, void* o, size_t n, CommDType t, ReduceOp op) override {
-    c_.reduce_scatter(i, o, n, t, op);
+  Request ireduce_scatter(const void* i, void* o, size_t n, CommDType t, ReduceOp op) override {
+    return c_.ireduce_scatter(i, o, n, t, op);
   }
   void all_gather(const void* i, void* o, size_t n, CommDType t) override {
     c_.all_gather(i, o, n, t);

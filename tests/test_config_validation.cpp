@@ -111,6 +111,10 @@ const std::vector<Case> kRangeCases = {
      "optimizer.moment_dtype: must be one of {fp32, bf16}, got \"fp16\""},
     {{{"optimizer.grad_reduce_dtype", "fp8"}},
      "optimizer.grad_reduce_dtype: must be one of {fp32, bf16}, got \"fp8\""},
+    {{{"optimizer.overlap_grad_reduce", "yes"}},
+     "optimizer.overlap_grad_reduce: must be one of {off, on}, got \"yes\""},
+    {{{"optimizer.grad_bucket_elements", "0"}},
+     "optimizer.grad_bucket_elements: must be >= 1, got 0"},
     {{{"schedule.unit", "epochs"}},
      "schedule.unit: must be one of {steps, tokens}, got \"epochs\""},
     {{{"schedule.lr.peak", "-1"}}, "schedule.lr.peak: must be >= 0, got -1"},
@@ -219,7 +223,7 @@ const std::vector<Case> kUnknownKeyCases = {
      "unknown key data.batch_size (did you mean micro_batch_size or global_batch_size?)"},
     {{{"optimizer.lr", "4"}},
      "unknown key optimizer.lr (known keys here: beta1, beta2, eps, weight_decay, grad_clip, "
-     "moment_dtype, grad_reduce_dtype)"},
+     "moment_dtype, grad_reduce_dtype, overlap_grad_reduce, grad_bucket_elements)"},
 };
 INSTANTIATE_TEST_SUITE_P(UnknownKeys, Invalid, ::testing::ValuesIn(kUnknownKeyCases), case_name);
 

@@ -507,7 +507,7 @@ class OneRank : public Communicator {
   Request irecv(void*, size_t, int, int) override { fail(); }
   Request batch_isend_irecv(const P2pOp*, size_t) override { fail(); }
   void all_reduce(void*, size_t, CommDType, ReduceOp) override {}
-  void reduce_scatter(const void*, void*, size_t, CommDType, ReduceOp) override { fail(); }
+  Request ireduce_scatter(const void*, void*, size_t, CommDType, ReduceOp) override { fail(); }
   void all_gather(const void*, void*, size_t, CommDType) override { fail(); }
   void all_to_all(const int64_t*, int64_t*, size_t) override { fail(); }
   Request iall_to_all_v(const void*, const std::vector<size_t>&, void*,

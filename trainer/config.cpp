@@ -80,6 +80,8 @@ void visit_config(V& v, C&... c) {
     v.field("grad_clip", kNonNegative, c.optimizer.grad_clip...);
     v.field("moment_dtype", choices<FloatFormat>(), c.optimizer.moment_dtype...);
     v.field("grad_reduce_dtype", choices<FloatFormat>(), c.optimizer.grad_reduce_dtype...);
+    v.field("overlap_grad_reduce", kOffOn, c.optimizer.overlap_grad_reduce...);
+    v.field("grad_bucket_elements", kAtLeast1, c.optimizer.grad_bucket_elements...);
   });
   v.section("schedule", "every `until` is in `unit` (steps or tokens consumed)", [&] {
     v.field("unit", choices<ScheduleUnit>(), c.schedule.unit...);

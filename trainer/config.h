@@ -60,6 +60,12 @@ struct OptimizerConfig {
   // the type gradients are summed in over the DP/EDP groups (bf16: rounded to bf16 for the
   // reduce-scatter and widened back to fp32 for the optimizer)
   FloatFormat grad_reduce_dtype = FloatFormat::FP32;
+  // start a ZeRO-1 bucket's reduce-scatter as soon as the backward has finished its gradients
+  // (parallel/zero1.h); off: all at the end of the step. The same bits either way.
+  bool overlap_grad_reduce = true;
+  // elements per ZeRO-1 bucket (4 MiB of fp32 by default): the unit of the reduction and of its
+  // overlap — smaller starts sooner, in more collectives
+  int64_t grad_bucket_elements = 1 << 20;
 };
 
 // The pipeline schedule (parallel/schedule.h makes it from its word).

@@ -2,8 +2,9 @@
 // (issue #15), read from the environment so that no config key exists for them.
 //
 //   MOETRON_FAULT_NAN=WHAT:RANK:STEP[:COUNT]
-//     WHAT   grad: rank RANK's first trainable gradient element becomes NaN before the ZeRO-1
-//                  reduce-scatter; loss: rank RANK's loss of the step becomes NaN
+//     WHAT   grad: the first gradient element of rank RANK's first trainable layer parameter is
+//                  NaN when the backward starts (which accumulates onto it), so it reaches the
+//                  ZeRO-1 reduce-scatter; loss: rank RANK's loss of the step becomes NaN
 //     STEP   1-based step number (metrics.jsonl's "step"); COUNT consecutive steps (default 1)
 //
 //   MOETRON_FAULT_SLOW_SAVE=STEP:SECONDS

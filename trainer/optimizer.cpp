@@ -2,6 +2,7 @@
 #include "trainer/optimizer.h"
 
 #include <cmath>
+#include <string>
 
 namespace moetron {
 
@@ -19,7 +20,33 @@ Zero1Options zero1_options(const OptimizerConfig& oc) {
   zo.weight_decay = oc.weight_decay;
   zo.bf16_moments = oc.moment_dtype == FloatFormat::BF16;
   zo.grad_reduce_bf16 = oc.grad_reduce_dtype == FloatFormat::BF16;
+  zo.overlap = oc.overlap_grad_reduce;
+  zo.bucket_elements = oc.grad_bucket_elements;
   return zo;
+}
+
+// The global layer a parameter belongs to (model.layers.<l>. names), or -1 (embedding, norm,
+// head).
+int layer_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return -1;
+  size_t end = prefix.size();
+  int l = 0;
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9')
+    l = l * 10 + (name[end++] - '0');
+  return end > prefix.size() && end < name.size() && name[end] == '.' ? l : -1;
+}
+
+// [layer] -> indices into the group's params().
+std::vector<std::vector<int64_t>> by_layer(const Zero1& group) {
+  std::vector<std::vector<int64_t>> out;
+  for (size_t i = 0; i < group.params().size(); ++i) {
+    const int l = layer_of(group.params()[i]->name);
+    if (l < 0) continue;
+    if (static_cast<size_t>(l) >= out.size()) out.resize(static_cast<size_t>(l) + 1);
+    out[static_cast<size_t>(l)].push_back(static_cast<int64_t>(i));
+  }
+  return out;
 }
 }  // namespace
 
@@ -28,7 +55,18 @@ Optimizer::Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& gr
     : world_(*groups.world),
       grad_clip_(oc.grad_clip),
       dense_(trainable(params, false), groups.dense_group(), zero1_options(oc)),
-      experts_(trainable(params, true), groups.expert_group(), zero1_options(oc)) {}
+      experts_(trainable(params, true), groups.expert_group(), zero1_options(oc)),
+      dense_layers_(by_layer(dense_)),
+      expert_layers_(by_layer(experts_)) {}
+
+void Optimizer::grads_final(int layer) {
+  const auto mark = [layer](Zero1& z, const std::vector<std::vector<int64_t>>& layers) {
+    if (layer < 0 || static_cast<size_t>(layer) >= layers.size()) return;
+    for (int64_t i : layers[static_cast<size_t>(layer)]) z.mark_final(i);
+  };
+  mark(dense_, dense_layers_);
+  mark(experts_, expert_layers_);
+}
 
 double Optimizer::reduce(bool loss_finite) {
   dense_.reduce_scatter_grads();

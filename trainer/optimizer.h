@@ -49,6 +49,18 @@ class Optimizer {
     return dense_.local_grads_finite() && experts_.local_grads_finite();
   }
 
+  // Overlap of the reduction with the backward: every parameter of global layer `layer`
+  // (model.layers.<layer>.*) has its final gradient of the step on this rank; their buckets may
+  // start reducing (zero1.h). Parameters of no layer (embedding, final norm, head) reduce in
+  // reduce(), after the tied embedding's sum. progress(): let the reductions in flight move.
+  void grads_final(int layer);
+  void progress() { dense_.progress(), experts_.progress(); }
+  // Of the last reduce(): the share of gradient elements whose reduction started before it.
+  double reduce_started_early() const {
+    const double n = static_cast<double>(dense_.reduced_elements() + experts_.reduced_elements());
+    return n > 0 ? static_cast<double>(dense_.started_early() + experts_.started_early()) / n : 0;
+  }
+
   // The groups in checkpoint order (dense, experts).
   std::vector<Zero1*> shards() { return {&dense_, &experts_}; }
   std::vector<const Zero1*> shards() const { return {&dense_, &experts_}; }
@@ -60,6 +72,7 @@ class Optimizer {
   Communicator& world_;
   double grad_clip_;
   Zero1 dense_, experts_;
+  std::vector<std::vector<int64_t>> dense_layers_, expert_layers_;  // [layer] -> param indices
 };
 
 }  // namespace moetron

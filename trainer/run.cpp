@@ -285,11 +285,15 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   const int64_t M_max = cfg.data.global_batch_size / (r->B * r->grid.dp);
   ExecOptions eo;
   eo.interleave = cfg.parallel.overlap == PairOverlap::Interleave;
-  if (r->ep) {  // the EP exchanges progress between pieces; the executor splits their waits
-    Run* run = r.get();
-    eo.progress = [run] { run->ep->progress(); };
-    eo.ep_blocked = [run] { return run->ep_blocked += run->ep->take_comm_seconds(); };
-  }
+  // between pieces the EP exchanges and the DP reductions progress; the executor splits the EP
+  // waits; the DP reduction of a layer starts when the backward has finished its gradients
+  Run* run = r.get();
+  eo.progress = [run] {
+    if (run->ep) run->ep->progress();
+    run->optimizer->progress();
+  };
+  if (r->ep) eo.ep_blocked = [run] { return run->ep_blocked += run->ep->take_comm_seconds(); };
+  eo.layer_grads_final = [run](int layer) { run->optimizer->grads_final(layer); };
   std::vector<const Model<float>*> chunks;
   for (const auto& c : r->chunks) chunks.push_back(c.get());
   r->pipeline = std::make_unique<PipelineExecutor<float>>(

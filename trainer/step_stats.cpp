@@ -62,7 +62,8 @@ void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
                          st.cost_F,
                          st.cost_B > 0 ? st.cost_B : st.cost_Bi + st.cost_W,
                          st.cost_W,
-                         st.cost_FB};
+                         st.cost_FB,
+                         opt.reduce_started_early()};
   const size_t F = std::size(kBreakdownFields), W = static_cast<size_t>(world.size());
   std::vector<double> all(F * W, 0.0);
   for (size_t f = 0; f < F; ++f) all[f * W + static_cast<size_t>(world.rank())] = mine[f];

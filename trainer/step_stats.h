@@ -18,7 +18,9 @@
 //                      wait for the slowest rank at the step's end)
 // All but ep_inflight_s and bubble_pred_s add up to the step. And this rank's mean op costs
 // (what bubble_pred_s replays): op_F_s, op_B_s (a full backward, or input + weight parts),
-// op_W_s, op_FB_s (an overlapped pair; 0 where none ran).
+// op_W_s, op_FB_s (an overlapped pair; 0 where none ran). Not a time: dp_early, the share of
+// this rank's DP-reduced gradient elements whose reduce-scatter started during the backward
+// (optimizer.overlap_grad_reduce; dp_comm_s is then only what the backward did not hide).
 #pragma once
 
 #include <chrono>
@@ -69,7 +71,7 @@ class StepClock {
   static constexpr const char* kBreakdownFields[] = {
       "compute_s",     "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
       "bubble_pred_s", "dp_comm_s",      "optimizer_s",      "other_s",       "op_F_s",
-      "op_B_s",        "op_W_s",         "op_FB_s"};
+      "op_B_s",        "op_W_s",         "op_FB_s",          "dp_early"};
   std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
 

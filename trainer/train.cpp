@@ -77,15 +77,19 @@ struct StepResult {
   int64_t global_batch = 0, tokens = 0;
 };
 
-// MOETRON_FAULT_NAN (tests only, trainer/fault_inject.h): this rank's loss or first trainable
-// gradient element (after the tied embedding's sum) becomes NaN at 1-based step `step`.
-void inject_nan_fault(Run& r, int64_t step, Losses& sum) {
+// MOETRON_FAULT_NAN (tests only, trainer/fault_inject.h) at 1-based step `step`: with `sum`,
+// this rank's loss becomes NaN; without (called after the gradients are zeroed, before the
+// backward), the first gradient element of its first trainable layer parameter does — the
+// backward accumulates onto it and the NaN reaches the reduction (started during the backward,
+// parallel/zero1.h) as a NaN of the backward's own would. (A layer's, not the embedding's: the
+// tied embedding's sum would carry it to the last stage's rank too.)
+void inject_nan_fault(Run& r, int64_t step, Losses* sum) {
   if (!r.nan_fault) return;
   const int rank = r.world->rank();
-  if (r.nan_fault->hits(NanFault::What::Loss, rank, step)) sum.loss = NAN;
-  if (r.nan_fault->hits(NanFault::What::Grad, rank, step))
+  if (sum && r.nan_fault->hits(NanFault::What::Loss, rank, step)) sum->loss = NAN;
+  if (!sum && r.nan_fault->hits(NanFault::What::Grad, rank, step))
     for (const auto& p : r.params->all())
-      if (p->trainable && !p->replica) {  // not a copy whose gradient its primary holds
+      if (p->trainable && !p->replica && p->name.rfind("model.layers.", 0) == 0) {
         p->g()[0] = NAN;
         break;
       }
@@ -114,6 +118,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   const Hyper h = hyperparameters(r.cfg.schedule, step, r.state.tokens);
 
   r.params->zero_grad();
+  inject_nan_fault(r, step + 1, nullptr);  // a gradient fault: before the backward accumulates
   for (Model<float>* chunk : r.chunk_list()) chunk->zero_loads();
   kernels::flop_counter::reset();  // the step's GEMM FLOPs (run.count_flops)
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
@@ -124,7 +129,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 
   // the embedding's copies on the first and last stage share one gradient
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
-  inject_nan_fault(r, step + 1, sum);
+  inject_nan_fault(r, step + 1, &sum);  // a loss fault
   // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
   const double grad_norm = r.optimizer->reduce(std::isfinite(sum.loss));
   const bool good = std::isfinite(grad_norm);  // the same on every rank
