@@ -196,6 +196,10 @@ class Communicator {
     iall_to_all_v(send, send_bytes, recv, recv_bytes).wait();
   }
   virtual void barrier() = 0;
+  // Lets the library advance the operations in flight, without waiting for any (MPI: one
+  // MPI_Iprobe, which runs the progress engine); callable from another thread
+  // (parallel/progress_thread.h). A no-op where the transport progresses by itself (NCCL).
+  virtual void poke() {}
 
   // A sub-communicator: every rank of this communicator calls it (collectively); ranks with the
   // same color form one group, ordered by key. color < 0: no group (returns null).

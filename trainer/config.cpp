@@ -104,6 +104,7 @@ void visit_config(V& v, C&... c) {
     v.field("max_nodes_per_token", kNonNegative, c.parallel.max_nodes_per_token...);
     v.field("schedule", choices<PipelineSchedule>(), c.parallel.schedule...);
     v.field("overlap", choices<PairOverlap>(), c.parallel.overlap...);
+    v.field("progress_poll_us", kNonNegative, c.parallel.progress_poll_us...);
   });
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {
     v.field("recompute_norms", kOffOn, c.activations.recompute_norms...);

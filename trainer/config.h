@@ -94,6 +94,9 @@ struct ParallelConfig {
   int64_t max_nodes_per_token = 0;
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
   PairOverlap overlap = PairOverlap::Interleave;
+  // > 0: a thread pokes MPI's progress engine every so many microseconds, so exchanges and DP
+  // reductions in flight advance during long compute pieces (parallel/progress_thread.h)
+  int64_t progress_poll_us = 0;
 };
 
 // GEMM precision (model/precision.h has the meaning of every setting). Master weights and

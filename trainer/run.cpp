@@ -305,6 +305,9 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   lo.dp = r->grid.dp, lo.dp_rank = r->grid.dp_rank;
   lo.prefetch = static_cast<int>(cfg.data.prefetch);
   r->loader = std::make_unique<data::Loader>(*r->train_data, *r->batches, lo, r->state.samples);
+  if (cfg.parallel.progress_poll_us > 0)
+    r->progress_thread = std::make_unique<ProgressThread>(
+        *r->world, std::chrono::microseconds(cfg.parallel.progress_poll_us));
   report_start(*r, log);
   return r;
 }

@@ -20,6 +20,7 @@
 #include "parallel/ep_dispatch.h"
 #include "parallel/pipeline.h"
 #include "parallel/process_groups.h"
+#include "parallel/progress_thread.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/fault_inject.h"
@@ -58,7 +59,8 @@ struct Run {
   std::unique_ptr<CheckpointWriter> writer;
   std::unique_ptr<PipelineExecutor<float>> pipeline;
   std::unique_ptr<data::Loader> loader;
-  std::optional<NanFault> nan_fault;  // MOETRON_FAULT_NAN (tests only)
+  std::optional<NanFault> nan_fault;                // MOETRON_FAULT_NAN (tests only)
+  std::unique_ptr<ProgressThread> progress_thread;  // parallel.progress_poll_us > 0
 
   std::vector<Model<float>*> chunk_list() const {
     std::vector<Model<float>*> out;
