@@ -45,6 +45,7 @@
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
+#include "parallel/watchdog.h"
 
 namespace moetron {
 
@@ -95,6 +96,7 @@ class PipelineExecutor {
     const std::vector<std::vector<int>> retire_after = begin_step(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
+      watchdog::set_microbatch(op.mb, op.stage);  // what a hang report names (watchdog.h)
       if (op.is_message())
         post(op, step);
       else
