@@ -16,8 +16,8 @@
 // record has waited longer than the timeout, it reads every rank's status file, names the rank
 // most behind (a stale heartbeat — stopped, dead or unreachable — before one that is not waiting
 // at all, before the lowest step) and calls on_hang with one line, e.g.
-//   hang: waited 5.0 s (run.comm_timeout_s 5) in recv with rank 1 of group pp (step 5,
-//   micro-batch 3, stage 1, phase pipeline); most behind: rank 1 (no heartbeat for 6.2 s: ...)
+//   hang: waited 5.8 s (run.comm_timeout_s 5) in irecv with rank 2 of group pp (step 6, phase
+//   pipeline, micro-batch 2, stage 0); most behind: rank 3 (no heartbeat for 6.0 s: ...)
 // on_hang aborts the job (abort_all); if it has not ended the process 20 s later, the watchdog
 // _exits(1) (a rank that dies makes mpirun end the job). Nothing here changes what the
 // communicators call, so reductions stay bitwise what they were.
