@@ -204,6 +204,15 @@ class Communicator {
   // A sub-communicator: every rank of this communicator calls it (collectively); ranks with the
   // same color form one group, ordered by key. color < 0: no group (returns null).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  // A short name for messages ("world", "pp", "dp", "ep", ...; "" until set): the hang watchdog
+  // (parallel/watchdog.h) says which group a stalled wait is in. Set it before the first wait;
+  // split() gives the new communicator this one's name.
+  void set_name(std::string name) { name_ = std::move(name); }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
 };
 
 // The process-wide MPI world: initialised on first use, finalised at exit. Works without mpirun

@@ -7,6 +7,11 @@
 // ops (sum in fp32 rounded to nearest even, and max), created at start-up. Requests keep their
 // MPI_Request(s) and complete through MPI_Wait(all) or MPI_Test(all). Start-up checks that MPI
 // provides MPI_THREAD_MULTIPLE.
+//
+// Hang detection: every call that blocks (send, recv, the collectives, barrier, split, and a
+// Request's blocking wait) holds a watchdog::WaitScope naming the operation, the peer's world
+// rank or the group's world ranks, and the communicator's name (parallel/watchdog.h). It records;
+// it does not change which MPI calls run.
 #include <mpi.h>
 
 #include <algorithm>
@@ -17,6 +22,7 @@
 #include "kernels/device.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
+#include "parallel/watchdog.h"
 
 namespace moetron {
 
@@ -93,26 +99,41 @@ const char* thread_level_name(int level) {
   return "an unknown thread level";
 }
 
+// Who a Request's blocking wait waits on, for the watchdog: one peer (world rank) or ranks (a
+// collective's group, borrowed from the communicator; or a batch's peers, owned).
+struct Waited {
+  int peer = -1;
+  const char* group = nullptr;
+  const int* ranks = nullptr;
+  int n_ranks = 0;
+  std::vector<int> own;
+};
+
 // A Request over MPI requests that complete together; keep holds what must outlive them (count
 // arrays of a non-blocking collective).
 // guard: Guard-device memory stays accessible while the requests are in flight (MPI reads and
 // writes the buffers during progress); released on completion.
 Request mpi_request(std::vector<MPI_Request> reqs, std::shared_ptr<void> keep, const char* what,
-                    int rank, std::shared_ptr<GuardAccess> guard) {
-  return Request([rs = std::move(reqs), keep, what, rank, guard](bool block) mutable {
-    int done = 1;
-    const int n = static_cast<int>(rs.size());
-    if (n == 1 && block)
-      check(MPI_Wait(rs.data(), MPI_STATUS_IGNORE), what, rank);
-    else if (n == 1)
-      check(MPI_Test(rs.data(), &done, MPI_STATUS_IGNORE), what, rank);
-    else if (block)
-      check(MPI_Waitall(n, rs.data(), MPI_STATUSES_IGNORE), what, rank);
-    else
-      check(MPI_Testall(n, rs.data(), &done, MPI_STATUSES_IGNORE), what, rank);
-    if (done) guard.reset();
-    return done != 0;
-  });
+                    int rank, std::shared_ptr<GuardAccess> guard, Waited on) {
+  return Request(
+      [rs = std::move(reqs), keep, what, rank, guard, on = std::move(on)](bool block) mutable {
+        int done = 1;
+        const int n = static_cast<int>(rs.size());
+        const bool own = !on.own.empty();
+        watchdog::WaitScope waiting(block ? what : nullptr, on.peer, on.group,
+                                    own ? on.own.data() : on.ranks,
+                                    own ? static_cast<int>(on.own.size()) : on.n_ranks);
+        if (n == 1 && block)
+          check(MPI_Wait(rs.data(), MPI_STATUS_IGNORE), what, rank);
+        else if (n == 1)
+          check(MPI_Test(rs.data(), &done, MPI_STATUS_IGNORE), what, rank);
+        else if (block)
+          check(MPI_Waitall(n, rs.data(), MPI_STATUSES_IGNORE), what, rank);
+        else
+          check(MPI_Testall(n, rs.data(), &done, MPI_STATUSES_IGNORE), what, rank);
+        if (done) guard.reset();
+        return done != 0;
+      });
 }
 
 int to_int(size_t n, const char* what) {
@@ -128,6 +149,16 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    // the world rank of each rank of this communicator (the watchdog names world ranks)
+    MPI_Group g, wg;
+    MPI_Comm_group(comm_, &g);
+    MPI_Comm_group(MPI_COMM_WORLD, &wg);
+    std::vector<int> mine(size_);
+    for (int i = 0; i < size_; ++i) mine[i] = i;
+    world_ranks_.resize(size_);
+    MPI_Group_translate_ranks(g, size_, mine.data(), wg, world_ranks_.data());
+    MPI_Group_free(&g);
+    MPI_Group_free(&wg);
   }
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -139,10 +170,12 @@ class MpiCommunicator final : public Communicator {
 
   void send(const void* buf, size_t bytes, int peer, int tag) override {
     GuardAccess guard;  // buffers may be Guard-device memory
+    const auto waiting = p2p("send", peer);
     check(MPI_Send(buf, to_int(bytes, "send"), MPI_BYTE, peer, tag, comm_), "send", rank_);
   }
   void recv(void* buf, size_t bytes, int peer, int tag) override {
     GuardAccess guard;  // buffers may be Guard-device memory
+    const auto waiting = p2p("recv", peer);
     check(MPI_Recv(buf, to_int(bytes, "recv"), MPI_BYTE, peer, tag, comm_, MPI_STATUS_IGNORE),
           "recv", rank_);
   }
@@ -150,13 +183,13 @@ class MpiCommunicator final : public Communicator {
     auto guard = std::make_shared<GuardAccess>();
     MPI_Request r;
     check(MPI_Isend(buf, to_int(bytes, "isend"), MPI_BYTE, peer, tag, comm_, &r), "isend", rank_);
-    return mpi_request({r}, nullptr, "isend", rank_, guard);
+    return mpi_request({r}, nullptr, "isend", rank_, guard, on_peer(peer));
   }
   Request irecv(void* buf, size_t bytes, int peer, int tag) override {
     auto guard = std::make_shared<GuardAccess>();
     MPI_Request r;
     check(MPI_Irecv(buf, to_int(bytes, "irecv"), MPI_BYTE, peer, tag, comm_, &r), "irecv", rank_);
-    return mpi_request({r}, nullptr, "irecv", rank_, guard);
+    return mpi_request({r}, nullptr, "irecv", rank_, guard, on_peer(peer));
   }
   Request batch_isend_irecv(const P2pOp* ops, size_t n) override {
     for (size_t i = 0; i < n; ++i) {
@@ -183,7 +216,13 @@ class MpiCommunicator final : public Communicator {
       else
         check(MPI_Irecv(o.buf, c, MPI_BYTE, o.peer, o.tag, comm_, &reqs[i]), "batch irecv", rank_);
     }
-    return mpi_request(std::move(reqs), nullptr, "batch_isend_irecv", rank_, guard);
+    Waited on = on_group();  // the batch's peers (one: named as the peer)
+    on.ranks = nullptr, on.n_ranks = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (std::find(on.own.begin(), on.own.end(), world_ranks_[ops[i].peer]) == on.own.end())
+        on.own.push_back(world_ranks_[ops[i].peer]);
+    if (on.own.size() == 1) on.peer = on.own[0], on.own.clear();
+    return mpi_request(std::move(reqs), nullptr, "batch_isend_irecv", rank_, guard, std::move(on));
   }
 
   using Communicator::all_gather;
@@ -193,6 +232,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
     GuardAccess guard;  // buffers may be Guard-device memory
+    const auto waiting = collective("all_reduce");
     const MPI_Op o = mpi_op(t, op, "all_reduce", rank_);
     const MPI_Datatype type = mpi_type(t);
     const size_t esize = comm_dtype_size(t);
@@ -210,10 +250,11 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Ireduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_,
                                     &r),
           "reduce_scatter", rank_);
-    return mpi_request({r}, nullptr, "reduce_scatter completion", rank_, guard);
+    return mpi_request({r}, nullptr, "reduce_scatter", rank_, guard, on_group());
   }
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
     GuardAccess guard;  // buffers may be Guard-device memory
+    const auto waiting = collective("all_gather");
     const int c = to_int(count, "all_gather");
     const bool in_place = in == static_cast<const char*>(out) + rank_ * count * comm_dtype_size(t);
     check(MPI_Allgather(in_place ? MPI_IN_PLACE : in, c, mpi_type(t), out, c, mpi_type(t), comm_),
@@ -221,6 +262,7 @@ class MpiCommunicator final : public Communicator {
   }
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override {
     GuardAccess guard;  // buffers may be Guard-device memory
+    const auto waiting = collective("all_to_all");
     check(MPI_Alltoall(in, to_int(count, "all_to_all"), MPI_INT64_T, out, static_cast<int>(count),
                        MPI_INT64_T, comm_),
           "all_to_all", rank_);
@@ -245,9 +287,12 @@ class MpiCommunicator final : public Communicator {
     MPI_Request r;
     check(MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, comm_, &r), "all_to_all_v",
           rank_);
-    return mpi_request({r}, counts, "all_to_all_v completion", rank_, guard);
+    return mpi_request({r}, counts, "all_to_all_v", rank_, guard, on_group());
   }
-  void barrier() override { check(MPI_Barrier(comm_), "barrier", rank_); }
+  void barrier() override {
+    const auto waiting = collective("barrier");
+    check(MPI_Barrier(comm_), "barrier", rank_);
+  }
   void poke() override {  // errors are left to the operations' own waits
     int flag = 0;
     MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, MPI_STATUS_IGNORE);
@@ -255,15 +300,30 @@ class MpiCommunicator final : public Communicator {
 
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm c;
+    const auto waiting = collective("split");
     check(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &c), "split", rank_);
     if (c == MPI_COMM_NULL) return nullptr;
-    return std::make_unique<MpiCommunicator>(c, true);
+    auto sub = std::make_unique<MpiCommunicator>(c, true);
+    sub->set_name(name());  // a copy of a group is named as it (the EP dispatcher's own)
+    return sub;
   }
 
  private:
+  const char* group() const { return name().empty() ? nullptr : name().c_str(); }
+  int world_rank(int peer) const { return peer >= 0 && peer < size_ ? world_ranks_[peer] : peer; }
+  watchdog::WaitScope p2p(const char* op, int peer) const {
+    return watchdog::WaitScope(op, world_rank(peer), group());
+  }
+  watchdog::WaitScope collective(const char* op) const {
+    return watchdog::WaitScope(op, -1, group(), world_ranks_.data(), size_);
+  }
+  Waited on_peer(int peer) const { return {world_rank(peer), group(), nullptr, 0, {}}; }
+  Waited on_group() const { return {-1, group(), world_ranks_.data(), size_, {}}; }
+
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  std::vector<int> world_ranks_;  // of this communicator's ranks
 };
 
 struct Runtime {
@@ -283,6 +343,7 @@ struct Runtime {
     MPI_Op_create(&bf16_sum, 1, &g_bf16_sum);
     MPI_Op_create(&bf16_max, 1, &g_bf16_max);
     world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+    world->set_name("world");
   }
   ~Runtime() {
     world.reset();

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kernels/cuda/runtime.h"
+#include "parallel/watchdog.h"
 
 namespace moetron {
 
@@ -106,7 +107,9 @@ struct NcclHandle {
     return false;
   }
   // Blocks the host until `ev` has completed, polling so that a failed peer throws, not hangs.
+  // The wait is recorded for the hang watchdog (parallel/watchdog.h) as a wait on this group.
   void wait(cudaEvent_t ev, const char* what) const {
+    const watchdog::WaitScope waiting(what, -1, "nccl");
     while (!done(ev, what)) std::this_thread::yield();
   }
 };

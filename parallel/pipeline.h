@@ -48,6 +48,7 @@
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
+#include "parallel/watchdog.h"
 
 namespace moetron {
 
@@ -103,6 +104,7 @@ class PipelineExecutor {
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
       op_index_ = i;
+      watchdog::set_microbatch(op.mb, op.stage);  // what a hang report names (watchdog.h)
       if (op.is_message())
         post(op, step);
       else

@@ -224,6 +224,7 @@ Config everything_changed() {
   c.run.log_interval = 7;
   c.run.threads = 3;
   c.run.count_flops = true;
+  c.run.comm_timeout_s = 2.5;
   return c;
 }
 

@@ -175,6 +175,8 @@ const std::vector<Case> kRangeCases = {
     {{{"run.steps", "0"}}, "run.steps: must be > 0, got 0"},
     {{{"run.log_interval", "0"}}, "run.log_interval: must be > 0, got 0"},
     {{{"run.threads", "-1"}}, "run.threads: must be >= 0, got -1"},
+    {{{"run.comm_timeout_s", "-1"}}, "run.comm_timeout_s: must be >= 0, got -1"},
+    {{{"run.comm_timeout_s", ".inf"}}, "run.comm_timeout_s: expected a finite number, got .inf"},
 };
 INSTANTIATE_TEST_SUITE_P(Ranges, Invalid, ::testing::ValuesIn(kRangeCases), case_name);
 

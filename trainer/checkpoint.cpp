@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "data/token_file.h"
+#include "parallel/watchdog.h"
 #include "trainer/fault_inject.h"
 #include "trainer/h5io.h"
 
@@ -235,7 +236,9 @@ Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zer
   return s;
 }
 
-CheckpointWriter::CheckpointWriter(Communicator& world) : comm_(world.split(0, world.rank())) {}
+CheckpointWriter::CheckpointWriter(Communicator& world) : comm_(world.split(0, world.rank())) {
+  comm_->set_name("checkpoint");
+}
 
 CheckpointWriter::~CheckpointWriter() {
   if (thread_.joinable()) thread_.join();
@@ -250,6 +253,7 @@ double CheckpointWriter::save(const Config& cfg, const TrainState& st, const Par
   const double blocked =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   thread_ = std::thread([this, cfg, st, snap, tokenizer] {
+    watchdog::set_step(st.step, "checkpoint save");  // what this thread's waits are for
     try {
       const auto w0 = std::chrono::steady_clock::now();
       dir_ = save_checkpoint(cfg, st, *snap, tokenizer, *comm_);

@@ -135,6 +135,7 @@ void visit_config(V& v, C&... c) {
     v.field("save_interval", kNonNegative, c.run.save_interval...);
     v.field("keep_checkpoints", kPositive, c.run.keep_checkpoints...);
     v.field("max_bad_steps", kNonNegative, c.run.max_bad_steps...);
+    v.field("comm_timeout_s", kNonNegative, c.run.comm_timeout_s...);
     v.field("eval_interval", kNonNegative, c.run.eval_interval...);
     v.field("eval_batches", kNonNegative, c.run.eval_batches...);
     v.field("sample_interval", kNonNegative, c.run.sample_interval...);

@@ -165,6 +165,11 @@ struct RunConfig {
   // A step whose loss or gradient norm is NaN/Inf on any rank is skipped (no update of weights,
   // moments or expert bias; logged); this many in a row stop the run with an error. 0 = never stop.
   int64_t max_bad_steps = 5;
+  // Hang detection (parallel/watchdog.h): a blocking communication wait (pipeline receive, EP
+  // exchange, DP collective, checkpoint agreement) longer than this many seconds aborts the whole
+  // job with a message naming the wait and the rank most behind; every rank keeps a heartbeat in
+  // <dir>/status/rank_<R>.json. 0 = off (no watchdog thread, no status files).
+  double comm_timeout_s = 600;
   int64_t eval_interval = 0;  // validation loss every N steps (and at the end); 0 = never
   int64_t eval_batches = 0;   // global batches per evaluation; 0 = the whole validation set
   // A text sample every N steps (and at the end; 0 = never): the main model continues

@@ -18,6 +18,8 @@
 //     every run.eval_interval steps: the validation loss (forward passes only)
 //     every run.sample_interval steps: a greedy text sample (trainer/generate.h)
 //     metrics line + metrics.jsonl (rank 0)
+//   all along: the hang watchdog (parallel/watchdog.h; run.comm_timeout_s) is told the step and
+//     phase, and aborts the job when a communication wait outlasts the timeout
 #include "trainer/train.h"
 
 #include <unistd.h>
@@ -26,12 +28,14 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <ostream>
 #include <sstream>
 #include <utility>
 
 #include "kernels/flop_counter.h"
+#include "parallel/watchdog.h"
 #include "trainer/expert_balance.h"
 #include "trainer/fault_inject.h"
 #include "trainer/param_file.h"
@@ -116,6 +120,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   if (M != r.pipeline->schedule().microbatches)
     r.pipeline->set_schedule(make_step_schedule(r.cfg, r.grid.pp, static_cast<int>(M)));
   const Hyper h = hyperparameters(r.cfg.schedule, step, r.state.tokens);
+  watchdog::set_step(step + 1, "pipeline");
 
   r.params->zero_grad();
   inject_nan_fault(r, step + 1, nullptr);  // a gradient fault: before the backward accumulates
@@ -128,6 +133,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   const kernels::GemmFlops gemm = kernels::flop_counter::read();
 
   // the embedding's copies on the first and last stage share one gradient
+  watchdog::set_phase("optimizer");
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
   inject_nan_fault(r, step + 1, &sum);  // a loss fault
   // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
@@ -149,6 +155,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   dp0 ? static_cast<double>(moe_layers) : 0.0,
                   static_cast<double>(gemm.executed),
                   static_cast<double>(gemm.recompute)};
+  watchdog::set_phase("step statistics");
   stats.reduce(*r.world);
   return {stats,
           h,
@@ -164,6 +171,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 double validation_loss(Run& r) {
   const Config& cfg = r.cfg;
   const int64_t rows = cfg.data.global_batch_size / r.grid.dp, Me = rows / r.B;
+  watchdog::set_phase("evaluation");
   pipeline::Schedule train_schedule = r.pipeline->schedule();
   // along the training schedule's first route (DualPipe: its first direction; DualPipeV: the V)
   r.pipeline->set_schedule(
@@ -206,6 +214,7 @@ void checkpoint(Run& r, std::ostream& log) {
 
 // Every rank agrees whether a stop signal arrived anywhere.
 bool stop_requested(Communicator& world) {
+  watchdog::set_phase("end of step");
   int64_t stop = g_stop;
   world.all_reduce(&stop, 1, ReduceOp::Max);
   return stop != 0;
@@ -242,6 +251,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
 // A greedy continuation of run.sample_prompt by the main model (collective: every rank hands
 // rank 0 the main model's parameters it owns); rank 0 prints it and appends it to samples.txt.
 void text_sample(Run& r, std::ostream& log) {
+  watchdog::set_phase("text sample");
   const RankGrid& g = r.grid;
   const bool primary = r.groups->primary_twin();
   const std::string text = r.sampler->sample(
@@ -297,6 +307,24 @@ struct BadSteps {
   }
 };
 
+// The hang watchdog of this process (none when run.comm_timeout_s is 0): heartbeats in
+// <run.dir>/status/, and a wait past the timeout aborts the job (abort_all).
+std::unique_ptr<watchdog::Watchdog> start_watchdog(const Run& r) {
+  watchdog::set_step(r.state.step, "setup");
+  if (r.cfg.run.comm_timeout_s <= 0) return nullptr;
+  watchdog::Options o;
+  o.timeout_s = r.cfg.run.comm_timeout_s;
+  o.status_dir = r.cfg.run.dir + "/status";
+  o.rank = r.world->rank(), o.world = r.world->size();
+  o.on_hang = [](const std::string& message) { abort_all(message); };
+  std::error_code ec;
+  std::filesystem::create_directories(o.status_dir, ec);  // (no status files if it fails)
+  if (ec) o.status_dir.clear();
+  auto w = std::make_unique<watchdog::Watchdog>(std::move(o));
+  w->start();
+  return w;
+}
+
 void report_end(const Run& r, std::ostream& log) {
   if (!r.rank0 || !r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
@@ -317,6 +345,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
                       " is not a rank of this job (" + std::to_string(world().size()) + ")");
   const std::unique_ptr<Run> run = setup(cfg, log, resume);
   Run& r = *run;
+  const std::unique_ptr<watchdog::Watchdog> dog = start_watchdog(r);
   r.nan_fault = fault;
   g_stop = 0;
   std::signal(SIGINT, on_stop_signal);
@@ -344,8 +373,10 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const double valid_loss = eval ? validation_loss(r) : NAN;
     const double eval_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+    watchdog::set_phase("checkpoint");
     if (!halt && cfg.run.save_interval > 0 && (r.state.step % cfg.run.save_interval == 0 || last))
       checkpoint(r, log);
+    watchdog::set_phase("step times");
     clock.gather(*r.world, *r.optimizer, eval_seconds);  // where the step went
     step_begin = clock.end();
 
@@ -373,6 +404,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     }
   }
   report_saved(r, r.writer->wait(), log);  // the last save completes before train() returns
+  watchdog::set_phase("finish");
   report_end(r, log);
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
