@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Hang detection (issue #15 part 2; parallel/watchdog.h), 4 ranks (PP2 x DP2, EP2),
-# run.comm_timeout_s=5:
+# run.comm_timeout_s=10:
 #  1. an undisturbed run completes (exit 0): the watchdog never fires on normal waits, and every
 #     rank's heartbeat <run.dir>/status/rank_<R>.json ends at the last step;
 #  2. SIGSTOP of rank 3 mid-run: the job exits non-zero within comm_timeout_s + 30 s, a rank
@@ -13,7 +13,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 source tests/small_model.sh
 source tests/rank_procs.sh
-TIMEOUT=5
+TIMEOUT=10  # seconds: well above any normal wait on 2 oversubscribed cores under a parallel ctest
 ARGS=("${SMALL_MODEL[@]}" --set data.micro_batch_size=2 --set data.global_batch_size=16
       --set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2 --set run.eval_interval=0
       --set run.sample_interval=0 --set run.comm_timeout_s=$TIMEOUT)
