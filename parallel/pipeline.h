@@ -31,7 +31,8 @@
 //                         the pair runs forward then backward: the same arithmetic (tested).
 //   SendGrad(m, s)        non-blocking send of d(input) to the previous stage's rank
 // Between pieces and after every op the executor calls ExecOptions::progress (the expert
-// dispatcher's MPI progress) and polls its sends.
+// dispatcher's MPI progress) and polls its sends. While the trace recorder is on (run.trace_steps,
+// parallel/trace.h) it records its compute ops, pair pieces, PP waits and messages.
 #pragma once
 
 #include <algorithm>
@@ -45,6 +46,7 @@
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -153,6 +155,11 @@ class PipelineExecutor {
   struct PendingSend {
     Request req;
     int buf;
+    trace::Event tr;  // its trace slice, from post to completion (while tracing)
+  };
+  struct PendingRecv {
+    Request req;
+    trace::Event tr;
   };
   // One run()'s arguments.
   struct Step {
@@ -204,13 +211,15 @@ class PipelineExecutor {
   }
   void wait_receives() {  // time blocked here is pipeline idle (bubble + p2p latency)
     const auto t0 = clock::now();
-    for (auto& r : recvs_) r.wait();
+    for (auto& r : recvs_) r.req.wait(), trace::complete(r.tr);
+    if (!recvs_.empty()) trace::span_since(trace::Track::PpWait, "wait receives", trace::ns(t0));
     recvs_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
   void wait_sends() {
     const auto t0 = clock::now();
-    for (auto& s : sends_) s.req.wait(), msg_release(s.buf);
+    for (auto& s : sends_) s.req.wait(), msg_release(s.buf), trace::complete(s.tr);
+    if (!sends_.empty()) trace::span_since(trace::Track::PpWait, "wait sends", trace::ns(t0));
     sends_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
@@ -239,10 +248,10 @@ class PipelineExecutor {
   }
   // Posts a send of a copy of src (so the slot may be reused before the send completes); the
   // buffer is released when the send completes.
-  void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n) {
+  void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n, trace::Event tr) {
     const int b = msg_acquire(n);
     kernels::copy(chunks_[0]->exec(), msgs_[b].data(), src, bytes);
-    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b});
+    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b, tr});
   }
   // The buffers the backward writes and keeps until the weight gradient (and the send of d input)
   // are not part of a slot: they are lent from a pool, so a rank holds in-flight-bound slots of
@@ -271,6 +280,7 @@ class PipelineExecutor {
     for (size_t i = 0; i < sends_.size();) {
       if (sends_[i].req.test()) {
         msg_release(sends_[i].buf);
+        trace::complete(sends_[i].tr);
         sends_[i] = std::move(sends_.back());
         sends_.pop_back();
       } else {
@@ -291,8 +301,8 @@ class PipelineExecutor {
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key
   std::vector<PendingSend> sends_;
-  std::vector<Request> recvs_;  // receives posted since the last compute op
-  std::vector<Losses> losses_;  // [key] of the current run
+  std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
+  std::vector<Losses> losses_;      // [key] of the current run
   ExecStats stats_;
   std::vector<double> cost_sum_;  // [F, B, Bi, W, FB] seconds, and counts
   std::vector<int> cost_n_;

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "kernels/scalar.h"
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -194,6 +195,8 @@ void Zero1::reduce_scatter_grads() {
     else
       comm_.reduce_scatter(in, out, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    trace::span_since(trace::Track::Dp, "reduce-scatter", trace::ns(t0), "bucket,elements",
+                      &b - buckets_.data(), b.padded);
     if (opt_.grad_reduce_bf16) kernels::widen_from_bf16(Exec{}, recv16_.data(), part, out);
     shard_pos += part;
   }
@@ -253,6 +256,8 @@ void Zero1::all_gather_values() {
     const auto t0 = std::chrono::steady_clock::now();
     comm_.all_gather(values + b.begin + comm_.rank() * part, values + b.begin, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    trace::span_since(trace::Track::Dp, "all-gather", trace::ns(t0), "bucket,elements",
+                      &b - buckets_.data(), b.padded);
   }
 }
 

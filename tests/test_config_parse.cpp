@@ -224,6 +224,7 @@ Config everything_changed() {
   c.run.log_interval = 7;
   c.run.threads = 3;
   c.run.count_flops = true;
+  c.run.trace_steps = {3, 4, 9};
   return c;
 }
 
