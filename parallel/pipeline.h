@@ -32,7 +32,8 @@
 //   SendGrad(m, s)        non-blocking send of d(input) to the previous stage's rank
 // Between pieces and after every op the executor calls ExecOptions::progress (the expert
 // dispatcher's MPI progress) and polls its sends. While the trace recorder is on (run.trace_steps,
-// parallel/trace.h) it records its compute ops, pair pieces, PP waits and messages.
+// parallel/trace.h) it records its compute ops, pair pieces, PP waits and messages, and the time
+// between ops (posts, progress).
 #pragma once
 
 #include <algorithm>
@@ -97,12 +98,14 @@ class PipelineExecutor {
     const std::vector<std::vector<int>> retire_after = begin_step(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
+      int64_t t = trace::stamp();
       if (op.is_message())
         post(op, step);
       else
-        compute(op, step);
+        compute(op, step), t = trace::stamp();
       for (int k : retire_after[i]) retire(k);
       poll();
+      trace::span_since(trace::Track::Progress, op.is_message() ? "post" : "progress", t);
     }
     wait_receives();
     wait_sends();

@@ -19,8 +19,9 @@
 namespace moetron::trace {
 
 const char* track_name(Track t) {
-  static const char* const names[kTracks] = {"step", "compute", "pp wait", "data", "optimizer",
-                                             "host", "pp send", "pp recv", "ep",   "dp"};
+  static const char* const names[kTracks] = {"step",    "compute",   "pp wait", "progress",
+                                             "data",    "optimizer", "host",    "pp send",
+                                             "pp recv", "ep",        "dp"};
   return names[static_cast<int>(t)];
 }
 

@@ -13,6 +13,8 @@
 //   compute    compute ops (F, B, BI, W, F&B) with, nested, the pieces of overlapped pairs and the
 //              waits for expert exchanges
 //   pp wait    blocked on pipeline messages (receives before a compute op, sends at the end)
+//   progress   the executor between ops: posting PP messages (a send's copy), returning
+//              buffers, and the MPI progress of PP sends and EP exchanges after each op
 //   data       the loader's next batch
 //   optimizer  ZeRO-1 reduce (reduce-scatter, norm) and update (AdamW, all-gather)
 //   host       the rest: the tied embedding's all-reduce, the expert-bias update, the step's
@@ -22,9 +24,9 @@
 //   ep         expert exchanges from post to completion (as first observed by progress() or a
 //              wait)
 //   dp         ZeRO-1 bucket collectives (reduce-scatter, all-gather)
-// The first six tile the step: on one rank their top-level slices do not overlap and cover the
-// step but for the executor's bookkeeping between ops (posts, polls), so their sum is the step's
-// time (tests/e2e_trace.sh checks 5 %). The last four are in flight beside them; overlapping
+// Compute to host tile the step: on one rank their top-level slices do not overlap and cover the
+// step but for a few microseconds of bookkeeping between them, so their sum is the step's time
+// (tests/e2e_trace.sh checks 5 %). The last four are in flight beside them; overlapping
 // events of one kind get lanes ("ep 2", ...), since a track's slices must nest.
 //
 // Writing (write_merged, collective over the world): each rank puts its events on rank 0's clock
@@ -52,10 +54,22 @@ class Communicator;
 
 namespace moetron::trace {
 
-enum class Track : uint8_t { Step, Compute, PpWait, Data, Optimizer, Host, PpSend, PpRecv, Ep, Dp };
-inline constexpr int kTracks = 10;
+enum class Track : uint8_t {
+  Step,
+  Compute,
+  PpWait,
+  Progress,
+  Data,
+  Optimizer,
+  Host,
+  PpSend,
+  PpRecv,
+  Ep,
+  Dp
+};
+inline constexpr int kTracks = 11;
 const char* track_name(Track t);
-// Whether a track's top-level slices tile the step (the first six), or run beside them.
+// Whether a track's top-level slices tile the step (compute to host), or run beside them.
 inline bool tiles(Track t) { return t != Track::Step && t < Track::PpSend; }
 
 struct Event {
