@@ -1,12 +1,13 @@
 """Renders a merged moetron trace (run.trace_steps; <run.dir>/trace.json) as two PNGs:
 
-  PREFIX_timeline.png   one band per rank: compute ops (EP waits inside them in red), PP waits,
+  PREFIX_timeline.png   one band per rank: compute ops (the pieces of a pair in F / B colours
+                        below, EP waits inside them in red), PP waits, the executor's progress,
                         optimizer / data / host slices, and beside them the in-flight EP
                         exchanges, PP messages (an arrow from each send to its receive) and ZeRO
                         bucket collectives, over one traced step
   PREFIX_breakdown.png  per rank, where the traced steps' time went: compute, EP waits, PP waits,
-                        the executor's posts and progress between ops, ZeRO-1 collectives, the rest of the optimizer, data, host, and what no
-                        slice covers
+                        the executor's posts and progress between ops, ZeRO-1 collectives, the
+                        rest of the optimizer, data, host, and what no slice covers
 
 Usage: /usr/bin/python3 bench/plot_trace.py TRACE.json PREFIX [--step N] [--title TEXT]
 (matplotlib; the python3 on PATH may lack it). Perfetto (ui.perfetto.dev) opens TRACE.json itself.
@@ -105,7 +106,7 @@ def plot_breakdown(procs, xs, prefix, title):
     ax.invert_yaxis()
     ax.set_xlabel(f"ms per step (mean of traced steps {', '.join(map(str, steps))})")
     ax.set_title(title or "where each rank's step time went")
-    ax.legend(ncol=8, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45 / len(pids) - 0.1))
+    ax.legend(ncol=9, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45 / len(pids) - 0.1))
     fig.tight_layout()
     fig.savefig(prefix + "_breakdown.png", dpi=130)
     return totals
@@ -125,6 +126,8 @@ def colour(e):
     if e["track"] == "compute":
         if e["cat"] == "part":
             return OP_COLOURS.get(e["name"], "#4c78a8")
+        if e["name"].endswith(" piece"):  # a pair's pieces: F and B alternating
+            return OP_COLOURS[e["name"][0]]
         return "#e45756" if e["name"].startswith("EP wait") else None
     base = e["track"].rstrip("0123456789 ")
     return {"pp wait": "#bab0ac", "progress": "#d4a6c8", "optimizer": "#eeca3b", "data": "#72b7b2", "host": "#9d755d",
@@ -162,14 +165,14 @@ def plot_timeline(procs, xs, flows, prefix, step, title):
     ax.set_yticks(yticks, ylabels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, (t1 - t0) / 1e3)
-    ax.set_xlabel(f"ms since step {step} began", labelpad=24)
+    ax.set_xlabel(f"ms since step {step} began")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in OP_COLOURS.values()]
     handles += [plt.Rectangle((0, 0), 1, 1, color=c) for c in
                 ("#e45756", "#bab0ac", "#d4a6c8", "#eeca3b", "#72b7b2", "#9d755d", "#9ecae9",
                  "#f58518")]
     ax.legend(handles, list(OP_COLOURS) + ["EP wait", "PP wait", "progress", "optimizer", "data", "host",
                                            "EP in flight", "DP bucket"],
-              ncol=12, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07))
+              ncol=13, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title((title or "timeline") + f" — step {step}")
     fig.tight_layout()
     fig.savefig(prefix + "_timeline.png", dpi=130)
