@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "kernels/ops.h"
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -78,6 +79,15 @@ int tag_of(uint32_t seq, int slot) {
 }
 constexpr int kCountSlot = 0;
 int row_slot(EpPhase phase) { return 1 + static_cast<int>(phase); }
+// trace slices (parallel/trace.h): an exchange in flight, and a wait for one
+const char* const kPhaseName[] = {"dispatch", "combine", "combine backward", "dispatch backward"};
+const char* const kWaitName[] = {"EP wait dispatch", "EP wait combine", "EP wait combine backward",
+                                 "EP wait dispatch backward"};
+int64_t total(const std::vector<size_t>& v) {
+  int64_t s = 0;
+  for (size_t x : v) s += static_cast<int64_t>(x);
+  return s;
+}
 }  // namespace
 
 template <class T>
@@ -169,6 +179,7 @@ void EpDispatcher<T>::counts_start(EpPlan& pl) {
     const auto t0 = std::chrono::steady_clock::now();
     net_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    trace::span_since(trace::Track::Compute, "EP wait counts", trace::ns(t0));
     pl.rows_received = 0;
     for (int p = 0; p < P; ++p) pl.rows_received += pl.recv_counts[p];
     return;
@@ -259,16 +270,21 @@ bool EpDispatcher<T>::advance(EpPlan& pl, bool block) {
       return false;
     post_receives(pl);
   }
+  const int ph = static_cast<int>(pl.phase);
   if (block) {
     pl.recvs.wait();
     pl.sends.wait();
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    trace::span_since(trace::Track::Compute, kWaitName[ph], trace::ns(t0), "seq", pl.seq);
   } else if (!pl.recvs.test() || !pl.sends.test()) {
     return false;
   }
   pl.complete = true;
-  inflight_seconds_ += 1e-9 * static_cast<double>(now_ns() - pl.posted_ns);
+  const int64_t done_ns = now_ns();
+  inflight_seconds_ += 1e-9 * static_cast<double>(done_ns - pl.posted_ns);
   ++exchanges_;
+  trace::span(trace::Track::Ep, kPhaseName[ph], pl.posted_ns, done_ns, "seq,bytes_sent,bytes_recv",
+              pl.seq, total(pl.send_bytes), total(pl.recv_bytes));
   return true;
 }
 

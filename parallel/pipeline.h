@@ -34,7 +34,8 @@
 // dispatcher's MPI progress, and the DP reduction's) and polls its sends. The rank's last op that
 // accumulates weight gradients into a stage reports each layer it finishes
 // (ExecOptions::layer_grads_final), so the DP reduction of those layers overlaps the rest of the
-// backward.
+// backward. While the trace recorder is on (run.trace_steps, parallel/trace.h) it records its
+// compute ops, pair pieces, PP waits and messages, and the time between ops (posts, progress).
 #pragma once
 
 #include <algorithm>
@@ -48,6 +49,7 @@
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
+#include "parallel/trace.h"
 #include "parallel/watchdog.h"
 
 namespace moetron {
@@ -105,12 +107,14 @@ class PipelineExecutor {
       const pipeline::Op& op = ops[i];
       op_index_ = i;
       watchdog::set_microbatch(op.mb, op.stage);  // what a hang report names (watchdog.h)
+      int64_t t = trace::stamp();
       if (op.is_message())
         post(op, step);
       else
-        compute(op, step);
+        compute(op, step), t = trace::stamp();
       for (int k : retire_after[i]) retire(k);
       poll();
+      trace::span_since(trace::Track::Progress, op.is_message() ? "post" : "progress", t);
     }
     wait_receives();
     wait_sends();
@@ -163,6 +167,11 @@ class PipelineExecutor {
   struct PendingSend {
     Request req;
     int buf;
+    trace::Event tr;  // its trace slice, from post to completion (while tracing)
+  };
+  struct PendingRecv {
+    Request req;
+    trace::Event tr;
   };
   // One run()'s arguments.
   struct Step {
@@ -217,13 +226,15 @@ class PipelineExecutor {
   }
   void wait_receives() {  // time blocked here is pipeline idle (bubble + p2p latency)
     const auto t0 = clock::now();
-    for (auto& r : recvs_) r.wait();
+    for (auto& r : recvs_) r.req.wait(), trace::complete(r.tr);
+    if (!recvs_.empty()) trace::span_since(trace::Track::PpWait, "wait receives", trace::ns(t0));
     recvs_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
   void wait_sends() {
     const auto t0 = clock::now();
-    for (auto& s : sends_) s.req.wait(), msg_release(s.buf);
+    for (auto& s : sends_) s.req.wait(), msg_release(s.buf), trace::complete(s.tr);
+    if (!sends_.empty()) trace::span_since(trace::Track::PpWait, "wait sends", trace::ns(t0));
     sends_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
@@ -252,10 +263,10 @@ class PipelineExecutor {
   }
   // Posts a send of a copy of src (so the slot may be reused before the send completes); the
   // buffer is released when the send completes.
-  void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n) {
+  void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n, trace::Event tr) {
     const int b = msg_acquire(n);
     kernels::copy(chunks_[0]->exec(), msgs_[b].data(), src, bytes);
-    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b});
+    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b, tr});
   }
   // The buffers the backward writes and keeps until the weight gradient (and the send of d input)
   // are not part of a slot: they are lent from a pool, so a rank holds in-flight-bound slots of
@@ -284,6 +295,7 @@ class PipelineExecutor {
     for (size_t i = 0; i < sends_.size();) {
       if (sends_[i].req.test()) {
         msg_release(sends_[i].buf);
+        trace::complete(sends_[i].tr);
         sends_[i] = std::move(sends_.back());
         sends_.pop_back();
       } else {
@@ -304,10 +316,10 @@ class PipelineExecutor {
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key
   std::vector<PendingSend> sends_;
-  std::vector<Request> recvs_;     // receives posted since the last compute op
-  std::vector<Losses> losses_;     // [key] of the current run
-  std::vector<int> last_grad_op_;  // [stage]: the last op of this rank accumulating into it
-  size_t op_index_ = 0;            // of the op being run
+  std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
+  std::vector<Losses> losses_;      // [key] of the current run
+  std::vector<int> last_grad_op_;   // [stage]: the last op of this rank accumulating into it
+  size_t op_index_ = 0;             // of the op being run
   ExecStats stats_;
   std::vector<double> cost_sum_;  // [F, B, Bi, W, FB] seconds, and counts
   std::vector<int> cost_n_;

@@ -71,24 +71,32 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
   // (micro-batch, producing stage, activation or gradient)
   const int tag = (m * sched_.stages + op.stage) * 2 +
                   (op.kind == OpKind::SendGrad || op.kind == OpKind::RecvGrad);
+  auto tr = [&](trace::Track t, const char* name) {  // the message's trace slice (stage: producer)
+    return trace::pending(t, name, "mb,stage,peer,bytes", m, op.stage, op.peer,
+                          static_cast<int64_t>(bytes));
+  };
   switch (op.kind) {
     case OpKind::RecvActivation: {  // the input of (m, s+1)
       int& b = act_of_[key(m, op.stage + 1)];
       b = msg_acquire(n);
-      recvs_.push_back(pp_.irecv(msgs_[b].data(), bytes, op.peer, tag));
+      recvs_.push_back({pp_.irecv(msgs_[b].data(), bytes, op.peer, tag),
+                        tr(trace::Track::PpRecv, "recv activation")});
       break;
     }
     case OpKind::SendActivation:
-      send_copy(chunk(op.stage).output(state(key(m, op.stage))), bytes, op.peer, tag, n);
+      send_copy(chunk(op.stage).output(state(key(m, op.stage))), bytes, op.peer, tag, n,
+                tr(trace::Track::PpSend, "send activation"));
       break;
     case OpKind::RecvGrad: {  // d output of (m, s-1)
       int& b = grad_of_[key(m, op.stage - 1)];
       b = msg_acquire(n);
-      recvs_.push_back(pp_.irecv(msgs_[b].data(), bytes, op.peer, tag));
+      recvs_.push_back({pp_.irecv(msgs_[b].data(), bytes, op.peer, tag),
+                        tr(trace::Track::PpRecv, "recv gradient")});
       break;
     }
     case OpKind::SendGrad:
-      send_copy(state(key(m, op.stage)).dh.data(), bytes, op.peer, tag, n);
+      send_copy(state(key(m, op.stage)).dh.data(), bytes, op.peer, tag, n,
+                tr(trace::Track::PpSend, "send gradient"));
       break;
     default:
       throw std::logic_error("pipeline executor: post() of a compute op");
@@ -156,12 +164,16 @@ void PipelineExecutor<T>::run_pair(Program& f, Program& b) {
   }
   for (bool fl = true, bl = true; fl || bl;) {
     if (bl) {
+      const int64_t t0 = trace::stamp();
       bl = b.step();
+      trace::span_since(trace::Track::Compute, "B piece", t0, "layer", bl ? b.last().layer : -1);
       if (bl && opt_.on_piece) opt_.on_piece(false, b.last());
       poll();
     }
     if (fl) {
+      const int64_t t0 = trace::stamp();
       fl = f.step();
+      trace::span_since(trace::Track::Compute, "F piece", t0, "layer", fl ? f.last().layer : -1);
       if (fl && opt_.on_piece) opt_.on_piece(true, f.last());
       poll();
     }
@@ -211,6 +223,9 @@ void PipelineExecutor<T>::compute(const pipeline::Op& op, const Step& st) {
       throw std::logic_error("pipeline executor: compute() of a message op");
   }
   const double dt = seconds_since(t0), ep = ep_blocked() - ep0;
+  static const char* const names[] = {"F", "B", "BI", "W", "F&B"};
+  trace::span_since(trace::Track::Compute, names[cost], trace::ns(t0), "mb,stage,mb2,stage2", m, s,
+                    op.mb2, op.stage2);
   (op.kind == OpKind::ForwardBackward ? stats_.ep_wait_pair : stats_.ep_wait_single) += ep;
   stats_.compute += dt - ep;
   cost_sum_[cost] += dt, ++cost_n_[cost];

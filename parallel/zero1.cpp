@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "kernels/scalar.h"
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -235,6 +236,8 @@ void Zero1::all_gather_values() {
     const auto t0 = std::chrono::steady_clock::now();
     comm_.all_gather(values + b.begin + comm_.rank() * part, values + b.begin, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    trace::span_since(trace::Track::Dp, "all-gather", trace::ns(t0), "bucket,elements",
+                      &b - buckets_.data(), b.padded);
   }
 }
 

@@ -51,6 +51,7 @@
 #include "model/param.h"
 #include "parallel/adamw.h"
 #include "parallel/comm.h"
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -170,7 +171,8 @@ class Zero1 {
   struct InFlight {
     int64_t bucket;
     Request req;
-    int staging;  // bf16 staging buffer, or -1
+    int staging;      // bf16 staging buffer, or -1
+    trace::Event tr;  // post to completion, when traced (run.trace_steps)
   };
   std::vector<InFlight> in_flight_;
   // grad_reduce_bf16: staging buffers, each one bucket's bf16 send then its part's receive

@@ -48,8 +48,10 @@ void Zero1::start(int64_t bucket) {
   const int64_t part = b.padded / comm_.size();
   float* in = grad_arena_.data<float>() + b.begin;
   float* out = shard_grad_.data() + shard_pos_[static_cast<size_t>(bucket)];
+  trace::Event tr = trace::pending(trace::Track::Dp, "reduce-scatter", "bucket,elements", bucket,
+                                   b.padded);
   if (!opt_.grad_reduce_bf16) {
-    in_flight_.push_back({bucket, comm_.ireduce_scatter(in, out, part, CommDType::F32), -1});
+    in_flight_.push_back({bucket, comm_.ireduce_scatter(in, out, part, CommDType::F32), -1, tr});
     return;
   }
   if (free16_.empty()) {  // every staging buffer in flight: the oldest completes first
@@ -65,11 +67,12 @@ void Zero1::start(int64_t bucket) {
   uint16_t* send = stage16_[static_cast<size_t>(k)].data();
   kernels::narrow_to_bf16(Exec{}, in, b.padded, send);
   in_flight_.push_back(
-      {bucket, comm_.ireduce_scatter(send, send + b.padded, part, CommDType::BF16), k});
+      {bucket, comm_.ireduce_scatter(send, send + b.padded, part, CommDType::BF16), k, tr});
 }
 
 void Zero1::finish(size_t flight) {
   InFlight& f = in_flight_[flight];
+  trace::complete(f.tr);
   if (f.staging >= 0) {
     const Bucket& b = buckets_[static_cast<size_t>(f.bucket)];
     const uint16_t* recv = stage16_[static_cast<size_t>(f.staging)].data() + b.padded;

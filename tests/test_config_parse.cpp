@@ -225,6 +225,7 @@ Config everything_changed() {
   c.run.threads = 3;
   c.run.count_flops = true;
   c.run.comm_timeout_s = 2.5;
+  c.run.trace_steps = {3, 4, 9};
   return c;
 }
 

@@ -177,6 +177,12 @@ const std::vector<Case> kRangeCases = {
     {{{"run.threads", "-1"}}, "run.threads: must be >= 0, got -1"},
     {{{"run.comm_timeout_s", "-1"}}, "run.comm_timeout_s: must be >= 0, got -1"},
     {{{"run.comm_timeout_s", ".inf"}}, "run.comm_timeout_s: expected a finite number, got .inf"},
+    {{{"run.trace_steps", "[0]"}}, "run.trace_steps[0]: must be > 0, got 0"},
+    {{{"run.trace_steps", "[2, -1]"}}, "run.trace_steps[1]: must be > 0, got -1"},
+    {{{"run.trace_steps", "[3, 3]"}},
+     "run.trace_steps[1]: must be > run.trace_steps[0] (3) (strictly increasing), got 3"},
+    {{{"run.trace_steps", "[2, 101]"}},
+     "run.trace_steps: must name steps <= run.steps (100), got 101"},
 };
 INSTANTIATE_TEST_SUITE_P(Ranges, Invalid, ::testing::ValuesIn(kRangeCases), case_name);
 
@@ -204,6 +210,12 @@ const std::vector<Case> kTypeCases = {
     {{{"optimizer.grad_reduce_dtype", "{a: 1}"}},
      "optimizer.grad_reduce_dtype: expected a string, got a mapping"},
     {{{"run.seed", "-1"}}, "run.seed: expected a non-negative integer, got -1"},
+    {{{"run.trace_steps", "3"}}, "run.trace_steps: expected a list of integers, got 3"},
+    {{{"run.trace_steps", "{a: 1}"}},
+     "run.trace_steps: expected a list of integers, got a mapping"},
+    {{{"run.trace_steps", "[1, x]"}},
+     "run.trace_steps[1]: expected an integer, got the string \"x\""},
+    {{{"run.trace_steps", "[1.5]"}}, "run.trace_steps[0]: expected an integer, got 1.5"},
     {{{"run.seed", "1.5"}}, "run.seed: expected a non-negative integer, got 1.5"},
     {{{"model", "5"}}, "model: expected a mapping, got 5"},
     {{{"schedule.lr", "0.001"}}, "schedule.lr: expected a mapping, got 0.001"},

@@ -142,6 +142,7 @@ void visit_config(V& v, C&... c) {
     v.field("sample_prompt", kAnyText, c.run.sample_prompt...);
     v.field("sample_tokens", kPositive, c.run.sample_tokens...);
     v.field("count_flops", kOffOn, c.run.count_flops...);
+    v.field("trace_steps", kPositive, c.run.trace_steps...);
   });
 }
 
@@ -220,6 +221,11 @@ std::vector<SettingRule> batch_rules(const Config& c) {
        "be 0 unless data.valid_path names a validation set",
        show(c.run.eval_interval),
        {"data.valid_path"}},
+      {"run.trace_steps",
+       c.run.trace_steps.empty() || c.run.trace_steps.back() <= c.run.steps,
+       "name steps <= run.steps (" + show(c.run.steps) + ")",
+       c.run.trace_steps.empty() ? std::string("[]") : show(c.run.trace_steps.back()),
+       {"run.steps"}},
   };
 }
 

@@ -183,6 +183,11 @@ struct RunConfig {
   // gemm_tflops_executed_per_device). Off by default: on CUDA the count reads each grouped GEMM's
   // row total back to the host.
   bool count_flops = false;
+  // Steps (1-based, as metrics.jsonl numbers them; strictly increasing) whose timeline every rank
+  // records — compute ops, pieces of overlapped pairs, EP exchanges, PP messages, ZeRO buckets,
+  // optimizer, data waits (parallel/trace.h) — into one Chrome Trace Event file
+  // <dir>/trace.json, written after the last of them (Perfetto opens it). [] = off.
+  std::vector<int64_t> trace_steps;
 };
 
 struct Config {

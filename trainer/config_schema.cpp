@@ -341,6 +341,26 @@ void Reader::field(const char* name, const Text& t, std::string& x) {
   }
 }
 
+void Reader::field(const char* name, const Range& r, std::vector<int64_t>& x) {
+  const std::string key = join(path_, name);
+  const YAML::Node* n = find(name);
+  if (!n) return;
+  if (is_null(*n)) return x.clear();
+  if (!n->IsSequence()) ctx_.fail(key, "expected a list of integers, got " + describe(*n));
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < n->size(); ++i) {
+    const std::string ekey = key + "[" + std::to_string(i) + "]";
+    int64_t v = 0;
+    read_value(ctx_, (*n)[i], ekey, v);
+    check_value(ekey, r, static_cast<double>(v));
+    if (i > 0 && v <= out.back())
+      ctx_.fail(ekey, "must be > " + key + "[" + std::to_string(i - 1) + "] (" + show(out.back()) +
+                          ") (strictly increasing), got " + show(v));
+    out.push_back(v);
+  }
+  x = std::move(out);
+}
+
 void Reader::tag(const char* name, const char* value) {
   const std::string key = join(path_, name);
   std::string x = value;
@@ -435,6 +455,12 @@ void Reader::check_value(const std::string& key, const Range& r, double v) const
 // ---------------------------------------------------------------------------------------------
 // Writer
 // ---------------------------------------------------------------------------------------------
+
+void Writer::field(const char* name, const Range&, const std::vector<int64_t>& x) {
+  std::string list;
+  for (int64_t v : x) list += (list.empty() ? "" : ", ") + show(v);
+  line(name, "[" + list + "]");
+}
 
 void Writer::piecewise(const char* name, const char* value_key, bool scalar_ok, const Range&,
                        const PiecewiseConstant& p) {

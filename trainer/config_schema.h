@@ -2,7 +2,8 @@
 // of settings is a function template visit(v, c...) that calls, for every setting,
 //   v.section(name, comment, fn)       a nested mapping whose settings fn() visits
 //   v.field(name, rule, x...)          int64_t / uint64_t / double (rule: Range), std::string
-//                                      (Text), or a value named by a word (Choice<T>)
+//                                      (Text), a value named by a word (Choice<T>), or a list of
+//                                      strictly increasing int64_t (std::vector; Range per entry)
 //   v.tag(name, value)                 a string key whose only allowed value is `value`
 //   v.piecewise(name, value_key, scalar_ok, range, p...)
 //                                      a PiecewiseConstant: list of {until, <value_key>}, or a
@@ -240,6 +241,8 @@ class Reader {
       ctx_.fail(key, "must " + r.describe() + ", got " + show(x));
   }
   void field(const char* name, const Text& t, std::string& x);
+  // A list of integers, each in `r`, strictly increasing; null or [] = empty.
+  void field(const char* name, const Range& r, std::vector<int64_t>& x);
   template <class T>
   void field(const char* name, const Choice<T>& c, T& x) {
     const YAML::Node* n = find(name);
@@ -292,6 +295,7 @@ class Writer {
   void field(const char* name, const Range&, const uint64_t& x) { line(name, show(x)); }
   void field(const char* name, const Range&, const double& x) { line(name, yaml_double(x)); }
   void field(const char* name, const Text&, const std::string& x) { line(name, yaml_string(x)); }
+  void field(const char* name, const Range&, const std::vector<int64_t>& x);
   template <class T>
   void field(const char* name, const Choice<T>& c, const T& x) {
     line(name, yaml_string(c.word_of(x)));

@@ -3,6 +3,8 @@
 
 #include <iterator>
 
+#include "parallel/trace.h"
+
 namespace moetron {
 
 void StepStats::reduce(Communicator& world) {
@@ -43,8 +45,10 @@ void StepClock::pipeline_done(const PipelineExecutor<float>& pipeline, EpDispatc
 void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
   const ExecStats& st = pipe_;
   const double dp_comm = opt.take_comm_seconds();
+  const int64_t tb = trace::stamp();
   world.barrier();  // the wait for the slowest rank is this rank's (in other_s)
   const auto now = end_ = Clock::now();
+  trace::span(trace::Track::Host, "wait for all ranks", tb, trace::ns(now));
   auto secs = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };

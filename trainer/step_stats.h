@@ -56,6 +56,7 @@ class StepClock {
   // every rank's fields describe the same span and what happens between two steps' accounting
   // (metrics, samples) is the next step's.
   void start(Clock::time_point previous_end) { t0_ = previous_end; }
+  Clock::time_point begin() const { return t0_; }
   Clock::time_point end() const { return end_; }
   // After the pipeline: its time split and op costs, and the EP exchanges' time in flight.
   void pipeline_done(const PipelineExecutor<float>& pipeline, EpDispatcher<float>* ep);

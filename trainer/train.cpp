@@ -35,12 +35,14 @@
 #include <utility>
 
 #include "kernels/flop_counter.h"
+#include "parallel/trace.h"
 #include "parallel/watchdog.h"
 #include "trainer/expert_balance.h"
 #include "trainer/fault_inject.h"
 #include "trainer/param_file.h"
 #include "trainer/run.h"
 #include "trainer/step_stats.h"
+#include "trainer/step_trace.h"
 
 namespace moetron {
 
@@ -113,9 +115,13 @@ std::vector<int> ranks_that_saw(Run& r, double local_loss) {
 }
 
 // One optimizer step of DeepSeek-V3 pretraining (the header comment, line by line).
+// (While tracing, each part is a slice of its track: parallel/trace.h.)
 StepResult train_step(Run& r, int64_t step, StepClock& clock) {
+  using trace::Track;
   // this DP rank's rows of the step: micro-batch m is rows [m*B, (m+1)*B)
+  int64_t t = trace::stamp();
   const data::Batch batch = r.loader->next();
+  trace::span_since(Track::Data, "next batch", t), t = trace::stamp();
   const int64_t M = batch.rows / r.B;
   if (M != r.pipeline->schedule().microbatches)
     r.pipeline->set_schedule(make_step_schedule(r.cfg, r.grid.pp, static_cast<int>(M)));
@@ -126,24 +132,31 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   inject_nan_fault(r, step + 1, nullptr);  // a gradient fault: before the backward accumulates
   for (Model<float>* chunk : r.chunk_list()) chunk->zero_loads();
   kernels::flop_counter::reset();  // the step's GEMM FLOPs (run.count_flops)
+  trace::span_since(Track::Host, "step setup", t);
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
   r.pipeline->run([&](int m) { return batch.row(m * r.B); }, r.B, r.S, h.lambda,
                   1.0 / static_cast<double>(M * r.grid.dp), sum);
+  t = trace::stamp();
   clock.pipeline_done(*r.pipeline, r.ep.get());
   const kernels::GemmFlops gemm = kernels::flop_counter::read();
+  trace::span_since(Track::Host, "pipeline stats", t), t = trace::stamp();
 
   // the embedding's copies on the first and last stage share one gradient
   watchdog::set_phase("optimizer");
   if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
   inject_nan_fault(r, step + 1, &sum);  // a loss fault
+  trace::span_since(Track::Host, "tied embedding all-reduce", t), t = trace::stamp();
   // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
   const double grad_norm = r.optimizer->reduce(std::isfinite(sum.loss));
+  trace::span_since(Track::Optimizer, "reduce gradients, norm", t), t = trace::stamp();
   const bool good = std::isfinite(grad_norm);  // the same on every rank
   if (good) r.optimizer->update(h.lr, grad_norm, step + 1), r.chunks.front()->weights_updated();
   clock.optimizer_done();
+  trace::span_since(Track::Optimizer, "AdamW, all-gather", t), t = trace::stamp();
   int64_t moe_layers = 0;
   const double imbalance =
       good ? update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers) : 0;
+  trace::span_since(Track::Host, "expert bias update", t), t = trace::stamp();
 
   // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)
   const bool dp0 = r.grid.dp_rank == 0 && r.groups->primary_twin();
@@ -157,6 +170,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   static_cast<double>(gemm.recompute)};
   watchdog::set_phase("step statistics");
   stats.reduce(*r.world);
+  trace::span_since(Track::Host, "step stats all-reduce", t);
   return {stats,
           h,
           grad_norm,
@@ -169,6 +183,8 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 // The next-token loss of the main model over the validation batches (forward passes only; every
 // rank gets the same value).
 double validation_loss(Run& r) {
+  const trace::Scope slice(trace::Track::Host, "validation");
+  const trace::Paused off;  // its forward passes are not the step's
   const Config& cfg = r.cfg;
   const int64_t rows = cfg.data.global_batch_size / r.grid.dp, Me = rows / r.B;
   watchdog::set_phase("evaluation");
@@ -203,6 +219,7 @@ void report_saved(const Run& r, const std::string& dir, std::ostream& log) {
 
 // Asynchronous: training waits only for the previous save and the copy to host buffers.
 void checkpoint(Run& r, std::ostream& log) {
+  const trace::Scope slice(trace::Track::Host, "checkpoint");
   report_saved(r, r.writer->wait(), log);
   const double blocked = r.writer->save(
       r.cfg, r.state, *r.params, std::as_const(*r.optimizer).shards(),
@@ -215,6 +232,7 @@ void checkpoint(Run& r, std::ostream& log) {
 // Every rank agrees whether a stop signal arrived anywhere.
 bool stop_requested(Communicator& world) {
   watchdog::set_phase("end of step");
+  const trace::Scope slice(trace::Track::Host, "stop check");
   int64_t stop = g_stop;
   world.all_reduce(&stop, 1, ReduceOp::Max);
   return stop != 0;
@@ -325,6 +343,29 @@ std::unique_ptr<watchdog::Watchdog> start_watchdog(const Run& r) {
   return w;
 }
 
+// The step's collective end: the stop check, validation and a checkpoint when due, and the step's
+// time split (StepClock::gather).
+struct StepEnd {
+  bool stop = false, last = false;
+  double valid_loss = NAN, eval_seconds = 0;
+};
+StepEnd end_step(Run& r, StepClock& clock, bool halt, std::ostream& log) {
+  const RunConfig& rc = r.cfg.run;
+  StepEnd e;
+  e.stop = stop_requested(*r.world);
+  e.last = r.state.step == rc.steps || e.stop;
+  const bool eval = r.valid_data && (r.state.step % rc.eval_interval == 0 || e.last);
+  const auto te = std::chrono::steady_clock::now();
+  if (eval) e.valid_loss = validation_loss(r);
+  e.eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+  watchdog::set_phase("checkpoint");
+  if (!halt && rc.save_interval > 0 && (r.state.step % rc.save_interval == 0 || e.last))
+    checkpoint(r, log);
+  watchdog::set_phase("step times");
+  clock.gather(*r.world, *r.optimizer, e.eval_seconds);  // where the step went
+  return e;
+}
+
 void report_end(const Run& r, std::ostream& log) {
   if (!r.rank0 || !r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
@@ -354,6 +395,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   summary.tokens = r.state.tokens;
   const auto t_start = std::chrono::steady_clock::now();
   BadSteps bad;
+  StepTrace tracer(r);  // run.trace_steps
 
   StepClock::Clock::time_point step_begin = StepClock::Clock::now();
   for (int64_t step = r.state.step; step < cfg.run.steps; ++step) {
@@ -366,24 +408,16 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     r.state.samples = r.loader->samples_consumed();
     const bool halt = bad.note(std::isfinite(s.grad_norm), cfg.run.max_bad_steps);
 
-    const bool stop = stop_requested(*r.world);
-    const bool last = step + 1 == cfg.run.steps || stop;
-    const bool eval = r.valid_data && (r.state.step % cfg.run.eval_interval == 0 || last);
-    const auto te = std::chrono::steady_clock::now();
-    const double valid_loss = eval ? validation_loss(r) : NAN;
-    const double eval_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-    watchdog::set_phase("checkpoint");
-    if (!halt && cfg.run.save_interval > 0 && (r.state.step % cfg.run.save_interval == 0 || last))
-      checkpoint(r, log);
-    watchdog::set_phase("step times");
-    clock.gather(*r.world, *r.optimizer, eval_seconds);  // where the step went
+    const StepEnd e = end_step(r, clock, halt, log);
+    const bool stop = e.stop, last = e.last;
     step_begin = clock.end();
+    tracer.step_done(step + 1, clock, e.eval_seconds);
 
     if (r.rank0) {
+      const trace::Scope slice(trace::Track::Host, "metrics");
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      StepMetrics m = step_metrics(r, s, clock, step, valid_loss, clock.step_seconds(), elapsed);
+      StepMetrics m = step_metrics(r, s, clock, step, e.valid_loss, clock.step_seconds(), elapsed);
       m.bad_steps = bad.total;
       r.metrics->write(m);
       if ((step + 1) % cfg.run.log_interval == 0 || last || m.skipped)
@@ -396,6 +430,10 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     }
     if (r.sampler->due(r.state.step, last)) {  // outside the step's time
       text_sample(r, log);
+      step_begin = StepClock::Clock::now();
+    }
+    if (tracer.due(step + 1, last)) {  // outside the step's time
+      tracer.write(r, log);
       step_begin = StepClock::Clock::now();
     }
     if (stop) {
