@@ -48,8 +48,8 @@ void Zero1::start(int64_t bucket) {
   const int64_t part = b.padded / comm_.size();
   float* in = grad_arena_.data<float>() + b.begin;
   float* out = shard_grad_.data() + shard_pos_[static_cast<size_t>(bucket)];
-  trace::Event tr = trace::pending(trace::Track::Dp, "reduce-scatter", "bucket,elements", bucket,
-                                   b.padded);
+  trace::Event tr =
+      trace::pending(trace::Track::Dp, "reduce-scatter", "bucket,elements", bucket, b.padded);
   if (!opt_.grad_reduce_bf16) {
     in_flight_.push_back({bucket, comm_.ireduce_scatter(in, out, part, CommDType::F32), -1, tr});
     return;
