@@ -224,6 +224,7 @@ Program Model<T>::backward_program(MicroBatch& mb, double grad_scale, const T* d
       while (mtp.step()) co_yield mtp.last();
       layer_grads_done(mb, queue, layer);
     }
+    layer_grads_done(mb, queue, kHeadLayer);  // the head's weight is final (MTP shares it)
     if (Dm > 0) kernels::add_inplace<T>(ex, dh, mb.mtp[0].dh_prev.data(), N * D);
   } else {
     if (!dh_out) throw std::logic_error("Model::backward_input: a non-last stage needs d(output)");

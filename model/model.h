@@ -52,6 +52,7 @@ class Model {
   friend class Decoder;  // model/decode.h: decoding with a cache
 
  public:
+  static constexpr int kHeadLayer = -1;  // MicroBatch::on_layer_grads: model.norm and lm_head
   struct MicroBatch {
     int64_t B = 0, S = 0;
     Buffer<int32_t> tokens;             // [B, S+1] on the model's device
@@ -70,8 +71,9 @@ class Model {
     WeightQueue deferred;  // weight-gradient work queued by backward_input
     // Called, when set, with a layer's global index once this micro-batch's weight gradients of
     // that block (or MTP block) have all been accumulated — during the backward, or with the
-    // deferred work in backward_weight. A caller that knows this is the step's last contribution
-    // can start reducing them (parallel/pipeline.h).
+    // deferred work in backward_weight; kHeadLayer: the final norm's and the head's (after the
+    // MTP blocks, which add into the head's). A caller that knows this is the step's last
+    // contribution can start reducing them (parallel/pipeline.h).
     std::function<void(int layer)> on_layer_grads;
     // Every buffer the backward writes and keeps until backward_weight (or the send of dh): a
     // pipeline executor lends these to a micro-batch only from its backward to its last op.

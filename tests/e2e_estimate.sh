@@ -67,6 +67,27 @@ k = t["breakdown"]  # the breakdown adds up to the step, the core wait included
 assert abs(sum(k.values()) - t["step_seconds"]) < 1e-6 * t["step_seconds"], t
 print(f"tiny.yaml, PP2 x DP2 x EP2 on this CPU: {t['step_seconds']:.3f} s predicted")
 
+# --trace: the predicted timeline in a run's trace format — a process per pipeline rank, compute
+# slices that never overlap on a rank, the step ending at the predicted step time
+r = run("estimate", "configs/tiny.yaml", "--hardware", f"{OUT}/cpu.yaml", "--trace",
+        f"{OUT}/predicted.json", "--set", "parallel.pp=2", "--set", "parallel.dp=2", "--set",
+        "parallel.ep=2", "--set", "parallel.schedule=dualpipe", "--set", "data.global_batch_size=32",
+        "--set", "data.micro_batch_size=4")
+assert r.returncode == 0, r.stderr
+tr = json.load(open(f"{OUT}/predicted.json"))
+xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+assert sorted({e["pid"] for e in xs}) == [0, 1], tr["traceEvents"][:4]
+names = {e["pid"]: e["args"]["name"] for e in tr["traceEvents"] if e["name"] == "process_name"}
+assert all("predicted" in n for n in names.values()), names
+for pid in (0, 1):
+    comp = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in xs
+                  if e["pid"] == pid and e["cat"] != "comm" and e["name"] in ("F", "B", "F&B"))
+    assert comp and all(a[1] <= b[0] + 1e-3 for a, b in zip(comp, comp[1:])), comp[:6]
+    assert any(n == "F&B" for _, _, n in comp), "DualPipe's overlapped pairs are in the timeline"
+    end = max(e["ts"] + e["dur"] for e in xs if e["pid"] == pid)
+    assert abs(end / 1e6 - tr["otherData"]["step_seconds"]) < 1e-6 * end, (end, tr["otherData"])
+print(f"--trace: {len(xs)} predicted slices on 2 pipeline ranks, step {end / 1e6:.3f} s")
+
 # --- bad input: one clear message each ---
 open(f"{OUT}/missing.yaml", "w").write(open(H800).read().replace("comm_efficiency:", "# "))
 one_error_line(run("estimate", "configs/tiny.yaml", "--hardware", f"{OUT}/missing.yaml"),

@@ -361,6 +361,19 @@ void replay_schedule(Estimate& e) {
   for (const pipeline::Op& op : sched.per_rank[r]) e.compute_s += cost(false, op);
   e.exposed_ep_s = sim.busy[r] - e.compute_s;
   e.bubble_s = sim.makespan - sim.busy[r];
+  static const char* const names[] = {"F", "B", "BI", "W", "F&B"};
+  for (int rank = 0; rank < sched.ranks; ++rank)
+    for (size_t i = 0; i < sched.per_rank[rank].size(); ++i) {
+      const pipeline::Op& op = sched.per_rank[rank][i];
+      if (op.is_message()) continue;
+      const int k = op.kind == OpKind::Forward          ? 0
+                    : op.kind == OpKind::Backward       ? 1
+                    : op.kind == OpKind::BackwardInput  ? 2
+                    : op.kind == OpKind::BackwardWeight ? 3
+                                                        : 4;
+      const double t0 = sim.start[rank][i];
+      e.timeline.push_back({rank, names[k], t0, t0 + cost(true, op), op.mb, op.stage, true});
+    }
   // more ranks than cores: every rank's busy time at one core, shared by the node's cores
   if (e.busy_share > e.rank_share) {
     double busy = 0;
@@ -377,8 +390,9 @@ namespace {
 
 // ZeRO-1's reduce-scatter of gradients and all-gather of weights per rank (ring: (n-1)/n of the
 // bytes each way), dense over DP and experts over EDP (DualPipe's twins double both groups), and
-// 1f1b/zb1p's tied-embedding all-reduce; the slowest pipeline rank. The trainer runs them after
-// the pipeline, so they are exposed.
+// 1f1b/zb1p's tied-embedding all-reduce; the slowest pipeline rank. Counted exposed, after the
+// pipeline: an upper bound since the trainer starts the reduce-scatter during the last backward
+// (optimizer.overlap_grad_reduce), which on the CPU hides little (docs/performance.md).
 double dp_seconds(const Config& cfg, const Estimate& e, const Links& l) {
   const Plan& p = e.plan;
   const int rpn = e.ranks_per_node;
@@ -418,6 +432,11 @@ double optimizer_seconds(const Config& cfg, const Estimate& e) {
 void summarise(const Config& cfg, Estimate& e) {
   const HardwareConfig& hw = cfg.hardware;
   e.step_s = e.makespan_s + e.dp_s + e.optimizer_s;
+  for (int rank = 0; rank < e.plan.pp; ++rank) {  // the step's tail, after the pipeline
+    e.timeline.push_back(
+        {rank, "DP reduce-scatter, all-gather", e.makespan_s, e.makespan_s + e.dp_s, 0, 0, false});
+    e.timeline.push_back({rank, "optimizer", e.makespan_s + e.dp_s, e.step_s, 0, 0, false});
+  }
   e.tokens_per_s_per_gpu = static_cast<double>(e.tokens_per_step) / e.step_s / e.plan.world;
   const double model_tflops = e.tokens_per_s_per_gpu * e.flops_per_token / 1e12;
   const double bf16 = hw.peak_bf16_tflops > 0 ? hw.peak_bf16_tflops : hw.peak_fp32_tflops;

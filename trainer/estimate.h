@@ -83,6 +83,17 @@ struct Estimate {
   int critical_rank = 0;  // the pipeline rank the breakdown is read from (most busy)
   double tokens_per_s_per_gpu = 0, mfu = 0, mfu_fp8 = 0;
   double gpu_hours_per_1e12_tokens = 0, run_tokens = 0, run_gpu_hours = 0;
+  // The predicted timeline of one step (moetron estimate --trace): per pipeline rank, each
+  // compute op as simulate() placed it (names as a real trace's: F, B, BI, W, F&B), then the DP
+  // reduction and the optimizer. Seconds from the step's start.
+  struct Slice {
+    int rank = 0;
+    const char* name = "";
+    double t0 = 0, t1 = 0;
+    int mb = 0, stage = 0;
+    bool compute = true;  // false: DP reduction / optimizer
+  };
+  std::vector<Slice> timeline;
 };
 
 // The estimate of `cfg` (its hardware section: a profile with every estimator key) on `world`

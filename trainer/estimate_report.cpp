@@ -3,6 +3,9 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
+
+#include "parallel/trace.h"
 
 namespace moetron {
 
@@ -127,6 +130,30 @@ void write_estimate_json(const Estimate& e, std::ostream& out) {
       << ",\"memory_bytes_per_gpu\":" << p.peak().bytes.total()
       << ",\"memory_bytes_device\":" << (p.memory_known() ? p.memory_bytes() : 0)
       << ",\"fits\":" << (p.memory_known() ? (p.fits() ? "true" : "false") : "null") << "}\n";
+}
+
+void write_estimate_trace(const Estimate& e, const std::string& path) {
+  std::vector<trace::Process> procs(static_cast<size_t>(e.plan.pp));
+  for (int r = 0; r < e.plan.pp; ++r) {
+    procs[r].pid = r;
+    procs[r].label = "pipeline rank " + std::to_string(r) + " (predicted, " + e.hardware + ")";
+  }
+  const auto ns = [](double s) { return static_cast<int64_t>(s * 1e9); };
+  for (const Estimate::Slice& s : e.timeline) {
+    trace::Event ev{ns(s.t0),
+                    ns(s.t1),
+                    s.name,
+                    s.compute ? "mb,stage" : nullptr,
+                    {s.mb, s.stage, 0, 0},
+                    s.compute          ? trace::Track::Compute
+                    : s.name[0] == 'D' ? trace::Track::Dp
+                                       : trace::Track::Optimizer};
+    procs[static_cast<size_t>(s.rank)].events.push_back(ev);
+  }
+  std::vector<std::string> fragments;
+  for (const trace::Process& p : procs) fragments.push_back(trace::format_process(p, 0));
+  trace::write_chrome_trace(path, fragments,
+                            "\"predicted\":true,\"step_seconds\":" + std::to_string(e.step_s));
 }
 
 }  // namespace moetron

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ostream>
+#include <string>
 
 #include "trainer/estimate.h"
 
@@ -15,5 +16,10 @@ namespace moetron {
 
 void write_estimate_table(const Estimate& e, std::ostream& out);
 void write_estimate_json(const Estimate& e, std::ostream& out);
+// The predicted timeline (Estimate::timeline) as a Chrome Trace Event file in the format of a
+// run's merged trace (parallel/trace.h): a process per pipeline rank, its compute ops on the
+// compute track, the DP reduction and the optimizer after them. Throws std::runtime_error when
+// the file cannot be written.
+void write_estimate_trace(const Estimate& e, const std::string& path);
 
 }  // namespace moetron

@@ -4,7 +4,7 @@
 //   moetron plan CONFIG [--set ...] [--world N] [--hardware FILE] [--json]
 //                                                     parameters and memory per device of a
 //                                                     layout, without allocating (trainer/plan.h)
-//   moetron estimate CONFIG --hardware FILE [--set ...] [--world N] [--json]
+//   moetron estimate CONFIG --hardware FILE [--set ...] [--world N] [--json] [--trace FILE]
 //                   [--calibrate TOKENS_PER_S_PER_GPU]
 //                                                     step time, tokens/s/GPU, MFU, GPU-hours of
 //                                                     a layout on a device (trainer/estimate.h)
@@ -54,6 +54,7 @@ const std::string kUsage =
         "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
         "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
         "  moetron estimate CONFIG --hardware FILE [--set key=value ...] [--world N] [--json]\n"
+        "                   [--trace FILE]\n"
         "                   [--calibrate TOKENS_PER_S_PER_GPU]\n"
         "  moetron probe\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
@@ -67,7 +68,7 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume, from, dtype = "bf16", world, hardware, calibrate;
+  std::string out, resume, from, dtype = "bf16", world, hardware, calibrate, trace;
   bool json = false;
 };
 
@@ -76,7 +77,7 @@ Args parse(int argc, char** argv, int first) {
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
     if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype" ||
-        s == "--world" || s == "--hardware" || s == "--calibrate") {
+        s == "--world" || s == "--hardware" || s == "--calibrate" || s == "--trace") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
@@ -87,6 +88,7 @@ Args parse(int argc, char** argv, int first) {
          : s == "--world"     ? a.world
          : s == "--hardware"  ? a.hardware
          : s == "--calibrate" ? a.calibrate
+         : s == "--trace"     ? a.trace
                               : a.dtype) = argv[++i];
     } else if (s == "--json") {
       a.json = true;
@@ -169,6 +171,7 @@ int estimate(Args& a) {
   else
     moetron::write_estimate_table(e, std::cout);
   std::cout.flush();
+  if (!a.trace.empty()) moetron::write_estimate_trace(e, a.trace);  // the predicted timeline
   const std::string why = moetron::plan_refusal(e.plan);
   if (!why.empty()) throw moetron::ConfigError(why);
   return 0;

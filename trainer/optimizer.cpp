@@ -4,6 +4,8 @@
 #include <cmath>
 #include <string>
 
+#include "model/model.h"
+
 namespace moetron {
 
 namespace {
@@ -25,19 +27,21 @@ Zero1Options zero1_options(const OptimizerConfig& oc) {
   return zo;
 }
 
-// The global layer a parameter belongs to (model.layers.<l>. names), or -1 (embedding, norm,
-// head).
+// Where a parameter's gradient is reported final (Model::MicroBatch::on_layer_grads): 1 + its
+// global layer (model.layers.<l>.*); 0 for the head and the final norm (Model::kHeadLayer);
+// -1 for the rest (the embedding: final only with the step's end, after the tied sum).
 int layer_of(const std::string& name) {
   static const std::string prefix = "model.layers.";
+  if (name == "lm_head.weight" || name == "model.norm.weight") return 0;
   if (name.rfind(prefix, 0) != 0) return -1;
   size_t end = prefix.size();
   int l = 0;
   while (end < name.size() && name[end] >= '0' && name[end] <= '9')
     l = l * 10 + (name[end++] - '0');
-  return end > prefix.size() && end < name.size() && name[end] == '.' ? l : -1;
+  return end > prefix.size() && end < name.size() && name[end] == '.' ? 1 + l : -1;
 }
 
-// [layer] -> indices into the group's params().
+// [1 + layer] -> indices into the group's params() ([0]: the head's).
 std::vector<std::vector<int64_t>> by_layer(const Zero1& group) {
   std::vector<std::vector<int64_t>> out;
   for (size_t i = 0; i < group.params().size(); ++i) {
@@ -60,12 +64,14 @@ Optimizer::Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& gr
       expert_layers_(by_layer(experts_)) {}
 
 void Optimizer::grads_final(int layer) {
-  const auto mark = [layer](Zero1& z, const std::vector<std::vector<int64_t>>& layers) {
-    if (layer < 0 || static_cast<size_t>(layer) >= layers.size()) return;
-    for (int64_t i : layers[static_cast<size_t>(layer)]) z.mark_final(i);
+  const size_t at = static_cast<size_t>(layer - Model<float>::kHeadLayer);
+  const auto mark = [at](Zero1& z, const std::vector<std::vector<int64_t>>& layers) {
+    if (at >= layers.size()) return;
+    for (int64_t i : layers[at]) z.mark_final(i);
   };
   mark(dense_, dense_layers_);
   mark(experts_, expert_layers_);
+  progress();  // a backward without exchanges calls MPI nowhere else until its end
 }
 
 double Optimizer::reduce(bool loss_finite) {

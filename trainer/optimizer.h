@@ -50,9 +50,10 @@ class Optimizer {
   }
 
   // Overlap of the reduction with the backward: every parameter of global layer `layer`
-  // (model.layers.<layer>.*) has its final gradient of the step on this rank; their buckets may
-  // start reducing (zero1.h). Parameters of no layer (embedding, final norm, head) reduce in
-  // reduce(), after the tied embedding's sum. progress(): let the reductions in flight move.
+  // (model.layers.<layer>.*; Model::kHeadLayer: lm_head and model.norm) has its final gradient
+  // of the step on this rank; their buckets may start reducing (zero1.h), and the reductions in
+  // flight progress. The embedding reduces in reduce(), after the tied embedding's sum.
+  // progress(): let the reductions in flight move.
   void grads_final(int layer);
   void progress() { dense_.progress(), experts_.progress(); }
   // Of the last reduce(): the share of gradient elements whose reduction started before it.
