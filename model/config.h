@@ -50,6 +50,10 @@ struct ModelConfig {
   double init_std = 0.006;       // N(0, init_std) for every matrix (SPEC 2)
   double seq_aux_alpha = 1e-4;   // sequence-wise balance loss weight
   int64_t lm_head_chunk = 4096;  // vocabulary chunk of the fused head + cross-entropy
+  // How the layers are cut into pipeline stages: the first block of each stage, increasing from
+  // 0 (set by the trainer: parallel.stage_layers, or its cost-balanced cut); empty, or sized for
+  // another stage count: as even as possible. Not a Hugging Face field.
+  std::vector<int64_t> stage_starts;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t l) const { return l >= first_k_dense_replace; }

@@ -3,6 +3,9 @@
 // mtp.cpp and model.cpp.
 #include "model/flops.h"
 
+#include <algorithm>
+#include <limits>
+
 namespace moetron {
 
 namespace {
@@ -57,6 +60,45 @@ FlopsPerToken flops_per_token(const ModelConfig& c, int64_t seq_len) {
     f.mtp_attention_core += lf.attention_core;
   }
   return f;
+}
+
+double stage_forward_flops(const ModelConfig& c, int64_t begin, int64_t end, bool last,
+                           int64_t seq_len) {
+  double f = 0;
+  for (int64_t l = begin; l < end; ++l) f += layer_flops(c, l, seq_len).sum();
+  if (last) {
+    const FlopsPerToken t = flops_per_token(c, seq_len);
+    f += t.head + t.mtp;
+  }
+  return f;
+}
+
+// Dynamic programming over prefixes: best[s][j] = the smallest possible largest stage cost when
+// the first j layers form s stages; the last stage's head and MTP cost is added to its segment.
+std::vector<int64_t> balanced_stage_starts(const ModelConfig& c, int64_t n_stages,
+                                           int64_t seq_len) {
+  const int64_t L = c.num_hidden_layers, P = n_stages;
+  if (P < 1 || P > L) return {};
+  std::vector<double> prefix(static_cast<size_t>(L) + 1, 0.0);
+  for (int64_t l = 0; l < L; ++l)
+    prefix[l + 1] = prefix[l] + stage_forward_flops(c, l, l + 1, false, seq_len);
+  const double tail = stage_forward_flops(c, 0, 0, true, seq_len);
+  const auto cost = [&](int64_t a, int64_t b, bool last) {  // layers [a, b)
+    return prefix[b] - prefix[a] + (last ? tail : 0.0);
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<std::vector<double>> best(P + 1, std::vector<double>(L + 1, inf));
+  std::vector<std::vector<int64_t>> from(P + 1, std::vector<int64_t>(L + 1, -1));
+  best[0][0] = 0;
+  for (int64_t s = 1; s <= P; ++s)
+    for (int64_t j = s; j <= L - (P - s); ++j)
+      for (int64_t i = s - 1; i < j; ++i) {  // stage s-1 is layers [i, j)
+        const double m = std::max(best[s - 1][i], cost(i, j, s == P));
+        if (m < best[s][j] * (1 - 1e-12)) best[s][j] = m, from[s][j] = i;
+      }
+  std::vector<int64_t> starts(static_cast<size_t>(P));
+  for (int64_t s = P, j = L; s >= 1; j = from[s][j], --s) starts[s - 1] = from[s][j];
+  return starts;
 }
 
 }  // namespace moetron

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 
@@ -40,5 +41,17 @@ struct FlopsPerToken {
 
 // FLOPs per token of `c` trained at sequence length seq_len.
 FlopsPerToken flops_per_token(const ModelConfig& c, int64_t seq_len);
+
+// Forward FLOPs per token of a pipeline stage holding layers [begin, end) (and, if last, the head
+// and the MTP modules): what balanced_stage_starts balances.
+double stage_forward_flops(const ModelConfig& c, int64_t begin, int64_t end, bool last,
+                           int64_t seq_len);
+
+// A cost-balanced cut of c's layers into n_stages pipeline stages (the first block of each stage,
+// for ModelConfig::stage_starts): contiguous, each stage at least one block, the largest stage's
+// training FLOPs per token as small as possible, where the last stage also carries the head and
+// the MTP modules (at V3's size worth about four MoE layers) and the first the embedding (no
+// FLOPs). Ties go to the first cut found; empty unless 1 <= n_stages <= layers.
+std::vector<int64_t> balanced_stage_starts(const ModelConfig& c, int64_t n_stages, int64_t seq_len);
 
 }  // namespace moetron

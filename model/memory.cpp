@@ -74,7 +74,7 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
                                 int64_t n_stages, int64_t B, int64_t S, int64_t T, double rows) {
   const StageSpec st{stage, n_stages};
-  const auto [b0, b1] = stage_blocks(c.num_hidden_layers, st);
+  const auto [b0, b1] = stage_blocks(c, st);
   const int64_t N = B * S, D = c.hidden_size, E = c.n_routed_experts;
   const int64_t Dm = st.last() ? c.num_nextn_predict_layers : 0;
   double fwd = 0, bwd = 0;

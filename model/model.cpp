@@ -7,7 +7,8 @@
 
 namespace moetron {
 
-std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s) {
+std::pair<int64_t, int64_t> stage_blocks(const ModelConfig& c, const StageSpec& s) {
+  const int64_t n_layers = c.num_hidden_layers;
   if (s.n_stages < 1 || s.stage < 0 || s.stage >= s.n_stages)
     throw std::invalid_argument("stage " + std::to_string(s.stage) + " of " +
                                 std::to_string(s.n_stages));
@@ -15,6 +16,16 @@ std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s) {
     throw std::invalid_argument("model.num_hidden_layers (" + std::to_string(n_layers) +
                                 ") cannot be cut into " + std::to_string(s.n_stages) +
                                 " pipeline stages (parallel.pp): every stage needs a block");
+  const std::vector<int64_t>& cut = c.stage_starts;
+  if (static_cast<int64_t>(cut.size()) == s.n_stages) {
+    const int64_t begin = cut[s.stage], end = s.last() ? n_layers : cut[s.stage + 1];
+    if (begin < 0 || end > n_layers || begin >= end)
+      throw std::invalid_argument(
+          "stage " + std::to_string(s.stage) + " of " + std::to_string(s.n_stages) + ": blocks [" +
+          std::to_string(begin) + ", " + std::to_string(end) +
+          ") of the cut are not a non-empty range of the " + std::to_string(n_layers) + " layers");
+    return {begin, end};
+  }
   const int64_t base = n_layers / s.n_stages, extra = n_layers % s.n_stages;
   const int64_t begin = s.stage * base + std::min(s.stage, extra);
   return {begin, begin + base + (s.stage < extra ? 1 : 0)};
@@ -33,7 +44,7 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
       loads_(ex.device) {
   if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>(ex);
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, L = cfg.num_hidden_layers;
-  const auto [b0, b1] = stage_blocks(L, stage);
+  const auto [b0, b1] = stage_blocks(cfg, stage);
   first_block_ = b0;
   const bool mtp_here = stage.last() && cfg.num_nextn_predict_layers > 0;
   if (stage.first() || mtp_here) {

@@ -38,8 +38,9 @@ struct StageSpec {
   bool last() const { return stage == n_stages - 1; }
 };
 
-// Blocks [begin, end) of stage s (throws std::invalid_argument if the layers cannot be cut).
-std::pair<int64_t, int64_t> stage_blocks(int64_t n_layers, const StageSpec& s);
+// Blocks [begin, end) of stage s: c.stage_starts' cut, or as even as possible (throws
+// std::invalid_argument if the layers cannot be cut).
+std::pair<int64_t, int64_t> stage_blocks(const ModelConfig& c, const StageSpec& s);
 
 struct Losses {
   double loss = 0, lm = 0, mtp = 0, balance = 0;  // loss = lm + lambda * mtp + balance

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test that matters most for a distributed trainer: a small DeepSeek-V3-shaped model trained
 # for 10 steps on one rank and on DP2, EP2 (in DP2), PP2, PP2xDP2 and PP2xEP2xDP2 (8 ranks), with
-# 1f1b and zb1p where PP > 1, and with DualPipe (PP2, PP4, and PP2 x DP4 with EP2 inside: 8
+# 1f1b and zb1p where PP > 1 (the cost-balanced default cut, and one explicit
+# parallel.stage_layers), and with DualPipe (PP2, PP4, and PP2 x DP4 with EP2 inside: 8
 # ranks at one sequence per micro-batch, so the 16-sequence batch still makes 2P micro-batches)
 # and DualPipeV (PP2: 4 stages in a V; PP2 x DP2 x EP2), gives the same per-step losses and
 # gradient norms and the same final parameters (every tensor by its HF name, experts gathered
@@ -45,6 +46,7 @@ run dp2 2 1 2 1 1f1b
 run ep2 2 1 2 2 1f1b
 run pp2_1f1b 2 2 1 1 1f1b
 run pp2_zb1p 2 2 1 1 zb1p
+run pp2_cut1 2 2 1 1 1f1b --set "parallel.stage_layers=[0,1]"  # an explicit cut: 1 + 3 layers
 run pp2dp2_1f1b 4 2 2 1 1f1b
 run pp2dp2_zb1p 4 2 2 1 zb1p
 run pp2ep2dp2_1f1b 8 2 4 2 1f1b
@@ -77,7 +79,7 @@ def params(name):
     return p
 ref_m, ref_p = metrics("ref"), params("ref")
 passed = failed = 0
-for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2dp2_1f1b", "pp2dp2_zb1p",
+for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2_cut1", "pp2dp2_1f1b", "pp2dp2_zb1p",
              "pp2ep2dp2_1f1b", "pp2ep2dp2_zb1p", "pp2_dualpipe", "pp2_dualpipev", "pp4_dualpipe",
              "pp2ep2dp4_dualpipe", "pp2ep2dp2_dualpipev", "pp2ep2dp2_dualpipe"]:
     m, p = metrics(name), params(name)

@@ -111,6 +111,22 @@ const std::vector<Case> kRangeCases = {
      "optimizer.moment_dtype: must be one of {fp32, bf16}, got \"fp16\""},
     {{{"optimizer.grad_reduce_dtype", "fp8"}},
      "optimizer.grad_reduce_dtype: must be one of {fp32, bf16}, got \"fp8\""},
+    {{{"parallel.stage_layers", "[0, 2]"}},
+     "parallel.stage_layers: must name the first layer of each of the 1 pipeline stages "
+     "(parallel.pp), or be [], got 2 entries"},
+    {{{"parallel.pp", "2"},
+      {"parallel.schedule", "dualpipev"},
+      {"parallel.stage_layers", "[0, 2]"}},
+     "parallel.stage_layers: must name the first layer of each of the 4 pipeline stages "
+     "(parallel.pp x 2 for dualpipev), or be [], got 2 entries"},
+    {{{"parallel.pp", "2"}, {"parallel.stage_layers", "[1, 2]"}},
+     "parallel.stage_layers: must start with layer 0 (the first stage's first layer), got 1"},
+    {{{"parallel.pp", "2"}, {"parallel.stage_layers", "[0, 4]"}},
+     "parallel.stage_layers: must name layers < model.num_hidden_layers (4): every stage needs a "
+     "layer, got 4"},
+    {{{"parallel.pp", "2"}, {"parallel.stage_layers", "[0, 0]"}},
+     "parallel.stage_layers[1]: must be > parallel.stage_layers[0] (0) (strictly increasing), got "
+     "0"},
     {{{"optimizer.overlap_grad_reduce", "yes"}},
      "optimizer.overlap_grad_reduce: must be one of {off, on}, got \"yes\""},
     {{{"optimizer.grad_bucket_elements", "0"}},

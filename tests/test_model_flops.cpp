@@ -108,3 +108,49 @@ TEST(ModelFlops, OnlyTheAttentionCoreDependsOnTheSequenceLength) {
   EXPECT_DOUBLE_EQ(b.mtp_attention_core, 2 * a.mtp_attention_core);
   EXPECT_DOUBLE_EQ(b.gemm_forward(), a.gemm_forward());
 }
+
+// The default pipeline cut (balanced_stage_starts): the largest stage, the last one carrying the
+// head and the MTP modules, is as small as any contiguous cut with a layer per stage can make it
+// (checked against every cut of small models); the stages' FLOPs add up to the model's; and
+// DeepSeek-V3 on 16 stages gets 4 layers per stage and one beside the head and MTP (which weigh
+// about 3 MoE layers).
+TEST(ModelFlops, BalancedStageCutMinimisesTheLargestStage) {
+  const auto largest = [](const ModelConfig& c, const std::vector<int64_t>& starts, int64_t S) {
+    double worst = 0;
+    for (size_t s = 0; s < starts.size(); ++s) {
+      const bool last = s + 1 == starts.size();
+      const int64_t end = last ? c.num_hidden_layers : starts[s + 1];
+      worst = std::max(worst, stage_forward_flops(c, starts[s], end, last, S));
+    }
+    return worst;
+  };
+  for (const int64_t L : {4, 6, 9}) {
+    ModelConfig c;
+    c.num_hidden_layers = L, c.vocab_size = 4096;  // a heavy head: the last stage gets fewer
+    for (int64_t P = 1; P <= 3; ++P) {
+      const std::vector<int64_t> cut = balanced_stage_starts(c, P, 64);
+      ASSERT_EQ(static_cast<int64_t>(cut.size()), P);
+      EXPECT_EQ(cut.front(), 0);
+      double best = 1e300, total = 0;
+      // every cut: P-1 increasing boundaries in 1..L-1
+      for (int64_t mask = 0; mask < (int64_t{1} << (L - 1)); ++mask) {
+        if (__builtin_popcountll(static_cast<unsigned long long>(mask)) != P - 1) continue;
+        std::vector<int64_t> starts{0};
+        for (int64_t b = 1; b < L; ++b)
+          if (mask >> (b - 1) & 1) starts.push_back(b);
+        best = std::min(best, largest(c, starts, 64));
+      }
+      EXPECT_DOUBLE_EQ(largest(c, cut, 64), best) << "L " << L << " P " << P;
+      for (size_t s = 0; s < cut.size(); ++s) {
+        const bool last = s + 1 == cut.size();
+        total += stage_forward_flops(c, cut[s], last ? L : cut[s + 1], last, 64);
+      }
+      EXPECT_NEAR(total, flops_per_token(c, 64).forward(), 1e-9 * total);
+    }
+  }
+  const ModelConfig v3 = deepseek_v3_config();
+  std::vector<int64_t> want;
+  for (int64_t s = 0; s < 16; ++s) want.push_back(s < 15 ? 4 * s : 60);
+  EXPECT_EQ(balanced_stage_starts(v3, 16, 4096), want);
+  EXPECT_TRUE(balanced_stage_starts(v3, 62, 4096).empty());  // more stages than layers
+}

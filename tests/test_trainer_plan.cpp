@@ -55,7 +55,12 @@ TEST(Plan, DeepSeekV3ParametersInSeconds) {
   EXPECT_EQ(p.world, 2048);
   ASSERT_EQ(p.ranks.size(), 16u);
   EXPECT_EQ(p.ranks[0].stages, (std::vector<int>{0, 15}));  // DualPipe: both ends on rank 0
-  EXPECT_NEAR(static_cast<double>(p.ranks[0].params), 5.75e9, 0.01e9);
+  // the cost-balanced cut: stage 0 is layers 0-3 (the 3 dense ones and a MoE layer) with the
+  // embedding, stage 15 layer 60 alone with the head and the MTP module (about 3 layers' worth)
+  EXPECT_EQ(c.model.stage_starts.front(), 0);
+  EXPECT_EQ(c.model.stage_starts[1], 4);
+  EXPECT_EQ(c.model.stage_starts.back(), 60);
+  EXPECT_NEAR(static_cast<double>(p.ranks[0].params), 4.93e9, 0.01e9);
   EXPECT_EQ(p.ranks[0].slots, 17);  // PP + 1 micro-batches in flight
   EXPECT_EQ(p.memory_gib, 79.6);
   EXPECT_EQ(p.microbatches, 120);

@@ -26,6 +26,7 @@
 #include <optional>
 #include <sstream>
 
+#include "model/flops.h"
 #include "trainer/config_schema.h"
 #include "trainer/hardware.h"
 #include "trainer/model_fields.h"
@@ -105,6 +106,7 @@ void visit_config(V& v, C&... c) {
     v.field("schedule", choices<PipelineSchedule>(), c.parallel.schedule...);
     v.field("overlap", choices<PairOverlap>(), c.parallel.overlap...);
     v.field("progress_poll_us", kNonNegative, c.parallel.progress_poll_us...);
+    v.field("stage_layers", kNonNegative, c.parallel.stage_layers...);
   });
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {
     v.field("recompute_norms", kOffOn, c.activations.recompute_norms...);
@@ -164,6 +166,7 @@ const Schema& schema() {
 std::vector<SettingRule> fit_rules(const Config& c) {
   const ModelConfig& m = c.model;
   const ParallelConfig& par = c.parallel;
+  const int64_t stages = pipeline_stages(par);
   return {
       {"model.max_seq_len",
        m.max_seq_len >= c.data.seq_len,
@@ -180,6 +183,23 @@ std::vector<SettingRule> fit_rules(const Config& c) {
        "divide parallel.dp (" + show(par.dp) + ")",
        show(par.ep),
        {"parallel.dp"}},
+      {"parallel.stage_layers",
+       par.stage_layers.empty() || static_cast<int64_t>(par.stage_layers.size()) == stages,
+       "name the first layer of each of the " + show(stages) + " pipeline stages (parallel.pp" +
+           (stages != par.pp ? std::string(" x 2 for dualpipev") : std::string()) + "), or be []",
+       show(static_cast<int64_t>(par.stage_layers.size())) + " entries",
+       {"parallel.pp", "parallel.schedule"}},
+      {"parallel.stage_layers",
+       par.stage_layers.empty() || par.stage_layers.front() == 0,
+       "start with layer 0 (the first stage's first layer)",
+       par.stage_layers.empty() ? std::string("[]") : show(par.stage_layers.front()),
+       {}},
+      {"parallel.stage_layers",
+       par.stage_layers.empty() || par.stage_layers.back() < m.num_hidden_layers,
+       "name layers < model.num_hidden_layers (" + show(m.num_hidden_layers) +
+           "): every stage needs a layer",
+       par.stage_layers.empty() ? std::string("[]") : show(par.stage_layers.back()),
+       {"model.num_hidden_layers"}},
       {"parallel.ep",
        m.n_routed_experts % par.ep == 0,
        "divide model.n_routed_experts (" + show(m.n_routed_experts) + ")",
@@ -285,6 +305,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   if (!reader.present("model.max_seq_len")) c.model.max_seq_len = c.data.seq_len;
   apply_hardware_profile(ctx, reader, c.hardware);  // the keys the config leaves to a profile
   check_relations(ctx, c);
+  // the cut in use: the explicit one, or the cost-balanced default
+  const int64_t stages = pipeline_stages(c.parallel);
+  c.model.stage_starts = !c.parallel.stage_layers.empty()
+                             ? c.parallel.stage_layers
+                             : balanced_stage_starts(c.model, stages, c.data.seq_len);
   return c;
 }
 

@@ -97,7 +97,17 @@ struct ParallelConfig {
   // > 0: a thread pokes MPI's progress engine every so many microseconds, so exchanges and DP
   // reductions in flight advance during long compute pieces (parallel/progress_thread.h)
   int64_t progress_poll_us = 0;
+  // The first layer of each pipeline stage (pp of them; dualpipev: 2 x pp), from 0, increasing:
+  // an explicit cut. Empty: cost-balanced (model/flops.h balanced_stage_starts: the last stage
+  // carries the head and MTP). The cut in use is model.stage_starts.
+  std::vector<int64_t> stage_layers;
 };
+
+// The pipeline's stages: parallel.pp, or 2 x pp for dualpipev (a V of two chunks per rank) — as
+// parallel/schedule.h's schedules count them.
+inline int64_t pipeline_stages(const ParallelConfig& p) {
+  return p.pp * (p.schedule == PipelineSchedule::DualPipeV ? 2 : 1);
+}
 
 // GEMM precision (model/precision.h has the meaning of every setting). Master weights and
 // gradients are always fp32; the AdamW moments' type is optimizer.moment_dtype, the type of the

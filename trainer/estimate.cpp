@@ -269,7 +269,7 @@ StageCost stage_cost(const Config& cfg, const TokenWork& t, const Pricer& price,
   const ModelConfig& c = cfg.model;
   StageCost sc;
   sc.stage = stage;
-  const auto [b0, b1] = stage_blocks(c.num_hidden_layers, StageSpec{stage, n_stages});
+  const auto [b0, b1] = stage_blocks(c, StageSpec{stage, n_stages});
   sc.blocks = static_cast<int>(b1 - b0);
   std::vector<Work> fw, rec;
   std::vector<double> fx, bx;

@@ -120,7 +120,7 @@ void plan_layout(Run& r) {
   for (const pipeline::Chunk& c : s.chunks_of_rank[r.grid.pp_rank]) r.stages.push_back(c.stage);
   std::sort(r.stages.begin(), r.stages.end());
   try {
-    for (int st : r.stages) stage_blocks(cfg.model.num_hidden_layers, StageSpec{st, s.stages});
+    for (int st : r.stages) stage_blocks(cfg.model, StageSpec{st, s.stages});
   } catch (const std::invalid_argument& e) {
     throw ConfigError(cfg.source + ": parallel.schedule " + to_word(cfg.parallel.schedule) +
                       " cuts the model into " + std::to_string(s.stages) + " stages: " + e.what());
@@ -249,7 +249,7 @@ RankGrid make_grid(const Config& cfg, int world, int rank) {
   try {
     g = RankGrid::make(world, rank, static_cast<int>(p.pp), static_cast<int>(p.dp),
                        static_cast<int>(p.ep), static_cast<int>(p.ranks_per_node));
-    stage_blocks(cfg.model.num_hidden_layers, StageSpec{g.pp_rank, g.pp});
+    stage_blocks(cfg.model, StageSpec{g.pp_rank, g.pp});
     check_node_limit(cfg, g);
   } catch (const std::exception& e) {
     throw ConfigError(cfg.source + ": " + e.what());
