@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints end to end: N+N steps with a resume equal 2N straight steps bit for bit (one rank,
-# and PP2xEP2xDP2 on 8 ranks); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1, PP1->PP2)
-# continues like that layout's own run within the equivalence tolerance; SIGTERM saves and exits
+# PP2xEP2xDP2 on 8 ranks, and DualPipe); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1,
+# PP1->PP2, DualPipe->1F1B, DualPipeV->ZB1P on PP2 alone, ZB1P->DualPipeV) continues like that
+# layout's own run within the equivalence tolerance; SIGTERM saves and exits
 # 0; a corrupt newest checkpoint is skipped with a warning; bad checkpoints (also a missing or
 # overlapping piece) give clear errors and delete nothing; each element is written once (a DP4
 # checkpoint is about as big as a one-rank one); format v1 checkpoints (whole tensors) still
@@ -47,6 +48,14 @@ for l in "1 1 1 1" "8 2 4 2"; do
   else bad "resume on $1 ranks: $(losses "$OUT/straight_$tag") vs $(losses "$OUT/resumed_$tag")"; fi
 done
 
+# 1a. DualPipe (every stage on two ranks, two chunks per rank) resumes bit for bit
+train "$OUT/straight_dualpipe" 4 2 2 2 6 --set parallel.schedule=dualpipe
+train "$OUT/resumed_dualpipe" 4 2 2 2 3 --set parallel.schedule=dualpipe
+train "$OUT/resumed_dualpipe" 4 2 2 2 6 --set parallel.schedule=dualpipe --resume auto
+if [ "$(losses "$OUT/straight_dualpipe")" == "$(losses "$OUT/resumed_dualpipe")" ]; then
+  ok "resume is bit-exact under DualPipe (pp 2 dp 2 ep 2)"
+else bad "DualPipe resume: $(losses "$OUT/straight_dualpipe") vs $(losses "$OUT/resumed_dualpipe")"; fi
+
 # 1b. each element once: the shards of a DP4 checkpoint hold about what one rank's shard holds
 # (parameters + Adam moments), not 4x the parameters (format v1: 34.8 MB vs 17.4 MB)
 train "$OUT/dp4" 4 1 4 1 3
@@ -66,11 +75,12 @@ if [ "$(losses "$OUT/straight_np1" | cut -d' ' -f4-)" == "$(losses "$OUT/v1_resu
 else bad "v1 resume: $(losses "$OUT/straight_np1") vs $(losses "$OUT/v1_resumed")"; fi
 
 # 2. reshard: save on layout A at step 3, continue on layout B; compare with B's own run
-reshard() {  # name  A(np pp dp ep)  B(np pp dp ep)
+reshard() {  # name  A(np pp dp ep [schedule])  B(np pp dp ep [schedule])
   local name=$1; local a=($2) b=($3)
-  train "$OUT/rs_$name" ${a[0]} ${a[1]} ${a[2]} ${a[3]} 3
-  train "$OUT/rs_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6 --resume auto
-  train "$OUT/rsref_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6
+  train "$OUT/rs_$name" ${a[0]} ${a[1]} ${a[2]} ${a[3]} 3 --set parallel.schedule=${a[4]:-1f1b}
+  train "$OUT/rs_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6 --set parallel.schedule=${b[4]:-1f1b} \
+    --resume auto
+  train "$OUT/rsref_$name" ${b[0]} ${b[1]} ${b[2]} ${b[3]} 6 --set parallel.schedule=${b[4]:-1f1b}
   if close "$name" "$(losses "$OUT/rs_$name")" "$(losses "$OUT/rsref_$name")" 2e-5; then
     ok "reshard $name"; else bad "reshard $name"; fi
 }
@@ -78,6 +88,9 @@ reshard dp2_to_dp1 "2 1 2 1" "1 1 1 1"
 reshard ep2_to_ep1 "2 1 2 2" "2 1 2 1"
 reshard pp2_to_pp1 "2 2 1 1" "1 1 1 1"
 reshard pp1_to_pp2ep2 "1 1 1 1" "4 2 2 2"
+reshard dualpipe_to_1f1b "4 2 2 2 dualpipe" "4 2 2 2 1f1b"
+reshard dualpipev_to_zb1p "4 2 2 2 dualpipev" "2 2 1 1 zb1p"
+reshard zb1p_to_dualpipev "2 2 1 1 zb1p" "4 2 2 2 dualpipev"
 
 # 3. SIGTERM: finish the step, save, exit 0; the resumed run matches the straight one
 D="$OUT/sigterm"
