@@ -63,8 +63,12 @@ def clipped(e, t0, t1):
 
 
 def breakdown(xs, pid, t0, t1):
-    """Seconds per part of one rank's step window (the parts tile it, as step_stats does)."""
+    """Seconds per part of one rank's step window (the parts tile it, as step_stats does). DP
+    collectives: the part of the DP buckets' flight inside the optimizer's slices (what the step
+    waits for there; a bucket started during the backward is hidden behind it until then)."""
     out = collections.Counter()
+    opt = [(max(e["ts"], t0), min(e["ts"] + e["dur"], t1)) for e in xs
+           if e["pid"] == pid and inside(e, t0, t1) and e["cat"] == "part" and e["track"] == "optimizer"]
     for e in xs:
         if e["pid"] != pid or not inside(e, t0, t1):
             continue
@@ -77,9 +81,18 @@ def breakdown(xs, pid, t0, t1):
         elif cat == "detail" and e["name"].startswith("EP wait"):
             out["EP wait"] += d
             out["compute"] -= d
-        elif cat == "comm" and track == "dp":
-            out["DP collectives"] += d
-            out["optimizer"] -= d
+    # the union of the buckets in flight (several at once: lanes), within the optimizer's slices
+    dp = sorted((e["ts"], e["ts"] + e["dur"]) for e in xs if e["pid"] == pid and inside(e, t0, t1)
+                and e["cat"] == "comm" and e["track"].rstrip("0123456789 ") == "dp")
+    merged = []
+    for a, b in dp:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    waited = sum(max(0.0, min(b, o1) - max(a, o0)) for a, b in merged for o0, o1 in opt) * 1e-6
+    out["DP collectives"] += waited
+    out["optimizer"] -= waited
     out["uncovered"] = (t1 - t0) * 1e-6 - sum(out.values())
     return out
 
