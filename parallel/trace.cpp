@@ -143,10 +143,17 @@ std::string flow(const Process& p, const Event& e, int tid, int64_t peer, int oc
 }  // namespace
 
 std::string format_process(const Process& p, int64_t origin_ns) {
-  std::vector<Event> ev = p.events;
-  std::stable_sort(ev.begin(), ev.end(), [](const Event& a, const Event& b) {
-    return std::tie(a.track, a.t0, b.t1) < std::tie(b.track, b.t0, a.t1);
+  // by track, start, longest first; ties in recording order (a stable order by index: std::sort,
+  // as GCC 12's std::stable_sort buffer trips ASan's alloc-dealloc check)
+  std::vector<size_t> order(p.events.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t i, size_t j) {
+    const Event &a = p.events[i], &b = p.events[j];
+    return std::tie(a.track, a.t0, b.t1, i) < std::tie(b.track, b.t0, a.t1, j);
   });
+  std::vector<Event> ev;
+  ev.reserve(order.size());
+  for (size_t i : order) ev.push_back(p.events[i]);
   const std::vector<int> lane = lanes_of(ev);
   std::vector<std::pair<Track, int>> threads;
   std::map<std::tuple<int, int64_t, bool, int64_t, int64_t>, int> seen;  // PP messages so far
