@@ -145,9 +145,9 @@ class Zero1 {
   int64_t plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset);
   void rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat);
   void plan_shard();
-  void start_final_buckets();  // in the start order, while the next bucket is final
-  void start(int64_t bucket);  // posts its reduce-scatter
-  void finish(size_t flight);  // after in_flight_[flight] completed: widen (bf16), drop it
+  int64_t start_final_buckets();  // in the start order, while the next is final: elements
+  void start(int64_t bucket);     // posts its reduce-scatter
+  void finish(size_t flight);     // after in_flight_[flight] completed: widen (bf16), drop it
   void scale_owned_grads(double grad_scale);
   void all_gather_values();
   bool G1() const { return comm_.size() == 1; }

@@ -31,16 +31,18 @@ void Zero1::mark_final(int64_t i) {
   if (final_.at(static_cast<size_t>(i))) return;
   final_[static_cast<size_t>(i)] = 1;
   --not_final_[static_cast<size_t>(bucket_of_[static_cast<size_t>(i)])];
-  if (opt_.overlap && !G1()) start_final_buckets();
+  if (opt_.overlap && !G1()) started_early_ += start_final_buckets();
 }
 
-void Zero1::start_final_buckets() {
+int64_t Zero1::start_final_buckets() {
   const size_t nb = buckets_.size();
+  int64_t elements = 0;
   while (started_ < nb && not_final_[nb - 1 - started_] == 0) {
     start(static_cast<int64_t>(nb - 1 - started_));
-    started_early_ += buckets_[nb - 1 - started_].padded;
+    elements += buckets_[nb - 1 - started_].padded;
     ++started_;
   }
+  return elements;
 }
 
 void Zero1::start(int64_t bucket) {
@@ -100,10 +102,8 @@ void Zero1::reduce_scatter_grads() {
       for (int64_t i = 0; i < n; ++i) grads[i] = round_bf16(grads[i]);
     }
   } else {
-    const int64_t early = started_early_;
     for (int64_t& n : not_final_) n = 0;  // whatever was not marked is final now
     start_final_buckets();
-    started_early_ = early;
     const auto t0 = std::chrono::steady_clock::now();
     while (!in_flight_.empty()) in_flight_.front().req.wait(), finish(0);
     comm_seconds_ += seconds_since(t0);
