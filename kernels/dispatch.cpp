@@ -251,20 +251,20 @@ void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int
 }
 
 template <class T>
-void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
-                              int64_t K, double alpha, T* f, double* loss) {
-  MOETRON_DISPATCH(seq_balance_loss_forward, scores, B, S, E, K, alpha, f, loss);
+void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t V,
+                              int64_t E, int64_t K, double alpha, T* f, double* loss) {
+  MOETRON_DISPATCH(seq_balance_loss_forward, scores, B, S, V, E, K, alpha, f, loss);
 }
 
 template <class T>
 void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
-                               int64_t E, double c, T* dlogits) {
-  MOETRON_DISPATCH(seq_balance_loss_backward, scores, f, B, S, E, c, dlogits);
+                               int64_t V, int64_t E, double c, T* dlogits) {
+  MOETRON_DISPATCH(seq_balance_loss_backward, scores, f, B, S, V, E, c, dlogits);
 }
 
-void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
-                      bool accumulate) {
-  MOETRON_DISPATCH(expert_histogram, idx, n, E, load, accumulate);
+void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t period, int64_t valid,
+                      int64_t E, int64_t* load, bool accumulate) {
+  MOETRON_DISPATCH(expert_histogram, idx, n, period, valid, E, load, accumulate);
 }
 
 template <class T>
@@ -430,13 +430,13 @@ template void gate_backward<float>(const Exec&, const float*, const float*, cons
 template void gate_backward<double>(const Exec&, const double*, const double*, const int32_t*,
                                     const double*, int64_t, const GateParams&, double*);
 template void seq_balance_loss_forward<float>(const Exec&, const float*, int64_t, int64_t, int64_t,
-                                              int64_t, double, float*, double*);
+                                              int64_t, int64_t, double, float*, double*);
 template void seq_balance_loss_forward<double>(const Exec&, const double*, int64_t, int64_t,
-                                               int64_t, int64_t, double, double*, double*);
+                                               int64_t, int64_t, int64_t, double, double*, double*);
 template void seq_balance_loss_backward<float>(const Exec&, const float*, const float*, int64_t,
-                                               int64_t, int64_t, double, float*);
+                                               int64_t, int64_t, int64_t, double, float*);
 template void seq_balance_loss_backward<double>(const Exec&, const double*, const double*, int64_t,
-                                                int64_t, int64_t, double, double*);
+                                                int64_t, int64_t, int64_t, double, double*);
 template void bias_sign_update<float>(const Exec&, float*, const int64_t*, int64_t, double);
 template void bias_sign_update<double>(const Exec&, double*, const int64_t*, int64_t, double);
 template void gather_rows<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,

@@ -6,7 +6,7 @@ namespace moetron {
 template <class T>
 void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                      const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-                     const Exec& ex) {
+                     const Exec& ex, int64_t tail) {
   ex_ = ex;
   D_ = c.hidden_size;
   attn_.build(ps, prefix, c, pol, ex);
@@ -14,7 +14,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
   store_bf16_ = pol.store_bf16;
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
-    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex);
+    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex, tail);
   } else {
     mlp_ = std::make_unique<Mlp<T>>();
     mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp, ex);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -11,8 +12,9 @@ namespace moetron {
 template <class T>
 void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                    const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-                   const Exec& ex) {
-  ex_ = ex;
+                   const Exec& ex, int64_t tail) {
+  if (tail < 0) throw std::invalid_argument("MoE: negative tail");
+  ex_ = ex, tail_ = tail;
   D_ = c.hidden_size, E_ = c.n_routed_experts, K_ = c.num_experts_per_tok;
   F_ = c.moe_intermediate_size;
   alpha_ = c.seq_aux_alpha;
@@ -73,9 +75,11 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
   T* s = sized(st.scores, N * E_);
   int32_t* idx = sized(st.idx, N * K_);
   kernels::gate_forward<T>(ex_, logits, bias_->w(), N, gp_, s, idx, sized(st.weights, N * K_));
-  kernels::expert_histogram(ex_, idx, N * K_, E_, load, /*accumulate=*/true);
-  // sequence-wise balance loss (SPEC §1.4): f from the plain top-K of the unbiased scores
-  kernels::seq_balance_loss_forward<T>(ex_, s, B, S, E_, K_, alpha_, sized(st.bal_f, B * E_),
+  // loads and the sequence-wise balance loss (SPEC §1.4; f from the plain top-K of the unbiased
+  // scores) over the first V positions of each sequence, the ones with a target
+  const int64_t V = valid_positions(S);
+  kernels::expert_histogram(ex_, idx, N * K_, S * K_, V * K_, E_, load, /*accumulate=*/true);
+  kernels::seq_balance_loss_forward<T>(ex_, s, B, S, V, E_, K_, alpha_, sized(st.bal_f, B * E_),
                                        balance);
 }
 
@@ -213,10 +217,12 @@ void MoE<T>::gate_backward(State& st, T* dx) const {
   T* dl = sized(st.dlogits, N * E_);
   kernels::gate_backward<T>(ex_, st.dweights.data(), st.scores.data(), st.idx.data(),
                             st.weights.data(), N, gp_, dl);
-  // balance loss, c = aux_grad alpha / (B S)
-  if (alpha_ > 0 && st.aux_grad != T(0)) {
-    const double c = static_cast<double>(st.aux_grad) * alpha_ / static_cast<double>(B * S);
-    kernels::seq_balance_loss_backward<T>(ex_, st.scores.data(), st.bal_f.data(), B, S, E_, c, dl);
+  // balance loss, c = aux_grad alpha / (B V) over the first V positions of each sequence
+  const int64_t V = valid_positions(S);
+  if (alpha_ > 0 && st.aux_grad != T(0) && V > 0) {
+    const double c = static_cast<double>(st.aux_grad) * alpha_ / static_cast<double>(B * V);
+    kernels::seq_balance_loss_backward<T>(ex_, st.scores.data(), st.bal_f.data(), B, S, V, E_, c,
+                                          dl);
   }
   gate_.backward_input(dl, N, dx, /*accumulate=*/true);
 }

@@ -10,7 +10,8 @@
 //
 // Gate weights are folded into the experts' SwiGLU (g * W2(a) = W2(g * a)), so combine is a plain
 // sum. The sequence-wise balance loss (alpha) is computed in the gate phase; expert loads of the
-// micro-batch are kept in the state for the auxiliary-loss-free bias update.
+// micro-batch are kept in the state for the auxiliary-loss-free bias update. Both count only the
+// positions with a target: all of them in the main model, the first S - k in MTP depth k.
 //
 // The routed experts are two GroupedLinears (linear.h) over the rows sorted by expert: their
 // precision is theirs. Under the fp8 recipe every expert's three GEMMs are block-scaled E4M3
@@ -75,10 +76,12 @@ class MoE {
     }
   };
 
-  // The dispatcher decides which experts live here (all of them for LocalDispatcher).
+  // The dispatcher decides which experts live here (all of them for LocalDispatcher). tail: the
+  // positions at the end of each sequence that have no target (k in MTP depth k, SPEC §1.5): they
+  // are routed and computed like the others but left out of the balance loss and the loads.
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex);
+             const Exec& ex, int64_t tail = 0);
   void init(double std, uint64_t seed);
 
   // ---- forward phases (x = ffn_norm output [N,D], kept alive by the caller) ----
@@ -135,6 +138,8 @@ class MoE {
   int64_t E_local_ = 0, first_expert_ = 0;  // experts held here: [first, first + E_local)
   std::shared_ptr<TokenDispatcher<T>> dispatcher_;
   double alpha_ = 0;
+  int64_t tail_ = 0;  // positions per sequence left out of the balance statistics (build's tail)
+  int64_t valid_positions(int64_t S) const { return S > tail_ ? S - tail_ : 0; }
   kernels::GateParams gp_;
   Param<T>* gate_w_ = nullptr;  // [E, D]
   Param<T>* bias_ = nullptr;    // [E], selection only, not trained

@@ -16,7 +16,8 @@ void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
   lp.recipe = pol.gemm(Component::AttentionProj) == kernels::GemmPrecision::FP32 ? Recipe::FP32
                                                                                  : Recipe::BF16;
   eh_proj_ = Linear<T>::make(ps.add(p + "eh_proj.weight", {D_, 2 * D_}), 2 * D_, D_, lp, pol, ex);
-  block_.build(ps, p, c, pol, std::move(dispatcher), ex);
+  // the last k positions of each sequence have no target: out of the MoE's balance statistics
+  block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth);
   head_norm_.build(ps, p + "shared_head.norm.weight", D_, c.rms_norm_eps, ex);
 }
 

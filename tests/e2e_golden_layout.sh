@@ -2,7 +2,9 @@
 # Golden numbers of a parallel layout: configs/tiny.yaml, fp32, 10 steps on PP2 x DP2 x EP2
 # (4 ranks, zb1p), every per-step number of metrics.jsonl but the timings equal (to the 9 digits
 # it writes) to tests/golden/tiny_10steps_pp2dp2ep2.jsonl, recorded before the refactor of issue
-# #12 with `tests/e2e_golden_layout.sh BIN BUILD --record`. The one-rank golden is e2e_golden.sh.
+# #12 with `tests/e2e_golden_layout.sh BIN BUILD --record` (re-recorded for issue #13 item 9, the
+# MTP balance statistics over S - k positions, like e2e_golden.sh). The one-rank golden is
+# e2e_golden.sh.
 # Args: MOETRON_BIN BUILD_DIR [--record]
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_golden_layout; MODE=${3:-check}

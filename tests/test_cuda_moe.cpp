@@ -242,23 +242,26 @@ std::vector<T> balance_scores(int64_t n, uint64_t seed, bool ties) {
 }
 
 template <class T>
-void check_balance(int64_t B, int64_t S, int64_t E, int64_t K, bool ties, uint64_t seed) {
+void check_balance(int64_t B, int64_t S, int64_t E, int64_t K, bool ties, uint64_t seed,
+                   int64_t tail = 0) {
+  const int64_t V = S - tail;  // the positions that count (MTP depth k: S - k)
   const std::string what = "balance B=" + std::to_string(B) + " S=" + std::to_string(S) +
-                           " E=" + std::to_string(E) + (ties ? " ties" : "");
+                           " V=" + std::to_string(V) + " E=" + std::to_string(E) +
+                           (ties ? " ties" : "");
   const auto s = balance_scores<T>(B * S * E, seed, ties);
   const double alpha = 1e-4;
   std::vector<T> f(B * E);
   double loss = 0;
-  cpu::seq_balance_loss_forward<T>(s.data(), B, S, E, K, alpha, f.data(), &loss);
+  cpu::seq_balance_loss_forward<T>(s.data(), B, S, V, E, K, alpha, f.data(), &loss);
   Buffer<T> ds = dev(s), df = dev_garbage<T>(B * E);
   Buffer<double> dloss = dev_garbage<double>(1);
-  kernels::seq_balance_loss_forward<T>(gpu_exec(), ds.data(), B, S, E, K, alpha, df.data(),
+  kernels::seq_balance_loss_forward<T>(gpu_exec(), ds.data(), B, S, V, E, K, alpha, df.data(),
                                        dloss.data());
   expect_equal(host(df, B * E), f, what + ": f");  // counts times one scale: exact
   const double got = host(dloss, 1)[0];
   EXPECT_NEAR(got, loss, 1e-13 * std::fabs(loss)) << what << ": loss";
   // deterministic: a second run gives the same bits
-  kernels::seq_balance_loss_forward<T>(gpu_exec(), ds.data(), B, S, E, K, alpha, df.data(),
+  kernels::seq_balance_loss_forward<T>(gpu_exec(), ds.data(), B, S, V, E, K, alpha, df.data(),
                                        dloss.data());
   expect_equal(host(dloss, 1), std::vector<double>{got}, what + ": loss rerun");
 
@@ -266,16 +269,17 @@ void check_balance(int64_t B, int64_t S, int64_t E, int64_t K, bool ties, uint64
   const double c = alpha / B * 3.0;
   const auto init = rand_vec<T>(B * S * E, seed + 1);
   std::vector<T> dl = init;
-  cpu::seq_balance_loss_backward<T>(s.data(), f.data(), B, S, E, c, dl.data());
+  cpu::seq_balance_loss_backward<T>(s.data(), f.data(), B, S, V, E, c, dl.data());
   Buffer<T> ddl = dev(init);
-  kernels::seq_balance_loss_backward<T>(gpu_exec(), ds.data(), df.data(), B, S, E, c, ddl.data());
+  kernels::seq_balance_loss_backward<T>(gpu_exec(), ds.data(), df.data(), B, S, V, E, c,
+                                        ddl.data());
   expect_near_rel(host(ddl, B * S * E), dl, std::is_same_v<T, float> ? 1e-6 : 1e-12,
                   what + ": backward");
   // the gradient alone (zero init), so that the accumulation's scale does not hide it
   std::vector<T> g(B * S * E, T(0));
-  cpu::seq_balance_loss_backward<T>(s.data(), f.data(), B, S, E, c, g.data());
+  cpu::seq_balance_loss_backward<T>(s.data(), f.data(), B, S, V, E, c, g.data());
   Buffer<T> dg = dev(std::vector<T>(B * S * E, T(0)));
-  kernels::seq_balance_loss_backward<T>(gpu_exec(), ds.data(), df.data(), B, S, E, c, dg.data());
+  kernels::seq_balance_loss_backward<T>(gpu_exec(), ds.data(), df.data(), B, S, V, E, c, dg.data());
   expect_near_rel(host(dg, B * S * E), g, std::is_same_v<T, float> ? 1e-5 : 1e-12,
                   what + ": gradient");
 }
@@ -287,6 +291,9 @@ TEST(CudaBalance, SeqBalanceLossMatchesTheCpu) {
     check_balance<float>(2, 300, 256, 8, ties, 3);
     check_balance<double>(2, 300, 256, 8, ties, 4);
     check_balance<float>(1, 1, 7, 3, ties, 5);
+    check_balance<float>(3, 37, 8, 2, ties, 6, /*tail=*/1);  // MTP depth 1 and 3
+    check_balance<double>(2, 300, 256, 8, ties, 7, /*tail=*/3);
+    check_balance<double>(2, 3, 8, 2, ties, 8, /*tail=*/3);  // nothing counts: f = 0, loss 0
   }
 }
 
@@ -298,14 +305,18 @@ TEST(CudaBalance, ExpertHistogramCountsAndAccumulates) {
     std::vector<int32_t> idx(n);
     for (auto& x : idx) x = static_cast<int32_t>(rng() % (E + 3)) - 1;  // -1 and >= E skipped
     std::vector<int64_t> load(E);
-    cpu::expert_histogram(idx.data(), n, E, load.data(), false);
+    cpu::expert_histogram(idx.data(), n, n, n, E, load.data(), false);
     Buffer<int32_t> di = dev(idx);
     Buffer<int64_t> dload = dev_garbage<int64_t>(E);
-    kernels::expert_histogram(gpu_exec(), di.data(), n, E, dload.data(), false);
+    kernels::expert_histogram(gpu_exec(), di.data(), n, n, n, E, dload.data(), false);
     expect_equal(host(dload, E), load, "histogram");
-    cpu::expert_histogram(idx.data(), 1000, E, load.data(), true);
-    kernels::expert_histogram(gpu_exec(), di.data(), 1000, E, dload.data(), true);
+    cpu::expert_histogram(idx.data(), 1000, 1000, 1000, E, load.data(), true);
+    kernels::expert_histogram(gpu_exec(), di.data(), 1000, 1000, 1000, E, dload.data(), true);
     expect_equal(host(dload, E), load, "histogram, accumulated");
+    // the first 7 of each 10 entries (the positions with a target, K = 1)
+    cpu::expert_histogram(idx.data(), n, 10, 7, E, load.data(), false);
+    kernels::expert_histogram(gpu_exec(), di.data(), n, 10, 7, E, dload.data(), false);
+    expect_equal(host(dload, E), load, "histogram, periodic");
   }
 }
 

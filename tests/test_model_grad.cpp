@@ -122,12 +122,14 @@ TEST(ModelGrad, MLAInputAndWeights) {
   }
 }
 
-TEST(ModelGrad, MoEWithBalanceLoss) {
+// tail: the positions at each sequence's end left out of the balance loss and the loads (MTP)
+static void check_moe_with_balance_loss(int64_t tail) {
+  SCOPED_TRACE("tail " + std::to_string(tail));
   ModelConfig c = small_config();
   ParamStore<double> ps;
   MoE<double> moe;
   moe.build(ps, "model.layers.1.mlp.", c, PrecisionPolicy{},
-            std::make_shared<LocalDispatcher<double>>(), Exec{});
+            std::make_shared<LocalDispatcher<double>>(), Exec{}, tail);
   moe.init(0.3, 11);
   // a non-zero selection bias must change routing but never receive a gradient
   for (int64_t e = 0; e < c.n_routed_experts; ++e) moe.bias()->w()[e] = 0.01 * (e % 3);
@@ -157,7 +159,12 @@ TEST(ModelGrad, MoEWithBalanceLoss) {
   f();
   int64_t total = 0;
   for (int64_t v : load) total += v;
-  EXPECT_EQ(total, N * c.num_experts_per_tok);
+  EXPECT_EQ(total, B * (S - tail) * c.num_experts_per_tok);
+}
+
+TEST(ModelGrad, MoEWithBalanceLoss) {
+  check_moe_with_balance_loss(0);
+  check_moe_with_balance_loss(2);  // MTP depth 2: 4 of the 6 positions count
 }
 
 TEST(ModelGrad, WholeModelWithMtp) {
@@ -175,6 +182,17 @@ TEST(ModelGrad, WholeModelWithMtp) {
     EXPECT_NEAR(l.loss, l.lm + lambda * l.mtp + l.balance, 1e-12);
     EXPECT_GT(l.mtp, 0);
     EXPECT_GT(l.balance, 0);
+    // expert loads: every position in the main blocks, the S - k with a target in MTP depth k
+    model.zero_loads();
+    model.forward(mb, tokens.data(), B, S, lambda);
+    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+    const size_t n_main = model.moe_layers().size() - static_cast<size_t>(depth);
+    for (size_t m = 0; m < model.moe_layers().size(); ++m) {
+      const int64_t k = m < n_main ? 0 : static_cast<int64_t>(m - n_main) + 1;
+      int64_t total = 0;
+      for (int64_t e = 0; e < E; ++e) total += model.loads()[m * E + e];
+      EXPECT_EQ(total, B * (S - k) * K) << "MoE layer " << m << " (MTP depth " << k << ")";
+    }
     model.params().zero_grad();
     model.backward(mb, 1.0);
     check_params(model.params(), f, 2, 10 + depth);

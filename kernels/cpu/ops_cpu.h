@@ -167,18 +167,24 @@ void gate_backward(const T* dweights, const T* scores, const int32_t* idx, const
                    int64_t N, const GateParams& p, T* dlogits);
 
 // ---- MoE balancing ---------------------------------------------------------------------------
-// Sequence-wise balance loss (SPEC §1.4) over B sequences of S tokens, scores [B*S, E]:
-// f[b,i] = E/(K S) * #{t : i in plain top-K of s_t} (top-K of the unbiased scores, no groups),
-// P[b,i] = mean_t s_it / sum_j s_jt;  loss[0] = alpha * mean_b sum_i f[b,i] P[b,i] (double).
+// Sequence-wise balance loss (SPEC §1.4) over B sequences of S positions, scores [B*S, E], of
+// which the first V <= S of each sequence count (the rest have no target: MTP depth k runs on
+// V = S - k positions, SPEC §1.5; V = S elsewhere):
+// f[b,i] = E/(K V) * #{t < V : i in plain top-K of s_t} (top-K of the unbiased scores, no groups),
+// P[b,i] = mean_{t<V} s_it / sum_j s_jt;  loss[0] = alpha * mean_b sum_i f[b,i] P[b,i] (double).
+// V == 0: f = 0 and the loss is 0.
 template <class T>
-void seq_balance_loss_forward(const T* scores, int64_t B, int64_t S, int64_t E, int64_t K,
-                              double alpha, T* f, double* loss);
-// dlogits[N,E] += c (f_i / Z_t - sum_j f_j s_jt / Z_t^2) s_it (1 - s_it)   (through the sigmoid)
+void seq_balance_loss_forward(const T* scores, int64_t B, int64_t S, int64_t V, int64_t E,
+                              int64_t K, double alpha, T* f, double* loss);
+// dlogits[n,E] += c (f_i / Z_t - sum_j f_j s_jt / Z_t^2) s_it (1 - s_it) for the positions t < V
+// of each sequence (through the sigmoid); the others are left as they are
 template <class T>
-void seq_balance_loss_backward(const T* scores, const T* f, int64_t B, int64_t S, int64_t E,
-                               double c, T* dlogits);
-// load[e] (+)= #{i < n : idx[i] == e} (accumulate: adds to load)
-void expert_histogram(const int32_t* idx, int64_t n, int64_t E, int64_t* load, bool accumulate);
+void seq_balance_loss_backward(const T* scores, const T* f, int64_t B, int64_t S, int64_t V,
+                               int64_t E, double c, T* dlogits);
+// load[e] (+)= #{i < n : idx[i] == e and i % period < valid} (accumulate: adds to load). With
+// idx [B*S, K]: period = S K, valid = V K counts the first V positions of each sequence.
+void expert_histogram(const int32_t* idx, int64_t n, int64_t period, int64_t valid, int64_t E,
+                      int64_t* load, bool accumulate);
 // Auxiliary-loss-free bias update: b_i += gamma * sign(mean(load) - load_i)
 template <class T>
 void bias_sign_update(T* bias, const int64_t* load, int64_t E, double gamma);

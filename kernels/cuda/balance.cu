@@ -2,14 +2,15 @@
 // sequence-wise balance loss and its gradient, the expert-load histogram and the
 // auxiliary-loss-free bias update.
 //
-// Balance loss over B sequences of S tokens, scores [B*S, E], f [B, E], loss a device double[1].
-// Deterministic and the CPU's arithmetic in the CPU's order, in three launches:
+// Balance loss over B sequences of S tokens of which the first V count, scores [B*S, E], f [B, E],
+// loss a device double[1]. Deterministic and the CPU's arithmetic in the CPU's order, in three
+// launches:
 //   1. one thread per token t: Z_t = sum_e s_te (double, e order) and the plain top-K of s_t (K
 //      argmax passes, first index on ties: the CPU's partial_sort order), marked in a byte mask
 //      sel [B*S, E] of the workspace;
-//   2. one thread per (b, e): the count of marks over t in order -> f[b, e] (as the CPU rounds it),
-//      and P[b, e] = sum_t s_te / Z_t (double, t order) into the workspace;
-//   3. one thread: loss = alpha * (sum_b sum_e f P / S) / B, in (b, e) order.
+//   2. one thread per (b, e): the count of marks over the first V positions in order -> f[b, e]
+//      (as the CPU rounds it), and P[b, e] = sum_t s_te / Z_t (double, t order) into the workspace;
+//   3. one thread: loss = alpha * (sum_b sum_e f P / V) / B, in (b, e) order (0 when V == 0).
 // So f and the loss equal the CPU's bit for bit (no float atomics, no reassociation).
 // Backward: one thread per token (row sums in double, e order), adding into dlogits.
 // Histogram: integer atomics (order-independent). Bias update: one block, the mean by one thread.
@@ -48,47 +49,50 @@ __global__ void token_topk_kernel(const T* scores, int64_t N, int64_t E, int64_t
 // Kernel 2: per (b, e): f[b, e] and P[b, e] (before the 1/S).
 template <class T>
 __global__ void seq_f_p_kernel(const T* scores, const double* z, const uint8_t* sel, int64_t B,
-                               int64_t S, int64_t E, double fscale, T* f, double* P) {
+                               int64_t S, int64_t V, int64_t E, double fscale, T* f, double* P) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * E;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / E, e = i % E;
     T count = 0;
     double p = 0;
-    for (int64_t t = b * S; t < (b + 1) * S; ++t) {
+    for (int64_t t = b * S; t < b * S + V; ++t) {
       count += sel[t * E + e] ? T(1) : T(0);
       p += scores[t * E + e] / z[t];
     }
-    f[i] = static_cast<T>(count * fscale);
+    f[i] = V > 0 ? static_cast<T>(count * fscale) : T(0);
     P[i] = p;
   }
 }
 
 // Kernel 3: one thread: the loss from f and P in (b, e) order.
 template <class T>
-__global__ void seq_loss_kernel(const T* f, const double* P, int64_t B, int64_t S, int64_t E,
+__global__ void seq_loss_kernel(const T* f, const double* P, int64_t B, int64_t V, int64_t E,
                                 double alpha, double* loss) {
   double total = 0;
-  for (int64_t i = 0; i < B * E; ++i)
-    total += static_cast<double>(f[i]) * P[i] / static_cast<double>(S);
+  for (int64_t i = 0; V > 0 && i < B * E; ++i)
+    total += static_cast<double>(f[i]) * P[i] / static_cast<double>(V);
   *loss = alpha * total / static_cast<double>(B);
 }
 
-// Per token n: dlogits[n, :] += c (f_e / Z - sum_j f_j s_j / Z^2) s_e (1 - s_e).
+// Per token n among the first V of its sequence: dlogits[n, :] += c (f_e / Z - sum_j f_j s_j / Z^2)
+// s_e (1 - s_e).
 template <class T>
 __global__ void seq_balance_backward_kernel(const T* scores, const T* f, int64_t N, int64_t S,
-                                            int64_t E, double c, T* dlogits) {
+                                            int64_t V, int64_t E, double c, T* dlogits) {
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     // kernels/scalar.h: the CPU's row
-    seq_balance_backward_row(scores + n * E, f + (n / S) * E, E, c, dlogits + n * E);
+    if (n % S < V) seq_balance_backward_row(scores + n * E, f + (n / S) * E, E, c, dlogits + n * E);
   }
 }
 
-__global__ void histogram_kernel(const int32_t* idx, int64_t n, int64_t E, int64_t* load) {
+__global__ void histogram_kernel(const int32_t* idx, int64_t n, int64_t period, int64_t valid,
+                                 int64_t E, int64_t* load) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int32_t e = idx[i];
-    if (e >= 0 && e < E) atomicAdd(reinterpret_cast<unsigned long long*>(load + e), 1ull);
+    if (i % period < valid && e >= 0 && e < E)
+      atomicAdd(reinterpret_cast<unsigned long long*>(load + e), 1ull);
   }
 }
 
@@ -111,11 +115,11 @@ __global__ void bias_sign_kernel(T* bias, const int64_t* load, int64_t E, double
 }  // namespace
 
 template <class T>
-void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t E,
-                              int64_t K, double alpha, T* f, double* loss) {
+void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_t S, int64_t V,
+                              int64_t E, int64_t K, double alpha, T* f, double* loss) {
   cudaStream_t st = stream_of(ex);
   const int64_t N = B * S;
-  if (B < 0 || S < 0 || E < 0 || K < 0)
+  if (B < 0 || S < 0 || V < 0 || V > S || E < 0 || K < 0)
     throw std::invalid_argument("seq_balance_loss_forward: negative size");
   // Empty sizes need no special case: the kernels' loops are then empty and the loss is the CPU's
   // expression (alpha * 0 / B, NaN for B == 0, as there).
@@ -128,30 +132,31 @@ void seq_balance_loss_forward(const Exec& ex, const T* scores, int64_t B, int64_
   uint8_t* sel = ws + z_bytes + p_bytes;
   token_topk_kernel<T><<<blocks_for(N, 128), 128, 0, st>>>(scores, N, E, K, z, sel);
   MOETRON_CUDA_LAUNCHED("seq_balance_loss_forward (top-k)");
-  const double fscale = static_cast<double>(E) / static_cast<double>(K * S);
-  seq_f_p_kernel<T><<<blocks_for(B * E, 128), 128, 0, st>>>(scores, z, sel, B, S, E, fscale, f, P);
+  const double fscale = static_cast<double>(E) / static_cast<double>(K * V);
+  seq_f_p_kernel<T>
+      <<<blocks_for(B * E, 128), 128, 0, st>>>(scores, z, sel, B, S, V, E, fscale, f, P);
   MOETRON_CUDA_LAUNCHED("seq_balance_loss_forward (f, P)");
-  seq_loss_kernel<T><<<1, 1, 0, st>>>(f, P, B, S, E, alpha, loss);
+  seq_loss_kernel<T><<<1, 1, 0, st>>>(f, P, B, V, E, alpha, loss);
   MOETRON_CUDA_LAUNCHED("seq_balance_loss_forward (loss)");
 }
 
 template <class T>
 void seq_balance_loss_backward(const Exec& ex, const T* scores, const T* f, int64_t B, int64_t S,
-                               int64_t E, double c, T* dlogits) {
+                               int64_t V, int64_t E, double c, T* dlogits) {
   const int64_t N = B * S;
-  if (N <= 0 || E <= 0) return;
+  if (N <= 0 || E <= 0 || V <= 0) return;
   seq_balance_backward_kernel<T>
-      <<<blocks_for(N, 128), 128, 0, stream_of(ex)>>>(scores, f, N, S, E, c, dlogits);
+      <<<blocks_for(N, 128), 128, 0, stream_of(ex)>>>(scores, f, N, S, V, E, c, dlogits);
   MOETRON_CUDA_LAUNCHED("seq_balance_loss_backward");
 }
 
-void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t E, int64_t* load,
-                      bool accumulate) {
+void expert_histogram(const Exec& ex, const int32_t* idx, int64_t n, int64_t period, int64_t valid,
+                      int64_t E, int64_t* load, bool accumulate) {
   if (E <= 0) return;
   cudaStream_t st = stream_of(ex);
   if (!accumulate) MOETRON_CUDA_CHECK(cudaMemsetAsync(load, 0, sizeof(int64_t) * E, st));
-  if (n <= 0) return;
-  histogram_kernel<<<blocks_for(n), kThreads, 0, st>>>(idx, n, E, load);
+  if (n <= 0 || period <= 0 || valid <= 0) return;
+  histogram_kernel<<<blocks_for(n), kThreads, 0, st>>>(idx, n, period, valid, E, load);
   MOETRON_CUDA_LAUNCHED("expert_histogram");
 }
 
@@ -163,13 +168,13 @@ void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, d
 }
 
 template void seq_balance_loss_forward<float>(const Exec&, const float*, int64_t, int64_t, int64_t,
-                                              int64_t, double, float*, double*);
+                                              int64_t, int64_t, double, float*, double*);
 template void seq_balance_loss_forward<double>(const Exec&, const double*, int64_t, int64_t,
-                                               int64_t, int64_t, double, double*, double*);
+                                               int64_t, int64_t, int64_t, double, double*, double*);
 template void seq_balance_loss_backward<float>(const Exec&, const float*, const float*, int64_t,
-                                               int64_t, int64_t, double, float*);
+                                               int64_t, int64_t, int64_t, double, float*);
 template void seq_balance_loss_backward<double>(const Exec&, const double*, const double*, int64_t,
-                                                int64_t, int64_t, double, double*);
+                                                int64_t, int64_t, int64_t, double, double*);
 template void bias_sign_update<float>(const Exec&, float*, const int64_t*, int64_t, double);
 template void bias_sign_update<double>(const Exec&, double*, const int64_t*, int64_t, double);
 

@@ -11,7 +11,9 @@ What forward(tokens) computes (tokens [B, S+1]; inputs tokens[:, :S], targets to
   - lm_loss: mean next-token cross-entropy over all B*S positions.
   - mtp_loss: (1/Dm) sum_k L^k, L^k = mean CE of MTP module k over its valid positions.
   - balance_loss: sum over every MoE layer (main and MTP) of the sequence-wise balance loss,
-    averaged over the B sequences (for MTP layers the S positions include the padded tail).
+    averaged over the B sequences. MTP module k runs over all S positions (the last k are padded
+    with token 0 and have no target) but its balance loss and expert loads count only the S - k
+    positions with a target (SPEC §1.5).
 Routing (group-limited top-K on sigmoid scores + e_score_correction_bias, ties -> lower index) is
 not differentiated; the gating weights are (through the unbiased sigmoid scores).
 No YaRN: plain interleaved RoPE with softmax scale (qk_nope + qk_rope)^-0.5.
@@ -247,6 +249,7 @@ class MoE(nn.Module):
         self.last: Dict[str, torch.Tensor] = {}
         self.track_load = False  # accumulate per-expert assignment counts (bias update in training)
         self.load_E: Optional[torch.Tensor] = None
+        self.tail = 0  # positions at each sequence's end without a target (MTP depth k: k)
 
     @torch.no_grad()
     def route(self, s_NE: torch.Tensor) -> torch.Tensor:
@@ -290,9 +293,6 @@ class MoE(nn.Module):
             a_nF = F.silu(ex.gate_proj(x)) * ex.up_proj(x) * w_A1[rows]
             out_ND.index_add_(0, tok_A[rows], ex.down_proj(a_nF))
             start += n
-        if self.track_load and self.training:
-            load = torch.tensor(counts, dtype=torch.float64)
-            self.load_E = load if self.load_E is None else self.load_E + load
         return out_ND
 
     def balance_loss(self, s_BSE: torch.Tensor) -> torch.Tensor:
@@ -317,7 +317,13 @@ class MoE(nn.Module):
         w_NK = s_NE.gather(1, idx_NK)
         w_NK = w_NK / w_NK.sum(-1, keepdim=True) * cfg.routed_scaling_factor
         out_ND = self.shared_experts(u_ND) + self.dispatch(u_ND, idx_NK, w_NK)
-        return out_ND.view(B, S, D), self.balance_loss(s_NE.view(B, S, -1))
+        V = max(S - self.tail, 0)  # the positions with a target count in the loads and the loss
+        if self.track_load and self.training:
+            load = torch.bincount(idx_NK.view(B, S, -1)[:, :V].reshape(-1), minlength=len(self.experts))
+            self.load_E = load.double() if self.load_E is None else self.load_E + load.double()
+        if V == 0:
+            return out_ND.view(B, S, D), torch.zeros((), dtype=s_NE.dtype, device=s_NE.device)
+        return out_ND.view(B, S, D), self.balance_loss(s_NE.view(B, S, -1)[:, :V])
 
 
 class DecoderLayer(nn.Module):
@@ -365,6 +371,8 @@ class DeepseekV3Model(nn.Module):
         layers: List[nn.Module] = [DecoderLayer(cfg, moe=l >= cfg.first_k_dense_replace)
                                    for l in range(cfg.num_hidden_layers)]
         layers += [MTPLayer(cfg) for _ in range(cfg.num_nextn_predict_layers)]
+        for k in range(1, cfg.num_nextn_predict_layers + 1):
+            layers[cfg.num_hidden_layers + k - 1].mlp.tail = k  # depth k: S - k positions count
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

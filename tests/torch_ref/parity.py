@@ -306,9 +306,10 @@ def naive_select(s: List[float], bias: List[float], cfg) -> List[int]:
     return sorted(cand, key=lambda e: (-sb[e], e))[:K]
 
 
-def naive_moe(u_SD, p, pre, cfg):
-    """Returns (out [S, D], this sequence's balance loss L_b)."""
+def naive_moe(u_SD, p, pre, cfg, V=None):
+    """Returns (out [S, D], this sequence's balance loss L_b over its first V positions)."""
     S = u_SD.shape[0]
+    V = S if V is None else V
     E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
     s_SE = torch.sigmoid(u_SD @ p[pre + "gate.weight"].T)
     bias = p[pre + "gate.e_score_correction_bias"].tolist()
@@ -320,10 +321,13 @@ def naive_moe(u_SD, p, pre, cfg):
         idx = naive_select(st, bias, cfg)
         w = s_SE[t, idx] / s_SE[t, idx].sum() * cfg.routed_scaling_factor
         rows.append(sum(w[k] * naive_swiglu(u_SD[t:t + 1], p, f"{pre}experts.{e}.")[0] for k, e in enumerate(idx)))
-        for e in sorted(range(E), key=lambda e: (-st[e], e))[:K]:
-            f[e] += E / (K * S)
+        if t < V:
+            for e in sorted(range(E), key=lambda e: (-st[e], e))[:K]:
+                f[e] += E / (K * V)
     out = out + torch.stack(rows)
-    P = [sum(s_SE[t, i] / s_SE[t].sum() for t in range(S)) / S for i in range(E)]
+    if V == 0:
+        return out, 0.0
+    P = [sum(s_SE[t, i] / s_SE[t].sum() for t in range(V)) / V for i in range(E)]
     return out, cfg.seq_aux_alpha * sum(f[i] * P[i] for i in range(E))
 
 
@@ -334,12 +338,12 @@ def naive_forward(model: DeepseekV3ForCausalLM, tokens: torch.Tensor) -> Dict[st
     L, Dm, V, eps = cfg.num_hidden_layers, cfg.num_nextn_predict_layers, cfg.vocab_size, cfg.rms_norm_eps
     emb, head = p["model.embed_tokens.weight"], p["lm_head.weight"]
 
-    def block(h, n):
+    def block(h, n, V=None):
         pre = f"model.layers.{n}."
         h = h + naive_mla(naive_rms(h, p[pre + "input_layernorm.weight"], eps), p, pre + "self_attn.", cfg)
         u = naive_rms(h, p[pre + "post_attention_layernorm.weight"], eps)
         if n >= cfg.first_k_dense_replace:
-            out, bal = naive_moe(u, p, pre + "mlp.", cfg)
+            out, bal = naive_moe(u, p, pre + "mlp.", cfg, V)
             return h + out, bal
         return h + naive_swiglu(u, p, pre + "mlp."), 0.0
 
@@ -361,7 +365,7 @@ def naive_forward(model: DeepseekV3ForCausalLM, tokens: torch.Tensor) -> Dict[st
             pre = f"model.layers.{n}."
             e = emb[[tok[i + k] if i + k <= S else 0 for i in range(S)]]
             x = torch.cat([naive_rms(e, p[pre + "enorm.weight"], eps), naive_rms(h, p[pre + "hnorm.weight"], eps)], -1)
-            h, bal = block(x @ p[pre + "eh_proj.weight"].T, n)
+            h, bal = block(x @ p[pre + "eh_proj.weight"].T, n, V=S - k)  # S - k positions have a target
             bal_sum += float(bal) / B
             logits = naive_rms(h, p[pre + "shared_head.norm.weight"], eps) @ head.T
             for i in range(S):
