@@ -10,9 +10,9 @@
 # busy rank at one core and adds the core wait (the node's total work over its cores). Measured: the
 # median step_seconds of the second half of the steps: the first half warms up (8 processes on 2
 # cores take ~10 steps to settle: 3.6 s, then 1.5, ... 1.0 s from step 11 on; 2 ranks settle after
-# one step). Global batch 32 x 128 tokens, micro-batches of 4, fp32. The 1-minute load
-# The cores' busy percent in the second before each layout starts is a column (other jobs on the
-# box share its cores and move the measured times), and a second table sets the PP2 layouts' measured forward and backward per
+# one step). Global batch 32 x 128 tokens, micro-batches of 4, fp32. The cores' busy percent in
+# the second before each layout starts is a column (other jobs on the box share its cores and move
+# the measured times), and a second table puts PP2 1F1B's measured forward and backward per
 # micro-batch and stage (metrics.jsonl's op_F_s, op_B_s: one core per stage) beside the
 # estimator's, which tests its split of the work between the stages apart from the anchor's level.
 # Usage: bench/estimate_vs_measured.sh [STEPS=16] [--table]   (prints a Markdown table; --table:

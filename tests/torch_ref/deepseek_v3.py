@@ -319,8 +319,8 @@ class MoE(nn.Module):
         out_ND = self.shared_experts(u_ND) + self.dispatch(u_ND, idx_NK, w_NK)
         V = max(S - self.tail, 0)  # the positions with a target count in the loads and the loss
         if self.track_load and self.training:
-            load = torch.bincount(idx_NK.view(B, S, -1)[:, :V].reshape(-1), minlength=len(self.experts))
-            self.load_E = load.double() if self.load_E is None else self.load_E + load.double()
+            load = torch.bincount(idx_NK.view(B, S, -1)[:, :V].reshape(-1), minlength=len(self.experts)).double()
+            self.load_E = load if self.load_E is None else self.load_E + load
         if V == 0:
             return out_ND.view(B, S, D), torch.zeros((), dtype=s_NE.dtype, device=s_NE.device)
         return out_ND.view(B, S, D), self.balance_loss(s_NE.view(B, S, -1)[:, :V])
