@@ -40,10 +40,12 @@ class Block {
   };
 
   // prefix "model.layers.N."
-  // dispatcher: set for a MoE block, null for a dense one. tail: MoE::build's (MTP depth k: k).
+  // dispatcher: set for a MoE block, null for a dense one. tail, moe_scratch: MoE::build's (MTP
+  // depth k: tail k; the model's MoE layers share one scratch).
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex, int64_t tail = 0);
+             const Exec& ex, int64_t tail = 0,
+             std::shared_ptr<typename MoE<T>::Scratch> moe_scratch = nullptr);
   void init(double std, uint64_t seed);
 
   // h must stay alive until backward_weight. A MoE block writes its balance loss to balance[0]

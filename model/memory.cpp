@@ -65,10 +65,26 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
                  pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T, Ts);
-  // backward: rdy, rdx, rdw; dyperm, dgu, dwperm, dxperm; dweights, dlogits
-  b.backward += rows * static_cast<double>((2 * D + K) * T) +
-                static_cast<double>(K * (D + 2 * F + 1 + D) * T + (K + E) * T);
+  // backward, kept for the weight gradients: dyperm, dgu, dlogits (the rest is MoE::Scratch)
+  b.backward += static_cast<double>((K * (D + 2 * F) + E) * T);
   return b;
+}
+
+ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
+                               int64_t T, double rows) {
+  if (c.n_routed_experts == 0) return {};
+  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t F = c.moe_intermediate_size;
+  const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
+  const bool narrow = exp8 || (pol.store_bf16 && T == 4);  // gu, a not kept as T
+  const double n = static_cast<double>(N), R = n * rows, A = n * static_cast<double>(K);
+  // logits, shared_out; yperm, da; gu_tmp and a_tmp unless gu and a are kept as T
+  double phases = n * static_cast<double>((E + D) * T) + A * static_cast<double>((D + F) * T);
+  if (narrow) phases += A * static_cast<double>(3 * F * T);
+  // rdy, rdx, rdw; dxperm, dwperm; dweights
+  phases += R * static_cast<double>((2 * D + K) * T) + A * static_cast<double>((D + 1) * T) +
+            n * static_cast<double>(K * T);
+  return {static_cast<int64_t>(phases), static_cast<int64_t>(2 * R * static_cast<double>(D * T))};
 }
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,

@@ -38,6 +38,18 @@ struct SlotBytes {
   int64_t forward = 0, backward = 0;
   int64_t total() const { return forward + backward; }
 };
+// The MoE layers' shared scratch (MoE::Scratch), for micro-batches of B x S = N tokens: held
+// once per model (pipeline chunk) however many MoE layers it has, and zero without one. `phases`:
+// the phases' temporaries (gate logits, expert outputs, SwiGLU scratch, shared-expert output)
+// and the backward's own gradients (the rows exchanged, d xperm, d wperm, d weights); `received`:
+// the received rows and their outputs (rx, ry), which a plan counts with the EP buffers.
+struct ScratchBytes {
+  int64_t phases = 0, received = 0;
+  int64_t total() const { return phases + received; }
+};
+ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
+                               int64_t elem = 4, double rows = 1);
+
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
                                 int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4,
                                 double rows = 1);

@@ -55,10 +55,12 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
     }
     if (stage.first()) embed_->replica = false;
   }
+  // one scratch for all the MoE layers here (MoE::Scratch: the model runs one layer at a time)
+  moe_scratch_ = std::make_shared<typename MoE<T>::Scratch>(ex.device);
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
     blocks_.back()->build(*ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,
-                          cfg.is_moe_layer(l) ? dispatcher : nullptr, ex);
+                          cfg.is_moe_layer(l) ? dispatcher : nullptr, ex, 0, moe_scratch_);
     n_moe_ += blocks_.back()->is_moe();
   }
   if (stage.last()) {
@@ -67,7 +69,7 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
     for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
       mtp_.push_back(std::make_unique<MtpLayer<T>>());
       mtp_.back()->build(*ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
-                         dispatcher, ex);
+                         dispatcher, ex, moe_scratch_);
       ++n_moe_;
     }
   }

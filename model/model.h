@@ -145,6 +145,8 @@ class Model {
   const int64_t* loads() const { return loads_.data(); }
   int64_t* loads() { return loads_.data(); }
   void zero_loads() const;
+  // The bytes the MoE layers' shared scratch holds now (MoE::Scratch; model/memory.h counts them).
+  int64_t moe_scratch_bytes() const { return moe_scratch_->bytes(); }
 
  private:
   ModelConfig cfg_;
@@ -160,6 +162,7 @@ class Model {
   RMSNorm<T> norm_;
   std::vector<std::unique_ptr<MtpLayer<T>>> mtp_;
   int64_t n_moe_ = 0;
+  std::shared_ptr<typename MoE<T>::Scratch> moe_scratch_;  // shared by every MoE layer here
   mutable Buffer<int64_t> loads_;
   void read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const;
   void head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const;

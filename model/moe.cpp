@@ -12,9 +12,10 @@ namespace moetron {
 template <class T>
 void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                    const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-                   const Exec& ex, int64_t tail) {
+                   const Exec& ex, int64_t tail, std::shared_ptr<Scratch> scratch) {
   if (tail < 0) throw std::invalid_argument("MoE: negative tail");
   ex_ = ex, tail_ = tail;
+  scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
   D_ = c.hidden_size, E_ = c.n_routed_experts, K_ = c.num_experts_per_tok;
   F_ = c.moe_intermediate_size;
   alpha_ = c.seq_aux_alpha;
@@ -70,7 +71,7 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
                   int64_t* load) const {
   const int64_t N = B * S;
   st.B = B, st.S = S, st.N = N;
-  T* logits = sized(logits_, N * E_);
+  T* logits = sized(scratch_->logits, N * E_);
   gate_.forward(x, N, logits);
   T* s = sized(st.scores, N * E_);
   int32_t* idx = sized(st.idx, N * K_);
@@ -85,7 +86,7 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
 
 template <class T>
 void MoE<T>::shared_expert(State& st, const T* x) const {
-  shared_.forward(st.shared, x, st.N, sized(shared_out_, st.N * D_));
+  shared_.forward(st.shared, x, st.N, sized(scratch_->shared_out, st.N * D_));
 }
 
 template <class T>
@@ -115,39 +116,40 @@ void MoE<T>::experts(State& st) const {
   const int64_t A = st.A;
   // gu = x Wgu_e^T ; a = silu(g) * u * w ; y = a Wd_e^T   (per expert e, over its rows)
   st.gu.set_form(recompute_swiglu_, store_bf16_, gu_.lp.pow2_x);
-  T* gu = st.gu.write(A, 2 * F_, gu_tmp_);
+  T* gu = st.gu.write(A, 2 * F_, scratch_->gu_tmp);
   gu_.forward(st.xperm, st.offsets.data(), gu);
-  st.gu.keep(ex_, gu_tmp_);
+  st.gu.keep(ex_, scratch_->gu_tmp);
   st.a.set_form(false, store_bf16_);
-  T* a = recompute_swiglu_ ? sized(a_tmp_, A * F_) : st.a.write(A, F_, a_tmp_);
+  T* a = recompute_swiglu_ ? sized(scratch_->a_tmp, A * F_) : st.a.write(A, F_, scratch_->a_tmp);
   kernels::swiglu_forward<T>(ex_, gu, A, F_, st.wperm.data(), a);
-  if (!recompute_swiglu_) st.a.keep(ex_, a_tmp_);
-  down_.forward(a, A, st.offsets.data(), sized(yperm_, A * D_));
+  if (!recompute_swiglu_) st.a.keep(ex_, scratch_->a_tmp);
+  down_.forward(a, A, st.offsets.data(), sized(scratch_->yperm, A * D_));
 }
 
 template <class T>
 void MoE<T>::combine_start(State& st) const {
   // per received token: the sum of its local experts' (already weighted) outputs
   const int64_t R = st.ds.R;
-  kernels::unpermute_add<T>(ex_, yperm_.data(), st.slot.data(), R, K_, D_,
+  kernels::unpermute_add<T>(ex_, scratch_->yperm.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.ry, R * D_));
   dispatcher_->combine_start(st.ds);
 }
 
 template <class T>
 void MoE<T>::combine_wait(State& st, T* y) const {
-  kernels::copy(ex_, y, shared_out_.data(), sizeof(T) * st.N * D_);
+  kernels::copy(ex_, y, scratch_->shared_out.data(), sizeof(T) * st.N * D_);
   dispatcher_->combine_wait(st.ds, y);
 }
 
 template <class T>
 Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
                                 int64_t* load, int layer) const {
-  // The received rows and their outputs (ds.rx, ds.ry) live only during the forward: the layer
-  // lends its own buffers to this micro-batch's dispatch state and takes them back at the end,
-  // so no slot keeps them (a swap of pointers, no copy). Two forwards of one layer never run
-  // interleaved (one chunk runs one program at a time: the executor's rule).
-  st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
+  // The received rows and their outputs (ds.rx, ds.ry) live only during the forward: the
+  // model's Scratch lends them to this micro-batch's dispatch state and takes them back at the
+  // end, so no slot keeps them (a swap of pointers, no copy). No other program of this model runs
+  // in between (one chunk runs one program at a time: the executor's rule).
+  Scratch& sc = *scratch_;
+  st.ds.rx.swap(sc.rx), st.ds.ry.swap(sc.ry);
   gate(st, x, B, S, balance, load);
   dispatch_start(st, x);
   co_yield Yield{layer, Posted::Dispatch};
@@ -157,7 +159,7 @@ Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* 
   combine_start(st);
   co_yield Yield{layer, Posted::Combine};
   combine_wait(st, y);
-  st.ds.rx.swap(rx_), st.ds.ry.swap(ry_);
+  st.ds.rx.swap(sc.rx), st.ds.ry.swap(sc.ry);
 }
 
 template <class T>
@@ -186,11 +188,11 @@ void MoE<T>::combine_backward_wait(State& st) const {
 template <class T>
 void MoE<T>::experts_backward(State& st) const {
   const int64_t A = st.A;
-  T* da = sized(da_, A * F_);
+  T* da = sized(scratch_->da, A * F_);
   down_.backward_input(st.dyperm.data(), st.offsets.data(), da);
   T* dgu = sized(st.dgu, A * 2 * F_);
-  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, gu_tmp_), A, F_, st.wperm.data(), dgu,
-                              sized(st.dwperm, A));
+  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
+                              dgu, sized(st.dwperm, A));
   gu_.backward_input(dgu, st.offsets.data(), sized(st.dxperm, A * D_));
 }
 
@@ -230,6 +232,15 @@ void MoE<T>::gate_backward(State& st, T* dx) const {
 template <class T>
 Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* queue,
                                  int layer) const {
+  // The gradients no weight gradient reads (the rows exchanged, d xperm, d wperm, d weights)
+  // live only during this program: lent by the model's Scratch, as the forward's rx and ry, so a
+  // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu and dlogits.
+  Scratch& sc = *scratch_;
+  const auto lend = [&] {
+    st.ds.rdy.swap(sc.rdy), st.ds.rdx.swap(sc.rdx), st.ds.rdw.swap(sc.rdw);
+    st.dxperm.swap(sc.dxperm), st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
+  };
+  lend();
   combine_backward_start(st, dy, dx);
   co_yield Yield{layer, Posted::CombineBackward};
   combine_backward_wait(st);
@@ -239,6 +250,7 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   co_yield Yield{layer, Posted::DispatchBackward};
   dispatch_backward_wait(st, dx);
   gate_backward(st, dx);
+  lend();  // back
 }
 
 template <class T>
@@ -257,11 +269,11 @@ template <class T>
 void MoE<T>::experts_backward_weight(State& st) const {
   const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) * w from the kept gu
-    a = sized(a_tmp_, st.A * F_);
-    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, gu_tmp_), st.A, F_, st.wperm.data(),
-                               a_tmp_.data());
+    a = sized(scratch_->a_tmp, st.A * F_);
+    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, scratch_->gu_tmp), st.A, F_, st.wperm.data(),
+                               scratch_->a_tmp.data());
   } else {
-    a = st.a.read(ex_, a_tmp_);
+    a = st.a.read(ex_, scratch_->a_tmp);
   }
   down_.backward_weight(st.dyperm.data(), a, st.offsets.data());
   gu_.backward_weight(st.dgu.data(), st.xperm, st.offsets.data());

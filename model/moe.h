@@ -54,14 +54,15 @@ class MoE {
     typename Mlp<T>::State shared;
     Buffer<T> shared_out;  // [N, D]
     Buffer<T> bal_f;       // [B, E] balance-loss f_i per sequence (constants)
-    // backward
-    Buffer<T> dyperm, dgu, dwperm, dxperm, dweights, dlogits;
+    // backward: kept for the weight gradients (dyperm, dgu, dlogits), and the backward's own
+    // scratch (dwperm, dxperm, dweights and the dispatch's ds.rdy, rdx, rdw: lent by the layers'
+    // Scratch for the backward program only)
+    Buffer<T> dyperm, dgu, dlogits;
+    Buffer<T> dwperm, dxperm, dweights;
     T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
     template <class F>
-    void for_each_grad(F&& f) {  // written by backward_input, read by it or backward_weight
-      for (Buffer<T>* b :
-           {&dyperm, &dgu, &dwperm, &dxperm, &dweights, &dlogits, &ds.rdy, &ds.rdx, &ds.rdw})
-        f(*b);
+    void for_each_grad(F&& f) {  // written by backward_input, read by backward_weight
+      for (Buffer<T>* b : {&dyperm, &dgu, &dlogits}) f(*b);
       shared.for_each_grad(f);
     }
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
@@ -76,12 +77,47 @@ class MoE {
     }
   };
 
+  // The buffers one call of a MoE layer uses and drops (never kept from forward to backward),
+  // shared by all the MoE layers of a model: a model (one pipeline chunk) runs one program at a
+  // time — its layers one after another, and the executor never interleaves two programs of one
+  // chunk (parallel/pipeline_impl.h) — so one set serves every layer, and a rank holds them once
+  // per chunk instead of once per layer (DeepSeek-V3: 8 MoE layers per rank).
+  struct Scratch {
+    explicit Scratch(Device d)
+        : gu_tmp(d),
+          a_tmp(d),
+          da(d),
+          logits(d),
+          yperm(d),
+          shared_out(d),
+          rx(d),
+          ry(d),
+          rdy(d),
+          rdx(d),
+          rdw(d),
+          dxperm(d),
+          dwperm(d),
+          dweights(d) {}
+    Buffer<T> gu_tmp, a_tmp, da, logits, yperm, shared_out;  // one phase's temporaries
+    Buffer<T> rx, ry;  // lent to the state's dispatch (DispatchState rx, ry) for the forward
+    Buffer<T> rdy, rdx, rdw, dxperm, dwperm, dweights;  // lent to the state for the backward
+    // the bytes held (capacities)
+    int64_t bytes() const {
+      size_t n = 0;
+      for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &da, &logits, &yperm, &shared_out, &rx, &ry, &rdy,
+                                 &rdx, &rdw, &dxperm, &dwperm, &dweights})
+        n += b->capacity();
+      return static_cast<int64_t>(n * sizeof(T));
+    }
+  };
+
   // The dispatcher decides which experts live here (all of them for LocalDispatcher). tail: the
   // positions at the end of each sequence that have no target (k in MTP depth k, SPEC §1.5): they
   // are routed and computed like the others but left out of the balance loss and the loads.
+  // scratch: the model's shared Scratch (null: the layer makes its own).
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex, int64_t tail = 0);
+             const Exec& ex, int64_t tail = 0, std::shared_ptr<Scratch> scratch = nullptr);
   void init(double std, uint64_t seed);
 
   // ---- forward phases (x = ffn_norm output [N,D], kept alive by the caller) ----
@@ -131,6 +167,7 @@ class MoE {
   Param<T>* bias() const { return bias_; }
   int64_t n_experts() const { return E_; }
   const std::vector<Param<T>*>& params() const { return params_; }
+  const std::shared_ptr<Scratch>& scratch() const { return scratch_; }
 
  private:
   Exec ex_{};
@@ -150,10 +187,9 @@ class MoE {
   GroupedLinear<T> gu_, down_;
   bool recompute_swiglu_ = false;  // FP8 gu: a recomputed in the backward (SPEC §3.5)
   bool store_bf16_ = false;        // PrecisionPolicy::store_bf16
-  // one call's scratch (one compute thread); the forward-only ones (the gate logits, the experts'
-  // outputs, the shared expert's output) live here too, not in the state
-  mutable Buffer<T> gu_tmp_, a_tmp_, da_, logits_, yperm_, shared_out_;
-  mutable Buffer<T> rx_, ry_;  // lent to the dispatch state during a forward (DispatchState rx/ry)
+  // one call's scratch, shared with the model's other MoE layers (Scratch); the forward-only
+  // buffers (the gate logits, the experts' outputs, the shared expert's output) live there too
+  std::shared_ptr<Scratch> scratch_;
   Mlp<T> shared_;
   std::vector<Param<T>*> params_;
 };

@@ -6,7 +6,8 @@ namespace moetron {
 template <class T>
 void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
                         const ModelConfig& c, const PrecisionPolicy& pol,
-                        std::shared_ptr<TokenDispatcher<T>> dispatcher, const Exec& ex) {
+                        std::shared_ptr<TokenDispatcher<T>> dispatcher, const Exec& ex,
+                        std::shared_ptr<typename MoE<T>::Scratch> moe_scratch) {
   ex_ = ex, k_ = depth;
   D_ = c.hidden_size, V_ = c.vocab_size, chunk_ = c.lm_head_chunk;
   head_prec_ = pol.gemm(Component::Head);
@@ -17,7 +18,7 @@ void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
                                                                                  : Recipe::BF16;
   eh_proj_ = Linear<T>::make(ps.add(p + "eh_proj.weight", {D_, 2 * D_}), 2 * D_, D_, lp, pol, ex);
   // the last k positions of each sequence have no target: out of the MoE's balance statistics
-  block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth);
+  block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth, std::move(moe_scratch));
   head_norm_.build(ps, p + "shared_head.norm.weight", D_, c.rms_norm_eps, ex);
 }
 

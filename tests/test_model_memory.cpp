@@ -1,8 +1,9 @@
 // Activation memory: the analytic bytes of a micro-batch slot (model/memory.h) against the bytes
 // the CPU allocator really holds for it, for tiny.yaml's model in fp32 and fp8, on one stage and on
 // the stages of a PP2 cut (the last with its head and MTP module), with and without the recompute
-// of the norms and MLA up-projections; and no allocation at all once a slot and the layers'
-// scratch have been sized (steady state).
+// of the norms and MLA up-projections; the MoE layers' one shared scratch against its analytic
+// count; and no allocation at all once a slot and the layers' scratch have been sized (steady
+// state).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -66,6 +67,13 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
         m.forward(warm, tok.data(), B, S, 0.3, in);
         m.backward_input(warm, 1.0, dout, true);
         m.backward_weight(warm);
+        // the MoE layers' scratch: one for the stage, sized by the warm-up as the analytic count
+        const std::vector<MoE<float>*> moe = m.moe_layers();
+        for (const MoE<float>* l : moe) EXPECT_EQ(l->scratch(), moe.front()->scratch());
+        const ScratchBytes sc = moe_scratch_bytes(c, pol, N);
+        EXPECT_NEAR(static_cast<double>(m.moe_scratch_bytes()), static_cast<double>(sc.total()),
+                    0.05 * static_cast<double>(sc.total()))
+            << recipe << " stage " << s << "/" << P;
         const int64_t l0 = live();
         m.forward(mb, tok.data(), B, S, 0.3, in);
         const int64_t fwd = live() - l0;

@@ -103,6 +103,7 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.slots, s.in_flight_bound[0]);
     EXPECT_EQ(r.bytes.activations, r.slots * slot.forward + sets * slot.backward);
     EXPECT_EQ(r.bytes.ep_buffers, 0);
+    EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).phases);
     EXPECT_EQ(r.bytes.pp_messages, 0);
     EXPECT_EQ(r.bytes.gradient_shard, 0);  // one rank: the gradient arena is the shard
     EXPECT_EQ(r.bytes.fp8_weight_cache > 0, std::string(recipe) == "fp8");
@@ -116,9 +117,13 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   const RankPlan& r = p.ranks[0];
   const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
   const int64_t state = EpDispatcher<float>::state_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
-  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + moe * 2 * N * 4 * D * 4);
+  // the received rows rx, ry: once for the stage, whatever its number of MoE layers
+  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + 2 * N * 4 * D * 4);
   const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128, 4, 4.0);
   EXPECT_EQ(r.slot_bytes, slot.forward);  // received rows counted 4 per token
+  const ScratchBytes sc = moe_scratch_bytes(c.model, c.policy(), N, 4, 4.0);
+  EXPECT_EQ(r.bytes.moe_scratch, sc.phases);
+  EXPECT_EQ(sc.received, 2 * N * 4 * D * 4);
 }
 
 TEST(Plan, DualPipeHoldsBothEndsOnTheFirstRank) {

@@ -80,7 +80,8 @@ struct StageCensus {
   int64_t moe_layers = 0;
   SlotBytes slot;        // activations of one micro-batch (model/memory.h)
   int64_t ep_slot = 0;   // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t ep_layer = 0;  // the received-rows buffers every MoE layer owns (MoE::rx_, ry_)
+  int64_t ep_layer = 0;  // the received rows and outputs of the MoE layers' Scratch (rx, ry)
+  int64_t scratch = 0;   // the rest of the MoE layers' Scratch, held once per stage
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
@@ -99,12 +100,15 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len, D = mc.hidden_size;
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
-  if (p.ep > 1) {
+  if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
+    const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
+    s.scratch = sc.phases;
+    if (p.ep > 1) s.ep_layer = sc.received;
+  }
+  if (p.ep > 1)
     s.ep_slot =
         s.moe_layers * EpDispatcher<float>::state_bytes(dispatch_wire(cfg.precision.recipe), N, D,
                                                         mc.num_experts_per_tok, p.ep, p.ep_rows);
-    s.ep_layer = s.moe_layers * static_cast<int64_t>(2 * N * p.ep_rows * D * 4);
-  }
   return s;
 }
 
@@ -236,6 +240,7 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.bytes.activations = in.activations + rp.grad_sets * rp.grad_set_bytes;
   rp.bytes.ep_buffers = in.ep;
   for (int stage : rp.stages) rp.bytes.ep_buffers += st[stage].ep_layer;
+  for (int stage : rp.stages) rp.bytes.moe_scratch += st[stage].scratch;
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
     const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;
