@@ -312,6 +312,19 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
   MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
 }
 
+void sum_squares(const Exec& ex, const float* x, int64_t n, double* out) {
+  MOETRON_DISPATCH(sum_squares, x, n, out);
+}
+void count_nonfinite(const Exec& ex, const float* x, int64_t n, int64_t* out) {
+  MOETRON_DISPATCH(count_nonfinite, x, n, out);
+}
+void scale_inplace(const Exec& ex, float* x, float c, int64_t n) {
+  MOETRON_DISPATCH(scale_inplace, x, c, n);
+}
+void round_bf16_inplace(const Exec& ex, float* x, int64_t n) {
+  MOETRON_DISPATCH(round_bf16_inplace, x, n);
+}
+
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
   MOETRON_DISPATCH(quantize, x, R, C, t, pow2, q, scales);

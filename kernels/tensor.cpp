@@ -59,8 +59,6 @@ Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
     : shape_(std::move(shape)), dtype_(dtype), device_(device) {
   for (int64_t d : shape_)
     if (d < 0) throw std::invalid_argument("Tensor: negative dimension in " + shape_str());
-  if (device == Device::Guard)
-    throw std::runtime_error("Tensor: parameters live on the cpu, cuda or meta device, not guard");
   storage_ = std::make_shared<Storage>();
   const size_t n = std::max<size_t>(bytes(), 64);  // never a zero-byte allocation
   storage_->device = device;

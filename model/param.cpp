@@ -1,6 +1,8 @@
 // Deterministic per-parameter initialisation (see param.h).
 #include "model/param.h"
 
+#include <atomic>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -15,6 +17,13 @@ uint64_t name_seed(uint64_t seed, const std::string& name) {
   h ^= h >> 33;
   return h;
 }
+
+namespace {
+std::atomic<bool> g_guard_parameters{false};
+}  // namespace
+
+bool guard_parameters() { return g_guard_parameters.load(); }
+void set_guard_parameters(bool on) { g_guard_parameters = on; }
 
 namespace {
 // The values are drawn on the host and copied to the parameter's device (a no-op copy on the CPU
@@ -45,6 +54,23 @@ void init_constant(Param<T>& p, double value) {
   fill_values(p, [&] { return static_cast<T>(value); });
 }
 
+template <class T>
+void values_to_host(const Param<T>& p, int64_t offset, int64_t n, T* host, bool grad) {
+  const Tensor& t = grad ? p.grad : p.value;
+  if (offset < 0 || n < 0 || offset + n > t.numel())
+    throw std::out_of_range("values_to_host: " + p.name + ": elements out of range");
+  kernels::copy_to_host(Exec::on(t.device()), host, t.data<T>() + offset, sizeof(T) * n);
+}
+
+template <class T>
+void values_from_host(Param<T>& p, const T* host) {
+  kernels::copy_from_host(Exec::on(p.value.device()), p.w(), host, sizeof(T) * p.numel());
+}
+
+template void values_to_host<float>(const Param<float>&, int64_t, int64_t, float*, bool);
+template void values_to_host<double>(const Param<double>&, int64_t, int64_t, double*, bool);
+template void values_from_host<float>(Param<float>&, const float*);
+template void values_from_host<double>(Param<double>&, const double*);
 template void init_normal<float>(Param<float>&, double, uint64_t);
 template void init_normal<double>(Param<double>&, double, uint64_t);
 template void init_constant<float>(Param<float>&, double);

@@ -38,10 +38,18 @@ struct Param {
   const T* w() const { return value.data<T>(); }
 };
 
+// Whether a model on the Guard test device keeps its parameters there too, which proves that
+// the optimizer, ZeRO-1's reduction and the checkpoints reach them only through ops and the
+// communicator (the GPU's case). Off by default: every op then unlocks and relocks the
+// parameters' pages as well, about 4x the guard's system time; the tests that prove it turn it on.
+bool guard_parameters();
+void set_guard_parameters(bool on);
+
 // Where a model that runs on device `d` keeps its parameters: beside its activations on the GPU,
-// nowhere on Meta, and in CPU memory for the CPU and the Guard test device (which guards
-// activations only).
-inline Device param_device(Device d) { return d == Device::Guard ? Device::CPU : d; }
+// nowhere on Meta, and on the CPU for the CPU and (unless guard_parameters()) the Guard device.
+inline Device param_device(Device d) {
+  return d == Device::Guard && !guard_parameters() ? Device::CPU : d;
+}
 
 template <class T>
 class ParamStore {
@@ -101,6 +109,14 @@ template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed);
 template <class T>
 void init_constant(Param<T>& p, double value);
+
+// Between a parameter's device and the host (checkpoints, parameter files, test hooks): elements
+// [offset, offset + n) of its values (or gradients) into host memory, and its values from host
+// memory (all numel() of them).
+template <class T>
+void values_to_host(const Param<T>& p, int64_t offset, int64_t n, T* host, bool grad = false);
+template <class T>
+void values_from_host(Param<T>& p, const T* host);
 // (Both do nothing for a parameter on the Meta device.)
 
 }  // namespace moetron

@@ -1,16 +1,25 @@
 // AdamW moments and update over a flat run of elements (see adamw.h).
 #include "parallel/adamw.h"
 
+#include <stdexcept>
+
 #include "kernels/ops.h"
 #include "kernels/scalar.h"
 
 namespace moetron {
 
-AdamW::AdamW(int64_t elements, const AdamWOptions& opt) : opt_(opt), n_(elements) {
+AdamW::AdamW(int64_t elements, const AdamWOptions& opt, const Exec& ex)
+    : opt_(opt),
+      ex_(ex),
+      n_(elements),
+      m32_(ex.device),
+      v32_(ex.device),
+      m16_(ex.device),
+      v16_(ex.device) {
   if (opt_.bf16_moments) {
-    m16_.assign(n_, 0), v16_.assign(n_, 0);
+    zeroed(ex_, m16_, n_), zeroed(ex_, v16_, n_);
   } else {
-    m32_.assign(n_, 0.f), v32_.assign(n_, 0.f);
+    zeroed(ex_, m32_, n_), zeroed(ex_, v32_, n_);
   }
 }
 
@@ -21,19 +30,37 @@ void AdamW::update(float* w, const float* g, int64_t at, int64_t len, bool decay
   ap.step = step_number;
   ap.weight_decay = decay ? opt_.weight_decay : 0.0;
   if (opt_.bf16_moments)
-    kernels::adamw_update<uint16_t>(Exec{}, w, g, m16_.data() + at, v16_.data() + at, len, ap);
+    kernels::adamw_update<uint16_t>(ex_, w, g, m16_.data() + at, v16_.data() + at, len, ap);
   else
-    kernels::adamw_update<float>(Exec{}, w, g, m32_.data() + at, v32_.data() + at, len, ap);
+    kernels::adamw_update<float>(ex_, w, g, m32_.data() + at, v32_.data() + at, len, ap);
 }
 
-float AdamW::m(int64_t k) const { return opt_.bf16_moments ? bf16_to_f32(m16_[k]) : m32_[k]; }
-float AdamW::v(int64_t k) const { return opt_.bf16_moments ? bf16_to_f32(v16_[k]) : v32_[k]; }
+void AdamW::read(int64_t at, int64_t len, float* m, float* v) const {
+  if (at < 0 || len < 0 || at + len > n_) throw std::out_of_range("AdamW::read: elements");
+  if (!opt_.bf16_moments) {
+    kernels::copy_to_host(ex_, m, m32_.data() + at, sizeof(float) * len);
+    kernels::copy_to_host(ex_, v, v32_.data() + at, sizeof(float) * len);
+    return;
+  }
+  std::vector<uint16_t> h(static_cast<size_t>(len));
+  for (auto [dst, src] : {std::pair{m, &m16_}, std::pair{v, &v16_}}) {
+    kernels::copy_to_host(ex_, h.data(), src->data() + at, sizeof(uint16_t) * len);
+    for (int64_t j = 0; j < len; ++j) dst[j] = bf16_to_f32(h[j]);
+  }
+}
 
-void AdamW::set(int64_t k, float m, float v) {
-  if (opt_.bf16_moments)
-    m16_[k] = f32_to_bf16(m), v16_[k] = f32_to_bf16(v);
-  else
-    m32_[k] = m, v32_[k] = v;
+void AdamW::write(int64_t at, int64_t len, const float* m, const float* v) {
+  if (at < 0 || len < 0 || at + len > n_) throw std::out_of_range("AdamW::write: elements");
+  if (!opt_.bf16_moments) {
+    kernels::copy_from_host(ex_, m32_.data() + at, m, sizeof(float) * len);
+    kernels::copy_from_host(ex_, v32_.data() + at, v, sizeof(float) * len);
+    return;
+  }
+  std::vector<uint16_t> h(static_cast<size_t>(len));
+  for (auto [src, dst] : {std::pair{m, &m16_}, std::pair{v, &v16_}}) {
+    for (int64_t j = 0; j < len; ++j) h[j] = f32_to_bf16(src[j]);
+    kernels::copy_from_host(ex_, dst->data() + at, h.data(), sizeof(uint16_t) * len);
+  }
 }
 
 int64_t AdamW::state_bytes() const { return opt_.bf16_moments ? 2 * n_ * 2 : 2 * n_ * 4; }

@@ -33,13 +33,17 @@ struct Zero1::Plan {
 Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt)
     : params_(std::move(params)), comm_(group), opt_(opt) {
   const Plan plan = plan_units(params_);
+  ex_ = Exec::on(plan.device);
   numel_ = plan.numel;
   std::vector<int64_t> unit_offset;
   const int64_t flat = plan_buckets(plan, unit_offset);
   rehome(plan, unit_offset, flat);
   plan_shard();
   const int64_t G = comm_.size();
-  if (G > 1) shard_grad_.assign(shard_, 0.f);
+  if (G > 1) {
+    shard_grad_ = Buffer<float>(ex_.device);
+    zeroed(ex_, shard_grad_, shard_);
+  }
   // the overlapped reduction's tables (zero1_reduce.cpp)
   bucket_of_.assign(params_.size(), 0);
   for (size_t b = 0; b < buckets_.size(); ++b) {
@@ -52,10 +56,12 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
     int64_t most = 0;
     for (const Bucket& b : buckets_) most = std::max(most, b.padded);
     stage16_.resize(static_cast<size_t>(std::max(1, opt_.staging)));
-    for (size_t k = 0; k < stage16_.size(); ++k)
-      stage16_[k].assign(most + most / G, 0), free16_.push_back(static_cast<int>(k));
+    for (size_t k = 0; k < stage16_.size(); ++k) {
+      stage16_[k] = Buffer<uint16_t>(ex_.device);
+      zeroed(ex_, stage16_[k], most + most / G), free16_.push_back(static_cast<int>(k));
+    }
   }
-  adamw_ = AdamW(shard_, opt_);
+  adamw_ = AdamW(shard_, opt_, ex_);
 }
 
 namespace {
@@ -145,8 +151,8 @@ void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, in
   value_arena_ = Tensor({flat}, DType::F32, plan.device);
   grad_arena_ = Tensor({flat}, DType::F32, plan.device);
   const auto move = [&](Param<float>& p, int64_t at) {
-    std::memcpy(value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
-    std::memcpy(grad_arena_.data<float>() + at, p.grad.raw(), p.grad.bytes());
+    kernels::copy(ex_, value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
+    kernels::copy(ex_, grad_arena_.data<float>() + at, p.grad.raw(), p.grad.bytes());
     p.value = value_arena_.view(at, p.value.shape());
     p.grad = grad_arena_.view(at, p.grad.shape());
   };
@@ -183,30 +189,28 @@ void Zero1::plan_shard() {
 }
 
 double Zero1::owned_grad_sq() const {
-  // per-segment partial sums, then a fixed-order total: deterministic at any thread count
-  std::vector<double> part(segments_.size(), 0.0);
+  // per-segment partial sums on the device, then a fixed-order total: deterministic
+  const size_t n = segments_.size();
+  Buffer<double> part(ex_.device);
+  zeroed(ex_, part, static_cast<int64_t>(n));
   const float* owned = owned_grads();
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < segments_.size(); ++i) {
-    const Segment& seg = segments_[i];
-    if (seg.p->replica) continue;
-    const float* g = owned + seg.shard_offset;
-    double s = 0;
-    for (int64_t j = 0; j < seg.len; ++j) s += static_cast<double>(g[j]) * g[j];
-    part[i] = s;
-  }
+  for (size_t i = 0; i < n; ++i)
+    if (!segments_[i].p->replica)
+      kernels::sum_squares(ex_, owned + segments_[i].shard_offset, segments_[i].len,
+                           part.data() + i);
+  std::vector<double> host(n);
+  kernels::copy_to_host(ex_, host.data(), part.data(), sizeof(double) * n);
   double s = 0;
-  for (double v : part) s += v;
+  for (double v : host) s += v;
   return s;
 }
 
 bool Zero1::local_grads_finite() const {
-  const float* g = grad_arena_.data<float>();
-  const int64_t n = grad_arena_.numel();
-  int64_t bad = 0;
-#pragma omp parallel for reduction(+ : bad)
-  for (int64_t i = 0; i < n; ++i) bad += std::isfinite(g[i]) ? 0 : 1;
-  return bad == 0;
+  Buffer<int64_t> bad(ex_.device);
+  kernels::count_nonfinite(ex_, grad_arena_.data<float>(), grad_arena_.numel(), sized(bad, 1));
+  int64_t n = 0;
+  kernels::copy_to_host(ex_, &n, bad.data(), sizeof n);
+  return n == 0;
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
@@ -220,10 +224,7 @@ void Zero1::step(double lr, double grad_scale, int64_t step_number) {
 
 void Zero1::scale_owned_grads(double grad_scale) {
   if (grad_scale == 1.0) return;
-  float* owned = shard_grads();
-  const float c = static_cast<float>(grad_scale);
-#pragma omp parallel for simd
-  for (int64_t i = 0; i < shard_; ++i) owned[i] *= c;
+  kernels::scale_inplace(ex_, shard_grads(), static_cast<float>(grad_scale), shard_);
 }
 
 // Everyone gets everyone's updated block, in place in the value arena.
@@ -246,11 +247,7 @@ std::vector<Zero1::MomentPiece> Zero1::export_moments() const {
   for (const Segment& seg : segments_) {
     MomentPiece p{seg.p->name, seg.param_offset, {}, {}};
     p.m.resize(seg.len), p.v.resize(seg.len);
-    for (int64_t j = 0; j < seg.len; ++j) {
-      const int64_t k = seg.shard_offset + j;
-      p.m[j] = adamw_.m(k);
-      p.v[j] = adamw_.v(k);
-    }
+    adamw_.read(seg.shard_offset, seg.len, p.m.data(), p.v.data());
     out.push_back(std::move(p));
   }
   return out;
@@ -260,21 +257,23 @@ void Zero1::import_moments(const std::vector<MomentPiece>& pieces) {
   for (const Segment& seg : segments_) {
     // pieces may overlap (a parameter held by two pipeline stages is saved twice, identically)
     std::vector<char> covered(seg.len, 0);
+    std::vector<float> m(seg.len), v(seg.len);
     for (const MomentPiece& p : pieces) {
       if (p.name != seg.p->name) continue;
       const int64_t lo = std::max(p.offset, seg.param_offset);
       const int64_t hi =
           std::min(p.offset + static_cast<int64_t>(p.m.size()), seg.param_offset + seg.len);
       for (int64_t x = lo; x < hi; ++x) {
-        const int64_t k = seg.shard_offset + (x - seg.param_offset);
-        adamw_.set(k, p.m[x - p.offset], p.v[x - p.offset]);
-        covered[x - seg.param_offset] = 1;
+        const int64_t k = x - seg.param_offset;
+        m[k] = p.m[x - p.offset], v[k] = p.v[x - p.offset];
+        covered[k] = 1;
       }
     }
     if (std::find(covered.begin(), covered.end(), 0) != covered.end())
       throw std::runtime_error("optimizer state for " + seg.p->name + " [" +
                                std::to_string(seg.param_offset) + ", +" + std::to_string(seg.len) +
                                ") is not in the checkpoint");
+    adamw_.write(seg.shard_offset, seg.len, m.data(), v.data());
   }
 }
 

@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "model/buffers.h"
 #include "model/param.h"
 #include "parallel/adamw.h"
 #include "parallel/comm.h"
@@ -66,7 +67,9 @@ struct Zero1Options : AdamWOptions {
 class Zero1 {
  public:
   // params: the trainable parameters of this group, the same list in the same order on every
-  // rank of `group`, on the CPU. They are re-homed onto the group's arenas (values kept).
+  // rank of `group`, all on one device (the arenas, the shard and the moments go there; the
+  // optimizer's arithmetic runs there as ops). They are re-homed onto the group's arenas (values
+  // kept).
   Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1Options& opt);
   Zero1(const Zero1&) = delete;
   Zero1& operator=(const Zero1&) = delete;
@@ -117,6 +120,7 @@ class Zero1 {
     for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len, s.shard_offset});
     return out;
   }
+  // (device memory)
   const float* owned_grads() const { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
   // The arenas (numel: the padded layout) and where params()[i] starts in them.
   const Tensor& value_arena() const { return value_arena_; }
@@ -152,6 +156,7 @@ class Zero1 {
   void all_gather_values();
   bool G1() const { return comm_.size() == 1; }
   float* shard_grads() { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
+  Exec ex_{};  // the parameters' device: every vector op of the optimizer runs there
   std::vector<Param<float>*> params_;
   std::vector<int64_t> offset_;  // arena offset of each parameter
   std::vector<Bucket> buckets_;
@@ -161,7 +166,7 @@ class Zero1 {
   int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
   Tensor value_arena_, grad_arena_;  // [padded layout] fp32
-  std::vector<float> shard_grad_;    // G > 1: the reduced gradients of the owned elements
+  Buffer<float> shard_grad_;         // G > 1: the reduced gradients of the owned elements
   // The overlapped reduction: per bucket, where its part of the shard starts and how many of its
   // parameters are not final yet; per parameter, its bucket and whether it is final.
   std::vector<int64_t> shard_pos_, not_final_, bucket_of_;
@@ -176,7 +181,7 @@ class Zero1 {
   };
   std::vector<InFlight> in_flight_;
   // grad_reduce_bf16: staging buffers, each one bucket's bf16 send then its part's receive
-  std::vector<std::vector<uint16_t>> stage16_;
+  std::vector<Buffer<uint16_t>> stage16_;
   std::vector<int> free16_;
   AdamW adamw_;  // the moments of the owned elements (shard order)
 };

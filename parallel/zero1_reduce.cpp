@@ -67,7 +67,7 @@ void Zero1::start(int64_t bucket) {
   const int k = free16_.back();
   free16_.pop_back();
   uint16_t* send = stage16_[static_cast<size_t>(k)].data();
-  kernels::narrow_to_bf16(Exec{}, in, b.padded, send);
+  kernels::narrow_to_bf16(ex_, in, b.padded, send);
   in_flight_.push_back(
       {bucket, comm_.ireduce_scatter(send, send + b.padded, part, CommDType::BF16), k, tr});
 }
@@ -78,7 +78,7 @@ void Zero1::finish(size_t flight) {
   if (f.staging >= 0) {
     const Bucket& b = buckets_[static_cast<size_t>(f.bucket)];
     const uint16_t* recv = stage16_[static_cast<size_t>(f.staging)].data() + b.padded;
-    kernels::widen_from_bf16(Exec{}, recv, b.padded / comm_.size(),
+    kernels::widen_from_bf16(ex_, recv, b.padded / comm_.size(),
                              shard_grad_.data() + shard_pos_[static_cast<size_t>(f.bucket)]);
     free16_.push_back(f.staging);
   }
@@ -96,11 +96,7 @@ void Zero1::progress() {
 void Zero1::reduce_scatter_grads() {
   float* grads = grad_arena_.data<float>();
   if (G1()) {  // the gradient arena is the shard
-    if (opt_.grad_reduce_bf16) {
-      const int64_t n = grad_arena_.numel();
-#pragma omp parallel for simd
-      for (int64_t i = 0; i < n; ++i) grads[i] = round_bf16(grads[i]);
-    }
+    if (opt_.grad_reduce_bf16) kernels::round_bf16_inplace(ex_, grads, grad_arena_.numel());
   } else {
     for (int64_t& n : not_final_) n = 0;  // whatever was not marked is final now
     start_final_buckets();

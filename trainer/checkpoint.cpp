@@ -211,12 +211,21 @@ std::string verify(const std::string& dir, YAML::Node* manifest_out) {
 
 }  // namespace
 
+// A parameter's values from a checkpoint: read on the host, copied to its device.
+template <class Reader>
+void read_param(const Reader& ck, Param<float>& p) {
+  std::vector<float> host(static_cast<size_t>(p.numel()));
+  ck.read(p.name, 0, p.numel(), host.data());
+  values_from_host(p, host.data());
+}
+
 Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts,
                         bool write_unsharded) {
   Snapshot s;
   auto piece = [&](const Param<float>& p, int64_t offset, int64_t len) {
     Piece c{p.name, p.value.shape(), offset, {}};
-    c.data.assign(p.w() + offset, p.w() + offset + len);
+    c.data.resize(static_cast<size_t>(len));
+    values_to_host(p, offset, len, c.data.data());
     s.params.push_back(std::move(c));
   };
   std::set<const Param<float>*> sharded;
@@ -726,7 +735,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
   for (auto& p : ps.all()) {
     if (ck.tensor(p->name).shape != p->value.shape())
       throw CheckpointError(dir + ": " + p->name + " has another shape in the checkpoint");
-    ck.read(p->name, 0, p->numel(), p->w());
+    read_param(ck, *p);
   }
   // optimizer moments: every (name, offset) piece of the names this rank holds
   std::map<std::string, int64_t> mine;
@@ -751,7 +760,7 @@ void load_params(ParamStore<float>& params, const CheckpointReader& ck, const st
                             whose + ")");
     if (ck.shape(p->name) != p->value.shape())
       throw CheckpointError(dir + ": parameter " + p->name + " has another shape than " + whose);
-    ck.read(p->name, 0, p->numel(), p->w());
+    read_param(ck, *p);
   }
 }
 

@@ -353,7 +353,7 @@ std::string TrainingSampler::sample(const ParamStore<float>& stage_params,
   for (auto& p : stage_params.all()) {
     auto it = offset.find(p->name);
     if (it != offset.end() && contributes(*p))
-      std::copy(p->w(), p->w() + p->numel(), flat.begin() + it->second);
+      values_to_host(*p, 0, p->numel(), flat.data() + it->second);
   }
   world.all_reduce(flat.data(), flat.size());
   if (world.rank() != 0) return "";
@@ -364,9 +364,7 @@ std::string TrainingSampler::sample(const ParamStore<float>& stage_params,
     model_ = std::make_unique<Model<float>>(mc, PrecisionPolicy{}, nullptr, StageSpec{}, ex);
     dec_ = std::make_unique<Decoder<float>>(*model_, mc.max_seq_len);
   }
-  for (auto& p : model_->params().all())
-    std::copy(flat.begin() + offset.at(p->name), flat.begin() + offset.at(p->name) + p->numel(),
-              p->w());
+  for (auto& p : model_->params().all()) values_from_host(*p, flat.data() + offset.at(p->name));
   GenerateOptions o;
   o.max_tokens = cfg_.run.sample_tokens, o.temperature = 0;
   const int threads = kernels::num_threads();

@@ -96,7 +96,8 @@ void inject_nan_fault(Run& r, int64_t step, Losses* sum) {
   if (!sum && r.nan_fault->hits(NanFault::What::Grad, rank, step))
     for (const auto& p : r.params->all())
       if (p->trainable && !p->replica && p->name.rfind("model.layers.", 0) == 0) {
-        p->g()[0] = NAN;
+        const float nan = NAN;
+        kernels::copy_from_host(Exec::on(p->grad.device()), p->g(), &nan, sizeof nan);
         break;
       }
 }

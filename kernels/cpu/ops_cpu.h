@@ -223,6 +223,14 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
 template <class M>
 void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
 
+// ---- the optimizer's vectors (kernels/cpu/optim_vec.cpp) ---------------------------------------
+// out[0] = sum of x[i]^2, accumulated in double in index order (one thread: the gradient norm is
+// the same bits at any thread count); out[0] = count of non-finite x[i]; x *= c; x = bf16(x).
+void sum_squares(const float* x, int64_t n, double* out);
+void count_nonfinite(const float* x, int64_t n, int64_t* out);
+void scale_inplace(float* x, float c, int64_t n);
+void round_bf16_inplace(float* x, int64_t n);
+
 // ---- expert-parallel wire (kernels/cpu/ep_wire.cpp) -------------------------------------------
 // The plan, packing and unpacking of the EP dispatcher's all-to-all rows (parallel/ep_dispatch.h).
 // P peers; peer p holds the global experts [p El, (p+1) El). Wire rows are `stride` bytes apart
