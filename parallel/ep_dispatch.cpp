@@ -20,8 +20,18 @@
 //
 // The registry (live_) holds a shared_ptr to each plan with an exchange started and not waited
 // for: progress() advances them, a wait removes its own, and a plan whose DispatchState was
-// destroyed or reused before its wait stays alive (buffers included) until its exchange is
-// complete (a reuse waits for it first; the destructor completes the rest).
+// destroyed or reused before its wait stays alive (its wire included) until its exchange is
+// complete (a reuse waits for it first; progress() retires a dropped one it sees complete; the
+// destructor completes the rest).
+//
+// The wire pool (pool_): an exchange holds a pair from its start's packing (idle() lends it) to
+// its wait's decode (return_wire after the last read of the received rows), so the pairs in use
+// are the exchanges in flight. A pair moves into the plan (EpPlan::wire, declared before the
+// requests that read and write it, so an exchange still in flight when its plan dies is waited
+// for before its wire is freed) and only the dispatcher moves it back: a plan never reaches for
+// its dispatcher, which may be gone (its destructor takes back the wires of what it completed).
+// idle() lends the largest free pair: the sizes then settle on the pool's pairs growing to the
+// widest phase, and a warm steady state allocates nothing.
 #include "parallel/ep_dispatch.h"
 
 #include <algorithm>
@@ -35,17 +45,25 @@
 
 namespace moetron {
 
+// A send and a receive wire: the rows as they travel (grow-only, reused by every phase).
+struct EpWire {
+  explicit EpWire(Device d) : send(d), recv(d) {}
+  Buffer<uint8_t> send, recv;
+  int64_t bytes() const { return static_cast<int64_t>(send.capacity() + recv.capacity()); }
+};
+
 // The dispatch plan of one (layer, micro-batch), kept in DispatchState::plan, and its exchange
 // in flight (one at a time: a plan's phases run one after another). Device buffers on the
 // activation device; counts on the host.
 struct EpPlan {
-  explicit EpPlan(Device d) : info(d), slot(d), send_token(d), send(d), recv(d) {}
+  explicit EpPlan(Device d) : info(d), slot(d), send_token(d), wire(d) {}
   Buffer<int64_t> info;                           // [P+1] rows per peer, max nodes per token
   Buffer<int64_t> slot;                           // [N,P] row of token n to peer p, or -1
   Buffer<int64_t> send_token;                     // [N*P] sent row -> origin token
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer (host)
   int64_t rows_sent = 0, rows_received = 0;
-  Buffer<uint8_t> send, recv;  // the wire: rows as they travel (grow-only, reused by each phase)
+  EpWire wire;  // lent by the pool while has_wire (empty otherwise)
+  bool has_wire = false;
   std::vector<size_t> send_bytes, recv_bytes;
   // the exchange in flight
   uint32_t seq = 0;  // the dispatch's sequence number, the same on every EP peer (tags)
@@ -56,7 +74,7 @@ struct EpPlan {
   bool complete = false;                     // completion observed
   int64_t posted_ns = 0;                     // steady clock, at start
   std::vector<int64_t> count_out, count_in;  // [P][2] rows, post time (dispatch only)
-  Request counts, sends, recvs;  // last: destroyed (waited for) before the buffers they use
+  Request counts, sends, recvs;  // last: destroyed (waited for) before the wire they use
 };
 
 namespace {
@@ -119,7 +137,8 @@ EpDispatcher<T>::~EpDispatcher() {
       advance(*pl, /*block=*/true);
     } catch (...) {  // a failed peer: nothing more to do while destroying
     }
-    pl->active = false;  // its state may outlive this dispatcher
+    pl->active = false;                  // its state may outlive this dispatcher
+    if (pl->complete) return_wire(*pl);  // else its wire stays with the requests that use it
   }
 }
 
@@ -138,8 +157,14 @@ int64_t act_bytes(kernels::RowEncoding e, int64_t D) {
 }  // namespace
 
 template <class T>
-int64_t EpDispatcher<T>::state_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
-                                     double dest) {
+int64_t EpDispatcher<T>::state_bytes(WirePrecision, int64_t N, int64_t, int64_t, int64_t P,
+                                     double) {
+  return 8 * (2 * N * P + P + 1);  // slot, send_token, info
+}
+
+template <class T>
+int64_t EpDispatcher<T>::exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K,
+                                        int64_t, double dest) {
   const int64_t t = static_cast<int64_t>(sizeof(T));
   // row bytes of each phase, as the *_start functions below pack them
   const int64_t width =
@@ -147,15 +172,54 @@ int64_t EpDispatcher<T>::state_bytes(WirePrecision wire, int64_t N, int64_t D, i
                 act_bytes<T>(encoding(wire, EpPhase::Combine), D),
                 act_bytes<T>(encoding(wire, EpPhase::CombineBackward), D),
                 act_bytes<T>(encoding(wire, EpPhase::DispatchBackward), D) + K * t});
-  const double plan = 8.0 * (2 * N * P + P + 1);  // slot, send_token, info
-  return static_cast<int64_t>(plan + 2 * static_cast<double>(N) * dest * width);
+  return static_cast<int64_t>(2 * static_cast<double>(N) * dest * static_cast<double>(width));
 }
 
 template <class T>
 EpPlan& EpDispatcher<T>::idle(DispatchState<T>& st) {
   EpPlan& pl = plan_of(st, ex_.device);
   if (pl.active) finish(pl);  // reused before its wait: its buffers are about to change
+  return_wire(pl);            // one its wait never decoded (reused, or a decode that threw)
+  lend_wire(pl);
   return pl;
+}
+
+template <class T>
+void EpDispatcher<T>::lend_wire(EpPlan& pl) {
+  const auto it = std::max_element(pool_.begin(), pool_.end(), [](const auto& a, const auto& b) {
+    return a.bytes() < b.bytes();
+  });
+  if (it == pool_.end()) {
+    pl.wire = EpWire(ex_.device);
+  } else {
+    pl.wire = std::move(*it);
+    pool_.erase(it);
+  }
+  pl.has_wire = true;
+}
+
+template <class T>
+void EpDispatcher<T>::return_wire(EpPlan& pl) {
+  if (!pl.has_wire) return;
+  pool_.push_back(std::move(pl.wire));
+  pl.wire = EpWire(ex_.device);
+  pl.has_wire = false;
+}
+
+template <class T>
+size_t EpDispatcher<T>::wire_pairs() const {
+  size_t n = pool_.size();
+  for (const auto& pl : live_) n += pl->has_wire;
+  return n;
+}
+
+template <class T>
+int64_t EpDispatcher<T>::wire_bytes() const {
+  int64_t b = 0;
+  for (const EpWire& w : pool_) b += w.bytes();
+  for (const auto& pl : live_)
+    if (pl->has_wire) b += pl->wire.bytes();
+  return b;
 }
 
 template <class T>
@@ -213,7 +277,7 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, int64_t row_bytes, Ep
     size_t off = 0;
     for (int p = 0; p < P; ++p) {
       if (pl.send_bytes[p] > 0)
-        ops.push_back(P2pOp::send(pl.send.data() + off, pl.send_bytes[p], p,
+        ops.push_back(P2pOp::send(pl.wire.send.data() + off, pl.send_bytes[p], p,
                                   tag_of(pl.seq, row_slot(phase))));
       off += pl.send_bytes[p];
     }
@@ -242,10 +306,10 @@ void EpDispatcher<T>::post_receives(EpPlan& pl) {
   size_t total = 0;
   for (int p = 0; p < P; ++p)
     pl.recv_bytes[p] = static_cast<size_t>(rc[p] * pl.row_bytes), total += pl.recv_bytes[p];
-  uint8_t* recv = sized(pl.recv, static_cast<int64_t>(total));
+  uint8_t* recv = sized(pl.wire.recv, static_cast<int64_t>(total));
   pl.receiving = true;
   if (!p2p_) {
-    pl.recvs = net_.iall_to_all_v(pl.send.data(), pl.send_bytes, recv, pl.recv_bytes);
+    pl.recvs = net_.iall_to_all_v(pl.wire.send.data(), pl.send_bytes, recv, pl.recv_bytes);
     return;
   }
   std::vector<P2pOp> ops;
@@ -300,6 +364,14 @@ void EpDispatcher<T>::finish(EpPlan& pl) {
 template <class T>
 void EpDispatcher<T>::progress() {
   for (auto& pl : live_) advance(*pl, /*block=*/false);
+  // a plan only the registry holds (its state was dropped before its wait) is done with once
+  // its exchange is complete: no wait will decode it, so its wire goes back to the pool now
+  std::erase_if(live_, [&](const std::shared_ptr<EpPlan>& pl) {
+    if (pl.use_count() > 1 || !pl->complete) return false;
+    pl->active = false;
+    return_wire(*pl);
+    return true;
+  });
 }
 
 template <class T>
@@ -312,7 +384,7 @@ template <class T>
 const uint8_t* EpDispatcher<T>::exchange_wait(DispatchState<T>& st) {
   EpPlan& pl = plan_of(st, ex_.device);
   if (pl.active) finish(pl);
-  return pl.recv.data();
+  return pl.wire.recv.data();
 }
 
 template <class T>
@@ -345,7 +417,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   // payload: each sent row's activations, then its routes on that peer
   const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
-  uint8_t* send = sized(pl.send, pl.rows_sent * W);
+  uint8_t* send = sized(pl.wire.send, pl.rows_sent * W);
   if (pl.rows_sent > 0) {
     kernels::ep_encode_rows<T>(ex_, e, x, send_token, pl.rows_sent, D, send, W);
     kernels::ep_pack_routes<T>(ex_, idx, w, slot, N, K, P, El, send + A, W);
@@ -356,7 +428,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
 template <class T>
 void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
   const uint8_t* in = exchange_wait(st);
-  const EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = plan_of(st, ex_.device);
   const int64_t D = st.D, K = st.K, R = pl.rows_received;
   const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
@@ -364,9 +436,11 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
   T* rx = sized(st.rx, R * D);
   int32_t* ridx = sized(st.ridx, R * K);
   T* rw = sized(st.rw, R * K);
-  if (R == 0) return;
-  kernels::ep_decode_rows<T>(ex_, e, in, W, R, D, rx);
-  kernels::ep_unpack_routes<T>(ex_, in + A, W, R, K, ridx, rw);
+  if (R > 0) {
+    kernels::ep_decode_rows<T>(ex_, e, in, W, R, D, rx);
+    kernels::ep_unpack_routes<T>(ex_, in + A, W, R, K, ridx, rw);
+  }
+  return_wire(pl);
 }
 
 template <class T>
@@ -374,7 +448,7 @@ void EpDispatcher<T>::combine_start(DispatchState<T>& st) {
   EpPlan& pl = idle(st);
   const kernels::RowEncoding e = encoding(EpPhase::Combine);
   const int64_t A = act_bytes<T>(e, st.D);
-  uint8_t* send = sized(pl.send, st.R * A);
+  uint8_t* send = sized(pl.wire.send, st.R * A);
   if (st.R > 0) kernels::ep_encode_rows<T>(ex_, e, st.ry.data(), nullptr, st.R, st.D, send, A);
   begin(st, EpPhase::Combine);
   exchange_start(st, A, EpPhase::Combine);
@@ -383,11 +457,12 @@ void EpDispatcher<T>::combine_start(DispatchState<T>& st) {
 template <class T>
 void EpDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
   const uint8_t* in = exchange_wait(st);
-  const EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = plan_of(st, ex_.device);
   const kernels::RowEncoding e = encoding(EpPhase::Combine);
   if (pl.rows_sent > 0)
     kernels::ep_decode_add_rows<T>(ex_, e, in, act_bytes<T>(e, st.D), pl.slot.data(), st.N,
                                    ep_.size(), st.D, y);
+  return_wire(pl);
 }
 
 template <class T>
@@ -395,7 +470,7 @@ void EpDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) 
   EpPlan& pl = idle(st);
   const kernels::RowEncoding e = encoding(EpPhase::CombineBackward);
   const int64_t A = act_bytes<T>(e, st.D);
-  uint8_t* send = sized(pl.send, pl.rows_sent * A);
+  uint8_t* send = sized(pl.wire.send, pl.rows_sent * A);
   if (pl.rows_sent > 0)
     kernels::ep_encode_rows<T>(ex_, e, dy, pl.send_token.data(), pl.rows_sent, st.D, send, A);
   begin(st, EpPhase::CombineBackward);
@@ -408,6 +483,7 @@ void EpDispatcher<T>::combine_backward_wait(DispatchState<T>& st) {
   const kernels::RowEncoding e = encoding(EpPhase::CombineBackward);
   T* rdy = sized(st.rdy, st.R * st.D);
   if (st.R > 0) kernels::ep_decode_rows<T>(ex_, e, in, act_bytes<T>(e, st.D), st.R, st.D, rdy);
+  return_wire(plan_of(st, ex_.device));
 }
 
 template <class T>
@@ -416,7 +492,7 @@ void EpDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
   const int64_t D = st.D, K = st.K;
   const kernels::RowEncoding e = encoding(EpPhase::DispatchBackward);
   const int64_t A = act_bytes<T>(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
-  uint8_t* send = sized(pl.send, st.R * W);
+  uint8_t* send = sized(pl.wire.send, st.R * W);
   if (st.R > 0) {
     kernels::ep_encode_rows<T>(ex_, e, st.rdx.data(), nullptr, st.R, D, send, W);
     kernels::ep_encode_rows<T>(ex_, kernels::RowEncoding::Native, st.rdw.data(), nullptr, st.R, K,
@@ -429,16 +505,18 @@ void EpDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
 template <class T>
 void EpDispatcher<T>::dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) {
   const uint8_t* in = exchange_wait(st);
-  const EpPlan& pl = plan_of(st, ex_.device);
+  EpPlan& pl = plan_of(st, ex_.device);
   const int64_t D = st.D, K = st.K, P = ep_.size();
   const kernels::RowEncoding e = encoding(EpPhase::DispatchBackward);
   const int64_t A = act_bytes<T>(e, D), W = A + K * static_cast<int64_t>(sizeof(T));
   kernels::fill_zero(ex_, dw, sizeof(T) * st.N * K);
-  if (pl.rows_sent == 0) return;
-  kernels::ep_decode_add_rows<T>(ex_, e, in, W, pl.slot.data(), st.N, P, D, dx);
-  // each (token, slot) is served by exactly one rank: the others sent 0 for it
-  kernels::ep_decode_add_rows<T>(ex_, kernels::RowEncoding::Native, in + A, W, pl.slot.data(), st.N,
-                                 P, K, dw);
+  if (pl.rows_sent > 0) {
+    kernels::ep_decode_add_rows<T>(ex_, e, in, W, pl.slot.data(), st.N, P, D, dx);
+    // each (token, slot) is served by exactly one rank: the others sent 0 for it
+    kernels::ep_decode_add_rows<T>(ex_, kernels::RowEncoding::Native, in + A, W, pl.slot.data(),
+                                   st.N, P, K, dw);
+  }
+  return_wire(pl);
 }
 
 template class EpDispatcher<float>;

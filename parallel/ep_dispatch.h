@@ -40,6 +40,14 @@
 // plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
 // the host (the messages' sizes). The wire buffers are on the activation device.
 //
+// Wire pool: a micro-batch's plan lives from its forward dispatch to its backward (in its
+// DispatchState), but it needs the wires (a send and a receive buffer, the rows as they travel)
+// only while one of its exchanges is in flight, and a rank has few of those at once (one per
+// program the executor runs: two in an overlapped forward+backward pair). So the dispatcher owns
+// the wires: an exchange takes a pair from the pool when its start packs and gives it back once
+// its wait has decoded the received rows; the plan keeps only its routing. The pool holds as many
+// pairs as exchanges were ever in flight at once, each grown to what it carried.
+//
 // Timing, on std::chrono::steady_clock: seconds blocked in waits (counts and rows), seconds each
 // exchange was in flight (completion, as first seen by progress() or a wait, minus post), the
 // number of completed exchanges, and the dispatches' skew to the latest same-node peer (from the
@@ -60,6 +68,7 @@
 namespace moetron {
 
 struct EpPlan;  // one (layer, micro-batch)'s plan and exchange in flight (ep_dispatch.cpp)
+struct EpWire;  // a send and a receive wire, lent by the dispatcher's pool to one exchange
 
 // How the token rows travel: the encoding of the dispatched rows (the forward dispatch and the
 // combine's backward, which sends dy) — the kernels' RowEncoding, one enum for both. The combines
@@ -80,7 +89,9 @@ class EpDispatcher final : public TokenDispatcher<T> {
   EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
                WirePrecision wire = WirePrecision::Native);
   // Completes (waits for) every exchange still in flight, e.g. of a DispatchState dropped before
-  // its wait: every peer must be destroying its dispatcher too, or have completed its side.
+  // its wait: every peer must be destroying its dispatcher too, or have completed its side. The
+  // wires die with the dispatcher: a plan that outlives it holds none, unless its exchange
+  // failed to complete (a failed peer), whose wire stays with the requests that use it.
   ~EpDispatcher() override;
   EpDispatcher(const EpDispatcher&) = delete;
   EpDispatcher& operator=(const EpDispatcher&) = delete;
@@ -105,8 +116,12 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // Whether st's exchange has been seen complete (by progress() or a wait), or none was started:
   // its wait then returns without blocking. Does not itself make progress.
   bool done(const DispatchState<T>& st) const;
-  // Exchanges started and not yet waited for.
+  // Exchanges started and not yet waited for (less those of dropped states seen complete).
   size_t in_flight() const { return live_.size(); }
+  // The wire pairs that exist — free in the pool or lent to an exchange in flight — and their
+  // bytes (capacities): the wire memory of this dispatcher.
+  size_t wire_pairs() const;
+  int64_t wire_bytes() const;
   // Dispatches get consecutive sequence numbers; tag = (seq % kTagWindow) * 5 + slot (0 counts,
   // 1 + phase rows) stays within 32767, the least MPI_TAG_UB the standard allows.
   static constexpr uint32_t kTagWindow = 6553;
@@ -116,13 +131,18 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // Rows this process sent in st's dispatch (each token once per destination process).
   static int64_t rows_sent(const DispatchState<T>& st);
   WirePrecision wire() const { return wire_; }
-  // Planning (trainer/plan.h): the bytes one MoE layer's dispatch keeps per micro-batch (its plan
-  // lives in the micro-batch's DispatchState) for N tokens of width D and top-K routing over P
-  // ranks, each token sent to `dest` ranks on average: the plan (slot and send_token, [N, P] int64
-  // each, and the counts) and the send and receive wires, each grown to the widest of the four
-  // phases' rows (N x dest rows either way: a rank receives as many rows as it sends on average).
+  // Planning (trainer/plan.h), for N tokens of width D and top-K routing over P ranks, each token
+  // sent to `dest` ranks on average. state_bytes: what one MoE layer's dispatch keeps per
+  // micro-batch (its plan lives in the micro-batch's DispatchState): the routing only (slot and
+  // send_token, [N, P] int64 each, and the counts); wire, D, K and dest do not change it (the
+  // wires are pooled) and stay in the signature so both statics take the same arguments.
+  // exchange_bytes: the pooled wires of one exchange in flight, a send and a receive wire each
+  // grown to the widest of the four phases' rows (N x dest rows either way: a rank receives as
+  // many rows as it sends on average).
   static int64_t state_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
                              double dest);
+  static int64_t exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
+                                double dest);
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
     const int64_t m = max_nodes_;
@@ -153,7 +173,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // send_counts) -> received (recv_counts), or the reverse; wait returns the received rows
   void exchange_start(DispatchState<T>& st, int64_t row_bytes, EpPhase phase);
   const uint8_t* exchange_wait(DispatchState<T>& st);
-  // st's plan, its previous exchange completed; mark a new exchange started and register it
+  // st's plan, its previous exchange completed and its wire back in the pool, holding a wire
+  // from the pool for its next exchange; mark a new exchange started and register it
   EpPlan& idle(DispatchState<T>& st);
   void begin(DispatchState<T>& st, EpPhase phase);
   // the count exchange of a dispatch (after its plan is built)
@@ -163,6 +184,10 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void post_receives(EpPlan& pl);
   bool advance(EpPlan& pl, bool block);
   void finish(EpPlan& pl);
+  // the pool: lend pl the largest free pair (a new, empty one when none is free); take its pair
+  // back (its exchange complete, the received rows decoded or dropped)
+  void lend_wire(EpPlan& pl);
+  void return_wire(EpPlan& pl);
   static double take(double& v) {
     const double s = v;
     v = 0;
@@ -178,6 +203,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
   WirePrecision wire_;
   uint32_t next_seq_ = 0;                      // the next dispatch's sequence number
   std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited
+  std::vector<EpWire> pool_;                   // the free wire pairs
   int64_t max_nodes_ = 0;
   std::array<int64_t, 4> bytes_sent_{};
   double comm_seconds_ = 0, inflight_seconds_ = 0, skew_seconds_ = 0;

@@ -8,7 +8,9 @@
 // before any peer has started its own; several exchanges of one dispatcher in flight at once,
 // started and waited in interleaved orders (as an overlapped forward/backward pair does), give
 // the bits of one-at-a-time; progress() alone completes them; the in-order (collective) path that
-// NCCL-like communicators take gives the same bits too.
+// NCCL-like communicators take gives the same bits too. The wires are pooled: many micro-batches
+// between their forward and backward keep only their routing, the dispatcher one pair of wires
+// per exchange in flight, and a warm steady state with two in flight allocates nothing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/device.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
@@ -498,6 +501,112 @@ TEST(ep_dispatch, ReusedAndDroppedStatesAreSafe) {
   EXPECT_EQ(d->in_flight(), 2u);  // st's second dispatch and the dropped one
   d->dispatch_wait(st);
   expect_native_rows(st, all, me, 4);
-  d->progress();
+  // progress() retires the dropped state's exchange once complete: its wire back in the pool
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (d->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) d->progress();
+  EXPECT_EQ(d->in_flight(), 0u);
+  EXPECT_EQ(d->wire_pairs(), 2u);  // the most exchanges that were in flight at once
   d.reset();
+}
+
+namespace {
+
+// The bytes a state's own buffers hold (capacities): what the model side keeps per micro-batch.
+int64_t state_buffer_bytes(const DispatchState<float>& st) {
+  return static_cast<int64_t>(4 * (st.rx.capacity() + st.ridx.capacity() + st.rw.capacity() +
+                                   st.ry.capacity() + st.rdy.capacity() + st.rdx.capacity() +
+                                   st.rdw.capacity()));
+}
+int64_t live_bytes() { return allocator(Device::CPU).stats().live_bytes; }
+
+void forward(EpDispatcher<float>& d, MicroBatch& m, int me, int64_t E) {
+  start_dispatch(d, m, E);
+  d.dispatch_wait(m.st);
+  experts_forward(m, me);
+  d.combine_start(m.st);
+  d.combine_wait(m.st, m.y.data());
+}
+void backward(EpDispatcher<float>& d, MicroBatch& m, int me) {
+  d.combine_backward_start(m.st, m.t.dy.data());
+  d.combine_backward_wait(m.st);
+  experts_backward(m, me);
+  d.dispatch_backward_start(m.st);
+  d.dispatch_backward_wait(m.st, m.dx.data(), m.dw.data());
+}
+
+}  // namespace
+
+// Eight micro-batches between their forward and their backward, as a pipeline's warm-up keeps
+// them, one exchange at a time: each adds its state's buffers and its plan's routing to the
+// process's memory, not a pair of wires — the dispatcher has one pair, at most as large as one
+// exchange can need (every token to every rank, rows of the widest phase).
+TEST(ep_dispatch, MicroBatchesInFlightKeepNoWires) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  constexpr int M = 8;
+  EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
+  const int64_t bound = EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, P,
+                                                            static_cast<double>(P));
+  const int64_t routing =
+      EpDispatcher<float>::state_bytes(WirePrecision::Native, N, D, K, P, static_cast<double>(P));
+  std::vector<MicroBatch> mb;
+  for (int m = 0; m < M; ++m) mb.push_back(micro_batch(me, m, E));
+  forward(d, mb[0], me, E);
+  const int64_t live0 = live_bytes(), wire0 = d.wire_bytes();
+  int64_t kept = 0;  // what micro-batches 1.. keep of their own
+  for (int m = 1; m < M; ++m) {
+    forward(d, mb[m], me, E);
+    kept += state_buffer_bytes(mb[m].st) + routing;
+    EXPECT_EQ(d.wire_pairs(), 1u);
+    EXPECT_LE(d.wire_bytes(), bound);
+  }
+  // exactly that, and what the one pair grew for a later micro-batch's rows (a regrown buffer
+  // frees its old memory): per-plan wires would add a pair per micro-batch
+  EXPECT_EQ(live_bytes() - live0, kept + d.wire_bytes() - wire0);
+  for (int m = M - 1; m >= 0; --m) backward(d, mb[m], me);
+  EXPECT_EQ(d.wire_pairs(), 1u);
+  EXPECT_EQ(d.in_flight(), 0u);
+}
+
+// DualPipe's steady state on one rank: A's forward; then B's forward against A's backward, their
+// exchanges interleaved as the executor's overlapped pair posts them (backward first), two in
+// flight; then B's backward. The pool settles on two pairs: from the third step on nothing is
+// allocated, and the results are those of one exchange at a time.
+TEST(ep_dispatch, OverlappedPairsReuseTwoPairsOfWires) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  for (WirePrecision prec : {WirePrecision::Native, WirePrecision::FP8}) {
+    const std::vector<MicroBatch> ref = one_at_a_time(ep, prec, 2);
+    EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), prec);
+    std::vector<MicroBatch> mb;
+    for (int m = 0; m < 2; ++m) mb.push_back(micro_batch(me, m, E));
+    MicroBatch &A = mb[0], &B = mb[1];
+    int64_t allocs = 0;
+    for (int step = 1; step <= 5; ++step) {
+      if (step == 3) allocs = allocator(Device::CPU).stats().allocations;
+      for (MicroBatch* m : {&A, &B})
+        m->y.assign(N * D, 0.f), m->dx.assign(N * D, 0.f), m->dw.assign(N * K, -7.f);
+      forward(d, A, me, E);
+      d.combine_backward_start(A.st, A.t.dy.data());  // B piece
+      start_dispatch(d, B, E);                        // F piece
+      EXPECT_EQ(d.in_flight(), 2u);
+      d.progress();
+      d.combine_backward_wait(A.st);
+      experts_backward(A, me);
+      d.dispatch_backward_start(A.st);
+      d.dispatch_wait(B.st);
+      experts_forward(B, me);
+      d.combine_start(B.st);
+      EXPECT_EQ(d.in_flight(), 2u);
+      d.dispatch_backward_wait(A.st, A.dx.data(), A.dw.data());
+      d.combine_wait(B.st, B.y.data());
+      backward(d, B, me);
+      EXPECT_EQ(d.wire_pairs(), 2u);
+    }
+    EXPECT_EQ(allocator(Device::CPU).stats().allocations, allocs)
+        << "wire " << static_cast<int>(prec);
+    expect_same(mb, ref);
+  }
 }

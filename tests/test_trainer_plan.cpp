@@ -117,13 +117,49 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   const RankPlan& r = p.ranks[0];
   const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
   const int64_t state = EpDispatcher<float>::state_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
-  // the received rows rx, ry: once for the stage, whatever its number of MoE layers
-  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + 2 * N * 4 * D * 4);
+  EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 1));  // the routing only: [N, EP] slots and send order
+  // the pooled wires of one exchange: send and receive, 4 rows a token, each as wide as the
+  // widest phase (the dispatch backward: bf16 d x and K fp32 weight gradients)
+  const int64_t wire =
+      EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
+  EXPECT_EQ(wire, 2 * N * 4 * (2 * D + 4 * 4));
+  // the received rows rx, ry: once for the stage, whatever its number of MoE layers; 1f1b runs
+  // one program at a time: one exchange in flight, one pair of wires
+  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + 2 * N * 4 * D * 4 + wire);
   const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128, 4, 4.0);
   EXPECT_EQ(r.slot_bytes, slot.forward);  // received rows counted 4 per token
   const ScratchBytes sc = moe_scratch_bytes(c.model, c.policy(), N, 4, 4.0);
   EXPECT_EQ(r.bytes.moe_scratch, sc.phases);
   EXPECT_EQ(sc.received, 2 * N * 4 * D * 4);
+}
+
+// DualPipe's overlapped pairs run a forward and a backward program piece by piece: a rank whose
+// two chunks both have MoE layers has two exchanges in flight, so two pairs of wires; with the
+// pairs run one program after the other (parallel.overlap none), one.
+TEST(Plan, PooledWiresCountTheExchangesInFlight) {
+  const std::vector<std::string> layout = {"parallel.pp=2", "parallel.dp=4", "parallel.ep=2",
+                                           "parallel.schedule=dualpipe"};
+  std::vector<std::string> serial = layout;
+  serial.push_back("parallel.overlap=none");
+  const Config c = small(layout);
+  const Plan pairs = make_plan(c), one = make_plan(small(serial));
+  const int64_t N = 2 * 128, D = 64;
+  const int64_t wire =
+      EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, 4, 2, pairs.ep_rows);
+  int both = 0;
+  for (int r = 0; r < 2; ++r) {
+    int moe_chunks = 0;
+    for (int stage : pairs.ranks[r].stages) {
+      const Model<float> m(c.model, c.policy(), nullptr, StageSpec{stage, pairs.stages},
+                           Exec::on(Device::Meta));
+      moe_chunks += !m.moe_layers().empty();
+    }
+    both += moe_chunks == 2;
+    EXPECT_EQ(pairs.ranks[r].bytes.ep_buffers - one.ranks[r].bytes.ep_buffers,
+              moe_chunks == 2 ? wire : 0)
+        << "rank " << r;
+  }
+  EXPECT_GT(both, 0);  // the layout has a rank with two MoE chunks
 }
 
 TEST(Plan, DualPipeHoldsBothEndsOnTheFirstRank) {

@@ -226,6 +226,50 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
   }
 }
 
+// The EP exchanges rank r has in flight at once, at most: one per running program whose chunk
+// has MoE layers. A program (a chunk's forward or backward) has at most one: every MoE phase
+// posts its exchange, yields, and waits for it before the next phase posts (MoE::forward_program,
+// backward_program; blocks and chunks step their layers' programs one after another). The
+// executor runs one compute op at a time, each to its end (PipelineExecutor::compute): a
+// Forward, Backward or BackwardInput runs one program, a ForwardBackward two, piece by piece
+// under parallel.overlap interleave (run_pair; with none, one after the other: one at a time).
+// One dispatcher serves every chunk of a rank (build_model), so its pool holds that many pairs.
+int64_t peak_exchanges(const Config& cfg, const pipeline::Schedule& s, int r,
+                       const std::vector<StageCensus>& st) {
+  auto moe = [&](int stage) -> int64_t { return st[stage].moe_layers > 0 ? 1 : 0; };
+  const bool interleave = cfg.parallel.overlap == PairOverlap::Interleave;
+  int64_t peak = 0;
+  for (const pipeline::Op& op : s.per_rank[r]) {
+    switch (op.kind) {
+      case pipeline::OpKind::Forward:
+      case pipeline::OpKind::Backward:
+      case pipeline::OpKind::BackwardInput:
+        peak = std::max(peak, moe(op.stage));
+        break;
+      case pipeline::OpKind::ForwardBackward:
+        peak = std::max(peak, interleave ? moe(op.stage) + moe(op.stage2)
+                                         : std::max(moe(op.stage), moe(op.stage2)));
+        break;
+      default:  // BackwardWeight and the messages post no EP exchange
+        break;
+    }
+  }
+  return peak;
+}
+
+// The EP wires of rank r: the dispatcher pools them (parallel/ep_dispatch.h), one send and one
+// receive wire per exchange in flight, each grown to the widest phase's rows (the same for every
+// MoE stage: N tokens of width D).
+int64_t ep_wire_bytes(const Config& cfg, const Plan& p, const pipeline::Schedule& s, int r,
+                      const std::vector<StageCensus>& st) {
+  if (p.ep == 1) return 0;
+  const int64_t N = p.micro_batch * p.seq_len;
+  return peak_exchanges(cfg, s, r, st) *
+         EpDispatcher<float>::exchange_bytes(dispatch_wire(cfg.precision.recipe), N,
+                                             cfg.model.hidden_size, cfg.model.num_experts_per_tok,
+                                             p.ep, p.ep_rows);
+}
+
 RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s, int r,
                    const std::vector<StageCensus>& st) {
   RankPlan rp;
@@ -240,6 +284,7 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.bytes.activations = in.activations + rp.grad_sets * rp.grad_set_bytes;
   rp.bytes.ep_buffers = in.ep;
   for (int stage : rp.stages) rp.bytes.ep_buffers += st[stage].ep_layer;
+  rp.bytes.ep_buffers += ep_wire_bytes(cfg, p, s, r, st);
   for (int stage : rp.stages) rp.bytes.moe_scratch += st[stage].scratch;
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
