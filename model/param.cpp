@@ -38,7 +38,7 @@ void fill_values(Param<T>& p, F&& value_at) {
   }
   std::vector<T> host(static_cast<size_t>(p.numel()));
   for (T& x : host) x = value_at();
-  kernels::copy_from_host(Exec::on(p.value.device()), p.w(), host.data(), sizeof(T) * host.size());
+  values_from_host(p, host.data());
 }
 }  // namespace
 

@@ -109,6 +109,7 @@ template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed);
 template <class T>
 void init_constant(Param<T>& p, double value);
+// (Both do nothing for a parameter on the Meta device.)
 
 // Between a parameter's device and the host (checkpoints, parameter files, test hooks): elements
 // [offset, offset + n) of its values (or gradients) into host memory, and its values from host
@@ -117,6 +118,5 @@ template <class T>
 void values_to_host(const Param<T>& p, int64_t offset, int64_t n, T* host, bool grad = false);
 template <class T>
 void values_from_host(Param<T>& p, const T* host);
-// (Both do nothing for a parameter on the Meta device.)
 
 }  // namespace moetron

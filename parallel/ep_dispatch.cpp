@@ -157,14 +157,13 @@ int64_t act_bytes(kernels::RowEncoding e, int64_t D) {
 }  // namespace
 
 template <class T>
-int64_t EpDispatcher<T>::state_bytes(WirePrecision, int64_t N, int64_t, int64_t, int64_t P,
-                                     double) {
+int64_t EpDispatcher<T>::state_bytes(int64_t N, int64_t P) {
   return 8 * (2 * N * P + P + 1);  // slot, send_token, info
 }
 
 template <class T>
 int64_t EpDispatcher<T>::exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K,
-                                        int64_t, double dest) {
+                                        double dest) {
   const int64_t t = static_cast<int64_t>(sizeof(T));
   // row bytes of each phase, as the *_start functions below pack them
   const int64_t width =

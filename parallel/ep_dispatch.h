@@ -131,18 +131,15 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // Rows this process sent in st's dispatch (each token once per destination process).
   static int64_t rows_sent(const DispatchState<T>& st);
   WirePrecision wire() const { return wire_; }
-  // Planning (trainer/plan.h), for N tokens of width D and top-K routing over P ranks, each token
-  // sent to `dest` ranks on average. state_bytes: what one MoE layer's dispatch keeps per
-  // micro-batch (its plan lives in the micro-batch's DispatchState): the routing only (slot and
-  // send_token, [N, P] int64 each, and the counts); wire, D, K and dest do not change it (the
-  // wires are pooled) and stay in the signature so both statics take the same arguments.
-  // exchange_bytes: the pooled wires of one exchange in flight, a send and a receive wire each
-  // grown to the widest of the four phases' rows (N x dest rows either way: a rank receives as
-  // many rows as it sends on average).
-  static int64_t state_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
-                             double dest);
-  static int64_t exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, int64_t P,
-                                double dest);
+  // Planning (trainer/plan.h), for N tokens over P ranks. state_bytes: what one MoE layer's
+  // dispatch keeps per micro-batch (its plan lives in the micro-batch's DispatchState): the
+  // routing only (slot and send_token, [N, P] int64 each, and the counts; the wires are pooled).
+  // exchange_bytes: the pooled wires of one exchange in flight for tokens of width D and top-K
+  // routing, each token sent to `dest` ranks on average: a send and a receive wire each grown to
+  // the widest of the four phases' rows (N x dest rows either way: a rank receives as many rows
+  // as it sends on average).
+  static int64_t state_bytes(int64_t N, int64_t P);
+  static int64_t exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, double dest);
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
     const int64_t m = max_nodes_;

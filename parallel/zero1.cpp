@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstring>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -62,6 +60,8 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
     }
   }
   adamw_ = AdamW(shard_, opt_, ex_);
+  seg_sq_ = Buffer<double>(ex_.device), bad_ = Buffer<int64_t>(ex_.device);
+  zeroed(ex_, seg_sq_, static_cast<int64_t>(segments_.size())), zeroed(ex_, bad_, 1);
 }
 
 namespace {
@@ -191,25 +191,22 @@ void Zero1::plan_shard() {
 double Zero1::owned_grad_sq() const {
   // per-segment partial sums on the device, then a fixed-order total: deterministic
   const size_t n = segments_.size();
-  Buffer<double> part(ex_.device);
-  zeroed(ex_, part, static_cast<int64_t>(n));
   const float* owned = owned_grads();
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < n; ++i)  // a replica's entry stays 0 (zeroed once)
     if (!segments_[i].p->replica)
       kernels::sum_squares(ex_, owned + segments_[i].shard_offset, segments_[i].len,
-                           part.data() + i);
+                           seg_sq_.data() + i);
   std::vector<double> host(n);
-  kernels::copy_to_host(ex_, host.data(), part.data(), sizeof(double) * n);
+  kernels::copy_to_host(ex_, host.data(), seg_sq_.data(), sizeof(double) * n);
   double s = 0;
   for (double v : host) s += v;
   return s;
 }
 
 bool Zero1::local_grads_finite() const {
-  Buffer<int64_t> bad(ex_.device);
-  kernels::count_nonfinite(ex_, grad_arena_.data<float>(), grad_arena_.numel(), sized(bad, 1));
+  kernels::count_nonfinite(ex_, grad_arena_.data<float>(), grad_arena_.numel(), bad_.data());
   int64_t n = 0;
-  kernels::copy_to_host(ex_, &n, bad.data(), sizeof n);
+  kernels::copy_to_host(ex_, &n, bad_.data(), sizeof n);
   return n == 0;
 }
 

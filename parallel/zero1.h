@@ -184,6 +184,9 @@ class Zero1 {
   std::vector<Buffer<uint16_t>> stage16_;
   std::vector<int> free16_;
   AdamW adamw_;  // the moments of the owned elements (shard order)
+  // the device results of owned_grad_sq (one sum per segment) and local_grads_finite (a count)
+  mutable Buffer<double> seg_sq_;
+  mutable Buffer<int64_t> bad_;
 };
 
 }  // namespace moetron

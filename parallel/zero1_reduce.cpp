@@ -16,7 +16,6 @@
 // is the shard (bf16: rounded in place).
 #include <chrono>
 
-#include "kernels/scalar.h"
 #include "parallel/zero1.h"
 
 namespace moetron {

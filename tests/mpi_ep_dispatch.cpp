@@ -546,10 +546,9 @@ TEST(ep_dispatch, MicroBatchesInFlightKeepNoWires) {
   const int64_t E = 4 * P;
   constexpr int M = 8;
   EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
-  const int64_t bound = EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, P,
-                                                            static_cast<double>(P));
-  const int64_t routing =
-      EpDispatcher<float>::state_bytes(WirePrecision::Native, N, D, K, P, static_cast<double>(P));
+  const int64_t bound =
+      EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, static_cast<double>(P));
+  const int64_t routing = EpDispatcher<float>::state_bytes(N, P);
   std::vector<MicroBatch> mb;
   for (int m = 0; m < M; ++m) mb.push_back(micro_batch(me, m, E));
   forward(d, mb[0], me, E);

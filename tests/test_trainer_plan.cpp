@@ -116,12 +116,11 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   EXPECT_EQ(p.ep_rows, 4);  // min(K = 4, EP = 4) ranks per token at most
   const RankPlan& r = p.ranks[0];
   const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
-  const int64_t state = EpDispatcher<float>::state_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
+  const int64_t state = EpDispatcher<float>::state_bytes(N, 4);
   EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 1));  // the routing only: [N, EP] slots and send order
   // the pooled wires of one exchange: send and receive, 4 rows a token, each as wide as the
   // widest phase (the dispatch backward: bf16 d x and K fp32 weight gradients)
-  const int64_t wire =
-      EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, 4, p.ep_rows);
+  const int64_t wire = EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, p.ep_rows);
   EXPECT_EQ(wire, 2 * N * 4 * (2 * D + 4 * 4));
   // the received rows rx, ry: once for the stage, whatever its number of MoE layers; 1f1b runs
   // one program at a time: one exchange in flight, one pair of wires
@@ -145,7 +144,7 @@ TEST(Plan, PooledWiresCountTheExchangesInFlight) {
   const Plan pairs = make_plan(c), one = make_plan(small(serial));
   const int64_t N = 2 * 128, D = 64;
   const int64_t wire =
-      EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, 4, 2, pairs.ep_rows);
+      EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, 4, pairs.ep_rows);
   int both = 0;
   for (int r = 0; r < 2; ++r) {
     int moe_chunks = 0;

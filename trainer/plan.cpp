@@ -98,17 +98,14 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   }
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
-  const int64_t N = p.micro_batch * p.seq_len, D = mc.hidden_size;
+  const int64_t N = p.micro_batch * p.seq_len;
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
     s.scratch = sc.phases;
     if (p.ep > 1) s.ep_layer = sc.received;
   }
-  if (p.ep > 1)
-    s.ep_slot =
-        s.moe_layers * EpDispatcher<float>::state_bytes(dispatch_wire(cfg.precision.recipe), N, D,
-                                                        mc.num_experts_per_tok, p.ep, p.ep_rows);
+  if (p.ep > 1) s.ep_slot = s.moe_layers * EpDispatcher<float>::state_bytes(N, p.ep);
   return s;
 }
 
@@ -267,7 +264,7 @@ int64_t ep_wire_bytes(const Config& cfg, const Plan& p, const pipeline::Schedule
   return peak_exchanges(cfg, s, r, st) *
          EpDispatcher<float>::exchange_bytes(dispatch_wire(cfg.precision.recipe), N,
                                              cfg.model.hidden_size, cfg.model.num_experts_per_tok,
-                                             p.ep, p.ep_rows);
+                                             p.ep_rows);
 }
 
 RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s, int r,
@@ -282,10 +279,11 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   for (int stage : rp.stages)
     rp.grad_set_bytes = std::max(rp.grad_set_bytes, st[stage].slot.backward);
   rp.bytes.activations = in.activations + rp.grad_sets * rp.grad_set_bytes;
-  rp.bytes.ep_buffers = in.ep;
-  for (int stage : rp.stages) rp.bytes.ep_buffers += st[stage].ep_layer;
-  rp.bytes.ep_buffers += ep_wire_bytes(cfg, p, s, r, st);
-  for (int stage : rp.stages) rp.bytes.moe_scratch += st[stage].scratch;
+  rp.bytes.ep_buffers = in.ep + ep_wire_bytes(cfg, p, s, r, st);
+  for (int stage : rp.stages) {
+    rp.bytes.ep_buffers += st[stage].ep_layer;
+    rp.bytes.moe_scratch += st[stage].scratch;
+  }
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
     const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;
