@@ -84,6 +84,11 @@ class GuardAllocator final : public Allocator {
     if (--users_ == 0 && used_ > 0) protect(0, used_, PROT_NONE);
   }
   bool in_use() const { return started_.load(); }
+  bool holds(const void* p) const {
+    if (!started_.load()) return false;
+    const char* b = base_;  // set once, before started_
+    return p >= b && p < b + kReserve;
+  }
 
  protected:
   void* do_allocate(size_t bytes) override {
@@ -165,6 +170,19 @@ void register_allocator(Device d, Allocator* a) {
 
 Device default_device() { return g_default.load(); }
 void set_default_device(Device d) { g_default = d; }
+
+bool is_guard_memory(const void* p) { return guard_alloc().holds(p); }
+
+void select_cuda_device(int local_rank) {
+#if MOETRON_HAVE_CUDA
+  kernels::gpu::select_device(local_rank);
+#else
+  (void)local_rank;
+  throw std::runtime_error(
+      "this build has no CUDA backend (configure where nvcc is found, or "
+      "with -DMOETRON_CUDA=ON)");
+#endif
+}
 
 GuardAccess::GuardAccess() : entered_(guard_alloc().in_use()) {
   if (entered_) guard_alloc().enter();

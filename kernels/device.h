@@ -74,5 +74,14 @@ class GuardAccess {
  private:
   bool entered_ = false;
 };
+// Whether p points into Guard memory (what the Guard device stands in for: memory the host may
+// not touch, as a GPU's). The communicators of a guard run check it (parallel/comm_checked.h).
+bool is_guard_memory(const void* p);
+
+// Makes Device::CUDA this process's accelerator number local_rank mod the node's visible count
+// (the launch convention: launch/mpirun.sh), before any CUDA memory or stream exists. Throws
+// std::runtime_error saying why when there is none: a build without the CUDA backend, or no
+// usable GPU (the driver's reason).
+void select_cuda_device(int local_rank);
 
 }  // namespace moetron

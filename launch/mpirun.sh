@@ -22,8 +22,8 @@
 # GPUs. One mpirun cannot give each rank its own CUDA_VISIBLE_DEVICES, so every rank of a node
 # sees the node's GPUs (in PCI bus order: CUDA_DEVICE_ORDER=PCI_BUS_ID) and the convention is
 # that rank picks device OMPI_COMM_WORLD_LOCAL_RANK mod the visible device count (SLURM_LOCALID
-# under srun, see launch/slurm.sbatch). Today `moetron train` runs on the CPU and the C++ does
-# not select a device yet; --gpu prepares the environment for when it does.
+# under srun, see launch/slurm.sbatch); `moetron train` with run.device cuda takes its node-local
+# MPI rank mod the visible count. --gpu prepares that environment.
 #
 # Environment. Remote ranks get PATH, LD_LIBRARY_PATH, OMP_NUM_THREADS (when set: moetron sets
 # its own thread count, so only libraries reading it at start-up see it) and MOETRON_* variables

@@ -208,7 +208,7 @@ class Communicator {
   // A short name for messages ("world", "pp", "dp", "ep", ...; "" until set): the hang watchdog
   // (parallel/watchdog.h) says which group a stalled wait is in. Set it before the first wait;
   // split() gives the new communicator this one's name.
-  void set_name(std::string name) { name_ = std::move(name); }
+  virtual void set_name(std::string name) { name_ = std::move(name); }
   const std::string& name() const { return name_; }
 
  private:
@@ -220,6 +220,9 @@ class Communicator {
 // does, and a progress thread will): if the MPI library provides less, it prints what it provided
 // and what is needed, and aborts the job.
 Communicator& world();
+// This process's rank among the world's ranks on its node (MPI_Comm_split_type, shared memory):
+// which of the node's GPUs it takes. Collective over the world on its first call.
+int node_local_rank();
 // Prints "moetron: error: rank R: message" and aborts every rank of the job (no hang).
 [[noreturn]] void abort_all(const std::string& message);
 

@@ -363,6 +363,20 @@ Communicator& world() {
   return *rt.world;
 }
 
+int node_local_rank() {
+  static const int local = [] {
+    world();  // MPI is initialised
+    MPI_Comm node;
+    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+          "comm_split_type", world().rank());
+    int r = 0;
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_free(&node);
+    return r;
+  }();
+  return local;
+}
+
 void abort_all(const std::string& message) {
   int init = 0;
   MPI_Initialized(&init);

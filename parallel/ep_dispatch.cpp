@@ -110,17 +110,23 @@ int64_t total(const std::vector<size_t>& v) {
 
 template <class T>
 EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
-                              WirePrecision wire)
+                              WirePrecision wire, Communicator* counts)
     : ex_(ex),
       ep_(ep),
       own_(ep.tags_match() ? ep.split(0, ep.rank()) : nullptr),
       net_(own_ ? *own_ : ep),
       p2p_(own_ != nullptr),
+      own_counts_(counts && counts != &ep && p2p_ ? counts->split(0, ep.rank()) : nullptr),
+      counts_net_(own_counts_               ? *own_counts_
+                  : counts && counts != &ep ? *counts
+                                            : net_),
       node_of_peer_(ex.device),
       node_host_(node_of_peer),
       wire_(wire) {
   if (wire != WirePrecision::Native && !std::is_same_v<T, float>)
     throw std::invalid_argument("EpDispatcher: BF16 and FP8 wires carry float activations");
+  if (counts && (counts->size() != ep.size() || counts->rank() != ep.rank()))
+    throw std::invalid_argument("EpDispatcher: the counts' group is not the EP group");
   if (static_cast<int>(node_of_peer.size()) != ep.size())
     throw std::invalid_argument("EpDispatcher: node_of_peer needs one node per EP rank");
   const std::vector<int32_t> nodes(node_of_peer.begin(), node_of_peer.end());
@@ -240,7 +246,7 @@ void EpDispatcher<T>::counts_start(EpPlan& pl) {
   pl.recv_counts.assign(P, 0);
   if (!p2p_) {  // in-order matching only: the blocking collective
     const auto t0 = std::chrono::steady_clock::now();
-    net_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
+    counts_net_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     trace::span_since(trace::Track::Compute, "EP wait counts", trace::ns(t0));
     pl.rows_received = 0;
@@ -257,7 +263,7 @@ void EpDispatcher<T>::counts_start(EpPlan& pl) {
     ops.push_back(P2pOp::recv(&pl.count_in[2 * p], 2 * sizeof(int64_t), p, tag));
   }
   pl.count_in[2 * me] = pl.count_out[2 * me], pl.count_in[2 * me + 1] = pl.posted_ns;
-  pl.counts = net_.batch_isend_irecv(ops);
+  pl.counts = counts_net_.batch_isend_irecv(ops);
 }
 
 template <class T>

@@ -38,7 +38,9 @@
 // Device memory (ARCHITECTURE contract 8): every touch of the activations and of the wire
 // buffers is an op (the ep_* ops of kernels/ops.h) run on the model's execution context; the
 // plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
-// the host (the messages' sizes). The wire buffers are on the activation device.
+// the host (the messages' sizes). The wire buffers are on the activation device. So the rows
+// travel on the EP group of device data and the counts, host memory, on the EP group of host
+// data when the two differ (a GPU run: NCCL and MPI; process_groups.h).
 //
 // Wire pool: a micro-batch's plan lives from its forward dispatch to its backward (in its
 // DispatchState), but it needs the wires (a send and a receive buffer, the rows as they travel)
@@ -85,9 +87,11 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // ex: the model's execution context (where the activations live and the ops run).
   // node_of_peer[p]: the node of EP rank p (for the nodes-per-token measurement), one per EP
   // rank. BF16 and FP8 wires need T = float (std::invalid_argument otherwise).
-  // Collective over the EP group (splits a private communicator when tags_match()).
+  // Collective over the EP group (splits a private communicator when tags_match()). ep carries
+  // the rows (device memory); counts, when given, the per-peer row counts and post times (host
+  // memory: a GPU run's MPI group beside NCCL's, the same members and ranks), else ep does.
   EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int> node_of_peer,
-               WirePrecision wire = WirePrecision::Native);
+               WirePrecision wire = WirePrecision::Native, Communicator* counts = nullptr);
   // Completes (waits for) every exchange still in flight, e.g. of a DispatchState dropped before
   // its wait: every peer must be destroying its dispatcher too, or have completed its side. The
   // wires die with the dispatcher: a plan that outlives it holds none, unless its exchange
@@ -192,11 +196,13 @@ class EpDispatcher final : public TokenDispatcher<T> {
   }
   Exec ex_;
   Communicator& ep_;
-  std::unique_ptr<Communicator> own_;  // the private split (tags_match()), else null
-  Communicator& net_;                  // what the exchanges use: *own_, or ep_
-  bool p2p_;                           // per-peer messages with tags (else collectives)
-  Buffer<int32_t> node_of_peer_;       // [P] on ex_.device
-  std::vector<int> node_host_;         // [P] the same, on the host
+  std::unique_ptr<Communicator> own_;         // the private split (tags_match()), else null
+  Communicator& net_;                         // what the exchanges use: *own_, or ep_
+  bool p2p_;                                  // per-peer messages with tags (else collectives)
+  std::unique_ptr<Communicator> own_counts_;  // the counts' private split (p2p, separate group)
+  Communicator& counts_net_;                  // what the counts use: net_ unless given apart
+  Buffer<int32_t> node_of_peer_;              // [P] on ex_.device
+  std::vector<int> node_host_;                // [P] the same, on the host
   WirePrecision wire_;
   uint32_t next_seq_ = 0;                      // the next dispatch's sequence number
   std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited

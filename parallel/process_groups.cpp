@@ -5,8 +5,7 @@
 
 namespace moetron {
 
-ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding, bool twins)
-    : grid(g), world(&w) {
+Groups::Groups(const RankGrid& g, Communicator& w, bool tied_embedding, bool twins) {
   // color = which group, key = position inside it
   pp = w.split(g.dp_rank, g.pp_rank);
   dp = w.split(g.pp_rank, g.dp_rank);
@@ -23,6 +22,12 @@ ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embed
   twin_dp = w.split(lower, side * g.dp + g.dp_rank);
   twin_edp = w.split(lower * g.ep + g.ep_rank, side * edp_size + g.edp_rank);
   twin_dp->set_name("twin_dp"), twin_edp->set_name("twin_edp");
+}
+
+ProcessGroups::ProcessGroups(const RankGrid& g, Communicator& w, bool tied_embedding, bool twins,
+                             Communicator* dw)
+    : grid(g), world(&w), device_world(dw ? dw : &w), host(g, w, tied_embedding, twins) {
+  if (dw && dw != &w) own_device_ = Groups(g, *dw, tied_embedding, twins);
 }
 
 }  // namespace moetron

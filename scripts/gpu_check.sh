@@ -7,7 +7,11 @@
 #      the CPU (loss, gradients and three SGD steps per recipe; its loss table is printed);
 #   3. the BF16 and FP32 GEMMs on DeepSeek-V3's shapes (TFLOP/s against the 989 TFLOP/s dense
 #      BF16 peak);
-#   and prints a summary. Exit status: non-zero when a test failed.
+#   4. `moetron train` on the GPU (run.device cuda): tiny.yaml 20 steps in fp32 on the GPU twice
+#      and on the CPU, the losses side by side (the GPU within 1e-4 relative of the CPU, and bit
+#      for bit the same in both GPU runs), a checkpoint of each device resumed on the other, and
+#      the mid-size config's MFU on this one GPU (needs data/cache/sotu: scripts/prepare_data.sh);
+#   and prints a summary. Exit status: non-zero when a test or a check failed.
 # Usage: scripts/gpu_check.sh [--prebuilt DIR] [--quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +43,10 @@ else
   t0=$SECONDS
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOETRON_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null || exit 1
-  cmake --build build-gpu -j"$(nproc)" --target cuda_tests bench_cuda_gemm || exit 1
+  cmake --build build-gpu -j"$(nproc)" --target cuda_tests bench_cuda_gemm moetron || exit 1
   echo "gpu_check: build took $((SECONDS - t0)) s"
   bin=build-gpu/tests
-  cp build-gpu/bench_cuda_gemm build-gpu/tests/ 2>/dev/null
+  cp build-gpu/bench_cuda_gemm build-gpu/moetron build-gpu/tests/ 2>/dev/null
 fi
 
 status=0
@@ -54,6 +58,68 @@ echo "gpu_check: tests took $((SECONDS - t0)) s"
 
 echo "== GEMM throughput (bench_cuda_gemm $quick)"
 "$bin/bench_cuda_gemm" $quick || status=1
+
+echo "== moetron train on the GPU"
+if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
+  t0=$SECONDS
+  run=/tmp/gpu_check_train && rm -rf $run && mkdir -p $run
+  tiny() {  # name, device, steps, more --set ...
+    local name=$1 device=$2 steps=$3; shift 3
+    timeout 300 "$bin/moetron" train configs/tiny.yaml --set run.device="$device" \
+      --set run.steps="$steps" --set run.eval_interval=0 --set run.sample_interval=0 \
+      --set run.dir=$run/"$name" "$@" > $run/"$name".log 2>&1 ||
+      { echo "gpu_check: train $name failed:"; tail -5 $run/"$name".log; status=1; }
+  }
+  tiny gpu cuda 20 --set run.save_interval=10
+  tiny gpu2 cuda 20
+  tiny cpu cpu 20 --set run.save_interval=10
+  tiny cpu_to_gpu cuda 20 --resume $run/cpu/checkpoints/step_10
+  tiny gpu_to_cpu cpu 20 --resume $run/gpu/checkpoints/step_10
+  # the mid-size config on this one GPU: DP1 x EP1, 16 sequences of 4096 a step, the SOTU corpus
+  timeout 300 "$bin/moetron" train configs/deepseek-v3-mid.yaml --set run.device=cuda \
+    --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0 \
+    --set data.global_batch_size=16 --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0 \
+    --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json \
+    --set hardware.profile=configs/hardware/h200.yaml --set run.steps=6 --set run.log_interval=1 \
+    --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0 \
+    --set run.dir=$run/mid > $run/mid.log 2>&1 || { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
+  python3 - $run <<'PY' || status=1
+import json, os, sys
+run = sys.argv[1]
+def losses(name):
+    p = f"{run}/{name}/metrics.jsonl"
+    if not os.path.exists(p): return {}
+    return {r["step"]: r for r in map(json.loads, open(p)) if "loss" in r}
+cpu, gpu, gpu2 = losses("cpu"), losses("gpu"), losses("gpu2")
+c2g, g2c = losses("cpu_to_gpu"), losses("gpu_to_cpu")
+print("| step | cpu loss | gpu loss | rel. diff | gpu again | cpu ckpt on gpu | gpu ckpt on cpu |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+worst, same, ok = 0.0, True, bool(cpu) and len(gpu) == len(cpu)
+for s in sorted(cpu):
+    c, g = cpu[s]["loss"], gpu.get(s, {}).get("loss", float("nan"))
+    d = abs(g - c) / abs(c)
+    worst = max(worst, d) if d == d else float("inf")
+    same &= gpu2.get(s, {}).get("loss") == g
+    print(f"| {s} | {c:.7f} | {g:.7f} | {d:.1e} | {gpu2.get(s, {}).get('loss', float('nan')):.7f} "
+          f"| {c2g.get(s, {}).get('loss', float('nan')):.7f} | {g2c.get(s, {}).get('loss', float('nan')):.7f} |")
+for name, res in (("cpu ckpt on gpu", c2g), ("gpu ckpt on cpu", g2c)):
+    for s, r in res.items():
+        d = abs(r["loss"] - cpu[s]["loss"]) / abs(cpu[s]["loss"])
+        if not d <= 1e-4: print(f"gpu_check: {name} step {s}: {d:.1e} from the cpu"); ok = False
+    ok &= len(res) == 10
+mid = losses("mid")
+if mid:
+    last = mid[max(mid)]
+    print(f"mid-size config on one GPU: step {max(mid)}: {last.get('tokens_per_s_per_device', last.get('tokens_per_s', 0)):.0f} "
+          f"tokens/s, MFU {100 * last.get('mfu', 0):.1f}%")
+print(f"gpu vs cpu: worst relative loss difference {worst:.1e} (<= 1e-4: {worst <= 1e-4}); "
+      f"two gpu runs bit for bit: {same}")
+sys.exit(0 if ok and worst <= 1e-4 and same else 1)
+PY
+  echo "gpu_check: training took $((SECONDS - t0)) s"
+else
+  echo "gpu_check: no moetron binary in $bin or no data/cache/sotu: training skipped"
+fi
 
 echo "== summary"
 passed=$(grep -c "^\[       OK \]" /tmp/cuda_tests.log)

@@ -27,6 +27,12 @@ expect_fail missing_data "missing.h5" train configs/tiny.yaml --set data.train_p
 echo "not hdf5" > "$OUT/text.h5"
 expect_fail foreign_data "text.h5" train configs/tiny.yaml --set data.train_path="$OUT/text.h5"
 expect_fail layout "parallel.pp x parallel.dp" train configs/tiny.yaml --set parallel.dp=2
+expect_fail device_word "run.device" train configs/tiny.yaml --set run.device=tpu
+# run.device cuda where no GPU can run it (this machine, CI): the build's or the driver's reason
+if ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_fail cuda_without_gpu "configs/tiny.yaml: run.device: cuda: " train configs/tiny.yaml \
+    --set run.device=cuda
+fi
 # data sources, the batch ramp and validation
 D=data/cache/sotu
 expect_fail blend_weight "the weight of $D/valid must be a positive number, got '0'" train \

@@ -6,7 +6,9 @@
 // give the same losses bit for bit as the same run on the CPU device (the guard device runs the
 // CPU backend). With run.count_flops, the GEMM FLOPs the ranks' ops executed in a step (summed over
 // the world: stages, DP replicas and EP shards of the experts) less the recomputed head logits
-// equal the step's tokens x 3 x the formula's GEMM forward (model/flops.h) exactly.
+// equal the step's tokens x 3 x the formula's GEMM forward (model/flops.h) exactly. A guard run's
+// communicators refuse the other kind of memory (host data on host groups, device data on device
+// groups: parallel/comm_checked.h), so these runs also prove which group each exchange uses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -127,6 +129,21 @@ TEST(GuardDevice, ParametersOnGuardTooTrainSaveAndResume) {
   if (world().rank() == 0) {
     EXPECT_TRUE(std::filesystem::exists(dir + "/params.rank0.h5"));
   }
+}
+
+// DualPipe on PP2 x DP2 x EP2 with the parameters on the guard device: the twins' groups
+// (process_groups.h) and the overlapped pairs' exchanges, every one on a communicator that refuses
+// host memory for device data and guard memory for host data (parallel/comm_checked.h).
+TEST(GuardDevice, DualPipeKeepsHostAndDeviceDataOnTheirGroups) {
+  if (world().size() != 4) GTEST_SKIP() << "PP2 x DP2 x EP2: 4 ranks";
+  const std::vector<std::string> extra = {"parallel.schedule=dualpipe", "data.micro_batch_size=1",
+                                          "run.steps=2", "precision.recipe=fp8"};
+  const std::vector<double> cpu = run("cpu", tmp_dir("cpu_dualpipe"), extra);
+  set_guard_parameters(true);
+  const std::vector<double> guard = run("guard", tmp_dir("guard_dualpipe"), extra);
+  set_guard_parameters(false);
+  ASSERT_EQ(cpu.size(), 2u);
+  EXPECT_EQ(guard, cpu);
 }
 
 // A number field of a metrics.jsonl line.

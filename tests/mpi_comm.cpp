@@ -3,7 +3,9 @@
 // zero counts, values each rank can predict; sub-communicators of the rank grid. bf16 reductions
 // bit for bit against fp32-sum-then-round-to-nearest-even (on pairs of ranks, where MPI applies
 // the op once) and deterministic on the whole world; bytes gathers; batched send/recv rings;
-// Requests polled with test() (one that cannot be complete yet must say so).
+// Requests polled with test() (one that cannot be complete yet must say so). The memory-checked
+// communicators (comm_checked.h) refuse the other kind of memory, and the rank grid's groups over
+// a separate device world have the members of the host ones.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -13,8 +15,11 @@
 #include <random>
 #include <vector>
 
+#include "kernels/buffer.h"
+#include "kernels/ops.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
+#include "parallel/comm_checked.h"
 #include "parallel/process_groups.h"
 
 using namespace moetron;
@@ -137,11 +142,77 @@ TEST(comm, GroupsOfTheRankGrid) {
     c->all_reduce(&s, 1);
     EXPECT_EQ(s, std::accumulate(members.begin(), members.end(), 0));
   };
-  check(pg.pp.get(), g.pp_group());
-  check(pg.dp.get(), g.dp_group());
-  check(pg.ep.get(), g.ep_group());
-  check(pg.edp.get(), g.edp_group());
-  check(pg.tied.get(), g.pp_group());
+  check(pg.host.pp.get(), g.pp_group());
+  check(pg.host.dp.get(), g.dp_group());
+  check(pg.host.ep.get(), g.ep_group());
+  check(pg.host.edp.get(), g.edp_group());
+  check(pg.host.tied.get(), g.pp_group());
+}
+
+TEST(comm, CheckedGroupsCarryOnlyTheirKindOfMemory) {
+  Communicator& w = world();
+  const Exec guard = Exec::on(Device::Guard);
+  auto host = checked_communicator(w, MemoryKind::Host);
+  auto device = checked_communicator(w, MemoryKind::Device);
+  const int64_t mine = w.rank() + 1, want = w.size() * (w.size() + 1) / 2;
+  // each kind sums on its own memory
+  int64_t h = mine;
+  host->all_reduce(&h, 1);
+  EXPECT_EQ(h, want);
+  Buffer<int64_t> d(Device::Guard);
+  d.resize(1);
+  kernels::copy_from_host(guard, d.data(), &mine, sizeof mine);
+  device->all_reduce(d.data(), 1);
+  kernels::copy_to_host(guard, &h, d.data(), sizeof h);
+  EXPECT_EQ(h, want);
+  // and refuses the other, naming the group and what it carries; a split is checked too
+  auto expect_refused = [](auto&& call, const std::string& says) {
+    try {
+      call();
+      ADD_FAILURE() << "not refused: " << says;
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  host->set_name("dp");
+  expect_refused([&] { host->all_reduce(d.data(), 1); }, "communicator dp: all_reduce");
+  expect_refused([&] { host->all_reduce(d.data(), 1); }, "this group carries host data");
+  expect_refused([&] { device->all_reduce(&h, 1); }, "this group carries device data");
+  auto pair = device->split(w.rank() / 2, w.rank());
+  std::vector<P2pOp> ops = {P2pOp::send(&h, sizeof h, 0, 0)};
+  expect_refused([&] { pair->batch_isend_irecv(ops); }, "batch_isend_irecv");
+  host->set_name("world");
+}
+
+TEST(comm, DeviceGroupsHaveTheHostGroupsMembers) {
+  Communicator& w = world();
+  if (w.size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RankGrid g = RankGrid::make(4, w.rank(), 2, 2, 2, 0);
+  auto device_world = checked_communicator(w, MemoryKind::Host);  // another world, same ranks
+  ProcessGroups pg(g, w, true, true, device_world.get());
+  ProcessGroups same(g, w, true);
+  EXPECT_EQ(&same.device(), &same.host);  // one world: one set
+  ASSERT_NE(&pg.device(), &pg.host);
+  auto members = [](Communicator* c) {
+    std::vector<int64_t> all(static_cast<size_t>(c->size()), 0);
+    all[static_cast<size_t>(c->rank())] = world().rank();
+    c->all_reduce(all.data(), all.size());
+    return all;
+  };
+  const Groups& h = pg.host;
+  const Groups& d = pg.device();
+  for (auto [a, b] : {std::pair{h.pp.get(), d.pp.get()},
+                      {h.dp.get(), d.dp.get()},
+                      {h.ep.get(), d.ep.get()},
+                      {h.edp.get(), d.edp.get()},
+                      {h.tied.get(), d.tied.get()},
+                      {h.twin_dp.get(), d.twin_dp.get()},
+                      {h.twin_edp.get(), d.twin_edp.get()}}) {
+    ASSERT_TRUE(a && b);
+    EXPECT_NE(a, b);
+    EXPECT_EQ(a->name(), b->name());
+    EXPECT_EQ(members(a), members(b)) << a->name();
+  }
 }
 
 TEST(comm, Bf16AllReduceSumRoundsToNearestEvenBitForBit) {

@@ -39,7 +39,7 @@ using namespace config_schema;
 
 // Choices that are not an enum's whole word list.
 const Choice<bool> kOffOn{{{false, "off"}, {true, "on"}}};
-const Choice<Device> kRunDevices = choices({Device::CPU, Device::Guard});
+const Choice<Device> kRunDevices = choices({Device::CPU, Device::CUDA, Device::Guard});
 // A component's override: "recipe" (follow precision.recipe) or a recipe; FP8 only for the
 // components made of Linear layers (kComponents).
 const Choice<std::optional<Recipe>>& override_choice(bool linear) {
@@ -106,6 +106,7 @@ void visit_config(V& v, C&... c) {
     v.field("schedule", choices<PipelineSchedule>(), c.parallel.schedule...);
     v.field("overlap", choices<PairOverlap>(), c.parallel.overlap...);
     v.field("progress_poll_us", kNonNegative, c.parallel.progress_poll_us...);
+    v.field("nccl_max_ctas", kNonNegative, c.parallel.nccl_max_ctas...);
     v.field("stage_layers", kNonNegative, c.parallel.stage_layers...);
   });
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {

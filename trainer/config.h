@@ -97,6 +97,9 @@ struct ParallelConfig {
   // > 0: a thread pokes MPI's progress engine every so many microseconds, so exchanges and DP
   // reductions in flight advance during long compute pieces (parallel/progress_thread.h)
   int64_t progress_poll_us = 0;
+  // run.device cuda: the most CTAs (so SMs) an NCCL kernel may take (ncclConfig_t maxCTAs);
+  // DeepSeek-V3 left 20 of an H800's 132 SMs to communication. 0: NCCL's default.
+  int64_t nccl_max_ctas = 0;
   // The first layer of each pipeline stage (pp of them; dualpipev: 2 x pp), from 0, increasing:
   // an explicit cut. Empty: cost-balanced (model/flops.h balanced_stage_starts: the last stage
   // carries the head and MTP). The cut in use is model.stage_starts.
@@ -164,9 +167,11 @@ struct RunConfig {
   uint64_t seed = 1234;
   int64_t log_interval = 1;
   int64_t threads = 0;  // intra-op threads per process; 0 = cores / processes on this node
-  // Where activations live and ops run: cpu, or guard — the test device whose memory only ops and
-  // the communicator may touch (kernels/device.h); a guard run is a CPU run, slower.
-  Device device = Device::CPU;  // cpu | guard
+  // Where activations live and ops run: cpu; cuda (the node's GPU number node-local rank mod
+  // the GPUs visible, parameters and optimizer state there too, device data over NCCL); or guard,
+  // the test device whose memory only ops and the communicator may touch (kernels/device.h): a
+  // CPU run, slower, that proves what a GPU run needs.
+  Device device = Device::CPU;  // cpu | cuda | guard
   // If set, every rank writes its parameters after the last step to <save_params>.rank<R>.h5
   // (HF names; tests compare layouts by them). Checkpoints proper are a separate mechanism.
   std::string save_params;

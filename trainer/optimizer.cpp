@@ -58,8 +58,8 @@ Optimizer::Optimizer(const std::vector<Param<float>*>& params, ProcessGroups& gr
                      const OptimizerConfig& oc)
     : world_(*groups.world),
       grad_clip_(oc.grad_clip),
-      dense_(trainable(params, false), groups.dense_group(), zero1_options(oc)),
-      experts_(trainable(params, true), groups.expert_group(), zero1_options(oc)),
+      dense_(trainable(params, false), groups.device().dense_group(), zero1_options(oc)),
+      experts_(trainable(params, true), groups.device().expert_group(), zero1_options(oc)),
       dense_layers_(by_layer(dense_)),
       expert_layers_(by_layer(experts_)) {}
 

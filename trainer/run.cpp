@@ -19,8 +19,12 @@
 #include "kernels/flop_counter.h"
 #include "kernels/ops.h"
 #include "model/memory.h"
+#include "parallel/comm_checked.h"
 #include "trainer/plan.h"
 #include "trainer/train.h"
+#if MOETRON_HAVE_CUDA
+#include "parallel/comm_nccl.h"
+#endif
 
 namespace moetron {
 
@@ -157,8 +161,39 @@ void open_run_dir(Run& r) {
   r.metrics = std::make_unique<MetricsLog>(r.cfg.run.dir);
 }
 
+// The device of the run and the communicators of its host and device data. CUDA: this process
+// takes its node's GPU number (node-local rank mod the GPUs visible) before any CUDA memory
+// exists, and the device world is NCCL's, bootstrapped over the MPI world. Guard: the world
+// wrapped to refuse guard memory for host data and, when the parameters are on the guard device
+// too (all device data is), to refuse anything else for device data.
+void open_device(Run& r) {
+  const Config& cfg = r.cfg;
+  r.world = r.device_world = &world();
+  if (cfg.run.device == Device::Guard) {
+    r.own_world = checked_communicator(world(), MemoryKind::Host);
+    r.world = r.own_world.get();
+    if (guard_parameters())
+      r.device_world =
+          (r.own_device_world = checked_communicator(world(), MemoryKind::Device)).get();
+  }
+  if (cfg.run.device != Device::CUDA) return;
+  try {
+    select_cuda_device(node_local_rank());
+  } catch (const std::exception& e) {
+    throw ConfigError(cfg.source + ": run.device: cuda: " + e.what());
+  }
+#if MOETRON_HAVE_CUDA
+  NcclOptions o;
+  o.max_ctas = static_cast<int>(cfg.parallel.nccl_max_ctas);
+  r.own_device_world = make_nccl_communicator(world(), o);
+  r.own_device_world->set_name("world");
+  r.device_world = r.own_device_world.get();
+#endif
+}
+
 // This rank's model chunks with their experts (activations on run.device: every buffer made
-// from here on is on it; parameters and optimizer state stay on the CPU) and its optimizer.
+// from here on is on it; parameters and optimizer state too, except on the guard device unless
+// guard_parameters(): model/param.h) and its optimizer.
 void build_model(Run& r) {
   const Config& cfg = r.cfg;
   // the recipe per component; FP8 weight copies are re-quantised once per optimizer step
@@ -173,7 +208,8 @@ void build_model(Run& r) {
     for (int p : r.grid.ep_group())
       node_of_peer.push_back(r.grid.node_of(p) - r.grid.node_of(r.grid.ep_group()[0]));
     dispatcher = r.ep = std::make_shared<EpDispatcher<float>>(
-        ex, *r.groups->ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe));
+        ex, *r.groups->device().ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe),
+        r.groups->host.ep.get());
   }
   // chunks in stage order into one store: both DualPipe twins list the same parameters in the
   // same order (their ZeRO-1 group spans both), and the last stage finds the first's embedding
@@ -275,9 +311,10 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   // the embedding's two copies on the first and last stage sum gradients, unless one rank holds
   // both stages (DualPipe(V): one shared copy); DualPipe's twins sum everything
   const bool two_chunks = r->stages.size() > 1;
-  r->groups = std::make_unique<ProcessGroups>(r->grid, *r->world,
-                                              cfg.model.num_nextn_predict_layers > 0 && !two_chunks,
-                                              cfg.parallel.schedule == PipelineSchedule::DualPipe);
+  open_device(*r);
+  r->groups = std::make_unique<ProcessGroups>(
+      r->grid, *r->world, cfg.model.num_nextn_predict_layers > 0 && !two_chunks,
+      cfg.parallel.schedule == PipelineSchedule::DualPipe, r->device_world);
   open_run_dir(*r);
   build_model(*r);
   resume_from(*r, resume, log);
@@ -297,7 +334,7 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   std::vector<const Model<float>*> chunks;
   for (const auto& c : r->chunks) chunks.push_back(c.get());
   r->pipeline = std::make_unique<PipelineExecutor<float>>(
-      std::move(chunks), *r->groups->pp,
+      std::move(chunks), *r->groups->device().pp,
       make_step_schedule(cfg, r->grid.pp, static_cast<int>(M_max)), r->grid.pp_rank, eo);
   // this DP rank's batches, from the sample the checkpoint (if any) had consumed: the same
   // samples the uninterrupted run would read, on any DP size

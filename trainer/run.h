@@ -32,7 +32,12 @@ namespace moetron {
 
 struct Run {
   Config cfg;
+  // The communicators of host and device data (process_groups.h): the MPI world for both on the
+  // CPU; on a GPU NCCL's for device data; in a guard run each wrapped to refuse the other kind of
+  // memory (parallel/comm_checked.h). world is the host one.
+  std::unique_ptr<Communicator> own_world, own_device_world;
   Communicator* world = nullptr;
+  Communicator* device_world = nullptr;
   RankGrid grid;
   bool rank0 = false;
   int64_t B = 0, S = 0;                          // micro-batch rows, sequence length

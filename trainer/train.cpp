@@ -144,7 +144,8 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 
   // the embedding's copies on the first and last stage share one gradient
   watchdog::set_phase("optimizer");
-  if (r.groups->tied && r.embed) r.groups->tied->all_reduce(r.embed->g(), r.embed->numel());
+  if (const auto& tied = r.groups->device().tied; tied && r.embed)
+    tied->all_reduce(r.embed->g(), r.embed->numel());
   inject_nan_fault(r, step + 1, &sum);  // a loss fault
   trace::span_since(Track::Host, "tied embedding all-reduce", t), t = trace::stamp();
   // ZeRO-1 AdamW, global-norm clip (DualPipe: the twins' gradients summed in the same groups)
@@ -156,7 +157,9 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   trace::span_since(Track::Optimizer, "AdamW, all-gather", t), t = trace::stamp();
   int64_t moe_layers = 0;
   const double imbalance =
-      good ? update_expert_bias(r.chunk_list(), r.groups->dense_group(), h.gamma, moe_layers) : 0;
+      good ? update_expert_bias(r.chunk_list(), r.groups->device().dense_group(), h.gamma,
+                                moe_layers)
+           : 0;
   trace::span_since(Track::Host, "expert bias update", t), t = trace::stamp();
 
   // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)

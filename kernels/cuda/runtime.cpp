@@ -82,6 +82,13 @@ class CudaAllocator final : public Allocator {
 bool available() { return probe().ok; }
 const std::string& unavailable_reason() { return probe().reason; }
 
+void select_device(int local_rank) {
+  if (!available()) throw std::runtime_error("no usable GPU (" + unavailable_reason() + ")");
+  int n = 0;
+  MOETRON_CUDA_CHECK(cudaGetDeviceCount(&n));
+  MOETRON_CUDA_CHECK(cudaSetDevice(local_rank % n));
+}
+
 void check(cudaError_t e, const char* what, const char* file, int line) {
   if (e == cudaSuccess) return;
   throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" +

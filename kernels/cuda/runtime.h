@@ -37,6 +37,10 @@ void check(cudaError_t e, const char* what, const char* file, int line);
 #define MOETRON_CUDA_LAUNCHED(name) \
   ::moetron::kernels::gpu::check(cudaGetLastError(), name, __FILE__, __LINE__)
 
+// Selects device local_rank mod the visible count for this process (cudaSetDevice), before the
+// streams and the pool are made; throws, naming the reason, when no GPU is usable.
+void select_device(int local_rank);
+
 cudaStream_t compute_stream();
 cudaStream_t comm_stream();
 // The stream an op of `ex` runs on.
