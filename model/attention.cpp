@@ -20,8 +20,10 @@ Param<T>* matrix(ParamStore<T>& ps, std::vector<Param<T>*>& list, const std::str
 
 template <class T>
 void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-                   const PrecisionPolicy& pol, const Exec& ex) {
+                   const PrecisionPolicy& pol, const Exec& ex, std::shared_ptr<Scratch> scratch,
+                   std::shared_ptr<LinearScratch<T>> linear) {
   ex_ = ex;
+  scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
   recompute_norms_ = pol.recompute_norms, recompute_up_ = pol.recompute_mla_up;
   store_bf16_ = pol.store_bf16;
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
@@ -50,7 +52,7 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   const LinearPrecision lp = pol.linear(Component::AttentionProj);
   const LinearPrecision lp_o = pol.linear(Component::AttentionProj, /*o_proj=*/true);
   auto lin = [&](const std::string& name, int64_t out, int64_t in, const LinearPrecision& p) {
-    return Linear<T>::make(matrix(ps, params_, name, out, in), in, out, p, pol, ex);
+    return Linear<T>::make(matrix(ps, params_, name, out, in), in, out, p, pol, ex, linear);
   };
   attn_norm_.build(ps, prefix + "input_layernorm.weight", D_, c.rms_norm_eps, ex);
   params_.push_back(attn_norm_.w);
@@ -86,7 +88,7 @@ void MLA<T>::project_qkv(const SavedAct<T>& qin, const SavedAct<T>& ckv, const T
   const int64_t kr = kl_ + dr_, kvw = dn_ + dv_;
   (ql_ > 0 ? q_b_ : q_).forward(qin, q);
   kernels::rope_apply<T>(ex, q + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, false);
-  T* kv = sized(kv_, N * H_ * kvw);
+  T* kv = sized(scratch_->kv, N * H_ * kvw);
   kv_b_.forward(ckv, kv);
   // per-head keys [k_nope | k_pe] (k_pe broadcast to every head) and values
   kernels::copy_2d<T>(ex, kv, kvw, k, dq_, N * H_, dn_, 1, false);
@@ -98,99 +100,102 @@ void MLA<T>::project_qkv(const SavedAct<T>& qin, const SavedAct<T>& ckv, const T
 template <class T>
 const SavedAct<T>& MLA<T>::renorm(const RMSNorm<T>& norm, const Linear<T>& lin, const T* x,
                                   int64_t N, SavedAct<T>& out) const {
-  norm.forward(x, N, lin.input(out, N), sized(rstd_tmp_, N));
+  norm.forward(x, N, lin.input(out, N), sized(scratch_->rstd, N));
   lin.keep(out);
   return out;
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::xn_of(State& st, const T* h) const {
-  return recompute_norms_ ? renorm(attn_norm_, kv_a_, h, st.B * st.S, xn_tmp_) : st.xn;
+  return recompute_norms_ ? renorm(attn_norm_, kv_a_, h, st.B * st.S, scratch_->xn) : st.xn;
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::cq_of(State& st) const {
   if (!recompute_norms_) return st.cq;
-  return renorm(q_norm_, q_b_, st.cq_raw.read(ex_, cq_raw_tmp_), st.B * st.S, cq_tmp_);
+  return renorm(q_norm_, q_b_, st.cq_raw.read(ex_, scratch_->cq_raw), st.B * st.S, scratch_->cq);
 }
 
 template <class T>
 const SavedAct<T>& MLA<T>::ckv_of(State& st) const {
   if (!recompute_norms_) return st.ckv;
-  return renorm(kv_norm_, kv_b_, st.ckv_raw.read(ex_, ckv_raw_tmp_), st.B * st.S, ckv_tmp_);
+  return renorm(kv_norm_, kv_b_, st.ckv_raw.read(ex_, scratch_->ckv_raw), st.B * st.S,
+                scratch_->ckv);
 }
 
 template <class T>
 void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
                      T* out) const {
+  Scratch& sc = *scratch_;
   const Exec& ex = ex_;
   const int64_t N = B * S, kr = kl_ + dr_;
   st.B = B, st.S = S;
   for (SavedAct<T>* a : {&st.cq_raw, &st.kva, &st.ckv_raw, &st.q, &st.k, &st.v, &st.o})
     a->set_form(false, store_bf16_);
   // the norm outputs go to the state, or (recomputed later) to scratch
-  SavedAct<T>& xn_s = recompute_norms_ ? xn_tmp_ : st.xn;
+  SavedAct<T>& xn_s = recompute_norms_ ? sc.xn : st.xn;
   T* xn = kv_a_.input(xn_s, N);  // q_a / q share the input (and its precision)
   attn_norm_.forward(h, N, xn, sized(st.rstd_in, N));
   kv_a_.keep(xn_s);
-  SavedAct<T>& cq_s = recompute_norms_ ? cq_tmp_ : st.cq;
+  SavedAct<T>& cq_s = recompute_norms_ ? sc.cq : st.cq;
   if (ql_ > 0) {  // query latent
-    T* cq_raw = st.cq_raw.write(N, ql_, cq_raw_tmp_);
+    T* cq_raw = st.cq_raw.write(N, ql_, sc.cq_raw);
     q_a_.forward(xn_s, cq_raw);
-    st.cq_raw.keep(ex, cq_raw_tmp_);
+    st.cq_raw.keep(ex, sc.cq_raw);
     q_norm_.forward(cq_raw, N, q_b_.input(cq_s, N), sized(st.rstd_q, N));
     q_b_.keep(cq_s);
   }
   // compressed kv [N, kl | dr]; the shared RoPE key (kept only when k is recomputed)
-  T* kva = recompute_up_ ? st.kva.write(N, kr, kva_) : sized(kva_, N * kr);
+  T* kva = recompute_up_ ? st.kva.write(N, kr, sc.kva) : sized(sc.kva, N * kr);
   kv_a_.forward(xn_s, kva);
   kernels::rope_apply<T>(ex, kva + kl_, N, kr, 1, pos, freqs_.data(), dr_, false);
-  if (recompute_up_) st.kva.keep(ex, kva_);
-  T* ckv_raw = st.ckv_raw.write(N, kl_, ckv_raw_tmp_);
+  if (recompute_up_) st.kva.keep(ex, sc.kva);
+  T* ckv_raw = st.ckv_raw.write(N, kl_, sc.ckv_raw);
   kernels::copy_2d<T>(ex, kva, kr, ckv_raw, kl_, N, kl_, 1, false);
-  st.ckv_raw.keep(ex, ckv_raw_tmp_);
-  SavedAct<T>& ckv_s = recompute_norms_ ? ckv_tmp_ : st.ckv;
+  st.ckv_raw.keep(ex, sc.ckv_raw);
+  SavedAct<T>& ckv_s = recompute_norms_ ? sc.ckv : st.ckv;
   kv_norm_.forward(ckv_raw, N, kv_b_.input(ckv_s, N), sized(st.rstd_kv, N));
   kv_b_.keep(ckv_s);
 
   // per-head queries, keys and values: kept in the state, or (recomputed later) only scratch
-  T* q = recompute_up_ ? sized(q_tmp_, N * H_ * dq_) : st.q.write(N, H_ * dq_, q_tmp_);
-  T* k = recompute_up_ ? sized(k_tmp_, N * H_ * dq_) : st.k.write(N, H_ * dq_, k_tmp_);
-  T* v = recompute_up_ ? sized(v_tmp_, N * H_ * dv_) : st.v.write(N, H_ * dv_, v_tmp_);
+  T* q = recompute_up_ ? sized(sc.q, N * H_ * dq_) : st.q.write(N, H_ * dq_, sc.q);
+  T* k = recompute_up_ ? sized(sc.k, N * H_ * dq_) : st.k.write(N, H_ * dq_, sc.k);
+  T* v = recompute_up_ ? sized(sc.v, N * H_ * dv_) : st.v.write(N, H_ * dv_, sc.v);
   project_qkv(ql_ > 0 ? cq_s : xn_s, ckv_s, kva, N, pos, q, k, v);
-  if (!recompute_up_) st.q.keep(ex, q_tmp_), st.k.keep(ex, k_tmp_), st.v.keep(ex, v_tmp_);
+  if (!recompute_up_) st.q.keep(ex, sc.q), st.k.keep(ex, sc.k), st.v.keep(ex, sc.v);
 
-  T* o = st.o.write(N, H_ * dv_, o_tmp_);
+  T* o = st.o.write(N, H_ * dv_, sc.o);
   kernels::attention_forward<T>(ex, q, k, v, B, S, H_, dq_, dv_, scale_, o,
                                 sized(st.lse, B * H_ * S));
-  st.o.keep(ex, o_tmp_);
+  st.o.keep(ex, sc.o);
   o_.forward(o, N, out);
 }
 
 template <class T>
 void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* pos, T* dh) const {
+  Scratch& sc = *scratch_;
   const Exec& ex = ex_;
   const int64_t B = st.B, S = st.S, N = B * S, kr = kl_ + dr_, kvw = dn_ + dv_;
 
   // through o_proj and the attention core
-  T* d_o = sized(do_, N * H_ * dv_);
-  T* dk = sized(dk_, N * H_ * dq_);
-  T* dvv = sized(dv_buf_, N * H_ * dv_);
+  T* d_o = sized(sc.d_o, N * H_ * dv_);
+  T* dk = sized(sc.dk, N * H_ * dq_);
+  T* dvv = sized(sc.dv, N * H_ * dv_);
   o_.backward_input(dy, N, d_o);
   const T *q = nullptr, *k = nullptr, *v = nullptr;
   if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
     const kernels::flop_counter::RecomputeScope recompute;  // hardware FLOPs, not model FLOPs
-    T* qr = sized(q_tmp_, N * H_ * dq_);
-    T* kr_ = sized(k_tmp_, N * H_ * dq_);
-    T* vr = sized(v_tmp_, N * H_ * dv_);
-    project_qkv(ql_ > 0 ? cq_of(st) : xn_of(st, h), ckv_of(st), st.kva.read(ex, kva_), N, pos, qr,
+    T* qr = sized(sc.q, N * H_ * dq_);
+    T* kr_ = sized(sc.k, N * H_ * dq_);
+    T* vr = sized(sc.v, N * H_ * dv_);
+    project_qkv(ql_ > 0 ? cq_of(st) : xn_of(st, h), ckv_of(st), st.kva.read(ex, sc.kva), N, pos, qr,
                 kr_, vr);
     q = qr, k = kr_, v = vr;
   } else {
-    q = st.q.read(ex, q_tmp_), k = st.k.read(ex, k_tmp_), v = st.v.read(ex, v_tmp_);
+    q = st.q.read(ex, sc.q), k = st.k.read(ex, sc.k), v = st.v.read(ex, sc.v);
   }
   T* dq = sized(st.dq, N * H_ * dq_);
-  kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, o_tmp_), st.lse.data(), B, S, H_,
+  kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, sc.o), st.lse.data(), B, S, H_,
                                  dq_, dv_, scale_, dq, dk, dvv);
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
@@ -205,8 +210,8 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   // kv path: kv_b, kv_norm, back into dkva's latent part
   T* dckv = sized(st.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
-  T* dckv_raw = sized(dckv_raw_, N * kl_);
-  kv_norm_.backward_input(dckv, st.ckv_raw.read(ex, ckv_raw_tmp_), st.rstd_kv.data(), N, dckv_raw);
+  T* dckv_raw = sized(sc.dckv_raw, N * kl_);
+  kv_norm_.backward_input(dckv, st.ckv_raw.read(ex, sc.ckv_raw), st.rstd_kv.data(), N, dckv_raw);
   kernels::copy_2d<T>(ex, dckv_raw, kl_, dkva, kr, N, kl_, 1, false);
 
   // d xn from both projections of xn
@@ -216,26 +221,26 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
     T* dcq = sized(st.dcq, N * ql_);
     q_b_.backward_input(dq, N, dcq);
     T* dcq_raw = sized(st.dcq_raw, N * ql_);
-    q_norm_.backward_input(dcq, st.cq_raw.read(ex, cq_raw_tmp_), st.rstd_q.data(), N, dcq_raw);
+    q_norm_.backward_input(dcq, st.cq_raw.read(ex, sc.cq_raw), st.rstd_q.data(), N, dcq_raw);
     q_a_.backward_input(dcq_raw, N, dxn, /*accumulate=*/true);
   } else {
     q_.backward_input(dq, N, dxn, /*accumulate=*/true);
   }
 
   // through attn_norm into the residual stream
-  T* dhn = sized(dhn_, N * D_);
+  T* dhn = sized(sc.dhn, N * D_);
   attn_norm_.backward_input(dxn, h, st.rstd_in.data(), N, dhn);
   kernels::add_inplace<T>(ex, dh, dhn, N * D_);
 }
 
 template <class T>
 void MLA<T>::backward_weight(State& st, const T* h, const T* dy) const {
+  Scratch& sc = *scratch_;
   const int64_t N = st.B * st.S;
-  o_.backward_weight(dy, st.o.read(ex_, o_tmp_), N);  // o: T or bf16, never FP8 (attention.h)
-  kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.read(ex_, ckv_raw_tmp_), st.rstd_kv.data(),
-                           N);
+  o_.backward_weight(dy, st.o.read(ex_, sc.o), N);  // o: T or bf16, never FP8 (attention.h)
+  kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.read(ex_, sc.ckv_raw), st.rstd_kv.data(), N);
   if (ql_ > 0)
-    q_norm_.backward_weight(st.dcq.data(), st.cq_raw.read(ex_, cq_raw_tmp_), st.rstd_q.data(), N);
+    q_norm_.backward_weight(st.dcq.data(), st.cq_raw.read(ex_, sc.cq_raw), st.rstd_q.data(), N);
   kv_b_.backward_weight(st.dkv.data(), ckv_of(st));
   if (ql_ > 0) q_b_.backward_weight(st.dq.data(), cq_of(st));
   const SavedAct<T>& xn = xn_of(st, h);

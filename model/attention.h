@@ -17,6 +17,7 @@
 // (norm inputs and outputs, q, k, v, o) is bf16. The layer is op calls and pointer arithmetic only.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,8 +67,54 @@ class MLA {
     }
   };
 
+  // The buffers one call of the layer uses and drops (never kept from forward to backward; with
+  // bf16 storage also the fp32 values of the kept tensors, and their widened reads), shared by
+  // all the MLA layers of a model: a model (one pipeline chunk) runs one program at a time — its
+  // layers one after another, and the executor never interleaves two programs of one chunk
+  // (parallel/pipeline_impl.h) — and every call writes what it reads here, so one set serves
+  // every layer (DeepSeek-V3, fp8 + recompute + bf16 storage: 722 KiB per token, 2.8 GiB at
+  // 4096 tokens, once per chunk instead of once per layer).
+  struct Scratch {
+    explicit Scratch(Device d)
+        : kv(d),
+          kva(d),
+          d_o(d),
+          dk(d),
+          dv(d),
+          dckv_raw(d),
+          dhn(d),
+          q(d),
+          k(d),
+          v(d),
+          o(d),
+          cq_raw(d),
+          ckv_raw(d),
+          rstd(d) {}
+    Buffer<T> kv;               // kv_b output [N, H, dn + dv]
+    Buffer<T> kva;              // kv_a output [N, kl + dr], unless kept as T
+    Buffer<T> d_o, dk, dv;      // attention backward [N,H,dv], [N,H,dq], [N,H,dv]
+    Buffer<T> dckv_raw, dhn;    // [N, kl], [N, D]
+    Buffer<T> q, k, v, o;       // per-head q, k, v (recomputed or bf16-kept), o (bf16)
+    Buffer<T> cq_raw, ckv_raw;  // bf16-kept latents widened [N, ql], [N, kl]
+    Buffer<T> rstd;             // a recomputed norm's rstd [N]
+    SavedAct<T> xn, cq, ckv;    // recomputed norm outputs (kept as their Linear's input)
+    int64_t bytes() const {     // the bytes held (capacities)
+      size_t n = 0;
+      for (const Buffer<T>* b :
+           {&kv, &kva, &d_o, &dk, &dv, &dckv_raw, &dhn, &q, &k, &v, &o, &cq_raw, &ckv_raw, &rstd})
+        n += b->capacity();
+      int64_t b = static_cast<int64_t>(n * sizeof(T));
+      for (const SavedAct<T>* a : {&xn, &cq, &ckv})
+        b += static_cast<int64_t>(a->x.capacity() * sizeof(T) + a->x16.capacity() * 2 +
+                                  a->x8.q.capacity() + a->x8.s.capacity() * sizeof(float));
+      return b;
+    }
+  };
+
+  // scratch, linear: the model's shared Scratch and LinearScratch (null: the layer makes its own)
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
-             const PrecisionPolicy& pol, const Exec& ex);
+             const PrecisionPolicy& pol, const Exec& ex, std::shared_ptr<Scratch> scratch = nullptr,
+             std::shared_ptr<LinearScratch<T>> linear = nullptr);
   void init(double std, uint64_t seed);
 
   // h [N,D] -> out [N,D] (write). pos[N]: position of each token in its sequence.
@@ -78,6 +125,7 @@ class MLA {
   void backward_weight(State& st, const T* h, const T* dy) const;
 
   const std::vector<Param<T>*>& params() const { return params_; }
+  const std::shared_ptr<Scratch>& scratch() const { return scratch_; }
 
  private:
   Exec ex_{};
@@ -88,11 +136,7 @@ class MLA {
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
   bool recompute_norms_ = false, recompute_up_ = false;  // PrecisionPolicy::recompute_*
   bool store_bf16_ = false;                              // PrecisionPolicy::store_bf16
-  // scratch of one call (one compute thread per layer): not kept between forward and backward
-  // (with bf16 storage also the fp32 values of the kept tensors, and their widened reads)
-  mutable Buffer<T> kv_, kva_, do_, dk_, dv_buf_, dckv_raw_, dhn_, q_tmp_, k_tmp_, v_tmp_, o_tmp_,
-      cq_raw_tmp_, ckv_raw_tmp_, rstd_tmp_;
-  mutable SavedAct<T> xn_tmp_, cq_tmp_, ckv_tmp_;  // recomputed norm outputs
+  std::shared_ptr<Scratch> scratch_;  // one call's scratch, shared with the model's MLA layers
   // The norm outputs and the per-head q, k, v: the state's, or (recompute) made again from what
   // the state keeps with the forward's own ops, so bit for bit the same values.
   const SavedAct<T>& xn_of(State& st, const T* h) const;

@@ -6,20 +6,20 @@ namespace moetron {
 template <class T>
 void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                      const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-                     const Exec& ex, int64_t tail,
-                     std::shared_ptr<typename MoE<T>::Scratch> moe_scratch) {
+                     const Exec& ex, int64_t tail, const Scratch& scratch) {
   ex_ = ex;
   D_ = c.hidden_size;
-  attn_.build(ps, prefix, c, pol, ex);
+  attn_.build(ps, prefix, c, pol, ex, scratch.attn, scratch.linear);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
   store_bf16_ = pol.store_bf16;
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
-    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex, tail,
-                std::move(moe_scratch));
+    moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex, tail, scratch.moe,
+                scratch.mlp, scratch.linear);
   } else {
     mlp_ = std::make_unique<Mlp<T>>();
-    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp, ex);
+    mlp_->build(ps, prefix + "mlp.", D_, c.intermediate_size, pol, Component::DenseMlp, ex,
+                scratch.mlp, scratch.linear);
   }
 }
 

@@ -39,13 +39,27 @@ class Block {
     }
   };
 
+  // The one-call scratch of a block's layers, one of each kind per model (pipeline chunk), shared
+  // by all its blocks and MTP blocks (each kind's struct says why that is valid): make() makes
+  // them; a default Scratch leaves every layer to make its own.
+  struct Scratch {
+    std::shared_ptr<typename MLA<T>::Scratch> attn;
+    std::shared_ptr<typename Mlp<T>::Scratch> mlp;  // the dense MLPs' and the shared experts'
+    std::shared_ptr<typename MoE<T>::Scratch> moe;
+    std::shared_ptr<LinearScratch<T>> linear;  // every Linear's
+    static Scratch make(Device d) {
+      return {std::make_shared<typename MLA<T>::Scratch>(d),
+              std::make_shared<typename Mlp<T>::Scratch>(d),
+              std::make_shared<typename MoE<T>::Scratch>(d), std::make_shared<LinearScratch<T>>(d)};
+    }
+  };
+
   // prefix "model.layers.N."
-  // dispatcher: set for a MoE block, null for a dense one. tail, moe_scratch: MoE::build's (MTP
-  // depth k: tail k; the model's MoE layers share one scratch).
+  // dispatcher: set for a MoE block, null for a dense one. tail: MoE::build's (MTP depth k: k).
+  // scratch: the model's shared scratch.
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex, int64_t tail = 0,
-             std::shared_ptr<typename MoE<T>::Scratch> moe_scratch = nullptr);
+             const Exec& ex, int64_t tail = 0, const Scratch& scratch = {});
   void init(double std, uint64_t seed);
 
   // h must stay alive until backward_weight. A MoE block writes its balance loss to balance[0]
@@ -67,6 +81,8 @@ class Block {
 
   bool is_moe() const { return moe_ != nullptr; }
   MoE<T>* moe() const { return moe_.get(); }
+  const MLA<T>& attention() const { return attn_; }
+  const Mlp<T>* mlp() const { return mlp_.get(); }  // null in a MoE block
 
  private:
   Exec ex_{};

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <type_traits>
 
@@ -60,6 +61,27 @@ struct Fp8WeightCache {
   }
 };
 
+// The buffers a Linear uses within one call and drops: its input before the conversion to bf16
+// or FP8 tiles (written between input() and keep()), a kept bf16 input widened for a GEMM, and an
+// input quantised on the fly. Each use lies inside one call of one Linear (input() to keep() spans
+// only the norm or gather that writes the input), so all the Linears of a model (a pipeline
+// chunk, which runs one program at a time) share one: the Model makes it with the layers' Scratch
+// structs, and a Linear made without one makes its own.
+template <class T>
+struct LinearScratch {
+  explicit LinearScratch(Device d) : x(d), wide(d) {
+    x8.q = Buffer<uint8_t>(d), x8.s = Buffer<float>(d);
+  }
+  Buffer<T> x;     // BF16/FP8: the input before conversion [N, in]
+  Buffer<T> wide;  // BF16: a kept input read back as T for a GEMM [N, in]
+  Fp8Act x8;       // FP8: an input quantised on the fly and not kept [N, in] + scales
+  // the bytes held (capacities)
+  int64_t bytes() const {
+    return static_cast<int64_t>((x.capacity() + wide.capacity()) * sizeof(T) + x8.q.capacity() +
+                                x8.s.capacity() * sizeof(float));
+  }
+};
+
 // What Linear and GroupedLinear share: the weight, its precision and its FP8 copy.
 template <class T>
 struct LinearBase {
@@ -70,29 +92,28 @@ struct LinearBase {
   const uint64_t* version = nullptr;  // PrecisionPolicy::weight_version (null: every forward)
   bool store_bf16 = false;            // PrecisionPolicy::store_bf16: a kept input in bf16
   mutable Fp8WeightCache wq{};
-  mutable Buffer<T> scratch;  // BF16/FP8: the input before conversion (one compute thread)
-  mutable Buffer<T> wide;     // BF16/FP8 kept input read back as T for a weight gradient
-  mutable Fp8Act x8_tmp;      // FP8: an input quantised on the fly and not kept
+  std::shared_ptr<LinearScratch<T>> sc;  // one call's scratch, shared with the model's Linears
 
   void init(Param<T>* w, int64_t groups, int64_t in_, int64_t out_, const LinearPrecision& p,
-            const PrecisionPolicy& pol, const Exec& e) {
+            const PrecisionPolicy& pol, const Exec& e, std::shared_ptr<LinearScratch<T>> s) {
     if (p.fp8() && !std::is_same_v<T, float>)
       throw std::invalid_argument("the fp8 recipe needs a float model");
     W = w, G = groups, in = in_, out = out_, lp = p, ex = e;
     version = pol.weight_version.get();
     store_bf16 = pol.store_bf16;
+    sc = s ? std::move(s) : std::make_shared<LinearScratch<T>>(e.device);
   }
   bool fp8() const { return lp.fp8(); }
   kernels::GemmPrecision prec() const { return lp.gemm(); }
   // Where the forward writes the input X [N, in] that is kept for the weight gradient.
   T* input(SavedAct<T>& s, int64_t N) const {
     s.set_form(fp8(), store_bf16, lp.pow2_x);
-    return s.write(N, in, scratch);
+    return s.write(N, in, sc->x);
   }
-  void keep(SavedAct<T>& s) const { s.keep(ex, scratch); }
+  void keep(SavedAct<T>& s) const { s.keep(ex, sc->x); }
   // X as the GEMMs see it: a Linear computes from what it keeps (FP8 tiles are read by the FP8
   // GEMMs themselves; bf16 is widened), so forward, recompute and weight gradient agree.
-  const T* kept(const SavedAct<T>& s) const { return s.read(ex, wide); }
+  const T* kept(const SavedAct<T>& s) const { return s.read(ex, sc->wide); }
   void refresh() const {
     if constexpr (std::is_same_v<T, float>) wq.refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
   }
@@ -101,10 +122,12 @@ struct LinearBase {
 template <class T>
 struct Linear : LinearBase<T> {
   using B = LinearBase<T>;
+  // scratch: the model's shared LinearScratch (null: the Linear makes its own)
   static Linear make(Param<T>* W, int64_t in, int64_t out, const LinearPrecision& lp,
-                     const PrecisionPolicy& pol, const Exec& ex) {
+                     const PrecisionPolicy& pol, const Exec& ex,
+                     std::shared_ptr<LinearScratch<T>> scratch = nullptr) {
     Linear l;
-    l.init(W, 1, in, out, lp, pol, ex);
+    l.init(W, 1, in, out, lp, pol, ex, std::move(scratch));
     return l;
   }
 
@@ -137,9 +160,10 @@ struct Linear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();
-        B::x8_tmp.quantize(B::ex, x, N, B::in, B::lp.pow2_x);
-        return kernels::fp8_fprop(B::ex, B::x8_tmp.q.data(), B::x8_tmp.s.data(), B::wq.q.data(),
-                                  B::wq.s.data(), N, B::out, B::in, y);
+        Fp8Act& x8 = B::sc->x8;
+        x8.quantize(B::ex, x, N, B::in, B::lp.pow2_x);
+        return kernels::fp8_fprop(B::ex, x8.q.data(), x8.s.data(), B::wq.q.data(), B::wq.s.data(),
+                                  N, B::out, B::in, y);
       }
     }
     gemm_fwd(x, N, y);
@@ -189,9 +213,10 @@ template <class T>
 struct GroupedLinear : LinearBase<T> {
   using B = LinearBase<T>;
   static GroupedLinear make(Param<T>* W, int64_t G, int64_t in, int64_t out,
-                            const LinearPrecision& lp, const PrecisionPolicy& pol, const Exec& ex) {
+                            const LinearPrecision& lp, const PrecisionPolicy& pol, const Exec& ex,
+                            std::shared_ptr<LinearScratch<T>> scratch = nullptr) {
     GroupedLinear l;
-    l.init(W, G, in, out, lp, pol, ex);
+    l.init(W, G, in, out, lp, pol, ex, std::move(scratch));
     return l;
   }
 
@@ -212,8 +237,9 @@ struct GroupedLinear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();
-        B::x8_tmp.quantize(B::ex, x, rows, B::in, B::lp.pow2_x);
-        return kernels::grouped_fp8_fprop(B::ex, off, B::G, B::x8_tmp.q.data(), B::x8_tmp.s.data(),
+        Fp8Act& x8 = B::sc->x8;
+        x8.quantize(B::ex, x, rows, B::in, B::lp.pow2_x);
+        return kernels::grouped_fp8_fprop(B::ex, off, B::G, x8.q.data(), x8.s.data(),
                                           B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
       }
     }

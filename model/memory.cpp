@@ -2,6 +2,8 @@
 // term names the buffer it counts).
 #include "model/memory.h"
 
+#include <algorithm>
+
 #include "model/model.h"
 
 namespace moetron {
@@ -85,6 +87,81 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   phases += R * static_cast<double>((2 * D + K) * T) + A * static_cast<double>((D + 1) * T) +
             n * static_cast<double>(K * T);
   return {static_cast<int64_t>(phases), static_cast<int64_t>(2 * R * static_cast<double>(D * T))};
+}
+
+namespace {
+// MLA<T>::Scratch per token: Ts the bytes of a kept element that is not FP8 (wide: bf16 storage)
+double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64_t T, bool wide) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
+  const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+  const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
+  // kv; d_o, dk, dv; dckv_raw, dhn
+  int64_t e = H * (dn + dv) + H * dq + 2 * H * dv + kl + D;
+  if (!pol.recompute_mla_up || wide) e += kl + dr;             // kva, unless kept as T
+  if (pol.recompute_mla_up || wide) e += 2 * H * dq + H * dv;  // q, k, v
+  if (wide) e += H * dv + (ql > 0 ? ql : 0) + kl;              // o, cq_raw, ckv_raw widened
+  double b = static_cast<double>(e * T);
+  if (pol.recompute_norms) {  // rstd; xn, cq, ckv in their Linears' kept form
+    const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
+    const int64_t Ts = wide ? 2 : T;
+    b += static_cast<double>(T) + saved(D, attn8, Ts) + saved(kl, attn8, Ts) +
+         (ql > 0 ? saved(ql, attn8, Ts) : 0);
+  }
+  return b;
+}
+
+// The SwiGLU MLPs and Linears present on a stage, per token: the largest use of each buffer.
+struct Widest {
+  double x = 0, wide = 0, x8q = 0, x8s = 0;  // LinearScratch: elements, bytes of codes, scales
+  double gu = 0, a = 0, da = 0;              // Mlp::Scratch: elements
+  void mlp(int64_t F, bool fp8, bool wide_) {
+    const bool narrow = fp8 || wide_;  // gu and a not kept as T: written to scratch first
+    gu = std::max(gu, narrow ? static_cast<double>(2 * F) : 0.0);
+    a = std::max(a, narrow ? static_cast<double>(F) : 0.0);
+    da = std::max(da, static_cast<double>(F));
+  }
+  void quantised(double rows, int64_t cols) {  // Linear::forward of an input not kept (FP8)
+    x8q = std::max(x8q, rows * static_cast<double>(cols));
+    x8s = std::max(x8s, rows * static_cast<double>(4 * ((cols + 127) / 128)));
+  }
+  void kept(double rows, int64_t cols, bool fp8, bool wide_) {  // Linear::input()/kept()
+    if (fp8 || wide_) x = std::max(x, rows * static_cast<double>(cols));
+    if (!fp8 && wide_) wide = std::max(wide, rows * static_cast<double>(cols));
+  }
+};
+}  // namespace
+
+LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
+                                      int64_t stage, int64_t n_stages, int64_t N, int64_t T) {
+  const StageSpec st{stage, n_stages};
+  const auto [b0, b1] = stage_blocks(c, st);
+  bool dense = false, moe = st.last() && c.num_nextn_predict_layers > 0;
+  for (int64_t l = b0; l < b1; ++l) (c.is_moe_layer(l) ? moe : dense) = true;
+  const bool wide = pol.store_bf16 && T == 4;
+  const auto fp8 = [&](Component k) { return pol.recipe_of(k) == Recipe::FP8; };
+  const int64_t D = c.hidden_size, K = c.num_experts_per_tok;
+  Widest w;
+  // attention: the inputs of kv_a (and q_a or q), q_b, kv_b; o_proj's input quantised
+  const bool attn8 = fp8(Component::AttentionProj);
+  w.kept(1, std::max({D, c.q_lora_rank, c.kv_lora_rank}), attn8, wide);
+  if (attn8) w.quantised(1, c.num_attention_heads * c.v_head_dim);
+  if (dense) {
+    w.mlp(c.intermediate_size, fp8(Component::DenseMlp), wide);
+    if (fp8(Component::DenseMlp)) w.quantised(1, c.intermediate_size);
+  }
+  if (moe) {  // the shared expert; the routed experts' sorted rows (gu) and down input
+    const int64_t Fs = c.n_shared_experts * c.moe_intermediate_size;
+    w.mlp(Fs, fp8(Component::SharedExpert), wide);
+    if (fp8(Component::SharedExpert)) w.quantised(1, Fs);
+    w.kept(static_cast<double>(K), D, fp8(Component::RoutedExpert), wide);
+    if (fp8(Component::RoutedExpert)) w.quantised(static_cast<double>(K), c.moe_intermediate_size);
+  }
+  const double n = static_cast<double>(N), t = static_cast<double>(T);
+  LayerScratchBytes b;
+  b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
+  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
+  b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
+  return b;
 }
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,

@@ -50,6 +50,20 @@ struct ScratchBytes {
 ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
                                int64_t elem = 4, double rows = 1);
 
+// The rest of the layers' shared scratch (Block::Scratch but MoE::Scratch), for micro-batches of
+// N tokens on pipeline stage `stage` of n_stages: held once per model (pipeline chunk) however many
+// layers it has; each buffer is grown to the largest call that uses it. `attention`: MLA::Scratch
+// (every stage has a block); `mlp`: Mlp::Scratch, per buffer the larger of the dense MLP and the
+// shared expert present; `linear`: LinearScratch, the largest Linear input converted to bf16 or
+// FP8 (the attention projections' inputs, the routed experts' sorted rows), widened from bf16, or
+// quantised on the fly (o_proj's, the down projections' inputs). Routed-expert rows: K per token.
+struct LayerScratchBytes {
+  int64_t attention = 0, mlp = 0, linear = 0;
+  int64_t total() const { return attention + mlp + linear; }
+};
+LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
+                                      int64_t stage, int64_t n_stages, int64_t N, int64_t elem = 4);
+
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
                                 int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4,
                                 double rows = 1);

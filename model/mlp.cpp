@@ -5,8 +5,10 @@ namespace moetron {
 
 template <class T>
 void Mlp<T>::build(ParamStore<T>& ps, const std::string& prefix, int64_t D, int64_t F,
-                   const PrecisionPolicy& pol, Component c, const Exec& ex) {
+                   const PrecisionPolicy& pol, Component c, const Exec& ex,
+                   std::shared_ptr<Scratch> scratch, std::shared_ptr<LinearScratch<T>> linear) {
   ex_ = ex;
+  scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
   D_ = D, F_ = F;
   gu_param_.name = prefix + "gate_up(fused)";
   gu_param_.value = Tensor({2 * F, D}, dtype_of<T>(), ps.device());
@@ -16,8 +18,8 @@ void Mlp<T>::build(ParamStore<T>& ps, const std::string& prefix, int64_t D, int6
   Param<T>* down = ps.add(prefix + "down_proj.weight", {D, F});
   params_.push_back(down);
   const LinearPrecision lp = pol.linear(c);
-  gu_ = Linear<T>::make(&gu_param_, D, 2 * F, lp, pol, ex);
-  down_ = Linear<T>::make(down, F, D, lp, pol, ex);
+  gu_ = Linear<T>::make(&gu_param_, D, 2 * F, lp, pol, ex, linear);
+  down_ = Linear<T>::make(down, F, D, lp, pol, ex, linear);
   recompute_swiglu_ = lp.fp8();
   store_bf16_ = pol.store_bf16;
 }
@@ -29,37 +31,40 @@ void Mlp<T>::init(double std, uint64_t seed) {
 
 template <class T>
 void Mlp<T>::forward(State& st, const T* x, int64_t N, T* y) const {
+  Scratch& sc = *scratch_;
   st.N = N;
   st.gu.set_form(recompute_swiglu_, store_bf16_, down_.lp.pow2_x);  // "all" scales: pow2
-  T* gu = st.gu.write(N, 2 * F_, gu_tmp_);
+  T* gu = st.gu.write(N, 2 * F_, sc.gu);
   gu_.forward_keep_input(st.x, x, N, gu);
-  st.gu.keep(ex_, gu_tmp_);
+  st.gu.keep(ex_, sc.gu);
   st.a.set_form(false, store_bf16_);
-  T* a = recompute_swiglu_ ? sized(a_tmp_, N * F_) : st.a.write(N, F_, a_tmp_);
+  T* a = recompute_swiglu_ ? sized(sc.a, N * F_) : st.a.write(N, F_, sc.a);
   kernels::swiglu_forward<T>(ex_, gu, N, F_, nullptr, a);
-  if (!recompute_swiglu_) st.a.keep(ex_, a_tmp_);
+  if (!recompute_swiglu_) st.a.keep(ex_, sc.a);
   down_.forward(a, N, y);  // FP8: a quantised 1x128 on the fly, not kept
 }
 
 template <class T>
 void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) const {
+  Scratch& sc = *scratch_;
   const int64_t N = st.N;
   kernels::copy(ex_, sized(st.dy, N * D_), dy, sizeof(T) * N * D_);
-  T* da = sized(da_, N * F_);
+  T* da = sized(sc.da, N * F_);
   down_.backward_input(dy, N, da);
   T* dgu = sized(st.dgu, N * 2 * F_);
-  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, gu_tmp_), N, F_, nullptr, dgu, nullptr);
+  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, sc.gu), N, F_, nullptr, dgu, nullptr);
   gu_.backward_input(dgu, N, dx, accumulate);
 }
 
 template <class T>
 void Mlp<T>::backward_weight(State& st, const T* x) const {
+  Scratch& sc = *scratch_;
   const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) from the kept gu
-    a = sized(a_tmp_, st.N * F_);
-    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, gu_tmp_), st.N, F_, nullptr, a_tmp_.data());
+    a = sized(sc.a, st.N * F_);
+    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, sc.gu), st.N, F_, nullptr, sc.a.data());
   } else {
-    a = st.a.read(ex_, a_tmp_);
+    a = st.a.read(ex_, sc.a);
   }
   down_.backward_weight(st.dy.data(), a, st.N);
   if (st.x.fp8())

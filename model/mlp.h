@@ -10,6 +10,7 @@
 // the routed experts, applied to every SwiGLU MLP).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,9 +37,24 @@ class Mlp {
     int64_t saved_bytes() const { return a.bytes() + x.bytes() + gu.bytes(); }
   };
 
+  // The buffers one call uses and drops: the SwiGLU input and output before they are kept (bf16
+  // or FP8) or when the output is recomputed, and the down projection's input gradient. Shared by
+  // all the SwiGLU MLPs of a model, dense ones and shared experts: a model (one pipeline chunk)
+  // runs one program at a time and every call writes what it reads here (as MoE::Scratch).
+  struct Scratch {
+    explicit Scratch(Device d) : gu(d), a(d), da(d) {}
+    Buffer<T> gu, a, da;     // [N, 2F], [N, F], [N, F]
+    int64_t bytes() const {  // the bytes held (capacities)
+      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity()) * sizeof(T));
+    }
+  };
+
   // prefix like "model.layers.0.mlp." ; F = intermediate width; c: DenseMlp or SharedExpert.
+  // scratch, linear: the model's shared Scratch and LinearScratch (null: the MLP makes its own).
   void build(ParamStore<T>& ps, const std::string& prefix, int64_t D, int64_t F,
-             const PrecisionPolicy& pol, Component c, const Exec& ex);
+             const PrecisionPolicy& pol, Component c, const Exec& ex,
+             std::shared_ptr<Scratch> scratch = nullptr,
+             std::shared_ptr<LinearScratch<T>> linear = nullptr);
   void init(double std, uint64_t seed);
 
   // y[N,D] (write). The caller keeps x and gives it again to backward_weight.
@@ -47,6 +63,7 @@ class Mlp {
   void backward_weight(State& st, const T* x) const;
 
   const std::vector<Param<T>*>& params() const { return params_; }
+  const std::shared_ptr<Scratch>& scratch() const { return scratch_; }
 
  private:
   Exec ex_{};
@@ -54,8 +71,8 @@ class Mlp {
   bool recompute_swiglu_ = false;  // SPEC §3.5: with an FP8 gu, a is recomputed, not kept
   bool store_bf16_ = false;        // PrecisionPolicy::store_bf16
   Linear<T> gu_, down_;
-  mutable Buffer<T> gu_tmp_, a_tmp_, da_;  // one call's scratch (one compute thread)
-  Param<T> gu_param_;                      // the fused [2F, D] pair, not registered (its views are)
+  std::shared_ptr<Scratch> scratch_;  // one call's scratch, shared with the model's MLPs
+  Param<T> gu_param_;                 // the fused [2F, D] pair, not registered (its views are)
   std::vector<Param<T>*> params_;
 };
 

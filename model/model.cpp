@@ -55,12 +55,13 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
     }
     if (stage.first()) embed_->replica = false;
   }
-  // one scratch for all the MoE layers here (MoE::Scratch: the model runs one layer at a time)
-  moe_scratch_ = std::make_shared<typename MoE<T>::Scratch>(ex.device);
+  // one scratch of each kind for all the layers here (Block::Scratch: the model runs one layer
+  // at a time)
+  scratch_ = Block<T>::Scratch::make(ex.device);
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
     blocks_.back()->build(*ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,
-                          cfg.is_moe_layer(l) ? dispatcher : nullptr, ex, 0, moe_scratch_);
+                          cfg.is_moe_layer(l) ? dispatcher : nullptr, ex, 0, scratch_);
     n_moe_ += blocks_.back()->is_moe();
   }
   if (stage.last()) {
@@ -69,7 +70,7 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
     for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
       mtp_.push_back(std::make_unique<MtpLayer<T>>());
       mtp_.back()->build(*ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
-                         dispatcher, ex, moe_scratch_);
+                         dispatcher, ex, scratch_);
       ++n_moe_;
     }
   }
@@ -93,6 +94,19 @@ std::vector<MoE<T>*> Model<T>::moe_layers() const {
     if (b->is_moe()) out.push_back(b->moe());
   for (auto& m : mtp_) out.push_back(m->block().moe());
   return out;
+}
+
+template <class T>
+std::vector<const Block<T>*> Model<T>::blocks() const {
+  std::vector<const Block<T>*> out;
+  for (auto& b : blocks_) out.push_back(b.get());
+  for (auto& m : mtp_) out.push_back(&m->block());
+  return out;
+}
+
+template <class T>
+int64_t Model<T>::layer_scratch_bytes() const {
+  return scratch_.attn->bytes() + scratch_.mlp->bytes() + scratch_.linear->bytes();
 }
 
 template <class T>

@@ -145,8 +145,13 @@ class Model {
   const int64_t* loads() const { return loads_.data(); }
   int64_t* loads() { return loads_.data(); }
   void zero_loads() const;
-  // The bytes the MoE layers' shared scratch holds now (MoE::Scratch; model/memory.h counts them).
-  int64_t moe_scratch_bytes() const { return moe_scratch_->bytes(); }
+  // Every block (main blocks first, then MTP blocks).
+  std::vector<const Block<T>*> blocks() const;
+  // The layers' shared scratch (Block::Scratch) and the bytes it holds now (model/memory.h counts
+  // them): the MoE layers' (MoE::Scratch), and the rest (MLA, Mlp and Linear scratch).
+  const typename Block<T>::Scratch& scratch() const { return scratch_; }
+  int64_t moe_scratch_bytes() const { return scratch_.moe->bytes(); }
+  int64_t layer_scratch_bytes() const;
 
  private:
   ModelConfig cfg_;
@@ -162,7 +167,7 @@ class Model {
   RMSNorm<T> norm_;
   std::vector<std::unique_ptr<MtpLayer<T>>> mtp_;
   int64_t n_moe_ = 0;
-  std::shared_ptr<typename MoE<T>::Scratch> moe_scratch_;  // shared by every MoE layer here
+  typename Block<T>::Scratch scratch_;  // shared by every layer here
   mutable Buffer<int64_t> loads_;
   void read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const;
   void head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const;

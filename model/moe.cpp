@@ -12,7 +12,9 @@ namespace moetron {
 template <class T>
 void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
                    const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-                   const Exec& ex, int64_t tail, std::shared_ptr<Scratch> scratch) {
+                   const Exec& ex, int64_t tail, std::shared_ptr<Scratch> scratch,
+                   std::shared_ptr<typename Mlp<T>::Scratch> mlp,
+                   std::shared_ptr<LinearScratch<T>> linear) {
   if (tail < 0) throw std::invalid_argument("MoE: negative tail");
   ex_ = ex, tail_ = tail;
   scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
@@ -28,7 +30,8 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   bias_ = ps.add(prefix + "gate.e_score_correction_bias", {E_}, /*decay=*/false);
   bias_->trainable = false;
   params_ = {gate_w_, bias_};
-  gate_ = Linear<T>::make(gate_w_, D_, E_, pol.linear(Component::Gate), pol, ex);  // never FP8
+  gate_ = Linear<T>::make(gate_w_, D_, E_, pol.linear(Component::Gate), pol, ex,  // never FP8
+                          linear);
 
   auto fused = [&](std::vector<int64_t> shape) {
     auto p = std::make_unique<Param<T>>();
@@ -48,12 +51,12 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   }
   const LinearPrecision up = pol.linear(Component::RoutedExpert);
   const LinearPrecision down = pol.linear(Component::RoutedExpert, false, /*expert_down=*/true);
-  gu_ = GroupedLinear<T>::make(gu_all_.get(), E_local_, D_, 2 * F_, up, pol, ex);
-  down_ = GroupedLinear<T>::make(down_all_.get(), E_local_, F_, D_, down, pol, ex);
+  gu_ = GroupedLinear<T>::make(gu_all_.get(), E_local_, D_, 2 * F_, up, pol, ex, linear);
+  down_ = GroupedLinear<T>::make(down_all_.get(), E_local_, F_, D_, down, pol, ex, linear);
   recompute_swiglu_ = up.fp8();
   store_bf16_ = pol.store_bf16;
   shared_.build(ps, prefix + "shared_experts.", D_, c.n_shared_experts * F_, pol,
-                Component::SharedExpert, ex);
+                Component::SharedExpert, ex, std::move(mlp), std::move(linear));
   for (Param<T>* p : shared_.params()) params_.push_back(p);
 }
 

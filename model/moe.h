@@ -114,10 +114,13 @@ class MoE {
   // The dispatcher decides which experts live here (all of them for LocalDispatcher). tail: the
   // positions at the end of each sequence that have no target (k in MTP depth k, SPEC §1.5): they
   // are routed and computed like the others but left out of the balance loss and the loads.
-  // scratch: the model's shared Scratch (null: the layer makes its own).
+  // scratch, mlp, linear: the model's shared Scratch, the shared expert's Mlp::Scratch and the
+  // Linears' LinearScratch (null: the layer makes its own).
   void build(ParamStore<T>& ps, const std::string& prefix, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex, int64_t tail = 0, std::shared_ptr<Scratch> scratch = nullptr);
+             const Exec& ex, int64_t tail = 0, std::shared_ptr<Scratch> scratch = nullptr,
+             std::shared_ptr<typename Mlp<T>::Scratch> mlp = nullptr,
+             std::shared_ptr<LinearScratch<T>> linear = nullptr);
   void init(double std, uint64_t seed);
 
   // ---- forward phases (x = ffn_norm output [N,D], kept alive by the caller) ----
@@ -168,6 +171,7 @@ class MoE {
   int64_t n_experts() const { return E_; }
   const std::vector<Param<T>*>& params() const { return params_; }
   const std::shared_ptr<Scratch>& scratch() const { return scratch_; }
+  const Mlp<T>& shared_expert() const { return shared_; }
 
  private:
   Exec ex_{};

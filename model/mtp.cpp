@@ -7,7 +7,7 @@ template <class T>
 void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
                         const ModelConfig& c, const PrecisionPolicy& pol,
                         std::shared_ptr<TokenDispatcher<T>> dispatcher, const Exec& ex,
-                        std::shared_ptr<typename MoE<T>::Scratch> moe_scratch) {
+                        const typename Block<T>::Scratch& scratch) {
   ex_ = ex, k_ = depth;
   D_ = c.hidden_size, V_ = c.vocab_size, chunk_ = c.lm_head_chunk;
   head_prec_ = pol.gemm(Component::Head);
@@ -16,9 +16,10 @@ void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
   LinearPrecision lp;  // eh_proj: the attention projections' GEMM precision, never FP8
   lp.recipe = pol.gemm(Component::AttentionProj) == kernels::GemmPrecision::FP32 ? Recipe::FP32
                                                                                  : Recipe::BF16;
-  eh_proj_ = Linear<T>::make(ps.add(p + "eh_proj.weight", {D_, 2 * D_}), 2 * D_, D_, lp, pol, ex);
+  eh_proj_ = Linear<T>::make(ps.add(p + "eh_proj.weight", {D_, 2 * D_}), 2 * D_, D_, lp, pol, ex,
+                             scratch.linear);
   // the last k positions of each sequence have no target: out of the MoE's balance statistics
-  block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth, std::move(moe_scratch));
+  block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth, scratch);
   head_norm_.build(ps, p + "shared_head.norm.weight", D_, c.rms_norm_eps, ex);
 }
 

@@ -48,7 +48,7 @@ class MtpLayer {
   // prefix "model.layers.(L+k-1)."; depth k >= 1.
   void build(ParamStore<T>& ps, const std::string& prefix, int64_t depth, const ModelConfig& c,
              const PrecisionPolicy& pol, std::shared_ptr<TokenDispatcher<T>> dispatcher,
-             const Exec& ex, std::shared_ptr<typename MoE<T>::Scratch> moe_scratch = nullptr);
+             const Exec& ex, const typename Block<T>::Scratch& scratch = {});
   void init(double std, uint64_t seed);
 
   // tokens [B, S+1] (device), hprev = h^{k-1} [N,D] (kept alive by the caller), embed/head [V,D].

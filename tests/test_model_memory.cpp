@@ -1,9 +1,9 @@
 // Activation memory: the analytic bytes of a micro-batch slot (model/memory.h) against the bytes
 // the CPU allocator really holds for it, for tiny.yaml's model in fp32 and fp8, on one stage and on
 // the stages of a PP2 cut (the last with its head and MTP module), with and without the recompute
-// of the norms and MLA up-projections; the MoE layers' one shared scratch against its analytic
-// count; and no allocation at all once a slot and the layers' scratch have been sized (steady
-// state).
+// of the norms and MLA up-projections; the layers' shared scratch (one MoE, MLA, MLP and Linear
+// scratch per model, used by every layer) against its analytic count; and no allocation at all
+// once a slot and the layers' scratch have been sized (steady state).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -49,12 +49,37 @@ PrecisionPolicy policy(const std::string& r) {
   return pol;
 }
 
+// The other layers' scratch (Block::Scratch): every MLA layer and every SwiGLU MLP (dense or
+// shared expert) of the model uses the model's one, and what each part holds after a warm-up
+// equals its analytic count.
+void expect_shared_layer_scratch(const Model<float>& m, const LayerScratchBytes& want,
+                                 const std::string& what) {
+  const typename Block<float>::Scratch& sc = m.scratch();
+  for (const Block<float>* b : m.blocks()) {
+    EXPECT_EQ(b->attention().scratch(), sc.attn) << what;
+    const Mlp<float>& mlp = b->is_moe() ? b->moe()->shared_expert() : *b->mlp();
+    EXPECT_EQ(mlp.scratch(), sc.mlp) << what;
+  }
+  const double held[3] = {static_cast<double>(sc.attn->bytes()),
+                          static_cast<double>(sc.mlp->bytes()),
+                          static_cast<double>(sc.linear->bytes())};
+  const double analytic[3] = {static_cast<double>(want.attention), static_cast<double>(want.mlp),
+                              static_cast<double>(want.linear)};
+  std::printf(
+      "%s: layer scratch attention %.3f MiB (analytic %.3f), mlp %.3f (%.3f), linear %.3f "
+      "(%.3f)\n",
+      what.c_str(), held[0] / 1048576, analytic[0] / 1048576, held[1] / 1048576,
+      analytic[1] / 1048576, held[2] / 1048576, analytic[2] / 1048576);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(held[i], analytic[i], 0.05 * analytic[i]) << what << i;
+  EXPECT_EQ(m.layer_scratch_bytes(), sc.attn->bytes() + sc.mlp->bytes() + sc.linear->bytes());
+}
+
 TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   const ModelConfig c = tiny();
   const int64_t B = 8, S = 128, N = B * S, D = c.hidden_size;
   const auto tok = tokens(B, S, c.vocab_size);
   for (const char* recipe : {"fp32", "fp8", "fp32+recompute", "fp8+recompute", "fp32/bf16",
-                             "bf16/bf16", "fp8/bf16+recompute"}) {
+                             "bf16/bf16", "fp32/bf16+recompute", "fp8/bf16+recompute"}) {
     const PrecisionPolicy pol = policy(recipe);
     for (int64_t P : {1, 2}) {
       for (int64_t s = 0; s < P; ++s) {
@@ -74,6 +99,9 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
         EXPECT_NEAR(static_cast<double>(m.moe_scratch_bytes()), static_cast<double>(sc.total()),
                     0.05 * static_cast<double>(sc.total()))
             << recipe << " stage " << s << "/" << P;
+        expect_shared_layer_scratch(
+            m, layer_scratch_bytes(c, pol, s, P, N),
+            std::string(recipe) + " stage " + std::to_string(s) + "/" + std::to_string(P));
         const int64_t l0 = live();
         m.forward(mb, tok.data(), B, S, 0.3, in);
         const int64_t fwd = live() - l0;

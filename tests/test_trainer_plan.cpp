@@ -104,6 +104,8 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.bytes.activations, r.slots * slot.forward + sets * slot.backward);
     EXPECT_EQ(r.bytes.ep_buffers, 0);
     EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).phases);
+    EXPECT_EQ(r.bytes.layer_scratch,
+              layer_scratch_bytes(c.model, c.policy(), 0, 1, 2 * 128).total());
     EXPECT_EQ(r.bytes.pp_messages, 0);
     EXPECT_EQ(r.bytes.gradient_shard, 0);  // one rank: the gradient arena is the shard
     EXPECT_EQ(r.bytes.fp8_weight_cache > 0, std::string(recipe) == "fp8");
@@ -171,6 +173,31 @@ TEST(Plan, DualPipeHoldsBothEndsOnTheFirstRank) {
   const Counted last = count(c, 3, 4);
   EXPECT_EQ(p.ranks[0].params, count(c, 0, 4).all + last.all - last.replica);
   for (const RankPlan& r : p.ranks) EXPECT_EQ(r.slots, 5);  // PP + 1
+}
+
+// The MLA, MLP and Linear scratch of a chunk's layers is one per stage (Block::Scratch), however
+// many layers the stage has: a DualPipe rank holds its two stages' scratch, and a stage with dense
+// layers the dense MLP's wider SwiGLU buffers.
+TEST(Plan, LayerScratchOncePerStage) {
+  const Config c = small({"parallel.pp=4", "parallel.schedule=dualpipe", "precision.recipe=fp8",
+                          "activations.storage=bf16", "activations.recompute_norms=on"});
+  const Plan p = make_plan(c);
+  const auto stage = [&](int s) { return layer_scratch_bytes(c.model, c.policy(), s, 4, 2 * 128); };
+  for (const RankPlan& r : p.ranks) {
+    int64_t want = 0;
+    for (int s : r.stages) want += stage(s).total();
+    EXPECT_EQ(r.bytes.layer_scratch, want) << r.pp_rank;
+    EXPECT_GT(r.bytes.layer_scratch, 0);
+  }
+  ASSERT_TRUE(c.model.first_k_dense_replace > 0 &&
+              c.model.intermediate_size > c.model.n_shared_experts * c.model.moe_intermediate_size);
+  EXPECT_GT(stage(0).mlp, stage(1).mlp);  // stage 0 has the dense layer(s)
+  const Config one = small({"precision.recipe=fp8", "activations.storage=bf16"});
+  const Config more =
+      small({"precision.recipe=fp8", "activations.storage=bf16",
+             "model.num_hidden_layers=" + std::to_string(2 * one.model.num_hidden_layers)});
+  EXPECT_EQ(make_plan(one).ranks[0].bytes.layer_scratch,
+            make_plan(more).ranks[0].bytes.layer_scratch);
 }
 
 TEST(Plan, RefusesALayoutThatDoesNotFitNamingTheTerms) {

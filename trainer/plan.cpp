@@ -78,10 +78,11 @@ int64_t fp8_cache_bytes(const Tensor& w) {
 struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0;
   int64_t moe_layers = 0;
-  SlotBytes slot;        // activations of one micro-batch (model/memory.h)
-  int64_t ep_slot = 0;   // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t ep_layer = 0;  // the received rows and outputs of the MoE layers' Scratch (rx, ry)
-  int64_t scratch = 0;   // the rest of the MoE layers' Scratch, held once per stage
+  SlotBytes slot;             // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;        // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t ep_layer = 0;       // the received rows and outputs of the MoE layers' Scratch (rx, ry)
+  int64_t scratch = 0;        // the rest of the MoE layers' Scratch, held once per stage
+  int64_t layer_scratch = 0;  // the other layers' shared scratch, held once per stage
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
@@ -100,6 +101,8 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len;
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
+  // one MLA, Mlp and Linear scratch per stage (Block::Scratch: the chunk runs one layer at a time)
+  s.layer_scratch = layer_scratch_bytes(mc, pol, stage, p.stages, N).total();
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
     s.scratch = sc.phases;
@@ -283,6 +286,7 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   for (int stage : rp.stages) {
     rp.bytes.ep_buffers += st[stage].ep_layer;
     rp.bytes.moe_scratch += st[stage].scratch;
+    rp.bytes.layer_scratch += st[stage].layer_scratch;
   }
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);

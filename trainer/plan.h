@@ -31,6 +31,7 @@ struct MemoryTerms {
   int64_t pp_messages = 0;        // pipeline activations and gradients on the wire
   int64_t activations = 0;        // micro-batch slots in flight + gradient sets (model/memory.h)
   int64_t moe_scratch = 0;        // the MoE layers' shared scratch, one per stage (MoE::Scratch)
+  int64_t layer_scratch = 0;  // the other layers' shared scratch, one per stage (MLA, Mlp, Linear)
   int64_t total() const;
 };
 
@@ -40,7 +41,7 @@ struct MemoryTermInfo {
   const char* heading;
   int64_t MemoryTerms::*bytes;
 };
-inline constexpr std::array<MemoryTermInfo, 9> kMemoryTerms{{
+inline constexpr std::array<MemoryTermInfo, 10> kMemoryTerms{{
     {"weights", "weights", &MemoryTerms::weights},
     {"gradients", "grads", &MemoryTerms::gradients},
     {"gradient_shard", "grad-shard", &MemoryTerms::gradient_shard},
@@ -50,6 +51,7 @@ inline constexpr std::array<MemoryTermInfo, 9> kMemoryTerms{{
     {"pp_messages", "pp-msgs", &MemoryTerms::pp_messages},
     {"activations", "activations", &MemoryTerms::activations},
     {"moe_scratch", "moe-scratch", &MemoryTerms::moe_scratch},
+    {"layer_scratch", "layer-scratch", &MemoryTerms::layer_scratch},
 }};
 
 // One pipeline rank (any of its DP x EP ranks).

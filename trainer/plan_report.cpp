@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 namespace moetron {
@@ -74,12 +75,17 @@ void write_rows(const Plan& p, std::ostream& out) {
   out << "memory per device, " << (gib ? "GiB" : "MiB")
       << " (one row per pipeline rank: its DP and EP ranks hold the same)\n";
   out << pad("pp", 4) << "  " << pad("stages", 7, false) << pad("params", 9);
-  for (const MemoryTermInfo& t : kMemoryTerms) out << pad(t.heading, 12);
+  // a term's column: 12 characters, or its heading and two spaces
+  const auto width = [](const MemoryTermInfo& t) {
+    return std::max<size_t>(12, std::strlen(t.heading) + 2);
+  };
+  for (const MemoryTermInfo& t : kMemoryTerms) out << pad(t.heading, width(t));
   out << pad("total", 10) << pad("slots", 7) << pad("sets", 6) << "\n";
   for (const RankPlan& r : p.ranks) {
     out << pad(std::to_string(r.pp_rank), 4) << "  " << pad(joined(r.stages, ","), 7, false)
         << pad(count(r.params), 9);
-    for (const MemoryTermInfo& t : kMemoryTerms) out << pad(fixed(r.bytes.*t.bytes / unit), 12);
+    for (const MemoryTermInfo& t : kMemoryTerms)
+      out << pad(fixed(r.bytes.*t.bytes / unit), width(t));
     out << pad(fixed(r.bytes.total() / unit), 10) << pad(std::to_string(r.slots), 7)
         << pad(std::to_string(r.grad_sets), 6) << "\n";
   }
