@@ -98,6 +98,10 @@ class PipelineExecutor {
   // Runs this rank's ops for one optimizer step; adds this rank's losses (every chunk's) into
   // `sum`. Message ops post non-blocking sends/receives; a compute op first waits for every
   // receive posted before it (the schedule's execution contract); sends complete by the end.
+  // Adjacent message ops are posted as one batch_isend_irecv (one NCCL group, as Megatron's
+  // send_forward_recv_backward): on NCCL, whose operations run in posting order, a stage that
+  // posted its send and its receive apart could wait in the receive for a peer that waits in
+  // its own receive for that send (parallel/comm_stream.h proves the order on the CPU).
   void run(const TokenSource& tokens, int64_t B, int64_t S, double mtp_weight, double grad_scale,
            Losses& sum) {
     const Step step{tokens, B, S, mtp_weight, grad_scale};
@@ -108,9 +112,10 @@ class PipelineExecutor {
       op_index_ = i;
       watchdog::set_microbatch(op.mb, op.stage);  // what a hang report names (watchdog.h)
       int64_t t = trace::stamp();
-      if (op.is_message())
+      if (op.is_message()) {
         post(op, step);
-      else
+        if (i + 1 == ops.size() || !ops[i + 1].is_message()) post_batch();
+      } else
         compute(op, step), t = trace::stamp();
       for (int k : retire_after[i]) retire(k);
       poll();
@@ -164,13 +169,14 @@ class PipelineExecutor {
   static int peak_message_buffers(const pipeline::Schedule& s, int rank);
 
  private:
+  // A posted message: its batch's Request (complete when every message of the batch is).
   struct PendingSend {
-    Request req;
+    std::shared_ptr<Request> req;
     int buf;
     trace::Event tr;  // its trace slice, from post to completion (while tracing)
   };
   struct PendingRecv {
-    Request req;
+    std::shared_ptr<Request> req;
     trace::Event tr;
   };
   // One run()'s arguments.
@@ -204,8 +210,17 @@ class PipelineExecutor {
   std::vector<std::vector<int>> begin_step(const std::vector<pipeline::Op>& ops);
   void finish_stats();
 
-  // A message op: posts a non-blocking receive into a fresh buffer, or a send of a copy.
+  // A message op: adds a receive into a fresh buffer, or a send of a copy, to the batch that
+  // post_batch() posts.
   void post(const pipeline::Op& op, const Step& st);
+  void post_batch() {
+    auto req = std::make_shared<Request>(pp_.batch_isend_irecv(batch_));
+    for (auto& r : recvs_)
+      if (!r.req) r.req = req;
+    for (auto& s : sends_)
+      if (!s.req) s.req = req;
+    batch_.clear();
+  }
   // A compute op: waits for the receives posted before it, then runs the chunk(s).
   void compute(const pipeline::Op& op, const Step& st);
   Program forward_of(int m, int stage, const Step& st);
@@ -226,14 +241,14 @@ class PipelineExecutor {
   }
   void wait_receives() {  // time blocked here is pipeline idle (bubble + p2p latency)
     const auto t0 = clock::now();
-    for (auto& r : recvs_) r.req.wait(), trace::complete(r.tr);
+    for (auto& r : recvs_) r.req->wait(), trace::complete(r.tr);
     if (!recvs_.empty()) trace::span_since(trace::Track::PpWait, "wait receives", trace::ns(t0));
     recvs_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
   void wait_sends() {
     const auto t0 = clock::now();
-    for (auto& s : sends_) s.req.wait(), msg_release(s.buf), trace::complete(s.tr);
+    for (auto& s : sends_) s.req->wait(), msg_release(s.buf), trace::complete(s.tr);
     if (!sends_.empty()) trace::span_since(trace::Track::PpWait, "wait sends", trace::ns(t0));
     sends_.clear();
     stats_.pp_idle += seconds_since(t0);
@@ -266,7 +281,8 @@ class PipelineExecutor {
   void send_copy(const T* src, size_t bytes, int peer, int tag, int64_t n, trace::Event tr) {
     const int b = msg_acquire(n);
     kernels::copy(chunks_[0]->exec(), msgs_[b].data(), src, bytes);
-    sends_.push_back({pp_.isend(msgs_[b].data(), bytes, peer, tag), b, tr});
+    batch_.push_back(P2pOp::send(msgs_[b].data(), bytes, peer, tag));
+    sends_.push_back({nullptr, b, tr});
   }
   // The buffers the backward writes and keeps until the weight gradient (and the send of d input)
   // are not part of a slot: they are lent from a pool, so a rank holds in-flight-bound slots of
@@ -293,7 +309,7 @@ class PipelineExecutor {
   void poll() {  // expert exchanges progress; completed sends give their buffers back
     if (opt_.progress) opt_.progress();
     for (size_t i = 0; i < sends_.size();) {
-      if (sends_[i].req.test()) {
+      if (sends_[i].req && sends_[i].req->test()) {  // (null: in the batch not yet posted)
         msg_release(sends_[i].buf);
         trace::complete(sends_[i].tr);
         sends_[i] = std::move(sends_.back());
@@ -317,6 +333,7 @@ class PipelineExecutor {
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key
   std::vector<PendingSend> sends_;
   std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
+  std::vector<P2pOp> batch_;        // the messages of adjacent message ops, until post_batch()
   std::vector<Losses> losses_;      // [key] of the current run
   std::vector<int> last_grad_op_;   // [stage]: the last op of this rank accumulating into it
   size_t op_index_ = 0;             // of the op being run

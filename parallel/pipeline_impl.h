@@ -79,8 +79,8 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
     case OpKind::RecvActivation: {  // the input of (m, s+1)
       int& b = act_of_[key(m, op.stage + 1)];
       b = msg_acquire(n);
-      recvs_.push_back({pp_.irecv(msgs_[b].data(), bytes, op.peer, tag),
-                        tr(trace::Track::PpRecv, "recv activation")});
+      batch_.push_back(P2pOp::recv(msgs_[b].data(), bytes, op.peer, tag));
+      recvs_.push_back({nullptr, tr(trace::Track::PpRecv, "recv activation")});
       break;
     }
     case OpKind::SendActivation:
@@ -90,8 +90,8 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
     case OpKind::RecvGrad: {  // d output of (m, s-1)
       int& b = grad_of_[key(m, op.stage - 1)];
       b = msg_acquire(n);
-      recvs_.push_back({pp_.irecv(msgs_[b].data(), bytes, op.peer, tag),
-                        tr(trace::Track::PpRecv, "recv gradient")});
+      batch_.push_back(P2pOp::recv(msgs_[b].data(), bytes, op.peer, tag));
+      recvs_.push_back({nullptr, tr(trace::Track::PpRecv, "recv gradient")});
       break;
     }
     case OpKind::SendGrad:

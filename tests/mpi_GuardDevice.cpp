@@ -22,6 +22,7 @@
 #include "model/flops.h"
 #include "model/param.h"
 #include "parallel/comm.h"
+#include "parallel/comm_stream.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
 
@@ -144,6 +145,26 @@ TEST(GuardDevice, DualPipeKeepsHostAndDeviceDataOnTheirGroups) {
   set_guard_parameters(false);
   ASSERT_EQ(cpu.size(), 2u);
   EXPECT_EQ(guard, cpu);
+}
+
+// The device data in NCCL's order (parallel/comm_stream.h: one stream of operations per process,
+// in-order point-to-point, the EP dispatcher's collective path): the schedules post their
+// pipeline, EP and ZeRO-1 operations in an order NCCL can run without deadlock (a deadlock hangs
+// the stream and the watchdog stops the job), with the CPU's losses bit for bit.
+TEST(GuardDevice, DeviceDataInNcclOrderRunsEverySchedule) {
+  std::vector<std::vector<std::string>> layouts = {{}};  // the default layout of this world size
+  if (world().size() == 4)
+    layouts.push_back({"parallel.schedule=dualpipe", "data.micro_batch_size=1"});
+  if (world().size() == 2) layouts.push_back({"parallel.schedule=1f1b"});
+  for (std::vector<std::string> extra : layouts) {
+    extra.insert(extra.end(), {"run.steps=2", "run.comm_timeout_s=60"});
+    const std::vector<double> cpu = run("cpu", tmp_dir("cpu_nccl_order"), extra);
+    set_guard_parameters(true), set_guard_nccl_order(true);
+    const std::vector<double> guard = run("guard", tmp_dir("guard_nccl_order"), extra);
+    set_guard_parameters(false), set_guard_nccl_order(false);
+    ASSERT_EQ(cpu.size(), 2u);
+    EXPECT_EQ(guard, cpu) << (extra.size() > 2 ? extra[0] : "default layout");
+  }
 }
 
 // A number field of a metrics.jsonl line.

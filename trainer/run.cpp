@@ -20,6 +20,7 @@
 #include "kernels/ops.h"
 #include "model/memory.h"
 #include "parallel/comm_checked.h"
+#include "parallel/comm_stream.h"
 #include "trainer/plan.h"
 #include "trainer/train.h"
 #if MOETRON_HAVE_CUDA
@@ -165,16 +166,20 @@ void open_run_dir(Run& r) {
 // takes its node's GPU number (node-local rank mod the GPUs visible) before any CUDA memory
 // exists, and the device world is NCCL's, bootstrapped over the MPI world. Guard: the world
 // wrapped to refuse guard memory for host data and, when the parameters are on the guard device
-// too (all device data is), to refuse anything else for device data.
+// too (all device data is), to refuse anything else for device data; with set_guard_nccl_order
+// the device data in NCCL's order (parallel/comm_stream.h).
 void open_device(Run& r) {
   const Config& cfg = r.cfg;
   r.world = r.device_world = &world();
   if (cfg.run.device == Device::Guard) {
     r.own_world = checked_communicator(world(), MemoryKind::Host);
     r.world = r.own_world.get();
+    if (guard_nccl_order()) r.own_device_world = nccl_ordered_communicator(world());
     if (guard_parameters())
-      r.device_world =
-          (r.own_device_world = checked_communicator(world(), MemoryKind::Device)).get();
+      r.own_device_world = r.own_device_world ? checked_communicator(std::move(r.own_device_world),
+                                                                     MemoryKind::Device)
+                                              : checked_communicator(world(), MemoryKind::Device);
+    if (r.own_device_world) r.device_world = r.own_device_world.get();
   }
   if (cfg.run.device != Device::CUDA) return;
   try {
