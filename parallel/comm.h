@@ -215,6 +215,28 @@ class Communicator {
   std::string name_;
 };
 
+// A Communicator over another one, owned or not, forwarding what a wrapper does not change
+// (comm_checked.h, comm_stream.h). A name set on it names the wrapped one too.
+class WrappedCommunicator : public Communicator {
+ public:
+  WrappedCommunicator(std::unique_ptr<Communicator> own, Communicator& c)
+      : own_(std::move(own)), c_(c) {
+    Communicator::set_name(c.name());
+  }
+  int rank() const override { return c_.rank(); }
+  int size() const override { return c_.size(); }
+  void set_name(std::string name) override {
+    c_.set_name(name);
+    Communicator::set_name(std::move(name));
+  }
+
+ private:
+  std::unique_ptr<Communicator> own_;
+
+ protected:
+  Communicator& c_;  // the wrapped communicator
+};
+
 // The process-wide MPI world: initialised on first use, finalised at exit. Works without mpirun
 // (one rank). Requires MPI_THREAD_MULTIPLE (the checkpoint thread communicates while training
 // does, and a progress thread will): if the MPI library provides less, it prints what it provided

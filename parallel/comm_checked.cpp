@@ -8,18 +8,10 @@ namespace moetron {
 
 namespace {
 
-class CheckedCommunicator final : public Communicator {
+class CheckedCommunicator final : public WrappedCommunicator {
  public:
   CheckedCommunicator(std::unique_ptr<Communicator> own, Communicator& c, MemoryKind kind)
-      : own_(std::move(own)), c_(c), kind_(kind) {
-    Communicator::set_name(c.name());
-  }
-  int rank() const override { return c_.rank(); }
-  int size() const override { return c_.size(); }
-  void set_name(std::string name) override {
-    c_.set_name(name);
-    Communicator::set_name(std::move(name));
-  }
+      : WrappedCommunicator(std::move(own), c), kind_(kind) {}
 
   void send(const void* buf, size_t bytes, int peer, int tag) override {
     check(buf, bytes, "send");
@@ -103,8 +95,6 @@ class CheckedCommunicator final : public Communicator {
     for (size_t x : v) s += x;
     return s;
   }
-  std::unique_ptr<Communicator> own_;
-  Communicator& c_;
   MemoryKind kind_;
 };
 

@@ -97,18 +97,10 @@ class Stream {
   std::thread worker_;
 };
 
-class OrderedCommunicator final : public Communicator {
+class OrderedCommunicator final : public WrappedCommunicator {
  public:
   OrderedCommunicator(std::unique_ptr<Communicator> own, Communicator& c, std::shared_ptr<Stream> s)
-      : own_(std::move(own)), c_(c), stream_(std::move(s)) {
-    Communicator::set_name(c.name());
-  }
-  int rank() const override { return c_.rank(); }
-  int size() const override { return c_.size(); }
-  void set_name(std::string name) override {
-    c_.set_name(name);
-    Communicator::set_name(std::move(name));
-  }
+      : WrappedCommunicator(std::move(own), c), stream_(std::move(s)) {}
   bool tags_match() const override { return false; }
 
   void send(const void* buf, size_t bytes, int peer, int) override {
@@ -170,8 +162,6 @@ class OrderedCommunicator final : public Communicator {
       return t->test();
     });
   }
-  std::unique_ptr<Communicator> own_;
-  Communicator& c_;
   std::shared_ptr<Stream> stream_;
 };
 
