@@ -12,6 +12,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
   attn_.build(ps, prefix, c, pol, ex, scratch.attn, scratch.linear);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
   store_bf16_ = pol.store_bf16;
+  own_ = scratch.own ? scratch.own : std::make_shared<Own>(ex.device);
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
     moe_->build(ps, prefix + "mlp.", c, pol, std::move(dispatcher), ex, tail, scratch.moe,
@@ -36,13 +37,14 @@ Program Block<T>::forward_program(State& st, const T* h, int64_t B, int64_t S, c
   const int64_t N = B * S, ND = N * D_;
   st.B = B, st.S = S, st.h_in = h;
   st.h_mid.set_form(false, store_bf16_), st.xn2.set_form(false, store_bf16_);
-  T* h_mid = st.h_mid.write(N, D_, h_mid_tmp_);
+  Own& sc = *own_;  // h_mid and xn2 (bf16 storage) stay in it until this forward returns
+  T* h_mid = st.h_mid.write(N, D_, sc.h_mid);
   attn_.forward(st.attn, h, B, S, pos, h_mid);
   kernels::add_inplace<T>(ex_, h_mid, h, ND);
-  st.h_mid.keep(ex_, h_mid_tmp_);
-  T* xn2 = st.xn2.write(N, D_, xn2_tmp_);
+  st.h_mid.keep(ex_, sc.h_mid);
+  T* xn2 = st.xn2.write(N, D_, sc.xn2);
   ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
-  st.xn2.keep(ex_, xn2_tmp_);
+  st.xn2.keep(ex_, sc.xn2);
   if (moe_) {
     Program ffn = moe_->forward_program(st.moe, xn2, B, S, out, balance, load, layer);
     while (ffn.step()) co_yield ffn.last();
@@ -71,7 +73,7 @@ Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos,
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
   }
   T* dmid = sized(st.dmid, ND);
-  ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N, dmid);
+  ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N, dmid);
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
   kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
@@ -89,8 +91,8 @@ template <class T>
 void Block<T>::dense_backward_weight(State& st) const {
   const int64_t N = st.B * st.S;
   attn_.backward_weight(st.attn, st.h_in, st.dmid.data());
-  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, h_mid_tmp_), st.rstd2.data(), N);
-  const T* xn2 = st.xn2.read(ex_, xn2_tmp_);
+  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N);
+  const T* xn2 = st.xn2.read(ex_, own_->xn2);
   if (moe_)
     moe_->dense_backward_weight(st.moe, xn2);
   else

@@ -39,6 +39,22 @@ class Block {
     }
   };
 
+  // The blocks' and MTP modules' own one-call buffers (a block's bf16-storage staging, an
+  // MtpLayer's temporaries), shared like the layers' scratch: every call writes what it reads
+  // here and keeps nothing in it for a later call (the backward widens the bf16-kept h_mid and
+  // ffn_norm output again; the forward's fp32 values live only until the forward returns).
+  struct Own {
+    explicit Own(Device d) : h_mid(d), xn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+    Buffer<T> h_mid, xn2;     // bf16 storage: h_mid and ffn_norm(h_mid) as T [N,D], or widened
+    Buffer<T> en, hpn;        // MtpLayer forward: enorm(e), hnorm(h^{k-1}) [N,D]
+    Buffer<T> den, dhpn, de;  // MtpLayer backward: their gradients and d e [N,D]
+    int64_t bytes() const {   // the bytes held (capacities)
+      size_t n = 0;
+      for (const Buffer<T>* b : {&h_mid, &xn2, &en, &hpn, &den, &dhpn, &de}) n += b->capacity();
+      return static_cast<int64_t>(n * sizeof(T));
+    }
+  };
+
   // The one-call scratch of a block's layers, one of each kind per model (pipeline chunk), shared
   // by all its blocks and MTP blocks (each kind's struct says why that is valid): make() makes
   // them; a default Scratch leaves every layer to make its own.
@@ -47,10 +63,12 @@ class Block {
     std::shared_ptr<typename Mlp<T>::Scratch> mlp;  // the dense MLPs' and the shared experts'
     std::shared_ptr<typename MoE<T>::Scratch> moe;
     std::shared_ptr<LinearScratch<T>> linear;  // every Linear's
+    std::shared_ptr<Own> own;                  // the blocks' and MTP modules' own
     static Scratch make(Device d) {
       return {std::make_shared<typename MLA<T>::Scratch>(d),
               std::make_shared<typename Mlp<T>::Scratch>(d),
-              std::make_shared<typename MoE<T>::Scratch>(d), std::make_shared<LinearScratch<T>>(d)};
+              std::make_shared<typename MoE<T>::Scratch>(d), std::make_shared<LinearScratch<T>>(d),
+              std::make_shared<Own>(d)};
     }
   };
 
@@ -82,7 +100,8 @@ class Block {
   bool is_moe() const { return moe_ != nullptr; }
   MoE<T>* moe() const { return moe_.get(); }
   const MLA<T>& attention() const { return attn_; }
-  const Mlp<T>* mlp() const { return mlp_.get(); }  // null in a MoE block
+  const Mlp<T>* mlp() const { return mlp_.get(); }          // null in a MoE block
+  const std::shared_ptr<Own>& own() const { return own_; }  // the model's, or the block's own
 
  private:
   Exec ex_{};
@@ -94,8 +113,8 @@ class Block {
   // the weight gradients other than the routed experts' (attention, ffn_norm, shared expert and
   // gate, or the dense MLP)
   void dense_backward_weight(State& st) const;
-  bool store_bf16_ = false;                // PrecisionPolicy::store_bf16
-  mutable Buffer<T> h_mid_tmp_, xn2_tmp_;  // bf16 storage: the fp32 values of one call
+  bool store_bf16_ = false;   // PrecisionPolicy::store_bf16
+  std::shared_ptr<Own> own_;  // one call's staging (Own::h_mid, xn2), shared with the model
 };
 
 }  // namespace moetron

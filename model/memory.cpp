@@ -161,6 +161,9 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
   b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
+  // Block::Own: h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den, dhpn, de
+  const bool mtp = st.last() && c.num_nextn_predict_layers > 0;
+  b.block = static_cast<int64_t>(n * static_cast<double>(((wide ? 2 : 0) + (mtp ? 5 : 0)) * D) * t);
   return b;
 }
 

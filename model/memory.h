@@ -57,9 +57,11 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
 // shared expert present; `linear`: LinearScratch, the largest Linear input converted to bf16 or
 // FP8 (the attention projections' inputs, the routed experts' sorted rows), widened from bf16, or
 // quantised on the fly (o_proj's, the down projections' inputs). Routed-expert rows: K per token.
+// `block`: Block::Own, the blocks' bf16-storage staging of h_mid and ffn_norm's output (2 x D
+// per token) and, on the stage with the MTP module, its temporaries (5 x D per token).
 struct LayerScratchBytes {
-  int64_t attention = 0, mlp = 0, linear = 0;
-  int64_t total() const { return attention + mlp + linear; }
+  int64_t attention = 0, mlp = 0, linear = 0, block = 0;
+  int64_t total() const { return attention + mlp + linear + block; }
 };
 LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
                                       int64_t stage, int64_t n_stages, int64_t N, int64_t elem = 4);

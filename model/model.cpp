@@ -106,7 +106,8 @@ std::vector<const Block<T>*> Model<T>::blocks() const {
 
 template <class T>
 int64_t Model<T>::layer_scratch_bytes() const {
-  return scratch_.attn->bytes() + scratch_.mlp->bytes() + scratch_.linear->bytes();
+  return scratch_.attn->bytes() + scratch_.mlp->bytes() + scratch_.linear->bytes() +
+         scratch_.own->bytes();
 }
 
 template <class T>

@@ -148,7 +148,8 @@ class Model {
   // Every block (main blocks first, then MTP blocks).
   std::vector<const Block<T>*> blocks() const;
   // The layers' shared scratch (Block::Scratch) and the bytes it holds now (model/memory.h counts
-  // them): the MoE layers' (MoE::Scratch), and the rest (MLA, Mlp and Linear scratch).
+  // them): the MoE layers' (MoE::Scratch), and the rest (MLA, Mlp and Linear scratch, and the
+  // blocks' and MTP modules' own, Block::Own).
   const typename Block<T>::Scratch& scratch() const { return scratch_; }
   int64_t moe_scratch_bytes() const { return scratch_.moe->bytes(); }
   int64_t layer_scratch_bytes() const;

@@ -20,6 +20,7 @@ void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
                              scratch.linear);
   // the last k positions of each sequence have no target: out of the MoE's balance statistics
   block_.build(ps, p, c, pol, std::move(dispatcher), ex, /*tail=*/depth, scratch);
+  own_ = block_.own();
   head_norm_.build(ps, p + "shared_head.norm.weight", D_, c.rms_norm_eps, ex);
 }
 
@@ -41,9 +42,9 @@ Program MtpLayer<T>::forward_program(State& st, const int32_t* tokens, int64_t B
   kernels::shift_tokens(ex, tokens, B, S, k_, ids, targets, nullptr);
   T* e = sized(st.e, N * D);
   kernels::embedding_forward<T>(ex, ids, N, embed, D, e);
-  T* en = sized(en_, N * D);
+  T* en = sized(own_->en, N * D);
   enorm_.forward(e, N, en, sized(st.rstd_e, N));
-  T* hpn = sized(hpn_, N * D);
+  T* hpn = sized(own_->hpn, N * D);
   hnorm_.forward(hprev, N, hpn, sized(st.rstd_h, N));
   st.hp = hprev;
   T* cat = sized(st.cat, N * 2 * D);
@@ -98,11 +99,11 @@ void MtpLayer<T>::input_backward(State& st, int64_t N, T* d_embed) const {
   const int64_t D = D_;
   T* dcat = sized(st.dcat, N * 2 * D);
   eh_proj_.backward_input(st.dx.data(), N, dcat);
-  T* den = sized(den_, N * D);
-  T* dhpn = sized(dhpn_, N * D);
+  T* den = sized(own_->den, N * D);
+  T* dhpn = sized(own_->dhpn, N * D);
   kernels::copy_2d<T>(ex, dcat, 2 * D, den, D, N, D, 1, false);
   kernels::copy_2d<T>(ex, dcat + D, 2 * D, dhpn, D, N, D, 1, false);
-  T* de = sized(de_, N * D);
+  T* de = sized(own_->de, N * D);
   enorm_.backward_input(den, st.e.data(), st.rstd_e.data(), N, de);
   enorm_.backward_weight(den, st.e.data(), st.rstd_e.data(), N);
   kernels::embedding_backward<T>(ex, st.ids.data(), N, de, D, d_embed);

@@ -83,7 +83,8 @@ class MtpLayer {
   RMSNorm<T> enorm_, hnorm_, head_norm_;
   Linear<T> eh_proj_;
   Block<T> block_;
-  mutable Buffer<T> en_, hpn_, den_, dhpn_, de_;  // one call's scratch
+  // one call's temporaries: the block's Block::Own (the model's shared one, or the block's own)
+  std::shared_ptr<typename Block<T>::Own> own_;
 };
 
 }  // namespace moetron

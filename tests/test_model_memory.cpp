@@ -1,9 +1,9 @@
 // Activation memory: the analytic bytes of a micro-batch slot (model/memory.h) against the bytes
 // the CPU allocator really holds for it, for tiny.yaml's model in fp32 and fp8, on one stage and on
 // the stages of a PP2 cut (the last with its head and MTP module), with and without the recompute
-// of the norms and MLA up-projections; the layers' shared scratch (one MoE, MLA, MLP and Linear
-// scratch per model, used by every layer) against its analytic count; and no allocation at all
-// once a slot and the layers' scratch have been sized (steady state).
+// of the norms and MLA up-projections; the layers' shared scratch (one MoE, MLA, MLP, Linear and
+// block scratch per model, used by every layer) against its analytic count; and no allocation at
+// all once a slot and the layers' scratch have been sized (steady state).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -49,9 +49,9 @@ PrecisionPolicy policy(const std::string& r) {
   return pol;
 }
 
-// The other layers' scratch (Block::Scratch): every MLA layer and every SwiGLU MLP (dense or
-// shared expert) of the model uses the model's one, and what each part holds after a warm-up
-// equals its analytic count.
+// The other layers' scratch (Block::Scratch): every MLA layer, every SwiGLU MLP (dense or
+// shared expert) and every block (the MTP module's too) of the model uses the model's one, and
+// what each part holds after a warm-up equals its analytic count.
 void expect_shared_layer_scratch(const Model<float>& m, const LayerScratchBytes& want,
                                  const std::string& what) {
   const typename Block<float>::Scratch& sc = m.scratch();
@@ -59,19 +59,22 @@ void expect_shared_layer_scratch(const Model<float>& m, const LayerScratchBytes&
     EXPECT_EQ(b->attention().scratch(), sc.attn) << what;
     const Mlp<float>& mlp = b->is_moe() ? b->moe()->shared_expert() : *b->mlp();
     EXPECT_EQ(mlp.scratch(), sc.mlp) << what;
+    EXPECT_EQ(b->own(), sc.own) << what;
   }
-  const double held[3] = {static_cast<double>(sc.attn->bytes()),
-                          static_cast<double>(sc.mlp->bytes()),
-                          static_cast<double>(sc.linear->bytes())};
-  const double analytic[3] = {static_cast<double>(want.attention), static_cast<double>(want.mlp),
-                              static_cast<double>(want.linear)};
+  const double held[4] = {
+      static_cast<double>(sc.attn->bytes()), static_cast<double>(sc.mlp->bytes()),
+      static_cast<double>(sc.linear->bytes()), static_cast<double>(sc.own->bytes())};
+  const double analytic[4] = {static_cast<double>(want.attention), static_cast<double>(want.mlp),
+                              static_cast<double>(want.linear), static_cast<double>(want.block)};
   std::printf(
       "%s: layer scratch attention %.3f MiB (analytic %.3f), mlp %.3f (%.3f), linear %.3f "
-      "(%.3f)\n",
+      "(%.3f), block %.3f (%.3f)\n",
       what.c_str(), held[0] / 1048576, analytic[0] / 1048576, held[1] / 1048576,
-      analytic[1] / 1048576, held[2] / 1048576, analytic[2] / 1048576);
-  for (int i = 0; i < 3; ++i) EXPECT_NEAR(held[i], analytic[i], 0.05 * analytic[i]) << what << i;
-  EXPECT_EQ(m.layer_scratch_bytes(), sc.attn->bytes() + sc.mlp->bytes() + sc.linear->bytes());
+      analytic[1] / 1048576, held[2] / 1048576, analytic[2] / 1048576, held[3] / 1048576,
+      analytic[3] / 1048576);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(held[i], analytic[i], 0.05 * analytic[i]) << what << i;
+  EXPECT_EQ(m.layer_scratch_bytes(),
+            sc.attn->bytes() + sc.mlp->bytes() + sc.linear->bytes() + sc.own->bytes());
 }
 
 TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
