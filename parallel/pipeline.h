@@ -98,10 +98,13 @@ class PipelineExecutor {
   // Runs this rank's ops for one optimizer step; adds this rank's losses (every chunk's) into
   // `sum`. Message ops post non-blocking sends/receives; a compute op first waits for every
   // receive posted before it (the schedule's execution contract); sends complete by the end.
-  // Adjacent message ops are posted as one batch_isend_irecv (one NCCL group, as Megatron's
-  // send_forward_recv_backward): on NCCL, whose operations run in posting order, a stage that
-  // posted its send and its receive apart could wait in the receive for a peer that waits in
-  // its own receive for that send (parallel/comm_stream.h proves the order on the CPU).
+  // On a communicator that matches in order (NCCL: !tags_match()), adjacent message ops are
+  // posted as one batch_isend_irecv (one NCCL group, as Megatron's send_forward_recv_backward):
+  // NCCL runs operations in posting order, so a stage that posted its send and its receive apart
+  // could wait in the receive for a peer that waits in its own receive for that send
+  // (parallel/comm_stream.h proves the order on the CPU). On MPI each message is posted alone:
+  // a batch completes as a whole, and a send tied to a receive would hold its buffer, and the
+  // compute op waiting for the receive, until the peer posts the send's receive.
   void run(const TokenSource& tokens, int64_t B, int64_t S, double mtp_weight, double grad_scale,
            Losses& sum) {
     const Step step{tokens, B, S, mtp_weight, grad_scale};
@@ -114,7 +117,8 @@ class PipelineExecutor {
       int64_t t = trace::stamp();
       if (op.is_message()) {
         post(op, step);
-        if (i + 1 == ops.size() || !ops[i + 1].is_message()) post_batch();
+        const bool next_message = i + 1 < ops.size() && ops[i + 1].is_message();
+        if (pp_.tags_match() || !next_message) post_batch();
       } else
         compute(op, step), t = trace::stamp();
       for (int k : retire_after[i]) retire(k);
