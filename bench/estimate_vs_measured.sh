@@ -6,8 +6,11 @@
 # GEMM on tiny's small ones, so it is predicted, not the anchor) is run and the profile's one GEMM
 # factor calibrated on it (`estimate --calibrate`), then every other layout — 1, 2, 4 and 8 ranks, 1f1b, zb1p and
 # dualpipe where the layout allows (an even micro-batch count >= 2 x PP) — is run and predicted
-# with that profile unchanged. Ranks beyond the cores oversubscribe them; the estimator prices a
-# busy rank at one core and adds the core wait (the node's total work over its cores). Measured: the
+# with that profile unchanged. Ranks beyond the cores oversubscribe them (their MPI waits then
+# sleep: parallel.wait auto); the estimator prices a busy rank at one core and adds the core wait
+# (the node's total compute over its cores). The anchor's measured EP skew (metrics.jsonl's
+# ep_imbalance: the busiest EP rank's routed rows over the mean) goes to every estimate as
+# --ep-imbalance: the routing at these steps, which the layouts share. Measured: the
 # median step_seconds of the second half of the steps: the first half warms up (8 processes on 2
 # cores take ~10 steps to settle: 3.6 s, then 1.5, ... 1.0 s from step 11 on; 2 ranks settle after
 # one step). Global batch 32 x 128 tokens, micro-batches of 4, fp32. The cores' busy percent in
@@ -49,25 +52,29 @@ done
 import json, os, statistics, subprocess, sys
 out, layouts = sys.argv[1], sys.argv[2:]
 COMMON = ["--set", "data.global_batch_size=32", "--set", "data.micro_batch_size=4"]
-def measured(name):
+def measured(name, key="step_seconds"):
     rows = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")]
-    return statistics.median(r["step_seconds"] for r in rows[len(rows) // 2:])
+    return statistics.median(r[key] for r in rows[len(rows) // 2:])
 def estimate(pp, dp, ep, sched, profile, *extra):
     r = subprocess.run(["build/moetron", "estimate", "configs/tiny.yaml", "--hardware", profile,
                         *COMMON, "--set", f"parallel.pp={pp}", "--set", f"parallel.dp={dp}",
                         "--set", f"parallel.ep={ep}", "--set", f"parallel.schedule={sched}",
-                        *extra], capture_output=True, text=True)
+                        "--ep-imbalance", f"{skew:.6f}", *extra], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout
 names = [("pp{}_dp{}_ep{}_{}".format(*l.split()), l.split()) for l in layouts]
-# calibrate on the first layout
+# calibrate on the first layout, with its measured EP skew (the busiest EP rank's rows over the
+# mean, metrics.jsonl's ep_imbalance) given to every estimate: a property of the routing at these
+# steps, the same tokens on every layout
 name0, (pp, dp, ep, s) = names[0]
+skew = measured(name0, "ep_imbalance")
 tps = 32 * 128 / measured(name0) / (int(pp) * int(dp))
 cal = estimate(pp, dp, ep, s, f"{out}/cpu-probed.yaml", "--calibrate", str(tps))
 eff = cal.splitlines()[0].split("gemm_efficiency: ")[1].split(",")[0]
 prof = open(f"{out}/cpu-probed.yaml").read().replace("gemm_efficiency: 1\n", f"gemm_efficiency: {eff}\n")
 open(f"{out}/cpu-calibrated.yaml", "w").write(prof)
-print(f"profile: {out}/cpu-calibrated.yaml (gemm_efficiency {eff}, calibrated on {name0})\n")
+print(f"profile: {out}/cpu-calibrated.yaml (gemm_efficiency {eff}, calibrated on {name0}; "
+      f"--ep-imbalance {skew:.3f} measured there)\n")
 print("| layout | ranks | busy before % | measured step s | predicted s | error | pred. compute | exposed EP | bubble | core wait | DP | optimizer |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 errs = []

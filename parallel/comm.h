@@ -245,6 +245,14 @@ Communicator& world();
 // This process's rank among the world's ranks on its node (MPI_Comm_split_type, shared memory):
 // which of the node's GPUs it takes. Collective over the world on its first call.
 int node_local_rank();
+// How many of the world's ranks share this node (collective over the world on its first call).
+int node_ranks();
+// MPI's blocking waits (a Request's wait, send, recv, the blocking collectives): polling (off,
+// the default) or sleeping (on): test, sleep 50 us, test again — a waiting rank leaves its core
+// to the ranks that compute, for nodes with more ranks than cores (parallel.wait). The same MPI
+// operations and algorithms either way: the data and its bits do not change.
+void set_sleeping_waits(bool on);
+bool sleeping_waits();
 // Prints "moetron: error: rank R: message" and aborts every rank of the job (no hang).
 [[noreturn]] void abort_all(const std::string& message);
 

@@ -8,6 +8,14 @@
 // MPI_Request(s) and complete through MPI_Wait(all) or MPI_Test(all). Start-up checks that MPI
 // provides MPI_THREAD_MULTIPLE.
 //
+// Sleeping waits (set_sleeping_waits): Open MPI's blocking waits poll the progress engine (with
+// sched_yield in the loop where oversubscribed). With more ranks than cores a polling waiter
+// still takes core time from the ranks that compute, and how much varies run to run with the
+// scheduler. A sleeping wait tests its requests and sleeps kWaitSleep between tests, leaving the
+// core to the ranks that compute; a blocking collective first waits, sleeping, on an Ibarrier of
+// its group (so the collective itself runs once every rank has arrived, with the algorithm and
+// so the bits it always had). Send and recv post Isend / Irecv and wait the same way.
+//
 // Hang detection: every call that blocks (send, recv, the collectives, barrier, split, and a
 // Request's blocking wait) holds a watchdog::WaitScope naming the operation, the peer's world
 // rank or the group's world ranks, and the communicator's name (parallel/watchdog.h). It records;
@@ -15,9 +23,12 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "kernels/device.h"
 #include "kernels/scalar.h"
@@ -99,6 +110,32 @@ const char* thread_level_name(int level) {
   return "an unknown thread level";
 }
 
+// ---- sleeping waits ----
+constexpr auto kWaitSleep = std::chrono::microseconds(50);
+std::atomic<bool> g_sleeping_waits{false};
+
+void wait_all(int n, MPI_Request* rs, const char* what, int rank) {
+  if (!g_sleeping_waits.load(std::memory_order_relaxed)) {
+    check(n == 1 ? MPI_Wait(rs, MPI_STATUS_IGNORE) : MPI_Waitall(n, rs, MPI_STATUSES_IGNORE), what,
+          rank);
+    return;
+  }
+  for (int done = 0;;) {
+    check(MPI_Testall(n, rs, &done, MPI_STATUSES_IGNORE), what, rank);
+    if (done) return;
+    std::this_thread::sleep_for(kWaitSleep);
+  }
+}
+
+// Before a blocking collective: with sleeping waits, wait (sleeping) until every rank of the
+// group has arrived.
+void arrive(MPI_Comm comm, const char* what, int rank) {
+  if (!g_sleeping_waits.load(std::memory_order_relaxed)) return;
+  MPI_Request r;
+  check(MPI_Ibarrier(comm, &r), what, rank);
+  wait_all(1, &r, what, rank);
+}
+
 // Who a Request's blocking wait waits on, for the watchdog: one peer (world rank) or ranks (a
 // collective's group, borrowed from the communicator; or a batch's peers, owned).
 struct Waited {
@@ -123,12 +160,10 @@ Request mpi_request(std::vector<MPI_Request> reqs, std::shared_ptr<void> keep, c
         watchdog::WaitScope waiting(block ? what : nullptr, on.peer, on.group,
                                     own ? on.own.data() : on.ranks,
                                     own ? static_cast<int>(on.own.size()) : on.n_ranks);
-        if (n == 1 && block)
-          check(MPI_Wait(rs.data(), MPI_STATUS_IGNORE), what, rank);
+        if (block)
+          wait_all(n, rs.data(), what, rank);
         else if (n == 1)
           check(MPI_Test(rs.data(), &done, MPI_STATUS_IGNORE), what, rank);
-        else if (block)
-          check(MPI_Waitall(n, rs.data(), MPI_STATUSES_IGNORE), what, rank);
         else
           check(MPI_Testall(n, rs.data(), &done, MPI_STATUSES_IGNORE), what, rank);
         if (done) guard.reset();
@@ -171,13 +206,16 @@ class MpiCommunicator final : public Communicator {
   void send(const void* buf, size_t bytes, int peer, int tag) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const auto waiting = p2p("send", peer);
-    check(MPI_Send(buf, to_int(bytes, "send"), MPI_BYTE, peer, tag, comm_), "send", rank_);
+    MPI_Request r;
+    check(MPI_Isend(buf, to_int(bytes, "send"), MPI_BYTE, peer, tag, comm_, &r), "send", rank_);
+    wait_all(1, &r, "send", rank_);
   }
   void recv(void* buf, size_t bytes, int peer, int tag) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const auto waiting = p2p("recv", peer);
-    check(MPI_Recv(buf, to_int(bytes, "recv"), MPI_BYTE, peer, tag, comm_, MPI_STATUS_IGNORE),
-          "recv", rank_);
+    MPI_Request r;
+    check(MPI_Irecv(buf, to_int(bytes, "recv"), MPI_BYTE, peer, tag, comm_, &r), "recv", rank_);
+    wait_all(1, &r, "recv", rank_);
   }
   Request isend(const void* buf, size_t bytes, int peer, int tag) override {
     auto guard = std::make_shared<GuardAccess>();
@@ -233,6 +271,7 @@ class MpiCommunicator final : public Communicator {
   void all_reduce(void* d, size_t n, CommDType t, ReduceOp op) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const auto waiting = collective("all_reduce");
+    arrive(comm_, "all_reduce", rank_);
     const MPI_Op o = mpi_op(t, op, "all_reduce", rank_);
     const MPI_Datatype type = mpi_type(t);
     const size_t esize = comm_dtype_size(t);
@@ -255,6 +294,7 @@ class MpiCommunicator final : public Communicator {
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const auto waiting = collective("all_gather");
+    arrive(comm_, "all_gather", rank_);
     const int c = to_int(count, "all_gather");
     const bool in_place = in == static_cast<const char*>(out) + rank_ * count * comm_dtype_size(t);
     check(MPI_Allgather(in_place ? MPI_IN_PLACE : in, c, mpi_type(t), out, c, mpi_type(t), comm_),
@@ -263,6 +303,7 @@ class MpiCommunicator final : public Communicator {
   void all_to_all(const int64_t* in, int64_t* out, size_t count) override {
     GuardAccess guard;  // buffers may be Guard-device memory
     const auto waiting = collective("all_to_all");
+    arrive(comm_, "all_to_all", rank_);
     check(MPI_Alltoall(in, to_int(count, "all_to_all"), MPI_INT64_T, out, static_cast<int>(count),
                        MPI_INT64_T, comm_),
           "all_to_all", rank_);
@@ -291,6 +332,7 @@ class MpiCommunicator final : public Communicator {
   }
   void barrier() override {
     const auto waiting = collective("barrier");
+    arrive(comm_, "barrier", rank_);
     check(MPI_Barrier(comm_), "barrier", rank_);
   }
   void poke() override {  // errors are left to the operations' own waits
@@ -361,6 +403,23 @@ struct Runtime {
 Communicator& world() {
   static Runtime rt;
   return *rt.world;
+}
+
+void set_sleeping_waits(bool on) { g_sleeping_waits.store(on, std::memory_order_relaxed); }
+bool sleeping_waits() { return g_sleeping_waits.load(std::memory_order_relaxed); }
+
+int node_ranks() {
+  static const int n = [] {
+    world();  // MPI is initialised
+    MPI_Comm node;
+    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+          "comm_split_type", world().rank());
+    int size = 1;
+    MPI_Comm_size(node, &size);
+    MPI_Comm_free(&node);
+    return size;
+  }();
+  return n;
 }
 
 int node_local_rank() {

@@ -13,6 +13,7 @@
 #include "parallel/schedule.h"
 
 #include <algorithm>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -489,6 +490,142 @@ class Replayer {
                 // (message); < 0: not yet
 };
 
+// A replay on shared cores, in time order: every rank of the schedule stands for `replicas`
+// processes that run alike (its DP copies), and the processes computing at a moment share
+// `cores` fairly (each at min(1, cores / computing) of a core). An op computes its `work` at that
+// rate, then waits its `wait` (exchanges in flight) without a core; a rank blocked on a message
+// takes no core either. Receives complete at max(post, partner's post) + comm, as in Replayer
+// with strict = false.
+class SharedReplayer {
+ public:
+  SharedReplayer(const Schedule& s, const std::vector<std::vector<Ref>>& partner, OpCost work,
+                 OpCost wait, double comm, double cores, double replicas)
+      : s_(s),
+        partner_(partner),
+        work_(std::move(work)),
+        wait_(std::move(wait)),
+        comm_(comm),
+        cores_(cores),
+        replicas_(replicas) {
+    const int P = s.ranks;
+    pc_.assign(P, 0), waited_.assign(P, 0), phase_.assign(P, Phase::Idle);
+    left_.assign(P, 0.0), until_.assign(P, 0.0), began_.assign(P, 0.0);
+    sim_.start.resize(P), sim_.end.resize(P);
+    for (int r = 0; r < P; ++r) {
+      sim_.start[r].assign(s.per_rank[r].size(), -1.0);
+      sim_.end[r].assign(s.per_rank[r].size(), -1.0);
+    }
+    sim_.busy.assign(P, 0.0), sim_.finish.assign(P, 0.0);
+  }
+
+  SimResult run() {
+    const int P = s_.ranks;
+    for (;;) {
+      for (bool moved = true; moved;) {  // posts unblock other ranks: until nothing moves
+        moved = false;
+        for (int r = 0; r < P; ++r) moved |= try_start(r);
+      }
+      int finished = 0, computing = 0;
+      for (int r = 0; r < P; ++r) {
+        finished += phase_[r] == Phase::Done;
+        computing += phase_[r] == Phase::Work;
+      }
+      if (finished == P) return sim_;
+      const double rate = computing ? std::min(1.0, cores_ / (computing * replicas_)) : 1;
+      double next = kNever;
+      for (int r = 0; r < P; ++r) {
+        if (phase_[r] == Phase::Work) next = std::min(next, t_ + left_[r] / rate);
+        if (phase_[r] == Phase::Wait || phase_[r] == Phase::Ready) next = std::min(next, until_[r]);
+      }
+      if (next == kNever) throw std::logic_error("simulate_shared: no rank can move");
+      const double dt = next - t_;
+      t_ = next;
+      for (int r = 0; r < P; ++r) {
+        if (phase_[r] == Phase::Work) {
+          left_[r] -= dt * rate;
+          if (left_[r] <= 1e-12 * (1 + t_)) phase_[r] = Phase::Wait, until_[r] = -1;
+        }
+        if (phase_[r] == Phase::Wait && until_[r] <= t_) end_op(r);
+        if (phase_[r] == Phase::Ready && until_[r] <= t_) begin_op(r);
+      }
+    }
+  }
+
+ private:
+  enum class Phase { Idle, Ready, Work, Wait, Done };
+  static constexpr double kNever = std::numeric_limits<double>::infinity();
+
+  // When message ops [from, to) of rank r (receives only, or all) complete; -1 if a partner is
+  // not posted yet.
+  double ready(int r, int from, int to, bool all) const {
+    double t = t_;
+    for (int j = from; j < to; ++j) {
+      const Op& op = s_.per_rank[r][j];
+      if (!op.is_message() || !(all || is_recv(op.kind))) continue;
+      const Ref p = partner_[r][j];
+      if (sim_.start[p.rank][p.index] < 0) return -1;
+      t = std::max(t, std::max(sim_.start[r][j], sim_.start[p.rank][p.index]) + comm_);
+    }
+    return t;
+  }
+
+  // An idle rank posts its messages, then waits for its next compute op's receives (Ready) or,
+  // at the end of its list, for every message (then Done at the last one's completion).
+  bool try_start(int r) {
+    if (phase_[r] != Phase::Idle) return false;
+    const auto& ops = s_.per_rank[r];
+    bool moved = false;
+    for (; pc_[r] < static_cast<int>(ops.size()) && ops[pc_[r]].is_message(); moved = true)
+      sim_.start[r][pc_[r]++] = t_;
+    const int i = pc_[r];
+    const bool last = i == static_cast<int>(ops.size());
+    const double at = last ? ready(r, 0, i, true) : ready(r, waited_[r], i, false);
+    if (at < 0) return moved;
+    until_[r] = at;
+    phase_[r] = Phase::Ready;
+    if (at <= t_) begin_op(r);
+    return true;
+  }
+
+  void begin_op(int r) {
+    const int i = pc_[r];
+    if (i == static_cast<int>(s_.per_rank[r].size())) {
+      phase_[r] = Phase::Done;
+      sim_.finish[r] = t_;
+      return;
+    }
+    const Op& op = s_.per_rank[r][i];
+    sim_.start[r][i] = began_[r] = t_;
+    left_[r] = work_(r, op);
+    phase_[r] = left_[r] > 0 ? Phase::Work : Phase::Wait;
+    until_[r] = phase_[r] == Phase::Wait ? t_ + wait_(r, op) : -1;
+  }
+
+  void end_op(int r) {
+    if (until_[r] < 0) {  // its work just ended: now its exchanges
+      until_[r] = t_ + wait_(r, s_.per_rank[r][pc_[r]]);
+      if (until_[r] > t_) return;
+    }
+    const int i = pc_[r];
+    sim_.end[r][i] = t_;
+    sim_.busy[r] += t_ - began_[r];
+    waited_[r] = ++pc_[r];
+    phase_[r] = Phase::Idle;
+  }
+
+  const Schedule& s_;
+  const std::vector<std::vector<Ref>>& partner_;
+  const OpCost work_, wait_;
+  const double comm_, cores_, replicas_;
+  double t_ = 0;
+  std::vector<int> pc_, waited_;
+  std::vector<Phase> phase_;
+  std::vector<double> left_;   // work still to do, in seconds at a whole core
+  std::vector<double> until_;  // Ready: when the receives complete; Wait: when the exchanges do
+  std::vector<double> began_;
+  SimResult sim_;
+};
+
 Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
               bool strict) {
   return Replayer(
@@ -807,6 +944,26 @@ SimResult simulate(const Schedule& s, const OpCost& cost, double comm, bool stri
   if (!rp.stall.empty())
     throw std::invalid_argument("schedule " + s.kind + ": simulate: " + rp.stall);
   return rp.sim;
+}
+
+SimResult simulate_shared(const Schedule& s, const OpCost& work, const OpCost& wait, double comm,
+                          double cores, double replicas) {
+  validate(s);
+  if (!(cores > 0) || !(replicas > 0))
+    throw std::invalid_argument("simulate_shared: cores > 0 and replicas > 0 needed");
+  const auto partner = match_messages(s);
+  SimResult sim = SharedReplayer(s, partner, work, wait, comm, cores, replicas).run();
+  const int P = s.ranks;
+  sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
+  sim.idle.resize(P);
+  double idle_sum = 0;
+  for (int r = 0; r < P; ++r) {
+    sim.idle[r] = sim.makespan - sim.busy[r];
+    sim.bubble = std::max(sim.bubble, sim.idle[r]);
+    idle_sum += sim.idle[r];
+  }
+  sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (P * sim.makespan) : 0;
+  return sim;
 }
 
 }  // namespace moetron::pipeline

@@ -193,6 +193,7 @@ struct SimResult {
   std::vector<double> finish;  // [ranks] when the rank's last op ended
   std::vector<std::vector<double>> start;  // [ranks][op] compute start / message post time
                                            // (a Gantt chart of the step)
+  std::vector<std::vector<double>> end;    // [ranks][op] compute end (simulate_shared only)
   double bubble = 0;           // max over ranks of idle: what the §4.7 "Bubble" column counts
                                // (ranks' idle times differ when FB != F + B)
   double bubble_fraction = 0;  // sum(idle) / (ranks * makespan)
@@ -209,6 +210,15 @@ SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit = false
 // message (`comm`, as Costs::comm).
 using OpCost = std::function<double(int rank, const Op& op)>;
 SimResult simulate(const Schedule& s, const OpCost& cost, double comm, bool strict_commit = false);
+// The same on shared cores (a CPU node with more processes than cores), replayed in time order:
+// every schedule rank stands for `replicas` processes on the node that run alike (its DP copies);
+// the processes computing at a moment share `cores` fairly, each at min(1, cores / computing) of a
+// core. An op computes its `work` (seconds at a whole core) at that rate, then waits `wait`
+// (its exchanges in flight) without a core; a rank waiting for a message takes no core (MPI's
+// sleeping waits). busy counts an op from its start to its end. With cores >= ranks x replicas
+// it is simulate() with cost = work + wait.
+SimResult simulate_shared(const Schedule& s, const OpCost& work, const OpCost& wait, double comm,
+                          double cores, double replicas);
 
 // Text: "F1.2" / "Bi0.3" / "W0.3" / "B1.1" / "F0.3&B1.1" (chunk index . micro-batch within its
 // direction, the notation of SPEC §4.6); messages with the global micro-batch and the producer

@@ -17,7 +17,8 @@
 # training then amplifies step by step (measured: ~1e-9 after step 1 growing ~x3 a step at peak LR
 # 3e-3). At LR 1e-3 the worst cases over 10 steps are loss 2e-8, grad norm 3e-7, parameters 6e-6;
 # the test allows 1e-6 / 1e-5 / 2e-5. A real error (a missing reduction, a wrong gradient) is
-# orders of magnitude larger.
+# orders of magnitude larger. How a rank waits (parallel.wait: sleeping or polling) changes no
+# data either: PP2 x DP2 x EP2 DualPipe both ways, bit for bit.
 # The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
 # tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
 # a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
@@ -56,7 +57,10 @@ run pp2_dualpipev 2 2 1 1 dualpipev
 run pp4_dualpipe 4 4 1 1 dualpipe
 run pp2ep2dp4_dualpipe 8 2 4 2 dualpipe --set data.micro_batch_size=1
 run pp2ep2dp2_dualpipev 4 2 2 2 dualpipev
-run pp2ep2dp2_dualpipe 4 2 2 2 dualpipe
+run pp2ep2dp2_dualpipe 4 2 2 2 dualpipe --set parallel.wait=sleep
+run pp2ep2dp2_dualpipe_poll 4 2 2 2 dualpipe --set parallel.wait=poll
+grep -q "sleeping MPI waits" "$OUT/pp2ep2dp2_dualpipe.log"
+grep -q "polling MPI waits" "$OUT/pp2ep2dp2_dualpipe_poll.log"
 run pp2ep2dp2_dualpipe_none 4 2 2 2 dualpipe --set parallel.overlap=none \
   --set optimizer.overlap_grad_reduce=off
 /usr/bin/python3 - "$OUT" <<'PY'
@@ -97,6 +101,14 @@ for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2_cut1", "pp2dp2_1f1b", "p
           f"{'(bitwise)' if bitwise else '':9s} grad-norm rel err {gn_err:.2e}  "
           f"params rel err {perr:.2e} ({pworst})")
     passed += ok; failed += not ok
+# how a rank waits changes no data: sleeping and polling MPI waits, bit for bit
+a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_poll"
+ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
+same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
+same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+print(f"{'ok  ' if same else 'FAIL'} {a} (sleeping waits) vs {b}: losses, grad norms and "
+      f"parameters {'bitwise equal' if same else 'DIFFER'}")
+passed += same; failed += not same
 # the overlap changes no arithmetic: interleaved and forward-then-backward pairs, bit for bit
 a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_none"
 ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)

@@ -572,6 +572,54 @@ TEST(Simulator, CommLatencyOnlyAddsTime) {
   }
 }
 
+// simulate_shared: with a core per process it is simulate() with cost = work + wait; on one core
+// a node that is never idle (no latency: a waiting rank always waits for one that computes)
+// finishes after exactly the sum of every process's work; and a DualPipe step on 2 cores for 4
+// ranks is never shorter than either bound (critical path, work over cores).
+TEST(Simulator, SharedCores) {
+  const Costs c{1, 2, 1, 2.5, 0};
+  const auto duration = [](const Op& op, const Costs& k) {
+    switch (op.kind) {
+      case OpKind::Forward:
+        return k.F;
+      case OpKind::Backward:
+        return k.B;
+      case OpKind::BackwardInput:
+        return k.B - k.W;
+      case OpKind::BackwardWeight:
+        return k.W;
+      case OpKind::ForwardBackward:
+        return op.defer_weight ? k.FB - k.W : k.FB;
+      default:
+        return 0.0;
+    }
+  };
+  const auto work = [&](int, const Op& op) { return 0.8 * duration(op, c); };
+  const auto wait = [&](int, const Op& op) { return 0.2 * duration(op, c); };
+  const auto whole = [&](int, const Op& op) { return duration(op, c); };
+  for (const auto& kind : kKinds) {
+    const Schedule s = make_schedule(kind, 4, counts_for(kind, 4).back());
+    const SimResult plain = simulate(s, whole, 0.1);
+    const SimResult roomy = simulate_shared(s, work, wait, 0.1, 8, 2);  // 8 processes, 8 cores
+    EXPECT_NEAR(roomy.makespan, plain.makespan, 1e-9) << kind;
+    for (int r = 0; r < s.ranks; ++r) EXPECT_NEAR(roomy.busy[r], plain.busy[r], 1e-9) << kind;
+    const auto none = [](int, const Op&) { return 0.0; };
+    double total = 0;
+    for (int r = 0; r < s.ranks; ++r)
+      for (const Op& op : s.per_rank[r]) total += work(r, op);
+    EXPECT_NEAR(simulate_shared(s, work, none, 0, 1, 1).makespan, total, 1e-9) << kind;
+    EXPECT_NEAR(simulate_shared(s, work, none, 0, 2, 2).makespan, total, 1e-9) << kind;
+    const SimResult two = simulate_shared(s, work, wait, 0.1, 2, 1);
+    EXPECT_GE(two.makespan, plain.makespan - 1e-9) << kind;
+    EXPECT_GE(two.makespan, total / 2 - 1e-9) << kind;
+    for (int r = 0; r < s.ranks; ++r)
+      for (size_t i = 0; i < s.per_rank[r].size(); ++i)
+        if (!s.per_rank[r][i].is_message()) {
+          EXPECT_GE(two.end[r][i], two.start[r][i]) << kind;
+        }
+  }
+}
+
 TEST(Simulator, RefusesAnInvalidSchedule) {
   Schedule s = make_1f1b(2, 2);
   s.per_rank[1].pop_back();

@@ -105,6 +105,38 @@ TEST(Estimate, OversubscribedCpuRanksShareTheCores) {
   EXPECT_LT(eight.step_s, cpu("4", "2", "0").step_s);  // a busy rank is faster than 1/8 of the node
 }
 
+// The busiest EP rank's skew (--ep-imbalance R): every EP rank waits (R - 1) x the routed
+// experts' compute at each MoE layer's combine and again (x 2: input and weight gradients) at its
+// dispatch's backward; a layout without EP has no one to wait for.
+TEST(Estimate, EpImbalanceIsAWaitForTheBusiestRank) {
+  const auto est = [](const std::string& ep, double r) {
+    const Config c =
+        load("configs/tiny.yaml", device({"parallel.dp=2", "parallel.ep=" + ep,
+                                          "data.global_batch_size=32", "data.micro_batch_size=4"}));
+    EstimateOptions o;
+    o.ep_imbalance = r;
+    return make_estimate(c, 0, o);
+  };
+  const Estimate base = est("2", 1), skew = est("2", 1.5);
+  const Config c = load("configs/tiny.yaml", device({}));
+  const FlopsPerToken ft = flops_per_token(c.model, c.data.seq_len);
+  const double T = static_cast<double>(base.tokens_per_microbatch), rate = 0.5e12;
+  const double nm = static_cast<double>(c.model.num_hidden_layers - c.model.first_k_dense_replace);
+  const double routed = T * ft.moe_routed / nm / rate;  // one MoE layer's routed GEMMs, forward
+  const StageCost &b = base.stages[0], &s = skew.stages[0];
+  EXPECT_DOUBLE_EQ(s.f, b.f);  // compute unchanged: the wait is on the exchanges
+  EXPECT_DOUBLE_EQ(s.b, b.b);
+  EXPECT_NEAR(s.f_ep - b.f_ep, 0.5 * routed * s.moe_layers, 1e-9 * s.f_ep);
+  EXPECT_NEAR(s.b_ep - b.b_ep, 0.5 * 2 * routed * s.moe_layers, 1e-9 * s.b_ep);
+  EXPECT_NEAR(skew.exposed_ep_s - base.exposed_ep_s,
+              skew.plan.microbatches * 1.5 * routed * s.moe_layers, 1e-6 * skew.exposed_ep_s);
+  EXPECT_DOUBLE_EQ(skew.ep_imbalance, 1.5);
+  const Estimate one = est("1", 1.5);  // no EP: nothing to wait for
+  EXPECT_DOUBLE_EQ(one.ep_imbalance, 1);
+  EXPECT_DOUBLE_EQ(one.step_s, est("1", 1).step_s);
+  EXPECT_THROW(est("2", 0.9), ConfigError);
+}
+
 TEST(Estimate, PairsHideTheOtherStreamsExchanges) {
   std::vector<Piece> f(2), b(2);
   f[0].compute = b[0].compute = f[1].compute = b[1].compute = 1;

@@ -106,6 +106,7 @@ void visit_config(V& v, C&... c) {
     v.field("schedule", choices<PipelineSchedule>(), c.parallel.schedule...);
     v.field("overlap", choices<PairOverlap>(), c.parallel.overlap...);
     v.field("progress_poll_us", kNonNegative, c.parallel.progress_poll_us...);
+    v.field("wait", choices<WaitMode>(), c.parallel.wait...);
     v.field("nccl_max_ctas", kNonNegative, c.parallel.nccl_max_ctas...);
     v.field("stage_layers", kNonNegative, c.parallel.stage_layers...);
   });

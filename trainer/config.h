@@ -85,6 +85,14 @@ inline constexpr EnumWord<PairOverlap> kPairOverlapWords[] = {
     {PairOverlap::Interleave, "interleave"}, {PairOverlap::None, "none"}};
 constexpr auto enum_words(PairOverlap) { return std::span(kPairOverlapWords); }
 
+// How a rank waits for MPI: polling (Open MPI's way), sleeping between tests (a waiting rank
+// leaves its core to those computing), or auto: sleeping where the node has more ranks than
+// cores, polling otherwise (parallel/comm.h set_sleeping_waits).
+enum class WaitMode { Auto, Poll, Sleep };
+inline constexpr EnumWord<WaitMode> kWaitModeWords[] = {
+    {WaitMode::Auto, "auto"}, {WaitMode::Poll, "poll"}, {WaitMode::Sleep, "sleep"}};
+constexpr auto enum_words(WaitMode) { return std::span(kWaitModeWords); }
+
 struct ParallelConfig {
   int64_t pp = 1, dp = 1, ep = 1;
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
@@ -97,6 +105,7 @@ struct ParallelConfig {
   // > 0: a thread pokes MPI's progress engine every so many microseconds, so exchanges and DP
   // reductions in flight advance during long compute pieces (parallel/progress_thread.h)
   int64_t progress_poll_us = 0;
+  WaitMode wait = WaitMode::Auto;
   // run.device cuda: the most CTAs (so SMs) an NCCL kernel may take (ncclConfig_t maxCTAs);
   // DeepSeek-V3 left 20 of an H800's 132 SMs to communication. 0: NCCL's default.
   int64_t nccl_max_ctas = 0;

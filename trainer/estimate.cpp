@@ -52,6 +52,7 @@ struct TokenWork {
   Work dense_ffn;  // a dense layer's FFN half
   Work gate;       // a MoE layer's router and its ffn norm, permutation
   Work experts;    // shared + K routed experts, SwiGLU, combine, residual
+  Work routed;     // of which the K routed experts' GEMMs (what an EP rank's skew scales)
   Work head;       // final norm, head, cross-entropy
   Work mtp_in;     // an MTP module's eh_proj and norms
   Work recompute;  // added to every block's backward (activations.recompute_*)
@@ -81,8 +82,8 @@ TokenWork token_work(const Config& cfg) {
                   bytes(a * (2 * D + 3 * c.intermediate_size + 3 * D));
   if (nm > 0) {
     t.gate = gemm(hi, f.moe_gate / nm) + bytes(a * (2 * D + 2 * K * D) + 8 * E);
-    t.experts = gemm(pol.recipe_of(Component::SharedExpert), f.moe_shared / nm) +
-                gemm(pol.recipe_of(Component::RoutedExpert), f.moe_routed / nm) +
+    t.routed = gemm(pol.recipe_of(Component::RoutedExpert), f.moe_routed / nm);
+    t.experts = gemm(pol.recipe_of(Component::SharedExpert), f.moe_shared / nm) + t.routed +
                 bytes(a * (3 * F * (K + c.n_shared_experts) + (K + 1) * D + 3 * D));
   }
   t.head = gemm(pol.recipe_of(Component::Head), f.head) + bytes(a * 2 * D + 3 * 4 * V);
@@ -238,9 +239,13 @@ struct Exchanges {
   double dispatch_f = 0, combine_f = 0, dispatch_b = 0, combine_b = 0;
 };
 
-Exchanges exchanges(const Config& cfg, const Estimate& e, const Links& l, double act) {
+// The wait for the busiest EP rank (Estimate::ep_imbalance) rides on the combine and on the
+// backward of the dispatch: the exchanges that wait for its experts' rows.
+Exchanges exchanges(const Config& cfg, const Estimate& e, const Links& l, const TokenWork& t,
+                    const Pricer& price) {
   Exchanges x;
   if (e.plan.ep <= 1) return x;
+  const double act = t.act;
   const double D = static_cast<double>(cfg.model.hidden_size), T = e.tokens_per_microbatch * 1.0;
   const auto time = [&](double row) {
     const double nv = T * e.routing.ranks * row / l.intra;
@@ -250,6 +255,9 @@ Exchanges exchanges(const Config& cfg, const Estimate& e, const Links& l, double
   const bool fp8 = cfg.policy().recipe_of(Component::RoutedExpert) == Recipe::FP8;
   x.dispatch_f = time(fp8 ? D + D / 128 * 4 : act * D);  // E4M3 codes + a scale per 128
   x.combine_f = x.dispatch_b = x.combine_b = time(act * D);
+  const double skew = e.ep_imbalance - 1;
+  x.combine_f += skew * price(t.routed.scaled(T));
+  x.dispatch_b += skew * price(t.routed.scaled(2 * T));  // input and weight gradients
   return x;
 }
 
@@ -361,6 +369,20 @@ void replay_schedule(Estimate& e) {
   for (const pipeline::Op& op : sched.per_rank[r]) e.compute_s += cost(false, op);
   e.exposed_ep_s = sim.busy[r] - e.compute_s;
   e.bubble_s = sim.makespan - sim.busy[r];
+  // more ranks than cores: the schedule again on the node's cores, shared by the processes
+  // computing at each moment (a waiting rank sleeps and takes none); the difference is the core
+  // wait
+  pipeline::SimResult shared;
+  if (e.busy_share > e.rank_share) {
+    const double replicas = static_cast<double>(std::min<int64_t>(e.ranks_per_node, e.plan.world)) /
+                            static_cast<double>(sched.ranks);
+    shared = pipeline::simulate_shared(
+        sched, [&](int, const pipeline::Op& op) { return cost(false, op); },
+        [&](int, const pipeline::Op& op) { return cost(true, op) - cost(false, op); },
+        e.pp_message_s, 1 / e.busy_share, replicas);
+    e.core_wait_s = std::max(0.0, shared.makespan - sim.makespan);
+    e.makespan_s += e.core_wait_s;
+  }
   static const char* const names[] = {"F", "B", "BI", "W", "F&B"};
   for (int rank = 0; rank < sched.ranks; ++rank)
     for (size_t i = 0; i < sched.per_rank[rank].size(); ++i) {
@@ -371,17 +393,10 @@ void replay_schedule(Estimate& e) {
                     : op.kind == OpKind::BackwardInput  ? 2
                     : op.kind == OpKind::BackwardWeight ? 3
                                                         : 4;
-      const double t0 = sim.start[rank][i];
-      e.timeline.push_back({rank, names[k], t0, t0 + cost(true, op), op.mb, op.stage, true});
+      const double t0 = shared.end.empty() ? sim.start[rank][i] : shared.start[rank][i];
+      const double t1 = shared.end.empty() ? t0 + cost(true, op) : shared.end[rank][i];
+      e.timeline.push_back({rank, names[k], t0, t1, op.mb, op.stage, true});
     }
-  // more ranks than cores: every rank's busy time at one core, shared by the node's cores
-  if (e.busy_share > e.rank_share) {
-    double busy = 0;
-    for (double b : sim.busy) busy += b;
-    const double node = busy / static_cast<double>(sim.busy.size()) * e.busy_share / e.rank_share;
-    e.core_wait_s = std::max(0.0, node - sim.makespan);  // node: mean busy x ranks / cores
-    e.makespan_s += e.core_wait_s;
-  }
 }
 
 }  // namespace
@@ -449,9 +464,13 @@ void summarise(const Config& cfg, Estimate& e) {
 
 }  // namespace
 
-Estimate make_estimate(const Config& cfg, int world) {
+Estimate make_estimate(const Config& cfg, int world, const EstimateOptions& o) {
   Estimate e;
   e.plan = make_plan(cfg, world);
+  if (!(o.ep_imbalance >= 1))
+    throw ConfigError(cfg.source + ": ep_imbalance " + std::to_string(o.ep_imbalance) +
+                      ": the busiest EP rank's rows over the mean is at least 1");
+  e.ep_imbalance = e.plan.ep > 1 ? o.ep_imbalance : 1;
   check_profile(cfg, e.plan);
   const HardwareConfig& hw = cfg.hardware;
   const Plan& p = e.plan;
@@ -471,7 +490,7 @@ Estimate make_estimate(const Config& cfg, int world) {
   const Links l = links_of(hw, e.rank_share), busy = links_of(hw, e.busy_share);
   const TokenWork t = token_work(cfg);
   const Pricer price{hw, e.busy_share};
-  const Exchanges x = exchanges(cfg, e, busy, t.act);
+  const Exchanges x = exchanges(cfg, e, busy, t, price);
   for (int s = 0; s < p.stages; ++s)
     e.stages.push_back(
         stage_cost(cfg, t, price, x, s, p.stages, static_cast<double>(e.tokens_per_microbatch)));
@@ -486,14 +505,15 @@ Estimate make_estimate(const Config& cfg, int world) {
   return e;
 }
 
-GemmEfficiency calibrate_gemm_efficiency(Config cfg, double tokens_per_s_per_gpu, int world) {
+GemmEfficiency calibrate_gemm_efficiency(Config cfg, double tokens_per_s_per_gpu, int world,
+                                         const EstimateOptions& o) {
   HardwareConfig& hw = cfg.hardware;
   const GemmEfficiency prior{hw.gemm_efficiency, hw.gemm_efficiency_fp8};
-  if (!(prior.bf16 > 0)) make_estimate(cfg, world);  // its message names the missing factor
+  if (!(prior.bf16 > 0)) make_estimate(cfg, world, o);  // its message names the missing factor
   const double fp8 = prior.fp8 > 0 ? prior.fp8 : prior.bf16;
   const auto rate = [&](double k) {
     hw.gemm_efficiency = prior.bf16 * k, hw.gemm_efficiency_fp8 = fp8 * k;
-    return make_estimate(cfg, world).tokens_per_s_per_gpu;
+    return make_estimate(cfg, world, o).tokens_per_s_per_gpu;
   };
   double lo = 1e-4, hi = 1 / std::max(prior.bf16, fp8);  // neither factor above 1
   if (rate(hi) < tokens_per_s_per_gpu)

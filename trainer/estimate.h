@@ -17,11 +17,11 @@
 // CPU hosts (a profile with devices_per_node 0; peaks and bandwidths are the node's, with all its
 // cores): a rank gets 1/ranks of the node while the ranks fit its cores (cores_per_node; 0 =
 // unknown: always 1/ranks). With more ranks than cores (Open MPI oversubscribed), a rank that
-// waits yields its core, so a busy rank runs at one core's speed: the pipeline is priced at
-// 1/cores of the node per busy rank, and the step is the longer of that critical path and the
-// node's total work (every rank's busy time at one core) over its cores — the core wait. The DP
-// collectives and the optimizer, run by all ranks at once, keep 1/ranks. docs/performance.md has
-// the calibration and its residuals.
+// waits sleeps (parallel.wait: auto) and leaves its core, so a busy rank runs at one core's speed:
+// the pipeline is priced at 1/cores of the node per busy rank, and the step is the longer of that
+// critical path and the node's total work (every rank's compute at one core; a waiting rank sleeps,
+// parallel.wait) over its cores — the core wait. The DP collectives and the optimizer, run by all
+// ranks at once, keep 1/ranks. docs/performance.md has the calibration and its residuals.
 #pragma once
 
 #include <cstdint>
@@ -65,12 +65,22 @@ struct Routing {
   double ib_rows = 0;       // rows on the inter-node link (per node when node-limited)
 };
 
+// What the estimate assumes of the run beside its config and profile.
+struct EstimateOptions {
+  // The busiest EP rank's routed-expert rows over the mean of its EP group, per MoE layer
+  // (metrics.jsonl's ep_imbalance). Every EP rank waits for the busiest at the layer's combine
+  // (forward) and its dispatch's backward: (ep_imbalance - 1) x the routed experts' compute is
+  // added to those exchanges. 1: balanced (what auxiliary-loss-free balancing aims at).
+  double ep_imbalance = 1;
+};
+
 struct Estimate {
-  Plan plan;               // layout, micro-batches, memory per rank (trainer/plan.h)
-  std::string hardware;    // hardware.name
-  int ranks_per_node = 0;  // effective (world when unset)
-  double rank_share = 1;   // CPU: 1 / ranks on a node (their share of its peaks); GPU: 1
-  double busy_share = 1;   // CPU: a busy rank's share, 1 / min(ranks, cores); GPU: 1
+  Plan plan;                // layout, micro-batches, memory per rank (trainer/plan.h)
+  double ep_imbalance = 1;  // EstimateOptions::ep_imbalance (EP > 1)
+  std::string hardware;     // hardware.name
+  int ranks_per_node = 0;   // effective (world when unset)
+  double rank_share = 1;    // CPU: 1 / ranks on a node (their share of its peaks); GPU: 1
+  double busy_share = 1;    // CPU: a busy rank's share, 1 / min(ranks, cores); GPU: 1
   int64_t tokens_per_microbatch = 0, tokens_per_step = 0;
   double flops_per_token = 0;  // model FLOPs (model/flops.h), training
   Routing routing;
@@ -100,7 +110,7 @@ struct Estimate {
 // ranks (0: pp x dp). Throws ConfigError naming the key for a profile that lacks a figure the
 // estimate needs (a zero peak, bandwidth or efficiency), and what make_plan throws for a layout
 // that cannot be formed or a --world that does not match.
-Estimate make_estimate(const Config& cfg, int world = 0);
+Estimate make_estimate(const Config& cfg, int world = 0, const EstimateOptions& o = {});
 
 // Calibration on one measured or published point: the one factor k that, multiplying both GEMM
 // efficiencies of the profile (their ratio kept: a prior), makes the estimate's tokens/s/GPU equal
@@ -109,7 +119,8 @@ Estimate make_estimate(const Config& cfg, int world = 0);
 struct GemmEfficiency {
   double bf16 = 0, fp8 = 0;  // hardware.gemm_efficiency, hardware.gemm_efficiency_fp8
 };
-GemmEfficiency calibrate_gemm_efficiency(Config cfg, double tokens_per_s_per_gpu, int world = 0);
+GemmEfficiency calibrate_gemm_efficiency(Config cfg, double tokens_per_s_per_gpu, int world = 0,
+                                         const EstimateOptions& o = {});
 
 // Parts, exposed for tests.
 Routing routing_stats(const ModelConfig& m, int ep, int ep_ranks_per_node, bool node_limited,

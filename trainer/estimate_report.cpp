@@ -40,7 +40,8 @@ void write_header(const Estimate& e, std::ostream& out) {
   if (p.ep > 1)
     out << "  routing     a token goes to " << num(e.routing.ranks, "%.2f") << " other EP ranks, "
         << num(e.routing.remote_nodes, "%.2f") << " other nodes (" << num(e.routing.ib_rows, "%.2f")
-        << " rows over the inter-node link)\n";
+        << " rows over the inter-node link); the busiest EP rank has "
+        << num(e.ep_imbalance, "%.3f") << "x the mean rows\n";
 }
 
 void write_stages(const Estimate& e, std::ostream& out) {
@@ -104,8 +105,9 @@ void write_estimate_json(const Estimate& e, std::ostream& out) {
       << p.schedule << "\",\"microbatches\":" << p.microbatches
       << ",\"tokens_per_microbatch\":" << e.tokens_per_microbatch
       << ",\"tokens_per_step\":" << e.tokens_per_step << "," << kv("rank_share", e.rank_share)
-      << "," << kv("busy_share", e.busy_share) << "," << kv("flops_per_token", e.flops_per_token)
-      << ",\"routing\":{" << kv("ranks_per_token", e.routing.ranks) << ","
+      << "," << kv("busy_share", e.busy_share) << "," << kv("ep_imbalance", e.ep_imbalance) << ","
+      << kv("flops_per_token", e.flops_per_token) << ",\"routing\":{"
+      << kv("ranks_per_token", e.routing.ranks) << ","
       << kv("remote_nodes_per_token", e.routing.remote_nodes) << ","
       << kv("ib_rows_per_token", e.routing.ib_rows) << "},\"stages\":[";
   for (size_t i = 0; i < e.stages.size(); ++i) {

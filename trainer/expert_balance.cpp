@@ -7,10 +7,20 @@
 
 namespace moetron {
 
-double update_expert_bias(const std::vector<Model<float>*>& chunks, Communicator& group,
-                          double gamma, int64_t& layers) {
-  double imbalance = 0;
-  layers = 0;
+double part_imbalance(const int64_t* loads, size_t n, size_t parts) {
+  const size_t per = n / parts;
+  double total = 0, most = 0;
+  for (size_t p = 0; p < parts; ++p) {
+    double sum = 0;
+    for (size_t i = p * per; i < (p + 1) * per; ++i) sum += static_cast<double>(loads[i]);
+    total += sum, most = std::max(most, sum);
+  }
+  return total > 0 ? most / (total / static_cast<double>(parts)) : 0;
+}
+
+LoadImbalance update_expert_bias(const std::vector<Model<float>*>& chunks, Communicator& group,
+                                 double gamma, int64_t ep) {
+  LoadImbalance out;
   for (Model<float>* model : chunks) {
     const std::vector<MoE<float>*> moe = model->moe_layers();
     if (moe.empty()) continue;
@@ -21,17 +31,12 @@ double update_expert_bias(const std::vector<Model<float>*>& chunks, Communicator
                           sizeof(int64_t) * host.size());
     for (size_t i = 0; i < moe.size(); ++i) {
       moe[i]->update_bias(model->loads() + i * E, gamma);
-      const auto first = host.begin() + static_cast<std::ptrdiff_t>(i * E);
-      double mean = 0;
-      for (auto v = first; v != first + static_cast<std::ptrdiff_t>(E); ++v)
-        mean += static_cast<double>(*v);
-      mean /= static_cast<double>(E);
-      const int64_t most = *std::max_element(first, first + static_cast<std::ptrdiff_t>(E));
-      imbalance += mean > 0 ? static_cast<double>(most) / mean : 0;
+      out.expert += part_imbalance(host.data() + i * E, E, E);
+      out.ep_rank += part_imbalance(host.data() + i * E, E, static_cast<size_t>(ep));
     }
-    layers += static_cast<int64_t>(moe.size());
+    out.layers += static_cast<int64_t>(moe.size());
   }
-  return imbalance;
+  return out;
 }
 
 }  // namespace moetron

@@ -5,7 +5,7 @@
 //                                                     parameters and memory per device of a
 //                                                     layout, without allocating (trainer/plan.h)
 //   moetron estimate CONFIG --hardware FILE [--set ...] [--world N] [--json] [--trace FILE]
-//                   [--calibrate TOKENS_PER_S_PER_GPU]
+//                   [--calibrate TOKENS_PER_S_PER_GPU] [--ep-imbalance R]
 //                                                     step time, tokens/s/GPU, MFU, GPU-hours of
 //                                                     a layout on a device (trainer/estimate.h)
 //   moetron probe                                     this CPU's GEMM peaks and memory bandwidth
@@ -55,7 +55,7 @@ const std::string kUsage =
         "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
         "  moetron estimate CONFIG --hardware FILE [--set key=value ...] [--world N] [--json]\n"
         "                   [--trace FILE]\n"
-        "                   [--calibrate TOKENS_PER_S_PER_GPU]\n"
+        "                   [--calibrate TOKENS_PER_S_PER_GPU] [--ep-imbalance R]\n"
         "  moetron probe\n"
         "  moetron prepare-text --out FILE.h5 INPUT...\n"
         "  moetron dump-grads CONFIG --out FILE.h5 [--from CHECKPOINT_DIR] [--set key=value ...]\n"
@@ -68,7 +68,7 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::vector<std::string> positional, sets;
-  std::string out, resume, from, dtype = "bf16", world, hardware, calibrate, trace;
+  std::string out, resume, from, dtype = "bf16", world, hardware, calibrate, trace, ep_imbalance;
   bool json = false;
 };
 
@@ -77,19 +77,21 @@ Args parse(int argc, char** argv, int first) {
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
     if (s == "--set" || s == "--out" || s == "--resume" || s == "--from" || s == "--dtype" ||
-        s == "--world" || s == "--hardware" || s == "--calibrate" || s == "--trace") {
+        s == "--world" || s == "--hardware" || s == "--calibrate" || s == "--trace" ||
+        s == "--ep-imbalance") {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       if (s == "--set")
         a.sets.push_back(argv[++i]);
       else
-        (s == "--out"         ? a.out
-         : s == "--resume"    ? a.resume
-         : s == "--from"      ? a.from
-         : s == "--world"     ? a.world
-         : s == "--hardware"  ? a.hardware
-         : s == "--calibrate" ? a.calibrate
-         : s == "--trace"     ? a.trace
-                              : a.dtype) = argv[++i];
+        (s == "--out"            ? a.out
+         : s == "--resume"       ? a.resume
+         : s == "--from"         ? a.from
+         : s == "--world"        ? a.world
+         : s == "--hardware"     ? a.hardware
+         : s == "--calibrate"    ? a.calibrate
+         : s == "--trace"        ? a.trace
+         : s == "--ep-imbalance" ? a.ep_imbalance
+                                 : a.dtype) = argv[++i];
     } else if (s == "--json") {
       a.json = true;
     } else if (s.rfind("--set=", 0) == 0) {
@@ -155,17 +157,26 @@ int estimate(Args& a) {
   const int world = world_option(a);
   a.sets.push_back("hardware.profile=" + a.hardware);
   moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
+  moetron::EstimateOptions o;
+  if (!a.ep_imbalance.empty()) {
+    char* end = nullptr;
+    o.ep_imbalance = std::strtod(a.ep_imbalance.c_str(), &end);
+    if (end == a.ep_imbalance.c_str() || *end || !(o.ep_imbalance >= 1))
+      throw UsageError(
+          "--ep-imbalance needs the busiest EP rank's rows over the mean, >= 1, got '" +
+          a.ep_imbalance + "'");
+  }
   if (!a.calibrate.empty()) {
     char* end = nullptr;
     const double rate = std::strtod(a.calibrate.c_str(), &end);
     if (end == a.calibrate.c_str() || *end || !(rate > 0))
       throw UsageError("--calibrate needs tokens/s per GPU > 0, got '" + a.calibrate + "'");
-    const moetron::GemmEfficiency eff = moetron::calibrate_gemm_efficiency(cfg, rate, world);
+    const moetron::GemmEfficiency eff = moetron::calibrate_gemm_efficiency(cfg, rate, world, o);
     cfg.hardware.gemm_efficiency = eff.bf16, cfg.hardware.gemm_efficiency_fp8 = eff.fp8;
     std::cout << "calibrated: gemm_efficiency: " << eff.bf16 << ", gemm_efficiency_fp8: " << eff.fp8
               << " (reach " << rate << " tokens/s/GPU)\n";
   }
-  const moetron::Estimate e = moetron::make_estimate(cfg, world);
+  const moetron::Estimate e = moetron::make_estimate(cfg, world, o);
   if (a.json)
     moetron::write_estimate_json(e, std::cout);
   else

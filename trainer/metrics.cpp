@@ -34,6 +34,7 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"tokens\":" << m.tokens << ",\"global_batch\":" << m.global_batch
        << ",\"tokens_per_s\":" << num(m.tokens_per_s) << ",\"step_seconds\":" << num(m.step_seconds)
        << ",\"expert_imbalance\":" << num(m.expert_imbalance)
+       << ",\"ep_imbalance\":" << num(m.ep_imbalance)
        << ",\"bias_update_speed\":" << num(m.bias_update_speed)
        << ",\"mtp_weight\":" << num(m.mtp_weight)
        << ",\"max_nodes_per_token\":" << m.max_nodes_per_token

@@ -24,6 +24,7 @@ struct StepMetrics {
   double tokens_per_s = 0;   // this step
   double step_seconds = 0;
   double expert_imbalance = 0;  // max load / mean load, averaged over MoE layers
+  double ep_imbalance = 0;      // max rows of an EP rank / mean over EP ranks, averaged likewise
   double bias_update_speed = 0, mtp_weight = 0;
   double eta_seconds = 0;
   double flops_per_token = 0;  // model FLOPs of training, per token (model/flops.h)

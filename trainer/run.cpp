@@ -37,6 +37,12 @@ int resolve_threads(const RunConfig& run) {
   return std::max(1, cores / local);
 }
 
+// parallel.wait: sleeping MPI waits where this node has more ranks than cores (auto).
+bool sleep_when_waiting(const ParallelConfig& p) {
+  if (p.wait != WaitMode::Auto) return p.wait == WaitMode::Sleep;
+  return node_ranks() > static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 std::unique_ptr<data::Dataset> open_dataset(const Config& cfg, const std::string& setting,
                                             const std::string& key, bool shuffle) {
   data::DatasetOptions o;
@@ -256,7 +262,8 @@ void report_start(const Run& r, std::ostream& log) {
       << r.optimizer->state_bytes() / 1024 << " KiB/rank; " << cfg.run.steps << " steps of "
       << cfg.data.global_batch_size << " x " << r.S << " tokens (" << sched.microbatches
       << " micro-batches of " << r.B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
-      << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << "\n";
+      << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << ", "
+      << (sleeping_waits() ? "sleeping" : "polling") << " MPI waits\n";
   // activation memory of stage 0 (model/memory.h): slots and gradient sets
   const SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);
   const int slots = sched.in_flight_bound[0];
@@ -312,6 +319,7 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   check_memory(cfg, r->grid.world);  // when hardware.memory_gib is known (trainer/plan.h)
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
+  set_sleeping_waits(sleep_when_waiting(cfg.parallel));
   kernels::flop_counter::set_counting(cfg.run.count_flops);  // read per step by train_step
   // the embedding's two copies on the first and last stage sum gradients, unless one rank holds
   // both stages (DualPipe(V): one shared copy); DualPipe's twins sum everything

@@ -8,10 +8,11 @@
 namespace moetron {
 
 void StepStats::reduce(Communicator& world) {
-  double v[8] = {loss, lm, mtp, balance, imbalance, moe_layers, gemm_executed, gemm_recompute};
-  world.all_reduce(v, 8);
-  loss = v[0], lm = v[1], mtp = v[2], balance = v[3], imbalance = v[4], moe_layers = v[5];
-  gemm_executed = v[6], gemm_recompute = v[7];
+  double v[9] = {loss,         lm,         mtp,           balance,       imbalance,
+                 ep_imbalance, moe_layers, gemm_executed, gemm_recompute};
+  world.all_reduce(v, std::size(v));
+  loss = v[0], lm = v[1], mtp = v[2], balance = v[3], imbalance = v[4], ep_imbalance = v[5];
+  moe_layers = v[6], gemm_executed = v[7], gemm_recompute = v[8];
 }
 
 namespace {

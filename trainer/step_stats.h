@@ -38,9 +38,10 @@ struct StepStats {
   // sums over this rank's micro-batches (stages add their parts: the last stage holds the LM and
   // MTP losses, every stage its MoE layers' balance losses)
   double loss = 0, lm = 0, mtp = 0, balance = 0;
-  // max load / mean load summed over this rank's MoE layers, and their count: on DP rank 0 only
-  // (the other DP ranks hold the same layers and the same all-reduced loads)
-  double imbalance = 0, moe_layers = 0;
+  // max load / mean load over experts, and over EP ranks, summed over this rank's MoE layers,
+  // and their count: on DP rank 0 only (the other DP ranks hold the same layers and the same
+  // all-reduced loads)
+  double imbalance = 0, ep_imbalance = 0, moe_layers = 0;
   // GEMM FLOPs this rank's ops executed in the step's pipeline, and the recomputed part of them
   // (kernels/flop_counter.h); 0 unless run.count_flops
   double gemm_executed = 0, gemm_recompute = 0;

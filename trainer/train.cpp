@@ -155,11 +155,10 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   if (good) r.optimizer->update(h.lr, grad_norm, step + 1), r.chunks.front()->weights_updated();
   clock.optimizer_done();
   trace::span_since(Track::Optimizer, "AdamW, all-gather", t), t = trace::stamp();
-  int64_t moe_layers = 0;
-  const double imbalance =
-      good ? update_expert_bias(r.chunk_list(), r.groups->device().dense_group(), h.gamma,
-                                moe_layers)
-           : 0;
+  const LoadImbalance imbalance =
+      good
+          ? update_expert_bias(r.chunk_list(), r.groups->device().dense_group(), h.gamma, r.grid.ep)
+          : LoadImbalance{};
   trace::span_since(Track::Host, "expert bias update", t), t = trace::stamp();
 
   // the imbalance of each MoE layer once: DP rank 0 of the stage (the lower DualPipe twin)
@@ -168,8 +167,9 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   sum.lm,
                   sum.mtp,
                   sum.balance,
-                  dp0 ? imbalance : 0.0,
-                  dp0 ? static_cast<double>(moe_layers) : 0.0,
+                  dp0 ? imbalance.expert : 0.0,
+                  dp0 ? imbalance.ep_rank : 0.0,
+                  dp0 ? static_cast<double>(imbalance.layers) : 0.0,
                   static_cast<double>(gemm.executed),
                   static_cast<double>(gemm.recompute)};
   watchdog::set_phase("step statistics");
@@ -255,6 +255,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   m.step_seconds = step_seconds;
   m.tokens_per_s = static_cast<double>(s.tokens) / step_seconds;
   m.expert_imbalance = s.stats.moe_layers > 0 ? s.stats.imbalance / s.stats.moe_layers : 0.0;
+  m.ep_imbalance = s.stats.moe_layers > 0 ? s.stats.ep_imbalance / s.stats.moe_layers : 0.0;
   m.bias_update_speed = s.hyper.gamma, m.mtp_weight = s.hyper.lambda;
   m.rank_times = clock.rank_times;
   for (size_t f = 0; f < clock.breakdown.size(); ++f)
