@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <utility>
 
 #include "kernels/device.h"
 #include "kernels/scalar.h"
@@ -408,33 +409,25 @@ Communicator& world() {
 void set_sleeping_waits(bool on) { g_sleeping_waits.store(on, std::memory_order_relaxed); }
 bool sleeping_waits() { return g_sleeping_waits.load(std::memory_order_relaxed); }
 
-int node_ranks() {
-  static const int n = [] {
+// This process's rank among its node's ranks, and their number (MPI_Comm_split_type, shared
+// memory): collective over the world on the first call.
+static std::pair<int, int> node_rank_and_size() {
+  static const std::pair<int, int> rs = [] {
     world();  // MPI is initialised
     MPI_Comm node;
     check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
           "comm_split_type", world().rank());
-    int size = 1;
-    MPI_Comm_size(node, &size);
+    int r = 0, n = 1;
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_size(node, &n);
     MPI_Comm_free(&node);
-    return size;
+    return std::make_pair(r, n);
   }();
-  return n;
+  return rs;
 }
 
-int node_local_rank() {
-  static const int local = [] {
-    world();  // MPI is initialised
-    MPI_Comm node;
-    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
-          "comm_split_type", world().rank());
-    int r = 0;
-    MPI_Comm_rank(node, &r);
-    MPI_Comm_free(&node);
-    return r;
-  }();
-  return local;
-}
+int node_ranks() { return node_rank_and_size().second; }
+int node_local_rank() { return node_rank_and_size().first; }
 
 void abort_all(const std::string& message) {
   int init = 0;

@@ -339,9 +339,11 @@ std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
   return partner;
 }
 
+}  // namespace
+
 // ---- the replay engine --------------------------------------------------------------------
 
-double duration(const Op& op, const Costs& c) {
+double op_cost(const Op& op, const Costs& c) {
   switch (op.kind) {
     case OpKind::Forward:
       return c.F;
@@ -356,6 +358,22 @@ double duration(const Op& op, const Costs& c) {
     default:
       return 0;
   }
+}
+
+namespace {
+
+// Makespan, idle times and bubble of a replay that finished (finish and busy filled in).
+void summarise(SimResult& sim) {
+  const int P = static_cast<int>(sim.finish.size());
+  sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
+  sim.idle.resize(P);
+  double idle_sum = 0;
+  for (int r = 0; r < P; ++r) {
+    sim.idle[r] = sim.makespan - sim.busy[r];
+    sim.bubble = std::max(sim.bubble, sim.idle[r]);
+    idle_sum += sim.idle[r];
+  }
+  sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (P * sim.makespan) : 0;
 }
 
 struct Replay {
@@ -461,20 +479,6 @@ class Replayer {
       << "), whose partner is rank " << p.rank << "'s op " << p.index << " ("
       << to_string(s_, p.rank, s_.per_rank[p.rank][p.index]) << ")";
     out_.stall += o.str();
-  }
-
-  // Makespan, idle times and bubble of a replay that finished.
-  void summarise(SimResult& sim) const {
-    const int P = s_.ranks;
-    sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
-    sim.idle.resize(P);
-    double idle_sum = 0;
-    for (int r = 0; r < P; ++r) {
-      sim.idle[r] = sim.makespan - sim.busy[r];
-      sim.bubble = std::max(sim.bubble, sim.idle[r]);
-      idle_sum += sim.idle[r];
-    }
-    sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (P * sim.makespan) : 0;
   }
 
   const Schedule& s_;
@@ -629,7 +633,7 @@ class SharedReplayer {
 Replay replay(const Schedule& s, const std::vector<std::vector<Ref>>& partner, const Costs& c,
               bool strict) {
   return Replayer(
-             s, partner, [c](int, const Op& op) { return duration(op, c); }, c.comm, strict)
+             s, partner, [c](int, const Op& op) { return op_cost(op, c); }, c.comm, strict)
       .run();
 }
 
@@ -953,16 +957,7 @@ SimResult simulate_shared(const Schedule& s, const OpCost& work, const OpCost& w
     throw std::invalid_argument("simulate_shared: cores > 0 and replicas > 0 needed");
   const auto partner = match_messages(s);
   SimResult sim = SharedReplayer(s, partner, work, wait, comm, cores, replicas).run();
-  const int P = s.ranks;
-  sim.makespan = *std::max_element(sim.finish.begin(), sim.finish.end());
-  sim.idle.resize(P);
-  double idle_sum = 0;
-  for (int r = 0; r < P; ++r) {
-    sim.idle[r] = sim.makespan - sim.busy[r];
-    sim.bubble = std::max(sim.bubble, sim.idle[r]);
-    idle_sum += sim.idle[r];
-  }
-  sim.bubble_fraction = sim.makespan > 0 ? idle_sum / (P * sim.makespan) : 0;
+  summarise(sim);
   return sim;
 }
 

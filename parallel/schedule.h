@@ -186,6 +186,9 @@ struct Costs {
   double F = 1, B = 2, W = 1, FB = 3, comm = 0;
 };
 
+// What op costs under c (F, B, Bi = B - W, W, FB or FB - W for a pair deferring W; 0: messages).
+double op_cost(const Op& op, const Costs& c);
+
 struct SimResult {
   double makespan = 0;         // all ranks start at 0; the step ends when the last rank finishes
   std::vector<double> busy;    // [ranks] compute time

@@ -578,25 +578,9 @@ TEST(Simulator, CommLatencyOnlyAddsTime) {
 // ranks is never shorter than either bound (critical path, work over cores).
 TEST(Simulator, SharedCores) {
   const Costs c{1, 2, 1, 2.5, 0};
-  const auto duration = [](const Op& op, const Costs& k) {
-    switch (op.kind) {
-      case OpKind::Forward:
-        return k.F;
-      case OpKind::Backward:
-        return k.B;
-      case OpKind::BackwardInput:
-        return k.B - k.W;
-      case OpKind::BackwardWeight:
-        return k.W;
-      case OpKind::ForwardBackward:
-        return op.defer_weight ? k.FB - k.W : k.FB;
-      default:
-        return 0.0;
-    }
-  };
-  const auto work = [&](int, const Op& op) { return 0.8 * duration(op, c); };
-  const auto wait = [&](int, const Op& op) { return 0.2 * duration(op, c); };
-  const auto whole = [&](int, const Op& op) { return duration(op, c); };
+  const auto work = [&](int, const Op& op) { return 0.8 * op_cost(op, c); };
+  const auto wait = [&](int, const Op& op) { return 0.2 * op_cost(op, c); };
+  const auto whole = [&](int, const Op& op) { return op_cost(op, c); };
   for (const auto& kind : kKinds) {
     const Schedule s = make_schedule(kind, 4, counts_for(kind, 4).back());
     const SimResult plain = simulate(s, whole, 0.1);
