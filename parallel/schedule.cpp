@@ -392,8 +392,11 @@ class Replayer {
     pc_.assign(P, 0), waited_.assign(P, 0), blocked_on_.assign(P, -1);
     t_.assign(P, 0.0);
     done_.assign(P, false);
-    out_.sim.start.resize(P);
-    for (int r = 0; r < P; ++r) out_.sim.start[r].assign(s.per_rank[r].size(), -1.0);
+    out_.sim.start.resize(P), out_.sim.end.resize(P);
+    for (int r = 0; r < P; ++r) {
+      out_.sim.start[r].assign(s.per_rank[r].size(), -1.0);
+      out_.sim.end[r].assign(s.per_rank[r].size(), -1.0);
+    }
     out_.sim.busy.assign(P, 0.0);
     out_.sim.finish.assign(P, 0.0);
   }
@@ -452,6 +455,7 @@ class Replayer {
       if (begin < 0) break;
       const double d = cost_(r, op);
       out_.sim.start[r][i] = begin;
+      out_.sim.end[r][i] = begin + d;
       t_[r] = begin + d;
       out_.sim.busy[r] += d;
       waited_[r] = ++pc_[r];

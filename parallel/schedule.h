@@ -196,7 +196,7 @@ struct SimResult {
   std::vector<double> finish;  // [ranks] when the rank's last op ended
   std::vector<std::vector<double>> start;  // [ranks][op] compute start / message post time
                                            // (a Gantt chart of the step)
-  std::vector<std::vector<double>> end;    // [ranks][op] compute end (simulate_shared only)
+  std::vector<std::vector<double>> end;    // [ranks][op] compute end (messages: -1)
   double bubble = 0;           // max over ranks of idle: what the §4.7 "Bubble" column counts
                                // (ranks' idle times differ when FB != F + B)
   double bubble_fraction = 0;  // sum(idle) / (ranks * makespan)

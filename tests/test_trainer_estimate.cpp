@@ -81,8 +81,8 @@ TEST(Estimate, OneFOneBBubbleIsTheFormula) {
 }
 
 // A CPU node of 2 cores: up to 2 ranks each get 1/ranks of it; 8 ranks (PP4 x DP2) run a busy
-// rank at one core, and the step is the longer of that critical path and the node's total work
-// over its cores (the core wait), never shorter than the one-core-per-rank pipeline.
+// rank at one core and share the node's cores while computing (the core wait: the replay on
+// shared cores beyond the critical path), never shorter than the one-core-per-rank pipeline.
 TEST(Estimate, OversubscribedCpuRanksShareTheCores) {
   const auto cpu = [](const std::string& pp, const std::string& dp, const std::string& cores) {
     std::vector<std::string> s =

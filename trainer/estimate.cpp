@@ -383,6 +383,7 @@ void replay_schedule(Estimate& e) {
     e.core_wait_s = std::max(0.0, shared.makespan - sim.makespan);
     e.makespan_s += e.core_wait_s;
   }
+  const pipeline::SimResult& when = shared.end.empty() ? sim : shared;  // the timeline's replay
   static const char* const names[] = {"F", "B", "BI", "W", "F&B"};
   for (int rank = 0; rank < sched.ranks; ++rank)
     for (size_t i = 0; i < sched.per_rank[rank].size(); ++i) {
@@ -393,9 +394,8 @@ void replay_schedule(Estimate& e) {
                     : op.kind == OpKind::BackwardInput  ? 2
                     : op.kind == OpKind::BackwardWeight ? 3
                                                         : 4;
-      const double t0 = shared.end.empty() ? sim.start[rank][i] : shared.start[rank][i];
-      const double t1 = shared.end.empty() ? t0 + cost(true, op) : shared.end[rank][i];
-      e.timeline.push_back({rank, names[k], t0, t1, op.mb, op.stage, true});
+      e.timeline.push_back(
+          {rank, names[k], when.start[rank][i], when.end[rank][i], op.mb, op.stage, true});
     }
 }
 

@@ -17,11 +17,11 @@
 // CPU hosts (a profile with devices_per_node 0; peaks and bandwidths are the node's, with all its
 // cores): a rank gets 1/ranks of the node while the ranks fit its cores (cores_per_node; 0 =
 // unknown: always 1/ranks). With more ranks than cores (Open MPI oversubscribed), a rank that
-// waits sleeps (parallel.wait: auto) and leaves its core, so a busy rank runs at one core's speed:
-// the pipeline is priced at 1/cores of the node per busy rank, and the step is the longer of that
-// critical path and the node's total work (every rank's compute at one core; a waiting rank sleeps,
-// parallel.wait) over its cores — the core wait. The DP collectives and the optimizer, run by all
-// ranks at once, keep 1/ranks. docs/performance.md has the calibration and its residuals.
+// waits sleeps (parallel.wait: auto) and leaves its core: ops are priced at one core, and the
+// schedule is replayed a second time on the node's cores shared by the processes computing at each
+// moment (pipeline::simulate_shared); what that adds to the critical path is the core wait. The
+// DP collectives and the optimizer, run by all ranks at once, keep 1/ranks. docs/performance.md has
+// the calibration and its residuals.
 #pragma once
 
 #include <cstdint>
