@@ -210,15 +210,17 @@ void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs
 
 template <class T>
 void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
-                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
-  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse,
+                       GemmPrecision prec) {
+  MOETRON_DISPATCH(attention_forward, q, k, v, B, S, H, Dqk, Dv, scale, o, lse, prec);
 }
 
 template <class T>
 void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
-                        int64_t Dv, T scale, T* dq, T* dk, T* dv) {
-  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv);
+                        int64_t Dv, T scale, T* dq, T* dk, T* dv, GemmPrecision prec) {
+  MOETRON_DISPATCH(attention_backward, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk, dv,
+                   prec);
 }
 
 template <class T>
@@ -411,21 +413,22 @@ template void rope_apply<double>(const Exec&, double*, int64_t, int64_t, int64_t
                                  const double*, int64_t, bool);
 template void attention_forward<float>(const Exec&, const float*, const float*, const float*,
                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
-                                       float*);
+                                       float*, GemmPrecision);
 template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, double,
-                                        double*, double*);
+                                        double*, double*, GemmPrecision);
 template void latent_attention_forward<float>(const Exec&, const float*, const float*, int64_t,
                                               int64_t, int64_t, int64_t, int64_t, float, float*);
 template void latent_attention_forward<double>(const Exec&, const double*, const double*, int64_t,
                                                int64_t, int64_t, int64_t, int64_t, double, double*);
 template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
                                         const float*, const float*, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, int64_t, float, float*, float*, float*);
+                                        int64_t, int64_t, int64_t, float, float*, float*, float*,
+                                        GemmPrecision);
 template void attention_backward<double>(const Exec&, const double*, const double*, const double*,
                                          const double*, const double*, const double*, int64_t,
                                          int64_t, int64_t, int64_t, int64_t, double, double*,
-                                         double*, double*);
+                                         double*, double*, GemmPrecision);
 template void swiglu_forward<float>(const Exec&, const float*, int64_t, int64_t, const float*,
                                     float*);
 template void swiglu_forward<double>(const Exec&, const double*, int64_t, int64_t, const double*,

@@ -26,6 +26,7 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
   recompute_norms_ = pol.recompute_norms, recompute_up_ = pol.recompute_mla_up;
   store_bf16_ = pol.store_bf16;
+  core_prec_ = pol.gemm(Component::AttentionCore);
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
   dr_ = c.qk_rope_head_dim, dv_ = c.v_head_dim, dq_ = dn_ + dr_;
   ql_ = c.q_lora_rank, kl_ = c.kv_lora_rank;
@@ -166,7 +167,7 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
 
   T* o = st.o.write(N, H_ * dv_, sc.o);
   kernels::attention_forward<T>(ex, q, k, v, B, S, H_, dq_, dv_, scale_, o,
-                                sized(st.lse, B * H_ * S));
+                                sized(st.lse, B * H_ * S), core_prec_);
   st.o.keep(ex, sc.o);
   o_.forward(o, N, out);
 }
@@ -196,7 +197,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   }
   T* dq = sized(st.dq, N * H_ * dq_);
   kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, sc.o), st.lse.data(), B, S, H_,
-                                 dq_, dv_, scale_, dq, dk, dvv);
+                                 dq_, dv_, scale_, dq, dk, dvv, core_prec_);
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads

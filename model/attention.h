@@ -134,8 +134,9 @@ class MLA {
   Buffer<double> freqs_;  // [dr/2] RoPE frequencies
   RMSNorm<T> attn_norm_, q_norm_, kv_norm_;
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
-  bool recompute_norms_ = false, recompute_up_ = false;  // PrecisionPolicy::recompute_*
-  bool store_bf16_ = false;                              // PrecisionPolicy::store_bf16
+  bool recompute_norms_ = false, recompute_up_ = false;              // PrecisionPolicy::recompute_*
+  bool store_bf16_ = false;                                          // PrecisionPolicy::store_bf16
+  kernels::GemmPrecision core_prec_ = kernels::GemmPrecision::FP32;  // attention_core's recipe
   std::shared_ptr<Scratch> scratch_;  // one call's scratch, shared with the model's MLA layers
   // The norm outputs and the per-head q, k, v: the state's, or (recompute) made again from what
   // the state keeps with the forward's own ops, so bit for bit the same values.

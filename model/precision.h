@@ -9,10 +9,11 @@
 //         (SPEC-deepseek-v3 §3: activations and activation gradients 1x128, weights 128x128,
 //         Wgrad operands 128x1, fp32 accumulation with promotion every 128) and their inputs are
 //         cached in FP8 for the backward; embedding, output head, gate, norms and the attention
-//         core stay bf16/fp32 (the gate and head GEMMs run bf16, everything else is fp32).
+//         core stay bf16/fp32 (the gate and head GEMMs and the attention core's products run
+//         bf16, everything else is fp32).
 // Per-component overrides (`precision.overrides`: attention_proj, dense_mlp, shared_expert,
-// routed_expert -> fp32 | bf16 | fp8; gate, head -> fp32 | bf16) replace the recipe's choice for
-// one component. Master weights and gradients are always fp32 (AdamW moments:
+// routed_expert -> fp32 | bf16 | fp8; gate, head, attention_core -> fp32 | bf16) replace the
+// recipe's choice for one component. Master weights and gradients are always fp32 (AdamW moments:
 // optimizer.moment_dtype). kComponents is the one list of the components (config keys, and
 // whether FP8 may apply); recipes, scale rules and Dgrad tiles are enums with their config words
 // next to them (kernels/enum_words.h), read once by the config.
@@ -38,22 +39,34 @@
 
 namespace moetron {
 
-enum class Component { AttentionProj, DenseMlp, SharedExpert, RoutedExpert, Gate, Head };
+enum class Component {
+  AttentionProj,
+  DenseMlp,
+  SharedExpert,
+  RoutedExpert,
+  Gate,
+  Head,
+  AttentionCore
+};
 
 // The components in Component order: config key (`precision.overrides.<key>`), and whether it is
-// made of Linear layers, the only ones FP8 applies to (the gate and head stay in higher
-// precision, SPEC §3.1).
+// made of Linear layers, the only ones FP8 applies to (the gate, the head and the attention core
+// stay in higher precision, SPEC §3.1). attention_core is softmax(Q K^T) V and its backward:
+// under bf16 its products take bf16 operands (Q, K, V, dO, P, dS) with fp32 accumulation and an
+// fp32 softmax, as FlashAttention does; under fp32 everything is fp32.
 struct ComponentInfo {
   Component id;
   const char* key;
   bool linear;
 };
-inline constexpr ComponentInfo kComponents[] = {{Component::AttentionProj, "attention_proj", true},
-                                                {Component::DenseMlp, "dense_mlp", true},
-                                                {Component::SharedExpert, "shared_expert", true},
-                                                {Component::RoutedExpert, "routed_expert", true},
-                                                {Component::Gate, "gate", false},
-                                                {Component::Head, "head", false}};
+inline constexpr ComponentInfo kComponents[] = {
+    {Component::AttentionProj, "attention_proj", true},
+    {Component::DenseMlp, "dense_mlp", true},
+    {Component::SharedExpert, "shared_expert", true},
+    {Component::RoutedExpert, "routed_expert", true},
+    {Component::Gate, "gate", false},
+    {Component::Head, "head", false},
+    {Component::AttentionCore, "attention_core", false}};
 inline constexpr size_t kNumComponents = std::size(kComponents);
 constexpr const ComponentInfo& component_info(Component c) {
   return kComponents[static_cast<size_t>(c)];

@@ -13,6 +13,11 @@
 # activations kept in bf16 (activations.storage=bf16) may differ by bf16 round-off of what the
 # backward reads: their losses must stay within 1e-3 and gradient norms within 1e-2 of fp32
 # storage (measured: 1.2e-4 and 1.1e-3).
+# The goldens hold the attention core in fp32 products (precision.overrides.attention_core=fp32,
+# as every recipe computed it before the core took bf16 operands under bf16 and fp8): every run
+# above pins it. The bf16 and fp8 runs with the recipe's own attention core (bf16 products, the
+# default) are checked against the pinned goldens to 1e-3 in the loss and 2e-2 in the gradient
+# norm (measured: 1.1e-4 / 1.9e-3 for bf16, 4.0e-4 / 7.9e-3 for fp8).
 # Args: MOETRON_BIN BUILD_DIR [--record]
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_golden; MODE=${3:-check}
@@ -20,11 +25,14 @@ GOLDEN=tests/golden/tiny_10steps.json
 rm -rf "$OUT"; mkdir -p "$OUT"
 RECOMPUTE=(--set activations.recompute_norms=on --set activations.recompute_mla_up=on)
 for recipe in fp32 bf16 fp8; do
-  for variant in plain recompute bf16store; do
-    extra=(); [[ $variant == recompute ]] && extra=("${RECOMPUTE[@]}")
-    [[ $variant == bf16store ]] && extra=(--set activations.storage=bf16)
+  for variant in plain recompute bf16store bf16core; do
+    extra=(--set precision.overrides.attention_core=fp32)
+    [[ $variant == recompute ]] && extra+=("${RECOMPUTE[@]}")
+    [[ $variant == bf16store ]] && extra+=(--set activations.storage=bf16)
+    [[ $variant == bf16core ]] && extra=()
     [[ $variant != plain && $MODE == --record ]] && continue
     [[ $variant == bf16store && $recipe == fp8 ]] && continue
+    [[ $variant == bf16core && $recipe == fp32 ]] && continue
     name=$recipe; [[ $variant != plain ]] && name=$recipe+$variant
     "$BIN" train configs/tiny.yaml --set run.steps=10 --set schedule.lr.peak=1e-3 \
       --set schedule.lr.warmup_steps=2 --set run.threads=1 --set run.eval_interval=0 \
@@ -38,7 +46,7 @@ out, golden, mode = sys.argv[1:]
 import os
 runs = {}
 for r in ["fp32", "bf16", "fp8", "fp32+recompute", "bf16+recompute", "fp8+recompute",
-          "fp32+bf16store", "bf16+bf16store"]:
+          "fp32+bf16store", "bf16+bf16store", "bf16+bf16core", "fp8+bf16core"]:
     if not os.path.exists(f"{out}/{r}/metrics.jsonl"):
         continue
     m = [json.loads(l) for l in open(f"{out}/{r}/metrics.jsonl")]
@@ -50,10 +58,12 @@ if mode == "--record":
 ref = json.load(open(golden))
 tol = {"fp32": 1e-6, "bf16": 1e-4, "fp8": 1e-4}
 store_tol = {"loss": 1e-3, "grad_norm": 1e-2}  # bf16 activation storage
+core_tol = {"loss": 1e-3, "grad_norm": 2e-2}  # the attention core's bf16 products
 passed = failed = 0
 for r in runs:
     for key in ["loss", "grad_norm"]:
         t = store_tol[key] if r.endswith("+bf16store") else tol[r.split("+")[0]]
+        t = core_tol[key] if r.endswith("+bf16core") else t
         a, b = runs[r][key], ref[r.split("+")[0]][key]
         assert len(a) == len(b) == 10, f"{r}: {len(a)} steps"
         err = max(abs(x - y) / abs(y) for x, y in zip(a, b))

@@ -4,7 +4,10 @@
 // latent cache, at odd shapes (partial tiles of queries and keys), DeepSeek-V3's head dims
 // (Dqk 192, Dv 128; latent 576 / 512), a single position, peaked softmaxes (large scores), and in
 // float and double. Outputs start as NaN (dev_garbage), so an element the op fails to write shows.
-// The backward is also run twice and must give the same bits (no atomics). Skipped without a GPU.
+// The backward is also run twice and must give the same bits (no atomics). The bf16 products (the
+// tensor-core kernels of attention_bf16.cu) against the CPU's bf16 twin, which rounds at the same
+// points: what is left between them is the order of the fp32 sums (and the rare P or dS element
+// it moves across a bf16 rounding boundary). Skipped without a GPU.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -42,7 +45,8 @@ const std::vector<Shape>& shapes() {
 }
 
 template <class T>
-void check_forward(const Shape& sh, double rtol, uint64_t seed) {
+void check_forward(const Shape& sh, double rtol, uint64_t seed,
+                   GemmPrecision prec = GemmPrecision::FP32) {
   const int64_t nq = sh.B * sh.S * sh.H * sh.Dqk, nv = sh.B * sh.S * sh.H * sh.Dv;
   const int64_t nl = sh.B * sh.H * sh.S;
   const auto q = rand_vec<T>(nq, seed, -sh.amp, sh.amp);
@@ -51,17 +55,18 @@ void check_forward(const Shape& sh, double rtol, uint64_t seed) {
   const T scale = T(1) / std::sqrt(T(sh.Dqk));
   std::vector<T> o(nv), lse(nl);
   cpu::attention_forward<T>(q.data(), k.data(), v.data(), sh.B, sh.S, sh.H, sh.Dqk, sh.Dv, scale,
-                            o.data(), lse.data());
+                            o.data(), lse.data(), prec);
   Buffer<T> dq = dev(q), dk = dev(k), dv = dev(v);
   Buffer<T> go = dev_garbage<T>(nv), glse = dev_garbage<T>(nl);
   kernels::attention_forward<T>(gpu_exec(), dq.data(), dk.data(), dv.data(), sh.B, sh.S, sh.H,
-                                sh.Dqk, sh.Dv, scale, go.data(), glse.data());
+                                sh.Dqk, sh.Dv, scale, go.data(), glse.data(), prec);
   expect_near_rel(host(go, nv), o, rtol, "attention_forward o, " + name_of(sh));
   expect_near_rel(host(glse, nl), lse, rtol, "attention_forward lse, " + name_of(sh));
 }
 
 template <class T>
-void check_backward(const Shape& sh, double rtol, uint64_t seed) {
+void check_backward(const Shape& sh, double rtol, uint64_t seed,
+                    GemmPrecision prec = GemmPrecision::FP32) {
   const int64_t nq = sh.B * sh.S * sh.H * sh.Dqk, nv = sh.B * sh.S * sh.H * sh.Dv;
   const int64_t nl = sh.B * sh.H * sh.S;
   const auto q = rand_vec<T>(nq, seed, -sh.amp, sh.amp);
@@ -71,9 +76,10 @@ void check_backward(const Shape& sh, double rtol, uint64_t seed) {
   const T scale = T(1) / std::sqrt(T(sh.Dqk));
   std::vector<T> o(nv), lse(nl), wq(nq), wk(nq), wv(nv);
   cpu::attention_forward<T>(q.data(), k.data(), v.data(), sh.B, sh.S, sh.H, sh.Dqk, sh.Dv, scale,
-                            o.data(), lse.data());
+                            o.data(), lse.data(), prec);
   cpu::attention_backward<T>(g.data(), q.data(), k.data(), v.data(), o.data(), lse.data(), sh.B,
-                             sh.S, sh.H, sh.Dqk, sh.Dv, scale, wq.data(), wk.data(), wv.data());
+                             sh.S, sh.H, sh.Dqk, sh.Dv, scale, wq.data(), wk.data(), wv.data(),
+                             prec);
   Buffer<T> dq_in = dev(q), dk_in = dev(k), dv_in = dev(v), dg = dev(g), dev_o = dev(o),
             dlse = dev(lse);
   std::vector<T> first[3];
@@ -81,7 +87,7 @@ void check_backward(const Shape& sh, double rtol, uint64_t seed) {
     Buffer<T> gq = dev_garbage<T>(nq), gk = dev_garbage<T>(nq), gv = dev_garbage<T>(nv);
     kernels::attention_backward<T>(gpu_exec(), dg.data(), dq_in.data(), dk_in.data(), dv_in.data(),
                                    dev_o.data(), dlse.data(), sh.B, sh.S, sh.H, sh.Dqk, sh.Dv,
-                                   scale, gq.data(), gk.data(), gv.data());
+                                   scale, gq.data(), gk.data(), gv.data(), prec);
     std::vector<T> hq = host(gq, nq), hk = host(gk, nq), hv = host(gv, nv);
     if (run == 0) {
       // With S = 1 every key has one query and dq = dk = 0 exactly (p = 1, dp = D): both
@@ -122,6 +128,27 @@ TEST(CudaAttention, BackwardMatchesTheCpuDoubleAndIsDeterministic) {
   MOETRON_REQUIRE_GPU();
   uint64_t seed = 40;
   for (const Shape& s : shapes()) check_backward<double>(s, 1e-10, seed += 10);
+}
+
+TEST(CudaAttention, Bf16ForwardMatchesTheCpuTwin) {
+  MOETRON_REQUIRE_GPU();
+  uint64_t seed = 50;
+  for (const Shape& s : shapes()) check_forward<float>(s, 2e-3, seed += 10, GemmPrecision::BF16);
+}
+
+TEST(CudaAttention, Bf16BackwardMatchesTheCpuTwinAndIsDeterministic) {
+  MOETRON_REQUIRE_GPU();
+  uint64_t seed = 60;
+  for (const Shape& s : shapes()) check_backward<float>(s, 2e-3, seed += 10, GemmPrecision::BF16);
+}
+
+TEST(CudaAttention, Bf16OnDoubleTensorsIsRefused) {
+  MOETRON_REQUIRE_GPU();
+  Buffer<double> x = dev_garbage<double>(5 * 2 * 24);
+  EXPECT_THROW(
+      kernels::attention_forward<double>(gpu_exec(), x.data(), x.data(), x.data(), 1, 5, 2, 24, 16,
+                                         1.0, x.data(), x.data(), GemmPrecision::BF16),
+      std::invalid_argument);
 }
 
 TEST(CudaAttention, EmptyShapesLaunchNothing) {

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
 namespace moetron::kernels::cpu::testing {
@@ -119,6 +120,50 @@ TYPED_TEST(AttentionTest, ForwardAndBackwardMatchNaive) {
     expect_close(dq, r.dq, 2 * kTol<T>, tag + " dq");
     expect_close(dk, r.dk, 2 * kTol<T>, tag + " dk");
     expect_close(dv, r.dv, 2 * kTol<T>, tag + " dv");
+  }
+}
+
+// BF16 products (the attention core of the bf16 and fp8 recipes): against the naive reference fed
+// the operands the kernel rounds (scale q, k, v and dO in bf16), which leaves only the rounding of
+// P and dS and the order of the sums between them; and against the exact inputs within bf16's
+// error. The rounding is live: the outputs differ from the fp32 products'.
+TYPED_TEST(AttentionTest, Bf16ProductsMatchNaiveOnRoundedOperands) {
+  using T = TypeParam;
+  auto rounded = [](const std::vector<T>& x, T mul) {
+    std::vector<double> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i) r[i] = round_bf16(static_cast<float>(x[i] * mul));
+    return r;
+  };
+  uint64_t seed = 101;
+  for (const Dims& d : kDims) {
+    std::ostringstream os;
+    os << "bf16 B" << d.B << " S" << d.S << " H" << d.H << " Dqk" << d.Dqk << " Dv" << d.Dv;
+    const std::string tag = os.str();
+    const int64_t nq = d.B * d.S * d.H * d.Dqk, nv = d.B * d.S * d.H * d.Dv;
+    const auto q = cast<T>(rand_vec(nq, seed++, -2, 2)), k = cast<T>(rand_vec(nq, seed++, -2, 2));
+    const auto v = cast<T>(rand_vec(nv, seed++)), g = cast<T>(rand_vec(nv, seed++));
+    const T scale = T(1.5 / std::sqrt(static_cast<double>(d.Dqk)));
+    std::vector<T> o(nv), o32(nv), lse(d.B * d.H * d.S), dq(nq), dk(nq), dv(nv);
+    attention_forward<T>(q.data(), k.data(), v.data(), d.B, d.S, d.H, d.Dqk, d.Dv, scale,
+                         o32.data(), lse.data());
+    attention_forward<T>(q.data(), k.data(), v.data(), d.B, d.S, d.H, d.Dqk, d.Dv, scale, o.data(),
+                         lse.data(), GemmPrecision::BF16);
+    attention_backward<T>(g.data(), q.data(), k.data(), v.data(), o.data(), lse.data(), d.B, d.S,
+                          d.H, d.Dqk, d.Dv, scale, dq.data(), dk.data(), dv.data(),
+                          GemmPrecision::BF16);
+    const auto gr = rounded(g, T(1));
+    AttnRef r = ref_attention(d, rounded(q, scale), rounded(k, T(1)), rounded(v, T(1)), 1.0, &gr);
+    for (double& x : r.dq) x *= scale;  // the reference differentiates by scale q
+    expect_close(o, r.o, 2e-3, tag + " o");
+    expect_close(lse, r.lse, 1e-5, tag + " lse");
+    expect_close(dq, r.dq, 4e-3, tag + " dq");
+    expect_close(dk, r.dk, 4e-3, tag + " dk");
+    expect_close(dv, r.dv, 4e-3, tag + " dv");
+    const AttnRef x = ref_attention(d, to_double(q), to_double(k), to_double(v), scale);
+    expect_close(o, x.o, 1e-2, tag + " o (exact inputs)");
+    double moved = 0;
+    for (int64_t i = 0; i < nv; ++i) moved = std::max(moved, std::fabs(double(o[i] - o32[i])));
+    EXPECT_GT(moved, 1e-4) << tag << ": bf16 products changed nothing";
   }
 }
 

@@ -19,12 +19,12 @@ namespace moetron {
 
 Work& Work::operator+=(const Work& o) {
   gemm_fp32 += o.gemm_fp32, gemm_bf16 += o.gemm_bf16, gemm_fp8 += o.gemm_fp8;
-  attention += o.attention, bytes += o.bytes;
+  attention += o.attention, attention_fp32 += o.attention_fp32, bytes += o.bytes;
   return *this;
 }
 
 Work Work::scaled(double k) const {
-  return {gemm_fp32 * k, gemm_bf16 * k, gemm_fp8 * k, attention * k, bytes * k};
+  return {gemm_fp32 * k, gemm_bf16 * k, gemm_fp8 * k, attention * k, attention_fp32 * k, bytes * k};
 }
 
 namespace {
@@ -76,7 +76,9 @@ TokenWork token_work(const Config& cfg) {
   const Recipe hi = pol.recipe_of(Component::Gate);  // bf16 or fp32: what is not FP8
   t.attention = gemm(pol.recipe_of(Component::AttentionProj), f.attention_proj / L) +
                 bytes(a * (2 * (D + ql + kl) + 2 * (H * dr + dr) + 3 * D));
-  t.attention.attention = f.attention_core / L;
+  (pol.recipe_of(Component::AttentionCore) == Recipe::FP32 ? t.attention.attention_fp32
+                                                           : t.attention.attention) =
+      f.attention_core / L;
   if (nd > 0)
     t.dense_ffn = gemm(pol.recipe_of(Component::DenseMlp), f.dense_ffn / nd) +
                   bytes(a * (2 * D + 3 * c.intermediate_size + 3 * D));
@@ -105,11 +107,11 @@ struct Pricer {
     if (w.gemm_fp32 > 0) t += w.gemm_fp32 / (hw.peak_fp32_tflops * tf * e);
     if (w.gemm_bf16 > 0) t += w.gemm_bf16 / (hw.peak_bf16_tflops * tf * e);
     if (w.gemm_fp8 > 0) t += w.gemm_fp8 / (hw.peak_fp8_tflops * tf * hw.gemm_efficiency_fp8);
-    if (w.attention > 0) {
-      const double peak =
-          w.gemm_fp32 > 0 || hw.peak_bf16_tflops <= 0 ? hw.peak_fp32_tflops : hw.peak_bf16_tflops;
+    if (w.attention > 0) {  // a profile without a bf16 peak (a CPU's) runs it at its fp32 one
+      const double peak = hw.peak_bf16_tflops > 0 ? hw.peak_bf16_tflops : hw.peak_fp32_tflops;
       t += w.attention / (peak * tf * e);
     }
+    if (w.attention_fp32 > 0) t += w.attention_fp32 / (hw.peak_fp32_tflops * tf * e);
     if (w.bytes > 0) t += w.bytes / (hw.hbm_gbs * 1e9 * share * hw.memory_efficiency);
     return t;
   }
@@ -265,11 +267,11 @@ Exchanges exchanges(const Config& cfg, const Estimate& e, const Links& l, const 
 // backward (2.5x, FlashAttention's), the element-wise passes twice.
 Work backward_of(const Work& f) {
   Work b = f.scaled(2);
-  b.attention = 2.5 * f.attention;
+  b.attention = 2.5 * f.attention, b.attention_fp32 = 2.5 * f.attention_fp32;
   return b;
 }
 
-Work gemms_of(const Work& f) { return {f.gemm_fp32, f.gemm_bf16, f.gemm_fp8, 0, 0}; }
+Work gemms_of(const Work& f) { return {f.gemm_fp32, f.gemm_bf16, f.gemm_fp8, 0, 0, 0}; }
 
 // One stage's pieces: a piece closes where a MoE layer posts its dispatch, then its combine.
 StageCost stage_cost(const Config& cfg, const TokenWork& t, const Pricer& price, const Exchanges& x,

@@ -36,8 +36,9 @@ namespace moetron {
 // Work of one segment of a micro-batch, before it is priced.
 struct Work {
   double gemm_fp32 = 0, gemm_bf16 = 0, gemm_fp8 = 0;  // FLOPs by GEMM precision
-  double attention = 0;                               // attention-core FLOPs
-  double bytes = 0;                                   // memory-bound kernels' traffic
+  double attention = 0;       // attention-core FLOPs with bf16 products (attention_core: bf16)
+  double attention_fp32 = 0;  // attention-core FLOPs with fp32 products (attention_core: fp32)
+  double bytes = 0;           // memory-bound kernels' traffic
   Work& operator+=(const Work& o);
   Work scaled(double k) const;
 };

@@ -16,6 +16,13 @@
 // broadcast scalars, X and C as 64-byte vectors; 4 rows x 4 vectors of accumulators). Tile
 // widths are padded to whole vectors with zeros, which is why tiles are copied into per-thread
 // buffers (the copy also gathers the head's strided rows and builds K^T / V^T).
+// BF16 (GemmPrecision::BF16, the attention core of the bf16 and fp8 recipes): the operands of
+// every product are rounded to bf16 as FlashAttention's tensor cores see them, the sums stay T:
+// Qs = bf16(scale q), K, V and dO are rounded as they are copied into the tiles, P is rounded
+// after the row sum l takes it (forward) and P and dS after dS is formed (backward); the
+// softmax statistics m, l, lse come from unrounded scores and D = rowsum(dO o) from the rounded dO
+// (the operand dP = dO V^T sees, so that dS = P (dP - D) is 0 where it should be, e.g. at S = 1).
+// The CUDA backend's tensor-core kernel (kernels/cuda/attention_bf16.cu) rounds at the same points.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -119,6 +126,16 @@ void acc_ab(const T* A, int64_t lda, int64_t m, int64_t kk, const T* X, int64_t 
   }
 }
 
+// x as a product operand: rounded to bf16 (through float) when bf, else unchanged.
+template <class T>
+inline T operand(T x, bool bf) {
+  return bf ? static_cast<T>(round_bf16(static_cast<float>(x))) : x;
+}
+template <class T>
+void round_all(T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = operand(x[i], true);
+}
+
 // Number of keys of tile [j0, j0 + cols) visible from query qi (causal).
 inline int64_t visible(int64_t qi, int64_t j0, int64_t cols) {
   return std::clamp<int64_t>(qi - j0 + 1, 0, cols);
@@ -128,8 +145,9 @@ inline int64_t visible(int64_t qi, int64_t j0, int64_t cols) {
 
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H,
-                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
+                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse, GemmPrecision prec) {
   if (B <= 0 || S <= 0 || H <= 0) return;
+  const bool bf = prec == GemmPrecision::BF16;
   constexpr int64_t L = kLanes<T>;
   const int64_t Dqp = round_up(Dqk, L), Dvp = round_up(Dv, L);
   const int64_t nqt = (S + kBr - 1) / kBr;
@@ -146,7 +164,7 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
       const int64_t i0 = qt * kBr, rows = std::min(kBr, S - i0);
       for (int64_t r = 0; r < rows; ++r) {
         const T* src = q + ((b * S + i0 + r) * H + h) * Dqk;
-        for (int64_t d = 0; d < Dqk; ++d) Qs[r * Dqp + d] = src[d] * scale;
+        for (int64_t d = 0; d < Dqk; ++d) Qs[r * Dqp + d] = operand(src[d] * scale, bf);
       }
       std::fill(O.begin(), O.end(), T(0));
       std::fill(m.begin(), m.end(), neg_inf);
@@ -156,8 +174,9 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
         const int64_t cols = std::min(kBc, last + 1 - j0);
         for (int64_t c = 0; c < cols; ++c) {
           const T* ks = k + ((b * S + j0 + c) * H + h) * Dqk;
-          for (int64_t d = 0; d < Dqk; ++d) Kt[d * kBc + c] = ks[d];
-          std::memcpy(&Vt[c * Dvp], v + ((b * S + j0 + c) * H + h) * Dv, sizeof(T) * Dv);
+          const T* vs = v + ((b * S + j0 + c) * H + h) * Dv;
+          for (int64_t d = 0; d < Dqk; ++d) Kt[d * kBc + c] = operand(ks[d], bf);
+          for (int64_t d = 0; d < Dv; ++d) Vt[c * Dvp + d] = operand(vs[d], bf);
         }
         std::fill(Sb.begin(), Sb.end(), T(0));
         acc_ab(Qs.data(), Dqp, rows, Dqp, Kt.data(), kBc, kBc, Sb.data(), kBc);
@@ -180,6 +199,7 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
             for (int64_t d = 0; d < Dvp; ++d) O[r * Dvp + d] *= alpha;
           }
         }
+        if (bf) round_all(Sb.data(), rows * kBc);  // P as the P V product's operand
         acc_ab(Sb.data(), kBc, rows, cols, Vt.data(), Dvp, Dvp, O.data(), Dvp);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -195,8 +215,9 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S,
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
                         int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
-                        T* dk, T* dv) {
+                        T* dk, T* dv, GemmPrecision prec) {
   if (B <= 0 || S <= 0 || H <= 0) return;
+  const bool bf = prec == GemmPrecision::BF16;
   constexpr int64_t L = kLanes<T>;
   const int64_t Dqp = round_up(Dqk, L), Dvp = round_up(Dv, L);
 #pragma omp parallel
@@ -213,10 +234,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
         const T* gs = dout + ((b * S + i) * H + h) * Dv;
         const T* os = o + ((b * S + i) * H + h) * Dv;
         T dsum = 0;
-        for (int64_t d = 0; d < Dqk; ++d) Qs[i * Dqp + d] = qs[d] * scale;
+        for (int64_t d = 0; d < Dqk; ++d) Qs[i * Dqp + d] = operand(qs[d] * scale, bf);
         for (int64_t d = 0; d < Dv; ++d) {
-          dO[i * Dvp + d] = gs[d];
-          dsum += gs[d] * os[d];
+          dO[i * Dvp + d] = operand(gs[d], bf);
+          dsum += dO[i * Dvp + d] * os[d];
         }
         Dr[i] = dsum;
         Ls[i] = lse[(b * H + h) * S + i];
@@ -228,10 +249,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
           const T* ks = k + ((b * S + j0 + c) * H + h) * Dqk;
           const T* vs = v + ((b * S + j0 + c) * H + h) * Dv;
           for (int64_t d = 0; d < Dqk; ++d) {
-            Kr[c * Dqp + d] = ks[d];
-            Kt[d * kBc + c] = ks[d];
+            Kr[c * Dqp + d] = operand(ks[d], bf);
+            Kt[d * kBc + c] = Kr[c * Dqp + d];
           }
-          for (int64_t d = 0; d < Dv; ++d) Vt[d * kBc + c] = vs[d];
+          for (int64_t d = 0; d < Dv; ++d) Vt[d * kBc + c] = operand(vs[d], bf);
         }
         std::fill(dK.begin(), dK.end(), T(0));
         std::fill(dV.begin(), dV.end(), T(0));
@@ -253,6 +274,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
               p[c] = pc;
               ds[c] = pc * (ds[c] - dr);
             }
+          }
+          if (bf) {  // P and dS as the operands of dV, dK and dQ
+            round_all(P.data(), rows * kBc);
+            round_all(dS.data(), rows * kBc);
           }
           for (int64_t r = 0; r < rows; ++r) {
             for (int64_t c = 0; c < cols; ++c) {
@@ -278,15 +303,18 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 }
 
 template void attention_forward<float>(const float*, const float*, const float*, int64_t, int64_t,
-                                       int64_t, int64_t, int64_t, float, float*, float*);
+                                       int64_t, int64_t, int64_t, float, float*, float*,
+                                       GemmPrecision);
 template void attention_forward<double>(const double*, const double*, const double*, int64_t,
                                         int64_t, int64_t, int64_t, int64_t, double, double*,
-                                        double*);
+                                        double*, GemmPrecision);
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
                                         const float*, const float*, int64_t, int64_t, int64_t,
-                                        int64_t, int64_t, float, float*, float*, float*);
+                                        int64_t, int64_t, float, float*, float*, float*,
+                                        GemmPrecision);
 template void attention_backward<double>(const double*, const double*, const double*, const double*,
                                          const double*, const double*, int64_t, int64_t, int64_t,
-                                         int64_t, int64_t, double, double*, double*, double*);
+                                         int64_t, int64_t, double, double*, double*, double*,
+                                         GemmPrecision);
 
 }  // namespace moetron::kernels::cpu

@@ -126,14 +126,16 @@ void rope_apply(T* x, int64_t nvec, int64_t stride, int64_t vecs_per_pos, const 
 // Per batch b and head h: o = softmax(q k^T * scale + causal) v. Layout:
 //   q, k [B, S, H, Dqk]; v, o [B, S, H, Dv]; lse [B, H, S] (log-sum-exp of scaled scores, saved).
 // Computed in tiles with an online softmax: no [S,S] score matrix per head is ever stored.
+// prec BF16: every product's operands rounded to bf16 (attention.cpp), fp32 softmax.
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H,
-                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse);
+                       int64_t Dqk, int64_t Dv, T scale, T* o, T* lse,
+                       GemmPrecision prec = GemmPrecision::FP32);
 // dq, dk, dv (write) from do, recomputing scores tile by tile from q, k, v, o, lse.
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse,
                         int64_t B, int64_t S, int64_t H, int64_t Dqk, int64_t Dv, T scale, T* dq,
-                        T* dk, T* dv);
+                        T* dk, T* dv, GemmPrecision prec = GemmPrecision::FP32);
 
 // ---- attention over a latent cache (MLA decoding, model/decode.h) ---------------------------
 // M new tokens over a cache kv [past + M, Dk] of one key per position shared by all H heads,

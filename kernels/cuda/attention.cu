@@ -7,8 +7,11 @@
 // CPU (kernels/cpu/attention.cpp), whose exponential (kernels/scalar.h's fast_exp) is used here
 // too.
 //
-// The kernels are written to be plainly right rather than fast: one warp per row (a query row,
-// or a key row in the dK/dV kernel), the row's vectors in registers (lane l holds dims l, l+32,
+// These are the fp32 (and double) kernels, for parity runs (attention_core: fp32); the bf16
+// and fp8 recipes' attention core (GemmPrecision::BF16) runs on the tensor cores in
+// attention_bf16.cu. The kernels here are written to be plainly right rather than fast: one warp
+// per row (a query row, or a key row in the dK/dV kernel), the row's vectors in registers (lane l
+// holds dims l, l+32,
 // ..., l+224), every dot product a warp-wide butterfly sum (so every lane holds the same value and
 // the softmax state m, l is identical across the warp), a block of kWarps warps sharing each
 // shared-memory tile. Tiles of kTile<T> rows (16 float, 8 double) keep the dynamic shared memory
@@ -31,7 +34,9 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
+#include "kernels/cuda/attention_bf16.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/scalar.h"
@@ -314,8 +319,14 @@ unsigned grid_of(int64_t B, int64_t H, int64_t S, const char* op) {
 
 template <class T>
 void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64_t B, int64_t S,
-                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse) {
+                       int64_t H, int64_t Dqk, int64_t Dv, T scale, T* o, T* lse,
+                       GemmPrecision prec) {
   if (B <= 0 || S <= 0 || H <= 0) return;
+  if (prec == GemmPrecision::BF16) {
+    if constexpr (std::is_same_v<T, float>)
+      return attention_forward_bf16(ex, q, k, v, B, S, H, Dqk, Dv, scale, o, lse);
+    throw std::invalid_argument("attention_forward: bf16 products need float tensors on the GPU");
+  }
   check_dims(Dqk, Dv, "attention_forward");
   const size_t smem = sizeof(T) * kTile<T> * (Dqk + Dv);  // <= 32 KiB
   attn_fwd_kernel<T><<<grid_of(B, H, S, "attention_forward"), kBlock, smem, stream_of(ex)>>>(
@@ -326,8 +337,14 @@ void attention_forward(const Exec& ex, const T* q, const T* k, const T* v, int64
 template <class T>
 void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t S, int64_t H, int64_t Dqk,
-                        int64_t Dv, T scale, T* dq, T* dk, T* dv) {
+                        int64_t Dv, T scale, T* dq, T* dk, T* dv, GemmPrecision prec) {
   if (B <= 0 || S <= 0 || H <= 0) return;
+  if (prec == GemmPrecision::BF16) {
+    if constexpr (std::is_same_v<T, float>)
+      return attention_backward_bf16(ex, dout, q, k, v, o, lse, B, S, H, Dqk, Dv, scale, dq, dk,
+                                     dv);
+    throw std::invalid_argument("attention_backward: bf16 products need float tensors on the GPU");
+  }
   check_dims(Dqk, Dv, "attention_backward");
   cudaStream_t st = stream_of(ex);
   const unsigned grid = grid_of(B, H, S, "attention_backward");
@@ -352,16 +369,17 @@ void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, c
 
 template void attention_forward<float>(const Exec&, const float*, const float*, const float*,
                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
-                                       float*);
+                                       float*, GemmPrecision);
 template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, double,
-                                        double*, double*);
+                                        double*, double*, GemmPrecision);
 template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
                                         const float*, const float*, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, int64_t, float, float*, float*, float*);
+                                        int64_t, int64_t, int64_t, float, float*, float*, float*,
+                                        GemmPrecision);
 template void attention_backward<double>(const Exec&, const double*, const double*, const double*,
                                          const double*, const double*, const double*, int64_t,
                                          int64_t, int64_t, int64_t, int64_t, double, double*,
-                                         double*, double*);
+                                         double*, double*, GemmPrecision);
 
 }  // namespace moetron::kernels::gpu
