@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_timer.h"
 #include "kernels/buffer.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/ops.h"
@@ -31,13 +32,6 @@ using moetron::Exec;
 using moetron::kernels::GemmPrecision;
 
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "bench_cuda_attention: %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
 
 struct Shape {
   const char* name;
@@ -83,10 +77,7 @@ int main(int argc, char** argv) {
                           {"V3 (128 heads)", 1, 4096, 128, false}};
   const int warmup = quick ? 1 : 2, runs = quick ? 2 : 5;
   const Exec ex = gpu::exec();
-  cudaStream_t s = gpu::compute_stream();
-  cudaEvent_t t0, t1;
-  check(cudaEventCreate(&t0), "cudaEventCreate");
-  check(cudaEventCreate(&t1), "cudaEventCreate");
+  moetron::bench::CudaTimer timer(gpu::compute_stream());
   std::printf("bench_cuda_attention: causal, Dqk %lld, Dv %lld, %d warm-up + %d timed runs\n\n",
               (long long)Dqk, (long long)Dv, warmup, runs);
   std::printf("| shape | B | S | H | products | pass | ms | TFLOP/s | of 989 |\n");
@@ -102,16 +93,7 @@ int main(int argc, char** argv) {
     const float scale = 1.f / std::sqrt(float(Dqk));
     const double fwd_flops =
         2.0 * double(sh.B * sh.H) * double(sh.S) * double(sh.S + 1) / 2 * double(Dqk + Dv);
-    auto time_ms = [&](auto&& f) {
-      for (int i = 0; i < warmup; ++i) f();
-      check(cudaEventRecord(t0, s), "cudaEventRecord");
-      for (int i = 0; i < runs; ++i) f();
-      check(cudaEventRecord(t1, s), "cudaEventRecord");
-      check(cudaEventSynchronize(t1), "cudaEventSynchronize");
-      float total = 0;
-      check(cudaEventElapsedTime(&total, t0, t1), "cudaEventElapsedTime");
-      return double(total) / runs;
-    };
+    auto time_ms = [&](auto&& f) { return timer.mean_ms(warmup, runs, f); };
     for (GemmPrecision prec : {GemmPrecision::FP32, GemmPrecision::BF16}) {
       const char* pname = prec == GemmPrecision::BF16 ? "bf16 (tensor cores)" : "fp32";
       const double f_ms = time_ms([&] {

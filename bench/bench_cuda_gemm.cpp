@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_timer.h"
 #include "kernels/buffer.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/ops.h"
@@ -37,6 +38,7 @@ namespace gpu = moetron::kernels::gpu;
 using moetron::Buffer;
 using moetron::Device;
 using moetron::Exec;
+using moetron::bench::check;
 using moetron::kernels::GemmPrecision;
 
 namespace {
@@ -48,13 +50,6 @@ struct Shape {
   int64_t M, K, N;  // M < 0: the token count
   bool quick;
 };
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
 
 // n floats on the GPU, uniform in [-1, 1) (a 1M-element host pattern copied repeatedly: the
 // head's weight is 0.9G elements).
@@ -104,10 +99,7 @@ int main(int argc, char** argv) {
   };
   const int warmup = quick ? 1 : 3, runs = quick ? 3 : 10;
   const Exec ex = gpu::exec();
-  cudaStream_t s = gpu::compute_stream();
-  cudaEvent_t t0, t1;
-  check(cudaEventCreate(&t0), "cudaEventCreate");
-  check(cudaEventCreate(&t1), "cudaEventCreate");
+  moetron::bench::CudaTimer timer(gpu::compute_stream());
   cudaDeviceProp prop;
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   std::printf("bench_cuda_gemm on %s: Y[M,N] = X[M,K] W[N,K]^T, %d warm-up + %d timed runs\n\n",
@@ -120,17 +112,7 @@ int main(int argc, char** argv) {
     Buffer<float> X = random_device(M * K, 1), W = random_device(N * K, 2);
     Buffer<float> Y(Device::CUDA);
     Y.resize(static_cast<size_t>(M * N));
-    // the mean time of `runs` calls of f after `warmup`, in ms
-    auto time_ms = [&](auto&& f) {
-      for (int i = 0; i < warmup; ++i) f();
-      check(cudaEventRecord(t0, s), "cudaEventRecord");
-      for (int i = 0; i < runs; ++i) f();
-      check(cudaEventRecord(t1, s), "cudaEventRecord");
-      check(cudaEventSynchronize(t1), "cudaEventSynchronize");
-      float ms_total = 0;
-      check(cudaEventElapsedTime(&ms_total, t0, t1), "cudaEventElapsedTime");
-      return ms_total / runs;
-    };
+    auto time_ms = [&](auto&& f) { return timer.mean_ms(warmup, runs, f); };
     auto row = [&](const char* precision, double ms, double peak) {
       const double tflops = 2.0 * double(M) * double(N) * double(K) / (ms * 1e-3) * 1e-12;
       std::printf("| %s | %lld | %lld | %lld | %s | %.3f | %.1f | %.1f%% of %.0f |\n", sh.what,
@@ -154,7 +136,5 @@ int main(int argc, char** argv) {
         [&] { mk::fp8_fprop(ex, qX.data(), sX.data(), qW.data(), sW.data(), M, N, K, Y.data()); });
     row("FP8 (1x128 / 128x128 scales)", ms, kPeakFp8);
   }
-  check(cudaEventDestroy(t0), "cudaEventDestroy");
-  check(cudaEventDestroy(t1), "cudaEventDestroy");
   return 0;
 }

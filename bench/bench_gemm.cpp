@@ -2,7 +2,10 @@
 //
 // Columns: OpenBLAS cblas_sgemm, oneDNN dnnl_sgemm, oneDNN f32 matmul primitive, oneDNN bf16
 // matmul primitive (bf16 x bf16 -> f32, inputs converted beforehand, not timed), and the
-// project's moetron::kernels::gemm in FP32 and BF16 modes (BF16 includes converting both inputs).
+// project's moetron::kernels::gemm in FP32 and BF16 modes (BF16 includes converting both inputs),
+// and kernels::gemm_bf16_weight, the BF16 GEMM of a Linear whose weight is already in bf16 (its
+// cached copy, model/linear.h: only A is converted; same bits as the BF16 column) in the layouts
+// whose B is a weight, NT (forward) and NN (input gradient).
 // Rows: the tiny CPU model (M = 512 tokens, hidden 256; experts M ~ 128) and a 1B-class config
 // (hidden 2048, M = 4096 tokens), each in the three layouts of a linear layer:
 //   NN   C[M,N] = A[M,K] B[K,N]
@@ -132,13 +135,13 @@ int main(int argc, char** argv) {
               threads, set.c_str(), min_time);
   std::printf(
       "| set | op | M | K | N | layout | OpenBLAS sgemm | oneDNN sgemm | oneDNN f32 matmul | "
-      "oneDNN bf16 matmul | moetron FP32 | moetron BF16 |\n");
-  std::printf("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
+      "oneDNN bf16 matmul | moetron FP32 | moetron BF16 | moetron BF16, bf16 weight |\n");
+  std::printf("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
 
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  double logsum[6] = {0, 0, 0, 0, 0, 0};
-  int rows = 0;
+  double logsum[7] = {0, 0, 0, 0, 0, 0, 0}, logsum_w[2] = {0, 0};
+  int rows = 0, rows_w = 0;
   std::string impl_f32, impl_bf16;
   for (const Shape& s : kShapes) {
     if (set != "all" && set != s.set) continue;
@@ -156,7 +159,7 @@ int main(int argc, char** argv) {
       // The OpenMP-based columns run first and OpenBLAS last, followed by a pause: OpenBLAS's
       // pthread workers busy-wait for ~0.1 s after a call and, on a machine with few cores, steal
       // them from the OpenMP team that runs next (measured: 2 GFLOP/s instead of 200).
-      double g[6];
+      double g[7];
       DnnlMatmul f32(false, ta, tb, M, N, K, A.data(), B.data(), C.data());
       DnnlMatmul bf(true, ta, tb, M, N, K, A16.data(), B16.data(), C.data());
       g[1] = gflops(M, N, K, min_time, [&] {
@@ -173,6 +176,12 @@ int main(int argc, char** argv) {
         mk::gemm<float>(moetron::Exec{}, ta, tb, M, N, K, 1.f, A.data(), B.data(), 0.f, C.data(),
                         mk::GemmPrecision::BF16);
       });
+      const bool weight_b = l != 1;  // NN, NT: B is a weight
+      if (weight_b)
+        g[6] = gflops(M, N, K, min_time, [&] {
+          mk::gemm_bf16_weight(moetron::Exec{}, ta, tb, M, N, K, 1.f, A.data(), B16.data(), 0.f,
+                               C.data());
+        });
       g[0] = gflops(M, N, K, min_time, [&] {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), N);
@@ -186,6 +195,13 @@ int main(int argc, char** argv) {
         std::printf(" %.1f |", g[c]);
         logsum[c] += std::log(g[c]);
       }
+      if (weight_b) {
+        std::printf(" %.1f |", g[6]);
+        logsum_w[0] += std::log(g[5]), logsum_w[1] += std::log(g[6]);
+        ++rows_w;
+      } else {
+        std::printf(" - |");
+      }
       std::printf("\n");
       std::fflush(stdout);
       ++rows;
@@ -193,7 +209,11 @@ int main(int argc, char** argv) {
   }
   std::printf("| **geomean** | | | | | |");
   for (int c = 0; c < 6; ++c) std::printf(" **%.1f** |", std::exp(logsum[c] / std::max(rows, 1)));
-  std::printf("\n\noneDNN implementations (last shape): f32 matmul = %s, bf16 matmul = %s\n",
+  std::printf(" - |\n");
+  std::printf(
+      "\nNN and NT rows (B a weight), geomean: moetron BF16 %.1f, with the bf16 weight %.1f\n",
+      std::exp(logsum_w[0] / std::max(rows_w, 1)), std::exp(logsum_w[1] / std::max(rows_w, 1)));
+  std::printf("\noneDNN implementations (last shape): f32 matmul = %s, bf16 matmul = %s\n",
               impl_f32.c_str(), impl_bf16.c_str());
   return 0;
 }

@@ -110,6 +110,18 @@ void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, in
   MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
 }
 
+void gemm_bf16_weight(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float* A, const uint16_t* W16, float beta, float* C) {
+  count(ex, 2 * M * N * K);
+  MOETRON_DISPATCH(gemm_bf16_weight, transA, transB, M, N, K, alpha, A, W16, beta, C);
+}
+
+void grouped_gemm_bf16_weight(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N,
+                              int64_t K, const float* A, const uint16_t* W16, float* C) {
+  count_grouped(ex, off, G, N, K);
+  MOETRON_DISPATCH(grouped_gemm_bf16_weight, off, G, transW, N, K, A, W16, C);
+}
+
 template <class T>
 void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
                         const T* A, const T* B, T* C, GemmPrecision prec) {

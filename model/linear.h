@@ -20,6 +20,12 @@
 // The weight copy is refreshed at every forward unless the policy's weight_version counter is
 // set (then only when it moved): both are exact for a weight that changes only between steps.
 //
+// BF16 (LinearPrecision::recipe == BF16, T = float): the forward and input-gradient GEMMs read a
+// bf16 copy of W (Bf16WeightCache, refreshed like the FP8 copy) through the *_bf16_weight GEMM
+// ops, which round only the activation operand: the same bits as rounding W in every call, one
+// conversion of W per weight version instead of two per micro-batch. The weight gradient reads
+// no weight.
+//
 // GroupedLinear: the same for G weight matrices W [G, out, in] applied to G row groups of one
 // input (the routed experts; rows of group g are [off[g], off[g+1])), through the grouped GEMM
 // ops. Its CPU implementation runs one group per thread.
@@ -61,6 +67,24 @@ struct Fp8WeightCache {
   }
 };
 
+// bf16 copy of G weight matrices W [G, R, C] (round to nearest even, kernels/scalar.h).
+struct Bf16WeightCache {
+  Buffer<uint16_t> w;
+  int64_t n = 0;
+  uint64_t version = 0;
+  bool valid = false;
+  // Converts unless valid at *ver (ver null: always).
+  const uint16_t* refresh(const Exec& ex, const float* W, int64_t count, const uint64_t* ver) {
+    if (!(ver && valid && version == *ver && n == count)) {
+      n = count;
+      kernels::narrow_to_bf16(ex, W, count, sized(w, count));
+      valid = true;
+      version = ver ? *ver : 0;
+    }
+    return w.data();
+  }
+};
+
 // The buffers a Linear uses within one call and drops: its input before the conversion to bf16
 // or FP8 tiles (written between input() and keep()), a kept bf16 input widened for a GEMM, and an
 // input quantised on the fly. Each use lies inside one call of one Linear (input() to keep() spans
@@ -82,7 +106,7 @@ struct LinearScratch {
   }
 };
 
-// What Linear and GroupedLinear share: the weight, its precision and its FP8 copy.
+// What Linear and GroupedLinear share: the weight, its precision and its FP8 or bf16 copy.
 template <class T>
 struct LinearBase {
   Param<T>* W = nullptr;  // [G, out, in] (G = 1 for a Linear)
@@ -92,6 +116,7 @@ struct LinearBase {
   const uint64_t* version = nullptr;  // PrecisionPolicy::weight_version (null: every forward)
   bool store_bf16 = false;            // PrecisionPolicy::store_bf16: a kept input in bf16
   mutable Fp8WeightCache wq{};
+  mutable Bf16WeightCache w16{};
   std::shared_ptr<LinearScratch<T>> sc;  // one call's scratch, shared with the model's Linears
 
   void init(Param<T>* w, int64_t groups, int64_t in_, int64_t out_, const LinearPrecision& p,
@@ -116,6 +141,12 @@ struct LinearBase {
   const T* kept(const SavedAct<T>& s) const { return s.read(ex, sc->wide); }
   void refresh() const {
     if constexpr (std::is_same_v<T, float>) wq.refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
+  }
+  // BF16 on a float model: the GEMMs that read W take its bf16 copy.
+  bool bf16_weight() const { return std::is_same_v<T, float> && lp.recipe == Recipe::BF16; }
+  const uint16_t* weight16() const {
+    if constexpr (std::is_same_v<T, float>) return w16.refresh(ex, W->w(), G * out * in, version);
+    return nullptr;
   }
 };
 
@@ -178,6 +209,11 @@ struct Linear : LinearBase<T> {
                                          accumulate);
       }
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::bf16_weight())
+        return kernels::gemm_bf16_weight(B::ex, false, false, N, B::in, B::out, 1.f, dy,
+                                         B::weight16(), accumulate ? 1.f : 0.f, dx);
+    }
     kernels::gemm<T>(B::ex, false, false, N, B::in, B::out, T(1), dy, B::W->w(),
                      accumulate ? T(1) : T(0), dx, B::prec());
   }
@@ -202,6 +238,11 @@ struct Linear : LinearBase<T> {
 
  private:
   void gemm_fwd(const T* x, int64_t N, T* y) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::bf16_weight())
+        return kernels::gemm_bf16_weight(B::ex, false, true, N, B::out, B::in, 1.f, x,
+                                         B::weight16(), 0.f, y);
+    }
     kernels::gemm<T>(B::ex, false, true, N, B::out, B::in, T(1), x, B::W->w(), T(0), y, B::prec());
   }
   void gemm_wgrad(const T* dy, const T* x, int64_t N) const {
@@ -229,8 +270,7 @@ struct GroupedLinear : LinearBase<T> {
                                           B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
       }
     }
-    kernels::grouped_gemm<T>(B::ex, off, B::G, true, B::out, B::in, B::kept(x), B::W->w(), y,
-                             B::prec());
+    grouped_fwd(B::kept(x), off, y);
   }
   // the same from an input that is not kept
   void forward(const T* x, int64_t rows, const int64_t* off, T* y) const {
@@ -243,7 +283,7 @@ struct GroupedLinear : LinearBase<T> {
                                           B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
       }
     }
-    kernels::grouped_gemm<T>(B::ex, off, B::G, true, B::out, B::in, x, B::W->w(), y, B::prec());
+    grouped_fwd(x, off, y);
   }
   // dx[rows,in] = dy[rows,out] W_g per group (write)
   void backward_input(const T* dy, const int64_t* off, T* dx) const {
@@ -254,6 +294,11 @@ struct GroupedLinear : LinearBase<T> {
                                                  B::wq.q.data(), B::wq.s.data(), B::lp.pow2_dy,
                                                  B::lp.dgrad_128x128, dx);
       }
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::bf16_weight())
+        return kernels::grouped_gemm_bf16_weight(B::ex, off, B::G, false, B::in, B::out, dy,
+                                                 B::weight16(), dx);
     }
     kernels::grouped_gemm<T>(B::ex, off, B::G, false, B::in, B::out, dy, B::W->w(), dx, B::prec());
   }
@@ -276,6 +321,17 @@ struct GroupedLinear : LinearBase<T> {
                                                      B::lp.pow2_dy, B::lp.pow2_x, B::W->g());
     }
     kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy, x, B::W->g(), B::prec());
+  }
+
+ private:
+  // y[rows,out] = x W_g^T per group, non-FP8
+  void grouped_fwd(const T* x, const int64_t* off, T* y) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::bf16_weight())
+        return kernels::grouped_gemm_bf16_weight(B::ex, off, B::G, true, B::out, B::in, x,
+                                                 B::weight16(), y);
+    }
+    kernels::grouped_gemm<T>(B::ex, off, B::G, true, B::out, B::in, x, B::W->w(), y, B::prec());
   }
 };
 

@@ -73,15 +73,15 @@ m = re.search(r"activated (\S+) per token", text); assert abs(params(m[1]) - d["
 m = re.search(r"MTP (\S+) \(own", text); assert abs(params(m[1]) - d["params_mtp"]) <= 0.005e9
 assert "memory per device, GiB" in text
 keys = ["weights", "gradients", "gradient_shard", "optimizer_moments", "fp8_weight_cache",
-        "ep_buffers", "pp_messages", "activations", "moe_scratch", "layer_scratch", "total"]
+        "bf16_weight_cache", "ep_buffers", "pp_messages", "activations", "moe_scratch", "layer_scratch", "total"]
 rows = [l.split() for l in text.splitlines() if re.match(r"^\s+\d+\s+\d+(,\d+)*\s", l)]
 assert len(rows) == 16, rows
 for row, rk in zip(rows, d["ranks"]):
     assert int(row[0]) == rk["pp_rank"] and row[1] == ",".join(map(str, rk["stages"]))
     assert abs(params(row[2]) - rk["params"]["total"]) <= 0.005e9
-    for k, cell in zip(keys, row[3:14]):
+    for k, cell in zip(keys, row[3:15]):
         assert abs(float(cell) - rk["bytes"][k] / GiB) <= 0.0051, (k, cell, rk["bytes"][k])
-    assert int(row[14]) == rk["activation_slots"] and int(row[15]) == rk["gradient_sets"]
+    assert int(row[15]) == rk["activation_slots"] and int(row[16]) == rk["gradient_sets"]
 m = re.search(r"peak\s+pipeline rank (\d+): ([\d.]+) GiB per device of ([\d.]+)", text)
 assert int(m[1]) == d["peak_pp_rank"] and abs(float(m[2]) - b["total"] / GiB) <= 0.0051
 assert ("DOES NOT FIT" in text) == (not fits)

@@ -110,13 +110,25 @@ TEST(ConfigPrecision, WordsAndComponentsComeFromOneList) {
     const std::string line = std::string(k.key).append(": recipe\n");
     EXPECT_NE(yaml.find(line), std::string::npos) << k.key;
   }
-  // a policy made without a config: FP8 never reaches the gate or the head
+  // a policy made without a config: FP8 never reaches the gate, the head or the attention core
   PrecisionPolicy p = PrecisionPolicy::from(Recipe::BF16);
   p.overrides[Component::Gate] = Recipe::FP8;
   p.overrides[Component::Head] = Recipe::FP8;
+  p.overrides[Component::AttentionCore] = Recipe::FP8;
   EXPECT_EQ(p.recipe_of(Component::Gate), Recipe::BF16);
   EXPECT_EQ(p.recipe_of(Component::Head), Recipe::BF16);
+  EXPECT_EQ(p.gemm(Component::AttentionCore), kernels::GemmPrecision::BF16);
   EXPECT_FALSE(p.any_fp8());
+  // and a config cannot ask for it: one message naming the key and the choices
+  const std::string core = error_of(kBaseYaml, {"precision.overrides.attention_core=fp8"});
+  EXPECT_NE(core.find("precision.overrides.attention_core: must be one of {recipe, fp32, bf16}"),
+            std::string::npos)
+      << core;
+  // the fp8 recipe's attention core takes bf16 products unless told fp32
+  EXPECT_EQ(PrecisionPolicy::from(Recipe::FP8).gemm(Component::AttentionCore),
+            kernels::GemmPrecision::BF16);
+  EXPECT_EQ(PrecisionPolicy::from(Recipe::FP32).gemm(Component::AttentionCore),
+            kernels::GemmPrecision::FP32);
 }
 
 TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 #include "tests/test_cuda_util.h"
 
 namespace moetron::kernels::gpu::testing {
@@ -194,6 +195,53 @@ TEST(CudaGroupedGemm, ForwardMatchesTheCpuWithEmptyAndUnevenGroups) {
       check_grouped_forward<float>(transW, prec);
       check_grouped_forward<double>(transW, prec);
     }
+}
+
+// gemm_bf16_weight and grouped_gemm_bf16_weight (the weight given in bf16, a Linear's cached copy)
+// against the CPU's, every layout, unaligned operands, empty and uneven groups.
+TEST(CudaGemm, Bf16WeightMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  auto narrow = [](const std::vector<float>& w) {
+    std::vector<uint16_t> r(w.size());
+    for (size_t i = 0; i < w.size(); ++i) r[i] = f32_to_bf16(w[i]);
+    return r;
+  };
+  uint64_t seed = 500;
+  const int64_t shapes[][3] = {{37, 53, 71}, {1, 7, 3}, {128, 64, 256}};
+  for (const auto& s : shapes)
+    for (int t = 0; t < 4; ++t)
+      for (int64_t pad : {0, 3}) {
+        const bool ta = t & 1, tb = t & 2;
+        const int64_t M = s[0], N = s[1], K = s[2];
+        SCOPED_TRACE(std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) +
+                     " ta " + std::to_string(ta) + " tb " + std::to_string(tb) + " pad " +
+                     std::to_string(pad));
+        const auto A = rand_vec<float>(pad + M * K, seed += 3);
+        const auto W16 = narrow(rand_vec<float>(pad + K * N, seed + 1));
+        const auto c0 = rand_vec<float>(M * N, seed + 2);
+        Buffer<float> dA = dev(A), dC = dev(c0);
+        Buffer<uint16_t> dW = dev(W16);
+        kernels::gemm_bf16_weight(gpu_exec(), ta, tb, M, N, K, 0.75f, dA.data() + pad,
+                                  dW.data() + pad, -0.5f, dC.data());
+        std::vector<float> want = c0;
+        cpu::gemm_bf16_weight(ta, tb, M, N, K, 0.75f, A.data() + pad, W16.data() + pad, -0.5f,
+                              want.data());
+        expect_near_rel(host(dC, M * N), want, 1e-5, "gemm_bf16_weight");
+      }
+  const std::vector<int64_t> off = uneven_offsets();
+  const int64_t G = int64_t(off.size()) - 1, R = off.back(), N = 24, K = 33;
+  for (bool transW : {false, true}) {
+    const auto A = rand_vec<float>(R * K, 61);
+    const auto W16 = narrow(rand_vec<float>(G * N * K, 62));
+    Buffer<int64_t> doff = dev(off);
+    Buffer<float> dA = dev(A), dC = dev_garbage<float>(R * N);
+    Buffer<uint16_t> dW = dev(W16);
+    kernels::grouped_gemm_bf16_weight(gpu_exec(), doff.data(), G, transW, N, K, dA.data(),
+                                      dW.data(), dC.data());
+    std::vector<float> want(R * N, 0.f);
+    cpu::grouped_gemm_bf16_weight(off.data(), G, transW, N, K, A.data(), W16.data(), want.data());
+    expect_near_rel(host(dC, R * N), want, 1e-5, "grouped_gemm_bf16_weight");
+  }
 }
 
 TEST(CudaGroupedGemm, WgradAccumulatesAndSkipsEmptyGroups) {

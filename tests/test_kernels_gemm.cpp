@@ -119,6 +119,41 @@ TYPED_TEST(GemmTest, Bf16RoundsBothInputs) {
   }
 }
 
+// A weight given already in bf16 (a Linear's cached copy) gives the bits of gemm at BF16 on the
+// fp32 weight: the same rounding of both operands, the same primitive. Every transpose, alpha,
+// beta, and the grouped form with empty and uneven groups (runtime-shape primitives there).
+TEST(GemmBf16Weight, EqualsGemmAtBf16BitForBit) {
+  uint64_t seed = 300;
+  auto narrow = [](const std::vector<float>& w) {
+    std::vector<uint16_t> r(w.size());
+    for (size_t i = 0; i < w.size(); ++i) r[i] = f32_to_bf16(w[i]);
+    return r;
+  };
+  for (const Case& c : kCases) {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const auto A = cast<float>(rand_vec(c.M * c.K, seed++));
+      const auto B = cast<float>(rand_vec(c.K * c.N, seed++));
+      auto want = cast<float>(rand_vec(c.M * c.N, seed++)), got = want;
+      gemm<float>(ta, tb, c.M, c.N, c.K, float(c.alpha), A.data(), B.data(), float(c.beta),
+                  want.data(), GemmPrecision::BF16);
+      gemm_bf16_weight(ta, tb, c.M, c.N, c.K, float(c.alpha), A.data(), narrow(B).data(),
+                       float(c.beta), got.data());
+      EXPECT_EQ(got, want) << c.M << "x" << c.N << "x" << c.K << " ta=" << ta << " tb=" << tb;
+    }
+  }
+  const std::vector<int64_t> off = {0, 0, 3, 20, 20, 61, 61};
+  const int64_t G = 6, R = 61, N = 24, K = 33;
+  for (bool transW : {false, true}) {
+    const auto A = cast<float>(rand_vec(R * K, seed++)), W = cast<float>(rand_vec(G * N * K, 9));
+    std::vector<float> want(R * N, 0.f), got(R * N, 0.f);
+    grouped_gemm<float>(off.data(), G, transW, N, K, A.data(), W.data(), want.data(),
+                        GemmPrecision::BF16);
+    grouped_gemm_bf16_weight(off.data(), G, transW, N, K, A.data(), narrow(W).data(), got.data());
+    EXPECT_EQ(got, want) << "grouped, transW=" << transW;
+  }
+}
+
 // The BF16 mode really rounds: on inputs that are not bf16 values it must differ from the exact
 // product by far more than the fp32 tolerance (guards against a silent fall-back to FP32).
 TYPED_TEST(GemmTest, Bf16DiffersFromExactProduct) {

@@ -219,6 +219,47 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
   }
 }
 
+// The BF16 recipe's weight copy (Bf16WeightCache): the same bits as converting the weight in every
+// GEMM (a Linear without the counter converts at every call), kept until the counter moves, fresh
+// after it; for a Linear and for grouped experts, forward and input gradient.
+TEST(Bf16Linear, WeightCacheFollowsTheVersionCounterAndKeepsTheBits) {
+  const int64_t M = 64, in = 200, out = 130, G = 3;
+  const std::vector<int64_t> off = {0, 20, 20, M};
+  PrecisionPolicy fresh = PrecisionPolicy::from(Recipe::BF16), pol = fresh;
+  pol.weight_version = std::make_shared<uint64_t>(0);
+  ParamStore<float> ps;
+  Param<float>* W = ps.add("w", {out, in});
+  Param<float>* We = ps.add("we", {G, out, in});
+  const auto w = randn(G * out * in, 11, 0.05f);
+  std::copy(w.begin(), w.begin() + out * in, W->w());
+  std::copy(w.begin(), w.end(), We->w());
+  const LinearPrecision lp = pol.linear(Component::DenseMlp);
+  const Linear<float> cached = Linear<float>::make(W, in, out, lp, pol, Exec{});
+  const Linear<float> plain = Linear<float>::make(W, in, out, lp, fresh, Exec{});
+  const auto gc = GroupedLinear<float>::make(We, G, in, out, lp, pol, Exec{});
+  const auto gp = GroupedLinear<float>::make(We, G, in, out, lp, fresh, Exec{});
+  const auto x = randn(M * in, 12), dy = randn(M * out, 13);
+  // y [M, out] and dx [M, in] of the Linear, then of the grouped experts
+  auto run = [&](const Linear<float>& l, const GroupedLinear<float>& g) {
+    std::vector<float> r(2 * M * (out + in));
+    float* p = r.data();
+    l.forward(x.data(), M, p);
+    l.backward_input(dy.data(), M, p + M * out);
+    g.forward(x.data(), M, off.data(), p + M * (out + in));
+    g.backward_input(dy.data(), off.data(), p + M * (2 * out + in));
+    return r;
+  };
+  EXPECT_EQ(run(cached, gc), run(plain, gp)) << "the copy gives the per-call conversion's bits";
+  for (int64_t i = 0; i < out * in; ++i) W->w()[i] *= 2;  // an "optimizer step"
+  for (int64_t i = 0; i < G * out * in; ++i) We->w()[i] *= 2;
+  const auto stale = run(cached, gc), now = run(plain, gp);
+  int64_t same = 0;
+  for (size_t i = 0; i < now.size(); ++i) same += stale[i] == now[i];
+  EXPECT_LT(same, int64_t(now.size()) / 10) << "the copy is kept until the counter moves";
+  ++*pol.weight_version;  // Model::weights_updated()
+  EXPECT_EQ(run(cached, gc), now) << "fresh after the bump";
+}
+
 namespace {
 
 // A DeepSeek-V3-shaped model whose widths are not multiples of 128 (partial tiles everywhere).

@@ -109,6 +109,8 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.bytes.pp_messages, 0);
     EXPECT_EQ(r.bytes.gradient_shard, 0);  // one rank: the gradient arena is the shard
     EXPECT_EQ(r.bytes.fp8_weight_cache > 0, std::string(recipe) == "fp8");
+    // BF16 Linears keep a bf16 copy: every one under bf16; under fp8 the gate and eh_proj
+    EXPECT_EQ(r.bytes.bf16_weight_cache > 0, std::string(recipe) != "fp32");
   }
 }
 

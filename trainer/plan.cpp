@@ -74,9 +74,17 @@ int64_t fp8_cache_bytes(const Tensor& w) {
   return R * C + 4 * ((R + 127) / 128) * ((C + 127) / 128);
 }
 
+// Whether a weight matrix's Linear runs BF16 and so keeps a bf16 copy (Bf16WeightCache): its
+// component's recipe, or for MTP's eh_proj the attention projections' GEMM precision (mtp.cpp).
+bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
+  if (const std::optional<Component> c = component_of(p)) return pol.recipe_of(*c) == Recipe::BF16;
+  return has(p.name, ".eh_proj.") &&
+         pol.gemm(Component::AttentionProj) == kernels::GemmPrecision::BF16;
+}
+
 // What one model stage holds and keeps per micro-batch, on one EP rank.
 struct StageCensus {
-  int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0;
+  int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
   int64_t moe_layers = 0;
   SlotBytes slot;             // activations of one micro-batch (model/memory.h)
   int64_t ep_slot = 0;        // the EP dispatch state of one micro-batch, every MoE layer
@@ -96,6 +104,7 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
     if (q->replica) s.replica += q->numel();
     const std::optional<Component> c = component_of(*q);
     if (c && pol.recipe_of(*c) == Recipe::FP8) s.fp8_cache += fp8_cache_bytes(q->value);
+    if (bf16_copy(*q, pol)) s.bf16_cache += 2 * q->numel();
   }
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
@@ -203,6 +212,7 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
     rp.params_expert += st[s].expert;
     dense += st[s].dense_trainable - shared;
     rp.bytes.fp8_weight_cache += st[s].fp8_cache;
+    rp.bytes.bf16_weight_cache += st[s].bf16_cache;
   }
   // DualPipe's twins (ranks r and P-1-r hold the same stages) share one ZeRO-1 group
   // (process_groups.h): the optimizer state of a stage is sharded over both

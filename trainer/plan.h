@@ -27,6 +27,7 @@ struct MemoryTerms {
   int64_t gradient_shard = 0;     // ZeRO-1: the reduced gradients of the owned elements
   int64_t optimizer_moments = 0;  // AdamW m and v of the owned elements (optimizer.moment_dtype)
   int64_t fp8_weight_cache = 0;   // E4M3 copies of the FP8 Linears' weights + 128x128 scales
+  int64_t bf16_weight_cache = 0;  // bf16 copies of the BF16 Linears' weights (Bf16WeightCache)
   int64_t ep_buffers = 0;         // expert-parallel dispatch plans, wires and received rows
   int64_t pp_messages = 0;        // pipeline activations and gradients on the wire
   int64_t activations = 0;        // micro-batch slots in flight + gradient sets (model/memory.h)
@@ -41,12 +42,13 @@ struct MemoryTermInfo {
   const char* heading;
   int64_t MemoryTerms::*bytes;
 };
-inline constexpr std::array<MemoryTermInfo, 10> kMemoryTerms{{
+inline constexpr std::array<MemoryTermInfo, 11> kMemoryTerms{{
     {"weights", "weights", &MemoryTerms::weights},
     {"gradients", "grads", &MemoryTerms::gradients},
     {"gradient_shard", "grad-shard", &MemoryTerms::gradient_shard},
     {"optimizer_moments", "moments", &MemoryTerms::optimizer_moments},
     {"fp8_weight_cache", "fp8-cache", &MemoryTerms::fp8_weight_cache},
+    {"bf16_weight_cache", "bf16-cache", &MemoryTerms::bf16_weight_cache},
     {"ep_buffers", "ep-bufs", &MemoryTerms::ep_buffers},
     {"pp_messages", "pp-msgs", &MemoryTerms::pp_messages},
     {"activations", "activations", &MemoryTerms::activations},

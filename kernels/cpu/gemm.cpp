@@ -7,7 +7,8 @@
 //                     shapes on AVX-512 machines); OpenBLAS sgemm if MOETRON_GEMM_FP32=openblas.
 //   float,  BF16   -> inputs converted to bf16 (round to nearest even, scalar.h) into per-thread
 //                     scratch buffers, then oneDNN bf16 x bf16 -> f32 matmul (fp32 accumulation;
-//                     avx512_bf16 / AMX where the CPU has them).
+//                     avx512_bf16 / AMX where the CPU has them). gemm_bf16_weight: the same with
+//                     the B operand given in bf16 (a Linear's cached weight copy).
 // oneDNN primitives are expensive to create (JIT + blocking decisions), so they are cached per
 // (shape, transposes, dtype, alpha != 1, beta != 0, thread count) in a mutex-guarded map; a
 // cached primitive is immutable and executes concurrently from any thread (each thread passes its
@@ -229,6 +230,17 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
   } else {
     gemm_f64(transA, transB, M, N, K, alpha, A, B, beta, C, prec);
   }
+}
+
+void gemm_bf16_weight(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, const uint16_t* W16, float beta, float* C, bool dynamic) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
+  if (M == 0 || N == 0) return;
+  if (K == 0) return scale_inplace(C, M * N, beta);
+  thread_local std::vector<uint16_t> abuf;
+  uint16_t* a16 = scratch(abuf, M * K);
+  to_bf16(A, M * K, a16);
+  onednn_matmul(true, transA, transB, M, N, K, alpha, a16, W16, beta, C, dynamic);
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, const float*,

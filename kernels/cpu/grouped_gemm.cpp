@@ -25,6 +25,17 @@ void grouped_gemm(const int64_t* off, int64_t G, bool transW, int64_t N, int64_t
   }
 }
 
+void grouped_gemm_bf16_weight(const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
+                              const float* A, const uint16_t* W16, float* C) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
+    if (rows == 0) continue;
+    gemm_bf16_weight(false, transW, rows, N, K, 1.f, A + r0 * K, W16 + g * N * K, 0.f, C + r0 * N,
+                     /*dynamic=*/true);
+  }
+}
+
 template <class T>
 void grouped_gemm_wgrad(const int64_t* off, int64_t G, int64_t M, int64_t N, const T* A, const T* B,
                         T* C, GemmPrecision prec) {

@@ -49,6 +49,13 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 template <class T>
 void grouped_gemm(const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K, const T* A,
                   const T* W, T* C, GemmPrecision prec);
+// gemm and grouped_gemm at BF16 with the weight operand already in bf16 (op_signatures.inc):
+// A is converted as gemm converts it and the same oneDNN primitive runs, so the bits are gemm's.
+void gemm_bf16_weight(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, const uint16_t* W16, float beta, float* C,
+                      bool dynamic = false);
+void grouped_gemm_bf16_weight(const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
+                              const float* A, const uint16_t* W16, float* C);
 // Weight-gradient form: C_g[M, N] += A_g[rows, M]^T B_g[rows, N], C_g = C + g*M*N.
 template <class T>
 void grouped_gemm_wgrad(const int64_t* off, int64_t G, int64_t M, int64_t N, const T* A, const T* B,

@@ -63,14 +63,15 @@ __host__ __device__ constexpr int ld16(int d) { return pad16(d) + 8; }
 __host__ __device__ constexpr int ld32(int d) { return pad16(d) + 4; }
 __host__ __device__ constexpr size_t up128(size_t b) { return (b + 127) / 128 * 128; }
 
-// Shared-memory carving, the same arithmetic on the host (sizes, base 0) and the device
-// (pointers).
+// Shared-memory carving, the same arithmetic on the host (base null: only the size) and the
+// device (pointers into the kernel's shared array, so the compiler keeps them in the shared state
+// space and the fragment loads are shared-memory loads).
 struct Carve {
-  uintptr_t base;
+  unsigned char* base;
   size_t at = 0;
   template <class U>
   __host__ __device__ U* take(size_t n) {
-    U* p = reinterpret_cast<U*>(base + at);
+    U* p = base ? reinterpret_cast<U*>(base + at) : nullptr;
     at += up128(n * sizeof(U));
     return p;
   }
@@ -138,7 +139,7 @@ struct FwdSmem {
   float *Sc, *O;
   size_t bytes;
   __host__ __device__ FwdSmem(unsigned char* base, int Dqk, int Dv) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{base};
     Q = c.take<bf16>(size_t{kFwdRows} * ld16(Dqk));
     K = c.take<bf16>(size_t{kFwdKeys} * ld16(Dqk));
     V = c.take<bf16>(size_t{kFwdKeys} * ld16(Dv));
@@ -215,7 +216,7 @@ struct DqSmem {
   float *Sc, *dQ;
   size_t bytes;
   __host__ __device__ DqSmem(unsigned char* base, int Dqk, int Dv) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{base};
     Q = c.take<bf16>(size_t{kDqRows} * ld16(Dqk));
     G = c.take<bf16>(size_t{kDqRows} * ld16(Dv));
     K = c.take<bf16>(size_t{kDqKeys} * ld16(Dqk));
@@ -298,7 +299,7 @@ struct KvSmem {
   float *Sc, *dK, *dV, *lse, *D;
   size_t bytes;
   __host__ __device__ KvSmem(unsigned char* base, int Dqk, int Dv) {
-    Carve c{reinterpret_cast<uintptr_t>(base)};
+    Carve c{base};
     K = c.take<bf16>(size_t{kKvKeys} * ld16(Dqk));
     V = c.take<bf16>(size_t{kKvKeys} * ld16(Dv));
     Q = c.take<bf16>(size_t{kKvRows} * ld16(Dqk));

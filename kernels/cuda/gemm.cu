@@ -272,6 +272,30 @@ void lt_matmul(cudaStream_t s, Kind kind, bool ta, bool tb, int64_t M, int64_t N
 
 }  // namespace
 
+size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K) {
+  return kLtWorkspace + scratch_align(size_t(M) * size_t(K) * sizeof(uint16_t));
+}
+
+void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                         float alpha, const float* A, const uint16_t* B16, float beta, float* C,
+                         void* scratch, size_t scratch_bytes) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // empty product: C = beta C
+    if (beta == 1.f) return;
+    scale_kernel<float><<<blocks_for(M * N), kThreads, 0, s>>>(C, M * N, beta);
+    MOETRON_CUDA_LAUNCHED("gemm (K == 0)");
+    return;
+  }
+  if (scratch_bytes < gemm_bf16_weight_scratch_bytes(M, K))
+    throw std::logic_error("gemm: scratch smaller than gemm_bf16_weight_scratch_bytes");
+  uint8_t* ws = static_cast<uint8_t*>(scratch);
+  uint16_t* a16 = reinterpret_cast<uint16_t*>(ws + kLtWorkspace);
+  to_bf16_kernel<<<blocks_for(M * K), kThreads, 0, s>>>(A, M * K, a16);
+  MOETRON_CUDA_LAUNCHED("gemm: A to bf16");
+  lt_matmul<uint16_t, float>(s, Kind::BF16, transA, transB, M, N, K, alpha, a16, B16, beta, C, ws);
+}
+
 template <class T>
 size_t gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, GemmPrecision prec) {
   size_t b = kLtWorkspace;
@@ -300,15 +324,12 @@ void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int
   uint8_t* copies = ws + kLtWorkspace;
   const int64_t na = M * K, nb = K * N;
   if constexpr (std::is_same_v<T, float>) {
-    if (prec == GemmPrecision::BF16) {
-      uint16_t* a16 = reinterpret_cast<uint16_t*>(copies);
-      uint16_t* b16 = reinterpret_cast<uint16_t*>(copies + scratch_align(na * sizeof(uint16_t)));
-      to_bf16_kernel<<<blocks_for(na), kThreads, 0, s>>>(A, na, a16);
-      MOETRON_CUDA_LAUNCHED("gemm: A to bf16");
+    if (prec == GemmPrecision::BF16) {  // B's copy after the region gemm_bf16_weight_on uses
+      const size_t used = gemm_bf16_weight_scratch_bytes(M, K);
+      uint16_t* b16 = reinterpret_cast<uint16_t*>(ws + used);
       to_bf16_kernel<<<blocks_for(nb), kThreads, 0, s>>>(B, nb, b16);
       MOETRON_CUDA_LAUNCHED("gemm: B to bf16");
-      lt_matmul<uint16_t, float>(s, Kind::BF16, transA, transB, M, N, K, alpha, a16, b16, beta, C,
-                                 ws);
+      gemm_bf16_weight_on(s, transA, transB, M, N, K, alpha, A, b16, beta, C, ws, used);
     } else {
       lt_matmul<float, float>(s, Kind::F32, transA, transB, M, N, K, alpha, A, B, beta, C, ws);
     }
@@ -336,6 +357,16 @@ void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_
   const size_t bytes = K == 0 ? 0 : gemm_scratch_bytes<T>(M, N, K, prec);
   void* scratch = bytes ? workspace(ex, bytes) : nullptr;
   gemm_on<T>(stream_of(ex), transA, transB, M, N, K, alpha, A, B, beta, C, prec, scratch, bytes);
+}
+
+void gemm_bf16_weight(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float* A, const uint16_t* W16, float beta, float* C) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
+  if (M == 0 || N == 0) return;
+  const size_t bytes = K == 0 ? 0 : gemm_bf16_weight_scratch_bytes(M, K);
+  void* scratch = bytes ? workspace(ex, bytes) : nullptr;
+  gemm_bf16_weight_on(stream_of(ex), transA, transB, M, N, K, alpha, A, W16, beta, C, scratch,
+                      bytes);
 }
 
 template size_t gemm_scratch_bytes<float>(int64_t, int64_t, int64_t, GemmPrecision);

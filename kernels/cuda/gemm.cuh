@@ -34,4 +34,10 @@ void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int
              const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
              size_t scratch_bytes);
 
+// The same at BF16 with B already in bf16 (gemm_bf16_weight): scratch for cuBLASLt and A's copy.
+size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K);
+void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                         float alpha, const float* A, const uint16_t* B16, float beta, float* C,
+                         void* scratch, size_t scratch_bytes);
+
 }  // namespace moetron::kernels::gpu

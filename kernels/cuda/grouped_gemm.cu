@@ -5,6 +5,8 @@
 // Shapes: off [G+1] int64 row offsets (DEVICE memory); group g owns rows [off[g], off[g+1]).
 //   grouped_gemm        C_g[rows, N] = A_g[rows, K] op(W_g), W_g = W + g*N*K ([N,K] if transW,
 //                       else [K,N]); A [rows total, K], C [rows total, N].
+//                       grouped_gemm_bf16_weight: the same at BF16 with W already in bf16 (only A
+//                       is converted).
 //   grouped_gemm_wgrad  C_g[M, N] += A_g[rows, M]^T B_g[rows, N], C_g = C + g*M*N (accumulates;
 //                       a group with no rows leaves its C_g as it is).
 // The offsets are copied to the host first (cudaMemcpyAsync + cudaStreamSynchronize on the op's
@@ -59,6 +61,23 @@ void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, in
     if (rows == 0) continue;
     gemm_on<T>(s, false, transW, rows, N, K, T(1), A + r0 * K, W + g * N * K, T(0), C + r0 * N,
                prec, ws, bytes);
+  }
+}
+
+void grouped_gemm_bf16_weight(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N,
+                              int64_t K, const float* A, const uint16_t* W16, float* C) {
+  if (G <= 0) return;
+  cudaStream_t s = stream_of(ex);
+  const std::vector<int64_t> h = host_offsets(s, off, G);
+  const int64_t rmax = max_rows(h);
+  if (rmax == 0 || N == 0) return;
+  const size_t bytes = gemm_bf16_weight_scratch_bytes(rmax, K);
+  void* ws = workspace(ex, bytes);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = h[g], rows = h[g + 1] - h[g];
+    if (rows == 0) continue;
+    gemm_bf16_weight_on(s, false, transW, rows, N, K, 1.f, A + r0 * K, W16 + g * N * K, 0.f,
+                        C + r0 * N, ws, bytes);
   }
 }
 
