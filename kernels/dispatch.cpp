@@ -306,18 +306,18 @@ void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N
 template <class T>
 void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
                         int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
-                        double* loss_sum) {
+                        double* loss_sum, const uint16_t* W16) {
   count(ex, 2 * N * D * V);
-  MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum);
+  MOETRON_DISPATCH(lm_head_ce_forward, h, W, target, N, D, V, chunk, lse, prec, loss_sum, W16);
 }
 
 template <class T>
 void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
                          const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
-                         T* dW, GemmPrecision prec) {
+                         T* dW, GemmPrecision prec, const uint16_t* W16) {
   count(ex, 2 * N * D * V, /*recompute=*/true);  // the logits again
   count(ex, 4 * N * D * V);                      // dh and dW
-  MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec);
+  MOETRON_DISPATCH(lm_head_ce_backward, h, W, target, lse, g, N, D, V, chunk, dh, dW, prec, W16);
 }
 
 template <class M>
@@ -477,16 +477,16 @@ template void unpermute_add<double>(const Exec&, const double*, const int64_t*, 
                                     int64_t, double*);
 template void lm_head_ce_forward<float>(const Exec&, const float*, const float*, const int32_t*,
                                         int64_t, int64_t, int64_t, int64_t, float*, GemmPrecision,
-                                        double*);
+                                        double*, const uint16_t*);
 template void lm_head_ce_forward<double>(const Exec&, const double*, const double*, const int32_t*,
                                          int64_t, int64_t, int64_t, int64_t, double*, GemmPrecision,
-                                         double*);
+                                         double*, const uint16_t*);
 template void lm_head_ce_backward<float>(const Exec&, const float*, const float*, const int32_t*,
                                          const float*, float, int64_t, int64_t, int64_t, int64_t,
-                                         float*, float*, GemmPrecision);
+                                         float*, float*, GemmPrecision, const uint16_t*);
 template void lm_head_ce_backward<double>(const Exec&, const double*, const double*, const int32_t*,
                                           const double*, double, int64_t, int64_t, int64_t, int64_t,
-                                          double*, double*, GemmPrecision);
+                                          double*, double*, GemmPrecision, const uint16_t*);
 template void adamw_update<float>(const Exec&, float*, const float*, float*, float*, int64_t,
                                   const AdamWParams&);
 template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t*, uint16_t*,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 namespace moetron {
@@ -67,10 +68,13 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
   if (stage.last()) {
     norm_.build(*ps_, "model.norm.weight", D, cfg.rms_norm_eps, ex);
     lm_head_ = ps_->add("lm_head.weight", {V, D});
+    if (std::is_same_v<T, float> && pol.gemm(Component::Head) == kernels::GemmPrecision::BF16)
+      head16_ = std::make_shared<Bf16WeightCache>();
     for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
       mtp_.push_back(std::make_unique<MtpLayer<T>>());
       mtp_.back()->build(*ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,
                          dispatcher, ex, scratch_);
+      mtp_.back()->share_head_bf16(head16_);
       ++n_moe_;
     }
   }
@@ -153,7 +157,7 @@ Program Model<T>::forward_program(MicroBatch& mb, const int32_t* tokens, int64_t
     norm_.forward(mb.h[Lh].data(), N, hn, sized(mb.rstd, N));
     kernels::lm_head_ce_forward<T>(ex, hn, lm_head_->w(), mb.targets.data(), N, D, V,
                                    cfg_.lm_head_chunk, sized(mb.lse, N), pol_.gemm(Component::Head),
-                                   parts);
+                                   parts, head_bf16());
     // multi-token prediction: module k reads h^{k-1} (h^0 = the last block's output)
     mb.mtp.resize(Dm);
     for (int64_t k = 1; k <= Dm; ++k) {
@@ -198,6 +202,16 @@ const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B
   return mb.losses;
 }
 
+// The head weight's bf16 copy, fresh at the current weight version (null without one).
+template <class T>
+const uint16_t* Model<T>::head_bf16() const {
+  if constexpr (std::is_same_v<T, float>) {
+    if (head16_)
+      return head16_->refresh(ex_, lm_head_->w(), lm_head_->numel(), pol_.weight_version.get());
+  }
+  return nullptr;
+}
+
 // The last stage's next-token head: d hn and d lm_head together (the head's weight gradient is
 // not deferred: it comes out of the same chunked pass over the vocabulary), then the final norm
 // into mb.dh.
@@ -208,7 +222,7 @@ void Model<T>::head_backward(MicroBatch& mb, double grad_scale, WeightQueue* que
   kernels::lm_head_ce_backward<T>(ex_, mb.hn.data(), lm_head_->w(), mb.targets.data(),
                                   mb.lse.data(), static_cast<T>(grad_scale / N), N, D, V,
                                   cfg_.lm_head_chunk, dhn, lm_head_->g(),
-                                  pol_.gemm(Component::Head));
+                                  pol_.gemm(Component::Head), head_bf16());
   norm_.backward_input(dhn, mb.h.back().data(), mb.rstd.data(), N, mb.dh.data());
   weight_now_or_later(queue, [this, &mb, N] {
     norm_.backward_weight(mb.dhn.data(), mb.h.back().data(), mb.rstd.data(), N);

@@ -164,6 +164,9 @@ class Model {
   ParamStore<T>* ps_ = nullptr;
   Param<T>* embed_ = nullptr;    // [V, D] (first and last stage; the last may share the first's)
   Param<T>* lm_head_ = nullptr;  // [V, D] (last stage)
+  // lm_head_'s bf16 copy for a BF16 head on a float model (shared with the MTP modules), else null
+  std::shared_ptr<Bf16WeightCache> head16_;
+  const uint16_t* head_bf16() const;
   std::vector<std::unique_ptr<Block<T>>> blocks_;
   RMSNorm<T> norm_;
   std::vector<std::unique_ptr<MtpLayer<T>>> mtp_;

@@ -11,6 +11,7 @@ void MtpLayer<T>::build(ParamStore<T>& ps, const std::string& p, int64_t depth,
   ex_ = ex, k_ = depth;
   D_ = c.hidden_size, V_ = c.vocab_size, chunk_ = c.lm_head_chunk;
   head_prec_ = pol.gemm(Component::Head);
+  version_ = pol.weight_version.get();
   enorm_.build(ps, p + "enorm.weight", D_, c.rms_norm_eps, ex);
   hnorm_.build(ps, p + "hnorm.weight", D_, c.rms_norm_eps, ex);
   LinearPrecision lp;  // eh_proj: the attention projections' GEMM precision, never FP8
@@ -58,7 +59,15 @@ Program MtpLayer<T>::forward_program(State& st, const int32_t* tokens, int64_t B
   T* hn = sized(st.hn, N * D);
   head_norm_.forward(h, N, hn, sized(st.rstd_o, N));
   kernels::lm_head_ce_forward<T>(ex, hn, head, targets, N, D, V_, chunk_, sized(st.lse, N),
-                                 head_prec_, loss_sum);
+                                 head_prec_, loss_sum, head_bf16(head));
+}
+
+template <class T>
+const uint16_t* MtpLayer<T>::head_bf16(const T* head) const {
+  if constexpr (std::is_same_v<T, float>) {
+    if (head16_) return head16_->refresh(ex_, head, V_ * D_, version_);
+  }
+  return nullptr;
 }
 
 template <class T>
@@ -78,7 +87,8 @@ Program MtpLayer<T>::backward_program(State& st, int64_t B, int64_t S, const int
   T* dhn = zeroed(ex, st.dhn, N * D);
   if (S > k_) {  // some position has a target
     kernels::lm_head_ce_backward<T>(ex, st.hn.data(), head, st.targets.data(), st.lse.data(),
-                                    static_cast<T>(g), N, D, V_, chunk_, dhn, d_head, head_prec_);
+                                    static_cast<T>(g), N, D, V_, chunk_, dhn, d_head, head_prec_,
+                                    head_bf16(head));
     head_norm_.backward_input(dhn, st.h.data(), st.rstd_o.data(), N, dhk);
   }
   if (dnext) kernels::add_inplace<T>(ex, dhk, dnext, N * D);

@@ -73,11 +73,17 @@ class MtpLayer {
                            WeightQueue* queue, int layer) const;
   Block<T>& block() { return block_; }
   const Block<T>& block() const { return block_; }
+  // The model's bf16 copy of the shared head weight (a BF16 head on a float model), which this
+  // module's head GEMMs read too; refreshed by whichever user comes first at a weight version.
+  void share_head_bf16(std::shared_ptr<Bf16WeightCache> c) { head16_ = std::move(c); }
 
  private:
   Exec ex_{};
   int64_t D_ = 0, V_ = 0, chunk_ = 0, k_ = 1;
   kernels::GemmPrecision head_prec_ = kernels::GemmPrecision::FP32;
+  std::shared_ptr<Bf16WeightCache> head16_;  // null: the head GEMMs convert W themselves
+  const uint64_t* version_ = nullptr;        // PrecisionPolicy::weight_version
+  const uint16_t* head_bf16(const T* head) const;
   void input_backward(State& st, int64_t N, T* d_embed) const;
   void module_backward_weight(State& st, int64_t N) const;  // shared_head.norm and eh_proj
   RMSNorm<T> enorm_, hnorm_, head_norm_;

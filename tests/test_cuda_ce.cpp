@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 #include "tests/test_cuda_util.h"
 
 namespace moetron::kernels::gpu::testing {
@@ -92,6 +93,39 @@ TEST(CudaLmHeadCe, FloatBf16MatchesTheCpu) {
   MOETRON_REQUIRE_GPU();
   check_ce_shapes<float>(GemmPrecision::BF16);
 }
+// The head weight's bf16 copy: the GPU op reading it against the CPU op reading it.
+TEST(CudaLmHeadCe, Bf16WeightCopyMatchesTheCpu) {
+  MOETRON_REQUIRE_GPU();
+  const int64_t N = 37, D = 29, V = 101, chunk = 16;
+  const auto h = rand_vec<float>(N * D, 71, -1.5, 1.5), W = rand_vec<float>(V * D, 72);
+  std::vector<uint16_t> W16(W.size());
+  for (size_t i = 0; i < W.size(); ++i) W16[i] = f32_to_bf16(W[i]);
+  const auto t = ce_targets(N, V);
+  const GemmPrecision bf = GemmPrecision::BF16;
+  Buffer<float> dh_in = dev(h), dW_in = dev(W), dlse = dev_garbage<float>(N);
+  Buffer<uint16_t> dW16 = dev(W16);
+  Buffer<int32_t> dt = dev(t);
+  Buffer<double> dloss = dev_garbage<double>(1);
+  kernels::lm_head_ce_forward<float>(gpu_exec(), dh_in.data(), dW_in.data(), dt.data(), N, D, V,
+                                     chunk, dlse.data(), bf, dloss.data(), dW16.data());
+  std::vector<float> lse(N);
+  double loss = 0;
+  cpu::lm_head_ce_forward<float>(h.data(), W.data(), t.data(), N, D, V, chunk, lse.data(), bf,
+                                 &loss, W16.data());
+  expect_near_rel(host(dlse, N), lse, 1e-5, "lse (bf16 weight copy)");
+  expect_near_rel(host(dloss, 1), std::vector<double>{loss}, 1e-5, "loss (bf16 weight copy)");
+  Buffer<float> ddh = dev_garbage<float>(N * D), ddW = dev(std::vector<float>(V * D, 0.f));
+  Buffer<float> dlse_cpu = dev(lse);
+  kernels::lm_head_ce_backward<float>(gpu_exec(), dh_in.data(), dW_in.data(), dt.data(),
+                                      dlse_cpu.data(), 0.05f, N, D, V, chunk, ddh.data(),
+                                      ddW.data(), bf, dW16.data());
+  std::vector<float> dh(N * D), dW(V * D, 0.f);
+  cpu::lm_head_ce_backward<float>(h.data(), W.data(), t.data(), lse.data(), 0.05f, N, D, V, chunk,
+                                  dh.data(), dW.data(), bf, W16.data());
+  expect_near_rel(host(ddh, N * D), dh, 1e-2, "dh (bf16 weight copy)");
+  expect_near_rel(host(ddW, V * D), dW, 1e-2, "dW (bf16 weight copy)");
+}
+
 TEST(CudaLmHeadCe, DoubleMatchesTheCpu) {
   MOETRON_REQUIRE_GPU();
   check_ce_shapes<double>(GemmPrecision::FP32);

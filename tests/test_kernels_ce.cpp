@@ -110,6 +110,34 @@ TYPED_TEST(CrossEntropyTest, Bf16LogitsUseRoundedInputs) {
   expect_close(lse, r.lse, kTol<T>, "bf16 lse");
 }
 
+// The head weight's bf16 copy (the model's Bf16WeightCache): forward and backward give the bits of
+// the BF16 op that converts W per chunk; a copy is refused for fp32 products.
+TEST(CrossEntropy, Bf16WeightCopyKeepsTheBits) {
+  const int64_t N = 19, D = 41, V = 67, chunk = 16;
+  const auto h = cast<float>(rand_vec(N * D, 14)), W = cast<float>(rand_vec(V * D, 15));
+  std::vector<uint16_t> W16(W.size());
+  for (size_t i = 0; i < W.size(); ++i) W16[i] = f32_to_bf16(W[i]);
+  const auto t = targets(N, V);
+  const GemmPrecision bf = GemmPrecision::BF16;
+  std::vector<float> lse(N), lse16(N);
+  double loss = 0, loss16 = 0;
+  lm_head_ce_forward<float>(h.data(), W.data(), t.data(), N, D, V, chunk, lse.data(), bf, &loss);
+  lm_head_ce_forward<float>(h.data(), W.data(), t.data(), N, D, V, chunk, lse16.data(), bf,
+                            &loss16, W16.data());
+  EXPECT_EQ(lse16, lse);
+  EXPECT_EQ(loss16, loss);
+  std::vector<float> dh(N * D), dh16(N * D), dW(V * D, 0.5f), dW16(V * D, 0.5f);
+  lm_head_ce_backward<float>(h.data(), W.data(), t.data(), lse.data(), 0.1f, N, D, V, chunk,
+                             dh.data(), dW.data(), bf);
+  lm_head_ce_backward<float>(h.data(), W.data(), t.data(), lse.data(), 0.1f, N, D, V, chunk,
+                             dh16.data(), dW16.data(), bf, W16.data());
+  EXPECT_EQ(dh16, dh);
+  EXPECT_EQ(dW16, dW);
+  EXPECT_THROW(lm_head_ce_forward<float>(h.data(), W.data(), t.data(), N, D, V, chunk, lse.data(),
+                                         GemmPrecision::FP32, &loss, W16.data()),
+               std::invalid_argument);
+}
+
 TEST(CrossEntropy, AllRowsIgnoredGivesZero) {
   const int64_t N = 3, D = 4, V = 5;
   const auto h = cast<float>(rand_vec(N * D, 6)), W = cast<float>(rand_vec(V * D, 7));

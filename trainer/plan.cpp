@@ -74,12 +74,14 @@ int64_t fp8_cache_bytes(const Tensor& w) {
   return R * C + 4 * ((R + 127) / 128) * ((C + 127) / 128);
 }
 
-// Whether a weight matrix's Linear runs BF16 and so keeps a bf16 copy (Bf16WeightCache): its
-// component's recipe, or for MTP's eh_proj the attention projections' GEMM precision (mtp.cpp).
+// Whether a weight matrix's GEMMs run BF16 and so keep a bf16 copy (Bf16WeightCache): its
+// component's recipe; for MTP's eh_proj the attention projections' GEMM precision (mtp.cpp); for
+// the output head (shared by the MTP modules) the head's.
 bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
+  using kernels::GemmPrecision;
   if (const std::optional<Component> c = component_of(p)) return pol.recipe_of(*c) == Recipe::BF16;
-  return has(p.name, ".eh_proj.") &&
-         pol.gemm(Component::AttentionProj) == kernels::GemmPrecision::BF16;
+  if (p.name == "lm_head.weight") return pol.gemm(Component::Head) == GemmPrecision::BF16;
+  return has(p.name, ".eh_proj.") && pol.gemm(Component::AttentionProj) == GemmPrecision::BF16;
 }
 
 // What one model stage holds and keeps per micro-batch, on one EP rank.

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
@@ -32,19 +33,40 @@ void check_args(const int32_t* target, int64_t N, int64_t V, int64_t chunk) {
   }
 }
 
+// A bf16 copy of W is only for float tensors at BF16 (what the model gives it).
+template <class T>
+void check_w16(const uint16_t* W16, GemmPrecision prec) {
+  if (W16 && (!std::is_same_v<T, float> || prec != GemmPrecision::BF16))
+    throw std::invalid_argument("lm_head_ce: a bf16 weight copy needs float tensors at BF16");
+}
+
+// C[M, n] = A op(W_c) + beta C for the GEMMs that read the head weight's chunk W_c (rows c0..):
+// through its bf16 copy when there is one (the same bits as gemm at BF16 on W_c).
+template <class T>
+void head_gemm(bool transW, int64_t M, int64_t n, int64_t K, const T* A, const T* Wc,
+               const uint16_t* W16c, T beta, T* C, GemmPrecision prec) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (W16c) return gemm_bf16_weight(false, transW, M, n, K, 1.f, A, W16c, beta, C);
+  }
+  gemm<T>(false, transW, M, n, K, T(1), A, Wc, beta, C, prec);
+}
+
 }  // namespace
 
 template <class T>
 void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
-                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum) {
+                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum,
+                        const uint16_t* W16) {
   check_args(target, N, V, chunk);
+  check_w16<T>(W16, prec);
   chunk = std::max<int64_t>(1, std::min(chunk, V));
   std::vector<T> logits(N * chunk);
   std::vector<T> m(N, -std::numeric_limits<T>::infinity()), tl(N, T(0));
   std::vector<double> l(N, 0.0);
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    gemm<T>(false, true, N, w, D, T(1), h, W + c0 * D, T(0), logits.data(), prec);
+    head_gemm<T>(true, N, w, D, h, W + c0 * D, W16 ? W16 + c0 * D : nullptr, T(0), logits.data(),
+                 prec);
 #pragma omp parallel for schedule(static) if (N * w >= (1 << 14))
     for (int64_t n = 0; n < N; ++n) {
       const T* x = logits.data() + n * w;
@@ -74,14 +96,16 @@ void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N
 template <class T>
 void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T* lse, T g,
                          int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh, T* dW,
-                         GemmPrecision prec) {
+                         GemmPrecision prec, const uint16_t* W16) {
   check_args(target, N, V, chunk);
+  check_w16<T>(W16, prec);
   chunk = std::max<int64_t>(1, std::min(chunk, V));
   std::memset(dh, 0, sizeof(T) * N * D);
   std::vector<T> dl(N * chunk);
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    gemm<T>(false, true, N, w, D, T(1), h, W + c0 * D, T(0), dl.data(), prec);
+    const uint16_t* W16c = W16 ? W16 + c0 * D : nullptr;
+    head_gemm<T>(true, N, w, D, h, W + c0 * D, W16c, T(0), dl.data(), prec);
 #pragma omp parallel for schedule(static) if (N * w >= (1 << 14))
     for (int64_t n = 0; n < N; ++n) {
       T* x = dl.data() + n * w;
@@ -95,21 +119,22 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
       for (int64_t j = 0; j < w; ++j) x[j] = g * fast_exp(x[j] - ln);
       if (t >= c0 && t < c0 + w) x[t - c0] -= g;
     }
-    gemm<T>(false, false, N, D, w, T(1), dl.data(), W + c0 * D, T(1), dh, prec);
+    head_gemm<T>(false, N, D, w, dl.data(), W + c0 * D, W16c, T(1), dh, prec);
     gemm<T>(true, false, w, D, N, T(1), dl.data(), h, T(1), dW + c0 * D, prec);
   }
 }
 
 template void lm_head_ce_forward<float>(const float*, const float*, const int32_t*, int64_t,
-                                        int64_t, int64_t, int64_t, float*, GemmPrecision, double*);
+                                        int64_t, int64_t, int64_t, float*, GemmPrecision, double*,
+                                        const uint16_t*);
 template void lm_head_ce_forward<double>(const double*, const double*, const int32_t*, int64_t,
-                                         int64_t, int64_t, int64_t, double*, GemmPrecision,
-                                         double*);
+                                         int64_t, int64_t, int64_t, double*, GemmPrecision, double*,
+                                         const uint16_t*);
 template void lm_head_ce_backward<float>(const float*, const float*, const int32_t*, const float*,
                                          float, int64_t, int64_t, int64_t, int64_t, float*, float*,
-                                         GemmPrecision);
+                                         GemmPrecision, const uint16_t*);
 template void lm_head_ce_backward<double>(const double*, const double*, const int32_t*,
                                           const double*, double, int64_t, int64_t, int64_t, int64_t,
-                                          double*, double*, GemmPrecision);
+                                          double*, double*, GemmPrecision, const uint16_t*);
 
 }  // namespace moetron::kernels::cpu

@@ -217,15 +217,17 @@ void unpermute_add(const T* rows, const int64_t* slot, int64_t N, int64_t K, int
 // logits = h[N,D] W[V,D]^T are produced one [N, chunk] block at a time; never all at once.
 // loss[n] = lse_n - logit[n, target[n]] for target >= 0; targets < 0 are ignored (loss 0).
 // lse[N] saved. loss_sum[0] (double) = the sum of losses over valid rows.
+// W16: optional bf16 copy of W (float, BF16 only), read instead of converting W per chunk.
 template <class T>
 void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N, int64_t D,
-                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum);
+                        int64_t V, int64_t chunk, T* lse, GemmPrecision prec, double* loss_sum,
+                        const uint16_t* W16 = nullptr);
 // With g = dloss per valid row (same scale for all rows, e.g. 1/count):
 // dh[N,D] (write) and dW[V,D] (accumulate), recomputing logits chunk by chunk.
 template <class T>
 void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T* lse, T g,
                          int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh, T* dW,
-                         GemmPrecision prec);
+                         GemmPrecision prec, const uint16_t* W16 = nullptr);
 
 // ---- AdamW -----------------------------------------------------------------------------------
 // Moments in fp32 (M = float) or bf16 (M = uint16_t bit pattern, rounded to nearest even).

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -128,13 +129,33 @@ __global__ void ce_dlogits_kernel(T* x, int64_t N, int64_t w, int64_t c0, const 
   }
 }
 
+template <class T>
+void check_w16(const uint16_t* W16, GemmPrecision prec) {
+  if (W16 && (!std::is_same_v<T, float> || prec != GemmPrecision::BF16))
+    throw std::invalid_argument("lm_head_ce: a bf16 weight copy needs float tensors at BF16");
+}
+
+// C[M, n] = A op(W_c) + beta C for the GEMMs that read the head weight's chunk W_c: through its
+// bf16 copy when there is one (gemm_bf16_weight_on: only A is converted). scratch as gemm_on's.
+template <class T>
+void head_gemm(cudaStream_t s, bool transW, int64_t M, int64_t n, int64_t K, const T* A,
+               const T* Wc, const uint16_t* W16c, T beta, T* C, GemmPrecision prec, void* scratch,
+               size_t bytes) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (W16c)
+      return gemm_bf16_weight_on(s, false, transW, M, n, K, 1.f, A, W16c, beta, C, scratch, bytes);
+  }
+  gemm_on<T>(s, false, transW, M, n, K, T(1), A, Wc, beta, C, prec, scratch, bytes);
+}
+
 }  // namespace
 
 template <class T>
 void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* target, int64_t N,
                         int64_t D, int64_t V, int64_t chunk, T* lse, GemmPrecision prec,
-                        double* loss_sum) {
+                        double* loss_sum, const uint16_t* W16) {
   if (chunk <= 0) throw std::invalid_argument("lm_head_ce: chunk must be > 0");
+  check_w16<T>(W16, prec);
   if (N < 0 || D < 0 || V < 0) throw std::invalid_argument("lm_head_ce: negative dimension");
   cudaStream_t s = stream_of(ex);
   if (N == 0) {
@@ -158,7 +179,8 @@ void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* t
   MOETRON_CUDA_LAUNCHED("lm_head_ce_forward: init");
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    gemm_on<T>(s, false, true, N, w, D, T(1), h, W + c0 * D, T(0), logits, prec, gs, b_gemm);
+    head_gemm<T>(s, true, N, w, D, h, W + c0 * D, W16 ? W16 + c0 * D : nullptr, T(0), logits, prec,
+                 gs, b_gemm);
     ce_chunk_kernel<T>
         <<<static_cast<unsigned>(N), kRowThreads, 0, s>>>(logits, w, c0, target, m, l, tl);
     MOETRON_CUDA_LAUNCHED("lm_head_ce_forward: chunk");
@@ -170,8 +192,9 @@ void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* t
 template <class T>
 void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* target,
                          const T* lse, T g, int64_t N, int64_t D, int64_t V, int64_t chunk, T* dh,
-                         T* dW, GemmPrecision prec) {
+                         T* dW, GemmPrecision prec, const uint16_t* W16) {
   if (chunk <= 0) throw std::invalid_argument("lm_head_ce: chunk must be > 0");
+  check_w16<T>(W16, prec);
   if (N < 0 || D < 0 || V < 0) throw std::invalid_argument("lm_head_ce: negative dimension");
   if (N == 0) return;  // no rows: dh is empty and dW gains nothing
   cudaStream_t s = stream_of(ex);
@@ -189,26 +212,27 @@ void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* 
 
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    gemm_on<T>(s, false, true, N, w, D, T(1), h, W + c0 * D, T(0), dl, prec, gs, b_gemm);
+    const uint16_t* W16c = W16 ? W16 + c0 * D : nullptr;
+    head_gemm<T>(s, true, N, w, D, h, W + c0 * D, W16c, T(0), dl, prec, gs, b_gemm);
     ce_dlogits_kernel<T><<<blocks_for(N * w), kThreads, 0, s>>>(dl, N, w, c0, target, lse, g);
     MOETRON_CUDA_LAUNCHED("lm_head_ce_backward: dlogits");
     // dh[N, D] += dl[N, w] W_c[w, D];  dW_c[w, D] += dl[N, w]^T h[N, D]
-    gemm_on<T>(s, false, false, N, D, w, T(1), dl, W + c0 * D, T(1), dh, prec, gs, b_gemm);
+    head_gemm<T>(s, false, N, D, w, dl, W + c0 * D, W16c, T(1), dh, prec, gs, b_gemm);
     gemm_on<T>(s, true, false, w, D, N, T(1), dl, h, T(1), dW + c0 * D, prec, gs, b_gemm);
   }
 }
 
 template void lm_head_ce_forward<float>(const Exec&, const float*, const float*, const int32_t*,
                                         int64_t, int64_t, int64_t, int64_t, float*, GemmPrecision,
-                                        double*);
+                                        double*, const uint16_t*);
 template void lm_head_ce_forward<double>(const Exec&, const double*, const double*, const int32_t*,
                                          int64_t, int64_t, int64_t, int64_t, double*, GemmPrecision,
-                                         double*);
+                                         double*, const uint16_t*);
 template void lm_head_ce_backward<float>(const Exec&, const float*, const float*, const int32_t*,
                                          const float*, float, int64_t, int64_t, int64_t, int64_t,
-                                         float*, float*, GemmPrecision);
+                                         float*, float*, GemmPrecision, const uint16_t*);
 template void lm_head_ce_backward<double>(const Exec&, const double*, const double*, const int32_t*,
                                           const double*, double, int64_t, int64_t, int64_t, int64_t,
-                                          double*, double*, GemmPrecision);
+                                          double*, double*, GemmPrecision, const uint16_t*);
 
 }  // namespace moetron::kernels::gpu

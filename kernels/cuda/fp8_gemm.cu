@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "kernels/cuda/fp8_cuda.h"
+#include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/scalar.h"
@@ -274,21 +275,6 @@ void wgrad_run(cudaStream_t st, const float* dY, const uint8_t* qX, const float*
   nt_gemm(st, qdYt, sdYt, qXt, sXt, kTile1x128, N, K, M, dW, /*accumulate=*/true, c.rest());
 }
 
-// The row offsets of a grouped op on the host. `off` lives on the device and the loop over groups
-// runs on the host (each group is its own GEMM with its own sizes), so this waits for the stream.
-std::vector<int64_t> host_offsets(cudaStream_t st, const int64_t* off, int64_t G) {
-  if (G < 0) throw std::invalid_argument("grouped FP8 op: negative group count");
-  std::vector<int64_t> h(static_cast<size_t>(G) + 1, 0);
-  if (G == 0) return h;
-  MOETRON_CUDA_CHECK(
-      cudaMemcpyAsync(h.data(), off, h.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, st));
-  MOETRON_CUDA_CHECK(cudaStreamSynchronize(st));
-  for (int64_t g = 0; g < G; ++g)
-    if (h[g + 1] < h[g] || h[g] < 0)
-      throw std::invalid_argument("grouped FP8 op: row offsets must be non-decreasing");
-  return h;
-}
-
 }  // namespace
 
 // ---- the core -----------------------------------------------------------------------------------
@@ -376,7 +362,7 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = fp8::host_offsets(st, off, G);
+  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
     if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::fprop_bytes(o[g + 1] - o[g], N, K));
@@ -395,7 +381,7 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks, float* dX) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = fp8::host_offsets(st, off, G);
+  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
     if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::dgrad_bytes(o[g + 1] - o[g], N, K, blocks));
@@ -414,7 +400,7 @@ void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* d
                    const uint8_t* qX, const float* sX, const float* X32, int64_t N, int64_t K,
                    bool pow2_dy, bool pow2_x, float* dW) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = fp8::host_offsets(st, off, G);
+  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
     if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::wgrad_bytes(o[g + 1] - o[g], N, K));

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/op_types.h"
 
@@ -33,6 +34,11 @@ template <class T>
 void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
              const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
              size_t scratch_bytes);
+
+// The row offsets off[0, G] of a grouped op (device memory) on the host, checked to be
+// non-negative and non-decreasing (`op` names the op in the message). The loop over groups runs on
+// the host, each group its own GEMM with its own sizes, so this waits for the stream.
+std::vector<int64_t> host_offsets(cudaStream_t s, const int64_t* off, int64_t G, const char* op);
 
 // The same at BF16 with B already in bf16 (gemm_bf16_weight): scratch for cuBLASLt and A's copy.
 size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K);

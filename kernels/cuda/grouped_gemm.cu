@@ -1,5 +1,5 @@
-// Grouped GEMMs of the routed experts on the GPU (fp32/bf16/double; the FP8 forms stay on the
-// CPU for now): one cuBLASLt GEMM per non-empty group over its rows of the expert-sorted
+// Grouped GEMMs of the routed experts on the GPU (fp32/bf16/double; the FP8 forms are in
+// fp8_gemm.cu): one cuBLASLt GEMM per non-empty group over its rows of the expert-sorted
 // activations, issued in group order on the op's stream.
 //
 // Shapes: off [G+1] int64 row offsets (DEVICE memory); group g owns rows [off[g], off[g+1]).
@@ -22,21 +22,22 @@
 
 namespace moetron::kernels::gpu {
 
-namespace {
-
-// off[0, G] on the host (waits for the stream: see above); checked to be non-decreasing.
-std::vector<int64_t> host_offsets(cudaStream_t s, const int64_t* off, int64_t G) {
-  std::vector<int64_t> h(G + 1);
+std::vector<int64_t> host_offsets(cudaStream_t s, const int64_t* off, int64_t G, const char* op) {
+  if (G < 0) throw std::invalid_argument(std::string(op) + ": negative group count");
+  std::vector<int64_t> h(static_cast<size_t>(G) + 1, 0);
+  if (G == 0) return h;
   MOETRON_CUDA_CHECK(
-      cudaMemcpyAsync(h.data(), off, (G + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
+      cudaMemcpyAsync(h.data(), off, h.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
   MOETRON_CUDA_CHECK(cudaStreamSynchronize(s));
-  if (h[0] < 0) throw std::invalid_argument("grouped_gemm: negative row offset");
+  if (h[0] < 0) throw std::invalid_argument(std::string(op) + ": negative row offset");
   for (int64_t g = 0; g < G; ++g)
     if (h[g + 1] < h[g])
-      throw std::invalid_argument("grouped_gemm: row offsets decrease at group " +
+      throw std::invalid_argument(std::string(op) + ": row offsets decrease at group " +
                                   std::to_string(g));
   return h;
 }
+
+namespace {
 
 int64_t max_rows(const std::vector<int64_t>& off) {
   int64_t m = 0;
@@ -51,7 +52,7 @@ void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, in
                   const T* A, const T* W, T* C, GemmPrecision prec) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G);
+  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
   const int64_t rmax = max_rows(h);
   if (rmax == 0 || N == 0) return;
   const size_t bytes = gemm_scratch_bytes<T>(rmax, N, K, prec);
@@ -68,7 +69,7 @@ void grouped_gemm_bf16_weight(const Exec& ex, const int64_t* off, int64_t G, boo
                               int64_t K, const float* A, const uint16_t* W16, float* C) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G);
+  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
   const int64_t rmax = max_rows(h);
   if (rmax == 0 || N == 0) return;
   const size_t bytes = gemm_bf16_weight_scratch_bytes(rmax, K);
@@ -86,7 +87,7 @@ void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M
                         const T* A, const T* B, T* C, GemmPrecision prec) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G);
+  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
   const int64_t rmax = max_rows(h);
   if (rmax == 0 || M == 0 || N == 0) return;
   const size_t bytes = gemm_scratch_bytes<T>(M, N, rmax, prec);
