@@ -184,16 +184,32 @@ CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
 namespace {
 
+// C = alpha op(A) op(B16) + beta C, B already in bf16: A converted, the bf16 matmul (K > 0).
+void bf16_matmul(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float* A, const uint16_t* B16, float beta, float* C, bool dynamic) {
+  thread_local std::vector<uint16_t> abuf;
+  uint16_t* a16 = scratch(abuf, M * K);
+  to_bf16(A, M * K, a16);
+  onednn_matmul(true, transA, transB, M, N, K, alpha, a16, B16, beta, C, dynamic);
+}
+
+// Handles the shapes with nothing to multiply (true: done, C = beta C where K == 0).
+template <class T>
+bool empty_product(int64_t M, int64_t N, int64_t K, T beta, T* C) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
+  if (M == 0 || N == 0) return true;
+  if (K == 0) scale_inplace(C, M * N, beta);
+  return K == 0;
+}
+
 void gemm_f32(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
               const float* A, const float* B, float beta, float* C, GemmPrecision prec,
               bool dynamic) {
   if (prec == GemmPrecision::BF16) {
-    thread_local std::vector<uint16_t> abuf, bbuf;
-    uint16_t* a16 = scratch(abuf, M * K);
+    thread_local std::vector<uint16_t> bbuf;
     uint16_t* b16 = scratch(bbuf, K * N);
-    to_bf16(A, M * K, a16);
     to_bf16(B, K * N, b16);
-    return onednn_matmul(true, transA, transB, M, N, K, alpha, a16, b16, beta, C, dynamic);
+    return bf16_matmul(transA, transB, M, N, K, alpha, A, b16, beta, C, dynamic);
   }
   if (f32_backend() == F32Backend::OneDNN) {
     return onednn_matmul(false, transA, transB, M, N, K, alpha, A, B, beta, C, dynamic);
@@ -222,9 +238,7 @@ void gemm_f64(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double 
 template <class T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           const T* B, T beta, T* C, GemmPrecision prec, bool dynamic) {
-  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
-  if (M == 0 || N == 0) return;
-  if (K == 0) return scale_inplace(C, M * N, beta);  // empty product: C = beta C
+  if (empty_product(M, N, K, beta, C)) return;
   if constexpr (std::is_same_v<T, float>) {
     gemm_f32(transA, transB, M, N, K, alpha, A, B, beta, C, prec, dynamic);
   } else {
@@ -234,13 +248,8 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 
 void gemm_bf16_weight(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                       const float* A, const uint16_t* W16, float beta, float* C, bool dynamic) {
-  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
-  if (M == 0 || N == 0) return;
-  if (K == 0) return scale_inplace(C, M * N, beta);
-  thread_local std::vector<uint16_t> abuf;
-  uint16_t* a16 = scratch(abuf, M * K);
-  to_bf16(A, M * K, a16);
-  onednn_matmul(true, transA, transB, M, N, K, alpha, a16, W16, beta, C, dynamic);
+  if (!empty_product(M, N, K, beta, C))
+    bf16_matmul(transA, transB, M, N, K, alpha, A, W16, beta, C, dynamic);
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, const float*,

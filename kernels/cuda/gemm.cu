@@ -272,6 +272,23 @@ void lt_matmul(cudaStream_t s, Kind kind, bool ta, bool tb, int64_t M, int64_t N
 
 }  // namespace
 
+namespace {
+
+// Handles the shapes with nothing to multiply (true: done; C = beta C on s where K == 0).
+template <class T>
+bool empty_product(cudaStream_t s, int64_t M, int64_t N, int64_t K, T beta, T* C) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
+  if (M == 0 || N == 0) return true;
+  if (K != 0) return false;
+  if (beta != T(1)) {
+    scale_kernel<T><<<blocks_for(M * N), kThreads, 0, s>>>(C, M * N, beta);
+    MOETRON_CUDA_LAUNCHED("gemm (K == 0)");
+  }
+  return true;
+}
+
+}  // namespace
+
 size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K) {
   return kLtWorkspace + scratch_align(size_t(M) * size_t(K) * sizeof(uint16_t));
 }
@@ -279,14 +296,7 @@ size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K) {
 void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
                          float alpha, const float* A, const uint16_t* B16, float beta, float* C,
                          void* scratch, size_t scratch_bytes) {
-  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // empty product: C = beta C
-    if (beta == 1.f) return;
-    scale_kernel<float><<<blocks_for(M * N), kThreads, 0, s>>>(C, M * N, beta);
-    MOETRON_CUDA_LAUNCHED("gemm (K == 0)");
-    return;
-  }
+  if (empty_product(s, M, N, K, beta, C)) return;
   if (scratch_bytes < gemm_bf16_weight_scratch_bytes(M, K))
     throw std::logic_error("gemm: scratch smaller than gemm_bf16_weight_scratch_bytes");
   uint8_t* ws = static_cast<uint8_t*>(scratch);
@@ -310,14 +320,7 @@ template <class T>
 void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
              const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
              size_t scratch_bytes) {
-  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("gemm: negative dimension");
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // empty product: C = beta C
-    if (beta == T(1)) return;
-    scale_kernel<T><<<blocks_for(M * N), kThreads, 0, s>>>(C, M * N, beta);
-    MOETRON_CUDA_LAUNCHED("gemm (K == 0)");
-    return;
-  }
+  if (empty_product(s, M, N, K, beta, C)) return;
   if (scratch_bytes < gemm_scratch_bytes<T>(M, N, K, prec))
     throw std::logic_error("gemm: scratch smaller than gemm_scratch_bytes");
   uint8_t* ws = static_cast<uint8_t*>(scratch);
