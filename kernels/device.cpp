@@ -1,4 +1,5 @@
-// Allocators of the CPU, Meta and Guard devices, the allocator registry and the default device.
+// Allocators of the CPU, Meta and Guard devices, the allocator registry, the pinned host allocator
+// in use (kernels/pinned.h) and the default device.
 #include "kernels/device.h"
 
 #include <sys/mman.h>
@@ -9,6 +10,8 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+
+#include "kernels/pinned.h"
 
 #if MOETRON_HAVE_CUDA
 #include "kernels/cuda/runtime.h"
@@ -166,6 +169,13 @@ Allocator& allocator(Device d) {
 void register_allocator(Device d, Allocator* a) {
   if (d != Device::CUDA) throw std::logic_error("register_allocator: only the CUDA allocator");
   g_cuda = a;
+}
+
+Allocator& pinned_allocator() {
+#if MOETRON_HAVE_CUDA
+  if (kernels::gpu::in_use()) return kernels::gpu::pinned_host_allocator();
+#endif
+  return host_alloc();
 }
 
 Device default_device() { return g_default.load(); }

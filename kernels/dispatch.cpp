@@ -28,14 +28,19 @@ namespace {
 void count(const Exec& ex, int64_t flops, bool recompute = false) {
   if (ex.device != Device::Meta) flop_counter::add(flops, recompute);
 }
-// 2 x (rows of all G groups) x n x k; the rows, off[G] - off[0], read from the op's device only
-// while counting (off is device memory: a synchronising read on CUDA).
-void count_grouped(const Exec& ex, const int64_t* off, int64_t G, int64_t n, int64_t k) {
-  if (!flop_counter::counting() || ex.device == Device::Meta) return;
-  int64_t first = 0, last = 0;
-  copy_to_host(ex, &first, off, sizeof(int64_t));
-  copy_to_host(ex, &last, off + G, sizeof(int64_t));
-  flop_counter::add(2 * (last - first) * n * k);
+// A grouped op's row offsets (host memory, every backend): G >= 0, off[0] >= 0, nondecreasing
+// (std::invalid_argument naming the op otherwise); then the FLOP count, 2 x (rows of all G
+// groups) x n x k, the rows being off[G] - off[0].
+void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64_t n, int64_t k,
+                            const char* op) {
+  if (ex.device == Device::Meta) return;  // runs nothing (no_backend)
+  if (G < 0) throw std::invalid_argument(std::string(op) + ": negative group count");
+  if (G > 0 && off[0] < 0) throw std::invalid_argument(std::string(op) + ": negative row offset");
+  for (int64_t g = 0; g < G; ++g)
+    if (off[g + 1] < off[g])
+      throw std::invalid_argument(std::string(op) + ": row offsets decrease at group " +
+                                  std::to_string(g));
+  if (flop_counter::counting() && G > 0) flop_counter::add(2 * (off[G] - off[0]) * n * k);
 }
 }  // namespace
 
@@ -106,7 +111,7 @@ void gemm(const Exec& ex, bool transA, bool transB, int64_t M, int64_t N, int64_
 template <class T>
 void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
                   const T* A, const T* W, T* C, GemmPrecision prec) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_gemm");
   MOETRON_DISPATCH(grouped_gemm, off, G, transW, N, K, A, W, C, prec);
 }
 
@@ -118,42 +123,42 @@ void gemm_bf16_weight(const Exec& ex, bool transA, bool transB, int64_t M, int64
 
 void grouped_gemm_bf16_weight(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N,
                               int64_t K, const float* A, const uint16_t* W16, float* C) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_gemm_bf16_weight");
   MOETRON_DISPATCH(grouped_gemm_bf16_weight, off, G, transW, N, K, A, W16, C);
 }
 
 template <class T>
 void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M, int64_t N,
                         const T* A, const T* B, T* C, GemmPrecision prec) {
-  count_grouped(ex, off, G, M, N);
+  check_and_count_groups(ex, off, G, M, N, "grouped_gemm_wgrad");
   MOETRON_DISPATCH(grouped_gemm_wgrad, off, G, M, N, A, B, C, prec);
 }
 
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_fp8_fprop");
   MOETRON_DISPATCH(grouped_fp8_fprop, off, G, qX, sX, qW, sW, N, K, Y);
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks128, float* dX) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_dgrad");
   MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
 }
 
 void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K,
                               bool pow2_dy, bool pow2_x, float* dW) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_wgrad");
   MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
 }
 
 void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
                                   const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
                                   float* dW) {
-  count_grouped(ex, off, G, N, K);
+  check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_wgrad_f32");
   MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
 }
 

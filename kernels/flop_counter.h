@@ -11,11 +11,9 @@
 //   fp8_fprop, fp8_linear_dgrad, fp8_linear_wgrad(_f32)            2 M N K
 //   lm_head_ce_forward              2 N D V            (the logits, chunk by chunk)
 //   lm_head_ce_backward             2 N D V recompute  (the logits again) + 4 N D V (dh and dW)
-// where rows = off[G] - off[0], the rows of all groups. off lives on the op's device: the
-// dispatcher reads its two ends with copy_to_host only while counting is on (on CUDA a
-// synchronising read per grouped op: the price of the opt-in, run.count_flops). Attention is not a
-// GEMM op (its core is counted by the formula, model/flops.h, not here); neither is anything on
-// the Meta device, which runs nothing.
+// where rows = off[G] - off[0], the rows of all groups (off is host memory: kernels/ops.h).
+// Attention is not a GEMM op (its core is counted by the formula, model/flops.h, not here);
+// neither is anything on the Meta device, which runs nothing.
 //
 // Executed vs model FLOPs: `executed` is everything the GEMM ops ran; `recompute` the part of it
 // that computes again what a forward already computed — the head's logits in its chunked backward,

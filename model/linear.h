@@ -27,8 +27,8 @@
 // no weight.
 //
 // GroupedLinear: the same for G weight matrices W [G, out, in] applied to G row groups of one
-// input (the routed experts; rows of group g are [off[g], off[g+1])), through the grouped GEMM
-// ops. Its CPU implementation runs one group per thread.
+// input (the routed experts; rows of group g are [off[g], off[g+1]), off in host memory), through
+// the grouped GEMM ops. Its CPU implementation runs one group per thread.
 #pragma once
 
 #include <cstdint>

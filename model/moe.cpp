@@ -105,9 +105,12 @@ void MoE<T>::dispatch_wait(State& st) const {
   kernels::route_by_expert(ex_, st.ds.ridx.data(), R, K_, E_local_, sized(st.counts, E_local_),
                            sized(st.offsets, E_local_ + 1), sized(st.slot, R * K_),
                            sized(st.row_token, R * K_), sized(st.row_slot, R * K_));
-  // the row count sizes what follows: one small device-to-host read (torchtitan has the same)
-  kernels::copy_to_host(ex_, &st.A, st.offsets.data() + E_local_, sizeof(int64_t));
-  const int64_t A = st.A;
+  // the rows per expert size what follows and lead the grouped GEMMs (kernels/ops.h: their offsets
+  // are host memory): one small device-to-host read per forward (torchtitan has the same)
+  st.group_off.resize(E_local_ + 1);
+  kernels::copy_to_host(ex_, st.group_off.data(), st.offsets.data(),
+                        sizeof(int64_t) * (E_local_ + 1));
+  const int64_t A = st.A = st.group_off[E_local_];
   T* xp = gu_.input(st.xperm, A);
   kernels::gather_rows<T>(ex_, st.ds.rx.data(), st.row_token.data(), A, D_, xp);
   gu_.keep(st.xperm);
@@ -120,13 +123,13 @@ void MoE<T>::experts(State& st) const {
   // gu = x Wgu_e^T ; a = silu(g) * u * w ; y = a Wd_e^T   (per expert e, over its rows)
   st.gu.set_form(recompute_swiglu_, store_bf16_, gu_.lp.pow2_x);
   T* gu = st.gu.write(A, 2 * F_, scratch_->gu_tmp);
-  gu_.forward(st.xperm, st.offsets.data(), gu);
+  gu_.forward(st.xperm, st.group_off.data(), gu);
   st.gu.keep(ex_, scratch_->gu_tmp);
   st.a.set_form(false, store_bf16_);
   T* a = recompute_swiglu_ ? sized(scratch_->a_tmp, A * F_) : st.a.write(A, F_, scratch_->a_tmp);
   kernels::swiglu_forward<T>(ex_, gu, A, F_, st.wperm.data(), a);
   if (!recompute_swiglu_) st.a.keep(ex_, scratch_->a_tmp);
-  down_.forward(a, A, st.offsets.data(), sized(scratch_->yperm, A * D_));
+  down_.forward(a, A, st.group_off.data(), sized(scratch_->yperm, A * D_));
 }
 
 template <class T>
@@ -192,11 +195,11 @@ template <class T>
 void MoE<T>::experts_backward(State& st) const {
   const int64_t A = st.A;
   T* da = sized(scratch_->da, A * F_);
-  down_.backward_input(st.dyperm.data(), st.offsets.data(), da);
+  down_.backward_input(st.dyperm.data(), st.group_off.data(), da);
   T* dgu = sized(st.dgu, A * 2 * F_);
   kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
                               dgu, sized(st.dwperm, A));
-  gu_.backward_input(dgu, st.offsets.data(), sized(st.dxperm, A * D_));
+  gu_.backward_input(dgu, st.group_off.data(), sized(st.dxperm, A * D_));
 }
 
 template <class T>
@@ -278,8 +281,8 @@ void MoE<T>::experts_backward_weight(State& st) const {
   } else {
     a = st.a.read(ex_, scratch_->a_tmp);
   }
-  down_.backward_weight(st.dyperm.data(), a, st.offsets.data());
-  gu_.backward_weight(st.dgu.data(), st.xperm, st.offsets.data());
+  down_.backward_weight(st.dyperm.data(), a, st.group_off.data());
+  gu_.backward_weight(st.dgu.data(), st.xperm, st.group_off.data());
 }
 
 template <class T>

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "kernels/pinned.h"
 #include "model/buffers.h"
 #include "model/config.h"
 #include "model/dispatch.h"
@@ -47,10 +48,13 @@ class MoE {
     // received (token, slot) pairs sorted by local expert: A = offsets[E_local] rows
     int64_t A = 0;
     Buffer<int64_t> counts, offsets, slot, row_token, row_slot;  // [El], [El+1], [R*K] x3
-    SavedAct<T> xperm;  // [A, D] expert inputs (FP8 tiles under the fp8 recipe)
-    Buffer<T> wperm;    // [A] gate weight of each row
-    SavedAct<T> gu;     // [A, 2F] SwiGLU inputs (FP8 under the fp8 recipe)
-    SavedAct<T> a;      // [A, F] (unless recomputed)
+    // the offsets on the host (read once per forward): the grouped GEMMs' row groups, which the
+    // ops take in host memory (pinned on a GPU: the read lands by DMA)
+    PinnedVector<int64_t> group_off;  // [El+1]
+    SavedAct<T> xperm;                // [A, D] expert inputs (FP8 tiles under the fp8 recipe)
+    Buffer<T> wperm;                  // [A] gate weight of each row
+    SavedAct<T> gu;                   // [A, 2F] SwiGLU inputs (FP8 under the fp8 recipe)
+    SavedAct<T> a;                    // [A, F] (unless recomputed)
     typename Mlp<T>::State shared;
     Buffer<T> shared_out;  // [N, D]
     Buffer<T> bal_f;       // [B, E] balance-loss f_i per sequence (constants)

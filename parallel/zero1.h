@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "kernels/pinned.h"
 #include "model/buffers.h"
 #include "model/param.h"
 #include "parallel/adamw.h"
@@ -103,7 +104,7 @@ class Zero1 {
   struct MomentPiece {
     std::string name;
     int64_t offset = 0;
-    std::vector<float> m, v;
+    PinnedVector<float> m, v;  // host memory (pinned on a GPU run: the checkpoint's copies)
   };
   std::vector<MomentPiece> export_moments() const;
   void import_moments(const std::vector<MomentPiece>& pieces);

@@ -383,7 +383,6 @@ void grouped_case(bool pow2, const char* path) {
   const Quantized qx = cpu_quantize(X, T, K, kTile1x128, pow2);
   const Quantized qw = cpu_quantize(W, G * N, K, kTile128x128, pow2);
   ASSERT_EQ(qw.s.size(), static_cast<size_t>(G * NB * KB));
-  Buffer<int64_t> doff = dev(off);
   Buffer<uint8_t> dqx = dev(qx.q), dqw = dev(qw.q);
   Buffer<float> dsx = dev(qx.s), dsw = dev(qw.s), dX32 = dev(X), ddY = dev(dY);
   const bool eligible = true;  // the 128-row group is, for every GEMM
@@ -393,7 +392,7 @@ void grouped_case(bool pow2, const char* path) {
                            want.data());
     Buffer<float> Y = dev_garbage<float>(T * N);
     on_path(path, eligible, what + " fprop", [&] {
-      kernels::grouped_fp8_fprop(gpu_exec(), doff.data(), G, dqx.data(), dsx.data(), dqw.data(),
+      kernels::grouped_fp8_fprop(gpu_exec(), off.data(), G, dqx.data(), dsx.data(), dqw.data(),
                                  dsw.data(), N, K, Y.data());
     });
     expect_near_rel(host(Y, T * N), want, rtol_of(path), what + " fprop");
@@ -404,7 +403,7 @@ void grouped_case(bool pow2, const char* path) {
                                   blocks, want.data());
     Buffer<float> dX = dev_garbage<float>(T * K);
     on_path(path, eligible, what + " dgrad", [&] {
-      kernels::grouped_fp8_linear_dgrad(gpu_exec(), doff.data(), G, ddY.data(), N, K, dqw.data(),
+      kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqw.data(),
                                         dsw.data(), pow2, blocks, dX.data());
     });
     expect_near_rel(host(dX, T * K), want, rtol_of(path),
@@ -422,10 +421,10 @@ void grouped_case(bool pow2, const char* path) {
     Buffer<float> dW = dev(dW0);
     on_path(path, eligible, what + " wgrad", [&] {
       if (from_f32)
-        kernels::grouped_fp8_linear_wgrad_f32(gpu_exec(), doff.data(), G, ddY.data(), dX32.data(),
-                                              N, K, pow2, pow2, dW.data());
+        kernels::grouped_fp8_linear_wgrad_f32(gpu_exec(), off.data(), G, ddY.data(), dX32.data(), N,
+                                              K, pow2, pow2, dW.data());
       else
-        kernels::grouped_fp8_linear_wgrad(gpu_exec(), doff.data(), G, ddY.data(), dqx.data(),
+        kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, ddY.data(), dqx.data(),
                                           dsx.data(), N, K, pow2, pow2, dW.data());
     });
     const std::vector<float> got = host(dW, G * N * K);

@@ -154,10 +154,9 @@ void check_grouped_forward(bool transW, GemmPrecision prec) {
   const std::vector<int64_t> off = uneven_offsets();
   const int64_t G = int64_t(off.size()) - 1, R = off.back(), N = 24, K = 33;
   const auto A = rand_vec<T>(R * K, 31), W = rand_vec<T>(G * N * K, 32);
-  Buffer<int64_t> doff = dev(off);
   Buffer<T> dA = dev(A), dW = dev(W), dC = dev_garbage<T>(R * N);
-  kernels::grouped_gemm<T>(gpu_exec(), doff.data(), G, transW, N, K, dA.data(), dW.data(),
-                           dC.data(), prec);
+  kernels::grouped_gemm<T>(gpu_exec(), off.data(), G, transW, N, K, dA.data(), dW.data(), dC.data(),
+                           prec);
   std::vector<T> want(R * N, T(0));
   cpu::grouped_gemm<T>(off.data(), G, transW, N, K, A.data(), W.data(), want.data(), prec);
   expect_near_rel(host(dC, R * N), want, tol<T>(prec), what);
@@ -172,9 +171,8 @@ void check_grouped_wgrad(GemmPrecision prec) {
   const int64_t G = int64_t(off.size()) - 1, R = off.back(), M = 19, N = 27;
   const auto A = rand_vec<T>(R * M, 41), B = rand_vec<T>(R * N, 42);
   const auto c0 = rand_vec<T>(G * M * N, 43);
-  Buffer<int64_t> doff = dev(off);
   Buffer<T> dA = dev(A), dB = dev(B), dC = dev(c0);
-  kernels::grouped_gemm_wgrad<T>(gpu_exec(), doff.data(), G, M, N, dA.data(), dB.data(), dC.data(),
+  kernels::grouped_gemm_wgrad<T>(gpu_exec(), off.data(), G, M, N, dA.data(), dB.data(), dC.data(),
                                  prec);
   std::vector<T> want = c0;
   cpu::grouped_gemm_wgrad<T>(off.data(), G, M, N, A.data(), B.data(), want.data(), prec);
@@ -233,11 +231,10 @@ TEST(CudaGemm, Bf16WeightMatchesTheCpu) {
   for (bool transW : {false, true}) {
     const auto A = rand_vec<float>(R * K, 61);
     const auto W16 = narrow(rand_vec<float>(G * N * K, 62));
-    Buffer<int64_t> doff = dev(off);
     Buffer<float> dA = dev(A), dC = dev_garbage<float>(R * N);
     Buffer<uint16_t> dW = dev(W16);
-    kernels::grouped_gemm_bf16_weight(gpu_exec(), doff.data(), G, transW, N, K, dA.data(),
-                                      dW.data(), dC.data());
+    kernels::grouped_gemm_bf16_weight(gpu_exec(), off.data(), G, transW, N, K, dA.data(), dW.data(),
+                                      dC.data());
     std::vector<float> want(R * N, 0.f);
     cpu::grouped_gemm_bf16_weight(off.data(), G, transW, N, K, A.data(), W16.data(), want.data());
     expect_near_rel(host(dC, R * N), want, 1e-5, "grouped_gemm_bf16_weight");
@@ -257,15 +254,35 @@ TEST(CudaGroupedGemm, AllGroupsEmpty) {
   MOETRON_REQUIRE_GPU();
   const std::vector<int64_t> off = {0, 0, 0};
   const auto c0 = rand_vec<float>(2 * 4 * 5, 51);
-  Buffer<int64_t> doff = dev(off);
   Buffer<float> dA = dev_garbage<float>(1), dB = dev_garbage<float>(1), dC = dev(c0);
-  kernels::grouped_gemm_wgrad<float>(gpu_exec(), doff.data(), 2, 4, 5, dA.data(), dB.data(),
+  kernels::grouped_gemm_wgrad<float>(gpu_exec(), off.data(), 2, 4, 5, dA.data(), dB.data(),
                                      dC.data(), GemmPrecision::BF16);
-  kernels::grouped_gemm<float>(gpu_exec(), doff.data(), 2, false, 4, 5, dA.data(), dB.data(),
+  kernels::grouped_gemm<float>(gpu_exec(), off.data(), 2, false, 4, 5, dA.data(), dB.data(),
                                dC.data(), GemmPrecision::FP32);
-  kernels::grouped_gemm<float>(gpu_exec(), doff.data(), 0, false, 4, 5, dA.data(), dB.data(),
+  kernels::grouped_gemm<float>(gpu_exec(), off.data(), 0, false, 4, 5, dA.data(), dB.data(),
                                dC.data(), GemmPrecision::FP32);
   expect_equal(host(dC, c0.size()), c0, "all groups empty");
+}
+
+// The offsets are host memory: a grouped GEMM enqueues its groups without waiting for the stream.
+TEST(CudaGroupedGemm, HostOffsetsDoNotWaitForTheStream) {
+  MOETRON_REQUIRE_GPU();
+  const std::vector<int64_t> off = {0, 7, 7, 30};
+  const int64_t G = 3, N = 24, K = 40;
+  const auto A = rand_vec<float>(30 * K, 71), W = rand_vec<float>(G * N * K, 72);
+  Buffer<float> dA = dev(A), dW = dev(W), dC = dev_garbage<float>(30 * N);
+  auto run = [&] {
+    kernels::grouped_gemm<float>(gpu_exec(), off.data(), G, true, N, K, dA.data(), dW.data(),
+                                 dC.data(), GemmPrecision::BF16);
+  };
+  run();  // warm: cuBLASLt's handle, the workspace
+  const BusyStream queued;
+  run();
+  EXPECT_TRUE(BusyStream::busy());
+  std::vector<float> want(30 * N);
+  cpu::grouped_gemm<float>(off.data(), G, true, N, K, A.data(), W.data(), want.data(),
+                           GemmPrecision::BF16);
+  expect_near_rel(host(dC, 30 * N), want, 1e-5, "grouped_gemm behind queued compute");
 }
 
 // Experts of DeepSeek-V3's shape class (hidden 7168 -> 2 x 2048 gate|up, [N,K] weights) with
@@ -275,10 +292,9 @@ TEST(CudaGroupedGemm, DeepSeekV3ExpertShape) {
   const std::vector<int64_t> off = {0, 40, 40, 113, 128};
   const int64_t G = 4, R = 128, N = 512, K = 7168;
   const auto A = rand_vec<float>(R * K, 61), W = rand_vec<float>(G * N * K, 62);
-  Buffer<int64_t> doff = dev(off);
   Buffer<float> dA = dev(A), dW = dev(W), dC = dev_garbage<float>(R * N);
   for (GemmPrecision prec : {GemmPrecision::FP32, GemmPrecision::BF16}) {
-    kernels::grouped_gemm<float>(gpu_exec(), doff.data(), G, true, N, K, dA.data(), dW.data(),
+    kernels::grouped_gemm<float>(gpu_exec(), off.data(), G, true, N, K, dA.data(), dW.data(),
                                  dC.data(), prec);
     std::vector<float> want(R * N);
     cpu::grouped_gemm<float>(off.data(), G, true, N, K, A.data(), W.data(), want.data(), prec);

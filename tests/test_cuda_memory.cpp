@@ -1,9 +1,12 @@
 // The CUDA backend's runtime and memory ops: the allocator counts and reuses, copies round-trip,
 // fills zero, the elementwise ops and the bf16 storage conversions agree with the CPU bit for bit
-// (one rounding rule: kernels/scalar.h). Skipped without a GPU.
+// (one rounding rule: kernels/scalar.h); pinned host memory is page-locked and cached; uploads
+// stage through pinned slots, so the caller's memory is free at once and the host does not wait
+// for the compute queued before them. Skipped without a GPU.
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/pinned.h"
 #include "tests/test_cuda_util.h"
 
 namespace moetron::kernels::gpu::testing {
@@ -39,6 +42,62 @@ TEST(CudaMemory, CopiesRoundTripAndFillZero) {
   std::vector<float> want = h;
   std::fill(want.begin() + 10, want.begin() + 110, 0.f);
   expect_equal(host(b, 1000), want, "fill_zero");
+}
+
+TEST(CudaPinned, PageLockedAndCachedBySize) {
+  MOETRON_REQUIRE_GPU();
+  (void)compute_stream();  // this process now uses the GPU
+  ASSERT_EQ(&pinned_allocator(), &pinned_host_allocator());
+  const float* first = nullptr;
+  {
+    PinnedVector<float> v(777777);
+    cudaPointerAttributes at{};
+    MOETRON_CUDA_CHECK(cudaPointerGetAttributes(&at, v.data()));
+    EXPECT_EQ(at.type,
+              cudaMemoryTypeHost);  // page-locked, not pageable (cudaMemoryTypeUnregistered)
+    first = v.data();
+  }
+  EXPECT_GE(pinned_cached_bytes(), 777777 * sizeof(float));
+  PinnedVector<float> again(777777);  // the same size: the cached block again, no cudaHostAlloc
+  EXPECT_EQ(again.data(), first);
+  // a checkpoint-sized round trip through it
+  const auto h = rand_vec<float>(again.size(), 11);
+  Buffer<float> d = dev(h);
+  kernels::copy_to_host(gpu_exec(), again.data(), d.data(), h.size() * sizeof(float));
+  EXPECT_TRUE(std::equal(h.begin(), h.end(), again.begin()));
+}
+
+TEST(CudaMemory, UploadDoesNotWaitForQueuedComputeAndFreesTheSourceAtOnce) {
+  MOETRON_REQUIRE_GPU();
+  const BusyStream queued;
+  std::vector<float> src = rand_vec<float>(300001, 13);
+  const std::vector<float> want = src;
+  Buffer<float> d(Device::CUDA);
+  kernels::copy_from_host(gpu_exec(), d.resize(src.size()), src.data(), src.size() * sizeof(float));
+  EXPECT_TRUE(BusyStream::busy());          // returned while the GEMMs still run: it did not wait
+  std::fill(src.begin(), src.end(), -1.f);  // the caller's memory is free again
+  expect_equal(host(d, want.size()), want, "upload behind queued compute");
+}
+
+TEST(CudaMemory, UploadsLargerThanTheStagingRingRoundTrip) {
+  MOETRON_REQUIRE_GPU();
+  // 10.3M floats = 41 MB: more chunks than the ring has slots, so slots are reused while their
+  // earlier uploads may still be queued; then many small uploads back to back into one buffer
+  std::vector<float> big = rand_vec<float>(10300007, 14);
+  const std::vector<float> want = big;
+  Buffer<float> d(Device::CUDA);
+  kernels::copy_from_host(gpu_exec(), d.resize(big.size()), big.data(), big.size() * sizeof(float));
+  std::fill(big.begin(), big.end(), 0.f);
+  expect_equal(host(d, want.size()), want, "large upload");
+  std::vector<int32_t> small(1000);
+  Buffer<int32_t> s(Device::CUDA);
+  s.resize(1000 * 64);
+  for (int k = 0; k < 64; ++k) {
+    for (int i = 0; i < 1000; ++i) small[i] = k * 1000 + i;
+    kernels::copy_from_host(gpu_exec(), s.data() + k * 1000, small.data(), sizeof(int32_t) * 1000);
+  }
+  const std::vector<int32_t> got = host(s, 64000);
+  for (int i = 0; i < 64000; ++i) ASSERT_EQ(got[i], i);
 }
 
 template <class T>

@@ -7,6 +7,8 @@
 //   host(buffer)         the buffer's contents back on the host (waits for the stream)
 //   expect_near_rel      |gpu - cpu| <= rtol * (|cpu| + max(max|cpu|, min_scale)), the worst
 //                        element reported
+//   BusyStream           ~20 ms of fp32 GEMMs queued on the compute stream: an op called next
+//                        that returns with the stream still busy (cudaStreamQuery) did not wait
 #pragma once
 
 #include <gtest/gtest.h>
@@ -83,6 +85,23 @@ void expect_near_rel(const std::vector<T>& gpu, const std::vector<T>& cpu, doubl
                      << rtol << ", array scale " << scale << ", worst error " << worst_ratio
                      << " x the tolerance)";
 }
+
+// 8 fp32 GEMMs of 4096^3 (1.1 TFLOP: ~20 ms on an H200 without TF32) queued on the compute
+// stream at construction; busy() says whether the stream still has work.
+struct BusyStream {
+  static constexpr int64_t n = 4096;
+  Buffer<float> a{Device::CUDA}, c{Device::CUDA};
+  BusyStream() {
+    std::vector<float> h(n * n, 0.5f);
+    kernels::copy_from_host(gpu_exec(), a.resize(n * n), h.data(), h.size() * sizeof(float));
+    synchronize(gpu_exec());
+    c.resize(n * n);
+    for (int i = 0; i < 8; ++i)
+      kernels::gemm<float>(gpu_exec(), false, false, n, n, n, 1.f, a.data(), a.data(), 0.f,
+                           c.data());
+  }
+  static bool busy() { return cudaStreamQuery(compute_stream()) == cudaErrorNotReady; }
+};
 
 template <class T>
 void expect_equal(const std::vector<T>& gpu, const std::vector<T>& cpu, const std::string& what) {

@@ -1,12 +1,15 @@
 // Devices and buffers: the Guard device faults on host access outside ops and lets ops in; the
 // Meta device counts bytes and allocates nothing; Buffer sizing is grow-only; the allocators count
-// what they hold; an op on a device without a backend is an error.
+// what they hold; an op on a device without a backend is an error; pinned host vectors are CPU
+// memory from the CPU allocator in a process that uses no GPU, freed by the allocator that made
+// them.
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "kernels/buffer.h"
 #include "kernels/ops.h"
+#include "kernels/pinned.h"
 
 namespace moetron {
 namespace {
@@ -70,6 +73,28 @@ TEST(Buffer, GrowOnlySizingAndAllocationCounts) {
   EXPECT_EQ(b.size(), 0u);
   EXPECT_EQ(moved.size(), 101u);
   EXPECT_EQ(moved.device(), Device::CPU);
+}
+
+TEST(PinnedVector, IsTheCpuAllocatorsMemoryWithoutAGpuAndFreedWhereItCameFrom) {
+  // this process never selects a GPU: no pinning (nothing of CUDA's is made on a CPU run)
+  Allocator& cpu = allocator(Device::CPU);
+  EXPECT_EQ(&pinned_allocator(), &cpu);
+  EXPECT_EQ(pinned_allocator().device(), Device::CPU);
+  const AllocStats s0 = cpu.stats();
+  {
+    PinnedVector<float> v;
+    EXPECT_EQ(v.get_allocator().source(), &cpu);
+    v.resize(1000);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i);
+    EXPECT_EQ(cpu.stats().live_bytes - s0.live_bytes, int64_t(4000));
+    PinnedVector<float> w = std::move(v);  // the allocator moves with the memory
+    EXPECT_EQ(w.get_allocator().source(), &cpu);
+    EXPECT_EQ(w[999], 999.f);
+    PinnedVector<float> x(3, 2.5f);  // an explicit value is still constructed
+    EXPECT_EQ(x[2], 2.5f);
+  }
+  EXPECT_EQ(cpu.stats().live_bytes, s0.live_bytes);
+  EXPECT_EQ(cpu.stats().frees - s0.frees, cpu.stats().allocations - s0.allocations);
 }
 
 TEST(Device, DefaultDeviceAndParsing) {

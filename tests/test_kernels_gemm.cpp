@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/ops.h"
 #include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
@@ -152,6 +153,33 @@ TEST(GemmBf16Weight, EqualsGemmAtBf16BitForBit) {
     grouped_gemm_bf16_weight(off.data(), G, transW, N, K, A.data(), narrow(W).data(), got.data());
     EXPECT_EQ(got, want) << "grouped, transW=" << transW;
   }
+}
+
+// The grouped ops' row offsets are host memory on every device, checked once by the dispatcher
+// for every backend: a negative first offset or a decrease is refused, naming the op and group.
+TEST(GroupedOffsets, CheckedByTheDispatcherOnEveryDevice) {
+  const int64_t G = 3, N = 4, K = 5;
+  std::vector<float> A(20 * K, 1.f), W(G * N * K, 1.f), C(20 * N, 0.f);
+  auto message = [&](const Exec& ex, const std::vector<int64_t>& off) -> std::string {
+    try {
+      kernels::grouped_gemm<float>(ex, off.data(), G, true, N, K, A.data(), W.data(), C.data(),
+                                   GemmPrecision::FP32);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  for (const Exec& ex : {Exec::on(Device::CPU), Exec::on(Device::Guard)}) {
+    EXPECT_EQ(message(ex, {0, 5, 3, 9}), "grouped_gemm: row offsets decrease at group 1");
+    EXPECT_EQ(message(ex, {-1, 5, 6, 9}), "grouped_gemm: negative row offset");
+  }
+  EXPECT_EQ(message(Exec::on(Device::CPU), {0, 5, 5, 9}), "accepted");  // an empty group is fine
+  std::vector<float> dW(G * N * K, 0.f);
+  const std::vector<int64_t> bad = {0, 2, 1, 3};
+  EXPECT_THROW(
+      kernels::grouped_gemm_wgrad<float>(Exec::on(Device::CPU), bad.data(), G, N, K, C.data(),
+                                         A.data(), dW.data(), GemmPrecision::FP32),
+      std::invalid_argument);
 }
 
 // The BF16 mode really rounds: on inputs that are not bf16 values it must differ from the exact

@@ -2,7 +2,8 @@
 // arithmetic): no OpenMP pragma, no host copy of memory (std::copy, memcpy, memset), and no
 // std::vector of numbers as a member — activations, gradients and scratch are Buffers on the
 // model's device, touched only by ops (the guard-device tests prove it at run time; these
-// checks keep it visible in review). Plain string matching (GCC 12's <regex> trips
+// checks keep it visible in review). The few values a layer reads back from the device to steer
+// its ops (the MoE layer's row offsets per expert) are a PinnedVector: host memory by name. Plain string matching (GCC 12's <regex> trips
 // -Wmaybe-uninitialized under the sanitizers).
 #include <gtest/gtest.h>
 

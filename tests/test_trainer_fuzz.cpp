@@ -548,7 +548,7 @@ void save_fuzz_checkpoint(const std::string& run_dir) {
     for (auto [lo, hi] : {std::pair<int64_t, int64_t>{0, half}, {half, n}}) {
       snap.params.push_back({p->name, p->value.shape(), lo, {p->w() + lo, p->w() + hi}});
       snap.moments.push_back(
-          {p->name, lo, std::vector<float>(hi - lo, 0.25f), std::vector<float>(hi - lo, 0.125f)});
+          {p->name, lo, PinnedVector<float>(hi - lo, 0.25f), PinnedVector<float>(hi - lo, 0.125f)});
     }
   }
   OneRank one;

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/pinned.h"
 #include "model/param.h"
 #include "parallel/comm.h"
 #include "parallel/zero1.h"
@@ -54,7 +55,7 @@ struct Snapshot {
     std::string name;
     std::vector<int64_t> shape;  // of the whole tensor
     int64_t offset = 0;          // of data[0] in the flattened tensor
-    std::vector<float> data;
+    PinnedVector<float> data;    // pinned on a GPU run: the device copies straight into it
   };
   std::vector<Piece> params;
   std::vector<Zero1::MomentPiece> moments;

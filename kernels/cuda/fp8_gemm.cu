@@ -352,7 +352,8 @@ void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64
                  workspace(ex, fp8::wgrad_bytes(M, N, K)));
 }
 
-// Grouped: group g owns rows [off[g], off[g+1]) of the activations, weights W + g*N*K (scales
+// Grouped: group g owns rows [off[g], off[g+1]) (off: host memory) of the activations, weights W +
+// g*N*K (scales
 // + g*ceil(N/128)*ceil(K/128)); groups without rows are skipped (their dW left as it is).
 namespace {
 int64_t blocks128(int64_t R, int64_t C) { return fp8::cdiv(R, 128) * fp8::cdiv(C, 128); }
@@ -362,15 +363,14 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
-    if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::fprop_bytes(o[g + 1] - o[g], N, K));
+    if (off[g + 1] > off[g]) bytes = std::max(bytes, fp8::fprop_bytes(off[g + 1] - off[g], N, K));
   if (bytes == 0) return;
   void* scratch = workspace(ex, bytes);
   const int64_t KB = fp8::cdiv(K, 128);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = o[g], rows = o[g + 1] - o[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::fprop_run(st, qX + r0 * K, sX + r0 * KB, qW + g * N * K, sW + g * blocks128(N, K), rows, N,
                    K, Y + r0 * N, scratch);
@@ -381,14 +381,14 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
                               int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
                               bool blocks, float* dX) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
-    if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::dgrad_bytes(o[g + 1] - o[g], N, K, blocks));
+    if (off[g + 1] > off[g])
+      bytes = std::max(bytes, fp8::dgrad_bytes(off[g + 1] - off[g], N, K, blocks));
   if (bytes == 0) return;
   void* scratch = workspace(ex, bytes);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = o[g], rows = o[g + 1] - o[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::dgrad_run(st, dY + r0 * N, rows, N, K, qW + g * N * K, sW + g * blocks128(N, K), pow2,
                    blocks, dX + r0 * K, /*accumulate=*/false, scratch);
@@ -400,15 +400,14 @@ void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* d
                    const uint8_t* qX, const float* sX, const float* X32, int64_t N, int64_t K,
                    bool pow2_dy, bool pow2_x, float* dW) {
   cudaStream_t st = stream_of(ex);
-  const std::vector<int64_t> o = host_offsets(st, off, G, "grouped FP8 op");
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
-    if (o[g + 1] > o[g]) bytes = std::max(bytes, fp8::wgrad_bytes(o[g + 1] - o[g], N, K));
+    if (off[g + 1] > off[g]) bytes = std::max(bytes, fp8::wgrad_bytes(off[g + 1] - off[g], N, K));
   if (bytes == 0) return;
   void* scratch = workspace(ex, bytes);
   const int64_t KB = fp8::cdiv(K, 128);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = o[g], rows = o[g + 1] - o[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::wgrad_run(st, dY + r0 * N, X32 ? nullptr : qX + r0 * K, X32 ? nullptr : sX + r0 * KB,
                    X32 ? X32 + r0 * K : nullptr, rows, N, K, pow2_dy, pow2_x, dW + g * N * K,

@@ -35,10 +35,9 @@ void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int
              const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
              size_t scratch_bytes);
 
-// The row offsets off[0, G] of a grouped op (device memory) on the host, checked to be
-// non-negative and non-decreasing (`op` names the op in the message). The loop over groups runs on
-// the host, each group its own GEMM with its own sizes, so this waits for the stream.
-std::vector<int64_t> host_offsets(cudaStream_t s, const int64_t* off, int64_t G, const char* op);
+// The most rows of any of the G groups of a grouped op (off: host memory, checked by the
+// dispatcher). The loop over groups runs on the host, each group its own GEMM with its own sizes.
+int64_t max_group_rows(const int64_t* off, int64_t G);
 
 // The same at BF16 with B already in bf16 (gemm_bf16_weight): scratch for cuBLASLt and A's copy.
 size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K);

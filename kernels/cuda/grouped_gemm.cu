@@ -2,16 +2,17 @@
 // fp8_gemm.cu): one cuBLASLt GEMM per non-empty group over its rows of the expert-sorted
 // activations, issued in group order on the op's stream.
 //
-// Shapes: off [G+1] int64 row offsets (DEVICE memory); group g owns rows [off[g], off[g+1]).
+// Shapes: off [G+1] int64 row offsets (HOST memory); group g owns rows [off[g], off[g+1]).
 //   grouped_gemm        C_g[rows, N] = A_g[rows, K] op(W_g), W_g = W + g*N*K ([N,K] if transW,
 //                       else [K,N]); A [rows total, K], C [rows total, N].
 //                       grouped_gemm_bf16_weight: the same at BF16 with W already in bf16 (only A
 //                       is converted).
 //   grouped_gemm_wgrad  C_g[M, N] += A_g[rows, M]^T B_g[rows, N], C_g = C + g*M*N (accumulates;
 //                       a group with no rows leaves its C_g as it is).
-// The offsets are copied to the host first (cudaMemcpyAsync + cudaStreamSynchronize on the op's
-// stream): each per-group cuBLASLt call needs its row count on the host. The workspace is taken
-// once, sized for the largest group, and every group's GEMM reuses it in stream order.
+// Each per-group cuBLASLt call needs its row count on the host: the offsets come in host memory
+// (the MoE layer reads them from the device once per forward), so no op here waits for the
+// stream. The workspace is taken once, sized for the largest group, and every group's GEMM reuses
+// it in stream order.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -22,43 +23,23 @@
 
 namespace moetron::kernels::gpu {
 
-std::vector<int64_t> host_offsets(cudaStream_t s, const int64_t* off, int64_t G, const char* op) {
-  if (G < 0) throw std::invalid_argument(std::string(op) + ": negative group count");
-  std::vector<int64_t> h(static_cast<size_t>(G) + 1, 0);
-  if (G == 0) return h;
-  MOETRON_CUDA_CHECK(
-      cudaMemcpyAsync(h.data(), off, h.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
-  MOETRON_CUDA_CHECK(cudaStreamSynchronize(s));
-  if (h[0] < 0) throw std::invalid_argument(std::string(op) + ": negative row offset");
-  for (int64_t g = 0; g < G; ++g)
-    if (h[g + 1] < h[g])
-      throw std::invalid_argument(std::string(op) + ": row offsets decrease at group " +
-                                  std::to_string(g));
-  return h;
-}
-
-namespace {
-
-int64_t max_rows(const std::vector<int64_t>& off) {
+int64_t max_group_rows(const int64_t* off, int64_t G) {
   int64_t m = 0;
-  for (size_t g = 0; g + 1 < off.size(); ++g) m = std::max(m, off[g + 1] - off[g]);
+  for (int64_t g = 0; g < G; ++g) m = std::max(m, off[g + 1] - off[g]);
   return m;
 }
-
-}  // namespace
 
 template <class T>
 void grouped_gemm(const Exec& ex, const int64_t* off, int64_t G, bool transW, int64_t N, int64_t K,
                   const T* A, const T* W, T* C, GemmPrecision prec) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
-  const int64_t rmax = max_rows(h);
+  const int64_t rmax = max_group_rows(off, G);
   if (rmax == 0 || N == 0) return;
   const size_t bytes = gemm_scratch_bytes<T>(rmax, N, K, prec);
   void* ws = workspace(ex, bytes);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = h[g], rows = h[g + 1] - h[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     gemm_on<T>(s, false, transW, rows, N, K, T(1), A + r0 * K, W + g * N * K, T(0), C + r0 * N,
                prec, ws, bytes);
@@ -69,13 +50,12 @@ void grouped_gemm_bf16_weight(const Exec& ex, const int64_t* off, int64_t G, boo
                               int64_t K, const float* A, const uint16_t* W16, float* C) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
-  const int64_t rmax = max_rows(h);
+  const int64_t rmax = max_group_rows(off, G);
   if (rmax == 0 || N == 0) return;
   const size_t bytes = gemm_bf16_weight_scratch_bytes(rmax, K);
   void* ws = workspace(ex, bytes);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = h[g], rows = h[g + 1] - h[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     gemm_bf16_weight_on(s, false, transW, rows, N, K, 1.f, A + r0 * K, W16 + g * N * K, 0.f,
                         C + r0 * N, ws, bytes);
@@ -87,13 +67,12 @@ void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M
                         const T* A, const T* B, T* C, GemmPrecision prec) {
   if (G <= 0) return;
   cudaStream_t s = stream_of(ex);
-  const std::vector<int64_t> h = host_offsets(s, off, G, "grouped_gemm");
-  const int64_t rmax = max_rows(h);
+  const int64_t rmax = max_group_rows(off, G);
   if (rmax == 0 || M == 0 || N == 0) return;
   const size_t bytes = gemm_scratch_bytes<T>(M, N, rmax, prec);
   void* ws = workspace(ex, bytes);
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = h[g], rows = h[g + 1] - h[g];
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     gemm_on<T>(s, true, false, M, N, rows, T(1), A + r0 * M, B + r0 * N, T(1), C + g * M * N, prec,
                ws, bytes);

@@ -1,15 +1,69 @@
 // Memory ops on the GPU: copies (device, host to device, device to host) and zero fills, all on
-// the context's stream (kernels/cuda/runtime.h: copy_to_host waits for it, since its caller reads
-// the host memory next; copy_from_host waits too, since the host memory may be reused at once).
+// the context's stream. copy_to_host waits for the stream, since its caller reads the host memory
+// next. copy_from_host does not wait for the stream, yet its caller may reuse the host memory at
+// once: the bytes go through the staging ring below.
+//
+// Staging ring: kSlots pinned slots of kSlotBytes, used round robin. An upload is cut into
+// slot-sized chunks; each chunk waits until its slot's previous upload has run (an event), is
+// copied into the slot by the host, and is uploaded from there by a DMA copy on the stream, after
+// which the slot's event is recorded. So the host blocks only on uploads kSlots chunks old, never
+// on the compute the stream has queued (a micro-batch's tokens no longer drain the pipeline), and
+// the DMA reads page-locked memory (no driver staging). One ring per process, behind a mutex.
+#include <array>
+#include <cstring>
+#include <mutex>
+
 #include "kernels/cuda/ops_cuda.h"
 
 namespace moetron::kernels::gpu {
 
+namespace {
+
+constexpr int kSlots = 4;
+constexpr size_t kSlotBytes = size_t(4) << 20;
+
+struct StagingRing {
+  struct Slot {
+    uint8_t* host = nullptr;     // kSlotBytes of pinned memory
+    cudaEvent_t done = nullptr;  // recorded after the slot's last upload
+  };
+  std::mutex mu;
+  std::array<Slot, kSlots> slots;
+  int next = 0;
+
+  Slot& take() {
+    Slot& s = slots[next];
+    next = (next + 1) % kSlots;
+    if (!s.host) {
+      s.host = static_cast<uint8_t*>(pinned_host_allocator().allocate(kSlotBytes));
+      MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+    } else {
+      MOETRON_CUDA_CHECK(cudaEventSynchronize(s.done));
+    }
+    return s;
+  }
+};
+// never destroyed: the slots live as long as the process (as the streams do)
+StagingRing& ring() {
+  static auto& r = *new StagingRing;
+  return r;
+}
+
+}  // namespace
+
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
-  cudaStream_t s = stream_of(ex);
-  MOETRON_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s));
-  MOETRON_CUDA_CHECK(cudaStreamSynchronize(s));
+  cudaStream_t st = stream_of(ex);
+  StagingRing& r = ring();
+  std::lock_guard<std::mutex> lk(r.mu);
+  for (size_t at = 0; at < bytes; at += kSlotBytes) {
+    const size_t n = std::min(kSlotBytes, bytes - at);
+    StagingRing::Slot& slot = r.take();
+    std::memcpy(slot.host, static_cast<const uint8_t*>(host_src) + at, n);
+    MOETRON_CUDA_CHECK(
+        cudaMemcpyAsync(static_cast<uint8_t*>(dst) + at, slot.host, n, cudaMemcpyHostToDevice, st));
+    MOETRON_CUDA_CHECK(cudaEventRecord(slot.done, st));
+  }
 }
 
 void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes) {

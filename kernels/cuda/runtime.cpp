@@ -2,6 +2,7 @@
 // caching stream-ordered allocator and per-stream workspaces.
 #include "kernels/cuda/runtime.h"
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -35,10 +36,13 @@ const Probe& probe() {
   return p;
 }
 
+std::atomic<bool> g_in_use{false};
+
 struct Streams {
   cudaStream_t compute = nullptr, comm = nullptr;
   Streams() {
     if (!available()) throw std::runtime_error("CUDA: " + unavailable_reason());
+    g_in_use = true;
     MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
     MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking));
     // the pool keeps what is freed: later allocations of the run reuse it
@@ -77,6 +81,66 @@ class CudaAllocator final : public Allocator {
   }
 };
 
+// Page-locked host blocks, cached: a freed block goes back on a free list under its rounded size
+// and serves the next request of that size. A run's requests repeat (the same pieces at every
+// checkpoint, the same staging slots), so the cache settles at what one checkpoint needs; it is
+// given back to the driver only when cudaHostAlloc runs out (then every cached block is freed and
+// the request retried).
+class PinnedHostCache final : public Allocator {
+ public:
+  Device device() const override { return Device::CPU; }
+  size_t cached() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return cached_;
+  }
+
+ protected:
+  void* do_allocate(size_t bytes) override {
+    const size_t n = rounded(bytes);
+    std::lock_guard<std::mutex> lk(mu_);
+    if (auto it = free_.find(n); it != free_.end()) {
+      void* p = it->second;
+      free_.erase(it);
+      cached_ -= n;
+      return p;
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaHostAlloc(&p, n, cudaHostAllocDefault);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cache();
+      e = cudaHostAlloc(&p, n, cudaHostAllocDefault);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      throw std::bad_alloc();
+    }
+    MOETRON_CUDA_CHECK(e);
+    return p;
+  }
+  void do_deallocate(void* p, size_t bytes) override {
+    const size_t n = rounded(bytes);
+    std::lock_guard<std::mutex> lk(mu_);
+    free_.emplace(n, p);
+    cached_ += n;
+  }
+
+ private:
+  // 4 KiB granules below 1 MiB, 1 MiB granules above: at most a quarter wasted past 4 MiB
+  static size_t rounded(size_t bytes) {
+    const size_t g = bytes < (size_t(1) << 20) ? size_t(4) << 10 : size_t(1) << 20;
+    return (bytes + g - 1) / g * g;
+  }
+  void release_cache() {
+    for (auto& [n, p] : free_) MOETRON_CUDA_CHECK(cudaFreeHost(p));
+    free_.clear();
+    cached_ = 0;
+  }
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
 }  // namespace
 
 bool available() { return probe().ok; }
@@ -87,7 +151,10 @@ void select_device(int local_rank) {
   int n = 0;
   MOETRON_CUDA_CHECK(cudaGetDeviceCount(&n));
   MOETRON_CUDA_CHECK(cudaSetDevice(local_rank % n));
+  g_in_use = true;
 }
+
+bool in_use() { return g_in_use.load(); }
 
 void check(cudaError_t e, const char* what, const char* file, int line) {
   if (e == cudaSuccess) return;
@@ -116,6 +183,16 @@ Allocator& device_allocator() {
   static CudaAllocator a;
   return a;
 }
+
+namespace {
+// never destroyed: the cached blocks stay pinned until the process exits
+PinnedHostCache& pinned() {
+  static auto& a = *new PinnedHostCache;
+  return a;
+}
+}  // namespace
+Allocator& pinned_host_allocator() { return pinned(); }
+size_t pinned_cached_bytes() { return pinned().cached(); }
 
 void* workspace(const Exec& ex, size_t bytes) {
   if (ex.workspace) {

@@ -10,9 +10,14 @@
 //              "never", so freed blocks are reused by later allocations without a device
 //              synchronisation or a trip to the driver (what PyTorch's caching allocator does by
 //              hand; here CUDA's own pool does it).
+//   pinned     page-locked host memory (cudaHostAlloc), cached by size: cudaHostAlloc pins page
+//              by page and cudaFreeHost synchronises the device, so neither belongs in a step.
+//              What pinned_allocator() (kernels/pinned.h) hands out once this process uses a GPU.
 //
 // Semantics of the CUDA ops: asynchronous on their stream. copy_to_host waits for the stream
-// (its caller reads the host memory next); an op that needs a device value on the host (the
+// (its caller reads the host memory next); copy_from_host does not: it copies the source into a
+// pinned staging slot on the host (so the caller may reuse its memory at once) and enqueues the
+// upload from there (kernels/cuda/memory.cu); an op that needs a device value on the host (the
 // grouped GEMM's row offsets) copies it and waits itself.
 #pragma once
 
@@ -37,6 +42,10 @@ void check(cudaError_t e, const char* what, const char* file, int line);
 #define MOETRON_CUDA_LAUNCHED(name) \
   ::moetron::kernels::gpu::check(cudaGetLastError(), name, __FILE__, __LINE__)
 
+// Whether this process uses a GPU: a device was selected or the streams exist. Until then
+// nothing of CUDA's is made on the host's behalf (a CPU run on a GPU machine makes no context).
+bool in_use();
+
 // Selects device local_rank mod the visible count for this process (cudaSetDevice), before the
 // streams and the pool are made; throws, naming the reason, when no GPU is usable.
 void select_device(int local_rank);
@@ -56,6 +65,11 @@ void synchronize(const Exec& ex);
 
 // The caching, stream-ordered device allocator (installed as allocator(Device::CUDA)).
 Allocator& device_allocator();
+
+// The caching page-locked host allocator (device() == CPU; see "pinned" above). cached_bytes():
+// what it holds freed, ready for reuse.
+Allocator& pinned_host_allocator();
+size_t pinned_cached_bytes();
 
 // Enough scratch in the context's workspace (or the stream's own when ex.workspace is null),
 // device memory, grown only: the bf16 operand copies of a GEMM, cuBLASLt's workspace.
