@@ -410,7 +410,8 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   int64_t* slot = sized(pl.slot, N * P);
   int64_t* send_token = sized(pl.send_token, N * P);
   kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info, slot, send_token);
-  std::vector<int64_t> host(P + 1);
+  PinnedVector<int64_t>& host = plan_info_;  // pinned on a GPU: the read lands by DMA
+  host.resize(P + 1);
   kernels::copy_to_host(ex_, host.data(), info, sizeof(int64_t) * (P + 1));
   pl.send_counts.assign(host.begin(), host.begin() + P);
   max_nodes_ = std::max(max_nodes_, host[P]);

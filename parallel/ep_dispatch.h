@@ -64,6 +64,7 @@
 #include "kernels/buffer.h"
 #include "kernels/exec.h"
 #include "kernels/op_types.h"
+#include "kernels/pinned.h"
 #include "model/dispatch.h"
 #include "parallel/comm.h"
 
@@ -203,6 +204,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
   Communicator& counts_net_;                  // what the counts use: net_ unless given apart
   Buffer<int32_t> node_of_peer_;              // [P] on ex_.device
   std::vector<int> node_host_;                // [P] the same, on the host
+  PinnedVector<int64_t> plan_info_;           // [P+1] the plan's per-peer counts, read back
   WirePrecision wire_;
   uint32_t next_seq_ = 0;                      // the next dispatch's sequence number
   std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA backend, meant for one H200/H100 in well under 10 minutes:
 #   1. configure and build for sm_90a (build-gpu/), unless --prebuilt DIR names binaries built
-#      elsewhere (cuda_tests, bench_cuda_gemm, bench_cuda_attention and, as libs.tar.xz, the
-#      shared libraries they need that the GPU machine lacks);
+#      elsewhere (cuda_tests, bench_cuda_gemm, bench_cuda_attention, bench_cuda_copy and, as
+#      libs.tar.xz, the shared libraries they need that the GPU machine lacks);
 #   2. every GPU test: each CUDA op against its CPU twin, and the whole model on the GPU against
 #      the CPU (loss, gradients and three SGD steps per recipe; its loss table is printed);
 #   3. the BF16 and FP32 GEMMs on DeepSeek-V3's shapes (TFLOP/s against the 989 TFLOP/s dense
 #      BF16 peak), and causal attention at V3's head dims, the fp32 kernels beside the bf16
-#      tensor-core ones;
+#      tensor-core ones, and the host <-> GPU copies (the pinned staging ring and pinned
+#      snapshots against the plain pageable copies);
 #   4. `moetron train` on the GPU (run.device cuda): tiny.yaml 20 steps in fp32 on the GPU twice
 #      and on the CPU, the losses side by side (the GPU within 1e-4 relative of the CPU, and bit
 #      for bit the same in both GPU runs), a checkpoint of each device resumed on the other, and
@@ -44,10 +45,10 @@ else
   t0=$SECONDS
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOETRON_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null || exit 1
-  cmake --build build-gpu -j"$(nproc)" --target cuda_tests bench_cuda_gemm bench_cuda_attention moetron || exit 1
+  cmake --build build-gpu -j"$(nproc)" --target cuda_tests bench_cuda_gemm bench_cuda_attention bench_cuda_copy moetron || exit 1
   echo "gpu_check: build took $((SECONDS - t0)) s"
   bin=build-gpu/tests
-  cp build-gpu/bench_cuda_gemm build-gpu/bench_cuda_attention build-gpu/moetron build-gpu/tests/ 2>/dev/null
+  cp build-gpu/bench_cuda_gemm build-gpu/bench_cuda_attention build-gpu/bench_cuda_copy build-gpu/moetron build-gpu/tests/ 2>/dev/null
 fi
 
 status=0
@@ -62,6 +63,9 @@ echo "== GEMM throughput (bench_cuda_gemm $quick)"
 
 echo "== attention throughput (bench_cuda_attention $quick)"
 "$bin/bench_cuda_attention" $quick || status=1
+
+echo "== host <-> GPU copies (bench_cuda_copy $quick)"
+"$bin/bench_cuda_copy" $quick || status=1
 
 echo "== moetron train on the GPU"
 if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
