@@ -89,6 +89,19 @@ void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes)
   no_backend(ex, "copy_to_host");
 }
 
+HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
+  switch (ex.device) {
+    MOETRON_DISPATCH_GPU(copy_to_host_start(ex, host_dst, src, bytes))
+    case Device::CPU:
+    case Device::Guard:
+      copy_to_host(ex, host_dst, src, bytes);  // done at once
+      return HostRead();
+    default:
+      break;
+  }
+  no_backend(ex, "copy_to_host_start");
+}
+
 void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {
   MOETRON_DISPATCH(copy, dst, src, bytes);
 }

@@ -8,9 +8,15 @@
 //   workspace  scratch the backend may grow and reuse across ops of this stream (cuBLASLt's
 //              workspace); null: the backend keeps its own (the CPU backend uses per-thread
 //              scratch).
+//
+// HostRead: a device-to-host read in flight (kernels::copy_to_host_start). wait() returns once the
+// bytes are in host memory: on a GPU, once the stream has reached the copy, not once the work
+// enqueued after it has run, so the host can enqueue more before it waits. Complete from the
+// start on the host backends, whose copies are done at once.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "kernels/buffer.h"
 #include "kernels/device.h"
@@ -22,6 +28,23 @@ struct Exec {
   void* stream = nullptr;
   Buffer<uint8_t>* workspace = nullptr;
   static Exec on(Device d) { return Exec{d, nullptr, nullptr}; }
+};
+
+class HostRead {
+ public:
+  HostRead() = default;  // complete
+  // pending: the backend's marker of the copy (a CUDA event); wait_for blocks until it is reached
+  HostRead(std::shared_ptr<void> pending, void (*wait_for)(void*))
+      : pending_(std::move(pending)), wait_for_(wait_for) {}
+  void wait() {
+    if (pending_) wait_for_(pending_.get());
+    pending_.reset();
+  }
+  bool pending() const { return pending_ != nullptr; }
+
+ private:
+  std::shared_ptr<void> pending_;
+  void (*wait_for_)(void*) = nullptr;
 };
 
 }  // namespace moetron

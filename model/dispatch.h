@@ -43,6 +43,15 @@ class TokenDispatcher {
   virtual int64_t first_expert(int64_t n_experts) const = 0;
   virtual int64_t local_experts(int64_t n_experts) const = 0;
 
+  // Plans ahead: dispatch_start needs the plan's per-peer counts on the host, and the plan is made
+  // on the device (EP on a GPU). Then a forward calls dispatch_plan first, which enqueues the plan
+  // and starts reading its counts back, and lets other work be enqueued before dispatch_start,
+  // which waits for the counts only (not for that work) and posts the exchange. Without the split
+  // the host would wait for everything enqueued so far, draining the GPU at every dispatch.
+  virtual bool plans_ahead() const { return false; }
+  // idx [N,K] global expert ids. dispatch_start makes the plan itself when none was made.
+  virtual void dispatch_plan(DispatchState<T>& /*st*/, const int32_t* /*idx*/, int64_t /*N*/,
+                             int64_t /*K*/, int64_t /*n_experts*/) {}
   // forward: x [N,D], idx [N,K] global expert ids, w [N,K] -> st.R, st.rx, st.ridx, st.rw
   virtual void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w,
                               int64_t N, int64_t K, int64_t D, int64_t n_experts) = 0;

@@ -157,6 +157,10 @@ Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* 
   Scratch& sc = *scratch_;
   st.ds.rx.swap(sc.rx), st.ds.ry.swap(sc.ry);
   gate(st, x, B, S, balance, load);
+  if (dispatcher_->plans_ahead()) {
+    dispatcher_->dispatch_plan(st.ds, st.idx.data(), st.N, K_, E_);
+    co_yield Yield{layer, Posted::DispatchPlan};
+  }
   dispatch_start(st, x);
   co_yield Yield{layer, Posted::Dispatch};
   shared_expert(st, x);  // overlaps the dispatch

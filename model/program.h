@@ -28,7 +28,9 @@
 namespace moetron {
 
 // What the piece that just ended posted.
-enum class Posted : uint8_t { Dispatch, Combine, CombineBackward, DispatchBackward };
+// DispatchPlan: nothing posted yet, the dispatch's plan is being read back (model/dispatch.h:
+// plans_ahead); the piece ends there so that other work is enqueued before the host waits for it.
+enum class Posted : uint8_t { DispatchPlan, Dispatch, Combine, CombineBackward, DispatchBackward };
 
 struct Yield {
   int layer = -1;  // the block's global layer index (MTP blocks: after the main layers)

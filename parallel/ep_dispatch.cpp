@@ -60,6 +60,9 @@ struct EpPlan {
   Buffer<int64_t> info;                           // [P+1] rows per peer, max nodes per token
   Buffer<int64_t> slot;                           // [N,P] row of token n to peer p, or -1
   Buffer<int64_t> send_token;                     // [N*P] sent row -> origin token
+  PinnedVector<int64_t> info_host;                // [P+1] info, read back (pinned on a GPU)
+  HostRead info_read;                             // that read, until dispatch_start waits
+  bool planned = false;                           // dispatch_plan ran; dispatch_start not yet
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer (host)
   int64_t rows_sent = 0, rows_received = 0;
   EpWire wire;  // lent by the pool while has_wire (empty otherwise)
@@ -397,22 +400,37 @@ int64_t EpDispatcher<T>::rows_sent(const DispatchState<T>& st) {
   return st.plan ? static_cast<const EpPlan*>(st.plan.get())->rows_sent : 0;
 }
 
+// The plan: for each peer, the tokens with at least one expert there, in token order; its
+// per-peer counts start their way to the host.
+template <class T>
+void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, int64_t N, int64_t K,
+                                    int64_t n_experts) {
+  const int P = ep_.size();
+  const int64_t El = n_experts / P;
+  EpPlan& pl = idle(st);
+  int64_t* info = sized(pl.info, P + 1);
+  kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info,
+                            sized(pl.slot, N * P), sized(pl.send_token, N * P));
+  pl.info_host.resize(P + 1);
+  pl.info_read =
+      kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * (P + 1));
+  pl.planned = true;
+}
+
 template <class T>
 void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx,
                                      const T* w, int64_t N, int64_t K, int64_t D,
                                      int64_t n_experts) {
   const int P = ep_.size();
   const int64_t El = n_experts / P;
-  EpPlan& pl = idle(st);
+  if (!st.plan || !plan_of(st, ex_.device).planned) dispatch_plan(st, idx, N, K, n_experts);
+  EpPlan& pl = plan_of(st, ex_.device);
+  pl.planned = false;
   st.N = N, st.K = K, st.D = D;
-  // plan: for each peer, the tokens with at least one expert there, in token order
-  int64_t* info = sized(pl.info, P + 1);
-  int64_t* slot = sized(pl.slot, N * P);
-  int64_t* send_token = sized(pl.send_token, N * P);
-  kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info, slot, send_token);
-  PinnedVector<int64_t>& host = plan_info_;  // pinned on a GPU: the read lands by DMA
-  host.resize(P + 1);
-  kernels::copy_to_host(ex_, host.data(), info, sizeof(int64_t) * (P + 1));
+  const int64_t* slot = pl.slot.data();
+  const int64_t* send_token = pl.send_token.data();
+  pl.info_read.wait();  // the counts: the stream up to the plan, not the work enqueued since
+  const PinnedVector<int64_t>& host = pl.info_host;
   pl.send_counts.assign(host.begin(), host.begin() + P);
   max_nodes_ = std::max(max_nodes_, host[P]);
   pl.rows_sent = 0;

@@ -38,7 +38,10 @@
 // Device memory (ARCHITECTURE contract 8): every touch of the activations and of the wire
 // buffers is an op (the ep_* ops of kernels/ops.h) run on the model's execution context; the
 // plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
-// the host (the messages' sizes). The wire buffers are on the activation device. So the rows
+// the host (the messages' sizes). On device memory (a GPU, the guard device) that read is started
+// by dispatch_plan and awaited by dispatch_start, with a piece of other work in between
+// (plans_ahead, model/dispatch.h): the host waits for the plan, not for the compute enqueued
+// after it. The wire buffers are on the activation device. So the rows
 // travel on the EP group of device data and the counts, host memory, on the EP group of host
 // data when the two differ (a GPU run: NCCL and MPI; process_groups.h).
 //
@@ -105,6 +108,11 @@ class EpDispatcher final : public TokenDispatcher<T> {
   }
   int64_t local_experts(int64_t n_experts) const override { return n_experts / ep_.size(); }
 
+  // Device activations (not host memory: CUDA, Guard): the plan's counts come back from the
+  // device, so dispatch_plan runs ahead (model/dispatch.h).
+  bool plans_ahead() const override { return ex_.device != Device::CPU; }
+  void dispatch_plan(DispatchState<T>& st, const int32_t* idx, int64_t N, int64_t K,
+                     int64_t n_experts) override;
   void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w, int64_t N,
                       int64_t K, int64_t D, int64_t n_experts) override;
   void dispatch_wait(DispatchState<T>& st) override;
@@ -204,7 +212,6 @@ class EpDispatcher final : public TokenDispatcher<T> {
   Communicator& counts_net_;                  // what the counts use: net_ unless given apart
   Buffer<int32_t> node_of_peer_;              // [P] on ex_.device
   std::vector<int> node_host_;                // [P] the same, on the host
-  PinnedVector<int64_t> plan_info_;           // [P+1] the plan's per-peer counts, read back
   WirePrecision wire_;
   uint32_t next_seq_ = 0;                      // the next dispatch's sequence number
   std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited

@@ -10,7 +10,9 @@
 // the bits of one-at-a-time; progress() alone completes them; the in-order (collective) path that
 // NCCL-like communicators take gives the same bits too. The wires are pooled: many micro-batches
 // between their forward and backward keep only their routing, the dispatcher one pair of wires
-// per exchange in flight, and a warm steady state with two in flight allocates nothing.
+// per exchange in flight, and a warm steady state with two in flight allocates nothing. On device
+// memory (the guard device) the dispatcher plans ahead: its plan, made before another exchange
+// runs, posts afterwards with the rows of planning and posting at once.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,10 +22,12 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/device.h"
+#include "kernels/ops.h"
 #include "kernels/scalar.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
@@ -481,6 +485,42 @@ TEST(ep_dispatch, ProgressCompletesExchangesAndTheyAreTimed) {
   EXPECT_EQ(d.take_comm_seconds(), 0.0);
 }
 
+// Device memory: plans_ahead, and a plan made before another dispatch has run its whole course
+// posts afterwards with the same rows as one made and posted at once (plan, then other work, then
+// start: what the MoE forward does between its two pieces).
+TEST(ep_dispatch, PlansAheadOnDeviceMemoryWithAnotherExchangeBetween) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  std::vector<Tokens> all, other;
+  for (int p = 0; p < P; ++p) all.push_back(tokens_of(p, E)), other.push_back(tokens_of(p + 7, E));
+  const Exec g = Exec::on(Device::Guard);
+  auto on_guard = [&](const auto& v) {
+    Buffer<std::decay_t<decltype(v[0])>> b(Device::Guard);
+    kernels::copy_from_host(g, b.resize(v.size()), v.data(), v.size() * sizeof(v[0]));
+    return b;
+  };
+  const auto x = on_guard(all[me].x), w = on_guard(all[me].w);
+  const auto idx = on_guard(all[me].idx);
+  const auto x2 = on_guard(other[me].x), w2 = on_guard(other[me].w);
+  const auto idx2 = on_guard(other[me].idx);
+  EpDispatcher<float> host(Exec{}, ep, std::vector<int>(P, 0));
+  EpDispatcher<float> dev(g, ep, std::vector<int>(P, 0));
+  EXPECT_FALSE(host.plans_ahead());
+  EXPECT_TRUE(dev.plans_ahead());
+  set_default_device(Device::Guard);  // the states' received rows on the guard device too
+  DispatchState<float> a, b;
+  set_default_device(Device::CPU);
+  dev.dispatch_plan(a, idx.data(), N, K, E);
+  dev.dispatch_start(b, x2.data(), idx2.data(), w2.data(), N, K, D, E);  // plans itself
+  dev.dispatch_wait(b);
+  dev.dispatch_start(a, x.data(), idx.data(), w.data(), N, K, D, E);
+  dev.dispatch_wait(a);
+  GuardAccess open;  // read the guard device's rows here
+  expect_native_rows(a, all, me, 4);
+  expect_native_rows(b, other, me, 4);
+}
+
 // A state reused before its wait completes its exchange first; one dropped before its wait stays
 // alive in the dispatcher, which completes it (here: in its destructor).
 TEST(ep_dispatch, ReusedAndDroppedStatesAreSafe) {
@@ -548,7 +588,9 @@ TEST(ep_dispatch, MicroBatchesInFlightKeepNoWires) {
   EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
   const int64_t bound =
       EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, static_cast<double>(P));
-  const int64_t routing = EpDispatcher<float>::state_bytes(N, P);
+  // the routing on the device, and the host copy of its counts (a PinnedVector: the CPU
+  // allocator's memory here)
+  const int64_t routing = EpDispatcher<float>::state_bytes(N, P) + 8 * (P + 1);
   std::vector<MicroBatch> mb;
   for (int m = 0; m < M; ++m) mb.push_back(micro_batch(me, m, E));
   forward(d, mb[0], me, E);

@@ -79,6 +79,24 @@ TEST(CudaMemory, UploadDoesNotWaitForQueuedComputeAndFreesTheSourceAtOnce) {
   expect_equal(host(d, want.size()), want, "upload behind queued compute");
 }
 
+// copy_to_host_start's wait() waits for the stream up to the copy only: with GEMMs enqueued after
+// it, the read completes while the stream is still busy (what lets the EP dispatcher's plan piece
+// and the other micro-batch's compute run before the host needs the counts).
+TEST(CudaMemory, ReadStartWaitsForTheCopyNotForLaterWork) {
+  MOETRON_REQUIRE_GPU();
+  const std::vector<int64_t> h = {3, 1, 4, 1, 5, 9, 2, 6};
+  Buffer<int64_t> d = dev(h);
+  PinnedVector<int64_t> back(h.size());
+  HostRead read =
+      kernels::copy_to_host_start(gpu_exec(), back.data(), d.data(), h.size() * sizeof(int64_t));
+  EXPECT_TRUE(read.pending());
+  const BusyStream later;
+  read.wait();
+  EXPECT_TRUE(BusyStream::busy());  // the GEMMs enqueued after the copy still run
+  EXPECT_FALSE(read.pending());
+  EXPECT_TRUE(std::equal(h.begin(), h.end(), back.begin()));
+}
+
 TEST(CudaMemory, UploadsLargerThanTheStagingRingRoundTrip) {
   MOETRON_REQUIRE_GPU();
   // 10.3M floats = 41 MB: more chunks than the ring has slots, so slots are reused while their

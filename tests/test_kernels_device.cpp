@@ -97,6 +97,23 @@ TEST(PinnedVector, IsTheCpuAllocatorsMemoryWithoutAGpuAndFreedWhereItCameFrom) {
   EXPECT_EQ(cpu.stats().frees - s0.frees, cpu.stats().allocations - s0.allocations);
 }
 
+// copy_to_host_start on the host backends: the copy is done at once, the read complete.
+TEST(HostRead, HostBackendsCopyAtOnce) {
+  for (Device dev : {Device::CPU, Device::Guard}) {
+    const Exec ex = Exec::on(dev);
+    Buffer<int64_t> d(dev);
+    const std::vector<int64_t> h = {7, -1, 42};
+    kernels::copy_from_host(ex, d.resize(3), h.data(), sizeof(int64_t) * 3);
+    std::vector<int64_t> back(3, 0);
+    HostRead r = kernels::copy_to_host_start(ex, back.data(), d.data(), sizeof(int64_t) * 3);
+    EXPECT_FALSE(r.pending());
+    EXPECT_EQ(back, h);  // before any wait
+    r.wait();
+  }
+  EXPECT_THROW(kernels::copy_to_host_start(Exec::on(Device::Meta), nullptr, nullptr, 8),
+               std::logic_error);
+}
+
 TEST(Device, DefaultDeviceAndParsing) {
   EXPECT_EQ(parse_device("guard"), Device::Guard);
   EXPECT_THROW(parse_device("tpu"), std::invalid_argument);

@@ -1,7 +1,8 @@
 // Memory ops on the GPU: copies (device, host to device, device to host) and zero fills, all on
 // the context's stream. copy_to_host waits for the stream, since its caller reads the host memory
-// next. copy_from_host does not wait for the stream, yet its caller may reuse the host memory at
-// once: the bytes go through the staging ring below.
+// next; copy_to_host_start records an event after its copy, which the HostRead waits for (the
+// stream up to the copy, nothing enqueued later). copy_from_host does not wait for the stream, yet
+// its caller may reuse the host memory at once: the bytes go through the staging ring below.
 //
 // Staging ring: kSlots pinned slots of kSlotBytes, used round robin. An upload is cut into
 // slot-sized chunks; each chunk waits until its slot's previous upload has run (an event), is
@@ -71,6 +72,25 @@ void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes)
   cudaStream_t s = stream_of(ex);
   MOETRON_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s));
   MOETRON_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+namespace {
+void wait_event(void* e) {
+  MOETRON_CUDA_CHECK(cudaEventSynchronize(*static_cast<cudaEvent_t*>(e)));
+}
+}  // namespace
+
+HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return HostRead();
+  cudaStream_t s = stream_of(ex);
+  MOETRON_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  auto ev = std::shared_ptr<cudaEvent_t>(new cudaEvent_t(nullptr), [](cudaEvent_t* e) {
+    if (*e) cudaEventDestroy(*e);
+    delete e;
+  });
+  MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(ev.get(), cudaEventDisableTiming));
+  MOETRON_CUDA_CHECK(cudaEventRecord(*ev, s));
+  return HostRead(std::move(ev), &wait_event);
 }
 
 void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {
