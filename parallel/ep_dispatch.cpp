@@ -24,7 +24,8 @@
 // complete (a reuse waits for it first; progress() retires a dropped one it sees complete; the
 // destructor completes the rest).
 //
-// The wire pool (pool_): an exchange holds a pair from its start's packing (idle() lends it) to
+// The wire pool (pool_): an exchange holds a pair from its start's packing (idle() lends it; a
+// dispatch's, at dispatch_start, not at dispatch_plan, so no pair waits across a piece) to
 // its wait's decode (return_wire after the last read of the received rows), so the pairs in use
 // are the exchanges in flight. A pair moves into the plan (EpPlan::wire, declared before the
 // requests that read and write it, so an exchange still in flight when its plan dies is waited
@@ -184,11 +185,11 @@ int64_t EpDispatcher<T>::exchange_bytes(WirePrecision wire, int64_t N, int64_t D
 }
 
 template <class T>
-EpPlan& EpDispatcher<T>::idle(DispatchState<T>& st) {
+EpPlan& EpDispatcher<T>::idle(DispatchState<T>& st, bool lend) {
   EpPlan& pl = plan_of(st, ex_.device);
   if (pl.active) finish(pl);  // reused before its wait: its buffers are about to change
   return_wire(pl);            // one its wait never decoded (reused, or a decode that threw)
-  lend_wire(pl);
+  if (lend) lend_wire(pl);
   return pl;
 }
 
@@ -407,7 +408,7 @@ void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, in
                                     int64_t n_experts) {
   const int P = ep_.size();
   const int64_t El = n_experts / P;
-  EpPlan& pl = idle(st);
+  EpPlan& pl = idle(st, /*lend=*/false);  // the wire at the post: none held across a piece
   int64_t* info = sized(pl.info, P + 1);
   kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info,
                             sized(pl.slot, N * P), sized(pl.send_token, N * P));
@@ -426,6 +427,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   if (!st.plan || !plan_of(st, ex_.device).planned) dispatch_plan(st, idx, N, K, n_experts);
   EpPlan& pl = plan_of(st, ex_.device);
   pl.planned = false;
+  lend_wire(pl);
   st.N = N, st.K = K, st.D = D;
   const int64_t* slot = pl.slot.data();
   const int64_t* send_token = pl.send_token.data();

@@ -184,8 +184,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void exchange_start(DispatchState<T>& st, int64_t row_bytes, EpPhase phase);
   const uint8_t* exchange_wait(DispatchState<T>& st);
   // st's plan, its previous exchange completed and its wire back in the pool, holding a wire
-  // from the pool for its next exchange; mark a new exchange started and register it
-  EpPlan& idle(DispatchState<T>& st);
+  // from the pool for its next exchange (lend) or none; mark a new exchange started and register
+  EpPlan& idle(DispatchState<T>& st, bool lend = true);
   void begin(DispatchState<T>& st, EpPhase phase);
   // the count exchange of a dispatch (after its plan is built)
   void counts_start(EpPlan& pl);

@@ -487,7 +487,7 @@ TEST(ep_dispatch, ProgressCompletesExchangesAndTheyAreTimed) {
 
 // Device memory: plans_ahead, and a plan made before another dispatch has run its whole course
 // posts afterwards with the same rows as one made and posted at once (plan, then other work, then
-// start: what the MoE forward does between its two pieces).
+// start: what the MoE forward does between its two pieces), and holds no wire in between.
 TEST(ep_dispatch, PlansAheadOnDeviceMemoryWithAnotherExchangeBetween) {
   Communicator& ep = world();
   const int P = ep.size(), me = ep.rank();
@@ -516,7 +516,8 @@ TEST(ep_dispatch, PlansAheadOnDeviceMemoryWithAnotherExchangeBetween) {
   dev.dispatch_wait(b);
   dev.dispatch_start(a, x.data(), idx.data(), w.data(), N, K, D, E);
   dev.dispatch_wait(a);
-  GuardAccess open;  // read the guard device's rows here
+  EXPECT_EQ(dev.wire_pairs(), 1u);  // a planned dispatch holds no wire until it posts
+  GuardAccess open;                 // read the guard device's rows here
   expect_native_rows(a, all, me, 4);
   expect_native_rows(b, other, me, 4);
 }
