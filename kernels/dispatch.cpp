@@ -513,8 +513,8 @@ template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t
 // ---- expert-parallel wire ----------------------------------------------------------------------
 void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
                       int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
-                      int64_t* send_token) {
-  MOETRON_DISPATCH(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token);
+                      int64_t* send_token, int64_t* bad) {
+  MOETRON_DISPATCH(ep_dispatch_plan, idx, N, K, El, P, node_of_peer, counts, slot, send_token, bad);
 }
 
 template <class T>

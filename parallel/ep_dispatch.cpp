@@ -58,12 +58,12 @@ struct EpWire {
 // activation device; counts on the host.
 struct EpPlan {
   explicit EpPlan(Device d) : info(d), slot(d), send_token(d), wire(d) {}
-  Buffer<int64_t> info;                           // [P+1] rows per peer, max nodes per token
-  Buffer<int64_t> slot;                           // [N,P] row of token n to peer p, or -1
-  Buffer<int64_t> send_token;                     // [N*P] sent row -> origin token
-  PinnedVector<int64_t> info_host;                // [P+1] info, read back (pinned on a GPU)
-  HostRead info_read;                             // that read, until dispatch_start waits
-  bool planned = false;                           // dispatch_plan ran; dispatch_start not yet
+  Buffer<int64_t> info;             // [P+2] rows per peer, max nodes per token, bad expert ids
+  Buffer<int64_t> slot;             // [N,P] row of token n to peer p, or -1
+  Buffer<int64_t> send_token;       // [N*P] sent row -> origin token
+  PinnedVector<int64_t> info_host;  // [P+2] info, read back (pinned on a GPU)
+  HostRead info_read;               // that read, until dispatch_start waits
+  bool planned = false;             // dispatch_plan ran; dispatch_start not yet
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer (host)
   int64_t rows_sent = 0, rows_received = 0;
   EpWire wire;  // lent by the pool while has_wire (empty otherwise)
@@ -168,7 +168,7 @@ int64_t act_bytes(kernels::RowEncoding e, int64_t D) {
 
 template <class T>
 int64_t EpDispatcher<T>::state_bytes(int64_t N, int64_t P) {
-  return 8 * (2 * N * P + P + 1);  // slot, send_token, info
+  return 8 * (2 * N * P + P + 2);  // slot, send_token, info
 }
 
 template <class T>
@@ -409,12 +409,13 @@ void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, in
   const int P = ep_.size();
   const int64_t El = n_experts / P;
   EpPlan& pl = idle(st, /*lend=*/false);  // the wire at the post: none held across a piece
-  int64_t* info = sized(pl.info, P + 1);
+  // the bad-id flag travels with the counts: the op does not wait for the stream to check it
+  int64_t* info = sized(pl.info, P + 2);
   kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info,
-                            sized(pl.slot, N * P), sized(pl.send_token, N * P));
-  pl.info_host.resize(P + 1);
+                            sized(pl.slot, N * P), sized(pl.send_token, N * P), info + P + 1);
+  pl.info_host.resize(P + 2);
   pl.info_read =
-      kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * (P + 1));
+      kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * (P + 2));
   pl.planned = true;
 }
 
@@ -424,15 +425,16 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
                                      int64_t n_experts) {
   const int P = ep_.size();
   const int64_t El = n_experts / P;
-  if (!st.plan || !plan_of(st, ex_.device).planned) dispatch_plan(st, idx, N, K, n_experts);
+  if (!plan_of(st, ex_.device).planned) dispatch_plan(st, idx, N, K, n_experts);
   EpPlan& pl = plan_of(st, ex_.device);
   pl.planned = false;
+  pl.info_read.wait();  // the counts: the stream up to the plan, not the work enqueued since
+  const PinnedVector<int64_t>& host = pl.info_host;
+  if (host[P + 1] != 0) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
   lend_wire(pl);
   st.N = N, st.K = K, st.D = D;
   const int64_t* slot = pl.slot.data();
   const int64_t* send_token = pl.send_token.data();
-  pl.info_read.wait();  // the counts: the stream up to the plan, not the work enqueued since
-  const PinnedVector<int64_t>& host = pl.info_host;
   pl.send_counts.assign(host.begin(), host.begin() + P);
   max_nodes_ = std::max(max_nodes_, host[P]);
   pl.rows_sent = 0;

@@ -146,7 +146,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
   WirePrecision wire() const { return wire_; }
   // Planning (trainer/plan.h), for N tokens over P ranks. state_bytes: what one MoE layer's
   // dispatch keeps per micro-batch (its plan lives in the micro-batch's DispatchState): the
-  // routing only (slot and send_token, [N, P] int64 each, and the counts; the wires are pooled).
+  // routing only (slot and send_token, [N, P] int64 each, and the counts with the bad-id flag;
+  // the wires are pooled).
   // exchange_bytes: the pooled wires of one exchange in flight for tokens of width D and top-K
   // routing, each token sent to `dest` ranks on average: a send and a receive wire each grown to
   // the widest of the four phases' rows (N x dest rows either way: a rank receives as many rows

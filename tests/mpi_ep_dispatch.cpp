@@ -522,6 +522,28 @@ TEST(ep_dispatch, PlansAheadOnDeviceMemoryWithAnotherExchangeBetween) {
   expect_native_rows(b, other, me, 4);
 }
 
+// A bad expert id: planning does not check it (on a GPU that would wait for the stream); the
+// post, which reads the plan's counts, throws std::out_of_range before anything is posted. Every
+// rank routes one, so none posts.
+TEST(ep_dispatch, BadExpertIdThrowsAtThePost) {
+  Communicator& ep = world();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t E = 4 * P;
+  Tokens t = tokens_of(me, E);
+  t.idx[5] = static_cast<int32_t>(E);  // out of range
+  for (const Exec& ex : {Exec{}, Exec::on(Device::Guard)}) {
+    EpDispatcher<float> d(ex, ep, std::vector<int>(P, 0));
+    Buffer<int32_t> idx(ex.device);
+    kernels::copy_from_host(ex, idx.resize(t.idx.size()), t.idx.data(), sizeof(int32_t) * N * K);
+    DispatchState<float> st;
+    if (d.plans_ahead()) d.dispatch_plan(st, idx.data(), N, K, E);  // no throw
+    EXPECT_THROW(d.dispatch_start(st, t.x.data(), idx.data(), t.w.data(), N, K, D, E),
+                 std::out_of_range)
+        << device_name(ex.device);
+    EXPECT_EQ(d.in_flight(), 0u);
+  }
+}
+
 // A state reused before its wait completes its exchange first; one dropped before its wait stays
 // alive in the dispatcher, which completes it (here: in its destructor).
 TEST(ep_dispatch, ReusedAndDroppedStatesAreSafe) {
@@ -591,7 +613,7 @@ TEST(ep_dispatch, MicroBatchesInFlightKeepNoWires) {
       EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, static_cast<double>(P));
   // the routing on the device, and the host copy of its counts (a PinnedVector: the CPU
   // allocator's memory here)
-  const int64_t routing = EpDispatcher<float>::state_bytes(N, P) + 8 * (P + 1);
+  const int64_t routing = EpDispatcher<float>::state_bytes(N, P) + 8 * (P + 2);
   std::vector<MicroBatch> mb;
   for (int m = 0; m < M; ++m) mb.push_back(micro_batch(me, m, E));
   forward(d, mb[0], me, E);

@@ -110,6 +110,18 @@ TEST(CudaEpWire, PlanRejectsExpertIdsOutOfRange) {
                  std::out_of_range)
         << bad;
     EXPECT_THROW(cpu_plan(idx, 300, 3, 2, 4, node), std::out_of_range);
+    // with a flag: no throw and no wait; the flag counts the bad id, the rest is the CPU's plan
+    Buffer<int64_t> dbad = dev_garbage<int64_t>(1);
+    kernels::ep_dispatch_plan(gpu_exec(), di.data(), 300, 3, 2, 4, dn.data(), dc.data(), ds.data(),
+                              dt.data(), dbad.data());
+    std::vector<int64_t> counts(5), slot(300 * 4), send(300 * 4);
+    int64_t want_bad = 0;
+    cpu::ep_dispatch_plan(idx.data(), 300, 3, 2, 4, node.data(), counts.data(), slot.data(),
+                          send.data(), &want_bad);
+    EXPECT_EQ(want_bad, 1);
+    EXPECT_EQ(host(dbad, 1), std::vector<int64_t>{want_bad}) << bad;
+    expect_equal(host(dc, 5), counts, "counts with a bad id skipped");
+    expect_equal(host(ds, 300 * 4), slot, "slots with a bad id skipped");
   }
   // the device and the stream are fine afterwards
   check_plan(41, 3, 2, 4, node, 10);

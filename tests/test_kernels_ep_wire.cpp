@@ -68,6 +68,21 @@ TEST(EpWire, PlanCountsNodesAndRejectsBadIds) {
   EXPECT_EQ(plan(idx, 0, 2, 1, 3, {0, 0, 0}).counts, (std::vector<int64_t>{0, 0, 0, 0}));
   EXPECT_THROW(plan({0, 3}, 1, 2, 1, 3, {0, 0, 0}), std::out_of_range);
   EXPECT_THROW(plan({-1, 0}, 1, 2, 1, 3, {0, 0, 0}), std::out_of_range);
+  // given a flag, bad ids are counted and skipped instead (the caller reads it with the counts)
+  const std::vector<int32_t> with_bad = {0, 3, -1, 1};  // token 0: peer 0; token 1: peer 1
+  std::vector<int64_t> counts(4), slot(9), send(9);
+  const std::vector<int32_t> node = {0, 1, 2};
+  int64_t bad = -7;
+  ep_dispatch_plan(with_bad.data(), 2, 2, 1, 3, node.data(), counts.data(), slot.data(),
+                   send.data(), &bad);
+  EXPECT_EQ(bad, 2);
+  EXPECT_EQ(counts, (std::vector<int64_t>{1, 1, 0, 1}));
+  EXPECT_EQ(std::vector<int64_t>(slot.begin(), slot.begin() + 6),
+            (std::vector<int64_t>{0, -1, -1, -1, 1, -1}));
+  ep_dispatch_plan(idx.data(), 3, 2, 1, 3, node.data(), counts.data(), slot.data(), send.data(),
+                   &bad);
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(counts, p.counts);
 }
 
 // The reference encoding of one row of floats, byte for byte.

@@ -121,7 +121,7 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   const RankPlan& r = p.ranks[0];
   const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
   const int64_t state = EpDispatcher<float>::state_bytes(N, 4);
-  EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 1));  // the routing only: [N, EP] slots and send order
+  EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 2));  // the routing only: [N, EP] slots and send order
   // the pooled wires of one exchange: send and receive, 4 rows a token, each as wide as the
   // widest phase (the dispatch backward: bf16 d x and K fp32 weight gradients)
   const int64_t wire = EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, p.ep_rows);

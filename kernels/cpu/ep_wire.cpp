@@ -78,9 +78,10 @@ void decode_row(RowEncoding e, const uint8_t* in, int64_t D, T* x) {
 
 void ep_dispatch_plan(const int32_t* idx, int64_t N, int64_t K, int64_t El, int64_t P,
                       const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
-                      int64_t* send_token) {
+                      int64_t* send_token, int64_t* bad) {
   if (N < 0 || K < 0 || El <= 0 || P <= 0) throw std::invalid_argument("ep_dispatch_plan: sizes");
   const int64_t E = El * P;
+  if (bad) *bad = 0;
   std::fill(counts, counts + P + 1, int64_t{0});
   std::fill(slot, slot + N * P, int64_t{-1});
   // pass 1: which peers each token goes to (slot = 0 marks them), rows per peer, nodes per token
@@ -89,7 +90,11 @@ void ep_dispatch_plan(const int32_t* idx, int64_t N, int64_t K, int64_t El, int6
     peers.clear();
     for (int64_t k = 0; k < K; ++k) {
       const int32_t ex = idx[n * K + k];
-      if (ex < 0 || ex >= E) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
+      if (ex < 0 || ex >= E) {
+        if (!bad) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
+        ++*bad;
+        continue;
+      }
       const int64_t p = ex / El;
       if (slot[n * P + p] < 0) slot[n * P + p] = 0, ++counts[p], peers.push_back(p);
     }

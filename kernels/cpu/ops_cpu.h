@@ -256,10 +256,12 @@ using kernels::RowEncoding;
 //                     goes to (node_of_peer [P]: the node of each peer; 0 when N == 0)
 //   slot [N,P]        the row of token n to peer p, -1 when none of its experts is there
 //   send_token [N*P]  sent row -> origin token (the first sum(counts[0:P]) entries)
-// std::out_of_range for an expert id outside [0, P El).
+// An expert id outside [0, P El): std::out_of_range, or, when bad is given, *bad = the number of
+// such ids (0 when none) and they are skipped — for a caller that reads the flag with the counts
+// (on a GPU, checking it in the op would wait for the stream).
 void ep_dispatch_plan(const int32_t* idx, int64_t N, int64_t K, int64_t El, int64_t P,
                       const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
-                      int64_t* send_token);
+                      int64_t* send_token, int64_t* bad = nullptr);
 // wire row i = enc(src[rows ? rows[i] : i, 0:D]), i < n (the gather into send order).
 template <class T>
 void ep_encode_rows(RowEncoding e, const T* src, const int64_t* rows, int64_t n, int64_t D,

@@ -18,14 +18,14 @@
 // token order inside a peer. Deterministic, no order-dependent atomics:
 //   1. one thread per token: slot[n, :] = -1, then 0 marks each peer holding one of its experts;
 //      the distinct nodes of the token (O(K^2)) into counts[P] by an integer atomicMax; a bad
-//      expert id raises a device error flag;
+//      expert id is skipped and counted in a device flag;
 //   2. one thread per (chunk of kPlanChunk tokens, peer): marks counted -> cnt [C, P];
 //   3. one block: per peer the exclusive scan of cnt over chunks, counts[p], plus the rows of the
 //      peers before it;
 //   4. one thread per (chunk, peer): its marked tokens in order get consecutive rows.
-// Work O(N (P + K^2) + C P^2). The flag comes back to the host at the end (a stream
-// synchronisation) so that a bad expert id throws std::out_of_range like the CPU; the caller
-// copies counts to the host right after anyway (the all-to-all's sizes), so the wait costs little.
+// Work O(N (P + K^2) + C P^2). The flag is the caller's `bad` when given (it reads it with the
+// counts: the EP dispatcher, without waiting here); otherwise it comes back to the host at the
+// end (a stream synchronisation) so that a bad expert id throws std::out_of_range like the CPU.
 // The other ops: one thread per output element (decode, decode-add in p order: the CPU's
 // additions in its order), per (token, peer) (pack) or per (row, k) (unpack).
 #include <stdexcept>
@@ -68,7 +68,7 @@ __device__ __forceinline__ void store_bytes(uint8_t* p, V v) {
 // 1. per token: peer marks, distinct nodes, bad ids
 __global__ void plan_mark_kernel(const int32_t* idx, int64_t N, int64_t K, int64_t El, int64_t P,
                                  const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
-                                 int* err) {
+                                 unsigned long long* err) {
   const int64_t E = El * P;
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
@@ -78,7 +78,7 @@ __global__ void plan_mark_kernel(const int32_t* idx, int64_t N, int64_t K, int64
     for (int64_t k = 0; k < K; ++k) {
       const int32_t ex = id[k];
       if (ex < 0 || ex >= E) {
-        *err = 1;
+        atomicAdd(err, 1ull);
         continue;
       }
       const int64_t p = ex / El;
@@ -270,18 +270,19 @@ __global__ void unpack_routes_kernel(const uint8_t* wire, int64_t stride, int64_
 
 void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
                       int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
-                      int64_t* send_token) {
+                      int64_t* send_token, int64_t* bad) {
   if (N < 0 || K < 0 || El <= 0 || P <= 0) throw std::invalid_argument("ep_dispatch_plan: sizes");
   cudaStream_t st = stream_of(ex);
   MOETRON_CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int64_t) * (P + 1), st));
+  if (bad) MOETRON_CUDA_CHECK(cudaMemsetAsync(bad, 0, sizeof(int64_t), st));
   if (N == 0) return;
   const int64_t C = (N + kPlanChunk - 1) / kPlanChunk;
   // workspace: the error flag (8 bytes, padded to 16), then cnt [C, P] (one allocation: a second
   // workspace() call could move the first)
   uint8_t* ws = static_cast<uint8_t*>(workspace(ex, 16 + sizeof(int64_t) * C * P));
-  int* err = reinterpret_cast<int*>(ws);
+  auto* err = reinterpret_cast<unsigned long long*>(bad ? reinterpret_cast<uint8_t*>(bad) : ws);
   int64_t* cnt = reinterpret_cast<int64_t*>(ws + 16);
-  MOETRON_CUDA_CHECK(cudaMemsetAsync(err, 0, sizeof(int), st));
+  if (!bad) MOETRON_CUDA_CHECK(cudaMemsetAsync(err, 0, sizeof(*err), st));
   plan_mark_kernel<<<blocks_for(N, 128), 128, 0, st>>>(idx, N, K, El, P, node_of_peer, counts, slot,
                                                        err);
   MOETRON_CUDA_LAUNCHED("ep_dispatch_plan (mark)");
@@ -291,12 +292,13 @@ void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, 
   MOETRON_CUDA_LAUNCHED("ep_dispatch_plan (scan)");
   plan_place_kernel<<<blocks_for(C * P, 128), 128, 0, st>>>(N, P, C, cnt, slot, send_token);
   MOETRON_CUDA_LAUNCHED("ep_dispatch_plan (place)");
-  // The one host wait of the op: a bad expert id must throw here, as on the CPU, and only the
-  // device knows. The caller reads counts on the host next anyway (the all-to-all's sizes).
-  int bad = 0;
-  MOETRON_CUDA_CHECK(cudaMemcpyAsync(&bad, err, sizeof(int), cudaMemcpyDeviceToHost, st));
+  if (bad) return;  // the caller reads the flag with the counts
+  // Without it, the op's one host wait: a bad expert id must throw here, as on the CPU, and only
+  // the device knows.
+  unsigned long long n_bad = 0;
+  MOETRON_CUDA_CHECK(cudaMemcpyAsync(&n_bad, err, sizeof(n_bad), cudaMemcpyDeviceToHost, st));
   MOETRON_CUDA_CHECK(cudaStreamSynchronize(st));
-  if (bad) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
+  if (n_bad) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
 }
 
 template <class T>

@@ -352,9 +352,9 @@ void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64
                  workspace(ex, fp8::wgrad_bytes(M, N, K)));
 }
 
-// Grouped: group g owns rows [off[g], off[g+1]) (off: host memory) of the activations, weights W +
-// g*N*K (scales
-// + g*ceil(N/128)*ceil(K/128)); groups without rows are skipped (their dW left as it is).
+// Grouped: group g owns rows [off[g], off[g+1]) of the activations (off: host memory), weights
+// W + g*N*K (scales + g*ceil(N/128)*ceil(K/128)); groups without rows are skipped (their dW left
+// as it is).
 namespace {
 int64_t blocks128(int64_t R, int64_t C) { return fp8::cdiv(R, 128) * fp8::cdiv(C, 128); }
 }  // namespace

@@ -14,9 +14,6 @@
 // stream. The workspace is taken once, sized for the largest group, and every group's GEMM reuses
 // it in stream order.
 #include <algorithm>
-#include <stdexcept>
-#include <string>
-#include <vector>
 
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/ops_cuda.h"

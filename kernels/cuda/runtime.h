@@ -17,8 +17,8 @@
 // Semantics of the CUDA ops: asynchronous on their stream. copy_to_host waits for the stream
 // (its caller reads the host memory next); copy_from_host does not: it copies the source into a
 // pinned staging slot on the host (so the caller may reuse its memory at once) and enqueues the
-// upload from there (kernels/cuda/memory.cu); an op that needs a device value on the host (the
-// grouped GEMM's row offsets) copies it and waits itself.
+// upload from there (kernels/cuda/memory.cu); copy_to_host_start waits, when asked, for the copy
+// only. The grouped GEMMs take their row offsets in host memory, so no op waits by itself.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -66,8 +66,8 @@ void synchronize(const Exec& ex);
 // The caching, stream-ordered device allocator (installed as allocator(Device::CUDA)).
 Allocator& device_allocator();
 
-// The caching page-locked host allocator (device() == CPU; see "pinned" above). cached_bytes():
-// what it holds freed, ready for reuse.
+// The caching page-locked host allocator (device() == CPU; see "pinned" above).
+// pinned_cached_bytes(): what it holds freed, ready for reuse.
 Allocator& pinned_host_allocator();
 size_t pinned_cached_bytes();
 
