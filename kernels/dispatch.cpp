@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/flop_counter.h"
+#include "kernels/host_waits.h"
 #include "kernels/ops.h"
 #if MOETRON_HAVE_CUDA
 #include "kernels/cuda/ops_cuda.h"
@@ -80,6 +81,7 @@ void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t byte
   no_backend(ex, "copy_from_host");
 }
 void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
+  if (ex.device != Device::CPU) host_waits::add();
   switch (ex.device) {
     MOETRON_DISPATCH_HOST(copy, host_dst, src, bytes)
     MOETRON_DISPATCH_GPU(copy_to_host(ex, host_dst, src, bytes))
@@ -92,10 +94,14 @@ void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes)
 HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
   switch (ex.device) {
     MOETRON_DISPATCH_GPU(copy_to_host_start(ex, host_dst, src, bytes))
-    case Device::CPU:
-    case Device::Guard:
-      copy_to_host(ex, host_dst, src, bytes);  // done at once
+    case Device::CPU:  // done at once (no stream to wait for: not a host wait)
+      cpu::copy(host_dst, src, bytes);
       return HostRead();
+    case Device::Guard: {
+      GuardAccess access;
+      cpu::copy(host_dst, src, bytes);
+      return HostRead();
+    }
     default:
       break;
   }

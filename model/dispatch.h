@@ -56,6 +56,10 @@ class TokenDispatcher {
   virtual void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w,
                               int64_t N, int64_t K, int64_t D, int64_t n_experts) = 0;
   virtual void dispatch_wait(DispatchState<T>& st) = 0;
+  // After dispatch_wait: the received (token, slot) pairs per local expert as offsets [El+1], on
+  // the host, where the dispatcher has them without reading the device (an EP exchange's counts
+  // carry them, as DeepEP's notify does); null otherwise, and the layer reads its own.
+  virtual const int64_t* expert_offsets(const DispatchState<T>& /*st*/) const { return nullptr; }
   // forward: st.ry [R,D] -> y [N,D] += sum over the processes each token went to
   virtual void combine_start(DispatchState<T>& st) = 0;
   virtual void combine_wait(DispatchState<T>& st, T* y) = 0;

@@ -169,21 +169,28 @@ Program Model<T>::forward_program(MicroBatch& mb, const int32_t* tokens, int64_t
       ++balance, load += E;
     }
   }
-  read_losses(mb, parts, Dm);
 }
 
-// The losses of this stage from the device's loss parts: one device-to-host read per micro-batch.
 template <class T>
-void Model<T>::read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const {
-  const int64_t B = mb.B, S = mb.S, N = B * S;
-  std::vector<double> p(1 + Dm + n_moe_);
-  kernels::copy_to_host(ex_, p.data(), parts, sizeof(double) * p.size());
-  Losses& out = mb.losses;
-  out = Losses{};
+int64_t Model<T>::loss_parts_size() const {
+  return 1 + static_cast<int64_t>(mtp_.size()) + n_moe_;
+}
+
+template <class T>
+HostRead Model<T>::read_losses_start(const MicroBatch& mb, double* host) const {
+  return kernels::copy_to_host_start(ex_, host, mb.loss_parts.data(),
+                                     sizeof(double) * loss_parts_size());
+}
+
+// The losses of this stage from its loss parts, on the host.
+template <class T>
+Losses Model<T>::losses_from(const double* p, int64_t B, int64_t S, double mtp_weight) const {
+  const int64_t N = B * S, Dm = static_cast<int64_t>(mtp_.size());
+  Losses out;
   for (int64_t i = 0; i < n_moe_; ++i) out.balance += p[1 + Dm + i];
   if (!stage_.last()) {
     out.loss = out.balance;  // stage losses add up to the model's loss
-    return;
+    return out;
   }
   out.lm = p[0] / static_cast<double>(N);
   out.lm_tokens = N;
@@ -192,13 +199,17 @@ void Model<T>::read_losses(MicroBatch& mb, const double* parts, int64_t Dm) cons
     out.mtp += valid > 0 ? p[k] / static_cast<double>(valid) / static_cast<double>(Dm) : 0.0;
     out.mtp_tokens += valid;
   }
-  out.loss = out.lm + mb.mtp_weight * out.mtp + out.balance;
+  out.loss = out.lm + mtp_weight * out.mtp + out.balance;
+  return out;
 }
 
 template <class T>
 const Losses& Model<T>::forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
                                 double mtp_weight, const T* h_in) const {
   drain(forward_program(mb, tokens, B, S, mtp_weight, h_in));
+  std::vector<double> parts(static_cast<size_t>(loss_parts_size()));
+  read_losses_start(mb, parts.data()).wait();  // the one wait for the stream
+  mb.losses = losses_from(parts.data(), B, S, mtp_weight);
   return mb.losses;
 }
 

@@ -63,7 +63,7 @@ class Model {
     Buffer<T> hn, rstd, lse;  // final norm, CE log-sum-exp
     std::vector<typename MtpLayer<T>::State> mtp;
     Buffer<double> loss_parts;  // [1 + D_mtp + MoE layers]: lm sum, MTP sums, balance losses
-    Losses losses;
+    Losses losses;              // forward() fills it (an executor keeps its own: read_losses_start)
     double mtp_weight = 0;
     Buffer<T> dhn;
     Buffer<T> dh;          // after backward_input: gradient of the stage input (non-first stages)
@@ -116,9 +116,17 @@ class Model {
   // forward and backward_input as programs (model/program.h) that stop after each exchange a MoE
   // layer posts (2 per MoE layer in each direction), so an executor can interleave the forward
   // of one micro-batch with the backward of another; forward/backward_input run them to the end.
-  // The forward's losses are in mb.losses when its program has finished.
+  // The forward program leaves its loss parts on the device (mb.loss_parts) and waits for nothing
+  // at its end: read_losses_start reads them into `host` ([loss_parts_size()] doubles, kept by the
+  // caller until the read's wait, pinned on a GPU for the read to run ahead) without waiting for
+  // the work enqueued after it, and losses_from turns them into the stage's losses. An executor
+  // starts one read per micro-batch and waits for them all at the end of its step; forward()
+  // reads at once.
   Program forward_program(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
                           double mtp_weight, const T* h_in = nullptr) const;
+  int64_t loss_parts_size() const;
+  HostRead read_losses_start(const MicroBatch& mb, double* host) const;
+  Losses losses_from(const double* parts, int64_t B, int64_t S, double mtp_weight) const;
   Program backward_program(MicroBatch& mb, double grad_scale, const T* dh_out = nullptr,
                            bool defer_weight = false) const;
   // Both, weight gradients not deferred.
@@ -173,7 +181,6 @@ class Model {
   int64_t n_moe_ = 0;
   typename Block<T>::Scratch scratch_;  // shared by every layer here
   mutable Buffer<int64_t> loads_;
-  void read_losses(MicroBatch& mb, const double* parts, int64_t Dm) const;
   void head_backward(MicroBatch& mb, double grad_scale, WeightQueue* queue) const;
   static void layer_grads_done(MicroBatch& mb, WeightQueue* queue, int layer);
 };

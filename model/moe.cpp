@@ -106,10 +106,15 @@ void MoE<T>::dispatch_wait(State& st) const {
                            sized(st.offsets, E_local_ + 1), sized(st.slot, R * K_),
                            sized(st.row_token, R * K_), sized(st.row_slot, R * K_));
   // the rows per expert size what follows and lead the grouped GEMMs (kernels/ops.h: their offsets
-  // are host memory): one small device-to-host read per forward (torchtitan has the same)
-  st.group_off.resize(E_local_ + 1);
-  kernels::copy_to_host(ex_, st.group_off.data(), st.offsets.data(),
-                        sizeof(int64_t) * (E_local_ + 1));
+  // are host memory): the dispatcher's, when its exchange brought them, else one small
+  // device-to-host read per forward (torchtitan has the same)
+  if (const int64_t* off = dispatcher_->expert_offsets(st.ds)) {  // host memory both
+    st.group_off.assign(off, off + E_local_ + 1);
+  } else {
+    st.group_off.resize(E_local_ + 1);
+    kernels::copy_to_host(ex_, st.group_off.data(), st.offsets.data(),
+                          sizeof(int64_t) * (E_local_ + 1));
+  }
   const int64_t A = st.A = st.group_off[E_local_];
   T* xp = gu_.input(st.xperm, A);
   kernels::gather_rows<T>(ex_, st.ds.rx.data(), st.row_token.data(), A, D_, xp);

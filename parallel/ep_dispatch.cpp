@@ -58,26 +58,31 @@ struct EpWire {
 // activation device; counts on the host.
 struct EpPlan {
   explicit EpPlan(Device d) : info(d), slot(d), send_token(d), wire(d) {}
-  Buffer<int64_t> info;             // [P+2] rows per peer, max nodes per token, bad expert ids
-  Buffer<int64_t> slot;             // [N,P] row of token n to peer p, or -1
-  Buffer<int64_t> send_token;       // [N*P] sent row -> origin token
-  PinnedVector<int64_t> info_host;  // [P+2] info, read back (pinned on a GPU)
-  HostRead info_read;               // that read, until dispatch_start waits
-  bool planned = false;             // dispatch_plan ran; dispatch_start not yet
+  // [P+2+E] rows per peer, max nodes per token, bad expert ids, (token, slot) pairs per expert
+  Buffer<int64_t> info;
+  Buffer<int64_t> slot;                           // [N,P] row of token n to peer p, or -1
+  Buffer<int64_t> send_token;                     // [N*P] sent row -> origin token
+  PinnedVector<int64_t> info_host;                // [P+2+E] info, read back (pinned on a GPU)
+  HostRead info_read;                             // that read, until dispatch_start waits
+  bool planned = false;                           // dispatch_plan ran; dispatch_start not yet
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer (host)
   int64_t rows_sent = 0, rows_received = 0;
-  EpWire wire;  // lent by the pool while has_wire (empty otherwise)
+  int64_t El = 0;                   // experts per rank
+  std::vector<int64_t> expert_off;  // [El+1] received pairs per local expert, as offsets (host)
+  EpWire wire;                      // lent by the pool while has_wire (empty otherwise)
   bool has_wire = false;
   std::vector<size_t> send_bytes, recv_bytes;
   // the exchange in flight
   uint32_t seq = 0;  // the dispatch's sequence number, the same on every EP peer (tags)
   EpPhase phase = EpPhase::Dispatch;
   int64_t row_bytes = 0;
-  bool active = false;                       // started, not yet waited for
-  bool receiving = false;                    // the row receives are posted (counts known)
-  bool complete = false;                     // completion observed
-  int64_t posted_ns = 0;                     // steady clock, at start
-  std::vector<int64_t> count_out, count_in;  // [P][2] rows, post time (dispatch only)
+  bool active = false;     // started, not yet waited for
+  bool receiving = false;  // the row receives are posted (counts known)
+  bool complete = false;   // completion observed
+  int64_t posted_ns = 0;   // steady clock, at start
+  // dispatch only, per peer: rows, post time, then (token, slot) pairs per the receiver's local
+  // expert ([P][2+El])
+  std::vector<int64_t> count_out, count_in;
   Request counts, sends, recvs;  // last: destroyed (waited for) before the wire they use
 };
 
@@ -167,8 +172,8 @@ int64_t act_bytes(kernels::RowEncoding e, int64_t D) {
 }  // namespace
 
 template <class T>
-int64_t EpDispatcher<T>::state_bytes(int64_t N, int64_t P) {
-  return 8 * (2 * N * P + P + 2);  // slot, send_token, info
+int64_t EpDispatcher<T>::state_bytes(int64_t N, int64_t P, int64_t E) {
+  return 8 * (2 * N * P + P + 2 + E);  // slot, send_token, info
 }
 
 template <class T>
@@ -244,30 +249,57 @@ void EpDispatcher<T>::begin(DispatchState<T>& st, EpPhase phase) {
   live_.push_back(std::static_pointer_cast<EpPlan>(st.plan));
 }
 
+// Each peer's message: the rows it gets, this rank's post time, and the (token, slot) pairs per
+// expert it holds (pairs: this rank's [E] per global expert, the plan's info).
 template <class T>
-void EpDispatcher<T>::counts_start(EpPlan& pl) {
+void EpDispatcher<T>::counts_start(EpPlan& pl, const int64_t* pairs) {
   const int P = ep_.size(), me = ep_.rank();
-  pl.recv_counts.assign(P, 0);
+  const int64_t W = 2 + pl.El;
+  pl.count_out.assign(W * P, 0), pl.count_in.assign(W * P, 0);
+  for (int p = 0; p < P; ++p) {
+    int64_t* m = &pl.count_out[W * p];
+    m[0] = pl.send_counts[p], m[1] = pl.posted_ns;
+    std::copy(pairs + p * pl.El, pairs + (p + 1) * pl.El, m + 2);
+  }
   if (!p2p_) {  // in-order matching only: the blocking collective
     const auto t0 = std::chrono::steady_clock::now();
-    counts_net_.all_to_all(pl.send_counts.data(), pl.recv_counts.data(), 1);
+    counts_net_.all_to_all(pl.count_out.data(), pl.count_in.data(), static_cast<size_t>(W));
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     trace::span_since(trace::Track::Compute, "EP wait counts", trace::ns(t0));
-    pl.rows_received = 0;
-    for (int p = 0; p < P; ++p) pl.rows_received += pl.recv_counts[p];
+    counts_in(pl);
     return;
   }
-  pl.count_out.assign(2 * P, 0), pl.count_in.assign(2 * P, 0);
   std::vector<P2pOp> ops;
   const int tag = tag_of(pl.seq, kCountSlot);
+  const size_t bytes = sizeof(int64_t) * W;
   for (int p = 0; p < P; ++p) {
-    pl.count_out[2 * p] = pl.send_counts[p], pl.count_out[2 * p + 1] = pl.posted_ns;
     if (p == me) continue;
-    ops.push_back(P2pOp::send(&pl.count_out[2 * p], 2 * sizeof(int64_t), p, tag));
-    ops.push_back(P2pOp::recv(&pl.count_in[2 * p], 2 * sizeof(int64_t), p, tag));
+    ops.push_back(P2pOp::send(&pl.count_out[W * p], bytes, p, tag));
+    ops.push_back(P2pOp::recv(&pl.count_in[W * p], bytes, p, tag));
   }
-  pl.count_in[2 * me] = pl.count_out[2 * me], pl.count_in[2 * me + 1] = pl.posted_ns;
+  std::copy_n(&pl.count_out[W * me], W, &pl.count_in[W * me]);
   pl.counts = counts_net_.batch_isend_irecv(ops);
+}
+
+// The peers' messages are in: rows per peer, the local peers' skew, and the pairs per local expert
+// summed over the peers (the MoE layer's row groups, without reading them from the device).
+template <class T>
+void EpDispatcher<T>::counts_in(EpPlan& pl) {
+  const int P = ep_.size(), me = ep_.rank();
+  const int64_t W = 2 + pl.El;
+  int64_t late = 0;
+  pl.recv_counts.assign(P, 0);
+  pl.rows_received = 0;
+  pl.expert_off.assign(pl.El + 1, 0);
+  for (int p = 0; p < P; ++p) {
+    const int64_t* m = &pl.count_in[W * p];
+    pl.recv_counts[p] = m[0];
+    pl.rows_received += m[0];
+    if (node_host_[p] == node_host_[me]) late = std::max(late, m[1] - pl.posted_ns);
+    for (int64_t e = 0; e < pl.El; ++e) pl.expert_off[e + 1] += m[2 + e];
+  }
+  for (int64_t e = 0; e < pl.El; ++e) pl.expert_off[e + 1] += pl.expert_off[e];
+  skew_seconds_ += 1e-9 * static_cast<double>(late);
 }
 
 template <class T>
@@ -298,18 +330,8 @@ void EpDispatcher<T>::exchange_start(DispatchState<T>& st, int64_t row_bytes, Ep
 
 template <class T>
 void EpDispatcher<T>::post_receives(EpPlan& pl) {
-  const int P = ep_.size(), me = ep_.rank();
-  if (p2p_ && pl.phase == EpPhase::Dispatch) {  // the counts are in
-    int64_t late = 0;
-    pl.rows_received = 0;
-    for (int p = 0; p < P; ++p) {
-      pl.recv_counts[p] = pl.count_in[2 * p];
-      pl.rows_received += pl.recv_counts[p];
-      if (node_host_[p] == node_host_[me])
-        late = std::max(late, pl.count_in[2 * p + 1] - pl.posted_ns);
-    }
-    skew_seconds_ += 1e-9 * static_cast<double>(late);
-  }
+  const int P = ep_.size();
+  if (p2p_ && pl.phase == EpPhase::Dispatch) counts_in(pl);  // the counts are in
   const auto& rc = reversed(pl.phase) ? pl.send_counts : pl.recv_counts;
   pl.recv_bytes.assign(P, 0);
   size_t total = 0;
@@ -409,13 +431,18 @@ void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, in
   const int P = ep_.size();
   const int64_t El = n_experts / P;
   EpPlan& pl = idle(st, /*lend=*/false);  // the wire at the post: none held across a piece
-  // the bad-id flag travels with the counts: the op does not wait for the stream to check it
-  int64_t* info = sized(pl.info, P + 2);
+  // the bad-id flag travels with the counts (the op does not wait for the stream to check it),
+  // and so do the pairs per expert, which the count messages carry on to the experts' ranks
+  const int64_t I = P + 2 + n_experts;
+  int64_t* info = sized(pl.info, I);
   kernels::ep_dispatch_plan(ex_, idx, N, K, El, P, node_of_peer_.data(), info,
                             sized(pl.slot, N * P), sized(pl.send_token, N * P), info + P + 1);
-  pl.info_host.resize(P + 2);
-  pl.info_read =
-      kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * (P + 2));
+  kernels::expert_histogram(ex_, idx, N * K, N * K, N * K, n_experts, info + P + 2,
+                            /*accumulate=*/false);
+  pl.info_host.resize(I);
+  pl.info_read = kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * I);
+  pl.El = El;
+  pl.expert_off.clear();  // until the counts are in
   pl.planned = true;
 }
 
@@ -441,7 +468,7 @@ void EpDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int
   for (int p = 0; p < P; ++p) pl.rows_sent += pl.send_counts[p];
   pl.seq = next_seq_++;
   begin(st, EpPhase::Dispatch);
-  counts_start(pl);
+  counts_start(pl, host.data() + P + 2);
   // payload: each sent row's activations, then its routes on that peer
   const kernels::RowEncoding e = encoding(EpPhase::Dispatch);
   const int64_t A = act_bytes<T>(e, D), W = A + 2 * K * static_cast<int64_t>(sizeof(T));
@@ -469,6 +496,13 @@ void EpDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
     kernels::ep_unpack_routes<T>(ex_, in + A, W, R, K, ridx, rw);
   }
   return_wire(pl);
+}
+
+template <class T>
+const int64_t* EpDispatcher<T>::expert_offsets(const DispatchState<T>& st) const {
+  const auto* pl = static_cast<const EpPlan*>(st.plan.get());
+  return pl && pl->expert_off.size() == static_cast<size_t>(pl->El + 1) ? pl->expert_off.data()
+                                                                        : nullptr;
 }
 
 template <class T>

@@ -14,17 +14,17 @@
 // private split of the EP communicator, so several exchanges of one dispatcher can be in flight
 // at once (an overlapped executor runs one micro-batch's forward against another's backward) and
 // be started and waited in any order that is the same on every EP peer. No call blocks but a
-// wait. dispatch_start sends its per-peer row counts (with its post time) and its rows at once
-// and posts the count receives; the row receives are posted as soon as the counts are in, by
-// progress() or at the latest by dispatch_wait. The other three phases reverse or repeat the
-// dispatch's plan, so both sides' counts are known and they post everything at start. Each
-// exchange has a unique tag: the dispatch's sequence number (every peer runs the same sequence of
-// MoE calls, so it agrees everywhere) modulo a window (kTagWindow), times 5 (counts + the 4
-// phases); a start whose tag is still in flight (a plan kTagWindow dispatches old, in the same
-// phase) throws std::logic_error instead of mismatching. Communicators whose point-to-point ignores
-// tags (NCCL: Communicator::tags_match() is false; the k-th send matches the k-th receive) keep the
-// collective path: a blocking count all-to-all, then one all-to-all-v per phase, posted in
-// program order.
+// wait. dispatch_start sends its per-peer row counts (with its post time and the pairs per
+// expert, below) and its rows at once and posts the count receives; the row receives are posted
+// as soon as the counts are in, by progress() or at the latest by dispatch_wait. The other three
+// phases reverse or repeat the dispatch's plan, so both sides' counts are known and they post
+// everything at start. Each exchange has a unique tag: the dispatch's sequence number (every peer
+// runs the same sequence of MoE calls, so it agrees everywhere) modulo a window (kTagWindow), times
+// 5 (counts + the 4 phases); a start whose tag is still in flight (a plan kTagWindow dispatches
+// old, in the same phase) throws std::logic_error instead of mismatching. Communicators whose
+// point-to-point ignores tags (NCCL: Communicator::tags_match() is false; the k-th send matches the
+// k-th receive) keep the collective path: a blocking count all-to-all, then one all-to-all-v per
+// phase, posted in program order.
 //
 // Wire precision (SPEC §3.6): the token rows can travel as computed (Native: exact, what fp32
 // runs use), all in BF16, or as DeepSeek-V3 moves them (FP8): the two dispatches (forward, and
@@ -38,12 +38,16 @@
 // Device memory (ARCHITECTURE contract 8): every touch of the activations and of the wire
 // buffers is an op (the ep_* ops of kernels/ops.h) run on the model's execution context; the
 // plan (slots, send order) is built by an op on the device, and only its per-peer counts come to
-// the host (the messages' sizes). On device memory (a GPU, the guard device) that read is started
-// by dispatch_plan and awaited by dispatch_start, with a piece of other work in between
-// (plans_ahead, model/dispatch.h): the host waits for the plan, not for the compute enqueued
-// after it. The wire buffers are on the activation device. So the rows
-// travel on the EP group of device data and the counts, host memory, on the EP group of host
-// data when the two differ (a GPU run: NCCL and MPI; process_groups.h).
+// the host (the messages' sizes), with the (token, slot) pairs per global expert (an
+// expert_histogram of idx). The count message to peer p carries, besides the rows and the post
+// time, the pairs for each of p's experts, so a rank learns the rows per local expert of what it
+// receives from the counts (expert_offsets, model/dispatch.h) and its MoE layer reads nothing
+// back from the device (DeepEP's notify does the same). On device memory (a GPU, the guard device)
+// that read is started by dispatch_plan and awaited by dispatch_start, with a piece of other work
+// in between (plans_ahead, model/dispatch.h): the host waits for the plan, not for the compute
+// enqueued after it. The wire buffers are on the activation device. So the rows travel on the EP
+// group of device data and the counts, host memory, on the EP group of host data when the two
+// differ (a GPU run: NCCL and MPI; process_groups.h).
 //
 // Wire pool: a micro-batch's plan lives from its forward dispatch to its backward (in its
 // DispatchState), but it needs the wires (a send and a receive buffer, the rows as they travel)
@@ -116,6 +120,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
   void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w, int64_t N,
                       int64_t K, int64_t D, int64_t n_experts) override;
   void dispatch_wait(DispatchState<T>& st) override;
+  const int64_t* expert_offsets(const DispatchState<T>& st) const override;
   void combine_start(DispatchState<T>& st) override;
   void combine_wait(DispatchState<T>& st, T* y) override;
   void combine_backward_start(DispatchState<T>& st, const T* dy) override;
@@ -146,13 +151,13 @@ class EpDispatcher final : public TokenDispatcher<T> {
   WirePrecision wire() const { return wire_; }
   // Planning (trainer/plan.h), for N tokens over P ranks. state_bytes: what one MoE layer's
   // dispatch keeps per micro-batch (its plan lives in the micro-batch's DispatchState): the
-  // routing only (slot and send_token, [N, P] int64 each, and the counts with the bad-id flag;
-  // the wires are pooled).
+  // routing only (slot and send_token, [N, P] int64 each, and the counts with the bad-id flag and
+  // the pairs per expert, of E experts; the wires are pooled).
   // exchange_bytes: the pooled wires of one exchange in flight for tokens of width D and top-K
   // routing, each token sent to `dest` ranks on average: a send and a receive wire each grown to
   // the widest of the four phases' rows (N x dest rows either way: a rank receives as many rows
   // as it sends on average).
-  static int64_t state_bytes(int64_t N, int64_t P);
+  static int64_t state_bytes(int64_t N, int64_t P, int64_t E);
   static int64_t exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, double dest);
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
@@ -189,7 +194,8 @@ class EpDispatcher final : public TokenDispatcher<T> {
   EpPlan& idle(DispatchState<T>& st, bool lend = true);
   void begin(DispatchState<T>& st, EpPhase phase);
   // the count exchange of a dispatch (after its plan is built)
-  void counts_start(EpPlan& pl);
+  void counts_start(EpPlan& pl, const int64_t* pairs);
+  void counts_in(EpPlan& pl);  // the peers' counts arrived: rows, skew, pairs per local expert
   // one exchange's life: post the row receives once the counts are known; advance it (block:
   // until complete); complete a plan's exchange and drop it from the registry
   void post_receives(EpPlan& pl);

@@ -46,6 +46,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/exec.h"
+#include "kernels/pinned.h"
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
@@ -127,6 +129,7 @@ class PipelineExecutor {
     }
     wait_receives();
     wait_sends();
+    read_losses(step);
     for (const Losses& l : losses_) {
       sum.loss += l.loss, sum.lm += l.lm, sum.mtp += l.mtp, sum.balance += l.balance;
     }
@@ -230,6 +233,9 @@ class PipelineExecutor {
   Program forward_of(int m, int stage, const Step& st);
   Program backward_of(int m, int stage, const Step& st, bool defer_weight);
   void forward_done(int m, int stage);
+  // The step's end: every forward's loss parts read (the one wait for the stream they need), and
+  // turned into losses_.
+  void read_losses(const Step& st);
   void backward_done(int m, int stage);
   void run_pair(Program& f, Program& b);
   // Op i accumulates weight gradients into `stage`: if it is the step's last to, (m, stage)'s
@@ -339,8 +345,14 @@ class PipelineExecutor {
   std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
   std::vector<P2pOp> batch_;        // the messages of adjacent message ops, until post_batch()
   std::vector<Losses> losses_;      // [key] of the current run
-  std::vector<int> last_grad_op_;   // [stage]: the last op of this rank accumulating into it
-  size_t op_index_ = 0;             // of the op being run
+  // [key][parts_stride_]: each forward's loss parts, read from the device as the forward ends
+  // (loss_reads_[key]) and awaited at the end of the run (pinned on a GPU)
+  PinnedVector<double> loss_parts_;
+  std::vector<HostRead> loss_reads_;
+  std::vector<uint8_t> forwarded_;  // [key]: its forward ran here this run
+  int64_t parts_stride_ = 0;
+  std::vector<int> last_grad_op_;  // [stage]: the last op of this rank accumulating into it
+  size_t op_index_ = 0;            // of the op being run
   ExecStats stats_;
   std::vector<double> cost_sum_;  // [F, B, Bi, W, FB] seconds, and counts
   std::vector<int> cost_n_;

@@ -40,6 +40,11 @@ std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
   act_of_.assign(K, -1), grad_of_.assign(K, -1);
   recvs_.clear();
   losses_.assign(K, Losses{});
+  parts_stride_ = 0;
+  for (const Model<T>* c : chunks_) parts_stride_ = std::max(parts_stride_, c->loss_parts_size());
+  loss_parts_.resize(static_cast<size_t>(K * parts_stride_));
+  loss_reads_.assign(K, HostRead());
+  forwarded_.assign(K, 0);
   stats_ = ExecStats{};
   cost_sum_.assign(5, 0.0), cost_n_.assign(5, 0);
   std::vector<int> last(K, -1);
@@ -117,8 +122,20 @@ Program PipelineExecutor<T>::forward_of(int m, int stage, const Step& st) {
 template <class T>
 void PipelineExecutor<T>::forward_done(int m, int stage) {
   const int k = key(m, stage);
-  losses_[k] = state(k).losses;
+  forwarded_[k] = 1;
+  loss_reads_[k] = chunk(stage).read_losses_start(state(k), &loss_parts_[k * parts_stride_]);
   msg_release(act_of_[k]);
+}
+
+template <class T>
+void PipelineExecutor<T>::read_losses(const Step& st) {
+  for (int k = 0; k < static_cast<int>(losses_.size()); ++k) {
+    if (!forwarded_[k]) continue;  // not run here
+    loss_reads_[k].wait();
+    const int stage = k % sched_.stages;
+    losses_[k] =
+        chunk(stage).losses_from(&loss_parts_[k * parts_stride_], st.B, st.S, st.mtp_weight);
+  }
 }
 
 template <class T>

@@ -8,7 +8,9 @@
 // the world: stages, DP replicas and EP shards of the experts) less the recomputed head logits
 // equal the step's tokens x 3 x the formula's GEMM forward (model/flops.h) exactly. A guard run's
 // communicators refuse the other kind of memory (host data on host groups, device data on device
-// groups: parallel/comm_checked.h), so these runs also prove which group each exchange uses.
+// groups: parallel/comm_checked.h), so these runs also prove which group each exchange uses. And
+// the blocking reads of the device a step's pipeline makes (each a stream drain on a GPU) are
+// exactly one per MoE layer per micro-batch without EP, none with it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 
 #include "kernels/device.h"
 #include "model/flops.h"
+#include "model/model.h"
 #include "model/param.h"
 #include "parallel/comm.h"
 #include "parallel/comm_stream.h"
@@ -196,6 +199,36 @@ TEST(GuardDevice, CountedGemmFlopsAddUpToTheFormulaOverTheLayout) {
     EXPECT_EQ(recompute, heads) << line;
   }
   EXPECT_EQ(steps, 3);
+}
+
+// The stream drains of a step's pipeline (kernels/host_waits.h: the blocking device-to-host reads,
+// which the guard device counts as a GPU's would), summed over the world: one per MoE layer per
+// micro-batch forward where the layer reads its rows per expert back from the device (all experts
+// on one rank: the local dispatcher), none where the EP exchange's counts bring them, and none for
+// the losses, which the executor reads without waiting and collects at the end of the step.
+TEST(GuardDevice, APipelineDrainsTheStreamOnlyForRowsPerExpertWithoutEp) {
+  std::vector<std::vector<std::string>> layouts = {{}};
+  if (world().size() == 4)
+    layouts.push_back({"parallel.schedule=dualpipe", "data.micro_batch_size=1"});
+  for (std::vector<std::string> extra : layouts) {
+    extra.push_back("run.steps=2");
+    const std::string dir = tmp_dir("host_waits");
+    if (world().rank() == 0) std::filesystem::remove_all(dir);  // metrics.jsonl appends
+    world().barrier();
+    ASSERT_EQ(run("guard", dir, extra).size(), 2u);
+    if (world().rank() != 0) continue;
+    const Config cfg = tiny("guard", dir, extra);
+    const Model<float> meta(cfg.model, cfg.policy(), nullptr, StageSpec{}, Exec::on(Device::Meta));
+    const double moe = static_cast<double>(meta.moe_layers().size());  // the MTP module's too
+    const double forwards = static_cast<double>(cfg.data.global_batch_size /
+                                                cfg.data.micro_batch_size);  // all replicas
+    const double want = cfg.parallel.ep > 1 ? 0.0 : forwards * moe;
+    std::ifstream in(dir + "/metrics.jsonl");
+    int steps = 0;
+    for (std::string line; std::getline(in, line); ++steps)
+      EXPECT_EQ(field(line, "host_waits"), want) << line;
+    EXPECT_EQ(steps, 2);
+  }
 }
 
 }  // namespace

@@ -8,11 +8,12 @@
 // before any peer has started its own; several exchanges of one dispatcher in flight at once,
 // started and waited in interleaved orders (as an overlapped forward/backward pair does), give
 // the bits of one-at-a-time; progress() alone completes them; the in-order (collective) path that
-// NCCL-like communicators take gives the same bits too. The wires are pooled: many micro-batches
-// between their forward and backward keep only their routing, the dispatcher one pair of wires
-// per exchange in flight, and a warm steady state with two in flight allocates nothing. On device
-// memory (the guard device) the dispatcher plans ahead: its plan, made before another exchange
-// runs, posts afterwards with the rows of planning and posting at once.
+// NCCL-like communicators take gives the same bits too. Either way the counts bring the received
+// pairs per local expert (the MoE layer's row groups) exactly. The wires are pooled: many
+// micro-batches between their forward and backward keep only their routing, the dispatcher one pair
+// of wires per exchange in flight, and a warm steady state with two in flight allocates nothing. On
+// device memory (the guard device) the dispatcher plans ahead: its plan, made before another
+// exchange runs, posts afterwards with the rows of planning and posting at once.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -261,6 +262,19 @@ MicroBatch micro_batch(int me, int m, int64_t E) {
   return b;
 }
 
+// The received (token, slot) pairs per local expert that came with the counts, as offsets: those
+// of the received routes, which the MoE layer would otherwise read back from the device.
+void expect_expert_offsets(const EpDispatcher<float>& d, const DispatchState<float>& st,
+                           int64_t El) {
+  const int64_t* off = d.expert_offsets(st);
+  ASSERT_NE(off, nullptr);
+  std::vector<int64_t> want(El + 1, 0);
+  for (int64_t i = 0; i < st.R * K; ++i)
+    if (st.ridx.data()[i] >= 0) ++want[st.ridx.data()[i] + 1];
+  for (int64_t e = 0; e < El; ++e) want[e + 1] += want[e];
+  EXPECT_EQ(std::vector<int64_t>(off, off + El + 1), want);
+}
+
 void start_dispatch(EpDispatcher<float>& d, MicroBatch& m, int64_t E) {
   d.dispatch_start(m.st, m.t.x.data(), m.t.idx.data(), m.t.w.data(), N, K, D, E);
 }
@@ -275,6 +289,7 @@ std::vector<MicroBatch> one_at_a_time(Communicator& ep, WirePrecision prec, int 
   for (MicroBatch& b : mb) {
     start_dispatch(d, b, E);
     d.dispatch_wait(b.st);
+    expect_expert_offsets(d, b.st, E / P);
     experts_forward(b, me);
     d.combine_start(b.st);
     d.combine_wait(b.st, b.y.data());
@@ -455,6 +470,7 @@ TEST(ep_dispatch, ProgressCompletesExchangesAndTheyAreTimed) {
   EpDispatcher<float> d(Exec{}, ep, std::vector<int>(P, 0), WirePrecision::Native);
   DispatchState<float> st;
   EXPECT_TRUE(d.done(st));  // nothing started
+  EXPECT_EQ(d.expert_offsets(st), nullptr);
   d.dispatch_start(st, all[me].x.data(), all[me].idx.data(), all[me].w.data(), N, K, D, E);
   EXPECT_EQ(d.in_flight(), 1u);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -520,6 +536,7 @@ TEST(ep_dispatch, PlansAheadOnDeviceMemoryWithAnotherExchangeBetween) {
   GuardAccess open;                 // read the guard device's rows here
   expect_native_rows(a, all, me, 4);
   expect_native_rows(b, other, me, 4);
+  expect_expert_offsets(dev, a, 4), expect_expert_offsets(dev, b, 4);
 }
 
 // A bad expert id: planning does not check it (on a GPU that would wait for the stream); the
@@ -613,7 +630,7 @@ TEST(ep_dispatch, MicroBatchesInFlightKeepNoWires) {
       EpDispatcher<float>::exchange_bytes(WirePrecision::Native, N, D, K, static_cast<double>(P));
   // the routing on the device, and the host copy of its counts (a PinnedVector: the CPU
   // allocator's memory here)
-  const int64_t routing = EpDispatcher<float>::state_bytes(N, P) + 8 * (P + 2);
+  const int64_t routing = EpDispatcher<float>::state_bytes(N, P, E) + 8 * (P + 2 + E);
   std::vector<MicroBatch> mb;
   for (int m = 0; m < M; ++m) mb.push_back(micro_batch(me, m, E));
   forward(d, mb[0], me, E);

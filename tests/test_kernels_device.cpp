@@ -2,12 +2,13 @@
 // Meta device counts bytes and allocates nothing; Buffer sizing is grow-only; the allocators count
 // what they hold; an op on a device without a backend is an error; pinned host vectors are CPU
 // memory from the CPU allocator in a process that uses no GPU, freed by the allocator that made
-// them.
+// them; the host-wait counter counts the blocking reads of device memory.
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "kernels/buffer.h"
+#include "kernels/host_waits.h"
 #include "kernels/ops.h"
 #include "kernels/pinned.h"
 
@@ -112,6 +113,26 @@ TEST(HostRead, HostBackendsCopyAtOnce) {
   }
   EXPECT_THROW(kernels::copy_to_host_start(Exec::on(Device::Meta), nullptr, nullptr, 8),
                std::logic_error);
+}
+
+// The host-wait counter counts the blocking reads of device memory (a GPU's stream drains; the
+// guard device stands for one), not a CPU device's reads nor reads that wait for their copy only.
+TEST(HostWaits, CountBlockingReadsOfDeviceMemoryOnly) {
+  for (Device dev : {Device::CPU, Device::Guard}) {
+    const Exec ex = Exec::on(dev);
+    Buffer<int64_t> d(dev);
+    const std::vector<int64_t> h = {3, 5};
+    kernels::copy_from_host(ex, d.resize(2), h.data(), sizeof(int64_t) * 2);
+    std::vector<int64_t> back(2, 0);
+    kernels::host_waits::reset();
+    kernels::copy_to_host(ex, back.data(), d.data(), sizeof(int64_t) * 2);
+    kernels::copy_to_host(ex, back.data(), d.data(), sizeof(int64_t));
+    kernels::copy_to_host_start(ex, back.data(), d.data(), sizeof(int64_t) * 2).wait();
+    EXPECT_EQ(back, h);
+    EXPECT_EQ(kernels::host_waits::read(), dev == Device::Guard ? 2 : 0) << device_name(dev);
+  }
+  kernels::host_waits::reset();
+  EXPECT_EQ(kernels::host_waits::read(), 0);
 }
 
 TEST(Device, DefaultDeviceAndParsing) {

@@ -120,8 +120,10 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   EXPECT_EQ(p.ep_rows, 4);  // min(K = 4, EP = 4) ranks per token at most
   const RankPlan& r = p.ranks[0];
   const int64_t N = 2 * 128, D = 64, moe = 3 + 1;  // 3 MoE blocks and the MTP module's
-  const int64_t state = EpDispatcher<float>::state_bytes(N, 4);
-  EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 2));  // the routing only: [N, EP] slots and send order
+  const int64_t E = c.model.n_routed_experts;
+  const int64_t state = EpDispatcher<float>::state_bytes(N, 4, E);
+  // the routing only: [N, EP] slots and send order, and the counts (per peer, per expert)
+  EXPECT_EQ(state, 8 * (2 * N * 4 + 4 + 2 + E));
   // the pooled wires of one exchange: send and receive, 4 rows a token, each as wide as the
   // widest phase (the dispatch backward: bf16 d x and K fp32 weight gradients)
   const int64_t wire = EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, p.ep_rows);

@@ -204,8 +204,8 @@ struct RunConfig {
   int64_t sample_tokens = 64;
   // off | on: count the GEMM FLOPs the ops execute (kernels/flop_counter.h) and report them per
   // step in metrics.jsonl (gemm_flops_executed, gemm_flops_recompute and
-  // gemm_tflops_executed_per_device). Off by default: on CUDA the count reads each grouped GEMM's
-  // row total back to the host.
+  // gemm_tflops_executed_per_device). Off by default; on, it costs an atomic addition per GEMM
+  // op (the grouped GEMMs' row counts are host memory already, kernels/ops.h).
   bool count_flops = false;
   // Steps (1-based, as metrics.jsonl numbers them; strictly increasing) whose timeline every rank
   // records — compute ops, pieces of overlapped pairs, EP exchanges, PP messages, ZeRO buckets,

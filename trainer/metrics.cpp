@@ -55,6 +55,7 @@ void MetricsLog::write(const StepMetrics& m) {
     out_ << ",\"gemm_flops_executed\":" << integer(m.gemm_flops)
          << ",\"gemm_flops_recompute\":" << integer(m.gemm_flops_recompute)
          << ",\"gemm_tflops_executed_per_device\":" << num(m.gemm_tflops_per_device());
+  if (!std::isnan(m.host_waits)) out_ << ",\"host_waits\":" << integer(m.host_waits);
   out_ << ",\"rank_times\":[";
   for (size_t i = 0; i < m.rank_times.size(); ++i) out_ << (i ? "," : "") << num(m.rank_times[i]);
   out_ << "]";

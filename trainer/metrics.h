@@ -36,6 +36,9 @@ struct StepMetrics {
   // recomputed part (kernels/flop_counter.h); NaN unless run.count_flops. executed - recompute is
   // the GEMM part of flops_per_token x the step's tokens, exactly.
   double gemm_flops = NAN, gemm_flops_recompute = NAN;
+  // blocking device-to-host reads (stream drains) of the step's pipeline on all devices
+  // (kernels/host_waits.h); NaN on the CPU device
+  double host_waits = NAN;
   double tokens_per_s_per_device() const { return tokens_per_s / static_cast<double>(devices); }
   double model_tflops_per_device() const {
     return tokens_per_s_per_device() * flops_per_token / 1e12;

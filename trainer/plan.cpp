@@ -119,7 +119,8 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
     s.scratch = sc.phases;
     if (p.ep > 1) s.ep_layer = sc.received;
   }
-  if (p.ep > 1) s.ep_slot = s.moe_layers * EpDispatcher<float>::state_bytes(N, p.ep);
+  if (p.ep > 1)
+    s.ep_slot = s.moe_layers * EpDispatcher<float>::state_bytes(N, p.ep, mc.n_routed_experts);
   return s;
 }
 

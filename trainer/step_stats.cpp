@@ -8,11 +8,11 @@
 namespace moetron {
 
 void StepStats::reduce(Communicator& world) {
-  double v[9] = {loss,         lm,         mtp,           balance,       imbalance,
-                 ep_imbalance, moe_layers, gemm_executed, gemm_recompute};
+  double v[10] = {loss,         lm,         mtp,           balance,        imbalance,
+                  ep_imbalance, moe_layers, gemm_executed, gemm_recompute, host_waits};
   world.all_reduce(v, std::size(v));
   loss = v[0], lm = v[1], mtp = v[2], balance = v[3], imbalance = v[4], ep_imbalance = v[5];
-  moe_layers = v[6], gemm_executed = v[7], gemm_recompute = v[8];
+  moe_layers = v[6], gemm_executed = v[7], gemm_recompute = v[8], host_waits = v[9];
 }
 
 namespace {

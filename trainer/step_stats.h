@@ -45,6 +45,9 @@ struct StepStats {
   // GEMM FLOPs this rank's ops executed in the step's pipeline, and the recomputed part of them
   // (kernels/flop_counter.h); 0 unless run.count_flops
   double gemm_executed = 0, gemm_recompute = 0;
+  // blocking device-to-host reads this rank's ops made in the step's pipeline (forward and
+  // backward of every micro-batch): the stream drains of kernels/host_waits.h; 0 on the CPU
+  double host_waits = 0;
 
   // Every field summed over all ranks of `world`, in one all-reduce.
   void reduce(Communicator& world);

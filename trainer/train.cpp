@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "kernels/flop_counter.h"
+#include "kernels/host_waits.h"
 #include "parallel/trace.h"
 #include "parallel/watchdog.h"
 #include "trainer/expert_balance.h"
@@ -133,6 +134,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   inject_nan_fault(r, step + 1, nullptr);  // a gradient fault: before the backward accumulates
   for (Model<float>* chunk : r.chunk_list()) chunk->zero_loads();
   kernels::flop_counter::reset();  // the step's GEMM FLOPs (run.count_flops)
+  kernels::host_waits::reset();    // and its pipeline's stream drains
   trace::span_since(Track::Host, "step setup", t);
   Losses sum;  // forward and backward of every micro-batch; gradients scaled to the global mean
   r.pipeline->run([&](int m) { return batch.row(m * r.B); }, r.B, r.S, h.lambda,
@@ -140,6 +142,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
   t = trace::stamp();
   clock.pipeline_done(*r.pipeline, r.ep.get());
   const kernels::GemmFlops gemm = kernels::flop_counter::read();
+  const int64_t waits = kernels::host_waits::read();
   trace::span_since(Track::Host, "pipeline stats", t), t = trace::stamp();
 
   // the embedding's copies on the first and last stage share one gradient
@@ -171,7 +174,8 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
                   dp0 ? imbalance.ep_rank : 0.0,
                   dp0 ? static_cast<double>(imbalance.layers) : 0.0,
                   static_cast<double>(gemm.executed),
-                  static_cast<double>(gemm.recompute)};
+                  static_cast<double>(gemm.recompute),
+                  static_cast<double>(waits)};
   watchdog::set_phase("step statistics");
   stats.reduce(*r.world);
   trace::span_since(Track::Host, "step stats all-reduce", t);
@@ -266,6 +270,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   if (r.cfg.precision.recipe == Recipe::FP8) m.peak_fp8_tflops = r.cfg.hardware.peak_fp8_tflops;
   if (r.cfg.run.count_flops)
     m.gemm_flops = s.stats.gemm_executed, m.gemm_flops_recompute = s.stats.gemm_recompute;
+  if (r.cfg.run.device != Device::CPU) m.host_waits = s.stats.host_waits;
   m.eta_seconds =
       elapsed / static_cast<double>(step + 1) * static_cast<double>(r.cfg.run.steps - step - 1);
   return m;
