@@ -12,7 +12,10 @@
 // HostRead: a device-to-host read in flight (kernels::copy_to_host_start). wait() returns once the
 // bytes are in host memory: on a GPU, once the stream has reached the copy, not once the work
 // enqueued after it has run, so the host can enqueue more before it waits. Complete from the
-// start on the host backends, whose copies are done at once.
+// start on the host backends, whose copies are done at once. A read dropped before its wait is
+// waited for by its destructor (errors ignored), so the host memory it writes — pinned blocks
+// go back to a cache that hands them out again — is never freed under a copy still running;
+// declare a HostRead after the buffer it fills. Move-only: one owner waits.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +39,17 @@ class HostRead {
   // pending: the backend's marker of the copy (a CUDA event); wait_for blocks until it is reached
   HostRead(std::shared_ptr<void> pending, void (*wait_for)(void*))
       : pending_(std::move(pending)), wait_for_(wait_for) {}
+  HostRead(HostRead&& o) noexcept = default;
+  HostRead& operator=(HostRead&& o) noexcept {
+    if (this != &o) {
+      settle();
+      pending_ = std::move(o.pending_), wait_for_ = o.wait_for_;
+    }
+    return *this;
+  }
+  HostRead(const HostRead&) = delete;
+  HostRead& operator=(const HostRead&) = delete;
+  ~HostRead() { settle(); }
   void wait() {
     if (pending_) wait_for_(pending_.get());
     pending_.reset();
@@ -43,6 +57,13 @@ class HostRead {
   bool pending() const { return pending_ != nullptr; }
 
  private:
+  void settle() noexcept {
+    try {
+      wait();
+    } catch (...) {  // a failed device: nothing left to protect
+      pending_.reset();
+    }
+  }
   std::shared_ptr<void> pending_;
   void (*wait_for_)(void*) = nullptr;
 };

@@ -40,10 +40,11 @@ std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
   act_of_.assign(K, -1), grad_of_.assign(K, -1);
   recvs_.clear();
   losses_.assign(K, Losses{});
+  loss_reads_.clear();  // any read still in flight (a step that threw) lands before the resize
+  loss_reads_.resize(K);
   parts_stride_ = 0;
   for (const Model<T>* c : chunks_) parts_stride_ = std::max(parts_stride_, c->loss_parts_size());
   loss_parts_.resize(static_cast<size_t>(K * parts_stride_));
-  loss_reads_.assign(K, HostRead());
   forwarded_.assign(K, 0);
   stats_ = ExecStats{};
   cost_sum_.assign(5, 0.0), cost_n_.assign(5, 0);

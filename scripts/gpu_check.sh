@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA backend, meant for one H200/H100 in well under 10 minutes:
-#   1. configure and build for sm_90a (build-gpu/), unless --prebuilt DIR names binaries built
-#      elsewhere (cuda_tests, bench_cuda_gemm, bench_cuda_attention, bench_cuda_copy and, as
-#      libs.tar.xz, the shared libraries they need that the GPU machine lacks);
+#   1. configure and build for sm_90a (build-gpu/), unless --prebuilt DIR names a bundle built
+#      elsewhere by scripts/gpu_bundle.sh (the binaries and every library they need that the GPU
+#      machine lacks, Open MPI's plugins included: the lent machines have no MPI, HDF5 or
+#      yaml-cpp, so moetron itself runs only from such a bundle there);
 #   2. every GPU test: each CUDA op against its CPU twin, and the whole model on the GPU against
 #      the CPU (loss, gradients and three SGD steps per recipe; its loss table is printed);
 #   3. the BF16 and FP32 GEMMs on DeepSeek-V3's shapes (TFLOP/s against the 989 TFLOP/s dense
@@ -30,17 +31,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   echo "gpu_check: nvidia-smi failed"
 
 if [[ -n $prebuilt ]]; then
-  bin=$prebuilt
-  if [[ -f $prebuilt/libs.tar.xz ]]; then
-    mkdir -p /tmp/moetron_libs && tar xJf "$prebuilt/libs.tar.xz" -C /tmp/moetron_libs
-    export LD_LIBRARY_PATH=/tmp/moetron_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  fi
+  [[ -f $prebuilt/env.sh ]] || { echo "gpu_check: $prebuilt/env.sh: not a gpu_bundle.sh bundle"; exit 1; }
+  # shellcheck source=/dev/null
+  source "$prebuilt/env.sh"  # unpacks into /tmp/moetron_gpu; MOETRON_BIN, LD_LIBRARY_PATH, MPI
+  bin=$MOETRON_BIN
   # cuBLASLt and NCCL from the machine's CUDA (the toolkit or the Python wheels)
   for lib in 'libcublasLt.so.13*' 'libnccl.so.2*'; do
     at=$(find /usr/local/cuda*/ /usr/lib /opt -name "$lib" 2>/dev/null | head -1)
     [[ -n $at ]] && export LD_LIBRARY_PATH=$(dirname "$at"):$LD_LIBRARY_PATH
   done
-  ldd "$bin/cuda_tests" | grep "not found" && echo "gpu_check: missing libraries"
+  ldd "$bin/cuda_tests" "$bin/moetron" | grep "not found" && echo "gpu_check: missing libraries"
 else
   t0=$SECONDS
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOETRON_CUDA=ON \
@@ -97,7 +97,10 @@ run = sys.argv[1]
 def losses(name):
     p = f"{run}/{name}/metrics.jsonl"
     if not os.path.exists(p): return {}
-    return {r["step"]: r for r in map(json.loads, open(p)) if "loss" in r}
+    rows = {r["step"]: r for r in map(json.loads, open(p)) if "loss" in r}
+    for r in rows.values():  # a NaN loss is written as null
+        r["loss"] = float("nan") if r["loss"] is None else r["loss"]
+    return rows
 cpu, gpu, gpu2 = losses("cpu"), losses("gpu"), losses("gpu2")
 c2g, g2c = losses("cpu_to_gpu"), losses("gpu_to_cpu")
 print("| step | cpu loss | gpu loss | rel. diff | gpu again | cpu ckpt on gpu | gpu ckpt on cpu |")
@@ -119,14 +122,26 @@ mid = losses("mid")
 if mid:
     last = mid[max(mid)]
     print(f"mid-size config on one GPU: step {max(mid)}: {last.get('tokens_per_s_per_device', last.get('tokens_per_s', 0)):.0f} "
-          f"tokens/s, MFU {100 * last.get('mfu', 0):.1f}%")
+          f"tokens/s, MFU {100 * last.get('mfu', 0):.1f}%, {last.get('host_waits', '?')} host waits a step")
+if gpu:
+    print(f"tiny.yaml on the GPU: {gpu[max(gpu)].get('host_waits', '?')} host waits a step "
+          "(stream drains: kernels/host_waits.h)")
 print(f"gpu vs cpu: worst relative loss difference {worst:.1e} (<= 1e-4: {worst <= 1e-4}); "
       f"two gpu runs bit for bit: {same}")
 sys.exit(0 if ok and worst <= 1e-4 and same else 1)
 PY
   echo "gpu_check: training took $((SECONDS - t0)) s"
 else
-  echo "gpu_check: no moetron binary in $bin or no data/cache/sotu: training skipped"
+  echo "gpu_check: no moetron binary in $bin or no data/cache/sotu: training skipped (a failure)"
+  status=1
+fi
+# the logs, for a caller that keeps $OUT (the device tool brings it back)
+if [[ -n ${OUT:-} ]]; then
+  mkdir -p "$OUT/gpu_check" && cp /tmp/cuda_tests.log "$OUT/gpu_check/" 2>/dev/null
+  for d in /tmp/gpu_check_train/*/; do
+    [[ -f $d/metrics.jsonl ]] && cp "$d/metrics.jsonl" "$OUT/gpu_check/$(basename "$d").jsonl"
+  done
+  cp /tmp/gpu_check_train/*.log "$OUT/gpu_check/" 2>/dev/null
 fi
 
 echo "== summary"

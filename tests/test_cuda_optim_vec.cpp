@@ -1,5 +1,5 @@
 // The optimizer's vector ops on the GPU (kernels/cuda/optim_vec.cu) against their CPU twins on
-// the same seeded inputs: the sum of squares to 1e-12 relative (one block's fixed tree, not the
+// the same seeded inputs: the sum of squares to 1e-12 relative (fixed trees over blocks, not the
 // CPU's index order) and the same bits on a second call; the non-finite count exactly; the clip
 // scale and the bf16 rounding bitwise (the same float multiply, scalar.h's rounding). Skipped
 // without a GPU.
@@ -15,7 +15,7 @@ namespace {
 
 TEST(CudaOptimVec, SumOfSquaresCountScaleRoundMatchTheCpu) {
   MOETRON_REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(1023), size_t(1025), size_t(3000017)}) {
+  for (size_t n : {size_t(1), size_t(1023), size_t(1025), size_t(16385), size_t(3000017)}) {
     std::vector<float> x = rand_vec<float>(n, 40 + n, -4.0, 4.0);
     double want = 0;
     cpu::sum_squares(x.data(), static_cast<int64_t>(n), &want);

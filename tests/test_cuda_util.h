@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -100,7 +101,16 @@ struct BusyStream {
       kernels::gemm<float>(gpu_exec(), false, false, n, n, n, 1.f, a.data(), a.data(), 0.f,
                            c.data());
   }
-  static bool busy() { return cudaStreamQuery(compute_stream()) == cudaErrorNotReady; }
+  // "not ready" is not an error, but the runtime keeps it as the thread's last error, where the
+  // next launch check (cudaGetLastError) would report it: cleared here
+  static bool busy() {
+    const cudaError_t e = cudaStreamQuery(compute_stream());
+    if (e == cudaErrorNotReady)
+      (void)cudaGetLastError();
+    else if (e != cudaSuccess)
+      throw std::runtime_error(cudaGetErrorString(e));
+    return e == cudaErrorNotReady;
+  }
 };
 
 template <class T>

@@ -29,11 +29,15 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/attention_bf16.h"
 #include "kernels/cuda/launch.cuh"
@@ -399,9 +403,25 @@ unsigned grid_of(int64_t B, int64_t H, int64_t S, int rows, int64_t& ntiles, con
 
 // Opts the kernel into `bytes` of dynamic shared memory (above the default 48 KiB).
 template <class K>
-void allow_smem(K kernel, size_t bytes) {
+void allow_smem(K kernel, size_t bytes, size_t most, const char* op) {
+  // Opted in once per (device, kernel), at the most any head dims need (or the device's limit):
+  // host threads calling with different dims then never lower one another's limit between its
+  // setting and a launch. A device with less shared memory per block than a call needs (not an
+  // H100/H200) gets a clear error instead of a failed launch.
+  static std::mutex mu;
+  static std::set<std::pair<int, const void*>> opted;
+  int dev = 0, optin = 0;
+  MOETRON_CUDA_CHECK(cudaGetDevice(&dev));
+  MOETRON_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (bytes > static_cast<size_t>(optin))
+    throw std::invalid_argument(std::string(op) + ": these head dims need " +
+                                std::to_string(bytes) + " bytes of shared memory per block; " +
+                                "this device allows " + std::to_string(optin));
+  std::lock_guard<std::mutex> lk(mu);
+  if (!opted.insert({dev, reinterpret_cast<const void*>(kernel)}).second) return;
+  const size_t limit = std::min(most, static_cast<size_t>(optin));
   MOETRON_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(bytes)));
+                                          static_cast<int>(limit)));
 }
 
 }  // namespace
@@ -415,7 +435,8 @@ void attention_forward_bf16(const Exec& ex, const float* q, const float* k, cons
   const size_t smem = FwdSmem(nullptr, dqk, dvv).bytes;
   int64_t ntiles = 0;
   const unsigned grid = grid_of(B, H, S, kFwdRows, ntiles, "attention_forward (bf16)");
-  allow_smem(attn_fwd_bf16_kernel, smem);
+  allow_smem(attn_fwd_bf16_kernel, smem, FwdSmem(nullptr, kMaxD, kMaxD).bytes,
+             "attention_forward (bf16)");
   attn_fwd_bf16_kernel<<<grid, 32 * kFwdWarps, smem, stream_of(ex)>>>(q, k, v, S, H, dqk, dvv,
                                                                       scale, ntiles, o, lse);
   MOETRON_CUDA_LAUNCHED("attention_forward (bf16)");
@@ -435,8 +456,10 @@ void attention_backward_bf16(const Exec& ex, const float* dout, const float* q, 
   const unsigned grid_q = grid_of(B, H, S, kDqRows, nq, "attention_backward (bf16)");
   const unsigned grid_k = grid_of(B, H, S, kKvKeys, nk, "attention_backward (bf16)");
   const size_t smem_q = DqSmem(nullptr, dqk, dvv).bytes, smem_k = KvSmem(nullptr, dqk, dvv).bytes;
-  allow_smem(attn_dq_bf16_kernel, smem_q);
-  allow_smem(attn_dkdv_bf16_kernel, smem_k);
+  allow_smem(attn_dq_bf16_kernel, smem_q, DqSmem(nullptr, kMaxD, kMaxD).bytes,
+             "attention_backward (bf16, dQ)");
+  allow_smem(attn_dkdv_bf16_kernel, smem_k, KvSmem(nullptr, kMaxD, kMaxD).bytes,
+             "attention_backward (bf16, dK, dV)");
   attn_dq_bf16_kernel<<<grid_q, 32 * kDqWarps, smem_q, st>>>(dout, q, k, v, o, lse, S, H, dqk, dvv,
                                                              scale, nq, Dr, dq);
   MOETRON_CUDA_LAUNCHED("attention_backward (bf16, dQ)");

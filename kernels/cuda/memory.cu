@@ -7,9 +7,12 @@
 // Staging ring: kSlots pinned slots of kSlotBytes, used round robin. An upload is cut into
 // slot-sized chunks; each chunk waits until its slot's previous upload has run (an event), is
 // copied into the slot by the host, and is uploaded from there by a DMA copy on the stream, after
-// which the slot's event is recorded. So the host blocks only on uploads kSlots chunks old, never
-// on the compute the stream has queued (a micro-batch's tokens no longer drain the pipeline), and
-// the DMA reads page-locked memory (no driver staging). One ring per process, behind a mutex.
+// which the slot's event is recorded. So the host blocks only on an upload kSlots chunks old; as
+// that upload ran in the stream's order, the wait covers the compute queued before it. A few
+// small uploads between waits (a micro-batch's tokens) therefore never wait for compute and no
+// longer drain the pipeline, while an upload of more than kSlots x kSlotBytes (16 MiB), or a
+// fifth one while four are still queued, does wait (holding the mutex: other uploading threads
+// wait too). The DMA reads page-locked memory (no driver staging). One ring per process.
 #include <array>
 #include <cstring>
 #include <mutex>
