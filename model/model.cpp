@@ -85,10 +85,12 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
 template <class T>
 void Model<T>::init(uint64_t seed) {
   const double std = cfg_.init_std;
+  ParallelInit all;  // the draws below run at all.run(), in parallel over the parameters
   if (embed_) init_normal(*embed_, std, seed);  // by name: the same values from either chunk
   if (lm_head_) init_normal(*lm_head_, std, seed);
   for (auto& b : blocks_) b->init(std, seed);
   for (auto& m : mtp_) m->init(std, seed);
+  all.run();
 }
 
 template <class T>

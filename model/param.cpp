@@ -1,10 +1,12 @@
 // Deterministic per-parameter initialisation (see param.h).
 #include "model/param.h"
 
+#include <algorithm>
 #include <atomic>
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/host_tasks.h"
 #include "kernels/ops.h"
 
 namespace moetron {
@@ -36,22 +38,55 @@ void fill_values(Param<T>& p, F&& value_at) {
     for (int64_t i = 0; i < p.numel(); ++i) w[i] = value_at();
     return;
   }
-  std::vector<T> host(static_cast<size_t>(p.numel()));
-  for (T& x : host) x = value_at();
-  values_from_host(p, host.data());
+  // in chunks, so parallel fills hold little host memory (the upload stages each chunk at once)
+  constexpr int64_t kChunk = int64_t(1) << 20;
+  std::vector<T> host(static_cast<size_t>(std::min(kChunk, p.numel())));
+  for (int64_t at = 0; at < p.numel(); at += kChunk) {
+    const int64_t n = std::min(kChunk, p.numel() - at);
+    for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(i)] = value_at();
+    kernels::copy_from_host(Exec::on(p.value.device()), p.w() + at, host.data(), sizeof(T) * n);
+  }
+}
+
+thread_local ParallelInit* t_deferring = nullptr;
+
+// Runs `fill` now, or hands it to the thread's ParallelInit.
+void fill_or_defer(int64_t numel, std::function<void()> fill) {
+  if (t_deferring)
+    t_deferring->defer({numel, std::move(fill)});
+  else
+    fill();
 }
 }  // namespace
 
+ParallelInit::ParallelInit() : outer_(t_deferring) { t_deferring = this; }
+ParallelInit::~ParallelInit() { t_deferring = outer_; }
+
+void ParallelInit::defer(Task t) { tasks_.push_back(std::move(t)); }
+
+void ParallelInit::run() {
+  std::vector<Task> tasks = std::move(tasks_);
+  tasks_.clear();
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [](const Task& a, const Task& b) { return a.numel > b.numel; });
+  std::vector<std::function<void()>> fills;
+  fills.reserve(tasks.size());
+  for (Task& t : tasks) fills.push_back(std::move(t.fill));
+  kernels::run_host_tasks(fills);
+}
+
 template <class T>
 void init_normal(Param<T>& p, double std, uint64_t seed) {
-  std::mt19937_64 gen(name_seed(seed, p.name));
-  std::normal_distribution<double> dist(0.0, std);
-  fill_values(p, [&] { return static_cast<T>(dist(gen)); });
+  fill_or_defer(p.numel(), [&p, std, seed] {
+    std::mt19937_64 gen(name_seed(seed, p.name));
+    std::normal_distribution<double> dist(0.0, std);
+    fill_values(p, [&] { return static_cast<T>(dist(gen)); });
+  });
 }
 
 template <class T>
 void init_constant(Param<T>& p, double value) {
-  fill_values(p, [&] { return static_cast<T>(value); });
+  fill_or_defer(p.numel(), [&p, value] { fill_values(p, [&] { return static_cast<T>(value); }); });
 }
 
 template <class T>
