@@ -151,6 +151,8 @@ cp data/cache/sotu/train/tokens_00000.h5 "$OUT/other_tok.h5"
 /usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r+'); f.attrs['tokenizer']='other-bpe-v1'; f.close()" "$OUT/other_tok.h5"
 expect_err other_tokenizer "checkpoint was trained on tokenizer 'bpe-" --set run.dir="$OUT/x4" --set data.train_path="$OUT/other_tok.h5" --set data.tokenizer= --set run.sample_interval=0 --resume "$OUT/corrupt/checkpoints/step_3"
 expect_err missing_dir "manifest.yaml: missing" --set run.dir="$OUT/x3" --resume "$OUT/nowhere"
+x_made=""; for x in x1 x2 x3 x4 x5; do [ -e "$OUT/$x" ] && x_made+=" $x"; done
+if [ -z "$x_made" ]; then ok "a refused resume writes no run directory"; else bad "refused resumes wrote:$x_made"; fi
 # a missing or an overlapping piece (checksums redone, so only the piece check sees it): resume
 # and export fail naming the checkpoint file and tensor; export writes nothing
 cp -r "$OUT/straight_np8/checkpoints/step_6" "$OUT/drop-piece"

@@ -1,6 +1,6 @@
 // setup(): a training run's objects from a validated Config (see run.h), in the order their
 // checks must happen — layout, schedule, memory (the plan, when the device memory is known), data,
-// then (writing starts) run.dir, model, optimizer, resume, pipeline, loader — and the start-up
+// model, optimizer, resume, then (writing starts) run.dir, pipeline, loader — and the start-up
 // report. Also the helpers other commands share: the layout, the EP wire, the datasets of a config
 // and the intra-op thread count.
 #include "trainer/run.h"
@@ -328,9 +328,9 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   r->groups = std::make_unique<ProcessGroups>(
       r->grid, *r->world, cfg.model.num_nextn_predict_layers > 0 && !two_chunks,
       cfg.parallel.schedule == PipelineSchedule::DualPipe, r->device_world);
-  open_run_dir(*r);
   build_model(*r);
   resume_from(*r, resume, log);
+  open_run_dir(*r);  // after the resume: a refused checkpoint leaves no run directory behind
   r->writer = std::make_unique<CheckpointWriter>(*r->world);
   const int64_t M_max = cfg.data.global_batch_size / (r->B * r->grid.dp);
   ExecOptions eo;
