@@ -45,6 +45,9 @@ GemmFlops read();
 // Adds `flops` to executed, and to recompute as well inside a RecomputeScope on this thread or
 // when `recompute` is set. No-op while counting is off.
 void add(int64_t flops, bool recompute = false);
+// What add() has counted on the calling thread since it started (recompute included): the op
+// profile's FLOPs per op (kernels/op_profile.h) are differences of it.
+int64_t thread_executed();
 
 // While alive, the GEMMs this thread issues count as recompute. Nests.
 class RecomputeScope {

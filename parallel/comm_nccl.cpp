@@ -11,6 +11,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <exception>
 #include <string>
 #include <thread>
 
@@ -73,6 +75,7 @@ struct NcclHandle {
   ncclComm_t comm = nullptr;
   int rank = 0, size = 1;
   int* barrier_word = nullptr;  // one int32 on the device, zero: what barrier() all-reduces
+  mutable std::atomic<bool> failed{false};  // an asynchronous error was seen: abort, not destroy
 
   explicit NcclHandle(ncclComm_t c) : comm(c) {
     check(ncclCommUserRank(comm, &rank), "CommUserRank", rank, -1, comm);
@@ -82,9 +85,15 @@ struct NcclHandle {
   }
   // Errors are ignored: at process exit the CUDA runtime may already be gone. ncclCommDestroy
   // lets what was posted finish first (and may wait for the node's other ranks: destroy a
-  // communicator on every rank alike).
+  // communicator on every rank alike). So a handle that saw an asynchronous error, or that dies
+  // while an exception unwinds the stack (a failed op on this rank, which the others may never
+  // join), is aborted instead: ncclCommAbort cancels what is pending and waits for no peer, so the
+  // error reaches main and the job ends rather than hangs.
   ~NcclHandle() {
-    if (comm) ncclCommDestroy(comm);
+    if (comm && (failed.load() || std::uncaught_exceptions() > 0))
+      ncclCommAbort(comm);
+    else if (comm)
+      ncclCommDestroy(comm);
     if (barrier_word && cudaFree(barrier_word) != cudaSuccess) cudaGetLastError();
   }
   NcclHandle(const NcclHandle&) = delete;
@@ -95,7 +104,10 @@ struct NcclHandle {
   void check_async(const char* what) const {
     ncclResult_t async = ncclSuccess;
     check(ncclCommGetAsyncError(comm, &async), "CommGetAsyncError", rank, -1, comm);
-    if (async != ncclSuccess && async != ncclInProgress) fail(async, what, rank, -1, comm);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      failed.store(true);
+      fail(async, what, rank, -1, comm);
+    }
   }
   // Whether `ev` has completed, without blocking (CUDA errors throw; NCCL's async errors too).
   bool done(cudaEvent_t ev, const char* what) const {
@@ -207,7 +219,7 @@ NcclCommunicator::NcclCommunicator(const ncclUniqueId& id, int nranks, int rank,
   try {
     h_ = std::make_shared<NcclHandle>(c);
   } catch (...) {
-    ncclCommDestroy(c);
+    ncclCommAbort(c);
     throw;
   }
 }
@@ -417,7 +429,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   try {
     h = std::make_shared<NcclHandle>(c);
   } catch (...) {
-    ncclCommDestroy(c);
+    ncclCommAbort(c);
     throw;
   }
   return std::unique_ptr<Communicator>(new NcclCommunicator(std::move(h)));

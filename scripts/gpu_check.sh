@@ -90,7 +90,10 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
     --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json \
     --set hardware.profile=configs/hardware/h200.yaml --set run.steps=6 --set run.log_interval=1 \
     --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0 \
+    --set run.profile_steps=[5,6] \
     --set run.dir=$run/mid > $run/mid.log 2>&1 || { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
+  # where the mid-size steps' GPU time goes, op by op (CUDA events: kernels/op_profile.h)
+  grep -A17 "op profile of" $run/mid.log || echo "gpu_check: no op profile in the mid-size log"
   python3 - $run <<'PY' || status=1
 import json, os, sys
 run = sys.argv[1]
@@ -140,6 +143,7 @@ if [[ -n ${OUT:-} ]]; then
   mkdir -p "$OUT/gpu_check" && cp /tmp/cuda_tests.log "$OUT/gpu_check/" 2>/dev/null
   for d in /tmp/gpu_check_train/*/; do
     [[ -f $d/metrics.jsonl ]] && cp "$d/metrics.jsonl" "$OUT/gpu_check/$(basename "$d").jsonl"
+    [[ -f $d/op_profile/rank_0.tsv ]] && cp "$d/op_profile/rank_0.tsv" "$OUT/gpu_check/$(basename "$d")_op_profile.tsv"
   done
   cp /tmp/gpu_check_train/*.log "$OUT/gpu_check/" 2>/dev/null
 fi

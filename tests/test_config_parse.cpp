@@ -226,6 +226,7 @@ Config everything_changed() {
   c.run.count_flops = true;
   c.run.comm_timeout_s = 2.5;
   c.run.trace_steps = {3, 4, 9};
+  c.run.profile_steps = {2, 5};
   return c;
 }
 

@@ -199,6 +199,11 @@ const std::vector<Case> kRangeCases = {
      "run.trace_steps[1]: must be > run.trace_steps[0] (3) (strictly increasing), got 3"},
     {{{"run.trace_steps", "[2, 101]"}},
      "run.trace_steps: must name steps <= run.steps (100), got 101"},
+    {{{"run.profile_steps", "[0]"}}, "run.profile_steps[0]: must be > 0, got 0"},
+    {{{"run.profile_steps", "[4, 2]"}},
+     "run.profile_steps[1]: must be > run.profile_steps[0] (4) (strictly increasing), got 2"},
+    {{{"run.profile_steps", "[101]"}},
+     "run.profile_steps: must name steps <= run.steps (100), got 101"},
 };
 INSTANTIATE_TEST_SUITE_P(Ranges, Invalid, ::testing::ValuesIn(kRangeCases), case_name);
 
@@ -227,6 +232,8 @@ const std::vector<Case> kTypeCases = {
      "optimizer.grad_reduce_dtype: expected a string, got a mapping"},
     {{{"run.seed", "-1"}}, "run.seed: expected a non-negative integer, got -1"},
     {{{"run.trace_steps", "3"}}, "run.trace_steps: expected a list of integers, got 3"},
+    {{{"run.profile_steps", "abc"}},
+     "run.profile_steps: expected a list of integers, got the string \"abc\""},
     {{{"run.trace_steps", "{a: 1}"}},
      "run.trace_steps: expected a list of integers, got a mapping"},
     {{{"run.trace_steps", "[1, x]"}},

@@ -2,11 +2,16 @@
 // fills zero, the elementwise ops and the bf16 storage conversions agree with the CPU bit for bit
 // (one rounding rule: kernels/scalar.h); pinned host memory is page-locked and cached; uploads
 // stage through pinned slots, so the caller's memory is free at once and the host does not wait
-// for the compute queued before them. Skipped without a GPU.
+// for the compute queued before them; the host's waits for the device are visible to the hang
+// watchdog. Skipped without a GPU.
+#include <atomic>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/pinned.h"
+#include "parallel/watchdog.h"
 #include "tests/test_cuda_util.h"
 
 namespace moetron::kernels::gpu::testing {
@@ -95,6 +100,30 @@ TEST(CudaMemory, ReadStartWaitsForTheCopyNotForLaterWork) {
   EXPECT_TRUE(BusyStream::busy());  // the GEMMs enqueued after the copy still run
   EXPECT_FALSE(read.pending());
   EXPECT_TRUE(std::equal(h.begin(), h.end(), back.begin()));
+}
+
+// A read behind queued compute blocks its thread in a wait the hang watchdog sees ("device read"
+// on group "gpu"): a stream stuck behind a collective whose peer stopped ends the job at
+// run.comm_timeout_s instead of hanging in cudaStreamSynchronize unseen.
+TEST(CudaMemory, TheHostsWaitForTheDeviceIsAWatchdogWait) {
+  MOETRON_REQUIRE_GPU();
+  const std::vector<float> h = {1.f, 2.f, 3.f};
+  Buffer<float> d = dev(h);
+  std::vector<float> back(h.size());
+  const BusyStream queued;
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    kernels::copy_to_host(gpu_exec(), back.data(), d.data(), h.size() * sizeof(float));
+    done = true;
+  });
+  bool seen = false;
+  while (!done && !seen)
+    for (const watchdog::WaitInfo& w : watchdog::snapshot())
+      seen = seen || (w.op && w.group && std::string(w.op) == "device read" &&
+                      std::string(w.group) == "gpu");
+  reader.join();
+  EXPECT_TRUE(seen) << "the read finished before the watchdog saw it wait";
+  EXPECT_EQ(back, h);
 }
 
 TEST(CudaMemory, UploadsLargerThanTheStagingRingRoundTrip) {

@@ -147,6 +147,7 @@ void visit_config(V& v, C&... c) {
     v.field("sample_tokens", kPositive, c.run.sample_tokens...);
     v.field("count_flops", kOffOn, c.run.count_flops...);
     v.field("trace_steps", kPositive, c.run.trace_steps...);
+    v.field("profile_steps", kPositive, c.run.profile_steps...);
   });
 }
 
@@ -247,6 +248,11 @@ std::vector<SettingRule> batch_rules(const Config& c) {
        c.run.trace_steps.empty() || c.run.trace_steps.back() <= c.run.steps,
        "name steps <= run.steps (" + show(c.run.steps) + ")",
        c.run.trace_steps.empty() ? std::string("[]") : show(c.run.trace_steps.back()),
+       {"run.steps"}},
+      {"run.profile_steps",
+       c.run.profile_steps.empty() || c.run.profile_steps.back() <= c.run.steps,
+       "name steps <= run.steps (" + show(c.run.steps) + ")",
+       c.run.profile_steps.empty() ? std::string("[]") : show(c.run.profile_steps.back()),
        {"run.steps"}},
   };
 }

@@ -212,6 +212,11 @@ struct RunConfig {
   // optimizer, data waits (parallel/trace.h) — into one Chrome Trace Event file
   // <dir>/trace.json, written after the last of them (Perfetto opens it). [] = off.
   std::vector<int64_t> trace_steps;
+  // Steps (1-based, strictly increasing) whose ops every rank times on its device — GPU time by
+  // CUDA events, not launch time (kernels/op_profile.h) — summed per op into
+  // <dir>/op_profile/rank_<R>.tsv after the last of them; rank 0 also logs its slowest ops with
+  // their share of the steps' time and the GEMMs' TFLOP/s. [] = off.
+  std::vector<int64_t> profile_steps;
 };
 
 struct Config {

@@ -320,7 +320,8 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
   set_sleeping_waits(sleep_when_waiting(cfg.parallel));
-  kernels::flop_counter::set_counting(cfg.run.count_flops);  // read per step by train_step
+  // read per step by train_step; the op profile's TFLOP/s need it too
+  kernels::flop_counter::set_counting(cfg.run.count_flops || !cfg.run.profile_steps.empty());
   // the embedding's two copies on the first and last stage sum gradients, unless one rank holds
   // both stages (DualPipe(V): one shared copy); DualPipe's twins sum everything
   const bool two_chunks = r->stages.size() > 1;

@@ -42,6 +42,7 @@
 #include "trainer/fault_inject.h"
 #include "trainer/param_file.h"
 #include "trainer/run.h"
+#include "trainer/step_profile.h"
 #include "trainer/step_stats.h"
 #include "trainer/step_trace.h"
 
@@ -193,6 +194,7 @@ StepResult train_step(Run& r, int64_t step, StepClock& clock) {
 double validation_loss(Run& r) {
   const trace::Scope slice(trace::Track::Host, "validation");
   const trace::Paused off;  // its forward passes are not the step's
+  const kernels::op_profile::Paused not_profiled;
   const Config& cfg = r.cfg;
   const int64_t rows = cfg.data.global_batch_size / r.grid.dp, Me = rows / r.B;
   watchdog::set_phase("evaluation");
@@ -405,12 +407,14 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   summary.tokens = r.state.tokens;
   const auto t_start = std::chrono::steady_clock::now();
   BadSteps bad;
-  StepTrace tracer(r);  // run.trace_steps
+  StepTrace tracer(r);      // run.trace_steps
+  StepProfile profiler(r);  // run.profile_steps
 
   StepClock::Clock::time_point step_begin = StepClock::Clock::now();
   for (int64_t step = r.state.step; step < cfg.run.steps; ++step) {
     StepClock clock;
     clock.start(step_begin);
+    profiler.begin(step + 1);
     const StepResult s = train_step(r, step, clock);
     summary.tokens += s.tokens;
     summary.losses.push_back(s.stats.loss / static_cast<double>(s.microbatches));
@@ -422,6 +426,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     const bool stop = e.stop, last = e.last;
     step_begin = clock.end();
     tracer.step_done(step + 1, clock, e.eval_seconds);
+    profiler.end(step + 1, clock.step_seconds());
 
     if (r.rank0) {
       const trace::Scope slice(trace::Track::Host, "metrics");
@@ -444,6 +449,10 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
     }
     if (tracer.due(step + 1, last)) {  // outside the step's time
       tracer.write(r, log);
+      step_begin = StepClock::Clock::now();
+    }
+    if (profiler.due(step + 1, last)) {  // outside the step's time
+      profiler.write(r, log);
       step_begin = StepClock::Clock::now();
     }
     if (stop) {

@@ -297,7 +297,7 @@ void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, 
   // the device knows.
   unsigned long long n_bad = 0;
   MOETRON_CUDA_CHECK(cudaMemcpyAsync(&n_bad, err, sizeof(n_bad), cudaMemcpyDeviceToHost, st));
-  MOETRON_CUDA_CHECK(cudaStreamSynchronize(st));
+  wait_stream(st, "ep_dispatch_plan (expert id check)");
   if (n_bad) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
 }
 

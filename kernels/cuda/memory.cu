@@ -42,7 +42,7 @@ struct StagingRing {
       s.host = static_cast<uint8_t*>(pinned_host_allocator().allocate(kSlotBytes));
       MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
     } else {
-      MOETRON_CUDA_CHECK(cudaEventSynchronize(s.done));
+      wait_event(s.done, "upload (staging slot)");
     }
     return s;
   }
@@ -74,13 +74,11 @@ void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes)
   if (bytes == 0) return;
   cudaStream_t s = stream_of(ex);
   MOETRON_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s));
-  MOETRON_CUDA_CHECK(cudaStreamSynchronize(s));
+  wait_stream(s, "device read");
 }
 
 namespace {
-void wait_event(void* e) {
-  MOETRON_CUDA_CHECK(cudaEventSynchronize(*static_cast<cudaEvent_t*>(e)));
-}
+void wait_read(void* e) { wait_event(*static_cast<cudaEvent_t*>(e), "device read (started)"); }
 }  // namespace
 
 HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
@@ -93,7 +91,7 @@ HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, siz
   });
   MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(ev.get(), cudaEventDisableTiming));
   MOETRON_CUDA_CHECK(cudaEventRecord(*ev, s));
-  return HostRead(std::move(ev), &wait_event);
+  return HostRead(std::move(ev), &wait_read);
 }
 
 void copy(const Exec& ex, void* dst, const void* src, size_t bytes) {

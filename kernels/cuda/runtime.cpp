@@ -8,8 +8,11 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include "kernels/buffer.h"
+#include "parallel/watchdog.h"
 
 namespace moetron::kernels::gpu {
 
@@ -177,7 +180,73 @@ void stream_wait(cudaStream_t waiter, cudaStream_t producer) {
   MOETRON_CUDA_CHECK(cudaEventDestroy(ev));  // released once the wait has been satisfied
 }
 
-void synchronize(const Exec& ex) { MOETRON_CUDA_CHECK(cudaStreamSynchronize(stream_of(ex))); }
+void synchronize(const Exec& ex) { wait_stream(stream_of(ex), "synchronize"); }
+
+void wait_event(cudaEvent_t ev, const char* what) {
+  const watchdog::WaitScope waiting(what, -1, "gpu");
+  cudaError_t e;
+  while ((e = cudaEventQuery(ev)) == cudaErrorNotReady) std::this_thread::yield();
+  cudaGetLastError();  // "not ready" is not an error: keep it out of later launch checks
+  check(e, what, __FILE__, __LINE__);
+}
+
+namespace {
+// The calling thread's event for wait_stream (destroyed with the thread; errors ignored, as at
+// process exit the runtime may be gone).
+struct ThreadEvent {
+  cudaEvent_t ev = nullptr;
+  ~ThreadEvent() {
+    if (ev && cudaEventDestroy(ev) != cudaSuccess) cudaGetLastError();
+  }
+};
+}  // namespace
+
+namespace {
+struct TimingPool {
+  std::mutex mu;
+  std::vector<cudaEvent_t> free;
+};
+// never destroyed, as the streams
+TimingPool& timing_pool() {
+  static auto& p = *new TimingPool;
+  return p;
+}
+}  // namespace
+
+void* timing_event(cudaStream_t s) {
+  cudaEvent_t ev = nullptr;
+  {
+    TimingPool& p = timing_pool();
+    const std::lock_guard<std::mutex> lk(p.mu);
+    if (!p.free.empty()) ev = p.free.back(), p.free.pop_back();
+  }
+  if (!ev) MOETRON_CUDA_CHECK(cudaEventCreate(&ev));  // with timing
+  const cudaError_t e = cudaEventRecord(ev, s);
+  if (e != cudaSuccess) release_timing_event(ev);
+  MOETRON_CUDA_CHECK(e);
+  return ev;
+}
+
+double timing_seconds(void* start, void* end) {
+  wait_event(static_cast<cudaEvent_t>(end), "op profile");
+  float ms = 0;
+  MOETRON_CUDA_CHECK(
+      cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+  return 1e-3 * static_cast<double>(ms);
+}
+
+void release_timing_event(void* ev) {
+  TimingPool& p = timing_pool();
+  const std::lock_guard<std::mutex> lk(p.mu);
+  p.free.push_back(static_cast<cudaEvent_t>(ev));
+}
+
+void wait_stream(cudaStream_t s, const char* what) {
+  thread_local ThreadEvent t;
+  if (!t.ev) MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&t.ev, cudaEventDisableTiming));
+  MOETRON_CUDA_CHECK(cudaEventRecord(t.ev, s));
+  wait_event(t.ev, what);
+}
 
 Allocator& device_allocator() {
   static CudaAllocator a;

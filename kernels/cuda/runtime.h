@@ -63,6 +63,22 @@ void stream_wait(cudaStream_t waiter, cudaStream_t producer);
 // Blocks the host until the stream of `ex` is idle.
 void synchronize(const Exec& ex);
 
+// The host's waits for the device: every blocking wait of the backend goes through these two. They
+// poll (cudaEventQuery) inside a hang-watchdog wait scope (parallel/watchdog.h) named `what` on
+// group "gpu": a stream stuck behind an NCCL kernel whose peer has stopped then shows in the rank's
+// heartbeat and ends the job after run.comm_timeout_s, where cudaStreamSynchronize would block
+// unseen. wait_stream: until everything enqueued on `s` so far has run (an event recorded there,
+// one per thread, reused).
+void wait_event(cudaEvent_t ev, const char* what);
+void wait_stream(cudaStream_t s, const char* what);
+
+// The op profile's events (kernels/op_profile.h), as void* (a cudaEvent_t) so the profile needs no
+// CUDA header: a timing event from a pool, recorded now on `s`; the seconds from `start` to `end`
+// (waiting for `end`: wait_event); an event back to the pool.
+void* timing_event(cudaStream_t s);
+double timing_seconds(void* start, void* end);
+void release_timing_event(void* ev);
+
 // The caching, stream-ordered device allocator (installed as allocator(Device::CUDA)).
 Allocator& device_allocator();
 
