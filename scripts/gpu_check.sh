@@ -29,6 +29,12 @@ done
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader ||
   echo "gpu_check: nvidia-smi failed"
+# the hardware profile of the mid-size run (its memory check and MFU): the GPU's own when known
+hw=configs/hardware/h200.yaml
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" in
+  *H100*) hw=configs/hardware/h100.yaml ;;
+  *H800*) hw=configs/hardware/h800.yaml ;;
+esac
 
 if [[ -n $prebuilt ]]; then
   [[ -f $prebuilt/env.sh ]] || { echo "gpu_check: $prebuilt/env.sh: not a gpu_bundle.sh bundle"; exit 1; }
@@ -88,7 +94,7 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
     --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0 \
     --set data.global_batch_size=16 --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0 \
     --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json \
-    --set hardware.profile=configs/hardware/h200.yaml --set run.steps=6 --set run.log_interval=1 \
+    --set hardware.profile=$hw --set run.steps=6 --set run.log_interval=1 \
     --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0 \
     --set run.profile_steps=[5,6] \
     --set run.dir=$run/mid > $run/mid.log 2>&1 || { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
