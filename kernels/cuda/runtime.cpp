@@ -191,17 +191,6 @@ void wait_event(cudaEvent_t ev, const char* what) {
 }
 
 namespace {
-// The calling thread's event for wait_stream (destroyed with the thread; errors ignored, as at
-// process exit the runtime may be gone).
-struct ThreadEvent {
-  cudaEvent_t ev = nullptr;
-  ~ThreadEvent() {
-    if (ev && cudaEventDestroy(ev) != cudaSuccess) cudaGetLastError();
-  }
-};
-}  // namespace
-
-namespace {
 struct TimingPool {
   std::mutex mu;
   std::vector<cudaEvent_t> free;
@@ -240,6 +229,17 @@ void release_timing_event(void* ev) {
   const std::lock_guard<std::mutex> lk(p.mu);
   p.free.push_back(static_cast<cudaEvent_t>(ev));
 }
+
+namespace {
+// The calling thread's event for wait_stream (destroyed with the thread; errors ignored, as at
+// process exit the runtime may be gone).
+struct ThreadEvent {
+  cudaEvent_t ev = nullptr;
+  ~ThreadEvent() {
+    if (ev && cudaEventDestroy(ev) != cudaSuccess) cudaGetLastError();
+  }
+};
+}  // namespace
 
 void wait_stream(cudaStream_t s, const char* what) {
   thread_local ThreadEvent t;
