@@ -16,8 +16,14 @@
 // MLP gate|up 7168->2x18432 and down 18432->7168; routed expert gate|up 7168->2x2048 and down
 // 2048->7168 at M = 1024 rows (a 32k-token global batch routes 32768 x 8 / 256 = 1024 rows to
 // each expert); the output head 7168->129280.
-// Usage: bench_cuda_gemm [--quick] [--tokens M]. Without a GPU: "no usable CUDA device: <reason>",
-// exit 0.
+// Then the routed experts as the MoE layer runs them: the grouped ops (grouped_gemm_bf16_weight
+// with the cached bf16 weights, grouped_fp8_fprop), one GEMM per expert over its rows, for every
+// expert of a layer at once with the tokens routed evenly (tokens x K rows in all), beside one GEMM
+// of the same total rows with one expert's weight. The two do the same FLOPs, so their ratio is
+// what splitting the rows per expert costs — the measure for choosing a grouped kernel (a
+// device-side grouped GEMM) over per-expert calls. Layers: the mid-size config's (64 experts of
+// width 512, hidden 2048, K 8) and DeepSeek-V3's on one GPU (256 of 2048, hidden 7168, K 8). Usage:
+// bench_cuda_gemm [--quick] [--tokens M]. Without a GPU: "no usable CUDA device: <reason>", exit 0.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -69,6 +75,82 @@ Buffer<float> random_device(int64_t n, uint64_t seed) {
     mk::copy_from_host(ex, b.data() + i, pattern.data(), c * sizeof(float));
   }
   return b;
+}
+
+// A layer's routed experts: E experts, gate|up [2F, D] and down [D, F] each.
+struct Experts {
+  const char* what;
+  int64_t E, D, F, K;
+  bool quick;
+};
+
+// One grouped op over E even groups of `rows` total rows, [N, K] weights per group (NT), against
+// one GEMM of the same rows with group 0's weight: BF16 (bf16 weights cached, as the model's
+// Linear keeps them) and FP8 (the recipe's Fprop).
+void grouped_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t N, int warmup,
+                  int runs, moetron::bench::CudaTimer& timer) {
+  const Exec ex = gpu::exec();
+  std::vector<int64_t> off(static_cast<size_t>(E + 1));
+  for (int64_t g = 0; g <= E; ++g) off[g] = rows * g / E;
+  Buffer<float> X = random_device(rows * K, 1), W = random_device(E * N * K, 2);
+  Buffer<float> Y(Device::CUDA);
+  Y.resize(static_cast<size_t>(rows * N));
+  Buffer<uint16_t> W16(Device::CUDA);
+  mk::narrow_to_bf16(ex, W.data(), E * N * K, W16.resize(E * N * K));
+  const int64_t KB = (K + 127) / 128, NB = (N + 127) / 128;
+  Buffer<uint8_t> qX(Device::CUDA), qW(Device::CUDA);
+  Buffer<float> sX(Device::CUDA), sW(Device::CUDA);
+  mk::quantize(ex, X.data(), rows, K, mk::kTile1x128, true, qX.resize(rows * K),
+               sX.resize(rows * KB));
+  qW.resize(E * N * K), sW.resize(E * NB * KB);
+  for (int64_t g = 0; g < E; ++g)  // each expert's own 128x128 blocks
+    mk::quantize(ex, W.data() + g * N * K, N, K, mk::kTile128x128, true, qW.data() + g * N * K,
+                 sW.data() + g * NB * KB);
+  auto time_ms = [&](auto&& f) { return timer.mean_ms(warmup, runs, f); };
+  const double bf16_grouped = time_ms([&] {
+    mk::grouped_gemm_bf16_weight(ex, off.data(), E, true, N, K, X.data(), W16.data(), Y.data());
+  });
+  const double bf16_one = time_ms([&] {
+    mk::gemm_bf16_weight(ex, false, true, rows, N, K, 1.f, X.data(), W16.data(), 0.f, Y.data());
+  });
+  const double fp8_grouped = time_ms([&] {
+    mk::grouped_fp8_fprop(ex, off.data(), E, qX.data(), sX.data(), qW.data(), sW.data(), N, K,
+                          Y.data());
+  });
+  const double fp8_one = time_ms(
+      [&] { mk::fp8_fprop(ex, qX.data(), sX.data(), qW.data(), sW.data(), rows, N, K, Y.data()); });
+  const double flops = 2.0 * double(rows) * double(N) * double(K);
+  auto tf = [&](double ms) { return flops / (ms * 1e-3) * 1e-12; };
+  std::printf("| %s | %lld x %lld | %lld | %lld | BF16 | %.3f | %.1f | %.1f | %.2f |\n", what,
+              static_cast<long long>(E), static_cast<long long>(rows / E),
+              static_cast<long long>(K), static_cast<long long>(N), bf16_grouped, tf(bf16_grouped),
+              tf(bf16_one), bf16_one / bf16_grouped);
+  std::printf("| %s | %lld x %lld | %lld | %lld | FP8 | %.3f | %.1f | %.1f | %.2f |\n", what,
+              static_cast<long long>(E), static_cast<long long>(rows / E),
+              static_cast<long long>(K), static_cast<long long>(N), fp8_grouped, tf(fp8_grouped),
+              tf(fp8_one), fp8_one / fp8_grouped);
+  std::fflush(stdout);
+}
+
+void grouped_table(int64_t tokens, bool quick, int warmup, int runs,
+                   moetron::bench::CudaTimer& timer) {
+  const Experts layers[] = {{"mid-size", 64, 2048, 512, 8, true},
+                            {"V3, an EP-8 rank's 32 experts", 32, 7168, 2048, 8, false}};
+  std::printf(
+      "\nRouted experts, one grouped op per projection (%lld tokens x K rows, even "
+      "routing) vs one GEMM of the same rows:\n\n",
+      static_cast<long long>(tokens));
+  std::printf(
+      "| layer, projection | experts x rows | K | N | precision | grouped ms | grouped "
+      "TFLOP/s | one GEMM TFLOP/s | grouped / one GEMM |\n");
+  std::printf("|---|---:|---:|---:|---|---:|---:|---:|---:|\n");
+  for (const Experts& l : layers) {
+    if (quick && !l.quick) continue;
+    const int64_t rows = tokens * l.K;
+    const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
+    grouped_rows(up.c_str(), l.E, rows, l.D, 2 * l.F, warmup, runs, timer);
+    grouped_rows(down.c_str(), l.E, rows, l.F, l.D, warmup, runs, timer);
+  }
 }
 
 }  // namespace
@@ -136,5 +218,6 @@ int main(int argc, char** argv) {
         [&] { mk::fp8_fprop(ex, qX.data(), sX.data(), qW.data(), sW.data(), M, N, K, Y.data()); });
     row("FP8 (1x128 / 128x128 scales)", ms, kPeakFp8);
   }
+  grouped_table(tokens, quick, warmup, runs, timer);
   return 0;
 }
