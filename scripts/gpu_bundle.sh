@@ -3,7 +3,8 @@
 # moetron's other dependencies (the machines the device tool lends have no yaml-cpp, HDF5, Open MPI,
 # oneDNN or OpenBLAS, and no network to install them). Builds for sm_90a here and writes OUT/:
 #   moetron-gpu.tar.xz  bin/: moetron, cuda_tests, bench_cuda_gemm, bench_cuda_attention,
-#                       bench_cuda_copy; lib/: every shared library they load that is not glibc,
+#                       bench_cuda_copy, and Open MPI's mpirun (one node: it starts the ranks
+#                       itself, no daemon); lib/: every shared library they load that is not glibc,
 #                       libstdc++/libgcc or CUDA's (the machine's own), with Open MPI's and PMIx's
 #                       plugins (lib/openmpi3, lib/pmix: all but those for hardware a one-node run
 #                       does not use — UCX, OFI, PSM, verbs — and OpenSHMEM's) and what they load;
@@ -11,8 +12,9 @@
 #   env.sh              sourced (bash) by scripts/gpu_check.sh --prebuilt OUT: unpacks the archive
 #                       into /tmp/moetron_gpu once and exports what makes it found — the library
 #                       path, Open MPI's install directories moved there (OPAL_PKGLIBDIR,
-#                       OPAL_PKGDATADIR, PMIx's component path) and a singleton that starts no
-#                       daemon (ess_singleton_isolated: one process, no mpirun); MOETRON_BIN is the
+#                       OPAL_PKGDATADIR, PMIx's component path), a singleton that starts no
+#                       daemon (ess_singleton_isolated: one process, no mpirun) and mpirun's
+#                       launcher for this node only (plm isolated); MOETRON_BIN is the
 #                       binaries' directory.
 # The binaries target x86-64-v3 (AVX2), not this machine's CPU. --build DIR bundles an existing
 # build instead (with its own -march): tests/e2e_gpu_bundle.sh unpacks such a bundle into a chroot
@@ -47,6 +49,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib/openmpi3" "$stage/lib/pmix" "$stage/share"
 cp "${bins[@]}" "$stage/bin/"
+cp -L "$(readlink -f "$(command -v mpirun)")" "$stage/bin/mpirun"
 cp -L /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/*.so "$stage/lib/openmpi3/"
 cp -L /usr/lib/x86_64-linux-gnu/pmix2/lib/pmix/*.so "$stage/lib/pmix/"
 (cd "$stage/lib/openmpi3" &&
@@ -80,6 +83,7 @@ export OPAL_PKGLIBDIR=$moetron_bundle/lib/openmpi3 OPAL_PKGDATADIR=$moetron_bund
 export OMPI_MCA_mca_base_component_path=$moetron_bundle/lib/openmpi3
 export PMIX_MCA_mca_base_component_path=$moetron_bundle/lib/pmix
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_btl=self,vader
+export OMPI_MCA_plm=isolated  # mpirun: ranks on this node only (no ssh there to start daemons)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 EOF
 echo "gpu_bundle: $out: $(tar tJf "$out/moetron-gpu.tar.xz" | grep -c '\.so') libraries," \

@@ -89,6 +89,24 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
   tiny cpu cpu 20 --set run.save_interval=10
   tiny cpu_to_gpu cuda 20 --resume $run/cpu/checkpoints/step_10
   tiny gpu_to_cpu cpu 20 --resume $run/gpu/checkpoints/step_10
+  # several ranks on this one GPU (NCCL refuses two ranks on one GPU: the device data goes over
+  # MPI through host copies, parallel.device_comm mpi): PP2 1F1B, and PP2 x DP2 x EP2 DualPipe
+  mpi=$bin/mpirun && [[ -x $mpi ]] || mpi=$(command -v mpirun || true)
+  ranks() {  # name, device, ranks, more --set ...
+    local name=$1 device=$2 np=$3; shift 3
+    [[ -n $mpi ]] || { echo "gpu_check: no mpirun: $name skipped"; status=1; return; }
+    timeout 300 "$mpi" --oversubscribe --bind-to none -np "$np" "$bin/moetron" train \
+      configs/tiny.yaml --set run.device="$device" --set run.steps=10 --set run.eval_interval=0 \
+      --set run.sample_interval=0 --set run.save_interval=0 --set parallel.device_comm=mpi \
+      --set run.dir=$run/"$name" "$@" > $run/"$name".log 2>&1 ||
+      { echo "gpu_check: train $name failed:"; tail -5 $run/"$name".log; status=1; }
+  }
+  layout4=(--set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2
+           --set parallel.schedule=dualpipe --set data.micro_batch_size=2)
+  ranks gpu_pp2 cuda 2 --set parallel.pp=2
+  ranks cpu_pp2 cpu 2 --set parallel.pp=2
+  ranks gpu_4 cuda 4 "${layout4[@]}"
+  ranks cpu_4 cpu 4 "${layout4[@]}"
   # the mid-size config on this one GPU: DP1 x EP1, 16 sequences of 4096 a step, the SOTU corpus
   timeout 300 "$bin/moetron" train configs/deepseek-v3-mid.yaml --set run.device=cuda \
     --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0 \
@@ -127,6 +145,14 @@ for name, res in (("cpu ckpt on gpu", c2g), ("gpu ckpt on cpu", g2c)):
         d = abs(r["loss"] - cpu[s]["loss"]) / abs(cpu[s]["loss"])
         if not d <= 1e-4: print(f"gpu_check: {name} step {s}: {d:.1e} from the cpu"); ok = False
     ok &= len(res) == 10
+for name, ranks in (("pp2", 2), ("4", 4)):  # several ranks on the one GPU vs the CPU
+    c, g = losses(f"cpu_{name}"), losses(f"gpu_{name}")
+    d = max((abs(g[s]["loss"] - c[s]["loss"]) / abs(c[s]["loss"]) for s in c if s in g),
+            default=float("inf"))
+    d = d if d == d else float("inf")
+    print(f"{ranks} ranks on the GPU ({name}, device data over MPI): {len(g)} steps, worst "
+          f"relative loss difference from the CPU {d:.1e}")
+    ok &= len(g) == len(c) == 10 and d <= 1e-4
 mid = losses("mid")
 if mid:
     last = mid[max(mid)]

@@ -4,12 +4,15 @@
 # C++ runtime, bash and CUDA's libraries — no Open MPI, HDF5, yaml-cpp, oneDNN or OpenBLAS. The
 # bundle of this build, unpacked and set up by its env.sh inside, trains tiny.yaml 2 steps on the
 # CPU as a singleton MPI process (no mpirun, no daemon), writes a checkpoint (HDF5), and its
-# losses and gradient norms equal those of the same run outside, bit for bit. Needs root and
+# losses and gradient norms equal those of the same run outside, bit for bit; then the bundle's
+# mpirun trains the same on 2 ranks (PP2: how gpu_check.sh runs a multi-rank layout on one GPU),
+# again equal to the run outside. Needs root and
 # mount namespaces (unshare -m); without them, or in a build without the CUDA backend, it is
 # skipped (exit 77) with the reason.  Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; BUILD=$2; OUT=$BUILD/e2e_gpu_bundle
 SRC=$(pwd)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 skip() { echo "SKIPPED: $*"; exit 77; }
 [[ -x $BUILD/tests/cuda_tests ]] || skip "no CUDA backend in this build"
 [[ -d /usr/local/cuda/lib ]] || skip "no /usr/local/cuda/lib"
@@ -38,13 +41,17 @@ args=(train "$SRC/configs/tiny.yaml" --set run.steps=2 --set run.threads=1
       --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=2)
 "$BIN" "${args[@]}" --set run.dir="$OUT/outside" > "$OUT/outside.log" 2>&1
 
+mpirun --oversubscribe --mca btl self,vader --bind-to none -np 2 "$BIN" "${args[@]}" \
+  --set parallel.pp=2 --set run.dir="$OUT/outside2" > "$OUT/outside2.log" 2>&1
 # shellcheck disable=SC2016
 inside='set -e
 cd "$0"
 [[ ! -e /usr/lib/x86_64-linux-gnu/libmpi.so.40 && ! -e /lib/x86_64-linux-gnu/libhdf5_serial.so.103 ]]
 export LD_LIBRARY_PATH=/usr/local/cuda/lib
 source /b/env.sh
-"$MOETRON_BIN/moetron" "$@"'
+"$MOETRON_BIN/moetron" "$@" --set run.dir=/tmp/inside
+"$MOETRON_BIN/mpirun" --oversubscribe --bind-to none -np 2 "$MOETRON_BIN/moetron" "$@" \
+  --set parallel.pp=2 --set run.dir=/tmp/inside2'
 data=$(readlink -f data/cache)  # the corpus, wherever a link puts it
 mkdir -p "$root$data"
 unshare -m bash -c '
@@ -53,18 +60,22 @@ unshare -m bash -c '
   mount --bind /usr/local/cuda/lib "$root/usr/local/cuda/lib"
   mount --bind "$src" "$root$src"
   mount --bind "$data" "$root$data"
-  mount --bind /dev "$root/dev"
+  mount --rbind /dev "$root/dev"
   mount --bind /sys "$root/sys"
   mount -t proc proc "$root/proc"
   exec chroot "$root" /bin/bash -c "$@"' _ "$root" "$SRC" "$data" "$inside" "$SRC" \
-  "${args[@]}" --set run.dir=/tmp/inside > "$OUT/inside.log" 2>&1 ||
+  "${args[@]}" > "$OUT/inside.log" 2>&1 ||
   { echo "the bundle failed in the chroot:"; tail -20 "$OUT/inside.log"; exit 1; }
 
 /usr/bin/python3 - "$OUT/outside/metrics.jsonl" "$root/tmp/inside/metrics.jsonl" \
-  "$root/tmp/inside/checkpoints/step_2" <<'PY'
+  "$root/tmp/inside/checkpoints/step_2" "$OUT/outside2/metrics.jsonl" \
+  "$root/tmp/inside2/metrics.jsonl" <<'PY'
 import json, os, sys
-a, b = ([(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p))] for p in sys.argv[1:3])
+a, b, a2, b2 = ([(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p))]
+                for p in sys.argv[1:3] + sys.argv[4:6])
 assert len(a) == 2 and a == b, f"outside {a} != inside {b}"
 assert os.path.isdir(sys.argv[3]) and os.listdir(sys.argv[3]), "no checkpoint written inside"
-print(f"bundle: 2 steps in the chroot, losses {[x for x, _ in b]} as outside")
+assert len(a2) == 2 and a2 == b2, f"2 ranks: outside {a2} != inside {b2}"
+print(f"bundle: 2 steps in the chroot, losses {[x for x, _ in b]} as outside; "
+      f"on 2 ranks through its mpirun {[x for x, _ in b2]} as outside")
 PY

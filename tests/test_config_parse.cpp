@@ -76,6 +76,7 @@ TEST(ConfigTiny, OtherSections) {
   EXPECT_EQ(c.parallel.ep, 1);
   EXPECT_EQ(c.parallel.ranks_per_node, 0);
   EXPECT_EQ(c.parallel.schedule, PipelineSchedule::OneFOneB);
+  EXPECT_EQ(c.parallel.device_comm, DeviceComm::Nccl);
   EXPECT_EQ(c.precision.recipe, Recipe::FP32);
   EXPECT_EQ(c.run.dir, "runs/tiny");
   EXPECT_EQ(c.run.steps, 300);
@@ -217,6 +218,7 @@ Config everything_changed() {
   c.parallel.ep = 2;
   c.parallel.ranks_per_node = 8;
   c.parallel.schedule = PipelineSchedule::DualPipeV;
+  c.parallel.device_comm = DeviceComm::Mpi;
   c.precision.recipe = Recipe::FP8;
   c.run.dir = "runs/\"quoted\"\\back\tslash";
   c.run.steps = 12345678901;

@@ -185,6 +185,8 @@ const std::vector<Case> kRangeCases = {
     {{{"parallel.ranks_per_node", "-1"}}, "parallel.ranks_per_node: must be >= 0, got -1"},
     {{{"parallel.schedule", "gpipe"}},
      "parallel.schedule: must be one of {1f1b, zb1p, dualpipe, dualpipev}, got \"gpipe\""},
+    {{{"parallel.device_comm", "gloo"}},
+     "parallel.device_comm: must be one of {nccl, mpi}, got \"gloo\""},
     {{{"precision.recipe", "fp16"}},
      "precision.recipe: must be one of {fp32, bf16, fp8}, got \"fp16\""},
     {{{"run.dir", "\"\""}}, "run.dir: must be set (non-empty), got the string \"\""},

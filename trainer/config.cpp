@@ -108,6 +108,7 @@ void visit_config(V& v, C&... c) {
     v.field("progress_poll_us", kNonNegative, c.parallel.progress_poll_us...);
     v.field("wait", choices<WaitMode>(), c.parallel.wait...);
     v.field("nccl_max_ctas", kNonNegative, c.parallel.nccl_max_ctas...);
+    v.field("device_comm", choices<DeviceComm>(), c.parallel.device_comm...);
     v.field("stage_layers", kNonNegative, c.parallel.stage_layers...);
   });
   v.section("activations", "what a micro-batch keeps from forward to backward", [&] {

@@ -93,6 +93,14 @@ inline constexpr EnumWord<WaitMode> kWaitModeWords[] = {
     {WaitMode::Auto, "auto"}, {WaitMode::Poll, "poll"}, {WaitMode::Sleep, "sleep"}};
 constexpr auto enum_words(WaitMode) { return std::span(kWaitModeWords); }
 
+// What carries the device data between ranks of a GPU run: NCCL, or MPI through pinned host
+// copies (parallel/comm_staged.h: several ranks may then share one GPU, which NCCL refuses; no
+// NCCL needed; slower). CPU runs move host memory over MPI either way.
+enum class DeviceComm { Nccl, Mpi };
+inline constexpr EnumWord<DeviceComm> kDeviceCommWords[] = {{DeviceComm::Nccl, "nccl"},
+                                                            {DeviceComm::Mpi, "mpi"}};
+constexpr auto enum_words(DeviceComm) { return std::span(kDeviceCommWords); }
+
 struct ParallelConfig {
   int64_t pp = 1, dp = 1, ep = 1;
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
@@ -109,6 +117,7 @@ struct ParallelConfig {
   // run.device cuda: the most CTAs (so SMs) an NCCL kernel may take (ncclConfig_t maxCTAs);
   // DeepSeek-V3 left 20 of an H800's 132 SMs to communication. 0: NCCL's default.
   int64_t nccl_max_ctas = 0;
+  DeviceComm device_comm = DeviceComm::Nccl;
   // The first layer of each pipeline stage (pp of them; dualpipev: 2 x pp), from 0, increasing:
   // an explicit cut. Empty: cost-balanced (model/flops.h balanced_stage_starts: the last stage
   // carries the head and MTP). The cut in use is model.stage_starts.

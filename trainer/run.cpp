@@ -20,6 +20,7 @@
 #include "kernels/ops.h"
 #include "model/memory.h"
 #include "parallel/comm_checked.h"
+#include "parallel/comm_staged.h"
 #include "parallel/comm_stream.h"
 #include "trainer/plan.h"
 #include "trainer/train.h"
@@ -170,17 +171,23 @@ void open_run_dir(Run& r) {
 
 // The device of the run and the communicators of its host and device data. CUDA: this process
 // takes its node's GPU number (node-local rank mod the GPUs visible) before any CUDA memory
-// exists, and the device world is NCCL's, bootstrapped over the MPI world. Guard: the world
-// wrapped to refuse guard memory for host data and, when the parameters are on the guard device
-// too (all device data is), to refuse anything else for device data; with set_guard_nccl_order
-// the device data in NCCL's order (parallel/comm_stream.h).
+// exists, and the device world is NCCL's, bootstrapped over the MPI world, or with
+// parallel.device_comm mpi the MPI world through pinned host copies (parallel/comm_staged.h).
+// Guard: the world wrapped to refuse guard memory for host data and, when the parameters are on
+// the guard device too (all device data is), to refuse anything else for device data; with
+// set_guard_nccl_order the device data in NCCL's order (parallel/comm_stream.h), with device_comm
+// mpi staged through host copies as on a GPU.
 void open_device(Run& r) {
   const Config& cfg = r.cfg;
   r.world = r.device_world = &world();
+  const bool staged = cfg.parallel.device_comm == DeviceComm::Mpi;
   if (cfg.run.device == Device::Guard) {
     r.own_world = checked_communicator(world(), MemoryKind::Host);
     r.world = r.own_world.get();
-    if (guard_nccl_order()) r.own_device_world = nccl_ordered_communicator(world());
+    if (staged)
+      r.own_device_world = staged_communicator(world(), Device::Guard);
+    else if (guard_nccl_order())
+      r.own_device_world = nccl_ordered_communicator(world());
     if (guard_parameters())
       r.own_device_world = r.own_device_world ? checked_communicator(std::move(r.own_device_world),
                                                                      MemoryKind::Device)
@@ -193,13 +200,18 @@ void open_device(Run& r) {
   } catch (const std::exception& e) {
     throw ConfigError(cfg.source + ": run.device: cuda: " + e.what());
   }
+  if (staged) {
+    r.own_device_world = staged_communicator(world(), Device::CUDA);
+  } else {
 #if MOETRON_HAVE_CUDA
-  NcclOptions o;
-  o.max_ctas = static_cast<int>(cfg.parallel.nccl_max_ctas);
-  r.own_device_world = make_nccl_communicator(world(), o);
+    NcclOptions o;
+    o.max_ctas = static_cast<int>(cfg.parallel.nccl_max_ctas);
+    r.own_device_world = make_nccl_communicator(world(), o);
+#endif
+  }
+  if (!r.own_device_world) return;
   r.own_device_world->set_name("world");
   r.device_world = r.own_device_world.get();
-#endif
 }
 
 // This rank's model chunks with their experts (activations on run.device: every buffer made
