@@ -76,15 +76,23 @@ class TokenDispatcher {
 };
 
 // All experts in this process: received = sent, no copies beyond the state's buffers.
+// On a device it plans ahead too, though it exchanges nothing: dispatch_plan counts the (token,
+// slot) pairs per expert and starts reading them back, the layer enqueues its shared expert, and
+// dispatch_wait waits for that read only, so the grouped GEMMs' host offsets cost no stream drain
+// (the GPU runs the shared expert meanwhile). On the CPU the layer reads its own, a memcpy.
 template <class T>
 class LocalDispatcher final : public TokenDispatcher<T> {
  public:
   explicit LocalDispatcher(const Exec& ex = Exec{}) : ex_(ex) {}
   int64_t first_expert(int64_t) const override { return 0; }
   int64_t local_experts(int64_t n_experts) const override { return n_experts; }
+  bool plans_ahead() const override { return ex_.device != Device::CPU; }
+  void dispatch_plan(DispatchState<T>& st, const int32_t* idx, int64_t N, int64_t K,
+                     int64_t n_experts) override;
   void dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx, const T* w, int64_t N,
                       int64_t K, int64_t D, int64_t n_experts) override;
-  void dispatch_wait(DispatchState<T>&) override {}
+  void dispatch_wait(DispatchState<T>& st) override;
+  const int64_t* expert_offsets(const DispatchState<T>& st) const override;
   void combine_start(DispatchState<T>&) override {}
   void combine_wait(DispatchState<T>& st, T* y) override;
   void combine_backward_start(DispatchState<T>& st, const T* dy) override;

@@ -3,7 +3,8 @@
 // anything is posted (Posted::DispatchPlan), so an executor can enqueue the other micro-batch's
 // work before the host waits for the plan's counts; the second piece posts the dispatch. The
 // split changes no value: the layer's output is bit for bit that of a dispatcher that does not
-// plan ahead.
+// plan ahead. The local dispatcher plans ahead on a device itself, so that its layer reads its
+// rows per expert without draining the stream.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -12,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/host_waits.h"
+#include "kernels/ops.h"
 #include "model/dispatch.h"
 #include "model/moe.h"
 
@@ -73,8 +76,9 @@ struct Layer {
   MoE<double>::State st;
   std::vector<double> y, balance{0.0};
   std::vector<int64_t> load;
-  explicit Layer(std::shared_ptr<TokenDispatcher<double>> d) {
-    moe.build(ps, "m.", moe_config(), PrecisionPolicy{}, std::move(d), Exec{});
+  explicit Layer(std::shared_ptr<TokenDispatcher<double>> d, const Exec& ex = Exec{})
+      : ps(ex.device) {
+    moe.build(ps, "m.", moe_config(), PrecisionPolicy{}, std::move(d), ex);
     moe.init(0.1, 5);
   }
   Program forward(const std::vector<double>& x, int64_t B, int64_t S) {
@@ -115,6 +119,67 @@ TEST(MoEProgram, PlanningAheadEndsAPieceBeforeThePostAndChangesNoBit) {
   EXPECT_EQ(std::memcmp(ahead.y.data(), plain.y.data(), plain.y.size() * sizeof(double)), 0);
   EXPECT_EQ(ahead.balance, plain.balance);
   EXPECT_EQ(ahead.load, plain.load);
+}
+
+// Forward and backward of one layer on `dev` from host x and dy: y, dx, the balance loss, the
+// loads, and the blocking device reads the two made (kernels/host_waits.h).
+struct LayerRun {
+  std::vector<double> y, dx, balance;
+  std::vector<int64_t> load;
+  int64_t host_waits = 0;
+};
+template <class U>
+std::vector<U> to_host(const Exec& ex, const Buffer<U>& b, int64_t n) {
+  std::vector<U> h(static_cast<size_t>(n));
+  kernels::copy_to_host(ex, h.data(), b.data(), sizeof(U) * n);
+  return h;
+}
+template <class U>
+Buffer<U> on(const Exec& ex, const std::vector<U>& h) {
+  Buffer<U> b(ex.device);
+  kernels::copy_from_host(ex, b.resize(static_cast<int64_t>(h.size())), h.data(),
+                          sizeof(U) * h.size());
+  return b;
+}
+LayerRun run_layer(Device dev, const std::vector<double>& x, const std::vector<double>& dy,
+                   int64_t B, int64_t S) {
+  const Exec ex = Exec::on(dev);
+  const int64_t n = static_cast<int64_t>(x.size()), E = moe_config().n_routed_experts;
+  auto d = std::make_shared<LocalDispatcher<double>>(ex);
+  EXPECT_EQ(d->plans_ahead(), dev != Device::CPU);
+  Layer l(d, ex);
+  Buffer<double> xb = on(ex, x), dyb = on(ex, dy), yb = on(ex, std::vector<double>(x.size()));
+  Buffer<double> dxb = on(ex, std::vector<double>(x.size())), bal = on(ex, std::vector<double>(1));
+  Buffer<int64_t> load = on(ex, std::vector<int64_t>(static_cast<size_t>(E)));
+  kernels::host_waits::reset();
+  drain(l.moe.forward_program(l.st, xb.data(), B, S, yb.data(), bal.data(), load.data(), 0));
+  l.moe.backward_input(l.st, dyb.data(), dxb.data());
+  l.moe.backward_weight(l.st, xb.data());
+  LayerRun r;
+  r.host_waits = kernels::host_waits::read();
+  r.y = to_host(ex, yb, n), r.dx = to_host(ex, dxb, n), r.balance = to_host(ex, bal, 1);
+  r.load = to_host(ex, load, E);
+  return r;
+}
+
+TEST(MoEProgram, TheLocalDispatcherPlansAheadOnADeviceAndDrainsNothing) {
+  const int64_t B = 2, S = 7, D = moe_config().hidden_size;
+  std::mt19937_64 g(5);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<double> x(B * S * D), dy(B * S * D);
+  for (double& v : x) v = nd(g);
+  for (double& v : dy) v = nd(g);
+  const LayerRun cpu = run_layer(Device::CPU, x, dy, B, S);
+  const LayerRun guard = run_layer(Device::Guard, x, dy, B, S);
+  EXPECT_EQ(guard.host_waits, 0);  // before: one, the rows per expert read after the shared expert
+  EXPECT_EQ(std::memcmp(guard.y.data(), cpu.y.data(), x.size() * sizeof(double)), 0);
+  EXPECT_EQ(std::memcmp(guard.dx.data(), cpu.dx.data(), x.size() * sizeof(double)), 0);
+  EXPECT_EQ(guard.balance, cpu.balance);
+  EXPECT_EQ(guard.load, cpu.load);
+  int64_t routed = 0;
+  for (int64_t v : cpu.load) routed += v;
+  EXPECT_EQ(routed, B * S * moe_config().num_experts_per_tok);  // real routing, every pair
+  EXPECT_NE(cpu.dx[0], 0.0);
 }
 
 }  // namespace
