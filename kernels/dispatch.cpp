@@ -397,9 +397,10 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
   MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
 }
 
-void sum_squares(const Exec& ex, const float* x, int64_t n, double* out) {
-  const op_profile::Scope timed(ex, "sum_squares");
-  MOETRON_DISPATCH(sum_squares, x, n, out);
+void segment_sum_squares(const Exec& ex, const float* x, const int64_t* begin, const int64_t* len,
+                         int64_t n, double* out) {
+  const op_profile::Scope timed(ex, "segment_sum_squares");
+  MOETRON_DISPATCH(segment_sum_squares, x, begin, len, n, out);
 }
 void count_nonfinite(const Exec& ex, const float* x, int64_t n, int64_t* out) {
   const op_profile::Scope timed(ex, "count_nonfinite");

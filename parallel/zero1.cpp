@@ -190,12 +190,13 @@ void Zero1::plan_shard() {
 
 double Zero1::owned_grad_sq() const {
   // per-segment partial sums on the device, then a fixed-order total: deterministic
+  // (one op for all the segments: on a GPU two launches, not two per segment)
   const size_t n = segments_.size();
-  const float* owned = owned_grads();
-  for (size_t i = 0; i < n; ++i)  // a replica's entry stays 0 (zeroed once)
-    if (!segments_[i].p->replica)
-      kernels::sum_squares(ex_, owned + segments_[i].shard_offset, segments_[i].len,
-                           seg_sq_.data() + i);
+  std::vector<int64_t> begin(n), len(n);
+  for (size_t i = 0; i < n; ++i)  // a replica's segment counts as empty
+    begin[i] = segments_[i].shard_offset, len[i] = segments_[i].p->replica ? 0 : segments_[i].len;
+  kernels::segment_sum_squares(ex_, owned_grads(), begin.data(), len.data(),
+                               static_cast<int64_t>(n), seg_sq_.data());
   std::vector<double> host(n);
   kernels::copy_to_host(ex_, host.data(), seg_sq_.data(), sizeof(double) * n);
   double s = 0;

@@ -1,7 +1,7 @@
 // The optimizer's vector ops (kernels/cpu/optim_vec.cpp) through the dispatcher on the CPU and
-// on the guard device: the sum of squares against a naive double sum in index order (bitwise:
-// ZeRO-1's gradient norm depends on it) and against a long-double sum; the count of NaN and
-// infinities; the clip scale; the bf16 rounding against scalar.h's round_bf16, ties included.
+// on the guard device: the segments' sums of squares against naive double sums in index order
+// (bitwise: ZeRO-1's gradient norm depends on them) and against a long-double sum; the count of NaN
+// and infinities; the clip scale; the bf16 rounding against scalar.h's round_bf16, ties included.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -39,23 +39,37 @@ std::vector<float> back(Device dev, const Buffer<float>& b) {
   return x;
 }
 
-TEST(OptimVec, SumOfSquaresIsTheIndexOrderDoubleSum) {
+// Segments of lengths 0, 1, 7, 100003 and 70000 with gaps between them (one call): each sum is
+// the naive index-order double sum, bitwise, and the same bits alone as beside the others.
+TEST(OptimVec, SegmentSumOfSquaresIsEachSegmentsIndexOrderDoubleSum) {
+  const std::vector<int64_t> len = {0, 1, 7, 100003, 70000};
+  std::vector<int64_t> begin;
+  int64_t at = 3;
+  for (int64_t l : len) begin.push_back(at), at += l + 5;
+  const std::vector<float> x = rand_floats(static_cast<size_t>(at), 11);
+  const auto n = static_cast<int64_t>(len.size());
   for (Device dev : {Device::CPU, Device::Guard}) {
-    for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(100003)}) {
-      const std::vector<float> x = rand_floats(n, 11 + static_cast<uint32_t>(n));
+    const Exec ex = Exec::on(dev);
+    const Buffer<float> bx = on(dev, x);
+    Buffer<double> out(dev);
+    out.resize(n);
+    kernels::segment_sum_squares(ex, bx.data(), begin.data(), len.data(), n, out.data());
+    std::vector<double> got(len.size(), -1.0);
+    kernels::copy_to_host(ex, got.data(), out.data(), sizeof(double) * len.size());
+    for (size_t s = 0; s < len.size(); ++s) {
       double want = 0;
       long double exact = 0;
-      for (float v : x)
-        want += static_cast<double>(v) * v, exact += static_cast<long double>(v) * v;
-      const Buffer<float> bx = on(dev, x);
-      Buffer<double> out(dev);
-      out.resize(1);
-      kernels::sum_squares(Exec::on(dev), bx.data(), static_cast<int64_t>(n), out.data());
-      double got = -1;
-      kernels::copy_to_host(Exec::on(dev), &got, out.data(), sizeof got);
-      EXPECT_EQ(got, want) << n;
-      EXPECT_NEAR(got, static_cast<double>(exact), 1e-12 * static_cast<double>(exact) + 1e-300);
+      for (int64_t i = begin[s]; i < begin[s] + len[s]; ++i)
+        want += static_cast<double>(x[i]) * x[i], exact += static_cast<long double>(x[i]) * x[i];
+      EXPECT_EQ(got[s], want) << device_name(dev) << " segment " << s;
+      EXPECT_NEAR(got[s], static_cast<double>(exact), 1e-12 * static_cast<double>(exact) + 1e-300);
+      double alone = -1;
+      kernels::segment_sum_squares(ex, bx.data(), &begin[s], &len[s], 1, out.data());
+      kernels::copy_to_host(ex, &alone, out.data(), sizeof alone);
+      EXPECT_EQ(alone, got[s]) << device_name(dev) << " segment " << s;
     }
+    EXPECT_EQ(got[0], 0.0);
+    EXPECT_GT(got[3], 0.0);
   }
 }
 

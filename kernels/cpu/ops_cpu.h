@@ -235,9 +235,11 @@ template <class M>
 void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
 
 // ---- the optimizer's vectors (kernels/cpu/optim_vec.cpp) ---------------------------------------
-// out[0] = sum of x[i]^2, accumulated in double in index order (one thread: the gradient norm is
-// the same bits at any thread count); out[0] = count of non-finite x[i]; x *= c; x = bf16(x).
-void sum_squares(const float* x, int64_t n, double* out);
+// out[s] = sum of x[begin[s] + i]^2 over i < len[s], accumulated in double in index order (each
+// segment on one thread: the gradient norm is the same bits at any thread count); out[0] = count
+// of non-finite x[i]; x *= c; x = bf16(x).
+void segment_sum_squares(const float* x, const int64_t* begin, const int64_t* len, int64_t n,
+                         double* out);
 void count_nonfinite(const float* x, int64_t n, int64_t* out);
 void scale_inplace(float* x, float c, int64_t n);
 void round_bf16_inplace(float* x, int64_t n);

@@ -1,13 +1,16 @@
 // The optimizer's vector ops on the GPU (see kernels/cpu/optim_vec.cpp): the gradient's sum of
 // squares and non-finite count for ZeRO-1's norm and guard, the clip factor, the bf16 rounding.
-// The sum of squares runs once per owned parameter segment and step (thousands of segments of
-// ~1M values for the mid-size model): a first pass of ceil(n / kSumChunk) blocks (at most
-// kMaxSumBlocks), each a strided double sum reduced by block_sum's fixed tree into the workspace,
-// then one block sums those partials by the same tree. The block count depends on n alone, so the
-// bits are the same run to run and on any GPU (not the CPU's: a different order). One block for
-// the whole segment, as before, read it through one SM: ~0.2 s a step for the mid-size model.
+// The sums of squares of all a step's owned parameter segments (thousands of ~1M values for the
+// mid-size model) take two launches, not two per segment: a first pass in which segment s has
+// ceil(len / kSumChunk) blocks (at least 1, at most kMaxSumBlocks), each a strided double sum of
+// its segment reduced by block_sum's fixed tree into the workspace, then one block per segment
+// summing its partials by the same tree. A segment's block count depends on its length alone, so
+// its bits are the same run to run, on any GPU and whichever segments share the call (not the
+// CPU's: a different order). One block for a whole segment read it through one SM: ~0.2 s a step
+// for the mid-size model; one launch per segment cost a few microseconds each.
 // The count uses integer atomics (exact in any order).
 #include <algorithm>
+#include <vector>
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -21,22 +24,45 @@ constexpr int kSumThreads = 1024;
 constexpr int64_t kSumChunk = int64_t(1) << 14;  // values per block of the first pass
 constexpr int64_t kMaxSumBlocks = 1024;
 
-// out[blockIdx.x] = the block's strided share of sum x^2
-__global__ void sum_squares_kernel(const float* x, int64_t n, double* out) {
-  double s = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    s += static_cast<double>(x[i]) * x[i];
-  s = block_sum(s);
-  if (threadIdx.x == 0) out[blockIdx.x] = s;
+// A segment of the sum of squares, as the kernels see it: where it is and which blocks are its.
+struct SumSegment {
+  int64_t begin, len;           // in x
+  int64_t first_block, blocks;  // of the first pass (first_block increasing: every segment has one)
+};
+
+int64_t sum_blocks(int64_t len) {
+  return std::min(std::max<int64_t>((len + kSumChunk - 1) / kSumChunk, 1), kMaxSumBlocks);
 }
 
-// out[0] = sum of the g partials (one block)
-__global__ void sum_partials_kernel(const double* part, int64_t g, double* out) {
+// part[blockIdx.x] = the block's strided share of its segment's sum of x^2
+__global__ void segment_squares_kernel(const float* x, const SumSegment* seg, int64_t n,
+                                       double* part) {
+  const int64_t b = blockIdx.x;
+  int64_t lo = 0, hi = n - 1;  // the last segment whose first block is <= b
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (seg[mid].first_block <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const SumSegment sg = seg[lo];
+  const float* p = x + sg.begin;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += part[i];
+  for (int64_t i = (b - sg.first_block) * blockDim.x + threadIdx.x; i < sg.len;
+       i += sg.blocks * blockDim.x)
+    s += static_cast<double>(p[i]) * p[i];
   s = block_sum(s);
-  if (threadIdx.x == 0) out[0] = s;
+  if (threadIdx.x == 0) part[b] = s;
+}
+
+// out[blockIdx.x] = the sum of that segment's partials (one block per segment)
+__global__ void segment_totals_kernel(const double* part, const SumSegment* seg, double* out) {
+  const SumSegment sg = seg[blockIdx.x];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < sg.blocks; i += blockDim.x) s += part[sg.first_block + i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
 __global__ void count_nonfinite_kernel(const float* x, int64_t n, unsigned long long* out) {
@@ -62,19 +88,28 @@ __global__ void round_bf16_kernel(float* x, int64_t n) {
 
 }  // namespace
 
-void sum_squares(const Exec& ex, const float* x, int64_t n, double* out) {
-  cudaStream_t st = stream_of(ex);
-  const int64_t g = std::min(std::max<int64_t>((n + kSumChunk - 1) / kSumChunk, 1), kMaxSumBlocks);
-  if (g == 1) {  // one block straight into out (n <= 0 writes 0)
-    sum_squares_kernel<<<1, kSumThreads, 0, st>>>(x, n, out);
-    MOETRON_CUDA_LAUNCHED("sum_squares");
-    return;
+void segment_sum_squares(const Exec& ex, const float* x, const int64_t* begin, const int64_t* len,
+                         int64_t n, double* out) {
+  if (n <= 0) return;
+  std::vector<SumSegment> table(static_cast<size_t>(n));
+  int64_t blocks = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    table[s] = {begin[s], std::max<int64_t>(len[s], 0), blocks, sum_blocks(len[s])};
+    blocks += table[s].blocks;
   }
-  double* part = static_cast<double*>(workspace(ex, sizeof(double) * g));
-  sum_squares_kernel<<<static_cast<unsigned>(g), kSumThreads, 0, st>>>(x, n, part);
-  MOETRON_CUDA_LAUNCHED("sum_squares (blocks)");
-  sum_partials_kernel<<<1, kSumThreads, 0, st>>>(part, g, out);
-  MOETRON_CUDA_LAUNCHED("sum_squares (total)");
+  // the table, then the partials, in the stream's workspace; the upload goes through a pinned
+  // staging slot, so the host table may go at once
+  const size_t table_bytes = sizeof(SumSegment) * table.size();
+  const size_t part_offset = (table_bytes + 255) / 256 * 256;
+  auto* ws = static_cast<uint8_t*>(workspace(ex, part_offset + sizeof(double) * blocks));
+  auto* seg = reinterpret_cast<SumSegment*>(ws);
+  auto* part = reinterpret_cast<double*>(ws + part_offset);
+  copy_from_host(ex, seg, table.data(), table_bytes);
+  cudaStream_t st = stream_of(ex);
+  segment_squares_kernel<<<static_cast<unsigned>(blocks), kSumThreads, 0, st>>>(x, seg, n, part);
+  MOETRON_CUDA_LAUNCHED("segment_sum_squares (blocks)");
+  segment_totals_kernel<<<static_cast<unsigned>(n), kSumThreads, 0, st>>>(part, seg, out);
+  MOETRON_CUDA_LAUNCHED("segment_sum_squares (totals)");
 }
 
 void count_nonfinite(const Exec& ex, const float* x, int64_t n, int64_t* out) {
