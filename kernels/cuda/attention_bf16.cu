@@ -33,11 +33,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
-#include <utility>
 
 #include "kernels/cuda/attention_bf16.h"
 #include "kernels/cuda/launch.cuh"
@@ -399,29 +396,6 @@ unsigned grid_of(int64_t B, int64_t H, int64_t S, int rows, int64_t& ntiles, con
   const int64_t n = B * H * ntiles;
   if (n > INT_MAX) throw std::invalid_argument(std::string(op) + ": too many blocks");
   return static_cast<unsigned>(n);
-}
-
-// Opts the kernel into `bytes` of dynamic shared memory (above the default 48 KiB).
-template <class K>
-void allow_smem(K kernel, size_t bytes, size_t most, const char* op) {
-  // Opted in once per (device, kernel), at the most any head dims need (or the device's limit):
-  // host threads calling with different dims then never lower one another's limit between its
-  // setting and a launch. A device with less shared memory per block than a call needs (not an
-  // H100/H200) gets a clear error instead of a failed launch.
-  static std::mutex mu;
-  static std::set<std::pair<int, const void*>> opted;
-  int dev = 0, optin = 0;
-  MOETRON_CUDA_CHECK(cudaGetDevice(&dev));
-  MOETRON_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (bytes > static_cast<size_t>(optin))
-    throw std::invalid_argument(std::string(op) + ": these head dims need " +
-                                std::to_string(bytes) + " bytes of shared memory per block; " +
-                                "this device allows " + std::to_string(optin));
-  std::lock_guard<std::mutex> lk(mu);
-  if (!opted.insert({dev, reinterpret_cast<const void*>(kernel)}).second) return;
-  const size_t limit = std::min(most, static_cast<size_t>(optin));
-  MOETRON_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(limit)));
 }
 
 }  // namespace

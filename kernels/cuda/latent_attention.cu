@@ -75,10 +75,8 @@ void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M
   const int64_t blocks = (tasks + kWarps - 1) / kWarps;
   if (blocks > INT_MAX) throw std::invalid_argument("latent_attention_forward: too many tasks");
   const size_t smem = sizeof(T) * kWarps * (Dk + Dv);
-  if (smem > 48 * 1024)  // beyond the default limit: opt in (the launch fails past the device's)
-    MOETRON_CUDA_CHECK(cudaFuncSetAttribute(latent_attn_kernel<T>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
+  // the widths are any the model has: opted in at the device's limit
+  allow_smem(latent_attn_kernel<T>, smem, SIZE_MAX, "latent_attention_forward");
   latent_attn_kernel<T><<<static_cast<unsigned>(blocks), 32 * kWarps, smem, stream_of(ex)>>>(
       q, kv, M, past, H, static_cast<int>(Dk), static_cast<int>(Dv), scale, o);
   MOETRON_CUDA_LAUNCHED("latent_attention_forward");

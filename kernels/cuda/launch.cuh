@@ -1,11 +1,17 @@
 // Launch helpers shared by the .cu files of the CUDA backend: grid sizes for element and row
-// loops, and the block-wide sum every row kernel (RMSNorm, softmax, cross-entropy) reduces with.
+// loops, the block-wide sum every row kernel (RMSNorm, softmax, cross-entropy) reduces with, and
+// the opt-in to more than 48 KiB of dynamic shared memory.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "kernels/cuda/runtime.h"
 
@@ -33,6 +39,32 @@ __device__ T block_sum(T v) {
   T s = lane < nwarps ? warp_sums[lane] : T(0);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   return s;
+}
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory (past the default 48 KiB). Opted in
+// once per (device, kernel), at `most` (the most any call of it needs) or the device's limit if
+// lower: host threads calling with different sizes then never lower one another's limit between
+// its setting and a launch. A call needing more than the device allows per block (not an
+// H100/H200) gets a clear error instead of a failed launch; a failed opt-in is tried again.
+template <class K>
+void allow_smem(K kernel, size_t bytes, size_t most, const char* op) {
+  static std::mutex mu;
+  static std::set<std::pair<int, const void*>> opted;
+  int dev = 0, optin = 0;
+  MOETRON_CUDA_CHECK(cudaGetDevice(&dev));
+  MOETRON_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (bytes > static_cast<size_t>(optin))
+    throw std::invalid_argument(std::string(op) + ": needs " + std::to_string(bytes) +
+                                " bytes of shared memory per block; this device allows " +
+                                std::to_string(optin));
+  if (bytes <= 48 * 1024) return;
+  const std::pair<int, const void*> key{dev, reinterpret_cast<const void*>(kernel)};
+  std::lock_guard<std::mutex> lk(mu);
+  if (opted.count(key)) return;
+  const size_t limit = std::min(std::max(most, bytes), static_cast<size_t>(optin));
+  MOETRON_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(limit)));
+  opted.insert(key);
 }
 
 }  // namespace moetron::kernels::gpu
