@@ -152,8 +152,9 @@ void check_embedding(int64_t V, int64_t N, int64_t D) {
   cpu::embedding_forward<T>(ids.data(), N, table.data(), D, want.data());
   expect_equal(host(out, want.size()), want, what + " forward");
 
-  // backward accumulates into an existing gradient; per column the tokens are added in order
-  // n = 0..N-1 on both sides, so the sums are bitwise equal even with repeated ids
+  // backward accumulates into an existing gradient; per row the tokens are added in order
+  // n = 0..N-1 on both sides (the GPU's sort by id is stable), so the sums are bitwise equal even
+  // with repeated ids
   const auto dout = rand_vec<T>(N * D, 43);
   const auto dtable0 = rand_vec<T>(V * D, 44);
   Buffer<T> dd = dev(dout), dgrad = dev(dtable0);
@@ -168,8 +169,9 @@ void embedding_cases() {
   check_embedding<T>(1, 1, 1);
   check_embedding<T>(50, 300, 1);
   check_embedding<T>(50, 300, 129);
-  check_embedding<T>(7, 1000, 33);     // heavy repetition
-  check_embedding<T>(1000, 64, 7168);  // DeepSeek-V3's hidden size
+  check_embedding<T>(7, 1000, 33);       // heavy repetition
+  check_embedding<T>(1000, 64, 7168);    // DeepSeek-V3's hidden size
+  check_embedding<T>(5000, 4096, 2048);  // a mid-size micro-batch: runs of every length
 }
 
 TEST(CudaEmbedding, ForwardAndBackwardMatchTheCpuExactly) {
