@@ -11,9 +11,9 @@
 //   never asked for.
 //
 // Descriptors and the heuristic query are made per call (a few microseconds; a cache keyed by
-// shape is the obvious next step when this shows in profiles). One handle per host thread, made
-// on first use and kept for the life of the process (destroying it at exit would race the CUDA
-// runtime's own teardown).
+// shape is the obvious next step when this shows in profiles). The handle is the backend's one
+// (kernels/cuda/gemm.cuh: lt_handle), which throws when it cannot be made rather than quietly
+// sending every FP8 GEMM to the fallback kernel.
 #include <cublasLt.h>
 
 #include <cstdint>
@@ -21,19 +21,11 @@
 #include <string>
 
 #include "kernels/cuda/fp8_cuda.h"
+#include "kernels/cuda/gemm.cuh"
 
 namespace moetron::kernels::gpu::fp8 {
 
 namespace {
-
-cublasLtHandle_t lt_handle() {
-  thread_local cublasLtHandle_t h = [] {
-    cublasLtHandle_t x = nullptr;
-    if (cublasLtCreate(&x) != CUBLAS_STATUS_SUCCESS) x = nullptr;
-    return x;
-  }();
-  return h;
-}
 
 // Owners of the descriptors, so that every early return frees them.
 struct MatmulDesc {
@@ -66,14 +58,6 @@ bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, c
   return ok(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
 }
 
-// The largest power of two (<= 256) dividing the address: what cuBLASLt may assume of it.
-uint32_t alignment_of(const void* p) {
-  const uintptr_t u = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && u % a != 0) a /= 2;
-  return a;
-}
-
 }  // namespace
 
 bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, bool a_blocks,
@@ -81,7 +65,6 @@ bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, b
                       float* D, bool accumulate, void* workspace, size_t workspace_bytes) {
   if (cublasLtGetVersion() < 120900) return false;  // block scaling arrived in cuBLAS 12.9
   cublasLtHandle_t h = lt_handle();
-  if (h == nullptr) return false;
 
   MatmulDesc op;
   if (!ok(cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
@@ -111,7 +94,7 @@ bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, b
 
   Preference pref;
   const uint64_t ws = workspace_bytes;
-  const uint32_t al_a = alignment_of(A), al_b = alignment_of(B), al_d = alignment_of(D);
+  const uint32_t al_a = lt_alignment(A), al_b = lt_alignment(B), al_d = lt_alignment(D);
   if (!ok(cublasLtMatmulPreferenceCreate(&pref.d)) ||
       !set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) ||
       !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) ||

@@ -56,16 +56,6 @@ void lt_check(cublasStatus_t st, const char* what) {
     throw std::runtime_error(std::string("cuBLASLt: ") + what + ": " + cublasLtGetStatusString(st));
 }
 
-cublasLtHandle_t lt_handle() {
-  // Never destroyed: destroying at exit would race the CUDA runtime's own teardown.
-  static const cublasLtHandle_t h = [] {
-    cublasLtHandle_t x = nullptr;
-    lt_check(cublasLtCreate(&x), "cublasLtCreate");
-    return x;
-  }();
-  return h;
-}
-
 // ---- element kernels --------------------------------------------------------------------------
 
 // y[n] = bf16(x[n]) (bit patterns, nearest even).
@@ -110,16 +100,6 @@ struct AlgoKeyHash {
     return h;
   }
 };
-
-// The largest power of two (<= 256) that divides the address: cuBLASLt's heuristic assumes
-// 256-byte aligned operands unless told otherwise, and our operands are often offsets into a
-// larger buffer (an expert's rows, a vocabulary chunk).
-uint32_t alignment_of(const void* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  uint32_t r = 256;
-  while (r > 1 && a % r != 0) r >>= 1;
-  return r;
-}
 
 // Descriptors of one call, destroyed with it.
 struct Descs {
@@ -254,7 +234,7 @@ void lt_matmul(cudaStream_t s, Kind kind, bool ta, bool tb, int64_t M, int64_t N
                S alpha, const In* A, const In* B, S beta, S* C, void* lt_ws) {
   Descs d;
   make_descs(d, kind, ta, tb, M, N, K);
-  const AlgoKey key{M, N, K, ta, tb, kind, alignment_of(A), alignment_of(B), alignment_of(C)};
+  const AlgoKey key{M, N, K, ta, tb, kind, lt_alignment(A), lt_alignment(B), lt_alignment(C)};
   // MOETRON_CUDA_GEMM_FALLBACK=1 forces the fallback (its tests; read per call so they can set it)
   const char* force = std::getenv("MOETRON_CUDA_GEMM_FALLBACK");
   const bool forced = force && force[0] == '1';
@@ -384,5 +364,15 @@ template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, fl
                           const float*, float, float*, GemmPrecision, bool);
 template void gemm<double>(const Exec&, bool, bool, int64_t, int64_t, int64_t, double,
                            const double*, const double*, double, double*, GemmPrecision, bool);
+
+cublasLtHandle_t lt_handle() {
+  // Never destroyed: destroying at exit would race the CUDA runtime's own teardown.
+  static const cublasLtHandle_t h = [] {
+    cublasLtHandle_t x = nullptr;
+    lt_check(cublasLtCreate(&x), "cublasLtCreate");
+    return x;
+  }();
+  return h;
+}
 
 }  // namespace moetron::kernels::gpu

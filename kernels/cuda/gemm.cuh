@@ -7,6 +7,7 @@
 // needs, gemm_on runs it on a given stream with given scratch (never calling workspace itself).
 #pragma once
 
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -34,6 +35,23 @@ template <class T>
 void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
              const T* A, const T* B, T beta, T* C, GemmPrecision prec, void* scratch,
              size_t scratch_bytes);
+
+// The process's cuBLASLt handle, shared by every GEMM of the backend (FP8 included) and every host
+// thread (a cuBLASLt handle holds no stream or workspace: each call passes its own). Made on first
+// use, never destroyed; throws when it cannot be made.
+cublasLtHandle_t lt_handle();
+
+// The alignment cuBLASLt's heuristic is told of an operand (its MIN_ALIGNMENT preferences): the
+// largest power of two dividing the address, capped at 16 bytes — what Hopper's kernels need
+// (TMA, 128-bit loads). The cap makes a GEMM's plan, and so its bits, independent of where in a
+// buffer its operands start (an expert's rows at any offset, a cached bf16 weight or a scratch
+// copy of it); uncapped, a 256-aligned operand could pick another algorithm (another split-K).
+inline uint32_t lt_alignment(const void* p) {
+  const uintptr_t u = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 16;
+  while (a > 1 && u % a != 0) a /= 2;
+  return a;
+}
 
 // The most rows of any of the G groups of a grouped op (off: host memory, checked by the
 // dispatcher). The loop over groups runs on the host, each group its own GEMM with its own sizes.
