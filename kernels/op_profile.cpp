@@ -49,17 +49,20 @@ void add(const char* op, double seconds, int64_t flops) {
   ++t.calls, t.seconds += seconds, t.flops += flops;
 }
 
-// Under g_mu: the pending CUDA records into the totals (waiting for each end event).
+// Under g_mu: the pending CUDA records into the totals (waiting for each end event). The records
+// leave the list first, so a failure part-way (a failed device) never returns an event to the pool
+// twice; the rest are then left to the driver.
 void resolve() {
+  std::vector<Pending> list;
+  list.swap(pending());
 #if MOETRON_HAVE_CUDA
-  for (const Pending& p : pending()) {
+  for (const Pending& p : list) {
     const double s = kernels::gpu::timing_seconds(p.start, p.end);
     kernels::gpu::release_timing_event(p.start);
     kernels::gpu::release_timing_event(p.end);
     add(p.op, s, p.flops);
   }
 #endif
-  pending().clear();
 }
 
 int64_t now_ns() {
@@ -126,7 +129,8 @@ Scope::~Scope() {
     void* end = gpu::timing_event(gpu::stream_of(ex_));
     const std::lock_guard<std::mutex> lk(g_mu);
     pending().push_back({op_, start_event_, end, flops});
-  } catch (const std::exception&) {
+  } catch (const std::exception&) {  // the end event not recorded: the start goes back alone
+    gpu::release_timing_event(start_event_);
   }
 #endif
 }

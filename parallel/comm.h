@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -67,7 +68,10 @@ inline const char* comm_dtype_name(CommDType t) {
 // A pending non-blocking operation. wait() blocks until it is complete; test() says, without
 // blocking, whether it is complete. Whichever first finds it complete runs its completion step
 // (e.g. an unpack) exactly once; after that both return at once (test() returns true). A
-// default-constructed Request is already complete. Destroying a pending Request waits for it.
+// default-constructed Request is already complete. Destroying a pending Request waits for it;
+// while an exception unwinds the stack that wait's own failure is dropped (a communicator that
+// failed fails every wait), so the first error reaches main and the communicator is aborted there,
+// instead of a second exception ending the process in std::terminate.
 class Request {
  public:
   // progress(block): with block, waits for completion and returns true; without, returns whether
@@ -86,7 +90,16 @@ class Request {
     }
     return *this;
   }
-  ~Request() { wait(); }
+  ~Request() {
+    if (std::uncaught_exceptions() == 0) {
+      wait();
+      return;
+    }
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
   void wait() {
     if (progress_) {
       auto f = std::move(progress_);

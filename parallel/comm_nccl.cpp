@@ -76,6 +76,9 @@ struct NcclHandle {
   int rank = 0, size = 1;
   int* barrier_word = nullptr;  // one int32 on the device, zero: what barrier() all-reduces
   mutable std::atomic<bool> failed{false};  // an asynchronous error was seen: abort, not destroy
+  // the group the watchdog names in a host wait: the communicator's name ("ep", "dp"...), set
+  // before its first operation (set_name); "nccl" until then
+  std::string group = "nccl";
 
   explicit NcclHandle(ncclComm_t c) : comm(c) {
     check(ncclCommUserRank(comm, &rank), "CommUserRank", rank, -1, comm);
@@ -121,7 +124,7 @@ struct NcclHandle {
   // Blocks the host until `ev` has completed, polling so that a failed peer throws, not hangs.
   // The wait is recorded for the hang watchdog (parallel/watchdog.h) as a wait on this group.
   void wait(cudaEvent_t ev, const char* what) const {
-    const watchdog::WaitScope waiting(what, -1, "nccl");
+    const watchdog::WaitScope waiting(what, -1, group.c_str());
     while (!done(ev, what)) std::this_thread::yield();
   }
 };
@@ -213,6 +216,7 @@ NcclCommunicator::NcclCommunicator(const ncclUniqueId& id, int nranks, int rank,
                     " is negative (0: NCCL's default)");
   gpu::comm_stream();  // a usable GPU (else a clear error) and the streams, before NCCL binds
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 1;  // calls return when done, whatever NCCL_COMM_BLOCKING says (no InProgress)
   if (options.max_ctas > 0) config.maxCTAs = options.max_ctas;
   ncclComm_t c = nullptr;
   check(ncclCommInitRankConfig(&c, nranks, id, rank, &config), "CommInitRankConfig", rank);
@@ -432,7 +436,15 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
     ncclCommAbort(c);
     throw;
   }
-  return std::unique_ptr<Communicator>(new NcclCommunicator(std::move(h)));
+  std::unique_ptr<Communicator> sub(new NcclCommunicator(std::move(h)));
+  sub->set_name(name());  // a copy of a group is named as it (comm.h)
+  return sub;
+}
+
+void NcclCommunicator::set_name(std::string name) {
+  std::lock_guard<std::mutex> lk(mu_);
+  h_->group = name.empty() ? "nccl" : name;
+  Communicator::set_name(std::move(name));
 }
 
 }  // namespace moetron

@@ -54,7 +54,10 @@
 //
 // SM budget: Options::max_ctas caps the CTAs (hence SMs) an NCCL kernel uses (ncclConfig_t's
 // maxCTAs); DeepSeek-V3 reserved 20 of 132 SMs for communication. 0 leaves NCCL's default. Split
-// communicators inherit the parent's configuration.
+// communicators inherit the parent's configuration. The cap is on the channels; NCCL's topology
+// code rounds the point-to-point channel count (the EP all-to-all, the PP sends) to a power of
+// two, so a cap that is not one (20) may let those kernels take more CTAs (up to 32) in some NCCL
+// versions: prefer a power of two, and check with NCCL_DEBUG=INFO on the first multi-GPU run.
 #pragma once
 
 #include <nccl.h>
@@ -110,8 +113,10 @@ class NcclCommunicator final : public Communicator {
   Request iall_to_all_v(const void* send, const std::vector<size_t>& send_bytes, void* recv,
                         const std::vector<size_t>& recv_bytes) override;
   void barrier() override;
-  // ncclCommSplit: color < 0 -> NCCL_SPLIT_NOCOLOR (returns null)
+  // ncclCommSplit: color < 0 -> NCCL_SPLIT_NOCOLOR (returns null); the new one has this name
   std::unique_ptr<Communicator> split(int color, int key) override;
+  // also the group the hang watchdog names in this communicator's host waits
+  void set_name(std::string name) override;
 
  private:
   explicit NcclCommunicator(std::shared_ptr<NcclHandle> h);

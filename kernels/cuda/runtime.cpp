@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <new>
@@ -79,8 +80,19 @@ class CudaAllocator final : public Allocator {
     MOETRON_CUDA_CHECK(e);
     return p;
   }
+  // Called from destructors (a Buffer's), so it must not throw: after a sticky device error (a
+  // faulted kernel, an aborted NCCL kernel) every free fails, and a throw from the first Buffer
+  // destroyed while that error unwinds would end the process in std::terminate before the error
+  // reached main. The block is left to the driver; the first such failure is reported once.
   void do_deallocate(void* p, size_t) override {
-    MOETRON_CUDA_CHECK(cudaFreeAsync(p, compute_stream()));
+    const cudaError_t e = cudaFreeAsync(p, compute_stream());
+    if (e == cudaSuccess) return;
+    cudaGetLastError();
+    static std::atomic<bool> reported{false};
+    if (!reported.exchange(true))
+      std::fprintf(stderr,
+                   "moetron: cudaFreeAsync failed (%s); device blocks are left to the driver\n",
+                   cudaGetErrorString(e));
   }
 };
 
