@@ -1,9 +1,10 @@
 // The CUDA MoE routing ops against their CPU twins: the gate (DeepSeek-V3's group-limited top-k
 // and a small plain one; inputs without near-ties so an ulp of sigmoid cannot change the choice,
 // and rows of exact ties to check that ties go to the lower index), its backward, the sequence
-// balance loss (f and loss bit for bit) and its backward, the expert histogram, the bias update,
-// the stable routing table, the gather and the scatter-add (bit for bit). Outputs start as NaN /
-// 0xff garbage, so an element an op fails to write is caught. Skipped without a GPU.
+// balance loss (f bit for bit, the loss to 1e-13: summed by chunks of positions) and its backward,
+// the expert histogram, the bias update, the stable routing table, the gather and the scatter-add
+// (bit for bit). Outputs start as NaN / 0xff garbage, so an element an op fails to write is caught.
+// Skipped without a GPU.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -294,6 +295,7 @@ TEST(CudaBalance, SeqBalanceLossMatchesTheCpu) {
     check_balance<float>(3, 37, 8, 2, ties, 6, /*tail=*/1);  // MTP depth 1 and 3
     check_balance<double>(2, 300, 256, 8, ties, 7, /*tail=*/3);
     check_balance<double>(2, 3, 8, 2, ties, 8, /*tail=*/3);  // nothing counts: f = 0, loss 0
+    check_balance<float>(1, 4096, 64, 8, ties, 9);           // mid-size: 16 chunks, 2 expert blocks
   }
 }
 
