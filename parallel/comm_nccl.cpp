@@ -135,8 +135,9 @@ namespace {
 struct CommEvent {
   cudaEvent_t ev = nullptr;
   CommEvent() {
+    cudaStream_t s = gpu::comm_stream();  // first: binds this thread to the process's device
     MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    const cudaError_t e = cudaEventRecord(ev, gpu::comm_stream());
+    const cudaError_t e = cudaEventRecord(ev, s);
     if (e != cudaSuccess) cudaEventDestroy(ev);
     MOETRON_CUDA_CHECK(e);
   }

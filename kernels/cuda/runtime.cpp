@@ -41,12 +41,18 @@ const Probe& probe() {
 }
 
 std::atomic<bool> g_in_use{false};
+// The process's device: select_device's, or the one current when the streams were made.
+std::atomic<int> g_device{-1};
 
 struct Streams {
   cudaStream_t compute = nullptr, comm = nullptr;
   Streams() {
     if (!available()) throw std::runtime_error("CUDA: " + unavailable_reason());
     g_in_use = true;
+    int current = 0;
+    MOETRON_CUDA_CHECK(cudaGetDevice(&current));
+    int unset = -1;
+    g_device.compare_exchange_strong(unset, current);
     MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
     MOETRON_CUDA_CHECK(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking));
     // the pool keeps what is freed: later allocations of the run reuse it
@@ -61,6 +67,7 @@ struct Streams {
   // own teardown at exit.
 };
 Streams& streams() {
+  bind_thread();
   static Streams s;
   return s;
 }
@@ -112,6 +119,7 @@ class PinnedHostCache final : public Allocator {
  protected:
   void* do_allocate(size_t bytes) override {
     const size_t n = rounded(bytes);
+    bind_thread();  // cudaHostAlloc makes a context on the current device if it has none
     std::lock_guard<std::mutex> lk(mu_);
     if (auto it = free_.find(n); it != free_.end()) {
       void* p = it->second;
@@ -165,8 +173,21 @@ void select_device(int local_rank) {
   if (!available()) throw std::runtime_error("no usable GPU (" + unavailable_reason() + ")");
   int n = 0;
   MOETRON_CUDA_CHECK(cudaGetDeviceCount(&n));
-  MOETRON_CUDA_CHECK(cudaSetDevice(local_rank % n));
+  int want = local_rank % n, unset = -1;
+  if (!g_device.compare_exchange_strong(unset, want) && unset != want)
+    throw std::logic_error("select_device(" + std::to_string(want) +
+                           "): this process already uses device " + std::to_string(unset) +
+                           " (its streams were made before the device was selected)");
+  MOETRON_CUDA_CHECK(cudaSetDevice(want));
   g_in_use = true;
+}
+
+void bind_thread() {
+  thread_local int bound = -1;
+  const int d = g_device.load(std::memory_order_relaxed);
+  if (d < 0 || d == bound) return;
+  MOETRON_CUDA_CHECK(cudaSetDevice(d));
+  bound = d;
 }
 
 bool in_use() { return g_in_use.load(); }
@@ -185,6 +206,7 @@ Exec exec() { return Exec{Device::CUDA, compute_stream(), nullptr}; }
 
 void stream_wait(cudaStream_t waiter, cudaStream_t producer) {
   if (waiter == producer) return;
+  bind_thread();
   cudaEvent_t ev;
   MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
   MOETRON_CUDA_CHECK(cudaEventRecord(ev, producer));
@@ -215,6 +237,7 @@ TimingPool& timing_pool() {
 }  // namespace
 
 void* timing_event(cudaStream_t s) {
+  bind_thread();
   cudaEvent_t ev = nullptr;
   {
     TimingPool& p = timing_pool();
@@ -254,6 +277,7 @@ struct ThreadEvent {
 }  // namespace
 
 void wait_stream(cudaStream_t s, const char* what) {
+  bind_thread();
   thread_local ThreadEvent t;
   if (!t.ev) MOETRON_CUDA_CHECK(cudaEventCreateWithFlags(&t.ev, cudaEventDisableTiming));
   MOETRON_CUDA_CHECK(cudaEventRecord(t.ev, s));

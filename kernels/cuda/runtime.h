@@ -47,14 +47,24 @@ void check(cudaError_t e, const char* what, const char* file, int line);
 bool in_use();
 
 // Selects device local_rank mod the visible count for this process (cudaSetDevice), before the
-// streams and the pool are made; throws, naming the reason, when no GPU is usable.
+// streams and the pool are made; throws, naming the reason, when no GPU is usable, or when the
+// streams were already made on another device.
 void select_device(int local_rank);
+
+// Makes the process's device (select_device's, or the one its streams were made on) current on
+// the calling thread, once per thread. The CUDA runtime's current device is per thread: another
+// thread would otherwise make its events and pinned memory on device 0 (a context on GPU 0 for
+// every rank of a node) and fail to record them on this device's streams. Called by stream_of and
+// every entry below that makes an event, a stream or memory; cheap after the first call.
+void bind_thread();
 
 cudaStream_t compute_stream();
 cudaStream_t comm_stream();
-// The stream an op of `ex` runs on.
+// The stream an op of `ex` runs on (the calling thread bound to the process's device).
 inline cudaStream_t stream_of(const Exec& ex) {
-  return ex.stream ? static_cast<cudaStream_t>(ex.stream) : compute_stream();
+  if (!ex.stream) return compute_stream();
+  bind_thread();
+  return static_cast<cudaStream_t>(ex.stream);
 }
 // The execution context of the compute stream (what Exec::on(Device::CUDA) means).
 Exec exec();
