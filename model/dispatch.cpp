@@ -35,6 +35,7 @@ void LocalDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx,
   pl.pairs = N * K;
   kernels::expert_histogram(ex_, idx, N * K, N * K, N * K, E, sized(pl.counts, E),
                             /*accumulate=*/false);
+  pl.read.wait();  // a read still in flight into counts_host (a plan never waited for) first
   pl.counts_host.resize(static_cast<size_t>(E));
   pl.read = kernels::copy_to_host_start(ex_, pl.counts_host.data(), pl.counts.data(),
                                         sizeof(int64_t) * E);

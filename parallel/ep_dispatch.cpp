@@ -136,6 +136,9 @@ EpDispatcher<T>::EpDispatcher(const Exec& ex, Communicator& ep, std::vector<int>
     throw std::invalid_argument("EpDispatcher: BF16 and FP8 wires carry float activations");
   if (counts && (counts->size() != ep.size() || counts->rank() != ep.rank()))
     throw std::invalid_argument("EpDispatcher: the counts' group is not the EP group");
+  if (ex.device == Device::CUDA && !ep.tags_match() && (!counts || counts == &ep))
+    throw std::invalid_argument(
+        "EpDispatcher: an EP group on the device (NCCL) needs a host group for the counts");
   if (static_cast<int>(node_of_peer.size()) != ep.size())
     throw std::invalid_argument("EpDispatcher: node_of_peer needs one node per EP rank");
   const std::vector<int32_t> nodes(node_of_peer.begin(), node_of_peer.end());
@@ -439,6 +442,7 @@ void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, in
                             sized(pl.slot, N * P), sized(pl.send_token, N * P), info + P + 1);
   kernels::expert_histogram(ex_, idx, N * K, N * K, N * K, n_experts, info + P + 2,
                             /*accumulate=*/false);
+  pl.info_read.wait();  // a read still in flight into info_host (a plan not started) first
   pl.info_host.resize(I);
   pl.info_read = kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * I);
   pl.El = El;

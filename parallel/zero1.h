@@ -174,6 +174,10 @@ class Zero1 {
   std::vector<char> final_;
   size_t started_ = 0;  // buckets started this step: the start order's first `started_`
   int64_t started_early_ = 0, last_started_early_ = 0;
+  // grad_reduce_bf16: staging buffers, each one bucket's bf16 send then its part's receive
+  // (declared before in_flight_: destroyed after the reductions that use them are waited for)
+  std::vector<Buffer<uint16_t>> stage16_;
+  std::vector<int> free16_;
   struct InFlight {
     int64_t bucket;
     Request req;
@@ -181,9 +185,6 @@ class Zero1 {
     trace::Event tr;  // post to completion, when traced (run.trace_steps)
   };
   std::vector<InFlight> in_flight_;
-  // grad_reduce_bf16: staging buffers, each one bucket's bf16 send then its part's receive
-  std::vector<Buffer<uint16_t>> stage16_;
-  std::vector<int> free16_;
   AdamW adamw_;  // the moments of the owned elements (shard order)
   // the device results of owned_grad_sq (one sum per segment) and local_grads_finite (a count)
   mutable Buffer<double> seg_sq_;
