@@ -11,6 +11,7 @@
 #include "kernels/cpu/ops_cpu.h"
 #include "kernels/flop_counter.h"
 #include "kernels/host_waits.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/op_profile.h"
 #include "kernels/ops.h"
 #if MOETRON_HAVE_CUDA
@@ -456,124 +457,6 @@ void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64
   MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
 }
 
-template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, float, const float*,
-                          const float*, float, float*, GemmPrecision, bool);
-template void gemm<double>(const Exec&, bool, bool, int64_t, int64_t, int64_t, double,
-                           const double*, const double*, double, double*, GemmPrecision, bool);
-template void grouped_gemm<float>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
-                                  const float*, const float*, float*, GemmPrecision);
-template void grouped_gemm<double>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
-                                   const double*, const double*, double*, GemmPrecision);
-template void grouped_gemm_wgrad<float>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
-                                        const float*, const float*, float*, GemmPrecision);
-template void grouped_gemm_wgrad<double>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
-                                         const double*, const double*, double*, GemmPrecision);
-template void add_inplace<float>(const Exec&, float*, const float*, int64_t);
-template void add_inplace<double>(const Exec&, double*, const double*, int64_t);
-template void axpy<float>(const Exec&, float*, float, const float*, int64_t);
-template void axpy<double>(const Exec&, double*, double, const double*, int64_t);
-template void copy_2d<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t, int64_t,
-                             int64_t, bool);
-template void copy_2d<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
-                              int64_t, int64_t, bool);
-template void sum_row_groups<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t,
-                                    int64_t, int64_t);
-template void sum_row_groups<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
-                                     int64_t, int64_t);
-template void embedding_forward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
-                                       float*);
-template void embedding_forward<double>(const Exec&, const int32_t*, int64_t, const double*,
-                                        int64_t, double*);
-template void embedding_backward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
-                                        float*);
-template void embedding_backward<double>(const Exec&, const int32_t*, int64_t, const double*,
-                                         int64_t, double*);
-template void rmsnorm_forward<float>(const Exec&, const float*, const float*, int64_t, int64_t,
-                                     float, float*, float*);
-template void rmsnorm_forward<double>(const Exec&, const double*, const double*, int64_t, int64_t,
-                                      double, double*, double*);
-template void rmsnorm_backward_input<float>(const Exec&, const float*, const float*, const float*,
-                                            const float*, int64_t, int64_t, float*);
-template void rmsnorm_backward_input<double>(const Exec&, const double*, const double*,
-                                             const double*, const double*, int64_t, int64_t,
-                                             double*);
-template void rmsnorm_backward_weight<float>(const Exec&, const float*, const float*, const float*,
-                                             int64_t, int64_t, float*);
-template void rmsnorm_backward_weight<double>(const Exec&, const double*, const double*,
-                                              const double*, int64_t, int64_t, double*);
-template void rope_apply<float>(const Exec&, float*, int64_t, int64_t, int64_t, const int32_t*,
-                                const double*, int64_t, bool);
-template void rope_apply<double>(const Exec&, double*, int64_t, int64_t, int64_t, const int32_t*,
-                                 const double*, int64_t, bool);
-template void attention_forward<float>(const Exec&, const float*, const float*, const float*,
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
-                                       float*, GemmPrecision);
-template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
-                                        int64_t, int64_t, int64_t, int64_t, int64_t, double,
-                                        double*, double*, GemmPrecision);
-template void latent_attention_forward<float>(const Exec&, const float*, const float*, int64_t,
-                                              int64_t, int64_t, int64_t, int64_t, float, float*);
-template void latent_attention_forward<double>(const Exec&, const double*, const double*, int64_t,
-                                               int64_t, int64_t, int64_t, int64_t, double, double*);
-template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
-                                        const float*, const float*, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, int64_t, float, float*, float*, float*,
-                                        GemmPrecision);
-template void attention_backward<double>(const Exec&, const double*, const double*, const double*,
-                                         const double*, const double*, const double*, int64_t,
-                                         int64_t, int64_t, int64_t, int64_t, double, double*,
-                                         double*, double*, GemmPrecision);
-template void swiglu_forward<float>(const Exec&, const float*, int64_t, int64_t, const float*,
-                                    float*);
-template void swiglu_forward<double>(const Exec&, const double*, int64_t, int64_t, const double*,
-                                     double*);
-template void swiglu_backward<float>(const Exec&, const float*, const float*, int64_t, int64_t,
-                                     const float*, float*, float*);
-template void swiglu_backward<double>(const Exec&, const double*, const double*, int64_t, int64_t,
-                                      const double*, double*, double*);
-template void gate_forward<float>(const Exec&, const float*, const float*, int64_t,
-                                  const GateParams&, float*, int32_t*, float*);
-template void gate_forward<double>(const Exec&, const double*, const double*, int64_t,
-                                   const GateParams&, double*, int32_t*, double*);
-template void gate_backward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                   const float*, int64_t, const GateParams&, float*);
-template void gate_backward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                    const double*, int64_t, const GateParams&, double*);
-template void seq_balance_loss_forward<float>(const Exec&, const float*, int64_t, int64_t, int64_t,
-                                              int64_t, int64_t, double, float*, double*);
-template void seq_balance_loss_forward<double>(const Exec&, const double*, int64_t, int64_t,
-                                               int64_t, int64_t, int64_t, double, double*, double*);
-template void seq_balance_loss_backward<float>(const Exec&, const float*, const float*, int64_t,
-                                               int64_t, int64_t, int64_t, double, float*);
-template void seq_balance_loss_backward<double>(const Exec&, const double*, const double*, int64_t,
-                                                int64_t, int64_t, int64_t, double, double*);
-template void bias_sign_update<float>(const Exec&, float*, const int64_t*, int64_t, double);
-template void bias_sign_update<double>(const Exec&, double*, const int64_t*, int64_t, double);
-template void gather_rows<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
-                                 float*);
-template void gather_rows<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
-                                  double*);
-template void unpermute_add<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
-                                   int64_t, float*);
-template void unpermute_add<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
-                                    int64_t, double*);
-template void lm_head_ce_forward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                        int64_t, int64_t, int64_t, int64_t, float*, GemmPrecision,
-                                        double*, const uint16_t*);
-template void lm_head_ce_forward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                         int64_t, int64_t, int64_t, int64_t, double*, GemmPrecision,
-                                         double*, const uint16_t*);
-template void lm_head_ce_backward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                         const float*, float, int64_t, int64_t, int64_t, int64_t,
-                                         float*, float*, GemmPrecision, const uint16_t*);
-template void lm_head_ce_backward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                          const double*, double, int64_t, int64_t, int64_t, int64_t,
-                                          double*, double*, GemmPrecision, const uint16_t*);
-template void adamw_update<float>(const Exec&, float*, const float*, float*, float*, int64_t,
-                                  const AdamWParams&);
-template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t*, uint16_t*,
-                                     int64_t, const AdamWParams&);
-
 // ---- expert-parallel wire ----------------------------------------------------------------------
 void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t El,
                       int64_t P, const int32_t* node_of_peer, int64_t* counts, int64_t* slot,
@@ -617,19 +500,9 @@ void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64
   MOETRON_DISPATCH(ep_unpack_routes<T>, wire, stride, R, K, ridx, rw);
 }
 
-#define MOETRON_EP_WIRE_INSTANTIATE(T)                                                            \
-  template void ep_encode_rows<T>(const Exec&, RowEncoding, const T*, const int64_t*, int64_t,    \
-                                  int64_t, uint8_t*, int64_t);                                    \
-  template void ep_decode_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t, int64_t,     \
-                                  int64_t, T*);                                                   \
-  template void ep_decode_add_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t,          \
-                                      const int64_t*, int64_t, int64_t, int64_t, T*);             \
-  template void ep_pack_routes<T>(const Exec&, const int32_t*, const T*, const int64_t*, int64_t, \
-                                  int64_t, int64_t, int64_t, uint8_t*, int64_t);                  \
-  template void ep_unpack_routes<T>(const Exec&, const uint8_t*, int64_t, int64_t, int64_t,       \
-                                    int32_t*, T*);
-MOETRON_EP_WIRE_INSTANTIATE(float)
-MOETRON_EP_WIRE_INSTANTIATE(double)
-#undef MOETRON_EP_WIRE_INSTANTIATE
+MOETRON_OPS_ALL(float)
+MOETRON_OPS_ALL(double)
+MOETRON_OPS_ADAMW(float)
+MOETRON_OPS_ADAMW(uint16_t)
 
 }  // namespace moetron::kernels

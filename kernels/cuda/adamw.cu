@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -87,9 +88,7 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
   MOETRON_CUDA_LAUNCHED("adamw_update");
 }
 
-template void adamw_update<float>(const Exec&, float*, const float*, float*, float*, int64_t,
-                                  const AdamWParams&);
-template void adamw_update<uint16_t>(const Exec&, float*, const float*, uint16_t*, uint16_t*,
-                                     int64_t, const AdamWParams&);
+MOETRON_OPS_ADAMW(float)
+MOETRON_OPS_ADAMW(uint16_t)
 
 }  // namespace moetron::kernels::gpu

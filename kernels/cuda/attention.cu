@@ -39,6 +39,7 @@
 #include "kernels/cuda/attention_bf16.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -367,19 +368,7 @@ void attention_backward(const Exec& ex, const T* dout, const T* q, const T* k, c
   MOETRON_CUDA_LAUNCHED("attention_backward (dQ)");
 }
 
-template void attention_forward<float>(const Exec&, const float*, const float*, const float*,
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
-                                       float*, GemmPrecision);
-template void attention_forward<double>(const Exec&, const double*, const double*, const double*,
-                                        int64_t, int64_t, int64_t, int64_t, int64_t, double,
-                                        double*, double*, GemmPrecision);
-template void attention_backward<float>(const Exec&, const float*, const float*, const float*,
-                                        const float*, const float*, const float*, int64_t, int64_t,
-                                        int64_t, int64_t, int64_t, float, float*, float*, float*,
-                                        GemmPrecision);
-template void attention_backward<double>(const Exec&, const double*, const double*, const double*,
-                                         const double*, const double*, const double*, int64_t,
-                                         int64_t, int64_t, int64_t, int64_t, double, double*,
-                                         double*, double*, GemmPrecision);
+MOETRON_OPS_ATTENTION(float)
+MOETRON_OPS_ATTENTION(double)
 
 }  // namespace moetron::kernels::gpu

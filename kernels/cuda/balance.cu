@@ -24,6 +24,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -216,15 +217,7 @@ void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, d
   MOETRON_CUDA_LAUNCHED("bias_sign_update");
 }
 
-template void seq_balance_loss_forward<float>(const Exec&, const float*, int64_t, int64_t, int64_t,
-                                              int64_t, int64_t, double, float*, double*);
-template void seq_balance_loss_forward<double>(const Exec&, const double*, int64_t, int64_t,
-                                               int64_t, int64_t, int64_t, double, double*, double*);
-template void seq_balance_loss_backward<float>(const Exec&, const float*, const float*, int64_t,
-                                               int64_t, int64_t, int64_t, double, float*);
-template void seq_balance_loss_backward<double>(const Exec&, const double*, const double*, int64_t,
-                                                int64_t, int64_t, int64_t, double, double*);
-template void bias_sign_update<float>(const Exec&, float*, const int64_t*, int64_t, double);
-template void bias_sign_update<double>(const Exec&, double*, const int64_t*, int64_t, double);
+MOETRON_OPS_BALANCE(float)
+MOETRON_OPS_BALANCE(double)
 
 }  // namespace moetron::kernels::gpu

@@ -28,6 +28,7 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -222,17 +223,7 @@ void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* 
   }
 }
 
-template void lm_head_ce_forward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                        int64_t, int64_t, int64_t, int64_t, float*, GemmPrecision,
-                                        double*, const uint16_t*);
-template void lm_head_ce_forward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                         int64_t, int64_t, int64_t, int64_t, double*, GemmPrecision,
-                                         double*, const uint16_t*);
-template void lm_head_ce_backward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                         const float*, float, int64_t, int64_t, int64_t, int64_t,
-                                         float*, float*, GemmPrecision, const uint16_t*);
-template void lm_head_ce_backward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                          const double*, double, int64_t, int64_t, int64_t, int64_t,
-                                          double*, double*, GemmPrecision, const uint16_t*);
+MOETRON_OPS_CROSS_ENTROPY(float)
+MOETRON_OPS_CROSS_ENTROPY(double)
 
 }  // namespace moetron::kernels::gpu

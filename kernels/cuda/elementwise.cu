@@ -3,6 +3,7 @@
 // kernels/scalar.h's, so the CPU tests of f32_to_bf16 cover what runs here.
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -60,9 +61,7 @@ void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
   MOETRON_CUDA_LAUNCHED("widen_from_bf16");
 }
 
-template void add_inplace<float>(const Exec&, float*, const float*, int64_t);
-template void add_inplace<double>(const Exec&, double*, const double*, int64_t);
-template void axpy<float>(const Exec&, float*, float, const float*, int64_t);
-template void axpy<double>(const Exec&, double*, double, const double*, int64_t);
+MOETRON_OPS_ELEMENTWISE(float)
+MOETRON_OPS_ELEMENTWISE(double)
 
 }  // namespace moetron::kernels::gpu

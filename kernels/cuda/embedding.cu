@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -104,13 +105,7 @@ void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* 
   MOETRON_CUDA_LAUNCHED("embedding_backward");
 }
 
-template void embedding_forward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
-                                       float*);
-template void embedding_forward<double>(const Exec&, const int32_t*, int64_t, const double*,
-                                        int64_t, double*);
-template void embedding_backward<float>(const Exec&, const int32_t*, int64_t, const float*, int64_t,
-                                        float*);
-template void embedding_backward<double>(const Exec&, const int32_t*, int64_t, const double*,
-                                         int64_t, double*);
+MOETRON_OPS_EMBEDDING(float)
+MOETRON_OPS_EMBEDDING(double)
 
 }  // namespace moetron::kernels::gpu

@@ -34,6 +34,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -355,19 +356,7 @@ void ep_unpack_routes(const Exec& ex, const uint8_t* wire, int64_t stride, int64
   MOETRON_CUDA_LAUNCHED("ep_unpack_routes");
 }
 
-#define MOETRON_EP_WIRE_INSTANTIATE(T)                                                            \
-  template void ep_encode_rows<T>(const Exec&, RowEncoding, const T*, const int64_t*, int64_t,    \
-                                  int64_t, uint8_t*, int64_t);                                    \
-  template void ep_decode_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t, int64_t,     \
-                                  int64_t, T*);                                                   \
-  template void ep_decode_add_rows<T>(const Exec&, RowEncoding, const uint8_t*, int64_t,          \
-                                      const int64_t*, int64_t, int64_t, int64_t, T*);             \
-  template void ep_pack_routes<T>(const Exec&, const int32_t*, const T*, const int64_t*, int64_t, \
-                                  int64_t, int64_t, int64_t, uint8_t*, int64_t);                  \
-  template void ep_unpack_routes<T>(const Exec&, const uint8_t*, int64_t, int64_t, int64_t,       \
-                                    int32_t*, T*);
-MOETRON_EP_WIRE_INSTANTIATE(float)
-MOETRON_EP_WIRE_INSTANTIATE(double)
-#undef MOETRON_EP_WIRE_INSTANTIATE
+MOETRON_OPS_EP_WIRE(float)
+MOETRON_OPS_EP_WIRE(double)
 
 }  // namespace moetron::kernels::gpu

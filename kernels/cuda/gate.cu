@@ -16,6 +16,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -156,13 +157,7 @@ void gate_backward(const Exec& ex, const T* dweights, const T* scores, const int
   MOETRON_CUDA_LAUNCHED("gate_backward");
 }
 
-template void gate_forward<float>(const Exec&, const float*, const float*, int64_t,
-                                  const GateParams&, float*, int32_t*, float*);
-template void gate_forward<double>(const Exec&, const double*, const double*, int64_t,
-                                   const GateParams&, double*, int32_t*, double*);
-template void gate_backward<float>(const Exec&, const float*, const float*, const int32_t*,
-                                   const float*, int64_t, const GateParams&, float*);
-template void gate_backward<double>(const Exec&, const double*, const double*, const int32_t*,
-                                    const double*, int64_t, const GateParams&, double*);
+MOETRON_OPS_GATE(float)
+MOETRON_OPS_GATE(double)
 
 }  // namespace moetron::kernels::gpu

@@ -42,6 +42,7 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -360,10 +361,8 @@ template void gemm_on<float>(cudaStream_t, bool, bool, int64_t, int64_t, int64_t
 template void gemm_on<double>(cudaStream_t, bool, bool, int64_t, int64_t, int64_t, double,
                               const double*, const double*, double, double*, GemmPrecision, void*,
                               size_t);
-template void gemm<float>(const Exec&, bool, bool, int64_t, int64_t, int64_t, float, const float*,
-                          const float*, float, float*, GemmPrecision, bool);
-template void gemm<double>(const Exec&, bool, bool, int64_t, int64_t, int64_t, double,
-                           const double*, const double*, double, double*, GemmPrecision, bool);
+MOETRON_OPS_GEMM(float)
+MOETRON_OPS_GEMM(double)
 
 cublasLtHandle_t lt_handle() {
   // Never destroyed: destroying at exit would race the CUDA runtime's own teardown.

@@ -17,6 +17,7 @@
 
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -76,13 +77,7 @@ void grouped_gemm_wgrad(const Exec& ex, const int64_t* off, int64_t G, int64_t M
   }
 }
 
-template void grouped_gemm<float>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
-                                  const float*, const float*, float*, GemmPrecision);
-template void grouped_gemm<double>(const Exec&, const int64_t*, int64_t, bool, int64_t, int64_t,
-                                   const double*, const double*, double*, GemmPrecision);
-template void grouped_gemm_wgrad<float>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
-                                        const float*, const float*, float*, GemmPrecision);
-template void grouped_gemm_wgrad<double>(const Exec&, const int64_t*, int64_t, int64_t, int64_t,
-                                         const double*, const double*, double*, GemmPrecision);
+MOETRON_OPS_GROUPED_GEMM(float)
+MOETRON_OPS_GROUPED_GEMM(double)
 
 }  // namespace moetron::kernels::gpu

@@ -17,6 +17,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -82,9 +83,7 @@ void latent_attention_forward(const Exec& ex, const T* q, const T* kv, int64_t M
   MOETRON_CUDA_LAUNCHED("latent_attention_forward");
 }
 
-template void latent_attention_forward<float>(const Exec&, const float*, const float*, int64_t,
-                                              int64_t, int64_t, int64_t, int64_t, float, float*);
-template void latent_attention_forward<double>(const Exec&, const double*, const double*, int64_t,
-                                               int64_t, int64_t, int64_t, int64_t, double, double*);
+MOETRON_OPS_LATENT_ATTENTION(float)
+MOETRON_OPS_LATENT_ATTENTION(double)
 
 }  // namespace moetron::kernels::gpu

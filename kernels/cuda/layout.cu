@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -87,13 +88,7 @@ void shift_tokens(const Exec& ex, const int32_t* tokens, int64_t B, int64_t S, i
   MOETRON_CUDA_LAUNCHED("shift_tokens");
 }
 
-template void copy_2d<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t, int64_t,
-                             int64_t, bool);
-template void copy_2d<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
-                              int64_t, int64_t, bool);
-template void sum_row_groups<float>(const Exec&, const float*, int64_t, float*, int64_t, int64_t,
-                                    int64_t, int64_t);
-template void sum_row_groups<double>(const Exec&, const double*, int64_t, double*, int64_t, int64_t,
-                                     int64_t, int64_t);
+MOETRON_OPS_LAYOUT(float)
+MOETRON_OPS_LAYOUT(double)
 
 }  // namespace moetron::kernels::gpu

@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -106,14 +107,7 @@ void rmsnorm_backward_weight(const Exec& ex, const T* dy, const T* x, const T* r
   MOETRON_CUDA_LAUNCHED("rmsnorm_backward_weight");
 }
 
-#define MOETRON_INSTANTIATE(T)                                                                    \
-  template void rmsnorm_forward<T>(const Exec&, const T*, const T*, int64_t, int64_t, T, T*, T*); \
-  template void rmsnorm_backward_input<T>(const Exec&, const T*, const T*, const T*, const T*,    \
-                                          int64_t, int64_t, T*);                                  \
-  template void rmsnorm_backward_weight<T>(const Exec&, const T*, const T*, const T*, int64_t,    \
-                                           int64_t, T*);
-MOETRON_INSTANTIATE(float)
-MOETRON_INSTANTIATE(double)
-#undef MOETRON_INSTANTIATE
+MOETRON_OPS_NORM(float)
+MOETRON_OPS_NORM(double)
 
 }  // namespace moetron::kernels::gpu

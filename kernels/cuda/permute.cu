@@ -20,6 +20,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -154,13 +155,7 @@ void unpermute_add(const Exec& ex, const T* rows, const int64_t* slot, int64_t N
   MOETRON_CUDA_LAUNCHED("unpermute_add");
 }
 
-template void gather_rows<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
-                                 float*);
-template void gather_rows<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
-                                  double*);
-template void unpermute_add<float>(const Exec&, const float*, const int64_t*, int64_t, int64_t,
-                                   int64_t, float*);
-template void unpermute_add<double>(const Exec&, const double*, const int64_t*, int64_t, int64_t,
-                                    int64_t, double*);
+MOETRON_OPS_PERMUTE(float)
+MOETRON_OPS_PERMUTE(double)
 
 }  // namespace moetron::kernels::gpu

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 
 namespace moetron::kernels::gpu {
 
@@ -48,9 +49,7 @@ void rope_apply(const Exec& ex, T* x, int64_t nvec, int64_t stride, int64_t vecs
   MOETRON_CUDA_LAUNCHED("rope_apply");
 }
 
-template void rope_apply<float>(const Exec&, float*, int64_t, int64_t, int64_t, const int32_t*,
-                                const double*, int64_t, bool);
-template void rope_apply<double>(const Exec&, double*, int64_t, int64_t, int64_t, const int32_t*,
-                                 const double*, int64_t, bool);
+MOETRON_OPS_ROPE(float)
+MOETRON_OPS_ROPE(double)
 
 }  // namespace moetron::kernels::gpu

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_instantiate.h"
 #include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
@@ -78,13 +79,7 @@ void swiglu_backward(const Exec& ex, const T* dout, const T* gu, int64_t N, int6
   MOETRON_CUDA_LAUNCHED("swiglu_backward");
 }
 
-template void swiglu_forward<float>(const Exec&, const float*, int64_t, int64_t, const float*,
-                                    float*);
-template void swiglu_forward<double>(const Exec&, const double*, int64_t, int64_t, const double*,
-                                     double*);
-template void swiglu_backward<float>(const Exec&, const float*, const float*, int64_t, int64_t,
-                                     const float*, float*, float*);
-template void swiglu_backward<double>(const Exec&, const double*, const double*, int64_t, int64_t,
-                                      const double*, double*, double*);
+MOETRON_OPS_SWIGLU(float)
+MOETRON_OPS_SWIGLU(double)
 
 }  // namespace moetron::kernels::gpu
