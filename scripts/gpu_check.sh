@@ -41,10 +41,12 @@ if [[ -n $prebuilt ]]; then
   # shellcheck source=/dev/null
   source "$prebuilt/env.sh"  # unpacks into /tmp/moetron_gpu; MOETRON_BIN, LD_LIBRARY_PATH, MPI
   bin=$MOETRON_BIN
-  # cuBLASLt and NCCL from the machine's CUDA (the toolkit or the Python wheels)
+  # cuBLASLt and NCCL from the machine's CUDA (the toolkit or the Python wheels); cuBLASLt is
+  # opened on first use (kernels/cuda/cublaslt_api.h), so ldd below does not see it
   for lib in 'libcublasLt.so.13*' 'libnccl.so.2*'; do
     at=$(find /usr/local/cuda*/ /usr/lib /opt -name "$lib" 2>/dev/null | head -1)
     [[ -n $at ]] && export LD_LIBRARY_PATH=$(dirname "$at"):$LD_LIBRARY_PATH
+    [[ -n $at ]] || echo "gpu_check: no $lib on this machine"
   done
   ldd "$bin/cuda_tests" "$bin/moetron" | grep "not found" && echo "gpu_check: missing libraries"
 else

@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/fp8_cuda.h"
 #include "kernels/cuda/gemm.cuh"
 
@@ -31,19 +32,19 @@ namespace {
 struct MatmulDesc {
   cublasLtMatmulDesc_t d = nullptr;
   ~MatmulDesc() {
-    if (d) cublasLtMatmulDescDestroy(d);
+    if (d) cublaslt().MatmulDescDestroy(d);
   }
 };
 struct MatrixLayout {
   cublasLtMatrixLayout_t d = nullptr;
   ~MatrixLayout() {
-    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (d) cublaslt().MatrixLayoutDestroy(d);
   }
 };
 struct Preference {
   cublasLtMatmulPreference_t d = nullptr;
   ~Preference() {
-    if (d) cublasLtMatmulPreferenceDestroy(d);
+    if (d) cublaslt().MatmulPreferenceDestroy(d);
   }
 };
 
@@ -51,11 +52,11 @@ bool ok(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS; }
 
 template <class V>
 bool set(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const V& v) {
-  return ok(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)));
+  return ok(cublaslt().MatmulDescSetAttribute(d, a, &v, sizeof(v)));
 }
 template <class V>
 bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, const V& v) {
-  return ok(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
+  return ok(cublaslt().MatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
 }
 
 }  // namespace
@@ -63,11 +64,11 @@ bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, c
 bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, bool a_blocks,
                       const uint8_t* B, const float* b_scale, int64_t m, int64_t n, int64_t k,
                       float* D, bool accumulate, void* workspace, size_t workspace_bytes) {
-  if (cublasLtGetVersion() < 120900) return false;  // block scaling arrived in cuBLAS 12.9
+  if (cublaslt().GetVersion() < 120900) return false;  // block scaling arrived in cuBLAS 12.9
   cublasLtHandle_t h = lt_handle();
 
   MatmulDesc op;
-  if (!ok(cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
+  if (!ok(cublaslt().MatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   const int8_t fast_accum = 0;
   const int32_t a_mode = a_blocks ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
@@ -84,18 +85,18 @@ bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, b
     return false;
 
   MatrixLayout la, lb, ld;
-  if (!ok(cublasLtMatrixLayoutCreate(&la.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
-                                     static_cast<uint64_t>(m), k)) ||
-      !ok(cublasLtMatrixLayoutCreate(&lb.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
-                                     static_cast<uint64_t>(n), k)) ||
-      !ok(cublasLtMatrixLayoutCreate(&ld.d, CUDA_R_32F, static_cast<uint64_t>(m),
-                                     static_cast<uint64_t>(n), m)))
+  if (!ok(cublaslt().MatrixLayoutCreate(&la.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
+                                        static_cast<uint64_t>(m), k)) ||
+      !ok(cublaslt().MatrixLayoutCreate(&lb.d, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
+                                        static_cast<uint64_t>(n), k)) ||
+      !ok(cublaslt().MatrixLayoutCreate(&ld.d, CUDA_R_32F, static_cast<uint64_t>(m),
+                                        static_cast<uint64_t>(n), m)))
     return false;
 
   Preference pref;
   const uint64_t ws = workspace_bytes;
   const uint32_t al_a = lt_alignment(A), al_b = lt_alignment(B), al_d = lt_alignment(D);
-  if (!ok(cublasLtMatmulPreferenceCreate(&pref.d)) ||
+  if (!ok(cublaslt().MatmulPreferenceCreate(&pref.d)) ||
       !set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) ||
       !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) ||
       !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b) ||
@@ -105,20 +106,21 @@ bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, b
 
   cublasLtMatmulHeuristicResult_t result = {};
   int found = 0;
-  if (!ok(cublasLtMatmulAlgoGetHeuristic(h, op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1, &result,
-                                         &found)) ||
+  if (!ok(cublaslt().MatmulAlgoGetHeuristic(h, op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1, &result,
+                                            &found)) ||
       found == 0)
     return false;
 
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  const cublasStatus_t s = cublasLtMatmul(h, op.d, &alpha, A, la.d, B, lb.d, &beta, D, ld.d, D,
-                                          ld.d, &result.algo, workspace, workspace_bytes, st);
+  const cublasStatus_t s = cublaslt().Matmul(h, op.d, &alpha, A, la.d, B, lb.d, &beta, D, ld.d, D,
+                                             ld.d, &result.algo, workspace, workspace_bytes, st);
   // After a successful heuristic a failure here is unexpected, and the GEMM may have been partly
   // enqueued (an accumulating fallback would then add twice): an error, not a silent fallback.
   // MOETRON_FP8_GEMM=kernel runs without cuBLASLt.
   if (!ok(s))
     throw std::runtime_error(std::string("cublasLtMatmul (block-scaled FP8): ") +
-                             cublasLtGetStatusString(s) + " (MOETRON_FP8_GEMM=kernel avoids it)");
+                             cublaslt().GetStatusString(s) +
+                             " (MOETRON_FP8_GEMM=kernel avoids it)");
   return true;
 }
 

@@ -39,6 +39,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -54,7 +55,8 @@ constexpr size_t kLtWorkspace = size_t(32) << 20;
 
 void lt_check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLASLt: ") + what + ": " + cublasLtGetStatusString(st));
+    throw std::runtime_error(std::string("cuBLASLt: ") + what + ": " +
+                             cublaslt().GetStatusString(st));
 }
 
 // ---- element kernels --------------------------------------------------------------------------
@@ -110,10 +112,10 @@ struct Descs {
   Descs(const Descs&) = delete;
   Descs& operator=(const Descs&) = delete;
   ~Descs() {
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
+    if (c) cublaslt().MatrixLayoutDestroy(c);
+    if (b) cublaslt().MatrixLayoutDestroy(b);
+    if (a) cublaslt().MatrixLayoutDestroy(a);
+    if (op) cublaslt().MatmulDescDestroy(op);
   }
 };
 
@@ -127,27 +129,27 @@ void make_descs(Descs& d, Kind kind, bool ta, bool tb, int64_t M, int64_t N, int
                                                  : CUDA_R_64F;
   const cudaDataType_t out = kind == Kind::F64 ? CUDA_R_64F : CUDA_R_32F;
   const cublasComputeType_t compute = kind == Kind::F64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
-  lt_check(cublasLtMatmulDescCreate(&d.op, compute, out), "cublasLtMatmulDescCreate");
+  lt_check(cublaslt().MatmulDescCreate(&d.op, compute, out), "cublasLtMatmulDescCreate");
   const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  lt_check(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)),
+  lt_check(cublaslt().MatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)),
            "set TRANSA");
-  lt_check(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)),
+  lt_check(cublaslt().MatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)),
            "set TRANSB");
   const uint64_t u = static_cast<uint64_t>(M), v = static_cast<uint64_t>(N),
                  w = static_cast<uint64_t>(K);
   // rows, cols, ld of each stored (pre-op) matrix, column-major
   if (tb) {
-    lt_check(cublasLtMatrixLayoutCreate(&d.a, in, w, v, K), "layout A");
+    lt_check(cublaslt().MatrixLayoutCreate(&d.a, in, w, v, K), "layout A");
   } else {
-    lt_check(cublasLtMatrixLayoutCreate(&d.a, in, v, w, N), "layout A");
+    lt_check(cublaslt().MatrixLayoutCreate(&d.a, in, v, w, N), "layout A");
   }
   if (ta) {
-    lt_check(cublasLtMatrixLayoutCreate(&d.b, in, u, w, M), "layout B");
+    lt_check(cublaslt().MatrixLayoutCreate(&d.b, in, u, w, M), "layout B");
   } else {
-    lt_check(cublasLtMatrixLayoutCreate(&d.b, in, w, u, K), "layout B");
+    lt_check(cublaslt().MatrixLayoutCreate(&d.b, in, w, u, K), "layout B");
   }
-  lt_check(cublasLtMatrixLayoutCreate(&d.c, out, v, u, N), "layout C");
+  lt_check(cublaslt().MatrixLayoutCreate(&d.c, out, v, u, N), "layout C");
 }
 
 // The heuristic's best algorithm for the key, or nullopt when cuBLASLt has none (the caller
@@ -163,12 +165,12 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const Descs& d
     if (it != cache.end()) return it->second;
   }
   cublasLtMatmulPreference_t pref = nullptr;
-  lt_check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  lt_check(cublaslt().MatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = kLtWorkspace;
   cublasLtMatmulHeuristicResult_t res;
   std::memset(&res, 0, sizeof(res));
   int count = 0;
-  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+  cublasStatus_t st = cublaslt().MatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   // A/B of cuBLASLt are our B/A; C and D are the same buffer.
   const uint32_t al[4] = {key.align_b, key.align_a, key.align_c, key.align_c};
@@ -176,11 +178,11 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const Descs& d
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
-    st = cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof(al[i]));
+    st = cublaslt().MatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof(al[i]));
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(lt_handle(), d.op, d.a, d.b, d.c, d.c, pref, 1, &res,
-                                        &count);
-  cublasLtMatmulPreferenceDestroy(pref);
+    st = cublaslt().MatmulAlgoGetHeuristic(lt_handle(), d.op, d.a, d.b, d.c, d.c, pref, 1, &res,
+                                           &count);
+  cublaslt().MatmulPreferenceDestroy(pref);
   std::optional<cublasLtMatmulAlgo_t> algo;
   if (st == CUBLAS_STATUS_SUCCESS && count >= 1 && res.state == CUBLAS_STATUS_SUCCESS) {
     algo = res.algo;
@@ -246,8 +248,8 @@ void lt_matmul(cudaStream_t s, Kind kind, bool ta, bool tb, int64_t M, int64_t N
     MOETRON_CUDA_LAUNCHED("gemm: fallback kernel");
     return;
   }
-  lt_check(cublasLtMatmul(lt_handle(), d.op, &alpha, B, d.a, A, d.b, &beta, C, d.c, C, d.c, &*algo,
-                          lt_ws, kLtWorkspace, s),
+  lt_check(cublaslt().Matmul(lt_handle(), d.op, &alpha, B, d.a, A, d.b, &beta, C, d.c, C, d.c,
+                             &*algo, lt_ws, kLtWorkspace, s),
            "cublasLtMatmul");
 }
 
@@ -368,7 +370,7 @@ cublasLtHandle_t lt_handle() {
   // Never destroyed: destroying at exit would race the CUDA runtime's own teardown.
   static const cublasLtHandle_t h = [] {
     cublasLtHandle_t x = nullptr;
-    lt_check(cublasLtCreate(&x), "cublasLtCreate");
+    lt_check(cublaslt().Create(&x), "cublasLtCreate");
     return x;
   }();
   return h;

@@ -1,0 +1,36 @@
+// cuBLASLt's entry points, opened with dlopen when the CUDA backend first uses them instead of
+// linked. Linking libcublasLt.so.13 runs its static initialisers in every process at start-up:
+// 0.6 s of CPU and about 200 MB of resident memory, measured with `perf` on `moetron --help`
+// (78% of the start-up in cuBLASLt's initialisers). Every CPU run, every MPI rank and every test
+// process of a CUDA build paid it without touching a GPU. The backend calls cublaslt().Matmul(...)
+// where it called cublasLtMatmul(...); the pointer types are the header's own (decltype), so the
+// signatures are not written again here.
+#pragma once
+
+#include <cublasLt.h>
+
+namespace moetron::kernels::gpu {
+
+struct CublasLt {
+  decltype(&::cublasLtGetVersion) GetVersion;
+  decltype(&::cublasLtGetStatusString) GetStatusString;
+  decltype(&::cublasLtCreate) Create;
+  decltype(&::cublasLtMatmulDescCreate) MatmulDescCreate;
+  decltype(&::cublasLtMatmulDescDestroy) MatmulDescDestroy;
+  decltype(&::cublasLtMatmulDescSetAttribute) MatmulDescSetAttribute;
+  decltype(&::cublasLtMatrixLayoutCreate) MatrixLayoutCreate;
+  decltype(&::cublasLtMatrixLayoutDestroy) MatrixLayoutDestroy;
+  decltype(&::cublasLtMatmulPreferenceCreate) MatmulPreferenceCreate;
+  decltype(&::cublasLtMatmulPreferenceDestroy) MatmulPreferenceDestroy;
+  decltype(&::cublasLtMatmulPreferenceSetAttribute) MatmulPreferenceSetAttribute;
+  decltype(&::cublasLtMatmulAlgoGetHeuristic) MatmulAlgoGetHeuristic;
+  decltype(&::cublasLtMatmul) Matmul;
+};
+
+// The library's functions. The first call opens libcublasLt.so.<major of the headers> (the
+// loader's search path: LD_LIBRARY_PATH, the binary's RUNPATH, ld.so.conf), else the one of the
+// toolkit this was built with; it throws, naming the library, when neither opens or one of the
+// functions is missing, and again on every later call.
+const CublasLt& cublaslt();
+
+}  // namespace moetron::kernels::gpu

@@ -1,0 +1,74 @@
+// cuBLASLt is opened when the CUDA backend first uses it, not when a process starts
+// (kernels/cuda/cublaslt_api.h: its initialisers cost every process of a CUDA build 0.6 s and
+// ~200 MB). Neither test needs a GPU: cuBLASLt opens and answers its version without one. The
+// first runs this binary again as a fresh process with MOETRON_CUBLASLT_PROBE set, in which a
+// static initialiser reports whether the library is mapped at start-up and after the first use.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "kernels/cuda/cublaslt_api.h"
+
+namespace moetron::kernels::gpu {
+namespace {
+
+bool cublaslt_mapped() {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);)
+    if (line.find("libcublasLt.so") != std::string::npos) return true;
+  return false;
+}
+
+// The probe: runs before main (after every linked library's initialisers), prints, exits.
+[[maybe_unused]] const bool kProbed = [] {
+  if (std::getenv("MOETRON_CUBLASLT_PROBE") == nullptr) return false;
+  const bool before = cublaslt_mapped();
+  const size_t version = cublaslt().GetVersion();
+  std::printf("before=%d after=%d version=%zu\n", before, cublaslt_mapped(), version);
+  std::fflush(stdout);
+  std::_Exit(0);
+}();
+
+TEST(CublasLtLoader, OpensTheLibraryOnFirstUseNotAtStartUp) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  FILE* p = popen(("MOETRON_CUBLASLT_PROBE=1 '" + self + "' 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  ASSERT_EQ(pclose(p), 0) << out;
+  EXPECT_NE(out.find("before=0 after=1"), std::string::npos) << out;
+  size_t version = 0;
+  ASSERT_EQ(std::sscanf(out.substr(out.find("version=")).c_str(), "version=%zu", &version), 1);
+  EXPECT_GE(version, static_cast<size_t>(CUBLAS_VER_MAJOR) * 10000) << "older than the headers";
+}
+
+TEST(CublasLtLoader, ResolvesEveryFunctionTheBackendCalls) {
+  const CublasLt& lt = cublaslt();
+  const void* fns[] = {reinterpret_cast<const void*>(lt.GetVersion),
+                       reinterpret_cast<const void*>(lt.GetStatusString),
+                       reinterpret_cast<const void*>(lt.Create),
+                       reinterpret_cast<const void*>(lt.MatmulDescCreate),
+                       reinterpret_cast<const void*>(lt.MatmulDescDestroy),
+                       reinterpret_cast<const void*>(lt.MatmulDescSetAttribute),
+                       reinterpret_cast<const void*>(lt.MatrixLayoutCreate),
+                       reinterpret_cast<const void*>(lt.MatrixLayoutDestroy),
+                       reinterpret_cast<const void*>(lt.MatmulPreferenceCreate),
+                       reinterpret_cast<const void*>(lt.MatmulPreferenceDestroy),
+                       reinterpret_cast<const void*>(lt.MatmulPreferenceSetAttribute),
+                       reinterpret_cast<const void*>(lt.MatmulAlgoGetHeuristic),
+                       reinterpret_cast<const void*>(lt.Matmul)};
+  for (const void* f : fns) EXPECT_NE(f, nullptr);
+  // a host-only call that needs no device: a layout descriptor made and destroyed
+  cublasLtMatrixLayout_t layout = nullptr;
+  const cublasStatus_t made = lt.MatrixLayoutCreate(&layout, CUDA_R_32F, 4, 3, 4);
+  ASSERT_EQ(made, CUBLAS_STATUS_SUCCESS) << lt.GetStatusString(made);
+  EXPECT_EQ(lt.MatrixLayoutDestroy(layout), CUBLAS_STATUS_SUCCESS);
+}
+
+}  // namespace
+}  // namespace moetron::kernels::gpu
