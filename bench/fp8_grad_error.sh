@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How far each precision recipe's gradients are from fp32's on a trained model (docs/fp8.md):
 # trains CONFIG in bf16 with the FP8 accuracy experiment's settings (bench/fp8_experiment.sh),
-# saving a checkpoint every STEPS/4 steps; then, at each checkpoint, computes one micro-batch's
+# saving a checkpoint every STEPS/POINTS steps; then, at each checkpoint, computes one micro-batch's
 # gradients (32 sequences of 64 tokens, the first of the training order) under fp32, bf16, fp8
 # and fp8 with 128x128 activation-gradient tiles in Dgrad (`moetron dump-grads --from`), and
 # bench/fp8_grad_error.py prints each recipe's gradient error against fp32's; then
@@ -10,6 +10,7 @@
 #
 # usage: bench/fp8_grad_error.sh [moetron binary] [steps] [config] [threads]
 #   defaults: build/moetron, 1000, configs/tiny.yaml, 2. Output under runs/fp8_grad_error/<config>.
+#   POINTS (environment): how many checkpoints to measure at, evenly spaced (default 4).
 set -euo pipefail
 BIN=${1:-build/moetron}
 STEPS=${2:-1000}
@@ -20,12 +21,14 @@ OUT=${OUT:-runs/fp8_grad_error/$NAME}
 # shellcheck source=bench/fp8_experiment.sh
 source "$(dirname "$0")/fp8_experiment.sh"
 fp8_common "$STEPS" "$THREADS"
-every=$((STEPS / 4))
+POINTS=${POINTS:-4}
+every=$((STEPS / POINTS))
 if [ ! -f "$OUT/train/checkpoints/step_$STEPS/manifest.yaml" ]; then
   rm -rf "$OUT/train" && mkdir -p "$OUT/train"
   # shellcheck disable=SC2086
   nice "$BIN" train "$CFG" "${common[@]}" ${variant[bf16]} --set "run.dir=$OUT/train" \
-    --set "run.save_interval=$every" --set run.keep_checkpoints=4 > "$OUT/train/train.log" 2>&1 \
+    --set "run.save_interval=$every" --set run.keep_checkpoints="$POINTS" \
+    > "$OUT/train/train.log" 2>&1 \
     || { echo "fp8_grad_error: training failed, see $OUT/train/train.log" >&2; exit 1; }
 fi
 args=()

@@ -9,6 +9,8 @@
 # oversubscribed on a small box (1 thread each), so absolute times mix in CPU sharing; the split
 # is what to read. Then one layout's per-rank breakdown.
 # Usage: bench/layouts.sh [STEPS=6] [LAYOUT-FOR-BREAKDOWN=pp2_dp2_ep2_dualpipe]
+# SHAPES (environment): the "pp dp ep" shapes, separated by commas (default "2 2 2,2 4 2"; the
+# tests' smoke run takes the 4-rank one alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-6}
@@ -16,7 +18,8 @@ DETAIL=${2:-pp2_dp2_ep2_dualpipe}
 OUT=build/bench_layouts; rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 layouts=()
-for shape in "2 2 2" "2 4 2"; do
+IFS=, read -r -a shapes <<< "${SHAPES:-2 2 2,2 4 2}"
+for shape in "${shapes[@]}"; do
   for schedule in 1f1b zb1p dualpipe dualpipev; do layouts+=("$shape $schedule"); done
 done
 for l in "${layouts[@]}"; do

@@ -24,11 +24,11 @@ run bench_loader "$BUILD/bench_loader" --raw "$OUT/raw" --shard-tokens 20000 --s
   --seq-lens 128
 run bench_tokenizer "$BUILD/bench_tokenizer" --vocab 512 "$OUT/raw"
 run train_vs_torch bench/train_vs_torch.sh 3 1 1
-run layouts bench/layouts.sh 3
+run layouts env SHAPES="2 2 2" bench/layouts.sh 3
 run core_compare env RSS_CONFIGS=tiny NEW_SET=activations.storage=bf16 \
   bench/core_compare.sh "$BIN" "$BIN" 1 3 fp32
 run fp8_accuracy env OUT="$OUT/fp8_accuracy" PLOT="$OUT/fp8_loss.png" VARIANTS="bf16 fp8" \
   JOBS=2 bench/fp8_accuracy.sh "$BIN" 4 configs/tiny.yaml 1
-run fp8_grad_error env OUT="$OUT/fp8_grad_error" bench/fp8_grad_error.sh "$BIN" 4 \
+run fp8_grad_error env OUT="$OUT/fp8_grad_error" POINTS=1 bench/fp8_grad_error.sh "$BIN" 4 \
   configs/tiny.yaml 1
 echo "e2e_bench_smoke: every benchmark ran"

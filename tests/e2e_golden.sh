@@ -6,6 +6,7 @@
 # counting the positions without a target (issue #13 item 9: the same runs without the balance
 # loss and bias update, or without MTP, were bitwise unchanged; the torch parity test checks the
 # new statistics).
+# The variants below run the first 5 of the 10 steps.
 # A refactor that keeps the arithmetic must keep these: fp32 to 1e-6 relative, bf16 and fp8 to
 # 1e-4 (their GEMMs round inputs, so a changed summation order moves more bits). The same runs
 # with the recompute of the norms and MLA up-projections (activations.recompute_*) must give the
@@ -33,8 +34,9 @@ for recipe in fp32 bf16 fp8; do
     [[ $variant != plain && $MODE == --record ]] && continue
     [[ $variant == bf16store && $recipe == fp8 ]] && continue
     [[ $variant == bf16core && $recipe == fp32 ]] && continue
-    name=$recipe; [[ $variant != plain ]] && name=$recipe+$variant
-    "$BIN" train configs/tiny.yaml --set run.steps=10 --set schedule.lr.peak=1e-3 \
+    name=$recipe; steps=10
+    [[ $variant != plain ]] && name=$recipe+$variant && steps=5
+    "$BIN" train configs/tiny.yaml --set run.steps=$steps --set schedule.lr.peak=1e-3 \
       --set schedule.lr.warmup_steps=2 --set run.threads=1 --set run.eval_interval=0 \
       --set run.log_interval=100 --set precision.recipe=$recipe --set run.dir="$OUT/$name" \
       "${extra[@]}" > "$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log"; exit 1; }
@@ -65,14 +67,16 @@ for r in runs:
         t = store_tol[key] if r.endswith("+bf16store") else tol[r.split("+")[0]]
         t = core_tol[key] if r.endswith("+bf16core") else t
         a, b = runs[r][key], ref[r.split("+")[0]][key]
-        assert len(a) == len(b) == 10, f"{r}: {len(a)} steps"
+        assert len(a) == (5 if "+" in r else 10) and len(b) == 10, f"{r}: {len(a)} steps"
+        b = b[:len(a)]
         err = max(abs(x - y) / abs(y) for x, y in zip(a, b))
         ok = err <= t
         print(f"{'ok  ' if ok else 'FAIL'} {r:15s} {key:9s} max rel err {err:.2e} (tol {t:.0e})"
               f"{' bitwise' if a == b else ''}")
         passed += ok; failed += not ok
     if r.endswith("+recompute"):  # recomputing changes no number: equal to the same run without it
-        same = runs[r] == runs[r.split("+")[0]]
+        base = runs[r.split("+")[0]]
+        same = runs[r] == {k: v[:len(runs[r][k])] for k, v in base.items()}
         print(f"{'ok  ' if same else 'FAIL'} {r:15s} equals {r.split('+')[0]} bit for bit")
         passed += same; failed += not same
 print(f"e2e_golden: {passed} passed, {failed} failed")

@@ -64,20 +64,48 @@ struct LinearDiffs {
   double fprop, dgrad, wgrad;
 };
 
-// One FP8 Linear [in -> out] on M tokens against the BF16-input reference.
-LinearDiffs fp8_linear_diffs(int64_t M, int64_t in, int64_t out, const PrecisionPolicy& pol,
-                             bool o_proj, bool corrupt_scales) {
+// A Linear [in -> out] on M tokens: its weight, input and output gradient, and the BF16-input
+// references of its three GEMMs (computed once per shape, shared by every policy tried on it).
+struct LinearCase {
+  int64_t M, in, out;
+  std::vector<float> w, x, dy;
+  std::vector<double> y_ref, dx_ref, dw_ref;
+};
+
+LinearCase linear_case(int64_t M, int64_t in, int64_t out) {
+  LinearCase c{M,
+               in,
+               out,
+               randn(out * in, 3 + static_cast<uint32_t>(in), 0.05f),
+               randn(M * in, 5 + static_cast<uint32_t>(out)),
+               randn(M * out, 7 + static_cast<uint32_t>(M)),
+               {},
+               {},
+               {}};
+  const std::vector<float>&w = c.w, &x = c.x, &dy = c.dy;
+  auto X = [&](int64_t m, int64_t k) { return bf(x[m * in + k]); };
+  c.y_ref = ref_gemm(M, out, in, X, [&](int64_t k, int64_t n) { return bf(w[n * in + k]); });
+  c.dx_ref = ref_gemm(
+      M, in, out, [&](int64_t m, int64_t n) { return bf(dy[m * out + n]); },
+      [&](int64_t n, int64_t k) { return bf(w[n * in + k]); });
+  c.dw_ref = ref_gemm(
+      out, in, M, [&](int64_t n, int64_t m) { return bf(dy[m * out + n]); },
+      [&](int64_t m, int64_t k) { return X(m, k); });
+  return c;
+}
+
+// The case's FP8 Linear under pol against its BF16-input references.
+LinearDiffs fp8_linear_diffs(const LinearCase& c, const PrecisionPolicy& pol, bool o_proj,
+                             bool corrupt_scales) {
+  const int64_t M = c.M, in = c.in, out = c.out;
   ParamStore<float> ps;
   Param<float>* W = ps.add("w", {out, in});
-  const auto w = randn(out * in, 3 + static_cast<uint32_t>(in), 0.05f);
-  std::copy(w.begin(), w.end(), W->w());
+  std::copy(c.w.begin(), c.w.end(), W->w());
   W->grad.zero();
   Linear<float> l =
       Linear<float>::make(W, in, out, pol.linear(Component::AttentionProj, o_proj), pol, Exec{});
-  const auto x = randn(M * in, 5 + static_cast<uint32_t>(out));
-  const auto dy = randn(M * out, 7 + static_cast<uint32_t>(M));
   SavedAct<float> xs;  // the input as the Linear keeps it (FP8 1x128 tiles)
-  std::copy(x.begin(), x.end(), l.input(xs, M));
+  std::copy(c.x.begin(), c.x.end(), l.input(xs, M));
   l.keep(xs);
   EXPECT_TRUE(xs.fp8());
   std::vector<float> y(M * out), dx(M * in);
@@ -88,20 +116,11 @@ LinearDiffs fp8_linear_diffs(int64_t M, int64_t in, int64_t out, const Precision
     l.version = &frozen;
   }
   l.forward(xs, y.data());
-  l.backward_input(dy.data(), M, dx.data());
-  l.backward_weight(dy.data(), xs);
-  auto X = [&](int64_t m, int64_t k) { return bf(x[m * in + k]); };
-  const auto y_ref =
-      ref_gemm(M, out, in, X, [&](int64_t k, int64_t n) { return bf(w[n * in + k]); });
-  const auto dx_ref = ref_gemm(
-      M, in, out, [&](int64_t m, int64_t n) { return bf(dy[m * out + n]); },
-      [&](int64_t n, int64_t k) { return bf(w[n * in + k]); });
-  const auto dw_ref = ref_gemm(
-      out, in, M, [&](int64_t n, int64_t m) { return bf(dy[m * out + n]); },
-      [&](int64_t m, int64_t k) { return X(m, k); });
-  return {calc_diff(to_double(y.data(), y.size()), y_ref),
-          calc_diff(to_double(dx.data(), dx.size()), dx_ref),
-          calc_diff(to_double(W->g(), out * in), dw_ref)};
+  l.backward_input(c.dy.data(), M, dx.data());
+  l.backward_weight(c.dy.data(), xs);
+  return {calc_diff(to_double(y.data(), y.size()), c.y_ref),
+          calc_diff(to_double(dx.data(), dx.size()), c.dx_ref),
+          calc_diff(to_double(W->g(), out * in), c.dw_ref)};
 }
 
 }  // namespace
@@ -113,14 +132,15 @@ TEST(Fp8Linear, DeepGemmCriterionOnV3AndTinyShapes) {
       {256, 448, 96},  {256, 96, 1152}, {256, 448, 36}, {256, 32, 2048}, {256, 1024, 448},
       {256, 448, 256}, {256, 128, 448}, {200, 256, 96}, {200, 96, 320},  {200, 256, 80},
       {200, 64, 256},  {200, 264, 768}, {131, 300, 5},  {37, 130, 257},  {1, 129, 3}};
-  for (const auto& [scales_value, scales] : kPow2ScalesWords)
-    for (const auto& [tile_value, tile] : kDgradTileWords) {
-      PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
-      pol.pow2_scales = scales_value;
-      pol.dgrad_tile = tile_value;
-      for (auto [M, in, out] : shapes)
+  for (auto [M, in, out] : shapes) {
+    const LinearCase c = linear_case(M, in, out);
+    for (const auto& [scales_value, scales] : kPow2ScalesWords)
+      for (const auto& [tile_value, tile] : kDgradTileWords) {
+        PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
+        pol.pow2_scales = scales_value;
+        pol.dgrad_tile = tile_value;
         for (bool o_proj : {false, true}) {
-          const LinearDiffs d = fp8_linear_diffs(M, in, out, pol, o_proj, false);
+          const LinearDiffs d = fp8_linear_diffs(c, pol, o_proj, false);
           const std::string what = std::string(scales) + " " + tile + " M=" + std::to_string(M) +
                                    " in=" + std::to_string(in) + " out=" + std::to_string(out);
           // the criterion is a statistic: outputs of fewer than ~1000 values (the last two
@@ -129,13 +149,15 @@ TEST(Fp8Linear, DeepGemmCriterionOnV3AndTinyShapes) {
           EXPECT_LT(d.dgrad, M * in < 1000 ? 3e-3 : 1e-3) << "dgrad " << what;
           EXPECT_LT(d.wgrad, out * in < 2000 ? 3e-3 : 1e-3) << "wgrad " << what;
         }
-    }
+      }
+  }
 }
 
 TEST(Fp8Linear, WrongWeightScalesFailTheCriterion) {
   const PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
-  const LinearDiffs good = fp8_linear_diffs(256, 448, 96, pol, false, false);
-  const LinearDiffs bad = fp8_linear_diffs(256, 448, 96, pol, false, true);
+  const LinearCase c = linear_case(256, 448, 96);
+  const LinearDiffs good = fp8_linear_diffs(c, pol, false, false);
+  const LinearDiffs bad = fp8_linear_diffs(c, pol, false, true);
   EXPECT_LT(good.fprop, 1e-3);
   EXPECT_GT(bad.fprop, 0.05) << "a factor-2 scale error must be visible";
   EXPECT_GT(bad.dgrad, 0.05);

@@ -79,7 +79,7 @@ void expect_shared_layer_scratch(const Model<float>& m, const LayerScratchBytes&
 
 TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   const ModelConfig c = tiny();
-  const int64_t B = 8, S = 128, N = B * S, D = c.hidden_size;
+  const int64_t B = 4, S = 64, N = B * S, D = c.hidden_size;
   const auto tok = tokens(B, S, c.vocab_size);
   for (const char* recipe : {"fp32", "fp8", "fp32+recompute", "fp8+recompute", "fp32/bf16",
                              "bf16/bf16", "fp32/bf16+recompute", "fp8/bf16+recompute"}) {
