@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end: configs/tiny.yaml trains on the real corpus, the loss falls, metrics.jsonl has every
-# field, the same seed reproduces the run bit for bit, and the model FLOPs per token equal an
-# independent count from the run's config (2 per multiply-accumulate, x3 for training, causal
-# attention over S/2 keys) with the per-device rates and the MFU that follow from them; with
+# field, the same seed reproduces the run bit for bit (a second run of its first 10 steps), and
+# the model FLOPs per token equal an independent count from the run's config (2 per
+# multiply-accumulate, x3 for training, causal attention over S/2 keys) with the per-device rates
+# and the MFU that follow from them; with
 # run.count_flops the GEMM FLOPs the ops executed in each step, less the head's recomputed logits,
 # equal the step's tokens x the count's GEMM part (attention cores out) exactly, and counting
 # changes no loss.  Args: MOETRON_BIN BUILD_DIR
@@ -13,7 +14,7 @@ STEPS=40
 common=(--set run.steps=$STEPS --set schedule.lr.warmup_steps=5 --set run.log_interval=10)
 "$BIN" train configs/tiny.yaml "${common[@]}" --set run.dir="$OUT/a" --set hardware.peak_bf16_tflops=0.5 \
   --set run.count_flops=on
-"$BIN" train configs/tiny.yaml "${common[@]}" --set run.dir="$OUT/b" > /dev/null
+"$BIN" train configs/tiny.yaml "${common[@]}" --set run.steps=10 --set run.dir="$OUT/b" > /dev/null
 /usr/bin/python3 - "$OUT" "$STEPS" <<'PY'
 import json, sys
 out, steps = sys.argv[1], int(sys.argv[2])
@@ -28,7 +29,7 @@ first = sum(r["loss"] for r in a[:5]) / 5
 last = sum(r["loss"] for r in a[-5:]) / 5
 print(f"loss first5 {first:.4f} last5 {last:.4f}")
 assert last < first - 1.0, "the loss did not fall by at least 1 nat"
-assert [r["loss"] for r in a] == [r["loss"] for r in b], "same seed, different losses"
+assert len(b) == 10 and [r["loss"] for r in a[:10]] == [r["loss"] for r in b], "same seed, different losses"
 assert a[-1]["tokens"] == steps * a[0]["tokens"], "token count is not cumulative"
 
 import yaml

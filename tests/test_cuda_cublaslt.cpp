@@ -49,20 +49,9 @@ TEST(CublasLtLoader, OpensTheLibraryOnFirstUseNotAtStartUp) {
 
 TEST(CublasLtLoader, ResolvesEveryFunctionTheBackendCalls) {
   const CublasLt& lt = cublaslt();
-  const void* fns[] = {reinterpret_cast<const void*>(lt.GetVersion),
-                       reinterpret_cast<const void*>(lt.GetStatusString),
-                       reinterpret_cast<const void*>(lt.Create),
-                       reinterpret_cast<const void*>(lt.MatmulDescCreate),
-                       reinterpret_cast<const void*>(lt.MatmulDescDestroy),
-                       reinterpret_cast<const void*>(lt.MatmulDescSetAttribute),
-                       reinterpret_cast<const void*>(lt.MatrixLayoutCreate),
-                       reinterpret_cast<const void*>(lt.MatrixLayoutDestroy),
-                       reinterpret_cast<const void*>(lt.MatmulPreferenceCreate),
-                       reinterpret_cast<const void*>(lt.MatmulPreferenceDestroy),
-                       reinterpret_cast<const void*>(lt.MatmulPreferenceSetAttribute),
-                       reinterpret_cast<const void*>(lt.MatmulAlgoGetHeuristic),
-                       reinterpret_cast<const void*>(lt.Matmul)};
-  for (const void* f : fns) EXPECT_NE(f, nullptr);
+#define MOETRON_CUBLASLT_CHECK(name) EXPECT_NE(reinterpret_cast<const void*>(lt.name), nullptr);
+  MOETRON_CUBLASLT_FUNCTIONS(MOETRON_CUBLASLT_CHECK)
+#undef MOETRON_CUBLASLT_CHECK
   // a host-only call that needs no device: a layout descriptor made and destroyed
   cublasLtMatrixLayout_t layout = nullptr;
   const cublasStatus_t made = lt.MatrixLayoutCreate(&layout, CUDA_R_32F, 4, 3, 4);

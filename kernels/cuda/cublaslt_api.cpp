@@ -36,19 +36,9 @@ CublasLt load() {
   void* lib = open_library(&why);  // never closed: the process keeps it, as a linked one
   if (lib == nullptr) throw std::runtime_error("cuBLASLt: cannot open " + soname() + ": " + why);
   CublasLt a{};
-  resolve(lib, "cublasLtGetVersion", &a.GetVersion);
-  resolve(lib, "cublasLtGetStatusString", &a.GetStatusString);
-  resolve(lib, "cublasLtCreate", &a.Create);
-  resolve(lib, "cublasLtMatmulDescCreate", &a.MatmulDescCreate);
-  resolve(lib, "cublasLtMatmulDescDestroy", &a.MatmulDescDestroy);
-  resolve(lib, "cublasLtMatmulDescSetAttribute", &a.MatmulDescSetAttribute);
-  resolve(lib, "cublasLtMatrixLayoutCreate", &a.MatrixLayoutCreate);
-  resolve(lib, "cublasLtMatrixLayoutDestroy", &a.MatrixLayoutDestroy);
-  resolve(lib, "cublasLtMatmulPreferenceCreate", &a.MatmulPreferenceCreate);
-  resolve(lib, "cublasLtMatmulPreferenceDestroy", &a.MatmulPreferenceDestroy);
-  resolve(lib, "cublasLtMatmulPreferenceSetAttribute", &a.MatmulPreferenceSetAttribute);
-  resolve(lib, "cublasLtMatmulAlgoGetHeuristic", &a.MatmulAlgoGetHeuristic);
-  resolve(lib, "cublasLtMatmul", &a.Matmul);
+#define MOETRON_CUBLASLT_RESOLVE(name) resolve(lib, "cublasLt" #name, &a.name);
+  MOETRON_CUBLASLT_FUNCTIONS(MOETRON_CUBLASLT_RESOLVE)
+#undef MOETRON_CUBLASLT_RESOLVE
   return a;
 }
 

@@ -11,20 +11,20 @@
 
 namespace moetron::kernels::gpu {
 
+// The functions the backend calls, without their "cublasLt" prefix: the one list of them.
+// clang-format off
+#define MOETRON_CUBLASLT_FUNCTIONS(X)                                          \
+  X(GetVersion) X(GetStatusString) X(Create)                                   \
+  X(MatmulDescCreate) X(MatmulDescDestroy) X(MatmulDescSetAttribute)           \
+  X(MatrixLayoutCreate) X(MatrixLayoutDestroy)                                 \
+  X(MatmulPreferenceCreate) X(MatmulPreferenceDestroy)                         \
+  X(MatmulPreferenceSetAttribute) X(MatmulAlgoGetHeuristic) X(Matmul)
+// clang-format on
+
 struct CublasLt {
-  decltype(&::cublasLtGetVersion) GetVersion;
-  decltype(&::cublasLtGetStatusString) GetStatusString;
-  decltype(&::cublasLtCreate) Create;
-  decltype(&::cublasLtMatmulDescCreate) MatmulDescCreate;
-  decltype(&::cublasLtMatmulDescDestroy) MatmulDescDestroy;
-  decltype(&::cublasLtMatmulDescSetAttribute) MatmulDescSetAttribute;
-  decltype(&::cublasLtMatrixLayoutCreate) MatrixLayoutCreate;
-  decltype(&::cublasLtMatrixLayoutDestroy) MatrixLayoutDestroy;
-  decltype(&::cublasLtMatmulPreferenceCreate) MatmulPreferenceCreate;
-  decltype(&::cublasLtMatmulPreferenceDestroy) MatmulPreferenceDestroy;
-  decltype(&::cublasLtMatmulPreferenceSetAttribute) MatmulPreferenceSetAttribute;
-  decltype(&::cublasLtMatmulAlgoGetHeuristic) MatmulAlgoGetHeuristic;
-  decltype(&::cublasLtMatmul) Matmul;
+#define MOETRON_CUBLASLT_MEMBER(name) decltype(&::cublasLt##name) name;
+  MOETRON_CUBLASLT_FUNCTIONS(MOETRON_CUBLASLT_MEMBER)
+#undef MOETRON_CUBLASLT_MEMBER
 };
 
 // The library's functions. The first call opens libcublasLt.so.<major of the headers> (the
