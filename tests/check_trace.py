@@ -6,7 +6,7 @@ The file must load as JSON with every rank a process (named), every slice on a n
 dropped events, each traced step a step slice on every rank, and per rank and step the top-level
 slices of the tiling tracks (cat "part") must not overlap and must add up to the step slice
 within 5 %; rank 0's step slice less its validation time must be metrics.jsonl's step_seconds
-(1 %), the other ranks' step slices as long as rank 0's (2 % + 2 ms).
+(1 %), the other ranks' step slices as long as rank 0's (5 % + 5 ms).
 Every PP send has a flow start and every receive a flow end, matched one to one by id across two
 ranks. Every --expect NAME is the name of some slice. Prints the per-rank residuals and event
 counts.
@@ -77,7 +77,9 @@ def main():
                     fail(f"step {s}: rank 0's step slice {got:.0f} us, metrics.jsonl {want:.0f} us")
             else:  # one step for all: from a barrier's end to the next one's
                 d0 = step0[s]
-                if abs(st["dur"] - d0) > 0.02 * d0 + 2000:
+                # 5 % + 5 ms: a rank leaves each barrier when the scheduler next runs it, which
+                # with 4 ranks on 2 busy cores was 7.3 ms late on a 183 ms step (ctest -j2)
+                if abs(st["dur"] - d0) > 0.05 * d0 + 5000:
                     fail(f"rank {r} step {s}: step slice {st['dur']:.0f} us, rank 0's {d0:.0f} us")
             if r == 0:
                 step0[s] = st["dur"]
