@@ -3,10 +3,9 @@
 # field, the same seed reproduces the run bit for bit (a second run of its first 10 steps), and
 # the model FLOPs per token equal an independent count from the run's config (2 per
 # multiply-accumulate, x3 for training, causal attention over S/2 keys) with the per-device rates
-# and the MFU that follow from them; with
-# run.count_flops the GEMM FLOPs the ops executed in each step, less the head's recomputed logits,
-# equal the step's tokens x the count's GEMM part (attention cores out) exactly, and counting
-# changes no loss.  Args: MOETRON_BIN BUILD_DIR
+# and the MFU that follow from them; with run.count_flops the GEMM FLOPs the ops executed in each
+# step, less the head's recomputed logits, equal the step's tokens x the count's GEMM part
+# (attention cores out) exactly, and counting changes no loss.  Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_train_tiny
 rm -rf "$OUT"
