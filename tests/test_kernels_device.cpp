@@ -28,6 +28,34 @@ TEST(GuardDevice, HostAccessOutsideOpsFaults) {
       "");  // a read
 }
 
+// The guard range opens in whole 2 MiB huge pages (kernels/device.cpp). Every page handed out
+// locks when the last op leaves: those of a buffer allocated while an op runs (it opens new huge
+// pages), both ends of a buffer larger than a huge page, and a freed buffer's.
+TEST(GuardDevice, PagesOpenedInsideAnOpAndFreedPagesLockToo) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const size_t n = size_t(3) << 20;  // 12 MiB of floats
+  Allocator& guard = allocator(Device::Guard);
+  Buffer<float> first(Device::Guard);  // GuardAccess is a no-op until guard memory exists
+  first.resize(1);
+  float* big = nullptr;
+  {
+    GuardAccess access;  // an op running
+    big = static_cast<float*>(guard.allocate(n * sizeof(float)));
+    big[0] = 1.f, big[n - 1] = 2.f;  // reachable inside
+  }
+  EXPECT_DEATH({ big[0] = 3.f; }, "");
+  EXPECT_DEATH({ big[n - 1] = 3.f; }, "");
+  float* small = static_cast<float*>(guard.allocate(64));
+  guard.deallocate(small, 64);
+  EXPECT_DEATH({ small[1] = 3.f; }, "");
+  {
+    GuardAccess access;
+    EXPECT_EQ(big[n - 1], 2.f);  // and open again inside
+  }
+  guard.deallocate(big, n * sizeof(float));
+  EXPECT_DEATH({ big[n / 2] = 3.f; }, "");  // a whole freed huge page: given back, still locked
+}
+
 TEST(GuardDevice, OpsAndGuardAccessReachIt) {
   const Exec ex = Exec::on(Device::Guard);
   Buffer<float> a(Device::Guard), b(Device::Guard);
