@@ -158,7 +158,8 @@ int main(int argc, char** argv) {
       const int64_t lda = ta ? M : K, ldb = tb ? K : N;
       // The OpenMP-based columns run first and OpenBLAS last, followed by a pause: OpenBLAS's
       // pthread workers busy-wait for ~0.1 s after a call and, on a machine with few cores, steal
-      // them from the OpenMP team that runs next (measured: 2 GFLOP/s instead of 200).
+      // them from the OpenMP team that runs next (measured: 2 GFLOP/s instead of 200). On one
+      // thread OpenBLAS has no workers and needs no pause.
       double g[7];
       DnnlMatmul f32(false, ta, tb, M, N, K, A.data(), B.data(), C.data());
       DnnlMatmul bf(true, ta, tb, M, N, K, A16.data(), B16.data(), C.data());
@@ -186,7 +187,7 @@ int main(int argc, char** argv) {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), N);
       });
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      if (threads > 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
       impl_f32 = f32.impl;
       impl_bf16 = bf.impl;
       std::printf("| %s | %s | %lld | %lld | %lld | %s |", s.set, s.what, (long long)M,

@@ -10,13 +10,15 @@
 # is what to read. Then one layout's per-rank breakdown.
 # Usage: bench/layouts.sh [STEPS=6] [LAYOUT-FOR-BREAKDOWN=pp2_dp2_ep2_dualpipe]
 # SHAPES (environment): the "pp dp ep" shapes, separated by commas (default "2 2 2,2 4 2"; the
-# tests' smoke run takes the 4-rank one alone).
+# tests' smoke run takes the 4-rank one alone). SET (environment): extra "key=value ..." settings
+# for every run (the smoke run narrows the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-6}
 DETAIL=${2:-pp2_dp2_ep2_dualpipe}
 OUT=build/bench_layouts; rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+extra=(); for kv in ${SET:-}; do extra+=(--set "$kv"); done
 layouts=()
 IFS=, read -r -a shapes <<< "${SHAPES:-2 2 2,2 4 2}"
 for shape in "${shapes[@]}"; do
@@ -29,7 +31,7 @@ for l in "${layouts[@]}"; do
     train configs/tiny.yaml --set run.steps="$STEPS" --set run.threads=1 \
     --set data.global_batch_size=32 --set data.micro_batch_size=2 --set parallel.pp=$1 \
     --set parallel.dp=$2 --set parallel.ep=$3 --set parallel.schedule=$4 \
-    --set run.dir="$OUT/$name" > "$OUT/$name.log" || { tail "$OUT/$name.log"; exit 1; }
+    --set run.dir="$OUT/$name" "${extra[@]}" > "$OUT/$name.log" || { tail "$OUT/$name.log"; exit 1; }
 done
 /usr/bin/python3 - "$OUT" "$DETAIL" <<'PY'
 import json, os, sys
