@@ -84,7 +84,9 @@ struct NcclHandle {
     check(ncclCommUserRank(comm, &rank), "CommUserRank", rank, -1, comm);
     check(ncclCommCount(comm, &size), "CommCount", rank, -1, comm);
     MOETRON_CUDA_CHECK(cudaMalloc(&barrier_word, sizeof(int)));
-    MOETRON_CUDA_CHECK(cudaMemset(barrier_word, 0, sizeof(int)));
+    // on the stream barrier() all-reduces it on (a plain cudaMemset runs on the legacy stream,
+    // which the non-blocking comm stream does not wait for)
+    MOETRON_CUDA_CHECK(cudaMemsetAsync(barrier_word, 0, sizeof(int), gpu::comm_stream()));
   }
   // Errors are ignored: at process exit the CUDA runtime may already be gone. ncclCommDestroy
   // lets what was posted finish first (and may wait for the node's other ranks: destroy a

@@ -44,11 +44,13 @@ if [[ -n $prebuilt ]]; then
   # cuBLASLt and NCCL from the machine's CUDA (the toolkit or the Python wheels); cuBLASLt is
   # opened on first use (kernels/cuda/cublaslt_api.h), so ldd below does not see it
   for lib in 'libcublasLt.so.13*' 'libnccl.so.2*'; do
-    at=$(find /usr/local/cuda*/ /usr/lib /opt -name "$lib" 2>/dev/null | head -1)
+    at=$(find /usr/local/cuda*/ /usr/lib /usr/local/lib /opt -name "$lib" 2>/dev/null | head -1)
     [[ -n $at ]] && export LD_LIBRARY_PATH=$(dirname "$at"):$LD_LIBRARY_PATH
     [[ -n $at ]] || echo "gpu_check: no $lib on this machine"
   done
-  ldd "$bin/cuda_tests" "$bin/moetron" | grep "not found" && echo "gpu_check: missing libraries"
+  if ldd "$bin/cuda_tests" "$bin/moetron" | grep "not found"; then
+    echo "gpu_check: missing libraries: the GPU tests and runs below cannot start"
+  fi
 else
   t0=$SECONDS
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOETRON_CUDA=ON \
@@ -187,5 +189,10 @@ passed=$(grep -c "^\[       OK \]" /tmp/cuda_tests.log)
 failed=$(grep -c "^\[  FAILED  \].*(" /tmp/cuda_tests.log)
 skipped=$(grep -c "^\[  SKIPPED \].*(" /tmp/cuda_tests.log)
 printf "| GPU tests passed | %s |\n| failed | %s |\n| skipped | %s |\n" "$passed" "$failed" "$skipped"
+# every GPU test skips only for want of a usable device: here, with one, a skip is a failure
+if ((skipped > 0)); then
+  echo "gpu_check: $skipped GPU tests skipped: $(grep -m1 -o "no usable CUDA device.*" /tmp/cuda_tests.log)"
+  status=1
+fi
 grep "^\[  FAILED  \].*(" /tmp/cuda_tests.log
 exit $status

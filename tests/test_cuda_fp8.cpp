@@ -220,8 +220,10 @@ TEST(CudaFp8, TokenMajorLayoutsMatchTheCpuBitwise) {
 struct Shape {
   int64_t M, N, K;
 };
-// V3-like (an expert's up projection 7168 -> 2048 over 256 tokens), a tidy one, an odd one
-const Shape kShapes[] = {{256, 384, 512}, {100, 130, 200}, {256, 2048, 7168}};
+// V3-like (an expert's up projection 7168 -> 2048 over 256 tokens), a tidy one, an odd one, and
+// one cuBLASLt takes (multiples of 16) whose three reductions (400, 144, 272) each end in a part of
+// a 128-block: a routed expert's Wgrad over its tokens looks like that
+const Shape kShapes[] = {{256, 384, 512}, {100, 130, 200}, {256, 2048, 7168}, {272, 144, 400}};
 
 // cuBLASLt can take D [rows, cols] = A B^T reducing over red (fp8_gemm.cu's requirements)
 bool lt_eligible(int64_t rows, int64_t cols, int64_t red) {

@@ -10,15 +10,22 @@
 //   VEC128_32F; B VEC128_32F (1x128 tiles along k). 2D x 2D is not supported by cuBLASLt and
 //   never asked for.
 //
-// Descriptors and the heuristic query are made per call (a few microseconds; a cache keyed by
-// shape is the obvious next step when this shows in profiles). The handle is the backend's one
+// Descriptors are made per call (their scale pointers change with each call); the heuristic's
+// answer, an algorithm or none, is cached per shape, scale mode and alignments, as the BF16/FP32
+// GEMMs' are (kernels/cuda/gemm.cu): the routed experts make thousands of these calls a step, and
+// a heuristic query costs tens of microseconds of host time. The handle is the backend's one
 // (kernels/cuda/gemm.cuh: lt_handle), which throws when it cannot be made rather than quietly
 // sending every FP8 GEMM to the fallback kernel.
 #include <cublasLt.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/fp8_cuda.h"
@@ -59,6 +66,70 @@ bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, c
   return ok(cublaslt().MatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
 }
 
+// What the heuristic's choice depends on: m, n, k, A's scale mode, the alignments of A, B and D,
+// the workspace it may use; and whether the call accumulates (beta 1), which the heuristic does not
+// see but cublasLtMatmul may refuse.
+using AlgoKey =
+    std::tuple<int64_t, int64_t, int64_t, bool, uint32_t, uint32_t, uint32_t, uint64_t, bool>;
+
+struct AlgoCache {
+  std::mutex mu;
+  std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algos;  // nullopt: none, fall back
+};
+AlgoCache& algo_cache() {
+  static auto& c = *new AlgoCache;  // never destroyed (plain data; see lt_handle)
+  return c;
+}
+
+// The heuristic's best algorithm for the key (nullopt: none, the caller falls back), asked once.
+std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const MatmulDesc& op,
+                                              const MatrixLayout& la, const MatrixLayout& lb,
+                                              const MatrixLayout& ld) {
+  AlgoCache& cache = algo_cache();
+  {
+    std::lock_guard<std::mutex> lk(cache.mu);
+    if (auto it = cache.algos.find(key); it != cache.algos.end()) return it->second;
+  }
+  std::optional<cublasLtMatmulAlgo_t> algo;
+  Preference pref;
+  const uint32_t al_a = std::get<4>(key), al_b = std::get<5>(key), al_d = std::get<6>(key);
+  const uint64_t ws = std::get<7>(key);
+  cublasLtMatmulHeuristicResult_t result = {};
+  int found = 0;
+  if (ok(cublaslt().MatmulPreferenceCreate(&pref.d)) &&
+      set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) &&
+      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) &&
+      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b) &&
+      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_d) &&
+      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_d) &&
+      ok(cublaslt().MatmulAlgoGetHeuristic(lt_handle(), op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1,
+                                           &result, &found)) &&
+      found > 0)
+    algo = result.algo;
+  std::lock_guard<std::mutex> lk(cache.mu);
+  cache.algos.emplace(key, algo);
+  return algo;
+}
+
+// cublasLtMatmul refused the heuristic's algorithm at validation (nothing was enqueued): this
+// configuration falls back to the kernel from now on, said once per process.
+void refuse(const AlgoKey& key, cublasStatus_t s) {
+  AlgoCache& cache = algo_cache();
+  {
+    std::lock_guard<std::mutex> lk(cache.mu);
+    cache.algos[key] = std::nullopt;
+  }
+  static std::once_flag said;
+  std::call_once(said, [&] {
+    std::fprintf(stderr,
+                 "moetron: cuBLASLt refused a block-scaled FP8 GEMM %lldx%lldx%lld (%s, %s): "
+                 "the FP8 kernel runs it instead (reported once)\n",
+                 static_cast<long long>(std::get<0>(key)), static_cast<long long>(std::get<1>(key)),
+                 static_cast<long long>(std::get<2>(key)),
+                 std::get<8>(key) ? "accumulating" : "beta 0", cublaslt().GetStatusString(s));
+  });
+}
+
 }  // namespace
 
 bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, bool a_blocks,
@@ -93,30 +164,22 @@ bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, b
                                         static_cast<uint64_t>(n), m)))
     return false;
 
-  Preference pref;
-  const uint64_t ws = workspace_bytes;
   const uint32_t al_a = lt_alignment(A), al_b = lt_alignment(B), al_d = lt_alignment(D);
-  if (!ok(cublaslt().MatmulPreferenceCreate(&pref.d)) ||
-      !set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) ||
-      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) ||
-      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b) ||
-      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_d) ||
-      !set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_d))
-    return false;
-
-  cublasLtMatmulHeuristicResult_t result = {};
-  int found = 0;
-  if (!ok(cublaslt().MatmulAlgoGetHeuristic(h, op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1, &result,
-                                            &found)) ||
-      found == 0)
-    return false;
+  const AlgoKey key{m, n, k, a_blocks, al_a, al_b, al_d, workspace_bytes, accumulate};
+  const std::optional<cublasLtMatmulAlgo_t> algo = find_algo(key, op, la, lb, ld);
+  if (!algo) return false;
 
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   const cublasStatus_t s = cublaslt().Matmul(h, op.d, &alpha, A, la.d, B, lb.d, &beta, D, ld.d, D,
-                                             ld.d, &result.algo, workspace, workspace_bytes, st);
-  // After a successful heuristic a failure here is unexpected, and the GEMM may have been partly
-  // enqueued (an accumulating fallback would then add twice): an error, not a silent fallback.
+                                             ld.d, &*algo, workspace, workspace_bytes, st);
+  // NOT_SUPPORTED is a refusal at validation, before anything is enqueued: the kernel runs it.
+  // Any other failure after a successful heuristic is unexpected, and the GEMM may have been
+  // partly enqueued (an accumulating fallback would then add twice): an error, not a fallback.
   // MOETRON_FP8_GEMM=kernel runs without cuBLASLt.
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+    refuse(key, s);
+    return false;
+  }
   if (!ok(s))
     throw std::runtime_error(std::string("cublasLtMatmul (block-scaled FP8): ") +
                              cublaslt().GetStatusString(s) +

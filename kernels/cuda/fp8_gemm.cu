@@ -17,8 +17,9 @@
 //     4)] (K blocks contiguous, padded to 16 bytes); lt_scales rewrites ours into scratch.
 //     Requirements (from the cuBLAS docs on FP8 tensor-core GEMMs, as TransformerEngine checks
 //     them): K % 16 == 0 (16-byte rows), M % 8 == 0 and N % 8 == 0, 16-byte aligned pointers,
-//     and an algorithm from the heuristic. When any fails (odd expert sizes, K = 200, ...) the
-//     call runs on the kernel below instead: same recipe, so the results agree to rounding.
+//     and an algorithm from the heuristic that cublasLtMatmul accepts. When any fails (odd expert
+//     sizes, K = 200, ...) the call runs on the kernel below instead: same recipe, so the results
+//     agree to rounding.
 //   Kernel: a plain tiled CUDA kernel, the recipe written out (cpu::fp8_gemm_nt_blockwise): per
 //     64x64 tile of D, per 128-K block, an fp32 partial of the decoded E4M3 products (exact
 //     products, summed in k order: the same partial as the CPU's literal recipe), then
