@@ -91,7 +91,6 @@ class GuardAllocator final : public Allocator {
     std::lock_guard<std::mutex> lk(mu_);
     if (--users_ == 0 && open_ > 0) protect(0, open_, PROT_NONE);
   }
-  bool in_use() const { return started_.load(); }
   bool holds(const void* p) const {
     if (!started_.load()) return false;
     const char* b = base_;  // set once, before started_
@@ -150,7 +149,7 @@ MetaAllocator& meta_alloc() {
   return a;
 }
 GuardAllocator& guard_alloc() {
-  static GuardAllocator a;
+  static auto& a = *new GuardAllocator;  // never destroyed: a GuardAccess may run at exit
   return a;
 }
 std::atomic<Allocator*> g_cuda{nullptr};
@@ -207,11 +206,9 @@ void select_cuda_device(int local_rank) {
 #endif
 }
 
-GuardAccess::GuardAccess() : entered_(guard_alloc().in_use()) {
-  if (entered_) guard_alloc().enter();
-}
-GuardAccess::~GuardAccess() {
-  if (entered_) guard_alloc().leave();
-}
+// Counted even before any guard memory exists, so that memory first allocated under a GuardAccess
+// is open under it too.
+GuardAccess::GuardAccess() { guard_alloc().enter(); }
+GuardAccess::~GuardAccess() { guard_alloc().leave(); }
 
 }  // namespace moetron

@@ -61,18 +61,16 @@ void register_allocator(Device d, Allocator* a);
 Device default_device();
 void set_default_device(Device d);
 
-// While at least one GuardAccess exists (any thread), Guard memory is readable and writable; the
-// op dispatcher and the communicator hold one around their work. Cheap elsewhere: a no-op when no
-// Guard memory was ever allocated.
+// While at least one GuardAccess exists (any thread), Guard memory is readable and writable,
+// including memory allocated while it is held; the op dispatcher and the communicator hold one
+// around their work. Cheap elsewhere: a counter under an uncontended mutex, no system call while
+// no Guard memory exists.
 class GuardAccess {
  public:
   GuardAccess();
   ~GuardAccess();
   GuardAccess(const GuardAccess&) = delete;
   GuardAccess& operator=(const GuardAccess&) = delete;
-
- private:
-  bool entered_ = false;
 };
 // Whether p points into Guard memory (what the Guard device stands in for: memory the host may
 // not touch, as a GPU's). The communicators of a guard run check it (parallel/comm_checked.h).
