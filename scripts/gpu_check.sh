@@ -64,18 +64,20 @@ fi
 status=0
 echo "== GPU tests (cuda_tests)"
 t0=$SECONDS
-"$bin/cuda_tests" --gtest_color=no 2>&1 | tee /tmp/cuda_tests.log | grep -E "^\[  (FAILED|SKIPPED|PASSED) |^\[==|Failure|Expected|Which is|actual|off;|differ|CudaModel table|^  step" 
+# every stage has a time limit, so that a hang (a stream wait that never ends) costs minutes, not
+# the machine's whole lease; timeout exits 124
+timeout 240 "$bin/cuda_tests" --gtest_color=no 2>&1 | tee /tmp/cuda_tests.log | grep -E "^\[  (FAILED|SKIPPED|PASSED) |^\[==|Failure|Expected|Which is|actual|off;|differ|CudaModel table|^  step" 
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 echo "gpu_check: tests took $((SECONDS - t0)) s"
 
 echo "== GEMM throughput (bench_cuda_gemm $quick)"
-"$bin/bench_cuda_gemm" $quick || status=1
+timeout 120 "$bin/bench_cuda_gemm" $quick || status=1
 
 echo "== attention throughput (bench_cuda_attention $quick)"
-"$bin/bench_cuda_attention" $quick || status=1
+timeout 120 "$bin/bench_cuda_attention" $quick || status=1
 
 echo "== host <-> GPU copies (bench_cuda_copy $quick)"
-"$bin/bench_cuda_copy" $quick || status=1
+timeout 60 "$bin/bench_cuda_copy" $quick || status=1
 
 echo "== moetron train on the GPU"
 if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
