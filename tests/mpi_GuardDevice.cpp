@@ -153,11 +153,14 @@ TEST(GuardDevice, DualPipeKeepsHostAndDeviceDataOnTheirGroups) {
 // The device data in NCCL's order (parallel/comm_stream.h: one stream of operations per process,
 // in-order point-to-point, the EP dispatcher's collective path): the schedules post their
 // pipeline, EP and ZeRO-1 operations in an order NCCL can run without deadlock (a deadlock hangs
-// the stream and the watchdog stops the job), with the CPU's losses bit for bit.
+// the stream and the watchdog stops the job), with the CPU's losses bit for bit: ZB1P on 2 and 4
+// ranks, 1F1B on 2, DualPipe and DualPipeV on 4 (1F1B on one rank).
 TEST(GuardDevice, DeviceDataInNcclOrderRunsEverySchedule) {
   std::vector<std::vector<std::string>> layouts = {{}};  // the default layout of this world size
-  if (world().size() == 4)
+  if (world().size() == 4) {
     layouts.push_back({"parallel.schedule=dualpipe", "data.micro_batch_size=1"});
+    layouts.push_back({"parallel.schedule=dualpipev", "data.micro_batch_size=1"});
+  }
   if (world().size() == 2) layouts.push_back({"parallel.schedule=1f1b"});
   for (std::vector<std::string> extra : layouts) {
     extra.insert(extra.end(), {"run.steps=2", "run.comm_timeout_s=60"});
@@ -208,8 +211,10 @@ TEST(GuardDevice, CountedGemmFlopsAddUpToTheFormulaOverTheLayout) {
 // without waiting and collects at the end of the step.
 TEST(GuardDevice, APipelineNeverDrainsTheStream) {
   std::vector<std::vector<std::string>> layouts = {{}};
-  if (world().size() == 4)
+  if (world().size() == 4) {
     layouts.push_back({"parallel.schedule=dualpipe", "data.micro_batch_size=1"});
+    layouts.push_back({"parallel.schedule=dualpipev", "data.micro_batch_size=1"});
+  }
   for (std::vector<std::string> extra : layouts) {
     extra.push_back("run.steps=2");
     const std::string dir = tmp_dir("host_waits");
