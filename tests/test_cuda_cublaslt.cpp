@@ -3,6 +3,7 @@
 // ~200 MB). Neither test needs a GPU: cuBLASLt opens and answers its version without one. The
 // first runs this binary again as a fresh process with MOETRON_CUBLASLT_PROBE set, in which a
 // static initialiser reports whether the library is mapped at start-up and after the first use.
+// Also the cache of the heuristic's answers (kernels/cuda/gemm.cuh: LtAlgoCache), host code too.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "kernels/cuda/cublaslt_api.h"
+#include "kernels/cuda/gemm.cuh"
 
 namespace moetron::kernels::gpu {
 namespace {
@@ -59,6 +61,26 @@ TEST(CublasLtLoader, ResolvesEveryFunctionTheBackendCalls) {
   const cublasStatus_t made = lt.MatrixLayoutCreate(&layout, CUDA_R_32F, 4, 3, 4);
   ASSERT_EQ(made, CUBLAS_STATUS_SUCCESS) << lt.GetStatusString(made);
   EXPECT_EQ(lt.MatrixLayoutDestroy(layout), CUBLAS_STATUS_SUCCESS);
+}
+
+// "Never asked" is not "no algorithm"; an answer can be replaced (cublasLtMatmul refused the
+// algorithm); the cache stays bounded, however many expert row counts a run brings.
+TEST(LtAlgoCache, TellsUnaskedFromNoneReplacesAndStaysBounded) {
+  LtAlgoCache<int> cache;
+  EXPECT_FALSE(cache.find(1).has_value());
+  cache.put(1, std::nullopt);
+  ASSERT_TRUE(cache.find(1).has_value());
+  EXPECT_FALSE(cache.find(1)->has_value());
+  cublasLtMatmulAlgo_t algo{};
+  algo.data[0] = 42;
+  cache.put(2, algo);
+  ASSERT_TRUE(cache.find(2).has_value() && cache.find(2)->has_value());
+  EXPECT_EQ((**cache.find(2)).data[0], 42u);
+  cache.put(2, std::nullopt);
+  EXPECT_FALSE(cache.find(2)->has_value());
+  for (int k = 3; k < 5000; ++k) cache.put(k, std::nullopt);
+  EXPECT_FALSE(cache.find(1).has_value()) << "not bounded: the first key is still there";
+  EXPECT_TRUE(cache.find(4999).has_value());
 }
 
 }  // namespace

@@ -11,16 +11,16 @@
 //   never asked for.
 //
 // Descriptors are made per call (their scale pointers change with each call); the heuristic's
-// answer, an algorithm or none, is cached per shape, scale mode and alignments, as the BF16/FP32
-// GEMMs' are (kernels/cuda/gemm.cu): the routed experts make thousands of these calls a step, and
-// a heuristic query costs tens of microseconds of host time. The handle is the backend's one
-// (kernels/cuda/gemm.cuh: lt_handle), which throws when it cannot be made rather than quietly
-// sending every FP8 GEMM to the fallback kernel.
+// answer, an algorithm or none, is cached per shape, scale mode and alignments, through the same
+// query and bounded cache as the BF16/FP32 GEMMs' (kernels/cuda/gemm.cuh: lt_heuristic,
+// LtAlgoCache): the routed experts make thousands of these calls a step, and a heuristic query
+// costs tens of microseconds of host time.
+// The handle is the backend's one (kernels/cuda/gemm.cuh: lt_handle), which throws when it cannot
+// be made rather than quietly sending every FP8 GEMM to the fallback kernel.
 #include <cublasLt.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -48,22 +48,12 @@ struct MatrixLayout {
     if (d) cublaslt().MatrixLayoutDestroy(d);
   }
 };
-struct Preference {
-  cublasLtMatmulPreference_t d = nullptr;
-  ~Preference() {
-    if (d) cublaslt().MatmulPreferenceDestroy(d);
-  }
-};
 
 bool ok(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS; }
 
 template <class V>
 bool set(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const V& v) {
   return ok(cublaslt().MatmulDescSetAttribute(d, a, &v, sizeof(v)));
-}
-template <class V>
-bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, const V& v) {
-  return ok(cublaslt().MatmulPreferenceSetAttribute(p, a, &v, sizeof(v)));
 }
 
 // What the heuristic's choice depends on: m, n, k, A's scale mode, the alignments of A, B and D,
@@ -72,53 +62,29 @@ bool set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, c
 using AlgoKey =
     std::tuple<int64_t, int64_t, int64_t, bool, uint32_t, uint32_t, uint32_t, uint64_t, bool>;
 
-struct AlgoCache {
-  std::mutex mu;
-  std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algos;  // nullopt: none, fall back
-};
-AlgoCache& algo_cache() {
-  static auto& c = *new AlgoCache;  // never destroyed (plain data; see lt_handle)
+LtAlgoCache<AlgoKey>& algo_cache() {
+  static auto& c = *new LtAlgoCache<AlgoKey>;  // never destroyed (plain data; see lt_handle)
   return c;
 }
 
-// The heuristic's best algorithm for the key (nullopt: none, the caller falls back), asked once.
+// The heuristic's best algorithm for the key (nullopt: none, or the query failed: the caller
+// falls back), asked once.
 std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const MatmulDesc& op,
                                               const MatrixLayout& la, const MatrixLayout& lb,
                                               const MatrixLayout& ld) {
-  AlgoCache& cache = algo_cache();
-  {
-    std::lock_guard<std::mutex> lk(cache.mu);
-    if (auto it = cache.algos.find(key); it != cache.algos.end()) return it->second;
-  }
-  std::optional<cublasLtMatmulAlgo_t> algo;
-  Preference pref;
-  const uint32_t al_a = std::get<4>(key), al_b = std::get<5>(key), al_d = std::get<6>(key);
-  const uint64_t ws = std::get<7>(key);
-  cublasLtMatmulHeuristicResult_t result = {};
-  int found = 0;
-  if (ok(cublaslt().MatmulPreferenceCreate(&pref.d)) &&
-      set(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws) &&
-      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_a) &&
-      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_b) &&
-      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_d) &&
-      set(pref.d, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_d) &&
-      ok(cublaslt().MatmulAlgoGetHeuristic(lt_handle(), op.d, la.d, lb.d, ld.d, ld.d, pref.d, 1,
-                                           &result, &found)) &&
-      found > 0)
-    algo = result.algo;
-  std::lock_guard<std::mutex> lk(cache.mu);
-  cache.algos.emplace(key, algo);
+  if (const auto hit = algo_cache().find(key)) return *hit;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;  // any failure: the kernel runs it, as with none
+  const std::optional<cublasLtMatmulAlgo_t> algo =
+      lt_heuristic(op.d, la.d, lb.d, ld.d, std::get<4>(key), std::get<5>(key), std::get<6>(key),
+                   std::get<7>(key), &st);
+  algo_cache().put(key, algo);
   return algo;
 }
 
 // cublasLtMatmul refused the heuristic's algorithm at validation (nothing was enqueued): this
 // configuration falls back to the kernel from now on, said once per process.
 void refuse(const AlgoKey& key, cublasStatus_t s) {
-  AlgoCache& cache = algo_cache();
-  {
-    std::lock_guard<std::mutex> lk(cache.mu);
-    cache.algos[key] = std::nullopt;
-  }
+  algo_cache().put(key, std::nullopt);
   static std::once_flag said;
   std::call_once(said, [&] {
     std::fprintf(stderr,

@@ -68,7 +68,6 @@ GemmCounts gemm_counts();
 // (BLK128x128_32F) else 1x128 (VEC128_32F); B always 1x128 (VEC128_32F). Returns false, having
 // enqueued nothing, when cuBLASLt cannot run it (unsupported by the library, no algorithm from
 // its heuristic, or cublasLtMatmul's NOT_SUPPORTED); the caller then runs the kernel.
-inline constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 bool cublaslt_gemm_tn(cudaStream_t st, const uint8_t* A, const float* a_scale, bool a_blocks,
                       const uint8_t* B, const float* b_scale, int64_t m, int64_t n, int64_t k,
                       float* D, bool accumulate, void* workspace, size_t workspace_bytes);

@@ -37,7 +37,6 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <unordered_map>
 
 #include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/gemm.cuh"
@@ -49,9 +48,6 @@
 namespace moetron::kernels::gpu {
 
 namespace {
-
-// cuBLASLt's workspace: what NVIDIA recommends on Hopper.
-constexpr size_t kLtWorkspace = size_t(32) << 20;
 
 void lt_check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS)
@@ -90,18 +86,7 @@ struct AlgoKey {
   bool ta, tb;
   Kind kind;
   uint32_t align_a, align_b, align_c;
-  bool operator==(const AlgoKey&) const = default;
-};
-struct AlgoKeyHash {
-  size_t operator()(const AlgoKey& k) const {
-    size_t h = std::hash<int64_t>()(k.M);
-    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
-    mix(std::hash<int64_t>()(k.N));
-    mix(std::hash<int64_t>()(k.K));
-    mix((k.ta ? 1u : 0u) | (k.tb ? 2u : 0u) | (static_cast<unsigned>(k.kind) << 2));
-    mix((size_t(k.align_a) << 32) ^ (size_t(k.align_b) << 16) ^ k.align_c);
-    return h;
-  }
+  auto operator<=>(const AlgoKey&) const = default;
 };
 
 // Descriptors of one call, destroyed with it.
@@ -155,38 +140,15 @@ void make_descs(Descs& d, Kind kind, bool ta, bool tb, int64_t M, int64_t N, int
 // The heuristic's best algorithm for the key, or nullopt when cuBLASLt has none (the caller
 // then runs the fallback kernel). Both outcomes are cached.
 std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const Descs& d) {
-  static std::mutex mu;
-  // never destroyed (plain data; see lt_handle)
-  static auto& cache =
-      *new std::unordered_map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>, AlgoKeyHash>;
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-  }
-  cublasLtMatmulPreference_t pref = nullptr;
-  lt_check(cublaslt().MatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  const uint64_t ws = kLtWorkspace;
-  cublasLtMatmulHeuristicResult_t res;
-  std::memset(&res, 0, sizeof(res));
-  int count = 0;
-  cublasStatus_t st = cublaslt().MatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  // A/B of cuBLASLt are our B/A; C and D are the same buffer.
-  const uint32_t al[4] = {key.align_b, key.align_a, key.align_c, key.align_c};
-  const cublasLtMatmulPreferenceAttributes_t attr[4] = {
-      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-  for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
-    st = cublaslt().MatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof(al[i]));
-  if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublaslt().MatmulAlgoGetHeuristic(lt_handle(), d.op, d.a, d.b, d.c, d.c, pref, 1, &res,
-                                           &count);
-  cublaslt().MatmulPreferenceDestroy(pref);
-  std::optional<cublasLtMatmulAlgo_t> algo;
-  if (st == CUBLAS_STATUS_SUCCESS && count >= 1 && res.state == CUBLAS_STATUS_SUCCESS) {
-    algo = res.algo;
-  } else if (st == CUBLAS_STATUS_SUCCESS || st == CUBLAS_STATUS_NOT_SUPPORTED) {
+  static auto& cache = *new LtAlgoCache<AlgoKey>;  // never destroyed (plain data; see lt_handle)
+  if (const auto hit = cache.find(key)) return *hit;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  // A/B of cuBLASLt are our B/A
+  const std::optional<cublasLtMatmulAlgo_t> algo = lt_heuristic(
+      d.op, d.a, d.b, d.c, key.align_b, key.align_a, key.align_c, kLtWorkspaceBytes, &st);
+  if (!algo && st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED)
+    lt_check(st, "cublasLtMatmulAlgoGetHeuristic");
+  if (!algo) {
     // No algorithm for this configuration: say so once per process (the fallback is slow).
     static std::once_flag warned;
     std::call_once(warned, [&] {
@@ -198,12 +160,8 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(const AlgoKey& key, const Descs& d
                    static_cast<long long>(key.K), static_cast<int>(key.kind), int(key.ta),
                    int(key.tb), key.align_a, key.align_b, key.align_c);
     });
-  } else {
-    lt_check(st, "cublasLtMatmulAlgoGetHeuristic");
   }
-  std::lock_guard<std::mutex> lk(mu);
-  if (cache.size() > 4096) cache.clear();  // bounded: expert row counts vary step to step
-  cache.emplace(key, algo);
+  cache.put(key, algo);
   return algo;
 }
 
@@ -249,7 +207,7 @@ void lt_matmul(cudaStream_t s, Kind kind, bool ta, bool tb, int64_t M, int64_t N
     return;
   }
   lt_check(cublaslt().Matmul(lt_handle(), d.op, &alpha, B, d.a, A, d.b, &beta, C, d.c, C, d.c,
-                             &*algo, lt_ws, kLtWorkspace, s),
+                             &*algo, lt_ws, kLtWorkspaceBytes, s),
            "cublasLtMatmul");
 }
 
@@ -273,7 +231,7 @@ bool empty_product(cudaStream_t s, int64_t M, int64_t N, int64_t K, T beta, T* C
 }  // namespace
 
 size_t gemm_bf16_weight_scratch_bytes(int64_t M, int64_t K) {
-  return kLtWorkspace + scratch_align(size_t(M) * size_t(K) * sizeof(uint16_t));
+  return kLtWorkspaceBytes + scratch_align(size_t(M) * size_t(K) * sizeof(uint16_t));
 }
 
 void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
@@ -283,7 +241,7 @@ void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, in
   if (scratch_bytes < gemm_bf16_weight_scratch_bytes(M, K))
     throw std::logic_error("gemm: scratch smaller than gemm_bf16_weight_scratch_bytes");
   uint8_t* ws = static_cast<uint8_t*>(scratch);
-  uint16_t* a16 = reinterpret_cast<uint16_t*>(ws + kLtWorkspace);
+  uint16_t* a16 = reinterpret_cast<uint16_t*>(ws + kLtWorkspaceBytes);
   to_bf16_kernel<<<blocks_for(M * K), kThreads, 0, s>>>(A, M * K, a16);
   MOETRON_CUDA_LAUNCHED("gemm: A to bf16");
   lt_matmul<uint16_t, float>(s, Kind::BF16, transA, transB, M, N, K, alpha, a16, B16, beta, C, ws);
@@ -291,7 +249,7 @@ void gemm_bf16_weight_on(cudaStream_t s, bool transA, bool transB, int64_t M, in
 
 template <class T>
 size_t gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, GemmPrecision prec) {
-  size_t b = kLtWorkspace;
+  size_t b = kLtWorkspaceBytes;
   if (prec == GemmPrecision::BF16) {
     const size_t e = std::is_same_v<T, float> ? sizeof(uint16_t) : sizeof(double);
     b += scratch_align(size_t(M) * size_t(K) * e) + scratch_align(size_t(K) * size_t(N) * e);
@@ -307,7 +265,7 @@ void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int
   if (scratch_bytes < gemm_scratch_bytes<T>(M, N, K, prec))
     throw std::logic_error("gemm: scratch smaller than gemm_scratch_bytes");
   uint8_t* ws = static_cast<uint8_t*>(scratch);
-  uint8_t* copies = ws + kLtWorkspace;
+  uint8_t* copies = ws + kLtWorkspaceBytes;
   const int64_t na = M * K, nb = K * N;
   if constexpr (std::is_same_v<T, float>) {
     if (prec == GemmPrecision::BF16) {  // B's copy after the region gemm_bf16_weight_on uses
@@ -374,6 +332,34 @@ cublasLtHandle_t lt_handle() {
     return x;
   }();
   return h;
+}
+
+std::optional<cublasLtMatmulAlgo_t> lt_heuristic(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                                                 cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                                 uint32_t align_a, uint32_t align_b,
+                                                 uint32_t align_c, uint64_t workspace,
+                                                 cublasStatus_t* status) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  cublasStatus_t st = cublaslt().MatmulPreferenceCreate(&pref);
+  const uint32_t align[4] = {align_a, align_b, align_c, align_c};  // C and D: one buffer
+  const cublasLtMatmulPreferenceAttributes_t attr[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = cublaslt().MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &workspace, sizeof(workspace));
+  for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
+    st = cublaslt().MatmulPreferenceSetAttribute(pref, attr[i], &align[i], sizeof(align[i]));
+  cublasLtMatmulHeuristicResult_t res;
+  std::memset(&res, 0, sizeof(res));
+  int count = 0;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = cublaslt().MatmulAlgoGetHeuristic(lt_handle(), op, a, b, c, c, pref, 1, &res, &count);
+  if (pref) cublaslt().MatmulPreferenceDestroy(pref);
+  *status = st;
+  if (st == CUBLAS_STATUS_SUCCESS && count >= 1 && res.state == CUBLAS_STATUS_SUCCESS)
+    return res.algo;
+  return std::nullopt;
 }
 
 }  // namespace moetron::kernels::gpu

@@ -12,6 +12,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #include "kernels/op_types.h"
@@ -40,6 +43,43 @@ void gemm_on(cudaStream_t s, bool transA, bool transB, int64_t M, int64_t N, int
 // thread (a cuBLASLt handle holds no stream or workspace: each call passes its own). Made on first
 // use, never destroyed; throws when it cannot be made.
 cublasLtHandle_t lt_handle();
+
+// cuBLASLt's workspace, per GEMM (every GEMM of the backend, FP8 included).
+inline constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
+
+// cuBLASLt's heuristic: its best algorithm for op on the layouts a, b and c (C and D alike) within
+// `workspace` bytes and the minimum alignments of its A, B and C=D. nullopt when there is none;
+// *status then says whether that is an answer (SUCCESS: no algorithm; NOT_SUPPORTED) or a failure.
+std::optional<cublasLtMatmulAlgo_t> lt_heuristic(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                                                 cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                                 uint32_t align_a, uint32_t align_b,
+                                                 uint32_t align_c, uint64_t workspace,
+                                                 cublasStatus_t* status);
+
+// The heuristic's answers (an algorithm, or nullopt: none, the fallback runs) per Key (ordered by
+// <), for the whole process and every thread. Bounded: a routed expert's row count changes step to
+// step, so new keys never stop coming; when full it starts again.
+template <class Key>
+class LtAlgoCache {
+ public:
+  using Answer = std::optional<cublasLtMatmulAlgo_t>;
+  // the answer for k, or nullopt when k was never asked
+  std::optional<Answer> find(const Key& k) {
+    std::lock_guard<std::mutex> lk(mu_);
+    const auto it = answers_.find(k);
+    return it == answers_.end() ? std::optional<Answer>() : std::optional<Answer>(it->second);
+  }
+  void put(const Key& k, Answer a) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (answers_.size() >= kMaxKeys) answers_.clear();
+    answers_[k] = a;
+  }
+
+ private:
+  static constexpr size_t kMaxKeys = 4096;
+  std::mutex mu_;
+  std::map<Key, Answer> answers_;
+};
 
 // The alignment cuBLASLt's heuristic is told of an operand (its MIN_ALIGNMENT preferences): the
 // largest power of two dividing the address, capped at 16 bytes — what Hopper's kernels need
