@@ -15,6 +15,7 @@
 #include "kernels/op_profile.h"
 #include "kernels/ops.h"
 #if MOETRON_HAVE_CUDA
+#include "kernels/cuda/fp8_cuda.h"
 #include "kernels/cuda/ops_cuda.h"
 #endif
 
@@ -72,6 +73,15 @@ void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64
       break;                                    \
   }                                             \
   no_backend(ex, #name)
+
+Fp8GemmPaths fp8_gemm_paths() {
+#if MOETRON_HAVE_CUDA
+  const gpu::fp8::GemmCounts c = gpu::fp8::gemm_counts();
+  return Fp8GemmPaths{c.cublaslt, c.kernel};
+#else
+  return {};
+#endif
+}
 
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
   const op_profile::Scope timed(ex, "copy_from_host");
@@ -353,10 +363,11 @@ void bias_sign_update(const Exec& ex, T* bias, const int64_t* load, int64_t E, d
 }
 
 void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
-                     int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
-                     int64_t* row_slot) {
+                     int64_t align, int64_t* counts, int64_t* offsets, int64_t* slot,
+                     int64_t* row_token, int64_t* row_slot) {
   const op_profile::Scope timed(ex, "route_by_expert");
-  MOETRON_DISPATCH(route_by_expert, idx, N, K, E, counts, offsets, slot, row_token, row_slot);
+  MOETRON_DISPATCH(route_by_expert, idx, N, K, E, align, counts, offsets, slot, row_token,
+                   row_slot);
 }
 
 template <class T>

@@ -18,6 +18,10 @@
 
 namespace moetron {
 
+// ---- sizes -----------------------------------------------------------------------------------
+// x rounded up to a multiple of m > 0 (x >= 0): tile paddings, expert row groups
+MOE_HD int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
 // ---- bfloat16 --------------------------------------------------------------------------------
 // Stored as the upper 16 bits of an IEEE fp32. Conversion rounds to nearest even; NaN stays NaN.
 MOE_HD uint32_t f32_bits(float x) {

@@ -7,6 +7,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/scalar.h"
+
 namespace moetron {
 
 template <class T>
@@ -25,6 +27,8 @@ void MoE<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   dispatcher_ = std::move(dispatcher);
   first_expert_ = dispatcher_->first_expert(E_);
   E_local_ = dispatcher_->local_experts(E_);
+  if (pol.expert_row_align < 1) throw std::invalid_argument("MoE: expert_row_align below 1");
+  row_align_ = pol.expert_row_align;
 
   gate_w_ = ps.add(prefix + "gate.weight", {E_, D_});
   bias_ = ps.add(prefix + "gate.e_score_correction_bias", {E_}, /*decay=*/false);
@@ -100,16 +104,21 @@ void MoE<T>::dispatch_start(State& st, const T* x) const {
 template <class T>
 void MoE<T>::dispatch_wait(State& st) const {
   dispatcher_->dispatch_wait(st.ds);
-  // received (token, slot) pairs grouped by local expert; slots of other processes' experts skip
-  const int64_t R = st.ds.R;
-  kernels::route_by_expert(ex_, st.ds.ridx.data(), R, K_, E_local_, sized(st.counts, E_local_),
-                           sized(st.offsets, E_local_ + 1), sized(st.slot, R * K_),
-                           sized(st.row_token, R * K_), sized(st.row_slot, R * K_));
+  // received (token, slot) pairs grouped by local expert, each expert's rows padded to a
+  // multiple of row_align_ (at most rows_max); slots of other processes' experts skip
+  const int64_t R = st.ds.R, rows_max = R * K_ + E_local_ * (row_align_ - 1);
+  kernels::route_by_expert(ex_, st.ds.ridx.data(), R, K_, E_local_, row_align_,
+                           sized(st.counts, E_local_), sized(st.offsets, E_local_ + 1),
+                           sized(st.slot, R * K_), sized(st.row_token, rows_max),
+                           sized(st.row_slot, rows_max));
   // the rows per expert size what follows and lead the grouped GEMMs (kernels/ops.h: their offsets
-  // are host memory): the dispatcher's, when its exchange brought them, else one small
-  // device-to-host read per forward (torchtitan has the same)
+  // are host memory): the dispatcher's, when its exchange brought them (padded here as the routing
+  // op pads), else one small device-to-host read per forward (torchtitan has the same)
   if (const int64_t* off = dispatcher_->expert_offsets(st.ds)) {  // host memory both
-    st.group_off.assign(off, off + E_local_ + 1);
+    st.group_off.resize(E_local_ + 1);
+    st.group_off[0] = 0;
+    for (int64_t e = 0; e < E_local_; ++e)
+      st.group_off[e + 1] = st.group_off[e] + round_up(off[e + 1] - off[e], row_align_);
   } else {
     st.group_off.resize(E_local_ + 1);
     kernels::copy_to_host(ex_, st.group_off.data(), st.offsets.data(),

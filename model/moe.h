@@ -14,12 +14,15 @@
 // positions with a target: all of them in the main model, the first S - k in MTP depth k.
 //
 // The routed experts are two GroupedLinears (linear.h) over the rows sorted by expert: their
-// precision is theirs. Under the fp8 recipe every expert's three GEMMs are block-scaled E4M3
-// (weights 128x128 per expert); the state keeps the expert inputs and the SwiGLU inputs as FP8
-// 1x128 tiles and no fp32 expert activation; the backward dequantises gu and recomputes the
-// SwiGLU output (SPEC §3.5). The activation gradient entering the down projection uses
-// power-of-two scales under the default "spec" scale rule. The layer is op calls only: routing
-// table, gathers, grouped GEMMs, balance loss, histogram and bias update are ops.
+// precision is theirs. Each expert's rows are padded with zero rows to a multiple of
+// PrecisionPolicy::expert_row_align (16 for FP8 experts on a GPU, cuBLASLt's FP8 alignment); the
+// zero rows change no value (they are never combined, and add zeros to the weight gradients). Under
+// the fp8 recipe every expert's three GEMMs are block-scaled E4M3 (weights 128x128 per expert); the
+// state keeps the expert inputs and the SwiGLU inputs as FP8 1x128 tiles and no fp32 expert
+// activation; the backward dequantises gu and recomputes the SwiGLU output (SPEC §3.5). The
+// activation gradient entering the down projection uses power-of-two scales under the default
+// "spec" scale rule. The layer is op calls only: routing table, gathers, grouped GEMMs, balance
+// loss, histogram and bias update are ops.
 #pragma once
 
 #include <memory>
@@ -45,9 +48,11 @@ class MoE {
     Buffer<T> scores, weights;  // [N,E], [N,K]
     Buffer<int32_t> idx;        // [N,K] global expert ids
     DispatchState<T> ds;        // received tokens [R, ...] and the dispatch plan
-    // received (token, slot) pairs sorted by local expert: A = offsets[E_local] rows
+    // received (token, slot) pairs sorted by local expert, each expert's rows padded with zero
+    // rows to a multiple of PrecisionPolicy::expert_row_align: A = offsets[E_local] rows
     int64_t A = 0;
-    Buffer<int64_t> counts, offsets, slot, row_token, row_slot;  // [El], [El+1], [R*K] x3
+    Buffer<int64_t> counts, offsets, slot;  // [El], [El+1], [R*K]
+    Buffer<int64_t> row_token, row_slot;    // [A] (pad rows -1)
     // the offsets on the host (read once per forward): the grouped GEMMs' row groups, which the
     // ops take in host memory (pinned on a GPU: the read lands by DMA)
     PinnedVector<int64_t> group_off;  // [El+1]
@@ -181,6 +186,7 @@ class MoE {
   Exec ex_{};
   int64_t D_ = 0, E_ = 0, K_ = 0, F_ = 0;
   int64_t E_local_ = 0, first_expert_ = 0;  // experts held here: [first, first + E_local)
+  int64_t row_align_ = 1;  // each expert's rows padded with zero rows to a multiple of this
   std::shared_ptr<TokenDispatcher<T>> dispatcher_;
   double alpha_ = 0;
   int64_t tail_ = 0;  // positions per sequence left out of the balance statistics (build's tail)

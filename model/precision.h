@@ -131,6 +131,15 @@ struct PrecisionPolicy {
   // computes in fp32 — about half the activation bytes. FP8-kept tensors stay FP8; the residual
   // stream, the per-token statistics (rstd, lse) and the routing state stay fp32.
   bool store_bf16 = false;
+  // `precision.expert_row_align`: each routed expert's rows are padded with zero rows to a
+  // multiple of this (>= 1), so every expert's GEMMs start and end on it (model/moe.h). 16 lets
+  // cuBLASLt run every routed expert's block-scaled FP8 GEMMs: Fprop and Dgrad need rows % 8,
+  // Wgrad reduces over the rows and needs % 16 (kernels/cuda/fp8_gemm.cu); with ragged groups
+  // most of them fall back to the plain kernel. Zero rows change no value of the FP8 recipe
+  // (their products are zeros, their 1x128 tiles their own, and a 128x1 tile's amax is unmoved);
+  // they cost at most align - 1 rows of GEMM per expert. Megatron-LM pads the same way
+  // (moe_router_padding_for_fp8).
+  int64_t expert_row_align = 1;
 
   // Config key of a component (precision.overrides.<key>).
   static const char* key(Component c) { return component_info(c).key; }

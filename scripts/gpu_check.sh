@@ -124,6 +124,8 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
     --set run.dir=$run/mid > $run/mid.log 2>&1 || { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
   # where the mid-size steps' GPU time goes, op by op (CUDA events: kernels/op_profile.h)
   grep -A17 "op profile of" $run/mid.log || echo "gpu_check: no op profile in the mid-size log"
+  # whether its FP8 GEMMs (the routed experts' padded to 16 rows) reached cuBLASLt
+  grep "FP8 GEMMs of rank 0" $run/mid.log || echo "gpu_check: no FP8 GEMM count in the mid-size log"
   python3 - $run <<'PY' || status=1
 import json, os, sys
 run = sys.argv[1]

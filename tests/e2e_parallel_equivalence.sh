@@ -18,7 +18,9 @@
 # 3e-3). At LR 1e-3 the worst cases over 10 steps are loss 2e-8, grad norm 3e-7, parameters 6e-6;
 # the test allows 1e-6 / 1e-5 / 2e-5. A real error (a missing reduction, a wrong gradient) is
 # orders of magnitude larger. How a rank waits (parallel.wait: sleeping or polling) changes no
-# data either: PP2 x DP2 x EP2 DualPipe both ways, bit for bit.
+# data either: PP2 x DP2 x EP2 DualPipe both ways, bit for bit. Nor does padding each routed
+# expert's rows with zero rows to 16 (precision.expert_row_align, the GPU's FP8 default): EP2 in
+# DP2 under the fp8 recipe, bit for bit with and without.
 # The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
 # tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
 # a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
@@ -63,6 +65,10 @@ grep -q "sleeping MPI waits" "$OUT/pp2ep2dp2_dualpipe.log"
 grep -q "polling MPI waits" "$OUT/pp2ep2dp2_dualpipe_poll.log"
 run pp2ep2dp2_dualpipe_none 4 2 2 2 dualpipe --set parallel.overlap=none \
   --set optimizer.overlap_grad_reduce=off
+# FP8 routed experts with each expert's rows padded to 16 after the EP exchange (the offsets the
+# exchange brought, padded on the host) against no padding: bit for bit
+run ep2_fp8 2 1 2 2 1f1b --set precision.recipe=fp8 --set precision.expert_row_align=1
+run ep2_fp8_align16 2 1 2 2 1f1b --set precision.recipe=fp8 --set precision.expert_row_align=16
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, sys
 import h5py, numpy as np
@@ -119,6 +125,14 @@ same = same and min(early[0]) > 0.2 and max(early[1]) == 0
 print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}: losses, grad norms and parameters "
       f"{'bitwise equal' if same else 'DIFFER'}; DP reduction started during the backward: "
       f"{min(early[0]):.0%}+ of the elements (off: {max(early[1]):.0%})")
+passed += same; failed += not same
+# zero rows padding each expert's rows to 16 change no value of the FP8 recipe, bit for bit
+a, b = "ep2_fp8", "ep2_fp8_align16"
+ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
+same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
+same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (experts' rows padded to 16): losses, grad "
+      f"norms and parameters {'bitwise equal' if same else 'DIFFER'}")
 passed += same; failed += not same
 # where the step went, per rank: the breakdown's additive fields sum to the step time (5%, over
 # steps 2-10: a single 0.1 s step on oversubscribed cores carries milliseconds of scheduling skew)

@@ -97,6 +97,31 @@ TEST(ConfigPrecision, BadValuesFailWithTheKeyAndTheChoices) {
       << tile;
 }
 
+TEST(ConfigPrecision, ExpertRowAlignIs16ForFp8ExpertsOnAGpuUnlessSet) {
+  // auto (0): cuBLASLt's FP8 alignment where the routed experts run FP8 on CUDA, else none
+  EXPECT_EQ(base_config().precision.expert_row_align, 0);
+  EXPECT_EQ(base_config({"precision.recipe=fp8"}).policy().expert_row_align, 1);  // on the CPU
+  EXPECT_EQ(base_config({"precision.recipe=fp8", "run.device=cuda"}).policy().expert_row_align, 16);
+  EXPECT_EQ(base_config({"precision.recipe=bf16", "run.device=cuda"}).policy().expert_row_align, 1);
+  EXPECT_EQ(base_config({"precision.recipe=bf16", "precision.overrides.routed_expert=fp8",
+                         "run.device=cuda"})
+                .policy()
+                .expert_row_align,
+            16);
+  EXPECT_EQ(base_config({"precision.recipe=fp8", "run.device=cuda",
+                         "precision.overrides.routed_expert=bf16"})
+                .policy()
+                .expert_row_align,
+            1);
+  // set: as written, on any device and recipe
+  EXPECT_EQ(base_config({"precision.expert_row_align=8"}).policy().expert_row_align, 8);
+  for (const char* bad : {"precision.expert_row_align=-1", "precision.expert_row_align=257",
+                          "precision.expert_row_align=16.5", "precision.expert_row_align=x"}) {
+    const std::string e = error_of(kBaseYaml, {bad});
+    EXPECT_NE(e.find("precision.expert_row_align"), std::string::npos) << bad << ": " << e;
+  }
+}
+
 TEST(ConfigPrecision, WordsAndComponentsComeFromOneList) {
   // the choices in a message are the enum's word list; the overrides section is kComponents
   const std::string recipe = error_of(kBaseYaml, {"precision.recipe=int8"});

@@ -446,6 +446,56 @@ TEST(CudaFp8, GroupedCublasLtPathMatchesTheCpu) {
   for (const bool pow2 : {false, true}) grouped_case(pow2, "cublaslt");
 }
 
+// Every group's rows a multiple of 16, as the MoE layer pads them on a GPU (PrecisionPolicy::
+// expert_row_align): every non-empty group's Fprop, Dgrad and Wgrad runs on cuBLASLt, none on the
+// kernel, and the results match the CPU's.
+TEST(CudaFp8, GroupsAlignedTo16AllRunOnCublasLt) {
+  MOETRON_REQUIRE_GPU();
+  const std::vector<int64_t> off = {0, 128, 128, 240, 304, 320};  // 128, 0, 112, 64, 16 rows
+  const int64_t G = 5, T = off[G], N = 256, K = 384, groups = 4;
+  const auto X = varied(T, K, 81), dY = varied(T, N, 82), W = varied(G * N, K, 83);
+  const Quantized qx = cpu_quantize(X, T, K, kTile1x128, false);
+  const Quantized qw = cpu_quantize(W, G * N, K, kTile128x128, false);
+  Buffer<uint8_t> dqx = dev(qx.q), dqw = dev(qw.q);
+  Buffer<float> dsx = dev(qx.s), dsw = dev(qw.s), ddY = dev(dY);
+  PathSetting setting("cublaslt");
+  const auto counted = [&](const char* what, auto&& f) {
+    const fp8::GemmCounts before = fp8::gemm_counts();
+    f();
+    const fp8::GemmCounts after = fp8::gemm_counts();
+    EXPECT_EQ(after.cublaslt - before.cublaslt, groups) << what;
+    EXPECT_EQ(after.kernel, before.kernel) << what << ": a group fell back to the kernel";
+  };
+  std::vector<float> want(T * N);
+  cpu::grouped_fp8_fprop(off.data(), G, qx.q.data(), qx.s.data(), qw.q.data(), qw.s.data(), N, K,
+                         want.data());
+  Buffer<float> Y = dev_garbage<float>(T * N);
+  counted("fprop", [&] {
+    kernels::grouped_fp8_fprop(gpu_exec(), off.data(), G, dqx.data(), dsx.data(), dqw.data(),
+                               dsw.data(), N, K, Y.data());
+  });
+  expect_near_rel(host(Y, T * N), want, kRtolCublasLt, "aligned groups fprop");
+  std::vector<float> want_dx(T * K);
+  cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qw.q.data(), qw.s.data(), false,
+                                false, want_dx.data());
+  Buffer<float> dX = dev_garbage<float>(T * K);
+  counted("dgrad", [&] {
+    kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqw.data(),
+                                      dsw.data(), false, false, dX.data());
+  });
+  expect_near_rel(host(dX, T * K), want_dx, kRtolCublasLt, "aligned groups dgrad");
+  const auto dW0 = rand_vec<float>(G * N * K, 84);
+  std::vector<float> want_dw = dW0;
+  cpu::grouped_fp8_linear_wgrad(off.data(), G, dY.data(), qx.q.data(), qx.s.data(), N, K, false,
+                                false, want_dw.data());
+  Buffer<float> dW = dev(dW0);
+  counted("wgrad", [&] {
+    kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, ddY.data(), dqx.data(), dsx.data(),
+                                      N, K, false, false, dW.data());
+  });
+  expect_near_rel(host(dW, G * N * K), want_dw, kRtolCublasLt, "aligned groups wgrad");
+}
+
 // ---- edges --------------------------------------------------------------------------------------
 
 TEST(CudaFp8, EmptySizesAndThePathSetting) {

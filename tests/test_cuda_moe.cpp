@@ -363,20 +363,21 @@ std::vector<int32_t> routes(int64_t N, int64_t K, int64_t E, uint64_t seed, bool
   return idx;
 }
 
-void check_route(int64_t N, int64_t K, int64_t E, uint64_t seed, bool skew) {
+void check_route(int64_t N, int64_t K, int64_t E, uint64_t seed, bool skew, int64_t align = 1) {
   const std::string what = "route N=" + std::to_string(N) + " K=" + std::to_string(K) +
-                           " E=" + std::to_string(E) + (skew ? " skewed" : "");
+                           " E=" + std::to_string(E) + (skew ? " skewed" : "") +
+                           " align=" + std::to_string(align);
   const auto idx = routes(N, K, E, seed, skew);
-  const int64_t NK = N * K;
-  std::vector<int64_t> counts(E), offsets(E + 1), slot(NK), rt(NK), rs(NK);
-  cpu::route_by_expert(idx.data(), N, K, E, counts.data(), offsets.data(), slot.data(), rt.data(),
-                       rs.data());
+  const int64_t NK = N * K, R = NK + E * (align - 1);  // rows at most
+  std::vector<int64_t> counts(E), offsets(E + 1), slot(NK), rt(R), rs(R);
+  cpu::route_by_expert(idx.data(), N, K, E, align, counts.data(), offsets.data(), slot.data(),
+                       rt.data(), rs.data());
   Buffer<int32_t> di = dev(idx);
   Buffer<int64_t> dc = dev_garbage<int64_t>(E), doff = dev_garbage<int64_t>(E + 1);
-  Buffer<int64_t> dslot = dev_garbage<int64_t>(NK), drt = dev_garbage<int64_t>(NK),
-                  drs = dev_garbage<int64_t>(NK);
-  kernels::route_by_expert(gpu_exec(), di.data(), N, K, E, dc.data(), doff.data(), dslot.data(),
-                           drt.data(), drs.data());
+  Buffer<int64_t> dslot = dev_garbage<int64_t>(NK), drt = dev_garbage<int64_t>(R),
+                  drs = dev_garbage<int64_t>(R);
+  kernels::route_by_expert(gpu_exec(), di.data(), N, K, E, align, dc.data(), doff.data(),
+                           dslot.data(), drt.data(), drs.data());
   expect_equal(host(dc, E), counts, what + ": counts");
   expect_equal(host(doff, E + 1), offsets, what + ": offsets");
   expect_equal(host(dslot, NK), slot, what + ": slot");
@@ -396,6 +397,10 @@ TEST(CudaPermute, RouteByExpertIsTheCpusStableTable) {
   check_route(1, 1, 1, 6, false);
   check_route(0, 8, 16, 7, false);  // no tokens: counts and offsets zero
   check_route(5, 0, 16, 8, false);
+  // each expert's rows padded to 16 (cuBLASLt's FP8 alignment) or 5: the pad rows -1
+  check_route(333, 3, 8, 9, false, 16);
+  check_route(4096, 8, 256, 10, true, 16);
+  check_route(1000, 8, 64, 11, false, 5);
 }
 
 template <class T>
@@ -404,8 +409,8 @@ void check_gather_unpermute(int64_t N, int64_t K, int64_t E, int64_t D, uint64_t
   const auto idx = routes(N, K, E, seed, false);
   const int64_t NK = N * K;
   std::vector<int64_t> counts(E), offsets(E + 1), slot(NK), rt(NK), rs(NK);
-  cpu::route_by_expert(idx.data(), N, K, E, counts.data(), offsets.data(), slot.data(), rt.data(),
-                       rs.data());
+  cpu::route_by_expert(idx.data(), N, K, E, 1, counts.data(), offsets.data(), slot.data(),
+                       rt.data(), rs.data());
   const int64_t rows = offsets[E];
   // gather: token rows into expert order, plus a few -1 rows (zeros)
   const auto x = rand_vec<T>(N * D, seed + 1);

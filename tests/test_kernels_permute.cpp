@@ -1,6 +1,7 @@
 // Token permutation tests: the routing table (counts, offsets, stable (n, k) order inside an
-// expert), gather + scatter-add round trip (= x * K), accumulation, and the adjoint relation
-// that makes unpermute_add the backward of gather_rows by row_token.
+// expert, each expert's rows padded to a multiple of `align`), gather + scatter-add round trip
+// (= x * K), accumulation, and the adjoint relation that makes unpermute_add the backward of
+// gather_rows by row_token.
 #include <numeric>
 
 #include "kernels/cpu/ops_cpu.h"
@@ -9,17 +10,18 @@
 namespace moetron::kernels::cpu::testing {
 namespace {
 
-// The routing table as host vectors (the op writes [N*K]-sized buffers; offsets[E] rows are used).
+// The routing table as host vectors (the op writes up to N*K + E*(align-1) rows; offsets[E] rows
+// are used).
 struct ExpertRouting {
   std::vector<int64_t> counts, offsets, slot, row_token, row_slot;
   int64_t K = 0;
 };
-ExpertRouting route(const int32_t* idx, int64_t N, int64_t K, int64_t E) {
+ExpertRouting route(const int32_t* idx, int64_t N, int64_t K, int64_t E, int64_t align = 1) {
   ExpertRouting r;
   r.K = K;
   r.counts.resize(E), r.offsets.resize(E + 1), r.slot.resize(N * K);
-  r.row_token.resize(N * K), r.row_slot.resize(N * K);
-  route_by_expert(idx, N, K, E, r.counts.data(), r.offsets.data(), r.slot.data(),
+  r.row_token.resize(N * K + E * (align - 1)), r.row_slot.resize(N * K + E * (align - 1));
+  route_by_expert(idx, N, K, E, align, r.counts.data(), r.offsets.data(), r.slot.data(),
                   r.row_token.data(), r.row_slot.data());
   r.row_token.resize(r.offsets[E]), r.row_slot.resize(r.offsets[E]);
   return r;
@@ -65,6 +67,47 @@ TEST(Permute, EmptyExpertsAndOutOfRangeIds) {
   EXPECT_EQ(r.slot, (std::vector<int64_t>{1, 2, 0, 3}));
   const std::vector<int32_t> bad = {0, 4};
   EXPECT_THROW(route(bad.data(), 1, 2, 4), std::out_of_range);
+}
+
+// align 5: every expert's rows start at a multiple of 5 and take a multiple of 5 rows; its own
+// rows come first, in the unpadded order; the pad rows gather zeros and are never scattered.
+TEST(Permute, AlignedGroupsPadWithRowsThatGatherZeros) {
+  const int64_t N = 37, K = 3, E = 12, D = 4, align = 5;
+  const auto idx = random_routes(N, K, E, 1);
+  const ExpertRouting plain = route(idx.data(), N, K, E);
+  const ExpertRouting r = route(idx.data(), N, K, E, align);
+  EXPECT_EQ(r.counts, plain.counts);
+  int64_t padded = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    ASSERT_EQ(r.offsets[e] % align, 0) << e;
+    ASSERT_EQ(r.offsets[e + 1] - r.offsets[e], (plain.counts[e] + align - 1) / align * align) << e;
+    for (int64_t j = 0; j < plain.counts[e]; ++j) {  // the expert's own rows, as without padding
+      EXPECT_EQ(r.row_token[r.offsets[e] + j], plain.row_token[plain.offsets[e] + j]);
+      EXPECT_EQ(r.row_slot[r.offsets[e] + j], plain.row_slot[plain.offsets[e] + j]);
+    }
+    for (int64_t row = r.offsets[e] + plain.counts[e]; row < r.offsets[e + 1]; ++row, ++padded) {
+      EXPECT_EQ(r.row_token[row], -1);
+      EXPECT_EQ(r.row_slot[row], -1);
+    }
+  }
+  EXPECT_GT(padded, 0) << "no expert's count was ragged: the test shows nothing";
+  EXPECT_EQ(r.offsets[E], N * K + padded);
+  for (int64_t i = 0; i < N * K; ++i) {  // each slot points at its row in the padded order
+    const int64_t e = idx[i];
+    EXPECT_EQ(r.slot[i] - r.offsets[e], plain.slot[i] - plain.offsets[e]) << i;
+  }
+  // gather and scatter through the padded table: pad rows are zeros, the round trip is x * K
+  const auto x = rand_vec(N * D, 3);
+  std::vector<double> rows(r.offsets[E] * D, 7.0), out(N * D, 0.0);
+  permute<double>(x.data(), r, D, rows.data());
+  for (int64_t row = 0; row < r.offsets[E]; ++row) {
+    if (r.row_token[row] < 0) {
+      for (int64_t d = 0; d < D; ++d) ASSERT_EQ(rows[row * D + d], 0.0);
+    }
+  }
+  unpermute<double>(rows.data(), r, N, D, out.data());
+  for (int64_t i = 0; i < N * D; ++i) EXPECT_EQ(out[i], K * x[i]) << i;
+  EXPECT_THROW(route(idx.data(), N, K, E, 0), std::invalid_argument);
 }
 
 template <class T>

@@ -39,6 +39,7 @@ using namespace config_schema;
 
 // Choices that are not an enum's whole word list.
 const Choice<bool> kOffOn{{{false, "off"}, {true, "on"}}};
+constexpr Range kRowAlign{0, 256, false, false};  // precision.expert_row_align (0 = auto)
 const Choice<Device> kRunDevices = choices({Device::CPU, Device::CUDA, Device::Guard});
 // A component's override: "recipe" (follow precision.recipe) or a recipe; FP8 only for the
 // components made of Linear layers (kComponents).
@@ -120,6 +121,7 @@ void visit_config(V& v, C&... c) {
     v.field("recipe", choices<Recipe>(), c.precision.recipe...);
     v.field("fp8_pow2_scales", choices<Pow2Scales>(), c.precision.fp8_pow2_scales...);
     v.field("fp8_dgrad_tile", choices<DgradTile>(), c.precision.fp8_dgrad_tile...);
+    v.field("expert_row_align", kRowAlign, c.precision.expert_row_align...);
     v.section("overrides", "per component; recipe = as precision.recipe", [&] {
       for (const ComponentInfo& k : kComponents)
         v.field(k.key, override_choice(k.linear), c.precision.overrides[k.id]...);

@@ -138,13 +138,20 @@ struct PrecisionConfig {
   Pow2Scales fp8_pow2_scales = Pow2Scales::Spec;    // which FP8 scales are UE8M0
   DgradTile fp8_dgrad_tile = DgradTile::Tile1x128;  // 128x128: experiment, SPEC App. B.2
   RecipeOverrides overrides;  // per component (kComponents); unset ("recipe") = follow `recipe`
-  // The policy the model is built with.
-  PrecisionPolicy policy() const {
+  // Routed experts' rows padded to a multiple of this (PrecisionPolicy::expert_row_align); 0 =
+  // auto: 16 where the routed experts run FP8 on a CUDA device (cuBLASLt's FP8 alignment), else 1.
+  int64_t expert_row_align = 0;
+  // The policy the model is built with on `device`.
+  PrecisionPolicy policy(Device device = Device::CPU) const {
     PrecisionPolicy p;
     p.recipe = recipe;
     p.overrides = overrides;
     p.pow2_scales = fp8_pow2_scales;
     p.dgrad_tile = fp8_dgrad_tile;
+    const bool fp8_experts = p.recipe_of(Component::RoutedExpert) == Recipe::FP8;
+    p.expert_row_align = expert_row_align > 0                    ? expert_row_align
+                         : fp8_experts && device == Device::CUDA ? 16
+                                                                 : 1;
     return p;
   }
 };
@@ -239,9 +246,9 @@ struct Config {
   PrecisionConfig precision;
   HardwareConfig hardware;
   RunConfig run;
-  // The policy the model is built with: precision.* and activations.*.
+  // The policy the model is built with: precision.* and activations.* (and run.device).
   PrecisionPolicy policy() const {
-    PrecisionPolicy p = precision.policy();
+    PrecisionPolicy p = precision.policy(run.device);
     p.recompute_norms = activations.recompute_norms;
     p.recompute_mla_up = activations.recompute_mla_up;
     p.store_bf16 = activations.storage == FloatFormat::BF16;

@@ -36,6 +36,7 @@
 
 #include "kernels/flop_counter.h"
 #include "kernels/host_waits.h"
+#include "kernels/ops.h"
 #include "parallel/trace.h"
 #include "parallel/watchdog.h"
 #include "trainer/expert_balance.h"
@@ -379,7 +380,14 @@ StepEnd end_step(Run& r, StepClock& clock, bool halt, std::ostream& log) {
 }
 
 void report_end(const Run& r, std::ostream& log) {
-  if (!r.rank0 || !r.ep) return;
+  if (!r.rank0) return;
+  // on a GPU: whether the FP8 GEMMs reached cuBLASLt (the fallback kernel is far slower)
+  const kernels::Fp8GemmPaths fp8 = kernels::fp8_gemm_paths();
+  if (r.cfg.run.device == Device::CUDA && fp8.cublaslt + fp8.kernel > 0)
+    log << "moetron: FP8 GEMMs of rank 0: " << fp8.cublaslt << " through cuBLASLt, " << fp8.kernel
+        << " on the fallback kernel (" << 100 * fp8.kernel / (fp8.cublaslt + fp8.kernel)
+        << "%; precision.expert_row_align " << r.cfg.policy().expert_row_align << ")\n";
+  if (!r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
   log << "moetron: expert-parallel payload sent by rank 0 (" << r.cfg.precision.recipe
       << "): dispatch " << mb(EpPhase::Dispatch) << " MB, combine " << mb(EpPhase::Combine)

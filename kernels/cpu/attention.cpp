@@ -52,8 +52,6 @@ struct VecOf<double> {
 template <class T>
 constexpr int64_t kLanes = 64 / sizeof(T);
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 // C[r, 0:NV*L] += sum_{k < kk} A[r*lda + k] * X[k*ldx + 0:NV*L]  for r < RB.
 template <class T, int RB, int NV>
 void micro(const T* A, int64_t lda, int64_t kk, const T* X, int64_t ldx, T* C, int64_t ldc) {

@@ -199,12 +199,16 @@ template <class T>
 void bias_sign_update(T* bias, const int64_t* load, int64_t E, double gamma);
 
 // ---- token permutation by expert -------------------------------------------------------------
-// From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix), and for each of the N*K assignments
-// its row in the expert-sorted order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in
-// another process (expert parallelism): it gets no row and slot -1. Stable: within an expert, rows
-// follow (n, k) order. row_token[row] = n, row_slot[row] = n*K+k (each [N*K]; offsets[E] rows).
-void route_by_expert(const int32_t* idx, int64_t N, int64_t K, int64_t E, int64_t* counts,
-                     int64_t* offsets, int64_t* slot, int64_t* row_token, int64_t* row_slot);
+// From idx[N,K]: counts[E], offsets[E+1] (exclusive prefix of the counts, each rounded up to a
+// multiple of align >= 1), and for each of the N*K assignments its row in the expert-sorted
+// order: slot[n*K+k] = row. idx = -1 marks a slot whose expert is in another process (expert
+// parallelism): it gets no row and slot -1. Stable: within an expert, rows follow (n, k) order.
+// row_token[row] = n, row_slot[row] = n*K+k; an expert's align padding rows (after its own) have
+// -1 in both. offsets[E] <= N*K + E*(align-1) rows. align 16 makes every expert's row count and
+// first row a multiple of 16: what cuBLASLt's FP8 GEMMs need (kernels/cuda/fp8_gemm.cu).
+void route_by_expert(const int32_t* idx, int64_t N, int64_t K, int64_t E, int64_t align,
+                     int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
+                     int64_t* row_slot);
 // dst[i, :] = idx[i] >= 0 ? src[idx[i], :] : 0, i < n, rows of D (dispatch into expert order)
 template <class T>
 void gather_rows(const T* src, const int64_t* idx, int64_t n, int64_t D, T* dst);

@@ -18,7 +18,6 @@ namespace moetron::kernels::gpu::fp8 {
 
 // constexpr: usable in device code too (nvcc --expt-relaxed-constexpr)
 constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-constexpr int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 
 // ---- quantiser and layouts (fp8_quant.cu) -------------------------------------------------------
 

@@ -2,13 +2,14 @@
 // table, the gather into expert-sorted rows (dispatch) and the scatter-add back into tokens
 // (combine, and the backward of the gather).
 //
-// route_by_expert, from idx [N, K] (-1: expert elsewhere): counts [E], offsets [E+1], slot [N*K],
-// row_token and row_slot [offsets[E]]. It must be STABLE (rows of one expert in (n, k) order) and
-// deterministic, so it is a chunked counting sort with no order-dependent atomics:
+// route_by_expert, from idx [N, K] (-1: expert elsewhere): counts [E], offsets [E+1] (each count
+// rounded up to a multiple of align), slot [N*K], row_token and row_slot [offsets[E]] (an expert's
+// pad rows -1). It must be STABLE (rows of one expert in (n, k) order) and deterministic, so it is
+// a chunked counting sort with no order-dependent atomics:
 //   1. one thread per chunk of kChunk assignments counts its experts: cnt [C, E] (workspace);
 //   2. one block: per expert, the exclusive scan of cnt over chunks (chunk order) gives each
-//      chunk's first row inside the expert and counts[e]; thread 0 scans counts into offsets; then
-//      every chunk's base gets its expert's offset;
+//      chunk's first row inside the expert and counts[e]; thread 0 scans the aligned counts into
+//      offsets; then every chunk's base gets its expert's offset and the expert's pad rows -1;
 //   3. one thread per chunk walks its assignments in order, handing out consecutive rows per
 //      expert from its bases.
 // Work O(N K + C E) with C = ceil(N K / kChunk); the serial parts are kChunk long (per thread)
@@ -21,6 +22,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/op_instantiate.h"
+#include "kernels/scalar.h"
 
 namespace moetron::kernels::gpu {
 
@@ -43,9 +45,11 @@ __global__ void route_count_kernel(const int32_t* idx, int64_t pairs, int64_t E,
   }
 }
 
-// 2. one block: cnt[c, e] <- offsets[e] + (rows of expert e in chunks before c); counts, offsets.
-__global__ void route_scan_kernel(int64_t E, int64_t C, int64_t* cnt, int64_t* counts,
-                                  int64_t* offsets) {
+// 2. one block: cnt[c, e] <- offsets[e] + (rows of expert e in chunks before c); counts, offsets;
+// the pad rows' row_token and row_slot.
+__global__ void route_scan_kernel(int64_t E, int64_t C, int64_t align, int64_t* cnt,
+                                  int64_t* counts, int64_t* offsets, int64_t* row_token,
+                                  int64_t* row_slot) {
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
     int64_t run = 0;
     for (int64_t c = 0; c < C; ++c) {
@@ -58,12 +62,14 @@ __global__ void route_scan_kernel(int64_t E, int64_t C, int64_t* cnt, int64_t* c
   __syncthreads();  // counts written by all threads (global memory, visible within the block)
   if (threadIdx.x == 0) {
     offsets[0] = 0;
-    for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + round_up(counts[e], align);
   }
   __syncthreads();
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
     const int64_t base = offsets[e];
     for (int64_t c = 0; c < C; ++c) cnt[c * E + e] += base;
+    for (int64_t row = base + counts[e]; row < offsets[e + 1]; ++row)
+      row_token[row] = row_slot[row] = -1;
   }
 }
 
@@ -118,9 +124,10 @@ __global__ void unpermute_add_kernel(const T* rows, const int64_t* slot, int64_t
 }  // namespace
 
 void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, int64_t E,
-                     int64_t* counts, int64_t* offsets, int64_t* slot, int64_t* row_token,
-                     int64_t* row_slot) {
-  if (N < 0 || K < 0 || E <= 0) throw std::invalid_argument("route_by_expert: bad sizes");
+                     int64_t align, int64_t* counts, int64_t* offsets, int64_t* slot,
+                     int64_t* row_token, int64_t* row_slot) {
+  if (N < 0 || K < 0 || E <= 0 || align < 1)
+    throw std::invalid_argument("route_by_expert: bad sizes");
   cudaStream_t st = stream_of(ex);
   const int64_t pairs = N * K;
   if (pairs == 0) {
@@ -132,7 +139,7 @@ void route_by_expert(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, i
   int64_t* cnt = static_cast<int64_t*>(workspace(ex, sizeof(int64_t) * C * E));
   route_count_kernel<<<blocks_for(C, 128), 128, 0, st>>>(idx, pairs, E, C, cnt);
   MOETRON_CUDA_LAUNCHED("route_by_expert (count)");
-  route_scan_kernel<<<1, kThreads, 0, st>>>(E, C, cnt, counts, offsets);
+  route_scan_kernel<<<1, kThreads, 0, st>>>(E, C, align, cnt, counts, offsets, row_token, row_slot);
   MOETRON_CUDA_LAUNCHED("route_by_expert (scan)");
   route_place_kernel<<<blocks_for(C, 128), 128, 0, st>>>(idx, pairs, K, E, C, cnt, slot, row_token,
                                                          row_slot);
