@@ -1,9 +1,17 @@
 // Tests of the shared scalar math in kernels/scalar.h: bf16 conversion (round to nearest even on
 // crafted bit patterns, NaN/Inf, overflow, subnormals, exhaustive round trip, and an independent
-// reference on random patterns) and the vectorisable fast_exp / fast_sigmoid.
+// reference on random patterns) and the vectorisable fast_exp / fast_sigmoid; and that every
+// scalar.h function is in kernels/scalar_check.h, which the CUDA build compiles for the device and
+// tests/test_cuda_scalar.cpp runs there against the host.
+#include <cctype>
+#include <fstream>
 #include <limits>
+#include <set>
+#include <sstream>
+#include <string>
 
 #include "kernels/scalar.h"
+#include "kernels/scalar_check.h"
 #include "tests/test_kernels_util.h"
 
 namespace moetron::kernels::cpu::testing {
@@ -88,6 +96,59 @@ TEST(FastExp, SigmoidAndSilu) {
   EXPECT_EQ(fast_sigmoid(-1000.f), fast_sigmoid(-1000.f));  // no NaN
   EXPECT_LT(fast_sigmoid(-1000.f), 1e-37f);
   EXPECT_EQ(fast_sigmoid(1000.f), 1.f);
+}
+
+std::string read_source(const std::string& rel) {
+  std::ifstream f(std::string(MOETRON_SOURCE_DIR) + "/" + rel);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The functions scalar.h defines: the name before the '(' of each "MOE_HD ..." line.
+std::set<std::string> scalar_functions() {
+  std::istringstream in(read_source("kernels/scalar.h"));
+  std::set<std::string> names;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("MOE_HD ", 0) != 0) continue;
+    const size_t paren = line.find('(');
+    size_t b = paren;
+    while (b > 0 && (std::isalnum(static_cast<unsigned char>(line[b - 1])) || line[b - 1] == '_'))
+      --b;
+    names.insert(line.substr(b, paren - b));
+  }
+  return names;
+}
+
+// `name` called in `src`: after a character that cannot end an identifier or a member access,
+// and before '(' or '<'
+bool called(const std::string& src, const std::string& name) {
+  for (size_t p = src.find(name); p != std::string::npos; p = src.find(name, p + 1)) {
+    const char before = p > 0 ? src[p - 1] : ' ', after = src[p + name.size()];
+    if (std::isalnum(static_cast<unsigned char>(before)) || before == '_' || before == '.')
+      continue;
+    if (after == '(' || after == '<') return true;
+  }
+  return false;
+}
+
+TEST(ScalarDeviceCheck, EveryScalarFunctionIsInTheDeviceCheck) {
+  const std::set<std::string> names = scalar_functions();
+  EXPECT_GE(names.size(), 20u) << "the MOE_HD lines of kernels/scalar.h were not found";
+  const std::string check = read_source("kernels/scalar_check.h");
+  for (const std::string& n : names)
+    EXPECT_TRUE(called(check, n)) << n << " (kernels/scalar.h) is not called in "
+                                  << "kernels/scalar_check.h's scalar_results, so no build "
+                                     "compiles it for the GPU";
+  EXPECT_TRUE(called(read_source("kernels/cuda/scalar_check.cu"), "scalar_results"));
+  EXPECT_FALSE(called(check, "no_such_function"));
+  // the host side of the check computes what the functions compute
+  ScalarResults r;
+  scalar_results(448.f, 0x7e, r);
+  EXPECT_EQ(r.f32_to_e4m3, 0x7e);
+  EXPECT_EQ(bits_f32(r.e4m3_to_f32), 448.f);
+  EXPECT_EQ(r.round_up, 128);
+  EXPECT_EQ(r.fast_exp_d, std::exp(448.0));
 }
 
 }  // namespace
