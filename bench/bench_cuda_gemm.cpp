@@ -22,7 +22,11 @@
 // of the same total rows with one expert's weight. The two do the same FLOPs, so their ratio is
 // what splitting the rows per expert costs — the measure for choosing a grouped kernel (a
 // device-side grouped GEMM) over per-expert calls. Layers: the mid-size config's (64 experts of
-// width 512, hidden 2048, K 8) and DeepSeek-V3's on one GPU (256 of 2048, hidden 7168, K 8). Usage:
+// width 512, hidden 2048, K 8) and DeepSeek-V3's on an EP-8 rank (32 of its 256 experts of width
+// 2048, hidden 7168, K 8).
+// Last, the same layers' FP8 Fprop and Wgrad with ragged (random) routing, each expert's rows as
+// they come and padded to 16 (precision.expert_row_align), with the GEMMs that fell back to the
+// plain FP8 kernel counted: what the padding buys. Usage:
 // bench_cuda_gemm [--quick] [--tokens M]. Without a GPU: "no usable CUDA device: <reason>", exit 0.
 #include <cuda_runtime_api.h>
 
@@ -32,6 +36,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/cuda_timer.h"
@@ -84,6 +89,10 @@ struct Experts {
   bool quick;
 };
 
+// The layers of both expert tables: the mid-size config's, and DeepSeek-V3's on an EP-8 rank.
+const Experts kLayers[] = {{"mid-size", 64, 2048, 512, 8, true},
+                           {"V3, an EP-8 rank's 32 experts", 32, 7168, 2048, 8, false}};
+
 // One grouped op over E even groups of `rows` total rows, [N, K] weights per group (NT), against
 // one GEMM of the same rows with group 0's weight: BF16 (bf16 weights cached, as the model's
 // Linear keeps them) and FP8 (the recipe's Fprop).
@@ -134,8 +143,6 @@ void grouped_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t 
 
 void grouped_table(int64_t tokens, bool quick, int warmup, int runs,
                    moetron::bench::CudaTimer& timer) {
-  const Experts layers[] = {{"mid-size", 64, 2048, 512, 8, true},
-                            {"V3, an EP-8 rank's 32 experts", 32, 7168, 2048, 8, false}};
   std::printf(
       "\nRouted experts, one grouped op per projection (%lld tokens x K rows, even "
       "routing) vs one GEMM of the same rows:\n\n",
@@ -144,12 +151,96 @@ void grouped_table(int64_t tokens, bool quick, int warmup, int runs,
       "| layer, projection | experts x rows | K | N | precision | grouped ms | grouped "
       "TFLOP/s | one GEMM TFLOP/s | grouped / one GEMM |\n");
   std::printf("|---|---:|---:|---:|---|---:|---:|---:|---:|\n");
-  for (const Experts& l : layers) {
+  for (const Experts& l : kLayers) {
     if (quick && !l.quick) continue;
     const int64_t rows = tokens * l.K;
     const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
     grouped_rows(up.c_str(), l.E, rows, l.D, 2 * l.F, warmup, runs, timer);
     grouped_rows(down.c_str(), l.E, rows, l.F, l.D, warmup, runs, timer);
+  }
+}
+
+// Row offsets of E experts over `rows` (token, expert) pairs routed at random (seeded, each pair to
+// a uniform expert: ragged counts, as real routing makes them), each expert's rows rounded up to
+// a multiple of `align`.
+std::vector<int64_t> random_offsets(int64_t E, int64_t rows, int64_t align, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> count(static_cast<size_t>(E), 0), off(static_cast<size_t>(E + 1), 0);
+  for (int64_t i = 0; i < rows; ++i) ++count[rng() % E];
+  for (int64_t g = 0; g < E; ++g) off[g + 1] = off[g] + (count[g] + align - 1) / align * align;
+  return off;
+}
+
+// The routed experts' FP8 Fprop and Wgrad with ragged groups, unpadded (most groups fall back to
+// the plain kernel: cuBLASLt needs rows % 8, and % 16 for Wgrad's reduction) and padded with zero
+// rows to 16 (precision.expert_row_align on a GPU). TFLOP/s count the real rows only, so the
+// padded figure includes what the zero rows cost.
+void ragged_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t N, int warmup,
+                 int runs, moetron::bench::CudaTimer& timer) {
+  const Exec ex = gpu::exec();
+  const std::vector<int64_t> ragged = random_offsets(E, rows, 1, 7);
+  const std::vector<int64_t> padded = random_offsets(E, rows, 16, 7);
+  const int64_t R = padded[E], KB = (K + 127) / 128, NB = (N + 127) / 128;
+  Buffer<float> X = random_device(R * K, 1), W = random_device(E * N * K, 2);
+  Buffer<float> dY = random_device(R * N, 3), Y(Device::CUDA), dW(Device::CUDA);
+  Y.resize(static_cast<size_t>(R * N)), dW.resize(static_cast<size_t>(E * N * K));
+  Buffer<uint8_t> qX(Device::CUDA), qW(Device::CUDA);
+  Buffer<float> sX(Device::CUDA), sW(Device::CUDA);
+  mk::quantize(ex, X.data(), R, K, mk::kTile1x128, false, qX.resize(R * K), sX.resize(R * KB));
+  qW.resize(E * N * K), sW.resize(E * NB * KB);
+  for (int64_t g = 0; g < E; ++g)
+    mk::quantize(ex, W.data() + g * N * K, N, K, mk::kTile128x128, false, qW.data() + g * N * K,
+                 sW.data() + g * NB * KB);
+  // ms of `runs` calls, and how many of one call's FP8 GEMMs ran on the fallback kernel
+  auto timed = [&](auto&& f) {
+    const mk::Fp8GemmPaths before = mk::fp8_gemm_paths();
+    f();
+    const int64_t on_kernel = mk::fp8_gemm_paths().kernel - before.kernel;
+    return std::pair<double, int64_t>(timer.mean_ms(warmup, runs, f), on_kernel);
+  };
+  auto fprop = [&](const std::vector<int64_t>& off) {
+    return timed([&] {
+      mk::grouped_fp8_fprop(ex, off.data(), E, qX.data(), sX.data(), qW.data(), sW.data(), N, K,
+                            Y.data());
+    });
+  };
+  auto wgrad = [&](const std::vector<int64_t>& off) {
+    return timed([&] {
+      mk::grouped_fp8_linear_wgrad(ex, off.data(), E, dY.data(), qX.data(), sX.data(), N, K, false,
+                                   false, dW.data());
+    });
+  };
+  const double flops = 2.0 * double(rows) * double(N) * double(K);
+  auto tf = [&](double ms) { return flops / (ms * 1e-3) * 1e-12; };
+  for (const char* op : {"Fprop", "Wgrad"}) {
+    const bool f = op[0] == 'F';
+    const auto [ms_r, k_r] = f ? fprop(ragged) : wgrad(ragged);
+    const auto [ms_p, k_p] = f ? fprop(padded) : wgrad(padded);
+    std::printf(
+        "| %s | %s | %lld / %lld | %.3f (%.0f, %lld on kernel) | %.3f (%.0f, %lld) | %.2f |\n",
+        what, op, static_cast<long long>(rows), static_cast<long long>(R), ms_r, tf(ms_r),
+        static_cast<long long>(k_r), ms_p, tf(ms_p), static_cast<long long>(k_p), ms_r / ms_p);
+    std::fflush(stdout);
+  }
+}
+
+void ragged_table(int64_t tokens, bool quick, int warmup, int runs,
+                  moetron::bench::CudaTimer& timer) {
+  std::printf(
+      "\nRouted experts' FP8 GEMMs with random (ragged) routing of %lld tokens x K: unpadded vs "
+      "each expert's rows padded to 16 (ms, TFLOP/s of the real rows, GEMMs on the fallback "
+      "kernel):\n\n",
+      static_cast<long long>(tokens));
+  std::printf(
+      "| layer, projection | GEMM | rows real / padded | ragged | padded to 16 | ragged / "
+      "padded |\n");
+  std::printf("|---|---|---:|---:|---:|---:|\n");
+  for (const Experts& l : kLayers) {
+    if (quick && !l.quick) continue;
+    const int64_t rows = tokens * l.K;
+    const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
+    ragged_rows(up.c_str(), l.E, rows, l.D, 2 * l.F, warmup, runs, timer);
+    ragged_rows(down.c_str(), l.E, rows, l.F, l.D, warmup, runs, timer);
   }
 }
 
@@ -219,5 +310,6 @@ int main(int argc, char** argv) {
     row("FP8 (1x128 / 128x128 scales)", ms, kPeakFp8);
   }
   grouped_table(tokens, quick, warmup, runs, timer);
+  ragged_table(tokens, quick, warmup, runs, timer);
   return 0;
 }
