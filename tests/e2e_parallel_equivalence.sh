@@ -107,30 +107,27 @@ for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2_cut1", "pp2dp2_1f1b", "p
           f"{'(bitwise)' if bitwise else '':9s} grad-norm rel err {gn_err:.2e}  "
           f"params rel err {perr:.2e} ({pworst})")
     passed += ok; failed += not ok
+def bitwise(a, b):  # two runs' losses, grad norms and parameters, bit for bit
+    ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
+    same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
+    return same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
 # how a rank waits changes no data: sleeping and polling MPI waits, bit for bit
 a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_poll"
-ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
-same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
-same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+same = bitwise(a, b)
 print(f"{'ok  ' if same else 'FAIL'} {a} (sleeping waits) vs {b}: losses, grad norms and "
       f"parameters {'bitwise equal' if same else 'DIFFER'}")
 passed += same; failed += not same
 # the overlap changes no arithmetic: interleaved and forward-then-backward pairs, bit for bit
 a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_none"
-ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
-same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
-same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
-early = [min(x["dp_early"]) for x in ma], [max(x["dp_early"]) for x in mb]
-same = same and min(early[0]) > 0.2 and max(early[1]) == 0
+early = [min(x["dp_early"]) for x in metrics(a)], [max(x["dp_early"]) for x in metrics(b)]
+same = bitwise(a, b) and min(early[0]) > 0.2 and max(early[1]) == 0
 print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}: losses, grad norms and parameters "
       f"{'bitwise equal' if same else 'DIFFER'}; DP reduction started during the backward: "
       f"{min(early[0]):.0%}+ of the elements (off: {max(early[1]):.0%})")
 passed += same; failed += not same
 # zero rows padding each expert's rows to 16 change no value of the FP8 recipe, bit for bit
 a, b = "ep2_fp8", "ep2_fp8_align16"
-ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
-same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
-same = same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+same = bitwise(a, b)
 print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (experts' rows padded to 16): losses, grad "
       f"norms and parameters {'bitwise equal' if same else 'DIFFER'}")
 passed += same; failed += not same

@@ -17,6 +17,7 @@
 #include "kernels/ops.h"
 #include "model/dispatch.h"
 #include "model/moe.h"
+#include "tests/moe_layer_run.h"
 
 using namespace moetron;
 
@@ -128,19 +129,8 @@ struct LayerRun {
   std::vector<int64_t> load;
   int64_t host_waits = 0;
 };
-template <class U>
-std::vector<U> to_host(const Exec& ex, const Buffer<U>& b, int64_t n) {
-  std::vector<U> h(static_cast<size_t>(n));
-  kernels::copy_to_host(ex, h.data(), b.data(), sizeof(U) * n);
-  return h;
-}
-template <class U>
-Buffer<U> on(const Exec& ex, const std::vector<U>& h) {
-  Buffer<U> b(ex.device);
-  kernels::copy_from_host(ex, b.resize(static_cast<int64_t>(h.size())), h.data(),
-                          sizeof(U) * h.size());
-  return b;
-}
+using test_moe::on;
+using test_moe::to_host;
 LayerRun run_layer(Device dev, const std::vector<double>& x, const std::vector<double>& dy,
                    int64_t B, int64_t S) {
   const Exec ex = Exec::on(dev);
@@ -157,8 +147,9 @@ LayerRun run_layer(Device dev, const std::vector<double>& x, const std::vector<d
   l.moe.backward_weight(l.st, xb.data());
   LayerRun r;
   r.host_waits = kernels::host_waits::read();
-  r.y = to_host(ex, yb, n), r.dx = to_host(ex, dxb, n), r.balance = to_host(ex, bal, 1);
-  r.load = to_host(ex, load, E);
+  r.y = to_host(ex, yb.data(), n), r.dx = to_host(ex, dxb.data(), n),
+  r.balance = to_host(ex, bal.data(), 1);
+  r.load = to_host(ex, load.data(), E);
   return r;
 }
 
