@@ -4,12 +4,14 @@
 // Every shape is a linear layer's forward Y[M,N] = X[M,K] W[N,K]^T (the NT layout of the model's
 // [out, in] weights). BF16 is the op as the model calls it: both fp32 inputs are rounded to bf16
 // copies inside the op (those conversions are timed too), then a bf16 x bf16 -> fp32 cuBLASLt
-// GEMM; FP32 is true fp32 (no TF32). Timing: CUDA events on the compute stream around `runs`
-// calls after `warmup` calls (3 + 10; --quick: 1 + 3 over a few shapes). TFLOP/s counts 2MNK per
-// call; "% peak" is against the H200/H100 SXM dense BF16 peak, 989 TFLOP/s (for FP32 rows it only
-// says how far plain fp32 is from the tensor-core peak). FP8 is the recipe's Fprop
-// (kernels::fp8_fprop: E4M3 operands with 1x128 activation and 128x128 weight scales, quantised
-// once before timing, cuBLASLt block scaling), against the dense FP8 peak, 1979 TFLOP/s.
+// GEMM; "BF16, bf16 weight cached" is how a bf16 Linear calls it (gemm_bf16_weight: the weight's
+// bf16 copy made once per step, only X converted per call); FP32 is true fp32 (no TF32). Timing:
+// CUDA events on the compute stream around `runs` calls after `warmup` calls (3 + 10; --quick: 1 +
+// 3 over a few shapes). TFLOP/s counts 2MNK per call; "% peak" is against the H200/H100 SXM dense
+// BF16 peak, 989 TFLOP/s (for FP32 rows it only says how far plain fp32 is from the tensor-core
+// peak). FP8 is the recipe's Fprop (kernels::fp8_fprop: E4M3 operands with 1x128 activation and
+// 128x128 weight scales, quantised once before timing, cuBLASLt block scaling), against the dense
+// FP8 peak, 1979 TFLOP/s.
 //
 // Shapes (M = tokens, 4096 unless --tokens): MLA q_a 7168->1536, kv_a 7168->576, q_b
 // 1536->24576 (128 heads x 192), kv_b 512->32768 (128 x (128 + 128)), o_proj 16384->7168; dense
@@ -298,6 +300,14 @@ int main(int argc, char** argv) {
         mk::gemm<float>(ex, false, true, M, N, K, 1.f, X.data(), W.data(), 0.f, Y.data(), prec);
       });
       row(prec == GemmPrecision::BF16 ? "BF16" : "FP32", ms, kPeakBf16);
+    }
+    {  // as a bf16 Linear runs it: its weight's bf16 copy cached, only X converted per call
+      Buffer<uint16_t> W16(Device::CUDA);
+      mk::narrow_to_bf16(ex, W.data(), N * K, W16.resize(N * K));
+      const double ms = time_ms([&] {
+        mk::gemm_bf16_weight(ex, false, true, M, N, K, 1.f, X.data(), W16.data(), 0.f, Y.data());
+      });
+      row("BF16, bf16 weight cached", ms, kPeakBf16);
     }
     const int64_t KB = (K + 127) / 128;
     Buffer<uint8_t> qX(Device::CUDA), qW(Device::CUDA);
