@@ -113,10 +113,17 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
   ranks cpu_pp2 cpu 2 --set parallel.pp=2
   ranks gpu_4 cuda 4 "${layout4[@]}"
   ranks cpu_4 cpu 4 "${layout4[@]}"
-  # the mid-size config on this one GPU: DP1 x EP1, 16 sequences of 4096 a step, the SOTU corpus
+  # the mid-size config on this one GPU: DP1 x EP1, 16 sequences of 4096 a step, the SOTU corpus;
+  # micro-batches of 2 sequences where the GPU has the memory (`moetron plan`: 84 GiB, against
+  # 67 GiB for 1): each expert's GEMMs get twice the rows for the same launches
+  mid_mb=1
+  mem_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+  [[ ${mem_mib:-0} -ge 120000 ]] && mid_mb=2
+  echo "gpu_check: mid-size run with micro-batches of $mid_mb sequences"
   timeout 300 "$bin/moetron" train configs/deepseek-v3-mid.yaml --set run.device=cuda \
     --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0 \
-    --set data.global_batch_size=16 --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0 \
+    --set data.global_batch_size=16 --set data.micro_batch_size=$mid_mb \
+    --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0 \
     --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json \
     --set hardware.profile=$hw --set run.steps=6 --set run.log_interval=1 \
     --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0 \
