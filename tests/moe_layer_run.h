@@ -62,8 +62,8 @@ struct DefaultDevice {
   DefaultDevice& operator=(const DefaultDevice&) = delete;
 };
 
-inline LayerRun run_layer(PrecisionPolicy pol, int64_t align, Device dev) {
-  const ModelConfig c = moe_config();
+inline LayerRun run_layer(PrecisionPolicy pol, int64_t align, Device dev,
+                          const ModelConfig& c = moe_config()) {
   const int64_t B = 2, S = 160, N = B * S, D = c.hidden_size, E = c.n_routed_experts;
   pol.expert_row_align = align;
   const DefaultDevice on_dev(dev);  // the state's buffers too

@@ -26,9 +26,13 @@ TEST(CudaMoEPadding, Fp8ExpertsPaddedTo16AllRunOnCublasLtAndMatchTheCpu) {
   MOETRON_REQUIRE_GPU();
   PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
   pol.overrides[Component::Gate] = Recipe::FP32;
-  const test_moe::LayerRun cpu = test_moe::run_layer(pol, 1, Device::CPU);
+  // widths of whole 128-blocks, as DeepSeek-V3's (cuBLASLt's block scaling is only asked for
+  // the rows here, not for reductions shorter than one block)
+  ModelConfig c = test_moe::moe_config();
+  c.hidden_size = 256, c.moe_intermediate_size = 128;
+  const test_moe::LayerRun cpu = test_moe::run_layer(pol, 1, Device::CPU, c);
   const fp8::GemmCounts before = fp8::gemm_counts();
-  const test_moe::LayerRun gpu = test_moe::run_layer(pol, 16, Device::CUDA);
+  const test_moe::LayerRun gpu = test_moe::run_layer(pol, 16, Device::CUDA, c);
   const fp8::GemmCounts after = fp8::gemm_counts();
   EXPECT_GT(after.cublaslt, before.cublaslt) << "no FP8 GEMM ran on cuBLASLt";
   EXPECT_EQ(after.kernel, before.kernel)
