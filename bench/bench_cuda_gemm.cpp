@@ -45,6 +45,7 @@
 #include "kernels/buffer.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/ops.h"
+#include "kernels/scalar.h"
 
 namespace mk = moetron::kernels;
 namespace gpu = moetron::kernels::gpu;
@@ -94,6 +95,19 @@ struct Experts {
 // The layers of both expert tables: the mid-size config's, and DeepSeek-V3's on an EP-8 rank.
 const Experts kLayers[] = {{"mid-size", 64, 2048, 512, 8, true},
                            {"V3, an EP-8 rank's 32 experts", 32, 7168, 2048, 8, false}};
+
+// f(name, experts, rows, K, N) for each layer's gate|up and down projection over tokens x K rows
+// (--quick: the mid-size layer only).
+template <class F>
+void each_projection(int64_t tokens, bool quick, F&& f) {
+  for (const Experts& l : kLayers) {
+    if (quick && !l.quick) continue;
+    const int64_t rows = tokens * l.K;
+    const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
+    f(up.c_str(), l.E, rows, l.D, 2 * l.F);
+    f(down.c_str(), l.E, rows, l.F, l.D);
+  }
+}
 
 // One grouped op over E even groups of `rows` total rows, [N, K] weights per group (NT), against
 // one GEMM of the same rows with group 0's weight: BF16 (bf16 weights cached, as the model's
@@ -153,23 +167,25 @@ void grouped_table(int64_t tokens, bool quick, int warmup, int runs,
       "| layer, projection | experts x rows | K | N | precision | grouped ms | grouped "
       "TFLOP/s | one GEMM TFLOP/s | grouped / one GEMM |\n");
   std::printf("|---|---:|---:|---:|---|---:|---:|---:|---:|\n");
-  for (const Experts& l : kLayers) {
-    if (quick && !l.quick) continue;
-    const int64_t rows = tokens * l.K;
-    const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
-    grouped_rows(up.c_str(), l.E, rows, l.D, 2 * l.F, warmup, runs, timer);
-    grouped_rows(down.c_str(), l.E, rows, l.F, l.D, warmup, runs, timer);
-  }
+  each_projection(tokens, quick,
+                  [&](const char* what, int64_t E, int64_t rows, int64_t K, int64_t N) {
+                    grouped_rows(what, E, rows, K, N, warmup, runs, timer);
+                  });
 }
 
-// Row offsets of E experts over `rows` (token, expert) pairs routed at random (seeded, each pair to
-// a uniform expert: ragged counts, as real routing makes them), each expert's rows rounded up to
-// a multiple of `align`.
-std::vector<int64_t> random_offsets(int64_t E, int64_t rows, int64_t align, uint64_t seed) {
+// Rows per expert of `rows` (token, expert) pairs routed at random (seeded, each pair to a uniform
+// expert: ragged counts, as real routing makes them).
+std::vector<int64_t> random_counts(int64_t E, int64_t rows, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::vector<int64_t> count(static_cast<size_t>(E), 0), off(static_cast<size_t>(E + 1), 0);
+  std::vector<int64_t> count(static_cast<size_t>(E), 0);
   for (int64_t i = 0; i < rows; ++i) ++count[rng() % E];
-  for (int64_t g = 0; g < E; ++g) off[g + 1] = off[g] + (count[g] + align - 1) / align * align;
+  return count;
+}
+// Row offsets of those groups, each rounded up to a multiple of `align` (as the MoE layer pads).
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& count, int64_t align) {
+  std::vector<int64_t> off(count.size() + 1, 0);
+  for (size_t g = 0; g < count.size(); ++g)
+    off[g + 1] = off[g] + moetron::round_up(count[g], align);
   return off;
 }
 
@@ -180,8 +196,8 @@ std::vector<int64_t> random_offsets(int64_t E, int64_t rows, int64_t align, uint
 void ragged_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t N, int warmup,
                  int runs, moetron::bench::CudaTimer& timer) {
   const Exec ex = gpu::exec();
-  const std::vector<int64_t> ragged = random_offsets(E, rows, 1, 7);
-  const std::vector<int64_t> padded = random_offsets(E, rows, 16, 7);
+  const std::vector<int64_t> count = random_counts(E, rows, 7);
+  const std::vector<int64_t> ragged = offsets_of(count, 1), padded = offsets_of(count, 16);
   const int64_t R = padded[E], KB = (K + 127) / 128, NB = (N + 127) / 128;
   Buffer<float> X = random_device(R * K, 1), W = random_device(E * N * K, 2);
   Buffer<float> dY = random_device(R * N, 3), Y(Device::CUDA), dW(Device::CUDA);
@@ -237,13 +253,10 @@ void ragged_table(int64_t tokens, bool quick, int warmup, int runs,
       "| layer, projection | GEMM | rows real / padded | ragged | padded to 16 | ragged / "
       "padded |\n");
   std::printf("|---|---|---:|---:|---:|---:|\n");
-  for (const Experts& l : kLayers) {
-    if (quick && !l.quick) continue;
-    const int64_t rows = tokens * l.K;
-    const std::string up = std::string(l.what) + " gate|up", down = std::string(l.what) + " down";
-    ragged_rows(up.c_str(), l.E, rows, l.D, 2 * l.F, warmup, runs, timer);
-    ragged_rows(down.c_str(), l.E, rows, l.F, l.D, warmup, runs, timer);
-  }
+  each_projection(tokens, quick,
+                  [&](const char* what, int64_t E, int64_t rows, int64_t K, int64_t N) {
+                    ragged_rows(what, E, rows, K, N, warmup, runs, timer);
+                  });
 }
 
 }  // namespace

@@ -76,8 +76,7 @@ void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64
 
 Fp8GemmPaths fp8_gemm_paths() {
 #if MOETRON_HAVE_CUDA
-  const gpu::fp8::GemmCounts c = gpu::fp8::gemm_counts();
-  return Fp8GemmPaths{c.cublaslt, c.kernel};
+  return gpu::fp8::gemm_counts();
 #else
   return {};
 #endif

@@ -11,6 +11,13 @@ namespace moetron::kernels {
 // products accumulated in fp32 (double stays double but inputs are rounded the same way).
 enum class GemmPrecision { FP32, BF16 };
 
+// How many block-scaled FP8 GEMMs ran on each implementation of the CUDA backend: through
+// cuBLASLt, or on the fallback kernel (a shape or alignment cuBLASLt does not take, or
+// MOETRON_FP8_GEMM=kernel; kernels/cuda/fp8_gemm.cu).
+struct Fp8GemmPaths {
+  int64_t cublaslt = 0, kernel = 0;
+};
+
 struct RopeParams {
   int dim = 64;  // rotary dims (qk_rope_head_dim)
   double theta = 10000.0;

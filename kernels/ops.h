@@ -22,12 +22,8 @@ namespace moetron::kernels {
 // The op signatures, written once (also the CUDA backend's: kernels/cuda/ops_cuda.h).
 #include "kernels/op_signatures.inc"  // IWYU pragma: export
 
-// The block-scaled FP8 GEMMs this process ran on the GPU so far, by implementation: through
-// cuBLASLt, or on the fallback kernel (a shape or alignment cuBLASLt does not take, or
-// MOETRON_FP8_GEMM=kernel; kernels/cuda/fp8_gemm.cu). Zeros in a build without the CUDA backend.
-struct Fp8GemmPaths {
-  int64_t cublaslt = 0, kernel = 0;
-};
+// The block-scaled FP8 GEMMs this process ran on the GPU so far, by implementation
+// (Fp8GemmPaths, kernels/op_types.h). Zeros in a build without the CUDA backend.
 Fp8GemmPaths fp8_gemm_paths();
 
 }  // namespace moetron::kernels

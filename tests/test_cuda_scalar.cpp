@@ -75,21 +75,26 @@ void expect_row(const T* g, const T* h, double rel, const std::string& at) {
         << at << " [" << e << "]: gpu " << g[e] << " host " << h[e];
 }
 
+// the exp-based results: a name, its float and its double member
+struct MathResult {
+  const char* name;
+  float ScalarResults::*f;
+  double ScalarResults::*d;
+};
+constexpr MathResult kMath[] = {
+    {"sigmoid", &ScalarResults::sigmoid_f, &ScalarResults::sigmoid_d},
+    {"silu", &ScalarResults::silu_f, &ScalarResults::silu_d},
+    {"silu_grad", &ScalarResults::silu_grad_f, &ScalarResults::silu_grad_d},
+    {"fast_exp", &ScalarResults::fast_exp_f, &ScalarResults::fast_exp_d},
+    {"fast_sigmoid", &ScalarResults::fast_sigmoid_f, &ScalarResults::fast_sigmoid_d},
+    {"fast_silu", &ScalarResults::fast_silu_f, &ScalarResults::fast_silu_d}};
+
 void expect_close(const ScalarResults& g, const ScalarResults& h, const std::string& at) {
-  const float gf[] = {g.sigmoid_f,  g.silu_f,         g.silu_grad_f,
-                      g.fast_exp_f, g.fast_sigmoid_f, g.fast_silu_f};
-  const float hf[] = {h.sigmoid_f,  h.silu_f,         h.silu_grad_f,
-                      h.fast_exp_f, h.fast_sigmoid_f, h.fast_silu_f};
-  const double gd[] = {g.sigmoid_d,  g.silu_d,         g.silu_grad_d,
-                       g.fast_exp_d, g.fast_sigmoid_d, g.fast_silu_d};
-  const double hd[] = {h.sigmoid_d,  h.silu_d,         h.silu_grad_d,
-                       h.fast_exp_d, h.fast_sigmoid_d, h.fast_silu_d};
-  const char* names[] = {"sigmoid", "silu", "silu_grad", "fast_exp", "fast_sigmoid", "fast_silu"};
-  for (int i = 0; i < 6; ++i) {
-    EXPECT_TRUE(close(gf[i], hf[i], kFloatRel))
-        << at << " " << names[i] << "<float>: gpu " << gf[i] << " host " << hf[i];
-    EXPECT_TRUE(close(gd[i], hd[i], kDoubleRel))
-        << at << " " << names[i] << "<double>: gpu " << gd[i] << " host " << hd[i];
+  for (const MathResult& m : kMath) {
+    EXPECT_TRUE(close(g.*m.f, h.*m.f, kFloatRel))
+        << at << " " << m.name << "<float>: gpu " << g.*m.f << " host " << h.*m.f;
+    EXPECT_TRUE(close(g.*m.d, h.*m.d, kDoubleRel))
+        << at << " " << m.name << "<double>: gpu " << g.*m.d << " host " << h.*m.d;
   }
   expect_row(g.gate_row_f, h.gate_row_f, kFloatRel, at + " gate_backward_row<float>");
   expect_row(g.balance_row_f, h.balance_row_f, kFloatRel, at + " seq_balance_backward_row<float>");

@@ -54,9 +54,7 @@ GemmPath gemm_path_from_env();
 
 // How many nt_gemm calls ran on each implementation so far in this process (tests read it to
 // know which path a result came from).
-struct GemmCounts {
-  int64_t cublaslt = 0, kernel = 0;
-};
+using GemmCounts = Fp8GemmPaths;
 GemmCounts gemm_counts();
 
 // ---- cuBLASLt (fp8_cublaslt.cpp) ----------------------------------------------------------------
