@@ -222,10 +222,14 @@ void ragged_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t N
                             Y.data());
     });
   };
-  auto wgrad = [&](const std::vector<int64_t>& off) {
+  Buffer<uint8_t> qdY(Device::CUDA);
+  Buffer<float> sdY(Device::CUDA);
+  auto wgrad = [&](const std::vector<int64_t>& off) {  // dY's tiles as a Linear keeps them
+    mk::grouped_quantize_128x1_t(ex, off.data(), E, dY.data(), N, false, qdY.resize(R * N),
+                                 sdY.resize(N * mk::row_tile_offsets(off.data(), E).back()));
     return timed([&] {
-      mk::grouped_fp8_linear_wgrad(ex, off.data(), E, dY.data(), qX.data(), sX.data(), N, K, false,
-                                   false, dW.data());
+      mk::grouped_fp8_linear_wgrad(ex, off.data(), E, qdY.data(), sdY.data(), qX.data(), sX.data(),
+                                   N, K, false, dW.data());
     });
   };
   const double flops = 2.0 * double(rows) * double(N) * double(K);

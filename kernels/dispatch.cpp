@@ -33,10 +33,8 @@ void count(const Exec& ex, int64_t flops, bool recompute = false) {
   if (ex.device != Device::Meta) flop_counter::add(flops, recompute);
 }
 // A grouped op's row offsets (host memory, every backend): G >= 0, off[0] >= 0, nondecreasing
-// (std::invalid_argument naming the op otherwise); then the FLOP count, 2 x (rows of all G
-// groups) x n x k, the rows being off[G] - off[0].
-void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64_t n, int64_t k,
-                            const char* op) {
+// (std::invalid_argument naming the op otherwise).
+void check_groups(const Exec& ex, const int64_t* off, int64_t G, const char* op) {
   if (ex.device == Device::Meta) return;  // runs nothing (no_backend)
   if (G < 0) throw std::invalid_argument(std::string(op) + ": negative group count");
   if (G > 0 && off[0] < 0) throw std::invalid_argument(std::string(op) + ": negative row offset");
@@ -44,7 +42,14 @@ void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64
     if (off[g + 1] < off[g])
       throw std::invalid_argument(std::string(op) + ": row offsets decrease at group " +
                                   std::to_string(g));
-  if (flop_counter::counting() && G > 0) flop_counter::add(2 * (off[G] - off[0]) * n * k);
+}
+// The same, then the FLOP count: 2 x (rows of all G groups) x n x k, the rows being
+// off[G] - off[0].
+void check_and_count_groups(const Exec& ex, const int64_t* off, int64_t G, int64_t n, int64_t k,
+                            const char* op) {
+  check_groups(ex, off, G, op);
+  if (ex.device != Device::Meta && flop_counter::counting() && G > 0)
+    flop_counter::add(2 * (off[G] - off[0]) * n * k);
 }
 }  // namespace
 
@@ -194,20 +199,20 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
   MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
 }
 
-void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                              const uint8_t* qX, const float* sX, int64_t N, int64_t K,
-                              bool pow2_dy, bool pow2_x, float* dW) {
+void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qdYt,
+                              const float* sdYt, const uint8_t* qX, const float* sX, int64_t N,
+                              int64_t K, bool pow2_x, float* dW) {
   const op_profile::Scope timed(ex, "grouped_fp8_linear_wgrad");
   check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_wgrad");
-  MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, dY, qX, sX, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad, off, G, qdYt, sdYt, qX, sX, N, K, pow2_x, dW);
 }
 
-void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                                  const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
-                                  float* dW) {
+void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G,
+                                  const uint8_t* qdYt, const float* sdYt, const float* X, int64_t N,
+                                  int64_t K, bool pow2_x, float* dW) {
   const op_profile::Scope timed(ex, "grouped_fp8_linear_wgrad_f32");
   check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_wgrad_f32");
-  MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, dY, X, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(grouped_fp8_linear_wgrad_f32, off, G, qdYt, sdYt, X, N, K, pow2_x, dW);
 }
 
 template <class T>
@@ -453,18 +458,25 @@ void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int
   MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
 }
 
-void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
-                      int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
-  const op_profile::Scope timed(ex, "fp8_linear_wgrad");
-  count(ex, 2 * M * N * K);
-  MOETRON_DISPATCH(fp8_linear_wgrad, dY, qX, sX, M, N, K, pow2_dy, pow2_x, dW);
+void grouped_quantize_128x1_t(const Exec& ex, const int64_t* off, int64_t G, const float* x,
+                              int64_t C, bool pow2, uint8_t* qT, float* sT) {
+  const op_profile::Scope timed(ex, "grouped_quantize_128x1_t");
+  check_groups(ex, off, G, "grouped_quantize_128x1_t");
+  MOETRON_DISPATCH(grouped_quantize_128x1_t, off, G, x, C, pow2, qT, sT);
 }
 
-void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
-                          int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+void fp8_linear_wgrad(const Exec& ex, const uint8_t* qdYt, const float* sdYt, const uint8_t* qX,
+                      const float* sX, int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW) {
+  const op_profile::Scope timed(ex, "fp8_linear_wgrad");
+  count(ex, 2 * M * N * K);
+  MOETRON_DISPATCH(fp8_linear_wgrad, qdYt, sdYt, qX, sX, M, N, K, pow2_x, dW);
+}
+
+void fp8_linear_wgrad_f32(const Exec& ex, const uint8_t* qdYt, const float* sdYt, const float* X,
+                          int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW) {
   const op_profile::Scope timed(ex, "fp8_linear_wgrad_f32");
   count(ex, 2 * M * N * K);
-  MOETRON_DISPATCH(fp8_linear_wgrad_f32, dY, X, M, N, K, pow2_dy, pow2_x, dW);
+  MOETRON_DISPATCH(fp8_linear_wgrad_f32, qdYt, sdYt, X, M, N, K, pow2_x, dW);
 }
 
 // ---- expert-parallel wire ----------------------------------------------------------------------

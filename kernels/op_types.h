@@ -2,6 +2,7 @@
 // that compute op parameters at build time (RoPE frequencies) or set up a backend (threads).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -49,6 +50,15 @@ struct Tile {
   int64_t rows = 1, cols = 128;
 };
 inline constexpr Tile kTile1x128{1, 128}, kTile128x128{128, 128}, kTile128x1{128, 1};
+
+// Wgrad's token-major operand of G row groups (grouped_quantize_128x1_t, kernels/ops.h): t[g] =
+// the 128x1 scale tiles per column of groups 0..g-1 (the sum of their ceil(rows/128)), so group
+// g's scales start at C x t[g] and t[G] x C is the scale count. off: G + 1 host offsets.
+inline std::vector<int64_t> row_tile_offsets(const int64_t* off, int64_t G) {
+  std::vector<int64_t> t(static_cast<size_t>(G < 0 ? 0 : G) + 1, 0);
+  for (int64_t g = 0; g < G; ++g) t[g + 1] = t[g] + (off[g + 1] - off[g] + 127) / 128;
+  return t;
+}
 
 enum class Fp8Gemm {
   Auto,        // Dequant if every scale is a power of two, else Bf16Blocks

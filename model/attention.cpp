@@ -183,6 +183,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   T* dk = sized(sc.dk, N * H_ * dq_);
   T* dvv = sized(sc.dv, N * H_ * dv_);
   o_.backward_input(dy, N, d_o);
+  o_.keep_grad(st.dout, dy, N);  // (in place when dy was written into output_grad)
   const T *q = nullptr, *k = nullptr, *v = nullptr;
   if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
     const kernels::flop_counter::RecomputeScope recompute;  // hardware FLOPs, not model FLOPs
@@ -195,14 +196,15 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   } else {
     q = st.q.read(ex, sc.q), k = st.k.read(ex, sc.k), v = st.v.read(ex, sc.v);
   }
-  T* dq = sized(st.dq, N * H_ * dq_);
+  const Linear<T>& q_in = ql_ > 0 ? q_b_ : q_;  // the projection that made q
+  T* dq = q_in.grad(st.dq, N, sc.dq);
   kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, sc.o), st.lse.data(), B, S, H_,
                                  dq_, dv_, scale_, dq, dk, dvv, core_prec_);
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
-  T* dkv = sized(st.dkv, N * H_ * kvw);
-  T* dkva = sized(st.dkva, N * kr);
+  T* dkv = kv_b_.grad(st.dkv, N, sc.kv);  // (kv: the forward's, free now)
+  T* dkva = kv_a_.grad(st.dkva, N, sc.dkva);
   kernels::copy_2d<T>(ex, dk, dq_, dkv, kvw, N * H_, dn_, 1, false);
   kernels::copy_2d<T>(ex, dvv, dv_, dkv + dn_, kvw, N * H_, dv_, 1, false);
   kernels::sum_row_groups<T>(ex, dk + dn_, dq_, dkva + kl_, kr, N, dr_, H_);
@@ -211,6 +213,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   // kv path: kv_b, kv_norm, back into dkva's latent part
   T* dckv = sized(st.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
+  kv_b_.keep_grad(st.dkv, dkv, N);
   T* dckv_raw = sized(sc.dckv_raw, N * kl_);
   kv_norm_.backward_input(dckv, st.ckv_raw.read(ex, sc.ckv_raw), st.rstd_kv.data(), N, dckv_raw);
   kernels::copy_2d<T>(ex, dckv_raw, kl_, dkva, kr, N, kl_, 1, false);
@@ -218,15 +221,18 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   // d xn from both projections of xn
   T* dxn = sized(st.dxn, N * D_);
   kv_a_.backward_input(dkva, N, dxn);
+  kv_a_.keep_grad(st.dkva, dkva, N);
   if (ql_ > 0) {
     T* dcq = sized(st.dcq, N * ql_);
     q_b_.backward_input(dq, N, dcq);
-    T* dcq_raw = sized(st.dcq_raw, N * ql_);
+    T* dcq_raw = q_a_.grad(st.dcq_raw, N, sc.dcq_raw);
     q_norm_.backward_input(dcq, st.cq_raw.read(ex, sc.cq_raw), st.rstd_q.data(), N, dcq_raw);
     q_a_.backward_input(dcq_raw, N, dxn, /*accumulate=*/true);
+    q_a_.keep_grad(st.dcq_raw, dcq_raw, N);
   } else {
     q_.backward_input(dq, N, dxn, /*accumulate=*/true);
   }
+  q_in.keep_grad(st.dq, dq, N);
 
   // through attn_norm into the residual stream
   T* dhn = sized(sc.dhn, N * D_);
@@ -235,21 +241,21 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
 }
 
 template <class T>
-void MLA<T>::backward_weight(State& st, const T* h, const T* dy) const {
+void MLA<T>::backward_weight(State& st, const T* h) const {
   Scratch& sc = *scratch_;
   const int64_t N = st.B * st.S;
-  o_.backward_weight(dy, st.o.read(ex_, sc.o), N);  // o: T or bf16, never FP8 (attention.h)
+  o_.backward_weight(st.dout, st.o.read(ex_, sc.o), N);  // o: T or bf16, never FP8 (attention.h)
   kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.read(ex_, sc.ckv_raw), st.rstd_kv.data(), N);
   if (ql_ > 0)
     q_norm_.backward_weight(st.dcq.data(), st.cq_raw.read(ex_, sc.cq_raw), st.rstd_q.data(), N);
-  kv_b_.backward_weight(st.dkv.data(), ckv_of(st));
-  if (ql_ > 0) q_b_.backward_weight(st.dq.data(), cq_of(st));
+  kv_b_.backward_weight(st.dkv, ckv_of(st));
+  if (ql_ > 0) q_b_.backward_weight(st.dq, cq_of(st));
   const SavedAct<T>& xn = xn_of(st, h);
-  kv_a_.backward_weight(st.dkva.data(), xn);
+  kv_a_.backward_weight(st.dkva, xn);
   if (ql_ > 0)
-    q_a_.backward_weight(st.dcq_raw.data(), xn);
+    q_a_.backward_weight(st.dcq_raw, xn);
   else
-    q_.backward_weight(st.dq.data(), xn);
+    q_.backward_weight(st.dq, xn);
   attn_norm_.backward_weight(st.dxn.data(), h, st.rstd_in.data(), N);
 }
 

@@ -49,13 +49,18 @@ class MLA {
     SavedAct<T> ckv;      // after kv_norm = input of kv_b [N, kl]
     SavedAct<T> k, v, o;  // [N,H,dq], [N,H,dv], [N,H,dv]
     Buffer<T> lse;        // [B,H,S]
-    // written by backward_input, read by backward_weight
-    Buffer<T> dq, dcq, dcq_raw, dkv, dckv, dkva, dxn;
+    // written by backward_input, read by backward_weight: the projections' output gradients
+    // (under the fp8 recipe as their Wgrads' 128x1 tiles) — o_proj's dout [N, D], q_b's (or q's)
+    // dq [N, H, dq], q_a's dcq_raw [N, ql], kv_b's dkv [N, H, dn + dv], kv_a's dkva [N, kl + dr]
+    // — and the norms' output gradients dcq [N, ql], dckv [N, kl], dxn [N, D]
+    SavedGrad<T> dout, dq, dcq_raw, dkv, dkva;
+    Buffer<T> dcq, dckv, dxn;
     // The buffers backward_input writes and backward_weight reads (the executor lends them to a
     // micro-batch only for its backward: PipelineExecutor's gradient sets).
     template <class F>
     void for_each_grad(F&& f) {
-      for (Buffer<T>* b : {&dq, &dcq, &dcq_raw, &dkv, &dckv, &dkva, &dxn}) f(*b);
+      for (SavedGrad<T>* g : {&dout, &dq, &dcq_raw, &dkv, &dkva}) g->for_each(f);
+      for (Buffer<T>* b : {&dcq, &dckv, &dxn}) f(*b);
     }
     // Bytes of everything this state keeps from forward to backward (activation memory).
     int64_t saved_bytes() const {
@@ -89,7 +94,11 @@ class MLA {
           o(d),
           cq_raw(d),
           ckv_raw(d),
-          rstd(d) {}
+          rstd(d),
+          dout(d),
+          dq(d),
+          dcq_raw(d),
+          dkva(d) {}
     Buffer<T> kv;               // kv_b output [N, H, dn + dv]
     Buffer<T> kva;              // kv_a output [N, kl + dr], unless kept as T
     Buffer<T> d_o, dk, dv;      // attention backward [N,H,dv], [N,H,dq], [N,H,dv]
@@ -97,11 +106,14 @@ class MLA {
     Buffer<T> q, k, v, o;       // per-head q, k, v (recomputed or bf16-kept), o (bf16)
     Buffer<T> cq_raw, ckv_raw;  // bf16-kept latents widened [N, ql], [N, kl]
     Buffer<T> rstd;             // a recomputed norm's rstd [N]
-    SavedAct<T> xn, cq, ckv;    // recomputed norm outputs (kept as their Linear's input)
-    int64_t bytes() const {     // the bytes held (capacities)
+    // FP8 projections: their output gradients before they are kept as Wgrad tiles (dout, dq,
+    // dcq_raw, dkva; kv_b's dkv is written into kv, free by then)
+    Buffer<T> dout, dq, dcq_raw, dkva;
+    SavedAct<T> xn, cq, ckv;  // recomputed norm outputs (kept as their Linear's input)
+    int64_t bytes() const {   // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b :
-           {&kv, &kva, &d_o, &dk, &dv, &dckv_raw, &dhn, &q, &k, &v, &o, &cq_raw, &ckv_raw, &rstd})
+      for (const Buffer<T>* b : {&kv, &kva, &d_o, &dk, &dv, &dckv_raw, &dhn, &q, &k, &v, &o,
+                                 &cq_raw, &ckv_raw, &rstd, &dout, &dq, &dcq_raw, &dkva})
         n += b->capacity();
       int64_t b = static_cast<int64_t>(n * sizeof(T));
       for (const SavedAct<T>* a : {&xn, &cq, &ckv})
@@ -119,10 +131,13 @@ class MLA {
 
   // h [N,D] -> out [N,D] (write). pos[N]: position of each token in its sequence.
   void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out) const;
-  // dh[N,D] += d(out)/dh^T dy.  Keeps the gradients that backward_weight needs.
+  // dh[N,D] += d(out)/dh^T dy.  Keeps the gradients that backward_weight needs, dy included (for
+  // o_proj's): a caller that writes dy into output_grad(...) spares the copy.
   void backward_input(State& st, const T* h, const T* dy, const int32_t* pos, T* dh) const;
-  // dy: the same output gradient backward_input was given (the caller keeps it).
-  void backward_weight(State& st, const T* h, const T* dy) const;
+  // Where the caller may write dy [N, D] for backward_input: the kept buffer itself, or (FP8
+  // o_proj) a scratch that backward_input quantises into o_proj's Wgrad tiles.
+  T* output_grad(State& st, int64_t N) const { return o_.grad(st.dout, N, scratch_->dout); }
+  void backward_weight(State& st, const T* h) const;
 
   const std::vector<Param<T>*>& params() const { return params_; }
   const std::shared_ptr<Scratch>& scratch() const { return scratch_; }

@@ -72,7 +72,7 @@ Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos,
   } else {
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
   }
-  T* dmid = sized(st.dmid, ND);
+  T* dmid = attn_.output_grad(st.attn, N);  // kept by the attention for o_proj's Wgrad
   ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N, dmid);
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
@@ -90,7 +90,7 @@ void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* d
 template <class T>
 void Block<T>::dense_backward_weight(State& st) const {
   const int64_t N = st.B * st.S;
-  attn_.backward_weight(st.attn, st.h_in, st.dmid.data());
+  attn_.backward_weight(st.attn, st.h_in);
   ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N);
   const T* xn2 = st.xn2.read(ex_, own_->xn2);
   if (moe_)

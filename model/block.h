@@ -26,11 +26,10 @@ class Block {
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
-    Buffer<T> dxn2;  // kept for ffn_norm's weight gradient
-    Buffer<T> dmid;  // d h_mid: kept for the attention's weight gradient (o_proj's dy)
+    Buffer<T> dxn2;  // kept for ffn_norm's weight gradient (d h_mid: the attention's dout)
     template <class F>
     void for_each_grad(F&& f) {
-      f(dxn2), f(dmid);
+      f(dxn2);
       attn.for_each_grad(f), mlp.for_each_grad(f), moe.for_each_grad(f);
     }
     int64_t saved_bytes() const {

@@ -119,4 +119,56 @@ struct SavedAct {
   }
 };
 
+// An output gradient dY [rows, cols] kept from backward_input to the weight gradient, which may
+// run later (zero-bubble and DualPipe schedules defer it; a micro-batch holds its kept gradients
+// meanwhile, PipelineExecutor's gradient sets). As T, or — when the Linear that reads it runs the
+// FP8 recipe — as what its Wgrad reads anyway: 128x1 tiles along the rows, stored transposed per
+// row group (kernels::grouped_quantize_128x1_t: codes [cols, rows_g] and scales
+// [cols, ceil(rows_g/128)] of each group in turn), a quarter of the fp32 bytes. Quantising at
+// backward_input instead of in the weight gradient changes no bit: same values, same quantiser.
+// The layer writes dY into write(...) — the kept buffer (T) or a scratch — and keep()s it after
+// the input gradient has read it: FP8 quantises, T copies only what was not written in place.
+template <class T>
+struct SavedGrad {
+  int64_t rows = 0, cols = 0;
+  bool fp8 = false;         // set by the owning Linear: its recipe
+  bool pow2 = false;        // FP8: power-of-two tile scales (LinearPrecision::pow2_dy)
+  Buffer<T> dy;             // !fp8: [rows, cols]
+  Buffer<uint8_t> q;        // fp8: codes, per group [cols, rows_g]
+  Buffer<float> s;          // fp8: scales, per group [cols, ceil(rows_g/128)]
+  int64_t scale_count = 0;  // fp8: of s
+
+  void set_form(bool fp8_, bool pow2_) { fp8 = fp8_ && std::is_same_v<T, float>, pow2 = pow2_; }
+  // Where dY [N, C] is written: the kept buffer (T), or scratch (FP8).
+  T* write(int64_t N, int64_t C, Buffer<T>& scratch) {
+    rows = N, cols = C;
+    return sized(fp8 ? scratch : dy, N * C);
+  }
+  // Keeps dY [rows, cols] = src, in G row groups (off: G + 1 host offsets, off[0] = 0, off[G] =
+  // rows; FP8 tiles start at each group's first row).
+  void keep(const Exec& ex, const T* src, int64_t N, int64_t C, const int64_t* off, int64_t G) {
+    rows = N, cols = C;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fp8) {
+        scale_count = C * kernels::row_tile_offsets(off, G)[static_cast<size_t>(G)];
+        return kernels::grouped_quantize_128x1_t(ex, off, G, src, C, pow2, sized(q, N * C),
+                                                 sized(s, scale_count));
+      }
+    }
+    if (src != dy.data()) kernels::copy(ex, sized(dy, N * C), src, sizeof(T) * N * C);
+  }
+  void keep(const Exec& ex, const T* src, int64_t N, int64_t C) {  // one group
+    const int64_t off[2] = {0, N};
+    keep(ex, src, N, C, off, 1);
+  }
+  template <class F>
+  void for_each(F&& f) {  // the buffers (for PipelineExecutor's gradient sets)
+    f(dy), f(q), f(s);
+  }
+  // Bytes this object holds for the weight gradient.
+  int64_t bytes() const {
+    return fp8 ? rows * cols + scale_count * 4 : rows * cols * static_cast<int64_t>(sizeof(T));
+  }
+};
+
 }  // namespace moetron

@@ -17,6 +17,10 @@
 //                    dX = fp8_dgrad with the same W blocks.
 //   backward_weight  dY quantised 128x1 token-major, the kept FP8 X re-quantised 1x128 -> 128x1
 //                    (or an fp32 X quantised 128x1 directly), dW += fp8_wgrad (fp32).
+// The layer keeps dY for the weight gradient, which may run later, as a SavedGrad (buffers.h): it
+// writes dY into grad(...) and calls keep_grad(...) once backward_input has read it; under FP8
+// that makes the 128x1 tiles the Wgrad reads (a quarter of the fp32 bytes), then instead of in
+// backward_weight — the same bits. A dY given to backward_weight as T is quantised on the spot.
 // The weight copy is refreshed at every forward unless the policy's weight_version counter is
 // set (then only when it moved): both are exact for a weight that changes only between steps.
 //
@@ -95,14 +99,17 @@ template <class T>
 struct LinearScratch {
   explicit LinearScratch(Device d) : x(d), wide(d) {
     x8.q = Buffer<uint8_t>(d), x8.s = Buffer<float>(d);
+    dy8.dy = Buffer<T>(d), dy8.q = Buffer<uint8_t>(d), dy8.s = Buffer<float>(d);
   }
-  Buffer<T> x;     // BF16/FP8: the input before conversion [N, in]
-  Buffer<T> wide;  // BF16: a kept input read back as T for a GEMM [N, in]
-  Fp8Act x8;       // FP8: an input quantised on the fly and not kept [N, in] + scales
+  Buffer<T> x;       // BF16/FP8: the input before conversion [N, in]
+  Buffer<T> wide;    // BF16: a kept input read back as T for a GEMM [N, in]
+  Fp8Act x8;         // FP8: an input quantised on the fly and not kept [N, in] + scales
+  SavedGrad<T> dy8;  // FP8: a dY given as T, quantised for the Wgrad on the fly [N, out]
   // the bytes held (capacities)
   int64_t bytes() const {
     return static_cast<int64_t>((x.capacity() + wide.capacity()) * sizeof(T) + x8.q.capacity() +
-                                x8.s.capacity() * sizeof(float));
+                                x8.s.capacity() * sizeof(float) + dy8.q.capacity() +
+                                dy8.s.capacity() * sizeof(float));
   }
 };
 
@@ -141,6 +148,18 @@ struct LinearBase {
   const T* kept(const SavedAct<T>& s) const { return s.read(ex, sc->wide); }
   void refresh() const {
     if constexpr (std::is_same_v<T, float>) wq.refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
+  }
+  // Where the layer writes dY [N, out] that a weight gradient reads later: the kept buffer, or
+  // (FP8) scratch that keep_grad quantises.
+  T* grad(SavedGrad<T>& g, int64_t N, Buffer<T>& scratch) const {
+    g.set_form(fp8(), lp.pow2_dy);
+    return g.write(N, out, scratch);
+  }
+  // dY [N, out] as the FP8 Wgrad reads it, quantised into the scratch (FP8 only)
+  const SavedGrad<T>& quantised_dy(const T* dy, int64_t N) const {
+    sc->dy8.set_form(true, lp.pow2_dy);
+    sc->dy8.keep(ex, dy, N, out);
+    return sc->dy8;
   }
   // BF16 on a float model: the GEMMs that read W take its bf16 copy.
   bool bf16_weight() const { return std::is_same_v<T, float> && lp.recipe == Recipe::BF16; }
@@ -217,22 +236,37 @@ struct Linear : LinearBase<T> {
     kernels::gemm<T>(B::ex, false, false, N, B::in, B::out, T(1), dy, B::W->w(),
                      accumulate ? T(1) : T(0), dx, B::prec());
   }
-  // dW[out,in] += dy[N,out]^T x from the kept input
-  void backward_weight(const T* dy, const SavedAct<T>& x) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (B::fp8())
-        return kernels::fp8_linear_wgrad(B::ex, dy, x.x8.q.data(), x.x8.s.data(), x.rows, B::out,
-                                         B::in, B::lp.pow2_dy, x.x8.pow2, B::W->g());
-    }
-    gemm_wgrad(dy, B::kept(x), x.rows);
+  // Keeps dy [N, out] (written into grad(g, ...) or given) for backward_weight.
+  void keep_grad(SavedGrad<T>& g, const T* dy, int64_t N) const {
+    g.set_form(B::fp8(), B::lp.pow2_dy);
+    g.keep(B::ex, dy, N, B::out);
   }
-  // dW[out,in] += dy^T x from an input held as T (FP8: quantised 128x1 here)
-  void backward_weight(const T* dy, const T* x, int64_t N) const {
+  // dW[out,in] += dy[N,out]^T x from the kept input and the kept dy
+  void backward_weight(const SavedGrad<T>& dy, const SavedAct<T>& x) const {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8())
-        return kernels::fp8_linear_wgrad_f32(B::ex, dy, x, N, B::out, B::in, B::lp.pow2_dy,
+        return kernels::fp8_linear_wgrad(B::ex, dy.q.data(), dy.s.data(), x.x8.q.data(),
+                                         x.x8.s.data(), x.rows, B::out, B::in, x.x8.pow2,
+                                         B::W->g());
+    }
+    gemm_wgrad(dy.dy.data(), B::kept(x), x.rows);
+  }
+  // dW[out,in] += dy^T x from the kept dy and an input held as T (FP8: quantised 128x1 here)
+  void backward_weight(const SavedGrad<T>& dy, const T* x, int64_t N) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (B::fp8())
+        return kernels::fp8_linear_wgrad_f32(B::ex, dy.q.data(), dy.s.data(), x, N, B::out, B::in,
                                              B::lp.pow2_x, B::W->g());
     }
+    gemm_wgrad(dy.dy.data(), x, N);
+  }
+  // The same two from a dy given as T [N, out]
+  void backward_weight(const T* dy, const SavedAct<T>& x) const {
+    if (B::fp8()) return backward_weight(B::quantised_dy(dy, x.rows), x);
+    gemm_wgrad(dy, B::kept(x), x.rows);
+  }
+  void backward_weight(const T* dy, const T* x, int64_t N) const {
+    if (B::fp8()) return backward_weight(B::quantised_dy(dy, N), x, N);
     gemm_wgrad(dy, x, N);
   }
 
@@ -302,25 +336,31 @@ struct GroupedLinear : LinearBase<T> {
     }
     kernels::grouped_gemm<T>(B::ex, off, B::G, false, B::in, B::out, dy, B::W->w(), dx, B::prec());
   }
-  // dW_g[out,in] += dy_g^T x_g from the kept input
-  void backward_weight(const T* dy, const SavedAct<T>& x, const int64_t* off) const {
+  // Keeps dy [rows, out] of the G groups (written into grad(g, ...)) for backward_weight.
+  void keep_grad(SavedGrad<T>& g, const T* dy, const int64_t* off) const {
+    g.set_form(B::fp8(), B::lp.pow2_dy);
+    g.keep(B::ex, dy, off[B::G], B::out, off, B::G);
+  }
+  // dW_g[out,in] += dy_g^T x_g from the kept dy and the kept input
+  void backward_weight(const SavedGrad<T>& dy, const SavedAct<T>& x, const int64_t* off) const {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8())
-        return kernels::grouped_fp8_linear_wgrad(B::ex, off, B::G, dy, x.x8.q.data(), x.x8.s.data(),
-                                                 B::out, B::in, B::lp.pow2_dy, x.x8.pow2,
-                                                 B::W->g());
+        return kernels::grouped_fp8_linear_wgrad(B::ex, off, B::G, dy.q.data(), dy.s.data(),
+                                                 x.x8.q.data(), x.x8.s.data(), B::out, B::in,
+                                                 x.x8.pow2, B::W->g());
     }
-    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy, B::kept(x), B::W->g(),
-                                   B::prec());
+    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy.dy.data(), B::kept(x),
+                                   B::W->g(), B::prec());
   }
   // the same from an input held as T
-  void backward_weight(const T* dy, const T* x, const int64_t* off) const {
+  void backward_weight(const SavedGrad<T>& dy, const T* x, const int64_t* off) const {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8())
-        return kernels::grouped_fp8_linear_wgrad_f32(B::ex, off, B::G, dy, x, B::out, B::in,
-                                                     B::lp.pow2_dy, B::lp.pow2_x, B::W->g());
+        return kernels::grouped_fp8_linear_wgrad_f32(B::ex, off, B::G, dy.q.data(), dy.s.data(), x,
+                                                     B::out, B::in, B::lp.pow2_x, B::W->g());
     }
-    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy, x, B::W->g(), B::prec());
+    kernels::grouped_gemm_wgrad<T>(B::ex, off, B::G, B::out, B::in, dy.dy.data(), x, B::W->g(),
+                                   B::prec());
   }
 
  private:

@@ -15,13 +15,19 @@ double saved(int64_t cols, bool fp8, int64_t elem) {
              : static_cast<double>(cols * elem);
 }
 
+// A SavedGrad of `cols` per row: FP8 128x1 tiles (codes + one fp32 scale per 128 rows of a
+// column; a group's partial last tile is not counted) or T values.
+double kept_grad(int64_t cols, bool fp8, int64_t elem) {
+  return fp8 ? static_cast<double>(cols) * (1.0 + 4.0 / 128.0) : static_cast<double>(cols * elem);
+}
+
 // Mlp<T>::State per token (its input is the caller's; FP8 keeps its tiles). Ts: the bytes of a
 // kept element that is not FP8 (the storage policy), T: of a compute element.
 ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T, int64_t Ts) {
   ActivationBytes b;
   b.forward = (fp8 ? saved(D, true, Ts) : 0) + saved(2 * F, fp8, Ts)  // x, gu
               + (fp8 ? 0 : static_cast<double>(F * Ts));              // a (recomputed with FP8)
-  b.backward = static_cast<double>((D + 2 * F) * T);                  // dy, dgu
+  b.backward = kept_grad(D, fp8, T) + kept_grad(2 * F, fp8, T);       // dy, dgu
   return b;
 }
 }  // namespace
@@ -45,12 +51,15 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
     b.forward -= saved(D, attn8, Ts) + (ql > 0 ? saved(ql, attn8, Ts) : 0) + saved(kl, attn8, Ts);
   if (pol.recompute_mla_up)  // q, k, v made again in the backward
     b.forward -= static_cast<double>((2 * H * dq + H * dv) * Ts);
-  // backward: dq, [dcq, dcq_raw], dkv, dckv, dkva, dxn
-  b.backward +=
-      static_cast<double>((H * dq + (ql > 0 ? 2 * ql : 0) + H * (dn + dv) + kl + kl + dr + D) * T);
-  // Block<T>::State: h_mid, xn2, rstd2; backward dxn2, dmid
+  // backward: the projections' dY (FP8: their Wgrads' tiles) dout, dq, [dcq_raw], dkv, dkva;
+  // the norms' [dcq], dckv, dxn
+  b.backward += kept_grad(D, attn8, T) + kept_grad(H * dq, attn8, T) +
+                (ql > 0 ? kept_grad(ql, attn8, T) : 0) + kept_grad(H * (dn + dv), attn8, T) +
+                kept_grad(kl + dr, attn8, T) +
+                static_cast<double>(((ql > 0 ? ql : 0) + kl + D) * T);
+  // Block<T>::State: h_mid, xn2, rstd2; backward dxn2
   b.forward += static_cast<double>(2 * D * Ts + T);
-  b.backward += static_cast<double>(2 * D * T);
+  b.backward += static_cast<double>(D * T);
   if (!moe) {
     b +=
         mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T, Ts);
@@ -67,8 +76,10 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
                  pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T, Ts);
-  // backward, kept for the weight gradients: dyperm, dgu, dlogits (the rest is MoE::Scratch)
-  b.backward += static_cast<double>((K * (D + 2 * F) + E) * T);
+  // backward, kept for the weight gradients: dyperm, dgu (FP8 experts: the Wgrads' tiles),
+  // dlogits (the rest is MoE::Scratch)
+  b.backward += static_cast<double>(K) * (kept_grad(D, exp8, T) + kept_grad(2 * F, exp8, T)) +
+                static_cast<double>(E * T);
   return b;
 }
 
@@ -86,6 +97,7 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   // rdy, rdx, rdw; dxperm, dwperm; dweights
   phases += R * static_cast<double>((2 * D + K) * T) + A * static_cast<double>((D + 1) * T) +
             n * static_cast<double>(K * T);
+  if (exp8) phases += A * static_cast<double>(2 * F * T);  // dgu before its tiles (dyperm: yperm)
   return {static_cast<int64_t>(phases), static_cast<int64_t>(2 * R * static_cast<double>(D * T))};
 }
 
@@ -100,9 +112,10 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
   if (!pol.recompute_mla_up || wide) e += kl + dr;             // kva, unless kept as T
   if (pol.recompute_mla_up || wide) e += 2 * H * dq + H * dv;  // q, k, v
   if (wide) e += H * dv + (ql > 0 ? ql : 0) + kl;              // o, cq_raw, ckv_raw widened
+  const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
+  if (attn8) e += D + H * dq + (ql > 0 ? ql : 0) + kl + dr;  // dout, dq, dcq_raw, dkva before tiles
   double b = static_cast<double>(e * T);
   if (pol.recompute_norms) {  // rstd; xn, cq, ckv in their Linears' kept form
-    const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
     const int64_t Ts = wide ? 2 : T;
     b += static_cast<double>(T) + saved(D, attn8, Ts) + saved(kl, attn8, Ts) +
          (ql > 0 ? saved(ql, attn8, Ts) : 0);
@@ -113,12 +126,13 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
 // The SwiGLU MLPs and Linears present on a stage, per token: the largest use of each buffer.
 struct Widest {
   double x = 0, wide = 0, x8q = 0, x8s = 0;  // LinearScratch: elements, bytes of codes, scales
-  double gu = 0, a = 0, da = 0;              // Mlp::Scratch: elements
+  double gu = 0, a = 0, da = 0, dgu = 0;     // Mlp::Scratch: elements
   void mlp(int64_t F, bool fp8, bool wide_) {
     const bool narrow = fp8 || wide_;  // gu and a not kept as T: written to scratch first
     gu = std::max(gu, narrow ? static_cast<double>(2 * F) : 0.0);
     a = std::max(a, narrow ? static_cast<double>(F) : 0.0);
     da = std::max(da, static_cast<double>(F));
+    dgu = std::max(dgu, fp8 ? static_cast<double>(2 * F) : 0.0);  // before its Wgrad tiles
   }
   void quantised(double rows, int64_t cols) {  // Linear::forward of an input not kept (FP8)
     x8q = std::max(x8q, rows * static_cast<double>(cols));
@@ -159,7 +173,7 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   const double n = static_cast<double>(N), t = static_cast<double>(T);
   LayerScratchBytes b;
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
-  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
+  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da + w.dgu) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
   // Block::Own: h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den, dhpn, de
   const bool mtp = st.last() && c.num_nextn_predict_layers > 0;

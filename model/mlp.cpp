@@ -48,12 +48,13 @@ template <class T>
 void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) const {
   Scratch& sc = *scratch_;
   const int64_t N = st.N;
-  kernels::copy(ex_, sized(st.dy, N * D_), dy, sizeof(T) * N * D_);
+  down_.keep_grad(st.dy, dy, N);  // a copy, or (FP8) the Wgrad's tiles
   T* da = sized(sc.da, N * F_);
   down_.backward_input(dy, N, da);
-  T* dgu = sized(st.dgu, N * 2 * F_);
+  T* dgu = gu_.grad(st.dgu, N, sc.dgu);
   kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, sc.gu), N, F_, nullptr, dgu, nullptr);
   gu_.backward_input(dgu, N, dx, accumulate);
+  gu_.keep_grad(st.dgu, dgu, N);
 }
 
 template <class T>
@@ -66,11 +67,11 @@ void Mlp<T>::backward_weight(State& st, const T* x) const {
   } else {
     a = st.a.read(ex_, sc.a);
   }
-  down_.backward_weight(st.dy.data(), a, st.N);
+  down_.backward_weight(st.dy, a, st.N);
   if (st.x.fp8())
-    gu_.backward_weight(st.dgu.data(), st.x);
+    gu_.backward_weight(st.dgu, st.x);
   else
-    gu_.backward_weight(st.dgu.data(), x, st.N);
+    gu_.backward_weight(st.dgu, x, st.N);
 }
 
 template class Mlp<float>;

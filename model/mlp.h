@@ -25,13 +25,13 @@ class Mlp {
  public:
   struct State {
     int64_t N = 0;
-    SavedAct<T> x;      // the input: FP8 its 1x128 tiles, otherwise nothing (the caller's)
-    SavedAct<T> gu;     // [N, 2F] gate|up pre-activations (FP8 under the fp8 recipe)
-    SavedAct<T> a;      // [N, F] silu(g)*u, unless recomputed from gu in the backward
-    Buffer<T> dy, dgu;  // kept for backward_weight
+    SavedAct<T> x;         // the input: FP8 its 1x128 tiles, otherwise nothing (the caller's)
+    SavedAct<T> gu;        // [N, 2F] gate|up pre-activations (FP8 under the fp8 recipe)
+    SavedAct<T> a;         // [N, F] silu(g)*u, unless recomputed from gu in the backward
+    SavedGrad<T> dy, dgu;  // [N, D], [N, 2F] kept for backward_weight (FP8: Wgrad's tiles)
     template <class F>
     void for_each_grad(F&& f) {  // written by backward_input, read by backward_weight
-      f(dy), f(dgu);
+      dy.for_each(f), dgu.for_each(f);
     }
     // Bytes kept from forward to backward (activation memory).
     int64_t saved_bytes() const { return a.bytes() + x.bytes() + gu.bytes(); }
@@ -42,10 +42,12 @@ class Mlp {
   // all the SwiGLU MLPs of a model, dense ones and shared experts: a model (one pipeline chunk)
   // runs one program at a time and every call writes what it reads here (as MoE::Scratch).
   struct Scratch {
-    explicit Scratch(Device d) : gu(d), a(d), da(d) {}
+    explicit Scratch(Device d) : gu(d), a(d), da(d), dgu(d) {}
     Buffer<T> gu, a, da;     // [N, 2F], [N, F], [N, F]
+    Buffer<T> dgu;           // FP8: the SwiGLU input gradient before it is kept as tiles [N, 2F]
     int64_t bytes() const {  // the bytes held (capacities)
-      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity()) * sizeof(T));
+      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity() + dgu.capacity()) *
+                                  sizeof(T));
     }
   };
 

@@ -206,18 +206,22 @@ template <class T>
 void MoE<T>::combine_backward_wait(State& st) const {
   dispatcher_->combine_backward_wait(st.ds);
   kernels::gather_rows<T>(ex_, st.ds.rdy.data(), st.row_token.data(), st.A, D_,
-                          sized(st.dyperm, st.A * D_));
+                          down_.grad(st.dyperm, st.A, scratch_->yperm));
 }
 
 template <class T>
 void MoE<T>::experts_backward(State& st) const {
   const int64_t A = st.A;
+  const int64_t* off = st.group_off.data();
+  T* dyperm = down_.grad(st.dyperm, A, scratch_->yperm);  // as combine_backward_wait wrote it
   T* da = sized(scratch_->da, A * F_);
-  down_.backward_input(st.dyperm.data(), st.group_off.data(), da);
-  T* dgu = sized(st.dgu, A * 2 * F_);
+  down_.backward_input(dyperm, off, da);
+  down_.keep_grad(st.dyperm, dyperm, off);
+  T* dgu = gu_.grad(st.dgu, A, scratch_->dgu);
   kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
                               dgu, sized(st.dwperm, A));
-  gu_.backward_input(dgu, st.group_off.data(), sized(st.dxperm, A * D_));
+  gu_.backward_input(dgu, off, sized(st.dxperm, A * D_));
+  gu_.keep_grad(st.dgu, dgu, off);
 }
 
 template <class T>
@@ -258,7 +262,8 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
                                  int layer) const {
   // The gradients no weight gradient reads (the rows exchanged, d xperm, d wperm, d weights)
   // live only during this program: lent by the model's Scratch, as the forward's rx and ry, so a
-  // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu and dlogits.
+  // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu (FP8 experts: as
+  // the Wgrads' tiles) and dlogits.
   Scratch& sc = *scratch_;
   const auto lend = [&] {
     st.ds.rdy.swap(sc.rdy), st.ds.rdx.swap(sc.rdx), st.ds.rdw.swap(sc.rdw);
@@ -299,8 +304,8 @@ void MoE<T>::experts_backward_weight(State& st) const {
   } else {
     a = st.a.read(ex_, scratch_->a_tmp);
   }
-  down_.backward_weight(st.dyperm.data(), a, st.group_off.data());
-  gu_.backward_weight(st.dgu.data(), st.xperm, st.group_off.data());
+  down_.backward_weight(st.dyperm, a, st.group_off.data());
+  gu_.backward_weight(st.dgu, st.xperm, st.group_off.data());
 }
 
 template <class T>

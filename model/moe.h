@@ -63,15 +63,17 @@ class MoE {
     typename Mlp<T>::State shared;
     Buffer<T> shared_out;  // [N, D]
     Buffer<T> bal_f;       // [B, E] balance-loss f_i per sequence (constants)
-    // backward: kept for the weight gradients (dyperm, dgu, dlogits), and the backward's own
-    // scratch (dwperm, dxperm, dweights and the dispatch's ds.rdy, rdx, rdw: lent by the layers'
-    // Scratch for the backward program only)
-    Buffer<T> dyperm, dgu, dlogits;
+    // backward: kept for the weight gradients (dyperm [A, D], dgu [A, 2F]: under the fp8
+    // recipe the Wgrads' 128x1 tiles; dlogits [N, E]), and the backward's own scratch (dwperm,
+    // dxperm, dweights and the dispatch's ds.rdy, rdx, rdw: lent by the layers' Scratch for the
+    // backward program only)
+    SavedGrad<T> dyperm, dgu;
+    Buffer<T> dlogits;
     Buffer<T> dwperm, dxperm, dweights;
     T aux_grad = T(0);  // d(total loss)/d(balance_loss), set by the caller
     template <class F>
     void for_each_grad(F&& f) {  // written by backward_input, read by backward_weight
-      for (Buffer<T>* b : {&dyperm, &dgu, &dlogits}) f(*b);
+      dyperm.for_each(f), dgu.for_each(f), f(dlogits);
       shared.for_each_grad(f);
     }
     // Bytes kept from forward to backward by the gate, the experts and the shared expert (the
@@ -106,15 +108,19 @@ class MoE {
           rdw(d),
           dxperm(d),
           dwperm(d),
-          dweights(d) {}
-    Buffer<T> gu_tmp, a_tmp, da, logits, yperm, shared_out;  // one phase's temporaries
+          dweights(d),
+          dgu(d) {}
+    // one phase's temporaries; yperm [A, D] holds the experts' outputs in the forward and, under
+    // FP8 experts, their gradient dyperm in the backward until it is kept as Wgrad tiles
+    Buffer<T> gu_tmp, a_tmp, da, logits, yperm, shared_out;
     Buffer<T> rx, ry;  // lent to the state's dispatch (DispatchState rx, ry) for the forward
     Buffer<T> rdy, rdx, rdw, dxperm, dwperm, dweights;  // lent to the state for the backward
+    Buffer<T> dgu;  // FP8 experts: the SwiGLU input gradient before it is kept as Wgrad tiles
     // the bytes held (capacities)
     int64_t bytes() const {
       size_t n = 0;
       for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &da, &logits, &yperm, &shared_out, &rx, &ry, &rdy,
-                                 &rdx, &rdw, &dxperm, &dwperm, &dweights})
+                                 &rdx, &rdw, &dxperm, &dwperm, &dweights, &dgu})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }

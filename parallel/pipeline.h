@@ -44,6 +44,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/exec.h"
@@ -309,11 +310,27 @@ class PipelineExecutor {
     free_grads_.push_back(grads_of_[k]);
     grads_of_[k] = -1;
   }
-  static void swap_grads(typename Model<T>::MicroBatch& mb, std::vector<Buffer<T>>& set) {
-    size_t i = 0;
-    mb.for_each_grad([&](Buffer<T>& b) {
-      if (i == set.size()) set.emplace_back(b.device());
-      std::swap(b, set[i++]);
+  // One gradient set: the buffers of Model::MicroBatch::for_each_grad in visiting order, by
+  // element type (T values; FP8 codes and scales of the gradients kept as Wgrad tiles).
+  struct GradSet {
+    std::vector<Buffer<T>> t;
+    std::vector<Buffer<uint8_t>> codes;
+    std::vector<Buffer<float>> scales;  // (T = float: unused, t holds them in order)
+  };
+  static void swap_grads(typename Model<T>::MicroBatch& mb, GradSet& set) {
+    size_t it = 0, ic = 0, is = 0;
+    const auto swap_in = [](auto& b, auto& pool, size_t& i) {
+      if (i == pool.size()) pool.emplace_back(b.device());
+      std::swap(b, pool[i++]);
+    };
+    mb.for_each_grad([&](auto& b) {
+      using B = std::decay_t<decltype(b)>;
+      if constexpr (std::is_same_v<B, Buffer<T>>)
+        swap_in(b, set.t, it);
+      else if constexpr (std::is_same_v<B, Buffer<uint8_t>>)
+        swap_in(b, set.codes, ic);
+      else
+        swap_in(b, set.scales, is);
     });
   }
   void poll() {  // expert exchanges progress; completed sends give their buffers back
@@ -337,7 +354,7 @@ class PipelineExecutor {
   ExecOptions opt_;
   std::deque<typename Model<T>::MicroBatch> slots_;  // micro-batch states (stable addresses)
   std::vector<int> free_slots_, slot_of_;            // slot_of_[key(m, s)]: its slot or -1
-  std::deque<std::vector<Buffer<T>>> grads_;         // gradient sets, reused
+  std::deque<GradSet> grads_;                        // gradient sets, reused
   std::vector<int> free_grads_, grads_of_;           // grads_of_[key]: its set or -1
   std::deque<Buffer<T>> msgs_;                       // message buffers, reused
   std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key

@@ -20,7 +20,8 @@
 # orders of magnitude larger. How a rank waits (parallel.wait: sleeping or polling) changes no
 # data either: PP2 x DP2 x EP2 DualPipe both ways, bit for bit. Nor does padding each routed
 # expert's rows with zero rows to 16 (precision.expert_row_align, the GPU's FP8 default): EP2 in
-# DP2 under the fp8 recipe, bit for bit with and without.
+# DP2 under the fp8 recipe, bit for bit with and without. Nor does deferring the FP8 weight
+# gradients (zb1p against 1f1b at PP2), which then read the dY their micro-batch kept as FP8 tiles.
 # The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
 # tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
 # a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
@@ -69,6 +70,10 @@ run pp2ep2dp2_dualpipe_none 4 2 2 2 dualpipe --set parallel.overlap=none \
 # exchange brought, padded on the host) against no padding: bit for bit
 run ep2_fp8 2 1 2 2 1f1b --set precision.recipe=fp8 --set precision.expert_row_align=1
 run ep2_fp8_align16 2 1 2 2 1f1b --set precision.recipe=fp8 --set precision.expert_row_align=16
+# FP8 weight gradients deferred by zb1p (the micro-batch keeps dY as the Wgrads' FP8 tiles in the
+# executor's pooled gradient sets) against 1f1b's, run at once: bit for bit
+run pp2_fp8_1f1b 2 2 1 1 1f1b --set precision.recipe=fp8
+run pp2_fp8_zb1p 2 2 1 1 zb1p --set precision.recipe=fp8
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, sys
 import h5py, numpy as np
@@ -130,6 +135,12 @@ a, b = "ep2_fp8", "ep2_fp8_align16"
 same = bitwise(a, b)
 print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (experts' rows padded to 16): losses, grad "
       f"norms and parameters {'bitwise equal' if same else 'DIFFER'}")
+passed += same; failed += not same
+# deferred FP8 weight gradients (from the kept dY tiles) equal immediate ones, bit for bit
+a, b = "pp2_fp8_1f1b", "pp2_fp8_zb1p"
+same = bitwise(a, b)
+print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (deferred FP8 Wgrads from kept dY tiles): "
+      f"losses, grad norms and parameters {'bitwise equal' if same else 'DIFFER'}")
 passed += same; failed += not same
 # where the step went, per rank: the breakdown's additive fields sum to the step time (5%, over
 # steps 2-10: a single 0.1 s step on oversubscribed cores carries milliseconds of scheduling skew)

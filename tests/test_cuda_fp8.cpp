@@ -88,6 +88,31 @@ Quantized cpu_quantize(const std::vector<float>& x, int64_t R, int64_t C, Tile t
   return r;
 }
 
+// dY [off[G], N] of G row groups as the Wgrads read it (grouped_quantize_128x1_t): on the CPU, and
+// on the GPU, checked bit for bit against the CPU's (codes and scales).
+struct GradTiles {
+  Quantized cpu;
+  Buffer<uint8_t> q;
+  Buffer<float> s;
+};
+GradTiles grad_tiles(const std::vector<float>& dY, const std::vector<int64_t>& off, int64_t N,
+                     bool pow2, const std::string& what) {
+  const int64_t G = static_cast<int64_t>(off.size()) - 1, rows = off.back();
+  const int64_t ns = N * row_tile_offsets(off.data(), G).back();
+  GradTiles t;
+  t.cpu.q.resize(static_cast<size_t>(rows * N));
+  t.cpu.s.resize(static_cast<size_t>(ns));
+  cpu::grouped_quantize_128x1_t(off.data(), G, dY.data(), N, pow2, t.cpu.q.data(), t.cpu.s.data());
+  Buffer<float> ddY = dev(dY);
+  t.q = dev_garbage<uint8_t>(static_cast<size_t>(rows * N));
+  t.s = dev_garbage<float>(static_cast<size_t>(ns));
+  kernels::grouped_quantize_128x1_t(gpu_exec(), off.data(), G, ddY.data(), N, pow2, t.q.data(),
+                                    t.s.data());
+  expect_equal(host(t.q, rows * N), t.cpu.q, what + ": dY's Wgrad codes");
+  expect_equal(host(t.s, ns), t.cpu.s, what + ": dY's Wgrad scales");
+  return t;
+}
+
 std::string tag(const std::string& op, int64_t a, int64_t b, int64_t c, bool pow2,
                 const char* path) {
   return op + " " + std::to_string(a) + "x" + std::to_string(b) + "x" + std::to_string(c) +
@@ -305,20 +330,22 @@ void wgrad_case(const Shape& s, bool pow2_dy, bool pow2_x, bool from_f32, const 
   const Quantized qx = cpu_quantize(X, s.M, s.K, kTile1x128, pow2_x);
   const auto dW0 = rand_vec<float>(s.N * s.K, 9);  // accumulated into
   std::vector<float> want = dW0;
+  const GradTiles g = grad_tiles(dY, {0, s.M}, s.N, pow2_dy, what);
   if (from_f32)
-    cpu::fp8_linear_wgrad_f32(dY.data(), X.data(), s.M, s.N, s.K, pow2_dy, pow2_x, want.data());
+    cpu::fp8_linear_wgrad_f32(g.cpu.q.data(), g.cpu.s.data(), X.data(), s.M, s.N, s.K, pow2_x,
+                              want.data());
   else
-    cpu::fp8_linear_wgrad(dY.data(), qx.q.data(), qx.s.data(), s.M, s.N, s.K, pow2_dy, pow2_x,
-                          want.data());
-  Buffer<float> ddY = dev(dY), dX = dev(X), dsx = dev(qx.s), dW = dev(dW0);
+    cpu::fp8_linear_wgrad(g.cpu.q.data(), g.cpu.s.data(), qx.q.data(), qx.s.data(), s.M, s.N, s.K,
+                          pow2_x, want.data());
+  Buffer<float> dX = dev(X), dsx = dev(qx.s), dW = dev(dW0);
   Buffer<uint8_t> dqx = dev(qx.q);
   on_path(path, lt_eligible(s.N, s.K, s.M), what, [&] {
     if (from_f32)
-      kernels::fp8_linear_wgrad_f32(gpu_exec(), ddY.data(), dX.data(), s.M, s.N, s.K, pow2_dy,
+      kernels::fp8_linear_wgrad_f32(gpu_exec(), g.q.data(), g.s.data(), dX.data(), s.M, s.N, s.K,
                                     pow2_x, dW.data());
     else
-      kernels::fp8_linear_wgrad(gpu_exec(), ddY.data(), dqx.data(), dsx.data(), s.M, s.N, s.K,
-                                pow2_dy, pow2_x, dW.data());
+      kernels::fp8_linear_wgrad(gpu_exec(), g.q.data(), g.s.data(), dqx.data(), dsx.data(), s.M,
+                                s.N, s.K, pow2_x, dW.data());
   });
   expect_near_rel(host(dW, s.N * s.K), want, rtol_of(path), what);
 }
@@ -411,23 +438,24 @@ void grouped_case(bool pow2, const char* path) {
     expect_near_rel(host(dX, T * K), want, rtol_of(path),
                     what + " dgrad" + (blocks ? " blocks128" : ""));
   }
+  const GradTiles g = grad_tiles(dY, off, N, pow2, what);
   for (const bool from_f32 : {false, true}) {  // Wgrad (the empty group's dW stays as it was)
     const auto dW0 = rand_vec<float>(G * N * K, 74);
     std::vector<float> want = dW0;
     if (from_f32)
-      cpu::grouped_fp8_linear_wgrad_f32(off.data(), G, dY.data(), X.data(), N, K, pow2, pow2,
-                                        want.data());
+      cpu::grouped_fp8_linear_wgrad_f32(off.data(), G, g.cpu.q.data(), g.cpu.s.data(), X.data(), N,
+                                        K, pow2, want.data());
     else
-      cpu::grouped_fp8_linear_wgrad(off.data(), G, dY.data(), qx.q.data(), qx.s.data(), N, K, pow2,
-                                    pow2, want.data());
+      cpu::grouped_fp8_linear_wgrad(off.data(), G, g.cpu.q.data(), g.cpu.s.data(), qx.q.data(),
+                                    qx.s.data(), N, K, pow2, want.data());
     Buffer<float> dW = dev(dW0);
     on_path(path, eligible, what + " wgrad", [&] {
       if (from_f32)
-        kernels::grouped_fp8_linear_wgrad_f32(gpu_exec(), off.data(), G, ddY.data(), dX32.data(), N,
-                                              K, pow2, pow2, dW.data());
+        kernels::grouped_fp8_linear_wgrad_f32(gpu_exec(), off.data(), G, g.q.data(), g.s.data(),
+                                              dX32.data(), N, K, pow2, dW.data());
       else
-        kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, ddY.data(), dqx.data(),
-                                          dsx.data(), N, K, pow2, pow2, dW.data());
+        kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, g.q.data(), g.s.data(),
+                                          dqx.data(), dsx.data(), N, K, pow2, dW.data());
     });
     const std::vector<float> got = host(dW, G * N * K);
     expect_near_rel(got, want, rtol_of(path), what + (from_f32 ? " wgrad_f32" : " wgrad"));
@@ -486,12 +514,13 @@ TEST(CudaFp8, GroupsAlignedTo16AllRunOnCublasLt) {
   expect_near_rel(host(dX, T * K), want_dx, kRtolCublasLt, "aligned groups dgrad");
   const auto dW0 = rand_vec<float>(G * N * K, 84);
   std::vector<float> want_dw = dW0;
-  cpu::grouped_fp8_linear_wgrad(off.data(), G, dY.data(), qx.q.data(), qx.s.data(), N, K, false,
-                                false, want_dw.data());
+  const GradTiles g = grad_tiles(dY, off, N, false, "aligned groups");
+  cpu::grouped_fp8_linear_wgrad(off.data(), G, g.cpu.q.data(), g.cpu.s.data(), qx.q.data(),
+                                qx.s.data(), N, K, false, want_dw.data());
   Buffer<float> dW = dev(dW0);
   counted("wgrad", [&] {
-    kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, ddY.data(), dqx.data(), dsx.data(),
-                                      N, K, false, false, dW.data());
+    kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, g.q.data(), g.s.data(), dqx.data(),
+                                      dsx.data(), N, K, false, dW.data());
   });
   expect_near_rel(host(dW, G * N * K), want_dw, kRtolCublasLt, "aligned groups wgrad");
 }
@@ -508,7 +537,7 @@ TEST(CudaFp8, EmptySizesAndThePathSetting) {
   // empty quantize / dequantize / GEMMs launch nothing and do not fail
   kernels::quantize(gpu_exec(), s.data(), 0, 7, kTile1x128, true, q.data(), s.data());
   kernels::dequantize(gpu_exec(), q.data(), s.data(), 7, 0, kTile128x128, Y.data());
-  kernels::fp8_linear_wgrad(gpu_exec(), s.data(), q.data(), s.data(), 0, 4, 4, true, true,
+  kernels::fp8_linear_wgrad(gpu_exec(), q.data(), s.data(), q.data(), s.data(), 0, 4, 4, true,
                             Y.data());
   synchronize(gpu_exec());
   // an unknown MOETRON_FP8_GEMM is an error, not a silent default

@@ -78,16 +78,18 @@ TEST(FlopCounter, GroupedGemmsCountTheRowsOfAllGroups) {
 // FP8 operands: zero codes with unit scales (the values do not matter, the shapes do).
 struct Fp8Operands {
   int64_t M, N, K;
-  std::vector<uint8_t> qX, qW;
-  std::vector<float> sX, sW, X, dY, Y, dX, dW;
+  std::vector<uint8_t> qX, qW, qdY;
+  std::vector<float> sX, sW, sdY, X, dY, Y, dX, dW;
   Fp8Operands(int64_t m, int64_t n, int64_t k)
       : M(m),
         N(n),
         K(k),
         qX(m * k),
         qW(n * k),
+        qdY(n * m),
         sX(m * ((k + 127) / 128), 1.f),
         sW(((n + 127) / 128) * ((k + 127) / 128), 1.f),
+        sdY(n * ((m + 127) / 128 + 1), 1.f),  // Wgrad's dY tiles, as one group or two
         X(m * k),
         dY(m * n),
         Y(m * n),
@@ -105,10 +107,14 @@ TEST(FlopCounter, Fp8LinearGemmsCountTheirShapes) {
   kernels::fp8_linear_dgrad(kCpu, o.dY.data(), o.M, o.N, o.K, o.qW.data(), o.sW.data(), false,
                             false, o.dX.data(), false);
   EXPECT_EQ(fc::read().executed, 2 * f);
-  kernels::fp8_linear_wgrad(kCpu, o.dY.data(), o.qX.data(), o.sX.data(), o.M, o.N, o.K, false,
-                            false, o.dW.data());
+  const int64_t one[2] = {0, o.M};
+  kernels::grouped_quantize_128x1_t(kCpu, one, 1, o.dY.data(), o.N, false, o.qdY.data(),
+                                    o.sdY.data());
+  EXPECT_EQ(fc::read().executed, 2 * f);  // a quantiser is no GEMM
+  kernels::fp8_linear_wgrad(kCpu, o.qdY.data(), o.sdY.data(), o.qX.data(), o.sX.data(), o.M, o.N,
+                            o.K, false, o.dW.data());
   EXPECT_EQ(fc::read().executed, 3 * f);
-  kernels::fp8_linear_wgrad_f32(kCpu, o.dY.data(), o.X.data(), o.M, o.N, o.K, false, false,
+  kernels::fp8_linear_wgrad_f32(kCpu, o.qdY.data(), o.sdY.data(), o.X.data(), o.M, o.N, o.K, false,
                                 o.dW.data());
   EXPECT_EQ(fc::read().executed, 4 * f);
   // the same shapes as two groups (one weight matrix each) of 60 and 70 rows
@@ -120,10 +126,12 @@ TEST(FlopCounter, Fp8LinearGemmsCountTheirShapes) {
                              o.N, o.K, o.Y.data());
   kernels::grouped_fp8_linear_dgrad(kCpu, off.data(), 2, o.dY.data(), o.N, o.K, qW2.data(),
                                     sW2.data(), false, false, o.dX.data());
-  kernels::grouped_fp8_linear_wgrad(kCpu, off.data(), 2, o.dY.data(), o.qX.data(), o.sX.data(), o.N,
-                                    o.K, false, false, dW2.data());
-  kernels::grouped_fp8_linear_wgrad_f32(kCpu, off.data(), 2, o.dY.data(), o.X.data(), o.N, o.K,
-                                        false, false, dW2.data());
+  kernels::grouped_quantize_128x1_t(kCpu, off.data(), 2, o.dY.data(), o.N, false, o.qdY.data(),
+                                    o.sdY.data());
+  kernels::grouped_fp8_linear_wgrad(kCpu, off.data(), 2, o.qdY.data(), o.sdY.data(), o.qX.data(),
+                                    o.sX.data(), o.N, o.K, false, dW2.data());
+  kernels::grouped_fp8_linear_wgrad_f32(kCpu, off.data(), 2, o.qdY.data(), o.sdY.data(), o.X.data(),
+                                        o.N, o.K, false, dW2.data());
   EXPECT_EQ(fc::read().executed, 4 * f);
   EXPECT_EQ(fc::read().recompute, 0);
 }

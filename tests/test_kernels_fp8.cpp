@@ -408,6 +408,38 @@ TEST(Fp8Layouts, TransposeHelpersAreExactTransposes) {
   }
 }
 
+// Wgrad's dY of G row groups (the routed experts, or one group for a Linear): each group's rows
+// quantised 128x1 on their own (tiles start at the group's first row), codes [C, rows_g] and scales
+// [C, ceil(rows_g/128)] one group after the other, as quantize_128x1_t gives them per group.
+TEST(Fp8Layouts, GroupedWgradTilesAreEachGroupsOwn) {
+  const std::vector<int64_t> off = {0, 130, 130, 300, 316};  // 130, 0, 170, 16 rows
+  const int64_t G = 4, R = off[G], C = 200;
+  EXPECT_EQ(row_tile_offsets(off.data(), G), (std::vector<int64_t>{0, 2, 2, 4, 5}));
+  const std::vector<float> x = randn(R * C, 12);
+  for (bool pow2 : {false, true}) {
+    std::vector<uint8_t> q(R * C);
+    std::vector<float> s(C * 5);
+    grouped_quantize_128x1_t(off.data(), G, x.data(), C, pow2, q.data(), s.data());
+    const std::vector<int64_t> t = row_tile_offsets(off.data(), G);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r0 = off[g], rows = off[g + 1] - r0;
+      std::vector<uint8_t> qg(rows * C);
+      std::vector<float> sg(C * cdiv(rows, 128));
+      quantize_128x1_t(x.data() + r0 * C, rows, C, pow2, qg.data(), sg.data());
+      EXPECT_EQ(std::vector<uint8_t>(q.begin() + r0 * C, q.begin() + (r0 + rows) * C), qg) << g;
+      EXPECT_EQ(std::vector<float>(s.begin() + t[g] * C, s.begin() + t[g + 1] * C), sg) << g;
+    }
+    // one group is quantize_128x1_t of the whole
+    std::vector<uint8_t> q1(R * C), q2(R * C);
+    std::vector<float> s1(C * cdiv(R, 128)), s2(C * cdiv(R, 128));
+    const int64_t all[2] = {0, R};
+    grouped_quantize_128x1_t(all, 1, x.data(), C, pow2, q1.data(), s1.data());
+    quantize_128x1_t(x.data(), R, C, pow2, q2.data(), s2.data());
+    EXPECT_EQ(q1, q2);
+    EXPECT_EQ(s1, s2);
+  }
+}
+
 TEST(Fp8Vec, GemmEdgeCasesAndKBlockGroups) {
   // K = 0 (empty sum), accumulate on/off, and a product large enough (M N KB > 2^24) that the
   // block partials are computed in several groups of K blocks.

@@ -535,3 +535,64 @@ TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
     EXPECT_LT(b.total(), a.total()) << kind[l];
   }
 }
+
+// A micro-batch that defers its weight gradients keeps every FP8 Linear's dY (the routed experts',
+// the MLPs', the attention projections') as its Wgrad's 128x1 tiles (a quarter of the fp32 bytes,
+// no fp32 copy), and nothing the deferred work reads lives in the scratch the layers share: a
+// second micro-batch's forward and backward in between leave its weight gradients bit for bit
+// what they are without one.
+TEST(Fp8Memory, DeferredGradientsAreWgradTilesAndOwnTheirBytes) {
+  const ModelConfig c = tiny_config();
+  const int64_t B = 2, S = 64, N = B * S, D = c.hidden_size, K = c.num_experts_per_tok;
+  std::mt19937 g(7);
+  std::vector<int32_t> t1(B * (S + 1)), t2(B * (S + 1));
+  for (auto& t : t1) t = static_cast<int32_t>(g() % c.vocab_size);
+  for (auto& t : t2) t = static_cast<int32_t>(g() % c.vocab_size);
+  for (const Recipe r : {Recipe::FP8, Recipe::FP32}) {
+    Model<float> model(c, PrecisionPolicy::from(r));
+    model.init(2);
+    // mb1's deferred weight gradients alone: run directly, and with mb2 run in between
+    std::vector<std::vector<float>> want, got;
+    for (const bool between : {false, true}) {
+      Model<float>::MicroBatch mb1, mb2;
+      model.forward(mb1, t1.data(), B, S, 0.3);
+      model.backward_input(mb1, 1.0, nullptr, /*defer_weight=*/true);
+      if (between) {
+        model.forward(mb2, t2.data(), B, S, 0.3);
+        model.backward_input(mb2, 1.0, nullptr, /*defer_weight=*/true);
+      }
+      model.params().zero_grad();
+      model.backward_weight(mb1);
+      auto& out = between ? got : want;
+      for (auto& p : model.params().all()) out.emplace_back(p->g(), p->g() + p->numel());
+      if (between) {
+        const auto& moe = mb1.blocks[1].moe;
+        const auto& mlp = mb1.blocks[0].mlp;
+        const auto& attn = mb1.blocks[1].attn;
+        const bool fp8 = r == Recipe::FP8;
+        for (const SavedGrad<float>* k : {&moe.dyperm, &moe.dgu, &mlp.dy, &mlp.dgu, &attn.dout,
+                                          &attn.dq, &attn.dcq_raw, &attn.dkv, &attn.dkva})
+          EXPECT_EQ(k->fp8, fp8);
+        if (fp8) {
+          EXPECT_EQ(moe.dyperm.dy.size(), 0u);  // no fp32 copy
+          EXPECT_EQ(attn.dkv.dy.size(), 0u);
+          EXPECT_EQ(attn.dout.q.size(), static_cast<size_t>(N * D));
+          const int64_t kv_cols = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim);
+          EXPECT_EQ(attn.dkv.bytes(), kv_cols * (N + 4));  // N = 128 rows: one tile a column
+          EXPECT_EQ(moe.dyperm.q.size(), static_cast<size_t>(moe.A * D));
+          EXPECT_EQ(mlp.dy.q.size(), static_cast<size_t>(N * D));
+          EXPECT_EQ(mlp.dy.bytes(), N * D + D * 4);  // one 128-row tile per column
+          EXPECT_GE(moe.A, N * K);
+          EXPECT_LT(moe.dyperm.bytes() + moe.dgu.bytes(),
+                    moe.A * (D + 2 * c.moe_intermediate_size) * 4 / 3);
+        } else {
+          EXPECT_EQ(mlp.dy.bytes(), N * D * 4);
+        }
+      }
+    }
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_EQ(got[i], want[i]) << model.params().all()[i]->name
+                                 << (r == Recipe::FP8 ? " fp8" : "");
+  }
+}

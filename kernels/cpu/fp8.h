@@ -55,8 +55,6 @@
 
 namespace moetron::kernels::cpu {
 
-
-
 // ---- quantiser -------------------------------------------------------------------------------
 // x [R,C] -> q [R,C] E4M3 codes, scales [ceil(R/t.rows), ceil(C/t.cols)], the rule above, with
 // AVX-512 loops (bit-identical to the scalar reference of the tests, NaN/inf inputs included).
@@ -125,12 +123,13 @@ void fp8_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qXt, const
 // scales repeated over each block's rows) and dX [M,K] (+)= dY W.
 void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
                       const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate);
-// Wgrad: dW [N,K] += dY^T X with dY [M,N] quantised 128x1 token-major (pow2_dy) and X from the
-// cached 1x128 FP8 (qX, sX [M, ceil(K/128)]) re-quantised to 128x1 (pow2_x).
-void fp8_linear_wgrad(const float* dY, const uint8_t* qX, const float* sX, int64_t M, int64_t N,
-                      int64_t K, bool pow2_dy, bool pow2_x, float* dW);
+// Wgrad: dW [N,K] += dY^T X with dY already quantised 128x1 token-major (qdYt [N,M], sdYt
+// [N, ceil(M/128)]: quantize_128x1_t) and X from the cached 1x128 FP8 (qX, sX [M, ceil(K/128)])
+// re-quantised to 128x1 (pow2_x).
+void fp8_linear_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qX, const float* sX,
+                      int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW);
 // The same with X [M,K] in fp32, quantised 128x1 directly.
-void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N, int64_t K,
-                          bool pow2_dy, bool pow2_x, float* dW);
+void fp8_linear_wgrad_f32(const uint8_t* qdYt, const float* sdYt, const float* X, int64_t M,
+                          int64_t N, int64_t K, bool pow2_x, float* dW);
 
 }  // namespace moetron::kernels::cpu

@@ -1,7 +1,8 @@
-// A Linear's FP8 backward GEMMs from fp32 output gradients (kernels/fp8.h, SPEC §3.3): the
-// quantisation of dY for Dgrad (1x128, or 128x128 for the App. B.2 experiment) and for Wgrad
-// (128x1, token-major), the 1x128 -> 128x1 re-quantisation of the cached input, then the layout
-// GEMMs of fp8_gemm.cpp. Scratch is per thread (the experts of a MoE layer run these side by side).
+// A Linear's FP8 backward GEMMs (kernels/fp8.h, SPEC §3.3): the quantisation of dY for Dgrad
+// (1x128, or 128x128 for the App. B.2 experiment) and for Wgrad (128x1, token-major, per row group:
+// a deferred weight gradient keeps it in that form), the 1x128 -> 128x1 re-quantisation of the
+// cached input, then the layout GEMMs of fp8_gemm.cpp. Scratch is per thread (the experts of a MoE
+// layer run these side by side).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "kernels/cpu/fp8.h"
 #include "kernels/cpu/fp8_common.h"
+#include "kernels/cpu/ops_cpu.h"
 
 namespace moetron::kernels::cpu {
 
@@ -42,21 +44,20 @@ void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const ui
   for (int64_t i = 0; i < M * K; ++i) dX[i] += out[i];
 }
 
-namespace {
-// dW [N,K] += dYt^T-form GEMM with X already token-major (qXt [K,M], sXt [K, ceil(M/128)])
-void wgrad_from_xt(const float* dY, const uint8_t* qXt, const float* sXt, int64_t M, int64_t N,
-                   int64_t K, bool pow2_dy, float* dW) {
-  thread_local std::vector<uint8_t> qbuf;
-  thread_local std::vector<float> sbuf;
-  uint8_t* qdYt = grow(qbuf, N * M);
-  float* sdYt = grow(sbuf, N * cdiv(M, 128));
-  quantize_128x1_t(dY, M, N, pow2_dy, qdYt, sdYt);
-  fp8_wgrad(qdYt, sdYt, qXt, sXt, M, N, K, dW);
+void grouped_quantize_128x1_t(const int64_t* off, int64_t G, const float* x, int64_t C, bool pow2,
+                              uint8_t* qT, float* sT) {
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
+  const auto one = [&](int64_t g) {
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
+    if (rows > 0) quantize_128x1_t(x + r0 * C, rows, C, pow2, qT + r0 * C, sT + t[g] * C);
+  };
+  if (G == 1) return one(0);  // a Linear's dY: the quantiser's own threads
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t g = 0; g < G; ++g) one(g);
 }
-}  // namespace
 
-void fp8_linear_wgrad(const float* dY, const uint8_t* qX, const float* sX, int64_t M, int64_t N,
-                      int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+void fp8_linear_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qX, const float* sX,
+                      int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW) {
   check(M, N, K, "fp8_linear_wgrad");
   if (M == 0 || N == 0 || K == 0) return;
   thread_local std::vector<uint8_t> qbuf;
@@ -64,11 +65,11 @@ void fp8_linear_wgrad(const float* dY, const uint8_t* qX, const float* sX, int64
   uint8_t* qXt = grow(qbuf, K * M);
   float* sXt = grow(sbuf, K * cdiv(M, 128));
   requantize_1x128_to_128x1(qX, sX, M, K, pow2_x, qXt, sXt);
-  wgrad_from_xt(dY, qXt, sXt, M, N, K, pow2_dy, dW);
+  fp8_wgrad(qdYt, sdYt, qXt, sXt, M, N, K, dW);
 }
 
-void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N, int64_t K,
-                          bool pow2_dy, bool pow2_x, float* dW) {
+void fp8_linear_wgrad_f32(const uint8_t* qdYt, const float* sdYt, const float* X, int64_t M,
+                          int64_t N, int64_t K, bool pow2_x, float* dW) {
   check(M, N, K, "fp8_linear_wgrad_f32");
   if (M == 0 || N == 0 || K == 0) return;
   thread_local std::vector<uint8_t> qbuf;
@@ -76,7 +77,7 @@ void fp8_linear_wgrad_f32(const float* dY, const float* X, int64_t M, int64_t N,
   uint8_t* qXt = grow(qbuf, K * M);
   float* sXt = grow(sbuf, K * cdiv(M, 128));
   quantize_128x1_t(X, M, K, pow2_x, qXt, sXt);
-  wgrad_from_xt(dY, qXt, sXt, M, N, K, pow2_dy, dW);
+  fp8_wgrad(qdYt, sdYt, qXt, sXt, M, N, K, dW);
 }
 
 }  // namespace moetron::kernels::cpu

@@ -4,6 +4,8 @@
 // One group per thread (schedule(dynamic, 1)): the experts' GEMMs are small, so running them side
 // by side beats splitting each one over the threads; the kernels called here see no nested
 // parallelism. Groups with no rows are skipped (their weight gradients are left as they are).
+#include <vector>
+
 #include "kernels/cpu/ops_cpu.h"
 
 namespace moetron::kernels::cpu {
@@ -71,25 +73,29 @@ void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, in
   }
 }
 
-void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const float* dY, const uint8_t* qX,
-                              const float* sX, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const uint8_t* qdYt, const float* sdYt,
+                              const uint8_t* qX, const float* sX, int64_t N, int64_t K, bool pow2_x,
                               float* dW) {
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8_linear_wgrad(dY + r0 * N, qX + r0 * K, sX + r0 * tiles128(K), rows, N, K, pow2_dy, pow2_x,
-                     dW + g * N * K);
+    fp8_linear_wgrad(qdYt + r0 * N, sdYt + t[g] * N, qX + r0 * K, sX + r0 * tiles128(K), rows, N, K,
+                     pow2_x, dW + g * N * K);
   }
 }
 
-void grouped_fp8_linear_wgrad_f32(const int64_t* off, int64_t G, const float* dY, const float* X,
-                                  int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+void grouped_fp8_linear_wgrad_f32(const int64_t* off, int64_t G, const uint8_t* qdYt,
+                                  const float* sdYt, const float* X, int64_t N, int64_t K,
+                                  bool pow2_x, float* dW) {
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8_linear_wgrad_f32(dY + r0 * N, X + r0 * K, rows, N, K, pow2_dy, pow2_x, dW + g * N * K);
+    fp8_linear_wgrad_f32(qdYt + r0 * N, sdYt + t[g] * N, X + r0 * K, rows, N, K, pow2_x,
+                         dW + g * N * K);
   }
 }
 

@@ -67,11 +67,16 @@ void grouped_fp8_fprop(const int64_t* off, int64_t G, const uint8_t* qX, const f
 void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, int64_t N, int64_t K,
                               const uint8_t* qW, const float* sW, bool pow2, bool blocks128,
                               float* dX);
-void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const float* dY, const uint8_t* qX,
-                              const float* sX, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+// The weight gradients from dY quantised per group by grouped_quantize_128x1_t (kernels/ops.h).
+void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const uint8_t* qdYt, const float* sdYt,
+                              const uint8_t* qX, const float* sX, int64_t N, int64_t K, bool pow2_x,
                               float* dW);
-void grouped_fp8_linear_wgrad_f32(const int64_t* off, int64_t G, const float* dY, const float* X,
-                                  int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW);
+void grouped_fp8_linear_wgrad_f32(const int64_t* off, int64_t G, const uint8_t* qdYt,
+                                  const float* sdYt, const float* X, int64_t N, int64_t K,
+                                  bool pow2_x, float* dW);
+// x [rows, C] of each group as Wgrad's token-major 128x1 tiles (the layout of kernels/ops.h)
+void grouped_quantize_128x1_t(const int64_t* off, int64_t G, const float* x, int64_t C, bool pow2,
+                              uint8_t* qT, float* sT);
 
 // ---- elementwise and layout ------------------------------------------------------------------
 template <class T>

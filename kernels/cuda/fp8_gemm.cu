@@ -30,8 +30,9 @@
 //   Dgrad  dX = dY W       dY quantised 1x128 (or 128x128 blocks, scales repeated over rows),
 //                          W transposed into scratch (transpose_e4m3_blocks: both paths need
 //                          K-contiguous operands), nt_gemm(dY, W^T)  M x K, reduce N
-//   Wgrad  dW += dY^T X    dY quantised 128x1 token-major, X requantised (or quantised) likewise,
-//                          nt_gemm(dYt, Xt (1x128))                 N x K, reduce M, accumulate
+//   Wgrad  dW += dY^T X    dY given quantised 128x1 token-major (grouped_quantize_128x1_t, which
+//                          a Linear runs in its backward_input), X requantised (or quantised)
+//                          likewise, nt_gemm(dYt, Xt (1x128))       N x K, reduce M, accumulate
 // Scratch: one workspace(ex, bytes) per op, carved here; grouped ops size it for their largest
 // group and reuse it group after group (stream order keeps the reuse safe).
 #include <algorithm>
@@ -253,26 +254,23 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
 
 size_t wgrad_bytes(int64_t M, int64_t N, int64_t K) {
   const int64_t MB = cdiv(M, 128);
-  return aligned(K * M) + aligned(K * MB * 4) + aligned(N * M) + aligned(N * MB * 4) +
-         nt_gemm_scratch_bytes(N, K, M, kTile1x128);
+  return aligned(K * M) + aligned(K * MB * 4) + nt_gemm_scratch_bytes(N, K, M, kTile1x128);
 }
 
-// dW [N,K] += dY^T X; X from the cached 1x128 FP8 (qX, sX) or from fp32 (X32)
-void wgrad_run(cudaStream_t st, const float* dY, const uint8_t* qX, const float* sX,
-               const float* X32, int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
+// dW [N,K] += dY^T X; dY already token-major (qdYt [N,M], sdYt [N, MB]); X from the cached 1x128
+// FP8 (qX, sX) or from fp32 (X32)
+void wgrad_run(cudaStream_t st, const uint8_t* qdYt, const float* sdYt, const uint8_t* qX,
+               const float* sX, const float* X32, int64_t M, int64_t N, int64_t K, bool pow2_x,
                float* dW, void* scratch) {
   if (M == 0 || N == 0 || K == 0) return;
   const int64_t MB = cdiv(M, 128);
   Carver c(scratch);
-  uint8_t* qXt = c.take<uint8_t>(K * M);   // Xt [K,M]
-  float* sXt = c.take<float>(K * MB);      // [K, MB]
-  uint8_t* qdYt = c.take<uint8_t>(N * M);  // dYt [N,M]
-  float* sdYt = c.take<float>(N * MB);     // [N, MB]
+  uint8_t* qXt = c.take<uint8_t>(K * M);  // Xt [K,M]
+  float* sXt = c.take<float>(K * MB);     // [K, MB]
   if (X32)
     quantize_128x1_t(st, X32, M, K, pow2_x, qXt, sXt);
   else
     requantize_1x128_to_128x1(st, qX, sX, M, K, pow2_x, qXt, sXt);
-  quantize_128x1_t(st, dY, M, N, pow2_dy, qdYt, sdYt);
   nt_gemm(st, qdYt, sdYt, qXt, sXt, kTile1x128, N, K, M, dW, /*accumulate=*/true, c.rest());
 }
 
@@ -337,19 +335,19 @@ void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int
                  workspace(ex, fp8::dgrad_bytes(M, N, K, blocks128)));
 }
 
-void fp8_linear_wgrad(const Exec& ex, const float* dY, const uint8_t* qX, const float* sX,
-                      int64_t M, int64_t N, int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+void fp8_linear_wgrad(const Exec& ex, const uint8_t* qdYt, const float* sdYt, const uint8_t* qX,
+                      const float* sX, int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW) {
   if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("fp8_linear_wgrad: negative size");
   if (M == 0 || N == 0 || K == 0) return;
-  fp8::wgrad_run(stream_of(ex), dY, qX, sX, nullptr, M, N, K, pow2_dy, pow2_x, dW,
+  fp8::wgrad_run(stream_of(ex), qdYt, sdYt, qX, sX, nullptr, M, N, K, pow2_x, dW,
                  workspace(ex, fp8::wgrad_bytes(M, N, K)));
 }
 
-void fp8_linear_wgrad_f32(const Exec& ex, const float* dY, const float* X, int64_t M, int64_t N,
-                          int64_t K, bool pow2_dy, bool pow2_x, float* dW) {
+void fp8_linear_wgrad_f32(const Exec& ex, const uint8_t* qdYt, const float* sdYt, const float* X,
+                          int64_t M, int64_t N, int64_t K, bool pow2_x, float* dW) {
   if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("fp8_linear_wgrad_f32: negative size");
   if (M == 0 || N == 0 || K == 0) return;
-  fp8::wgrad_run(stream_of(ex), dY, nullptr, nullptr, X, M, N, K, pow2_dy, pow2_x, dW,
+  fp8::wgrad_run(stream_of(ex), qdYt, sdYt, nullptr, nullptr, X, M, N, K, pow2_x, dW,
                  workspace(ex, fp8::wgrad_bytes(M, N, K)));
 }
 
@@ -397,9 +395,9 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
 }
 
 namespace {
-void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                   const uint8_t* qX, const float* sX, const float* X32, int64_t N, int64_t K,
-                   bool pow2_dy, bool pow2_x, float* dW) {
+void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qdYt,
+                   const float* sdYt, const uint8_t* qX, const float* sX, const float* X32,
+                   int64_t N, int64_t K, bool pow2_x, float* dW) {
   cudaStream_t st = stream_of(ex);
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
@@ -407,26 +405,27 @@ void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* d
   if (bytes == 0) return;
   void* scratch = workspace(ex, bytes);
   const int64_t KB = fp8::cdiv(K, 128);
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8::wgrad_run(st, dY + r0 * N, X32 ? nullptr : qX + r0 * K, X32 ? nullptr : sX + r0 * KB,
-                   X32 ? X32 + r0 * K : nullptr, rows, N, K, pow2_dy, pow2_x, dW + g * N * K,
-                   scratch);
+    fp8::wgrad_run(st, qdYt + r0 * N, sdYt + t[g] * N, X32 ? nullptr : qX + r0 * K,
+                   X32 ? nullptr : sX + r0 * KB, X32 ? X32 + r0 * K : nullptr, rows, N, K, pow2_x,
+                   dW + g * N * K, scratch);
   }
 }
 }  // namespace
 
-void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                              const uint8_t* qX, const float* sX, int64_t N, int64_t K,
-                              bool pow2_dy, bool pow2_x, float* dW) {
-  grouped_wgrad(ex, off, G, dY, qX, sX, nullptr, N, K, pow2_dy, pow2_x, dW);
+void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qdYt,
+                              const float* sdYt, const uint8_t* qX, const float* sX, int64_t N,
+                              int64_t K, bool pow2_x, float* dW) {
+  grouped_wgrad(ex, off, G, qdYt, sdYt, qX, sX, nullptr, N, K, pow2_x, dW);
 }
 
-void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                                  const float* X, int64_t N, int64_t K, bool pow2_dy, bool pow2_x,
-                                  float* dW) {
-  grouped_wgrad(ex, off, G, dY, nullptr, nullptr, X, N, K, pow2_dy, pow2_x, dW);
+void grouped_fp8_linear_wgrad_f32(const Exec& ex, const int64_t* off, int64_t G,
+                                  const uint8_t* qdYt, const float* sdYt, const float* X, int64_t N,
+                                  int64_t K, bool pow2_x, float* dW) {
+  grouped_wgrad(ex, off, G, qdYt, sdYt, nullptr, nullptr, X, N, K, pow2_x, dW);
 }
 
 }  // namespace moetron::kernels::gpu

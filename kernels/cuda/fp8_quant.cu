@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/fp8_cuda.h"
 #include "kernels/cuda/launch.cuh"
@@ -273,6 +274,17 @@ void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, in
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
   fp8::quantize(stream_of(ex), x, R, C, t, pow2, q, scales);
+}
+
+// one quantize_128x1_t per group with rows (kernels/ops.h for the layout)
+void grouped_quantize_128x1_t(const Exec& ex, const int64_t* off, int64_t G, const float* x,
+                              int64_t C, bool pow2, uint8_t* qT, float* sT) {
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
+    if (rows > 0)
+      fp8::quantize_128x1_t(stream_of(ex), x + r0 * C, rows, C, pow2, qT + r0 * C, sT + t[g] * C);
+  }
 }
 
 void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
