@@ -210,23 +210,27 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   kernels::sum_row_groups<T>(ex, dk + dn_, dq_, dkva + kl_, kr, N, dr_, H_);
   kernels::rope_apply<T>(ex, dkva + kl_, N, kr, 1, pos, freqs_.data(), dr_, true);
 
-  // kv path: kv_b, kv_norm, back into dkva's latent part
-  T* dckv = sized(st.dckv, N * kl_);
+  // kv path: kv_b, kv_norm (its weight gradient now), back into dkva's latent part
+  T* dckv = sized(sc.dckv, N * kl_);
   kv_b_.backward_input(dkv, N, dckv);
   kv_b_.keep_grad(st.dkv, dkv, N);
   T* dckv_raw = sized(sc.dckv_raw, N * kl_);
-  kv_norm_.backward_input(dckv, st.ckv_raw.read(ex, sc.ckv_raw), st.rstd_kv.data(), N, dckv_raw);
+  const T* ckv_raw = st.ckv_raw.read(ex, sc.ckv_raw);
+  kv_norm_.backward_input(dckv, ckv_raw, st.rstd_kv.data(), N, dckv_raw);
+  kv_norm_.weight_grad(dckv, ckv_raw, st.rstd_kv.data(), N, st.dw_kv_norm);
   kernels::copy_2d<T>(ex, dckv_raw, kl_, dkva, kr, N, kl_, 1, false);
 
   // d xn from both projections of xn
-  T* dxn = sized(st.dxn, N * D_);
+  T* dxn = sized(sc.dxn, N * D_);
   kv_a_.backward_input(dkva, N, dxn);
   kv_a_.keep_grad(st.dkva, dkva, N);
   if (ql_ > 0) {
-    T* dcq = sized(st.dcq, N * ql_);
+    T* dcq = sized(sc.dcq, N * ql_);
     q_b_.backward_input(dq, N, dcq);
     T* dcq_raw = q_a_.grad(st.dcq_raw, N, sc.dcq_raw);
-    q_norm_.backward_input(dcq, st.cq_raw.read(ex, sc.cq_raw), st.rstd_q.data(), N, dcq_raw);
+    const T* cq_raw = st.cq_raw.read(ex, sc.cq_raw);
+    q_norm_.backward_input(dcq, cq_raw, st.rstd_q.data(), N, dcq_raw);
+    q_norm_.weight_grad(dcq, cq_raw, st.rstd_q.data(), N, st.dw_q_norm);
     q_a_.backward_input(dcq_raw, N, dxn, /*accumulate=*/true);
     q_a_.keep_grad(st.dcq_raw, dcq_raw, N);
   } else {
@@ -237,6 +241,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   // through attn_norm into the residual stream
   T* dhn = sized(sc.dhn, N * D_);
   attn_norm_.backward_input(dxn, h, st.rstd_in.data(), N, dhn);
+  attn_norm_.weight_grad(dxn, h, st.rstd_in.data(), N, st.dw_attn_norm);
   kernels::add_inplace<T>(ex, dh, dhn, N * D_);
 }
 
@@ -245,9 +250,8 @@ void MLA<T>::backward_weight(State& st, const T* h) const {
   Scratch& sc = *scratch_;
   const int64_t N = st.B * st.S;
   o_.backward_weight(st.dout, st.o.read(ex_, sc.o), N);  // o: T or bf16, never FP8 (attention.h)
-  kv_norm_.backward_weight(st.dckv.data(), st.ckv_raw.read(ex_, sc.ckv_raw), st.rstd_kv.data(), N);
-  if (ql_ > 0)
-    q_norm_.backward_weight(st.dcq.data(), st.cq_raw.read(ex_, sc.cq_raw), st.rstd_q.data(), N);
+  kv_norm_.backward_weight(st.dw_kv_norm);
+  if (ql_ > 0) q_norm_.backward_weight(st.dw_q_norm);
   kv_b_.backward_weight(st.dkv, ckv_of(st));
   if (ql_ > 0) q_b_.backward_weight(st.dq, cq_of(st));
   const SavedAct<T>& xn = xn_of(st, h);
@@ -256,7 +260,7 @@ void MLA<T>::backward_weight(State& st, const T* h) const {
     q_a_.backward_weight(st.dcq_raw, xn);
   else
     q_.backward_weight(st.dq, xn);
-  attn_norm_.backward_weight(st.dxn.data(), h, st.rstd_in.data(), N);
+  attn_norm_.backward_weight(st.dw_attn_norm);
 }
 
 template class MLA<float>;

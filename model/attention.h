@@ -52,15 +52,15 @@ class MLA {
     // written by backward_input, read by backward_weight: the projections' output gradients
     // (under the fp8 recipe as their Wgrads' 128x1 tiles) — o_proj's dout [N, D], q_b's (or q's)
     // dq [N, H, dq], q_a's dcq_raw [N, ql], kv_b's dkv [N, H, dn + dv], kv_a's dkva [N, kl + dr]
-    // — and the norms' output gradients dcq [N, ql], dckv [N, kl], dxn [N, D]
+    // — and the norms' weight gradients of this micro-batch (RMSNorm::weight_grad) [D], [ql], [kl]
     SavedGrad<T> dout, dq, dcq_raw, dkv, dkva;
-    Buffer<T> dcq, dckv, dxn;
+    Buffer<T> dw_attn_norm, dw_q_norm, dw_kv_norm;
     // The buffers backward_input writes and backward_weight reads (the executor lends them to a
     // micro-batch only for its backward: PipelineExecutor's gradient sets).
     template <class F>
     void for_each_grad(F&& f) {
       for (SavedGrad<T>* g : {&dout, &dq, &dcq_raw, &dkv, &dkva}) g->for_each(f);
-      for (Buffer<T>* b : {&dcq, &dckv, &dxn}) f(*b);
+      for (Buffer<T>* b : {&dw_attn_norm, &dw_q_norm, &dw_kv_norm}) f(*b);
     }
     // Bytes of everything this state keeps from forward to backward (activation memory).
     int64_t saved_bytes() const {
@@ -98,7 +98,10 @@ class MLA {
           dout(d),
           dq(d),
           dcq_raw(d),
-          dkva(d) {}
+          dkva(d),
+          dxn(d),
+          dcq(d),
+          dckv(d) {}
     Buffer<T> kv;               // kv_b output [N, H, dn + dv]
     Buffer<T> kva;              // kv_a output [N, kl + dr], unless kept as T
     Buffer<T> d_o, dk, dv;      // attention backward [N,H,dv], [N,H,dq], [N,H,dv]
@@ -109,11 +112,13 @@ class MLA {
     // FP8 projections: their output gradients before they are kept as Wgrad tiles (dout, dq,
     // dcq_raw, dkva; kv_b's dkv is written into kv, free by then)
     Buffer<T> dout, dq, dcq_raw, dkva;
-    SavedAct<T> xn, cq, ckv;  // recomputed norm outputs (kept as their Linear's input)
-    int64_t bytes() const {   // the bytes held (capacities)
+    Buffer<T> dxn, dcq, dckv;  // the norms' output gradients [N, D], [N, ql], [N, kl]
+    SavedAct<T> xn, cq, ckv;   // recomputed norm outputs (kept as their Linear's input)
+    int64_t bytes() const {    // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b : {&kv, &kva, &d_o, &dk, &dv, &dckv_raw, &dhn, &q, &k, &v, &o,
-                                 &cq_raw, &ckv_raw, &rstd, &dout, &dq, &dcq_raw, &dkva})
+      for (const Buffer<T>* b :
+           {&kv,     &kva,     &d_o,  &dk,   &dv, &dckv_raw, &dhn,  &q,   &k,   &v,   &o,
+            &cq_raw, &ckv_raw, &rstd, &dout, &dq, &dcq_raw,  &dkva, &dxn, &dcq, &dckv})
         n += b->capacity();
       int64_t b = static_cast<int64_t>(n * sizeof(T));
       for (const SavedAct<T>* a : {&xn, &cq, &ckv})

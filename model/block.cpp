@@ -65,7 +65,7 @@ Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos,
                                    WeightQueue* queue, int layer) const {
   const int64_t N = st.B * st.S, ND = N * D_;
   // FFN branch: dxn2 = FFN^T dout; d h_mid = dout + ffn_norm^T dxn2
-  T* dxn2 = zeroed(ex_, st.dxn2, ND);
+  T* dxn2 = zeroed(ex_, own_->dxn2, ND);  // (the chunk's: no other program runs until this ends)
   if (moe_) {
     Program ffn = moe_->backward_program(st.moe, dout, dxn2, queue, layer);
     while (ffn.step()) co_yield ffn.last();
@@ -73,7 +73,9 @@ Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos,
     mlp_->backward_input(st.mlp, dout, dxn2, /*accumulate=*/false);
   }
   T* dmid = attn_.output_grad(st.attn, N);  // kept by the attention for o_proj's Wgrad
-  ffn_norm_.backward_input(dxn2, st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N, dmid);
+  const T* h_mid = st.h_mid.read(ex_, own_->h_mid);
+  ffn_norm_.backward_input(dxn2, h_mid, st.rstd2.data(), N, dmid);
+  ffn_norm_.weight_grad(dxn2, h_mid, st.rstd2.data(), N, st.dw_ffn_norm);
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
   kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
@@ -89,9 +91,8 @@ void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* d
 
 template <class T>
 void Block<T>::dense_backward_weight(State& st) const {
-  const int64_t N = st.B * st.S;
   attn_.backward_weight(st.attn, st.h_in);
-  ffn_norm_.backward_weight(st.dxn2.data(), st.h_mid.read(ex_, own_->h_mid), st.rstd2.data(), N);
+  ffn_norm_.backward_weight(st.dw_ffn_norm);
   const T* xn2 = st.xn2.read(ex_, own_->xn2);
   if (moe_)
     moe_->dense_backward_weight(st.moe, xn2);

@@ -26,10 +26,10 @@ class Block {
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
     typename MoE<T>::State moe;
-    Buffer<T> dxn2;  // kept for ffn_norm's weight gradient (d h_mid: the attention's dout)
+    Buffer<T> dw_ffn_norm;  // ffn_norm's weight gradient of this micro-batch [D]
     template <class F>
     void for_each_grad(F&& f) {
-      f(dxn2);
+      f(dw_ffn_norm);
       attn.for_each_grad(f), mlp.for_each_grad(f), moe.for_each_grad(f);
     }
     int64_t saved_bytes() const {
@@ -43,13 +43,15 @@ class Block {
   // here and keeps nothing in it for a later call (the backward widens the bf16-kept h_mid and
   // ffn_norm output again; the forward's fp32 values live only until the forward returns).
   struct Own {
-    explicit Own(Device d) : h_mid(d), xn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+    explicit Own(Device d) : h_mid(d), xn2(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
     Buffer<T> h_mid, xn2;     // bf16 storage: h_mid and ffn_norm(h_mid) as T [N,D], or widened
+    Buffer<T> dxn2;           // the backward's d ffn_norm output [N,D]
     Buffer<T> en, hpn;        // MtpLayer forward: enorm(e), hnorm(h^{k-1}) [N,D]
     Buffer<T> den, dhpn, de;  // MtpLayer backward: their gradients and d e [N,D]
     int64_t bytes() const {   // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b : {&h_mid, &xn2, &en, &hpn, &den, &dhpn, &de}) n += b->capacity();
+      for (const Buffer<T>* b : {&h_mid, &xn2, &dxn2, &en, &hpn, &den, &dhpn, &de})
+        n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }
   };

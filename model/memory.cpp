@@ -51,15 +51,13 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
     b.forward -= saved(D, attn8, Ts) + (ql > 0 ? saved(ql, attn8, Ts) : 0) + saved(kl, attn8, Ts);
   if (pol.recompute_mla_up)  // q, k, v made again in the backward
     b.forward -= static_cast<double>((2 * H * dq + H * dv) * Ts);
-  // backward: the projections' dY (FP8: their Wgrads' tiles) dout, dq, [dcq_raw], dkv, dkva;
-  // the norms' [dcq], dckv, dxn
+  // backward: the projections' dY (FP8: their Wgrads' tiles) dout, dq, [dcq_raw], dkv, dkva
+  // (the norms' weight gradients, [D] each per micro-batch: slot_activation_bytes)
   b.backward += kept_grad(D, attn8, T) + kept_grad(H * dq, attn8, T) +
                 (ql > 0 ? kept_grad(ql, attn8, T) : 0) + kept_grad(H * (dn + dv), attn8, T) +
-                kept_grad(kl + dr, attn8, T) +
-                static_cast<double>(((ql > 0 ? ql : 0) + kl + D) * T);
-  // Block<T>::State: h_mid, xn2, rstd2; backward dxn2
+                kept_grad(kl + dr, attn8, T);
+  // Block<T>::State: h_mid, xn2, rstd2
   b.forward += static_cast<double>(2 * D * Ts + T);
-  b.backward += static_cast<double>(D * T);
   if (!moe) {
     b +=
         mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T, Ts);
@@ -114,6 +112,7 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
   if (wide) e += H * dv + (ql > 0 ? ql : 0) + kl;              // o, cq_raw, ckv_raw widened
   const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
   if (attn8) e += D + H * dq + (ql > 0 ? ql : 0) + kl + dr;  // dout, dq, dcq_raw, dkva before tiles
+  e += D + (ql > 0 ? ql : 0) + kl;                           // dxn, dcq, dckv
   double b = static_cast<double>(e * T);
   if (pol.recompute_norms) {  // rstd; xn, cq, ckv in their Linears' kept form
     const int64_t Ts = wide ? 2 : T;
@@ -175,9 +174,10 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
   b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da + w.dgu) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
-  // Block::Own: h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den, dhpn, de
+  // Block::Own: dxn2; h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den, dhpn, de
   const bool mtp = st.last() && c.num_nextn_predict_layers > 0;
-  b.block = static_cast<int64_t>(n * static_cast<double>(((wide ? 2 : 0) + (mtp ? 5 : 0)) * D) * t);
+  b.block =
+      static_cast<int64_t>(n * static_cast<double>((1 + (wide ? 2 : 0) + (mtp ? 5 : 0)) * D) * t);
   return b;
 }
 
@@ -189,9 +189,11 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
   const int64_t Dm = st.last() ? c.num_nextn_predict_layers : 0;
   double fwd = 0, bwd = 0;
   int64_t n_moe = 0;
+  // per block and micro-batch: its norms' weight gradients (attn, q, kv, ffn)
+  const double norms_dw = static_cast<double>((2 * D + c.q_lora_rank + c.kv_lora_rank) * T);
   for (int64_t l = b0; l < b1; ++l) {
     const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T, rows);
-    fwd += a.forward * N, bwd += a.backward * N;
+    fwd += a.forward * N, bwd += a.backward * N + norms_dw;
     n_moe += c.is_moe_layer(l);
   }
   fwd += static_cast<double>(4 * B * (S + 1) + 12 * N);   // tokens; ids, targets, pos
@@ -204,7 +206,7 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
     for (int64_t k = 0; k < Dm; ++k) {            // MtpLayer<T>::State and its block
       const ActivationBytes a = block_activation_bytes(c, pol, true, S, T, rows);
       fwd += a.forward * N + static_cast<double>(N * (8 + (6 * D + 4) * T));
-      bwd += a.backward * N + static_cast<double>(N * 6 * D * T);
+      bwd += a.backward * N + norms_dw + static_cast<double>(N * 6 * D * T);
       ++n_moe;
     }
   }

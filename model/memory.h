@@ -58,9 +58,9 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
 // FP8 (the attention projections' inputs, the routed experts' sorted rows), widened from bf16, or
 // quantised on the fly (o_proj's, the down projections' inputs). (A dY quantised on the fly for
 // an FP8 Wgrad, LinearScratch::dy8, has no user in the model: every FP8 Linear's dY is kept.)
-// Routed-expert rows: K per token. `block`: Block::Own, the blocks' bf16-storage staging of h_mid
-// and ffn_norm's output (2 x D per token) and, on the stage with the MTP module, its temporaries (5
-// x D per token).
+// Routed-expert rows: K per token. `block`: Block::Own, the backward's d ffn_norm output (D per
+// token), the blocks' bf16-storage staging of h_mid and ffn_norm's output (2 x D per token) and, on
+// the stage with the MTP module, its temporaries (5 x D per token).
 struct LayerScratchBytes {
   int64_t attention = 0, mlp = 0, linear = 0, block = 0;
   int64_t total() const { return attention + mlp + linear + block; }

@@ -1,11 +1,13 @@
 // RMSNorm layer: y = x / sqrt(mean(x^2) + eps) * w, weight initialised to 1, no weight decay.
-// Split backward: backward_input (dx) and backward_weight (dw) from the same saved (x, rstd).
+// Split backward: backward_input (dx) and backward_weight (dw) from the same saved (x, rstd), or
+// dw of one micro-batch made with backward_input (weight_grad) and added by backward_weight.
 #pragma once
 
 #include <string>
 
 #include "kernels/exec.h"
 #include "kernels/ops.h"
+#include "model/buffers.h"
 #include "model/param.h"
 
 namespace moetron {
@@ -33,6 +35,16 @@ struct RMSNorm {
   }
   void backward_weight(const T* dy, const T* x, const T* rstd, int64_t N) const {
     kernels::rmsnorm_backward_weight<T>(ex, dy, x, rstd, N, D, w->g());
+  }
+  // The split form for a layer that defers its weight gradients: the micro-batch's dw [D] is
+  // computed while dy is at hand (backward_input), into a buffer the micro-batch keeps instead of
+  // dy [N, D], and added to the gradient by backward_weight(dw_mb). The kernel adds each column's
+  // sum once (dw[d] += sum), so (0 + sum) then (g + that) is g + sum: the same bits.
+  void weight_grad(const T* dy, const T* x, const T* rstd, int64_t N, Buffer<T>& dw_mb) const {
+    kernels::rmsnorm_backward_weight<T>(ex, dy, x, rstd, N, D, zeroed(ex, dw_mb, D));
+  }
+  void backward_weight(const Buffer<T>& dw_mb) const {
+    kernels::add_inplace<T>(ex, w->g(), dw_mb.data(), D);
   }
 };
 

@@ -538,9 +538,9 @@ TEST(Fp8Memory, ActivationCacheIsUint8AndSmaller) {
 
 // A micro-batch that defers its weight gradients keeps every FP8 Linear's dY (the routed experts',
 // the MLPs', the attention projections') as its Wgrad's 128x1 tiles (a quarter of the fp32 bytes,
-// no fp32 copy), and nothing the deferred work reads lives in the scratch the layers share: a
-// second micro-batch's forward and backward in between leave its weight gradients bit for bit
-// what they are without one.
+// no fp32 copy), its RMSNorms their weight gradients [D] (not their dy [N, D]), and nothing the
+// deferred work reads lives in the scratch the layers share: a second micro-batch's forward and
+// backward in between leave its weight gradients bit for bit what they are without one.
 TEST(Fp8Memory, DeferredGradientsAreWgradTilesAndOwnTheirBytes) {
   const ModelConfig c = tiny_config();
   const int64_t B = 2, S = 64, N = B * S, D = c.hidden_size, K = c.num_experts_per_tok;
@@ -573,6 +573,10 @@ TEST(Fp8Memory, DeferredGradientsAreWgradTilesAndOwnTheirBytes) {
         for (const SavedGrad<float>* k : {&moe.dyperm, &moe.dgu, &mlp.dy, &mlp.dgu, &attn.dout,
                                           &attn.dq, &attn.dcq_raw, &attn.dkv, &attn.dkva})
           EXPECT_EQ(k->fp8, fp8);
+        // the norms keep their micro-batch's weight gradient [D], not their dy [N, D]
+        EXPECT_EQ(mb1.blocks[1].dw_ffn_norm.size(), static_cast<size_t>(D));
+        EXPECT_EQ(attn.dw_attn_norm.size(), static_cast<size_t>(D));
+        EXPECT_EQ(attn.dw_kv_norm.size(), static_cast<size_t>(c.kv_lora_rank));
         if (fp8) {
           EXPECT_EQ(moe.dyperm.dy.size(), 0u);  // no fp32 copy
           EXPECT_EQ(attn.dkv.dy.size(), 0u);
