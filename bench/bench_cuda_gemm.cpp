@@ -192,7 +192,8 @@ std::vector<int64_t> offsets_of(const std::vector<int64_t>& count, int64_t align
 // The routed experts' FP8 Fprop and Wgrad with ragged groups, unpadded (most groups fall back to
 // the plain kernel: cuBLASLt needs rows % 8, and % 16 for Wgrad's reduction) and padded with zero
 // rows to 16 (precision.expert_row_align on a GPU). TFLOP/s count the real rows only, so the
-// padded figure includes what the zero rows cost.
+// padded figure includes what the zero rows cost. Wgrad reads dY already in its 128x1 tiles (a
+// Linear makes them in its backward_input): the timed op re-quantises X and runs the GEMMs.
 void ragged_rows(const char* what, int64_t E, int64_t rows, int64_t K, int64_t N, int warmup,
                  int runs, moetron::bench::CudaTimer& timer) {
   const Exec ex = gpu::exec();
