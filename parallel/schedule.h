@@ -114,7 +114,9 @@ struct Schedule {
 // Builds the schedule; throws std::invalid_argument for an unknown kind or a (ranks,
 // micro-batches) pair the kind cannot schedule, e.g. "schedule 1f1b: 3 micro-batches are too few
 // for 4 pipeline ranks (need >= 4)". Constraints: 1f1b, zb1p: P >= 1, C >= P. dualpipe: P even,
-// C even, C >= 2P (SPEC §4.3). dualpipev: N >= 1, C >= 2N.
+// C >= 2 (SPEC §4.3's C even and >= 2P for the full 8 steps; fewer or odd: the schedule of enough
+// micro-batches with the extra ones' ops removed, schedule_dualpipe.cpp). dualpipev: N >= 1,
+// C >= 1 (likewise below 2N).
 Schedule make_schedule(const std::string& kind, int pp_ranks, int microbatches);
 Schedule make_1f1b(int pp_ranks, int microbatches);
 Schedule make_zb1p(int pp_ranks, int microbatches);

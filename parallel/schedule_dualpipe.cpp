@@ -16,12 +16,17 @@
 // (stage r for d = 0, stage P-1-r for d = 1); DualPipeV phase p is chunk p (stage r, 2N-1-r).
 // Micro-batches: DualPipe direction d carries global ids d*C/2 .. d*C/2 + C/2-1 (each direction
 // counts its own from 0 in the SPEC's notation); DualPipeV carries 0..C-1 through both phases.
+// Fewer micro-batches than the steps need (DualPipe C < 2P or C odd: direction 0 then carries
+// ceil(C/2); DualPipeV C < 2N) run the schedule of enough micro-batches with the ops of the extra
+// ones removed (without_microbatches): larger bubbles, same rules. SPEC §4.3 (the reference)
+// rejects such C; the first steps of a batch-size ramp need them.
 //
 // What the lists give (tests): SPEC §4.6's examples op for op; every rank holds at most S+1
 // chunks of activations (P+1, resp. 2N+1); replayed with comm = 0, the largest idle time of a rank
 // is (S/2 - 1)(F&B + B - 3W), the §4.7 formula, exactly when F = W = B/2 (any F&B). For other
 // ratios the steps' critical path differs, on either side (e.g. below it for W < B/2, above it
 // for F > W): the formula is the README's estimate, not an identity of the schedule.
+#include <algorithm>
 #include <deque>
 #include <stdexcept>
 #include <utility>
@@ -177,15 +182,54 @@ void check_counts(const Schedule& s, const DualRank& d, int per_chunk) {
 
 }  // namespace
 
+namespace {
+
+// A schedule with fewer micro-batches than its generator needs: `full` with the ops of the
+// micro-batches that id maps to -1 removed and the others renumbered (id[m] their new number), each
+// remaining op in its place; a pair whose other half is gone runs its half alone. A removed
+// micro-batch takes both ends of each of its messages with it and nothing another micro-batch
+// waits for, so the lists still run to the end (validate() proves it for every (P, C) a run
+// uses), and the activations in flight can only be fewer. The bubbles grow: the warm-up and
+// cool-down of the full schedule stay, with less steady state between them.
+Schedule without_microbatches(const Schedule& full, const std::vector<int>& id, int C,
+                              std::vector<int> direction_of_mb) {
+  Schedule s =
+      empty_schedule(full.kind, full.ranks, full.stages, C, full.route, std::move(direction_of_mb));
+  s.in_flight_bound = full.in_flight_bound;
+  for (int r = 0; r < full.ranks; ++r)
+    for (Op op : full.per_rank[r]) {
+      const int m = id[op.mb], m2 = op.kind == OpKind::ForwardBackward ? id[op.mb2] : -1;
+      if (m < 0 && m2 < 0) continue;
+      if (op.kind == OpKind::ForwardBackward && m < 0)  // the backward half alone
+        op = Op{op.defer_weight ? OpKind::BackwardInput : OpKind::Backward, m2, op.stage2};
+      else if (op.kind == OpKind::ForwardBackward && m2 < 0)  // the forward half alone
+        op = Op{OpKind::Forward, m, op.stage};
+      else
+        op.mb = m, op.mb2 = op.kind == OpKind::ForwardBackward ? m2 : op.mb2;
+      s.per_rank[r].push_back(op);
+    }
+  return s;
+}
+
+}  // namespace
+
 Schedule make_dualpipe(int P, int C) {
   const std::string k = "schedule dualpipe: ";
   if (P < 2 || P % 2 != 0)
     throw std::invalid_argument(k + "needs an even number of pipeline ranks (>= 2), got " +
                                 std::to_string(P));
-  if (C < 2 * P) throw std::invalid_argument(too_few_microbatches("dualpipe", C, P, 2 * P));
-  if (C % 2 != 0)
-    throw std::invalid_argument(k + "needs an even number of micro-batches (half enter at each " +
-                                "end), got " + std::to_string(C));
+  if (C < 2) throw std::invalid_argument(too_few_microbatches("dualpipe", C, P, 2));
+  if (C < 2 * P || C % 2 != 0) {
+    // The 8 steps need C/2 >= P per direction: fewer (the first steps of a batch-size ramp:
+    // DeepSeek-V3's 3072 sequences make 24 micro-batches per pipeline at DP128, PP16 needs 32), or
+    // an odd count (direction 0 takes the extra one), run the schedule of 2 x max(P, ceil(C/2))
+    // without the micro-batches beyond C.
+    const int c0 = (C + 1) / 2, c1 = C / 2, per = std::max(P, c0);
+    std::vector<int> id(2 * per, -1), dir(C, 0);
+    for (int l = 0; l < c0; ++l) id[l] = l;
+    for (int l = 0; l < c1; ++l) id[per + l] = c0 + l, dir[c0 + l] = 1;
+    return without_microbatches(make_dualpipe(P, 2 * per), id, C, std::move(dir));
+  }
   std::vector<int> down(P), up(P), dir(C);
   for (int st = 0; st < P; ++st) down[st] = st, up[st] = P - 1 - st;
   for (int m = 0; m < C; ++m) dir[m] = m < C / 2 ? 0 : 1;
@@ -204,7 +248,12 @@ Schedule make_dualpipev(int N, int C) {
   if (N < 1)
     throw std::invalid_argument("schedule dualpipev: needs at least 1 pipeline rank, got " +
                                 std::to_string(N));
-  if (C < 2 * N) throw std::invalid_argument(too_few_microbatches("dualpipev", C, N, 2 * N));
+  if (C < 1) throw std::invalid_argument(too_few_microbatches("dualpipev", C, N, 1));
+  if (C < 2 * N) {  // the 8 steps need C >= 2N: the schedule of 2N without the micro-batches >= C
+    std::vector<int> id(2 * N, -1);
+    for (int m = 0; m < C; ++m) id[m] = m;
+    return without_microbatches(make_dualpipev(N, 2 * N), id, C, std::vector<int>(C, 0));
+  }
   std::vector<int> v(2 * N);
   for (int st = 0; st < 2 * N; ++st) v[st] = st < N ? st : 2 * N - 1 - st;
   Schedule s = empty_schedule("dualpipev", N, 2 * N, C, {v}, std::vector<int>(C, 0));

@@ -218,29 +218,32 @@ TEST(dualpipe, PipelineRanksEqualSequential) {
   const int P = w.size();
   if (P < 2) GTEST_SKIP() << "needs 2 or more ranks";
   const ModelConfig c = small(2 * P);
-  const int C = 2 * P;
-  const std::vector<int32_t> tok = tokens(c, C);
-  const Outcome ref = sequential(c, tok, C);
-  for (const char* kind : {"dualpipe", "dualpipev"}) {
-    const pipeline::Schedule s = pipeline::make_schedule(kind, P, C);
-    std::vector<Losses> lk, lk_none;
-    int slots = 0;
-    auto on = run_step(c, s, w, tok, true, nullptr, &lk, &slots);
-    auto off = run_step(c, s, w, tok, false, nullptr, &lk_none, &slots);
-    expect_same_bits(*on, *off, std::string(kind) + ": interleave vs none");
-    EXPECT_LE(slots, s.in_flight_bound[w.rank()]) << kind;
-    for (int m = 0; m < C; ++m) {
-      if (s.rank_of(m, s.stages - 1) != w.rank()) continue;
-      const Losses& last = lk[m * s.stages + s.stages - 1];
-      EXPECT_EQ(last.lm, ref.losses[m].lm) << kind << " micro-batch " << m;
-      EXPECT_EQ(last.mtp, ref.losses[m].mtp) << kind << " micro-batch " << m;
-    }
-    if (std::string(kind) == "dualpipe") sum_twins(*on, w);
-    for (const auto& p : on->store.all()) {
-      const std::vector<double> g = grad_of(*p);
-      const std::vector<double>& r = ref.grads.at(p->name);
-      EXPECT_LT(calc_diff(g.data(), r.data(), static_cast<int64_t>(g.size())), 1e-13)
-          << kind << " rank " << w.rank() << " " << p->name;
+  // the 8 steps (C = 2P), and below them: fewer micro-batches (3) and an odd count (2P + 1)
+  for (const int C : {2 * P, 3, 2 * P + 1}) {
+    const std::vector<int32_t> tok = tokens(c, C);
+    const Outcome ref = sequential(c, tok, C);
+    for (const char* kind : {"dualpipe", "dualpipev"}) {
+      SCOPED_TRACE(std::string(kind) + " C=" + std::to_string(C));
+      const pipeline::Schedule s = pipeline::make_schedule(kind, P, C);
+      std::vector<Losses> lk, lk_none;
+      int slots = 0;
+      auto on = run_step(c, s, w, tok, true, nullptr, &lk, &slots);
+      auto off = run_step(c, s, w, tok, false, nullptr, &lk_none, &slots);
+      expect_same_bits(*on, *off, std::string(kind) + ": interleave vs none");
+      EXPECT_LE(slots, s.in_flight_bound[w.rank()]) << kind;
+      for (int m = 0; m < C; ++m) {
+        if (s.rank_of(m, s.stages - 1) != w.rank()) continue;
+        const Losses& last = lk[m * s.stages + s.stages - 1];
+        EXPECT_EQ(last.lm, ref.losses[m].lm) << kind << " micro-batch " << m;
+        EXPECT_EQ(last.mtp, ref.losses[m].mtp) << kind << " micro-batch " << m;
+      }
+      if (std::string(kind) == "dualpipe") sum_twins(*on, w);
+      for (const auto& p : on->store.all()) {
+        const std::vector<double> g = grad_of(*p);
+        const std::vector<double>& r = ref.grads.at(p->name);
+        EXPECT_LT(calc_diff(g.data(), r.data(), static_cast<int64_t>(g.size())), 1e-13)
+            << kind << " rank " << w.rank() << " " << p->name;
+      }
     }
   }
 }

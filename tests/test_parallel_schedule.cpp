@@ -53,6 +53,17 @@ const std::vector<std::string> kKinds = {"1f1b", "zb1p", "dualpipe", "dualpipev"
 
 // ---- generators pass the validator --------------------------------------------------------
 
+// The forwards and backwards rank r computes (a pair counts as one of each).
+std::pair<int, int> compute_counts(const Schedule& s, int r) {
+  int f = 0, b = 0;
+  for (const Op& op : s.per_rank[r]) {
+    f += op.kind == OpKind::Forward || op.kind == OpKind::ForwardBackward;
+    b += op.kind == OpKind::Backward || op.kind == OpKind::BackwardInput ||
+         op.kind == OpKind::ForwardBackward;
+  }
+  return {f, b};
+}
+
 TEST(Schedule, EveryGeneratorValidatesOverAGrid) {
   for (const auto& kind : kKinds)
     for (int P : {2, 4, 8})
@@ -65,12 +76,7 @@ TEST(Schedule, EveryGeneratorValidatesOverAGrid) {
         // Compute work per rank: each chunk it holds runs C' forwards and C' backwards, C' = the
         // micro-batches of that chunk's direction.
         for (int r = 0; r < P; ++r) {
-          int f = 0, b = 0;
-          for (const Op& op : s.per_rank[r]) {
-            f += op.kind == OpKind::Forward || op.kind == OpKind::ForwardBackward;
-            b += op.kind == OpKind::Backward || op.kind == OpKind::BackwardInput ||
-                 op.kind == OpKind::ForwardBackward;
-          }
+          const auto [f, b] = compute_counts(s, r);
           const int expect = kind == "dualpipe" ? C : kind == "dualpipev" ? 2 * C : C;
           EXPECT_EQ(f, expect) << "rank " << r;
           EXPECT_EQ(b, expect) << "rank " << r;
@@ -229,6 +235,38 @@ TEST(Schedule, DualPipeMessagesFollowTheReferencePrimitives) {
       << r0;
 }
 
+// Below the 8 steps' minimum (DualPipe C < 2P or C odd, DualPipeV C < 2N: a batch-size ramp's
+// first steps, e.g. DeepSeek-V3's 24 micro-batches at PP16): the schedule of enough micro-batches
+// without the extra ones' ops still runs (validate()), every rank runs each of its chunks' micro-
+// batches once, direction 0 takes the odd one, and no rank holds more activations than the full
+// schedule's bound. C = 2P is the 8 steps themselves.
+TEST(Schedule, DualPipeWithFewerOrOddMicroBatches) {
+  for (int P : {2, 4, 6, 8, 16})
+    for (int C = 2; C <= 2 * P + 3; ++C) {
+      SCOPED_TRACE("dualpipe P=" + std::to_string(P) + " C=" + std::to_string(C));
+      const Schedule s = make_schedule("dualpipe", P, C);
+      ASSERT_NO_THROW(validate(s));
+      for (int m = 0; m < C; ++m) EXPECT_EQ(s.direction_of_mb[m], m < (C + 1) / 2 ? 0 : 1);
+      const std::vector<int> peak = peak_in_flight(s);
+      for (int r = 0; r < P; ++r) {
+        const auto [f, b] = compute_counts(s, r);
+        EXPECT_EQ(f, C) << "rank " << r;
+        EXPECT_EQ(b, C) << "rank " << r;
+        EXPECT_LE(peak[r], P + 1) << "rank " << r;
+      }
+    }
+  for (int N : {1, 2, 4, 8})
+    for (int C = 1; C < 2 * N; ++C) {
+      SCOPED_TRACE("dualpipev N=" + std::to_string(N) + " C=" + std::to_string(C));
+      const Schedule s = make_schedule("dualpipev", N, C);
+      ASSERT_NO_THROW(validate(s));
+      const std::vector<int> peak = peak_in_flight(s);
+      for (int r = 0; r < N; ++r) EXPECT_LE(peak[r], 2 * N + 1) << "rank " << r;
+    }
+  // DeepSeek-V3's ramp at PP16 x DP128: 24 micro-batches, and an odd count mid-ramp
+  for (int C : {24, 25, 119}) EXPECT_NO_THROW(validate(make_schedule("dualpipe", 16, C))) << C;
+}
+
 // ---- errors from the generators ------------------------------------------------------------
 
 TEST(Schedule, TooFewMicroBatchesAndParity) {
@@ -236,15 +274,13 @@ TEST(Schedule, TooFewMicroBatchesAndParity) {
                {"schedule 1f1b: 3 micro-batches are too few for 4 pipeline ranks (need >= 4)"});
   expect_error([] { make_schedule("zb1p", 8, 5); },
                {"schedule zb1p: 5 micro-batches are too few for 8 pipeline ranks (need >= 8)"});
-  expect_error([] { make_schedule("dualpipe", 4, 6); },
-               {"schedule dualpipe: 6 micro-batches are too few for 4 pipeline ranks (need >= 8)"});
-  expect_error([] { make_schedule("dualpipe", 4, 9); },
-               {"schedule dualpipe: needs an even number of micro-batches", "got 9"});
+  expect_error([] { make_schedule("dualpipe", 4, 1); },
+               {"schedule dualpipe: 1 micro-batches are too few for 4 pipeline ranks (need >= 2)"});
   expect_error([] { make_schedule("dualpipe", 3, 8); },
                {"schedule dualpipe: needs an even number of pipeline ranks", "got 3"});
   expect_error(
-      [] { make_schedule("dualpipev", 4, 7); },
-      {"schedule dualpipev: 7 micro-batches are too few for 4 pipeline ranks (need >= 8)"});
+      [] { make_schedule("dualpipev", 4, 0); },
+      {"schedule dualpipev: 0 micro-batches are too few for 4 pipeline ranks (need >= 1)"});
   expect_error([] { make_schedule("1f1b", 0, 4); }, {"schedule 1f1b: needs at least 1"});
   expect_error([] { make_schedule("gpipe", 4, 8); }, {"schedule gpipe: unknown kind"});
 }

@@ -118,7 +118,7 @@ void plan_layout(Run& r) {
           ? data::BatchSchedule(cfg.data.batch_ramp_start, cfg.data.global_batch_size,
                                 cfg.data.batch_ramp_tokens, S, dp, B)
           : data::BatchSchedule::constant(cfg.data.global_batch_size, S, dp, B));
-  // every batch size of the ramp (DualPipe needs an even micro-batch count >= 2P at each)
+  // every batch size of the ramp (each makes its own schedule; validate() checks each)
   std::set<int64_t> sizes{cfg.data.global_batch_size};
   for (int64_t tokens = 0; tokens < r.batches->ramp_tokens();) {
     const int64_t b = r.batches->batch_size_at(tokens);
