@@ -116,32 +116,24 @@ def bitwise(a, b):  # two runs' losses, grad norms and parameters, bit for bit
     ma, mb, pa, pb = metrics(a), metrics(b), params(a), params(b)
     same = [(x["loss"], x["grad_norm"]) for x in ma] == [(x["loss"], x["grad_norm"]) for x in mb]
     return same and set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+def pair(a, b, what, also=True, extra=""):  # reports two runs that must agree bit for bit
+    global passed, failed
+    same = bitwise(a, b) and also
+    print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}{what}: losses, grad norms and parameters "
+          f"{'bitwise equal' if same else 'DIFFER'}{extra}")
+    passed += same; failed += not same
 # how a rank waits changes no data: sleeping and polling MPI waits, bit for bit
-a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_poll"
-same = bitwise(a, b)
-print(f"{'ok  ' if same else 'FAIL'} {a} (sleeping waits) vs {b}: losses, grad norms and "
-      f"parameters {'bitwise equal' if same else 'DIFFER'}")
-passed += same; failed += not same
+pair("pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_poll", " (sleeping vs polling waits)")
 # the overlap changes no arithmetic: interleaved and forward-then-backward pairs, bit for bit
 a, b = "pp2ep2dp2_dualpipe", "pp2ep2dp2_dualpipe_none"
 early = [min(x["dp_early"]) for x in metrics(a)], [max(x["dp_early"]) for x in metrics(b)]
-same = bitwise(a, b) and min(early[0]) > 0.2 and max(early[1]) == 0
-print(f"{'ok  ' if same else 'FAIL'} {a} vs {b}: losses, grad norms and parameters "
-      f"{'bitwise equal' if same else 'DIFFER'}; DP reduction started during the backward: "
-      f"{min(early[0]):.0%}+ of the elements (off: {max(early[1]):.0%})")
-passed += same; failed += not same
+pair(a, b, "", also=min(early[0]) > 0.2 and max(early[1]) == 0,
+     extra=f"; DP reduction started during the backward: {min(early[0]):.0%}+ of the elements "
+           f"(off: {max(early[1]):.0%})")
 # zero rows padding each expert's rows to 16 change no value of the FP8 recipe, bit for bit
-a, b = "ep2_fp8", "ep2_fp8_align16"
-same = bitwise(a, b)
-print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (experts' rows padded to 16): losses, grad "
-      f"norms and parameters {'bitwise equal' if same else 'DIFFER'}")
-passed += same; failed += not same
+pair("ep2_fp8", "ep2_fp8_align16", " (experts' rows padded to 16)")
 # deferred FP8 weight gradients (from the kept dY tiles) equal immediate ones, bit for bit
-a, b = "pp2_fp8_1f1b", "pp2_fp8_zb1p"
-same = bitwise(a, b)
-print(f"{'ok  ' if same else 'FAIL'} {a} vs {b} (deferred FP8 Wgrads from kept dY tiles): "
-      f"losses, grad norms and parameters {'bitwise equal' if same else 'DIFFER'}")
-passed += same; failed += not same
+pair("pp2_fp8_1f1b", "pp2_fp8_zb1p", " (deferred FP8 Wgrads from kept dY tiles)")
 # where the step went, per rank: the breakdown's additive fields sum to the step time (5%, over
 # steps 2-10: a single 0.1 s step on oversubscribed cores carries milliseconds of scheduling skew)
 ADD = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "pp_idle_s", "dp_comm_s",
