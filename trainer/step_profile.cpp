@@ -43,11 +43,14 @@ bool StepProfile::due(int64_t step, bool last) const {
 }
 
 namespace {
-// `fmt` of one row: op, calls, ms, share of the steps, ms per call, TFLOP/s ("-": not a GEMM)
+// `fmt` of one row: op, calls, ms, share of the steps, ms per call, TFLOP/s ("-": not a GEMM;
+// below 1, three significant digits: a small GEMM on a busy CPU runs at thousandths)
 std::string line(const char* fmt, const op_profile::Row& r, double step_seconds) {
   char tflops[32] = "-";
-  if (r.flops > 0 && r.seconds > 0)
-    std::snprintf(tflops, sizeof tflops, "%.2f", static_cast<double>(r.flops) / r.seconds / 1e12);
+  if (r.flops > 0 && r.seconds > 0) {
+    const double t = static_cast<double>(r.flops) / r.seconds / 1e12;
+    std::snprintf(tflops, sizeof tflops, t >= 1 ? "%.2f" : "%.3g", t);
+  }
   char b[256];
   std::snprintf(b, sizeof b, fmt, r.op.c_str(), static_cast<long long>(r.calls), r.seconds * 1e3,
                 step_seconds > 0 ? 100 * r.seconds / step_seconds : 0.0,
