@@ -9,6 +9,10 @@
 //             (micro-batch, stage): a DualPipeV rank forwards micro-batch m twice;
 //   grads     the buffers a backward writes and keeps until its weight gradient and the send of
 //             d(input): lent to (m, s) from its first backward op to its last use, then returned;
+//             where the two pools peak at different times (DualPipe: slots in the steady state,
+//             gradient sets in the cooldown), each frees its idle entries down to what the rest
+//             of the step needs, so the memory a rank holds peaks at the most of the two at once,
+//             not the sum of their peaks (pool_plan);
 //   messages  one buffer per message in flight: a receive's buffer is given back when its
 //             consumer (Forward / Backward) has read it, a send travels as a copy whose buffer
 //             is given back when the send completes (polled after every op).
@@ -67,6 +71,9 @@ struct ExecOptions {
   // accumulates into its stage (a backward, a weight-gradient op, or a pair's backward) has
   // passed it (the DP reduction may start; trainer/optimizer.h)
   std::function<void(int layer)> layer_grads_final;
+  // where pool_plan chooses it, the pools of micro-batch states and gradient sets trim their idle
+  // entries after each op (false: they keep them; tests compare the two)
+  bool share_pools = true;
 };
 
 // Where one rank's time in run() went (seconds), and the measured op costs.
@@ -112,7 +119,7 @@ class PipelineExecutor {
            Losses& sum) {
     const Step step{tokens, B, S, mtp_weight, grad_scale};
     const std::vector<pipeline::Op>& ops = sched_.per_rank[rank_];
-    const std::vector<std::vector<int>> retire_after = begin_step(ops);
+    begin_step(ops);
     for (size_t i = 0; i < ops.size(); ++i) {
       const pipeline::Op& op = ops[i];
       op_index_ = i;
@@ -124,7 +131,9 @@ class PipelineExecutor {
         if (pp_.tags_match() || !next_message) post_batch();
       } else
         compute(op, step), t = trace::stamp();
-      for (int k : retire_after[i]) retire(k);
+      for (int k : pools_.ops[i].retire) retire(k);
+      if (pools_.share && opt_.share_pools)
+        slots_.trim(pools_.ops[i].keep_slots), grads_.trim(pools_.ops[i].keep_sets);
       poll();
       trace::span_since(trace::Track::Progress, op.is_message() ? "post" : "progress", t);
     }
@@ -152,6 +161,7 @@ class PipelineExecutor {
                                     ", which holds no such model chunk");
     }
     sched_ = std::move(s);
+    pools_ = pool_plan(sched_, rank_);
   }
   const pipeline::Schedule& schedule() const { return sched_; }
   int rank() const { return rank_; }
@@ -161,15 +171,45 @@ class PipelineExecutor {
   // The losses of (m, stage)'s forward in the last run (zero where it did not run here).
   const Losses& losses_of(int m, int stage) const { return losses_.at(key(m, stage)); }
 
-  // Micro-batch states held (the pool only grows to the schedule's peak in flight) and message
-  // buffers (one per message in flight).
-  int slots() const { return static_cast<int>(slots_.size()); }
-  // Gradient sets: the backward's buffers, lent to (m, s) from its backward to its last use.
-  int grad_sets() const { return static_cast<int>(grads_.size()); }
-  int message_buffers() const { return static_cast<int>(msgs_.size()); }
+  // Micro-batch states (the pool grows only to the schedule's peak in flight), gradient sets
+  // (the backward's buffers, lent to (m, s) from its backward to its last use) and message
+  // buffers (one per message in flight) made so far; held_*: those of them holding memory now.
+  int slots() const { return static_cast<int>(slots_.items.size()); }
+  int grad_sets() const { return static_cast<int>(grads_.items.size()); }
+  int message_buffers() const { return static_cast<int>(msgs_.items.size()); }
+  int held_slots() const { return slots_.held(); }
+  int held_grad_sets() const { return grads_.held(); }
+
+  // What the pools of micro-batch states and gradient sets do at each op of a rank's list: the
+  // executor's bookkeeping, and what the plan counts (trainer/plan.cpp). Keys are m * stages + s.
+  struct PoolOp {
+    std::vector<int> take;    // keys whose state is taken here (their forward)
+    std::vector<int> lend;    // keys lent a gradient set here (their first backward op)
+    std::vector<int> retire;  // keys whose last use this is: state and set given back after it
+    // the most states / sets live at once in the rest of the step (0 after the last op)
+    int keep_slots = 0, keep_sets = 0;
+  };
+  struct PoolPlan {
+    std::vector<PoolOp> ops;
+    int peak_slots = 0, peak_sets = 0;  // live at once, at most: what each pool grows to
+    // Share: after each op each pool frees its idle entries beyond keep_* (a state or set made
+    // again later is filled again by its next use; on a GPU the caching allocator hands the
+    // memory to whichever pool grows next). Chosen where it lowers the most entries held at once
+    // below peak_slots + peak_sets — the pools peak at different times; elsewhere (1F1B, ZB1P,
+    // a DualPipe end rank) keeping them saves the refills.
+    bool share = false;
+    int peak_held = 0;  // states + sets held at once, at most, under this choice
+  };
+  static PoolPlan pool_plan(const pipeline::Schedule& s, int rank);
   // The gradient sets a rank of `s` needs: the most (m, s) between their first backward op and
   // their last use at once (what grad_sets() reaches after a step).
-  static int peak_grad_sets(const pipeline::Schedule& s, int rank);
+  static int peak_grad_sets(const pipeline::Schedule& s, int rank) {
+    return pool_plan(s, rank).peak_sets;
+  }
+  // Walks a pool plan as the executor runs it: visit(live_keys, held_slots, held_sets) during
+  // each op, after its takes and lends (live_keys: the states live then).
+  template <class F>
+  static void walk_pools(const PoolPlan& p, F&& visit);
   // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): a received
   // activation or gradient from its receive's post to the compute op that reads it; a sent one (a
   // copy) from its post to the end of the next compute op — an estimate: a send completes once its
@@ -214,8 +254,8 @@ class PipelineExecutor {
   static void keys_read(const pipeline::Schedule& s, int rank, const pipeline::Op& op,
                         std::vector<std::pair<int, int>>& out);
 
-  // Resets the per-step tables; returns, per op, the (m, s) states whose last use it is.
-  std::vector<std::vector<int>> begin_step(const std::vector<pipeline::Op>& ops);
+  // Resets the per-step tables and finds each stage's last weight-gradient op.
+  void begin_step(const std::vector<pipeline::Op>& ops);
   void finish_stats();
 
   // A message op: adds a receive into a fresh buffer, or a send of a copy, to the batch that
@@ -247,7 +287,7 @@ class PipelineExecutor {
   void retire(int k) {
     if (slot_of_[k] < 0) return;
     take_back_grads(k);
-    free_slots_.push_back(slot_of_[k]);
+    slots_.give(slot_of_[k]);
     slot_of_[k] = -1;
   }
   void wait_receives() {  // time blocked here is pipeline idle (bubble + p2p latency)
@@ -266,25 +306,42 @@ class PipelineExecutor {
   }
   double ep_blocked() const { return opt_.ep_blocked ? opt_.ep_blocked() : 0.0; }
 
-  typename Model<T>::MicroBatch& state(int k) { return slots_[slot_of_[k]]; }
-  // An entry of a pool: a free one, or a new one at the end (deques: entries never move).
+  // A pool of reusable entries (a deque: entries never move). Free entries keep their memory;
+  // bare ones were trimmed (their memory freed) and fill again on their next use.
   template <class E>
-  static int take(std::deque<E>& pool, std::vector<int>& free) {
-    if (free.empty()) {
-      pool.emplace_back();
-      return static_cast<int>(pool.size()) - 1;
+  struct Pool {
+    std::deque<E> items;
+    std::vector<int> free, bare;
+    E& operator[](int i) { return items[static_cast<size_t>(i)]; }
+    int take() {  // a free entry, else a bare one, else a new one
+      for (std::vector<int>* l : {&free, &bare})
+        if (!l->empty()) {
+          const int i = l->back();
+          l->pop_back();
+          return i;
+        }
+      items.emplace_back();
+      return static_cast<int>(items.size()) - 1;
     }
-    const int i = free.back();
-    free.pop_back();
-    return i;
-  }
+    void give(int i) { free.push_back(i); }
+    int held() const { return static_cast<int>(items.size() - bare.size()); }
+    void trim(int keep) {  // frees idle entries while more than `keep` hold memory
+      while (held() > keep && !free.empty()) {
+        items[static_cast<size_t>(free.back())] = E{};
+        bare.push_back(free.back());
+        free.pop_back();
+      }
+    }
+  };
+
+  typename Model<T>::MicroBatch& state(int k) { return slots_[slot_of_[k]]; }
   int msg_acquire(int64_t n) {
-    const int b = take(msgs_, free_msgs_);
+    const int b = msgs_.take();
     msgs_[b].resize(static_cast<size_t>(n));
     return b;
   }
   void msg_release(int& b) {
-    if (b >= 0) free_msgs_.push_back(b);
+    if (b >= 0) msgs_.give(b);
     b = -1;
   }
   // Posts a send of a copy of src (so the slot may be reused before the send completes); the
@@ -300,14 +357,14 @@ class PipelineExecutor {
   // forward activations but only as many gradient sets as backwards overlap.
   void lend_grads(int k) {
     if (grads_of_[k] >= 0) return;
-    const int g = take(grads_, free_grads_);
+    const int g = grads_.take();
     grads_of_[k] = g;
     swap_grads(state(k), grads_[g]);
   }
   void take_back_grads(int k) {
     if (grads_of_[k] < 0) return;
     swap_grads(state(k), grads_[grads_of_[k]]);
-    free_grads_.push_back(grads_of_[k]);
+    grads_.give(grads_of_[k]);
     grads_of_[k] = -1;
   }
   // One gradient set: the buffers of Model::MicroBatch::for_each_grad in visiting order, by
@@ -352,12 +409,13 @@ class PipelineExecutor {
   pipeline::Schedule sched_;
   int rank_;
   ExecOptions opt_;
-  std::deque<typename Model<T>::MicroBatch> slots_;  // micro-batch states (stable addresses)
-  std::vector<int> free_slots_, slot_of_;            // slot_of_[key(m, s)]: its slot or -1
-  std::deque<GradSet> grads_;                        // gradient sets, reused
-  std::vector<int> free_grads_, grads_of_;           // grads_of_[key]: its set or -1
-  std::deque<Buffer<T>> msgs_;                       // message buffers, reused
-  std::vector<int> free_msgs_, act_of_, grad_of_;    // received input / d output of key
+  PoolPlan pools_;                             // of sched_ on this rank
+  Pool<typename Model<T>::MicroBatch> slots_;  // micro-batch states
+  std::vector<int> slot_of_;                   // slot_of_[key(m, s)]: its slot or -1
+  Pool<GradSet> grads_;                        // gradient sets
+  std::vector<int> grads_of_;                  // grads_of_[key]: its set or -1
+  Pool<Buffer<T>> msgs_;                       // message buffers
+  std::vector<int> act_of_, grad_of_;          // received input / d output of key
   std::vector<PendingSend> sends_;
   std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
   std::vector<P2pOp> batch_;        // the messages of adjacent message ops, until post_batch()

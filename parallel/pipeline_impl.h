@@ -33,8 +33,7 @@ void PipelineExecutor<T>::keys_read(const pipeline::Schedule& s, int rank, const
 }
 
 template <class T>
-std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
-    const std::vector<pipeline::Op>& ops) {
+void PipelineExecutor<T>::begin_step(const std::vector<pipeline::Op>& ops) {
   const int K = sched_.microbatches * sched_.stages;
   slot_of_.assign(K, -1), grads_of_.assign(K, -1);
   act_of_.assign(K, -1), grad_of_.assign(K, -1);
@@ -48,8 +47,6 @@ std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
   forwarded_.assign(K, 0);
   stats_ = ExecStats{};
   cost_sum_.assign(5, 0.0), cost_n_.assign(5, 0);
-  std::vector<int> last(K, -1);
-  std::vector<std::pair<int, int>> ks;
   last_grad_op_.assign(sched_.stages, -1);
   for (size_t i = 0; i < ops.size(); ++i) {
     const pipeline::Op& op = ops[i];
@@ -57,15 +54,7 @@ std::vector<std::vector<int>> PipelineExecutor<T>::begin_step(
     if (op.kind == pipeline::OpKind::Backward || op.kind == pipeline::OpKind::BackwardInput ||
         op.kind == pipeline::OpKind::BackwardWeight || op.kind == pipeline::OpKind::ForwardBackward)
       last_grad_op_[gs] = static_cast<int>(i);
-    if (op.kind == pipeline::OpKind::RecvActivation || op.kind == pipeline::OpKind::RecvGrad)
-      continue;
-    keys_read(sched_, rank_, op, ks);
-    for (const auto& [m, s] : ks) last[key(m, s)] = static_cast<int>(i);
   }
-  std::vector<std::vector<int>> retire_after(ops.size());
-  for (int k = 0; k < K; ++k)
-    if (last[k] >= 0) retire_after[last[k]].push_back(k);
-  return retire_after;
 }
 
 template <class T>
@@ -112,7 +101,7 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
 template <class T>
 Program PipelineExecutor<T>::forward_of(int m, int stage, const Step& st) {
   const int k = key(m, stage);
-  slot_of_[k] = take(slots_, free_slots_);
+  slot_of_[k] = slots_.take();
   const T* in = nullptr;
   if (stage > 0)
     in = here(m, stage - 1) ? chunk(stage - 1).output(state(key(m, stage - 1)))
@@ -166,7 +155,7 @@ void PipelineExecutor<T>::backward_done(int m, int stage) {
   msg_release(grad_of_[key(m, stage)]);
   if (!here(m, stage - 1)) return;
   int& b = grad_of_[key(m, stage - 1)];
-  b = take(msgs_, free_msgs_);
+  b = msgs_.take();
   std::swap(msgs_[b], state(key(m, stage)).dh);
 }
 
@@ -256,30 +245,83 @@ void PipelineExecutor<T>::finish_stats() {
   stats_.cost_W = mean(3), stats_.cost_FB = mean(4);
 }
 
+// The pools' plan: the keys each op takes, lends and retires (a state from its forward to the
+// last op that reads it; a set from its first backward op to the same), what the rest of the
+// step needs after each op, and whether trimming to that lowers the most held at once.
 template <class T>
-int PipelineExecutor<T>::peak_grad_sets(const pipeline::Schedule& s, int rank) {
+typename PipelineExecutor<T>::PoolPlan PipelineExecutor<T>::pool_plan(const pipeline::Schedule& s,
+                                                                      int rank) {
   using pipeline::OpKind;
   const std::vector<pipeline::Op>& ops = s.per_rank[rank];
-  const int K = s.microbatches * s.stages;
-  std::vector<int> first(K, -1), last(K, -1);
+  PoolPlan p;
+  p.ops.resize(ops.size());
+  std::vector<int> last(static_cast<size_t>(s.microbatches * s.stages), -1);
+  std::vector<uint8_t> lent(last.size(), 0);
   std::vector<std::pair<int, int>> ks;
   for (size_t i = 0; i < ops.size(); ++i) {
     const pipeline::Op& op = ops[i];
     if (op.kind == OpKind::RecvActivation || op.kind == OpKind::RecvGrad) continue;
-    keys_read(s, rank, op, ks);
-    for (const auto& [m, st] : ks) last[m * s.stages + st] = static_cast<int>(i);
+    const bool pair = op.kind == OpKind::ForwardBackward;
+    if (op.kind == OpKind::Forward || pair) p.ops[i].take.push_back(op.mb * s.stages + op.stage);
     int bk = -1;
     if (op.kind == OpKind::Backward || op.kind == OpKind::BackwardInput)
       bk = op.mb * s.stages + op.stage;
-    if (op.kind == OpKind::ForwardBackward) bk = op.mb2 * s.stages + op.stage2;
-    if (bk >= 0 && first[bk] < 0) first[bk] = static_cast<int>(i);
+    if (pair) bk = op.mb2 * s.stages + op.stage2;
+    if (bk >= 0 && !lent[bk]) lent[bk] = 1, p.ops[i].lend.push_back(bk);
+    keys_read(s, rank, op, ks);
+    for (const auto& [m, st] : ks) last[m * s.stages + st] = static_cast<int>(i);
   }
-  std::vector<int> delta(ops.size() + 1, 0);
-  for (int k = 0; k < K; ++k)
-    if (first[k] >= 0) ++delta[first[k]], --delta[last[k] + 1];
-  int open = 0, peak = 0;
-  for (int d : delta) peak = std::max(peak, open += d);
-  return peak;
+  for (size_t k = 0; k < last.size(); ++k)
+    if (last[k] >= 0) p.ops[last[k]].retire.push_back(static_cast<int>(k));
+  // live counts during each op; keep_*: their most over the ops after it
+  std::vector<int> live_s(ops.size()), live_g(ops.size());
+  int ns = 0, ng = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    ns += static_cast<int>(p.ops[i].take.size()), ng += static_cast<int>(p.ops[i].lend.size());
+    live_s[i] = ns, live_g[i] = ng;
+    p.peak_slots = std::max(p.peak_slots, ns), p.peak_sets = std::max(p.peak_sets, ng);
+    for (int k : p.ops[i].retire) ns -= 1, ng -= lent[k];
+  }
+  for (size_t i = ops.size(); i-- > 1;) {
+    p.ops[i - 1].keep_slots = std::max(p.ops[i].keep_slots, live_s[i]);
+    p.ops[i - 1].keep_sets = std::max(p.ops[i].keep_sets, live_g[i]);
+  }
+  p.share = true;
+  int shared = 0;
+  walk_pools(p,
+             [&](const std::vector<int>&, int hs, int hg) { shared = std::max(shared, hs + hg); });
+  p.share = shared < p.peak_slots + p.peak_sets;
+  p.peak_held = p.share ? shared : p.peak_slots + p.peak_sets;
+  return p;
+}
+
+// The executor's pools op by op: a pool grows when an op needs more than it holds; shared, it
+// trims after each op to the rest of the step's need (from nothing at the step's start); kept,
+// it holds its peak from the first step on.
+template <class T>
+template <class F>
+void PipelineExecutor<T>::walk_pools(const PoolPlan& p, F&& visit) {
+  std::vector<int> live;
+  std::vector<uint8_t> lent;
+  int hs = p.share ? 0 : p.peak_slots, hg = p.share ? 0 : p.peak_sets, ng = 0;
+  for (const PoolOp& op : p.ops) {
+    for (int k : op.take) live.push_back(k);
+    for (int k : op.lend) {
+      if (lent.size() <= static_cast<size_t>(k)) lent.resize(static_cast<size_t>(k) + 1, 0);
+      lent[k] = 1, ++ng;
+    }
+    hs = std::max(hs, static_cast<int>(live.size())), hg = std::max(hg, ng);
+    visit(live, hs, hg);
+    for (int k : op.retire) {
+      const auto it = std::find(live.begin(), live.end(), k);
+      if (it != live.end()) live.erase(it);
+      if (static_cast<size_t>(k) < lent.size() && lent[k]) lent[k] = 0, --ng;
+    }
+    if (p.share) {
+      hs = std::max(static_cast<int>(live.size()), std::min(hs, op.keep_slots));
+      hg = std::max(ng, std::min(hg, op.keep_sets));
+    }
+  }
 }
 
 template <class T>

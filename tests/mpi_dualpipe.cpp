@@ -12,6 +12,10 @@
 //     DualPipeV (2P stages in a V) give the sequential model's losses on the rank that holds the
 //     last stage of each micro-batch (bitwise) and its gradients (calc_diff < 1e-13), and
 //     interleaving changes no bit.
+//   * The executor's pools: where pool_plan shares them (the ranks whose gradient sets peak in
+//     the cooldown, after the states' peak), the allocator's peak over a step is lower than with
+//     the pools kept, the gradients and losses are the same bits, and the step ends holding no
+//     state or set; elsewhere the peak is the same.
 // Every rank builds the reference itself: parameters are seeded by name, so it is cheap and
 // identical everywhere.
 #include <gtest/gtest.h>
@@ -246,6 +250,78 @@ TEST(dualpipe, PipelineRanksEqualSequential) {
       }
     }
   }
+}
+
+// One executor's third step (the first two grow what grows): the allocator's peak during it, and
+// what the executor holds after it.
+struct PoolRun {
+  std::vector<std::vector<double>> grads;  // this rank's parameters', in store order
+  std::vector<Losses> losses;
+  int64_t peak = 0;
+  int held_slots = 0, held_sets = 0, slots = 0, sets = 0;
+  int64_t messages = 0;  // the bytes of its message pool: when a send's buffer comes back
+                         // depends on the peer's progress, so the peak may differ by these
+};
+PoolRun pool_run(const ModelConfig& c, const pipeline::Schedule& s, Communicator& pp,
+                 const std::vector<int32_t>& tok, bool share) {
+  PoolRun out;
+  const std::unique_ptr<Chunks> ch = build(c, s, pp.rank());
+  ExecOptions o;
+  o.share_pools = share;
+  PipelineExecutor<double> ex(ch->list(), pp, s, pp.rank(), o);
+  for (int step = 0; step < 3; ++step) {
+    for (const auto& p : ch->store.all()) std::fill_n(p->g(), p->numel(), 0.0);
+    if (step == 2) allocator(Device::CPU).reset_peak();
+    Losses sum;
+    ex.run([&](int m) { return tok.data() + m * kB * (kS + 1); }, kB, kS, kMtpWeight,
+           1.0 / s.microbatches, sum);
+  }
+  out.peak = allocator(Device::CPU).stats().peak_bytes;
+  for (const auto& p : ch->store.all()) out.grads.push_back(grad_of(*p));
+  for (int m = 0; m < s.microbatches; ++m)
+    for (int st = 0; st < s.stages; ++st) out.losses.push_back(ex.losses_of(m, st));
+  out.held_slots = ex.held_slots(), out.held_sets = ex.held_grad_sets();
+  out.slots = ex.slots(), out.sets = ex.grad_sets();
+  out.messages = ex.message_buffers() * kB * kS * c.hidden_size * 8;
+  return out;
+}
+
+TEST(dualpipe, SharedPoolsHoldLessAndChangeNoBit) {
+  Communicator& w = world();
+  const int P = w.size();
+  if (P < 2) GTEST_SKIP() << "needs 2 or more ranks";
+  const ModelConfig c = small(2 * P);
+  const int C = 2 * P;
+  const std::vector<int32_t> tok = tokens(c, C);
+  for (const char* kind : {"dualpipe", "dualpipev"}) {
+    SCOPED_TRACE(std::string(kind) + " rank " + std::to_string(w.rank()));
+    const pipeline::Schedule s = pipeline::make_schedule(kind, P, C);
+    const auto plan = PipelineExecutor<double>::pool_plan(s, w.rank());
+    // one after the other: each run's chunks and executor are gone before the next starts
+    const PoolRun kept = pool_run(c, s, w, tok, false);
+    const PoolRun shared = pool_run(c, s, w, tok, true);
+    EXPECT_EQ(kept.grads, shared.grads);
+    for (size_t k = 0; k < kept.losses.size(); ++k) {
+      EXPECT_EQ(kept.losses[k].loss, shared.losses[k].loss) << k;
+    }
+    for (const PoolRun* r : {&kept, &shared}) {  // each pool grew to its own peak
+      EXPECT_EQ(r->slots, plan.peak_slots);
+      EXPECT_EQ(r->sets, plan.peak_sets);
+    }
+    EXPECT_EQ(kept.held_slots + kept.held_sets, plan.peak_slots + plan.peak_sets);
+    const int64_t slack = std::max(kept.messages, shared.messages);
+    if (plan.share) {
+      EXPECT_LT(plan.peak_held, plan.peak_slots + plan.peak_sets);
+      EXPECT_LT(shared.peak + slack, kept.peak);
+      EXPECT_EQ(shared.held_slots + shared.held_sets, 0);
+    } else {
+      EXPECT_LE(std::abs(shared.peak - kept.peak), slack);
+      EXPECT_EQ(shared.held_slots + shared.held_sets, plan.peak_slots + plan.peak_sets);
+    }
+  }
+  // the middle ranks of DualPipe and the second half of DualPipeV's share (P >= 2)
+  const pipeline::Schedule v = pipeline::make_schedule("dualpipev", P, C);
+  EXPECT_EQ(PipelineExecutor<double>::pool_plan(v, P - 1).share, true);
 }
 
 }  // namespace

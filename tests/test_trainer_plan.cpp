@@ -179,6 +179,49 @@ TEST(Plan, DualPipeHoldsBothEndsOnTheFirstRank) {
   for (const RankPlan& r : p.ranks) EXPECT_EQ(r.slots, 5);  // PP + 1
 }
 
+// DualPipe's pools peak apart: micro-batch states in the steady state (17 at PP16), gradient sets
+// in the cooldown (rank r of the first half holds r + 1 deferred weight gradients): the executor
+// trims each to what the rest of the step needs, so the peak holds 17 states and one set. ZB1P's
+// sets pile up while its states are at their peak: nothing to share.
+TEST(Plan, DualPipePoolsPeakApartAndShareTheirMemory) {
+  using Exec = PipelineExecutor<float>;
+  const pipeline::Schedule dp = pipeline::make_schedule("dualpipe", 16, 120);
+  for (int r = 0; r < 16; ++r) {
+    const Exec::PoolPlan pp = Exec::pool_plan(dp, r);
+    EXPECT_EQ(pp.peak_slots, 17) << r;
+    EXPECT_EQ(pp.peak_sets, std::min(r, 15 - r) + 1) << r;
+    EXPECT_EQ(pp.share, pp.peak_sets > 1) << r;
+    EXPECT_EQ(pp.peak_held, 18) << r;
+    int most = 0;
+    Exec::walk_pools(pp, [&](const std::vector<int>& live, int slots, int sets) {
+      EXPECT_GE(slots, static_cast<int>(live.size()));
+      EXPECT_LE(slots, pp.peak_slots);
+      EXPECT_LE(sets, pp.peak_sets);
+      most = std::max(most, slots + sets);
+    });
+    EXPECT_EQ(most, pp.peak_held) << r;
+  }
+  const pipeline::Schedule zb = pipeline::make_schedule("zb1p", 16, 120);
+  for (int r = 0; r < 16; ++r) {
+    const Exec::PoolPlan pp = Exec::pool_plan(zb, r);
+    EXPECT_FALSE(pp.share) << r;
+    EXPECT_EQ(pp.peak_held, pp.peak_slots + pp.peak_sets) << r;
+  }
+  // the plan's bytes: a middle rank of PP4 holds its 5 states and one set at the peak
+  const Config c = small({"parallel.pp=4", "parallel.schedule=dualpipe"});
+  const Plan p = make_plan(c);
+  const RankPlan& r = p.ranks[1];
+  const SlotBytes s1 = slot_activation_bytes(c.model, c.policy(), 1, 4, 2, 128);
+  const SlotBytes s2 = slot_activation_bytes(c.model, c.policy(), 2, 4, 2, 128);
+  ASSERT_EQ(s1.forward, s2.forward);  // stages 1 and 2: one MoE block each
+  EXPECT_TRUE(r.shared_pools);
+  EXPECT_EQ(Exec::pool_plan(pipeline::make_schedule("dualpipe", 4, p.microbatches), 1).peak_sets,
+            2);
+  EXPECT_EQ(r.grad_sets, 1);
+  EXPECT_EQ(r.bytes.activations, 5 * s1.forward + std::max(s1.backward, s2.backward));
+  EXPECT_FALSE(p.ranks[0].shared_pools);
+}
+
 // The MLA, MLP and Linear scratch of a chunk's layers is one per stage (Block::Scratch), however
 // many layers the stage has: a DualPipe rank holds its two stages' scratch, and a stage with dense
 // layers the dense MLP's wider SwiGLU buffers.

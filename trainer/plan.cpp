@@ -173,31 +173,34 @@ pipeline::Schedule plan_schedule(const Config& cfg, Plan& p) {
   return s;
 }
 
-// Micro-batch states in flight on rank r at its peak: the schedule's in-flight rule
-// (pipeline::in_flight_change) applied to each op's chunk, weighted by what the chunk's stage keeps
-// per micro-batch (activations and EP dispatch state).
-struct InFlight {
-  int slots = 0;
-  int64_t activations = 0, ep = 0, largest = 0;
+// What rank r's pools of micro-batch states and gradient sets hold at their peak, op by op as the
+// executor runs them (PipelineExecutor::pool_plan): a live state weighted by what its stage keeps
+// per micro-batch (activations and EP dispatch state), an idle held one and every set at the
+// largest of the rank's stages (a pooled entry grows to the largest use it has had).
+struct PoolPeak {
+  int slots = 0, sets = 0;
+  int64_t activations = 0, ep = 0, largest = 0, set_bytes = 0;
+  bool shared = false;
 };
 
-InFlight peak_in_flight(const pipeline::Schedule& s, int r, const std::vector<StageCensus>& st) {
-  InFlight cur, peak;
-  for (const pipeline::Op& op : s.per_rank[r]) {
-    const pipeline::InFlightChange ch = pipeline::in_flight_change(op);
-    if (ch.opened) {
-      const StageCensus& c = st[op.stage];
-      ++cur.slots, cur.activations += c.slot.forward, cur.ep += c.ep_slot;
-      peak.largest = std::max(peak.largest, c.slot.forward);
-      if (cur.activations + cur.ep > peak.activations + peak.ep)
-        peak.slots = cur.slots, peak.activations = cur.activations, peak.ep = cur.ep;
-    }
-    if (ch.released) {
-      const bool pair = op.kind == pipeline::OpKind::ForwardBackward;
-      const StageCensus& c = st[pair ? op.stage2 : op.stage];
-      --cur.slots, cur.activations -= c.slot.forward, cur.ep -= c.ep_slot;
-    }
+PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageCensus>& st) {
+  using Exec = PipelineExecutor<float>;
+  PoolPeak peak;
+  int64_t largest_ep = 0;
+  for (const pipeline::Chunk& c : s.chunks_of_rank[r]) {
+    peak.largest = std::max(peak.largest, st[c.stage].slot.forward);
+    peak.set_bytes = std::max(peak.set_bytes, st[c.stage].slot.backward);
+    largest_ep = std::max(largest_ep, st[c.stage].ep_slot);
   }
+  const Exec::PoolPlan plan = Exec::pool_plan(s, r);
+  peak.shared = plan.share;
+  Exec::walk_pools(plan, [&](const std::vector<int>& live, int held_slots, int held_sets) {
+    const int64_t idle = held_slots - static_cast<int64_t>(live.size());
+    int64_t act = idle * peak.largest + held_sets * peak.set_bytes, ep = idle * largest_ep;
+    for (int k : live) act += st[k % s.stages].slot.forward, ep += st[k % s.stages].ep_slot;
+    if (act + ep > peak.activations + peak.ep)
+      peak.slots = held_slots, peak.sets = held_sets, peak.activations = act, peak.ep = ep;
+  });
   return peak;
 }
 
@@ -289,12 +292,10 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.pp_rank = r;
   for (const pipeline::Chunk& c : s.chunks_of_rank[r]) rp.stages.push_back(c.stage);
   rank_parameters(cfg, p, st, rp);
-  const InFlight in = peak_in_flight(s, r, st);
+  const PoolPeak in = peak_pools(s, r, st);
   rp.slots = in.slots, rp.slot_bytes = in.largest;
-  rp.grad_sets = PipelineExecutor<float>::peak_grad_sets(s, r);
-  for (int stage : rp.stages)
-    rp.grad_set_bytes = std::max(rp.grad_set_bytes, st[stage].slot.backward);
-  rp.bytes.activations = in.activations + rp.grad_sets * rp.grad_set_bytes;
+  rp.grad_sets = in.sets, rp.grad_set_bytes = in.set_bytes, rp.shared_pools = in.shared;
+  rp.bytes.activations = in.activations;
   rp.bytes.ep_buffers = in.ep + ep_wire_bytes(cfg, p, s, r, st);
   for (int stage : rp.stages) {
     rp.bytes.ep_buffers += st[stage].ep_layer;

@@ -62,10 +62,11 @@ struct RankPlan {
   std::vector<int> stages;                // the model stages it holds (two under DualPipe)
   int64_t params = 0, params_expert = 0;  // held (experts: one EP rank's share)
   int64_t owned = 0;                      // elements whose optimizer state it holds (ZeRO-1)
-  int slots = 0;                          // micro-batch states in flight at the peak
+  int slots = 0;                          // micro-batch states held at the peak
   int64_t slot_bytes = 0;                 // forward-kept activations of its largest slot
-  int grad_sets = 0;                      // gradient sets lent at once (backward buffers)
+  int grad_sets = 0;                      // gradient sets (backward buffers) held at the peak
   int64_t grad_set_bytes = 0;             // of the largest
+  bool shared_pools = false;              // the two pools trim to share memory (pool_plan)
   int messages = 0;                       // pipeline message buffers at once
   MemoryTerms bytes;
 };

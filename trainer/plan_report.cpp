@@ -90,7 +90,12 @@ void write_rows(const Plan& p, std::ostream& out) {
         << pad(std::to_string(r.grad_sets), 6) << "\n";
   }
   out << "  (activations = slots x the stage's forward-kept bytes of a micro-batch + sets x its "
-         "backward buffers; see docs/design.md)\n";
+         "backward buffers, both held at the rank's peak; see docs/design.md)\n";
+  bool shared = false;
+  for (const RankPlan& r : p.ranks) shared |= r.shared_pools;
+  if (shared)
+    out << "  (where the pools of slots and sets peak apart, the executor trims each to what the "
+           "rest of the step needs: the peak holds both at once)\n";
 }
 
 void write_verdict(const Plan& p, std::ostream& out) {
