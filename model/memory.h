@@ -41,8 +41,9 @@ struct SlotBytes {
 // The MoE layers' shared scratch (MoE::Scratch), for micro-batches of B x S = N tokens: held
 // once per model (pipeline chunk) however many MoE layers it has, and zero without one. `phases`:
 // the phases' temporaries (gate logits, expert outputs, SwiGLU scratch, shared-expert output)
-// and the backward's own gradients (the rows exchanged, d xperm, d wperm, d weights); `received`:
-// the received rows and their outputs (rx, ry), which a plan counts with the EP buffers.
+// and the backward's own gradients (d wperm, d weights; d xperm in the expert outputs' buffer);
+// `received`: the received rows and their outputs (rx, ry; in the backward the rows' gradients
+// received and sent back), which a plan counts with the EP buffers where EP > 1.
 struct ScratchBytes {
   int64_t phases = 0, received = 0;
   int64_t total() const { return phases + received; }

@@ -214,9 +214,11 @@ void MoE<T>::experts_backward(State& st) const {
   const int64_t A = st.A;
   const int64_t* off = st.group_off.data();
   T* dyperm = down_.grad(st.dyperm, A, scratch_->yperm);  // as combine_backward_wait wrote it
-  T* da = sized(scratch_->da, A * F_);
+  T* da = sized(scratch_->a_tmp, A * F_);  // (a_tmp: the forward's; recomputed after this)
   down_.backward_input(dyperm, off, da);
   down_.keep_grad(st.dyperm, dyperm, off);
+  st.dxperm.swap(
+      scratch_->yperm);  // dyperm is read: its staging becomes d xperm (program end: back)
   T* dgu = gu_.grad(st.dgu, A, scratch_->dgu);
   kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
                               dgu, sized(st.dwperm, A));
@@ -263,11 +265,12 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   // The gradients no weight gradient reads (the rows exchanged, d xperm, d wperm, d weights)
   // live only during this program: lent by the model's Scratch, as the forward's rx and ry, so a
   // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu (FP8 experts: as
-  // the Wgrads' tiles) and dlogits.
+  // the Wgrads' tiles) and dlogits. The rows exchanged are the forward's rx and ry themselves (no
+  // forward of this model runs meanwhile), d xperm its yperm (from experts_backward on).
   Scratch& sc = *scratch_;
   const auto lend = [&] {
-    st.ds.rdy.swap(sc.rdy), st.ds.rdx.swap(sc.rdx), st.ds.rdw.swap(sc.rdw);
-    st.dxperm.swap(sc.dxperm), st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
+    st.ds.rdy.swap(sc.rx), st.ds.rdx.swap(sc.ry), st.ds.rdw.swap(sc.rdw);
+    st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
   };
   lend();
   combine_backward_start(st, dy, dx);
@@ -280,6 +283,7 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   dispatch_backward_wait(st, dx);
   gate_backward(st, dx);
   lend();  // back
+  st.dxperm.swap(sc.yperm);
 }
 
 template <class T>

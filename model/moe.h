@@ -66,7 +66,7 @@ class MoE {
     // backward: kept for the weight gradients (dyperm [A, D], dgu [A, 2F]: under the fp8
     // recipe the Wgrads' 128x1 tiles; dlogits [N, E]), and the backward's own scratch (dwperm,
     // dxperm, dweights and the dispatch's ds.rdy, rdx, rdw: lent by the layers' Scratch for the
-    // backward program only)
+    // backward program only, rdy, rdx and dxperm from the forward's rx, ry and yperm)
     SavedGrad<T> dyperm, dgu;
     Buffer<T> dlogits;
     Buffer<T> dwperm, dxperm, dweights;
@@ -97,30 +97,31 @@ class MoE {
     explicit Scratch(Device d)
         : gu_tmp(d),
           a_tmp(d),
-          da(d),
           logits(d),
           yperm(d),
           shared_out(d),
           rx(d),
           ry(d),
-          rdy(d),
-          rdx(d),
           rdw(d),
-          dxperm(d),
           dwperm(d),
           dweights(d),
           dgu(d) {}
-    // one phase's temporaries; yperm [A, D] holds the experts' outputs in the forward and, under
-    // FP8 experts, their gradient dyperm in the backward until it is kept as Wgrad tiles
-    Buffer<T> gu_tmp, a_tmp, da, logits, yperm, shared_out;
-    Buffer<T> rx, ry;  // lent to the state's dispatch (DispatchState rx, ry) for the forward
-    Buffer<T> rdy, rdx, rdw, dxperm, dwperm, dweights;  // lent to the state for the backward
+    // One phase's temporaries. A model runs one program at a time, so the backward borrows what
+    // only the forward uses: yperm [A, D] holds the experts' outputs in the forward; in the
+    // backward, under FP8 experts, their gradient dyperm until it is kept as Wgrad tiles, then
+    // d xperm. a_tmp [A, F]: the SwiGLU output before it is kept (or recomputed), then, in the
+    // backward, its gradient dA (before the recomputed output, which the weight gradient reads).
+    Buffer<T> gu_tmp, a_tmp, logits, yperm, shared_out;
+    // [R, D]: lent to the state's dispatch as the forward's received rows and their outputs (rx,
+    // ry), then the backward's d(rows) received and d(rows) sent back (rdy, rdx)
+    Buffer<T> rx, ry;
+    Buffer<T> rdw, dwperm, dweights;  // lent to the state for the backward
     Buffer<T> dgu;  // FP8 experts: the SwiGLU input gradient before it is kept as Wgrad tiles
     // the bytes held (capacities)
     int64_t bytes() const {
       size_t n = 0;
-      for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &da, &logits, &yperm, &shared_out, &rx, &ry, &rdy,
-                                 &rdx, &rdw, &dxperm, &dwperm, &dweights, &dgu})
+      for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &logits, &yperm, &shared_out, &rx, &ry, &rdw,
+                                 &dwperm, &dweights, &dgu})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }

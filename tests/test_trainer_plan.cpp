@@ -103,7 +103,8 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.slots, s.in_flight_bound[0]);
     EXPECT_EQ(r.bytes.activations, r.slots * slot.forward + sets * slot.backward);
     EXPECT_EQ(r.bytes.ep_buffers, 0);
-    EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).phases);
+    // EP 1: the local dispatcher's received rows (rx, ry) are the MoE scratch's too
+    EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).total());
     EXPECT_EQ(r.bytes.layer_scratch,
               layer_scratch_bytes(c.model, c.policy(), 0, 1, 2 * 128).total());
     EXPECT_EQ(r.bytes.pp_messages, 0);

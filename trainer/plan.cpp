@@ -116,8 +116,8 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   s.layer_scratch = layer_scratch_bytes(mc, pol, stage, p.stages, N).total();
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
-    s.scratch = sc.phases;
-    if (p.ep > 1) s.ep_layer = sc.received;
+    s.scratch = sc.phases;  // rx, ry: the EP buffers, or (EP 1: the rows stay here) the scratch
+    (p.ep > 1 ? s.ep_layer : s.scratch) += sc.received;
   }
   if (p.ep > 1)
     s.ep_slot = s.moe_layers * EpDispatcher<float>::state_bytes(N, p.ep, mc.n_routed_experts);
