@@ -59,13 +59,23 @@ class Block {
   // The one-call scratch of a block's layers, one of each kind per model (pipeline chunk), shared
   // by all its blocks and MTP blocks (each kind's struct says why that is valid): make() makes
   // them; a default Scratch leaves every layer to make its own.
+  //   attn, mlp, linear: one-piece scratch. Their contents never outlive one piece of a program:
+  //     only a MoE layer yields (model/program.h), between its calls, never inside an attention,
+  //     an MLP or a Linear call. So the model chunks of one process may share them (make's
+  //     `pieces`): an executor interleaves two chunks' programs only at those yields.
+  //   moe, own: live across a MoE layer's yields (the exchanged rows; the block's h_mid before
+  //     the MoE output is added): each chunk's own.
   struct Scratch {
     std::shared_ptr<typename MLA<T>::Scratch> attn;
     std::shared_ptr<typename Mlp<T>::Scratch> mlp;  // the dense MLPs' and the shared experts'
     std::shared_ptr<typename MoE<T>::Scratch> moe;
     std::shared_ptr<LinearScratch<T>> linear;  // every Linear's
     std::shared_ptr<Own> own;                  // the blocks' and MTP modules' own
-    static Scratch make(Device d) {
+    // pieces: another chunk's Scratch whose one-piece scratch this one shares (null: its own)
+    static Scratch make(Device d, const Scratch* pieces = nullptr) {
+      if (pieces)
+        return {pieces->attn, pieces->mlp, std::make_shared<typename MoE<T>::Scratch>(d),
+                pieces->linear, std::make_shared<Own>(d)};
       return {std::make_shared<typename MLA<T>::Scratch>(d),
               std::make_shared<typename Mlp<T>::Scratch>(d),
               std::make_shared<typename MoE<T>::Scratch>(d), std::make_shared<LinearScratch<T>>(d),

@@ -147,10 +147,21 @@ struct Widest {
 
 LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
                                       int64_t stage, int64_t n_stages, int64_t N, int64_t T) {
-  const StageSpec st{stage, n_stages};
-  const auto [b0, b1] = stage_blocks(c, st);
-  bool dense = false, moe = st.last() && c.num_nextn_predict_layers > 0;
-  for (int64_t l = b0; l < b1; ++l) (c.is_moe_layer(l) ? moe : dense) = true;
+  return layer_scratch_bytes(c, pol, std::vector<int64_t>{stage}, n_stages, N, T);
+}
+
+LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
+                                      const std::vector<int64_t>& stages, int64_t n_stages,
+                                      int64_t N, int64_t T) {
+  bool dense = false, moe = false;  // the kinds of block present on any of the stages
+  int64_t mtp = 0, chunks = 0;      // stages with the MTP module; chunks (each its Block::Own)
+  for (int64_t stage : stages) {
+    const StageSpec st{stage, n_stages};
+    const auto [b0, b1] = stage_blocks(c, st);
+    for (int64_t l = b0; l < b1; ++l) (c.is_moe_layer(l) ? moe : dense) = true;
+    const bool m = st.last() && c.num_nextn_predict_layers > 0;
+    moe |= m, mtp += m, ++chunks;
+  }
   const bool wide = pol.store_bf16 && T == 4;
   const auto fp8 = [&](Component k) { return pol.recipe_of(k) == Recipe::FP8; };
   const int64_t D = c.hidden_size, K = c.num_experts_per_tok;
@@ -175,10 +186,10 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
   b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da + w.dgu) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
-  // Block::Own: dxn2; h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den, dhpn, de
-  const bool mtp = st.last() && c.num_nextn_predict_layers > 0;
-  b.block =
-      static_cast<int64_t>(n * static_cast<double>((1 + (wide ? 2 : 0) + (mtp ? 5 : 0)) * D) * t);
+  // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den,
+  // dhpn, de
+  b.block = static_cast<int64_t>(
+      n * static_cast<double>((chunks * (1 + (wide ? 2 : 0)) + mtp * 5) * D) * t);
   return b;
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 #include "model/precision.h"
@@ -68,6 +69,12 @@ struct LayerScratchBytes {
 };
 LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
                                       int64_t stage, int64_t n_stages, int64_t N, int64_t elem = 4);
+// The same for the model chunks of one process (stages, built with Model's sibling): the
+// one-piece scratch (attention, mlp, linear) once, each buffer grown to the largest call of any
+// of the stages; block (Block::Own) per chunk.
+LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
+                                      const std::vector<int64_t>& stages, int64_t n_stages,
+                                      int64_t N, int64_t elem = 4);
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
                                 int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4,

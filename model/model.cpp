@@ -35,7 +35,7 @@ std::pair<int64_t, int64_t> stage_blocks(const ModelConfig& c, const StageSpec& 
 template <class T>
 Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
                 std::shared_ptr<TokenDispatcher<T>> dispatcher, StageSpec stage, const Exec& ex,
-                ParamStore<T>* store)
+                ParamStore<T>* store, const Model* sibling)
     : cfg_(cfg),
       pol_(pol),
       stage_(stage),
@@ -44,6 +44,10 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
       ps_(store ? store : own_ps_.get()),
       loads_(ex.device) {
   if (!dispatcher) dispatcher = std::make_shared<LocalDispatcher<T>>(ex);
+  if (sibling && (sibling->ex_.device != ex.device || sibling->ex_.stream != ex.stream))
+    throw std::invalid_argument(
+        "model: a sibling chunk shares its scratch on its own device and "
+        "stream only");
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, L = cfg.num_hidden_layers;
   const auto [b0, b1] = stage_blocks(cfg, stage);
   first_block_ = b0;
@@ -57,8 +61,8 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
     if (stage.first()) embed_->replica = false;
   }
   // one scratch of each kind for all the layers here (Block::Scratch: the model runs one layer
-  // at a time)
-  scratch_ = Block<T>::Scratch::make(ex.device);
+  // at a time), the one-piece kinds shared with the sibling chunk
+  scratch_ = Block<T>::Scratch::make(ex.device, sibling ? &sibling->scratch_ : nullptr);
   for (int64_t l = b0; l < b1; ++l) {
     blocks_.push_back(std::make_unique<Block<T>>());
     blocks_.back()->build(*ps_, "model.layers." + std::to_string(l) + ".", cfg, pol,

@@ -94,9 +94,13 @@ class Model {
   // by the model chunks of a process (DualPipe and DualPipeV place two stages on a rank; build
   // them in stage order). An embedding already in a shared store (the first stage's) is the one
   // the last stage's MTP modules use — no copy, so its gradient needs no summing across ranks.
+  // sibling: a model chunk of this process (on the same device and stream) whose one-piece
+  // scratch — the attention, MLP and Linear scratch (Block::Scratch) — this one shares: DualPipe
+  // and DualPipeV interleave two chunks' programs only where no such scratch is live, so a rank
+  // holds it once (4.6 GiB per V3 rank).
   Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
         std::shared_ptr<TokenDispatcher<T>> dispatcher = nullptr, StageSpec stage = {},
-        const Exec& ex = Exec{}, ParamStore<T>* store = nullptr);
+        const Exec& ex = Exec{}, ParamStore<T>* store = nullptr, const Model* sibling = nullptr);
   void init(uint64_t seed);
 
   // tokens [B, S+1] (host memory; inputs and shifted targets; every stage gets them). h_in

@@ -11,7 +11,9 @@
 //   * P ranks (2, 4): DualPipe (P stages, two directions, the twins' gradients summed) and
 //     DualPipeV (2P stages in a V) give the sequential model's losses on the rank that holds the
 //     last stage of each micro-batch (bitwise) and its gradients (calc_diff < 1e-13), and
-//     interleaving changes no bit.
+//     interleaving changes no bit. A rank's two chunks share their one-piece scratch (the MLA,
+//     MLP and Linear scratch: Model's sibling, as in training), so that also shows no piece
+//     leaves any of it live across a yield.
 //   * The executor's pools: where pool_plan shares them (the ranks whose gradient sets peak in
 //     the cooldown, after the states' peak), the allocator's peak over a step is lower than with
 //     the pools kept, the gradients and losses are the same bits, and the step ends holding no
@@ -101,10 +103,16 @@ std::unique_ptr<Chunks> build(const ModelConfig& c, const pipeline::Schedule& s,
   std::vector<int> stages;
   for (const pipeline::Chunk& k : s.chunks_of_rank[rank]) stages.push_back(k.stage);
   std::sort(stages.begin(), stages.end());
-  for (int st : stages) {
+  for (int st : stages) {  // the second shares the first's one-piece scratch, as in training
+    const Model<double>* sibling = ch->models.empty() ? nullptr : ch->models.front().get();
     ch->models.push_back(std::make_unique<Model<double>>(c, kFp32, nullptr, StageSpec{st, s.stages},
-                                                         Exec{}, &ch->store));
+                                                         Exec{}, &ch->store, sibling));
     ch->models.back()->init(7);
+  }
+  if (ch->models.size() == 2) {
+    EXPECT_EQ(ch->models[0]->scratch().attn, ch->models[1]->scratch().attn);
+    EXPECT_EQ(ch->models[0]->scratch().linear, ch->models[1]->scratch().linear);
+    EXPECT_NE(ch->models[0]->scratch().moe, ch->models[1]->scratch().moe);
   }
   return ch;
 }

@@ -224,18 +224,26 @@ TEST(Plan, DualPipePoolsPeakApartAndShareTheirMemory) {
 }
 
 // The MLA, MLP and Linear scratch of a chunk's layers is one per stage (Block::Scratch), however
-// many layers the stage has: a DualPipe rank holds its two stages' scratch, and a stage with dense
-// layers the dense MLP's wider SwiGLU buffers.
-TEST(Plan, LayerScratchOncePerStage) {
+// many layers the stage has, and one per rank: a DualPipe rank's two chunks share it (Model's
+// sibling), each buffer grown to the larger of the two stages' use (a stage with dense layers: the
+// dense MLP's wider SwiGLU buffers); each chunk keeps its Block::Own.
+TEST(Plan, LayerScratchOncePerRank) {
   const Config c = small({"parallel.pp=4", "parallel.schedule=dualpipe", "precision.recipe=fp8",
                           "activations.storage=bf16", "activations.recompute_norms=on"});
   const Plan p = make_plan(c);
   const auto stage = [&](int s) { return layer_scratch_bytes(c.model, c.policy(), s, 4, 2 * 128); };
   for (const RankPlan& r : p.ranks) {
-    int64_t want = 0;
-    for (int s : r.stages) want += stage(s).total();
-    EXPECT_EQ(r.bytes.layer_scratch, want) << r.pp_rank;
-    EXPECT_GT(r.bytes.layer_scratch, 0);
+    ASSERT_EQ(r.stages.size(), 2u);
+    const LayerScratchBytes a = stage(r.stages[0]), b = stage(r.stages[1]);
+    const LayerScratchBytes both =
+        layer_scratch_bytes(c.model, c.policy(), {r.stages[0], r.stages[1]}, 4, 2 * 128);
+    EXPECT_EQ(r.bytes.layer_scratch, both.total()) << r.pp_rank;
+    EXPECT_EQ(both.attention, a.attention);  // the same MLA on every stage
+    EXPECT_EQ(both.attention, b.attention);
+    EXPECT_EQ(both.mlp, std::max(a.mlp, b.mlp));  // the same buffers, the wider use
+    EXPECT_EQ(both.linear, std::max(a.linear, b.linear));
+    EXPECT_EQ(both.block, a.block + b.block);  // each chunk's own
+    EXPECT_LT(r.bytes.layer_scratch, a.total() + b.total());
   }
   ASSERT_TRUE(c.model.first_k_dense_replace > 0 &&
               c.model.intermediate_size > c.model.n_shared_experts * c.model.moe_intermediate_size);

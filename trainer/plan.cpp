@@ -88,11 +88,10 @@ bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
 struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
   int64_t moe_layers = 0;
-  SlotBytes slot;             // activations of one micro-batch (model/memory.h)
-  int64_t ep_slot = 0;        // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t ep_layer = 0;       // the received rows and outputs of the MoE layers' Scratch (rx, ry)
-  int64_t scratch = 0;        // the rest of the MoE layers' Scratch, held once per stage
-  int64_t layer_scratch = 0;  // the other layers' shared scratch, held once per stage
+  SlotBytes slot;        // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;   // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t ep_layer = 0;  // the received rows and outputs of the MoE layers' Scratch (rx, ry)
+  int64_t scratch = 0;   // the rest of the MoE layers' Scratch, held once per stage
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
@@ -112,8 +111,6 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len;
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
-  // one MLA, Mlp and Linear scratch per stage (Block::Scratch: the chunk runs one layer at a time)
-  s.layer_scratch = layer_scratch_bytes(mc, pol, stage, p.stages, N).total();
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
     s.scratch = sc.phases;  // rx, ry: the EP buffers, or (EP 1: the rows stay here) the scratch
@@ -300,8 +297,13 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   for (int stage : rp.stages) {
     rp.bytes.ep_buffers += st[stage].ep_layer;
     rp.bytes.moe_scratch += st[stage].scratch;
-    rp.bytes.layer_scratch += st[stage].layer_scratch;
   }
+  // the other layers' scratch: the rank's chunks share one MLA, Mlp and Linear scratch (Model's
+  // sibling: their programs interleave only where none of it is live), each has its Block::Own
+  const std::vector<int64_t> stages(rp.stages.begin(), rp.stages.end());
+  rp.bytes.layer_scratch =
+      layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages, p.micro_batch * p.seq_len)
+          .total();
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
     const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;

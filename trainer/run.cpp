@@ -235,11 +235,13 @@ void build_model(Run& r) {
         r.groups->host.ep.get());
   }
   // chunks in stage order into one store: both DualPipe twins list the same parameters in the
-  // same order (their ZeRO-1 group spans both), and the last stage finds the first's embedding
+  // same order (their ZeRO-1 group spans both), and the last stage finds the first's embedding;
+  // the second chunk shares the first's one-piece scratch
   r.params = std::make_unique<ParamStore<float>>(param_device(device));
   for (int stage : r.stages) {
+    const Model<float>* sibling = r.chunks.empty() ? nullptr : r.chunks.front().get();
     r.chunks.push_back(std::make_unique<Model<float>>(
-        cfg.model, policy, dispatcher, StageSpec{stage, r.n_stages}, ex, r.params.get()));
+        cfg.model, policy, dispatcher, StageSpec{stage, r.n_stages}, ex, r.params.get(), sibling));
     r.chunks.back()->init(cfg.run.seed);
   }
   std::vector<Param<float>*> params;
