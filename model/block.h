@@ -63,8 +63,9 @@ class Block {
   //     only a MoE layer yields (model/program.h), between its calls, never inside an attention,
   //     an MLP or a Linear call. So the model chunks of one process may share them (make's
   //     `pieces`): an executor interleaves two chunks' programs only at those yields.
-  //   moe, own: live across a MoE layer's yields (the exchanged rows; the block's h_mid before
-  //     the MoE output is added): each chunk's own.
+  //   moe, own: live across a MoE layer's yields (the expert outputs, the SwiGLU staging and the
+  //     backward's d wperm; the block's h_mid before the MoE output is added): each chunk's own,
+  //     but for the MoE scratch's rows (MoE::Scratch::rows), lent for one call at a time.
   struct Scratch {
     std::shared_ptr<typename MLA<T>::Scratch> attn;
     std::shared_ptr<typename Mlp<T>::Scratch> mlp;  // the dense MLPs' and the shared experts'
@@ -73,9 +74,12 @@ class Block {
     std::shared_ptr<Own> own;                  // the blocks' and MTP modules' own
     // pieces: another chunk's Scratch whose one-piece scratch this one shares (null: its own)
     static Scratch make(Device d, const Scratch* pieces = nullptr) {
-      if (pieces)
-        return {pieces->attn, pieces->mlp, std::make_shared<typename MoE<T>::Scratch>(d),
-                pieces->linear, std::make_shared<Own>(d)};
+      if (pieces) {
+        auto moe = std::make_shared<typename MoE<T>::Scratch>(d);
+        moe->rows = pieces->moe->rows;
+        return {pieces->attn, pieces->mlp, std::move(moe), pieces->linear,
+                std::make_shared<Own>(d)};
+      }
       return {std::make_shared<typename MLA<T>::Scratch>(d),
               std::make_shared<typename Mlp<T>::Scratch>(d),
               std::make_shared<typename MoE<T>::Scratch>(d), std::make_shared<LinearScratch<T>>(d),

@@ -18,6 +18,9 @@ struct LocalPlan {
   PinnedVector<int64_t> offsets;        // [E+1] the counts as offsets (host)
   int64_t pairs = 0;                    // N * K: every pair has its expert here
   bool planned = false, ready = false;  // read started; offsets made for this forward
+  const void* x = nullptr;              // dispatch_start's x (T), copied by dispatch_wait
+  const void* dy = nullptr;             // combine_backward_start's dy, copied by its wait
+  int wire = -1;                        // the pooled wire of the exchange in flight
 };
 
 template <class T>
@@ -46,7 +49,7 @@ template <class T>
 void LocalDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const int32_t* idx,
                                         const T* w, int64_t N, int64_t K, int64_t D, int64_t) {
   st.N = N, st.K = K, st.D = D, st.R = N;
-  kernels::copy(ex_, sized(st.rx, N * D), x, sizeof(T) * N * D);
+  plan_of(st, ex_.device).x = x;
   kernels::copy(ex_, sized(st.ridx, N * K), idx, sizeof(int32_t) * N * K);
   kernels::copy(ex_, sized(st.rw, N * K), w, sizeof(T) * N * K);
 }
@@ -54,8 +57,9 @@ void LocalDispatcher<T>::dispatch_start(DispatchState<T>& st, const T* x, const 
 // The counts' read: the stream up to the plan, not the work enqueued since (the shared expert).
 template <class T>
 void LocalDispatcher<T>::dispatch_wait(DispatchState<T>& st) {
-  if (!st.plan) return;
   LocalPlan& pl = plan_of(st, ex_.device);
+  const int64_t ND = st.N * st.D;
+  kernels::copy(ex_, sized(st.rx, ND), static_cast<const T*>(pl.x), sizeof(T) * ND);
   if (!pl.planned) return;
   pl.planned = false;
   pl.read.wait();
@@ -76,18 +80,74 @@ const int64_t* LocalDispatcher<T>::expert_offsets(const DispatchState<T>& st) co
 }
 
 template <class T>
+int LocalDispatcher<T>::take_wire(int64_t n) {
+  int w;
+  if (free_wires_.empty()) {
+    wires_.emplace_back(ex_.device);
+    w = static_cast<int>(wires_.size()) - 1;
+  } else {
+    w = free_wires_.back();
+    free_wires_.pop_back();
+  }
+  sized(wires_[w], n);
+  return w;
+}
+
+template <class T>
+int64_t LocalDispatcher<T>::wire_bytes() const {
+  int64_t n = 0;
+  for (const Buffer<T>& w : wires_) n += static_cast<int64_t>(w.capacity() * sizeof(T));
+  return n;
+}
+
+// An exchange within the process: its start copies the [N, D] rows into a pooled wire, its wait
+// adds the wire into `out` and gives it back.
+template <class T>
+void LocalDispatcher<T>::post_rows(DispatchState<T>& st, const T* rows) {
+  LocalPlan& pl = plan_of(st, ex_.device);
+  const int64_t ND = st.N * st.D;
+  pl.wire = take_wire(ND);
+  kernels::copy(ex_, wires_[pl.wire].data(), rows, sizeof(T) * ND);
+}
+
+template <class T>
+void LocalDispatcher<T>::add_rows(DispatchState<T>& st, T* out) {
+  LocalPlan& pl = plan_of(st, ex_.device);
+  kernels::add_inplace<T>(ex_, out, wires_[pl.wire].data(), st.N * st.D);
+  give_wire(pl.wire);
+  pl.wire = -1;
+}
+
+template <class T>
+void LocalDispatcher<T>::combine_start(DispatchState<T>& st) {
+  post_rows(st, st.ry.data());
+}
+
+template <class T>
 void LocalDispatcher<T>::combine_wait(DispatchState<T>& st, T* y) {
-  kernels::add_inplace<T>(ex_, y, st.ry.data(), st.N * st.D);
+  add_rows(st, y);
 }
 
 template <class T>
 void LocalDispatcher<T>::combine_backward_start(DispatchState<T>& st, const T* dy) {
-  kernels::copy(ex_, sized(st.rdy, st.N * st.D), dy, sizeof(T) * st.N * st.D);
+  plan_of(st, ex_.device).dy = dy;
+}
+
+template <class T>
+void LocalDispatcher<T>::combine_backward_wait(DispatchState<T>& st) {
+  const int64_t ND = st.N * st.D;
+  kernels::copy(ex_, sized(st.rdy, ND), static_cast<const T*>(plan_of(st, ex_.device).dy),
+                sizeof(T) * ND);
+}
+
+template <class T>
+void LocalDispatcher<T>::dispatch_backward_start(DispatchState<T>& st) {
+  post_rows(st, st.rdx.data());
 }
 
 template <class T>
 void LocalDispatcher<T>::dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) {
-  kernels::add_inplace<T>(ex_, dx, st.rdx.data(), st.N * st.D);
+  add_rows(st, dx);
   kernels::copy(ex_, dw, st.rdw.data(), sizeof(T) * st.N * st.K);
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -26,11 +27,16 @@ template <class T>
 struct DispatchState {
   int64_t N = 0, K = 0, D = 0;  // origin tokens, top-k, width
   int64_t R = 0;                // tokens received here
-  Buffer<T> rx;                 // [R, D] received token rows (forward only: MoE lends them)
-  Buffer<int32_t> ridx;         // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
-  Buffer<T> rw;                 // [R, K] gate weight per slot
-  Buffer<T> ry;                 // [R, D] sum of this process's weighted expert outputs (same)
-  Buffer<T> rdy, rdx, rdw;      // backward: [R, D], [R, D], [R, K]
+  // The [R, D] rows: the MoE layer lends each only for the one call that writes or reads it
+  // (dispatch_wait writes rx, combine_start reads ry, combine_backward_wait writes rdy,
+  // dispatch_backward_start reads rdx), all four from one buffer that a process's model chunks
+  // share (MoE::Scratch::rows); no dispatcher may keep them past that call.
+  Buffer<T> rx;          // [R, D] received token rows
+  Buffer<int32_t> ridx;  // [R, K] LOCAL expert id per slot, -1 where the expert is elsewhere
+  Buffer<T> rw;          // [R, K] gate weight per slot
+  Buffer<T> ry;          // [R, D] sum of this process's weighted expert outputs
+  Buffer<T> rdy, rdx;    // backward: [R, D] each
+  Buffer<T> rdw;         // [R, K] (lent for the backward program)
   // the dispatcher's own plan and in-flight communication (opaque to the model)
   std::shared_ptr<void> plan;
 };
@@ -75,7 +81,11 @@ class TokenDispatcher {
   virtual void progress() {}
 };
 
-// All experts in this process: received = sent, no copies beyond the state's buffers.
+// All experts in this process: received = sent. Like an exchange it carries what crosses a
+// call in a wire of its own (the rows are lent for one call): dispatch_start notes x and
+// dispatch_wait copies it into rx (x, the layer's input, lives until its program ends, as dy
+// does in the backward); combine_start and dispatch_backward_start copy ry and rdx into a pooled
+// wire that the waits add from and give back (at most one per program in flight).
 // On a device it plans ahead too, though it exchanges nothing: dispatch_plan counts the (token,
 // slot) pairs per expert and starts reading them back, the layer enqueues its shared expert, and
 // dispatch_wait waits for that read only, so the grouped GEMMs' host offsets cost no stream drain
@@ -93,15 +103,24 @@ class LocalDispatcher final : public TokenDispatcher<T> {
                       int64_t K, int64_t D, int64_t n_experts) override;
   void dispatch_wait(DispatchState<T>& st) override;
   const int64_t* expert_offsets(const DispatchState<T>& st) const override;
-  void combine_start(DispatchState<T>&) override {}
+  void combine_start(DispatchState<T>& st) override;
   void combine_wait(DispatchState<T>& st, T* y) override;
   void combine_backward_start(DispatchState<T>& st, const T* dy) override;
-  void combine_backward_wait(DispatchState<T>&) override {}
-  void dispatch_backward_start(DispatchState<T>&) override {}
+  void combine_backward_wait(DispatchState<T>& st) override;
+  void dispatch_backward_start(DispatchState<T>& st) override;
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
+  // the wires made (each [N, D]) and the bytes they hold
+  int wires() const { return static_cast<int>(wires_.size()); }
+  int64_t wire_bytes() const;
 
  private:
   Exec ex_;
+  std::deque<Buffer<T>> wires_;  // pooled: a wire is taken at a start and given back at its wait
+  std::vector<int> free_wires_;
+  int take_wire(int64_t n);
+  void give_wire(int w) { free_wires_.push_back(w); }
+  void post_rows(DispatchState<T>& st, const T* rows);
+  void add_rows(DispatchState<T>& st, T* out);
 };
 
 }  // namespace moetron

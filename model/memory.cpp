@@ -97,7 +97,7 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   phases +=
       R * static_cast<double>(K * T) + A * static_cast<double>(T) + n * static_cast<double>(K * T);
   if (exp8) phases += A * static_cast<double>(2 * F * T);  // dgu before its tiles
-  return {static_cast<int64_t>(phases), static_cast<int64_t>(2 * R * static_cast<double>(D * T))};
+  return {static_cast<int64_t>(phases), static_cast<int64_t>(R * static_cast<double>(D * T))};
 }
 
 namespace {

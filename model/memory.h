@@ -43,8 +43,10 @@ struct SlotBytes {
 // once per model (pipeline chunk) however many MoE layers it has, and zero without one. `phases`:
 // the phases' temporaries (gate logits, expert outputs, SwiGLU scratch, shared-expert output)
 // and the backward's own gradients (d wperm, d weights; d xperm in the expert outputs' buffer);
-// `received`: the received rows and their outputs (rx, ry; in the backward the rows' gradients
-// received and sent back), which a plan counts with the EP buffers where EP > 1.
+// `received`: the one [R, D] buffer lent for each call that writes or reads the received rows,
+// their outputs, and in the backward the rows' gradients received and sent back (rx, ry, rdy,
+// rdx), which a process's model chunks share; a plan counts it once per rank, with the EP
+// buffers where EP > 1.
 struct ScratchBytes {
   int64_t phases = 0, received = 0;
   int64_t total() const { return phases + received; }

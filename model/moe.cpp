@@ -103,6 +103,7 @@ void MoE<T>::dispatch_start(State& st, const T* x) const {
 
 template <class T>
 void MoE<T>::dispatch_wait(State& st) const {
+  st.ds.rx.swap(*scratch_->rows);  // lent for this call (DispatchState)
   dispatcher_->dispatch_wait(st.ds);
   // received (token, slot) pairs grouped by local expert, each expert's rows padded to a
   // multiple of row_align_ (at most rows_max); slots of other processes' experts skip
@@ -129,6 +130,7 @@ void MoE<T>::dispatch_wait(State& st) const {
   kernels::gather_rows<T>(ex_, st.ds.rx.data(), st.row_token.data(), A, D_, xp);
   gu_.keep(st.xperm);
   kernels::gather_rows<T>(ex_, st.ds.rw.data(), st.row_slot.data(), A, 1, sized(st.wperm, A));
+  st.ds.rx.swap(*scratch_->rows);
 }
 
 template <class T>
@@ -150,9 +152,11 @@ template <class T>
 void MoE<T>::combine_start(State& st) const {
   // per received token: the sum of its local experts' (already weighted) outputs
   const int64_t R = st.ds.R;
+  st.ds.ry.swap(*scratch_->rows);  // lent for this call (DispatchState)
   kernels::unpermute_add<T>(ex_, scratch_->yperm.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.ry, R * D_));
   dispatcher_->combine_start(st.ds);
+  st.ds.ry.swap(*scratch_->rows);
 }
 
 template <class T>
@@ -164,12 +168,8 @@ void MoE<T>::combine_wait(State& st, T* y) const {
 template <class T>
 Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* y, double* balance,
                                 int64_t* load, int layer) const {
-  // The received rows and their outputs (ds.rx, ds.ry) live only during the forward: the
-  // model's Scratch lends them to this micro-batch's dispatch state and takes them back at the
-  // end, so no slot keeps them (a swap of pointers, no copy). No other program of this model runs
-  // in between (one chunk runs one program at a time: the executor's rule).
-  Scratch& sc = *scratch_;
-  st.ds.rx.swap(sc.rx), st.ds.ry.swap(sc.ry);
+  // The received rows and their outputs (ds.rx, ds.ry) are lent by the Scratch for the one call
+  // that writes or reads each (dispatch_wait, combine_start), so no slot keeps them.
   gate(st, x, B, S, balance, load);
   if (dispatcher_->plans_ahead()) {
     dispatcher_->dispatch_plan(st.ds, st.idx.data(), st.N, K_, E_);
@@ -183,7 +183,6 @@ Program MoE<T>::forward_program(State& st, const T* x, int64_t B, int64_t S, T* 
   combine_start(st);
   co_yield Yield{layer, Posted::Combine};
   combine_wait(st, y);
-  st.ds.rx.swap(sc.rx), st.ds.ry.swap(sc.ry);
 }
 
 template <class T>
@@ -204,9 +203,11 @@ void MoE<T>::combine_backward_start(State& st, const T* dy, T* dx) const {
 
 template <class T>
 void MoE<T>::combine_backward_wait(State& st) const {
+  st.ds.rdy.swap(*scratch_->rows);  // lent for this call (DispatchState)
   dispatcher_->combine_backward_wait(st.ds);
   kernels::gather_rows<T>(ex_, st.ds.rdy.data(), st.row_token.data(), st.A, D_,
                           down_.grad(st.dyperm, st.A, scratch_->yperm));
+  st.ds.rdy.swap(*scratch_->rows);
 }
 
 template <class T>
@@ -230,11 +231,13 @@ template <class T>
 void MoE<T>::dispatch_backward_start(State& st) const {
   // per received token: d x summed over its local pairs; d weight per (token, slot)
   const int64_t R = st.ds.R;
+  st.ds.rdx.swap(*scratch_->rows);  // lent for this call (DispatchState)
   kernels::unpermute_add<T>(ex_, st.dxperm.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.rdx, R * D_));
   kernels::gather_rows<T>(ex_, st.dwperm.data(), st.slot.data(), R * K_, 1,
                           sized(st.ds.rdw, R * K_));
   dispatcher_->dispatch_backward_start(st.ds);
+  st.ds.rdx.swap(*scratch_->rows);
 }
 
 template <class T>
@@ -265,12 +268,12 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   // The gradients no weight gradient reads (the rows exchanged, d xperm, d wperm, d weights)
   // live only during this program: lent by the model's Scratch, as the forward's rx and ry, so a
   // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu (FP8 experts: as
-  // the Wgrads' tiles) and dlogits. The rows exchanged are the forward's rx and ry themselves (no
-  // forward of this model runs meanwhile), d xperm its yperm (from experts_backward on).
+  // the Wgrads' tiles) and dlogits. d xperm is the forward's yperm (from experts_backward on; no
+  // forward of this model runs meanwhile); the rows exchanged are lent per call, like the
+  // forward's.
   Scratch& sc = *scratch_;
   const auto lend = [&] {
-    st.ds.rdy.swap(sc.rx), st.ds.rdx.swap(sc.ry), st.ds.rdw.swap(sc.rdw);
-    st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
+    st.ds.rdw.swap(sc.rdw), st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
   };
   lend();
   combine_backward_start(st, dy, dx);

@@ -100,8 +100,7 @@ class MoE {
           logits(d),
           yperm(d),
           shared_out(d),
-          rx(d),
-          ry(d),
+          rows(std::make_shared<Buffer<T>>(d)),
           rdw(d),
           dwperm(d),
           dweights(d),
@@ -112,16 +111,18 @@ class MoE {
     // d xperm. a_tmp [A, F]: the SwiGLU output before it is kept (or recomputed), then, in the
     // backward, its gradient dA (before the recomputed output, which the weight gradient reads).
     Buffer<T> gu_tmp, a_tmp, logits, yperm, shared_out;
-    // [R, D]: lent to the state's dispatch as the forward's received rows and their outputs (rx,
-    // ry), then the backward's d(rows) received and d(rows) sent back (rdy, rdx)
-    Buffer<T> rx, ry;
+    // [R, D]: lent to the state's dispatch for one call at a time (DispatchState: rx, ry, rdy,
+    // rdx), so never live across a yield: one-piece scratch, which a process's chunks share
+    // (Block::Scratch::make)
+    std::shared_ptr<Buffer<T>> rows;
     Buffer<T> rdw, dwperm, dweights;  // lent to the state for the backward
     Buffer<T> dgu;  // FP8 experts: the SwiGLU input gradient before it is kept as Wgrad tiles
     // the bytes held (capacities)
     int64_t bytes() const {
       size_t n = 0;
-      for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &logits, &yperm, &shared_out, &rx, &ry, &rdw,
-                                 &dwperm, &dweights, &dgu})
+      for (const Buffer<T>* b :
+           {&gu_tmp, &a_tmp, &logits, &yperm, &shared_out,
+            static_cast<const Buffer<T>*>(rows.get()), &rdw, &dwperm, &dweights, &dgu})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }

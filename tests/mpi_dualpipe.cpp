@@ -12,8 +12,8 @@
 //     DualPipeV (2P stages in a V) give the sequential model's losses on the rank that holds the
 //     last stage of each micro-batch (bitwise) and its gradients (calc_diff < 1e-13), and
 //     interleaving changes no bit. A rank's two chunks share their one-piece scratch (the MLA,
-//     MLP and Linear scratch: Model's sibling, as in training), so that also shows no piece
-//     leaves any of it live across a yield.
+//     MLP and Linear scratch and the MoE layers' rows: Model's sibling, as in training), so that
+//     also shows no piece leaves any of it live across a yield.
 //   * The executor's pools: where pool_plan shares them (the ranks whose gradient sets peak in
 //     the cooldown, after the states' peak), the allocator's peak over a step is lower than with
 //     the pools kept, the gradients and losses are the same bits, and the step ends holding no
@@ -113,6 +113,7 @@ std::unique_ptr<Chunks> build(const ModelConfig& c, const pipeline::Schedule& s,
     EXPECT_EQ(ch->models[0]->scratch().attn, ch->models[1]->scratch().attn);
     EXPECT_EQ(ch->models[0]->scratch().linear, ch->models[1]->scratch().linear);
     EXPECT_NE(ch->models[0]->scratch().moe, ch->models[1]->scratch().moe);
+    EXPECT_EQ(ch->models[0]->scratch().moe->rows, ch->models[1]->scratch().moe->rows);
   }
   return ch;
 }

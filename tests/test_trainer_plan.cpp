@@ -103,8 +103,10 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.slots, s.in_flight_bound[0]);
     EXPECT_EQ(r.bytes.activations, r.slots * slot.forward + sets * slot.backward);
     EXPECT_EQ(r.bytes.ep_buffers, 0);
-    // EP 1: the local dispatcher's received rows (rx, ry) are the MoE scratch's too
-    EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).total());
+    // EP 1: the rows (rx .. rdx) and the local dispatcher's wire (one exchange at a time) are
+    // the MoE scratch's too
+    EXPECT_EQ(r.bytes.moe_scratch, moe_scratch_bytes(c.model, c.policy(), 2 * 128).total() +
+                                       2 * 128 * c.model.hidden_size * 4);
     EXPECT_EQ(r.bytes.layer_scratch,
               layer_scratch_bytes(c.model, c.policy(), 0, 1, 2 * 128).total());
     EXPECT_EQ(r.bytes.pp_messages, 0);
@@ -129,14 +131,14 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   // widest phase (the dispatch backward: bf16 d x and K fp32 weight gradients)
   const int64_t wire = EpDispatcher<float>::exchange_bytes(WirePrecision::FP8, N, D, 4, p.ep_rows);
   EXPECT_EQ(wire, 2 * N * 4 * (2 * D + 4 * 4));
-  // the received rows rx, ry: once for the stage, whatever its number of MoE layers; 1f1b runs
-  // one program at a time: one exchange in flight, one pair of wires
-  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + 2 * N * 4 * D * 4 + wire);
+  // the rows (rx .. rdx, one buffer lent per call): once for the rank, whatever its number of
+  // MoE layers; 1f1b runs one program at a time: one exchange in flight, one pair of wires
+  EXPECT_EQ(r.bytes.ep_buffers, r.slots * moe * state + N * 4 * D * 4 + wire);
   const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128, 4, 4.0);
   EXPECT_EQ(r.slot_bytes, slot.forward);  // received rows counted 4 per token
   const ScratchBytes sc = moe_scratch_bytes(c.model, c.policy(), N, 4, 4.0);
   EXPECT_EQ(r.bytes.moe_scratch, sc.phases);
-  EXPECT_EQ(sc.received, 2 * N * 4 * D * 4);
+  EXPECT_EQ(sc.received, N * 4 * D * 4);
 }
 
 // DualPipe's overlapped pairs run a forward and a backward program piece by piece: a rank whose

@@ -88,10 +88,10 @@ bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
 struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
   int64_t moe_layers = 0;
-  SlotBytes slot;        // activations of one micro-batch (model/memory.h)
-  int64_t ep_slot = 0;   // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t ep_layer = 0;  // the received rows and outputs of the MoE layers' Scratch (rx, ry)
-  int64_t scratch = 0;   // the rest of the MoE layers' Scratch, held once per stage
+  SlotBytes slot;       // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;  // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t rows = 0;     // the MoE layers' [R, D] rows (MoE::Scratch::rows: one per rank)
+  int64_t scratch = 0;  // the rest of the MoE layers' Scratch, held once per stage
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
@@ -113,8 +113,8 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
-    s.scratch = sc.phases;  // rx, ry: the EP buffers, or (EP 1: the rows stay here) the scratch
-    (p.ep > 1 ? s.ep_layer : s.scratch) += sc.received;
+    s.scratch = sc.phases;
+    s.rows = sc.received;
   }
   if (p.ep > 1)
     s.ep_slot = s.moe_layers * EpDispatcher<float>::state_bytes(N, p.ep, mc.n_routed_experts);
@@ -272,11 +272,12 @@ int64_t peak_exchanges(const Config& cfg, const pipeline::Schedule& s, int r,
 
 // The EP wires of rank r: the dispatcher pools them (parallel/ep_dispatch.h), one send and one
 // receive wire per exchange in flight, each grown to the widest phase's rows (the same for every
-// MoE stage: N tokens of width D).
+// MoE stage: N tokens of width D). At EP 1 the local dispatcher's: one [N, D] per exchange
+// (model/dispatch.h).
 int64_t ep_wire_bytes(const Config& cfg, const Plan& p, const pipeline::Schedule& s, int r,
                       const std::vector<StageCensus>& st) {
-  if (p.ep == 1) return 0;
   const int64_t N = p.micro_batch * p.seq_len;
+  if (p.ep == 1) return peak_exchanges(cfg, s, r, st) * N * cfg.model.hidden_size * 4;
   return peak_exchanges(cfg, s, r, st) *
          EpDispatcher<float>::exchange_bytes(dispatch_wire(cfg.precision.recipe), N,
                                              cfg.model.hidden_size, cfg.model.num_experts_per_tok,
@@ -293,11 +294,16 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.slots = in.slots, rp.slot_bytes = in.largest;
   rp.grad_sets = in.sets, rp.grad_set_bytes = in.set_bytes, rp.shared_pools = in.shared;
   rp.bytes.activations = in.activations;
-  rp.bytes.ep_buffers = in.ep + ep_wire_bytes(cfg, p, s, r, st);
+  // the rows (one buffer a rank's chunks share) and the wires: the EP buffers, or at EP 1 (no
+  // exchange) the MoE scratch
+  int64_t rows = 0;
   for (int stage : rp.stages) {
-    rp.bytes.ep_buffers += st[stage].ep_layer;
     rp.bytes.moe_scratch += st[stage].scratch;
+    rows = std::max(rows, st[stage].rows);
   }
+  const int64_t wires = ep_wire_bytes(cfg, p, s, r, st);
+  rp.bytes.ep_buffers = in.ep;
+  (p.ep > 1 ? rp.bytes.ep_buffers : rp.bytes.moe_scratch) += rows + wires;
   // the other layers' scratch: the rank's chunks share one MLA, Mlp and Linear scratch (Model's
   // sibling: their programs interleave only where none of it is live), each has its Block::Own
   const std::vector<int64_t> stages(rp.stages.begin(), rp.stages.end());
