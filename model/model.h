@@ -111,6 +111,10 @@ class Model {
   const Losses& forward(MicroBatch& mb, const int32_t* tokens, int64_t B, int64_t S,
                         double mtp_weight, const T* h_in = nullptr) const;
   const T* output(const MicroBatch& mb) const { return mb.h.back().data(); }
+  // The output's buffer. The backward of a stage that is not the last does not read it (each
+  // block keeps its input), so an executor may move it away once the forward has run — into
+  // the send to the next stage; the next forward into mb makes it again.
+  Buffer<T>& output_buffer(MicroBatch& mb) const { return mb.h.back(); }
   // Backward of grad_scale * loss (last stage) or of <dh_out, output> (other stages): input
   // gradients of every layer, in reverse order; mb.dh then holds d(stage input). Weight
   // gradients accumulate into the parameters now, or in backward_weight if deferred.

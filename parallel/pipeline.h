@@ -14,14 +14,17 @@
 //             of the step needs, so the memory a rank holds peaks at the most of the two at once,
 //             not the sum of their peaks (pool_plan);
 //   messages  one buffer per message in flight: a receive's buffer is given back when its
-//             consumer (Forward / Backward) has read it, a send travels as a copy whose buffer
-//             is given back when the send completes (polled after every op).
+//             consumer (Forward / Backward) has read it; a sent activation is the forward's
+//             output itself, taken from the state (the backward of a non-last stage does not
+//             read it), a sent gradient a copy; either's buffer is given back when the send
+//             completes (polled after every op).
 // The model chunks do the math; the schedule decides the order.
 //   RecvActivation(m, s)  post a receive of stage s's output (input of s+1) from its rank
 //   Forward(m, s)         forward of chunk s (last stage: the loss); its input is the embedding
 //                         (s = 0), a received activation, or — DualPipeV's turn, both stages on
 //                         this rank — the output of (m, s-1) handed over in the process
-//   SendActivation(m, s)  post a send of stage s's output to the next stage's rank
+//   SendActivation(m, s)  post a send of stage s's output to the next stage's rank (the output
+//                         moves from the state into the message)
 //   RecvGrad(m, s)        post a receive of d(input of s) (d output of s-1) from its rank
 //   Backward(m, s)        input and weight gradients; BackwardInput: input only (weight gradients
 //                         queued); BackwardWeight: run the queued weight gradients. d(output) is
@@ -179,6 +182,14 @@ class PipelineExecutor {
   int message_buffers() const { return static_cast<int>(msgs_.items.size()); }
   int held_slots() const { return slots_.held(); }
   int held_grad_sets() const { return grads_.held(); }
+  // The bytes the pooled states hold in stage outputs: a sent output moves into its message, so
+  // none on a rank whose stages all send theirs.
+  int64_t output_bytes_held() const {
+    int64_t n = 0;
+    for (const auto& mb : slots_.items)
+      if (!mb.h.empty()) n += static_cast<int64_t>(mb.h.back().capacity() * sizeof(T));
+    return n;
+  }
 
   // What the pools of micro-batch states and gradient sets do at each op of a rank's list: the
   // executor's bookkeeping, and what the plan counts (trainer/plan.cpp). Keys are m * stages + s.
@@ -211,9 +222,11 @@ class PipelineExecutor {
   template <class F>
   static void walk_pools(const PoolPlan& p, F&& visit);
   // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): a received
-  // activation or gradient from its receive's post to the compute op that reads it; a sent one (a
-  // copy) from its post to the end of the next compute op — an estimate: a send completes once its
-  // receive is posted, which in a running pipeline is about then.
+  // activation or gradient from its receive's post to the compute op that reads it; a sent
+  // gradient (a copy) from its post, a sent activation (the forward's output itself, which the
+  // state gives up at the send) from its forward, to the end of the next compute op after the
+  // post — an estimate: a send completes once its receive is posted, which in a running pipeline
+  // is about then.
   static int peak_message_buffers(const pipeline::Schedule& s, int rank);
 
  private:

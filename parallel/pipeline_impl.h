@@ -78,10 +78,15 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
       recvs_.push_back({nullptr, tr(trace::Track::PpRecv, "recv activation")});
       break;
     }
-    case OpKind::SendActivation:
-      send_copy(chunk(op.stage).output(state(key(m, op.stage))), bytes, op.peer, tag, n,
-                tr(trace::Track::PpSend, "send activation"));
+    case OpKind::SendActivation: {  // the output itself, no copy: the state gives it up
+      // (Model::output_buffer; a message buffer's memory goes back to the allocator in its place)
+      const int b = msgs_.take();
+      msgs_[b].release();
+      std::swap(msgs_[b], chunk(op.stage).output_buffer(state(key(m, op.stage))));
+      batch_.push_back(P2pOp::send(msgs_[b].data(), bytes, op.peer, tag));
+      sends_.push_back({nullptr, b, tr(trace::Track::PpSend, "send activation")});
       break;
+    }
     case OpKind::RecvGrad: {  // d output of (m, s-1)
       int& b = grad_of_[key(m, op.stage - 1)];
       b = msg_acquire(n);
@@ -339,13 +344,25 @@ int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int r
              (pair && c.mb2 == msg.mb && c.stage2 == msg.stage - 1);
     return true;
   };
+  // the compute op at or before i that forwards (m, stage): a sent activation is the forward's
+  // output itself, held from then on
+  auto forwarded_at = [](const std::vector<pipeline::Op>& ops, size_t i, int m, int stage) {
+    for (size_t f = i; f-- > 0;) {
+      const pipeline::Op& c = ops[f];
+      if ((c.kind == OpKind::Forward || c.kind == OpKind::ForwardBackward) && c.mb == m &&
+          c.stage == stage)
+        return f;
+    }
+    return i;
+  };
   const std::vector<pipeline::Op>& ops = s.per_rank[rank];
   std::vector<int> delta(ops.size() + 1, 0);
   for (size_t i = 0; i < ops.size(); ++i) {
     if (!ops[i].is_message()) continue;
     size_t j = i + 1;
     while (j < ops.size() && (ops[j].is_message() || !reads(ops[j], ops[i]))) ++j;
-    ++delta[i];
+    const bool sent = ops[i].kind == OpKind::SendActivation;
+    ++delta[sent ? forwarded_at(ops, i, ops[i].mb, ops[i].stage) : i];
     --delta[std::min(j, ops.size() - 1) + 1];
   }
   int open = 0, peak = 0;

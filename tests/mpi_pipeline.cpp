@@ -2,8 +2,9 @@
 // The pipeline executor's memory: with 8 micro-batches per step it holds at most the schedule's
 // in-flight bound of micro-batch states (P - r for 1F1B, P for ZB1P) — the pool reaches the bound
 // and no more — whatever the micro-batch count; the backward's buffers come from a smaller pool
-// (one set for 1F1B); and the losses of 1F1B and ZB1P agree with each other to round-off (both
-// run the same micro-batches through the same stages).
+// (one set for 1F1B); a stage's states keep no output once it is sent (the last stage's keep
+// theirs: its backward reads them); and the losses of 1F1B and ZB1P agree with each other to
+// round-off (both run the same micro-batches through the same stages).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -51,6 +52,12 @@ TEST(pipeline, SlotsStayWithinTheInFlightBound) {
       EXPECT_EQ(ex.grad_sets(), 1) << "rank " << w.rank();
     }
     EXPECT_LE(ex.grad_sets(), ex.slots()) << kind;
+    // a stage's output moves into its send (no copy): only the last stage's states keep theirs
+    if (w.rank() < P - 1) {
+      EXPECT_EQ(ex.output_bytes_held(), 0) << kind;
+    } else {
+      EXPECT_GT(ex.output_bytes_held(), 0) << kind;
+    }
     ++i;
   }
   EXPECT_NEAR(loss[0], loss[1], 1e-6 * loss[0]);

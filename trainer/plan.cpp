@@ -180,12 +180,20 @@ struct PoolPeak {
   bool shared = false;
 };
 
-PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageCensus>& st) {
+PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageCensus>& st,
+                    int64_t output_bytes) {
   using Exec = PipelineExecutor<float>;
   PoolPeak peak;
+  // a stage whose outputs this rank sends keeps a micro-batch's state without its output (the
+  // executor moves it into the send: pp_messages counts it from the forward to the send's end)
+  std::vector<int64_t> forward(st.size());
+  for (size_t stage = 0; stage < st.size(); ++stage) forward[stage] = st[stage].slot.forward;
+  for (const pipeline::Op& op : s.per_rank[r])
+    if (op.kind == pipeline::OpKind::SendActivation)
+      forward[op.stage] = st[op.stage].slot.forward - output_bytes;
   int64_t largest_ep = 0;
   for (const pipeline::Chunk& c : s.chunks_of_rank[r]) {
-    peak.largest = std::max(peak.largest, st[c.stage].slot.forward);
+    peak.largest = std::max(peak.largest, forward[c.stage]);
     peak.set_bytes = std::max(peak.set_bytes, st[c.stage].slot.backward);
     largest_ep = std::max(largest_ep, st[c.stage].ep_slot);
   }
@@ -194,7 +202,7 @@ PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageC
   Exec::walk_pools(plan, [&](const std::vector<int>& live, int held_slots, int held_sets) {
     const int64_t idle = held_slots - static_cast<int64_t>(live.size());
     int64_t act = idle * peak.largest + held_sets * peak.set_bytes, ep = idle * largest_ep;
-    for (int k : live) act += st[k % s.stages].slot.forward, ep += st[k % s.stages].ep_slot;
+    for (int k : live) act += forward[k % s.stages], ep += st[k % s.stages].ep_slot;
     if (act + ep > peak.activations + peak.ep)
       peak.slots = held_slots, peak.sets = held_sets, peak.activations = act, peak.ep = ep;
   });
@@ -290,7 +298,8 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.pp_rank = r;
   for (const pipeline::Chunk& c : s.chunks_of_rank[r]) rp.stages.push_back(c.stage);
   rank_parameters(cfg, p, st, rp);
-  const PoolPeak in = peak_pools(s, r, st);
+  const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;
+  const PoolPeak in = peak_pools(s, r, st, message);
   rp.slots = in.slots, rp.slot_bytes = in.largest;
   rp.grad_sets = in.sets, rp.grad_set_bytes = in.set_bytes, rp.shared_pools = in.shared;
   rp.bytes.activations = in.activations;
@@ -312,7 +321,6 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
           .total();
   if (p.pp > 1) {
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
-    const int64_t message = p.micro_batch * p.seq_len * cfg.model.hidden_size * 4;
     rp.bytes.pp_messages = rp.messages * message;
   }
   return rp;
