@@ -278,8 +278,10 @@ void report_start(const Run& r, std::ostream& log) {
       << " micro-batches of " << r.B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
       << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << ", "
       << (sleeping_waits() ? "sleeping" : "polling") << " MPI waits\n";
-  // activation memory of stage 0 (model/memory.h): slots and gradient sets
-  const SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);
+  // activation memory of stage 0 (model/memory.h): slots and gradient sets; with more than one
+  // pipeline rank its output leaves with the send (PipelineExecutor), so a slot keeps less
+  SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);
+  if (g.pp > 1) slot.forward -= r.B * r.S * cfg.model.hidden_size * 4;
   const int slots = sched.in_flight_bound[0];
   const int sets = PipelineExecutor<float>::peak_grad_sets(sched, 0);
   log << "moetron: activations on " << cfg.run.device << ", stage 0: " << slots << " x "
