@@ -79,42 +79,21 @@ const int64_t* LocalDispatcher<T>::expert_offsets(const DispatchState<T>& st) co
   return pl && pl->ready ? pl->offsets.data() : nullptr;
 }
 
-template <class T>
-int LocalDispatcher<T>::take_wire(int64_t n) {
-  int w;
-  if (free_wires_.empty()) {
-    wires_.emplace_back(ex_.device);
-    w = static_cast<int>(wires_.size()) - 1;
-  } else {
-    w = free_wires_.back();
-    free_wires_.pop_back();
-  }
-  sized(wires_[w], n);
-  return w;
-}
-
-template <class T>
-int64_t LocalDispatcher<T>::wire_bytes() const {
-  int64_t n = 0;
-  for (const Buffer<T>& w : wires_) n += static_cast<int64_t>(w.capacity() * sizeof(T));
-  return n;
-}
-
 // An exchange within the process: its start copies the [N, D] rows into a pooled wire, its wait
 // adds the wire into `out` and gives it back.
 template <class T>
 void LocalDispatcher<T>::post_rows(DispatchState<T>& st, const T* rows) {
   LocalPlan& pl = plan_of(st, ex_.device);
   const int64_t ND = st.N * st.D;
-  pl.wire = take_wire(ND);
-  kernels::copy(ex_, wires_[pl.wire].data(), rows, sizeof(T) * ND);
+  pl.wire = wires_.take(ex_.device);
+  kernels::copy(ex_, sized(wires_[pl.wire], ND), rows, sizeof(T) * ND);
 }
 
 template <class T>
 void LocalDispatcher<T>::add_rows(DispatchState<T>& st, T* out) {
   LocalPlan& pl = plan_of(st, ex_.device);
   kernels::add_inplace<T>(ex_, out, wires_[pl.wire].data(), st.N * st.D);
-  give_wire(pl.wire);
+  wires_.give(pl.wire);
   pl.wire = -1;
 }
 

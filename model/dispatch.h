@@ -13,12 +13,12 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <vector>
 
 #include "kernels/exec.h"
 #include "model/buffers.h"
+#include "model/pool.h"
 
 namespace moetron {
 
@@ -109,16 +109,10 @@ class LocalDispatcher final : public TokenDispatcher<T> {
   void combine_backward_wait(DispatchState<T>& st) override;
   void dispatch_backward_start(DispatchState<T>& st) override;
   void dispatch_backward_wait(DispatchState<T>& st, T* dx, T* dw) override;
-  // the wires made (each [N, D]) and the bytes they hold
-  int wires() const { return static_cast<int>(wires_.size()); }
-  int64_t wire_bytes() const;
 
  private:
   Exec ex_;
-  std::deque<Buffer<T>> wires_;  // pooled: a wire is taken at a start and given back at its wait
-  std::vector<int> free_wires_;
-  int take_wire(int64_t n);
-  void give_wire(int w) { free_wires_.push_back(w); }
+  Pool<Buffer<T>> wires_;  // [N, D] each: taken at a start, given back at its wait
   void post_rows(DispatchState<T>& st, const T* rows);
   void add_rows(DispatchState<T>& st, T* out);
 };

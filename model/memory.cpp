@@ -93,7 +93,7 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   // dA); gu_tmp unless gu and a are kept as T
   double phases = n * static_cast<double>((E + D) * T) + A * static_cast<double>((D + F) * T);
   if (narrow) phases += A * static_cast<double>(2 * F * T);
-  // rdw; dwperm; dweights (rdy, rdx: the forward's rx, ry)
+  // rdw; dwperm; dweights (the rows rx .. rdx: `received`)
   phases +=
       R * static_cast<double>(K * T) + A * static_cast<double>(T) + n * static_cast<double>(K * T);
   if (exp8) phases += A * static_cast<double>(2 * F * T);  // dgu before its tiles

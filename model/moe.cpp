@@ -218,8 +218,8 @@ void MoE<T>::experts_backward(State& st) const {
   T* da = sized(scratch_->a_tmp, A * F_);  // (a_tmp: the forward's; recomputed after this)
   down_.backward_input(dyperm, off, da);
   down_.keep_grad(st.dyperm, dyperm, off);
-  st.dxperm.swap(
-      scratch_->yperm);  // dyperm is read: its staging becomes d xperm (program end: back)
+  // dyperm is read: its staging becomes d xperm (given back at the program's end)
+  st.dxperm.swap(scratch_->yperm);
   T* dgu = gu_.grad(st.dgu, A, scratch_->dgu);
   kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
                               dgu, sized(st.dwperm, A));

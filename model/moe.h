@@ -66,7 +66,8 @@ class MoE {
     // backward: kept for the weight gradients (dyperm [A, D], dgu [A, 2F]: under the fp8
     // recipe the Wgrads' 128x1 tiles; dlogits [N, E]), and the backward's own scratch (dwperm,
     // dxperm, dweights and the dispatch's ds.rdy, rdx, rdw: lent by the layers' Scratch for the
-    // backward program only, rdy, rdx and dxperm from the forward's rx, ry and yperm)
+    // backward program only; dxperm from the forward's yperm; ds.rdy, rdx lent per call from
+    // the Scratch's rows)
     SavedGrad<T> dyperm, dgu;
     Buffer<T> dlogits;
     Buffer<T> dwperm, dxperm, dweights;

@@ -47,7 +47,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -57,6 +56,7 @@
 #include "kernels/exec.h"
 #include "kernels/pinned.h"
 #include "model/model.h"
+#include "model/pool.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
 #include "parallel/trace.h"
@@ -318,34 +318,6 @@ class PipelineExecutor {
     stats_.pp_idle += seconds_since(t0);
   }
   double ep_blocked() const { return opt_.ep_blocked ? opt_.ep_blocked() : 0.0; }
-
-  // A pool of reusable entries (a deque: entries never move). Free entries keep their memory;
-  // bare ones were trimmed (their memory freed) and fill again on their next use.
-  template <class E>
-  struct Pool {
-    std::deque<E> items;
-    std::vector<int> free, bare;
-    E& operator[](int i) { return items[static_cast<size_t>(i)]; }
-    int take() {  // a free entry, else a bare one, else a new one
-      for (std::vector<int>* l : {&free, &bare})
-        if (!l->empty()) {
-          const int i = l->back();
-          l->pop_back();
-          return i;
-        }
-      items.emplace_back();
-      return static_cast<int>(items.size()) - 1;
-    }
-    void give(int i) { free.push_back(i); }
-    int held() const { return static_cast<int>(items.size() - bare.size()); }
-    void trim(int keep) {  // frees idle entries while more than `keep` hold memory
-      while (held() > keep && !free.empty()) {
-        items[static_cast<size_t>(free.back())] = E{};
-        bare.push_back(free.back());
-        free.pop_back();
-      }
-    }
-  };
 
   typename Model<T>::MicroBatch& state(int k) { return slots_[slot_of_[k]]; }
   int msg_acquire(int64_t n) {

@@ -128,6 +128,27 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   }
 }
 
+// A process's second model chunk built with the first as its sibling shares the one-piece
+// scratch (MLA, Mlp, Linear, the MoE rows) and keeps its own MoE scratch and Block::Own; a
+// sibling on another device is refused.
+TEST(ActivationMemory, SiblingChunksShareTheOnePieceScratch) {
+  const ModelConfig c = tiny();
+  const PrecisionPolicy pol = policy("fp32");
+  ParamStore<float> store(Device::CPU);
+  Model<float> first(c, pol, nullptr, StageSpec{0, 2}, Exec{}, &store);
+  Model<float> second(c, pol, nullptr, StageSpec{1, 2}, Exec{}, &store, &first);
+  const auto &a = first.scratch(), &b = second.scratch();
+  EXPECT_EQ(a.attn, b.attn);
+  EXPECT_EQ(a.mlp, b.mlp);
+  EXPECT_EQ(a.linear, b.linear);
+  EXPECT_EQ(a.moe->rows, b.moe->rows);
+  EXPECT_NE(a.moe, b.moe);
+  EXPECT_NE(a.own, b.own);
+  EXPECT_THROW(
+      Model<float>(c, pol, nullptr, StageSpec{1, 2}, Exec::on(Device::Meta), nullptr, &first),
+      std::invalid_argument);
+}
+
 TEST(ActivationMemory, SteadyStateAllocatesNothing) {
   const ModelConfig c = tiny();
   const int64_t B = 4, S = 64;
