@@ -55,11 +55,23 @@ struct Fp8WeightCache {
   int64_t R = 0, C = 0;
   uint64_t version = 0;
   bool valid = false;
+  bool pushed = false;  // remade from values its parameter's owner gave (Param::copies): kept
   int64_t blocks() const { return ((R + 127) / 128) * ((C + 127) / 128); }
-  // Re-quantises unless valid at *ver (ver null: always).
+  // Re-quantises unless valid at *ver (ver null: always) or pushed.
   void refresh(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2,
                const uint64_t* ver) {
-    if (ver && valid && version == *ver && R == rows && C == cols) return;
+    if (pushed || (ver && valid && version == *ver && R == rows && C == cols)) return;
+    quantize(ex, W, G, rows, cols, pow2);
+    version = ver ? *ver : 0;
+  }
+  // Quantises W [G, rows, cols] given by the parameter's owner; refresh() keeps it from now on.
+  void push(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2) {
+    quantize(ex, W, G, rows, cols, pow2);
+    pushed = true;
+  }
+
+ private:
+  void quantize(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2) {
     R = rows, C = cols;
     sized(q, G * R * C);
     sized(s, G * blocks());
@@ -67,7 +79,6 @@ struct Fp8WeightCache {
       kernels::quantize(ex, W + g * R * C, R, C, kernels::kTile128x128, pow2, q.data() + g * R * C,
                         s.data() + g * blocks());
     valid = true;
-    version = ver ? *ver : 0;
   }
 };
 
@@ -77,15 +88,26 @@ struct Bf16WeightCache {
   int64_t n = 0;
   uint64_t version = 0;
   bool valid = false;
-  // Converts unless valid at *ver (ver null: always).
+  bool pushed = false;  // converted from values its parameter's owner gave (Param::copies): kept
+  // Converts unless valid at *ver (ver null: always) or pushed.
   const uint16_t* refresh(const Exec& ex, const float* W, int64_t count, const uint64_t* ver) {
-    if (!(ver && valid && version == *ver && n == count)) {
-      n = count;
-      kernels::narrow_to_bf16(ex, W, count, sized(w, count));
-      valid = true;
+    if (!(pushed || (ver && valid && version == *ver && n == count))) {
+      convert(ex, W, count);
       version = ver ? *ver : 0;
     }
     return w.data();
+  }
+  // Converts W [count] given by the parameter's owner; refresh() keeps it from now on.
+  void push(const Exec& ex, const float* W, int64_t count) {
+    convert(ex, W, count);
+    pushed = true;
+  }
+
+ private:
+  void convert(const Exec& ex, const float* W, int64_t count) {
+    n = count;
+    kernels::narrow_to_bf16(ex, W, count, sized(w, count));
+    valid = true;
   }
 };
 
@@ -122,8 +144,9 @@ struct LinearBase {
   Exec ex{};
   const uint64_t* version = nullptr;  // PrecisionPolicy::weight_version (null: every forward)
   bool store_bf16 = false;            // PrecisionPolicy::store_bf16: a kept input in bf16
-  mutable Fp8WeightCache wq{};
-  mutable Bf16WeightCache w16{};
+  // the weight's copy (FP8 or bf16), shared with the closure the Linear registers in W->copies
+  std::shared_ptr<Fp8WeightCache> wq = std::make_shared<Fp8WeightCache>();
+  std::shared_ptr<Bf16WeightCache> w16 = std::make_shared<Bf16WeightCache>();
   std::shared_ptr<LinearScratch<T>> sc;  // one call's scratch, shared with the model's Linears
 
   void init(Param<T>* w, int64_t groups, int64_t in_, int64_t out_, const LinearPrecision& p,
@@ -134,6 +157,20 @@ struct LinearBase {
     version = pol.weight_version.get();
     store_bf16 = pol.store_bf16;
     sc = s ? std::move(s) : std::make_shared<LinearScratch<T>>(e.device);
+    register_copy();
+  }
+  // Under FP8 and BF16 the GEMMs read only W's copy: the Linear registers how to remake it from
+  // given values (Param::copies; a Linear is its weight's one reader). Every copy of the Linear
+  // shares the cache the closure holds.
+  void register_copy() {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fp8())
+        W->copies.push_back([q = wq, e = ex, g = G, o = out, i = in,
+                             p2 = lp.pow2_w](const float* v) { q->push(e, v, g, o, i, p2); });
+      else if (bf16_weight())
+        W->copies.push_back(
+            [c = w16, e = ex, n = G * out * in](const float* v) { c->push(e, v, n); });
+    }
   }
   bool fp8() const { return lp.fp8(); }
   kernels::GemmPrecision prec() const { return lp.gemm(); }
@@ -147,7 +184,7 @@ struct LinearBase {
   // GEMMs themselves; bf16 is widened), so forward, recompute and weight gradient agree.
   const T* kept(const SavedAct<T>& s) const { return s.read(ex, sc->wide); }
   void refresh() const {
-    if constexpr (std::is_same_v<T, float>) wq.refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
+    if constexpr (std::is_same_v<T, float>) wq->refresh(ex, W->w(), G, out, in, lp.pow2_w, version);
   }
   // Where the layer writes dY [N, out] that a weight gradient reads later: the kept buffer, or
   // (FP8) scratch that keep_grad quantises.
@@ -164,7 +201,7 @@ struct LinearBase {
   // BF16 on a float model: the GEMMs that read W take its bf16 copy.
   bool bf16_weight() const { return std::is_same_v<T, float> && lp.recipe == Recipe::BF16; }
   const uint16_t* weight16() const {
-    if constexpr (std::is_same_v<T, float>) return w16.refresh(ex, W->w(), G * out * in, version);
+    if constexpr (std::is_same_v<T, float>) return w16->refresh(ex, W->w(), G * out * in, version);
     return nullptr;
   }
 };
@@ -186,8 +223,8 @@ struct Linear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();
-        return kernels::fp8_fprop(B::ex, x.x8.q.data(), x.x8.s.data(), B::wq.q.data(),
-                                  B::wq.s.data(), x.rows, B::out, B::in, y);
+        return kernels::fp8_fprop(B::ex, x.x8.q.data(), x.x8.s.data(), B::wq->q.data(),
+                                  B::wq->s.data(), x.rows, B::out, B::in, y);
       }
     }
     gemm_fwd(B::kept(x), x.rows, y);
@@ -212,7 +249,7 @@ struct Linear : LinearBase<T> {
         B::refresh();
         Fp8Act& x8 = B::sc->x8;
         x8.quantize(B::ex, x, N, B::in, B::lp.pow2_x);
-        return kernels::fp8_fprop(B::ex, x8.q.data(), x8.s.data(), B::wq.q.data(), B::wq.s.data(),
+        return kernels::fp8_fprop(B::ex, x8.q.data(), x8.s.data(), B::wq->q.data(), B::wq->s.data(),
                                   N, B::out, B::in, y);
       }
     }
@@ -223,8 +260,8 @@ struct Linear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();  // normally still valid
-        return kernels::fp8_linear_dgrad(B::ex, dy, N, B::out, B::in, B::wq.q.data(),
-                                         B::wq.s.data(), B::lp.pow2_dy, B::lp.dgrad_128x128, dx,
+        return kernels::fp8_linear_dgrad(B::ex, dy, N, B::out, B::in, B::wq->q.data(),
+                                         B::wq->s.data(), B::lp.pow2_dy, B::lp.dgrad_128x128, dx,
                                          accumulate);
       }
     }
@@ -301,7 +338,7 @@ struct GroupedLinear : LinearBase<T> {
       if (B::fp8()) {
         B::refresh();
         return kernels::grouped_fp8_fprop(B::ex, off, B::G, x.x8.q.data(), x.x8.s.data(),
-                                          B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
+                                          B::wq->q.data(), B::wq->s.data(), B::out, B::in, y);
       }
     }
     grouped_fwd(B::kept(x), off, y);
@@ -314,7 +351,7 @@ struct GroupedLinear : LinearBase<T> {
         Fp8Act& x8 = B::sc->x8;
         x8.quantize(B::ex, x, rows, B::in, B::lp.pow2_x);
         return kernels::grouped_fp8_fprop(B::ex, off, B::G, x8.q.data(), x8.s.data(),
-                                          B::wq.q.data(), B::wq.s.data(), B::out, B::in, y);
+                                          B::wq->q.data(), B::wq->s.data(), B::out, B::in, y);
       }
     }
     grouped_fwd(x, off, y);
@@ -325,7 +362,7 @@ struct GroupedLinear : LinearBase<T> {
       if (B::fp8()) {
         B::refresh();
         return kernels::grouped_fp8_linear_dgrad(B::ex, off, B::G, dy, B::out, B::in,
-                                                 B::wq.q.data(), B::wq.s.data(), B::lp.pow2_dy,
+                                                 B::wq->q.data(), B::wq->s.data(), B::lp.pow2_dy,
                                                  B::lp.dgrad_128x128, dx);
       }
     }

@@ -94,6 +94,10 @@ void values_to_host(const Param<T>& p, int64_t offset, int64_t n, T* host, bool 
   const Tensor& t = grad ? p.grad : p.value;
   if (offset < 0 || n < 0 || offset + n > t.numel())
     throw std::out_of_range("values_to_host: " + p.name + ": elements out of range");
+  if (n > 0 && !t.raw())
+    throw std::logic_error("values_to_host: " + p.name + ": its " +
+                           (grad ? "gradients" : "values") + " have no memory here (device " +
+                           device_name(t.device()) + ")");
   kernels::copy_to_host(Exec::on(t.device()), host, t.data<T>() + offset, sizeof(T) * n);
 }
 

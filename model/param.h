@@ -33,6 +33,13 @@ struct Param {
                            // embedding on the last stage, for MTP): grads are summed between the
                            // copies and it counts once in the gradient norm
   Param* fused = nullptr;  // the fused tensor this parameter is a view of (null: its own storage)
+  // The copies the model computes from instead of the values — an FP8 Linear's E4M3 blocks, a
+  // BF16 Linear's bf16 copy (model/linear.h) —, each remade from values given here. A Linear
+  // registers its copy only where it is the parameter's one reader, so a parameter with copies
+  // needs its values only to remake them: ZeRO-1 may keep the values sharded with the optimizer
+  // state (Zero1Options::shard_values) and hand each step's gathered values here. A copy once
+  // remade so is never re-read from `value` (which then has no memory).
+  std::vector<std::function<void(const T* values)>> copies;
   int64_t numel() const { return value.numel(); }
   T* w() { return value.data<T>(); }
   T* g() { return grad.data<T>(); }

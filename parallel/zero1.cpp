@@ -35,9 +35,19 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
   numel_ = plan.numel;
   std::vector<int64_t> unit_offset;
   const int64_t flat = plan_buckets(plan, unit_offset);
-  rehome(plan, unit_offset, flat);
   plan_shard();
   const int64_t G = comm_.size();
+  for (const Unit& u : units_) cached_.push_back(!u.storage->copies.empty());
+  sharded_ =
+      opt_.shard_values && G > 1 && std::find(cached_.begin(), cached_.end(), 1) != cached_.end();
+  if (sharded_) {  // every owned master value, from the parameters before they move
+    shard_value_ = Buffer<float>(ex_.device);
+    zeroed(ex_, shard_value_, shard_);  // (padding stays zero)
+    for (const Segment& seg : segments_)
+      kernels::copy(ex_, shard_value_.data() + seg.shard_offset, seg.p->w() + seg.param_offset,
+                    sizeof(float) * static_cast<size_t>(seg.len));
+  }
+  rehome(plan, unit_offset, flat);
   if (G > 1) {
     shard_grad_ = Buffer<float>(ex_.device);
     zeroed(ex_, shard_grad_, shard_);
@@ -130,9 +140,12 @@ int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset)
     if (buckets_.empty() ||
         (flat - buckets_.back().begin) + units[u].numel > opt_.bucket_elements) {
       if (!buckets_.empty()) close_bucket();
-      buckets_.push_back({flat, 0, {}});
+      buckets_.push_back({flat, 0, {}, {}});
     }
     unit_offset[u] = flat;
+    Param<float>* storage = units[u].fused ? units[u].fused : params_[units[u].members[0]];
+    buckets_.back().units.push_back(static_cast<int64_t>(units_.size()));
+    units_.push_back({storage, flat, units[u].numel, -1});
     std::vector<int64_t> m = units[u].members;  // in layout order
     std::sort(m.begin(), m.end(),
               [&](int64_t a, int64_t b) { return plan.within[a] < plan.within[b]; });
@@ -141,32 +154,42 @@ int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset)
   }
   if (!buckets_.empty()) close_bucket();
   offset_.resize(params_.size());
+  unit_of_.resize(params_.size());
   for (size_t u = 0; u < units.size(); ++u)
-    for (int64_t i : units[u].members) offset_[i] = unit_offset[u] + plan.within[i];
+    for (int64_t i : units[u].members)
+      offset_[i] = unit_offset[u] + plan.within[i], unit_of_[i] = static_cast<int64_t>(u);
   return flat;
 }
 
-// Allocates the arenas; every parameter (and fused tensor) moves onto its slice.
+// Allocates the arenas; every parameter (and fused tensor) moves onto its slice. Sharded: the
+// value arena holds the resident units one after another (value_at), and a cached unit's copies
+// are made from its values before they go (its value tensors keep their shapes on Meta).
 void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat) {
-  value_arena_ = Tensor({flat}, DType::F32, plan.device);
+  int64_t resident = 0;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    if (sharded_ && cached_[u]) continue;
+    units_[u].value_at = sharded_ ? resident : unit_offset[u];
+    resident += units_[u].numel;
+  }
+  value_arena_ = Tensor({sharded_ ? resident : flat}, DType::F32, plan.device);
   grad_arena_ = Tensor({flat}, DType::F32, plan.device);
-  const auto move = [&](Param<float>& p, int64_t at) {
-    kernels::copy(ex_, value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
-    kernels::copy(ex_, grad_arena_.data<float>() + at, p.grad.raw(), p.grad.bytes());
-    p.value = value_arena_.view(at, p.value.shape());
-    p.grad = grad_arena_.view(at, p.grad.shape());
-  };
   for (size_t u = 0; u < plan.units.size(); ++u) {
     const Plan::Unit& unit = plan.units[u];
-    if (unit.fused) {
-      move(*unit.fused, unit_offset[u]);
-      for (int64_t i : unit.members) {  // views of the re-homed fused tensor
-        params_[i]->value = value_arena_.view(offset_[i], params_[i]->value.shape());
-        params_[i]->grad = grad_arena_.view(offset_[i], params_[i]->grad.shape());
-      }
-    } else {
-      move(*params_[unit.members[0]], unit_offset[u]);
-    }
+    const int64_t at = units_[u].value_at, shift = at - unit_offset[u];
+    Param<float>& p = *units_[u].storage;
+    const bool keep = at >= 0;
+    if (keep) kernels::copy(ex_, value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
+    if (!keep)
+      for (const auto& remake : p.copies) remake(p.w());
+    kernels::copy(ex_, grad_arena_.data<float>() + unit_offset[u], p.grad.raw(), p.grad.bytes());
+    const auto place = [&](Param<float>& q, int64_t offset) {
+      q.value = keep ? value_arena_.view(offset + shift, q.value.shape())
+                     : Tensor(q.value.shape(), DType::F32, Device::Meta);
+      q.grad = grad_arena_.view(offset, q.grad.shape());
+    };
+    place(p, unit_offset[u]);
+    if (unit.fused)  // views of the re-homed fused tensor
+      for (int64_t i : unit.members) place(*params_[i], offset_[i]);
   }
 }
 
@@ -214,9 +237,9 @@ bool Zero1::local_grads_finite() const {
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
   scale_owned_grads(grad_scale);
   const float* owned = shard_grads();
-  for (const Segment& seg : segments_)  // in the value arena
-    adamw_.update(seg.p->w() + seg.param_offset, owned + seg.shard_offset, seg.shard_offset,
-                  seg.len, seg.p->decay, lr, step_number);
+  for (const Segment& seg : segments_)  // in the value arena, or (sharded) the master shard
+    adamw_.update(master(seg), owned + seg.shard_offset, seg.shard_offset, seg.len, seg.p->decay,
+                  lr, step_number);
   all_gather_values();
 }
 
@@ -225,19 +248,72 @@ void Zero1::scale_owned_grads(double grad_scale) {
   kernels::scale_inplace(ex_, shard_grads(), static_cast<float>(grad_scale), shard_);
 }
 
-// Everyone gets everyone's updated block, in place in the value arena.
+// Everyone gets everyone's updated block, in place in the value arena; sharded, in the spent
+// gradient arena (this rank's block copied there from the master shard), then spread.
 void Zero1::all_gather_values() {
   const int64_t G = comm_.size();
   if (G == 1) return;
-  float* values = value_arena_.data<float>();
-  for (const Bucket& b : buckets_) {
+  float* values = (sharded_ ? grad_arena_ : value_arena_).data<float>();
+  for (size_t k = 0; k < buckets_.size(); ++k) {
+    const Bucket& b = buckets_[k];
     const int64_t part = b.padded / G;
+    float* mine = values + b.begin + comm_.rank() * part;
+    if (sharded_)
+      kernels::copy(ex_, mine, shard_value_.data() + shard_pos_[k],
+                    sizeof(float) * static_cast<size_t>(part));
     const auto t0 = std::chrono::steady_clock::now();
-    comm_.all_gather(values + b.begin + comm_.rank() * part, values + b.begin, part);
+    comm_.all_gather(mine, values + b.begin, part);
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     trace::span_since(trace::Track::Dp, "all-gather", trace::ns(t0), "bucket,elements",
-                      &b - buckets_.data(), b.padded);
+                      static_cast<int64_t>(k), b.padded);
+    if (sharded_) spread_bucket(k);
   }
+}
+
+// A gathered bucket (in the gradient arena): resident units' values into the value arena, cached
+// units' to their copies.
+void Zero1::spread_bucket(size_t b) {
+  const float* gathered = grad_arena_.data<float>();
+  for (int64_t u : buckets_[b].units) {
+    const Unit& unit = units_[static_cast<size_t>(u)];
+    if (cached_[static_cast<size_t>(u)]) {
+      for (const auto& remake : unit.storage->copies) remake(gathered + unit.offset);
+    } else {
+      kernels::copy(ex_, value_arena_.data<float>() + unit.value_at, gathered + unit.offset,
+                    sizeof(float) * static_cast<size_t>(unit.numel));
+    }
+  }
+}
+
+void Zero1::read_owned(const OwnedRange& r, float* host) const {
+  if (!sharded_) return values_to_host(*r.param, r.offset, r.len, host);
+  kernels::copy_to_host(ex_, host, shard_value_.data() + r.shard_offset,
+                        sizeof(float) * static_cast<size_t>(r.len));
+}
+
+void Zero1::load_owned(const ReadValues& read) {
+  if (!sharded_) throw std::logic_error("Zero1::load_owned: the values are not sharded");
+  std::vector<float> host;
+  for (const Segment& seg : segments_) {
+    host.resize(static_cast<size_t>(seg.len));
+    read(*seg.p, seg.param_offset, seg.len, host.data());
+    kernels::copy_from_host(ex_, shard_value_.data() + seg.shard_offset, host.data(),
+                            sizeof(float) * host.size());
+  }
+}
+
+void Zero1::gather_values() {
+  if (!sharded_) return;
+  all_gather_values();
+  gathered_.clear();
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!holds_values(i))
+      gathered_[params_[i]] = grad_arena_.view(offset_[i], params_[i]->value.shape());
+}
+
+const Tensor& Zero1::whole_values(const Param<float>& p) const {
+  const auto it = gathered_.find(&p);
+  return it == gathered_.end() ? p.value : it->second;
 }
 
 std::vector<Zero1::MomentPiece> Zero1::export_moments() const {

@@ -41,10 +41,27 @@
 // it exactly (checked). Parameters outside every group (the expert bias) keep their own storage.
 // Owned ranges are kept in the parameter list's order, so the gradient norm sums in the same
 // order as before the arenas: with G = 1 every number is unchanged.
+//
+// Sharded master weights (shard_values, G > 1). Under the FP8 and BF16 recipes a Linear's GEMMs
+// read only its weight's copy (E4M3 blocks or bf16), which the Linear registered in
+// Param::copies. Such a unit (every parameter, or fused tensor, with copies) keeps no fp32 values
+// on the rank: its master values live only in this rank's shard, like the moments (Megatron's
+// distributed optimizer does the same). Then:
+//   - the shard of master values (`shard_value_`, every owned element) is what AdamW updates;
+//   - the value arena holds only the other units (norms, gate, embedding, head: their readers
+//     need fp32 values), laid out compactly;
+//   - step 4 all-gathers each bucket into the gradient arena, whose gradients are spent by then
+//     (the next step's zero_grad clears it), and from there copies the resident units into the
+//     value arena and hands each cached unit's values to its copies (Param::copies), which are
+//     made from the same fp32 values as before: every copy, loss and update has the same bits;
+//   - the cached parameters' `value` tensors are on the Meta device (a shape, no memory).
+// Saving reads the owned values (read_owned), loading writes them (load_owned) and gathers.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -61,8 +78,9 @@ namespace moetron {
 struct Zero1Options : AdamWOptions {
   bool grad_reduce_bf16 = false;      // round gradients to bf16 for the reduction (fp32 otherwise)
   int64_t bucket_elements = 1 << 20;  // 4 MiB of fp32 per bucket
-  bool overlap = true;  // start a bucket's reduce-scatter when mark_final made it final
-  int staging = 2;      // grad_reduce_bf16: bf16 buckets in flight at once (staging buffers)
+  bool overlap = true;        // start a bucket's reduce-scatter when mark_final made it final
+  int staging = 2;            // grad_reduce_bf16: bf16 buckets in flight at once (staging buffers)
+  bool shard_values = false;  // G > 1: master values of the units with copies only in the shard
 };
 
 class Zero1 {
@@ -96,6 +114,15 @@ class Zero1 {
   // all-gather the updated parameters. (With G = 1 the gradients are scaled in place.)
   void step(double lr, double grad_scale, int64_t step_number);
 
+  // Whether master values are sharded (shard_values, G > 1, some unit with copies), and the fp32
+  // bytes of values this rank holds: the resident units' and, when sharded, the owned masters.
+  bool sharded() const { return sharded_; }
+  int64_t value_bytes() const {
+    return static_cast<int64_t>(sizeof(float)) * (value_arena_.numel() + shard_value_.size());
+  }
+  // Whether params()[i]'s values are on this rank (not: sharded, its GEMMs read only copies).
+  bool holds_values(size_t i) const { return !sharded_ || !cached_[unit_of_.at(i)]; }
+
   int64_t state_bytes() const { return adamw_.state_bytes(); }  // moments held by this rank
 
   // Optimizer state for checkpoints: the moments of this rank's owned elements, one piece per
@@ -108,6 +135,17 @@ class Zero1 {
   };
   std::vector<MomentPiece> export_moments() const;
   void import_moments(const std::vector<MomentPiece>& pieces);
+  // Sharded: fills every owned master value through read(param, offset, len, host); then
+  // gather_values() remakes the copies and the resident values. (Unsharded, a load writes each
+  // parameter's values itself.)
+  using ReadValues = std::function<void(const Param<float>&, int64_t, int64_t, float*)>;
+  void load_owned(const ReadValues& read);
+  // Sharded: all-gathers the master values into the gradient arena (collective; they stay there
+  // until the next step's zero_grad), remaking the copies and the resident values from them.
+  // whole_values(i) is then where params()[i]'s whole values are: its slice of the gradient
+  // arena, or its value tensor where the rank holds it. Unsharded: nothing; the value tensors.
+  void gather_values();
+  const Tensor& whole_values(const Param<float>& p) const;
   // The parameters of this group, and the ranges of them this rank owns (the elements its
   // moments cover): a checkpoint writes each element once, from its owner.
   // shard_offset: where the range's reduced gradients are in owned_grads().
@@ -121,6 +159,8 @@ class Zero1 {
     for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len, s.shard_offset});
     return out;
   }
+  // The master values of an owned range into host memory (a checkpoint's piece).
+  void read_owned(const OwnedRange& r, float* host) const;
   // (device memory)
   const float* owned_grads() const { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
   // The arenas (numel: the padded layout) and where params()[i] starts in them.
@@ -139,6 +179,7 @@ class Zero1 {
   struct Bucket {
     int64_t begin = 0, padded = 0;  // arena offset, padded length (multiple of G)
     std::vector<int64_t> params;    // indices into params_, in arena order
+    std::vector<int64_t> units;     // indices into units_
   };
   struct Segment {  // a piece of one parameter inside this rank's shard
     Param<float>* p;
@@ -155,6 +196,10 @@ class Zero1 {
   void finish(size_t flight);     // after in_flight_[flight] completed: widen (bf16), drop it
   void scale_owned_grads(double grad_scale);
   void all_gather_values();
+  void spread_bucket(size_t b);  // sharded: gathered bucket b -> resident values and copies
+  float* master(const Segment& s) {
+    return sharded_ ? shard_value_.data() + s.shard_offset : s.p->w() + s.param_offset;
+  }
   bool G1() const { return comm_.size() == 1; }
   float* shard_grads() { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
   Exec ex_{};  // the parameters' device: every vector op of the optimizer runs there
@@ -166,8 +211,20 @@ class Zero1 {
   Zero1Options opt_;
   int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
-  Tensor value_arena_, grad_arena_;  // [padded layout] fp32
-  Buffer<float> shard_grad_;         // G > 1: the reduced gradients of the owned elements
+  Tensor value_arena_, grad_arena_;  // [padded layout] fp32 (sharded: resident units, compact)
+  // Sharded master values: the owned elements (shard order). Per unit: cached (values only in
+  // the shards), its storage Param, arena offset and length; per parameter, its unit.
+  bool sharded_ = false;
+  Buffer<float> shard_value_;
+  struct Unit {
+    Param<float>* storage;
+    int64_t offset, numel, value_at;  // value_at: in the value arena (resident units)
+  };
+  std::vector<Unit> units_;
+  std::vector<char> cached_;
+  std::vector<int64_t> unit_of_;
+  std::unordered_map<const Param<float>*, Tensor> gathered_;  // whole_values of the cached ones
+  Buffer<float> shard_grad_;  // G > 1: the reduced gradients of the owned elements
   // The overlapped reduction: per bucket, where its part of the shard starts and how many of its
   // parameters are not final yet; per parameter, its bucket and whether it is final.
   std::vector<int64_t> shard_pos_, not_final_, bucket_of_;

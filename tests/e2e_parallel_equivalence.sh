@@ -22,6 +22,8 @@
 # expert's rows with zero rows to 16 (precision.expert_row_align, the GPU's FP8 default): EP2 in
 # DP2 under the fp8 recipe, bit for bit with and without. Nor does deferring the FP8 weight
 # gradients (zb1p against 1f1b at PP2), which then read the dY their micro-batch kept as FP8 tiles.
+# Nor does keeping the fp32 master weights of the FP8 Linears only in the ZeRO-1 shards
+# (optimizer.shard_master_weights): PP2 x DP2 x EP2 DualPipe under fp8, bit for bit on and off.
 # The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
 # tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
 # a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
@@ -74,6 +76,12 @@ run ep2_fp8_align16 2 1 2 2 1f1b --set precision.recipe=fp8 --set precision.expe
 # executor's pooled gradient sets) against 1f1b's, run at once: bit for bit
 run pp2_fp8_1f1b 2 2 1 1 1f1b --set precision.recipe=fp8
 run pp2_fp8_zb1p 2 2 1 1 zb1p --set precision.recipe=fp8
+# fp32 master weights sharded with the optimizer state (the FP8 Linears' copies remade from each
+# step's all-gather; dense over the twins' DP 4, experts over EDP 2) against held whole: bit for bit
+run pp2ep2dp2_dualpipe_fp8 4 2 2 2 dualpipe --set precision.recipe=fp8
+run pp2ep2dp2_dualpipe_fp8_whole 4 2 2 2 dualpipe --set precision.recipe=fp8 \
+  --set optimizer.shard_master_weights=off
+grep -q "master weights sharded" "$OUT/pp2ep2dp2_dualpipe_fp8.log"
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, sys
 import h5py, numpy as np
@@ -134,6 +142,8 @@ pair(a, b, "", also=min(early[0]) > 0.2 and max(early[1]) == 0,
 pair("ep2_fp8", "ep2_fp8_align16", " (experts' rows padded to 16)")
 # deferred FP8 weight gradients (from the kept dY tiles) equal immediate ones, bit for bit
 pair("pp2_fp8_1f1b", "pp2_fp8_zb1p", " (deferred FP8 Wgrads from kept dY tiles)")
+# sharded fp32 masters change no bit: the copies are made from the same values
+pair("pp2ep2dp2_dualpipe_fp8", "pp2ep2dp2_dualpipe_fp8_whole", " (fp32 masters sharded vs whole)")
 # where the step went, per rank: the breakdown's additive fields sum to the step time (5%, over
 # steps 2-10: a single 0.1 s step on oversubscribed cores carries milliseconds of scheduling skew)
 ADD = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "pp_idle_s", "dp_comm_s",

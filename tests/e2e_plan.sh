@@ -45,7 +45,9 @@ assert len(d["ranks"]) == 16 and d["ranks"][0]["stages"] == [0, 15]
 for rk in d["ranks"]:
     bb = rk["bytes"]
     assert sum(v for k, v in bb.items() if k != "total") == bb["total"], rk
-    assert bb["weights"] == 4 * rk["params"]["total"]
+    assert bb["gradients"] == 4 * rk["params"]["total"]
+    # fp8, DP 128 (EDP 2, both doubled by the twins): the Linears' fp32 masters only in the shards
+    assert bb["weights"] < bb["gradients"] / 2 and 0 < bb["master_shard"] < bb["gradients"] / 8
 peak = max(d["ranks"], key=lambda x: x["bytes"]["total"])
 assert peak["bytes"] == b and peak["pp_rank"] == d["peak_pp_rank"]
 assert d["params_per_rank"] == peak["params"]
@@ -72,16 +74,16 @@ m = re.search(r"total (\S+) \(main model", text); assert abs(params(m[1]) - d["p
 m = re.search(r"activated (\S+) per token", text); assert abs(params(m[1]) - d["params_activated"]) <= 0.005e9
 m = re.search(r"MTP (\S+) \(own", text); assert abs(params(m[1]) - d["params_mtp"]) <= 0.005e9
 assert "memory per device, GiB" in text
-keys = ["weights", "gradients", "gradient_shard", "optimizer_moments", "fp8_weight_cache",
+keys = ["weights", "gradients", "gradient_shard", "master_shard", "optimizer_moments", "fp8_weight_cache",
         "bf16_weight_cache", "ep_buffers", "pp_messages", "activations", "moe_scratch", "layer_scratch", "total"]
 rows = [l.split() for l in text.splitlines() if re.match(r"^\s+\d+\s+\d+(,\d+)*\s", l)]
 assert len(rows) == 16, rows
 for row, rk in zip(rows, d["ranks"]):
     assert int(row[0]) == rk["pp_rank"] and row[1] == ",".join(map(str, rk["stages"]))
     assert abs(params(row[2]) - rk["params"]["total"]) <= 0.005e9
-    for k, cell in zip(keys, row[3:15]):
+    for k, cell in zip(keys, row[3:16]):
         assert abs(float(cell) - rk["bytes"][k] / GiB) <= 0.0051, (k, cell, rk["bytes"][k])
-    assert int(row[15]) == rk["activation_slots"] and int(row[16]) == rk["gradient_sets"]
+    assert int(row[16]) == rk["activation_slots"] and int(row[17]) == rk["gradient_sets"]
 m = re.search(r"peak\s+pipeline rank (\d+): ([\d.]+) GiB per device of ([\d.]+)", text)
 assert int(m[1]) == d["peak_pp_rank"] and abs(float(m[2]) - b["total"] / GiB) <= 0.0051
 assert ("DOES NOT FIT" in text) == (not fits)

@@ -263,3 +263,84 @@ TEST(Zero1Arena, OverlappedReductionEqualsTheReductionAtTheEnd) {
     }
   }
 }
+
+// Sharded master values (Zero1Options::shard_values): "a" and the experts' gate|up tensor have
+// copies (Param::copies, here host vectors that record the values handed to them), so on more
+// than one rank their fp32 values leave the rank; the rest stay. Over two steps, against the
+// same group unsharded: every copy is remade from bit-identical values, the resident parameters
+// and the owned master values (read_owned) are the same bits, the rank holds fewer value bytes,
+// gather_values gives every whole value back, and load_owned restores a fresh group's values.
+TEST(Zero1Arena, ShardedMastersRemakeTheCopiesFromTheSameBits) {
+  Communicator& w = world();
+  const int P = w.size();
+  Store plain, shard, fresh;
+  struct Copies {
+    std::vector<float> a, gu;
+  } got, loaded;
+  const auto watch = [](Store& s, Copies& c) {
+    Param<float>* a = s.group[0];
+    a->copies.push_back([&c, n = a->numel()](const float* v) { c.a.assign(v, v + n); });
+    s.gu->copies.push_back([&c, n = s.gu->numel()](const float* v) { c.gu.assign(v, v + n); });
+  };
+  watch(shard, got), watch(fresh, loaded);
+  Zero1Options zo = options(false);
+  Zero1 ref(plain.group, w, zo);
+  zo.shard_values = true;
+  Zero1 opt(shard.group, w, zo);
+  ASSERT_EQ(opt.sharded(), P > 1);
+  if (P == 1) {  // one rank: nothing to shard, the values stay and no copy is handed values
+    EXPECT_NE(shard.gu->value.raw(), nullptr);
+    EXPECT_TRUE(got.a.empty() && got.gu.empty());
+    return;
+  }
+  EXPECT_EQ(shard.gu->value.raw(), nullptr);  // (Meta: the shape, no memory)
+  EXPECT_EQ(shard.group[0]->value.raw(), nullptr);
+  EXPECT_EQ(shard.group[0]->value.shape(), plain.group[0]->value.shape());
+  EXPECT_LT(opt.value_bytes(), ref.value_bytes());
+  const auto same = [](const std::vector<float>& v, const Param<float>& p, const char* what) {
+    ASSERT_EQ(v.size(), static_cast<size_t>(p.numel())) << what;
+    EXPECT_EQ(0, std::memcmp(v.data(), p.w(), 4 * v.size())) << what;
+  };
+  same(got.a, *plain.group[0], "copy of a, as made");
+  for (int step = 1; step <= 2; ++step) {
+    for (Store* s : {&plain, &shard}) {
+      s->ps.zero_grad();
+      for (size_t j = 0; j < s->group.size(); ++j)
+        for (int64_t i = 0; i < s->group[j]->numel(); ++i)
+          s->group[j]->g()[i] = exact_grad(w.rank() + step, j, i) * 1.001f;
+    }
+    ref.reduce_scatter_grads(), opt.reduce_scatter_grads();
+    ref.step(1e-2, 0.5, step), opt.step(1e-2, 0.5, step);
+    same(got.a, *plain.group[0], "copy of a");
+    same(got.gu, *plain.gu, "copy of gate|up");
+    for (size_t j = 0; j < shard.group.size(); ++j) {
+      if (!shard.group[j]->value.raw()) continue;
+      EXPECT_EQ(0,
+                std::memcmp(shard.group[j]->w(), plain.group[j]->w(), 4 * shard.group[j]->numel()))
+          << shard.group[j]->name << " step " << step;
+    }
+    const auto owned = ref.owned_ranges(), owned_s = opt.owned_ranges();
+    ASSERT_EQ(owned.size(), owned_s.size());
+    for (size_t k = 0; k < owned.size(); ++k) {
+      std::vector<float> x(owned[k].len), y(owned[k].len);
+      ref.read_owned(owned[k], x.data()), opt.read_owned(owned_s[k], y.data());
+      EXPECT_EQ(x, y) << owned[k].param->name << " owned from " << owned[k].offset;
+    }
+  }
+  opt.gather_values();
+  for (size_t j = 0; j < shard.group.size(); ++j) {
+    const Tensor& v = opt.whole_values(*shard.group[j]);
+    EXPECT_EQ(0, std::memcmp(v.data<float>(), plain.group[j]->w(), 4 * plain.group[j]->numel()))
+        << shard.group[j]->name;
+  }
+  // a fresh sharded group (other initial values) loads the owned values and gathers
+  Zero1 back(fresh.group, w, zo);
+  back.load_owned([&](const Param<float>& p, int64_t offset, int64_t len, float* host) {
+    const size_t j = std::find(fresh.group.begin(), fresh.group.end(), &p) - fresh.group.begin();
+    std::copy(plain.group[j]->w() + offset, plain.group[j]->w() + offset + len, host);
+  });
+  back.gather_values();
+  same(loaded.a, *plain.group[0], "loaded copy of a");
+  same(loaded.gu, *plain.gu, "loaded copy of gate|up");
+  EXPECT_EQ(0, std::memcmp(fresh.group.back()->w(), plain.group.back()->w(), 4 * 7)) << "b";
+}

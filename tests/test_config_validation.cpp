@@ -262,7 +262,8 @@ const std::vector<Case> kUnknownKeyCases = {
      "unknown key data.batch_size (did you mean micro_batch_size or global_batch_size?)"},
     {{{"optimizer.lr", "4"}},
      "unknown key optimizer.lr (known keys here: beta1, beta2, eps, weight_decay, grad_clip, "
-     "moment_dtype, grad_reduce_dtype, overlap_grad_reduce, grad_bucket_elements)"},
+     "moment_dtype, grad_reduce_dtype, overlap_grad_reduce, grad_bucket_elements, "
+     "shard_master_weights)"},
 };
 INSTANTIATE_TEST_SUITE_P(UnknownKeys, Invalid, ::testing::ValuesIn(kUnknownKeyCases), case_name);
 

@@ -109,9 +109,9 @@ LinearDiffs fp8_linear_diffs(const LinearCase& c, const PrecisionPolicy& pol, bo
   l.keep(xs);
   EXPECT_TRUE(xs.fp8());
   std::vector<float> y(M * out), dx(M * in);
-  l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
+  l.wq->refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
   if (corrupt_scales) {  // every weight block's scale doubled, and the cache kept (version 0)
-    for (size_t i = 0; i < l.wq.s.size(); ++i) l.wq.s.data()[i] *= 2;
+    for (size_t i = 0; i < l.wq->s.size(); ++i) l.wq->s.data()[i] *= 2;
     static uint64_t frozen = 0;
     l.version = &frozen;
   }
@@ -184,7 +184,7 @@ TEST(Fp8Linear, Dgrad128x128LosesTheTokensBesideAnOutlier) {
     pol.pow2_scales = Pow2Scales::None;
     pol.dgrad_tile = tile;
     Linear<float> l = Linear<float>::make(W, in, out, pol.linear(Component::DenseMlp), pol, Exec{});
-    l.wq.refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
+    l.wq->refresh(Exec{}, W->w(), 1, out, in, l.lp.pow2_w, nullptr);
     std::vector<float> dx(M * in);
     l.backward_input(dy.data(), M, dx.data());
     const auto dx_ref = ref_gemm(

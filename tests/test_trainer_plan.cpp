@@ -92,6 +92,41 @@ TEST(Plan, RankParametersAndShardsAddUpToTheModel) {
   EXPECT_EQ(bf16.ranks[0].bytes.optimizer_moments, 4 * bf16.ranks[0].owned);
 }
 
+// optimizer.shard_master_weights: under fp8 every matrix but the embedding and the head is read
+// only through a copy (FP8, or bf16 for the gate and eh_proj), so on DP 4 / EDP 2 those weights
+// are held only as the owned masters; fp32, the switch off, or groups of one rank hold them all.
+TEST(Plan, ShardedMastersLeaveTheWeightsOnlyTheirOwnedElements) {
+  const std::vector<std::string> layout = {"parallel.pp=2", "parallel.dp=4", "parallel.ep=2"};
+  const auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), layout.begin(), layout.end());
+    return make_plan(small(more));
+  };
+  const Plan fp8 = with({"precision.recipe=fp8"}),
+             off = with({"precision.recipe=fp8", "optimizer.shard_master_weights=off"});
+  const Plan fp32 = with({}), one = make_plan(small({"parallel.pp=2", "precision.recipe=fp8"}));
+  for (size_t r = 0; r < fp8.ranks.size(); ++r) {
+    const Config c =
+        small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2", "precision.recipe=fp8"});
+    const Model<float> m(c.model, c.policy(), nullptr, StageSpec{static_cast<int>(r), 2},
+                         Exec::on(Device::Meta));
+    int64_t copied = 0;  // every matrix but embedding and head (experts: one EP rank's half)
+    for (const auto& p : m.params().all())
+      if (p->value.ndim() == 2 && p->name != "model.embed_tokens.weight" &&
+          p->name != "lm_head.weight")
+        copied += p->expert ? p->numel() / 2 : p->numel();
+    const RankPlan& k = fp8.ranks[r];
+    EXPECT_EQ(k.bytes.weights, 4 * (k.params - copied)) << "rank " << r;
+    EXPECT_EQ(k.bytes.master_shard, 4 * k.owned) << "rank " << r;  // both groups sharded
+    EXPECT_EQ(k.bytes.gradients, 4 * k.params);
+    EXPECT_EQ(off.ranks[r].bytes.weights, 4 * k.params);
+    EXPECT_EQ(off.ranks[r].bytes.master_shard, 0);
+    EXPECT_EQ(fp32.ranks[r].bytes.weights, 4 * fp32.ranks[r].params);
+    EXPECT_EQ(fp32.ranks[r].bytes.master_shard, 0);
+    EXPECT_EQ(one.ranks[r].bytes.master_shard, 0);  // DP 1: nothing to shard over
+    EXPECT_LT(k.bytes.total(), off.ranks[r].bytes.total());
+  }
+}
+
 TEST(Plan, OneStageActivationsAreTheTrainersCount) {
   for (const char* recipe : {"fp32", "fp8"}) {
     const Config c = small({std::string("precision.recipe=") + recipe, "activations.storage=bf16"});

@@ -222,11 +222,11 @@ void read_param(const Reader& ck, Param<float>& p) {
 Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zero1*>& opts,
                         bool write_unsharded) {
   Snapshot s;
-  auto piece = [&](const Param<float>& p, int64_t offset, int64_t len) {
+  auto piece = [&](const Param<float>& p, int64_t offset, int64_t len) -> float* {
     Piece c{p.name, p.value.shape(), offset, {}};
     c.data.resize(static_cast<size_t>(len));
-    values_to_host(p, offset, len, c.data.data());
     s.params.push_back(std::move(c));
+    return s.params.back().data.data();
   };
   std::set<const Param<float>*> sharded;
   std::set<std::string> replicas;  // their primary copies (and moments) are written instead
@@ -234,14 +234,15 @@ Snapshot Snapshot::take(const ParamStore<float>& ps, const std::vector<const Zer
     if (p->replica) replicas.insert(p->name);
   for (const Zero1* o : opts) {
     sharded.insert(o->params().begin(), o->params().end());
-    for (const auto& r : o->owned_ranges())
-      if (!r.param->replica) piece(*r.param, r.offset, r.len);
+    for (const auto& r : o->owned_ranges())  // (the owner's master values)
+      if (!r.param->replica) o->read_owned(r, piece(*r.param, r.offset, r.len));
     for (auto& m : o->export_moments())
       if (!replicas.count(m.name)) s.moments.push_back(std::move(m));
   }
   if (write_unsharded)
     for (auto& p : ps.all())
-      if (!p->replica && !sharded.count(p.get())) piece(*p, 0, p->numel());
+      if (!p->replica && !sharded.count(p.get()))
+        values_to_host(*p, 0, p->numel(), piece(*p, 0, p->numel()));
   return s;
 }
 
@@ -731,12 +732,21 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
       throw CheckpointError(dir + ": checkpoint has model." + key + " = " + b + ", the config " +
                             cfg.source + " has " + a);
   }
-  // each parameter reassembled from the pieces of whichever shards hold it
+  // each parameter reassembled from the pieces of whichever shards hold it; a group whose
+  // master values are sharded reads its owned ranges and gathers (parallel/zero1.h)
+  std::set<const Param<float>*> sharded;
+  for (Zero1* o : opts)
+    if (o->sharded()) sharded.insert(o->params().begin(), o->params().end());
   for (auto& p : ps.all()) {
     if (ck.tensor(p->name).shape != p->value.shape())
       throw CheckpointError(dir + ": " + p->name + " has another shape in the checkpoint");
-    read_param(ck, *p);
+    if (!sharded.count(p.get())) read_param(ck, *p);
   }
+  for (Zero1* o : opts)
+    if (o->sharded())
+      o->load_owned([&](const Param<float>& p, int64_t offset, int64_t len, float* host) {
+        ck.read(p.name, offset, len, host);
+      });
   // optimizer moments: every (name, offset) piece of the names this rank holds
   std::map<std::string, int64_t> mine;
   for (auto& p : ps.all()) mine[p->name] = p->numel();
@@ -746,6 +756,8 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, ParamStore
   } catch (const std::runtime_error& e) {
     throw CheckpointError(dir + ": " + e.what());
   }
+  // (collective, so after everything that can fail: a rank that throws leaves no peer waiting)
+  for (Zero1* o : opts) o->gather_values();
   TrainState st;
   st.step = m["step"].as<int64_t>(), st.tokens = m["tokens"].as<int64_t>();
   st.samples = m["samples"].as<int64_t>();

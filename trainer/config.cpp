@@ -84,6 +84,7 @@ void visit_config(V& v, C&... c) {
     v.field("grad_reduce_dtype", choices<FloatFormat>(), c.optimizer.grad_reduce_dtype...);
     v.field("overlap_grad_reduce", kOffOn, c.optimizer.overlap_grad_reduce...);
     v.field("grad_bucket_elements", kAtLeast1, c.optimizer.grad_bucket_elements...);
+    v.field("shard_master_weights", kOffOn, c.optimizer.shard_master_weights...);
   });
   v.section("schedule", "every `until` is in `unit` (steps or tokens consumed)", [&] {
     v.field("unit", choices<ScheduleUnit>(), c.schedule.unit...);

@@ -66,6 +66,10 @@ struct OptimizerConfig {
   // elements per ZeRO-1 bucket (4 MiB of fp32 by default): the unit of the reduction and of its
   // overlap — smaller starts sooner, in more collectives
   int64_t grad_bucket_elements = 1 << 20;
+  // keep the fp32 master weights of the parameters the GEMMs read only as FP8 or bf16 copies
+  // sharded with the optimizer state (ZeRO-1's owned elements) and remake the copies from each
+  // step's all-gather (parallel/zero1.h): the same bits, a 1/G of those weights' memory
+  bool shard_master_weights = true;
 };
 
 // The pipeline schedule (parallel/schedule.h makes it from its word).

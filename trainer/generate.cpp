@@ -344,7 +344,8 @@ TrainingSampler::~TrainingSampler() = default;
 
 std::string TrainingSampler::sample(const ParamStore<float>& stage_params,
                                     const std::function<bool(const Param<float>&)>& contributes,
-                                    Communicator& world, const Exec& ex) {
+                                    Communicator& world, const Exec& ex,
+                                    const WholeValues& values) {
   // the main model's parameters, one flat buffer in layout_ order, each element from one rank
   std::map<std::string, int64_t> offset;
   int64_t n = 0;
@@ -353,7 +354,7 @@ std::string TrainingSampler::sample(const ParamStore<float>& stage_params,
   for (auto& p : stage_params.all()) {
     auto it = offset.find(p->name);
     if (it != offset.end() && contributes(*p))
-      values_to_host(*p, 0, p->numel(), flat.data() + it->second);
+      whole_values_to_host(*p, values, flat.data() + it->second);
   }
   world.all_reduce(flat.data(), flat.size());
   if (world.rank() != 0) return "";

@@ -36,6 +36,7 @@
 #include "model/param.h"
 #include "parallel/comm.h"
 #include "trainer/config.h"
+#include "trainer/param_file.h"
 
 namespace moetron {
 
@@ -133,9 +134,10 @@ class TrainingSampler {
   // `contributes` it (summed over the world, so every element arrives exactly), into an fp32
   // model on rank 0 (built on ex's device at the first call), which continues the prompt greedily
   // for run.sample_tokens tokens. Returns the sample's text on rank 0, "" elsewhere.
+  // `values`: where a parameter's whole values are (trainer/param_file.h; default its tensor).
   std::string sample(const ParamStore<float>& stage_params,
                      const std::function<bool(const Param<float>&)>& contributes,
-                     Communicator& world, const Exec& ex);
+                     Communicator& world, const Exec& ex, const WholeValues& values = {});
   const std::string& prompt() const { return cfg_.run.sample_prompt; }
 
  private:

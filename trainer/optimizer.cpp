@@ -24,6 +24,7 @@ Zero1Options zero1_options(const OptimizerConfig& oc) {
   zo.grad_reduce_bf16 = oc.grad_reduce_dtype == FloatFormat::BF16;
   zo.overlap = oc.overlap_grad_reduce;
   zo.bucket_elements = oc.grad_bucket_elements;
+  zo.shard_values = oc.shard_master_weights;
   return zo;
 }
 

@@ -62,10 +62,21 @@ class Optimizer {
     return n > 0 ? static_cast<double>(dense_.started_early() + experts_.started_early()) / n : 0;
   }
 
+  // Every parameter's whole values on this rank, where master values are sharded (collective;
+  // Zero1::gather_values): whole_values(p) is then where p's are, until the next step.
+  void gather_values() { dense_.gather_values(), experts_.gather_values(); }
+  const Tensor& whole_values(const Param<float>& p) const {
+    return (p.expert ? experts_ : dense_).whole_values(p);
+  }
+
   // The groups in checkpoint order (dense, experts).
   std::vector<Zero1*> shards() { return {&dense_, &experts_}; }
   std::vector<const Zero1*> shards() const { return {&dense_, &experts_}; }
   int64_t state_bytes() const { return dense_.state_bytes() + experts_.state_bytes(); }
+  // Whether a group keeps master values only in its shard (Zero1::sharded), and the fp32 bytes of
+  // values the rank holds (the resident parameters' and the owned masters; bias excluded).
+  bool masters_sharded() const { return dense_.sharded() || experts_.sharded(); }
+  int64_t value_bytes() const { return dense_.value_bytes() + experts_.value_bytes(); }
   // Seconds spent waiting for the reduce-scatter/all-gather since the last call.
   double take_comm_seconds() { return dense_.take_comm_seconds() + experts_.take_comm_seconds(); }
 

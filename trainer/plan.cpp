@@ -87,6 +87,7 @@ bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
 // What one model stage holds and keeps per micro-batch, on one EP rank.
 struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
+  int64_t copied_dense = 0, copied_expert = 0;  // read only through copies (Param::copies)
   int64_t moe_layers = 0;
   SlotBytes slot;       // activations of one micro-batch (model/memory.h)
   int64_t ep_slot = 0;  // the EP dispatch state of one micro-batch, every MoE layer
@@ -106,6 +107,9 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
     const std::optional<Component> c = component_of(*q);
     if (c && pol.recipe_of(*c) == Recipe::FP8) s.fp8_cache += fp8_cache_bytes(q->value);
     if (bf16_copy(*q, pol)) s.bf16_cache += 2 * q->numel();
+    const Param<float>& storage = q->fused ? *q->fused : *q;
+    if (q->trainable && !storage.copies.empty())
+      (q->expert ? s.copied_expert : s.copied_dense) += q->numel();
   }
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
@@ -216,12 +220,13 @@ PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageC
 void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCensus>& st,
                      RankPlan& rp) {
   const bool first_here = std::count(rp.stages.begin(), rp.stages.end(), 0) > 0;
-  int64_t dense = 0;
+  int64_t dense = 0, copied_dense = 0, copied_expert = 0;
   for (int s : rp.stages) {
     const int64_t shared = s > 0 && first_here ? st[s].replica : 0;
     rp.params += st[s].params - shared;
     rp.params_expert += st[s].expert;
     dense += st[s].dense_trainable - shared;
+    copied_dense += st[s].copied_dense, copied_expert += st[s].copied_expert;
     rp.bytes.fp8_weight_cache += st[s].fp8_cache;
     rp.bytes.bf16_weight_cache += st[s].bf16_cache;
   }
@@ -232,7 +237,17 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
   const int64_t dense_owned = (dense + dp - 1) / dp;
   const int64_t expert_owned = (rp.params_expert + edp - 1) / edp;
   rp.owned = dense_owned + expert_owned;
-  rp.bytes.weights = rp.bytes.gradients = 4 * rp.params;
+  rp.bytes.gradients = 4 * rp.params;
+  // optimizer.shard_master_weights: a group of more than one rank with weights read only through
+  // copies keeps their fp32 values only as its owned masters (parallel/zero1.h), every owned
+  // element's master in the shard
+  const bool shard = cfg.optimizer.shard_master_weights;
+  const bool dense_sharded = shard && dp > 1 && copied_dense > 0;
+  const bool expert_sharded = shard && edp > 1 && copied_expert > 0;
+  rp.bytes.weights =
+      4 * (rp.params - (dense_sharded ? copied_dense : 0) - (expert_sharded ? copied_expert : 0));
+  rp.bytes.master_shard =
+      4 * ((dense_sharded ? dense_owned : 0) + (expert_sharded ? expert_owned : 0));
   const int64_t moment = cfg.optimizer.moment_dtype == FloatFormat::BF16 ? 2 : 4;
   rp.bytes.optimizer_moments = 2 * moment * rp.owned;
   // Zero1: the reduced gradients of the owned elements when the group has more than one rank,

@@ -278,6 +278,11 @@ void report_start(const Run& r, std::ostream& log) {
       << " micro-batches of " << r.B << " per pipeline, schedule " << cfg.parallel.schedule << "), "
       << kernels::num_threads() << " threads, precision " << cfg.precision.recipe << ", "
       << (sleeping_waits() ? "sleeping" : "polling") << " MPI waits\n";
+  if (r.optimizer->masters_sharded())  // (parallel/zero1.h)
+    log << "moetron: fp32 master weights sharded with the optimizer state: rank 0 holds "
+        << r.optimizer->value_bytes() / 1048576.0 << " MiB of fp32 values (whole: "
+        << 4.0 * static_cast<double>(r.params->numel()) / 1048576.0
+        << " MiB); its FP8/bf16 weight copies are remade after each step's all-gather\n";
   // activation memory of stage 0 (model/memory.h): slots and gradient sets; with more than one
   // pipeline rank its output leaves with the send (PipelineExecutor), so a slot keeps less
   SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);

@@ -279,18 +279,28 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   return m;
 }
 
+// run.save_params: every parameter this rank holds, whole (collective: sharded master values are
+// gathered first).
+void save_final_params(Run& r) {
+  r.optimizer->gather_values();
+  save_params(*r.params, r.cfg.run.save_params + ".rank" + std::to_string(r.world->rank()) + ".h5",
+              [&](const Param<float>& p) -> const Tensor& { return r.optimizer->whole_values(p); });
+}
+
 // A greedy continuation of run.sample_prompt by the main model (collective: every rank hands
 // rank 0 the main model's parameters it owns); rank 0 prints it and appends it to samples.txt.
 void text_sample(Run& r, std::ostream& log) {
   watchdog::set_phase("text sample");
   const RankGrid& g = r.grid;
   const bool primary = r.groups->primary_twin();
+  r.optimizer->gather_values();  // (sharded master values: the gradients are spent by now)
   const std::string text = r.sampler->sample(
       *r.params,
       [&](const Param<float>& p) {
         return primary && !p.replica && (p.expert ? g.dp_rank < g.ep : g.dp_rank == 0);
       },
-      *r.world, r.ex);
+      *r.world, r.ex,
+      [&](const Param<float>& p) -> const Tensor& { return r.optimizer->whole_values(p); });
   if (!r.rank0) return;
   const Config& cfg = r.cfg;
   const std::string full = r.sampler->prompt() + text;
@@ -473,8 +483,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   report_end(r, log);
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  if (!cfg.run.save_params.empty())
-    save_params(*r.params, cfg.run.save_params + ".rank" + std::to_string(r.world->rank()) + ".h5");
+  if (!cfg.run.save_params.empty()) save_final_params(r);
   return summary;
 }
 
