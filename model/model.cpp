@@ -72,8 +72,14 @@ Model<T>::Model(const ModelConfig& cfg, const PrecisionPolicy& pol,
   if (stage.last()) {
     norm_.build(*ps_, "model.norm.weight", D, cfg.rms_norm_eps, ex);
     lm_head_ = ps_->add("lm_head.weight", {V, D});
-    if (std::is_same_v<T, float> && pol.gemm(Component::Head) == kernels::GemmPrecision::BF16)
-      head16_ = std::make_shared<Bf16WeightCache>();
+    if constexpr (std::is_same_v<T, float>) {
+      if (pol.gemm(Component::Head) == kernels::GemmPrecision::BF16) {
+        // the head GEMMs (main and MTP) read only this copy: ZeRO-1 may remake it (Param::copies)
+        head16_ = std::make_shared<Bf16WeightCache>();
+        lm_head_->copies.push_back(
+            [c = head16_, e = ex, n = V * D](const float* v) { c->push(e, v, n); });
+      }
+    }
     for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k) {
       mtp_.push_back(std::make_unique<MtpLayer<T>>());
       mtp_.back()->build(*ps_, "model.layers." + std::to_string(L + k - 1) + ".", k, cfg, pol,

@@ -34,8 +34,8 @@ struct Param {
                            // copies and it counts once in the gradient norm
   Param* fused = nullptr;  // the fused tensor this parameter is a view of (null: its own storage)
   // The copies the model computes from instead of the values — an FP8 Linear's E4M3 blocks, a
-  // BF16 Linear's bf16 copy (model/linear.h) —, each remade from values given here. A Linear
-  // registers its copy only where it is the parameter's one reader, so a parameter with copies
+  // BF16 Linear's bf16 copy (model/linear.h), a BF16 head's —, each remade from values given
+  // here. A copy is registered only by the parameter's one reader, so a parameter with copies
   // needs its values only to remake them: ZeRO-1 may keep the values sharded with the optimizer
   // state (Zero1Options::shard_values) and hand each step's gathered values here. A copy once
   // remade so is never re-read from `value` (which then has no memory).

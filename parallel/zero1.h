@@ -48,8 +48,8 @@
 // on the rank: its master values live only in this rank's shard, like the moments (Megatron's
 // distributed optimizer does the same). Then:
 //   - the shard of master values (`shard_value_`, every owned element) is what AdamW updates;
-//   - the value arena holds only the other units (norms, gate, embedding, head: their readers
-//     need fp32 values), laid out compactly;
+//   - the value arena holds only the other units (norms, embedding, an fp32 head or gate: their
+//     readers need fp32 values), laid out compactly;
 //   - step 4 all-gathers each bucket into the gradient arena, whose gradients are spent by then
 //     (the next step's zero_grad clears it), and from there copies the resident units into the
 //     value arena and hands each cached unit's values to its copies (Param::copies), which are

@@ -92,9 +92,9 @@ TEST(Plan, RankParametersAndShardsAddUpToTheModel) {
   EXPECT_EQ(bf16.ranks[0].bytes.optimizer_moments, 4 * bf16.ranks[0].owned);
 }
 
-// optimizer.shard_master_weights: under fp8 every matrix but the embedding and the head is read
-// only through a copy (FP8, or bf16 for the gate and eh_proj), so on DP 4 / EDP 2 those weights
-// are held only as the owned masters; fp32, the switch off, or groups of one rank hold them all.
+// optimizer.shard_master_weights: under fp8 every matrix but the embedding is read only through
+// a copy (FP8, or bf16 for the gate, eh_proj and the head), so on DP 4 / EDP 2 those weights are
+// held only as the owned masters; fp32, the switch off, or groups of one rank hold them all.
 TEST(Plan, ShardedMastersLeaveTheWeightsOnlyTheirOwnedElements) {
   const std::vector<std::string> layout = {"parallel.pp=2", "parallel.dp=4", "parallel.ep=2"};
   const auto with = [&](std::vector<std::string> more) {
@@ -109,10 +109,10 @@ TEST(Plan, ShardedMastersLeaveTheWeightsOnlyTheirOwnedElements) {
         small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2", "precision.recipe=fp8"});
     const Model<float> m(c.model, c.policy(), nullptr, StageSpec{static_cast<int>(r), 2},
                          Exec::on(Device::Meta));
-    int64_t copied = 0;  // every matrix but embedding and head (experts: one EP rank's half)
+    ASSERT_EQ(c.policy().gemm(Component::Head), kernels::GemmPrecision::BF16);
+    int64_t copied = 0;  // every matrix but the embedding (experts: one EP rank's half)
     for (const auto& p : m.params().all())
-      if (p->value.ndim() == 2 && p->name != "model.embed_tokens.weight" &&
-          p->name != "lm_head.weight")
+      if (p->value.ndim() == 2 && p->name != "model.embed_tokens.weight")
         copied += p->expert ? p->numel() / 2 : p->numel();
     const RankPlan& k = fp8.ranks[r];
     EXPECT_EQ(k.bytes.weights, 4 * (k.params - copied)) << "rank " << r;

@@ -65,8 +65,8 @@ void lm_head_ce_forward(const T* h, const T* W, const int32_t* target, int64_t N
   std::vector<double> l(N, 0.0);
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    head_gemm<T>(true, N, w, D, h, W + c0 * D, W16 ? W16 + c0 * D : nullptr, T(0), logits.data(),
-                 prec);
+    head_gemm<T>(true, N, w, D, h, W16 ? nullptr : W + c0 * D, W16 ? W16 + c0 * D : nullptr, T(0),
+                 logits.data(), prec);
 #pragma omp parallel for schedule(static) if (N * w >= (1 << 14))
     for (int64_t n = 0; n < N; ++n) {
       const T* x = logits.data() + n * w;
@@ -105,7 +105,8 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
     const uint16_t* W16c = W16 ? W16 + c0 * D : nullptr;
-    head_gemm<T>(true, N, w, D, h, W + c0 * D, W16c, T(0), dl.data(), prec);
+    const T* Wc = W16 ? nullptr : W + c0 * D;  // (with a bf16 copy W may have no memory)
+    head_gemm<T>(true, N, w, D, h, Wc, W16c, T(0), dl.data(), prec);
 #pragma omp parallel for schedule(static) if (N * w >= (1 << 14))
     for (int64_t n = 0; n < N; ++n) {
       T* x = dl.data() + n * w;
@@ -119,7 +120,7 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
       for (int64_t j = 0; j < w; ++j) x[j] = g * fast_exp(x[j] - ln);
       if (t >= c0 && t < c0 + w) x[t - c0] -= g;
     }
-    head_gemm<T>(false, N, D, w, dl.data(), W + c0 * D, W16c, T(1), dh, prec);
+    head_gemm<T>(false, N, D, w, dl.data(), Wc, W16c, T(1), dh, prec);
     gemm<T>(true, false, w, D, N, T(1), dl.data(), h, T(1), dW + c0 * D, prec);
   }
 }

@@ -180,8 +180,8 @@ void lm_head_ce_forward(const Exec& ex, const T* h, const T* W, const int32_t* t
   MOETRON_CUDA_LAUNCHED("lm_head_ce_forward: init");
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
-    head_gemm<T>(s, true, N, w, D, h, W + c0 * D, W16 ? W16 + c0 * D : nullptr, T(0), logits, prec,
-                 gs, b_gemm);
+    head_gemm<T>(s, true, N, w, D, h, W16 ? nullptr : W + c0 * D, W16 ? W16 + c0 * D : nullptr,
+                 T(0), logits, prec, gs, b_gemm);
     ce_chunk_kernel<T>
         <<<static_cast<unsigned>(N), kRowThreads, 0, s>>>(logits, w, c0, target, m, l, tl);
     MOETRON_CUDA_LAUNCHED("lm_head_ce_forward: chunk");
@@ -214,11 +214,12 @@ void lm_head_ce_backward(const Exec& ex, const T* h, const T* W, const int32_t* 
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
     const int64_t w = std::min(chunk, V - c0);
     const uint16_t* W16c = W16 ? W16 + c0 * D : nullptr;
-    head_gemm<T>(s, true, N, w, D, h, W + c0 * D, W16c, T(0), dl, prec, gs, b_gemm);
+    const T* Wc = W16 ? nullptr : W + c0 * D;  // (with a bf16 copy W may have no memory)
+    head_gemm<T>(s, true, N, w, D, h, Wc, W16c, T(0), dl, prec, gs, b_gemm);
     ce_dlogits_kernel<T><<<blocks_for(N * w), kThreads, 0, s>>>(dl, N, w, c0, target, lse, g);
     MOETRON_CUDA_LAUNCHED("lm_head_ce_backward: dlogits");
     // dh[N, D] += dl[N, w] W_c[w, D];  dW_c[w, D] += dl[N, w]^T h[N, D]
-    head_gemm<T>(s, false, N, D, w, dl, W + c0 * D, W16c, T(1), dh, prec, gs, b_gemm);
+    head_gemm<T>(s, false, N, D, w, dl, Wc, W16c, T(1), dh, prec, gs, b_gemm);
     gemm_on<T>(s, true, false, w, D, N, T(1), dl, h, T(1), dW + c0 * D, prec, gs, b_gemm);
   }
 }
