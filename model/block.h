@@ -76,7 +76,7 @@ class Block {
     static Scratch make(Device d, const Scratch* pieces = nullptr) {
       if (pieces) {
         auto moe = std::make_shared<typename MoE<T>::Scratch>(d);
-        moe->rows = pieces->moe->rows;
+        moe->one = pieces->moe->one;
         return {pieces->attn, pieces->mlp, std::move(moe), pieces->linear,
                 std::make_shared<Own>(d)};
       }

@@ -89,15 +89,16 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
   const bool narrow = exp8 || (pol.store_bf16 && T == 4);  // gu, a not kept as T
   const double n = static_cast<double>(N), R = n * rows, A = n * static_cast<double>(K);
-  // logits, shared_out; yperm (the backward's dyperm staging and d xperm); a_tmp (the backward's
-  // dA); gu_tmp unless gu and a are kept as T
-  double phases = n * static_cast<double>((E + D) * T) + A * static_cast<double>((D + F) * T);
-  if (narrow) phases += A * static_cast<double>(2 * F * T);
-  // rdw; dwperm; dweights (the rows rx .. rdx: `received`)
-  phases +=
-      R * static_cast<double>(K * T) + A * static_cast<double>(T) + n * static_cast<double>(K * T);
-  if (exp8) phases += A * static_cast<double>(2 * F * T);  // dgu before its tiles
-  return {static_cast<int64_t>(phases), static_cast<int64_t>(R * static_cast<double>(D * T))};
+  // one piece: logits; yperm (the backward's dyperm staging and d xperm); a_tmp (the backward's
+  // dA); gu_tmp unless gu and a are kept as T; dgu before its tiles
+  double one = n * static_cast<double>(E * T) + A * static_cast<double>((D + F) * T);
+  if (narrow) one += A * static_cast<double>(2 * F * T);
+  if (exp8) one += A * static_cast<double>(2 * F * T);
+  // the chunk's own: shared_out; rdw; dwperm; dweights (the rows rx .. rdx: `received`)
+  const double own = n * static_cast<double>(D * T) + R * static_cast<double>(K * T) +
+                     A * static_cast<double>(T) + n * static_cast<double>(K * T);
+  return {static_cast<int64_t>(one), static_cast<int64_t>(own),
+          static_cast<int64_t>(R * static_cast<double>(D * T))};
 }
 
 namespace {

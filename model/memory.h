@@ -40,16 +40,17 @@ struct SlotBytes {
   int64_t total() const { return forward + backward; }
 };
 // The MoE layers' shared scratch (MoE::Scratch), for micro-batches of B x S = N tokens: held
-// once per model (pipeline chunk) however many MoE layers it has, and zero without one. `phases`:
-// the phases' temporaries (gate logits, expert outputs, SwiGLU scratch, shared-expert output)
-// and the backward's own gradients (d wperm, d weights; d xperm in the expert outputs' buffer);
-// `received`: the one [R, D] buffer lent for each call that writes or reads the received rows,
-// their outputs, and in the backward the rows' gradients received and sent back (rx, ry, rdy,
-// rdx), which a process's model chunks share; a plan counts it once per rank, with the EP
-// buffers where EP > 1.
+// once per model (pipeline chunk) however many MoE layers it has, and zero without one.
+// `one_piece`: the temporaries no yield cuts (gate logits, expert outputs — the backward's dyperm
+// staging and d xperm —, SwiGLU scratch and the backward's dA and FP8 dgu staging), which a
+// process's model chunks share (MoE::Scratch::OnePiece); `own`: each chunk's, live across a
+// program's yields (the shared expert's output, the backward's d wperm, d weights and received
+// d weights); `received`: the one [R, D] buffer lent for each call that writes or reads the
+// received rows, their outputs, and in the backward the rows' gradients received and sent back
+// (rx, ry, rdy, rdx), one-piece too; a plan counts it with the EP buffers where EP > 1.
 struct ScratchBytes {
-  int64_t phases = 0, received = 0;
-  int64_t total() const { return phases + received; }
+  int64_t one_piece = 0, own = 0, received = 0;
+  int64_t total() const { return one_piece + own + received; }
 };
 ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
                                int64_t elem = 4, double rows = 1);

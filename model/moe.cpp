@@ -78,7 +78,7 @@ void MoE<T>::gate(State& st, const T* x, int64_t B, int64_t S, double* balance,
                   int64_t* load) const {
   const int64_t N = B * S;
   st.B = B, st.S = S, st.N = N;
-  T* logits = sized(scratch_->logits, N * E_);
+  T* logits = sized(scratch_->one->logits, N * E_);
   gate_.forward(x, N, logits);
   T* s = sized(st.scores, N * E_);
   int32_t* idx = sized(st.idx, N * K_);
@@ -103,7 +103,7 @@ void MoE<T>::dispatch_start(State& st, const T* x) const {
 
 template <class T>
 void MoE<T>::dispatch_wait(State& st) const {
-  st.ds.rx.swap(*scratch_->rows);  // lent for this call (DispatchState)
+  st.ds.rx.swap(scratch_->one->rows);  // lent for this call (DispatchState)
   dispatcher_->dispatch_wait(st.ds);
   // received (token, slot) pairs grouped by local expert, each expert's rows padded to a
   // multiple of row_align_ (at most rows_max); slots of other processes' experts skip
@@ -130,7 +130,7 @@ void MoE<T>::dispatch_wait(State& st) const {
   kernels::gather_rows<T>(ex_, st.ds.rx.data(), st.row_token.data(), A, D_, xp);
   gu_.keep(st.xperm);
   kernels::gather_rows<T>(ex_, st.ds.rw.data(), st.row_slot.data(), A, 1, sized(st.wperm, A));
-  st.ds.rx.swap(*scratch_->rows);
+  st.ds.rx.swap(scratch_->one->rows);
 }
 
 template <class T>
@@ -138,25 +138,26 @@ void MoE<T>::experts(State& st) const {
   const int64_t A = st.A;
   // gu = x Wgu_e^T ; a = silu(g) * u * w ; y = a Wd_e^T   (per expert e, over its rows)
   st.gu.set_form(recompute_swiglu_, store_bf16_, gu_.lp.pow2_x);
-  T* gu = st.gu.write(A, 2 * F_, scratch_->gu_tmp);
+  T* gu = st.gu.write(A, 2 * F_, scratch_->one->gu_tmp);
   gu_.forward(st.xperm, st.group_off.data(), gu);
-  st.gu.keep(ex_, scratch_->gu_tmp);
+  st.gu.keep(ex_, scratch_->one->gu_tmp);
   st.a.set_form(false, store_bf16_);
-  T* a = recompute_swiglu_ ? sized(scratch_->a_tmp, A * F_) : st.a.write(A, F_, scratch_->a_tmp);
+  T* a = recompute_swiglu_ ? sized(scratch_->one->a_tmp, A * F_)
+                           : st.a.write(A, F_, scratch_->one->a_tmp);
   kernels::swiglu_forward<T>(ex_, gu, A, F_, st.wperm.data(), a);
-  if (!recompute_swiglu_) st.a.keep(ex_, scratch_->a_tmp);
-  down_.forward(a, A, st.group_off.data(), sized(scratch_->yperm, A * D_));
+  if (!recompute_swiglu_) st.a.keep(ex_, scratch_->one->a_tmp);
+  down_.forward(a, A, st.group_off.data(), sized(scratch_->one->yperm, A * D_));
 }
 
 template <class T>
 void MoE<T>::combine_start(State& st) const {
   // per received token: the sum of its local experts' (already weighted) outputs
   const int64_t R = st.ds.R;
-  st.ds.ry.swap(*scratch_->rows);  // lent for this call (DispatchState)
-  kernels::unpermute_add<T>(ex_, scratch_->yperm.data(), st.slot.data(), R, K_, D_,
+  st.ds.ry.swap(scratch_->one->rows);  // lent for this call (DispatchState)
+  kernels::unpermute_add<T>(ex_, scratch_->one->yperm.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.ry, R * D_));
   dispatcher_->combine_start(st.ds);
-  st.ds.ry.swap(*scratch_->rows);
+  st.ds.ry.swap(scratch_->one->rows);
 }
 
 template <class T>
@@ -203,26 +204,26 @@ void MoE<T>::combine_backward_start(State& st, const T* dy, T* dx) const {
 
 template <class T>
 void MoE<T>::combine_backward_wait(State& st) const {
-  st.ds.rdy.swap(*scratch_->rows);  // lent for this call (DispatchState)
+  st.ds.rdy.swap(scratch_->one->rows);  // lent for this call (DispatchState)
   dispatcher_->combine_backward_wait(st.ds);
   kernels::gather_rows<T>(ex_, st.ds.rdy.data(), st.row_token.data(), st.A, D_,
-                          down_.grad(st.dyperm, st.A, scratch_->yperm));
-  st.ds.rdy.swap(*scratch_->rows);
+                          down_.grad(st.dyperm, st.A, scratch_->one->yperm));
+  st.ds.rdy.swap(scratch_->one->rows);
 }
 
 template <class T>
 void MoE<T>::experts_backward(State& st) const {
   const int64_t A = st.A;
   const int64_t* off = st.group_off.data();
-  T* dyperm = down_.grad(st.dyperm, A, scratch_->yperm);  // as combine_backward_wait wrote it
-  T* da = sized(scratch_->a_tmp, A * F_);  // (a_tmp: the forward's; recomputed after this)
+  T* dyperm = down_.grad(st.dyperm, A, scratch_->one->yperm);  // as combine_backward_wait wrote it
+  T* da = sized(scratch_->one->a_tmp, A * F_);  // (a_tmp: the forward's; recomputed after this)
   down_.backward_input(dyperm, off, da);
   down_.keep_grad(st.dyperm, dyperm, off);
   // dyperm is read: its staging becomes d xperm (given back at the program's end)
-  st.dxperm.swap(scratch_->yperm);
-  T* dgu = gu_.grad(st.dgu, A, scratch_->dgu);
-  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->gu_tmp), A, F_, st.wperm.data(),
-                              dgu, sized(st.dwperm, A));
+  st.dxperm.swap(scratch_->one->yperm);
+  T* dgu = gu_.grad(st.dgu, A, scratch_->one->dgu);
+  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->one->gu_tmp), A, F_,
+                              st.wperm.data(), dgu, sized(st.dwperm, A));
   gu_.backward_input(dgu, off, sized(st.dxperm, A * D_));
   gu_.keep_grad(st.dgu, dgu, off);
 }
@@ -231,13 +232,14 @@ template <class T>
 void MoE<T>::dispatch_backward_start(State& st) const {
   // per received token: d x summed over its local pairs; d weight per (token, slot)
   const int64_t R = st.ds.R;
-  st.ds.rdx.swap(*scratch_->rows);  // lent for this call (DispatchState)
+  st.ds.rdx.swap(scratch_->one->rows);  // lent for this call (DispatchState)
   kernels::unpermute_add<T>(ex_, st.dxperm.data(), st.slot.data(), R, K_, D_,
                             zeroed(ex_, st.ds.rdx, R * D_));
   kernels::gather_rows<T>(ex_, st.dwperm.data(), st.slot.data(), R * K_, 1,
                           sized(st.ds.rdw, R * K_));
   dispatcher_->dispatch_backward_start(st.ds);
-  st.ds.rdx.swap(*scratch_->rows);
+  st.ds.rdx.swap(scratch_->one->rows);
+  st.dxperm.swap(scratch_->one->yperm);  // d xperm is sent: its buffer goes back (one-piece)
 }
 
 template <class T>
@@ -268,9 +270,9 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   // The gradients no weight gradient reads (the rows exchanged, d xperm, d wperm, d weights)
   // live only during this program: lent by the model's Scratch, as the forward's rx and ry, so a
   // micro-batch waiting for its deferred weight gradients keeps only dyperm, dgu (FP8 experts: as
-  // the Wgrads' tiles) and dlogits. d xperm is the forward's yperm (from experts_backward on; no
-  // forward of this model runs meanwhile); the rows exchanged are lent per call, like the
-  // forward's.
+  // the Wgrads' tiles) and dlogits. d xperm is the forward's yperm (from experts_backward to
+  // dispatch_backward_start, one piece; no forward of this model runs meanwhile); the rows
+  // exchanged are lent per call, like the forward's.
   Scratch& sc = *scratch_;
   const auto lend = [&] {
     st.ds.rdw.swap(sc.rdw), st.dwperm.swap(sc.dwperm), st.dweights.swap(sc.dweights);
@@ -286,7 +288,6 @@ Program MoE<T>::backward_program(State& st, const T* dy, T* dx, WeightQueue* que
   dispatch_backward_wait(st, dx);
   gate_backward(st, dx);
   lend();  // back
-  st.dxperm.swap(sc.yperm);
 }
 
 template <class T>
@@ -305,11 +306,11 @@ template <class T>
 void MoE<T>::experts_backward_weight(State& st) const {
   const T* a = nullptr;
   if (recompute_swiglu_) {  // a = swiglu(gu) * w from the kept gu
-    a = sized(scratch_->a_tmp, st.A * F_);
-    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, scratch_->gu_tmp), st.A, F_, st.wperm.data(),
-                               scratch_->a_tmp.data());
+    a = sized(scratch_->one->a_tmp, st.A * F_);
+    kernels::swiglu_forward<T>(ex_, st.gu.read(ex_, scratch_->one->gu_tmp), st.A, F_,
+                               st.wperm.data(), scratch_->one->a_tmp.data());
   } else {
-    a = st.a.read(ex_, scratch_->a_tmp);
+    a = st.a.read(ex_, scratch_->one->a_tmp);
   }
   down_.backward_weight(st.dyperm, a, st.group_off.data());
   gu_.backward_weight(st.dgu, st.xperm, st.group_off.data());

@@ -95,38 +95,41 @@ class MoE {
   // chunk (parallel/pipeline_impl.h) — so one set serves every layer, and a rank holds them once
   // per chunk instead of once per layer (DeepSeek-V3: 8 MoE layers per rank).
   struct Scratch {
+    // One-piece scratch: each buffer is written and read inside one piece of a program (no yield
+    // between), so a process's model chunks, whose programs interleave only at yields, share it
+    // (Block::Scratch::make). A chunk runs one program at a time, so the backward borrows what
+    // only the forward uses: yperm [A, D] holds the experts' outputs from `experts` to
+    // combine_start; in the backward, under FP8 experts, their gradient dyperm until it is kept
+    // as Wgrad tiles, then d xperm until dispatch_backward_start has sent it. a_tmp [A, F]: the
+    // SwiGLU output before it is kept (or recomputed), then, in the backward, its gradient dA
+    // (before the recomputed output, which the weight gradient reads). gu_tmp [A, 2F]: the
+    // SwiGLU input before it is kept narrow (or widened for a read). logits [N, E]: the gate's.
+    // dgu [A, 2F]: FP8 experts, the SwiGLU input gradient before it is kept as Wgrad tiles.
+    // rows [R, D]: lent to the state's dispatch for one call at a time (DispatchState: rx, ry,
+    // rdy, rdx).
+    struct OnePiece {
+      explicit OnePiece(Device d) : gu_tmp(d), a_tmp(d), logits(d), yperm(d), dgu(d), rows(d) {}
+      Buffer<T> gu_tmp, a_tmp, logits, yperm, dgu, rows;
+      int64_t bytes() const {
+        size_t n = 0;
+        for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &logits, &yperm, &dgu, &rows})
+          n += b->capacity();
+        return static_cast<int64_t>(n * sizeof(T));
+      }
+    };
     explicit Scratch(Device d)
-        : gu_tmp(d),
-          a_tmp(d),
-          logits(d),
-          yperm(d),
-          shared_out(d),
-          rows(std::make_shared<Buffer<T>>(d)),
-          rdw(d),
-          dwperm(d),
-          dweights(d),
-          dgu(d) {}
-    // One phase's temporaries. A model runs one program at a time, so the backward borrows what
-    // only the forward uses: yperm [A, D] holds the experts' outputs in the forward; in the
-    // backward, under FP8 experts, their gradient dyperm until it is kept as Wgrad tiles, then
-    // d xperm. a_tmp [A, F]: the SwiGLU output before it is kept (or recomputed), then, in the
-    // backward, its gradient dA (before the recomputed output, which the weight gradient reads).
-    Buffer<T> gu_tmp, a_tmp, logits, yperm, shared_out;
-    // [R, D]: lent to the state's dispatch for one call at a time (DispatchState: rx, ry, rdy,
-    // rdx), so never live across a yield: one-piece scratch, which a process's chunks share
-    // (Block::Scratch::make)
-    std::shared_ptr<Buffer<T>> rows;
-    Buffer<T> rdw, dwperm, dweights;  // lent to the state for the backward
-    Buffer<T> dgu;  // FP8 experts: the SwiGLU input gradient before it is kept as Wgrad tiles
-    // the bytes held (capacities)
-    int64_t bytes() const {
+        : one(std::make_shared<OnePiece>(d)), shared_out(d), rdw(d), dwperm(d), dweights(d) {}
+    std::shared_ptr<OnePiece> one;
+    // the chunk's own: live across a program's yields
+    Buffer<T> shared_out;             // [N, D] from the shared expert to combine_wait
+    Buffer<T> rdw, dwperm, dweights;  // lent to the state for the backward program
+    // the bytes held (capacities): the chunk's own, and with the one-piece scratch
+    int64_t own_bytes() const {
       size_t n = 0;
-      for (const Buffer<T>* b :
-           {&gu_tmp, &a_tmp, &logits, &yperm, &shared_out,
-            static_cast<const Buffer<T>*>(rows.get()), &rdw, &dwperm, &dweights, &dgu})
-        n += b->capacity();
+      for (const Buffer<T>* b : {&shared_out, &rdw, &dwperm, &dweights}) n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }
+    int64_t bytes() const { return own_bytes() + one->bytes(); }
   };
 
   // The dispatcher decides which experts live here (all of them for LocalDispatcher). tail: the

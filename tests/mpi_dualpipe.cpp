@@ -113,7 +113,7 @@ std::unique_ptr<Chunks> build(const ModelConfig& c, const pipeline::Schedule& s,
     EXPECT_EQ(ch->models[0]->scratch().attn, ch->models[1]->scratch().attn);
     EXPECT_EQ(ch->models[0]->scratch().linear, ch->models[1]->scratch().linear);
     EXPECT_NE(ch->models[0]->scratch().moe, ch->models[1]->scratch().moe);
-    EXPECT_EQ(ch->models[0]->scratch().moe->rows, ch->models[1]->scratch().moe->rows);
+    EXPECT_EQ(ch->models[0]->scratch().moe->one, ch->models[1]->scratch().moe->one);
   }
   return ch;
 }

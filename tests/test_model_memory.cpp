@@ -129,7 +129,8 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
 }
 
 // A process's second model chunk built with the first as its sibling shares the one-piece
-// scratch (MLA, Mlp, Linear, the MoE rows) and keeps its own MoE scratch and Block::Own; a
+// scratch (MLA, Mlp, Linear, the MoE layers' one-piece part with the rows) and keeps its own MoE
+// scratch (the shared expert's output, the backward's lent gradients) and Block::Own; a
 // sibling on another device is refused.
 TEST(ActivationMemory, SiblingChunksShareTheOnePieceScratch) {
   const ModelConfig c = tiny();
@@ -141,12 +142,31 @@ TEST(ActivationMemory, SiblingChunksShareTheOnePieceScratch) {
   EXPECT_EQ(a.attn, b.attn);
   EXPECT_EQ(a.mlp, b.mlp);
   EXPECT_EQ(a.linear, b.linear);
-  EXPECT_EQ(a.moe->rows, b.moe->rows);
+  EXPECT_EQ(a.moe->one, b.moe->one);  // the MoE layers' one-piece scratch, with the rows
   EXPECT_NE(a.moe, b.moe);
   EXPECT_NE(a.own, b.own);
   EXPECT_THROW(
       Model<float>(c, pol, nullptr, StageSpec{1, 2}, Exec::on(Device::Meta), nullptr, &first),
       std::invalid_argument);
+  // after a forward and backward of each chunk the MoE scratch holds the one-piece part once
+  // (with the rows) and each chunk's own, as moe_scratch_bytes counts them
+  first.init(1), second.init(1);
+  const int64_t B = 2, S = 64, N = B * S, D = c.hidden_size;
+  const auto tok = tokens(B, S, c.vocab_size);
+  std::vector<float> h_in(N * D, 0.01f), dh_out(N * D, 0.001f);
+  Model<float>::MicroBatch m0, m1;
+  first.forward(m0, tok.data(), B, S, 0.3);
+  second.forward(m1, tok.data(), B, S, 0.3, h_in.data());
+  second.backward(m1, 1.0);
+  first.backward(m0, 1.0, dh_out.data());
+  const ScratchBytes want = moe_scratch_bytes(c, pol, N);
+  const auto near = [](int64_t held, int64_t analytic, const char* what) {
+    EXPECT_NEAR(static_cast<double>(held), static_cast<double>(analytic), 0.05 * analytic) << what;
+  };
+  near(a.moe->one->bytes(), want.one_piece + want.received, "one-piece MoE scratch");
+  near(a.moe->own_bytes(), want.own, "first chunk's own MoE scratch");
+  near(b.moe->own_bytes(), want.own, "second chunk's own MoE scratch");
+  EXPECT_GT(want.one_piece, 2 * want.own);  // what the sharing saves is most of it
 }
 
 TEST(ActivationMemory, SteadyStateAllocatesNothing) {

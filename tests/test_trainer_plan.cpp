@@ -172,7 +172,7 @@ TEST(Plan, ExpertParallelBuffersPerSlotAndPerLayer) {
   const SlotBytes slot = slot_activation_bytes(c.model, c.policy(), 0, 1, 2, 128, 4, 4.0);
   EXPECT_EQ(r.slot_bytes, slot.forward);  // received rows counted 4 per token
   const ScratchBytes sc = moe_scratch_bytes(c.model, c.policy(), N, 4, 4.0);
-  EXPECT_EQ(r.bytes.moe_scratch, sc.phases);
+  EXPECT_EQ(r.bytes.moe_scratch, sc.one_piece + sc.own);
   EXPECT_EQ(sc.received, N * 4 * D * 4);
 }
 

@@ -89,10 +89,11 @@ struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
   int64_t copied_dense = 0, copied_expert = 0;  // read only through copies (Param::copies)
   int64_t moe_layers = 0;
-  SlotBytes slot;       // activations of one micro-batch (model/memory.h)
-  int64_t ep_slot = 0;  // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t rows = 0;     // the MoE layers' [R, D] rows (MoE::Scratch::rows: one per rank)
-  int64_t scratch = 0;  // the rest of the MoE layers' Scratch, held once per stage
+  SlotBytes slot;         // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;    // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t rows = 0;       // the MoE layers' [R, D] rows (MoE::Scratch::OnePiece::rows)
+  int64_t one_piece = 0;  // the rest of the one-piece MoE scratch: once per rank
+  int64_t scratch = 0;    // the MoE layers' Scratch each chunk keeps for itself
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
@@ -117,7 +118,8 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
     const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
-    s.scratch = sc.phases;
+    s.scratch = sc.own;
+    s.one_piece = sc.one_piece;
     s.rows = sc.received;
   }
   if (p.ep > 1)
@@ -318,13 +320,16 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.slots = in.slots, rp.slot_bytes = in.largest;
   rp.grad_sets = in.sets, rp.grad_set_bytes = in.set_bytes, rp.shared_pools = in.shared;
   rp.bytes.activations = in.activations;
-  // the rows (one buffer a rank's chunks share) and the wires: the EP buffers, or at EP 1 (no
-  // exchange) the MoE scratch
-  int64_t rows = 0;
+  // the MoE scratch: each chunk's own, and once per rank the one-piece scratch its chunks share
+  // (Model's sibling: their programs interleave only at yields, where none of it is live); the
+  // rows (one-piece too) and the wires: the EP buffers, or at EP 1 (no exchange) the MoE scratch
+  int64_t rows = 0, one_piece = 0;
   for (int stage : rp.stages) {
     rp.bytes.moe_scratch += st[stage].scratch;
+    one_piece = std::max(one_piece, st[stage].one_piece);
     rows = std::max(rows, st[stage].rows);
   }
+  rp.bytes.moe_scratch += one_piece;
   const int64_t wires = ep_wire_bytes(cfg, p, s, r, st);
   rp.bytes.ep_buffers = in.ep;
   (p.ep > 1 ? rp.bytes.ep_buffers : rp.bytes.moe_scratch) += rows + wires;
