@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints end to end: N+N steps with a resume equal 2N straight steps bit for bit (one rank,
-# PP2xEP2xDP2 on 8 ranks, and DualPipe); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1,
+# PP2xEP2xDP2 on 8 ranks, DualPipe, and DualPipe under fp8 with the fp32 masters sharded, resumed
+# sharded and whole); resuming on another layout (DP2->DP1, EP2->EP1, PP2->PP1,
 # PP1->PP2, DualPipe->1F1B, DualPipeV->ZB1P on PP2 alone, ZB1P->DualPipeV) continues like that
 # layout's own run within the equivalence tolerance; SIGTERM saves and exits
 # 0; a corrupt newest checkpoint is skipped with a warning; bad checkpoints (also a missing or
@@ -55,6 +56,23 @@ train "$OUT/resumed_dualpipe" 4 2 2 2 6 --set parallel.schedule=dualpipe --resum
 if [ "$(losses "$OUT/straight_dualpipe")" == "$(losses "$OUT/resumed_dualpipe")" ]; then
   ok "resume is bit-exact under DualPipe (pp 2 dp 2 ep 2)"
 else bad "DualPipe resume: $(losses "$OUT/straight_dualpipe") vs $(losses "$OUT/resumed_dualpipe")"; fi
+
+# 1a'. fp32 master weights sharded with the optimizer state (fp8 DualPipe PP2 x DP2 x EP2: the
+# FP8 Linears' and the head's masters live only in the ZeRO-1 shards): the checkpoint is written
+# from the owners' masters and loaded into the shards; resumed sharded, or with the masters whole
+# (optimizer.shard_master_weights off), the run continues bit for bit
+F8=(--set parallel.schedule=dualpipe --set precision.recipe=fp8)
+train "$OUT/straight_fp8" 4 2 2 2 6 "${F8[@]}"
+train "$OUT/resumed_fp8" 4 2 2 2 3 "${F8[@]}"
+cp -r "$OUT/resumed_fp8" "$OUT/whole_fp8"
+train "$OUT/resumed_fp8" 4 2 2 2 6 "${F8[@]}" --resume auto
+train "$OUT/whole_fp8" 4 2 2 2 6 "${F8[@]}" --set optimizer.shard_master_weights=off --resume auto
+if grep -q "master weights sharded" "$OUT/resumed_fp8.log" &&
+   ! grep -q "master weights sharded" "$OUT/whole_fp8.log" &&
+   [ "$(losses "$OUT/straight_fp8")" == "$(losses "$OUT/resumed_fp8")" ] &&
+   [ "$(losses "$OUT/straight_fp8")" == "$(losses "$OUT/whole_fp8")" ]; then
+  ok "sharded fp32 masters resume bit-exactly, sharded and whole (fp8, dualpipe pp 2 dp 2 ep 2)"
+else bad "sharded masters resume: $(losses "$OUT/straight_fp8") vs $(losses "$OUT/resumed_fp8") / $(losses "$OUT/whole_fp8")"; fi
 
 # 1b. each element once: the shards of a DP4 checkpoint hold about what one rank's shard holds
 # (parameters + Adam moments), not 4x the parameters (format v1: 34.8 MB vs 17.4 MB)
