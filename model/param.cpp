@@ -103,6 +103,10 @@ void values_to_host(const Param<T>& p, int64_t offset, int64_t n, T* host, bool 
 
 template <class T>
 void values_from_host(Param<T>& p, const T* host) {
+  if (p.numel() > 0 && !p.value.raw())
+    throw std::logic_error("values_from_host: " + p.name +
+                           ": its values have no memory here (device " +
+                           device_name(p.value.device()) + ")");
   kernels::copy_from_host(Exec::on(p.value.device()), p.w(), host, sizeof(T) * p.numel());
 }
 

@@ -178,9 +178,11 @@ void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, in
     const int64_t at = units_[u].value_at, shift = at - unit_offset[u];
     Param<float>& p = *units_[u].storage;
     const bool keep = at >= 0;
-    if (keep) kernels::copy(ex_, value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
-    if (!keep)
+    if (keep) {
+      kernels::copy(ex_, value_arena_.data<float>() + at, p.value.raw(), p.value.bytes());
+    } else {  // the copies are made now, from the values about to go
       for (const auto& remake : p.copies) remake(p.w());
+    }
     kernels::copy(ex_, grad_arena_.data<float>() + unit_offset[u], p.grad.raw(), p.grad.bytes());
     const auto place = [&](Param<float>& q, int64_t offset) {
       q.value = keep ? value_arena_.view(offset + shift, q.value.shape())
@@ -313,7 +315,11 @@ void Zero1::gather_values() {
 
 const Tensor& Zero1::whole_values(const Param<float>& p) const {
   const auto it = gathered_.find(&p);
-  return it == gathered_.end() ? p.value : it->second;
+  if (it != gathered_.end()) return it->second;
+  if (!p.value.raw() && p.numel() > 0)
+    throw std::logic_error("Zero1::whole_values: " + p.name +
+                           ": its values are sharded and not gathered since the last step");
+  return p.value;
 }
 
 std::vector<Zero1::MomentPiece> Zero1::export_moments() const {

@@ -142,8 +142,9 @@ class Zero1 {
   void load_owned(const ReadValues& read);
   // Sharded: all-gathers the master values into the gradient arena (collective; they stay there
   // until the next step's zero_grad), remaking the copies and the resident values from them.
-  // whole_values(i) is then where params()[i]'s whole values are: its slice of the gradient
-  // arena, or its value tensor where the rank holds it. Unsharded: nothing; the value tensors.
+  // whole_values(p) is then where p's whole values are: its slice of the gradient arena, or its
+  // value tensor where the rank holds it (unsharded: always); asked for a sharded parameter not
+  // gathered since the last reduce_scatter_grads, it throws.
   void gather_values();
   const Tensor& whole_values(const Param<float>& p) const;
   // The parameters of this group, and the ranges of them this rank owns (the elements its

@@ -93,6 +93,7 @@ void Zero1::progress() {
 }
 
 void Zero1::reduce_scatter_grads() {
+  gathered_.clear();  // (the gradient arena holds this step's gradients now, not values)
   float* grads = grad_arena_.data<float>();
   if (G1()) {  // the gradient arena is the shard
     if (opt_.grad_reduce_bf16) kernels::round_bf16_inplace(ex_, grads, grad_arena_.numel());

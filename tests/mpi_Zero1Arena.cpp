@@ -327,12 +327,15 @@ TEST(Zero1Arena, ShardedMastersRemakeTheCopiesFromTheSameBits) {
       EXPECT_EQ(x, y) << owned[k].param->name << " owned from " << owned[k].offset;
     }
   }
+  EXPECT_THROW(opt.whole_values(*shard.group[0]), std::logic_error);  // not gathered yet
   opt.gather_values();
   for (size_t j = 0; j < shard.group.size(); ++j) {
     const Tensor& v = opt.whole_values(*shard.group[j]);
     EXPECT_EQ(0, std::memcmp(v.data<float>(), plain.group[j]->w(), 4 * plain.group[j]->numel()))
         << shard.group[j]->name;
   }
+  opt.reduce_scatter_grads();  // the next step's gradients: the gathered values are gone
+  EXPECT_THROW(opt.whole_values(*shard.group[0]), std::logic_error);
   // a fresh sharded group (other initial values) loads the owned values and gathers
   Zero1 back(fresh.group, w, zo);
   back.load_owned([&](const Param<float>& p, int64_t offset, int64_t len, float* host) {
