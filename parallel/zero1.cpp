@@ -33,13 +33,12 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
   const Plan plan = plan_units(params_);
   ex_ = Exec::on(plan.device);
   numel_ = plan.numel;
-  std::vector<int64_t> unit_offset;
-  const int64_t flat = plan_buckets(plan, unit_offset);
+  const int64_t flat = plan_buckets(plan);
   plan_shard();
   const int64_t G = comm_.size();
-  for (const Unit& u : units_) cached_.push_back(!u.storage->copies.empty());
-  sharded_ =
-      opt_.shard_values && G > 1 && std::find(cached_.begin(), cached_.end(), 1) != cached_.end();
+  sharded_ = opt_.shard_values && G > 1 &&
+             std::any_of(units_.begin(), units_.end(),
+                         [](const Unit& u) { return !u.storage->copies.empty(); });
   if (sharded_) {  // every owned master value, from the parameters before they move
     shard_value_ = Buffer<float>(ex_.device);
     zeroed(ex_, shard_value_, shard_);  // (padding stays zero)
@@ -47,7 +46,7 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
       kernels::copy(ex_, shard_value_.data() + seg.shard_offset, seg.p->w() + seg.param_offset,
                     sizeof(float) * static_cast<size_t>(seg.len));
   }
-  rehome(plan, unit_offset, flat);
+  rehome(plan, flat);
   if (G > 1) {
     shard_grad_ = Buffer<float>(ex_.device);
     zeroed(ex_, shard_grad_, shard_);
@@ -124,13 +123,12 @@ Zero1::Plan Zero1::plan_units(const std::vector<Param<float>*>& params) {
   return plan;
 }
 
-// Buckets of whole units, each padded to a multiple of G; sets buckets_ and offset_, returns
-// the arena length.
-int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset) {
+// Buckets of whole units, each padded to a multiple of G; sets buckets_, units_ and offset_,
+// returns the arena length.
+int64_t Zero1::plan_buckets(const Plan& plan) {
   const int64_t G = comm_.size();
   const auto& units = plan.units;
   int64_t flat = 0;
-  unit_offset.assign(units.size(), 0);
   const auto close_bucket = [&] {
     Bucket& b = buckets_.back();
     b.padded = (flat - b.begin + G - 1) / G * G;
@@ -142,7 +140,6 @@ int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset)
       if (!buckets_.empty()) close_bucket();
       buckets_.push_back({flat, 0, {}, {}});
     }
-    unit_offset[u] = flat;
     Param<float>* storage = units[u].fused ? units[u].fused : params_[units[u].members[0]];
     buckets_.back().units.push_back(static_cast<int64_t>(units_.size()));
     units_.push_back({storage, flat, units[u].numel, -1});
@@ -157,25 +154,25 @@ int64_t Zero1::plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset)
   unit_of_.resize(params_.size());
   for (size_t u = 0; u < units.size(); ++u)
     for (int64_t i : units[u].members)
-      offset_[i] = unit_offset[u] + plan.within[i], unit_of_[i] = static_cast<int64_t>(u);
+      offset_[i] = units_[u].offset + plan.within[i], unit_of_[i] = static_cast<int64_t>(u);
   return flat;
 }
 
 // Allocates the arenas; every parameter (and fused tensor) moves onto its slice. Sharded: the
 // value arena holds the resident units one after another (value_at), and a cached unit's copies
 // are made from its values before they go (its value tensors keep their shapes on Meta).
-void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat) {
+void Zero1::rehome(const Plan& plan, int64_t flat) {
   int64_t resident = 0;
   for (size_t u = 0; u < units_.size(); ++u) {
-    if (sharded_ && cached_[u]) continue;
-    units_[u].value_at = sharded_ ? resident : unit_offset[u];
+    if (cached(u)) continue;
+    units_[u].value_at = sharded_ ? resident : units_[u].offset;
     resident += units_[u].numel;
   }
   value_arena_ = Tensor({sharded_ ? resident : flat}, DType::F32, plan.device);
   grad_arena_ = Tensor({flat}, DType::F32, plan.device);
   for (size_t u = 0; u < plan.units.size(); ++u) {
     const Plan::Unit& unit = plan.units[u];
-    const int64_t at = units_[u].value_at, shift = at - unit_offset[u];
+    const int64_t offset = units_[u].offset, at = units_[u].value_at, shift = at - offset;
     Param<float>& p = *units_[u].storage;
     const bool keep = at >= 0;
     if (keep) {
@@ -183,13 +180,13 @@ void Zero1::rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, in
     } else {  // the copies are made now, from the values about to go
       for (const auto& remake : p.copies) remake(p.w());
     }
-    kernels::copy(ex_, grad_arena_.data<float>() + unit_offset[u], p.grad.raw(), p.grad.bytes());
+    kernels::copy(ex_, grad_arena_.data<float>() + offset, p.grad.raw(), p.grad.bytes());
     const auto place = [&](Param<float>& q, int64_t offset) {
       q.value = keep ? value_arena_.view(offset + shift, q.value.shape())
                      : Tensor(q.value.shape(), DType::F32, Device::Meta);
       q.grad = grad_arena_.view(offset, q.grad.shape());
     };
-    place(p, unit_offset[u]);
+    place(p, offset);
     if (unit.fused)  // views of the re-homed fused tensor
       for (int64_t i : unit.members) place(*params_[i], offset_[i]);
   }
@@ -278,7 +275,7 @@ void Zero1::spread_bucket(size_t b) {
   const float* gathered = grad_arena_.data<float>();
   for (int64_t u : buckets_[b].units) {
     const Unit& unit = units_[static_cast<size_t>(u)];
-    if (cached_[static_cast<size_t>(u)]) {
+    if (cached(static_cast<size_t>(u))) {
       for (const auto& remake : unit.storage->copies) remake(gathered + unit.offset);
     } else {
       kernels::copy(ex_, value_arena_.data<float>() + unit.value_at, gathered + unit.offset,

@@ -121,7 +121,7 @@ class Zero1 {
     return static_cast<int64_t>(sizeof(float)) * (value_arena_.numel() + shard_value_.size());
   }
   // Whether params()[i]'s values are on this rank (not: sharded, its GEMMs read only copies).
-  bool holds_values(size_t i) const { return !sharded_ || !cached_[unit_of_.at(i)]; }
+  bool holds_values(size_t i) const { return !cached(static_cast<size_t>(unit_of_.at(i))); }
 
   int64_t state_bytes() const { return adamw_.state_bytes(); }  // moments held by this rank
 
@@ -189,8 +189,8 @@ class Zero1 {
   };
   struct Plan;  // the constructor's grouping of parameters into units (zero1.cpp)
   static Plan plan_units(const std::vector<Param<float>*>& params);
-  int64_t plan_buckets(const Plan& plan, std::vector<int64_t>& unit_offset);
-  void rehome(const Plan& plan, const std::vector<int64_t>& unit_offset, int64_t flat);
+  int64_t plan_buckets(const Plan& plan);
+  void rehome(const Plan& plan, int64_t flat);
   void plan_shard();
   int64_t start_final_buckets();  // in the start order, while the next is final: elements
   void start(int64_t bucket);     // posts its reduce-scatter
@@ -213,17 +213,20 @@ class Zero1 {
   int64_t numel_ = 0, shard_ = 0;  // total elements, owned (padded) elements
   double comm_seconds_ = 0;
   Tensor value_arena_, grad_arena_;  // [padded layout] fp32 (sharded: resident units, compact)
-  // Sharded master values: the owned elements (shard order). Per unit: cached (values only in
-  // the shards), its storage Param, arena offset and length; per parameter, its unit.
-  bool sharded_ = false;
-  Buffer<float> shard_value_;
+  // What a bucket never splits (a parameter, or a fused tensor with its views): its storage
+  // Param, arena offset and length, and where the value arena holds it (-1: nowhere, cached);
+  // per parameter, its unit.
   struct Unit {
     Param<float>* storage;
-    int64_t offset, numel, value_at;  // value_at: in the value arena (resident units)
+    int64_t offset, numel, value_at;
   };
   std::vector<Unit> units_;
-  std::vector<char> cached_;
   std::vector<int64_t> unit_of_;
+  // Sharded master values: the owned elements (shard order). A unit is cached (its values only
+  // in the shards) when the group is sharded and the unit has copies.
+  bool sharded_ = false;
+  Buffer<float> shard_value_;
+  bool cached(size_t u) const { return sharded_ && !units_[u].storage->copies.empty(); }
   std::unordered_map<const Param<float>*, Tensor> gathered_;  // whole_values of the cached ones
   Buffer<float> shard_grad_;  // G > 1: the reduced gradients of the owned elements
   // The overlapped reduction: per bucket, where its part of the shard starts and how many of its
