@@ -11,7 +11,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
   D_ = c.hidden_size;
   attn_.build(ps, prefix, c, pol, ex, scratch.attn, scratch.linear);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
-  store_bf16_ = pol.store_bf16;
+  store_bf16_ = pol.store_bf16, recompute_norms_ = pol.recompute_norms;
   own_ = scratch.own ? scratch.own : std::make_shared<Own>(ex.device);
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
@@ -42,9 +42,11 @@ Program Block<T>::forward_program(State& st, const T* h, int64_t B, int64_t S, c
   attn_.forward(st.attn, h, B, S, pos, h_mid);
   kernels::add_inplace<T>(ex_, h_mid, h, ND);
   st.h_mid.keep(ex_, sc.h_mid);
-  T* xn2 = st.xn2.write(N, D_, sc.xn2);
+  // ffn_norm's output: kept (the gate's weight gradient reads it; the experts keep their own
+  // input), or under recompute_norms staged in Own until this forward returns and made again
+  T* xn2 = recompute_norms_ ? sized(sc.xn2, ND) : st.xn2.write(N, D_, sc.xn2);
   ffn_norm_.forward(h_mid, N, xn2, sized(st.rstd2, N));
-  st.xn2.keep(ex_, sc.xn2);
+  if (!recompute_norms_) st.xn2.keep(ex_, sc.xn2);
   if (moe_) {
     Program ffn = moe_->forward_program(st.moe, xn2, B, S, out, balance, load, layer);
     while (ffn.step()) co_yield ffn.last();
@@ -93,11 +95,24 @@ template <class T>
 void Block<T>::dense_backward_weight(State& st) const {
   attn_.backward_weight(st.attn, st.h_in);
   ffn_norm_.backward_weight(st.dw_ffn_norm);
-  const T* xn2 = st.xn2.read(ex_, own_->xn2);
+  const T* xn2 = ffn_input(st);
   if (moe_)
     moe_->dense_backward_weight(st.moe, xn2);
   else
     mlp_->backward_weight(st.mlp, xn2);
+}
+
+// Under recompute_norms the forward's computation again, from h_mid as kept: the same bits as the
+// forward's under T storage; under bf16 storage the norm of the bf16 h_mid (the kept form would
+// be the bf16 of the norm: both round once to bf16).
+template <class T>
+const T* Block<T>::ffn_input(State& st) const {
+  if (!recompute_norms_) return st.xn2.read(ex_, own_->xn2);
+  const int64_t N = st.B * st.S;
+  const T* h_mid = st.h_mid.read(ex_, own_->h_mid);
+  T* xn2 = sized(own_->xn2, N * D_);
+  ffn_norm_.forward(h_mid, N, xn2, sized(own_->rstd, N));
+  return xn2;
 }
 
 template <class T>

@@ -21,7 +21,8 @@ class Block {
   struct State {
     int64_t B = 0, S = 0;
     const T* h_in = nullptr;  // the block input: the caller's residual stream, not a copy
-    SavedAct<T> h_mid, xn2;   // [N,D], ffn_norm(h_mid) [N,D] (T or bf16: the storage policy)
+    SavedAct<T> h_mid, xn2;   // [N,D], ffn_norm(h_mid) [N,D] (T or bf16: the storage policy;
+                              // xn2 not kept under recompute_norms: made again from h_mid)
     Buffer<T> rstd2;          // [N]
     typename MLA<T>::State attn;
     typename Mlp<T>::State mlp;
@@ -43,14 +44,17 @@ class Block {
   // here and keeps nothing in it for a later call (the backward widens the bf16-kept h_mid and
   // ffn_norm output again; the forward's fp32 values live only until the forward returns).
   struct Own {
-    explicit Own(Device d) : h_mid(d), xn2(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
-    Buffer<T> h_mid, xn2;     // bf16 storage: h_mid and ffn_norm(h_mid) as T [N,D], or widened
-    Buffer<T> dxn2;           // the backward's d ffn_norm output [N,D]
-    Buffer<T> en, hpn;        // MtpLayer forward: enorm(e), hnorm(h^{k-1}) [N,D]
-    Buffer<T> den, dhpn, de;  // MtpLayer backward: their gradients and d e [N,D]
-    int64_t bytes() const {   // the bytes held (capacities)
+    explicit Own(Device d)
+        : h_mid(d), xn2(d), rstd(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+    // bf16 storage: h_mid and ffn_norm(h_mid) as T [N,D], or widened; under recompute_norms
+    // xn2 is ffn_norm(h_mid) in the forward and made again for the weight gradients (with rstd)
+    Buffer<T> h_mid, xn2, rstd;  // [N,D], [N,D], [N]
+    Buffer<T> dxn2;              // the backward's d ffn_norm output [N,D]
+    Buffer<T> en, hpn;           // MtpLayer forward: enorm(e), hnorm(h^{k-1}) [N,D]
+    Buffer<T> den, dhpn, de;     // MtpLayer backward: their gradients and d e [N,D]
+    int64_t bytes() const {      // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b : {&h_mid, &xn2, &dxn2, &en, &hpn, &den, &dhpn, &de})
+      for (const Buffer<T>* b : {&h_mid, &xn2, &rstd, &dxn2, &en, &hpn, &den, &dhpn, &de})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }
@@ -128,8 +132,11 @@ class Block {
   // the weight gradients other than the routed experts' (attention, ffn_norm, shared expert and
   // gate, or the dense MLP)
   void dense_backward_weight(State& st) const;
-  bool store_bf16_ = false;   // PrecisionPolicy::store_bf16
-  std::shared_ptr<Own> own_;  // one call's staging (Own::h_mid, xn2), shared with the model
+  // ffn_norm(h_mid) for the weight gradients: kept, or made again (recompute_norms)
+  const T* ffn_input(State& st) const;
+  bool store_bf16_ = false;       // PrecisionPolicy::store_bf16
+  bool recompute_norms_ = false;  // PrecisionPolicy::recompute_norms: xn2 made again
+  std::shared_ptr<Own> own_;      // one call's staging (Own::h_mid, xn2), shared with the model
 };
 
 }  // namespace moetron

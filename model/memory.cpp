@@ -56,8 +56,8 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   b.backward += kept_grad(D, attn8, T) + kept_grad(H * dq, attn8, T) +
                 (ql > 0 ? kept_grad(ql, attn8, T) : 0) + kept_grad(H * (dn + dv), attn8, T) +
                 kept_grad(kl + dr, attn8, T);
-  // Block<T>::State: h_mid, xn2, rstd2
-  b.forward += static_cast<double>(2 * D * Ts + T);
+  // Block<T>::State: h_mid, xn2 (made again under recompute_norms), rstd2
+  b.forward += static_cast<double>((pol.recompute_norms ? 1 : 2) * D * Ts + T);
   if (!moe) {
     b +=
         mlp_bytes(D, c.intermediate_size, pol.recipe_of(Component::DenseMlp) == Recipe::FP8, T, Ts);
@@ -187,10 +187,11 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
   b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da + w.dgu) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
-  // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; the MTP module's en, hpn, den,
-  // dhpn, de
-  b.block = static_cast<int64_t>(
-      n * static_cast<double>((chunks * (1 + (wide ? 2 : 0)) + mtp * 5) * D) * t);
+  // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; under recompute_norms xn2 (if
+  // not already) and the recomputed rstd; the MTP module's en, hpn, den, dhpn, de
+  const bool rn = pol.recompute_norms;
+  const int64_t own = (1 + (wide ? 2 : 0) + (rn && !wide ? 1 : 0)) * D + (rn ? 1 : 0);
+  b.block = static_cast<int64_t>(n * static_cast<double>(chunks * own + mtp * 5 * D) * t);
   return b;
 }
 

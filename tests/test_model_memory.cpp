@@ -243,6 +243,60 @@ TEST(ActivationMemory, Bf16StorageHalvesTheSlotAndKeepsTheGradients) {
   EXPECT_NEAR(std::sqrt(n1 / n0), 1.0, 0.01);
 }
 
+// recompute_norms keeps no ffn_norm output: the weight gradients that read it (the gate's, and
+// under fp32 the shared expert's and dense MLPs') get it made again from the kept h_mid. Under
+// fp32 storage that is the forward's value, so the loss and every gradient are the same bits,
+// for D fp32 values a token and block fewer in the slot; under bf16 storage the norm of the
+// bf16 h_mid replaces the bf16 of the norm (the bf16 slot is then D bf16 values a token and block
+// smaller), and only the weight gradients reading it move, within bf16 round-off.
+TEST(ActivationMemory, RecomputedFfnNormGivesTheSameGradients) {
+  const ModelConfig c = tiny();
+  const int64_t B = 2, S = 64, N = B * S;
+  const auto tok = tokens(B, S, c.vocab_size);
+  for (const char* storage : {"", "/bf16"}) {
+    std::vector<float> grads[2];
+    double loss[2] = {0, 0};
+    int64_t bytes[2] = {0, 0};
+    for (int rn = 0; rn < 2; ++rn) {
+      PrecisionPolicy pol = policy(std::string("fp32") + storage);
+      pol.recompute_norms = rn == 1;
+      Model<float> m(c, pol);
+      m.init(7);
+      Model<float>::MicroBatch warm, mb;  // warm: sizes the layers' own scratch
+      m.forward(warm, tok.data(), B, S, 0.3);
+      m.backward_input(warm, 1.0, nullptr, false);
+      m.params().zero_grad();
+      const int64_t l0 = live();
+      loss[rn] = m.forward(mb, tok.data(), B, S, 0.3).loss;
+      bytes[rn] = live() - l0;
+      m.backward_input(mb, 1.0, nullptr, true);
+      m.backward_weight(mb);
+      for (const auto& p : m.params().all())
+        grads[rn].insert(grads[rn].end(), p->g(), p->g() + p->numel());
+    }
+    const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
+    const int64_t elem = *storage ? 2 : 4;
+    std::printf("%s storage: slot %.3f MiB kept, %.3f with recompute_norms\n",
+                *storage ? "bf16" : "fp32", bytes[0] / 1048576.0, bytes[1] / 1048576.0);
+    // the attention's norms made again too: at least every block's ffn_norm output fewer
+    EXPECT_LE(bytes[1], bytes[0] - blocks * N * c.hidden_size * elem) << storage;
+    EXPECT_EQ(loss[0], loss[1]) << storage;  // the forward computes as before
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    if (!*storage) {
+      EXPECT_EQ(grads[0], grads[1]);
+      continue;
+    }
+    double dot = 0, n0 = 0, n1 = 0;
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      dot += static_cast<double>(grads[0][i]) * grads[1][i];
+      n0 += static_cast<double>(grads[0][i]) * grads[0][i];
+      n1 += static_cast<double>(grads[1][i]) * grads[1][i];
+    }
+    EXPECT_GT(dot / std::sqrt(n0 * n1), 0.99999) << "bf16 storage";
+    EXPECT_NE(grads[0], grads[1]) << "bf16 storage";  // the recompute reads bf16 inputs
+  }
+}
+
 }  // namespace
 }  // namespace moetron
 
