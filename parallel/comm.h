@@ -120,6 +120,21 @@ class Request {
   Progress progress_;
 };
 
+// `inner`, then `done` once, by whichever wait or test first finds it complete (an unpack, a copy
+// up from staging; a lambda capturing what must stay alive until then).
+template <class F>
+Request then(Request inner, F done) {
+  auto r = std::make_shared<Request>(std::move(inner));
+  return Request([r, done](bool block) {
+    if (block)
+      r->wait();
+    else if (!r->test())
+      return false;
+    done();
+    return true;
+  });
+}
+
 // One operation of a batch_isend_irecv. buf is const for a Send (use P2pOp::send / P2pOp::recv).
 struct P2pOp {
   enum Kind { Send, Recv } kind;
@@ -168,10 +183,11 @@ class Communicator {
   // ---- collectives (in place where it makes sense) ----
   // count is in elements of t (bytes for Bytes). Bytes cannot be reduced (CommError).
   virtual void all_reduce(void* data, size_t count, CommDType t, ReduceOp op = ReduceOp::Sum) = 0;
-  // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r.
-  // Non-blocking: both buffers stay untouched by the caller until the Request completes (ZeRO-1
-  // starts a bucket's reduction while the backward computes the next). Every rank of the group
-  // posts its non-blocking collectives in the same order.
+  // in [size * count] -> out [count]: block r of the element-wise reduction goes to rank r; in
+  // place when out is in + rank * count (the result where this rank's block was; the other
+  // blocks of in are then undefined). Non-blocking: both buffers stay untouched by the caller until
+  // the Request completes (ZeRO-1 starts a bucket's reduction while the backward computes the
+  // next). Every rank of the group posts its non-blocking collectives in the same order.
   virtual Request ireduce_scatter(const void* in, void* out, size_t count, CommDType t,
                                   ReduceOp op = ReduceOp::Sum) = 0;
   // Blocking: the non-blocking form waited for (a device communicator orders it on its streams

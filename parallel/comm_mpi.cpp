@@ -286,11 +286,21 @@ class MpiCommunicator final : public Communicator {
                           ReduceOp op) override {
     const MPI_Op o = mpi_op(t, op, "reduce_scatter", rank_);
     auto guard = std::make_shared<GuardAccess>();  // buffers may be Guard-device memory
+    // In place (out = in + rank * count): MPI_IN_PLACE takes the input from the receive buffer
+    // and leaves the result at its start, so this rank's block moves to its place on completion.
+    const size_t bytes = count * comm_dtype_size(t);
+    const bool in_place = out == static_cast<const char*>(in) + static_cast<size_t>(rank_) * bytes;
     MPI_Request r;
-    check(MPI_Ireduce_scatter_block(in, out, to_int(count, "reduce_scatter"), mpi_type(t), o, comm_,
-                                    &r),
+    check(MPI_Ireduce_scatter_block(in_place ? MPI_IN_PLACE : in,
+                                    in_place ? const_cast<void*>(in) : out,
+                                    to_int(count, "reduce_scatter"), mpi_type(t), o, comm_, &r),
           "reduce_scatter", rank_);
-    return mpi_request({r}, nullptr, "reduce_scatter", rank_, guard, on_group());
+    Request req = mpi_request({r}, nullptr, "reduce_scatter", rank_, guard, on_group());
+    if (!in_place || rank_ == 0 || bytes == 0) return req;
+    return then(std::move(req), [in, out, bytes] {
+      GuardAccess g;
+      std::memcpy(out, in, bytes);  // (disjoint: rank >= 1)
+    });
   }
   void all_gather(const void* in, void* out, size_t count, CommDType t) override {
     GuardAccess guard;  // buffers may be Guard-device memory

@@ -118,20 +118,6 @@ class Staged final : public WrappedCommunicator {
     if (bytes) kernels::copy_from_host(ex, dev, host, bytes);
   }
   void up(void* dev, const void* host, size_t bytes) const { up(ex_, dev, host, bytes); }
-  // `inner`, then `done` once (the copies up; keeping the staging alive until then).
-  template <class F>
-  static Request then(Request inner, F done) {
-    auto r = std::make_shared<Request>(std::move(inner));
-    return Request([r, done](bool block) {
-      if (block)
-        r->wait();
-      else if (!r->test())
-        return false;
-      done();
-      return true;
-    });
-  }
-
   Exec ex_;
 };
 

@@ -47,10 +47,6 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
                     sizeof(float) * static_cast<size_t>(seg.len));
   }
   rehome(plan, flat);
-  if (G > 1) {
-    shard_grad_ = Buffer<float>(ex_.device);
-    zeroed(ex_, shard_grad_, shard_);
-  }
   // the overlapped reduction's tables (zero1_reduce.cpp)
   bucket_of_.assign(params_.size(), 0);
   for (size_t b = 0; b < buckets_.size(); ++b) {
@@ -70,7 +66,8 @@ Zero1::Zero1(std::vector<Param<float>*> params, Communicator& group, const Zero1
   }
   adamw_ = AdamW(shard_, opt_, ex_);
   seg_sq_ = Buffer<double>(ex_.device), bad_ = Buffer<int64_t>(ex_.device);
-  zeroed(ex_, seg_sq_, static_cast<int64_t>(segments_.size())), zeroed(ex_, bad_, 1);
+  zeroed(ex_, seg_sq_, static_cast<int64_t>(segments_.size()));
+  zeroed(ex_, bad_, G > 1 ? static_cast<int64_t>(buckets_.size()) : 1);
 }
 
 namespace {
@@ -201,7 +198,7 @@ void Zero1::plan_shard() {
     for (int64_t i : b.params) {
       const int64_t p0 = offset_[i], p1 = p0 + params_[i]->numel();
       const int64_t s0 = std::max(p0, lo), s1 = std::min(p1, hi);
-      if (s0 < s1) segments_.push_back({params_[i], s0 - p0, shard_ + (s0 - lo), s1 - s0, i});
+      if (s0 < s1) segments_.push_back({params_[i], s0 - p0, shard_ + (s0 - lo), s1 - s0, i, s0});
     }
     shard_ += part;
   }
@@ -216,7 +213,7 @@ double Zero1::owned_grad_sq() const {
   const size_t n = segments_.size();
   std::vector<int64_t> begin(n), len(n);
   for (size_t i = 0; i < n; ++i)  // a replica's segment counts as empty
-    begin[i] = segments_[i].shard_offset, len[i] = segments_[i].p->replica ? 0 : segments_[i].len;
+    begin[i] = segments_[i].arena_offset, len[i] = segments_[i].p->replica ? 0 : segments_[i].len;
   kernels::segment_sum_squares(ex_, owned_grads(), begin.data(), len.data(),
                                static_cast<int64_t>(n), seg_sq_.data());
   std::vector<double> host(n);
@@ -227,24 +224,30 @@ double Zero1::owned_grad_sq() const {
 }
 
 bool Zero1::local_grads_finite() const {
-  kernels::count_nonfinite(ex_, grad_arena_.data<float>(), grad_arena_.numel(), bad_.data());
-  int64_t n = 0;
-  kernels::copy_to_host(ex_, &n, bad_.data(), sizeof n);
-  return n == 0;
+  if (G1())
+    kernels::count_nonfinite(ex_, grad_arena_.data<float>(), grad_arena_.numel(), bad_.data());
+  std::vector<int64_t> n(static_cast<size_t>(bad_.size()));
+  kernels::copy_to_host(ex_, n.data(), bad_.data(), sizeof(int64_t) * n.size());
+  return std::all_of(n.begin(), n.end(), [](int64_t k) { return k == 0; });
 }
 
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
   scale_owned_grads(grad_scale);
-  const float* owned = shard_grads();
+  const float* grads = grad_arena_.data<float>();
   for (const Segment& seg : segments_)  // in the value arena, or (sharded) the master shard
-    adamw_.update(master(seg), owned + seg.shard_offset, seg.shard_offset, seg.len, seg.p->decay,
+    adamw_.update(master(seg), grads + seg.arena_offset, seg.shard_offset, seg.len, seg.p->decay,
                   lr, step_number);
   all_gather_values();
 }
 
 void Zero1::scale_owned_grads(double grad_scale) {
   if (grad_scale == 1.0) return;
-  kernels::scale_inplace(ex_, shard_grads(), static_cast<float>(grad_scale), shard_);
+  if (G1())
+    return kernels::scale_inplace(ex_, grad_arena_.data<float>(), static_cast<float>(grad_scale),
+                                  grad_arena_.numel());
+  for (size_t b = 0; b < buckets_.size(); ++b)  // the owned parts, where the reductions landed
+    kernels::scale_inplace(ex_, owned_part(b), static_cast<float>(grad_scale),
+                           buckets_[b].padded / comm_.size());
 }
 
 // Everyone gets everyone's updated block, in place in the value arena; sharded, in the spent

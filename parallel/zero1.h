@@ -5,9 +5,11 @@
 // in two flat arenas, one for values and one for gradients, laid out in buckets; each bucket
 // holds whole parameters and is padded to a multiple of the group size G. Rank r owns the r-th
 // 1/G of every bucket. One step:
-//   1. reduce-scatter each bucket of the gradient arena, read in place (sum over the group, in
-//      fp32 or, with grad_reduce_bf16, in bf16 widened back to fp32): this rank now has the summed
-//      gradients of the elements it owns;
+//   1. reduce-scatter each bucket of the gradient arena in place (sum over the group, in fp32 or,
+//      with grad_reduce_bf16, in bf16 widened back to fp32): this rank's part of each bucket now
+//      holds the summed gradients of the elements it owns (NCCL's in-place layout: the result
+//      where the input's own block was; no separate gradient shard), the other parts this
+//      rank's own gradients, spent;
 //   2. (the caller computes the global gradient norm from every group's owned squares, and the
 //      clip factor);
 //   3. AdamW on the owned elements only, in the value arena — fp32 master weights are the
@@ -107,8 +109,8 @@ class Zero1 {
   int64_t reduced_elements() const { return G1() ? 0 : grad_arena_.numel(); }  // (padded)
   // Sum of squares of the owned, reduced gradients (parameters marked `replica` excluded).
   double owned_grad_sq() const;
-  // Whether this rank's own gradients (the gradient arena, which the reduce-scatter reads and
-  // leaves as it was) are all finite.
+  // Whether this rank's own gradients, before their reduction, were all finite (with G > 1
+  // counted per bucket as its reduction starts: the reduction then overwrites them in place).
   bool local_grads_finite() const;
   // AdamW on the owned elements with gradients multiplied by grad_scale (the clip factor), then
   // all-gather the updated parameters. (With G = 1 the gradients are scaled in place.)
@@ -149,21 +151,23 @@ class Zero1 {
   const Tensor& whole_values(const Param<float>& p) const;
   // The parameters of this group, and the ranges of them this rank owns (the elements its
   // moments cover): a checkpoint writes each element once, from its owner.
-  // shard_offset: where the range's reduced gradients are in owned_grads().
+  // shard_offset: where the range's moments (and sharded masters) are in the shard;
+  // grad_offset: where its reduced gradients are in owned_grads() (its place in the arena).
   struct OwnedRange {
     const Param<float>* param;
-    int64_t offset, len, shard_offset;
+    int64_t offset, len, shard_offset, grad_offset;
   };
   const std::vector<Param<float>*>& params() const { return params_; }
   std::vector<OwnedRange> owned_ranges() const {
     std::vector<OwnedRange> out;
-    for (const Segment& s : segments_) out.push_back({s.p, s.param_offset, s.len, s.shard_offset});
+    for (const Segment& s : segments_)
+      out.push_back({s.p, s.param_offset, s.len, s.shard_offset, s.arena_offset});
     return out;
   }
   // The master values of an owned range into host memory (a checkpoint's piece).
   void read_owned(const OwnedRange& r, float* host) const;
-  // (device memory)
-  const float* owned_grads() const { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
+  // (device memory: the gradient arena, whose owned parts hold the reduced gradients)
+  const float* owned_grads() const { return grad_arena_.data<float>(); }
   // The arenas (numel: the padded layout) and where params()[i] starts in them.
   const Tensor& value_arena() const { return value_arena_; }
   const Tensor& grad_arena() const { return grad_arena_; }
@@ -185,7 +189,8 @@ class Zero1 {
   struct Segment {  // a piece of one parameter inside this rank's shard
     Param<float>* p;
     int64_t param_offset, shard_offset, len;
-    int64_t index;  // of p in params_
+    int64_t index;         // of p in params_
+    int64_t arena_offset;  // where it is in the arenas (its reduced gradients: in place)
   };
   struct Plan;  // the constructor's grouping of parameters into units (zero1.cpp)
   static Plan plan_units(const std::vector<Param<float>*>& params);
@@ -202,7 +207,11 @@ class Zero1 {
     return sharded_ ? shard_value_.data() + s.shard_offset : s.p->w() + s.param_offset;
   }
   bool G1() const { return comm_.size() == 1; }
-  float* shard_grads() { return G1() ? grad_arena_.data<float>() : shard_grad_.data(); }
+  // this rank's part of bucket b in the gradient arena: where its reduction lands
+  float* owned_part(size_t b) {
+    const Bucket& k = buckets_[b];
+    return grad_arena_.data<float>() + k.begin + comm_.rank() * (k.padded / comm_.size());
+  }
   Exec ex_{};  // the parameters' device: every vector op of the optimizer runs there
   std::vector<Param<float>*> params_;
   std::vector<int64_t> offset_;  // arena offset of each parameter
@@ -228,7 +237,6 @@ class Zero1 {
   Buffer<float> shard_value_;
   bool cached(size_t u) const { return sharded_ && !units_[u].storage->copies.empty(); }
   std::unordered_map<const Param<float>*, Tensor> gathered_;  // whole_values of the cached ones
-  Buffer<float> shard_grad_;  // G > 1: the reduced gradients of the owned elements
   // The overlapped reduction: per bucket, where its part of the shard starts and how many of its
   // parameters are not final yet; per parameter, its bucket and whether it is final.
   std::vector<int64_t> shard_pos_, not_final_, bucket_of_;
@@ -247,7 +255,8 @@ class Zero1 {
   };
   std::vector<InFlight> in_flight_;
   AdamW adamw_;  // the moments of the owned elements (shard order)
-  // the device results of owned_grad_sq (one sum per segment) and local_grads_finite (a count)
+  // the device results of owned_grad_sq (one sum per segment) and local_grads_finite (the
+  // non-finite local gradients: of the arena with G = 1, else of each bucket as it starts)
   mutable Buffer<double> seg_sq_;
   mutable Buffer<int64_t> bad_;
 };

@@ -9,11 +9,14 @@
 //                        only inside MPI calls); completed bf16 buckets are widened
 //   reduce_scatter_grads starts the buckets left, waits for every one, resets the marks
 //
-// fp32 reduces the gradient arena in place into the shard. grad_reduce_bf16 narrows the bucket
-// into a staging buffer first (so the arena keeps its fp32 values) and widens the received part
-// into the shard on completion; `staging` buffers bound the bf16 buckets in flight (a start
-// waits for the oldest when none is free). With one rank there is nothing to reduce: the arena
-// is the shard (bf16: rounded in place).
+// fp32 reduces each bucket of the gradient arena in place: the sums of the elements this rank
+// owns land in its part of the bucket (NCCL's in-place convention; Communicator::
+// ireduce_scatter), where the optimizer reads them. grad_reduce_bf16 narrows the bucket into a
+// staging buffer first and widens the received part into this rank's part on completion;
+// `staging` buffers bound the bf16 buckets in flight (a start waits for the oldest when none is
+// free). Either way a start first counts the bucket's non-finite local gradients
+// (local_grads_finite), which the reduction overwrites. With one rank there is nothing to
+// reduce: the arena is the shard (bf16: rounded in place).
 #include <chrono>
 
 #include "parallel/zero1.h"
@@ -48,7 +51,8 @@ void Zero1::start(int64_t bucket) {
   const Bucket& b = buckets_[static_cast<size_t>(bucket)];
   const int64_t part = b.padded / comm_.size();
   float* in = grad_arena_.data<float>() + b.begin;
-  float* out = shard_grad_.data() + shard_pos_[static_cast<size_t>(bucket)];
+  float* out = owned_part(static_cast<size_t>(bucket));  // in place
+  kernels::count_nonfinite(ex_, in, b.padded, bad_.data() + bucket);
   trace::Event tr =
       trace::pending(trace::Track::Dp, "reduce-scatter", "bucket,elements", bucket, b.padded);
   if (!opt_.grad_reduce_bf16) {
@@ -78,7 +82,7 @@ void Zero1::finish(size_t flight) {
     const Bucket& b = buckets_[static_cast<size_t>(f.bucket)];
     const uint16_t* recv = stage16_[static_cast<size_t>(f.staging)].data() + b.padded;
     kernels::widen_from_bf16(ex_, recv, b.padded / comm_.size(),
-                             shard_grad_.data() + shard_pos_[static_cast<size_t>(f.bucket)]);
+                             owned_part(static_cast<size_t>(f.bucket)));
     free16_.push_back(f.staging);
   }
   in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(flight));

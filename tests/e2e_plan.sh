@@ -74,7 +74,7 @@ m = re.search(r"total (\S+) \(main model", text); assert abs(params(m[1]) - d["p
 m = re.search(r"activated (\S+) per token", text); assert abs(params(m[1]) - d["params_activated"]) <= 0.005e9
 m = re.search(r"MTP (\S+) \(own", text); assert abs(params(m[1]) - d["params_mtp"]) <= 0.005e9
 assert "memory per device, GiB" in text
-keys = ["weights", "gradients", "gradient_shard", "master_shard", "optimizer_moments", "fp8_weight_cache",
+keys = ["weights", "gradients", "grad_staging", "master_shard", "optimizer_moments", "fp8_weight_cache",
         "bf16_weight_cache", "ep_buffers", "pp_messages", "activations", "moe_scratch", "layer_scratch", "total"]
 rows = [l.split() for l in text.splitlines() if re.match(r"^\s+\d+\s+\d+(,\d+)*\s", l)]
 assert len(rows) == 16, rows

@@ -139,7 +139,7 @@ TEST(Zero1Arena, DataParallelStepEqualsAdamWOnSummedGradients) {
       for (int64_t k = 0; k < r.len; ++k) {
         float sum = 0;
         for (int q = 0; q < P; ++q) sum += exact_grad(q + step, j, r.offset + k);
-        ASSERT_EQ(opt.owned_grads()[r.shard_offset + k], sum) << r.param->name << " " << k;
+        ASSERT_EQ(opt.owned_grads()[r.grad_offset + k], sum) << r.param->name << " " << k;
       }
     }
     opt.step(1e-2, scale, step);
@@ -195,7 +195,7 @@ TEST(Zero1Arena, Bf16ReductionWithinOneRoundingPerStep) {
         const float b = round_bf16(all[q][j][r.offset + k]);
         sum += b, mag += std::fabs(b), sum2 += b;
       }
-      const float got = opt.owned_grads()[r.shard_offset + k];
+      const float got = opt.owned_grads()[r.grad_offset + k];
       ASSERT_EQ(round_bf16(got), got);  // a bf16 value, widened
       // P - 1 additions, each rounded to nearest bf16: at most 2^-8 of the magnitude each
       ASSERT_LE(std::fabs(got - sum), (P - 1) * std::ldexp(mag, -8) * (1 + 1e-6))
@@ -211,6 +211,35 @@ TEST(Zero1Arena, Bf16ReductionWithinOneRoundingPerStep) {
   int64_t expect = 0;
   for (Param<float>* p : s.group) expect += p->numel();
   EXPECT_EQ(total, expect);  // every element is owned once
+}
+
+// The reduction lands in place (the owned part of each bucket of the gradient arena), so the
+// local gradients it overwrites are counted before: a NaN in one rank's own gradient is named by
+// that rank alone after the reduction (which spreads the NaN to its owner's sums), fp32 and bf16,
+// overlapped or not; the next step's clean gradients are finite everywhere (the trainer skips
+// the bad step's update, and so does this test).
+TEST(Zero1Arena, LocalGradientsJudgedBeforeTheReductionOverwritesThem) {
+  Communicator& w = world();
+  const int P = w.size();
+  for (const bool bf16 : {false, true})
+    for (const bool overlap : {false, true}) {
+      Store s;
+      Zero1Options zo = options(bf16);
+      zo.overlap = overlap;
+      Zero1 opt(s.group, w, zo);
+      for (int step = 1; step <= 2; ++step) {
+        s.ps.zero_grad();
+        for (size_t j = 0; j < s.group.size(); ++j)
+          for (int64_t i = 0; i < s.group[j]->numel(); ++i)
+            s.group[j]->g()[i] = exact_grad(w.rank() + step, j, i);
+        const bool bad = step == 1 && w.rank() == P - 1;
+        if (bad) s.group.back()->g()[1] = NAN;
+        for (size_t j = 0; j < s.group.size(); ++j) opt.mark_final(static_cast<int64_t>(j));
+        opt.reduce_scatter_grads();
+        EXPECT_EQ(opt.local_grads_finite(), !bad) << "rank " << w.rank() << " step " << step
+                                                  << " bf16 " << bf16 << " overlap " << overlap;
+      }
+    }
 }
 
 TEST(Zero1Arena, RefusesViewsThatDoNotTileTheirFusedTensor) {
@@ -254,8 +283,10 @@ TEST(Zero1Arena, OverlappedReductionEqualsTheReductionAtTheEnd) {
                 overlapped.group[0]->g());
       ref.reduce_scatter_grads();
       opt.reduce_scatter_grads();
-      const int64_t shard = ref.value_arena().numel() / P;
-      ASSERT_EQ(0, std::memcmp(ref.owned_grads(), opt.owned_grads(), 4 * shard)) << "bf16 " << bf16;
+      for (const auto& r : ref.owned_ranges())  // (the same layout: the same ranges)
+        ASSERT_EQ(0, std::memcmp(ref.owned_grads() + r.grad_offset,
+                                 opt.owned_grads() + r.grad_offset, 4 * r.len))
+            << "bf16 " << bf16 << " " << r.param->name;
       // "a" (15 elements) alone is the first bucket, the last to start; the rest started early
       const int64_t first_bucket = (15 + P - 1) / P * P;
       EXPECT_EQ(ref.started_early(), 0);

@@ -84,12 +84,17 @@ TEST(Plan, RankParametersAndShardsAddUpToTheModel) {
     EXPECT_EQ(r.bytes.weights, 4 * r.params);
     EXPECT_EQ(r.bytes.gradients, 4 * r.params);
     EXPECT_EQ(r.bytes.optimizer_moments, 8 * r.owned);  // fp32 m and v
-    EXPECT_EQ(r.bytes.gradient_shard, 4 * r.owned);     // both groups have > 1 rank
+    EXPECT_EQ(r.bytes.grad_staging, 0);  // fp32 reductions land in place: no shard, no staging
     EXPECT_GT(r.bytes.pp_messages, 0);
   }
   EXPECT_EQ(experts, count(c, 0, 1).expert / 2);  // each expert on one rank of an EP group
   const Plan bf16 = make_plan(small({"optimizer.moment_dtype=bf16"}));
   EXPECT_EQ(bf16.ranks[0].bytes.optimizer_moments, 4 * bf16.ranks[0].owned);
+  // bf16 reductions stage two buckets in flight per group, a send and a receive (DP 4, EDP 2)
+  const Plan staged =
+      make_plan(small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2",
+                       "optimizer.grad_reduce_dtype=bf16", "optimizer.grad_bucket_elements=1024"}));
+  EXPECT_EQ(staged.ranks[0].bytes.grad_staging, 2 * 2 * (1024 + 256) + 2 * 2 * (1024 + 512));
 }
 
 // optimizer.shard_master_weights: under fp8 every matrix but the embedding is read only through
@@ -145,7 +150,7 @@ TEST(Plan, OneStageActivationsAreTheTrainersCount) {
     EXPECT_EQ(r.bytes.layer_scratch,
               layer_scratch_bytes(c.model, c.policy(), 0, 1, 2 * 128).total());
     EXPECT_EQ(r.bytes.pp_messages, 0);
-    EXPECT_EQ(r.bytes.gradient_shard, 0);  // one rank: the gradient arena is the shard
+    EXPECT_EQ(r.bytes.grad_staging, 0);  // one rank: nothing is reduced
     EXPECT_EQ(r.bytes.fp8_weight_cache > 0, std::string(recipe) == "fp8");
     // BF16 Linears keep a bf16 copy: every one under bf16; under fp8 the gate and eh_proj
     EXPECT_EQ(r.bytes.bf16_weight_cache > 0, std::string(recipe) != "fp32");

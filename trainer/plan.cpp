@@ -252,16 +252,14 @@ void rank_parameters(const Config& cfg, const Plan& p, const std::vector<StageCe
       4 * ((dense_sharded ? dense_owned : 0) + (expert_sharded ? expert_owned : 0));
   const int64_t moment = cfg.optimizer.moment_dtype == FloatFormat::BF16 ? 2 : 4;
   rp.bytes.optimizer_moments = 2 * moment * rp.owned;
-  // Zero1: the reduced gradients of the owned elements when the group has more than one rank,
-  // plus the bf16 send and receive staging of the buckets in flight under grad_reduce_dtype bf16
-  const bool bf16 = cfg.optimizer.grad_reduce_dtype == FloatFormat::BF16;
-  for (const auto& [owned, group] :
-       {std::pair<int64_t, int64_t>{dense_owned, dp}, std::pair{expert_owned, edp}}) {
-    if (group == 1) continue;
-    const int64_t bucket = cfg.optimizer.grad_bucket_elements;
-    const int64_t staging = 2 * Zero1Options{}.staging * (bucket + bucket / group);
-    rp.bytes.gradient_shard += 4 * owned + (bf16 ? staging : 0);
-  }
+  // Zero1 reduces in place (the owned sums land in the gradient arena); a group of more than one
+  // rank under grad_reduce_dtype bf16 stages the buckets in flight, a send and a receive each
+  if (cfg.optimizer.grad_reduce_dtype == FloatFormat::BF16)
+    for (const int64_t group : {dp, edp}) {
+      if (group == 1) continue;
+      const int64_t bucket = cfg.optimizer.grad_bucket_elements;
+      rp.bytes.grad_staging += 2 * Zero1Options{}.staging * (bucket + bucket / group);
+    }
 }
 
 // The EP exchanges rank r has in flight at once, at most: one per running program whose chunk

@@ -24,7 +24,7 @@ namespace moetron {
 struct MemoryTerms {
   int64_t weights = 0;            // fp32 weights held whole (all but those sharded as masters)
   int64_t gradients = 0;          // fp32 gradients of the same (ZeRO-1's gradient arena)
-  int64_t gradient_shard = 0;     // ZeRO-1: the reduced gradients of the owned elements
+  int64_t grad_staging = 0;       // ZeRO-1, grad_reduce_dtype bf16: the buckets' bf16 staging
   int64_t master_shard = 0;       // ZeRO-1, shard_master_weights: owned fp32 master weights
   int64_t optimizer_moments = 0;  // AdamW m and v of the owned elements (optimizer.moment_dtype)
   int64_t fp8_weight_cache = 0;   // E4M3 copies of the FP8 Linears' weights + 128x128 scales
@@ -46,7 +46,7 @@ struct MemoryTermInfo {
 inline constexpr std::array<MemoryTermInfo, 12> kMemoryTerms{{
     {"weights", "weights", &MemoryTerms::weights},
     {"gradients", "grads", &MemoryTerms::gradients},
-    {"gradient_shard", "grad-shard", &MemoryTerms::gradient_shard},
+    {"grad_staging", "grad-stage", &MemoryTerms::grad_staging},
     {"master_shard", "masters", &MemoryTerms::master_shard},
     {"optimizer_moments", "moments", &MemoryTerms::optimizer_moments},
     {"fp8_weight_cache", "fp8-cache", &MemoryTerms::fp8_weight_cache},
