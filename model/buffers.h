@@ -53,6 +53,12 @@ struct Fp8Act {
     kernels::quantize(ex, x, N, C, kernels::kTile1x128, pow2, sized(q, N * C),
                       sized(s, N * tiles()));
   }
+  // rows x[idx[r]] of x [*, C] (idx[r] < 0: zeros) -> this: quantize of the gathered rows
+  void quantize_gathered(const Exec& ex, const float* x, const int64_t* idx, int64_t N, int64_t C,
+                         bool pow2_) {
+    rows = N, cols = C, pow2 = pow2_;
+    kernels::quantize_gathered(ex, x, idx, N, C, pow2, sized(q, N * C), sized(s, N * tiles()));
+  }
   // x [rows, cols] = dequantised this
   void dequantize(const Exec& ex, float* x) const {
     kernels::dequantize(ex, q.data(), s.data(), rows, cols, kernels::kTile1x128, x);

@@ -180,6 +180,20 @@ struct LinearBase {
     return s.write(N, in, sc->x);
   }
   void keep(SavedAct<T>& s) const { s.keep(ex, sc->x); }
+  // X [N, in] = rows src[idx[r]] (idx[r] < 0: zeros), kept: input() + gather_rows + keep(), or
+  // under FP8 the gathered rows quantised straight into the kept tiles (the same codes and
+  // scales, without the fp32 gathered copy in the scratch)
+  void keep_gathered(SavedAct<T>& s, const T* src, const int64_t* idx, int64_t N) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fp8()) {
+        s.set_form(true, store_bf16, lp.pow2_x);
+        s.rows = N, s.cols = in;
+        return s.x8.quantize_gathered(ex, src, idx, N, in, lp.pow2_x);
+      }
+    }
+    kernels::gather_rows<T>(ex, src, idx, N, in, input(s, N));
+    keep(s);
+  }
   // X as the GEMMs see it: a Linear computes from what it keeps (FP8 tiles are read by the FP8
   // GEMMs themselves; bf16 is widened), so forward, recompute and weight gradient agree.
   const T* kept(const SavedAct<T>& s) const { return s.read(ex, sc->wide); }

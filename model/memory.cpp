@@ -179,7 +179,8 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
     const int64_t Fs = c.n_shared_experts * c.moe_intermediate_size;
     w.mlp(Fs, fp8(Component::SharedExpert), wide);
     if (fp8(Component::SharedExpert)) w.quantised(1, Fs);
-    w.kept(static_cast<double>(K), D, fp8(Component::RoutedExpert), wide);
+    // (under fp8 the experts quantise the received rows as they gather them: no staging)
+    if (!fp8(Component::RoutedExpert)) w.kept(static_cast<double>(K), D, false, wide);
     if (fp8(Component::RoutedExpert)) w.quantised(static_cast<double>(K), c.moe_intermediate_size);
   }
   const double n = static_cast<double>(N), t = static_cast<double>(T);

@@ -126,9 +126,7 @@ void MoE<T>::dispatch_wait(State& st) const {
                           sizeof(int64_t) * (E_local_ + 1));
   }
   const int64_t A = st.A = st.group_off[E_local_];
-  T* xp = gu_.input(st.xperm, A);
-  kernels::gather_rows<T>(ex_, st.ds.rx.data(), st.row_token.data(), A, D_, xp);
-  gu_.keep(st.xperm);
+  gu_.keep_gathered(st.xperm, st.ds.rx.data(), st.row_token.data(), A);
   kernels::gather_rows<T>(ex_, st.ds.rw.data(), st.row_slot.data(), A, 1, sized(st.wperm, A));
   st.ds.rx.swap(scratch_->one->rows);
 }

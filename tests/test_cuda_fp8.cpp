@@ -171,6 +171,33 @@ TEST(CudaFp8, QuantizeSpecialValuesMatchTheCpuBitwise) {
     }
 }
 
+// The routed experts' inputs quantised as they are gathered (-1: a pad row of zeros), specials
+// included: the CPU's codes and scales.
+TEST(CudaFp8, QuantizeGatheredMatchesTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  const int64_t R = 300, C = 200, A = 517;
+  for (const bool pow2 : {false, true}) {
+    auto x = varied(R, C, pow2 ? 7 : 8);
+    add_specials(x, C);
+    std::mt19937 g(5);
+    std::vector<int64_t> idx(A);
+    for (auto& i : idx) i = g() % 6 == 0 ? -1 : static_cast<int64_t>(g() % R);
+    const int64_t ns = A * cdiv(C, 128);
+    std::vector<uint8_t> want_q(A * C);
+    std::vector<float> want_s(ns);
+    cpu::quantize_gathered(x.data(), idx.data(), A, C, pow2, want_q.data(), want_s.data());
+    Buffer<float> dx = dev(x);
+    Buffer<int64_t> didx = dev(idx);
+    Buffer<uint8_t> q = dev_garbage<uint8_t>(A * C);
+    Buffer<float> s = dev_garbage<float>(ns);
+    kernels::quantize_gathered(gpu_exec(), dx.data(), didx.data(), A, C, pow2, q.data(), s.data());
+    expect_equal(host(q, A * C), want_q,
+                 std::string("quantize_gathered codes") + (pow2 ? " pow2" : ""));
+    expect_equal(host(s, ns), want_s,
+                 std::string("quantize_gathered scales") + (pow2 ? " pow2" : ""));
+  }
+}
+
 TEST(CudaFp8, DequantizeAllCodesMatchesTheCpuBitwise) {
   MOETRON_REQUIRE_GPU();
   const int64_t R = 130, C = 260;

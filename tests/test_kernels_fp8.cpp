@@ -223,6 +223,38 @@ TEST(Fp8Vec, QuantizerBitIdenticalOnOddShapesTilesAndSpecials) {
         }
 }
 
+// Gathered rows quantised directly (the routed experts' inputs from the received rows) are the
+// codes and scales of gather_rows then quantize 1x128, bit for bit: rows taken out of order, some
+// twice, some never, zero rows for -1 (the experts' pad rows), specials included, odd widths.
+TEST(Fp8Vec, QuantizeGatheredIsGatherThenQuantize) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (auto [R, C, A] : {std::tuple<int64_t, int64_t, int64_t>{37, 300, 50},
+                         {129, 257, 129},
+                         {5, 1030, 12},
+                         {1, 1, 3},
+                         {4, 7, 0}})
+    for (bool pow2 : {false, true}) {
+      std::vector<float> x = randn(R * C, 3 + static_cast<uint32_t>(R * C));
+      for (size_t i = 0; i < x.size(); ++i) x[i] *= std::exp(3.f * std::sin(float(i)));
+      std::mt19937 g(11);
+      const float sp[] = {std::nanf(""), inf, -inf, -0.f, 1e-40f, 3e38f};
+      for (int k = 0; k < 10 && !x.empty(); ++k) x[g() % x.size()] = sp[g() % 6];
+      std::vector<int64_t> idx(static_cast<size_t>(A));
+      for (auto& i : idx) i = g() % 5 == 0 ? -1 : static_cast<int64_t>(g() % R);
+      std::vector<float> rows(static_cast<size_t>(A * C));
+      gather_rows<float>(x.data(), idx.data(), A, C, rows.data());
+      const Quant want = quant(rows, A, C, kTile1x128, pow2, true);
+      Quant got;
+      got.q.assign(static_cast<size_t>(A * C), 0xAB);
+      got.s.assign(static_cast<size_t>(A * ((C + 127) / 128)), -1.f);
+      quantize_gathered(x.data(), idx.data(), A, C, pow2, got.q.data(), got.s.data());
+      const std::string what = std::to_string(A) + " of " + std::to_string(R) + "x" +
+                               std::to_string(C) + (pow2 ? " pow2" : "");
+      EXPECT_EQ(got.q, want.q) << what;
+      EXPECT_TRUE(same_bits(got.s, want.s)) << what;
+    }
+}
+
 TEST(Fp8Vec, EncoderMatchesScalarOnAFloatSweep) {
   // A tile whose amax is exactly 448 has scale 448/448 = 1, so its codes are e4m3(x) of the raw
   // values: this runs the vector encoder over every 97th float bit pattern up to 448 (both

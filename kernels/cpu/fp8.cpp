@@ -243,18 +243,23 @@ inline void encode_tile(const float* x, float s, float inv, bool pow2, int64_t w
   for (; j < w; ++j) q[j] = f32_to_e4m3(pow2 ? x[j] * inv : x[j] / s);
 }
 
-// Tiles of one row each (1 x tc): per tile, amax then encode.
-void quantize_rows(const float* x, int64_t R, int64_t C, int64_t tc, bool pow2, uint8_t* q,
-                   float* scales) {
+// Tiles of one row each (1 x tc): per tile, amax then encode. Row r is x's row idx[r] (idx null:
+// r; idx[r] < 0: a row of zeros, as gather_rows writes it).
+void quantize_rows(const float* x, const int64_t* idx, int64_t R, int64_t C, int64_t tc, bool pow2,
+                   uint8_t* q, float* scales) {
   const int64_t TC = cdiv(C, tc);
+  const std::vector<float> zeros(idx ? static_cast<size_t>(C) : 0, 0.f);
 #pragma omp parallel for schedule(static) if (R * C >= (1 << 15))
-  for (int64_t r = 0; r < R; ++r)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t from = idx ? idx[r] : r;
+    const float* row = from < 0 ? zeros.data() : x + from * C;
     for (int64_t tb = 0; tb < TC; ++tb) {
       const int64_t c0 = tb * tc, w = std::min(C, c0 + tc) - c0;
-      const float s = tile_scale(abs_max(x + r * C + c0, w), pow2);
+      const float s = tile_scale(abs_max(row + c0, w), pow2);
       scales[r * TC + tb] = s;
-      encode_tile(x + r * C + c0, s, 1.0f / s, pow2, w, q + r * C + c0);
+      encode_tile(row + c0, s, 1.0f / s, pow2, w, q + r * C + c0);
     }
+  }
 }
 
 // Tiles [r0,r1) x [c0,c1) of x [R,C] (t.rows rows each): c0 and c1 on tile boundaries or C.
@@ -320,10 +325,16 @@ void dequantize(const uint8_t* q, const float* s, int64_t R, int64_t C, Tile t, 
   }
 }
 
+void quantize_gathered(const float* x, const int64_t* idx, int64_t R, int64_t C, bool pow2,
+                       uint8_t* q, float* scales) {
+  if (R < 0 || C < 0) throw std::invalid_argument("quantize_gathered: negative size");
+  quantize_rows(x, idx, R, C, kTile1x128.cols, pow2, q, scales);
+}
+
 void quantize(const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q, float* scales) {
   if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1)
     throw std::invalid_argument("quantize: bad sizes");
-  if (t.rows == 1) return quantize_rows(x, R, C, t.cols, pow2, q, scales);
+  if (t.rows == 1) return quantize_rows(x, nullptr, R, C, t.cols, pow2, q, scales);
   const int64_t TR = cdiv(R, t.rows);
   const int64_t cw = t.cols * std::max<int64_t>(1, 1024 / t.cols);  // columns per work item
   const int64_t NC = cdiv(C, cw);

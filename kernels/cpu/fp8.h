@@ -60,6 +60,9 @@ namespace moetron::kernels::cpu {
 // AVX-512 loops (bit-identical to the scalar reference of the tests, NaN/inf inputs included).
 // Any tile shape works. Throws std::invalid_argument on negative sizes or empty tiles.
 void quantize(const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q, float* scales);
+// quantize(gather_rows(x, idx), R, C, kTile1x128, ...) without the gathered copy (kernels/ops.h).
+void quantize_gathered(const float* x, const int64_t* idx, int64_t R, int64_t C, bool pow2,
+                       uint8_t* q, float* scales);
 // x [R,C] = decoded q * its tile's scale (vectorised for tiles 1x128, 128x128 and 128x1; scalar
 // for other tiles).
 void dequantize(const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t, float* x);

@@ -24,6 +24,10 @@ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // x [R,C] -> q [R,C], scales [ceil(R/t.rows), ceil(C/t.cols)] (cpu::quantize)
 void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales);
+// rows x[idx[r]] (idx[r] < 0: zeros) of x [*,C] -> q [R,C], scales [R, ceil(C/128)]
+// (cpu::quantize_gathered)
+void quantize_gathered(cudaStream_t st, const float* x, const int64_t* idx, int64_t R, int64_t C,
+                       bool pow2, uint8_t* q, float* scales);
 // x [R,C] -> qT [C,R], sT [C, ceil(R/128)] (cpu::quantize_128x1_t)
 void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, bool pow2, uint8_t* qT,
                       float* sT);

@@ -85,8 +85,10 @@ __device__ float block_max(float v) {
 // ---- quantize -----------------------------------------------------------------------------------
 
 // Tiles 1 x tc of x [R,C]: one warp per tile t = r * TC + tile column (also its scale's index).
-__global__ void quantize_row_tiles_kernel(const float* x, int64_t R, int64_t C, int64_t tc,
-                                          int64_t TC, bool pow2, uint8_t* q, float* scales) {
+// Row r is x's row idx[r] (idx null: r; idx[r] < 0: zeros, as gather_rows writes them).
+__global__ void quantize_row_tiles_kernel(const float* x, const int64_t* idx, int64_t R, int64_t C,
+                                          int64_t tc, int64_t TC, bool pow2, uint8_t* q,
+                                          float* scales) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int64_t ntiles = R * TC;
@@ -94,14 +96,15 @@ __global__ void quantize_row_tiles_kernel(const float* x, int64_t R, int64_t C, 
        t += warps) {  // uniform within a warp
     const int64_t r = t / TC, c0 = (t % TC) * tc;
     const int64_t w = std::min(tc, C - c0);
-    const float* xt = x + r * C + c0;
+    const int64_t from = idx ? idx[r] : r;
+    const float* xt = from < 0 ? nullptr : x + from * C + c0;
     float m = 0.f;
-    for (int64_t j = lane; j < w; j += 32) m = fmaxf(m, fabsf(xt[j]));  // fmaxf skips NaN
+    for (int64_t j = lane; j < w; j += 32) m = fmaxf(m, fabsf(xt ? xt[j] : 0.f));  // skips NaN
     m = warp_max(m);
     const float s = tile_scale(m, pow2), inv = 1.0f / s;
     if (lane == 0) scales[t] = s;
     uint8_t* qt = q + r * C + c0;
-    for (int64_t j = lane; j < w; j += 32) qt[j] = encode(xt[j], s, inv, pow2);
+    for (int64_t j = lane; j < w; j += 32) qt[j] = encode(xt ? xt[j] : 0.f, s, inv, pow2);
   }
 }
 
@@ -233,13 +236,23 @@ void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, boo
   if (R == 0 || C == 0) return;
   const int64_t TR = cdiv(R, t.rows), TC = cdiv(C, t.cols);
   if (t.rows == 1) {
-    quantize_row_tiles_kernel<<<blocks_for(TR * TC * 32), kThreads, 0, st>>>(x, R, C, t.cols, TC,
-                                                                             pow2, q, scales);
+    quantize_row_tiles_kernel<<<blocks_for(TR * TC * 32), kThreads, 0, st>>>(
+        x, nullptr, R, C, t.cols, TC, pow2, q, scales);
   } else {
     quantize_block_tiles_kernel<<<blocks_for(TR * TC, 1), kThreads, 0, st>>>(
         x, R, C, t.rows, t.cols, TR, TC, pow2, q, scales);
   }
   MOETRON_CUDA_LAUNCHED("quantize");
+}
+
+void quantize_gathered(cudaStream_t st, const float* x, const int64_t* idx, int64_t R, int64_t C,
+                       bool pow2, uint8_t* q, float* scales) {
+  check_sizes(R, C, "quantize_gathered");
+  if (R == 0 || C == 0) return;
+  const int64_t TC = cdiv(C, kTile1x128.cols);
+  quantize_row_tiles_kernel<<<blocks_for(R * TC * 32), kThreads, 0, st>>>(
+      x, idx, R, C, kTile1x128.cols, TC, pow2, q, scales);
+  MOETRON_CUDA_LAUNCHED("quantize_gathered");
 }
 
 void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, bool pow2, uint8_t* qT,
@@ -274,6 +287,11 @@ void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, in
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
   fp8::quantize(stream_of(ex), x, R, C, t, pow2, q, scales);
+}
+
+void quantize_gathered(const Exec& ex, const float* x, const int64_t* idx, int64_t R, int64_t C,
+                       bool pow2, uint8_t* q, float* scales) {
+  fp8::quantize_gathered(stream_of(ex), x, idx, R, C, pow2, q, scales);
 }
 
 // one quantize_128x1_t per group with rows (kernels/ops.h for the layout)
