@@ -431,6 +431,15 @@ void round_bf16_inplace(const Exec& ex, float* x, int64_t n) {
   MOETRON_DISPATCH(round_bf16_inplace, x, n);
 }
 
+void narrow_to_e5m6(const Exec& ex, const float* x, int64_t n, uint8_t* y) {
+  const op_profile::Scope timed(ex, "narrow_to_e5m6");
+  MOETRON_DISPATCH(narrow_to_e5m6, x, n, y);
+}
+void widen_from_e5m6(const Exec& ex, const uint8_t* x, int64_t n, float* y) {
+  const op_profile::Scope timed(ex, "widen_from_e5m6");
+  MOETRON_DISPATCH(widen_from_e5m6, x, n, y);
+}
+
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
   const op_profile::Scope timed(ex, "quantize");

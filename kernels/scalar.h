@@ -147,6 +147,46 @@ MOE_HD uint8_t f32_to_e4m3(float x) {
 MOE_HD uint8_t f32_to_e5m2(float x) {
   return f32_to_fp8(x, 2, 15, 0x7b, 57344.0f, 1.52587890625e-05f, 0x7f);
 }
+
+// ---- E5M6: the 12-bit float DeepSeek-V3 keeps the attention output in for the backward (report
+// §3.3.3): sign, 5 exponent bits (bias 15, as E5M2 and fp16), 6 mantissa bits; exponent 31 holds
+// inf (mantissa 0) and NaN; the largest finite value 65024, subnormals m 2^-20. Encoding rounds
+// to nearest even and saturates like the FP8 casts; NaN stays NaN. Codes are kept two to three
+// bytes (e5m6_pack2): 1.5 bytes an element against bf16's 2. ----------------------------------
+MOE_HD float e5m6_to_f32(uint16_t c) {
+  const uint32_t s = (c & 0x800u) << 20, e = (c >> 6) & 31u, m = c & 63u;
+  if (e == 31) return bits_f32(s | (m ? 0x7fc00000u : 0x7f800000u));
+  if (e == 0) return bits_f32(s | f32_bits(static_cast<float>(m) * 9.5367431640625e-07f));  // 2^-20
+  return bits_f32(s | ((e + 112u) << 23) | (m << 17));
+}
+MOE_HD uint16_t f32_to_e5m6(float x) {
+  uint32_t u = f32_bits(x);
+  const uint16_t sign = static_cast<uint16_t>((u >> 20) & 0x800u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return sign | 0x7e0u;  // NaN
+  const float a = bits_f32(u);
+  if (a >= 65024.0f) return sign | 0x7bfu;  // saturate (inf included)
+  if (a < 6.103515625e-05f) {               // below 2^-14: subnormal, a / 2^-20 to nearest even
+    const float q =
+        std::nearbyint(a * 1048576.0f);  // (exact scaling; q == 64: the smallest normal)
+    return sign | static_cast<uint16_t>(q);
+  }
+  const uint32_t r = u + 0xffffu + ((u >> 17) & 1u);  // round the 17 dropped bits to nearest even
+  const uint32_t code = (((r >> 23) - 112u) << 6) | ((r >> 17) & 63u);
+  return sign | static_cast<uint16_t>(code > 0x7bfu ? 0x7bfu : code);
+}
+// Two 12-bit codes in three bytes: c0's low byte; c0's high nibble | c1's low nibble << 4; c1's
+// high byte.
+MOE_HD void e5m6_pack2(uint16_t c0, uint16_t c1, uint8_t* b) {
+  b[0] = static_cast<uint8_t>(c0 & 0xffu);
+  b[1] = static_cast<uint8_t>(((c0 >> 8) & 0xfu) | ((c1 & 0xfu) << 4));
+  b[2] = static_cast<uint8_t>((c1 >> 4) & 0xffu);
+}
+MOE_HD uint16_t e5m6_unpack(const uint8_t* b, int which) {  // which: 0 or 1 of the pair at b
+  return which == 0 ? static_cast<uint16_t>(b[0] | ((b[1] & 0xfu) << 8))
+                    : static_cast<uint16_t>((b[1] >> 4) | (b[2] << 4));
+}
+
 // Power-of-two ("UE8M0") scale: the smallest 2^k >= v (v > 0), from the exponent bits.
 MOE_HD float pow2_ceil(float v) {
   uint32_t u = f32_bits(v);

@@ -22,6 +22,8 @@ struct ScalarResults {
   uint32_t f32_bits = 0, bits_f32 = 0, bf16_to_f32 = 0, round_bf16 = 0;
   uint32_t e4m3_to_f32 = 0, e5m2_to_f32 = 0, pow2_ceil = 0;
   uint16_t f32_to_bf16 = 0, e4m3_to_bf16 = 0;
+  uint32_t e5m6_to_f32 = 0;
+  uint16_t f32_to_e5m6 = 0, e5m6_unpack[2] = {};  // (the latter: e5m6_pack2 of two codes)
   uint8_t f32_to_fp8 = 0, f32_to_e4m3 = 0, f32_to_e5m2 = 0;
   // math on exp (libm's or fast_exp's polynomial): within a few ulp
   float sigmoid_f = 0, silu_f = 0, silu_grad_f = 0, fast_exp_f = 0, fast_sigmoid_f = 0,
@@ -64,6 +66,11 @@ MOE_HD void scalar_results(float x, uint8_t code, ScalarResults& r) {
   r.f32_to_e5m2 = f32_to_e5m2(x);
   r.pow2_ceil = f32_bits(pow2_ceil(x));
   r.e4m3_to_bf16 = e4m3_to_bf16(code);
+  r.f32_to_e5m6 = f32_to_e5m6(x);
+  r.e5m6_to_f32 = f32_bits(e5m6_to_f32(static_cast<uint16_t>((code << 4 | code >> 4) & 0xfffu)));
+  uint8_t packed[3];
+  e5m6_pack2(r.f32_to_e5m6, static_cast<uint16_t>(code << 3), packed);
+  r.e5m6_unpack[0] = e5m6_unpack(packed, 0), r.e5m6_unpack[1] = e5m6_unpack(packed, 1);
   const double xd = static_cast<double>(x);
   r.sigmoid_f = sigmoid<float>(x), r.sigmoid_d = sigmoid<double>(xd);
   r.silu_f = silu<float>(x), r.silu_d = silu<double>(xd);

@@ -25,7 +25,7 @@ void MLA<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelConf
   ex_ = ex;
   scratch_ = scratch ? std::move(scratch) : std::make_shared<Scratch>(ex.device);
   recompute_norms_ = pol.recompute_norms, recompute_up_ = pol.recompute_mla_up;
-  store_bf16_ = pol.store_bf16;
+  store_bf16_ = pol.store_bf16, attn_out_e5m6_ = pol.attn_out_e5m6;
   core_prec_ = pol.gemm(Component::AttentionCore);
   D_ = c.hidden_size, H_ = c.num_attention_heads, dn_ = c.qk_nope_head_dim;
   dr_ = c.qk_rope_head_dim, dv_ = c.v_head_dim, dq_ = dn_ + dr_;
@@ -133,6 +133,7 @@ void MLA<T>::forward(State& st, const T* h, int64_t B, int64_t S, const int32_t*
   st.B = B, st.S = S;
   for (SavedAct<T>* a : {&st.cq_raw, &st.kva, &st.ckv_raw, &st.q, &st.k, &st.v, &st.o})
     a->set_form(false, store_bf16_);
+  if (attn_out_e5m6_) st.o.set_e5m6();
   // the norm outputs go to the state, or (recomputed later) to scratch
   SavedAct<T>& xn_s = recompute_norms_ ? sc.xn : st.xn;
   T* xn = kv_a_.input(xn_s, N);  // q_a / q share the input (and its precision)
@@ -249,7 +250,7 @@ template <class T>
 void MLA<T>::backward_weight(State& st, const T* h) const {
   Scratch& sc = *scratch_;
   const int64_t N = st.B * st.S;
-  o_.backward_weight(st.dout, st.o.read(ex_, sc.o), N);  // o: T or bf16, never FP8 (attention.h)
+  o_.backward_weight(st.dout, st.o.read(ex_, sc.o), N);  // o: T, bf16 or E5M6, never FP8
   kv_norm_.backward_weight(st.dw_kv_norm);
   if (ql_ > 0) q_norm_.backward_weight(st.dw_q_norm);
   kv_b_.backward_weight(st.dkv, ckv_of(st));

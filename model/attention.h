@@ -12,9 +12,10 @@
 // what the backward needs in a State owned by the caller (one per micro-batch in flight).
 // The Linears own their precision (linear.h): the inputs of q_a/kv_a (xn), q_b (c_q) and kv_b
 // (c_kv) are kept as SavedActs, FP8 1x128 tiles under the fp8 recipe; o, the input of o_proj,
-// is never FP8 because the attention backward reads it too (SPEC §3.5: V3 keeps it in a 12-bit
-// format; fp32 or bf16 here). Under `activations.storage: bf16` every kept tensor that is not FP8
-// (norm inputs and outputs, q, k, v, o) is bf16. The layer is op calls and pointer arithmetic only.
+// is never FP8 because the attention backward reads it too (SPEC §3.5: V3 keeps it in its 12-bit
+// E5M6, here under `activations.attention_output: e5m6`; else fp32 or bf16). Under
+// `activations.storage: bf16` every kept tensor that is not FP8 (norm inputs and outputs, q, k,
+// v, o unless E5M6) is bf16. The layer is op calls and pointer arithmetic only.
 #pragma once
 
 #include <memory>
@@ -106,7 +107,7 @@ class MLA {
     Buffer<T> kva;              // kv_a output [N, kl + dr], unless kept as T
     Buffer<T> d_o, dk, dv;      // attention backward [N,H,dv], [N,H,dq], [N,H,dv]
     Buffer<T> dckv_raw, dhn;    // [N, kl], [N, D]
-    Buffer<T> q, k, v, o;       // per-head q, k, v (recomputed or bf16-kept), o (bf16)
+    Buffer<T> q, k, v, o;       // per-head q, k, v (recomputed or bf16-kept), o (bf16 or E5M6)
     Buffer<T> cq_raw, ckv_raw;  // bf16-kept latents widened [N, ql], [N, kl]
     Buffer<T> rstd;             // a recomputed norm's rstd [N]
     // FP8 projections: their output gradients before they are kept as Wgrad tiles (dout, dq,
@@ -154,8 +155,9 @@ class MLA {
   Buffer<double> freqs_;  // [dr/2] RoPE frequencies
   RMSNorm<T> attn_norm_, q_norm_, kv_norm_;
   Linear<T> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
-  bool recompute_norms_ = false, recompute_up_ = false;              // PrecisionPolicy::recompute_*
-  bool store_bf16_ = false;                                          // PrecisionPolicy::store_bf16
+  bool recompute_norms_ = false, recompute_up_ = false;  // PrecisionPolicy::recompute_*
+  bool store_bf16_ = false;                              // PrecisionPolicy::store_bf16
+  bool attn_out_e5m6_ = false;  // PrecisionPolicy::attn_out_e5m6: o kept in E5M6
   kernels::GemmPrecision core_prec_ = kernels::GemmPrecision::FP32;  // attention_core's recipe
   std::shared_ptr<Scratch> scratch_;  // one call's scratch, shared with the model's MLA layers
   // The norm outputs and the per-head q, k, v: the state's, or (recompute) made again from what

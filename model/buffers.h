@@ -65,8 +65,12 @@ struct Fp8Act {
   }
 };
 
-// How a SavedAct keeps X: as T, as bf16 (activation storage policy, T = float), or as FP8 tiles.
-enum class KeepAs { T, BF16, FP8 };
+// How a SavedAct keeps X: as T, as bf16 (activation storage policy, T = float), as FP8 tiles, or
+// (the attention output under activations.attention_output: e5m6, T = float) as E5M6.
+enum class KeepAs { T, BF16, FP8, E5M6 };
+
+// The bytes of n E5M6 values, two codes to three bytes (kernels/scalar.h)
+inline int64_t e5m6_bytes(int64_t n) { return 3 * ((n + 1) / 2); }
 
 template <class T>
 struct SavedAct {
@@ -76,11 +80,16 @@ struct SavedAct {
   Buffer<T> x;              // form == T: [rows, cols]
   Buffer<uint16_t> x16;     // form == BF16: bf16 bit patterns [rows, cols]
   Fp8Act x8;                // form == FP8
+  Buffer<uint8_t> x12;      // form == E5M6: packed codes [e5m6_bytes(rows * cols)]
 
   bool fp8() const { return form == KeepAs::FP8; }
   void set_form(bool fp8_, bool bf16, bool pow2_ = false) {
     form = fp8_ ? KeepAs::FP8 : (bf16 && std::is_same_v<T, float>) ? KeepAs::BF16 : KeepAs::T;
     pow2 = pow2_;
+  }
+  // E5M6 instead (T = float; a double model keeps T)
+  void set_e5m6() {
+    if constexpr (std::is_same_v<T, float>) form = KeepAs::E5M6;
   }
 
   // Where the forward writes X: the kept buffer (T), or the caller's scratch that keep() then
@@ -89,12 +98,15 @@ struct SavedAct {
     rows = N, cols = C;
     return sized(form == KeepAs::T ? x : scratch, N * C);
   }
-  // BF16/FP8: convert what was written into scratch (a no-op for T).
+  // BF16/FP8/E5M6: convert what was written into scratch (a no-op for T).
   void keep(const Exec& ex, const Buffer<T>& scratch) {
     if constexpr (std::is_same_v<T, float>) {
       if (form == KeepAs::FP8) x8.quantize(ex, scratch.data(), rows, cols, pow2);
       if (form == KeepAs::BF16)
         kernels::narrow_to_bf16(ex, scratch.data(), rows * cols, sized(x16, rows * cols));
+      if (form == KeepAs::E5M6)
+        kernels::narrow_to_e5m6(ex, scratch.data(), rows * cols,
+                                sized(x12, e5m6_bytes(rows * cols)));
     }
   }
   // X as T values: the kept buffer, or (BF16, FP8) widened/dequantised into scratch.
@@ -108,6 +120,10 @@ struct SavedAct {
         kernels::widen_from_bf16(ex, x16.data(), rows * cols, sized(scratch, rows * cols));
         return scratch.data();
       }
+      if (form == KeepAs::E5M6) {
+        kernels::widen_from_e5m6(ex, x12.data(), rows * cols, sized(scratch, rows * cols));
+        return scratch.data();
+      }
     }
     return x.data();
   }
@@ -118,6 +134,8 @@ struct SavedAct {
         return x8.bytes();
       case KeepAs::BF16:
         return rows * cols * 2;
+      case KeepAs::E5M6:
+        return e5m6_bytes(rows * cols);
       case KeepAs::T:
         break;
     }

@@ -45,8 +45,10 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   b.forward += saved(D, attn8, Ts) + T;
   if (ql > 0) b.forward += static_cast<double>(ql * Ts + T) + saved(ql, attn8, Ts);
   b.forward += static_cast<double>((H * dq + kl) * Ts + T) + saved(kl, attn8, Ts);
-  if (pol.recompute_mla_up) b.forward += static_cast<double>((kl + dr) * Ts);  // kva
-  b.forward += static_cast<double>((H * dq + 2 * H * dv) * Ts + H * T);
+  if (pol.recompute_mla_up) b.forward += static_cast<double>((kl + dr) * Ts);     // kva
+  const double To = pol.attn_out_e5m6 && T == 4 ? 1.5 : static_cast<double>(Ts);  // o (E5M6)
+  b.forward +=
+      static_cast<double>((H * dq + H * dv) * Ts + H * T) + static_cast<double>(H * dv) * To;
   if (pol.recompute_norms)  // xn, cq, ckv made again in the backward
     b.forward -= saved(D, attn8, Ts) + (ql > 0 ? saved(ql, attn8, Ts) : 0) + saved(kl, attn8, Ts);
   if (pol.recompute_mla_up)  // q, k, v made again in the backward
@@ -111,7 +113,8 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
   int64_t e = H * (dn + dv) + H * dq + 2 * H * dv + kl + D;
   if (!pol.recompute_mla_up || wide) e += kl + dr;             // kva, unless kept as T
   if (pol.recompute_mla_up || wide) e += 2 * H * dq + H * dv;  // q, k, v
-  if (wide) e += H * dv + (ql > 0 ? ql : 0) + kl;              // o, cq_raw, ckv_raw widened
+  if (wide || (pol.attn_out_e5m6 && T == 4)) e += H * dv;      // o widened (or its staging)
+  if (wide) e += (ql > 0 ? ql : 0) + kl;                       // cq_raw, ckv_raw widened
   const bool attn8 = pol.recipe_of(Component::AttentionProj) == Recipe::FP8;
   if (attn8) e += D + H * dq + (ql > 0 ? ql : 0) + kl + dr;  // dout, dq, dcq_raw, dkva before tiles
   e += D + (ql > 0 ? ql : 0) + kl;                           // dxn, dcq, dckv

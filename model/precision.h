@@ -131,6 +131,11 @@ struct PrecisionPolicy {
   // computes in fp32 — about half the activation bytes. FP8-kept tensors stay FP8; the residual
   // stream, the per-token statistics (rstd, lse) and the routing state stay fp32.
   bool store_bf16 = false;
+  // `activations.attention_output: e5m6`: the attention output (o_proj's input, which the
+  // attention backward reads too) kept in E5M6, 1.5 bytes an element (kernels/scalar.h), as
+  // DeepSeek-V3 keeps it (report §3.3.3); the forward's o_proj reads the fp32 output as under
+  // bf16 storage, the backward the E5M6 values. (A float model; otherwise as storage says.)
+  bool attn_out_e5m6 = false;
   // `precision.expert_row_align`: each routed expert's rows are padded with zero rows to a
   // multiple of this (>= 1), so every expert's GEMMs start and end on it (model/moe.h). 16 lets
   // cuBLASLt run every routed expert's block-scaled FP8 GEMMs: Fprop and Dgrad need rows % 8,

@@ -95,8 +95,10 @@ one_error_line(run("estimate", "configs/tiny.yaml", "--hardware", f"{OUT}/missin
 one_error_line(run("estimate", "configs/tiny.yaml", "--hardware", "configs/hardware/cpu.yaml"),
                "hardware.peak_fp32_tflops is 0 (unknown in configs/hardware/cpu.yaml): moetron "
                "estimate needs it for fp32 GEMMs")
-r = run("estimate", V3, "--hardware", H800)
-one_error_line(r, f"{V3}: the layout does not fit in device memory: pipeline rank ")
+r = run("estimate", V3, "--hardware", H800)  # V3's layout fits (plan): estimated, exit 0
+assert r.returncode == 0 and "tokens/s/GPU" in r.stdout, r.stderr
+r = run("estimate", MEG, "--hardware", H100)  # the Megatron-style one does not
+one_error_line(r, f"{MEG}: the layout does not fit in device memory: pipeline rank ")
 assert "tokens/s/GPU" in r.stdout  # the estimate is printed, then refused like `plan` refuses it
 one_error_line(run("estimate", V3, "--hardware", H800, "--world", "1024"),
                f"{V3}: --world 1024 does not match the layout: parallel.pp x parallel.dp = 16 x 128 = 2048 ranks")

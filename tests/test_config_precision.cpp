@@ -187,6 +187,11 @@ TEST(ConfigActivations, RecomputeAndStorageReachThePolicy) {
   EXPECT_NE(e.find("off, on"), std::string::npos) << e;
   EXPECT_FALSE(off.policy().store_bf16);
   EXPECT_TRUE(test::base_config({"activations.storage=bf16"}).policy().store_bf16);
+  EXPECT_FALSE(off.policy().attn_out_e5m6);  // as the storage says
+  EXPECT_TRUE(test::base_config({"activations.attention_output=e5m6"}).policy().attn_out_e5m6);
+  const std::string a = test::error_of(test::kBaseYaml, {"activations.attention_output=bf16"});
+  EXPECT_NE(a.find("activations.attention_output"), std::string::npos) << a;
+  EXPECT_NE(a.find("storage, e5m6"), std::string::npos) << a;
   const std::string s = test::error_of(test::kBaseYaml, {"activations.storage=fp16"});
   EXPECT_NE(s.find("activations.storage"), std::string::npos) << s;
   EXPECT_NE(s.find("fp32, bf16"), std::string::npos) << s;

@@ -165,6 +165,26 @@ TEST(CudaElementwise, AddAndAxpyMatchTheCpuExactly) {
   check_add_axpy<double>();
 }
 
+TEST(CudaElementwise, E5m6NarrowAndWidenMatchTheCpuExactly) {
+  MOETRON_REQUIRE_GPU();
+  for (const int64_t n : {int64_t{4099}, int64_t{4100}}) {    // an odd length pads its last pair
+    std::vector<float> x = rand_vec<float>(n, 6, -7e4, 7e4);  // saturating beyond 65024
+    for (int64_t i = 0; i < n; i += 3) x[i] *= 1e-7f;         // subnormal E5M6 values
+    x[0] = std::numeric_limits<float>::quiet_NaN(), x[1] = -std::numeric_limits<float>::infinity();
+    const int64_t nb = 3 * ((n + 1) / 2);
+    Buffer<float> dx = dev(x), back(Device::CUDA);
+    Buffer<uint8_t> p(Device::CUDA);
+    kernels::narrow_to_e5m6(gpu_exec(), dx.data(), n, p.resize(nb));
+    kernels::widen_from_e5m6(gpu_exec(), p.data(), n, back.resize(n));
+    std::vector<uint8_t> want_p(nb);
+    std::vector<float> want(n);
+    cpu::narrow_to_e5m6(x.data(), n, want_p.data());
+    cpu::widen_from_e5m6(want_p.data(), n, want.data());
+    expect_equal(host(p, nb), want_p, "narrow_to_e5m6");
+    expect_equal(host(back, n), want, "widen_from_e5m6");
+  }
+}
+
 TEST(CudaElementwise, Bf16NarrowAndWidenMatchTheCpuExactly) {
   MOETRON_REQUIRE_GPU();
   std::vector<float> x = rand_vec<float>(4099, 4, -1e3, 1e3);

@@ -62,6 +62,10 @@ void expect_same(const ScalarResults& g, const ScalarResults& h, const std::stri
   EXPECT_EQ(g.f32_to_fp8, h.f32_to_fp8) << at;
   EXPECT_EQ(g.f32_to_e4m3, h.f32_to_e4m3) << at;
   EXPECT_EQ(g.f32_to_e5m2, h.f32_to_e5m2) << at;
+  EXPECT_EQ(g.f32_to_e5m6, h.f32_to_e5m6) << at;
+  EXPECT_EQ(g.e5m6_to_f32, h.e5m6_to_f32) << at;
+  EXPECT_EQ(g.e5m6_unpack[0], h.e5m6_unpack[0]) << at;
+  EXPECT_EQ(g.e5m6_unpack[1], h.e5m6_unpack[1]) << at;
 }
 
 // a row of 4 within rel of the row's largest magnitude (its entries come from one difference,

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cpu/ops_cpu.h"
+#include "kernels/scalar.h"
 #include "tests/test_kernels_util.h"
 
 namespace moetron::kernels::cpu::testing {
@@ -64,6 +65,33 @@ TEST(Embedding, NegativeIdThrows) {
 namespace moetron::kernels::cpu::testing {
 namespace {
 
+// narrow_to_e5m6 / widen_from_e5m6 (the attention output under activations.attention_output:
+// e5m6): the packed codes are each element's f32_to_e5m6 (kernels/scalar.h, tested against a
+// reference there) two to three bytes, an odd length's last pair padded with code 0; widening
+// gives each code's value; long vectors run threaded. The values are within half an E5M6 step
+// (2^-7 relative) of the input.
+TEST(E5m6Convert, PackedCodesAndExactWidening) {
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{100003}}) {
+    std::vector<float> x = cast<float>(rand_vec(n, 11));
+    for (int64_t i = 0; i < n; ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 31) - 15);
+    std::vector<uint8_t> p(static_cast<size_t>(3 * ((n + 1) / 2)), 0xEE);
+    std::vector<float> back(n);
+    narrow_to_e5m6(x.data(), n, p.data());
+    widen_from_e5m6(p.data(), n, back.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t c = e5m6_unpack(p.data() + 3 * (i / 2), static_cast<int>(i % 2));
+      ASSERT_EQ(c, f32_to_e5m6(x[i])) << "x[" << i << "] = " << x[i];
+      ASSERT_EQ(std::bit_cast<uint32_t>(back[i]), std::bit_cast<uint32_t>(e5m6_to_f32(c)));
+      if (std::fabs(x[i]) >= 6.103515625e-05f) {
+        ASSERT_LE(std::fabs(back[i] - x[i]), std::ldexp(std::fabs(x[i]), -7)) << i;
+      }
+    }
+    if (n % 2) {
+      EXPECT_EQ(e5m6_unpack(p.data() + 3 * (n / 2), 1), 0);
+    }
+  }
+}
+
 // narrow_to_bf16 / widen_from_bf16 (activation storage, bf16 gradient reduction): every value is
 // the nearest bf16 (ties to even mantissa), found here independently with frexp/ldexp in double;
 // widening is exact; long vectors run threaded.
@@ -71,9 +99,9 @@ TEST(Bf16Convert, NearestEvenAndExactWidening) {
   for (int64_t n : {int64_t{5}, int64_t{100003}}) {
     std::vector<float> x = cast<float>(rand_vec(n, 9));
     for (int64_t i = 0; i < n; ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 41) - 20);
-    x[0] = 1.0f + 1.0f / 256;      // a tie between 1 and 1 + 2^-7: to even (1)
-    x[1] = 1.0f + 3.0f / 256;      // a tie between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6)
-    x[2] = -(1.0f + 1.0f / 512);   // below the tie: down in magnitude
+    x[0] = 1.0f + 1.0f / 256;     // a tie between 1 and 1 + 2^-7: to even (1)
+    x[1] = 1.0f + 3.0f / 256;     // a tie between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6)
+    x[2] = -(1.0f + 1.0f / 512);  // below the tie: down in magnitude
     x[3] = 0.0f;
     std::vector<uint16_t> h(n);
     std::vector<float> back(n);

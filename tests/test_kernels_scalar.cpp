@@ -3,6 +3,7 @@
 // reference on random patterns) and the vectorisable fast_exp / fast_sigmoid; and that every
 // scalar.h function is in kernels/scalar_check.h, which the CUDA build compiles for the device and
 // tests/test_cuda_scalar.cpp runs there against the host.
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <limits>
@@ -69,6 +70,86 @@ TEST(Bf16, MatchesNearestNeighbourOnRandomPatterns) {
     const uint16_t want = static_cast<uint16_t>((down ? lo : lo + 0x10000u) >> 16);
     ASSERT_EQ(f32_to_bf16(x), want) << std::hex << u;
   }
+}
+
+// ---- E5M6 ------------------------------------------------------------------------------------
+
+// Every one of the 4096 codes: decodes to the value its fields say (computed in double), and every
+// value that is not NaN encodes back to its code (-0 included); NaN codes decode to NaN.
+TEST(E5m6, ExhaustiveCodesRoundTrip) {
+  for (uint32_t c = 0; c < 0x1000u; ++c) {
+    const float x = e5m6_to_f32(static_cast<uint16_t>(c));
+    const int e = static_cast<int>((c >> 6) & 31u), m = static_cast<int>(c & 63u);
+    const double sign = (c & 0x800u) ? -1.0 : 1.0;
+    if (e == 31) {
+      EXPECT_TRUE(m ? std::isnan(x) : std::isinf(x)) << std::hex << c;
+      continue;
+    }
+    const double want = sign * (e == 0 ? std::ldexp(m, -20) : std::ldexp(64 + m, e - 21));
+    ASSERT_EQ(static_cast<double>(x), want) << std::hex << c;
+    ASSERT_EQ(f32_to_e5m6(x), c) << std::hex << c;
+  }
+  EXPECT_EQ(e5m6_to_f32(0x7bf), 65024.0f);  // the largest finite value
+}
+
+// Independent reference on random fp32 patterns and the crafted edges: the nearer of the two
+// representable neighbours in double (ties to the even code), saturating at +-65024, NaN kept.
+TEST(E5m6, MatchesNearestNeighbourAndSaturates) {
+  std::vector<double> grid;  // every finite non-negative E5M6 value, ascending
+  for (uint32_t c = 0; c < 0x7c0u; ++c) grid.push_back(e5m6_to_f32(static_cast<uint16_t>(c)));
+  const auto reference = [&](float x) -> uint16_t {
+    const uint16_t sign = std::signbit(x) ? 0x800 : 0;
+    const double a = std::fabs(static_cast<double>(x));
+    if (a >= grid.back()) return sign | 0x7bf;
+    const size_t hi =
+        static_cast<size_t>(std::upper_bound(grid.begin(), grid.end(), a) - grid.begin());
+    const size_t lo = hi - 1;  // grid[lo] <= a < grid[hi]
+    const double dl = a - grid[lo], dh = grid[hi] - a;
+    const size_t pick = dl < dh || (dl == dh && lo % 2 == 0) ? lo : hi;
+    return sign | static_cast<uint16_t>(pick);
+  };
+  std::mt19937 rng(9);
+  std::vector<float> xs = {0.f,
+                           -0.f,
+                           1.f,
+                           65024.f,
+                           65023.f,
+                           65151.f,
+                           65152.f,
+                           65536.f,
+                           1e30f,
+                           -1e30f,
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           6.103515625e-05f,
+                           6.0e-05f,
+                           9.5367431640625e-07f,
+                           4.76837158203125e-07f,
+                           1.430511474609375e-06f,
+                           1e-40f,
+                           1.0078125f,
+                           1.0234375f};
+  for (int i = 0; i < 300000; ++i) {  // exponents spread over the format's range and beyond
+    const uint32_t u = (rng() & 0x807fffffu) | ((95u + rng() % 60u) << 23);
+    xs.push_back(bits_f32(u));
+  }
+  for (float x : xs) ASSERT_EQ(f32_to_e5m6(x), reference(x)) << x;
+  for (uint32_t nan : {0x7FC00000u, 0x7F800001u, 0xFFFFFFFFu}) {
+    const uint16_t c = f32_to_e5m6(bits_f32(nan));
+    EXPECT_TRUE(std::isnan(e5m6_to_f32(c))) << std::hex << nan;
+    EXPECT_EQ(c & 0x800, (nan >> 20) & 0x800);
+  }
+}
+
+// Two codes in three bytes: every code in either place comes back.
+TEST(E5m6, PackedPairsRoundTrip) {
+  for (uint32_t a = 0; a < 0x1000u; a += 7)
+    for (uint32_t b = 0; b < 0x1000u; b += 5) {
+      uint8_t p[3];
+      e5m6_pack2(static_cast<uint16_t>(a), static_cast<uint16_t>(b), p);
+      ASSERT_EQ(e5m6_unpack(p, 0), a);
+      ASSERT_EQ(e5m6_unpack(p, 1), b);
+    }
 }
 
 TEST(FastExp, AccurateOverTheUsefulRange) {

@@ -40,12 +40,14 @@ std::vector<int32_t> tokens(int64_t B, int64_t S, int64_t V) {
 
 int64_t live() { return allocator(Device::CPU).stats().live_bytes; }
 
-// "RECIPE[/bf16][+recompute]": the GEMM recipe, bf16 activation storage, recompute on.
+// "RECIPE[/bf16][+recompute][+e5m6]": the GEMM recipe, bf16 activation storage, recompute on,
+// the attention output kept in E5M6.
 PrecisionPolicy policy(const std::string& r) {
   PrecisionPolicy pol =
       PrecisionPolicy::from(*from_word<Recipe>(r.substr(0, r.find_first_of("/+"))));
   pol.recompute_norms = pol.recompute_mla_up = r.find("+recompute") != std::string::npos;
   pol.store_bf16 = r.find("/bf16") != std::string::npos;
+  pol.attn_out_e5m6 = r.find("+e5m6") != std::string::npos;
   return pol;
 }
 
@@ -81,8 +83,9 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   const ModelConfig c = tiny();
   const int64_t B = 4, S = 64, N = B * S, D = c.hidden_size;
   const auto tok = tokens(B, S, c.vocab_size);
-  for (const char* recipe : {"fp32", "fp8", "fp32+recompute", "fp8+recompute", "fp32/bf16",
-                             "bf16/bf16", "fp32/bf16+recompute", "fp8/bf16+recompute"}) {
+  for (const char* recipe :
+       {"fp32", "fp8", "fp32+recompute", "fp8+recompute", "fp32/bf16", "bf16/bf16",
+        "fp32/bf16+recompute", "fp8/bf16+recompute", "fp8+e5m6", "fp8/bf16+recompute+e5m6"}) {
     const PrecisionPolicy pol = policy(recipe);
     for (int64_t P : {1, 2}) {
       for (int64_t s = 0; s < P; ++s) {
@@ -302,6 +305,60 @@ TEST(ActivationMemory, RecomputedFfnNormGivesTheSameGradients) {
 
 namespace moetron {
 namespace {
+
+// activations.attention_output: e5m6 keeps o (H x dv a token and block) in 1.5 bytes instead of
+// fp32's 4 (or bf16's 2): the slot shrinks by that, in the allocator as in the analytic count.
+// The forward reads the fp32 output as before (the same loss); the backward reads the E5M6
+// values, one mantissa bit fewer than bf16, and the attention backward's D = rowsum(dO o O) then
+// cancels against dP (why V3 keeps this tensor in 12 bits, not FP8). The gradients' distance from
+// those of the fp32-kept output is measured against that of bf16 storage of every activation.
+TEST(ActivationMemory, E5m6AttentionOutputShrinksTheSlot) {
+  const ModelConfig c = tiny();
+  const int64_t B = 2, S = 64, N = B * S;
+  const auto tok = tokens(B, S, c.vocab_size);
+  const char* runs[3] = {"fp8", "fp8+e5m6", "fp8/bf16"};
+  std::vector<float> grads[3];
+  double loss[3] = {0, 0, 0};
+  int64_t bytes[3] = {0, 0, 0};
+  for (int e = 0; e < 3; ++e) {
+    const PrecisionPolicy pol = policy(runs[e]);
+    Model<float> m(c, pol);
+    m.init(3);
+    Model<float>::MicroBatch warm, mb;
+    m.forward(warm, tok.data(), B, S, 0.3);
+    m.backward_input(warm, 1.0, nullptr, false);
+    m.params().zero_grad();
+    const int64_t l0 = live();
+    loss[e] = m.forward(mb, tok.data(), B, S, 0.3).loss;
+    bytes[e] = live() - l0;
+    m.backward_input(mb, 1.0, nullptr, true);
+    m.backward_weight(mb);
+    for (const auto& p : m.params().all())
+      grads[e].insert(grads[e].end(), p->g(), p->g() + p->numel());
+    const SlotBytes want = slot_activation_bytes(c, pol, 0, 1, B, S);
+    EXPECT_NEAR(static_cast<double>(bytes[e]), static_cast<double>(want.forward),
+                0.05 * static_cast<double>(want.forward));
+  }
+  const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
+  const int64_t o = N * c.num_attention_heads * c.v_head_dim;
+  EXPECT_EQ(bytes[0] - bytes[1], blocks * (4 * o - e5m6_bytes(o)));
+  EXPECT_EQ(loss[0], loss[1]);
+  const auto distance = [&](int a) {  // |g_a - g_fp32| / |g_fp32|
+    double d = 0, n = 0;
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      d += std::pow(static_cast<double>(grads[a][i]) - grads[0][i], 2);
+      n += std::pow(static_cast<double>(grads[0][i]), 2);
+    }
+    return std::sqrt(d / n);
+  };
+  const double e5m6 = distance(1), bf16 = distance(2);
+  std::printf(
+      "E5M6 attention output: slot %.4f -> %.4f MiB; gradients from the fp32-kept run's: E5M6 o "
+      "%.3e, bf16 storage %.3e\n",
+      bytes[0] / 1048576.0, bytes[1] / 1048576.0, e5m6, bf16);
+  EXPECT_GT(e5m6, 0.0);         // the backward reads the E5M6 values
+  EXPECT_LT(e5m6, 1.5 * bf16);  // no worse than bf16 storage already is, within a margin
+}
 
 // DeepSeek-V3 (HF config.json) built on the Meta device: every parameter has its shape and name,
 // nothing is allocated, and the counts are the published ones (671B in the main model, 685B with

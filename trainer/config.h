@@ -165,6 +165,7 @@ struct ActivationsConfig {
   bool recompute_norms = false;             // off | on
   bool recompute_mla_up = false;            // off | on
   FloatFormat storage = FloatFormat::FP32;  // kept tensors that are not FP8
+  bool attention_output_e5m6 = false;       // storage | e5m6: the kept attention output
 };
 
 // One accelerator (per device): its memory — what `moetron plan` and `moetron train` check a
@@ -256,6 +257,7 @@ struct Config {
     p.recompute_norms = activations.recompute_norms;
     p.recompute_mla_up = activations.recompute_mla_up;
     p.store_bf16 = activations.storage == FloatFormat::BF16;
+    p.attn_out_e5m6 = activations.attention_output_e5m6;
     return p;
   }
 };

@@ -93,7 +93,7 @@ TokenWork token_work(const Config& cfg) {
   const double up = 2 * (ql > 0 ? ql : D) * H * (dn + dr) + 2 * kl * H * (dn + dv);
   if (cfg.activations.recompute_mla_up)
     t.recompute += gemm(pol.recipe_of(Component::AttentionProj), up);
-  if (cfg.activations.recompute_norms) t.recompute += bytes(a * (4 * D + ql + kl));
+  if (cfg.activations.recompute_norms) t.recompute += bytes(a * (6 * D + ql + kl));  // 4 norms
   return t;
 }
 

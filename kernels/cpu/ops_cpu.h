@@ -87,6 +87,8 @@ void axpy(T* y, T a, const T* x, int64_t n);  // y += a x
 // for the backward in bf16 (PrecisionPolicy::store_bf16) and bf16 gradient reduction.
 void narrow_to_bf16(const float* x, int64_t n, uint16_t* y);
 void widen_from_bf16(const uint16_t* x, int64_t n, float* y);
+void narrow_to_e5m6(const float* x, int64_t n, uint8_t* y);
+void widen_from_e5m6(const uint8_t* x, int64_t n, float* y);
 // dst[r, 0:cols] (+)= src[r / repeat, 0:cols] for r < rows; rows strided by src_ld / dst_ld
 // elements. Column split and concat (pointer offsets select the columns), and broadcast of one
 // row to `repeat` rows (MLA's shared RoPE key to every head).

@@ -32,6 +32,21 @@ __global__ void widen_kernel(const uint16_t* x, int64_t n, float* y) {
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = bf16_to_f32(x[i]);
 }
+// one thread per pair of codes (kernels/scalar.h's packing; an odd n's last pair pads with 0)
+__global__ void narrow_e5m6_kernel(const float* x, int64_t n, uint8_t* y) {
+  const int64_t pairs = (n + 1) / 2;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs;
+       p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = 2 * p;
+    const uint16_t c1 = i + 1 < n ? f32_to_e5m6(x[i + 1]) : uint16_t(0);
+    e5m6_pack2(f32_to_e5m6(x[i]), c1, y + 3 * p);
+  }
+}
+__global__ void widen_e5m6_kernel(const uint8_t* x, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = e5m6_to_f32(e5m6_unpack(x + 3 * (i / 2), static_cast<int>(i % 2)));
+}
 
 }  // namespace
 
@@ -53,6 +68,18 @@ void narrow_to_bf16(const Exec& ex, const float* x, int64_t n, uint16_t* y) {
   if (n <= 0) return;
   narrow_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(x, n, y);
   MOETRON_CUDA_LAUNCHED("narrow_to_bf16");
+}
+
+void narrow_to_e5m6(const Exec& ex, const float* x, int64_t n, uint8_t* y) {
+  if (n <= 0) return;
+  narrow_e5m6_kernel<<<blocks_for((n + 1) / 2), kThreads, 0, stream_of(ex)>>>(x, n, y);
+  MOETRON_CUDA_LAUNCHED("narrow_to_e5m6");
+}
+
+void widen_from_e5m6(const Exec& ex, const uint8_t* x, int64_t n, float* y) {
+  if (n <= 0) return;
+  widen_e5m6_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(x, n, y);
+  MOETRON_CUDA_LAUNCHED("widen_from_e5m6");
 }
 
 void widen_from_bf16(const Exec& ex, const uint16_t* x, int64_t n, float* y) {
