@@ -194,6 +194,49 @@ TEST(ActivationMemory, SteadyStateAllocatesNothing) {
   }
 }
 
+// One micro-batch of a fresh model (init seed) after a warm-up that sizes the layers' scratch:
+// its loss, the bytes its forward keeps (the allocator's count, checked against the analytic
+// slot_activation_bytes), and every parameter's gradient (weight pass deferred, as a pipeline).
+struct MicroBatchRun {
+  double loss = 0;
+  int64_t bytes = 0;
+  std::vector<float> grads;
+};
+MicroBatchRun one_micro_batch(const ModelConfig& c, const std::string& recipe,
+                              const std::vector<int32_t>& tok, int64_t B, int64_t S,
+                              uint64_t seed) {
+  const PrecisionPolicy pol = policy(recipe);
+  Model<float> m(c, pol);
+  m.init(seed);
+  Model<float>::MicroBatch warm, mb;
+  m.forward(warm, tok.data(), B, S, 0.3);
+  m.backward_input(warm, 1.0, nullptr, false);
+  m.params().zero_grad();
+  MicroBatchRun r;
+  const int64_t l0 = live();
+  r.loss = m.forward(mb, tok.data(), B, S, 0.3).loss;
+  r.bytes = live() - l0;
+  m.backward_input(mb, 1.0, nullptr, true);
+  m.backward_weight(mb);
+  for (const auto& p : m.params().all()) r.grads.insert(r.grads.end(), p->g(), p->g() + p->numel());
+  const SlotBytes want = slot_activation_bytes(c, pol, 0, 1, B, S);
+  EXPECT_NEAR(static_cast<double>(r.bytes), static_cast<double>(want.forward),
+              0.05 * static_cast<double>(want.forward))
+      << recipe;
+  return r;
+}
+// |a - ref| / |ref| and the cosine of a and ref, over every gradient
+std::pair<double, double> distance_and_cosine(const std::vector<float>& a,
+                                              const std::vector<float>& ref) {
+  double d = 0, dot = 0, na = 0, nr = 0;
+  EXPECT_EQ(a.size(), ref.size());
+  for (size_t i = 0; i < std::min(a.size(), ref.size()); ++i) {
+    const double x = a[i], y = ref[i];
+    d += (x - y) * (x - y), dot += x * y, na += x * x, nr += y * y;
+  }
+  return {std::sqrt(d / nr), dot / std::sqrt(na * nr)};
+}
+
 // Activation storage in bf16 (the forward computes in fp32, the backward reads bf16 copies):
 // about half the bytes of a slot, analytically and in the allocator, for a loss within bf16
 // round-off of fp32 storage and gradients that point the same way.
@@ -201,48 +244,25 @@ TEST(ActivationMemory, Bf16StorageHalvesTheSlotAndKeepsTheGradients) {
   const ModelConfig c = tiny();
   const int64_t B = 4, S = 128;
   const auto tok = tokens(B, S, c.vocab_size);
-  double loss[2] = {0, 0};
-  int64_t bytes[2] = {0, 0};
-  std::vector<float> grads[2];
-  for (int bf = 0; bf < 2; ++bf) {
-    const PrecisionPolicy pol = policy(bf ? "fp32/bf16" : "fp32");
-    Model<float> m(c, pol);
-    m.init(5);
-    Model<float>::MicroBatch warm, mb;  // warm: sizes the layers' own scratch
-    m.forward(warm, tok.data(), B, S, 0.3);
-    m.backward_input(warm, 1.0, nullptr, false);
-    m.params().zero_grad();
-    const int64_t l0 = live();
-    loss[bf] = m.forward(mb, tok.data(), B, S, 0.3).loss;
-    bytes[bf] = live() - l0;
-    m.backward_input(mb, 1.0, nullptr, false);
-    for (const auto& p : m.params().all())
-      grads[bf].insert(grads[bf].end(), p->g(), p->g() + p->numel());
-    const SlotBytes want = slot_activation_bytes(c, pol, 0, 1, B, S);
-    EXPECT_NEAR(static_cast<double>(bytes[bf]), static_cast<double>(want.forward),
-                0.05 * static_cast<double>(want.forward));
-  }
-  const double ratio = static_cast<double>(bytes[1]) / static_cast<double>(bytes[0]);
+  const MicroBatchRun f = one_micro_batch(c, "fp32", tok, B, S, 5);
+  const MicroBatchRun h = one_micro_batch(c, "fp32/bf16", tok, B, S, 5);
+  const double ratio = static_cast<double>(h.bytes) / static_cast<double>(f.bytes);
   std::printf(
       "slot forward bytes: fp32 storage %.2f MiB, bf16 storage %.2f MiB (x%.3f); loss "
       "%.7f vs %.7f\n",
-      bytes[0] / 1048576.0, bytes[1] / 1048576.0, ratio, loss[0], loss[1]);
+      f.bytes / 1048576.0, h.bytes / 1048576.0, ratio, f.loss, h.loss);
   EXPECT_LT(ratio, 0.60);  // the residual stream and per-token statistics stay fp32
   EXPECT_GT(ratio, 0.45);
-  EXPECT_NEAR(loss[1], loss[0], 1e-3 * loss[0]);
-  double dot = 0, n0 = 0, n1 = 0;
-  ASSERT_EQ(grads[0].size(), grads[1].size());
-  for (size_t i = 0; i < grads[0].size(); ++i) {
-    dot += static_cast<double>(grads[0][i]) * grads[1][i];
-    n0 += static_cast<double>(grads[0][i]) * grads[0][i];
-    n1 += static_cast<double>(grads[1][i]) * grads[1][i];
-  }
-  const double cosine = dot / std::sqrt(n0 * n1);
-  std::printf("gradient cosine bf16 vs fp32 storage: %.6f, norm ratio %.5f\n", cosine,
-              std::sqrt(n1 / n0));
+  EXPECT_NEAR(h.loss, f.loss, 1e-3 * f.loss);
+  const auto [dist, cosine] = distance_and_cosine(h.grads, f.grads);
+  std::printf("gradient cosine bf16 vs fp32 storage: %.6f, relative distance %.4f\n", cosine, dist);
   // not closer: the Linears compute from their bf16-kept inputs, which moves a few near-tied
   // expert choices (whole rows of expert gradients change; 1.5% in the worst expert's norm)
   EXPECT_GT(cosine, 0.995);
+  double n0 = 0, n1 = 0;
+  for (size_t i = 0; i < f.grads.size() && i < h.grads.size(); ++i)
+    n0 += static_cast<double>(f.grads[i]) * f.grads[i],
+        n1 += static_cast<double>(h.grads[i]) * h.grads[i];
   EXPECT_NEAR(std::sqrt(n1 / n0), 1.0, 0.01);
 }
 
@@ -256,55 +276,25 @@ TEST(ActivationMemory, RecomputedFfnNormGivesTheSameGradients) {
   const ModelConfig c = tiny();
   const int64_t B = 2, S = 64, N = B * S;
   const auto tok = tokens(B, S, c.vocab_size);
-  for (const char* storage : {"", "/bf16"}) {
-    std::vector<float> grads[2];
-    double loss[2] = {0, 0};
-    int64_t bytes[2] = {0, 0};
-    for (int rn = 0; rn < 2; ++rn) {
-      PrecisionPolicy pol = policy(std::string("fp32") + storage);
-      pol.recompute_norms = rn == 1;
-      Model<float> m(c, pol);
-      m.init(7);
-      Model<float>::MicroBatch warm, mb;  // warm: sizes the layers' own scratch
-      m.forward(warm, tok.data(), B, S, 0.3);
-      m.backward_input(warm, 1.0, nullptr, false);
-      m.params().zero_grad();
-      const int64_t l0 = live();
-      loss[rn] = m.forward(mb, tok.data(), B, S, 0.3).loss;
-      bytes[rn] = live() - l0;
-      m.backward_input(mb, 1.0, nullptr, true);
-      m.backward_weight(mb);
-      for (const auto& p : m.params().all())
-        grads[rn].insert(grads[rn].end(), p->g(), p->g() + p->numel());
-    }
-    const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
-    const int64_t elem = *storage ? 2 : 4;
-    std::printf("%s storage: slot %.3f MiB kept, %.3f with recompute_norms\n",
-                *storage ? "bf16" : "fp32", bytes[0] / 1048576.0, bytes[1] / 1048576.0);
-    // the attention's norms made again too: at least every block's ffn_norm output fewer
-    EXPECT_LE(bytes[1], bytes[0] - blocks * N * c.hidden_size * elem) << storage;
-    EXPECT_EQ(loss[0], loss[1]) << storage;  // the forward computes as before
-    ASSERT_EQ(grads[0].size(), grads[1].size());
-    if (!*storage) {
-      EXPECT_EQ(grads[0], grads[1]);
+  const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
+  for (const std::string storage : {"", "/bf16"}) {
+    // (the recompute policy: "+recompute" turns on recompute_mla_up too, which changes no bit)
+    const MicroBatchRun kept = one_micro_batch(c, "fp32" + storage, tok, B, S, 7);
+    const MicroBatchRun made = one_micro_batch(c, "fp32" + storage + "+recompute", tok, B, S, 7);
+    const int64_t elem = storage.empty() ? 4 : 2;
+    std::printf("%s storage: slot %.3f MiB kept, %.3f with recompute\n",
+                storage.empty() ? "fp32" : "bf16", kept.bytes / 1048576.0, made.bytes / 1048576.0);
+    // the attention's norms and q, k, v made again too: at least every ffn_norm output fewer
+    EXPECT_LE(made.bytes, kept.bytes - blocks * N * c.hidden_size * elem) << storage;
+    EXPECT_EQ(kept.loss, made.loss) << storage;  // the forward computes as before
+    if (storage.empty()) {
+      EXPECT_EQ(kept.grads, made.grads);
       continue;
     }
-    double dot = 0, n0 = 0, n1 = 0;
-    for (size_t i = 0; i < grads[0].size(); ++i) {
-      dot += static_cast<double>(grads[0][i]) * grads[1][i];
-      n0 += static_cast<double>(grads[0][i]) * grads[0][i];
-      n1 += static_cast<double>(grads[1][i]) * grads[1][i];
-    }
-    EXPECT_GT(dot / std::sqrt(n0 * n1), 0.99999) << "bf16 storage";
-    EXPECT_NE(grads[0], grads[1]) << "bf16 storage";  // the recompute reads bf16 inputs
+    EXPECT_GT(distance_and_cosine(made.grads, kept.grads).second, 0.99999) << "bf16 storage";
+    EXPECT_NE(kept.grads, made.grads) << "bf16 storage";  // the recompute reads bf16 inputs
   }
 }
-
-}  // namespace
-}  // namespace moetron
-
-namespace moetron {
-namespace {
 
 // activations.attention_output: e5m6 keeps o (H x dv a token and block) in 1.5 bytes instead of
 // fp32's 4 (or bf16's 2): the slot shrinks by that, in the allocator as in the analytic count.
@@ -316,49 +306,28 @@ TEST(ActivationMemory, E5m6AttentionOutputShrinksTheSlot) {
   const ModelConfig c = tiny();
   const int64_t B = 2, S = 64, N = B * S;
   const auto tok = tokens(B, S, c.vocab_size);
-  const char* runs[3] = {"fp8", "fp8+e5m6", "fp8/bf16"};
-  std::vector<float> grads[3];
-  double loss[3] = {0, 0, 0};
-  int64_t bytes[3] = {0, 0, 0};
-  for (int e = 0; e < 3; ++e) {
-    const PrecisionPolicy pol = policy(runs[e]);
-    Model<float> m(c, pol);
-    m.init(3);
-    Model<float>::MicroBatch warm, mb;
-    m.forward(warm, tok.data(), B, S, 0.3);
-    m.backward_input(warm, 1.0, nullptr, false);
-    m.params().zero_grad();
-    const int64_t l0 = live();
-    loss[e] = m.forward(mb, tok.data(), B, S, 0.3).loss;
-    bytes[e] = live() - l0;
-    m.backward_input(mb, 1.0, nullptr, true);
-    m.backward_weight(mb);
-    for (const auto& p : m.params().all())
-      grads[e].insert(grads[e].end(), p->g(), p->g() + p->numel());
-    const SlotBytes want = slot_activation_bytes(c, pol, 0, 1, B, S);
-    EXPECT_NEAR(static_cast<double>(bytes[e]), static_cast<double>(want.forward),
-                0.05 * static_cast<double>(want.forward));
-  }
+  const MicroBatchRun f = one_micro_batch(c, "fp8", tok, B, S, 3);
+  const MicroBatchRun e = one_micro_batch(c, "fp8+e5m6", tok, B, S, 3);
+  const MicroBatchRun h = one_micro_batch(c, "fp8/bf16", tok, B, S, 3);
   const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
   const int64_t o = N * c.num_attention_heads * c.v_head_dim;
-  EXPECT_EQ(bytes[0] - bytes[1], blocks * (4 * o - e5m6_bytes(o)));
-  EXPECT_EQ(loss[0], loss[1]);
-  const auto distance = [&](int a) {  // |g_a - g_fp32| / |g_fp32|
-    double d = 0, n = 0;
-    for (size_t i = 0; i < grads[0].size(); ++i) {
-      d += std::pow(static_cast<double>(grads[a][i]) - grads[0][i], 2);
-      n += std::pow(static_cast<double>(grads[0][i]), 2);
-    }
-    return std::sqrt(d / n);
-  };
-  const double e5m6 = distance(1), bf16 = distance(2);
+  EXPECT_EQ(f.bytes - e.bytes, blocks * (4 * o - e5m6_bytes(o)));
+  EXPECT_EQ(f.loss, e.loss);
+  const double e5m6 = distance_and_cosine(e.grads, f.grads).first;
+  const double bf16 = distance_and_cosine(h.grads, f.grads).first;
   std::printf(
       "E5M6 attention output: slot %.4f -> %.4f MiB; gradients from the fp32-kept run's: E5M6 o "
       "%.3e, bf16 storage %.3e\n",
-      bytes[0] / 1048576.0, bytes[1] / 1048576.0, e5m6, bf16);
+      f.bytes / 1048576.0, e.bytes / 1048576.0, e5m6, bf16);
   EXPECT_GT(e5m6, 0.0);         // the backward reads the E5M6 values
   EXPECT_LT(e5m6, 1.5 * bf16);  // no worse than bf16 storage already is, within a margin
 }
+
+}  // namespace
+}  // namespace moetron
+
+namespace moetron {
+namespace {
 
 // DeepSeek-V3 (HF config.json) built on the Meta device: every parameter has its shape and name,
 // nothing is allocated, and the counts are the published ones (671B in the main model, 685B with
