@@ -92,10 +92,9 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
   const bool narrow = exp8 || (pol.store_bf16 && T == 4);  // gu, a not kept as T
   const double n = static_cast<double>(N), R = n * rows, A = n * static_cast<double>(K);
   // one piece: logits; yperm (the backward's dyperm staging and d xperm); a_tmp (the backward's
-  // dA); gu_tmp unless gu and a are kept as T; dgu before its tiles
+  // dA); gu_tmp unless gu and a are kept as T (under FP8 also dgu before its tiles, in place)
   double one = n * static_cast<double>(E * T) + A * static_cast<double>((D + F) * T);
   if (narrow) one += A * static_cast<double>(2 * F * T);
-  if (exp8) one += A * static_cast<double>(2 * F * T);
   // the chunk's own: shared_out; rdw; dwperm; dweights (the rows rx .. rdx: `received`)
   const double own = n * static_cast<double>(D * T) + R * static_cast<double>(K * T) +
                      A * static_cast<double>(T) + n * static_cast<double>(K * T);
@@ -130,13 +129,12 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
 // The SwiGLU MLPs and Linears present on a stage, per token: the largest use of each buffer.
 struct Widest {
   double x = 0, wide = 0, x8q = 0, x8s = 0;  // LinearScratch: elements, bytes of codes, scales
-  double gu = 0, a = 0, da = 0, dgu = 0;     // Mlp::Scratch: elements
+  double gu = 0, a = 0, da = 0;              // Mlp::Scratch: elements (gu: also FP8's dgu)
   void mlp(int64_t F, bool fp8, bool wide_) {
     const bool narrow = fp8 || wide_;  // gu and a not kept as T: written to scratch first
     gu = std::max(gu, narrow ? static_cast<double>(2 * F) : 0.0);
     a = std::max(a, narrow ? static_cast<double>(F) : 0.0);
     da = std::max(da, static_cast<double>(F));
-    dgu = std::max(dgu, fp8 ? static_cast<double>(2 * F) : 0.0);  // before its Wgrad tiles
   }
   void quantised(double rows, int64_t cols) {  // Linear::forward of an input not kept (FP8)
     x8q = std::max(x8q, rows * static_cast<double>(cols));
@@ -189,7 +187,7 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   const double n = static_cast<double>(N), t = static_cast<double>(T);
   LayerScratchBytes b;
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
-  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da + w.dgu) * t);
+  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
   // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; under recompute_norms xn2 (if
   // not already) and the recomputed rstd; the MTP module's en, hpn, den, dhpn, de

@@ -51,8 +51,11 @@ void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) cons
   down_.keep_grad(st.dy, dy, N);  // a copy, or (FP8) the Wgrad's tiles
   T* da = sized(sc.da, N * F_);
   down_.backward_input(dy, N, da);
-  T* dgu = gu_.grad(st.dgu, N, sc.dgu);
-  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, sc.gu), N, F_, nullptr, dgu, nullptr);
+  // FP8: gu widened into sc.gu, and dgu staged there too before its tiles (in place: the SwiGLU
+  // backward reads each (g, u) pair before it writes its (dg, du))
+  const T* gu = st.gu.read(ex_, sc.gu);
+  T* dgu = gu_.grad(st.dgu, N, sc.gu);
+  kernels::swiglu_backward<T>(ex_, da, gu, N, F_, nullptr, dgu, nullptr);
   gu_.backward_input(dgu, N, dx, accumulate);
   gu_.keep_grad(st.dgu, dgu, N);
 }

@@ -42,12 +42,12 @@ class Mlp {
   // all the SwiGLU MLPs of a model, dense ones and shared experts: a model (one pipeline chunk)
   // runs one program at a time and every call writes what it reads here (as MoE::Scratch).
   struct Scratch {
-    explicit Scratch(Device d) : gu(d), a(d), da(d), dgu(d) {}
-    Buffer<T> gu, a, da;     // [N, 2F], [N, F], [N, F]
-    Buffer<T> dgu;           // FP8: the SwiGLU input gradient before it is kept as tiles [N, 2F]
+    explicit Scratch(Device d) : gu(d), a(d), da(d) {}
+    // [N, 2F], [N, F], [N, F]; gu: the SwiGLU input before it is kept (or widened), then under
+    // FP8 its gradient before it is kept as tiles (in place over the widened input)
+    Buffer<T> gu, a, da;
     int64_t bytes() const {  // the bytes held (capacities)
-      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity() + dgu.capacity()) *
-                                  sizeof(T));
+      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity()) * sizeof(T));
     }
   };
 

@@ -219,9 +219,11 @@ void MoE<T>::experts_backward(State& st) const {
   down_.keep_grad(st.dyperm, dyperm, off);
   // dyperm is read: its staging becomes d xperm (given back at the program's end)
   st.dxperm.swap(scratch_->one->yperm);
-  T* dgu = gu_.grad(st.dgu, A, scratch_->one->dgu);
-  kernels::swiglu_backward<T>(ex_, da, st.gu.read(ex_, scratch_->one->gu_tmp), A, F_,
-                              st.wperm.data(), dgu, sized(st.dwperm, A));
+  // FP8: gu widened into gu_tmp, and dgu staged there too before its tiles (in place: the
+  // SwiGLU backward reads each (g, u) pair before it writes its (dg, du))
+  const T* gu = st.gu.read(ex_, scratch_->one->gu_tmp);
+  T* dgu = gu_.grad(st.dgu, A, scratch_->one->gu_tmp);
+  kernels::swiglu_backward<T>(ex_, da, gu, A, F_, st.wperm.data(), dgu, sized(st.dwperm, A));
   gu_.backward_input(dgu, off, sized(st.dxperm, A * D_));
   gu_.keep_grad(st.dgu, dgu, off);
 }

@@ -103,17 +103,17 @@ class MoE {
     // as Wgrad tiles, then d xperm until dispatch_backward_start has sent it. a_tmp [A, F]: the
     // SwiGLU output before it is kept (or recomputed), then, in the backward, its gradient dA
     // (before the recomputed output, which the weight gradient reads). gu_tmp [A, 2F]: the
-    // SwiGLU input before it is kept narrow (or widened for a read). logits [N, E]: the gate's.
-    // dgu [A, 2F]: FP8 experts, the SwiGLU input gradient before it is kept as Wgrad tiles.
-    // rows [R, D]: lent to the state's dispatch for one call at a time (DispatchState: rx, ry,
-    // rdy, rdx).
+    // SwiGLU input before it is kept narrow (or widened for a read), then, under FP8 experts,
+    // its gradient dgu before it is kept as Wgrad tiles (written over the widened input: the
+    // SwiGLU backward reads each (g, u) pair before it writes its (dg, du)). logits [N, E]: the
+    // gate's. rows [R, D]: lent to the state's dispatch for one call at a time (DispatchState: rx,
+    // ry, rdy, rdx).
     struct OnePiece {
-      explicit OnePiece(Device d) : gu_tmp(d), a_tmp(d), logits(d), yperm(d), dgu(d), rows(d) {}
-      Buffer<T> gu_tmp, a_tmp, logits, yperm, dgu, rows;
+      explicit OnePiece(Device d) : gu_tmp(d), a_tmp(d), logits(d), yperm(d), rows(d) {}
+      Buffer<T> gu_tmp, a_tmp, logits, yperm, rows;
       int64_t bytes() const {
         size_t n = 0;
-        for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &logits, &yperm, &dgu, &rows})
-          n += b->capacity();
+        for (const Buffer<T>* b : {&gu_tmp, &a_tmp, &logits, &yperm, &rows}) n += b->capacity();
         return static_cast<int64_t>(n * sizeof(T));
       }
     };

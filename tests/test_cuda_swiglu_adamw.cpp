@@ -57,6 +57,12 @@ void check_swiglu(int64_t N, int64_t F, bool scaled, uint64_t seed) {
   else
     expect_equal(host(gds, N), ds, "swiglu_backward drow_scale untouched " + at);
 
+  // in place (dgu over gu, as the layers run it under FP8): the same bits as out of place
+  Buffer<T> gin = dev(gu), gds2 = dev_garbage<T>(N);
+  kernels::swiglu_backward<T>(gpu_exec(), gdout.data(), gin.data(), N, F, s_gpu, gin.data(),
+                              scaled ? gds2.data() : nullptr);
+  expect_equal(host(gin, 2 * nf), host(gdgu, 2 * nf), "swiglu_backward in place " + at);
+
   // scaled without a drow_scale output: dgu alone
   if (scaled) {
     Buffer<T> gdgu2 = dev_garbage<T>(2 * nf);
