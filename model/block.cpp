@@ -103,8 +103,8 @@ void Block<T>::dense_backward_weight(State& st) const {
 }
 
 // Under recompute_norms the forward's computation again, from h_mid as kept: the same bits as the
-// forward's under T storage; under bf16 storage the norm of the bf16 h_mid (the kept form would
-// be the bf16 of the norm: both round once to bf16).
+// forward's under T storage; under bf16 storage the norm of the bf16-kept h_mid (where the kept
+// form was the bf16 of the norm: each a bf16 round-off from the forward's value).
 template <class T>
 const T* Block<T>::ffn_input(State& st) const {
   if (!recompute_norms_) return st.xn2.read(ex_, own_->xn2);
