@@ -166,9 +166,8 @@ MOE_HD uint16_t f32_to_e5m6(float x) {
   if (u > 0x7f800000u) return sign | 0x7e0u;  // NaN
   const float a = bits_f32(u);
   if (a >= 65024.0f) return sign | 0x7bfu;  // saturate (inf included)
-  if (a < 6.103515625e-05f) {               // below 2^-14: subnormal, a / 2^-20 to nearest even
-    const float q =
-        std::nearbyint(a * 1048576.0f);  // (exact scaling; q == 64: the smallest normal)
+  if (a < 6.103515625e-05f) {  // below 2^-14: subnormal, a / 2^-20 (exact) to nearest even;
+    const float q = std::nearbyint(a * 1048576.0f);  // q == 64 is the smallest normal
     return sign | static_cast<uint16_t>(q);
   }
   const uint32_t r = u + 0xffffu + ((u >> 17) & 1u);  // round the 17 dropped bits to nearest even
@@ -185,6 +184,17 @@ MOE_HD void e5m6_pack2(uint16_t c0, uint16_t c1, uint8_t* b) {
 MOE_HD uint16_t e5m6_unpack(const uint8_t* b, int which) {  // which: 0 or 1 of the pair at b
   return which == 0 ? static_cast<uint16_t>(b[0] | ((b[1] & 0xfu) << 8))
                     : static_cast<uint16_t>((b[1] >> 4) | (b[2] << 4));
+}
+// The packed array of n values, element-wise (narrow_to_e5m6 / widen_from_e5m6 on every backend):
+// pair p of x [n] encoded into its three bytes (an odd n's last pair padded with code 0), and
+// value i decoded.
+MOE_HD void e5m6_narrow_pair(const float* x, int64_t n, int64_t p, uint8_t* packed) {
+  const int64_t i = 2 * p;
+  const uint16_t c1 = i + 1 < n ? f32_to_e5m6(x[i + 1]) : uint16_t(0);
+  e5m6_pack2(f32_to_e5m6(x[i]), c1, packed + 3 * p);
+}
+MOE_HD float e5m6_widen_at(const uint8_t* packed, int64_t i) {
+  return e5m6_to_f32(e5m6_unpack(packed + 3 * (i / 2), static_cast<int>(i % 2)));
 }
 
 // Power-of-two ("UE8M0") scale: the smallest 2^k >= v (v > 0), from the exponent bits.

@@ -24,6 +24,7 @@ struct ScalarResults {
   uint16_t f32_to_bf16 = 0, e4m3_to_bf16 = 0;
   uint32_t e5m6_to_f32 = 0;
   uint16_t f32_to_e5m6 = 0, e5m6_unpack[2] = {};  // (the latter: e5m6_pack2 of two codes)
+  uint32_t e5m6_narrowed[2] = {};  // e5m6_narrow_pair of x, -x (n = 3: two pairs), e5m6_widen_at
   uint8_t f32_to_fp8 = 0, f32_to_e4m3 = 0, f32_to_e5m2 = 0;
   // math on exp (libm's or fast_exp's polynomial): within a few ulp
   float sigmoid_f = 0, silu_f = 0, silu_grad_f = 0, fast_exp_f = 0, fast_sigmoid_f = 0,
@@ -71,6 +72,11 @@ MOE_HD void scalar_results(float x, uint8_t code, ScalarResults& r) {
   uint8_t packed[3];
   e5m6_pack2(r.f32_to_e5m6, static_cast<uint16_t>(code << 3), packed);
   r.e5m6_unpack[0] = e5m6_unpack(packed, 0), r.e5m6_unpack[1] = e5m6_unpack(packed, 1);
+  const float xs[3] = {x, -x, x};
+  uint8_t pairs[6];
+  e5m6_narrow_pair(xs, 3, 0, pairs), e5m6_narrow_pair(xs, 3, 1, pairs);
+  r.e5m6_narrowed[0] = f32_bits(e5m6_widen_at(pairs, 1));
+  r.e5m6_narrowed[1] = f32_bits(e5m6_widen_at(pairs, 3));  // the padding code: 0
   const double xd = static_cast<double>(x);
   r.sigmoid_f = sigmoid<float>(x), r.sigmoid_d = sigmoid<double>(xd);
   r.silu_f = silu<float>(x), r.silu_d = silu<double>(xd);

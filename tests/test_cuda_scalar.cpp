@@ -66,6 +66,8 @@ void expect_same(const ScalarResults& g, const ScalarResults& h, const std::stri
   EXPECT_EQ(g.e5m6_to_f32, h.e5m6_to_f32) << at;
   EXPECT_EQ(g.e5m6_unpack[0], h.e5m6_unpack[0]) << at;
   EXPECT_EQ(g.e5m6_unpack[1], h.e5m6_unpack[1]) << at;
+  EXPECT_EQ(g.e5m6_narrowed[0], h.e5m6_narrowed[0]) << at;
+  EXPECT_EQ(g.e5m6_narrowed[1], h.e5m6_narrowed[1]) << at;
 }
 
 // a row of 4 within rel of the row's largest magnitude (its entries come from one difference,

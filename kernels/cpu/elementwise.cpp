@@ -39,17 +39,12 @@ void widen_from_bf16(const uint16_t* x, int64_t n, float* y) {
 void narrow_to_e5m6(const float* x, int64_t n, uint8_t* y) {
   const int64_t pairs = (n + 1) / 2;
 #pragma omp parallel for if (n >= kParallelMin) schedule(static)
-  for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t i = 2 * p;
-    const uint16_t c1 = i + 1 < n ? moetron::f32_to_e5m6(x[i + 1]) : uint16_t(0);
-    moetron::e5m6_pack2(moetron::f32_to_e5m6(x[i]), c1, y + 3 * p);
-  }
+  for (int64_t p = 0; p < pairs; ++p) moetron::e5m6_narrow_pair(x, n, p, y);
 }
 
 void widen_from_e5m6(const uint8_t* x, int64_t n, float* y) {
 #pragma omp parallel for if (n >= kParallelMin) schedule(static)
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = moetron::e5m6_to_f32(moetron::e5m6_unpack(x + 3 * (i / 2), static_cast<int>(i % 2)));
+  for (int64_t i = 0; i < n; ++i) y[i] = moetron::e5m6_widen_at(x, i);
 }
 
 template void add_inplace<float>(float*, const float*, int64_t);

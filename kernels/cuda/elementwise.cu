@@ -36,16 +36,13 @@ __global__ void widen_kernel(const uint16_t* x, int64_t n, float* y) {
 __global__ void narrow_e5m6_kernel(const float* x, int64_t n, uint8_t* y) {
   const int64_t pairs = (n + 1) / 2;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs;
-       p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = 2 * p;
-    const uint16_t c1 = i + 1 < n ? f32_to_e5m6(x[i + 1]) : uint16_t(0);
-    e5m6_pack2(f32_to_e5m6(x[i]), c1, y + 3 * p);
-  }
+       p += int64_t(gridDim.x) * blockDim.x)
+    e5m6_narrow_pair(x, n, p, y);
 }
 __global__ void widen_e5m6_kernel(const uint8_t* x, int64_t n, float* y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = e5m6_to_f32(e5m6_unpack(x + 3 * (i / 2), static_cast<int>(i % 2)));
+    y[i] = e5m6_widen_at(x, i);
 }
 
 }  // namespace
