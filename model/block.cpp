@@ -1,6 +1,8 @@
 // Transformer block forward and split backward (see block.h).
 #include "model/block.h"
 
+#include <type_traits>
+
 namespace moetron {
 
 template <class T>
@@ -12,6 +14,7 @@ void Block<T>::build(ParamStore<T>& ps, const std::string& prefix, const ModelCo
   attn_.build(ps, prefix, c, pol, ex, scratch.attn, scratch.linear);
   ffn_norm_.build(ps, prefix + "post_attention_layernorm.weight", D_, c.rms_norm_eps, ex);
   store_bf16_ = pol.store_bf16, recompute_norms_ = pol.recompute_norms;
+  keep_input_bf16_ = pol.block_input_bf16 && std::is_same_v<T, float>;
   own_ = scratch.own ? scratch.own : std::make_shared<Own>(ex.device);
   if (dispatcher) {
     moe_ = std::make_unique<MoE<T>>();
@@ -35,7 +38,11 @@ template <class T>
 Program Block<T>::forward_program(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos,
                                   T* out, double* balance, int64_t* load, int layer) const {
   const int64_t N = B * S, ND = N * D_;
-  st.B = B, st.S = S, st.h_in = h;
+  st.B = B, st.S = S, st.h_in = keep_input_bf16_ ? nullptr : h;
+  if (keep_input_bf16_) {  // kept before anything overwrites the caller's stream (out may be h)
+    st.h_kept.set_form(false, true);
+    st.h_kept.keep_from(ex_, h, N, D_);
+  }
   st.h_mid.set_form(false, store_bf16_), st.xn2.set_form(false, store_bf16_);
   Own& sc = *own_;  // h_mid and xn2 (bf16 storage) stay in it until this forward returns
   T* h_mid = st.h_mid.write(N, D_, sc.h_mid);
@@ -81,7 +88,7 @@ Program Block<T>::backward_program(State& st, const T* dout, const int32_t* pos,
   kernels::add_inplace<T>(ex_, dmid, dout, ND);
   // attention branch: dh = d h_mid + MLA^T d h_mid
   kernels::copy(ex_, dh, dmid, sizeof(T) * ND);
-  attn_.backward_input(st.attn, st.h_in, dmid, pos, dh);
+  attn_.backward_input(st.attn, input(st), dmid, pos, dh);
   weight_now_or_later(queue, [this, &st] { dense_backward_weight(st); });
 }
 
@@ -93,7 +100,7 @@ void Block<T>::backward_input(State& st, const T* dout, const int32_t* pos, T* d
 
 template <class T>
 void Block<T>::dense_backward_weight(State& st) const {
-  attn_.backward_weight(st.attn, st.h_in);
+  attn_.backward_weight(st.attn, input(st));
   ffn_norm_.backward_weight(st.dw_ffn_norm);
   const T* xn2 = ffn_input(st);
   if (moe_)
@@ -113,6 +120,13 @@ const T* Block<T>::ffn_input(State& st) const {
   T* xn2 = sized(own_->xn2, N * D_);
   ffn_norm_.forward(h_mid, N, xn2, sized(own_->rstd, N));
   return xn2;
+}
+
+// (Own::x is free in a backward: the forward that ran the stream through it has returned, and
+// no program of this chunk runs beside this one)
+template <class T>
+const T* Block<T>::input(State& st) const {
+  return st.h_in ? st.h_in : st.h_kept.read(ex_, own_->x);
 }
 
 template <class T>

@@ -1,7 +1,10 @@
 // Transformer block (pre-norm):  h_mid = h + MLA(attn_norm(h));  out = h_mid + FFN(ffn_norm(h_mid))
 // FFN is the dense SwiGLU MLP for the first `first_k_dense_replace` layers, DeepSeekMoE after.
 // Same split-backward and per-micro-batch State contracts as its sublayers. The residual stream
-// is stored once, by the caller: the state points at the block input instead of copying it.
+// is stored once, by the caller: the state points at the block input instead of copying it — or,
+// under activations.block_input: storage (PrecisionPolicy::block_input_bf16), keeps it in bf16,
+// and the caller's stream may then be overwritten once the forward has returned (model/model.h
+// runs it through one buffer per chunk).
 #pragma once
 
 #include <memory>
@@ -20,7 +23,8 @@ class Block {
  public:
   struct State {
     int64_t B = 0, S = 0;
-    const T* h_in = nullptr;  // the block input: the caller's residual stream, not a copy
+    const T* h_in = nullptr;  // the block input: the caller's residual stream, not a copy,
+    SavedAct<T> h_kept;       // or (block_input_bf16; h_in null) its bf16 copy [N,D]
     SavedAct<T> h_mid, xn2;   // [N,D], ffn_norm(h_mid) [N,D] (T or bf16: the storage policy;
                               // xn2 not kept under recompute_norms: made again from h_mid)
     Buffer<T> rstd2;          // [N]
@@ -34,8 +38,9 @@ class Block {
       attn.for_each_grad(f), mlp.for_each_grad(f), moe.for_each_grad(f);
     }
     int64_t saved_bytes() const {
-      return h_mid.bytes() + xn2.bytes() + static_cast<int64_t>(rstd2.size() * sizeof(T)) +
-             attn.saved_bytes() + mlp.saved_bytes() + moe.saved_bytes();
+      return h_kept.bytes() + h_mid.bytes() + xn2.bytes() +
+             static_cast<int64_t>(rstd2.size() * sizeof(T)) + attn.saved_bytes() +
+             mlp.saved_bytes() + moe.saved_bytes();
     }
   };
 
@@ -45,7 +50,11 @@ class Block {
   // ffn_norm output again; the forward's fp32 values live only until the forward returns).
   struct Own {
     explicit Own(Device d)
-        : h_mid(d), xn2(d), rstd(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+        : x(d), h_mid(d), xn2(d), rstd(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+    // block_input_bf16: a block input in fp32 — in the forward the residual stream that the
+    // model's blocks (and an MTP module's block) read and overwrite in turn, in the backward the
+    // bf16-kept input widened
+    Buffer<T> x;  // [N,D]
     // bf16 storage: h_mid and ffn_norm(h_mid) as T [N,D], or widened; under recompute_norms
     // xn2 is ffn_norm(h_mid) in the forward and made again for the weight gradients (with rstd)
     Buffer<T> h_mid, xn2, rstd;  // [N,D], [N,D], [N]
@@ -54,7 +63,7 @@ class Block {
     Buffer<T> den, dhpn, de;     // MtpLayer backward: their gradients and d e [N,D]
     int64_t bytes() const {      // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b : {&h_mid, &xn2, &rstd, &dxn2, &en, &hpn, &den, &dhpn, &de})
+      for (const Buffer<T>* b : {&x, &h_mid, &xn2, &rstd, &dxn2, &en, &hpn, &den, &dhpn, &de})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }
@@ -99,8 +108,9 @@ class Block {
              const Exec& ex, int64_t tail = 0, const Scratch& scratch = {});
   void init(double std, uint64_t seed);
 
-  // h must stay alive until backward_weight. A MoE block writes its balance loss to balance[0]
-  // and adds its expert loads into load[E] (both device memory; unused by a dense block).
+  // h must stay alive until backward_weight (under keeps_input_bf16(): until the forward
+  // returns; out may then be h itself). A MoE block writes its balance loss to balance[0] and
+  // adds its expert loads into load[E] (both device memory; unused by a dense block).
   void forward(State& st, const T* h, int64_t B, int64_t S, const int32_t* pos, T* out,
                double* balance, int64_t* load) const;
   // dh[N,D] (write) from dout.
@@ -117,6 +127,7 @@ class Block {
                            int layer) const;
 
   bool is_moe() const { return moe_ != nullptr; }
+  bool keeps_input_bf16() const { return keep_input_bf16_; }  // PrecisionPolicy::block_input_bf16
   MoE<T>* moe() const { return moe_.get(); }
   const MLA<T>& attention() const { return attn_; }
   const Mlp<T>* mlp() const { return mlp_.get(); }          // null in a MoE block
@@ -134,8 +145,11 @@ class Block {
   void dense_backward_weight(State& st) const;
   // ffn_norm(h_mid) for the weight gradients: kept, or made again (recompute_norms)
   const T* ffn_input(State& st) const;
+  // the block input as T values: the caller's stream, or the bf16-kept copy widened into Own::x
+  const T* input(State& st) const;
   bool store_bf16_ = false;       // PrecisionPolicy::store_bf16
   bool recompute_norms_ = false;  // PrecisionPolicy::recompute_norms: xn2 made again
+  bool keep_input_bf16_ = false;  // PrecisionPolicy::block_input_bf16 (a float model)
   std::shared_ptr<Own> own_;      // one call's staging (Own::h_mid, xn2), shared with the model
 };
 

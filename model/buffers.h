@@ -99,15 +99,13 @@ struct SavedAct {
     return sized(form == KeepAs::T ? x : scratch, N * C);
   }
   // BF16/FP8/E5M6: convert what was written into scratch (a no-op for T).
-  void keep(const Exec& ex, const Buffer<T>& scratch) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (form == KeepAs::FP8) x8.quantize(ex, scratch.data(), rows, cols, pow2);
-      if (form == KeepAs::BF16)
-        kernels::narrow_to_bf16(ex, scratch.data(), rows * cols, sized(x16, rows * cols));
-      if (form == KeepAs::E5M6)
-        kernels::narrow_to_e5m6(ex, scratch.data(), rows * cols,
-                                sized(x12, e5m6_bytes(rows * cols)));
-    }
+  void keep(const Exec& ex, const Buffer<T>& scratch) { convert(ex, scratch.data()); }
+  // Keeps X [N, C] from a buffer of the caller's that write() did not hand out: converted, or
+  // (T) copied.
+  void keep_from(const Exec& ex, const T* src, int64_t N, int64_t C) {
+    rows = N, cols = C;
+    if (form == KeepAs::T) return kernels::copy(ex, sized(x, N * C), src, sizeof(T) * N * C);
+    convert(ex, src);
   }
   // X as T values: the kept buffer, or (BF16, FP8) widened/dequantised into scratch.
   const T* read(const Exec& ex, Buffer<T>& scratch) const {
@@ -140,6 +138,17 @@ struct SavedAct {
         break;
     }
     return rows * cols * static_cast<int64_t>(sizeof(T));
+  }
+
+ private:
+  void convert(const Exec& ex, const T* src) {  // src [rows, cols] into the kept form (not T)
+    if constexpr (std::is_same_v<T, float>) {
+      if (form == KeepAs::FP8) x8.quantize(ex, src, rows, cols, pow2);
+      if (form == KeepAs::BF16)
+        kernels::narrow_to_bf16(ex, src, rows * cols, sized(x16, rows * cols));
+      if (form == KeepAs::E5M6)
+        kernels::narrow_to_e5m6(ex, src, rows * cols, sized(x12, e5m6_bytes(rows * cols)));
+    }
   }
 };
 

@@ -190,9 +190,10 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
   // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; under recompute_norms xn2 (if
-  // not already) and the recomputed rstd; the MTP module's en, hpn, den, dhpn, de
-  const bool rn = pol.recompute_norms;
-  const int64_t own = (1 + (wide ? 2 : 0) + (rn && !wide ? 1 : 0)) * D + (rn ? 1 : 0);
+  // not already) and the recomputed rstd; with bf16-kept block inputs the stream x; the MTP
+  // module's en, hpn, den, dhpn, de
+  const bool rn = pol.recompute_norms, x = pol.block_input_bf16 && T == 4;
+  const int64_t own = (1 + (wide ? 2 : 0) + (rn && !wide ? 1 : 0) + (x ? 1 : 0)) * D + (rn ? 1 : 0);
   b.block = static_cast<int64_t>(n * static_cast<double>(chunks * own + mtp * 5 * D) * t);
   return b;
 }
@@ -212,8 +213,12 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
     fwd += a.forward * N, bwd += a.backward * N + norms_dw;
     n_moe += c.is_moe_layer(l);
   }
-  fwd += static_cast<double>(4 * B * (S + 1) + 12 * N);   // tokens; ids, targets, pos
-  fwd += static_cast<double>((b1 - b0 + 1) * N * D * T);  // residual stream h[0..L]
+  fwd += static_cast<double>(4 * B * (S + 1) + 12 * N);  // tokens; ids, targets, pos
+  // the residual stream h[0..L], or (bf16-kept block inputs) the output h[L] and each block's
+  // bf16 copy of its input (Block::State::h_kept), the stream itself being layer scratch
+  const bool kept16 = pol.block_input_bf16 && T == 4;
+  fwd += static_cast<double>((kept16 ? 1 : b1 - b0 + 1) * N * D * T);
+  if (kept16) fwd += static_cast<double>((b1 - b0) * N * D * 2);
   bwd += static_cast<double>(2 * N * D * T);              // dh, dtmp
   if (st.first()) bwd += static_cast<double>(N * D * T);  // d_embed
   if (st.last()) {
@@ -221,7 +226,9 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
     bwd += static_cast<double>(N * D * T);        // dhn
     for (int64_t k = 0; k < Dm; ++k) {            // MtpLayer<T>::State and its block
       const ActivationBytes a = block_activation_bytes(c, pol, true, S, T, rows);
-      fwd += a.forward * N + static_cast<double>(N * (8 + (6 * D + 4) * T));
+      // e, cat (2D), x (or the block's bf16 copy of it), h, hn; ids, targets; 4 statistics
+      fwd += a.forward * N + static_cast<double>(N * (8 + ((kept16 ? 5 : 6) * D + 4) * T));
+      if (kept16) fwd += static_cast<double>(N * D * 2);
       bwd += a.backward * N + norms_dw + static_cast<double>(N * 6 * D * T);
       ++n_moe;
     }

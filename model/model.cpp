@@ -147,19 +147,26 @@ Program Model<T>::forward_program(MicroBatch& mb, const int32_t* tokens, int64_t
   double* balance = parts + 1 + Dm;
   int64_t* load = loads_.data();
 
-  // stage input: the embedding (first stage) or the previous stage's output
+  // stage input: the embedding (first stage) or the previous stage's output. The residual
+  // stream h[0 .. Lh] is the micro-batch's; when the blocks keep their inputs in bf16 it runs
+  // through the chunk's one buffer instead (each block reads it and writes its output over it)
+  // and only the stage output h[Lh] is the micro-batch's.
   mb.h.resize(Lh + 1);
   mb.blocks.resize(Lh);
+  const bool one_stream = !blocks_.empty() && blocks_[0]->keeps_input_bf16();
+  const auto stream = [&](int64_t l) {  // h[l] for 0 <= l <= Lh
+    return sized(l < Lh && one_stream ? scratch_.own->x : mb.h[l], N * D);
+  };
   if (stage_.first()) {
-    kernels::embedding_forward<T>(ex, mb.ids.data(), N, embed_->w(), D, sized(mb.h[0], N * D));
+    kernels::embedding_forward<T>(ex, mb.ids.data(), N, embed_->w(), D, stream(0));
   } else {
     if (!h_in) throw std::logic_error("Model::forward: a non-first stage needs its input");
-    kernels::copy(ex, sized(mb.h[0], N * D), h_in, sizeof(T) * N * D);
+    kernels::copy(ex, stream(0), h_in, sizeof(T) * N * D);
   }
   for (int64_t l = 0; l < Lh; ++l) {
-    Program blk = blocks_[l]->forward_program(mb.blocks[l], mb.h[l].data(), B, S, mb.pos.data(),
-                                              sized(mb.h[l + 1], N * D), balance, load,
-                                              static_cast<int>(first_block_ + l));
+    Program blk =
+        blocks_[l]->forward_program(mb.blocks[l], stream(l), B, S, mb.pos.data(), stream(l + 1),
+                                    balance, load, static_cast<int>(first_block_ + l));
     while (blk.step()) co_yield blk.last();
     if (blocks_[l]->is_moe()) ++balance, load += E;
   }

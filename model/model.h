@@ -59,6 +59,7 @@ class Model {
     Buffer<int32_t> tokens;             // [B, S+1] on the model's device
     Buffer<int32_t> ids, targets, pos;  // [N]
     std::vector<Buffer<T>> h;           // residual stream: h[0] = stage input .. h[local L]
+                                        // (only h[local L] when the blocks keep bf16 inputs)
     std::vector<typename Block<T>::State> blocks;
     Buffer<T> hn, rstd, lse;  // final norm, CE log-sum-exp
     std::vector<typename MtpLayer<T>::State> mtp;

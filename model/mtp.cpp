@@ -51,7 +51,8 @@ Program MtpLayer<T>::forward_program(State& st, const int32_t* tokens, int64_t B
   T* cat = sized(st.cat, N * 2 * D);
   kernels::copy_2d<T>(ex, en, D, cat, 2 * D, N, D, 1, false);
   kernels::copy_2d<T>(ex, hpn, D, cat + D, 2 * D, N, D, 1, false);
-  T* x = sized(st.x, N * D);
+  // the block input: kept by this state, or (the block keeps it in bf16) a forward's staging
+  T* x = sized(block_.keeps_input_bf16() ? own_->x : st.x, N * D);
   eh_proj_.forward(cat, N, x);
   T* h = sized(st.h, N * D);
   Program blk = block_.forward_program(st.block, x, B, S, pos, h, balance, load, layer);

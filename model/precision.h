@@ -136,6 +136,13 @@ struct PrecisionPolicy {
   // DeepSeek-V3 keeps it (report §3.3.3); the forward's o_proj reads the fp32 output as under
   // bf16 storage, the backward the E5M6 values. (A float model; otherwise as storage says.)
   bool attn_out_e5m6 = false;
+  // `activations.block_input: storage` (with bf16 storage, a float model): every block keeps its
+  // input — the residual stream where the block reads it, which attn_norm's backward reads
+  // again — in bf16, and the stream itself runs through one fp32 buffer per model chunk
+  // (Block::Own::x) instead of one per block in every micro-batch (model/model.h). The forward
+  // is unchanged (each block reads the fp32 stream); attn_norm's backward, and its recompute
+  // under recompute_norms, read the bf16 values, as ffn_norm's read the bf16-kept h_mid.
+  bool block_input_bf16 = false;
   // `precision.expert_row_align`: each routed expert's rows are padded with zero rows to a
   // multiple of this (>= 1), so every expert's GEMMs start and end on it (model/moe.h). 16 lets
   // cuBLASLt run every routed expert's block-scaled FP8 GEMMs: Fprop and Dgrad need rows % 8,

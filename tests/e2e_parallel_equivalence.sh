@@ -24,6 +24,12 @@
 # gradients (zb1p against 1f1b at PP2), which then read the dY their micro-batch kept as FP8 tiles.
 # Nor does keeping the fp32 master weights of the FP8 Linears only in the ZeRO-1 shards
 # (optimizer.shard_master_weights): PP2 x DP2 x EP2 DualPipe under fp8, bit for bit on and off.
+# Keeping the blocks' inputs in bf16 (activations.block_input: the stream through one fp32 buffer
+# per model chunk, the backward widening the kept inputs there): PP2 x DP2 x EP2 DualPipe against
+# one rank, both with bf16 storage and recompute — step 1 to the tolerance above, the later steps
+# to 1e-4 only, because bf16 storage rounds the Linears' inputs and a layout's 1e-9 differences
+# flip some of those roundings from step 2 on (bf16 storage alone does the same) — and its pairs
+# interleaved against run forward-then-backward, bit for bit.
 # The data are the corpus's bytes (vocab 264): with the 8K BPE vocabulary most embedding rows get
 # tiny, sparse gradients that AdamW turns into full-size updates, which amplifies round-off until
 # a near-tied top-k choice flips within 10 steps (seen as a different expert_imbalance) — a
@@ -82,6 +88,13 @@ run pp2ep2dp2_dualpipe_fp8 4 2 2 2 dualpipe --set precision.recipe=fp8
 run pp2ep2dp2_dualpipe_fp8_whole 4 2 2 2 dualpipe --set precision.recipe=fp8 \
   --set optimizer.shard_master_weights=off
 grep -q "master weights sharded" "$OUT/pp2ep2dp2_dualpipe_fp8.log"
+# bf16 storage with the blocks' inputs kept in bf16 (the residual stream through one buffer per
+# model chunk) against one rank, and with DualPipe's pairs not interleaved
+BI=(--set activations.storage=bf16 --set activations.block_input=storage
+    --set activations.recompute_norms=on)
+run ref_bi 1 1 1 1 1f1b "${BI[@]}"
+run pp2ep2dp2_dualpipe_bi 4 2 2 2 dualpipe "${BI[@]}"
+run pp2ep2dp2_dualpipe_bi_none 4 2 2 2 dualpipe "${BI[@]}" --set parallel.overlap=none
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, sys
 import h5py, numpy as np
@@ -102,9 +115,10 @@ def params(name):
     return p
 ref_m, ref_p = metrics("ref"), params("ref")
 passed = failed = 0
-for name in ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2_cut1", "pp2dp2_1f1b", "pp2dp2_zb1p",
-             "pp2ep2dp2_1f1b", "pp2ep2dp2_zb1p", "pp2_dualpipe", "pp2_dualpipev", "pp4_dualpipe",
-             "pp2ep2dp4_dualpipe", "pp2ep2dp2_dualpipev", "pp2ep2dp2_dualpipe"]:
+layouts = ["dp2", "ep2", "pp2_1f1b", "pp2_zb1p", "pp2_cut1", "pp2dp2_1f1b", "pp2dp2_zb1p",
+           "pp2ep2dp2_1f1b", "pp2ep2dp2_zb1p", "pp2_dualpipe", "pp2_dualpipev", "pp4_dualpipe",
+           "pp2ep2dp4_dualpipe", "pp2ep2dp2_dualpipev", "pp2ep2dp2_dualpipe"]
+for name in layouts:
     m, p = metrics(name), params(name)
     loss_err = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(m, ref_m))
     gn_err = max(abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"] for a, b in zip(m, ref_m))
@@ -144,6 +158,16 @@ pair("ep2_fp8", "ep2_fp8_align16", " (experts' rows padded to 16)")
 pair("pp2_fp8_1f1b", "pp2_fp8_zb1p", " (deferred FP8 Wgrads from kept dY tiles)")
 # sharded fp32 masters change no bit: the copies are made from the same values
 pair("pp2ep2dp2_dualpipe_fp8", "pp2ep2dp2_dualpipe_fp8_whole", " (fp32 masters sharded vs whole)")
+# bf16 block inputs: step 1 to the layouts' tolerance, then to bf16 storage's (see the top)
+m, r = metrics("pp2ep2dp2_dualpipe_bi"), metrics("ref_bi")
+rel = lambda k, i: abs(m[i][k] - r[i][k]) / abs(r[i][k])
+later = max(rel("loss", i) for i in range(1, 10))
+ok = len(m) == len(r) == 10 and rel("loss", 0) < 1e-6 and rel("grad_norm", 0) < 1e-6 and later < 1e-4
+print(f"{'ok  ' if ok else 'FAIL'} pp2ep2dp2_dualpipe_bi vs ref_bi (bf16 block inputs): step 1 loss "
+      f"{rel('loss', 0):.2e}, grad norm {rel('grad_norm', 0):.2e}; steps 2-10 loss {later:.2e}")
+passed += ok; failed += not ok
+pair("pp2ep2dp2_dualpipe_bi", "pp2ep2dp2_dualpipe_bi_none", " (bf16 block inputs, pairs not "
+     "interleaved)")
 # where the step went, per rank: the breakdown's additive fields sum to the step time (5%, over
 # steps 2-10: a single 0.1 s step on oversubscribed cores carries milliseconds of scheduling skew)
 ADD = ["compute_s", "ep_wait_pair_s", "ep_wait_single_s", "pp_idle_s", "dp_comm_s",

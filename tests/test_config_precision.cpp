@@ -192,6 +192,15 @@ TEST(ConfigActivations, RecomputeAndStorageReachThePolicy) {
   const std::string a = test::error_of(test::kBaseYaml, {"activations.attention_output=bf16"});
   EXPECT_NE(a.find("activations.attention_output"), std::string::npos) << a;
   EXPECT_NE(a.find("storage, e5m6"), std::string::npos) << a;
+  // block inputs: fp32 by default; "storage" keeps them as the storage says (bf16 only then)
+  EXPECT_FALSE(test::base_config({"activations.storage=bf16"}).policy().block_input_bf16);
+  EXPECT_FALSE(test::base_config({"activations.block_input=storage"}).policy().block_input_bf16);
+  EXPECT_TRUE(test::base_config({"activations.storage=bf16", "activations.block_input=storage"})
+                  .policy()
+                  .block_input_bf16);
+  const std::string b = test::error_of(test::kBaseYaml, {"activations.block_input=bf16"});
+  EXPECT_NE(b.find("activations.block_input"), std::string::npos) << b;
+  EXPECT_NE(b.find("fp32, storage"), std::string::npos) << b;
   const std::string s = test::error_of(test::kBaseYaml, {"activations.storage=fp16"});
   EXPECT_NE(s.find("activations.storage"), std::string::npos) << s;
   EXPECT_NE(s.find("fp32, bf16"), std::string::npos) << s;

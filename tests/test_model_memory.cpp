@@ -40,14 +40,16 @@ std::vector<int32_t> tokens(int64_t B, int64_t S, int64_t V) {
 
 int64_t live() { return allocator(Device::CPU).stats().live_bytes; }
 
-// "RECIPE[/bf16][+recompute][+e5m6]": the GEMM recipe, bf16 activation storage, recompute on,
-// the attention output kept in E5M6.
+// "RECIPE[/bf16][+recompute][+e5m6][+x16]": the GEMM recipe, bf16 activation storage, recompute
+// on, the attention output kept in E5M6, the block inputs kept in bf16 (with bf16 storage, as the
+// config: activations.block_input: storage).
 PrecisionPolicy policy(const std::string& r) {
   PrecisionPolicy pol =
       PrecisionPolicy::from(*from_word<Recipe>(r.substr(0, r.find_first_of("/+"))));
   pol.recompute_norms = pol.recompute_mla_up = r.find("+recompute") != std::string::npos;
   pol.store_bf16 = r.find("/bf16") != std::string::npos;
   pol.attn_out_e5m6 = r.find("+e5m6") != std::string::npos;
+  pol.block_input_bf16 = pol.store_bf16 && r.find("+x16") != std::string::npos;
   return pol;
 }
 
@@ -85,7 +87,8 @@ TEST(ActivationMemory, AnalyticBytesMatchTheAllocator) {
   const auto tok = tokens(B, S, c.vocab_size);
   for (const char* recipe :
        {"fp32", "fp8", "fp32+recompute", "fp8+recompute", "fp32/bf16", "bf16/bf16",
-        "fp32/bf16+recompute", "fp8/bf16+recompute", "fp8+e5m6", "fp8/bf16+recompute+e5m6"}) {
+        "fp32/bf16+recompute", "fp8/bf16+recompute", "fp8+e5m6", "fp8/bf16+recompute+e5m6",
+        "fp32/bf16+x16", "fp8/bf16+recompute+e5m6+x16"}) {
     const PrecisionPolicy pol = policy(recipe);
     for (int64_t P : {1, 2}) {
       for (int64_t s = 0; s < P; ++s) {
@@ -176,7 +179,7 @@ TEST(ActivationMemory, SteadyStateAllocatesNothing) {
   const ModelConfig c = tiny();
   const int64_t B = 4, S = 64;
   const auto tok = tokens(B, S, c.vocab_size);
-  for (const char* recipe : {"fp32", "bf16", "fp8", "fp32/bf16+recompute"}) {
+  for (const char* recipe : {"fp32", "bf16", "fp8", "fp32/bf16+recompute", "fp8/bf16+x16"}) {
     Model<float> m(c, policy(recipe));
     m.init(2);
     Model<float>::MicroBatch a, b;  // two slots, used alternately like a pipeline's pool
@@ -321,6 +324,35 @@ TEST(ActivationMemory, E5m6AttentionOutputShrinksTheSlot) {
       f.bytes / 1048576.0, e.bytes / 1048576.0, e5m6, bf16);
   EXPECT_GT(e5m6, 0.0);         // the backward reads the E5M6 values
   EXPECT_LT(e5m6, 1.5 * bf16);  // no worse than bf16 storage already is, within a margin
+}
+
+// activations.block_input: storage keeps every block's input (the residual stream where the
+// block reads it; an MTP module's eh_proj output) in bf16, and the stream runs through the
+// chunk's one fp32 buffer (Block::Own::x) instead of one per block in the slot: D fp32 values a
+// token and block become D bf16 values. The forward reads the fp32 stream as before (the same
+// loss); only attn_norm's backward and its recompute read the bf16 values, so the gradients move
+// by a bf16 round-off in those, far less than bf16 storage of the rest moved them (which changes
+// the Linears' forward inputs, and with them a few expert choices). In fp32 GEMMs: under fp8 any
+// change of the backward's values flips some FP8 roundings of the gradient tiles, which is all
+// one would measure.
+TEST(ActivationMemory, Bf16BlockInputsHalveTheStreamInTheSlot) {
+  const ModelConfig c = tiny();
+  const int64_t B = 2, S = 64, N = B * S;
+  const auto tok = tokens(B, S, c.vocab_size);
+  const MicroBatchRun wide = one_micro_batch(c, "fp32+recompute", tok, B, S, 9);
+  const MicroBatchRun f = one_micro_batch(c, "fp32/bf16+recompute", tok, B, S, 9);
+  const MicroBatchRun x = one_micro_batch(c, "fp32/bf16+recompute+x16", tok, B, S, 9);
+  const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
+  EXPECT_EQ(f.bytes - x.bytes, blocks * N * c.hidden_size * (4 - 2));
+  EXPECT_EQ(f.loss, x.loss);
+  const double moved = distance_and_cosine(x.grads, f.grads).first;
+  const double storage = distance_and_cosine(f.grads, wide.grads).first;
+  std::printf(
+      "bf16 block inputs: slot %.4f -> %.4f MiB; gradients moved %.3e from the fp32 inputs' "
+      "(bf16 storage moved them %.3e from fp32 storage's)\n",
+      f.bytes / 1048576.0, x.bytes / 1048576.0, moved, storage);
+  EXPECT_GT(moved, 0.0);             // attn_norm's backward reads the bf16 values
+  EXPECT_LT(moved, 0.05 * storage);  // 7.4e-4 against 6.1e-2 when written
 }
 
 }  // namespace

@@ -41,6 +41,8 @@ using namespace config_schema;
 const Choice<bool> kOffOn{{{false, "off"}, {true, "on"}}};
 // activations.attention_output: as activations.storage says, or E5M6 (model/precision.h)
 const Choice<bool> kAttentionOutput{{{false, "storage"}, {true, "e5m6"}}};
+// activations.block_input: fp32 (the residual stream as it runs) or as activations.storage says
+const Choice<bool> kBlockInput{{{false, "fp32"}, {true, "storage"}}};
 constexpr Range kRowAlign{0, 256, false, false};  // precision.expert_row_align (0 = auto)
 const Choice<Device> kRunDevices = choices({Device::CPU, Device::CUDA, Device::Guard});
 // A component's override: "recipe" (follow precision.recipe) or a recipe; FP8 only for the
@@ -120,6 +122,7 @@ void visit_config(V& v, C&... c) {
     v.field("recompute_mla_up", kOffOn, c.activations.recompute_mla_up...);
     v.field("storage", choices<FloatFormat>(), c.activations.storage...);
     v.field("attention_output", kAttentionOutput, c.activations.attention_output_e5m6...);
+    v.field("block_input", kBlockInput, c.activations.block_input_storage...);
   });
   v.section("precision", "GEMM recipe; master weights and gradients are always fp32", [&] {
     v.field("recipe", choices<Recipe>(), c.precision.recipe...);

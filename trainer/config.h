@@ -166,6 +166,7 @@ struct ActivationsConfig {
   bool recompute_mla_up = false;            // off | on
   FloatFormat storage = FloatFormat::FP32;  // kept tensors that are not FP8
   bool attention_output_e5m6 = false;       // storage | e5m6: the kept attention output
+  bool block_input_storage = false;         // fp32 | storage: the kept block inputs
 };
 
 // One accelerator (per device): its memory — what `moetron plan` and `moetron train` check a
@@ -258,6 +259,7 @@ struct Config {
     p.recompute_mla_up = activations.recompute_mla_up;
     p.store_bf16 = activations.storage == FloatFormat::BF16;
     p.attn_out_e5m6 = activations.attention_output_e5m6;
+    p.block_input_bf16 = activations.block_input_storage && p.store_bf16;
     return p;
   }
 };
