@@ -49,8 +49,7 @@ class Block {
   // here and keeps nothing in it for a later call (the backward widens the bf16-kept h_mid and
   // ffn_norm output again; the forward's fp32 values live only until the forward returns).
   struct Own {
-    explicit Own(Device d)
-        : x(d), h_mid(d), xn2(d), rstd(d), dxn2(d), en(d), hpn(d), den(d), dhpn(d), de(d) {}
+    explicit Own(Device d) : x(d), h_mid(d), xn2(d), rstd(d), dxn2(d), en(d), hpn(d), de(d) {}
     // block_input_bf16: a block input in fp32 — in the forward the residual stream that the
     // model's blocks (and an MTP module's block) read and overwrite in turn, in the backward the
     // bf16-kept input widened
@@ -59,11 +58,12 @@ class Block {
     // xn2 is ffn_norm(h_mid) in the forward and made again for the weight gradients (with rstd)
     Buffer<T> h_mid, xn2, rstd;  // [N,D], [N,D], [N]
     Buffer<T> dxn2;              // the backward's d ffn_norm output [N,D]
-    Buffer<T> en, hpn;           // MtpLayer forward: enorm(e), hnorm(h^{k-1}) [N,D]
-    Buffer<T> den, dhpn, de;     // MtpLayer backward: their gradients and d e [N,D]
+    Buffer<T> en, hpn;           // MtpLayer: enorm(e), hnorm(h^{k-1}) [N,D]; in its backward their
+                                 // gradients (the forward's values are dead once concatenated)
+    Buffer<T> de;                // MtpLayer backward: d e [N,D]
     int64_t bytes() const {      // the bytes held (capacities)
       size_t n = 0;
-      for (const Buffer<T>* b : {&x, &h_mid, &xn2, &rstd, &dxn2, &en, &hpn, &den, &dhpn, &de})
+      for (const Buffer<T>* b : {&x, &h_mid, &xn2, &rstd, &dxn2, &en, &hpn, &de})
         n += b->capacity();
       return static_cast<int64_t>(n * sizeof(T));
     }

@@ -129,12 +129,11 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
 // The SwiGLU MLPs and Linears present on a stage, per token: the largest use of each buffer.
 struct Widest {
   double x = 0, wide = 0, x8q = 0, x8s = 0;  // LinearScratch: elements, bytes of codes, scales
-  double gu = 0, a = 0, da = 0;              // Mlp::Scratch: elements (gu: also FP8's dgu)
+  double gu = 0, a = 0;                      // Mlp::Scratch: elements (gu: also FP8's dgu; a: dA)
   void mlp(int64_t F, bool fp8, bool wide_) {
     const bool narrow = fp8 || wide_;  // gu and a not kept as T: written to scratch first
     gu = std::max(gu, narrow ? static_cast<double>(2 * F) : 0.0);
-    a = std::max(a, narrow ? static_cast<double>(F) : 0.0);
-    da = std::max(da, static_cast<double>(F));
+    a = std::max(a, static_cast<double>(F));  // the output (narrow) or dA (always)
   }
   void quantised(double rows, int64_t cols) {  // Linear::forward of an input not kept (FP8)
     x8q = std::max(x8q, rows * static_cast<double>(cols));
@@ -187,14 +186,14 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
   const double n = static_cast<double>(N), t = static_cast<double>(T);
   LayerScratchBytes b;
   b.attention = static_cast<int64_t>(n * attention_scratch(c, pol, T, wide));
-  b.mlp = static_cast<int64_t>(n * (w.gu + w.a + w.da) * t);
+  b.mlp = static_cast<int64_t>(n * (w.gu + w.a) * t);
   b.linear = static_cast<int64_t>(n * ((w.x + w.wide) * t + w.x8q + w.x8s));
   // Block::Own, per chunk: dxn2; h_mid, xn2 under bf16 storage; under recompute_norms xn2 (if
   // not already) and the recomputed rstd; with bf16-kept block inputs the stream x; the MTP
-  // module's en, hpn, den, dhpn, de
+  // module's en, hpn (their gradients in the backward), de
   const bool rn = pol.recompute_norms, x = pol.block_input_bf16 && T == 4;
   const int64_t own = (1 + (wide ? 2 : 0) + (rn && !wide ? 1 : 0) + (x ? 1 : 0)) * D + (rn ? 1 : 0);
-  b.block = static_cast<int64_t>(n * static_cast<double>(chunks * own + mtp * 5 * D) * t);
+  b.block = static_cast<int64_t>(n * static_cast<double>(chunks * own + mtp * 3 * D) * t);
   return b;
 }
 

@@ -49,7 +49,8 @@ void Mlp<T>::backward_input(State& st, const T* dy, T* dx, bool accumulate) cons
   Scratch& sc = *scratch_;
   const int64_t N = st.N;
   down_.keep_grad(st.dy, dy, N);  // a copy, or (FP8) the Wgrad's tiles
-  T* da = sized(sc.da, N * F_);
+  T* da = sized(sc.a, N * F_);    // the forward's SwiGLU output staging (backward_weight's
+                                  // recompute of a comes after da is read)
   down_.backward_input(dy, N, da);
   // FP8: gu widened into sc.gu, and dgu staged there too before its tiles (in place: the SwiGLU
   // backward reads each (g, u) pair before it writes its (dg, du))

@@ -42,12 +42,14 @@ class Mlp {
   // all the SwiGLU MLPs of a model, dense ones and shared experts: a model (one pipeline chunk)
   // runs one program at a time and every call writes what it reads here (as MoE::Scratch).
   struct Scratch {
-    explicit Scratch(Device d) : gu(d), a(d), da(d) {}
-    // [N, 2F], [N, F], [N, F]; gu: the SwiGLU input before it is kept (or widened), then under
-    // FP8 its gradient before it is kept as tiles (in place over the widened input)
-    Buffer<T> gu, a, da;
+    explicit Scratch(Device d) : gu(d), a(d) {}
+    // [N, 2F], [N, F]; gu: the SwiGLU input before it is kept (or widened), then under FP8 its
+    // gradient before it is kept as tiles (in place over the widened input); a: the SwiGLU
+    // output before it is kept (or recomputed for the weight gradient), and in backward_input
+    // the down projection's input gradient dA
+    Buffer<T> gu, a;
     int64_t bytes() const {  // the bytes held (capacities)
-      return static_cast<int64_t>((gu.capacity() + a.capacity() + da.capacity()) * sizeof(T));
+      return static_cast<int64_t>((gu.capacity() + a.capacity()) * sizeof(T));
     }
   };
 

@@ -110,8 +110,8 @@ void MtpLayer<T>::input_backward(State& st, int64_t N, T* d_embed) const {
   const int64_t D = D_;
   T* dcat = sized(st.dcat, N * 2 * D);
   eh_proj_.backward_input(st.dx.data(), N, dcat);
-  T* den = sized(own_->den, N * D);
-  T* dhpn = sized(own_->dhpn, N * D);
+  T* den = sized(own_->en, N * D);  // the forward's enorm(e) and hnorm(h) buffers
+  T* dhpn = sized(own_->hpn, N * D);
   kernels::copy_2d<T>(ex, dcat, 2 * D, den, D, N, D, 1, false);
   kernels::copy_2d<T>(ex, dcat + D, 2 * D, dhpn, D, N, D, 1, false);
   T* de = sized(own_->de, N * D);
