@@ -179,14 +179,13 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   const Exec& ex = ex_;
   const int64_t B = st.B, S = st.S, N = B * S, kr = kl_ + dr_, kvw = dn_ + dv_;
 
-  // through o_proj and the attention core
-  T* d_o = sized(sc.d_o, N * H_ * dv_);
+  // the attention core's inputs: the forward's q, k, v (kept, or made again from the kept
+  // latents), then through o_proj its output gradient d_o, in kv_b's output buffer (made in
+  // every forward; dead once split into k and v, and until kv_b's output gradient goes there)
   T* dk = sized(sc.dk, N * H_ * dq_);
   T* dvv = sized(sc.dv, N * H_ * dv_);
-  o_.backward_input(dy, N, d_o);
-  o_.keep_grad(st.dout, dy, N);  // (in place when dy was written into output_grad)
   const T *q = nullptr, *k = nullptr, *v = nullptr;
-  if (recompute_up_) {  // the forward's q, k, v again, from the kept latents
+  if (recompute_up_) {
     const kernels::flop_counter::RecomputeScope recompute;  // hardware FLOPs, not model FLOPs
     T* qr = sized(sc.q, N * H_ * dq_);
     T* kr_ = sized(sc.k, N * H_ * dq_);
@@ -197,6 +196,9 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   } else {
     q = st.q.read(ex, sc.q), k = st.k.read(ex, sc.k), v = st.v.read(ex, sc.v);
   }
+  T* d_o = sized(sc.kv, N * H_ * dv_);
+  o_.backward_input(dy, N, d_o);
+  o_.keep_grad(st.dout, dy, N);                 // (in place when dy was written into output_grad)
   const Linear<T>& q_in = ql_ > 0 ? q_b_ : q_;  // the projection that made q
   T* dq = q_in.grad(st.dq, N, sc.dq);
   kernels::attention_backward<T>(ex, d_o, q, k, v, st.o.read(ex, sc.o), st.lse.data(), B, S, H_,
@@ -204,7 +206,7 @@ void MLA<T>::backward_input(State& st, const T* h, const T* dy, const int32_t* p
   kernels::rope_apply<T>(ex, dq + dn_, N * H_, dq_, H_, pos, freqs_.data(), dr_, true);
 
   // split key/value gradients: per-head [dk_nope | dv] and the shared dk_pe summed over heads
-  T* dkv = kv_b_.grad(st.dkv, N, sc.kv);  // (kv: the forward's, free now)
+  T* dkv = kv_b_.grad(st.dkv, N, sc.kv);  // (kv: d_o, read now)
   T* dkva = kv_a_.grad(st.dkva, N, sc.dkva);
   kernels::copy_2d<T>(ex, dk, dq_, dkv, kvw, N * H_, dn_, 1, false);
   kernels::copy_2d<T>(ex, dvv, dv_, dkv + dn_, kvw, N * H_, dv_, 1, false);

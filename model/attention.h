@@ -84,7 +84,6 @@ class MLA {
     explicit Scratch(Device d)
         : kv(d),
           kva(d),
-          d_o(d),
           dk(d),
           dv(d),
           dckv_raw(d),
@@ -103,9 +102,9 @@ class MLA {
           dxn(d),
           dcq(d),
           dckv(d) {}
-    Buffer<T> kv;               // kv_b output [N, H, dn + dv]
+    Buffer<T> kv;               // kv_b output [N, H, dn + dv]; in the backward d_o [N,H,dv]
     Buffer<T> kva;              // kv_a output [N, kl + dr], unless kept as T
-    Buffer<T> d_o, dk, dv;      // attention backward [N,H,dv], [N,H,dq], [N,H,dv]
+    Buffer<T> dk, dv;           // attention backward [N,H,dq], [N,H,dv]
     Buffer<T> dckv_raw, dhn;    // [N, kl], [N, D]
     Buffer<T> q, k, v, o;       // per-head q, k, v (recomputed or bf16-kept), o (bf16 or E5M6)
     Buffer<T> cq_raw, ckv_raw;  // bf16-kept latents widened [N, ql], [N, kl]
@@ -118,8 +117,8 @@ class MLA {
     int64_t bytes() const {    // the bytes held (capacities)
       size_t n = 0;
       for (const Buffer<T>* b :
-           {&kv,     &kva,     &d_o,  &dk,   &dv, &dckv_raw, &dhn,  &q,   &k,   &v,   &o,
-            &cq_raw, &ckv_raw, &rstd, &dout, &dq, &dcq_raw,  &dkva, &dxn, &dcq, &dckv})
+           {&kv,     &kva,     &dk,   &dv,   &dckv_raw, &dhn,     &q,    &k,   &v,   &o,
+            &cq_raw, &ckv_raw, &rstd, &dout, &dq,       &dcq_raw, &dkva, &dxn, &dcq, &dckv})
         n += b->capacity();
       int64_t b = static_cast<int64_t>(n * sizeof(T));
       for (const SavedAct<T>* a : {&xn, &cq, &ckv})

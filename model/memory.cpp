@@ -108,8 +108,8 @@ double attention_scratch(const ModelConfig& c, const PrecisionPolicy& pol, int64
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
   const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
-  // kv; d_o, dk, dv; dckv_raw, dhn
-  int64_t e = H * (dn + dv) + H * dq + 2 * H * dv + kl + D;
+  // kv (in the backward d_o); dk, dv; dckv_raw, dhn
+  int64_t e = H * (dn + dv) + H * dq + H * dv + kl + D;
   if (!pol.recompute_mla_up || wide) e += kl + dr;             // kva, unless kept as T
   if (pol.recompute_mla_up || wide) e += 2 * H * dq + H * dv;  // q, k, v
   if (wide || (pol.attn_out_e5m6 && T == 4)) e += H * dv;      // o widened (or its staging)
