@@ -340,9 +340,9 @@ class PipelineExecutor {
   // The buffers the backward writes and keeps until the weight gradient (and the send of d input)
   // are not part of a slot: they are lent from a pool, so a rank holds in-flight-bound slots of
   // forward activations but only as many gradient sets as backwards overlap.
-  void lend_grads(int k) {
+  void lend_grads(int k, int stage) {
     if (grads_of_[k] >= 0) return;
-    const int g = grads_.take();
+    const int g = grads_.take_for(stage);  // (a set of another stage's buffers is emptied first)
     grads_of_[k] = g;
     swap_grads(state(k), grads_[g]);
   }

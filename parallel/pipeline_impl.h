@@ -106,7 +106,7 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
 template <class T>
 Program PipelineExecutor<T>::forward_of(int m, int stage, const Step& st) {
   const int k = key(m, stage);
-  slot_of_[k] = slots_.take();
+  slot_of_[k] = slots_.take_for(stage);  // (a state of another stage is emptied first)
   const T* in = nullptr;
   if (stage > 0)
     in = here(m, stage - 1) ? chunk(stage - 1).output(state(key(m, stage - 1)))
@@ -145,7 +145,7 @@ void PipelineExecutor<T>::watch_grads(size_t i, int m, int stage) {
 template <class T>
 Program PipelineExecutor<T>::backward_of(int m, int stage, const Step& st, bool defer_weight) {
   const int k = key(m, stage);
-  lend_grads(k);
+  lend_grads(k, stage);
   watch_grads(op_index_, m, stage);
   // d output: received, or (the turn) handed over by backward_done of (m, stage + 1)
   const T* dout = stage < sched_.stages - 1 ? msgs_[grad_of_[k]].data() : nullptr;

@@ -83,6 +83,10 @@ std::string MetricsLog::progress_line(const StepMetrics& m) {
     std::snprintf(b, sizeof b, " | mfu %.1f%%", 100 * m.mfu(m.peak_bf16_tflops));
     line += b;
   }
+  if (m.mem_peak_gib > 0) {
+    std::snprintf(b, sizeof b, " | mem %.2f GiB", m.mem_peak_gib);
+    line += b;
+  }
   if (!std::isnan(m.valid_loss)) {
     std::snprintf(b, sizeof b, " | valid %.4f", m.valid_loss);
     line += b;

@@ -16,6 +16,8 @@ void StepStats::reduce(Communicator& world) {
 }
 
 namespace {
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
 // The pipeline idle simulate() predicts for `rank` with every rank's ops costing this rank's
 // measured means (an op kind this rank did not run costs what the others imply).
 double predicted_bubble(const pipeline::Schedule& sched, const ExecStats& st, int rank) {
@@ -68,7 +70,9 @@ void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
                          st.cost_B > 0 ? st.cost_B : st.cost_Bi + st.cost_W,
                          st.cost_W,
                          st.cost_FB,
-                         opt.reduce_started_early()};
+                         opt.reduce_started_early(),
+                         static_cast<double>(allocator(device_).stats().peak_bytes) / kGiB,
+                         static_cast<double>(allocator(device_).stats().live_bytes) / kGiB};
   const size_t F = std::size(kBreakdownFields), W = static_cast<size_t>(world.size());
   std::vector<double> all(F * W, 0.0);
   for (size_t f = 0; f < F; ++f) all[f * W + static_cast<size_t>(world.rank())] = mine[f];

@@ -20,13 +20,19 @@
 // (what bubble_pred_s replays): op_F_s, op_B_s (a full backward, or input + weight parts),
 // op_W_s, op_FB_s (an overlapped pair; 0 where none ran). Not a time: dp_early, the share of
 // this rank's DP-reduced gradient elements whose reduce-scatter started during the backward
-// (optimizer.overlap_grad_reduce; dp_comm_s is then only what the backward did not hide).
+// (optimizer.overlap_grad_reduce; dp_comm_s is then only what the backward did not hide);
+// mem_peak_gib and mem_live_gib, the most the run device's allocator held during the step and
+// what it holds at its end, GiB: every buffer the trainer makes on the device (parameters,
+// gradients, optimizer state, weight copies, activations, scratch, messages) — what `moetron
+// plan` counts ahead, per pipeline rank, without the allocator's own rounding or a caching
+// allocator's reserve.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <vector>
 
+#include "kernels/device.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/pipeline.h"
@@ -59,7 +65,11 @@ class StepClock {
   // A step starts where the previous one ended (its gather: the same instant on every rank), so
   // every rank's fields describe the same span and what happens between two steps' accounting
   // (metrics, samples) is the next step's.
-  void start(Clock::time_point previous_end) { t0_ = previous_end; }
+  // The run device's allocator starts counting the step's peak here.
+  void start(Clock::time_point previous_end, Device device) {
+    t0_ = previous_end, device_ = device;
+    allocator(device).reset_peak();
+  }
   Clock::time_point begin() const { return t0_; }
   Clock::time_point end() const { return end_; }
   // After the pipeline: its time split and op costs, and the EP exchanges' time in flight.
@@ -74,14 +84,16 @@ class StepClock {
   std::vector<double> rank_times;  // [world, 3]: compute, communication, idle
   // [field][world]: the fields above, in kBreakdownFields' order
   static constexpr const char* kBreakdownFields[] = {
-      "compute_s",     "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
-      "bubble_pred_s", "dp_comm_s",      "optimizer_s",      "other_s",       "op_F_s",
-      "op_B_s",        "op_W_s",         "op_FB_s",          "dp_early"};
+      "compute_s", "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s",
+      "pp_idle_s", "bubble_pred_s",  "dp_comm_s",        "optimizer_s",
+      "other_s",   "op_F_s",         "op_B_s",           "op_W_s",
+      "op_FB_s",   "dp_early",       "mem_peak_gib",     "mem_live_gib"};
   std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
 
  private:
   Clock::time_point t0_, t_pipe_, t_opt_, end_;
+  Device device_ = Device::CPU;
   ExecStats pipe_;
   double bubble_pred_ = 0, ep_inflight_ = 0, step_seconds_ = 0;
 };

@@ -32,6 +32,7 @@
 #include <fstream>
 #include <ostream>
 #include <sstream>
+#include <string_view>
 #include <utility>
 
 #include "kernels/flop_counter.h"
@@ -268,6 +269,9 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   for (size_t f = 0; f < clock.breakdown.size(); ++f)
     m.breakdown.emplace_back(StepClock::kBreakdownFields[f], clock.breakdown[f]);
   m.max_nodes_per_token = clock.max_nodes_per_token;
+  for (size_t f = 0; f < clock.breakdown.size(); ++f)  // the most any rank's device held
+    if (std::string_view(StepClock::kBreakdownFields[f]) == "mem_peak_gib")
+      for (double g : clock.breakdown[f]) m.mem_peak_gib = std::max(m.mem_peak_gib, g);
   m.flops_per_token = r.flops.training(), m.devices = r.world->size();
   m.peak_bf16_tflops = r.cfg.hardware.peak_bf16_tflops;
   if (r.cfg.precision.recipe == Recipe::FP8) m.peak_fp8_tflops = r.cfg.hardware.peak_fp8_tflops;
@@ -431,7 +435,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
   StepClock::Clock::time_point step_begin = StepClock::Clock::now();
   for (int64_t step = r.state.step; step < cfg.run.steps; ++step) {
     StepClock clock;
-    clock.start(step_begin);
+    clock.start(step_begin, cfg.run.device);
     profiler.begin(step + 1);
     const StepResult s = train_step(r, step, clock);
     summary.tokens += s.tokens;
