@@ -44,7 +44,10 @@ void Allocator::deallocate(void* p, size_t bytes) {
 }
 
 AllocStats Allocator::stats() const { return {live_.load(), peak_.load(), allocs_, frees_}; }
-void Allocator::reset_peak() { peak_ = live_.load(); }
+void Allocator::reset_peak() {
+  peak_ = live_.load();
+  reset_reserved_peak();
+}
 
 namespace {
 

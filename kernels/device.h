@@ -41,11 +41,16 @@ class Allocator {
   void* allocate(size_t bytes);
   void deallocate(void* p, size_t bytes);
   AllocStats stats() const;
-  void reset_peak();
+  void reset_peak();  // peak_bytes (and the reserve's high mark) from what is held now
+  // The most this allocator held from its device since reset_peak(), its cache included: a
+  // caching allocator that keeps freed blocks (the CUDA pool) reserves more than peak_bytes;
+  // one that gives them back holds peak_bytes.
+  virtual int64_t reserved_peak_bytes() const { return stats().peak_bytes; }
 
  protected:
   virtual void* do_allocate(size_t bytes) = 0;
   virtual void do_deallocate(void* p, size_t bytes) = 0;
+  virtual void reset_reserved_peak() {}
 
  private:
   std::atomic<int64_t> live_{0}, peak_{0}, allocs_{0}, frees_{0};

@@ -120,15 +120,18 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
   mem_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
   [[ ${mem_mib:-0} -ge 120000 ]] && mid_mb=2
   echo "gpu_check: mid-size run with micro-batches of $mid_mb sequences"
-  timeout 300 "$bin/moetron" train configs/deepseek-v3-mid.yaml --set run.device=cuda \
-    --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0 \
-    --set data.global_batch_size=16 --set data.micro_batch_size=$mid_mb \
-    --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0 \
-    --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json \
-    --set hardware.profile=$hw --set run.steps=6 --set run.log_interval=1 \
-    --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0 \
-    --set run.profile_steps=[5,6] \
-    --set run.dir=$run/mid > $run/mid.log 2>&1 || { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
+  mid=(configs/deepseek-v3-mid.yaml --set run.device=cuda
+    --set parallel.dp=1 --set parallel.ep=1 --set parallel.ranks_per_node=0
+    --set data.global_batch_size=16 --set data.micro_batch_size=$mid_mb
+    --set data.batch_ramp_start=0 --set data.batch_ramp_tokens=0
+    --set data.train_path=data/cache/sotu/train --set data.tokenizer=data/cache/sotu/tokenizer.json
+    --set hardware.profile=$hw --set run.steps=6 --set run.log_interval=1
+    --set run.eval_interval=0 --set run.sample_interval=0 --set run.save_interval=0
+    --set run.profile_steps=[5,6])
+  timeout 300 "$bin/moetron" train "${mid[@]}" --set run.dir=$run/mid > $run/mid.log 2>&1 ||
+    { echo "gpu_check: mid-size run failed:"; tail -5 $run/mid.log; }
+  # what `moetron plan` says the run holds, against what the GPU's allocator held (metrics)
+  "$bin/moetron" plan "${mid[@]}" --world 1 --json > $run/mid.plan.json 2> /dev/null || true
   # where the mid-size steps' GPU time goes, op by op (CUDA events: kernels/op_profile.h)
   grep -A17 "op profile of" $run/mid.log || echo "gpu_check: no op profile in the mid-size log"
   # whether its FP8 GEMMs (the routed experts' padded to 16 rows) reached cuBLASLt
@@ -173,6 +176,14 @@ if mid:
     last = mid[max(mid)]
     print(f"mid-size config on one GPU: step {max(mid)}: {last.get('tokens_per_s_per_device', last.get('tokens_per_s', 0)):.0f} "
           f"tokens/s, MFU {100 * last.get('mfu', 0):.1f}%, {last.get('host_waits', '?')} host waits a step")
+    try:
+        plan = json.load(open(f"{run}/mid.plan.json"))["ranks"][0]["bytes"]["total"] / 2**30
+    except (OSError, ValueError, KeyError):
+        plan = float("nan")
+    held = max(max(r.get("mem_peak_gib", [0])) for r in mid.values())
+    kept = max(max(r.get("mem_reserved_gib", [0])) for r in mid.values())
+    print(f"mid-size memory: the allocator held at most {held:.2f} GiB (the pool reserved "
+          f"{kept:.2f}); `moetron plan` counts {plan:.2f}")
 if gpu:
     print(f"tiny.yaml on the GPU: {gpu[max(gpu)].get('host_waits', '?')} host waits a step "
           "(stream drains: kernels/host_waits.h)")

@@ -72,7 +72,8 @@ void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
                          st.cost_FB,
                          opt.reduce_started_early(),
                          static_cast<double>(allocator(device_).stats().peak_bytes) / kGiB,
-                         static_cast<double>(allocator(device_).stats().live_bytes) / kGiB};
+                         static_cast<double>(allocator(device_).stats().live_bytes) / kGiB,
+                         static_cast<double>(allocator(device_).reserved_peak_bytes()) / kGiB};
   const size_t F = std::size(kBreakdownFields), W = static_cast<size_t>(world.size());
   std::vector<double> all(F * W, 0.0);
   for (size_t f = 0; f < F; ++f) all[f * W + static_cast<size_t>(world.rank())] = mine[f];

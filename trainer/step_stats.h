@@ -24,8 +24,9 @@
 // mem_peak_gib and mem_live_gib, the most the run device's allocator held during the step and
 // what it holds at its end, GiB: every buffer the trainer makes on the device (parameters,
 // gradients, optimizer state, weight copies, activations, scratch, messages) — what `moetron
-// plan` counts ahead, per pipeline rank, without the allocator's own rounding or a caching
-// allocator's reserve.
+// plan` counts ahead, per pipeline rank, without the allocator's own rounding; mem_reserved_gib,
+// the most it held from the device, a caching allocator's kept blocks included (on a GPU the
+// stream-ordered pool's high mark; on the CPU, which keeps nothing, mem_peak_gib).
 #pragma once
 
 #include <chrono>
@@ -84,10 +85,10 @@ class StepClock {
   std::vector<double> rank_times;  // [world, 3]: compute, communication, idle
   // [field][world]: the fields above, in kBreakdownFields' order
   static constexpr const char* kBreakdownFields[] = {
-      "compute_s", "ep_wait_pair_s", "ep_wait_single_s", "ep_inflight_s",
-      "pp_idle_s", "bubble_pred_s",  "dp_comm_s",        "optimizer_s",
-      "other_s",   "op_F_s",         "op_B_s",           "op_W_s",
-      "op_FB_s",   "dp_early",       "mem_peak_gib",     "mem_live_gib"};
+      "compute_s",     "ep_wait_pair_s",  "ep_wait_single_s", "ep_inflight_s", "pp_idle_s",
+      "bubble_pred_s", "dp_comm_s",       "optimizer_s",      "other_s",       "op_F_s",
+      "op_B_s",        "op_W_s",          "op_FB_s",          "dp_early",      "mem_peak_gib",
+      "mem_live_gib",  "mem_reserved_gib"};
   std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
 

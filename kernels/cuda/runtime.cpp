@@ -75,6 +75,12 @@ Streams& streams() {
 class CudaAllocator final : public Allocator {
  public:
   Device device() const override { return Device::CUDA; }
+  // the stream-ordered pool's high mark of backing memory (it keeps what is freed)
+  int64_t reserved_peak_bytes() const override {
+    uint64_t high = 0;
+    MOETRON_CUDA_CHECK(cudaMemPoolGetAttribute(pool(), cudaMemPoolAttrReservedMemHigh, &high));
+    return static_cast<int64_t>(high);
+  }
 
  protected:
   void* do_allocate(size_t bytes) override {
@@ -85,6 +91,18 @@ class CudaAllocator final : public Allocator {
       throw std::bad_alloc();
     }
     MOETRON_CUDA_CHECK(e);
+    return p;
+  }
+  void reset_reserved_peak() override {  // (the mark can only be reset to zero: it then
+    uint64_t zero = 0;                   // restarts from what the pool holds)
+    MOETRON_CUDA_CHECK(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReservedMemHigh, &zero));
+  }
+  static cudaMemPool_t pool() {
+    streams();  // (the pool's release threshold is set with the streams)
+    int dev = 0;
+    MOETRON_CUDA_CHECK(cudaGetDevice(&dev));
+    cudaMemPool_t p;
+    MOETRON_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&p, dev));
     return p;
   }
   // Called from destructors (a Buffer's), so it must not throw: after a sticky device error (a
