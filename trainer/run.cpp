@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <ostream>
 #include <set>
 #include <thread>
@@ -283,17 +284,18 @@ void report_start(const Run& r, std::ostream& log) {
         << r.optimizer->value_bytes() / 1048576.0 << " MiB of fp32 values (whole: "
         << 4.0 * static_cast<double>(r.params->numel()) / 1048576.0
         << " MiB); its FP8/bf16 weight copies are remade after each step's all-gather\n";
-  // activation memory of stage 0 (model/memory.h): slots and gradient sets; with more than one
-  // pipeline rank its output leaves with the send (PipelineExecutor), so a slot keeps less
-  SlotBytes slot = slot_activation_bytes(cfg.model, cfg.policy(), 0, g.pp, r.B, r.S);
-  if (g.pp > 1) slot.forward -= r.B * r.S * cfg.model.hidden_size * 4;
-  const int slots = sched.in_flight_bound[0];
-  const int sets = PipelineExecutor<float>::peak_grad_sets(sched, 0);
-  log << "moetron: activations on " << cfg.run.device << ", stage 0: " << slots << " x "
-      << slot.forward / 1048576.0 << " MiB (micro-batch slots of " << cfg.parallel.schedule
-      << ") + " << sets << " x " << slot.backward / 1048576.0
-      << " MiB (gradient sets) = " << (slots * slot.forward + sets * slot.backward) / 1048576.0
-      << " MiB\n";
+  // what `moetron plan` says this layout holds per device (the progress line's mem: what the
+  // allocator held)
+  const Plan plan = make_plan(cfg, g.world);
+  const RankPlan& p0 = plan.ranks.front();
+  const RankPlan& peak = plan.peak();
+  const auto gib = [](int64_t b) { return static_cast<double>(b) / 1073741824.0; };
+  log << std::setprecision(3) << std::fixed << "moetron: memory on " << cfg.run.device
+      << " by `moetron plan`: pipeline rank 0 " << gib(p0.bytes.total()) << " GiB (activations "
+      << gib(p0.bytes.activations) << ": " << p0.slots << " micro-batch state(s) of "
+      << cfg.parallel.schedule << " + " << p0.grad_sets << " gradient set(s)); the most, pipeline "
+      << "rank " << peak.pp_rank << ": " << gib(peak.bytes.total()) << " GiB\n"
+      << std::defaultfloat << std::setprecision(6);
   if (cfg.data.batch_ramp_start > 0)
     log << "moetron: global batch ramps from " << r.batches->batch_size_at(0) << " to "
         << cfg.data.global_batch_size << " sequences over " << cfg.data.batch_ramp_tokens
