@@ -299,6 +299,26 @@ TEST(ActivationMemory, RecomputedFfnNormGivesTheSameGradients) {
   }
 }
 
+// A storage cut: one micro-batch under `base` and under `cut`, which keeps `saved` bytes fewer
+// (allocator count) and computes the same forward (the same loss), its backward reading the
+// narrower values (the gradients move: `moved`, relative, from base's).
+struct StorageCut {
+  MicroBatchRun base, cut;
+  double moved = 0;
+};
+StorageCut storage_cut(const ModelConfig& c, const std::string& base, const std::string& cut,
+                       int64_t B, int64_t S, uint64_t seed, int64_t saved) {
+  const auto tok = tokens(B, S, c.vocab_size);
+  StorageCut r{one_micro_batch(c, base, tok, B, S, seed), one_micro_batch(c, cut, tok, B, S, seed)};
+  EXPECT_EQ(r.base.bytes - r.cut.bytes, saved) << cut;
+  EXPECT_EQ(r.base.loss, r.cut.loss) << cut;
+  r.moved = distance_and_cosine(r.cut.grads, r.base.grads).first;
+  EXPECT_GT(r.moved, 0.0) << cut;
+  std::printf("%s against %s: slot %.4f -> %.4f MiB, gradients moved %.3e\n", cut.c_str(),
+              base.c_str(), r.base.bytes / 1048576.0, r.cut.bytes / 1048576.0, r.moved);
+  return r;
+}
+
 // activations.attention_output: e5m6 keeps o (H x dv a token and block) in 1.5 bytes instead of
 // fp32's 4 (or bf16's 2): the slot shrinks by that, in the allocator as in the analytic count.
 // The forward reads the fp32 output as before (the same loss); the backward reads the E5M6
@@ -308,22 +328,13 @@ TEST(ActivationMemory, RecomputedFfnNormGivesTheSameGradients) {
 TEST(ActivationMemory, E5m6AttentionOutputShrinksTheSlot) {
   const ModelConfig c = tiny();
   const int64_t B = 2, S = 64, N = B * S;
-  const auto tok = tokens(B, S, c.vocab_size);
-  const MicroBatchRun f = one_micro_batch(c, "fp8", tok, B, S, 3);
-  const MicroBatchRun e = one_micro_batch(c, "fp8+e5m6", tok, B, S, 3);
-  const MicroBatchRun h = one_micro_batch(c, "fp8/bf16", tok, B, S, 3);
   const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
   const int64_t o = N * c.num_attention_heads * c.v_head_dim;
-  EXPECT_EQ(f.bytes - e.bytes, blocks * (4 * o - e5m6_bytes(o)));
-  EXPECT_EQ(f.loss, e.loss);
-  const double e5m6 = distance_and_cosine(e.grads, f.grads).first;
-  const double bf16 = distance_and_cosine(h.grads, f.grads).first;
-  std::printf(
-      "E5M6 attention output: slot %.4f -> %.4f MiB; gradients from the fp32-kept run's: E5M6 o "
-      "%.3e, bf16 storage %.3e\n",
-      f.bytes / 1048576.0, e.bytes / 1048576.0, e5m6, bf16);
-  EXPECT_GT(e5m6, 0.0);         // the backward reads the E5M6 values
-  EXPECT_LT(e5m6, 1.5 * bf16);  // no worse than bf16 storage already is, within a margin
+  const StorageCut e = storage_cut(c, "fp8", "fp8+e5m6", B, S, 3, blocks * (4 * o - e5m6_bytes(o)));
+  const MicroBatchRun h = one_micro_batch(c, "fp8/bf16", tokens(B, S, c.vocab_size), B, S, 3);
+  const double bf16 = distance_and_cosine(h.grads, e.base.grads).first;
+  std::printf("bf16 storage of every activation moved them %.3e\n", bf16);
+  EXPECT_LT(e.moved, 1.5 * bf16);  // no worse than bf16 storage already is, within a margin
 }
 
 // activations.block_input: storage keeps every block's input (the residual stream where the
@@ -338,21 +349,14 @@ TEST(ActivationMemory, E5m6AttentionOutputShrinksTheSlot) {
 TEST(ActivationMemory, Bf16BlockInputsHalveTheStreamInTheSlot) {
   const ModelConfig c = tiny();
   const int64_t B = 2, S = 64, N = B * S;
-  const auto tok = tokens(B, S, c.vocab_size);
-  const MicroBatchRun wide = one_micro_batch(c, "fp32+recompute", tok, B, S, 9);
-  const MicroBatchRun f = one_micro_batch(c, "fp32/bf16+recompute", tok, B, S, 9);
-  const MicroBatchRun x = one_micro_batch(c, "fp32/bf16+recompute+x16", tok, B, S, 9);
   const int64_t blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
-  EXPECT_EQ(f.bytes - x.bytes, blocks * N * c.hidden_size * (4 - 2));
-  EXPECT_EQ(f.loss, x.loss);
-  const double moved = distance_and_cosine(x.grads, f.grads).first;
-  const double storage = distance_and_cosine(f.grads, wide.grads).first;
-  std::printf(
-      "bf16 block inputs: slot %.4f -> %.4f MiB; gradients moved %.3e from the fp32 inputs' "
-      "(bf16 storage moved them %.3e from fp32 storage's)\n",
-      f.bytes / 1048576.0, x.bytes / 1048576.0, moved, storage);
-  EXPECT_GT(moved, 0.0);             // attn_norm's backward reads the bf16 values
-  EXPECT_LT(moved, 0.05 * storage);  // 7.4e-4 against 6.1e-2 when written
+  const StorageCut x = storage_cut(c, "fp32/bf16+recompute", "fp32/bf16+recompute+x16", B, S, 9,
+                                   blocks * N * c.hidden_size * (4 - 2));
+  const MicroBatchRun wide =
+      one_micro_batch(c, "fp32+recompute", tokens(B, S, c.vocab_size), B, S, 9);
+  const double storage = distance_and_cosine(x.base.grads, wide.grads).first;
+  std::printf("bf16 storage moved them %.3e from fp32 storage's\n", storage);
+  EXPECT_LT(x.moved, 0.05 * storage);  // 7.4e-4 against 6.1e-2 when written
 }
 
 }  // namespace
