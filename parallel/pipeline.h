@@ -221,12 +221,12 @@ class PipelineExecutor {
   // each op, after its takes and lends (live_keys: the states live then).
   template <class F>
   static void walk_pools(const PoolPlan& p, F&& visit);
-  // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): a received
-  // activation or gradient from its receive's post to the compute op that reads it; a sent
-  // gradient (a copy) from its post, a sent activation (the forward's output itself, which the
-  // state gives up at the send) from its forward, to the end of the next compute op after the
-  // post — an estimate: a send completes once its receive is posted, which in a running pipeline
-  // is about then.
+  // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): the pool's
+  // size, whose entries keep their memory between uses. A received activation or gradient from
+  // its receive's post to the compute op that reads it; a sent gradient (a copy) or activation
+  // (the forward's output itself, which the state gives up at the send: until then the state
+  // holds it) from its post to the end of the next compute op after it — an estimate: a send
+  // completes once its receive is posted, which in a running pipeline is about then.
   static int peak_message_buffers(const pipeline::Schedule& s, int rank);
 
  private:

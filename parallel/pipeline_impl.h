@@ -344,25 +344,13 @@ int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int r
              (pair && c.mb2 == msg.mb && c.stage2 == msg.stage - 1);
     return true;
   };
-  // the compute op at or before i that forwards (m, stage): a sent activation is the forward's
-  // output itself, held from then on
-  auto forwarded_at = [](const std::vector<pipeline::Op>& ops, size_t i, int m, int stage) {
-    for (size_t f = i; f-- > 0;) {
-      const pipeline::Op& c = ops[f];
-      if ((c.kind == OpKind::Forward || c.kind == OpKind::ForwardBackward) && c.mb == m &&
-          c.stage == stage)
-        return f;
-    }
-    return i;
-  };
   const std::vector<pipeline::Op>& ops = s.per_rank[rank];
   std::vector<int> delta(ops.size() + 1, 0);
   for (size_t i = 0; i < ops.size(); ++i) {
     if (!ops[i].is_message()) continue;
     size_t j = i + 1;
     while (j < ops.size() && (ops[j].is_message() || !reads(ops[j], ops[i]))) ++j;
-    const bool sent = ops[i].kind == OpKind::SendActivation;
-    ++delta[sent ? forwarded_at(ops, i, ops[i].mb, ops[i].stage) : i];
+    ++delta[i];  // (a sent activation from its post: before, the state holds it)
     --delta[std::min(j, ops.size() - 1) + 1];
   }
   int open = 0, peak = 0;

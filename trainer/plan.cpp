@@ -179,7 +179,9 @@ pipeline::Schedule plan_schedule(const Config& cfg, Plan& p) {
 // What rank r's pools of micro-batch states and gradient sets hold at their peak, op by op as the
 // executor runs them (PipelineExecutor::pool_plan): a live state weighted by what its stage keeps
 // per micro-batch (activations and EP dispatch state), an idle held one and every set at the
-// largest of the rank's stages (a pooled entry grows to the largest use it has had).
+// largest of the rank's stages (an entry keeps the stage it last served: at most the largest).
+// A sending stage's state holds its output only from its forward to the send's post, which
+// follows that compute op: counted during the op (pp_messages counts it from the post on).
 struct PoolPeak {
   int slots = 0, sets = 0;
   int64_t activations = 0, ep = 0, largest = 0, set_bytes = 0;
@@ -191,12 +193,19 @@ PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageC
   using Exec = PipelineExecutor<float>;
   PoolPeak peak;
   // a stage whose outputs this rank sends keeps a micro-batch's state without its output (the
-  // executor moves it into the send: pp_messages counts it from the forward to the send's end)
+  // executor moves it into the send) but during the forward that makes it (`making`, per op)
+  const std::vector<pipeline::Op>& ops = s.per_rank[r];
   std::vector<int64_t> forward(st.size());
   for (size_t stage = 0; stage < st.size(); ++stage) forward[stage] = st[stage].slot.forward;
-  for (const pipeline::Op& op : s.per_rank[r])
+  for (const pipeline::Op& op : ops)
     if (op.kind == pipeline::OpKind::SendActivation)
       forward[op.stage] = st[op.stage].slot.forward - output_bytes;
+  std::vector<int64_t> making(ops.size(), 0);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const bool fwd = ops[i].kind == pipeline::OpKind::Forward ||
+                     ops[i].kind == pipeline::OpKind::ForwardBackward;
+    if (fwd && forward[ops[i].stage] != st[ops[i].stage].slot.forward) making[i] = output_bytes;
+  }
   int64_t largest_ep = 0;
   for (const pipeline::Chunk& c : s.chunks_of_rank[r]) {
     peak.largest = std::max(peak.largest, forward[c.stage]);
@@ -205,9 +214,11 @@ PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageC
   }
   const Exec::PoolPlan plan = Exec::pool_plan(s, r);
   peak.shared = plan.share;
+  size_t i = 0;  // the op walk_pools is at (it visits each op once, in order)
   Exec::walk_pools(plan, [&](const std::vector<int>& live, int held_slots, int held_sets) {
     const int64_t idle = held_slots - static_cast<int64_t>(live.size());
-    int64_t act = idle * peak.largest + held_sets * peak.set_bytes, ep = idle * largest_ep;
+    int64_t act = idle * peak.largest + held_sets * peak.set_bytes + making[i++];
+    int64_t ep = idle * largest_ep;
     for (int k : live) act += forward[k % s.stages], ep += st[k % s.stages].ep_slot;
     if (act + ep > peak.activations + peak.ep)
       peak.slots = held_slots, peak.sets = held_sets, peak.activations = act, peak.ep = ep;
