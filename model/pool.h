@@ -35,8 +35,9 @@ struct Pool {
     items.emplace_back(std::forward<A>(make)...);
     return static_cast<int>(items.size()) - 1;
   }
-  // A free entry that last served `use`, else a bare one, else a free one that served another
-  // use, emptied (its memory freed, to fill again for this one), else a new one.
+  // A free entry that last served `use`, else the entry take() gives, emptied: a free one that
+  // served another use (its memory freed, to fill again for this one: the entries held stay
+  // take()'s), a bare one, or a new one.
   int take_for(int use) {
     const auto same =
         std::find_if(free.rbegin(), free.rend(), [&](int j) { return uses[j] == use; });
@@ -45,12 +46,8 @@ struct Pool {
       i = *same;
       free.erase(std::next(same).base());
     } else {
-      if (bare.empty() && !free.empty()) {
-        items[static_cast<size_t>(free.back())] = E{};
-        bare.push_back(free.back());
-        free.pop_back();
-      }
       i = take();
+      items[static_cast<size_t>(i)] = E{};
     }
     uses.resize(items.size(), -1);
     uses[static_cast<size_t>(i)] = use;

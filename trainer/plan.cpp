@@ -195,16 +195,15 @@ PoolPeak peak_pools(const pipeline::Schedule& s, int r, const std::vector<StageC
   // a stage whose outputs this rank sends keeps a micro-batch's state without its output (the
   // executor moves it into the send) but during the forward that makes it (`making`, per op)
   const std::vector<pipeline::Op>& ops = s.per_rank[r];
-  std::vector<int64_t> forward(st.size());
-  for (size_t stage = 0; stage < st.size(); ++stage) forward[stage] = st[stage].slot.forward;
-  for (const pipeline::Op& op : ops)
-    if (op.kind == pipeline::OpKind::SendActivation)
-      forward[op.stage] = st[op.stage].slot.forward - output_bytes;
-  std::vector<int64_t> making(ops.size(), 0);
+  std::vector<uint8_t> sends(st.size(), 0);
+  for (const pipeline::Op& op : ops) sends[op.stage] |= op.kind == pipeline::OpKind::SendActivation;
+  std::vector<int64_t> forward(st.size()), making(ops.size(), 0);
+  for (size_t stage = 0; stage < st.size(); ++stage)
+    forward[stage] = st[stage].slot.forward - (sends[stage] ? output_bytes : 0);
   for (size_t i = 0; i < ops.size(); ++i) {
     const bool fwd = ops[i].kind == pipeline::OpKind::Forward ||
                      ops[i].kind == pipeline::OpKind::ForwardBackward;
-    if (fwd && forward[ops[i].stage] != st[ops[i].stage].slot.forward) making[i] = output_bytes;
+    if (fwd && sends[ops[i].stage]) making[i] = output_bytes;
   }
   int64_t largest_ep = 0;
   for (const pipeline::Chunk& c : s.chunks_of_rank[r]) {
@@ -480,10 +479,13 @@ std::string plan_refusal(const Plan& p) {
   return msg;
 }
 
-void check_memory(const Config& cfg, int world) {
-  if (cfg.hardware.memory_gib <= 0) return;  // unknown: nothing to check against
-  const std::string why = plan_refusal(make_plan(cfg, world));
+void check_memory(const Plan& p) {
+  const std::string why = plan_refusal(p);
   if (!why.empty()) throw ConfigError(why);
+}
+
+void check_memory(const Config& cfg, int world) {
+  if (cfg.hardware.memory_gib > 0) check_memory(make_plan(cfg, world));  // (unknown: no check)
 }
 
 }  // namespace moetron

@@ -105,6 +105,7 @@ std::string plan_refusal(const Plan& p);
 
 // `moetron train`'s check, before anything is allocated: throws ConfigError(plan_refusal) when
 // the memory is known (hardware.memory_gib > 0) and the layout does not fit.
-void check_memory(const Config& cfg, int world);
+void check_memory(const Plan& p);
+void check_memory(const Config& cfg, int world);  // of make_plan(cfg, world), made only if known
 
 }  // namespace moetron

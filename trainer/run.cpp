@@ -286,9 +286,8 @@ void report_start(const Run& r, std::ostream& log) {
         << " MiB); its FP8/bf16 weight copies are remade after each step's all-gather\n";
   // what `moetron plan` says this layout holds per device (the progress line's mem: what the
   // allocator held)
-  const Plan plan = make_plan(cfg, g.world);
-  const RankPlan& p0 = plan.ranks.front();
-  const RankPlan& peak = plan.peak();
+  const RankPlan& p0 = r.plan.ranks.front();
+  const RankPlan& peak = r.plan.peak();
   const auto gib = [](int64_t b) { return static_cast<double>(b) / 1073741824.0; };
   log << std::setprecision(3) << std::fixed << "moetron: memory on " << cfg.run.device
       << " by `moetron plan`: pipeline rank 0 " << gib(p0.bytes.total()) << " GiB (activations "
@@ -339,7 +338,8 @@ std::unique_ptr<Run> setup(const Config& cfg, std::ostream& log, const std::stri
   r->cfg = cfg;
   r->world = &world();
   plan_layout(*r);  // nothing is written before the layout, the memory and the data check out
-  check_memory(cfg, r->grid.world);  // when hardware.memory_gib is known (trainer/plan.h)
+  r->plan = make_plan(cfg, r->grid.world);  // (start-up reports it)
+  check_memory(r->plan);                    // when hardware.memory_gib is known (trainer/plan.h)
   open_data(*r);
   kernels::set_num_threads(resolve_threads(cfg.run));
   set_sleeping_waits(sleep_when_waiting(cfg.parallel));

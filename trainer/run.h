@@ -27,6 +27,7 @@
 #include "trainer/generate.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/plan.h"
 
 namespace moetron {
 
@@ -39,6 +40,7 @@ struct Run {
   Communicator* world = nullptr;
   Communicator* device_world = nullptr;
   RankGrid grid;
+  Plan plan;  // `moetron plan`'s: what each pipeline rank holds (checked, and reported at start)
   bool rank0 = false;
   int64_t B = 0, S = 0;                          // micro-batch rows, sequence length
   FlopsPerToken flops;                           // of the model at S (model/flops.h)
