@@ -221,12 +221,13 @@ class PipelineExecutor {
   // each op, after its takes and lends (live_keys: the states live then).
   template <class F>
   static void walk_pools(const PoolPlan& p, F&& visit);
-  // The message buffers a rank of `s` holds at most, as planned (trainer/plan.h): the pool's
-  // size, whose entries keep their memory between uses. A received activation or gradient from
-  // its receive's post to the compute op that reads it; a sent gradient (a copy) or activation
-  // (the forward's output itself, which the state gives up at the send: until then the state
-  // holds it) from its post to the end of the next compute op after it — an estimate: a send
-  // completes once its receive is posted, which in a running pipeline is about then.
+  // The message buffers a rank of `s` holds at most (trainer/plan.h): the pool's size, whose
+  // entries keep their memory between uses. A received activation or gradient from its receive's
+  // post to the compute op that reads it; DualPipeV's turn (a d input kept on the rank) from the
+  // backward that makes it to the one that reads it; a sent gradient (a copy) or activation (the
+  // forward's output itself, which the state gives up at the send: until then the state holds it)
+  // from its post to the op after which it is surely complete under any timing
+  // (pipeline::send_release: to the step's end when no message from the receiver says so).
   static int peak_message_buffers(const pipeline::Schedule& s, int rank);
 
  private:
@@ -317,6 +318,20 @@ class PipelineExecutor {
     sends_.clear();
     stats_.pp_idle += seconds_since(t0);
   }
+  // Schedule::send_window: with that many sends in flight, waits for the oldest before posting
+  // another (sends_ is in posting order). A send still in the unposted batch is not waited for.
+  void wait_window() {
+    const size_t window = static_cast<size_t>(sched_.send_window);
+    if (window == 0 || sends_.size() < window || !sends_.front().req) return;
+    const auto t0 = clock::now();
+    while (sends_.size() >= window && sends_.front().req) {
+      sends_.front().req->wait(), msg_release(sends_.front().buf);
+      trace::complete(sends_.front().tr);
+      sends_.erase(sends_.begin());
+    }
+    trace::span_since(trace::Track::PpWait, "wait send window", trace::ns(t0));
+    stats_.pp_idle += seconds_since(t0);
+  }
   double ep_blocked() const { return opt_.ep_blocked ? opt_.ep_blocked() : 0.0; }
 
   typename Model<T>::MicroBatch& state(int k) { return slots_[slot_of_[k]]; }
@@ -381,8 +396,7 @@ class PipelineExecutor {
       if (sends_[i].req && sends_[i].req->test()) {  // (null: in the batch not yet posted)
         msg_release(sends_[i].buf);
         trace::complete(sends_[i].tr);
-        sends_[i] = std::move(sends_.back());
-        sends_.pop_back();
+        sends_.erase(sends_.begin() + static_cast<std::ptrdiff_t>(i));  // (kept in posting order)
       } else {
         ++i;
       }

@@ -80,6 +80,7 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
     }
     case OpKind::SendActivation: {  // the output itself, no copy: the state gives it up
       // (Model::output_buffer; a message buffer's memory goes back to the allocator in its place)
+      wait_window();
       const int b = msgs_.take();
       msgs_[b].release();
       std::swap(msgs_[b], chunk(op.stage).output_buffer(state(key(m, op.stage))));
@@ -95,6 +96,7 @@ void PipelineExecutor<T>::post(const pipeline::Op& op, const Step& st) {
       break;
     }
     case OpKind::SendGrad:
+      wait_window();
       send_copy(state(key(m, op.stage)).dh.data(), bytes, op.peer, tag, n,
                 tr(trace::Track::PpSend, "send gradient"));
       break;
@@ -332,26 +334,41 @@ void PipelineExecutor<T>::walk_pools(const PoolPlan& p, F&& visit) {
 template <class T>
 int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int rank) {
   using pipeline::OpKind;
-  // whether compute op c reads message op msg's buffer (a send's: any compute op ends it)
-  auto reads = [](const pipeline::Op& c, const pipeline::Op& msg) {
-    const bool pair = c.kind == OpKind::ForwardBackward;
-    const bool fwd = c.kind == OpKind::Forward || pair;
-    const bool bwd = c.kind == OpKind::Backward || c.kind == OpKind::BackwardInput;
-    if (msg.kind == OpKind::RecvActivation)
-      return fwd && c.mb == msg.mb && c.stage == msg.stage + 1;
-    if (msg.kind == OpKind::RecvGrad)
-      return (bwd && c.mb == msg.mb && c.stage == msg.stage - 1) ||
-             (pair && c.mb2 == msg.mb && c.stage2 == msg.stage - 1);
-    return true;
-  };
   const std::vector<pipeline::Op>& ops = s.per_rank[rank];
-  std::vector<int> delta(ops.size() + 1, 0);
-  for (size_t i = 0; i < ops.size(); ++i) {
-    if (!ops[i].is_message()) continue;
-    size_t j = i + 1;
-    while (j < ops.size() && (ops[j].is_message() || !reads(ops[j], ops[i]))) ++j;
-    ++delta[i];  // (a sent activation from its post: before, the state holds it)
-    --delta[std::min(j, ops.size() - 1) + 1];
+  const int n = static_cast<int>(ops.size());
+  // the backward halves an op runs: (mb, stage) pairs
+  auto backwards = [](const pipeline::Op& c) -> std::vector<std::pair<int, int>> {
+    if (c.kind == OpKind::Backward || c.kind == OpKind::BackwardInput) return {{c.mb, c.stage}};
+    if (c.kind == OpKind::ForwardBackward) return {{c.mb2, c.stage2}};
+    return {};
+  };
+  auto first_backward = [&](int from, int m, int stage) {  // of (m, stage), from op `from` on
+    int j = from;
+    while (j < n && !std::ranges::count(backwards(ops[j]), std::pair{m, stage})) ++j;
+    return j;
+  };
+  std::vector<int> delta(n + 1, 0);
+  auto hold = [&](int from, int through) { ++delta[from], --delta[std::min(through, n - 1) + 1]; };
+  const std::vector<int> sent = pipeline::send_release(s)[rank];
+  for (int i = 0; i < n; ++i) {
+    const pipeline::Op& op = ops[i];
+    if (op.kind == OpKind::SendActivation || op.kind == OpKind::SendGrad) {
+      hold(i, sent[i]);  // (a sent activation from its post: before, the state holds it)
+    } else if (op.kind == OpKind::RecvActivation) {  // to the forward that reads it
+      int j = i + 1;
+      while (j < n &&
+             !((ops[j].kind == OpKind::Forward || ops[j].kind == OpKind::ForwardBackward) &&
+               ops[j].mb == op.mb && ops[j].stage == op.stage + 1))
+        ++j;
+      hold(i, j);
+    } else if (op.kind == OpKind::RecvGrad) {  // to the backward that reads it
+      hold(i, first_backward(i + 1, op.mb, op.stage - 1));
+    } else {  // DualPipeV's turn (backward_done): d input of (m, s) kept for (m, s - 1) here,
+      // in the entry the d output it read gave back just before (none on the last stage)
+      for (const auto& [m, stage] : backwards(op))
+        if (stage > 0 && s.rank_of(m, stage - 1) == rank)
+          hold(stage == s.stages - 1 ? i : i + 1, first_backward(i + 1, m, stage - 1));
+    }
   }
   int open = 0, peak = 0;
   for (int d : delta) peak = std::max(peak, open += d);

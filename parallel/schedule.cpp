@@ -13,6 +13,7 @@
 #include "parallel/schedule.h"
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -127,6 +128,8 @@ Schedule make_forward_only(int pp_ranks, int microbatches, std::vector<int> rout
       s.in_flight_bound[r] += microbatches;
     }
   }
+  // one send in flight a rank: a stage runs at most about a micro-batch ahead of the next
+  s.send_window = 1;
   return s;
 }
 
@@ -343,6 +346,35 @@ std::vector<std::vector<Ref>> match_messages(const Schedule& s) {
 
 // ---- the replay engine --------------------------------------------------------------------
 
+// Schedule::send_window in a replay: when a rank whose sends `in_flight` (op indices, oldest
+// first) are not known complete may post another at time t. Drops those complete by then; while
+// the window is full, waits for the oldest (complete at max(post, partner's post) + comm). -1
+// (blocked = that send) while the oldest's partner is not posted.
+double send_window_free(const Schedule& s, const std::vector<std::vector<Ref>>& partner,
+                        const std::vector<std::vector<double>>& start, double comm, int r, double t,
+                        std::deque<int>& in_flight, int& blocked) {
+  if (s.send_window <= 0) return t;
+  auto done_at = [&](int i) {  // -1: its partner is not posted yet
+    const Ref p = partner[r][i];
+    const double posted = start[p.rank][p.index];
+    return posted < 0 ? -1.0 : std::max(start[r][i], posted) + comm;
+  };
+  std::erase_if(in_flight, [&](int i) {
+    const double d = done_at(i);
+    return d >= 0 && d <= t;
+  });
+  while (static_cast<int>(in_flight.size()) >= s.send_window) {
+    const double d = done_at(in_flight.front());
+    if (d < 0) {
+      blocked = in_flight.front();
+      return -1;
+    }
+    t = std::max(t, d);
+    in_flight.pop_front();
+  }
+  return t;
+}
+
 double op_cost(const Op& op, const Costs& c) {
   switch (op.kind) {
     case OpKind::Forward:
@@ -390,6 +422,7 @@ class Replayer {
       : s_(s), partner_(partner), cost_(std::move(cost)), comm_(comm), strict_(strict) {
     const int P = s.ranks;
     pc_.assign(P, 0), waited_.assign(P, 0), blocked_on_.assign(P, -1);
+    in_flight_.assign(P, {});
     t_.assign(P, 0.0);
     done_.assign(P, false);
     out_.sim.start.resize(P), out_.sim.end.resize(P);
@@ -431,6 +464,14 @@ class Replayer {
     return ready;
   }
 
+  // When rank r, at time t, may post a send under Schedule::send_window (it waits for its oldest
+  // sends in flight until fewer than the window are); -1 (and the op in blocked_on_) if that
+  // send's partner is not posted yet.
+  double window_free(int r, double t) {
+    return send_window_free(s_, partner_, out_.sim.start, comm_, r, t, in_flight_[r],
+                            blocked_on_[r]);
+  }
+
   // Runs rank r as far as it can go; true if it moved.
   bool advance(int r) {
     const auto& ops = s_.per_rank[r];
@@ -446,6 +487,12 @@ class Replayer {
       }
       const Op& op = ops[i];
       if (op.is_message()) {
+        if (is_send(op.kind) && !strict_) {  // (strict commit: the reference's, no window)
+          const double free = window_free(r, t_[r]);
+          if (free < 0) break;
+          t_[r] = free;
+          if (s_.send_window > 0) in_flight_[r].push_back(i);
+        }
         out_.sim.start[r][i] = t_[r];
         ++pc_[r];
         progress = true;
@@ -491,8 +538,9 @@ class Replayer {
   const double comm_;
   const bool strict_;
   std::vector<int> pc_, waited_;
-  std::vector<int> blocked_on_;  // message op a blocked rank waits for
-  std::vector<double> t_;        // when the rank is free
+  std::vector<std::deque<int>> in_flight_;  // per rank, under send_window: its sends not known done
+  std::vector<int> blocked_on_;             // message op a blocked rank waits for
+  std::vector<double> t_;                   // when the rank is free
   std::vector<bool> done_;
   Replay out_;  // out_.sim.start[r][i]: when op i of rank r started (compute) or was posted
                 // (message); < 0: not yet
@@ -517,6 +565,7 @@ class SharedReplayer {
         replicas_(replicas) {
     const int P = s.ranks;
     pc_.assign(P, 0), waited_.assign(P, 0), phase_.assign(P, Phase::Idle);
+    in_flight_.assign(P, {});
     left_.assign(P, 0.0), until_.assign(P, 0.0), began_.assign(P, 0.0);
     sim_.start.resize(P), sim_.end.resize(P);
     for (int r = 0; r < P; ++r) {
@@ -543,7 +592,8 @@ class SharedReplayer {
       double next = kNever;
       for (int r = 0; r < P; ++r) {
         if (phase_[r] == Phase::Work) next = std::min(next, t_ + left_[r] / rate);
-        if (phase_[r] == Phase::Wait || phase_[r] == Phase::Ready) next = std::min(next, until_[r]);
+        if (phase_[r] == Phase::Wait || phase_[r] == Phase::Ready || phase_[r] == Phase::Hold)
+          next = std::min(next, until_[r]);
       }
       if (next == kNever) throw std::logic_error("simulate_shared: no rank can move");
       const double dt = next - t_;
@@ -555,12 +605,13 @@ class SharedReplayer {
         }
         if (phase_[r] == Phase::Wait && until_[r] <= t_) end_op(r);
         if (phase_[r] == Phase::Ready && until_[r] <= t_) begin_op(r);
+        if (phase_[r] == Phase::Hold && until_[r] <= t_) phase_[r] = Phase::Idle;
       }
     }
   }
 
  private:
-  enum class Phase { Idle, Ready, Work, Wait, Done };
+  enum class Phase { Idle, Hold, Ready, Work, Wait, Done };  // Hold: a send waits on its window
   static constexpr double kNever = std::numeric_limits<double>::infinity();
 
   // When message ops [from, to) of rank r (receives only, or all) complete; -1 if a partner is
@@ -583,8 +634,20 @@ class SharedReplayer {
     if (phase_[r] != Phase::Idle) return false;
     const auto& ops = s_.per_rank[r];
     bool moved = false;
-    for (; pc_[r] < static_cast<int>(ops.size()) && ops[pc_[r]].is_message(); moved = true)
+    for (; pc_[r] < static_cast<int>(ops.size()) && ops[pc_[r]].is_message(); moved = true) {
+      if (is_send(ops[pc_[r]].kind)) {  // under send_window: may have to wait first
+        int blocked = -1;
+        const double free =
+            send_window_free(s_, partner_, sim_.start, comm_, r, t_, in_flight_[r], blocked);
+        if (free < 0) return moved;  // (tried again when another rank moves)
+        if (free > t_) {
+          phase_[r] = Phase::Hold, until_[r] = free;
+          return true;
+        }
+        if (s_.send_window > 0) in_flight_[r].push_back(pc_[r]);
+      }
       sim_.start[r][pc_[r]++] = t_;
+    }
     const int i = pc_[r];
     const bool last = i == static_cast<int>(ops.size());
     const double at = last ? ready(r, 0, i, true) : ready(r, waited_[r], i, false);
@@ -627,6 +690,7 @@ class SharedReplayer {
   const double comm_, cores_, replicas_;
   double t_ = 0;
   std::vector<int> pc_, waited_;
+  std::vector<std::deque<int>> in_flight_;  // per rank, under send_window (as Replayer's)
   std::vector<Phase> phase_;
   std::vector<double> left_;   // work still to do, in seconds at a whole core
   std::vector<double> until_;  // Ready: when the receives complete; Wait: when the exchanges do
@@ -918,10 +982,77 @@ void validate(const Schedule& s) {
   if (!rp.stall.empty())
     fail(s, rp.stall_rank, rp.stall_index, "deadlock",
          "under strict commit with rendezvous sends, " + rp.stall);
+  if (s.send_window > 0) {  // what the executor runs: receives before compute, the send window
+    const Replay w = replay(s, partner, Costs{}, /*strict=*/false);
+    if (!w.stall.empty())
+      fail(s, w.stall_rank, w.stall_index, "deadlock",
+           "with " + std::to_string(s.send_window) + " send(s) in flight at most, " + w.stall);
+  }
   int br = -1, bi = -1;
   const std::string blocked = blocking_receive_stall(s, partner, br, bi);
   if (!blocked.empty())
     fail(s, br, bi, "deadlock", "with blocking receives and buffered sends, " + blocked);
+}
+
+int default_send_window(const Schedule& s) {
+  int most = 1;
+  for (const std::vector<Op>& ops : s.per_rank) {
+    int run = 0;
+    for (const Op& op : ops) {
+      if (!op.is_message()) run = 0;
+      most = std::max(most, run += is_send(op.kind));
+    }
+  }
+  return most;
+}
+
+std::vector<std::vector<int>> send_release(const Schedule& s) {
+  const auto partner = match_messages(s);
+  std::vector<std::vector<int>> release(s.ranks);
+  for (int r = 0; r < s.ranks; ++r) {
+    const std::vector<Op>& ops = s.per_rank[r];
+    const int n = static_cast<int>(ops.size());
+    release[r].assign(n, -1);
+    // the sends still held: (op, peer, the receiver's first compute op after the receive's post)
+    struct Held {
+      int op, peer, reader;
+    };
+    std::vector<Held> held;
+    std::vector<int> sends;               // this rank's sends, in posting order
+    std::vector<int> heard(s.ranks, -1);  // per peer: the last of its ops a message came from
+    int waited = 0;
+    for (int i = 0; i < n; ++i) {
+      const Op& op = ops[i];
+      if (is_send(op.kind)) {
+        const auto [p, k] = partner[r][i];
+        int reader = k + 1;
+        while (reader < static_cast<int>(s.per_rank[p].size()) &&
+               s.per_rank[p][reader].is_message())
+          ++reader;
+        held.push_back({i, p, reader});
+        sends.push_back(i);
+      }
+      if (op.is_message()) continue;
+      for (; waited < i; ++waited)  // the receives op i waits for
+        if (is_recv(ops[waited].kind)) {
+          const Ref from = partner[r][waited];
+          heard[from.rank] = std::max(heard[from.rank], from.index);
+        }
+      waited = i + 1;
+      std::erase_if(held, [&](const Held& h) {
+        if (heard[h.peer] <= h.reader) return false;
+        release[r][h.op] = i;
+        return true;
+      });
+    }
+    for (const Held& h : held) release[r][h.op] = n;
+    // under a window, the send `send_window` posts later waits for (at most) it: held until then
+    for (size_t a = 0; s.send_window > 0 && a + s.send_window < sends.size(); ++a) {
+      int& rel = release[r][sends[a]];
+      rel = std::min(rel, sends[a + s.send_window] - 1);
+    }
+  }
+  return release;
 }
 
 std::vector<int> peak_in_flight(const Schedule& s) {

@@ -104,6 +104,11 @@ struct Schedule {
   //   dualpipe: P + 1, dualpipev: 2N + 1 (S + 1 chunks, SPEC §4.7 "PP+1")
   // All are tight: the generated schedules reach them on every rank (tests).
   std::vector<int> in_flight_bound;  // [ranks]
+  // > 0: before posting a send, a rank with this many of its sends still in flight waits for one
+  // (back-pressure: the forward-only schedule's ranks would otherwise pile up sends to a slower
+  // consumer, one [N, D] buffer a micro-batch). 0: sends never wait (the training schedules,
+  // whose returning messages bound them: send_release).
+  int send_window = 0;
 
   int rank_of(int mb, int stage) const { return route[direction_of_mb[mb]][stage]; }
   int chunk_of(int rank, int mb, int stage) const;  // index into chunks_of_rank[rank], or -1
@@ -177,6 +182,25 @@ struct RankEmitter {
 //  in-flight  activations in flight never exceed in_flight_bound[r]
 void validate(const Schedule& s);
 
+// The most sends a rank of `s` posts between two compute ops (at least 1): the training
+// schedules' send_window. A wait it makes is then for a send posted before the rank's last compute
+// op, which strict commit (validate) would have waited for before that op: back-pressure that
+// costs no bubble where the receiver keeps pace, and bounds the sends a rank holds where it lags.
+int default_send_window(const Schedule& s);
+
+// When each send's buffer is free again under any timing the execution contract allows
+// (parallel/pipeline.h: a rank polls its sends after every op; messages between two ranks arrive
+// in posting order): release[r][i], for send op i of rank r, is the op of rank r after which it
+// surely is. A send completes once its receive has been posted, and the receiver's first compute
+// op after that post waits for it; rank r knows that op has started when a message the receiver
+// posted after it reaches r — at the first compute op of r that waits for such a message (only
+// the receiver's own messages: one through a third rank may overtake the receiver's word that
+// the send completed). A send nothing tells r about is held to the step's end
+// (per_rank[r].size()), or, under send_window, until the post of the send that makes one too many
+// in flight. -1 for the other ops. Validates nothing beyond the messages' matching: give it a
+// valid schedule (or a forward-only one).
+std::vector<std::vector<int>> send_release(const Schedule& s);
+
 // Peak activations in flight per rank (same counting as the bound above).
 std::vector<int> peak_in_flight(const Schedule& s);
 
@@ -206,9 +230,10 @@ struct SimResult {
 
 // Validates (throwing what validate() throws), then replays the op lists. By default a compute
 // op waits only for the receives posted before it (a send never delays its sender: the buffer
-// is just held) — what parallel/pipeline.h does; strict_commit = true waits for every earlier
-// message too, as the DualPipe reference's commit() and validate()'s deadlock check do. ZB1P
-// needs the former to keep its gain (bench_schedules prints both).
+// is just held, up to send_window sends in flight) — what parallel/pipeline.h does;
+// strict_commit = true waits for every earlier message too (and has no window), as the DualPipe
+// reference's commit() and validate()'s first deadlock check do. ZB1P needs the former to keep
+// its gain (bench_schedules prints both).
 SimResult simulate(const Schedule& s, const Costs& c, bool strict_commit = false);
 // The same with a cost per (rank, compute op) — stages differ (embedding, head and MTP, DualPipe's
 // two chunks), so the estimator (trainer/estimate.h) prices each op itself — and one latency per

@@ -208,6 +208,7 @@ Schedule without_microbatches(const Schedule& full, const std::vector<int>& id, 
         op.mb = m, op.mb2 = op.kind == OpKind::ForwardBackward ? m2 : op.mb2;
       s.per_rank[r].push_back(op);
     }
+  s.send_window = default_send_window(s);
   return s;
 }
 
@@ -241,6 +242,7 @@ Schedule make_dualpipe(int P, int C) {
     check_counts(s, d, C / 2);
     s.in_flight_bound[r] = P + 1;
   }
+  s.send_window = default_send_window(s);
   return s;
 }
 
@@ -263,6 +265,7 @@ Schedule make_dualpipev(int N, int C) {
     check_counts(s, d, C);
     s.in_flight_bound[r] = 2 * N + 1;
   }
+  s.send_window = default_send_window(s);
   return s;
 }
 

@@ -92,6 +92,7 @@ Schedule make_one_direction(const std::string& kind, int P, int C, bool split_ba
     if (split_backward) s.in_flight_bound[r] = P;
     one_direction_rank(s, r, split_backward);
   }
+  s.send_window = default_send_window(s);
   return s;
 }
 

@@ -4,11 +4,14 @@
 // and no more — whatever the micro-batch count; the backward's buffers come from a smaller pool
 // (one set for 1F1B); a stage's states keep no output once it is sent (the last stage's keep
 // theirs: its backward reads them); and the losses of 1F1B and ZB1P agree with each other to
-// round-off (both run the same micro-batches through the same stages).
+// round-off (both run the same micro-batches through the same stages). A forward-only pass keeps
+// no more sends in flight than its window when the next stage is slower.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/model.h"
@@ -61,6 +64,49 @@ TEST(pipeline, SlotsStayWithinTheInFlightBound) {
     ++i;
   }
   EXPECT_NEAR(loss[0], loss[1], 1e-6 * loss[0]);
+}
+
+// A forward-only pass (validation) whose last stage is slow: without the schedule's send window
+// the stage before it posts every micro-batch's send while the last stage has received only the
+// first — one [N, D] buffer a micro-batch (these messages are rendezvous-sized: 128 KiB); with it,
+// each stage holds what pipeline::send_release says (peak_message_buffers: plan counts it), and
+// the losses are the same.
+TEST(pipeline, ForwardOnlySendsWaitForASlowerNextStage) {
+  Communicator& w = world();
+  const int P = w.size();
+  const ModelConfig c = small(P);
+  const int64_t B = 64, S = 16, M = 8;
+  std::mt19937 g(7);
+  std::vector<int32_t> tok(M * B * (S + 1));
+  for (auto& t : tok) t = static_cast<int32_t>(g() % c.vocab_size);
+  Model<float> m(c, PrecisionPolicy::from(Recipe::FP32), nullptr, StageSpec{w.rank(), P});
+  m.init(3);
+  double lm[2] = {0, 0};
+  int held[2] = {0, 0};
+  for (int window : {1, 0}) {
+    pipeline::Schedule s = pipeline::make_forward_only(P, static_cast<int>(M));
+    ASSERT_EQ(s.send_window, 1);
+    s.send_window = window;
+    PipelineExecutor<float> ex(m, w, s, w.rank());
+    Losses sum;
+    ex.run(
+        [&](int mb) {
+          if (w.rank() == P - 1) std::this_thread::sleep_for(std::chrono::milliseconds(40));
+          return tok.data() + mb * B * (S + 1);
+        },
+        B, S, 0.0, 0.0, sum);
+    lm[window] = sum.lm;
+    held[window] = ex.message_buffers();
+    w.barrier();
+  }
+  const pipeline::Schedule s = pipeline::make_forward_only(P, static_cast<int>(M));
+  EXPECT_LE(held[1], PipelineExecutor<float>::peak_message_buffers(s, w.rank()));
+  if (w.rank() == P - 2) {
+    EXPECT_EQ(PipelineExecutor<float>::peak_message_buffers(s, w.rank()), P > 2 ? 2 : 1);
+    EXPECT_GT(held[0], PipelineExecutor<float>::peak_message_buffers(s, w.rank()))
+        << "no pile-up without the window: the test proves nothing";
+  }
+  EXPECT_EQ(lm[0], lm[1]);
 }
 
 }  // namespace

@@ -84,6 +84,66 @@ TEST(Schedule, EveryGeneratorValidatesOverAGrid) {
       }
 }
 
+// ---- the send window and when a send's buffer is free -------------------------------------
+
+// Each generator's window is its longest run of sends between two compute ops (DualPipe's pairs
+// send an activation and a gradient); the forward-only schedule's is one.
+TEST(Schedule, SendWindowIsTheLongestRunOfSends) {
+  for (const auto& kind : kKinds)
+    for (int P : {2, 4, 8})
+      for (int C : counts_for(kind, P)) {
+        const Schedule s = make_schedule(kind, P, C);
+        EXPECT_EQ(s.send_window, default_send_window(s)) << kind << " P=" << P << " C=" << C;
+        EXPECT_EQ(s.send_window, kind == "dualpipe" || kind == "dualpipev" ? 2 : 1)
+            << kind << " P=" << P << " C=" << C;
+      }
+  EXPECT_EQ(make_forward_only(4, 8).send_window, 1);
+}
+
+// 1F1B, 2 ranks, 3 micro-batches (rank 0: F0.0 sendA0 F0.1 sendA1 recvG0 B0.0 F0.2 sendA2 recvG1
+// B0.1 recvG2 B0.2; rank 1: recvA0 F0.0 B0.0 sendG0 recvA1 F0.1 B0.1 sendG1 recvA2 F0.2 B0.2
+// sendG2). sendA1 (op 3) is read by rank 1's F0.1 (op 5); the first word from rank 1 posted after
+// that op is sendG1 (op 7), which rank 0 waits for at B0.1 (op 9): free after op 9 — sendG0
+// (rank 1's op 3, before F0.1) says nothing about it. Under the window of one, each send is free
+// by the next one's post at the latest.
+TEST(Schedule, SendReleaseIsTheReceiversFirstWordOrTheWindow) {
+  Schedule s = make_1f1b(2, 3);
+  ASSERT_EQ(format_rank(s, 0, true),
+            "F0.0 sendA(m0,s0)>1 F0.1 sendA(m1,s0)>1 recvG(m0,s1)<1 B0.0 F0.2 sendA(m2,s0)>1 "
+            "recvG(m1,s1)<1 B0.1 recvG(m2,s1)<1 B0.2");
+  ASSERT_EQ(format_rank(s, 1, true),
+            "recvA(m0,s0)<0 F0.0 B0.0 sendG(m0,s1)>0 recvA(m1,s0)<0 F0.1 B0.1 sendG(m1,s1)>0 "
+            "recvA(m2,s0)<0 F0.2 B0.2 sendG(m2,s1)>0");
+  s.send_window = 0;
+  std::vector<std::vector<int>> rel = send_release(s);
+  EXPECT_EQ(rel[0], (std::vector<int>{-1, 5, -1, 9, -1, -1, -1, 11, -1, -1, -1, -1}));
+  // rank 1 hears from rank 0 after its B0.0 only through sendA2 (waited at F0.2, op 9); of the
+  // later ones, nothing: held to the end
+  EXPECT_EQ(rel[1], (std::vector<int>{-1, -1, -1, 9, -1, -1, -1, 12, -1, -1, -1, 12}));
+  s.send_window = 1;
+  rel = send_release(s);
+  EXPECT_EQ(rel[0], (std::vector<int>{-1, 2, -1, 6, -1, -1, -1, 11, -1, -1, -1, -1}));
+  EXPECT_EQ(rel[1], (std::vector<int>{-1, -1, -1, 6, -1, -1, -1, 10, -1, -1, -1, 12}));
+  // forward-only: nothing comes back, so only the window frees a send before the end
+  const Schedule f = make_forward_only(2, 3);
+  EXPECT_EQ(send_release(f)[0], (std::vector<int>{-1, 2, -1, 4, -1, 6}));
+}
+
+// The window costs no bubble where every rank keeps pace: a wait it makes is for a send whose
+// receive strict commit would already have waited for.
+TEST(Simulator, SendWindowCostsNoTime) {
+  for (const auto& kind : kKinds)
+    for (int P : {2, 4, 8})
+      for (int C : counts_for(kind, P))
+        for (const Costs& c : {Costs{1, 2, 1, 3, 0}, Costs{1, 3, 1.5, 3.5, 0.3}}) {
+          Schedule s = make_schedule(kind, P, C);
+          const SimResult with = simulate(s, c);
+          s.send_window = 0;
+          EXPECT_NEAR(with.makespan, simulate(s, c).makespan, 1e-9)
+              << kind << " P=" << P << " C=" << C;
+        }
+}
+
 // The generated op lists are frozen: a refactor of the generators must give the same lists op
 // for op (issue #12 checked 585 schedules against the generators before it). FNV-1a of every
 // rank's format_rank (messages included) and bounds, over a grid; a deliberate change to a
@@ -509,6 +569,37 @@ TEST(Validator, DeadlockOnlyWithBlockingReceives) {
   std::swap(s.per_rank[0][2], s.per_rank[0][4]);
   std::swap(s.per_rank[0][2], s.per_rank[0][3]);
   EXPECT_NO_THROW(validate(s)) << format_rank(s, 0, true);
+}
+
+// Two ranks each run two forwards of their own direction, then post both sends: under a window of
+// one each waits, at its second send, for a receive the other posts only after its own second
+// send. Strict commit waits only before compute ops (the sends all posted by then): valid, as it
+// is with the generators' window of two.
+TEST(Validator, DeadlockOnlyWithATooSmallSendWindow) {
+  Schedule s = empty_schedule("window", 2, 2, 4, {{0, 1}, {1, 0}}, {0, 0, 1, 1});
+  s.in_flight_bound = {4, 4};
+  for (int r = 0; r < 2; ++r) {
+    RankEmitter e{s, r};
+    const int mine = 2 * r, theirs = 2 - 2 * r;  // the first micro-batch of each direction
+    e.forward(mine, 0), e.forward(mine + 1, 0);
+    e.send_activation(mine, 0), e.send_activation(mine + 1, 0);
+    e.recv_activation(theirs, 0), e.recv_activation(theirs + 1, 0);
+    e.forward(theirs, 1), e.forward(theirs + 1, 1);
+    e.backward(theirs, 1), e.backward(theirs + 1, 1);
+    e.send_grad(theirs, 1), e.send_grad(theirs + 1, 1);
+    e.recv_grad(mine, 1), e.recv_grad(mine + 1, 1);
+    e.backward(mine, 0), e.backward(mine + 1, 0);
+  }
+  EXPECT_EQ(default_send_window(s), 2);
+  EXPECT_NO_THROW(validate(s));
+  s.send_window = 2;
+  EXPECT_NO_THROW(validate(s));
+  s.send_window = 1;
+  expect_error([&] { validate(s); },
+               {"schedule window: rank 0, op 3 (sendA(m1,s0)>1): deadlock: with 1 send(s) in "
+                "flight at most",
+                "rank 0 is stuck at op 3 (sendA(m1,s0)>1) waiting for its op 2 (sendA(m0,s0)>1)",
+                "rank 1 is stuck at op 3"});
 }
 
 TEST(Validator, ShapeErrors) {

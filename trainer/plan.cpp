@@ -348,7 +348,13 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
       layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages, p.micro_batch * p.seq_len)
           .total();
   if (p.pp > 1) {
+    // the message pool serves the validation pass's forwards too (train.cpp validation_loss:
+    // along the first route, as many micro-batches a pass)
     rp.messages = PipelineExecutor<float>::peak_message_buffers(s, r);
+    if (cfg.run.eval_interval > 0)
+      rp.messages = std::max(rp.messages,
+                             PipelineExecutor<float>::peak_message_buffers(
+                                 pipeline::make_forward_only(p.pp, p.microbatches, s.route[0]), r));
     rp.bytes.pp_messages = rp.messages * message;
   }
   return rp;

@@ -234,6 +234,9 @@ void build_model(Run& r) {
     dispatcher = r.ep = std::make_shared<EpDispatcher<float>>(
         ex, *r.groups->device().ep, std::move(node_of_peer), dispatch_wire(cfg.precision.recipe),
         r.groups->host.ep.get());
+  } else {  // one for the rank's chunks too: its pool of rows in flight serves them all, as plan
+            // counts (at most one exchange a running program: trainer/plan.cpp peak_exchanges)
+    dispatcher = std::make_shared<LocalDispatcher<float>>(ex);
   }
   // chunks in stage order into one store: both DualPipe twins list the same parameters in the
   // same order (their ZeRO-1 group spans both), and the last stage finds the first's embedding;
