@@ -33,7 +33,7 @@ ActivationBytes mlp_bytes(int64_t D, int64_t F, bool fp8, int64_t T, int64_t Ts)
 }  // namespace
 
 ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
-                                       int64_t S, int64_t T, double rows) {
+                                       int64_t S, int64_t T, double rows, double load) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
   const int64_t dv = c.v_head_dim, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t ql = c.q_lora_rank, kl = c.kv_lora_rank;
@@ -71,26 +71,27 @@ ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPoli
   b.forward += static_cast<double>((E + K) * T + 4 * K);  // scores, weights, idx
   // per received row: dispatch rw, ridx (rx, ry: layer scratch); slot, row_token, row_slot
   b.forward += rows * static_cast<double>(K * T + 4 * K + 3 * 8 * K);
-  b.forward += static_cast<double>(K) * (saved(D, exp8, Ts) + T + saved(2 * F, exp8, Ts) +
-                                         (exp8 ? 0 : F * Ts));       // xperm, wperm, gu, a
+  const double Kr = static_cast<double>(K) * load;  // expert rows per token on this rank
+  b.forward += Kr * (saved(D, exp8, Ts) + T + saved(2 * F, exp8, Ts) +
+                     (exp8 ? 0 : F * Ts));                           // xperm, wperm, gu, a
   b.forward += static_cast<double>(E * T) / static_cast<double>(S);  // bal_f
   b += mlp_bytes(D, c.n_shared_experts * F,  // the shared expert (its input: the block's xn2)
                  pol.recipe_of(Component::SharedExpert) == Recipe::FP8, T, Ts);
   // backward, kept for the weight gradients: dyperm, dgu (FP8 experts: the Wgrads' tiles),
   // dlogits (the rest is MoE::Scratch)
-  b.backward += static_cast<double>(K) * (kept_grad(D, exp8, T) + kept_grad(2 * F, exp8, T)) +
-                static_cast<double>(E * T);
+  b.backward +=
+      Kr * (kept_grad(D, exp8, T) + kept_grad(2 * F, exp8, T)) + static_cast<double>(E * T);
   return b;
 }
 
 ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
-                               int64_t T, double rows) {
+                               int64_t T, double rows, double load) {
   if (c.n_routed_experts == 0) return {};
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t F = c.moe_intermediate_size;
   const bool exp8 = pol.recipe_of(Component::RoutedExpert) == Recipe::FP8;
   const bool narrow = exp8 || (pol.store_bf16 && T == 4);  // gu, a not kept as T
-  const double n = static_cast<double>(N), R = n * rows, A = n * static_cast<double>(K);
+  const double n = static_cast<double>(N), R = n * rows, A = n * static_cast<double>(K) * load;
   // one piece: logits; yperm (the backward's dyperm staging and d xperm); a_tmp (the backward's
   // dA); gu_tmp unless gu and a are kept as T (under FP8 also dgu before its tiles, in place)
   double one = n * static_cast<double>(E * T) + A * static_cast<double>((D + F) * T);
@@ -153,7 +154,7 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
 
 LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
                                       const std::vector<int64_t>& stages, int64_t n_stages,
-                                      int64_t N, int64_t T) {
+                                      int64_t N, int64_t T, double load) {
   bool dense = false, moe = false;  // the kinds of block present on any of the stages
   int64_t mtp = 0, chunks = 0;      // stages with the MTP module; chunks (each its Block::Own)
   for (int64_t stage : stages) {
@@ -180,8 +181,9 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
     w.mlp(Fs, fp8(Component::SharedExpert), wide);
     if (fp8(Component::SharedExpert)) w.quantised(1, Fs);
     // (under fp8 the experts quantise the received rows as they gather them: no staging)
-    if (!fp8(Component::RoutedExpert)) w.kept(static_cast<double>(K), D, false, wide);
-    if (fp8(Component::RoutedExpert)) w.quantised(static_cast<double>(K), c.moe_intermediate_size);
+    const double Kr = static_cast<double>(K) * load;
+    if (!fp8(Component::RoutedExpert)) w.kept(Kr, D, false, wide);
+    if (fp8(Component::RoutedExpert)) w.quantised(Kr, c.moe_intermediate_size);
   }
   const double n = static_cast<double>(N), t = static_cast<double>(T);
   LayerScratchBytes b;
@@ -198,7 +200,8 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
 }
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
-                                int64_t n_stages, int64_t B, int64_t S, int64_t T, double rows) {
+                                int64_t n_stages, int64_t B, int64_t S, int64_t T, double rows,
+                                double load) {
   const StageSpec st{stage, n_stages};
   const auto [b0, b1] = stage_blocks(c, st);
   const int64_t N = B * S, D = c.hidden_size, E = c.n_routed_experts;
@@ -208,7 +211,7 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
   // per block and micro-batch: its norms' weight gradients (attn, q, kv, ffn)
   const double norms_dw = static_cast<double>((2 * D + c.q_lora_rank + c.kv_lora_rank) * T);
   for (int64_t l = b0; l < b1; ++l) {
-    const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T, rows);
+    const ActivationBytes a = block_activation_bytes(c, pol, c.is_moe_layer(l), S, T, rows, load);
     fwd += a.forward * N, bwd += a.backward * N + norms_dw;
     n_moe += c.is_moe_layer(l);
   }
@@ -224,7 +227,7 @@ SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol
     fwd += static_cast<double>(N * (D + 2) * T);  // hn, rstd, lse
     bwd += static_cast<double>(N * D * T);        // dhn
     for (int64_t k = 0; k < Dm; ++k) {            // MtpLayer<T>::State and its block
-      const ActivationBytes a = block_activation_bytes(c, pol, true, S, T, rows);
+      const ActivationBytes a = block_activation_bytes(c, pol, true, S, T, rows, load);
       // e, cat (2D), x (or the block's bf16 copy of it), h, hn; ids, targets; 4 statistics
       fwd += a.forward * N + static_cast<double>(N * (8 + ((kept16 ? 5 : 6) * D + 4) * T));
       if (kept16) fwd += static_cast<double>(N * D * 2);

@@ -5,9 +5,10 @@
 // "forward" is what a forward keeps for the backward; "backward" what backward_input adds and
 // keeps until backward_weight (the gradients the weight gradients read). A slot at its peak holds
 // both. Exact for one expert-parallel rank (every token's K expert rows are local, and each token
-// is received once); with EP the rows per rank vary with routing, and the count uses their means:
-// K expert rows per token, and `rows` received token rows per token (a token goes to each EP rank
-// that holds one of its experts: rows <= min(K, EP); trainer/plan.h uses that bound).
+// is received once); with EP the rows per rank vary with routing: `rows` received token rows per
+// token (a token goes to each EP rank that holds one of its experts: on average <= min(K, EP);
+// trainer/plan.h uses that bound) and `load` x K expert rows per token (1: the mean; a busier
+// rank's buffers grow to its rows, and keep them: trainer/plan.h's ep_imbalance).
 // tests/test_model_memory.cpp checks these numbers against the bytes the allocator holds.
 #pragma once
 
@@ -31,7 +32,8 @@ struct ActivationBytes {
 // One transformer block (MLA + dense MLP, or + MoE) per token, T = elem bytes (4: float).
 // S: sequence length (the balance loss keeps [B, E] per micro-batch: E/S per token).
 ActivationBytes block_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, bool moe,
-                                       int64_t S, int64_t elem = 4, double rows = 1);
+                                       int64_t S, int64_t elem = 4, double rows = 1,
+                                       double load = 1);
 
 // The whole slot of pipeline stage `stage` (of n_stages) for micro-batches of B x S tokens:
 // blocks, residual stream, head, MTP modules, token ids and the per-micro-batch constants.
@@ -53,7 +55,7 @@ struct ScratchBytes {
   int64_t total() const { return one_piece + own + received; }
 };
 ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t N,
-                               int64_t elem = 4, double rows = 1);
+                               int64_t elem = 4, double rows = 1, double load = 1);
 
 // The rest of the layers' shared scratch (Block::Scratch but MoE::Scratch), for micro-batches of
 // N tokens on pipeline stage `stage` of n_stages: held once per model (pipeline chunk) however many
@@ -63,9 +65,9 @@ ScratchBytes moe_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
 // FP8 (the attention projections' inputs, the routed experts' sorted rows), widened from bf16, or
 // quantised on the fly (o_proj's, the down projections' inputs). (A dY quantised on the fly for
 // an FP8 Wgrad, LinearScratch::dy8, has no user in the model: every FP8 Linear's dY is kept.)
-// Routed-expert rows: K per token. `block`: Block::Own, the backward's d ffn_norm output (D per
-// token), the blocks' bf16-storage staging of h_mid and ffn_norm's output (2 x D per token) and, on
-// the stage with the MTP module, its temporaries (5 x D per token).
+// Routed-expert rows: load x K per token. `block`: Block::Own, the backward's d ffn_norm output (D
+// per token), the blocks' bf16-storage staging of h_mid and ffn_norm's output (2 x D per token)
+// and, on the stage with the MTP module, its temporaries (5 x D per token).
 struct LayerScratchBytes {
   int64_t attention = 0, mlp = 0, linear = 0, block = 0;
   int64_t total() const { return attention + mlp + linear + block; }
@@ -77,10 +79,10 @@ LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolic
 // of the stages; block (Block::Own) per chunk.
 LayerScratchBytes layer_scratch_bytes(const ModelConfig& c, const PrecisionPolicy& pol,
                                       const std::vector<int64_t>& stages, int64_t n_stages,
-                                      int64_t N, int64_t elem = 4);
+                                      int64_t N, int64_t elem = 4, double load = 1);
 
 SlotBytes slot_activation_bytes(const ModelConfig& c, const PrecisionPolicy& pol, int64_t stage,
                                 int64_t n_stages, int64_t B, int64_t S, int64_t elem = 4,
-                                double rows = 1);
+                                double rows = 1, double load = 1);
 
 }  // namespace moetron

@@ -68,6 +68,7 @@ struct EpPlan {
   std::vector<int64_t> send_counts, recv_counts;  // rows per peer (host)
   int64_t rows_sent = 0, rows_received = 0;
   int64_t El = 0;                   // experts per rank
+  int64_t pairs = 0;                // N x K: this rank's tokens' expert rows (the mean per rank)
   std::vector<int64_t> expert_off;  // [El+1] received pairs per local expert, as offsets (host)
   EpWire wire;                      // lent by the pool while has_wire (empty otherwise)
   bool has_wire = false;
@@ -303,6 +304,9 @@ void EpDispatcher<T>::counts_in(EpPlan& pl) {
   }
   for (int64_t e = 0; e < pl.El; ++e) pl.expert_off[e + 1] += pl.expert_off[e];
   skew_seconds_ += 1e-9 * static_cast<double>(late);
+  if (pl.pairs > 0)  // (every rank's N is the same: its tokens' rows are the mean here)
+    rows_peak_ = std::max(
+        rows_peak_, static_cast<double>(pl.expert_off[pl.El]) / static_cast<double>(pl.pairs));
 }
 
 template <class T>
@@ -446,6 +450,7 @@ void EpDispatcher<T>::dispatch_plan(DispatchState<T>& st, const int32_t* idx, in
   pl.info_host.resize(I);
   pl.info_read = kernels::copy_to_host_start(ex_, pl.info_host.data(), info, sizeof(int64_t) * I);
   pl.El = El;
+  pl.pairs = N * K;
   pl.expert_off.clear();  // until the counts are in
   pl.planned = true;
 }

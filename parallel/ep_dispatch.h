@@ -159,6 +159,9 @@ class EpDispatcher final : public TokenDispatcher<T> {
   // as it sends on average).
   static int64_t state_bytes(int64_t N, int64_t P, int64_t E);
   static int64_t exchange_bytes(WirePrecision wire, int64_t N, int64_t D, int64_t K, double dest);
+  // The most expert rows this rank received in one dispatch since the last call, over the mean
+  // (its own tokens' N x K): what its expert buffers grew to (moetron plan's ep_imbalance).
+  double take_rows_peak() { return take(rows_peak_); }
   // The most nodes any one token was sent to since the last call (node-limited routing check).
   int64_t take_max_nodes_per_token() {
     const int64_t m = max_nodes_;
@@ -224,6 +227,7 @@ class EpDispatcher final : public TokenDispatcher<T> {
   std::vector<std::shared_ptr<EpPlan>> live_;  // plans with an exchange started, not waited
   std::vector<EpWire> pool_;                   // the free wire pairs
   int64_t max_nodes_ = 0;
+  double rows_peak_ = 0;
   std::array<int64_t, 4> bytes_sent_{};
   double comm_seconds_ = 0, inflight_seconds_ = 0, skew_seconds_ = 0;
   int64_t exchanges_ = 0;

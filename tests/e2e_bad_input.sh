@@ -30,6 +30,7 @@ expect_fail layout "parallel.pp x parallel.dp" train configs/tiny.yaml --set par
 expect_fail device_word "run.device" train configs/tiny.yaml --set run.device=tpu
 expect_fail wait_word "parallel.wait" train configs/tiny.yaml --set parallel.wait=spin
 expect_fail ep_imbalance "--ep-imbalance" estimate configs/tiny.yaml --hardware configs/hardware/h100.yaml --ep-imbalance 0.5
+expect_fail plan_ep_imbalance "--ep-imbalance needs the busiest EP rank's rows over the mean, >= 1, got 'many'" plan configs/tiny.yaml --ep-imbalance many
 # run.device cuda where no GPU can run it (this machine, CI): the build's or the driver's reason
 if ! nvidia-smi -L > /dev/null 2>&1; then
   expect_fail cuda_without_gpu "configs/tiny.yaml: run.device: cuda: " train configs/tiny.yaml \

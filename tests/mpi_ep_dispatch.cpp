@@ -482,6 +482,13 @@ TEST(ep_dispatch, ProgressCompletesExchangesAndTheyAreTimed) {
   EXPECT_EQ(d.in_flight(), 0u);
   expect_native_rows(st, all, me, 4);
   EXPECT_EQ(d.take_exchanges(), 0);  // counted once
+  // the expert rows this rank received over its own tokens' N x K: 1 over the ranks on average
+  const double load = static_cast<double>(d.expert_offsets(st)[E / P]) / static_cast<double>(N * K);
+  EXPECT_EQ(d.take_rows_peak(), load);
+  EXPECT_EQ(d.take_rows_peak(), 0.0);  // taken
+  double loads = load;
+  ep.all_reduce(&loads, 1);
+  EXPECT_NEAR(loads, P, 1e-12);
   std::fill_n(sized(st.ry, st.R * D), st.R * D, 1.f);
   std::vector<float> y(N * D, 0.f), dx(N * D, 0.f), dw(N * K, 0.f);
   d.combine_start(st);

@@ -71,6 +71,40 @@ TEST(Plan, DeepSeekV3ParametersInSeconds) {
   EXPECT_GE(p.memory_bytes() - p.peak().bytes.total(), int64_t{7} << 29);
 }
 
+// Every EP rank's expert rows counted at R x the mean (a busier rank's buffers grow to its rows
+// and keep them): the terms that hold expert rows grow with R, the rest does not; at EP 1 every
+// rank's rows are the mean; V3 fits up to the limit the plan reports, and no further.
+TEST(Plan, ExpertRowsAtAnImbalance) {
+  const Config c = small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2"});
+  const Plan one = make_plan(c), busy = make_plan(c, 0, 1.5);
+  EXPECT_EQ(busy.ep_imbalance, 1.5);
+  for (size_t r = 0; r < one.ranks.size(); ++r) {
+    const MemoryTerms &a = one.ranks[r].bytes, &b = busy.ranks[r].bytes;
+    EXPECT_GT(b.activations, a.activations);
+    EXPECT_GT(b.moe_scratch, a.moe_scratch);
+    EXPECT_GE(b.layer_scratch, a.layer_scratch);
+    // the received tokens' rows: here each token already goes to both EP ranks (K >= EP)
+    EXPECT_EQ(b.ep_buffers, a.ep_buffers);
+    EXPECT_EQ(b.gradients, a.gradients);
+    EXPECT_EQ(b.pp_messages, a.pp_messages);
+    EXPECT_EQ(b.optimizer_moments, a.optimizer_moments);
+  }
+  const Config local = small({"parallel.pp=2", "parallel.dp=4"});
+  EXPECT_EQ(make_plan(local, 0, 1.5).peak().bytes.total(), make_plan(local).peak().bytes.total());
+  EXPECT_EQ(make_plan(local, 0, 1.5).ep_imbalance, 1.0);
+  EXPECT_THROW(make_plan(c, 0, 0.9), ConfigError);
+
+  const std::filesystem::path here = std::filesystem::current_path();
+  std::filesystem::current_path(MOETRON_SOURCE_DIR);
+  const Config v3 = load_config("configs/deepseek-v3-671b.yaml");
+  std::filesystem::current_path(here);
+  const double limit = make_plan(v3).ep_imbalance_limit;
+  EXPECT_GT(limit, 1.1);  // 1.19 when written
+  EXPECT_LT(limit, 1.3);
+  EXPECT_TRUE(make_plan(v3, 0, limit - 0.005).fits());
+  EXPECT_FALSE(make_plan(v3, 0, limit + 0.005).fits());
+}
+
 TEST(Plan, RankParametersAndShardsAddUpToTheModel) {
   const Config c = small({"parallel.pp=2", "parallel.dp=4", "parallel.ep=2"});
   const Plan p = make_plan(c);

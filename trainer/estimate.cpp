@@ -468,10 +468,10 @@ void summarise(const Config& cfg, Estimate& e) {
 
 Estimate make_estimate(const Config& cfg, int world, const EstimateOptions& o) {
   Estimate e;
-  e.plan = make_plan(cfg, world);
   if (!(o.ep_imbalance >= 1))
     throw ConfigError(cfg.source + ": ep_imbalance " + std::to_string(o.ep_imbalance) +
                       ": the busiest EP rank's rows over the mean is at least 1");
+  e.plan = make_plan(cfg, world, o.ep_imbalance);  // (its memory counts the busiest rank's rows)
   e.ep_imbalance = e.plan.ep > 1 ? o.ep_imbalance : 1;
   check_profile(cfg, e.plan);
   const HardwareConfig& hw = cfg.hardware;

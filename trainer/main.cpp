@@ -1,7 +1,7 @@
 // The `moetron` command line.
 //
 //   moetron train CONFIG [--set key=value ...] [--resume auto|DIR]  train from a YAML config
-//   moetron plan CONFIG [--set ...] [--world N] [--hardware FILE] [--json]
+//   moetron plan CONFIG [--set ...] [--world N] [--hardware FILE] [--json] [--ep-imbalance R]
 //                                                     parameters and memory per device of a
 //                                                     layout, without allocating (trainer/plan.h)
 //   moetron estimate CONFIG --hardware FILE [--set ...] [--world N] [--json] [--trace FILE]
@@ -53,6 +53,7 @@ const std::string kUsage =
         "usage:\n"
         "  moetron train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
         "  moetron plan CONFIG [--set key=value ...] [--world N] [--hardware FILE] [--json]\n"
+        "                   [--ep-imbalance R]\n"
         "  moetron estimate CONFIG --hardware FILE [--set key=value ...] [--world N] [--json]\n"
         "                   [--trace FILE]\n"
         "                   [--calibrate TOKENS_PER_S_PER_GPU] [--ep-imbalance R]\n"
@@ -132,13 +133,25 @@ int world_option(const Args& a) {
   return world;
 }
 
+// --ep-imbalance R (default 1): the busiest EP rank's expert rows over the mean.
+double ep_imbalance_option(const Args& a) {
+  if (a.ep_imbalance.empty()) return 1;
+  char* end = nullptr;
+  const double r = std::strtod(a.ep_imbalance.c_str(), &end);
+  if (end == a.ep_imbalance.c_str() || *end || !(r >= 1))
+    throw UsageError("--ep-imbalance needs the busiest EP rank's rows over the mean, >= 1, got '" +
+                     a.ep_imbalance + "'");
+  return r;
+}
+
 // `moetron plan`: the table or JSON on stdout; a layout that does not fit is then refused like
 // `train` refuses it (exit 1).
 int plan(Args& a) {
   if (a.positional.size() != 1) throw UsageError("plan takes exactly one CONFIG");
   const int world = world_option(a);
   if (!a.hardware.empty()) a.sets.push_back("hardware.profile=" + a.hardware);
-  const moetron::Plan p = moetron::make_plan(moetron::load_config(a.positional[0], a.sets), world);
+  const moetron::Plan p = moetron::make_plan(moetron::load_config(a.positional[0], a.sets), world,
+                                             ep_imbalance_option(a));
   if (a.json)
     moetron::write_plan_json(p, std::cout);
   else
@@ -158,14 +171,7 @@ int estimate(Args& a) {
   a.sets.push_back("hardware.profile=" + a.hardware);
   moetron::Config cfg = moetron::load_config(a.positional[0], a.sets);
   moetron::EstimateOptions o;
-  if (!a.ep_imbalance.empty()) {
-    char* end = nullptr;
-    o.ep_imbalance = std::strtod(a.ep_imbalance.c_str(), &end);
-    if (end == a.ep_imbalance.c_str() || *end || !(o.ep_imbalance >= 1))
-      throw UsageError(
-          "--ep-imbalance needs the busiest EP rank's rows over the mean, >= 1, got '" +
-          a.ep_imbalance + "'");
-  }
+  o.ep_imbalance = ep_imbalance_option(a);
   if (!a.calibrate.empty()) {
     char* end = nullptr;
     const double rate = std::strtod(a.calibrate.c_str(), &end);

@@ -38,6 +38,7 @@ void MetricsLog::write(const StepMetrics& m) {
        << ",\"bias_update_speed\":" << num(m.bias_update_speed)
        << ",\"mtp_weight\":" << num(m.mtp_weight)
        << ",\"max_nodes_per_token\":" << m.max_nodes_per_token
+       << ",\"ep_rows_peak\":" << num(m.ep_rows_peak)
        << ",\"flops_per_token\":" << num(m.flops_per_token)
        << ",\"tokens_per_s_per_device\":" << num(m.tokens_per_s_per_device())
        << ",\"model_tflops_per_device\":" << num(m.model_tflops_per_device())

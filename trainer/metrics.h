@@ -60,6 +60,7 @@ struct StepMetrics {
   // "<name>": [rank 0, rank 1, ...]
   std::vector<std::pair<std::string, std::vector<double>>> breakdown;
   int64_t max_nodes_per_token = 1;  // most nodes any token's experts were on (EP runs)
+  double ep_rows_peak = 1;          // most expert rows an EP rank received in a dispatch / the mean
   double mem_peak_gib = 0;          // the most any rank's device allocator held in the step
   // the non-finite guard (train.cpp): bad steps so far in this process; of a bad step, that it
   // was skipped and the ranks whose own loss or gradients were NaN/Inf

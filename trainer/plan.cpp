@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -115,9 +116,10 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len;
-  s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows);
+  s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows,
+                                 p.ep_imbalance);
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
-    const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows);
+    const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows, p.ep_imbalance);
     s.scratch = sc.own;
     s.one_piece = sc.one_piece;
     s.rows = sc.received;
@@ -344,9 +346,9 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   // the other layers' scratch: the rank's chunks share one MLA, Mlp and Linear scratch (Model's
   // sibling: their programs interleave only where none of it is live), each has its Block::Own
   const std::vector<int64_t> stages(rp.stages.begin(), rp.stages.end());
-  rp.bytes.layer_scratch =
-      layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages, p.micro_batch * p.seq_len)
-          .total();
+  rp.bytes.layer_scratch = layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages,
+                                               p.micro_batch * p.seq_len, 4, p.ep_imbalance)
+                               .total();
   if (p.pp > 1) {
     // the message pool serves the validation pass's forwards too (train.cpp validation_loss:
     // along the first route, as many micro-batches a pass)
@@ -380,13 +382,21 @@ void plan_layout(const Config& cfg, int world, Plan& p) {
   p.microbatches = static_cast<int>(cfg.data.global_batch_size / (p.micro_batch * p.dp));
   p.ep_rows =
       p.ep > 1 ? static_cast<double>(std::min<int64_t>(cfg.model.num_experts_per_tok, p.ep)) : 1.0;
+  // the busiest rank's received tokens grow with its rows, up to every peer's every token
+  p.ep_rows = std::min(p.ep_rows * p.ep_imbalance, static_cast<double>(p.ep));
   p.hardware = cfg.hardware.name, p.memory_gib = cfg.hardware.memory_gib;
 }
 
 }  // namespace
 
-Plan make_plan(const Config& cfg, int world) {
+namespace {
+
+Plan plan_at(const Config& cfg, int world, double ep_imbalance) {
+  if (!(ep_imbalance >= 1))
+    throw ConfigError(cfg.source + ": ep_imbalance " + std::to_string(ep_imbalance) +
+                      ": the busiest EP rank's expert rows over the mean, >= 1");
   Plan p;
+  p.ep_imbalance = cfg.parallel.ep > 1 ? ep_imbalance : 1;
   plan_layout(cfg, world, p);
   const pipeline::Schedule s = plan_schedule(cfg, p);
   p.stages = s.stages;
@@ -398,6 +408,28 @@ Plan make_plan(const Config& cfg, int world) {
     throw ConfigError(cfg.source + ": parallel.schedule " + p.schedule + ": " + e.what());
   }
   for (int r = 0; r < p.pp; ++r) p.ranks.push_back(plan_rank(cfg, p, s, r, st));
+  return p;
+}
+
+}  // namespace
+
+Plan make_plan(const Config& cfg, int world, double ep_imbalance) {
+  Plan p = plan_at(cfg, world, ep_imbalance);
+  if (p.ep > 1 && p.memory_known() && p.fits()) {
+    // what each rank's memory grows by per unit of imbalance (linear, but for the received
+    // tokens' cap: beyond it the growth is less, so the limit errs low)
+    const Plan more = plan_at(cfg, world, p.ep_imbalance + 1);
+    p.ep_imbalance_limit = std::numeric_limits<double>::infinity();
+    for (size_t r = 0; r < p.ranks.size(); ++r) {
+      const double now = static_cast<double>(p.ranks[r].bytes.total());
+      const double slope = static_cast<double>(more.ranks[r].bytes.total()) - now;
+      if (slope > 0)
+        p.ep_imbalance_limit =
+            std::min(p.ep_imbalance_limit,
+                     p.ep_imbalance + (static_cast<double>(p.memory_bytes()) - now) / slope);
+    }
+    if (!std::isfinite(p.ep_imbalance_limit)) p.ep_imbalance_limit = 0;  // (no expert rows)
+  }
   return p;
 }
 

@@ -79,7 +79,12 @@ struct Plan {
   std::string schedule;
   int stages = 1, microbatches = 1;  // model stages; micro-batches per pipeline per step
   int64_t micro_batch = 1, seq_len = 1;
-  double ep_rows = 1;  // token rows an EP rank receives per token sent (bound: min(K, EP))
+  double ep_rows = 1;  // token rows an EP rank receives per token sent (min(K, EP), x imbalance)
+  // The expert rows every EP rank is counted with, over the mean (K a token): a busier rank's
+  // buffers grow to its rows and keep them, so a run holds what its busiest micro-batches routed
+  // there (1: the mean; `moetron plan --ep-imbalance R`). ep_imbalance_limit: the most at which
+  // the peak rank still fits (EP > 1, the memory known and the layout fitting; else 0).
+  double ep_imbalance = 1, ep_imbalance_limit = 0;
   // Parameters: the main model (embedding and head once), activated per token (what a token's
   // matrix products read: routed experts K of E; not the embedding, a lookup), the MTP modules'
   // own (they share the embedding and head) and their activated part.
@@ -95,9 +100,10 @@ struct Plan {
   bool fits() const { return !memory_known() || peak().bytes.total() <= memory_bytes(); }
 };
 
-// The plan of `cfg` on `world` ranks (0: the config's, pp x dp). Throws ConfigError when the
-// world or the layout does not match the config, or the schedule cannot be made.
-Plan make_plan(const Config& cfg, int world = 0);
+// The plan of `cfg` on `world` ranks (0: the config's, pp x dp), every EP rank's expert rows
+// counted at ep_imbalance x the mean. Throws ConfigError when the world or the layout does not
+// match the config, the schedule cannot be made, or ep_imbalance < 1.
+Plan make_plan(const Config& cfg, int world = 0, double ep_imbalance = 1);
 
 // Why the plan does not fit — the rank, its total against the device, and the term(s) that are
 // over and by how much — or "" when it fits or the memory is unknown.

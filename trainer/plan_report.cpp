@@ -111,6 +111,13 @@ void write_verdict(const Plan& p, std::ostream& out) {
   else
     out << " of " << fixed(p.memory_gib, 1) << ": DOES NOT FIT, over by "
         << fixed((total - p.memory_bytes()) / 1073741824.0) << " GiB\n";
+  if (p.ep > 1) {
+    out << "  experts     every EP rank counted with " << fixed(p.ep_imbalance)
+        << "x the mean expert rows (--ep-imbalance; a run's buffers keep the most its busiest "
+           "micro-batches routed to it)";
+    if (p.ep_imbalance_limit > 0) out << "; fits up to " << fixed(p.ep_imbalance_limit) << "x";
+    out << "\n";
+  }
   for (const std::string& n : p.notes) out << "  note        " << n << "\n";
 }
 
@@ -172,7 +179,9 @@ void write_plan_json(const Plan& p, std::ostream& out) {
       << ",\"edp\":" << p.dp / p.ep << ",\"ranks_per_node\":" << p.ranks_per_node
       << ",\"schedule\":" << json_string(p.schedule) << ",\"stages\":" << p.stages
       << ",\"microbatches\":" << p.microbatches << ",\"micro_batch_size\":" << p.micro_batch
-      << ",\"seq_len\":" << p.seq_len << ",\"ep_rows_per_token\":" << p.ep_rows << "}"
+      << ",\"seq_len\":" << p.seq_len << ",\"ep_rows_per_token\":" << p.ep_rows
+      << ",\"ep_imbalance\":" << p.ep_imbalance
+      << ",\"ep_imbalance_limit\":" << p.ep_imbalance_limit << "}"
       << ",\"params_total\":" << p.params_total << ",\"params_activated\":" << p.params_activated
       << ",\"params_mtp\":" << p.params_mtp
       << ",\"params_mtp_activated\":" << p.params_mtp_activated

@@ -43,6 +43,7 @@ void StepClock::pipeline_done(const PipelineExecutor<float>& pipeline, EpDispatc
   bubble_pred_ = predicted_bubble(pipeline.schedule(), pipe_, pipeline.rank());
   ep_inflight_ = ep ? ep->take_inflight_seconds() : 0.0;
   max_nodes_per_token = ep ? ep->take_max_nodes_per_token() : 1;
+  ep_rows_peak = ep ? ep->take_rows_peak() : 1;
 }
 
 void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
@@ -89,6 +90,7 @@ void StepClock::gather(Communicator& world, Optimizer& opt, double excluded) {
     rank_times[3 * r + 2] = breakdown[4][r];
   }
   world.all_reduce(&max_nodes_per_token, 1, ReduceOp::Max);
+  world.all_reduce(&ep_rows_peak, 1, ReduceOp::Max);
 }
 
 }  // namespace moetron

@@ -91,6 +91,9 @@ class StepClock {
       "mem_live_gib",  "mem_reserved_gib"};
   std::vector<std::vector<double>> breakdown;
   int64_t max_nodes_per_token = 1;
+  // the most expert rows any EP rank received in one dispatch of the step (or of the validation
+  // pass before it) over the mean: what `moetron plan --ep-imbalance` counts (1 at EP 1)
+  double ep_rows_peak = 1;
 
  private:
   Clock::time_point t0_, t_pipe_, t_opt_, end_;

@@ -269,6 +269,7 @@ StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clo
   for (size_t f = 0; f < clock.breakdown.size(); ++f)
     m.breakdown.emplace_back(StepClock::kBreakdownFields[f], clock.breakdown[f]);
   m.max_nodes_per_token = clock.max_nodes_per_token;
+  m.ep_rows_peak = clock.ep_rows_peak;
   for (size_t f = 0; f < clock.breakdown.size(); ++f)  // the most any rank's device held
     if (std::string_view(StepClock::kBreakdownFields[f]) == "mem_peak_gib")
       for (double g : clock.breakdown[f]) m.mem_peak_gib = std::max(m.mem_peak_gib, g);
