@@ -25,14 +25,21 @@ namespace {
 
 ModelConfig small(int64_t layers) { return small_pipeline_model(layers); }
 
+// M micro-batches of B sequences of S + 1 token ids, drawn from `seed`
+std::vector<int32_t> random_tokens(const ModelConfig& c, int64_t M, int64_t B, int64_t S,
+                                   unsigned seed) {
+  std::mt19937 g(seed);
+  std::vector<int32_t> tok(M * B * (S + 1));
+  for (auto& t : tok) t = static_cast<int32_t>(g() % c.vocab_size);
+  return tok;
+}
+
 TEST(pipeline, SlotsStayWithinTheInFlightBound) {
   Communicator& w = world();
   const int P = w.size();
   const ModelConfig c = small(P);
   const int64_t B = 2, S = 8, M = 8;
-  std::mt19937 g(5);
-  std::vector<int32_t> tok(M * B * (S + 1));
-  for (auto& t : tok) t = static_cast<int32_t>(g() % c.vocab_size);
+  const std::vector<int32_t> tok = random_tokens(c, M, B, S, 5);
   double loss[2] = {0, 0};
   int i = 0;
   for (const char* kind : {"1f1b", "zb1p"}) {
@@ -66,7 +73,7 @@ TEST(pipeline, SlotsStayWithinTheInFlightBound) {
   EXPECT_NEAR(loss[0], loss[1], 1e-6 * loss[0]);
 }
 
-// A forward-only pass (validation) whose last stage is slow: without the schedule's send window
+// A forward-only pass (validation) whose last stage starts late: without the schedule's send window
 // the stage before it posts every micro-batch's send while the last stage has received only the
 // first — one [N, D] buffer a micro-batch (these messages are rendezvous-sized: 128 KiB); with it,
 // each stage holds what pipeline::send_release says (peak_message_buffers: plan counts it), and
@@ -76,9 +83,7 @@ TEST(pipeline, ForwardOnlySendsWaitForASlowerNextStage) {
   const int P = w.size();
   const ModelConfig c = small(P);
   const int64_t B = 64, S = 16, M = 8;
-  std::mt19937 g(7);
-  std::vector<int32_t> tok(M * B * (S + 1));
-  for (auto& t : tok) t = static_cast<int32_t>(g() % c.vocab_size);
+  const std::vector<int32_t> tok = random_tokens(c, M, B, S, 7);
   Model<float> m(c, PrecisionPolicy::from(Recipe::FP32), nullptr, StageSpec{w.rank(), P});
   m.init(3);
   double lm[2] = {0, 0};
@@ -91,7 +96,8 @@ TEST(pipeline, ForwardOnlySendsWaitForASlowerNextStage) {
     Losses sum;
     ex.run(
         [&](int mb) {
-          if (w.rank() == P - 1) std::this_thread::sleep_for(std::chrono::milliseconds(40));
+          // (long enough for the others' eight forwards even on a loaded machine)
+          if (w.rank() == P - 1 && mb == 0) std::this_thread::sleep_for(std::chrono::seconds(1));
           return tok.data() + mb * B * (S + 1);
         },
         B, S, 0.0, 0.0, sum);
