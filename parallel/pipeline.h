@@ -110,7 +110,8 @@ class PipelineExecutor {
 
   // Runs this rank's ops for one optimizer step; adds this rank's losses (every chunk's) into
   // `sum`. Message ops post non-blocking sends/receives; a compute op first waits for every
-  // receive posted before it (the schedule's execution contract); sends complete by the end.
+  // receive posted before it (the schedule's execution contract); sends complete by the end, and
+  // a send's post first waits for the oldest beyond the schedule's send_window (wait_window).
   // On a communicator that matches in order (NCCL: !tags_match()), adjacent message ops are
   // posted as one batch_isend_irecv (one NCCL group, as Megatron's send_forward_recv_backward):
   // NCCL runs operations in posting order, so a stage that posted its send and its receive apart

@@ -21,7 +21,8 @@
 // DualPipe's module[0] / DualPipeV's phase 0.
 //
 // Execution contract:
-//   * Ops run in list order. A message op only POSTS a non-blocking send/receive; it never waits.
+//   * Ops run in list order. A message op only POSTS a non-blocking send/receive; it never waits
+//     (but a send under send_window, below).
 //   * Messages between a pair of ranks match in posting order: the i-th send a->b is the i-th
 //     receive on b from a, with the same (kind, micro-batch, stage). So MPI with one tag, or NCCL
 //     grouped p2p, delivers the right tensor; an executor may still tag by (kind, mb, stage).
@@ -31,7 +32,10 @@
 //     send is posted. validate() proves the schedule runs to the end under exactly this strictest
 //     rule. An executor that waits for less — parallel/pipeline.h waits only for the earlier
 //     receives, and for its sends at the end of the step — can only reach every post sooner, so
-//     it cannot deadlock either.
+//     it cannot deadlock either. Under send_window it also waits, at a send's post, for its
+//     oldest send in flight: with the window at least the sends a rank posts between two compute
+//     ops (default_send_window), that send was posted before its last compute op, where strict
+//     commit waited for it already; validate() replays this rule too, whatever the window.
 //   * validate() also proves the other simple executor safe: each receive BLOCKS where it stands
 //     in the list until its send is posted, and sends are buffered (never block). Neither model
 //     implies the other (two ranks that each "receive, then send" pass the first only; the
@@ -104,10 +108,10 @@ struct Schedule {
   //   dualpipe: P + 1, dualpipev: 2N + 1 (S + 1 chunks, SPEC §4.7 "PP+1")
   // All are tight: the generated schedules reach them on every rank (tests).
   std::vector<int> in_flight_bound;  // [ranks]
-  // > 0: before posting a send, a rank with this many of its sends still in flight waits for one
-  // (back-pressure: the forward-only schedule's ranks would otherwise pile up sends to a slower
-  // consumer, one [N, D] buffer a micro-batch). 0: sends never wait (the training schedules,
-  // whose returning messages bound them: send_release).
+  // > 0: before posting a send, a rank with this many of its sends still in flight waits for the
+  // oldest (back-pressure: a rank ahead of its receiver would otherwise pile up sends, an [N, D]
+  // buffer each — in the forward-only schedule, whose receivers never answer, one a micro-batch).
+  // The generators set default_send_window(s), make_forward_only 1; 0: sends never wait.
   int send_window = 0;
 
   int rank_of(int mb, int stage) const { return route[direction_of_mb[mb]][stage]; }

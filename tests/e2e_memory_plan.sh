@@ -12,7 +12,8 @@
 # A DualPipe rank holds two stages whose micro-batch states and gradient sets come from one
 # pool each: before an entry served only one stage at a time (model/pool.h take_for), a rank
 # held up to 12% more than planned (the validation pass's forwards took entries that had served
-# the other stage). Args: MOETRON_BIN BUILD_DIR
+# the other stage). And on a device the EP layout just fits at the mean expert rows, start-up says
+# how far above the mean it fits and each step beyond that warns. Args: MOETRON_BIN BUILD_DIR
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_memory_plan
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -53,6 +54,16 @@ run pp4_dualpipe_fp8_lean 4 --set parallel.pp=4 --set parallel.schedule=dualpipe
 run pp2_dualpipev 2 --set parallel.pp=2 --set parallel.schedule=dualpipev
 run pp2dp2ep2_dualpipe_fp8 4 --set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2 \
   --set parallel.schedule=dualpipe --set data.micro_batch_size=1 "${FP8[@]}"
+# a device the EP layout just fits at the mean expert rows: start-up says how far above the mean
+# it fits, and a step whose busiest EP rank received more says so (the CPU does not refuse it)
+"${MPIRUN[@]}" -np 4 "$BIN" train configs/tiny.yaml "${SMALL[@]}" --set run.steps=2 \
+  --set parallel.pp=2 --set parallel.dp=2 --set parallel.ep=2 --set parallel.schedule=dualpipe \
+  --set data.micro_batch_size=1 "${FP8[@]}" --set hardware.memory_gib=0.1025 \
+  --set run.dir="$OUT/rows_warning" > "$OUT/rows_warning.log" 2>&1 || { cat "$OUT/rows_warning.log"; exit 1; }
+grep -q "it fits while an EP rank's expert rows stay within 1.19" "$OUT/rows_warning.log" &&
+  grep -q "warning: step 1: an EP rank received 1.36523x the mean expert rows" \
+    "$OUT/rows_warning.log" || { echo "FAIL expert rows warning"; cat "$OUT/rows_warning.log"; exit 1; }
+echo "ok   expert rows beyond plan's limit are reported"
 /usr/bin/python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]

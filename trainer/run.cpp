@@ -296,8 +296,11 @@ void report_start(const Run& r, std::ostream& log) {
       << " by `moetron plan`: pipeline rank 0 " << gib(p0.bytes.total()) << " GiB (activations "
       << gib(p0.bytes.activations) << ": " << p0.slots << " micro-batch state(s) of "
       << cfg.parallel.schedule << " + " << p0.grad_sets << " gradient set(s)); the most, pipeline "
-      << "rank " << peak.pp_rank << ": " << gib(peak.bytes.total()) << " GiB\n"
-      << std::defaultfloat << std::setprecision(6);
+      << "rank " << peak.pp_rank << ": " << gib(peak.bytes.total()) << " GiB";
+  if (r.plan.ep_imbalance_limit > 0)
+    log << "; it fits while an EP rank's expert rows stay within " << r.plan.ep_imbalance_limit
+        << "x the mean (metrics' ep_rows_peak)";
+  log << "\n" << std::defaultfloat << std::setprecision(6);
   if (cfg.data.batch_ramp_start > 0)
     log << "moetron: global batch ramps from " << r.batches->batch_size_at(0) << " to "
         << cfg.data.global_batch_size << " sequences over " << cfg.data.batch_ramp_tokens

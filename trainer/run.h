@@ -41,6 +41,7 @@ struct Run {
   Communicator* device_world = nullptr;
   RankGrid grid;
   Plan plan;  // `moetron plan`'s: what each pipeline rank holds (checked, and reported at start)
+  double ep_rows_warned = 0;  // the highest ep_rows_peak beyond plan's limit train warned of
   bool rank0 = false;
   int64_t B = 0, S = 0;                          // micro-batch rows, sequence length
   FlopsPerToken flops;                           // of the model at S (model/flops.h)

@@ -250,6 +250,19 @@ bool stop_requested(Communicator& world) {
   return stop != 0;
 }
 
+// A step whose busiest EP rank received more expert rows than `moetron plan` fits this layout
+// for: its expert buffers grew to them and keep them (plan.h ep_imbalance_limit). Said once per
+// new high.
+void warn_expert_rows(Run& r, const StepMetrics& m, std::ostream& log) {
+  const double limit = r.plan.ep_imbalance_limit;
+  if (limit <= 0 || m.ep_rows_peak <= limit || m.ep_rows_peak <= r.ep_rows_warned) return;
+  r.ep_rows_warned = m.ep_rows_peak;
+  log << "moetron: warning: step " << m.step << ": an EP rank received " << m.ep_rows_peak
+      << "x the mean expert rows in one dispatch; `moetron plan` fits this layout up to " << limit
+      << "x (--ep-imbalance): its expert buffers, which keep what they grew to, may not fit the "
+      << "device\n";
+}
+
 StepMetrics step_metrics(const Run& r, const StepResult& s, const StepClock& clock, int64_t step,
                          double valid_loss, double step_seconds, double elapsed) {
   const double mtot = static_cast<double>(s.microbatches);
@@ -458,6 +471,7 @@ TrainSummary train(const Config& cfg, std::ostream& log, const std::string& resu
       StepMetrics m = step_metrics(r, s, clock, step, e.valid_loss, clock.step_seconds(), elapsed);
       m.bad_steps = bad.total;
       r.metrics->write(m);
+      warn_expert_rows(r, m, log);
       if ((step + 1) % cfg.run.log_interval == 0 || last || m.skipped)
         log << MetricsLog::progress_line(m) << std::endl;
       if (m.skipped) log << bad.warning(s, r.state.step, cfg.run.max_bad_steps) << std::flush;
