@@ -336,15 +336,15 @@ int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int r
   using pipeline::OpKind;
   const std::vector<pipeline::Op>& ops = s.per_rank[rank];
   const int n = static_cast<int>(ops.size());
-  // the backward halves an op runs: (mb, stage) pairs
-  auto backwards = [](const pipeline::Op& c) -> std::vector<std::pair<int, int>> {
+  // the backward half an op runs, if any: (mb, stage)
+  auto backward = [](const pipeline::Op& c) -> std::optional<std::pair<int, int>> {
     if (c.kind == OpKind::Backward || c.kind == OpKind::BackwardInput) return {{c.mb, c.stage}};
     if (c.kind == OpKind::ForwardBackward) return {{c.mb2, c.stage2}};
-    return {};
+    return std::nullopt;
   };
   auto first_backward = [&](int from, int m, int stage) {  // of (m, stage), from op `from` on
     int j = from;
-    while (j < n && !std::ranges::count(backwards(ops[j]), std::pair{m, stage})) ++j;
+    while (j < n && backward(ops[j]) != std::pair{m, stage}) ++j;
     return j;
   };
   std::vector<int> delta(n + 1, 0);
@@ -365,9 +365,9 @@ int PipelineExecutor<T>::peak_message_buffers(const pipeline::Schedule& s, int r
       hold(i, first_backward(i + 1, op.mb, op.stage - 1));
     } else {  // DualPipeV's turn (backward_done): d input of (m, s) kept for (m, s - 1) here,
       // in the entry the d output it read gave back just before (none on the last stage)
-      for (const auto& [m, stage] : backwards(op))
-        if (stage > 0 && s.rank_of(m, stage - 1) == rank)
-          hold(stage == s.stages - 1 ? i : i + 1, first_backward(i + 1, m, stage - 1));
+      if (const auto b = backward(op);
+          b && b->second > 0 && s.rank_of(b->first, b->second - 1) == rank)
+        hold(b->second == s.stages - 1 ? i : i + 1, first_backward(i + 1, b->first, b->second - 1));
     }
   }
   int open = 0, peak = 0;

@@ -468,10 +468,8 @@ void summarise(const Config& cfg, Estimate& e) {
 
 Estimate make_estimate(const Config& cfg, int world, const EstimateOptions& o) {
   Estimate e;
-  if (!(o.ep_imbalance >= 1))
-    throw ConfigError(cfg.source + ": ep_imbalance " + std::to_string(o.ep_imbalance) +
-                      ": the busiest EP rank's rows over the mean is at least 1");
-  e.plan = make_plan(cfg, world, o.ep_imbalance);  // (its memory counts the busiest rank's rows)
+  // (make_plan refuses an imbalance below 1; its memory counts the busiest rank's rows)
+  e.plan = make_plan(cfg, world, o.ep_imbalance);
   e.ep_imbalance = e.plan.ep > 1 ? o.ep_imbalance : 1;
   check_profile(cfg, e.plan);
   const HardwareConfig& hw = cfg.hardware;

@@ -387,10 +387,7 @@ void plan_layout(const Config& cfg, int world, Plan& p) {
   p.hardware = cfg.hardware.name, p.memory_gib = cfg.hardware.memory_gib;
 }
 
-}  // namespace
-
-namespace {
-
+// The plan at one expert-row imbalance (make_plan's, before the limit).
 Plan plan_at(const Config& cfg, int world, double ep_imbalance) {
   if (!(ep_imbalance >= 1))
     throw ConfigError(cfg.source + ": ep_imbalance " + std::to_string(ep_imbalance) +
