@@ -276,6 +276,8 @@ struct Shape {
 // one cuBLASLt takes (multiples of 16) whose three reductions (400, 144, 272) each end in a part of
 // a 128-block: a routed expert's Wgrad over its tokens looks like that
 const Shape kShapes[] = {{256, 384, 512}, {100, 130, 200}, {256, 2048, 7168}, {272, 144, 400}};
+// the V3 shape is left to a GPU under the emulator (test_cuda_util.h)
+bool skipped(const Shape& s) { return emulated() && s.K == 7168; }
 
 // cuBLASLt can take D [rows, cols] = A B^T reducing over red (fp8_gemm.cu's requirements)
 bool lt_eligible(int64_t rows, int64_t cols, int64_t red) {
@@ -379,11 +381,13 @@ void wgrad_case(const Shape& s, bool pow2_dy, bool pow2_x, bool from_f32, const 
 
 void fprop_all(const char* path) {
   for (const Shape& s : kShapes)
-    for (const bool pow2 : {false, true}) fprop_case(s, pow2, path);
+    for (const bool pow2 : {false, true})
+      if (!skipped(s)) fprop_case(s, pow2, path);
 }
 void dgrad_all(const char* path) {
   for (const Shape& s : kShapes)
-    for (const bool pow2 : {false, true}) dgrad_case(s, pow2, false, false, path);
+    for (const bool pow2 : {false, true})
+      if (!skipped(s)) dgrad_case(s, pow2, false, false, path);
   for (const Shape& s : {kShapes[0], kShapes[1]}) {
     dgrad_case(s, true, true, false, path);
     dgrad_case(s, false, false, true, path);
@@ -393,6 +397,7 @@ void dgrad_all(const char* path) {
 void wgrad_all(const char* path) {
   for (const Shape& s : kShapes)
     for (const bool pow2 : {false, true}) {
+      if (skipped(s)) continue;
       wgrad_case(s, pow2, pow2, false, path);
       wgrad_case(s, pow2, pow2, true, path);
     }
@@ -405,7 +410,7 @@ TEST(CudaFp8, FpropKernelPathMatchesTheCpu) {
   fprop_all("kernel");
 }
 TEST(CudaFp8, FpropCublasLtPathMatchesTheCpu) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   fprop_all("cublaslt");
 }
 TEST(CudaFp8, DgradKernelPathMatchesTheCpu) {
@@ -413,7 +418,7 @@ TEST(CudaFp8, DgradKernelPathMatchesTheCpu) {
   dgrad_all("kernel");
 }
 TEST(CudaFp8, DgradCublasLtPathMatchesTheCpu) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   dgrad_all("cublaslt");
 }
 TEST(CudaFp8, WgradKernelPathMatchesTheCpu) {
@@ -421,7 +426,7 @@ TEST(CudaFp8, WgradKernelPathMatchesTheCpu) {
   wgrad_all("kernel");
 }
 TEST(CudaFp8, WgradCublasLtPathMatchesTheCpu) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   wgrad_all("cublaslt");
 }
 
@@ -497,7 +502,7 @@ TEST(CudaFp8, GroupedKernelPathMatchesTheCpu) {
   for (const bool pow2 : {false, true}) grouped_case(pow2, "kernel");
 }
 TEST(CudaFp8, GroupedCublasLtPathMatchesTheCpu) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   for (const bool pow2 : {false, true}) grouped_case(pow2, "cublaslt");
 }
 
@@ -505,7 +510,7 @@ TEST(CudaFp8, GroupedCublasLtPathMatchesTheCpu) {
 // expert_row_align): every non-empty group's Fprop, Dgrad and Wgrad runs on cuBLASLt, none on the
 // kernel, and the results match the CPU's.
 TEST(CudaFp8, GroupsAlignedTo16AllRunOnCublasLt) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   const std::vector<int64_t> off = {0, 128, 128, 240, 304, 320};  // 128, 0, 112, 64, 16 rows
   const int64_t G = 5, T = off[G], N = 256, K = 384, groups = 4;
   const auto X = varied(T, K, 81), dY = varied(T, N, 82), W = varied(G * N, K, 83);

@@ -86,7 +86,7 @@ TEST(CudaGemm, UnalignedOperands) {
 // q_a / wq_a of DeepSeek-V3 (hidden 7168 -> q_lora_rank 1536 would be slow on the CPU side; the
 // kv_a width 576 keeps K = 7168) at 256 tokens, in the Y = X W^T layout, and its weight gradient.
 TEST(CudaGemm, DeepSeekV3ProjectionShape) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("a full-size shape: minutes on the emulator");
   for (GemmPrecision prec : {GemmPrecision::FP32, GemmPrecision::BF16}) {
     check_gemm<float>(false, true, 256, 576, 7168, 1.f, 0.f, prec, 21);
     check_gemm<float>(true, false, 576, 7168, 256, 1.f, 1.f, prec, 23);
@@ -266,7 +266,7 @@ TEST(CudaGroupedGemm, AllGroupsEmpty) {
 
 // The offsets are host memory: a grouped GEMM enqueues its groups without waiting for the stream.
 TEST(CudaGroupedGemm, HostOffsetsDoNotWaitForTheStream) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("asynchrony: the stream must still be busy");
   const std::vector<int64_t> off = {0, 7, 7, 30};
   const int64_t G = 3, N = 24, K = 40;
   const auto A = rand_vec<float>(30 * K, 71), W = rand_vec<float>(G * N * K, 72);
@@ -288,7 +288,7 @@ TEST(CudaGroupedGemm, HostOffsetsDoNotWaitForTheStream) {
 // Experts of DeepSeek-V3's shape class (hidden 7168 -> 2 x 2048 gate|up, [N,K] weights) with
 // uneven row counts, few experts to keep the CPU side short.
 TEST(CudaGroupedGemm, DeepSeekV3ExpertShape) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("a full-size shape: minutes on the emulator");
   const std::vector<int64_t> off = {0, 40, 40, 113, 128};
   const int64_t G = 4, R = 128, N = 512, K = 7168;
   const auto A = rand_vec<float>(R * K, 61), W = rand_vec<float>(G * N * K, 62);

@@ -73,7 +73,7 @@ TEST(CudaPinned, PageLockedAndCachedBySize) {
 }
 
 TEST(CudaMemory, UploadDoesNotWaitForQueuedComputeAndFreesTheSourceAtOnce) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("asynchrony: the stream must still be busy");
   const BusyStream queued;
   std::vector<float> src = rand_vec<float>(300001, 13);
   const std::vector<float> want = src;
@@ -88,7 +88,7 @@ TEST(CudaMemory, UploadDoesNotWaitForQueuedComputeAndFreesTheSourceAtOnce) {
 // it, the read completes while the stream is still busy (what lets the EP dispatcher's plan piece
 // and the other micro-batch's compute run before the host needs the counts).
 TEST(CudaMemory, ReadStartWaitsForTheCopyNotForLaterWork) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("asynchrony: the stream must still be busy");
   const std::vector<int64_t> h = {3, 1, 4, 1, 5, 9, 2, 6};
   Buffer<int64_t> d = dev(h);
   PinnedVector<int64_t> back(h.size());
@@ -106,7 +106,7 @@ TEST(CudaMemory, ReadStartWaitsForTheCopyNotForLaterWork) {
 // on group "gpu"): a stream stuck behind a collective whose peer stopped ends the job at
 // run.comm_timeout_s instead of hanging in cudaStreamSynchronize unseen.
 TEST(CudaMemory, TheHostsWaitForTheDeviceIsAWatchdogWait) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("asynchrony: the stream must still be busy");
   const std::vector<float> h = {1.f, 2.f, 3.f};
   Buffer<float> d = dev(h);
   std::vector<float> back(h.size());

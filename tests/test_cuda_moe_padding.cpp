@@ -23,7 +23,7 @@ double calc_diff(const std::vector<float>& x, const std::vector<float>& y) {
 }
 
 TEST(CudaMoEPadding, Fp8ExpertsPaddedTo16AllRunOnCublasLtAndMatchTheCpu) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("cuBLASLt's FP8 GEMMs");
   PrecisionPolicy pol = PrecisionPolicy::from(Recipe::FP8);
   pol.overrides[Component::Gate] = Recipe::FP32;
   // widths of whole 128-blocks, as DeepSeek-V3's (cuBLASLt's block scaling is only asked for

@@ -12,7 +12,7 @@ namespace moetron::kernels::gpu::testing {
 namespace {
 
 TEST(CudaOpProfile, TimesTheGpuNotTheLaunch) {
-  MOETRON_REQUIRE_GPU();
+  MOETRON_REQUIRE_REAL_GPU("the GPU's timing");
   const BusyStream warm;  // cuBLASLt's plans and the pool made before timing
   synchronize(gpu_exec());
   op_profile::reset();

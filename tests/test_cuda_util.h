@@ -34,6 +34,22 @@ namespace moetron::kernels::gpu::testing {
       GTEST_SKIP() << "no usable CUDA device: " << ::moetron::kernels::gpu::unavailable_reason(); \
   } while (0)
 
+// Under the CUDA emulator (MOETRON_CUDA=EMU, tests/cuda_emu/device.h) every kernel runs on the
+// CPU, each stream's work when it is enqueued, with its own cuBLASLt that has no algorithm and no
+// NCCL. A test of what only a GPU has (asynchrony, timing, cuBLASLt's or NCCL's kernels) is
+// skipped there with the reason; so are the full-size shapes of the others (DeepSeek-V3's
+// 7168-wide GEMMs take minutes on one core under ASan), every odd shape still running.
+#ifndef MOETRON_CUDA_EMULATED
+#define MOETRON_CUDA_EMULATED 0
+#endif
+inline constexpr bool emulated() { return MOETRON_CUDA_EMULATED; }
+#define MOETRON_REQUIRE_REAL_GPU(what)                                                \
+  do {                                                                                \
+    MOETRON_REQUIRE_GPU();                                                            \
+    if (::moetron::kernels::gpu::testing::emulated())                                 \
+      GTEST_SKIP() << "needs a real GPU (" << what << "); this is the CUDA emulator"; \
+  } while (0)
+
 inline Exec gpu_exec() { return Exec::on(Device::CUDA); }
 
 template <class T>

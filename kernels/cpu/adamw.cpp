@@ -8,6 +8,9 @@
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // With bf16 moments the update uses the fp32 m, v of this step; they are then stored rounded to
 // nearest even (f32_to_bf16). Bias corrections are computed once in double. Parallel, SIMD.
+// The four multiply-adds that are one fma each are spelled out (std::fma): the GPU's kernel
+// (kernels/cuda/adamw.cu) rounds them once, and a build whose -march has no FMA (the sanitizer
+// build, a portable Release) would otherwise round twice where -march=native fused them.
 #include <cmath>
 #include <stdexcept>
 #include <type_traits>
@@ -45,7 +48,7 @@ void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const 
   const float lr = static_cast<float>(p.lr);
   const float b1 = static_cast<float>(p.beta1), b2 = static_cast<float>(p.beta2);
   const float omb1 = static_cast<float>(1.0 - p.beta1), omb2 = static_cast<float>(1.0 - p.beta2);
-  const float decay = static_cast<float>(1.0 - p.lr * p.weight_decay);
+  const float decay = static_cast<float>(std::fma(-p.lr, p.weight_decay, 1.0));
   const double t = static_cast<double>(p.step);
   const float bc1 = static_cast<float>(1.0 / (1.0 - std::pow(p.beta1, t)));
   const float bc2 = static_cast<float>(1.0 / (1.0 - std::pow(p.beta2, t)));
@@ -53,10 +56,9 @@ void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const 
 #pragma omp parallel for simd schedule(static) if (n >= (1 << 15))
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i];
-    const float mi = b1 * load(m[i]) + omb1 * g;
-    const float vi = b2 * load(v[i]) + omb2 * g * g;
-    const float pi = param[i] * decay;
-    param[i] = pi - lr * (mi * bc1) / (std::sqrt(vi * bc2) + eps);
+    const float mi = std::fma(b1, load(m[i]), omb1 * g);
+    const float vi = std::fma(b2, load(v[i]), omb2 * g * g);
+    param[i] = std::fma(decay, param[i], -(lr * (mi * bc1) / (std::sqrt(vi * bc2) + eps)));
     m[i] = store<M>(mi);
     v[i] = store<M>(vi);
   }

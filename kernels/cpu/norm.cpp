@@ -53,7 +53,9 @@ void rmsnorm_backward_input(const T* dy, const T* x, const T* w, const T* rstd, 
   }
 }
 
-// dw[d] += sum_n dy[n,d] * x[n,d] * rstd[n]
+// dw[d] += sum_n dy[n,d] * x[n,d] * rstd[n]. The multiply-add is one fma, spelled out: the GPU's
+// kernel (kernels/cuda/norm.cu) fuses it, and a build whose -march has no FMA (the sanitizer
+// build, a portable Release) would otherwise round twice and lose its bitwise match.
 template <class T>
 void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, int64_t D, T* dw) {
   constexpr int64_t kBlock = 64;
@@ -67,7 +69,8 @@ void rmsnorm_backward_weight(const T* dy, const T* x, const T* rstd, int64_t N, 
       const T* xr = x + n * D + d0;
       const double r = rstd[n];
 #pragma omp simd
-      for (int64_t d = 0; d < w; ++d) acc[d] += static_cast<double>(gr[d] * xr[d]) * r;
+      for (int64_t d = 0; d < w; ++d)
+        acc[d] = std::fma(static_cast<double>(gr[d] * xr[d]), r, acc[d]);
     }
     for (int64_t d = 0; d < w; ++d) dw[d0 + d] += static_cast<T>(acc[d]);
   }

@@ -8,11 +8,10 @@
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // The scalars (fp32 casts of the double hyper-parameters, bias corrections 1 / (1 - b^t) in
 // double with std::pow) are computed on the host exactly as the CPU does and passed by value
-// (this host code is built without -march=native, so the one fma GCC forms there is spelled out).
-// The CPU is compiled with FMA contraction (gnu++20, -march=native on x86): GCC fuses
+// (the decay's fma spelled out as on the CPU). The CPU spells out its fmas
 //   m = fma(b1, m, (1 - b1) g),  v = fma(b2, v, ((1 - b2) g) g),  p = fma(decay, p, -update)
-// so the kernel spells those fmaf's out and pins every other operation with the _rn intrinsics
-// (which nvcc never contracts): the same roundings in the same order, hence the same bits.
+// and the kernel the same fmaf's, pinning every other operation with the _rn intrinsics (which
+// nvcc never contracts): the same roundings in the same order, hence the same bits.
 #include <cmath>
 #include <stdexcept>
 #include <type_traits>
@@ -78,7 +77,6 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
   c.b2 = static_cast<float>(p.beta2);
   c.omb1 = static_cast<float>(1.0 - p.beta1);
   c.omb2 = static_cast<float>(1.0 - p.beta2);
-  // GCC fuses the CPU's 1.0 - lr * wd (double) into one fma; std::fma rounds once, the same.
   c.decay = static_cast<float>(std::fma(-p.lr, p.weight_decay, 1.0));
   const double t = static_cast<double>(p.step);
   c.bc1 = static_cast<float>(1.0 / (1.0 - std::pow(p.beta1, t)));

@@ -50,14 +50,14 @@ __global__ void widen_e5m6_kernel(const uint8_t* x, int64_t n, float* y) {
 template <class T>
 void add_inplace(const Exec& ex, T* y, const T* x, int64_t n) {
   if (n <= 0) return;
-  add_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, x, n);
+  add_kernel<T><<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, x, n);
   MOETRON_CUDA_LAUNCHED("add_inplace");
 }
 
 template <class T>
 void axpy(const Exec& ex, T* y, T a, const T* x, int64_t n) {
   if (n <= 0) return;
-  axpy_kernel<<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, a, x, n);
+  axpy_kernel<T><<<blocks_for(n), kThreads, 0, stream_of(ex)>>>(y, a, x, n);
   MOETRON_CUDA_LAUNCHED("axpy");
 }
 

@@ -71,8 +71,8 @@ template <class T>
 void embedding_forward(const Exec& ex, const int32_t* ids, int64_t N, const T* table, int64_t D,
                        T* out) {
   if (N <= 0 || D <= 0) return;
-  embedding_forward_kernel<<<blocks_for(N * D), kThreads, 0, stream_of(ex)>>>(ids, N, table, D,
-                                                                              out);
+  embedding_forward_kernel<T>
+      <<<blocks_for(N * D), kThreads, 0, stream_of(ex)>>>(ids, N, table, D, out);
   MOETRON_CUDA_LAUNCHED("embedding_forward");
 }
 
@@ -100,8 +100,8 @@ void embedding_backward(const Exec& ex, const int32_t* ids, int64_t N, const T* 
   constexpr int kBackThreads = 128;
   const int64_t col_blocks = std::min<int64_t>((D + kBackThreads - 1) / kBackThreads, 65535);
   const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(col_blocks));
-  embedding_backward_rows_kernel<<<grid, kBackThreads, 0, st>>>(id_sorted, tok_sorted, N, dout, D,
-                                                                dtable);
+  embedding_backward_rows_kernel<T>
+      <<<grid, kBackThreads, 0, st>>>(id_sorted, tok_sorted, N, dout, D, dtable);
   MOETRON_CUDA_LAUNCHED("embedding_backward");
 }
 

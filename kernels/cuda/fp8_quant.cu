@@ -260,8 +260,8 @@ void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, boo
   check_sizes(R, C, "quantize_128x1_t");
   if (R == 0 || C == 0) return;
   const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
-  quantize_128x1_t_kernel<<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2,
-                                                                     qT, sT);
+  quantize_128x1_t_kernel<F32Values>
+      <<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2, qT, sT);
   MOETRON_CUDA_LAUNCHED("quantize_128x1_t");
 }
 
@@ -270,7 +270,7 @@ void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s
   check_sizes(R, C, "requantize_1x128_to_128x1");
   if (R == 0 || C == 0) return;
   const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
-  quantize_128x1_t_kernel<<<blocks_for(items, 1), kThreads, 0, st>>>(
+  quantize_128x1_t_kernel<E4M3Values><<<blocks_for(items, 1), kThreads, 0, st>>>(
       E4M3Values{q, s, C, cdiv(C, 128)}, R, C, pow2, qT, sT);
   MOETRON_CUDA_LAUNCHED("requantize_1x128_to_128x1");
 }

@@ -66,7 +66,7 @@ void copy_2d(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_l
              int64_t cols, int64_t repeat, bool accumulate) {
   if (rows <= 0 || cols <= 0) return;
   if (repeat < 1) throw std::invalid_argument("copy_2d: repeat must be >= 1");
-  copy_2d_kernel<<<blocks_for(rows * cols), kThreads, 0, stream_of(ex)>>>(
+  copy_2d_kernel<T><<<blocks_for(rows * cols), kThreads, 0, stream_of(ex)>>>(
       src, src_ld, dst, dst_ld, rows, cols, repeat, accumulate);
   MOETRON_CUDA_LAUNCHED("copy_2d");
 }
@@ -75,7 +75,7 @@ template <class T>
 void sum_row_groups(const Exec& ex, const T* src, int64_t src_ld, T* dst, int64_t dst_ld,
                     int64_t rows, int64_t cols, int64_t group) {
   if (rows <= 0 || cols <= 0) return;
-  sum_row_groups_kernel<<<blocks_for(rows * cols), kThreads, 0, stream_of(ex)>>>(
+  sum_row_groups_kernel<T><<<blocks_for(rows * cols), kThreads, 0, stream_of(ex)>>>(
       src, src_ld, dst, dst_ld, rows, cols, group);
   MOETRON_CUDA_LAUNCHED("sum_row_groups");
 }

@@ -1,0 +1,205 @@
+// The CUDA emulator's own tests (tests/cuda_emu/device.h): kernels written in CUDA, rewritten by
+// cu_to_cpp.py like the backend's, run through it. What it runs right (reductions through
+// shuffles and shared memory, wmma tiles, launches written over several lines, line numbers), and
+// the faults it must stop or report as a GPU would: a missing __syncthreads (the threads of a block
+// run in an order that exposes it), a barrier that cannot complete, a shuffle from a lane outside
+// the exchange, launches past the device's limits, dynamic shared memory past 48 KiB without the
+// opt-in, a write past a device allocation (ASan builds).
+#include <gtest/gtest.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr int kKernelLine = __LINE__ + 1;
+__global__ void line_kernel(int* out) { out[0] = __LINE__; }
+
+// Sum over the block: shuffles within each warp, then shared memory across warps.
+__global__ void block_sum_kernel(const int* in, int n, int* out) {
+  __shared__ int warp_sums[32];
+  int v = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) v += in[i] * static_cast<int>(blockIdx.x + 1);
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int s = 0;
+    for (unsigned w = 0; w < blockDim.x / 32; ++w) s += warp_sums[w];
+    out[blockIdx.x] = s;
+  }
+}
+
+// out = reversed in, through dynamic shared memory; with or without the barrier between the
+// writes and the reads.
+template <bool kBarrier>
+__global__ void reverse_kernel(const int* in, int* out) {
+  extern __shared__ __align__(16) int tile[];
+  const int t = threadIdx.x, n = blockDim.x;
+  tile[t] = in[t];
+  if (kBarrier) __syncthreads();
+  out[t] = tile[n - 1 - t];
+}
+
+// Lanes 0-15 wait at __syncwarp for the whole warp, lanes 16-31 at __syncthreads: on a GPU, a hang.
+__global__ void split_barrier_kernel(int* out) {
+  if (threadIdx.x < 16)
+    __syncwarp();
+  else
+    __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+// Lanes 0-15 exchange among themselves but read lane 20, which is not in the exchange.
+__global__ void bad_shuffle_kernel(int* out) {
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0x0000ffffu, int(threadIdx.x), 20);
+}
+
+__global__ void smem_kernel(int* out) {
+  extern __shared__ __align__(16) unsigned char bytes[];
+  bytes[threadIdx.x] = 7;
+  out[threadIdx.x] = bytes[threadIdx.x];
+}
+
+__global__ void write_past_kernel(int* out, int n) { out[n + threadIdx.x] = 1; }
+
+namespace wmma = nvcuda::wmma;
+// one 16x16x16 tile: C = A B + C, A row-major, B column-major
+__global__ void wmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, float* C) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  wmma::load_matrix_sync(a, A, 16);
+  wmma::load_matrix_sync(b, B, 16);
+  wmma::load_matrix_sync(c, C, 16, wmma::mem_row_major);
+  wmma::mma_sync(c, a, b, c);
+  wmma::store_matrix_sync(C, c, 16, wmma::mem_row_major);
+}
+
+template <class T>
+T* device(const std::vector<T>& h) {
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, h.size() * sizeof(T)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  return static_cast<T*>(p);
+}
+template <class T>
+std::vector<T> back(const T* d, size_t n) {
+  std::vector<T> h(n);
+  EXPECT_EQ(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+
+TEST(CudaEmulator, RewritesLaunchesAndKeepsLineNumbers) {
+  int* d = device(std::vector<int>(1, 0));
+  const int before = __LINE__;
+  // clang-format off
+  line_kernel<<<1,
+                1>>>(
+      d);
+  // clang-format on
+  EXPECT_EQ(__LINE__, before + 6);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(back(d, 1)[0], kKernelLine);
+  cudaFree(d);
+}
+
+TEST(CudaEmulator, ShufflesAndSharedMemoryReduceEveryBlock) {
+  std::vector<int> in(1000);
+  std::iota(in.begin(), in.end(), 1);
+  int* d_in = device(in);
+  int* d_out = device(std::vector<int>(3, 0));
+  block_sum_kernel<<<3, 128, 0, nullptr>>>(d_in, 1000, d_out);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(back(d_out, 3), (std::vector<int>{500500, 2 * 500500, 3 * 500500}));
+  cudaFree(d_in);
+  cudaFree(d_out);
+}
+
+TEST(CudaEmulator, AMissingBarrierShowsInTheResult) {
+  std::vector<int> in(64);
+  std::iota(in.begin(), in.end(), 0);
+  std::vector<int> want(in.rbegin(), in.rend());
+  int* d_in = device(in);
+  int* d_out = device(std::vector<int>(64, 0));
+  reverse_kernel<true><<<1, 64, 64 * sizeof(int)>>>(d_in, d_out);
+  EXPECT_EQ(back(d_out, 64), want);
+  // without the barrier thread 0 reads tile[63] before thread 63 wrote it: the fill (0xff bytes)
+  reverse_kernel<false><<<1, 64, 64 * sizeof(int)>>>(d_in, d_out);
+  const std::vector<int> got = back(d_out, 64);
+  EXPECT_EQ(got[0], -1);
+  EXPECT_NE(got, want);
+  cudaFree(d_in);
+  cudaFree(d_out);
+}
+
+TEST(CudaEmulatorDeathTest, ABarrierThatCannotCompleteStopsTheProcess) {
+  int* d = device(std::vector<int>(32, 0));
+  EXPECT_DEATH(split_barrier_kernel<<<1, 32>>>(d), "split_barrier_kernel.*hangs");
+  cudaFree(d);
+}
+
+TEST(CudaEmulatorDeathTest, AShuffleFromALaneOutsideTheExchangeStopsTheProcess) {
+  int* d = device(std::vector<int>(32, 0));
+  EXPECT_DEATH(bad_shuffle_kernel<<<1, 32>>>(d), "shuffles from lane 20.*not in the exchange");
+  cudaFree(d);
+}
+
+TEST(CudaEmulator, LaunchesPastTheLimitsFailAsOnTheDevice) {
+  int* d = device(std::vector<int>(2048, 0));
+  (void)cudaGetLastError();
+  smem_kernel<<<1, 1025>>>(d);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  // 64 KiB of dynamic shared memory: refused until the kernel opts in, then run
+  smem_kernel<<<1, 32, 64 * 1024>>>(d);
+  EXPECT_NE(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(
+      cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024),
+      cudaSuccess);
+  smem_kernel<<<1, 32, 64 * 1024>>>(d);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(back(d, 32), std::vector<int>(32, 7));
+  // past the device's opt-in limit (227 KiB): refused even so
+  EXPECT_NE(
+      cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024),
+      cudaSuccess);
+  cudaFree(d);
+}
+
+TEST(CudaEmulatorDeathTest, AWritePastAnAllocationIsCaughtUnderASan) {
+#if defined(__SANITIZE_ADDRESS__)
+  int* d = device(std::vector<int>(100, 0));
+  EXPECT_DEATH(write_past_kernel<<<1, 4>>>(d, 99), "heap-buffer-overflow");
+  cudaFree(d);
+#else
+  GTEST_SKIP() << "an ASan build catches it (scripts/test.sh's sanitizer build)";
+#endif
+}
+
+TEST(CudaEmulator, WmmaTileIsTheProduct) {
+  std::vector<__nv_bfloat16> A(256), B(256);
+  std::vector<float> C(256), want(256);
+  for (int i = 0; i < 256; ++i) {
+    A[i] = __float2bfloat16(static_cast<float>(i % 7) - 3.f);
+    B[i] = __float2bfloat16(static_cast<float>(i % 5) * 0.5f);
+    C[i] = static_cast<float>(i % 3);
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) {
+      float s = C[r * 16 + c];
+      for (int k = 0; k < 16; ++k)
+        s += __bfloat162float(A[r * 16 + k]) * __bfloat162float(B[c * 16 + k]);  // B col-major
+      want[r * 16 + c] = s;
+    }
+  __nv_bfloat16 *dA = device(A), *dB = device(B);
+  float* dC = device(C);
+  wmma_kernel<<<1, 32>>>(dA, dB, dC);
+  EXPECT_EQ(back(dC, 256), want);
+  cudaFree(dA);
+  cudaFree(dB);
+  cudaFree(dC);
+}
+
+}  // namespace

@@ -1,0 +1,584 @@
+// The CUDA emulator's host side (tests/cuda_emu/device.h says what it is for and what it cannot
+// check): the block scheduler that runs a kernel's threads as fibers, and the CUDA runtime calls
+// the backend makes, on host memory.
+//
+// Scheduler: run_grid runs the blocks in order; for each, one fiber per thread (stacks kept
+// between launches; the switch is a few instructions of its own, not ucontext's swapcontext, which
+// makes a system call per switch and under ASan clears the whole stack's shadow each time). A sweep
+// resumes every runnable thread until it finishes or reaches a barrier; then the barriers whose
+// threads have all arrived are released (a warp's first, then the block's); when none can be, the
+// kernel would hang on the GPU: the process stops, naming the kernel, the block and what each
+// waiting thread waits at. Under ASan the switches are announced
+// (__sanitizer_start/finish_switch_fiber) so that it follows the stacks.
+//
+// Runtime: one device (an H200's limits), memory from the host heap, every stream and event
+// complete at once (each operation runs when it is enqueued: program order, which respects every
+// event dependency), the default memory pool's reserved-memory mark as the peak of live stream-
+// ordered allocations (a pool that keeps what is freed holds that much). Copies with an explicit
+// direction check that the device side is emulated device memory: a host pointer passed where a
+// device one belongs is an error here too.
+#include <cuda_runtime_api.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/cuda_emu/device.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define CUDA_EMU_ASAN 1
+#else
+#define CUDA_EMU_ASAN 0
+#endif
+
+// emu_switch(save, to): saves the callee-saved registers on the current stack and its stack
+// pointer in *save, then continues on the stack `to` (one emu_switch saved, or one fiber_stack
+// laid out). x86-64 System V.
+extern "C" void emu_switch(void** save, void* to);
+asm(R"(
+  .text
+  .p2align 4
+  .globl emu_switch
+  .type emu_switch, @function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch, .-emu_switch
+)");
+
+namespace cuda_emu {
+
+uint3 thread_idx, block_idx;
+dim3 block_dim, grid_dim;
+
+namespace {
+
+// ---------------------------------------------------------------- scheduler
+
+constexpr size_t kStack = 512 * 1024;  // per thread (ASan's redzones make frames larger)
+
+enum class State { Ready, AtBlock, AtWarp, Done };
+
+struct Fiber {
+  void* sp = nullptr;  // saved stack pointer while switched out
+  char* stack = nullptr;
+  State st = State::Ready;
+  unsigned mask = 0;      // AtWarp: the lanes named
+  const char* what = "";  // the barrier waited at
+  // warp_exchange: the value posted and where the partner's goes
+  unsigned char posted[16];
+  size_t bytes = 0;
+  int src = -1;
+  void* out = nullptr;
+#if CUDA_EMU_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+struct Grid {
+  const char* name = "";
+  Body* body = nullptr;
+  std::vector<Fiber> fibers;  // this block's threads, x fastest
+  int current = -1;
+  void* sched_sp = nullptr;
+  unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
+#if CUDA_EMU_ASAN
+  void* sched_fake_stack = nullptr;
+  const void* sched_bottom = nullptr;
+  size_t sched_size = 0;
+#endif
+};
+Grid g;
+std::vector<char*> stack_pool;
+
+[[noreturn]] void fail(const std::string& msg) {
+  std::fprintf(stderr, "cuda_emu: kernel %s, block (%u,%u,%u): %s\n", g.name, block_idx.x,
+               block_idx.y, block_idx.z, msg.c_str());
+  std::abort();
+}
+
+uint3 coords(int i) {
+  const unsigned x = block_dim.x, y = block_dim.y;
+  return uint3{static_cast<unsigned>(i) % x, static_cast<unsigned>(i) / x % y,
+               static_cast<unsigned>(i) / (x * y)};
+}
+
+// From the running thread back to the scheduler.
+void yield() {
+  Fiber& f = g.fibers[static_cast<size_t>(g.current)];
+#if CUDA_EMU_ASAN
+  __sanitizer_start_switch_fiber(f.st == State::Done ? nullptr : &f.fake_stack, g.sched_bottom,
+                                 g.sched_size);
+#endif
+  emu_switch(&f.sp, g.sched_sp);
+#if CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
+#endif
+}
+
+void fiber_main() {
+#if CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g.sched_bottom, &g.sched_size);
+#endif
+  (*g.body)();
+  g.fibers[static_cast<size_t>(g.current)].st = State::Done;
+  yield();  // never resumed
+  std::abort();
+}
+
+void resume(int i) {
+  Fiber& f = g.fibers[static_cast<size_t>(i)];
+  g.current = i;
+  thread_idx = coords(i);
+#if CUDA_EMU_ASAN
+  __sanitizer_start_switch_fiber(&g.sched_fake_stack, f.stack, kStack);
+#endif
+  emu_switch(&g.sched_sp, f.sp);
+#if CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(g.sched_fake_stack, nullptr, nullptr);
+#endif
+}
+
+// Releases every warp whose named live lanes all wait at a warp barrier with the same mask, then
+// the block if all its live threads wait at __syncthreads. False: nothing could be released.
+bool release() {
+  bool any = false;
+  const int n = static_cast<int>(g.fibers.size());
+  for (int w = 0; w * 32 < n; ++w) {
+    Fiber* lanes = &g.fibers[static_cast<size_t>(w) * 32];
+    const int width = std::min(32, n - w * 32);
+    unsigned live = 0, waiting = 0;  // lanes not exited; lanes at a warp barrier
+    for (int l = 0; l < width; ++l) {
+      live |= lanes[l].st != State::Done ? 1u << l : 0u;
+      waiting |= lanes[l].st == State::AtWarp ? 1u << l : 0u;
+    }
+    for (int l = 0; l < width; ++l) {
+      if (!(waiting >> l & 1u)) continue;
+      const unsigned mask = lanes[l].mask, members = mask & live;
+      bool all = (members & waiting) == members;
+      for (int o = 0; o < width && all; ++o) all = !(members >> o & 1u) || lanes[o].mask == mask;
+      if (!all) continue;
+      for (int o = 0; o < width; ++o) {  // shuffles: each takes its source lane's posted value
+        Fiber& f = lanes[o];
+        if (!(members >> o & 1u) || !f.out) continue;
+        if (f.src >= width || !(members >> f.src & 1u) || lanes[f.src].bytes != f.bytes)
+          fail("thread " + std::to_string(w * 32 + o) + " shuffles from lane " +
+               std::to_string(f.src) + ", which is not in the exchange (its value is undefined)");
+        std::memcpy(f.out, lanes[f.src].posted, f.bytes);
+      }
+      for (int o = 0; o < width; ++o)
+        if (members >> o & 1u) lanes[o].st = State::Ready, lanes[o].out = nullptr;
+      waiting &= ~members;
+      any = true;
+    }
+  }
+  if (any) return true;
+  bool block = false;
+  for (const Fiber& f : g.fibers) {
+    if (f.st == State::AtWarp) return false;
+    block = block || f.st == State::AtBlock;
+  }
+  if (!block) return false;
+  for (Fiber& f : g.fibers)
+    if (f.st == State::AtBlock) f.st = State::Ready;
+  return true;
+}
+
+[[noreturn]] void deadlock() {
+  std::string msg = "the block hangs: no barrier can complete;";
+  int shown = 0;
+  for (size_t i = 0; i < g.fibers.size() && shown < 8; ++i) {
+    const Fiber& f = g.fibers[i];
+    if (f.st == State::Done) continue;
+    char buf[128];
+    std::snprintf(buf, sizeof buf, " thread %zu at %s (mask %08x);", i, f.what, f.mask);
+    msg += buf;
+    ++shown;
+  }
+  fail(msg);
+}
+
+void run_block() {
+  const int n = static_cast<int>(g.fibers.size());
+  while (stack_pool.size() < static_cast<size_t>(n)) {
+    void* p = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("no memory for thread stacks");
+    stack_pool.push_back(static_cast<char*>(p));
+  }
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = g.fibers[static_cast<size_t>(i)];
+    f = Fiber{};
+    f.stack = stack_pool[static_cast<size_t>(i)];
+    // what emu_switch pops: six registers, then fiber_main as the return address, above it a
+    // slot in place of fiber_main's own return address (the stack 16-byte aligned at its call)
+    void** top = reinterpret_cast<void**>(f.stack + kStack);
+    top[-1] = nullptr;
+    top[-2] = reinterpret_cast<void*>(&fiber_main);
+    for (int r = 3; r <= 8; ++r) top[-r] = nullptr;
+    f.sp = top - 8;
+  }
+  if (g.smem_bytes) std::memset(g.smem, 0xff, g.smem_bytes);
+  for (;;) {
+    bool ran = false;
+    for (int i = 0; i < n; ++i)
+      if (g.fibers[static_cast<size_t>(i)].st == State::Ready) resume(i), ran = true;
+    bool live = false;
+    for (const Fiber& f : g.fibers) live = live || f.st != State::Done;
+    if (!live) return;
+    if (!release() && !ran) deadlock();
+  }
+}
+
+void wait_at(State st, unsigned mask, const char* what) {
+  if (g.current < 0) {
+    std::fprintf(stderr, "cuda_emu: %s outside a kernel\n", what);
+    std::abort();
+  }
+  Fiber& f = g.fibers[static_cast<size_t>(g.current)];
+  f.st = st;
+  f.mask = mask;
+  f.what = what;
+  yield();
+}
+
+// ---------------------------------------------------------------- runtime state
+
+std::mutex mu;
+cudaError_t last_error = cudaSuccess;
+struct Block {
+  size_t bytes;
+  bool device, async;
+};
+std::map<const char*, Block> blocks;  // every allocation, by start
+uint64_t async_live = 0, async_high = 0;
+std::map<const void*, int> smem_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
+constexpr int kSmemOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
+constexpr size_t kSmemDefault = 48 * 1024;
+
+cudaError_t set_error(cudaError_t e) {
+  if (e != cudaSuccess) last_error = e;
+  return e;
+}
+
+void* allocate(size_t bytes, bool device, bool async) {
+  void* p = nullptr;  // the exact size: ASan sees a byte past the end
+  if (posix_memalign(&p, 256, std::max<size_t>(bytes, 1)) != 0) return nullptr;
+  std::lock_guard<std::mutex> lk(mu);
+  blocks[static_cast<const char*>(p)] = Block{bytes, device, async};
+  if (async) async_high = std::max(async_high, async_live += bytes);
+  return p;
+}
+
+cudaError_t release_block(void* p, bool device) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lk(mu);
+  const auto it = blocks.find(static_cast<const char*>(p));
+  if (it == blocks.end() || it->second.device != device) return set_error(cudaErrorInvalidValue);
+  if (it->second.async) async_live -= it->second.bytes;
+  blocks.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+// Whether [p, p + n) lies in one emulated device allocation.
+bool is_device(const void* p, size_t n) {
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = blocks.upper_bound(static_cast<const char*>(p));
+  if (it == blocks.begin()) return false;
+  --it;
+  const char* q = static_cast<const char*>(p);
+  return it->second.device && q + n <= it->first + it->second.bytes;
+}
+
+}  // namespace
+
+void syncthreads(const char* what) { wait_at(State::AtBlock, 0, what); }
+void syncwarp(unsigned mask, const char* what) { wait_at(State::AtWarp, mask, what); }
+void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, int src) {
+  if (bytes > 16) fail("a shuffle of more than 16 bytes");
+  Fiber& f = g.fibers[static_cast<size_t>(g.current)];
+  std::memcpy(f.posted, mine, bytes);
+  f.bytes = bytes;
+  f.src = src;
+  f.out = theirs;
+  wait_at(State::AtWarp, mask, "__shfl_sync");
+}
+
+void* dynamic_smem_bytes(size_t align) {
+  if (reinterpret_cast<uintptr_t>(g.smem) % align) fail("dynamic shared memory misaligned");
+  return g.smem;
+}
+
+void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
+              cudaStream_t, Body& body) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  size_t limit = kSmemDefault;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    const auto it = smem_optin.find(kernel);
+    if (it != smem_optin.end()) limit = static_cast<size_t>(it->second);
+  }
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr, "cuda_emu: kernel %s: invalid launch (grid %u,%u,%u block %u,%u,%u)\n",
+                 name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
+    set_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (smem > limit) {
+    std::fprintf(stderr, "cuda_emu: kernel %s: %zu bytes of dynamic shared memory, %zu allowed\n",
+                 name, smem, limit);
+    set_error(cudaErrorInvalidValue);
+    return;
+  }
+  if (g.current >= 0) {
+    std::fprintf(stderr, "cuda_emu: kernel %s launched from inside a kernel\n", name);
+    std::abort();
+  }
+  static std::mutex launch_mu;  // one grid at a time (the emulator's state is global)
+  std::lock_guard<std::mutex> lk(launch_mu);
+  g.name = name;
+  g.body = &body;
+  std::vector<unsigned char> smem_buf(smem + 256);
+  g.smem = smem_buf.data() + (256 - reinterpret_cast<uintptr_t>(smem_buf.data()) % 256) % 256;
+  g.smem_bytes = smem;
+  g.fibers.assign(threads, Fiber{});
+  grid_dim = grid;
+  block_dim = block;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        block_idx = uint3{x, y, z};
+        run_block();
+      }
+  g.current = -1;
+  g.body = nullptr;
+  g.smem = nullptr;
+}
+
+}  // namespace cuda_emu
+
+// ---------------------------------------------------------------- the CUDA runtime API
+
+using cuda_emu::set_error;
+
+namespace {
+struct Stream {
+  int id;
+};
+struct Event {
+  std::chrono::steady_clock::time_point at;
+};
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) {
+  return d == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice);
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
+  if (d != 0) return set_error(cudaErrorInvalidDevice);
+  switch (a) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *v = cuda_emu::kSmemOptin;
+      return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *v = 132;
+      return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock:
+      *v = 1024;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor:
+      *v = 9;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *v = 0;
+      return cudaSuccess;
+    default:
+      return set_error(cudaErrorInvalidValue);
+  }
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = cuda_emu::last_error;
+  cuda_emu::last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return cuda_emu::last_error; }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    default:
+      return "cudaError (emulated)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
+
+cudaError_t cudaFuncSetAttribute(const void* f, cudaFuncAttribute a, int v) {
+  if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || v > cuda_emu::kSmemOptin)
+    return set_error(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> lk(cuda_emu::mu);
+  cuda_emu::smem_optin[f] = v;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = cuda_emu::allocate(n, true, false);
+  return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) {
+  *p = cuda_emu::allocate(n, true, true);
+  return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFree(void* p) { return cuda_emu::release_block(p, true); }
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cuda_emu::release_block(p, true); }
+cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) {
+  *p = cuda_emu::allocate(n, false, false);
+  return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) { return cuda_emu::release_block(p, false); }
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* at, const void* p) {
+  *at = cudaPointerAttributes{};
+  std::lock_guard<std::mutex> lk(cuda_emu::mu);
+  auto it = cuda_emu::blocks.upper_bound(static_cast<const char*>(p));
+  at->type = cudaMemoryTypeUnregistered;
+  if (it != cuda_emu::blocks.begin()) {
+    --it;
+    if (static_cast<const char*>(p) < it->first + std::max<size_t>(it->second.bytes, 1)) {
+      at->type = it->second.device ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
+      at->devicePointer = it->second.device ? const_cast<void*>(p) : nullptr;
+      at->hostPointer = it->second.device ? nullptr : const_cast<void*>(p);
+    }
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+  if (n == 0) return cudaSuccess;
+  const bool dst_dev = k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice;
+  const bool src_dev = k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice;
+  if ((dst_dev && !cuda_emu::is_device(dst, n)) || (src_dev && !cuda_emu::is_device(src, n)) ||
+      (k == cudaMemcpyHostToDevice && cuda_emu::is_device(src, n)) ||
+      (k == cudaMemcpyDeviceToHost && cuda_emu::is_device(dst, n))) {
+    std::fprintf(stderr,
+                 "cuda_emu: cudaMemcpy of %zu bytes: a pointer is not on the side its "
+                 "direction (%d) says\n",
+                 n, static_cast<int>(k));
+    return set_error(cudaErrorInvalidValue);
+  }
+  std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k, cudaStream_t) {
+  return cudaMemcpy(dst, src, n, k);
+}
+cudaError_t cudaMemset(void* p, int v, size_t n) {
+  if (n && !cuda_emu::is_device(p, n)) return set_error(cudaErrorInvalidValue);
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { return cudaMemset(p, v, n); }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = reinterpret_cast<cudaStream_t>(new Stream{0});
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<Stream*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = reinterpret_cast<cudaEvent_t>(new Event{std::chrono::steady_clock::now()});
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete reinterpret_cast<Event*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  reinterpret_cast<Event*>(e)->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<Event*>(b)->at -
+                                                 reinterpret_cast<Event*>(a)->at)
+            .count();
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int d) {
+  static int pool;
+  *p = reinterpret_cast<cudaMemPool_t>(&pool);
+  return d == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice);
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr a, void* v) {
+  std::lock_guard<std::mutex> lk(cuda_emu::mu);
+  if (a == cudaMemPoolAttrReleaseThreshold) return cudaSuccess;
+  if (a == cudaMemPoolAttrReservedMemHigh && *static_cast<uint64_t*>(v) == 0) {
+    cuda_emu::async_high = cuda_emu::async_live;
+    return cudaSuccess;
+  }
+  return set_error(cudaErrorInvalidValue);
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr a, void* v) {
+  std::lock_guard<std::mutex> lk(cuda_emu::mu);
+  if (a == cudaMemPoolAttrReservedMemHigh)
+    *static_cast<uint64_t*>(v) = cuda_emu::async_high;
+  else if (a == cudaMemPoolAttrReservedMemCurrent)
+    *static_cast<uint64_t*>(v) = cuda_emu::async_high;
+  else
+    return set_error(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
+}  // extern "C"
