@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +55,12 @@ extern dim3 block_dim, grid_dim;
 void syncthreads(const char* what);
 void syncwarp(unsigned mask, const char* what);
 void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, int src);
+
+// The running thread's warp in its block, and a number that changes at each release of the
+// warp's barriers and differs between blocks: lanes that see the same one are between the same
+// two barriers (the wmma operations share one lane's work through it).
+int warp_index();
+uint64_t warp_epoch();
 
 // The launch's dynamic shared memory (runtime.cpp: sized by the launch, alignment checked).
 void* dynamic_smem_bytes(size_t align);
@@ -153,26 +160,10 @@ inline double rsqrt(double a) { return 1.0 / std::sqrt(a); }
 inline float __expf(float a) { return std::exp(a); }
 inline float __logf(float a) { return std::log(a); }
 inline float __saturatef(float a) { return a < 0.f ? 0.f : (a > 1.f ? 1.f : a); }
-inline int __float_as_int(float a) {
-  int i;
-  std::memcpy(&i, &a, 4);
-  return i;
-}
-inline unsigned __float_as_uint(float a) {
-  unsigned i;
-  std::memcpy(&i, &a, 4);
-  return i;
-}
-inline float __int_as_float(int i) {
-  float a;
-  std::memcpy(&a, &i, 4);
-  return a;
-}
-inline float __uint_as_float(unsigned i) {
-  float a;
-  std::memcpy(&a, &i, 4);
-  return a;
-}
+inline int __float_as_int(float a) { return std::bit_cast<int>(a); }
+inline unsigned __float_as_uint(float a) { return std::bit_cast<unsigned>(a); }
+inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
+inline float __uint_as_float(unsigned i) { return std::bit_cast<float>(i); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 template <class T>
@@ -275,14 +266,24 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
               const fragment<matrix_b, M, N, K, TB, LB>& b,
               const fragment<accumulator, M, N, K, TC>& c) {
   detail::warp_sync("wmma::mma_sync");
-  TC out[M * N];
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      float s = c.x[i * N + j];
-      for (int k = 0; k < K; ++k)
-        s += detail::to_float(a.x[i * K + k]) * detail::to_float(b.x[k * N + j]);
-      out[i * N + j] = s;
-    }
-  std::memcpy(d.x, out, sizeof(out));
+  // the warp's first lane here computes the tile, the others take its result: every lane holds
+  // the same fragments, and this was most of the emulated bf16 attention's time
+  struct Slot {
+    uint64_t epoch = 0;
+    TC out[M * N];
+  };
+  static Slot slots[32];
+  Slot& slot = slots[::cuda_emu::warp_index()];
+  if (slot.epoch != ::cuda_emu::warp_epoch()) {
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        float s = c.x[i * N + j];
+        for (int k = 0; k < K; ++k)
+          s += detail::to_float(a.x[i * K + k]) * detail::to_float(b.x[k * N + j]);
+        slot.out[i * N + j] = s;
+      }
+    slot.epoch = ::cuda_emu::warp_epoch();
+  }
+  std::memcpy(d.x, slot.out, sizeof(slot.out));
 }
 }  // namespace nvcuda::wmma

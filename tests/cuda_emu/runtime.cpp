@@ -99,6 +99,8 @@ struct Fiber {
 
 struct Grid {
   const char* name = "";
+  std::vector<uint64_t> warp_epoch;  // per warp: a number no other (block, warp, release) has
+  uint64_t epochs = 0;
   Body* body = nullptr;
   std::vector<Fiber> fibers;  // this block's threads, x fastest
   int current = -1;
@@ -191,6 +193,7 @@ bool release() {
       }
       for (int o = 0; o < width; ++o)
         if (members >> o & 1u) lanes[o].st = State::Ready, lanes[o].out = nullptr;
+      g.warp_epoch[static_cast<size_t>(w)] = ++g.epochs;
       waiting &= ~members;
       any = true;
     }
@@ -242,6 +245,8 @@ void run_block() {
     f.sp = top - 8;
   }
   if (g.smem_bytes) std::memset(g.smem, 0xff, g.smem_bytes);
+  g.warp_epoch.assign(static_cast<size_t>((n + 31) / 32), 0);
+  for (uint64_t& e : g.warp_epoch) e = ++g.epochs;
   for (;;) {
     bool ran = false;
     for (int i = 0; i < n; ++i)
@@ -328,6 +333,9 @@ void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, 
   wait_at(State::AtWarp, mask, "__shfl_sync");
 }
 
+int warp_index() { return g.current / 32; }
+uint64_t warp_epoch() { return g.warp_epoch[static_cast<size_t>(g.current / 32)]; }
+
 void* dynamic_smem_bytes(size_t align) {
   if (reinterpret_cast<uintptr_t>(g.smem) % align) fail("dynamic shared memory misaligned");
   return g.smem;
@@ -355,12 +363,14 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
     set_error(cudaErrorInvalidValue);
     return;
   }
-  if (g.current >= 0) {
+  thread_local bool in_kernel = false;
+  if (in_kernel) {
     std::fprintf(stderr, "cuda_emu: kernel %s launched from inside a kernel\n", name);
     std::abort();
   }
   static std::mutex launch_mu;  // one grid at a time (the emulator's state is global)
   std::lock_guard<std::mutex> lk(launch_mu);
+  in_kernel = true;
   g.name = name;
   g.body = &body;
   std::vector<unsigned char> smem_buf(smem + 256);
@@ -378,6 +388,7 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
   g.current = -1;
   g.body = nullptr;
   g.smem = nullptr;
+  in_kernel = false;
 }
 
 }  // namespace cuda_emu
