@@ -13,10 +13,10 @@
 //
 // Runtime: one device (an H200's limits), memory from the host heap, every stream and event
 // complete at once (each operation runs when it is enqueued: program order, which respects every
-// event dependency), the default memory pool's reserved-memory mark as the peak of live stream-
-// ordered allocations (a pool that keeps what is freed holds that much). Copies with an explicit
-// direction check that the device side is emulated device memory: a host pointer passed where a
-// device one belongs is an error here too.
+// event dependency), the default memory pool's reserved memory and its high mark as the most
+// stream-ordered bytes ever live (a pool that keeps what is freed holds that much). Copies with an
+// explicit direction check that the device side is emulated device memory: a host pointer passed
+// where a device one belongs is an error here too.
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
 
@@ -92,9 +92,7 @@ struct Fiber {
   size_t bytes = 0;
   int src = -1;
   void* out = nullptr;
-#if CUDA_EMU_ASAN
-  void* fake_stack = nullptr;
-#endif
+  void* fake_stack = nullptr;  // ASan's fake frames of this stack while switched out
 };
 
 struct Grid {
@@ -107,11 +105,9 @@ struct Grid {
   void* sched_sp = nullptr;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
-#if CUDA_EMU_ASAN
-  void* sched_fake_stack = nullptr;
+  void* sched_fake_stack = nullptr;  // ASan: the scheduler's stack's fake frames and extent
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
-#endif
 };
 Grid g;
 std::vector<char*> stack_pool;
@@ -128,17 +124,24 @@ uint3 coords(int i) {
                static_cast<unsigned>(i) / (x * y)};
 }
 
+// Continues on the stack saved at `to` (bottom, size: its extent, for ASan), saving this one's
+// pointer in *save; ASan keeps this stack's fake frames in *fake (null: this stack is done).
+void switch_stack(void** save, void* to, [[maybe_unused]] void** fake,
+                  [[maybe_unused]] const void* bottom, [[maybe_unused]] size_t size) {
+#if CUDA_EMU_ASAN
+  __sanitizer_start_switch_fiber(fake, bottom, size);
+#endif
+  emu_switch(save, to);
+#if CUDA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake ? *fake : nullptr, nullptr, nullptr);
+#endif
+}
+
 // From the running thread back to the scheduler.
 void yield() {
   Fiber& f = g.fibers[static_cast<size_t>(g.current)];
-#if CUDA_EMU_ASAN
-  __sanitizer_start_switch_fiber(f.st == State::Done ? nullptr : &f.fake_stack, g.sched_bottom,
-                                 g.sched_size);
-#endif
-  emu_switch(&f.sp, g.sched_sp);
-#if CUDA_EMU_ASAN
-  __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
-#endif
+  switch_stack(&f.sp, g.sched_sp, f.st == State::Done ? nullptr : &f.fake_stack, g.sched_bottom,
+               g.sched_size);
 }
 
 void fiber_main() {
@@ -155,13 +158,7 @@ void resume(int i) {
   Fiber& f = g.fibers[static_cast<size_t>(i)];
   g.current = i;
   thread_idx = coords(i);
-#if CUDA_EMU_ASAN
-  __sanitizer_start_switch_fiber(&g.sched_fake_stack, f.stack, kStack);
-#endif
-  emu_switch(&g.sched_sp, f.sp);
-#if CUDA_EMU_ASAN
-  __sanitizer_finish_switch_fiber(g.sched_fake_stack, nullptr, nullptr);
-#endif
+  switch_stack(&g.sched_sp, f.sp, &g.sched_fake_stack, f.stack, kStack);
 }
 
 // Releases every warp whose named live lanes all wait at a warp barrier with the same mask, then
@@ -279,7 +276,9 @@ struct Block {
   bool device, async;
 };
 std::map<const char*, Block> blocks;  // every allocation, by start
-uint64_t async_live = 0, async_high = 0;
+// stream-ordered bytes live, and the most ever live: what a pool that keeps every freed block
+// (kernels/cuda/runtime.cpp's release threshold "never") has reserved, so its high mark too
+uint64_t async_live = 0, async_reserved = 0;
 std::map<const void*, int> smem_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
 constexpr int kSmemOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
 constexpr size_t kSmemDefault = 48 * 1024;
@@ -294,7 +293,7 @@ void* allocate(size_t bytes, bool device, bool async) {
   if (posix_memalign(&p, 256, std::max<size_t>(bytes, 1)) != 0) return nullptr;
   std::lock_guard<std::mutex> lk(mu);
   blocks[static_cast<const char*>(p)] = Block{bytes, device, async};
-  if (async) async_high = std::max(async_high, async_live += bytes);
+  if (async) async_reserved = std::max(async_reserved, async_live += bytes);
   return p;
 }
 
@@ -309,14 +308,20 @@ cudaError_t release_block(void* p, bool device) {
   return cudaSuccess;
 }
 
+// The allocation holding p, or null (mu held).
+const std::pair<const char* const, Block>* containing(const void* p) {
+  const char* q = static_cast<const char*>(p);
+  auto it = blocks.upper_bound(q);
+  if (it == blocks.begin()) return nullptr;
+  --it;
+  return q < it->first + std::max<size_t>(it->second.bytes, 1) ? &*it : nullptr;
+}
+
 // Whether [p, p + n) lies in one emulated device allocation.
 bool is_device(const void* p, size_t n) {
   std::lock_guard<std::mutex> lk(mu);
-  auto it = blocks.upper_bound(static_cast<const char*>(p));
-  if (it == blocks.begin()) return false;
-  --it;
-  const char* q = static_cast<const char*>(p);
-  return it->second.device && q + n <= it->first + it->second.bytes;
+  const auto* b = containing(p);
+  return b && b->second.device && static_cast<const char*>(p) + n <= b->first + b->second.bytes;
 }
 
 }  // namespace
@@ -493,15 +498,11 @@ cudaError_t cudaFreeHost(void* p) { return cuda_emu::release_block(p, false); }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* at, const void* p) {
   *at = cudaPointerAttributes{};
   std::lock_guard<std::mutex> lk(cuda_emu::mu);
-  auto it = cuda_emu::blocks.upper_bound(static_cast<const char*>(p));
   at->type = cudaMemoryTypeUnregistered;
-  if (it != cuda_emu::blocks.begin()) {
-    --it;
-    if (static_cast<const char*>(p) < it->first + std::max<size_t>(it->second.bytes, 1)) {
-      at->type = it->second.device ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
-      at->devicePointer = it->second.device ? const_cast<void*>(p) : nullptr;
-      at->hostPointer = it->second.device ? nullptr : const_cast<void*>(p);
-    }
+  if (const auto* b = cuda_emu::containing(p)) {
+    at->type = b->second.device ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
+    at->devicePointer = b->second.device ? const_cast<void*>(p) : nullptr;
+    at->hostPointer = b->second.device ? nullptr : const_cast<void*>(p);
   }
   return cudaSuccess;
 }
@@ -573,22 +574,17 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int d) {
   return d == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice);
 }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr a, void* v) {
-  std::lock_guard<std::mutex> lk(cuda_emu::mu);
-  if (a == cudaMemPoolAttrReleaseThreshold) return cudaSuccess;
-  if (a == cudaMemPoolAttrReservedMemHigh && *static_cast<uint64_t*>(v) == 0) {
-    cuda_emu::async_high = cuda_emu::async_live;
+  // the threshold is "never" (the pool keeps all): a reset high mark restarts at what it holds
+  if (a == cudaMemPoolAttrReleaseThreshold ||
+      (a == cudaMemPoolAttrReservedMemHigh && *static_cast<uint64_t*>(v) == 0))
     return cudaSuccess;
-  }
   return set_error(cudaErrorInvalidValue);
 }
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr a, void* v) {
   std::lock_guard<std::mutex> lk(cuda_emu::mu);
-  if (a == cudaMemPoolAttrReservedMemHigh)
-    *static_cast<uint64_t*>(v) = cuda_emu::async_high;
-  else if (a == cudaMemPoolAttrReservedMemCurrent)
-    *static_cast<uint64_t*>(v) = cuda_emu::async_high;
-  else
+  if (a != cudaMemPoolAttrReservedMemHigh && a != cudaMemPoolAttrReservedMemCurrent)
     return set_error(cudaErrorInvalidValue);
+  *static_cast<uint64_t*>(v) = cuda_emu::async_reserved;
   return cudaSuccess;
 }
 
