@@ -266,7 +266,7 @@ TEST(CudaGroupedGemm, AllGroupsEmpty) {
 
 // The offsets are host memory: a grouped GEMM enqueues its groups without waiting for the stream.
 TEST(CudaGroupedGemm, HostOffsetsDoNotWaitForTheStream) {
-  MOETRON_REQUIRE_REAL_GPU("asynchrony: the stream must still be busy");
+  MOETRON_REQUIRE_GPU();
   const std::vector<int64_t> off = {0, 7, 7, 30};
   const int64_t G = 3, N = 24, K = 40;
   const auto A = rand_vec<float>(30 * K, 71), W = rand_vec<float>(G * N * K, 72);

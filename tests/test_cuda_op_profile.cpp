@@ -31,7 +31,7 @@ TEST(CudaOpProfile, TimesTheGpuNotTheLaunch) {
     if (r.op == "gemm") g = &r;
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(g->calls, 8);
-  EXPECT_EQ(g->flops, 8 * 2 * BusyStream::n * BusyStream::n * BusyStream::n);
+  EXPECT_EQ(g->flops, 8 * 2 * BusyStream::kN * BusyStream::kN * BusyStream::kN);
   const double tflops = static_cast<double>(g->flops) / g->seconds / 1e12;
   EXPECT_GT(g->seconds, 1e-3) << "host " << host_s << " s";  // >= 1.1 TFLOP at <= 1000 TFLOP/s
   EXPECT_LT(tflops, 200) << "fp32 without TF32 runs at tens of TFLOP/s";

@@ -7,8 +7,9 @@
 //   host(buffer)         the buffer's contents back on the host (waits for the stream)
 //   expect_near_rel      |gpu - cpu| <= rtol * (|cpu| + max(max|cpu|, min_scale)), the worst
 //                        element reported
-//   BusyStream           ~20 ms of fp32 GEMMs queued on the compute stream: an op called next
-//                        that returns with the stream still busy (cudaStreamQuery) did not wait
+//   BusyStream           ~20 ms of fp32 GEMMs queued on the compute stream (on the emulator, small
+//                        ones, pending until needed): an op called next that returns with the
+//                        stream still busy (cudaStreamQuery) did not wait
 #pragma once
 
 #include <gtest/gtest.h>
@@ -35,10 +36,11 @@ namespace moetron::kernels::gpu::testing {
   } while (0)
 
 // Under the CUDA emulator (MOETRON_CUDA=EMU, tests/cuda_emu/device.h) every kernel runs on the
-// CPU, each stream's work when it is enqueued, with its own cuBLASLt that has no algorithm and no
-// NCCL. A test of what only a GPU has (asynchrony, timing, cuBLASLt's or NCCL's kernels) is
-// skipped there with the reason; so are the full-size shapes of the others (DeepSeek-V3's
-// 7168-wide GEMMs take minutes on one core under ASan), every odd shape still running.
+// CPU, each stream's work when the host first needs it (tests/cuda_emu/streams.cpp), with its own
+// cuBLASLt that has no algorithm and no NCCL. A test of what only a GPU has (timing, cuBLASLt's or
+// NCCL's kernels, a stream busy for a while) is skipped there with the reason; so are the full-size
+// shapes of the others (DeepSeek-V3's 7168-wide GEMMs take minutes on one core under ASan), every
+// odd shape still running.
 #ifndef MOETRON_CUDA_EMULATED
 #define MOETRON_CUDA_EMULATED 0
 #endif
@@ -103,12 +105,13 @@ void expect_near_rel(const std::vector<T>& gpu, const std::vector<T>& cpu, doubl
                      << " x the tolerance)";
 }
 
-// 8 fp32 GEMMs of 4096^3 (1.1 TFLOP: ~20 ms on an H200 without TF32) queued on the compute
-// stream at construction; busy() says whether the stream still has work.
+// 8 fp32 GEMMs of n^3 (4096: 1.1 TFLOP, ~20 ms on an H200 without TF32; 64 on the emulator, whose
+// streams keep work pending until the host needs it) queued on the compute stream at
+// construction; busy() says whether the stream still has work.
 struct BusyStream {
-  static constexpr int64_t n = 4096;
+  static constexpr int64_t kN = emulated() ? 64 : 4096;
   Buffer<float> a{Device::CUDA}, c{Device::CUDA};
-  BusyStream() {
+  explicit BusyStream(int64_t n = kN) {
     std::vector<float> h(n * n, 0.5f);
     kernels::copy_from_host(gpu_exec(), a.resize(n * n), h.data(), h.size() * sizeof(float));
     synchronize(gpu_exec());

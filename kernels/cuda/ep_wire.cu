@@ -297,8 +297,7 @@ void ep_dispatch_plan(const Exec& ex, const int32_t* idx, int64_t N, int64_t K, 
   // Without it, the op's one host wait: a bad expert id must throw here, as on the CPU, and only
   // the device knows.
   unsigned long long n_bad = 0;
-  MOETRON_CUDA_CHECK(cudaMemcpyAsync(&n_bad, err, sizeof(n_bad), cudaMemcpyDeviceToHost, st));
-  wait_stream(st, "ep_dispatch_plan (expert id check)");
+  copy_to_host(ex, &n_bad, err, sizeof(n_bad));
   if (n_bad) throw std::out_of_range("ep_dispatch_plan: expert id out of range");
 }
 

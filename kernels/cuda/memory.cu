@@ -1,8 +1,11 @@
 // Memory ops on the GPU: copies (device, host to device, device to host) and zero fills, all on
 // the context's stream. copy_to_host waits for the stream, since its caller reads the host memory
-// next; copy_to_host_start records an event after its copy, which the HostRead waits for (the
-// stream up to the copy, nothing enqueued later). copy_from_host does not wait for the stream, yet
-// its caller may reuse the host memory at once: the bytes go through the staging ring below.
+// next — for the work before the copy in a wait of its own, since a copy into pageable memory
+// blocks inside cudaMemcpyAsync until it has run, where the hang watchdog would not see a stream
+// stuck behind a dead peer's collective; copy_to_host_start records an event after its copy, which
+// the HostRead waits for (the stream up to the copy, nothing enqueued later). copy_from_host does
+// not wait for the stream, yet its caller may reuse the host memory at once: the bytes go through
+// the staging ring below.
 //
 // Staging ring: kSlots pinned slots of kSlotBytes, used round robin. An upload is cut into
 // slot-sized chunks; each chunk waits until its slot's previous upload has run (an event), is
@@ -73,8 +76,9 @@ void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t byte
 void copy_to_host(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   cudaStream_t s = stream_of(ex);
+  wait_stream(s, "device read");  // the work before the copy, watched
   MOETRON_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s));
-  wait_stream(s, "device read");
+  wait_stream(s, "device read");  // the copy (into pinned memory it is asynchronous)
 }
 
 namespace {

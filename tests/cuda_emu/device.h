@@ -8,18 +8,19 @@
 // so that the GPU tests (tests/test_cuda_*.cpp) compare each kernel's indexing, tiling, shared
 // memory use and synchronisation against its CPU twin, under ASan and UBSan, in every CI run. What
 // it cannot check: the GPU's own arithmetic (its expf, fused multiply-adds, tensor cores' summation
-// order), timing and asynchrony (every stream runs each operation when it is enqueued), races that
-// a different interleaving would expose, and cuBLASLt and NCCL themselves (tests/cuda_emu/
+// order), timing, races between threads that no barrier-to-barrier order exposes (a thread runs
+// from one barrier to the next at once), and cuBLASLt and NCCL themselves (tests/cuda_emu/
 // cublaslt.cpp: the heuristic finds no algorithm, so every GEMM takes the backend's own fallback
 // kernel).
 //
-// The model: blocks run one after another; a block's threads run one at a time and switch only
-// at a barrier (__syncthreads, __syncwarp, a shuffle, a wmma operation), which is one of the
-// schedules CUDA's independent thread scheduling allows. `__shared__` variables are therefore
-// function-local statics (one block lives at a time), the dynamic shared memory is one buffer per
-// launch, filled with 0xff bytes (NaN) before each block. A barrier that cannot complete — threads
-// of one block waiting at different barriers — stops the process with the kernel's name and the
-// threads' states, as a hang on the GPU would stop it.
+// The model: blocks run one after another (in order, or shuffled: tests/cuda_emu/streams.cpp's
+// schedules, which also say when a stream's work runs); a block's threads run one at a time and
+// switch only at a barrier (__syncthreads, __syncwarp, a shuffle, a wmma operation), which is one
+// of the schedules CUDA's independent thread scheduling allows. `__shared__` variables are
+// therefore function-local statics (one block lives at a time), the dynamic shared memory is one
+// buffer per launch, filled with 0xff bytes (NaN) before each block. A barrier that cannot complete
+// — threads of one block waiting at different barriers — stops the process with the kernel's name
+// and the threads' states, as a hang on the GPU would stop it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -69,23 +71,21 @@ T* dynamic_smem(size_t align) {
   return static_cast<T*>(dynamic_smem_bytes(align));
 }
 
-// Runs body() as every thread of every block of the grid (runtime.cpp). Sets the runtime's last
-// error instead where the launch is invalid, as CUDA does: more than 1024 threads or too large a
-// grid, or more dynamic shared memory than 48 KiB without cudaFuncSetAttribute's opt-in for
-// `kernel` (or than the device's opt-in limit).
+// Enqueues on `stream` a run of body() as every thread of every block of the grid (runtime.cpp;
+// streams.cpp says when it runs). Sets the runtime's last error instead where the launch is
+// invalid, as CUDA does: more than 1024 threads or too large a grid, or more dynamic shared memory
+// than 48 KiB without cudaFuncSetAttribute's opt-in for `kernel` (or than the device's opt-in).
 class Body {
  public:
+  virtual ~Body() = default;
   virtual void operator()() = 0;
-
- protected:
-  ~Body() = default;
 };
-void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
-              cudaStream_t stream, Body& body);
+void launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, std::shared_ptr<Body> body);
 
 // kernel<<<grid, block, smem, stream>>>(args) becomes Launch(grid, block, smem, stream,
 // "kernel")(kernel, args): the arguments are converted to the kernel's parameter types and copied
-// once, as a launch copies them to the device.
+// once, as a launch copies them to the device (they live with the enqueued launch).
 class Launch {
  public:
   Launch(dim3 grid, dim3 block, const char* name) : Launch(grid, block, 0, nullptr, name) {}
@@ -102,8 +102,9 @@ class Launch {
       std::tuple<std::decay_t<P>...> a;
       Call(void (*kk)(P...), A&&... aa) : k(kk), a(static_cast<std::decay_t<P>>(aa)...) {}
       void operator()() override { std::apply(k, a); }
-    } call(kernel, std::forward<A>(args)...);
-    run_grid(name_, reinterpret_cast<const void*>(kernel), grid_, block_, smem_, stream_, call);
+    };
+    launch(name_, reinterpret_cast<const void*>(kernel), grid_, block_, smem_, stream_,
+           std::make_shared<Call>(kernel, std::forward<A>(args)...));
   }
 
  private:

@@ -7,7 +7,9 @@
 # step). Checked: the device's losses and gradient norms match the CPU's to 1e-5 relative over
 # three steps (fp32); a step-2 checkpoint of either device resumed on the other gives that
 # device's own step 3 to the same tolerance; on two emulated GPUs, PP 2 gives one CPU rank's
-# numbers and DP 2 x EP 2 the CPU's DP 2 x EP 2 ones, to the same tolerance.
+# numbers and DP 2 x EP 2 the CPU's DP 2 x EP 2 ones, to the same tolerance; and the one-device run
+# with the emulated GPU's blocks, threads and streams in a shuffled order (CUDA_EMU_SCHEDULE,
+# tests/cuda_emu/streams.cpp) gives the same bits (no result depends on the order of threads).
 # usage: e2e_train.sh MOETRON OUT_DIR
 set -uo pipefail
 # OpenMPI's own allocations of MPI_Init (its plugins') are still held at exit: LeakSanitizer would
@@ -28,10 +30,10 @@ train() {  # dir steps [extra...]
   $BIN train configs/tiny.yaml "${SMALL[@]}" --set run.steps="$steps" --set run.dir="$dir" "$@" \
     >> "$dir.log" 2>&1 || { echo "FAIL train $dir:"; tail -20 "$dir.log"; exit 1; }
 }
-# every step's numbers of two runs within 1e-5 relative (compare_metrics.py)
+# every step's numbers of two runs within 1e-5 relative (compare_metrics.py; RTOL=0: the same)
 same() {  # what a/metrics.jsonl b/metrics.jsonl
   local what=$1 a=$2 b=$3
-  if python3 tests/compare_metrics.py "$a" "$b" --rtol 1e-5 > "$OUT/cmp.txt" 2>&1; then
+  if python3 tests/compare_metrics.py "$a" "$b" --rtol "${RTOL:-1e-5}" > "$OUT/cmp.txt" 2>&1; then
     ok "$what: $(head -c 300 "$OUT/cmp.txt" | tr '\n' ' ')"
   else
     bad "$what: $(head -c 600 "$OUT/cmp.txt" | tr '\n' ' ')"
@@ -44,6 +46,9 @@ train "$OUT/gpu" 3 "${GPU[@]}"
 echo "     cpu losses $(losses "$OUT/cpu/metrics.jsonl")"
 echo "     gpu losses $(losses "$OUT/gpu/metrics.jsonl")"
 same "three steps, the emulated GPU against the CPU" "$OUT/gpu/metrics.jsonl" "$OUT/cpu/metrics.jsonl"
+CUDA_EMU_SCHEDULE=shuffle:7 train "$OUT/gpu_shuffled" 3 "${GPU[@]}"
+RTOL=0 same "the emulated GPU, blocks, threads and streams shuffled: the same bits" \
+  "$OUT/gpu_shuffled/metrics.jsonl" "$OUT/gpu/metrics.jsonl"
 
 # a step-2 checkpoint from each device, resumed on the other for step 3
 train "$OUT/g2c" 2 "${GPU[@]}"

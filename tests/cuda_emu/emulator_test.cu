@@ -2,15 +2,22 @@
 // cu_to_cpp.py like the backend's, run through it. What it runs right (reductions through
 // shuffles and shared memory, wmma tiles, launches written over several lines, line numbers), and
 // the faults it must stop or report as a GPU would: a missing __syncthreads (the threads of a block
-// run in an order that exposes it), a barrier that cannot complete, a shuffle from a lane outside
-// the exchange, launches past the device's limits, dynamic shared memory past 48 KiB without the
-// opt-in, a write past a device allocation (ASan builds).
+// run in an order that exposes it; the other order under the shuffled schedule), a barrier that
+// cannot complete, a shuffle from a lane outside the exchange, launches past the device's limits,
+// dynamic shared memory past 48 KiB without the opt-in, a write past a device allocation (ASan
+// builds); and CUDA's stream semantics (tests/cuda_emu/streams.cpp): work runs late, a stream
+// that does not wait for another's event reads its results before they are written, a block freed
+// on one stream while another's work still uses it is gone (ASan), copies from and into pageable
+// memory, the legacy stream's waits for blocking streams.
 #include <gtest/gtest.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <vector>
+
+#include "tests/cuda_emu/streams.h"
 
 namespace {
 
@@ -65,6 +72,19 @@ __global__ void smem_kernel(int* out) {
 
 __global__ void write_past_kernel(int* out, int n) { out[n + threadIdx.x] = 1; }
 
+__global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }
+__global__ void copy_kernel(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
+
+// Each thread reads its left neighbour's slot without a barrier after the writes; each block
+// reads what the block before it wrote (blocks have no order): races the fixed order hides.
+__global__ void left_neighbour_kernel(int* across, int* out) {
+  extern __shared__ __align__(16) int slot[];
+  const int t = threadIdx.x, b = blockIdx.x;
+  slot[t] = t + 1;
+  out[b * blockDim.x + t] = t ? slot[t - 1] : 0;
+  if (t == 0) across[b + 1] = across[b] + 1;
+}
+
 namespace wmma = nvcuda::wmma;
 // one 16x16x16 tile: C = A B + C, A row-major, B column-major
 __global__ void wmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, float* C) {
@@ -92,7 +112,15 @@ std::vector<T> back(const T* d, size_t n) {
   return h;
 }
 
-TEST(CudaEmulator, RewritesLaunchesAndKeepsLineNumbers) {
+// Each test starts from the default schedule (the shuffled one changes the order these expect).
+class CudaEmulator : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(cuda_emu::set_schedule("lazy")); }
+  void TearDown() override { cuda_emu::set_schedule("lazy"); }
+};
+using CudaEmulatorDeathTest = CudaEmulator;
+
+TEST_F(CudaEmulator, RewritesLaunchesAndKeepsLineNumbers) {
   int* d = device(std::vector<int>(1, 0));
   const int before = __LINE__;
   // clang-format off
@@ -106,7 +134,7 @@ TEST(CudaEmulator, RewritesLaunchesAndKeepsLineNumbers) {
   cudaFree(d);
 }
 
-TEST(CudaEmulator, ShufflesAndSharedMemoryReduceEveryBlock) {
+TEST_F(CudaEmulator, ShufflesAndSharedMemoryReduceEveryBlock) {
   std::vector<int> in(1000);
   std::iota(in.begin(), in.end(), 1);
   int* d_in = device(in);
@@ -118,7 +146,7 @@ TEST(CudaEmulator, ShufflesAndSharedMemoryReduceEveryBlock) {
   cudaFree(d_out);
 }
 
-TEST(CudaEmulator, AMissingBarrierShowsInTheResult) {
+TEST_F(CudaEmulator, AMissingBarrierShowsInTheResult) {
   std::vector<int> in(64);
   std::iota(in.begin(), in.end(), 0);
   std::vector<int> want(in.rbegin(), in.rend());
@@ -135,19 +163,29 @@ TEST(CudaEmulator, AMissingBarrierShowsInTheResult) {
   cudaFree(d_out);
 }
 
-TEST(CudaEmulatorDeathTest, ABarrierThatCannotCompleteStopsTheProcess) {
+TEST_F(CudaEmulatorDeathTest, ABarrierThatCannotCompleteStopsTheProcess) {
   int* d = device(std::vector<int>(32, 0));
-  EXPECT_DEATH(split_barrier_kernel<<<1, 32>>>(d), "split_barrier_kernel.*hangs");
+  EXPECT_DEATH(
+      {
+        split_barrier_kernel<<<1, 32>>>(d);
+        cudaDeviceSynchronize();
+      },
+      "split_barrier_kernel.*hangs");
   cudaFree(d);
 }
 
-TEST(CudaEmulatorDeathTest, AShuffleFromALaneOutsideTheExchangeStopsTheProcess) {
+TEST_F(CudaEmulatorDeathTest, AShuffleFromALaneOutsideTheExchangeStopsTheProcess) {
   int* d = device(std::vector<int>(32, 0));
-  EXPECT_DEATH(bad_shuffle_kernel<<<1, 32>>>(d), "shuffles from lane 20.*not in the exchange");
+  EXPECT_DEATH(
+      {
+        bad_shuffle_kernel<<<1, 32>>>(d);
+        cudaDeviceSynchronize();
+      },
+      "shuffles from lane 20.*not in the exchange");
   cudaFree(d);
 }
 
-TEST(CudaEmulator, LaunchesPastTheLimitsFailAsOnTheDevice) {
+TEST_F(CudaEmulator, LaunchesPastTheLimitsFailAsOnTheDevice) {
   int* d = device(std::vector<int>(2048, 0));
   (void)cudaGetLastError();
   smem_kernel<<<1, 1025>>>(d);
@@ -168,17 +206,22 @@ TEST(CudaEmulator, LaunchesPastTheLimitsFailAsOnTheDevice) {
   cudaFree(d);
 }
 
-TEST(CudaEmulatorDeathTest, AWritePastAnAllocationIsCaughtUnderASan) {
+TEST_F(CudaEmulatorDeathTest, AWritePastAnAllocationIsCaughtUnderASan) {
 #if defined(__SANITIZE_ADDRESS__)
   int* d = device(std::vector<int>(100, 0));
-  EXPECT_DEATH(write_past_kernel<<<1, 4>>>(d, 99), "heap-buffer-overflow");
+  EXPECT_DEATH(
+      {
+        write_past_kernel<<<1, 4>>>(d, 99);
+        cudaDeviceSynchronize();
+      },
+      "heap-buffer-overflow");
   cudaFree(d);
 #else
   GTEST_SKIP() << "an ASan build catches it (scripts/test.sh's sanitizer build)";
 #endif
 }
 
-TEST(CudaEmulator, WmmaTileIsTheProduct) {
+TEST_F(CudaEmulator, WmmaTileIsTheProduct) {
   std::vector<__nv_bfloat16> A(256), B(256);
   std::vector<float> C(256), want(256);
   for (int i = 0; i < 256; ++i) {
@@ -200,6 +243,189 @@ TEST(CudaEmulator, WmmaTileIsTheProduct) {
   cudaFree(dA);
   cudaFree(dB);
   cudaFree(dC);
+}
+
+// Two non-blocking streams: a's fill, then b's copy of it. Without an event nothing orders them,
+// and the emulated GPU runs b's copy first (only what the host waits for runs); with the event the
+// copy runs after the fill. The legacy stream's copies (cudaMemcpy) do not wait for either.
+TEST_F(CudaEmulator, AStreamThatDoesNotWaitForAnothersEventReadsBeforeTheWrite) {
+  cudaStream_t a, b;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  int* x = device(std::vector<int>(32, 0));
+  int* y = device(std::vector<int>(32, 0));
+  fill_kernel<<<1, 32, 0, a>>>(x, 5);
+  copy_kernel<<<1, 32, 0, b>>>(x, y);
+  EXPECT_EQ(cudaStreamQuery(b), cudaErrorNotReady);  // then it ran
+  EXPECT_EQ(cudaGetLastError(), cudaErrorNotReady);  // kept as the last error, as CUDA does
+  EXPECT_EQ(cudaStreamQuery(b), cudaSuccess);
+  EXPECT_EQ(back(y, 32), std::vector<int>(32, 0));  // b read x before a wrote it
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 0));  // nor has the legacy stream's copy waited
+  ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 5));
+
+  cudaEvent_t ev;
+  ASSERT_EQ(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(ev), cudaSuccess);  // never recorded: complete
+  fill_kernel<<<1, 32, 0, a>>>(x, 7);
+  ASSERT_EQ(cudaEventRecord(ev, a), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(b, ev, 0), cudaSuccess);
+  ASSERT_EQ(cudaEventDestroy(ev), cudaSuccess);  // the wait keeps its record
+  copy_kernel<<<1, 32, 0, b>>>(x, y);
+  ASSERT_EQ(cudaStreamSynchronize(b), cudaSuccess);
+  EXPECT_EQ(back(y, 32), std::vector<int>(32, 7));
+  cudaFree(x);
+  cudaFree(y);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+}
+
+TEST_F(CudaEmulator, EventsCompleteWhenTheirStreamGetsThere) {
+  cudaStream_t a;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  int* x = device(std::vector<int>(32, 0));
+  cudaEvent_t first, second;
+  ASSERT_EQ(cudaEventCreate(&first), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&second), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(first, a), cudaSuccess);
+  fill_kernel<<<1, 32, 0, a>>>(x, 3);
+  ASSERT_EQ(cudaEventRecord(second, a), cudaSuccess);
+  float ms = 0;
+  EXPECT_EQ(cudaEventElapsedTime(&ms, first, second), cudaErrorNotReady);
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaEventSynchronize(first), cudaSuccess);  // the stream up to `first` only
+  EXPECT_EQ(cudaEventQuery(second), cudaErrorNotReady);
+  (void)cudaGetLastError();
+  EXPECT_EQ(cudaEventQuery(second), cudaSuccess);
+  EXPECT_EQ(cudaEventElapsedTime(&ms, first, second), cudaSuccess);
+  EXPECT_GE(ms, 0.f);
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 3));
+  cudaEventDestroy(first);
+  cudaEventDestroy(second);
+  cudaFree(x);
+  cudaStreamDestroy(a);
+}
+
+// From pageable memory a copy takes the bytes when called; from page-locked memory when it runs
+// (the caller must not reuse it before: what kernels/cuda/memory.cu's staging ring waits for);
+// into pageable memory it returns once done.
+TEST_F(CudaEmulator, CopiesFromAndIntoHostMemoryAsCudaDoes) {
+  cudaStream_t a;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  int* x = device(std::vector<int>(32, 0));
+  std::vector<int> pageable(32, 1);
+  ASSERT_EQ(cudaMemcpyAsync(x, pageable.data(), 128, cudaMemcpyHostToDevice, a), cudaSuccess);
+  std::fill(pageable.begin(), pageable.end(), 2);
+  ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 1));
+  int* pinned = nullptr;
+  ASSERT_EQ(cudaHostAlloc(reinterpret_cast<void**>(&pinned), 128, 0), cudaSuccess);
+  std::fill(pinned, pinned + 32, 3);
+  ASSERT_EQ(cudaMemcpyAsync(x, pinned, 128, cudaMemcpyHostToDevice, a), cudaSuccess);
+  std::fill(pinned, pinned + 32, 4);
+  ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 4));
+  fill_kernel<<<1, 32, 0, a>>>(x, 9);
+  ASSERT_EQ(cudaMemcpyAsync(pageable.data(), x, 128, cudaMemcpyDeviceToHost, a), cudaSuccess);
+  EXPECT_EQ(pageable, std::vector<int>(32, 9));  // no synchronisation needed
+  fill_kernel<<<1, 32, 0, a>>>(x, 10);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, x, 128, cudaMemcpyDeviceToHost, a), cudaSuccess);
+  EXPECT_EQ(pinned[0], 4);  // not yet
+  ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+  EXPECT_EQ(pinned[0], 10);
+  cudaFreeHost(pinned);
+  cudaFree(x);
+  cudaStreamDestroy(a);
+}
+
+// A stream made without cudaStreamNonBlocking is ordered with the legacy default stream.
+TEST_F(CudaEmulator, TheLegacyStreamWaitsForBlockingStreams) {
+  cudaStream_t c;
+  ASSERT_EQ(cudaStreamCreate(&c), cudaSuccess);
+  int* x = device(std::vector<int>(32, 0));
+  fill_kernel<<<1, 32, 0, c>>>(x, 6);
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 6));
+  cudaFree(x);
+  cudaStreamDestroy(c);
+}
+
+// cudaFreeAsync on one stream while another still has work that reads the block, with no event
+// between them: the free runs first, and the read is ASan's heap-use-after-free.
+TEST_F(CudaEmulatorDeathTest, AFreeOnOneStreamWhileAnotherStillReadsIsCaughtUnderASan) {
+#if defined(__SANITIZE_ADDRESS__)
+  cudaStream_t a, b;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  int* y = device(std::vector<int>(32, 0));
+  const auto use_then_free = [&](bool with_event) {
+    int* x = nullptr;
+    ASSERT_EQ(cudaMallocAsync(reinterpret_cast<void**>(&x), 128, a), cudaSuccess);
+    fill_kernel<<<1, 32, 0, a>>>(x, 1);
+    cudaEvent_t ev;
+    ASSERT_EQ(cudaEventCreate(&ev), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(ev, a), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(b, ev, 0), cudaSuccess);
+    copy_kernel<<<1, 32, 0, b>>>(x, y);
+    if (with_event) {
+      ASSERT_EQ(cudaEventRecord(ev, b), cudaSuccess);
+      ASSERT_EQ(cudaStreamWaitEvent(a, ev, 0), cudaSuccess);
+    }
+    ASSERT_EQ(cudaFreeAsync(x, a), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(b), cudaSuccess);
+    cudaEventDestroy(ev);
+  };
+  use_then_free(true);
+  EXPECT_EQ(back(y, 32), std::vector<int>(32, 1));
+  EXPECT_DEATH(use_then_free(false), "heap-use-after-free");
+  cudaFree(y);
+#else
+  GTEST_SKIP() << "an ASan build catches it (scripts/test.sh's sanitizer build)";
+#endif
+}
+
+// The fixed order runs thread t - 1 before thread t and block b - 1 before block b, which hides
+// both races of left_neighbour_kernel; the shuffled schedule shows them.
+TEST_F(CudaEmulator, TheShuffledScheduleShowsRacesTheFixedOrderHides) {
+  constexpr int kBlocks = 16, kThreads = 64;
+  std::vector<int> want(kBlocks * kThreads), across_want(kBlocks + 1);
+  for (int i = 0; i < kBlocks * kThreads; ++i) want[i] = i % kThreads;
+  std::iota(across_want.begin(), across_want.end(), 0);
+  const auto run = [&](std::vector<int>& across) {
+    int* d_across = device(std::vector<int>(kBlocks + 1, 0));
+    int* d_out = device(std::vector<int>(kBlocks * kThreads, 0));
+    left_neighbour_kernel<<<kBlocks, kThreads, kThreads * sizeof(int)>>>(d_across, d_out);
+    std::vector<int> out = back(d_out, want.size());
+    across = back(d_across, kBlocks + 1);
+    cudaFree(d_across);
+    cudaFree(d_out);
+    return out;
+  };
+  std::vector<int> across;
+  EXPECT_EQ(run(across), want);
+  EXPECT_EQ(across, across_want);
+  ASSERT_TRUE(cuda_emu::set_schedule("shuffle:1"));
+  EXPECT_NE(run(across), want);
+  EXPECT_NE(across, across_want);
+  EXPECT_FALSE(cuda_emu::set_schedule("shuffle:"));
+  EXPECT_FALSE(cuda_emu::set_schedule("sorted"));
+}
+
+TEST_F(CudaEmulator, TheEagerScheduleRunsEachOperationWhenEnqueued) {
+  ASSERT_TRUE(cuda_emu::set_schedule("eager"));
+  cudaStream_t a, b;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  int* x = device(std::vector<int>(32, 0));
+  int* y = device(std::vector<int>(32, 0));
+  fill_kernel<<<1, 32, 0, a>>>(x, 5);
+  copy_kernel<<<1, 32, 0, b>>>(x, y);
+  EXPECT_EQ(cudaStreamQuery(b), cudaSuccess);
+  EXPECT_EQ(back(y, 32), std::vector<int>(32, 5));
+  cudaFree(x);
+  cudaFree(y);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
 }
 
 }  // namespace

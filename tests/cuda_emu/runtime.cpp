@@ -11,27 +11,34 @@
 // waiting thread waits at. Under ASan the switches are announced
 // (__sanitizer_start/finish_switch_fiber) so that it follows the stacks.
 //
-// Runtime: one device (an H200's limits), memory from the host heap, every stream and event
-// complete at once (each operation runs when it is enqueued: program order, which respects every
-// event dependency), the default memory pool's reserved memory and its high mark as the most
-// stream-ordered bytes ever live (a pool that keeps what is freed holds that much). Copies with an
-// explicit direction check that the device side is emulated device memory: a host pointer passed
-// where a device one belongs is an error here too.
+// Under CUDA_EMU_SCHEDULE=shuffle:<seed> (streams.cpp) the blocks run in a random order, and each
+// sweep resumes the block's threads in a random order.
+//
+// Runtime: one device (an H200's limits), memory from the host heap; launches, copies, fills and
+// stream-ordered frees are enqueued on their stream and run when streams.cpp's schedule says
+// (cudaFreeAsync's block stays allocated until its turn; copies from pageable host memory take
+// their bytes when called, copies into it wait for their stream, as CUDA's do); the default
+// memory pool's reserved memory and its high mark as the most stream-ordered bytes ever live (a
+// pool that keeps what is freed holds that much). Copies with an explicit direction check that the
+// device side is emulated device memory: a host pointer passed where a device one belongs is an
+// error here too.
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "tests/cuda_emu/device.h"
+#include "tests/cuda_emu/streams.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
@@ -108,6 +115,8 @@ struct Grid {
   void* sched_fake_stack = nullptr;  // ASan: the scheduler's stack's fake frames and extent
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
+  std::mt19937_64 order;  // shuffle: the orders of blocks and of each sweep's threads
+  std::vector<int> sweep;
 };
 Grid g;
 std::vector<char*> stack_pool;
@@ -244,9 +253,12 @@ void run_block() {
   if (g.smem_bytes) std::memset(g.smem, 0xff, g.smem_bytes);
   g.warp_epoch.assign(static_cast<size_t>((n + 31) / 32), 0);
   for (uint64_t& e : g.warp_epoch) e = ++g.epochs;
+  g.sweep.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) g.sweep[static_cast<size_t>(i)] = i;
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < n; ++i)
+    if (shuffling()) std::shuffle(g.sweep.begin(), g.sweep.end(), g.order);
+    for (const int i : g.sweep)
       if (g.fibers[static_cast<size_t>(i)].st == State::Ready) resume(i), ran = true;
     bool live = false;
     for (const Fiber& f : g.fibers) live = live || f.st != State::Done;
@@ -274,6 +286,7 @@ cudaError_t last_error = cudaSuccess;
 struct Block {
   size_t bytes;
   bool device, async;
+  bool freeing = false;  // cudaFreeAsync called: freed when its stream gets there
 };
 std::map<const char*, Block> blocks;  // every allocation, by start
 // stream-ordered bytes live, and the most ever live: what a pool that keeps every freed block
@@ -282,11 +295,6 @@ uint64_t async_live = 0, async_reserved = 0;
 std::map<const void*, int> smem_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
 constexpr int kSmemOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
 constexpr size_t kSmemDefault = 48 * 1024;
-
-cudaError_t set_error(cudaError_t e) {
-  if (e != cudaSuccess) last_error = e;
-  return e;
-}
 
 void* allocate(size_t bytes, bool device, bool async) {
   void* p = nullptr;  // the exact size: ASan sees a byte past the end
@@ -297,14 +305,29 @@ void* allocate(size_t bytes, bool device, bool async) {
   return p;
 }
 
-cudaError_t release_block(void* p, bool device) {
+// Frees p now, after every stream's work (cudaFree and cudaFreeHost synchronise the device), or
+// when stream s gets there (`ordered`: cudaFreeAsync; the pool's accounts change now, in the
+// stream's order of allocations and frees, which is the call order: one stream allocates).
+cudaError_t release_block(void* p, bool device, bool ordered, cudaStream_t s) {
   if (!p) return cudaSuccess;
-  std::lock_guard<std::mutex> lk(mu);
-  const auto it = blocks.find(static_cast<const char*>(p));
-  if (it == blocks.end() || it->second.device != device) return set_error(cudaErrorInvalidValue);
-  if (it->second.async) async_live -= it->second.bytes;
-  blocks.erase(it);
-  std::free(p);
+  if (!ordered) synchronize_all();
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    const auto it = blocks.find(static_cast<const char*>(p));
+    if (it == blocks.end() || it->second.device != device || it->second.freeing)
+      return set_error(cudaErrorInvalidValue);
+    if (it->second.async) async_live -= it->second.bytes;
+    it->second.freeing = true;
+  }
+  const auto erase = [p] {
+    std::lock_guard<std::mutex> lk(mu);
+    blocks.erase(static_cast<const char*>(p));
+    std::free(p);
+  };
+  if (ordered)
+    enqueue(s, erase);
+  else
+    erase();
   return cudaSuccess;
 }
 
@@ -324,7 +347,54 @@ bool is_device(const void* p, size_t n) {
   return b && b->second.device && static_cast<const char*>(p) + n <= b->first + b->second.bytes;
 }
 
+// Whether p is page-locked host memory (cudaHostAlloc's).
+bool is_pinned(const void* p) {
+  std::lock_guard<std::mutex> lk(mu);
+  const auto* b = containing(p);
+  return b && !b->second.device;
+}
+
+thread_local bool in_kernel = false;  // this host thread runs a grid
+
+// Runs body() as every thread of every block (blocks in order, or shuffled).
+void run_grid(const char* name, dim3 grid, dim3 block, size_t smem, Body& body) {
+  static std::mutex launch_mu;  // one grid at a time (the emulator's state is global)
+  std::lock_guard<std::mutex> lk(launch_mu);
+  in_kernel = true;
+  g.name = name;
+  g.body = &body;
+  std::vector<unsigned char> smem_buf(smem + 256);
+  g.smem = smem_buf.data() + (256 - reinterpret_cast<uintptr_t>(smem_buf.data()) % 256) % 256;
+  g.smem_bytes = smem;
+  g.fibers.assign(uint64_t(block.x) * block.y * block.z, Fiber{});
+  grid_dim = grid;
+  block_dim = block;
+  const uint64_t blocks_n = uint64_t(grid.x) * grid.y * grid.z;
+  std::vector<uint64_t> order;
+  if (shuffling()) {
+    g.order.seed(draw(UINT64_MAX));
+    order.resize(blocks_n);
+    for (uint64_t i = 0; i < blocks_n; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), g.order);
+  }
+  for (uint64_t i = 0; i < blocks_n; ++i) {
+    const uint64_t b = order.empty() ? i : order[i];
+    block_idx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                      static_cast<unsigned>(b / (uint64_t(grid.x) * grid.y))};
+    run_block();
+  }
+  g.current = -1;
+  g.body = nullptr;
+  g.smem = nullptr;
+  in_kernel = false;
+}
+
 }  // namespace
+
+cudaError_t set_error(cudaError_t e) {
+  if (e != cudaSuccess) last_error = e;
+  return e;
+}
 
 void syncthreads(const char* what) { wait_at(State::AtBlock, 0, what); }
 void syncwarp(unsigned mask, const char* what) { wait_at(State::AtWarp, mask, what); }
@@ -346,8 +416,8 @@ void* dynamic_smem_bytes(size_t align) {
   return g.smem;
 }
 
-void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
-              cudaStream_t, Body& body) {
+void launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, std::shared_ptr<Body> body) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   size_t limit = kSmemDefault;
   {
@@ -368,32 +438,11 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
     set_error(cudaErrorInvalidValue);
     return;
   }
-  thread_local bool in_kernel = false;
   if (in_kernel) {
     std::fprintf(stderr, "cuda_emu: kernel %s launched from inside a kernel\n", name);
     std::abort();
   }
-  static std::mutex launch_mu;  // one grid at a time (the emulator's state is global)
-  std::lock_guard<std::mutex> lk(launch_mu);
-  in_kernel = true;
-  g.name = name;
-  g.body = &body;
-  std::vector<unsigned char> smem_buf(smem + 256);
-  g.smem = smem_buf.data() + (256 - reinterpret_cast<uintptr_t>(smem_buf.data()) % 256) % 256;
-  g.smem_bytes = smem;
-  g.fibers.assign(threads, Fiber{});
-  grid_dim = grid;
-  block_dim = block;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        block_idx = uint3{x, y, z};
-        run_block();
-      }
-  g.current = -1;
-  g.body = nullptr;
-  g.smem = nullptr;
-  in_kernel = false;
+  enqueue(stream, [=] { run_grid(name, grid, block, smem, *body); });
 }
 
 }  // namespace cuda_emu
@@ -401,15 +450,6 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
 // ---------------------------------------------------------------- the CUDA runtime API
 
 using cuda_emu::set_error;
-
-namespace {
-struct Stream {
-  int id;
-};
-struct Event {
-  std::chrono::steady_clock::time_point at;
-};
-}  // namespace
 
 extern "C" {
 
@@ -488,13 +528,15 @@ cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) {
   *p = cuda_emu::allocate(n, true, true);
   return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
 }
-cudaError_t cudaFree(void* p) { return cuda_emu::release_block(p, true); }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cuda_emu::release_block(p, true); }
+cudaError_t cudaFree(void* p) { return cuda_emu::release_block(p, true, false, nullptr); }
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  return cuda_emu::release_block(p, true, true, s);
+}
 cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) {
   *p = cuda_emu::allocate(n, false, false);
   return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
 }
-cudaError_t cudaFreeHost(void* p) { return cuda_emu::release_block(p, false); }
+cudaError_t cudaFreeHost(void* p) { return cuda_emu::release_block(p, false, false, nullptr); }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* at, const void* p) {
   *at = cudaPointerAttributes{};
   std::lock_guard<std::mutex> lk(cuda_emu::mu);
@@ -507,7 +549,11 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* at, const void* p) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+// Enqueued on s: from pageable host memory the bytes are taken now (CUDA stages them before it
+// returns); into pageable host memory the call returns once the copy has run (CUDA's does), so
+// the stream's work before it runs first.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k,
+                            cudaStream_t s) {
   if (n == 0) return cudaSuccess;
   const bool dst_dev = k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice;
   const bool src_dev = k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice;
@@ -520,52 +566,31 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
                  n, static_cast<int>(k));
     return set_error(cudaErrorInvalidValue);
   }
-  std::memmove(dst, src, n);
+  if (k == cudaMemcpyHostToDevice && !cuda_emu::is_pinned(src)) {
+    auto bytes = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                     static_cast<const char*>(src) + n);
+    cuda_emu::enqueue(s, [=] { std::memcpy(dst, bytes->data(), n); });
+    return cudaSuccess;
+  }
+  cuda_emu::enqueue(s, [=] { std::memmove(dst, src, n); });
+  if (k == cudaMemcpyDeviceToHost && !cuda_emu::is_pinned(dst)) cuda_emu::synchronize(s);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k, cudaStream_t) {
-  return cudaMemcpy(dst, src, n, k);
+// The legacy default stream's copy, waited for.
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+  const cudaError_t e = cudaMemcpyAsync(dst, src, n, k, nullptr);
+  cuda_emu::synchronize(nullptr);
+  return e;
+}
+cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s) {
+  if (n && !cuda_emu::is_device(p, n)) return set_error(cudaErrorInvalidValue);
+  if (n) cuda_emu::enqueue(s, [=] { std::memset(p, v, n); });
+  return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int v, size_t n) {
-  if (n && !cuda_emu::is_device(p, n)) return set_error(cudaErrorInvalidValue);
-  std::memset(p, v, n);
-  return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { return cudaMemset(p, v, n); }
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = reinterpret_cast<cudaStream_t>(new Stream{0});
-  return cudaSuccess;
-}
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<Stream*>(s);
-  return cudaSuccess;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-
-cudaError_t cudaEventCreate(cudaEvent_t* e) {
-  *e = reinterpret_cast<cudaEvent_t>(new Event{std::chrono::steady_clock::now()});
-  return cudaSuccess;
-}
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete reinterpret_cast<Event*>(e);
-  return cudaSuccess;
-}
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-  reinterpret_cast<Event*>(e)->at = std::chrono::steady_clock::now();
-  return cudaSuccess;
-}
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
-  *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<Event*>(b)->at -
-                                                 reinterpret_cast<Event*>(a)->at)
-            .count();
-  return cudaSuccess;
+  const cudaError_t e = cudaMemsetAsync(p, v, n, nullptr);
+  cuda_emu::synchronize(nullptr);
+  return e;
 }
 
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int d) {
