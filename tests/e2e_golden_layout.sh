@@ -5,10 +5,12 @@
 # #12 with `tests/e2e_golden_layout.sh BIN BUILD --record` (re-recorded for issue #13 item 9, the
 # MTP balance statistics over S - k positions, like e2e_golden.sh). The one-rank golden is
 # e2e_golden.sh.
+# The goldens are per CPU class (tests/golden_machine.sh).
 # Args: MOETRON_BIN BUILD_DIR [--record]
 set -euo pipefail
 BIN=$1; OUT=$2/e2e_golden_layout; MODE=${3:-check}
-GOLDEN=tests/golden/tiny_10steps_pp2dp2ep2.jsonl
+source tests/golden_machine.sh
+golden_file tiny_10steps_pp2dp2ep2.jsonl
 rm -rf "$OUT"; mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 mpirun --oversubscribe --mca btl self,vader --bind-to none -np 4 "$BIN" train configs/tiny.yaml \
