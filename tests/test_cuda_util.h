@@ -37,10 +37,10 @@ namespace moetron::kernels::gpu::testing {
 
 // Under the CUDA emulator (MOETRON_CUDA=EMU, tests/cuda_emu/device.h) every kernel runs on the
 // CPU, each stream's work when the host first needs it (tests/cuda_emu/streams.cpp), with its own
-// cuBLASLt that has no algorithm and no NCCL. A test of what only a GPU has (timing, cuBLASLt's or
-// NCCL's kernels, a stream busy for a while) is skipped there with the reason; so are the full-size
-// shapes of the others (DeepSeek-V3's 7168-wide GEMMs take minutes on one core under ASan), every
-// odd shape still running.
+// cuBLASLt that has no algorithm and its own NCCL over MPI (tests/cuda_emu/nccl.cpp). A test of
+// what only a GPU has (timing, cuBLASLt's FP8 kernels) is skipped there with the reason; so are the
+// full-size shapes of the others (DeepSeek-V3's 7168-wide GEMMs take minutes on one core under
+// ASan), every odd shape still running.
 #ifndef MOETRON_CUDA_EMULATED
 #define MOETRON_CUDA_EMULATED 0
 #endif

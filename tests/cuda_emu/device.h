@@ -9,9 +9,9 @@
 // memory use and synchronisation against its CPU twin, under ASan and UBSan, in every CI run. What
 // it cannot check: the GPU's own arithmetic (its expf, fused multiply-adds, tensor cores' summation
 // order), timing, races between threads that no barrier-to-barrier order exposes (a thread runs
-// from one barrier to the next at once), and cuBLASLt and NCCL themselves (tests/cuda_emu/
+// from one barrier to the next at once), and cuBLASLt's and NCCL's own kernels (tests/cuda_emu/
 // cublaslt.cpp: the heuristic finds no algorithm, so every GEMM takes the backend's own fallback
-// kernel).
+// kernel; tests/cuda_emu/nccl.cpp moves NCCL's bytes over MPI).
 //
 // The model: blocks run one after another (in order, or shuffled: tests/cuda_emu/streams.cpp's
 // schedules, which also say when a stream's work runs); a block's threads run one at a time and

@@ -9,7 +9,10 @@
 # device's own step 3 to the same tolerance; on two emulated GPUs, PP 2 gives one CPU rank's
 # numbers and DP 2 x EP 2 the CPU's DP 2 x EP 2 ones, to the same tolerance; and the one-device run
 # with the emulated GPU's blocks, threads and streams in a shuffled order (CUDA_EMU_SCHEDULE,
-# tests/cuda_emu/streams.cpp) gives the same bits (no result depends on the order of threads).
+# tests/cuda_emu/streams.cpp) gives the same bits (no result depends on the order of threads); and
+# PP 2 x DP 2 x EP 2 with DualPipe on four emulated GPUs over the emulator's NCCL
+# (parallel.device_comm: nccl, tests/cuda_emu/nccl.cpp: the communication stream, its event waits
+# and the overlapped pairs' exchanges on it) gives the CPU's numbers for that layout.
 # usage: e2e_train.sh MOETRON OUT_DIR
 set -uo pipefail
 # OpenMPI's own allocations of MPI_Init (its plugins') are still held at exit: LeakSanitizer would
@@ -64,6 +67,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --oversubscribe --mca btl self,vader -np 2)
 TWO=(--set data.global_batch_size=4)
 train "$OUT/cpu4" 3 "${TWO[@]}"
+ONE_BIN=$BIN
 BIN="${MPIRUN[*]} $BIN"  # (train splits it into words)
 # (against the CPU's own DP 2 x EP 2: ep_imbalance and ep_rows_peak are the layout's;
 # tests/e2e_parallel_equivalence.sh holds that layout to one rank's losses)
@@ -73,6 +77,15 @@ same "DP 2 x EP 2 on two emulated GPUs against the CPU's" "$OUT/dp2ep2/metrics.j
   "$OUT/dp2ep2_cpu/metrics.jsonl"
 train "$OUT/pp2" 3 "${TWO[@]}" "${GPU[@]}" --set parallel.pp=2
 same "PP 2 on two emulated GPUs against one CPU rank" "$OUT/pp2/metrics.jsonl" "$OUT/cpu4/metrics.jsonl"
+
+# four ranks, NCCL: two micro-batches of one sequence per pipeline
+BIN="mpirun --oversubscribe --mca btl self,vader -np 4 $ONE_BIN"
+FOUR=(--set data.micro_batch_size=1 --set data.global_batch_size=4 --set parallel.pp=2
+      --set parallel.dp=2 --set parallel.ep=2 --set parallel.schedule=dualpipe)
+train "$OUT/dualpipe_cpu" 3 "${FOUR[@]}"
+train "$OUT/dualpipe" 3 "${FOUR[@]}" --set run.device=cuda
+same "PP 2 x DP 2 x EP 2 DualPipe on four emulated GPUs over NCCL against the CPU's" \
+  "$OUT/dualpipe/metrics.jsonl" "$OUT/dualpipe_cpu/metrics.jsonl"
 
 echo "e2e_emulated_train: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
