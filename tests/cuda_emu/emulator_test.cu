@@ -120,6 +120,21 @@ class CudaEmulator : public ::testing::Test {
 };
 using CudaEmulatorDeathTest = CudaEmulator;
 
+// A stream (non-blocking unless flags say), destroyed with the object.
+class Stream {
+ public:
+  explicit Stream(unsigned flags = cudaStreamNonBlocking) {
+    EXPECT_EQ(cudaStreamCreateWithFlags(&s_, flags), cudaSuccess);
+  }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  operator cudaStream_t() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
 TEST_F(CudaEmulator, RewritesLaunchesAndKeepsLineNumbers) {
   int* d = device(std::vector<int>(1, 0));
   const int before = __LINE__;
@@ -249,9 +264,7 @@ TEST_F(CudaEmulator, WmmaTileIsTheProduct) {
 // and the emulated GPU runs b's copy first (only what the host waits for runs); with the event the
 // copy runs after the fill. The legacy stream's copies (cudaMemcpy) do not wait for either.
 TEST_F(CudaEmulator, AStreamThatDoesNotWaitForAnothersEventReadsBeforeTheWrite) {
-  cudaStream_t a, b;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  const Stream a, b;
   int* x = device(std::vector<int>(32, 0));
   int* y = device(std::vector<int>(32, 0));
   fill_kernel<<<1, 32, 0, a>>>(x, 5);
@@ -276,13 +289,10 @@ TEST_F(CudaEmulator, AStreamThatDoesNotWaitForAnothersEventReadsBeforeTheWrite) 
   EXPECT_EQ(back(y, 32), std::vector<int>(32, 7));
   cudaFree(x);
   cudaFree(y);
-  cudaStreamDestroy(a);
-  cudaStreamDestroy(b);
 }
 
 TEST_F(CudaEmulator, EventsCompleteWhenTheirStreamGetsThere) {
-  cudaStream_t a;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  const Stream a;
   int* x = device(std::vector<int>(32, 0));
   cudaEvent_t first, second;
   ASSERT_EQ(cudaEventCreate(&first), cudaSuccess);
@@ -303,15 +313,13 @@ TEST_F(CudaEmulator, EventsCompleteWhenTheirStreamGetsThere) {
   cudaEventDestroy(first);
   cudaEventDestroy(second);
   cudaFree(x);
-  cudaStreamDestroy(a);
 }
 
 // From pageable memory a copy takes the bytes when called; from page-locked memory when it runs
 // (the caller must not reuse it before: what kernels/cuda/memory.cu's staging ring waits for);
 // into pageable memory it returns once done.
 TEST_F(CudaEmulator, CopiesFromAndIntoHostMemoryAsCudaDoes) {
-  cudaStream_t a;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  const Stream a;
   int* x = device(std::vector<int>(32, 0));
   std::vector<int> pageable(32, 1);
   ASSERT_EQ(cudaMemcpyAsync(x, pageable.data(), 128, cudaMemcpyHostToDevice, a), cudaSuccess);
@@ -335,27 +343,22 @@ TEST_F(CudaEmulator, CopiesFromAndIntoHostMemoryAsCudaDoes) {
   EXPECT_EQ(pinned[0], 10);
   cudaFreeHost(pinned);
   cudaFree(x);
-  cudaStreamDestroy(a);
 }
 
 // A stream made without cudaStreamNonBlocking is ordered with the legacy default stream.
 TEST_F(CudaEmulator, TheLegacyStreamWaitsForBlockingStreams) {
-  cudaStream_t c;
-  ASSERT_EQ(cudaStreamCreate(&c), cudaSuccess);
+  const Stream c(cudaStreamDefault);
   int* x = device(std::vector<int>(32, 0));
   fill_kernel<<<1, 32, 0, c>>>(x, 6);
   EXPECT_EQ(back(x, 32), std::vector<int>(32, 6));
   cudaFree(x);
-  cudaStreamDestroy(c);
 }
 
 // cudaFreeAsync on one stream while another still has work that reads the block, with no event
 // between them: the free runs first, and the read is ASan's heap-use-after-free.
 TEST_F(CudaEmulatorDeathTest, AFreeOnOneStreamWhileAnotherStillReadsIsCaughtUnderASan) {
 #if defined(__SANITIZE_ADDRESS__)
-  cudaStream_t a, b;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  const Stream a, b;
   int* y = device(std::vector<int>(32, 0));
   const auto use_then_free = [&](bool with_event) {
     int* x = nullptr;
@@ -413,9 +416,7 @@ TEST_F(CudaEmulator, TheShuffledScheduleShowsRacesTheFixedOrderHides) {
 
 TEST_F(CudaEmulator, TheEagerScheduleRunsEachOperationWhenEnqueued) {
   ASSERT_TRUE(cuda_emu::set_schedule("eager"));
-  cudaStream_t a, b;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  const Stream a, b;
   int* x = device(std::vector<int>(32, 0));
   int* y = device(std::vector<int>(32, 0));
   fill_kernel<<<1, 32, 0, a>>>(x, 5);
@@ -424,8 +425,6 @@ TEST_F(CudaEmulator, TheEagerScheduleRunsEachOperationWhenEnqueued) {
   EXPECT_EQ(back(y, 32), std::vector<int>(32, 5));
   cudaFree(x);
   cudaFree(y);
-  cudaStreamDestroy(a);
-  cudaStreamDestroy(b);
 }
 
 }  // namespace

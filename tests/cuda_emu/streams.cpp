@@ -230,7 +230,6 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
   state().queues.push_back(std::move(q));
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 // Its work still runs (as CUDA's does); the queue itself is kept, empty.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   cuda_emu::synchronize(s);
