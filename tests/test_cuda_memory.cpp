@@ -100,6 +100,15 @@ TEST(CudaMemory, ReadStartWaitsForTheCopyNotForLaterWork) {
   EXPECT_TRUE(BusyStream::busy());  // the GEMMs enqueued after the copy still run
   EXPECT_FALSE(read.pending());
   EXPECT_TRUE(std::equal(h.begin(), h.end(), back.begin()));
+  // into pageable memory the copy would wait for the stream inside the call: refused
+  std::vector<int64_t> pageable(h.size());
+  EXPECT_THROW(kernels::copy_to_host_start(gpu_exec(), pageable.data(), d.data(),
+                                           h.size() * sizeof(int64_t)),
+               std::invalid_argument);
+  // a pointer inside a pinned block is pinned too
+  HostRead part = kernels::copy_to_host_start(gpu_exec(), back.data() + 2, d.data(), 8);
+  part.wait();
+  EXPECT_EQ(back[2], h[0]);
 }
 
 // A read behind queued compute blocks its thread in a wait the hang watchdog sees ("device read"

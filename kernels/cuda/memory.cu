@@ -19,6 +19,7 @@
 #include <array>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 
 #include "kernels/cuda/ops_cuda.h"
 
@@ -88,6 +89,14 @@ void wait_read(void* e) { wait_event(*static_cast<cudaEvent_t*>(e), "device read
 HostRead copy_to_host_start(const Exec& ex, void* host_dst, const void* src, size_t bytes) {
   if (bytes == 0) return HostRead();
   cudaStream_t s = stream_of(ex);
+  // into pageable memory cudaMemcpyAsync returns only once the copy has run: the read would wait
+  // for the whole stream, inside the call, where the hang watchdog does not see it
+  cudaPointerAttributes at{};
+  MOETRON_CUDA_CHECK(cudaPointerGetAttributes(&at, host_dst));
+  if (at.type != cudaMemoryTypeHost)
+    throw std::invalid_argument(
+        "copy_to_host_start: the destination is not page-locked memory (kernels/pinned.h); a "
+        "copy into pageable memory would wait for the stream before returning");
   MOETRON_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s));
   auto ev = std::shared_ptr<cudaEvent_t>(new cudaEvent_t(nullptr), [](cudaEvent_t* e) {
     if (*e) cudaEventDestroy(*e);
