@@ -129,18 +129,18 @@ class PipelineExecutor {
       const pipeline::Op& op = ops[i];
       op_index_ = i;
       watchdog::set_microbatch(op.mb, op.stage);  // what a hang report names (watchdog.h)
-      int64_t t = trace::stamp();
+      progress_t_ = trace::stamp();  // (wait_window may end the span early and restart it)
       if (op.is_message()) {
         post(op, step);
         const bool next_message = i + 1 < ops.size() && ops[i + 1].is_message();
         if (pp_.tags_match() || !next_message) post_batch();
       } else
-        compute(op, step), t = trace::stamp();
+        compute(op, step), progress_t_ = trace::stamp();
       for (int k : pools_.ops[i].retire) retire(k);
       if (pools_.share && opt_.share_pools)
         slots_.trim(pools_.ops[i].keep_slots), grads_.trim(pools_.ops[i].keep_sets);
       poll();
-      trace::span_since(trace::Track::Progress, op.is_message() ? "post" : "progress", t);
+      trace::span_since(trace::Track::Progress, op.is_message() ? "post" : "progress", progress_t_);
     }
     wait_receives();
     wait_sends();
@@ -325,6 +325,8 @@ class PipelineExecutor {
   void wait_window() {
     const size_t window = static_cast<size_t>(sched_.send_window);
     if (window == 0 || sends_.size() < window || !sends_.front().req) return;
+    // the post's span so far, then the wait's, then the post's again: the step's slices tile it
+    trace::span_since(trace::Track::Progress, "post", progress_t_);
     const auto t0 = clock::now();
     while (sends_.size() >= window && sends_.front().req) {
       sends_.front().req->wait(), msg_release(sends_.front().buf);
@@ -332,6 +334,7 @@ class PipelineExecutor {
       sends_.erase(sends_.begin());
     }
     trace::span_since(trace::Track::PpWait, "wait send window", trace::ns(t0));
+    progress_t_ = trace::stamp();
     stats_.pp_idle += seconds_since(t0);
   }
   double ep_blocked() const { return opt_.ep_blocked ? opt_.ep_blocked() : 0.0; }
@@ -419,6 +422,7 @@ class PipelineExecutor {
   std::vector<int> act_of_, grad_of_;          // received input / d output of key
   std::vector<PendingSend> sends_;
   std::vector<PendingRecv> recvs_;  // receives posted since the last compute op
+  int64_t progress_t_ = 0;          // trace: where the current op's progress/post span began
   std::vector<P2pOp> batch_;        // the messages of adjacent message ops, until post_batch()
   std::vector<Losses> losses_;      // [key] of the current run
   // [key][parts_stride_]: each forward's loss parts, read from the device as the forward ends
