@@ -124,6 +124,10 @@ bool reduce(ncclDataType_t t, const char* parts, size_t stride, int n_parts, siz
   }
 }
 
+// Whether reduce() knows type t (asked with nothing to reduce): checked when an operation is
+// called, so a landing never finds a type it cannot reduce.
+bool reducible(ncclDataType_t t) { return reduce(t, nullptr, 0, 0, 0, ncclSum, nullptr); }
+
 // One call inside a group.
 struct Op {
   enum Kind { Send, Recv, AllGather, AllReduce, ReduceScatter } kind;
@@ -395,11 +399,13 @@ ncclResult_t ncclAllGather(const void* in, void* out, size_t count, ncclDataType
 ncclResult_t ncclAllReduce(const void* in, void* out, size_t count, ncclDataType_t t,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t s) {
   if (op != ncclSum && op != ncclMax) return error(comm, ncclInvalidArgument, "reduction");
+  if (!reducible(t)) return error(comm, ncclInvalidArgument, "a type it cannot reduce");
   return call(Op{Op::AllReduce, in, out, count, t, op, -1, comm, s});
 }
 ncclResult_t ncclReduceScatter(const void* in, void* out, size_t count, ncclDataType_t t,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t s) {
   if (op != ncclSum && op != ncclMax) return error(comm, ncclInvalidArgument, "reduction");
+  if (!reducible(t)) return error(comm, ncclInvalidArgument, "a type it cannot reduce");
   return call(Op{Op::ReduceScatter, in, out, count, t, op, -1, comm, s});
 }
 
