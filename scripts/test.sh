@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set up, fetch the corpus, build, run every test (unit, end-to-end, the
-# PyTorch parity test), then the CPU unit tests again under ASan+UBSan.
+# PyTorch parity test), then the CPU unit tests again under ASan+UBSan, then the GPU tests on the
+# emulator under ThreadSanitizer (the race detector).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -17,3 +18,12 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOETRON_SA
 cmake --build build-asan -j2 --target unit_tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j2 -L unit
+
+echo "== ThreadSanitizer build of the GPU tests on the emulator: the race detector"
+# (each emulated GPU thread a TSan fiber, ordered with the others only by what orders threads on
+# a GPU, so a race inside a barrier interval is reported: tests/cuda_emu/runtime.cpp). Only the
+# GPU tests and the emulator's own.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOETRON_TSAN=ON \
+  -DMOETRON_CUDA=EMU "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
+cmake --build build-tsan -j2 --target cuda_tests cuda_emu_tests
+ctest --test-dir build-tsan --output-on-failure -j2 -L race

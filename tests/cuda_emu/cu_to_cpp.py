@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Turns one CUDA source of kernels/cuda/ into C++ the host compiler builds against the CUDA
-emulator (tests/cuda_emu/device.h). Two rewrites, each on the lines it finds them, so that every
+emulator (tests/cuda_emu/device.h). Three rewrites, each on the lines it finds them, so that every
 line keeps its number (a #line directive names the .cu file: compiler errors, ASan and UBSan
 reports point into the original):
   kernel<T><<<grid, block, smem, stream>>>(args)  ->  ::cuda_emu::Launch(grid, block, smem, stream, "kernel<T>")(kernel<T>, args)
   extern __shared__ __align__(16) T name[];      ->  T* name = ::cuda_emu::dynamic_smem<T>(16);
-Everything else (__global__, __shared__, threadIdx, the intrinsics) is the header's.
+  __shared__ T a[4][8], b;                        ->  static char a_emu_key; auto& a = ::cuda_emu::static_smem<T[4][8]>(&a_emu_key); (b likewise)
+(the static key names the variable: each gets its place in the block's shared memory, runtime.cpp).
+Everything else (__global__, threadIdx, the intrinsics) is the header's.
 usage: cu_to_cpp.py IN.cu OUT.cpp
 """
 import re
@@ -88,10 +90,34 @@ def rewrite_smem(s):
                     f'({m.group(1) or 16});', s)
 
 
+STATIC = re.compile(r'__shared__\s+(?:__align__\((\d+)\)\s+)?([^;]*);')
+DECL = re.compile(r'^\s*(.*?)\s*(\w+)\s*((?:\[[^\]]*\])*)\s*$')
+
+
+def rewrite_static_smem(s):
+    def one(m):
+        align = f', {m.group(1)}' if m.group(1) else ''
+        parts = [p for p in m.group(2).split(',')]
+        first = DECL.match(parts[0])
+        if not first or not first.group(1):
+            raise SystemExit(f'cu_to_cpp: a __shared__ declaration it cannot read: {m.group(0)}')
+        type_ = first.group(1)
+        out = []
+        for p in parts:
+            d = DECL.match(p) if p is not parts[0] else first
+            name, dims = d.group(2), d.group(3)
+            if p is not parts[0] and d.group(1):
+                raise SystemExit(f'cu_to_cpp: a __shared__ declaration it cannot read: {m.group(0)}')
+            out.append(f'static char {name}_emu_key; auto& {name} = '
+                       f'::cuda_emu::static_smem<{type_}{dims}>(&{name}_emu_key{align});')
+        return ' '.join(out)
+    return STATIC.sub(one, s)
+
+
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     s = open(src).read()
-    body = rewrite_smem(rewrite_launches(s))
+    body = rewrite_static_smem(rewrite_smem(rewrite_launches(s)))
     if body.count('\n') != s.count('\n'):
         raise SystemExit('cu_to_cpp: the rewrite changed the line count')
     with open(dst, 'w') as f:

@@ -9,16 +9,21 @@
 // memory use and synchronisation against its CPU twin, under ASan and UBSan, in every CI run. What
 // it cannot check: the GPU's own arithmetic (its expf, fused multiply-adds, tensor cores' summation
 // order), timing, races between threads that no barrier-to-barrier order exposes (a thread runs
-// from one barrier to the next at once), and cuBLASLt's and NCCL's own kernels (tests/cuda_emu/
-// cublaslt.cpp: the heuristic finds no algorithm, so every GEMM takes the backend's own fallback
-// kernel; tests/cuda_emu/nccl.cpp moves NCCL's bytes over MPI).
+// from one barrier to the next at once; the ThreadSanitizer build reports those), and cuBLASLt's
+// and NCCL's own kernels (tests/cuda_emu/cublaslt.cpp: the heuristic finds no algorithm, so every
+// GEMM takes the backend's own fallback kernel; tests/cuda_emu/nccl.cpp moves NCCL's bytes over
+// MPI).
 //
 // The model: blocks run one after another (in order, or shuffled: tests/cuda_emu/streams.cpp's
 // schedules, which also say when a stream's work runs); a block's threads run one at a time and
 // switch only at a barrier (__syncthreads, __syncwarp, a shuffle, a wmma operation), which is one
-// of the schedules CUDA's independent thread scheduling allows. `__shared__` variables are
-// therefore function-local statics (one block lives at a time), the dynamic shared memory is one
-// buffer per launch, filled with 0xff bytes (NaN) before each block. A barrier that cannot complete
+// of the schedules CUDA's independent thread scheduling allows. Shared memory, static and dynamic,
+// lives in one arena (runtime.cpp): cu_to_cpp.py turns each `__shared__` variable into a
+// reference to its place there, and every byte of it is 0xff (NaN) when a block starts, as no
+// value is carried from block to block on a GPU. In the ThreadSanitizer build (MOETRON_TSAN) each
+// thread is a TSan fiber ordered with the others only by barriers that order memory, so races
+// inside a barrier interval are reported too (runtime.cpp, "the race detector"). A barrier that
+// cannot complete
 // — threads of one block waiting at different barriers — stops the process with the kernel's name
 // and the threads' states, as a hang on the GPU would stop it.
 #pragma once
@@ -39,9 +44,9 @@
 #include <utility>
 
 // nvcc's keywords: __global__, __device__, __host__ are empty for the host compiler already
-// (crt/host_defines.h); __shared__ is a static (one block at a time), launch bounds are hints.
+// (crt/host_defines.h); cu_to_cpp.py rewrites every __shared__ declaration (one left is an error
+// here), launch bounds are hints.
 #undef __shared__
-#define __shared__ static
 #define __launch_bounds__(...)
 
 namespace cuda_emu {
@@ -53,15 +58,17 @@ extern dim3 block_dim, grid_dim;
 // Barriers (runtime.cpp). A thread calls one and is resumed when every thread it names has
 // called the same one: the block's live threads (syncthreads) or the live lanes of its warp in
 // `mask` (syncwarp, and the exchange behind the shuffles: each lane posts `bytes` of its value,
-// and gets lane `src`'s).
+// and gets lane `src`'s). Only __syncthreads and __syncwarp order memory between threads (for the
+// race detector); a shuffle, or the barriers inside a wmma operation, order only what they pass.
 void syncthreads(const char* what);
-void syncwarp(unsigned mask, const char* what);
+void syncwarp(unsigned mask, const char* what, bool orders_memory = true);
 void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, int src);
 
 // The running thread's warp in its block, and a number that changes at each release of the
 // warp's barriers and differs between blocks: lanes that see the same one are between the same
 // two barriers (the wmma operations share one lane's work through it).
 int warp_index();
+int lane_index();
 uint64_t warp_epoch();
 
 // The launch's dynamic shared memory (runtime.cpp: sized by the launch, alignment checked).
@@ -70,6 +77,23 @@ template <class T>
 T* dynamic_smem(size_t align) {
   return static_cast<T*>(dynamic_smem_bytes(align));
 }
+// A static __shared__ variable of type T: `key`, a static of its declaration, names it.
+void* static_smem_bytes(const void* key, size_t bytes, size_t align);
+template <class T>
+T& static_smem(const void* key, size_t align = alignof(T)) {
+  return *static_cast<T*>(static_smem_bytes(key, sizeof(T), std::max(align, alignof(T))));
+}
+
+// The race detector's (TSan's) blind spot around the emulator's own shortcuts.
+#if defined(MOETRON_TSAN)
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+inline void ignore_accesses(bool on) {
+  on ? __tsan_ignore_thread_begin() : __tsan_ignore_thread_end();
+}
+#else
+inline void ignore_accesses(bool) {}
+#endif
 
 // Enqueues on `stream` a run of body() as every thread of every block of the grid (runtime.cpp;
 // streams.cpp says when it runs). Sets the runtime's last error instead where the launch is
@@ -172,24 +196,33 @@ T __ldg(const T* p) {
   return *p;
 }
 
-// Atomics: one host thread runs the whole grid, so a read-modify-write is atomic.
+// Atomics: relaxed, as CUDA's are (they order nothing else: the race detector sees them as
+// atomic, and a plain access to the same word beside them as a race).
+namespace cuda_emu {
+template <class T, class F>
+T atomic_update(T* p, F f) {
+  T old;
+  __atomic_load(p, &old, __ATOMIC_RELAXED);
+  T want = f(old);
+  while (!__atomic_compare_exchange(p, &old, &want, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    want = f(old);
+  return old;
+}
+}  // namespace cuda_emu
 template <class T>
 T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  if constexpr (std::is_integral_v<T>)
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+  else
+    return ::cuda_emu::atomic_update(p, [v](T old) { return old + v; });
 }
 template <class T>
 T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = old < v ? v : old;
-  return old;
+  return ::cuda_emu::atomic_update(p, [v](T old) { return old < v ? v : old; });
 }
 template <class T>
 T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = v < old ? v : old;
-  return old;
+  return ::cuda_emu::atomic_update(p, [v](T old) { return v < old ? v : old; });
 }
 
 // CUDA's global math overloads for device code.
@@ -220,12 +253,25 @@ struct fragment {
 };
 
 namespace detail {
-inline void warp_sync(const char* what) { ::cuda_emu::syncwarp(0xffffffffu, what); }
+inline void warp_sync(const char* what) { ::cuda_emu::syncwarp(0xffffffffu, what, false); }
 template <class T>
 float to_float(T v) {
   return static_cast<float>(v);
 }
 inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Loads: every lane reads the whole tile (it holds all of it), but for the race detector only its
+// share, every 32nd element, as store_matrix_sync writes (the GPU's lanes each load a part).
+template <class T>
+void load_tile(T* x, int rows, int cols, const T* p, unsigned ldm, bool row) {
+  ::cuda_emu::ignore_accesses(true);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) x[r * cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
+  ::cuda_emu::ignore_accesses(false);
+  for (int e = ::cuda_emu::lane_index(); e < rows * cols; e += 32) {
+    const int r = e / cols, c = e % cols;
+    x[e] = row ? p[r * ldm + c] : p[c * ldm + r];  // the same value, read as the lane
+  }
+}
 }  // namespace detail
 
 template <class Use, int M, int N, int K, class T, class L, class V>
@@ -239,27 +285,25 @@ void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm)
   static_assert(std::is_same_v<L, row_major> || std::is_same_v<L, col_major>);
   detail::warp_sync("wmma::load_matrix_sync");
   using F = fragment<Use, M, N, K, T, L>;
-  for (int r = 0; r < F::rows; ++r)
-    for (int c = 0; c < F::cols; ++c)
-      f.x[r * F::cols + c] = std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r];
+  detail::load_tile(f.x, F::rows, F::cols, p, ldm, std::is_same_v<L, row_major>);
   detail::warp_sync("wmma::load_matrix_sync");  // no lane overwrites the tile before all read it
 }
 // accumulator, with the layout as an argument
 template <int M, int N, int K, class T>
 void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm, layout_t l) {
   detail::warp_sync("wmma::load_matrix_sync");
-  for (int r = 0; r < M; ++r)
-    for (int c = 0; c < N; ++c)
-      f.x[r * N + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  detail::load_tile(f.x, M, N, p, ldm, l == mem_row_major);
   detail::warp_sync("wmma::load_matrix_sync");
 }
+// each lane writes its share of the tile (every 32nd element), as the GPU's lanes each hold part
 template <int M, int N, int K, class T>
 void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t l) {
   detail::warp_sync("wmma::store_matrix_sync");
-  for (int r = 0; r < M; ++r)
-    for (int c = 0; c < N; ++c)
-      (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
-  detail::warp_sync("wmma::store_matrix_sync");  // every lane writes the tile; all done on return
+  for (int e = ::cuda_emu::lane_index(); e < M * N; e += 32) {
+    const int r = e / N, c = e % N;
+    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
+  }
+  detail::warp_sync("wmma::store_matrix_sync");  // the whole tile written on return
 }
 // d = a b + c with fp32 accumulation (products of the inputs exact in fp32: bf16 or half inputs)
 template <int M, int N, int K, class TA, class LA, class TB, class LB, class TC>
@@ -275,6 +319,7 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
   };
   static Slot slots[32];
   Slot& slot = slots[::cuda_emu::warp_index()];
+  ::cuda_emu::ignore_accesses(true);  // the slot is the emulator's, not the kernel's memory
   if (slot.epoch != ::cuda_emu::warp_epoch()) {
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) {
@@ -286,5 +331,6 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
     slot.epoch = ::cuda_emu::warp_epoch();
   }
   std::memcpy(d.x, slot.out, sizeof(slot.out));
+  ::cuda_emu::ignore_accesses(false);
 }
 }  // namespace nvcuda::wmma

@@ -8,13 +8,21 @@
 // builds); and CUDA's stream semantics (tests/cuda_emu/streams.cpp): work runs late, a stream
 // that does not wait for another's event reads its results before they are written, a block freed
 // on one stream while another's work still uses it is gone (ASan), copies from and into pageable
-// memory, the legacy stream's waits for blocking streams.
+// memory, the legacy stream's waits for blocking streams. Shared memory: static and dynamic, every
+// byte 0xff when a block starts (none of the last block's values), an access past a variable or
+// past the dynamic size (ASan). In the ThreadSanitizer build (MOETRON_TSAN), the race detector: a
+// race inside a barrier interval is reported, in shared or global memory, between warps or lanes,
+// across a shuffle (which orders no memory) and across blocks; barriers, __syncwarp and atomics
+// are not races.
 #include <gtest/gtest.h>
 #include <mma.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "tests/cuda_emu/streams.h"
@@ -70,7 +78,50 @@ __global__ void smem_kernel(int* out) {
   out[threadIdx.x] = bytes[threadIdx.x];
 }
 
-__global__ void write_past_kernel(int* out, int n) { out[n + threadIdx.x] = 1; }
+[[maybe_unused]] __global__ void write_past_kernel(int* out, int n) { out[n + threadIdx.x] = 1; }
+
+// Static shared memory: what the block finds there before writing, then its own values; `past`
+// writes one element past the variable (or, for the dynamic kind, past its size).
+__global__ void static_smem_kernel(int* found, int* out, int past) {
+  __shared__ int a[32], b[32];
+  const int t = threadIdx.x, blk = blockIdx.x;
+  found[blk * 32 + t] = a[t];
+  __syncthreads();
+  a[t] = blk * 100 + t;
+  b[t] = -a[t];
+  int* pa = a;  // through a pointer: UBSan's bounds check would stop an a[32] itself
+  if (past && t == 0) pa[31 + past] = 1;
+  __syncthreads();
+  out[blk * 32 + t] = a[31 - t] + b[t];
+}
+[[maybe_unused]] __global__ void dynamic_past_kernel(int n) {
+  extern __shared__ __align__(16) int dyn[];
+  dyn[n + threadIdx.x] = 1;
+}
+
+// Lanes write their slot, then read the next lane's: after __syncwarp (ordered), after a shuffle
+// (its value only: the memory is not ordered) or after nothing.
+template <int kHow>  // 0: __syncwarp, 1: a shuffle, 2: nothing
+__global__ void lanes_kernel(int* out) {
+  __shared__ int slot[32];
+  const int l = threadIdx.x;
+  slot[l] = l;
+  int v = 0;
+  if (kHow == 0) __syncwarp();
+  if (kHow == 1) v = __shfl_xor_sync(0xffffffffu, l, 1);
+  out[l] = slot[(l + 1) % 32] + v;
+}
+
+// Thread b of block b writes out[0]: two blocks' threads with nothing ordering them.
+__global__ void blocks_write_kernel(int* out) {
+  if (static_cast<int>(threadIdx.x) == static_cast<int>(blockIdx.x)) out[0] = blockIdx.x;
+}
+// Every thread of every block adds to one counter, atomically; the host reads it after the grid.
+__global__ void atomic_count_kernel(unsigned long long* n, float* f) {
+  atomicAdd(n, 1ull);
+  atomicAdd(f, 1.0f);
+  atomicMax(reinterpret_cast<unsigned long long*>(n + 1), 1ull + blockIdx.x);
+}
 
 __global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }
 __global__ void copy_kernel(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
@@ -119,6 +170,31 @@ class CudaEmulator : public ::testing::Test {
   void TearDown() override { cuda_emu::set_schedule("lazy"); }
 };
 using CudaEmulatorDeathTest = CudaEmulator;
+
+// The race detector's verdict on run(): in the TSan build a child process runs it and must stop at
+// a race report whose stacks match `report`; elsewhere it runs here (what the caller checks).
+#if defined(MOETRON_TSAN)
+constexpr bool kRaceDetector = true;
+void expect_race(const std::function<void()>& run, const std::string& report) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // a fresh process reads TSAN_OPTIONS
+  const char* was = std::getenv("TSAN_OPTIONS");
+  const std::string old = was ? was : "";
+  setenv("TSAN_OPTIONS", (old + ":halt_on_error=1").c_str(), 1);
+  EXPECT_DEATH(
+      {
+        run();
+        cudaDeviceSynchronize();
+      },
+      "WARNING: ThreadSanitizer: data race.*" + report);
+  if (was)
+    setenv("TSAN_OPTIONS", old.c_str(), 1);
+  else
+    unsetenv("TSAN_OPTIONS");
+}
+#else
+constexpr bool kRaceDetector = false;
+void expect_race(const std::function<void()>& run, const std::string&) { run(); }
+#endif
 
 // A stream (non-blocking unless flags say), destroyed with the object.
 class Stream {
@@ -169,11 +245,15 @@ TEST_F(CudaEmulator, AMissingBarrierShowsInTheResult) {
   int* d_out = device(std::vector<int>(64, 0));
   reverse_kernel<true><<<1, 64, 64 * sizeof(int)>>>(d_in, d_out);
   EXPECT_EQ(back(d_out, 64), want);
-  // without the barrier thread 0 reads tile[63] before thread 63 wrote it: the fill (0xff bytes)
-  reverse_kernel<false><<<1, 64, 64 * sizeof(int)>>>(d_in, d_out);
-  const std::vector<int> got = back(d_out, 64);
-  EXPECT_EQ(got[0], -1);
-  EXPECT_NE(got, want);
+  // without the barrier thread 0 reads tile[63] before thread 63 wrote it: the fill (0xff bytes);
+  // the race detector reports it whatever the order
+  expect_race([&] { reverse_kernel<false><<<1, 64, 64 * sizeof(int)>>>(d_in, d_out); },
+              "reverse_kernel<false>");
+  if (!kRaceDetector) {
+    const std::vector<int> got = back(d_out, 64);
+    EXPECT_EQ(got[0], -1);
+    EXPECT_NE(got, want);
+  }
   cudaFree(d_in);
   cudaFree(d_out);
 }
@@ -405,6 +485,10 @@ TEST_F(CudaEmulator, TheShuffledScheduleShowsRacesTheFixedOrderHides) {
     return out;
   };
   std::vector<int> across;
+  // the race detector reports the threads' race in the fixed order already (not the blocks': the
+  // same thread of each block writes `across`, one fiber, which it cannot tell apart)
+  expect_race([&] { run(across); }, "left_neighbour_kernel");
+  if (kRaceDetector) return;
   EXPECT_EQ(run(across), want);
   EXPECT_EQ(across, across_want);
   ASSERT_TRUE(cuda_emu::set_schedule("shuffle:1"));
@@ -425,6 +509,87 @@ TEST_F(CudaEmulator, TheEagerScheduleRunsEachOperationWhenEnqueued) {
   EXPECT_EQ(back(y, 32), std::vector<int>(32, 5));
   cudaFree(x);
   cudaFree(y);
+}
+
+// Static shared memory: each variable its own place, every byte 0xff when each block starts (the
+// GPU keeps nothing for the next block: a kernel that read the last block's values would pass here
+// by luck otherwise), its values the block's own.
+TEST_F(CudaEmulator, StaticSharedMemoryIsTheBlocksOwnAndStartsAsNaN) {
+  constexpr int kBlocks = 3;
+  int* found = device(std::vector<int>(kBlocks * 32, 0));
+  int* out = device(std::vector<int>(kBlocks * 32, 0));
+  static_smem_kernel<<<kBlocks, 32>>>(found, out, 0);
+  EXPECT_EQ(back(found, kBlocks * 32), std::vector<int>(kBlocks * 32, -1));
+  std::vector<int> want(kBlocks * 32);
+  for (int b = 0; b < kBlocks; ++b)
+    for (int t = 0; t < 32; ++t) want[b * 32 + t] = (31 - t) - t;
+  EXPECT_EQ(back(out, kBlocks * 32), want);
+  cudaFree(found);
+  cudaFree(out);
+}
+
+TEST_F(CudaEmulatorDeathTest, AnAccessPastSharedMemoryIsCaughtUnderASan) {
+#if defined(__SANITIZE_ADDRESS__)
+  int* found = device(std::vector<int>(32, 0));
+  int* out = device(std::vector<int>(32, 0));
+  EXPECT_DEATH(
+      {
+        static_smem_kernel<<<1, 32>>>(found, out, 1);
+        cudaDeviceSynchronize();
+      },
+      "use-after-poison.*static_smem_kernel");
+  EXPECT_DEATH(
+      {
+        dynamic_past_kernel<<<1, 4, 64 * sizeof(int)>>>(62);
+        cudaDeviceSynchronize();
+      },
+      "use-after-poison.*dynamic_past_kernel");
+  dynamic_past_kernel<<<1, 4, 64 * sizeof(int)>>>(60);  // the last four: in bounds
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(found);
+  cudaFree(out);
+#else
+  GTEST_SKIP() << "an ASan build catches it (scripts/test.sh's sanitizer build)";
+#endif
+}
+
+// __syncwarp orders the lanes' shared-memory accesses; a shuffle passes its value and orders
+// nothing else (CUDA's memory model), so reading another lane's slot after it is a race, as after
+// nothing at all (the fixed order runs lane 0 to its read before lane 1 writes: -1).
+TEST_F(CudaEmulator, SyncwarpOrdersLanesAndAShuffleDoesNot) {
+  int* out = device(std::vector<int>(32, 0));
+  std::vector<int> want(32);
+  for (int l = 0; l < 32; ++l) want[l] = (l + 1) % 32;
+  lanes_kernel<0><<<1, 32>>>(out);
+  EXPECT_EQ(back(out, 32), want);
+  expect_race([&] { lanes_kernel<1><<<1, 32>>>(out); }, "lanes_kernel<1>");
+  expect_race([&] { lanes_kernel<2><<<1, 32>>>(out); }, "lanes_kernel<2>");
+  if (!kRaceDetector) {
+    EXPECT_EQ(back(out, 32)[0], -1);
+  }
+  cudaFree(out);
+}
+
+// Two blocks writing one word: a race on a GPU (blocks are not ordered), which the fixed order
+// hides (the last block's value), and the race detector reports.
+TEST_F(CudaEmulator, TwoBlocksWritingOneWordRace) {
+  int* out = device(std::vector<int>(1, 0));
+  expect_race([&] { blocks_write_kernel<<<2, 32>>>(out); }, "blocks_write_kernel");
+  if (!kRaceDetector) {
+    EXPECT_EQ(back(out, 1)[0], 1);
+  }
+  cudaFree(out);
+}
+
+// Atomics from every thread of every block are not races; the host reads the sums after the grid.
+TEST_F(CudaEmulator, AtomicsAreNotRaces) {
+  unsigned long long* n = device(std::vector<unsigned long long>(2, 0));
+  float* f = device(std::vector<float>(1, 0.f));
+  atomic_count_kernel<<<4, 96>>>(n, f);
+  EXPECT_EQ(back(n, 2), (std::vector<unsigned long long>{4 * 96, 4}));
+  EXPECT_EQ(back(f, 1)[0], 4.f * 96);
+  cudaFree(n);
+  cudaFree(f);
 }
 
 }  // namespace

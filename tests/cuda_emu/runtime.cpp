@@ -41,10 +41,19 @@
 #include "tests/cuda_emu/streams.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define CUDA_EMU_ASAN 1
 #else
 #define CUDA_EMU_ASAN 0
+#endif
+#if defined(MOETRON_TSAN)  // this file is built without -fsanitize=thread (CMakeLists.txt)
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+#define CUDA_EMU_TSAN 1
+#else
+#define CUDA_EMU_TSAN 0
 #endif
 
 // emu_switch(save, to): saves the callee-saved registers on the current stack and its stack
@@ -75,6 +84,13 @@ emu_switch:
   .size emu_switch, .-emu_switch
 )");
 
+#if CUDA_EMU_TSAN
+// The race detector's options (TSAN_OPTIONS adds to them): the interceptors' own accesses
+// unchecked — the host's memcpy and memset of whole test tensors, not the kernels' accesses, and
+// most of the suite's time under TSan (the emulated NCCL's and streams' copies run on the host).
+extern "C" const char* __tsan_default_options() { return "ignore_interceptors_accesses=1"; }
+#endif
+
 namespace cuda_emu {
 
 uint3 thread_idx, block_idx;
@@ -94,6 +110,7 @@ struct Fiber {
   State st = State::Ready;
   unsigned mask = 0;      // AtWarp: the lanes named
   const char* what = "";  // the barrier waited at
+  bool orders = false;    // the barrier orders memory (__syncthreads, __syncwarp; not a shuffle)
   // warp_exchange: the value posted and where the partner's goes
   unsigned char posted[16];
   size_t bytes = 0;
@@ -110,8 +127,6 @@ struct Grid {
   std::vector<Fiber> fibers;  // this block's threads, x fastest
   int current = -1;
   void* sched_sp = nullptr;
-  unsigned char* smem = nullptr;
-  size_t smem_bytes = 0;
   void* sched_fake_stack = nullptr;  // ASan: the scheduler's stack's fake frames and extent
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
@@ -121,11 +136,210 @@ struct Grid {
 Grid g;
 std::vector<char*> stack_pool;
 
+// ---------------------------------------------------------------- the race detector (TSan)
+// In the ThreadSanitizer build each stack of stack_pool has a TSan fiber, and every switch to and
+// from a thread tells TSan whose accesses follow, without ordering the two (so the fixed order in
+// which the emulator runs threads orders nothing). What orders threads is what orders them on a
+// GPU: the launch (everything the host did before it, for every thread of the grid), a barrier
+// that orders memory (each of its threads' accesses before it, for each after it: __syncthreads
+// for the block, __syncwarp for the lanes it names; a shuffle or a wmma operation orders only the
+// values it exchanges) and the grid's end (every thread's accesses, for the host after it). An
+// access to the same byte by two threads with neither ordered before the other, one of them a
+// write and not both atomic, is a race TSan reports, with both threads' stacks.
+//
+// Which blocks: a synchronisation costs TSan time in proportion to the fibers there are (a vector
+// clock each), two per thread at each barrier: watching every block, one fp8 quantiser test had
+// not finished after five minutes (47 s now). So the race detector watches the corner blocks of
+// each grid (first and last along each dimension: the tails of every partial tile) and the middle
+// one, at most nine, and the threads of the others run with their accesses ignored
+// (CUDA_EMU_RACE_BLOCKS=all watches every block). A race that only some interior blocks have, by
+// their data, is not seen.
+//
+// What it cannot see: races between the same thread index of two blocks (one fiber per stack,
+// kept from block to block, so its program order chains them), and between two blocks where an
+// earlier barrier of the first already ordered the access for that fiber. The shared memory is
+// mapped anew for each block (smem, below), so it carries nothing over.
+namespace race {
+#if CUDA_EMU_TSAN
+std::vector<void*> fibers;  // per stack of stack_pool
+void* host = nullptr;       // the context the grid was launched from
+char launched, finished;    // sync addresses: host -> every thread; every thread -> host
+
+constexpr unsigned kNoSync = __tsan_switch_to_fiber_no_sync;
+void new_stack() {
+  void* f = __tsan_create_fiber(0);
+  char name[64];
+  std::snprintf(name, sizeof name, "emulated GPU thread %zu of its block", fibers.size());
+  __tsan_set_fiber_name(f, name);
+  fibers.push_back(f);
+}
+void to_thread(int i) { __tsan_switch_to_fiber(fibers[static_cast<size_t>(i)], kNoSync); }
+void to_host() { __tsan_switch_to_fiber(host, kNoSync); }
+bool watching = true;  // the block running is watched
+
+// Whether block b of the grid is watched (above).
+bool watched(uint3 b, dim3 grid) {
+  static const bool all = [] {
+    const char* e = std::getenv("CUDA_EMU_RACE_BLOCKS");
+    return e && std::string(e) == "all";
+  }();
+  const auto edge = [](unsigned i, unsigned n) { return i == 0 || i + 1 == n; };
+  const auto middle = [](unsigned i, unsigned n) { return i == n / 2; };
+  return all || (edge(b.x, grid.x) && edge(b.y, grid.y) && edge(b.z, grid.z)) ||
+         (middle(b.x, grid.x) && middle(b.y, grid.y) && middle(b.z, grid.z));
+}
+// Before and after a block's threads run: ignore the accesses of those of an unwatched block.
+void block_begin(uint3 b, dim3 grid, int threads) {
+  watching = watched(b, grid);
+  if (watching) return;
+  for (int i = 0; i < threads; ++i) to_thread(i), __tsan_ignore_thread_begin();
+  to_host();
+}
+void block_end(int threads) {
+  if (watching) return;
+  for (int i = 0; i < threads; ++i) to_thread(i), __tsan_ignore_thread_end();
+  to_host();
+}
+// The launch orders the host's accesses before it for the grid's `threads` fibers (once per grid:
+// a fiber runs its thread of each block in turn, in program order); the scheduler's own accesses
+// (the shared memory's refill) are not the kernel's: ignored until the grid ends. Each
+// synchronisation costs TSan time in proportion to the fibers there are, so per grid, not per
+// block.
+void grid_begin(int threads) {
+  host = __tsan_get_current_fiber();
+  __tsan_release(&launched);
+  for (int i = 0; i < threads; ++i) to_thread(i), __tsan_acquire(&launched);
+  to_host();
+  __tsan_ignore_thread_begin();
+}
+// The grid's end orders every fiber's accesses before the host's next ones.
+void grid_end(int threads) {
+  __tsan_ignore_thread_end();
+  for (int i = 0; i < threads; ++i) to_thread(i), __tsan_release(&finished);
+  to_host();
+  __tsan_acquire(&finished);
+}
+// The barrier releasing `members` orders each one's accesses before it for each after it (a fresh
+// sync address each time: TSan drops what an address carries when its block is freed).
+void barrier(const std::vector<int>& members) {
+  if (!watching) return;
+  char* token = static_cast<char*>(std::malloc(1));
+  for (const int m : members) to_thread(m), __tsan_release(token);
+  for (const int m : members) to_thread(m), __tsan_acquire(token);
+  to_host();
+  std::free(token);
+}
+#else
+void new_stack() {}
+void grid_begin(int) {}
+void grid_end(int) {}
+void block_begin(uint3, dim3, int) {}
+void block_end(int) {}
+void to_thread(int) {}
+void to_host() {}
+void barrier(const std::vector<int>&) {}
+#endif
+}  // namespace race
+
 [[noreturn]] void fail(const std::string& msg) {
   std::fprintf(stderr, "cuda_emu: kernel %s, block (%u,%u,%u): %s\n", g.name, block_idx.x,
                block_idx.y, block_idx.z, msg.c_str());
   std::abort();
 }
+
+// ---------------------------------------------------------------- shared memory
+// A block's shared memory is one arena (mapped once): the launch's dynamic shared memory at its
+// start, then each static __shared__ variable, placed where the first thread of the launch to
+// reach its declaration asks for it (cu_to_cpp.py turns each declaration into a reference into
+// the arena). Before each block, the dynamic part and every variable placed are filled with 0xff
+// bytes (NaN): a new block's shared memory holds whatever was there, never the last block's values
+// by design. Under ASan the rest of the arena is poisoned (a 32-byte gap between variables), so an
+// access past a variable or past the dynamic size is reported; under TSan the used part is mapped
+// afresh before each block, which clears what TSan knows of it (the last block's threads are not
+// ordered before this block's, and their accesses must not be compared).
+namespace smem {
+constexpr size_t kOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
+constexpr size_t kStatic = 48 * 1024;  // CUDA's limit on a block's static shared memory
+constexpr size_t kGap = 32, kPage = 4096;
+constexpr size_t kArena = (kOptin + 2 * kStatic + kPage - 1) / kPage * kPage;
+
+struct Var {
+  const void* key;
+  size_t offset, bytes;
+};
+unsigned char* arena = nullptr;
+size_t dyn = 0, end = 0, statics = 0;  // dynamic bytes; the end of what is placed; static bytes
+std::vector<Var> vars;
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+void poison([[maybe_unused]] size_t offset, [[maybe_unused]] size_t bytes,
+            [[maybe_unused]] bool on) {
+#if CUDA_EMU_ASAN
+  if (on)
+    __asan_poison_memory_region(arena + offset, bytes);
+  else
+    __asan_unpoison_memory_region(arena + offset, bytes);
+#endif
+}
+
+// Fills n bytes at p with 0xff, unseen by TSan (the kernel's threads did not write them).
+void fill(unsigned char* p, size_t n) {
+#if CUDA_EMU_TSAN
+  __tsan_ignore_thread_begin();
+#endif
+  std::memset(p, 0xff, n);
+#if CUDA_EMU_TSAN
+  __tsan_ignore_thread_end();
+#endif
+}
+
+// Maps [0, bytes) of the arena anew (TSan forgets it).
+void remap([[maybe_unused]] size_t bytes) {
+#if CUDA_EMU_TSAN
+  if (bytes && mmap(arena, round_up(bytes, kPage), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+    fail("cannot map the shared memory anew");
+#endif
+}
+
+void launch_begin(size_t dynamic_bytes) {
+  if (!arena) {
+    void* p = mmap(nullptr, kArena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("no memory for the shared memory");
+    arena = static_cast<unsigned char*>(p);
+  }
+  remap(kArena);
+  poison(0, kArena, true);
+  poison(0, dynamic_bytes, false);
+  vars.clear();
+  dyn = dynamic_bytes;
+  end = round_up(dyn, 256);
+  statics = 0;
+}
+
+void block_begin() {
+  remap(end);
+  fill(arena, dyn);
+  for (const Var& v : vars) fill(arena + v.offset, v.bytes);
+}
+
+// The static variable `key`'s place (placed and filled on its first use in the launch).
+void* place(const void* key, size_t bytes, size_t align) {
+  for (const Var& v : vars)
+    if (v.key == key) return arena + v.offset;
+  const size_t offset = round_up(end + (vars.empty() ? 0 : kGap), std::max<size_t>(align, 16));
+  statics += bytes;
+  if (statics > kStatic) fail("more than 48 KiB of static shared memory (CUDA's limit per block)");
+  if (dyn + statics > kOptin || offset + bytes > kArena)
+    fail("static and dynamic shared memory together over the device's 227 KiB per block");
+  vars.push_back(Var{key, offset, bytes});
+  end = offset + bytes;
+  poison(offset, bytes, false);
+  fill(arena + offset, bytes);
+  return arena + offset;
+}
+}  // namespace smem
 
 uint3 coords(int i) {
   const unsigned x = block_dim.x, y = block_dim.y;
@@ -149,6 +363,7 @@ void switch_stack(void** save, void* to, [[maybe_unused]] void** fake,
 // From the running thread back to the scheduler.
 void yield() {
   Fiber& f = g.fibers[static_cast<size_t>(g.current)];
+  race::to_host();
   switch_stack(&f.sp, g.sched_sp, f.st == State::Done ? nullptr : &f.fake_stack, g.sched_bottom,
                g.sched_size);
 }
@@ -167,6 +382,7 @@ void resume(int i) {
   Fiber& f = g.fibers[static_cast<size_t>(i)];
   g.current = i;
   thread_idx = coords(i);
+  race::to_thread(i);
   switch_stack(&g.sched_sp, f.sp, &g.sched_fake_stack, f.stack, kStack);
 }
 
@@ -197,6 +413,10 @@ bool release() {
                std::to_string(f.src) + ", which is not in the exchange (its value is undefined)");
         std::memcpy(f.out, lanes[f.src].posted, f.bytes);
       }
+      std::vector<int> ordered;  // __syncwarp's lanes (a shuffle's values are ordered, no more)
+      for (int o = 0; o < width; ++o)
+        if (members >> o & 1u) ordered.push_back(w * 32 + o), all = all && lanes[o].orders;
+      if (all) race::barrier(ordered);
       for (int o = 0; o < width; ++o)
         if (members >> o & 1u) lanes[o].st = State::Ready, lanes[o].out = nullptr;
       g.warp_epoch[static_cast<size_t>(w)] = ++g.epochs;
@@ -211,8 +431,11 @@ bool release() {
     block = block || f.st == State::AtBlock;
   }
   if (!block) return false;
-  for (Fiber& f : g.fibers)
-    if (f.st == State::AtBlock) f.st = State::Ready;
+  std::vector<int> members;
+  for (int i = 0; i < n; ++i)
+    if (g.fibers[static_cast<size_t>(i)].st == State::AtBlock) members.push_back(i);
+  race::barrier(members);
+  for (const int i : members) g.fibers[static_cast<size_t>(i)].st = State::Ready;
   return true;
 }
 
@@ -230,14 +453,19 @@ bool release() {
   fail(msg);
 }
 
-void run_block() {
-  const int n = static_cast<int>(g.fibers.size());
+// At least n stacks (and the race detector's fibers) in the pool.
+void ensure_stacks(int n) {
   while (stack_pool.size() < static_cast<size_t>(n)) {
     void* p = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) fail("no memory for thread stacks");
     stack_pool.push_back(static_cast<char*>(p));
+    race::new_stack();
   }
+}
+
+void run_block() {
+  const int n = static_cast<int>(g.fibers.size());
   for (int i = 0; i < n; ++i) {
     Fiber& f = g.fibers[static_cast<size_t>(i)];
     f = Fiber{};
@@ -250,7 +478,7 @@ void run_block() {
     for (int r = 3; r <= 8; ++r) top[-r] = nullptr;
     f.sp = top - 8;
   }
-  if (g.smem_bytes) std::memset(g.smem, 0xff, g.smem_bytes);
+  smem::block_begin();
   g.warp_epoch.assign(static_cast<size_t>((n + 31) / 32), 0);
   for (uint64_t& e : g.warp_epoch) e = ++g.epochs;
   g.sweep.resize(static_cast<size_t>(n));
@@ -267,7 +495,7 @@ void run_block() {
   }
 }
 
-void wait_at(State st, unsigned mask, const char* what) {
+void wait_at(State st, unsigned mask, const char* what, bool orders) {
   if (g.current < 0) {
     std::fprintf(stderr, "cuda_emu: %s outside a kernel\n", what);
     std::abort();
@@ -276,6 +504,7 @@ void wait_at(State st, unsigned mask, const char* what) {
   f.st = st;
   f.mask = mask;
   f.what = what;
+  f.orders = orders;
   yield();
 }
 
@@ -293,7 +522,7 @@ std::map<const char*, Block> blocks;  // every allocation, by start
 // (kernels/cuda/runtime.cpp's release threshold "never") has reserved, so its high mark too
 uint64_t async_live = 0, async_reserved = 0;
 std::map<const void*, int> smem_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
-constexpr int kSmemOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
+constexpr int kSmemOptin = static_cast<int>(smem::kOptin);
 constexpr size_t kSmemDefault = 48 * 1024;
 
 void* allocate(size_t bytes, bool device, bool async) {
@@ -363,10 +592,11 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t smem, Body& body) 
   in_kernel = true;
   g.name = name;
   g.body = &body;
-  std::vector<unsigned char> smem_buf(smem + 256);
-  g.smem = smem_buf.data() + (256 - reinterpret_cast<uintptr_t>(smem_buf.data()) % 256) % 256;
-  g.smem_bytes = smem;
-  g.fibers.assign(uint64_t(block.x) * block.y * block.z, Fiber{});
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  ensure_stacks(threads);
+  race::grid_begin(threads);
+  smem::launch_begin(smem);
+  g.fibers.assign(static_cast<size_t>(threads), Fiber{});
   grid_dim = grid;
   block_dim = block;
   const uint64_t blocks_n = uint64_t(grid.x) * grid.y * grid.z;
@@ -381,11 +611,13 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t smem, Body& body) 
     const uint64_t b = order.empty() ? i : order[i];
     block_idx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                       static_cast<unsigned>(b / (uint64_t(grid.x) * grid.y))};
+    race::block_begin(block_idx, grid, threads);
     run_block();
+    race::block_end(threads);
   }
   g.current = -1;
   g.body = nullptr;
-  g.smem = nullptr;
+  race::grid_end(threads);
   in_kernel = false;
 }
 
@@ -396,8 +628,10 @@ cudaError_t set_error(cudaError_t e) {
   return e;
 }
 
-void syncthreads(const char* what) { wait_at(State::AtBlock, 0, what); }
-void syncwarp(unsigned mask, const char* what) { wait_at(State::AtWarp, mask, what); }
+void syncthreads(const char* what) { wait_at(State::AtBlock, 0, what, true); }
+void syncwarp(unsigned mask, const char* what, bool orders) {
+  wait_at(State::AtWarp, mask, what, orders);
+}
 void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, int src) {
   if (bytes > 16) fail("a shuffle of more than 16 bytes");
   Fiber& f = g.fibers[static_cast<size_t>(g.current)];
@@ -405,15 +639,19 @@ void warp_exchange(unsigned mask, const void* mine, void* theirs, size_t bytes, 
   f.bytes = bytes;
   f.src = src;
   f.out = theirs;
-  wait_at(State::AtWarp, mask, "__shfl_sync");
+  wait_at(State::AtWarp, mask, "__shfl_sync", false);
 }
 
 int warp_index() { return g.current / 32; }
+int lane_index() { return g.current % 32; }
 uint64_t warp_epoch() { return g.warp_epoch[static_cast<size_t>(g.current / 32)]; }
 
 void* dynamic_smem_bytes(size_t align) {
-  if (reinterpret_cast<uintptr_t>(g.smem) % align) fail("dynamic shared memory misaligned");
-  return g.smem;
+  if (reinterpret_cast<uintptr_t>(smem::arena) % align) fail("dynamic shared memory misaligned");
+  return smem::arena;
+}
+void* static_smem_bytes(const void* key, size_t bytes, size_t align) {
+  return smem::place(key, bytes, align);
 }
 
 void launch(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem,
