@@ -149,7 +149,7 @@ std::vector<char*> stack_pool;
 //
 // Which blocks: a synchronisation costs TSan time in proportion to the fibers there are (a vector
 // clock each), two per thread at each barrier: watching every block, one fp8 quantiser test had
-// not finished after five minutes (47 s now). So the race detector watches the corner blocks of
+// not finished after three minutes (47 s now). So the race detector watches the corner blocks of
 // each grid (first and last along each dimension: the tails of every partial tile) and the middle
 // one, at most nine, and the threads of the others run with their accesses ignored
 // (CUDA_EMU_RACE_BLOCKS=all watches every block). A race that only some interior blocks have, by
@@ -219,15 +219,30 @@ void grid_end(int threads) {
   to_host();
   __tsan_acquire(&finished);
 }
-// The barrier releasing `members` orders each one's accesses before it for each after it (a fresh
-// sync address each time: TSan drops what an address carries when its block is freed).
-void barrier(const std::vector<int>& members) {
-  if (!watching) return;
+// A barrier releasing the threads `ids` orders each one's accesses before it for each after it (a
+// fresh sync address each time: TSan drops what an address carries when its block is freed).
+void order(const std::vector<int>& ids) {
   char* token = static_cast<char*>(std::malloc(1));
-  for (const int m : members) to_thread(m), __tsan_release(token);
-  for (const int m : members) to_thread(m), __tsan_acquire(token);
+  for (const int m : ids) to_thread(m), __tsan_release(token);
+  for (const int m : ids) to_thread(m), __tsan_acquire(token);
   to_host();
   std::free(token);
+}
+// __syncwarp releasing the lanes `members` of warp w.
+void warp_barrier(int w, unsigned members) {
+  if (!watching) return;
+  std::vector<int> ids;
+  for (int o = 0; o < 32; ++o)
+    if (members >> o & 1u) ids.push_back(w * 32 + o);
+  order(ids);
+}
+// __syncthreads releasing the block's threads that wait there.
+void block_barrier() {
+  if (!watching) return;
+  std::vector<int> ids;
+  for (size_t i = 0; i < g.fibers.size(); ++i)
+    if (g.fibers[i].st == State::AtBlock) ids.push_back(static_cast<int>(i));
+  order(ids);
 }
 #else
 void new_stack() {}
@@ -237,7 +252,8 @@ void block_begin(uint3, dim3, int) {}
 void block_end(int) {}
 void to_thread(int) {}
 void to_host() {}
-void barrier(const std::vector<int>&) {}
+void warp_barrier(int, unsigned) {}
+void block_barrier() {}
 #endif
 }  // namespace race
 
@@ -413,10 +429,9 @@ bool release() {
                std::to_string(f.src) + ", which is not in the exchange (its value is undefined)");
         std::memcpy(f.out, lanes[f.src].posted, f.bytes);
       }
-      std::vector<int> ordered;  // __syncwarp's lanes (a shuffle's values are ordered, no more)
-      for (int o = 0; o < width; ++o)
-        if (members >> o & 1u) ordered.push_back(w * 32 + o), all = all && lanes[o].orders;
-      if (all) race::barrier(ordered);
+      for (int o = 0; o < width; ++o)  // __syncwarp (a shuffle orders its values, no more)
+        all = all && (!(members >> o & 1u) || lanes[o].orders);
+      if (all) race::warp_barrier(w, members);
       for (int o = 0; o < width; ++o)
         if (members >> o & 1u) lanes[o].st = State::Ready, lanes[o].out = nullptr;
       g.warp_epoch[static_cast<size_t>(w)] = ++g.epochs;
@@ -431,11 +446,9 @@ bool release() {
     block = block || f.st == State::AtBlock;
   }
   if (!block) return false;
-  std::vector<int> members;
-  for (int i = 0; i < n; ++i)
-    if (g.fibers[static_cast<size_t>(i)].st == State::AtBlock) members.push_back(i);
-  race::barrier(members);
-  for (const int i : members) g.fibers[static_cast<size_t>(i)].st = State::Ready;
+  race::block_barrier();
+  for (Fiber& f : g.fibers)
+    if (f.st == State::AtBlock) f.st = State::Ready;
   return true;
 }
 
