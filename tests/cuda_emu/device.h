@@ -23,9 +23,8 @@
 // value is carried from block to block on a GPU. In the ThreadSanitizer build (MOETRON_TSAN) each
 // thread is a TSan fiber ordered with the others only by barriers that order memory, so races
 // inside a barrier interval are reported too (runtime.cpp, "the race detector"). A barrier that
-// cannot complete
-// — threads of one block waiting at different barriers — stops the process with the kernel's name
-// and the threads' states, as a hang on the GPU would stop it.
+// cannot complete — threads of one block waiting at different barriers — stops the process with
+// the kernel's name and the threads' states, as a hang on the GPU would stop it.
 #pragma once
 
 #include <cuda_bf16.h>

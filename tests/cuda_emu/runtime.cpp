@@ -268,11 +268,12 @@ void block_barrier() {}
 // start, then each static __shared__ variable, placed where the first thread of the launch to
 // reach its declaration asks for it (cu_to_cpp.py turns each declaration into a reference into
 // the arena). Before each block, the dynamic part and every variable placed are filled with 0xff
-// bytes (NaN): a new block's shared memory holds whatever was there, never the last block's values
-// by design. Under ASan the rest of the arena is poisoned (a 32-byte gap between variables), so an
-// access past a variable or past the dynamic size is reported; under TSan the used part is mapped
-// afresh before each block, which clears what TSan knows of it (the last block's threads are not
-// ordered before this block's, and their accesses must not be compared).
+// bytes (NaN): on a GPU a new block's shared memory holds whatever was left there, so a kernel
+// that reads it before writing it is wrong, and must not pass on the last block's values. Under
+// ASan the rest of the arena is poisoned (a 32-byte gap between variables), so an access past a
+// variable or past the dynamic size is reported; under TSan the used part is mapped afresh before
+// each block, which clears what TSan knows of it (the last block's threads are not ordered before
+// this block's, and their accesses must not be compared).
 namespace smem {
 constexpr size_t kOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
 constexpr size_t kStatic = 48 * 1024;  // CUDA's limit on a block's static shared memory
