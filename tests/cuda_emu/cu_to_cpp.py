@@ -97,20 +97,14 @@ DECL = re.compile(r'^\s*(.*?)\s*(\w+)\s*((?:\[[^\]]*\])*)\s*$')
 def rewrite_static_smem(s):
     def one(m):
         align = f', {m.group(1)}' if m.group(1) else ''
-        parts = [p for p in m.group(2).split(',')]
-        first = DECL.match(parts[0])
-        if not first or not first.group(1):
+        decls = [DECL.match(p) for p in m.group(2).split(',')]
+        # the type before the first name only: `T a[4], b;`
+        if not all(decls) or not decls[0].group(1) or any(d.group(1) for d in decls[1:]):
             raise SystemExit(f'cu_to_cpp: a __shared__ declaration it cannot read: {m.group(0)}')
-        type_ = first.group(1)
-        out = []
-        for p in parts:
-            d = DECL.match(p) if p is not parts[0] else first
-            name, dims = d.group(2), d.group(3)
-            if p is not parts[0] and d.group(1):
-                raise SystemExit(f'cu_to_cpp: a __shared__ declaration it cannot read: {m.group(0)}')
-            out.append(f'static char {name}_emu_key; auto& {name} = '
-                       f'::cuda_emu::static_smem<{type_}{dims}>(&{name}_emu_key{align});')
-        return ' '.join(out)
+        type_ = decls[0].group(1)
+        return ' '.join(f'static char {d.group(2)}_emu_key; auto& {d.group(2)} = '
+                        f'::cuda_emu::static_smem<{type_}{d.group(3)}>(&{d.group(2)}_emu_key{align});'
+                        for d in decls)
     return STATIC.sub(one, s)
 
 
