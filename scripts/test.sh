@@ -22,8 +22,9 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 echo "== ThreadSanitizer build of the GPU tests on the emulator: the race detector"
 # (each emulated GPU thread a TSan fiber, ordered with the others only by what orders threads on
 # a GPU, so a race inside a barrier interval is reported: tests/cuda_emu/runtime.cpp). Only the
-# GPU tests, in the shuffled order, and the emulator's own.
+# GPU tests, in the shuffled order, and the emulator's own; grid-stride loops launched with at most
+# two blocks (kernels/cuda/launch.cuh), so that each block runs several rounds of its loop.
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOETRON_TSAN=ON \
   -DMOETRON_CUDA=EMU "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
 cmake --build build-tsan -j2 --target cuda_tests cuda_emu_tests
-ctest --test-dir build-tsan --output-on-failure -j2 -L race
+MOETRON_GPU_MAX_BLOCKS=2 ctest --test-dir build-tsan --output-on-failure -j2 -L race

@@ -3,8 +3,10 @@
 // (one rounding rule: kernels/scalar.h); pinned host memory is page-locked and cached; uploads
 // stage through pinned slots, so the caller's memory is free at once and the host does not wait
 // for the compute queued before them; the host's waits for the device are visible to the hang
-// watchdog. Skipped without a GPU.
+// watchdog; the grid cap's parsing. Skipped without a GPU (but the parsing).
 #include <atomic>
+#include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,24 @@ TEST(CudaRuntime, ProbeAndStreams) {
   EXPECT_NE(compute_stream(), nullptr);
   EXPECT_NE(comm_stream(), compute_stream());
   EXPECT_EQ(exec().device, Device::CUDA);
+}
+
+// The cap on a grid-stride loop's blocks (runtime.h): the default without the variable, the
+// number it names, and a clear error for anything else. Needs no GPU.
+TEST(CudaRuntime, GridCapComesFromTheEnvironmentAndBadValuesAreNamed) {
+  EXPECT_EQ(parse_max_grid_blocks(nullptr), 65535 * 8);
+  EXPECT_EQ(parse_max_grid_blocks("2"), 2);
+  EXPECT_EQ(parse_max_grid_blocks("524280"), 524280);
+  for (const char* bad : {"", "0", "-3", "2x", " 2", "524281", "99999999999999999999"}) {
+    try {
+      parse_max_grid_blocks(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("MOETRON_GPU_MAX_BLOCKS=") + bad +
+                                           ": expected a whole number of blocks from 1 to 524280");
+    }
+  }
+  EXPECT_EQ(max_grid_blocks(), parse_max_grid_blocks(std::getenv("MOETRON_GPU_MAX_BLOCKS")));
 }
 
 TEST(CudaRuntime, AllocatorCountsAndCaches) {

@@ -53,13 +53,6 @@ constexpr int kPer = kMaxD / 32;     // register slots per lane for one row vect
 template <class T>
 constexpr int kTile = sizeof(T) == 4 ? 16 : 8;  // rows per shared-memory tile
 
-// Sum over the warp; every lane gets the same bits (butterfly: a + b == b + a).
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // reg[i] = src[lane + 32 i] * mul for the dims < D, else 0.
 template <class T>
 __device__ __forceinline__ void load_row(T (&reg)[kPer], const T* src, int D, int lane, T mul) {

@@ -38,28 +38,6 @@ namespace {
 constexpr int kRowThreads = 256;
 constexpr int kFinishThreads = 1024;
 
-// Max of v over the block (blockDim.x a multiple of 32); every thread gets it. Same shape as
-// launch.cuh's block_sum, with its own shared memory.
-template <class T>
-__device__ T block_max(T v) {
-  __shared__ T warp_max[32];
-  for (int o = 16; o > 0; o >>= 1) {
-    const T u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = v < u ? u : v;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // warp_max may still be read by a previous call
-  if (lane == 0) warp_max[warp] = v;
-  __syncthreads();
-  const int nwarps = (blockDim.x + 31) / 32;
-  T m = lane < nwarps ? warp_max[lane] : -std::numeric_limits<T>::infinity();
-  for (int o = 16; o > 0; o >>= 1) {
-    const T u = __shfl_xor_sync(0xffffffffu, m, o);
-    m = m < u ? u : m;
-  }
-  return m;
-}
-
 // m = -inf, l = 0, tl = NaN (overwritten in the target's chunk; see the note above).
 template <class T>
 __global__ void ce_init_kernel(int64_t N, T* m, double* l, T* tl) {
@@ -80,7 +58,7 @@ __global__ void ce_chunk_kernel(const T* logits, int64_t w, int64_t c0, const in
   const T* x = logits + n * w;
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t j = threadIdx.x; j < w; j += blockDim.x) mx = mx < x[j] ? x[j] : mx;
-  mx = block_max(mx);
+  mx = block_reduce(mx, MaxOp{}, -std::numeric_limits<T>::infinity());
   const T mold = m[n];  // read by every thread before thread 0 writes it (block_sum syncs)
   const T mn = mx > mold ? mx : mold;
   T sum = 0;

@@ -179,10 +179,7 @@ __global__ void encode_fp8_kernel(const float* src, const int64_t* rows, int64_t
       const float a = fabsf(x[j]);
       m = a > m ? a : m;
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float v = __shfl_xor_sync(0xffffffffu, m, o);
-      m = v > m ? v : m;
-    }
+    m = warp_reduce(m, MaxOp{});
     const float amax = m < 1e-4f ? 1e-4f : m;  // std::max(amax, 1e-4f)
     const float s = pow2_ceil(amax / 448.0f);
     const float inv = 1.0f / s;

@@ -65,22 +65,13 @@ __device__ __forceinline__ uint8_t encode(float x, float s, float inv, bool pow2
   return f32_to_e4m3(pow2 ? x86_mul(x, inv) : x86_div(x, s));
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
+struct FmaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, FmaxOp{}); }
 
-// max of v over the block (values >= 0; blockDim.x a multiple of 32); every thread gets it.
-__device__ float block_max(float v) {
-  __shared__ float warp_maxes[32];
-  v = warp_max(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // warp_maxes may still be read by the previous call
-  if (lane == 0) warp_maxes[warp] = v;
-  __syncthreads();
-  const int nwarps = blockDim.x / 32;
-  return warp_max(lane < nwarps ? warp_maxes[lane] : 0.f);
-}
+// max of v over the block (values >= 0); every thread gets it.
+__device__ float block_max(float v) { return block_reduce(v, FmaxOp{}, 0.f); }
 
 // ---- quantize -----------------------------------------------------------------------------------
 

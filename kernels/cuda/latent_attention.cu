@@ -26,12 +26,6 @@ namespace {
 
 constexpr int kWarps = 4;  // (token, head) tasks per block
 
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // grid ceil(M H / kWarps), block 32 kWarps, shared kWarps (Dk + Dv) values.
 template <class T>
 __global__ void __launch_bounds__(32 * kWarps)

@@ -1,6 +1,6 @@
 // Launch helpers shared by the .cu files of the CUDA backend: grid sizes for element and row
-// loops, the block-wide sum every row kernel (RMSNorm, softmax, cross-entropy) reduces with, and
-// the opt-in to more than 48 KiB of dynamic shared memory.
+// loops, the block-wide reduction every row kernel (RMSNorm, softmax, cross-entropy, the FP8
+// tiles' amax) reduces with, and the opt-in to more than 48 KiB of dynamic shared memory.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,26 +19,61 @@ namespace moetron::kernels::gpu {
 
 inline constexpr int kThreads = 256;
 
-// Blocks for a grid-stride loop over n elements (capped: the loop covers the rest).
+// Blocks for a grid-stride loop over n elements (capped: the loop covers the rest; the cap is
+// max_grid_blocks(), runtime.h).
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   const int64_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(std::clamp<int64_t>(b, 1, 65535 * 8));
+  return static_cast<unsigned>(std::clamp<int64_t>(b, 1, max_grid_blocks()));
 }
 
-// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-// Deterministic: a fixed tree for a fixed block size.
+// The reductions' operations. MaxOp is the CPU loops' max ("a < b ? b : a": a NaN already in a
+// stays, one in b is passed over).
+struct SumOp {
+  template <class T>
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
+};
+struct MaxOp {
+  template <class T>
+  __device__ T operator()(T a, T b) const {
+    return a < b ? b : a;
+  }
+};
+
+// op's reduction of v over the warp's 32 lanes, a butterfly: every lane gets the same bits where
+// op(a, b) == op(b, a) (sums; maxima without NaN).
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 template <class T>
-__device__ T block_sum(T v) {
-  __shared__ T warp_sums[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+__device__ __forceinline__ T warp_sum(T v) {
+  return warp_reduce(v, SumOp{});
+}
+
+// op's reduction of v over the block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets it. `none` is op's identity, standing for the lanes past the block's warps. Deterministic:
+// a fixed tree for a fixed block size (each warp's butterfly, then the warps' results through
+// shared memory, an array per instantiation). Every reduction over a block is one of these.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T none) {
+  __shared__ T warp_results[32];
+  v = warp_reduce(v, op);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // warp_sums may still be read by a previous call
-  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();  // warp_results may still be read by a previous call
+  if (lane == 0) warp_results[warp] = v;
   __syncthreads();
   const int nwarps = (blockDim.x + 31) / 32;
-  T s = lane < nwarps ? warp_sums[lane] : T(0);
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
+  return warp_reduce(lane < nwarps ? warp_results[lane] : none, op);
+}
+
+// Sum of v over the block; every thread gets it.
+template <class T>
+__device__ T block_sum(T v) {
+  return block_reduce(v, SumOp{}, T(0));
 }
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory (past the default 48 KiB). Opted in

@@ -3,8 +3,11 @@
 #include "kernels/cuda/runtime.h"
 
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <new>
@@ -253,6 +256,25 @@ TimingPool& timing_pool() {
   return p;
 }
 }  // namespace
+
+int64_t parse_max_grid_blocks(const char* value) {
+  constexpr int64_t kMax = int64_t{65535} * 8;
+  if (!value) return kMax;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(value, &end, 10);
+  if (!std::isdigit(static_cast<unsigned char>(value[0])) || *end != '\0' || errno != 0 || v < 1 ||
+      v > kMax)
+    throw std::invalid_argument(std::string("MOETRON_GPU_MAX_BLOCKS=") + value +
+                                ": expected a whole number of blocks from 1 to " +
+                                std::to_string(kMax));
+  return v;
+}
+
+int64_t max_grid_blocks() {
+  static const int64_t cap = parse_max_grid_blocks(std::getenv("MOETRON_GPU_MAX_BLOCKS"));
+  return cap;
+}
 
 void* timing_event(cudaStream_t s) {
   bind_thread();

@@ -23,6 +23,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "kernels/device.h"
@@ -96,6 +97,16 @@ Allocator& device_allocator();
 // pinned_cached_bytes(): what it holds freed, ready for reuse.
 Allocator& pinned_host_allocator();
 size_t pinned_cached_bytes();
+
+// The most blocks a grid-stride loop is launched with (launch.cuh's blocks_for): 65535 x 8, or
+// MOETRON_GPU_MAX_BLOCKS when set (read once). The GPU tests set a small cap in one of their
+// passes (scripts/test.sh): at test sizes one round of a loop covers everything, and with the cap
+// every loop runs several rounds (a block's second tile, its shared memory and barriers reused)
+// and a kernel launched by blocks_for that is not a loop shows. parse_max_grid_blocks: the cap a
+// value of the variable names (null: the default); std::invalid_argument naming the variable and
+// what it expects otherwise.
+int64_t max_grid_blocks();
+int64_t parse_max_grid_blocks(const char* value);
 
 // Enough scratch in the context's workspace (or the stream's own when ex.workspace is null),
 // device memory, grown only: the bf16 operand copies of a GEMM, cuBLASLt's workspace.

@@ -8,7 +8,8 @@
 // builds); and CUDA's stream semantics (tests/cuda_emu/streams.cpp): work runs late, a stream
 // that does not wait for another's event reads its results before they are written, a block freed
 // on one stream while another's work still uses it is gone (ASan), copies from and into pageable
-// memory, the legacy stream's waits for blocking streams. Shared memory: static and dynamic, every
+// memory, the legacy stream's waits for blocking streams; the emulated NCCL's check that an
+// input is not written while its operation is pending. Shared memory: static and dynamic, every
 // byte 0xff when a block starts (none of the last block's values), an access past a variable or
 // past the dynamic size (ASan). In the ThreadSanitizer build (MOETRON_TSAN), the race detector: a
 // race inside a barrier interval is reported, in shared or global memory, between warps or lanes,
@@ -16,6 +17,7 @@
 // are not races.
 #include <gtest/gtest.h>
 #include <mma.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -590,6 +592,42 @@ TEST_F(CudaEmulator, AtomicsAreNotRaces) {
   EXPECT_EQ(back(f, 1)[0], 4.f * 96);
   cudaFree(n);
   cudaFree(f);
+}
+
+// The emulated NCCL (nccl.cpp) reads an operation's input when it is posted and checks, when the
+// stream gets to it, that the bytes are still those: a GPU's NCCL reads them then. Reusing a send
+// buffer on another stream after an event recorded behind the operation is right; without the
+// event the write may run first, and the process stops naming the operation.
+TEST_F(CudaEmulatorDeathTest, AnInputWrittenWhileItsOperationIsPendingStopsTheProcess) {
+  ncclUniqueId id;
+  ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  ncclComm_t comm = nullptr;
+  ASSERT_EQ(ncclCommInitRankConfig(&comm, 1, id, 0, &config), ncclSuccess);
+  const Stream compute, communication;
+  int* x = device(std::vector<int>(32, 3));
+  int* y = device(std::vector<int>(32, 0));
+  cudaEvent_t done;
+  ASSERT_EQ(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), cudaSuccess);
+  const auto all_reduce_then_reuse = [&](bool wait, int refill) {
+    ASSERT_EQ(ncclAllReduce(x, y, 32, ncclInt32, ncclSum, comm, communication), ncclSuccess);
+    ASSERT_EQ(cudaEventRecord(done, communication), cudaSuccess);
+    if (wait) {
+      ASSERT_EQ(cudaStreamWaitEvent(compute, done, 0), cudaSuccess);
+    }
+    fill_kernel<<<1, 32, 0, compute>>>(x, refill);  // the send buffer reused
+    ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(communication), cudaSuccess);
+  };
+  all_reduce_then_reuse(true, 5);
+  EXPECT_EQ(back(y, 32), std::vector<int>(32, 3));
+  EXPECT_EQ(back(x, 32), std::vector<int>(32, 5));
+  EXPECT_DEATH(all_reduce_then_reuse(false, 7),
+               "cuda_emu NCCL: the input of an all-reduce \\(128 bytes at .*\\) changed between");
+  cudaEventDestroy(done);
+  ncclCommDestroy(comm);
+  cudaFree(x);
+  cudaFree(y);
 }
 
 }  // namespace

@@ -12,8 +12,13 @@
 // operation, as late as streams.cpp's schedule runs it: compute work that reads them without an
 // event wait on the communication stream reads the old bytes. The exchange starting when posted
 // rather than when the stream gets there is what lets processes make progress without a device
-// thread of their own; it means an input overwritten after the post but before the stream gets to
-// the operation (a missing wait the other way) is not seen.
+// thread of their own. What a GPU's NCCL would read instead — the input when the stream gets
+// there — is checked then: each input's bytes must still be those the post sent, before any
+// output lands. A change means a write the operation does not wait for or that does not wait for
+// the operation (a send buffer reused, or filled, on another stream without an event between
+// them, or by the host): on a GPU NCCL would read either bytes. The process stops, naming the
+// operation; whether the schedule shows it depends on the write running before the landing, as
+// the lazy order runs an unwaited write enqueued before the stream's next wait.
 //
 // Reductions: every rank's contribution is gathered, then reduced in rank order, in the type's
 // arithmetic (bf16: summed in float, rounded once), so every rank gets the same bits. Sends and
@@ -28,10 +33,14 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -141,9 +150,41 @@ struct Op {
   cudaStream_t stream = nullptr;
 };
 
+const char* name(Op::Kind k) {
+  constexpr const char* kNames[] = {"a send", "a receive", "an all-gather", "an all-reduce",
+                                    "a reduce-scatter"};
+  return kNames[k];
+}
+
+size_t digest(const void* at, size_t bytes) {
+  return std::hash<std::string_view>{}(std::string_view(static_cast<const char*>(at), bytes));
+}
+
+// An operation's input as its post read it.
+struct Input {
+  const void* at;
+  size_t bytes;
+  size_t digest;
+  Op::Kind kind;
+};
+
+// Stops the process if an input has changed since the post (see the header).
+void check_unchanged(const std::vector<Input>& inputs) {
+  for (const Input& in : inputs) {
+    if (digest(in.at, in.bytes) == in.digest) continue;
+    std::fprintf(stderr,
+                 "cuda_emu NCCL: the input of %s (%zu bytes at %p) changed between the call that "
+                 "posted it and its stream reaching it: a write not ordered with the operation by "
+                 "an event (on a GPU NCCL reads either bytes)\n",
+                 name(in.kind), in.bytes, in.at);
+    std::abort();
+  }
+}
+
 // A posted group: its exchanges in flight, and what lands where when the stream gets to it.
 struct Posted {
   std::vector<MPI_Request> requests;
+  std::vector<Input> inputs;
   struct Landing {
     std::vector<char> bytes;  // what was received or gathered
     Op op;
@@ -152,6 +193,7 @@ struct Posted {
   std::vector<std::unique_ptr<Landing>> landings;
   std::vector<std::vector<char>> sent;  // send buffers, alive until the requests complete
   void land() {
+    check_unchanged(inputs);
     if (!requests.empty())
       MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
     for (const auto& l : landings) {
@@ -228,6 +270,10 @@ ncclResult_t start(Posted& p, const Op& o) {
   ncclResult_t r = ncclSuccess;
   const int n = mpi_count(bytes);
   if (n < 0) return error(o.comm, ncclInvalidArgument, "more than 2 GiB in one operation");
+  if (o.kind != Op::Recv) {
+    const size_t in_bytes = o.kind == Op::ReduceScatter ? bytes * size_t(o.comm->size) : bytes;
+    p.inputs.push_back({o.in, in_bytes, digest(o.in, in_bytes), o.kind});
+  }
   switch (o.kind) {
     case Op::Send:
       if (o.comm->mpi != MPI_COMM_NULL) {
