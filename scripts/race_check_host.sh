@@ -5,8 +5,9 @@
 # watchdog threads, the loader's prefetch, the BPE pool), each failing on a data race or a
 # lock-order inversion in moetron's code. The build computes on one thread (libgomp's barriers
 # are invisible to TSan: kernels/cpu/threads.cpp) and reports inside OpenMPI, whose own
-# synchronisation TSan cannot see, are suppressed (tests/tsan_host.supp). Not part of CI (scripts/test.sh): the instrumented build takes about
-# 10 minutes on 2 cores and the tests about 15 more; run it after touching any of those threads.
+# synchronisation TSan cannot see, are suppressed (tests/tsan_host.supp). Not part of CI
+# (scripts/test.sh): 15 minutes on 2 cores, 12 of them the tests; run it after touching any of
+# those threads.
 # The GPU kernels have their own race detector in CI (MOETRON_TSAN, tests/cuda_emu/runtime.cpp).
 #   scripts/race_check_host.sh [build dir, default build-tsan-host]
 set -euo pipefail
