@@ -87,6 +87,14 @@ Fp8GemmPaths fp8_gemm_paths() {
 #endif
 }
 
+int64_t gpu_kernel_launches() {
+#if MOETRON_HAVE_CUDA
+  return gpu::kernel_launches();
+#else
+  return 0;
+#endif
+}
+
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
   const op_profile::Scope timed(ex, "copy_from_host");
   switch (ex.device) {

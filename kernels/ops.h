@@ -25,5 +25,8 @@ namespace moetron::kernels {
 // The block-scaled FP8 GEMMs this process ran on the GPU so far, by implementation
 // (Fp8GemmPaths, kernels/op_types.h). Zeros in a build without the CUDA backend.
 Fp8GemmPaths fp8_gemm_paths();
+// How many of moetron's own kernels this process launched on the GPU so far (not cuBLASLt's, CUB's
+// or NCCL's; kernels/cuda/runtime.h). Zero in a build without the CUDA backend.
+int64_t gpu_kernel_launches();
 
 }  // namespace moetron::kernels

@@ -136,6 +136,8 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
   grep -A17 "op profile of" $run/mid.log || echo "gpu_check: no op profile in the mid-size log"
   # whether its FP8 GEMMs (the routed experts' padded to 16 rows) reached cuBLASLt
   grep "FP8 GEMMs of rank 0" $run/mid.log || echo "gpu_check: no FP8 GEMM count in the mid-size log"
+  # and how many kernels the host launched for its 6 steps (each microseconds of host time)
+  grep "kernels launched by rank 0" $run/mid.log || echo "gpu_check: no launch count in the mid-size log"
   python3 - $run <<'PY' || status=1
 import json, os, sys
 run = sys.argv[1]

@@ -557,6 +557,152 @@ TEST(CudaFp8, GroupsAlignedTo16AllRunOnCublasLt) {
   expect_near_rel(host(dW, G * N * K), want_dw, kRtolCublasLt, "aligned groups wgrad");
 }
 
+// ---- cuBLASLt's scale layouts, and the launches per group ---------------------------------------
+
+// The layouts cuBLASLt reads (its docs, "scaling factor layouts"), written out on the host: an
+// operand [R, K] in 1x128 tiles (our scales at s + src, [R, KB]) as [KB, round_up(R, 4)]; one of
+// RB x CB 128x128 blocks (ours [RB, CB]) as [RB, round_up(CB, 4)]; padding 1.
+std::vector<float> doc_vec_layout(const std::vector<float>& s, int64_t src, int64_t R, int64_t K) {
+  const int64_t KB = cdiv(K, 128), Rp = (R + 3) / 4 * 4;
+  std::vector<float> out(KB * Rp);
+  for (int64_t kb = 0; kb < KB; ++kb)
+    for (int64_t r = 0; r < Rp; ++r) out[kb * Rp + r] = r < R ? s[src + r * KB + kb] : 1.f;
+  return out;
+}
+std::vector<float> doc_blk_layout(const std::vector<float>& s, int64_t RB, int64_t CB) {
+  const int64_t CBp = (CB + 3) / 4 * 4;
+  std::vector<float> out(RB * CBp);
+  for (int64_t rb = 0; rb < RB; ++rb)
+    for (int64_t cb = 0; cb < CBp; ++cb) out[rb * CBp + cb] = cb < CB ? s[rb * CB + cb] : 1.f;
+  return out;
+}
+std::vector<float> slice(const std::vector<float>& v, int64_t at, int64_t n) {
+  return std::vector<float>(v.begin() + at, v.begin() + at + n);
+}
+
+// A grouped op makes the layouts of all its groups in a launch or two (fp8_gemm.cu): 70 operands
+// of odd row counts and widths (two launches of 64 and 6), and three weights' blocks and their
+// transposes, each layout 256-byte aligned and equal to the documented one, padding included.
+TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
+  MOETRON_REQUIRE_GPU();
+  std::vector<fp8::LtVecOperand> ops;
+  int64_t floats = 0;
+  for (int64_t j = 0; j < 70; ++j) {
+    const int64_t R = 1 + (j * 37) % 150, K = 16 * (1 + (j * 11) % 30);
+    ops.push_back({floats, R, K});
+    floats += R * cdiv(K, 128);
+  }
+  const std::vector<float> s = rand_vec<float>(floats, 91);
+  const std::vector<int64_t> at = fp8::lt_vec_offsets(ops);
+  ASSERT_EQ(at.size(), ops.size() + 1);
+  Buffer<float> ds = dev(s), out = dev_garbage<float>(at.back());
+  fp8::lt_vec_scales(stream_of(gpu_exec()), ds.data(), ops, out.data());
+  const std::vector<float> got = host(out, at.back());
+  for (size_t j = 0; j < ops.size(); ++j) {
+    EXPECT_EQ(at[j] % 64, 0) << "operand " << j << " not 256-byte aligned";
+    const std::vector<float> want = doc_vec_layout(s, ops[j].src, ops[j].rows, ops[j].K);
+    expect_equal(slice(got, at[j], static_cast<int64_t>(want.size())), want,
+                 "1x128 layout of operand " + std::to_string(j));
+  }
+  // the quantisers' second output: the scales they write, in cuBLASLt's layout
+  {
+    const int64_t R = 64, C = 300;  // 1x128 tiles of x [R, C]; 128x1 ones of x^T [C, R]
+    const auto x = varied(R, C, 93);
+    Buffer<float> dx = dev(x), sc = dev_garbage<float>(R * cdiv(C, 128));
+    Buffer<float> lt = dev_garbage<float>(R * cdiv(C, 128));
+    Buffer<uint8_t> q = dev_garbage<uint8_t>(R * C);
+    fp8::quantize(stream_of(gpu_exec()), dx.data(), R, C, kTile1x128, false, q.data(), sc.data(),
+                  lt.data());
+    expect_equal(host(lt, R * cdiv(C, 128)), doc_vec_layout(host(sc, R * cdiv(C, 128)), 0, R, C),
+                 "quantize's cuBLASLt layout");
+    const int64_t Rt = 192, Ct = 96;  // q, sc read as [Rt, Ct]: requantised into x^T [Ct, Rt]
+    Buffer<float> st = dev_garbage<float>(Ct * cdiv(Rt, 128)),
+                  lt2 = dev_garbage<float>(Ct * cdiv(Rt, 128));
+    Buffer<uint8_t> qt = dev_garbage<uint8_t>(Rt * Ct);
+    fp8::requantize_1x128_to_128x1(stream_of(gpu_exec()), q.data(), sc.data(), Rt, Ct, true,
+                                   qt.data(), st.data(), lt2.data());
+    expect_equal(host(lt2, Ct * cdiv(Rt, 128)),
+                 doc_vec_layout(host(st, Ct * cdiv(Rt, 128)), 0, Ct, Rt),
+                 "requantize's cuBLASLt layout");
+    fp8::quantize_128x1_t(stream_of(gpu_exec()), dx.data(), Rt / 4, Ct, false, qt.data(), st.data(),
+                          lt2.data());
+    expect_equal(host(lt2, Ct * cdiv(Rt / 4, 128)),
+                 doc_vec_layout(host(st, Ct * cdiv(Rt / 4, 128)), 0, Ct, Rt / 4),
+                 "quantize_128x1_t's cuBLASLt layout");
+  }
+  const int64_t G = 3, RB = 3, CB = 5;
+  const std::vector<float> w = rand_vec<float>(G * RB * CB, 92);
+  Buffer<float> dw = dev(w);
+  for (const bool transposed : {false, true}) {
+    const int64_t slot = fp8::lt_blk_slot(RB, CB, transposed);
+    EXPECT_EQ(slot % 64, 0);
+    Buffer<float> o = dev_garbage<float>(G * slot);
+    fp8::lt_blk_scales(stream_of(gpu_exec()), dw.data(), G, RB, CB, transposed, o.data());
+    const std::vector<float> got_w = host(o, G * slot);
+    for (int64_t g = 0; g < G; ++g) {
+      std::vector<float> sg = slice(w, g * RB * CB, RB * CB);
+      if (transposed) {  // the transpose's blocks [CB, RB]
+        std::vector<float> t(sg.size());
+        for (int64_t rb = 0; rb < RB; ++rb)
+          for (int64_t cb = 0; cb < CB; ++cb) t[cb * RB + rb] = sg[rb * CB + cb];
+        sg = t;
+      }
+      const std::vector<float> want =
+          transposed ? doc_blk_layout(sg, CB, RB) : doc_blk_layout(sg, RB, CB);
+      expect_equal(slice(got_w, g * slot, static_cast<int64_t>(want.size())), want,
+                   std::string("128x128 layout of weight ") + std::to_string(g) +
+                       (transposed ? ", transposed" : ""));
+    }
+  }
+}
+
+// The launches of a grouped op with n groups with rows (moetron's kernels, kernel_launches, and
+// cuBLASLt's GEMMs, gemm_counts): with cuBLASLt allowed, Fprop 1 per group (the GEMM) + 2 (the
+// layouts of every group's scales), Dgrad 4 per group (quantise dY, transpose W's codes and
+// scales, the GEMM) + 1, Wgrad 2 per group (requantise X, the GEMM) + 1, the quantisers writing
+// cuBLASLt's layout as they go; on the kernel path 1, 4 and 2 per group. Each expert's GEMM is
+// microseconds of GPU time, so these are the routed experts' host cost (they were 3, 6 and 4).
+TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
+  MOETRON_REQUIRE_GPU();
+  const std::vector<int64_t> off = {0, 128, 128, 192, 208, 240, 240, 288};  // 5 with rows, 2 empty
+  const int64_t G = 7, n = 5, T = off[G], N = 256, K = 384;
+  const auto X = varied(T, K, 95), dY = varied(T, N, 96), W = varied(G * N, K, 97);
+  const Quantized qx = cpu_quantize(X, T, K, kTile1x128, false);
+  const Quantized qw = cpu_quantize(W, G * N, K, kTile128x128, false);
+  Buffer<uint8_t> dqx = dev(qx.q), dqw = dev(qw.q);
+  Buffer<float> dsx = dev(qx.s), dsw = dev(qw.s), ddY = dev(dY), Y = dev_garbage<float>(T * N);
+  Buffer<float> dX = dev_garbage<float>(T * K), dW = dev(rand_vec<float>(G * N * K, 98));
+  const GradTiles g = grad_tiles(dY, off, N, false, "launch count");
+  const auto launches = [](auto&& f) {
+    const int64_t k0 = kernel_launches(), l0 = fp8::gemm_counts().cublaslt;
+    f();
+    return kernel_launches() - k0 + fp8::gemm_counts().cublaslt - l0;
+  };
+  for (const char* path : {"cublaslt", "kernel"}) {
+    PathSetting setting(path);
+    const bool lt = std::string(path) == "cublaslt";
+    EXPECT_EQ(launches([&] {
+                kernels::grouped_fp8_fprop(gpu_exec(), off.data(), G, dqx.data(), dsx.data(),
+                                           dqw.data(), dsw.data(), N, K, Y.data());
+              }),
+              lt ? n + 2 : n)
+        << path << " fprop";
+    EXPECT_EQ(launches([&] {
+                kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K,
+                                                  dqw.data(), dsw.data(), false, false, dX.data());
+              }),
+              lt ? 4 * n + 1 : 4 * n)
+        << path << " dgrad";
+    EXPECT_EQ(launches([&] {
+                kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, g.q.data(), g.s.data(),
+                                                  dqx.data(), dsx.data(), N, K, false, dW.data());
+              }),
+              lt ? 2 * n + 1 : 2 * n)
+        << path << " wgrad";
+  }
+  synchronize(gpu_exec());
+}
+
 // ---- edges --------------------------------------------------------------------------------------
 
 TEST(CudaFp8, EmptySizesAndThePathSetting) {

@@ -415,6 +415,10 @@ void report_end(const Run& r, std::ostream& log) {
     log << "moetron: FP8 GEMMs of rank 0: " << fp8.cublaslt << " through cuBLASLt, " << fp8.kernel
         << " on the fallback kernel (" << 100 * fp8.kernel / (fp8.cublaslt + fp8.kernel)
         << "%; precision.expert_row_align " << r.cfg.policy().expert_row_align << ")\n";
+  // launches cost the host microseconds each, the routed experts' GEMMs only as much GPU time
+  if (r.cfg.run.device == Device::CUDA)
+    log << "moetron: kernels launched by rank 0: " << kernels::gpu_kernel_launches()
+        << " of moetron's own (cuBLASLt's, CUB's and NCCL's not counted)\n";
   if (!r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
   log << "moetron: expert-parallel payload sent by rank 0 (" << r.cfg.precision.recipe

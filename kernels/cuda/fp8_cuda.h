@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/op_types.h"
 
@@ -21,20 +22,23 @@ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- quantiser and layouts (fp8_quant.cu) -------------------------------------------------------
 
-// x [R,C] -> q [R,C], scales [ceil(R/t.rows), ceil(C/t.cols)] (cpu::quantize)
+// x [R,C] -> q [R,C], scales [ceil(R/t.rows), ceil(C/t.cols)] (cpu::quantize); lt: 1x128 tiles
+// with R % 4 == 0 only, the scales also in cuBLASLt's layout (lt_vec_scales's, below), so that a
+// GEMM of q needs no launch for it
 void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
-              float* scales);
+              float* scales, float* lt = nullptr);
 // rows x[idx[r]] (idx[r] < 0: zeros) of x [*,C] -> q [R,C], scales [R, ceil(C/128)]
 // (cpu::quantize_gathered)
 void quantize_gathered(cudaStream_t st, const float* x, const int64_t* idx, int64_t R, int64_t C,
                        bool pow2, uint8_t* q, float* scales);
-// x [R,C] -> qT [C,R], sT [C, ceil(R/128)] (cpu::quantize_128x1_t)
+// x [R,C] -> qT [C,R], sT [C, ceil(R/128)] (cpu::quantize_128x1_t); lt as requantize's, below
 void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, bool pow2, uint8_t* qT,
-                      float* sT);
+                      float* sT, float* lt = nullptr);
 // q [R,C] 1x128 (s [R, ceil(C/128)]) -> qT [C,R], sT [C, ceil(R/128)]
-// (cpu::requantize_1x128_to_128x1)
+// (cpu::requantize_1x128_to_128x1); lt (C % 4 == 0): sT also in cuBLASLt's layout of qT's 1x128
+// tiles
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
-                               int64_t C, bool pow2, uint8_t* qT, float* sT);
+                               int64_t C, bool pow2, uint8_t* qT, float* sT, float* lt = nullptr);
 // q [R,C] 128x128 (s [ceil(R/128), ceil(C/128)]) -> qT [C,R], sT = s^T (cpu::transpose_e4m3_blocks)
 void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
                            uint8_t* qT, float* sT);
@@ -45,9 +49,35 @@ void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, in
 // [ceil(N/tB.rows), ceil(K/128)]): the promotion recipe (cpu::fp8_gemm_nt_blockwise up to fp32
 // summation order). Scratch: nt_gemm_scratch_bytes(M, N, K, tB) bytes at `scratch`
 // (256-aligned).
+// `made`: the cuBLASLt layouts of A's and B's scales when the caller made them (a grouped op, for
+// all its groups at once; below); null ones nt_gemm makes in its scratch.
+struct LtScales {
+  const float* a = nullptr;  // of A's scales (lt_vec_scales)
+  const float* b = nullptr;  // of B's (lt_vec_scales or lt_blk_scales, as tB)
+};
 size_t nt_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, Tile tB);
 void nt_gemm(cudaStream_t st, const uint8_t* A, const float* sA, const uint8_t* B, const float* sB,
-             Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate, void* scratch);
+             Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate, void* scratch,
+             LtScales made = {});
+
+// cuBLASLt's scale layouts (its docs, "scaling factor layouts"): an operand [R, K] in 1x128 tiles
+// wants [ceil(K/128), round_up(R, 4)] (rows contiguous), one in 128x128 blocks [ceil(R/128),
+// round_up(ceil(K/128), 4)]; padding 1. Each operand's layout starts 256-byte aligned.
+//   LtVecOperand  1x128 tiles: `rows` rows of K columns, our scales at s + src ([rows,
+//                 ceil(K/128)]). lt_vec_offsets: where each operand's layout starts in `out`
+//                 (floats), the total last. lt_vec_scales: all of them, one launch per 64.
+//   lt_blk_scales G operands of RB x CB 128x128 blocks, operand g's scales at s + g RB CB ([RB,
+//                 CB]), or their transposes' (transposed: CB x RB blocks, block (c, r) = ours (r,
+//                 c)), lt_blk_slot floats apart: one launch.
+struct LtVecOperand {
+  int64_t src, rows, K;
+};
+std::vector<int64_t> lt_vec_offsets(const std::vector<LtVecOperand>& ops);
+void lt_vec_scales(cudaStream_t st, const float* s, const std::vector<LtVecOperand>& ops,
+                   float* out);
+int64_t lt_blk_slot(int64_t RB, int64_t CB, bool transposed);
+void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
+                   bool transposed, float* out);
 
 // Which implementation nt_gemm uses, from the environment variable MOETRON_FP8_GEMM, read on every
 // call: "kernel" = the plain CUDA kernel always; unset, empty or "cublaslt" = cuBLASLt's

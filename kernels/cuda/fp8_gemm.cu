@@ -35,6 +35,11 @@
 //                          likewise, nt_gemm(dYt, Xt (1x128))       N x K, reduce M, accumulate
 // Scratch: one workspace(ex, bytes) per op, carved here; grouped ops size it for their largest
 // group and reuse it group after group (stream order keeps the reuse safe).
+// Launches: a routed expert's GEMM is microseconds of GPU time, about what its launch costs the
+// host, so the cuBLASLt path keeps the small kernels around it few: a grouped op makes the scale
+// layouts of the operands it is given (activations, weights) for all its groups in one or two
+// launches, and the quantisers write the layout of what they produce as they go. Per group, Fprop
+// is the GEMM alone, Dgrad 4 launches, Wgrad 2 (before: 3, 6 and 4; tests/test_cuda_fp8.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -152,25 +157,52 @@ void kernel_gemm(cudaStream_t st, const uint8_t* A, const float* sA, const uint8
 
 // ---- scale layouts for cuBLASLt -----------------------------------------------------------------
 
-// 1x128 tiles: ours s [R, KB] (row-major) -> out [KB, Rp] (rows contiguous), Rp = round_up(R, 4);
-// padding 1.
-__global__ void vec128_scales_kernel(const float* s, int64_t R, int64_t KB, int64_t Rp,
-                                     float* out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < KB * Rp;
+// The scales' layouts cuBLASLt reads, for any number of operands per launch: a grouped op makes
+// them for all its groups before its first GEMM, so that each expert's Fprop is one launch instead
+// of three. Each operand's layout starts 256-byte aligned in `out`, as a single call's scratch
+// carves it.
+constexpr int kVecBatch = 64;
+struct LtVecBatch {  // up to kVecBatch operands, a kernel argument (2 KiB)
+  int n;
+  int64_t src[kVecBatch], rows[kVecBatch], kb[kVecBatch], end[kVecBatch];
+};
+
+// 1x128 tiles: operand j's scales s + src[j] [rows, kb] (row-major) -> [kb, round_up(rows, 4)]
+// (rows contiguous), padding 1, at out + (j ? end[j-1] : 0).
+__global__ void vec128_scales_kernel(const float* s, LtVecBatch b, float* out) {
+  const int64_t total = b.end[b.n - 1];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t kb = i / Rp, r = i % Rp;
-    out[i] = r < R ? s[r * KB + kb] : 1.f;
+    int j = 0, hi = b.n - 1;  // the operand i falls in: the first whose end is past i
+    while (j < hi) {
+      const int mid = (j + hi) / 2;
+      if (b.end[mid] > i)
+        hi = mid;
+      else
+        j = mid + 1;
+    }
+    const int64_t at = i - (j ? b.end[j - 1] : 0), R = b.rows[j], Rp = round_up(R, 4);
+    if (at >= b.kb[j] * Rp) continue;  // the gap up to the next 256 bytes
+    const int64_t kb = at / Rp, r = at % Rp;
+    out[i] = r < R ? s[b.src[j] + r * b.kb[j] + kb] : 1.f;
   }
 }
-// 128x128 blocks: ours s [RB, KB] -> out [RB, KBp], KBp = round_up(KB, 4); padding 1.
-__global__ void blk128_scales_kernel(const float* s, int64_t RB, int64_t KB, int64_t KBp,
-                                     float* out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < RB * KBp;
+// 128x128 blocks of G operands alike: operand g's block (rb, cb) has the scale s[g gs + rb rs +
+// cb cs] (rs = CB, cs = 1 for ours; swapped for its transpose) -> [RB, round_up(CB, 4)] at
+// out + g slot, padding 1.
+__global__ void blk128_scales_kernel(const float* s, int64_t G, int64_t gs, int64_t RB, int64_t rs,
+                                     int64_t CB, int64_t cs, int64_t slot, float* out) {
+  const int64_t CBp = round_up(CB, 4);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < G * slot;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t rb = i / KBp, kb = i % KBp;
-    out[i] = kb < KB ? s[rb * KB + kb] : 1.f;
+    const int64_t g = i / slot, at = i % slot;
+    if (at >= RB * CBp) continue;
+    const int64_t rb = at / CBp, cb = at % CBp;
+    out[i] = cb < CB ? s[g * gs + rb * rs + cb * cs] : 1.f;
   }
 }
+
+int64_t lt_aligned_floats(int64_t n) { return static_cast<int64_t>(aligned(size_t(n) * 4) / 4); }
 
 // floats of cuBLASLt's scale tensor of an operand [R, K] with tiles t (1x128 or 128x128)
 int64_t lt_scale_count(int64_t R, int64_t K, Tile t) {
@@ -179,13 +211,12 @@ int64_t lt_scale_count(int64_t R, int64_t K, Tile t) {
 }
 
 void lt_scales(cudaStream_t st, const float* s, int64_t R, int64_t K, Tile t, float* out) {
-  const int64_t KB = cdiv(K, 128), n = lt_scale_count(R, K, t);
-  if (t.rows == 1)
-    vec128_scales_kernel<<<blocks_for(n), kThreads, 0, st>>>(s, R, KB, round_up(R, 4), out);
-  else
-    blk128_scales_kernel<<<blocks_for(n), kThreads, 0, st>>>(s, cdiv(R, 128), KB, round_up(KB, 4),
-                                                             out);
-  MOETRON_CUDA_LAUNCHED("fp8 cuBLASLt scales");
+  if (t.rows == 1) {
+    lt_vec_scales(st, s, {LtVecOperand{0, R, K}}, out);
+  } else {
+    const int64_t RB = cdiv(R, 128), KB = cdiv(K, 128);
+    lt_blk_scales(st, s, 1, RB, KB, /*transposed=*/false, out);
+  }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -203,13 +234,14 @@ size_t fprop_bytes(int64_t M, int64_t N, int64_t K) {
 }
 
 void fprop_run(cudaStream_t st, const uint8_t* qX, const float* sX, const uint8_t* qW,
-               const float* sW, int64_t M, int64_t N, int64_t K, float* Y, void* scratch) {
+               const float* sW, int64_t M, int64_t N, int64_t K, float* Y, void* scratch,
+               LtScales lt = {}) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // an empty sum
     MOETRON_CUDA_CHECK(cudaMemsetAsync(Y, 0, static_cast<size_t>(M * N) * sizeof(float), st));
     return;
   }
-  nt_gemm(st, qX, sX, qW, sW, kTile128x128, M, N, K, Y, false, scratch);
+  nt_gemm(st, qX, sX, qW, sW, kTile128x128, M, N, K, Y, false, scratch, lt);
 }
 
 // sdY [M, NB] = s128 [ceil(M/128), NB] repeated over each block's rows
@@ -219,15 +251,22 @@ __global__ void repeat_block_scales_kernel(const float* s128, int64_t M, int64_t
     s[i] = s128[(i / NB / 128) * NB + i % NB];
 }
 
+// The quantisers write the scales of a GEMM's operand in cuBLASLt's layout too (one launch less
+// per GEMM) when cuBLASLt may run it and the layout has no padding (rows % 4 == 0).
+bool quantize_lt_too(int64_t rows) {
+  return rows % 4 == 0 && gemm_path_from_env() == GemmPath::CublasLt;
+}
+
 size_t dgrad_bytes(int64_t M, int64_t N, int64_t K, bool blocks128) {
   const int64_t NB = cdiv(N, 128), KB = cdiv(K, 128);
   return aligned(M * N) + aligned(M * NB * 4) + (blocks128 ? aligned(cdiv(M, 128) * NB * 4) : 0) +
-         aligned(K * N) + aligned(KB * NB * 4) + nt_gemm_scratch_bytes(M, K, N, kTile128x128);
+         aligned(M * NB * 4) + aligned(K * N) + aligned(KB * NB * 4) +
+         nt_gemm_scratch_bytes(M, K, N, kTile128x128);
 }
 
 void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
                const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate,
-               void* scratch) {
+               void* scratch, const float* lt_wt = nullptr) {
   if (M == 0 || K == 0) return;
   if (N == 0) {  // an empty sum
     if (!accumulate)
@@ -239,44 +278,90 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
   uint8_t* q = c.take<uint8_t>(M * N);  // dY [M,N] codes
   float* s = c.take<float>(M * NB);     // [M, NB]: the 1x128 grid the GEMM reads
   float* s128 = blocks128 ? c.take<float>(cdiv(M, 128) * NB) : nullptr;
-  uint8_t* qWt = c.take<uint8_t>(K * N);  // W^T [K,N]
-  float* sWt = c.take<float>(KB * NB);    // [KB, NB]
+  float* lt_s =
+      !blocks128 && quantize_lt_too(M) ? c.take<float>(M * NB) : nullptr;  // s, cuBLASLt's
+  uint8_t* qWt = c.take<uint8_t>(K * N);                                   // W^T [K,N]
+  float* sWt = c.take<float>(KB * NB);                                     // [KB, NB]
   if (blocks128) {  // App. B.2: 128x128 blocks of dY, each block's scale repeated over its rows
     quantize(st, dY, M, N, kTile128x128, pow2, q, s128);
     repeat_block_scales_kernel<<<blocks_for(M * NB), kThreads, 0, st>>>(s128, M, NB, s);
     MOETRON_CUDA_LAUNCHED("repeat_block_scales");
   } else {
-    quantize(st, dY, M, N, kTile1x128, pow2, q, s);
+    quantize(st, dY, M, N, kTile1x128, pow2, q, s, lt_s);
   }
   transpose_e4m3_blocks(st, qW, sW, N, K, qWt, sWt);
-  nt_gemm(st, q, s, qWt, sWt, kTile128x128, M, K, N, dX, accumulate, c.rest());
+  nt_gemm(st, q, s, qWt, sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
+          LtScales{.a = lt_s, .b = lt_wt});
 }
 
 size_t wgrad_bytes(int64_t M, int64_t N, int64_t K) {
   const int64_t MB = cdiv(M, 128);
-  return aligned(K * M) + aligned(K * MB * 4) + nt_gemm_scratch_bytes(N, K, M, kTile1x128);
+  return aligned(K * M) + 2 * aligned(K * MB * 4) + nt_gemm_scratch_bytes(N, K, M, kTile1x128);
 }
 
 // dW [N,K] += dY^T X; dY already token-major (qdYt [N,M], sdYt [N, MB]); X from the cached 1x128
 // FP8 (qX, sX) or from fp32 (X32)
 void wgrad_run(cudaStream_t st, const uint8_t* qdYt, const float* sdYt, const uint8_t* qX,
                const float* sX, const float* X32, int64_t M, int64_t N, int64_t K, bool pow2_x,
-               float* dW, void* scratch) {
+               float* dW, void* scratch, const float* lt_dyt = nullptr) {
   if (M == 0 || N == 0 || K == 0) return;
   const int64_t MB = cdiv(M, 128);
   Carver c(scratch);
-  uint8_t* qXt = c.take<uint8_t>(K * M);  // Xt [K,M]
-  float* sXt = c.take<float>(K * MB);     // [K, MB]
+  uint8_t* qXt = c.take<uint8_t>(K * M);                               // Xt [K,M]
+  float* sXt = c.take<float>(K * MB);                                  // [K, MB]
+  float* lt_s = quantize_lt_too(K) ? c.take<float>(K * MB) : nullptr;  // sXt, cuBLASLt's
   if (X32)
-    quantize_128x1_t(st, X32, M, K, pow2_x, qXt, sXt);
+    quantize_128x1_t(st, X32, M, K, pow2_x, qXt, sXt, lt_s);
   else
-    requantize_1x128_to_128x1(st, qX, sX, M, K, pow2_x, qXt, sXt);
-  nt_gemm(st, qdYt, sdYt, qXt, sXt, kTile1x128, N, K, M, dW, /*accumulate=*/true, c.rest());
+    requantize_1x128_to_128x1(st, qX, sX, M, K, pow2_x, qXt, sXt, lt_s);
+  nt_gemm(st, qdYt, sdYt, qXt, sXt, kTile1x128, N, K, M, dW, /*accumulate=*/true, c.rest(),
+          LtScales{.a = lt_dyt, .b = lt_s});
 }
 
 }  // namespace
 
 // ---- the core -----------------------------------------------------------------------------------
+
+std::vector<int64_t> lt_vec_offsets(const std::vector<LtVecOperand>& ops) {
+  std::vector<int64_t> at(ops.size() + 1, 0);
+  for (size_t j = 0; j < ops.size(); ++j)
+    at[j + 1] = at[j] + lt_aligned_floats(lt_scale_count(ops[j].rows, ops[j].K, kTile1x128));
+  return at;
+}
+
+void lt_vec_scales(cudaStream_t st, const float* s, const std::vector<LtVecOperand>& ops,
+                   float* out) {
+  const std::vector<int64_t> at = lt_vec_offsets(ops);
+  for (size_t first = 0; first < ops.size(); first += kVecBatch) {
+    LtVecBatch b{};
+    b.n = static_cast<int>(std::min<size_t>(kVecBatch, ops.size() - first));
+    for (int j = 0; j < b.n; ++j) {
+      const LtVecOperand& o = ops[first + j];
+      b.src[j] = o.src, b.rows[j] = o.rows, b.kb[j] = cdiv(o.K, 128);
+      b.end[j] = at[first + j + 1] - at[first];
+    }
+    if (b.end[b.n - 1] == 0) continue;
+    vec128_scales_kernel<<<blocks_for(b.end[b.n - 1]), kThreads, 0, st>>>(s, b, out + at[first]);
+    MOETRON_CUDA_LAUNCHED("fp8 cuBLASLt scales (1x128)");
+  }
+}
+
+int64_t lt_blk_slot(int64_t RB, int64_t CB, bool transposed) {
+  return transposed ? lt_aligned_floats(CB * round_up(RB, 4))
+                    : lt_aligned_floats(RB * round_up(CB, 4));
+}
+
+void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
+                   bool transposed, float* out) {
+  const int64_t slot = lt_blk_slot(RB, CB, transposed);
+  if (G <= 0 || slot == 0) return;
+  // the transpose's blocks: CB rows of RB, block (r, c) = ours (c, r)
+  const int64_t rows = transposed ? CB : RB, cols = transposed ? RB : CB;
+  const int64_t rs = transposed ? 1 : CB, cs = transposed ? CB : 1;
+  blk128_scales_kernel<<<blocks_for(G * slot), kThreads, 0, st>>>(s, G, RB * CB, rows, rs, cols, cs,
+                                                                  slot, out);
+  MOETRON_CUDA_LAUNCHED("fp8 cuBLASLt scales (128x128)");
+}
 
 GemmPath gemm_path_from_env() {
   const char* e = std::getenv("MOETRON_FP8_GEMM");
@@ -294,16 +379,25 @@ size_t nt_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, Tile tB) {
 }
 
 void nt_gemm(cudaStream_t st, const uint8_t* A, const float* sA, const uint8_t* B, const float* sB,
-             Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate, void* scratch) {
+             Tile tB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate, void* scratch,
+             LtScales made) {
   if (M < 0 || N < 0 || K < 0 || tB.cols != 128 || (tB.rows != 1 && tB.rows != 128))
     throw std::invalid_argument("fp8 nt_gemm: bad sizes or B tile");
   if (M == 0 || N == 0) return;
   if (K > 0 && gemm_path_from_env() == GemmPath::CublasLt && lt_shape_ok(A, B, D, M, N, K)) {
     Carver c(scratch);
-    float* lt_a = c.take<float>(lt_scale_count(N, K, tB));          // cuBLASLt's A: our B
-    float* lt_b = c.take<float>(lt_scale_count(M, K, kTile1x128));  // its B: our A
-    lt_scales(st, sB, N, K, tB, lt_a);
-    lt_scales(st, sA, M, K, kTile1x128, lt_b);
+    const float* lt_a = made.b;  // cuBLASLt's A: our B
+    const float* lt_b = made.a;  // its B: our A
+    if (!lt_a) {
+      float* p = c.take<float>(lt_scale_count(N, K, tB));
+      lt_scales(st, sB, N, K, tB, p);
+      lt_a = p;
+    }
+    if (!lt_b) {
+      float* p = c.take<float>(lt_scale_count(M, K, kTile1x128));
+      lt_scales(st, sA, M, K, kTile1x128, p);
+      lt_b = p;
+    }
     if (cublaslt_gemm_tn(st, B, lt_a, tB.rows == 128, A, lt_b, N, M, K, D, accumulate, c.rest(),
                          kLtWorkspaceBytes)) {
       ++g_lt_calls;
@@ -358,21 +452,56 @@ namespace {
 int64_t blocks128(int64_t R, int64_t C) { return fp8::cdiv(R, 128) * fp8::cdiv(C, 128); }
 }  // namespace
 
+// A grouped op's scratch: the cuBLASLt layouts it makes for all groups up front (when cuBLASLt may
+// run the GEMMs), then one group's scratch, reused group after group (stream order).
+struct GroupedScratch {
+  float* vec = nullptr;  // lt_vec_scales of the operands given for every group
+  float* blk = nullptr;  // lt_blk_scales of the weights
+  std::vector<int64_t> vec_at;
+  int64_t blk_slot = 0;
+  void* group = nullptr;
+
+  // vec: the 1x128 operands (one per group with rows, in order); blk: G weights of RB x CB blocks
+  // (or their transposes)
+  GroupedScratch(const Exec& ex, size_t group_bytes, const std::vector<fp8::LtVecOperand>& v,
+                 const float* sv, int64_t G, int64_t RB, int64_t CB, bool transposed,
+                 const float* sb) {
+    const bool lt = fp8::gemm_path_from_env() == fp8::GemmPath::CublasLt;
+    vec_at = lt ? fp8::lt_vec_offsets(v) : std::vector<int64_t>(v.size() + 1, 0);
+    blk_slot = lt && sb ? fp8::lt_blk_slot(RB, CB, transposed) : 0;
+    const size_t bytes = fp8::aligned(size_t(vec_at.back()) * 4) +
+                         fp8::aligned(size_t(G * blk_slot) * 4) + group_bytes;
+    fp8::Carver c(workspace(ex, bytes));
+    cudaStream_t st = stream_of(ex);
+    if (vec_at.back() > 0) fp8::lt_vec_scales(st, sv, v, vec = c.take<float>(vec_at.back()));
+    if (blk_slot > 0)
+      fp8::lt_blk_scales(st, sb, G, RB, CB, transposed, blk = c.take<float>(G * blk_slot));
+    group = c.rest();
+  }
+  const float* vec_of(size_t j) const { return vec ? vec + vec_at[j] : nullptr; }
+  const float* blk_of(int64_t g) const { return blk ? blk + g * blk_slot : nullptr; }
+};
+
 void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qX,
                        const float* sX, const uint8_t* qW, const float* sW, int64_t N, int64_t K,
                        float* Y) {
   cudaStream_t st = stream_of(ex);
-  size_t bytes = 0;
-  for (int64_t g = 0; g < G; ++g)
-    if (off[g + 1] > off[g]) bytes = std::max(bytes, fp8::fprop_bytes(off[g + 1] - off[g], N, K));
-  if (bytes == 0) return;
-  void* scratch = workspace(ex, bytes);
   const int64_t KB = fp8::cdiv(K, 128);
+  size_t bytes = 0;
+  std::vector<fp8::LtVecOperand> xs;  // X's rows of each group with rows
+  for (int64_t g = 0; g < G; ++g)
+    if (off[g + 1] > off[g]) {
+      bytes = std::max(bytes, fp8::fprop_bytes(off[g + 1] - off[g], N, K));
+      xs.push_back({off[g] * KB, off[g + 1] - off[g], K});
+    }
+  if (bytes == 0) return;
+  const GroupedScratch sc(ex, bytes, xs, sX, G, fp8::cdiv(N, 128), KB, false, sW);
+  size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::fprop_run(st, qX + r0 * K, sX + r0 * KB, qW + g * N * K, sW + g * blocks128(N, K), rows, N,
-                   K, Y + r0 * N, scratch);
+                   K, Y + r0 * N, sc.group, fp8::LtScales{sc.vec_of(j++), sc.blk_of(g)});
   }
 }
 
@@ -385,12 +514,14 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
     if (off[g + 1] > off[g])
       bytes = std::max(bytes, fp8::dgrad_bytes(off[g + 1] - off[g], N, K, blocks));
   if (bytes == 0) return;
-  void* scratch = workspace(ex, bytes);
+  // the weights' transposes' layouts up front; dY's scales come group by group
+  const GroupedScratch sc(ex, bytes, {}, nullptr, G, fp8::cdiv(N, 128), fp8::cdiv(K, 128), true,
+                          sW);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::dgrad_run(st, dY + r0 * N, rows, N, K, qW + g * N * K, sW + g * blocks128(N, K), pow2,
-                   blocks, dX + r0 * K, /*accumulate=*/false, scratch);
+                   blocks, dX + r0 * K, /*accumulate=*/false, sc.group, sc.blk_of(g));
   }
 }
 
@@ -399,19 +530,25 @@ void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t*
                    const float* sdYt, const uint8_t* qX, const float* sX, const float* X32,
                    int64_t N, int64_t K, bool pow2_x, float* dW) {
   cudaStream_t st = stream_of(ex);
-  size_t bytes = 0;
-  for (int64_t g = 0; g < G; ++g)
-    if (off[g + 1] > off[g]) bytes = std::max(bytes, fp8::wgrad_bytes(off[g + 1] - off[g], N, K));
-  if (bytes == 0) return;
-  void* scratch = workspace(ex, bytes);
-  const int64_t KB = fp8::cdiv(K, 128);
   const std::vector<int64_t> t = row_tile_offsets(off, G);
+  size_t bytes = 0;
+  std::vector<fp8::LtVecOperand> dyts;  // dY^T [N, rows] of each group with rows (the GEMM's A)
+  for (int64_t g = 0; g < G; ++g)
+    if (off[g + 1] > off[g]) {
+      bytes = std::max(bytes, fp8::wgrad_bytes(off[g + 1] - off[g], N, K));
+      dyts.push_back({t[g] * N, N, off[g + 1] - off[g]});
+    }
+  if (bytes == 0) return;
+  // dY^T's layouts up front; X^T's scales come group by group
+  const GroupedScratch sc(ex, bytes, dyts, sdYt, 0, 0, 0, false, nullptr);
+  const int64_t KB = fp8::cdiv(K, 128);
+  size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::wgrad_run(st, qdYt + r0 * N, sdYt + t[g] * N, X32 ? nullptr : qX + r0 * K,
                    X32 ? nullptr : sX + r0 * KB, X32 ? X32 + r0 * K : nullptr, rows, N, K, pow2_x,
-                   dW + g * N * K, scratch);
+                   dW + g * N * K, sc.group, sc.vec_of(j++));
   }
 }
 }  // namespace

@@ -76,10 +76,11 @@ __device__ float block_max(float v) { return block_reduce(v, FmaxOp{}, 0.f); }
 // ---- quantize -----------------------------------------------------------------------------------
 
 // Tiles 1 x tc of x [R,C]: one warp per tile t = r * TC + tile column (also its scale's index).
-// Row r is x's row idx[r] (idx null: r; idx[r] < 0: zeros, as gather_rows writes them).
+// Row r is x's row idx[r] (idx null: r; idx[r] < 0: zeros, as gather_rows writes them). lt (R a
+// multiple of 4): the scales again in cuBLASLt's layout [TC, R] (fp8_cuda.h).
 __global__ void quantize_row_tiles_kernel(const float* x, const int64_t* idx, int64_t R, int64_t C,
                                           int64_t tc, int64_t TC, bool pow2, uint8_t* q,
-                                          float* scales) {
+                                          float* scales, float* lt) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int64_t ntiles = R * TC;
@@ -93,7 +94,10 @@ __global__ void quantize_row_tiles_kernel(const float* x, const int64_t* idx, in
     for (int64_t j = lane; j < w; j += 32) m = fmaxf(m, fabsf(xt ? xt[j] : 0.f));  // skips NaN
     m = warp_max(m);
     const float s = tile_scale(m, pow2), inv = 1.0f / s;
-    if (lane == 0) scales[t] = s;
+    if (lane == 0) {
+      scales[t] = s;
+      if (lt) lt[(t % TC) * R + r] = s;
+    }
     uint8_t* qt = q + r * C + c0;
     for (int64_t j = lane; j < w; j += 32) qt[j] = encode(xt ? xt[j] : 0.f, s, inv, pow2);
   }
@@ -139,10 +143,11 @@ struct E4M3Values {
 constexpr int kColsT = 32;  // columns per block of the transposing quantiser (one warp wide)
 
 // x [R,C] (through `at`) -> qT [C,R], sT [C, RB]: per work item 128 rows x 32 columns; 256 threads
-// as 8 rows of 32 (tx: column when reading x, row when writing qT).
+// as 8 rows of 32 (tx: column when reading x, row when writing qT). lt (C a multiple of 4): the
+// scales again in cuBLASLt's layout of qT's 1x128 tiles, [RB, C] (fp8_cuda.h).
 template <class Values>
 __global__ void quantize_128x1_t_kernel(Values at, int64_t R, int64_t C, bool pow2, uint8_t* qT,
-                                        float* sT) {
+                                        float* sT, float* lt) {
   __shared__ float tile[128][kColsT + 1];  // +1: conflict-free column reads
   __shared__ float red[8][kColsT];
   __shared__ float sc[kColsT], inv[kColsT];
@@ -166,7 +171,10 @@ __global__ void quantize_128x1_t_kernel(Values at, int64_t R, int64_t C, bool po
       const float s = tile_scale(a, pow2);
       sc[tx] = s;
       inv[tx] = 1.0f / s;
-      if (tx < w) sT[(c0 + tx) * RB + rb] = s;
+      if (tx < w) {
+        sT[(c0 + tx) * RB + rb] = s;
+        if (lt) lt[rb * C + c0 + tx] = s;
+      }
     }
     __syncthreads();
     for (int c = ty; c < w; c += 8)
@@ -221,14 +229,14 @@ void check_sizes(int64_t R, int64_t C, const char* what) {
 }  // namespace
 
 void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
-              float* scales) {
-  if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1)
-    throw std::invalid_argument("quantize: bad sizes");
+              float* scales, float* lt) {
+  if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1 || (lt && (t.rows != 1 || t.cols != 128 || R % 4)))
+    throw std::invalid_argument("quantize: bad sizes, or a cuBLASLt layout of other tiles");
   if (R == 0 || C == 0) return;
   const int64_t TR = cdiv(R, t.rows), TC = cdiv(C, t.cols);
   if (t.rows == 1) {
     quantize_row_tiles_kernel<<<blocks_for(TR * TC * 32), kThreads, 0, st>>>(
-        x, nullptr, R, C, t.cols, TC, pow2, q, scales);
+        x, nullptr, R, C, t.cols, TC, pow2, q, scales, lt);
   } else {
     quantize_block_tiles_kernel<<<blocks_for(TR * TC, 1), kThreads, 0, st>>>(
         x, R, C, t.rows, t.cols, TR, TC, pow2, q, scales);
@@ -242,27 +250,30 @@ void quantize_gathered(cudaStream_t st, const float* x, const int64_t* idx, int6
   if (R == 0 || C == 0) return;
   const int64_t TC = cdiv(C, kTile1x128.cols);
   quantize_row_tiles_kernel<<<blocks_for(R * TC * 32), kThreads, 0, st>>>(
-      x, idx, R, C, kTile1x128.cols, TC, pow2, q, scales);
+      x, idx, R, C, kTile1x128.cols, TC, pow2, q, scales, nullptr);
   MOETRON_CUDA_LAUNCHED("quantize_gathered");
 }
 
 void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, bool pow2, uint8_t* qT,
-                      float* sT) {
+                      float* sT, float* lt) {
   check_sizes(R, C, "quantize_128x1_t");
+  if (lt && C % 4) throw std::invalid_argument("quantize_128x1_t: a cuBLASLt layout of C % 4 != 0");
   if (R == 0 || C == 0) return;
   const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
   quantize_128x1_t_kernel<F32Values>
-      <<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2, qT, sT);
+      <<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2, qT, sT, lt);
   MOETRON_CUDA_LAUNCHED("quantize_128x1_t");
 }
 
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
-                               int64_t C, bool pow2, uint8_t* qT, float* sT) {
+                               int64_t C, bool pow2, uint8_t* qT, float* sT, float* lt) {
   check_sizes(R, C, "requantize_1x128_to_128x1");
+  if (lt && C % 4)
+    throw std::invalid_argument("requantize_1x128_to_128x1: a cuBLASLt layout of C % 4 != 0");
   if (R == 0 || C == 0) return;
   const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
   quantize_128x1_t_kernel<E4M3Values><<<blocks_for(items, 1), kThreads, 0, st>>>(
-      E4M3Values{q, s, C, cdiv(C, 128)}, R, C, pow2, qT, sT);
+      E4M3Values{q, s, C, cdiv(C, 128)}, R, C, pow2, qT, sT, lt);
   MOETRON_CUDA_LAUNCHED("requantize_1x128_to_128x1");
 }
 

@@ -220,6 +220,17 @@ void check(cudaError_t e, const char* what, const char* file, int line) {
                            std::to_string(line));
 }
 
+namespace {
+std::atomic<int64_t> g_launches{0};
+}  // namespace
+
+void launched(const char* what, const char* file, int line) {
+  g_launches.fetch_add(1, std::memory_order_relaxed);
+  check(cudaGetLastError(), what, file, line);
+}
+
+int64_t kernel_launches() { return g_launches.load(std::memory_order_relaxed); }
+
 cudaStream_t compute_stream() { return streams().compute; }
 cudaStream_t comm_stream() { return streams().comm; }
 

@@ -39,9 +39,14 @@ const std::string& unavailable_reason();
 // Throws std::runtime_error naming the call, the CUDA error and where it happened.
 void check(cudaError_t e, const char* what, const char* file, int line);
 #define MOETRON_CUDA_CHECK(call) ::moetron::kernels::gpu::check((call), #call, __FILE__, __LINE__)
-// After a kernel launch: the launch error, if any.
-#define MOETRON_CUDA_LAUNCHED(name) \
-  ::moetron::kernels::gpu::check(cudaGetLastError(), name, __FILE__, __LINE__)
+// After a kernel launch: counts it (kernel_launches) and throws the launch error, if any.
+void launched(const char* what, const char* file, int line);
+#define MOETRON_CUDA_LAUNCHED(name) ::moetron::kernels::gpu::launched(name, __FILE__, __LINE__)
+// How many of moetron's own kernels this process has launched (each MOETRON_CUDA_LAUNCHED; not
+// cuBLASLt's, CUB's or NCCL's, nor memsets and copies). A launch costs the host microseconds, and
+// the routed experts' GEMMs are microseconds of GPU time each, so launches per expert are what
+// the grouped ops keep few (tests/test_cuda_fp8.cpp counts them).
+int64_t kernel_launches();
 
 // Whether this process uses a GPU: a device was selected or the streams exist. Until then
 // nothing of CUDA's is made on the host's behalf (a CPU run on a GPU machine makes no context).
