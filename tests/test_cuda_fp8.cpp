@@ -654,14 +654,24 @@ TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
                        (transposed ? ", transposed" : ""));
     }
   }
+  // and the weights' transposed scales in our own layout (a grouped Dgrad's, one launch)
+  Buffer<float> wt = dev_garbage<float>(G * RB * CB);
+  fp8::transpose_blk_scales(stream_of(gpu_exec()), dw.data(), G, RB, CB, wt.data());
+  std::vector<float> want_t(G * RB * CB);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t rb = 0; rb < RB; ++rb)
+      for (int64_t cb = 0; cb < CB; ++cb)
+        want_t[g * RB * CB + cb * RB + rb] = w[g * RB * CB + rb * CB + cb];
+  expect_equal(host(wt, G * RB * CB), want_t, "transposed block scales");
 }
 
 // The launches of a grouped op with n groups with rows (moetron's kernels, kernel_launches, and
 // cuBLASLt's GEMMs, gemm_counts): with cuBLASLt allowed, Fprop 1 per group (the GEMM) + 2 (the
-// layouts of every group's scales), Dgrad 4 per group (quantise dY, transpose W's codes and
-// scales, the GEMM) + 1, Wgrad 2 per group (requantise X, the GEMM) + 1, the quantisers writing
-// cuBLASLt's layout as they go; on the kernel path 1, 4 and 2 per group. Each expert's GEMM is
-// microseconds of GPU time, so these are the routed experts' host cost (they were 3, 6 and 4).
+// layouts of every group's scales), Dgrad 3 per group (quantise dY, transpose W's codes, the
+// GEMM) + 2 (every weight's transposed scales, ours and cuBLASLt's), Wgrad 2 per group (requantise
+// X, the GEMM) + 1, the quantisers writing cuBLASLt's layout as they go; on the kernel path 1,
+// 3 (+ 1) and 2 per group. Each expert's GEMM is microseconds of GPU time, so these are the routed
+// experts' host cost (they were 3, 6 and 4).
 TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
   MOETRON_REQUIRE_GPU();
   const std::vector<int64_t> off = {0, 128, 128, 192, 208, 240, 240, 288};  // 5 with rows, 2 empty
@@ -691,7 +701,7 @@ TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
                 kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K,
                                                   dqw.data(), dsw.data(), false, false, dX.data());
               }),
-              lt ? 4 * n + 1 : 4 * n)
+              lt ? 3 * n + 2 : 3 * n + 1)
         << path << " dgrad";
     EXPECT_EQ(launches([&] {
                 kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, g.q.data(), g.s.data(),

@@ -39,7 +39,8 @@ void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, boo
 // tiles
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
                                int64_t C, bool pow2, uint8_t* qT, float* sT, float* lt = nullptr);
-// q [R,C] 128x128 (s [ceil(R/128), ceil(C/128)]) -> qT [C,R], sT = s^T (cpu::transpose_e4m3_blocks)
+// q [R,C] 128x128 (s [ceil(R/128), ceil(C/128)]) -> qT [C,R], sT = s^T
+// (cpu::transpose_e4m3_blocks); s null: the codes only
 void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
                            uint8_t* qT, float* sT);
 
@@ -78,6 +79,10 @@ void lt_vec_scales(cudaStream_t st, const float* s, const std::vector<LtVecOpera
 int64_t lt_blk_slot(int64_t RB, int64_t CB, bool transposed);
 void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
                    bool transposed, float* out);
+// The block scales of G weights' transposes in our layout, in one launch: out + g RB CB = (s + g RB
+// CB)^T ([CB, RB]; transpose_e4m3_blocks's sT, group by group).
+void transpose_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
+                          float* out);
 
 // Which implementation nt_gemm uses, from the environment variable MOETRON_FP8_GEMM, read on every
 // call: "kernel" = the plain CUDA kernel always; unset, empty or "cublaslt" = cuBLASLt's

@@ -39,7 +39,7 @@
 // host, so the cuBLASLt path keeps the small kernels around it few: a grouped op makes the scale
 // layouts of the operands it is given (activations, weights) for all its groups in one or two
 // launches, and the quantisers write the layout of what they produce as they go. Per group, Fprop
-// is the GEMM alone, Dgrad 4 launches, Wgrad 2 (before: 3, 6 and 4; tests/test_cuda_fp8.cpp).
+// is the GEMM alone, Dgrad 3 launches, Wgrad 2 (before: 3, 6 and 4; tests/test_cuda_fp8.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -188,11 +188,11 @@ __global__ void vec128_scales_kernel(const float* s, LtVecBatch b, float* out) {
   }
 }
 // 128x128 blocks of G operands alike: operand g's block (rb, cb) has the scale s[g gs + rb rs +
-// cb cs] (rs = CB, cs = 1 for ours; swapped for its transpose) -> [RB, round_up(CB, 4)] at
-// out + g slot, padding 1.
+// cb cs] (rs = CB, cs = 1 for ours; swapped for its transpose) -> [RB, CBp] at out + g slot,
+// padding 1 (CBp = round_up(CB, 4) for cuBLASLt, CB for our own layout).
 __global__ void blk128_scales_kernel(const float* s, int64_t G, int64_t gs, int64_t RB, int64_t rs,
-                                     int64_t CB, int64_t cs, int64_t slot, float* out) {
-  const int64_t CBp = round_up(CB, 4);
+                                     int64_t CB, int64_t cs, int64_t CBp, int64_t slot,
+                                     float* out) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < G * slot;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t g = i / slot, at = i % slot;
@@ -266,7 +266,7 @@ size_t dgrad_bytes(int64_t M, int64_t N, int64_t K, bool blocks128) {
 
 void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
                const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate,
-               void* scratch, const float* lt_wt = nullptr) {
+               void* scratch, const float* lt_wt = nullptr, const float* made_swt = nullptr) {
   if (M == 0 || K == 0) return;
   if (N == 0) {  // an empty sum
     if (!accumulate)
@@ -289,8 +289,9 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
   } else {
     quantize(st, dY, M, N, kTile1x128, pow2, q, s, lt_s);
   }
-  transpose_e4m3_blocks(st, qW, sW, N, K, qWt, sWt);
-  nt_gemm(st, q, s, qWt, sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
+  // W^T's block scales: the caller's (a grouped op's, all groups in one launch) or made here
+  transpose_e4m3_blocks(st, qW, made_swt ? nullptr : sW, N, K, qWt, sWt);
+  nt_gemm(st, q, s, qWt, made_swt ? made_swt : sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
           LtScales{.a = lt_s, .b = lt_wt});
 }
 
@@ -359,8 +360,16 @@ void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64
   const int64_t rows = transposed ? CB : RB, cols = transposed ? RB : CB;
   const int64_t rs = transposed ? 1 : CB, cs = transposed ? CB : 1;
   blk128_scales_kernel<<<blocks_for(G * slot), kThreads, 0, st>>>(s, G, RB * CB, rows, rs, cols, cs,
-                                                                  slot, out);
+                                                                  round_up(cols, 4), slot, out);
   MOETRON_CUDA_LAUNCHED("fp8 cuBLASLt scales (128x128)");
+}
+
+void transpose_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
+                          float* out) {
+  if (G <= 0 || RB * CB == 0) return;
+  blk128_scales_kernel<<<blocks_for(G * RB * CB), kThreads, 0, st>>>(s, G, RB * CB, CB, 1, RB, CB,
+                                                                     RB, RB * CB, out);
+  MOETRON_CUDA_LAUNCHED("fp8 block scales transposed");
 }
 
 GemmPath gemm_path_from_env() {
@@ -514,14 +523,20 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
     if (off[g + 1] > off[g])
       bytes = std::max(bytes, fp8::dgrad_bytes(off[g + 1] - off[g], N, K, blocks));
   if (bytes == 0) return;
-  // the weights' transposes' layouts up front; dY's scales come group by group
-  const GroupedScratch sc(ex, bytes, {}, nullptr, G, fp8::cdiv(N, 128), fp8::cdiv(K, 128), true,
-                          sW);
+  // the weights' transposes' block scales, ours and cuBLASLt's, up front; dY's scales come group
+  // by group
+  const int64_t NB = fp8::cdiv(N, 128), KB = fp8::cdiv(K, 128);
+  const GroupedScratch sc(ex, fp8::aligned(size_t(G * NB * KB) * 4) + bytes, {}, nullptr, G, NB, KB,
+                          true, sW);
+  fp8::Carver c(sc.group);
+  float* sWt = c.take<float>(G * NB * KB);  // [G][KB, NB]
+  fp8::transpose_blk_scales(st, sW, G, NB, KB, sWt);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::dgrad_run(st, dY + r0 * N, rows, N, K, qW + g * N * K, sW + g * blocks128(N, K), pow2,
-                   blocks, dX + r0 * K, /*accumulate=*/false, sc.group, sc.blk_of(g));
+                   blocks, dX + r0 * K, /*accumulate=*/false, c.rest(), sc.blk_of(g),
+                   sWt + g * NB * KB);
   }
 }
 

@@ -281,7 +281,7 @@ void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, in
                            uint8_t* qT, float* sT) {
   check_sizes(R, C, "transpose_e4m3_blocks");
   transpose(st, q, R, C, qT);
-  transpose(st, s, cdiv(R, 128), cdiv(C, 128), sT);
+  if (s) transpose(st, s, cdiv(R, 128), cdiv(C, 128), sT);
 }
 
 }  // namespace fp8
