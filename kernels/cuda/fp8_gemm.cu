@@ -281,7 +281,7 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
   float* lt_s =
       !blocks128 && quantize_lt_too(M) ? c.take<float>(M * NB) : nullptr;  // s, cuBLASLt's
   uint8_t* qWt = c.take<uint8_t>(K * N);                                   // W^T [K,N]
-  float* sWt = c.take<float>(KB * NB);                                     // [KB, NB]
+  float* sWt = made_swt ? nullptr : c.take<float>(KB * NB);                // [KB, NB]
   if (blocks128) {  // App. B.2: 128x128 blocks of dY, each block's scale repeated over its rows
     quantize(st, dY, M, N, kTile128x128, pow2, q, s128);
     repeat_block_scales_kernel<<<blocks_for(M * NB), kThreads, 0, st>>>(s128, M, NB, s);
@@ -290,7 +290,7 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
     quantize(st, dY, M, N, kTile1x128, pow2, q, s, lt_s);
   }
   // W^T's block scales: the caller's (a grouped op's, all groups in one launch) or made here
-  transpose_e4m3_blocks(st, qW, made_swt ? nullptr : sW, N, K, qWt, sWt);
+  transpose_e4m3_blocks(st, qW, sWt ? sW : nullptr, N, K, qWt, sWt);
   nt_gemm(st, q, s, qWt, made_swt ? made_swt : sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
           LtScales{.a = lt_s, .b = lt_wt});
 }
