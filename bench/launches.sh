@@ -38,3 +38,18 @@ done
 per_step=$(((launches[5] - launches[3]) / 2))
 per_gemm=$(((gemms[5] - gemms[3]) / 2))
 echo "launches per step: $per_step (3 steps ${launches[3]}, 5 steps ${launches[5]}); FP8 GEMMs per step: $per_gemm"
+# by kernel: the difference of the two runs' "launches by kernel" lines over 2, most first
+python3 - "$OUT/s3.log" "$OUT/s5.log" <<'PY'
+import sys
+def tally(path):
+    line = next((l for l in open(path) if "launches by kernel:" in l), "")
+    out = {}
+    for item in line.split("launches by kernel:", 1)[-1].split(";"):
+        name, _, n = item.strip().rpartition(" ")
+        if name: out[name] = int(n)
+    return out
+a, b = tally(sys.argv[1]), tally(sys.argv[2])
+per = sorted(((b[k] - a.get(k, 0)) // 2, k) for k in b)
+for n, k in reversed(per):
+    if n > 0: print(f"  {n:6d}  {k}")
+PY

@@ -95,6 +95,14 @@ int64_t gpu_kernel_launches() {
 #endif
 }
 
+std::map<std::string, int64_t> gpu_kernel_launches_by_name() {
+#if MOETRON_HAVE_CUDA
+  return gpu::launch_tally();
+#else
+  return {};
+#endif
+}
+
 void copy_from_host(const Exec& ex, void* dst, const void* host_src, size_t bytes) {
   const op_profile::Scope timed(ex, "copy_from_host");
   switch (ex.device) {
@@ -419,6 +427,13 @@ void adamw_update(const Exec& ex, float* param, const float* grad, M* m, M* v, i
                   const AdamWParams& p) {
   const op_profile::Scope timed(ex, "adamw_update");
   MOETRON_DISPATCH(adamw_update, param, grad, m, v, n, p);
+}
+
+template <class M>
+void adamw_update_segments(const Exec& ex, const AdamWSegment<M>* segs, int64_t n,
+                           const AdamWParams& p) {
+  const op_profile::Scope timed(ex, "adamw_update");
+  MOETRON_DISPATCH(adamw_update_segments, segs, n, p);
 }
 
 void segment_sum_squares(const Exec& ex, const float* x, const int64_t* begin, const int64_t* len,

@@ -96,9 +96,11 @@
   template void ep_unpack_routes<T>(const Exec&, const uint8_t*, int64_t, int64_t, int64_t,       \
                                     int32_t*, T*);
 
-#define MOETRON_OPS_ADAMW(M)                                                        \
-  template void adamw_update<M>(const Exec&, float*, const float*, M*, M*, int64_t, \
-                                const AdamWParams&);
+#define MOETRON_OPS_ADAMW(M)                                                           \
+  template void adamw_update<M>(const Exec&, float*, const float*, M*, M*, int64_t,    \
+                                const AdamWParams&);                                   \
+  template void adamw_update_segments<M>(const Exec&, const AdamWSegment<M>*, int64_t, \
+                                         const AdamWParams&);
 
 // Every family at element type T (adamw, whose template parameter is the moment type, apart).
 #define MOETRON_OPS_ALL(T)        \

@@ -45,6 +45,17 @@ struct AdamWParams {
   int64_t step = 1;  // 1-based, for bias correction
 };
 
+// One run of elements of a multi-tensor AdamW step (adamw_update_segments): n parameters with
+// their gradients and moments (device pointers); decay: whether the step's weight decay applies.
+template <class M>
+struct AdamWSegment {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  M *m = nullptr, *v = nullptr;
+  int64_t n = 0;
+  bool decay = true;
+};
+
 // A quantisation tile: rows x cols elements share one scale.
 struct Tile {
   int64_t rows = 1, cols = 128;

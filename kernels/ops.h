@@ -14,6 +14,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <string>
 
 #include "kernels/exec.h"
 #include "kernels/op_types.h"
@@ -28,5 +30,7 @@ Fp8GemmPaths fp8_gemm_paths();
 // How many of moetron's own kernels this process launched on the GPU so far (not cuBLASLt's, CUB's
 // or NCCL's; kernels/cuda/runtime.h). Zero in a build without the CUDA backend.
 int64_t gpu_kernel_launches();
+// The same launches by kernel (the name each launch site gives); empty without the backend.
+std::map<std::string, int64_t> gpu_kernel_launches_by_name();
 
 }  // namespace moetron::kernels

@@ -23,16 +23,30 @@ AdamW::AdamW(int64_t elements, const AdamWOptions& opt, const Exec& ex)
   }
 }
 
-void AdamW::update(float* w, const float* g, int64_t at, int64_t len, bool decay, double lr,
-                   int64_t step_number) {
+namespace {
+template <class M>
+void update_pieces(const Exec& ex, const std::vector<AdamW::Piece>& pieces, M* m, M* v,
+                   const kernels::AdamWParams& ap) {
+  std::vector<kernels::AdamWSegment<M>> segs;
+  segs.reserve(pieces.size());
+  for (const AdamW::Piece& p : pieces)
+    segs.push_back({p.w, p.g, m + p.at, v + p.at, p.len, p.decay});
+  kernels::adamw_update_segments<M>(ex, segs.data(), static_cast<int64_t>(segs.size()), ap);
+}
+}  // namespace
+
+void AdamW::update(const std::vector<Piece>& pieces, double lr, int64_t step_number) {
+  for (const Piece& p : pieces)
+    if (p.at < 0 || p.len < 0 || p.at + p.len > n_)
+      throw std::out_of_range("AdamW::update: elements");
   kernels::AdamWParams ap;
   ap.lr = lr, ap.beta1 = opt_.beta1, ap.beta2 = opt_.beta2, ap.eps = opt_.eps;
   ap.step = step_number;
-  ap.weight_decay = decay ? opt_.weight_decay : 0.0;
+  ap.weight_decay = opt_.weight_decay;  // where a piece's decay says so
   if (opt_.bf16_moments)
-    kernels::adamw_update<uint16_t>(ex_, w, g, m16_.data() + at, v16_.data() + at, len, ap);
+    update_pieces<uint16_t>(ex_, pieces, m16_.data(), v16_.data(), ap);
   else
-    kernels::adamw_update<float>(ex_, w, g, m32_.data() + at, v32_.data() + at, len, ap);
+    update_pieces<float>(ex_, pieces, m32_.data(), v32_.data(), ap);
 }
 
 void AdamW::read(int64_t at, int64_t len, float* m, float* v) const {

@@ -25,11 +25,17 @@ class AdamW {
   // Zeroed moments for `elements` elements on ex.device.
   AdamW(int64_t elements, const AdamWOptions& opt, const Exec& ex = Exec{});
 
-  // One AdamW step on w[0, len) with gradients g[0, len) (both on the device), using the moments
-  // of elements [at, at + len); `decay`: apply the weight decay. step_number is 1-based (bias
+  // A run of elements to update: w[0, len) with gradients g[0, len) (both on the device), using
+  // the moments of elements [at, at + len); `decay`: apply the weight decay.
+  struct Piece {
+    float* w;
+    const float* g;
+    int64_t at, len;
+    bool decay;
+  };
+  // One AdamW step on every piece (one op: on a GPU one launch). step_number is 1-based (bias
   // correction).
-  void update(float* w, const float* g, int64_t at, int64_t len, bool decay, double lr,
-              int64_t step_number);
+  void update(const std::vector<Piece>& pieces, double lr, int64_t step_number);
 
   // The moments of elements [at, at + len) into host memory in fp32 (bf16 moments widen
   // exactly), and set from host memory (rounded to bf16 when the moments are bf16): for

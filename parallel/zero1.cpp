@@ -234,9 +234,12 @@ bool Zero1::local_grads_finite() const {
 void Zero1::step(double lr, double grad_scale, int64_t step_number) {
   scale_owned_grads(grad_scale);
   const float* grads = grad_arena_.data<float>();
-  for (const Segment& seg : segments_)  // in the value arena, or (sharded) the master shard
-    adamw_.update(master(seg), grads + seg.arena_offset, seg.shard_offset, seg.len, seg.p->decay,
-                  lr, step_number);
+  std::vector<AdamW::Piece> pieces;  // in the value arena, or (sharded) the master shard
+  pieces.reserve(segments_.size());
+  for (const Segment& seg : segments_)
+    pieces.push_back(
+        {master(seg), grads + seg.arena_offset, seg.shard_offset, seg.len, seg.p->decay});
+  adamw_.update(pieces, lr, step_number);
   all_gather_values();
 }
 

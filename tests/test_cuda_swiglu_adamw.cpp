@@ -143,6 +143,54 @@ TEST(CudaAdamW, ThreeStepsMatchTheCpuBitwise) {
   }
 }
 
+// A multi-tensor step: segments of one buffer with gaps between them, of lengths around the
+// kernel's block chunk (16384) and empty ones, decay on and off, two steps; against one CPU
+// adamw_update per segment (weight decay 0 where off), bitwise over the whole buffers (the gaps
+// untouched), in one launch per step.
+template <class M>
+void check_adamw_segments(uint64_t seed) {
+  const std::vector<int64_t> lens = {5, 0, 16384, 1, 16385, 70001, 0, 255};
+  std::vector<int64_t> at;  // each segment's start: a gap of 3 after every segment
+  int64_t n = 0;
+  for (int64_t len : lens) at.push_back(n), n += len + 3;
+  std::vector<float> param = rand_vec<float>(n, seed, -1.0, 1.0);
+  std::vector<M> m(n, M(0)), v(n, M(0));
+  Buffer<float> gp = dev(param);
+  Buffer<M> gm = dev(m), gv = dev(v);
+  AdamWParams p;
+  p.lr = 3e-3, p.weight_decay = 0.1;
+  for (int64_t step = 1; step <= 2; ++step) {
+    p.step = step;
+    const std::vector<float> grad = rand_vec<float>(n, seed + step, -1.0, 1.0);
+    Buffer<float> gg = dev(grad);
+    std::vector<AdamWSegment<M>> segs;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      const int64_t i = at[s];
+      AdamWParams ps = p;
+      if (s % 2) ps.weight_decay = 0.0;
+      cpu::adamw_update<M>(param.data() + i, grad.data() + i, m.data() + i, v.data() + i, lens[s],
+                           ps);
+      segs.push_back(
+          {gp.data() + i, gg.data() + i, gm.data() + i, gv.data() + i, lens[s], s % 2 == 0});
+    }
+    const int64_t k0 = kernel_launches();
+    kernels::adamw_update_segments<M>(gpu_exec(), segs.data(), static_cast<int64_t>(segs.size()),
+                                      p);
+    EXPECT_EQ(kernel_launches() - k0, 1);
+    const std::string st = std::string(std::is_same_v<M, float> ? "fp32" : "bf16") +
+                           " moments, step " + std::to_string(step);
+    expect_equal(host(gp, n), param, "adamw segments param " + st);
+    expect_equal(host(gm, n), m, "adamw segments m " + st);
+    expect_equal(host(gv, n), v, "adamw segments v " + st);
+  }
+}
+
+TEST(CudaAdamW, ManySegmentsInOneLaunchMatchTheCpuBitwise) {
+  MOETRON_REQUIRE_GPU();
+  check_adamw_segments<float>(4000);
+  check_adamw_segments<uint16_t>(5000);
+}
+
 TEST(CudaAdamW, RejectsStepZero) {
   MOETRON_REQUIRE_GPU();
   Buffer<float> p = dev(std::vector<float>{1.f}), g = dev(std::vector<float>{1.f});

@@ -101,5 +101,22 @@ TEST(AdamW, WeightDecayIsDecoupled) {
                std::invalid_argument);
 }
 
+TEST(AdamW, SegmentsDecayOnlyWhereTheySaySo) {
+  // Zero gradients again: a segment with decay shrinks by 1 - lr wd, one without stays.
+  std::vector<float> p = {1.f, -2.f, 0.5f, 4.f}, g(4, 0.f), m(4, 0.f), v(4, 0.f);
+  AdamWParams a;
+  a.lr = 0.1;
+  a.weight_decay = 0.5;
+  const AdamWSegment<float> segs[] = {
+      {p.data(), g.data(), m.data(), v.data(), 2, true},
+      {p.data() + 2, g.data(), m.data() + 2, v.data() + 2, 1, false},
+      {p.data() + 3, g.data(), m.data() + 3, v.data() + 3, 0, true}};
+  adamw_update_segments<float>(segs, 3, a);
+  EXPECT_FLOAT_EQ(p[0], 0.95f);
+  EXPECT_FLOAT_EQ(p[1], -1.9f);
+  EXPECT_EQ(p[2], 0.5f);
+  EXPECT_EQ(p[3], 4.f);  // an empty segment touches nothing
+}
+
 }  // namespace
 }  // namespace moetron::kernels::cpu::testing

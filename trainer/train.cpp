@@ -32,8 +32,10 @@
 #include <fstream>
 #include <ostream>
 #include <sstream>
+#include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "kernels/flop_counter.h"
 #include "kernels/host_waits.h"
@@ -416,9 +418,16 @@ void report_end(const Run& r, std::ostream& log) {
         << " on the fallback kernel (" << 100 * fp8.kernel / (fp8.cublaslt + fp8.kernel)
         << "%; precision.expert_row_align " << r.cfg.policy().expert_row_align << ")\n";
   // launches cost the host microseconds each, the routed experts' GEMMs only as much GPU time
-  if (r.cfg.run.device == Device::CUDA)
+  if (r.cfg.run.device == Device::CUDA) {
     log << "moetron: kernels launched by rank 0: " << kernels::gpu_kernel_launches()
         << " of moetron's own (cuBLASLt's, CUB's and NCCL's not counted)\n";
+    std::vector<std::pair<int64_t, std::string>> by;  // most first
+    for (const auto& [name, n] : kernels::gpu_kernel_launches_by_name()) by.push_back({-n, name});
+    std::sort(by.begin(), by.end());
+    log << "moetron: launches by kernel:";
+    for (const auto& [n, name] : by) log << " " << name << " " << -n << ";";
+    log << "\n";
+  }
   if (!r.ep) return;
   auto mb = [&](EpPhase ph) { return static_cast<double>(r.ep->bytes_sent(ph)) / 1e6; };
   log << "moetron: expert-parallel payload sent by rank 0 (" << r.cfg.precision.recipe

@@ -64,9 +64,21 @@ void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const 
   }
 }
 
+template <class M>
+void adamw_update_segments(const AdamWSegment<M>* segs, int64_t n, const AdamWParams& p) {
+  for (int64_t s = 0; s < n; ++s) {
+    AdamWParams ps = p;
+    if (!segs[s].decay) ps.weight_decay = 0.0;
+    adamw_update<M>(segs[s].param, segs[s].grad, segs[s].m, segs[s].v, segs[s].n, ps);
+  }
+}
+
 template void adamw_update<float>(float*, const float*, float*, float*, int64_t,
                                   const AdamWParams&);
 template void adamw_update<uint16_t>(float*, const float*, uint16_t*, uint16_t*, int64_t,
                                      const AdamWParams&);
+template void adamw_update_segments<float>(const AdamWSegment<float>*, int64_t, const AdamWParams&);
+template void adamw_update_segments<uint16_t>(const AdamWSegment<uint16_t>*, int64_t,
+                                              const AdamWParams&);
 
 }  // namespace moetron::kernels::cpu

@@ -244,6 +244,9 @@ void lm_head_ce_backward(const T* h, const T* W, const int32_t* target, const T*
 // Moments in fp32 (M = float) or bf16 (M = uint16_t bit pattern, rounded to nearest even).
 template <class M>
 void adamw_update(float* param, const float* grad, M* m, M* v, int64_t n, const AdamWParams& p);
+// The segments one after another, each with p.weight_decay or none (segment.decay).
+template <class M>
+void adamw_update_segments(const AdamWSegment<M>* segs, int64_t n, const AdamWParams& p);
 
 // ---- the optimizer's vectors (kernels/cpu/optim_vec.cpp) ---------------------------------------
 // out[s] = sum of x[begin[s] + i]^2 over i < len[s], accumulated in double in index order (each

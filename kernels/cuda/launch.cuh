@@ -26,6 +26,28 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned>(std::clamp<int64_t>(b, 1, max_grid_blocks()));
 }
 
+// A grid over segments of different lengths (one launch for many parameter pieces: a gradient
+// norm's sums of squares, a multi-tensor AdamW step). Segment s owns blocks [first_block,
+// first_block + blocks) of the grid: ceil(len / chunk) of them, at least 1, at most max_blocks, so
+// its blocks depend on its length alone (and a strided loop over them covers it in the same order
+// whichever segments share the launch). A block finds its segment by binary search over the
+// segments' first_block (increasing; Seg has a member first_block).
+inline int64_t segment_blocks(int64_t len, int64_t chunk, int64_t max_blocks) {
+  return std::min(std::max<int64_t>((len + chunk - 1) / chunk, 1), max_blocks);
+}
+template <class Seg>
+__device__ __forceinline__ int64_t segment_of_block(const Seg* seg, int64_t n, int64_t b) {
+  int64_t lo = 0, hi = n - 1;  // the last segment whose first block is <= b
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (seg[mid].first_block <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
 // The reductions' operations. MaxOp is the CPU loops' max ("a < b ? b : a": a NaN already in a
 // stays, one in b is passed over).
 struct SumOp {

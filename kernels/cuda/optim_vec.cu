@@ -30,23 +30,13 @@ struct SumSegment {
   int64_t first_block, blocks;  // of the first pass (first_block increasing: every segment has one)
 };
 
-int64_t sum_blocks(int64_t len) {
-  return std::min(std::max<int64_t>((len + kSumChunk - 1) / kSumChunk, 1), kMaxSumBlocks);
-}
+int64_t sum_blocks(int64_t len) { return segment_blocks(len, kSumChunk, kMaxSumBlocks); }
 
 // part[blockIdx.x] = the block's strided share of its segment's sum of x^2
 __global__ void segment_squares_kernel(const float* x, const SumSegment* seg, int64_t n,
                                        double* part) {
   const int64_t b = blockIdx.x;
-  int64_t lo = 0, hi = n - 1;  // the last segment whose first block is <= b
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (seg[mid].first_block <= b)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const SumSegment sg = seg[lo];
+  const SumSegment sg = seg[segment_of_block(seg, n, b)];
   const float* p = x + sg.begin;
   double s = 0;
   for (int64_t i = (b - sg.first_block) * blockDim.x + threadIdx.x; i < sg.len;

@@ -24,6 +24,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "kernels/device.h"
@@ -47,6 +48,8 @@ void launched(const char* what, const char* file, int line);
 // the routed experts' GEMMs are microseconds of GPU time each, so launches per expert are what
 // the grouped ops keep few (tests/test_cuda_fp8.cpp counts them).
 int64_t kernel_launches();
+// The same launches by the name their MOETRON_CUDA_LAUNCHED gives.
+std::map<std::string, int64_t> launch_tally();
 
 // Whether this process uses a GPU: a device was selected or the streams exist. Until then
 // nothing of CUDA's is made on the host's behalf (a CPU run on a GPU machine makes no context).
