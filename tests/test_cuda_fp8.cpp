@@ -582,7 +582,8 @@ std::vector<float> slice(const std::vector<float>& v, int64_t at, int64_t n) {
 
 // A grouped op makes the layouts of all its groups in a launch or two (fp8_gemm.cu): 70 operands
 // of odd row counts and widths (two launches of 64 and 6), and three weights' blocks and their
-// transposes, each layout 256-byte aligned and equal to the documented one, padding included.
+// transposes, each layout 256-byte aligned and equal to the documented one, padding included; the
+// quantisers' own cuBLASLt layouts likewise, and their refusal of layouts they cannot write.
 TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
   MOETRON_REQUIRE_GPU();
   std::vector<fp8::LtVecOperand> ops;
@@ -629,6 +630,21 @@ TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
     expect_equal(host(lt2, Ct * cdiv(Rt / 4, 128)),
                  doc_vec_layout(host(st, Ct * cdiv(Rt / 4, 128)), 0, Ct, Rt / 4),
                  "quantize_128x1_t's cuBLASLt layout");
+    // refused: a layout of other tiles, of rows % 4 != 0 (1x128: cuBLASLt's rows unpadded here),
+    // of columns % 4 != 0 (the transposing ones: their rows are x's columns)
+    cudaStream_t s0 = stream_of(gpu_exec());
+    EXPECT_THROW(
+        fp8::quantize(s0, dx.data(), R, C, kTile128x128, false, q.data(), sc.data(), lt.data()),
+        std::invalid_argument);
+    EXPECT_THROW(
+        fp8::quantize(s0, dx.data(), R - 2, C, kTile1x128, false, q.data(), sc.data(), lt.data()),
+        std::invalid_argument);
+    EXPECT_THROW(fp8::quantize_128x1_t(s0, dx.data(), Rt / 4, Ct - 2, false, qt.data(), st.data(),
+                                       lt2.data()),
+                 std::invalid_argument);
+    EXPECT_THROW(fp8::requantize_1x128_to_128x1(s0, q.data(), sc.data(), Rt, Ct - 1, true,
+                                                qt.data(), st.data(), lt2.data()),
+                 std::invalid_argument);
   }
   const int64_t G = 3, RB = 3, CB = 5;
   const std::vector<float> w = rand_vec<float>(G * RB * CB, 92);
@@ -711,6 +727,28 @@ TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
         << path << " wgrad";
   }
   synchronize(gpu_exec());
+}
+
+// The Wgrads' token-major dY of many experts: 150 groups (32 empty, some of more than 128 rows,
+// 200 columns: not a multiple of the kernel's 32) bit for bit against the CPU, in one launch per
+// 64 groups with rows (a group table as the kernel's argument; one launch per group before).
+TEST(CudaFp8, GroupedTokenMajorQuantiserTakesOneLaunchPer64Groups) {
+  MOETRON_REQUIRE_GPU();
+  const int64_t G = 150, N = 200;
+  std::vector<int64_t> off = {0};
+  int64_t with_rows = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t rows = g % 13 == 5 || g % 7 == 2 ? 0 : (g * 37) % 300 + 1;
+    off.push_back(off.back() + rows);
+    with_rows += rows > 0;
+  }
+  ASSERT_EQ(with_rows, 118);
+  const auto dY = varied(off.back(), N, 99);
+  for (bool pow2 : {false, true}) {
+    const int64_t k0 = kernel_launches();
+    grad_tiles(dY, off, N, pow2, pow2 ? "150 groups pow2" : "150 groups");
+    EXPECT_EQ(kernel_launches() - k0, (with_rows + 63) / 64);
+  }
 }
 
 // ---- edges --------------------------------------------------------------------------------------

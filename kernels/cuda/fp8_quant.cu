@@ -16,6 +16,8 @@
 //   other tiles: one block per tile, block max, any tile shape;
 //   128x1 stored transposed: a block per 128 rows x 32 columns staged in shared memory, column
 //     maxima, then each column written as a contiguous run of qT (the tokens of Wgrad's operand);
+//     a grouped operand (every expert's dY) in one launch per 64 groups, each block finding its
+//     group in a table passed as the kernel's argument;
 //   dequantize: one element per thread (grid-stride).
 // Grids loop over tiles (grid-stride), so no launch exceeds the grid limits.
 #include <algorithm>
@@ -142,24 +144,45 @@ struct E4M3Values {
 
 constexpr int kColsT = 32;  // columns per block of the transposing quantiser (one warp wide)
 
-// x [R,C] (through `at`) -> qT [C,R], sT [C, RB]: per work item 128 rows x 32 columns; 256 threads
-// as 8 rows of 32 (tx: column when reading x, row when writing qT). lt (C a multiple of 4): the
-// scales again in cuBLASLt's layout of qT's 1x128 tiles, [RB, C] (fp8_cuda.h).
+// The row groups of one launch of the transposing quantiser, a kernel argument (2 KiB): group j is
+// rows [r0, r0 + rows) of x, its codes [C, rows] at qT + C r0, its scales [C, ceil(rows/128)] at
+// sT + C tile; end: the work items of groups 0..j (each ceil(rows/128) x ceil(C/32)).
+constexpr int kRowGroupBatch = 64;
+struct RowGroups {
+  int n;
+  int64_t r0[kRowGroupBatch], rows[kRowGroupBatch], tile[kRowGroupBatch], end[kRowGroupBatch];
+};
+
+// x [R,C] (through `at`), in row groups -> per group qT [C,rows], sT [C, RB]: per work item 128
+// rows x 32 columns of one group; 256 threads as 8 rows of 32 (tx: column when reading x, row when
+// writing qT). lt (one group, C a multiple of 4): the scales again in cuBLASLt's layout of qT's
+// 1x128 tiles, [RB, C] (fp8_cuda.h).
 template <class Values>
-__global__ void quantize_128x1_t_kernel(Values at, int64_t R, int64_t C, bool pow2, uint8_t* qT,
+__global__ void quantize_128x1_t_kernel(Values at, RowGroups g, int64_t C, bool pow2, uint8_t* qT,
                                         float* sT, float* lt) {
   __shared__ float tile[128][kColsT + 1];  // +1: conflict-free column reads
   __shared__ float red[8][kColsT];
   __shared__ float sc[kColsT], inv[kColsT];
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t RB = cdiv(R, 128), CG = cdiv(C, kColsT);
-  for (int64_t t = blockIdx.x; t < RB * CG; t += gridDim.x) {  // uniform within the block
-    const int64_t rb = t / CG, r0 = rb * 128, c0 = (t % CG) * kColsT;
+  const int64_t CG = cdiv(C, kColsT);
+  for (int64_t t = blockIdx.x; t < g.end[g.n - 1]; t += gridDim.x) {  // uniform within the block
+    int j = 0, hi = g.n - 1;  // the group t falls in: the first whose end is past t
+    while (j < hi) {
+      const int mid = (j + hi) / 2;
+      if (g.end[mid] > t)
+        hi = mid;
+      else
+        j = mid + 1;
+    }
+    const int64_t R = g.rows[j], RB = cdiv(R, 128), item = t - (j ? g.end[j - 1] : 0);
+    const int64_t rb = item / CG, r0 = rb * 128, c0 = (item % CG) * kColsT;
+    uint8_t* q = qT + C * g.r0[j];
+    float* s = sT + C * g.tile[j];
     const int h = static_cast<int>(std::min<int64_t>(128, R - r0));
     const int w = static_cast<int>(std::min<int64_t>(kColsT, C - c0));
     float m = 0.f;
     for (int r = ty; r < h; r += 8) {
-      const float v = tx < w ? at(r0 + r, c0 + tx) : 0.f;
+      const float v = tx < w ? at(g.r0[j] + r0 + r, c0 + tx) : 0.f;
       tile[r][tx] = v;
       m = fmaxf(m, fabsf(v));
     }
@@ -167,21 +190,46 @@ __global__ void quantize_128x1_t_kernel(Values at, int64_t R, int64_t C, bool po
     __syncthreads();
     if (ty == 0) {
       float a = red[0][tx];
-      for (int j = 1; j < 8; ++j) a = fmaxf(a, red[j][tx]);
-      const float s = tile_scale(a, pow2);
-      sc[tx] = s;
-      inv[tx] = 1.0f / s;
+      for (int k = 1; k < 8; ++k) a = fmaxf(a, red[k][tx]);
+      const float sk = tile_scale(a, pow2);
+      sc[tx] = sk;
+      inv[tx] = 1.0f / sk;
       if (tx < w) {
-        sT[(c0 + tx) * RB + rb] = s;
-        if (lt) lt[rb * C + c0 + tx] = s;
+        s[(c0 + tx) * RB + rb] = sk;
+        if (lt) lt[rb * C + c0 + tx] = sk;
       }
     }
     __syncthreads();
     for (int c = ty; c < w; c += 8)
       for (int r = tx; r < h; r += 32)
-        qT[(c0 + c) * R + r0 + r] = encode(tile[r][c], sc[c], inv[c], pow2);
+        q[(c0 + c) * R + r0 + r] = encode(tile[r][c], sc[c], inv[c], pow2);
     __syncthreads();  // tile, red, sc are rewritten by the next work item
   }
+}
+
+// The groups with rows of off [G + 1] (host), kRowGroupBatch per launch; one group {0, R} for a
+// single operand.
+template <class Values>
+void quantize_128x1_t_groups(cudaStream_t st, Values at, const int64_t* off, int64_t G, int64_t C,
+                             bool pow2, uint8_t* qT, float* sT, float* lt, const char* what) {
+  if (C == 0) return;
+  const std::vector<int64_t> t = row_tile_offsets(off, G);
+  RowGroups b{};
+  auto launch = [&] {
+    if (b.n == 0) return;
+    quantize_128x1_t_kernel<Values>
+        <<<blocks_for(b.end[b.n - 1], 1), kThreads, 0, st>>>(at, b, C, pow2, qT, sT, lt);
+    MOETRON_CUDA_LAUNCHED(what);
+    b.n = 0;
+  };
+  for (int64_t k = 0; k < G; ++k) {
+    const int64_t rows = off[k + 1] - off[k];
+    if (rows <= 0) continue;
+    b.r0[b.n] = off[k], b.rows[b.n] = rows, b.tile[b.n] = t[k];
+    b.end[b.n] = (b.n ? b.end[b.n - 1] : 0) + cdiv(rows, 128) * cdiv(C, kColsT);
+    if (++b.n == kRowGroupBatch) launch();
+  }
+  launch();
 }
 
 // ---- layouts ------------------------------------------------------------------------------------
@@ -258,11 +306,8 @@ void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, boo
                       float* sT, float* lt) {
   check_sizes(R, C, "quantize_128x1_t");
   if (lt && C % 4) throw std::invalid_argument("quantize_128x1_t: a cuBLASLt layout of C % 4 != 0");
-  if (R == 0 || C == 0) return;
-  const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
-  quantize_128x1_t_kernel<F32Values>
-      <<<blocks_for(items, 1), kThreads, 0, st>>>(F32Values{x, C}, R, C, pow2, qT, sT, lt);
-  MOETRON_CUDA_LAUNCHED("quantize_128x1_t");
+  const int64_t one[2] = {0, R};
+  quantize_128x1_t_groups(st, F32Values{x, C}, one, 1, C, pow2, qT, sT, lt, "quantize_128x1_t");
 }
 
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
@@ -270,11 +315,9 @@ void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s
   check_sizes(R, C, "requantize_1x128_to_128x1");
   if (lt && C % 4)
     throw std::invalid_argument("requantize_1x128_to_128x1: a cuBLASLt layout of C % 4 != 0");
-  if (R == 0 || C == 0) return;
-  const int64_t items = cdiv(R, 128) * cdiv(C, kColsT);
-  quantize_128x1_t_kernel<E4M3Values><<<blocks_for(items, 1), kThreads, 0, st>>>(
-      E4M3Values{q, s, C, cdiv(C, 128)}, R, C, pow2, qT, sT, lt);
-  MOETRON_CUDA_LAUNCHED("requantize_1x128_to_128x1");
+  const int64_t one[2] = {0, R};
+  quantize_128x1_t_groups(st, E4M3Values{q, s, C, cdiv(C, 128)}, one, 1, C, pow2, qT, sT, lt,
+                          "requantize_1x128_to_128x1");
 }
 
 void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
@@ -296,15 +339,12 @@ void quantize_gathered(const Exec& ex, const float* x, const int64_t* idx, int64
   fp8::quantize_gathered(stream_of(ex), x, idx, R, C, pow2, q, scales);
 }
 
-// one quantize_128x1_t per group with rows (kernels/ops.h for the layout)
+// up to 64 groups per launch (kernels/ops.h for the layout)
 void grouped_quantize_128x1_t(const Exec& ex, const int64_t* off, int64_t G, const float* x,
                               int64_t C, bool pow2, uint8_t* qT, float* sT) {
-  const std::vector<int64_t> t = row_tile_offsets(off, G);
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
-    if (rows > 0)
-      fp8::quantize_128x1_t(stream_of(ex), x + r0 * C, rows, C, pow2, qT + r0 * C, sT + t[g] * C);
-  }
+  if (C < 0) throw std::invalid_argument("grouped_quantize_128x1_t: negative size");
+  fp8::quantize_128x1_t_groups(stream_of(ex), fp8::F32Values{x, C}, off, G, C, pow2, qT, sT,
+                               nullptr, "grouped_quantize_128x1_t");
 }
 
 void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
