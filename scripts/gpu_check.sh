@@ -138,6 +138,7 @@ if [[ -x $bin/moetron && -d data/cache/sotu/train ]]; then
   grep "FP8 GEMMs of rank 0" $run/mid.log || echo "gpu_check: no FP8 GEMM count in the mid-size log"
   # and how many kernels the host launched for its 6 steps (each microseconds of host time)
   grep "kernels launched by rank 0" $run/mid.log || echo "gpu_check: no launch count in the mid-size log"
+  grep "launches by kernel" $run/mid.log | cut -c1-400 || true  # the most launched first
   python3 - $run <<'PY' || status=1
 import json, os, sys
 run = sys.argv[1]

@@ -273,7 +273,8 @@ void block_barrier() {}
 // ASan the rest of the arena is poisoned (a 32-byte gap between variables), so an access past a
 // variable or past the dynamic size is reported; under TSan the used part is mapped afresh before
 // each block, which clears what TSan knows of it (the last block's threads are not ordered before
-// this block's, and their accesses must not be compared).
+// this block's, and their accesses must not be compared), and before a launch what the last
+// launch used (its variables' places may differ from this one's).
 namespace smem {
 constexpr size_t kOptin = 232448;      // an H100's and H200's per-block opt-in (227 KiB)
 constexpr size_t kStatic = 48 * 1024;  // CUDA's limit on a block's static shared memory
@@ -286,6 +287,9 @@ struct Var {
 };
 unsigned char* arena = nullptr;
 size_t dyn = 0, end = 0, statics = 0;  // dynamic bytes; the end of what is placed; static bytes
+// The end of what this launch (until the next begins: the last launch) placed; beyond it the
+// arena is as last mapped (TSan: untouched since it was mapped afresh).
+size_t touched = 0;
 std::vector<Var> vars;
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -326,12 +330,13 @@ void launch_begin(size_t dynamic_bytes) {
     if (p == MAP_FAILED) fail("no memory for the shared memory");
     arena = static_cast<unsigned char*>(p);
   }
-  remap(kArena);
+  remap(touched);  // only what the last launch used (the whole arena cost TSan ~1 MiB of shadow)
   poison(0, kArena, true);
   poison(0, dynamic_bytes, false);
   vars.clear();
   dyn = dynamic_bytes;
   end = round_up(dyn, 256);
+  touched = end;
   statics = 0;
 }
 
@@ -352,6 +357,7 @@ void* place(const void* key, size_t bytes, size_t align) {
     fail("static and dynamic shared memory together over the device's 227 KiB per block");
   vars.push_back(Var{key, offset, bytes});
   end = offset + bytes;
+  touched = std::max(touched, end);
   poison(offset, bytes, false);
   fill(arena + offset, bytes);
   return arena + offset;
