@@ -173,14 +173,7 @@ __global__ void vec128_scales_kernel(const float* s, LtVecBatch b, float* out) {
   const int64_t total = b.end[b.n - 1];
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    int j = 0, hi = b.n - 1;  // the operand i falls in: the first whose end is past i
-    while (j < hi) {
-      const int mid = (j + hi) / 2;
-      if (b.end[mid] > i)
-        hi = mid;
-      else
-        j = mid + 1;
-    }
+    const int j = range_of(b.end, b.n, i);  // the operand i falls in
     const int64_t at = i - (j ? b.end[j - 1] : 0), R = b.rows[j], Rp = round_up(R, 4);
     if (at >= b.kb[j] * Rp) continue;  // the gap up to the next 256 bytes
     const int64_t kb = at / Rp, r = at % Rp;

@@ -166,14 +166,7 @@ __global__ void quantize_128x1_t_kernel(Values at, RowGroups g, int64_t C, bool 
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
   const int64_t CG = cdiv(C, kColsT);
   for (int64_t t = blockIdx.x; t < g.end[g.n - 1]; t += gridDim.x) {  // uniform within the block
-    int j = 0, hi = g.n - 1;  // the group t falls in: the first whose end is past t
-    while (j < hi) {
-      const int mid = (j + hi) / 2;
-      if (g.end[mid] > t)
-        hi = mid;
-      else
-        j = mid + 1;
-    }
+    const int j = range_of(g.end, g.n, t);                            // the group t falls in
     const int64_t R = g.rows[j], RB = cdiv(R, 128), item = t - (j ? g.end[j - 1] : 0);
     const int64_t rb = item / CG, r0 = rb * 128, c0 = (item % CG) * kColsT;
     uint8_t* q = qT + C * g.r0[j];

@@ -48,6 +48,21 @@ __device__ __forceinline__ int64_t segment_of_block(const Seg* seg, int64_t n, i
   return lo;
 }
 
+// Which of n consecutive ranges holds item i, the ranges given by their ends (end[j]: the items
+// of ranges 0..j, increasing; end[n - 1] > i): the first j with end[j] > i. For the batches
+// passed as a kernel argument (the operands of the cuBLASLt layouts, a grouped quantiser's groups).
+__device__ __forceinline__ int range_of(const int64_t* end, int n, int64_t i) {
+  int j = 0, hi = n - 1;
+  while (j < hi) {
+    const int mid = (j + hi) / 2;
+    if (end[mid] > i)
+      hi = mid;
+    else
+      j = mid + 1;
+  }
+  return j;
+}
+
 // The reductions' operations. MaxOp is the CPU loops' max ("a < b ? b : a": a NaN already in a
 // stays, one in b is passed over).
 struct SumOp {
