@@ -208,11 +208,11 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                              int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
+                              int64_t N, int64_t K, const uint8_t* qWt, const float* sWt, bool pow2,
                               bool blocks128, float* dX) {
   const op_profile::Scope timed(ex, "grouped_fp8_linear_dgrad");
   check_and_count_groups(ex, off, G, N, K, "grouped_fp8_linear_dgrad");
-  MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qW, sW, pow2, blocks128, dX);
+  MOETRON_DISPATCH(grouped_fp8_linear_dgrad, off, G, dY, N, K, qWt, sWt, pow2, blocks128, dX);
 }
 
 void grouped_fp8_linear_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qdYt,
@@ -488,12 +488,18 @@ void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t
   MOETRON_DISPATCH(fp8_fprop, qX, sX, qW, sW, M, N, K, Y);
 }
 
+void transpose_e4m3_blocks(const Exec& ex, const uint8_t* q, const float* s, int64_t G, int64_t R,
+                           int64_t C, uint8_t* qT, float* sT) {
+  const op_profile::Scope timed(ex, "transpose_e4m3_blocks");
+  MOETRON_DISPATCH(transpose_e4m3_blocks, q, s, G, R, C, qT, sT);
+}
+
 void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
-                      const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
+                      const uint8_t* qWt, const float* sWt, bool pow2, bool blocks128, float* dX,
                       bool accumulate) {
   const op_profile::Scope timed(ex, "fp8_linear_dgrad");
   count(ex, 2 * M * N * K);
-  MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate);
+  MOETRON_DISPATCH(fp8_linear_dgrad, dY, M, N, K, qWt, sWt, pow2, blocks128, dX, accumulate);
 }
 
 void grouped_quantize_128x1_t(const Exec& ex, const int64_t* off, int64_t G, const float* x,

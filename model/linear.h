@@ -14,7 +14,7 @@
 //   forward          X [N,in] quantised 1x128 (kept instead of X), W [out,in] as 128x128 blocks
 //                    (Fp8WeightCache), Y = fp8_fprop; fp32 accumulation, promotion every 128.
 //   backward_input   dY [N,out] quantised 1x128 (or 128x128 blocks for the App. B.2 experiment),
-//                    dX = fp8_dgrad with the same W blocks.
+//                    dX = fp8_linear_dgrad with the same W blocks, transposed (the cache's W^T).
 //   backward_weight  dY quantised 128x1 token-major, the kept FP8 X re-quantised 1x128 -> 128x1
 //                    (or an fp32 X quantised 128x1 directly), dW += fp8_wgrad (fp32).
 // The layer keeps dY for the weight gradient, which may run later, as a SavedGrad (buffers.h): it
@@ -39,6 +39,7 @@
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/ops.h"
 #include "model/buffers.h"
@@ -48,37 +49,59 @@
 namespace moetron {
 
 // FP8 copy of G weight matrices W [G, R, C] (each quantised in its own 128x128 blocks):
-// codes [G, R, C], scales [G, ceil(R/128), ceil(C/128)].
+// codes [G, R, C], scales [G, ceil(R/128), ceil(C/128)]; and W^T, what Dgrad reads (its GEMM wants
+// the reduced dimension R contiguous): codes [G, C, R], scales [G, ceil(C/128), ceil(R/128)],
+// made from the codes on the first Dgrad after each quantisation and kept with them, so the
+// micro-batches of a step transpose once, as Transformer Engine's FP8 weight-transpose cache
+// does. Its bytes, one more of each weight code, are in `plan`'s fp8-cache (trainer/plan.cpp).
+// (`precision.fp8_weight_transpose: per_call`: the Linear transposes into its scratch at every
+// Dgrad instead and this W^T is never made; LinearBase::weight_t.)
 struct Fp8WeightCache {
-  Buffer<uint8_t> q;
-  Buffer<float> s;
-  int64_t R = 0, C = 0;
+  Buffer<uint8_t> q, qT;
+  Buffer<float> s, sT;
+  int64_t G = 0, R = 0, C = 0;
   uint64_t version = 0;
   bool valid = false;
-  bool pushed = false;  // remade from values its parameter's owner gave (Param::copies): kept
+  bool pushed = false;      // remade from values its parameter's owner gave (Param::copies): kept
+  bool transposed = false;  // qT, sT hold the transpose of q, s
   int64_t blocks() const { return ((R + 127) / 128) * ((C + 127) / 128); }
   // Re-quantises unless valid at *ver (ver null: always) or pushed.
-  void refresh(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2,
-               const uint64_t* ver) {
+  void refresh(const Exec& ex, const float* W, int64_t groups, int64_t rows, int64_t cols,
+               bool pow2, const uint64_t* ver) {
     if (pushed || (ver && valid && version == *ver && R == rows && C == cols)) return;
-    quantize(ex, W, G, rows, cols, pow2);
+    quantize(ex, W, groups, rows, cols, pow2);
     version = ver ? *ver : 0;
   }
   // Quantises W [G, rows, cols] given by the parameter's owner; refresh() keeps it from now on.
-  void push(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2) {
-    quantize(ex, W, G, rows, cols, pow2);
+  void push(const Exec& ex, const float* W, int64_t groups, int64_t rows, int64_t cols, bool pow2) {
+    quantize(ex, W, groups, rows, cols, pow2);
     pushed = true;
   }
+  // W^T's codes and scales (the current quantisation's)
+  const uint8_t* qt(const Exec& ex) { return transpose(ex), qT.data(); }
+  const float* st(const Exec& ex) { return transpose(ex), sT.data(); }
 
  private:
-  void quantize(const Exec& ex, const float* W, int64_t G, int64_t rows, int64_t cols, bool pow2) {
-    R = rows, C = cols;
+  void quantize(const Exec& ex, const float* W, int64_t groups, int64_t rows, int64_t cols,
+                bool pow2) {
+    G = groups, R = rows, C = cols;
     sized(q, G * R * C);
     sized(s, G * blocks());
-    for (int64_t g = 0; g < G; ++g)
-      kernels::quantize(ex, W + g * R * C, R, C, kernels::kTile128x128, pow2, q.data() + g * R * C,
-                        s.data() + g * blocks());
+    if (R % 128 == 0) {  // the G matrices' blocks are those of one [G R, C] matrix: one call
+      kernels::quantize(ex, W, G * R, C, kernels::kTile128x128, pow2, q.data(), s.data());
+    } else {
+      for (int64_t g = 0; g < G; ++g)
+        kernels::quantize(ex, W + g * R * C, R, C, kernels::kTile128x128, pow2,
+                          q.data() + g * R * C, s.data() + g * blocks());
+    }
     valid = true;
+    transposed = false;
+  }
+  void transpose(const Exec& ex) {
+    if (transposed) return;
+    kernels::transpose_e4m3_blocks(ex, q.data(), s.data(), G, R, C, sized(qT, G * R * C),
+                                   sized(sT, G * blocks()));
+    transposed = true;
   }
 };
 
@@ -119,19 +142,22 @@ struct Bf16WeightCache {
 // structs, and a Linear made without one makes its own.
 template <class T>
 struct LinearScratch {
-  explicit LinearScratch(Device d) : x(d), wide(d) {
+  explicit LinearScratch(Device d) : x(d), wide(d), wtq(d), wts(d) {
     x8.q = Buffer<uint8_t>(d), x8.s = Buffer<float>(d);
     dy8.dy = Buffer<T>(d), dy8.q = Buffer<uint8_t>(d), dy8.s = Buffer<float>(d);
   }
-  Buffer<T> x;       // BF16/FP8: the input before conversion [N, in]
-  Buffer<T> wide;    // BF16: a kept input read back as T for a GEMM [N, in]
-  Fp8Act x8;         // FP8: an input quantised on the fly and not kept [N, in] + scales
-  SavedGrad<T> dy8;  // FP8: a dY given as T, quantised for the Wgrad on the fly [N, out]
+  Buffer<T> x;          // BF16/FP8: the input before conversion [N, in]
+  Buffer<T> wide;       // BF16: a kept input read back as T for a GEMM [N, in]
+  Fp8Act x8;            // FP8: an input quantised on the fly and not kept [N, in] + scales
+  SavedGrad<T> dy8;     // FP8: a dY given as T, quantised for the Wgrad on the fly [N, out]
+  Buffer<uint8_t> wtq;  // FP8, fp8_weight_transpose per_call: W^T's codes [G, in, out]
+  Buffer<float> wts;    // and block scales [G, ceil(in/128), ceil(out/128)]
   // the bytes held (capacities)
   int64_t bytes() const {
     return static_cast<int64_t>((x.capacity() + wide.capacity()) * sizeof(T) + x8.q.capacity() +
                                 x8.s.capacity() * sizeof(float) + dy8.q.capacity() +
-                                dy8.s.capacity() * sizeof(float));
+                                dy8.s.capacity() * sizeof(float) + wtq.capacity() +
+                                wts.capacity() * sizeof(float));
   }
 };
 
@@ -144,6 +170,7 @@ struct LinearBase {
   Exec ex{};
   const uint64_t* version = nullptr;  // PrecisionPolicy::weight_version (null: every forward)
   bool store_bf16 = false;            // PrecisionPolicy::store_bf16: a kept input in bf16
+  bool wt_per_call = false;           // PrecisionPolicy::weight_transpose == PerCall
   // the weight's copy (FP8 or bf16), shared with the closure the Linear registers in W->copies
   std::shared_ptr<Fp8WeightCache> wq = std::make_shared<Fp8WeightCache>();
   std::shared_ptr<Bf16WeightCache> w16 = std::make_shared<Bf16WeightCache>();
@@ -156,6 +183,7 @@ struct LinearBase {
     W = w, G = groups, in = in_, out = out_, lp = p, ex = e;
     version = pol.weight_version.get();
     store_bf16 = pol.store_bf16;
+    wt_per_call = pol.weight_transpose == WeightTranspose::PerCall;
     sc = s ? std::move(s) : std::make_shared<LinearScratch<T>>(e.device);
     register_copy();
   }
@@ -211,6 +239,15 @@ struct LinearBase {
     sc->dy8.set_form(true, lp.pow2_dy);
     sc->dy8.keep(ex, dy, N, out);
     return sc->dy8;
+  }
+  // FP8: W^T's codes and block scales, what Dgrad reads: the cache's, made once per weight
+  // version, or (per_call) transposed into the scratch now
+  std::pair<const uint8_t*, const float*> weight_t() const {
+    if (!wt_per_call) return {wq->qt(ex), wq->st(ex)};
+    uint8_t* q = sized(sc->wtq, G * out * in);
+    float* s = sized(sc->wts, G * wq->blocks());
+    kernels::transpose_e4m3_blocks(ex, wq->q.data(), wq->s.data(), G, out, in, q, s);
+    return {q, s};
   }
   // BF16 on a float model: the GEMMs that read W take its bf16 copy.
   bool bf16_weight() const { return std::is_same_v<T, float> && lp.recipe == Recipe::BF16; }
@@ -274,9 +311,9 @@ struct Linear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();  // normally still valid
-        return kernels::fp8_linear_dgrad(B::ex, dy, N, B::out, B::in, B::wq->q.data(),
-                                         B::wq->s.data(), B::lp.pow2_dy, B::lp.dgrad_128x128, dx,
-                                         accumulate);
+        const auto [qt, st] = B::weight_t();
+        return kernels::fp8_linear_dgrad(B::ex, dy, N, B::out, B::in, qt, st, B::lp.pow2_dy,
+                                         B::lp.dgrad_128x128, dx, accumulate);
       }
     }
     if constexpr (std::is_same_v<T, float>) {
@@ -375,9 +412,9 @@ struct GroupedLinear : LinearBase<T> {
     if constexpr (std::is_same_v<T, float>) {
       if (B::fp8()) {
         B::refresh();
-        return kernels::grouped_fp8_linear_dgrad(B::ex, off, B::G, dy, B::out, B::in,
-                                                 B::wq->q.data(), B::wq->s.data(), B::lp.pow2_dy,
-                                                 B::lp.dgrad_128x128, dx);
+        const auto [qt, st] = B::weight_t();
+        return kernels::grouped_fp8_linear_dgrad(B::ex, off, B::G, dy, B::out, B::in, qt, st,
+                                                 B::lp.pow2_dy, B::lp.dgrad_128x128, dx);
       }
     }
     if constexpr (std::is_same_v<T, float>) {

@@ -25,6 +25,8 @@
 // GEMM on the CPU); "none" = amax/448 everywhere.
 // `precision.fp8_dgrad_tile`: "1x128" (SPEC) or "128x128" — the experiment of SPEC App. B.2:
 // activation gradients quantised in 128x128 blocks, which the V3 report found to diverge.
+// `precision.fp8_weight_transpose`: "cached" (default) or "per_call" — where Dgrad's W^T lives
+// (WeightTranspose below; model/linear.h).
 #pragma once
 
 #include <array>
@@ -89,6 +91,14 @@ inline constexpr EnumWord<DgradTile> kDgradTileWords[] = {{DgradTile::Tile1x128,
                                                           {DgradTile::Tile128x128, "128x128"}};
 constexpr auto enum_words(DgradTile) { return std::span(kDgradTileWords); }
 
+// Where Dgrad's transposed FP8 weights live (`precision.fp8_weight_transpose`): cached = made once
+// per weight version and kept beside the FP8 copy (one more byte per FP8 weight element; what
+// Transformer Engine does), per_call = made at every Dgrad into the Linears' shared scratch (the
+// largest one weight's bytes, for the micro-batches' transposes over and over).
+enum class WeightTranspose { Cached, PerCall };
+inline constexpr EnumWord<WeightTranspose> kWeightTransposeWords[] = {
+    {WeightTranspose::Cached, "cached"}, {WeightTranspose::PerCall, "per_call"}};
+constexpr auto enum_words(WeightTranspose) { return std::span(kWeightTransposeWords); }
 // A recipe per component; unset = the policy's recipe.
 struct RecipeOverrides {
   std::array<std::optional<Recipe>, kNumComponents> of{};
@@ -116,6 +126,7 @@ struct PrecisionPolicy {
   RecipeOverrides overrides;
   Pow2Scales pow2_scales = Pow2Scales::Spec;
   DgradTile dgrad_tile = DgradTile::Tile1x128;
+  WeightTranspose weight_transpose = WeightTranspose::Cached;
   // FP8 weight cache: null = each Linear re-quantises its weight in every forward (always
   // correct). Non-null = a weight is re-quantised only when this counter differs from the value
   // it was quantised at; whoever changes weights (the optimizer step, a checkpoint load) must

@@ -23,6 +23,7 @@ TEST(ConfigPrecision, DefaultsAreFp32WithSpecScalesAnd1x128Gradients) {
   EXPECT_EQ(c.precision.recipe, Recipe::FP32);
   EXPECT_EQ(c.precision.fp8_pow2_scales, Pow2Scales::Spec);
   EXPECT_EQ(c.precision.fp8_dgrad_tile, DgradTile::Tile1x128);
+  EXPECT_EQ(c.precision.fp8_weight_transpose, WeightTranspose::Cached);
   EXPECT_EQ(c.precision.overrides[Component::RoutedExpert], std::nullopt);
   const PrecisionPolicy p = c.precision.policy();
   EXPECT_FALSE(p.any_fp8());
@@ -51,10 +52,12 @@ TEST(ConfigPrecision, OverridesScalesAndTilesReachThePolicy) {
       parse_config(edit_yaml(kBaseYaml, {{"precision.recipe", "fp8"},
                                          {"precision.fp8_pow2_scales", "all"},
                                          {"precision.fp8_dgrad_tile", "128x128"},
+                                         {"precision.fp8_weight_transpose", "per_call"},
                                          {"precision.overrides.attention_proj", "bf16"},
                                          {"precision.overrides.head", "fp32"}}),
                    "test.yaml");
   const PrecisionPolicy p = c.precision.policy();
+  EXPECT_EQ(p.weight_transpose, WeightTranspose::PerCall);
   EXPECT_EQ(p.recipe_of(Component::AttentionProj), Recipe::BF16);
   EXPECT_EQ(p.recipe_of(Component::DenseMlp), Recipe::FP8);
   EXPECT_EQ(p.gemm(Component::Head), kernels::GemmPrecision::FP32);
@@ -95,6 +98,10 @@ TEST(ConfigPrecision, BadValuesFailWithTheKeyAndTheChoices) {
   EXPECT_NE(tile.find("precision.fp8_dgrad_tile: must be one of {1x128, 128x128}"),
             std::string::npos)
       << tile;
+  const std::string wt = error_of(kBaseYaml, {"precision.fp8_weight_transpose=on"});
+  EXPECT_NE(wt.find("precision.fp8_weight_transpose: must be one of {cached, per_call}"),
+            std::string::npos)
+      << wt;
 }
 
 TEST(ConfigPrecision, ExpertRowAlignIs16ForFp8ExpertsOnAGpuUnlessSet) {
@@ -157,10 +164,12 @@ TEST(ConfigPrecision, WordsAndComponentsComeFromOneList) {
 }
 
 TEST(ConfigPrecision, RoundTripsThroughTheWrittenYaml) {
-  const Config c = base_config({"precision.recipe=fp8", "precision.overrides.dense_mlp=bf16",
-                                "precision.fp8_pow2_scales=none"});
+  const Config c =
+      base_config({"precision.recipe=fp8", "precision.overrides.dense_mlp=bf16",
+                   "precision.fp8_pow2_scales=none", "precision.fp8_weight_transpose=per_call"});
   const std::string yaml = config_to_yaml(c);
   EXPECT_NE(yaml.find("fp8_dgrad_tile"), std::string::npos);
+  EXPECT_NE(yaml.find("fp8_weight_transpose: per_call"), std::string::npos);
   const Config back = parse_config(yaml, "written.yaml");
   EXPECT_TRUE(back == c);
   EXPECT_EQ(back.precision.overrides[Component::DenseMlp], Recipe::BF16);

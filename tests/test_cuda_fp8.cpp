@@ -11,6 +11,7 @@
 //             cuBLASLt actually ran for the shapes it supports (gemm_counts).
 // Inputs have tile scales spread over 2^-5..2^3 (varied), so a scale read from the wrong tile
 // (a layout error) moves results by O(1), far outside either tolerance. Skipped without a GPU.
+#include <array>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -86,6 +87,12 @@ Quantized cpu_quantize(const std::vector<float>& x, int64_t R, int64_t C, Tile t
   r.s.resize(static_cast<size_t>(cdiv(R, t.rows) * cdiv(C, t.cols)));
   cpu::quantize(x.data(), R, C, t, pow2, r.q.data(), r.s.data());
   return r;
+}
+// G weights [R,C] of 128x128 blocks transposed, as a Linear's weight cache gives them to Dgrad
+Quantized cpu_transpose(const Quantized& w, int64_t G, int64_t R, int64_t C) {
+  Quantized t{std::vector<uint8_t>(w.q.size()), std::vector<float>(w.s.size())};
+  cpu::transpose_e4m3_blocks(w.q.data(), w.s.data(), G, R, C, t.q.data(), t.s.data());
+  return t;
 }
 
 // dY [off[G], N] of G row groups as the Wgrads read it (grouped_quantize_128x1_t): on the CPU, and
@@ -261,7 +268,7 @@ TEST(CudaFp8, TokenMajorLayoutsMatchTheCpuBitwise) {
         Buffer<float> wds = dev(w.s);
         Buffer<uint8_t> tq = dev_garbage<uint8_t>(R * C);
         Buffer<float> ts = dev_garbage<float>(nsb);
-        fp8::transpose_e4m3_blocks(st, wdq.data(), wds.data(), R, C, tq.data(), ts.data());
+        fp8::transpose_e4m3_blocks(st, wdq.data(), wds.data(), 1, R, C, tq.data(), ts.data());
         expect_equal(host(tq, R * C), wq, "transpose_e4m3_blocks codes " + what);
         expect_equal(host(ts, nsb), ws, "transpose_e4m3_blocks scales " + what);
       }
@@ -336,7 +343,7 @@ void dgrad_case(const Shape& s, bool pow2, bool blocks128, bool accumulate, cons
   const std::string what = tag("fp8_linear_dgrad", s.M, s.N, s.K, pow2, path) +
                            (blocks128 ? " blocks128" : "") + (accumulate ? " accumulate" : "");
   const auto dY = varied(s.M, s.N, 3000 + s.N), W = varied(s.N, s.K, 4000 + s.K);
-  const Quantized qw = cpu_quantize(W, s.N, s.K, kTile128x128, pow2);
+  const Quantized qw = cpu_transpose(cpu_quantize(W, s.N, s.K, kTile128x128, pow2), 1, s.N, s.K);
   const auto dX0 = rand_vec<float>(s.M * s.K, 5);
   std::vector<float> want = dX0;
   cpu::fp8_linear_dgrad(dY.data(), s.M, s.N, s.K, qw.q.data(), qw.s.data(), pow2, blocks128,
@@ -458,14 +465,17 @@ void grouped_case(bool pow2, const char* path) {
     });
     expect_near_rel(host(Y, T * N), want, rtol_of(path), what + " fprop");
   }
+  const Quantized qwt = cpu_transpose(qw, G, N, K);
+  Buffer<uint8_t> dqwt = dev(qwt.q);
+  Buffer<float> dswt = dev(qwt.s);
   for (const bool blocks : {false, true}) {  // Dgrad
     std::vector<float> want(T * K);
-    cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qw.q.data(), qw.s.data(), pow2,
+    cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qwt.q.data(), qwt.s.data(), pow2,
                                   blocks, want.data());
     Buffer<float> dX = dev_garbage<float>(T * K);
     on_path(path, eligible, what + " dgrad", [&] {
-      kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqw.data(),
-                                        dsw.data(), pow2, blocks, dX.data());
+      kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqwt.data(),
+                                        dswt.data(), pow2, blocks, dX.data());
     });
     expect_near_rel(host(dX, T * K), want, rtol_of(path),
                     what + " dgrad" + (blocks ? " blocks128" : ""));
@@ -536,12 +546,14 @@ TEST(CudaFp8, GroupsAlignedTo16AllRunOnCublasLt) {
   });
   expect_near_rel(host(Y, T * N), want, kRtolCublasLt, "aligned groups fprop");
   std::vector<float> want_dx(T * K);
-  cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qw.q.data(), qw.s.data(), false,
+  const Quantized qwt = cpu_transpose(qw, G, N, K);
+  cpu::grouped_fp8_linear_dgrad(off.data(), G, dY.data(), N, K, qwt.q.data(), qwt.s.data(), false,
                                 false, want_dx.data());
-  Buffer<float> dX = dev_garbage<float>(T * K);
+  Buffer<float> dX = dev_garbage<float>(T * K), dswt = dev(qwt.s);
+  Buffer<uint8_t> dqwt = dev(qwt.q);
   counted("dgrad", [&] {
-    kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqw.data(),
-                                      dsw.data(), false, false, dX.data());
+    kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K, dqwt.data(),
+                                      dswt.data(), false, false, dX.data());
   });
   expect_near_rel(host(dX, T * K), want_dx, kRtolCublasLt, "aligned groups dgrad");
   const auto dW0 = rand_vec<float>(G * N * K, 84);
@@ -649,45 +661,48 @@ TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
   const int64_t G = 3, RB = 3, CB = 5;
   const std::vector<float> w = rand_vec<float>(G * RB * CB, 92);
   Buffer<float> dw = dev(w);
-  for (const bool transposed : {false, true}) {
-    const int64_t slot = fp8::lt_blk_slot(RB, CB, transposed);
-    EXPECT_EQ(slot % 64, 0);
-    Buffer<float> o = dev_garbage<float>(G * slot);
-    fp8::lt_blk_scales(stream_of(gpu_exec()), dw.data(), G, RB, CB, transposed, o.data());
-    const std::vector<float> got_w = host(o, G * slot);
-    for (int64_t g = 0; g < G; ++g) {
-      std::vector<float> sg = slice(w, g * RB * CB, RB * CB);
-      if (transposed) {  // the transpose's blocks [CB, RB]
-        std::vector<float> t(sg.size());
-        for (int64_t rb = 0; rb < RB; ++rb)
-          for (int64_t cb = 0; cb < CB; ++cb) t[cb * RB + rb] = sg[rb * CB + cb];
-        sg = t;
-      }
-      const std::vector<float> want =
-          transposed ? doc_blk_layout(sg, CB, RB) : doc_blk_layout(sg, RB, CB);
-      expect_equal(slice(got_w, g * slot, static_cast<int64_t>(want.size())), want,
-                   std::string("128x128 layout of weight ") + std::to_string(g) +
-                       (transposed ? ", transposed" : ""));
-    }
+  const int64_t slot = fp8::lt_blk_slot(RB, CB);
+  EXPECT_EQ(slot % 64, 0);
+  Buffer<float> o = dev_garbage<float>(G * slot);
+  fp8::lt_blk_scales(stream_of(gpu_exec()), dw.data(), G, RB, CB, o.data());
+  const std::vector<float> got_w = host(o, G * slot);
+  for (int64_t g = 0; g < G; ++g) {
+    const std::vector<float> want = doc_blk_layout(slice(w, g * RB * CB, RB * CB), RB, CB);
+    expect_equal(slice(got_w, g * slot, static_cast<int64_t>(want.size())), want,
+                 "128x128 layout of weight " + std::to_string(g));
   }
-  // and the weights' transposed scales in our own layout (a grouped Dgrad's, one launch)
-  Buffer<float> wt = dev_garbage<float>(G * RB * CB);
-  fp8::transpose_blk_scales(stream_of(gpu_exec()), dw.data(), G, RB, CB, wt.data());
-  std::vector<float> want_t(G * RB * CB);
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t rb = 0; rb < RB; ++rb)
-      for (int64_t cb = 0; cb < CB; ++cb)
-        want_t[g * RB * CB + cb * RB + rb] = w[g * RB * CB + rb * CB + cb];
-  expect_equal(host(wt, G * RB * CB), want_t, "transposed block scales");
+}
+
+// The weights' transposes that Dgrad reads, made once per weight version by a Linear's cache: G
+// matrices (odd sizes: 300 x 200 codes, 3 x 2 blocks, and one matrix of a single row) bit for bit
+// against the CPU, codes and scales, in two launches whatever G.
+TEST(CudaFp8, WeightTransposeOfManyMatricesMatchesTheCpuInTwoLaunches) {
+  MOETRON_REQUIRE_GPU();
+  for (const auto& [G, R, C] : {std::array<int64_t, 3>{5, 300, 200}, {3, 1, 129}, {1, 128, 256}}) {
+    const Quantized w =
+        cpu_quantize(varied(G * R, C, 93), G * R, C, kTile128x128, false);  // R % 128: any codes
+    Quantized ws{w.q, rand_vec<float>(G * cdiv(R, 128) * cdiv(C, 128), 94)};
+    const Quantized want = cpu_transpose(ws, G, R, C);
+    Buffer<uint8_t> dq = dev(ws.q), dqt = dev_garbage<uint8_t>(G * R * C);
+    Buffer<float> ds = dev(ws.s), dst = dev_garbage<float>(ws.s.size());
+    const int64_t k0 = kernel_launches();
+    kernels::transpose_e4m3_blocks(gpu_exec(), dq.data(), ds.data(), G, R, C, dqt.data(),
+                                   dst.data());
+    EXPECT_EQ(kernel_launches() - k0, 2);
+    const std::string what =
+        "transpose of " + std::to_string(G) + " x " + std::to_string(R) + " x " + std::to_string(C);
+    expect_equal(host(dqt, G * R * C), want.q, what + " codes");
+    expect_equal(host(dst, static_cast<int64_t>(ws.s.size())), want.s, what + " scales");
+  }
 }
 
 // The launches of a grouped op with n groups with rows (moetron's kernels, kernel_launches, and
 // cuBLASLt's GEMMs, gemm_counts): with cuBLASLt allowed, Fprop 1 per group (the GEMM) + 2 (the
-// layouts of every group's scales), Dgrad 3 per group (quantise dY, transpose W's codes, the
-// GEMM) + 2 (every weight's transposed scales, ours and cuBLASLt's), Wgrad 2 per group (requantise
-// X, the GEMM) + 1, the quantisers writing cuBLASLt's layout as they go; on the kernel path 1,
-// 3 (+ 1) and 2 per group. Each expert's GEMM is microseconds of GPU time, so these are the routed
-// experts' host cost (they were 3, 6 and 4).
+// layouts of every group's scales), Dgrad 2 per group (quantise dY, the GEMM; W^T comes made) + 1
+// (every transposed weight's scales in cuBLASLt's layout), Wgrad 2 per group (requantise X, the
+// GEMM) + 1, the quantisers writing cuBLASLt's layout as they go; on the kernel path 1, 2 and 2 per
+// group. Each expert's GEMM is microseconds of GPU time, so these are the routed experts' host
+// cost (they were 3, 6 and 4, then 1, 3 and 2).
 TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
   MOETRON_REQUIRE_GPU();
   const std::vector<int64_t> off = {0, 128, 128, 192, 208, 240, 240, 288};  // 5 with rows, 2 empty
@@ -717,7 +732,7 @@ TEST(CudaFp8, GroupedOpsLaunchFewKernelsPerGroup) {
                 kernels::grouped_fp8_linear_dgrad(gpu_exec(), off.data(), G, ddY.data(), N, K,
                                                   dqw.data(), dsw.data(), false, false, dX.data());
               }),
-              lt ? 3 * n + 2 : 3 * n + 1)
+              lt ? 2 * n + 1 : 2 * n)
         << path << " dgrad";
     EXPECT_EQ(launches([&] {
                 kernels::grouped_fp8_linear_wgrad(gpu_exec(), off.data(), G, g.q.data(), g.s.data(),

@@ -13,6 +13,7 @@
 //     bytes saved per micro-batch for a dense and a MoE layer on the tiny config's shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -21,6 +22,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/ops_cpu.h"
+#include "kernels/op_profile.h"
 #include "kernels/scalar.h"
 #include "model/model.h"
 
@@ -238,6 +241,80 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
       EXPECT_EQ(same01, M * out) << "the cached weight is reused until the counter moves";
     else
       EXPECT_LT(same01, M * out / 10) << "without a counter every forward re-quantises";
+  }
+}
+
+// Dgrad reads W^T, which the FP8 weight cache makes from its codes once per weight version (not
+// once per micro-batch): for a Linear and for grouped experts (out = 130: each expert quantised on
+// its own; out = 256: the G experts' blocks quantised as one matrix), the cache's codes and W^T
+// are the per-expert quantisation and its exact transpose; a versioned Linear's input gradients
+// equal, bit for bit, those of a Linear that re-quantises and transposes in every call, while it
+// transposes once for two micro-batches; stale until the counter moves, fresh after.
+TEST(Fp8Linear, DgradReadsTheCachedTransposeMadeOncePerWeightVersion) {
+  const int64_t M = 64, in = 200, G = 3;
+  const std::vector<int64_t> off = {0, 20, 20, M};
+  for (const int64_t out : {int64_t{130}, int64_t{256}}) {
+    PrecisionPolicy fresh = PrecisionPolicy::from(Recipe::FP8), pol = fresh;
+    pol.weight_version = std::make_shared<uint64_t>(0);
+    ParamStore<float> ps;
+    Param<float>* W = ps.add("w", {out, in});
+    Param<float>* We = ps.add("we", {G, out, in});
+    const auto w = randn(G * out * in, 21, 0.05f);
+    std::copy(w.begin(), w.begin() + out * in, W->w());
+    std::copy(w.begin(), w.end(), We->w());
+    const LinearPrecision lp = pol.linear(Component::RoutedExpert);
+    const Linear<float> cached = Linear<float>::make(W, in, out, lp, pol, Exec{});
+    const Linear<float> plain = Linear<float>::make(W, in, out, lp, fresh, Exec{});
+    const auto gc = GroupedLinear<float>::make(We, G, in, out, lp, pol, Exec{});
+    const auto gp = GroupedLinear<float>::make(We, G, in, out, lp, fresh, Exec{});
+    const auto x = randn(M * in, 22), dy = randn(M * out, 23);
+    // y and dx of the Linear, then of the experts, and the transposes the calls made
+    auto run = [&](const Linear<float>& l, const GroupedLinear<float>& g) {
+      std::vector<float> r(2 * M * (out + in));
+      float* p = r.data();
+      l.forward(x.data(), M, p);
+      l.backward_input(dy.data(), M, p + M * out);
+      g.forward(x.data(), M, off.data(), p + M * (out + in));
+      g.backward_input(dy.data(), off.data(), p + M * (2 * out + in));
+      return r;
+    };
+    auto transposes = [&](auto&& f) {
+      kernels::op_profile::reset();
+      kernels::op_profile::set_enabled(true);
+      f();
+      kernels::op_profile::set_enabled(false);
+      for (const auto& row : kernels::op_profile::collect())
+        if (row.op == "transpose_e4m3_blocks") return row.calls;
+      return int64_t{0};
+    };
+    const std::string what = "out " + std::to_string(out);
+    std::vector<float> a, b;
+    EXPECT_EQ(transposes([&] { a = run(cached, gc), a = run(cached, gc); }), 2) << what;
+    EXPECT_EQ(transposes([&] { b = run(plain, gp), b = run(plain, gp); }), 4) << what;
+    EXPECT_EQ(a, b) << what << ": the cached W^T gives the per-call transpose's bits";
+    // the cache's codes: each expert quantised alone; its W^T: their exact transposes
+    const int64_t bl = ((out + 127) / 128) * ((in + 127) / 128);
+    for (int64_t e = 0; e < G; ++e) {
+      std::vector<uint8_t> q(out * in), qt(out * in);
+      std::vector<float> sc(bl), st(bl);
+      kernels::cpu::quantize(We->w() + e * out * in, out, in, kernels::kTile128x128, lp.pow2_w,
+                             q.data(), sc.data());
+      kernels::cpu::transpose_e4m3_blocks(q.data(), sc.data(), out, in, qt.data(), st.data());
+      const Fp8WeightCache& c = *gc.wq;
+      EXPECT_TRUE(std::equal(q.begin(), q.end(), c.q.data() + e * out * in)) << what << " " << e;
+      EXPECT_TRUE(std::equal(sc.begin(), sc.end(), c.s.data() + e * bl)) << what << " " << e;
+      EXPECT_TRUE(std::equal(qt.begin(), qt.end(), c.qT.data() + e * out * in)) << what << " " << e;
+      EXPECT_TRUE(std::equal(st.begin(), st.end(), c.sT.data() + e * bl)) << what << " " << e;
+    }
+    for (int64_t i = 0; i < out * in; ++i) W->w()[i] *= 2;  // an "optimizer step"
+    for (int64_t i = 0; i < G * out * in; ++i) We->w()[i] *= 2;
+    const auto stale = run(cached, gc), now = run(plain, gp);
+    int64_t same = 0;
+    for (size_t i = 0; i < now.size(); ++i) same += stale[i] == now[i];
+    EXPECT_LT(same, int64_t(now.size()) / 10) << what << ": kept until the counter moves";
+    ++*pol.weight_version;  // Model::weights_updated()
+    EXPECT_EQ(transposes([&] { a = run(cached, gc); }), 2) << what;
+    EXPECT_EQ(a, now) << what << ": fresh after the bump";
   }
 }
 

@@ -128,6 +128,8 @@ void visit_config(V& v, C&... c) {
     v.field("recipe", choices<Recipe>(), c.precision.recipe...);
     v.field("fp8_pow2_scales", choices<Pow2Scales>(), c.precision.fp8_pow2_scales...);
     v.field("fp8_dgrad_tile", choices<DgradTile>(), c.precision.fp8_dgrad_tile...);
+    v.field("fp8_weight_transpose", choices<WeightTranspose>(),
+            c.precision.fp8_weight_transpose...);
     v.field("expert_row_align", kRowAlign, c.precision.expert_row_align...);
     v.section("overrides", "per component; recipe = as precision.recipe", [&] {
       for (const ComponentInfo& k : kComponents)

@@ -141,6 +141,7 @@ struct PrecisionConfig {
   Recipe recipe = Recipe::FP32;
   Pow2Scales fp8_pow2_scales = Pow2Scales::Spec;    // which FP8 scales are UE8M0
   DgradTile fp8_dgrad_tile = DgradTile::Tile1x128;  // 128x128: experiment, SPEC App. B.2
+  WeightTranspose fp8_weight_transpose = WeightTranspose::Cached;  // Dgrad's W^T: kept or per call
   RecipeOverrides overrides;  // per component (kComponents); unset ("recipe") = follow `recipe`
   // Routed experts' rows padded to a multiple of this (PrecisionPolicy::expert_row_align); 0 =
   // auto: 16 where the routed experts run FP8 on a CUDA device (cuBLASLt's FP8 alignment), else 1.
@@ -152,6 +153,7 @@ struct PrecisionConfig {
     p.overrides = overrides;
     p.pow2_scales = fp8_pow2_scales;
     p.dgrad_tile = fp8_dgrad_tile;
+    p.weight_transpose = fp8_weight_transpose;
     const bool fp8_experts = p.recipe_of(Component::RoutedExpert) == Recipe::FP8;
     p.expert_row_align = expert_row_align > 0                    ? expert_row_align
                          : fp8_experts && device == Device::CUDA ? 16

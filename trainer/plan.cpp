@@ -69,8 +69,10 @@ std::optional<Component> component_of(const Param<float>& p) {
   return std::nullopt;
 }
 
-// Fp8WeightCache of one [R, C] matrix: E4M3 codes and one fp32 scale per 128x128 block.
-int64_t fp8_cache_bytes(const Tensor& w) {
+// One FP8 copy of one [R, C] matrix: E4M3 codes and one fp32 scale per 128x128 block. An
+// Fp8WeightCache holds one (W, for Fprop), or two under fp8_weight_transpose: cached (and W^T,
+// for Dgrad, made once per weight version).
+int64_t fp8_copy_bytes(const Tensor& w) {
   const int64_t R = w.shape()[0], C = w.shape()[1];
   return R * C + 4 * ((R + 127) / 128) * ((C + 127) / 128);
 }
@@ -90,29 +92,37 @@ struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
   int64_t copied_dense = 0, copied_expert = 0;  // read only through copies (Param::copies)
   int64_t moe_layers = 0;
-  SlotBytes slot;         // activations of one micro-batch (model/memory.h)
-  int64_t ep_slot = 0;    // the EP dispatch state of one micro-batch, every MoE layer
-  int64_t rows = 0;       // the MoE layers' [R, D] rows (MoE::Scratch::OnePiece::rows)
-  int64_t one_piece = 0;  // the rest of the one-piece MoE scratch: once per rank
-  int64_t scratch = 0;    // the MoE layers' Scratch each chunk keeps for itself
+  SlotBytes slot;          // activations of one micro-batch (model/memory.h)
+  int64_t ep_slot = 0;     // the EP dispatch state of one micro-batch, every MoE layer
+  int64_t rows = 0;        // the MoE layers' [R, D] rows (MoE::Scratch::OnePiece::rows)
+  int64_t one_piece = 0;   // the rest of the one-piece MoE scratch: once per rank
+  int64_t scratch = 0;     // the MoE layers' Scratch each chunk keeps for itself
+  int64_t wt_scratch = 0;  // fp8_weight_transpose per_call: the largest Linear's W^T
 };
 
 StageCensus census(const Config& cfg, const Plan& p, int stage) {
   const Model<float> m = meta_model(cfg, StageSpec{stage, p.stages}, p.ep);
   const PrecisionPolicy pol = cfg.policy();
   StageCensus s;
+  const bool keep_wt = pol.weight_transpose == WeightTranspose::Cached;
+  std::map<const Param<float>*, int64_t> linear_wt;  // per FP8 Linear's weight: one copy's bytes
   for (const auto& q : m.params().all()) {
     s.params += q->numel();
     if (q->expert) s.expert += q->numel();
     if (q->trainable && !q->expert) s.dense_trainable += q->numel();
     if (q->replica) s.replica += q->numel();
     const std::optional<Component> c = component_of(*q);
-    if (c && pol.recipe_of(*c) == Recipe::FP8) s.fp8_cache += fp8_cache_bytes(q->value);
+    const Param<float>& storage = q->fused ? *q->fused : *q;  // what one Linear reads
+    if (c && pol.recipe_of(*c) == Recipe::FP8) {
+      s.fp8_cache += (keep_wt ? 2 : 1) * fp8_copy_bytes(q->value);
+      linear_wt[&storage] += fp8_copy_bytes(q->value);
+    }
     if (bf16_copy(*q, pol)) s.bf16_cache += 2 * q->numel();
-    const Param<float>& storage = q->fused ? *q->fused : *q;
     if (q->trainable && !storage.copies.empty())
       (q->expert ? s.copied_expert : s.copied_dense) += q->numel();
   }
+  if (!keep_wt)
+    for (const auto& [w, bytes] : linear_wt) s.wt_scratch = std::max(s.wt_scratch, bytes);
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len;
@@ -349,6 +359,9 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   rp.bytes.layer_scratch = layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages,
                                                p.micro_batch * p.seq_len, 4, p.ep_imbalance)
                                .total();
+  int64_t wt = 0;  // per_call W^T: in the Linear scratch the rank's chunks share
+  for (int stage : rp.stages) wt = std::max(wt, st[stage].wt_scratch);
+  rp.bytes.layer_scratch += wt;
   if (p.pp > 1) {
     // the message pool serves the validation pass's forwards too (train.cpp validation_loss:
     // along the first route, as many micro-batches a pass)

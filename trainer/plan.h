@@ -27,7 +27,8 @@ struct MemoryTerms {
   int64_t grad_staging = 0;       // ZeRO-1, grad_reduce_dtype bf16: the buckets' bf16 staging
   int64_t master_shard = 0;       // ZeRO-1, shard_master_weights: owned fp32 master weights
   int64_t optimizer_moments = 0;  // AdamW m and v of the owned elements (optimizer.moment_dtype)
-  int64_t fp8_weight_cache = 0;   // E4M3 copies of the FP8 Linears' weights + 128x128 scales
+  int64_t fp8_weight_cache = 0;   // E4M3 copies of the FP8 Linears' weights and of their
+                                  // transposes, + 128x128 scales
   int64_t bf16_weight_cache = 0;  // bf16 copies of the BF16 Linears' weights (Bf16WeightCache)
   int64_t ep_buffers = 0;         // expert-parallel dispatch plans, wires and received rows
   int64_t pp_messages = 0;        // pipeline activations and gradients on the wire

@@ -115,6 +115,10 @@ void fp8_fprop(const uint8_t* qX, const float* sX, const uint8_t* qW, const floa
 // Dgrad: dX [M,K] (write) = dY [M,N] W [N,K]
 void fp8_dgrad(const uint8_t* qdY, const float* sdY, const uint8_t* qW, const float* sW, int64_t M,
                int64_t N, int64_t K, float* dX, Fp8Gemm path = Fp8Gemm::Auto);
+// The same from W^T [K,N] (qWt, sWt [ceil(K/128), ceil(N/128)]: transpose_e4m3_blocks of W), the
+// NT operand the recipe's GEMM reads: fp8_dgrad transposes W and calls this.
+void fp8_dgrad_t(const uint8_t* qdY, const float* sdY, const uint8_t* qWt, const float* sWt,
+                 int64_t M, int64_t N, int64_t K, float* dX, Fp8Gemm path = Fp8Gemm::Auto);
 // Wgrad: dW [N,K] (accumulate) += dY^T X from dYt [N,M] and Xt [K,M], 1x128 along M
 void fp8_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qXt, const float* sXt,
                int64_t M, int64_t N, int64_t K, float* dW, Fp8Gemm path = Fp8Gemm::Auto);
@@ -123,9 +127,10 @@ void fp8_wgrad(const uint8_t* qdYt, const float* sdYt, const uint8_t* qXt, const
 // Linear X [M,K] -> Y [M,N], W [N,K] held as 128x128 blocks (qW, sW). The forward is fp8_fprop on
 // the 1x128-quantised X (which the caller caches for Wgrad).
 // Dgrad: quantise dY [M,N] (1x128; with blocks128 the App. B.2 experiment: 128x128 blocks, their
-// scales repeated over each block's rows) and dX [M,K] (+)= dY W.
-void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
-                      const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate);
+// scales repeated over each block's rows) and dX [M,K] (+)= dY W, W given as its transpose
+// (qWt [K,N], sWt [ceil(K/128), ceil(N/128)]: the weight cache's, made once per weight version).
+void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qWt,
+                      const float* sWt, bool pow2, bool blocks128, float* dX, bool accumulate);
 // Wgrad: dW [N,K] += dY^T X with dY already quantised 128x1 token-major (qdYt [N,M], sdYt
 // [N, ceil(M/128)]: quantize_128x1_t) and X from the cached 1x128 FP8 (qX, sX [M, ceil(K/128)])
 // re-quantised to 128x1 (pow2_x).

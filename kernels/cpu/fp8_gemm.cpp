@@ -4,12 +4,13 @@
 // summation order: kernels/fp8.h.
 //
 // Auto: Dequant when all scales of both operands are powers of two, else Bf16Blocks.
-// Dequant path per layout (no operand is transposed: the strides of kernels::gemm do it):
-//   Fprop  a = deq(X [M,K], 1x128),   b = deq(W [N,K], 128x128);  Y  = a b^T
-//   Dgrad  a = deq(dY [M,N], 1x128),  b = deq(W [N,K], 128x128);  dX = a b
-//   Wgrad  a = deq(dYt [N,M], 1x128), b = deq(Xt [K,M], 1x128);   dW += a b^T
-// The recipe paths take NT operands, so Dgrad first transposes W's codes and block scales
-// (transpose_e4m3_blocks, exact). Scratch: per-thread fp32 copies of both operands.
+// Dequant path per layout (the strides of kernels::gemm do the rest):
+//   Fprop  a = deq(X [M,K], 1x128),   b = deq(W [N,K], 128x128);    Y  = a b^T
+//   Dgrad  a = deq(dY [M,N], 1x128),  b = deq(W^T [K,N], 128x128);  dX = a b^T
+//   Wgrad  a = deq(dYt [N,M], 1x128), b = deq(Xt [K,M], 1x128);     dW += a b^T
+// Every path takes NT operands, so Dgrad reads W transposed: its codes and block scales
+// (transpose_e4m3_blocks, exact), which a Linear's weight cache keeps (fp8_dgrad_t) and
+// fp8_dgrad makes. Scratch: per-thread fp32 copies of both operands.
 // fp8_gemm_nt_blockwise, the literal recipe (scalar loops), is defined here too: it is the
 // reference the other paths are tested against.
 #include <algorithm>
@@ -28,20 +29,18 @@ namespace {
 
 using fp8_detail::cdiv, fp8_detail::grow, fp8_detail::check;
 
-// D [M,N] (+)= deq(A [M,K]) op(deq(B)), A with 1x128 tiles, B [rowsB, colsB] with tile tB;
-// transB: B is [N,K] (NT), else B is [K,N] (NN).
+// D [M,N] (+)= deq(A [M,K]) deq(B [N,K])^T, A with 1x128 tiles, B with tile tB.
 void dequant_gemm(const uint8_t* A, const float* sA, const uint8_t* B, const float* sB, Tile tB,
-                  bool transB, int64_t M, int64_t N, int64_t K, float* D, bool accumulate) {
+                  int64_t M, int64_t N, int64_t K, float* D, bool accumulate) {
   thread_local std::vector<float> abuf, bbuf;
   float* a = grow(abuf, M * K);
   float* b = grow(bbuf, N * K);
   dequantize(A, sA, M, K, kTile1x128, a);
-  const int64_t BR = transB ? N : K, BC = transB ? K : N;  // B [BR, BC]
-  dequantize(B, sB, BR, BC, tB, b);
+  dequantize(B, sB, N, K, tB, b);
   // power-of-two scales: every dequantised value is a bf16 value, the bf16 GEMM rounds nothing
   const bool exact_bf16 =
-      pow2_scales(sA, M * cdiv(K, 128)) && pow2_scales(sB, cdiv(BR, tB.rows) * cdiv(BC, tB.cols));
-  gemm<float>(false, transB, M, N, K, 1.f, a, b, accumulate ? 1.f : 0.f, D,
+      pow2_scales(sA, M * cdiv(K, 128)) && pow2_scales(sB, cdiv(N, tB.rows) * cdiv(K, tB.cols));
+  gemm<float>(false, true, M, N, K, 1.f, a, b, accumulate ? 1.f : 0.f, D,
               exact_bf16 ? GemmPrecision::BF16 : GemmPrecision::FP32, /*dynamic=*/true);
 }
 
@@ -92,7 +91,7 @@ void fp8_gemm_nt_path(Fp8Gemm path, const uint8_t* A, const float* sA, const uin
   switch (resolve(path, sA, sB, tB, M, N, K)) {
     case Fp8Gemm::Auto:  // resolved above
     case Fp8Gemm::Dequant:
-      return dequant_gemm(A, sA, B, sB, tB, true, M, N, K, D, accumulate);
+      return dequant_gemm(A, sA, B, sB, tB, M, N, K, D, accumulate);
     case Fp8Gemm::Bf16Blocks:
       return fp8_gemm_nt_bf16(A, sA, B, sB, tB, M, N, K, D, accumulate);
     case Fp8Gemm::Blockwise:
@@ -110,14 +109,18 @@ void fp8_fprop(const uint8_t* qX, const float* sX, const uint8_t* qW, const floa
 void fp8_dgrad(const uint8_t* qdY, const float* sdY, const uint8_t* qW, const float* sW, int64_t M,
                int64_t N, int64_t K, float* dX, Fp8Gemm path) {
   check(M, N, K, "fp8_dgrad");
-  // dX [M,K] = dY [M,N] W [N,K]: reduction over N, so W's 128x128 blocks are read along N
-  if (resolve(path, sdY, sW, kTile128x128, M, K, N) == Fp8Gemm::Dequant)
-    return dequant_gemm(qdY, sdY, qW, sW, kTile128x128, false, M, K, N, dX, false);
   thread_local std::vector<uint8_t> qbuf;
   thread_local std::vector<float> sbuf;
   uint8_t* qWt = grow(qbuf, K * N);                      // W^T [K,N]
   float* sWt = grow(sbuf, cdiv(K, 128) * cdiv(N, 128));  // [ceil(K/128), ceil(N/128)]
   transpose_e4m3_blocks(qW, sW, N, K, qWt, sWt);
+  fp8_dgrad_t(qdY, sdY, qWt, sWt, M, N, K, dX, path);
+}
+
+void fp8_dgrad_t(const uint8_t* qdY, const float* sdY, const uint8_t* qWt, const float* sWt,
+                 int64_t M, int64_t N, int64_t K, float* dX, Fp8Gemm path) {
+  check(M, N, K, "fp8_dgrad_t");
+  // dX [M,K] = dY [M,N] (W^T [K,N])^T: reduction over N, W^T's 128x128 blocks read along N
   fp8_gemm_nt_path(path, qdY, sdY, qWt, sWt, kTile128x128, M, K, N, dX, false);
 }
 

@@ -20,8 +20,8 @@ using fp8_detail::cdiv, fp8_detail::grow, fp8_detail::check;
 
 }  // namespace
 
-void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
-                      const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate) {
+void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qWt,
+                      const float* sWt, bool pow2, bool blocks128, float* dX, bool accumulate) {
   check(M, N, K, "fp8_linear_dgrad");
   if (M == 0 || K == 0) return;
   const int64_t NB = cdiv(N, 128);
@@ -38,9 +38,9 @@ void fp8_linear_dgrad(const float* dY, int64_t M, int64_t N, int64_t K, const ui
   } else {
     quantize(dY, M, N, kTile1x128, pow2, q, s);
   }
-  if (!accumulate) return fp8_dgrad(q, s, qW, sW, M, N, K, dX);
+  if (!accumulate) return fp8_dgrad_t(q, s, qWt, sWt, M, N, K, dX);
   float* out = grow(obuf, M * K);
-  fp8_dgrad(q, s, qW, sW, M, N, K, out);
+  fp8_dgrad_t(q, s, qWt, sWt, M, N, K, out);
   for (int64_t i = 0; i < M * K; ++i) dX[i] += out[i];
 }
 

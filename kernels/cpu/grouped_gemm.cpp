@@ -4,6 +4,7 @@
 // One group per thread (schedule(dynamic, 1)): the experts' GEMMs are small, so running them side
 // by side beats splitting each one over the threads; the kernels called here see no nested
 // parallelism. Groups with no rows are skipped (their weight gradients are left as they are).
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/ops_cpu.h"
@@ -62,15 +63,24 @@ void grouped_fp8_fprop(const int64_t* off, int64_t G, const uint8_t* qX, const f
 }
 
 void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, int64_t N, int64_t K,
-                              const uint8_t* qW, const float* sW, bool pow2, bool blocks,
+                              const uint8_t* qWt, const float* sWt, bool pow2, bool blocks,
                               float* dX) {
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8_linear_dgrad(dY + r0 * N, rows, N, K, qW + g * N * K, sW + g * blocks128(N, K), pow2,
+    fp8_linear_dgrad(dY + r0 * N, rows, N, K, qWt + g * K * N, sWt + g * blocks128(K, N), pow2,
                      blocks, dX + r0 * K, /*accumulate=*/false);
   }
+}
+
+void transpose_e4m3_blocks(const uint8_t* q, const float* s, int64_t G, int64_t R, int64_t C,
+                           uint8_t* qT, float* sT) {
+  if (G < 0) throw std::invalid_argument("transpose_e4m3_blocks: negative group count");
+#pragma omp parallel for schedule(static) if (G > 1)
+  for (int64_t g = 0; g < G; ++g)
+    transpose_e4m3_blocks(q + g * R * C, s + g * blocks128(R, C), R, C, qT + g * R * C,
+                          sT + g * blocks128(R, C));
 }
 
 void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const uint8_t* qdYt, const float* sdYt,

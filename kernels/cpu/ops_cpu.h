@@ -64,9 +64,14 @@ void grouped_gemm_wgrad(const int64_t* off, int64_t G, int64_t M, int64_t N, con
 // qW + g*N*K, sW + g*ceil(N/128)*ceil(K/128). X/dY/Y/dX rows grouped as above.
 void grouped_fp8_fprop(const int64_t* off, int64_t G, const uint8_t* qX, const float* sX,
                        const uint8_t* qW, const float* sW, int64_t N, int64_t K, float* Y);
+// Dgrad reads the weights transposed: group g's W^T [K,N] at qWt + g*K*N, sWt + g*ceil(K/128)*
+// ceil(N/128) (transpose_e4m3_blocks below).
 void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, int64_t N, int64_t K,
-                              const uint8_t* qW, const float* sW, bool pow2, bool blocks128,
+                              const uint8_t* qWt, const float* sWt, bool pow2, bool blocks128,
                               float* dX);
+// G matrices of 128x128 blocks at once (kernels/cpu/fp8.h's transpose_e4m3_blocks per matrix).
+void transpose_e4m3_blocks(const uint8_t* q, const float* s, int64_t G, int64_t R, int64_t C,
+                           uint8_t* qT, float* sT);
 // The weight gradients from dY quantised per group by grouped_quantize_128x1_t (kernels/ops.h).
 void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const uint8_t* qdYt, const float* sdYt,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K, bool pow2_x,

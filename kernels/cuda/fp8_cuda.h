@@ -39,10 +39,10 @@ void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, boo
 // tiles
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
                                int64_t C, bool pow2, uint8_t* qT, float* sT, float* lt = nullptr);
-// q [R,C] 128x128 (s [ceil(R/128), ceil(C/128)]) -> qT [C,R], sT = s^T
-// (cpu::transpose_e4m3_blocks); s null: the codes only
-void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
-                           uint8_t* qT, float* sT);
+// G matrices q [G,R,C] of 128x128 blocks (s [G, ceil(R/128), ceil(C/128)]) -> qT [G,C,R], sT
+// [G, ceil(C/128), ceil(R/128)] (cpu::transpose_e4m3_blocks): two launches
+void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t G, int64_t R,
+                           int64_t C, uint8_t* qT, float* sT);
 
 // ---- block-scaled GEMM core (fp8_gemm.cu) -------------------------------------------------------
 
@@ -68,21 +68,15 @@ void nt_gemm(cudaStream_t st, const uint8_t* A, const float* sA, const uint8_t* 
 //                 ceil(K/128)]). lt_vec_offsets: where each operand's layout starts in `out`
 //                 (floats), the total last. lt_vec_scales: all of them, one launch per 64.
 //   lt_blk_scales G operands of RB x CB 128x128 blocks, operand g's scales at s + g RB CB ([RB,
-//                 CB]), or their transposes' (transposed: CB x RB blocks, block (c, r) = ours (r,
-//                 c)), lt_blk_slot floats apart: one launch.
+//                 CB]), lt_blk_slot floats apart: one launch.
 struct LtVecOperand {
   int64_t src, rows, K;
 };
 std::vector<int64_t> lt_vec_offsets(const std::vector<LtVecOperand>& ops);
 void lt_vec_scales(cudaStream_t st, const float* s, const std::vector<LtVecOperand>& ops,
                    float* out);
-int64_t lt_blk_slot(int64_t RB, int64_t CB, bool transposed);
-void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
-                   bool transposed, float* out);
-// The block scales of G weights' transposes in our layout, in one launch: out + g RB CB = (s + g RB
-// CB)^T ([CB, RB]; transpose_e4m3_blocks's sT, group by group).
-void transpose_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
-                          float* out);
+int64_t lt_blk_slot(int64_t RB, int64_t CB);
+void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB, float* out);
 
 // Which implementation nt_gemm uses, from the environment variable MOETRON_FP8_GEMM, read on every
 // call: "kernel" = the plain CUDA kernel always; unset, empty or "cublaslt" = cuBLASLt's

@@ -28,8 +28,8 @@
 // The layouts (per Linear X [M,K] -> Y [M,N], W [N,K]):
 //   Fprop  Y  = X W^T      nt_gemm(X, W (128x128))                  M x N, reduce K
 //   Dgrad  dX = dY W       dY quantised 1x128 (or 128x128 blocks, scales repeated over rows),
-//                          W transposed into scratch (transpose_e4m3_blocks: both paths need
-//                          K-contiguous operands), nt_gemm(dY, W^T)  M x K, reduce N
+//                          W given transposed (the weight cache's transpose_e4m3_blocks: both
+//                          paths need N-contiguous operands), nt_gemm(dY, W^T)  M x K, reduce N
 //   Wgrad  dW += dY^T X    dY given quantised 128x1 token-major (grouped_quantize_128x1_t, which
 //                          a Linear runs in its backward_input), X requantised (or quantised)
 //                          likewise, nt_gemm(dYt, Xt (1x128))       N x K, reduce M, accumulate
@@ -39,7 +39,8 @@
 // host, so the cuBLASLt path keeps the small kernels around it few: a grouped op makes the scale
 // layouts of the operands it is given (activations, weights) for all its groups in one or two
 // launches, and the quantisers write the layout of what they produce as they go. Per group, Fprop
-// is the GEMM alone, Dgrad 3 launches, Wgrad 2 (before: 3, 6 and 4; tests/test_cuda_fp8.cpp).
+// is the GEMM alone, Dgrad 2 launches (quantise dY, the GEMM: W^T comes made), Wgrad 2 (before:
+// 3, 6 and 4, then 1, 3 and 2; tests/test_cuda_fp8.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -180,18 +181,16 @@ __global__ void vec128_scales_kernel(const float* s, LtVecBatch b, float* out) {
     out[i] = r < R ? s[b.src[j] + r * b.kb[j] + kb] : 1.f;
   }
 }
-// 128x128 blocks of G operands alike: operand g's block (rb, cb) has the scale s[g gs + rb rs +
-// cb cs] (rs = CB, cs = 1 for ours; swapped for its transpose) -> [RB, CBp] at out + g slot,
-// padding 1 (CBp = round_up(CB, 4) for cuBLASLt, CB for our own layout).
-__global__ void blk128_scales_kernel(const float* s, int64_t G, int64_t gs, int64_t RB, int64_t rs,
-                                     int64_t CB, int64_t cs, int64_t CBp, int64_t slot,
-                                     float* out) {
+// 128x128 blocks of G operands alike: operand g's scales [RB, CB] at s + g RB CB -> [RB, CBp] at
+// out + g slot, padding 1 (CBp = round_up(CB, 4): cuBLASLt's layout).
+__global__ void blk128_scales_kernel(const float* s, int64_t G, int64_t RB, int64_t CB, int64_t CBp,
+                                     int64_t slot, float* out) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < G * slot;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t g = i / slot, at = i % slot;
     if (at >= RB * CBp) continue;
     const int64_t rb = at / CBp, cb = at % CBp;
-    out[i] = cb < CB ? s[g * gs + rb * rs + cb * cs] : 1.f;
+    out[i] = cb < CB ? s[(g * RB + rb) * CB + cb] : 1.f;
   }
 }
 
@@ -208,7 +207,7 @@ void lt_scales(cudaStream_t st, const float* s, int64_t R, int64_t K, Tile t, fl
     lt_vec_scales(st, s, {LtVecOperand{0, R, K}}, out);
   } else {
     const int64_t RB = cdiv(R, 128), KB = cdiv(K, 128);
-    lt_blk_scales(st, s, 1, RB, KB, /*transposed=*/false, out);
+    lt_blk_scales(st, s, 1, RB, KB, out);
   }
 }
 
@@ -251,30 +250,29 @@ bool quantize_lt_too(int64_t rows) {
 }
 
 size_t dgrad_bytes(int64_t M, int64_t N, int64_t K, bool blocks128) {
-  const int64_t NB = cdiv(N, 128), KB = cdiv(K, 128);
+  const int64_t NB = cdiv(N, 128);
   return aligned(M * N) + aligned(M * NB * 4) + (blocks128 ? aligned(cdiv(M, 128) * NB * 4) : 0) +
-         aligned(M * NB * 4) + aligned(K * N) + aligned(KB * NB * 4) +
-         nt_gemm_scratch_bytes(M, K, N, kTile128x128);
+         aligned(M * NB * 4) + nt_gemm_scratch_bytes(M, K, N, kTile128x128);
 }
 
-void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K, const uint8_t* qW,
-               const float* sW, bool pow2, bool blocks128, float* dX, bool accumulate,
-               void* scratch, const float* lt_wt = nullptr, const float* made_swt = nullptr) {
+// dX [M,K] (+)= dY [M,N] W from W^T [K,N] (qWt, sWt [KB, NB]: the weight cache's transpose);
+// lt_wt: sWt in cuBLASLt's layout when the caller made it (a grouped op, all groups at once)
+void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K,
+               const uint8_t* qWt, const float* sWt, bool pow2, bool blocks128, float* dX,
+               bool accumulate, void* scratch, const float* lt_wt = nullptr) {
   if (M == 0 || K == 0) return;
   if (N == 0) {  // an empty sum
     if (!accumulate)
       MOETRON_CUDA_CHECK(cudaMemsetAsync(dX, 0, static_cast<size_t>(M * K) * sizeof(float), st));
     return;
   }
-  const int64_t NB = cdiv(N, 128), KB = cdiv(K, 128);
+  const int64_t NB = cdiv(N, 128);
   Carver c(scratch);
   uint8_t* q = c.take<uint8_t>(M * N);  // dY [M,N] codes
   float* s = c.take<float>(M * NB);     // [M, NB]: the 1x128 grid the GEMM reads
   float* s128 = blocks128 ? c.take<float>(cdiv(M, 128) * NB) : nullptr;
   float* lt_s =
       !blocks128 && quantize_lt_too(M) ? c.take<float>(M * NB) : nullptr;  // s, cuBLASLt's
-  uint8_t* qWt = c.take<uint8_t>(K * N);                                   // W^T [K,N]
-  float* sWt = made_swt ? nullptr : c.take<float>(KB * NB);                // [KB, NB]
   if (blocks128) {  // App. B.2: 128x128 blocks of dY, each block's scale repeated over its rows
     quantize(st, dY, M, N, kTile128x128, pow2, q, s128);
     repeat_block_scales_kernel<<<blocks_for(M * NB), kThreads, 0, st>>>(s128, M, NB, s);
@@ -282,9 +280,7 @@ void dgrad_run(cudaStream_t st, const float* dY, int64_t M, int64_t N, int64_t K
   } else {
     quantize(st, dY, M, N, kTile1x128, pow2, q, s, lt_s);
   }
-  // W^T's block scales: the caller's (a grouped op's, all groups in one launch) or made here
-  transpose_e4m3_blocks(st, qW, sWt ? sW : nullptr, N, K, qWt, sWt);
-  nt_gemm(st, q, s, qWt, made_swt ? made_swt : sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
+  nt_gemm(st, q, s, qWt, sWt, kTile128x128, M, K, N, dX, accumulate, c.rest(),
           LtScales{.a = lt_s, .b = lt_wt});
 }
 
@@ -340,29 +336,14 @@ void lt_vec_scales(cudaStream_t st, const float* s, const std::vector<LtVecOpera
   }
 }
 
-int64_t lt_blk_slot(int64_t RB, int64_t CB, bool transposed) {
-  return transposed ? lt_aligned_floats(CB * round_up(RB, 4))
-                    : lt_aligned_floats(RB * round_up(CB, 4));
-}
+int64_t lt_blk_slot(int64_t RB, int64_t CB) { return lt_aligned_floats(RB * round_up(CB, 4)); }
 
-void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
-                   bool transposed, float* out) {
-  const int64_t slot = lt_blk_slot(RB, CB, transposed);
+void lt_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB, float* out) {
+  const int64_t slot = lt_blk_slot(RB, CB);
   if (G <= 0 || slot == 0) return;
-  // the transpose's blocks: CB rows of RB, block (r, c) = ours (c, r)
-  const int64_t rows = transposed ? CB : RB, cols = transposed ? RB : CB;
-  const int64_t rs = transposed ? 1 : CB, cs = transposed ? CB : 1;
-  blk128_scales_kernel<<<blocks_for(G * slot), kThreads, 0, st>>>(s, G, RB * CB, rows, rs, cols, cs,
-                                                                  round_up(cols, 4), slot, out);
+  blk128_scales_kernel<<<blocks_for(G * slot), kThreads, 0, st>>>(s, G, RB, CB, round_up(CB, 4),
+                                                                  slot, out);
   MOETRON_CUDA_LAUNCHED("fp8 cuBLASLt scales (128x128)");
-}
-
-void transpose_blk_scales(cudaStream_t st, const float* s, int64_t G, int64_t RB, int64_t CB,
-                          float* out) {
-  if (G <= 0 || RB * CB == 0) return;
-  blk128_scales_kernel<<<blocks_for(G * RB * CB), kThreads, 0, st>>>(s, G, RB * CB, CB, 1, RB, CB,
-                                                                     RB, RB * CB, out);
-  MOETRON_CUDA_LAUNCHED("fp8 block scales transposed");
 }
 
 GemmPath gemm_path_from_env() {
@@ -423,11 +404,11 @@ void fp8_fprop(const Exec& ex, const uint8_t* qX, const float* sX, const uint8_t
 }
 
 void fp8_linear_dgrad(const Exec& ex, const float* dY, int64_t M, int64_t N, int64_t K,
-                      const uint8_t* qW, const float* sW, bool pow2, bool blocks128, float* dX,
+                      const uint8_t* qWt, const float* sWt, bool pow2, bool blocks128, float* dX,
                       bool accumulate) {
   if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("fp8_linear_dgrad: negative size");
   if (M == 0 || K == 0) return;
-  fp8::dgrad_run(stream_of(ex), dY, M, N, K, qW, sW, pow2, blocks128, dX, accumulate,
+  fp8::dgrad_run(stream_of(ex), dY, M, N, K, qWt, sWt, pow2, blocks128, dX, accumulate,
                  workspace(ex, fp8::dgrad_bytes(M, N, K, blocks128)));
 }
 
@@ -464,20 +445,17 @@ struct GroupedScratch {
   void* group = nullptr;
 
   // vec: the 1x128 operands (one per group with rows, in order); blk: G weights of RB x CB blocks
-  // (or their transposes)
   GroupedScratch(const Exec& ex, size_t group_bytes, const std::vector<fp8::LtVecOperand>& v,
-                 const float* sv, int64_t G, int64_t RB, int64_t CB, bool transposed,
-                 const float* sb) {
+                 const float* sv, int64_t G, int64_t RB, int64_t CB, const float* sb) {
     const bool lt = fp8::gemm_path_from_env() == fp8::GemmPath::CublasLt;
     vec_at = lt ? fp8::lt_vec_offsets(v) : std::vector<int64_t>(v.size() + 1, 0);
-    blk_slot = lt && sb ? fp8::lt_blk_slot(RB, CB, transposed) : 0;
+    blk_slot = lt && sb ? fp8::lt_blk_slot(RB, CB) : 0;
     const size_t bytes = fp8::aligned(size_t(vec_at.back()) * 4) +
                          fp8::aligned(size_t(G * blk_slot) * 4) + group_bytes;
     fp8::Carver c(workspace(ex, bytes));
     cudaStream_t st = stream_of(ex);
     if (vec_at.back() > 0) fp8::lt_vec_scales(st, sv, v, vec = c.take<float>(vec_at.back()));
-    if (blk_slot > 0)
-      fp8::lt_blk_scales(st, sb, G, RB, CB, transposed, blk = c.take<float>(G * blk_slot));
+    if (blk_slot > 0) fp8::lt_blk_scales(st, sb, G, RB, CB, blk = c.take<float>(G * blk_slot));
     group = c.rest();
   }
   const float* vec_of(size_t j) const { return vec ? vec + vec_at[j] : nullptr; }
@@ -497,7 +475,7 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
       xs.push_back({off[g] * KB, off[g + 1] - off[g], K});
     }
   if (bytes == 0) return;
-  const GroupedScratch sc(ex, bytes, xs, sX, G, fp8::cdiv(N, 128), KB, false, sW);
+  const GroupedScratch sc(ex, bytes, xs, sX, G, fp8::cdiv(N, 128), KB, sW);
   size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
@@ -508,7 +486,7 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
 }
 
 void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                              int64_t N, int64_t K, const uint8_t* qW, const float* sW, bool pow2,
+                              int64_t N, int64_t K, const uint8_t* qWt, const float* sWt, bool pow2,
                               bool blocks, float* dX) {
   cudaStream_t st = stream_of(ex);
   size_t bytes = 0;
@@ -516,20 +494,14 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
     if (off[g + 1] > off[g])
       bytes = std::max(bytes, fp8::dgrad_bytes(off[g + 1] - off[g], N, K, blocks));
   if (bytes == 0) return;
-  // the weights' transposes' block scales, ours and cuBLASLt's, up front; dY's scales come group
-  // by group
+  // the transposed weights' cuBLASLt scales up front; dY's come group by group
   const int64_t NB = fp8::cdiv(N, 128), KB = fp8::cdiv(K, 128);
-  const GroupedScratch sc(ex, fp8::aligned(size_t(G * NB * KB) * 4) + bytes, {}, nullptr, G, NB, KB,
-                          true, sW);
-  fp8::Carver c(sc.group);
-  float* sWt = c.take<float>(G * NB * KB);  // [G][KB, NB]
-  fp8::transpose_blk_scales(st, sW, G, NB, KB, sWt);
+  const GroupedScratch sc(ex, bytes, {}, nullptr, G, KB, NB, sWt);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8::dgrad_run(st, dY + r0 * N, rows, N, K, qW + g * N * K, sW + g * blocks128(N, K), pow2,
-                   blocks, dX + r0 * K, /*accumulate=*/false, c.rest(), sc.blk_of(g),
-                   sWt + g * NB * KB);
+    fp8::dgrad_run(st, dY + r0 * N, rows, N, K, qWt + g * K * N, sWt + g * KB * NB, pow2, blocks,
+                   dX + r0 * K, /*accumulate=*/false, sc.group, sc.blk_of(g));
   }
 }
 
@@ -548,7 +520,7 @@ void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t*
     }
   if (bytes == 0) return;
   // dY^T's layouts up front; X^T's scales come group by group
-  const GroupedScratch sc(ex, bytes, dyts, sdYt, 0, 0, 0, false, nullptr);
+  const GroupedScratch sc(ex, bytes, dyts, sdYt, 0, 0, 0, nullptr);
   const int64_t KB = fp8::cdiv(K, 128);
   size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {

@@ -227,29 +227,33 @@ void quantize_128x1_t_groups(cudaStream_t st, Values at, const int64_t* off, int
 
 // ---- layouts ------------------------------------------------------------------------------------
 
-// dst [C,R] = src [R,C]^T through 32x32 tiles in shared memory (256 threads as 8 x 32).
+// dst [G,C,R] = src [G,R,C]^T (each matrix) through 32x32 tiles in shared memory (256 threads as
+// 8 x 32).
 template <class T>
-__global__ void transpose_kernel(const T* src, int64_t R, int64_t C, T* dst) {
+__global__ void transpose_kernel(const T* src, int64_t G, int64_t R, int64_t C, T* dst) {
   __shared__ T tile[32][33];
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  const int64_t TRb = cdiv(R, 32), TCb = cdiv(C, 32);
-  for (int64_t t = blockIdx.x; t < TRb * TCb; t += gridDim.x) {  // uniform within the block
-    const int64_t r0 = (t / TCb) * 32, c0 = (t % TCb) * 32;
+  const int64_t TRb = cdiv(R, 32), TCb = cdiv(C, 32), per = TRb * TCb;
+  for (int64_t t = blockIdx.x; t < G * per; t += gridDim.x) {  // uniform within the block
+    const int64_t g = t / per, r0 = (t % per / TCb) * 32, c0 = (t % TCb) * 32;
+    const T* a = src + g * R * C;
+    T* b = dst + g * R * C;
     for (int i = ty; i < 32; i += 8)
-      if (r0 + i < R && c0 + tx < C) tile[i][tx] = src[(r0 + i) * C + c0 + tx];
+      if (r0 + i < R && c0 + tx < C) tile[i][tx] = a[(r0 + i) * C + c0 + tx];
     __syncthreads();
     for (int i = ty; i < 32; i += 8)
-      if (c0 + i < C && r0 + tx < R) dst[(c0 + i) * R + r0 + tx] = tile[tx][i];
+      if (c0 + i < C && r0 + tx < R) b[(c0 + i) * R + r0 + tx] = tile[tx][i];
     __syncthreads();
   }
 }
 
 template <class T>
-void transpose(cudaStream_t st, const T* src, int64_t R, int64_t C, T* dst) {
-  if (R <= 0 || C <= 0) return;
-  const int64_t tiles = cdiv(R, 32) * cdiv(C, 32);
-  transpose_kernel<T><<<blocks_for(tiles, 1), kThreads, 0, st>>>(src, R, C, dst);
-  MOETRON_CUDA_LAUNCHED("fp8 transpose");
+void transpose(cudaStream_t st, const T* src, int64_t G, int64_t R, int64_t C, T* dst,
+               const char* what) {
+  if (G <= 0 || R <= 0 || C <= 0) return;
+  const int64_t tiles = G * cdiv(R, 32) * cdiv(C, 32);
+  transpose_kernel<T><<<blocks_for(tiles, 1), kThreads, 0, st>>>(src, G, R, C, dst);
+  MOETRON_CUDA_LAUNCHED(what);
 }
 
 // ---- dequantize ---------------------------------------------------------------------------------
@@ -313,11 +317,12 @@ void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s
                           "requantize_1x128_to_128x1");
 }
 
-void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t R, int64_t C,
-                           uint8_t* qT, float* sT) {
+void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t G, int64_t R,
+                           int64_t C, uint8_t* qT, float* sT) {
   check_sizes(R, C, "transpose_e4m3_blocks");
-  transpose(st, q, R, C, qT);
-  if (s) transpose(st, s, cdiv(R, 128), cdiv(C, 128), sT);
+  if (G < 0) throw std::invalid_argument("transpose_e4m3_blocks: negative group count");
+  transpose(st, q, G, R, C, qT, "fp8 transpose (codes)");
+  transpose(st, s, G, cdiv(R, 128), cdiv(C, 128), sT, "fp8 transpose (block scales)");
 }
 
 }  // namespace fp8
@@ -338,6 +343,11 @@ void grouped_quantize_128x1_t(const Exec& ex, const int64_t* off, int64_t G, con
   if (C < 0) throw std::invalid_argument("grouped_quantize_128x1_t: negative size");
   fp8::quantize_128x1_t_groups(stream_of(ex), fp8::F32Values{x, C}, off, G, C, pow2, qT, sT,
                                nullptr, "grouped_quantize_128x1_t");
+}
+
+void transpose_e4m3_blocks(const Exec& ex, const uint8_t* q, const float* s, int64_t G, int64_t R,
+                           int64_t C, uint8_t* qT, float* sT) {
+  fp8::transpose_e4m3_blocks(stream_of(ex), q, s, G, R, C, qT, sT);
 }
 
 void dequantize(const Exec& ex, const uint8_t* q, const float* scales, int64_t R, int64_t C, Tile t,
