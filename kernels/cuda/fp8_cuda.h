@@ -39,6 +39,11 @@ void quantize_128x1_t(cudaStream_t st, const float* x, int64_t R, int64_t C, boo
 // tiles
 void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s, int64_t R,
                                int64_t C, bool pow2, uint8_t* qT, float* sT, float* lt = nullptr);
+// The 128x1 token-major tiles of G row groups (off: G + 1 host offsets from x's first row; the
+// layout of kernels/ops.h's grouped_quantize_128x1_t) of fp32 x [off[G], C], or (x null) of the
+// 1x128 FP8 q, s requantised: one launch per 64 groups with rows.
+void grouped_128x1_t(cudaStream_t st, const float* x, const uint8_t* q, const float* s,
+                     const int64_t* off, int64_t G, int64_t C, bool pow2, uint8_t* qT, float* sT);
 // G matrices q [G,R,C] of 128x128 blocks (s [G, ceil(R/128), ceil(C/128)]) -> qT [G,C,R], sT
 // [G, ceil(C/128), ceil(R/128)] (cpu::transpose_e4m3_blocks): two launches
 void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t G, int64_t R,

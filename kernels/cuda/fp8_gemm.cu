@@ -33,14 +33,15 @@
 //   Wgrad  dW += dY^T X    dY given quantised 128x1 token-major (grouped_quantize_128x1_t, which
 //                          a Linear runs in its backward_input), X requantised (or quantised)
 //                          likewise, nt_gemm(dYt, Xt (1x128))       N x K, reduce M, accumulate
-// Scratch: one workspace(ex, bytes) per op, carved here; grouped ops size it for their largest
-// group and reuse it group after group (stream order keeps the reuse safe).
+// Scratch: one workspace(ex, bytes) per op, carved here; grouped ops size the GEMMs' part for
+// their largest group and reuse it group after group (stream order keeps the reuse safe).
 // Launches: a routed expert's GEMM is microseconds of GPU time, about what its launch costs the
-// host, so the cuBLASLt path keeps the small kernels around it few: a grouped op makes the scale
-// layouts of the operands it is given (activations, weights) for all its groups in one or two
-// launches, and the quantisers write the layout of what they produce as they go. Per group, Fprop
-// is the GEMM alone, Dgrad 2 launches (quantise dY, the GEMM: W^T comes made), Wgrad 2 (before:
-// 3, 6 and 4, then 1, 3 and 2; tests/test_cuda_fp8.cpp).
+// host, so a grouped op launches only the GEMM per group: it makes the operands it quantises
+// for all its groups at once (Dgrad's dY in 1x128 tiles: one launch, a tile lies within a row;
+// Wgrad's X^T in 128x1 tiles: one launch per 64 groups, as grouped_quantize_128x1_t) and the
+// cuBLASLt scale layouts of every group's operands in one or two launches (before: per group 3,
+// 6 and 4 launches, then 1, 3 and 2; tests/test_cuda_fp8.cpp). Its scratch holds those operands
+// for all groups (Dgrad: rows x N codes; Wgrad: rows x K), then one group's GEMM scratch.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -435,30 +436,47 @@ namespace {
 int64_t blocks128(int64_t R, int64_t C) { return fp8::cdiv(R, 128) * fp8::cdiv(C, 128); }
 }  // namespace
 
-// A grouped op's scratch: the cuBLASLt layouts it makes for all groups up front (when cuBLASLt may
-// run the GEMMs), then one group's scratch, reused group after group (stream order).
+// A grouped op's scratch, one workspace: the operands it makes for all its groups at once
+// (`operands`, carved by the op, which enqueues their making), the cuBLASLt layouts of every
+// group's scales (when cuBLASLt may run the GEMMs; made by make_layouts once the operands they
+// read are enqueued), then one group's GEMM scratch, reused group after group (stream order).
 struct GroupedScratch {
-  float* vec = nullptr;  // lt_vec_scales of the operands given for every group
-  float* blk = nullptr;  // lt_blk_scales of the weights
-  std::vector<int64_t> vec_at;
-  int64_t blk_slot = 0;
+  std::vector<std::vector<fp8::LtVecOperand>> lists;  // the 1x128 operands, one per group
+  std::vector<std::vector<int64_t>> vec_at;           // with rows, in order, per list
+  std::vector<float*> vec;                            // their layouts (lt_vec_scales), per list
+  float* blk = nullptr;                               // lt_blk_scales of the G weights
+  int64_t G = 0, RB = 0, CB = 0, blk_slot = 0;
+  void* operands = nullptr;
   void* group = nullptr;
 
-  // vec: the 1x128 operands (one per group with rows, in order); blk: G weights of RB x CB blocks
-  GroupedScratch(const Exec& ex, size_t group_bytes, const std::vector<fp8::LtVecOperand>& v,
-                 const float* sv, int64_t G, int64_t RB, int64_t CB, const float* sb) {
+  // weights: the G weights' blocks RB x CB (0: no weight operand)
+  GroupedScratch(const Exec& ex, size_t operand_bytes,
+                 std::vector<std::vector<fp8::LtVecOperand>> v, int64_t groups, int64_t rb,
+                 int64_t cb, size_t group_bytes)
+      : lists(std::move(v)), G(groups), RB(rb), CB(cb) {
     const bool lt = fp8::gemm_path_from_env() == fp8::GemmPath::CublasLt;
-    vec_at = lt ? fp8::lt_vec_offsets(v) : std::vector<int64_t>(v.size() + 1, 0);
-    blk_slot = lt && sb ? fp8::lt_blk_slot(RB, CB) : 0;
-    const size_t bytes = fp8::aligned(size_t(vec_at.back()) * 4) +
-                         fp8::aligned(size_t(G * blk_slot) * 4) + group_bytes;
+    size_t bytes = fp8::aligned(operand_bytes) + group_bytes;
+    for (const auto& l : lists) {
+      vec_at.push_back(lt ? fp8::lt_vec_offsets(l) : std::vector<int64_t>(l.size() + 1, 0));
+      bytes += fp8::aligned(size_t(vec_at.back().back()) * 4);
+    }
+    blk_slot = lt && RB * CB > 0 ? fp8::lt_blk_slot(RB, CB) : 0;
+    bytes += fp8::aligned(size_t(G * blk_slot) * 4);
     fp8::Carver c(workspace(ex, bytes));
-    cudaStream_t st = stream_of(ex);
-    if (vec_at.back() > 0) fp8::lt_vec_scales(st, sv, v, vec = c.take<float>(vec_at.back()));
-    if (blk_slot > 0) fp8::lt_blk_scales(st, sb, G, RB, CB, blk = c.take<float>(G * blk_slot));
+    operands = c.take<char>(static_cast<int64_t>(operand_bytes));
+    for (const auto& at : vec_at) vec.push_back(at.back() > 0 ? c.take<float>(at.back()) : nullptr);
+    if (blk_slot > 0) blk = c.take<float>(G * blk_slot);
     group = c.rest();
   }
-  const float* vec_of(size_t j) const { return vec ? vec + vec_at[j] : nullptr; }
+  // enqueues the layouts: list i's scales at sv[i], the weights' at sb
+  void make_layouts(cudaStream_t st, const std::vector<const float*>& sv, const float* sb) const {
+    for (size_t i = 0; i < lists.size(); ++i)
+      if (vec[i]) fp8::lt_vec_scales(st, sv[i], lists[i], vec[i]);
+    if (blk) fp8::lt_blk_scales(st, sb, G, RB, CB, blk);
+  }
+  const float* vec_of(size_t list, size_t j) const {
+    return vec[list] ? vec[list] + vec_at[list][j] : nullptr;
+  }
   const float* blk_of(int64_t g) const { return blk ? blk + g * blk_slot : nullptr; }
 };
 
@@ -475,28 +493,32 @@ void grouped_fp8_fprop(const Exec& ex, const int64_t* off, int64_t G, const uint
       xs.push_back({off[g] * KB, off[g + 1] - off[g], K});
     }
   if (bytes == 0) return;
-  const GroupedScratch sc(ex, bytes, xs, sX, G, fp8::cdiv(N, 128), KB, sW);
+  const GroupedScratch sc(ex, 0, {xs}, G, fp8::cdiv(N, 128), KB, bytes);
+  sc.make_layouts(st, {sX}, sW);
   size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
     fp8::fprop_run(st, qX + r0 * K, sX + r0 * KB, qW + g * N * K, sW + g * blocks128(N, K), rows, N,
-                   K, Y + r0 * N, sc.group, fp8::LtScales{sc.vec_of(j++), sc.blk_of(g)});
+                   K, Y + r0 * N, sc.group, fp8::LtScales{sc.vec_of(0, j++), sc.blk_of(g)});
   }
 }
 
-void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
-                              int64_t N, int64_t K, const uint8_t* qWt, const float* sWt, bool pow2,
-                              bool blocks, float* dX) {
+namespace {
+// The App. B.2 experiment (dY in 128x128 blocks, which start at each group's first row) and empty
+// reductions: dY quantised group by group
+void grouped_dgrad_per_group(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                             int64_t N, int64_t K, const uint8_t* qWt, const float* sWt, bool pow2,
+                             bool blocks, float* dX) {
   cudaStream_t st = stream_of(ex);
   size_t bytes = 0;
   for (int64_t g = 0; g < G; ++g)
     if (off[g + 1] > off[g])
       bytes = std::max(bytes, fp8::dgrad_bytes(off[g + 1] - off[g], N, K, blocks));
   if (bytes == 0) return;
-  // the transposed weights' cuBLASLt scales up front; dY's come group by group
   const int64_t NB = fp8::cdiv(N, 128), KB = fp8::cdiv(K, 128);
-  const GroupedScratch sc(ex, bytes, {}, nullptr, G, KB, NB, sWt);
+  const GroupedScratch sc(ex, 0, {}, G, KB, NB, bytes);
+  sc.make_layouts(st, {}, sWt);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = off[g], rows = off[g + 1] - off[g];
     if (rows == 0) continue;
@@ -504,31 +526,79 @@ void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, con
                    dX + r0 * K, /*accumulate=*/false, sc.group, sc.blk_of(g));
   }
 }
+}  // namespace
+
+// dY's 1x128 tiles are each within one row, so all groups' rows quantise in one launch (the codes
+// and scales each group's own quantisation gives); then the layouts, then per group the GEMM
+void grouped_fp8_linear_dgrad(const Exec& ex, const int64_t* off, int64_t G, const float* dY,
+                              int64_t N, int64_t K, const uint8_t* qWt, const float* sWt, bool pow2,
+                              bool blocks, float* dX) {
+  if (blocks || N == 0)
+    return grouped_dgrad_per_group(ex, off, G, dY, N, K, qWt, sWt, pow2, blocks, dX);
+  cudaStream_t st = stream_of(ex);
+  const int64_t NB = fp8::cdiv(N, 128), KB = fp8::cdiv(K, 128), r0 = G > 0 ? off[0] : 0;
+  const int64_t M = G > 0 ? off[G] - r0 : 0;
+  size_t bytes = 0;
+  std::vector<fp8::LtVecOperand> dys;  // dY's rows of each group with rows (the GEMM's A)
+  for (int64_t g = 0; g < G; ++g)
+    if (off[g + 1] > off[g]) {
+      bytes = std::max(bytes, fp8::nt_gemm_scratch_bytes(off[g + 1] - off[g], K, N, kTile128x128));
+      dys.push_back({(off[g] - r0) * NB, off[g + 1] - off[g], N});
+    }
+  if (bytes == 0 || K == 0) return;
+  const GroupedScratch sc(ex, fp8::aligned(M * N) + fp8::aligned(M * NB * 4), {dys}, G, KB, NB,
+                          bytes);
+  fp8::Carver c(sc.operands);
+  uint8_t* q = c.take<uint8_t>(M * N);  // dY [M, N] codes
+  float* s = c.take<float>(M * NB);     // [M, NB]
+  fp8::quantize(st, dY + r0 * N, M, N, kTile1x128, pow2, q, s);
+  sc.make_layouts(st, {s}, sWt);
+  size_t j = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t a = off[g] - r0, rows = off[g + 1] - off[g];
+    if (rows == 0) continue;
+    fp8::nt_gemm(st, q + a * N, s + a * NB, qWt + g * K * N, sWt + g * KB * NB, kTile128x128, rows,
+                 K, N, dX + off[g] * K, /*accumulate=*/false, sc.group,
+                 fp8::LtScales{.a = sc.vec_of(0, j++), .b = sc.blk_of(g)});
+  }
+}
 
 namespace {
+// X^T's 128x1 tiles of all groups in one launch per 64 groups (kernels/ops.h's grouped layout),
+// from the kept 1x128 FP8 or from fp32; then the layouts, then per group the GEMM
 void grouped_wgrad(const Exec& ex, const int64_t* off, int64_t G, const uint8_t* qdYt,
                    const float* sdYt, const uint8_t* qX, const float* sX, const float* X32,
                    int64_t N, int64_t K, bool pow2_x, float* dW) {
   cudaStream_t st = stream_of(ex);
   const std::vector<int64_t> t = row_tile_offsets(off, G);
+  const int64_t r0 = G > 0 ? off[0] : 0, M = G > 0 ? off[G] - r0 : 0, KB = fp8::cdiv(K, 128);
   size_t bytes = 0;
-  std::vector<fp8::LtVecOperand> dyts;  // dY^T [N, rows] of each group with rows (the GEMM's A)
+  std::vector<int64_t> rel(static_cast<size_t>(G) + 1);  // offsets from the first group's row
+  std::vector<fp8::LtVecOperand> dyts, xts;  // dY^T [N, rows], X^T [K, rows] of each group
+  for (int64_t g = 0; g <= G; ++g) rel[g] = off[g] - r0;
   for (int64_t g = 0; g < G; ++g)
     if (off[g + 1] > off[g]) {
-      bytes = std::max(bytes, fp8::wgrad_bytes(off[g + 1] - off[g], N, K));
+      bytes = std::max(bytes, fp8::nt_gemm_scratch_bytes(N, K, off[g + 1] - off[g], kTile1x128));
       dyts.push_back({t[g] * N, N, off[g + 1] - off[g]});
+      xts.push_back({t[g] * K, K, off[g + 1] - off[g]});
     }
-  if (bytes == 0) return;
-  // dY^T's layouts up front; X^T's scales come group by group
-  const GroupedScratch sc(ex, bytes, dyts, sdYt, 0, 0, 0, nullptr);
-  const int64_t KB = fp8::cdiv(K, 128);
+  if (bytes == 0 || N == 0 || K == 0) return;
+  const GroupedScratch sc(ex, fp8::aligned(K * M) + fp8::aligned(K * t[G] * 4), {dyts, xts}, 0, 0,
+                          0, bytes);
+  fp8::Carver c(sc.operands);
+  uint8_t* qXt = c.take<uint8_t>(K * M);  // group g's X^T [K, rows] at K (off[g] - off[0])
+  float* sXt = c.take<float>(K * t[G]);   // and its scales [K, ceil(rows/128)] at K t[g]
+  fp8::grouped_128x1_t(st, X32 ? X32 + r0 * K : nullptr, X32 ? nullptr : qX + r0 * K,
+                       X32 ? nullptr : sX + r0 * KB, rel.data(), G, K, pow2_x, qXt, sXt);
+  sc.make_layouts(st, {sdYt, sXt}, nullptr);
   size_t j = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = off[g], rows = off[g + 1] - off[g];
+    const int64_t rows = off[g + 1] - off[g];
     if (rows == 0) continue;
-    fp8::wgrad_run(st, qdYt + r0 * N, sdYt + t[g] * N, X32 ? nullptr : qX + r0 * K,
-                   X32 ? nullptr : sX + r0 * KB, X32 ? X32 + r0 * K : nullptr, rows, N, K, pow2_x,
-                   dW + g * N * K, sc.group, sc.vec_of(j++));
+    fp8::nt_gemm(st, qdYt + off[g] * N, sdYt + t[g] * N, qXt + rel[g] * K, sXt + t[g] * K,
+                 kTile1x128, N, K, rows, dW + g * N * K, /*accumulate=*/true, sc.group,
+                 fp8::LtScales{.a = sc.vec_of(0, j), .b = sc.vec_of(1, j)});
+    ++j;
   }
 }
 }  // namespace

@@ -317,6 +317,17 @@ void requantize_1x128_to_128x1(cudaStream_t st, const uint8_t* q, const float* s
                           "requantize_1x128_to_128x1");
 }
 
+void grouped_128x1_t(cudaStream_t st, const float* x, const uint8_t* q, const float* s,
+                     const int64_t* off, int64_t G, int64_t C, bool pow2, uint8_t* qT, float* sT) {
+  check_sizes(off[G], C, "grouped_128x1_t");
+  if (x)
+    quantize_128x1_t_groups(st, F32Values{x, C}, off, G, C, pow2, qT, sT, nullptr,
+                            "grouped quantize_128x1_t (Wgrad's X)");
+  else
+    quantize_128x1_t_groups(st, E4M3Values{q, s, C, cdiv(C, 128)}, off, G, C, pow2, qT, sT, nullptr,
+                            "grouped requantize_1x128_to_128x1");
+}
+
 void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, int64_t G, int64_t R,
                            int64_t C, uint8_t* qT, float* sT) {
   check_sizes(R, C, "transpose_e4m3_blocks");
