@@ -469,6 +469,12 @@ void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool
   MOETRON_DISPATCH(quantize, x, R, C, t, pow2, q, scales);
 }
 
+void quantize_batched(const Exec& ex, const float* x, int64_t G, int64_t R, int64_t C, Tile t,
+                      bool pow2, uint8_t* q, float* scales) {
+  const op_profile::Scope timed(ex, "quantize_batched");
+  MOETRON_DISPATCH(quantize_batched, x, G, R, C, t, pow2, q, scales);
+}
+
 void quantize_gathered(const Exec& ex, const float* x, const int64_t* idx, int64_t R, int64_t C,
                        bool pow2, uint8_t* q, float* scales) {
   const op_profile::Scope timed(ex, "quantize_gathered");

@@ -87,13 +87,7 @@ struct Fp8WeightCache {
     G = groups, R = rows, C = cols;
     sized(q, G * R * C);
     sized(s, G * blocks());
-    if (R % 128 == 0) {  // the G matrices' blocks are those of one [G R, C] matrix: one call
-      kernels::quantize(ex, W, G * R, C, kernels::kTile128x128, pow2, q.data(), s.data());
-    } else {
-      for (int64_t g = 0; g < G; ++g)
-        kernels::quantize(ex, W + g * R * C, R, C, kernels::kTile128x128, pow2,
-                          q.data() + g * R * C, s.data() + g * blocks());
-    }
+    kernels::quantize_batched(ex, W, G, R, C, kernels::kTile128x128, pow2, q.data(), s.data());
     valid = true;
     transposed = false;
   }

@@ -674,6 +674,33 @@ TEST(CudaFp8, CublasLtScaleLayoutsOfManyOperandsMatchItsDocs) {
   }
 }
 
+// A Linear's G weights quantised in one launch (quantize_batched: each matrix's 128x128 blocks from
+// its own first row; 1x128 tiles too), bit for bit against the CPU's quantize per matrix: 300-row
+// matrices (partial blocks at each matrix's end), a single row, whole blocks.
+TEST(CudaFp8, QuantizeBatchedMatchesTheCpuPerMatrixInOneLaunch) {
+  MOETRON_REQUIRE_GPU();
+  for (const auto& [G, R, C] : {std::array<int64_t, 3>{5, 300, 200}, {3, 1, 129}, {2, 128, 256}})
+    for (const Tile t : {kTile128x128, kTile1x128})
+      for (const bool pow2 : {false, true}) {
+        const std::vector<float> x = varied(G * R, C, 91);
+        const int64_t n = cdiv(R, t.rows) * cdiv(C, t.cols);
+        Quantized want{std::vector<uint8_t>(G * R * C), std::vector<float>(G * n)};
+        for (int64_t g = 0; g < G; ++g)
+          cpu::quantize(x.data() + g * R * C, R, C, t, pow2, want.q.data() + g * R * C,
+                        want.s.data() + g * n);
+        Buffer<float> dx = dev(x), ds = dev_garbage<float>(G * n);
+        Buffer<uint8_t> dq = dev_garbage<uint8_t>(G * R * C);
+        const int64_t k0 = kernel_launches();
+        kernels::quantize_batched(gpu_exec(), dx.data(), G, R, C, t, pow2, dq.data(), ds.data());
+        EXPECT_EQ(kernel_launches() - k0, 1);
+        const std::string what = "quantize_batched " + std::to_string(G) + " x " +
+                                 std::to_string(R) + " x " + std::to_string(C) + " tile " +
+                                 std::to_string(t.rows) + (pow2 ? " pow2" : "");
+        expect_equal(host(dq, G * R * C), want.q, what + " codes");
+        expect_equal(host(ds, G * n), want.s, what + " scales");
+      }
+}
+
 // The weights' transposes that Dgrad reads, made once per weight version by a Linear's cache: G
 // matrices (odd sizes: 300 x 200 codes, 3 x 2 blocks, and one matrix of a single row) bit for bit
 // against the CPU, codes and scales, in two launches whatever G.

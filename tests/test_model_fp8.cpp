@@ -245,9 +245,9 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
 }
 
 // Dgrad reads W^T, which the FP8 weight cache makes from its codes once per weight version (not
-// once per micro-batch): for a Linear and for grouped experts (out = 130: each expert quantised on
-// its own; out = 256: the G experts' blocks quantised as one matrix), the cache's codes and W^T
-// are the per-expert quantisation and its exact transpose; a versioned Linear's input gradients
+// once per micro-batch): for a Linear and for grouped experts (out = 130 and 256: partial and whole
+// 128-row blocks; the experts quantised by one quantize_batched), the cache's codes and W^T are
+// the per-expert quantisation and its exact transpose; a versioned Linear's input gradients
 // equal, bit for bit, those of a Linear that re-quantises and transposes in every call, while it
 // transposes once for two micro-batches; stale until the counter moves, fresh after.
 TEST(Fp8Linear, DgradReadsTheCachedTransposeMadeOncePerWeightVersion) {

@@ -4,6 +4,7 @@
 // One group per thread (schedule(dynamic, 1)): the experts' GEMMs are small, so running them side
 // by side beats splitting each one over the threads; the kernels called here see no nested
 // parallelism. Groups with no rows are skipped (their weight gradients are left as they are).
+// Also the G-matrix helpers of the experts' FP8 weight cache: quantise and transpose G matrices.
 #include <stdexcept>
 #include <vector>
 
@@ -72,6 +73,15 @@ void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, in
     fp8_linear_dgrad(dY + r0 * N, rows, N, K, qWt + g * K * N, sWt + g * blocks128(K, N), pow2,
                      blocks, dX + r0 * K, /*accumulate=*/false);
   }
+}
+
+void quantize_batched(const float* x, int64_t G, int64_t R, int64_t C, Tile t, bool pow2,
+                      uint8_t* q, float* scales) {
+  if (G < 0 || t.rows < 1 || t.cols < 1)
+    throw std::invalid_argument("quantize_batched: negative group count or bad tile");
+  const int64_t n = ((R + t.rows - 1) / t.rows) * ((C + t.cols - 1) / t.cols);
+  for (int64_t g = 0; g < G; ++g)  // (quantize runs its own threads)
+    quantize(x + g * R * C, R, C, t, pow2, q + g * R * C, scales + g * n);
 }
 
 void transpose_e4m3_blocks(const uint8_t* q, const float* s, int64_t G, int64_t R, int64_t C,

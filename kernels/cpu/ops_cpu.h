@@ -72,6 +72,9 @@ void grouped_fp8_linear_dgrad(const int64_t* off, int64_t G, const float* dY, in
 // G matrices of 128x128 blocks at once (kernels/cpu/fp8.h's transpose_e4m3_blocks per matrix).
 void transpose_e4m3_blocks(const uint8_t* q, const float* s, int64_t G, int64_t R, int64_t C,
                            uint8_t* qT, float* sT);
+// G matrices x [G,R,C] each quantised on its own (kernels/cpu/fp8.h's quantize per matrix).
+void quantize_batched(const float* x, int64_t G, int64_t R, int64_t C, Tile t, bool pow2,
+                      uint8_t* q, float* scales);
 // The weight gradients from dY quantised per group by grouped_quantize_128x1_t (kernels/ops.h).
 void grouped_fp8_linear_wgrad(const int64_t* off, int64_t G, const uint8_t* qdYt, const float* sdYt,
                               const uint8_t* qX, const float* sX, int64_t N, int64_t K, bool pow2_x,

@@ -27,6 +27,9 @@ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // GEMM of q needs no launch for it
 void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales, float* lt = nullptr);
+// G matrices x [G,R,C] each quantised on its own (kernels/ops.h quantize_batched): one launch
+void quantize_batched(cudaStream_t st, const float* x, int64_t G, int64_t R, int64_t C, Tile t,
+                      bool pow2, uint8_t* q, float* scales, float* lt = nullptr);
 // rows x[idx[r]] (idx[r] < 0: zeros) of x [*,C] -> q [R,C], scales [R, ceil(C/128)]
 // (cpu::quantize_gathered)
 void quantize_gathered(cudaStream_t st, const float* x, const int64_t* idx, int64_t R, int64_t C,

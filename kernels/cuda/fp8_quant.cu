@@ -105,12 +105,15 @@ __global__ void quantize_row_tiles_kernel(const float* x, const int64_t* idx, in
   }
 }
 
-// Tiles tr x tc (tr > 1) of x [R,C]: one block per tile t = tile row * TC + tile column.
-__global__ void quantize_block_tiles_kernel(const float* x, int64_t R, int64_t C, int64_t tr,
-                                            int64_t tc, int64_t TR, int64_t TC, bool pow2,
-                                            uint8_t* q, float* scales) {
-  for (int64_t t = blockIdx.x; t < TR * TC; t += gridDim.x) {  // uniform within the block
-    const int64_t r0 = (t / TC) * tr, c0 = (t % TC) * tc;
+// Tiles tr x tc (tr > 1) of G matrices x [G,R,C], each tiled from its own first row: one block per
+// tile t = (matrix * TR + tile row) * TC + tile column.
+__global__ void quantize_block_tiles_kernel(const float* xs, int64_t G, int64_t R, int64_t C,
+                                            int64_t tr, int64_t tc, int64_t TR, int64_t TC,
+                                            bool pow2, uint8_t* qs, float* scales) {
+  for (int64_t t = blockIdx.x; t < G * TR * TC; t += gridDim.x) {  // uniform within the block
+    const int64_t g = t / (TR * TC), r0 = (t % (TR * TC) / TC) * tr, c0 = (t % TC) * tc;
+    const float* x = xs + g * R * C;  // matrix g's tiles start at its own first row
+    uint8_t* q = qs + g * R * C;
     const int64_t h = std::min(tr, R - r0), w = std::min(tc, C - c0), n = h * w;
     float m = 0.f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
@@ -275,16 +278,22 @@ void check_sizes(int64_t R, int64_t C, const char* what) {
 
 void quantize(cudaStream_t st, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales, float* lt) {
-  if (R < 0 || C < 0 || t.rows < 1 || t.cols < 1 || (lt && (t.rows != 1 || t.cols != 128 || R % 4)))
+  quantize_batched(st, x, 1, R, C, t, pow2, q, scales, lt);
+}
+
+void quantize_batched(cudaStream_t st, const float* x, int64_t G, int64_t R, int64_t C, Tile t,
+                      bool pow2, uint8_t* q, float* scales, float* lt) {
+  if (G < 0 || R < 0 || C < 0 || t.rows < 1 || t.cols < 1 ||
+      (lt && (t.rows != 1 || t.cols != 128 || G * R % 4)))
     throw std::invalid_argument("quantize: bad sizes, or a cuBLASLt layout of other tiles");
-  if (R == 0 || C == 0) return;
+  if (G == 0 || R == 0 || C == 0) return;
   const int64_t TR = cdiv(R, t.rows), TC = cdiv(C, t.cols);
-  if (t.rows == 1) {
-    quantize_row_tiles_kernel<<<blocks_for(TR * TC * 32), kThreads, 0, st>>>(
-        x, nullptr, R, C, t.cols, TC, pow2, q, scales, lt);
+  if (t.rows == 1) {  // a row's tiles are its own: the G matrices are one of G R rows
+    quantize_row_tiles_kernel<<<blocks_for(G * TR * TC * 32), kThreads, 0, st>>>(
+        x, nullptr, G * R, C, t.cols, TC, pow2, q, scales, lt);
   } else {
-    quantize_block_tiles_kernel<<<blocks_for(TR * TC, 1), kThreads, 0, st>>>(
-        x, R, C, t.rows, t.cols, TR, TC, pow2, q, scales);
+    quantize_block_tiles_kernel<<<blocks_for(G * TR * TC, 1), kThreads, 0, st>>>(
+        x, G, R, C, t.rows, t.cols, TR, TC, pow2, q, scales);
   }
   MOETRON_CUDA_LAUNCHED("quantize");
 }
@@ -341,6 +350,11 @@ void transpose_e4m3_blocks(cudaStream_t st, const uint8_t* q, const float* s, in
 void quantize(const Exec& ex, const float* x, int64_t R, int64_t C, Tile t, bool pow2, uint8_t* q,
               float* scales) {
   fp8::quantize(stream_of(ex), x, R, C, t, pow2, q, scales);
+}
+
+void quantize_batched(const Exec& ex, const float* x, int64_t G, int64_t R, int64_t C, Tile t,
+                      bool pow2, uint8_t* q, float* scales) {
+  fp8::quantize_batched(stream_of(ex), x, G, R, C, t, pow2, q, scales);
 }
 
 void quantize_gathered(const Exec& ex, const float* x, const int64_t* idx, int64_t R, int64_t C,
