@@ -244,6 +244,77 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
   }
 }
 
+namespace {
+
+// A Linear and G = 3 grouped experts [200 -> out] over M = 64 rows (groups of 20, 0, 44), each
+// made twice from the same weights under recipe r: `cached` with a weight-version counter,
+// `plain` without one. run() gives y and dx of the Linear, then of the experts.
+struct CopyCase {
+  static constexpr int64_t M = 64, in = 200, G = 3;
+  const int64_t out;
+  const std::vector<int64_t> off = {0, 20, 20, M};
+  PrecisionPolicy fresh, pol;
+  ParamStore<float> ps;
+  Param<float>*W, *We;
+  LinearPrecision lp;
+  Linear<float> cached, plain;
+  GroupedLinear<float> gc, gp;
+  std::vector<float> x, dy;
+
+  CopyCase(Recipe r, Component c, int64_t out_, uint32_t seed)
+      : out(out_), fresh(PrecisionPolicy::from(r)), pol(fresh) {
+    pol.weight_version = std::make_shared<uint64_t>(0);
+    W = ps.add("w", {out, in});
+    We = ps.add("we", {G, out, in});
+    const auto w = randn(G * out * in, seed, 0.05f);
+    std::copy(w.begin(), w.begin() + out * in, W->w());
+    std::copy(w.begin(), w.end(), We->w());
+    lp = pol.linear(c);
+    cached = Linear<float>::make(W, in, out, lp, pol, Exec{});
+    plain = Linear<float>::make(W, in, out, lp, fresh, Exec{});
+    gc = GroupedLinear<float>::make(We, G, in, out, lp, pol, Exec{});
+    gp = GroupedLinear<float>::make(We, G, in, out, lp, fresh, Exec{});
+    x = randn(M * in, seed + 1), dy = randn(M * out, seed + 2);
+  }
+  std::vector<float> run(bool with_counter) const {
+    const Linear<float>& l = with_counter ? cached : plain;
+    const GroupedLinear<float>& g = with_counter ? gc : gp;
+    std::vector<float> r(2 * M * (out + in));
+    float* p = r.data();
+    l.forward(x.data(), M, p);
+    l.backward_input(dy.data(), M, p + M * out);
+    g.forward(x.data(), M, off.data(), p + M * (out + in));
+    g.backward_input(dy.data(), off.data(), p + M * (2 * out + in));
+    return r;
+  }
+  // an "optimizer step": every weight doubled (the counter left as it is)
+  void double_weights() {
+    for (int64_t i = 0; i < out * in; ++i) W->w()[i] *= 2;
+    for (int64_t i = 0; i < G * out * in; ++i) We->w()[i] *= 2;
+  }
+};
+
+// how many elements of a equal b's
+int64_t same_elements(const std::vector<float>& a, const std::vector<float>& b) {
+  int64_t same = 0;
+  for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+  return same;
+}
+
+// the calls of transpose_e4m3_blocks that f made
+template <class F>
+int64_t transposes(F&& f) {
+  kernels::op_profile::reset();
+  kernels::op_profile::set_enabled(true);
+  f();
+  kernels::op_profile::set_enabled(false);
+  for (const auto& row : kernels::op_profile::collect())
+    if (row.op == "transpose_e4m3_blocks") return row.calls;
+  return 0;
+}
+
+}  // namespace
+
 // Dgrad reads W^T, which the FP8 weight cache makes from its codes once per weight version (not
 // once per micro-batch): for a Linear and for grouped experts (out = 130 and 256: partial and whole
 // 128-row blocks; the experts quantised by one quantize_batched), the cache's codes and W^T are
@@ -251,69 +322,33 @@ TEST(Fp8Linear, WeightCacheFollowsTheVersionCounter) {
 // equal, bit for bit, those of a Linear that re-quantises and transposes in every call, while it
 // transposes once for two micro-batches; stale until the counter moves, fresh after.
 TEST(Fp8Linear, DgradReadsTheCachedTransposeMadeOncePerWeightVersion) {
-  const int64_t M = 64, in = 200, G = 3;
-  const std::vector<int64_t> off = {0, 20, 20, M};
   for (const int64_t out : {int64_t{130}, int64_t{256}}) {
-    PrecisionPolicy fresh = PrecisionPolicy::from(Recipe::FP8), pol = fresh;
-    pol.weight_version = std::make_shared<uint64_t>(0);
-    ParamStore<float> ps;
-    Param<float>* W = ps.add("w", {out, in});
-    Param<float>* We = ps.add("we", {G, out, in});
-    const auto w = randn(G * out * in, 21, 0.05f);
-    std::copy(w.begin(), w.begin() + out * in, W->w());
-    std::copy(w.begin(), w.end(), We->w());
-    const LinearPrecision lp = pol.linear(Component::RoutedExpert);
-    const Linear<float> cached = Linear<float>::make(W, in, out, lp, pol, Exec{});
-    const Linear<float> plain = Linear<float>::make(W, in, out, lp, fresh, Exec{});
-    const auto gc = GroupedLinear<float>::make(We, G, in, out, lp, pol, Exec{});
-    const auto gp = GroupedLinear<float>::make(We, G, in, out, lp, fresh, Exec{});
-    const auto x = randn(M * in, 22), dy = randn(M * out, 23);
-    // y and dx of the Linear, then of the experts, and the transposes the calls made
-    auto run = [&](const Linear<float>& l, const GroupedLinear<float>& g) {
-      std::vector<float> r(2 * M * (out + in));
-      float* p = r.data();
-      l.forward(x.data(), M, p);
-      l.backward_input(dy.data(), M, p + M * out);
-      g.forward(x.data(), M, off.data(), p + M * (out + in));
-      g.backward_input(dy.data(), off.data(), p + M * (2 * out + in));
-      return r;
-    };
-    auto transposes = [&](auto&& f) {
-      kernels::op_profile::reset();
-      kernels::op_profile::set_enabled(true);
-      f();
-      kernels::op_profile::set_enabled(false);
-      for (const auto& row : kernels::op_profile::collect())
-        if (row.op == "transpose_e4m3_blocks") return row.calls;
-      return int64_t{0};
-    };
+    CopyCase k(Recipe::FP8, Component::RoutedExpert, out, 21);
     const std::string what = "out " + std::to_string(out);
     std::vector<float> a, b;
-    EXPECT_EQ(transposes([&] { a = run(cached, gc), a = run(cached, gc); }), 2) << what;
-    EXPECT_EQ(transposes([&] { b = run(plain, gp), b = run(plain, gp); }), 4) << what;
+    EXPECT_EQ(transposes([&] { a = k.run(true), a = k.run(true); }), 2) << what;
+    EXPECT_EQ(transposes([&] { b = k.run(false), b = k.run(false); }), 4) << what;
     EXPECT_EQ(a, b) << what << ": the cached W^T gives the per-call transpose's bits";
     // the cache's codes: each expert quantised alone; its W^T: their exact transposes
-    const int64_t bl = ((out + 127) / 128) * ((in + 127) / 128);
-    for (int64_t e = 0; e < G; ++e) {
+    const int64_t in = CopyCase::in, bl = ((out + 127) / 128) * ((in + 127) / 128);
+    for (int64_t e = 0; e < CopyCase::G; ++e) {
       std::vector<uint8_t> q(out * in), qt(out * in);
       std::vector<float> sc(bl), st(bl);
-      kernels::cpu::quantize(We->w() + e * out * in, out, in, kernels::kTile128x128, lp.pow2_w,
+      kernels::cpu::quantize(k.We->w() + e * out * in, out, in, kernels::kTile128x128, k.lp.pow2_w,
                              q.data(), sc.data());
       kernels::cpu::transpose_e4m3_blocks(q.data(), sc.data(), out, in, qt.data(), st.data());
-      const Fp8WeightCache& c = *gc.wq;
+      const Fp8WeightCache& c = *k.gc.wq;
       EXPECT_TRUE(std::equal(q.begin(), q.end(), c.q.data() + e * out * in)) << what << " " << e;
       EXPECT_TRUE(std::equal(sc.begin(), sc.end(), c.s.data() + e * bl)) << what << " " << e;
       EXPECT_TRUE(std::equal(qt.begin(), qt.end(), c.qT.data() + e * out * in)) << what << " " << e;
       EXPECT_TRUE(std::equal(st.begin(), st.end(), c.sT.data() + e * bl)) << what << " " << e;
     }
-    for (int64_t i = 0; i < out * in; ++i) W->w()[i] *= 2;  // an "optimizer step"
-    for (int64_t i = 0; i < G * out * in; ++i) We->w()[i] *= 2;
-    const auto stale = run(cached, gc), now = run(plain, gp);
-    int64_t same = 0;
-    for (size_t i = 0; i < now.size(); ++i) same += stale[i] == now[i];
-    EXPECT_LT(same, int64_t(now.size()) / 10) << what << ": kept until the counter moves";
-    ++*pol.weight_version;  // Model::weights_updated()
-    EXPECT_EQ(transposes([&] { a = run(cached, gc); }), 2) << what;
+    k.double_weights();
+    const auto stale = k.run(true), now = k.run(false);
+    EXPECT_LT(same_elements(stale, now), int64_t(now.size()) / 10)
+        << what << ": kept until the counter moves";
+    ++*k.pol.weight_version;  // Model::weights_updated()
+    EXPECT_EQ(transposes([&] { a = k.run(true); }), 2) << what;
     EXPECT_EQ(a, now) << what << ": fresh after the bump";
   }
 }
@@ -322,41 +357,14 @@ TEST(Fp8Linear, DgradReadsTheCachedTransposeMadeOncePerWeightVersion) {
 // GEMM (a Linear without the counter converts at every call), kept until the counter moves, fresh
 // after it; for a Linear and for grouped experts, forward and input gradient.
 TEST(Bf16Linear, WeightCacheFollowsTheVersionCounterAndKeepsTheBits) {
-  const int64_t M = 64, in = 200, out = 130, G = 3;
-  const std::vector<int64_t> off = {0, 20, 20, M};
-  PrecisionPolicy fresh = PrecisionPolicy::from(Recipe::BF16), pol = fresh;
-  pol.weight_version = std::make_shared<uint64_t>(0);
-  ParamStore<float> ps;
-  Param<float>* W = ps.add("w", {out, in});
-  Param<float>* We = ps.add("we", {G, out, in});
-  const auto w = randn(G * out * in, 11, 0.05f);
-  std::copy(w.begin(), w.begin() + out * in, W->w());
-  std::copy(w.begin(), w.end(), We->w());
-  const LinearPrecision lp = pol.linear(Component::DenseMlp);
-  const Linear<float> cached = Linear<float>::make(W, in, out, lp, pol, Exec{});
-  const Linear<float> plain = Linear<float>::make(W, in, out, lp, fresh, Exec{});
-  const auto gc = GroupedLinear<float>::make(We, G, in, out, lp, pol, Exec{});
-  const auto gp = GroupedLinear<float>::make(We, G, in, out, lp, fresh, Exec{});
-  const auto x = randn(M * in, 12), dy = randn(M * out, 13);
-  // y [M, out] and dx [M, in] of the Linear, then of the grouped experts
-  auto run = [&](const Linear<float>& l, const GroupedLinear<float>& g) {
-    std::vector<float> r(2 * M * (out + in));
-    float* p = r.data();
-    l.forward(x.data(), M, p);
-    l.backward_input(dy.data(), M, p + M * out);
-    g.forward(x.data(), M, off.data(), p + M * (out + in));
-    g.backward_input(dy.data(), off.data(), p + M * (2 * out + in));
-    return r;
-  };
-  EXPECT_EQ(run(cached, gc), run(plain, gp)) << "the copy gives the per-call conversion's bits";
-  for (int64_t i = 0; i < out * in; ++i) W->w()[i] *= 2;  // an "optimizer step"
-  for (int64_t i = 0; i < G * out * in; ++i) We->w()[i] *= 2;
-  const auto stale = run(cached, gc), now = run(plain, gp);
-  int64_t same = 0;
-  for (size_t i = 0; i < now.size(); ++i) same += stale[i] == now[i];
-  EXPECT_LT(same, int64_t(now.size()) / 10) << "the copy is kept until the counter moves";
-  ++*pol.weight_version;  // Model::weights_updated()
-  EXPECT_EQ(run(cached, gc), now) << "fresh after the bump";
+  CopyCase k(Recipe::BF16, Component::DenseMlp, 130, 11);
+  EXPECT_EQ(k.run(true), k.run(false)) << "the copy gives the per-call conversion's bits";
+  k.double_weights();
+  const auto stale = k.run(true), now = k.run(false);
+  EXPECT_LT(same_elements(stale, now), int64_t(now.size()) / 10)
+      << "the copy is kept until the counter moves";
+  ++*k.pol.weight_version;  // Model::weights_updated()
+  EXPECT_EQ(k.run(true), now) << "fresh after the bump";
 }
 
 namespace {
