@@ -87,6 +87,17 @@ bool bf16_copy(const Param<float>& p, const PrecisionPolicy& pol) {
   return has(p.name, ".eh_proj.") && pol.gemm(Component::AttentionProj) == GemmPrecision::BF16;
 }
 
+// The expert rows a rank's MoE layer holds per micro-batch, over the mean (N tokens x K): the
+// imbalance, plus each local expert's rows padded up to a multiple of precision.expert_row_align
+// (model/moe.h; 16 for FP8 experts on a GPU), counted at the most, align - 1 rows an expert. The
+// `load` of model/memory.h.
+double expert_load(const Config& cfg, const Plan& p) {
+  const ModelConfig& m = cfg.model;
+  const int64_t mean = p.micro_batch * p.seq_len * m.num_experts_per_tok;
+  const int64_t pad = m.n_routed_experts / p.ep * (cfg.policy().expert_row_align - 1);
+  return p.ep_imbalance + (mean > 0 ? static_cast<double>(pad) / static_cast<double>(mean) : 0.0);
+}
+
 // What one model stage holds and keeps per micro-batch, on one EP rank.
 struct StageCensus {
   int64_t params = 0, expert = 0, dense_trainable = 0, replica = 0, fp8_cache = 0, bf16_cache = 0;
@@ -126,10 +137,11 @@ StageCensus census(const Config& cfg, const Plan& p, int stage) {
   s.moe_layers = static_cast<int64_t>(m.moe_layers().size());
   const ModelConfig& mc = cfg.model;
   const int64_t N = p.micro_batch * p.seq_len;
+  const double load = expert_load(cfg, p);
   s.slot = slot_activation_bytes(mc, pol, stage, p.stages, p.micro_batch, p.seq_len, 4, p.ep_rows,
-                                 p.ep_imbalance);
+                                 load);
   if (s.moe_layers > 0) {  // one MoE::Scratch per stage (its layers run one at a time)
-    const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows, p.ep_imbalance);
+    const ScratchBytes sc = moe_scratch_bytes(mc, pol, N, 4, p.ep_rows, load);
     s.scratch = sc.own;
     s.one_piece = sc.one_piece;
     s.rows = sc.received;
@@ -357,7 +369,7 @@ RankPlan plan_rank(const Config& cfg, const Plan& p, const pipeline::Schedule& s
   // sibling: their programs interleave only where none of it is live), each has its Block::Own
   const std::vector<int64_t> stages(rp.stages.begin(), rp.stages.end());
   rp.bytes.layer_scratch = layer_scratch_bytes(cfg.model, cfg.policy(), stages, p.stages,
-                                               p.micro_batch * p.seq_len, 4, p.ep_imbalance)
+                                               p.micro_batch * p.seq_len, 4, expert_load(cfg, p))
                                .total();
   int64_t wt = 0;  // per_call W^T: in the Linear scratch the rank's chunks share
   for (int stage : rp.stages) wt = std::max(wt, st[stage].wt_scratch);
