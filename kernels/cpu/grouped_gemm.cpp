@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/cpu/fp8_common.h"
 #include "kernels/cpu/ops_cpu.h"
 
 namespace moetron::kernels::cpu {
@@ -79,7 +80,7 @@ void quantize_batched(const float* x, int64_t G, int64_t R, int64_t C, Tile t, b
                       uint8_t* q, float* scales) {
   if (G < 0 || t.rows < 1 || t.cols < 1)
     throw std::invalid_argument("quantize_batched: negative group count or bad tile");
-  const int64_t n = ((R + t.rows - 1) / t.rows) * ((C + t.cols - 1) / t.cols);
+  const int64_t n = fp8_detail::cdiv(R, t.rows) * fp8_detail::cdiv(C, t.cols);
   for (int64_t g = 0; g < G; ++g)  // (quantize runs its own threads)
     quantize(x + g * R * C, R, C, t, pow2, q + g * R * C, scales + g * n);
 }
